@@ -1,0 +1,152 @@
+"""Gaussian mixtures: data whose every diffused marginal, score and denoiser is known in closed form.
+
+If x_0 ~ sum_k w_k N(mu_k, S_k) and x_t = alpha x_0 + sigma z, then
+  p_t = sum_k w_k N(alpha mu_k, alpha^2 S_k + sigma^2 I).
+With S_k = U_k diag(s_k) U_k^T factored once, every covariance of p_t is U_k diag(alpha^2 s_k + sigma^2) U_k^T:
+log-densities and scores need no inverse per call, and responsibilities go through logsumexp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from lightning_sde.models.denoiser import Denoiser
+from lightning_sde.sde import SDE, broadcast_time
+
+
+class GaussianMixture:
+    """sum_k weights_k N(means_k, covs_k); covs are (K, d, d) matrices, or (K, d) standard deviations (diagonal)."""
+
+    def __init__(self, means, covs=None, stds=None, weights=None, dtype=torch.float64):
+        means = torch.as_tensor(means, dtype=dtype)
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape (K, d); got {tuple(means.shape)}")
+        K, d = means.shape
+        if (covs is None) == (stds is None):
+            raise ValueError("give exactly one of covs (K, d, d) or stds (K, d) / (K,)")
+        if stds is not None:
+            stds = torch.as_tensor(stds, dtype=dtype)
+            stds = stds[:, None].expand(K, d) if stds.ndim == 1 else stds
+            if stds.shape != (K, d) or not (stds > 0).all():
+                raise ValueError(f"stds must be positive with shape (K,) or (K, d) = ({K}, {d}); got {tuple(stds.shape)}")
+            eigvals, eigvecs = stds**2, torch.eye(d, dtype=dtype).expand(K, d, d).clone()
+        else:
+            covs = torch.as_tensor(covs, dtype=dtype)
+            if covs.shape != (K, d, d):
+                raise ValueError(f"covs must have shape (K, d, d) = ({K}, {d}, {d}); got {tuple(covs.shape)}")
+            eigvals, eigvecs = torch.linalg.eigh(0.5 * (covs + covs.transpose(-1, -2)))
+            if not (eigvals > 0).all():
+                raise ValueError("covs must be positive definite")
+        weights = torch.full((K,), 1.0 / K, dtype=dtype) if weights is None else torch.as_tensor(weights, dtype=dtype)
+        if weights.shape != (K,) or not (weights > 0).all():
+            raise ValueError(f"weights must be {K} positive numbers; got {weights.tolist()}")
+        self.means = means
+        self.eigvals = eigvals  # (K, d)
+        self.eigvecs = eigvecs  # (K, d, d); columns are eigenvectors
+        self.log_weights = (weights / weights.sum()).log()
+        self.dim = d
+
+    @property
+    def covs(self) -> Tensor:
+        return self.eigvecs @ torch.diag_embed(self.eigvals) @ self.eigvecs.transpose(-1, -2)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, dtype=self.means.dtype, generator=generator)
+        return self.means[k] + torch.einsum("nde,ne->nd", self.eigvecs[k], self.eigvals[k].sqrt() * z)
+
+    def _components(self, x: Tensor, alpha: Tensor, sigma: Tensor):
+        """Per-component log-density terms at x of the diffused mixture; alpha, sigma of shape (B,) or ()."""
+        means, vecs = self.means.to(x), self.eigvecs.to(x)
+        a = broadcast_time(alpha, x)[..., None]  # (B, 1, 1) or ()
+        s = broadcast_time(sigma, x)[..., None]
+        var = a**2 * self.eigvals.to(x) + s**2  # (B, K, d): eigenvalues of the diffused covariances
+        y = torch.einsum("bkd,kde->bke", x[:, None, :] - a * means, vecs)  # coordinates in each eigenbasis
+        log_comp = (
+            self.log_weights.to(x)
+            - 0.5 * (y**2 / var).sum(-1)
+            - 0.5 * var.log().sum(-1)
+            - 0.5 * self.dim * math.log(2 * math.pi)
+        )
+        return log_comp, y, var
+
+    def log_prob(self, x: Tensor, alpha: Tensor | float = 1.0, sigma: Tensor | float = 0.0) -> Tensor:
+        """log p(x) of the mixture diffused to x = alpha x_0 + sigma z (the data itself by default)."""
+        log_comp, _, _ = self._components(x, torch.as_tensor(alpha), torch.as_tensor(sigma))
+        return torch.logsumexp(log_comp, dim=-1)
+
+    def score(self, x: Tensor, alpha: Tensor | float = 1.0, sigma: Tensor | float = 0.0) -> Tensor:
+        """grad_x log p(x) of the diffused mixture: -sum_k r_k(x) C_k^{-1} (x - alpha mu_k)."""
+        log_comp, y, var = self._components(x, torch.as_tensor(alpha), torch.as_tensor(sigma))
+        resp = torch.softmax(log_comp, dim=-1)
+        return -torch.einsum("bk,kde,bke->bd", resp, self.eigvecs.to(x), y / var)
+
+    def marginal_log_prob(self, sde: SDE, x: Tensor, t: Tensor) -> Tensor:
+        return self.log_prob(x, sde.alpha(t), sde.sigma(t))
+
+    def marginal_score(self, sde: SDE, x: Tensor, t: Tensor) -> Tensor:
+        return self.score(x, sde.alpha(t), sde.sigma(t))
+
+    def denoiser(self, sde: SDE) -> Denoiser:
+        """The exact score of p_t as a Denoiser, interchangeable with a trained network."""
+        return Denoiser(ExactScore(self, sde), sde, parameterization="score", shape=(self.dim,))
+
+
+class ExactScore(nn.Module):
+    """net(x, t) = grad log p_t(x) of a GaussianMixture under an SDE."""
+
+    def __init__(self, mixture: GaussianMixture, sde: SDE):
+        super().__init__()
+        self.mixture = mixture
+        self.sde = sde
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.mixture.marginal_score(self.sde, x, t)
+
+
+# --- built-in problems ---------------------------------------------------------------------------
+
+
+def eight_gaussians(radius: float = 4.0) -> GaussianMixture:
+    """Means on a circle of radius 4, std_k = 0.1 + 0.4 k / 7 (unequal widths), equal weights."""
+    angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+    means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
+    stds = 0.1 + 0.4 * torch.arange(8, dtype=torch.float64) / 7
+    return GaussianMixture(means, stds=stds)
+
+
+def swiss_roll(n_components: int = 24, tangent_std: float = 0.35, normal_std: float = 0.08) -> GaussianMixture:
+    """Components along a spiral r = theta (scaled into about [-4, 4]^2), each elongated along the spiral."""
+    theta = torch.linspace(1.5 * math.pi, 4.5 * math.pi, n_components, dtype=torch.float64)
+    scale = 4.0 / (4.5 * math.pi)
+    means = scale * theta[:, None] * torch.stack([theta.cos(), theta.sin()], dim=1)
+    tangent = torch.stack([theta.cos() - theta * theta.sin(), theta.sin() + theta * theta.cos()], dim=1)
+    tangent = tangent / tangent.norm(dim=1, keepdim=True)
+    normal = torch.stack([-tangent[:, 1], tangent[:, 0]], dim=1)
+    basis = torch.stack([tangent, normal], dim=2)  # (K, 2, 2), columns tangent and normal
+    variances = torch.tensor([tangent_std**2, normal_std**2], dtype=torch.float64)
+    covs = basis @ torch.diag(variances) @ basis.transpose(1, 2)
+    return GaussianMixture(means, covs=covs, weights=theta / theta.sum())  # outer turns hold more mass
+
+
+def random_mixture(dim: int = 16, n_components: int = 10, seed: int = 0) -> GaussianMixture:
+    """A seeded mixture with full, anisotropic covariances (stds 0.05-0.5) and unequal weights."""
+    gen = torch.Generator().manual_seed(seed)
+    means = 2.0 * torch.randn(n_components, dim, generator=gen, dtype=torch.float64)
+    rotations, _ = torch.linalg.qr(torch.randn(n_components, dim, dim, generator=gen, dtype=torch.float64))
+    log_std = math.log(0.05) + (math.log(0.5) - math.log(0.05)) * torch.rand(n_components, dim, generator=gen, dtype=torch.float64)
+    covs = rotations @ torch.diag_embed((2 * log_std).exp()) @ rotations.transpose(1, 2)
+    weights = 0.5 + torch.rand(n_components, generator=gen, dtype=torch.float64)
+    return GaussianMixture(means, covs=covs, weights=weights)
+
+
+PROBLEMS = {"eight_gaussians": eight_gaussians, "swiss_roll": swiss_roll, "random_mixture": random_mixture}
+
+
+def build_mixture(name: str, **params) -> GaussianMixture:
+    if name not in PROBLEMS:
+        raise ValueError(f"unknown mixture problem {name!r}; choose one of {sorted(PROBLEMS)}")
+    return PROBLEMS[name](**params)

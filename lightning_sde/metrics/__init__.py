@@ -1,0 +1,3 @@
+from lightning_sde.metrics.sliced import sliced_wasserstein
+
+__all__ = ["sliced_wasserstein"]

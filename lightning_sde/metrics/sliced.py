@@ -1,0 +1,32 @@
+"""Sliced Wasserstein-2 distance between two sample sets (Rabin et al. 2011; Bonneel et al. 2015)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _quantiles(values: Tensor, levels: Tensor) -> Tensor:
+    """Empirical quantile functions of each column of values (n, P) at levels (m,)."""
+    return torch.quantile(values, levels.to(values), dim=0, interpolation="linear")
+
+
+def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, seed: int = 0) -> float:
+    """sqrt(E_theta W2^2(theta.x, theta.y)) over random unit directions theta (a fixed seed: comparable values).
+
+    Sets of equal size compare sorted projections; otherwise both quantile functions are read at common levels.
+    """
+    x, y = x.reshape(x.shape[0], -1).double().cpu(), y.reshape(y.shape[0], -1).double().cpu()
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"sample sets differ in dimension: {x.shape[1]} vs {y.shape[1]}")
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.randn(x.shape[1], n_projections, generator=gen, dtype=torch.float64)
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    px, py = x @ theta, y @ theta
+    if px.shape[0] == py.shape[0]:
+        qx, qy = px.sort(dim=0).values, py.sort(dim=0).values
+    else:
+        n = max(px.shape[0], py.shape[0])
+        levels = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+        qx, qy = _quantiles(px, levels), _quantiles(py, levels)
+    return (qx - qy).pow(2).mean().sqrt().item()

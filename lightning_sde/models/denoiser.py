@@ -1,0 +1,92 @@
+"""Denoiser: turns one network forward into eps, score and x0 predictions, and counts NFE.
+
+A network predicts one of four targets for x_t = alpha x0 + sigma eps:
+  eps     eps
+  score   grad log p_t = -eps / sigma
+  x0      E[x0 | x_t]
+  v       alpha eps - sigma x0   (Salimans & Ho 2022, generalised to any alpha, sigma)
+The Denoiser converts the output to eps once; score and x0 follow from it. Samplers only ever see Denoisers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from lightning_sde.sde import SDE, broadcast_time
+
+PARAMETERIZATIONS = ("eps", "score", "x0", "v")
+
+
+@dataclass
+class Prediction:
+    """What a denoiser says about x_t at time t; alpha, sigma are broadcast to x's shape."""
+
+    x: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    eps: Tensor
+
+    @property
+    def score(self) -> Tensor:
+        return -self.eps / self.sigma
+
+    @property
+    def x0(self) -> Tensor:
+        return (self.x - self.sigma * self.eps) / self.alpha
+
+
+def output_to_eps(parameterization: str, out: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    if parameterization == "eps":
+        return out
+    if parameterization == "score":
+        return -sigma * out
+    if parameterization == "x0":
+        return (x - alpha * out) / sigma
+    if parameterization == "v":
+        return (sigma * x + alpha * out) / (alpha**2 + sigma**2)
+    raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+
+
+def eps_to_target(parameterization: str, eps: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The regression target of a parameterization, given the true eps and x0 (used by the training loss)."""
+    if parameterization == "eps":
+        return eps
+    if parameterization == "score":
+        return -eps / sigma
+    if parameterization == "x0":
+        return x0
+    if parameterization == "v":
+        return alpha * eps - sigma * x0
+    raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+
+
+class Denoiser(nn.Module):
+    """Wraps net(x, t) -> output in `parameterization`; `denoiser(x, t)` returns a Prediction.
+
+    `nfe` counts network forwards over the batch (one call = one NFE, whatever the batch size).
+    `shape` is the shape of one sample, used to validate sampler inputs.
+    """
+
+    def __init__(self, net: nn.Module | Callable, sde: SDE, parameterization: str, shape: tuple[int, ...]):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+        self.net = net
+        self.sde = sde
+        self.parameterization = parameterization
+        self.shape = tuple(shape)
+        self.nfe = 0
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Prediction:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        self.nfe += 1
+        out = self.net(x, t)
+        alpha = broadcast_time(self.sde.alpha(t), x)
+        sigma = broadcast_time(self.sde.sigma(t), x)
+        return Prediction(x, alpha, sigma, output_to_eps(self.parameterization, out, x, alpha, sigma))

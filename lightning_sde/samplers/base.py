@@ -1,0 +1,139 @@
+"""The Sampler interface, the registry by name, and the shared fixed-step loop.
+
+A sampler is a dataclass of its knobs (validated on construction, before any work) and is called as
+`sampler(denoiser, x_T, noise) -> (x_0, info)`. `info["nfe"]` is read off the Denoiser's counter, never
+computed by the sampler. Stochastic samplers draw every noise from `noise` (seed-addressed, see noise.py) and
+return the mean of their last step (no noise is added at t = eps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lightning_sde.models.denoiser import Denoiser
+from lightning_sde.samplers.grids import GRIDS, time_grid
+from lightning_sde.samplers.noise import SeededNoise
+
+SAMPLERS: dict[str, type["Sampler"]] = {}
+
+StepCallback = Callable[[dict], None]
+
+
+def register(name: str):
+    def add(cls):
+        if name in SAMPLERS:
+            raise ValueError(f"sampler {name!r} registered twice")
+        cls.name = name
+        SAMPLERS[name] = cls
+        return cls
+
+    return add
+
+
+def build_sampler(name: str, **params) -> "Sampler":
+    """A sampler from its registered name and parameters, e.g. build_sampler("ddim", steps=50, eta=0.0)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    cls = SAMPLERS[name]
+    allowed = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"sampler {name!r} has no parameter(s) {unknown}; its parameters are {sorted(allowed)}")
+    return cls(**params)
+
+
+def _synchronize(x: Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
+@dataclass
+class Sampler:
+    name: ClassVar[str]
+    stochastic: ClassVar[bool] = False
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        x_T: Tensor,
+        noise: SeededNoise | None = None,
+        callback: StepCallback | None = None,
+        progress: bool = False,
+    ) -> tuple[Tensor, dict]:
+        if tuple(x_T.shape[1:]) != denoiser.shape or x_T.ndim != len(denoiser.shape) + 1:
+            raise ValueError(
+                f"x_T must have shape (batch, {', '.join(map(str, denoiser.shape))}) for this denoiser; "
+                f"got {tuple(x_T.shape)}"
+            )
+        if self.stochastic and noise is None:
+            raise ValueError(f"sampler {self.name!r} is stochastic: pass noise=SeededNoise(seeds, ...)")
+        if noise is not None and len(noise.seeds) != x_T.shape[0]:
+            raise ValueError(f"noise has {len(noise.seeds)} seeds but x_T has {x_T.shape[0]} samples")
+        nfe_before = denoiser.nfe
+        _synchronize(x_T)
+        start = time.perf_counter()
+        with torch.no_grad():
+            x, extra = self.run(denoiser, x_T, noise, callback, progress)
+        _synchronize(x)
+        info = {"sampler": self.name, "nfe": denoiser.nfe - nfe_before, "wall_s": time.perf_counter() - start}
+        info.update(extra)
+        return x, info
+
+    def run(self, denoiser, x_T, noise, callback, progress) -> tuple[Tensor, dict]:
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class FixedStepSampler(Sampler):
+    """A sampler that walks a time grid, calling `step` once per interval (t -> s, s < t)."""
+
+    steps: int = 100
+    grid: str = "uniform"
+    rho: float = 7.0
+
+    nfe_per_step: ClassVar[int] = 1
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"{self.name}: steps must be an integer >= 1; got {self.steps!r}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"{self.name}: unknown grid {self.grid!r}; choose one of {GRIDS}")
+        if not self.rho > 0:
+            raise ValueError(f"{self.name}: rho must be > 0; got {self.rho}")
+
+    def step(self, denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, noise, last: bool) -> Tensor:
+        raise NotImplementedError
+
+    def run(self, denoiser, x_T, noise, callback, progress):
+        grid = time_grid(denoiser.sde, self.steps, self.grid, self.rho).to(x_T.device, x_T.dtype)
+        x = x_T
+        for i in tqdm(range(self.steps), desc=self.name, disable=not progress, leave=False):
+            x = self.step(denoiser, x, grid[i], grid[i + 1], noise, last=i == self.steps - 1)
+            if callback is not None:
+                callback({"i": i, "t": grid[i + 1], "x": x})
+        return x, {"steps": self.steps}
+
+
+def sample(
+    sampler: Sampler,
+    denoiser: Denoiser,
+    seeds,
+    device="cpu",
+    dtype=torch.float32,
+    callback: StepCallback | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, dict]:
+    """Draw one sample per seed: x_T and all later noise of sample i come from seed i."""
+    noise = SeededNoise(seeds, denoiser.shape, dtype=dtype, device=device)
+    x_T = denoiser.sde.prior_sample(noise.prior())
+    return sampler(denoiser, x_T, noise, callback=callback, progress=progress)

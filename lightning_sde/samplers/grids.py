@@ -1,0 +1,42 @@
+"""Time discretisations, separate from the solvers: every fixed-step sampler takes any of them.
+
+Each grid runs from T down to eps (steps + 1 points, strictly decreasing), and is built through the SDE's
+log-SNR lambda_t so that one definition serves VP, sub-VP and VE:
+  uniform    t_i uniform in [eps, T]
+  logsnr     lambda uniform (the natural grid of exponential integrators, Lu et al. 2022)
+  karras     sigma~ = exp(-lambda) = sigma_t / alpha_t spaced as (sigma~_max^(1/rho) + i/N (...))^rho (Karras et al. 2022)
+  quadratic  t_i = eps + (T - eps) (1 - i/N)^2 (DDIM's quadratic spacing)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_sde.sde import SDE
+
+GRIDS = ("uniform", "logsnr", "karras", "quadratic")
+
+
+def time_grid(sde: SDE, steps: int, kind: str = "uniform", rho: float = 7.0) -> Tensor:
+    if kind not in GRIDS:
+        raise ValueError(f"unknown time grid {kind!r}; choose one of {GRIDS}")
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
+    u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    T, eps = torch.tensor(sde.T, dtype=torch.float64), torch.tensor(sde.eps, dtype=torch.float64)
+    if kind == "uniform":
+        t = T + u * (eps - T)
+    elif kind == "quadratic":
+        t = eps + (T - eps) * (1 - u) ** 2
+    elif kind == "logsnr":
+        lam_T, lam_eps = sde.log_snr(T), sde.log_snr(eps)
+        t = sde.t_from_log_snr(lam_T + u * (lam_eps - lam_T))
+    else:
+        if not rho > 0:
+            raise ValueError(f"karras grid needs rho > 0; got rho={rho}")
+        s_max, s_min = (-sde.log_snr(T)).exp(), (-sde.log_snr(eps)).exp()
+        sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+        t = sde.t_from_log_snr(-sig.log())
+    t[0], t[-1] = T, eps  # exact endpoints, free of the round trip through lambda
+    return t

@@ -1,0 +1,222 @@
+"""Linear forward SDEs dx = f(t) x dt + g(t) dw with Gaussian marginals x_t = alpha_t x_0 + sigma_t z.
+
+Song et al. 2021, "Score-Based Generative Modeling through SDEs" (eqs. 9-11 and appendix B):
+  VP      f = -beta(t)/2,  g^2 = beta(t),                         alpha = exp(-B(t)/2), sigma^2 = 1 - alpha^2
+  sub-VP  f = -beta(t)/2,  g^2 = beta(t) (1 - exp(-2 B(t))),      alpha = exp(-B(t)/2), sigma   = 1 - alpha^2
+  VE      f = 0,           g^2 = d sigma^2/dt,                    alpha = 1, sigma = sigma_min (sigma_max/sigma_min)^t
+with beta(t) = beta_min + t (beta_max - beta_min) and B(t) = int_0^t beta.
+Each class states alpha, sigma, f and g^2; everything else (lambda_t, its inverse, transitions, reverse drifts,
+prior) is derived once in the base class.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+
+def broadcast_time(coef: Tensor, x: Tensor) -> Tensor:
+    """Reshape a per-sample coefficient (B,) or scalar so it multiplies a batch x of shape (B, ...)."""
+    coef = torch.as_tensor(coef, dtype=x.dtype, device=x.device)
+    if coef.ndim == 0:
+        return coef
+    return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim))
+
+
+class SDE(ABC):
+    """A linear forward SDE on t in [eps, T]; time arguments are tensors (scalar or per sample)."""
+
+    name: str
+
+    def __init__(self, eps: float = 1e-3, T: float = 1.0):
+        if not 0.0 < eps < T:
+            raise ValueError(f"SDE time range needs 0 < eps < T; got eps={eps}, T={T}")
+        self.eps = float(eps)
+        self.T = float(T)
+
+    # --- the four quantities each SDE defines ---------------------------------------------------
+    @abstractmethod
+    def alpha(self, t: Tensor) -> Tensor:
+        """Mean scale of p_t(x | x_0)."""
+
+    @abstractmethod
+    def sigma(self, t: Tensor) -> Tensor:
+        """Standard deviation of p_t(x | x_0)."""
+
+    @abstractmethod
+    def f(self, t: Tensor) -> Tensor:
+        """Drift coefficient: f(x, t) = f(t) x."""
+
+    @abstractmethod
+    def g2(self, t: Tensor) -> Tensor:
+        """Squared diffusion g(t)^2."""
+
+    @abstractmethod
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """Inverse of log_snr."""
+
+    @property
+    @abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation of the prior N(0, prior_std^2 I) that stands in for p_T."""
+
+    # --- derived -------------------------------------------------------------------------------
+    def g(self, t: Tensor) -> Tensor:
+        return self.g2(t).sqrt()
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return broadcast_time(self.f(t), x) * x
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """lambda_t = log(alpha_t / sigma_t), strictly decreasing in t."""
+        return self.alpha(t).log() - self.sigma(t).log()
+
+    def marginal(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = alpha_t x_0 + sigma_t z for given z."""
+        return broadcast_time(self.alpha(t), x0) * x0 + broadcast_time(self.sigma(t), x0) * noise
+
+    def transition(self, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """Forward transition x_t | x_s = a x_s + G z for s < t: returns (a, G^2), exact for these linear SDEs."""
+        a = self.alpha(t) / self.alpha(s)
+        return a, self.sigma(t) ** 2 - a**2 * self.sigma(s) ** 2
+
+    def reverse_drift(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
+        """Drift of the reverse-time SDE: f(x,t) - g(t)^2 grad log p_t (eq. 6)."""
+        return self.drift(x, t) - broadcast_time(self.g2(t), x) * score
+
+    def ode_drift(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
+        """Probability-flow ODE: dx/dt = f(x,t) - g(t)^2/2 grad log p_t (eq. 13)."""
+        return self.drift(x, t) - 0.5 * broadcast_time(self.g2(t), x) * score
+
+    def prior_sample(self, noise: Tensor) -> Tensor:
+        return self.prior_std * noise
+
+    def prior_logp(self, x: Tensor) -> Tensor:
+        """log N(x; 0, prior_std^2 I), summed over all but the batch dimension."""
+        d = x[0].numel()
+        sq = x.reshape(x.shape[0], -1).pow(2).sum(-1)
+        return -0.5 * sq / self.prior_std**2 - d * (math.log(self.prior_std) + 0.5 * math.log(2 * math.pi))
+
+    def langevin_scale(self, t: Tensor, s: Tensor) -> Tensor:
+        """Step-size factor of score_sde's Langevin corrector: 1, except VP's alpha_i = 1 - beta_i."""
+        return torch.ones_like(t)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
+
+
+class _BetaSchedule(SDE):
+    """Shared linear beta(t) schedule of VP and sub-VP."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, eps: float = 1e-3, T: float = 1.0):
+        super().__init__(eps, T)
+        if not beta_min > 0:
+            raise ValueError(f"beta_min must be > 0; got beta_min={beta_min}")
+        if not beta_max > beta_min:
+            raise ValueError(f"beta_max must be > beta_min; got beta_min={beta_min}, beta_max={beta_max}")
+        self.beta_min = float(beta_min)
+        self.beta_max = float(beta_max)
+
+    def beta(self, t: Tensor) -> Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def integrated_beta(self, t: Tensor) -> Tensor:
+        """B(t) = int_0^t beta(s) ds."""
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def t_from_integrated_beta(self, B: Tensor) -> Tensor:
+        # Root of (d/2) t^2 + beta_min t - B = 0, written without cancellation.
+        d = self.beta_max - self.beta_min
+        return 2 * B / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * B))
+
+    def alpha(self, t):
+        return torch.exp(-0.5 * self.integrated_beta(t))
+
+    def f(self, t):
+        return -0.5 * self.beta(t)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+
+class VPSDE(_BetaSchedule):
+    name = "vp"
+
+    def sigma(self, t):
+        return (-torch.expm1(-self.integrated_beta(t))).sqrt()
+
+    def g2(self, t):
+        return self.beta(t)
+
+    def t_from_log_snr(self, lam):
+        # sigma^2/alpha^2 = exp(B) - 1 = exp(-2 lambda)  =>  B = softplus(-2 lambda)
+        return self.t_from_integrated_beta(torch.nn.functional.softplus(-2 * lam))
+
+    def langevin_scale(self, t, s):
+        a, _ = self.transition(t, s)
+        return a**2  # score_sde's alpha_i = 1 - beta_i = (alpha_i / alpha_{i-1})^2 of the discrete DDPM chain
+
+
+class SubVPSDE(_BetaSchedule):
+    name = "subvp"
+
+    def sigma(self, t):
+        return -torch.expm1(-self.integrated_beta(t))
+
+    def g2(self, t):
+        return self.beta(t) * -torch.expm1(-2 * self.integrated_beta(t))
+
+    def t_from_log_snr(self, lam):
+        # alpha / (1 - alpha^2) = r = exp(lambda)  =>  alpha = 2r / (1 + sqrt(1 + 4 r^2)),  B = -2 log alpha
+        r = lam.exp()
+        alpha = 2 * r / (1 + torch.sqrt(1 + 4 * r**2))
+        return self.t_from_integrated_beta(-2 * alpha.log())
+
+
+class VESDE(SDE):
+    name = "ve"
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, eps: float = 1e-5, T: float = 1.0):
+        super().__init__(eps, T)
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"VE SDE needs 0 < sigma_min < sigma_max; got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self._log_ratio = math.log(sigma_max / sigma_min)
+
+    def alpha(self, t):
+        return torch.ones_like(t)
+
+    def sigma(self, t):
+        return self.sigma_min * torch.exp(t * self._log_ratio)
+
+    def f(self, t):
+        return torch.zeros_like(t)
+
+    def g2(self, t):
+        # d sigma^2 / dt: the square root is taken in g(), not here (score_sde's VE "mind the square root").
+        return 2 * self._log_ratio * self.sigma(t) ** 2
+
+    def t_from_log_snr(self, lam):
+        return (-lam - math.log(self.sigma_min)) / self._log_ratio
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+
+SDES: dict[str, type[SDE]] = {cls.name: cls for cls in (VPSDE, SubVPSDE, VESDE)}
+
+
+def build_sde(name: str, **params) -> SDE:
+    if name not in SDES:
+        raise ValueError(f"unknown sde {name!r}; choose one of {sorted(SDES)}")
+    try:
+        return SDES[name](**params)
+    except TypeError as err:
+        raise ValueError(f"bad parameters for sde {name!r}: {err}") from None
