@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.exact import build_mixture
 from lightning_sde.metrics import mmd, sliced_wasserstein
+from lightning_sde.plotting import scatter_grid
 from lightning_sde.samplers import build_sampler, sample
 from lightning_sde.sde import build_sde
 
@@ -46,25 +47,6 @@ def validate(cfg: DictConfig):
     mixture = build_from(cfg.problem, "problem", build_mixture)
     samplers = {label: build_from(sc, f"samplers.{label}", build_sampler) for label, sc in cfg.samplers.items()}
     return sde, mixture, samplers
-
-
-def scatter_grid(panels: dict[str, torch.Tensor], path: Path, lim: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(4, len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
-    for ax, (title, x) in zip(axes.flat, panels.items()):
-        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4, color="tab:blue" if title != "data" else "black")
-        ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[])
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def compare(cfg: DictConfig, out_dir: Path) -> list[dict]:
@@ -97,7 +79,7 @@ def compare(cfg: DictConfig, out_dir: Path) -> list[dict]:
         writer.writeheader()
         writer.writerows(rows)
     if mixture.dim == 2:
-        scatter_grid(panels, out_dir / "samples.png", lim=float(data.abs().max()) * 1.15)
+        scatter_grid(panels, out_dir / "samples.png")
     return rows
 
 

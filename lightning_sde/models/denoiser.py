@@ -69,16 +69,22 @@ class Denoiser(nn.Module):
 
     `nfe` counts network forwards over the batch (one call = one NFE, whatever the batch size).
     `shape` is the shape of one sample, used to validate sampler inputs.
+    `sigma_data`, if given, scales the network input by c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2) (EDM) so that
+    it has about unit variance at every t (essential on VE, where x_T has std sigma_max).
     """
 
-    def __init__(self, net: nn.Module | Callable, sde: SDE, parameterization: str, shape: tuple[int, ...]):
+    def __init__(self, net: nn.Module | Callable, sde: SDE, parameterization: str, shape: tuple[int, ...],
+                 sigma_data: float | None = None):
         super().__init__()
+        if sigma_data is not None and not sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0 (or None for no input scaling); got {sigma_data}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
         self.net = net
         self.sde = sde
         self.parameterization = parameterization
         self.shape = tuple(shape)
+        self.sigma_data = sigma_data
         self.nfe = 0
 
     def forward(self, x: Tensor, t: Tensor | float) -> Prediction:
@@ -86,7 +92,8 @@ class Denoiser(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         self.nfe += 1
-        out = self.net(x, t)
         alpha = broadcast_time(self.sde.alpha(t), x)
         sigma = broadcast_time(self.sde.sigma(t), x)
+        c_in = 1.0 if self.sigma_data is None else (alpha**2 * self.sigma_data**2 + sigma**2).rsqrt()
+        out = self.net(c_in * x, t)
         return Prediction(x, alpha, sigma, output_to_eps(self.parameterization, out, x, alpha, sigma))
