@@ -1,0 +1,3 @@
+from lightning_sde.callbacks.sampler import SamplerCallback
+
+__all__ = ["SamplerCallback"]

@@ -1,0 +1,59 @@
+"""ScoreModule: a LightningModule that trains a Denoiser by continuous-time denoising score matching.
+
+Everything needed to rebuild the model is in its hyperparameters (plain dicts from the Hydra config), so a
+checkpoint loads by path alone: `ScoreModule.load_denoiser("last.ckpt")`. With Lightning's EMAWeightAveraging the
+checkpoint's `state_dict` holds the EMA weights (the raw ones sit in `current_model_state`), so a loaded model
+samples with EMA weights; during fit the callback swaps the EMA weights in for validation, when samplers run.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+
+from lightning_sde.losses import DSMLoss
+from lightning_sde.models.denoiser import Denoiser
+from lightning_sde.sde import build_sde
+
+
+class ScoreModule(L.LightningModule):
+    def __init__(
+        self,
+        net: dict,
+        sde: dict,
+        shape: list[int],
+        parameterization: str = "eps",
+        sigma_data: float | None = None,
+        loss: dict | None = None,
+        optim: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.sde = build_sde(**sde)
+        self.denoiser = Denoiser(instantiate(net), self.sde, parameterization, tuple(shape), sigma_data=sigma_data)
+        self.loss_fn = DSMLoss(self.sde, **(loss or {}))
+        self.optim = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0, **(optim or {})}
+
+    def training_step(self, x0, batch_idx):
+        loss = self.loss_fn(self.denoiser, x0).mean()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, x0, batch_idx):
+        # Fixed t and noise per batch: the validation loss is comparable across epochs and runs.
+        gen = torch.Generator().manual_seed(batch_idx)
+        self.log("val/loss", self.loss_fn(self.denoiser, x0, gen).mean(), sync_dist=True, prog_bar=True)
+
+    def configure_optimizers(self):
+        o = self.optim
+        opt = torch.optim.AdamW(self.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=tuple(o["betas"]))
+        warmup = max(int(o["warmup_steps"]), 0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    @classmethod
+    def load_denoiser(cls, path: str, map_location="cpu") -> Denoiser:
+        """The (EMA) Denoiser of a checkpoint, in eval mode."""
+        module = cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+        return module.denoiser.eval()
