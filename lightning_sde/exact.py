@@ -82,7 +82,8 @@ class GaussianMixture:
         """grad_x log p(x) of the diffused mixture: -sum_k r_k(x) C_k^{-1} (x - alpha mu_k)."""
         log_comp, y, var = self._components(x, torch.as_tensor(alpha), torch.as_tensor(sigma))
         resp = torch.softmax(log_comp, dim=-1)
-        return -torch.einsum("bk,kde,bke->bd", resp, self.eigvecs.to(x), y / var)
+        # Weight first, then one contraction: a three-operand einsum here builds a (B, K, d, d) temporary.
+        return -torch.einsum("kde,bke->bd", self.eigvecs.to(x), resp[..., None] * y / var)
 
     def marginal_log_prob(self, sde: SDE, x: Tensor, t: Tensor) -> Tensor:
         return self.log_prob(x, sde.alpha(t), sde.sigma(t))

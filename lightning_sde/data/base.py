@@ -1,0 +1,153 @@
+"""What every DataModule here shares: argument checks, tensor-backed datasets, batched image scaling, loaders.
+
+The interface the training module and the SamplerCallback rely on:
+  .shape          shape of one sample, e.g. (2,) or (1, 8, 8)
+  .kind           "points" or "images"
+  batches         plain tensors x of shape (B, *shape), float32; images in [-1, 1]
+  reference(n)    n real samples, float32, the same tensor on every call (FID / sliced-W2 reference)
+  train_dataloader(), val_dataloader()
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+# Independent random streams drawn from one user seed.
+STREAM_TRAIN, STREAM_VAL, STREAM_SPLIT, STREAM_REFERENCE = 0, 1, 2, 3
+
+
+def generator(seed: int, stream: int) -> torch.Generator:
+    """A CPU generator for one of the named streams of `seed` (streams never overlap for seeds < 2**40)."""
+    return torch.Generator().manual_seed(seed * 16 + stream)
+
+
+def check_int(owner: str, key: str, value, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}: {key} must be an integer >= {minimum}; got {value!r}")
+    return value
+
+
+def check_bool(owner: str, key: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}: {key} must be true or false; got {value!r}")
+    return value
+
+
+def check_choice(owner: str, key: str, value, allowed) -> str:
+    if value not in allowed:
+        raise ValueError(f"{owner}: unknown {key} {value!r}; choose one of {sorted(allowed)}")
+    return value
+
+
+class RowsDataset(Dataset):
+    """Rows of one tensor. `__getitems__` lets the DataLoader fetch a whole batch with one indexing op."""
+
+    def __init__(self, data: Tensor):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index) -> Tensor:
+        return self.data[index]
+
+    def __getitems__(self, indices) -> Tensor:
+        return self.data[torch.as_tensor(indices, dtype=torch.long)]
+
+
+def stack(batch) -> Tensor:
+    """Collate: a batch fetched by `__getitems__` is already one tensor; a list of samples is stacked."""
+    return batch if isinstance(batch, Tensor) else torch.stack(list(batch))
+
+
+class ImageBatch:
+    """Collate for integer images: stack, scale levels 0..levels-1 to [-1, 1], optionally dequantise and flip.
+
+    Without dequantisation x -> 2 x / (levels - 1) - 1 (the extreme levels map to -1 and 1).
+    With uniform dequantisation x -> 2 (x + u) / levels - 1, u ~ U(0, 1) per pixel: values fill [-1, 1), and a
+    pixel moves by less than one level width (2 / levels). Picklable, so it works with num_workers > 0.
+    """
+
+    def __init__(self, levels: int, dequantize: bool = False, hflip: bool = False):
+        self.levels = levels
+        self.dequantize = dequantize
+        self.hflip = hflip
+
+    def __call__(self, batch, generator: torch.Generator | None = None) -> Tensor:
+        x = stack(batch).to(torch.float32)
+        if self.dequantize:
+            x = 2.0 * (x + torch.rand(x.shape, generator=generator)) / self.levels - 1.0
+        else:
+            x = 2.0 * x / (self.levels - 1) - 1.0
+        if self.hflip:
+            flip = torch.rand(x.shape[0], generator=generator) < 0.5
+            x[flip] = x[flip].flip(-1)
+        return x
+
+
+def bits_per_dim_offset(levels: int) -> float:
+    """Add to -log p(x) / (D ln 2) (density of dequantised data in [-1, 1]) to get bits/dim of the discrete data.
+
+    y = x + u (x integer in 0..K-1, u ~ U(0, 1)) has density p_y(y) = p_z(z) |dz/dy|^D with z = 2 y / K - 1, so
+    -log2 P(x) <= E_u[-log2 p_y(x + u)] = E_u[-log2 p_z(z)] + D log2(K / 2): the offset is log2(K / 2)
+    per dimension (7 for 8-bit images, log2(8.5) = 3.09 for the 17-level digits).
+    """
+    return math.log2(levels / 2)
+
+
+class BaseDataModule(L.LightningDataModule):
+    """Loaders over `self.train_set` / `self.val_set` (filled in by the subclass) with `self.collate`."""
+
+    kind: str = "points"
+    shape: tuple[int, ...] = ()
+
+    def __init__(self, batch_size: int, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        owner = type(self).__name__
+        self.batch_size = check_int(owner, "batch_size", batch_size, 1)
+        self.num_workers = check_int(owner, "num_workers", num_workers, 0)
+        self.seed = check_int(owner, "seed", seed, 0)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.collate = stack
+        self.val_collate = stack
+
+    def _ensure_setup(self) -> None:
+        """Subclasses that load lazily (files on disk) fill train_set / val_set here."""
+
+    def _loader(self, dataset: Dataset, collate, train: bool) -> DataLoader:
+        if train and len(dataset) < self.batch_size:
+            raise ValueError(f"{type(self).__name__}: batch_size {self.batch_size} exceeds the {len(dataset)} training samples")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self._ensure_setup()
+        return self._loader(self.train_set, self.collate, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self._ensure_setup()
+        return self._loader(self.val_set, self.val_collate, train=False)
+
+    def reference(self, n: int) -> Tensor:
+        raise NotImplementedError
+
+    def _check_reference(self, n: int, available: int | None = None) -> int:
+        n = check_int(type(self).__name__, "reference n", n, 1)
+        if available is not None and n > available:
+            raise ValueError(
+                f"{type(self).__name__}: reference({n}) asks for more than the {available} training samples available"
+            )
+        return n

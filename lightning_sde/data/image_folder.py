@@ -1,0 +1,133 @@
+"""Any folder of images: class sub-folders as torchvision's ImageFolder expects (labels are ignored), a flat
+folder, or a mixture; read lazily, resized (shorter side) and centre-cropped to a square, scaled to [-1, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lightning_sde.data.base import (
+    STREAM_REFERENCE,
+    STREAM_SPLIT,
+    BaseDataModule,
+    ImageBatch,
+    bits_per_dim_offset,
+    check_bool,
+    check_int,
+    generator,
+)
+
+LEVELS = 256
+
+
+def image_extensions() -> tuple[str, ...]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return tuple(e.lower() for e in IMG_EXTENSIONS)
+
+
+def list_images(root) -> list[Path]:
+    """Image files under root (recursively, sorted, hidden entries skipped); clear errors when there are none."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageFolderDataModule: image folder {str(root.resolve())!r} does not exist or is not a directory")
+    extensions = image_extensions()
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in extensions
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise ValueError(
+            f"ImageFolderDataModule: no images under {str(root.resolve())!r} "
+            f"(looked recursively for {', '.join(extensions)})"
+        )
+    return files
+
+
+class ImageFiles(Dataset):
+    """uint8 (C, S, S) images: shorter side resized to S (antialiased bilinear), then centre-cropped."""
+
+    def __init__(self, files: list[Path], image_size: int, channels: int):
+        self.files = files
+        self.image_size = image_size
+        self.mode = "L" if channels == 1 else "RGB"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Tensor:
+        from PIL import Image
+        from torchvision.transforms.v2 import functional as F
+
+        path = self.files[index]
+        try:
+            with Image.open(path) as img:
+                img = img.convert(self.mode)
+        except OSError as err:
+            raise OSError(f"ImageFolderDataModule: cannot read image {str(path)!r}: {err}") from err
+        img = F.resize(img, [self.image_size], antialias=True)
+        img = F.center_crop(img, [self.image_size, self.image_size])
+        return F.pil_to_tensor(img)
+
+
+class ImageFolderDataModule(BaseDataModule):
+    """Images of shape (channels, image_size, image_size) in [-1, 1] from the files under `root`.
+
+    A seeded split holds out n_val images (default: 5% of them, at least 1, at most 1000) for validation.
+    `reference(n)` loads the first n training images in a seeded order. Options `hflip` (random horizontal flips
+    of training batches) and `dequantize` (uniform dequantisation of the 256 levels; bits/dim offset 7).
+    """
+
+    kind = "images"
+    levels = LEVELS
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int,
+        channels: int = 3,
+        batch_size: int = 64,
+        n_val: int | None = None,
+        hflip: bool = False,
+        dequantize: bool = False,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__(batch_size, num_workers, seed)
+        owner = "ImageFolderDataModule"
+        self.image_size = check_int(owner, "image_size", image_size, 1)
+        if channels not in (1, 3) or isinstance(channels, bool):
+            raise ValueError(f"{owner}: channels must be 1 (grayscale) or 3 (RGB); got {channels!r}")
+        self.channels = channels
+        self.hflip = check_bool(owner, "hflip", hflip)
+        self.dequantize = check_bool(owner, "dequantize", dequantize)
+        self.root = Path(root).expanduser()
+        files = list_images(self.root)
+        if len(files) < 2:
+            raise ValueError(f"{owner}: need at least 2 images under {str(self.root)!r} (train and validation); found {len(files)}")
+        if n_val is None:
+            n_val = min(1000, max(1, len(files) // 20))
+        self.n_val = check_int(owner, "n_val", n_val, 1)
+        if self.n_val >= len(files):
+            raise ValueError(f"{owner}: n_val must be below the {len(files)} images found; got {n_val}")
+        order = torch.randperm(len(files), generator=generator(seed, STREAM_SPLIT)).tolist()
+        self.val_files = sorted(files[i] for i in order[: self.n_val])
+        self.train_files = [files[i] for i in order[self.n_val :]]  # a seeded order: reference(n) takes the first n
+        self.shape = (channels, image_size, image_size)
+        self.collate = ImageBatch(LEVELS, dequantize=self.dequantize, hflip=self.hflip)
+        self.val_collate = ImageBatch(LEVELS, dequantize=self.dequantize)
+        self.train_set = ImageFiles(self.train_files, image_size, channels)
+        self.val_set = ImageFiles(self.val_files, image_size, channels)
+
+    @property
+    def bits_per_dim_offset(self) -> float | None:
+        return bits_per_dim_offset(LEVELS) if self.dequantize else None
+
+    def reference(self, n: int) -> Tensor:
+        n = self._check_reference(n, len(self.train_set))
+        images = torch.stack([self.train_set[i] for i in range(n)])
+        return ImageBatch(LEVELS, dequantize=self.dequantize)(images, generator=generator(self.seed, STREAM_REFERENCE))

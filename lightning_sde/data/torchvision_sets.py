@@ -1,0 +1,232 @@
+"""MNIST and CIFAR-10 through torchvision, held in memory as uint8 and scaled per batch to [-1, 1].
+
+Compute nodes often have no internet: fetch once on a machine that has it (a login node),
+    python -m lightning_sde.data.prepare cifar10 --root /shared/data
+and point `root` at the same directory. Without the files, `prepare_data()` tries to download (download=True)
+and, failing, raises a RuntimeError naming the dataset, the root and that command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lightning_sde.data.base import (
+    STREAM_REFERENCE,
+    STREAM_SPLIT,
+    STREAM_VAL,
+    BaseDataModule,
+    ImageBatch,
+    RowsDataset,
+    bits_per_dim_offset,
+    check_bool,
+    check_choice,
+    check_int,
+    generator,
+)
+
+
+@dataclass(frozen=True)
+class Spec:
+    title: str
+    cls: str  # torchvision.datasets class name
+    shape: tuple[int, int, int]
+    folder: str  # what torchvision creates under root
+
+
+SPECS = {
+    "mnist": Spec("MNIST", "MNIST", (1, 28, 28), "MNIST"),
+    "cifar10": Spec("CIFAR-10", "CIFAR10", (3, 32, 32), "cifar-10-batches-py"),
+}
+LEVELS = 256
+
+
+def prepare_command(name: str, root) -> str:
+    return f"python -m lightning_sde.data.prepare {name} --root {Path(root).expanduser().resolve()}"
+
+
+def missing_error(name: str, root, why: str) -> RuntimeError:
+    spec = SPECS[name]
+    root = Path(root).expanduser().resolve()
+    return RuntimeError(
+        f"{spec.title} is not under root {str(root)!r} (torchvision looks in {str(root / spec.folder)!r}) and {why}. "
+        f"On a machine with internet access (e.g. a login node) run\n    {prepare_command(name, root)}\n"
+        f"and set the data module's root (config key data.root) to that directory on a shared filesystem."
+    )
+
+
+@contextlib.contextmanager
+def socket_timeout(seconds: float | None):
+    """urllib (which torchvision uses) has no timeout by default: a firewalled node could hang forever."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _dataset(name: str, root, train: bool, download: bool = False):
+    import torchvision
+
+    return getattr(torchvision.datasets, SPECS[name].cls)(str(root), train=train, download=download)
+
+
+def is_available(name: str, root) -> bool:
+    check_choice("torchvision data", "name", name, SPECS)
+    try:
+        _dataset(name, root, train=True)
+        _dataset(name, root, train=False)
+    except RuntimeError:
+        return False
+    return True
+
+
+def fetch(name: str, root, timeout: float | None = 60.0) -> Path:
+    """Download `name` (train and test) into `root` unless present; a RuntimeError naming what to do on failure."""
+    check_choice("torchvision data", "name", name, SPECS)
+    root = Path(root).expanduser()
+    if is_available(name, root):
+        return root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with socket_timeout(timeout):
+            _dataset(name, root, train=True, download=True)
+            _dataset(name, root, train=False, download=True)
+    except Exception as err:  # URLError, socket errors, torchvision's own RuntimeError after trying its mirrors
+        detail = " ".join(str(err).split())[:300]
+        raise missing_error(name, root, f"downloading it failed ({type(err).__name__}: {detail})") from err
+    return root
+
+
+def load_levels(name: str, root, train: bool) -> Tensor:
+    """The split as a uint8 tensor (N, C, H, W)."""
+    try:
+        ds = _dataset(name, root, train=train)
+    except RuntimeError as err:
+        raise missing_error(name, root, "download was not attempted (call prepare_data(), or fetch it first)") from err
+    data = torch.as_tensor(ds.data)
+    return data.unsqueeze(1).contiguous() if data.ndim == 3 else data.permute(0, 3, 1, 2).contiguous()
+
+
+class TorchvisionDataModule(BaseDataModule):
+    """MNIST (1, 28, 28) or CIFAR-10 (3, 32, 32) images in [-1, 1].
+
+    Training set: the official training split (60k / 50k); `reference(n)` is its first n images in a seeded
+    order (the usual FID reference is the training set). Validation: a seeded subset of n_val images of the
+    official test split, transformed once. Options: `hflip` (random horizontal flips of training batches, for
+    CIFAR-10 only), `dequantize` (uniform dequantisation of the 256 levels: 2 (x + u) / 256 - 1, so add
+    `bits_per_dim_offset` = log2(128) = 7 to bits/dim of a density on [-1, 1]). `download=False` makes
+    prepare_data() fail at once when the files are missing instead of trying the network; `download_timeout` is
+    the socket timeout (seconds) while downloading.
+    """
+
+    kind = "images"
+    levels = LEVELS
+
+    def __init__(
+        self,
+        name: str,
+        root: str = "data",
+        batch_size: int = 128,
+        n_val: int = 1000,
+        hflip: bool = False,
+        dequantize: bool = False,
+        download: bool = True,
+        download_timeout: float = 60.0,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__(batch_size, num_workers, seed)
+        owner = type(self).__name__
+        self.name = check_choice(owner, "name", name, SPECS)
+        if not isinstance(root, (str, Path)) or not str(root):
+            raise ValueError(f"{owner}: root must be a directory path; got {root!r}")
+        self.root = Path(root).expanduser()
+        self.n_val = check_int(owner, "n_val", n_val, 1)
+        self.hflip = check_bool(owner, "hflip", hflip)
+        if self.hflip and name == "mnist":
+            raise ValueError(f"{owner}: hflip=True mirrors digits into non-digits; use it for cifar10 only")
+        self.dequantize = check_bool(owner, "dequantize", dequantize)
+        self.download = check_bool(owner, "download", download)
+        if not (isinstance(download_timeout, (int, float)) and download_timeout > 0):
+            raise ValueError(f"{owner}: download_timeout must be a positive number of seconds; got {download_timeout!r}")
+        self.download_timeout = float(download_timeout)
+        self.shape = SPECS[name].shape
+        self.collate = ImageBatch(LEVELS, dequantize=self.dequantize, hflip=self.hflip)
+        self.train_levels: Tensor | None = None
+
+    @property
+    def bits_per_dim_offset(self) -> float | None:
+        return bits_per_dim_offset(LEVELS) if self.dequantize else None
+
+    def prepare_data(self) -> None:
+        if is_available(self.name, self.root):
+            return
+        if not self.download:
+            raise missing_error(self.name, self.root, "download=False")
+        fetch(self.name, self.root, timeout=self.download_timeout)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._ensure_setup()
+
+    def _ensure_setup(self) -> None:
+        if self.train_levels is not None:
+            return
+        train = load_levels(self.name, self.root, train=True)
+        test = load_levels(self.name, self.root, train=False)
+        if self.n_val > len(test):
+            raise ValueError(f"{type(self).__name__}: n_val {self.n_val} exceeds the {len(test)} test images")
+        order = torch.randperm(len(train), generator=generator(self.seed, STREAM_SPLIT))
+        self.train_levels = train[order]  # a seeded order: reference(n) takes the first n
+        val_index = torch.randperm(len(test), generator=generator(self.seed, STREAM_SPLIT))[: self.n_val]
+        unflipped = ImageBatch(LEVELS, dequantize=self.dequantize)
+        self.train_set = RowsDataset(self.train_levels)
+        self.val_set = RowsDataset(unflipped(test[val_index], generator=generator(self.seed, STREAM_VAL)))
+
+    def reference(self, n: int) -> Tensor:
+        self._ensure_setup()
+        n = self._check_reference(n, len(self.train_levels))
+        unflipped = ImageBatch(LEVELS, dequantize=self.dequantize)
+        return unflipped(self.train_levels[:n], generator=generator(self.seed, STREAM_REFERENCE))
+
+
+class MNISTDataModule(TorchvisionDataModule):
+    """MNIST, shape (1, 28, 28); see TorchvisionDataModule."""
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 128,
+        n_val: int = 1000,
+        dequantize: bool = False,
+        download: bool = True,
+        download_timeout: float = 60.0,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__("mnist", root, batch_size, n_val, False, dequantize, download, download_timeout, num_workers, seed)
+
+
+class CIFAR10DataModule(TorchvisionDataModule):
+    """CIFAR-10, shape (3, 32, 32), random horizontal flips of training batches on by default; see
+    TorchvisionDataModule."""
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 128,
+        n_val: int = 1000,
+        hflip: bool = True,
+        dequantize: bool = False,
+        download: bool = True,
+        download_timeout: float = 60.0,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__("cifar10", root, batch_size, n_val, hflip, dequantize, download, download_timeout, num_workers, seed)

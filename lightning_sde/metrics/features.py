@@ -1,0 +1,208 @@
+"""Feature networks for FID / KID, usable as `feature=` of torchmetrics' FrechetInceptionDistance and
+KernelInceptionDistance.
+
+Input convention (torchmetrics'): with a custom feature module torchmetrics passes the images to it unchanged,
+whatever `normalize` says. These modules therefore take what the metric is fed:
+  - float images in [0, 1] (what callers pass with `normalize=True`; the SamplerCallback sends (x + 1) / 2), or
+  - uint8 images in 0..255 (the `normalize=False` convention).
+`DigitsFeatures(input_range="symmetric")` takes the data's own [-1, 1] floats instead (uint8 is still 0..255).
+Each module has an integer `num_features`, so FID never calls it on a 299x299 dummy image, stays in eval mode,
+and has no trainable parameters.
+
+  digits      DigitsFeatures: the 128-d penultimate layer of a small CNN trained on scikit-learn's 8x8 digits
+              (weights in lightning_sde/metrics/weights/, made by benchmarks/train_digits_features.py)
+  inception   torch-fidelity's InceptionV3 (pool3, 2048-d) as torchmetrics uses it; the weights must be on disk
+              (`python -m lightning_sde.metrics.features fetch-inception` on a machine with internet)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DIGITS_WEIGHTS = WEIGHTS_DIR / "digits_features.pt"
+INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_ENV = "LSDE_INCEPTION_WEIGHTS"
+INPUT_RANGES = ("unit", "symmetric")
+
+
+def weights_sha256(path) -> str:
+    """SHA-256 hex digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class DigitsCNN(nn.Module):
+    """Classifier of 8x8 digits in [-1, 1]. `features(x)` is the 128-d penultimate layer (after its ReLU) times
+    `feature_scale`, a constant saved with the weights and set after training so that the mean of |f|^2 / 128 over
+    the training digits is 1: KID's kernel (x.y / d + 1)^3 then sees O(1) inner products, as with Inception."""
+
+    def __init__(self, width: int = 32, num_features: int = 128, num_classes: int = 10, dropout: float = 0.3):
+        super().__init__()
+        self.num_features = num_features
+        self.body = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),  # 4x4
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),  # 2x2
+            nn.Flatten(),
+            nn.Linear(2 * width * 4, num_features), nn.ReLU(),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(num_features, num_classes)
+        self.register_buffer("feature_scale", torch.ones(()))
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x) * self.feature_scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.dropout(self.body(x)))
+
+
+def _to_symmetric(x: Tensor, input_range: str, dtype: torch.dtype) -> Tensor:
+    """Images to floats in [-1, 1]: uint8 0..255, float [0, 1] ("unit") or float [-1, 1] ("symmetric")."""
+    if x.dtype == torch.uint8:
+        return x.to(dtype) / 127.5 - 1.0
+    if not x.is_floating_point():
+        raise TypeError(f"expected float or uint8 images; got dtype {x.dtype}")
+    x = x.to(dtype)
+    return 2.0 * x - 1.0 if input_range == "unit" else x
+
+
+class DigitsFeatures(nn.Module):
+    """(N, 1, 8, 8) images -> (N, 128) penultimate-layer features of DigitsCNN, for FID/KID on digits.
+
+    input_range="unit" (default): floats in [0, 1], as fed to torchmetrics' FID/KID by the SamplerCallback;
+    "symmetric": floats in [-1, 1], the data modules' range. uint8 input is read as 0..255 either way.
+    """
+
+    def __init__(self, weights_path=None, input_range: str = "unit"):
+        super().__init__()
+        if input_range not in INPUT_RANGES:
+            raise ValueError(f"DigitsFeatures: input_range must be one of {INPUT_RANGES}; got {input_range!r}")
+        path = Path(weights_path) if weights_path is not None else DIGITS_WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"DigitsFeatures: no weights at {str(path)!r}; make them with `python benchmarks/train_digits_features.py`"
+            )
+        self.weights_path = str(path)
+        self.input_range = input_range
+        self.net = DigitsCNN()
+        self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.net.requires_grad_(False)
+        self.num_features = self.net.num_features
+        self.eval()
+
+    def train(self, mode: bool = True) -> "DigitsFeatures":
+        return super().train(False)  # a fixed feature map: dropout stays off
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
+            raise ValueError(f"DigitsFeatures expects images of shape (N, 1, 8, 8); got {tuple(x.shape)}")
+        weight = self.net.head.weight
+        return self.net.features(_to_symmetric(x.to(weight.device), self.input_range, weight.dtype))
+
+
+# --- Inception ------------------------------------------------------------------------------------------------
+
+
+def inception_weights_path(weights_path=None) -> Path:
+    """Where the InceptionV3 weights are looked for: the argument, else $LSDE_INCEPTION_WEIGHTS, else torch hub's
+    cache ($TORCH_HOME/hub/checkpoints/, where torch-fidelity's own download puts them)."""
+    if weights_path is not None:
+        return Path(weights_path).expanduser()
+    if os.environ.get(INCEPTION_ENV):
+        return Path(os.environ[INCEPTION_ENV]).expanduser()
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
+
+
+def fetch_inception(weights_path=None) -> Path:
+    """Download the InceptionV3 weights (needs internet) to `inception_weights_path(weights_path)`."""
+    path = inception_weights_path(weights_path)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(INCEPTION_URL, str(path), progress=True)
+    return path
+
+
+class InceptionFeatures(nn.Module):
+    """torch-fidelity's InceptionV3 (via torchmetrics' NoTrainInceptionV3) from weights on disk, never the network.
+
+    Takes float images in [0, 1] or uint8 (N, C, H, W) with C = 1 or 3 (grayscale is repeated to RGB); floats go
+    to uint8 as torchmetrics does with normalize=True, (x * 255).byte(), after clamping to [0, 1].
+    """
+
+    def __init__(self, weights_path=None, feature: int | str = 2048):
+        super().__init__()
+        path = inception_weights_path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"InceptionV3 weights not found at {str(path)!r} (chosen from the weights_path argument, else "
+                f"${INCEPTION_ENV}, else $TORCH_HOME/hub/checkpoints; TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}). "
+                "This machine will not download them. On a machine with internet (e.g. a login node), with the same "
+                f"TORCH_HOME or {INCEPTION_ENV}, run\n    python -m lightning_sde.metrics.features fetch-inception\n"
+                f"or copy {INCEPTION_URL} to that path."
+            )
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        valid = ("64", "192", "768", "2048")
+        if str(feature) not in valid:
+            raise ValueError(f"InceptionFeatures: feature must be one of {valid}; got {feature!r}")
+        self.weights_path = str(path)
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
+                                      feature_extractor_weights_path=str(path))
+        self.num_features = int(feature)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "InceptionFeatures":
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"InceptionFeatures expects images (N, 1 or 3, H, W); got {tuple(x.shape)}")
+        if x.dtype != torch.uint8:
+            x = (x.float().clamp(0, 1) * 255).to(torch.uint8)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.net(x)
+
+
+FEATURE_EXTRACTORS = {"digits": DigitsFeatures, "inception": InceptionFeatures}
+
+
+def build_feature_extractor(name: str = "digits", **kw) -> nn.Module:
+    """A feature module by name: `digits` (DigitsFeatures(weights_path=None, input_range="unit")) or
+    `inception` (InceptionFeatures(weights_path=None, feature=2048)); raises before touching the network."""
+    if name not in FEATURE_EXTRACTORS:
+        raise ValueError(f"unknown feature extractor {name!r}; choose one of {sorted(FEATURE_EXTRACTORS)}")
+    return FEATURE_EXTRACTORS[name](**kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightning_sde.metrics.features")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("fetch-inception", help="download the InceptionV3 FID weights (needs internet)")
+    fetch.add_argument("--path", default=None, help=f"target file (default: ${INCEPTION_ENV} or $TORCH_HOME/hub/checkpoints/...)")
+    sha = sub.add_parser("sha256", help="SHA-256 of a weights file")
+    sha.add_argument("path", nargs="?", default=str(DIGITS_WEIGHTS))
+    args = parser.parse_args(argv)
+    if args.command == "fetch-inception":
+        print(fetch_inception(args.path))
+    else:
+        print(weights_sha256(args.path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
