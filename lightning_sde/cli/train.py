@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -43,6 +44,8 @@ def _build(key: str, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except Exception as err:  # report which config node failed, with the library's own message
+        while isinstance(err, InstantiationException) and err.__cause__ is not None:
+            err = err.__cause__  # Hydra's wrapper: show what the target itself said
         raise ValueError(f"config {key}: {type(err).__name__}: {err}") from None
 
 
@@ -103,7 +106,7 @@ def report(cfg: DictConfig, trainer) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             wandb_dir = Path(logger.experiment.dir).parent
-            if os.environ.get("WANDB_MODE") == "offline":  # what WandbLogger(offline=True) sets
+            if logger.experiment.offline:
                 print(f"  W&B (offline): {wandb_dir}\n  sync it to W&B with: wandb sync {wandb_dir}")
             else:
                 print(f"  W&B: {logger.experiment.url}")
