@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean
+.PHONY: demo compare test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# Train the toy2d experiment on the CPU, compare EM-1000 / DDIM-50 / dopri5 during fit, log offline to W&B.
 demo: $(STAMP)
+	$(PY) -m lightning_sde.train experiment=toy2d
+
+# Compare the samplers on the exact 8-Gaussians oracle (no training).
+compare: $(STAMP)
 	$(PY) -m lightning_sde.cli.compare
 
 test: $(STAMP)
@@ -23,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sampler_accuracy.py
+	$(PY) benchmarks/training_throughput.py
 
 clean:
 	rm -rf $(VENV) outputs multirun

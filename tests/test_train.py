@@ -123,3 +123,24 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert {r["sampler"] for r in rows} == {"ddim_20", "em_100"}
     for r in rows:  # 101 seeds split 51 + 50 across the ranks: exactly 101 distinct samples, none padded
         assert float(r["n_samples"]) == 101 and float(r["n_distinct"]) == 101
+
+
+@pytest.mark.slow
+def test_digits_samples_beat_noise_on_domain_fid(tmp_path):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from lightning_sde.data import DigitsDataModule
+    from lightning_sde.metrics.features import build_feature_extractor
+
+    run_dir = tmp_path / "digits"
+    run_train(run_dir, "experiment=digits", "logger=csv", "trainer.max_steps=300", "trainer.val_check_interval=300",
+              "~callbacks.sampler.samplers", "+callbacks.sampler.samplers={ddim_50: {name: ddim, steps: 50}}",
+              "callbacks.sampler.n_samples=500")
+    (row,) = csv_rows(run_dir / "samples" / "sampler_metrics.csv")
+    # The same FID protocol on uniform noise: what an untrained model's samples score.
+    fid = FrechetInceptionDistance(feature=build_feature_extractor("digits"), normalize=True)
+    fid.update((DigitsDataModule(batch_size=128).reference(500) + 1) / 2, real=True)
+    fid.update(torch.rand(500, 1, 8, 8, generator=torch.Generator().manual_seed(0)), real=False)
+    noise_fid = float(fid.compute())
+    assert float(row["fid"]) < 0.7 * noise_fid, (row["fid"], noise_fid)
+    assert any(p.name.startswith("ddim_50_step") for p in (run_dir / "samples").glob("*.png"))
