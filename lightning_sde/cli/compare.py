@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import csv
-import logging
 from pathlib import Path
 
 import hydra
@@ -22,7 +21,6 @@ from lightning_sde.plotting import scatter_grid
 from lightning_sde.samplers import build_sampler, sample
 from lightning_sde.sde import build_sde
 
-log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
