@@ -1,6 +1,5 @@
 """Samplers: NFE counted exactly, seed-addressed reproducibility, distributional accuracy, clear errors."""
 
-
 import pytest
 import torch
 
