@@ -1,0 +1,62 @@
+"""lsde-bench: sample-quality-against-NFE sweeps, resumable and sharded; `lsde-bench report` redraws the views.
+
+    lsde-bench                                                    # the default sweep on the exact 8 Gaussians
+    lsde-bench name=toy checkpoint=outputs/train/X/checkpoints/last.ckpt data=toy2d mixture=null
+    lsde-bench 'nfe=[10,50]' seeds.count=300 shard.index=0 shard.count=2   # (SLURM arrays set the shard)
+    lsde-bench report outputs/bench/default/results.jsonl [--out DIR] [--wandb] [--project P]
+
+The whole sweep is validated before anything is sampled; each cell's rows are appended to `results` as soon as
+it is done, and a rerun skips the cells already there. The views (PNG, markdown, CSV, W&B) come from the
+results file alone: the sweep regenerates them at its end; with shards, run `report` after the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from lightning_sde.bench.report import report
+from lightning_sde.bench.runner import run_sweep
+from lightning_sde.cli.train import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="bench")
+def sweep(cfg: DictConfig) -> None:
+    summary = run_sweep(cfg)
+    print(f"sweep: {summary['cells']} cells, {summary['shard_cells']} in shard {cfg.shard.index}/{cfg.shard.count}, "
+          f"{summary['computed']} computed now; results: {cfg.results}")
+    if cfg.shard.count > 1:
+        # every shard redraws the plots and table (atomically); one W&B run is made once all shards are done
+        report(cfg.results)
+        print(f"after the last shard: lsde-bench report {cfg.results}" + (" --wandb" if cfg.wandb.enabled else ""))
+    else:
+        report(cfg.results, use_wandb=cfg.wandb.enabled, project=cfg.wandb.project, name=f"bench-{cfg.name}")
+
+
+def report_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lsde-bench report", description="views of a results file: PNG, markdown, CSV, W&B")
+    parser.add_argument("results", help="the results .jsonl of a sweep")
+    parser.add_argument("--out", default=None, help="output folder (default: next to the results file)")
+    parser.add_argument("--wandb", action="store_true", help="also log a W&B run (offline unless W&B is configured)")
+    parser.add_argument("--project", default="lightning-sde-bench")
+    parser.add_argument("--name", default=None, help="W&B run name")
+    args = parser.parse_args(argv)
+    report(args.results, args.out, use_wandb=args.wandb, project=args.project, name=args.name)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "report":
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        report_main(sys.argv[2:])
+    else:
+        sweep()
+
+
+if __name__ == "__main__":
+    main()
