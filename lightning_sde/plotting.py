@@ -1,4 +1,4 @@
-"""Figures a person looks at: scatter plots of 2-D samples and grids of images (matplotlib, Agg backend)."""
+"""What a person looks at: scatter plots of 2-D samples, grids of images (matplotlib, Agg), plain-text tables."""
 
 from __future__ import annotations
 
@@ -49,4 +49,13 @@ def image_grid(x: Tensor, path: Path, nrow: int | None = None, title: str | None
     return Path(path)
 
 
-__all__ = ["scatter_grid", "image_grid"]
+def text_table(rows: list[dict], columns: list[str]) -> str:
+    """Rows as an aligned plain-text table; floats to 4 significant digits."""
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    width = {c: max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in columns}
+    line = lambda cells: "  ".join(cell.ljust(width[c]) for c, cell in zip(columns, cells))
+    return "\n".join([line(columns), line(["-" * width[c] for c in columns]),
+                      *(line([fmt(r.get(c, "")) for c in columns]) for r in rows)])
+
+
+__all__ = ["scatter_grid", "image_grid", "text_table"]

@@ -20,16 +20,12 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_sde.metrics import mmd, sliced_wasserstein
-from lightning_sde.plotting import image_grid, scatter_grid
+from lightning_sde.plotting import image_grid, scatter_grid, text_table
 from lightning_sde.samplers import build_sampler, sample
 
 POINT_METRICS = {"sliced_w2": sliced_wasserstein, "mmd": mmd}
 IMAGE_METRICS = ("fid", "kid")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def shard(seeds: range, rank: int, world: int) -> range:
-    return seeds[rank::world]
 
 
 def sample_in_batches(sampler, denoiser, seeds, batch_size, device, dtype):
@@ -148,7 +144,7 @@ class SamplerCallback(L.Callback):
             return
         self._trainer = trainer
         rank, world = self._rank_world(trainer)
-        seeds = shard(self.seeds, rank, world)
+        seeds = self.seeds[rank::world]  # exact split: no padding, no duplicates
         denoiser = pl_module.denoiser
         was_training = denoiser.training
         denoiser.eval()
@@ -215,12 +211,6 @@ class SamplerCallback(L.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         if trainer.global_rank == 0 and self.last_rows:
-            rank_zero_info("\n" + format_rows(list(self.last_rows.values())))
+            rows = list(self.last_rows.values())
+            rank_zero_info("\n" + text_table(rows, ["sampler"] + [k for k in rows[0] if k not in ("sampler", "n_distinct")]))
 
-
-def format_rows(rows: list[dict]) -> str:
-    cols = ["sampler"] + [k for k in rows[0] if k not in ("sampler", "n_distinct")]
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    width = {c: max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in cols}
-    line = lambda r: "  ".join(fmt(r.get(c, "")).ljust(width[c]) for c in cols)
-    return "\n".join([line({c: c for c in cols}), "  ".join("-" * width[c] for c in cols), *map(line, rows)])

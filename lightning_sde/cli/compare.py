@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.exact import build_mixture
 from lightning_sde.metrics import mmd, sliced_wasserstein
-from lightning_sde.plotting import scatter_grid
+from lightning_sde.plotting import scatter_grid, text_table
 from lightning_sde.samplers import build_sampler, sample
 from lightning_sde.sde import build_sde
 
@@ -81,18 +81,11 @@ def compare(cfg: DictConfig, out_dir: Path) -> list[dict]:
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    cols = ["sampler", "nfe", "wall_s", "samples_per_s", "mmd", "sliced_w2"]
-    width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    line = lambda r: "  ".join(str(r[c]).rjust(width[c]) if c != "sampler" else str(r[c]).ljust(width[c]) for c in cols)
-    return "\n".join([line({c: c for c in cols}), line({c: "-" * width[c] for c in cols}), *map(line, rows)])
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="compare")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     rows = compare(cfg, out_dir)
-    print(format_table(rows))
+    print(text_table(rows, ["sampler", "nfe", "wall_s", "samples_per_s", "mmd", "sliced_w2"]))
     print(f"\nwrote {out_dir / 'comparison.csv'}" + (f" and {out_dir / 'samples.png'}" if (out_dir / "samples.png").exists() else ""))
 
 
