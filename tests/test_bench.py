@@ -103,6 +103,17 @@ def test_resume_after_a_crash_recomputes_only_what_is_missing(clean, tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_processes_split_each_cells_seeds_and_match_one_process(clean, tmp_path):
+    src, _ = clean
+    run_bench(tmp_path, "ddp.devices=2", "wandb.enabled=false")  # Lightning Fabric starts 2 gloo processes
+    rows = load(tmp_path / "results.jsonl")
+    assert len(rows) == 18 and values(tmp_path / "results.jsonl") == values(src / "results.jsonl")
+    for r in rows:  # 150 seeds a process in batches of 128 + 22; every batch costs the requested NFE
+        assert r["world_size"] == 2 and r["nfe_per_rank"] == [r["requested"]] * 2
+        assert r["nfe_per_batch"] == [r["requested"]] * 4 and r["n_samples"] == 300
+
+
+@pytest.mark.slow
 def test_two_shards_share_one_file_and_match_the_unsharded_run(clean, tmp_path):
     src, _ = clean
     procs = [run_bench(tmp_path, f"shard.index={i}", "shard.count=2", "wandb.enabled=false", wait=False) for i in (0, 1)]
@@ -168,6 +179,8 @@ def _cfg(tmp_path, *overrides):
         (["+samplers.ddim.steps=5"], "config samplers.ddim.steps: is set by the sweep"),
         (["shard.index=2", "shard.count=2"], "config shard.index: must be an integer in [0, 2)"),
         (["mixture.name=nine_gaussians"], "config mixture: unknown mixture problem 'nine_gaussians'"),
+        (["ddp.devices=0"], "config ddp.devices: must be an integer >= 1; got 0"),
+        (["reference_count=-5"], "config reference_count: must be an integer >= 1"),
     ],
 )
 def test_bad_spec_fails_fast_before_sampling(tmp_path, monkeypatch, overrides, message):
@@ -212,7 +225,47 @@ def test_fid_kid_on_digits_use_cached_reference_statistics(tmp_path):
     on_noise, on_data = first(noise), first(ref.clone())
     assert on_data["fid"] < 1e-3 and on_noise["fid"] > 10 and on_data["kid"] < 0.01 < on_noise["kid"]
     assert first.protocol["feature_extractor"] == "digits" and len(first.protocol["feature_sha256"]) == 64
-    (cache,) = tmp_path.glob("reference-*.pt")
-    mtime = cache.stat().st_mtime_ns
+    caches = sorted(tmp_path.glob("reference-*.pt"))
+    assert [p.name.rsplit("-", 1)[1] for p in caches] == ["fid.pt", "kid.pt"]
+    mtimes = [p.stat().st_mtime_ns for p in caches]
     again = Scorer(target, ("fid", "kid"), cfg, tmp_path, torch.device("cpu"))  # from the cache
-    assert again(noise) == on_noise and cache.stat().st_mtime_ns == mtime
+    assert again(noise) == on_noise and [p.stat().st_mtime_ns for p in caches] == mtimes
+
+
+def test_lsde_prepare_caches_the_reference_statistics_the_bench_reads(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from lightning_sde.bench.runner import Scorer, Target
+    from lightning_sde.data import DigitsDataModule
+    from lightning_sde.data.prepare import main as prepare_main
+
+    assert prepare_main(["digits", "--reference-stats", "300", "--features", "digits", "--cache", str(tmp_path)]) == 0
+    caches = sorted(tmp_path.glob("reference-*.pt"))
+    assert len(caches) == 2
+    mtimes = [p.stat().st_mtime_ns for p in caches]
+    # the bench's reference for data=digits, seeds.count=300: the same tensor, so the same cache entries
+    target = Target("digits", None, "images", DigitsDataModule().reference(300), {})
+    caplog.set_level("INFO")
+    scorer = Scorer(target, ("fid", "kid"), OmegaConf.create({"feature_extractor": "digits"}), tmp_path, "cpu")
+    assert sorted(tmp_path.glob("reference-*.pt")) == caches and [p.stat().st_mtime_ns for p in caches] == mtimes
+    assert caplog.text.count("reference statistics from") == 2
+    assert scorer.protocol["n_reference"] == 300 and scorer.protocol["reference_stats"] in caches[0].name
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "nothing to do"),
+    (["imagenet"], "unknown dataset(s) ['imagenet']"),
+    (["cifar10"], "--root is needed to download ['cifar10']"),
+    (["toy2d", "--reference-stats", "10"], "not an image dataset"),
+])
+def test_lsde_prepare_rejects_bad_requests(argv, message, capsys):
+    from lightning_sde.data.prepare import main as prepare_main
+
+    try:
+        prepare_main(argv)
+    except SystemExit:
+        pass
+    except ValueError as err:
+        assert message in str(err)
+        return
+    assert message in capsys.readouterr().err

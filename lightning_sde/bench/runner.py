@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import resource
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,12 +19,18 @@ from lightning_sde.bench.spec import (
     IMAGE_METRICS,
     Cell,
     expand,
+    positive_int,
     resolve_metrics,
     shard_cells,
     target_of,
 )
 from lightning_sde.exact import build_mixture
 from lightning_sde.metrics import mmd, sliced_wasserstein
+from lightning_sde.metrics.image import (
+    reference_image_metrics,
+    score_images,
+    tensor_sha256,
+)
 from lightning_sde.samplers import build_sampler, sample
 from lightning_sde.sde import build_sde
 
@@ -40,10 +45,6 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def tensor_sha256(x: torch.Tensor) -> str:
-    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -62,16 +63,17 @@ class Target:
     reference: torch.Tensor
     protocol: dict  # constant fields of every row: checkpoint/global_step/ema or mixture/sde
     mixture: object = None
-    image_metrics: dict = field(default_factory=dict)
 
 
-def build_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
-    n, start = cfg.seeds.count, cfg.seeds.start
+def build_target(cfg: DictConfig, kind: str, target_id: str, device, with_reference: bool = True) -> Target:
+    """The denoiser, and (`with_reference`: on the process that scores) the reference set: `reference_count`
+    samples, default as many as the sweep's seeds."""
+    n, start = cfg.get("reference_count") or cfg.seeds.count, cfg.seeds.start
     if kind == "mixture":
         mixture = build_mixture(**OmegaConf.to_container(cfg.mixture, resolve=True))
         sde_cfg = OmegaConf.to_container(cfg.sde, resolve=True)
         # the reference is an exact sample set, independent of the sampler seeds (as in lsde-compare)
-        reference = mixture.sample(n, torch.Generator().manual_seed(10**9 + start)).float()
+        reference = mixture.sample(n, torch.Generator().manual_seed(10**9 + start)).float() if with_reference else None
         return Target(target_id, mixture.denoiser(build_sde(**sde_cfg)), "points", reference,
                       {"mixture": cfg.mixture.name, "sde": sde_cfg["name"]}, mixture=mixture)
     from lightning_sde.module import ScoreModule
@@ -80,63 +82,28 @@ def build_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
     denoiser = ScoreModule.load_denoiser(cfg.checkpoint, map_location=device)
     try:
         datamodule = instantiate(cfg.data)
-        reference = datamodule.reference(n)
+        reference = datamodule.reference(n) if with_reference else None
     except Exception as err:  # noqa: BLE001  (whatever the datamodule raises, report it against its config key)
         raise ValueError(f"config data: {type(err).__name__}: {err}") from None
-    if tuple(reference.shape[1:]) != tuple(denoiser.shape):
+    if reference is not None and tuple(reference.shape[1:]) != tuple(denoiser.shape):
         raise ValueError(f"config data: reference shape {tuple(reference.shape[1:])} != the checkpoint's {denoiser.shape}")
     protocol = {"checkpoint": str(Path(cfg.checkpoint).resolve()), "global_step": ckpt.get("global_step"), "ema": "current_model_state" in ckpt}
     return Target(target_id, denoiser, getattr(datamodule, "kind", "points"), reference, protocol)
 
 
 class Scorer:
-    """Metric values of one sample set against the reference; FID/KID real-side statistics are computed once and
-    cached on disk next to the results, keyed by the reference hash and the feature weights."""
+    """Metric values of one sample set against the reference. FID/KID real-side statistics come from the cache
+    (`lightning_sde.metrics.image`), computed there once per reference set and feature weights."""
 
-    def __init__(self, target: Target, metrics, cfg: DictConfig, cache_dir: Path, device):
-        self.target, self.metrics, self.device = target, metrics, device
-        self.reference_hash = tensor_sha256(target.reference)
-        self.protocol = {"reference_sha256": self.reference_hash}
+    def __init__(self, target: Target, metrics, cfg: DictConfig, cache_dir, device):
+        self.target, self.metrics = target, metrics
+        self.protocol = {"reference_sha256": tensor_sha256(target.reference), "n_reference": len(target.reference)}
         self.image = {}
-        if set(metrics) & set(IMAGE_METRICS):
-            self._build_image_metrics(cfg, cache_dir)
-
-    def _build_image_metrics(self, cfg, cache_dir: Path):
-        from torchmetrics.image.fid import FrechetInceptionDistance
-        from torchmetrics.image.kid import KernelInceptionDistance
-
-        from lightning_sde.metrics.features import (
-            build_feature_extractor,
-            weights_sha256,
-        )
-
-        features = build_feature_extractor(cfg.feature_extractor)
-        sha = weights_sha256(features.weights_path)
-        self.protocol.update(feature_extractor=cfg.feature_extractor, feature_sha256=sha)
-        n = len(self.target.reference)
-        if "fid" in self.metrics:
-            self.image["fid"] = FrechetInceptionDistance(feature=features, normalize=True, reset_real_features=False)
-        if "kid" in self.metrics:
-            self.image["kid"] = KernelInceptionDistance(feature=features, normalize=True, reset_real_features=False,
-                                                        subset_size=min(1000, n // 2))
-        cache = cache_dir / f"reference-{hashlib.sha256((self.reference_hash + sha).encode()).hexdigest()[:16]}.pt"
-        if cache.exists():
-            states = torch.load(cache, map_location="cpu")
-            for name, metric in self.image.items():
-                for key, value in states[name].items():  # the metric's own real-side states
-                    setattr(metric, key, [v.to(self.device) for v in value] if isinstance(value, list) else value.to(self.device))
-            log.info("reference statistics from %s", cache)
-        else:
-            states = {}
-            for name, metric in self.image.items():
-                metric.to(self.device).update(unit(self.target.reference.to(self.device)), real=True)
-                states[name] = {k: getattr(metric, k) for k in metric._defaults if k.startswith("real")}
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            torch.save(states, tmp)
-            tmp.replace(cache)
-        for metric in self.image.values():
-            metric.to(self.device)
+        image_metrics = [m for m in metrics if m in IMAGE_METRICS]
+        if image_metrics:
+            self.image, protocol = reference_image_metrics(target.reference, image_metrics, cfg.feature_extractor,
+                                                           cache_dir, device)
+            self.protocol.update(protocol)
 
     def __call__(self, x: torch.Tensor) -> dict[str, float]:
         out = {}
@@ -149,40 +116,52 @@ class Scorer:
             elif name == "loglik":
                 out[name] = float(self.target.mixture.log_prob(x.cpu().double()).mean())
             else:
-                metric = self.image[name]
-                metric.reset()  # keeps the real side (reset_real_features=False)
-                metric.update(unit(x.to(self.device)), real=False)
-                with torch.random.fork_rng(devices=[]):  # KID draws random subsets: seeded, so shards and reruns agree
-                    torch.manual_seed(0)
-                    value = metric.compute()
-                out[name] = float(value[0] if isinstance(value, tuple) else value)
+                out[name] = score_images(self.image[name], x)
         return out
 
 
-def unit(x: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> [0, 1], what torchmetrics takes with normalize=True."""
-    return ((x.float() + 1) / 2).clamp(0, 1)
+@dataclass
+class Part:
+    """One process's share of a cell: its samples (seeds[rank::world]) and how they were made."""
+
+    x: torch.Tensor
+    nfe_per_batch: list[int]
+    wall_s: float
+    peak_memory_mb: float
 
 
-def run_cell(cell: Cell, target: Target, scorer: Scorer, batch_size: int, device, dtype) -> list[dict]:
+def sample_part(cell: Cell, denoiser, rank: int, world: int, batch_size: int, device, dtype) -> Part:
     sampler = build_sampler(cell.sampler, **cell.params)
-    seeds = range(cell.seed_start, cell.seed_start + cell.seed_count)
+    seeds = range(cell.seed_start, cell.seed_start + cell.seed_count)[rank::world]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     xs, nfes, wall = [], [], 0.0
     for i in range(0, len(seeds), batch_size):
-        x, info = sample(sampler, target.denoiser, seeds[i : i + batch_size], device=device, dtype=dtype)
-        xs.append(x)
+        x, info = sample(sampler, denoiser, seeds[i : i + batch_size], device=device, dtype=dtype)
+        xs.append(x.cpu())
         nfes.append(int(info["nfe"]))
         wall += info["wall_s"]
-    x = torch.cat(xs)
+    x = torch.cat(xs) if xs else torch.empty(0, *denoiser.shape, dtype=dtype)
+    return Part(x, nfes, wall, peak_memory_mb(device))
+
+
+def score_cell(cell: Cell, parts: list[Part], target: Target, scorer: Scorer, batch_size: int, device) -> list[dict]:
+    """Rows of one cell from every process's part (rank order): samples back in seed order, then scored."""
+    world = len(parts)
+    x = torch.empty(cell.seed_count, *parts[0].x.shape[1:], dtype=parts[0].x.dtype)
+    for rank, part in enumerate(parts):
+        x[rank::world] = part.x
     values = scorer(x)
+    nfes = [n for part in parts for n in part.nfe_per_batch]
+    wall = max(part.wall_s for part in parts)  # the cell takes as long as its slowest process
     common = {
         "target": cell.target, "sampler": cell.label, "sampler_name": cell.sampler, "params": cell.params,
         "grid": cell.grid, "requested": cell.requested, "nfe": sum(nfes) / len(nfes), "nfe_per_batch": nfes,
-        "batch_size": batch_size, "wall_s": wall, "samples_per_s": len(seeds) / wall if wall > 0 else None,
-        "peak_memory_mb": peak_memory_mb(device), "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "n_samples": len(seeds), "seed_start": cell.seed_start, "seed_count": cell.seed_count,
+        "nfe_per_rank": [sum(p.nfe_per_batch) / max(len(p.nfe_per_batch), 1) for p in parts], "world_size": world,
+        "batch_size": batch_size, "wall_s": wall, "samples_per_s": cell.seed_count / wall if wall > 0 else None,
+        "peak_memory_mb": max(part.peak_memory_mb for part in parts),
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "n_samples": cell.seed_count, "seed_start": cell.seed_start, "seed_count": cell.seed_count,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **target.protocol, **scorer.protocol,
     }
@@ -197,6 +176,10 @@ def prepare(cfg: DictConfig):
         device = torch.device(cfg.device)
     except RuntimeError as err:
         raise ValueError(f"config device: {err}") from None
+    for key in ("ddp.devices", "ddp.num_nodes"):
+        positive_int(key, OmegaConf.select(cfg, key))
+    if cfg.get("reference_count") is not None:
+        positive_int("reference_count", cfg.reference_count)
     kind, target_id = target_of(cfg)
     data_kind = _data_kind(cfg) if kind == "checkpoint" else "points"
     metrics = resolve_metrics(cfg, kind, data_kind)
@@ -205,6 +188,10 @@ def prepare(cfg: DictConfig):
 
         if cfg.feature_extractor not in FEATURE_EXTRACTORS:
             raise ValueError(f"config feature_extractor: unknown {cfg.feature_extractor!r}; choose one of {sorted(FEATURE_EXTRACTORS)}")
+        if cfg.feature_extractor != "digits":  # the protocol belongs to a row's identity (digits: the original keys)
+            target_id += f"|features={cfg.feature_extractor}"
+    if cfg.get("reference_count") is not None:
+        target_id += f"|reference_count={cfg.reference_count}"
     cells = expand(cfg, target_id, metrics)
     mine = shard_cells(cells, cfg.shard.index, cfg.shard.count)
     return kind, target_id, device, metrics, cells, mine
@@ -220,21 +207,56 @@ def _data_kind(cfg: DictConfig) -> str:
         raise ValueError(f"config data._target_: {type(err).__name__}: {err}") from None
 
 
+def launch(cfg: DictConfig, device: torch.device):
+    """None for one process; else a launched Lightning Fabric (DDP): it starts the `ddp.devices` local processes
+    itself, or joins those srun / torchrun started. Each process samples seeds[rank::world] of every cell."""
+    if cfg.ddp.devices * cfg.ddp.num_nodes == 1:
+        return None
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=cfg.ddp.devices,
+                    num_nodes=cfg.ddp.num_nodes, strategy="ddp")
+    fabric.launch()
+    return fabric
+
+
+def gather_parts(part: Part, fabric) -> list[Part] | None:
+    """Every process's part, in rank order, on rank 0 (None elsewhere). No padding: parts may differ in size."""
+    if fabric is None:
+        return [part]
+    parts = [None] * fabric.world_size if fabric.global_rank == 0 else None
+    torch.distributed.gather_object(part, parts, dst=0)
+    return parts
+
+
 def run_sweep(cfg: DictConfig) -> dict:
     kind, target_id, device, metrics, cells, mine = prepare(cfg)
+    fabric = launch(cfg, device)
+    rank, world = (fabric.global_rank, fabric.world_size) if fabric else (0, 1)
+    device = fabric.device if fabric else device
     store = ResultsStore(cfg.results)
-    done = store.keys()
-    todo = [c for c in mine if not all(c.key(m) in done for m in c.metrics)]
-    log.info("%d cells in the sweep, %d in shard %d/%d, %d already in %s, %d to compute", len(cells), len(mine),
-             cfg.shard.index, cfg.shard.count, len(mine) - len(todo), store.path, len(todo))
+    todo = None
+    if rank == 0:
+        done = store.keys()
+        todo = [i for i, c in enumerate(mine) if not all(c.key(m) in done for m in c.metrics)]
+        log.info("%d cells in the sweep, %d in shard %d/%d, %d already in %s, %d to compute on %d process(es)",
+                 len(cells), len(mine), cfg.shard.index, cfg.shard.count, len(mine) - len(todo), store.path,
+                 len(todo), world)
+    if fabric:  # rank 0 decides: the others must not see its appends as a different to-do list
+        todo = fabric.broadcast(todo, src=0)
+    todo = [mine[i] for i in todo]
     if todo:
-        target = build_target(cfg, kind, target_id, device)
-        scorer = Scorer(target, metrics, cfg, store.path.parent, device)
+        target = build_target(cfg, kind, target_id, device, with_reference=rank == 0)
+        scorer = Scorer(target, metrics, cfg, cfg.stats_cache, device) if rank == 0 else None
         commit, dtype = git_commit(), DTYPES[cfg.dtype]
-        for cell in tqdm(todo, desc="cells", unit="cell", disable=not cfg.progress):
+        for cell in tqdm(todo, desc="cells", unit="cell", disable=not cfg.progress or rank != 0):
             log.info("computing cell %s", cell)
-            rows = run_cell(cell, target, scorer, cfg.batch_size, device, dtype)
-            for row in rows:
-                row.update(git_commit=commit, shard=f"{cfg.shard.index}/{cfg.shard.count}")
-            store.append(rows)
-    return {"cells": len(cells), "shard_cells": len(mine), "computed": len(todo)}
+            parts = gather_parts(sample_part(cell, target.denoiser, rank, world, cfg.batch_size, device, dtype), fabric)
+            if rank == 0:
+                rows = score_cell(cell, parts, target, scorer, cfg.batch_size, device)
+                for row in rows:
+                    row.update(git_commit=commit, shard=f"{cfg.shard.index}/{cfg.shard.count}")
+                store.append(rows)
+    if fabric:
+        fabric.barrier()
+    return {"cells": len(cells), "shard_cells": len(mine), "computed": len(todo), "rank": rank, "world_size": world}

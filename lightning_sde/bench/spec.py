@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.exact import build_mixture
+from lightning_sde.metrics.image import IMAGE_METRICS
 from lightning_sde.samplers import SAMPLERS, build_sampler
 from lightning_sde.samplers.ode import ADAPTIVE_METHODS
 from lightning_sde.sde import build_sde
@@ -23,7 +24,6 @@ from lightning_sde.sde import build_sde
 log = logging.getLogger(__name__)
 POINT_METRICS = ("sliced_w2", "mmd")
 MIXTURE_METRICS = ("loglik",)  # exact mean log-likelihood of the samples under the mixture
-IMAGE_METRICS = ("fid", "kid")
 ALL_METRICS = POINT_METRICS + MIXTURE_METRICS + IMAGE_METRICS
 
 
@@ -52,7 +52,7 @@ def _fail(key: str, msg: str):
     raise ValueError(f"config {key}: {msg}")
 
 
-def _positive_int(key: str, value, minimum: int = 1) -> int:
+def positive_int(key: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         _fail(key, f"must be an integer >= {minimum}; got {value!r}")
     return value
@@ -100,15 +100,15 @@ def resolve_metrics(cfg: DictConfig, kind: str, data_kind: str) -> tuple[str, ..
 
 def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...]) -> list[Cell]:
     """All cells of the sweep, in a fixed order. Raises ValueError naming the key on any bad value."""
-    start = _positive_int("seeds.start", cfg.seeds.start, 0)
-    count = _positive_int("seeds.count", cfg.seeds.count)
-    _positive_int("batch_size", cfg.batch_size)
+    start = positive_int("seeds.start", cfg.seeds.start, 0)
+    count = positive_int("seeds.count", cfg.seeds.count)
+    positive_int("batch_size", cfg.batch_size)
     if not cfg.samplers:
         _fail("samplers", "empty; add one, e.g. samplers.ddim={name: ddim}")
     nfes = list(cfg.nfe or [])
     tols = list(cfg.tolerances or [])
     for i, n in enumerate(nfes):
-        _positive_int(f"nfe[{i}]", n)
+        positive_int(f"nfe[{i}]", n)
     for i, tol in enumerate(tols):
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
             _fail(f"tolerances[{i}]", f"must be a number > 0; got {tol!r}")
@@ -148,7 +148,7 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...]) -> list[Cell]
 
 
 def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
-    count = _positive_int("shard.count", count)
+    count = positive_int("shard.count", count)
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
         _fail("shard.index", f"must be an integer in [0, {count}); got {index!r}")
     return cells[index::count]

@@ -20,11 +20,11 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_sde.metrics import mmd, sliced_wasserstein
+from lightning_sde.metrics.image import IMAGE_METRICS, new_image_metric, unit
 from lightning_sde.plotting import image_grid, scatter_grid, text_table
 from lightning_sde.samplers import build_sampler, sample
 
 POINT_METRICS = {"sliced_w2": sliced_wasserstein, "mmd": mmd}
-IMAGE_METRICS = ("fid", "kid")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -91,22 +91,14 @@ class SamplerCallback(L.Callback):
 
     def _image_metric_objects(self, device):
         if not self._image_metrics:
-            from torchmetrics.image.fid import FrechetInceptionDistance
-            from torchmetrics.image.kid import KernelInceptionDistance
-
             from lightning_sde.metrics.features import build_feature_extractor
 
             features = build_feature_extractor(self.feature_extractor)
-            if "fid" in self.metrics:
-                self._image_metrics["fid"] = FrechetInceptionDistance(feature=features, normalize=True, reset_real_features=False)
-            if "kid" in self.metrics:
-                subset = min(1000, self.n_samples // 2)
-                self._image_metrics["kid"] = KernelInceptionDistance(
-                    feature=features, normalize=True, reset_real_features=False, subset_size=subset
-                )
-            for metric in self._image_metrics.values():
-                metric.to(device)
-                metric.update(self._to_unit(self._local(self.reference).to(device)), real=True)
+            for name in self.metrics:
+                if name in IMAGE_METRICS:
+                    metric = new_image_metric(name, features, self.n_samples).to(device)
+                    metric.update(unit(self._local(self.reference).to(device)), real=True)
+                    self._image_metrics[name] = metric
         return self._image_metrics
 
     # --- helpers ---------------------------------------------------------------------------------------------
@@ -116,10 +108,6 @@ class SamplerCallback(L.Callback):
     def _local(self, x: torch.Tensor) -> torch.Tensor:
         rank, world = self._rank_world(self._trainer)
         return x[rank::world]
-
-    @staticmethod
-    def _to_unit(x: torch.Tensor) -> torch.Tensor:
-        return ((x.float() + 1) / 2).clamp(0, 1)
 
     def _gather(self, pl_module, x_local: torch.Tensor) -> torch.Tensor:
         """All samples in seed order, on every rank. Shards differ in size by at most one: pad, gather, unpad."""
@@ -175,7 +163,7 @@ class SamplerCallback(L.Callback):
         if self.kind == "images" and set(self.metrics) & set(IMAGE_METRICS):
             for name, metric in self._image_metric_objects(x_local.device).items():
                 metric.reset()  # keeps the real features (reset_real_features=False)
-                metric.update(self._to_unit(x_local), real=False)
+                metric.update(unit(x_local), real=False)
                 value = metric.compute()  # a collective: every rank calls it
                 scores[name] = float(value[0] if isinstance(value, tuple) else value)
         return scores

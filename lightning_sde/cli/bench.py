@@ -3,6 +3,7 @@
     lsde-bench                                                    # the default sweep on the exact 8 Gaussians
     lsde-bench name=toy checkpoint=outputs/train/X/checkpoints/last.ckpt data=toy2d mixture=null
     lsde-bench 'nfe=[10,50]' seeds.count=300 shard.index=0 shard.count=2   # (SLURM arrays set the shard)
+    lsde-bench ddp.devices=2                                      # each cell's seeds split over 2 processes
     lsde-bench report outputs/bench/default/results.jsonl [--out DIR] [--wandb] [--project P]
 
 The whole sweep is validated before anything is sampled; each cell's rows are appended to `results` as soon as
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="bench")
 def sweep(cfg: DictConfig) -> None:
     summary = run_sweep(cfg)
+    if summary["rank"] != 0:
+        return
     print(f"sweep: {summary['cells']} cells, {summary['shard_cells']} in shard {cfg.shard.index}/{cfg.shard.count}, "
           f"{summary['computed']} computed now; results: {cfg.results}")
     if cfg.shard.count > 1:

@@ -15,13 +15,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_sde import CONFIG_DIR
 from lightning_sde.exact import build_mixture
 from lightning_sde.metrics import mmd, sliced_wasserstein
 from lightning_sde.plotting import scatter_grid, text_table
 from lightning_sde.samplers import build_sampler, sample
 from lightning_sde.sde import build_sde
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 

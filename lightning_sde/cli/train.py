@@ -21,9 +21,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_sde import CONFIG_DIR
 from lightning_sde.module import ScoreModule
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 TOP_LEVEL_KEYS = {"data", "model", "sde", "loss", "trainer", "logger", "callbacks", "run_name", "run_dir", "seed",
                   "ckpt_path", "optim"}
 

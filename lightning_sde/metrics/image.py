@@ -1,0 +1,93 @@
+"""FID / KID (torchmetrics) against a fixed reference set whose real side is computed once and cached on disk.
+
+The cache holds each metric's own real-side states in one file per (reference, feature weights, metric), named by
+the SHA-256 of the reference tensor and of the feature weights: `lsde-prepare --reference-stats` fills it on a
+login node, `lsde-bench` reads it (default folder: $LSDE_CACHE/reference_stats, else outputs/cache/reference_stats).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+IMAGE_METRICS = ("fid", "kid")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LSDE_CACHE") or "outputs/cache") / "reference_stats"
+
+
+def tensor_sha256(x: Tensor) -> str:
+    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def unit(x: Tensor) -> Tensor:
+    """Images in [-1, 1] -> [0, 1], what torchmetrics takes with normalize=True."""
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def new_image_metric(name: str, features, n_reference: int):
+    """torchmetrics' FID or KID on the feature module `features`, fed [0, 1] images; the real side is kept on reset."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    if name == "fid":
+        return FrechetInceptionDistance(feature=features, normalize=True, reset_real_features=False)
+    if name == "kid":
+        return KernelInceptionDistance(feature=features, normalize=True, reset_real_features=False,
+                                       subset_size=min(1000, n_reference // 2))
+    raise ValueError(f"unknown image metric {name!r}; choose from {IMAGE_METRICS}")
+
+
+def reference_image_metrics(reference: Tensor, metrics, feature_extractor: str, cache_dir=None, device="cpu",
+                            batch_size: int = 500) -> tuple[dict, dict]:
+    """({name: metric with its real side filled, from the cache when there}, protocol fields for result rows).
+
+    `reference` holds images in [-1, 1]. Call `metric.reset()` then `update(unit(x), real=False)` per sample set:
+    reset keeps the real side (reset_real_features=False)."""
+    from lightning_sde.metrics.features import build_feature_extractor, weights_sha256
+
+    device = torch.device(device)
+    features = build_feature_extractor(feature_extractor)
+    feature_sha = weights_sha256(features.weights_path)
+    reference_sha = tensor_sha256(reference)
+    key = hashlib.sha256((reference_sha + feature_sha).encode()).hexdigest()[:16]
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out = {}
+    for name in metrics:
+        metric = new_image_metric(name, features, len(reference)).to(device)
+        path = cache_dir / f"reference-{key}-{name}.pt"
+        if path.exists():
+            for attr, value in torch.load(path, map_location=device).items():
+                setattr(metric, attr, value)
+            log.info("%s reference statistics from %s", name, path)
+        else:
+            for i in range(0, len(reference), batch_size):
+                metric.update(unit(reference[i : i + batch_size].to(device)), real=True)
+            states = {k: getattr(metric, k) for k in metric._defaults if k.startswith("real")}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in states.items()}, tmp)
+            tmp.replace(path)
+            log.info("%s reference statistics of %d images written to %s", name, len(reference), path)
+        out[name] = metric
+    protocol = {"feature_extractor": feature_extractor, "feature_sha256": feature_sha, "reference_sha256": reference_sha,
+                "reference_stats": key, "n_reference": len(reference)}
+    return out, protocol
+
+
+def score_images(metric, x: Tensor, batch_size: int = 500) -> float:
+    """One metric's value for the sample set `x` (images in [-1, 1]) against its cached real side."""
+    metric.reset()
+    for i in range(0, len(x), batch_size):
+        metric.update(unit(x[i : i + batch_size].to(metric.device)), real=False)
+    with torch.random.fork_rng(devices=[]):  # KID draws random subsets: seeded, so shards and reruns agree
+        torch.manual_seed(0)
+        value = metric.compute()
+    return float(value[0] if isinstance(value, tuple) else value)
