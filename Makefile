@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo compare test bench clean
+.PHONY: demo compare test bench clean slurm-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,8 +23,18 @@ demo: $(STAMP)
 compare: $(STAMP)
 	$(PY) -m lightning_sde.cli.compare
 
-test: $(STAMP)
+test: $(STAMP) slurm-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# tests/test_slurm.py starts a real single-node SLURM: Debian's slurm-wlm and munge, installed here when missing
+# (as root with apt-get; otherwise those tests skip, saying why).
+slurm-deps:
+	@if ! command -v slurmctld >/dev/null 2>&1 && [ ! -x /usr/sbin/slurmctld ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing slurm-wlm and munge (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
+	  else echo "slurm-wlm/munge missing and not root with apt-get: tests/test_slurm.py will skip"; fi; \
+	fi
 
 bench: $(STAMP)
 	$(PY) benchmarks/sampler_accuracy.py

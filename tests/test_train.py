@@ -70,7 +70,7 @@ def test_toy2d_trains_samples_and_logs_offline(tmp_path):
     proc = run_train(run_dir, "experiment=toy2d", "trainer.max_steps=1500", "trainer.val_check_interval=750",
                      "callbacks.sampler.n_samples=1000", "callbacks.sampler.batch_size=1000")
     # the loss fell
-    metrics = [r for r in csv_rows(run_dir / "csv" / "metrics.csv") if r.get("train/loss")]
+    metrics = [r for r in csv_rows(run_dir / "csv" / "version_0" / "metrics.csv") if r.get("train/loss")]
     first, last = float(metrics[0]["train/loss"]), float(metrics[-1]["train/loss"])
     assert last < 0.7 * first
     # EM samples of the EMA model are close to the data: sliced W2 < 0.35 (the floor of two exact 1000-sample

@@ -1,3 +1,4 @@
+from lightning_sde.callbacks.preemption import Preemption
 from lightning_sde.callbacks.sampler import SamplerCallback
 
-__all__ = ["SamplerCallback"]
+__all__ = ["Preemption", "SamplerCallback"]

@@ -19,9 +19,11 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde import CONFIG_DIR
+from lightning_sde.callbacks import Preemption
 from lightning_sde.module import ScoreModule
 
 TOP_LEVEL_KEYS = {"data", "model", "sde", "loss", "trainer", "logger", "callbacks", "run_name", "run_dir", "seed",
@@ -56,7 +58,8 @@ def build(cfg: DictConfig):
         raise ValueError(f"config: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_LEVEL_KEYS)}")
     if cfg.ckpt_path not in (None, "last") and not Path(cfg.ckpt_path).is_file():
         raise ValueError(f"config ckpt_path: no checkpoint at {cfg.ckpt_path!r} (use a path, 'last' or null)")
-    os.environ["LSDE_RUN_NAME"] = str(cfg.run_name)  # DDP workers re-run the command: same run directory
+    cfg.run_name = str(cfg.run_name)  # a job id on the command line (run_name=123) parses as an int
+    os.environ["LSDE_RUN_NAME"] = cfg.run_name  # DDP workers re-run the command: same run directory
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = _build("data", instantiate, cfg.data)
@@ -84,18 +87,30 @@ def build(cfg: DictConfig):
         if logger_cfg.get("offline") == "auto":
             logger_cfg["offline"] = not wandb_configured()
         loggers.append(_build(f"logger.{key}", instantiate, logger_cfg))
-    trainer = _build("trainer", instantiate, cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    plugins = []
+    if SLURMEnvironment.detect():  # requeue has one owner: the Preemption callback (or submitit), not Lightning
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    trainer = _build("trainer", instantiate, cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                     **({"plugins": plugins} if plugins else {}))
     return datamodule, module, trainer
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig):
+    """Fit; returns the trainer."""
     datamodule, module, trainer = build(cfg)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    if trainer.global_rank == 0:
+    preemption = _preemption(trainer)
+    if preemption is not None and preemption.requeue_requested:
+        print(f"stopped at global step {trainer.global_step} for the time limit; checkpoint {preemption.last_path(trainer)}")
+    elif trainer.global_rank == 0:
         report(cfg, trainer)
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return trainer
+
+
+def _preemption(trainer) -> Preemption | None:
+    return next((cb for cb in trainer.callbacks if isinstance(cb, Preemption)), None)
 
 
 def report(cfg: DictConfig, trainer) -> None:
@@ -114,13 +129,17 @@ def report(cfg: DictConfig, trainer) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
+    trainer = None
     try:
-        train(cfg)
+        trainer = train(cfg)
     finally:
         import wandb
 
         if wandb.run is not None:
             wandb.finish()
+    preemption = _preemption(trainer)
+    if preemption is not None:
+        preemption.requeue_if_requested(trainer)  # the last act: SLURM ends this job and starts it again
 
 
 if __name__ == "__main__":
