@@ -133,3 +133,23 @@ def test_benchmark_array_tasks_write_disjoint_shares_of_one_table(slurm, workdir
 
     report_main([str(results)])  # the merge: views of the shared file
     assert len((workdir / "results.csv").read_text().splitlines()) == 1 + len(expected)
+
+
+def test_hydra_submitit_launcher_submits_a_ddp_run_and_owns_requeue(slurm, workdir):
+    import subprocess
+
+    cmd = [sys.executable, "-m", "lightning_sde.train", "-m", "hydra/launcher=slurm", *TRAIN, "trainer=ddp_cpu",
+           "trainer.max_steps=100", "trainer.val_check_interval=100", "hydra.launcher.gpus_per_node=0",
+           "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15", f"hydra.sweep.dir={workdir}/multirun"]
+    env = {**slurm.env, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=400, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (sbatch_file,) = (workdir / "multirun" / ".submitit").glob("*/*_submission.sh")
+    script = sbatch_file.read_text()
+    assert "--signal=USR2@300" in script and "--ntasks-per-node=2" in script
+    job = sbatch_file.parent.name
+    run_dir = workdir / "outputs" / "train" / job
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 100
+    job_log = "".join(p.read_text() for p in sbatch_file.parent.glob("*_log.out"))
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in job_log and "requeue is submitit's" in job_log

@@ -9,6 +9,7 @@ Everything is built and checked before training starts, so a bad key or value fa
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 from pathlib import Path
@@ -26,6 +27,7 @@ from lightning_sde import CONFIG_DIR
 from lightning_sde.callbacks import Preemption
 from lightning_sde.module import ScoreModule
 
+log = logging.getLogger(__name__)
 TOP_LEVEL_KEYS = {"data", "model", "sde", "loss", "trainer", "logger", "callbacks", "run_name", "run_dir", "seed",
                   "ckpt_path", "optim"}
 
@@ -81,6 +83,11 @@ def build(cfg: DictConfig):
             raise ValueError(f"config model.net: output shape {tuple(out.eps.shape[1:])} != data shape {tuple(datamodule.shape)}")
 
     callbacks = [_build(f"callbacks.{k}", instantiate, c) for k, c in cfg.callbacks.items() if c is not None]
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # submitit owns requeue (USR2): one owner
+        for cb in callbacks:
+            if isinstance(cb, Preemption) and cb.requeue_signal is not None:
+                log.info("under submitit: requeue is submitit's; Preemption keeps only its checkpoint on SIGTERM")
+                cb.requeue_signal = None
     loggers = []
     for key, logger_cfg in (cfg.logger or {}).items():
         logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)
