@@ -119,6 +119,13 @@ def eight_gaussians(radius: float = 4.0) -> GaussianMixture:
     return GaussianMixture(means, stds=stds)
 
 
+def gaussians_1d() -> GaussianMixture:
+    """Three 1-D modes of unequal width and weight: the chapter's figures of p_t over (t, x)."""
+    means = torch.tensor([[-2.5], [0.5], [2.5]], dtype=torch.float64)
+    stds = torch.tensor([[0.25], [0.4], [0.15]], dtype=torch.float64)
+    return GaussianMixture(means, stds=stds, weights=torch.tensor([0.3, 0.45, 0.25], dtype=torch.float64))
+
+
 def swiss_roll(n_components: int = 24, tangent_std: float = 0.35, normal_std: float = 0.08) -> GaussianMixture:
     """Components along a spiral r = theta (scaled into about [-4, 4]^2), each elongated along the spiral."""
     theta = torch.linspace(1.5 * math.pi, 4.5 * math.pi, n_components, dtype=torch.float64)
@@ -144,7 +151,7 @@ def random_mixture(dim: int = 16, n_components: int = 10, seed: int = 0) -> Gaus
     return GaussianMixture(means, covs=covs, weights=weights)
 
 
-PROBLEMS = {"eight_gaussians": eight_gaussians, "swiss_roll": swiss_roll, "random_mixture": random_mixture}
+PROBLEMS = {"gaussians_1d": gaussians_1d, "eight_gaussians": eight_gaussians, "swiss_roll": swiss_roll, "random_mixture": random_mixture}
 
 
 def build_mixture(name: str, **params) -> GaussianMixture:

@@ -24,6 +24,7 @@ from lightning_sde.bench.spec import (
     shard_cells,
     target_of,
 )
+from lightning_sde.distributed import gather_to_zero, launch, rank_world
 from lightning_sde.exact import build_mixture
 from lightning_sde.metrics import mmd, sliced_wasserstein
 from lightning_sde.metrics.image import (
@@ -207,32 +208,10 @@ def _data_kind(cfg: DictConfig) -> str:
         raise ValueError(f"config data._target_: {type(err).__name__}: {err}") from None
 
 
-def launch(cfg: DictConfig, device: torch.device):
-    """None for one process; else a launched Lightning Fabric (DDP): it starts the `ddp.devices` local processes
-    itself, or joins those srun / torchrun started. Each process samples seeds[rank::world] of every cell."""
-    if cfg.ddp.devices * cfg.ddp.num_nodes == 1:
-        return None
-    from lightning.fabric import Fabric
-
-    fabric = Fabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=cfg.ddp.devices,
-                    num_nodes=cfg.ddp.num_nodes, strategy="ddp")
-    fabric.launch()
-    return fabric
-
-
-def gather_parts(part: Part, fabric) -> list[Part] | None:
-    """Every process's part, in rank order, on rank 0 (None elsewhere). No padding: parts may differ in size."""
-    if fabric is None:
-        return [part]
-    parts = [None] * fabric.world_size if fabric.global_rank == 0 else None
-    torch.distributed.gather_object(part, parts, dst=0)
-    return parts
-
-
 def run_sweep(cfg: DictConfig) -> dict:
     kind, target_id, device, metrics, cells, mine = prepare(cfg)
-    fabric = launch(cfg, device)
-    rank, world = (fabric.global_rank, fabric.world_size) if fabric else (0, 1)
+    fabric = launch(cfg.ddp.devices, cfg.ddp.num_nodes, device)  # each process samples seeds[rank::world] of a cell
+    rank, world = rank_world(fabric)
     device = fabric.device if fabric else device
     store = ResultsStore(cfg.results)
     todo = None
@@ -251,7 +230,7 @@ def run_sweep(cfg: DictConfig) -> dict:
         commit, dtype = git_commit(), DTYPES[cfg.dtype]
         for cell in tqdm(todo, desc="cells", unit="cell", disable=not cfg.progress or rank != 0):
             log.info("computing cell %s", cell)
-            parts = gather_parts(sample_part(cell, target.denoiser, rank, world, cfg.batch_size, device, dtype), fabric)
+            parts = gather_to_zero(sample_part(cell, target.denoiser, rank, world, cfg.batch_size, device, dtype), fabric)
             if rank == 0:
                 rows = score_cell(cell, parts, target, scorer, cfg.batch_size, device)
                 for row in rows:
