@@ -124,7 +124,8 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...]) -> list[Cell]
                 _fail(f"{key}.{swept}", "is set by the sweep (nfe / tolerances grid), not per sampler")
         try:
             # steps=1 only to learn NFE per step; adaptive ODE methods take no steps
-            adaptive = name == "ode" and fixed.get("method", "dopri5") in ADAPTIVE_METHODS
+            adaptive = getattr(SAMPLERS[name], "adaptive", False) is True or (
+                name == "ode" and fixed.get("method", "dopri5") in ADAPTIVE_METHODS)
             probe = build_sampler(name, **fixed, **({} if adaptive else {"steps": 1}))
         except (TypeError, ValueError) as err:
             _fail(key, str(err))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor
@@ -100,22 +100,43 @@ class FixedStepSampler(Sampler):
     steps: int = 100
     grid: str = "uniform"
     rho: float = 7.0
+    times: Sequence[float] | None = None  # an explicit grid T = t_0 > ... > t_steps = eps (e.g. optimize_grid's)
 
     nfe_per_step: ClassVar[int] = 1
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"{self.name}: steps must be an integer >= 1; got {self.steps!r}")
-        if self.grid not in GRIDS:
-            raise ValueError(f"{self.name}: unknown grid {self.grid!r}; choose one of {GRIDS}")
+        if self.grid not in GRIDS + ("optimized",):
+            raise ValueError(f"{self.name}: unknown grid {self.grid!r}; choose one of {GRIDS + ('optimized',)}")
         if not self.rho > 0:
             raise ValueError(f"{self.name}: rho must be > 0; got {self.rho}")
+        if self.times is not None:
+            times = torch.as_tensor(self.times, dtype=torch.float64).detach()
+            if times.ndim != 1 or len(times) != self.steps + 1 or not bool((times[1:] < times[:-1]).all()):
+                raise ValueError(f"{self.name}: times must be {self.steps + 1} strictly decreasing times (T ... eps); "
+                                 f"got {len(times)} values")
+
+    def time_points(self, denoiser: Denoiser, like: Tensor) -> Tensor:
+        """The step times: `times` if given; grid="optimized": tuned for this denoiser once (optimize_grid, a pilot
+        whose NFE is not counted in the runs; see its docstring); else the named grid."""
+        sde = denoiser.sde
+        if self.times is not None:
+            times = self.times if isinstance(self.times, Tensor) else torch.tensor(list(self.times), dtype=torch.float64)
+            if abs(float(times[0].detach()) - sde.T) > 1e-9 or abs(float(times[-1].detach()) - sde.eps) > 1e-9:
+                raise ValueError(f"{self.name}: times must run from T = {sde.T} to eps = {sde.eps}")
+            return times.to(like.device, like.dtype)
+        if self.grid == "optimized":
+            from lightning_sde.samplers.optimize import optimized_times
+
+            return optimized_times(self, denoiser).to(like.device, like.dtype)
+        return time_grid(sde, self.steps, self.grid, self.rho).to(like.device, like.dtype)
 
     def step(self, denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, noise, last: bool) -> Tensor:
         raise NotImplementedError
 
     def run(self, denoiser, x_T, noise, callback, progress):
-        grid = time_grid(denoiser.sde, self.steps, self.grid, self.rho).to(x_T.device, x_T.dtype)
+        grid = self.time_points(denoiser, x_T)
         x = x_T
         for i in tqdm(range(self.steps), desc=self.name, disable=not progress, leave=False):
             x = self.step(denoiser, x, grid[i], grid[i + 1], noise, last=i == self.steps - 1)

@@ -1,0 +1,363 @@
+"""Exponential-integrator solvers in log-SNR for the probability-flow ODE (and its SDE), data prediction.
+
+With lambda = log(alpha / sigma) and D = the network's x0 prediction, the ODE's exact solution from s to t is
+
+    x_t = (sigma_t / sigma_s) x_s + sigma_t int_{lambda_s}^{lambda_t} e^{lambda} D(lambda) d lambda,
+
+so the linear part is integrated exactly and only D is approximated by a polynomial in lambda. Every solver here
+works for VP, sub-VP and VE alike through alpha_t, sigma_t, lambda_t, and costs one NFE a step (the adaptive one
+three a step). With h = lambda_t - lambda_s > 0:
+
+  dpmpp        DPM-Solver++ multistep (Lu et al. 2022b), order 1..3: D extrapolated from the last `order` outputs;
+               lower orders for the first steps (warm-up) and, with `lower_order_final`, the last ones.
+  unipc        UniPC (Zhao et al. 2023), B(h) = e^h - 1: a predictor of order p, then a corrector that uses the
+               model output at the new point, the very evaluation the next step needs anyway: no extra NFE.
+               The last step is not corrected (there is no next evaluation to reuse).
+  sde_dpmpp    SDE-DPM-Solver++(2M) of the reverse SDE, noise from the samples' seeds (first step order 1).
+  dpmpp_adaptive  DPM-Solver++(3S) with an embedded 2nd-order solution (Lu et al. 2022a, Alg. 4, data
+               prediction): step size in lambda set by the local error against rtol/atol; NFE is measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lightning_sde.samplers.base import FixedStepSampler, Sampler, register
+
+
+def _lam(sde, t):
+    return sde.log_snr(t)
+
+
+def dpmpp_update(x, sde, ts: list, ds: list, t, order: int):
+    """One DPM-Solver++ step to `t` from the newest state `x` at ts[-1], with outputs ds (newest last)."""
+    s0 = ts[-1]
+    lam_t, lam_0 = _lam(sde, t), _lam(sde, s0)
+    h = lam_t - lam_0
+    phi1 = torch.expm1(-h)  # e^{-h} - 1
+    alpha_t, sigma_t = sde.alpha(t), sde.sigma(t)
+    x_t = (sigma_t / sde.sigma(s0)) * x - alpha_t * phi1 * ds[-1]
+    if order == 1:
+        return x_t
+    h0 = lam_0 - _lam(sde, ts[-2])
+    r0 = h0 / h
+    d1_0 = (ds[-1] - ds[-2]) / r0
+    if order == 2:
+        return x_t - 0.5 * alpha_t * phi1 * d1_0
+    h1 = _lam(sde, ts[-2]) - _lam(sde, ts[-3])
+    r1 = h1 / h
+    d1_1 = (ds[-2] - ds[-3]) / r1
+    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+    d2 = 2 * (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 D'': the Taylor term is -alpha_t phi3 h^2 D'' (order 3: tested)
+    phi2 = phi1 / h + 1
+    phi3 = phi2 / h - 0.5
+    return x_t + alpha_t * phi2 * d1 - alpha_t * phi3 * d2
+
+
+LOWER_ORDER_FINAL_BELOW = 15  # steps; as diffusers: a first-order last step would cap the order of long runs
+
+
+def _order_at(i: int, steps: int, order: int, lower_order_final: bool) -> int:
+    """Warm-up: step i has at most i + 1 outputs to use; final (under 15 steps, as diffusers): the last steps drop
+    to order steps - i. (Order 3 on the t-uniform grid is unstable at 20 steps: its last log-SNR steps are long.)"""
+    k = min(order, i + 1)
+    return min(k, steps - i) if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW else k
+
+
+def _check_order(name: str, order, allowed):
+    if isinstance(order, bool) or order not in allowed:
+        raise ValueError(f"{name}: order must be one of {allowed}; got {order!r}")
+
+
+@register("dpmpp")
+@dataclass
+class DPMSolverPP(FixedStepSampler):
+    steps: int = 20
+    grid: str = "logsnr"
+    order: int = 2
+    lower_order_final: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_order(self.name, self.order, (1, 2, 3))
+
+    def run(self, denoiser, x_T, noise, callback, progress):
+        sde = denoiser.sde
+        grid = self.time_points(denoiser, x_T)
+        x, ts, ds = x_T, [], []
+        for i in range(self.steps):
+            ts.append(grid[i])
+            ds.append(denoiser(x, grid[i]).x0)
+            x = dpmpp_update(x, sde, ts, ds, grid[i + 1], _order_at(i, self.steps, self.order, self.lower_order_final))
+            ts, ds = ts[-2:], ds[-2:]
+            if callback is not None:
+                callback({"i": i, "t": grid[i + 1], "x": x})
+        return x, {"steps": self.steps}
+
+
+def unipc_coefficients(rks: torch.Tensor, h, order: int):
+    """UniPC's bh2 coefficients: R (order x order) with rows rks^(i-1), b, B(h) = e^{-h}-1 ... in data prediction."""
+    hh = -h
+    h_phi_1 = torch.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    factorial = 1
+    b_h = torch.expm1(hh)
+    rows, b = [], []
+    for i in range(1, order + 1):
+        rows.append(rks ** (i - 1))
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    return torch.stack(rows), torch.stack(b), h_phi_1, b_h
+
+
+@register("unipc")
+@dataclass
+class UniPC(FixedStepSampler):
+    steps: int = 20
+    grid: str = "logsnr"
+    order: int = 2
+    lower_order_final: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_order(self.name, self.order, (1, 2, 3))
+
+    def run(self, denoiser, x_T, noise, callback, progress):
+        sde = denoiser.sde
+        grid = self.time_points(denoiser, x_T)
+        x, ts, ds = x_T, [grid[0]], [denoiser(x_T, grid[0]).x0]
+        pending = None  # (x before the last predictor step, its order): corrected once the new output is known
+        for i in range(self.steps):
+            if pending is not None:
+                x = self._correct(sde, *pending, ts, ds)
+            k = _order_at(i, self.steps, self.order, self.lower_order_final)
+            x_prev = x
+            x = self._predict(sde, x, ts, ds, grid[i + 1], k)
+            if i < self.steps - 1:  # this evaluation is the next step's model output
+                ts.append(grid[i + 1])
+                ds.append(denoiser(x, grid[i + 1]).x0)
+                pending = (x_prev, k)
+                ts, ds = ts[-(self.order + 1):], ds[-(self.order + 1):]
+            if callback is not None:
+                callback({"i": i, "t": grid[i + 1], "x": x})
+        return x, {"steps": self.steps}
+
+    @staticmethod
+    def _history(sde, ts, ds, s0_index: int, t, order: int):
+        """rks, D1s for a step from ts[s0_index] to t using order - 1 earlier outputs."""
+        lam_0 = _lam(sde, ts[s0_index])
+        h = _lam(sde, t) - lam_0
+        rks, d1s = [], []
+        for k in range(1, order):
+            j = s0_index - k
+            rk = (_lam(sde, ts[j]) - lam_0) / h
+            rks.append(rk)
+            d1s.append((ds[j] - ds[s0_index]) / rk)
+        return h, rks, d1s
+
+    @staticmethod
+    def _predict(sde, x, ts, ds, t, order):
+        h, rks, d1s = UniPC._history(sde, ts, ds, -1, t, order)
+        rk = torch.stack(rks + [torch.ones_like(h)])
+        R, b, h_phi_1, b_h = unipc_coefficients(rk, h, order)
+        alpha_t, sigma_t = sde.alpha(t), sde.sigma(t)
+        x_t = (sigma_t / sde.sigma(ts[-1])) * x - alpha_t * h_phi_1 * ds[-1]
+        if d1s:
+            rhos = torch.tensor([0.5], dtype=x.dtype, device=x.device) if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
+            x_t = x_t - alpha_t * b_h * sum(r * d for r, d in zip(rhos, d1s))
+        return x_t
+
+    @staticmethod
+    def _correct(sde, x_prev, order, ts, ds):
+        """UniC: redo the step ts[-2] -> ts[-1] with the new output ds[-1] as one more data point."""
+        t = ts[-1]
+        h, rks, d1s = UniPC._history(sde, ts, ds, -2, t, order)
+        rk = torch.stack(rks + [torch.ones_like(h)])
+        R, b, h_phi_1, b_h = unipc_coefficients(rk, h, order)
+        rhos = torch.tensor([0.5], dtype=x_prev.dtype, device=x_prev.device) if order == 1 else torch.linalg.solve(R, b)
+        alpha_t, sigma_t = sde.alpha(t), sde.sigma(t)
+        x_t = (sigma_t / sde.sigma(ts[-2])) * x_prev - alpha_t * h_phi_1 * ds[-2]
+        corr = sum(r * d for r, d in zip(rhos[:-1], d1s)) if d1s else 0.0
+        return x_t - alpha_t * b_h * (corr + rhos[-1] * (ds[-1] - ds[-2]))
+
+
+@register("sde_dpmpp")
+@dataclass
+class SDEDPMSolverPP(FixedStepSampler):
+    """SDE-DPM-Solver++(2M): x_t = (sigma_t/sigma_s) e^{-h} x + alpha_t (1 - e^{-2h}) (D + D'/2)
+    + sigma_t sqrt(1 - e^{-2h}) z; the last step returns the mean (no noise), as the other stochastic samplers."""
+
+    steps: int = 20
+    grid: str = "logsnr"
+    order: int = 2
+    stochastic = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_order(self.name, self.order, (1, 2))
+
+    def run(self, denoiser, x_T, noise, callback, progress):
+        sde = denoiser.sde
+        grid = self.time_points(denoiser, x_T)
+        x, prev = x_T, None  # prev: (lambda, D) of the step before
+        for i in range(self.steps):
+            s, t = grid[i], grid[i + 1]
+            d0 = denoiser(x, s).x0
+            lam_s, lam_t = _lam(sde, s), _lam(sde, t)
+            h = lam_t - lam_s
+            one_minus = -torch.expm1(-2 * h)  # 1 - e^{-2h}
+            d = d0
+            if self.order == 2 and prev is not None:
+                r0 = (lam_s - prev[0]) / h
+                d = d0 + 0.5 * (d0 - prev[1]) / r0
+            x = (sde.sigma(t) / sde.sigma(s)) * torch.exp(-h) * x + sde.alpha(t) * one_minus * d
+            if i < self.steps - 1:
+                x = x + sde.sigma(t) * one_minus.sqrt() * noise().to(x)
+            prev = (lam_s, d0)
+            if callback is not None:
+                callback({"i": i, "t": t, "x": x})
+        return x, {"steps": self.steps}
+
+
+@register("dpmpp_adaptive")
+@dataclass
+class AdaptiveDPMSolverPP(Sampler):
+    """DPM-Solver++(3S) steps in lambda with an embedded second-order solution for error control.
+
+    A step s -> t (h in lambda) evaluates D at s, s + h/3, s + 2h/3 (3 NFE); the error of the 2nd-order solution
+    against the 3rd, relative to atol + rtol |x|, as an RMS per sample and the max over the batch, accepts the step
+    if <= 1 and sets the next h = min(safety h E^{-1/3}, rest) (the embedded solution's local error is O(h^3)).
+    The score is never queried outside [eps, T]; the last step lands on eps."""
+
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    h_init: float = 0.5
+    safety: float = 0.9
+    max_steps: int = 1000
+
+    def __post_init__(self):
+        for key in ("rtol", "atol", "h_init"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{self.name}: {key} must be a number > 0; got {value!r}")
+        if not 0 < self.safety <= 1:
+            raise ValueError(f"{self.name}: safety must lie in (0, 1]; got {self.safety!r}")
+
+    adaptive = True
+
+    def run(self, denoiser, x_T, noise, callback, progress):
+        sde = denoiser.sde
+        dtype, device = x_T.dtype, x_T.device
+        lam_end = float(_lam(sde, torch.tensor(sde.eps, dtype=torch.float64)))
+        lam = float(_lam(sde, torch.tensor(sde.T, dtype=torch.float64)))
+        h = min(self.h_init, lam_end - lam)
+        x, n_accept, n_reject = x_T, 0, 0
+        t_of = lambda value: sde.t_from_log_snr(torch.tensor(value, dtype=torch.float64)).to(device, dtype)  # noqa: E731
+        s, d0 = t_of(lam), None
+        while lam < lam_end - 1e-12:
+            if n_accept + n_reject >= self.max_steps:
+                raise RuntimeError(f"{self.name}: no convergence in {self.max_steps} steps (rtol={self.rtol}, atol={self.atol})")
+            last = lam + h >= lam_end - 1e-12
+            t = torch.tensor(sde.eps, dtype=dtype, device=device) if last else t_of(lam + h)
+            if d0 is None:
+                d0 = denoiser(x, s).x0
+            x_low, x_high = self._step(denoiser, x, s, t, d0)
+            scale = self.atol + self.rtol * torch.maximum(x_low.abs(), x.abs())
+            err = ((x_high - x_low) / scale).flatten(1).pow(2).mean(1).sqrt().max()
+            if err <= 1:
+                x, s, lam, d0 = x_high, t, float(_lam(sde, t.double())), None
+                n_accept += 1
+                if callback is not None:
+                    callback({"i": n_accept - 1, "t": t, "x": x})
+            else:
+                n_reject += 1
+            h = min(self.safety * h * float(err.clamp_min(1e-10)) ** (-1 / 3), lam_end - lam)
+        return x, {"n_accept": n_accept, "n_reject": n_reject}
+
+    @staticmethod
+    def _step(denoiser, x, s, t, d0):
+        sde = denoiser.sde
+        lam_s, lam_t = _lam(sde, s), _lam(sde, t)
+        h = lam_t - lam_s
+        r1, r2 = 1 / 3, 2 / 3
+        t1 = sde.t_from_log_snr(lam_s + r1 * h)
+        t2 = sde.t_from_log_snr(lam_s + r2 * h)
+        sig_s = sde.sigma(s)
+        phi_11, phi_12, phi_1 = torch.expm1(-r1 * h), torch.expm1(-r2 * h), torch.expm1(-h)
+        phi_22 = phi_12 / (r2 * h) + 1
+        phi_2 = phi_1 / h + 1
+        phi_3 = phi_2 / h - 0.5
+        x1 = (sde.sigma(t1) / sig_s) * x - sde.alpha(t1) * phi_11 * d0
+        d1 = denoiser(x1, t1).x0
+        x2 = (sde.sigma(t2) / sig_s) * x - sde.alpha(t2) * phi_12 * d0 + (r2 / r1) * sde.alpha(t2) * phi_22 * (d1 - d0)
+        d2 = denoiser(x2, t2).x0
+        alpha_t, base = sde.alpha(t), (sde.sigma(t) / sig_s) * x - sde.alpha(t) * phi_1 * d0
+        low = base - (0.5 / r1) * alpha_t * phi_1 * (d1 - d0)  # 2nd order (DPM-Solver++(2S), r = 1/3)
+        d1_0, d1_1 = (d1 - d0) / r1, (d2 - d0) / r2
+        dd1 = (r2 * d1_0 - r1 * d1_1) / (r2 - r1)
+        dd2 = 2 * (d1_1 - d1_0) / (r2 - r1)
+        high = base + alpha_t * phi_2 * dd1 - alpha_t * phi_3 * dd2  # 3rd order
+        return low, high
+
+
+@register("unipc_adaptive")
+@dataclass
+class AdaptiveUniPC(Sampler):
+    """UniPC with step-size control in lambda from its own predictor-corrector pair: the corrector (order p + 1)
+    minus the predictor (order p) estimates the predictor's local error at no extra cost, since the corrector uses
+    the model output at the predicted point, which the next step needs anyway. A rejected step costs that one
+    evaluation. Error: RMS over the whole batch of (x_c - x_p) / (atol + rtol max(|x_c|, |x|)) (torchdiffeq's norm, so
+    tolerances compare with dopri5's); next h = h min(safety E^{-1/(p+1)}, max_growth). Warm-up: the first steps use the orders their history allows."""
+
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    order: int = 3
+    h_init: float = 0.1
+    safety: float = 0.8
+    max_growth: float = 2.0
+    max_steps: int = 2000
+    adaptive = True
+
+    def __post_init__(self):
+        _check_order(self.name, self.order, (1, 2, 3))
+        for key in ("rtol", "atol", "h_init"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{self.name}: {key} must be a number > 0; got {value!r}")
+        if not 0 < self.safety <= 1:
+            raise ValueError(f"{self.name}: safety must lie in (0, 1]; got {self.safety!r}")
+
+    def run(self, denoiser, x_T, noise, callback, progress):
+        sde = denoiser.sde
+        dtype, device = x_T.dtype, x_T.device
+        as_t = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
+        lam_end = float(_lam(sde, as_t(sde.eps)))
+        lam = float(_lam(sde, as_t(sde.T)))
+        s = torch.tensor(sde.T, dtype=dtype, device=device)
+        x, ts, ds = x_T, [s], [denoiser(x_T, s).x0]
+        h, n_accept, n_reject = min(self.h_init, lam_end - lam), 0, 0
+        while lam < lam_end - 1e-12:
+            if n_accept + n_reject >= self.max_steps:
+                raise RuntimeError(f"{self.name}: no convergence in {self.max_steps} steps (rtol={self.rtol}, atol={self.atol})")
+            last = lam + h >= lam_end - 1e-12
+            t = torch.tensor(sde.eps, dtype=dtype, device=device) if last else sde.t_from_log_snr(as_t(lam + h)).to(device, dtype)
+            k = min(self.order, len(ts))
+            x_pred = UniPC._predict(sde, x, ts, ds, t, k)
+            d_t = denoiser(x_pred, t).x0
+            x_corr = UniPC._correct(sde, x, k, ts + [t], ds + [d_t])
+            scale = self.atol + self.rtol * torch.maximum(x_corr.abs(), x.abs())
+            err = ((x_corr - x_pred) / scale).pow(2).mean().sqrt()
+            if err <= 1:
+                x, lam = x_corr, float(_lam(sde, t.double()))
+                ts, ds = (ts + [t])[-(self.order + 1):], (ds + [d_t])[-(self.order + 1):]
+                n_accept += 1
+                if callback is not None:
+                    callback({"i": n_accept - 1, "t": t, "x": x})
+            else:
+                n_reject += 1
+            factor = min(self.safety * float(err.clamp_min(1e-10)) ** (-1 / (k + 1)), self.max_growth)
+            h = min(h * factor, lam_end - lam)
+        return x, {"n_accept": n_accept, "n_reject": n_reject}
