@@ -36,7 +36,7 @@ def mixture_moments(mixture):
 @pytest.mark.parametrize("name", TOY_NAMES)
 def test_toy_interface_and_split_sizes(name):
     dm = build_datamodule(name, batch_size=256, n_train=5000, n_val=300)
-    dim = 16 if name == "random_mixture" else 2
+    dim = {"random_mixture": 16, "gaussians_1d": 1}.get(name, 2)
     assert dm.kind == "points" and dm.shape == (dim,)
     assert len(dm.train_set) == 5000 and len(dm.val_set) == 300
     batches = list(dm.train_dataloader())
@@ -48,7 +48,7 @@ def test_toy_interface_and_split_sizes(name):
     assert ref.shape == (1000, dim) and ref.dtype == torch.float32
     assert torch.equal(ref, dm.reference(1000))  # the same on every call
     assert not torch.equal(ref[:300], dm.val_set.data[:300])  # a stream of its own, not the validation set
-    assert (dm.mixture is not None) == (name in ("eight_gaussians", "swiss_roll", "random_mixture"))
+    assert (dm.mixture is not None) == (name in ("gaussians_1d", "eight_gaussians", "swiss_roll", "random_mixture"))
     again = build_datamodule(name, batch_size=256, n_train=5000, n_val=300)
     assert torch.equal(again.train_set.data, dm.train_set.data)  # generated once from the seed
     other = build_datamodule(name, batch_size=256, n_train=5000, n_val=300, seed=1)

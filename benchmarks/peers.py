@@ -1,0 +1,154 @@
+"""Our solvers against diffusers' schedulers on the same exact oracle, the same ODE and the same x_T, in one run.
+
+Needs the `peers` extra (`.venv/bin/pip install -e ".[peers]"`, i.e. diffusers). Protocol (issue 7):
+  * VP (beta 0.1..20, eps 1e-3), float64 inputs, 4096 x_T from seeds 0..4095; score: endpoint RMSE per dimension
+    against dopri5 at rtol = atol = 1e-10 from the same x_T (the continuous ODE from t = 1 to t = eps).
+  * Mapping of diffusers' discrete schedule onto the continuous SDE, each decision pinned:
+      - timestep k (0..999) <-> t_k = (k + 1) / 1000, alphas_cumprod[k] = alpha(t_k)^2, passed as trained_betas
+        (betas[k] = 1 - alphas_cumprod[k] / alphas_cumprod[k-1]); probed: the scheduler's table equals alpha(t_k)^2
+        to float32 precision;
+      - the model output at timestep k is the exact epsilon at t_k: eps = -sigma(t_k) * score(x, t_k);
+      - timestep_spacing="trailing" (the first step starts at k = 999, i.e. t = 1);
+      - the last step lands on k = 0, t = eps: final_sigmas_type="sigma_min" (DPM-Solver, UniPC), DDIM with
+        set_alpha_to_one=False; probed: the final sigma equals sigma(eps);
+      - clip_sample=False (DDIM), thresholding off, lower_order_final=True (their default), no Karras sigmas.
+    diffusers keeps its schedule tables in float32 (DPM-Solver also casts the sample to float32): a floor of
+    ~1e-6 relative error that does not matter at these NFE.
+  * Ours run on the same time points (t_k of the trailing timesteps, then eps) and on our own best grid.
+
+    .venv/bin/python benchmarks/peers.py      # writes benchmarks/results/peers.{csv,md,png}
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from lightning_sde.exact import eight_gaussians, random_mixture  # noqa: E402
+from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
+from lightning_sde.samplers.optimize import optimize_grid  # noqa: E402
+from lightning_sde.sde import build_sde  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results"
+N = 4096
+NFES = (5, 10, 15, 20, 30, 50)
+PROBLEMS = {"eight_gaussians": eight_gaussians, "random16d": lambda: random_mixture(16, 10, 0)}
+
+
+def schedulers():
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    common = {"num_train_timesteps": 1000, "prediction_type": "epsilon", "timestep_spacing": "trailing"}
+    return {
+        "diffusers DDIM": lambda betas: DDIMScheduler(trained_betas=betas, clip_sample=False, set_alpha_to_one=False, **common),
+        "diffusers DPM++2M": lambda betas: DPMSolverMultistepScheduler(trained_betas=betas, solver_order=2, algorithm_type="dpmsolver++",
+                                                                       final_sigmas_type="sigma_min", **common),
+        "diffusers DPM++3M": lambda betas: DPMSolverMultistepScheduler(trained_betas=betas, solver_order=3, algorithm_type="dpmsolver++",
+                                                                       final_sigmas_type="sigma_min", **common),
+        "diffusers UniPC-2": lambda betas: UniPCMultistepScheduler(trained_betas=betas, solver_order=2, final_sigmas_type="sigma_min", **common),
+        "diffusers UniPC-3": lambda betas: UniPCMultistepScheduler(trained_betas=betas, solver_order=3, final_sigmas_type="sigma_min", **common),
+    }
+
+
+def run_diffusers(make, sde, den, x_T, nfe):
+    t_k = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    ac = sde.alpha(t_k) ** 2
+    betas = (1 - ac / torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])).numpy()
+    sched = make(betas)
+    assert np.allclose(sched.alphas_cumprod.double().numpy(), ac.numpy(), rtol=1e-5, atol=0), "schedule probe failed"
+    sched.set_timesteps(nfe)
+    assert int(sched.timesteps[0]) == 999, f"trailing spacing must start at k = 999; got {sched.timesteps[:3]}"
+    x, calls, times = x_T.clone(), 0, []
+    for k in sched.timesteps:
+        t = torch.tensor((int(k) + 1) / 1000, dtype=torch.float64)
+        eps = den(x, t).eps
+        calls += 1
+        times.append(float(t))
+        x = sched.step(eps, k, x).prev_sample.double()
+    if hasattr(sched, "sigmas"):  # probe: the final sigma is sigma(eps) in diffusers' (sigma / alpha) convention
+        last = float(sched.sigmas[-1])
+        a, s = float(sde.alpha(torch.tensor(sde.eps))), float(sde.sigma(torch.tensor(sde.eps)))
+        assert abs(last - s / a) < 1e-3 * s / a, f"final sigma {last} != sigma(eps)/alpha(eps) {s / a}"
+    return x, calls, times + [sde.eps]
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    sde = build_sde("vp", beta_min=0.1, beta_max=20.0, eps=1e-3)
+    rows = []
+    for problem, make in PROBLEMS.items():
+        den = make().denoiser(sde)
+        x_T = sde.prior_sample(SeededNoise(range(N), den.shape, dtype=torch.float64).prior())
+        ref, _ = build_sampler("ode", method="dopri5", rtol=1e-10, atol=1e-10)(den, x_T)
+
+        def add(label, nfe, x, counted, family):
+            err = float((x - ref).pow(2).mean().sqrt())
+            rows.append({"problem": problem, "sampler": label, "family": family, "nfe": counted, "requested": nfe, "rmse": err})
+            print(f"{problem:16s} {label:34s} nfe {counted:3d} rmse {err:.3e}", flush=True)
+
+        for nfe in NFES:
+            grid_times = None
+            for label, maker in schedulers().items():
+                x, calls, times = run_diffusers(maker, sde, den, x_T, nfe)
+                add(label, nfe, x, calls, "diffusers")
+                grid_times = times
+            for label, name, params in (("ours DPM++2M", "dpmpp", {"order": 2}), ("ours DPM++3M", "dpmpp", {"order": 3}),
+                                        ("ours UniPC-2", "unipc", {"order": 2}), ("ours UniPC-3", "unipc", {"order": 3})):
+                x, info = build_sampler(name, steps=nfe, times=grid_times, **params)(den, x_T)
+                add(label + " (same grid)", nfe, x, info["nfe"], "ours, same grid")
+                x, info = build_sampler(name, steps=nfe, grid="quadratic", **params)(den, x_T)
+                add(label + " (quadratic)", nfe, x, info["nfe"], "ours, quadratic")
+            if nfe in (10, 20):
+                for label, name, params in (("ours UniPC-2", "unipc", {"order": 2}), ("ours UniPC-3", "unipc", {"order": 3})):
+                    sampler = build_sampler(name, steps=nfe, grid="quadratic", **params)
+                    times, _ = optimize_grid(sampler, den)
+                    x, info = build_sampler(name, steps=nfe, times=times.tolist(), **params)(den, x_T)
+                    add(label + " (optimized grid)", nfe, x, info["nfe"], "ours, optimized grid")
+    write(rows)
+
+
+def write(rows) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / "peers.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["# Our solvers vs diffusers' schedulers: endpoint RMSE at equal NFE", "",
+             "Command: `.venv/bin/python benchmarks/peers.py` (needs `pip install -e .[peers]`); the mapping of "
+             "diffusers' discrete schedule onto the continuous VP SDE is in the script's docstring.", ""]
+    fig, axes = plt.subplots(1, len(PROBLEMS), figsize=(6.5 * len(PROBLEMS), 4.8))
+    for ax, problem in zip(axes, PROBLEMS):
+        mine = [r for r in rows if r["problem"] == problem]
+        labels = list(dict.fromkeys(r["sampler"] for r in mine))
+        lines += [f"## {problem}", "", "| sampler | " + " | ".join(f"NFE {n}" for n in NFES) + " |", "|---|" + "---|" * len(NFES)]
+        for label in labels:
+            by = {r["requested"]: r["rmse"] for r in mine if r["sampler"] == label}
+            lines.append(f"| {label} | " + " | ".join(f"{by[n]:.3g}" if n in by else "" for n in NFES) + " |")
+            pts = sorted((r["nfe"], r["rmse"]) for r in mine if r["sampler"] == label)
+            style = {"diffusers": ("--", "o"), "ours, same grid": (":", "."), "ours, quadratic": ("-", "."),
+                     "ours, optimized grid": ("", "*")}[next(r["family"] for r in mine if r["sampler"] == label)]
+            ax.loglog(*zip(*pts), ls=style[0] or "none", marker=style[1], ms=10 if style[1] == "*" else 5, label=label)
+        for n in (10, 20):
+            best_peer = min(r["rmse"] for r in mine if r["family"] == "diffusers" and r["requested"] == n)
+            best_ours = min(r["rmse"] for r in mine if r["family"] != "diffusers" and r["requested"] == n)
+            lines.append(f"\nNFE {n}: best diffusers {best_peer:.3g}, best ours {best_ours:.3g}: "
+                         f"{best_peer / best_ours:.2f}x lower error.")
+        lines.append("")
+        ax.set(title=problem, xlabel="NFE", ylabel="endpoint RMSE vs dopri5 1e-10")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[-1].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(OUT / "peers.png", dpi=130)
+    (OUT / "peers.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {OUT / 'peers.csv'}, .md, .png")
+
+
+if __name__ == "__main__":
+    main()
