@@ -30,6 +30,7 @@ ORDERS = {
     "dpmpp-3m": ("dpmpp", {"order": 3}, 3),
     "unipc-1": ("unipc", {"order": 1}, 2),
     "unipc-2": ("unipc", {"order": 2}, 3),
+    "unipc-3": ("unipc", {"order": 3}, 4),
 }
 STEPS = (32, 64, 128)
 BANDS3 = ((2.6, 3.4), (2.4, 3.6))

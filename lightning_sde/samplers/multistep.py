@@ -20,6 +20,7 @@ three a step). With h = lambda_t - lambda_s > 0:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -59,11 +60,12 @@ def dpmpp_update(x, sde, ts: list, ds: list, t, order: int):
 LOWER_ORDER_FINAL_BELOW = 15  # steps; as diffusers: a first-order last step would cap the order of long runs
 
 
-def _order_at(i: int, steps: int, order: int, lower_order_final: bool) -> int:
-    """Warm-up: step i has at most i + 1 outputs to use; final (under 15 steps, as diffusers): the last steps drop
-    to order steps - i. (Order 3 on the t-uniform grid is unstable at 20 steps: its last log-SNR steps are long.)"""
+def _order_at(i: int, steps: int, order: int, lower_order_final: bool, below: float = LOWER_ORDER_FINAL_BELOW) -> int:
+    """Warm-up: step i has at most i + 1 outputs to use; final (for runs under `below` steps): the last steps drop
+    to order steps - i. As diffusers: DPM-Solver++ under 15 steps, UniPC always (below=inf), where it keeps the
+    global order (measured) and tames the long last log-SNR steps of t-uniform grids."""
     k = min(order, i + 1)
-    return min(k, steps - i) if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW else k
+    return min(k, steps - i) if lower_order_final and steps < below else k
 
 
 def _check_order(name: str, order, allowed):
@@ -133,7 +135,7 @@ class UniPC(FixedStepSampler):
         for i in range(self.steps):
             if pending is not None:
                 x = self._correct(sde, *pending, ts, ds)
-            k = _order_at(i, self.steps, self.order, self.lower_order_final)
+            k = _order_at(i, self.steps, self.order, self.lower_order_final, below=math.inf)
             x_prev = x
             x = self._predict(sde, x, ts, ds, grid[i + 1], k)
             if i < self.steps - 1:  # this evaluation is the next step's model output
