@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -73,18 +74,24 @@ def _check_order(name: str, order, allowed):
         raise ValueError(f"{name}: order must be one of {allowed}; got {order!r}")
 
 
-@register("dpmpp")
 @dataclass
-class DPMSolverPP(FixedStepSampler):
+class _Multistep(FixedStepSampler):
+    """Fields and checks shared by the multistep solvers (one NFE a step, log-SNR grid by default)."""
+
     steps: int = 20
     grid: str = "logsnr"
     order: int = 2
     lower_order_final: bool = True
+    orders: ClassVar[tuple[int, ...]] = (1, 2, 3)
 
     def __post_init__(self):
         super().__post_init__()
-        _check_order(self.name, self.order, (1, 2, 3))
+        _check_order(self.name, self.order, self.orders)
 
+
+@register("dpmpp")
+@dataclass
+class DPMSolverPP(_Multistep):
     def run(self, denoiser, x_T, noise, callback, progress):
         sde = denoiser.sde
         grid = self.time_points(denoiser, x_T)
@@ -117,16 +124,7 @@ def unipc_coefficients(rks: torch.Tensor, h, order: int):
 
 @register("unipc")
 @dataclass
-class UniPC(FixedStepSampler):
-    steps: int = 20
-    grid: str = "logsnr"
-    order: int = 2
-    lower_order_final: bool = True
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check_order(self.name, self.order, (1, 2, 3))
-
+class UniPC(_Multistep):
     def run(self, denoiser, x_T, noise, callback, progress):
         sde = denoiser.sde
         grid = self.time_points(denoiser, x_T)
@@ -188,18 +186,12 @@ class UniPC(FixedStepSampler):
 
 @register("sde_dpmpp")
 @dataclass
-class SDEDPMSolverPP(FixedStepSampler):
+class SDEDPMSolverPP(_Multistep):
     """SDE-DPM-Solver++(2M): x_t = (sigma_t/sigma_s) e^{-h} x + alpha_t (1 - e^{-2h}) (D + D'/2)
     + sigma_t sqrt(1 - e^{-2h}) z; the last step returns the mean (no noise), as the other stochastic samplers."""
 
-    steps: int = 20
-    grid: str = "logsnr"
-    order: int = 2
+    orders: ClassVar[tuple[int, ...]] = (1, 2)
     stochastic = True
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check_order(self.name, self.order, (1, 2))
 
     def run(self, denoiser, x_T, noise, callback, progress):
         sde = denoiser.sde
@@ -212,7 +204,7 @@ class SDEDPMSolverPP(FixedStepSampler):
             h = lam_t - lam_s
             one_minus = -torch.expm1(-2 * h)  # 1 - e^{-2h}
             d = d0
-            if self.order == 2 and prev is not None:
+            if prev is not None and _order_at(i, self.steps, self.order, self.lower_order_final) == 2:
                 r0 = (lam_s - prev[0]) / h
                 d = d0 + 0.5 * (d0 - prev[1]) / r0
             x = (sde.sigma(t) / sde.sigma(s)) * torch.exp(-h) * x + sde.alpha(t) * one_minus * d
