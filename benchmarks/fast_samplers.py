@@ -7,7 +7,7 @@ Fixed-step samplers on every grid, plus the grid optimised for each (sampler, NF
 (seeds from 1e9, disjoint; its one-off cost is reported as pilot_nfe and not charged); adaptive solvers over a
 tolerance sweep.
 
-    .venv/bin/python benchmarks/fast_samplers.py          # 5 min 19 s on 2 CPU cores; writes benchmarks/results/fast_samplers.*
+    .venv/bin/python benchmarks/fast_samplers.py          # 4 min 34 s on 2 CPU cores; writes benchmarks/results/fast_samplers.*
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def write(rows) -> None:
         writer.writeheader()
         writer.writerows({k: r.get(k, "") for k in keys} for r in rows)
     lines = ["# Fast samplers: endpoint RMSE vs a converged reference at equal NFE", "",
-             "Command: `.venv/bin/python benchmarks/fast_samplers.py` (5 min 19 s on 2 CPU cores); protocol in the "
+             "Command: `.venv/bin/python benchmarks/fast_samplers.py` (4 min 34 s on 2 CPU cores); protocol in the "
              "script's docstring. Best grid per sampler (grid in parentheses); `optimized`: tuned on a 512-seed pilot "
              "set, held-out seeds scored.", ""]
     colors = dict(zip(list(FIXED) + list(ADAPTIVE), plt.cm.tab10.colors))

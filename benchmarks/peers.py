@@ -16,7 +16,7 @@ Needs the `peers` extra (`.venv/bin/pip install -e ".[peers]"`, i.e. diffusers).
     ~1e-6 relative error that does not matter at these NFE.
   * Ours run on the same time points (t_k of the trailing timesteps, then eps) and on our own best grid.
 
-    .venv/bin/python benchmarks/peers.py      # writes benchmarks/results/peers.{csv,md,png}
+    .venv/bin/python benchmarks/peers.py      # 3 min 5 s; writes benchmarks/results/peers.{csv,md,png} (--replot: views only)
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from lightning_sde.sde import build_sde  # noqa: E402
 OUT = Path(__file__).resolve().parent / "results"
 N = 4096
 NFES = (5, 10, 15, 20, 30, 50)
+ALGO_COLORS = {"DDIM": "tab:blue", "DPM++2M": "tab:orange", "DPM++3M": "tab:green", "UniPC-2": "tab:red",
+               "UniPC-3": "tab:purple"}
 PROBLEMS = {"eight_gaussians": eight_gaussians, "random16d": lambda: random_mixture(16, 10, 0)}
 
 
@@ -134,7 +136,9 @@ def write(rows) -> None:
             pts = sorted((r["nfe"], r["rmse"]) for r in mine if r["sampler"] == label)
             style = {"diffusers": ("--", "o"), "ours, same grid": (":", "."), "ours, quadratic": ("-", "."),
                      "ours, optimized grid": ("", "*")}[next(r["family"] for r in mine if r["sampler"] == label)]
-            ax.loglog(*zip(*pts), ls=style[0] or "none", marker=style[1], ms=10 if style[1] == "*" else 5, label=label)
+            algo = next(a for a in ALGO_COLORS if a in label)  # one colour per algorithm, a line style per family
+            ax.loglog(*zip(*pts), ls=style[0] or "none", marker=style[1], ms=10 if style[1] == "*" else 5,
+                      color=ALGO_COLORS[algo], label=label)
         for n in (10, 20):
             best_peer = min(r["rmse"] for r in mine if r["family"] == "diffusers" and r["requested"] == n)
             best_ours = min(r["rmse"] for r in mine if r["family"] != "diffusers" and r["requested"] == n)
@@ -150,5 +154,16 @@ def write(rows) -> None:
     print(f"wrote {OUT / 'peers.csv'}, .md, .png")
 
 
+def load_csv() -> list[dict]:
+    with open(OUT / "peers.csv") as fh:
+        return [{**r, "nfe": int(r["nfe"]), "requested": int(r["requested"]), "rmse": float(r["rmse"])}
+                for r in csv.DictReader(fh)]
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:] == ["--replot"]:  # views from the committed CSV, no recomputation
+        write(load_csv())
+    else:
+        main()
