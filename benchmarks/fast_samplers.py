@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import sys
 import time
-from pathlib import Path
 
 import matplotlib
 
@@ -23,13 +22,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from lightning_sde.exact import eight_gaussians, random_mixture  # noqa: E402
-from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
-from lightning_sde.samplers.optimize import optimize_grid  # noqa: E402
-from lightning_sde.sde import build_sde  # noqa: E402
+from issue7_protocol import OUT, PROBLEMS, oracle, save_views, vp_sde  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "results"
-N = 4096
+from lightning_sde.samplers import build_sampler  # noqa: E402
+from lightning_sde.samplers.optimize import optimize_grid  # noqa: E402
+
 NFES = (5, 10, 15, 20, 50)
 GRIDS = ("logsnr", "uniform", "quadratic", "karras")
 FIXED = {  # label -> (sampler, params)
@@ -45,17 +42,14 @@ ADAPTIVE = {
     "unipc-adaptive-3": ("unipc_adaptive", {"order": 3}, (1e-3, 3e-4, 1e-4, 5e-5, 3e-5, 1e-5)),
     "unipc-adaptive-2": ("unipc_adaptive", {"order": 2}, (1e-3, 1e-4, 3e-5, 1e-5)),
 }
-PROBLEMS = {"eight_gaussians": eight_gaussians, "random16d": lambda: random_mixture(16, 10, 0)}
 
 
 def main() -> None:
     torch.set_num_threads(2)
-    sde = build_sde("vp", beta_min=0.1, beta_max=20.0, eps=1e-3)
+    sde = vp_sde()
     rows = []
-    for problem, make in PROBLEMS.items():
-        den = make().denoiser(sde)
-        x_T = sde.prior_sample(SeededNoise(range(N), den.shape, dtype=torch.float64).prior())
-        ref, _ = build_sampler("ode", method="dopri5", rtol=1e-10, atol=1e-10)(den, x_T)
+    for problem in PROBLEMS:
+        den, x_T, ref = oracle(problem, sde)
 
         def score(label, grid, requested, sampler, extra=None):
             start = time.perf_counter()
@@ -119,13 +113,8 @@ def write(rows) -> None:
             lines.append(f"| {label} | " + ", ".join(f"{r['requested']:g}: {r['rmse']:.2e} @ {r['nfe']}" for r in pts) + " |")
             ax.loglog([r["nfe"] for r in pts], [r["rmse"] for r in pts], marker="s", lw=1.5, color=colors[label], label=label)
         lines.append("")
-        ax.set(title=problem, xlabel="NFE", ylabel="endpoint RMSE vs dopri5 1e-10")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[-1].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(OUT / "fast_samplers.png", dpi=130)
-    (OUT / "fast_samplers.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {OUT / 'fast_samplers.csv'}, .md, .png")
+        ax.set_title(problem)
+    save_views(fig, axes, lines, "fast_samplers")
 
 
 def load_csv() -> list[dict]:

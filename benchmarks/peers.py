@@ -22,7 +22,6 @@ Needs the `peers` extra (`.venv/bin/pip install -e ".[peers]"`, i.e. diffusers).
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import matplotlib
 
@@ -31,17 +30,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lightning_sde.exact import eight_gaussians, random_mixture  # noqa: E402
-from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
-from lightning_sde.samplers.optimize import optimize_grid  # noqa: E402
-from lightning_sde.sde import build_sde  # noqa: E402
+from issue7_protocol import OUT, PROBLEMS, oracle, save_views, vp_sde  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "results"
-N = 4096
+from lightning_sde.samplers import build_sampler  # noqa: E402
+from lightning_sde.samplers.optimize import optimize_grid  # noqa: E402
+
 NFES = (5, 10, 15, 20, 30, 50)
 ALGO_COLORS = {"DDIM": "tab:blue", "DPM++2M": "tab:orange", "DPM++3M": "tab:green", "UniPC-2": "tab:red",
                "UniPC-3": "tab:purple"}
-PROBLEMS = {"eight_gaussians": eight_gaussians, "random16d": lambda: random_mixture(16, 10, 0)}
 
 
 def schedulers():
@@ -83,12 +79,10 @@ def run_diffusers(make, sde, den, x_T, nfe):
 
 def main() -> None:
     torch.set_num_threads(2)
-    sde = build_sde("vp", beta_min=0.1, beta_max=20.0, eps=1e-3)
+    sde = vp_sde()
     rows = []
-    for problem, make in PROBLEMS.items():
-        den = make().denoiser(sde)
-        x_T = sde.prior_sample(SeededNoise(range(N), den.shape, dtype=torch.float64).prior())
-        ref, _ = build_sampler("ode", method="dopri5", rtol=1e-10, atol=1e-10)(den, x_T)
+    for problem in PROBLEMS:
+        den, x_T, ref = oracle(problem, sde)
 
         def add(label, nfe, x, counted, family):
             err = float((x - ref).pow(2).mean().sqrt())
@@ -145,13 +139,8 @@ def write(rows) -> None:
             lines.append(f"\nNFE {n}: best diffusers {best_peer:.3g}, best ours {best_ours:.3g}: "
                          f"{best_peer / best_ours:.2f}x lower error.")
         lines.append("")
-        ax.set(title=problem, xlabel="NFE", ylabel="endpoint RMSE vs dopri5 1e-10")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[-1].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(OUT / "peers.png", dpi=130)
-    (OUT / "peers.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {OUT / 'peers.csv'}, .md, .png")
+        ax.set_title(problem)
+    save_views(fig, axes, lines, "peers")
 
 
 def load_csv() -> list[dict]:
