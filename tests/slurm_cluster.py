@@ -115,10 +115,10 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
                                                    stdout=log, stderr=log, env=env)
         self.procs["slurmd"] = subprocess.Popen([_which("slurmd"), "-D", "-f", str(self.conf)],
                                                 stdout=log, stderr=log, env=env)
-        self._wait(self._node_idle, "node idle in sinfo", timeout)
+        self._wait(self.node_idle, "node idle in sinfo", timeout)
         return self
 
-    def _node_idle(self) -> bool:
+    def node_idle(self) -> bool:
         out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=self.env, check=False)
         return out.stdout.strip().rstrip("*") == "idle"
 

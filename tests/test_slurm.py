@@ -92,7 +92,14 @@ def test_preempted_job_checkpoints_requeues_and_resumes_without_losing_a_step(sl
     while slurm.state(job).get("Restarts", "0") == "0" or slurm.state(job).get("JobState") != "PENDING":
         assert time.monotonic() < deadline, f"not requeued: {slurm.state(job)}\n{log_of(workdir, 'lsde-train', job)[-5000:]}"
         time.sleep(0.5)
-    slurm.run("scontrol", "update", f"jobid={job}", "StartTime=now")  # skip SLURM's ~2 min requeue delay
+    # Skip SLURM's ~2 min requeue delay, but not its reason: the node must have cleaned up the first run and a
+    # new credential must be younger (by the clock's second) than the revoked one, else the restart is refused.
+    deadline = time.monotonic() + 60
+    while not slurm.node_idle():
+        assert time.monotonic() < deadline, "the node never went idle after the requeue"
+        time.sleep(0.5)
+    time.sleep(3)
+    slurm.run("scontrol", "update", f"jobid={job}", "StartTime=now")
     states = slurm.wait(job, timeout=300)
     log = log_of(workdir, "lsde-train", job)
     assert states == ["COMPLETED"], log[-5000:]

@@ -5,7 +5,7 @@ Two ways a job is stopped, one owner of each:
     end of the current step (one all-reduce of a flag), save `last.ckpt`, stop, and after `fit` returns rank 0 runs
     `scontrol requeue` (`Preemption.requeue_if_requested`, called by lsde-train). The requeued job resumes from that
     checkpoint (`ckpt_path=last`, run directory keyed on the job id). Under Hydra's submitit launcher submitit owns
-    the requeue (USR2) instead: set `requeue_signal: null`.
+    the requeue (USR2) instead: lsde-train sets `requeue_signal` to None there.
   - preemption, `scontrol requeue` or `scancel`: SLURM sends SIGTERM. Lightning stops all ranks at the end of the
     current step (SIGTERMException); this callback saves `last.ckpt` then. The scheduler decides about requeueing.
 
@@ -35,7 +35,6 @@ class Preemption(L.Callback):
         self.requeue_signal = requeue_signal
         self.signalled = False
         self.requeue_requested = False
-        self.saved_step: int | None = None
         self._previous_handler = None
 
     # --- signals ----------------------------------------------------------------------------------------------
@@ -80,7 +79,6 @@ class Preemption(L.Callback):
         trainer.save_checkpoint(tmp)  # every rank (collective); rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, path)
-        self.saved_step = trainer.global_step
         log.warning("%s: saved %s at global step %d", reason, path, trainer.global_step)
 
     def requeue_if_requested(self, trainer) -> bool:
