@@ -116,14 +116,10 @@ def schematic_2d(mixture, sde, n_paths: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     x0 = mixture.sample(max(n_paths, 500), g)
     lim = 6.0
-    grid = torch.linspace(-lim, lim, 200, dtype=torch.float64)
-    xx, yy = torch.meshgrid(grid, grid, indexing="xy")
-    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
     fig, axes = plt.subplots(1, len(times), figsize=(3 * len(times), 3.2), sharey=True)
     for ax, t in zip(axes, times):
         tt = torch.tensor(t, dtype=torch.float64)
-        dens = mixture.marginal_log_prob(sde, pts, tt.expand(len(pts))).exp().reshape(200, 200)
-        ax.imshow(dens.numpy(), origin="lower", extent=(-lim, lim, -lim, lim), cmap="Greys", norm=PowerNorm(0.4))
+        _density_2d(ax, mixture, sde, tt, lim)
         xt = sde.alpha(tt) * x0 + sde.sigma(tt) * torch.randn(x0.shape, generator=g, dtype=torch.float64)
         ax.scatter(xt[:, 0], xt[:, 1], s=2, color="tab:blue", alpha=0.5)
         ax.set(title=f"t = {t:.3g}", xlim=(-lim, lim), ylim=(-lim, lim), xticks=[], yticks=[])
@@ -164,10 +160,13 @@ def trajectories_figure(denoiser, mixture, n_paths: int, seed: int):
     return fig
 
 
-def _density_2d(ax, mixture, lim: float = 6.0):
+def _density_2d(ax, mixture, sde=None, t=None, lim: float = 6.0):
+    """A 2-D mixture's density as a grey image: the data's, or p_t under `sde` at time `t`."""
     grid = torch.linspace(-lim, lim, 200, dtype=torch.float64)
     xx, yy = torch.meshgrid(grid, grid, indexing="xy")
-    dens = mixture.log_prob(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)).exp().reshape(200, 200)
+    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+    logp = mixture.log_prob(pts) if sde is None else mixture.marginal_log_prob(sde, pts, t.expand(len(pts)))
+    dens = logp.exp().reshape(200, 200)
     ax.imshow(dens.numpy(), origin="lower", extent=(-lim, lim, -lim, lim), cmap="Greys", norm=PowerNorm(0.4))
 
 

@@ -6,7 +6,7 @@ With lambda = log(alpha / sigma) and D = the network's x0 prediction, the ODE's 
 
 so the linear part is integrated exactly and only D is approximated by a polynomial in lambda. Every solver here
 works for VP, sub-VP and VE alike through alpha_t, sigma_t, lambda_t, and costs one NFE a step (the adaptive one
-three a step). With h = lambda_t - lambda_s > 0:
+one per attempted step). With h = lambda_t - lambda_s > 0:
 
   dpmpp        DPM-Solver++ multistep (Lu et al. 2022b), order 1..3: D extrapolated from the last `order` outputs;
                lower orders for the first steps (warm-up) and, with `lower_order_final`, the last ones.
@@ -14,8 +14,8 @@ three a step). With h = lambda_t - lambda_s > 0:
                model output at the new point, the very evaluation the next step needs anyway: no extra NFE.
                The last step is not corrected (there is no next evaluation to reuse).
   sde_dpmpp    SDE-DPM-Solver++(2M) of the reverse SDE, noise from the samples' seeds (first step order 1).
-  dpmpp_adaptive  DPM-Solver++(3S) with an embedded 2nd-order solution (Lu et al. 2022a, Alg. 4, data
-               prediction): step size in lambda set by the local error against rtol/atol; NFE is measured.
+  unipc_adaptive  UniPC with step-size control from its own predictor-corrector difference (1 NFE per
+               attempted step); NFE is measured.
 """
 
 from __future__ import annotations
@@ -214,87 +214,6 @@ class SDEDPMSolverPP(_Multistep):
             if callback is not None:
                 callback({"i": i, "t": t, "x": x})
         return x, {"steps": self.steps}
-
-
-@register("dpmpp_adaptive")
-@dataclass
-class AdaptiveDPMSolverPP(Sampler):
-    """DPM-Solver++(3S) steps in lambda with an embedded second-order solution for error control.
-
-    A step s -> t (h in lambda) evaluates D at s, s + h/3, s + 2h/3 (3 NFE); the error of the 2nd-order solution
-    against the 3rd, relative to atol + rtol |x|, as an RMS per sample and the max over the batch, accepts the step
-    if <= 1 and sets the next h = min(safety h E^{-1/3}, rest) (the embedded solution's local error is O(h^3)).
-    The score is never queried outside [eps, T]; the last step lands on eps."""
-
-    rtol: float = 1e-3
-    atol: float = 1e-3
-    h_init: float = 0.5
-    safety: float = 0.9
-    max_steps: int = 1000
-
-    def __post_init__(self):
-        for key in ("rtol", "atol", "h_init"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{self.name}: {key} must be a number > 0; got {value!r}")
-        if not 0 < self.safety <= 1:
-            raise ValueError(f"{self.name}: safety must lie in (0, 1]; got {self.safety!r}")
-
-    adaptive = True
-
-    def run(self, denoiser, x_T, noise, callback, progress):
-        sde = denoiser.sde
-        dtype, device = x_T.dtype, x_T.device
-        lam_end = float(_lam(sde, torch.tensor(sde.eps, dtype=torch.float64)))
-        lam = float(_lam(sde, torch.tensor(sde.T, dtype=torch.float64)))
-        h = min(self.h_init, lam_end - lam)
-        x, n_accept, n_reject = x_T, 0, 0
-        t_of = lambda value: sde.t_from_log_snr(torch.tensor(value, dtype=torch.float64)).to(device, dtype)  # noqa: E731
-        s, d0 = t_of(lam), None
-        while lam < lam_end - 1e-12:
-            if n_accept + n_reject >= self.max_steps:
-                raise RuntimeError(f"{self.name}: no convergence in {self.max_steps} steps (rtol={self.rtol}, atol={self.atol})")
-            last = lam + h >= lam_end - 1e-12
-            t = torch.tensor(sde.eps, dtype=dtype, device=device) if last else t_of(lam + h)
-            if d0 is None:
-                d0 = denoiser(x, s).x0
-            x_low, x_high = self._step(denoiser, x, s, t, d0)
-            scale = self.atol + self.rtol * torch.maximum(x_low.abs(), x.abs())
-            err = ((x_high - x_low) / scale).flatten(1).pow(2).mean(1).sqrt().max()
-            if err <= 1:
-                x, s, lam, d0 = x_high, t, float(_lam(sde, t.double())), None
-                n_accept += 1
-                if callback is not None:
-                    callback({"i": n_accept - 1, "t": t, "x": x})
-            else:
-                n_reject += 1
-            h = min(self.safety * h * float(err.clamp_min(1e-10)) ** (-1 / 3), lam_end - lam)
-        return x, {"n_accept": n_accept, "n_reject": n_reject}
-
-    @staticmethod
-    def _step(denoiser, x, s, t, d0):
-        sde = denoiser.sde
-        lam_s, lam_t = _lam(sde, s), _lam(sde, t)
-        h = lam_t - lam_s
-        r1, r2 = 1 / 3, 2 / 3
-        t1 = sde.t_from_log_snr(lam_s + r1 * h)
-        t2 = sde.t_from_log_snr(lam_s + r2 * h)
-        sig_s = sde.sigma(s)
-        phi_11, phi_12, phi_1 = torch.expm1(-r1 * h), torch.expm1(-r2 * h), torch.expm1(-h)
-        phi_22 = phi_12 / (r2 * h) + 1
-        phi_2 = phi_1 / h + 1
-        phi_3 = phi_2 / h - 0.5
-        x1 = (sde.sigma(t1) / sig_s) * x - sde.alpha(t1) * phi_11 * d0
-        d1 = denoiser(x1, t1).x0
-        x2 = (sde.sigma(t2) / sig_s) * x - sde.alpha(t2) * phi_12 * d0 + (r2 / r1) * sde.alpha(t2) * phi_22 * (d1 - d0)
-        d2 = denoiser(x2, t2).x0
-        alpha_t, base = sde.alpha(t), (sde.sigma(t) / sig_s) * x - sde.alpha(t) * phi_1 * d0
-        low = base - (0.5 / r1) * alpha_t * phi_1 * (d1 - d0)  # 2nd order (DPM-Solver++(2S), r = 1/3)
-        d1_0, d1_1 = (d1 - d0) / r1, (d2 - d0) / r2
-        dd1 = (r2 * d1_0 - r1 * d1_1) / (r2 - r1)
-        dd2 = 2 * (d1_1 - d1_0) / (r2 - r1)
-        high = base + alpha_t * phi_2 * dd1 - alpha_t * phi_3 * dd2  # 3rd order
-        return low, high
 
 
 @register("unipc_adaptive")
