@@ -10,7 +10,7 @@ one per attempted step). With h = lambda_t - lambda_s > 0:
 
   dpmpp        DPM-Solver++ multistep (Lu et al. 2022b), order 1..3: D extrapolated from the last `order` outputs;
                lower orders for the first steps (warm-up) and, with `lower_order_final`, the last ones.
-  unipc        UniPC (Zhao et al. 2023), B(h) = e^h - 1: a predictor of order p, then a corrector that uses the
+  unipc        UniPC (Zhao et al. 2023), B(h) = e^h - 1: a predictor of order p (1..4), then a corrector that uses the
                model output at the new point, the very evaluation the next step needs anyway: no extra NFE.
                The last step is not corrected (there is no next evaluation to reuse).
   sde_dpmpp    SDE-DPM-Solver++(2M) of the reverse SDE, noise from the samples' seeds (first step order 1).
@@ -125,6 +125,8 @@ def unipc_coefficients(rks: torch.Tensor, h, order: int):
 @register("unipc")
 @dataclass
 class UniPC(_Multistep):
+    orders: ClassVar[tuple[int, ...]] = (1, 2, 3, 4)
+
     def run(self, denoiser, x_T, noise, callback, progress):
         sde = denoiser.sde
         grid = self.time_points(denoiser, x_T)
@@ -227,7 +229,7 @@ class AdaptiveUniPC(Sampler):
 
     rtol: float = 1e-3
     atol: float = 1e-3
-    order: int = 3
+    order: int = 4  # predictor order; corrected solution of order 5 (fewer NFE than 3 at tolerances <= 3e-4: measured)
     h_init: float = 0.1
     safety: float = 0.8
     max_growth: float = 2.0
@@ -235,7 +237,7 @@ class AdaptiveUniPC(Sampler):
     adaptive = True
 
     def __post_init__(self):
-        _check_order(self.name, self.order, (1, 2, 3))
+        _check_order(self.name, self.order, UniPC.orders)
         for key in ("rtol", "atol", "h_init"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
