@@ -7,7 +7,7 @@ Fixed-step samplers on every grid, plus the grid optimised for each (sampler, NF
 (seeds from 1e9, disjoint; its one-off cost is reported as pilot_nfe and not charged); adaptive solvers over a
 tolerance sweep.
 
-    .venv/bin/python benchmarks/fast_samplers.py          # 4 min 34 s on 2 CPU cores; writes benchmarks/results/fast_samplers.*
+    .venv/bin/python benchmarks/fast_samplers.py          # 4 min 42 s on 2 CPU cores; writes benchmarks/results/fast_samplers.*
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ FIXED = {  # label -> (sampler, params)
     "dpm++3m": ("dpmpp", {"order": 3}),
     "unipc-2": ("unipc", {"order": 2}),
     "unipc-3": ("unipc", {"order": 3}),
+    "unipc-4": ("unipc", {"order": 4}),
 }
 OPTIMIZED = ("dpm++2m", "unipc-2", "unipc-3")  # tuned grids at NFE 10 and 20
 ADAPTIVE = {
     "dopri5": ("ode", {"method": "dopri5"}, (1e-3, 1e-4, 1e-5, 1e-6)),
+    "unipc-adaptive-4": ("unipc_adaptive", {"order": 4}, (1e-3, 3e-4, 2e-4, 1e-4, 3e-5, 1e-5)),
     "unipc-adaptive-3": ("unipc_adaptive", {"order": 3}, (1e-3, 3e-4, 1e-4, 5e-5, 3e-5, 1e-5)),
     "unipc-adaptive-2": ("unipc_adaptive", {"order": 2}, (1e-3, 1e-4, 3e-5, 1e-5)),
 }
@@ -84,7 +86,7 @@ def write(rows) -> None:
         writer.writeheader()
         writer.writerows({k: r.get(k, "") for k in keys} for r in rows)
     lines = ["# Fast samplers: endpoint RMSE vs a converged reference at equal NFE", "",
-             "Command: `.venv/bin/python benchmarks/fast_samplers.py` (4 min 34 s on 2 CPU cores); protocol in the "
+             "Command: `.venv/bin/python benchmarks/fast_samplers.py` (4 min 42 s on 2 CPU cores); protocol in the "
              "script's docstring. Best grid per sampler (grid in parentheses); `optimized`: tuned on a 512-seed pilot "
              "set, held-out seeds scored.", ""]
     colors = dict(zip(list(FIXED) + list(ADAPTIVE), plt.cm.tab10.colors))

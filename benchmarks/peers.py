@@ -37,7 +37,7 @@ from lightning_sde.samplers.optimize import optimize_grid  # noqa: E402
 
 NFES = (5, 10, 15, 20, 30, 50)
 ALGO_COLORS = {"DDIM": "tab:blue", "DPM++2M": "tab:orange", "DPM++3M": "tab:green", "UniPC-2": "tab:red",
-               "UniPC-3": "tab:purple"}
+               "UniPC-3": "tab:purple", "UniPC-4": "tab:brown"}
 
 
 def schedulers():
@@ -96,7 +96,8 @@ def main() -> None:
                 add(label, nfe, x, calls, "diffusers")
                 grid_times = times
             for label, name, params in (("ours DPM++2M", "dpmpp", {"order": 2}), ("ours DPM++3M", "dpmpp", {"order": 3}),
-                                        ("ours UniPC-2", "unipc", {"order": 2}), ("ours UniPC-3", "unipc", {"order": 3})):
+                                        ("ours UniPC-2", "unipc", {"order": 2}), ("ours UniPC-3", "unipc", {"order": 3}),
+                                        ("ours UniPC-4", "unipc", {"order": 4})):
                 x, info = build_sampler(name, steps=nfe, times=grid_times, **params)(den, x_T)
                 add(label + " (same grid)", nfe, x, info["nfe"], "ours, same grid")
                 x, info = build_sampler(name, steps=nfe, grid="quadratic", **params)(den, x_T)
