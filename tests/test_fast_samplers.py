@@ -26,7 +26,7 @@ from lightning_sde.samplers.optimize import optimize_grid
 STEPS = (32, 64, 128)
 # name -> (sampler, params, order, steps) on the log-SNR grid (asymptotic from 32: measured doublings within 0.1 of
 # p; UniPC-4 from 64). UniPC's corrector raises its predictor's order p to p + 1. UniPC-4 without lower_order_final:
-# its uncorrected first-order last step caps the order at 2 beyond ~200 steps (measured 2.6 from 128 to 256).
+# its uncorrected first-order last step dominates beyond ~200 steps (measured slope 2.6 from 128 to 256).
 ORDERS = {
     "dpmpp-2m": ("dpmpp", {"order": 2}, 2, STEPS),
     "dpmpp-3m": ("dpmpp", {"order": 3}, 3, STEPS),
