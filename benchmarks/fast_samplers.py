@@ -20,9 +20,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
-from issue7_protocol import OUT, PROBLEMS, oracle, save_views, vp_sde  # noqa: E402
+from issue7_protocol import OUT, PROBLEMS, oracles, save_views  # noqa: E402
 
 from lightning_sde.samplers import build_sampler  # noqa: E402
 from lightning_sde.samplers.optimize import optimize_grid  # noqa: E402
@@ -47,11 +46,8 @@ ADAPTIVE = {
 
 
 def main() -> None:
-    torch.set_num_threads(2)
-    sde = vp_sde()
     rows = []
-    for problem in PROBLEMS:
-        den, x_T, ref = oracle(problem, sde)
+    for problem, den, x_T, ref in oracles():
 
         def score(label, grid, requested, sampler, extra=None):
             start = time.perf_counter()

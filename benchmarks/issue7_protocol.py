@@ -28,6 +28,14 @@ def oracle(problem: str, sde):
     return den, x_T, ref
 
 
+def oracles():
+    """(problem, exact denoiser, x_T, reference) for each problem, on 2 threads (the machine the figures are from)."""
+    torch.set_num_threads(2)
+    sde = vp_sde()
+    for problem in PROBLEMS:
+        yield (problem, *oracle(problem, sde))
+
+
 def save_views(fig, axes, lines: list[str], stem: str) -> None:
     """Finish the log-log axes, write <stem>.png and <stem>.md next to the CSV."""
     for ax in axes:

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from issue7_protocol import OUT, PROBLEMS, oracle, save_views, vp_sde  # noqa: E402
+from issue7_protocol import OUT, PROBLEMS, oracles, save_views  # noqa: E402
 
 from lightning_sde.samplers import build_sampler  # noqa: E402
 from lightning_sde.samplers.optimize import optimize_grid  # noqa: E402
@@ -78,11 +78,8 @@ def run_diffusers(make, sde, den, x_T, nfe):
 
 
 def main() -> None:
-    torch.set_num_threads(2)
-    sde = vp_sde()
     rows = []
-    for problem in PROBLEMS:
-        den, x_T, ref = oracle(problem, sde)
+    for problem, den, x_T, ref in oracles():
 
         def add(label, nfe, x, counted, family):
             err = float((x - ref).pow(2).mean().sqrt())
@@ -92,7 +89,7 @@ def main() -> None:
         for nfe in NFES:
             grid_times = None
             for label, maker in schedulers().items():
-                x, calls, times = run_diffusers(maker, sde, den, x_T, nfe)
+                x, calls, times = run_diffusers(maker, den.sde, den, x_T, nfe)
                 add(label, nfe, x, calls, "diffusers")
                 grid_times = times
             for label, name, params in (("ours DPM++2M", "dpmpp", {"order": 2}), ("ours DPM++3M", "dpmpp", {"order": 3}),

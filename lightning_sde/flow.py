@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torchdiffeq import odeint
 
-from lightning_sde.samplers.ode import ADAPTIVE_METHODS, FIXED_METHODS
+from lightning_sde.samplers.ode import ADAPTIVE_METHODS, FIXED_METHODS, ProbabilityFlow, solve_between
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -49,35 +48,22 @@ class ODEOptions:
             raise ValueError(f"steps must be an integer >= 1; got {self.steps!r}")
 
     def solve(self, func, y0, t0: float, t1: float, device):
-        span = torch.tensor([t0, t1], dtype=torch.float64, device=device)
-        if self.method in ADAPTIVE_METHODS:
-            options = {"step_t": span[1:], "first_step": 0.01 * abs(t1 - t0)}
-            return odeint(func, y0, span, method=self.method, rtol=self.rtol, atol=self.atol, options=options)
         grid = torch.linspace(t0, t1, self.steps + 1, dtype=torch.float64, device=device)
-        return odeint(func, y0, span, method=self.method, options={"grid_constructor": lambda f, y, t: grid})
-
-
-class _Drift(nn.Module):
-    def __init__(self, denoiser):
-        super().__init__()
-        self.denoiser = denoiser
-
-    def forward(self, t, x):
-        return self.denoiser.sde.ode_drift(x, t, self.denoiser(x, t).score)
+        return solve_between(func, y0, t0, t1, self.method, self.rtol, self.atol, grid=grid)
 
 
 @torch.no_grad()
 def encode(denoiser, x0: Tensor, options: ODEOptions | None = None) -> Tensor:
     """x at t = eps -> its latent x_T (the ODE forward in time)."""
     sde = denoiser.sde
-    return (options or ODEOptions()).solve(_Drift(denoiser), x0, sde.eps, sde.T, x0.device)[-1]
+    return (options or ODEOptions()).solve(ProbabilityFlow(denoiser), x0, sde.eps, sde.T, x0.device)[-1]
 
 
 @torch.no_grad()
 def decode(denoiser, z: Tensor, options: ODEOptions | None = None) -> Tensor:
     """A latent x_T -> x at t = eps (the ODE backward in time: what the `ode` sampler does)."""
     sde = denoiser.sde
-    return (options or ODEOptions()).solve(_Drift(denoiser), z, sde.T, sde.eps, z.device)[-1]
+    return (options or ODEOptions()).solve(ProbabilityFlow(denoiser), z, sde.T, sde.eps, z.device)[-1]
 
 
 def slerp(z0: Tensor, z1: Tensor, n: int) -> Tensor:
@@ -100,13 +86,13 @@ class _AugmentedDrift(nn.Module):
 
     def __init__(self, denoiser, probes: Tensor | None):
         super().__init__()
-        self.denoiser, self.probes = denoiser, probes  # probes: (k, B, *shape) or None for the exact divergence
+        self.flow, self.probes = ProbabilityFlow(denoiser), probes  # probes: (k, B, *shape) or None: exact divergence
 
     def forward(self, t, state):
         x, _ = state
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            drift = self.denoiser.sde.ode_drift(x, t, self.denoiser(x, t).score)
+            drift = self.flow(t, x)
             flat = drift.reshape(len(x), -1)
             if self.probes is None:  # exact: one vector-Jacobian product per dimension
                 div = torch.zeros(len(x), dtype=x.dtype, device=x.device)

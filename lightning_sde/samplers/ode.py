@@ -21,6 +21,18 @@ ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_METHODS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4, "explicit_adams": 1}  # NFE a step
 
 
+def solve_between(func, y0, t0: float, t1: float, method: str, rtol: float = 1e-5, atol: float = 1e-5,
+                  first_step: float = 0.01, grid=None):
+    """torchdiffeq from t0 to t1 (either direction) without querying `func` outside [t0, t1]: adaptive methods
+    take a first step of first_step |t1 - t0| and land their last step on t1; fixed methods step on `grid`."""
+    device = (y0[0] if isinstance(y0, tuple) else y0).device
+    span = torch.tensor([t0, t1], dtype=torch.float64, device=device)
+    if method in ADAPTIVE_METHODS:
+        options = {"step_t": span[1:], "first_step": first_step * abs(t1 - t0)}
+        return odeint(func, y0, span, method=method, rtol=rtol, atol=atol, options=options)
+    return odeint(func, y0, span, method=method, options={"grid_constructor": lambda f, y, t: grid})
+
+
 class ProbabilityFlow(nn.Module):
     """The ODE right-hand side for torchdiffeq; `callback_step` is torchdiffeq's per-step hook."""
 
@@ -103,18 +115,11 @@ class ProbabilityFlowODE(Sampler):
 
     def run(self, denoiser, x_T, noise, callback, progress):
         sde = denoiser.sde
-        t_span = torch.tensor([sde.T, sde.eps], dtype=torch.float64, device=x_T.device)
+        grid = None if self.adaptive else time_grid(sde, self.steps, self.grid, self.rho).to(x_T.device)
         with tqdm(desc=f"ode/{self.method}", unit="nfe", disable=not progress, leave=False) as bar:
             func = (AdaptiveProbabilityFlow if self.adaptive else ProbabilityFlow)(denoiser, callback, bar)
-            if self.adaptive:
-                options = {"step_t": t_span[1:], "first_step": self.first_step * (sde.T - sde.eps)}
-                xs = odeint(func, x_T, t_span, method=self.method, rtol=self.rtol, atol=self.atol, options=options)
-                info = {"n_accept": func.n_accept, "n_reject": func.n_reject}
-            else:
-                grid = time_grid(sde, self.steps, self.grid, self.rho).to(x_T.device)
-                options = {"grid_constructor": lambda f, y0, t: grid}
-                xs = odeint(func, x_T, t_span, method=self.method, options=options)
-                info = {"steps": self.steps}
+            xs = solve_between(func, x_T, sde.T, sde.eps, self.method, self.rtol, self.atol, self.first_step, grid)
+        info = {"n_accept": func.n_accept, "n_reject": func.n_reject} if self.adaptive else {"steps": self.steps}
         return xs[-1], info
 
 
