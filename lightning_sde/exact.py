@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sde.models.denoiser import Denoiser
+from lightning_sde.samplers.gaussian import DataMoments
 from lightning_sde.sde import SDE, broadcast_time
 
 
@@ -93,7 +94,17 @@ class GaussianMixture:
 
     def denoiser(self, sde: SDE) -> Denoiser:
         """The exact score of p_t as a Denoiser, interchangeable with a trained network."""
-        return Denoiser(ExactScore(self, sde), sde, parameterization="score", shape=(self.dim,))
+        denoiser = Denoiser(ExactScore(self, sde), sde, parameterization="score", shape=(self.dim,))
+        denoiser.data_moments = self.moments()
+        return denoiser
+
+    def moments(self) -> DataMoments:
+        """The mixture's exact mean and covariance (law of total covariance)."""
+        p = self.log_weights.exp()
+        mean = p @ self.means
+        centred = self.means - mean
+        cov = torch.einsum("k,kde->de", p, self.covs) + torch.einsum("k,kd,ke->de", p, centred, centred)
+        return DataMoments.of_gaussian(mean, cov)
 
 
 class ExactScore(nn.Module):

@@ -4,6 +4,8 @@ Everything needed to rebuild the model is in its hyperparameters (plain dicts fr
 checkpoint loads by path alone: `ScoreModule.load_denoiser("last.ckpt")`. With Lightning's EMAWeightAveraging the
 checkpoint's `state_dict` holds the EMA weights (the raw ones sit in `current_model_state`), so a loaded model
 samples with EMA weights; during fit the callback swaps the EMA weights in for validation, when samplers run.
+The checkpoint also carries the training data's mean and covariance (`denoiser.data_moments`, measured on up to
+MOMENT_SAMPLES training samples when a fit starts), which samplers' gaussian_start uses.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from hydra.utils import instantiate
 
 from lightning_sde.losses import DSMLoss
 from lightning_sde.models.denoiser import Denoiser
+from lightning_sde.samplers.gaussian import DataMoments
 from lightning_sde.sde import build_sde
+
+MOMENT_SAMPLES = 10_000
 
 
 class ScoreModule(L.LightningModule):
@@ -45,6 +50,19 @@ class ScoreModule(L.LightningModule):
         gen = torch.Generator().manual_seed(batch_idx)
         self.log("val/loss", self.loss_fn(self.denoiser, x0, gen).mean(), sync_dist=True, prog_bar=True)
 
+    def on_fit_start(self):
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.denoiser.data_moments is None and datamodule is not None:
+            self.denoiser.data_moments = DataMoments.of_samples(training_samples(datamodule, MOMENT_SAMPLES))
+
+    def on_save_checkpoint(self, checkpoint):
+        if self.denoiser.data_moments is not None:
+            checkpoint["data_moments"] = self.denoiser.data_moments.to_state()
+
+    def on_load_checkpoint(self, checkpoint):
+        if "data_moments" in checkpoint:
+            self.denoiser.data_moments = DataMoments.from_state(checkpoint["data_moments"])
+
     def configure_optimizers(self):
         o = self.optim
         opt = torch.optim.AdamW(self.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=tuple(o["betas"]))
@@ -57,3 +75,12 @@ class ScoreModule(L.LightningModule):
         """The (EMA) Denoiser of a checkpoint, in eval mode."""
         module = cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
         return module.denoiser.eval()
+
+
+def training_samples(datamodule, n: int) -> torch.Tensor:
+    """Up to n training samples, the same on every rank: the datamodule's reference(n) (its first n training
+    samples), or all of them when it has fewer."""
+    try:
+        return datamodule.reference(n)
+    except ValueError:  # fewer than n training samples
+        return torch.cat([batch for batch in datamodule.train_dataloader()])

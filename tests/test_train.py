@@ -11,7 +11,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from lightning_sde.cli.train import CONFIG_DIR, build
-from lightning_sde.module import ScoreModule
+from lightning_sde.data import Toy2DDataModule
+from lightning_sde.module import MOMENT_SAMPLES, ScoreModule
+from lightning_sde.samplers import build_sampler, sample
+from lightning_sde.samplers.gaussian import DataMoments
 from lightning_sde.wandb_offline import find_run, history, media
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
@@ -88,6 +91,11 @@ def test_toy2d_trains_samples_and_logs_offline(tmp_path):
     # the checkpoint rebuilds the (EMA) model from its path alone
     denoiser = ScoreModule.load_denoiser(str(run_dir / "checkpoints" / "last.ckpt"))
     assert denoiser(torch.zeros(3, 2), 0.5).eps.shape == (3, 2)
+    # with the training data's mean and covariance (MOMENT_SAMPLES of them), which gaussian_start uses
+    expected = DataMoments.of_samples(Toy2DDataModule(name="eight_gaussians").reference(MOMENT_SAMPLES))
+    assert torch.allclose(denoiser.data_moments.mean, expected.mean) and torch.allclose(denoiser.data_moments.eigvals, expected.eigvals)
+    x, info = sample(build_sampler("unipc", steps=8, gaussian_start=0.15), denoiser, range(16))
+    assert info["nfe"] == 8 and bool(torch.isfinite(x).all())
 
 
 @pytest.mark.slow

@@ -71,6 +71,8 @@ class Denoiser(nn.Module):
     `shape` is the shape of one sample, used to validate sampler inputs.
     `sigma_data`, if given, scales the network input by c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2) (EDM) so that
     it has about unit variance at every t (essential on VE, where x_T has std sigma_max).
+    `data_moments` (a samplers.gaussian.DataMoments, or None) is the data's mean and covariance, for samplers'
+    gaussian_start.
     """
 
     def __init__(self, net: nn.Module | Callable, sde: SDE, parameterization: str, shape: tuple[int, ...],
@@ -86,6 +88,7 @@ class Denoiser(nn.Module):
         self.shape = tuple(shape)
         self.sigma_data = sigma_data
         self.nfe = 0
+        self.data_moments = None
 
     def forward(self, x: Tensor, t: Tensor | float) -> Prediction:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)

@@ -101,6 +101,7 @@ class FixedStepSampler(Sampler):
     grid: str = "uniform"
     rho: float = 7.0
     times: Sequence[float] | None = None  # an explicit grid T = t_0 > ... > t_steps = eps (e.g. optimize_grid's)
+    gaussian_start: float | None = None  # start at data std / noise std = this ratio (gaussian.py); None: at T
 
     nfe_per_step: ClassVar[int] = 1
 
@@ -111,33 +112,54 @@ class FixedStepSampler(Sampler):
             raise ValueError(f"{self.name}: unknown grid {self.grid!r}; choose one of {GRIDS + ('optimized',)}")
         if not self.rho > 0:
             raise ValueError(f"{self.name}: rho must be > 0; got {self.rho}")
+        if self.gaussian_start is not None and (isinstance(self.gaussian_start, bool) or not self.gaussian_start > 0):
+            raise ValueError(f"{self.name}: gaussian_start must be a ratio > 0 (or None); got {self.gaussian_start!r}")
         if self.times is not None:
             times = torch.as_tensor(self.times, dtype=torch.float64).detach()
             if times.ndim != 1 or len(times) != self.steps + 1 or not bool((times[1:] < times[:-1]).all()):
                 raise ValueError(f"{self.name}: times must be {self.steps + 1} strictly decreasing times (T ... eps); "
                                  f"got {len(times)} values")
 
-    def time_points(self, denoiser: Denoiser, like: Tensor) -> Tensor:
-        """The step times: `times` if given; grid="optimized": tuned for this denoiser once (optimize_grid, a pilot
-        whose NFE is not counted in the runs; see its docstring); else the named grid."""
+    def start_time(self, denoiser: Denoiser) -> float:
+        """T, or with gaussian_start the time where the data's largest std is that ratio of the noise level."""
+        if self.gaussian_start is None:
+            return float(denoiser.sde.T)
+        return self._moments(denoiser).start_time(denoiser.sde, self.gaussian_start)
+
+    def _moments(self, denoiser: Denoiser):
+        if getattr(denoiser, "data_moments", None) is None:
+            raise ValueError(f"{self.name}: gaussian_start needs the data's mean and covariance as denoiser.data_moments "
+                             "(a lightning_sde.samplers.gaussian.DataMoments): mixtures have them; a ScoreModule "
+                             "checkpoint has them when trained by this version (DataMoments.of_samples(train_data) "
+                             "otherwise)")
+        return denoiser.data_moments
+
+    def start(self, denoiser: Denoiser, x_T: Tensor) -> tuple[Tensor, Tensor]:
+        """(x at the first step time, the step times): `times` if given; grid="optimized": tuned for this denoiser
+        once (optimize_grid, a pilot whose NFE is not counted in the runs; see its docstring); else the named grid.
+        With gaussian_start, x_T is first carried to start_time by the Gaussian flow, at no NFE."""
         sde = denoiser.sde
         if self.times is not None:
             times = self.times if isinstance(self.times, Tensor) else torch.tensor(list(self.times), dtype=torch.float64)
-            if abs(float(times[0].detach()) - sde.T) > 1e-9 or abs(float(times[-1].detach()) - sde.eps) > 1e-9:
-                raise ValueError(f"{self.name}: times must run from T = {sde.T} to eps = {sde.eps}")
-            return times.to(like.device, like.dtype)
-        if self.grid == "optimized":
+            t_start = self.start_time(denoiser)
+            if abs(float(times[0].detach()) - t_start) > 1e-9 or abs(float(times[-1].detach()) - sde.eps) > 1e-9:
+                raise ValueError(f"{self.name}: times must run from the start time {t_start} (T, or gaussian_start's) "
+                                 f"to eps = {sde.eps}")
+        elif self.grid == "optimized":
             from lightning_sde.samplers.optimize import optimized_times
 
-            return optimized_times(self, denoiser).to(like.device, like.dtype)
-        return time_grid(sde, self.steps, self.grid, self.rho).to(like.device, like.dtype)
+            times = optimized_times(self, denoiser)
+        else:
+            times = time_grid(sde, self.steps, self.grid, self.rho, start=self.start_time(denoiser))
+        t_start = float(times[0].detach())
+        x = x_T if t_start >= sde.T else self._moments(denoiser).flow(x_T, sde, sde.T, t_start)
+        return x, times.to(x_T.device, x_T.dtype)
 
     def step(self, denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, noise, last: bool) -> Tensor:
         raise NotImplementedError
 
     def run(self, denoiser, x_T, noise, callback, progress):
-        grid = self.time_points(denoiser, x_T)
-        x = x_T
+        x, grid = self.start(denoiser, x_T)
         for i in tqdm(range(self.steps), desc=self.name, disable=not progress, leave=False):
             x = self.step(denoiser, x, grid[i], grid[i + 1], noise, last=i == self.steps - 1)
             if callback is not None:

@@ -1,11 +1,12 @@
 """Time discretisations, separate from the solvers: every fixed-step sampler takes any of them.
 
-Each grid runs from T down to eps (steps + 1 points, strictly decreasing), and is built through the SDE's
-log-SNR lambda_t so that one definition serves VP, sub-VP and VE:
-  uniform    t_i uniform in [eps, T]
+Each grid runs from `start` (T unless a sampler starts later, see gaussian.py) down to eps (steps + 1 points,
+strictly decreasing), and is built through the SDE's log-SNR lambda_t so that one definition serves VP, sub-VP
+and VE:
+  uniform    t_i uniform in [eps, start]
   logsnr     lambda uniform (the natural grid of exponential integrators, Lu et al. 2022)
   karras     sigma~ = exp(-lambda) = sigma_t / alpha_t spaced as (sigma~_max^(1/rho) + i/N (...))^rho (Karras et al. 2022)
-  quadratic  t_i = eps + (T - eps) (1 - i/N)^2 (DDIM's quadratic spacing)
+  quadratic  t_i = eps + (start - eps) (1 - i/N)^2 (DDIM's quadratic spacing)
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from lightning_sde.sde import SDE
 GRIDS = ("uniform", "logsnr", "karras", "quadratic")
 
 
-def time_grid(sde: SDE, steps: int, kind: str = "uniform", rho: float = 7.0) -> Tensor:
+def time_grid(sde: SDE, steps: int, kind: str = "uniform", rho: float = 7.0, start: float | None = None) -> Tensor:
     if kind not in GRIDS:
         raise ValueError(f"unknown time grid {kind!r}; choose one of {GRIDS}")
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
     u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    T, eps = torch.tensor(sde.T, dtype=torch.float64), torch.tensor(sde.eps, dtype=torch.float64)
+    T = torch.tensor(sde.T if start is None else start, dtype=torch.float64)
+    eps = torch.tensor(sde.eps, dtype=torch.float64)
+    if not eps < T <= sde.T:
+        raise ValueError(f"a time grid must start in (eps, T] = ({sde.eps}, {sde.T}]; got start={start}")
     if kind == "uniform":
         t = T + u * (eps - T)
     elif kind == "quadratic":

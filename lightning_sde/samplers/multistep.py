@@ -94,8 +94,8 @@ class _Multistep(FixedStepSampler):
 class DPMSolverPP(_Multistep):
     def run(self, denoiser, x_T, noise, callback, progress):
         sde = denoiser.sde
-        grid = self.time_points(denoiser, x_T)
-        x, ts, ds = x_T, [], []
+        x, grid = self.start(denoiser, x_T)
+        ts, ds = [], []
         for i in range(self.steps):
             ts.append(grid[i])
             ds.append(denoiser(x, grid[i]).x0)
@@ -129,8 +129,8 @@ class UniPC(_Multistep):
 
     def run(self, denoiser, x_T, noise, callback, progress):
         sde = denoiser.sde
-        grid = self.time_points(denoiser, x_T)
-        x, ts, ds = x_T, [grid[0]], [denoiser(x_T, grid[0]).x0]
+        x, grid = self.start(denoiser, x_T)
+        ts, ds = [grid[0]], [denoiser(x, grid[0]).x0]
         pending = None  # (x before the last predictor step, its order): corrected once the new output is known
         for i in range(self.steps):
             if pending is not None:
@@ -197,8 +197,8 @@ class SDEDPMSolverPP(_Multistep):
 
     def run(self, denoiser, x_T, noise, callback, progress):
         sde = denoiser.sde
-        grid = self.time_points(denoiser, x_T)
-        x, prev = x_T, None  # prev: (lambda, D) of the step before
+        x, grid = self.start(denoiser, x_T)
+        prev = None  # prev: (lambda, D) of the step before
         for i in range(self.steps):
             s, t = grid[i], grid[i + 1]
             d0 = denoiser(x, s).x0
