@@ -20,10 +20,10 @@ def vp_sde():
     return build_sde("vp", beta_min=0.1, beta_max=20.0, eps=1e-3)
 
 
-def oracle(problem: str, sde):
-    """(exact denoiser, x_T of seeds 0..N-1 in float64, dopri5 solution at rtol = atol = 1e-10 from x_T)."""
+def oracle(problem: str, sde, seeds=range(N)):
+    """(exact denoiser, x_T of the seeds (0..N-1) in float64, dopri5 solution at rtol = atol = 1e-10 from x_T)."""
     den = PROBLEMS[problem]().denoiser(sde)
-    x_T = sde.prior_sample(SeededNoise(range(N), den.shape, dtype=torch.float64).prior())
+    x_T = sde.prior_sample(SeededNoise(seeds, den.shape, dtype=torch.float64).prior())
     ref, _ = build_sampler("ode", method="dopri5", rtol=1e-10, atol=1e-10)(den, x_T)
     return den, x_T, ref
 
