@@ -4,12 +4,12 @@
 solves the probability-flow ODE for `pilot` seeds (disjoint from any sampling seeds) to a tight tolerance once,
 then minimises the pilot's mean squared endpoint error over the step positions, parametrised by their log-SNR
 increments (softmax-normalised, so the grid stays ordered and spans [start, eps]; the start is T, or the
-sampler's gaussian_start time: tuning it too did no better in benchmarks/peers.py). Two optimisers: "adam", gradient descent through the
-sampler itself, and "powell", scipy's derivative-free Powell search, for losses whose gradient is mostly noise
-(a few trajectories that end in another mixture component dominate them: benchmarks/README.md). Both start from
-the best named grid on the pilot and keep the best iterate. The cost is paid once per (model, sampler, NFE):
-about pilot x (reference NFE + iters x NFE a run) evaluations, reported as `pilot_nfe` and never counted in the
-sampler's own NFE. Over-fitting is checked on held-out seeds in the benchmarks.
+sampler's gaussian_start time: tuning it too did no better, benchmarks/README.md). Two optimisers: "adam",
+gradient descent through the sampler itself, and "powell", scipy's derivative-free Powell search, for losses whose
+gradient is mostly noise (a few trajectories that end in another mixture component dominate them). Both start
+from the best named grid on the pilot and keep the best iterate. The cost is paid once per (model, sampler,
+NFE): about pilot x (reference NFE + iters x NFE a run) evaluations, reported as `pilot_nfe` and never counted in
+the sampler's own NFE. Over-fitting is checked on held-out seeds in the benchmarks.
 """
 
 from __future__ import annotations
