@@ -78,9 +78,5 @@ class ScoreModule(L.LightningModule):
 
 
 def training_samples(datamodule, n: int) -> torch.Tensor:
-    """Up to n training samples, the same on every rank: the datamodule's reference(n) (its first n training
-    samples), or all of them when it has fewer."""
-    try:
-        return datamodule.reference(n)
-    except ValueError:  # fewer than n training samples
-        return torch.cat([batch for batch in datamodule.train_dataloader()])
+    """The datamodule's first min(n, training set size) training samples, via reference(): the same on every rank."""
+    return datamodule.reference(min(n, len(datamodule.train_dataloader().dataset)))

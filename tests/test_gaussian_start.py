@@ -49,7 +49,7 @@ def test_mixture_moments_match_its_samples_and_low_rank_moments_match_full_ones(
     assert rmse(low.flow(y, SDES["vp"], 1.0, 0.2), full.flow(y, SDES["vp"], 1.0, 0.2)) < 0.01
 
 
-def test_gaussian_start_costs_no_nfe_and_halves_the_way_to_the_reference_on_eight_gaussians():
+def test_gaussian_start_costs_no_nfe_and_lowers_the_error_on_eight_gaussians():
     sde = SDES["vp"]
     mix = eight_gaussians()
     den, net = counting_denoiser(mix, "vp")

@@ -22,6 +22,10 @@ from torch import Tensor
 from lightning_sde.sde import SDE
 
 
+def _as64(t) -> Tensor:
+    return torch.as_tensor(t, dtype=torch.float64)
+
+
 @dataclass(frozen=True)
 class DataMoments:
     """Mean and covariance of the data, flattened to d dimensions, as an eigendecomposition: the k leading
@@ -65,8 +69,7 @@ class DataMoments:
 
     def flow(self, x: Tensor, sde: SDE, t0: float, t1: float) -> Tensor:
         """The probability-flow map of N(mean, cov) from time t0 to t1, applied to x (batch, ...)."""
-        as64 = lambda t: torch.as_tensor(t, dtype=torch.float64)  # noqa: E731
-        a0, s0, a1, s1 = (float(f(as64(t))) for t in (t0, t1) for f in (sde.alpha, sde.sigma))
+        a0, s0, a1, s1 = (float(f(_as64(t))) for t in (t0, t1) for f in (sde.alpha, sde.sigma))
         gain = lambda v: ((a1**2 * v + s1**2) / (a0**2 * v + s0**2)) ** 0.5  # noqa: E731
         mean, vecs = self.mean.to(x), self.eigvecs.to(x)
         y = x.flatten(1) - a0 * mean
@@ -76,11 +79,10 @@ class DataMoments:
 
     def start_time(self, sde: SDE, ratio: float) -> float:
         """The time t* at which max_std alpha_t / sigma_t = ratio, or T if that is already so at T."""
-        as64 = lambda t: torch.as_tensor(t, dtype=torch.float64)  # noqa: E731
         lam_star = math.log(ratio / self.max_std)
-        if lam_star <= float(sde.log_snr(as64(sde.T))):
+        if lam_star <= float(sde.log_snr(_as64(sde.T))):
             return float(sde.T)
-        if lam_star >= float(sde.log_snr(as64(sde.eps))):
+        if lam_star >= float(sde.log_snr(_as64(sde.eps))):
             raise ValueError(f"gaussian_start={ratio} is reached only after eps = {sde.eps} (data max std "
                              f"{self.max_std:.3g}); use a smaller ratio")
-        return float(sde.t_from_log_snr(as64(lam_star)))
+        return float(sde.t_from_log_snr(_as64(lam_star)))

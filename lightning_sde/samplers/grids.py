@@ -25,22 +25,22 @@ def time_grid(sde: SDE, steps: int, kind: str = "uniform", rho: float = 7.0, sta
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
     u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    T = torch.tensor(sde.T if start is None else start, dtype=torch.float64)
+    first = torch.tensor(sde.T if start is None else start, dtype=torch.float64)
     eps = torch.tensor(sde.eps, dtype=torch.float64)
-    if not eps < T <= sde.T:
+    if not eps < first <= sde.T:
         raise ValueError(f"a time grid must start in (eps, T] = ({sde.eps}, {sde.T}]; got start={start}")
     if kind == "uniform":
-        t = T + u * (eps - T)
+        t = first + u * (eps - first)
     elif kind == "quadratic":
-        t = eps + (T - eps) * (1 - u) ** 2
+        t = eps + (first - eps) * (1 - u) ** 2
     elif kind == "logsnr":
-        lam_T, lam_eps = sde.log_snr(T), sde.log_snr(eps)
-        t = sde.t_from_log_snr(lam_T + u * (lam_eps - lam_T))
+        lam_0, lam_eps = sde.log_snr(first), sde.log_snr(eps)
+        t = sde.t_from_log_snr(lam_0 + u * (lam_eps - lam_0))
     else:
         if not rho > 0:
             raise ValueError(f"karras grid needs rho > 0; got rho={rho}")
-        s_max, s_min = (-sde.log_snr(T)).exp(), (-sde.log_snr(eps)).exp()
+        s_max, s_min = (-sde.log_snr(first)).exp(), (-sde.log_snr(eps)).exp()
         sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
         t = sde.t_from_log_snr(-sig.log())
-    t[0], t[-1] = T, eps  # exact endpoints, free of the round trip through lambda
+    t[0], t[-1] = first, eps  # exact endpoints, free of the round trip through lambda
     return t
