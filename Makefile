@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo compare test bench clean slurm-deps
+.PHONY: demo compare test lint bench clean slurm-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,23 +17,29 @@ $(STAMP): pyproject.toml
 
 # Train the toy2d experiment on the CPU, compare EM-1000 / DDIM-50 / dopri5 during fit, log offline to W&B.
 demo: $(STAMP)
-	$(PY) -m lightning_sde.train experiment=toy2d
+	$(VENV)/bin/lsde-train experiment=toy2d
 
 # Compare the samplers on the exact 8-Gaussians oracle (no training).
 compare: $(STAMP)
 	$(PY) -m lightning_sde.cli.compare
 
+# The linter first (seconds), then every test: tests/unit (math against the truth) and tests/integration (real
+# processes: the apps, DDP, SLURM, offline W&B, the installed wheel).
 test: $(STAMP) slurm-deps
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# tests/test_slurm.py starts a real single-node SLURM: Debian's slurm-wlm and munge, installed here when missing
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# tests/integration/test_slurm.py starts a real single-node SLURM: Debian's slurm-wlm and munge, installed here when missing
 # (as root with apt-get; otherwise those tests skip, saying why).
 slurm-deps:
 	@if ! command -v slurmctld >/dev/null 2>&1 && [ ! -x /usr/sbin/slurmctld ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing slurm-wlm and munge (apt-get)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
-	  else echo "slurm-wlm/munge missing and not root with apt-get: tests/test_slurm.py will skip"; fi; \
+	  else echo "slurm-wlm/munge missing and not root with apt-get: tests/integration/test_slurm.py will skip"; fi; \
 	fi
 
 bench: $(STAMP)

@@ -1,4 +1,5 @@
-"""Fast deterministic samplers against a converged reference, at equal NFE (issue 7's protocol).
+"""Fast deterministic samplers against a converged reference, at equal NFE (the endpoint protocol of
+endpoint_protocol.py).
 
 VP (beta 0.1..20, eps 1e-3), float64, 4096 starting points x_T from seeds 0..4095; the score is the exact mixture's.
 Score: endpoint RMSE per dimension against dopri5 at rtol = atol = 1e-10 from the same x_T; NFE is the Denoiser's
@@ -7,7 +8,8 @@ Fixed-step samplers on every grid, plus the grid optimised for each (sampler, NF
 (seeds from 1e9, disjoint; its one-off cost is reported as pilot_nfe and not charged); adaptive solvers over a
 tolerance sweep.
 
-    .venv/bin/python benchmarks/fast_samplers.py          # 4 min 42 s on 2 CPU cores; writes benchmarks/results/fast_samplers.*
+    .venv/bin/python benchmarks/fast_samplers.py          # 4 min 42 s on 2 CPU cores;
+                                                          # writes benchmarks/results/fast_samplers.*
 """
 
 from __future__ import annotations
@@ -20,11 +22,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from endpoint_protocol import OUT, PROBLEMS, oracles, save_views  # noqa: E402
 
-from issue7_protocol import OUT, PROBLEMS, oracles, save_views  # noqa: E402
-
-from lightning_sde.samplers import build_sampler  # noqa: E402
-from lightning_sde.samplers.optimize import optimize_grid  # noqa: E402
+from lightning_sde.samplers import build_sampler, optimize_grid  # noqa: E402
 
 NFES = (5, 10, 15, 20, 50)
 GRIDS = ("logsnr", "uniform", "quadratic", "karras")
@@ -55,7 +55,8 @@ def main() -> None:
             err = float((x - ref).pow(2).mean().sqrt())
             rows.append({"problem": problem, "sampler": label, "grid": grid, "requested": requested, "nfe": info["nfe"],
                          "rmse": err, "wall_s": time.perf_counter() - start, **(extra or {})})
-            print(f"{problem:16s} {label:17s} {grid:9s} {requested!s:8s} nfe {info['nfe']:4d}  rmse {err:.3e}", flush=True)
+            print(f"{problem:16s} {label:17s} {grid:9s} {requested!s:8s} nfe {info['nfe']:4d}  rmse {err:.3e}",
+                  flush=True)
 
         for label, (name, params) in FIXED.items():
             for grid in GRIDS:
@@ -108,8 +109,10 @@ def write(rows) -> None:
         lines += ["", "| adaptive | tolerance: RMSE @ NFE |", "|---|---|"]
         for label in ADAPTIVE:
             pts = [r for r in mine if r["sampler"] == label]
-            lines.append(f"| {label} | " + ", ".join(f"{r['requested']:g}: {r['rmse']:.2e} @ {r['nfe']}" for r in pts) + " |")
-            ax.loglog([r["nfe"] for r in pts], [r["rmse"] for r in pts], marker="s", lw=1.5, color=colors[label], label=label)
+            lines.append(f"| {label} | " + ", ".join(f"{r['requested']:g}: {r['rmse']:.2e} @ {r['nfe']}" for r in pts)
+                         + " |")
+            ax.loglog([r["nfe"] for r in pts], [r["rmse"] for r in pts], marker="s", lw=1.5, color=colors[label],
+                      label=label)
         lines.append("")
         ax.set_title(problem)
     save_views(fig, axes, lines, "fast_samplers")

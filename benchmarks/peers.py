@@ -1,6 +1,6 @@
 """Our solvers against diffusers' schedulers on the same exact oracle, the same ODE and the same x_T, in one run.
 
-Needs the `peers` extra (`.venv/bin/pip install -e ".[peers]"`, i.e. diffusers). Protocol (issue 7):
+Needs the `peers` extra (`.venv/bin/pip install -e ".[peers]"`, i.e. diffusers). Protocol (endpoint_protocol.py):
   * VP (beta 0.1..20, eps 1e-3), float64 inputs, 4096 x_T from seeds 0..4095; score: endpoint RMSE per dimension
     against dopri5 at rtol = atol = 1e-10 from the same x_T (the continuous ODE from t = 1 to t = eps).
   * Mapping of diffusers' discrete schedule onto the continuous SDE, each decision pinned:
@@ -15,13 +15,14 @@ Needs the `peers` extra (`.venv/bin/pip install -e ".[peers]"`, i.e. diffusers).
     diffusers keeps its schedule tables in float32 (DPM-Solver also casts the sample to float32): a floor of
     ~1e-6 relative error that does not matter at these NFE.
   * Ours run on the same time points (t_k of the trailing timesteps, then eps) and on our own best grid.
-  * Ours with a Gaussian start (samplers/gaussian.py): x_T carried at no NFE by the exact flow of the data's
+  * Ours with a Gaussian start (models/moments.py): x_T carried at no NFE by the exact flow of the data's
     Gaussian fit (here the mixture's exact mean and covariance) to where the data's largest std is 0.15 of the
     noise level (t* = 0.76 / 0.81), on the uniform grid, and at NFE 10 (and 20 on the 8 Gaussians) on a grid tuned
     by optimize_grid's Powell search on 16384 pilot seeds (from 1e9; ~0.7 s a pilot run). As tuning on a pilot can
     favour its seeds, the tuned grid and diffusers' UniPC-3 are also scored on 4 x 4096 held-out seeds (from 2e9).
 
-    .venv/bin/python benchmarks/peers.py      # 3 min 5 s; writes benchmarks/results/peers.{csv,md,png} (--replot: views only)
+    .venv/bin/python benchmarks/peers.py      # 3 min 5 s; writes benchmarks/results/peers.{csv,md,png}
+                                              # (--replot: views only)
 """
 
 from __future__ import annotations
@@ -34,15 +35,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from endpoint_protocol import OUT, PROBLEMS, oracle, oracles, save_views  # noqa: E402
 
-from issue7_protocol import OUT, PROBLEMS, oracle, oracles, save_views  # noqa: E402
-
-from lightning_sde.samplers import build_sampler  # noqa: E402
-from lightning_sde.samplers.optimize import optimize_grid  # noqa: E402
+from lightning_sde.samplers import build_sampler, optimize_grid  # noqa: E402
 
 NFES = (5, 10, 15, 20, 30, 50)
 GAUSSIAN_START = 0.15  # data std / noise std at which the Gaussian-start samplers begin
-TUNED = {"eight_gaussians": (10, 20), "random16d": (10,)}  # NFE of the tuned Gaussian-start grids (16-D NFE 20: ~14 min)
+# NFE of the tuned Gaussian-start grids (16-D NFE 20: ~14 min)
+TUNED = {"eight_gaussians": (10, 20), "random16d": (10,)}
 TUNING = {"method": "powell", "pilot": 16384, "iters": 600, "reference_tol": 1e-8}
 HELD_OUT = range(2 * 10**9, 2 * 10**9 + 4 * 4096)
 ALGO_COLORS = {"DDIM": "tab:blue", "DPM++2M": "tab:orange", "DPM++3M": "tab:green", "UniPC-2": "tab:red",
@@ -54,13 +54,18 @@ def schedulers():
 
     common = {"num_train_timesteps": 1000, "prediction_type": "epsilon", "timestep_spacing": "trailing"}
     return {
-        "diffusers DDIM": lambda betas: DDIMScheduler(trained_betas=betas, clip_sample=False, set_alpha_to_one=False, **common),
-        "diffusers DPM++2M": lambda betas: DPMSolverMultistepScheduler(trained_betas=betas, solver_order=2, algorithm_type="dpmsolver++",
+        "diffusers DDIM": lambda betas: DDIMScheduler(trained_betas=betas, clip_sample=False, set_alpha_to_one=False,
+                                                      **common),
+        "diffusers DPM++2M": lambda betas: DPMSolverMultistepScheduler(trained_betas=betas, solver_order=2,
+                                                                       algorithm_type="dpmsolver++",
                                                                        final_sigmas_type="sigma_min", **common),
-        "diffusers DPM++3M": lambda betas: DPMSolverMultistepScheduler(trained_betas=betas, solver_order=3, algorithm_type="dpmsolver++",
+        "diffusers DPM++3M": lambda betas: DPMSolverMultistepScheduler(trained_betas=betas, solver_order=3,
+                                                                       algorithm_type="dpmsolver++",
                                                                        final_sigmas_type="sigma_min", **common),
-        "diffusers UniPC-2": lambda betas: UniPCMultistepScheduler(trained_betas=betas, solver_order=2, final_sigmas_type="sigma_min", **common),
-        "diffusers UniPC-3": lambda betas: UniPCMultistepScheduler(trained_betas=betas, solver_order=3, final_sigmas_type="sigma_min", **common),
+        "diffusers UniPC-2": lambda betas: UniPCMultistepScheduler(trained_betas=betas, solver_order=2,
+                                                                   final_sigmas_type="sigma_min", **common),
+        "diffusers UniPC-3": lambda betas: UniPCMultistepScheduler(trained_betas=betas, solver_order=3,
+                                                                   final_sigmas_type="sigma_min", **common),
     }
 
 
@@ -92,7 +97,8 @@ def main() -> None:
 
         def add(label, nfe, x, counted, family):
             err = float((x - ref).pow(2).mean().sqrt())
-            rows.append({"problem": problem, "sampler": label, "family": family, "nfe": counted, "requested": nfe, "rmse": err})
+            rows.append({"problem": problem, "sampler": label, "family": family, "nfe": counted, "requested": nfe,
+                         "rmse": err})
             print(f"{problem:16s} {label:34s} nfe {counted:3d} rmse {err:.3e}", flush=True)
 
         for nfe in NFES:
@@ -101,17 +107,21 @@ def main() -> None:
                 x, calls, times = run_diffusers(maker, den.sde, den, x_T, nfe)
                 add(label, nfe, x, calls, "diffusers")
                 grid_times = times
-            for label, name, params in (("ours DPM++2M", "dpmpp", {"order": 2}), ("ours DPM++3M", "dpmpp", {"order": 3}),
-                                        ("ours UniPC-2", "unipc", {"order": 2}), ("ours UniPC-3", "unipc", {"order": 3}),
+            for label, name, params in (("ours DPM++2M", "dpmpp", {"order": 2}),
+                                        ("ours DPM++3M", "dpmpp", {"order": 3}),
+                                        ("ours UniPC-2", "unipc", {"order": 2}),
+                                        ("ours UniPC-3", "unipc", {"order": 3}),
                                         ("ours UniPC-4", "unipc", {"order": 4})):
                 x, info = build_sampler(name, steps=nfe, times=grid_times, **params)(den, x_T)
                 add(label + " (same grid)", nfe, x, info["nfe"], "ours, same grid")
                 x, info = build_sampler(name, steps=nfe, grid="quadratic", **params)(den, x_T)
                 add(label + " (quadratic)", nfe, x, info["nfe"], "ours, quadratic")
-            x, info = build_sampler("unipc", steps=nfe, order=3, grid="uniform", gaussian_start=GAUSSIAN_START)(den, x_T)
+            x, info = build_sampler("unipc", steps=nfe, order=3, grid="uniform",
+                                    gaussian_start=GAUSSIAN_START)(den, x_T)
             add("ours UniPC-3 (Gaussian start)", nfe, x, info["nfe"], "ours, Gaussian start")
             if nfe in (10, 20):
-                for label, name, params in (("ours UniPC-2", "unipc", {"order": 2}), ("ours UniPC-3", "unipc", {"order": 3})):
+                for label, name, params in (("ours UniPC-2", "unipc", {"order": 2}),
+                                            ("ours UniPC-3", "unipc", {"order": 3})):
                     sampler = build_sampler(name, steps=nfe, grid="quadratic", **params)
                     times, _ = optimize_grid(sampler, den)
                     x, info = build_sampler(name, steps=nfe, times=times.tolist(), **params)(den, x_T)
@@ -122,8 +132,8 @@ def main() -> None:
                 tuned = build_sampler("unipc", steps=nfe, order=3, times=times.tolist(), gaussian_start=GAUSSIAN_START)
                 x, info = tuned(den, x_T)
                 add("ours UniPC-3 (Gaussian start, tuned)", nfe, x, info["nfe"], "ours, Gaussian start, tuned")
-                print(f"  tuned times {[round(t, 4) for t in times.tolist()]}, pilot RMSE {report['pilot_rmse_init']:.3g} -> "
-                      f"{report['pilot_rmse_final']:.3g}", flush=True)
+                print(f"  tuned times {[round(t, 4) for t in times.tolist()]}, "
+                      f"pilot RMSE {report['pilot_rmse_init']:.3g} -> {report['pilot_rmse_final']:.3g}", flush=True)
                 held_out(problem, den, nfe, tuned, rows)
     write(rows)
 
@@ -155,7 +165,8 @@ def write(rows) -> None:
     for ax, problem in zip(axes, PROBLEMS):
         mine = [r for r in rows if r["problem"] == problem and r["family"] != "held-out"]
         labels = list(dict.fromkeys(r["sampler"] for r in mine))
-        lines += [f"## {problem}", "", "| sampler | " + " | ".join(f"NFE {n}" for n in NFES) + " |", "|---|" + "---|" * len(NFES)]
+        lines += [f"## {problem}", "", "| sampler | " + " | ".join(f"NFE {n}" for n in NFES) + " |",
+                  "|---|" + "---|" * len(NFES)]
         for label in labels:
             by = {r["requested"]: r["rmse"] for r in mine if r["sampler"] == label}
             lines.append(f"| {label} | " + " | ".join(f"{by[n]:.3g}" if n in by else "" for n in NFES) + " |")
@@ -177,7 +188,8 @@ def write(rows) -> None:
                   for label in ("diffusers UniPC-3", "ours UniPC-3 (Gaussian start, tuned)")}
             ratios = [a / b for a, b in zip(*by.values())]
             lines.append(f"\nNFE {n} on 4 x 4096 held-out seeds (from 2e9): diffusers UniPC-3 "
-                         f"{', '.join(f'{v:.3g}' for v in by['diffusers UniPC-3'])}; ours UniPC-3 (Gaussian start, tuned) "
+                         f"{', '.join(f'{v:.3g}' for v in by['diffusers UniPC-3'])}; "
+                         "ours UniPC-3 (Gaussian start, tuned) "
                          f"{', '.join(f'{v:.3g}' for v in by['ours UniPC-3 (Gaussian start, tuned)'])}: "
                          f"{', '.join(f'{v:.2f}' for v in ratios)}x lower error.")
         lines.append("")
@@ -187,7 +199,8 @@ def write(rows) -> None:
 
 def load_csv() -> list[dict]:
     with open(OUT / "peers.csv") as fh:
-        return [{k: v for k, v in {**r, "nfe": int(r["nfe"]), "requested": int(r["requested"]), "rmse": float(r["rmse"])}.items()
+        return [{k: v for k, v in {**r, "nfe": int(r["nfe"]), "requested": int(r["requested"]),
+                                   "rmse": float(r["rmse"])}.items()
                  if v != ""} for r in csv.DictReader(fh)]
 
 

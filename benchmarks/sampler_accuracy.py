@@ -95,7 +95,8 @@ def make_cells(nfes, tols):
         for grid in GRIDS:
             for nfe in nfes:
                 if nfe // per_step >= 1:
-                    cells.append(dict(kind="fixed", sampler=name, **params, grid=grid, steps=nfe // per_step, requested_nfe=nfe))
+                    cells.append(dict(kind="fixed", sampler=name, **params, grid=grid, steps=nfe // per_step,
+                                      requested_nfe=nfe))
     cells += [dict(kind="adaptive", sampler="ode", method=m, rtol=tol, atol=tol) for m in ADAPTIVE for tol in tols]
     return cells
 
@@ -103,7 +104,8 @@ def make_cells(nfes, tols):
 def run(args) -> list[dict]:
     sde = VPSDE(beta_min=0.1, beta_max=20.0, eps=1e-3)
     device = torch.device(args.device)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
+    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu, {torch.get_num_threads()} thread(s)")
     commit, stamp = git_commit(), datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     todo = [(p, c) for p in PROBLEMS for c in make_cells(args.nfes, args.tols)]
     rows, refs = [], {}
@@ -114,7 +116,8 @@ def run(args) -> list[dict]:
         cell = {k: v for k, v in cell.items() if k not in ("kind", "sampler", "requested_nfe")}
         bar.set_postfix_str(f"{problem.split()[0]} {name}/{cell.get('method', '')} {cell.get('grid', '')}")
         denoiser = mixtures[problem].denoiser(sde)
-        x, info = sample(build_sampler(name, **cell), denoiser, seeds=range(args.points), device=device, dtype=torch.float64)
+        x, info = sample(build_sampler(name, **cell), denoiser, seeds=range(args.points), device=device,
+                         dtype=torch.float64)
         if kind == "reference":
             refs[problem] = x
         rmse = (x - refs[problem]).pow(2).mean().sqrt().item()
@@ -124,7 +127,8 @@ def run(args) -> list[dict]:
         rows.append(dict(
             problem=problem, kind=kind, sampler=name, method=method, grid=grid, params=params,
             requested_nfe=requested, nfe=info["nfe"], steps=info.get("steps", ""), n_accept=info.get("n_accept", ""),
-            n_reject=info.get("n_reject", ""), rmse=f"{rmse:.6e}", median_point_rmse=f"{point_rmse.median().item():.6e}",
+            n_reject=info.get("n_reject", ""), rmse=f"{rmse:.6e}",
+            median_point_rmse=f"{point_rmse.median().item():.6e}",
             max_point_rmse=f"{point_rmse.max().item():.6e}", wall_s=f"{info['wall_s']:.3f}",
             n_points=args.points, device=device_name, commit=commit, timestamp=stamp,
         ))  # fmt: skip
@@ -169,11 +173,13 @@ def markdown(rows, args, elapsed) -> str:
     fixed, adaptive, check = summarize(rows)
     ref = {r["problem"]: r for r in rows if r["kind"] == "reference"}
     out = [
-        f"Endpoint RMSE per dimension vs a dopri5 rtol=atol={REF_TOL:g} probability-flow reference; VPSDE(0.1, 20, eps=1e-3), "
+        f"Endpoint RMSE per dimension vs a dopri5 rtol=atol={REF_TOL:g} probability-flow reference; "
+        "VPSDE(0.1, 20, eps=1e-3), "
         f"float64, {args.points} points, commit {rows[0]['commit']}, {rows[0]['device']}, {elapsed / 60:.1f} min.",
-        "Fixed-step samplers on their best grid (lowest mean log-RMSE over the sweep); a cell's actual NFE is in parentheses "
-        "where it differs from the column's. `order`: -slope of log error vs log NFE over the last two points, of the RMSE "
-        "and of the median per-point error (the RMSE is dominated by the few trajectories that end in another mode).",
+        "Fixed-step samplers on their best grid (lowest mean log-RMSE over the sweep); a cell's actual NFE is in "
+        "parentheses where it differs from the column's. `order`: -slope of log error vs log NFE over the last two "
+        "points, of the RMSE and of the median per-point error (the RMSE is dominated by the few trajectories that end "
+        "in another mode).",
     ]  # fmt: skip
     for problem in fixed:
         out += ["", f"**{problem}** — reference {ref[problem]['nfe']} NFE, reference check (vs 10x looser tolerance) "
@@ -187,7 +193,8 @@ def markdown(rows, args, elapsed) -> str:
                 for n in args.nfes
             ]
             out.append(f"| {lab} | {grid} | " + " | ".join(cells) + f" | {orders(by_nfe.values())} |")
-        out += ["", "| adaptive: RMSE (NFE) at rtol=atol | " + " | ".join(f"{t:g}" for t in args.tols) + " | order (RMSE / median) |"]
+        out += ["", "| adaptive: RMSE (NFE) at rtol=atol | " + " | ".join(f"{t:g}" for t in args.tols)
+                + " | order (RMSE / median) |"]
         out += ["|---|" + "---:|" * (len(args.tols) + 1)]
         for method, rs in adaptive[problem].items():
             cells = [f"{float(r['rmse']):.2e} ({r['nfe']})" for r in rs]
@@ -220,14 +227,17 @@ def plot(rows, tols, path: Path) -> None:
             i = int((ys > y0 * 3).sum()) - 1
             if i >= 0:
                 ax.annotate(f"order {p}", (xs[i], ys[i]), textcoords="offset points", xytext=(-10, 6), color="0.3",
-                            fontsize=9, ha="right", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+                            fontsize=9, ha="right",
+                            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
         ax.set(xlabel="NFE (counted by the denoiser)", ylabel="endpoint RMSE per dimension vs reference")
-        ax.set_title(f"{problem}\nreference: dopri5 rtol=atol={REF_TOL:g}; its change at {10 * REF_TOL:g}: {check[problem]:.1e}",
+        ax.set_title(f"{problem}\nreference: dopri5 rtol=atol={REF_TOL:g}; "
+                     f"its change at {10 * REF_TOL:g}: {check[problem]:.1e}",
                      fontsize=11)  # fmt: skip
         ax.grid(True, which="major", alpha=0.5)
         ax.grid(True, which="minor", alpha=0.15)
         ax.legend(fontsize=8, loc="lower left")
-    fig.suptitle(f"Probability-flow ODE samplers on VPSDE: endpoint error vs NFE ({rows[0]['n_points']} points, float64)")
+    fig.suptitle("Probability-flow ODE samplers on VPSDE: endpoint error vs NFE "
+                 f"({rows[0]['n_points']} points, float64)")
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=130), binary=True)
     plt.close(fig)
@@ -235,9 +245,12 @@ def plot(rows, tols, path: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--points", type=int, default=None, help="starting points, seeds 0..points-1 (default 4096; 256 with --quick)")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results", help="default benchmarks/results")
-    parser.add_argument("--quick", action="store_true", help="smoke run: fewer points, NFEs and tolerances; files get a _quick suffix")
+    parser.add_argument("--points", type=int, default=None,
+                        help="starting points, seeds 0..points-1 (default 4096; 256 with --quick)")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results",
+                        help="default benchmarks/results")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: fewer points, NFEs and tolerances; files get a _quick suffix")
     parser.add_argument("--device", default="cpu", help="torch device for the samplers (default cpu)")
     # One thread by default: on the 2-core benchmark VM two threads made small ops ~100x slower under any other load.
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

@@ -18,27 +18,29 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EMAWeightAveraging
-from omegaconf import OmegaConf
-from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+import matplotlib
 
-from lightning_sde.cli.train import CONFIG_DIR
-from lightning_sde.module import ScoreModule
-from lightning_sde.plotting import plt
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from lightning.pytorch.callbacks import EMAWeightAveraging  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn  # noqa: E402
+
+from lightning_sde.configuration import CONFIG_PACKAGE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def make(experiment: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}", "run_name=bench", "logger=none"])
     datamodule = instantiate(cfg.data)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    module = ScoreModule(net=model_cfg.pop("net"), sde=OmegaConf.to_container(cfg.sde), shape=list(datamodule.shape),
-                         loss=OmegaConf.to_container(cfg.loss), optim=OmegaConf.to_container(cfg.optim), **model_cfg)
+    plain = lambda node: OmegaConf.to_container(node, resolve=True)
+    module = instantiate(cfg.model, sde=plain(cfg.sde), shape=list(datamodule.shape), loss=plain(cfg.loss),
+                         optim=plain(cfg.optim), _recursive_=False, _convert_="all")
     return cfg, datamodule, module
 
 
@@ -84,7 +86,8 @@ def lightning_loop(cfg, datamodule, module, steps: int) -> float:
     torch.manual_seed(0)
     timer = StepTimer()
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=steps + 10, max_epochs=-1, gradient_clip_val=cfg.trainer.gradient_clip_val,
+        accelerator="cpu", devices=1, max_steps=steps + 10, max_epochs=-1,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, num_sanity_val_steps=0,
         callbacks=[EMAWeightAveraging(decay=cfg.callbacks.ema.decay), timer],
@@ -99,7 +102,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
     rows = []
     for experiment in ("toy2d", "digits"):
         rates = {"plain": [], "lightning": []}

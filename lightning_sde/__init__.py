@@ -1,7 +1,16 @@
-"""lightning-sde: score-based generative models in the SDE view, with samplers compared at equal NFE."""
+"""lightning-sde: score-based generative models in the SDE view, with samplers compared at equal NFE.
 
-__version__ = "0.1.0"
+The layers, each importing only those before it:
+  sde  <-  models (Denoiser, DataMoments, networks), exact (the Gaussian-mixture oracle), losses, probability_flow
+       <-  samplers  <-  flow (likelihood, encode/decode), generation, metrics, module, data, plotting, targets
+       <-  callbacks, bench  <-  cli (the lsde-* apps)
+"""
 
-from pathlib import Path as _Path
+__version__ = "0.2.0"
 
-CONFIG_DIR = str(_Path(__file__).resolve().parents[1] / "configs")  # the Hydra config tree (an editable install)
+
+def load_denoiser(path, map_location="cpu"):
+    """The Denoiser of a lightning-sde checkpoint, in eval mode (see lightning_sde.loading)."""
+    from lightning_sde.loading import load_denoiser as load
+
+    return load(path, map_location=map_location)

@@ -1,13 +1,45 @@
-"""Multi-process CLIs (lsde-bench, lsde-likelihood) without a Trainer: Lightning Fabric starts the local
-processes itself, or joins those srun / torchrun started; work is split by rank and gathered to rank 0."""
+"""Processes that share work: the rank and world size, and the two collectives the sampling path needs.
+
+Everything here goes through torch.distributed when it is initialised (by Lightning's DDP strategy during fit, or by
+Lightning Fabric in lsde-bench / lsde-likelihood), and is a no-op in a single process. Objects travel by pickling
+(`gather_object`), so shards of different sizes need no padding.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+
+
+def rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_to_zero(obj) -> list | None:
+    """Every process's `obj`, in rank order, on rank 0 (None elsewhere)."""
+    rank, world = rank_world()
+    if world == 1:
+        return [obj]
+    out = [None] * world if rank == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_from_zero(obj):
+    """Rank 0's `obj` on every process."""
+    _, world = rank_world()
+    if world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def launch(devices: int, num_nodes: int, device: torch.device):
-    """None for one process; else a launched Fabric (DDP; gloo on CPU, NCCL on CUDA)."""
+    """For the apps without a Trainer: None for one process; else a launched Fabric (DDP; gloo on CPU, NCCL on
+    CUDA) that starts the local processes itself, or joins those srun / torchrun started."""
     if devices * num_nodes == 1:
         return None
     from lightning.fabric import Fabric
@@ -16,16 +48,3 @@ def launch(devices: int, num_nodes: int, device: torch.device):
                     strategy="ddp")
     fabric.launch()
     return fabric
-
-
-def rank_world(fabric) -> tuple[int, int]:
-    return (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
-
-
-def gather_to_zero(obj, fabric) -> list | None:
-    """Every process's `obj`, in rank order, on rank 0 (None elsewhere); sizes may differ (no padding)."""
-    if fabric is None:
-        return [obj]
-    out = [None] * fabric.world_size if fabric.global_rank == 0 else None
-    torch.distributed.gather_object(obj, out, dst=0)
-    return out

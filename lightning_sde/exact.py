@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sde.models.denoiser import Denoiser
-from lightning_sde.samplers.gaussian import DataMoments
+from lightning_sde.models.moments import DataMoments
 from lightning_sde.sde import SDE, broadcast_time
 
 
@@ -32,7 +32,8 @@ class GaussianMixture:
             stds = torch.as_tensor(stds, dtype=dtype)
             stds = stds[:, None].expand(K, d) if stds.ndim == 1 else stds
             if stds.shape != (K, d) or not (stds > 0).all():
-                raise ValueError(f"stds must be positive with shape (K,) or (K, d) = ({K}, {d}); got {tuple(stds.shape)}")
+                raise ValueError(f"stds must be positive with shape (K,) or (K, d) = ({K}, {d}); "
+                                 f"got {tuple(stds.shape)}")
             eigvals, eigvecs = stds**2, torch.eye(d, dtype=dtype).expand(K, d, d).clone()
         else:
             covs = torch.as_tensor(covs, dtype=dtype)
@@ -94,9 +95,8 @@ class GaussianMixture:
 
     def denoiser(self, sde: SDE) -> Denoiser:
         """The exact score of p_t as a Denoiser, interchangeable with a trained network."""
-        denoiser = Denoiser(ExactScore(self, sde), sde, parameterization="score", shape=(self.dim,))
-        denoiser.data_moments = self.moments()
-        return denoiser
+        return Denoiser(ExactScore(self, sde), sde, parameterization="score", shape=(self.dim,),
+                        data_moments=self.moments())
 
     def moments(self) -> DataMoments:
         """The mixture's exact mean and covariance (law of total covariance)."""
@@ -117,6 +117,10 @@ class ExactScore(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.mixture.marginal_score(self.sde, x, t)
+
+    def fingerprint_tensors(self) -> tuple[Tensor, ...]:
+        m = self.mixture
+        return m.means, m.eigvals, m.eigvecs, m.log_weights
 
 
 # --- built-in problems ---------------------------------------------------------------------------
@@ -156,13 +160,15 @@ def random_mixture(dim: int = 16, n_components: int = 10, seed: int = 0) -> Gaus
     gen = torch.Generator().manual_seed(seed)
     means = 2.0 * torch.randn(n_components, dim, generator=gen, dtype=torch.float64)
     rotations, _ = torch.linalg.qr(torch.randn(n_components, dim, dim, generator=gen, dtype=torch.float64))
-    log_std = math.log(0.05) + (math.log(0.5) - math.log(0.05)) * torch.rand(n_components, dim, generator=gen, dtype=torch.float64)
+    log_std = math.log(0.05) + (math.log(0.5) - math.log(0.05)) * torch.rand(n_components, dim, generator=gen,
+                                                                              dtype=torch.float64)
     covs = rotations @ torch.diag_embed((2 * log_std).exp()) @ rotations.transpose(1, 2)
     weights = 0.5 + torch.rand(n_components, generator=gen, dtype=torch.float64)
     return GaussianMixture(means, covs=covs, weights=weights)
 
 
-PROBLEMS = {"gaussians_1d": gaussians_1d, "eight_gaussians": eight_gaussians, "swiss_roll": swiss_roll, "random_mixture": random_mixture}
+PROBLEMS = {"gaussians_1d": gaussians_1d, "eight_gaussians": eight_gaussians, "swiss_roll": swiss_roll,
+            "random_mixture": random_mixture}
 
 
 def build_mixture(name: str, **params) -> GaussianMixture:

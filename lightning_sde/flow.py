@@ -11,45 +11,21 @@ exact mixture, which the tests use). The divergence is exact (one backward pass 
 Hutchinson's estimate E_v[v^T (d f~/dx) v] with k fixed probes v per sample (Rademacher or Gaussian), carried as k
 separate integrals: their mean is the estimate and their standard error is reported.
 
-torchdiffeq solves each direction with the score never queried outside [eps, T] (first step bounded, the last step
-landing on the end point), as the `ode` sampler does.
+torchdiffeq solves each direction as the `ode` sampler does (probability_flow.py: the score is never queried outside
+[eps, T]).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from lightning_sde.samplers.ode import ADAPTIVE_METHODS, FIXED_METHODS, ProbabilityFlow, solve_between
+from lightning_sde.probability_flow import ODEOptions, ProbabilityFlow
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
-
-
-@dataclass
-class ODEOptions:
-    """How torchdiffeq solves the probability-flow ODE: an adaptive method with rtol/atol, or a fixed one with steps."""
-
-    method: str = "dopri5"
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    steps: int = 100  # fixed-grid methods only (uniform in t)
-
-    def __post_init__(self):
-        if self.method not in ADAPTIVE_METHODS + tuple(FIXED_METHODS):
-            raise ValueError(f"unknown ODE method {self.method!r}; choose one of {ADAPTIVE_METHODS + tuple(FIXED_METHODS)}")
-        for key in ("rtol", "atol"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key} must be > 0; got {getattr(self, key)!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1; got {self.steps!r}")
-
-    def solve(self, func, y0, t0: float, t1: float, device):
-        grid = torch.linspace(t0, t1, self.steps + 1, dtype=torch.float64, device=device)
-        return solve_between(func, y0, t0, t1, self.method, self.rtol, self.atol, grid=grid)
 
 
 @torch.no_grad()
@@ -139,7 +115,8 @@ def log_likelihood(denoiser, x: Tensor, options: ODEOptions | None = None, diver
     prior = sde.prior_logp(x_T)
     logp_k = prior[:, None] + delta
     se = torch.zeros(len(x), dtype=x.dtype, device=x.device) if v is None else (
-        logp_k.std(dim=1) / math.sqrt(k) if k > 1 else torch.full((len(x),), float("nan"), dtype=x.dtype, device=x.device))
+        logp_k.std(dim=1) / math.sqrt(k) if k > 1
+        else torch.full((len(x),), float("nan"), dtype=x.dtype, device=x.device))
     return {"logp": logp_k.mean(dim=1), "logp_se": se, "prior_logp": prior, "delta": delta.mean(dim=1),
             "x_T": x_T, "nfe": denoiser.nfe - nfe0}
 

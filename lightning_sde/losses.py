@@ -1,6 +1,7 @@
 """Continuous-time denoising score matching (Song et al. 2021, eq. 7).
 
-  L(theta) = E_t E_{x0} E_{z} [ lambda(t) || s_theta(x_t, t) - grad log p_t(x_t | x0) ||^2 ],  x_t = alpha_t x0 + sigma_t z.
+  L(theta) = E_t E_{x0} E_{z} [ lambda(t) || s_theta(x_t, t) - grad log p_t(x_t | x0) ||^2 ],
+  x_t = alpha_t x0 + sigma_t z.
 With s = -eps / sigma the integrand is lambda(t) / sigma_t^2 || eps_theta - z ||^2, whatever the network predicts.
   sigma2      lambda = sigma_t^2: the plain eps-MSE, t ~ U[eps, T]
   likelihood  lambda = g(t)^2 (Song et al. 2021b, "Maximum likelihood training"), which bounds the NLL; its weight
@@ -27,9 +28,11 @@ class ImportanceTimeSampler:
     """
 
     def __init__(self, sde: SDE, n_grid: int = 20_000):
-        t = torch.logspace(torch.log10(torch.tensor(sde.eps)), torch.log10(torch.tensor(sde.T)), n_grid, dtype=torch.float64)
+        t = torch.logspace(torch.log10(torch.tensor(sde.eps)), torch.log10(torch.tensor(sde.T)), n_grid,
+                           dtype=torch.float64)
         density = sde.g2(t) / sde.sigma(t) ** 2
-        cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(0.5 * (density[1:] + density[:-1]) * t.diff(), 0)])
+        cdf = torch.cat([torch.zeros(1, dtype=torch.float64),
+                         torch.cumsum(0.5 * (density[1:] + density[:-1]) * t.diff(), 0)])
         self.normalizer = cdf[-1].item()  # Z = int_eps^T g^2 / sigma^2 dt (trapezoid rule)
         self.t = t
         self.cdf = cdf / cdf[-1]
@@ -55,7 +58,8 @@ class DSMLoss:
         sde = self.sde
         u = torch.rand(n, dtype=torch.float64, generator=generator)
         if self.importance is not None:
-            return self.importance.sample(u), torch.full((n,), self.importance.normalizer / (sde.T - sde.eps), dtype=torch.float64)
+            return self.importance.sample(u), torch.full((n,), self.importance.normalizer / (sde.T - sde.eps),
+                                                         dtype=torch.float64)
         t = sde.eps + (sde.T - sde.eps) * u
         weight = torch.ones_like(t) if self.weighting == "sigma2" else sde.g2(t) / sde.sigma(t) ** 2
         return t, weight

@@ -1,9 +1,10 @@
 """ScoreModule: a LightningModule that trains a Denoiser by continuous-time denoising score matching.
 
-Everything needed to rebuild the model is in its hyperparameters (plain dicts from the Hydra config), so a
-checkpoint loads by path alone: `ScoreModule.load_denoiser("last.ckpt")`. With Lightning's EMAWeightAveraging the
-checkpoint's `state_dict` holds the EMA weights (the raw ones sit in `current_model_state`), so a loaded model
-samples with EMA weights; during fit the callback swaps the EMA weights in for validation, when samplers run.
+Everything needed to rebuild the model is in its hyperparameters (plain dicts from the Hydra config: the network
+and the SDE as `_target_` nodes), so a checkpoint loads by path alone: `lightning_sde.load_denoiser("last.ckpt")`.
+With Lightning's EMAWeightAveraging the checkpoint's `state_dict` holds the EMA weights (the raw ones sit in
+`current_model_state`), so a loaded model samples with EMA weights; during fit the callback swaps the EMA weights in
+for validation, when samplers run.
 The checkpoint also carries the training data's mean and covariance (`denoiser.data_moments`, measured on up to
 MOMENT_SAMPLES training samples when a fit starts), which samplers' gaussian_start uses.
 """
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 
+from lightning_sde.configuration import build
 from lightning_sde.losses import DSMLoss
 from lightning_sde.models.denoiser import Denoiser
-from lightning_sde.samplers.gaussian import DataMoments
-from lightning_sde.sde import build_sde
+from lightning_sde.models.moments import DataMoments
+from lightning_sde.sde import SDE, build_sde
 
 MOMENT_SAMPLES = 10_000
 
@@ -35,8 +36,9 @@ class ScoreModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.sde = build_sde(**sde)
-        self.denoiser = Denoiser(instantiate(net), self.sde, parameterization, tuple(shape), sigma_data=sigma_data)
+        self.sde = sde_from_config(sde)
+        self.denoiser = Denoiser(build(net, "model.net"), self.sde, parameterization, tuple(shape),
+                                 sigma_data=sigma_data)
         self.loss_fn = DSMLoss(self.sde, **(loss or {}))
         self.optim = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0, **(optim or {})}
 
@@ -70,11 +72,15 @@ class ScoreModule(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    @classmethod
-    def load_denoiser(cls, path: str, map_location="cpu") -> Denoiser:
-        """The (EMA) Denoiser of a checkpoint, in eval mode."""
-        module = cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
-        return module.denoiser.eval()
+
+def sde_from_config(cfg: dict) -> SDE:
+    """An SDE from its config node: `_target_` (configs/sde/), or a {name: ...} node of checkpoints before 0.2."""
+    if "_target_" not in cfg and "name" in cfg:
+        return build_sde(**cfg)
+    sde = build(cfg, "sde")
+    if not isinstance(sde, SDE):
+        raise ValueError(f"config sde: {cfg.get('_target_')!r} is not an SDE (got {type(sde).__name__})")
+    return sde
 
 
 def training_samples(datamodule, n: int) -> torch.Tensor:

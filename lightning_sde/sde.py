@@ -184,7 +184,8 @@ class VESDE(SDE):
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, eps: float = 1e-5, T: float = 1.0):
         super().__init__(eps, T)
         if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"VE SDE needs 0 < sigma_min < sigma_max; got sigma_min={sigma_min}, sigma_max={sigma_max}")
+            raise ValueError("VE SDE needs 0 < sigma_min < sigma_max; "
+                             f"got sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
         self._log_ratio = math.log(sigma_max / sigma_min)

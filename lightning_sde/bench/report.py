@@ -1,4 +1,5 @@
-"""Views of a results file, regenerated from it alone: PNG plots, a markdown table, a merged CSV, a W&B run."""
+"""Views of a results file, regenerated from it (and its sample previews) alone: PNG plots, a markdown table, a
+merged CSV, a plain-text table for the terminal, a W&B run."""
 
 from __future__ import annotations
 
@@ -9,18 +10,22 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from lightning_sde.bench.results import ResultsStore
+from lightning_sde.bench.results import ResultsStore, SamplePreviews
+from lightning_sde.metrics.scorer import LOWER_IS_BETTER
+from lightning_sde.plotting.sweeps import plot_metrics, plot_samples
+from lightning_sde.plotting.tables import text_table
+from lightning_sde.tracking import wandb_configured
 
 log = logging.getLogger(__name__)
 COLUMNS = ["sampler", "sampler_name", "grid", "requested", "nfe", "metric", "value", "wall_s", "samples_per_s",
-           "n_samples", "seed_start", "seed_count", "peak_memory_mb", "device", "git_commit", "time", "target", "params"]
-LOWER_IS_BETTER = {"fid": True, "kid": True, "sliced_w2": True, "mmd": True, "loglik": False}
+           "n_samples", "seed_start", "seed_count", "peak_memory_mb", "device", "git_commit", "time", "target",
+           "params"]
 
 
 def load(path) -> list[dict]:
     """The rows of a results file (duplicates resolved to the last written), in a stable order."""
     rows = list(ResultsStore(path).latest().values())
-    return sorted(rows, key=lambda r: (r["target"], r["sampler"], r["metric"], r["grid"], r["requested"]))
+    return sorted(rows, key=lambda r: (r["target"], r["sampler"], r["metric"], r["grid"], r["requested"] or 0))
 
 
 def cells(rows: list[dict]) -> list[dict]:
@@ -45,7 +50,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
             writer = csv.DictWriter(fh, fieldnames=COLUMNS + extra)
             writer.writeheader()
             for r in rows:
-                writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items() if k != "key"})
+                writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v
+                                 for k, v in r.items() if k != "key"})
     _atomic(path, write)
 
 
@@ -53,16 +59,26 @@ def fmt(v) -> str:
     return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _column_key(col):
+    grid, requested = col
+    order = {"exact": 0, "configured": 1, "nfe": 2, "tol": 3}.get(grid, 4)
+    return (order, 0 if requested is None else (requested if grid == "nfe" else -requested))
+
+
+def column_label(grid: str, requested) -> str:
+    return {"exact": "exact", "configured": "as configured"}.get(grid) or f"{grid} {fmt(requested)}"
+
+
 def markdown(rows: list[dict]) -> str:
     """Per metric: samplers down, requested NFE (or tolerance) across; each entry `value (actual NFE)`."""
     out = []
     for metric in sorted({r["metric"] for r in rows}):
         mine = [r for r in rows if r["metric"] == metric]
-        cols = sorted({(r["grid"], r["requested"]) for r in mine}, key=lambda c: (c[0] != "nfe", c[1] if c[0] == "nfe" else -c[1]))
+        cols = sorted({(r["grid"], r["requested"]) for r in mine}, key=_column_key)
         table = defaultdict(dict)
         for r in mine:
             table[r["sampler"]][(r["grid"], r["requested"])] = f"{fmt(r['value'])} ({fmt(r['nfe'])})"
-        head = ["sampler"] + [f"{g} {fmt(v)}" for g, v in cols]
+        head = ["sampler"] + [column_label(g, v) for g, v in cols]
         arrow = "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better"
         out += [f"### {metric} ({arrow}; actual NFE in parentheses)", "", "| " + " | ".join(head) + " |",
                 "|" + "---|" * len(head)]
@@ -71,36 +87,46 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def summary_table(rows: list[dict]) -> str:
+    """The terminal view: one line per cell with its NFE, time and every metric."""
     metrics = sorted({r["metric"] for r in rows})
-    panels = [(m, [r for r in rows if r["metric"] == m], "value") for m in metrics] + [("wall seconds", cells(rows), "wall_s")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
-    for ax, (title, mine, y) in zip(axes[0], panels):
-        for sampler in sorted({r["sampler"] for r in mine}):
-            pts = sorted((r["nfe"], r[y]) for r in mine if r["sampler"] == sampler and r[y] is not None)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=sampler)
-        ax.set_xscale("log")
-        ax.set_xlabel("NFE (actual)")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        if y == "wall_s":
-            ax.set_yscale("log")
-    axes[0][0].legend(fontsize="small")
-    fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+    lines = {}
+    for r in rows:
+        key = (r["sampler"], r["grid"], r["requested"])
+        line = lines.setdefault(key, {"sampler": r["sampler"], "budget": column_label(r["grid"], r["requested"]),
+                                      "nfe": r["nfe"], "wall_s": r["wall_s"],
+                                      "samples_per_s": r.get("samples_per_s") or ""})
+        line[r["metric"]] = r["value"]
+    ordered = sorted(lines.values(), key=lambda line: (line["sampler"] != _floor_label(rows), line["nfe"] or 0))
+    arrows = ", ".join(f"{m} {'lower' if LOWER_IS_BETTER.get(m, True) else 'higher'} is better" for m in metrics)
+    return text_table(ordered, ["sampler", "budget", "nfe", "wall_s", "samples_per_s", *metrics]) + f"\n({arrows})"
+
+
+def _floor_label(rows):
+    return next((r["sampler"] for r in rows if r["grid"] == "exact"), None)
+
+
+def sample_panels(rows: list[dict], previews: SamplePreviews):
+    """({sampler: {budget: samples}}, reference) from the previews the sweep kept; None when it kept none."""
+    panels = {}
+    for cell in cells(rows):
+        x = previews.load(cell["sampler"], cell["grid"], cell["requested"])
+        if x is not None:
+            budget = (f"NFE {cell['nfe']:.4g}" if cell["grid"] == "configured"
+                      else column_label(cell["grid"], cell["requested"]))
+            panels.setdefault(cell["sampler"], {})[budget] = x
+    if not panels:
+        return None
+    reference = previews.load("reference", None, None)
+    first = next(iter(next(iter(panels.values())).values()))
+    if first.ndim == 2 and first.shape[1] < 2 or first.ndim not in (2, 4):
+        return None  # 1-D points, or shapes no picture fits
+    return panels, reference
 
 
 def to_wandb(rows: list[dict], out_dir: Path, project: str, name: str | None = None) -> Path | None:
     """One W&B run: a Table of every row, and line charts of metric vs NFE and time vs NFE per sampler."""
     import wandb
-
-    from lightning_sde.cli.train import wandb_configured
 
     mode = "online" if wandb_configured() else "offline"
     run = wandb.init(project=project, name=name, dir=str(out_dir), mode=mode, job_type="bench-report",
@@ -110,9 +136,12 @@ def to_wandb(rows: list[dict], out_dir: Path, project: str, name: str | None = N
     for metric in sorted({r["metric"] for r in rows}):
         table = wandb.Table(columns=["sampler", "nfe", metric],
                             data=[[r["sampler"], r["nfe"], r["value"]] for r in rows if r["metric"] == metric])
-        logged[f"charts/{metric}_vs_nfe"] = wandb.plot.line(table, "nfe", metric, stroke="sampler", title=f"{metric} vs NFE")
-    timing = wandb.Table(columns=["sampler", "nfe", "wall_s"], data=[[r["sampler"], r["nfe"], r["wall_s"]] for r in cells(rows)])
-    logged["charts/wall_s_vs_nfe"] = wandb.plot.line(timing, "nfe", "wall_s", stroke="sampler", title="wall seconds vs NFE")
+        logged[f"charts/{metric}_vs_nfe"] = wandb.plot.line(table, "nfe", metric, stroke="sampler",
+                                                            title=f"{metric} vs NFE")
+    timing = wandb.Table(columns=["sampler", "nfe", "wall_s"],
+                         data=[[r["sampler"], r["nfe"], r["wall_s"]] for r in cells(rows)])
+    logged["charts/wall_s_vs_nfe"] = wandb.plot.line(timing, "nfe", "wall_s", stroke="sampler",
+                                                     title="wall seconds vs NFE")
     run.log(logged)
     where = Path(run.dir).parent if mode == "offline" else None
     print(f"W&B ({mode}): " + (f"{where}\n  sync it with: wandb sync {where}" if where else run.url))
@@ -131,8 +160,12 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
     write_csv(rows, paths["csv"])
     text = markdown(rows)
     _atomic(paths["markdown"], lambda tmp: tmp.write_text(text))
-    plot(rows, paths["png"])
-    print(text)
+    plot_metrics(rows, cells(rows), paths["png"])
+    samples = sample_panels(rows, SamplePreviews(results.parent / "samples"))
+    if samples is not None:
+        panels, reference = samples
+        paths["samples"] = plot_samples(panels, out / "samples.png", reference)
+    print(summary_table(rows))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if use_wandb:
         paths["wandb"] = to_wandb(rows, out, project, name)  # the run lands in out/wandb/

@@ -10,6 +10,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -57,3 +58,39 @@ class ResultsStore:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+class SamplePreviews:
+    """The first `n` samples of every cell (and of the reference set), one tensor file each, so that the views can
+    show what a sampler at an NFE produces next to the others, from the same seeds. Written atomically."""
+
+    def __init__(self, folder, n: int = 64):
+        self.folder = Path(folder)
+        self.n = n
+
+    @staticmethod
+    def name(label: str, grid: str, requested) -> str:
+        budget = "" if requested is None else f"_{grid}{requested:g}"
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{label}{budget}")
+
+    def _write(self, name: str, x) -> None:
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{name}.pt"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(x[: self.n].detach().cpu().clone(), tmp)
+        os.replace(tmp, path)
+
+    def save(self, cell, x) -> None:
+        self._write(self.name(cell.label, cell.grid, cell.requested), x)
+
+    def save_reference(self, x) -> None:
+        self._write("reference", x)
+
+    def load(self, label: str, grid: str, requested):
+        """The preview of a cell, or None when there is none."""
+        import torch
+
+        path = self.folder / f"{self.name(label, grid, requested)}.pt"
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None

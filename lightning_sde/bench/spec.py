@@ -1,43 +1,39 @@
 """A sweep spec (the Hydra config) -> an ordered list of cells, validated before any sampling.
 
-A cell is (target, sampler label, requested NFE or tolerance, seed range); it yields one row per metric. Cells are
-ordered by the config's sampler order, then the grid, so every shard expands the same list and cell i belongs to
-shard i % count.
+A cell is (target, sampler label, its budget, seed range); it yields one row per metric. The budget comes from the
+Sampler contract alone: fixed-step samplers take `at_nfe(n)` for each n of `nfe`, adaptive ones `at_tolerance(tol)`
+for each tolerance, and with `nfe` (or `tolerances`) null they run as configured. Cells are ordered by the config's
+sampler order, then the grid, so every shard expands the same list and cell i belongs to shard i % count.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from lightning_sde.exact import build_mixture
-from lightning_sde.metrics.image import IMAGE_METRICS
-from lightning_sde.samplers import SAMPLERS, build_sampler
-from lightning_sde.samplers.ode import ADAPTIVE_METHODS
-from lightning_sde.sde import build_sde
+from lightning_sde.configuration import build
+from lightning_sde.samplers import Sampler
 
 log = logging.getLogger(__name__)
-POINT_METRICS = ("sliced_w2", "mmd")
-MIXTURE_METRICS = ("loglik",)  # exact mean log-likelihood of the samples under the mixture
-ALL_METRICS = POINT_METRICS + MIXTURE_METRICS + IMAGE_METRICS
+NOISE_FLOOR = "exact (noise floor)"  # the label of the cell that scores a second exact sample set
 
 
 @dataclass(frozen=True)
 class Cell:
     target: str  # checkpoint or mixture id
     label: str  # the sampler's label in the config
-    sampler: str  # its registered name
+    sampler: str  # its registered name ("exact" for the noise floor)
     params: dict = field(hash=False)  # every parameter it is built with (steps / rtol / atol included)
-    grid: str  # "nfe" (fixed-step) or "tol" (adaptive)
-    requested: float  # requested NFE or tolerance
+    grid: str  # "nfe" (fixed-step), "tol" (adaptive), "configured" (as configured) or "exact"
+    requested: float | None  # requested NFE or tolerance (None: as configured)
     seed_start: int
     seed_count: int
     metrics: tuple[str, ...]
+    built: Sampler | None = field(default=None, hash=False, compare=False)
 
     def key(self, metric: str) -> str:
         """The identity of one result row: what resume looks up."""
@@ -45,7 +41,8 @@ class Cell:
                            self.seed_start, self.seed_count, metric], sort_keys=True)
 
     def __str__(self) -> str:
-        return f"{self.label} {self.grid}={self.requested} seeds {self.seed_start}+{self.seed_count}"
+        budget = "as configured" if self.requested is None else f"{self.grid}={self.requested:g}"
+        return f"{self.label} {budget} seeds {self.seed_start}+{self.seed_count}"
 
 
 def _fail(key: str, msg: str):
@@ -58,93 +55,68 @@ def positive_int(key: str, value, minimum: int = 1) -> int:
     return value
 
 
-def target_of(cfg: DictConfig) -> tuple[str, str]:
-    """("checkpoint" | "mixture", id). The id keys the rows, so a different model or problem never matches."""
-    has_ckpt, has_mix = cfg.get("checkpoint") is not None, cfg.get("mixture") is not None
-    if has_ckpt == has_mix:
-        _fail("checkpoint/mixture", "set exactly one: checkpoint=<path.ckpt> data=<datamodule> mixture=null, or mixture.name=<problem> with sde")
-    if has_ckpt:
-        path = Path(cfg.checkpoint)
-        if not path.is_file():
-            _fail("checkpoint", f"no checkpoint file at {str(path)!r}")
-        if cfg.get("data") is None:
-            _fail("data", "a checkpoint needs a data config for the reference set, e.g. data=toy2d or data=digits")
-        # the step is part of the id: a checkpoint overwritten by further training (last.ckpt) is a new target
-        step = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("global_step")
-        return "checkpoint", f"{path.resolve()}@step{step}"
-    mixture = OmegaConf.to_container(cfg.mixture, resolve=True)
-    sde = OmegaConf.to_container(cfg.sde, resolve=True) if cfg.get("sde") is not None else None
-    if sde is None:
-        _fail("sde", "a mixture target needs an sde config, e.g. sde=vp")
-    for key, builder, params in (("mixture", build_mixture, mixture), ("sde", build_sde, sde)):
-        try:
-            builder(**params)
-        except (TypeError, ValueError) as err:
-            _fail(key, str(err))
-    return "mixture", "mixture:" + json.dumps(mixture, sort_keys=True) + "|sde:" + json.dumps(sde, sort_keys=True)
+def jsonable(params: dict) -> dict:
+    """A sampler's parameters as JSON values (explicit times become a list)."""
+    out = {}
+    for k, v in params.items():
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[k] = v
+    return out
 
 
-def resolve_metrics(cfg: DictConfig, kind: str, data_kind: str) -> tuple[str, ...]:
-    """`auto` -> what fits the target: points get sliced_w2, mmd (+ loglik on a mixture); images get fid, kid."""
-    requested = cfg.metrics
-    allowed = POINT_METRICS + (MIXTURE_METRICS if kind == "mixture" else ()) if data_kind == "points" else IMAGE_METRICS
-    if requested == "auto":
-        return allowed
-    if isinstance(requested, str) or not requested:
-        _fail("metrics", f"must be 'auto' or a non-empty list of {list(allowed)}; got {requested!r}")
-    bad = [m for m in requested if m not in allowed]
-    if bad:
-        _fail("metrics", f"unknown or unusable metric(s) {bad} for this {data_kind} {kind} target; allowed: {list(allowed)}")
-    return tuple(requested)
+def _grid(cfg: DictConfig, key: str, check) -> list | None:
+    values = cfg.get(key)
+    if values is None:
+        return None
+    values = list(values)
+    if not values:
+        _fail(key, "is empty; give values, or null to run every sampler as configured")
+    for i, v in enumerate(values):
+        check(f"{key}[{i}]", v)
+    return values
 
 
-def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...]) -> list[Cell]:
+def _check_tol(key, tol):
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0 or not math.isfinite(tol):
+        _fail(key, f"must be a number > 0; got {tol!r}")
+
+
+def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: bool = False) -> list[Cell]:
     """All cells of the sweep, in a fixed order. Raises ValueError naming the key on any bad value."""
     start = positive_int("seeds.start", cfg.seeds.start, 0)
     count = positive_int("seeds.count", cfg.seeds.count)
     positive_int("batch_size", cfg.batch_size)
     if not cfg.samplers:
-        _fail("samplers", "empty; add one, e.g. samplers.ddim={name: ddim}")
-    nfes = list(cfg.nfe or [])
-    tols = list(cfg.tolerances or [])
-    for i, n in enumerate(nfes):
-        positive_int(f"nfe[{i}]", n)
-    for i, tol in enumerate(tols):
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-            _fail(f"tolerances[{i}]", f"must be a number > 0; got {tol!r}")
+        _fail("samplers", "empty; pick a set (samplers=sweep) or add one (+sampler@samplers.ddim=ddim)")
+    nfes = _grid(cfg, "nfe", positive_int)
+    tols = _grid(cfg, "tolerances", _check_tol)
     cells = []
-    for label, scfg in cfg.samplers.items():
-        key = f"samplers.{label}"
-        fixed = OmegaConf.to_container(scfg, resolve=True)
-        name = fixed.pop("name", None)
-        if name not in SAMPLERS:
-            _fail(f"{key}.name", f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-        for swept in ("steps", "rtol", "atol"):
-            if swept in fixed:
-                _fail(f"{key}.{swept}", "is set by the sweep (nfe / tolerances grid), not per sampler")
-        try:
-            # steps=1 only to learn NFE per step; adaptive ODE methods take no steps
-            adaptive = getattr(SAMPLERS[name], "adaptive", False) is True or (
-                name == "ode" and fixed.get("method", "dopri5") in ADAPTIVE_METHODS)
-            probe = build_sampler(name, **fixed, **({} if adaptive else {"steps": 1}))
-        except (TypeError, ValueError) as err:
-            _fail(key, str(err))
-        if getattr(probe, "adaptive", False):
-            if not tols:
-                _fail("tolerances", f"empty, but sampler {label!r} is adaptive and sweeps rtol = atol over it")
+    if noise_floor:
+        cells.append(Cell(target, NOISE_FLOOR, "exact", {}, "exact", None, start, count, metrics))
+
+    def add(label, sampler, grid, requested):
+        cells.append(Cell(target, label, sampler.name, jsonable(sampler.params()), grid, requested, start, count,
+                          metrics, built=sampler))
+
+    for label, node in cfg.samplers.items():
+        sampler = build(node, f"samplers.{label}")
+        if not isinstance(sampler, Sampler):
+            _fail(f"samplers.{label}", f"{node.get('_target_')!r} is not a Sampler")
+        if sampler.adaptive and tols is not None:
             for tol in tols:
-                params = {**fixed, "rtol": float(tol), "atol": float(tol)}
-                build_sampler(name, **params)
-                cells.append(Cell(target, label, name, params, "tol", float(tol), start, count, metrics))
-            continue
-        if not nfes:
-            _fail("nfe", f"empty, but sampler {label!r} is fixed-step and sweeps NFE over it; e.g. nfe=[10,20,50,100]")
-        for n in nfes:
-            steps = n // probe.nfe_per_step
-            if steps < 1:
-                log.warning("skipping %s at nfe=%d: it takes %d NFE a step", label, n, probe.nfe_per_step)
-                continue
-            cells.append(Cell(target, label, name, {**fixed, "steps": steps}, "nfe", int(n), start, count, metrics))
+                add(label, sampler.at_tolerance(tol), "tol", float(tol))
+        elif not sampler.adaptive and nfes is not None:
+            for n in nfes:
+                budgeted = sampler.at_nfe(n)
+                if budgeted is None:
+                    log.warning("skipping %s at nfe=%d: it takes %d NFE a step", label, n, sampler.nfe_per_step)
+                    continue
+                add(label, budgeted, "nfe", int(n))
+        else:
+            add(label, sampler, "configured", None)
     return cells
 
 

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 class Preemption(L.Callback):
     def __init__(self, requeue_signal: str | None = "SIGUSR1"):
         if requeue_signal is not None and not isinstance(getattr(signal, str(requeue_signal), None), signal.Signals):
-            raise ValueError(f"Preemption: requeue_signal must be a signal name such as 'SIGUSR1', or null; got {requeue_signal!r}")
+            raise ValueError("Preemption: requeue_signal must be a signal name such as 'SIGUSR1', or null; "
+                             f"got {requeue_signal!r}")
         self.requeue_signal = requeue_signal
         self.signalled = False
         self.requeue_requested = False

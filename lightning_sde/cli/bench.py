@@ -1,7 +1,7 @@
 """lsde-bench: sample-quality-against-NFE sweeps, resumable and sharded; `lsde-bench report` redraws the views.
 
     lsde-bench                                                    # the default sweep on the exact 8 Gaussians
-    lsde-bench name=toy checkpoint=outputs/train/X/checkpoints/last.ckpt data=toy2d mixture=null
+    lsde-bench name=toy checkpoint=outputs/train/X/checkpoints/last.ckpt data=toy2d problem=null
     lsde-bench 'nfe=[10,50]' seeds.count=300 shard.index=0 shard.count=2   # (SLURM arrays set the shard)
     lsde-bench ddp.devices=2                                      # each cell's seeds split over 2 processes
     lsde-bench report outputs/bench/default/results.jsonl [--out DIR] [--wandb] [--project P]
@@ -22,13 +22,13 @@ from omegaconf import DictConfig
 
 from lightning_sde.bench.report import report
 from lightning_sde.bench.runner import run_sweep
-from lightning_sde.cli.train import CONFIG_DIR
+from lightning_sde.configuration import CONFIG_PATH
 
 log = logging.getLogger(__name__)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="bench")
-def sweep(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
+    """A sweep, then its views (the shared body of lsde-bench and lsde-compare)."""
     summary = run_sweep(cfg)
     if summary["rank"] != 0:
         return
@@ -42,8 +42,14 @@ def sweep(cfg: DictConfig) -> None:
         report(cfg.results, use_wandb=cfg.wandb.enabled, project=cfg.wandb.project, name=f"bench-{cfg.name}")
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")
+def sweep(cfg: DictConfig) -> None:
+    run(cfg)
+
+
 def report_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="lsde-bench report", description="views of a results file: PNG, markdown, CSV, W&B")
+    parser = argparse.ArgumentParser(prog="lsde-bench report",
+                                     description="views of a results file: PNG, markdown, CSV, W&B")
     parser.add_argument("results", help="the results .jsonl of a sweep")
     parser.add_argument("--out", default=None, help="output folder (default: next to the results file)")
     parser.add_argument("--wandb", action="store_true", help="also log a W&B run (offline unless W&B is configured)")

@@ -1,8 +1,8 @@
 """lsde-likelihood: exact log-likelihoods and bits/dim through the probability-flow ODE.
 
     lsde-likelihood                                                   # exact 8 Gaussians: also the true log p
-    lsde-likelihood checkpoint=outputs/train/X/checkpoints/last.ckpt mixture=null data=digits data.dequantize=true
-    lsde-likelihood checkpoint=... mixture=null data=cifar10 data.dequantize=true n=10000 device=cuda ddp.devices=4
+    lsde-likelihood checkpoint=outputs/train/X/checkpoints/last.ckpt problem=null data=digits data.dequantize=true
+    lsde-likelihood checkpoint=... problem=null data=cifar10 data.dequantize=true n=10000 device=cuda ddp.devices=4
 
 Samples are the first `n` of the validation set (or exact samples of the mixture). The divergence is exact up to
 `exact_max_dim` dimensions, else Hutchinson's with `probes` fixed probes (standard error reported per sample).
@@ -22,29 +22,22 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from lightning_sde import CONFIG_DIR
+from lightning_sde.configuration import CONFIG_PATH
+from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import gather_to_zero, launch, rank_world
-from lightning_sde.exact import build_mixture
-from lightning_sde.flow import DIVERGENCES, PROBES, ODEOptions, bits_per_dim, log_likelihood
-from lightning_sde.sde import build_sde
+from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
+from lightning_sde.probability_flow import ODEOptions
+from lightning_sde.targets import load_target, target_kind
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def validate(cfg: DictConfig) -> ODEOptions:
-    """Fails fast, naming the config key."""
-    if (cfg.checkpoint is None) == (cfg.mixture is None):
-        raise ValueError("config checkpoint/mixture: set exactly one (checkpoint=<path> mixture=null data=<name>, or mixture.name=<problem>)")
-    if cfg.checkpoint is not None:
-        if not Path(cfg.checkpoint).is_file():
-            raise ValueError(f"config checkpoint: no checkpoint file at {cfg.checkpoint!r}")
-        if cfg.get("data") is None:
-            raise ValueError("config data: a checkpoint needs its data, e.g. data=digits data.dequantize=true")
+def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
+    """(ODE options, target kind, target id); fails fast, naming the config key."""
+    kind, target_id = target_kind(cfg)
     for key in ("n", "batch_size", "probes", "exact_max_dim"):
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -53,25 +46,20 @@ def validate(cfg: DictConfig) -> ODEOptions:
         raise ValueError(f"config divergence: {cfg.divergence!r} is not one of auto, {', '.join(DIVERGENCES)}")
     if cfg.probe not in PROBES:
         raise ValueError(f"config probe: {cfg.probe!r} is not one of {PROBES}")
-    if cfg.dtype not in DTYPES:
-        raise ValueError(f"config dtype: {cfg.dtype!r} is not one of {sorted(DTYPES)}")
+    parse_dtype(cfg.dtype)
     try:
-        return ODEOptions(**OmegaConf.to_container(cfg.ode, resolve=True))
+        return ODEOptions(**OmegaConf.to_container(cfg.ode, resolve=True)), kind, target_id
     except (TypeError, ValueError) as err:
         raise ValueError(f"config ode: {err}") from None
 
 
-def load_target(cfg: DictConfig, device, dtype):
+def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
     """(denoiser, samples (n, *shape), bits/dim offset or None, the mixture or None)."""
-    if cfg.mixture is not None:
-        mixture = build_mixture(**OmegaConf.to_container(cfg.mixture, resolve=True))
-        denoiser = mixture.denoiser(build_sde(**OmegaConf.to_container(cfg.sde, resolve=True)))
-        x = mixture.sample(cfg.n, torch.Generator().manual_seed(cfg.seed))  # the oracle computes in float64
-        return denoiser.to(device), x, None, mixture
-    from lightning_sde.module import ScoreModule
-
-    denoiser = ScoreModule.load_denoiser(cfg.checkpoint, map_location=device).to(dtype)
-    datamodule = instantiate(cfg.data)
+    target = load_target(cfg, kind, target_id, device)
+    if target.mixture is not None:
+        x = target.mixture.sample(cfg.n, torch.Generator().manual_seed(cfg.seed))  # the oracle computes in float64
+        return target.denoiser, x, None, target.mixture
+    denoiser, datamodule = target.denoiser.to(dtype), target.datamodule
     batches, count = [], 0
     for batch in datamodule.val_dataloader():
         batch = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -82,18 +70,16 @@ def load_target(cfg: DictConfig, device, dtype):
     x = torch.cat(batches)[: cfg.n]
     if len(x) < cfg.n:
         log.warning("the validation set has %d samples (< n = %d): using all", len(x), cfg.n)
-    if tuple(x.shape[1:]) != tuple(denoiser.shape):
-        raise ValueError(f"config data: shape {tuple(x.shape[1:])} != the checkpoint's {denoiser.shape}")
     return denoiser, x.to(dtype), getattr(datamodule, "bits_per_dim_offset", None), None
 
 
 def run(cfg: DictConfig) -> dict | None:
-    options = validate(cfg)
-    device, dtype = torch.device(cfg.device), DTYPES[cfg.dtype]
+    options, kind, target_id = validate(cfg)
+    device, dtype = torch.device(cfg.device), parse_dtype(cfg.dtype)
     fabric = launch(cfg.ddp.devices, cfg.ddp.num_nodes, device)
-    rank, world = rank_world(fabric)
+    rank, world = rank_world()
     device = fabric.device if fabric else device
-    denoiser, x, offset, mixture = load_target(cfg, device, dtype)
+    denoiser, x, offset, mixture = evaluation_set(cfg, kind, target_id, device, dtype)
     dim = math.prod(denoiser.shape)
     divergence = cfg.divergence if cfg.divergence != "auto" else ("exact" if dim <= cfg.exact_max_dim else "hutchinson")
     mine = torch.arange(len(x))[rank::world]
@@ -103,7 +89,9 @@ def run(cfg: DictConfig) -> dict | None:
         # probes are seeded by the first sample index of the batch: reruns and other world sizes draw the same
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int(idx[0]))
         out = log_likelihood(denoiser, x[idx].to(device), options, divergence, cfg.probes, cfg.probe, gen)
-        truth = mixture.marginal_log_prob(denoiser.sde, x[idx].double(), torch.tensor(denoiser.sde.eps, dtype=torch.float64)) if mixture else None
+        truth = (mixture.marginal_log_prob(denoiser.sde, x[idx].double(),
+                                           torch.tensor(denoiser.sde.eps, dtype=torch.float64))
+                 if mixture else None)
         for j, k in enumerate(idx.tolist()):
             row = {"index": k, "logp": float(out["logp"][j]), "logp_se": float(out["logp_se"][j]),
                    "prior_logp": float(out["prior_logp"][j]), "nfe_batch": out["nfe"]}
@@ -111,7 +99,7 @@ def run(cfg: DictConfig) -> dict | None:
             if truth is not None:
                 row["true_logp"] = float(truth[j])
             rows.append(row)
-    gathered = gather_to_zero(rows, fabric)
+    gathered = gather_to_zero(rows)
     if fabric:
         fabric.barrier()
     if rank != 0:
@@ -125,12 +113,14 @@ def write(cfg, rows, dim, divergence, offset, world) -> dict:
     logp = torch.tensor([r["logp"] for r in rows], dtype=torch.float64)
     bpd = torch.tensor([r["bpd"] for r in rows], dtype=torch.float64)
     summary = {
-        "target": cfg.checkpoint or f"mixture:{cfg.mixture.name}", "n": n, "dim": dim, "divergence": divergence,
+        "target": cfg.checkpoint or f"mixture:{cfg.problem._target_.rsplit('.', 1)[-1]}", "n": n, "dim": dim,
+        "divergence": divergence,
         "probes": cfg.probes if divergence == "hutchinson" else None, "ode": OmegaConf.to_container(cfg.ode),
         "mean_logp": float(logp.mean()), "mean_logp_se": float(logp.std() / math.sqrt(n)) if n > 1 else None,
         "bpd": float(bpd.mean()), "bpd_se": float(bpd.std() / math.sqrt(n)) if n > 1 else None,
         "bpd_offset": offset, "dequantized": offset is not None,
-        "mean_hutchinson_se": float(torch.tensor([r["logp_se"] for r in rows]).mean()) if divergence == "hutchinson" else None,
+        "mean_hutchinson_se": (float(torch.tensor([r["logp_se"] for r in rows]).mean())
+                               if divergence == "hutchinson" else None),
         "world_size": world,
     }
     if "true_logp" in rows[0]:
@@ -146,12 +136,14 @@ def write(cfg, rows, dim, divergence, offset, world) -> dict:
         tmp.replace(out / name)
     unit = "bits/dim" + (f" (dequantised, offset {offset:.3f})" if offset is not None else " (continuous density)")
     print(f"{summary['target']}: {n} samples, {divergence} divergence; mean log p = {summary['mean_logp']:.4f} nats"
-          + (f" (true {summary['mean_true_logp']:.4f}, max |error| {summary['max_abs_error']:.2e})" if "true_logp" in rows[0] else "")
-          + f"; {summary['bpd']:.4f} ± {summary['bpd_se'] or 0:.4f} {unit}\nwritten: {out / 'summary.json'}, {out / 'samples.jsonl'}")
+          + (f" (true {summary['mean_true_logp']:.4f}, max |error| {summary['max_abs_error']:.2e})"
+             if "true_logp" in rows[0] else "")
+          + f"; {summary['bpd']:.4f} ± {summary['bpd_se'] or 0:.4f} {unit}\n"
+            f"written: {out / 'summary.json'}, {out / 'samples.jsonl'}")
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="likelihood")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="likelihood")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

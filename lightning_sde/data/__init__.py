@@ -9,9 +9,9 @@ import inspect
 from lightning_sde.data.base import BaseDataModule, bits_per_dim_offset
 from lightning_sde.data.digits import DigitsDataModule
 from lightning_sde.data.image_folder import ImageFolderDataModule
+from lightning_sde.data.torchvision_sets import CIFAR10DataModule, MNISTDataModule, TorchvisionDataModule
 from lightning_sde.data.toy import NAMES as TOY_NAMES
 from lightning_sde.data.toy import Toy2DDataModule, checkerboard, two_moons
-from lightning_sde.data.torchvision_sets import CIFAR10DataModule, MNISTDataModule, TorchvisionDataModule
 
 DATAMODULES = {
     "toy2d": Toy2DDataModule,

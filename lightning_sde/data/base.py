@@ -122,7 +122,8 @@ class BaseDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, collate, train: bool) -> DataLoader:
         if train and len(dataset) < self.batch_size:
-            raise ValueError(f"{type(self).__name__}: batch_size {self.batch_size} exceeds the {len(dataset)} training samples")
+            raise ValueError(f"{type(self).__name__}: batch_size {self.batch_size} exceeds the {len(dataset)} "
+                             "training samples")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -33,7 +33,8 @@ def list_images(root) -> list[Path]:
     """Image files under root (recursively, sorted, hidden entries skipped); clear errors when there are none."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"ImageFolderDataModule: image folder {str(root.resolve())!r} does not exist or is not a directory")
+        raise FileNotFoundError(f"ImageFolderDataModule: image folder {str(root.resolve())!r} does not exist or "
+                                "is not a directory")
     extensions = image_extensions()
     files = sorted(
         p for p in root.rglob("*")
@@ -108,7 +109,8 @@ class ImageFolderDataModule(BaseDataModule):
         self.root = Path(root).expanduser()
         files = list_images(self.root)
         if len(files) < 2:
-            raise ValueError(f"{owner}: need at least 2 images under {str(self.root)!r} (train and validation); found {len(files)}")
+            raise ValueError(f"{owner}: need at least 2 images under {str(self.root)!r} (train and validation); "
+                             f"found {len(files)}")
         if n_val is None:
             n_val = min(1000, max(1, len(files) // 20))
         self.n_val = check_int(owner, "n_val", n_val, 1)

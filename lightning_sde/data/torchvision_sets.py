@@ -1,7 +1,7 @@
 """MNIST and CIFAR-10 through torchvision, held in memory as uint8 and scaled per batch to [-1, 1].
 
 Compute nodes often have no internet: fetch once on a machine that has it (a login node),
-    python -m lightning_sde.data.prepare cifar10 --root /shared/data
+    lsde-prepare cifar10 --root /shared/data
 and point `root` at the same directory. Without the files, `prepare_data()` tries to download (download=True)
 and, failing, raises a RuntimeError naming the dataset, the root and that command.
 """
@@ -47,7 +47,7 @@ LEVELS = 256
 
 
 def prepare_command(name: str, root) -> str:
-    return f"python -m lightning_sde.data.prepare {name} --root {Path(root).expanduser().resolve()}"
+    return f"lsde-prepare {name} --root {Path(root).expanduser().resolve()}"
 
 
 def missing_error(name: str, root, why: str) -> RuntimeError:
@@ -155,7 +155,8 @@ class TorchvisionDataModule(BaseDataModule):
         self.dequantize = check_bool(owner, "dequantize", dequantize)
         self.download = check_bool(owner, "download", download)
         if not (isinstance(download_timeout, (int, float)) and download_timeout > 0):
-            raise ValueError(f"{owner}: download_timeout must be a positive number of seconds; got {download_timeout!r}")
+            raise ValueError(f"{owner}: download_timeout must be a positive number of seconds; "
+                             f"got {download_timeout!r}")
         self.download_timeout = float(download_timeout)
         self.shape = SPECS[name].shape
         self.collate = ImageBatch(LEVELS, dequantize=self.dequantize, hflip=self.hflip)
@@ -210,7 +211,8 @@ class MNISTDataModule(TorchvisionDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ):
-        super().__init__("mnist", root, batch_size, n_val, False, dequantize, download, download_timeout, num_workers, seed)
+        super().__init__("mnist", root, batch_size, n_val, False, dequantize, download, download_timeout, num_workers,
+                         seed)
 
 
 class CIFAR10DataModule(TorchvisionDataModule):
@@ -229,4 +231,5 @@ class CIFAR10DataModule(TorchvisionDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ):
-        super().__init__("cifar10", root, batch_size, n_val, hflip, dequantize, download, download_timeout, num_workers, seed)
+        super().__init__("cifar10", root, batch_size, n_val, hflip, dequantize, download, download_timeout,
+                         num_workers, seed)

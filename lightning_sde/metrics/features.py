@@ -10,17 +10,15 @@ Each module has an integer `num_features`, so FID never calls it on a 299x299 du
 and has no trainable parameters.
 
   digits      DigitsFeatures: the 128-d penultimate layer of a small CNN trained on scikit-learn's 8x8 digits
-              (weights in lightning_sde/metrics/weights/, made by benchmarks/train_digits_features.py)
+              (weights in lightning_sde/metrics/weights/, made by lightning_sde/metrics/train_digits_features.py)
   inception   torch-fidelity's InceptionV3 (pool3, 2048-d) as torchmetrics uses it; the weights must be on disk
-              (`python -m lightning_sde.metrics.features fetch-inception` on a machine with internet)
+              (`lsde-prepare --inception` on a machine with internet)
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -94,7 +92,8 @@ class DigitsFeatures(nn.Module):
         path = Path(weights_path) if weights_path is not None else DIGITS_WEIGHTS
         if not path.is_file():
             raise FileNotFoundError(
-                f"DigitsFeatures: no weights at {str(path)!r}; make them with `python benchmarks/train_digits_features.py`"
+                f"DigitsFeatures: no weights at {str(path)!r}; make them with "
+                "`python -m lightning_sde.metrics.train_digits_features`"
             )
         self.weights_path = str(path)
         self.input_range = input_range
@@ -149,9 +148,10 @@ class InceptionFeatures(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(
                 f"InceptionV3 weights not found at {str(path)!r} (chosen from the weights_path argument, else "
-                f"${INCEPTION_ENV}, else $TORCH_HOME/hub/checkpoints; TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}). "
+                f"${INCEPTION_ENV}, else $TORCH_HOME/hub/checkpoints; "
+                f"TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}). "
                 "This machine will not download them. On a machine with internet (e.g. a login node), with the same "
-                f"TORCH_HOME or {INCEPTION_ENV}, run\n    python -m lightning_sde.metrics.features fetch-inception\n"
+                f"TORCH_HOME or {INCEPTION_ENV}, run\n    lsde-prepare --inception\n"
                 f"or copy {INCEPTION_URL} to that path."
             )
         from torchmetrics.image.fid import NoTrainInceptionV3
@@ -187,22 +187,3 @@ def build_feature_extractor(name: str = "digits", **kw) -> nn.Module:
     if name not in FEATURE_EXTRACTORS:
         raise ValueError(f"unknown feature extractor {name!r}; choose one of {sorted(FEATURE_EXTRACTORS)}")
     return FEATURE_EXTRACTORS[name](**kw)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lightning_sde.metrics.features")
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch-inception", help="download the InceptionV3 FID weights (needs internet)")
-    fetch.add_argument("--path", default=None, help=f"target file (default: ${INCEPTION_ENV} or $TORCH_HOME/hub/checkpoints/...)")
-    sha = sub.add_parser("sha256", help="SHA-256 of a weights file")
-    sha.add_argument("path", nargs="?", default=str(DIGITS_WEIGHTS))
-    args = parser.parse_args(argv)
-    if args.command == "fetch-inception":
-        print(fetch_inception(args.path))
-    else:
-        print(weights_sha256(args.path))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,15 +33,17 @@ def unit(x: Tensor) -> Tensor:
 
 
 def new_image_metric(name: str, features, n_reference: int):
-    """torchmetrics' FID or KID on the feature module `features`, fed [0, 1] images; the real side is kept on reset."""
+    """torchmetrics' FID or KID on the feature module `features`, fed [0, 1] images; the real side is kept on reset.
+    It is computed in one process (rank 0 scores gathered samples), so it never synchronises across processes."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
     if name == "fid":
-        return FrechetInceptionDistance(feature=features, normalize=True, reset_real_features=False)
+        return FrechetInceptionDistance(feature=features, normalize=True, reset_real_features=False,
+                                        sync_on_compute=False)
     if name == "kid":
         return KernelInceptionDistance(feature=features, normalize=True, reset_real_features=False,
-                                       subset_size=min(1000, n_reference // 2))
+                                       subset_size=min(1000, n_reference // 2), sync_on_compute=False)
     raise ValueError(f"unknown image metric {name!r}; choose from {IMAGE_METRICS}")
 
 
@@ -77,8 +79,8 @@ def reference_image_metrics(reference: Tensor, metrics, feature_extractor: str, 
             tmp.replace(path)
             log.info("%s reference statistics of %d images written to %s", name, len(reference), path)
         out[name] = metric
-    protocol = {"feature_extractor": feature_extractor, "feature_sha256": feature_sha, "reference_sha256": reference_sha,
-                "reference_stats": key, "n_reference": len(reference)}
+    protocol = {"feature_extractor": feature_extractor, "feature_sha256": feature_sha,
+                "reference_sha256": reference_sha, "reference_stats": key, "n_reference": len(reference)}
     return out, protocol
 
 

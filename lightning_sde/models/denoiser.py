@@ -10,12 +10,14 @@ The Denoiser converts the output to eps once; score and x0 follow from it. Sampl
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from lightning_sde.models.moments import DataMoments
 from lightning_sde.sde import SDE, broadcast_time
 
 PARAMETERIZATIONS = ("eps", "score", "x0", "v")
@@ -71,12 +73,11 @@ class Denoiser(nn.Module):
     `shape` is the shape of one sample, used to validate sampler inputs.
     `sigma_data`, if given, scales the network input by c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2) (EDM) so that
     it has about unit variance at every t (essential on VE, where x_T has std sigma_max).
-    `data_moments` (a samplers.gaussian.DataMoments, or None) is the data's mean and covariance, for samplers'
-    gaussian_start.
+    `data_moments` (a DataMoments, or None) is the data's mean and covariance, for samplers' gaussian_start.
     """
 
     def __init__(self, net: nn.Module | Callable, sde: SDE, parameterization: str, shape: tuple[int, ...],
-                 sigma_data: float | None = None):
+                 sigma_data: float | None = None, data_moments: DataMoments | None = None):
         super().__init__()
         if sigma_data is not None and not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0 (or None for no input scaling); got {sigma_data}")
@@ -87,8 +88,10 @@ class Denoiser(nn.Module):
         self.parameterization = parameterization
         self.shape = tuple(shape)
         self.sigma_data = sigma_data
+        if data_moments is not None and not isinstance(data_moments, DataMoments):
+            raise TypeError(f"data_moments must be a DataMoments or None; got {type(data_moments).__name__}")
         self.nfe = 0
-        self.data_moments = None
+        self.data_moments = data_moments
 
     def forward(self, x: Tensor, t: Tensor | float) -> Prediction:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
@@ -100,3 +103,15 @@ class Denoiser(nn.Module):
         c_in = 1.0 if self.sigma_data is None else (alpha**2 * self.sigma_data**2 + sigma**2).rsqrt()
         out = self.net(c_in * x, t)
         return Prediction(x, alpha, sigma, output_to_eps(self.parameterization, out, x, alpha, sigma))
+
+    def fingerprint(self) -> str:
+        """A digest that changes whenever what the denoiser computes changes: the SDE, the parameterisation, the
+        input scaling and every weight and buffer of the network (or the tensors an oracle declares through
+        `fingerprint_tensors()`). It keys caches of things tuned for one model, such as optimised time grids."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(repr((self.sde, self.parameterization, self.sigma_data, self.shape)).encode())
+        tensors = list(self.net.state_dict().values()) if isinstance(self.net, nn.Module) else []
+        tensors += list(getattr(self.net, "fingerprint_tensors", lambda: ())())
+        for tensor in tensors:
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()

@@ -12,7 +12,8 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.time = nn.Linear(width, width)
-        self.net = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Dropout(dropout), nn.Linear(width, width))
+        self.net = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Dropout(dropout),
+                                 nn.Linear(width, width))
 
     def forward(self, h: Tensor, emb: Tensor) -> Tensor:
         return h + self.net(self.norm(h) + self.time(emb))
@@ -21,10 +22,11 @@ class ResidualBlock(nn.Module):
 class MLP(nn.Module):
     """net(x, t) for x of shape (B, dim); output of the same shape (in the module's parameterisation)."""
 
-    def __init__(self, dim: int, width: int = 256, depth: int = 4, time_embed_dim: int = 128, fourier_scale: float = 16.0,
-                 dropout: float = 0.0):
+    def __init__(self, dim: int, width: int = 256, depth: int = 4, time_embed_dim: int = 128,
+                 fourier_scale: float = 16.0, dropout: float = 0.0):
         super().__init__()
-        self.embed = nn.Sequential(FourierTimeEmbedding(time_embed_dim, fourier_scale), nn.Linear(time_embed_dim, width))
+        self.embed = nn.Sequential(FourierTimeEmbedding(time_embed_dim, fourier_scale),
+                                   nn.Linear(time_embed_dim, width))
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(ResidualBlock(width, dropout) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))

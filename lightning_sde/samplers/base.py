@@ -1,9 +1,18 @@
-"""The Sampler interface, the registry by name, and the shared fixed-step loop.
+"""The Sampler contract, the registry by name, and the shared fixed-step loop.
 
-A sampler is a dataclass of its knobs (validated on construction, before any work) and is called as
-`sampler(denoiser, x_T, noise) -> (x_0, info)`. `info["nfe"]` is read off the Denoiser's counter, never
-computed by the sampler. Stochastic samplers draw every noise from `noise` (seed-addressed, see noise.py) and
-return the mean of their last step (no noise is added at t = eps).
+A sampler is a dataclass of its knobs (validated on construction, before any work), called as
+`sampler(denoiser, x_T, noise) -> (x_0, info)`. What every harness (the sampler callback, lsde-bench, lsde-compare)
+may rely on, and never asks a sampler's name for:
+
+  stochastic     it draws noise: pass `noise` (seed-addressed, see noise.py)
+  adaptive       it chooses its own steps: its NFE is measured, and a sweep varies `at_tolerance(tol)`
+  nfe_per_step   fixed-step samplers: NFE per step, so a sweep sets `at_nfe(n)` -> steps = n // nfe_per_step
+  schedule       `gaussian_start` (every sampler) and the steps' times (schedule.py) are resolved before sampling;
+                 set-up work such as grid tuning is reported as info["setup_nfe"], never as NFE
+  info           {"sampler", "nfe" (read off the Denoiser's counter, never computed), "wall_s", ...}
+  callback       `callback({"i", "t", "x"})` after every step; `progress=True` shows a bar of NFE
+
+Stochastic samplers return the mean of their last step (no noise is added at t = eps).
 """
 
 from __future__ import annotations
@@ -18,12 +27,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lightning_sde.models.denoiser import Denoiser
-from lightning_sde.samplers.grids import GRIDS, time_grid
+from lightning_sde.samplers.grids import Plan, carry
 from lightning_sde.samplers.noise import SeededNoise
+from lightning_sde.samplers.schedule import check_schedule, plan
 
 SAMPLERS: dict[str, type["Sampler"]] = {}
 
 StepCallback = Callable[[dict], None]
+OnStep = Callable[[int, Tensor, Tensor], None]  # (step index, time reached, state there)
 
 
 def register(name: str):
@@ -57,8 +68,38 @@ def _synchronize(x: Tensor) -> None:
 @dataclass
 class Sampler:
     name: ClassVar[str]
-    stochastic: ClassVar[bool] = False
+    gaussian_start: float | None = None  # start where data std / noise std = this ratio (schedule.py); None: at T
 
+    def __post_init__(self):
+        check_schedule(self)
+
+    # --- the contract --------------------------------------------------------------------------------------------
+    @property
+    def stochastic(self) -> bool:
+        return False
+
+    @property
+    def adaptive(self) -> bool:
+        return False
+
+    @property
+    def nfe_per_step(self) -> int:
+        raise ValueError(f"{self.name}: the NFE of an adaptive sampler is measured, not set per step")
+
+    def at_nfe(self, nfe: int) -> "Sampler | None":
+        """This sampler with the most steps that `nfe` evaluations allow (None if not even one step)."""
+        raise ValueError(f"{self.name} is adaptive: vary its tolerance (at_tolerance), not its NFE")
+
+    def at_tolerance(self, tol: float) -> "Sampler":
+        """This adaptive sampler with rtol = atol = tol."""
+        if not self.adaptive:
+            raise ValueError(f"{self.name} takes a fixed number of steps: vary its NFE (at_nfe), not a tolerance")
+        return dataclasses.replace(self, rtol=float(tol), atol=float(tol))
+
+    def params(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # --- running -------------------------------------------------------------------------------------------------
     def __call__(
         self,
         denoiser: Denoiser,
@@ -76,94 +117,71 @@ class Sampler:
             raise ValueError(f"sampler {self.name!r} is stochastic: pass noise=SeededNoise(seeds, ...)")
         if noise is not None and len(noise.seeds) != x_T.shape[0]:
             raise ValueError(f"noise has {len(noise.seeds)} seeds but x_T has {x_T.shape[0]} samples")
-        nfe_before = denoiser.nfe
-        _synchronize(x_T)
-        start = time.perf_counter()
         with torch.no_grad():
-            x, extra = self.run(denoiser, x_T, noise, callback, progress)
-        _synchronize(x)
+            setup_nfe = denoiser.nfe
+            resolved = plan(self, denoiser)  # may tune a grid: its evaluations are set-up, counted apart
+            setup_nfe = denoiser.nfe - setup_nfe
+            nfe_before = denoiser.nfe
+            _synchronize(x_T)
+            start = time.perf_counter()
+            total = None if self.adaptive else self.steps * self.nfe_per_step
+            with tqdm(total=total, desc=self.name, unit="nfe", disable=not progress, leave=False) as bar:
+                def on_step(i: int, t: Tensor, x: Tensor) -> None:
+                    bar.update(denoiser.nfe - nfe_before - bar.n)
+                    if callback is not None:
+                        callback({"i": i, "t": t, "x": x})
+
+                x = carry(self, denoiser, x_T, resolved.start)
+                x, extra = self.run(denoiser, x, resolved, noise, on_step)
+            _synchronize(x)
         info = {"sampler": self.name, "nfe": denoiser.nfe - nfe_before, "wall_s": time.perf_counter() - start}
+        if resolved.start < denoiser.sde.T:
+            info["start_time"] = resolved.start
+        if setup_nfe:
+            info["setup_nfe"] = setup_nfe
+        info.update({k: v for k, v in resolved.setup.items() if k != "setup_nfe"})
         info.update(extra)
         return x, info
 
-    def run(self, denoiser, x_T, noise, callback, progress) -> tuple[Tensor, dict]:
+    def run(self, denoiser: Denoiser, x: Tensor, plan: Plan, noise, on_step: OnStep | None) -> tuple[Tensor, dict]:
+        """Integrate from x at plan.start to eps; call on_step(i, t, x) after each step. No bookkeeping here."""
         raise NotImplementedError
-
-    def params(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass
 class FixedStepSampler(Sampler):
-    """A sampler that walks a time grid, calling `step` once per interval (t -> s, s < t)."""
+    """A sampler that walks a time grid, calling `step` once per interval (t -> s, s < t).
+
+    `step(denoiser, x, t, s, noise, last, state)` gets a per-run `state` dict that multistep solvers keep their
+    history in; one-step samplers ignore it."""
 
     steps: int = 100
     grid: str = "uniform"
     rho: float = 7.0
-    times: Sequence[float] | None = None  # an explicit grid T = t_0 > ... > t_steps = eps (e.g. optimize_grid's)
-    gaussian_start: float | None = None  # start at data std / noise std = this ratio (gaussian.py); None: at T
+    times: Sequence[float] | None = None  # explicit times start ... eps (e.g. from optimize_grid)
 
-    nfe_per_step: ClassVar[int] = 1
+    @property
+    def nfe_per_step(self) -> int:
+        return 1
 
-    def __post_init__(self):
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"{self.name}: steps must be an integer >= 1; got {self.steps!r}")
-        if self.grid not in GRIDS + ("optimized",):
-            raise ValueError(f"{self.name}: unknown grid {self.grid!r}; choose one of {GRIDS + ('optimized',)}")
-        if not self.rho > 0:
-            raise ValueError(f"{self.name}: rho must be > 0; got {self.rho}")
-        if self.gaussian_start is not None and (isinstance(self.gaussian_start, bool) or not self.gaussian_start > 0):
-            raise ValueError(f"{self.name}: gaussian_start must be a ratio > 0 (or None); got {self.gaussian_start!r}")
+    def at_nfe(self, nfe: int) -> "FixedStepSampler | None":
+        if self.adaptive:
+            return super().at_nfe(nfe)  # raises: adaptive samplers sweep tolerances
         if self.times is not None:
-            times = torch.as_tensor(self.times, dtype=torch.float64).detach()
-            if times.ndim != 1 or len(times) != self.steps + 1 or not bool((times[1:] < times[:-1]).all()):
-                raise ValueError(f"{self.name}: times must be {self.steps + 1} strictly decreasing times (T ... eps); "
-                                 f"got {len(times)} values")
+            raise ValueError(f"{self.name}: explicit times fix the number of steps; leave times unset to sweep NFE")
+        steps = int(nfe) // self.nfe_per_step
+        return dataclasses.replace(self, steps=steps) if steps >= 1 else None
 
-    def start_time(self, denoiser: Denoiser) -> float:
-        """T, or with gaussian_start the time where the data's largest std is that ratio of the noise level."""
-        if self.gaussian_start is None:
-            return float(denoiser.sde.T)
-        return self._moments(denoiser).start_time(denoiser.sde, self.gaussian_start)
-
-    def _moments(self, denoiser: Denoiser):
-        if getattr(denoiser, "data_moments", None) is None:
-            raise ValueError(f"{self.name}: gaussian_start needs the data's mean and covariance as denoiser.data_moments "
-                             "(a lightning_sde.samplers.gaussian.DataMoments): mixtures have them; a ScoreModule "
-                             "checkpoint has them when trained by this version (DataMoments.of_samples(train_data) "
-                             "otherwise)")
-        return denoiser.data_moments
-
-    def start(self, denoiser: Denoiser, x_T: Tensor) -> tuple[Tensor, Tensor]:
-        """(x at the first step time, the step times): `times` if given; grid="optimized": tuned for this denoiser
-        once (optimize_grid, a pilot whose NFE is not counted in the runs; see its docstring); else the named grid.
-        With gaussian_start, x_T is first carried to start_time by the Gaussian flow, at no NFE."""
-        sde = denoiser.sde
-        if self.times is not None:
-            times = self.times if isinstance(self.times, Tensor) else torch.tensor(list(self.times), dtype=torch.float64)
-            t_start = self.start_time(denoiser)
-            if abs(float(times[0].detach()) - t_start) > 1e-9 or abs(float(times[-1].detach()) - sde.eps) > 1e-9:
-                raise ValueError(f"{self.name}: times must run from the start time {t_start} (T, or gaussian_start's) "
-                                 f"to eps = {sde.eps}")
-        elif self.grid == "optimized":
-            from lightning_sde.samplers.optimize import optimized_times
-
-            times = optimized_times(self, denoiser)
-        else:
-            times = time_grid(sde, self.steps, self.grid, self.rho, start=self.start_time(denoiser))
-        t_start = float(times[0].detach())
-        x = x_T if t_start >= sde.T else self._moments(denoiser).flow(x_T, sde, sde.T, t_start)
-        return x, times.to(x_T.device, x_T.dtype)
-
-    def step(self, denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, noise, last: bool) -> Tensor:
+    def step(self, denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, noise, last: bool, state: dict) -> Tensor:
         raise NotImplementedError
 
-    def run(self, denoiser, x_T, noise, callback, progress):
-        x, grid = self.start(denoiser, x_T)
-        for i in tqdm(range(self.steps), desc=self.name, disable=not progress, leave=False):
-            x = self.step(denoiser, x, grid[i], grid[i + 1], noise, last=i == self.steps - 1)
-            if callback is not None:
-                callback({"i": i, "t": grid[i + 1], "x": x})
+    def run(self, denoiser, x, plan, noise, on_step):
+        times = plan.times.to(x.device, x.dtype)
+        state: dict = {}
+        for i in range(self.steps):
+            x = self.step(denoiser, x, times[i], times[i + 1], noise, i == self.steps - 1, state)
+            if on_step is not None:
+                on_step(i, times[i + 1], x)
         return x, {"steps": self.steps}
 
 

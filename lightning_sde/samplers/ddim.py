@@ -1,7 +1,8 @@
 """DDIM (Song, Meng & Ermon 2021) on any linear SDE, written through alpha_t and sigma_t.
 
 One step t -> s from the prediction (x0, eps) at t:
-  x_s = alpha_s x0 + sqrt(sigma_s^2 - v) eps + sqrt(v) z,   v = eta^2 sigma_s^2 (1 - (alpha_t sigma_s / (alpha_s sigma_t))^2)
+  x_s = alpha_s x0 + sqrt(sigma_s^2 - v) eps + sqrt(v) z,
+  v = eta^2 sigma_s^2 (1 - (alpha_t sigma_s / (alpha_s sigma_t))^2)
 where v at eta = 1 is the variance of the exact posterior q(x_s | x_t, x0): that is ancestral sampling.
 At eta = 0 it is the first-order exponential integrator (Euler in sigma_t / alpha_t) of the probability-flow ODE.
 """
@@ -21,14 +22,14 @@ class DDIM(FixedStepSampler):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"{self.name}: eta must lie in [0, 1]; got {self.eta}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"{self.name}: eta must lie in [0, 1]; got {self.eta!r}")
 
     @property
     def stochastic(self) -> bool:
         return self.eta > 0
 
-    def step(self, denoiser, x, t, s, noise, last):
+    def step(self, denoiser, x, t, s, noise, last, state):
         sde = denoiser.sde
         pred = denoiser(x, t)
         alpha_s, sigma_s = sde.alpha(s), sde.sigma(s)

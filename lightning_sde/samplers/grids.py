@@ -1,15 +1,18 @@
-"""Time discretisations, separate from the solvers: every fixed-step sampler takes any of them.
+"""Time discretisations, separate from the solvers, and the Plan a sampler runs on (resolved in schedule.py).
 
-Each grid runs from `start` (T unless a sampler starts later, see gaussian.py) down to eps (steps + 1 points,
+Each grid runs from `start` (T unless a sampler starts later: gaussian_start) down to eps (steps + 1 points,
 strictly decreasing), and is built through the SDE's log-SNR lambda_t so that one definition serves VP, sub-VP
 and VE:
   uniform    t_i uniform in [eps, start]
   logsnr     lambda uniform (the natural grid of exponential integrators, Lu et al. 2022)
-  karras     sigma~ = exp(-lambda) = sigma_t / alpha_t spaced as (sigma~_max^(1/rho) + i/N (...))^rho (Karras et al. 2022)
+  karras     sigma~ = exp(-lambda) = sigma_t / alpha_t spaced as (sigma~_max^(1/rho) + i/N (...))^rho
+             (Karras et al. 2022)
   quadratic  t_i = eps + (start - eps) (1 - i/N)^2 (DDIM's quadratic spacing)
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -44,3 +47,31 @@ def time_grid(sde: SDE, steps: int, kind: str = "uniform", rho: float = 7.0, sta
         t = sde.t_from_log_snr(-sig.log())
     t[0], t[-1] = first, eps  # exact endpoints, free of the round trip through lambda
     return t
+
+
+@dataclass(frozen=True)
+class Plan:
+    start: float  # the time the sampler starts from (x_T is carried here first when start < T)
+    times: Tensor | None  # (steps + 1,) float64 from start to eps; None for adaptive samplers
+    setup: dict = field(default_factory=dict)  # what resolving cost: {"setup_nfe": ..., "tuning": report}
+
+
+def data_moments(sampler, denoiser):
+    if denoiser.data_moments is None:
+        raise ValueError(f"{sampler.name}: gaussian_start needs the data's mean and covariance, the denoiser's "
+                         "data_moments: mixtures have them, and so do checkpoints trained by this version; else build "
+                         "the Denoiser with data_moments=DataMoments.of_samples(training_data)")
+    return denoiser.data_moments
+
+
+def start_time(sampler, denoiser) -> float:
+    """T, or with gaussian_start the time where the data's largest std is that ratio of the noise level."""
+    if sampler.gaussian_start is None:
+        return float(denoiser.sde.T)
+    return data_moments(sampler, denoiser).start_time(denoiser.sde, sampler.gaussian_start)
+
+
+def carry(sampler, denoiser, x_T: Tensor, start: float) -> Tensor:
+    """x_T carried from T to `start` by the Gaussian fit's exact flow (no NFE); x_T itself when start = T."""
+    sde = denoiser.sde
+    return x_T if start >= sde.T else data_moments(sampler, denoiser).flow(x_T, sde, sde.T, start)

@@ -92,18 +92,15 @@ class _Multistep(FixedStepSampler):
 @register("dpmpp")
 @dataclass
 class DPMSolverPP(_Multistep):
-    def run(self, denoiser, x_T, noise, callback, progress):
-        sde = denoiser.sde
-        x, grid = self.start(denoiser, x_T)
-        ts, ds = [], []
-        for i in range(self.steps):
-            ts.append(grid[i])
-            ds.append(denoiser(x, grid[i]).x0)
-            x = dpmpp_update(x, sde, ts, ds, grid[i + 1], _order_at(i, self.steps, self.order, self.lower_order_final))
-            ts, ds = ts[-2:], ds[-2:]
-            if callback is not None:
-                callback({"i": i, "t": grid[i + 1], "x": x})
-        return x, {"steps": self.steps}
+    def step(self, denoiser, x, t, s, noise, last, state):
+        ts, ds = state.setdefault("ts", []), state.setdefault("ds", [])
+        i = state.get("i", 0)
+        ts.append(t)
+        ds.append(denoiser(x, t).x0)
+        x = dpmpp_update(x, denoiser.sde, ts, ds, s, _order_at(i, self.steps, self.order, self.lower_order_final))
+        del ts[:-2], ds[:-2]
+        state["i"] = i + 1
+        return x
 
 
 def unipc_coefficients(rks: torch.Tensor, h, order: int):
@@ -127,25 +124,23 @@ def unipc_coefficients(rks: torch.Tensor, h, order: int):
 class UniPC(_Multistep):
     orders: ClassVar[tuple[int, ...]] = (1, 2, 3, 4)
 
-    def run(self, denoiser, x_T, noise, callback, progress):
+    def step(self, denoiser, x, t, s, noise, last, state):
         sde = denoiser.sde
-        x, grid = self.start(denoiser, x_T)
-        ts, ds = [grid[0]], [denoiser(x, grid[0]).x0]
-        pending = None  # (x before the last predictor step, its order): corrected once the new output is known
-        for i in range(self.steps):
-            if pending is not None:
-                x = self._correct(sde, *pending, ts, ds)
-            k = _order_at(i, self.steps, self.order, self.lower_order_final, below=math.inf)
-            x_prev = x
-            x = self._predict(sde, x, ts, ds, grid[i + 1], k)
-            if i < self.steps - 1:  # this evaluation is the next step's model output
-                ts.append(grid[i + 1])
-                ds.append(denoiser(x, grid[i + 1]).x0)
-                pending = (x_prev, k)
-                ts, ds = ts[-(self.order + 1):], ds[-(self.order + 1):]
-            if callback is not None:
-                callback({"i": i, "t": grid[i + 1], "x": x})
-        return x, {"steps": self.steps}
+        if "ts" not in state:  # the first step: the model output at the start
+            state.update(ts=[t], ds=[denoiser(x, t).x0], pending=None, i=0)
+        ts, ds, i = state["ts"], state["ds"], state["i"]
+        if state["pending"] is not None:  # correct the last step now that the output at its end is known
+            x = self._correct(sde, *state["pending"], ts, ds)
+        k = _order_at(i, self.steps, self.order, self.lower_order_final, below=math.inf)
+        x_prev = x
+        x = self._predict(sde, x, ts, ds, s, k)
+        if not last:  # this evaluation is the next step's model output
+            ts.append(s)
+            ds.append(denoiser(x, s).x0)
+            state["pending"] = (x_prev, k)
+            del ts[: -(self.order + 1)], ds[: -(self.order + 1)]
+        state["i"] = i + 1
+        return x
 
     @staticmethod
     def _history(sde, ts, ds, s0_index: int, t, order: int):
@@ -168,7 +163,8 @@ class UniPC(_Multistep):
         alpha_t, sigma_t = sde.alpha(t), sde.sigma(t)
         x_t = (sigma_t / sde.sigma(ts[-1])) * x - alpha_t * h_phi_1 * ds[-1]
         if d1s:
-            rhos = torch.tensor([0.5], dtype=x.dtype, device=x.device) if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
+            rhos = (torch.tensor([0.5], dtype=x.dtype, device=x.device) if order == 2
+                    else torch.linalg.solve(R[:-1, :-1], b[:-1]))
             x_t = x_t - alpha_t * b_h * sum(r * d for r, d in zip(rhos, d1s))
         return x_t
 
@@ -193,29 +189,27 @@ class SDEDPMSolverPP(_Multistep):
     + sigma_t sqrt(1 - e^{-2h}) z; the last step returns the mean (no noise), as the other stochastic samplers."""
 
     orders: ClassVar[tuple[int, ...]] = (1, 2)
-    stochastic = True
 
-    def run(self, denoiser, x_T, noise, callback, progress):
+    @property
+    def stochastic(self) -> bool:
+        return True
+
+    def step(self, denoiser, x, t, s, noise, last, state):
         sde = denoiser.sde
-        x, grid = self.start(denoiser, x_T)
-        prev = None  # prev: (lambda, D) of the step before
-        for i in range(self.steps):
-            s, t = grid[i], grid[i + 1]
-            d0 = denoiser(x, s).x0
-            lam_s, lam_t = _lam(sde, s), _lam(sde, t)
-            h = lam_t - lam_s
-            one_minus = -torch.expm1(-2 * h)  # 1 - e^{-2h}
-            d = d0
-            if prev is not None and _order_at(i, self.steps, self.order, self.lower_order_final) == 2:
-                r0 = (lam_s - prev[0]) / h
-                d = d0 + 0.5 * (d0 - prev[1]) / r0
-            x = (sde.sigma(t) / sde.sigma(s)) * torch.exp(-h) * x + sde.alpha(t) * one_minus * d
-            if i < self.steps - 1:
-                x = x + sde.sigma(t) * one_minus.sqrt() * noise().to(x)
-            prev = (lam_s, d0)
-            if callback is not None:
-                callback({"i": i, "t": t, "x": x})
-        return x, {"steps": self.steps}
+        i, prev = state.get("i", 0), state.get("prev")  # prev: (lambda, D) of the step before
+        d0 = denoiser(x, t).x0
+        lam_t, lam_s = _lam(sde, t), _lam(sde, s)
+        h = lam_s - lam_t
+        one_minus = -torch.expm1(-2 * h)  # 1 - e^{-2h}
+        d = d0
+        if prev is not None and _order_at(i, self.steps, self.order, self.lower_order_final) == 2:
+            r0 = (lam_t - prev[0]) / h
+            d = d0 + 0.5 * (d0 - prev[1]) / r0
+        x = (sde.sigma(s) / sde.sigma(t)) * torch.exp(-h) * x + sde.alpha(s) * one_minus * d
+        if not last:
+            x = x + sde.sigma(s) * one_minus.sqrt() * noise().to(x)
+        state.update(i=i + 1, prev=(lam_t, d0))
+        return x
 
 
 @register("unipc_adaptive")
@@ -225,7 +219,8 @@ class AdaptiveUniPC(Sampler):
     minus the predictor (order p) estimates the predictor's local error at no extra cost, since the corrector uses
     the model output at the predicted point, which the next step needs anyway. A rejected step costs that one
     evaluation. Error: RMS over the whole batch of (x_c - x_p) / (atol + rtol max(|x_c|, |x|)) (torchdiffeq's norm, so
-    tolerances compare with dopri5's); next h = h min(safety E^{-1/(p+1)}, max_growth). Warm-up: the first steps use the orders their history allows."""
+    tolerances compare with dopri5's); next h = h min(safety E^{-1/(p+1)}, max_growth). Warm-up: the first steps use
+    the orders their history allows."""
 
     rtol: float = 1e-3
     atol: float = 1e-3
@@ -234,9 +229,13 @@ class AdaptiveUniPC(Sampler):
     safety: float = 0.8
     max_growth: float = 2.0
     max_steps: int = 2000
-    adaptive = True
+
+    @property
+    def adaptive(self) -> bool:
+        return True
 
     def __post_init__(self):
+        super().__post_init__()
         _check_order(self.name, self.order, UniPC.orders)
         for key in ("rtol", "atol", "h_init"):
             value = getattr(self, key)
@@ -245,20 +244,22 @@ class AdaptiveUniPC(Sampler):
         if not 0 < self.safety <= 1:
             raise ValueError(f"{self.name}: safety must lie in (0, 1]; got {self.safety!r}")
 
-    def run(self, denoiser, x_T, noise, callback, progress):
+    def run(self, denoiser, x, plan, noise, on_step):
         sde = denoiser.sde
-        dtype, device = x_T.dtype, x_T.device
+        dtype, device = x.dtype, x.device
         as_t = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
         lam_end = float(_lam(sde, as_t(sde.eps)))
-        lam = float(_lam(sde, as_t(sde.T)))
-        s = torch.tensor(sde.T, dtype=dtype, device=device)
-        x, ts, ds = x_T, [s], [denoiser(x_T, s).x0]
+        lam = float(_lam(sde, as_t(plan.start)))
+        s = torch.tensor(plan.start, dtype=dtype, device=device)
+        ts, ds = [s], [denoiser(x, s).x0]
         h, n_accept, n_reject = min(self.h_init, lam_end - lam), 0, 0
         while lam < lam_end - 1e-12:
             if n_accept + n_reject >= self.max_steps:
-                raise RuntimeError(f"{self.name}: no convergence in {self.max_steps} steps (rtol={self.rtol}, atol={self.atol})")
+                raise RuntimeError(f"{self.name}: no convergence in {self.max_steps} steps "
+                                   f"(rtol={self.rtol}, atol={self.atol})")
             last = lam + h >= lam_end - 1e-12
-            t = torch.tensor(sde.eps, dtype=dtype, device=device) if last else sde.t_from_log_snr(as_t(lam + h)).to(device, dtype)
+            t = (torch.tensor(sde.eps, dtype=dtype, device=device) if last
+                 else sde.t_from_log_snr(as_t(lam + h)).to(device, dtype))
             k = min(self.order, len(ts))
             x_pred = UniPC._predict(sde, x, ts, ds, t, k)
             d_t = denoiser(x_pred, t).x0
@@ -269,8 +270,8 @@ class AdaptiveUniPC(Sampler):
                 x, lam = x_corr, float(_lam(sde, t.double()))
                 ts, ds = (ts + [t])[-(self.order + 1):], (ds + [d_t])[-(self.order + 1):]
                 n_accept += 1
-                if callback is not None:
-                    callback({"i": n_accept - 1, "t": t, "x": x})
+                if on_step is not None:
+                    on_step(n_accept - 1, t, x)
             else:
                 n_reject += 1
             factor = min(self.safety * float(err.clamp_min(1e-10)) ** (-1 / (k + 1)), self.max_growth)

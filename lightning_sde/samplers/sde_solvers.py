@@ -13,9 +13,12 @@ class EulerMaruyama(FixedStepSampler):
     """x_s = x_t - [f(x,t) - g^2 score] (t - s) + g sqrt(t - s) z on the reverse SDE; 1 NFE a step."""
 
     steps: int = 1000
-    stochastic = True
 
-    def step(self, denoiser, x, t, s, noise, last):
+    @property
+    def stochastic(self) -> bool:
+        return True
+
+    def step(self, denoiser, x, t, s, noise, last, state):
         sde, dt = denoiser.sde, t - s
         x = x - sde.reverse_drift(x, t, denoiser(x, t).score) * dt
         if not last:
@@ -32,9 +35,12 @@ class ReverseDiffusion(FixedStepSampler):
     """
 
     steps: int = 1000
-    stochastic = True
 
-    def step(self, denoiser, x, t, s, noise, last):
+    @property
+    def stochastic(self) -> bool:
+        return True
+
+    def step(self, denoiser, x, t, s, noise, last, state):
         a, G2 = denoiser.sde.transition(t, s)
         x = x - (a - 1) * x + G2 * denoiser(x, t).score
         if not last:
@@ -68,17 +74,21 @@ class PredictorCorrector(FixedStepSampler):
     predictor: str = "reverse_diffusion"
     corrector_steps: int = 1
     snr: float = 0.16
-    stochastic = True
+
+    @property
+    def stochastic(self) -> bool:
+        return True
 
     def __post_init__(self):
         super().__post_init__()
         predictors = ("reverse_diffusion", "euler_maruyama", "none")
         if self.predictor not in predictors:
             raise ValueError(f"pc: unknown predictor {self.predictor!r}; choose one of {predictors}")
-        if not isinstance(self.corrector_steps, int) or self.corrector_steps < 0:
+        if (isinstance(self.corrector_steps, bool) or not isinstance(self.corrector_steps, int)
+                or self.corrector_steps < 0):
             raise ValueError(f"pc: corrector_steps must be an integer >= 0; got {self.corrector_steps!r}")
-        if not self.snr > 0:
-            raise ValueError(f"pc: snr must be > 0; got {self.snr}")
+        if isinstance(self.snr, bool) or not isinstance(self.snr, (int, float)) or not self.snr > 0:
+            raise ValueError(f"pc: snr must be a number > 0; got {self.snr!r}")
         if self.predictor == "none" and self.corrector_steps == 0:
             raise ValueError("pc: with predictor='none' corrector_steps must be >= 1")
         self._predictor = None if self.predictor == "none" else SAMPLERS[self.predictor](steps=self.steps)
@@ -87,8 +97,8 @@ class PredictorCorrector(FixedStepSampler):
     def nfe_per_step(self) -> int:
         return self.corrector_steps + (self._predictor is not None)
 
-    def step(self, denoiser, x, t, s, noise, last):
+    def step(self, denoiser, x, t, s, noise, last, state):
         x = langevin_correct(denoiser, x, t, s, noise, self.corrector_steps, self.snr)
         if self._predictor is None:
             return x
-        return self._predictor.step(denoiser, x, t, s, noise, last)
+        return self._predictor.step(denoiser, x, t, s, noise, last, state)

@@ -1,0 +1,104 @@
+"""Config nodes -> objects, one way: Hydra's `instantiate` of a `_target_` node, with errors that name the config
+key; and where the config tree is (the package `lightning_sde.configs`, shipped in the wheel).
+
+Config nodes that come from a file rather than from the user's command line (a checkpoint's hyperparameters) may
+name only trusted targets: `check_targets` refuses any other before anything is imported or called.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+CONFIG_PACKAGE = "lightning_sde.configs"
+CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"  # for @hydra.main
+TRUSTED_TARGETS = ("lightning_sde.",)  # what a file may name by default
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def config_root() -> Path:
+    """The config tree as a directory (a source checkout's configs/, or the installed package's)."""
+    from importlib.resources import files
+
+    return Path(str(files(CONFIG_PACKAGE)))
+
+
+def plain(node):
+    """A config node as plain Python containers (interpolations resolved)."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def dtype(name: str, key: str = "dtype") -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"config {key}: {name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def build(node, key: str, **kwargs):
+    """instantiate(node, **kwargs); any failure becomes a ValueError "config <key>: ..." with the cause's message."""
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as err:  # report which config node failed, with the library's own message
+        raise config_error(key, err) from None
+
+
+def config_error(key: str, err: Exception) -> ValueError:
+    """A ValueError naming the config key; Hydra's wrappers are unwrapped to the target's own message, and the
+    innermost node Hydra names (full_key) replaces `key` when it is deeper."""
+    full_key = None
+    while isinstance(err, InstantiationException):
+        match = re.search(r"full_key: (\S+)", str(err))
+        full_key = match.group(1) if match else full_key
+        if err.__cause__ is None:
+            break
+        err = err.__cause__
+    message = str(err)
+    if isinstance(err, ValueError) and message.startswith("config "):  # already names its own, deeper key
+        return err
+    if isinstance(err, InstantiationException):
+        message = re.sub(r"\s*full_key: \S+", "", message)
+    where = key if full_key is None or full_key == key or not full_key.startswith(key.split(".")[0]) else full_key
+    return ValueError(f"config {where}: {type(err).__name__}: {message}")
+
+
+def overridden(key: str) -> bool:
+    """True when the running app's command line set `key` (or a key below it, or its config group)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    for override in HydraConfig.get().overrides.task:
+        name = override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+        if name == key or name.startswith(key + "."):
+            return True
+    return False
+
+
+def targets(node) -> list[str]:
+    """Every `_target_` in a nested config (dicts and lists)."""
+    node = plain(node)
+    found = []
+    if isinstance(node, dict):
+        if "_target_" in node:
+            found.append(str(node["_target_"]))
+        for value in node.values():
+            found += targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += targets(value)
+    return found
+
+
+def check_targets(node, where: str, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> None:
+    """Refuse a config read from a file that names anything outside `trusted` (module prefixes)."""
+    bad = [t for t in targets(node) if not t.startswith(tuple(trusted))]
+    if bad:
+        raise ValueError(f"{where} names {bad}, outside the trusted targets {list(trusted)}; nothing was imported or "
+                         "called. If you wrote that class, pass trusted=(..., '<your.module>.') when loading")

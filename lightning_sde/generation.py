@@ -1,0 +1,73 @@
+"""The one path from a sampler and a seed list to samples, shared by the sampler callback, lsde-bench and
+lsde-compare: split the seeds exactly across processes (rank r takes seeds r, r + W, ...: no padding, no
+duplicates), sample in batches, and gather the shards back into seed order on rank 0.
+
+NFE is reported per batch (what one batch cost; adaptive solvers differ between batches), never summed over them.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lightning_sde.distributed import gather_to_zero, rank_world
+from lightning_sde.samplers import sample
+
+
+@dataclass
+class Samples:
+    """One sampler's samples for a seed list, in seed order, and what making them cost."""
+
+    x: Tensor  # (n, *shape), on the CPU
+    nfe_per_batch: list[int]  # every batch of every process
+    wall_s: float  # the slowest process's sampling time
+    peak_memory_mb: float  # the largest process's peak
+    world_size: int
+
+    @property
+    def nfe(self) -> float:
+        """Mean NFE of a batch (exact for fixed-step samplers; adaptive ones vary with the batch)."""
+        return sum(self.nfe_per_batch) / len(self.nfe_per_batch)
+
+    @property
+    def n_nonfinite(self) -> int:
+        """Samples with a NaN or infinite coordinate: a diverged sampler or model."""
+        return int((~torch.isfinite(self.x.reshape(len(self.x), -1))).any(dim=1).sum())
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.float32, progress: bool = False,
+             desc: str | None = None) -> Samples | None:
+    """All processes call this with the same `seeds`; rank 0 gets the Samples of all of them, the others None."""
+    rank, world = rank_world()
+    device = torch.device(device)
+    mine = list(seeds)[rank::world]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    xs, nfes, wall = [], [], 0.0
+    with tqdm(total=len(mine), desc=desc or sampler.name, unit="sample", disable=not progress or rank != 0,
+              leave=False) as bar:
+        for i in range(0, len(mine), batch_size):
+            x, info = sample(sampler, denoiser, mine[i : i + batch_size], device=device, dtype=dtype)
+            xs.append(x.cpu())
+            nfes.append(int(info["nfe"]))
+            wall += info["wall_s"]
+            bar.update(len(x))
+            bar.set_postfix(nfe=info["nfe"], refresh=False)
+    x = torch.cat(xs) if xs else torch.empty(0, *denoiser.shape, dtype=dtype)
+    parts = gather_to_zero((x, nfes, wall, peak_memory_mb(device)))
+    if parts is None:
+        return None
+    full = torch.empty(len(seeds), *denoiser.shape, dtype=dtype)
+    for r, (x_r, *_rest) in enumerate(parts):
+        full[r::world] = x_r
+    return Samples(full, [n for p in parts for n in p[1]], max(p[2] for p in parts), max(p[3] for p in parts), world)

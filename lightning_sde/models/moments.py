@@ -1,0 +1,90 @@
+"""The data's Gaussian fit and its exact probability-flow map: a start for the samplers that costs no NFE.
+
+At high noise p_t is close to the diffusion of N(m, C), the Gaussian with the data's mean and covariance, and that
+Gaussian's probability-flow ODE is linear with a closed-form solution: in C's eigenbasis (variances v),
+
+    x_t1 = alpha_1 m + sqrt((alpha_1^2 v + sigma_1^2) / (alpha_0^2 v + sigma_0^2)) (x_t0 - alpha_0 m).
+
+A sampler with `gaussian_start = r` carries x_T by this map to the time t* at which the data's largest std is r
+times the noise level sigma_t / alpha_t, and spends all its NFE on [t*, eps] (the "analytical teleportation" of
+Wang & Vastola 2023, "The hidden linear structure in score-based models"). The moments belong to the model side:
+a Denoiser carries them (`Denoiser(..., data_moments=...)`): exact for GaussianMixture oracles, the training
+data's for trained models (measured when a fit starts, kept in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_sde.sde import SDE
+
+
+def _as64(t) -> Tensor:
+    return torch.as_tensor(t, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class DataMoments:
+    """Mean and covariance of the data, flattened to d dimensions, as an eigendecomposition: the k leading
+    eigenpairs (k <= d) and, for k < d, one variance shared by the directions they leave out."""
+
+    mean: Tensor  # (d,)
+    eigvals: Tensor  # (k,)
+    eigvecs: Tensor  # (d, k), orthonormal columns
+    residual_var: float = 0.0
+
+    @classmethod
+    def of_gaussian(cls, mean: Tensor, cov: Tensor) -> "DataMoments":
+        eigvals, eigvecs = torch.linalg.eigh(0.5 * (cov + cov.T))
+        return cls(mean.flatten(), eigvals.clamp_min(0), eigvecs)
+
+    @classmethod
+    def of_samples(cls, x: Tensor, rank: int = 1024) -> "DataMoments":
+        """Moments of samples x (n, ...): all eigenpairs when d <= rank, else the `rank` leading ones."""
+        x = x.flatten(1).double()
+        n, d = x.shape
+        if n < 2:
+            raise ValueError(f"DataMoments.of_samples needs at least 2 samples; got {n}")
+        mean = x.mean(0)
+        if d <= rank:
+            return cls.of_gaussian(mean, torch.cov(x.T).reshape(d, d))
+        _, s, v = torch.svd_lowrank(x - mean, q=rank, niter=4)
+        eigvals = s**2 / (n - 1)
+        total = float((x - mean).pow(2).sum() / (n - 1))
+        return cls(mean, eigvals, v, residual_var=max(total - float(eigvals.sum()), 0.0) / (d - rank))
+
+    def to_state(self) -> dict:
+        return {"mean": self.mean, "eigvals": self.eigvals, "eigvecs": self.eigvecs, "residual_var": self.residual_var}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "DataMoments":
+        return cls(**state)
+
+    @property
+    def max_std(self) -> float:
+        return math.sqrt(max(float(self.eigvals.max()), self.residual_var))
+
+    def flow(self, x: Tensor, sde: SDE, t0: float, t1: float) -> Tensor:
+        """The probability-flow map of N(mean, cov) from time t0 to t1, applied to x (batch, ...)."""
+        a0, s0, a1, s1 = (float(f(_as64(t))) for t in (t0, t1) for f in (sde.alpha, sde.sigma))
+        gain = lambda v: ((a1**2 * v + s1**2) / (a0**2 * v + s0**2)) ** 0.5  # noqa: E731
+        mean, vecs = self.mean.to(x), self.eigvecs.to(x)
+        y = x.flatten(1) - a0 * mean
+        coef = y @ vecs
+        out = (a1 * mean + gain(self.residual_var) * y
+               + (coef * (gain(self.eigvals.to(x)) - gain(self.residual_var))) @ vecs.T)
+        return out.reshape(x.shape)
+
+    def start_time(self, sde: SDE, ratio: float) -> float:
+        """The time t* at which max_std alpha_t / sigma_t = ratio, or T if that is already so at T."""
+        lam_star = math.log(ratio / self.max_std)
+        if lam_star <= float(sde.log_snr(_as64(sde.T))):
+            return float(sde.T)
+        if lam_star >= float(sde.log_snr(_as64(sde.eps))):
+            raise ValueError(f"gaussian_start={ratio} is reached only after eps = {sde.eps} (data max std "
+                             f"{self.max_std:.3g}); use a smaller ratio")
+        return float(sde.t_from_log_snr(_as64(lam_star)))

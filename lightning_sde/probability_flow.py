@@ -1,0 +1,94 @@
+"""The probability-flow ODE dx/dt = f(x, t) - g(t)^2/2 score(x, t) (Song et al. 2021, eq. 13) and how torchdiffeq
+solves it: one set-up for the `ode` sampler, for grid tuning's reference solves and for encode/decode/likelihood.
+
+The score is never evaluated outside the interval being solved: adaptive methods take a bounded first step
+(torchdiffeq's own guess, h0 = 0.01 |x| / |f|, is unbounded where the drift at T is near 0: it probed t = -16 on VP)
+and land their last step on the end point (`step_t`) instead of stepping past it and interpolating back; fixed
+methods step on a given grid. torchdiffeq integrates a batch as one system (shared steps), so an adaptive solve's
+steps, hence each sample, depend within the tolerance on the batch it is solved with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchdiffeq import odeint
+
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_METHODS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4, "explicit_adams": 1}  # NFE a step
+METHODS = ADAPTIVE_METHODS + tuple(FIXED_METHODS)
+
+
+def check_method(owner: str, method: str, rtol, atol) -> None:
+    if method not in METHODS:
+        raise ValueError(f"{owner}: unknown ODE method {method!r}; choose one of {METHODS}")
+    for key, value in (("rtol", rtol), ("atol", atol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{owner}: {key} must be a number > 0; got {value!r}")
+
+
+def solve_between(func, y0, t0: float, t1: float, method: str, rtol: float = 1e-5, atol: float = 1e-5,
+                  first_step: float = 0.01, grid=None):
+    """torchdiffeq from t0 to t1 (either direction) without querying `func` outside [t0, t1]: adaptive methods
+    take a first step of first_step |t1 - t0| and land their last step on t1; fixed methods step on `grid`."""
+    device = (y0[0] if isinstance(y0, tuple) else y0).device
+    span = torch.tensor([t0, t1], dtype=torch.float64, device=device)
+    if method in ADAPTIVE_METHODS:
+        options = {"step_t": span[1:], "first_step": first_step * abs(t1 - t0)}
+        return odeint(func, y0, span, method=method, rtol=rtol, atol=atol, options=options)
+    return odeint(func, y0, span, method=method, options={"grid_constructor": lambda f, y, t: grid})
+
+
+class ProbabilityFlow(nn.Module):
+    """The ODE's right-hand side for torchdiffeq; `on_step(t, x)` is called at every step the solver takes."""
+
+    def __init__(self, denoiser, on_step=None):
+        super().__init__()
+        self.denoiser = denoiser
+        self.on_step = on_step
+
+    def forward(self, t, x):
+        return self.denoiser.sde.ode_drift(x, t, self.denoiser(x, t).score)
+
+    def callback_step(self, t0, y0, dt):
+        if self.on_step is not None:
+            self.on_step(t0, y0)
+
+    @staticmethod
+    def for_method(method: str, denoiser, on_step=None) -> "ProbabilityFlow":
+        """The right-hand side for `method`: adaptive ones also count accepted and rejected steps (torchdiffeq warns
+        when a fixed-grid method is given those hooks, so only adaptive ones get them)."""
+        return (AdaptiveProbabilityFlow if method in ADAPTIVE_METHODS else ProbabilityFlow)(denoiser, on_step)
+
+
+class AdaptiveProbabilityFlow(ProbabilityFlow):
+    n_accept = 0
+    n_reject = 0
+
+    def callback_accept_step(self, t0, y0, dt):
+        self.n_accept += 1
+
+    def callback_reject_step(self, t0, y0, dt):
+        self.n_reject += 1
+
+
+@dataclass
+class ODEOptions:
+    """How torchdiffeq solves the probability-flow ODE for encode/decode/likelihood: an adaptive method with
+    rtol/atol, or a fixed one with `steps` (uniform in t)."""
+
+    method: str = "dopri5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    steps: int = 100  # fixed-grid methods only
+
+    def __post_init__(self):
+        check_method("ODEOptions", self.method, self.rtol, self.atol)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"ODEOptions: steps must be an integer >= 1; got {self.steps!r}")
+
+    def solve(self, func, y0, t0: float, t1: float, device):
+        grid = torch.linspace(t0, t1, self.steps + 1, dtype=torch.float64, device=device)
+        return solve_between(func, y0, t0, t1, self.method, self.rtol, self.atol, grid=grid)

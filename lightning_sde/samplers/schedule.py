@@ -1,0 +1,84 @@
+"""Where a sampler spends its evaluations in time: resolved here, in one place, for every sampler.
+
+A sampler's schedule knobs are `gaussian_start` (every sampler) and, for fixed-step ones, `steps`, `grid`, `rho` and
+explicit `times`. `plan(sampler, denoiser)` turns them into a Plan:
+
+  start   T, or with gaussian_start=r the time t* at which the data's largest std is r times the noise level: x_T is
+          carried there at no NFE by the exact flow of the data's Gaussian fit (models/moments.py)
+  times   the steps' times, start ... eps: explicit `times`, a named grid (grids.py), or grid="optimized": tuned for
+          this denoiser and NFE budget on a pilot set (tuning.py), once per (model weights, sampler settings);
+          None for adaptive samplers, which choose their own steps
+
+Tuning is set-up, not sampling: its evaluations are reported as `setup_nfe` in the sampler's info and never counted
+in `nfe`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+
+from lightning_sde.samplers.grids import GRIDS, Plan, start_time, time_grid
+from lightning_sde.samplers.tuning import optimize_grid
+
+SCHEDULE_GRIDS = GRIDS + ("optimized",)
+TUNED_CACHE_SIZE = 32
+_tuned: OrderedDict[tuple, tuple[Tensor, dict]] = OrderedDict()
+
+
+def plan(sampler, denoiser) -> Plan:
+    start = start_time(sampler, denoiser)
+    if sampler.adaptive:
+        return Plan(start, None)
+    if sampler.times is not None:
+        times = (sampler.times if isinstance(sampler.times, Tensor)
+                 else torch.tensor(list(sampler.times), dtype=torch.float64))
+        sde = denoiser.sde
+        if abs(float(times[0].detach()) - start) > 1e-9 or abs(float(times[-1].detach()) - sde.eps) > 1e-9:
+            raise ValueError(f"{sampler.name}: times must run from the start time {start} (T, or gaussian_start's) to "
+                             f"eps = {sde.eps}; got {float(times[0])} ... {float(times[-1])}")
+        return Plan(start, times)
+    if sampler.grid == "optimized":
+        times, report = tuned_times(sampler, denoiser)
+        return Plan(start, times, {"setup_nfe": report["pilot_nfe"], "tuning": report})
+    return Plan(start, time_grid(denoiser.sde, sampler.steps, sampler.grid, sampler.rho, start=start))
+
+
+def tuned_times(sampler, denoiser) -> tuple[Tensor, dict]:
+    """optimize_grid's times, computed once per (denoiser fingerprint, sampler settings) in this process: the
+    fingerprint covers the weights, so a model that trains on gets a new grid at its next evaluation."""
+    settings = {k: v for k, v in sampler.params().items() if k not in ("grid", "times")}
+    key = (denoiser.fingerprint(), sampler.name, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    if key in _tuned:
+        _tuned.move_to_end(key)
+        times, report = _tuned[key]
+        return times, {**report, "pilot_nfe": 0, "cached": True}
+    times, report = optimize_grid(sampler, denoiser)
+    _tuned[key] = (times, report)
+    while len(_tuned) > TUNED_CACHE_SIZE:
+        _tuned.popitem(last=False)
+    return times, report
+
+
+def check_schedule(sampler) -> None:
+    """Validate the schedule knobs of a sampler (called from its __post_init__)."""
+    name = sampler.name
+    start = sampler.gaussian_start
+    if start is not None and (isinstance(start, bool) or not isinstance(start, (int, float)) or not start > 0):
+        raise ValueError(f"{name}: gaussian_start must be a ratio > 0 (or None); got {start!r}")
+    if sampler.adaptive:
+        return
+    steps = sampler.steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{name}: steps must be an integer >= 1; got {steps!r}")
+    if sampler.grid not in SCHEDULE_GRIDS:
+        raise ValueError(f"{name}: unknown grid {sampler.grid!r}; choose one of {SCHEDULE_GRIDS}")
+    if isinstance(sampler.rho, bool) or not isinstance(sampler.rho, (int, float)) or not sampler.rho > 0:
+        raise ValueError(f"{name}: rho must be > 0; got {sampler.rho!r}")
+    if sampler.times is not None:
+        times = torch.as_tensor(sampler.times, dtype=torch.float64).detach()
+        if times.ndim != 1 or len(times) != steps + 1 or not bool((times[1:] < times[:-1]).all()):
+            raise ValueError(f"{name}: times must be {steps + 1} strictly decreasing times (start ... eps); "
+                             f"got {len(times) if times.ndim == 1 else tuple(times.shape)} values")

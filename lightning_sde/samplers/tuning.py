@@ -1,0 +1,100 @@
+"""Time grids tuned for one model and one NFE budget.
+
+`optimize_grid` places the steps of a fixed-step sampler where they reduce its error most on a pilot set: it
+solves the probability-flow ODE for `pilot` seeds (disjoint from any sampling seeds) to a tight tolerance once,
+then minimises the pilot's mean squared endpoint error over the step positions, parametrised by their log-SNR
+increments (softmax-normalised, so the grid stays ordered and spans [start, eps]; the start is T, or the
+sampler's gaussian_start time: tuning it too did no better, benchmarks/README.md). Two optimisers: "adam",
+gradient descent through the sampler itself, and "powell", scipy's derivative-free Powell search, for losses whose
+gradient is mostly noise (a few trajectories that end in another mixture component dominate them). Both start
+from the best named grid on the pilot and keep the best iterate. The cost is paid once per (model, sampler,
+NFE): about pilot x (reference NFE + iters x NFE a run) evaluations, reported as `pilot_nfe` and never counted in
+the sampler's own NFE (schedule.py reports it as the sampler's `setup_nfe`). Over-fitting is checked on held-out
+seeds in the benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from lightning_sde.probability_flow import ProbabilityFlow, solve_between
+from lightning_sde.samplers.grids import GRIDS, Plan, carry, start_time, time_grid
+from lightning_sde.samplers.noise import SeededNoise
+
+log = logging.getLogger(__name__)
+PILOT_SEED = 10**9  # pilot seeds start here: disjoint from the seeds users sample with
+
+
+def optimize_grid(sampler, denoiser, pilot: int = 512, iters: int = 200, lr: float = 0.05, inits=GRIDS,
+                  reference_tol: float = 1e-6, method: str = "adam") -> tuple[torch.Tensor, dict]:
+    """(times (steps + 1,) from the sampler's start time to eps, report) for this fixed-step sampler and denoiser.
+    `iters`: Adam steps, or Powell's budget of pilot runs. Starts from the best of the named grids `inits` on the
+    pilot and returns the best iterate, so it never does worse there."""
+    if sampler.stochastic or sampler.adaptive:
+        raise ValueError(f"{sampler.name}: grid='optimized' tunes deterministic fixed-step samplers against the ODE's "
+                         "solution")
+    if method not in ("adam", "powell"):
+        raise ValueError(f"optimize_grid: method must be 'adam' or 'powell'; got {method!r}")
+    sde = denoiser.sde
+    nfe0 = denoiser.nfe
+    dtype = next((p.dtype for p in denoiser.parameters()), torch.float64)
+    noise = SeededNoise(range(PILOT_SEED, PILOT_SEED + pilot), denoiser.shape, dtype=dtype)
+    x_T = sde.prior_sample(noise.prior())
+    t_start = start_time(sampler, denoiser)
+    with torch.no_grad():
+        flow = ProbabilityFlow.for_method("dopri5", denoiser)
+        ref = solve_between(flow, x_T, sde.T, sde.eps, "dopri5", reference_tol, reference_tol)[-1]
+        x_start = carry(sampler, denoiser, x_T, t_start)
+    as64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    lam_start, lam_eps = sde.log_snr(as64(t_start)), sde.log_snr(as64(sde.eps))
+
+    def times_of(logits):
+        lam = lam_start + torch.cat([torch.zeros(1, dtype=torch.float64),
+                                     torch.cumsum(torch.softmax(logits, 0), 0)]) * (lam_eps - lam_start)
+        return torch.cat([as64(t_start).view(1), sde.t_from_log_snr(lam[1:-1]), as64(sde.eps).view(1)])
+
+    def error(times):
+        x, _ = sampler.run(denoiser, x_start, Plan(t_start, times), noise, None)
+        return (x - ref).pow(2).mean()
+
+    with torch.no_grad():
+        named = {g: time_grid(sde, sampler.steps, g, sampler.rho, start=t_start) for g in inits}
+        scores = {g: float(error(t)) for g, t in named.items()}
+    init = min(scores, key=scores.get)
+    start = sde.log_snr(named[init])
+    logits = torch.log(start[1:] - start[:-1])
+    if method == "adam":
+        best_logits = _adam(lambda z: error(times_of(z)), logits, scores[init], iters, lr)
+    else:
+        from scipy.optimize import minimize
+
+        with torch.no_grad():
+            found = minimize(lambda z: float(error(times_of(torch.from_numpy(z)))), logits.numpy(), method="Powell",
+                             options={"maxfev": iters, "xtol": 1e-3, "ftol": 1e-4})
+        best_logits = torch.from_numpy(found.x) if found.fun < scores[init] else logits
+    with torch.no_grad():
+        times = times_of(best_logits)
+        final = float(error(times))
+    report = {"pilot": pilot, "iters": iters, "method": method, "pilot_nfe": denoiser.nfe - nfe0, "init": init,
+              "pilot_rmse_init": scores[init] ** 0.5, "pilot_rmse_final": final**0.5}
+    log.info("optimized %s grid, %d steps: pilot RMSE %.3g -> %.3g (%d pilot NFE)", sampler.name, sampler.steps,
+             report["pilot_rmse_init"], report["pilot_rmse_final"], report["pilot_nfe"])
+    return times, report
+
+
+def _adam(loss_of, logits, best, iters, lr):
+    """The logits of the best iterate of Adam on loss_of(logits), from `logits` whose loss is `best`."""
+    logits = logits.clone().requires_grad_(True)
+    best_logits = logits.detach().clone()
+    opt = torch.optim.Adam([logits], lr=lr)
+    with torch.enable_grad():
+        for _ in range(iters):
+            opt.zero_grad()
+            loss = loss_of(logits)
+            if float(loss.detach()) < best:  # the loss of the current iterate, before this step moves it
+                best, best_logits = float(loss.detach()), logits.detach().clone()
+            loss.backward()
+            opt.step()
+    return best_logits

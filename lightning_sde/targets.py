@@ -1,0 +1,96 @@
+"""What the apps sample or evaluate: an exact Gaussian mixture under an SDE (the oracle), or a trained checkpoint
+with the datamodule of its data. One reading of the config for lsde-bench, lsde-compare and lsde-likelihood:
+`checkpoint` + `data` when a checkpoint is given (the default `problem` is then not used), else `problem` + `sde`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from lightning_sde.configuration import build, overridden, plain
+from lightning_sde.loading import load_denoiser, read_checkpoint
+from lightning_sde.module import sde_from_config
+
+
+@dataclass
+class Target:
+    id: str  # keys result rows: a different model, step or problem never matches
+    kind: str  # "points" | "images"
+    denoiser: object = None
+    mixture: object = None  # the exact GaussianMixture, for mixture targets
+    datamodule: object = None  # for checkpoint targets
+    protocol: dict = field(default_factory=dict)  # constant fields of every result row
+
+
+def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
+    """("mixture" | "checkpoint", id), checked without loading weights or data; ValueError naming the key."""
+    has_ckpt, has_problem = cfg.get("checkpoint") is not None, cfg.get("problem") is not None
+    if has_ckpt and overridden("problem"):
+        raise ValueError("config checkpoint/problem: both set; a target is a checkpoint (with data=<its data>) or "
+                         "an exact problem (problem=<name> with sde=<name>), not both")
+    if not (has_ckpt or has_problem):
+        raise ValueError("config checkpoint/problem: no target; set checkpoint=<path.ckpt> data=<its data>, or "
+                         "problem=<name> (configs/problem/) with sde=<name>")
+    if has_ckpt:
+        path = Path(cfg.checkpoint)
+        if not path.is_file():
+            raise ValueError(f"config checkpoint: no checkpoint file at {str(path)!r}")
+        if needs_data and cfg.get("data") is None:
+            raise ValueError("config data: a checkpoint needs the config of its data, e.g. data=toy2d or data=digits")
+        # the step is part of the id: a checkpoint overwritten by further training (last.ckpt) is a new target
+        step = read_checkpoint(path).get("global_step")
+        return "checkpoint", f"{path.resolve()}@step{step}"
+    if cfg.get("sde") is None:
+        raise ValueError("config sde: a mixture target needs an SDE, e.g. sde=vp")
+    build(cfg.problem, "problem")
+    sde_from_config(plain(cfg.sde))
+    problem = json.dumps(plain(cfg.problem), sort_keys=True)
+    return "mixture", f"mixture:{problem}|sde:{json.dumps(plain(cfg.sde), sort_keys=True)}"
+
+
+def data_kind(cfg: DictConfig) -> str:
+    """The datamodule class's `kind` ("points" | "images"), read off the class: no data is loaded yet."""
+    try:
+        return get_class(cfg.data._target_).kind
+    except Exception as err:  # noqa: BLE001  (an import error or a typo in the class path: name the key)
+        raise ValueError(f"config data._target_: {type(err).__name__}: {err}") from None
+
+
+def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
+    """The target `target_kind` checked: the exact mixture and its Denoiser, or the checkpoint's and its data."""
+    if kind == "mixture":
+        mixture = build(cfg.problem, "problem")
+        sde = sde_from_config(plain(cfg.sde))
+        protocol = {"problem": cfg.problem._target_.rsplit(".", 1)[-1], "sde": sde.name}
+        return Target(target_id, "points", mixture.denoiser(sde).to(device), mixture=mixture, protocol=protocol)
+    ckpt = read_checkpoint(cfg.checkpoint)
+    denoiser = load_denoiser(cfg.checkpoint, map_location=device)
+    datamodule = build(cfg.data, "data") if cfg.get("data") is not None else None
+    protocol = {"checkpoint": str(Path(cfg.checkpoint).resolve()), "global_step": ckpt.get("global_step"),
+                "ema": "current_model_state" in ckpt}
+    kind = getattr(datamodule, "kind", "points")
+    if datamodule is not None and tuple(datamodule.shape) != tuple(denoiser.shape):
+        raise ValueError(f"config data: shape {tuple(datamodule.shape)} != the checkpoint's {denoiser.shape}")
+    return Target(target_id, kind, denoiser, datamodule=datamodule, protocol=protocol)
+
+
+def reference_samples(target: Target, n: int, start: int) -> torch.Tensor:
+    """n real samples to score against: exact ones from a seed stream disjoint from the sampler seeds, or the
+    datamodule's reference set."""
+    if target.mixture is not None:
+        return target.mixture.sample(n, torch.Generator().manual_seed(10**9 + start)).float()
+    try:
+        return target.datamodule.reference(n)
+    except Exception as err:  # noqa: BLE001  (whatever the datamodule raises, report it against its config key)
+        raise ValueError(f"config data: {type(err).__name__}: {err}") from None
+
+
+def floor_samples(target: Target, n: int, start: int) -> torch.Tensor:
+    """A second exact sample set of the reference's size: what a perfect sampler scores (the noise floor)."""
+    return target.mixture.sample(n, torch.Generator().manual_seed(2 * 10**9 + start)).float()

@@ -1,0 +1,155 @@
+"""lsde-bench as a user runs it: the CLI in a subprocess on the exact 8 Gaussians (and a tiny trained model),
+offline W&B, resume after a crash, shards sharing one results file, and bad specs failing before any sampling."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.wandb_offline import find_run, history, media
+from lightning_sde.bench.report import load
+from lightning_sde.bench.results import ResultsStore
+
+# One torch thread: on a shared 2-core machine, thread spin-waits make small CPU work 10-100x slower.
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+# DDIM and EM at NFE 3, 10, 50 on 300 seeds, and the exact-sample noise floor: 7 cells x 3 metrics (sliced_w2,
+# mmd, loglik)
+SMALL = ["~samplers", "+sampler@samplers.ddim=ddim", "+sampler@samplers.em=euler_maruyama", "nfe=[3,10,50]",
+         "seeds.count=300", "batch_size=128", "progress=false"]
+CELLS, ROWS = 7, 21
+
+
+def run_bench(tmp: Path, *overrides, check=True, timeout=300, wait=True):
+    cmd = [sys.executable, "-m", "lightning_sde.cli.bench", f"results={tmp}/results.jsonl",
+           f"output_dir={tmp}/hydra", *SMALL, *overrides]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, check=False)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def values(path) -> dict:
+    return {r["key"]: r["value"] for r in load(path)}
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """One unsharded sweep with W&B (offline): the reference the other tests compare with."""
+    tmp = tmp_path_factory.mktemp("clean")
+    proc = run_bench(tmp)
+    return tmp, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_sweep_rows_views_and_wandb(clean):
+    tmp, out = clean
+    rows = load(tmp / "results.jsonl")
+    assert len(rows) == ROWS and out.count("computing cell") == CELLS
+    by = {(r["sampler"], r["requested"], r["metric"]): r for r in rows}
+    floor = [r for r in rows if r["grid"] == "exact"]
+    assert {r["sampler"] for r in floor} == {"exact (noise floor)"} and all(r["nfe"] == 0 for r in floor)
+    for r in rows:
+        assert r["problem"] == "eight_gaussians" and r["sde"] == "vp" and r["git_commit"] and r["dtype"] == "float32"
+        assert r["n_samples"] == 300 and r["seed_start"] == 0 and len(r["reference_sha256"]) == 64
+    for r in (r for r in rows if r["grid"] == "nfe"):  # the Denoiser's count: 1 NFE a step, every batch (128, 128, 44)
+        assert r["nfe"] == r["requested"] and r["nfe_per_batch"] == [r["requested"]] * 3
+        assert r["wall_s"] > 0 and r["samples_per_s"] > 0 and r["peak_memory_mb"] > 0 and r["device"] == "cpu"
+        assert r["n_nonfinite"] == 0 and r["batch_size"] == 128
+    # More NFE is better. At 300 samples the sliced-W2 noise floor (~0.33) hides DDIM 10 vs 50 (0.336 vs 0.337), so
+    # sliced W2 is compared from NFE 3, and the exact log-likelihood (no floor) from NFE 10.
+    assert by["ddim", 50, "sliced_w2"]["value"] < by["ddim", 3, "sliced_w2"]["value"] - 0.1
+    assert by["ddim", 50, "loglik"]["value"] > by["ddim", 10, "loglik"]["value"] + 0.1
+    assert by["em", 50, "sliced_w2"]["value"] < by["em", 10, "sliced_w2"]["value"]
+    # views
+    assert (tmp / "results.png").stat().st_size > 10_000
+    md = (tmp / "results.md").read_text()
+    assert "### sliced_w2" in md and "| ddim |" in md and "nfe 50" in md and "| exact (noise floor) |" in md
+    assert len((tmp / "results.csv").read_text().splitlines()) == 1 + ROWS
+    assert (tmp / "samples.png").stat().st_size > 10_000 and len(list((tmp / "samples").glob("*.pt"))) == CELLS + 1
+    # the offline W&B run holds the table and the line charts
+    run = find_run(tmp / "wandb")
+    files = [p.name for p in media(run)]
+    assert any(name.startswith("results_") and name.endswith(".table.json") for name in files), files
+    logged = {k: v for row in history(run) for k, v in row.items()}
+    # a wandb.plot.line chart is logged as its data table "<key>_table" plus a chart spec in the run config
+    for key in ("results", "charts/sliced_w2_vs_nfe_table", "charts/loglik_vs_nfe_table", "charts/wall_s_vs_nfe_table"):
+        assert logged.get(f"{key}/_type") == "table-file", sorted(logged)
+    table = json.loads(next(p for p in media(run) if p.name.startswith("results_")).read_text())
+    assert len(table["data"]) == ROWS and "value" in table["columns"]
+    # `lsde-bench report` redraws the views from the results file alone
+    from lightning_sde.cli.bench import report_main
+
+    report_main([str(tmp / "results.jsonl"), "--out", str(tmp / "view")])
+    assert (tmp / "view" / "results.md").read_text() == md and (tmp / "view" / "results.png").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_a_crash_recomputes_only_what_is_missing(clean, tmp_path):
+    src, _ = clean
+    lines = (src / "results.jsonl").read_text().splitlines(keepends=True)
+    # a crash: the last cell lost entirely, the one before lost one row, and a torn half-written line
+    (tmp_path / "results.jsonl").write_text("".join(lines[:-4]) + lines[-4][:40])
+    kept = {r["key"]: r["time"] for r in ResultsStore(tmp_path / "results.jsonl").rows()[:-2]}  # 4 whole cells
+    proc = run_bench(tmp_path, "wandb.enabled=false")
+    assert (proc.stdout + proc.stderr).count("computing cell") == 2
+    after = ResultsStore(tmp_path / "results.jsonl").latest()
+    assert all(after[k]["time"] == t for k, t in kept.items()), "done cells must not be recomputed"
+    assert values(tmp_path / "results.jsonl") == values(src / "results.jsonl")  # seeds fix every sample
+    proc = run_bench(tmp_path, "wandb.enabled=false")  # nothing left to do
+    assert "computing cell" not in proc.stdout + proc.stderr and "0 computed now" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ddp_processes_split_each_cells_seeds_and_match_one_process(clean, tmp_path):
+    src, _ = clean
+    run_bench(tmp_path, "ddp.devices=2", "wandb.enabled=false")  # Lightning Fabric starts 2 gloo processes
+    rows = load(tmp_path / "results.jsonl")
+    assert len(rows) == ROWS and values(tmp_path / "results.jsonl") == values(src / "results.jsonl")
+    for r in (r for r in rows if r["grid"] == "nfe"):  # 150 seeds a process in batches of 128 + 22
+        assert r["world_size"] == 2 and r["nfe_per_batch"] == [r["requested"]] * 4 and r["n_samples"] == 300
+
+
+@pytest.mark.slow
+def test_two_shards_share_one_file_and_match_the_unsharded_run(clean, tmp_path):
+    src, _ = clean
+    procs = [run_bench(tmp_path, f"shard.index={i}", "shard.count=2", "wandb.enabled=false", wait=False)
+             for i in (0, 1)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert [o.count("computing cell") for o in outs] == [4, 3]  # 7 cells: 0, 2, 4, 6 and 1, 3, 5
+    assert values(tmp_path / "results.jsonl") == values(src / "results.jsonl")
+    assert {r["shard"] for r in load(tmp_path / "results.jsonl")} == {"0/2", "1/2"}
+
+
+@pytest.mark.slow
+def test_bench_a_trained_toy2d_checkpoint(tmp_path):
+    run_dir = tmp_path / "train"
+    cmd = [sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run_dir}", "run_name=t", "experiment=toy2d",
+           "logger=csv", "trainer.max_steps=100", "data.batch_size=128", "model.net.width=64",
+           "trainer.val_check_interval=100", "callbacks.last.every_n_train_steps=100", "callbacks.sampler.n_samples=50",
+           "samplers=quick", "callbacks.best.monitor=val/ddim_10/sliced_w2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
+                          env={k: v for k, v in ENV.items() if k != "LSDE_RUN_NAME"})
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    run_bench(tmp_path, f"checkpoint={ckpt}", "data=toy2d", "nfe=[10]", "seeds.count=200",
+              "wandb.enabled=false")
+    rows = load(tmp_path / "results.jsonl")
+    assert {(r["sampler"], r["metric"]) for r in rows} == {(s, m) for s in ("ddim", "em") for m in ("sliced_w2", "mmd")}
+    for r in rows:
+        assert r["checkpoint"] == str(ckpt.resolve()) and r["global_step"] == 100 and r["ema"] is True
+        assert r["target"] == f"{ckpt.resolve()}@step100"  # retraining into last.ckpt makes a new target
+        assert r["nfe"] == 10 and r["value"] == r["value"]  # not NaN
+
+
+def test_bad_spec_on_the_command_line_names_the_key(tmp_path):
+    proc = run_bench(tmp_path, "nfe=[0]", check=False, timeout=120)
+    assert proc.returncode != 0 and "config nfe[0]: must be an integer >= 1" in proc.stderr
+    assert not (tmp_path / "results.jsonl").exists()
+
+

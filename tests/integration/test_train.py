@@ -1,0 +1,121 @@
+"""lsde-train end to end, as a user runs it: the CLI in a subprocess, real DDP (gloo), real offline W&B files."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers.wandb_offline import find_run, history, media
+from lightning_sde import load_denoiser
+from lightning_sde.data import Toy2DDataModule
+from lightning_sde.models.moments import DataMoments
+from lightning_sde.module import MOMENT_SAMPLES
+from lightning_sde.samplers import build_sampler, sample
+
+QUICK = ["samplers=quick", "callbacks.best.monitor=val/ddim_10/sliced_w2"]  # one DDIM-10 sampler per evaluation
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+
+
+def run_train(run_dir: Path, *overrides, timeout=900):
+    cmd = [sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run_dir}", f"run_name={run_dir.name}",
+           *overrides]
+    env = {k: v for k, v in ENV.items() if k != "LSDE_RUN_NAME"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.slow
+def test_toy2d_trains_samples_and_logs_offline(tmp_path):
+    run_dir = tmp_path / "toy"
+    proc = run_train(run_dir, "experiment=toy2d", "trainer.max_steps=1500", "trainer.val_check_interval=750",
+                     "callbacks.sampler.n_samples=1000", "callbacks.sampler.batch_size=1000")
+    # the loss fell
+    metrics = [r for r in csv_rows(run_dir / "csv" / "version_0" / "metrics.csv") if r.get("train/loss")]
+    first, last = float(metrics[0]["train/loss"]), float(metrics[-1]["train/loss"])
+    assert last < 0.7 * first
+    # EM samples of the EMA model are close to the data: sliced W2 < 0.35 (the floor of two exact 1000-sample
+    # sets of 8 Gaussians is ~0.25; an untrained model's samples are at ~2.5)
+    rows = {r["sampler"]: r for r in csv_rows(run_dir / "samples" / "sampler_metrics.csv") if r["step"] == "1500"}
+    assert float(rows["em_1000"]["sliced_w2"]) < 0.35
+    assert float(rows["em_1000"]["nfe"]) == 1000 and float(rows["ddim_50"]["nfe"]) == 50
+    out = proc.stdout + proc.stderr
+    assert "em_1000" in out and "wandb sync" in out, out[-3000:]
+    # the offline W&B run holds the logged metrics and the scatter plots
+    run_file = find_run(run_dir / "wandb")
+    logged = [row for row in history(run_file) if "val/em_1000/sliced_w2" in row]
+    em_1000 = float(rows["em_1000"]["sliced_w2"])
+    assert len(logged) == 2 and logged[-1]["val/em_1000/sliced_w2"] == pytest.approx(em_1000)
+    assert any("scatter" in p.name for p in media(run_file))
+    # the checkpoint rebuilds the (EMA) model from its path alone
+    denoiser = load_denoiser(run_dir / "checkpoints" / "last.ckpt")
+    assert denoiser(torch.zeros(3, 2), 0.5).eps.shape == (3, 2)
+    # with the training data's mean and covariance (MOMENT_SAMPLES of them), which gaussian_start uses
+    expected = DataMoments.of_samples(Toy2DDataModule(name="eight_gaussians").reference(MOMENT_SAMPLES))
+    assert torch.allclose(denoiser.data_moments.mean, expected.mean)
+    assert torch.allclose(denoiser.data_moments.eigvals, expected.eigvals)
+    x, info = sample(build_sampler("unipc", steps=8, gaussian_start=0.15), denoiser, range(16))
+    assert info["nfe"] == 8 and bool(torch.isfinite(x).all())
+
+
+@pytest.mark.slow
+def test_resume_continues_where_it_stopped(tmp_path):
+    run_dir = tmp_path / "resume"
+    common = ["experiment=toy2d", "logger=csv", "callbacks.last.every_n_train_steps=100",
+              "trainer.val_check_interval=100", "callbacks.sampler.n_samples=50", *QUICK]
+    run_train(run_dir, *common, "trainer.max_steps=200")
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert first["global_step"] == 200
+    proc = run_train(run_dir, *common, "trainer.max_steps=400")  # same run_name and dir: ckpt_path=last resumes
+    assert "Restoring states from the checkpoint" in proc.stdout + proc.stderr
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert final["global_step"] == 400
+    adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {400}, "the optimizer state must continue, not restart"
+    assert int(final["averaging_state"]["n_averaged"]) == 400, "the EMA must continue, not restart"
+    steps = [int(r["step"]) for r in csv_rows(run_dir / "samples" / "sampler_metrics.csv")]
+    assert steps == [100, 200, 300, 400], "each evaluation once: nothing repeated or lost"
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    run_dir = tmp_path / "ddp"
+    proc = run_train(run_dir, "experiment=toy2d", "trainer=ddp_cpu", "logger=csv", "trainer.max_steps=60",
+                     "trainer.val_check_interval=60", "callbacks.sampler.n_samples=101", *QUICK,
+                     "+sampler@samplers.em_100=euler_maruyama", "samplers.em_100.steps=100")
+    out = proc.stdout + proc.stderr
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out and "GLOBAL_RANK: 0, MEMBER: 1/2" in out
+    rows = csv_rows(run_dir / "samples" / "sampler_metrics.csv")
+    assert {r["sampler"] for r in rows} == {"ddim_10", "em_100"}
+    for r in rows:  # 101 seeds split 51 + 50 across the ranks: exactly 101 distinct samples, none padded
+        assert float(r["n_samples"]) == 101 and float(r["n_distinct"]) == 101
+
+
+@pytest.mark.slow
+def test_digits_samples_beat_noise_on_domain_fid(tmp_path):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from lightning_sde.data import DigitsDataModule
+    from lightning_sde.metrics.features import build_feature_extractor
+
+    run_dir = tmp_path / "digits"
+    run_train(run_dir, "experiment=digits", "logger=csv", "trainer.max_steps=300", "trainer.val_check_interval=300",
+              "samplers=quick", "samplers.ddim_10.steps=50", "callbacks.best.monitor=val/ddim_10/fid",
+              "callbacks.sampler.n_samples=500")
+    (row,) = csv_rows(run_dir / "samples" / "sampler_metrics.csv")
+    # The same FID protocol on uniform noise: what an untrained model's samples score.
+    fid = FrechetInceptionDistance(feature=build_feature_extractor("digits"), normalize=True)
+    fid.update((DigitsDataModule(batch_size=128).reference(500) + 1) / 2, real=True)
+    fid.update(torch.rand(500, 1, 8, 8, generator=torch.Generator().manual_seed(0)), real=False)
+    noise_fid = float(fid.compute())
+    assert float(row["fid"]) < 0.7 * noise_fid, (row["fid"], noise_fid)
+    assert any(p.name.startswith("ddim_10_step") for p in (run_dir / "samples").glob("*.png"))

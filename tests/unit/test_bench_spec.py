@@ -1,0 +1,131 @@
+"""lsde-bench in-process: the sweep spec and its validation (before any sampling), the results store under
+concurrent appends, FID/KID reference statistics and their cache, lsde-prepare's requests."""
+
+import multiprocessing
+import time
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from lightning_sde.bench.results import ResultsStore
+from lightning_sde.configuration import CONFIG_PACKAGE
+from lightning_sde.metrics.scorer import Scorer
+
+SMALL = ["~samplers", "+sampler@samplers.ddim=ddim", "+sampler@samplers.em=euler_maruyama", "nfe=[3,10,50]",
+         "seeds.count=300", "batch_size=128", "progress=false"]
+
+
+def _append_many(path, tag):
+    store = ResultsStore(path)
+    for i in range(50):
+        store.append([{"key": f"{tag}-{i}-{j}", "pad": "x" * 5000} for j in range(3)])
+
+
+def test_concurrent_appends_never_interleave(tmp_path):
+    path = tmp_path / "r.jsonl"
+    procs = [multiprocessing.get_context("fork").Process(target=_append_many, args=(path, t)) for t in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    rows = ResultsStore(path).rows()
+    assert len(rows) == 300 and len({r["key"] for r in rows}) == 300
+
+
+def _cfg(tmp_path, *overrides):
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        return compose("bench", overrides=[f"results={tmp_path}/r.jsonl", *SMALL, *overrides])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["samplers.ddim._target_=lightning_sde.samplers.DDDIM"], "config samplers.ddim: ImportError"),
+        (["samplers.ddim.eta=2"], "config samplers.ddim: ValueError: ddim: eta must lie in [0, 1]; got 2"),
+        (["nfe=[]"], "config nfe: is empty"),
+        (["nfe=[10,0]"], "config nfe[1]: must be an integer >= 1; got 0"),
+        (["+sampler@samplers.ode=ode", "tolerances=[1e-3,-1e-5]"], "config tolerances[1]: must be a number > 0"),
+        (["checkpoint=/nonexistent.ckpt", "data=toy2d"],
+         "config checkpoint: no checkpoint file at '/nonexistent.ckpt'"),
+        (["metrics=[sliced_w2,fidd]"], "config metrics: unknown or unusable metric(s) ['fidd'] for a exact mixture "
+                                       "target; allowed: ['sliced_w2', 'mmd', 'loglik']"),
+        (["samplers.ddim.times=[1.0,0.5,0.001]", "samplers.ddim.steps=2"], "explicit times fix the number of steps"),
+        (["shard.index=2", "shard.count=2"], "config shard.index: must be an integer in [0, 2)"),
+        (["problem._target_=lightning_sde.exact.nine_gaussians"], "config problem: ImportError"),
+        (["ddp.devices=0"], "config ddp.devices: must be an integer >= 1; got 0"),
+        (["reference_count=-5"], "config reference_count: must be an integer >= 1"),
+        (["dtype=float16"], "config dtype: 'float16' is not one of"),
+    ],
+)
+def test_bad_spec_fails_fast_before_sampling(tmp_path, monkeypatch, overrides, message):
+    from lightning_sde.bench import runner
+
+    monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("sampled before validating"))
+    cfg = _cfg(tmp_path, *overrides)
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as err:
+        runner.run_sweep(cfg)
+    assert time.perf_counter() - start < 1.0
+    assert message in str(err.value)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_heun_skips_nfe_below_its_step_cost(tmp_path, caplog):
+    from lightning_sde.bench.runner import prepare
+
+    cells = prepare(_cfg(tmp_path, "+sampler@samplers.heun=heun", "nfe=[1,10]")).cells
+    heun = [c for c in cells if c.label == "heun"]
+    assert [(c.requested, c.params["steps"]) for c in heun] == [(10, 5)]  # NFE 1 < 2 a step: skipped, with a note
+    assert "skipping heun at nfe=1" in caplog.text
+
+
+def test_fid_kid_on_digits_use_cached_reference_statistics(tmp_path):
+    from lightning_sde.data import DigitsDataModule
+
+    ref = DigitsDataModule().reference(300)
+    first = Scorer(ref, ("fid", "kid"), feature_extractor="digits", cache_dir=tmp_path)
+    noise = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    on_noise, on_data = first(noise), first(ref.clone())
+    assert on_data["fid"] < 1e-3 and on_noise["fid"] > 10 and on_data["kid"] < 0.01 < on_noise["kid"]
+    assert first.protocol["feature_extractor"] == "digits" and len(first.protocol["feature_sha256"]) == 64
+    caches = sorted(tmp_path.glob("reference-*.pt"))
+    assert [p.name.rsplit("-", 1)[1] for p in caches] == ["fid.pt", "kid.pt"]
+    mtimes = [p.stat().st_mtime_ns for p in caches]
+    again = Scorer(ref, ("fid", "kid"), feature_extractor="digits", cache_dir=tmp_path)  # from the cache
+    assert again(noise) == on_noise and [p.stat().st_mtime_ns for p in caches] == mtimes
+
+
+def test_lsde_prepare_caches_the_reference_statistics_the_bench_reads(tmp_path, caplog):
+    from lightning_sde.cli.prepare import main as prepare_main
+    from lightning_sde.data import DigitsDataModule
+
+    assert prepare_main(["digits", "--reference-stats", "300", "--features", "digits", "--cache", str(tmp_path)]) == 0
+    caches = sorted(tmp_path.glob("reference-*.pt"))
+    assert len(caches) == 2
+    mtimes = [p.stat().st_mtime_ns for p in caches]
+    # the bench's reference for data=digits, seeds.count=300: the same tensor, so the same cache entries
+    caplog.set_level("INFO")
+    scorer = Scorer(DigitsDataModule().reference(300), ("fid", "kid"), feature_extractor="digits", cache_dir=tmp_path)
+    assert sorted(tmp_path.glob("reference-*.pt")) == caches and [p.stat().st_mtime_ns for p in caches] == mtimes
+    assert caplog.text.count("reference statistics from") == 2
+    assert scorer.protocol["n_reference"] == 300 and scorer.protocol["reference_stats"] in caches[0].name
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "nothing to do"),
+    (["imagenet"], "unknown dataset(s) ['imagenet']"),
+    (["cifar10"], "--root is needed to download ['cifar10']"),
+    (["toy2d", "--reference-stats", "10"], "not an image dataset"),
+])
+def test_lsde_prepare_rejects_bad_requests(argv, message, capsys):
+    from lightning_sde.cli.prepare import main as prepare_main
+
+    try:
+        prepare_main(argv)
+    except SystemExit:
+        pass
+    except ValueError as err:
+        assert message in str(err)
+        return
+    assert message in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""The config tree: every app and every experiment composes and builds; an experiment states its whole sampler set;
+a bad value fails at start-up naming its key. Configs are composed through the package (as an installed wheel
+finds them), never through a path into the checkout."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+
+from lightning_sde.cli.train import build
+from lightning_sde.configuration import CONFIG_PACKAGE, config_root
+from lightning_sde.samplers import Sampler
+
+ROOT = config_root()
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiment").glob("*.yaml"))
+SAMPLER_SETS = sorted(p.stem for p in (ROOT / "samplers").glob("*.yaml"))
+APPS = ("train", "bench", "compare", "likelihood", "figures")
+
+
+def composed(app: str, overrides=()):
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        return compose(app, overrides=list(overrides))
+
+
+def labels_stated_in(set_name: str) -> list[str]:
+    """The sampler labels a sampler-set file states: `- /sampler@<label>: <sampler>` entries of its defaults."""
+    defaults = yaml.safe_load((ROOT / "samplers" / f"{set_name}.yaml").read_text())["defaults"]
+    return [next(iter(entry)).split("@", 1)[1] for entry in defaults if isinstance(entry, dict)]
+
+
+def set_of(experiment: str) -> str:
+    defaults = yaml.safe_load((ROOT / "experiment" / f"{experiment}.yaml").read_text())["defaults"]
+    (name,) = [entry["override /samplers"] for entry in defaults if "override /samplers" in entry]
+    return name
+
+
+def test_the_tree_is_found_through_the_package():
+    assert (ROOT / "train.yaml").is_file() and EXPERIMENTS and SAMPLER_SETS
+    assert Path(__file__).resolve().parents[2] / "configs" == ROOT.resolve()  # in a checkout: the top-level configs/
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_every_app_composes(app, tmp_path):
+    cfg = composed(app, [f"paths.root={tmp_path}"])
+    assert cfg.output_dir.startswith(str(tmp_path)) or app == "figures" and str(tmp_path) in cfg.output_dir
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_builds_and_states_its_samplers(experiment, tmp_path):
+    cfg = composed("train", [f"experiment={experiment}", f"run_dir={tmp_path}", "run_name=t"])
+    assert cfg.trainer.max_steps > 0
+    # the experiment's sampler set replaces the default one: exactly the labels its set file states
+    assert list(cfg.samplers) == labels_stated_in(set_of(experiment))
+    # Shrunk to run here: CPU trainer, no loggers; data is constructed but not downloaded.
+    small = composed("train", [f"experiment={experiment}", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
+                               "trainer.max_steps=2", "logger=none"])
+    datamodule, module, trainer = build(small)
+    assert tuple(module.denoiser.shape) == tuple(datamodule.shape)
+    assert trainer.max_steps == 2
+    names = [type(c).__name__ for c in trainer.callbacks]
+    assert names.index("SamplerCallback") < names.index("EMAWeightAveraging")
+    callback = next(c for c in trainer.callbacks if type(c).__name__ == "SamplerCallback")
+    assert list(callback.samplers) == list(cfg.samplers)
+    assert all(isinstance(s, Sampler) for s in callback.samplers.values())
+
+
+@pytest.mark.parametrize("set_name", SAMPLER_SETS)
+def test_every_sampler_set_builds(set_name):
+    from hydra.utils import instantiate
+
+    cfg = composed("bench", [f"samplers={set_name}"])
+    assert list(cfg.samplers) == labels_stated_in(set_name)
+    assert all(isinstance(instantiate(node), Sampler) for node in cfg.samplers.values())
+
+
+def test_a_sampler_set_replaces_rather_than_merges():
+    cfg = composed("train", ["experiment=cifar10_ve_ncsnpp"])
+    assert "pc_1000" in cfg.samplers and "em_1000" not in cfg.samplers
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+optimm.lr=1", "unknown top-level key(s) ['optimm']"),
+        ("+model.net.widthh=3", "config model.net: TypeError"),  # a typo Hydra lets through with +
+        ("samplers.em_1000.steps=0",
+         "config samplers.em_1000: ValueError: euler_maruyama: steps must be an integer >= 1"),
+        ("sde.beta_min=-1", "config sde: ValueError: beta_min must be > 0"),
+        ("model.net.dim=3", "config model.net"),
+        ("ckpt_path=/nonexistent.ckpt", "no checkpoint at '/nonexistent.ckpt'"),
+    ],
+)
+def test_bad_config_fails_at_start_naming_the_key(tmp_path, override, message):
+    cfg = composed("train", ["experiment=toy2d", f"run_dir={tmp_path}", "run_name=t", "logger=none", override])
+    with pytest.raises(ValueError) as err:
+        build(cfg)
+    assert message in str(err.value)

@@ -1,0 +1,239 @@
+"""DataModules: the shared interface (shape, kind, tensor batches, deterministic reference), split sizes, toy
+samples against the exact mixture moments, digits scaling and dequantisation, ImageFolder resize/crop, and the
+offline failure of the torchvision sets."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lightning_sde.cli.prepare import main as prepare_main
+from lightning_sde.data import (
+    TOY_NAMES,
+    CIFAR10DataModule,
+    DigitsDataModule,
+    ImageFolderDataModule,
+    MNISTDataModule,
+    TorchvisionDataModule,
+    Toy2DDataModule,
+    build_datamodule,
+)
+
+
+def mixture_moments(mixture):
+    w = mixture.log_weights.exp()
+    mean = (w[:, None] * mixture.means).sum(0)
+    second = (w[:, None, None] * (mixture.covs + mixture.means[:, :, None] * mixture.means[:, None, :])).sum(0)
+    return mean, second - mean[:, None] * mean[None, :]
+
+
+# --- toy --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", TOY_NAMES)
+def test_toy_interface_and_split_sizes(name):
+    dm = build_datamodule(name, batch_size=256, n_train=5000, n_val=300)
+    dim = {"random_mixture": 16, "gaussians_1d": 1}.get(name, 2)
+    assert dm.kind == "points" and dm.shape == (dim,)
+    assert len(dm.train_set) == 5000 and len(dm.val_set) == 300
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 5000 // 256  # drop_last
+    assert all(isinstance(b, torch.Tensor) and b.shape == (256, dim) and b.dtype == torch.float32 for b in batches)
+    val = torch.cat(list(dm.val_dataloader()))
+    assert torch.equal(val, dm.val_set.data)
+    ref = dm.reference(1000)
+    assert ref.shape == (1000, dim) and ref.dtype == torch.float32
+    assert torch.equal(ref, dm.reference(1000))  # the same on every call
+    assert not torch.equal(ref[:300], dm.val_set.data[:300])  # a stream of its own, not the validation set
+    assert (dm.mixture is not None) == (name in ("gaussians_1d", "eight_gaussians", "swiss_roll", "random_mixture"))
+    again = build_datamodule(name, batch_size=256, n_train=5000, n_val=300)
+    assert torch.equal(again.train_set.data, dm.train_set.data)  # generated once from the seed
+    other = build_datamodule(name, batch_size=256, n_train=5000, n_val=300, seed=1)
+    assert not torch.equal(other.train_set.data, dm.train_set.data)
+
+
+@pytest.mark.parametrize("name", ["eight_gaussians", "swiss_roll", "random_mixture"])
+def test_toy_mixture_samples_match_the_exact_moments(name):
+    n = 100_000
+    dm = Toy2DDataModule(name, batch_size=512, n_train=n)
+    x = dm.train_set.data.double()
+    mean, cov = mixture_moments(dm.mixture)
+    # 5 standard errors, estimated from the sample itself
+    xc = x - x.mean(0)
+    assert ((x.mean(0) - mean).abs() <= 5 * x.std(0) / math.sqrt(n)).all()
+    products = xc[:, :, None] * xc[:, None, :]
+    se = products.std(0) / math.sqrt(n)
+    assert ((products.mean(0) - cov).abs() <= 5 * se + 1e-6).all()
+
+
+def test_toy_samplers_have_their_shapes():
+    board = Toy2DDataModule("checkerboard", batch_size=64, n_train=20_000).train_set.data
+    assert board.abs().max() <= 4.0
+    cell = torch.floor((board + 4) / 2).long()
+    assert ((cell[:, 0] + cell[:, 1]) % 2 == 0).all()  # only the dark squares
+    assert (board.mean(0).abs() < 0.1).all()
+    moons = Toy2DDataModule("two_moons", batch_size=64, n_train=20_000, noise=0.05).train_set.data
+    assert (moons.mean(0).abs() < 0.1).all()
+    assert moons[:, 0].abs().max() < 4.5 and moons[:, 1].abs().max() < 3.0
+
+
+def test_toy_params_pass_through_and_bad_arguments_fail_clearly():
+    dm = Toy2DDataModule("random_mixture", batch_size=32, n_train=1000, dim=3, n_components=4)
+    assert dm.shape == (3,) and dm.mixture.means.shape == (4, 3)
+    with pytest.raises(ValueError, match="unknown name 'spiral'.*checkerboard"):
+        Toy2DDataModule("spiral", batch_size=32)
+    with pytest.raises(ValueError, match=r"takes no parameter\(s\) \['dim'\]"):
+        Toy2DDataModule("eight_gaussians", batch_size=32, dim=3)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1; got 0"):
+        Toy2DDataModule("eight_gaussians", batch_size=0)
+    with pytest.raises(ValueError, match="n_train"):
+        Toy2DDataModule("eight_gaussians", batch_size=32, n_train=-5)
+    with pytest.raises(ValueError, match="unknown datamodule 'celeba'.*cifar10.*digits.*image_folder"):
+        build_datamodule("celeba", batch_size=8)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['hflip'\]"):
+        build_datamodule("digits", batch_size=8, hflip=True)
+    with pytest.raises(ValueError, match="exceeds the 100 training samples"):
+        Toy2DDataModule("eight_gaussians", batch_size=128, n_train=100).train_dataloader()
+
+
+def test_loaders_survive_lightnings_distributed_sampler_injection():
+    """Lightning rebuilds the train loader with a DistributedSampler under DDP: batches stay plain tensors."""
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import DistributedSampler
+
+    dm = Toy2DDataModule("eight_gaussians", batch_size=100, n_train=1000)
+    loader = dm.train_dataloader()
+    shard = _update_dataloader(loader, DistributedSampler(loader.dataset, num_replicas=2, rank=1, shuffle=True))
+    batches = list(shard)
+    assert len(batches) == 5 and all(b.shape == (100, 2) for b in batches)
+
+
+# --- digits -----------------------------------------------------------------------------------------------------
+
+
+def test_digits_split_range_and_reference():
+    dm = DigitsDataModule(batch_size=128, n_val=180)
+    assert dm.kind == "images" and dm.shape == (1, 8, 8)
+    assert len(dm.train_set) + len(dm.val_set) == 1797 and len(dm.val_set) == 180
+    assert set(dm.train_index.tolist()).isdisjoint(dm.val_index.tolist())
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (128, 1, 8, 8) and batch.dtype == torch.float32
+    everything = torch.cat([torch.cat(list(dm.train_dataloader())), dm.val_set.data])
+    assert everything.min() == -1.0 and everything.max() == 1.0
+    levels = torch.unique(dm.reference(1617))
+    assert torch.allclose(levels, torch.linspace(-1, 1, 17))  # exactly the 17 levels
+    assert torch.equal(dm.reference(500), dm.reference(500))
+    assert torch.equal(dm.reference(500), DigitsDataModule(batch_size=8).reference(500))
+    with pytest.raises(ValueError, match="more than the 1617 training samples"):
+        dm.reference(1700)
+
+
+def test_digits_dequantisation_moves_each_pixel_by_less_than_one_level():
+    plain = DigitsDataModule(batch_size=64, dequantize=False)
+    deq = DigitsDataModule(batch_size=64, dequantize=True)
+    a, b = plain.reference(1000), deq.reference(1000)
+    assert torch.equal(b, deq.reference(1000))
+    level = 2 / 17  # width of one level after dequantised scaling (2 / 16 without)
+    diff = (a - b).abs()
+    assert diff.max() < level and diff.mean() > 0.1 * level
+    assert b.min() >= -1 and b.max() < 1 and torch.unique(b).numel() > 10_000  # continuous values
+    # the integer level is recovered by flooring: dequantisation never crosses into a neighbouring level
+    assert torch.equal(torch.floor((b + 1) * 17 / 2), torch.round((a + 1) * 16 / 2))
+    e1, e2 = next(iter(deq.train_dataloader())), next(iter(deq.train_dataloader()))
+    assert not torch.equal(e1, e2)  # fresh noise for every batch
+    assert deq.bits_per_dim_offset == pytest.approx(math.log2(8.5)) and plain.bits_per_dim_offset is None
+
+
+# --- ImageFolder ------------------------------------------------------------------------------------------------
+
+
+def write_png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_image_folder_resizes_crops_and_scales(tmp_path):
+    rng = np.random.default_rng(0)
+    # class sub-folders (ImageFolder layout) and a loose file, different sizes and modes
+    for i in range(6):
+        write_png(tmp_path / f"class{i % 2}" / f"img{i}.png", rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8))
+    write_png(tmp_path / "gray.png", rng.integers(0, 256, (40, 40), dtype=np.uint8))
+    # 16 high, 48 wide: red | green | blue thirds. Resizing keeps 16x48; the centre crop keeps only green.
+    stripes = np.zeros((16, 48, 3), dtype=np.uint8)
+    stripes[:, :16, 0] = stripes[:, 16:32, 1] = stripes[:, 32:, 2] = 255
+    write_png(tmp_path / "stripes.png", stripes)
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    dm = ImageFolderDataModule(tmp_path, image_size=16, batch_size=4, n_val=2)
+    assert dm.kind == "images" and dm.shape == (3, 16, 16)
+    assert len(dm.train_set) == 6 and len(dm.val_set) == 2
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (4, 3, 16, 16) and batch.dtype == torch.float32
+    assert batch.min() >= -1 and batch.max() <= 1
+    ref = dm.reference(6)
+    assert ref.shape == (6, 3, 16, 16) and torch.equal(ref, dm.reference(6))
+    everything = torch.cat([ref, torch.cat(list(dm.val_dataloader()))])
+    green = torch.tensor([-1.0, 1.0, -1.0])[:, None, None].expand(3, 16, 16)
+    assert sum(torch.equal(x, green) for x in everything) == 1
+
+    gray = ImageFolderDataModule(tmp_path, image_size=16, channels=1, batch_size=2)
+    assert gray.shape == (1, 16, 16) and gray.reference(3).shape == (3, 1, 16, 16)
+
+
+def test_image_folder_missing_or_empty_folder_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageFolderDataModule(tmp_path / "nowhere", image_size=16, batch_size=2)
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"no images under .*empty.*\.png"):
+        ImageFolderDataModule(tmp_path / "empty", image_size=16, batch_size=2)
+    with pytest.raises(ValueError, match="channels must be 1"):
+        ImageFolderDataModule(tmp_path, image_size=16, channels=4, batch_size=2)
+
+
+# --- torchvision sets without data and without internet ---------------------------------------------------------
+
+
+def test_torchvision_download_failure_names_dataset_root_and_command(tmp_path):
+    dm = MNISTDataModule(root=str(tmp_path), batch_size=8, download_timeout=2)
+    assert dm.shape == (1, 28, 28) and dm.kind == "images"
+    start = time.perf_counter()
+    try:
+        dm.prepare_data()
+    except RuntimeError as err:
+        message = str(err)
+    else:
+        pytest.skip("MNIST downloaded: this machine has internet; the offline failure cannot be observed")
+    assert time.perf_counter() - start < 10
+    assert "MNIST" in message and str(tmp_path.resolve()) in message
+    assert f"lsde-prepare mnist --root {tmp_path.resolve()}" in message
+    assert "downloading it failed" in message
+
+
+def test_torchvision_without_download_or_setup_fails_at_once(tmp_path):
+    dm = CIFAR10DataModule(root=str(tmp_path / "data"), batch_size=8, download=False)
+    assert dm.shape == (3, 32, 32) and dm.hflip
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"(?s)CIFAR-10 is not under root .*download=False.*prepare cifar10 --root"):
+        dm.prepare_data()
+    with pytest.raises(RuntimeError, match=r"(?s)CIFAR-10 is not under root .*prepare cifar10 --root"):
+        dm.setup("fit")
+    with pytest.raises(RuntimeError, match="CIFAR-10"):
+        dm.reference(10)
+    assert time.perf_counter() - start < 2
+    with pytest.raises(ValueError, match="hflip=True mirrors digits"):
+        TorchvisionDataModule("mnist", root=str(tmp_path), batch_size=8, hflip=True)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['hflip'\]"):
+        build_datamodule("mnist", batch_size=8, hflip=True)
+
+
+def test_prepare_cli_reports_the_failure(tmp_path, capsys):
+    assert prepare_main(["mnist", "--root", str(tmp_path), "--timeout", "5"]) in (0, 1)
+    err = capsys.readouterr().err
+    if err:
+        assert "MNIST" in err and "--root" in err
+    with pytest.raises(SystemExit):
+        prepare_main(["imagenet", "--root", str(tmp_path)])

@@ -1,0 +1,154 @@
+"""The exponential-integrator samplers (DPM-Solver++, UniPC, SDE-DPM-Solver++, the adaptive UniPC) and tuned grids:
+orders against converged references, exact NFE, every solver on every SDE, bad parameters."""
+
+import math
+
+import pytest
+import torch
+
+from helpers.convergence import GAUSSIAN, SEEDS, check_order, gaussian_flow, gaussian_x_T, mixture_reference
+from helpers.oracles import SDES, counting_denoiser, rmse, wide_circle
+from lightning_sde.exact import eight_gaussians
+from lightning_sde.metrics import mmd
+from lightning_sde.samplers import build_sampler, optimize_grid, sample
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+STEPS = (32, 64, 128)
+# name -> (sampler, params, order, steps) on the log-SNR grid (asymptotic from 32: measured doublings within 0.1 of
+# p; UniPC-4 from 64). UniPC's corrector raises its predictor's order p to p + 1. UniPC-4 without lower_order_final:
+# its uncorrected first-order last step dominates beyond ~200 steps (measured slope 2.6 from 128 to 256).
+ORDERS = {
+    "dpmpp-2m": ("dpmpp", {"order": 2}, 2, STEPS),
+    "dpmpp-3m": ("dpmpp", {"order": 3}, 3, STEPS),
+    "unipc-1": ("unipc", {"order": 1}, 2, STEPS),
+    "unipc-2": ("unipc", {"order": 2}, 3, STEPS),
+    "unipc-3": ("unipc", {"order": 3}, 4, STEPS),
+    "unipc-4": ("unipc", {"order": 4, "lower_order_final": False}, 5, (64, 128, 256)),
+}
+# p -> (fitted slope, every doubling) for the orders test_convergence's bands leave out: p +- 0.4, p +- 0.6
+ODD_BANDS = {3: ((2.6, 3.4), (2.4, 3.6)), 5: ((4.6, 5.4), (4.4, 5.6))}
+
+
+def _check(steps, errors, p):
+    if p in ODD_BANDS:
+        (lo, hi), (llo, lhi) = ODD_BANDS[p]
+        slopes = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
+        fitted = math.log2(errors[0] / errors[-1]) / math.log2(steps[-1] / steps[0])
+        assert lo <= fitted <= hi and all(llo <= s <= lhi for s in slopes), errors
+    else:
+        check_order(steps, errors, p)
+
+
+@pytest.mark.parametrize("key", ORDERS)
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_order_on_the_mixture_against_a_converged_reference(sde_name, key):
+    name, params, p, steps = ORDERS[key]
+    ref, ref_error = mixture_reference(sde_name)
+    den = wide_circle().denoiser(SDES[sde_name])
+    errors = []
+    for n in steps:
+        x, info = sample(build_sampler(name, steps=n, grid="logsnr", **params), den, seeds=SEEDS, dtype=torch.float64)
+        assert info["nfe"] == n  # one evaluation a step, warm-up and corrector included
+        errors.append(rmse(x, ref))
+    assert ref_error <= 1e-2 * min(errors)
+    _check(steps, errors, p)
+
+
+@pytest.mark.parametrize("key", ["dpmpp-2m", "unipc-2"])
+def test_order_on_the_closed_form_gaussian_flow(key):
+    name, params, p, steps = ORDERS[key]
+    x_T = gaussian_x_T("vp")
+    truth = gaussian_flow("vp", x_T)
+    errors = [rmse(build_sampler(name, steps=n, grid="logsnr", **params)(GAUSSIAN.denoiser(SDES["vp"]), x_T)[0], truth)
+              for n in steps]
+    _check(steps, errors, p)
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("name, params", [("dpmpp", {"order": 2}), ("dpmpp", {"order": 3}), ("unipc", {"order": 2}),
+                                          ("unipc", {"order": 3}), ("unipc", {"order": 4})])
+def test_every_solver_on_every_sde_beats_ddim_at_50_steps(sde_name, name, params):
+    ref, _ = mixture_reference(sde_name) if sde_name != "subvp" else (None, None)
+    den, net = counting_denoiser(wide_circle(), sde_name)
+    x, info = sample(build_sampler(name, steps=50, grid="logsnr", **params), den, seeds=SEEDS, dtype=torch.float64)
+    assert info["nfe"] == net.calls == 50
+    times = torch.cat(net.times)
+    assert times.min() >= SDES[sde_name].eps * (1 - 1e-12) and times.max() <= SDES[sde_name].T * (1 + 1e-12)
+    if ref is None:  # sub-VP: against its own dopri5 reference
+        ref = sample(build_sampler("ode", rtol=1e-10, atol=1e-10), wide_circle().denoiser(SDES[sde_name]),
+                     seeds=SEEDS, dtype=torch.float64)[0]
+    ddim = sample(build_sampler("ddim", steps=50, grid="logsnr"), wide_circle().denoiser(SDES[sde_name]), seeds=SEEDS,
+                  dtype=torch.float64)[0]
+    assert rmse(x, ref) < 0.3 * rmse(ddim, ref)  # a higher-order method beats the first-order one at equal NFE
+
+
+def test_adaptive_unipc_counts_its_evaluations_and_error_falls_with_tolerance():
+    ref, _ = mixture_reference("vp")
+    errors, nfes = [], []
+    for tol in (1e-3, 1e-5):
+        den, net = counting_denoiser(wide_circle(), "vp")
+        x, info = sample(build_sampler("unipc_adaptive", rtol=tol, atol=tol), den, seeds=SEEDS, dtype=torch.float64)
+        # one evaluation at T, then one per attempted step (the corrector reuses it; a rejected step wastes it)
+        assert info["nfe"] == net.calls == 1 + info["n_accept"] + info["n_reject"]
+        assert torch.cat(net.times).min() >= SDES["vp"].eps * (1 - 1e-12)
+        errors.append(rmse(x, ref))
+        nfes.append(info["nfe"])
+    assert errors[1] < errors[0] / 10 and nfes[1] > nfes[0]
+    dopri = sample(build_sampler("ode", rtol=1e-5, atol=1e-5), wide_circle().denoiser(SDES["vp"]), seeds=SEEDS,
+                   dtype=torch.float64)
+    assert errors[1] < rmse(dopri[0], ref) and nfes[1] < dopri[1]["nfe"]  # more accurate for fewer NFE
+
+
+def test_sde_dpmpp_matches_the_data_distribution_and_is_seed_reproducible():
+    sde = SDES["vp"]
+    mixture = eight_gaussians()
+    den = mixture.denoiser(sde)
+    exact = mixture.sample(2000, torch.Generator().manual_seed(7)).float()
+    floor = mmd(mixture.sample(2000, torch.Generator().manual_seed(8)).float(), exact)
+    x, info = sample(build_sampler("sde_dpmpp", steps=100), den, seeds=range(2000), dtype=torch.float64)
+    assert info["nfe"] == 100
+    assert mmd(x.float(), exact) < 1.5 * floor
+    coarse, _ = sample(build_sampler("sde_dpmpp", steps=5), den, seeds=range(2000), dtype=torch.float64)
+    assert mmd(coarse.float(), exact) > 1.8 * floor  # the test can fail
+    again, _ = sample(build_sampler("sde_dpmpp", steps=100), den, seeds=range(1000, 2000), dtype=torch.float64)
+    assert torch.equal(again, x[1000:])  # sample i depends on seed i only
+
+
+def test_optimized_grid_beats_the_quadratic_grid_on_held_out_seeds():
+    sde = SDES["vp"]
+    den = eight_gaussians().denoiser(sde)
+    sampler = build_sampler("unipc", steps=10, grid="quadratic")
+    times, report = optimize_grid(sampler, den, pilot=128, iters=60)
+    assert len(times) == 11 and times[0] == sde.T and times[-1] == sde.eps and bool((times[1:] < times[:-1]).all())
+    assert report["pilot_rmse_final"] < report["pilot_rmse_init"] and report["pilot_nfe"] > 0
+    assert den.nfe == report["pilot_nfe"], "the Denoiser counts every forward; the report names the pilot's"
+    seeds = range(512)  # disjoint from the pilot's seeds
+    ref = sample(build_sampler("ode", rtol=1e-9, atol=1e-9), den, seeds, dtype=torch.float64)[0]
+    quad = sample(sampler, den, seeds, dtype=torch.float64)[0]
+    tuned, info = sample(build_sampler("unipc", steps=10, times=times.tolist()), den, seeds, dtype=torch.float64)
+    assert info["nfe"] == 10 and rmse(tuned, ref) < 0.8 * rmse(quad, ref)
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("dpmpp", {"order": 4}, "order must be one of (1, 2, 3)"),
+    ("unipc", {"order": 0}, "order must be one of (1, 2, 3, 4)"),
+    ("unipc_adaptive", {"order": 5}, "order must be one of (1, 2, 3, 4)"),
+    ("sde_dpmpp", {"order": 3}, "order must be one of (1, 2)"),
+    ("dpmpp", {"grid": "cosine"}, "unknown grid 'cosine'"),
+    ("dpmpp", {"steps": 0}, "steps must be an integer >= 1"),
+    ("dpmpp", {"steps": 3, "times": [1.0, 0.5, 0.001]}, "times must be 4 strictly decreasing times"),
+    ("unipc_adaptive", {"rtol": 0}, "rtol must be a number > 0"),
+    ("unipc_adaptive", {"safety": 1.5}, "safety must lie in (0, 1]"),
+])
+def test_bad_parameters_are_rejected(name, params, message):
+    with pytest.raises(ValueError) as err:
+        build_sampler(name, **params)
+    assert message in str(err.value)
+
+
+def test_times_must_span_the_sdes_interval():
+    den = eight_gaussians().denoiser(SDES["vp"])
+    with pytest.raises(ValueError, match="times must run from"):
+        sample(build_sampler("dpmpp", steps=2, times=[1.0, 0.5, 0.1]), den, range(4))
+    with pytest.raises(ValueError, match="deterministic"):
+        optimize_grid(build_sampler("sde_dpmpp", steps=4), den, pilot=4, iters=1)

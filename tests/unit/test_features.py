@@ -1,0 +1,184 @@
+"""The digits feature network as torchmetrics' FID/KID `feature=`: it separates real digits from noise, its
+weights are the committed ones, and the Inception extractor fails fast and clearly offline."""
+
+import json
+import time
+
+import pytest
+import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from lightning_sde.data.digits import digits_to_unit_range, load_digits_levels
+from lightning_sde.metrics.features import (
+    DIGITS_WEIGHTS,
+    DigitsCNN,
+    DigitsFeatures,
+    build_feature_extractor,
+    inception_weights_path,
+    weights_sha256,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small matrices: one thread is faster, and on a loaded shared CPU two threads can be 50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    levels, labels = load_digits_levels()
+    return digits_to_unit_range(levels), labels  # [-1, 1]
+
+
+@pytest.fixture(scope="module")
+def halves(digits):
+    images, _ = digits
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
+    return images[order[:898]], images[order[898:1796]]
+
+
+def unit(x):
+    return (x + 1) / 2  # what the SamplerCallback feeds the metrics (normalize=True)
+
+
+def fid(features, real, fake):
+    metric = FrechetInceptionDistance(feature=features, normalize=True)
+    metric.update(unit(real), real=True)
+    metric.update(unit(fake), real=False)
+    return metric.compute().item()
+
+
+def test_weights_match_the_sidecar_and_load_safely():
+    sidecar = json.loads(DIGITS_WEIGHTS.with_suffix(".json").read_text())
+    assert weights_sha256(DIGITS_WEIGHTS) == sidecar["sha256"]
+    assert DIGITS_WEIGHTS.stat().st_size < 1_000_000 and sidecar["bytes"] == DIGITS_WEIGHTS.stat().st_size
+    assert sidecar["test_accuracy"] > 0.95 and "train_digits_features" in sidecar["command"]
+    state = torch.load(DIGITS_WEIGHTS, map_location="cpu", weights_only=True)
+    DigitsCNN().load_state_dict(state)
+
+
+def test_classifier_behind_the_features_recognises_digits(digits):
+    images, labels = digits
+    net = DigitsFeatures().net
+    with torch.no_grad():
+        acc = (net(images).argmax(1) == labels).float().mean().item()
+    assert acc > 0.97
+
+
+def test_feature_module_interface(digits):
+    images, _ = digits
+    x = images[:64]
+    features = build_feature_extractor("digits")
+    assert features.num_features == 128 and not features.training
+    features.train()
+    assert not features.training  # dropout never switches on
+    f = features(unit(x))
+    assert f.shape == (64, 128) and f.dtype == torch.float32 and not f.requires_grad
+    assert torch.equal(f, features(unit(x)))
+    symmetric = DigitsFeatures(input_range="symmetric")
+    assert torch.allclose(symmetric(x), f, atol=1e-5)
+    as_bytes = (unit(x) * 255).round().to(torch.uint8)
+    assert torch.allclose(features(as_bytes), f, atol=0.05 * f.abs().max().item())
+    assert torch.allclose(features(unit(x).double()), f, atol=1e-5)  # float64 samples are accepted
+    with pytest.raises(ValueError, match=r"shape \(N, 1, 8, 8\); got \(4, 1, 28, 28\)"):
+        features(torch.rand(4, 1, 28, 28))
+    with pytest.raises(ValueError, match="input_range"):
+        DigitsFeatures(input_range="0-255")
+    with pytest.raises(FileNotFoundError, match="lightning_sde.metrics.train_digits_features"):
+        DigitsFeatures(weights_path="/nonexistent/w.pt")
+    with pytest.raises(ValueError, match="unknown feature extractor 'clip'.*digits.*inception"):
+        build_feature_extractor("clip")
+
+
+def test_fid_separates_real_digits_from_noise(digits, halves):
+    a, b = halves
+    features = DigitsFeatures()
+    real_vs_real = fid(features, a, b)
+    noise = 2 * torch.rand(a.shape, generator=torch.Generator().manual_seed(2)) - 1
+    real_vs_noise = fid(features, a, noise)
+    # Gaussian blobs: smooth, digit-sized, but not digits
+    grid = torch.linspace(-1, 1, 8)
+    centre = 0.6 * (2 * torch.rand(len(a), 2, generator=torch.Generator().manual_seed(3)) - 1)
+    r2 = (grid[None, None, :] - centre[:, 0, None, None]) ** 2 + (grid[None, :, None] - centre[:, 1, None, None]) ** 2
+    blobs = (2 * torch.exp(-r2 / 0.3) - 1)[:, None]
+    real_vs_blobs = fid(features, a, blobs)
+    print(f"FID real/real {real_vs_real:.3f}  real/noise {real_vs_noise:.1f}  real/blobs {real_vs_blobs:.1f}")
+    assert 0 <= real_vs_real < 3
+    assert real_vs_noise > 10 * real_vs_real and real_vs_blobs > 10 * real_vs_real
+    # a slightly perturbed copy is closer than noise: the distance is graded, not a yes/no detector
+    shifted = torch.roll(b, shifts=1, dims=-1)
+    assert real_vs_real < fid(features, a, shifted) < real_vs_noise
+
+
+def test_kid_separates_real_digits_from_noise(halves):
+    a, b = halves
+    noise = 2 * torch.rand(a.shape, generator=torch.Generator().manual_seed(2)) - 1
+
+    def kid(fake):
+        metric = KernelInceptionDistance(feature=DigitsFeatures(), normalize=True, subset_size=400, subsets=20)
+        metric.update(unit(a), real=True)
+        metric.update(unit(fake), real=False)
+        return metric.compute()[0].item()
+
+    real_vs_real, real_vs_noise = kid(b), kid(noise)
+    print(f"KID real/real {real_vs_real:.4f}  real/noise {real_vs_noise:.3f}")
+    assert abs(real_vs_real) < 0.05 and real_vs_noise > 10 * max(abs(real_vs_real), 1e-3)
+
+
+def test_inception_without_weights_fails_fast_and_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("LSDE_INCEPTION_WEIGHTS", raising=False)
+    expected = inception_weights_path()
+    assert str(expected).startswith(str(tmp_path / "torch_home"))
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as info:
+        build_feature_extractor("inception")
+    assert time.perf_counter() - start < 2  # no network attempt
+    message = str(info.value)
+    assert str(expected) in message and "TORCH_HOME" in message and "LSDE_INCEPTION_WEIGHTS" in message
+    assert "lsde-prepare --inception" in message
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        build_feature_extractor("inception", weights_path=tmp_path / "nowhere.pth")
+
+
+def test_inception_wrapper_with_stand_in_weights(tmp_path, monkeypatch):
+    """The glue around torch-fidelity's InceptionV3 (float [0, 1] or uint8 in, grayscale to RGB, num_features),
+    checked with randomly initialised weights of the right architecture: the real ones cannot be fetched here."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    with monkeypatch.context() as patch:  # build the architecture without loading any weights
+        patch.setattr(torch, "load", lambda *args, **kwargs: None)
+        patch.setattr(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        torch.manual_seed(0)
+        state = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                feature_extractor_weights_path="-").state_dict()
+    path = tmp_path / "stand_in_inception.pth"
+    torch.save(state, path)
+    monkeypatch.setenv("LSDE_INCEPTION_WEIGHTS", str(path))
+    features = build_feature_extractor("inception")
+    assert features.num_features == 2048 and features.weights_path == str(path) and not features.training
+    x = torch.rand(2, 1, 8, 8)
+    out = features(x)
+    assert out.shape == (2, 2048) and torch.isfinite(out).all()
+    as_rgb_bytes = (x * 255).to(torch.uint8).expand(-1, 3, -1, -1)
+    assert torch.equal(features(as_rgb_bytes), out)  # floats are quantised exactly as torchmetrics does
+    metric = FrechetInceptionDistance(feature=features, normalize=True)
+    metric.update(torch.rand(2, 3, 16, 16), real=True)
+    assert metric.real_features_num_samples == 2
+
+
+def test_inception_features_when_the_weights_are_present():
+    """The online twin of the test above: runs only where the weights were fetched beforehand."""
+    if not inception_weights_path().is_file():
+        pytest.skip(f"InceptionV3 weights not on this machine ({inception_weights_path()}); offline twin runs instead")
+    features = build_feature_extractor("inception")
+    x = torch.rand(2, 1, 8, 8)
+    out = features(x)
+    assert out.shape == (2, 2048) and features.num_features == 2048
+    metric = FrechetInceptionDistance(feature=features, normalize=True)
+    metric.update(torch.rand(4, 3, 32, 32), real=True)

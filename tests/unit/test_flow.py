@@ -1,0 +1,100 @@
+"""Probability-flow ODE as a bijection, against the exact mixture: likelihoods, Hutchinson, encode/decode, slerp,
+and reproducibility of deterministic sampling across processes and batch sizes."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_sde.exact import GaussianMixture, eight_gaussians, random_mixture
+from lightning_sde.flow import ODEOptions, bits_per_dim, decode, encode, log_likelihood, slerp
+from lightning_sde.sde import build_sde
+
+TIGHT = ODEOptions("dopri5", rtol=1e-9, atol=1e-9)
+SDES = {"vp": {}, "subvp": {}, "ve": {"sigma_max": 30.0}}
+
+
+def points(mixture, n=48, seed=0):
+    """Exact samples plus points off the data (between modes, far out): the identity must hold everywhere."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([mixture.sample(n, g), 3 * torch.randn(16, mixture.dim, generator=g, dtype=torch.float64)])
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+def test_exact_divergence_likelihood_is_the_true_log_density(sde_name):
+    sde = build_sde(sde_name, **SDES[sde_name])
+    mixture = eight_gaussians()
+    x = points(mixture)
+    out = log_likelihood(mixture.denoiser(sde), x, TIGHT)
+    T = torch.tensor(sde.T, dtype=torch.float64)
+    truth = mixture.marginal_log_prob(sde, x, torch.tensor(sde.eps, dtype=torch.float64))
+    # the only approximation besides the solver: the prior stands in for p_T at x_T
+    mismatch = out["prior_logp"] - mixture.marginal_log_prob(sde, out["x_T"], T)
+    assert torch.allclose(out["logp"] - mismatch, truth, atol=2e-5, rtol=0)
+    assert (out["logp"] - truth).abs().max() <= mismatch.abs().max() + 2e-5  # the tolerance the prior sets
+    assert out["nfe"] > 0 and torch.all(out["logp_se"] == 0)
+
+
+def test_hutchinson_agrees_with_the_exact_divergence_within_its_standard_error():
+    sde = build_sde("vp")
+    mixture = random_mixture(dim=8, n_components=4, seed=0)
+    x = points(mixture, n=16)
+    opts = ODEOptions("dopri5", rtol=1e-6, atol=1e-6)
+    exact = log_likelihood(mixture.denoiser(sde), x, opts)["logp"]
+    for probe in ("rademacher", "gaussian"):
+        hutch = log_likelihood(mixture.denoiser(sde), x, opts, divergence="hutchinson", probes=8, probe=probe,
+                               generator=torch.Generator().manual_seed(1))
+        # z ~ Student t with k - 1 = 7 degrees of freedom (the SE is itself estimated from the 8 probes)
+        z = (hutch["logp"] - exact) / hutch["logp_se"]
+        assert (z.abs() < 3.5).float().mean() >= 0.9, (probe, z)  # P(|t_7| > 3.5) = 1 %
+        assert 0.3 < z.abs().median() < 1.5, (probe, z)  # median |t_7| = 0.71: the SE is the error's actual size
+
+
+def test_encode_is_the_closed_form_flow_of_a_gaussian_and_decode_inverts_it():
+    # one Gaussian N(m, s^2): p_t = N(alpha m, alpha^2 s^2 + sigma^2), and the flow keeps the standardised value
+    sde = build_sde("vp")
+    m, s = torch.tensor([1.5, -0.5], dtype=torch.float64), 0.3
+    gauss = GaussianMixture(m[None], stds=torch.full((1, 2), s, dtype=torch.float64),
+                            weights=torch.ones(1, dtype=torch.float64))
+    x = m + s * torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eps, T = (torch.tensor(v, dtype=torch.float64) for v in (sde.eps, sde.T))
+    scale = lambda t: torch.sqrt(sde.alpha(t) ** 2 * s**2 + sde.sigma(t) ** 2)  # noqa: E731
+    expected = sde.alpha(T) * m + scale(T) * (x - sde.alpha(eps) * m) / scale(eps)
+    z = encode(gauss.denoiser(sde), x, TIGHT)
+    assert torch.allclose(z, expected, atol=1e-7)
+    # on the data (off it, e.g. between modes, the backward flow is exponentially sensitive near the separatrices)
+    mixture = eight_gaussians()
+    x = mixture.sample(64, torch.Generator().manual_seed(1))
+    roundtrip = decode(mixture.denoiser(sde), encode(mixture.denoiser(sde), x, TIGHT), TIGHT)
+    assert (roundtrip - x).abs().max() < 1e-5
+
+
+def test_slerp_keeps_the_norm_of_equal_norm_latents_and_hits_both_ends():
+    g = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    z1 = z1 * z0.norm() / z1.norm()
+    path = slerp(z0, z1, 9)
+    assert path.shape == (9, 3, 4, 4)
+    assert torch.allclose(path[0], z0) and torch.allclose(path[-1], z1)
+    assert torch.allclose(path.flatten(1).norm(dim=1), z0.norm().expand(9))
+
+
+def test_bits_per_dim_of_a_known_density():
+    # uniform density on [-1, 1]^D: log p = -D log 2, i.e. 1 bit/dim in x; + log2(256/2) for 8-bit data = 8 bits
+    D = 3072
+    logp = torch.tensor([-D * math.log(2)])
+    assert torch.allclose(bits_per_dim(logp, D), torch.tensor([1.0]))
+    assert torch.allclose(bits_per_dim(logp, D, offset=math.log2(128)), torch.tensor([8.0]))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"divergence": "trace"}, "divergence must be one of"),
+    ({"divergence": "hutchinson", "probes": 0}, "probes must be an integer >= 1"),
+    ({"divergence": "hutchinson", "probe": "uniform"}, "probe must be one of"),
+])
+def test_bad_likelihood_options_are_rejected(bad, message):
+    mixture = eight_gaussians()
+    with pytest.raises(ValueError, match=message):
+        log_likelihood(mixture.denoiser(build_sde("vp")), points(mixture), **bad)
+    with pytest.raises(ValueError, match="unknown ODE method"):
+        ODEOptions("rk45")

@@ -1,0 +1,109 @@
+"""SDEs against closed forms, the moment equations of the forward SDE, and Monte-Carlo of the SDE itself."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_sde.sde import VESDE, VPSDE, SubVPSDE, build_sde
+
+TIMES = torch.linspace(1e-3, 1.0, 41, dtype=torch.float64)
+
+
+def test_vp_closed_forms():
+    sde, t = VPSDE(0.1, 20.0), TIMES
+    B = 0.1 * t + 0.5 * 19.9 * t**2  # int_0^t beta
+    torch.testing.assert_close(sde.alpha(t), torch.exp(-0.5 * B))
+    torch.testing.assert_close(sde.sigma(t) ** 2 + sde.alpha(t) ** 2, torch.ones_like(t))
+    torch.testing.assert_close(sde.g2(t), 0.1 + t * 19.9)
+    torch.testing.assert_close(sde.f(t), -0.5 * (0.1 + t * 19.9))
+
+
+def test_subvp_closed_forms():
+    sde, t = SubVPSDE(0.1, 20.0), TIMES
+    B = 0.1 * t + 0.5 * 19.9 * t**2
+    torch.testing.assert_close(sde.sigma(t), 1 - torch.exp(-B))
+    torch.testing.assert_close(sde.g2(t), (0.1 + t * 19.9) * (1 - torch.exp(-2 * B)))
+
+
+def test_ve_closed_forms_and_square_root():
+    sde, t = VESDE(0.01, 50.0), TIMES
+    torch.testing.assert_close(sde.sigma(t), 0.01 * (50.0 / 0.01) ** t)
+    torch.testing.assert_close(sde.alpha(t), torch.ones_like(t))
+    # g = sqrt(d sigma^2 / dt) = sigma(t) sqrt(2 log(sigma_max / sigma_min)), not d sigma / dt
+    torch.testing.assert_close(sde.g(t), sde.sigma(t) * math.sqrt(2 * math.log(50.0 / 0.01)))
+    assert sde.prior_std == 50.0
+
+
+def test_moment_equations(sde):
+    """The mean scale and variance of dx = f x dt + g dw obey d alpha/dt = f alpha, d sigma^2/dt = 2 f sigma^2 + g^2."""
+    t = TIMES.clone().requires_grad_(True)
+    alpha = sde.alpha(t)
+    (dalpha,) = torch.autograd.grad(alpha.sum(), t) if alpha.requires_grad else (torch.zeros_like(t),)  # VE: alpha = 1
+    (dvar,) = torch.autograd.grad((sde.sigma(t) ** 2).sum(), t)
+    t = t.detach()
+    torch.testing.assert_close(dalpha, sde.f(t) * sde.alpha(t), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(dvar, 2 * sde.f(t) * sde.sigma(t) ** 2 + sde.g2(t), rtol=1e-10, atol=1e-10)
+
+
+def test_monte_carlo_marginals(sde):
+    """Simulate the forward SDE from x_s ~ p_s(.|x0) (fine Euler-Maruyama) and compare with p_t(.|x0)."""
+    gen = torch.Generator().manual_seed(0)
+    n, steps, x0 = 20000, 2000, 1.5
+    s, t = 0.05, 0.6
+    x = (sde.alpha(torch.tensor(s, dtype=torch.float64)) * x0
+         + sde.sigma(torch.tensor(s, dtype=torch.float64)) * torch.randn(n, dtype=torch.float64, generator=gen))
+    times = torch.linspace(s, t, steps + 1, dtype=torch.float64)
+    for a, b in zip(times[:-1], times[1:]):
+        dt = b - a
+        x = x + sde.f(a) * x * dt + sde.g(a) * dt.sqrt() * torch.randn(n, dtype=torch.float64, generator=gen)
+    t = torch.tensor(t, dtype=torch.float64)
+    mean, std = sde.alpha(t) * x0, sde.sigma(t)
+    # 5 standard errors of the estimates; EM's O(dt) bias with 2000 steps is far smaller.
+    assert abs(x.mean() - mean) < 5 * std / math.sqrt(n)
+    assert abs(x.std() / std - 1) < 5 / math.sqrt(2 * n)
+
+
+def test_log_snr_inverse_and_transition(sde):
+    t = TIMES
+    lam = sde.log_snr(t)
+    assert (lam[1:] < lam[:-1]).all(), "lambda_t must decrease"
+    torch.testing.assert_close(sde.t_from_log_snr(lam), t, rtol=1e-9, atol=1e-12)
+    s = t[:-1]
+    a, G2 = sde.transition(t[1:], s)
+    # composing p_s(.|x0) with the transition gives p_t(.|x0)
+    torch.testing.assert_close(a * sde.alpha(s), sde.alpha(t[1:]))
+    torch.testing.assert_close(a**2 * sde.sigma(s) ** 2 + G2, sde.sigma(t[1:]) ** 2)
+    assert (G2 > 0).all()
+
+
+def test_prior_logp(sde):
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    ref = torch.distributions.Normal(0.0, sde.prior_std).log_prob(x).sum((1, 2))
+    torch.testing.assert_close(sde.prior_logp(x), ref)
+
+
+def test_reverse_and_ode_drifts():
+    sde, x, t = VPSDE(), torch.randn(4, 2, dtype=torch.float64), torch.full((4,), 0.3, dtype=torch.float64)
+    score = torch.randn(4, 2, dtype=torch.float64)
+    f, g2 = sde.f(t)[:, None] * x, sde.g2(t)[:, None]
+    torch.testing.assert_close(sde.reverse_drift(x, t, score), f - g2 * score)
+    torch.testing.assert_close(sde.ode_drift(x, t, score), f - 0.5 * g2 * score)
+
+
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        ("vp", {"eps": 1.0}, "eps < T"),
+        ("vp", {"eps": 0.0}, "eps < T"),
+        ("vp", {"beta_min": 0.0}, "beta_min"),
+        ("vp", {"beta_min": 5.0, "beta_max": 1.0}, "beta_max"),
+        ("ve", {"sigma_min": 0.0}, "sigma_min"),
+        ("ve", {"sigma_min": 5.0, "sigma_max": 1.0}, "sigma_min < sigma_max"),
+        ("subvp", {"beta": 1.0}, "beta"),
+        ("vpp", {}, "choose one of"),
+    ],
+)
+def test_bad_parameters(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        build_sde(name, **params)
