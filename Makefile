@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo compare test lint bench clean slurm-deps
+.PHONY: demo compare test lint mutation bench clean slurm-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +31,13 @@ test: $(STAMP) slurm-deps
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# Mutation testing of the math and bookkeeping modules (config: [tool.mutmut] in pyproject.toml; about an hour on
+# 2 cores). One thread per process: mutmut forks, and OpenMP thread pools do not survive a fork.
+mutation: $(STAMP)
+	$(PY) -m pip install -q "mutmut>=3.3"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut results
 
 # tests/integration/test_slurm.py starts a real single-node SLURM: Debian's slurm-wlm and munge, installed here when missing
 # (as root with apt-get; otherwise those tests skip, saying why).

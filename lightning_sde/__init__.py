@@ -9,8 +9,9 @@ The layers, each importing only those before it:
 __version__ = "0.2.0"
 
 
-def load_denoiser(path, map_location="cpu"):
-    """The Denoiser of a lightning-sde checkpoint, in eval mode (see lightning_sde.loading)."""
+def load_denoiser(path, map_location="cpu", trusted=("lightning_sde.",)):
+    """The Denoiser of a lightning-sde checkpoint, in eval mode, read safely (see lightning_sde.loading): `trusted`
+    are the module prefixes its network and SDE may name; add your own package's for a network of yours."""
     from lightning_sde.loading import load_denoiser as load
 
-    return load(path, map_location=map_location)
+    return load(path, map_location=map_location, trusted=tuple(trusted))

@@ -101,4 +101,4 @@ def check_targets(node, where: str, trusted: tuple[str, ...] = TRUSTED_TARGETS) 
     bad = [t for t in targets(node) if not t.startswith(tuple(trusted))]
     if bad:
         raise ValueError(f"{where} names {bad}, outside the trusted targets {list(trusted)}; nothing was imported or "
-                         "called. If you wrote that class, pass trusted=(..., '<your.module>.') when loading")
+                         "called. If you wrote that class, load with trusted=('lightning_sde.', '<your.module>.')")

@@ -1,25 +1,78 @@
-"""Reading what training wrote: checkpoints, and the Denoiser inside one."""
+"""Reading what training wrote, safely: checkpoints are unpickled with `weights_only=True` (tensors, numbers,
+strings and containers; nothing in a file is ever imported or called), checked to be lightning-sde checkpoints, and
+their hyperparameters may name only trusted classes before any of them is built.
+"""
 
 from __future__ import annotations
 
+import logging
+import pickle
 from pathlib import Path
 
 import torch
 
+from lightning_sde.configuration import TRUSTED_TARGETS, check_targets
 from lightning_sde.models.denoiser import Denoiser
 
+log = logging.getLogger(__name__)
+REQUIRED_HPARAMS = ("net", "sde", "shape")
 
-def read_checkpoint(path, map_location="cpu") -> dict:
-    """A checkpoint's contents, with a clear error when the file is missing."""
+
+class CheckpointError(ValueError):
+    """A file that is not a readable lightning-sde checkpoint."""
+
+
+def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED_TARGETS) -> dict:
+    """A lightning-sde checkpoint's contents; CheckpointError (one line: the path and what was expected) for
+    anything else, be it a text file, a truncated file, or a pickle that would import or run code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {str(path)!r}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    expected = "a lightning-sde checkpoint (a torch.save'd dict written by lsde-train)"
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[-1] if "Weights only load failed" not in str(err) else (
+            "it holds objects other than tensors, numbers, strings and containers; nothing was imported or run")
+        raise CheckpointError(f"{path}: not {expected}: {reason}") from None
+    except Exception as err:  # noqa: BLE001  (a weights-only load runs nothing: whatever it raises, the file is bad)
+        raise CheckpointError(f"{path}: not {expected}: cannot be read ({type(err).__name__}: "
+                              f"{str(err).strip().splitlines()[0] if str(err).strip() else 'truncated?'})") from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or "state_dict" not in ckpt or not all(k in hparams for k in REQUIRED_HPARAMS):
+        raise CheckpointError(f"{path}: not {expected}: no state_dict and hyper_parameters {list(REQUIRED_HPARAMS)}")
+    try:
+        check_targets(hparams, f"{path}: its hyper_parameters", trusted)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    return ckpt
 
 
-def load_denoiser(path, map_location="cpu") -> Denoiser:
-    """The (EMA) Denoiser of a ScoreModule checkpoint, in eval mode, rebuilt from the checkpoint alone."""
+def load_denoiser(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED_TARGETS) -> Denoiser:
+    """The (EMA) Denoiser of a ScoreModule checkpoint, in eval mode, rebuilt from the checkpoint alone.
+
+    `trusted`: module prefixes the checkpoint's network and SDE may name (default: this package's); add your own
+    package's when its network is yours."""
     from lightning_sde.module import ScoreModule
 
-    module = ScoreModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
-    return module.denoiser.eval()
+    ckpt = read_checkpoint(path, map_location="cpu", trusted=trusted)
+    module = ScoreModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    module.on_load_checkpoint(ckpt)
+    return module.denoiser.to(map_location).eval()
+
+
+def newest_loadable(folder, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> tuple[Path | None, list[str]]:
+    """(the newest checkpoint in `folder` that reads back, the reasons the newer ones did not): what a resume
+    falls back to when a kill or a disk fault has left the latest one broken."""
+    folder = Path(folder)
+    candidates = sorted((p for p in folder.glob("*.ckpt") if not p.name.startswith(".")),
+                        key=lambda p: p.stat().st_mtime_ns, reverse=True) if folder.is_dir() else []
+    problems = []
+    for path in candidates:
+        try:
+            read_checkpoint(path, trusted=trusted)
+            return path, problems
+        except (CheckpointError, FileNotFoundError) as err:
+            problems.append(str(err))
+    return None, problems

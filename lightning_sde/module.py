@@ -7,9 +7,18 @@ With Lightning's EMAWeightAveraging the checkpoint's `state_dict` holds the EMA 
 for validation, when samplers run.
 The checkpoint also carries the training data's mean and covariance (`denoiser.data_moments`, measured on up to
 MOMENT_SAMPLES training samples when a fit starts), which samplers' gaussian_start uses.
+
+Training never goes on silently wrong: a non-finite loss or gradient norm stops the fit with an error naming the
+step and the last finite loss, and no checkpoint is ever written with non-finite weights. Its randomness is a
+function of (seed, global step, rank): the random times and noise of the loss, dropout and the datamodule's
+augmentation are drawn after seeding the generators from them at every step, so a resumed run continues exactly as
+an uninterrupted one would.
 """
 
 from __future__ import annotations
+
+import math
+import os
 
 import lightning as L
 import torch
@@ -21,6 +30,38 @@ from lightning_sde.models.moments import DataMoments
 from lightning_sde.sde import SDE, build_sde
 
 MOMENT_SAMPLES = 10_000
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN or an infinity: it stops, rather than train on and save what it cannot use."""
+
+
+def check_optim(optim: dict) -> dict:
+    """The optimizer settings, each checked (ValueError naming `optim.<key>`)."""
+    optim = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0, **optim}
+    unknown = sorted(set(optim) - {"lr", "weight_decay", "betas", "warmup_steps"})
+    if unknown:
+        raise ValueError(f"config optim: unknown key(s) {unknown}; allowed: lr, weight_decay, betas, warmup_steps")
+    number = lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    if not (number(optim["lr"]) and optim["lr"] > 0):
+        raise ValueError(f"config optim.lr: must be a finite number > 0; got {optim['lr']!r}")
+    if not (number(optim["weight_decay"]) and optim["weight_decay"] >= 0):
+        raise ValueError(f"config optim.weight_decay: must be a number >= 0; got {optim['weight_decay']!r}")
+    betas = optim["betas"]
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(number(b) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"config optim.betas: must be two numbers in [0, 1); got {betas!r}")
+    steps = optim["warmup_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"config optim.warmup_steps: must be an integer >= 0; got {steps!r}")
+    return {**optim, "betas": tuple(betas)}
+
+
+WATCHED = ("the loss", "the gradient norm")
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of one training step's randomness: distinct for every (run seed, step, rank)."""
+    return (seed * 1_000_003 + step) * 4099 + rank
 
 
 class ScoreModule(L.LightningModule):
@@ -36,16 +77,81 @@ class ScoreModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.optim = check_optim(dict(optim or {}))
         self.sde = sde_from_config(sde)
+        try:
+            self.loss_fn = DSMLoss(self.sde, **(loss or {}))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"config loss: {err}") from None
         self.denoiser = Denoiser(build(net, "model.net"), self.sde, parameterization, tuple(shape),
                                  sigma_data=sigma_data)
-        self.loss_fn = DSMLoss(self.sde, **(loss or {}))
-        self.optim = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0, **(optim or {})}
+        self._watch_state: dict | None = None
 
+    # --- training --------------------------------------------------------------------------------------------
     def training_step(self, x0, batch_idx):
+        # This step's randomness is seeded from (seed, step, rank) first: the datamodule's augmentation (on the
+        # device), the loss's random times and noise, dropout. A resumed run continues exactly.
+        torch.manual_seed(step_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.trainer.global_step,
+                                    self.trainer.global_rank))
+        augment = getattr(self.trainer.datamodule, "augment", None)
+        if augment is not None:
+            x0 = augment(x0)
         loss = self.loss_fn(self.denoiser, x0).mean()
+        self._watch(loss, "the loss")
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and self.trainer.precision not in ("16-mixed", "16"):  # fp16's GradScaler skips such steps itself
+            self._watch(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))), "the gradient norm")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+            self.check_finite()  # one host sync every log interval, where logging syncs anyway
+
+    def on_validation_epoch_start(self):
+        if self.trainer.training:
+            self.check_finite()  # before the samplers run on the weights
+
+    def on_train_end(self):
+        self.check_finite()
+
+    def _watch(self, value, what: str) -> None:
+        """Record, on the device (no host sync), the first step whose `value` is not finite, and the last finite
+        loss; check_finite() reads them."""
+        v = value.detach().float()
+        if self._watch_state is None:
+            new = lambda fill, dtype: torch.full((), fill, device=v.device, dtype=dtype)  # noqa: E731
+            self._watch_state = {"bad_step": new(-1, torch.long), "bad_what": new(-1, torch.long),
+                                 "bad_value": new(0.0, torch.float32), "last_step": new(-1, torch.long),
+                                 "last_loss": new(float("nan"), torch.float32)}
+        state = self._watch_state
+        step = torch.full_like(state["bad_step"], self.trainer.global_step)
+        first = (state["bad_step"] < 0) & ~torch.isfinite(v)
+        state["bad_step"] = torch.where(first, step, state["bad_step"])
+        state["bad_what"] = torch.where(first, torch.full_like(step, WATCHED.index(what)), state["bad_what"])
+        state["bad_value"] = torch.where(first, v, state["bad_value"])
+        if what == "the loss":
+            ok = torch.isfinite(v) & (state["bad_step"] < 0)
+            state["last_step"] = torch.where(ok, step, state["last_step"])
+            state["last_loss"] = torch.where(ok, v, state["last_loss"])
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteError if any rank has seen a non-finite loss or gradient norm (a collective under DDP)."""
+        state = self._watch_state
+        seen = state is not None and bool(state["bad_step"] >= 0)
+        if not self.trainer.strategy.reduce_boolean_decision(seen, all=False):
+            return
+        if not seen:
+            raise NonFiniteError(f"training stopped at step {self.trainer.global_step}: another process saw a "
+                                 "non-finite loss or gradient norm (its error names the step)")
+        step, what = int(state["bad_step"]), WATCHED[int(state["bad_what"])]
+        last = (f"the last finite loss was {float(state['last_loss']):.6g} at step {int(state['last_step'])}"
+                if int(state["last_step"]) >= 0 else "no finite loss before it")
+        raise NonFiniteError(f"training stopped: at step {step} {what} was {float(state['bad_value'])}; {last}. No "
+                             "checkpoint was written after it; resume from the last one with a lower optim.lr, a "
+                             "longer optim.warmup_steps or a smaller trainer.gradient_clip_val")
 
     def validation_step(self, x0, batch_idx):
         # Fixed t and noise per batch: the validation loss is comparable across epochs and runs.
@@ -58,6 +164,12 @@ class ScoreModule(L.LightningModule):
             self.denoiser.data_moments = DataMoments.of_samples(training_samples(datamodule, MOMENT_SAMPLES))
 
     def on_save_checkpoint(self, checkpoint):
+        if self.trainer is not None and self.trainer.training:
+            self.check_finite()
+        bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteError(f"refusing to write a checkpoint at step {self.trainer.global_step}: parameter(s) "
+                                 f"{bad[:3]}{' ...' if len(bad) > 3 else ''} hold NaN or infinite values")
         if self.denoiser.data_moments is not None:
             checkpoint["data_moments"] = self.denoiser.data_moments.to_state()
 
@@ -67,8 +179,8 @@ class ScoreModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        opt = torch.optim.AdamW(self.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=tuple(o["betas"]))
-        warmup = max(int(o["warmup_steps"]), 0)
+        opt = torch.optim.AdamW(self.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=o["betas"])
+        warmup = o["warmup_steps"]
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

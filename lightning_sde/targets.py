@@ -44,7 +44,10 @@ def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
         if needs_data and cfg.get("data") is None:
             raise ValueError("config data: a checkpoint needs the config of its data, e.g. data=toy2d or data=digits")
         # the step is part of the id: a checkpoint overwritten by further training (last.ckpt) is a new target
-        step = read_checkpoint(path).get("global_step")
+        try:
+            step = read_checkpoint(path).get("global_step")
+        except ValueError as err:
+            raise ValueError(f"config checkpoint: {err}") from None
         return "checkpoint", f"{path.resolve()}@step{step}"
     if cfg.get("sde") is None:
         raise ValueError("config sde: a mixture target needs an SDE, e.g. sde=vp")

@@ -32,7 +32,7 @@ class ResultsStore:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
-                    log.warning("%s:%d: skipping a torn or invalid line", self.path, n)
+                    log.warning("%s:%d: skipping a torn or invalid line", self.path, n)  # pragma: no mutate
         return rows
 
     def latest(self) -> dict[str, dict]:

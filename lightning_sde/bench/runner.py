@@ -98,6 +98,16 @@ def rows_of(cell: Cell, samples: Samples | None, values: dict, batch_size: int, 
     return [{**common, "key": cell.key(m), "metric": m, "value": values[m]} for m in cell.metrics]
 
 
+def score(scorer: Scorer, cell: Cell, samples: Samples | None, x) -> dict:
+    """The metrics of a cell's samples; None for every metric when some samples are not finite: a diverged sampler
+    is reported (n_nonfinite in its rows), never scored as if its samples were samples."""
+    if samples is not None and samples.n_nonfinite:
+        log.warning("%s: %d of %d samples are not finite; its rows are not scored", cell, samples.n_nonfinite,
+                    len(samples.x))
+        return {m: None for m in cell.metrics}
+    return scorer(x)
+
+
 def run_sweep(cfg: DictConfig) -> dict:
     sweep = prepare(cfg)
     fabric = launch(cfg.ddp.devices, cfg.ddp.num_nodes, sweep.device)  # processes split each cell's seeds
@@ -133,7 +143,7 @@ def run_sweep(cfg: DictConfig) -> dict:
                                    progress=cfg.progress, desc=str(cell))
                 x = samples.x if samples is not None else None
             if rank == 0:
-                store.append(rows_of(cell, samples, scorer(x), cfg.batch_size, device, protocol))
+                store.append(rows_of(cell, samples, score(scorer, cell, samples, x), cfg.batch_size, device, protocol))
                 previews.save(cell, x)
     if fabric:
         fabric.barrier()

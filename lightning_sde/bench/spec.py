@@ -33,12 +33,13 @@ class Cell:
     seed_start: int
     seed_count: int
     metrics: tuple[str, ...]
+    settings: dict = field(default_factory=dict, hash=False)  # what else changes the numbers (see run_settings)
     built: Sampler | None = field(default=None, hash=False, compare=False)
 
     def key(self, metric: str) -> str:
-        """The identity of one result row: what resume looks up."""
+        """The identity of one result row, what resume looks up: everything that changes its numbers."""
         return json.dumps([self.target, self.label, self.sampler, self.params, self.grid, self.requested,
-                           self.seed_start, self.seed_count, metric], sort_keys=True)
+                           self.seed_start, self.seed_count, metric, self.settings], sort_keys=True)
 
     def __str__(self) -> str:
         budget = "as configured" if self.requested is None else f"{self.grid}={self.requested:g}"
@@ -84,6 +85,17 @@ def _check_tol(key, tol):
         _fail(key, f"must be a number > 0; got {tol!r}")
 
 
+def run_settings(cfg: DictConfig, sampler: Sampler | None) -> dict:
+    """The settings besides the sampler's own that change a cell's samples: the dtype and the kind of device
+    always; for adaptive samplers also the batch size and the number of processes (torchdiffeq takes shared steps
+    for the whole batch, so the batches a process solves change each sample within the tolerance)."""
+    device = str(cfg.device).split(":")[0]
+    settings = {"dtype": str(cfg.dtype), "device": device}
+    if sampler is not None and sampler.adaptive:
+        settings.update(batch_size=int(cfg.batch_size), world_size=int(cfg.ddp.devices) * int(cfg.ddp.num_nodes))
+    return settings
+
+
 def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: bool = False) -> list[Cell]:
     """All cells of the sweep, in a fixed order. Raises ValueError naming the key on any bad value."""
     start = positive_int("seeds.start", cfg.seeds.start, 0)
@@ -94,12 +106,12 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
     nfes = _grid(cfg, "nfe", positive_int)
     tols = _grid(cfg, "tolerances", _check_tol)
     cells = []
-    if noise_floor:
+    if noise_floor:  # exact samples: float64 draws of the mixture, whatever the sweep's dtype or device
         cells.append(Cell(target, NOISE_FLOOR, "exact", {}, "exact", None, start, count, metrics))
 
     def add(label, sampler, grid, requested):
         cells.append(Cell(target, label, sampler.name, jsonable(sampler.params()), grid, requested, start, count,
-                          metrics, built=sampler))
+                          metrics, run_settings(cfg, sampler), built=sampler))
 
     for label, node in cfg.samplers.items():
         sampler = build(node, f"samplers.{label}")

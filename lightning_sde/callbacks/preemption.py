@@ -6,11 +6,17 @@ Two ways a job is stopped, one owner of each:
     `scontrol requeue` (`Preemption.requeue_if_requested`, called by lsde-train). The requeued job resumes from that
     checkpoint (`ckpt_path=last`, run directory keyed on the job id). Under Hydra's submitit launcher submitit owns
     the requeue (USR2) instead: lsde-train sets `requeue_signal` to None there.
-  - preemption, `scontrol requeue` or `scancel`: SLURM sends SIGTERM. Lightning stops all ranks at the end of the
-    current step (SIGTERMException); this callback saves `last.ckpt` then. The scheduler decides about requeueing.
+  - preemption, `scontrol requeue` or `scancel --signal=TERM`: SLURM sends SIGTERM to every process of the job, the
+    W&B service included. From the start of training this callback owns SIGTERM: its handler only notes the signal
+    (Lightning's own handler broadcasts from inside the handler, which collides with whatever collective the ranks
+    are in). At the end of the current step, before anything is logged (a logger whose service just died must not
+    take the save down with it), all ranks agree, this callback saves `last.ckpt` at that step and stops training
+    once the step is logged; lsde-train exits 143 (interrupted: `afterok` dependencies do not fire) and the scheduler
+    decides about requeueing. A signal during an evaluation is acted on at the end of the next step.
 
-Checkpoints are written to a temporary file and renamed, so a SIGKILL after SLURM's KillWait leaves the previous
-`last.ckpt` intact. Lightning's own SLURM auto-requeue (hpc_ckpt) is switched off by lsde-train: one owner.
+Checkpoints are written to a temporary file and renamed (lsde-train's AtomicCheckpointIO), so a SIGKILL after
+SLURM's KillWait leaves the previous `last.ckpt` intact. Lightning's own SLURM auto-requeue (hpc_ckpt) is switched
+off by lsde-train: one owner.
 """
 
 from __future__ import annotations
@@ -29,41 +35,61 @@ log = logging.getLogger(__name__)
 
 
 class Preemption(L.Callback):
+    _launcher = None
+
     def __init__(self, requeue_signal: str | None = "SIGUSR1"):
         if requeue_signal is not None and not isinstance(getattr(signal, str(requeue_signal), None), signal.Signals):
             raise ValueError("Preemption: requeue_signal must be a signal name such as 'SIGUSR1', or null; "
                              f"got {requeue_signal!r}")
         self.requeue_signal = requeue_signal
         self.signalled = False
+        self.terminated = False
+        self.interrupted = False  # stopped by SIGTERM, after the checkpoint: lsde-train exits 143
         self.requeue_requested = False
-        self._previous_handler = None
+        self.saved_at: int | None = None  # the step of the checkpoint written on a signal
+        self._previous_handlers: dict[int, tuple] = {}  # signal -> (ours, the one before)
 
-    # --- signals ----------------------------------------------------------------------------------------------
+    # --- signals: handlers only take note; the end of the step acts ------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
-        self.signalled = True  # acted on at the end of the step: a handler must not touch the model mid-step
+        self.signalled = True
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if not self.terminated and self._launcher is not None:
+            self._launcher.kill(signum)  # local DDP: pass it on to the processes this one started
+        self.terminated = True
+
+    def _own(self, signum: int, handler) -> None:
+        self._previous_handlers.setdefault(signum, (handler, signal.signal(signum, handler)))
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.requeue_signal is not None and stage == "fit":
-            signum = getattr(signal, self.requeue_signal)
-            self._previous_handler = signal.signal(signum, self._on_signal)
+            self._own(getattr(signal, self.requeue_signal), self._on_signal)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._launcher = trainer.strategy.launcher
+        self._own(signal.SIGTERM, self._on_sigterm)  # after Lightning registered its own at the start of fit
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        if self._previous_handler is not None:
-            signal.signal(getattr(signal, self.requeue_signal), self._previous_handler)
-            self._previous_handler = None
+        for signum, (ours, previous) in self._previous_handlers.items():
+            if signal.getsignal(signum) == ours:  # else Lightning has restored what was there before fit
+                signal.signal(signum, previous)
+        self._previous_handlers.clear()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.requeue_signal is None:
+        # one all-reduce a step decides for every rank (any rank signalled: all stop at this same step)
+        requeue, term = self.signalled, self.terminated or bool(getattr(trainer, "received_sigterm", False))
+        if not trainer.strategy.reduce_boolean_decision(requeue or term, all=False):
             return
-        if trainer.strategy.reduce_boolean_decision(self.signalled, all=False):  # any rank signalled: all stop
-            self.save(trainer, "requeue signal")
-            self.requeue_requested = True
-            trainer.should_stop = True
-            trainer.limit_val_batches = 0  # should_stop would run a validation (and the samplers) before stopping
+        self.interrupted = trainer.strategy.reduce_boolean_decision(term, all=False)
+        self.save(trainer, "SIGTERM" if self.interrupted else "requeue signal")
+        # stop after this step is logged (the checkpoint holds it): one history across the resume
+        trainer.should_stop = True
+        trainer.limit_val_batches = 0  # should_stop would run a validation (and the samplers) before stopping
+        self.requeue_requested = not self.interrupted
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
-            self.save(trainer, "SIGTERM")
+        if isinstance(exception, SIGTERMException) and self.saved_at != trainer.global_step:
+            self.save(trainer, "SIGTERM")  # a signal that arrived outside a training step (e.g. in validation)
 
     # --- checkpoint and requeue ---------------------------------------------------------------------------------
     @staticmethod
@@ -76,10 +102,9 @@ class Preemption(L.Callback):
 
     def save(self, trainer, reason: str) -> None:
         path = self.last_path(trainer)
-        tmp = path.with_name(f".{path.name}.tmp")
-        trainer.save_checkpoint(tmp)  # every rank (collective); rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, path)
+        # every rank (collective); rank 0 writes, atomically (AtomicCheckpointIO)
+        trainer.save_checkpoint(path, weights_only=False)
+        self.saved_at = trainer.global_step
         log.warning("%s: saved %s at global step %d", reason, path, trainer.global_step)
 
     def requeue_if_requested(self, trainer) -> bool:

@@ -11,6 +11,7 @@ LightningModule, so they stay out of checkpoints and EMA copies.
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from lightning_sde.generation import generate
 from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, resolve_metrics
 from lightning_sde.plotting import image_grid, scatter_grid, text_table
 from lightning_sde.samplers import Sampler
+
+log = logging.getLogger(__name__)
 
 
 class SamplerCallback(L.Callback):
@@ -97,13 +100,20 @@ class SamplerCallback(L.Callback):
                 flat = samples.x.reshape(len(samples.x), -1)
                 values = {"nfe": samples.nfe, "wall_s": samples.wall_s, "n_samples": float(len(samples.x)),
                           "n_distinct": float(len(torch.unique(flat, dim=0))),
-                          **self.scorer(pl_module.device)(samples.x)}
-                self._plot(trainer, label, samples, panels)
+                          "n_nonfinite": float(samples.n_nonfinite)}
+                if samples.n_nonfinite:  # reported, never scored as if they were samples (NaN is never "best")
+                    log.warning("%s at step %d: %d of %d samples are not finite; not scored",  # pragma: no mutate
+                                label, trainer.global_step, samples.n_nonfinite, len(samples.x))  # pragma: no mutate
+                    values.update({m: float("nan") for m in self.metrics})
+                else:
+                    values.update(self.scorer(pl_module.device)(samples.x))
+                    self._plot(trainer, label, samples, panels)
             values = broadcast_from_zero(values)
             for key, value in values.items():
                 pl_module.log(f"val/{label}/{key}", value, sync_dist=False)  # the same value on every rank
             self.last_rows[label] = {"step": trainer.global_step, "sampler": label, **values}
         if trainer.is_global_zero:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.kind == "points":
                 path = scatter_grid(panels, self.out_dir / f"scatter_step{trainer.global_step:07d}.png")
                 self._log_image(trainer, "samples/scatter", path)
@@ -131,7 +141,7 @@ class SamplerCallback(L.Callback):
         path = self.out_dir / "sampler_metrics.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = list(self.last_rows.values())
-        fields = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("step", "sampler"), k))
+        fields = ["step", "sampler", *sorted({k for row in rows for k in row} - {"step", "sampler"})]
         new = not path.exists()
         with open(path, "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields)

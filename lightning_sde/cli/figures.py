@@ -16,6 +16,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_sde.cli.errors import fails_cleanly
+from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, build, plain
 from lightning_sde.loading import load_denoiser
 from lightning_sde.module import sde_from_config
@@ -32,8 +34,25 @@ from lightning_sde.plotting.chapter import (
 log = logging.getLogger(__name__)
 
 
+HELP = dict(
+    summary=("draw the SDE chapter's figures (schematic, trajectories, schedules, interpolation) as PNG and PDF"),
+    usage=[
+        "[KEY=VALUE ...]",
+    ],
+    keys=[
+        ("figures=[schematic,trajectories]", "which figures"),
+        ("problem=<name>", "a 1-D or 2-D exact mixture"),
+        ("checkpoint=<path>", "a trained model drives the trajectories and interpolation"),
+        ("out=<folder>", "where the files go (default docs/figures)"),
+    ],
+    examples="""lsde-figures
+      lsde-figures problem=eight_gaussians 'figures=[trajectories,interpolation]'""",
+)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="figures")
-def main(cfg: DictConfig) -> None:
+@fails_cleanly("lsde-figures")
+def run_app(cfg: DictConfig) -> None:
     figures = list(cfg.figures)
     unknown = sorted(set(figures) - set(FIGURES))
     if unknown:
@@ -81,6 +100,11 @@ def main(cfg: DictConfig) -> None:
             written += save(fig, out, f"interpolation_{tag}", cfg.formats)
     for path in written:
         print(path)
+
+
+def main() -> None:
+    if not print_help_if_asked("figures", **HELP):
+        run_app()
 
 
 if __name__ == "__main__":

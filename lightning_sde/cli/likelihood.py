@@ -25,6 +25,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from lightning_sde.cli.errors import fails_cleanly
+from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import gather_to_zero, launch, rank_world
@@ -143,9 +145,33 @@ def write(cfg, rows, dim, divergence, offset, world) -> dict:
     return summary
 
 
+HELP = dict(
+    summary=("exact log-likelihoods and bits/dim through the probability-flow ODE"),
+    usage=[
+        "[KEY=VALUE ...]",
+    ],
+    keys=[
+        ("checkpoint=<path> data=<name>", "a trained model and its data (data.dequantize=true for bits/dim)"),
+        ("n=N", "samples evaluated"),
+        ("divergence=exact|hutchinson", "default auto: exact up to exact_max_dim dimensions"),
+        ("probes=K", "Hutchinson probes per sample"),
+        ("ode.rtol=X ode.atol=X", "the solver's tolerances"),
+        ("ddp.devices=N", "processes that split the samples"),
+    ],
+    examples="""lsde-likelihood n=200
+      lsde-likelihood checkpoint=outputs/train/<run>/checkpoints/last.ckpt data=digits data.dequantize=true""",
+)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="likelihood")
-def main(cfg: DictConfig) -> None:
+@fails_cleanly("lsde-likelihood")
+def run_app(cfg: DictConfig) -> None:
     run(cfg)
+
+
+def main() -> None:
+    if not print_help_if_asked("likelihood", **HELP):
+        run_app()
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@
     lsde-train experiment=toy2d
     lsde-train experiment=digits trainer=ddp_cpu
     lsde-train experiment=cifar10_vp_ddpmpp trainer=ddp trainer.num_nodes=2   # under srun, see slurm/
+    lsde-train -m experiment=toy2d sde=vp,ve                                  # two runs, each in its own directory
 
-Everything is built and checked before training starts, so a bad key or value fails in seconds, naming it.
+Everything is built and checked before any logger, run directory content or W&B run is created, so a bad key or
+value fails in seconds, naming it. Exit status: 0 when the run finished (or was requeued by SLURM to continue), 1 on
+an error (a bad config, a non-finite loss, ...), 143 when stopped by SIGTERM (preemption: the checkpoint at that step
+is written first), 138 when stopped by the time-limit signal without a requeue.
 """
 
 from __future__ import annotations
@@ -12,23 +16,44 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.callbacks import Preemption
+from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
+from lightning_sde.cli.errors import fails_cleanly
+from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, config_error, plain
 from lightning_sde.configuration import build as build_node
-from lightning_sde.tracking import wandb_configured
+from lightning_sde.loading import newest_loadable, read_checkpoint
+from lightning_sde.tracking import backfill_wandb, finish_wandb, trim_history, wandb_configured
 
 log = logging.getLogger(__name__)
 TOP_LEVEL_KEYS = {"data", "model", "sde", "loss", "samplers", "trainer", "logger", "callbacks", "run_name", "run_dir",
                   "output_dir", "paths", "seed", "ckpt_path", "optim"}
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
+EXIT_TIME_LIMIT = 128 + signal.SIGUSR1  # 138: stopped for the time limit, not requeued
+
+
+@dataclass
+class Run:
+    datamodule: L.LightningDataModule
+    module: L.LightningModule
+    trainer: L.Trainer
+    resume: str | None  # the checkpoint fit starts from, None for a fresh start
 
 
 def _build(key: str, fn, *args, **kwargs):
@@ -38,14 +63,61 @@ def _build(key: str, fn, *args, **kwargs):
         raise config_error(key, err) from None
 
 
-def build(cfg: DictConfig):
-    """Datamodule, module, callbacks, loggers and trainer, each validated; nothing is trained or loaded yet."""
+def multirun_job() -> tuple[str, int] | None:
+    """(sweep id, job number) for a job of a multirun (-m), else None."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).name, HydraConfig.get().job.num
+
+
+def name_the_run(cfg: DictConfig) -> None:
+    """A job id on the command line (run_name=123) parses as an int; each job of a multirun gets its own name,
+    <run_name>_<job number> (and so its own run directory, checkpoints and W&B run), stable across requeues."""
+    cfg.run_name = str(cfg.run_name)
+    job = multirun_job()
+    if job is not None and not os.environ.get("LSDE_RUN_NAME"):
+        cfg.run_name = f"{cfg.run_name}_{job[1]}"
+
+
+def resume_point(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from, checked now: an explicit ckpt_path must be a lightning-sde checkpoint;
+    ckpt_path=last takes the newest checkpoint of the run that reads back (saying so when it skips a broken one)."""
+    if cfg.ckpt_path is None:
+        return None
+    if cfg.ckpt_path != "last":
+        if not Path(cfg.ckpt_path).is_file():
+            raise ValueError(f"config ckpt_path: no checkpoint at {cfg.ckpt_path!r} (use a path, 'last' or null)")
+        try:
+            read_checkpoint(cfg.ckpt_path)
+        except ValueError as err:
+            raise ValueError(f"config ckpt_path: {err}") from None
+        return str(cfg.ckpt_path)
+    folder = Path(cfg.run_dir) / "checkpoints"
+    path, problems = newest_loadable(folder)
+    for problem in problems:
+        log.warning("cannot resume from %s", problem)
+    if path is None and problems:
+        raise ValueError(f"config ckpt_path=last: no checkpoint in {folder} can be read ({'; '.join(problems)}); "
+                         "point ckpt_path at a good one, or move them away to start afresh")
+    if path is not None and problems:
+        log.warning("resuming from %s, the newest checkpoint that reads back", path)
+    return None if path is None else str(path)
+
+
+def build(cfg: DictConfig) -> Run:
+    """Datamodule, module, callbacks, loggers and trainer, each validated in that order (the loggers, which create
+    files and W&B runs, come after everything that can fail on a bad value); nothing is trained yet."""
     unknown = set(cfg) - TOP_LEVEL_KEYS
     if unknown:
         raise ValueError(f"config: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_LEVEL_KEYS)}")
-    if cfg.ckpt_path not in (None, "last") and not Path(cfg.ckpt_path).is_file():
-        raise ValueError(f"config ckpt_path: no checkpoint at {cfg.ckpt_path!r} (use a path, 'last' or null)")
-    cfg.run_name = str(cfg.run_name)  # a job id on the command line (run_name=123) parses as an int
+    name_the_run(cfg)
+    job = multirun_job()
+    if job is not None and int(cfg.trainer.get("devices", 1)) * int(cfg.trainer.get("num_nodes", 1)) > 1 \
+            and not SLURMEnvironment.detect():
+        raise ValueError("config trainer: a multirun (-m) with local DDP would restart the whole sweep in every DDP "
+                         "worker (they re-run the command line); use hydra/launcher=slurm (one SLURM job per run) "
+                         "or launch each run on its own")
+    resume = resume_point(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_node(cfg.data, "data")
@@ -57,6 +129,8 @@ def build(cfg: DictConfig):
         if out.eps.shape != probe.shape:
             raise ValueError(f"config model.net: output shape {tuple(out.eps.shape[1:])} != "
                              f"data shape {tuple(datamodule.shape)}")
+        if not torch.isfinite(out.eps).all():
+            raise ValueError("config model.net: the untrained network's output is not finite")
 
     callbacks = [build_node(c, f"callbacks.{k}") for k, c in cfg.callbacks.items() if c is not None]
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # submitit owns requeue (USR2): one owner
@@ -64,18 +138,20 @@ def build(cfg: DictConfig):
             if isinstance(cb, Preemption) and cb.requeue_signal is not None:
                 log.info("under submitit: requeue is submitit's; Preemption keeps only its checkpoint on SIGTERM")
                 cb.requeue_signal = None
-    loggers = []
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # requeue has one owner: the Preemption callback (or submitit), not Lightning
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    trainer = build_node(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=plugins)
+    loggers = []  # last: they create files and W&B runs
     for key, logger_cfg in (cfg.logger or {}).items():
         logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)
         if logger_cfg.get("offline") == "auto":
             logger_cfg["offline"] = not wandb_configured()
+        if job is not None and logger_cfg.get("_target_", "").endswith("WandbLogger"):
+            logger_cfg.setdefault("group", job[0])  # the runs of one sweep, together
         loggers.append(build_node(logger_cfg, f"logger.{key}"))
-    plugins = []
-    if SLURMEnvironment.detect():  # requeue has one owner: the Preemption callback (or submitit), not Lightning
-        plugins.append(SLURMEnvironment(auto_requeue=False))
-    trainer = build_node(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-                         **({"plugins": plugins} if plugins else {}))
-    return datamodule, module, trainer
+    trainer.loggers = loggers
+    return Run(datamodule, module, trainer, resume)
 
 
 @contextlib.contextmanager
@@ -94,52 +170,108 @@ def run_name_for_workers(run_name: str):
 
 
 def train(cfg: DictConfig):
-    """Fit; returns the trainer."""
-    datamodule, module, trainer = build(cfg)
+    """Fit; returns the trainer. A signal (preemption, time limit) ends it early after its checkpoint (Preemption)."""
+    run = build(cfg)
+    trainer = run.trainer
+    resumed_at = int(read_checkpoint(run.resume)["global_step"]) if run.resume is not None else None
+    if resumed_at is not None and trainer.is_global_zero:  # one continuous history, whatever the last run logged
+        trim_history(cfg.run_dir, resumed_at)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if resumed_at is not None and trainer.is_global_zero and isinstance(logger, WandbLogger):
+            backfill_wandb(logger, cfg.run_dir, resumed_at)
     with run_name_for_workers(cfg.run_name):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.resume, weights_only=True)
     preemption = _preemption(trainer)
-    if preemption is not None and preemption.requeue_requested:
-        print(f"stopped at global step {trainer.global_step} for the time limit; "
-              f"checkpoint {preemption.last_path(trainer)}")
-    elif trainer.global_rank == 0:
+    if preemption is not None and (preemption.requeue_requested or preemption.interrupted):
+        why = "by SIGTERM" if preemption.interrupted else "for the time limit"
+        print(f"stopped at global step {trainer.global_step} {why}; checkpoint {preemption.last_path(trainer)}")
+    if trainer.global_rank == 0:
         report(cfg, trainer)
     return trainer
 
 
 def _preemption(trainer) -> Preemption | None:
-    return next((cb for cb in trainer.callbacks if isinstance(cb, Preemption)), None)
+    return next((cb for cb in trainer.callbacks if isinstance(cb, Preemption)), None) if trainer else None
 
 
 def report(cfg: DictConfig, trainer) -> None:
+    """Where the run is: its directory, how to resume it, and its W&B run (and the command that syncs it)."""
     run_dir = Path(cfg.run_dir).resolve()
-    print(f"\nrun directory: {run_dir}")
+    print(f"\nrun directory: {run_dir}", flush=True)
     print(f"  checkpoints: {run_dir / 'checkpoints'}  (resume: lsde-train ... run_name={cfg.run_name})")
     print(f"  samples and sampler metrics: {run_dir / 'samples'}")
-    for logger in trainer.loggers:
+    if trainer is None and (run_dir / "wandb").is_dir():
+        print(f"  W&B: sync it with: wandb sync {run_dir / 'wandb'}/offline-run-*")
+    for logger in trainer.loggers if trainer is not None else ():
         if isinstance(logger, WandbLogger):
-            wandb_dir = Path(logger.experiment.dir).parent
+            wandb_dir = Path(logger.experiment.dir).resolve().parent
             if logger.experiment.offline:
                 print(f"  W&B (offline): {wandb_dir}\n  sync it to W&B with: wandb sync {wandb_dir}")
             else:
                 print(f"  W&B: {logger.experiment.url}")
 
 
+def forget_failed_start(cfg: DictConfig) -> None:
+    """After a failure before training: a run directory that Hydra has just made (nothing in it but its own files)
+    is removed, so that nothing mistakes it for a run; an existing run's directory keeps the error in its log."""
+    run_dir = Path(cfg.run_dir)
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+HELP = dict(
+    summary=("fit a score model by denoising score matching (EMA, DDP), comparing samplers during fit"),
+    usage=[
+        "[KEY=VALUE ...]",
+        "-m [KEY=A,B ...]        (a multirun: one run per combination)",
+    ],
+    keys=[
+        ("experiment=<name>", "an overlay of everything below (toy2d, digits, cifar10_vp_ddpmpp, ...)"),
+        ("samplers=<set>", "the samplers compared at each evaluation (configs/samplers/)"),
+        ("trainer.max_steps=N", "training steps; trainer.val_check_interval=N between evaluations"),
+        ("trainer=ddp_cpu|ddp", "DDP processes (trainer.devices, trainer.num_nodes)"),
+        ("optim.lr=X", "AdamW learning rate (optim.warmup_steps, optim.weight_decay)"),
+        ("callbacks.sampler.n_samples=N", "samples per sampler and evaluation"),
+        ("run_name=<name>", "the run directory outputs/train/<name>; rerun it to resume (ckpt_path=last)"),
+        ("logger=csv", "no W&B (default: W&B, offline unless configured, and CSV)"),
+    ],
+    examples="""lsde-train experiment=toy2d
+      lsde-train experiment=digits trainer=ddp_cpu
+      lsde-train -m experiment=toy2d sde=vp,ve""",
+)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def main(cfg: DictConfig) -> None:
-    trainer = None
+@fails_cleanly("lsde-train", cleanup=forget_failed_start)
+def run_app(cfg: DictConfig) -> None:
+    trainer, code = None, 0
     try:
         trainer = train(cfg)
+        if _preemption(trainer) is not None and _preemption(trainer).interrupted:
+            code = EXIT_SIGTERM
+    except SIGTERMException:  # a signal before training started
+        log.warning("stopped by SIGTERM; the checkpoint at this step is in %s/checkpoints", cfg.run_dir)
+        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
+            report(cfg, None)
+        code = EXIT_SIGTERM
     finally:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
+        if not finish_wandb(code) and code:  # its service died with the job: W&B's exit handler would fail again
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     preemption = _preemption(trainer)
-    if preemption is not None:
-        preemption.requeue_if_requested(trainer)  # the last act: SLURM ends this job and starts it again
+    if preemption is not None and preemption.requeue_requested and trainer.is_global_zero:
+        if not preemption.requeue_if_requested(trainer):  # the last act: SLURM ends this job and starts it again
+            code = EXIT_TIME_LIMIT
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    if not print_help_if_asked("train", **HELP):
+        run_app()
 
 
 if __name__ == "__main__":

@@ -11,11 +11,14 @@ The interface the training module and the SamplerCallback rely on:
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lightning_sde.distributed import rank_world
 
 # Independent random streams drawn from one user seed.
 STREAM_TRAIN, STREAM_VAL, STREAM_SPLIT, STREAM_REFERENCE = 0, 1, 2, 3
@@ -81,11 +84,11 @@ class ImageBatch:
     def __call__(self, batch, generator: torch.Generator | None = None) -> Tensor:
         x = stack(batch).to(torch.float32)
         if self.dequantize:
-            x = 2.0 * (x + torch.rand(x.shape, generator=generator)) / self.levels - 1.0
+            x = 2.0 * (x + torch.rand(x.shape, generator=generator, device=x.device)) / self.levels - 1.0
         else:
             x = 2.0 * x / (self.levels - 1) - 1.0
         if self.hflip:
-            flip = torch.rand(x.shape[0], generator=generator) < 0.5
+            flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
             x[flip] = x[flip].flip(-1)
         return x
 
@@ -100,8 +103,62 @@ def bits_per_dim_offset(levels: int) -> float:
     return math.log2(levels / 2)
 
 
+class EpochBatches(Sampler):
+    """Training batches that a resumed run sees exactly as an uninterrupted one would.
+
+    Epoch e is a permutation of the training set seeded by (seed, e); process r of W takes its rows r, r + W, ...;
+    drop_last batches of those. Iteration starts at batch `position()` (the batches the trainer has consumed: a
+    resumed run continues mid-epoch where it stopped), so the order depends on the global step alone.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, position: Callable[[], int] = lambda: 0):
+        self.n, self.batch_size, self.seed, self.position = n, batch_size, seed, position
+
+    def __len__(self) -> int:
+        _, world = rank_world()
+        return (self.n // world) // self.batch_size
+
+    def __iter__(self):
+        rank, world = rank_world()
+        per_epoch = len(self)
+        epoch, offset = divmod(self.position(), per_epoch)
+        order = torch.randperm(self.n, generator=generator(self.seed * 1_000_003 + epoch, STREAM_TRAIN))[rank::world]
+        for b in range(offset, per_epoch):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+
+
+class TrainLoader:
+    """The training loader: a DataLoader over EpochBatches. Deliberately not a DataLoader itself, so that Lightning
+    leaves its order alone (it would put a DistributedSampler of its own in): EpochBatches splits across processes."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader.batch_sampler)
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.loader.dataset
+
+    def state_dict(self) -> dict:
+        """Nothing to keep: the position is the trainer's global step, restored with the checkpoint. (Having the
+        interface tells Lightning that a mid-epoch resume continues the epoch exactly.)"""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 class BaseDataModule(L.LightningDataModule):
-    """Loaders over `self.train_set` / `self.val_set` (filled in by the subclass) with `self.collate`."""
+    """Loaders over `self.train_set` / `self.val_set` (filled in by the subclass) with `self.collate`.
+
+    Training batches come from EpochBatches (order fixed by the seed and the global step) and `self.collate`, which
+    is deterministic; random augmentation (`self.train_transform`, e.g. dequantisation or flips) runs in `augment`,
+    which the ScoreModule calls on the device after seeding that step's randomness."""
 
     kind: str = "points"
     shape: tuple[int, ...] = ()
@@ -116,31 +173,36 @@ class BaseDataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self.collate = stack
         self.val_collate = stack
+        self.train_transform: Callable[[Tensor], Tensor] | None = None
 
     def _ensure_setup(self) -> None:
         """Subclasses that load lazily (files on disk) fill train_set / val_set here."""
 
-    def _loader(self, dataset: Dataset, collate, train: bool) -> DataLoader:
-        if train and len(dataset) < self.batch_size:
-            raise ValueError(f"{type(self).__name__}: batch_size {self.batch_size} exceeds the {len(dataset)} "
-                             "training samples")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate,
-        )
+    def consumed_batches(self) -> int:
+        """Training batches consumed so far by the attached trainer (0 before fit)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.global_step * trainer.accumulate_grad_batches
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> TrainLoader:
         self._ensure_setup()
-        return self._loader(self.train_set, self.collate, train=True)
+        _, world = rank_world()
+        if len(self.train_set) // world < self.batch_size:
+            raise ValueError(f"{type(self).__name__}: batch_size {self.batch_size} exceeds the "
+                             f"{len(self.train_set) // world} training samples of each of {world} process(es)")
+        batches = EpochBatches(len(self.train_set), self.batch_size, self.seed, self.consumed_batches)
+        return TrainLoader(DataLoader(self.train_set, batch_sampler=batches, num_workers=self.num_workers,
+                                      persistent_workers=self.num_workers > 0, collate_fn=self.collate))
+
+    def augment(self, batch: Tensor) -> Tensor:
+        """The random part of training-data preparation, applied on the device (identity without a transform)."""
+        return batch if self.train_transform is None else self.train_transform(batch)
 
     def val_dataloader(self) -> DataLoader:
         self._ensure_setup()
-        return self._loader(self.val_set, self.val_collate, train=False)
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, collate_fn=self.val_collate)
 
     def reference(self, n: int) -> Tensor:
         raise NotImplementedError

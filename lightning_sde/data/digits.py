@@ -73,9 +73,9 @@ class DigitsDataModule(BaseDataModule):
         self.val_index, self.train_index = order[:n_val].sort().values, order[n_val:]
         self.train_levels = images[self.train_index]  # in a seeded order: reference(n) takes the first n
         self.train_labels = labels[self.train_index]
-        self.collate = ImageBatch(LEVELS, dequantize=self.dequantize)
+        self.train_transform = ImageBatch(LEVELS, dequantize=self.dequantize)
         self.train_set = RowsDataset(self.train_levels)
-        self.val_set = RowsDataset(self.collate(images[self.val_index], generator=generator(seed, STREAM_VAL)))
+        self.val_set = RowsDataset(self.train_transform(images[self.val_index], generator=generator(seed, STREAM_VAL)))
 
     @property
     def bits_per_dim_offset(self) -> float | None:
@@ -84,4 +84,4 @@ class DigitsDataModule(BaseDataModule):
 
     def reference(self, n: int) -> Tensor:
         n = self._check_reference(n, len(self.train_levels))
-        return self.collate(self.train_levels[:n], generator=generator(self.seed, STREAM_REFERENCE))
+        return self.train_transform(self.train_levels[:n], generator=generator(self.seed, STREAM_REFERENCE))

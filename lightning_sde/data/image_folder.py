@@ -120,7 +120,7 @@ class ImageFolderDataModule(BaseDataModule):
         self.val_files = sorted(files[i] for i in order[: self.n_val])
         self.train_files = [files[i] for i in order[self.n_val :]]  # a seeded order: reference(n) takes the first n
         self.shape = (channels, image_size, image_size)
-        self.collate = ImageBatch(LEVELS, dequantize=self.dequantize, hflip=self.hflip)
+        self.train_transform = ImageBatch(LEVELS, dequantize=self.dequantize, hflip=self.hflip)
         self.val_collate = ImageBatch(LEVELS, dequantize=self.dequantize)
         self.train_set = ImageFiles(self.train_files, image_size, channels)
         self.val_set = ImageFiles(self.val_files, image_size, channels)

@@ -159,7 +159,7 @@ class TorchvisionDataModule(BaseDataModule):
                              f"got {download_timeout!r}")
         self.download_timeout = float(download_timeout)
         self.shape = SPECS[name].shape
-        self.collate = ImageBatch(LEVELS, dequantize=self.dequantize, hflip=self.hflip)
+        self.train_transform = ImageBatch(LEVELS, dequantize=self.dequantize, hflip=self.hflip)
         self.train_levels: Tensor | None = None
 
     @property

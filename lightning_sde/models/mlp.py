@@ -25,6 +25,13 @@ class MLP(nn.Module):
     def __init__(self, dim: int, width: int = 256, depth: int = 4, time_embed_dim: int = 128,
                  fourier_scale: float = 16.0, dropout: float = 0.0):
         super().__init__()
+        for name, value in (("dim", dim), ("width", width), ("depth", depth), ("time_embed_dim", time_embed_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MLP: {name} must be an integer >= 1; got {value!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"MLP: dropout must lie in [0, 1); got {dropout!r}")
+        if not fourier_scale > 0:
+            raise ValueError(f"MLP: fourier_scale must be > 0; got {fourier_scale!r}")
         self.embed = nn.Sequential(FourierTimeEmbedding(time_embed_dim, fourier_scale),
                                    nn.Linear(time_embed_dim, width))
         self.inp = nn.Linear(dim, width)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from helpers.slurm_cluster import SlurmCluster, unavailable_reason
+from helpers.wandb_offline import history
 from lightning_sde.bench.report import load
 
 pytestmark = pytest.mark.slow
@@ -56,6 +57,9 @@ def logged_steps(run_dir: Path) -> list[list[int]]:
     """The global steps with a training loss in each launch's metrics.csv (csv/version_<n>), in launch order."""
     out = []
     for version in sorted((run_dir / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1])):
+        if not (version / "metrics.csv").is_file():  # not flushed yet
+            out.append([])
+            continue
         with open(version / "metrics.csv") as fh:
             out.append([int(r["step"]) for r in csv.DictReader(fh) if r.get("train/loss")])
     return out
@@ -69,11 +73,11 @@ def test_two_task_ddp_training_job(slurm, workdir):
     assert states == ["COMPLETED"], log[-5000:]
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log  # both ranks ran
     run_dir = workdir / "outputs" / "train" / job  # keyed on the job id
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 200
     assert logged_steps(run_dir) == [list(range(200))]
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B must log offline on a compute node"
-    assert f"wandb sync outputs/train/{job}/wandb/offline-run-" in log
+    assert f"wandb sync {run_dir.resolve()}/wandb/offline-run-" in log  # lsde-train names the real run
 
 
 def test_preempted_job_checkpoints_requeues_and_resumes_without_losing_a_step(slurm, workdir):
@@ -81,25 +85,9 @@ def test_preempted_job_checkpoints_requeues_and_resumes_without_losing_a_step(sl
     job = submit(slurm, workdir, "train.sbatch", *TRAIN, f"trainer.max_steps={steps}", "trainer.val_check_interval=300",
                  "callbacks.last.every_n_train_steps=1000", options=CPU_TASKS, env={"LSDE_TRAINER": "ddp_cpu"})
     run_dir = workdir / "outputs" / "train" / job
-    deadline = time.monotonic() + 180
-    while not list(run_dir.glob("csv/version_0/hparams.yaml")):  # written just before fit starts
-        assert time.monotonic() < deadline, log_of(workdir, "lsde-train", job)[-5000:]
-        time.sleep(0.5)
-    time.sleep(4)
+    wait_for_steps(run_dir, job, workdir)
     slurm.run("scancel", "--signal=USR1", job)  # what --signal=USR1@<s> sends before the time limit
-    deadline = time.monotonic() + 120
-    while slurm.state(job).get("Restarts", "0") == "0" or slurm.state(job).get("JobState") != "PENDING":
-        log = log_of(workdir, "lsde-train", job)[-5000:]
-        assert time.monotonic() < deadline, f"not requeued: {slurm.state(job)}\n{log}"
-        time.sleep(0.5)
-    # Skip SLURM's ~2 min requeue delay, but not its reason: the node must have cleaned up the first run and a
-    # new credential must be younger (by the clock's second) than the revoked one, else the restart is refused.
-    deadline = time.monotonic() + 60
-    while not slurm.node_idle():
-        assert time.monotonic() < deadline, "the node never went idle after the requeue"
-        time.sleep(0.5)
-    time.sleep(3)
-    slurm.run("scontrol", "update", f"jobid={job}", "StartTime=now")
+    release_after_requeue(slurm, job)
     states = slurm.wait(job, timeout=300)
     log = log_of(workdir, "lsde-train", job)
     assert states == ["COMPLETED"], log[-5000:]
@@ -108,7 +96,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_without_losing_a_step(sl
     assert 0 < stopped < steps, "the signal must arrive mid-training for this test to mean anything"
     first, second = logged_steps(run_dir)
     assert first == list(range(stopped)) and second == list(range(stopped, steps)), "a step lost or repeated"
-    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == steps
     adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
     assert adam_steps == {steps}, "the optimizer continued from the checkpoint"
@@ -156,7 +144,117 @@ def test_hydra_submitit_launcher_submits_a_ddp_run_and_owns_requeue(slurm, workd
     assert "--signal=USR2@300" in script and "--ntasks-per-node=2" in script
     job = sbatch_file.parent.name
     run_dir = workdir / "outputs" / "train" / job
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 100
     job_log = "".join(p.read_text() for p in sbatch_file.parent.glob("*_log.out"))
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in job_log and "requeue is submitit's" in job_log
+
+
+# --- preemption with the default loggers (W&B offline + CSV): SIGTERM to every process of the job ---------------
+
+
+def wandb_steps(run_dir: Path) -> list[list[int]]:
+    """The global steps with a training loss in each launch's offline W&B run (same id), in launch order."""
+    runs = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda p: p.parent.name)
+    return [[int(r["trainer/global_step"]) for r in history(run) if "train/loss" in r] for run in runs]
+
+
+def wait_for_steps(run_dir: Path, job: str, workdir: Path, n: int = 20, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not (logged := logged_steps(run_dir)) or len(logged[-1]) < n:
+        assert time.monotonic() < deadline, log_of(workdir, "lsde-train", job)[-5000:]
+        time.sleep(0.5)
+
+
+def saved_step(log: str) -> int:
+    """The step of the checkpoint written at the signal (the log's 'SIGTERM: saved ... at global step N')."""
+    return int(log.split("SIGTERM: saved ")[1].split(" at global step ")[1].split()[0])
+
+
+def check_one_history(run_dir: Path, stopped: int, steps: int) -> None:
+    """One continuous history: in the CSV the first launch logged up to the checkpoint and the second from there; in
+    W&B (one id, one offline file a launch) every step once, in order: the rows W&B's killed service never wrote are
+    logged again by the resumed run, from the CSV."""
+    first, second = logged_steps(run_dir)
+    assert first == list(range(stopped)) and second == list(range(stopped, steps))
+    launches = wandb_steps(run_dir)
+    assert len(launches) == 2 and [s for launch in launches for s in launch] == list(range(steps)), launches
+
+
+def test_scontrol_requeue_mid_run_checkpoints_at_the_signal_and_resumes_one_history(slurm, workdir):
+    """`scontrol requeue` sends SIGTERM to every process of the job, W&B's service included: the checkpoint is
+    written at the current step before anything can fail, and the requeued job continues from exactly there."""
+    steps = 400
+    job = submit(slurm, workdir, "train.sbatch", *TRAIN, f"trainer.max_steps={steps}",
+                 "trainer.val_check_interval=1000", "callbacks.last.every_n_train_steps=1000", options=CPU_TASKS,
+                 env={"LSDE_TRAINER": "ddp_cpu"})
+    run_dir = workdir / "outputs" / "train" / job
+    wait_for_steps(run_dir, job, workdir)
+    slurm.run("scontrol", "requeue", job)
+    release_after_requeue(slurm, job)
+    states = slurm.wait(job, timeout=300)
+    log = log_of(workdir, "lsde-train", job)
+    assert states == ["COMPLETED"], log[-5000:]
+    stopped = saved_step(log)
+    assert 0 < stopped < steps
+    assert "task 0: Exited with exit code 143" in log and "task 1: Exited with exit code 143" in log  # interrupted
+    check_one_history(run_dir, stopped, steps)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps
+
+
+def test_scancel_signal_term_mid_run_fails_the_job_and_a_resubmission_resumes(slurm, workdir):
+    """`scancel --signal=TERM` (how many sites preempt): checkpoint at the step, the job ends FAILED (143), so an
+    `afterok` dependency does not fire; resubmitted under its run name it continues from that step."""
+    steps = 300
+    args = [*TRAIN, f"trainer.max_steps={steps}", "trainer.val_check_interval=1000",
+            "callbacks.last.every_n_train_steps=1000"]
+    job = submit(slurm, workdir, "train.sbatch", *args, options=CPU_TASKS, env={"LSDE_TRAINER": "ddp_cpu"})
+    run_dir = workdir / "outputs" / "train" / job
+    wait_for_steps(run_dir, job, workdir)
+    slurm.run("scancel", "--signal=TERM", job)
+    states = slurm.wait(job, timeout=120)
+    log = log_of(workdir, "lsde-train", job)
+    assert states == ["FAILED"] and slurm.state(job)["ExitCode"].startswith("143"), log[-5000:]
+    stopped = saved_step(log)
+    assert 0 < stopped < steps and f"run directory: {run_dir.resolve()}" in log
+    again = submit(slurm, workdir, "train.sbatch", *args, f"run_name={job}", options=CPU_TASKS,
+                   env={"LSDE_TRAINER": "ddp_cpu"})
+    assert slurm.wait(again, timeout=300) == ["COMPLETED"], log_of(workdir, "lsde-train", again)[-5000:]
+    assert f"run directory: {run_dir.resolve()}" in log_of(workdir, "lsde-train", again)  # the real directory
+    check_one_history(run_dir, stopped, steps)
+
+
+def release_after_requeue(slurm, job: str) -> None:
+    """Skip SLURM's ~2 min requeue delay, but not its reason: the node must have cleaned up the first run and a new
+    credential must be younger (by the clock's second) than the revoked one, else the restart is refused."""
+    deadline = time.monotonic() + 120
+    while slurm.state(job).get("Restarts", "0") == "0" or slurm.state(job).get("JobState") != "PENDING":
+        assert time.monotonic() < deadline, f"not requeued: {slurm.state(job)}"
+        time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while not slurm.node_idle():
+        assert time.monotonic() < deadline, "the node never went idle after the requeue"
+        time.sleep(0.5)
+    time.sleep(3)
+    slurm.run("scontrol", "update", f"jobid={job}", "StartTime=now")
+
+
+def header_cpu_examples(template: str) -> list[list[str]]:
+    """The sbatch options of the CPU examples in a template's header comment (continuation lines joined)."""
+    lines, joined = (REPO / "slurm" / template).read_text().splitlines(), []
+    for line in (ln[1:].strip() for ln in lines if ln.startswith("# ") or ln.startswith("#   ")):
+        if joined and joined[-1].endswith("\\"):
+            joined[-1] = joined[-1][:-1] + " " + line
+        else:
+            joined.append(line)
+    examples = [ex.split() for ex in joined if ex.startswith("sbatch ") and ("gpus-per-node=0" in ex or "gpus=0" in ex)]
+    return [[t for t in ex[1 : ex.index(f"slurm/{template}")] if t.startswith("--")] for ex in examples]
+
+
+@pytest.mark.parametrize("template", ["train.sbatch", "bench.sbatch"])
+def test_the_cpu_examples_in_the_template_headers_can_run_on_this_one_node_cluster(slurm, workdir, template):
+    examples = header_cpu_examples(template)
+    assert examples, f"{template} has no CPU example in its header"
+    for options in examples:
+        out = slurm.run("sbatch", "--test-only", *options, str(REPO / "slurm" / template), cwd=workdir, check=False)
+        assert out.returncode == 0 and "to start at" in out.stderr, f"{options}: {out.stderr}"

@@ -3,6 +3,7 @@ concurrent appends, FID/KID reference statistics and their cache, lsde-prepare's
 
 import multiprocessing
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +130,48 @@ def test_lsde_prepare_rejects_bad_requests(argv, message, capsys):
         assert message in str(err)
         return
     assert message in capsys.readouterr().err
+
+
+def test_a_result_key_holds_everything_that_changes_its_numbers(tmp_path):
+    """A rerun under other settings recomputes instead of reporting the old numbers: the dtype, the device kind,
+    every sampler parameter, and for adaptive samplers (whose shared steps depend on the batch) the batch size and
+    the number of processes."""
+    from lightning_sde.bench.runner import prepare
+
+    def keys(*overrides):
+        cells = prepare(_cfg(tmp_path, "+sampler@samplers.ode=ode", "tolerances=[1e-3]", *overrides)).cells
+        return {c.label + str(c.requested): c.key("mmd") for c in cells if c.grid != "exact"}
+
+    base = keys()
+    assert base.keys() == keys("dtype=float64").keys()
+    assert not set(base.values()) & set(keys("dtype=float64").values()), "float64 must recompute every cell"
+    assert not set(base.values()) & set(keys("device=cuda").values())
+    eta = keys("samplers.ddim.eta=1.0")
+    assert eta["ddim3"] != base["ddim3"] and eta["em3"] == base["em3"]  # a sampler's own parameters key its rows
+    bigger = keys("batch_size=64")
+    assert bigger["ode0.001"] != base["ode0.001"], "adaptive: the batch changes the samples"
+    assert bigger["ddim3"] == base["ddim3"], "fixed-step samples do not depend on the batch (seed-addressed)"
+    assert keys("ddp.devices=2")["ode0.001"] != base["ode0.001"]
+
+
+def test_non_finite_samples_are_reported_not_scored():
+    from lightning_sde.bench.runner import score
+    from lightning_sde.generation import Samples
+
+    cell = prepare_cells()[1]
+    x = torch.randn(10, 2)
+    x[3, 1] = float("nan")
+    samples = Samples(x, [5], 1.0, 0.0, 1)
+    assert samples.n_nonfinite == 1
+    assert score(lambda _: pytest.fail("scored"), cell, samples, x) == {m: None for m in cell.metrics}
+
+
+def prepare_cells():
+    from lightning_sde.bench.runner import prepare
+
+    return prepare(_cfg(Path("/nonexistent"))).cells
+
+
+def test_each_shard_has_its_own_output_folder(tmp_path):
+    folders = {_cfg(tmp_path, f"shard.index={i}", "shard.count=2").output_dir for i in (0, 1)}
+    assert len(folders) == 2 and all("shard" in f for f in folders)

@@ -55,7 +55,8 @@ def test_every_experiment_composes_builds_and_states_its_samplers(experiment, tm
     # Shrunk to run here: CPU trainer, no loggers; data is constructed but not downloaded.
     small = composed("train", [f"experiment={experiment}", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
                                "trainer.max_steps=2", "logger=none"])
-    datamodule, module, trainer = build(small)
+    run = build(small)
+    datamodule, module, trainer = run.datamodule, run.module, run.trainer
     assert tuple(module.denoiser.shape) == tuple(datamodule.shape)
     assert trainer.max_steps == 2
     names = [type(c).__name__ for c in trainer.callbacks]

@@ -44,7 +44,7 @@ from helpers.convergence import (
 from helpers.oracles import SDES, counting_denoiser, rmse, wide_circle
 from lightning_sde.samplers import build_sampler, sample
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # converged references at tol 1e-12
 
 # name -> (registered sampler, params, order p, NFE per step from its tableau, step counts in the asymptotic range)
 SAMPLERS = {

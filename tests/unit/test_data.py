@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from lightning_sde.cli.prepare import main as prepare_main
 from lightning_sde.data import (
@@ -99,16 +100,35 @@ def test_toy_params_pass_through_and_bad_arguments_fail_clearly():
         Toy2DDataModule("eight_gaussians", batch_size=128, n_train=100).train_dataloader()
 
 
-def test_loaders_survive_lightnings_distributed_sampler_injection():
-    """Lightning rebuilds the train loader with a DistributedSampler under DDP: batches stay plain tensors."""
-    from lightning.pytorch.utilities.data import _update_dataloader
-    from torch.utils.data import DistributedSampler
+def test_training_batches_follow_the_global_step_and_split_exactly_across_processes(monkeypatch):
+    """A resumed run sees the batches an uninterrupted one would: the order is a function of (seed, epoch), the
+    first batch is the one at the trainer's position, and process r of W takes rows r, r + W, ... of each epoch's
+    permutation. Lightning leaves the loader alone (it is not a DataLoader, so no DistributedSampler goes in)."""
+    import lightning_sde.data.base as base
+    from lightning_sde.data.base import EpochBatches
 
     dm = Toy2DDataModule("eight_gaussians", batch_size=100, n_train=1000)
     loader = dm.train_dataloader()
-    shard = _update_dataloader(loader, DistributedSampler(loader.dataset, num_replicas=2, rank=1, shuffle=True))
-    batches = list(shard)
-    assert len(batches) == 5 and all(b.shape == (100, 2) for b in batches)
+    assert not isinstance(loader, DataLoader) and len(loader) == 10
+    assert torch.equal(next(iter(loader)), dm.train_set.data[next(iter(EpochBatches(1000, 100, dm.seed)))])
+    step = {"now": 0}
+    batches = EpochBatches(1000, 100, dm.seed, position=lambda: step["now"])
+    straight = []
+    for _ in range(3):  # three epochs as a trainer runs them: the position advances one batch a step
+        for indices in batches:
+            straight.append(indices)
+            step["now"] += 1
+    assert len(straight) == 30 and sorted(i for b in straight[:10] for i in b) == list(range(1000))  # each row once
+    assert straight[:10] != straight[10:20]  # a new order every epoch
+    for position in (0, 7, 10, 23):  # resume at step 7 (mid-epoch), 10 (an epoch boundary), 23
+        resumed = list(EpochBatches(1000, 100, dm.seed, position=lambda p=position: p))
+        assert resumed == straight[position : (position // 10 + 1) * 10]  # the rest of that epoch, exactly
+    shards = []
+    for rank in (0, 1):
+        monkeypatch.setattr(base, "rank_world", lambda r=rank: (r, 2))
+        shards.append([i for batch in EpochBatches(1000, 100, dm.seed) for i in batch])
+    assert len(shards[0]) == len(shards[1]) == 500 and not set(shards[0]) & set(shards[1])  # disjoint, equal
+    assert len(EpochBatches(1000, 100, dm.seed)) == 5  # under 2 processes: 500 rows each
 
 
 # --- digits -----------------------------------------------------------------------------------------------------
@@ -119,9 +139,9 @@ def test_digits_split_range_and_reference():
     assert dm.kind == "images" and dm.shape == (1, 8, 8)
     assert len(dm.train_set) + len(dm.val_set) == 1797 and len(dm.val_set) == 180
     assert set(dm.train_index.tolist()).isdisjoint(dm.val_index.tolist())
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.augment(next(iter(dm.train_dataloader())))  # levels (uint8) until augment, which runs on the device
     assert batch.shape == (128, 1, 8, 8) and batch.dtype == torch.float32
-    everything = torch.cat([torch.cat(list(dm.train_dataloader())), dm.val_set.data])
+    everything = torch.cat([dm.augment(torch.cat(list(dm.train_dataloader()))), dm.val_set.data])
     assert everything.min() == -1.0 and everything.max() == 1.0
     levels = torch.unique(dm.reference(1617))
     assert torch.allclose(levels, torch.linspace(-1, 1, 17))  # exactly the 17 levels
@@ -142,8 +162,10 @@ def test_digits_dequantisation_moves_each_pixel_by_less_than_one_level():
     assert b.min() >= -1 and b.max() < 1 and torch.unique(b).numel() > 10_000  # continuous values
     # the integer level is recovered by flooring: dequantisation never crosses into a neighbouring level
     assert torch.equal(torch.floor((b + 1) * 17 / 2), torch.round((a + 1) * 16 / 2))
-    e1, e2 = next(iter(deq.train_dataloader())), next(iter(deq.train_dataloader()))
-    assert not torch.equal(e1, e2)  # fresh noise for every batch
+    levels = next(iter(deq.train_dataloader()))
+    assert levels.dtype == torch.uint8 and torch.equal(levels, next(iter(deq.train_dataloader())))
+    e1, e2 = deq.augment(levels), deq.augment(levels)
+    assert not torch.equal(e1, e2)  # fresh noise for every batch (the trainer seeds each step's generator)
     assert deq.bits_per_dim_offset == pytest.approx(math.log2(8.5)) and plain.bits_per_dim_offset is None
 
 
@@ -170,7 +192,7 @@ def test_image_folder_resizes_crops_and_scales(tmp_path):
     dm = ImageFolderDataModule(tmp_path, image_size=16, batch_size=4, n_val=2)
     assert dm.kind == "images" and dm.shape == (3, 16, 16)
     assert len(dm.train_set) == 6 and len(dm.val_set) == 2
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.augment(next(iter(dm.train_dataloader())))
     assert batch.shape == (4, 3, 16, 16) and batch.dtype == torch.float32
     assert batch.min() >= -1 and batch.max() <= 1
     ref = dm.reference(6)

@@ -12,7 +12,7 @@ from lightning_sde.exact import eight_gaussians
 from lightning_sde.metrics import mmd
 from lightning_sde.samplers import build_sampler, optimize_grid, sample
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # converged references, grid tuning
 STEPS = (32, 64, 128)
 # name -> (sampler, params, order, steps) on the log-SNR grid (asymptotic from 32: measured doublings within 0.1 of
 # p; UniPC-4 from 64). UniPC's corrector raises its predictor's order p to p + 1. UniPC-4 without lower_order_final:

@@ -71,6 +71,7 @@ def test_gaussian_start_costs_no_nfe_and_lowers_the_error_on_eight_gaussians():
     assert errors[0.15] < 0.9 * errors[None], errors
 
 
+@pytest.mark.slow
 def test_optimized_grid_starts_at_the_gaussian_start_and_powell_improves_the_pilot():
     sde = SDES["vp"]
     den = eight_gaussians().denoiser(sde)

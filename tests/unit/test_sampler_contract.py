@@ -87,6 +87,7 @@ def test_explicit_times_are_followed_exactly(name):
     sample(build_sampler(name, steps=6, times=times.tolist(), **params), den, range(4), dtype=torch.float64)
     assert {round(t, 12) for t in queried} <= {round(float(t), 12) for t in times}
 
+@pytest.mark.slow
 def test_grid_tuning_is_set_up_counted_apart_and_cached_per_weights():
     sde = SDES["vp"]
     den = MIX.denoiser(sde)
@@ -128,3 +129,50 @@ def test_params_round_trip_through_the_constructor():
         sampler = build_sampler(name)
         fields = {f.name for f in dataclasses.fields(sampler) if f.init}
         assert type(sampler)(**{k: v for k, v in sampler.params().items() if k in fields}) == sampler
+
+
+@pytest.mark.parametrize("method, iters", [("adam", 8), ("powell", 30)])
+def test_a_small_grid_tuning_run_improves_its_pilot_and_reports_what_it_cost(method, iters):
+    """A fast twin of the tuning tests: the grid found reproduces its reported pilot error when a sampler runs on it
+    from the pilot's seeds, it is no worse than the best named grid it started from, and its cost is what the
+    Denoiser counted."""
+    from lightning_sde.samplers.grids import GRIDS
+    from lightning_sde.samplers.tuning import PILOT_SEED, optimize_grid
+
+    sde = SDES["vp"]
+    den = MIX.denoiser(sde)
+    sampler = build_sampler("dpmpp", steps=5, grid="uniform")
+    times, report = optimize_grid(sampler, den, pilot=32, iters=iters, method=method)
+    assert len(times) == 6 and float(times[0]) == sde.T and float(times[-1]) == sde.eps
+    assert bool((times[1:] < times[:-1]).all())
+    assert report["pilot"] == 32 and report["iters"] == iters and report["method"] == method
+    assert report["init"] in GRIDS and report["pilot_nfe"] == den.nfe > 0
+    assert report["pilot_rmse_final"] <= report["pilot_rmse_init"]
+    seeds = range(PILOT_SEED, PILOT_SEED + 32)
+    ref, _ = sample(build_sampler("ode", rtol=1e-6, atol=1e-6, first_step=0.01), den, seeds, dtype=torch.float64)
+    x, _ = sample(build_sampler("dpmpp", steps=5, times=times.tolist()), den, seeds, dtype=torch.float64)
+    assert (x - ref).pow(2).mean().sqrt().item() == pytest.approx(report["pilot_rmse_final"], rel=1e-6)
+    init = time_grid(sde, 5, report["init"])
+    x0, _ = sample(build_sampler("dpmpp", steps=5, times=init.tolist()), den, seeds, dtype=torch.float64)
+    assert (x0 - ref).pow(2).mean().sqrt().item() == pytest.approx(report["pilot_rmse_init"], rel=1e-6)
+
+
+def test_the_tuned_grid_cache_holds_one_grid_per_weights_and_settings_and_stays_bounded(monkeypatch):
+    from lightning_sde.samplers import schedule
+
+    calls = []
+    monkeypatch.setattr(schedule, "optimize_grid", lambda s, d: (calls.append((s.name, s.steps)) or (
+        time_grid(d.sde, s.steps, "uniform"), {"pilot_nfe": 7})))
+    monkeypatch.setattr(schedule, "TUNED_CACHE_SIZE", 2)
+    schedule._tuned.clear()
+    den = MIX.denoiser(SDES["vp"])
+    a, b = build_sampler("ddim", steps=4, grid="optimized"), build_sampler("ddim", steps=5, grid="optimized")
+    times, report = schedule.tuned_times(a, den)
+    assert report == {"pilot_nfe": 7} and len(times) == 5
+    assert schedule.tuned_times(a, den)[1] == {"pilot_nfe": 0, "cached": True}
+    schedule.tuned_times(b, den)
+    schedule.tuned_times(build_sampler("ddim", steps=6, grid="optimized"), den)  # evicts the oldest (a)
+    schedule.tuned_times(a, den)
+    assert calls == [("ddim", 4), ("ddim", 5), ("ddim", 6), ("ddim", 4)] and len(schedule._tuned) == 2
+    info = sample(a, den, range(3))[1]
+    assert info["nfe"] == 4 and "setup_nfe" not in info and info["tuning"]["cached"]

@@ -1,0 +1,41 @@
+"""Checkpoints written so that no kill loses the last good one.
+
+Every checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed over its name
+(a rename is atomic). A checkpoint that replaces an older one under the same name (last.ckpt) first moves the older
+one to `<name>.prev.ckpt`, so that a file corrupted later still leaves the one before it to resume from
+(`lightning_sde.loading.newest_loadable`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"AtomicCheckpointIO takes no storage_options; got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if path.exists() and not path.is_symlink():
+            os.replace(path, previous(path))
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the renames themselves reach the disk
+        finally:
+            os.close(directory)
+
+
+def previous(path: Path) -> Path:
+    """Where the checkpoint that `path` replaced is kept: last.ckpt -> last.prev.ckpt."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")

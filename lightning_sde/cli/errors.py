@@ -1,0 +1,36 @@
+"""How the apps fail: a mistake the user can fix (a bad config value, a file that is not a checkpoint, a training
+run that diverged) is one line on stderr, `<app>: error: <what, the value, what would be right>`, also written to
+the app's log, and exit status 1. Anything else is a bug: its traceback is shown."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+from lightning_sde.loading import CheckpointError
+from lightning_sde.module import NonFiniteError
+
+log = logging.getLogger("lightning_sde")
+USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError)
+
+
+def fails_cleanly(app: str, cleanup=None):
+    """Decorate an app's task function (under @hydra.main): user errors become one line and exit 1; `cleanup(cfg)`
+    runs first, for whatever a failed start must not leave behind."""
+
+    def wrap(task):
+        @functools.wraps(task)
+        def run(cfg):
+            try:
+                return task(cfg)
+            except USER_ERRORS as err:
+                log.error("%s failed: %s: %s", app, type(err).__name__, err)  # into the app's own log file
+                if cleanup is not None:
+                    cleanup(cfg)
+                print(f"{app}: error: {err}", file=sys.stderr, flush=True)
+                sys.exit(1)
+
+        return run
+
+    return wrap

@@ -1,0 +1,210 @@
+"""Runs that never lie, never lose work and never run code from a file, tried as a demanding user would: the apps
+as subprocesses, a crafted checkpoint, a NaN loss, a multirun, a corrupted checkpoint, SIGTERM, bad values."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers.wandb_offline import find_run, history
+from lightning_sde import load_denoiser
+from lightning_sde.loading import CheckpointError
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+ENV.pop("LSDE_RUN_NAME", None)
+# toy2d, tiny: 30 steps, one DDIM-10 evaluation at the end on 100 samples, checkpoints every 10 steps
+TOY = ["experiment=toy2d", "trainer.max_steps=30", "trainer.val_check_interval=30", "samplers=quick",
+       "callbacks.best.monitor=val/ddim_10/sliced_w2", "callbacks.sampler.n_samples=100", "data.n_train=4096",
+       "callbacks.last.every_n_train_steps=10", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+
+
+def app(module: str, *args, cwd=None, timeout=600, env=None):
+    return subprocess.run([sys.executable, "-m", f"lightning_sde.cli.{module}", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env or ENV, cwd=cwd, check=False)
+
+
+def train(run_dir: Path, *overrides, **kw):
+    return app("train", f"run_dir={run_dir}", f"run_name={run_dir.name}", *overrides, **kw)
+
+
+class Evil:
+    """Unpickling this creates a file: what a crafted checkpoint would do with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+# --- 1. a checkpoint never runs the code inside it ----------------------------------------------------------------
+
+
+def test_a_crafted_checkpoint_runs_nothing_anywhere(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"net": {}, "sde": {}, "shape": [2]}, "x": Evil(marker)}, evil)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("this is a text file, not a checkpoint\n")
+    for i, path in enumerate((evil, text)):
+        with pytest.raises(CheckpointError, match=f"{path}: not a lightning-sde checkpoint"):
+            load_denoiser(path)
+        runs = {
+            "bench": app("bench", f"checkpoint={path}", "data=toy2d", f"results={tmp_path}/r.jsonl",
+                         f"output_dir={tmp_path}/o"),
+            "likelihood": app("likelihood", f"checkpoint={path}", "data=toy2d", f"out={tmp_path}/l",
+                              f"output_dir={tmp_path}/o"),
+            "figures": app("figures", f"checkpoint={path}", f"out={tmp_path}/f", f"output_dir={tmp_path}/o"),
+            "train ckpt_path": train(tmp_path / f"fresh{i}", *TOY, f"ckpt_path={path}", "logger=csv"),
+        }
+        resumed = tmp_path / f"requeued{i}"  # a requeued job whose last.ckpt was replaced
+        (resumed / "checkpoints").mkdir(parents=True)
+        (resumed / "checkpoints" / "last.ckpt").write_bytes(path.read_bytes())
+        runs["train resume"] = train(resumed, *TOY, "logger=csv")
+        for name, proc in runs.items():
+            assert proc.returncode != 0, f"{name} accepted {path.name}"
+            assert "not a lightning-sde checkpoint" in proc.stderr, f"{name}: {proc.stderr[-2000:]}"
+            assert "Traceback" not in proc.stderr.split("not a lightning-sde checkpoint")[0][-300:]
+    assert not marker.exists(), "unpickling ran code from the file"
+
+
+def test_a_checkpoint_naming_an_untrusted_class_is_refused(tmp_path):
+    good = tmp_path / "run"
+    assert train(good, *TOY, "logger=csv").returncode == 0
+    ckpt = torch.load(good / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["net"]["_target_"] = "os.system"
+    torch.save(ckpt, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match=r"names \['os.system'\], outside the trusted targets"):
+        load_denoiser(tmp_path / "bad.ckpt")
+    assert load_denoiser(good / "checkpoints" / "last.ckpt").shape == (2,)
+
+
+# --- 2. a non-finite loss stops the work ----------------------------------------------------------------------------
+
+
+def test_a_nan_loss_stops_training_names_the_step_and_saves_nothing_bad(tmp_path):
+    run = tmp_path / "nan"
+    proc = train(run, *TOY, "optim.lr=1e6", "optim.warmup_steps=0", "logger=csv")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "NonFiniteError" in out and "training stopped: at step" in out and "the last finite loss was" in out, out
+    for ckpt in (run / "checkpoints").glob("*.ckpt"):  # whatever was written before is finite
+        state = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
+
+
+# --- 3. every job of a multirun is its own run ------------------------------------------------------------------
+
+
+def test_each_job_of_a_multirun_has_its_own_directory_checkpoint_and_wandb_run(tmp_path):
+    proc = app("train", "-m", *TOY, "sde=vp,ve", "trainer.max_steps=20", f"paths.root={tmp_path}/outputs",
+               "run_name=sweep", f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = sorted((tmp_path / "outputs" / "train").iterdir())
+    assert [r.name for r in runs] == ["sweep_0", "sweep_1"], runs  # run_name given: still one directory per job
+    targets, ids = [], set()
+    for run in runs:
+        ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == 20  # the second job trained from step 0, not on the first one's checkpoint
+        targets.append(ckpt["hyper_parameters"]["sde"]["_target_"])
+        wandb_run = find_run(run / "wandb")
+        ids.add(wandb_run.stem)
+        steps = [row["trainer/global_step"] for row in history(wandb_run) if "train/loss" in row]
+        assert steps[0] == 0
+    assert targets == ["lightning_sde.sde.VPSDE", "lightning_sde.sde.VESDE"] and len(ids) == 2
+
+
+# --- 4. a corrupted last.ckpt does not stop every rerun ---------------------------------------------------------
+
+
+def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path):
+    run = tmp_path / "run"
+    assert train(run, *TOY, "logger=csv").returncode == 0
+    last, previous = run / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.prev.ckpt"
+    assert torch.load(previous, weights_only=True)["global_step"] == 20  # kept when step 30 replaced it
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # as a kill during a write by hand, or a disk fault, would leave it
+    proc = train(run, *TOY, "trainer.max_steps=50", "logger=csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert f"cannot resume from {last}: not a lightning-sde checkpoint" in out
+    assert "resuming from" in out and "the newest checkpoint that reads back" in out
+    assert torch.load(last, weights_only=True)["global_step"] == 50
+
+
+# --- 6. exit codes a scheduler can trust ---------------------------------------------------------------------------
+
+
+def _start_and_signal(run: Path, signum, *overrides):
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run}", f"run_name={run.name}",
+                             *TOY, "trainer.max_steps=100000", "trainer.val_check_interval=100000", "logger=csv",
+                             *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    deadline = time.monotonic() + 120
+    while not list(run.glob("csv/version_0/metrics.csv")):  # training has started and logged a step
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, out
+
+
+def test_sigterm_checkpoints_and_exits_143_and_the_time_limit_signal_exits_138_without_slurm(tmp_path):
+    code, out = _start_and_signal(tmp_path / "term", signal.SIGTERM)
+    assert code == 143, out[-3000:]
+    step = torch.load(tmp_path / "term" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert f"SIGTERM: saved {tmp_path / 'term' / 'checkpoints' / 'last.ckpt'} at global step {step}" in out
+    code, out = _start_and_signal(tmp_path / "usr1", signal.SIGUSR1)
+    assert code == 138 and "requeue signal received outside SLURM" in out, out[-3000:]
+    assert (tmp_path / "usr1" / "checkpoints" / "last.ckpt").is_file()
+
+
+# --- 7. start-up checks ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=-1", "config optim.lr: must be a finite number > 0; got -1"),
+    ("model.net.width=0", "config model.net: ValueError: MLP: width must be an integer >= 1; got 0"),
+    ("sde.beta_max=0.01", "config sde: ValueError: beta_max must be > beta_min"),
+])
+def test_a_bad_value_fails_before_anything_is_created(tmp_path, override, message):
+    run = tmp_path / "run"
+    start = time.monotonic()
+    proc = train(run, *TOY, override)  # default loggers: W&B and CSV
+    assert proc.returncode != 0 and message in proc.stderr
+    assert time.monotonic() - start < 60
+    assert not run.exists(), f"a failed start-up left {sorted(p.name for p in run.rglob('*'))}"
+
+
+def test_a_bad_value_on_an_existing_run_lands_in_its_log(tmp_path):
+    run = tmp_path / "run"
+    assert train(run, *TOY, "logger=csv").returncode == 0
+    proc = train(run, *TOY, "optim.lr=-1", "logger=csv")
+    assert proc.returncode != 0
+    assert "lsde-train failed: ValueError: config optim.lr" in (run / "train.log").read_text()
+    assert (run / "checkpoints" / "last.ckpt").is_file()  # the run itself is untouched
+
+
+# --- 9. exact resume --------------------------------------------------------------------------------------------
+
+
+def test_resume_is_exact_bit_for_bit(tmp_path):
+    """25 steps straight against 13 + resume to 25: every weight (raw and EMA) identical. 4096 samples in batches
+    of 512: 8 batches an epoch, so the resume lands mid-epoch and the run crosses epoch boundaries."""
+    common = [*TOY, "trainer.max_steps=25", "callbacks.last.every_n_train_steps=25", "logger=csv"]
+    assert train(tmp_path / "straight", *common).returncode == 0
+    assert train(tmp_path / "resumed", *common, "trainer.max_steps=13", "callbacks.last.every_n_train_steps=13"
+                 ).returncode == 0
+    proc = train(tmp_path / "resumed", *common)
+    assert proc.returncode == 0 and "not resumable" not in proc.stdout + proc.stderr
+    a, b = (torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+            for name in ("straight", "resumed"))
+    assert a["global_step"] == b["global_step"] == 25
+    for key in ("state_dict", "current_model_state"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert torch.equal(a["optimizer_states"][0]["state"][0]["exp_avg"], b["optimizer_states"][0]["state"][0]["exp_avg"])

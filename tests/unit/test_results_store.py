@@ -1,0 +1,63 @@
+"""The bench's record: the JSONL results store (append, read back, torn lines, duplicates) and the sample previews
+the views draw from."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from lightning_sde.bench.results import ResultsStore, SamplePreviews
+
+
+def test_rows_come_back_in_order_and_the_last_of_a_key_wins(tmp_path):
+    store = ResultsStore(tmp_path / "sub" / "r.jsonl")  # the folder is made on the first append
+    assert store.rows() == [] and store.keys() == set()
+    store.append([{"key": "a", "value": 1}, {"key": "b", "value": 2}])
+    store.append([])  # nothing to write: no empty line either
+    store.append([{"key": "a", "value": 3}])
+    assert [r["value"] for r in store.rows()] == [1, 2, 3]
+    assert store.latest() == {"a": {"key": "a", "value": 3}, "b": {"key": "b", "value": 2}}
+    assert store.keys() == {"a", "b"}
+    lines = (tmp_path / "sub" / "r.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line) for line in lines)
+    assert lines[0] == json.dumps({"key": "a", "value": 1}, sort_keys=True)  # one JSON object per line, sorted keys
+
+
+def test_a_torn_last_line_is_skipped_and_the_next_append_starts_a_fresh_line(tmp_path, caplog):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"key": "a", "value": 1}) + "\n" + '{"key": "b", "val')  # a crash mid-write
+    store = ResultsStore(path)
+    assert [r["key"] for r in store.rows()] == ["a"] and "r.jsonl:2: skipping a torn or invalid line" in caplog.text
+    store.append([{"key": "c", "value": 3}])
+    assert [r["key"] for r in store.rows()] == ["a", "c"]
+    assert path.read_text().splitlines()[-1] == json.dumps({"key": "c", "value": 3}, sort_keys=True)
+    path.write_text(path.read_text() + "\n\n")  # blank lines are nothing
+    assert len(store.rows()) == 2
+
+
+def test_previews_round_trip_each_cell_and_the_reference(tmp_path):
+    previews = SamplePreviews(tmp_path / "samples", n=3)
+
+    class Cell:
+        label, grid, requested = "ddim (eta 1)", "nfe", 10
+
+    x = torch.arange(10.0).reshape(5, 2)
+    previews.save(Cell(), x)
+    previews.save_reference(x + 100)
+    assert SamplePreviews.name("ddim (eta 1)", "nfe", 10) == "ddim_eta_1__nfe10"
+    assert SamplePreviews.name("dopri5", "tol", 1e-05) == "dopri5_tol1e-05"
+    assert SamplePreviews.name("em_1000", "configured", None) == "em_1000"
+    assert torch.equal(previews.load("ddim (eta 1)", "nfe", 10), x[:3])  # the first n only
+    assert torch.equal(previews.load("reference", None, None), x[:3] + 100)
+    assert previews.load("ddim (eta 1)", "nfe", 20) is None
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["ddim_eta_1__nfe10.pt", "reference.pt"]
+
+
+def test_previews_are_plain_tensors_that_load_without_running_code(tmp_path):
+    previews = SamplePreviews(tmp_path, n=2)
+    previews.save_reference(torch.ones(4, 2))
+    assert torch.load(tmp_path / "reference.pt", weights_only=True).shape == (2, 2)
+    (tmp_path / "x_nfe1.pt").write_text("not a tensor")
+    with pytest.raises(pickle.UnpicklingError):
+        previews.load("x", "nfe", 1)
