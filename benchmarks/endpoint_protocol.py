@@ -36,13 +36,24 @@ def oracles():
         yield (problem, *oracle(problem, sde))
 
 
+TITLES = {"eight_gaussians": "8 Gaussians (2-D)", "random16d": "random 16-D mixture (10 components)"}
+
+
 def save_views(fig, axes, lines: list[str], stem: str) -> None:
-    """Finish the log-log axes, write <stem>.png and <stem>.md next to the CSV."""
+    """Finish the log-log axes (plain-number ticks, readable titles), put one legend right of the panels, write
+    <stem>.png and <stem>.md next to the CSV."""
+    from lightning_sde.plotting.style import plain_log_axis
+
+    fig.set_layout_engine("constrained")
     for ax in axes:
-        ax.set(xlabel="NFE", ylabel="endpoint RMSE vs dopri5 1e-10")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[-1].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
+        ax.set_title(TITLES.get(ax.get_title(), ax.get_title()))
+        ax.set(xlabel="NFE (score evaluations)", ylabel="endpoint RMSE vs converged ODE (lower is better)")
+        plain_log_axis(ax.xaxis)
+        ax.grid(True, which="major", alpha=0.35)
+        ax.grid(True, which="minor", alpha=0.12)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="sampler (grid)")
+    fig.set_size_inches(fig.get_figwidth() + 3.2, fig.get_figheight())
     fig.savefig(OUT / f"{stem}.png", dpi=130)
     (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT / stem}.csv, .md, .png")

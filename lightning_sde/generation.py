@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lightning_sde.distributed import gather_to_zero, rank_world
 from lightning_sde.samplers import sample
+from lightning_sde.tracking import Progress
 
 
 @dataclass
@@ -54,15 +54,23 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     xs, nfes, wall = [], [], 0.0
-    with tqdm(total=len(mine), desc=desc or sampler.name, unit="sample", disable=not progress or rank != 0,
-              leave=False) as bar:
+    sde = denoiser.sde
+    # progress in samples: finished batches plus the running batch's share, by how far its time has run (T -> eps)
+    with Progress(len(mine), desc or sampler.name, "", enabled=progress and rank == 0) as bar:
         for i in range(0, len(mine), batch_size):
-            x, info = sample(sampler, denoiser, mine[i : i + batch_size], device=device, dtype=dtype)
+            batch = mine[i : i + batch_size]
+            nfe_before = denoiser.nfe
+
+            def on_step(state):
+                t = float(state["t"].max()) if torch.is_tensor(state["t"]) else float(state["t"])
+                bar.update(i + len(batch) * min(1.0, (sde.T - t) / (sde.T - sde.eps)), seeds_done=i,
+                           batch_nfe=denoiser.nfe - nfe_before)
+
+            x, info = sample(sampler, denoiser, batch, device, dtype, callback=on_step if progress else None)
             xs.append(x.cpu())
             nfes.append(int(info["nfe"]))
             wall += info["wall_s"]
-            bar.update(len(x))
-            bar.set_postfix(nfe=info["nfe"], refresh=False)
+            bar.update(i + len(batch), seeds_done=i + len(batch), batch_nfe=info["nfe"])
     x = torch.cat(xs) if xs else torch.empty(0, *denoiser.shape, dtype=dtype)
     parts = gather_to_zero((x, nfes, wall, peak_memory_mb(device)))
     if parts is None:

@@ -76,7 +76,7 @@ class ScoreModule(L.LightningModule):
         optim: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # lsde-train logs the whole config once
         self.optim = check_optim(dict(optim or {}))
         self.sde = sde_from_config(sde)
         try:

@@ -20,6 +20,112 @@ from lightning.pytorch.utilities import rank_zero_only
 log = logging.getLogger(__name__)
 
 
+def duration(seconds: float) -> str:
+    """12s, 3m05s, 2h07m: a log line's elapsed time or ETA."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress:
+    """Progress of long work: a bar in a terminal, a line at most every `every_s` seconds (and at the end) in a
+    log file, where a bar's carriage returns would be noise. `update(done, **info)` sets how much is done."""
+
+    def __init__(self, total: float, desc: str, unit: str = "", enabled: bool = True, every_s: float | None = None,
+                 terminal: bool | None = None):
+        import sys
+        import time
+
+        self.total, self.desc, self.unit, self.enabled = float(total), desc, unit, enabled
+        self.every_s = float(os.environ.get("LSDE_PROGRESS_EVERY_S", 30.0)) if every_s is None else every_s
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self._clock = time.monotonic
+        self._start = self._last = self._clock()
+        self.done, self.info = 0.0, {}
+        self._bar, self._logged = None, None
+        if enabled and self.terminal:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, desc=desc, unit=unit, leave=False)
+
+    def update(self, done: float, **info) -> None:
+        self.done, self.info = float(done), info
+        if self._bar is not None:
+            self._bar.n = min(self.done, self.total)
+            self._bar.set_postfix(info, refresh=False)
+            self._bar.refresh()
+        elif self.enabled and self._clock() - self._last >= self.every_s:
+            self._line()
+
+    def line(self) -> str:
+        elapsed = self._clock() - self._start
+        frac = self.done / self.total if self.total else 1.0
+        parts = [f"{self.desc}: {100 * frac:.0f}% ({self.done:.4g}/{self.total:.4g} {self.unit})".replace(" )", ")"),
+                 f"{duration(elapsed)} elapsed"]
+        if 0 < frac < 1:
+            parts.append(f"ETA {duration(elapsed * (1 - frac) / frac)}")
+        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.info.items()]
+        return ", ".join(parts)
+
+    def _line(self) -> None:
+        self._last, self._logged = self._clock(), self.done
+        log.info(self.line())
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled and self._clock() - self._start >= self.every_s and self._logged != self.done:
+            self._line()  # the last state, once (short work: no line at all)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _DropAdverts(logging.Filter):
+    """Lightning's "💡 Tip: try installing ..." lines advertise other products; they say nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_and_logged() -> None:
+    """An app's console and log file: what matters to the run, once, in both.
+
+    Lightning gives its loggers a console handler of their own (when imported before logging is configured), so
+    its messages skip the app's handlers: they are routed through the root logger, which Hydra points at the console
+    and at the run's `<app>.log`. Start-up noise that is not about the run is dropped at its source, each for a
+    reason:
+      - Lightning's `srun` hint: it fires on any machine with SLURM installed; our sbatch templates run under srun.
+      - Lightning's product tips (litlogger, litmodels).
+      - torch's `LeafSpec` deprecation, raised inside Lightning's own pytree helper, not by anything we call.
+      - "fewer training batches than the logging interval": training runs by max_steps and Lightning counts the
+        interval in optimizer steps across epochs, so small datasets (digits: 12 batches) are logged as configured.
+      - torchmetrics' note that KID keeps every feature in memory: it is how KID works, and our sets are bounded.
+    """
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdverts) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
+    warnings.filterwarnings("ignore", message=r"Metric `Kernel Inception Distance` will save all extracted features")
+
+
 def wandb_configured() -> bool:
     """True when this machine can reach W&B with credentials: otherwise log offline and sync later."""
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
@@ -43,6 +149,11 @@ class WandbLogger(LightningWandbLogger):
     """
 
     _broken = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:  # Lightning passes None, which W&B warns is a no-op
+            self._wandb_init.pop("anonymous", None)
 
     def _guarded(self, fn, *args, **kwargs):
         if self._broken:

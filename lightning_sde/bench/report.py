@@ -10,11 +10,11 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family, save_workspace, workspace
 from lightning_sde.bench.results import ResultsStore, SamplePreviews
 from lightning_sde.metrics.scorer import LOWER_IS_BETTER
 from lightning_sde.plotting.sweeps import plot_metrics, plot_samples
 from lightning_sde.plotting.tables import text_table
-from lightning_sde.tracking import wandb_configured
 
 log = logging.getLogger(__name__)
 COLUMNS = ["sampler", "sampler_name", "grid", "requested", "nfe", "metric", "value", "wall_s", "samples_per_s",
@@ -59,6 +59,13 @@ def fmt(v) -> str:
     return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def with_interval(r: dict) -> str:
+    """`value [low, high]` when the row carries a bootstrap interval, else the value."""
+    if r.get("ci_low") is None or r.get("ci_high") is None or r.get("value") is None:
+        return fmt(r.get("value"))
+    return f"{fmt(r['value'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+
+
 def _column_key(col):
     grid, requested = col
     order = {"exact": 0, "configured": 1, "nfe": 2, "tol": 3}.get(grid, 4)
@@ -70,17 +77,19 @@ def column_label(grid: str, requested) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    """Per metric: samplers down, requested NFE (or tolerance) across; each entry `value (actual NFE)`."""
+    """Per metric: samplers down, requested NFE (or tolerance) across; each entry `value [interval] (actual NFE)`."""
     out = []
     for metric in sorted({r["metric"] for r in rows}):
         mine = [r for r in rows if r["metric"] == metric]
         cols = sorted({(r["grid"], r["requested"]) for r in mine}, key=_column_key)
         table = defaultdict(dict)
         for r in mine:
-            table[r["sampler"]][(r["grid"], r["requested"])] = f"{fmt(r['value'])} ({fmt(r['nfe'])})"
+            table[r["sampler"]][(r["grid"], r["requested"])] = f"{with_interval(r)} ({fmt(r['nfe'])})"
         head = ["sampler"] + [column_label(g, v) for g, v in cols]
         arrow = "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better"
-        out += [f"### {metric} ({arrow}; actual NFE in parentheses)", "", "| " + " | ".join(head) + " |",
+        levels = sorted({r["ci_level"] for r in mine if r.get("ci_level")})
+        bracket = f"; [{', '.join(f'{lv:.0%}' for lv in levels)} bootstrap interval]" if levels else ""
+        out += [f"### {metric} ({arrow}{bracket}; actual NFE in parentheses)", "", "| " + " | ".join(head) + " |",
                 "|" + "---|" * len(head)]
         out += ["| " + " | ".join([s] + [table[s].get(c, "") for c in cols]) + " |" for s in sorted(table)]
         out.append("")
@@ -124,32 +133,39 @@ def sample_panels(rows: list[dict], previews: SamplePreviews):
     return panels, reference
 
 
-def to_wandb(rows: list[dict], out_dir: Path, project: str, name: str | None = None) -> Path | None:
-    """One W&B run: a Table of every row, and line charts of metric vs NFE and time vs NFE per sampler."""
-    import wandb
-
-    mode = "online" if wandb_configured() else "offline"
-    run = wandb.init(project=project, name=name, dir=str(out_dir), mode=mode, job_type="bench-report",
-                     config={"results_rows": len(rows)})
-    value = lambda r, k: json.dumps(r[k]) if isinstance(r.get(k), (dict, list)) else r.get(k)
-    logged = {"results": wandb.Table(columns=COLUMNS, data=[[value(r, k) for k in COLUMNS] for r in rows])}
-    for metric in sorted({r["metric"] for r in rows}):
-        table = wandb.Table(columns=["sampler", "nfe", metric],
-                            data=[[r["sampler"], r["nfe"], r["value"]] for r in rows if r["metric"] == metric])
-        logged[f"charts/{metric}_vs_nfe"] = wandb.plot.line(table, "nfe", metric, stroke="sampler",
-                                                            title=f"{metric} vs NFE")
-    timing = wandb.Table(columns=["sampler", "nfe", "wall_s"],
-                         data=[[r["sampler"], r["nfe"], r["wall_s"]] for r in cells(rows)])
-    logged["charts/wall_s_vs_nfe"] = wandb.plot.line(timing, "nfe", "wall_s", stroke="sampler",
-                                                     title="wall seconds vs NFE")
-    run.log(logged)
-    where = Path(run.dir).parent if mode == "offline" else None
-    print(f"W&B ({mode}): " + (f"{where}\n  sync it with: wandb sync {where}" if where else run.url))
+def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = None, run=None) -> str:
+    """The sweep's one W&B run (resumed from the id kept next to the results, or `run` when the sweep just logged
+    into it): the cells it has not logged yet, the results Table, and the workspace of its panels."""
+    results = Path(results)
+    sweep = results.parent.name
+    if run is None:
+        constant = {k: v for k, v in rows[0].items() if all(r.get(k) == v for r in rows)
+                    and k not in ("key", "time", "value", "metric", "ci_low", "ci_high")}
+        tags = {f"sampler:{sampler_family(r['sampler_name'])}" for r in rows if r["grid"] != "exact"}
+        if constant.get("sde"):
+            tags.add(f"sde:{constant['sde']}")
+        run = SweepRun(results, project, name or f"bench-{sweep}", sweep, flat("", {"sweep": sweep, **constant}),
+                       sorted(tags))
+    previews = SamplePreviews(results.parent / "samples")
+    reference = previews.load("reference", None, None)
+    by_cell = defaultdict(list)
+    for r in rows:
+        by_cell[(r["target"], r["sampler"], r["grid"], r["requested"], r["seed_start"], r["seed_count"])].append(r)
+    for mine in by_cell.values():
+        run.log_cell(cell_id(mine), mine, previews.load(mine[0]["sampler"], mine[0]["grid"],
+                                                                     mine[0]["requested"]), reference)
+    run.log_table(rows, COLUMNS)
+    lines = [run.where()]
+    definition = workspace(rows, run.run.entity or os.environ.get("WANDB_ENTITY") or "", run.run.project, sweep)
+    lines.append(save_workspace(definition, results.with_name(results.stem + ".workspace.json"),
+                                online=not run.run.offline))
     run.finish()
-    return where
+    print("\n".join(lines))
+    return lines[0]
 
 
-def report(results, out_dir=None, use_wandb: bool = False, project: str = "lightning-sde-bench", name=None) -> dict:
+def report(results, out_dir=None, use_wandb: bool = False, project: str = "lightning-sde-bench", name=None,
+           run=None) -> dict:
     results = Path(results)
     out = Path(out_dir) if out_dir else results.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -168,5 +184,5 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
     print(summary_table(rows))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if use_wandb:
-        paths["wandb"] = to_wandb(rows, out, project, name)  # the run lands in out/wandb/
+        paths["wandb"] = to_wandb(rows, results, project, name, run)  # the sweep's run, next to its results
     return paths

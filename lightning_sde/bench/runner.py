@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
+from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family
 from lightning_sde.bench.results import ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launch, rank_world
 from lightning_sde.generation import Samples, generate
 from lightning_sde.metrics.image import IMAGE_METRICS
-from lightning_sde.metrics.scorer import Scorer, resolve_metrics
+from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve_metrics
 from lightning_sde.targets import data_kind, floor_samples, load_target, reference_samples, target_kind
+from lightning_sde.tracking import duration
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -95,17 +97,25 @@ def rows_of(cell: Cell, samples: Samples | None, values: dict, batch_size: int, 
                       samples_per_s=cell.seed_count / samples.wall_s if samples.wall_s > 0 else None,
                       peak_memory_mb=samples.peak_memory_mb, world_size=samples.world_size,
                       n_nonfinite=samples.n_nonfinite)
-    return [{**common, "key": cell.key(m), "metric": m, "value": values[m]} for m in cell.metrics]
+    intervals = getattr(values, "intervals", {})  # Scores carry bootstrap intervals; a plain dict has none
+    return [{**common, "key": cell.key(m), "metric": m, "value": values[m],
+             "ci_low": intervals[m][0] if m in intervals else None,
+             "ci_high": intervals[m][1] if m in intervals else None,
+             "ci_level": getattr(values, "level", None) if m in intervals else None} for m in cell.metrics]
 
 
-def score(scorer: Scorer, cell: Cell, samples: Samples | None, x) -> dict:
-    """The metrics of a cell's samples; None for every metric when some samples are not finite: a diverged sampler
-    is reported (n_nonfinite in its rows), never scored as if its samples were samples."""
+def score(scorer: Scorer, cell: Cell, samples: Samples | None, x) -> Scores:
+    """The metrics of a cell's samples with their bootstrap intervals (Scorer.intervals, INTERVAL_LEVEL); None for
+    every metric, and no interval, when some samples are not finite: a diverged sampler is reported (n_nonfinite in
+    its rows), never scored as if its samples were samples."""
     if samples is not None and samples.n_nonfinite:
         log.warning("%s: %d of %d samples are not finite; its rows are not scored", cell, samples.n_nonfinite,
                     len(samples.x))
-        return {m: None for m in cell.metrics}
-    return scorer(x)
+        return Scores({m: None for m in cell.metrics})
+    values = scorer(x)
+    if len(x) < 2:  # no resampling of a single sample
+        return Scores(values)
+    return Scores(values, scorer.intervals(x, values, level=INTERVAL_LEVEL), INTERVAL_LEVEL)
 
 
 def run_sweep(cfg: DictConfig) -> dict:
@@ -122,6 +132,7 @@ def run_sweep(cfg: DictConfig) -> dict:
                  len(sweep.cells), len(sweep.mine), cfg.shard.index, cfg.shard.count, len(sweep.mine) - len(todo),
                  store.path, len(todo), world)
     todo = [sweep.mine[i] for i in broadcast_from_zero(todo)]  # rank 0 decides: its own appends never race the rest
+    live = None
     if todo:
         target = load_target(cfg, sweep.kind, sweep.target_id, device)
         seeds = range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count)
@@ -133,8 +144,11 @@ def run_sweep(cfg: DictConfig) -> dict:
             previews.save_reference(reference)
         protocol = {**target.protocol, **(scorer.protocol if scorer else {}), "dtype": cfg.dtype,
                     "git_commit": git_commit(), "shard": f"{cfg.shard.index}/{cfg.shard.count}"}
-        for cell in tqdm(todo, desc="cells", unit="cell", disable=not cfg.progress or rank != 0):
-            log.info("computing cell %s", cell)
+        live = open_sweep_run(cfg, target, protocol, sweep) if rank == 0 else None
+        started = time.monotonic()
+        for n_done, cell in enumerate(todo):
+            if rank == 0:
+                log.info("computing cell %d/%d: %s", n_done + 1, len(todo), cell)
             samples = None
             if cell.built is None:  # the noise floor: a second exact sample set, scored like a sampler's
                 x = floor_samples(target, len(scorer.reference), cfg.seeds.start) if rank == 0 else None
@@ -145,10 +159,53 @@ def run_sweep(cfg: DictConfig) -> dict:
             if rank == 0:
                 store.append(rows_of(cell, samples, score(scorer, cell, samples, x), cfg.batch_size, device, protocol))
                 previews.save(cell, x)
+                report_cell(store, cell, n_done + 1, len(todo), started, live, previews)
     if fabric:
         fabric.barrier()
     return {"cells": len(sweep.cells), "shard_cells": len(sweep.mine), "computed": len(todo), "rank": rank,
-            "world_size": world}
+            "world_size": world, "wandb_run": live}  # left open: the report adds the table and finishes it
+
+
+def open_sweep_run(cfg: DictConfig, target, protocol: dict, sweep: Sweep) -> SweepRun | None:
+    """The sweep's W&B run, logged cell by cell (rank 0; one shard: shards log through `report --wandb` once all
+    are done, since a W&B run has one writer)."""
+    if not cfg.wandb.enabled or cfg.shard.count > 1:
+        return None
+    samplers = {c.label: c.sampler for c in sweep.cells if c.built is not None}  # label -> sampler name
+    config = {"sweep": cfg.name, "target": protocol.get("problem") or protocol.get("checkpoint"),
+              **{k: v for k, v in protocol.items() if k not in ("shard",)},
+              "seeds": {"start": cfg.seeds.start, "count": cfg.seeds.count}, "metrics": list(sweep.metrics),
+              "feature_extractor": cfg.feature_extractor, "batch_size": cfg.batch_size,
+              "nfe": OmegaConf.to_container(cfg.nfe) if cfg.nfe is not None else None,
+              "tolerances": OmegaConf.to_container(cfg.tolerances) if cfg.tolerances is not None else None,
+              "samplers": samplers}
+    sde = getattr(target.denoiser.sde, "name", None)
+    tags = [f"sde:{sde}", f"target:{target.kind}", *{f"sampler:{sampler_family(name)}" for name in samplers.values()}]
+    try:
+        return SweepRun(cfg.results, cfg.wandb.project, f"bench-{cfg.name}", cfg.name, flat("", config), tags)
+    except Exception as err:  # noqa: BLE001  (the results file is the record; the view can be made by report)
+        log.warning("W&B: no live run (%s: %s); `lsde-bench report %s --wandb` makes it later", type(err).__name__,
+                    err, cfg.results)
+        return None
+
+
+def report_cell(store: ResultsStore, cell: Cell, n_done: int, n_todo: int, started: float, live, previews) -> None:
+    """A cell is done: one log line with its values, and its W&B row (when a live run is open)."""
+    rows = [r for r in store.latest().values() if r["key"] in {cell.key(m) for m in cell.metrics}]
+    if not rows:
+        return
+    elapsed = time.monotonic() - started
+    values = ", ".join(f"{r['metric']} {r['value']:.4g}" if isinstance(r["value"], float) else f"{r['metric']} -"
+                       for r in rows)
+    eta = elapsed / n_done * (n_todo - n_done)
+    log.info("cell %d/%d done: %s at NFE %.4g: %s; %.3gs; ETA %s", n_done, n_todo, cell.label, rows[0]["nfe"],
+             values, rows[0]["wall_s"], duration(eta))
+    if live is not None:
+        try:
+            live.log_cell(cell_id(rows), rows, previews.load(cell.label, cell.grid, cell.requested),
+                          previews.load("reference", None, None))
+        except Exception as err:  # noqa: BLE001
+            log.warning("W&B: cell not logged (%s: %s); `report --wandb` logs it later", type(err).__name__, err)
 
 
 __all__ = ["Sweep", "prepare", "rows_of", "run_sweep"]

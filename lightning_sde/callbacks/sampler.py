@@ -24,7 +24,7 @@ from lightning_sde.configuration import build
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero
 from lightning_sde.generation import generate
-from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, resolve_metrics
+from lightning_sde.metrics.scorer import ALL_METRICS, LOWER_IS_BETTER, Scorer, resolve_metrics
 from lightning_sde.plotting import image_grid, scatter_grid, text_table
 from lightning_sde.samplers import Sampler
 
@@ -68,6 +68,7 @@ class SamplerCallback(L.Callback):
         self._evals = 0
         self._scorer: Scorer | None = None
         self.last_rows: dict[str, dict] = {}
+        self._pending, self._images = False, []  # an evaluation not yet given to the loggers, and its pictures
 
     def setup(self, trainer, pl_module, stage):
         datamodule = trainer.datamodule
@@ -94,7 +95,8 @@ class SamplerCallback(L.Callback):
         denoiser.eval()
         panels = {"data": self.reference} if self.kind == "points" else {}
         for label, sampler in self.samplers.items():
-            samples = generate(sampler, denoiser, self.seeds, self.batch_size, pl_module.device, self.dtype)
+            samples = generate(sampler, denoiser, self.seeds, self.batch_size, pl_module.device, self.dtype,
+                               progress=True, desc=f"sampling {label} (step {trainer.global_step})")
             values = None
             if samples is not None:  # rank 0
                 flat = samples.x.reshape(len(samples.x), -1)
@@ -109,16 +111,67 @@ class SamplerCallback(L.Callback):
                     values.update(self.scorer(pl_module.device)(samples.x))
                     self._plot(trainer, label, samples, panels)
             values = broadcast_from_zero(values)
-            for key, value in values.items():
-                pl_module.log(f"val/{label}/{key}", value, sync_dist=False)  # the same value on every rank
+            for key, value in values.items():  # for ModelCheckpoint's monitor, the same value on every rank
+                pl_module.log(f"val/{label}/{key}", value, sync_dist=False, logger=False)
             self.last_rows[label] = {"step": trainer.global_step, "sampler": label, **values}
         if trainer.is_global_zero:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.kind == "points":
                 path = scatter_grid(panels, self.out_dir / f"scatter_step{trainer.global_step:07d}.png")
-                self._log_image(trainer, "samples/scatter", path)
+                self._images.append(("samples/scatter", path))
             self._append_rows()
+            rank_zero_info(f"sampler evaluation at step {trainer.global_step}:\n{self.table()}")
+            self._pending = True
         denoiser.train(was_training)
+
+    def on_validation_end(self, trainer, pl_module):
+        """The loggers get this evaluation now, after Lightning has logged its own validation values (at its step,
+        one lower), and before the checkpoint callbacks run: W&B's step only ever grows."""
+        if self._pending:
+            self._pending = False
+            self._log_metrics(trainer)
+            for key, path in self._images:
+                self._log_image(trainer, key, path)
+            self._images.clear()
+
+    def table(self) -> str:
+        rows = list(self.last_rows.values())
+        columns = ["sampler", "nfe", "wall_s", *self.metrics, "n_nonfinite"]
+        return text_table(rows, [c for c in columns if any(c in r for r in rows)])
+
+    def _log_metrics(self, trainer) -> None:
+        """Every logger gets this evaluation's values at the step its images carry; W&B also gets one chart per
+        metric of value against NFE (a point per sampler) and the best value of each sampler as a summary."""
+        step = trainer.global_step
+        flat = {f"val/{label}/{k}": v for label, row in self.last_rows.items() for k, v in row.items()
+                if k not in ("step", "sampler")}
+        for logger in trainer.loggers:
+            logger.log_metrics(flat, step=step)
+            if isinstance(logger, WandbLogger):
+                self._wandb_charts(logger, step)
+
+    def _wandb_charts(self, logger, step: int) -> None:
+        try:
+            import wandb
+
+            rows = list(self.last_rows.values())
+            columns = ["sampler", "nfe", "wall_s", *self.metrics]
+            table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+            charts = {f"val_vs_nfe/{m}": wandb.plot.scatter(table, "nfe", m, title=f"{m} against NFE at step {step}")
+                      for m in self.metrics}
+            logger.experiment.log({"val_vs_nfe/table": table, **charts, "trainer/global_step": step}, step=step)
+            summary = logger.experiment.summary
+            for r in rows:
+                for m in self.metrics:
+                    key, value = f"best/{r['sampler']}/{m}", r.get(m)
+                    if value is None or value != value:
+                        continue
+                    best = summary.get(key)
+                    if best is None or (value < best) == LOWER_IS_BETTER.get(m, True):
+                        summary[key] = value
+                        summary[f"{key}/step"] = step
+        except Exception as err:  # noqa: BLE001  (W&B is a view: the CSV rows are the record)
+            log.warning("W&B: evaluation charts not logged (%s: %s)", type(err).__name__, err)
 
     def _plot(self, trainer, label, samples, panels):
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +181,7 @@ class SamplerCallback(L.Callback):
         else:
             path = image_grid(samples.x[: self.n_plot], self.out_dir / f"{label}_step{trainer.global_step:07d}.png",
                               title=f"{label}, NFE {nfe}")
-            self._log_image(trainer, f"samples/{label}", path)
+            self._images.append((f"samples/{label}", path))
 
     @staticmethod
     def _log_image(trainer, key, path):
@@ -150,9 +203,4 @@ class SamplerCallback(L.Callback):
             writer.writerows(rows)
             fh.flush()
 
-    def on_fit_end(self, trainer, pl_module):
-        if trainer.global_rank == 0 and self.last_rows:
-            rows = list(self.last_rows.values())
-            columns = ["sampler"] + [k for k in rows[0] if k not in ("sampler", "n_distinct")]
-            rank_zero_info("\n" + text_table(rows, columns))
 

@@ -41,7 +41,8 @@ def run(cfg: DictConfig) -> None:
         report(cfg.results)
         print(f"after the last shard: lsde-bench report {cfg.results}" + (" --wandb" if cfg.wandb.enabled else ""))
     else:
-        report(cfg.results, use_wandb=cfg.wandb.enabled, project=cfg.wandb.project, name=f"bench-{cfg.name}")
+        report(cfg.results, use_wandb=cfg.wandb.enabled, project=cfg.wandb.project, name=f"bench-{cfg.name}",
+               run=summary["wandb_run"])
 
 
 HELP = dict(

@@ -10,18 +10,21 @@ import sys
 
 from lightning_sde.loading import CheckpointError
 from lightning_sde.module import NonFiniteError
+from lightning_sde.tracking import quiet_and_logged
 
 log = logging.getLogger("lightning_sde")
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError)
 
 
 def fails_cleanly(app: str, cleanup=None):
-    """Decorate an app's task function (under @hydra.main): user errors become one line and exit 1; `cleanup(cfg)`
-    runs first, for whatever a failed start must not leave behind."""
+    """Decorate an app's task function (under @hydra.main): its console and log file set up (quiet_and_logged);
+    user errors become one line and exit 1; `cleanup(cfg)` runs first, for whatever a failed start must not leave
+    behind."""
 
     def wrap(task):
         @functools.wraps(task)
         def run(cfg):
+            quiet_and_logged()  # Hydra has configured logging by now
             try:
                 return task(cfg)
             except USER_ERRORS as err:

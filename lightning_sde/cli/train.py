@@ -32,7 +32,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_sde.callbacks import Preemption
+from lightning_sde.callbacks import Preemption, SamplerCallback
 from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
 from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
@@ -77,6 +77,23 @@ def name_the_run(cfg: DictConfig) -> None:
     job = multirun_job()
     if job is not None and not os.environ.get("LSDE_RUN_NAME"):
         cfg.run_name = f"{cfg.run_name}_{job[1]}"
+
+
+def wandb_identity(cfg: DictConfig, job, callbacks) -> dict:
+    """A training run's W&B name, group and tags, from the config's choices: name <experiment>-<sde>-<run_name>,
+    group the experiment (a multirun: its sweep id, so a sweep's runs sit together), tags sde:, model:, data: and
+    one sampler:<family> per sampler the evaluations compare."""
+    from lightning_sde.bench.dashboard import sampler_family
+
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    data = str(choices.get("data") or str(cfg.data.get("_target_", "data")).rsplit(".", 1)[-1])
+    experiment = str(choices.get("experiment") or data)
+    sde = str(choices.get("sde") or str(cfg.sde.get("_target_", "sde")).rsplit(".", 1)[-1])
+    model = str(cfg.model.get("net", {}).get("_target_", "net")).rsplit(".", 1)[-1]
+    samplers = {s.name for cb in callbacks if isinstance(cb, SamplerCallback) for s in cb.samplers.values()}
+    tags = [f"sde:{sde}", f"model:{model}", f"data:{data}", *sorted({f"sampler:{sampler_family(n)}" for n in samplers})]
+    return {"name": f"{experiment}-{sde}-{cfg.run_name}", "group": job[0] if job is not None else experiment,
+            "tags": tags}
 
 
 def resume_point(cfg: DictConfig) -> str | None:
@@ -147,8 +164,9 @@ def build(cfg: DictConfig) -> Run:
         logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)
         if logger_cfg.get("offline") == "auto":
             logger_cfg["offline"] = not wandb_configured()
-        if job is not None and logger_cfg.get("_target_", "").endswith("WandbLogger"):
-            logger_cfg.setdefault("group", job[0])  # the runs of one sweep, together
+        if logger_cfg.get("_target_", "").endswith("WandbLogger"):
+            for k, v in wandb_identity(cfg, job, callbacks).items():
+                logger_cfg.setdefault(k, v)
         loggers.append(build_node(logger_cfg, f"logger.{key}"))
     trainer.loggers = loggers
     return Run(datamodule, module, trainer, resume)
@@ -185,7 +203,8 @@ def train(cfg: DictConfig):
     preemption = _preemption(trainer)
     if preemption is not None and (preemption.requeue_requested or preemption.interrupted):
         why = "by SIGTERM" if preemption.interrupted else "for the time limit"
-        print(f"stopped at global step {trainer.global_step} {why}; checkpoint {preemption.last_path(trainer)}")
+        log.warning("stopped at global step %d %s; checkpoint %s", trainer.global_step, why,
+                    preemption.last_path(trainer))
     if trainer.global_rank == 0:
         report(cfg, trainer)
     return trainer
@@ -198,18 +217,19 @@ def _preemption(trainer) -> Preemption | None:
 def report(cfg: DictConfig, trainer) -> None:
     """Where the run is: its directory, how to resume it, and its W&B run (and the command that syncs it)."""
     run_dir = Path(cfg.run_dir).resolve()
-    print(f"\nrun directory: {run_dir}", flush=True)
-    print(f"  checkpoints: {run_dir / 'checkpoints'}  (resume: lsde-train ... run_name={cfg.run_name})")
-    print(f"  samples and sampler metrics: {run_dir / 'samples'}")
+    lines = [f"run directory: {run_dir}",
+             f"  checkpoints: {run_dir / 'checkpoints'}  (resume: lsde-train ... run_name={cfg.run_name})",
+             f"  samples and sampler metrics: {run_dir / 'samples'}"]
     if trainer is None and (run_dir / "wandb").is_dir():
-        print(f"  W&B: sync it with: wandb sync {run_dir / 'wandb'}/offline-run-*")
+        lines.append(f"  W&B: sync it with: wandb sync {run_dir / 'wandb'}/offline-run-*")
     for logger in trainer.loggers if trainer is not None else ():
         if isinstance(logger, WandbLogger):
             wandb_dir = Path(logger.experiment.dir).resolve().parent
             if logger.experiment.offline:
-                print(f"  W&B (offline): {wandb_dir}\n  sync it to W&B with: wandb sync {wandb_dir}")
+                lines.append(f"  W&B (offline): {wandb_dir}\n  sync it to W&B with: wandb sync {wandb_dir}")
             else:
-                print(f"  W&B: {logger.experiment.url}")
+                lines.append(f"  W&B: {logger.experiment.url}")
+    log.info("\n".join(lines))
 
 
 def forget_failed_start(cfg: DictConfig) -> None:

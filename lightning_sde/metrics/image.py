@@ -93,3 +93,24 @@ def score_images(metric, x: Tensor, batch_size: int = 500) -> float:
         torch.manual_seed(0)
         value = metric.compute()
     return float(value[0] if isinstance(value, tuple) else value)
+
+
+@torch.no_grad()
+def image_features(metric, x: Tensor, batch_size: int = 500) -> Tensor:
+    """The features the metric computes of the sample set `x` (images in [-1, 1]): (n, d) float64, on its device."""
+    return torch.cat([metric.inception(unit(x[i : i + batch_size].to(metric.device))).double()
+                      for i in range(0, len(x), batch_size)])
+
+
+def fid_reference_moments(metric) -> tuple[Tensor, Tensor]:
+    """(mean, covariance) of the reference features held by torchmetrics' FID, as its compute() forms them."""
+    n = metric.real_features_num_samples
+    mean = metric.real_features_sum.double() / n
+    cov = (metric.real_features_cov_sum.double() - n * torch.outer(mean, mean)) / (n - 1)
+    return mean, cov
+
+
+def kid_reference_features(metric) -> Tensor:
+    """The reference features held by torchmetrics' KID: (n_reference, d)."""
+    feats = metric.real_features
+    return torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats

@@ -7,13 +7,24 @@ lsde-bench and lsde-compare alike.
                                              computed once per reference set and feature weights, and cached)
 
 It runs in one process (rank 0 after the samples are gathered): the image metrics never synchronise.
+`Scorer.intervals` adds a bootstrap interval to each value (metrics/bootstrap.py: the generated samples resampled
+with replacement, the reference fixed).
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_sde.metrics.image import IMAGE_METRICS, reference_image_metrics, score_images, tensor_sha256
+from lightning_sde.metrics import bootstrap
+from lightning_sde.metrics.image import (
+    IMAGE_METRICS,
+    fid_reference_moments,
+    image_features,
+    kid_reference_features,
+    reference_image_metrics,
+    score_images,
+    tensor_sha256,
+)
 from lightning_sde.metrics.mmd import mmd
 from lightning_sde.metrics.sliced import sliced_wasserstein
 
@@ -21,6 +32,8 @@ POINT_METRICS = ("sliced_w2", "mmd")
 MIXTURE_METRICS = ("loglik",)
 ALL_METRICS = POINT_METRICS + MIXTURE_METRICS + IMAGE_METRICS
 LOWER_IS_BETTER = {"fid": True, "kid": True, "sliced_w2": True, "mmd": True, "loglik": False}
+INTERVAL_LEVEL = 0.9  # the bootstrap intervals result rows carry (ci_low, ci_high)
+N_BOOT = 200  # replicates: ~0.5 s for FID + KID of 500 digits, ~2 s for sliced W2 + MMD of 2000 points (1 CPU core)
 
 
 def allowed_metrics(kind: str, has_mixture: bool) -> tuple[str, ...]:
@@ -74,10 +87,47 @@ class Scorer:
                 out[name] = score_images(self.image[name], x)
         return out
 
+    def intervals(self, x: Tensor, values: dict | None = None, n_boot: int = N_BOOT, level: float = INTERVAL_LEVEL,
+                  seed: int = 0) -> dict[str, tuple[float, float]]:
+        """{metric: (low, high)}: a `level` bootstrap interval around each value of `self(x)` (pass `values` when
+        already computed), from n_boot resamplings of x with replacement against the fixed reference; the same
+        seed gives the same intervals. Image features of x are computed once for FID and KID."""
+        values = self(x) if values is None else values
+        counts = bootstrap.resample_counts(len(x), n_boot, seed)
+        features = None
+        out = {}
+        for name in self.metrics:
+            if name == "sliced_w2":
+                reps = bootstrap.sliced_w2_replicates(x.float().cpu(), self.reference, counts)
+            elif name == "mmd":
+                reps = bootstrap.mmd_replicates(x.float().cpu(), self.reference, counts)
+            elif name == "loglik":
+                reps = bootstrap.mean_replicates(self.mixture.log_prob(x.cpu().double()), counts)
+            else:
+                metric = self.image[name]
+                features = image_features(metric, x) if features is None else features
+                if name == "fid":
+                    reps = bootstrap.fid_replicates(features, *fid_reference_moments(metric), counts)
+                else:
+                    reps = bootstrap.kid_replicates(features, kid_reference_features(metric), counts, metric.degree,
+                                                    metric.gamma, metric.coef)
+            out[name] = bootstrap.interval(values[name], reps, level, nonnegative=name in bootstrap.NONNEGATIVE)
+        return out
+
+
+class Scores(dict):
+    """{metric: value} with `intervals` {metric: (low, high)} at `level` (empty, level None: not computed)."""
+
+    def __init__(self, values=(), intervals: dict | None = None, level: float | None = None):
+        super().__init__(values)
+        self.intervals = dict(intervals or {})
+        self.level = level if self.intervals else None
+
 
 def nonfinite_values(metrics) -> dict[str, float]:
     """What a sample set with non-finite samples scores: NaN for every metric, never a number that looks real."""
     return {name: float("nan") for name in metrics}
 
 
-__all__ = ["ALL_METRICS", "IMAGE_METRICS", "LOWER_IS_BETTER", "POINT_METRICS", "Scorer", "resolve_metrics"]
+__all__ = ["ALL_METRICS", "IMAGE_METRICS", "INTERVAL_LEVEL", "LOWER_IS_BETTER", "POINT_METRICS", "Scorer", "Scores",
+           "resolve_metrics"]

@@ -11,18 +11,22 @@ def _quantiles(values: Tensor, levels: Tensor) -> Tensor:
     return torch.quantile(values, levels.to(values), dim=0, interpolation="linear")
 
 
-def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, seed: int = 0) -> float:
-    """sqrt(E_theta W2^2(theta.x, theta.y)) over random unit directions theta (a fixed seed: comparable values).
+def directions(dim: int, n_projections: int = 256, seed: int = 0) -> Tensor:
+    """(dim, n_projections) random unit directions theta, fixed by the seed (so values are comparable)."""
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.randn(dim, n_projections, generator=gen, dtype=torch.float64)
+    return theta / theta.norm(dim=0, keepdim=True)
 
-    Sets of equal size compare sorted projections; otherwise both quantile functions are read at common levels.
-    """
+
+def flat_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     x, y = x.reshape(x.shape[0], -1).double().cpu(), y.reshape(y.shape[0], -1).double().cpu()
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"sample sets differ in dimension: {x.shape[1]} vs {y.shape[1]}")
-    gen = torch.Generator().manual_seed(seed)
-    theta = torch.randn(x.shape[1], n_projections, generator=gen, dtype=torch.float64)
-    theta = theta / theta.norm(dim=0, keepdim=True)
-    px, py = x @ theta, y @ theta
+    return x, y
+
+
+def sliced_w2_of_projections(px: Tensor, py: Tensor) -> float:
+    """sqrt(mean over columns of W2^2) between the columns of px (n, P) and py (m, P)."""
     if px.shape[0] == py.shape[0]:
         qx, qy = px.sort(dim=0).values, py.sort(dim=0).values
     else:
@@ -30,3 +34,13 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, seed: int
         levels = (torch.arange(n, dtype=torch.float64) + 0.5) / n
         qx, qy = _quantiles(px, levels), _quantiles(py, levels)
     return (qx - qy).pow(2).mean().sqrt().item()
+
+
+def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, seed: int = 0) -> float:
+    """sqrt(E_theta W2^2(theta.x, theta.y)) over random unit directions theta (a fixed seed: comparable values).
+
+    Sets of equal size compare sorted projections; otherwise both quantile functions are read at common levels.
+    """
+    x, y = flat_pair(x, y)
+    theta = directions(x.shape[1], n_projections, seed)
+    return sliced_w2_of_projections(x @ theta, y @ theta)

@@ -10,22 +10,32 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from lightning_sde.plotting.style import outside, robust_limits  # noqa: E402
 
-def scatter_grid(panels: dict[str, Tensor], path: Path, lim: float | None = None, cols: int = 4) -> Path:
-    """One scatter panel per entry (the first two coordinates), sharing the axes' limits."""
-    if lim is None:
-        lim = 1.15 * max(float(x[:, :2].abs().max()) for x in panels.values())
+
+def scatter_grid(panels: dict[str, Tensor], path: Path, cols: int = 4) -> Path:
+    """One scatter panel per entry (the first two coordinates), on shared axes with ticks. The limits come from the
+    "data" panel (else the first): a diverged sampler cannot shrink the others to a dot; a panel counts its points
+    outside the limits."""
+    limits = robust_limits(panels["data"] if "data" in panels else next(iter(panels.values())))
     cols = min(cols, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False, sharex=True, sharey=True,
+                             layout="constrained")
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (title, x) in zip(axes.flat, panels.items()):
         x = x.detach().float().cpu()
-        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4, color="black" if title == "data" else "tab:blue")
-        ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[])
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        out = outside(x, limits)
+        shown = x[~out]
+        ax.scatter(shown[:, 0], shown[:, 1], s=1, alpha=0.4, color="black" if title == "data" else "tab:blue",
+                   rasterized=True)
+        if out.any():
+            ax.text(0.02, 0.02, f"{int(out.sum())} of {len(x)} outside", transform=ax.transAxes, fontsize=7,
+                    color="tab:red", va="bottom")
+        ax.set(title=title, xlim=limits[0], ylim=limits[1], aspect="equal")
+        ax.tick_params(labelsize=7)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # equal-aspect panels: constrained layout alone can clip
     plt.close(fig)
     return Path(path)
 

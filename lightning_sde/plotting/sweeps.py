@@ -1,9 +1,15 @@
 """Views of a sampler sweep: each metric and the wall time against the actual NFE, and the samples of every cell
-side by side (rows: samplers, columns: budgets), all drawn from the results alone."""
+side by side (rows: samplers, columns: budgets), all drawn from the results alone.
+
+`metrics_figure` / `samples_figure` build the matplotlib Figure (tests inspect it); `plot_metrics` / `plot_samples`
+save it.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -11,63 +17,164 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter, SymmetricalLogLocator  # noqa: E402
+
+from lightning_sde.plotting.style import (  # noqa: E402
+    choose_yscale,
+    metric_label,
+    metric_title,
+    outside,
+    plain_log_axis,
+    robust_limits,
+    sampler_styles,
+)
+
+FLOOR_COLOR = "0.35"
+FLOOR_LABEL = "noise floor (a second exact sample set)"
 
 
 def save_atomically(fig, path: Path, dpi: int = 120) -> Path:
     """Write to a temp file and rename: concurrent shards each redrawing the views never leave a torn file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
     return path
 
 
-def plot_metrics(rows: list[dict], cell_rows: list[dict], path: Path) -> Path:
-    """One panel per metric and one of wall seconds, each against the actual NFE (log x), a line per sampler."""
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(float(v))
+
+
+def _is_floor(r: dict) -> bool:
+    return r.get("grid") == "exact" or r.get("nfe") == 0  # no sampler ran: the second exact sample set
+
+
+def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
+    """One metric (or the wall time) against NFE: a line per sampler with its bootstrap intervals as error bars,
+    the noise floor as a dashed line in a grey band (its own interval)."""
+    by_sampler = defaultdict(list)
+    floors = []
+    for r in mine:
+        if not _finite(r.get(y)):
+            continue
+        (floors if _is_floor(r) else by_sampler[r["sampler"]]).append(r)
+    for sampler, pts in sorted(by_sampler.items()):
+        pts.sort(key=lambda r: r["nfe"])
+        xs, ys = [r["nfe"] for r in pts], [float(r[y]) for r in pts]
+        has_ci = y == "value" and any(_finite(r.get("ci_low")) and _finite(r.get("ci_high")) for r in pts)
+        style = styles[sampler]
+        if has_ci:
+            lo = [v - float(r["ci_low"]) if _finite(r.get("ci_low")) else float("nan") for v, r in zip(ys, pts)]
+            hi = [float(r["ci_high"]) - v if _finite(r.get("ci_high")) else float("nan") for v, r in zip(ys, pts)]
+            ax.errorbar(xs, ys, yerr=[[max(v, 0.0) for v in lo], [max(v, 0.0) for v in hi]], color=style["color"],
+                        marker=style["marker"], ms=4, lw=1.2, elinewidth=0.8, capsize=2, label=sampler)
+        else:
+            ax.plot(xs, ys, color=style["color"], marker=style["marker"], ms=4, lw=1.2, label=sampler)
+    for r in floors:
+        v = float(r[y])
+        ax.axhline(v, color=FLOOR_COLOR, ls="--", lw=1, zorder=1)
+        if _finite(r.get("ci_low")) and _finite(r.get("ci_high")):
+            ax.axhspan(float(r["ci_low"]), float(r["ci_high"]), color=FLOOR_COLOR, alpha=0.15, lw=0, zorder=0)
+        ax.annotate("noise floor", xy=(0.99, v), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize=7, color=FLOOR_COLOR)
+    values = [float(r[y]) for r in mine if _finite(r.get(y))]
+    scale, linthresh = choose_yscale(values)
+    title = metric_title(metric)
+    if scale == "log":
+        ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
+    elif scale == "symlog":
+        ax.set_yscale("symlog", linthresh=linthresh)
+        decades = math.log10(max(abs(v) for v in values) / linthresh)
+        subs = (1.0, 2.0, 5.0) if decades <= 1.5 else (1.0,)  # ticks that do not collide
+        ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=linthresh, subs=subs))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        title += f" (log axis beyond ±{linthresh:g})"
+    ax.set_xscale("log")
+    plain_log_axis(ax.xaxis)
+    ax.set_xlabel("NFE (score evaluations)")
+    ax.set_ylabel(metric_label(metric))
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+
+
+def metrics_figure(rows: list[dict], cell_rows: list[dict]):
+    """One panel per metric and one of wall seconds, each against the actual NFE (log x), a line per sampler; the
+    legend outside the panels, on the right."""
     metrics = sorted({r["metric"] for r in rows})
     panels = [(m, [r for r in rows if r["metric"] == m], "value") for m in metrics]
-    panels.append(("wall seconds", [r for r in cell_rows if r.get("nfe")], "wall_s"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
-    for ax, (title, mine, y) in zip(axes[0], panels):
-        for sampler in sorted({r["sampler"] for r in mine}):
-            pts = sorted((r["nfe"], r[y]) for r in mine if r["sampler"] == sampler and r[y] is not None)
-            if len(pts) == 1 and pts[0][0] == 0:  # the noise floor: a horizontal line
-                ax.axhline(pts[0][1], color="grey", ls="--", lw=1, label=sampler)
-                continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=sampler)
-        ax.set_xscale("log")
-        ax.set_xlabel("NFE (actual)")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        if y == "wall_s":
-            ax.set_yscale("log")
-    axes[0][0].legend(fontsize="small")
-    fig.tight_layout()
-    return save_atomically(fig, path)
+    panels.append(("wall_s", [r for r in cell_rows if r.get("nfe")], "wall_s"))
+    samplers = sorted({r["sampler"] for r in rows if not _is_floor(r)})
+    styles = sampler_styles(samplers)
+    ncols = 2 if len(panels) == 4 else min(len(panels), 3)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols + 2.6, 3.9 * nrows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (metric, mine, y) in zip(axes.flat, panels):
+        _panel(ax, metric, mine, y, styles)
+    handles = [Line2D([], [], color=styles[s]["color"], marker=styles[s]["marker"], ms=5, lw=1.2) for s in samplers]
+    labels = list(samplers)
+    if any(_is_floor(r) for r in rows):
+        handles.append((Line2D([], [], color=FLOOR_COLOR, ls="--", lw=1), Patch(color=FLOOR_COLOR, alpha=0.15)))
+        labels.append(FLOOR_LABEL)
+    fig.legend(handles, labels, loc="outside right upper", fontsize="small", title="sampler",
+               ncols=1 if len(labels) <= 22 else 2)
+    fig.supxlabel(_caption(rows), fontsize=9)  # a footer: a title would run under the legend
+    return fig
 
 
-def plot_samples(panels: dict[str, dict[str, torch.Tensor]], path: Path, reference: torch.Tensor | None = None) -> Path:
+def _caption(rows: list[dict]) -> str:
+    sizes = sorted({r.get("n_samples") for r in rows if r.get("n_samples")})
+    text = f"{sizes[0]} samples per cell" if len(sizes) == 1 else "samples per cell: " + ", ".join(map(str, sizes))
+    levels = sorted({r.get("ci_level") or 0.9 for r in rows if _finite(r.get("ci_low"))})
+    if levels:
+        text += (f"; error bars: {', '.join(f'{lv:.0%}' for lv in levels)} bootstrap intervals (the samples "
+                 "resampled, the reference fixed)")
+    else:
+        text += "; no intervals in these rows (written before the harness computed them): do not rank close values"
+    return text
+
+
+def plot_metrics(rows: list[dict], cell_rows: list[dict], path: Path) -> Path:
+    """`metrics_figure`, saved."""
+    return save_atomically(metrics_figure(rows, cell_rows), path)
+
+
+def samples_figure(panels: dict[str, dict[str, torch.Tensor]], reference: torch.Tensor | None = None):
     """panels[sampler][budget] -> samples: a scatter per cell for 2-D points (the reference in grey behind), a tile of
-    images per cell for images. A sweep is a matrix (samplers down, budgets across); one budget each, a grid."""
-    rows = list(panels)
+    images per cell for images. A sweep is a matrix (samplers down, budgets across); one budget each, a grid.
+    Scatter limits come from the reference (else the first panel): a diverged sampler does not shrink the rest;
+    its points outside are counted in the panel."""
+    rows = sorted(panels, key=lambda r: "exact" not in panels[r])  # the noise floor first
     cols = sorted({c for r in rows for c in panels[r]}, key=_column_order)
     if all(len(panels[r]) == 1 for r in rows):  # every sampler at one budget (lsde-compare): wrap into a grid
         cells = [(f"{r}\n{next(iter(panels[r]))}", next(iter(panels[r].values()))) for r in rows]
         ncols = min(4, len(cells))
         layout = [cells[i : i + ncols] for i in range(0, len(cells), ncols)]
-    else:
-        layout = [[(f"{r}\n{c}", panels[r].get(c)) for c in cols] for r in rows]
+    else:  # fixed-NFE budgets share columns; a row of other budgets (tolerances, exact) fills from the left
+        nfe_cols = [c for c in cols if c.startswith("nfe ")]
+        layout = []
+        for r in rows:
+            if all(c in nfe_cols for c in panels[r]):
+                layout.append([(f"{r}\n{c}", panels[r].get(c)) for c in nfe_cols])
+            else:
+                own = sorted(panels[r], key=_loose_first)
+                layout.append([(f"{r}\n{c}", panels[r][c]) for c in own])
     first = next(x for line in layout for _, x in line if x is not None)
     images = first.ndim == 4
     size = 1.8 if images else 2.6
     width = max(len(line) for line in layout)
-    fig, axes = plt.subplots(len(layout), width, figsize=(size * width, (size + 0.4) * len(layout)), squeeze=False)
-    lim = None
-    if not images:
-        pts = [x for line in layout for _, x in line if x is not None] + ([reference] if reference is not None else [])
-        finite = torch.cat([p[:, :2].float()[torch.isfinite(p[:, :2].float()).all(1)] for p in pts])
-        lim = 1.1 * float(finite.abs().max()) if len(finite) else 1.0
+    fig, axes = plt.subplots(len(layout), width, figsize=(size * width, (size + 0.45) * len(layout) + 0.4),
+                             squeeze=False, sharex=not images, sharey=not images, layout="constrained")
+    limits = None if images else robust_limits(reference if reference is not None else first)
     for i, line in enumerate(layout):
         for j in range(width):
             ax = axes[i][j]
@@ -76,17 +183,30 @@ def plot_samples(panels: dict[str, dict[str, torch.Tensor]], path: Path, referen
                 continue
             title, x = line[j]
             ax.set_title(title, fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
             if images:
+                ax.set_xticks([])
+                ax.set_yticks([])
                 ax.imshow(_tile(x), cmap="gray" if x.shape[1] == 1 else None, interpolation="nearest")
-            else:
-                if reference is not None:
-                    ax.scatter(reference[:, 0], reference[:, 1], s=1, color="0.8")
-                ax.scatter(x[:, 0].float(), x[:, 1].float(), s=1, color="tab:blue", alpha=0.6)
-                ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
-    fig.tight_layout()
-    return save_atomically(fig, path)
+                continue
+            if reference is not None:
+                ax.scatter(reference[:, 0], reference[:, 1], s=1, color="0.8", rasterized=True)
+            out = outside(x, limits)
+            shown = x[~out].float()
+            ax.scatter(shown[:, 0], shown[:, 1], s=1, color="tab:blue", alpha=0.6, rasterized=True)
+            if out.any():
+                ax.text(0.02, 0.02, f"{int(out.sum())} of {len(x)} outside", transform=ax.transAxes, fontsize=6,
+                        color="tab:red", va="bottom")
+            ax.set(xlim=limits[0], ylim=limits[1], aspect="equal")
+            ax.tick_params(labelsize=6)
+    if not images:
+        fig.suptitle("the first samples of every cell (same seeds)" + ("; grey: reference samples"
+                                                                       if reference is not None else ""), fontsize=9)
+    return fig
+
+
+def plot_samples(panels: dict[str, dict[str, torch.Tensor]], path: Path, reference: torch.Tensor | None = None) -> Path:
+    """`samples_figure`, saved."""
+    return save_atomically(samples_figure(panels, reference), path)
 
 
 def _column_order(label: str):
@@ -95,6 +215,12 @@ def _column_order(label: str):
         return (0, float(number))
     except ValueError:
         return (1, label)
+
+
+def _loose_first(label: str):
+    """Budgets from the fewest NFE: fixed NFE ascending, tolerances descending (loose first)."""
+    kind, number = _column_order(label)
+    return (kind, -number if label.startswith("tol ") else number) if kind == 0 else (kind, number)
 
 
 def _tile(x: torch.Tensor):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.wandb_offline import find_run, history, media
+from helpers.wandb_offline import history, media, run_info
 from lightning_sde.bench.report import load
 from lightning_sde.bench.results import ResultsStore
 
@@ -31,6 +31,36 @@ def run_bench(tmp: Path, *overrides, check=True, timeout=300, wait=True):
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+def sweep_runs(tmp: Path) -> list[Path]:
+    return sorted((tmp / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda p: p.parent.name)
+
+
+def check_sweep_run(tmp: Path, cells: int) -> dict:
+    """The sweep's W&B run(s) (one id, one offline file per launch): one history row per cell with its values
+    keyed <metric>/<sampler> against `nfe`, its image, its protocol in the config; the id kept with the results."""
+    sidecar = json.loads((tmp / "results.wandb.json").read_text())
+    runs = sweep_runs(tmp)
+    infos = [run_info(r) for r in runs]
+    assert {i["id"] for i in infos} == {sidecar["id"]} and len(sidecar["logged"]) == cells
+    info = infos[0]
+    assert info["job_type"] == "bench" and info["group"] == "default" and info["name"] == "bench-default"
+    assert {"sde:vp", "target:points", "sampler:ddim"} <= set(info["tags"]), info["tags"]
+    config = {k for rec in info["config_records"] for k in rec}
+    assert {"sweep", "problem", "sde", "seeds.start", "seeds.count", "metrics", "reference_sha256", "dtype"} <= config
+    assert info["metrics"]["sliced_w2/*"] == "nfe" and info["metrics"]["wall_s/*"] == "nfe"
+    rows = [row for run in runs for row in history(run) if "cell/sampler" in row]
+    assert len(rows) == cells  # each cell once, across launches
+    for row in rows:
+        label = row["cell/sampler"]
+        assert {f"sliced_w2/{label}", f"mmd/{label}", f"loglik/{label}", f"wall_s/{label}", "nfe"} <= set(row)
+        if row["nfe"]:
+            key = f"samples/{label}/nfe_{int(row['nfe']):05d}"  # the same seeds' samples, every cell
+            assert row[f"{key}/_type"] == "image-file" and row[f"{key}/caption"] == f"{label}, NFE {row['nfe']:g}"
+    images = [p for run in runs for p in media(run) if p.suffix == ".png"]
+    assert len(images) == sum(1 for row in rows if row["nfe"]), images
+    return sidecar
 
 
 def values(path) -> dict:
@@ -60,6 +90,8 @@ def test_sweep_rows_views_and_wandb(clean):
         assert r["nfe"] == r["requested"] and r["nfe_per_batch"] == [r["requested"]] * 3
         assert r["wall_s"] > 0 and r["samples_per_s"] > 0 and r["peak_memory_mb"] > 0 and r["device"] == "cpu"
         assert r["n_nonfinite"] == 0 and r["batch_size"] == 128
+    for r in rows:  # every value with its 90% bootstrap interval
+        assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["ci_high"] > r["ci_low"] and r["ci_level"] == 0.9
     # More NFE is better. At 300 samples the sliced-W2 noise floor (~0.33) hides DDIM 10 vs 50 (0.336 vs 0.337), so
     # sliced W2 is compared from NFE 3, and the exact log-likelihood (no floor) from NFE 10.
     assert by["ddim", 50, "sliced_w2"]["value"] < by["ddim", 3, "sliced_w2"]["value"] - 0.1
@@ -71,21 +103,40 @@ def test_sweep_rows_views_and_wandb(clean):
     assert "### sliced_w2" in md and "| ddim |" in md and "nfe 50" in md and "| exact (noise floor) |" in md
     assert len((tmp / "results.csv").read_text().splitlines()) == 1 + ROWS
     assert (tmp / "samples.png").stat().st_size > 10_000 and len(list((tmp / "samples").glob("*.pt"))) == CELLS + 1
-    # the offline W&B run holds the table and the line charts
-    run = find_run(tmp / "wandb")
-    files = [p.name for p in media(run)]
-    assert any(name.startswith("results_") and name.endswith(".table.json") for name in files), files
-    logged = {k: v for row in history(run) for k, v in row.items()}
-    # a wandb.plot.line chart is logged as its data table "<key>_table" plus a chart spec in the run config
-    for key in ("results", "charts/sliced_w2_vs_nfe_table", "charts/loglik_vs_nfe_table", "charts/wall_s_vs_nfe_table"):
-        assert logged.get(f"{key}/_type") == "table-file", sorted(logged)
-    table = json.loads(next(p for p in media(run) if p.name.startswith("results_")).read_text())
-    assert len(table["data"]) == ROWS and "value" in table["columns"]
+    # one offline W&B run for the sweep, logged cell by cell: values against NFE, sample images per (sampler, NFE)
+    check_sweep_run(tmp, cells=CELLS)
     # `lsde-bench report` redraws the views from the results file alone
     from lightning_sde.cli.bench import report_main
 
     report_main([str(tmp / "results.jsonl"), "--out", str(tmp / "view")])
     assert (tmp / "view" / "results.md").read_text() == md and (tmp / "view" / "results.png").exists()
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_continues_its_wandb_run_and_report_updates_it(tmp_path):
+    """One W&B run per results file: a rerun that adds cells logs only those, into the same run id; `report --wandb`
+    adds the results table and the workspace definition to it rather than making another run."""
+    one = ["seeds.count=100", "batch_size=100", "noise_floor=false"]  # SMALL's DDIM and EM
+    run_bench(tmp_path, *one, "nfe=[3]")
+    first = json.loads((tmp_path / "results.wandb.json").read_text())
+    run_bench(tmp_path, *one, "nfe=[3,10]")
+    sidecar = json.loads((tmp_path / "results.wandb.json").read_text())
+    assert sidecar["id"] == first["id"] and len(sidecar["logged"]) == 4 and len(sweep_runs(tmp_path)) == 2
+    logged = [[r.get("nfe") for r in history(run) if "cell/sampler" in r] for run in sweep_runs(tmp_path)]
+    assert logged == [[3, 3], [10, 10]]  # the rerun logs only its new cells
+    from lightning_sde.cli.bench import report_main
+
+    report_main([str(tmp_path / "results.jsonl"), "--wandb"])
+    runs = sweep_runs(tmp_path)
+    assert {run_info(r)["id"] for r in runs} == {first["id"]} and len(runs) == 3
+    assert not [r for r in history(runs[-1]) if "cell/sampler" in r]  # nothing logged twice
+    assert any(p.name.startswith("results_") for p in media(runs[-1]))  # the table
+    workspace = json.loads((tmp_path / "results.workspace.json").read_text())
+    panels = {p["title"]: p for section in workspace["sections"] for p in section["panels"]}
+    sliced = panels["sliced_w2 (lower is better)"]
+    assert sliced["x"] == "nfe" and sorted(sliced["y"]) == ["sliced_w2/ddim", "sliced_w2/em"] and sliced["log_x"]
+    assert sorted(panels["wall time [s] (lower is better)"]["y"]) == ["wall_s/ddim", "wall_s/em"]
+    assert panels["ddim"]["media_keys"] == ["samples/ddim/nfe_00003", "samples/ddim/nfe_00010"]
 
 
 @pytest.mark.slow

@@ -89,3 +89,18 @@ def test_lsde_likelihood_on_the_mixture_matches_the_truth_and_two_processes_agre
     assert [r["index"] for r in rows[1]] == list(range(40))  # shards merged in order, none lost or repeated
     assert max(abs(a["logp"] - b["logp"]) for a, b in zip(*rows)) < 1e-5  # batches differ, the answer does not
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize(("app", "own"), [("train", ["experiment", "trainer.max_steps"]),
+                                          ("bench", ["lsde-bench report", "nfe=", "checkpoint="]),
+                                          ("compare", ["problem", "seeds.count"]),
+                                          ("likelihood", ["divergence=", "checkpoint="]),
+                                          ("figures", []), ("prepare", ["--inception"])])
+def test_each_apps_help_says_what_it_does_and_what_to_change(app, own):
+    proc = _cli(f"lightning_sde.cli.{app}", "--help", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first = proc.stdout.splitlines()[0]
+    assert f"lsde-{app}" in first, first
+    assert all(key in proc.stdout for key in own), proc.stdout
+    if app not in ("train", "prepare"):  # training's groups are its own
+        assert "loss " not in proc.stdout and "callbacks " not in proc.stdout

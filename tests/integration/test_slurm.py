@@ -143,7 +143,7 @@ def test_hydra_submitit_launcher_submits_a_ddp_run_and_owns_requeue(slurm, workd
     script = sbatch_file.read_text()
     assert "--signal=USR2@300" in script and "--ntasks-per-node=2" in script
     job = sbatch_file.parent.name
-    run_dir = workdir / "outputs" / "train" / job
+    run_dir = workdir / "outputs" / "train" / f"{job}_0"  # <SLURM job id>_<multirun job number>
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 100
     job_log = "".join(p.read_text() for p in sbatch_file.parent.glob("*_log.out"))

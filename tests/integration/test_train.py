@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.wandb_offline import find_run, history, media
+from helpers.wandb_offline import find_run, history, media, run_info
 from lightning_sde import load_denoiser
 from lightning_sde.data import Toy2DDataModule
 from lightning_sde.models.moments import DataMoments
@@ -21,10 +21,10 @@ QUICK = ["samplers=quick", "callbacks.best.monitor=val/ddim_10/sliced_w2"]  # on
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
 
 
-def run_train(run_dir: Path, *overrides, timeout=900):
+def run_train(run_dir: Path, *overrides, timeout=900, **env_vars):
     cmd = [sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run_dir}", f"run_name={run_dir.name}",
            *overrides]
-    env = {k: v for k, v in ENV.items() if k != "LSDE_RUN_NAME"}
+    env = {**{k: v for k, v in ENV.items() if k != "LSDE_RUN_NAME"}, **env_vars}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -39,7 +39,14 @@ def csv_rows(path: Path) -> list[dict]:
 def test_toy2d_trains_samples_and_logs_offline(tmp_path):
     run_dir = tmp_path / "toy"
     proc = run_train(run_dir, "experiment=toy2d", "trainer.max_steps=1500", "trainer.val_check_interval=750",
-                     "callbacks.sampler.n_samples=1000", "callbacks.sampler.batch_size=1000")
+                     "callbacks.sampler.n_samples=1000", "callbacks.sampler.batch_size=1000",
+                     "trainer.enable_progress_bar=false", "callbacks.progress.every_s=0",  # as in a batch job
+                     LSDE_PROGRESS_EVERY_S="1")
+    # the log file holds what the console shows: a progress line every 50 steps and the sampler table per evaluation
+    log_text = (run_dir / "train.log").read_text()
+    assert "step 50/1500 (3%) | loss " in log_text and "steps/s | ETA " in log_text and "step 1500/1500" in log_text
+    assert log_text.count("sampler evaluation at step") == 2 and "\nem_1000 " in log_text
+    assert "sampling em_1000 (step 750): " in log_text and "% (" in log_text  # sampling's own progress lines
     # the loss fell
     metrics = [r for r in csv_rows(run_dir / "csv" / "version_0" / "metrics.csv") if r.get("train/loss")]
     first, last = float(metrics[0]["train/loss"]), float(metrics[-1]["train/loss"])
@@ -56,6 +63,19 @@ def test_toy2d_trains_samples_and_logs_offline(tmp_path):
     logged = [row for row in history(run_file) if "val/em_1000/sliced_w2" in row]
     em_1000 = float(rows["em_1000"]["sliced_w2"])
     assert len(logged) == 2 and logged[-1]["val/em_1000/sliced_w2"] == pytest.approx(em_1000)
+    # ... at the step its sample pictures and its metric-against-NFE charts carry
+    steps = {int(row["trainer/global_step"]) for row in logged}
+    assert steps == {750, 1500}
+    for key in ("samples/scatter/_type", "val_vs_nfe/sliced_w2_table/_type"):
+        assert steps == {int(r["trainer/global_step"]) for r in history(run_file) if key in r}, key
+    # a run that names itself, with its group, job type and tags, and the config once
+    info = run_info(run_file)
+    assert info["name"] == "toy2d-vp-toy" and info["group"] == "toy2d" and info["job_type"] == "train"
+    assert {"sde:vp", "data:toy2d", "sampler:euler_maruyama", "sampler:ddim"} <= set(info["tags"]), info["tags"]
+    (config,) = info["config_records"]
+    assert {"sde", "model", "data", "optim", "trainer", "samplers", "run_name"} <= set(config), sorted(config)
+    assert info["summary"]["best/em_1000/sliced_w2"] == pytest.approx(min(float(r["val/em_1000/sliced_w2"])
+                                                                           for r in logged))
     assert any("scatter" in p.name for p in media(run_file))
     # the checkpoint rebuilds the (EMA) model from its path alone
     denoiser = load_denoiser(run_dir / "checkpoints" / "last.ckpt")

@@ -1,0 +1,217 @@
+"""A sweep on W&B: one run per results file, logged live cell by cell, resumed by a rerun and updated by
+`lsde-bench report --wandb`, plus a ready-made workspace of its panels.
+
+The run's id is kept next to the results file (`results.wandb.json`, with the cells already logged), so a resumed
+sweep, another shard's report or a later `report --wandb` continue the same run and never log a cell twice.
+
+History keys, one row per cell (W&B's step is just the row counter; the charts use `nfe` as their x axis):
+  nfe, cell/sampler, cell/grid, cell/requested, cell/params   what the cell was
+  <metric>/<sampler>                                          its value (fid/ddim, sliced_w2/em, ...)
+  <metric>_ci/<sampler>                                       half-width of its interval, when the harness made one
+  wall_s/<sampler>                                            sampling time
+  samples/<sampler>/nfe_<NNNNN>                               the first samples (same seeds for every sampler)
+Summaries: best/<metric>/<sampler> (the best over its NFEs) and the run's protocol in its config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+from lightning_sde.metrics.scorer import LOWER_IS_BETTER
+from lightning_sde.tracking import wandb_configured
+
+log = logging.getLogger(__name__)
+SIDECAR_SUFFIX = ".wandb.json"
+
+
+def sidecar_path(results) -> Path:
+    results = Path(results)
+    return results.with_name(results.stem + SIDECAR_SUFFIX)
+
+
+def read_sidecar(results) -> dict:
+    path = sidecar_path(results)
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable W&B sidecar ({err}); delete it to start a new W&B run") from None
+    return state if isinstance(state, dict) else {}
+
+
+def write_sidecar(results, state: dict) -> None:
+    path = sidecar_path(results)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def flat(prefix: str, value) -> dict:
+    """{'a.b': 1} from {'a': {'b': 1}}: config keys a runs table can filter and group on."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(flat(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: value}
+
+
+def cell_id(rows: list[dict]) -> str:
+    """A cell's identity in the sidecar: a hash of the smallest of its rows' keys (each names the cell)."""
+    return hashlib.sha1(min(r["key"] for r in rows).encode()).hexdigest()[:16]
+
+
+def budget_key(nfe) -> str:
+    return f"nfe_{int(round(float(nfe))):05d}"
+
+
+def sampler_family(name: str) -> str:
+    """ddim, em (Euler-Maruyama), pc, ode, dpm-solver, unipc, ...: a tag to filter runs by."""
+    name = name.lower()
+    for family in ("unipc", "dpm", "ddim", "euler_maruyama", "em", "pc", "ode", "heun", "dopri", "reverse"):
+        if name.startswith(family):
+            return family
+    return name.split("_")[0]
+
+
+class SweepRun:
+    """The W&B run of one results file (rank 0 only). Every call degrades to a warning if W&B fails: the results
+    file is the record, W&B a view of it."""
+
+    def __init__(self, results, project: str, name: str, group: str, config: dict, tags: list[str], out_dir=None):
+        import wandb
+
+        self.results = Path(results)
+        self.state = read_sidecar(results)
+        self.media_dir = self.results.parent / "wandb_media"
+        mode = "online" if wandb_configured() else "offline"
+        run_id = self.state.get("id") or uuid.uuid4().hex[:12]
+        name, group = self.state.get("name", name), self.state.get("group", group)  # the run keeps its first ones
+        self.run = wandb.init(project=self.state.get("project", project), id=run_id, resume="allow", name=name,
+                              group=group, job_type="bench", tags=sorted(set(tags)), mode=mode,
+                              dir=str(out_dir or self.results.parent), config=config, allow_val_change=True,
+                              settings=wandb.Settings(quiet=True))
+        self.state.update(id=run_id, project=self.run.project, name=name, group=group)
+        self.state.setdefault("logged", [])
+        write_sidecar(self.results, self.state)
+        for key in [*LOWER_IS_BETTER, *(f"{m}_ci" for m in LOWER_IS_BETTER), "wall_s"]:
+            self.run.define_metric(f"{key}/*", step_metric="nfe")  # charts against NFE; best/ summaries below
+        self.best = {}
+
+    def logged(self, cell_id: str) -> bool:
+        return cell_id in self.state["logged"]
+
+    def log_cell(self, cell_id: str, rows: list[dict], preview=None, reference=None) -> None:
+        """One history row for a finished cell (its rows, one per metric), with its sample image."""
+        if self.logged(cell_id) or not rows:
+            return
+        import wandb
+
+        first = rows[0]
+        label, nfe = first["sampler"], first["nfe"]
+        row = {"nfe": nfe, "cell/sampler": label, "cell/grid": first["grid"], "cell/requested": first["requested"],
+               "cell/params": json.dumps(first.get("params") or {}, sort_keys=True),
+               f"wall_s/{label}": first.get("wall_s")}
+        for r in rows:
+            row[f"{r['metric']}/{label}"] = r["value"]
+            if r.get("ci_low") is not None and r.get("ci_high") is not None:
+                row[f"{r['metric']}_ci/{label}"] = (r["ci_high"] - r["ci_low"]) / 2
+            self._track_best(r)
+        if preview is not None and nfe:
+            path = self._picture(label, nfe, preview, reference)
+            if path is not None:
+                row[f"samples/{label}/{budget_key(nfe)}"] = wandb.Image(str(path), caption=f"{label}, NFE {nfe:g}")
+        self.run.log({k: v for k, v in row.items() if v is not None})
+        self.run.summary.update(self.best)
+        self.state["logged"].append(cell_id)
+        write_sidecar(self.results, self.state)
+
+    def _track_best(self, r: dict) -> None:
+        if r["value"] is None or r["value"] != r["value"]:
+            return
+        key = f"best/{r['metric']}/{r['sampler']}"
+        lower = LOWER_IS_BETTER.get(r["metric"], True)
+        if key not in self.best or (r["value"] < self.best[key]) == lower:
+            self.best[key] = r["value"]
+            self.best[f"{key}/nfe"] = r["nfe"]
+
+    def _picture(self, label: str, nfe, x, reference):
+        from lightning_sde.plotting import image_grid, scatter_grid
+
+        self.media_dir.mkdir(parents=True, exist_ok=True)
+        path = self.media_dir / f"{label}_{budget_key(nfe)}.png"
+        if x.ndim == 4:
+            return image_grid(x[:64], path, title=f"{label}, NFE {nfe:g}")
+        if x.ndim == 2 and x.shape[1] >= 2:
+            panels = {"reference": reference} if reference is not None else {}
+            panels[f"{label}, NFE {nfe:g}"] = x
+            return scatter_grid(panels, path)
+        return None
+
+    def log_table(self, rows: list[dict], columns: list[str]) -> None:
+        """The whole results table, as a W&B Table (the report's final view)."""
+        import wandb
+
+        value = lambda r, k: json.dumps(r[k]) if isinstance(r.get(k), (dict, list)) else r.get(k)
+        self.run.log({"results": wandb.Table(columns=columns, data=[[value(r, k) for k in columns] for r in rows])})
+
+    def where(self) -> str:
+        if self.run.offline:
+            folder = Path(self.run.dir).resolve().parent
+            return f"W&B (offline): {folder}\n  sync it with: wandb sync {folder}"
+        return f"W&B: {self.run.url}"
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def workspace(rows: list[dict], entity: str, project: str, group: str, name: str | None = None):
+    """The sweep's W&B workspace: per metric a panel of value against NFE (log axes, one line per sampler), the
+    wall-time panel, and per sampler its sample images side by side across NFE; runs filtered to the sweep's group.
+    Built offline (wandb_workspaces objects); `save_workspace` sends it."""
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+
+    samplers = sorted({r["sampler"] for r in rows if r.get("nfe")})
+    metrics = sorted({r["metric"] for r in rows})
+    sections = []
+    for metric in metrics:
+        arrow = "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better"
+        values = [r["value"] for r in rows if r["metric"] == metric and r["value"] is not None]
+        spans_decades = bool(values) and min(values) > 0 and max(values) / min(values) > 10
+        sections.append(ws.Section(name=f"{metric} vs NFE", is_open=True, panels=[
+            wr.LinePlot(title=f"{metric} ({arrow})", x="nfe", y=[f"{metric}/{s}" for s in samplers], log_x=True,
+                        log_y=spans_decades, title_x="NFE (score evaluations)", title_y=metric,
+                        legend_position="east")]))
+    sections.append(ws.Section(name="wall time vs NFE", is_open=True, panels=[
+        wr.LinePlot(title="wall time [s] (lower is better)", x="nfe", y=[f"wall_s/{s}" for s in samplers],
+                    log_x=True, log_y=True, title_x="NFE (score evaluations)", title_y="seconds",
+                    legend_position="east")]))
+    budgets = {s: sorted({budget_key(r["nfe"]) for r in rows if r["sampler"] == s and r.get("nfe")})
+               for s in samplers}
+    sections.append(ws.Section(name="samples (same seeds)", is_open=True, panels=[
+        wr.MediaBrowser(title=s, media_keys=[f"samples/{s}/{b}" for b in budgets[s]], num_columns=len(budgets[s]),
+                        mode="grid") for s in samplers if budgets[s]]))
+    return ws.Workspace(entity=entity, project=project, name=name or f"sweep {group}", sections=sections,
+                        runset_settings=ws.RunsetSettings(query=group))
+
+
+def save_workspace(definition, path: Path, online: bool) -> str:
+    """Write the definition (JSON) next to the results; online, also create the workspace on W&B."""
+    from pydantic import TypeAdapter
+
+    path.write_bytes(TypeAdapter(type(definition)).dump_json(definition, indent=1))
+    if not online:
+        return f"W&B workspace: defined in {path}; made by `lsde-bench report ... --wandb` once the run is synced"
+    try:
+        definition.save()
+        return f"W&B workspace: {definition.url}"
+    except Exception as err:  # noqa: BLE001  (the runs are there; the view can be made again)
+        log.warning("W&B workspace not saved (%s: %s); its definition is in %s", type(err).__name__, err, path)
+        return f"W&B workspace: not saved ({type(err).__name__}); definition in {path}"

@@ -1,0 +1,78 @@
+"""The figures as a reader meets them: labelled axes with direction, log scales where values span decades, ~20
+samplers told apart, the legend outside the panels, intervals drawn, scatter limits that a diverged sampler cannot
+blow up."""
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from lightning_sde.plotting import scatter_grid
+from lightning_sde.plotting.style import choose_yscale, metric_label, metric_title, robust_limits, sampler_styles
+from lightning_sde.plotting.sweeps import metrics_figure, samples_figure
+
+
+def sweep_rows(n_samplers=16):
+    rows = []
+    for i in range(n_samplers):
+        for nfe in (3, 10, 100, 1000):
+            fid = 300.0 / nfe * (1 + i / 10)  # spans decades
+            rows.append({"sampler": f"s{i:02d}", "grid": "nfe", "requested": nfe, "nfe": nfe, "metric": "fid",
+                         "value": fid, "ci_low": fid * 0.9, "ci_high": fid * 1.1, "ci_level": 0.9,
+                         "wall_s": nfe * 0.01, "n_samples": 500})
+            rows.append({"sampler": f"s{i:02d}", "grid": "nfe", "requested": nfe, "nfe": nfe, "metric": "kid",
+                         "value": 0.1 / nfe - 0.0005, "wall_s": nfe * 0.01, "n_samples": 500})
+    rows.append({"sampler": "exact (noise floor)", "grid": "exact", "requested": None, "nfe": 0, "metric": "fid",
+                 "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "ci_level": 0.9, "wall_s": 0.0, "n_samples": 500})
+    return rows
+
+
+def test_sweep_panels_are_labelled_log_scaled_and_keep_the_legend_outside():
+    rows = sweep_rows()
+    cell_rows = [r for r in rows if r["metric"] == "fid"]
+    fig = metrics_figure(rows, cell_rows)
+    axes = {ax.get_title().split(" (")[0]: ax for ax in fig.axes if ax.get_title()}
+    fid, kid, wall = axes["FID"], axes["KID"], axes["wall time"]
+    assert fid.get_title() == "FID (lower is better)" and fid.get_ylabel() == "FID"
+    assert fid.get_yscale() == "log" and fid.get_xscale() == "log"
+    assert fid.get_xlabel() == "NFE (score evaluations)"
+    assert "can be < 0" in kid.get_title() and kid.get_yscale() == "symlog"  # negative KID, explained
+    assert wall.get_ylabel() == "wall time [s]" and wall.get_yscale() == "log"
+    assert len(fid.containers) == 16  # an error bar container per sampler: the intervals are drawn
+    (legend,) = fig.legends
+    assert len(legend.get_texts()) == 17  # 16 samplers + the noise floor
+    fig.canvas.draw()
+    box, panels = legend.get_window_extent(), [ax.get_window_extent() for ax in fig.axes]
+    assert all(box.x0 >= p.x1 - 1 for p in panels)  # right of every panel, over none of the data
+    assert "bootstrap" in fig._supxlabel.get_text()
+    plt.close(fig)
+
+
+def test_twenty_samplers_get_twenty_distinct_colours_and_markers_repeat_only_with_other_colours():
+    styles = sampler_styles([f"s{i}" for i in range(40)])
+    pairs = {(tuple(s["color"]), s["marker"]) for s in styles.values()}
+    assert len({tuple(s["color"]) for s in list(styles.values())[:20]}) == 20 and len(pairs) == 40
+
+
+def test_y_scale_follows_the_spread_of_the_values():
+    assert choose_yscale([1.0, 1.5, 2.0]) == ("linear", None)
+    assert choose_yscale([0.5, 50.0]) == ("log", None)
+    scale, linthresh = choose_yscale([-0.001, 0.002, 0.5])
+    assert scale == "symlog" and 0 < linthresh <= 0.002
+    assert metric_label("loglik") == "log-likelihood [nats per sample]"
+    assert metric_title("loglik").startswith("log-likelihood (higher is better)\nexact")
+
+
+def test_scatter_limits_come_from_the_data_not_from_a_diverged_sampler(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randn(500, 2, generator=gen)
+    diverged = torch.cat([torch.randn(490, 2, generator=gen), torch.full((10, 2), 1e6)])
+    (x0, x1), (y0, y1) = robust_limits(data)
+    assert -6 < x0 < -2 and 2 < x1 < 6 and x1 - x0 == pytest.approx(y1 - y0)
+    fig = samples_figure({"em": {"nfe 10": diverged}}, reference=data)
+    ax = fig.axes[0]
+    assert ax.get_xlim() == pytest.approx((x0, x1)) and len(ax.get_xticks()) > 0
+    (note,) = [t.get_text() for t in ax.texts if "outside" in t.get_text()]
+    assert note.endswith("of 500 outside") and 10 <= int(note.split()[0]) <= 15  # the 10 diverged (+ a far tail)
+    plt.close(fig)
+    path = scatter_grid({"data": data, "em": diverged}, tmp_path / "s.png")
+    assert path.stat().st_size > 5_000

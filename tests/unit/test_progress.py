@@ -1,0 +1,86 @@
+"""Progress in a log file: lines at a fixed rate with the fraction, ETA and what the work reports, one last line at
+the end of long work, nothing for short work; the training progress line of a batch job."""
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from lightning_sde.callbacks.progress import ProgressLog
+from lightning_sde.tracking import Progress, duration
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def lines(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "lightning_sde.tracking"]
+
+
+def test_durations_read_as_a_person_writes_them():
+    assert [duration(s) for s in (0.4, 12, 185, 7620, -3)] == ["0s", "12s", "3m05s", "2h07m", "0s"]
+
+
+def test_a_log_file_gets_a_line_every_interval_and_the_last_state_once(caplog):
+    caplog.set_level(logging.INFO)
+    progress = Progress(1000, "sampling em", every_s=10, terminal=False)
+    progress._clock = clock = Clock()
+    progress._start = progress._last = 0.0
+    for t, done in [(4, 100), (10, 250), (15, 400), (21, 750), (25, 1000)]:
+        clock.now = t
+        progress.update(done, nfe=done)
+    assert lines(caplog) == ["sampling em: 25% (250/1000), 10s elapsed, ETA 30s, nfe 250",
+                             "sampling em: 75% (750/1000), 21s elapsed, ETA 7s, nfe 750"]
+    progress.close()
+    assert lines(caplog)[-1] == "sampling em: 100% (1000/1000), 25s elapsed, nfe 1000"
+    progress.close()
+    assert len(lines(caplog)) == 3  # the last state once
+
+
+def test_short_or_disabled_work_writes_nothing(caplog):
+    caplog.set_level(logging.INFO)
+    with Progress(10, "quick", every_s=30, terminal=False) as progress:
+        progress.update(10)
+    with Progress(10, "off", every_s=0, terminal=False, enabled=False) as progress:
+        progress.update(5)
+    assert lines(caplog) == []
+
+
+def test_a_terminal_gets_a_bar_instead_of_lines(caplog):
+    caplog.set_level(logging.INFO)
+    with Progress(10, "bar", every_s=0, terminal=True) as progress:
+        progress.update(5, nfe=3)
+        assert progress._bar is not None and progress._bar.n == 5
+    assert lines(caplog) == []
+
+
+def trainer(step, loss=0.5, bar=None, max_steps=1000):
+    return SimpleNamespace(global_step=step, callback_metrics={"train/loss": loss}, max_steps=max_steps,
+                           progress_bar_callback=bar, is_global_zero=True)
+
+
+def test_training_progress_lines_come_every_n_steps_with_rate_and_eta(caplog, monkeypatch):
+    caplog.set_level(logging.INFO)
+    clock = Clock()
+    monkeypatch.setattr("lightning_sde.callbacks.progress.time.monotonic", clock)
+    callback = ProgressLog(every_n_steps=50, every_s=0)
+    callback.on_train_start(trainer(0), None)
+    for step in range(1, 201):
+        clock.now = step * 0.1  # 10 steps/s
+        callback.on_train_batch_end(trainer(step), None, None, None, step)
+    got = [r.getMessage() for r in caplog.records if r.name == "lightning_sde.callbacks.progress"]
+    assert got[0] == "step 50/1000 (5%) | loss 0.5 | 10 steps/s | ETA 1m35s" and len(got) == 4
+    caplog.clear()
+    callback.on_train_batch_end(trainer(300, bar=object()), None, None, None, 300)  # the bar shows it instead
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("kwargs", [{"every_n_steps": 0}, {"every_n_steps": True}, {"every_s": -1}])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ValueError, match="ProgressLog"):
+        ProgressLog(**kwargs)
