@@ -7,7 +7,9 @@ name only trusted targets: `check_targets` refuses any other before anything is 
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -26,6 +28,49 @@ def config_root() -> Path:
     from importlib.resources import files
 
     return Path(str(files(CONFIG_PACKAGE)))
+
+
+SITE_SBATCH = {"LSDE_MEM": "mem", "LSDE_MAIL_TYPE": "mail_type", "LSDE_MAIL_USER": "mail_user"}
+
+
+def site_settings() -> dict[str, str]:
+    """The cluster's settings (slurm/site.env.example): the site file ($LSDE_SITE_ENV, else slurm/site.env in a
+    source checkout), then the environment on top; empty values are left out. KEY=VALUE lines are read as data,
+    never run."""
+    path = Path(os.environ["LSDE_SITE_ENV"]) if os.environ.get("LSDE_SITE_ENV") else (
+        config_root().parent / "slurm" / "site.env")
+    if os.environ.get("LSDE_SITE_ENV") and not path.is_file():
+        raise ValueError(f"LSDE_SITE_ENV={str(path)!r} is not a file")
+    settings = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            tokens = shlex.split(line, comments=True)
+            if tokens and "=" in tokens[0]:
+                key, _, value = tokens[0].partition("=")
+                settings[key] = os.path.expandvars(value)
+    settings.update({k: v for k, v in os.environ.items() if k.startswith("LSDE_")})
+    return {k: v for k, v in settings.items() if v != ""}
+
+
+def _site_value(key: str):
+    return site_settings().get(key)
+
+
+def _site_sbatch() -> dict:
+    """sbatch options without a submitit field of their own, for `additional_parameters`."""
+    site = site_settings()
+    return {option: site[key] for key, option in SITE_SBATCH.items() if key in site}
+
+
+def _site_setup(*lines) -> list:
+    """The submitit job's set-up lines: ours, then the site's LSDE_SETUP."""
+    site = site_settings()
+    return [*lines, *([site["LSDE_SETUP"]] if "LSDE_SETUP" in site else [])]
+
+
+OmegaConf.register_new_resolver("lsde_site", _site_value, replace=True)
+OmegaConf.register_new_resolver("lsde_site_sbatch", _site_sbatch, replace=True)
+OmegaConf.register_new_resolver("lsde_site_setup", _site_setup, replace=True)
 
 
 def plain(node):

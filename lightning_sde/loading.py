@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -29,6 +30,9 @@ def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {str(path)!r}")
     expected = "a lightning-sde checkpoint (a torch.save'd dict written by lsde-train)"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a text file or a cut-off write is not one
+        raise CheckpointError(f"{path}: not {expected}: not a torch.save archive (another kind of file, or a "
+                              "truncated one)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

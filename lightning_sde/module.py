@@ -2,9 +2,10 @@
 
 Everything needed to rebuild the model is in its hyperparameters (plain dicts from the Hydra config: the network
 and the SDE as `_target_` nodes), so a checkpoint loads by path alone: `lightning_sde.load_denoiser("last.ckpt")`.
-With Lightning's EMAWeightAveraging the checkpoint's `state_dict` holds the EMA weights (the raw ones sit in
-`current_model_state`), so a loaded model samples with EMA weights; during fit the callback swaps the EMA weights in
-for validation, when samplers run.
+With the EMA callback (callbacks.EMA, Lightning's EMAWeightAveraging) the checkpoint's `state_dict` holds the EMA
+weights (the raw ones sit in `current_model_state`, the final checkpoint included), so a loaded model samples with
+EMA weights and a resumed run trains on from the raw ones; during fit the callback swaps the EMA weights in for
+validation, when samplers run.
 The checkpoint also carries the training data's mean and covariance (`denoiser.data_moments`, measured on up to
 MOMENT_SAMPLES training samples when a fit starts), which samplers' gaussian_start uses.
 

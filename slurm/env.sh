@@ -1,28 +1,78 @@
-# Set-up shared by the sbatch templates (sourced, not run). Override any of these with `sbatch --export=ALL,VAR=...`.
-set -euo pipefail
-REPO=${LSDE_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}     # submit from the clone, or set LSDE_REPO
-cd "$REPO"
-export LSDE_PYTHON=${LSDE_PYTHON:-$REPO/.venv/bin/python}   # `make .venv/.installed` on the login node
-if [ ! -x "$LSDE_PYTHON" ]; then
-    echo "error: no Python at LSDE_PYTHON=$LSDE_PYTHON; run 'make .venv/.installed' in $REPO on the login node" >&2
-    exit 2
-fi
-# Run directory keyed on the job id: a requeued job finds its own checkpoint (array tasks: <array job>_<task>).
-if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then
-    export LSDE_RUN_NAME=${LSDE_RUN_NAME:-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
-else
-    export LSDE_RUN_NAME=${LSDE_RUN_NAME:-${SLURM_JOB_ID:-local}}
-fi
-# Compute nodes have no internet: W&B writes offline runs (synced later, see slurm/README.md), and everything
-# downloaded was fetched on the login node by `lsde-prepare` (datasets, Inception weights, FID statistics).
-export WANDB_MODE=${WANDB_MODE:-offline}
-export TORCH_HOME=${TORCH_HOME:-$HOME/.cache/torch}
-export LSDE_CACHE=${LSDE_CACHE:-$REPO/outputs/cache}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
-export TORCH_NCCL_ASYNC_ERROR_HANDLING=1          # a dead rank fails the job instead of hanging it
-export NCCL_DEBUG=${NCCL_DEBUG:-WARN}              # set NCCL_SOCKET_IFNAME / NCCL_IB_HCA here if NCCL picks a wrong NIC
-export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
-# processes per node = tasks per node (one per GPU); srun starts them, Lightning reads SLURM's variables
-export LSDE_NODES=${SLURM_NNODES:-1}
-export LSDE_TASKS_PER_NODE=$(( ${SLURM_NTASKS:-1} / ${SLURM_NNODES:-1} ))
-echo "[lsde] job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-?}: $LSDE_NODES node(s) x $LSDE_TASKS_PER_NODE task(s), run $LSDE_RUN_NAME, $(date -Is)"
+# Set-up shared by the sbatch templates and slurm/submit.sh (sourced, not run): it defines functions and exports
+# variables, and changes no shell option of the caller. `lsde_env` returns non-zero (with a message) on an error.
+
+# This clone: env.sh is always sourced from its own path, so the clone is found wherever the job was submitted from.
+LSDE_SLURM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+LSDE_CLONE=$(dirname "$LSDE_SLURM_DIR")
+export LSDE_SLURM_DIR LSDE_CLONE
+
+# The site file: $LSDE_SITE_ENV, else slurm/site.env in this clone (see site.env.example); exported as read.
+lsde_load_site() {
+    local site=${LSDE_SITE_ENV:-$LSDE_SLURM_DIR/site.env}
+    if [ -n "${LSDE_SITE_ENV:-}" ] && [ ! -f "$LSDE_SITE_ENV" ]; then
+        echo "error: LSDE_SITE_ENV=$LSDE_SITE_ENV is not a file" >&2
+        return 2
+    fi
+    if [ -f "$site" ]; then
+        set -a
+        # shellcheck disable=SC1090
+        source "$site"
+        set +a
+        export LSDE_SITE_ENV=$site
+    fi
+}
+
+# The sbatch flags the site file asks for, one per line (empty settings are left out).
+lsde_site_flags() {
+    [ -n "${LSDE_ACCOUNT:-}" ] && echo "--account=$LSDE_ACCOUNT"
+    [ -n "${LSDE_PARTITION:-}" ] && echo "--partition=$LSDE_PARTITION"
+    [ -n "${LSDE_QOS:-}" ] && echo "--qos=$LSDE_QOS"
+    [ -n "${LSDE_MEM:-}" ] && echo "--mem=$LSDE_MEM"
+    [ -n "${LSDE_CONSTRAINT:-}" ] && echo "--constraint=$LSDE_CONSTRAINT"
+    [ -n "${LSDE_MAIL_TYPE:-}" ] && echo "--mail-type=$LSDE_MAIL_TYPE"
+    [ -n "${LSDE_MAIL_USER:-}" ] && echo "--mail-user=$LSDE_MAIL_USER"
+    if [ -n "${LSDE_SBATCH_EXTRA:-}" ]; then
+        local flag
+        for flag in $LSDE_SBATCH_EXTRA; do echo "$flag"; done
+    fi
+    return 0
+}
+
+# Inside a job: the site's set-up commands, the Python, the run name and the environment of a compute node.
+lsde_env() {
+    lsde_load_site || return
+    if [ -n "${LSDE_SETUP:-}" ]; then
+        echo "[lsde] site set-up: $LSDE_SETUP"
+        eval "$LSDE_SETUP" || { echo "error: the site set-up (LSDE_SETUP in $LSDE_SITE_ENV) failed" >&2; return 2; }
+    fi
+    if [ -z "${LSDE_PYTHON:-}" ]; then
+        if [ -x "$LSDE_CLONE/.venv/bin/python" ]; then LSDE_PYTHON=$LSDE_CLONE/.venv/bin/python; else LSDE_PYTHON=python; fi
+    fi
+    export LSDE_PYTHON
+    if ! "$LSDE_PYTHON" -c "import lightning_sde" 2>/dev/null; then
+        echo "error: $LSDE_PYTHON cannot import lightning_sde; run 'make .venv/.installed' in $LSDE_CLONE on the" \
+             "login node, or set LSDE_PYTHON / LSDE_SETUP in the site file (slurm/site.env.example)" >&2
+        return 2
+    fi
+    # Run directory keyed on the job id: a requeued job finds its own checkpoint (array tasks: <array job>_<task>).
+    if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then
+        export LSDE_RUN_NAME=${LSDE_RUN_NAME:-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
+    else
+        export LSDE_RUN_NAME=${LSDE_RUN_NAME:-${SLURM_JOB_ID:-local}}
+    fi
+    # Compute nodes have no internet: W&B writes offline runs (synced later, see slurm/README.md), and everything
+    # downloaded was fetched on the login node by `lsde-prepare` (datasets, Inception weights, FID statistics).
+    export WANDB_MODE=${WANDB_MODE:-offline}
+    unset WANDB_SERVICE   # a W&B service of the submitting process (a notebook, a test) is not the job's: it starts its own
+    export TORCH_HOME=${TORCH_HOME:-$HOME/.cache/torch}
+    export LSDE_CACHE=${LSDE_CACHE:-$PWD/outputs/cache}
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+    export TORCH_NCCL_ASYNC_ERROR_HANDLING=1          # a dead rank fails the job instead of hanging it
+    export NCCL_DEBUG=${NCCL_DEBUG:-WARN}              # set NCCL_SOCKET_IFNAME / NCCL_IB_HCA in the site file if needed
+    export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
+    # processes per node = tasks per node (one per GPU); srun starts them, Lightning reads SLURM's variables
+    export LSDE_NODES=${SLURM_NNODES:-1}
+    export LSDE_TASKS_PER_NODE=$(( ${SLURM_NTASKS:-1} / ${SLURM_NNODES:-1} ))
+    echo "[lsde] job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-?}:" \
+         "$LSDE_NODES node(s) x $LSDE_TASKS_PER_NODE task(s), run $LSDE_RUN_NAME, in $PWD, $(date -Is)"
+}

@@ -118,6 +118,18 @@ def score(scorer: Scorer, cell: Cell, samples: Samples | None, x) -> Scores:
     return Scores(values, scorer.intervals(x, values, level=INTERVAL_LEVEL), INTERVAL_LEVEL)
 
 
+def count_cells(cfg: DictConfig) -> int:
+    """The number of cells of the sweep, checked as `prepare` checks it, except that a checkpoint need not exist yet
+    (its step is part of the target's id, not of the cell count)."""
+    checkpoint = cfg.get("checkpoint")
+    if checkpoint is None or Path(checkpoint).is_file():
+        return len(prepare(cfg).cells)
+    if cfg.get("data") is None:
+        raise ValueError("config data: a checkpoint needs the config of its data, e.g. data=toy2d or data=digits")
+    metrics = resolve_metrics(cfg.metrics, data_kind(cfg), has_mixture=False)
+    return len(expand(cfg, f"planned:{checkpoint}", metrics))
+
+
 def run_sweep(cfg: DictConfig) -> dict:
     sweep = prepare(cfg)
     fabric = launch(cfg.ddp.devices, cfg.ddp.num_nodes, sweep.device)  # processes split each cell's seeds
@@ -208,4 +220,4 @@ def report_cell(store: ResultsStore, cell: Cell, n_done: int, n_todo: int, start
             log.warning("W&B: cell not logged (%s: %s); `report --wandb` logs it later", type(err).__name__, err)
 
 
-__all__ = ["Sweep", "prepare", "rows_of", "run_sweep"]
+__all__ = ["Sweep", "count_cells", "prepare", "rows_of", "run_sweep"]

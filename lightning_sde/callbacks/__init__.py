@@ -1,5 +1,7 @@
+from lightning_sde.callbacks.ema import EMA
 from lightning_sde.callbacks.preemption import Preemption
 from lightning_sde.callbacks.progress import ProgressLog
 from lightning_sde.callbacks.sampler import SamplerCallback
+from lightning_sde.callbacks.wandb_sync import WandbOfflineSync
 
-__all__ = ["Preemption", "ProgressLog", "SamplerCallback"]
+__all__ = ["EMA", "Preemption", "ProgressLog", "SamplerCallback", "WandbOfflineSync"]

@@ -51,6 +51,7 @@ HELP = dict(
     usage=[
         "[KEY=VALUE ...]",
         "report RESULTS.jsonl [--out DIR] [--wandb] [--project P] [--name N]",
+        "cells [KEY=VALUE ...]      (prints the sweep's number of cells: the size of its job array)",
     ],
     keys=[
         ("samplers=<set>", "the samplers swept (configs/samplers/); +sampler@samplers.<label>=<sampler> adds one"),
@@ -87,12 +88,31 @@ def report_main(argv: list[str]) -> None:
     report(args.results, args.out, use_wandb=args.wandb, project=args.project, name=args.name)
 
 
+def cells_main(overrides: list[str]) -> None:
+    """Print the number of cells the sweep with these overrides has (a checkpoint may not exist yet: a pipeline
+    sizes the bench array before training ends). Exit 1 with the config error, like the sweep itself."""
+    from hydra import compose, initialize_config_module
+
+    from lightning_sde.bench.runner import count_cells
+    from lightning_sde.configuration import CONFIG_PACKAGE
+
+    try:
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            cfg = compose("bench", overrides=overrides)
+        print(count_cells(cfg))
+    except ValueError as err:
+        print(f"lsde-bench cells: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main() -> None:
     if print_help_if_asked("bench", **HELP):
         return
     if len(sys.argv) > 1 and sys.argv[1] == "report":
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         report_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "cells":
+        cells_main(sys.argv[2:])
     else:
         sweep()
 

@@ -42,9 +42,12 @@ def _which(cmd: str) -> str:
 
 
 class SlurmCluster:
-    """One node named after this host, all its CPUs, one partition `debug`; requeue allowed."""
+    """One node named after this host, all its CPUs, one partition `debug`; requeue allowed. With `nodes=k > 1`:
+    k nodes n1..nk on this host (k slurmd processes, each on its own port, the CPUs split between them), for
+    multi-node jobs."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, nodes: int = 1):
+        self.nodes = nodes
         self.root = Path(root).resolve()
         self.procs: dict[str, subprocess.Popen] = {}
         self.host = socket.gethostname().split(".")[0]
@@ -76,11 +79,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.munge_socket}
 StateSaveLocation={self.root / 'state'}
-SlurmdSpoolDir={self.root / 'spool'}
+SlurmdSpoolDir={self.root / 'spool'}{'/%n' if self.nodes > 1 else ''}
 SlurmctldPidFile={self.root / 'slurmctld.pid'}
-SlurmdPidFile={self.root / 'slurmd.pid'}
+SlurmdPidFile={self.root / ('slurmd-%n.pid' if self.nodes > 1 else 'slurmd.pid')}
 SlurmctldLogFile={self.root / 'log' / 'slurmctld.log'}
-SlurmdLogFile={self.root / 'log' / 'slurmd.log'}
+SlurmdLogFile={self.root / 'log' / ('slurmd-%n.log' if self.nodes > 1 else 'slurmd.log')}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -97,9 +100,19 @@ JobCompType=jobcomp/none
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={memory_mb} State=UNKNOWN
-PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+{'SlurmdParameters=config_overrides' if self.nodes > 1 else ''}
+{self._node_lines(memory_mb)}
 """)
+
+    def _node_lines(self, memory_mb: int) -> str:
+        if self.nodes == 1:
+            return (f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={memory_mb} State=UNKNOWN\n"
+                    f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO")
+        cpus = max(2, self.cpus // self.nodes)  # at least 2 per node (config_overrides: more than the host has)
+        lines = [f"NodeName=n{i + 1} NodeHostname={self.host} NodeAddr=127.0.0.1 Port={_free_port()} CPUs={cpus} "
+                 f"RealMemory={memory_mb // self.nodes} State=UNKNOWN" for i in range(self.nodes)]
+        return "\n".join([*lines, f"PartitionName=debug Nodes=n[1-{self.nodes}] Default=YES MaxTime=INFINITE "
+                                   "State=UP OverSubscribe=NO"])
 
     def start(self, timeout: float = 60.0) -> "SlurmCluster":
         self._write_config()
@@ -114,14 +127,22 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
         env = self.env
         self.procs["slurmctld"] = subprocess.Popen([_which("slurmctld"), "-D", "-i", "-f", str(self.conf)],
                                                    stdout=log, stderr=log, env=env)
-        self.procs["slurmd"] = subprocess.Popen([_which("slurmd"), "-D", "-f", str(self.conf)],
-                                                stdout=log, stderr=log, env=env)
+        if self.nodes == 1:
+            self.procs["slurmd"] = subprocess.Popen([_which("slurmd"), "-D", "-f", str(self.conf)],
+                                                    stdout=log, stderr=log, env=env)
+        for i in range(self.nodes if self.nodes > 1 else 0):
+            (self.root / "spool" / f"n{i + 1}").mkdir(parents=True, exist_ok=True)
+            self.procs[f"slurmd-n{i + 1}"] = subprocess.Popen(
+                [_which("slurmd"), "-D", "-N", f"n{i + 1}", "-f", str(self.conf)], stdout=log, stderr=log, env=env)
         self._wait(self.node_idle, "node idle in sinfo", timeout)
         return self
 
     def node_idle(self) -> bool:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=self.env, check=False)
-        return out.stdout.strip().rstrip("*") == "idle"
+        """Every node idle."""
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, env=self.env,
+                             check=False)
+        states = [line.strip().rstrip("*") for line in out.stdout.splitlines() if line.strip()]
+        return len(states) == self.nodes and all(s == "idle" for s in states)
 
     def _wait(self, ready, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -147,7 +168,7 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
         """Cancel what is left, then stop the daemons by pid (slurmd first)."""
         if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
             subprocess.run(["scancel", "--user=root"], env=self.env, capture_output=True, timeout=30, check=False)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in (*[n for n in self.procs if n.startswith("slurmd")], "slurmctld", "munged"):
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue

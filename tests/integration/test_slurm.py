@@ -3,6 +3,7 @@
 
 import csv
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -131,17 +132,19 @@ def test_benchmark_array_tasks_write_disjoint_shares_of_one_table(slurm, workdir
 
 
 def test_hydra_submitit_launcher_submits_a_ddp_run_and_owns_requeue(slurm, workdir):
-    import subprocess
-
     cmd = [sys.executable, "-m", "lightning_sde.cli.train", "-m", "hydra/launcher=slurm", *TRAIN, "trainer=ddp_cpu",
            "trainer.max_steps=100", "trainer.val_check_interval=100", "hydra.launcher.gpus_per_node=0",
            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15", f"hydra.sweep.dir={workdir}/multirun"]
-    env = {**slurm.env, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
+    site = workdir / "site.env"  # the same site file as the templates'
+    site.write_text("LSDE_PARTITION=debug\nLSDE_MAIL_TYPE=FAIL\nLSDE_MEM=300M\nLSDE_SETUP='echo submitit-site-setup'\n")
+    env = {**slurm.env, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true", "LSDE_SITE_ENV": str(site)}
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     (sbatch_file,) = (workdir / "multirun" / ".submitit").glob("*/*_submission.sh")
     script = sbatch_file.read_text()
     assert "--signal=USR2@300" in script and "--ntasks-per-node=2" in script
+    assert all(line in script for line in ("#SBATCH --partition=debug", "#SBATCH --mail-type=FAIL",
+                                           "#SBATCH --mem=300M", "echo submitit-site-setup")), script
     job = sbatch_file.parent.name
     run_dir = workdir / "outputs" / "train" / f"{job}_0"  # <SLURM job id>_<multirun job number>
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -258,3 +261,125 @@ def test_the_cpu_examples_in_the_template_headers_can_run_on_this_one_node_clust
     for options in examples:
         out = slurm.run("sbatch", "--test-only", *options, str(REPO / "slurm" / template), cwd=workdir, check=False)
         assert out.returncode == 0 and "to start at" in out.stderr, f"{options}: {out.stderr}"
+
+
+# --- the cluster workflow: site settings, slurm/submit.sh from anywhere, the pipeline, bench requeue ---------------
+
+
+def submit_sh(slurm, cwd: Path, *args: str, env=None, timeout=120) -> str:
+    """slurm/submit.sh as a user runs it (from `cwd`, outside the clone); returns its stdout."""
+    proc = subprocess.run([str(REPO / "slurm" / "submit.sh"), *args], cwd=cwd, capture_output=True, text=True,
+                          env={**slurm.env, "LSDE_PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+                               "WANDB_SILENT": "true", **(env or {})}, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_site_settings_reach_sbatch_from_a_submission_outside_the_clone(slurm, workdir):
+    site = workdir / "site.env"
+    site.write_text("LSDE_ACCOUNT=acme            # a comment after a value\n"
+                    "LSDE_PARTITION=debug\nLSDE_MEM=200M\nLSDE_MAIL_TYPE=END,FAIL\nLSDE_MAIL_USER=nobody@example.org\n"
+                    "LSDE_SBATCH_EXTRA=\"--comment=lsde-site-test --nice=5\"\n"
+                    "LSDE_SETUP='export LSDE_SITE_MARK=from-site && echo site-mark=$LSDE_SITE_MARK'\n")
+    out = submit_sh(slurm, workdir, "train", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0",
+                    "--cpus-per-task=1", "--time=10", *TRAIN, "trainer.max_steps=20", "trainer.val_check_interval=20",
+                    env={"LSDE_SITE_ENV": str(site), "LSDE_TRAINER": "ddp_cpu"})
+    job = out.split("train job ")[1].split(":")[0]
+    state = slurm.state(job)
+    assert (state["Account"], state["Partition"], state["MailType"], state["MailUser"], state["MinMemoryNode"],
+            state["Comment"], state["Nice"]) == ("acme", "debug", "END,FAIL", "nobody@example.org", "200M",
+                                                 "lsde-site-test", "5"), state
+    assert state["WorkDir"] == str(workdir)
+    states = slurm.wait(job, timeout=300)
+    log = (workdir / "outputs" / "slurm-logs" / f"lsde-train-{job}.out").read_text()  # an absolute log path
+    assert states == ["COMPLETED"], log[-5000:]
+    assert "site-mark=from-site" in log and f"run directory: {workdir / 'outputs' / 'train' / job}" in log
+
+
+def test_the_pipeline_trains_benches_the_checkpoint_as_an_array_and_reports(slurm, workdir):
+    small = "--nodes=1 --ntasks-per-node=1 --gpus-per-node=0 --cpus-per-task=1 --time=10"
+    out = submit_sh(slurm, workdir, "pipeline", "--run", "pipe",
+                    "--train", " ".join([*TRAIN, "trainer.max_steps=40", "trainer.val_check_interval=40"]),
+                    "--train-sbatch", small,
+                    "--bench", "data=toy2d ~samplers +sampler@samplers.ddim=ddim +sampler@samplers.em=euler_maruyama "
+                               "nfe=[3,10] seeds.count=100 batch_size=100 progress=false",
+                    "--bench-sbatch", "--gpus=0 --cpus-per-task=1 --time=10", "--tasks", "3", "--throttle", "2",
+                    env={"LSDE_TRAINER": "ddp_cpu"})
+    assert "the sweep has 4 cells: 3 array tasks, at most 2 at once" in out, out
+    train, bench, report = out.split("pipeline pipe: train ")[1].split("\n")[0].split(" -> ")
+    bench, report = bench.split()[-1], report.split()[1]
+    assert slurm.state(report)["Dependency"].startswith(f"afterok:{bench}")  # each step after the previous one
+    assert slurm.state(bench)["Dependency"].startswith(f"afterok:{train}")
+    states = slurm.wait(report, timeout=420)
+    logs = workdir / "outputs" / "slurm-logs"
+    report_log = (logs / f"lsde-report-{report}.out").read_text()
+    assert states == ["COMPLETED"], report_log[-3000:] + "".join(p.read_text()[-2000:] for p in logs.glob("*.out"))
+    assert slurm.array_states(bench) == ["COMPLETED"] * 3
+    results = workdir / "outputs" / "bench" / "pipe" / "results.jsonl"
+    rows = load(results)
+    assert len({(r["sampler"], r["requested"]) for r in rows}) == 4 and len(rows) == 4 * 2  # sliced_w2, mmd
+    assert all(r["checkpoint"].endswith("outputs/train/pipe/checkpoints/last.ckpt") and r["global_step"] == 40
+               for r in rows), rows[0]
+    assert (results.parent / "results.png").is_file() and "wandb sync" in report_log
+    assert list((results.parent / "wandb").glob("offline-run-*"))
+
+
+def test_a_bench_task_signalled_at_its_time_limit_requeues_and_keeps_its_finished_cells(slurm, workdir):
+    sweep = ["~samplers", "+sampler@samplers.em=euler_maruyama", "nfe=[200,400,800,1600]", "noise_floor=false",
+             "seeds.count=4000", "batch_size=4000", "progress=false", f"results={workdir}/results.jsonl"]
+    out = submit_sh(slurm, workdir, "bench", "--tasks", "1", "--gpus=0", "--cpus-per-task=1", "--time=10", *sweep)
+    job = out.split("bench array ")[1].split(":")[0]
+    deadline = time.monotonic() + 180
+    while not (workdir / "results.jsonl").is_file() or not load(workdir / "results.jsonl"):
+        assert time.monotonic() < deadline, "no cell finished"
+        time.sleep(0.5)
+    done_before = {r["requested"] for r in load(workdir / "results.jsonl")}
+    slurm.run("scancel", "--signal=USR1", "--batch", f"{job}_0")  # what --signal=B:USR1@120 sends at the limit
+    release_after_requeue(slurm, f"{job}_0")
+    states = slurm.wait(job, timeout=300)
+    log = (workdir / "outputs" / "slurm-logs" / f"lsde-bench-{job}_0.out").read_text()
+    assert states == ["COMPLETED"], log[-5000:]
+    assert "time limit near: requeueing" in log and "restart 1" in log
+    rows = load(workdir / "results.jsonl")
+    assert sorted(r["requested"] for r in rows if r["metric"] == "sliced_w2") == [200, 400, 800, 1600]
+    second = log.split("restart 1")[1]
+    recomputed = {int(c.split("nfe=")[1].split()[0]) for c in second.split("computing cell")[1:]}
+    assert recomputed and not recomputed & done_before, (recomputed, done_before)  # finished cells not redone
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """A second cluster: nodes n1 and n2 on this host (one slurmd each, own ports and spool)."""
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm2"), nodes=2).start()
+    yield cluster
+    cluster.stop()
+
+
+def test_a_two_node_pipeline_trains_with_world_size_4_then_benches_and_reports(two_nodes, workdir):
+    """num_nodes=2 x 2 tasks (gloo on CPU, world size 4) through the pipeline command, then a 2-task bench array
+    of its checkpoint and the report. MASTER_ADDR is set because the test's node names (n1, n2) do not resolve;
+    on a real cluster Lightning takes the first node of SLURM_NODELIST."""
+    out = submit_sh(two_nodes, workdir, "pipeline", "--run", "two",
+                    "--train", " ".join([*TRAIN, "trainer.max_steps=30", "trainer.val_check_interval=30"]),
+                    "--train-sbatch", "--nodes=2 --ntasks-per-node=2 --gpus-per-node=0 --cpus-per-task=1 --time=10",
+                    "--bench", "data=toy2d ~samplers +sampler@samplers.ddim=ddim nfe=[3,10] seeds.count=100 "
+                               "batch_size=100 progress=false",
+                    "--bench-sbatch", "--gpus=0 --cpus-per-task=1 --time=10",
+                    env={"LSDE_TRAINER": "ddp_cpu", "MASTER_ADDR": "127.0.0.1"})
+    train, bench, report = out.split("pipeline two: train ")[1].split("\n")[0].split(" -> ")
+    bench, report = bench.split()[-1], report.split()[1]
+    states = two_nodes.wait(report, timeout=420)
+    logs = workdir / "outputs" / "slurm-logs"
+    train_log = (logs / f"lsde-train-{train}.out").read_text()
+    assert states == ["COMPLETED"], "".join(p.read_text()[-3000:] for p in sorted(logs.glob("*.out")))
+    assert "2 node(s) x 2 task(s)" in train_log
+    assert all(f"GLOBAL_RANK: {r}, MEMBER: {r + 1}/4" in train_log for r in range(4)), train_log[-4000:]
+    assert two_nodes.state(train)["NodeList"] == "n[1-2]"
+    ckpts = list((workdir / "outputs" / "train" / "two" / "checkpoints").glob("*.ckpt"))
+    assert [p.name for p in ckpts if p.name.startswith("last")] == ["last.ckpt"]
+    assert torch.load(workdir / "outputs/train/two/checkpoints/last.ckpt", weights_only=True)["global_step"] == 30
+    assert two_nodes.array_states(bench) == ["COMPLETED"] * 2
+    rows = load(workdir / "outputs" / "bench" / "two" / "results.jsonl")
+    assert sorted({r["requested"] for r in rows}) == [3, 10] and {r["global_step"] for r in rows} == {30}

@@ -178,3 +178,16 @@ def test_the_sampler_callback_reports_the_nfe_of_a_batch_over_several_batches(tm
     trainer.fit(module, datamodule=Toy2DDataModule(batch_size=64, n_train=256, n_val=64))
     row = callback.last_rows["ddim"]
     assert row["nfe"] == 5 and row["n_samples"] == 20 and row["n_distinct"] == 20 and row["n_nonfinite"] == 0
+
+
+def test_wandb_osh_is_asked_to_sync_the_offline_run_after_each_evaluation(tmp_path):
+    """callbacks=wandb_osh: a command file naming this run's offline W&B folder, for the login node's `wandb-osh`
+    loop (which runs `wandb sync` on it); written after each evaluation, so the dashboard follows the job."""
+    run_dir, comm = tmp_path / "osh", tmp_path / "comm"
+    proc = run_train(run_dir, "experiment=toy2d", *QUICK, "callbacks=wandb_osh",
+                     f"callbacks.wandb_osh.communication_dir={comm}", "trainer.max_steps=40",
+                     "trainer.val_check_interval=20", "callbacks.sampler.n_samples=50")
+    (command,) = comm.glob("*.command")  # one file per run, rewritten at each trigger
+    target = Path(command.read_text())
+    assert target.parent == (run_dir / "wandb").resolve() and target.name.startswith("offline-run-")
+    assert list(target.glob("run-*.wandb")), proc.stdout[-2000:]

@@ -60,7 +60,7 @@ def test_every_experiment_composes_builds_and_states_its_samplers(experiment, tm
     assert tuple(module.denoiser.shape) == tuple(datamodule.shape)
     assert trainer.max_steps == 2
     names = [type(c).__name__ for c in trainer.callbacks]
-    assert names.index("SamplerCallback") < names.index("EMAWeightAveraging")
+    assert names.index("SamplerCallback") < names.index("EMA")
     callback = next(c for c in trainer.callbacks if type(c).__name__ == "SamplerCallback")
     assert list(callback.samplers) == list(cfg.samplers)
     assert all(isinstance(s, Sampler) for s in callback.samplers.values())

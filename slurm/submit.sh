@@ -1,0 +1,132 @@
+#!/bin/bash
+# Submit lightning-sde jobs with the site's settings (slurm/site.env), from any directory: run directories, results
+# and logs land under the directory you submit from (outputs/...; logs in outputs/slurm-logs, or $LSDE_LOGS).
+#
+#   slurm/submit.sh train [SBATCH_OPTION ...] OVERRIDE ...          lsde-train (slurm/train.sbatch)
+#   slurm/submit.sh bench [--tasks N] [--throttle K] [SBATCH_OPTION ...] OVERRIDE ...
+#                                                                     lsde-bench as an array sized from the sweep
+#   slurm/submit.sh pipeline --train "OVERRIDES" --bench "OVERRIDES" [--run NAME] [--tasks N] [--throttle K]
+#                    [--train-sbatch "OPTIONS"] [--bench-sbatch "OPTIONS"]
+#                                                                     train -> bench of its checkpoint -> report
+#
+# Arguments starting with -- are sbatch options (they override the template's #SBATCH defaults and the site file);
+# the others are Hydra overrides. The bench array has one task per cell (at most --tasks, --throttle at once).
+# The pipeline's jobs are chained with --dependency=afterok: a failed or interrupted step stops the ones after it.
+set -euo pipefail
+
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/env.sh"
+lsde_load_site
+LOGS=${LSDE_LOGS:-$PWD/outputs/slurm-logs}
+mkdir -p "$LOGS"
+LOGS=$(cd "$LOGS" && pwd)
+
+die() { echo "submit.sh: error: $*" >&2; exit 2; }
+
+# The Python of the login node, for sizing the bench array (the same rule as in a job).
+login_python() {
+    if [ -n "${LSDE_PYTHON:-}" ]; then echo "$LSDE_PYTHON"
+    elif [ -x "$LSDE_CLONE/.venv/bin/python" ]; then echo "$LSDE_CLONE/.venv/bin/python"
+    else echo python; fi
+}
+
+# sbatch with the site's flags, this directory as the job's, an absolute log path; prints the job id.
+submit() {  # submit LOG_PATTERN TEMPLATE SBATCH_OPTIONS... -- ARGS...
+    local log=$1 template=$2
+    shift 2
+    local options=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do options+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    local site=()
+    mapfile -t site < <(lsde_site_flags)
+    sbatch --parsable "${site[@]}" --chdir="$PWD" --output="$LOGS/$log.out" \
+        --export="ALL,LSDE_SLURM_DIR=$LSDE_SLURM_DIR" "${options[@]}" "$LSDE_SLURM_DIR/$template" "$@" | cut -d';' -f1
+}
+
+# bench_array TASKS THROTTLE OVERRIDES...: the --array option for the sweep (one task per cell, capped).
+bench_array() {
+    local tasks=$1 throttle=$2
+    shift 2
+    local cells
+    cells=$("$(login_python)" -m lightning_sde.cli.bench cells "$@") || die "the sweep's config is not valid (above)"
+    [ "$cells" -ge 1 ] || die "the sweep has no cells"
+    local n=$cells
+    if [ -n "$tasks" ] && [ "$tasks" -lt "$n" ]; then n=$tasks; fi
+    echo "--array=0-$((n - 1))${throttle:+%$throttle}"
+    echo "[lsde] the sweep has $cells cells: $n array tasks${throttle:+, at most $throttle at once}" >&2
+}
+
+split_args() {  # sets SBATCH_OPTS and OVERRIDES from the arguments
+    SBATCH_OPTS=() OVERRIDES=()
+    local arg
+    for arg in "$@"; do
+        if [[ $arg == --* ]]; then SBATCH_OPTS+=("$arg"); else OVERRIDES+=("$arg"); fi
+    done
+}
+
+command=${1:-}
+[ $# -gt 0 ] && shift
+case "$command" in
+train)
+    split_args "$@"
+    job=$(submit "%x-%j" train.sbatch "${SBATCH_OPTS[@]}" -- "${OVERRIDES[@]}")
+    echo "train job $job: log $LOGS/lsde-train-$job.out; run directory $PWD/outputs/train/<run_name> (the job id" \
+         "unless run_name= is given)"
+    ;;
+bench)
+    tasks="" throttle=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --tasks) tasks=$2; shift 2 ;;
+        --throttle) throttle=$2; shift 2 ;;
+        *) break ;;
+        esac
+    done
+    split_args "$@"
+    array=$(bench_array "$tasks" "$throttle" "${OVERRIDES[@]}")
+    job=$(submit "%x-%A_%a" bench.sbatch "$array" "${SBATCH_OPTS[@]}" -- "${OVERRIDES[@]}")
+    echo "bench array $job: logs $LOGS/lsde-bench-${job}_<task>.out; then: slurm/submit.sh report or" \
+         "lsde-bench report <results> --wandb"
+    ;;
+pipeline)
+    train="" bench="" run="" tasks="" throttle="" train_sbatch="" bench_sbatch=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --train) train=$2; shift 2 ;;
+        --bench) bench=$2; shift 2 ;;
+        --run) run=$2; shift 2 ;;
+        --tasks) tasks=$2; shift 2 ;;
+        --throttle) throttle=$2; shift 2 ;;
+        --train-sbatch) train_sbatch=$2; shift 2 ;;
+        --bench-sbatch) bench_sbatch=$2; shift 2 ;;
+        *) die "unknown pipeline option $1 (see the top of $0)" ;;
+        esac
+    done
+    [ -n "$bench" ] || die "pipeline needs --bench \"OVERRIDES\" (at least data=<the training data>)"
+    run=${run:-pipeline-$(date +%Y%m%d-%H%M%S)}
+    run_dir=$PWD/outputs/train/$run
+    results=$PWD/outputs/bench/$run/results.jsonl
+    read -r -a train_args <<< "$train"
+    read -r -a bench_args <<< "$bench"
+    read -r -a train_opts <<< "$train_sbatch"
+    read -r -a bench_opts <<< "$bench_sbatch"
+    bench_args=("checkpoint=$run_dir/checkpoints/last.ckpt" "name=$run" "results=$results" "${bench_args[@]}")
+    array=$(bench_array "$tasks" "$throttle" "${bench_args[@]}")
+    train_job=$(submit "%x-%j" train.sbatch "${train_opts[@]}" -- "${train_args[@]}" "run_name=$run" \
+        "run_dir=$run_dir")
+    bench_job=$(submit "%x-%A_%a" bench.sbatch "$array" "--dependency=afterok:$train_job" "${bench_opts[@]}" -- \
+        "${bench_args[@]}")
+    report_job=$(submit "%x-%j" report.sbatch "--dependency=afterok:$bench_job" -- "$results")
+    cat <<EOF
+pipeline $run: train $train_job -> bench array $bench_job -> report $report_job (each after the previous one succeeded)
+  run directory: $run_dir
+  results:       $results  (views next to it when the report is done)
+  logs:          $LOGS/lsde-{train-$train_job,bench-${bench_job}_<task>,report-$report_job}.out
+  W&B (offline on the compute nodes): the report's log ends with the 'wandb sync' command for the login node
+  watch: squeue --me; sacct -j $train_job,$bench_job,$report_job --format=JobID,JobName,State,Elapsed
+EOF
+    ;;
+*)
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    [ -z "$command" ] || [ "$command" = "-h" ] || [ "$command" = "--help" ] || exit 2
+    ;;
+esac
