@@ -61,3 +61,19 @@ def test_previews_are_plain_tensors_that_load_without_running_code(tmp_path):
     (tmp_path / "x_nfe1.pt").write_text("not a tensor")
     with pytest.raises(pickle.UnpicklingError):
         previews.load("x", "nfe", 1)
+
+
+def test_the_file_is_made_with_its_folders_readable_by_all_with_sorted_keys(tmp_path):
+    """Nested folders are made; the file is rw-r--r-- (shards of other users on a shared cluster read it); each line
+    has its keys sorted, so two runs' files diff line by line."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        store = ResultsStore(tmp_path / "a" / "b" / "c" / "r.jsonl")
+        store.append([{"z": 1, "key": "k", "a": 2}])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o644
+    assert store.path.read_text() == '{"a": 2, "key": "k", "z": 1}\n'

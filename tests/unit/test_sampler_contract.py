@@ -157,6 +157,30 @@ def test_a_small_grid_tuning_run_improves_its_pilot_and_reports_what_it_cost(met
     assert (x0 - ref).pow(2).mean().sqrt().item() == pytest.approx(report["pilot_rmse_init"], rel=1e-6)
 
 
+def test_grid_tuning_from_a_gaussian_start_begins_at_its_start_time_with_adam_by_default():
+    """With gaussian_start the pilot starts at t* from the Gaussian's sample (not at T): the reported starting error
+    is that of the best named grid from t*, recomputed here through the public sampler; Adam is the default."""
+    from lightning_sde.samplers.tuning import PILOT_SEED, optimize_grid
+
+    sde = SDES["vp"]
+    den = MIX.denoiser(sde)
+    t_star = den.data_moments.start_time(sde, 0.15)
+    sampler = build_sampler("dpmpp", steps=5, grid="uniform", gaussian_start=0.15)
+    times, report = optimize_grid(sampler, den, pilot=32, iters=3)
+    assert report["method"] == "adam" and float(times[0]) == pytest.approx(t_star) and float(times[-1]) == sde.eps
+    seeds = range(PILOT_SEED, PILOT_SEED + 32)
+    ref, _ = sample(build_sampler("ode", rtol=1e-6, atol=1e-6, first_step=0.01), den, seeds, dtype=torch.float64)
+    init = time_grid(sde, 5, report["init"], start=t_star)
+    x0, _ = sample(build_sampler("dpmpp", steps=5, times=init.tolist(), gaussian_start=0.15), den, seeds,
+                   dtype=torch.float64)
+    assert (x0 - ref).pow(2).mean().sqrt().item() == pytest.approx(report["pilot_rmse_init"], rel=1e-6)
+    assert report["pilot_rmse_final"] <= report["pilot_rmse_init"]
+    with pytest.raises(ValueError, match="tunes deterministic fixed-step samplers"):
+        optimize_grid(build_sampler("euler_maruyama", steps=4), den, pilot=4, iters=1)
+    with pytest.raises(ValueError, match="tunes deterministic fixed-step samplers"):
+        optimize_grid(build_sampler("ode", method="dopri5"), den, pilot=4, iters=1)
+
+
 def test_the_tuned_grid_cache_holds_one_grid_per_weights_and_settings_and_stays_bounded(monkeypatch):
     from lightning_sde.samplers import schedule
 

@@ -1,0 +1,50 @@
+"""The published defaults of the SDEs (Song et al. 2021: VP beta 0.1..20, eps 1e-3; VE sigma 0.01..50, eps 1e-5;
+T = 1), their boundaries, and DataMoments against torch.cov on the boundaries of its exact and low-rank paths."""
+
+import pytest
+import torch
+
+from lightning_sde.models.moments import DataMoments
+from lightning_sde.sde import VESDE, VPSDE, SubVPSDE
+
+
+def test_the_sdes_default_to_the_papers_settings():
+    for cls in (VPSDE, SubVPSDE):
+        sde = cls()
+        assert (sde.beta_min, sde.beta_max, sde.eps, sde.T) == (0.1, 20.0, 1e-3, 1.0)
+    ve = VESDE()
+    assert (ve.sigma_min, ve.sigma_max, ve.eps, ve.T) == (0.01, 50.0, 1e-5, 1.0)
+    assert VESDE(T=2.0).T == 2.0
+
+
+def test_a_ve_sde_needs_sigma_min_strictly_below_sigma_max():
+    with pytest.raises(ValueError, match="VE SDE needs 0 < sigma_min < sigma_max"):
+        VESDE(sigma_min=1.0, sigma_max=1.0)
+    with pytest.raises(ValueError, match="VE SDE needs"):
+        VESDE(sigma_min=0.0)
+    assert VESDE(sigma_min=0.5, sigma_max=0.5000001).sigma_max == 0.5000001
+
+
+def test_moments_of_two_samples_are_their_mean_and_covariance():
+    x = torch.tensor([[1.0, 10.0], [3.0, 14.0]])
+    m = DataMoments.of_samples(x)
+    assert m.mean.tolist() == [2.0, 12.0]  # per dimension
+    cov = m.eigvecs @ torch.diag(m.eigvals) @ m.eigvecs.T
+    torch.testing.assert_close(cov, torch.cov(x.T.double()))
+    with pytest.raises(ValueError, match="at least 2 samples; got 1"):
+        DataMoments.of_samples(x[:1])
+
+
+@pytest.mark.parametrize("d", [4, 5])  # rank 4: d == rank is still the exact path; d > rank the leading pairs
+def test_the_exact_path_holds_up_to_d_equal_to_rank(d):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, d, generator=gen) * torch.arange(1, d + 1) + torch.arange(d)
+    m = DataMoments.of_samples(x, rank=4)
+    truth = torch.linalg.eigvalsh(torch.cov(x.T.double())).flip(0)
+    if d == 4:
+        assert len(m.eigvals) == 4 and m.residual_var == 0
+        torch.testing.assert_close(m.eigvals.sort(descending=True).values, truth)
+    else:
+        assert len(m.eigvals) == 4 and m.residual_var > 0
+        torch.testing.assert_close(m.eigvals.sort(descending=True).values, truth[:4], rtol=0.05, atol=0)
+        assert m.residual_var == pytest.approx(float(truth[4]), rel=1e-4)  # the one direction left out (svd_lowrank)

@@ -1,0 +1,67 @@
+"""Every sampler parameter's boundary, from both sides: a bad value is refused at construction with a message
+naming the parameter (before any sampling), and the extreme good values are accepted."""
+
+import pytest
+
+from lightning_sde.samplers import build_sampler
+
+REFUSED = [
+    ("pc", {"predictor": "euler"}, "unknown predictor"),
+    ("pc", {"corrector_steps": True}, "corrector_steps"),
+    ("pc", {"corrector_steps": 1.0}, "corrector_steps"),
+    ("pc", {"corrector_steps": -1}, "corrector_steps"),
+    ("pc", {"snr": True}, "snr"),
+    ("pc", {"snr": 0}, "snr"),
+    ("pc", {"snr": -0.1}, "snr"),
+    ("pc", {"snr": "0.16"}, "snr"),
+    ("pc", {"predictor": "none", "corrector_steps": 0}, "corrector_steps must be >= 1"),
+    ("ddim", {"eta": -0.01}, "eta"),
+    ("ddim", {"eta": 1.01}, "eta"),
+    ("ode", {"method": "dopri5", "steps": 10}, "adaptive"),
+    ("ode", {"method": "warp"}, "unknown ODE method"),
+    ("ode", {"rtol": 0}, "rtol"),
+    ("ode", {"atol": True}, "atol"),
+    ("ode", {"first_step": 0}, "first_step"),
+    ("ode", {"first_step": 1.01}, "first_step"),
+    ("ode", {"first_step": True}, "first_step"),
+    ("dpmpp", {"order": 4}, "order"),
+    ("dpmpp", {"order": True}, "order"),
+    ("unipc", {"order": 5}, "order"),
+    ("unipc", {"order": 0}, "order"),
+    ("sde_dpmpp", {"order": 3}, "order"),
+    ("unipc_adaptive", {"order": 5}, "order"),
+    ("unipc_adaptive", {"rtol": 0}, "rtol"),
+    ("unipc_adaptive", {"atol": -1e-3}, "atol"),
+    ("unipc_adaptive", {"h_init": False}, "h_init"),
+    ("unipc_adaptive", {"safety": 0}, "safety"),
+    ("unipc_adaptive", {"safety": 1.01}, "safety"),
+    ("ddim", {"bogus": 1}, "has no parameter"),
+    ("nope", {}, "unknown sampler"),
+]
+
+ACCEPTED = [
+    ("pc", {"predictor": "euler_maruyama", "corrector_steps": 0}),
+    ("pc", {"predictor": "reverse_diffusion", "snr": 1e-6}),
+    ("pc", {"predictor": "none", "corrector_steps": 1}),
+    ("ddim", {"eta": 0.0}),
+    ("ddim", {"eta": 1.0}),
+    ("ode", {"method": "dopri5", "first_step": 1.0}),
+    ("ode", {"method": "rk4", "steps": 3}),
+    ("dpmpp", {"order": 3}),
+    ("dpmpp", {"order": 1}),
+    ("unipc", {"order": 4}),
+    ("sde_dpmpp", {"order": 2}),
+    ("unipc_adaptive", {"order": 1, "safety": 1.0, "rtol": 1e-9, "atol": 1e-9, "h_init": 1e-4}),
+]
+
+
+@pytest.mark.parametrize(("name", "params", "message"), REFUSED)
+def test_a_bad_parameter_is_refused_naming_it(name, params, message):
+    with pytest.raises(ValueError, match=message):
+        build_sampler(name, **params)
+
+
+@pytest.mark.parametrize(("name", "params"), ACCEPTED)
+def test_the_extreme_good_values_are_accepted_and_kept(name, params):
+    sampler = build_sampler(name, **params)
+    assert all(getattr(sampler, key) == value for key, value in params.items())
