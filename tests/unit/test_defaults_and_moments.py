@@ -39,6 +39,7 @@ def test_moments_of_two_samples_are_their_mean_and_covariance():
 def test_the_exact_path_holds_up_to_d_equal_to_rank(d):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(200, d, generator=gen) * torch.arange(1, d + 1) + torch.arange(d)
+    torch.manual_seed(0)  # the low-rank path is a randomized SVD
     m = DataMoments.of_samples(x, rank=4)
     truth = torch.linalg.eigvalsh(torch.cov(x.T.double())).flip(0)
     if d == 4:
@@ -47,4 +48,4 @@ def test_the_exact_path_holds_up_to_d_equal_to_rank(d):
     else:
         assert len(m.eigvals) == 4 and m.residual_var > 0
         torch.testing.assert_close(m.eigvals.sort(descending=True).values, truth[:4], rtol=0.05, atol=0)
-        assert m.residual_var == pytest.approx(float(truth[4]), rel=1e-4)  # the one direction left out (svd_lowrank)
+        assert m.residual_var == pytest.approx(float(truth[4]), rel=1e-3)  # the one direction left out
