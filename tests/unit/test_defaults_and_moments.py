@@ -49,3 +49,25 @@ def test_the_exact_path_holds_up_to_d_equal_to_rank(d):
         assert len(m.eigvals) == 4 and m.residual_var > 0
         torch.testing.assert_close(m.eigvals.sort(descending=True).values, truth[:4], rtol=0.05, atol=0)
         assert m.residual_var == pytest.approx(float(truth[4]), rel=1e-3)  # the one direction left out
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+def test_sigma_data_scales_the_network_input_by_the_edm_c_in(sde):
+    """c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2) at each sample's own time (Karras et al. 2022, Table 1 with
+    alpha); without sigma_data the network sees x itself."""
+    from lightning_sde.models.denoiser import Denoiser
+
+    seen = []
+
+    def net(x, t):
+        seen.append(x.clone())
+        return torch.zeros_like(x)
+
+    x = torch.tensor([[1.0, -2.0], [3.0, 0.5]], dtype=torch.float64)
+    t = torch.tensor([0.2, 0.7], dtype=torch.float64)
+    Denoiser(net, sde, "eps", shape=(2,), sigma_data=0.5)(x, t)
+    alpha, sigma = sde.alpha(t), sde.sigma(t)
+    c_in = 1 / torch.sqrt(alpha**2 * 0.25 + sigma**2)
+    torch.testing.assert_close(seen[-1], x * c_in[:, None])
+    Denoiser(net, sde, "eps", shape=(2,))(x, 0.2)
+    torch.testing.assert_close(seen[-1], x)
