@@ -114,9 +114,9 @@ def test_hutchinson_is_unbiased_with_a_standard_error_of_the_right_size_fast():
         hutch = log_likelihood(mixture.denoiser(sde), x, opts, divergence="hutchinson", probes=6, probe=probe,
                                generator=torch.Generator().manual_seed(3))
         z = (hutch["logp"] - exact["logp"]) / hutch["logp_se"]
-        assert (hutch["logp_se"] > 0).all() and z.abs().max() < 6 and z.abs().median() < 2.5, (probe, z)
+        assert (hutch["logp_se"] > 0).all() and z.abs().max() < 6 and 0.25 < z.abs().median() < 2.5, (probe, z)
         torch.testing.assert_close(hutch["prior_logp"], exact["prior_logp"], rtol=1e-4, atol=1e-4)  # same latents
-    one = log_likelihood(mixture.denoiser(sde), x, opts, divergence="hutchinson", probes=1,
+    one = log_likelihood(mixture.denoiser(sde), x, opts, divergence="hutchinson",  # one probe by default
                          generator=torch.Generator().manual_seed(3))
     assert torch.isnan(one["logp_se"]).all() and torch.isfinite(one["logp"]).all()
     assert exact["nfe"] > 10 and exact["x_T"].shape == x.shape
