@@ -102,8 +102,8 @@ class Preemption(L.Callback):
 
     def save(self, trainer, reason: str) -> None:
         path = self.last_path(trainer)
-        # every rank (collective); rank 0 writes, atomically (AtomicCheckpointIO)
-        trainer.save_checkpoint(path, weights_only=False)
+        # every rank (collective); rank 0 writes, atomically (AtomicCheckpointIO); the full state (optimizer, loops)
+        trainer.save_checkpoint(path)
         self.saved_at = trainer.global_step
         log.warning("%s: saved %s at global step %d", reason, path, trainer.global_step)
 
