@@ -14,6 +14,8 @@ import torch
 
 from lightning_sde.configuration import TRUSTED_TARGETS, check_targets
 from lightning_sde.models.denoiser import Denoiser
+from lightning_sde.models.pretrained import is_diffusers_spec
+from lightning_sde.models.pretrained import load as load_pretrained
 
 log = logging.getLogger(__name__)
 REQUIRED_HPARAMS = ("net", "sde", "shape")
@@ -53,11 +55,15 @@ def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED
 
 
 def load_denoiser(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED_TARGETS) -> Denoiser:
-    """The (EMA) Denoiser of a ScoreModule checkpoint, in eval mode, rebuilt from the checkpoint alone.
+    """The Denoiser a model spec names, in eval mode: a lightning-sde checkpoint path (its EMA weights, rebuilt from
+    the checkpoint alone) or `diffusers:<folder or hub id>[#subfolder]` (lightning_sde.models.pretrained).
 
     `trusted`: module prefixes the checkpoint's network and SDE may name (default: this package's); add your own
     package's when its network is yours."""
     from lightning_sde.module import ScoreModule
+
+    if is_diffusers_spec(path):
+        return load_pretrained(path, map_location=map_location)
 
     ckpt = read_checkpoint(path, map_location="cpu", trusted=trusted)
     module = ScoreModule(**ckpt["hyper_parameters"])

@@ -4,13 +4,15 @@ Song et al. 2021, "Score-Based Generative Modeling through SDEs" (eqs. 9-11 and 
   VP      f = -beta(t)/2,  g^2 = beta(t),                         alpha = exp(-B(t)/2), sigma^2 = 1 - alpha^2
   sub-VP  f = -beta(t)/2,  g^2 = beta(t) (1 - exp(-2 B(t))),      alpha = exp(-B(t)/2), sigma   = 1 - alpha^2
   VE      f = 0,           g^2 = d sigma^2/dt,                    alpha = 1, sigma = sigma_min (sigma_max/sigma_min)^t
-with beta(t) = beta_min + t (beta_max - beta_min) and B(t) = int_0^t beta.
+with beta(t) = beta_min + t (beta_max - beta_min) and B(t) = int_0^t beta; and DiscreteVPSDE, the VP SDE through a
+discrete-time model's alphas_cumprod (DDPM and the models published in diffusers' format).
 Each class states alpha, sigma, f and g^2; everything else (lambda_t, its inverse, transitions, reverse drifts,
 prior) is derived once in the base class.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from abc import ABC, abstractmethod
 
@@ -211,7 +213,82 @@ class VESDE(SDE):
         return self.sigma_max
 
 
-SDES: dict[str, type[SDE]] = {cls.name: cls for cls in (VPSDE, SubVPSDE, VESDE)}
+class DiscreteVPSDE(SDE):
+    """The VP SDE of a discrete-time model (DDPM and its descendants) trained on N timesteps k = 0..N-1 with
+    cumulative products alphas_cumprod[k]: timestep k sits at t_k = (k + 1) / N, log alpha_t is piecewise linear in t
+    through log sqrt(alphas_cumprod[k]) at the t_k (extrapolated linearly outside them), so T = 1 and eps = 1/N
+    (Lu et al. 2022's discrete wrapper). Between the t_k, f = d log alpha / dt is constant and g^2 = -2 f; a network
+    trained on the timesteps is fed `timestep(t) = t N - 1`, which is k at t_k."""
+
+    name = "vp_discrete"
+
+    def __init__(self, alphas_cumprod, eps: float | None = None, T: float = 1.0):
+        cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        n = cumprod.numel()
+        if n < 2 or not torch.isfinite(cumprod).all():
+            raise ValueError(f"alphas_cumprod must hold at least 2 finite values; got {n}")
+        if not ((cumprod > 0) & (cumprod < 1)).all() or not (cumprod.diff() < 0).all():
+            raise ValueError("alphas_cumprod must decrease strictly inside (0, 1) (betas in (0, 1); a zero-terminal-"
+                             "SNR schedule, alphas_cumprod[-1] = 0, has no log-SNR at T)")
+        if T != 1.0:
+            raise ValueError(f"a discrete-time VP SDE spans t in (0, 1]: T = 1; got T={T}")
+        super().__init__(1.0 / n if eps is None else eps, T)
+        self.num_timesteps = n
+        self.log_alphas = 0.5 * cumprod.log()  # at t_k = (k + 1) / N
+        self._tables: dict = {}
+
+    def _table(self, like: Tensor) -> Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._tables:
+            self._tables[key] = self.log_alphas.to(device=like.device, dtype=like.dtype)
+        return self._tables[key]
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """The model's (continuous) timestep input at time t: k at t_k = (k + 1) / N."""
+        return t * self.num_timesteps - 1
+
+    def _segment(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(log alpha at the segment's left knot, its slope per unit of timestep, the offset into it)."""
+        t = torch.as_tensor(t)
+        table = self._table(t if t.is_floating_point() else t.double())
+        u = self.timestep(t)
+        k = u.detach().floor().clamp(0, self.num_timesteps - 2).long()
+        return table[k], table[k + 1] - table[k], u - k
+
+    def log_alpha(self, t: Tensor) -> Tensor:
+        left, slope, offset = self._segment(t)
+        return left + slope * offset
+
+    def alpha(self, t):
+        return self.log_alpha(t).exp()
+
+    def sigma(self, t):
+        return (-torch.expm1(2 * self.log_alpha(t))).sqrt()
+
+    def f(self, t):
+        _, slope, _ = self._segment(t)
+        return slope * self.num_timesteps
+
+    def g2(self, t):
+        return -2 * self.f(t)
+
+    def t_from_log_snr(self, lam):
+        log_alpha = -0.5 * torch.nn.functional.softplus(-2 * lam)  # alpha^2 = sigmoid(2 lambda)
+        table = self._table(log_alpha)
+        k = (torch.searchsorted(-table, -log_alpha.detach().contiguous()) - 1).clamp(0, self.num_timesteps - 2)
+        offset = (log_alpha - table[k]) / (table[k + 1] - table[k])
+        return (k + offset + 1) / self.num_timesteps
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def __repr__(self) -> str:
+        digest = hashlib.blake2b(self.log_alphas.numpy().tobytes(), digest_size=8).hexdigest()
+        return f"DiscreteVPSDE(num_timesteps={self.num_timesteps}, alphas_cumprod=<{digest}>, eps={self.eps})"
+
+
+SDES: dict[str, type[SDE]] = {cls.name: cls for cls in (VPSDE, SubVPSDE, VESDE, DiscreteVPSDE)}
 
 
 def build_sde(name: str, **params) -> SDE:

@@ -1,6 +1,7 @@
 """What the apps sample or evaluate: an exact Gaussian mixture under an SDE (the oracle), or a trained checkpoint
 with the datamodule of its data. One reading of the config for lsde-bench, lsde-compare and lsde-likelihood:
-`checkpoint` + `data` when a checkpoint is given (the default `problem` is then not used), else `problem` + `sde`.
+`checkpoint` (a lightning-sde checkpoint or a `diffusers:` model) + `data` when a checkpoint is given (the default
+`problem` is then not used), else `problem` + `sde`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 
 from lightning_sde.configuration import build, overridden, plain
 from lightning_sde.loading import load_denoiser, read_checkpoint
+from lightning_sde.models.pretrained import is_diffusers_spec, locate
 from lightning_sde.module import sde_from_config
 
 
@@ -37,6 +39,14 @@ def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
     if not (has_ckpt or has_problem):
         raise ValueError("config checkpoint/problem: no target; set checkpoint=<path.ckpt> data=<its data>, or "
                          "problem=<name> (configs/problem/) with sde=<name>")
+    if has_ckpt and is_diffusers_spec(cfg.checkpoint):
+        if needs_data and cfg.get("data") is None:
+            raise ValueError("config data: a model needs the config of its data for reference samples, e.g. "
+                             "data=cifar10 (shape and range must match the model's)")
+        try:
+            return "checkpoint", locate(cfg.checkpoint).id()
+        except ValueError as err:
+            raise ValueError(f"config checkpoint: {err}") from None
     if has_ckpt:
         path = Path(cfg.checkpoint)
         if not path.is_file():
@@ -72,11 +82,14 @@ def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
         sde = sde_from_config(plain(cfg.sde))
         protocol = {"problem": cfg.problem._target_.rsplit(".", 1)[-1], "sde": sde.name}
         return Target(target_id, "points", mixture.denoiser(sde).to(device), mixture=mixture, protocol=protocol)
-    ckpt = read_checkpoint(cfg.checkpoint)
     denoiser = load_denoiser(cfg.checkpoint, map_location=device)
+    if is_diffusers_spec(cfg.checkpoint):
+        protocol = {"checkpoint": cfg.checkpoint, "model_id": target_id}
+    else:
+        ckpt = read_checkpoint(cfg.checkpoint)
+        protocol = {"checkpoint": str(Path(cfg.checkpoint).resolve()), "global_step": ckpt.get("global_step"),
+                    "ema": "current_model_state" in ckpt}
     datamodule = build(cfg.data, "data") if cfg.get("data") is not None else None
-    protocol = {"checkpoint": str(Path(cfg.checkpoint).resolve()), "global_step": ckpt.get("global_step"),
-                "ema": "current_model_state" in ckpt}
     kind = getattr(datamodule, "kind", "points")
     if datamodule is not None and tuple(datamodule.shape) != tuple(denoiser.shape):
         raise ValueError(f"config data: shape {tuple(datamodule.shape)} != the checkpoint's {denoiser.shape}")

@@ -20,6 +20,7 @@ from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, build, plain
 from lightning_sde.loading import load_denoiser
+from lightning_sde.models.pretrained import is_diffusers_spec
 from lightning_sde.module import sde_from_config
 from lightning_sde.plotting.chapter import (
     FIGURES,
@@ -68,7 +69,9 @@ def run_app(cfg: DictConfig) -> None:
         denoiser = load_denoiser(cfg.checkpoint, map_location="cpu")
         if mixture is not None and (mixture.dim,) != tuple(denoiser.shape):
             mixture = None  # the exact density only where it is the model's data
-        tag = f"{denoiser.sde.name}_{Path(cfg.checkpoint).parent.parent.name}"
+        source = (cfg.checkpoint.rstrip("/").rsplit("/", 1)[-1] if is_diffusers_spec(cfg.checkpoint)
+                  else Path(cfg.checkpoint).parent.parent.name)
+        tag = f"{denoiser.sde.name}_{source}".replace("#", "_")
     else:
         if mixture is None:
             raise ValueError("config problem: set a problem (e.g. problem=gaussians_1d) or a checkpoint")

@@ -9,6 +9,11 @@ then train with `data.root=/shared/data`, and run `lsde-bench ... feature_extrac
 reference_count=50000` with the same TORCH_HOME and LSDE_CACHE: it finds the statistics instead of recomputing
 them. scikit-learn's digits ship with scikit-learn (nothing to fetch; `lsde-prepare digits --reference-stats 2000`
 still caches their statistics under the shipped digits features).
+
+    lsde-prepare diffusers google/ddpm-cifar10-32 [more hub ids]   # published models into the Hugging Face cache
+
+then `lsde-bench checkpoint=diffusers:google/ddpm-cifar10-32 data=cifar10` on a compute node that shares the cache
+(HF_HOME / HF_HUB_CACHE) reads it from there and never tries the network.
 """
 
 from __future__ import annotations
@@ -43,11 +48,36 @@ def reference_stats(name: str, root: str | None, n: int, features: str, cache_di
     return protocol
 
 
+def prepare_models(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lsde-prepare diffusers",
+                                     description="fetch diffusers models from the hub into the local cache")
+    parser.add_argument("hub_ids", nargs="+", metavar="HUB_ID", help="e.g. google/ddpm-cifar10-32")
+    args = parser.parse_args(argv)
+    from lightning_sde.models.pretrained import PretrainedError, fetch
+
+    for hub_id in args.hub_ids:
+        try:
+            path = fetch(hub_id)
+        except PretrainedError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        except Exception as err:  # noqa: BLE001  (network, authentication, a missing repo: say which, fail)
+            print(f"error: {hub_id}: could not fetch ({type(err).__name__}: {str(err).strip()[:300]})",
+                  file=sys.stderr)
+            return 1
+        print(f"{hub_id}: in the cache at {path}; use checkpoint=diffusers:{hub_id}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["diffusers"]:
+        return prepare_models(argv[1:])
     parser = argparse.ArgumentParser(prog="lsde-prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"dataset(s): {', '.join(data_configs())} (downloads: {', '.join(sorted(SPECS))})")
+                        help=f"dataset(s): {', '.join(data_configs())} (downloads: {', '.join(sorted(SPECS))}); "
+                        "or `diffusers HUB_ID ...` for published models")
     parser.add_argument("--root", default=None, help="data directory (the same as data.root); needed to download")
     parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)")
     parser.add_argument("--inception", action="store_true",

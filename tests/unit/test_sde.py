@@ -5,9 +5,19 @@ import math
 import pytest
 import torch
 
-from lightning_sde.sde import VESDE, VPSDE, SubVPSDE, build_sde
+from helpers.oracles import SDES
+from lightning_sde.sde import VESDE, VPSDE, DiscreteVPSDE, SubVPSDE, build_sde
 
 TIMES = torch.linspace(1e-3, 1.0, 41, dtype=torch.float64)
+# DDPM's schedule (Ho et al. 2020): beta_k linear from 1e-4 to 0.02 over 1000 steps, alphas_cumprod = prod (1 - beta)
+DDPM_CUMPROD = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+ALL_SDES = {**SDES, "vp_discrete": DiscreteVPSDE(DDPM_CUMPROD)}
+
+
+@pytest.fixture(params=sorted(ALL_SDES), ids=sorted(ALL_SDES))
+def sde(request):
+    """Each SDE in turn: the standard three and DDPM's discrete schedule as a VP SDE."""
+    return ALL_SDES[request.param]
 
 
 def test_vp_closed_forms():
@@ -81,6 +91,37 @@ def test_prior_logp(sde):
     x = torch.randn(5, 3, 4, dtype=torch.float64)
     ref = torch.distributions.Normal(0.0, sde.prior_std).log_prob(x).sum((1, 2))
     torch.testing.assert_close(sde.prior_logp(x), ref)
+
+
+def test_discrete_vp_interpolates_the_schedule():
+    """alpha_t^2 hits alphas_cumprod[k] at t_k = (k + 1) / N, log alpha is linear in between (and beyond the ends),
+    and the model's timestep input is k there."""
+    sde = DiscreteVPSDE(DDPM_CUMPROD)
+    k = torch.arange(1000, dtype=torch.float64)
+    t_k = (k + 1) / 1000
+    torch.testing.assert_close(sde.alpha(t_k) ** 2, DDPM_CUMPROD, rtol=1e-13, atol=0)
+    torch.testing.assert_close(sde.timestep(t_k), k)
+    assert (sde.eps, sde.T, sde.prior_std) == (1e-3, 1.0, 1.0)
+    mid = (t_k[:-1] + t_k[1:]) / 2
+    torch.testing.assert_close(sde.alpha(mid).log(), 0.25 * (DDPM_CUMPROD[:-1].log() + DDPM_CUMPROD[1:].log()))
+    # beta of the discrete chain, 1 - alphas_cumprod[k] / alphas_cumprod[k-1], is g^2 dt over one step (to O(beta^2))
+    beta = 1 - DDPM_CUMPROD[1:] / DDPM_CUMPROD[:-1]
+    torch.testing.assert_close(sde.g2(mid) / 1000, beta, rtol=2e-2, atol=0)
+    below = torch.tensor([0.0, 0.5e-3], dtype=torch.float64)
+    slope = (DDPM_CUMPROD[1].log() - DDPM_CUMPROD[0].log()) / 2 * 1000
+    torch.testing.assert_close(sde.alpha(below).log(), 0.5 * DDPM_CUMPROD[0].log() + slope * (below - 1e-3))
+
+
+@pytest.mark.parametrize("cumprod, match", [
+    ([0.9], "at least 2"),
+    ([0.9, 0.95], "decrease strictly"),
+    ([0.9, 0.0], "zero-terminal"),
+    ([1.0, 0.5], "inside"),
+    ([0.9, float("nan")], "finite"),
+])
+def test_discrete_vp_refuses_bad_schedules(cumprod, match):
+    with pytest.raises(ValueError, match=match):
+        DiscreteVPSDE(cumprod)
 
 
 def test_reverse_and_ode_drifts():
