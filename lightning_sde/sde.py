@@ -253,7 +253,8 @@ class DiscreteVPSDE(SDE):
         table = self._table(t if t.is_floating_point() else t.double())
         u = self.timestep(t)
         k = u.detach().floor().clamp(0, self.num_timesteps - 2).long()
-        return table[k], table[k + 1] - table[k], u - k
+        left = table.take(k)  # take, not table[k]: indexing by a 0-d tensor would sync with the GPU
+        return left, table.take(k + 1) - left, u - k
 
     def log_alpha(self, t: Tensor) -> Tensor:
         left, slope, offset = self._segment(t)
@@ -276,7 +277,8 @@ class DiscreteVPSDE(SDE):
         log_alpha = -0.5 * torch.nn.functional.softplus(-2 * lam)  # alpha^2 = sigmoid(2 lambda)
         table = self._table(log_alpha)
         k = (torch.searchsorted(-table, -log_alpha.detach().contiguous()) - 1).clamp(0, self.num_timesteps - 2)
-        offset = (log_alpha - table[k]) / (table[k + 1] - table[k])
+        left = table.take(k)
+        offset = (log_alpha - left) / (table.take(k + 1) - left)
         return (k + offset + 1) / self.num_timesteps
 
     @property
