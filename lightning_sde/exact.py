@@ -21,7 +21,7 @@ from lightning_sde.sde import SDE, broadcast_time
 class GaussianMixture:
     """sum_k weights_k N(means_k, covs_k); covs are (K, d, d) matrices, or (K, d) standard deviations (diagonal)."""
 
-    def __init__(self, means, covs=None, stds=None, weights=None, dtype=torch.float64):
+    def __init__(self, means, covs=None, stds=None, weights=None, labels=None, dtype=torch.float64):
         means = torch.as_tensor(means, dtype=dtype)
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, d); got {tuple(means.shape)}")
@@ -45,6 +45,16 @@ class GaussianMixture:
         weights = torch.full((K,), 1.0 / K, dtype=dtype) if weights is None else torch.as_tensor(weights, dtype=dtype)
         if weights.shape != (K,) or not (weights > 0).all():
             raise ValueError(f"weights must be {K} positive numbers; got {weights.tolist()}")
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.shape != (K,) or labels.is_floating_point() or not (labels >= 0).all():
+                raise ValueError(f"labels must be {K} class indices >= 0, one per component; got {labels.tolist()}")
+            missing = sorted(set(range(int(labels.max()) + 1)) - set(labels.tolist()))
+            if missing:
+                raise ValueError(f"labels must use every class from 0 to their maximum; classes {missing} have no "
+                                 "component")
+            labels = labels.long()
+        self.labels = labels  # (K,) the class of each component, or None (unlabelled)
         self.means = means
         self.eigvals = eigvals  # (K, d)
         self.eigvecs = eigvecs  # (K, d, d); columns are eigenvectors
@@ -52,13 +62,39 @@ class GaussianMixture:
         self.dim = d
 
     @property
+    def num_classes(self) -> int | None:
+        return None if self.labels is None else int(self.labels.max()) + 1
+
+    def conditional(self, label: int) -> "GaussianMixture":
+        """p(x | y = label): the components of that class, their weights renormalised."""
+        if self.labels is None or not 0 <= label < self.num_classes:
+            raise ValueError(f"no class {label!r} in this mixture (classes: {self.num_classes})")
+        keep = self.labels == label
+        return GaussianMixture(self.means[keep], covs=self.covs[keep], weights=self.log_weights[keep].exp(),
+                               labels=torch.zeros(int(keep.sum()), dtype=torch.long), dtype=self.means.dtype)
+
+    def class_weights(self) -> Tensor:
+        """p(y) of each class."""
+        return torch.zeros(self.num_classes, dtype=self.means.dtype).index_add_(0, self.labels, self.log_weights.exp())
+
+    def sample_labelled(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """n samples (the same as sample(n) from the same generator state) and their class labels."""
+        if self.labels is None:
+            raise ValueError("this mixture has no labels")
+        x, k = self._draw(n, generator)
+        return x, self.labels[k]
+
+    def _draw(self, n: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, dtype=self.means.dtype, generator=generator)
+        return self.means[k] + torch.einsum("nde,ne->nd", self.eigvecs[k], self.eigvals[k].sqrt() * z), k
+
+    @property
     def covs(self) -> Tensor:
         return self.eigvecs @ torch.diag_embed(self.eigvals) @ self.eigvecs.transpose(-1, -2)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
-        z = torch.randn(n, self.dim, dtype=self.means.dtype, generator=generator)
-        return self.means[k] + torch.einsum("nde,ne->nd", self.eigvecs[k], self.eigvals[k].sqrt() * z)
+        return self._draw(n, generator)[0]
 
     def _components(self, x: Tensor, alpha: Tensor, sigma: Tensor):
         """Per-component log-density terms at x of the diffused mixture; alpha, sigma of shape (B,) or ()."""
@@ -94,9 +130,10 @@ class GaussianMixture:
         return self.score(x, sde.alpha(t), sde.sigma(t))
 
     def denoiser(self, sde: SDE) -> Denoiser:
-        """The exact score of p_t as a Denoiser, interchangeable with a trained network."""
+        """The exact score of p_t as a Denoiser, interchangeable with a trained network; for a labelled mixture a
+        class-conditional one (net(x, t, y): p_t(x | y), and p_t(x) for the null label y = num_classes)."""
         return Denoiser(ExactScore(self, sde), sde, parameterization="score", shape=(self.dim,),
-                        data_moments=self.moments())
+                        data_moments=self.moments(), num_classes=self.num_classes)
 
     def moments(self) -> DataMoments:
         """The mixture's exact mean and covariance (law of total covariance)."""
@@ -108,19 +145,30 @@ class GaussianMixture:
 
 
 class ExactScore(nn.Module):
-    """net(x, t) = grad log p_t(x) of a GaussianMixture under an SDE."""
+    """net(x, t) = grad log p_t(x) of a GaussianMixture under an SDE; net(x, t, y) = grad log p_t(x | y) per row
+    of a labelled one (y = num_classes: the unconditional score, as a network trained with label dropout)."""
 
     def __init__(self, mixture: GaussianMixture, sde: SDE):
         super().__init__()
         self.mixture = mixture
         self.sde = sde
+        self._by_class: dict[int, GaussianMixture] = {}
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.mixture.marginal_score(self.sde, x, t)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        if y is None:
+            return self.mixture.marginal_score(self.sde, x, t)
+        out = self.mixture.marginal_score(self.sde, x, t)  # the null label's rows keep the unconditional score
+        for label in y.unique().tolist():
+            if label < self.mixture.num_classes:
+                if label not in self._by_class:
+                    self._by_class[label] = self.mixture.conditional(label)
+                rows = y == label
+                out[rows] = self._by_class[label].marginal_score(self.sde, x[rows], t[rows])
+        return out
 
     def fingerprint_tensors(self) -> tuple[Tensor, ...]:
         m = self.mixture
-        return m.means, m.eigvals, m.eigvecs, m.log_weights
+        return (m.means, m.eigvals, m.eigvecs, m.log_weights) + (() if m.labels is None else (m.labels,))
 
 
 # --- built-in problems ---------------------------------------------------------------------------

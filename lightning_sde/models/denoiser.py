@@ -77,7 +77,8 @@ class Denoiser(nn.Module):
     """
 
     def __init__(self, net: nn.Module | Callable, sde: SDE, parameterization: str, shape: tuple[int, ...],
-                 sigma_data: float | None = None, data_moments: DataMoments | None = None):
+                 sigma_data: float | None = None, data_moments: DataMoments | None = None,
+                 num_classes: int | None = None):
         super().__init__()
         if sigma_data is not None and not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0 (or None for no input scaling); got {sigma_data}")
@@ -90,26 +91,41 @@ class Denoiser(nn.Module):
         self.sigma_data = sigma_data
         if data_moments is not None and not isinstance(data_moments, DataMoments):
             raise TypeError(f"data_moments must be a DataMoments or None; got {type(data_moments).__name__}")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
+            raise ValueError(f"num_classes must be an integer >= 1 (or None: unconditional); got {num_classes!r}")
         self.nfe = 0
         self.data_moments = data_moments
+        self.num_classes = num_classes  # a conditional net(x, t, y): y in 0..num_classes-1, num_classes = no label
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Prediction:
+    def coefficients(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor | float]:
+        """(t per sample, alpha, sigma, the input scale c_in), broadcast to x."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        self.nfe += 1
         alpha = broadcast_time(self.sde.alpha(t), x)
         sigma = broadcast_time(self.sde.sigma(t), x)
         c_in = 1.0 if self.sigma_data is None else (alpha**2 * self.sigma_data**2 + sigma**2).rsqrt()
-        out = self.net(c_in * x, t)
+        return t, alpha, sigma, c_in
+
+    def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Prediction:
+        """One NFE. `labels` (B,) condition a class-conditional network (num_classes = the unconditional row)."""
+        t, alpha, sigma, c_in = self.coefficients(x, t)
+        self.nfe += 1
+        out = self.net(c_in * x, t) if labels is None else self.net(c_in * x, t, labels)
         return Prediction(x, alpha, sigma, output_to_eps(self.parameterization, out, x, alpha, sigma))
+
+    def fingerprint_extra(self) -> tuple:
+        """What a subclass computes differently from the same network (e.g. guidance); part of fingerprint()."""
+        return ()
 
     def fingerprint(self) -> str:
         """A digest that changes whenever what the denoiser computes changes: the SDE, the parameterisation, the
         input scaling and every weight and buffer of the network (or the tensors an oracle declares through
         `fingerprint_tensors()`). It keys caches of things tuned for one model, such as optimised time grids."""
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(repr((self.sde, self.parameterization, self.sigma_data, self.shape)).encode())
+        digest.update(repr((self.sde, self.parameterization, self.sigma_data, self.shape, self.num_classes,
+                            self.fingerprint_extra())).encode())
         tensors = list(self.net.state_dict().values()) if isinstance(self.net, nn.Module) else []
         tensors += list(getattr(self.net, "fingerprint_tensors", lambda: ())())
         for tensor in tensors:
