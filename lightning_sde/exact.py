@@ -89,6 +89,26 @@ class GaussianMixture:
         z = torch.randn(n, self.dim, dtype=self.means.dtype, generator=generator)
         return self.means[k] + torch.einsum("nde,ne->nd", self.eigvecs[k], self.eigvals[k].sqrt() * z), k
 
+    def given(self, known, values) -> "GaussianMixture":
+        """p(x_unknown | x_known = values): a mixture over the other coordinates (in their order) whose components
+        are the components' Gaussian conditionals, reweighted by how likely each makes the known values."""
+        known = torch.as_tensor(known, dtype=torch.bool)
+        values = torch.as_tensor(values, dtype=self.means.dtype)
+        if known.shape != (self.dim,) or not known.any() or known.all() or values.shape != (int(known.sum()),):
+            raise ValueError(f"known must mark some but not all of {self.dim} coordinates, values one per marked one")
+        k, u = known.nonzero().flatten(), (~known).nonzero().flatten()
+        covs = self.covs
+        s_kk, s_uk, s_uu = covs[:, k][:, :, k], covs[:, u][:, :, k], covs[:, u][:, :, u]
+        gain = torch.linalg.solve(s_kk, s_uk.transpose(-1, -2)).transpose(-1, -2)  # S_uk S_kk^-1
+        delta = values - self.means[:, k]
+        means = self.means[:, u] + torch.einsum("kuj,kj->ku", gain, delta)
+        cond_covs = s_uu - gain @ s_uk.transpose(-1, -2)
+        log_lik = torch.distributions.MultivariateNormal(self.means[:, k], s_kk).log_prob(values)
+        log_w = self.log_weights + log_lik
+        weights = torch.softmax(log_w, 0).clamp_min(torch.finfo(log_w.dtype).tiny)  # far components: ~0, not 0
+        return GaussianMixture(means, covs=cond_covs, weights=weights, labels=None,
+                               dtype=self.means.dtype)
+
     @property
     def covs(self) -> Tensor:
         return self.eigvecs @ torch.diag_embed(self.eigvals) @ self.eigvecs.transpose(-1, -2)

@@ -79,6 +79,18 @@ class DataMoments:
                + (coef * (gain(self.eigvals.to(x)) - gain(self.residual_var))) @ vecs.T)
         return out.reshape(x.shape)
 
+    def posterior_cov(self, alpha: float, sigma: float, index: Tensor | None = None,
+                      diagonal: bool = False) -> Tensor:
+        """Cov[x0 | x_t] for data N(mean, cov) and x_t = alpha x0 + sigma z: in the eigenbasis v sigma^2 /
+        (alpha^2 v + sigma^2). Restricted to the flat coordinates `index` (all by default); its diagonal only if
+        `diagonal` (no d x d matrix)."""
+        shrink = lambda v: v * sigma**2 / (alpha**2 * v + sigma**2)  # noqa: E731
+        vecs = self.eigvecs if index is None else self.eigvecs[index]
+        g, g_res = shrink(self.eigvals), shrink(self.residual_var)
+        if diagonal:
+            return (vecs**2) @ (g - g_res) + g_res
+        return (vecs * (g - g_res)) @ vecs.T + g_res * torch.eye(len(vecs), dtype=vecs.dtype)
+
     def start_time(self, sde: SDE, ratio: float) -> float:
         """The time t* at which max_std alpha_t / sigma_t = ratio, or T if that is already so at T."""
         lam_star = math.log(ratio / self.max_std)
