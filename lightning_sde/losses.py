@@ -64,8 +64,10 @@ class DSMLoss:
         weight = torch.ones_like(t) if self.weighting == "sigma2" else sde.g2(t) / sde.sigma(t) ** 2
         return t, weight
 
-    def __call__(self, denoiser: Denoiser, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Per-sample loss, shape (B,). `generator` (CPU) fixes t and z, e.g. for a reproducible validation loss."""
+    def __call__(self, denoiser: Denoiser, x0: Tensor, generator: torch.Generator | None = None,
+                 labels: Tensor | None = None) -> Tensor:
+        """Per-sample loss, shape (B,). `generator` (CPU) fixes t and z, e.g. for a reproducible validation loss;
+        `labels` condition a class-conditional network (the null label num_classes: unconditional)."""
         t, weight = self.sample_time(x0.shape[0], generator)
         t, weight = t.to(x0.device, x0.dtype), weight.to(x0.device, x0.dtype)
         if generator is None:
@@ -73,5 +75,5 @@ class DSMLoss:
         else:
             z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         x_t = self.sde.marginal(x0, t, z)
-        eps = denoiser(x_t, t).eps
+        eps = denoiser(x_t, t, labels).eps
         return weight * (eps - z).pow(2).reshape(x0.shape[0], -1).mean(dim=1)

@@ -25,6 +25,7 @@ import lightning as L
 import torch
 
 from lightning_sde.configuration import build
+from lightning_sde.data.base import split_labels
 from lightning_sde.losses import DSMLoss
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.moments import DataMoments
@@ -75,29 +76,47 @@ class ScoreModule(L.LightningModule):
         sigma_data: float | None = None,
         loss: dict | None = None,
         optim: dict | None = None,
+        p_uncond: float = 0.1,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # lsde-train logs the whole config once
+        if isinstance(p_uncond, bool) or not isinstance(p_uncond, (int, float)) or not 0 <= p_uncond <= 1:
+            raise ValueError(f"config model.p_uncond: must be a number in [0, 1]; got {p_uncond!r}")
+        self.p_uncond = float(p_uncond)  # label dropout of a class-conditional network
         self.optim = check_optim(dict(optim or {}))
         self.sde = sde_from_config(sde)
         try:
             self.loss_fn = DSMLoss(self.sde, **(loss or {}))
         except (TypeError, ValueError) as err:
             raise ValueError(f"config loss: {err}") from None
-        self.denoiser = Denoiser(build(net, "model.net"), self.sde, parameterization, tuple(shape),
-                                 sigma_data=sigma_data)
+        network = build(net, "model.net")
+        self.denoiser = Denoiser(network, self.sde, parameterization, tuple(shape), sigma_data=sigma_data,
+                                 num_classes=getattr(network, "num_classes", None))
         self._watch_state: dict | None = None
 
     # --- training --------------------------------------------------------------------------------------------
-    def training_step(self, x0, batch_idx):
+    def labels_of(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x0, labels for the network): labels only for a class-conditional network, which must get them."""
+        x0, y = split_labels(batch)
+        if self.denoiser.num_classes is None:
+            return x0, None
+        if y is None:
+            raise ValueError("model.net.num_classes is set but the data has no labels: set data.labels=true")
+        return x0, y
+
+    def training_step(self, batch, batch_idx):
         # This step's randomness is seeded from (seed, step, rank) first: the datamodule's augmentation (on the
-        # device), the loss's random times and noise, dropout. A resumed run continues exactly.
+        # device), the label dropout, the loss's random times and noise, dropout. A resumed run continues exactly.
         torch.manual_seed(step_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.trainer.global_step,
                                     self.trainer.global_rank))
         augment = getattr(self.trainer.datamodule, "augment", None)
         if augment is not None:
-            x0 = augment(x0)
-        loss = self.loss_fn(self.denoiser, x0).mean()
+            batch = augment(batch)
+        x0, y = self.labels_of(batch)
+        if y is not None:  # label dropout: the same network learns p(x | y) and, with the null label, p(x)
+            drop = torch.rand(y.shape, device=y.device) < self.p_uncond
+            y = torch.where(drop, torch.full_like(y, self.denoiser.num_classes), y)
+        loss = self.loss_fn(self.denoiser, x0, labels=y).mean()
         self._watch(loss, "the loss")
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -154,13 +173,19 @@ class ScoreModule(L.LightningModule):
                              "checkpoint was written after it; resume from the last one with a lower optim.lr, a "
                              "longer optim.warmup_steps or a smaller trainer.gradient_clip_val")
 
-    def validation_step(self, x0, batch_idx):
-        # Fixed t and noise per batch: the validation loss is comparable across epochs and runs.
+    def validation_step(self, batch, batch_idx):
+        # Fixed t and noise per batch: the validation loss is comparable across epochs and runs (conditional
+        # models: with the true labels).
         gen = torch.Generator().manual_seed(batch_idx)
-        self.log("val/loss", self.loss_fn(self.denoiser, x0, gen).mean(), sync_dist=True, prog_bar=True)
+        x0, y = self.labels_of(batch)
+        self.log("val/loss", self.loss_fn(self.denoiser, x0, gen, labels=y).mean(), sync_dist=True, prog_bar=True)
 
     def on_fit_start(self):
         datamodule = getattr(self.trainer, "datamodule", None)
+        classes = getattr(datamodule, "num_classes", None) if getattr(datamodule, "labelled", False) else None
+        if self.denoiser.num_classes is not None and classes != self.denoiser.num_classes:
+            raise ValueError(f"model.net.num_classes = {self.denoiser.num_classes} but the data "
+                             + (f"has {classes} classes" if classes else "has no labels (set data.labels=true)"))
         if self.denoiser.data_moments is None and datamodule is not None:
             self.denoiser.data_moments = DataMoments.of_samples(training_samples(datamodule, MOMENT_SAMPLES))
 

@@ -48,24 +48,39 @@ def check_choice(owner: str, key: str, value, allowed) -> str:
 
 
 class RowsDataset(Dataset):
-    """Rows of one tensor. `__getitems__` lets the DataLoader fetch a whole batch with one indexing op."""
+    """Rows of one tensor, and with `labels` (one class index per row) (x, y) pairs. `__getitems__` lets the
+    DataLoader fetch a whole batch with one indexing op."""
 
-    def __init__(self, data: Tensor):
+    def __init__(self, data: Tensor, labels: Tensor | None = None):
+        if labels is not None and labels.shape != (len(data),):
+            raise ValueError(f"RowsDataset: labels must have shape ({len(data)},); got {tuple(labels.shape)}")
         self.data = data
+        self.labels = None if labels is None else labels.long()
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index) -> Tensor:
-        return self.data[index]
+    def __getitem__(self, index):
+        return self.data[index] if self.labels is None else (self.data[index], self.labels[index])
 
-    def __getitems__(self, indices) -> Tensor:
-        return self.data[torch.as_tensor(indices, dtype=torch.long)]
+    def __getitems__(self, indices):
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.data[index] if self.labels is None else (self.data[index], self.labels[index])
 
 
-def stack(batch) -> Tensor:
-    """Collate: a batch fetched by `__getitems__` is already one tensor; a list of samples is stacked."""
-    return batch if isinstance(batch, Tensor) else torch.stack(list(batch))
+def stack(batch):
+    """Collate: a batch fetched by `__getitems__` is already one tensor, or one (x, y) pair of tensors; a list of
+    samples (or of (x, y) pairs) is stacked field by field."""
+    if isinstance(batch, (Tensor, tuple)):  # RowsDataset.__getitems__: a tensor, or an (x, y) tuple
+        return batch
+    if isinstance(batch[0], (tuple, list)):
+        return torch.stack([b[0] for b in batch]), torch.stack([torch.as_tensor(b[1]) for b in batch])
+    return torch.stack(batch)
+
+
+def split_labels(batch) -> tuple[Tensor, Tensor | None]:
+    """(x, y) of a batch from a labelled dataset, (x, None) of one from an unlabelled one."""
+    return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
 
 
 class ImageBatch:
@@ -81,8 +96,11 @@ class ImageBatch:
         self.dequantize = dequantize
         self.hflip = hflip
 
-    def __call__(self, batch, generator: torch.Generator | None = None) -> Tensor:
-        x = stack(batch).to(torch.float32)
+    def __call__(self, batch, generator: torch.Generator | None = None):
+        x, y = split_labels(stack(batch))
+        if y is not None:
+            return self(x, generator), y
+        x = x.to(torch.float32)
         if self.dequantize:
             x = 2.0 * (x + torch.rand(x.shape, generator=generator, device=x.device)) / self.levels - 1.0
         else:
@@ -163,9 +181,12 @@ class BaseDataModule(L.LightningDataModule):
     kind: str = "points"
     shape: tuple[int, ...] = ()
 
-    def __init__(self, batch_size: int, num_workers: int = 0, seed: int = 0):
+    num_classes: int | None = None  # set by datamodules built with labels=True
+
+    def __init__(self, batch_size: int, num_workers: int = 0, seed: int = 0, labels: bool = False):
         super().__init__()
         owner = type(self).__name__
+        self.labelled = check_bool(owner, "labels", labels)  # batches are (x, y) pairs: class-conditional training
         self.batch_size = check_int(owner, "batch_size", batch_size, 1)
         self.num_workers = check_int(owner, "num_workers", num_workers, 0)
         self.seed = check_int(owner, "seed", seed, 0)
@@ -195,9 +216,12 @@ class BaseDataModule(L.LightningDataModule):
         return TrainLoader(DataLoader(self.train_set, batch_sampler=batches, num_workers=self.num_workers,
                                       persistent_workers=self.num_workers > 0, collate_fn=self.collate))
 
-    def augment(self, batch: Tensor) -> Tensor:
-        """The random part of training-data preparation, applied on the device (identity without a transform)."""
-        return batch if self.train_transform is None else self.train_transform(batch)
+    def augment(self, batch):
+        """The random part of training-data preparation, applied on the device (identity without a transform);
+        labels, if the batch has them, pass through."""
+        x, y = split_labels(batch)
+        x = x if self.train_transform is None else self.train_transform(x)
+        return x if y is None else (x, y)
 
     def val_dataloader(self) -> DataLoader:
         self._ensure_setup()

@@ -62,8 +62,9 @@ class DigitsDataModule(BaseDataModule):
         dequantize: bool = False,
         num_workers: int = 0,
         seed: int = 0,
+        labels: bool = False,
     ):
-        super().__init__(batch_size, num_workers, seed)
+        super().__init__(batch_size, num_workers, seed, labels)
         self.dequantize = check_bool("DigitsDataModule", "dequantize", dequantize)
         images, labels = load_digits_levels()
         self.n_val = check_int("DigitsDataModule", "n_val", n_val, 1)
@@ -74,8 +75,14 @@ class DigitsDataModule(BaseDataModule):
         self.train_levels = images[self.train_index]  # in a seeded order: reference(n) takes the first n
         self.train_labels = labels[self.train_index]
         self.train_transform = ImageBatch(LEVELS, dequantize=self.dequantize)
-        self.train_set = RowsDataset(self.train_levels)
-        self.val_set = RowsDataset(self.train_transform(images[self.val_index], generator=generator(seed, STREAM_VAL)))
+        val = self.train_transform(images[self.val_index], generator=generator(seed, STREAM_VAL))
+        if self.labelled:
+            self.num_classes = 10
+            self.train_set = RowsDataset(self.train_levels, self.train_labels)
+            self.val_set = RowsDataset(val, labels[self.val_index])
+        else:
+            self.train_set = RowsDataset(self.train_levels)
+            self.val_set = RowsDataset(val)
 
     @property
     def bits_per_dim_offset(self) -> float | None:

@@ -77,9 +77,10 @@ class Toy2DDataModule(BaseDataModule):
         n_val: int = 4096,
         num_workers: int = 0,
         seed: int = 0,
+        labels: bool = False,
         **params,
     ):
-        super().__init__(batch_size, num_workers, seed)
+        super().__init__(batch_size, num_workers, seed, labels)
         if name not in NAMES:
             raise ValueError(f"Toy2DDataModule: unknown name {name!r}; choose one of {NAMES}")
         allowed = _allowed_params(name)
@@ -91,17 +92,27 @@ class Toy2DDataModule(BaseDataModule):
         self.n_train = check_int("Toy2DDataModule", "n_train", n_train, 1)
         self.n_val = check_int("Toy2DDataModule", "n_val", n_val, 1)
         self.mixture: GaussianMixture | None = build_mixture(name, **params) if name in PROBLEMS else None
-        self.train_set = RowsDataset(self.sample(self.n_train, generator(seed, STREAM_TRAIN)))
-        self.val_set = RowsDataset(self.sample(self.n_val, generator(seed, STREAM_VAL)))
+        if self.labelled:
+            if self.mixture is None:
+                raise ValueError(f"Toy2DDataModule: labels=true needs a mixture problem ({sorted(PROBLEMS)}); "
+                                 f"{name!r} has no classes")
+            if self.mixture.labels is None:  # every component its own class: exact p(x | y) for the oracles
+                self.mixture.labels = torch.arange(len(self.mixture.means))
+            self.num_classes = self.mixture.num_classes
+        self.train_set = RowsDataset(*self.sample(self.n_train, generator(seed, STREAM_TRAIN), with_labels=True))
+        self.val_set = RowsDataset(*self.sample(self.n_val, generator(seed, STREAM_VAL), with_labels=True))
         self.shape = tuple(self.train_set.data.shape[1:])
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n fresh float32 samples of the problem."""
-        if self.mixture is not None:
+    def sample(self, n: int, generator: torch.Generator | None = None, with_labels: bool = False):
+        """n fresh float32 samples of the problem; with_labels: (samples, their classes or None)."""
+        labels = None
+        if self.mixture is not None and self.labelled:
+            x, labels = self.mixture.sample_labelled(n, generator=generator)
+        elif self.mixture is not None:
             x = self.mixture.sample(n, generator=generator)
         else:
             x = SAMPLERS[self.name](n, generator, **self.params)
-        return x.to(torch.float32)
+        return (x.to(torch.float32), labels) if with_labels else x.to(torch.float32)
 
     def reference(self, n: int) -> Tensor:
         return self.sample(self._check_reference(n), generator(self.seed, STREAM_REFERENCE))

@@ -1,4 +1,4 @@
-"""Time embeddings shared by the networks."""
+"""Time and class-label embeddings shared by the networks."""
 
 from __future__ import annotations
 
@@ -25,3 +25,28 @@ class FourierTimeEmbedding(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         angles = 2 * math.pi * t.float()[:, None] * self.freqs[None]
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+
+class LabelEmbedding(nn.Module):
+    """A learned vector per class, plus one for "no label" (index num_classes): what label dropout trains and
+    classifier-free guidance asks for. `forward(None, n)` is the no-label vector for n samples. Initialised at zero,
+    so a conditional network starts as its unconditional twin."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an integer >= 1; got {num_classes!r}")
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, y: Tensor | None, n: int, device) -> Tensor:
+        if y is None:
+            y = torch.full((n,), self.num_classes, dtype=torch.long, device=device)
+        return self.table(y.to(device=device, dtype=torch.long))
+
+
+def check_labels(y, num_classes: int | None, owner: str):
+    """A network without classes takes no labels: a clear error instead of silently ignoring them."""
+    if y is not None and num_classes is None:
+        raise ValueError(f"{owner} was built without num_classes: it takes no labels (set model.net.num_classes)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lightning_sde.models.embedding import FourierTimeEmbedding
+from lightning_sde.models.embedding import FourierTimeEmbedding, LabelEmbedding, check_labels
 
 
 class ResidualBlock(nn.Module):
@@ -20,10 +20,12 @@ class ResidualBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """net(x, t) for x of shape (B, dim); output of the same shape (in the module's parameterisation)."""
+    """net(x, t) for x of shape (B, dim); output of the same shape (in the module's parameterisation).
+    With `num_classes`, net(x, t, y): a class embedding is added to the time embedding (y = None or num_classes:
+    no label)."""
 
     def __init__(self, dim: int, width: int = 256, depth: int = 4, time_embed_dim: int = 128,
-                 fourier_scale: float = 16.0, dropout: float = 0.0):
+                 fourier_scale: float = 16.0, dropout: float = 0.0, num_classes: int | None = None):
         super().__init__()
         for name, value in (("dim", dim), ("width", width), ("depth", depth), ("time_embed_dim", time_embed_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -37,9 +39,14 @@ class MLP(nn.Module):
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(ResidualBlock(width, dropout) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+        self.num_classes = num_classes
+        self.label = LabelEmbedding(num_classes, width) if num_classes is not None else None
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        check_labels(y, self.num_classes, "MLP")
         emb = self.embed(t)
+        if self.label is not None:
+            emb = emb + self.label(y, x.shape[0], x.device)
         h = self.inp(x.float())
         for block in self.blocks:
             h = block(h, emb)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_sde.models.embedding import FourierTimeEmbedding
+from lightning_sde.models.embedding import FourierTimeEmbedding, LabelEmbedding, check_labels
 
 SQRT_HALF = math.sqrt(0.5)
 
@@ -101,11 +101,13 @@ class UNet(nn.Module):
 
     Returns a tensor of x's shape and dtype (in the Denoiser's parameterisation); computes in float32.
     Level i works at resolution image_size / 2**i with channels * channel_mult[i] channels.
+    With `num_classes`, net(x, t, y): a class embedding is added to the time embedding (y = None: no label).
     """
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, channels: int = 128,
                  channel_mult: tuple = (1, 2, 2, 2), num_res_blocks: int = 2, attn_resolutions: tuple = (16,),
-                 dropout: float = 0.1, fourier_scale: float = 16.0, num_groups: int = 32):
+                 dropout: float = 0.1, fourier_scale: float = 16.0, num_groups: int = 32,
+                 num_classes: int | None = None):
         super().__init__()
         channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
         _validate(in_channels, image_size, channels, channel_mult, num_res_blocks, attn_resolutions, dropout,
@@ -113,6 +115,8 @@ class UNet(nn.Module):
         self.in_channels, self.image_size = in_channels, image_size
         emb_dim = 4 * channels  # DDPM's choice: the embedding is wider than the first level
         self.embed = FourierTimeEmbedding(emb_dim, fourier_scale)
+        self.num_classes = num_classes
+        self.label = LabelEmbedding(num_classes, emb_dim) if num_classes is not None else None
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
 
         def block(cin: int, cout: int, res: int) -> Block:
@@ -146,7 +150,8 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(_groups(ch, num_groups), ch), nn.SiLU(),
                                  _zero(nn.Conv2d(ch, in_channels, 3, padding=1)))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        check_labels(y, self.num_classes, "UNet")
         if x.ndim != 4 or x.shape[1:] != (self.in_channels, self.image_size, self.image_size):
             raise ValueError(f"UNet expects x of shape (B, {self.in_channels}, {self.image_size}, {self.image_size});"
                              f" got {tuple(x.shape)}")
@@ -154,7 +159,10 @@ class UNet(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         # SiLU once here rather than in every block: all blocks read the embedding through act + Linear.
-        emb = F.silu(self.embed(t))
+        emb = self.embed(t)
+        if self.label is not None:
+            emb = emb + self.label(y, x.shape[0], x.device)
+        emb = F.silu(emb)
         h = self.conv_in(x.float())
         hs = [h]
         for m in self.down:
