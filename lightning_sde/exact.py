@@ -194,12 +194,13 @@ class ExactScore(nn.Module):
 # --- built-in problems ---------------------------------------------------------------------------
 
 
-def eight_gaussians(radius: float = 4.0) -> GaussianMixture:
-    """Means on a circle of radius 4, std_k = 0.1 + 0.4 k / 7 (unequal widths), equal weights."""
+def eight_gaussians(radius: float = 4.0, labels=None) -> GaussianMixture:
+    """Means on a circle of radius 4, std_k = 0.1 + 0.4 k / 7 (unequal widths), equal weights; `labels`: the class
+    of each component (a labelled mixture: exact p(x | y), e.g. problem.labels=[0,1,2,3,4,5,6,7])."""
     angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
     stds = 0.1 + 0.4 * torch.arange(8, dtype=torch.float64) / 7
-    return GaussianMixture(means, stds=stds)
+    return GaussianMixture(means, stds=stds, labels=labels)
 
 
 def gaussians_1d() -> GaussianMixture:
@@ -223,8 +224,9 @@ def swiss_roll(n_components: int = 24, tangent_std: float = 0.35, normal_std: fl
     return GaussianMixture(means, covs=covs, weights=theta / theta.sum())  # outer turns hold more mass
 
 
-def random_mixture(dim: int = 16, n_components: int = 10, seed: int = 0) -> GaussianMixture:
-    """A seeded mixture with full, anisotropic covariances (stds 0.05-0.5) and unequal weights."""
+def random_mixture(dim: int = 16, n_components: int = 10, seed: int = 0, labels=None) -> GaussianMixture:
+    """A seeded mixture with full, anisotropic covariances (stds 0.05-0.5) and unequal weights; `labels` as in
+    eight_gaussians."""
     gen = torch.Generator().manual_seed(seed)
     means = 2.0 * torch.randn(n_components, dim, generator=gen, dtype=torch.float64)
     rotations, _ = torch.linalg.qr(torch.randn(n_components, dim, dim, generator=gen, dtype=torch.float64))
@@ -232,7 +234,7 @@ def random_mixture(dim: int = 16, n_components: int = 10, seed: int = 0) -> Gaus
                                                                               dtype=torch.float64)
     covs = rotations @ torch.diag_embed((2 * log_std).exp()) @ rotations.transpose(1, 2)
     weights = 0.5 + torch.rand(n_components, generator=gen, dtype=torch.float64)
-    return GaussianMixture(means, covs=covs, weights=weights)
+    return GaussianMixture(means, covs=covs, weights=weights, labels=labels)
 
 
 PROBLEMS = {"gaussians_1d": gaussians_1d, "eight_gaussians": eight_gaussians, "swiss_roll": swiss_roll,

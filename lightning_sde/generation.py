@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from lightning_sde.distributed import gather_to_zero, rank_world
+from lightning_sde.models.guidance import guided
 from lightning_sde.samplers import sample
 from lightning_sde.tracking import Progress
 
@@ -27,6 +28,7 @@ class Samples:
     wall_s: float  # the slowest process's sampling time
     peak_memory_mb: float  # the largest process's peak
     world_size: int
+    batch_factor: int = 1  # network inputs per sample in one NFE: 2 under classifier-free guidance
 
     @property
     def nfe(self) -> float:
@@ -45,9 +47,22 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def seed_labels(seeds, labels, num_classes: int) -> Tensor:
+    """The class of each seed: `labels` = "cycle" gives seed i the class i mod num_classes (balanced, and the same
+    for a seed whatever its batch); an integer gives every seed that class."""
+    seeds = torch.as_tensor(list(seeds), dtype=torch.long)
+    if labels == "cycle":
+        return seeds % num_classes
+    if isinstance(labels, bool) or not isinstance(labels, int) or not 0 <= labels < num_classes:
+        raise ValueError(f"labels must be 'cycle' or a class in 0..{num_classes - 1}; got {labels!r}")
+    return torch.full_like(seeds, labels)
+
+
 def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.float32, progress: bool = False,
-             desc: str | None = None) -> Samples | None:
-    """All processes call this with the same `seeds`; rank 0 gets the Samples of all of them, the others None."""
+             desc: str | None = None, guidance: float | None = None, labels="cycle") -> Samples | None:
+    """All processes call this with the same `seeds`; rank 0 gets the Samples of all of them, the others None.
+    With `guidance` (a class-conditional model) each seed is sampled for its class (seed_labels) at that
+    classifier-free guidance weight (lightning_sde.models.guidance: one guided NFE = one doubled batch)."""
     rank, world = rank_world()
     device = torch.device(device)
     mine = list(seeds)[rank::world]
@@ -59,14 +74,16 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     with Progress(len(mine), desc or sampler.name, "", enabled=progress and rank == 0) as bar:
         for i in range(0, len(mine), batch_size):
             batch = mine[i : i + batch_size]
-            nfe_before = denoiser.nfe
+            model = denoiser if guidance is None else guided(denoiser, seed_labels(batch, labels,
+                                                                                   denoiser.num_classes), guidance)
+            nfe_before = model.nfe
 
             def on_step(state):
                 t = float(state["t"].max()) if torch.is_tensor(state["t"]) else float(state["t"])
                 bar.update(i + len(batch) * min(1.0, (sde.T - t) / (sde.T - sde.eps)), seeds_done=i,
-                           batch_nfe=denoiser.nfe - nfe_before)
+                           batch_nfe=model.nfe - nfe_before)
 
-            x, info = sample(sampler, denoiser, batch, device, dtype, callback=on_step if progress else None)
+            x, info = sample(sampler, model, batch, device, dtype, callback=on_step if progress else None)
             xs.append(x.cpu())
             nfes.append(int(info["nfe"]))
             wall += info["wall_s"]
@@ -78,4 +95,5 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     full = torch.empty(len(seeds), *denoiser.shape, dtype=dtype)
     for r, (x_r, *_rest) in enumerate(parts):
         full[r::world] = x_r
-    return Samples(full, [n for p in parts for n in p[1]], max(p[2] for p in parts), max(p[3] for p in parts), world)
+    return Samples(full, [n for p in parts for n in p[1]], max(p[2] for p in parts), max(p[3] for p in parts), world,
+                   batch_factor=1 if not guidance else 2)

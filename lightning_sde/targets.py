@@ -67,6 +67,16 @@ def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
     return "mixture", f"mixture:{problem}|sde:{json.dumps(plain(cfg.sde), sort_keys=True)}"
 
 
+def target_classes(cfg: DictConfig, kind: str) -> int | None:
+    """The number of classes of a class-conditional target (None: unconditional), read without loading weights."""
+    if kind == "mixture":
+        return build(cfg.problem, "problem").num_classes
+    if is_diffusers_spec(cfg.checkpoint):
+        return None  # imported models are unconditional (the loader refuses class-conditional ones)
+    net = read_checkpoint(cfg.checkpoint)["hyper_parameters"]["net"]
+    return net.get("num_classes") if isinstance(net, dict) else None
+
+
 def data_kind(cfg: DictConfig) -> str:
     """The datamodule class's `kind` ("points" | "images"), read off the class: no data is loaded yet."""
     try:

@@ -24,7 +24,14 @@ from lightning_sde.distributed import broadcast_from_zero, launch, rank_world
 from lightning_sde.generation import Samples, generate
 from lightning_sde.metrics.image import IMAGE_METRICS
 from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve_metrics
-from lightning_sde.targets import data_kind, floor_samples, load_target, reference_samples, target_kind
+from lightning_sde.targets import (
+    data_kind,
+    floor_samples,
+    load_target,
+    reference_samples,
+    target_classes,
+    target_kind,
+)
 from lightning_sde.tracking import duration
 
 log = logging.getLogger(__name__)
@@ -77,6 +84,13 @@ def prepare(cfg: DictConfig) -> Sweep:
             target_id += f"|features={cfg.feature_extractor}"
     if cfg.get("reference_count") is not None:
         target_id += f"|reference_count={cfg.reference_count}"
+    if cfg.get("guidance") is not None:
+        classes = target_classes(cfg, kind)
+        if classes is None:
+            raise ValueError("config guidance: the target is not class-conditional (a checkpoint trained with "
+                             "model.net.num_classes, or a labelled problem); set guidance=null")
+        if cfg.get("labels", "cycle") != "cycle" and not (isinstance(cfg.labels, int) and cfg.labels < classes):
+            raise ValueError(f"config labels: must be 'cycle' or a class in 0..{classes - 1}; got {cfg.labels!r}")
     cells = expand(cfg, target_id, metrics, noise_floor=bool(cfg.get("noise_floor")) and kind == "mixture")
     return Sweep(kind, target_id, device, dtype, metrics, cells, shard_cells(cells, cfg.shard.index, cfg.shard.count))
 
@@ -97,6 +111,9 @@ def rows_of(cell: Cell, samples: Samples | None, values: dict, batch_size: int, 
                       samples_per_s=cell.seed_count / samples.wall_s if samples.wall_s > 0 else None,
                       peak_memory_mb=samples.peak_memory_mb, world_size=samples.world_size,
                       n_nonfinite=samples.n_nonfinite)
+    if cell.guidance is not None:  # one guided NFE is one forward over batch_factor x the samples
+        common.update(guidance=cell.guidance, labels=cell.settings["labels"],
+                      guidance_batch_factor=samples.batch_factor if samples is not None else None)
     intervals = getattr(values, "intervals", {})  # Scores carry bootstrap intervals; a plain dict has none
     return [{**common, "key": cell.key(m), "metric": m, "value": values[m],
              "ci_low": intervals[m][0] if m in intervals else None,
@@ -166,7 +183,8 @@ def run_sweep(cfg: DictConfig) -> dict:
                 x = floor_samples(target, len(scorer.reference), cfg.seeds.start) if rank == 0 else None
             else:
                 samples = generate(cell.built, target.denoiser, seeds, cfg.batch_size, device, sweep.dtype,
-                                   progress=cfg.progress, desc=str(cell))
+                                   progress=cfg.progress, desc=str(cell), guidance=cell.guidance,
+                                   labels=cell.settings.get("labels", "cycle"))
                 x = samples.x if samples is not None else None
             if rank == 0:
                 store.append(rows_of(cell, samples, score(scorer, cell, samples, x), cfg.batch_size, device, protocol))

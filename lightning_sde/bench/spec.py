@@ -1,6 +1,7 @@
 """A sweep spec (the Hydra config) -> an ordered list of cells, validated before any sampling.
 
-A cell is (target, sampler label, its budget, seed range); it yields one row per metric. The budget comes from the
+A cell is (target, sampler label, its budget, seed range, and with `guidance` its classifier-free guidance weight:
+label `<sampler>@w<w>`); it yields one row per metric. The budget comes from the
 Sampler contract alone: fixed-step samplers take `at_nfe(n)` for each n of `nfe`, adaptive ones `at_tolerance(tol)`
 for each tolerance, and with `nfe` (or `tolerances`) null they run as configured. Cells are ordered by the config's
 sampler order, then the grid, so every shard expands the same list and cell i belongs to shard i % count.
@@ -35,6 +36,7 @@ class Cell:
     metrics: tuple[str, ...]
     settings: dict = field(default_factory=dict, hash=False)  # what else changes the numbers (see run_settings)
     built: Sampler | None = field(default=None, hash=False, compare=False)
+    guidance: float | None = None  # classifier-free guidance weight (its settings carry it and the labels)
 
     def key(self, metric: str) -> str:
         """The identity of one result row, what resume looks up: everything that changes its numbers."""
@@ -85,6 +87,11 @@ def _check_tol(key, tol):
         _fail(key, f"must be a number > 0; got {tol!r}")
 
 
+def _check_guidance(key, w):
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        _fail(key, f"must be a number >= 0 (0: the conditional model, no guidance); got {w!r}")
+
+
 def run_settings(cfg: DictConfig, sampler: Sampler | None) -> dict:
     """The settings besides the sampler's own that change a cell's samples: the dtype and the kind of device
     always; for adaptive samplers also the batch size and the number of processes (torchdiffeq takes shared steps
@@ -105,13 +112,23 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
         _fail("samplers", "empty; pick a set (samplers=sweep) or add one (+sampler@samplers.ddim=ddim)")
     nfes = _grid(cfg, "nfe", positive_int)
     tols = _grid(cfg, "tolerances", _check_tol)
+    weights = _grid(cfg, "guidance", _check_guidance)
+    labels = cfg.get("labels", "cycle")
+    if weights is not None and labels != "cycle" and (isinstance(labels, bool) or not isinstance(labels, int)
+                                                      or labels < 0):
+        _fail("labels", f"must be 'cycle' (seed i: class i mod num_classes) or a class index; got {labels!r}")
     cells = []
     if noise_floor:  # exact samples: float64 draws of the mixture, whatever the sweep's dtype or device
         cells.append(Cell(target, NOISE_FLOOR, "exact", {}, "exact", None, start, count, metrics))
 
     def add(label, sampler, grid, requested):
-        cells.append(Cell(target, label, sampler.name, jsonable(sampler.params()), grid, requested, start, count,
-                          metrics, run_settings(cfg, sampler), built=sampler))
+        for w in weights if weights is not None else [None]:
+            settings = run_settings(cfg, sampler)
+            if w is not None:
+                settings.update(guidance=float(w), labels=labels)
+            cells.append(Cell(target, label if w is None else f"{label}@w{float(w):g}", sampler.name,
+                              jsonable(sampler.params()), grid, requested, start, count, metrics, settings,
+                              built=sampler, guidance=None if w is None else float(w)))
 
     for label, node in cfg.samplers.items():
         sampler = build(node, f"samplers.{label}")

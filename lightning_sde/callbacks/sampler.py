@@ -25,6 +25,7 @@ from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero
 from lightning_sde.generation import generate
 from lightning_sde.metrics.scorer import ALL_METRICS, LOWER_IS_BETTER, Scorer, resolve_metrics
+from lightning_sde.models.guidance import check_guidance
 from lightning_sde.plotting import image_grid, scatter_grid, text_table
 from lightning_sde.samplers import Sampler
 
@@ -44,6 +45,7 @@ class SamplerCallback(L.Callback):
         first_seed: int = 0,
         n_plot: int = 64,
         stats_cache: str | None = None,
+        guidance: float | None = None,
     ):
         if not samplers:
             raise ValueError("SamplerCallback needs at least one sampler: pick a set (samplers=default) or add one")
@@ -56,6 +58,7 @@ class SamplerCallback(L.Callback):
                 raise ValueError(f"SamplerCallback {key} must be an integer >= 1; got {value!r}")
         if metrics is not None and (isinstance(metrics, str) or set(metrics) - set(ALL_METRICS)):
             raise ValueError(f"SamplerCallback metrics: unknown {metrics!r}; choose from {list(ALL_METRICS)}")
+        self.guidance = None if guidance is None else check_guidance(guidance)  # a class-conditional model only
         self.n_samples = n_samples
         self.every_n_evals = every_n_evals
         self.batch_size = batch_size
@@ -72,6 +75,9 @@ class SamplerCallback(L.Callback):
 
     def setup(self, trainer, pl_module, stage):
         datamodule = trainer.datamodule
+        if self.guidance is not None and pl_module.denoiser.num_classes is None:
+            raise ValueError("callbacks.sampler.guidance is set but the model is not class-conditional "
+                             "(model.net.num_classes)")
         self.kind = getattr(datamodule, "kind", "points")
         self.metrics = resolve_metrics(self.metrics, self.kind, has_mixture=False, key="callbacks.sampler.metrics")
         self.reference = datamodule.reference(self.n_samples)
@@ -96,7 +102,8 @@ class SamplerCallback(L.Callback):
         panels = {"data": self.reference} if self.kind == "points" else {}
         for label, sampler in self.samplers.items():
             samples = generate(sampler, denoiser, self.seeds, self.batch_size, pl_module.device, self.dtype,
-                               progress=True, desc=f"sampling {label} (step {trainer.global_step})")
+                               progress=True, desc=f"sampling {label} (step {trainer.global_step})",
+                               guidance=self.guidance)
             values = None
             if samples is not None:  # rank 0
                 flat = samples.x.reshape(len(samples.x), -1)

@@ -22,7 +22,8 @@ def test_toy2d_cond_trains_a_model_that_samples_each_class(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "lightning_sde.cli.train", "experiment=toy2d_cond", f"run_dir={run}", "run_name=c",
            "logger=csv", "trainer.max_steps=1500", "trainer.val_check_interval=1500", "samplers=quick",
-           "callbacks.sampler.n_samples=300", "callbacks.best.monitor=val/ddim_10/sliced_w2"]
+           "callbacks.sampler.n_samples=300", "callbacks.best.monitor=val/ddim_10/sliced_w2",
+           "callbacks.sampler.guidance=1.0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     denoiser = load_denoiser(run / "checkpoints" / "last.ckpt")

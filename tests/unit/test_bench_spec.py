@@ -57,6 +57,10 @@ def _cfg(tmp_path, *overrides):
         (["ddp.devices=0"], "config ddp.devices: must be an integer >= 1; got 0"),
         (["reference_count=-5"], "config reference_count: must be an integer >= 1"),
         (["dtype=float16"], "config dtype: 'float16' is not one of"),
+        (["guidance=[1.0]"], "config guidance: the target is not class-conditional"),
+        (["+problem.labels=[0,1,0,1,0,1,0,1]", "guidance=[-1]"], "config guidance[0]: must be a number >= 0"),
+        (["+problem.labels=[0,1,0,1,0,1,0,1]", "guidance=[1]", "labels=5"], "config labels: must be 'cycle' or a "
+                                                                               "class in 0..1; got 5"),
     ],
 )
 def test_bad_spec_fails_fast_before_sampling(tmp_path, monkeypatch, overrides, message):
@@ -175,3 +179,21 @@ def prepare_cells():
 def test_each_shard_has_its_own_output_folder(tmp_path):
     folders = {_cfg(tmp_path, f"shard.index={i}", "shard.count=2").output_dir for i in (0, 1)}
     assert len(folders) == 2 and all("shard" in f for f in folders)
+
+
+def test_guidance_is_a_sweep_axis_with_an_honest_nfe(tmp_path):
+    """guidance=[0, 2] on a labelled mixture: a cell per sampler x NFE x w (label <sampler>@w<w>), each with its own
+    key; rows record w, the labels rule and the batch factor (2 when guided), at the sampler's NFE."""
+    from lightning_sde.bench import runner
+    from lightning_sde.bench.report import load
+
+    cfg = _cfg(tmp_path, "+problem.labels=[0,1,2,3,4,5,6,7]", "guidance=[0,2]", "nfe=[5]", "seeds.count=64",
+               "wandb.enabled=false", "~samplers.em")
+    runner.run_sweep(cfg)
+    rows = [r for r in load(tmp_path / "r.jsonl") if r["metric"] == "sliced_w2" and r["sampler_name"] == "ddim"]
+    assert {r["sampler"] for r in rows} == {"ddim@w0", "ddim@w2"}
+    assert len({r["key"] for r in rows}) == 2
+    by_w = {r["guidance"]: r for r in rows}
+    assert by_w[0.0]["guidance_batch_factor"] == 1 and by_w[2.0]["guidance_batch_factor"] == 2
+    assert all(r["nfe"] == 5 and r["labels"] == "cycle" for r in rows)
+    assert by_w[2.0]["value"] != by_w[0.0]["value"]

@@ -133,3 +133,19 @@ def test_guidance_refuses_bad_input():
         GaussianMixture(torch.zeros(8, 2), stds=torch.ones(8), labels=[0.5] * 8)
     with pytest.raises(ValueError, match=r"classes \[1\] have no component"):
         GaussianMixture(torch.zeros(2, 2), stds=torch.ones(2), labels=[0, 2])
+
+
+def test_generate_with_guidance_is_seed_addressed():
+    """The sample of seed i, its class (i mod num_classes) and its noise do not depend on the batch it runs in."""
+    from lightning_sde.generation import generate, seed_labels
+
+    den = MIX.denoiser(VPSDE())
+    sampler = build_sampler("sde_dpmpp", steps=8)
+    a = generate(sampler, den, range(10), 3, "cpu", F64, guidance=1.0)
+    b = generate(sampler, den, range(10), 10, "cpu", F64, guidance=1.0)
+    torch.testing.assert_close(a.x, b.x)
+    assert a.batch_factor == 2 and a.nfe_per_batch == [8] * 4
+    torch.testing.assert_close(seed_labels(range(5), "cycle", 2), torch.tensor([0, 1, 0, 1, 0]))
+    torch.testing.assert_close(seed_labels(range(3), 1, 2), torch.tensor([1, 1, 1]))
+    with pytest.raises(ValueError, match="class in 0..1"):
+        seed_labels(range(3), 2, 2)
