@@ -8,15 +8,21 @@
                   sampler's update keeps x_t,known = alpha_t values + sigma_t eps_known; the unknown part gets the
                   network's prediction at that state. Biased: the unknown part is drawn from p(x_u | x_t,known),
                   which forgets information that only the clean values carry, the more so the noisier x_t.
-  reconstruction  replacement plus reconstruction guidance (Ho et al. 2022, "Video Diffusion Models"; the
-                  covariance as in Song et al. 2023's PiGDM): the unknown part's score also gets
-                  grad_x log N(values; x0_hat_known(x_t), C), the Bayes term that replacement drops
-                  (given x_t,known and the values, x_t,unknown depends on the values only through p(values | x_t)).
-                  C is Cov[x0_known | x_t] of the data's Gaussian fit (the Denoiser's data_moments; the full block
-                  up to MAX_FULL known entries, its diagonal beyond), or sigma^2 / (alpha^2 + sigma^2) without
-                  moments. Exact when the data are Gaussian (tested); on multimodal data it is an approximation:
-                  it corrects what the Gaussian fit's correlations predict, not a choice between symmetric modes
-                  (measured in tests/unit/test_inpainting.py). Costs one backward pass per NFE.
+  reconstruction  replacement plus reconstruction guidance (Ho et al. 2022, "Video Diffusion Models"; Song et al.
+                  2023's PiGDM): the unknown part's score also gets grad_x log N(values; x0_hat_known(x_t), C), the
+                  Bayes term that replacement drops (given x_t,known and the values, x_t,unknown depends on the
+                  values only through p(values | x_t)). `covariance` chooses C:
+                    "flat" (default): (sigma_t / alpha_t)^2 I, the posterior variance of x0 under a flat prior: it
+                        never trusts the data more than the noise level allows, so a trained network's x0 errors
+                        at high noise (amplified by 1 / alpha_t) stay harmless. Weakest correction of the three.
+                    "isotropic" (PiGDM's): sigma_t^2 / (alpha_t^2 + sigma_t^2) I, the posterior variance of
+                        unit-variance data: stronger; right on the oracle mixtures, diverges on the trained digits
+                        model (its guidance at high noise is ~1 / alpha_t^2 times a network error).
+                    "gaussian_fit": Cov[x0_known | x_t] of the data's Gaussian fit (the Denoiser's data_moments;
+                        its variances floored at MIN_VAR; the full block up to MAX_FULL known entries, its diagonal
+                        beyond). Exact when the data are Gaussian (tested); diverges on the digits model too.
+                  All measured in tests/unit/test_inpainting.py and benchmarks/inpainting_digits.py.
+                  On multimodal data each is an approximation. Costs one backward pass per NFE.
 
 NFE: one network forward per call, as always; the reconstruction method's backward pass is not an NFE and is
 reported as `backward_per_nfe` = 1.
@@ -30,13 +36,24 @@ from torch import Tensor
 from lightning_sde.models.denoiser import Denoiser, Prediction
 
 METHODS = ("replacement", "reconstruction")
+COVARIANCES = ("flat", "isotropic", "gaussian_fit")
 MAX_FULL = 1024  # known entries up to which reconstruction guidance uses the full covariance block
+# The smallest data variance the Gaussian fit may claim in any direction: image data have pixels of (near) zero
+# variance (the digits' borders), where a singular fit makes the guidance's precision explode on the smallest
+# mismatch between a network's x0 and the known values. 1e-2 is about one quantisation level of 8-bit or 17-level
+# data in [-1, 1] squared ((2/17)^2 = 0.014) and below every variance of the exact-Gaussian test (0.1 and 1.9).
+MIN_VAR = 1e-2
 
 
 class InpaintingDenoiser(Denoiser):
-    def __init__(self, base: Denoiser, known, values, method: str = "replacement", guidance: float = 1.0):
+    def __init__(self, base: Denoiser, known, values, method: str = "replacement", guidance: float = 1.0,
+                 covariance: str = "flat"):
         if method not in METHODS:
             raise ValueError(f"unknown inpainting method {method!r}; choose one of {METHODS}")
+        if covariance not in COVARIANCES:
+            raise ValueError(f"unknown reconstruction covariance {covariance!r}; choose one of {COVARIANCES}")
+        if covariance == "gaussian_fit" and base.data_moments is None:
+            raise ValueError("covariance='gaussian_fit' needs the data's moments (Denoiser.data_moments)")
         super().__init__(base.net, base.sde, base.parameterization, base.shape, base.sigma_data, base.data_moments,
                          base.num_classes)
         self.base = base
@@ -59,6 +76,7 @@ class InpaintingDenoiser(Denoiser):
         self.values = values
         self.method = method
         self.guidance = float(guidance)
+        self.covariance = covariance
 
     def finish(self, x: Tensor) -> Tensor:
         """A sampler's output (at t = eps, where sigma_eps is small but not 0) with the known entries set to the
@@ -69,20 +87,22 @@ class InpaintingDenoiser(Denoiser):
         """C^-1 residual for C = Cov[x0_known | x_t] (see the module doc); alpha, sigma are one time per call."""
         alpha, sigma = float(pred.alpha.flatten()[0]), float(pred.sigma.flatten()[0])
         moments = self.data_moments
-        if moments is None:
+        if self.covariance == "flat":
+            return residual * alpha**2 / sigma**2
+        if self.covariance == "isotropic":
             return residual * (alpha**2 + sigma**2) / sigma**2
         index = self.known_index.cpu()
         if len(index) > MAX_FULL:
-            return residual / moments.posterior_cov(alpha, sigma, index, diagonal=True).to(residual)
-        cov = moments.posterior_cov(alpha, sigma, index).to(residual)
-        return residual @ torch.linalg.inv_ex(cov).inverse  # inv_ex: no error check, no wait for the GPU
+            return residual / moments.posterior_cov(alpha, sigma, index, True, MIN_VAR).to(residual)
+        cov = moments.posterior_cov(alpha, sigma, index, min_var=MIN_VAR)
+        return residual @ torch.linalg.inv_ex(cov).inverse.to(residual)  # inv_ex: no error check, no GPU wait
 
     @property
     def backward_per_nfe(self) -> int:
         return 1 if self.method == "reconstruction" else 0
 
     def fingerprint_extra(self) -> tuple:
-        return (self.method, self.guidance, self.known.tolist(), self.values.tolist())
+        return (self.method, self.guidance, self.covariance, self.known.tolist(), self.values.tolist())
 
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Prediction:
         if x.shape != self.values.shape:
@@ -106,7 +126,7 @@ class InpaintingDenoiser(Denoiser):
         return Prediction(x, pred.alpha, pred.sigma, eps)
 
 
-def inpainting(denoiser: Denoiser, known, values, method: str = "replacement",
-               guidance: float = 1.0) -> InpaintingDenoiser:
+def inpainting(denoiser: Denoiser, known, values, method: str = "replacement", guidance: float = 1.0,
+               covariance: str = "flat") -> InpaintingDenoiser:
     """`denoiser` restricted to samples that agree with `values` on the `known` mask (see the module doc)."""
-    return InpaintingDenoiser(denoiser, known, values, method, guidance)
+    return InpaintingDenoiser(denoiser, known, values, method, guidance, covariance)

@@ -79,14 +79,14 @@ class DataMoments:
                + (coef * (gain(self.eigvals.to(x)) - gain(self.residual_var))) @ vecs.T)
         return out.reshape(x.shape)
 
-    def posterior_cov(self, alpha: float, sigma: float, index: Tensor | None = None,
-                      diagonal: bool = False) -> Tensor:
+    def posterior_cov(self, alpha: float, sigma: float, index: Tensor | None = None, diagonal: bool = False,
+                      min_var: float = 0.0) -> Tensor:
         """Cov[x0 | x_t] for data N(mean, cov) and x_t = alpha x0 + sigma z: in the eigenbasis v sigma^2 /
-        (alpha^2 v + sigma^2). Restricted to the flat coordinates `index` (all by default); its diagonal only if
-        `diagonal` (no d x d matrix)."""
+        (alpha^2 v + sigma^2), with every variance v at least `min_var`. Restricted to the flat coordinates `index`
+        (all by default); its diagonal only if `diagonal` (no d x d matrix)."""
         shrink = lambda v: v * sigma**2 / (alpha**2 * v + sigma**2)  # noqa: E731
         vecs = self.eigvecs if index is None else self.eigvecs[index]
-        g, g_res = shrink(self.eigvals), shrink(self.residual_var)
+        g, g_res = shrink(self.eigvals.clamp_min(min_var)), shrink(max(self.residual_var, min_var))
         if diagonal:
             return (vecs**2) @ (g - g_res) + g_res
         return (vecs * (g - g_res)) @ vecs.T + g_res * torch.eye(len(vecs), dtype=vecs.dtype)
