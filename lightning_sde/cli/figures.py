@@ -14,12 +14,14 @@ import logging
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, build, plain
 from lightning_sde.loading import load_denoiser
+from lightning_sde.models.guidance import guided
 from lightning_sde.models.pretrained import is_diffusers_spec
 from lightning_sde.module import sde_from_config
 from lightning_sde.plotting.chapter import (
@@ -44,6 +46,7 @@ HELP = dict(
         ("figures=[schematic,trajectories]", "which figures"),
         ("problem=<name>", "a 1-D or 2-D exact mixture"),
         ("checkpoint=<path>", "a trained model drives the trajectories and interpolation"),
+        ("guidance=<w> label=<class>", "a class-conditional checkpoint: that class, at that guidance weight"),
         ("out=<folder>", "where the files go (default docs/figures)"),
     ],
     examples="""lsde-figures
@@ -72,6 +75,14 @@ def run_app(cfg: DictConfig) -> None:
         source = (cfg.checkpoint.rstrip("/").rsplit("/", 1)[-1] if is_diffusers_spec(cfg.checkpoint)
                   else Path(cfg.checkpoint).parent.parent.name)
         tag = f"{denoiser.sde.name}_{source}".replace("#", "_")
+        if cfg.get("guidance") is not None:
+            if denoiser.num_classes is None:
+                raise ValueError("config guidance: the checkpoint is not class-conditional (model.net.num_classes)")
+            label = cfg.label
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < denoiser.num_classes:
+                raise ValueError(f"config label: must be a class in 0..{denoiser.num_classes - 1}; got {cfg.label!r}")
+            denoiser = guided(denoiser, torch.tensor([cfg.label]), cfg.guidance)
+            tag += f"_class{cfg.label}_w{float(cfg.guidance):g}"
     else:
         if mixture is None:
             raise ValueError("config problem: set a problem (e.g. problem=gaussians_1d) or a checkpoint")

@@ -1,5 +1,6 @@
-"""Any folder of images: class sub-folders as torchvision's ImageFolder expects (labels are ignored), a flat
-folder, or a mixture; read lazily, resized (shorter side) and centre-cropped to a square, scaled to [-1, 1]."""
+"""Any folder of images: class sub-folders as torchvision's ImageFolder expects, a flat folder, or a mixture; read
+lazily, resized (shorter side) and centre-cropped to a square, scaled to [-1, 1]. With labels=true the class of an
+image is its first-level sub-folder (sorted names -> 0, 1, ...), as in torchvision's ImageFolder."""
 
 from __future__ import annotations
 
@@ -50,12 +51,17 @@ def list_images(root) -> list[Path]:
 
 
 class ImageFiles(Dataset):
-    """uint8 (C, S, S) images: shorter side resized to S (antialiased bilinear), then centre-cropped."""
+    """uint8 (C, S, S) images: shorter side resized to S (antialiased bilinear), then centre-cropped; with `labels`
+    (one class per file) (image, label) pairs."""
 
-    def __init__(self, files: list[Path], image_size: int, channels: int):
+    def __init__(self, files: list[Path], image_size: int, channels: int, labels: list[int] | None = None):
         self.files = files
         self.image_size = image_size
         self.mode = "L" if channels == 1 else "RGB"
+        self.labels = labels
+
+    def image(self, index: int) -> Tensor:
+        return self[index] if self.labels is None else self[index][0]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -72,7 +78,8 @@ class ImageFiles(Dataset):
             raise OSError(f"ImageFolderDataModule: cannot read image {str(path)!r}: {err}") from err
         img = F.resize(img, [self.image_size], antialias=True)
         img = F.center_crop(img, [self.image_size, self.image_size])
-        return F.pil_to_tensor(img)
+        x = F.pil_to_tensor(img)
+        return x if self.labels is None else (x, torch.tensor(self.labels[index]))
 
 
 class ImageFolderDataModule(BaseDataModule):
@@ -97,8 +104,9 @@ class ImageFolderDataModule(BaseDataModule):
         dequantize: bool = False,
         num_workers: int = 0,
         seed: int = 0,
+        labels: bool = False,
     ):
-        super().__init__(batch_size, num_workers, seed)
+        super().__init__(batch_size, num_workers, seed, labels)
         owner = "ImageFolderDataModule"
         self.image_size = check_int(owner, "image_size", image_size, 1)
         if channels not in (1, 3) or isinstance(channels, bool):
@@ -122,8 +130,18 @@ class ImageFolderDataModule(BaseDataModule):
         self.shape = (channels, image_size, image_size)
         self.train_transform = ImageBatch(LEVELS, dequantize=self.dequantize, hflip=self.hflip)
         self.val_collate = ImageBatch(LEVELS, dequantize=self.dequantize)
-        self.train_set = ImageFiles(self.train_files, image_size, channels)
-        self.val_set = ImageFiles(self.val_files, image_size, channels)
+        classes = None
+        if self.labelled:
+            tops = [f.relative_to(self.root).parts for f in files]
+            if any(len(parts) < 2 for parts in tops):
+                raise ValueError(f"{owner}: labels=true needs every image in a class sub-folder of "
+                                 f"{str(self.root)!r} (root/<class>/image); some lie directly in it")
+            names = sorted({parts[0] for parts in tops})
+            classes = {name: i for i, name in enumerate(names)}
+            self.num_classes, self.class_names = len(names), names
+        label = (lambda fs: [classes[f.relative_to(self.root).parts[0]] for f in fs]) if classes else (lambda fs: None)
+        self.train_set = ImageFiles(self.train_files, image_size, channels, label(self.train_files))
+        self.val_set = ImageFiles(self.val_files, image_size, channels, label(self.val_files))
 
     @property
     def bits_per_dim_offset(self) -> float | None:
@@ -131,5 +149,5 @@ class ImageFolderDataModule(BaseDataModule):
 
     def reference(self, n: int) -> Tensor:
         n = self._check_reference(n, len(self.train_set))
-        images = torch.stack([self.train_set[i] for i in range(n)])
+        images = torch.stack([self.train_set.image(i) for i in range(n)])
         return ImageBatch(LEVELS, dequantize=self.dequantize)(images, generator=generator(self.seed, STREAM_REFERENCE))

@@ -104,14 +104,15 @@ def fetch(name: str, root, timeout: float | None = 60.0) -> Path:
     return root
 
 
-def load_levels(name: str, root, train: bool) -> Tensor:
-    """The split as a uint8 tensor (N, C, H, W)."""
+def load_levels(name: str, root, train: bool, with_labels: bool = False):
+    """The split as a uint8 tensor (N, C, H, W); with_labels: (images, class labels (N,))."""
     try:
         ds = _dataset(name, root, train=train)
     except RuntimeError as err:
         raise missing_error(name, root, "download was not attempted (call prepare_data(), or fetch it first)") from err
     data = torch.as_tensor(ds.data)
-    return data.unsqueeze(1).contiguous() if data.ndim == 3 else data.permute(0, 3, 1, 2).contiguous()
+    images = data.unsqueeze(1).contiguous() if data.ndim == 3 else data.permute(0, 3, 1, 2).contiguous()
+    return (images, torch.as_tensor(ds.targets, dtype=torch.long)) if with_labels else images
 
 
 class TorchvisionDataModule(BaseDataModule):
@@ -141,10 +142,12 @@ class TorchvisionDataModule(BaseDataModule):
         download_timeout: float = 60.0,
         num_workers: int = 0,
         seed: int = 0,
+        labels: bool = False,
     ):
-        super().__init__(batch_size, num_workers, seed)
+        super().__init__(batch_size, num_workers, seed, labels)
         owner = type(self).__name__
         self.name = check_choice(owner, "name", name, SPECS)
+        self.num_classes = 10 if self.labelled else None
         if not isinstance(root, (str, Path)) or not str(root):
             raise ValueError(f"{owner}: root must be a directory path; got {root!r}")
         self.root = Path(root).expanduser()
@@ -179,16 +182,21 @@ class TorchvisionDataModule(BaseDataModule):
     def _ensure_setup(self) -> None:
         if self.train_levels is not None:
             return
-        train = load_levels(self.name, self.root, train=True)
-        test = load_levels(self.name, self.root, train=False)
+        train, train_labels = load_levels(self.name, self.root, train=True, with_labels=True)
+        test, test_labels = load_levels(self.name, self.root, train=False, with_labels=True)
         if self.n_val > len(test):
             raise ValueError(f"{type(self).__name__}: n_val {self.n_val} exceeds the {len(test)} test images")
         order = torch.randperm(len(train), generator=generator(self.seed, STREAM_SPLIT))
         self.train_levels = train[order]  # a seeded order: reference(n) takes the first n
         val_index = torch.randperm(len(test), generator=generator(self.seed, STREAM_SPLIT))[: self.n_val]
         unflipped = ImageBatch(LEVELS, dequantize=self.dequantize)
-        self.train_set = RowsDataset(self.train_levels)
-        self.val_set = RowsDataset(unflipped(test[val_index], generator=generator(self.seed, STREAM_VAL)))
+        val = unflipped(test[val_index], generator=generator(self.seed, STREAM_VAL))
+        if self.labelled:
+            self.train_set = RowsDataset(self.train_levels, train_labels[order])
+            self.val_set = RowsDataset(val, test_labels[val_index])
+        else:
+            self.train_set = RowsDataset(self.train_levels)
+            self.val_set = RowsDataset(val)
 
     def reference(self, n: int) -> Tensor:
         self._ensure_setup()
@@ -210,9 +218,10 @@ class MNISTDataModule(TorchvisionDataModule):
         download_timeout: float = 60.0,
         num_workers: int = 0,
         seed: int = 0,
+        labels: bool = False,
     ):
         super().__init__("mnist", root, batch_size, n_val, False, dequantize, download, download_timeout, num_workers,
-                         seed)
+                         seed, labels)
 
 
 class CIFAR10DataModule(TorchvisionDataModule):
@@ -230,6 +239,7 @@ class CIFAR10DataModule(TorchvisionDataModule):
         download_timeout: float = 60.0,
         num_workers: int = 0,
         seed: int = 0,
+        labels: bool = False,
     ):
         super().__init__("cifar10", root, batch_size, n_val, hflip, dequantize, download, download_timeout,
-                         num_workers, seed)
+                         num_workers, seed, labels)

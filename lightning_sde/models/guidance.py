@@ -34,7 +34,8 @@ def check_guidance(guidance) -> float:
 
 
 class GuidedDenoiser(Denoiser):
-    """The Denoiser of `base`'s conditional network for a batch with fixed labels, at guidance weight w."""
+    """The Denoiser of `base`'s conditional network for a batch with fixed labels (one per row, or a single label for
+    every row of any batch), at guidance weight w."""
 
     def __init__(self, base: Denoiser, labels, guidance: float = 0.0):
         if base.num_classes is None:
@@ -42,6 +43,7 @@ class GuidedDenoiser(Denoiser):
         super().__init__(base.net, base.sde, base.parameterization, base.shape, base.sigma_data, base.data_moments,
                          base.num_classes)
         labels = torch.as_tensor(labels)
+        labels = labels.reshape(1) if labels.ndim == 0 else labels
         if labels.ndim != 1 or labels.is_floating_point() or not ((labels >= 0) & (labels < base.num_classes)).all():
             raise ValueError(f"labels must be a 1-D tensor of classes in 0..{base.num_classes - 1}; "
                              f"got {labels.tolist() if labels.numel() <= 20 else tuple(labels.shape)}")
@@ -59,10 +61,10 @@ class GuidedDenoiser(Denoiser):
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Prediction:
         if labels is not None:
             raise ValueError("a guided denoiser has its labels already; call it as denoiser(x, t)")
-        if x.shape[0] != len(self.labels):
+        if x.shape[0] != len(self.labels) and len(self.labels) != 1:
             raise ValueError(f"this guided denoiser holds {len(self.labels)} labels but got a batch of {x.shape[0]}; "
-                             "make one per batch")
-        labels = self.labels.to(x.device)
+                             "make one per batch (or give one label for every row)")
+        labels = self.labels.to(x.device).expand(x.shape[0])
         if self.guidance == 0:
             return super().forward(x, t, labels)
         t, alpha, sigma, c_in = self.coefficients(x, t)

@@ -40,3 +40,13 @@ def test_toy2d_cond_trains_a_model_that_samples_each_class(tmp_path):
     exact = mixture.conditional(3).sample(int(rows.sum()), torch.Generator().manual_seed(1)).float()
     unconditional, _ = sample(build_sampler("dpmpp", steps=20), denoiser, range(n))
     assert mmd(x[rows], exact) < 0.25 * mmd(unconditional[rows], exact)
+    # lsde-figures draws one class of the conditional model at a guidance weight; a class it lacks fails clearly
+    figures = [sys.executable, "-m", "lightning_sde.cli.figures", f"checkpoint={run / 'checkpoints' / 'last.ckpt'}",
+               "figures=[trajectories]", "formats=[png]", f"out={tmp_path}/f", f"output_dir={tmp_path}/h",
+               "guidance=1.0", "label=2", "paths_per_figure=4"]
+    proc = subprocess.run(figures, capture_output=True, text=True, timeout=300, env=ENV, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "f" / "trajectories_vp_run_class2_w1.png").is_file()
+    proc = subprocess.run(figures[:-2] + ["label=8"], capture_output=True, text=True, timeout=300, env=ENV,
+                          check=False)
+    assert proc.returncode == 1 and "config label: must be a class in 0..7; got 8" in proc.stderr

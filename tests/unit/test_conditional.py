@@ -88,3 +88,64 @@ def test_label_dropout_feeds_the_null_label(monkeypatch):
 def test_p_uncond_is_checked():
     with pytest.raises(ValueError, match="p_uncond"):
         module(4, 1.5)
+
+
+def write_fake_mnist(root, n_train=120, n_test=60):
+    """MNIST's own file format (idx, big-endian headers), read by torchvision's MNIST class: real parsing, made-up
+    pixels, labels k mod 10."""
+    import struct
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        pixels = torch.randint(0, 256, (n, 28, 28), generator=gen, dtype=torch.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28)
+                                                          + pixels.numpy().tobytes())
+        labels = (torch.arange(n) % 10).to(torch.uint8)
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
+
+
+def test_torchvision_sets_pass_their_labels(tmp_path):
+    from lightning_sde.data import TorchvisionDataModule
+
+    write_fake_mnist(tmp_path)
+    dm = TorchvisionDataModule("mnist", root=str(tmp_path), batch_size=16, n_val=20, download=False, labels=True)
+    dm.setup()
+    x, y = dm.augment(next(iter(dm.train_dataloader())))
+    assert x.shape == (16, 1, 28, 28) and y.dtype == torch.long and dm.num_classes == 10
+    # each training image keeps its own label through the seeded shuffle
+    raw = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    pixels = torch.frombuffer(bytearray(raw.read_bytes()[16:]), dtype=torch.uint8).reshape(-1, 28, 28)
+    first = dm.train_set.data[0, 0]
+    index = int(((pixels == first).flatten(1).all(1)).nonzero()[0])
+    assert int(dm.train_set.labels[0]) == index % 10
+    xv, yv = next(iter(dm.val_dataloader()))
+    assert len(xv) == len(yv) == 16
+    plain = TorchvisionDataModule("mnist", root=str(tmp_path), batch_size=16, n_val=20, download=False)
+    plain.setup()
+    assert isinstance(next(iter(plain.train_dataloader())), torch.Tensor)
+
+
+def test_image_folder_labels_are_class_subfolders(tmp_path):
+    from PIL import Image
+
+    from lightning_sde.data import ImageFolderDataModule
+
+    for k, name in enumerate(["cat", "dog", "emu"]):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            Image.new("L", (10, 12), color=40 * k + i).save(tmp_path / name / f"{i}.png")
+    dm = ImageFolderDataModule(str(tmp_path), image_size=8, channels=1, batch_size=4, n_val=3, labels=True)
+    assert dm.num_classes == 3 and dm.class_names == ["cat", "dog", "emu"]
+    x, y = dm.augment(next(iter(dm.train_dataloader())))
+    assert x.shape == (4, 1, 8, 8)
+    # the gray level tells the class: 40 k + i
+    levels = ((x[:, 0, 0, 0] + 1) / 2 * 255).round()
+    assert ((levels // 40) == y).all()
+    xv, yv = next(iter(dm.val_dataloader()))
+    assert len(xv) == len(yv) == 3
+    assert dm.reference(5).shape == (5, 1, 8, 8)
+    (tmp_path / "loose.png").write_bytes((tmp_path / "cat" / "0.png").read_bytes())
+    with pytest.raises(ValueError, match="needs every image in a class sub-folder"):
+        ImageFolderDataModule(str(tmp_path), image_size=8, channels=1, labels=True)

@@ -30,9 +30,15 @@ def labels_stated_in(set_name: str) -> list[str]:
 
 
 def set_of(experiment: str) -> str:
+    """The sampler set an experiment overrides, or the one of the experiment it builds on (e.g. toy2d_cond: toy2d)."""
     defaults = yaml.safe_load((ROOT / "experiment" / f"{experiment}.yaml").read_text())["defaults"]
-    (name,) = [entry["override /samplers"] for entry in defaults if "override /samplers" in entry]
-    return name
+    names = [entry["override /samplers"] for entry in defaults if isinstance(entry, dict) and "override /samplers"
+             in entry]
+    if names:
+        (name,) = names
+        return name
+    (base,) = [entry for entry in defaults if isinstance(entry, str) and entry != "_self_"]
+    return set_of(base)
 
 
 def test_the_tree_is_found_through_the_package():

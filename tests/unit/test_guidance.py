@@ -149,3 +149,11 @@ def test_generate_with_guidance_is_seed_addressed():
     torch.testing.assert_close(seed_labels(range(3), 1, 2), torch.tensor([1, 1, 1]))
     with pytest.raises(ValueError, match="class in 0..1"):
         seed_labels(range(3), 2, 2)
+
+
+def test_one_label_for_every_row_of_any_batch():
+    den = MIX.denoiser(VPSDE())
+    x, t = torch.randn(5, 2, dtype=F64), torch.full((5,), 0.4, dtype=F64)
+    torch.testing.assert_close(guided(den, torch.tensor([1]), 1.5)(x, t).eps,
+                               guided(den, torch.ones(5, dtype=torch.long), 1.5)(x, t).eps)
+    assert guided(den, 1, 0.0)(x[:3], t[:3]).eps.shape == (3, 2)
