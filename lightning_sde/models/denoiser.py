@@ -119,6 +119,10 @@ class Denoiser(nn.Module):
         """What a subclass computes differently from the same network (e.g. guidance); part of fingerprint()."""
         return ()
 
+    def for_rows(self, n: int) -> "Denoiser":
+        """This denoiser for a batch of n other rows (a tuning pilot): itself, unless it holds per-row state."""
+        return self
+
     def fingerprint(self) -> str:
         """A digest that changes whenever what the denoiser computes changes: the SDE, the parameterisation, the
         input scaling and every weight and buffer of the network (or the tensors an oracle declares through

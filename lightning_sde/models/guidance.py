@@ -58,6 +58,12 @@ class GuidedDenoiser(Denoiser):
     def fingerprint_extra(self) -> tuple:
         return (self.guidance, tuple(self.labels.tolist()))
 
+    def for_rows(self, n: int) -> "GuidedDenoiser":
+        """The same guidance for n rows whose labels cycle through this batch's (a pilot with its class mix)."""
+        if len(self.labels) in (1, n):
+            return self
+        return GuidedDenoiser(self, self.labels[torch.arange(n) % len(self.labels)], self.guidance)
+
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Prediction:
         if labels is not None:
             raise ValueError("a guided denoiser has its labels already; call it as denoiser(x, t)")

@@ -38,6 +38,7 @@ def optimize_grid(sampler, denoiser, pilot: int = 512, iters: int = 200, lr: flo
     if method not in ("adam", "powell"):
         raise ValueError(f"optimize_grid: method must be 'adam' or 'powell'; got {method!r}")
     sde = denoiser.sde
+    denoiser = denoiser.for_rows(pilot)
     nfe0 = denoiser.nfe
     dtype = next((p.dtype for p in denoiser.parameters()), torch.float64)
     noise = SeededNoise(range(PILOT_SEED, PILOT_SEED + pilot), denoiser.shape, dtype=dtype)

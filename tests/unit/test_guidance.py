@@ -10,7 +10,7 @@ import torch
 from lightning_sde.exact import GaussianMixture
 from lightning_sde.metrics.mmd import mmd
 from lightning_sde.models.guidance import guided
-from lightning_sde.samplers import build_sampler, sample
+from lightning_sde.samplers import build_sampler, optimize_grid, sample
 from lightning_sde.sde import VESDE, VPSDE
 
 F64 = torch.float64
@@ -157,3 +157,14 @@ def test_one_label_for_every_row_of_any_batch():
     torch.testing.assert_close(guided(den, torch.tensor([1]), 1.5)(x, t).eps,
                                guided(den, torch.ones(5, dtype=torch.long), 1.5)(x, t).eps)
     assert guided(den, 1, 0.0)(x[:3], t[:3]).eps.shape == (3, 2)
+
+
+def test_a_guided_model_tunes_its_grid_on_a_pilot_with_its_class_mix():
+    den = guided(MIX.denoiser(VPSDE()), torch.tensor([0, 1, 1]), 2.0)
+    pilot = den.for_rows(7)
+    assert pilot.labels.tolist() == [0, 1, 1, 0, 1, 1, 0] and pilot.guidance == 2.0 and pilot.net is den.net
+    assert den.for_rows(3) is den and guided(den, 1, 2.0).for_rows(5).labels.tolist() == [1]
+    times, report = optimize_grid(build_sampler("dpmpp", steps=4), den, pilot=16, iters=2)
+    assert len(times) == 5 and report["pilot_nfe"] > 0
+    x, info = sample(build_sampler("dpmpp", steps=4, times=times.tolist()), den, seeds=range(3), dtype=F64)
+    assert info["nfe"] == 4 and torch.isfinite(x).all()
