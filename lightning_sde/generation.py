@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from lightning_sde.distributed import gather_to_zero, rank_world
-from lightning_sde.models.guidance import guided
+from lightning_sde.models.guidance import batch_factor, guided
 from lightning_sde.samplers import sample
 from lightning_sde.tracking import Progress
 
@@ -96,4 +96,4 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     for r, (x_r, *_rest) in enumerate(parts):
         full[r::world] = x_r
     return Samples(full, [n for p in parts for n in p[1]], max(p[2] for p in parts), max(p[3] for p in parts), world,
-                   batch_factor=1 if not guidance else 2)
+                   batch_factor=batch_factor(guidance))

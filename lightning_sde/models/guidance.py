@@ -33,6 +33,11 @@ def check_guidance(guidance) -> float:
     return float(guidance)
 
 
+def batch_factor(guidance: float | None) -> int:
+    """Inputs per sample in one NFE: 2 with guidance (conditional + unconditional in one batch), else 1."""
+    return 1 if not guidance else 2
+
+
 class GuidedDenoiser(Denoiser):
     """The Denoiser of `base`'s conditional network for a batch with fixed labels (one per row, or a single label for
     every row of any batch), at guidance weight w."""
@@ -52,8 +57,7 @@ class GuidedDenoiser(Denoiser):
 
     @property
     def batch_factor(self) -> int:
-        """Inputs per sample in one NFE: 2 with guidance (conditional + unconditional in one batch), else 1."""
-        return 1 if self.guidance == 0 else 2
+        return batch_factor(self.guidance)
 
     def fingerprint_extra(self) -> tuple:
         return (self.guidance, tuple(self.labels.tolist()))
