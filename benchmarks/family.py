@@ -81,3 +81,17 @@ def describe(info: dict) -> str:
 if __name__ == "__main__":
     for seed in TUNING + HELD_OUT:
         print(describe(draw(seed)[1]))
+
+
+def oracle(seed: int, starts: int, tol: float = 1e-10):
+    """(exact denoiser on endpoint_protocol's VP SDE, x_T of seeds 0..starts-1 in float64, the dopri5 solution at
+    rtol = atol = tol from x_T, the reference's NFE) for problem `seed`: the endpoint protocol on the family."""
+    from endpoint_protocol import vp_sde
+
+    from lightning_sde.samplers import SeededNoise, build_sampler
+
+    sde = vp_sde()
+    den = draw(seed)[0].denoiser(sde)
+    x_T = sde.prior_sample(SeededNoise(range(starts), den.shape, dtype=torch.float64).prior())
+    ref, info = build_sampler("ode", method="dopri5", rtol=tol, atol=tol)(den, x_T)
+    return den, x_T, ref, info["nfe"]

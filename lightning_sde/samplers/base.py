@@ -175,9 +175,13 @@ class FixedStepSampler(Sampler):
     def step(self, denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, noise, last: bool, state: dict) -> Tensor:
         raise NotImplementedError
 
+    def initial_state(self, denoiser: Denoiser, times: Tensor) -> dict:
+        """The per-run `state` the steps start from; `times` (steps + 1,) float64 on the CPU."""
+        return {}
+
     def run(self, denoiser, x, plan, noise, on_step):
+        state = self.initial_state(denoiser, plan.times.detach().cpu().double())
         times = plan.times.to(x.device, x.dtype)
-        state: dict = {}
         for i in range(self.steps):
             x = self.step(denoiser, x, times[i], times[i + 1], noise, i == self.steps - 1, state)
             if on_step is not None:

@@ -59,6 +59,7 @@ def dpmpp_update(x, sde, ts: list, ds: list, t, order: int):
 
 
 LOWER_ORDER_FINAL_BELOW = 15  # steps; as diffusers: a first-order last step would cap the order of long runs
+MAX_STEP_RATIO = 2.0  # chosen on benchmarks/family.py's tuning seeds (benchmarks/order_rule.py)
 
 
 def _order_at(i: int, steps: int, order: int, lower_order_final: bool, below: float = LOWER_ORDER_FINAL_BELOW) -> int:
@@ -67,6 +68,21 @@ def _order_at(i: int, steps: int, order: int, lower_order_final: bool, below: fl
     global order (measured) and tames the long last log-SNR steps of t-uniform grids."""
     k = min(order, i + 1)
     return min(k, steps - i) if lower_order_final and steps < below else k
+
+
+def step_orders(lam: torch.Tensor, order: int, lower_order_final: bool, below: float, max_step_ratio: float) -> list:
+    """The order of each step of a grid with log-SNRs `lam` (steps + 1,): `_order_at`'s, or 1 where the step reaches
+    further than max_step_ratio times the log-SNR span of the outputs it would extrapolate from. An order-k step
+    extrapolates a polynomial through k outputs over [lam_(i-k+1), lam_i] to lam_(i+1): a step much longer than that
+    span (the last step of a t-uniform grid: ~7x its predecessor) amplifies the outputs' differences by powers of the
+    ratio (DPM-Solver++(3M) on the t-uniform grid at 15-20 steps ended 10-16x worse than DDIM before this rule).
+    Lower orders have shorter spans, so the fallback is first order."""
+    steps, lam = len(lam) - 1, lam.tolist()
+    orders = []
+    for i in range(steps):
+        k = _order_at(i, steps, order, lower_order_final, below)
+        orders.append(1 if k > 1 and lam[i + 1] - lam[i] > max_step_ratio * (lam[i] - lam[i - k + 1]) else k)
+    return orders
 
 
 def _check_order(name: str, order, allowed):
@@ -82,11 +98,20 @@ class _Multistep(FixedStepSampler):
     grid: str = "logsnr"
     order: int = 2
     lower_order_final: bool = True
+    max_step_ratio: float = MAX_STEP_RATIO  # step_orders(); math.inf: orders by warm-up and lower_order_final only
     orders: ClassVar[tuple[int, ...]] = (1, 2, 3)
+    lower_order_final_below: ClassVar[float] = LOWER_ORDER_FINAL_BELOW
 
     def __post_init__(self):
         super().__post_init__()
         _check_order(self.name, self.order, self.orders)
+        ratio = self.max_step_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
+            raise ValueError(f"{self.name}: max_step_ratio must be a number > 0 (inf: no limit); got {ratio!r}")
+
+    def initial_state(self, denoiser, times):
+        return {"orders": step_orders(denoiser.sde.log_snr(times), self.order, self.lower_order_final,
+                                      self.lower_order_final_below, self.max_step_ratio)}
 
 
 @register("dpmpp")
@@ -97,7 +122,7 @@ class DPMSolverPP(_Multistep):
         i = state.get("i", 0)
         ts.append(t)
         ds.append(denoiser(x, t).x0)
-        x = dpmpp_update(x, denoiser.sde, ts, ds, s, _order_at(i, self.steps, self.order, self.lower_order_final))
+        x = dpmpp_update(x, denoiser.sde, ts, ds, s, state["orders"][i])
         del ts[:-2], ds[:-2]
         state["i"] = i + 1
         return x
@@ -129,6 +154,7 @@ def solve(R, b):
 @dataclass
 class UniPC(_Multistep):
     orders: ClassVar[tuple[int, ...]] = (1, 2, 3, 4)
+    lower_order_final_below: ClassVar[float] = math.inf
 
     def step(self, denoiser, x, t, s, noise, last, state):
         sde = denoiser.sde
@@ -137,7 +163,7 @@ class UniPC(_Multistep):
         ts, ds, i = state["ts"], state["ds"], state["i"]
         if state["pending"] is not None:  # correct the last step now that the output at its end is known
             x = self._correct(sde, *state["pending"], ts, ds)
-        k = _order_at(i, self.steps, self.order, self.lower_order_final, below=math.inf)
+        k = state["orders"][i]
         x_prev = x
         x = self._predict(sde, x, ts, ds, s, k)
         if not last:  # this evaluation is the next step's model output
@@ -208,7 +234,7 @@ class SDEDPMSolverPP(_Multistep):
         h = lam_s - lam_t
         one_minus = -torch.expm1(-2 * h)  # 1 - e^{-2h}
         d = d0
-        if prev is not None and _order_at(i, self.steps, self.order, self.lower_order_final) == 2:
+        if prev is not None and state["orders"][i] == 2:
             r0 = (lam_t - prev[0]) / h
             d = d0 + 0.5 * (d0 - prev[1]) / r0
         x = (sde.sigma(s) / sde.sigma(t)) * torch.exp(-h) * x + sde.alpha(s) * one_minus * d

@@ -152,3 +152,35 @@ def test_times_must_span_the_sdes_interval():
         sample(build_sampler("dpmpp", steps=2, times=[1.0, 0.5, 0.1]), den, range(4))
     with pytest.raises(ValueError, match="deterministic"):
         optimize_grid(build_sampler("sde_dpmpp", steps=4), den, pilot=4, iters=1)
+
+
+@pytest.fixture(scope="module")
+def eight_gaussians_reference():
+    den = eight_gaussians().denoiser(SDES["vp"])
+    seeds = range(1024)
+    return den, seeds, sample(build_sampler("ode", rtol=1e-10, atol=1e-10), den, seeds, dtype=torch.float64)[0]
+
+
+@pytest.mark.parametrize("steps", [15, 20])
+def test_dpmpp_3m_on_the_uniform_grid_is_no_worse_than_ddim(eight_gaussians_reference, steps):
+    """The trap the order rule removes: on the t-uniform grid the last step is ~7x longer in log-SNR than the one
+    before, and third-order extrapolation over it ended at RMSE 2.1 (15 steps) and 1.1 (20), DDIM's 0.13 and 0.11."""
+    den, seeds, ref = eight_gaussians_reference
+    ddim = rmse(sample(build_sampler("ddim", steps=steps, grid="uniform"), den, seeds, dtype=torch.float64)[0], ref)
+    runs = {ratio: rmse(sample(build_sampler("dpmpp", order=3, steps=steps, grid="uniform", max_step_ratio=ratio),
+                               den, seeds, dtype=torch.float64)[0], ref) for ratio in (math.inf, 2.0)}
+    assert runs[math.inf] > 5 * ddim  # without the rule: the trap (the test can fail)
+    assert runs[2.0] <= ddim and build_sampler("dpmpp").max_step_ratio == 2.0
+
+
+def test_step_orders_follow_the_step_ratio():
+    from lightning_sde.samplers.multistep import step_orders
+
+    lam = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 12.0])  # uniform, then one step 8x its predecessor
+    assert step_orders(lam, 3, False, 15, math.inf) == [1, 2, 3, 3, 3]
+    assert step_orders(lam, 3, False, 15, 2.0) == [1, 2, 3, 3, 1]  # 8 > 2 x 2, order 3's span (order 2's: 1)
+    assert step_orders(lam, 3, False, 15, 4.0) == [1, 2, 3, 3, 3]  # 8 <= 4 x 2
+    assert step_orders(lam, 2, False, 15, 4.0) == [1, 2, 2, 2, 1]  # 8 > 4 x 1, order 2's span
+    assert step_orders(lam, 3, True, 15, math.inf) == [1, 2, 3, 2, 1]  # lower_order_final under 15 steps
+    with pytest.raises(ValueError, match="max_step_ratio must be a number > 0"):
+        build_sampler("unipc", max_step_ratio=0)

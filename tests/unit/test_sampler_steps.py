@@ -186,8 +186,8 @@ def test_sde_dpmpp_steps_against_their_closed_form(sde_name):
     sde, den, x, z = setting(sde_name)
     U = torch.tensor(0.3, dtype=torch.float64)
     lam = lambda u: float(sde.log_snr(u))  # noqa: E731
-    sampler = build_sampler("sde_dpmpp", steps=2, lower_order_final=False)
-    state, noise = {}, RecordingNoise(z)
+    sampler = build_sampler("sde_dpmpp", steps=2, lower_order_final=False, max_step_ratio=math.inf)
+    state, noise = sampler.initial_state(den, torch.stack([T, S, U]).double()), RecordingNoise(z)
     d_t = den(x, T).x0
     h = lam(S) - lam(T)
     one = 1 - math.exp(-2 * h)
