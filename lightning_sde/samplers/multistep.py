@@ -74,7 +74,7 @@ def step_orders(lam: torch.Tensor, order: int, lower_order_final: bool, below: f
     """The order of each step of a grid with log-SNRs `lam` (steps + 1,): `_order_at`'s, or 1 where the step reaches
     further than max_step_ratio times the log-SNR span of the outputs it would extrapolate from. An order-k step
     extrapolates a polynomial through k outputs over [lam_(i-k+1), lam_i] to lam_(i+1): a step much longer than that
-    span (the last step of a t-uniform grid: ~7x its predecessor) amplifies the outputs' differences by powers of the
+    span (the last step of a t-uniform grid: ~4x its predecessor) amplifies the outputs' differences by powers of the
     ratio (DPM-Solver++(3M) on the t-uniform grid at 15-20 steps ended 10-16x worse than DDIM before this rule).
     Lower orders have shorter spans, so the fallback is first order."""
     steps, lam = len(lam) - 1, lam.tolist()
