@@ -120,7 +120,8 @@ class Sampler:
         with torch.no_grad():
             setup_nfe = denoiser.nfe
             resolved = plan(self, denoiser)  # may tune a grid: its evaluations are set-up, counted apart
-            setup_nfe = denoiser.nfe - setup_nfe
+            # tuning may run on a copy for other rows (Denoiser.for_rows): then the plan reports its evaluations
+            setup_nfe = denoiser.nfe - setup_nfe or resolved.setup.get("setup_nfe", 0)
             nfe_before = denoiser.nfe
             _synchronize(x_T)
             start = time.perf_counter()

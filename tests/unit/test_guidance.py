@@ -168,3 +168,5 @@ def test_a_guided_model_tunes_its_grid_on_a_pilot_with_its_class_mix():
     assert len(times) == 5 and report["pilot_nfe"] > 0
     x, info = sample(build_sampler("dpmpp", steps=4, times=times.tolist()), den, seeds=range(3), dtype=F64)
     assert info["nfe"] == 4 and torch.isfinite(x).all()
+    _, info = sample(build_sampler("dpmpp", steps=2, grid="optimized"), den, seeds=range(3), dtype=F64)
+    assert info["nfe"] == 2 and info["setup_nfe"] == info["tuning"]["pilot_nfe"] > 0  # the pilot's copy counted
