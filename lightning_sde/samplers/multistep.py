@@ -278,11 +278,13 @@ class AdaptiveUniPC(Sampler):
 
     def run(self, denoiser, x, plan, noise, on_step):
         sde = denoiser.sde
-        dtype, device = x.dtype, x.device
+        device = x.device
         as_t = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
         lam_end = float(_lam(sde, as_t(sde.eps)))
         lam = float(_lam(sde, as_t(plan.start)))
-        s = torch.tensor(plan.start, dtype=dtype, device=device)
+        # times stay float64 (as the fixed-step solvers' grids): in float32 the order-4 coefficients of short steps
+        # lose their digits and the error estimate never passes
+        s = as_t(plan.start).to(device)
         ts, ds = [s], [denoiser(x, s).x0]
         h, n_accept, n_reject = min(self.h_init, lam_end - lam), 0, 0
         while lam < lam_end - 1e-12:
@@ -290,8 +292,7 @@ class AdaptiveUniPC(Sampler):
                 raise RuntimeError(f"{self.name}: no convergence in {self.max_steps} steps "
                                    f"(rtol={self.rtol}, atol={self.atol})")
             last = lam + h >= lam_end - 1e-12
-            t = (torch.tensor(sde.eps, dtype=dtype, device=device) if last
-                 else sde.t_from_log_snr(as_t(lam + h)).to(device, dtype))
+            t = (as_t(sde.eps) if last else sde.t_from_log_snr(as_t(lam + h))).to(device)
             k = min(self.order, len(ts))
             x_pred = UniPC._predict(sde, x, ts, ds, t, k)
             d_t = denoiser(x_pred, t).x0
@@ -299,7 +300,7 @@ class AdaptiveUniPC(Sampler):
             scale = self.atol + self.rtol * torch.maximum(x_corr.abs(), x.abs())
             err = ((x_corr - x_pred) / scale).pow(2).mean().sqrt()
             if err <= 1:
-                x, lam = x_corr, float(_lam(sde, t.double()))
+                x, lam = x_corr, float(_lam(sde, t))
                 ts, ds = (ts + [t])[-(self.order + 1):], (ds + [d_t])[-(self.order + 1):]
                 n_accept += 1
                 if on_step is not None:

@@ -99,6 +99,16 @@ def test_adaptive_unipc_counts_its_evaluations_and_error_falls_with_tolerance():
     assert errors[1] < rmse(dopri[0], ref) and nfes[1] < dopri[1]["nfe"]  # more accurate for fewer NFE
 
 
+def test_adaptive_unipc_in_float32_takes_the_steps_of_float64():
+    """Its times stay float64 whatever the samples' dtype: float32 times once made it fail to converge."""
+    den = eight_gaussians().denoiser(SDES["vp"])
+    runs = {dtype: sample(build_sampler("unipc_adaptive", rtol=1e-3, atol=1e-3), den, seeds=range(64), dtype=dtype)
+            for dtype in (torch.float32, torch.float64)}
+    (x32, info32), (x64, info64) = runs[torch.float32], runs[torch.float64]
+    assert x32.dtype == torch.float32 and info32["nfe"] == info64["nfe"] < 100
+    torch.testing.assert_close(x32.double(), x64, rtol=0, atol=1e-4)
+
+
 def test_sde_dpmpp_matches_the_data_distribution_and_is_seed_reproducible():
     sde = SDES["vp"]
     mixture = eight_gaussians()
