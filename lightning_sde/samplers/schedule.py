@@ -5,9 +5,11 @@ explicit `times`. `plan(sampler, denoiser)` turns them into a Plan:
 
   start   T, or with gaussian_start=r the time t* at which the data's largest std is r times the noise level: x_T is
           carried there at no NFE by the exact flow of the data's Gaussian fit (models/moments.py)
-  times   the steps' times, start ... eps: explicit `times`, a named grid (grids.py), or grid="optimized": tuned for
-          this denoiser and NFE budget on a pilot set (tuning.py), once per (model weights, sampler settings);
-          None for adaptive samplers, which choose their own steps
+  times   the steps' times, start ... eps: explicit `times`, a named grid (grids.py), grid="select": the named grid
+          (and with gaussian_start, the start: T or t*) whose run ends closest to the ODE's solution on a pilot
+          set, or grid="optimized": step positions tuned for this denoiser and NFE budget on a pilot set (both in
+          tuning.py, computed once per (model weights, sampler settings)); None for adaptive samplers, which
+          choose their own steps
 
 Tuning is set-up, not sampling: its evaluations are reported as `setup_nfe` in the sampler's info and never counted
 in `nfe`.
@@ -21,14 +23,17 @@ import torch
 from torch import Tensor
 
 from lightning_sde.samplers.grids import GRIDS, Plan, start_time, time_grid
-from lightning_sde.samplers.tuning import optimize_grid
+from lightning_sde.samplers.tuning import optimize_grid, select_schedule
 
-SCHEDULE_GRIDS = GRIDS + ("optimized",)
+SCHEDULE_GRIDS = GRIDS + ("select", "optimized")
 TUNED_CACHE_SIZE = 32
 _tuned: OrderedDict[tuple, tuple[Tensor, dict]] = OrderedDict()
 
 
 def plan(sampler, denoiser) -> Plan:
+    if not sampler.adaptive and sampler.times is None and sampler.grid == "select":
+        (start, times), report = tuned(sampler, denoiser, select_schedule)
+        return Plan(start, times, {"setup_nfe": report["pilot_nfe"], "selection": report})
     start = start_time(sampler, denoiser)
     if sampler.adaptive:
         return Plan(start, None)
@@ -41,25 +46,27 @@ def plan(sampler, denoiser) -> Plan:
                              f"eps = {sde.eps}; got {float(times[0])} ... {float(times[-1])}")
         return Plan(start, times)
     if sampler.grid == "optimized":
-        times, report = tuned_times(sampler, denoiser)
+        times, report = tuned(sampler, denoiser, optimize_grid)
         return Plan(start, times, {"setup_nfe": report["pilot_nfe"], "tuning": report})
     return Plan(start, time_grid(denoiser.sde, sampler.steps, sampler.grid, sampler.rho, start=start))
 
 
-def tuned_times(sampler, denoiser) -> tuple[Tensor, dict]:
-    """optimize_grid's times, computed once per (denoiser fingerprint, sampler settings) in this process: the
-    fingerprint covers the weights, so a model that trains on gets a new grid at its next evaluation."""
-    settings = {k: v for k, v in sampler.params().items() if k not in ("grid", "times")}
+def tuned(sampler, denoiser, procedure) -> tuple:
+    """(result, report) of a tuning procedure (optimize_grid, or select_schedule: its start and times), computed
+    once per (denoiser fingerprint, sampler settings) in this process: the fingerprint covers the weights, so a model
+    that trains on gets a new grid at its next evaluation."""
+    settings = {k: v for k, v in sampler.params().items() if k != "times"}
     key = (denoiser.fingerprint(), sampler.name, tuple(sorted((k, repr(v)) for k, v in settings.items())))
     if key in _tuned:
         _tuned.move_to_end(key)
-        times, report = _tuned[key]
-        return times, {**report, "pilot_nfe": 0, "cached": True}
-    times, report = optimize_grid(sampler, denoiser)
-    _tuned[key] = (times, report)
+        result, report = _tuned[key]
+        return result, {**report, "pilot_nfe": 0, "cached": True}
+    *result, report = procedure(sampler, denoiser)
+    result = result[0] if len(result) == 1 else tuple(result)
+    _tuned[key] = (result, report)
     while len(_tuned) > TUNED_CACHE_SIZE:
         _tuned.popitem(last=False)
-    return times, report
+    return result, report
 
 
 def check_schedule(sampler) -> None:

@@ -27,26 +27,63 @@ log = logging.getLogger(__name__)
 PILOT_SEED = 10**9  # pilot seeds start here: disjoint from the seeds users sample with
 
 
-def optimize_grid(sampler, denoiser, pilot: int = 512, iters: int = 200, lr: float = 0.05, inits=GRIDS,
-                  reference_tol: float = 1e-6, method: str = "adam") -> tuple[torch.Tensor, dict]:
-    """(times (steps + 1,) from the sampler's start time to eps, report) for this fixed-step sampler and denoiser.
-    `iters`: Adam steps, or Powell's budget of pilot runs. Starts from the best of the named grids `inits` on the
-    pilot and returns the best iterate, so it never does worse there."""
+def _pilot(sampler, denoiser, pilot: int, reference_tol: float):
+    """(the denoiser for `pilot` rows, their noise, x_T, the dopri5 solution at reference_tol, its NFE start)."""
     if sampler.stochastic or sampler.adaptive:
-        raise ValueError(f"{sampler.name}: grid='optimized' tunes deterministic fixed-step samplers against the ODE's "
-                         "solution")
-    if method not in ("adam", "powell"):
-        raise ValueError(f"optimize_grid: method must be 'adam' or 'powell'; got {method!r}")
+        raise ValueError(f"{sampler.name}: grid='optimized' or 'select' tunes deterministic fixed-step samplers "
+                         "against the ODE's solution")
     sde = denoiser.sde
     denoiser = denoiser.for_rows(pilot)
     nfe0 = denoiser.nfe
     dtype = next((p.dtype for p in denoiser.parameters()), torch.float64)
     noise = SeededNoise(range(PILOT_SEED, PILOT_SEED + pilot), denoiser.shape, dtype=dtype)
     x_T = sde.prior_sample(noise.prior())
-    t_start = start_time(sampler, denoiser)
     with torch.no_grad():
         flow = ProbabilityFlow.for_method("dopri5", denoiser)
         ref = solve_between(flow, x_T, sde.T, sde.eps, "dopri5", reference_tol, reference_tol)[-1]
+    return denoiser, noise, x_T, ref, nfe0
+
+
+def select_schedule(sampler, denoiser, pilot: int = 512, reference_tol: float = 1e-6, grids=GRIDS):
+    """(start, times, report): the named grid, and with gaussian_start the start (T or the Gaussian start's time),
+    whose run ends closest to the ODE's solution on the pilot: 2 x len(grids) runs of the sampler after the
+    reference, a small fraction of optimize_grid's cost. Without data moments (denoiser.data_moments) it starts
+    from T only."""
+    sde = denoiser.sde
+    denoiser, noise, x_T, ref, nfe0 = _pilot(sampler, denoiser, pilot, reference_tol)
+    # the Gaussian start is a candidate when the model has data moments to start from (else T alone)
+    gaussian = sampler.gaussian_start is not None and denoiser.data_moments is not None
+    starts = [float(sde.T)] + ([start_time(sampler, denoiser)] if gaussian else [])
+    scores, candidates = {}, {}
+    with torch.no_grad():
+        for start in starts:
+            x_start = carry(sampler, denoiser, x_T, start)
+            for grid in grids:
+                times = time_grid(sde, sampler.steps, grid, sampler.rho, start=start)
+                x, _ = sampler.run(denoiser, x_start, Plan(start, times), noise, None)
+                key = (grid, start < sde.T)
+                scores[key], candidates[key] = float((x - ref).pow(2).mean().sqrt()), (start, times)
+    best = min(scores, key=scores.get)
+    report = {"pilot": pilot, "pilot_nfe": denoiser.nfe - nfe0, "grid": best[0], "gaussian_start": best[1],
+              "pilot_rmse": scores[best], "pilot_rmse_by_choice": {f"{g}{' gs' if gs else ''}": v
+                                                                   for (g, gs), v in scores.items()}}
+    log.info("selected %s grid%s for %s, %d steps: pilot RMSE %.3g (%d pilot NFE)", best[0],  # pragma: no mutate
+             " from the Gaussian start" if best[1] else "", sampler.name, sampler.steps,  # pragma: no mutate
+             scores[best], report["pilot_nfe"])  # pragma: no mutate
+    return (*candidates[best], report)
+
+
+def optimize_grid(sampler, denoiser, pilot: int = 512, iters: int = 200, lr: float = 0.05, inits=GRIDS,
+                  reference_tol: float = 1e-6, method: str = "adam") -> tuple[torch.Tensor, dict]:
+    """(times (steps + 1,) from the sampler's start time to eps, report) for this fixed-step sampler and denoiser.
+    `iters`: Adam steps, or Powell's budget of pilot runs. Starts from the best of the named grids `inits` on the
+    pilot and returns the best iterate, so it never does worse there."""
+    if method not in ("adam", "powell"):
+        raise ValueError(f"optimize_grid: method must be 'adam' or 'powell'; got {method!r}")
+    sde = denoiser.sde
+    denoiser, noise, x_T, ref, nfe0 = _pilot(sampler, denoiser, pilot, reference_tol)
+    t_start = start_time(sampler, denoiser)
+    with torch.no_grad():
         x_start = carry(sampler, denoiser, x_T, t_start)
     as64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     lam_start, lam_eps = sde.log_snr(as64(t_start)), sde.log_snr(as64(sde.eps))

@@ -12,6 +12,7 @@ from lightning_sde.exact import eight_gaussians
 from lightning_sde.generation import generate
 from lightning_sde.samplers import SAMPLERS, build_sampler, sample, time_grid
 from lightning_sde.samplers import schedule as schedule_module
+from lightning_sde.samplers.grids import GRIDS
 
 MIX = eight_gaussians()
 FIXED_STEPS = {name for name, cls in SAMPLERS.items() if not build_sampler(name).adaptive}
@@ -191,12 +192,45 @@ def test_the_tuned_grid_cache_holds_one_grid_per_weights_and_settings_and_stays_
     schedule._tuned.clear()
     den = MIX.denoiser(SDES["vp"])
     a, b = build_sampler("ddim", steps=4, grid="optimized"), build_sampler("ddim", steps=5, grid="optimized")
-    times, report = schedule.tuned_times(a, den)
+    times, report = schedule.tuned(a, den, schedule.optimize_grid)
     assert report == {"pilot_nfe": 7} and len(times) == 5
-    assert schedule.tuned_times(a, den)[1] == {"pilot_nfe": 0, "cached": True}
-    schedule.tuned_times(b, den)
-    schedule.tuned_times(build_sampler("ddim", steps=6, grid="optimized"), den)  # evicts the oldest (a)
-    schedule.tuned_times(a, den)
+    assert schedule.tuned(a, den, schedule.optimize_grid)[1] == {"pilot_nfe": 0, "cached": True}
+    schedule.tuned(b, den, schedule.optimize_grid)
+    sampler6 = build_sampler("ddim", steps=6, grid="optimized")
+    schedule.tuned(sampler6, den, schedule.optimize_grid)  # evicts the oldest (a)
+    schedule.tuned(a, den, schedule.optimize_grid)
     assert calls == [("ddim", 4), ("ddim", 5), ("ddim", 6), ("ddim", 4)] and len(schedule._tuned) == 2
     info = sample(a, den, range(3))[1]
     assert info["nfe"] == 4 and "setup_nfe" not in info and info["tuning"]["cached"]
+
+
+def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
+    from lightning_sde.samplers.tuning import select_schedule
+
+    sde = SDES["vp"]
+    den = MIX.denoiser(sde)
+    sampler = build_sampler("unipc", steps=6, order=3, grid="select", gaussian_start=0.15)
+    start, times, report = select_schedule(sampler, den, pilot=64)
+    choices = report["pilot_rmse_by_choice"]
+    assert len(choices) == 2 * len(GRIDS) and report["pilot_rmse"] == min(choices.values())
+    assert len(set(choices.values())) == len(choices)  # every candidate was really run
+    assert (start < sde.T) == report["gaussian_start"]
+    named = time_grid(sde, 6, report["grid"], start=start)
+    torch.testing.assert_close(times, named)
+    # from T only, without gaussian_start
+    assert len(select_schedule(build_sampler("ddim", steps=4, grid="select"), den, pilot=8)[2][
+        "pilot_rmse_by_choice"]) == len(GRIDS)
+    # without data moments the Gaussian start is no candidate
+    bare = type(den)(den.net, sde, den.parameterization, den.shape)
+    assert all(not key.endswith(" gs") for key in select_schedule(sampler, bare, pilot=8)[2]["pilot_rmse_by_choice"])
+    # the sampler runs that choice, reports its set-up NFE apart, and matches explicit times
+    x, info = sample(sampler, den, range(8), dtype=torch.float64)
+    chosen = info["selection"]
+    assert info["nfe"] == 6 and (info.get("setup_nfe", 0) > 0) != bool(chosen.get("cached"))
+    gs = 0.15 if chosen["gaussian_start"] else None
+    t0 = info.get("start_time", sde.T)
+    explicit = build_sampler("unipc", steps=6, order=3, times=time_grid(sde, 6, chosen["grid"], start=t0).tolist(),
+                             gaussian_start=gs)
+    torch.testing.assert_close(x, sample(explicit, den, range(8), dtype=torch.float64)[0])
+    with pytest.raises(ValueError, match="tunes deterministic fixed-step samplers"):
+        select_schedule(build_sampler("euler_maruyama", steps=4), den, pilot=4)
