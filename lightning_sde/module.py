@@ -14,6 +14,11 @@ step and the last finite loss, and no checkpoint is ever written with non-finite
 function of (seed, global step, rank): the random times and noise of the loss, dropout and the datamodule's
 augmentation are drawn after seeding the generators from them at every step, so a resumed run continues exactly as
 an uninterrupted one would.
+
+Speed options (model config, all off by default): `compile` compiles the network in place with torch.compile for
+training and sampling (the state dict keeps its keys); `channels_last` keeps an image network's weights and inputs
+NHWC; `autocast: bf16` runs the network under bf16 autocast when sampling (for training, trainer.precision=bf16-mixed).
+benchmarks/speed_options.py measures them; tests/unit/test_speed_options.py checks each against fp32 eager.
 """
 
 from __future__ import annotations
@@ -77,6 +82,9 @@ class ScoreModule(L.LightningModule):
         loss: dict | None = None,
         optim: dict | None = None,
         p_uncond: float = 0.1,
+        compile: bool = False,
+        channels_last: bool = False,
+        autocast: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # lsde-train logs the whole config once
@@ -89,9 +97,20 @@ class ScoreModule(L.LightningModule):
             self.loss_fn = DSMLoss(self.sde, **(loss or {}))
         except (TypeError, ValueError) as err:
             raise ValueError(f"config loss: {err}") from None
+        for key, value in (("compile", compile), ("channels_last", channels_last)):
+            if not isinstance(value, bool):
+                raise ValueError(f"config model.{key}: must be true or false; got {value!r}")
         network = build(net, "model.net")
-        self.denoiser = Denoiser(network, self.sde, parameterization, tuple(shape), sigma_data=sigma_data,
-                                 num_classes=getattr(network, "num_classes", None))
+        try:
+            self.denoiser = Denoiser(network, self.sde, parameterization, tuple(shape), sigma_data=sigma_data,
+                                     num_classes=getattr(network, "num_classes", None), channels_last=channels_last,
+                                     autocast=autocast)
+        except ValueError as err:
+            raise ValueError(f"config model: {err}") from None
+        if channels_last:
+            network.to(memory_format=torch.channels_last)
+        if compile:  # in place: the state dict keeps its keys, so checkpoints load with or without it
+            network.compile()
         self._watch_state: dict | None = None
 
     # --- training --------------------------------------------------------------------------------------------
@@ -107,8 +126,12 @@ class ScoreModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         # This step's randomness is seeded from (seed, step, rank) first: the datamodule's augmentation (on the
         # device), the label dropout, the loss's random times and noise, dropout. A resumed run continues exactly.
-        torch.manual_seed(step_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.trainer.global_step,
-                                    self.trainer.global_rank))
+        seed = step_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.trainer.global_step, self.trainer.global_rank)
+        # Only the generators this run draws from: torch.manual_seed would also queue a lazy CUDA seeding (with a
+        # formatted stack trace) at every step of a CPU run on a CUDA build.
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
         augment = getattr(self.trainer.datamodule, "augment", None)
         if augment is not None:
             batch = augment(batch)
@@ -121,10 +144,18 @@ class ScoreModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_before_optimizer_step(self, optimizer):
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and self.trainer.precision not in ("16-mixed", "16"):  # fp16's GradScaler skips such steps itself
-            self._watch(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))), "the gradient norm")
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by norm as Lightning would, and watch that same norm: one pass over the gradients, not two."""
+        if gradient_clip_algorithm not in (None, "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if gradient_clip_val:
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+        if self.trainer.precision not in ("16-mixed", "16"):  # fp16's GradScaler skips such steps itself
+            self._watch(norm, "the gradient norm")
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:

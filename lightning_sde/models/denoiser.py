@@ -21,6 +21,7 @@ from lightning_sde.models.moments import DataMoments
 from lightning_sde.sde import SDE, broadcast_time
 
 PARAMETERIZATIONS = ("eps", "score", "x0", "v")
+AUTOCAST = {None: None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -74,12 +75,21 @@ class Denoiser(nn.Module):
     `sigma_data`, if given, scales the network input by c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2) (EDM) so that
     it has about unit variance at every t (essential on VE, where x_T has std sigma_max).
     `data_moments` (a DataMoments, or None) is the data's mean and covariance, for samplers' gaussian_start.
+    `channels_last` feeds an image network NHWC inputs (its weights should be channels_last too: ScoreModule does
+    both); `autocast="bf16"` runs the network under bf16 autocast and returns its output in the input's dtype, so that
+    samplers keep their arithmetic in fp32/fp64 (training uses Lightning's trainer.precision=bf16-mixed instead).
     """
 
     def __init__(self, net: nn.Module | Callable, sde: SDE, parameterization: str, shape: tuple[int, ...],
                  sigma_data: float | None = None, data_moments: DataMoments | None = None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, channels_last: bool = False, autocast: str | None = None):
         super().__init__()
+        if not isinstance(channels_last, bool):
+            raise ValueError(f"channels_last must be true or false; got {channels_last!r}")
+        if channels_last and len(shape) != 3:
+            raise ValueError(f"channels_last is for image networks (samples of shape (C, H, W)); got shape {shape}")
+        if autocast not in AUTOCAST:
+            raise ValueError(f"autocast must be one of {tuple(AUTOCAST)}; got {autocast!r}")
         if sigma_data is not None and not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0 (or None for no input scaling); got {sigma_data}")
         if parameterization not in PARAMETERIZATIONS:
@@ -97,6 +107,8 @@ class Denoiser(nn.Module):
         self.nfe = 0
         self.data_moments = data_moments
         self.num_classes = num_classes  # a conditional net(x, t, y): y in 0..num_classes-1, num_classes = no label
+        self.channels_last = channels_last
+        self.autocast = autocast
 
     def coefficients(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor | float]:
         """(t per sample, alpha, sigma, the input scale c_in), broadcast to x."""
@@ -112,7 +124,15 @@ class Denoiser(nn.Module):
         """One NFE. `labels` (B,) condition a class-conditional network (num_classes = the unconditional row)."""
         t, alpha, sigma, c_in = self.coefficients(x, t)
         self.nfe += 1
-        out = self.net(c_in * x, t) if labels is None else self.net(c_in * x, t, labels)
+        x_in = c_in * x
+        if self.channels_last:
+            x_in = x_in.contiguous(memory_format=torch.channels_last)
+        if self.autocast is None:
+            out = self.net(x_in, t) if labels is None else self.net(x_in, t, labels)
+        else:
+            with torch.autocast(x.device.type, dtype=AUTOCAST[self.autocast]):
+                out = self.net(x_in, t) if labels is None else self.net(x_in, t, labels)
+            out = out.to(x.dtype)
         return Prediction(x, alpha, sigma, output_to_eps(self.parameterization, out, x, alpha, sigma))
 
     def fingerprint_extra(self) -> tuple:
@@ -129,7 +149,7 @@ class Denoiser(nn.Module):
         `fingerprint_tensors()`). It keys caches of things tuned for one model, such as optimised time grids."""
         digest = hashlib.blake2b(digest_size=16)
         digest.update(repr((self.sde, self.parameterization, self.sigma_data, self.shape, self.num_classes,
-                            self.fingerprint_extra())).encode())
+                            self.autocast, self.fingerprint_extra())).encode())
         tensors = list(self.net.state_dict().values()) if isinstance(self.net, nn.Module) else []
         tensors += list(getattr(self.net, "fingerprint_tensors", lambda: ())())
         for tensor in tensors:
