@@ -18,7 +18,10 @@ used to choose one). `describe(seed)` names a problem's draw for the tables.
 
 from __future__ import annotations
 
+import csv
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,6 +79,28 @@ def describe(info: dict) -> str:
     low = f", rank {info['rank']}" if info["rank"] < info["dim"] else ""
     return (f"#{info['seed']}: {info['dim']}-D, {info['components']} comp., {info['covariance']}{low}, "
             f"sep {info['separation']:.1f}, min w {info['min_weight']:.3f}")
+
+
+def run_family(seeds, path: Path, fields: list[str], run_problem) -> None:
+    """Rows of run_problem(seed) for every seed not yet in the CSV at `path`, one problem at a time: the file is
+    rewritten whole and renamed into place after each, so a killed run loses one problem at most and a rerun
+    continues where it stopped."""
+    rows = []
+    if path.exists():
+        with open(path) as fh:
+            rows = list(csv.DictReader(fh))
+    seen = {int(r["seed"]) for r in rows}
+    for seed in seeds:
+        if seed in seen:
+            continue
+        print(describe(draw(seed)[1]), flush=True)
+        rows += run_problem(seed)
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
 
 
 if __name__ == "__main__":

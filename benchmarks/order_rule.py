@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from family import HELD_OUT, TUNING, describe, draw, oracle  # noqa: E402
+from family import HELD_OUT, TUNING, oracle, run_family  # noqa: E402
 
 from lightning_sde.samplers import build_sampler  # noqa: E402
 from lightning_sde.samplers.grids import GRIDS, time_grid  # noqa: E402
@@ -69,22 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = OUT.with_name("order_rule_heldout") if args.held_out else OUT
-    path = out.with_suffix(".csv")
-    seen = set()
-    if path.exists():
-        with open(path) as fh:
-            seen = {int(r["seed"]) for r in csv.DictReader(fh)}
-    for seed in HELD_OUT if args.held_out else TUNING:
-        if seed in seen:
-            continue
-        print(describe(draw(seed)[1]), flush=True)
-        rows = run_problem(seed)
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:  # one problem at a time: a killed run loses one problem at most
-            writer = csv.DictWriter(fh, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+    run_family(HELD_OUT if args.held_out else TUNING, out.with_suffix(".csv"), FIELDS, run_problem)
     summarize(out)
 
 

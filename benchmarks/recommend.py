@@ -1,0 +1,356 @@
+"""The recommended fast configuration per NFE budget: chosen on the tuning family, scored on the held-out family.
+
+For every problem of family.py, at NFE 10 and 20, in one run on the same x_T and the same converged reference
+(the endpoint protocol: VP beta 0.1..20, eps 1e-3, float64, dopri5 at rtol = atol = 1e-10; endpoint RMSE per
+coordinate, and mode flips: the share of samples whose most likely component differs from the reference's):
+  ours     DPM-Solver++ 2M/3M and UniPC-2/3 x grids (uniform, quadratic, logsnr, karras) x Gaussian start (none,
+           0.15), and UniPC-3 on grid="optimized" (the per-model tuning procedure, with and without the Gaussian
+           start; its pilot NFE are reported as set-up)
+  public   diffusers' DPM-Solver++ 2M/3M, UniPC-2/3 and DEIS-2/3 on their spacings (trailing, Karras, exponential),
+           k-diffusion's DPM++(2M), LMS, Heun and DPM-2 on Karras and exponential sigmas, torchdiffeq's midpoint and
+           RK4 on the uniform and log-SNR grids; each public sampler is called at the exact continuous time of the
+           sigma it asks for (its best case), and only runs within the NFE budget count
+  adaptive dopri5 at rtol = atol = 1e-5 and our adaptive UniPC (with and without the Gaussian start) at 1e-3, 3e-4
+           and 1e-4: the error and NFE of each
+The score of a configuration on a problem is its RMSE over the best public solver's on that problem.
+
+    .venv/bin/python benchmarks/recommend.py --family tuning --starts 256     # choose (~1 h on 2 cores)
+    .venv/bin/python benchmarks/recommend.py --family held-out --starts 4096  # score the frozen choice
+    .venv/bin/python benchmarks/recommend.py --family held-out --replot       # tables and plot only
+
+Needs the `peers` extra (diffusers, k-diffusion). Rows are appended per problem to results/recommend_<family>.csv
+(a rerun skips the problems already there); the held-out run scores only FROZEN and the public solvers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import math
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from endpoint_protocol import vp_sde  # noqa: E402
+from family import HELD_OUT, TUNING, draw, run_family  # noqa: E402
+
+from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
+
+OUT = ROOT / "benchmarks/results"
+NFES = (10, 20)
+GAUSSIAN_STARTS = (0.15, 0.3)
+TUNED_GAUSSIAN_START = 0.15
+SOLVERS = {"dpm++2m": ("dpmpp", 2), "dpm++3m": ("dpmpp", 3), "unipc-2": ("unipc", 2), "unipc-3": ("unipc", 3)}
+GRIDS = ("uniform", "quadratic", "logsnr", "karras")
+ADAPTIVE_TOLS = (1e-3, 3e-4, 1e-4)
+# Frozen after the tuning run (results/recommend_tuning.md), before any held-out run: per NFE budget, UniPC-3 with
+# the grid and start selected per model on a pilot (grid="select": the 4 named grids x from T or from the Gaussian
+# start 0.15); choosing per problem among these 8 would have given median 0.44x / worst 0.84x (NFE 10) and 0.28x /
+# 0.97x (NFE 20) on the tuning family, where the best single configuration (UniPC-3, log-SNR grid, Gaussian start)
+# has median 0.50x / 0.40x but worst 2.0x / 2.1x. That single configuration is scored held-out too, for comparison.
+FROZEN = {"unipc-3 select gs0.15": dict(name="unipc", order=3, grid="select", gaussian_start=0.15),
+          "unipc-3 logsnr gs0.15": dict(name="unipc", order=3, grid="logsnr", gaussian_start=0.15)}
+RECOMMENDED = "unipc-3 select gs0.15"
+FROZEN_ADAPTIVE_TOL = 1e-4  # the adaptive UniPC's tolerance: median 0.44x dopri5 1e-5's NFE on the tuning family
+FIELDS = ["seed", "config", "kind", "budget", "nfe", "setup_nfe", "rmse", "flips", "seconds", "starts", "ratio_lo",
+          "ratio_hi"]
+BOOTSTRAP = 1000  # resamples of the starts for the 95 % interval of ours / best public (paired: same starts)
+
+
+# --- ours --------------------------------------------------------------------------------------------------------
+def ours(nfe: int, tuned: bool = False) -> dict:
+    """Our configurations at this NFE; `tuned` adds grid="optimized" (minutes a problem at 256-D on 2 cores)."""
+    configs = {}
+    for label, (name, order) in SOLVERS.items():
+        for grid in GRIDS:
+            for gs in (None, *GAUSSIAN_STARTS):
+                tag = f"{label} {grid}" + (f" gs{gs:g}" if gs else "")
+                configs[tag] = dict(name=name, order=order, steps=nfe, grid=grid, gaussian_start=gs)
+    if tuned:
+        for gs in (None, TUNED_GAUSSIAN_START):
+            configs["unipc-3 optimized" + (f" gs{gs:g}" if gs else "")] = dict(
+                name="unipc", order=3, steps=nfe, grid="optimized", gaussian_start=gs)
+    return configs
+
+
+def run_ours(params, den, x_T):
+    params = dict(params)
+    x, info = build_sampler(params.pop("name"), **params)(den, x_T)
+    return x, info["nfe"], info.get("setup_nfe", 0)
+
+
+# --- public ------------------------------------------------------------------------------------------------------
+class Counted:
+    """The exact denoiser seen from a public sampler: VE sigma (sigma / alpha) in, counted calls."""
+
+    def __init__(self, den):
+        self.den, self.sde, self.calls = den, den.sde, 0
+
+    def t_of(self, sigma_ve: float) -> torch.Tensor:
+        return self.sde.t_from_log_snr(-torch.log(torch.as_tensor(float(sigma_ve), dtype=torch.float64)))
+
+    def pred(self, x_vp, t):
+        self.calls += 1
+        return self.den(x_vp, t)
+
+
+def diffusers_schedulers():
+    from diffusers import DEISMultistepScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    common = {"num_train_timesteps": 1000, "prediction_type": "epsilon", "timestep_spacing": "trailing"}
+    spacings = {"trailing": {}, "karras": {"use_karras_sigmas": True}, "exponential": {"use_exponential_sigmas": True}}
+    kinds = {"DPM++2M": (DPMSolverMultistepScheduler, {"solver_order": 2, "algorithm_type": "dpmsolver++",
+                                                        "final_sigmas_type": "sigma_min"}),
+             "DPM++3M": (DPMSolverMultistepScheduler, {"solver_order": 3, "algorithm_type": "dpmsolver++",
+                                                        "final_sigmas_type": "sigma_min"}),
+             "UniPC-2": (UniPCMultistepScheduler, {"solver_order": 2, "final_sigmas_type": "sigma_min"}),
+             "UniPC-3": (UniPCMultistepScheduler, {"solver_order": 3, "final_sigmas_type": "sigma_min"}),
+             "DEIS-2": (DEISMultistepScheduler, {"solver_order": 2}),
+             "DEIS-3": (DEISMultistepScheduler, {"solver_order": 3})}
+    return {f"diffusers {k} {s}": (cls, {**common, **kw, **spacing}) for k, (cls, kw) in kinds.items()
+            for s, spacing in spacings.items()}
+
+
+def run_diffusers(spec, den, x_T, nfe):
+    cls, kwargs = spec
+    sde = den.sde
+    t_k = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    ac = sde.alpha(t_k) ** 2
+    betas = (1 - ac / torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])).numpy()
+    sched = cls(trained_betas=betas, **kwargs)
+    sched.set_timesteps(nfe)
+    model = Counted(den)
+    sigmas = sched.sigmas.double()
+    if abs(float(model.t_of(sigmas[-1])) - sde.eps) > 1e-4:  # this scheduler does not end at t = eps
+        return None
+    x = x_T.clone()
+    for i, k in enumerate(sched.timesteps):
+        eps = model.pred(x, model.t_of(sigmas[i])).eps
+        x = sched.step(eps, k, x).prev_sample.double()
+    return x, model.calls
+
+
+def k_diffusion_sampling():
+    """k_diffusion.sampling without the package's __init__ (which imports its training stack)."""
+    if "k_diffusion.sampling" not in sys.modules:
+        root = Path(importlib.util.find_spec("k_diffusion").origin).parent
+        package = types.ModuleType("k_diffusion")
+        package.__path__ = [str(root)]
+        sys.modules["k_diffusion"] = package
+    import k_diffusion.sampling
+
+    return k_diffusion.sampling
+
+
+K_SAMPLERS = {"DPM++2M": ("sample_dpmpp_2m", 1), "LMS": ("sample_lms", 1), "Heun": ("sample_heun", 2),
+              "DPM-2": ("sample_dpm_2", 2)}
+
+
+def run_k_diffusion(spec, den, x_T, nfe):
+    kd = k_diffusion_sampling()
+    (fn, per_step), schedule = spec
+    sde = den.sde
+    as64 = lambda t: torch.tensor(t, dtype=torch.float64)  # noqa: E731
+    ve = lambda t: float(sde.sigma(as64(t)) / sde.alpha(as64(t)))  # noqa: E731
+    steps = nfe // per_step
+    make = kd.get_sigmas_karras if schedule == "karras" else kd.get_sigmas_exponential
+    sigmas = make(steps + 1, ve(sde.eps), ve(sde.T)).double()[:-1]  # drop k-diffusion's appended 0: end at eps
+    model = Counted(den)
+
+    def denoise(x_ve, sigma):
+        t = model.t_of(sigma[0])
+        return model.pred(x_ve * sde.alpha(t), t).x0
+
+    x = getattr(kd, fn)(denoise, x_T / sde.alpha(torch.tensor(sde.T, dtype=torch.float64)), sigmas, disable=True)
+    return x * sde.alpha(torch.tensor(sde.eps, dtype=torch.float64)), model.calls
+
+
+def public(nfe):
+    runs = {name: (run_diffusers, spec) for name, spec in diffusers_schedulers().items()}
+    runs.update({f"k-diffusion {k} {s}": (run_k_diffusion, (v, s)) for k, v in K_SAMPLERS.items()
+                 for s in ("karras", "exponential")})
+    for method in ("midpoint", "rk4"):
+        for grid in ("uniform", "logsnr"):
+            runs[f"torchdiffeq {method} {grid}"] = (
+                lambda _, den, x_T, nfe, m=method, g=grid: run_ours(
+                    {"name": "ode", **build_sampler("ode", method=m, grid=g).at_nfe(nfe).params()}, den, x_T)[:2],
+                None)
+    return runs
+
+
+# --- one problem -------------------------------------------------------------------------------------------------
+def run_problem(seed, starts, configs_of):
+    mixture = draw(seed)[0]
+    sde = vp_sde()
+    den = mixture.denoiser(sde)
+    x_T = sde.prior_sample(SeededNoise(range(starts), den.shape, dtype=torch.float64).prior())
+    ref, ref_info = build_sampler("ode", method="dopri5", rtol=1e-10, atol=1e-10)(den, x_T)
+    end = (sde.alpha(torch.tensor(sde.eps)), sde.sigma(torch.tensor(sde.eps)))
+    mode = lambda x: mixture._components(x, *end)[0].argmax(-1)  # noqa: E731
+    ref_mode = mode(ref)
+    rows, per_start = [], {}
+
+    def add(config, kind, budget, fn):
+        start = time.perf_counter()
+        out = fn()
+        if out is None:
+            return
+        x, nfe, setup = (*out, 0) if len(out) == 2 else out
+        per_start[(config, budget)] = (x - ref).pow(2).mean(1)
+        rows.append({"seed": seed, "config": config, "kind": kind, "budget": budget, "nfe": nfe, "setup_nfe": setup,
+                     "rmse": float((x - ref).pow(2).mean().sqrt()),
+                     "flips": float((mode(x) != ref_mode).double().mean()),
+                     "seconds": round(time.perf_counter() - start, 2), "starts": starts})
+
+    for nfe in NFES:
+        for config, params in configs_of(nfe).items():
+            add(config, "ours", nfe, lambda p=params: run_ours(p, den, x_T))
+        for config, (fn, spec) in public(nfe).items():
+            add(config, "public", nfe, lambda f=fn, s=spec: f(s, den, x_T, nfe))
+    add("dopri5 1e-5", "adaptive", 0, lambda: run_ours({"name": "ode", "method": "dopri5", "rtol": 1e-5,
+                                                       "atol": 1e-5}, den, x_T))
+    tuning = configs_of is ours
+    for tol in ADAPTIVE_TOLS if tuning else (FROZEN_ADAPTIVE_TOL,):
+        for gs in (None, TUNED_GAUSSIAN_START) if tuning else (None,):
+            add(f"unipc-adaptive {tol:g}" + (f" gs{gs:g}" if gs else ""), "adaptive", 0, lambda t=tol, g=gs: run_ours(
+                {"name": "unipc_adaptive", "rtol": t, "atol": t, "gaussian_start": g}, den, x_T))
+    print(f"  reference dopri5 1e-10: {ref_info['nfe']} NFE", flush=True)
+    gen = torch.Generator().manual_seed(seed)
+    for budget in NFES:
+        fair = [r for r in rows if r["kind"] == "public" and r["budget"] == budget and r["nfe"] <= budget
+                and math.isfinite(r["rmse"])]
+        best = per_start[(min(fair, key=lambda r: r["rmse"])["config"], budget)]
+        idx = torch.randint(starts, (BOOTSTRAP, starts), generator=gen)
+        for r in rows:
+            if r["kind"] == "ours" and r["budget"] == budget:
+                boot = (per_start[(r["config"], budget)][idx].mean(1) / best[idx].mean(1)).sqrt()
+                r["ratio_lo"], r["ratio_hi"] = (round(float(q), 4) for q in boot.quantile(
+                    torch.tensor([0.025, 0.975], dtype=boot.dtype)))
+    return rows
+
+
+def frozen_configs(nfe):
+    return {label: {**params, "steps": nfe} for label, params in FROZEN.items()}
+
+
+def held_out_starts(dim: int) -> int:
+    """4096 starts up to 4-D, then fewer as the dimension grows: at least 16384 coordinates per problem (256 starts
+    from 64-D on), which keeps the dopri5 reference at 1e-10 within reach of 2 CPU cores."""
+    return min(4096, max(256, 16384 // dim))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=("tuning", "held-out"), required=True)
+    parser.add_argument("--starts", type=int, default=256, help="starts per problem (tuning family)")
+    parser.add_argument("--replot", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    out = OUT / f"recommend_{args.family.replace('-', '')}"
+    if not args.replot:
+        def problem(seed):
+            if args.family == "tuning":
+                return run_problem(seed, args.starts, ours)
+            return run_problem(seed, held_out_starts(draw(seed)[1]["dim"]), frozen_configs)
+
+        run_family(TUNING if args.family == "tuning" else HELD_OUT, out.with_suffix(".csv"), FIELDS, problem)
+    summarize(out)
+
+
+def ratios(rows):
+    """{(config, budget): {seed: rmse / best public rmse}} and the best public configuration per (seed, budget)."""
+    best, best_name, table = {}, {}, {}
+    for r in rows:
+        if r["kind"] == "public" and int(r["nfe"]) <= int(r["budget"]):
+            key = (r["seed"], r["budget"])
+            if float(r["rmse"]) < best.get(key, math.inf):
+                best[key], best_name[key] = float(r["rmse"]), r["config"]
+    for r in rows:
+        if r["kind"] != "adaptive":
+            ratio = float(r["rmse"]) / best[(r["seed"], r["budget"])]
+            table.setdefault((r["config"], int(r["budget"])), {})[r["seed"]] = ratio
+    return table, best_name
+
+
+def summarize(out: Path) -> None:
+    with open(out.with_suffix(".csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    table, best_name = ratios(rows)
+    seeds = sorted({r["seed"] for r in rows}, key=int)
+    lines = [f"# {out.name}: RMSE / the best public solver's on each problem ({len(seeds)} problems)", ""]
+    for budget in NFES:
+        lines += [f"## NFE {budget}", "", "| configuration | median | worst | problems > 1 | median flips |",
+                  "|---|---:|---:|---:|---:|"]
+        flips = {}
+        for r in rows:
+            if r["kind"] != "adaptive" and int(r["budget"]) == budget:
+                flips.setdefault(r["config"], []).append(float(r["flips"]))
+        entries = [(statistics.median(v.values()), max(v.values()), sum(x > 1 for x in v.values()), c)
+                   for (c, b), v in table.items() if b == budget and len(v) == len(seeds)]
+        for med, worst, over, c in sorted(entries):
+            lines.append(f"| {c} | {med:.3f} | {worst:.3f} | {over} | {statistics.median(flips[c]):.4f} |")
+        winners = {}
+        for (_, b), name in best_name.items():
+            if int(b) == budget:
+                winners[name] = winners.get(name, 0) + 1
+        lines += ["", "Best public solver per problem: " + ", ".join(f"{k} ({v})" for k, v in
+                                                                  sorted(winners.items(), key=lambda kv: -kv[1])), ""]
+    lines += ["## Adaptive: NFE and RMSE over dopri5's at rtol = atol = 1e-5", "",
+              "| configuration | median NFE ratio | worst NFE ratio | median RMSE ratio | worst RMSE ratio |",
+              "|---|---:|---:|---:|---:|"]
+    ada = {}
+    for r in rows:
+        if r["kind"] == "adaptive":
+            ada.setdefault(r["config"], {})[r["seed"]] = (int(r["nfe"]), float(r["rmse"]))
+    base = ada.pop("dopri5 1e-5")
+    for c, v in ada.items():
+        n = [v[s][0] / base[s][0] for s in v]
+        e = [v[s][1] / base[s][1] for s in v]
+        lines.append(f"| {c} | {statistics.median(n):.3f} | {max(n):.3f} | {statistics.median(e):.3f} | "
+                     f"{max(e):.3f} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(out, table)
+
+
+def plot(out: Path, table) -> None:
+    """Ratio to the best public solver against dimension and separation, per NFE: RECOMMENDED and the best single
+    named configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [c for c in (RECOMMENDED, "unipc-3 logsnr gs0.15") if (c, NFES[0]) in table]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, label in ((axes[0], "dim", "dimension"), (axes[1], "separation", "separation (mean gap / std)")):
+        for config, marker in zip(shown, ("o", "x")):
+            for budget, color in zip(NFES, ("tab:blue", "tab:orange")):
+                ratios = table[(config, budget)]
+                xs = [draw(int(s))[1][key] for s in ratios]
+                ax.scatter(xs, list(ratios.values()), marker=marker, color=color, alpha=0.8 if marker == "o" else 0.5,
+                           label=f"{config}, NFE {budget}")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.axhline(0.5, color="k", lw=0.8, ls="--")
+        ax.set(xscale="log", yscale="log", xlabel=label)
+    axes[0].set_ylabel("RMSE / best public solver's")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"{out.name}: per problem (dashed: the 0.5x target; solid: parity)")
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
