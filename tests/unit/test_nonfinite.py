@@ -1,0 +1,39 @@
+"""The non-finite watch of a fit, step by step: the first bad step, what was bad, and the last finite loss before it."""
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_sde.data import Toy2DDataModule
+from lightning_sde.module import NonFiniteError, ScoreModule
+
+MLP = {"_target_": "lightning_sde.models.mlp.MLP", "dim": 2, "width": 16, "depth": 1}
+VP = {"_target_": "lightning_sde.sde.VPSDE"}
+
+
+class PoisonGradients(L.Callback):
+    """Makes the gradients NaN (the loss stays finite) from step `at` on."""
+
+    def __init__(self, at: int):
+        self.at, self.losses = at, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses[trainer.global_step - 1] = float(outputs["loss"])
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step >= self.at:
+            next(pl_module.parameters()).grad.fill_(float("nan"))
+
+
+@pytest.mark.parametrize("log_every", [1, 4])
+def test_a_nan_gradient_norm_names_its_step_and_the_last_finite_loss(tmp_path, log_every):
+    poison = PoisonGradients(at=5)
+    trainer = L.Trainer(max_steps=12, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path, accelerator="cpu",
+                        gradient_clip_val=1.0, log_every_n_steps=log_every, callbacks=[poison])
+    with pytest.raises(NonFiniteError) as err:
+        trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP),
+                    datamodule=Toy2DDataModule(batch_size=32, n_train=512, n_val=32))
+    # step 5's loss was finite (computed before its gradients): the last finite loss is step 5's
+    assert f"at step 5 the gradient norm was nan; the last finite loss was {poison.losses[5]:.6g} at step 5" \
+        in str(err.value)
