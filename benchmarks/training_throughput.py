@@ -34,9 +34,9 @@ from lightning_sde.configuration import CONFIG_PACKAGE  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make(experiment: str):
+def make(experiment: str, overrides=()):
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", "run_name=bench", "logger=none"])
+        cfg = compose("train", overrides=[f"experiment={experiment}", "run_name=bench", "logger=none", *overrides])
     datamodule = instantiate(cfg.data)
     plain = lambda node: OmegaConf.to_container(node, resolve=True)
     module = instantiate(cfg.model, sde=plain(cfg.sde), shape=list(datamodule.shape), loss=plain(cfg.loss),
@@ -50,6 +50,7 @@ def plain_loop(cfg, datamodule, module, steps: int) -> float:
     opt, schedule = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
     ema = AveragedModel(module, multi_avg_fn=None, avg_fn=get_ema_avg_fn(cfg.callbacks.ema.decay), use_buffers=True)
     batches = iter(datamodule.train_dataloader())
+    augment = getattr(datamodule, "augment", None)  # as ScoreModule.training_step: uint8 images to floats
     module.train()
     start = None
     for step in range(steps + 10):
@@ -60,6 +61,7 @@ def plain_loop(cfg, datamodule, module, steps: int) -> float:
         except StopIteration:
             batches = iter(datamodule.train_dataloader())
             x0 = next(batches)
+        x0, _ = module.labels_of(x0 if augment is None else augment(x0))
         loss = module.loss_fn(module.denoiser, x0).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -82,11 +84,11 @@ class StepTimer(L.Callback):
         self.rate = (trainer.global_step - self.skip) / (time.perf_counter() - self.start)
 
 
-def lightning_loop(cfg, datamodule, module, steps: int) -> float:
+def lightning_loop(cfg, datamodule, module, steps: int, precision: str = "32-true", skip: int = 10) -> float:
     torch.manual_seed(0)
-    timer = StepTimer()
+    timer = StepTimer(skip)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=steps + 10, max_epochs=-1,
+        accelerator="cpu", devices=1, max_steps=steps + skip, max_epochs=-1, precision=precision,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, num_sanity_val_steps=0,
