@@ -1,0 +1,132 @@
+"""The stochastic samplers on the problem family: are 50 NFE enough to be indistinguishable from exact samples?
+
+For every problem of family.py (VP beta 0.1..20, eps 1e-3), N = 1000 samples (seeds 0..999, float64) of each sampler
+are compared with 10000 exact samples of the mixture (the data, as lsde-bench's noise floor) by
+  sliced W2        (256 fixed directions, lightning_sde.metrics)
+  mode occupancy   the total variation between the shares of samples whose most likely component is each k
+and both are set against the noise floor: the same scores of 8 independent exact sets of N. A sampler is
+indistinguishable from exact samples on a problem when both scores are within the floor's mean + 2 std.
+Candidates (tuning family, NFE 50): SDE-DPM-Solver++(2M) x grids x Gaussian start (none, 0.15, 0.3), Euler-Maruyama
+and the reverse-diffusion predictor; the one with the most problems indistinguishable (then the lowest median
+sliced W2 over floor) is frozen in FROZEN and scored on the held-out family with Euler-Maruyama at the same NFE.
+
+    .venv/bin/python benchmarks/sde_family.py --family tuning     # choose  (results/sde_family_tuning.*)
+    .venv/bin/python benchmarks/sde_family.py --family held-out   # score   (results/sde_family_heldout.*)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from endpoint_protocol import vp_sde  # noqa: E402
+from family import HELD_OUT, TUNING, draw, run_family  # noqa: E402
+
+from lightning_sde.metrics.sliced import sliced_wasserstein  # noqa: E402
+from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
+
+OUT = ROOT / "benchmarks/results"
+N, REFERENCE, FLOOR_SETS, NFE = 1000, 10000, 8, 50
+GRIDS = ("logsnr", "quadratic", "uniform", "karras")
+
+
+def candidates() -> dict:
+    configs = {f"sde-dpm++2m {g}" + (f" gs{gs:g}" if gs else ""): dict(name="sde_dpmpp", grid=g, gaussian_start=gs)
+               for g in GRIDS for gs in (None, 0.15, 0.3)}
+    configs["euler-maruyama"] = dict(name="euler_maruyama")
+    configs["reverse-diffusion"] = dict(name="reverse_diffusion")
+    return configs
+
+
+# Frozen after the tuning run (results/sde_family_tuning.md: 22 of 24 problems indistinguishable, the most), before
+# the held-out one; Euler-Maruyama at the same NFE for comparison.
+FROZEN = {"sde-dpm++2m karras gs0.3": dict(name="sde_dpmpp", grid="karras", gaussian_start=0.3),
+          "euler-maruyama": dict(name="euler_maruyama")}
+FIELDS = ["seed", "config", "nfe", "sliced_w2", "occupancy_tv", "floor_w2_mean", "floor_w2_std", "floor_tv_mean",
+          "floor_tv_std", "indistinguishable", "seconds"]
+
+
+def run_problem(seed: int, configs: dict) -> list[dict]:
+    mixture = draw(seed)[0]
+    sde = vp_sde()
+    den = mixture.denoiser(sde)
+    component = lambda x: mixture._components(x.double(), torch.tensor(1.0), torch.tensor(0.0))[0].argmax(-1)  # noqa: E731
+    k = len(mixture.log_weights)
+    share = lambda x: torch.bincount(component(x), minlength=k).double() / x.shape[0]  # noqa: E731
+    ref = mixture.sample(REFERENCE, torch.Generator().manual_seed(1))
+    ref_share = share(ref)
+    floor_w2, floor_tv = [], []
+    for i in range(FLOOR_SETS):
+        exact = mixture.sample(N, torch.Generator().manual_seed(2 + i))
+        floor_w2.append(sliced_wasserstein(exact, ref))
+        floor_tv.append(0.5 * float((share(exact) - ref_share).abs().sum()))
+    fw, fws = statistics.mean(floor_w2), statistics.stdev(floor_w2)
+    ft, fts = statistics.mean(floor_tv), statistics.stdev(floor_tv)
+    noise = SeededNoise(range(N), den.shape, dtype=torch.float64)
+    x_T = sde.prior_sample(noise.prior())
+    rows = []
+    for label, params in configs.items():
+        params = dict(params)
+        sampler = build_sampler(params.pop("name"), **params).at_nfe(NFE)
+        start = time.perf_counter()
+        x, info = sampler(den, x_T, noise)
+        w2, tv = sliced_wasserstein(x, ref), 0.5 * float((share(x) - ref_share).abs().sum())
+        rows.append({"seed": seed, "config": label, "nfe": info["nfe"], "sliced_w2": w2, "occupancy_tv": tv,
+                     "floor_w2_mean": fw, "floor_w2_std": fws, "floor_tv_mean": ft, "floor_tv_std": fts,
+                     "indistinguishable": int(w2 <= fw + 2 * fws and tv <= ft + 2 * fts),
+                     "seconds": round(time.perf_counter() - start, 2)})
+        print(f"  {label:32s} nfe {info['nfe']:3d} sliced W2 {w2:.4f} (floor {fw:.4f} +- {fws:.4f}) "
+              f"TV {tv:.4f} (floor {ft:.4f} +- {fts:.4f})", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=("tuning", "held-out"), required=True)
+    parser.add_argument("--replot", action="store_true")
+    args = parser.parse_args()
+    if args.family == "held-out" and not FROZEN and not args.replot:
+        sys.exit("sde_family.py: freeze FROZEN from the tuning run first")
+    torch.set_num_threads(2)
+    out = OUT / f"sde_family_{args.family.replace('-', '')}"
+    if not args.replot:
+        configs = candidates() if args.family == "tuning" else FROZEN
+        run_family(TUNING if args.family == "tuning" else HELD_OUT, out.with_suffix(".csv"), FIELDS,
+                   lambda seed: run_problem(seed, configs))
+    summarize(out)
+
+
+def summarize(out: Path) -> None:
+    with open(out.with_suffix(".csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    by = {}
+    for r in rows:
+        by.setdefault(r["config"], []).append(r)
+    n = len({r["seed"] for r in rows})
+    lines = [f"# {out.name}: {n} problems, NFE {NFE}, {N} samples against {REFERENCE} exact ones", "",
+             "| sampler | problems indistinguishable | median sliced W2 / floor | worst | median TV / floor | worst |",
+             "|---|---:|---:|---:|---:|---:|"]
+    entries = []
+    for c, rs in by.items():
+        w = [float(r["sliced_w2"]) / float(r["floor_w2_mean"]) for r in rs]
+        t = [float(r["occupancy_tv"]) / float(r["floor_tv_mean"]) for r in rs]
+        entries.append((-sum(int(r["indistinguishable"]) for r in rs), statistics.median(w), c, max(w),
+                        statistics.median(t), max(t)))
+    for neg, med, c, worst, tmed, tworst in sorted(entries):
+        lines.append(f"| {c} | {-neg} of {len(by[c])} | {med:.3f} | {worst:.3f} | {tmed:.3f} | {tworst:.3f} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
