@@ -2,7 +2,6 @@
 
 import lightning as L
 import pytest
-import torch
 
 from lightning_sde.data import Toy2DDataModule
 from lightning_sde.module import NonFiniteError, ScoreModule
