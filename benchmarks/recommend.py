@@ -4,22 +4,22 @@ For every problem of family.py, at NFE 10 and 20, in one run on the same x_T and
 (the endpoint protocol: VP beta 0.1..20, eps 1e-3, float64, dopri5 at rtol = atol = 1e-10; endpoint RMSE per
 coordinate, and mode flips: the share of samples whose most likely component differs from the reference's):
   ours     DPM-Solver++ 2M/3M and UniPC-2/3 x grids (uniform, quadratic, logsnr, karras) x Gaussian start (none,
-           0.15), and UniPC-3 on grid="optimized" (the per-model tuning procedure, with and without the Gaussian
-           start; its pilot NFE are reported as set-up)
+           0.15, 0.3) on the tuning family (`ours(nfe, tuned=True)` adds grid="optimized", not run: minutes a
+           problem at 256-D); on the held-out family only FROZEN (set-up NFE of grid="select" reported apart)
   public   diffusers' DPM-Solver++ 2M/3M, UniPC-2/3 and DEIS-2/3 on their spacings (trailing, Karras, exponential),
            k-diffusion's DPM++(2M), LMS, Heun and DPM-2 on Karras and exponential sigmas, torchdiffeq's midpoint and
            RK4 on the uniform and log-SNR grids; each public sampler is called at the exact continuous time of the
            sigma it asks for (its best case), and only runs within the NFE budget count
-  adaptive dopri5 at rtol = atol = 1e-5 and our adaptive UniPC (with and without the Gaussian start) at 1e-3, 3e-4
-           and 1e-4: the error and NFE of each
+  adaptive dopri5 at rtol = atol = 1e-5 and our adaptive UniPC at 1e-3, 3e-4 and 1e-4 (tuning: also from the
+           Gaussian start; held-out: FROZEN_ADAPTIVE_TOL): the error and NFE of each
 The score of a configuration on a problem is its RMSE over the best public solver's on that problem.
 
-    .venv/bin/python benchmarks/recommend.py --family tuning --starts 256     # choose (~1 h on 2 cores)
-    .venv/bin/python benchmarks/recommend.py --family held-out --starts 4096  # score the frozen choice
+    .venv/bin/python benchmarks/recommend.py --family tuning     # choose: 256 starts a problem (40 min, 2 cores)
+    .venv/bin/python benchmarks/recommend.py --family held-out   # score FROZEN: starts by dimension (held_out_starts)
     .venv/bin/python benchmarks/recommend.py --family held-out --replot       # tables and plot only
 
-Needs the `peers` extra (diffusers, k-diffusion). Rows are appended per problem to results/recommend_<family>.csv
-(a rerun skips the problems already there); the held-out run scores only FROZEN and the public solvers.
+Needs the `peers` extra (diffusers, k-diffusion). Results go to results/recommend_<family>.csv one problem at a time
+(family.run_family: a rerun continues), with per-problem paired bootstrap intervals of ours / best public.
 """
 
 from __future__ import annotations
