@@ -12,7 +12,7 @@ from lightning_sde.exact import eight_gaussians
 from lightning_sde.generation import generate
 from lightning_sde.samplers import SAMPLERS, build_sampler, sample, time_grid
 from lightning_sde.samplers import schedule as schedule_module
-from lightning_sde.samplers.grids import GRIDS
+from lightning_sde.samplers.grids import GRIDS, start_time
 
 MIX = eight_gaussians()
 FIXED_STEPS = {name for name, cls in SAMPLERS.items() if not build_sampler(name).adaptive}
@@ -205,7 +205,7 @@ def test_the_tuned_grid_cache_holds_one_grid_per_weights_and_settings_and_stays_
 
 
 def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
-    from lightning_sde.samplers.tuning import select_schedule
+    from lightning_sde.samplers.tuning import PILOT_SEED, select_schedule
 
     sde = SDES["vp"]
     den = MIX.denoiser(sde)
@@ -217,6 +217,15 @@ def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
     assert (start < sde.T) == report["gaussian_start"]
     named = time_grid(sde, 6, report["grid"], start=start)
     torch.testing.assert_close(times, named)
+    # the reported pilot errors are the candidates' own, measured here apart against dopri5 on the pilot seeds
+    seeds = range(PILOT_SEED, PILOT_SEED + 64)
+    ref, _ = sample(build_sampler("ode", rtol=1e-6, atol=1e-6, first_step=0.01), den, seeds, dtype=torch.float64)
+    for grid, gs in (("uniform", None), ("karras", 0.15)):
+        t0 = start_time(build_sampler("unipc", steps=6, gaussian_start=gs), den)
+        x, _ = sample(build_sampler("unipc", steps=6, order=3, gaussian_start=gs,
+                                    times=time_grid(sde, 6, grid, start=t0).tolist()), den, seeds, dtype=torch.float64)
+        key = grid + (" gs" if gs else "")
+        assert (x - ref).pow(2).mean().sqrt().item() == pytest.approx(choices[key], rel=1e-6)
     # from T only, without gaussian_start
     assert len(select_schedule(build_sampler("ddim", steps=4, grid="select"), den, pilot=8)[2][
         "pilot_rmse_by_choice"]) == len(GRIDS)
