@@ -97,6 +97,8 @@ def test_bf16_mixed_training_loss_is_close_to_fp32(tmp_path):
 @pytest.mark.slow
 def test_compiled_network_samples_and_trains_as_eager():
     eager, compiled = module(net=MLP, shape=(2,)), module(net=MLP, shape=(2,), compile=True)
+    assert compiled.denoiser.net._compiled_call_impl is not None  # compiled in place (equality alone passes eager)
+    assert eager.denoiser.net._compiled_call_impl is None
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints load either way
     torch.testing.assert_close(samples(compiled), samples(eager), rtol=1e-4, atol=1e-5)
     x0 = torch.randn(64, 2)
