@@ -14,6 +14,8 @@ The mixture is then scaled so that its largest marginal std is 1 (data in about 
 **The split, written down before any tuning**: seeds 0..23 are the tuning family (every design decision and tuned
 default may look at them); seeds 1000..1031 are the held-out family (scored once per frozen configuration, never
 used to choose one). `describe(seed)` names a problem's draw for the tables.
+**A second held-out family, written down before the pilot-criterion study of grid="select" (2026-12-01)**: seeds
+2000..2031 (the first held-out family had been looked at when select's criterion was revisited); scored once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from lightning_sde.exact import GaussianMixture
 
 TUNING = tuple(range(0, 24))
 HELD_OUT = tuple(range(1000, 1032))
+HELD_OUT_2 = tuple(range(2000, 2032))
 DIMS = (2, 4, 8, 16, 32, 64, 128, 256)
 CONCENTRATIONS = (20.0, 1.0, 0.2)
 
