@@ -12,6 +12,7 @@ sliced W2 over floor) is frozen in FROZEN and scored on the held-out family with
 
     .venv/bin/python benchmarks/sde_family.py --family tuning     # choose  (results/sde_family_tuning.*)
     .venv/bin/python benchmarks/sde_family.py --family held-out   # score   (results/sde_family_heldout.*)
+    .venv/bin/python benchmarks/sde_family.py --family held-out --control  # exact samples through the same test
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 
 OUT = ROOT / "benchmarks/results"
 N, REFERENCE, FLOOR_SETS, NFE = 1000, 10000, 8, 50
+CONTROL_SETS = 32
 GRIDS = ("logsnr", "quadratic", "uniform", "karras")
 
 
@@ -56,22 +58,34 @@ FIELDS = ["seed", "config", "nfe", "sliced_w2", "occupancy_tv", "floor_w2_mean",
           "floor_tv_std", "indistinguishable", "seconds"]
 
 
-def run_problem(seed: int, configs: dict) -> list[dict]:
-    mixture = draw(seed)[0]
-    sde = vp_sde()
-    den = mixture.denoiser(sde)
+def floor_of(mixture):
+    """(score(x) -> (sliced W2, occupancy TV) against the exact reference, the floor: mean and std of both over
+    FLOOR_SETS independent exact sets of N)."""
     component = lambda x: mixture._components(x.double(), torch.tensor(1.0), torch.tensor(0.0))[0].argmax(-1)  # noqa: E731
     k = len(mixture.log_weights)
     share = lambda x: torch.bincount(component(x), minlength=k).double() / x.shape[0]  # noqa: E731
     ref = mixture.sample(REFERENCE, torch.Generator().manual_seed(1))
     ref_share = share(ref)
-    floor_w2, floor_tv = [], []
-    for i in range(FLOOR_SETS):
-        exact = mixture.sample(N, torch.Generator().manual_seed(2 + i))
-        floor_w2.append(sliced_wasserstein(exact, ref))
-        floor_tv.append(0.5 * float((share(exact) - ref_share).abs().sum()))
-    fw, fws = statistics.mean(floor_w2), statistics.stdev(floor_w2)
-    ft, fts = statistics.mean(floor_tv), statistics.stdev(floor_tv)
+
+    def score(x):
+        return sliced_wasserstein(x, ref), 0.5 * float((share(x) - ref_share).abs().sum())
+
+    floors = [score(mixture.sample(N, torch.Generator().manual_seed(2 + i))) for i in range(FLOOR_SETS)]
+    w2s, tvs = zip(*floors)
+    return score, (statistics.mean(w2s), statistics.stdev(w2s), statistics.mean(tvs), statistics.stdev(tvs))
+
+
+def within(w2, tv, floor) -> bool:
+    fw, fws, ft, fts = floor
+    return w2 <= fw + 2 * fws and tv <= ft + 2 * fts
+
+
+def run_problem(seed: int, configs: dict) -> list[dict]:
+    mixture = draw(seed)[0]
+    sde = vp_sde()
+    den = mixture.denoiser(sde)
+    score, floor = floor_of(mixture)
+    fw, fws, ft, fts = floor
     noise = SeededNoise(range(N), den.shape, dtype=torch.float64)
     x_T = sde.prior_sample(noise.prior())
     rows = []
@@ -80,29 +94,58 @@ def run_problem(seed: int, configs: dict) -> list[dict]:
         sampler = build_sampler(params.pop("name"), **params).at_nfe(NFE)
         start = time.perf_counter()
         x, info = sampler(den, x_T, noise)
-        w2, tv = sliced_wasserstein(x, ref), 0.5 * float((share(x) - ref_share).abs().sum())
+        w2, tv = score(x)
         rows.append({"seed": seed, "config": label, "nfe": info["nfe"], "sliced_w2": w2, "occupancy_tv": tv,
                      "floor_w2_mean": fw, "floor_w2_std": fws, "floor_tv_mean": ft, "floor_tv_std": fts,
-                     "indistinguishable": int(w2 <= fw + 2 * fws and tv <= ft + 2 * fts),
+                     "indistinguishable": int(within(w2, tv, floor)),
                      "seconds": round(time.perf_counter() - start, 2)})
         print(f"  {label:32s} nfe {info['nfe']:3d} sliced W2 {w2:.4f} (floor {fw:.4f} +- {fws:.4f}) "
               f"TV {tv:.4f} (floor {ft:.4f} +- {fts:.4f})", flush=True)
     return rows
 
 
+def run_control(seed: int) -> list[dict]:
+    """How often CONTROL_SETS more independent exact sets of N pass the same test: what a perfect sampler scores."""
+    mixture = draw(seed)[0]
+    score, floor = floor_of(mixture)
+    passed = [within(*score(mixture.sample(N, torch.Generator().manual_seed(10_000 + i))), floor)
+              for i in range(CONTROL_SETS)]
+    return [{"seed": seed, "sets": CONTROL_SETS, "passed": sum(passed)}]
+
+
+def summarize_control(out: Path) -> None:
+    with open(out.with_suffix(".csv")) as fh:
+        rates = [int(r["passed"]) / int(r["sets"]) for r in csv.DictReader(fh)]
+    # the number of problems a perfect sampler passes: a sum of independent Bernoulli(rate) draws
+    gen = torch.Generator().manual_seed(0)
+    counts = (torch.rand(10_000, len(rates), generator=gen) < torch.tensor(rates)).sum(1).double()
+    lo, med, hi = (int(q) for q in counts.quantile(torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)))
+    text = (f"# {out.name}: exact samples through the same test ({CONTROL_SETS} sets of {N} a problem)\n\n"
+            f"Pass rate per problem: median {statistics.median(rates):.2f}, lowest {min(rates):.2f}. Problems an "
+            f"exact sampler passes out of {len(rates)}: median {med}, 90 % range [{lo}, {hi}].\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=("tuning", "held-out"), required=True)
     parser.add_argument("--replot", action="store_true")
+    parser.add_argument("--control", action="store_true", help="score exact samples instead (the test's own noise)")
     args = parser.parse_args()
     if args.family == "held-out" and not FROZEN and not args.replot:
         sys.exit("sde_family.py: freeze FROZEN from the tuning run first")
     torch.set_num_threads(2)
     out = OUT / f"sde_family_{args.family.replace('-', '')}"
+    seeds = TUNING if args.family == "tuning" else HELD_OUT
+    if args.control:
+        out = out.with_name(out.name + "_control")
+        if not args.replot:
+            run_family(seeds, out.with_suffix(".csv"), ["seed", "sets", "passed"], run_control)
+        return summarize_control(out)
     if not args.replot:
         configs = candidates() if args.family == "tuning" else FROZEN
-        run_family(TUNING if args.family == "tuning" else HELD_OUT, out.with_suffix(".csv"), FIELDS,
-                   lambda seed: run_problem(seed, configs))
+        run_family(seeds, out.with_suffix(".csv"), FIELDS, lambda seed: run_problem(seed, configs))
     summarize(out)
 
 
