@@ -12,6 +12,7 @@ sliced W2 over floor) is frozen in FROZEN and scored on the held-out family with
 
     .venv/bin/python benchmarks/sde_family.py --family tuning     # choose  (results/sde_family_tuning.*)
     .venv/bin/python benchmarks/sde_family.py --family held-out   # score   (results/sde_family_heldout.*)
+    .venv/bin/python benchmarks/sde_family.py --family held-out-2 # the same on new seeds (family.HELD_OUT_2)
     .venv/bin/python benchmarks/sde_family.py --family held-out --control  # exact samples through the same test
 """
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
-from family import HELD_OUT, TUNING, draw, run_family  # noqa: E402
+from family import HELD_OUT, HELD_OUT_2, TUNING, draw, run_family  # noqa: E402
 
 from lightning_sde.metrics.sliced import sliced_wasserstein  # noqa: E402
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
@@ -39,6 +40,7 @@ from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 OUT = ROOT / "benchmarks/results"
 N, REFERENCE, FLOOR_SETS, NFE = 1000, 10000, 8, 50
 CONTROL_SETS = 32
+FAMILIES = {"tuning": TUNING, "held-out": HELD_OUT, "held-out-2": HELD_OUT_2}
 GRIDS = ("logsnr", "quadratic", "uniform", "karras")
 
 
@@ -129,15 +131,15 @@ def summarize_control(out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=("tuning", "held-out"), required=True)
+    parser.add_argument("--family", choices=tuple(FAMILIES), required=True)
     parser.add_argument("--replot", action="store_true")
     parser.add_argument("--control", action="store_true", help="score exact samples instead (the test's own noise)")
     args = parser.parse_args()
-    if args.family == "held-out" and not FROZEN and not args.replot:
+    if args.family != "tuning" and not FROZEN and not args.replot:
         sys.exit("sde_family.py: freeze FROZEN from the tuning run first")
     torch.set_num_threads(2)
     out = OUT / f"sde_family_{args.family.replace('-', '')}"
-    seeds = TUNING if args.family == "tuning" else HELD_OUT
+    seeds = FAMILIES[args.family]
     if args.control:
         out = out.with_name(out.name + "_control")
         if not args.replot:
