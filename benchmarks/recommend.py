@@ -17,6 +17,7 @@ The score of a configuration on a problem is its RMSE over the best public solve
     .venv/bin/python benchmarks/recommend.py --family tuning     # choose: 256 starts a problem (40 min, 2 cores)
     .venv/bin/python benchmarks/recommend.py --family held-out   # score FROZEN: starts by dimension (held_out_starts)
     .venv/bin/python benchmarks/recommend.py --family held-out-2 # the same FROZEN on new seeds, >= 1024 starts
+    .venv/bin/python benchmarks/recommend.py --family held-out --seeds 1008 --least 2048  # one problem, more starts
     .venv/bin/python benchmarks/recommend.py --family held-out --replot       # tables and plot only
 
 Needs the `peers` extra (diffusers, k-diffusion). Results go to results/recommend_<family>.csv one problem at a time
@@ -257,12 +258,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=tuple(FAMILIES), required=True)
     parser.add_argument("--starts", type=int, default=256, help="starts per problem (tuning family)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="rescore these problems of the family only (held-out)")
+    parser.add_argument("--least", type=int, help="with --seeds: at least this many starts (held_out_starts)")
     parser.add_argument("--replot", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = OUT / f"recommend_{args.family.replace('-', '')}"
+    seeds, least = FAMILIES[args.family]
+    if args.seeds:
+        if args.family == "tuning" or not set(args.seeds) <= set(seeds) or not args.least:
+            parser.error(f"--seeds: problems of a held-out family ({args.family}: {seeds[0]}..{seeds[-1]}), "
+                         "with --least")
+        seeds, least = tuple(args.seeds), args.least
+        out = out.with_name(f"{out.name}_{'_'.join(map(str, seeds))}_{least}starts")
     if not args.replot:
-        seeds, least = FAMILIES[args.family]
 
         def problem(seed):
             if args.family == "tuning":
