@@ -304,7 +304,8 @@ def split_ratios(rows):
     on a separate pilot."""
     public, table = {}, {}
     for r in rows:
-        if r["kind"] == "public" and int(r["nfe"]) <= int(r["budget"]) and r.get("rmse_even"):
+        if (r["kind"] == "public" and int(r["nfe"]) <= int(r["budget"]) and r.get("rmse_even")
+                and math.isfinite(float(r["rmse"]))):  # as ratios(): a diverged run is never the best
             public.setdefault((r["seed"], r["budget"]), []).append(r)
     for r in rows:
         key = (r["seed"], r["budget"])
