@@ -16,6 +16,8 @@ default may look at them); seeds 1000..1031 are the held-out family (scored once
 used to choose one). `describe(seed)` names a problem's draw for the tables.
 **A second held-out family, written down before the pilot-criterion study of grid="select" (2026-12-01)**: seeds
 2000..2031 (the first held-out family had been looked at when select's criterion was revisited); scored once.
+**A third held-out family, written down before the adaptive solver's order and tolerance study (2026-12-01, the
+first two had been scored with the adaptive solver at 1e-4)**: seeds 3000..3031; scored once.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from lightning_sde.exact import GaussianMixture
 TUNING = tuple(range(0, 24))
 HELD_OUT = tuple(range(1000, 1032))
 HELD_OUT_2 = tuple(range(2000, 2032))
+HELD_OUT_3 = tuple(range(3000, 3032))
 DIMS = (2, 4, 8, 16, 32, 64, 128, 256)
 CONCENTRATIONS = (20.0, 1.0, 0.2)
 
