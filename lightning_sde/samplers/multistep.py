@@ -261,6 +261,7 @@ class AdaptiveUniPC(Sampler):
     safety: float = 0.8
     max_growth: float = 2.0
     max_steps: int = 2000
+    orders: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5, 6)  # float64 times keep order 6's coefficients exact enough
 
     @property
     def adaptive(self) -> bool:
@@ -268,7 +269,7 @@ class AdaptiveUniPC(Sampler):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_order(self.name, self.order, UniPC.orders)
+        _check_order(self.name, self.order, self.orders)
         for key in ("rtol", "atol", "h_init"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:

@@ -30,7 +30,7 @@ REFUSED = [
     ("unipc", {"order": 5}, "order"),
     ("unipc", {"order": 0}, "order"),
     ("sde_dpmpp", {"order": 3}, "order"),
-    ("unipc_adaptive", {"order": 5}, "order"),
+    ("unipc_adaptive", {"order": 7}, "order"),
     ("unipc_adaptive", {"rtol": 0}, "rtol"),
     ("unipc_adaptive", {"rtol": True}, "rtol"),
     ("unipc_adaptive", {"atol": -1e-3}, "atol"),
