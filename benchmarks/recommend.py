@@ -17,6 +17,7 @@ The score of a configuration on a problem is its RMSE over the best public solve
     .venv/bin/python benchmarks/recommend.py --family tuning     # choose: 256 starts a problem (40 min, 2 cores)
     .venv/bin/python benchmarks/recommend.py --family held-out   # score FROZEN: starts by dimension (held_out_starts)
     .venv/bin/python benchmarks/recommend.py --family held-out-2 # the same FROZEN on new seeds, >= 1024 starts
+    .venv/bin/python benchmarks/recommend.py --family held-out-3 # FROZEN with the revised select, >= 512 starts
     .venv/bin/python benchmarks/recommend.py --family held-out --seeds 1008 --least 2048  # one problem, more starts
     .venv/bin/python benchmarks/recommend.py --family held-out --replot       # tables and plot only
 
@@ -43,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
-from family import HELD_OUT, HELD_OUT_2, TUNING, draw, run_family  # noqa: E402
+from family import HELD_OUT, HELD_OUT_2, HELD_OUT_3, TUNING, draw, run_family  # noqa: E402
 
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 
@@ -59,13 +60,19 @@ ADAPTIVE_TOLS = (1e-3, 3e-4, 1e-4)
 # start 0.15); choosing per problem among these 8 would have given median 0.44x / worst 0.84x (NFE 10) and 0.28x /
 # 0.97x (NFE 20) on the tuning family, where the best single configuration (UniPC-3, log-SNR grid, Gaussian start)
 # has median 0.50x / 0.40x but worst 2.0x / 2.1x. That single configuration is scored held-out too, for comparison.
+# Revised before the third held-out family (select_candidates.py, tuning seeds only): select also chooses the order
+# (UniPC-2 or 3) and the Gaussian start (none, 0.15, 0.3), 24 candidates: its pilot picks score median 0.37x / worst
+# 1.00x at NFE 10 on the tuning family (0.47x / 0.84x with the 8 above), the same at NFE 20 (0.29x / 1.20x).
+SELECT_OVER = {"order": (2, 3), "gaussian_start": (None, 0.15, 0.3)}
 FROZEN = {"unipc-3 select gs0.15": dict(name="unipc", order=3, grid="select", gaussian_start=0.15),
-          "unipc-3 logsnr gs0.15": dict(name="unipc", order=3, grid="logsnr", gaussian_start=0.15)}
-RECOMMENDED = "unipc-3 select gs0.15"
+          "unipc-3 logsnr gs0.15": dict(name="unipc", order=3, grid="logsnr", gaussian_start=0.15),
+          "unipc-2/3 select gs0/0.15/0.3": dict(name="unipc", order=3, grid="select", select_over=SELECT_OVER)}
+RECOMMENDED = "unipc-2/3 select gs0/0.15/0.3"  # from the third held-out family on; "unipc-3 select gs0.15" before
 FROZEN_ADAPTIVE_TOL = 1e-4  # the adaptive UniPC's tolerance: median 0.44x dopri5 1e-5's NFE on the tuning family
 FIELDS = ["seed", "config", "kind", "budget", "nfe", "setup_nfe", "rmse", "flips", "seconds", "starts", "ratio_lo",
           "ratio_hi", "rmse_even", "rmse_odd"]
-FAMILIES = {"tuning": (TUNING, 0), "held-out": (HELD_OUT, 256), "held-out-2": (HELD_OUT_2, 1024)}  # seeds, min starts
+FAMILIES = {"tuning": (TUNING, 0), "held-out": (HELD_OUT, 256), "held-out-2": (HELD_OUT_2, 1024),
+            "held-out-3": (HELD_OUT_3, 512)}  # seeds, min starts
 BOOTSTRAP = 1000  # resamples of the starts for the 95 % interval of ours / best public (paired: same starts)
 
 
@@ -372,7 +379,7 @@ def plot(out: Path, table) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [c for c in (RECOMMENDED, "unipc-3 logsnr gs0.15") if (c, NFES[0]) in table]
+    shown = [c for c in (RECOMMENDED, "unipc-3 select gs0.15", "unipc-3 logsnr gs0.15") if (c, NFES[0]) in table][:2]
     if not shown:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)

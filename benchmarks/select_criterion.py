@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from endpoint_protocol import vp_sde  # noqa: E402
 from family import TUNING, draw, run_family  # noqa: E402
 from recommend import NFES, TUNED_GAUSSIAN_START, ratios  # noqa: E402
+from select_candidates import config_name  # noqa: E402
 
 from lightning_sde.samplers import build_sampler  # noqa: E402
 from lightning_sde.samplers.tuning import pilot_errors  # noqa: E402
@@ -53,8 +54,8 @@ def run_problem(seed: int) -> list[dict]:
     for nfe in NFES:
         sampler = build_sampler("unipc", order=3, steps=nfe, grid="select", gaussian_start=TUNED_GAUSSIAN_START)
         candidates, pilot_nfe = pilot_errors(sampler, den)
-        for (grid, gaussian), (_, _, errors) in candidates.items():
-            config = f"unipc-3 {grid}" + (f" gs{TUNED_GAUSSIAN_START:g}" if gaussian else "")
+        for grid, knobs, _, _, errors in candidates.values():
+            config = config_name(3, grid, knobs["gaussian_start"])
             rows.append({"seed": seed, "budget": nfe, "config": config, "pilot_nfe": pilot_nfe,
                          **{name: float(f(errors)) for name, f in SUMMARIES.items()}})
     return rows

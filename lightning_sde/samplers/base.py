@@ -133,7 +133,7 @@ class Sampler:
                         callback({"i": i, "t": t, "x": x})
 
                 x = carry(self, denoiser, x_T, resolved.start)
-                x, extra = self.run(denoiser, x, resolved, noise, on_step)
+                x, extra = (resolved.sampler or self).run(denoiser, x, resolved, noise, on_step)
             _synchronize(x)
         info = {"sampler": self.name, "nfe": denoiser.nfe - nfe_before, "wall_s": time.perf_counter() - start}
         if resolved.start < denoiser.sde.T:
@@ -160,6 +160,9 @@ class FixedStepSampler(Sampler):
     grid: str = "uniform"
     rho: float = 7.0
     times: Sequence[float] | None = None  # explicit times start ... eps (e.g. from optimize_grid)
+    # grid="select": more knobs to choose on the pilot, {field: candidate values}, e.g. {"order": [2, 3],
+    # "gaussian_start": [None, 0.15, 0.3]}; None: the start only (T, or gaussian_start's when set)
+    select_over: dict | None = None
 
     @property
     def nfe_per_step(self) -> int:

@@ -54,6 +54,7 @@ class Plan:
     start: float  # the time the sampler starts from (x_T is carried here first when start < T)
     times: Tensor | None  # (steps + 1,) float64 from start to eps; None for adaptive samplers
     setup: dict = field(default_factory=dict)  # what resolving cost: {"setup_nfe": ..., "tuning": report}
+    sampler: object = None  # grid="select" with select_over: the chosen variant, run in place of the configured one
 
 
 def data_moments(sampler, denoiser):

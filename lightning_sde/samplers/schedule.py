@@ -6,10 +6,10 @@ explicit `times`. `plan(sampler, denoiser)` turns them into a Plan:
   start   T, or with gaussian_start=r the time t* at which the data's largest std is r times the noise level: x_T is
           carried there at no NFE by the exact flow of the data's Gaussian fit (models/moments.py)
   times   the steps' times, start ... eps: explicit `times`, a named grid (grids.py), grid="select": the named grid
-          (and with gaussian_start, the start: T or t*) whose run ends closest to the ODE's solution on a pilot
-          set, or grid="optimized": step positions tuned for this denoiser and NFE budget on a pilot set (both in
-          tuning.py, computed once per (model weights, sampler settings)); None for adaptive samplers, which
-          choose their own steps
+          (and with gaussian_start, the start: T or t*; with select_over, any other knobs listed there, e.g. the
+          order) whose run ends closest to the ODE's solution on a pilot set, or grid="optimized": step positions
+          tuned for this denoiser and NFE budget on a pilot set (both in tuning.py, computed once per (model
+          weights, sampler settings)); None for adaptive samplers, which choose their own steps
 
 Tuning is set-up, not sampling: its evaluations are reported as `setup_nfe` in the sampler's info and never counted
 in `nfe`.
@@ -17,13 +17,15 @@ in `nfe`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from lightning_sde.samplers.grids import GRIDS, Plan, start_time, time_grid
-from lightning_sde.samplers.tuning import optimize_grid, select_schedule
+from lightning_sde.samplers.tuning import optimize_grid, select_combinations, select_schedule
 
 SCHEDULE_GRIDS = GRIDS + ("select", "optimized")
 TUNED_CACHE_SIZE = 32
@@ -32,8 +34,9 @@ _tuned: OrderedDict[tuple, tuple[Tensor, dict]] = OrderedDict()
 
 def plan(sampler, denoiser) -> Plan:
     if not sampler.adaptive and sampler.times is None and sampler.grid == "select":
-        (start, times), report = tuned(sampler, denoiser, select_schedule)
-        return Plan(start, times, {"setup_nfe": report["pilot_nfe"], "selection": report})
+        (start, times, params), report = tuned(sampler, denoiser, select_schedule)
+        chosen = dataclasses.replace(sampler, select_over=None, **params) if sampler.select_over else None
+        return Plan(start, times, {"setup_nfe": report["pilot_nfe"], "selection": report}, chosen)
     start = start_time(sampler, denoiser)
     if sampler.adaptive:
         return Plan(start, None)
@@ -84,8 +87,33 @@ def check_schedule(sampler) -> None:
         raise ValueError(f"{name}: unknown grid {sampler.grid!r}; choose one of {SCHEDULE_GRIDS}")
     if isinstance(sampler.rho, bool) or not isinstance(sampler.rho, (int, float)) or not sampler.rho > 0:
         raise ValueError(f"{name}: rho must be > 0; got {sampler.rho!r}")
+    if sampler.select_over is not None:
+        check_select_over(sampler)
     if sampler.times is not None:
         times = torch.as_tensor(sampler.times, dtype=torch.float64).detach()
         if times.ndim != 1 or len(times) != steps + 1 or not bool((times[1:] < times[:-1]).all()):
             raise ValueError(f"{name}: times must be {steps + 1} strictly decreasing times (start ... eps); "
                              f"got {len(times) if times.ndim == 1 else tuple(times.shape)} values")
+
+
+SELECT_FIXED = ("steps", "grid", "times", "select_over")  # what select_over may not vary
+
+
+def check_select_over(sampler) -> None:
+    """select_over: only with grid="select", {knob: non-empty list of values} over the sampler's other knobs, every
+    combination a valid sampler (each is built here, so a bad value fails now, not after the pilot's reference)."""
+    name, over = sampler.name, sampler.select_over
+    if sampler.grid != "select":
+        raise ValueError(f"{name}: select_over needs grid='select'; got grid={sampler.grid!r}")
+    if not isinstance(over, Mapping) or not over:
+        raise ValueError(f"{name}: select_over must be a non-empty mapping {{knob: [values]}}; got {over!r}")
+    knobs = {f.name for f in dataclasses.fields(sampler) if f.init} - set(SELECT_FIXED)
+    over = {str(k): tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in over.items()}
+    for knob, values in over.items():
+        if knob not in knobs:
+            raise ValueError(f"{name}: select_over cannot vary {knob!r}; it can vary {sorted(knobs)}")
+        if not isinstance(values, tuple) or not values:
+            raise ValueError(f"{name}: select_over[{knob!r}] must be a non-empty list of values; got {values!r}")
+    sampler.select_over = over  # plain tuples (Hydra passes ListConfig), so the tuning cache's key is stable
+    for combination in select_combinations(over):
+        dataclasses.replace(sampler, select_over=None, **combination)

@@ -15,6 +15,8 @@ seeds in the benchmarks.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 
 import torch
@@ -44,40 +46,66 @@ def _pilot(sampler, denoiser, pilot: int, reference_tol: float):
     return denoiser, noise, x_T, ref, nfe0
 
 
+def select_combinations(over) -> list[dict]:
+    """Every combination of select_over's candidate values, {knob: value} ({} for none)."""
+    return [dict(zip(over, values)) for values in itertools.product(*over.values())]
+
+
+def select_variants(sampler, denoiser) -> list[tuple[dict, object]]:
+    """[(knobs, the sampler with them)] that grid="select" compares: select_over's combinations, or by default the
+    start only (T, and gaussian_start's when set). Gaussian starts are left out without data moments."""
+    over = sampler.select_over
+    if over is None:
+        over = {"gaussian_start": (None, sampler.gaussian_start)} if sampler.gaussian_start is not None else {}
+    variants = []
+    for knobs in select_combinations(over):
+        variant = dataclasses.replace(sampler, select_over=None, **knobs)
+        if variant.gaussian_start is None or denoiser.data_moments is not None:
+            variants.append((knobs, variant))
+    if not variants:
+        raise ValueError(f"{sampler.name}: every select_over candidate starts from a Gaussian start, which needs the "
+                         "denoiser's data_moments")
+    return variants
+
+
+def choice_label(grid: str, knobs: dict) -> str:
+    return ", ".join([grid, *(f"{k}={v}" for k, v in knobs.items())])
+
+
 def pilot_errors(sampler, denoiser, pilot: int = 512, reference_tol: float = 1e-6, grids=GRIDS):
-    """({(grid, from the Gaussian start): (start, times, per-row RMS endpoint error against the ODE's solution on the
-    pilot)}, pilot NFE): select_schedule's candidates, each run once on the same pilot. Without data moments
-    (denoiser.data_moments) or gaussian_start, from T only."""
+    """({choice_label: (grid, knobs, start, times, per-row RMS endpoint error against the ODE's solution on the
+    pilot)}, pilot NFE): select_schedule's candidates (every named grid x select_variants), each run once on the same
+    pilot."""
     sde = denoiser.sde
+    variants = select_variants(sampler, denoiser)
     denoiser, noise, x_T, ref, nfe0 = _pilot(sampler, denoiser, pilot, reference_tol)
-    gaussian = sampler.gaussian_start is not None and denoiser.data_moments is not None
-    starts = [float(sde.T)] + ([start_time(sampler, denoiser)] if gaussian else [])
     candidates = {}
     with torch.no_grad():
-        for start in starts:
-            x_start = carry(sampler, denoiser, x_T, start)
+        for knobs, variant in variants:
+            start = start_time(variant, denoiser)
+            x_start = carry(variant, denoiser, x_T, start)
             for grid in grids:
-                times = time_grid(sde, sampler.steps, grid, sampler.rho, start=start)
-                x, _ = sampler.run(denoiser, x_start, Plan(start, times), noise, None)
-                candidates[(grid, start < sde.T)] = (start, times, (x - ref).pow(2).flatten(1).mean(1).sqrt())
+                times = time_grid(sde, variant.steps, grid, variant.rho, start=start)
+                x, _ = variant.run(denoiser, x_start, Plan(start, times), noise, None)
+                candidates[choice_label(grid, knobs)] = (grid, knobs, start, times,
+                                                         (x - ref).pow(2).flatten(1).mean(1).sqrt())
     return candidates, denoiser.nfe - nfe0
 
 
 def select_schedule(sampler, denoiser, pilot: int = 512, reference_tol: float = 1e-6, grids=GRIDS):
-    """(start, times, report): the candidate of pilot_errors (a named grid, from T or the Gaussian start) with the
-    smallest pilot RMSE: 2 x len(grids) runs of the sampler after the reference, a small fraction of
-    optimize_grid's cost. The RMSE is the score the candidates are judged by; the median or a trimmed mean of the
-    per-row errors picked worse on the tuning family (benchmarks/select_criterion.py)."""
+    """(start, times, knobs, report): the candidate of pilot_errors (a named grid x select_variants) with the smallest
+    pilot RMSE: len(grids) x variants runs of the sampler after the reference, a small fraction of optimize_grid's
+    cost. The RMSE is the score the candidates are judged by; the median or a trimmed mean of the per-row errors
+    picked worse on the tuning family (benchmarks/select_criterion.py)."""
     candidates, pilot_nfe = pilot_errors(sampler, denoiser, pilot, reference_tol, grids)
-    scores = {key: float(errors.pow(2).mean().sqrt()) for key, (_, _, errors) in candidates.items()}
+    scores = {label: float(c[-1].pow(2).mean().sqrt()) for label, c in candidates.items()}
     best = min(scores, key=scores.get)
-    report = {"pilot": pilot, "pilot_nfe": pilot_nfe, "grid": best[0], "gaussian_start": best[1],
-              "pilot_rmse": scores[best], "pilot_rmse_by_choice": {f"{g}{' gs' if gs else ''}": v
-                                                                   for (g, gs), v in scores.items()}}
-    log.info("selected %s grid%s for %s, %d steps: pilot RMSE %.3g (%d pilot NFE)", best[0],  # pragma: no mutate
-             " from the Gaussian start" if best[1] else "", sampler.name, sampler.steps,  # pragma: no mutate
-             scores[best], pilot_nfe)  # pragma: no mutate
-    return (*candidates[best][:2], report)
+    grid, knobs, start, times, _ = candidates[best]
+    report = {"pilot": pilot, "pilot_nfe": pilot_nfe, "choice": best, "grid": grid, **knobs,
+              "pilot_rmse": scores[best], "pilot_rmse_by_choice": scores}
+    log.info("selected %s for %s, %d steps: pilot RMSE %.3g (%d pilot NFE)", best,  # pragma: no mutate
+             sampler.name, sampler.steps, scores[best], pilot_nfe)  # pragma: no mutate
+    return start, times, knobs, report
 
 
 def optimize_grid(sampler, denoiser, pilot: int = 512, iters: int = 200, lr: float = 0.05, inits=GRIDS,

@@ -204,17 +204,57 @@ def test_the_tuned_grid_cache_holds_one_grid_per_weights_and_settings_and_stays_
     assert info["nfe"] == 4 and "setup_nfe" not in info and info["tuning"]["cached"]
 
 
+def test_select_over_chooses_other_knobs_on_the_pilot_and_runs_the_chosen_variant():
+    """select_over={"order": [1, 3], "gaussian_start": [None, 0.15]}: 4 grids x 4 variants on the pilot; the sampler
+    then runs the winner (its order, its start), exactly as that sampler configured by hand would."""
+    from lightning_sde.samplers.tuning import select_schedule
+
+    sde = SDES["vp"]
+    den = MIX.denoiser(sde)
+    over = {"order": [1, 3], "gaussian_start": [None, 0.15]}
+    sampler = build_sampler("unipc", steps=6, order=3, grid="select", select_over=over)
+    assert sampler.select_over == {"order": (1, 3), "gaussian_start": (None, 0.15)}
+    _, _, knobs, report = select_schedule(sampler, den, pilot=64)
+    choices = report["pilot_rmse_by_choice"]
+    assert len(choices) == 4 * len(GRIDS) and len(set(choices.values())) == len(choices)
+    assert report["pilot_rmse"] == min(choices.values()) and set(knobs) == {"order", "gaussian_start"}
+    x, info = sample(sampler, den, range(8), dtype=torch.float64)
+    chosen = info["selection"]
+    t0 = info.get("start_time", sde.T)
+    explicit = build_sampler("unipc", steps=6, order=chosen["order"], gaussian_start=chosen["gaussian_start"],
+                             times=time_grid(sde, 6, chosen["grid"], start=t0).tolist())
+    torch.testing.assert_close(x, sample(explicit, den, range(8), dtype=torch.float64)[0])
+    # forcing each order through select_over alone: the runs differ, so the chosen order is the one that ran
+    runs = [sample(build_sampler("unipc", steps=6, order=3, grid="select", select_over={"order": [k]}), den,
+                   range(8), dtype=torch.float64)[0] for k in (1, 3)]
+    assert (runs[0] - runs[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"grid": "logsnr", "select_over": {"order": [2]}}, "select_over needs grid='select'"),
+    ({"grid": "select", "select_over": {}}, "select_over must be a non-empty mapping"),
+    ({"grid": "select", "select_over": {"steps": [4, 5]}}, "select_over cannot vary 'steps'"),
+    ({"grid": "select", "select_over": {"order": []}}, "select_over\\['order'\\] must be a non-empty list"),
+    ({"grid": "select", "select_over": {"order": 2}}, "must be a non-empty list"),
+    ({"grid": "select", "select_over": {"order": [2, 7]}}, "order must be one of"),
+    ({"grid": "select", "select_over": {"gaussian_start": [None, -1]}}, "gaussian_start must be a ratio > 0"),
+])
+def test_select_over_is_checked_on_construction(params, message):
+    with pytest.raises(ValueError, match=message):
+        build_sampler("unipc", steps=6, **params)
+
+
 def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
     from lightning_sde.samplers.tuning import PILOT_SEED, select_schedule
 
     sde = SDES["vp"]
     den = MIX.denoiser(sde)
     sampler = build_sampler("unipc", steps=6, order=3, grid="select", gaussian_start=0.15)
-    start, times, report = select_schedule(sampler, den, pilot=64)
+    start, times, knobs, report = select_schedule(sampler, den, pilot=64)
     choices = report["pilot_rmse_by_choice"]
     assert len(choices) == 2 * len(GRIDS) and report["pilot_rmse"] == min(choices.values())
     assert len(set(choices.values())) == len(choices)  # every candidate was really run
-    assert (start < sde.T) == report["gaussian_start"]
+    assert (start < sde.T) == (knobs["gaussian_start"] == 0.15) and report["gaussian_start"] == knobs["gaussian_start"]
     named = time_grid(sde, 6, report["grid"], start=start)
     torch.testing.assert_close(times, named)
     # the reported pilot errors are the candidates' own, measured here apart against dopri5 on the pilot seeds
@@ -224,22 +264,21 @@ def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
         t0 = start_time(build_sampler("unipc", steps=6, gaussian_start=gs), den)
         x, _ = sample(build_sampler("unipc", steps=6, order=3, gaussian_start=gs,
                                     times=time_grid(sde, 6, grid, start=t0).tolist()), den, seeds, dtype=torch.float64)
-        key = grid + (" gs" if gs else "")
+        key = f"{grid}, gaussian_start={gs}"
         assert (x - ref).pow(2).mean().sqrt().item() == pytest.approx(choices[key], rel=1e-6)
     # from T only, without gaussian_start
-    assert len(select_schedule(build_sampler("ddim", steps=4, grid="select"), den, pilot=8)[2][
+    assert len(select_schedule(build_sampler("ddim", steps=4, grid="select"), den, pilot=8)[3][
         "pilot_rmse_by_choice"]) == len(GRIDS)
     # without data moments the Gaussian start is no candidate
     bare = type(den)(den.net, sde, den.parameterization, den.shape)
-    assert all(not key.endswith(" gs") for key in select_schedule(sampler, bare, pilot=8)[2]["pilot_rmse_by_choice"])
+    assert all(key.endswith("=None") for key in select_schedule(sampler, bare, pilot=8)[3]["pilot_rmse_by_choice"])
     # the sampler runs that choice, reports its set-up NFE apart, and matches explicit times
     x, info = sample(sampler, den, range(8), dtype=torch.float64)
     chosen = info["selection"]
     assert info["nfe"] == 6 and (info.get("setup_nfe", 0) > 0) != bool(chosen.get("cached"))
-    gs = 0.15 if chosen["gaussian_start"] else None
     t0 = info.get("start_time", sde.T)
     explicit = build_sampler("unipc", steps=6, order=3, times=time_grid(sde, 6, chosen["grid"], start=t0).tolist(),
-                             gaussian_start=gs)
+                             gaussian_start=chosen["gaussian_start"])
     torch.testing.assert_close(x, sample(explicit, den, range(8), dtype=torch.float64)[0])
     with pytest.raises(ValueError, match="tunes deterministic fixed-step samplers"):
         select_schedule(build_sampler("euler_maruyama", steps=4), den, pilot=4)
