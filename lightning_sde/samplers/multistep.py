@@ -14,8 +14,8 @@ one per attempted step). With h = lambda_t - lambda_s > 0:
                model output at the new point, the very evaluation the next step needs anyway: no extra NFE.
                The last step is not corrected (there is no next evaluation to reuse).
   sde_dpmpp    SDE-DPM-Solver++(2M) of the reverse SDE, noise from the samples' seeds (first step order 1).
-  unipc_adaptive  UniPC with step-size control from its own predictor-corrector difference (1 NFE per
-               attempted step); NFE is measured.
+  unipc_adaptive  UniPC (predictor order 1..6) with step-size control from its predictor-corrector difference
+               (1 NFE per attempted step); NFE is measured.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def plan(sampler, denoiser) -> Plan:
 
 
 def tuned(sampler, denoiser, procedure) -> tuple:
-    """(result, report) of a tuning procedure (optimize_grid, or select_schedule: its start and times), computed
+    """(result, report) of a tuning procedure (optimize_grid, or select_schedule: its start, times and knobs), computed
     once per (denoiser fingerprint, sampler settings) in this process: the fingerprint covers the weights, so a model
     that trains on gets a new grid at its next evaluation."""
     settings = {k: v for k, v in sampler.params().items() if k != "times"}
@@ -116,4 +116,6 @@ def check_select_over(sampler) -> None:
             raise ValueError(f"{name}: select_over[{knob!r}] must be a non-empty list of values; got {values!r}")
     sampler.select_over = over  # plain tuples (Hydra passes ListConfig), so the tuning cache's key is stable
     for combination in select_combinations(over):
-        dataclasses.replace(sampler, select_over=None, **combination)
+        if dataclasses.replace(sampler, select_over=None, **combination).stochastic:
+            raise ValueError(f"{name}: select_over candidate {combination} is stochastic; select compares "
+                             "deterministic runs with the ODE's solution")

@@ -230,18 +230,19 @@ def test_select_over_chooses_other_knobs_on_the_pilot_and_runs_the_chosen_varian
     assert (runs[0] - runs[1]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"grid": "logsnr", "select_over": {"order": [2]}}, "select_over needs grid='select'"),
-    ({"grid": "select", "select_over": {}}, "select_over must be a non-empty mapping"),
-    ({"grid": "select", "select_over": {"steps": [4, 5]}}, "select_over cannot vary 'steps'"),
-    ({"grid": "select", "select_over": {"order": []}}, "select_over\\['order'\\] must be a non-empty list"),
-    ({"grid": "select", "select_over": {"order": 2}}, "must be a non-empty list"),
-    ({"grid": "select", "select_over": {"order": [2, 7]}}, "order must be one of"),
-    ({"grid": "select", "select_over": {"gaussian_start": [None, -1]}}, "gaussian_start must be a ratio > 0"),
+@pytest.mark.parametrize("name, params, message", [
+    ("unipc", {"grid": "logsnr", "select_over": {"order": [2]}}, "select_over needs grid='select'"),
+    ("unipc", {"grid": "select", "select_over": {}}, "select_over must be a non-empty mapping"),
+    ("unipc", {"grid": "select", "select_over": {"steps": [4, 5]}}, "select_over cannot vary 'steps'"),
+    ("unipc", {"grid": "select", "select_over": {"order": []}}, "select_over\\['order'\\] must be a non-empty list"),
+    ("unipc", {"grid": "select", "select_over": {"order": 2}}, "must be a non-empty list"),
+    ("unipc", {"grid": "select", "select_over": {"order": [2, 7]}}, "order must be one of"),
+    ("unipc", {"grid": "select", "select_over": {"gaussian_start": [None, -1]}}, "gaussian_start must be a ratio > 0"),
+    ("ddim", {"grid": "select", "select_over": {"eta": [0.0, 1.0]}}, "candidate {'eta': 1.0} is stochastic"),
 ])
-def test_select_over_is_checked_on_construction(params, message):
+def test_select_over_is_checked_on_construction(name, params, message):
     with pytest.raises(ValueError, match=message):
-        build_sampler("unipc", steps=6, **params)
+        build_sampler(name, steps=6, **params)
 
 
 def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
