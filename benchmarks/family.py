@@ -109,6 +109,20 @@ def run_family(seeds, path: Path, fields: list[str], run_problem) -> None:
         os.replace(tmp, path)
 
 
+def tuning_study(doc: str, csv_path: Path, fields: list[str], run_problem, summarize) -> None:
+    """The command line of a study on the tuning family: run_problem on every tuning seed not yet in `csv_path`
+    (skipped with --replot), then summarize()."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replot", action="store_true", help="the tables only")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if not args.replot:
+        run_family(TUNING, csv_path, fields, run_problem)
+    summarize()
+
+
 if __name__ == "__main__":
     for seed in TUNING + HELD_OUT:
         print(describe(draw(seed)[1]))

@@ -60,9 +60,9 @@ ADAPTIVE_TOLS = (1e-3, 3e-4, 1e-4)
 # start 0.15); choosing per problem among these 8 would have given median 0.44x / worst 0.84x (NFE 10) and 0.28x /
 # 0.97x (NFE 20) on the tuning family, where the best single configuration (UniPC-3, log-SNR grid, Gaussian start)
 # has median 0.50x / 0.40x but worst 2.0x / 2.1x. That single configuration is scored held-out too, for comparison.
-# Revised before the third held-out family (select_candidates.py, tuning seeds only): select also chooses the order
-# (UniPC-2 or 3) and the Gaussian start (none, 0.15, 0.3), 24 candidates: its pilot picks score median 0.37x / worst
-# 1.00x at NFE 10 on the tuning family (0.47x / 0.84x with the 8 above), the same at NFE 20 (0.29x / 1.20x).
+# Revised before the third held-out family (select_study.py candidates, tuning seeds only): select also chooses the
+# order (UniPC-2 or 3) and the Gaussian start (none, 0.15, 0.3), 24 candidates: its pilot picks score median 0.37x /
+# worst 1.00x at NFE 10 on the tuning family (0.47x / 0.84x with the 8 above), the same at NFE 20 (0.29x / 1.20x).
 SELECT_OVER = {"order": (2, 3), "gaussian_start": (None, 0.15, 0.3)}
 FROZEN = {"unipc-3 select gs0.15": dict(name="unipc", order=3, grid="select", gaussian_start=0.15),
           "unipc-3 logsnr gs0.15": dict(name="unipc", order=3, grid="logsnr", gaussian_start=0.15),

@@ -96,7 +96,7 @@ def select_schedule(sampler, denoiser, pilot: int = 512, reference_tol: float = 
     """(start, times, knobs, report): the candidate of pilot_errors (a named grid x select_variants) with the smallest
     pilot RMSE: len(grids) x variants runs of the sampler after the reference, a small fraction of optimize_grid's
     cost. The RMSE is the score the candidates are judged by; the median or a trimmed mean of the per-row errors
-    picked worse on the tuning family (benchmarks/select_criterion.py)."""
+    picked worse on the tuning family (benchmarks/select_study.py criterion)."""
     candidates, pilot_nfe = pilot_errors(sampler, denoiser, pilot, reference_tol, grids)
     scores = {label: float(c[-1].pow(2).mean().sqrt()) for label, c in candidates.items()}
     best = min(scores, key=scores.get)

@@ -1,0 +1,172 @@
+"""How grid="select" should choose, studied on the tuning family only: by which pilot criterion, among which
+candidates.
+
+grid="select" (lightning_sde/samplers/tuning.py) runs every named grid x the variants of `select_over` (by default
+the start: T, or the Gaussian start) on a 512-row pilot and keeps the candidate closest to the ODE's solution. Each
+study runs select's own pilot on every tuning problem at NFE 10 and 20 and scores what a rule picks by the pick's
+RMSE over the best public solver's in results/recommend_tuning.csv (256 starts); `oracle`: the best on those starts.
+
+  criterion   UniPC-3 x {T, Gaussian start 0.15} x 4 grids, the per-row pilot errors summarised by several criteria
+              (the RMSE; robust ones). Ranked by the RMSE, a few rows in a rare component can decide the choice
+              (held-out #1008: pilot RMSE uniform 0.19 < quadratic 0.35, scored 0.10 vs 0.019 on 256 starts).
+  candidates  the widest set, UniPC order 2 or 3 x start T, 0.15 or 0.3 x 4 grids (24), and each smaller set
+              picking by pilot RMSE within it.
+
+    .venv/bin/python benchmarks/select_study.py criterion     # 24 tuning problems (about 10 min, 2 cores)
+    .venv/bin/python benchmarks/select_study.py candidates    # about 10 min
+    .venv/bin/python benchmarks/select_study.py candidates --replot   # the table only
+
+Results: results/select_<study>.csv (one problem at a time: a rerun continues), results/select_<study>.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from endpoint_protocol import vp_sde  # noqa: E402
+from family import draw, tuning_study  # noqa: E402
+from recommend import NFES, TUNED_GAUSSIAN_START, ratios  # noqa: E402
+
+from lightning_sde.samplers import build_sampler  # noqa: E402
+from lightning_sde.samplers.tuning import pilot_errors  # noqa: E402
+
+OUT = ROOT / "benchmarks/results"
+
+
+def pilot_and_scores(study: str):
+    """(the study's pilot rows, {(config, budget): {seed: scored RMSE / best public's}}, the seeds it covers)."""
+    with open(OUT / f"select_{study}.csv") as fh:
+        pilot = list(csv.DictReader(fh))
+    with open(OUT / "recommend_tuning.csv") as fh:
+        scored, _ = ratios(list(csv.DictReader(fh)))
+    return pilot, scored, sorted({r["seed"] for r in pilot}, key=int)
+
+
+# --- criterion ---------------------------------------------------------------------------------------------------
+SUMMARIES = {  # criterion: per-row errors -> one number (lower is better)
+    "rms": lambda e: e.pow(2).mean().sqrt(),
+    "rms trimmed 1%": lambda e: e.sort().values[: int(0.99 * len(e))].pow(2).mean().sqrt(),
+    "rms trimmed 5%": lambda e: e.sort().values[: int(0.95 * len(e))].pow(2).mean().sqrt(),
+    "mean": lambda e: e.mean(),
+    "geometric mean": lambda e: e.log().mean().exp(),
+    "median": lambda e: e.median(),
+    "90th percentile": lambda e: e.quantile(0.9),
+}
+CRITERION_FIELDS = ["seed", "budget", "config", "pilot_nfe", *SUMMARIES]
+
+
+def criterion_problem(seed: int) -> list[dict]:
+    den = draw(seed)[0].denoiser(vp_sde())
+    rows = []
+    for nfe in NFES:
+        sampler = build_sampler("unipc", order=3, steps=nfe, grid="select", gaussian_start=TUNED_GAUSSIAN_START)
+        candidates, pilot_nfe = pilot_errors(sampler, den)
+        for grid, knobs, _, _, errors in candidates.values():
+            config = config_name(3, grid, knobs["gaussian_start"])
+            rows.append({"seed": seed, "budget": nfe, "config": config, "pilot_nfe": pilot_nfe,
+                         **{name: float(f(errors)) for name, f in SUMMARIES.items()}})
+    return rows
+
+
+def criterion_summary() -> None:
+    pilot, scored, seeds = pilot_and_scores("criterion")
+    lines = [f"# grid=select's pilot criterion on the tuning family ({len(seeds)} problems)", "",
+             "Per criterion, the scored RMSE / best public solver's of the candidate it picks on each problem "
+             "(results/recommend_tuning.csv, 256 starts); `oracle`: the best of the 8 candidates on the scored "
+             "starts themselves.", ""]
+    for budget in NFES:
+        lines += [f"## NFE {budget}", "", "| criterion | median | worst | problems > 1 | picks = oracle's |",
+                  "|---|---:|---:|---:|---:|"]
+        oracle = {}
+        picks = {}
+        for seed in seeds:
+            cands = [r for r in pilot if r["seed"] == seed and int(r["budget"]) == budget]
+            oracle[seed] = min(cands, key=lambda r: scored[(r["config"], budget)][seed])["config"]
+            for name in SUMMARIES:
+                picks.setdefault(name, {})[seed] = min(cands, key=lambda r: float(r[name]))["config"]
+        for name, chosen in [*picks.items(), ("oracle", oracle)]:
+            got = [scored[(chosen[s], budget)][s] for s in seeds]
+            same = sum(chosen[s] == oracle[s] for s in seeds)
+            lines.append(f"| {name} | {statistics.median(got):.3f} | {max(got):.3f} | {sum(g > 1 for g in got)} | "
+                         f"{same}/{len(seeds)} |")
+        lines.append("")
+    (OUT / "select_criterion.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+# --- candidates --------------------------------------------------------------------------------------------------
+WIDEST = {"order": (2, 3), "gaussian_start": (None, 0.15, 0.3)}
+SETS = {  # label: (orders, starts)
+    "UniPC-3; T, 0.15 (select before)": ((3,), (None, 0.15)),
+    "UniPC-3; T, 0.15, 0.3": ((3,), (None, 0.15, 0.3)),
+    "UniPC-2/3; T, 0.15": ((2, 3), (None, 0.15)),
+    "UniPC-2/3; T, 0.15, 0.3": ((2, 3), (None, 0.15, 0.3)),
+}
+CANDIDATE_FIELDS = ["seed", "budget", "config", "order", "gaussian_start", "pilot_nfe", "pilot_rmse"]
+
+
+def config_name(order: int, grid: str, gaussian_start) -> str:
+    """The candidate's name in recommend.py's tables."""
+    return f"unipc-{order} {grid}" + (f" gs{gaussian_start:g}" if gaussian_start else "")
+
+
+def candidates_problem(seed: int) -> list[dict]:
+    den = draw(seed)[0].denoiser(vp_sde())
+    rows = []
+    for nfe in NFES:
+        sampler = build_sampler("unipc", order=3, steps=nfe, grid="select", select_over=WIDEST)
+        candidates, pilot_nfe = pilot_errors(sampler, den)
+        for grid, knobs, _, _, errors in candidates.values():
+            rows.append({"seed": seed, "budget": nfe, "config": config_name(knobs["order"], grid,
+                                                                             knobs["gaussian_start"]),
+                         "order": knobs["order"], "gaussian_start": knobs["gaussian_start"] or 0,
+                         "pilot_nfe": pilot_nfe, "pilot_rmse": float(errors.pow(2).mean().sqrt())})
+    return rows
+
+
+def candidates_summary() -> None:
+    pilot, scored, seeds = pilot_and_scores("candidates")
+    lines = [f"# grid=select's candidates on the tuning family ({len(seeds)} problems)", "",
+             "Per candidate set, the scored RMSE / best public solver's of the candidate the pilot RMSE picks on "
+             "each problem (results/recommend_tuning.csv, 256 starts); oracle: the best of the set on the scored "
+             "starts.", "", "Command: `.venv/bin/python benchmarks/select_study.py candidates`", ""]
+    for budget in NFES:
+        lines += [f"## NFE {budget}", "", "| candidates | pilot NFE (median) | median | worst | problems > 1 | "
+                  "oracle: median, worst |", "|---|---:|---:|---:|---:|---:|"]
+        for label, (orders, starts) in SETS.items():
+            picks, best = [], []
+            for seed in seeds:
+                cands = [r for r in pilot if r["seed"] == seed and int(r["budget"]) == budget
+                         and int(r["order"]) in orders and (float(r["gaussian_start"]) or None) in starts]
+                pick = min(cands, key=lambda r: float(r["pilot_rmse"]))
+                picks.append(scored[(pick["config"], budget)][seed])
+                best.append(min(scored[(r["config"], budget)][seed] for r in cands))
+            runs = len(orders) * len(starts) * 4
+            widest = len(WIDEST["order"]) * len(WIDEST["gaussian_start"]) * 4
+            reference = statistics.median(int(r["pilot_nfe"]) - widest * budget
+                                          for r in pilot if int(r["budget"]) == budget)
+            lines.append(f"| {label} ({runs}) | {reference + runs * budget:.0f} | {statistics.median(picks):.3f} | "
+                         f"{max(picks):.3f} | {sum(p > 1 for p in picks)} | {statistics.median(best):.3f}, "
+                         f"{max(best):.3f} |")
+        lines.append("")
+    (OUT / "select_candidates.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+STUDIES = {"criterion": (CRITERION_FIELDS, criterion_problem, criterion_summary),
+           "candidates": (CANDIDATE_FIELDS, candidates_problem, candidates_summary)}
+
+
+if __name__ == "__main__":
+    study = sys.argv.pop(1) if len(sys.argv) > 1 and sys.argv[1] in STUDIES else None
+    if study is None:
+        sys.exit(f"usage: select_study.py {{{','.join(STUDIES)}}} [--replot]")
+    fields, problem, summary = STUDIES[study]
+    tuning_study(__doc__, OUT / f"select_{study}.csv", fields, problem, summary)
