@@ -28,11 +28,12 @@ def _cfg(*overrides):
 
 
 def ddim(steps):
-    return {"steps": steps, "eta": 0.0, "grid": "uniform", "rho": 7.0, "times": None, "gaussian_start": None}
+    return {"steps": steps, "eta": 0.0, "grid": "uniform", "rho": 7.0, "times": None, "gaussian_start": None,
+            "select_over": None}
 
 
 def heun(steps):
-    return {"steps": steps, "grid": "karras", "rho": 7.0, "times": None, "gaussian_start": None}
+    return {"steps": steps, "grid": "karras", "rho": 7.0, "times": None, "gaussian_start": None, "select_over": None}
 
 
 def ode(tol):
@@ -45,6 +46,7 @@ def ode(tol):
         "rho": 7.0,
         "times": None,
         "gaussian_start": None,
+        "select_over": None,
         "first_step": 0.01,
     }
 
