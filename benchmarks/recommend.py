@@ -19,6 +19,7 @@ The score of a configuration on a problem is its RMSE over the best public solve
     .venv/bin/python benchmarks/recommend.py --family held-out-2 # the same FROZEN on new seeds, >= 1024 starts
     .venv/bin/python benchmarks/recommend.py --family held-out-3 # FROZEN with the revised select, >= 512 starts
     .venv/bin/python benchmarks/recommend.py --family held-out --seeds 1008 --least 2048  # one problem, more starts
+    .venv/bin/python benchmarks/recommend.py --family held-out --rescore  # today's FROZEN on the whole family again
     .venv/bin/python benchmarks/recommend.py --family held-out --replot       # tables and plot only
 
 Needs the `peers` extra (diffusers, k-diffusion). Results go to results/recommend_<family>.csv one problem at a time
@@ -267,11 +268,17 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=256, help="starts per problem (tuning family)")
     parser.add_argument("--seeds", type=int, nargs="+", help="rescore these problems of the family only (held-out)")
     parser.add_argument("--least", type=int, help="with --seeds: at least this many starts (held_out_starts)")
+    parser.add_argument("--rescore", action="store_true", help="score today's FROZEN on a whole held-out family "
+                        "again, into recommend_<family>_rescored (its first run's files stay)")
     parser.add_argument("--replot", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = OUT / f"recommend_{args.family.replace('-', '')}"
     seeds, least = FAMILIES[args.family]
+    if args.rescore:
+        if args.family == "tuning" or args.seeds:
+            parser.error("--rescore: a whole held-out family, without --seeds")
+        out = out.with_name(f"{out.name}_rescored")
     if args.seeds:
         if args.family == "tuning" or not set(args.seeds) <= set(seeds) or not args.least:
             parser.error(f"--seeds: problems of a held-out family ({args.family}: {seeds[0]}..{seeds[-1]}), "
