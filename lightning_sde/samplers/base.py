@@ -161,7 +161,8 @@ class FixedStepSampler(Sampler):
     rho: float = 7.0
     times: Sequence[float] | None = None  # explicit times start ... eps (e.g. from optimize_grid)
     # grid="select": more knobs to choose on the pilot, {field: candidate values}, e.g. {"order": [2, 3],
-    # "gaussian_start": [None, 0.15, 0.3]}; None: the start only (T, or gaussian_start's when set)
+    # "gaussian_start": [None, 0.15, 0.3]}; None: the start only (T, or gaussian_start's when set). Each value is a
+    # fixed-step run at this sampler's NFE; a select_over without gaussian_start keeps this sampler's start for all
     select_over: dict | None = None
 
     @property

@@ -79,6 +79,9 @@ def check_schedule(sampler) -> None:
     if start is not None and (isinstance(start, bool) or not isinstance(start, (int, float)) or not start > 0):
         raise ValueError(f"{name}: gaussian_start must be a ratio > 0 (or None); got {start!r}")
     if sampler.adaptive:
+        if getattr(sampler, "select_over", None) is not None:
+            raise ValueError(f"{name}: select_over chooses among fixed-step runs; an adaptive sampler has no grid "
+                             "to select")
         return
     steps = sampler.steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -114,8 +117,18 @@ def check_select_over(sampler) -> None:
             raise ValueError(f"{name}: select_over cannot vary {knob!r}; it can vary {sorted(knobs)}")
         if not isinstance(values, tuple) or not values:
             raise ValueError(f"{name}: select_over[{knob!r}] must be a non-empty list of values; got {values!r}")
+        if any(values.count(v) > 1 for v in values):
+            raise ValueError(f"{name}: select_over[{knob!r}] lists a value twice; got {list(values)!r}")
     sampler.select_over = over  # plain tuples (Hydra passes ListConfig), so the tuning cache's key is stable
     for combination in select_combinations(over):
-        if dataclasses.replace(sampler, select_over=None, **combination).stochastic:
+        try:
+            variant = dataclasses.replace(sampler, select_over=None, **combination)
+        except ValueError as err:
+            raise ValueError(f"{name}: select_over candidate {combination}: {err}") from err
+        if variant.stochastic:
             raise ValueError(f"{name}: select_over candidate {combination} is stochastic; select compares "
                              "deterministic runs with the ODE's solution")
+        if variant.adaptive or variant.nfe_per_step != sampler.nfe_per_step:
+            raise ValueError(f"{name}: select_over candidate {combination} costs "
+                             f"{'a tolerance' if variant.adaptive else f'{variant.nfe_per_step} NFE a step'}, not "
+                             f"{sampler.nfe_per_step} like the others: select compares runs at equal NFE")

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from helpers.oracles import SDES
+from helpers.convergence import GAUSSIAN
+from helpers.oracles import SDES, counting_denoiser
 from lightning_sde.exact import eight_gaussians
 from lightning_sde.generation import generate
 from lightning_sde.samplers import SAMPLERS, build_sampler, sample, time_grid
@@ -237,12 +238,28 @@ def test_select_over_chooses_other_knobs_on_the_pilot_and_runs_the_chosen_varian
     ("unipc", {"grid": "select", "select_over": {"order": []}}, "select_over\\['order'\\] must be a non-empty list"),
     ("unipc", {"grid": "select", "select_over": {"order": 2}}, "must be a non-empty list"),
     ("unipc", {"grid": "select", "select_over": {"order": [2, 7]}}, "order must be one of"),
-    ("unipc", {"grid": "select", "select_over": {"gaussian_start": [None, -1]}}, "gaussian_start must be a ratio > 0"),
+    ("unipc", {"grid": "select", "select_over": {"gaussian_start": [None, -1]}},
+     "candidate {'gaussian_start': -1}: unipc: gaussian_start must be a ratio > 0"),
+    ("unipc", {"grid": "select", "select_over": {"order": [2, 2]}}, "select_over\\['order'\\] lists a value twice"),
     ("ddim", {"grid": "select", "select_over": {"eta": [0.0, 1.0]}}, "candidate {'eta': 1.0} is stochastic"),
+    ("ode", {"method": "euler", "grid": "select", "select_over": {"method": ["euler", "rk4"]}},
+     "candidate {'method': 'rk4'} costs 4 NFE a step, not 1"),
 ])
 def test_select_over_is_checked_on_construction(name, params, message):
     with pytest.raises(ValueError, match=message):
         build_sampler(name, steps=6, **params)
+
+
+def test_select_over_needs_a_fixed_step_sampler_and_a_start_it_can_take():
+    with pytest.raises(ValueError, match="^ode: select_over chooses among fixed-step runs"):
+        build_sampler("ode", method="dopri5", select_over={"rtol": [1e-3, 1e-4]})
+    from lightning_sde.samplers.tuning import select_variants
+
+    den = counting_denoiser(GAUSSIAN, "vp")[0]  # no data_moments: Gaussian starts are left out
+    sampler = build_sampler("unipc", steps=6, grid="select", select_over={"gaussian_start": [None, 0.15]})
+    assert [knobs for knobs, _ in select_variants(sampler, den)] == [{"gaussian_start": None}]
+    with pytest.raises(ValueError, match="every select_over candidate starts from a Gaussian start"):
+        select_variants(dataclasses.replace(sampler, select_over={"gaussian_start": (0.15, 0.3)}), den)
 
 
 def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
