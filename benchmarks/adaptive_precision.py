@@ -124,8 +124,8 @@ def summarize(stem: Path, family: str) -> None:
             f"{statistics.median(tols):.2g} [{min(tols):.2g}, {max(tols):.2g}] |" if tols else "n/a |"))
     lines += ["", "## At one tolerance for every problem", "",
               "Problems where ours at this rtol = atol has RMSE <= dopri5 1e-5's and <= 0.5x its NFE (both / RMSE "
-              "only / NFE only). dopri5's own error ranges over two orders of magnitude at one tolerance (next "
-              "table), so a single tolerance of ours trades one miss for the other.", "",
+              "only / NFE only). dopri5's own error ranges over two to three orders of magnitude at one tolerance "
+              "(next table), so a single tolerance of ours trades one miss for the other.", "",
               "| rtol = atol | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
     for tol in OUR_TOLS:
         cells = []

@@ -84,13 +84,18 @@ def ours(nfe: int, tuned: bool = False) -> dict:
     for label, (name, order) in SOLVERS.items():
         for grid in GRIDS:
             for gs in (None, *GAUSSIAN_STARTS):
-                tag = f"{label} {grid}" + (f" gs{gs:g}" if gs else "")
-                configs[tag] = dict(name=name, order=order, steps=nfe, grid=grid, gaussian_start=gs)
+                configs[config_tag(label, grid, gs)] = dict(name=name, order=order, steps=nfe, grid=grid,
+                                                            gaussian_start=gs)
     if tuned:
         for gs in (None, TUNED_GAUSSIAN_START):
-            configs["unipc-3 optimized" + (f" gs{gs:g}" if gs else "")] = dict(
+            configs[config_tag("unipc-3", "optimized", gs)] = dict(
                 name="unipc", order=3, steps=nfe, grid="optimized", gaussian_start=gs)
     return configs
+
+
+def config_tag(label: str, grid: str, gaussian_start) -> str:
+    """A configuration's name in the tables, e.g. "unipc-3 logsnr gs0.15"."""
+    return f"{label} {grid}" + (f" gs{gaussian_start:g}" if gaussian_start else "")
 
 
 def run_ours(params, den, x_T):
@@ -286,6 +291,10 @@ def main() -> None:
         seeds, least = tuple(args.seeds), args.least
         out = out.with_name(f"{out.name}_{'_'.join(map(str, seeds))}_{least}starts")
     if not args.replot:
+        missing = [m for m in ("diffusers", "k_diffusion") if importlib.util.find_spec(m) is None]
+        if missing:
+            parser.error(f"the public solvers are missing ({', '.join(missing)}): "
+                         ".venv/bin/pip install -e '.[peers]'")
 
         def problem(seed):
             if args.family == "tuning":
@@ -379,8 +388,8 @@ def summarize(out: Path) -> None:
 
 
 def plot(out: Path, table) -> None:
-    """Ratio to the best public solver against dimension and separation, per NFE: RECOMMENDED and the best single
-    named configuration."""
+    """Ratio to the best public solver against dimension and separation, per NFE: RECOMMENDED and the one before it
+    (the old select; on a first run's files, the best single named configuration)."""
     import matplotlib
 
     matplotlib.use("Agg")

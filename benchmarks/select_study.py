@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
 from family import draw, tuning_study  # noqa: E402
-from recommend import NFES, TUNED_GAUSSIAN_START, ratios  # noqa: E402
+from recommend import NFES, TUNED_GAUSSIAN_START, config_tag, ratios  # noqa: E402
 
 from lightning_sde.samplers import build_sampler  # noqa: E402
 from lightning_sde.samplers.tuning import pilot_errors  # noqa: E402
@@ -69,7 +69,7 @@ def criterion_problem(seed: int) -> list[dict]:
         sampler = build_sampler("unipc", order=3, steps=nfe, grid="select", gaussian_start=TUNED_GAUSSIAN_START)
         candidates, pilot_nfe = pilot_errors(sampler, den)
         for grid, knobs, _, _, errors in candidates.values():
-            config = config_name(3, grid, knobs["gaussian_start"])
+            config = config_tag("unipc-3", grid, knobs["gaussian_start"])
             rows.append({"seed": seed, "budget": nfe, "config": config, "pilot_nfe": pilot_nfe,
                          **{name: float(f(errors)) for name, f in SUMMARIES.items()}})
     return rows
@@ -112,11 +112,6 @@ SETS = {  # label: (orders, starts)
 CANDIDATE_FIELDS = ["seed", "budget", "config", "order", "gaussian_start", "pilot_nfe", "pilot_rmse"]
 
 
-def config_name(order: int, grid: str, gaussian_start) -> str:
-    """The candidate's name in recommend.py's tables."""
-    return f"unipc-{order} {grid}" + (f" gs{gaussian_start:g}" if gaussian_start else "")
-
-
 def candidates_problem(seed: int) -> list[dict]:
     den = draw(seed)[0].denoiser(vp_sde())
     rows = []
@@ -124,8 +119,8 @@ def candidates_problem(seed: int) -> list[dict]:
         sampler = build_sampler("unipc", order=3, steps=nfe, grid="select", select_over=WIDEST)
         candidates, pilot_nfe = pilot_errors(sampler, den)
         for grid, knobs, _, _, errors in candidates.values():
-            rows.append({"seed": seed, "budget": nfe, "config": config_name(knobs["order"], grid,
-                                                                             knobs["gaussian_start"]),
+            config = config_tag(f"unipc-{knobs['order']}", grid, knobs["gaussian_start"])
+            rows.append({"seed": seed, "budget": nfe, "config": config,
                          "order": knobs["order"], "gaussian_start": knobs["gaussian_start"] or 0,
                          "pilot_nfe": pilot_nfe, "pilot_rmse": float(errors.pow(2).mean().sqrt())})
     return rows
