@@ -62,17 +62,24 @@ SUMMARIES = {  # criterion: per-row errors -> one number (lower is better)
 CRITERION_FIELDS = ["seed", "budget", "config", "pilot_nfe", *SUMMARIES]
 
 
-def criterion_problem(seed: int) -> list[dict]:
+def pilot_rows(seed: int, select: dict, fields_of) -> list[dict]:
+    """One row per candidate of UniPC-3 grid="select" with `select`'s knobs, per NFE, on tuning problem `seed`:
+    its name in recommend.py's tables, the pilot's NFE and fields_of(knobs, per-row pilot errors)."""
     den = draw(seed)[0].denoiser(vp_sde())
     rows = []
     for nfe in NFES:
-        sampler = build_sampler("unipc", order=3, steps=nfe, grid="select", gaussian_start=TUNED_GAUSSIAN_START)
+        sampler = build_sampler("unipc", order=3, steps=nfe, grid="select", **select)
         candidates, pilot_nfe = pilot_errors(sampler, den)
         for grid, knobs, _, _, errors in candidates.values():
-            config = config_tag("unipc-3", grid, knobs["gaussian_start"])
+            config = config_tag(f"unipc-{knobs.get('order', 3)}", grid, knobs["gaussian_start"])
             rows.append({"seed": seed, "budget": nfe, "config": config, "pilot_nfe": pilot_nfe,
-                         **{name: float(f(errors)) for name, f in SUMMARIES.items()}})
+                         **fields_of(knobs, errors)})
     return rows
+
+
+def criterion_problem(seed: int) -> list[dict]:
+    return pilot_rows(seed, {"gaussian_start": TUNED_GAUSSIAN_START},
+                      lambda knobs, errors: {name: float(f(errors)) for name, f in SUMMARIES.items()})
 
 
 def criterion_summary() -> None:
@@ -113,17 +120,9 @@ CANDIDATE_FIELDS = ["seed", "budget", "config", "order", "gaussian_start", "pilo
 
 
 def candidates_problem(seed: int) -> list[dict]:
-    den = draw(seed)[0].denoiser(vp_sde())
-    rows = []
-    for nfe in NFES:
-        sampler = build_sampler("unipc", order=3, steps=nfe, grid="select", select_over=WIDEST)
-        candidates, pilot_nfe = pilot_errors(sampler, den)
-        for grid, knobs, _, _, errors in candidates.values():
-            config = config_tag(f"unipc-{knobs['order']}", grid, knobs["gaussian_start"])
-            rows.append({"seed": seed, "budget": nfe, "config": config,
-                         "order": knobs["order"], "gaussian_start": knobs["gaussian_start"] or 0,
-                         "pilot_nfe": pilot_nfe, "pilot_rmse": float(errors.pow(2).mean().sqrt())})
-    return rows
+    return pilot_rows(seed, {"select_over": WIDEST}, lambda knobs, errors: {
+        "order": knobs["order"], "gaussian_start": knobs["gaussian_start"] or 0,
+        "pilot_rmse": float(errors.pow(2).mean().sqrt())})
 
 
 def candidates_summary() -> None:
