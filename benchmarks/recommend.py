@@ -20,6 +20,7 @@ The score of a configuration on a problem is its RMSE over the best public solve
     .venv/bin/python benchmarks/recommend.py --family held-out-3 # FROZEN with the revised select, >= 512 starts
     .venv/bin/python benchmarks/recommend.py --family held-out --seeds 1008 --least 2048  # one problem, more starts
     .venv/bin/python benchmarks/recommend.py --family held-out --rescore  # today's FROZEN on the whole family again
+    .venv/bin/python benchmarks/recommend.py --family held-out-2 --rescore --reuse  # only what the first run lacks
     .venv/bin/python benchmarks/recommend.py --family held-out --replot       # tables and plot only
 
 Needs the `peers` extra (diffusers, k-diffusion). Results go to results/recommend_<family>.csv one problem at a time
@@ -204,7 +205,10 @@ def public(nfe):
 
 
 # --- one problem -------------------------------------------------------------------------------------------------
-def run_problem(seed, starts, configs_of):
+def run_problem(seed, starts, configs_of, stored=None):
+    """The rows of one problem. `stored`: this problem's rows from an earlier run on the same starts; then only the
+    configurations it lacks run, beside each budget's best public one (rerun for the paired bootstrap, and checked to
+    reproduce its stored RMSE), and the other rows are kept as they were."""
     mixture = draw(seed)[0]
     sde = vp_sde()
     den = mixture.denoiser(sde)
@@ -228,18 +232,39 @@ def run_problem(seed, starts, configs_of):
                      "flips": float((mode(x) != ref_mode).double().mean()),
                      "seconds": round(time.perf_counter() - start, 2), "starts": starts})
 
-    for nfe in NFES:
-        for config, params in configs_of(nfe).items():
-            add(config, "ours", nfe, lambda p=params: run_ours(p, den, x_T))
-        for config, (fn, spec) in public(nfe).items():
-            add(config, "public", nfe, lambda f=fn, s=spec: f(s, den, x_T, nfe))
-    add("dopri5 1e-5", "adaptive", 0, lambda: run_ours({"name": "ode", "method": "dopri5", "rtol": 1e-5,
-                                                       "atol": 1e-5}, den, x_T))
-    tuning = configs_of is ours
-    for tol in ADAPTIVE_TOLS if tuning else (FROZEN_ADAPTIVE_TOL,):
-        for gs in (None, TUNED_GAUSSIAN_START) if tuning else (None,):
-            add(f"unipc-adaptive {tol:g}" + (f" gs{gs:g}" if gs else ""), "adaptive", 0, lambda t=tol, g=gs: run_ours(
-                {"name": "unipc_adaptive", "rtol": t, "atol": t, "gaussian_start": g}, den, x_T))
+    if stored is not None:
+        if {r["starts"] for r in stored} != {starts}:
+            raise ValueError(f"#{seed}: the stored rows have {sorted({r['starts'] for r in stored})} starts, "
+                             f"not {starts}")
+        kept = {(r["config"], r["budget"]) for r in stored}
+        for nfe in NFES:
+            for config, params in configs_of(nfe).items():
+                if (config, nfe) not in kept:
+                    add(config, "ours", nfe, lambda p=params: run_ours(p, den, x_T))
+            fair = [r for r in stored if r["kind"] == "public" and r["budget"] == nfe and r["nfe"] <= nfe
+                    and math.isfinite(r["rmse"])]
+            best = min(fair, key=lambda r: r["rmse"])
+            fn, spec = public(nfe)[best["config"]]
+            add(best["config"], "public", nfe, lambda f=fn, s=spec: f(s, den, x_T, nfe))
+            again = rows.pop()
+            if not math.isclose(again["rmse"], best["rmse"], rel_tol=1e-4):  # reruns agree to ~1e-6, not bitwise
+                raise RuntimeError(f"#{seed}: {best['config']} at NFE {nfe} gives RMSE {again['rmse']:.6g}, stored "
+                                   f"{best['rmse']:.6g}: not the same starts or reference")
+        rows += stored
+    else:
+        for nfe in NFES:
+            for config, params in configs_of(nfe).items():
+                add(config, "ours", nfe, lambda p=params: run_ours(p, den, x_T))
+            for config, (fn, spec) in public(nfe).items():
+                add(config, "public", nfe, lambda f=fn, s=spec: f(s, den, x_T, nfe))
+        add("dopri5 1e-5", "adaptive", 0, lambda: run_ours({"name": "ode", "method": "dopri5", "rtol": 1e-5,
+                                                           "atol": 1e-5}, den, x_T))
+        tuning = configs_of is ours
+        for tol in ADAPTIVE_TOLS if tuning else (FROZEN_ADAPTIVE_TOL,):
+            for gs in (None, TUNED_GAUSSIAN_START) if tuning else (None,):
+                add(f"unipc-adaptive {tol:g}" + (f" gs{gs:g}" if gs else ""), "adaptive", 0,
+                    lambda t=tol, g=gs: run_ours({"name": "unipc_adaptive", "rtol": t, "atol": t,
+                                                  "gaussian_start": g}, den, x_T))
     print(f"  reference dopri5 1e-10: {ref_info['nfe']} NFE", flush=True)
     gen = torch.Generator().manual_seed(seed)
     for budget in NFES:
@@ -248,7 +273,7 @@ def run_problem(seed, starts, configs_of):
         best = per_start[(min(fair, key=lambda r: r["rmse"])["config"], budget)]
         idx = torch.randint(starts, (BOOTSTRAP, starts), generator=gen)
         for r in rows:
-            if r["kind"] == "ours" and r["budget"] == budget:
+            if r["kind"] == "ours" and r["budget"] == budget and (stored is None or r not in stored):
                 boot = (per_start[(r["config"], budget)][idx].mean(1) / best[idx].mean(1)).sqrt()
                 r["ratio_lo"], r["ratio_hi"] = (round(float(q), 4) for q in boot.quantile(
                     torch.tensor([0.025, 0.975], dtype=boot.dtype)))
@@ -275,6 +300,8 @@ def main() -> None:
     parser.add_argument("--least", type=int, help="with --seeds: at least this many starts (held_out_starts)")
     parser.add_argument("--rescore", action="store_true", help="score today's FROZEN on a whole held-out family "
                         "again, into recommend_<family>_rescored (its first run's files stay)")
+    parser.add_argument("--reuse", action="store_true", help="with --rescore: keep the first run's rows and run only "
+                        "the configurations it lacks (and, to pair and check them, each budget's best public one)")
     parser.add_argument("--replot", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -283,7 +310,10 @@ def main() -> None:
     if args.rescore:
         if args.family == "tuning" or args.seeds:
             parser.error("--rescore: a whole held-out family, without --seeds")
+        first = out.with_suffix(".csv")
         out = out.with_name(f"{out.name}_rescored")
+    if args.reuse and not (args.rescore and first.exists()):
+        parser.error("--reuse: with --rescore, on a family whose first run's CSV exists")
     if args.seeds:
         if args.family == "tuning" or not set(args.seeds) <= set(seeds) or not args.least:
             parser.error(f"--seeds: problems of a held-out family ({args.family}: {seeds[0]}..{seeds[-1]}), "
@@ -296,13 +326,28 @@ def main() -> None:
             parser.error(f"the public solvers are missing ({', '.join(missing)}): "
                          ".venv/bin/pip install -e '.[peers]'")
 
+        stored = stored_rows(first) if args.reuse else {}
+
         def problem(seed):
             if args.family == "tuning":
                 return run_problem(seed, args.starts, ours)
-            return run_problem(seed, held_out_starts(draw(seed)[1]["dim"], least), frozen_configs)
+            return run_problem(seed, held_out_starts(draw(seed)[1]["dim"], least), frozen_configs,
+                               stored.get(seed) if args.reuse else None)
 
         run_family(seeds, out.with_suffix(".csv"), FIELDS, problem)
     summarize(out)
+
+
+def stored_rows(path: Path) -> dict:
+    """{seed: rows} of a results CSV, typed as run_problem makes them."""
+    ints = ("seed", "budget", "nfe", "setup_nfe", "starts")
+    floats = ("rmse", "rmse_even", "rmse_odd", "flips", "seconds")
+    by_seed = {}
+    with open(path) as fh:
+        for r in csv.DictReader(fh):
+            r.update({k: int(r[k]) for k in ints}, **{k: float(r[k]) for k in floats})
+            by_seed.setdefault(r["seed"], []).append(r)
+    return by_seed
 
 
 def ratios(rows):
