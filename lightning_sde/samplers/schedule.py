@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from lightning_sde.samplers.grids import GRIDS, Plan, start_time, time_grid
-from lightning_sde.samplers.tuning import optimize_grid, select_combinations, select_schedule
+from lightning_sde.samplers.tuning import optimize_grid, select_combinations, select_schedule, select_variant
 
 SCHEDULE_GRIDS = GRIDS + ("select", "optimized")
 TUNED_CACHE_SIZE = 32
@@ -35,7 +35,7 @@ _tuned: OrderedDict[tuple, tuple[Tensor, dict]] = OrderedDict()
 def plan(sampler, denoiser) -> Plan:
     if not sampler.adaptive and sampler.times is None and sampler.grid == "select":
         (start, times, params), report = tuned(sampler, denoiser, select_schedule)
-        chosen = dataclasses.replace(sampler, select_over=None, **params) if sampler.select_over else None
+        chosen = select_variant(sampler, params) if sampler.select_over else None
         return Plan(start, times, {"setup_nfe": report["pilot_nfe"], "selection": report}, chosen)
     start = start_time(sampler, denoiser)
     if sampler.adaptive:
@@ -122,13 +122,12 @@ def check_select_over(sampler) -> None:
     sampler.select_over = over  # plain tuples (Hydra passes ListConfig), so the tuning cache's key is stable
     for combination in select_combinations(over):
         try:
-            variant = dataclasses.replace(sampler, select_over=None, **combination)
+            variant = select_variant(sampler, combination)
         except ValueError as err:
             raise ValueError(f"{name}: select_over candidate {combination}: {err}") from err
         if variant.stochastic:
             raise ValueError(f"{name}: select_over candidate {combination} is stochastic; select compares "
                              "deterministic runs with the ODE's solution")
-        if variant.adaptive or variant.nfe_per_step != sampler.nfe_per_step:
-            raise ValueError(f"{name}: select_over candidate {combination} costs "
-                             f"{'a tolerance' if variant.adaptive else f'{variant.nfe_per_step} NFE a step'}, not "
-                             f"{sampler.nfe_per_step} like the others: select compares runs at equal NFE")
+        if variant.nfe_per_step != sampler.nfe_per_step:  # (an adaptive candidate already failed: steps are fixed)
+            raise ValueError(f"{name}: select_over candidate {combination} costs {variant.nfe_per_step} NFE a step, "
+                             f"not {sampler.nfe_per_step} like the others: select compares runs at equal NFE")

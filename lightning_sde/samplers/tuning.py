@@ -51,6 +51,11 @@ def select_combinations(over) -> list[dict]:
     return [dict(zip(over, values)) for values in itertools.product(*over.values())]
 
 
+def select_variant(sampler, knobs: dict):
+    """The sampler with select_over's knobs set, as it runs when chosen."""
+    return dataclasses.replace(sampler, select_over=None, **knobs)
+
+
 def select_variants(sampler, denoiser) -> list[tuple[dict, object]]:
     """[(knobs, the sampler with them)] that grid="select" compares: select_over's combinations, or by default the
     start only (T, and gaussian_start's when set). Gaussian starts are left out without data moments."""
@@ -59,7 +64,7 @@ def select_variants(sampler, denoiser) -> list[tuple[dict, object]]:
         over = {"gaussian_start": (None, sampler.gaussian_start)} if sampler.gaussian_start is not None else {}
     variants = []
     for knobs in select_combinations(over):
-        variant = dataclasses.replace(sampler, select_over=None, **knobs)
+        variant = select_variant(sampler, knobs)
         if variant.gaussian_start is None or denoiser.data_moments is not None:
             variants.append((knobs, variant))
     if not variants:
