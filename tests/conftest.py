@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from helpers.oracles import SDES
 from lightning_sde.exact import eight_gaussians as make_eight_gaussians
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test`: 2 workers), the cores are shared out: each worker and the processes its tests
+    start get cores / workers threads. Two workers with a full thread pool each would oversubscribe the cores, and
+    OpenMP's spin-waiting then slows both (see one_thread)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 @pytest.fixture(params=sorted(SDES), ids=sorted(SDES))
