@@ -18,6 +18,7 @@ The score of a configuration on a problem is its RMSE over the best public solve
     .venv/bin/python benchmarks/recommend.py --family held-out   # score FROZEN: starts by dimension (held_out_starts)
     .venv/bin/python benchmarks/recommend.py --family held-out-2 # the same FROZEN on new seeds, >= 1024 starts
     .venv/bin/python benchmarks/recommend.py --family held-out-3 # FROZEN with the revised select, >= 512 starts
+    .venv/bin/python benchmarks/recommend.py --family held-out-4 # the same FROZEN on a fourth family, >= 512 starts
     .venv/bin/python benchmarks/recommend.py --family held-out --seeds 1008 --least 2048  # one problem, more starts
     .venv/bin/python benchmarks/recommend.py --family held-out --rescore  # today's FROZEN on the whole family again
     .venv/bin/python benchmarks/recommend.py --family held-out-2 --rescore --reuse  # only what the first run lacks
@@ -46,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
-from family import HELD_OUT, HELD_OUT_2, HELD_OUT_3, TUNING, draw, run_family  # noqa: E402
+from family import HELD_OUT, HELD_OUT_2, HELD_OUT_3, HELD_OUT_4, TUNING, draw, run_family  # noqa: E402
 
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 
@@ -74,7 +75,7 @@ FROZEN_ADAPTIVE_TOL = 1e-4  # the adaptive UniPC's tolerance: median 0.44x dopri
 FIELDS = ["seed", "config", "kind", "budget", "nfe", "setup_nfe", "rmse", "flips", "seconds", "starts", "ratio_lo",
           "ratio_hi", "rmse_even", "rmse_odd"]
 FAMILIES = {"tuning": (TUNING, 0), "held-out": (HELD_OUT, 256), "held-out-2": (HELD_OUT_2, 1024),
-            "held-out-3": (HELD_OUT_3, 512)}  # seeds, min starts
+            "held-out-3": (HELD_OUT_3, 512), "held-out-4": (HELD_OUT_4, 512)}  # seeds, min starts
 BOOTSTRAP = 1000  # resamples of the starts for the 95 % interval of ours / best public (paired: same starts)
 
 
