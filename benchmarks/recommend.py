@@ -296,9 +296,10 @@ def held_out_starts(dim: int, least: int = 256) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=tuple(FAMILIES))
-    parser.add_argument("--pooled", action="store_true", help="print RECOMMENDED's ratios by dimension over the "
-                        "held-out families' runs (POOLED)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--family", choices=tuple(FAMILIES))
+    what.add_argument("--pooled", action="store_true", help="print RECOMMENDED's ratios by dimension over the "
+                      "held-out families' runs (POOLED)")
     parser.add_argument("--starts", type=int, default=256, help="starts per problem (tuning family)")
     parser.add_argument("--seeds", type=int, nargs="+", help="rescore these problems of the family only (held-out)")
     parser.add_argument("--least", type=int, help="with --seeds: at least this many starts (held_out_starts)")
@@ -309,9 +310,9 @@ def main() -> None:
     parser.add_argument("--replot", action="store_true")
     args = parser.parse_args()
     if args.pooled:
+        if args.seeds or args.least or args.rescore or args.reuse or args.replot:
+            parser.error("--pooled reads the committed runs: it takes no other option")
         return print(pooled_by_dimension())
-    if not args.family:
-        parser.error("--family is required (or --pooled)")
     torch.set_num_threads(2)
     out = OUT / f"recommend_{args.family.replace('-', '')}"
     seeds, least = FAMILIES[args.family]
