@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
-from family import HELD_OUT, HELD_OUT_2, HELD_OUT_3, HELD_OUT_4, TUNING, draw, run_family  # noqa: E402
+from family import FAMILIES, draw, run_family  # noqa: E402
 
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 
@@ -75,8 +75,7 @@ RECOMMENDED = "unipc-2/3 select gs0/0.15/0.3"  # from the third held-out family 
 FROZEN_ADAPTIVE_TOL = 1e-4  # the adaptive UniPC's tolerance: median 0.44x dopri5 1e-5's NFE on the tuning family
 FIELDS = ["seed", "config", "kind", "budget", "nfe", "setup_nfe", "rmse", "flips", "seconds", "starts", "ratio_lo",
           "ratio_hi", "rmse_even", "rmse_odd"]
-FAMILIES = {"tuning": (TUNING, 0), "held-out": (HELD_OUT, 256), "held-out-2": (HELD_OUT_2, 1024),
-            "held-out-3": (HELD_OUT_3, 512), "held-out-4": (HELD_OUT_4, 512)}  # seeds, min starts
+LEAST_STARTS = {"tuning": 0, "held-out": 256, "held-out-2": 1024, "held-out-3": 512}  # per family; later ones 512
 BOOTSTRAP = 1000  # resamples of the starts for the 95 % interval of ours / best public (paired: same starts)
 
 
@@ -315,7 +314,7 @@ def main() -> None:
         return print(pooled_by_dimension())
     torch.set_num_threads(2)
     out = OUT / f"recommend_{args.family.replace('-', '')}"
-    seeds, least = FAMILIES[args.family]
+    seeds, least = FAMILIES[args.family], LEAST_STARTS.get(args.family, 512)
     if args.rescore:
         if args.family == "tuning" or args.seeds:
             parser.error("--rescore: a whole held-out family, without --seeds")

@@ -12,7 +12,7 @@ sliced W2 over floor) is frozen in FROZEN and scored on the held-out family with
 
     .venv/bin/python benchmarks/sde_family.py --family tuning     # choose  (results/sde_family_tuning.*)
     .venv/bin/python benchmarks/sde_family.py --family held-out   # score   (results/sde_family_heldout.*)
-    .venv/bin/python benchmarks/sde_family.py --family held-out-2 # the same on new seeds (family.HELD_OUT_2)
+    .venv/bin/python benchmarks/sde_family.py --family held-out-2 # the same on new seeds (family.FAMILIES)
     .venv/bin/python benchmarks/sde_family.py --family held-out-4 # ... and on the fourth held-out family
     .venv/bin/python benchmarks/sde_family.py --family held-out --control  # exact samples through the same test
 """
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
-from family import HELD_OUT, HELD_OUT_2, HELD_OUT_3, HELD_OUT_4, TUNING, draw, run_family  # noqa: E402
+from family import FAMILIES, draw, run_family  # noqa: E402
 
 from lightning_sde.metrics.sliced import sliced_wasserstein  # noqa: E402
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
@@ -41,8 +41,6 @@ from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 OUT = ROOT / "benchmarks/results"
 N, REFERENCE, FLOOR_SETS, NFE = 1000, 10000, 8, 50
 CONTROL_SETS = 32
-FAMILIES = {"tuning": TUNING, "held-out": HELD_OUT, "held-out-2": HELD_OUT_2, "held-out-3": HELD_OUT_3,
-            "held-out-4": HELD_OUT_4}
 GRIDS = ("logsnr", "quadratic", "uniform", "karras")
 
 
