@@ -7,7 +7,14 @@ Gaussian's probability-flow ODE is linear with a closed-form solution: in C's ei
 
 A sampler with `gaussian_start = r` carries x_T by this map to the time t* at which the data's largest std is r
 times the noise level sigma_t / alpha_t, and spends all its NFE on [t*, eps] (the "analytical teleportation" of
-Wang & Vastola 2023, "The hidden linear structure in score-based models"). The moments belong to the model side:
+Wang & Vastola 2023, "The hidden linear structure in score-based models"). That ratio ignores the dimension: in d
+directions of similar spread the fit is d times further off. `gaussian_start_kl = k` starts instead where
+
+    I(t) = 1/2 sum_i log(1 + alpha_t^2 v_i / sigma_t^2)   (nats, over every direction of C)
+
+equals k. I(t) bounds KL(p_t || its Gaussian fit): the fit has p_t's covariance, so the KL is h(fit) - h(p_t), and
+h(p_t) >= h(p_t | x_0), the entropy of the noise alone. A deterministic flow keeps that KL to the end; a stochastic
+sampler shrinks it. The moments belong to the model side:
 a Denoiser carries them (`Denoiser(..., data_moments=...)`): exact for GaussianMixture oracles, the training
 data's for trained models (measured when a fit starts, kept in the checkpoint).
 """
@@ -90,6 +97,27 @@ class DataMoments:
         if diagonal:
             return (vecs**2) @ (g - g_res) + g_res
         return (vecs * (g - g_res)) @ vecs.T + g_res * torch.eye(len(vecs), dtype=vecs.dtype)
+
+    def information(self, log_snr: Tensor) -> Tensor:
+        """I at log-SNR lambda = log(alpha / sigma): 1/2 sum_i log(1 + e^(2 lambda) v_i), the residual variance
+        counted once for each of the d - k directions the eigenpairs leave out."""
+        snr = torch.exp(2 * _as64(log_snr))
+        left_out = self.mean.numel() - self.eigvals.numel()
+        return 0.5 * (torch.log1p(snr[..., None] * self.eigvals.double()).sum(-1)
+                      + left_out * torch.log1p(snr * self.residual_var))
+
+    def start_time_kl(self, sde: SDE, nats: float) -> float:
+        """The time t* at which information(lambda_t) = nats, or T if it is already more at T."""
+        lo, hi = (float(sde.log_snr(_as64(t))) for t in (sde.T, sde.eps))
+        if float(self.information(_as64(lo))) >= nats:
+            return float(sde.T)
+        if float(self.information(_as64(hi))) <= nats:
+            raise ValueError(f"gaussian_start_kl={nats} is reached only after eps = {sde.eps} (the Gaussian fit's "
+                             f"bound there is {float(self.information(_as64(hi))):.3g} nats); use a smaller value")
+        for _ in range(60):  # bisection on lambda: information is increasing in it
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if float(self.information(_as64(mid))) < nats else (lo, mid)
+        return float(sde.t_from_log_snr(_as64(0.5 * (lo + hi))))
 
     def start_time(self, sde: SDE, ratio: float) -> float:
         """The time t* at which max_std alpha_t / sigma_t = ratio, or T if that is already so at T."""

@@ -69,6 +69,7 @@ def _synchronize(x: Tensor) -> None:
 class Sampler:
     name: ClassVar[str]
     gaussian_start: float | None = None  # start where data std / noise std = this ratio (schedule.py); None: at T
+    gaussian_start_kl: float | None = None  # or where the Gaussian fit's KL bound is this many nats (models/moments.py)
 
     def __post_init__(self):
         check_schedule(self)

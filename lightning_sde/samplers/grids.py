@@ -59,14 +59,22 @@ class Plan:
 
 def data_moments(sampler, denoiser):
     if denoiser.data_moments is None:
-        raise ValueError(f"{sampler.name}: gaussian_start needs the data's mean and covariance, the denoiser's "
+        knob = "gaussian_start_kl" if sampler.gaussian_start_kl is not None else "gaussian_start"
+        raise ValueError(f"{sampler.name}: {knob} needs the data's mean and covariance, the denoiser's "
                          "data_moments: mixtures have them, and so do checkpoints trained by this version; else build "
                          "the Denoiser with data_moments=DataMoments.of_samples(training_data)")
     return denoiser.data_moments
 
 
+def gaussian_start(sampler) -> bool:
+    return sampler.gaussian_start is not None or sampler.gaussian_start_kl is not None
+
+
 def start_time(sampler, denoiser) -> float:
-    """T, or with gaussian_start the time where the data's largest std is that ratio of the noise level."""
+    """T, or with gaussian_start the time where the data's largest std is that ratio of the noise level, or with
+    gaussian_start_kl the time where the Gaussian fit's KL bound is that many nats."""
+    if sampler.gaussian_start_kl is not None:
+        return data_moments(sampler, denoiser).start_time_kl(denoiser.sde, sampler.gaussian_start_kl)
     if sampler.gaussian_start is None:
         return float(denoiser.sde.T)
     return data_moments(sampler, denoiser).start_time(denoiser.sde, sampler.gaussian_start)

@@ -1,10 +1,12 @@
 """Where a sampler spends its evaluations in time: resolved here, in one place, for every sampler.
 
-A sampler's schedule knobs are `gaussian_start` (every sampler) and, for fixed-step ones, `steps`, `grid`, `rho` and
-explicit `times`. `plan(sampler, denoiser)` turns them into a Plan:
+A sampler's schedule knobs are `gaussian_start` or `gaussian_start_kl` (every sampler) and, for fixed-step ones,
+`steps`, `grid`, `rho` and explicit `times`. `plan(sampler, denoiser)` turns them into a Plan:
 
-  start   T, or with gaussian_start=r the time t* at which the data's largest std is r times the noise level: x_T is
-          carried there at no NFE by the exact flow of the data's Gaussian fit (models/moments.py)
+  start   T, or with gaussian_start=r the time t* at which the data's largest std is r times the noise level, or
+          with gaussian_start_kl=k the time at which the Gaussian fit's bound on its KL to p_t is k nats (counting
+          every direction: the start for high dimensions); x_T is carried there at no NFE by the exact flow of the
+          data's Gaussian fit (models/moments.py)
   times   the steps' times, start ... eps: explicit `times`, a named grid (grids.py), grid="select": the named grid
           (and with gaussian_start, the start: T or t*; with select_over, any other knobs listed there, e.g. the
           order) whose run ends closest to the ODE's solution on a pilot set, or grid="optimized": step positions
@@ -18,6 +20,7 @@ in `nfe`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
@@ -78,6 +81,12 @@ def check_schedule(sampler) -> None:
     start = sampler.gaussian_start
     if start is not None and (isinstance(start, bool) or not isinstance(start, (int, float)) or not start > 0):
         raise ValueError(f"{name}: gaussian_start must be a ratio > 0 (or None); got {start!r}")
+    nats = sampler.gaussian_start_kl
+    if nats is not None and (isinstance(nats, bool) or not isinstance(nats, (int, float)) or not 0 < nats < math.inf):
+        raise ValueError(f"{name}: gaussian_start_kl must be a number of nats > 0 (or None); got {nats!r}")
+    if start is not None and nats is not None:
+        raise ValueError(f"{name}: set one Gaussian start, gaussian_start (a std ratio) or gaussian_start_kl (nats); "
+                         f"got both ({start!r}, {nats!r})")
     if sampler.adaptive:
         if getattr(sampler, "select_over", None) is not None:
             raise ValueError(f"{name}: select_over chooses among fixed-step runs; an adaptive sampler has no grid "

@@ -22,7 +22,7 @@ import logging
 import torch
 
 from lightning_sde.probability_flow import ProbabilityFlow, solve_between
-from lightning_sde.samplers.grids import GRIDS, Plan, carry, start_time, time_grid
+from lightning_sde.samplers.grids import GRIDS, Plan, carry, gaussian_start, start_time, time_grid
 from lightning_sde.samplers.noise import SeededNoise
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,16 @@ def select_variant(sampler, knobs: dict):
 
 def select_variants(sampler, denoiser) -> list[tuple[dict, object]]:
     """[(knobs, the sampler with them)] that grid="select" compares: select_over's combinations, or by default the
-    start only (T, and gaussian_start's when set). Gaussian starts are left out without data moments."""
+    start only (T, and gaussian_start's or gaussian_start_kl's when set). Gaussian starts are left out without data
+    moments."""
     over = sampler.select_over
     if over is None:
-        over = {"gaussian_start": (None, sampler.gaussian_start)} if sampler.gaussian_start is not None else {}
+        knob = "gaussian_start_kl" if sampler.gaussian_start_kl is not None else "gaussian_start"
+        over = {knob: (None, getattr(sampler, knob))} if gaussian_start(sampler) else {}
     variants = []
     for knobs in select_combinations(over):
         variant = select_variant(sampler, knobs)
-        if variant.gaussian_start is None or denoiser.data_moments is not None:
+        if not gaussian_start(variant) or denoiser.data_moments is not None:
             variants.append((knobs, variant))
     if not variants:
         raise ValueError(f"{sampler.name}: every select_over candidate starts from a Gaussian start, which needs the "

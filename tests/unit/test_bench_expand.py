@@ -29,11 +29,12 @@ def _cfg(*overrides):
 
 def ddim(steps):
     return {"steps": steps, "eta": 0.0, "grid": "uniform", "rho": 7.0, "times": None, "gaussian_start": None,
-            "select_over": None}
+            "gaussian_start_kl": None, "select_over": None}
 
 
 def heun(steps):
-    return {"steps": steps, "grid": "karras", "rho": 7.0, "times": None, "gaussian_start": None, "select_over": None}
+    return {"steps": steps, "grid": "karras", "rho": 7.0, "times": None, "gaussian_start": None,
+            "gaussian_start_kl": None, "select_over": None}
 
 
 def ode(tol):
@@ -46,6 +47,7 @@ def ode(tol):
         "rho": 7.0,
         "times": None,
         "gaussian_start": None,
+        "gaussian_start_kl": None,
         "select_over": None,
         "first_step": 0.01,
     }
