@@ -46,8 +46,8 @@ def test_likelihood_and_figures_on_an_imported_model(tmp_path, model):
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(next((tmp_path / "l").rglob("summary.json")).read_text())
     assert summary["target"] == spec and summary["n"] == 4 and summary["bpd"] > 0
-    proc = app("figures", f"checkpoint={spec}", "figures=[interpolation]", "formats=[png]", f"out={tmp_path}/f",
-               f"output_dir={tmp_path}/h2")
+    proc = app("figures", f"checkpoint={spec}", "figures=[interpolation]", "interpolation.n=5", "formats=[png]",
+               f"out={tmp_path}/f", f"output_dir={tmp_path}/h2")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert list((tmp_path / "f").glob("interpolation_vp_discrete_ddpm-digits-shape.png"))
 
