@@ -7,16 +7,16 @@ Gaussian's probability-flow ODE is linear with a closed-form solution: in C's ei
 
 A sampler with `gaussian_start = r` carries x_T by this map to the time t* at which the data's largest std is r
 times the noise level sigma_t / alpha_t, and spends all its NFE on [t*, eps] (the "analytical teleportation" of
-Wang & Vastola 2023, "The hidden linear structure in score-based models"). That ratio ignores the dimension: in d
-directions of similar spread the fit is d times further off. `gaussian_start_kl = k` starts instead where
+Wang & Vastola 2023, "The hidden linear structure in score-based models"). That ratio ignores the dimension: with d
+directions of that spread, the bound below is d times larger. `gaussian_start_kl = k` starts instead where
 
     I(t) = 1/2 sum_i log(1 + alpha_t^2 v_i / sigma_t^2)   (nats, over every direction of C)
 
 equals k. I(t) bounds KL(p_t || its Gaussian fit): the fit has p_t's covariance, so the KL is h(fit) - h(p_t), and
-h(p_t) >= h(p_t | x_0), the entropy of the noise alone. A deterministic flow keeps that KL to the end; a stochastic
-sampler shrinks it. The moments belong to the model side:
-a Denoiser carries them (`Denoiser(..., data_moments=...)`): exact for GaussianMixture oracles, the training
-data's for trained models (measured when a fit starts, kept in the checkpoint).
+h(p_t) >= h(p_t | x_0), the entropy of the noise alone. An invertible flow keeps a start's divergence from p_t to
+the end (KL is invariant under it); a stochastic sampler shrinks it. The moments belong to the model side: a
+Denoiser carries them (`Denoiser(..., data_moments=...)`): exact for GaussianMixture oracles, the training data's
+for trained models (measured when a fit starts, kept in the checkpoint).
 """
 
 from __future__ import annotations
