@@ -7,6 +7,9 @@ Lightning Fabric in lsde-bench / lsde-likelihood), and is a no-op in a single pr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 
@@ -37,14 +40,23 @@ def broadcast_from_zero(obj):
     return box[0]
 
 
-def launch(devices: int, num_nodes: int, device: torch.device):
+@contextmanager
+def launched(devices: int, num_nodes: int, device: torch.device) -> Iterator:
     """For the apps without a Trainer: None for one process; else a launched Fabric (DDP; gloo on CPU, NCCL on
-    CUDA) that starts the local processes itself, or joins those srun / torchrun started."""
+    CUDA) that starts the local processes itself, or joins those srun / torchrun started. On leaving, the processes
+    meet and the process group is destroyed: a group left alive at exit can abort the interpreter (SIGABRT) while its
+    communication threads are torn down."""
     if devices * num_nodes == 1:
-        return None
+        yield None
+        return
     from lightning.fabric import Fabric
 
     fabric = Fabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=devices, num_nodes=num_nodes,
                     strategy="ddp")
     fabric.launch()
-    return fabric
+    try:
+        yield fabric
+        fabric.barrier()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

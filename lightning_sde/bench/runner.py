@@ -20,7 +20,7 @@ from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_famil
 from lightning_sde.bench.results import ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
 from lightning_sde.configuration import dtype as parse_dtype
-from lightning_sde.distributed import broadcast_from_zero, launch, rank_world
+from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
 from lightning_sde.generation import Samples, generate
 from lightning_sde.metrics.image import IMAGE_METRICS
 from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve_metrics
@@ -149,9 +149,13 @@ def count_cells(cfg: DictConfig) -> int:
 
 def run_sweep(cfg: DictConfig) -> dict:
     sweep = prepare(cfg)
-    fabric = launch(cfg.ddp.devices, cfg.ddp.num_nodes, sweep.device)  # processes split each cell's seeds
+    with launched(cfg.ddp.devices, cfg.ddp.num_nodes, sweep.device) as fabric:  # processes split each cell's seeds
+        return compute(cfg, sweep, fabric.device if fabric else sweep.device)
+
+
+def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
+    """The sweep's cells not yet in its results file, this process's share of each cell's seeds."""
     rank, world = rank_world()
-    device = fabric.device if fabric else sweep.device
     store = ResultsStore(cfg.results)
     todo = None
     if rank == 0:
@@ -190,8 +194,6 @@ def run_sweep(cfg: DictConfig) -> dict:
                 store.append(rows_of(cell, samples, score(scorer, cell, samples, x), cfg.batch_size, device, protocol))
                 previews.save(cell, x)
                 report_cell(store, cell, n_done + 1, len(todo), started, live, previews)
-    if fabric:
-        fabric.barrier()
     return {"cells": len(sweep.cells), "shard_cells": len(sweep.mine), "computed": len(todo), "rank": rank,
             "world_size": world, "wandb_run": live}  # left open: the report adds the table and finishes it
 

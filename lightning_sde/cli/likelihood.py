@@ -29,7 +29,7 @@ from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH
 from lightning_sde.configuration import dtype as parse_dtype
-from lightning_sde.distributed import gather_to_zero, launch, rank_world
+from lightning_sde.distributed import gather_to_zero, launched, rank_world
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
 from lightning_sde.probability_flow import ODEOptions
 from lightning_sde.targets import load_target, target_kind
@@ -78,9 +78,13 @@ def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
 def run(cfg: DictConfig) -> dict | None:
     options, kind, target_id = validate(cfg)
     device, dtype = torch.device(cfg.device), parse_dtype(cfg.dtype)
-    fabric = launch(cfg.ddp.devices, cfg.ddp.num_nodes, device)
+    with launched(cfg.ddp.devices, cfg.ddp.num_nodes, device) as fabric:
+        return evaluate(cfg, options, kind, target_id, fabric.device if fabric else device, dtype)
+
+
+def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict | None:
+    """Each process's share of the samples; rank 0 gathers and writes them (None elsewhere)."""
     rank, world = rank_world()
-    device = fabric.device if fabric else device
     denoiser, x, offset, mixture = evaluation_set(cfg, kind, target_id, device, dtype)
     dim = math.prod(denoiser.shape)
     divergence = cfg.divergence if cfg.divergence != "auto" else ("exact" if dim <= cfg.exact_max_dim else "hutchinson")
@@ -102,8 +106,6 @@ def run(cfg: DictConfig) -> dict | None:
                 row["true_logp"] = float(truth[j])
             rows.append(row)
     gathered = gather_to_zero(rows)
-    if fabric:
-        fabric.barrier()
     if rank != 0:
         return None
     rows = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
