@@ -16,7 +16,7 @@ sliced W2 over floor) is frozen in FROZEN and scored on the held-out family with
     .venv/bin/python benchmarks/sde_family.py --family held-out-4 # ... and on the fourth held-out family
     .venv/bin/python benchmarks/sde_family.py --family held-out --control  # exact samples through the same test
     .venv/bin/python benchmarks/sde_family.py --family tuning --kl-study   # KL_STUDY, ranked with candidates()
-    .venv/bin/python benchmarks/sde_family.py --family held-out-5  # FROZEN and CHALLENGER (also held-out-6)
+    .venv/bin/python benchmarks/sde_family.py --family held-out-5  # FROZEN and CHALLENGER (also held-out-6, -7)
 
 The KL study (after the fourth held-out family, whose misses were high-dimensional mixtures of overlapping
 components of unequal scale, where the std-ratio start is far from p_t): the same samplers starting where the
@@ -71,7 +71,7 @@ FROZEN = {"sde-dpm++2m karras gs0.3": dict(name="sde_dpmpp", grid="karras", gaus
 # held-out family as a challenger: 29 of 32 against FROZEN's 25 (exact samples 30 [28, 32]). It is the recommendation
 # since (configs/sampler/recommended_sde.yaml), confirmed on the sixth family with FROZEN beside it.
 CHALLENGER = {"sde-dpm++2m karras kl0.1": KL_STUDY["sde-dpm++2m karras kl0.1"]}
-SCORED_WITH_CHALLENGER = ("held-out-5", "held-out-6")
+SCORED_WITH_CHALLENGER = ("held-out-5", "held-out-6", "held-out-7")
 FIELDS = ["seed", "config", "nfe", "sliced_w2", "occupancy_tv", "floor_w2_mean", "floor_w2_std", "floor_tv_mean",
           "floor_tv_std", "indistinguishable", "seconds"]
 
