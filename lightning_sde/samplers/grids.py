@@ -59,15 +59,18 @@ class Plan:
 
 def data_moments(sampler, denoiser):
     if denoiser.data_moments is None:
-        knob = "gaussian_start_kl" if sampler.gaussian_start_kl is not None else "gaussian_start"
+        knob = gaussian_start_knob(sampler) or "gaussian_start"  # none set: a carry to a later start asked for them
         raise ValueError(f"{sampler.name}: {knob} needs the data's mean and covariance, the denoiser's "
                          "data_moments: mixtures have them, and so do checkpoints trained by this version; else build "
                          "the Denoiser with data_moments=DataMoments.of_samples(training_data)")
     return denoiser.data_moments
 
 
-def gaussian_start(sampler) -> bool:
-    return sampler.gaussian_start is not None or sampler.gaussian_start_kl is not None
+def gaussian_start_knob(sampler) -> str | None:
+    """The Gaussian start a sampler sets ("gaussian_start_kl" or "gaussian_start"), None when it starts at T."""
+    if sampler.gaussian_start_kl is not None:
+        return "gaussian_start_kl"
+    return "gaussian_start" if sampler.gaussian_start is not None else None
 
 
 def start_time(sampler, denoiser) -> float:

@@ -22,7 +22,7 @@ import logging
 import torch
 
 from lightning_sde.probability_flow import ProbabilityFlow, solve_between
-from lightning_sde.samplers.grids import GRIDS, Plan, carry, gaussian_start, start_time, time_grid
+from lightning_sde.samplers.grids import GRIDS, Plan, carry, gaussian_start_knob, start_time, time_grid
 from lightning_sde.samplers.noise import SeededNoise
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,12 @@ def select_variants(sampler, denoiser) -> list[tuple[dict, object]]:
     moments."""
     over = sampler.select_over
     if over is None:
-        knob = "gaussian_start_kl" if sampler.gaussian_start_kl is not None else "gaussian_start"
-        over = {knob: (None, getattr(sampler, knob))} if gaussian_start(sampler) else {}
+        knob = gaussian_start_knob(sampler)
+        over = {knob: (None, getattr(sampler, knob))} if knob else {}
     variants = []
     for knobs in select_combinations(over):
         variant = select_variant(sampler, knobs)
-        if not gaussian_start(variant) or denoiser.data_moments is not None:
+        if gaussian_start_knob(variant) is None or denoiser.data_moments is not None:
             variants.append((knobs, variant))
     if not variants:
         raise ValueError(f"{sampler.name}: every select_over candidate starts from a Gaussian start, which needs the "
