@@ -11,16 +11,19 @@ import os
 import re
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+if TYPE_CHECKING:
+    import torch
+
 CONFIG_PACKAGE = "lightning_sde.configs"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"  # for @hydra.main
 TRUSTED_TARGETS = ("lightning_sde.",)  # what a file may name by default
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = ("float32", "float64")  # torch dtypes by name (torch is imported when one is asked for: --help needs none)
 
 
 def config_root() -> Path:
@@ -82,8 +85,10 @@ def plain(node):
 
 def dtype(name: str, key: str = "dtype") -> torch.dtype:
     if name not in DTYPES:
-        raise ValueError(f"config {key}: {name!r} is not one of {sorted(DTYPES)}")
-    return DTYPES[name]
+        raise ValueError(f"config {key}: {name!r} is not one of {list(DTYPES)}")
+    import torch
+
+    return getattr(torch, name)
 
 
 def build(node, key: str, **kwargs):

@@ -45,31 +45,6 @@ def run(cfg: DictConfig) -> None:
                run=summary["wandb_run"])
 
 
-HELP = dict(
-    summary=("sweep samplers x NFE x seeds, score them, keep one row per cell (resumable, shardable); "
-             "`lsde-bench report` redraws the views"),
-    usage=[
-        "[KEY=VALUE ...]",
-        "report RESULTS.jsonl [--out DIR] [--wandb] [--project P] [--name N]",
-        "cells [KEY=VALUE ...]      (prints the sweep's number of cells: the size of its job array)",
-    ],
-    keys=[
-        ("samplers=<set>", "the samplers swept (configs/samplers/); +sampler@samplers.<label>=<sampler> adds one"),
-        ("nfe=[10,20,50]", "the NFE grid of fixed-step samplers (null: as configured)"),
-        ("tolerances=[1e-3,1e-5]", "the rtol = atol grid of adaptive samplers (null: as configured)"),
-        ("checkpoint=<path> data=<name>", "a trained model and its data, instead of an exact problem"),
-        ("seeds.count=N", "samples per cell (seeds.start=S)"),
-        ("metrics=[fid,kid]", "default auto: what fits the target"),
-        ("name=<name>", "the sweep's folder outputs/bench/<name> (results=<path> for another file)"),
-        ("ddp.devices=N", "processes that split every cell's seeds"),
-    ],
-    examples="""lsde-bench 'nfe=[10,20,50,100]' seeds.count=2000
-      lsde-bench samplers=fast 'nfe=[5,10,20]' problem=random_mixture
-      lsde-bench name=digits checkpoint=outputs/train/<run>/checkpoints/last.ckpt data=digits
-      lsde-bench report outputs/bench/default/results.jsonl --wandb""",
-)
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")
 @fails_cleanly("lsde-bench")
 def sweep(cfg: DictConfig) -> None:
@@ -106,7 +81,7 @@ def cells_main(overrides: list[str]) -> None:
 
 
 def main() -> None:
-    if print_help_if_asked("bench", **HELP):
+    if print_help_if_asked("bench"):
         return
     if len(sys.argv) > 1 and sys.argv[1] == "report":
         logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -18,23 +18,6 @@ from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH
 
-HELP = dict(
-    summary=("compare samplers at their own settings on an exact Gaussian mixture, with the exact-sample noise "
-             "floor"),
-    usage=[
-        "[KEY=VALUE ...]",
-    ],
-    keys=[
-        ("samplers=<set>", "the samplers compared (default: compare)"),
-        ("problem=<name>", "the exact mixture (configs/problem/)"),
-        ("sde=<name>", "vp, subvp or ve"),
-        ("seeds.count=N", "samples per sampler"),
-        ("samplers.<label>.<knob>=V", "e.g. samplers.ddim_50.eta=1.0; ~samplers.<label> drops one"),
-    ],
-    examples="""lsde-compare
-      lsde-compare sde=ve problem=swiss_roll seeds.count=2000""",
-)
-
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="compare")
 @fails_cleanly("lsde-compare")
@@ -43,7 +26,7 @@ def run_app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    if not print_help_if_asked("compare", **HELP):
+    if not print_help_if_asked("compare"):
         run_app()
 
 

@@ -37,23 +37,6 @@ from lightning_sde.plotting.chapter import (
 log = logging.getLogger(__name__)
 
 
-HELP = dict(
-    summary=("draw the SDE chapter's figures (schematic, trajectories, schedules, interpolation) as PNG and PDF"),
-    usage=[
-        "[KEY=VALUE ...]",
-    ],
-    keys=[
-        ("figures=[schematic,trajectories]", "which figures"),
-        ("problem=<name>", "a 1-D or 2-D exact mixture"),
-        ("checkpoint=<path>", "a trained model drives the trajectories and interpolation"),
-        ("guidance=<w> label=<class>", "a class-conditional checkpoint: that class, at that guidance weight"),
-        ("out=<folder>", "where the files go (default docs/figures)"),
-    ],
-    examples="""lsde-figures
-      lsde-figures problem=eight_gaussians 'figures=[trajectories,interpolation]'""",
-)
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="figures")
 @fails_cleanly("lsde-figures")
 def run_app(cfg: DictConfig) -> None:
@@ -117,7 +100,7 @@ def run_app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    if not print_help_if_asked("figures", **HELP):
+    if not print_help_if_asked("figures"):
         run_app()
 
 

@@ -12,6 +12,100 @@ from lightning_sde.configuration import config_root
 
 NOT_GROUPS = {"_self_", "paths", "hydra"}
 
+# Each app's help: what it does, how to call it, the keys users change most, examples.
+APPS = {
+    "train": dict(
+        summary=("fit a score model by denoising score matching (EMA, DDP), comparing samplers during fit"),
+        usage=[
+            "[KEY=VALUE ...]",
+            "-m [KEY=A,B ...]        (a multirun: one run per combination)",
+        ],
+        keys=[
+            ("experiment=<name>", "an overlay of everything below (toy2d, digits, cifar10_vp_ddpmpp, ...)"),
+            ("samplers=<set>", "the samplers compared at each evaluation (configs/samplers/)"),
+            ("trainer.max_steps=N", "training steps; trainer.val_check_interval=N between evaluations"),
+            ("trainer=ddp_cpu|ddp", "DDP processes (trainer.devices, trainer.num_nodes)"),
+            ("optim.lr=X", "AdamW learning rate (optim.warmup_steps, optim.weight_decay)"),
+            ("callbacks.sampler.n_samples=N", "samples per sampler and evaluation"),
+            ("run_name=<name>", "the run directory outputs/train/<name>; rerun it to resume (ckpt_path=last)"),
+            ("logger=csv", "no W&B (default: W&B, offline unless configured, and CSV)"),
+        ],
+        examples="""lsde-train experiment=toy2d
+          lsde-train experiment=digits trainer=ddp_cpu
+          lsde-train -m experiment=toy2d sde=vp,ve""",
+    ),
+    "bench": dict(
+        summary=("sweep samplers x NFE x seeds, score them, keep one row per cell (resumable, shardable); "
+                 "`lsde-bench report` redraws the views"),
+        usage=[
+            "[KEY=VALUE ...]",
+            "report RESULTS.jsonl [--out DIR] [--wandb] [--project P] [--name N]",
+            "cells [KEY=VALUE ...]      (prints the sweep's number of cells: the size of its job array)",
+        ],
+        keys=[
+            ("samplers=<set>", "the samplers swept (configs/samplers/); +sampler@samplers.<label>=<sampler> adds one"),
+            ("nfe=[10,20,50]", "the NFE grid of fixed-step samplers (null: as configured)"),
+            ("tolerances=[1e-3,1e-5]", "the rtol = atol grid of adaptive samplers (null: as configured)"),
+            ("checkpoint=<path> data=<name>", "a trained model and its data, instead of an exact problem"),
+            ("seeds.count=N", "samples per cell (seeds.start=S)"),
+            ("metrics=[fid,kid]", "default auto: what fits the target"),
+            ("name=<name>", "the sweep's folder outputs/bench/<name> (results=<path> for another file)"),
+            ("ddp.devices=N", "processes that split every cell's seeds"),
+        ],
+        examples="""lsde-bench 'nfe=[10,20,50,100]' seeds.count=2000
+          lsde-bench samplers=fast 'nfe=[5,10,20]' problem=random_mixture
+          lsde-bench name=digits checkpoint=outputs/train/<run>/checkpoints/last.ckpt data=digits
+          lsde-bench report outputs/bench/default/results.jsonl --wandb""",
+    ),
+    "compare": dict(
+        summary=("compare samplers at their own settings on an exact Gaussian mixture, with the exact-sample noise "
+                 "floor"),
+        usage=[
+            "[KEY=VALUE ...]",
+        ],
+        keys=[
+            ("samplers=<set>", "the samplers compared (default: compare)"),
+            ("problem=<name>", "the exact mixture (configs/problem/)"),
+            ("sde=<name>", "vp, subvp or ve"),
+            ("seeds.count=N", "samples per sampler"),
+            ("samplers.<label>.<knob>=V", "e.g. samplers.ddim_50.eta=1.0; ~samplers.<label> drops one"),
+        ],
+        examples="""lsde-compare
+          lsde-compare sde=ve problem=swiss_roll seeds.count=2000""",
+    ),
+    "likelihood": dict(
+        summary=("exact log-likelihoods and bits/dim through the probability-flow ODE"),
+        usage=[
+            "[KEY=VALUE ...]",
+        ],
+        keys=[
+            ("checkpoint=<path> data=<name>", "a trained model and its data (data.dequantize=true for bits/dim)"),
+            ("n=N", "samples evaluated"),
+            ("divergence=exact|hutchinson", "default auto: exact up to exact_max_dim dimensions"),
+            ("probes=K", "Hutchinson probes per sample"),
+            ("ode.rtol=X ode.atol=X", "the solver's tolerances"),
+            ("ddp.devices=N", "processes that split the samples"),
+        ],
+        examples="""lsde-likelihood n=200
+          lsde-likelihood checkpoint=outputs/train/<run>/checkpoints/last.ckpt data=digits data.dequantize=true""",
+    ),
+    "figures": dict(
+        summary=("draw the SDE chapter's figures (schematic, trajectories, schedules, interpolation) as PNG and PDF"),
+        usage=[
+            "[KEY=VALUE ...]",
+        ],
+        keys=[
+            ("figures=[schematic,trajectories]", "which figures"),
+            ("problem=<name>", "a 1-D or 2-D exact mixture"),
+            ("checkpoint=<path>", "a trained model drives the trajectories and interpolation"),
+            ("guidance=<w> label=<class>", "a class-conditional checkpoint: that class, at that guidance weight"),
+            ("out=<folder>", "where the files go (default docs/figures)"),
+        ],
+        examples="""lsde-figures
+          lsde-figures problem=eight_gaussians 'figures=[trajectories,interpolation]'""",
+    ),
+}
+
 
 def app_groups(app: str) -> list[tuple[str, str | None, list[str]]]:
     """(group, its default in the app's config, every option) for each config group the app composes."""
@@ -50,11 +144,10 @@ def render(app: str, summary: str, usage: list[str], keys: list[tuple[str, str]]
     return "\n".join(lines)
 
 
-def print_help_if_asked(app: str, summary: str, usage: list[str], keys: list[tuple[str, str]], examples: str,
-                        argv: list[str] | None = None) -> bool:
+def print_help_if_asked(app: str, argv: list[str] | None = None) -> bool:
     """Print the app's help and return True when argv asks for it (--help or -h)."""
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
-        print(render(app, summary, usage, keys, examples))
+        print(render(app, **APPS[app]))
         return True
     return False

@@ -147,24 +147,6 @@ def write(cfg, rows, dim, divergence, offset, world) -> dict:
     return summary
 
 
-HELP = dict(
-    summary=("exact log-likelihoods and bits/dim through the probability-flow ODE"),
-    usage=[
-        "[KEY=VALUE ...]",
-    ],
-    keys=[
-        ("checkpoint=<path> data=<name>", "a trained model and its data (data.dequantize=true for bits/dim)"),
-        ("n=N", "samples evaluated"),
-        ("divergence=exact|hutchinson", "default auto: exact up to exact_max_dim dimensions"),
-        ("probes=K", "Hutchinson probes per sample"),
-        ("ode.rtol=X ode.atol=X", "the solver's tolerances"),
-        ("ddp.devices=N", "processes that split the samples"),
-    ],
-    examples="""lsde-likelihood n=200
-      lsde-likelihood checkpoint=outputs/train/<run>/checkpoints/last.ckpt data=digits data.dequantize=true""",
-)
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="likelihood")
 @fails_cleanly("lsde-likelihood")
 def run_app(cfg: DictConfig) -> None:
@@ -172,7 +154,7 @@ def run_app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    if not print_help_if_asked("likelihood", **HELP):
+    if not print_help_if_asked("likelihood"):
         run_app()
 
 

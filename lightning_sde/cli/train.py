@@ -240,28 +240,6 @@ def forget_failed_start(cfg: DictConfig) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-HELP = dict(
-    summary=("fit a score model by denoising score matching (EMA, DDP), comparing samplers during fit"),
-    usage=[
-        "[KEY=VALUE ...]",
-        "-m [KEY=A,B ...]        (a multirun: one run per combination)",
-    ],
-    keys=[
-        ("experiment=<name>", "an overlay of everything below (toy2d, digits, cifar10_vp_ddpmpp, ...)"),
-        ("samplers=<set>", "the samplers compared at each evaluation (configs/samplers/)"),
-        ("trainer.max_steps=N", "training steps; trainer.val_check_interval=N between evaluations"),
-        ("trainer=ddp_cpu|ddp", "DDP processes (trainer.devices, trainer.num_nodes)"),
-        ("optim.lr=X", "AdamW learning rate (optim.warmup_steps, optim.weight_decay)"),
-        ("callbacks.sampler.n_samples=N", "samples per sampler and evaluation"),
-        ("run_name=<name>", "the run directory outputs/train/<name>; rerun it to resume (ckpt_path=last)"),
-        ("logger=csv", "no W&B (default: W&B, offline unless configured, and CSV)"),
-    ],
-    examples="""lsde-train experiment=toy2d
-      lsde-train experiment=digits trainer=ddp_cpu
-      lsde-train -m experiment=toy2d sde=vp,ve""",
-)
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @fails_cleanly("lsde-train", cleanup=forget_failed_start)
 def run_app(cfg: DictConfig) -> None:
@@ -290,7 +268,7 @@ def run_app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    if not print_help_if_asked("train", **HELP):
+    if not print_help_if_asked("train"):
         run_app()
 
 

@@ -97,10 +97,26 @@ def test_lsde_likelihood_on_the_mixture_matches_the_truth_and_two_processes_agre
                                           ("likelihood", ["divergence=", "checkpoint="]),
                                           ("figures", []), ("prepare", ["--inception"])])
 def test_each_apps_help_says_what_it_does_and_what_to_change(app, own):
-    proc = _cli(f"lightning_sde.cli.{app}", "--help", timeout=120)
+    script = Path(sys.executable).with_name(f"lsde-{app}")  # the console script, as a user calls it
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120, env=ENV, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     first = proc.stdout.splitlines()[0]
     assert f"lsde-{app}" in first, first
     assert all(key in proc.stdout for key in own), proc.stdout
     if app not in ("train", "prepare"):  # training's groups are its own
         assert "loss " not in proc.stdout and "callbacks " not in proc.stdout
+
+
+def test_help_imports_neither_torch_nor_lightning():
+    code = ("import contextlib, io, sys\n"
+            "from lightning_sde.cli import apps\n"
+            "sys.argv = ['lsde', '--help']\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    for app in ('train', 'bench', 'compare', 'likelihood', 'figures'):\n"
+            "        apps.run(app)\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'torchmetrics'})\n"
+            "print(out.getvalue().count('Usage:'), heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "5 []", proc.stdout
