@@ -69,7 +69,7 @@ FROZEN = {"sde-dpm++2m karras gs0.3": dict(name="sde_dpmpp", grid="karras", gaus
 # The KL study (results/sde_family_tuning_kl.md) ties with FROZEN on the tuning family (22 of 24; median sliced W2
 # 0.969x the floor against 0.963x), so the stated tie-break kept FROZEN; its best was scored beside it on the fifth
 # held-out family as a challenger: 29 of 32 against FROZEN's 25 (exact samples 30 [28, 32]). It is the recommendation
-# since (configs/sampler/recommended_sde.yaml), confirmed on the sixth family with FROZEN beside it.
+# since (configs/sampler/recommended_sde.yaml), confirmed on the sixth and seventh families with FROZEN beside it.
 CHALLENGER = {"sde-dpm++2m karras kl0.1": KL_STUDY["sde-dpm++2m karras kl0.1"]}
 SCORED_WITH_CHALLENGER = ("held-out-5", "held-out-6", "held-out-7")
 FIELDS = ["seed", "config", "nfe", "sliced_w2", "occupancy_tv", "floor_w2_mean", "floor_w2_std", "floor_tv_mean",
