@@ -7,7 +7,8 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 # pytest-xdist workers: an integration test mostly waits on one single-threaded subprocess (imports, SLURM), so two
 # keep both cores busy (measured: 39 -> 26 min); a test file stays on one worker (its module fixtures, e.g. the SLURM
-# cluster, start once). TEST_WORKERS=0: one process, e.g. `make test TEST_WORKERS=0 PYTEST_ARGS="-k slurm"`.
+# cluster, start once), and the longest files start first (tests/conftest.py: LONGEST_FIRST). TEST_WORKERS=0: one
+# process, e.g. `make test TEST_WORKERS=0 PYTEST_ARGS="-k slurm"`.
 TEST_WORKERS ?= 2
 
 .PHONY: demo compare test lint mutation bench clean slurm-deps
@@ -31,7 +32,7 @@ compare: $(STAMP)
 # processes: the apps, DDP, SLURM, offline W&B, the installed wheel).
 test: $(STAMP) slurm-deps
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
