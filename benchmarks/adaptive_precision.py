@@ -11,6 +11,7 @@ Matched-accuracy NFE ratio: the NFE of ours at the loosest tolerance of the swee
 reaches it). The 95 % interval of that run's RMSE over dopri5's comes from a paired bootstrap over the starts.
 
     .venv/bin/python benchmarks/adaptive_precision.py --family tuning       # 256 starts a problem, all VARIANTS
+    .venv/bin/python benchmarks/adaptive_precision.py --family tuning --controller  # the default's step-size knobs
     .venv/bin/python benchmarks/adaptive_precision.py --family held-out-3   # FROZEN, >= 1024 starts
     .venv/bin/python benchmarks/adaptive_precision.py --family held-out-4   # the same on the fourth family
     .venv/bin/python benchmarks/adaptive_precision.py --family held-out-3 --replot
@@ -46,12 +47,15 @@ OUR_TOLS = tuple(float(f"{10 ** (-3.5 - k / 4):.2g}") for k in range(9))  # 3.2e
 # a first half-decade sweep of this script (not kept) had orders 3 and 6 at median 0.46x and 0.55x
 VARIANTS = {"order 4": {"order": 4}, "order 5": {"order": 5}}
 FROZEN = "order 4"  # the default; order 5 no better on the tuning family (results/adaptive_precision_tuning.md)
+# --controller (tuning family only): the default's step-size control against other settings of its knobs
+CONTROLLER = {"order 4": {"order": 4}, "safety 0.7": {"safety": 0.7}, "safety 0.9": {"safety": 0.9},
+              "growth 5": {"max_growth": 5.0}, "h_init 0.5, growth 4": {"h_init": 0.5, "max_growth": 4.0}}
 TUNING_STARTS, HELD_OUT_STARTS = 256, 1024  # per problem (held-out: at least, see held_out_starts)
 FIELDS = ["seed", "dim", "solver", "variant", "tol", "nfe", "rmse", "seconds", "starts", "ratio_lo", "ratio_hi"]
 BOOTSTRAP = 1000
 
 
-def run_problem(seed: int, starts: int, variants) -> list[dict]:
+def run_problem(seed: int, starts: int, variants: dict) -> list[dict]:
     den, x_T, ref, ref_nfe = oracle(seed, starts)
     print(f"  reference dopri5 1e-10: {ref_nfe} NFE, {starts} starts", flush=True)
     dim = draw(seed)[1]["dim"]
@@ -69,7 +73,7 @@ def run_problem(seed: int, starts: int, variants) -> list[dict]:
         add("ode", "dopri5", tol, {"method": "dopri5"})
     for variant in variants:
         for tol in OUR_TOLS:
-            add("unipc_adaptive", variant, tol, VARIANTS[variant])
+            add("unipc_adaptive", variant, tol, variants[variant])
     target = per_start[("dopri5", MATCHED)]
     idx = torch.randint(starts, (BOOTSTRAP, starts), generator=torch.Generator().manual_seed(seed))
     for r in rows:
@@ -104,14 +108,14 @@ def _q(values):
     return text + (f" ({missing} not reached)" if missing else "")
 
 
-def summarize(stem: Path, family: str) -> None:
+def summarize(stem: Path, family: str, flags: str = "") -> None:
     with open(stem.with_suffix(".csv")) as fh:
         rows = list(csv.DictReader(fh))
     table = matched(rows)
     seeds = sorted({r["seed"] for r in rows}, key=int)
     variants = list(dict.fromkeys(v for _, v in table))
     lines = [f"# Adaptive solvers, work-precision on the {family} family ({len(seeds)} problems)", "",
-             "Command: `.venv/bin/python benchmarks/adaptive_precision.py --family " + family + "`", "",
+             f"Command: `.venv/bin/python benchmarks/adaptive_precision.py --family {family}{flags}`", "",
              "## NFE of ours to reach dopri5 1e-5's endpoint RMSE, over dopri5's NFE", "",
              "At the loosest tolerance of the sweep (quarter decades) that reaches it: a setting a user can pick.", "",
              "| unipc_adaptive | median / worst NFE ratio | problems <= 0.5x | tolerance used: median [range] |",
@@ -196,20 +200,24 @@ def plot(rows, table, seeds, variants, stem: Path, family: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=tuple(FAMILIES), required=True)
+    parser.add_argument("--controller", action="store_true", help="the step-size control study (tuning family)")
     parser.add_argument("--replot", action="store_true")
     args = parser.parse_args()
+    tuning = args.family == "tuning"
+    if args.controller and not tuning:
+        parser.error("--controller is a tuning study: --family tuning")
     torch.set_num_threads(2)
-    seeds, least = FAMILIES[args.family], TUNING_STARTS if args.family == "tuning" else HELD_OUT_STARTS
-    stem = OUT / f"adaptive_precision_{args.family.replace('-', '')}"
+    seeds, least = FAMILIES[args.family], TUNING_STARTS if tuning else HELD_OUT_STARTS
+    stem = OUT / f"adaptive_precision_{args.family.replace('-', '')}{'_controller' if args.controller else ''}"
     if not args.replot:
-        tuning = args.family == "tuning"
+        variants = CONTROLLER if args.controller else VARIANTS if tuning else {FROZEN: VARIANTS[FROZEN]}
 
         def problem(seed):
             starts = least if tuning else held_out_starts(draw(seed)[1]["dim"], least)
-            return run_problem(seed, starts, tuple(VARIANTS) if tuning else (FROZEN,))
+            return run_problem(seed, starts, variants)
 
         run_family(seeds, stem.with_suffix(".csv"), FIELDS, problem)
-    summarize(stem, args.family)
+    summarize(stem, args.family, " --controller" if args.controller else "")
 
 
 if __name__ == "__main__":
