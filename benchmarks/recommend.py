@@ -67,6 +67,9 @@ ADAPTIVE_TOLS = (1e-3, 3e-4, 1e-4)
 # Revised before the third held-out family (select_study.py candidates, tuning seeds only): select also chooses the
 # order (UniPC-2 or 3) and the Gaussian start (none, 0.15, 0.3), 24 candidates: its pilot picks score median 0.37x /
 # worst 1.00x at NFE 10 on the tuning family (0.47x / 0.84x with the 8 above), the same at NFE 20 (0.29x / 1.20x).
+# From the eighth held-out family on, select's named grids include the trailing one (5 grids, 30 candidates): on the
+# tuning family UniPC-2/3 end 0.4-1.4 % closer on it than on the uniform grid at 10 / 20 steps, and tie diffusers'
+# UniPC on its trailing spacing (results/trailing_grid.md), which the uniform grid had lost to by as much.
 SELECT_OVER = {"order": (2, 3), "gaussian_start": (None, 0.15, 0.3)}
 FROZEN = {"unipc-3 select gs0.15": dict(name="unipc", order=3, grid="select", gaussian_start=0.15),
           "unipc-3 logsnr gs0.15": dict(name="unipc", order=3, grid="logsnr", gaussian_start=0.15),

@@ -19,11 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family
 from lightning_sde.bench.results import ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
+from lightning_sde.configuration import config_error
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
 from lightning_sde.generation import Samples, generate
 from lightning_sde.metrics.image import IMAGE_METRICS
 from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve_metrics
+from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.targets import (
     data_kind,
     floor_samples,
@@ -168,6 +170,12 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
     live = None
     if todo:
         target = load_target(cfg, sweep.kind, sweep.target_id, device)
+        for cell in todo:  # a grid this SDE cannot hold fails before any sampling
+            if cell.built is not None:
+                try:
+                    check_grid(cell.built, target.denoiser.sde)
+                except ValueError as err:
+                    raise config_error(f"samplers.{cell.label}", err) from None
         seeds = range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count)
         scorer = previews = None
         if rank == 0:

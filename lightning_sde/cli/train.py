@@ -39,6 +39,7 @@ from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, config_error, plain
 from lightning_sde.configuration import build as build_node
 from lightning_sde.loading import newest_loadable, read_checkpoint
+from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.tracking import backfill_wandb, finish_wandb, trim_history, wandb_configured
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,9 @@ def build(cfg: DictConfig) -> Run:
             raise ValueError("config model.net: the untrained network's output is not finite")
 
     callbacks = [build_node(c, f"callbacks.{k}") for k, c in cfg.callbacks.items() if c is not None]
+    for cb in callbacks:  # a grid the SDE cannot hold fails now, not at the first evaluation
+        for label, sampler in (cb.samplers.items() if isinstance(cb, SamplerCallback) else ()):
+            _build(f"samplers.{label}", check_grid, sampler, module.sde)
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # submitit owns requeue (USR2): one owner
         for cb in callbacks:
             if isinstance(cb, Preemption) and cb.requeue_signal is not None:

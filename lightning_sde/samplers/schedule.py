@@ -57,6 +57,16 @@ def plan(sampler, denoiser) -> Plan:
     return Plan(start, time_grid(denoiser.sde, sampler.steps, sampler.grid, sampler.rho, start=start))
 
 
+def check_grid(sampler, sde) -> None:
+    """Lay out a named grid from T on this SDE now, so one it cannot hold (trailing with T / steps <= eps) fails at
+    start-up rather than at its first sampling (from a Gaussian start it is checked again when that start is known)."""
+    if not sampler.adaptive and sampler.times is None and sampler.grid in GRIDS:
+        try:
+            time_grid(sde, sampler.steps, sampler.grid, sampler.rho)
+        except ValueError as err:
+            raise ValueError(f"{sampler.name}: {err}") from None
+
+
 def tuned(sampler, denoiser, procedure) -> tuple:
     """(result, report) of a tuning procedure (optimize_grid, or select_schedule: its start, times and knobs), computed
     once per (denoiser fingerprint, sampler settings) in this process: the fingerprint covers the weights, so a model

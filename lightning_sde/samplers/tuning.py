@@ -22,7 +22,7 @@ import logging
 import torch
 
 from lightning_sde.probability_flow import ProbabilityFlow, solve_between
-from lightning_sde.samplers.grids import GRIDS, Plan, carry, gaussian_start_knob, start_time, time_grid
+from lightning_sde.samplers.grids import GRIDS, Plan, carry, fits, gaussian_start_knob, start_time, time_grid
 from lightning_sde.samplers.noise import SeededNoise
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def pilot_errors(sampler, denoiser, pilot: int = 512, reference_tol: float = 1e-
         for knobs, variant in variants:
             start = start_time(variant, denoiser)
             x_start = carry(variant, denoiser, x_T, start)
-            for grid in grids:
+            for grid in (g for g in grids if fits(sde, variant.steps, g, start)):
                 times = time_grid(sde, variant.steps, grid, variant.rho, start=start)
                 x, _ = variant.run(denoiser, x_start, Plan(start, times), noise, None)
                 candidates[choice_label(grid, knobs)] = (grid, knobs, start, times,
@@ -140,7 +140,8 @@ def optimize_grid(sampler, denoiser, pilot: int = 512, iters: int = 200, lr: flo
         return (x - ref).pow(2).mean()
 
     with torch.no_grad():
-        named = {g: time_grid(sde, sampler.steps, g, sampler.rho, start=t_start) for g in inits}
+        named = {g: time_grid(sde, sampler.steps, g, sampler.rho, start=t_start) for g in inits
+                 if fits(sde, sampler.steps, g, t_start)}
         scores = {g: float(error(t)) for g, t in named.items()}
     init = min(scores, key=scores.get)
     start = sde.log_snr(named[init])

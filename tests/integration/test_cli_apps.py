@@ -48,6 +48,8 @@ def test_compare_writes_table_csv_and_plot(tmp_path):
         ("sde.eps=2.0", "config sde: ValueError: SDE time range needs 0 < eps < T"),
         ("samplers.heun_50._target_=lightning_sde.samplers.Heunn", "config samplers.heun_50: ImportError"),
         ("+samplers.heun_50.order=3", "config samplers.heun_50: TypeError"),
+        ("samplers.em_1000.grid=trailing", "config samplers.em_1000: ValueError: euler_maruyama: the trailing grid "
+                                           "needs start / steps > eps; got 1.0 / 1000 <= 0.001"),
     ],
 )
 def test_bad_config_fails_fast_naming_the_key(tmp_path, override, message):

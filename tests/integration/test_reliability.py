@@ -172,11 +172,13 @@ def test_sigterm_checkpoints_and_exits_143_and_the_time_limit_signal_exits_138_w
     ("optim.lr=-1", "config optim.lr: must be a finite number > 0; got -1"),
     ("model.net.width=0", "config model.net: ValueError: MLP: width must be an integer >= 1; got 0"),
     ("sde.beta_max=0.01", "config sde: ValueError: beta_max must be > beta_min"),
+    ("samplers.ddim_10.grid=trailing samplers.ddim_10.steps=1000",
+     "config samplers.ddim_10: ValueError: ddim: the trailing grid needs start / steps > eps"),
 ])
 def test_a_bad_value_fails_before_anything_is_created(tmp_path, override, message):
     run = tmp_path / "run"
     start = time.monotonic()
-    proc = train(run, *TOY, override)  # default loggers: W&B and CSV
+    proc = train(run, *TOY, *override.split())  # default loggers: W&B and CSV
     assert proc.returncode != 0 and message in proc.stderr
     assert time.monotonic() - start < 60
     assert not run.exists(), f"a failed start-up left {sorted(p.name for p in run.rglob('*'))}"

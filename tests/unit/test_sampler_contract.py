@@ -300,3 +300,17 @@ def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
     torch.testing.assert_close(x, sample(explicit, den, range(8), dtype=torch.float64)[0])
     with pytest.raises(ValueError, match="tunes deterministic fixed-step samplers"):
         select_schedule(build_sampler("euler_maruyama", steps=4), den, pilot=4)
+
+
+def test_select_leaves_out_a_grid_the_sde_cannot_hold():
+    """The trailing grid needs start / steps > eps: with eps = 0.25, 4 steps from T = 1 would put its last two
+    points on 0.25; select runs the other grids (and a named trailing grid fails, naming the limit)."""
+    from lightning_sde.samplers.tuning import select_schedule
+    from lightning_sde.sde import VPSDE
+
+    den = MIX.denoiser(VPSDE(eps=0.25))
+    grids_run = lambda steps: {label.split(",")[0] for label in select_schedule(  # noqa: E731
+        build_sampler("ddim", steps=steps, grid="select"), den, pilot=8)[3]["pilot_rmse_by_choice"]}
+    assert grids_run(4) == set(GRIDS) - {"trailing"} and grids_run(3) == set(GRIDS)
+    with pytest.raises(ValueError, match=r"trailing grid needs start / steps > eps; got 1\.0 / 4 <= 0\.25"):
+        sample(build_sampler("ddim", steps=4, grid="trailing"), den, range(2))

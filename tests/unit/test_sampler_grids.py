@@ -28,13 +28,18 @@ def log_snr(sde_name: str, t: float) -> float:
 
 
 @pytest.mark.parametrize("sde_name", NAMES)
-def test_uniform_and_quadratic_grids_are_their_formulas(sde_name):
+def test_uniform_trailing_and_quadratic_grids_are_their_formulas(sde_name):
     sde = SDES[sde_name]
     T, eps = sde.T, sde.eps
     uniform = [T + (i / 4) * (eps - T) for i in range(5)]
+    trailing = [T * (1 - i / 4) for i in range(4)] + [eps]  # diffusers' trailing spacing, ending at eps, not 0
     quadratic = [eps + (T - eps) * (1 - i / 4) ** 2 for i in range(5)]
     torch.testing.assert_close(time_grid(sde, 4, "uniform"), torch.tensor(uniform, dtype=torch.float64),
                                rtol=0, atol=1e-15)
+    torch.testing.assert_close(time_grid(sde, 4, "trailing"), torch.tensor(trailing, dtype=torch.float64),
+                               rtol=0, atol=1e-15)
+    torch.testing.assert_close(time_grid(sde, 3, "trailing", start=0.5),
+                               torch.tensor([0.5, 1 / 3, 1 / 6, eps], dtype=torch.float64), rtol=0, atol=1e-15)
     torch.testing.assert_close(time_grid(sde, 4, "quadratic"), torch.tensor(quadratic, dtype=torch.float64),
                                rtol=0, atol=1e-15)
     assert torch.equal(time_grid(sde, 4), time_grid(sde, 4, "uniform")), "the default grid is uniform"
@@ -68,7 +73,7 @@ def test_karras_grid_spaces_sigma_over_alpha_to_the_one_over_rho_evenly(sde_name
     assert float(t[0]) == sde.T and float(t[-1]) == sde.eps
 
 
-@pytest.mark.parametrize("kind", ["uniform", "logsnr", "karras", "quadratic"])
+@pytest.mark.parametrize("kind", ["uniform", "trailing", "logsnr", "karras", "quadratic"])
 @pytest.mark.parametrize("sde_name", NAMES)
 def test_every_grid_has_exact_endpoints_and_decreases_strictly(sde_name, kind):
     sde = SDES[sde_name]
@@ -89,6 +94,8 @@ def test_every_grid_has_exact_endpoints_and_decreases_strictly(sde_name, kind):
     ({"steps": 3, "start": 1.5}, r"got start=1\.5"),
     ({"steps": 3, "kind": "karras", "rho": 0.0}, r"karras grid needs rho > 0; got rho=0\.0"),
     ({"steps": 3, "kind": "karras", "rho": -2.0}, r"karras grid needs rho > 0; got rho=-2\.0"),
+    ({"steps": 1000, "kind": "trailing"}, r"trailing grid needs start / steps > eps; got 1\.0 / 1000 <= 0\.001"),
+    ({"steps": 20, "kind": "trailing", "start": 0.02}, r"got 0\.02 / 20 <= 0\.001"),
 ])
 def test_bad_grids_name_the_offending_parameter(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -68,7 +68,7 @@ def test_callback_and_progress():
     assert float(seen[-1]["t"]) == pytest.approx(1e-3)
 
 
-@pytest.mark.parametrize("kind", ["uniform", "logsnr", "karras", "quadratic"])
+@pytest.mark.parametrize("kind", ["uniform", "trailing", "logsnr", "karras", "quadratic"])
 def test_time_grids(sde, kind):
     t = time_grid(sde, 12, kind)
     assert t.shape == (13,) and t[0] == sde.T and t[-1] == sde.eps and (t[1:] < t[:-1]).all()
