@@ -4,6 +4,7 @@ app's `main`."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 from lightning_sde.cli.help import print_help_if_asked
@@ -14,21 +15,8 @@ def run(app: str) -> None:
         importlib.import_module(f"lightning_sde.cli.{app}").main()
 
 
-def train() -> None:
-    run("train")
-
-
-def bench() -> None:
-    run("bench")
-
-
-def compare() -> None:
-    run("compare")
-
-
-def likelihood() -> None:
-    run("likelihood")
-
-
-def figures() -> None:
-    run("figures")
+train = functools.partial(run, "train")
+bench = functools.partial(run, "bench")
+compare = functools.partial(run, "compare")
+likelihood = functools.partial(run, "likelihood")
+figures = functools.partial(run, "figures")
