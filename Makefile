@@ -5,12 +5,11 @@ STAMP   := $(VENV)/.installed
 # The torch build to install first (override on a cluster, e.g. TORCH_SPEC="torch torchvision").
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
-# pytest-xdist workers: an integration test mostly waits on one single-threaded subprocess (imports) or on SLURM
-# (scheduling, requeues), so one worker more than the 2 cores keeps both busy (measured on 2 cores: 39 min with one
-# worker, 24-30 with two, see the note of this change for three); a test file stays on one worker (its module fixtures,
-# e.g. the SLURM cluster, start once), and the longest files start first (tests/conftest.py: LONGEST_FIRST).
-# TEST_WORKERS=0: one process, e.g. `make test TEST_WORKERS=0 PYTEST_ARGS="-k slurm"`.
-TEST_WORKERS ?= 3
+# pytest-xdist workers: an integration test mostly waits on one single-threaded subprocess (imports, SLURM), so two
+# keep both cores busy (measured: 39 -> 26 min); a test file stays on one worker (its module fixtures, e.g. the SLURM
+# cluster, start once), and the longest files start first (tests/conftest.py: LONGEST_FIRST). TEST_WORKERS=0: one
+# process, e.g. `make test TEST_WORKERS=0 PYTEST_ARGS="-k slurm"`.
+TEST_WORKERS ?= 2
 
 .PHONY: demo compare test lint mutation bench clean slurm-deps
 

@@ -12,9 +12,9 @@ from lightning_sde.exact import eight_gaussians as make_eight_gaussians
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (`make test`: 3 workers), the cores are shared out: each worker and the processes its tests
-    start get cores / workers threads (at least one). Workers with a full thread pool each would oversubscribe the
-    cores, and OpenMP's spin-waiting then slows all of them (see one_thread)."""
+    """Under pytest-xdist (`make test`: 2 workers), the cores are shared out: each worker and the processes its tests
+    start get cores / workers threads. Two workers with a full thread pool each would oversubscribe the cores, and
+    OpenMP's spin-waiting then slows both (see one_thread)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
@@ -24,7 +24,7 @@ def pytest_configure(config):
 
 # The files that take minutes, longest first (seconds summed over their tests, `make test PYTEST_ARGS=--durations=120`
 # on 2 cores: 758, 457, 328, 178, 176, 115, 107, 81, 71, 68, 63; no other over 45). `make test` hands whole files to
-# its workers in collection order (--dist loadfile --no-loadscope-reorder): started first, they leave the short
+# its two workers in collection order (--dist loadfile --no-loadscope-reorder): started first, they leave the short
 # files to fill the end, where xdist's own order (most tests first) had left a 5-minute file running alone.
 LONGEST_FIRST = ("test_slurm.py", "test_train.py", "test_reliability.py", "test_bench.py", "test_cli_apps.py",
                  "test_flow.py", "test_conditional_train.py", "test_pretrained_apps.py", "test_install.py",
