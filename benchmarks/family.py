@@ -30,6 +30,10 @@ seeds 7000..7031; scored once.
 **An eighth held-out family, written down before its first run (2026-12-01), when the trailing grid joined
 select's candidates (decided on the tuning family, benchmarks/trailing_grid.py; the near-ties with diffusers' UniPC-3
 on four held-out families had pointed at the grid)**: seeds 8000..8031; scored once.
+**A ninth held-out family, written down before its first run (2026-12-02), to confirm "never above 1.0x" for the
+five-grid select beyond the eighth; with a reading rule fixed before it: every run of the recommended sampler above
+0.9 on its first starts is rescored on 2048 starts (`recommend.py --seeds S --least 2048`), and the family's worst is
+read from the rescored runs**: seeds 9000..9031; scored once.
 """
 
 from __future__ import annotations
@@ -53,10 +57,11 @@ HELD_OUT_5 = tuple(range(5000, 5032))
 HELD_OUT_6 = tuple(range(6000, 6032))
 HELD_OUT_7 = tuple(range(7000, 7032))
 HELD_OUT_8 = tuple(range(8000, 8032))
+HELD_OUT_9 = tuple(range(9000, 9032))
 # the name each benchmark's --family takes
 FAMILIES = {"tuning": TUNING, "held-out": HELD_OUT, "held-out-2": HELD_OUT_2, "held-out-3": HELD_OUT_3,
             "held-out-4": HELD_OUT_4, "held-out-5": HELD_OUT_5, "held-out-6": HELD_OUT_6,
-            "held-out-7": HELD_OUT_7, "held-out-8": HELD_OUT_8}
+            "held-out-7": HELD_OUT_7, "held-out-8": HELD_OUT_8, "held-out-9": HELD_OUT_9}
 DIMS = (2, 4, 8, 16, 32, 64, 128, 256)
 CONCENTRATIONS = (20.0, 1.0, 0.2)
 

@@ -20,6 +20,7 @@ The score of a configuration on a problem is its RMSE over the best public solve
     .venv/bin/python benchmarks/recommend.py --family held-out-3 # FROZEN with the revised select, >= 512 starts
     .venv/bin/python benchmarks/recommend.py --family held-out-4 # the same FROZEN on a fourth family, >= 512 starts
     .venv/bin/python benchmarks/recommend.py --family held-out-8 # FROZEN with select's fifth grid (trailing), 50 min
+    .venv/bin/python benchmarks/recommend.py --family held-out-9 # the same, a second confirmation (family.py's rule)
     .venv/bin/python benchmarks/recommend.py --family held-out --seeds 1008 --least 2048  # one problem, more starts
     .venv/bin/python benchmarks/recommend.py --family held-out --rescore  # today's FROZEN on the whole family again
     .venv/bin/python benchmarks/recommend.py --family held-out-2 --rescore --reuse  # only what the first run lacks
