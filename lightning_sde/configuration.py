@@ -93,8 +93,13 @@ def dtype(name: str, key: str = "dtype") -> torch.dtype:
 
 def build(node, key: str, **kwargs):
     """instantiate(node, **kwargs); any failure becomes a ValueError "config <key>: ..." with the cause's message."""
+    return checked(key, instantiate, node, **kwargs)
+
+
+def checked(key: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs); any failure becomes a ValueError "config <key>: ..." (a start-up check of a built node)."""
     try:
-        return instantiate(node, **kwargs)
+        return fn(*args, **kwargs)
     except Exception as err:  # report which config node failed, with the library's own message
         raise config_error(key, err) from None
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family
 from lightning_sde.bench.results import ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
-from lightning_sde.configuration import config_error
+from lightning_sde.configuration import checked
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
 from lightning_sde.generation import Samples, generate
@@ -172,10 +172,7 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
         target = load_target(cfg, sweep.kind, sweep.target_id, device)
         for cell in todo:  # a grid this SDE cannot hold fails before any sampling
             if cell.built is not None:
-                try:
-                    check_grid(cell.built, target.denoiser.sde)
-                except ValueError as err:
-                    raise config_error(f"samplers.{cell.label}", err) from None
+                checked(f"samplers.{cell.label}", check_grid, cell.built, target.denoiser.sde)
         seeds = range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count)
         scorer = previews = None
         if rank == 0:

@@ -36,7 +36,7 @@ from lightning_sde.callbacks import Preemption, SamplerCallback
 from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
 from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, config_error, plain
+from lightning_sde.configuration import CONFIG_PATH, checked, plain
 from lightning_sde.configuration import build as build_node
 from lightning_sde.loading import newest_loadable, read_checkpoint
 from lightning_sde.samplers.schedule import check_grid
@@ -55,13 +55,6 @@ class Run:
     module: L.LightningModule
     trainer: L.Trainer
     resume: str | None  # the checkpoint fit starts from, None for a fresh start
-
-
-def _build(key: str, fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except Exception as err:  # report which config node failed, with the library's own message
-        raise config_error(key, err) from None
 
 
 def multirun_job() -> tuple[str, int] | None:
@@ -143,7 +136,7 @@ def build(cfg: DictConfig) -> Run:
                         optim=plain(cfg.optim), _recursive_=False, _convert_="all")
     with torch.no_grad():  # a network that does not fit the data fails here, not after the first epoch
         probe = torch.zeros(2, *datamodule.shape)
-        out = _build("model.net", module.denoiser, probe, torch.full((2,), 0.5))
+        out = checked("model.net", module.denoiser, probe, torch.full((2,), 0.5))
         if out.eps.shape != probe.shape:
             raise ValueError(f"config model.net: output shape {tuple(out.eps.shape[1:])} != "
                              f"data shape {tuple(datamodule.shape)}")
@@ -153,7 +146,7 @@ def build(cfg: DictConfig) -> Run:
     callbacks = [build_node(c, f"callbacks.{k}") for k, c in cfg.callbacks.items() if c is not None]
     for cb in callbacks:  # a grid the SDE cannot hold fails now, not at the first evaluation
         for label, sampler in (cb.samplers.items() if isinstance(cb, SamplerCallback) else ()):
-            _build(f"samplers.{label}", check_grid, sampler, module.sde)
+            checked(f"samplers.{label}", check_grid, sampler, module.sde)
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # submitit owns requeue (USR2): one owner
         for cb in callbacks:
             if isinstance(cb, Preemption) and cb.requeue_signal is not None:
