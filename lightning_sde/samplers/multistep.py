@@ -261,7 +261,9 @@ class AdaptiveUniPC(Sampler):
     safety: float = 0.8
     max_growth: float = 2.0
     max_steps: int = 2000
+    error_norm: str = "batch"
     orders: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5, 6)  # float64 times keep order 6's coefficients exact enough
+    error_norms: ClassVar[tuple[str, ...]] = ("batch", "worst_sample", "rows_l4")
 
     @property
     def adaptive(self) -> bool:
@@ -276,6 +278,18 @@ class AdaptiveUniPC(Sampler):
                 raise ValueError(f"{self.name}: {key} must be a number > 0; got {value!r}")
         if not 0 < self.safety <= 1:
             raise ValueError(f"{self.name}: safety must lie in (0, 1]; got {self.safety!r}")
+        if self.error_norm not in self.error_norms:
+            raise ValueError(f"{self.name}: error_norm must be one of {list(self.error_norms)}; "
+                             f"got {self.error_norm!r}")
+
+    def _error(self, diff, scale):
+        """The step's error in units of the tolerance: RMS of diff / scale over the batch, or per sample and then
+        the largest (worst_sample) or the mean of the squares' squares (rows_l4)."""
+        square = (diff / scale).pow(2)
+        if self.error_norm == "batch":
+            return square.mean().sqrt()
+        per_row = square.flatten(1).mean(1)
+        return per_row.max().sqrt() if self.error_norm == "worst_sample" else per_row.pow(2).mean().pow(0.25)
 
     def run(self, denoiser, x, plan, noise, on_step):
         sde = denoiser.sde
@@ -298,8 +312,7 @@ class AdaptiveUniPC(Sampler):
             x_pred = UniPC._predict(sde, x, ts, ds, t, k)
             d_t = denoiser(x_pred, t).x0
             x_corr = UniPC._correct(sde, x, k, ts + [t], ds + [d_t])
-            scale = self.atol + self.rtol * torch.maximum(x_corr.abs(), x.abs())
-            err = ((x_corr - x_pred) / scale).pow(2).mean().sqrt()
+            err = self._error(x_corr - x_pred, self.atol + self.rtol * torch.maximum(x_corr.abs(), x.abs()))
             if err <= 1:
                 x, lam = x_corr, float(_lam(sde, t))
                 ts, ds = (ts + [t])[-(self.order + 1):], (ds + [d_t])[-(self.order + 1):]
