@@ -29,10 +29,10 @@ compare: $(STAMP)
 	$(PY) -m lightning_sde.cli.compare
 
 # The linter first (seconds), then every test: tests/unit (math against the truth) and tests/integration (real
-# processes: the apps, DDP, SLURM, offline W&B, the installed wheel).
+# processes: the apps, DDP, SLURM, offline W&B, the installed wheel); the log lists the 25 slowest tests.
 test: $(STAMP) slurm-deps
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
