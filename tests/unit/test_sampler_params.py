@@ -37,6 +37,7 @@ REFUSED = [
     ("unipc_adaptive", {"h_init": False}, "h_init"),
     ("unipc_adaptive", {"safety": 0}, "safety"),
     ("unipc_adaptive", {"safety": 1.01}, "safety"),
+    ("unipc_adaptive", {"error_norm": "max"}, "error_norm must be one of"),
     ("ddim", {"bogus": 1}, "has no parameter"),
     ("ddim", {"gaussian_start": True}, "gaussian_start must be a ratio > 0"),
     ("ddim", {"gaussian_start": 0.0}, "gaussian_start must be a ratio > 0"),
