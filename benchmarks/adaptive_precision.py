@@ -51,17 +51,18 @@ FROZEN = "order 4"  # the default; order 5 no better on the tuning family (resul
 # --controller (tuning family only): the default's step-size control against other settings of its knobs
 CONTROLLER = {"order 4": {"order": 4}, "safety 0.7": {"safety": 0.7}, "safety 0.9": {"safety": 0.9},
               "growth 5": {"max_growth": 5.0}, "h_init 0.5, growth 4": {"h_init": 0.5, "max_growth": 4.0}}
-# --norm (tuning family only): the step's error norm, RMS over the batch against per-sample norms. Rule written
-# before its run: a per-sample norm becomes the default if, on the tuning family, it has more problems <= 0.5x than
-# the batch norm, a lower worst and a median at most 0.03 higher; then it is scored on held-out-9.
-NORMS = {"order 4": {"order": 4}, "worst sample": {"error_norm": "worst_sample"},
-         "rows L4": {"error_norm": "rows_l4"}}
+# --norm (tuning family only): the step's error norm, RMS over the batch or the worst sample's. The sweep reaches
+# looser tolerances (NORM_TOLS): the worst-sample norm meets dopri5's error at 3.2e-4, the loosest of OUR_TOLS, on
+# most problems. Rule written before its first run: it becomes the default if, on the tuning family, it has more
+# problems <= 0.5x than the batch norm, a lower worst and a median at most 0.03 higher; then it is scored held out.
+NORMS = {"order 4": {"order": 4}, "worst sample": {"error_norm": "worst_sample"}}
+NORM_TOLS = tuple(float(f"{10 ** (-2.5 - k / 4):.2g}") for k in range(13))  # 3.2e-3 ... 3.2e-6
 TUNING_STARTS, HELD_OUT_STARTS = 256, 1024  # per problem (held-out: at least, see held_out_starts)
 FIELDS = ["seed", "dim", "solver", "variant", "tol", "nfe", "rmse", "seconds", "starts", "ratio_lo", "ratio_hi"]
 BOOTSTRAP = 1000
 
 
-def run_problem(seed: int, starts: int, variants: dict) -> list[dict]:
+def run_problem(seed: int, starts: int, variants: dict, tols=OUR_TOLS) -> list[dict]:
     den, x_T, ref, ref_nfe = oracle(seed, starts)
     print(f"  reference dopri5 1e-10: {ref_nfe} NFE, {starts} starts", flush=True)
     dim = draw(seed)[1]["dim"]
@@ -78,7 +79,7 @@ def run_problem(seed: int, starts: int, variants: dict) -> list[dict]:
     for tol in DOPRI_TOLS:
         add("ode", "dopri5", tol, {"method": "dopri5"})
     for variant in variants:
-        for tol in OUR_TOLS:
+        for tol in tols:
             add("unipc_adaptive", variant, tol, variants[variant])
     target = per_start[("dopri5", MATCHED)]
     idx = torch.randint(starts, (BOOTSTRAP, starts), generator=torch.Generator().manual_seed(seed))
@@ -137,7 +138,7 @@ def summarize(stem: Path, family: str, flags: str = "") -> None:
               "only / NFE only). dopri5's own error ranges over two to three orders of magnitude at one tolerance "
               "(next table), so a single tolerance of ours trades one miss for the other.", "",
               "| rtol = atol | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
-    for tol in OUR_TOLS:
+    for tol in sorted({float(r["tol"]) for r in rows if r["solver"] == "unipc_adaptive"}, reverse=True):
         cells = []
         for v in variants:
             ok_err = ok_nfe = both = 0
@@ -224,7 +225,7 @@ def main() -> None:
 
         def problem(seed):
             starts = least if tuning else held_out_starts(draw(seed)[1]["dim"], least)
-            return run_problem(seed, starts, variants)
+            return run_problem(seed, starts, variants, NORM_TOLS if args.norm else OUR_TOLS)
 
         run_family(seeds, stem.with_suffix(".csv"), FIELDS, problem)
     summarize(stem, args.family, f" --{flag}" if flag else "")
