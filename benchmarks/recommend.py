@@ -21,6 +21,7 @@ The score of a configuration on a problem is its RMSE over the best public solve
     .venv/bin/python benchmarks/recommend.py --family held-out-4 # the same FROZEN on a fourth family, >= 512 starts
     .venv/bin/python benchmarks/recommend.py --family held-out-8 # FROZEN with select's fifth grid (trailing), 50 min
     .venv/bin/python benchmarks/recommend.py --family held-out-9 # the same, a second confirmation (family.py's rule)
+    .venv/bin/python benchmarks/recommend.py --family held-out-10 # select without uniform where trailing fits
     .venv/bin/python benchmarks/recommend.py --family held-out --seeds 1008 --least 2048  # one problem, more starts
     .venv/bin/python benchmarks/recommend.py --family held-out --rescore  # today's FROZEN on the whole family again
     .venv/bin/python benchmarks/recommend.py --family held-out-2 --rescore --reuse  # only what the first run lacks
@@ -72,6 +73,9 @@ ADAPTIVE_TOLS = (1e-3, 3e-4, 1e-4)
 # From the eighth held-out family on, select's named grids include the trailing one (5 grids, 30 candidates): on the
 # tuning family UniPC-2/3 end 0.4-1.4 % closer on it than on the uniform grid at 10 / 20 steps, and tie diffusers'
 # UniPC on its trailing spacing (results/trailing_grid.md), which the uniform grid had lost to by as much.
+# From the tenth held-out family on, select leaves uniform out where trailing fits (grids.select_grids; 24
+# candidates): trailing ends closer on 22-24 of 24 tuning problems, by less than a pilot's noise, so a pilot that has
+# both picks between them by its noise (seen on the ninth family, #9003 at NFE 10).
 SELECT_OVER = {"order": (2, 3), "gaussian_start": (None, 0.15, 0.3)}
 FROZEN = {"unipc-3 select gs0.15": dict(name="unipc", order=3, grid="select", gaussian_start=0.15),
           "unipc-3 logsnr gs0.15": dict(name="unipc", order=3, grid="logsnr", gaussian_start=0.15),

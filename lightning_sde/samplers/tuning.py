@@ -22,7 +22,16 @@ import logging
 import torch
 
 from lightning_sde.probability_flow import ProbabilityFlow, solve_between
-from lightning_sde.samplers.grids import GRIDS, Plan, carry, fits, gaussian_start_knob, start_time, time_grid
+from lightning_sde.samplers.grids import (
+    GRIDS,
+    Plan,
+    carry,
+    fits,
+    gaussian_start_knob,
+    select_grids,
+    start_time,
+    time_grid,
+)
 from lightning_sde.samplers.noise import SeededNoise
 
 log = logging.getLogger(__name__)
@@ -91,7 +100,7 @@ def pilot_errors(sampler, denoiser, pilot: int = 512, reference_tol: float = 1e-
         for knobs, variant in variants:
             start = start_time(variant, denoiser)
             x_start = carry(variant, denoiser, x_T, start)
-            for grid in (g for g in grids if fits(sde, variant.steps, g, start)):
+            for grid in select_grids(sde, variant.steps, start, grids):
                 times = time_grid(sde, variant.steps, grid, variant.rho, start=start)
                 x, _ = variant.run(denoiser, x_start, Plan(start, times), noise, None)
                 candidates[choice_label(grid, knobs)] = (grid, knobs, start, times,

@@ -217,7 +217,7 @@ def test_select_over_chooses_other_knobs_on_the_pilot_and_runs_the_chosen_varian
     assert sampler.select_over == {"order": (1, 3), "gaussian_start": (None, 0.15)}
     _, _, knobs, report = select_schedule(sampler, den, pilot=64)
     choices = report["pilot_rmse_by_choice"]
-    assert len(choices) == 4 * len(GRIDS) and len(set(choices.values())) == len(choices)
+    assert len(choices) == 4 * (len(GRIDS) - 1) and len(set(choices.values())) == len(choices)  # trailing, not uniform
     assert report["pilot_rmse"] == min(choices.values()) and set(knobs) == {"order", "gaussian_start"}
     x, info = sample(sampler, den, range(8), dtype=torch.float64)
     chosen = info["selection"]
@@ -270,7 +270,7 @@ def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
     sampler = build_sampler("unipc", steps=6, order=3, grid="select", gaussian_start=0.15)
     start, times, knobs, report = select_schedule(sampler, den, pilot=64)
     choices = report["pilot_rmse_by_choice"]
-    assert len(choices) == 2 * len(GRIDS) and report["pilot_rmse"] == min(choices.values())
+    assert len(choices) == 2 * (len(GRIDS) - 1) and report["pilot_rmse"] == min(choices.values())
     assert len(set(choices.values())) == len(choices)  # every candidate was really run
     assert (start < sde.T) == (knobs["gaussian_start"] == 0.15) and report["gaussian_start"] == knobs["gaussian_start"]
     named = time_grid(sde, 6, report["grid"], start=start)
@@ -278,7 +278,7 @@ def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
     # the reported pilot errors are the candidates' own, measured here apart against dopri5 on the pilot seeds
     seeds = range(PILOT_SEED, PILOT_SEED + 64)
     ref, _ = sample(build_sampler("ode", rtol=1e-6, atol=1e-6, first_step=0.01), den, seeds, dtype=torch.float64)
-    for grid, gs in (("uniform", None), ("karras", 0.15)):
+    for grid, gs in (("trailing", None), ("karras", 0.15)):
         t0 = start_time(build_sampler("unipc", steps=6, gaussian_start=gs), den)
         x, _ = sample(build_sampler("unipc", steps=6, order=3, gaussian_start=gs,
                                     times=time_grid(sde, 6, grid, start=t0).tolist()), den, seeds, dtype=torch.float64)
@@ -286,7 +286,7 @@ def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
         assert (x - ref).pow(2).mean().sqrt().item() == pytest.approx(choices[key], rel=1e-6)
     # from T only, without gaussian_start
     assert len(select_schedule(build_sampler("ddim", steps=4, grid="select"), den, pilot=8)[3][
-        "pilot_rmse_by_choice"]) == len(GRIDS)
+        "pilot_rmse_by_choice"]) == len(GRIDS) - 1
     # without data moments the Gaussian start is no candidate
     bare = type(den)(den.net, sde, den.parameterization, den.shape)
     assert all(key.endswith("=None") for key in select_schedule(sampler, bare, pilot=8)[3]["pilot_rmse_by_choice"])
@@ -304,13 +304,14 @@ def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
 
 def test_select_leaves_out_a_grid_the_sde_cannot_hold():
     """The trailing grid needs start / steps > eps: with eps = 0.25, 4 steps from T = 1 would put its last two
-    points on 0.25; select runs the other grids (and a named trailing grid fails, naming the limit)."""
+    points on 0.25; select runs the other grids, uniform in its place (and a named trailing grid fails, naming the
+    limit). Where trailing fits, uniform is left out (grids.select_grids)."""
     from lightning_sde.samplers.tuning import select_schedule
     from lightning_sde.sde import VPSDE
 
     den = MIX.denoiser(VPSDE(eps=0.25))
     grids_run = lambda steps: {label.split(",")[0] for label in select_schedule(  # noqa: E731
         build_sampler("ddim", steps=steps, grid="select"), den, pilot=8)[3]["pilot_rmse_by_choice"]}
-    assert grids_run(4) == set(GRIDS) - {"trailing"} and grids_run(3) == set(GRIDS)
+    assert grids_run(4) == set(GRIDS) - {"trailing"} and grids_run(3) == set(GRIDS) - {"uniform"}
     with pytest.raises(ValueError, match=r"trailing grid needs start / steps > eps; got 1\.0 / 4 <= 0\.25"):
         sample(build_sampler("ddim", steps=4, grid="trailing"), den, range(2))
