@@ -165,6 +165,7 @@ class FixedStepSampler(Sampler):
     # "gaussian_start": [None, 0.15, 0.3]}; None: the start only (T, or gaussian_start's when set). Each value is a
     # fixed-step run at this sampler's NFE; a select_over without gaussian_start keeps this sampler's start for all
     select_over: dict | None = None
+    pilot: int = 512  # grid="select" / "optimized": rows of the set-up pilot (its NFE does not grow with it)
 
     @property
     def nfe_per_step(self) -> int:

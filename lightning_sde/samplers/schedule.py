@@ -109,6 +109,9 @@ def check_schedule(sampler) -> None:
         raise ValueError(f"{name}: unknown grid {sampler.grid!r}; choose one of {SCHEDULE_GRIDS}")
     if isinstance(sampler.rho, bool) or not isinstance(sampler.rho, (int, float)) or not sampler.rho > 0:
         raise ValueError(f"{name}: rho must be > 0; got {sampler.rho!r}")
+    pilot = sampler.pilot
+    if isinstance(pilot, bool) or not isinstance(pilot, int) or pilot < 1:
+        raise ValueError(f"{name}: pilot must be a number of rows >= 1; got {pilot!r}")
     if sampler.select_over is not None:
         check_select_over(sampler)
     if sampler.times is not None:
@@ -118,7 +121,7 @@ def check_schedule(sampler) -> None:
                              f"got {len(times) if times.ndim == 1 else tuple(times.shape)} values")
 
 
-SELECT_FIXED = ("steps", "grid", "times", "select_over")  # what select_over may not vary
+SELECT_FIXED = ("steps", "grid", "times", "select_over", "pilot")  # what select_over may not vary
 
 
 def check_select_over(sampler) -> None:

@@ -1,16 +1,16 @@
 """Time grids tuned for one model and one NFE budget.
 
-`optimize_grid` places the steps of a fixed-step sampler where they reduce its error most on a pilot set: it
-solves the probability-flow ODE for `pilot` seeds (disjoint from any sampling seeds) to a tight tolerance once,
-then minimises the pilot's mean squared endpoint error over the step positions, parametrised by their log-SNR
-increments (softmax-normalised, so the grid stays ordered and spans [start, eps]; the start is T, or the
-sampler's gaussian_start time: tuning it too did no better, benchmarks/README.md). Two optimisers: "adam",
+`optimize_grid` places the steps of a fixed-step sampler where they reduce its error most on a pilot set: it solves
+the probability-flow ODE for the sampler's `pilot` seeds (512 by default; disjoint from any sampling seeds) to a
+tight tolerance once, then minimises the pilot's mean squared endpoint error over the step positions, parametrised
+by their log-SNR increments (softmax-normalised, so the grid stays ordered and spans [start, eps]; the start is T,
+or the sampler's gaussian_start time: tuning it too did no better, benchmarks/README.md). Two optimisers: "adam",
 gradient descent through the sampler itself, and "powell", scipy's derivative-free Powell search, for losses whose
-gradient is mostly noise (a few trajectories that end in another mixture component dominate them). Both start
-from the best named grid on the pilot and keep the best iterate. The cost is paid once per (model, sampler,
-NFE): about pilot x (reference NFE + iters x NFE a run) evaluations, reported as `pilot_nfe` and never counted in
-the sampler's own NFE (schedule.py reports it as the sampler's `setup_nfe`). Over-fitting is checked on held-out
-seeds in the benchmarks.
+gradient is mostly noise (a few trajectories that end in another mixture component dominate them). Both start from
+the best named grid on the pilot and keep the best iterate. The cost is paid once per (model, sampler, NFE): about
+pilot x (reference NFE + iters x NFE a run) evaluations, reported as `pilot_nfe` and never counted in the sampler's
+own NFE (schedule.py reports it as the sampler's `setup_nfe`). Over-fitting is checked on held-out seeds in the
+benchmarks.
 """
 
 from __future__ import annotations
@@ -38,11 +38,13 @@ log = logging.getLogger(__name__)
 PILOT_SEED = 10**9  # pilot seeds start here: disjoint from the seeds users sample with
 
 
-def _pilot(sampler, denoiser, pilot: int, reference_tol: float):
-    """(the denoiser for `pilot` rows, their noise, x_T, the dopri5 solution at reference_tol, its NFE start)."""
+def _pilot(sampler, denoiser, pilot: int | None, reference_tol: float):
+    """(the denoiser for `pilot` rows (None: the sampler's own pilot), their noise, x_T, the dopri5 solution at
+    reference_tol, its NFE start)."""
     if sampler.stochastic or sampler.adaptive:
         raise ValueError(f"{sampler.name}: grid='optimized' or 'select' tunes deterministic fixed-step samplers "
                          "against the ODE's solution")
+    pilot = sampler.pilot if pilot is None else pilot
     sde = denoiser.sde
     denoiser = denoiser.for_rows(pilot)
     nfe0 = denoiser.nfe
@@ -88,43 +90,47 @@ def choice_label(grid: str, knobs: dict) -> str:
     return ", ".join([grid, *(f"{k}={v}" for k, v in knobs.items())])
 
 
-def pilot_errors(sampler, denoiser, pilot: int = 512, reference_tol: float = 1e-6, grids=GRIDS):
-    """({choice_label: (grid, knobs, start, times, per-row RMS endpoint error against the ODE's solution on the
-    pilot)}, pilot NFE): select_schedule's candidates (every named grid x select_variants), each run once on the same
-    pilot."""
+def candidate_runs(sampler, denoiser, x_T, noise=None, grids=GRIDS):
+    """Yield (choice_label, grid, knobs, start, times, endpoint) for each candidate grid="select" compares
+    (select_grids' grids x select_variants), each run from x_T."""
     sde = denoiser.sde
-    variants = select_variants(sampler, denoiser)
+    for knobs, variant in select_variants(sampler, denoiser):
+        start = start_time(variant, denoiser)
+        x_start = carry(variant, denoiser, x_T, start)
+        for grid in select_grids(sde, variant.steps, start, grids):
+            times = time_grid(sde, variant.steps, grid, variant.rho, start=start)
+            x, _ = variant.run(denoiser, x_start, Plan(start, times), noise, None)
+            yield choice_label(grid, knobs), grid, knobs, start, times, x
+
+
+def pilot_errors(sampler, denoiser, pilot: int | None = None, reference_tol: float = 1e-6, grids=GRIDS):
+    """({choice_label: (grid, knobs, start, times, per-row RMS endpoint error against the ODE's solution on the
+    pilot)}, pilot NFE): candidate_runs on the same pilot (`pilot` rows; None: the sampler's)."""
+    select_variants(sampler, denoiser)  # no candidate: fail before the reference
     denoiser, noise, x_T, ref, nfe0 = _pilot(sampler, denoiser, pilot, reference_tol)
-    candidates = {}
     with torch.no_grad():
-        for knobs, variant in variants:
-            start = start_time(variant, denoiser)
-            x_start = carry(variant, denoiser, x_T, start)
-            for grid in select_grids(sde, variant.steps, start, grids):
-                times = time_grid(sde, variant.steps, grid, variant.rho, start=start)
-                x, _ = variant.run(denoiser, x_start, Plan(start, times), noise, None)
-                candidates[choice_label(grid, knobs)] = (grid, knobs, start, times,
-                                                         (x - ref).pow(2).flatten(1).mean(1).sqrt())
+        candidates = {label: (grid, knobs, start, times, (x - ref).pow(2).flatten(1).mean(1).sqrt())
+                      for label, grid, knobs, start, times, x in candidate_runs(sampler, denoiser, x_T, noise, grids)}
     return candidates, denoiser.nfe - nfe0
 
 
-def select_schedule(sampler, denoiser, pilot: int = 512, reference_tol: float = 1e-6, grids=GRIDS):
-    """(start, times, knobs, report): the candidate of pilot_errors (a named grid x select_variants) with the smallest
-    pilot RMSE: len(grids) x variants runs of the sampler after the reference, a small fraction of optimize_grid's
-    cost. The RMSE is the score the candidates are judged by; the median or a trimmed mean of the per-row errors
-    picked worse on the tuning family (benchmarks/select_study.py criterion)."""
+def select_schedule(sampler, denoiser, pilot: int | None = None, reference_tol: float = 1e-6, grids=GRIDS):
+    """(start, times, knobs, report): the candidate of pilot_errors (select_grids' grids x select_variants) with the
+    smallest pilot RMSE: len(grids) x variants runs of the sampler after the reference, a small fraction of
+    optimize_grid's cost. The RMSE is the score the candidates are judged by; the median or a trimmed mean of the
+    per-row errors picked worse on the tuning family (benchmarks/select_study.py criterion)."""
     candidates, pilot_nfe = pilot_errors(sampler, denoiser, pilot, reference_tol, grids)
     scores = {label: float(c[-1].pow(2).mean().sqrt()) for label, c in candidates.items()}
     best = min(scores, key=scores.get)
     grid, knobs, start, times, _ = candidates[best]
-    report = {"pilot": pilot, "pilot_nfe": pilot_nfe, "choice": best, "grid": grid, **knobs,
+    report = {"pilot": len(candidates[best][-1]), "pilot_nfe": pilot_nfe, "choice": best, "grid": grid, **knobs,
               "pilot_rmse": scores[best], "pilot_rmse_by_choice": scores}
     log.info("selected %s for %s, %d steps: pilot RMSE %.3g (%d pilot NFE)", best,  # pragma: no mutate
              sampler.name, sampler.steps, scores[best], pilot_nfe)  # pragma: no mutate
     return start, times, knobs, report
 
 
-def optimize_grid(sampler, denoiser, pilot: int = 512, iters: int = 200, lr: float = 0.05, inits=GRIDS,
+def optimize_grid(sampler, denoiser, pilot: int | None = None, iters: int = 200, lr: float = 0.05, inits=GRIDS,
                   reference_tol: float = 1e-6, method: str = "adam") -> tuple[torch.Tensor, dict]:
     """(times (steps + 1,) from the sampler's start time to eps, report) for this fixed-step sampler and denoiser.
     `iters`: Adam steps, or Powell's budget of pilot runs. Starts from the best of the named grids `inits` on the
@@ -167,7 +173,7 @@ def optimize_grid(sampler, denoiser, pilot: int = 512, iters: int = 200, lr: flo
     with torch.no_grad():
         times = times_of(best_logits)
         final = float(error(times))
-    report = {"pilot": pilot, "iters": iters, "method": method, "pilot_nfe": denoiser.nfe - nfe0, "init": init,
+    report = {"pilot": len(ref), "iters": iters, "method": method, "pilot_nfe": denoiser.nfe - nfe0, "init": init,
               "pilot_rmse_init": scores[init] ** 0.5, "pilot_rmse_final": final**0.5}
     log.info("optimized %s grid, %d steps: pilot RMSE %.3g -> %.3g (%d pilot NFE)",  # pragma: no mutate
              sampler.name, sampler.steps, report["pilot_rmse_init"], report["pilot_rmse_final"],  # pragma: no mutate
