@@ -11,8 +11,8 @@ Matched-accuracy NFE ratio: the NFE of ours at the loosest tolerance of the swee
 reaches it). The 95 % interval of that run's RMSE over dopri5's comes from a paired bootstrap over the starts.
 
     .venv/bin/python benchmarks/adaptive_precision.py --family tuning       # 256 starts a problem, all VARIANTS
-    .venv/bin/python benchmarks/adaptive_precision.py --family tuning --controller  # the default's step-size knobs
-    .venv/bin/python benchmarks/adaptive_precision.py --family tuning --norm  # the error norm: batch or per sample
+    .venv/bin/python benchmarks/adaptive_precision.py --family tuning --study controller  # step-size knobs
+    .venv/bin/python benchmarks/adaptive_precision.py --family tuning --study norm  # error norm: batch or per sample
     .venv/bin/python benchmarks/adaptive_precision.py --family held-out-3   # FROZEN, >= 1024 starts
     .venv/bin/python benchmarks/adaptive_precision.py --family held-out-4   # the same on the fourth family
     .venv/bin/python benchmarks/adaptive_precision.py --family held-out-3 --replot
@@ -48,15 +48,16 @@ OUR_TOLS = tuple(float(f"{10 ** (-3.5 - k / 4):.2g}") for k in range(9))  # 3.2e
 # a first half-decade sweep of this script (not kept) had orders 3 and 6 at median 0.46x and 0.55x
 VARIANTS = {"order 4": {"order": 4}, "order 5": {"order": 5}}
 FROZEN = "order 4"  # the default; order 5 no better on the tuning family (results/adaptive_precision_tuning.md)
-# --controller (tuning family only): the default's step-size control against other settings of its knobs
+# --study controller: the default's step-size control against other settings of its knobs
 CONTROLLER = {"order 4": {"order": 4}, "safety 0.7": {"safety": 0.7}, "safety 0.9": {"safety": 0.9},
               "growth 5": {"max_growth": 5.0}, "h_init 0.5, growth 4": {"h_init": 0.5, "max_growth": 4.0}}
-# --norm (tuning family only): the step's error norm, RMS over the batch or the worst sample's. The sweep reaches
+# --study norm: the step's error norm, RMS over the batch or the worst sample's. The sweep reaches
 # looser tolerances (NORM_TOLS): the worst-sample norm meets dopri5's error at 3.2e-4, the loosest of OUR_TOLS, on
 # most problems. Rule written before its first run: it becomes the default if, on the tuning family, it has more
 # problems <= 0.5x than the batch norm, a lower worst and a median at most 0.03 higher; then it is scored held out.
 NORMS = {"order 4": {"order": 4}, "worst sample": {"error_norm": "worst_sample"}}
 NORM_TOLS = tuple(float(f"{10 ** (-2.5 - k / 4):.2g}") for k in range(13))  # 3.2e-3 ... 3.2e-6
+STUDIES = {"controller": (CONTROLLER, OUR_TOLS), "norm": (NORMS, NORM_TOLS)}  # tuning family only: (variants, tols)
 TUNING_STARTS, HELD_OUT_STARTS = 256, 1024  # per problem (held-out: at least, see held_out_starts)
 FIELDS = ["seed", "dim", "solver", "variant", "tol", "nfe", "rmse", "seconds", "starts", "ratio_lo", "ratio_hi"]
 BOOTSTRAP = 1000
@@ -210,28 +211,24 @@ def plot(rows, table, seeds, variants, stem: Path, family: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=tuple(FAMILIES), required=True)
-    study = parser.add_mutually_exclusive_group()
-    study.add_argument("--controller", action="store_true", help="the step-size control study (tuning family)")
-    study.add_argument("--norm", action="store_true", help="the error norm study (tuning family)")
+    parser.add_argument("--study", choices=tuple(STUDIES), help="a study of the adaptive solver's knobs (tuning)")
     parser.add_argument("--replot", action="store_true")
     args = parser.parse_args()
     tuning = args.family == "tuning"
-    flag = "controller" if args.controller else "norm" if args.norm else None
-    if flag and not tuning:
-        parser.error(f"--{flag} is a tuning study: --family tuning")
+    if args.study and not tuning:
+        parser.error(f"--study {args.study} is a tuning study: --family tuning")
     torch.set_num_threads(2)
     seeds, least = FAMILIES[args.family], TUNING_STARTS if tuning else HELD_OUT_STARTS
-    stem = OUT / f"adaptive_precision_{args.family.replace('-', '')}{f'_{flag}' if flag else ''}"
+    stem = OUT / f"adaptive_precision_{args.family.replace('-', '')}{f'_{args.study}' if args.study else ''}"
     if not args.replot:
-        variants = ({"controller": CONTROLLER, "norm": NORMS}[flag] if flag else VARIANTS if tuning
-                    else {FROZEN: VARIANTS[FROZEN]})
+        variants, tols = STUDIES.get(args.study, (VARIANTS if tuning else {FROZEN: VARIANTS[FROZEN]}, OUR_TOLS))
 
         def problem(seed):
             starts = least if tuning else held_out_starts(draw(seed)[1]["dim"], least)
-            return run_problem(seed, starts, variants, NORM_TOLS if args.norm else OUR_TOLS)
+            return run_problem(seed, starts, variants, tols)
 
         run_family(seeds, stem.with_suffix(".csv"), FIELDS, problem)
-    summarize(stem, args.family, f" --{flag}" if flag else "")
+    summarize(stem, args.family, f" --study {args.study}" if args.study else "")
 
 
 if __name__ == "__main__":
