@@ -29,12 +29,12 @@ def _cfg(*overrides):
 
 def ddim(steps):
     return {"steps": steps, "eta": 0.0, "grid": "uniform", "rho": 7.0, "times": None, "gaussian_start": None,
-            "gaussian_start_kl": None, "select_over": None}
+            "gaussian_start_kl": None, "select_over": None, "pilot": 512}
 
 
 def heun(steps):
     return {"steps": steps, "grid": "karras", "rho": 7.0, "times": None, "gaussian_start": None,
-            "gaussian_start_kl": None, "select_over": None}
+            "gaussian_start_kl": None, "select_over": None, "pilot": 512}
 
 
 def ode(tol):
@@ -49,6 +49,7 @@ def ode(tol):
         "gaussian_start": None,
         "gaussian_start_kl": None,
         "select_over": None,
+        "pilot": 512,
         "first_step": 0.01,
     }
 
