@@ -14,7 +14,7 @@ For the recommended sampler (recommend.py's RECOMMENDED) at one NFE:
     .venv/bin/python benchmarks/select_diagnosis.py --seed 9030 --nfe 20 --pilot 2048  # a 4x larger pilot
     .venv/bin/python benchmarks/select_diagnosis.py --seed 9030 --nfe 20 --starts 16384 --every-candidate
 
-Needs the `peers` extra. Writes results/select_diagnosis_<seed>_nfe<nfe>[_pilot<rows>].md.
+Needs the `peers` extra. Writes results/select_diagnosis_<seed>_nfe<nfe>[_pilot<rows>][_every].md.
 """
 
 from __future__ import annotations
