@@ -298,7 +298,7 @@ def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
     explicit = build_sampler("unipc", steps=6, order=3, times=time_grid(sde, 6, chosen["grid"], start=t0).tolist(),
                              gaussian_start=chosen["gaussian_start"])
     torch.testing.assert_close(x, sample(explicit, den, range(8), dtype=torch.float64)[0])
-    # the sampler's pilot knob sets the pilot's rows (the first 16 of the 64 above: the same candidates' errors)
+    # the sampler's pilot knob sets the pilot's rows: the same candidates, scored on 16 rows instead of 64
     small = select_schedule(dataclasses.replace(sampler, pilot=16), den)[3]
     assert small["pilot"] == 16 and set(small["pilot_rmse_by_choice"]) == set(choices)
     assert small["pilot_rmse_by_choice"] != choices
