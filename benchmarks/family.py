@@ -37,6 +37,9 @@ read from the rescored runs**: seeds 9000..9031; scored once.
 **A tenth held-out family, written down before its first run (2026-12-02), when select stopped comparing the uniform
 grid with the trailing one (decided on the tuning family's trailing_grid table; the ninth family's #9003 had shown a
 pilot choosing between the two by its noise); read with the ninth's rule**: seeds 10000..10031.
+**An eleventh held-out family, written down before any probe of this session (2026-12-02), for select with light-tailed
+candidates from other sampler kinds (the ninth and tenth families' misses, #9030 and #10012, were diagnosed on their own
+seeds); read with the ninth's rule**: seeds 11000..11031.
 """
 
 from __future__ import annotations
@@ -62,11 +65,12 @@ HELD_OUT_7 = tuple(range(7000, 7032))
 HELD_OUT_8 = tuple(range(8000, 8032))
 HELD_OUT_9 = tuple(range(9000, 9032))
 HELD_OUT_10 = tuple(range(10000, 10032))
+HELD_OUT_11 = tuple(range(11000, 11032))
 # the name each benchmark's --family takes
 FAMILIES = {"tuning": TUNING, "held-out": HELD_OUT, "held-out-2": HELD_OUT_2, "held-out-3": HELD_OUT_3,
             "held-out-4": HELD_OUT_4, "held-out-5": HELD_OUT_5, "held-out-6": HELD_OUT_6,
             "held-out-7": HELD_OUT_7, "held-out-8": HELD_OUT_8, "held-out-9": HELD_OUT_9,
-            "held-out-10": HELD_OUT_10}
+            "held-out-10": HELD_OUT_10, "held-out-11": HELD_OUT_11}
 DIMS = (2, 4, 8, 16, 32, 64, 128, 256)
 CONCENTRATIONS = (20.0, 1.0, 0.2)
 
