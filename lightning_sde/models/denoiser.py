@@ -10,6 +10,7 @@ The Denoiser converts the output to eps once; score and x0 follow from it. Sampl
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from typing import Callable
@@ -78,6 +79,8 @@ class Denoiser(nn.Module):
     `channels_last` feeds an image network NHWC inputs (its weights should be channels_last too: ScoreModule does
     both); `autocast="bf16"` runs the network under bf16 autocast and returns its output in the input's dtype, so that
     samplers keep their arithmetic in fp32/fp64 (training uses Lightning's trainer.precision=bf16-mixed instead).
+    `net_batch` (set through `with_net_batch`) splits a call over more rows into network calls of at most that many:
+    it bounds the memory of a large batch such as a tuning pilot, and is still one NFE.
     """
 
     def __init__(self, net: nn.Module | Callable, sde: SDE, parameterization: str, shape: tuple[int, ...],
@@ -109,6 +112,17 @@ class Denoiser(nn.Module):
         self.num_classes = num_classes  # a conditional net(x, t, y): y in 0..num_classes-1, num_classes = no label
         self.channels_last = channels_last
         self.autocast = autocast
+        self.net_batch: int | None = None
+
+    def with_net_batch(self, rows: int | None) -> "Denoiser":
+        """This denoiser (same network, own NFE count) calling its network on at most `rows` rows at a time."""
+        if rows is None:
+            return self
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"net_batch must be a number of rows >= 1 (or None); got {rows!r}")
+        chunked = copy.copy(self)
+        chunked.net_batch = rows
+        return chunked
 
     def coefficients(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor | float]:
         """(t per sample, alpha, sigma, the input scale c_in), broadcast to x."""
@@ -124,16 +138,24 @@ class Denoiser(nn.Module):
         """One NFE. `labels` (B,) condition a class-conditional network (num_classes = the unconditional row)."""
         t, alpha, sigma, c_in = self.coefficients(x, t)
         self.nfe += 1
-        x_in = c_in * x
+        out = self.call_net(c_in * x, t, labels)
+        return Prediction(x, alpha, sigma, output_to_eps(self.parameterization, out, x, alpha, sigma))
+
+    def call_net(self, x_in: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The network's output on scaled inputs (t and labels per row), in x_in's dtype: with channels_last and
+        autocast as set, `net_batch` rows at a time. Counts no NFE (forward does)."""
         if self.channels_last:
             x_in = x_in.contiguous(memory_format=torch.channels_last)
-        if self.autocast is None:
-            out = self.net(x_in, t) if labels is None else self.net(x_in, t, labels)
-        else:
-            with torch.autocast(x.device.type, dtype=AUTOCAST[self.autocast]):
-                out = self.net(x_in, t) if labels is None else self.net(x_in, t, labels)
-            out = out.to(x.dtype)
-        return Prediction(x, alpha, sigma, output_to_eps(self.parameterization, out, x, alpha, sigma))
+        rows = self.net_batch or len(x_in)
+        outs = []
+        for i in range(0, len(x_in), rows):
+            args = (x_in[i:i + rows], t[i:i + rows]) + (() if labels is None else (labels[i:i + rows],))
+            if self.autocast is None:
+                outs.append(self.net(*args))
+            else:
+                with torch.autocast(x_in.device.type, dtype=AUTOCAST[self.autocast]):
+                    outs.append(self.net(*args).to(x_in.dtype))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def fingerprint_extra(self) -> tuple:
         """What a subclass computes differently from the same network (e.g. guidance); part of fingerprint()."""

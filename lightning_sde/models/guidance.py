@@ -46,7 +46,8 @@ class GuidedDenoiser(Denoiser):
         if base.num_classes is None:
             raise ValueError("guidance needs a class-conditional model (num_classes set); this one is unconditional")
         super().__init__(base.net, base.sde, base.parameterization, base.shape, base.sigma_data, base.data_moments,
-                         base.num_classes)
+                         base.num_classes, base.channels_last, base.autocast)
+        self.net_batch = base.net_batch
         labels = torch.as_tensor(labels)
         labels = labels.reshape(1) if labels.ndim == 0 else labels
         if labels.ndim != 1 or labels.is_floating_point() or not ((labels >= 0) & (labels < base.num_classes)).all():
@@ -81,7 +82,7 @@ class GuidedDenoiser(Denoiser):
         self.nfe += 1
         both = torch.cat([c_in * x, c_in * x])
         null = torch.full_like(labels, self.num_classes)
-        out = self.net(both, torch.cat([t, t]), torch.cat([labels, null]))
+        out = self.call_net(both, torch.cat([t, t]), torch.cat([labels, null]))
         eps_c, eps_u = output_to_eps(self.parameterization, out, torch.cat([x, x]), torch.cat([alpha, alpha]),
                                      torch.cat([sigma, sigma])).chunk(2)
         return Prediction(x, alpha, sigma, eps_c + self.guidance * (eps_c - eps_u))

@@ -166,6 +166,7 @@ class FixedStepSampler(Sampler):
     # fixed-step run at this sampler's NFE; a select_over without gaussian_start keeps this sampler's start for all
     select_over: dict | None = None
     pilot: int = 512  # grid="select" / "optimized": rows of the set-up pilot (its NFE does not grow with it)
+    pilot_batch: int | None = None  # the most pilot rows per network call (None: all); bounds the pilot's memory
 
     @property
     def nfe_per_step(self) -> int:

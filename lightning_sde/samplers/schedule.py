@@ -71,7 +71,7 @@ def tuned(sampler, denoiser, procedure) -> tuple:
     """(result, report) of a tuning procedure (optimize_grid, or select_schedule: its start, times and knobs), computed
     once per (denoiser fingerprint, sampler settings) in this process: the fingerprint covers the weights, so a model
     that trains on gets a new grid at its next evaluation."""
-    settings = {k: v for k, v in sampler.params().items() if k != "times"}
+    settings = {k: v for k, v in sampler.params().items() if k not in ("times", "pilot_batch")}  # batching: same tuning
     key = (denoiser.fingerprint(), sampler.name, tuple(sorted((k, repr(v)) for k, v in settings.items())))
     if key in _tuned:
         _tuned.move_to_end(key)
@@ -112,6 +112,10 @@ def check_schedule(sampler) -> None:
     pilot = sampler.pilot
     if isinstance(pilot, bool) or not isinstance(pilot, int) or pilot < 1:
         raise ValueError(f"{name}: pilot must be a number of rows >= 1; got {pilot!r}")
+    rows = sampler.pilot_batch
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise ValueError(f"{name}: pilot_batch must be a number of rows >= 1 (or None: the whole pilot at once); "
+                         f"got {rows!r}")
     if sampler.select_over is not None:
         check_select_over(sampler)
     if sampler.times is not None:
@@ -121,7 +125,7 @@ def check_schedule(sampler) -> None:
                              f"got {len(times) if times.ndim == 1 else tuple(times.shape)} values")
 
 
-SELECT_FIXED = ("steps", "grid", "times", "select_over", "pilot")  # what select_over may not vary
+SELECT_FIXED = ("steps", "grid", "times", "select_over", "pilot", "pilot_batch")  # what select_over may not vary
 
 
 def check_select_over(sampler) -> None:

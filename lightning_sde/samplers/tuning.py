@@ -1,16 +1,16 @@
 """Time grids tuned for one model and one NFE budget.
 
 `optimize_grid` places the steps of a fixed-step sampler where they reduce its error most on a pilot set: it solves
-the probability-flow ODE for the sampler's `pilot` seeds (512 by default; disjoint from any sampling seeds) to a
-tight tolerance once, then minimises the pilot's mean squared endpoint error over the step positions, parametrised
-by their log-SNR increments (softmax-normalised, so the grid stays ordered and spans [start, eps]; the start is T,
-or the sampler's gaussian_start time: tuning it too did no better, benchmarks/README.md). Two optimisers: "adam",
-gradient descent through the sampler itself, and "powell", scipy's derivative-free Powell search, for losses whose
-gradient is mostly noise (a few trajectories that end in another mixture component dominate them). Both start from
-the best named grid on the pilot and keep the best iterate. The cost is paid once per (model, sampler, NFE): about
-pilot x (reference NFE + iters x NFE a run) evaluations, reported as `pilot_nfe` and never counted in the sampler's
-own NFE (schedule.py reports it as the sampler's `setup_nfe`). Over-fitting is checked on held-out seeds in the
-benchmarks.
+the probability-flow ODE for the sampler's `pilot` seeds (512 by default; disjoint from any sampling seeds; the
+network sees at most `pilot_batch` of them a call) to a tight tolerance once, then minimises the pilot's mean squared
+endpoint error over the step positions, parametrised by their log-SNR increments (softmax-normalised, so the grid
+stays ordered and spans [start, eps]; the start is T, or the sampler's gaussian_start time: tuning it too did no
+better, benchmarks/README.md). Two optimisers: "adam", gradient descent through the sampler itself, and "powell",
+scipy's derivative-free Powell search, for losses whose gradient is mostly noise (a few trajectories that end in
+another mixture component dominate them). Both start from the best named grid on the pilot and keep the best iterate.
+The cost is paid once per (model, sampler, NFE): about pilot x (reference NFE + iters x NFE a run) evaluations,
+reported as `pilot_nfe` and never counted in the sampler's own NFE (schedule.py reports it as the sampler's
+`setup_nfe`). Over-fitting is checked on held-out seeds in the benchmarks.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _pilot(sampler, denoiser, pilot: int | None, reference_tol: float):
                          "against the ODE's solution")
     pilot = sampler.pilot if pilot is None else pilot
     sde = denoiser.sde
-    denoiser = denoiser.for_rows(pilot)
+    denoiser = denoiser.for_rows(pilot).with_net_batch(sampler.pilot_batch)
     nfe0 = denoiser.nfe
     dtype = next((p.dtype for p in denoiser.parameters()), torch.float64)
     noise = SeededNoise(range(PILOT_SEED, PILOT_SEED + pilot), denoiser.shape, dtype=dtype)

@@ -81,6 +81,30 @@ def test_one_guided_evaluation_is_one_nfe_over_a_doubled_batch():
     assert base.net.batches == [(3, [1, 0, 1])] * 4
 
 
+def test_net_batch_splits_the_doubled_batch_and_a_guided_denoiser_keeps_its_base_options():
+    """with_net_batch(4) on a guided batch of 3: the network sees [x, x] as 4 + 2 rows, the prediction is the same
+    and it is one NFE; the guided copy keeps its base's net_batch and autocast (bf16 on the network's inputs)."""
+    base = MIX.denoiser(VPSDE())
+    base.net = Recording(base.net)
+    den = guided(base, torch.tensor([1, 0, 1]), 1.5)
+    x, t = torch.randn(3, 2, dtype=F64), torch.tensor(0.3, dtype=F64)
+    whole = den(x, t).eps
+    chunked = den.with_net_batch(4)
+    base.net.batches.clear()
+    nfe = chunked.nfe
+    torch.testing.assert_close(chunked(x, t).eps, whole, rtol=1e-12, atol=0)
+    assert base.net.batches == [(4, [1, 0, 1, 2]), (2, [2, 2])] and chunked.nfe == nfe + 1 and den.net_batch is None
+    assert guided(base.with_net_batch(2), torch.tensor([0]), 1.0).net_batch == 2
+    dtypes = []
+    bf16 = type(base)(lambda x, t, y: dtypes.append(torch.get_autocast_dtype("cpu")
+                                                    if torch.is_autocast_enabled("cpu") else None) or x,
+                      base.sde, "eps", base.shape, num_classes=base.num_classes, autocast="bf16")
+    guided(bf16, torch.tensor([1]), 1.0)(x.float(), t)
+    assert dtypes == [torch.bfloat16]
+    with pytest.raises(ValueError, match="net_batch must be a number of rows >= 1"):
+        den.with_net_batch(0)
+
+
 SAMPLERS = [("ddim", {"steps": 30}), ("dpmpp", {"steps": 15}), ("unipc", {"steps": 15}), ("heun", {"steps": 15}),
             ("ode", {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5}), ("ancestral", {"steps": 40}),
             ("euler_maruyama", {"steps": 40}), ("reverse_diffusion", {"steps": 40}), ("pc", {"steps": 20}),

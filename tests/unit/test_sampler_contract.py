@@ -306,6 +306,38 @@ def test_grid_select_runs_the_named_grid_and_start_that_did_best_on_the_pilot():
         select_schedule(build_sampler("euler_maruyama", steps=4), den, pilot=4)
 
 
+def test_pilot_batch_bounds_the_rows_of_each_network_call_and_keeps_the_choice():
+    """pilot_batch=24 on a 64-row pilot: the network sees 24 + 24 + 16 rows where it saw 64, with the same candidates'
+    errors, the same choice and the same set-up NFE (one evaluation over all rows is one NFE); the tuning cache
+    treats the two as one setting."""
+    from lightning_sde.models.denoiser import Denoiser
+    from lightning_sde.samplers.tuning import select_schedule
+
+    class RowsSeen(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.rows = net, []
+
+        def forward(self, x, t):
+            self.rows.append(len(x))
+            return self.net(x, t)
+
+    exact = MIX.denoiser(SDES["vp"])
+    den = Denoiser(RowsSeen(exact.net), exact.sde, "score", exact.shape, data_moments=exact.data_moments)
+    sampler = build_sampler("unipc", steps=6, order=3, grid="select", gaussian_start=0.15, pilot=64)
+    whole = select_schedule(sampler, den)[3]
+    assert set(den.net.rows) == {64}
+    den.net.rows.clear()
+    chunked = select_schedule(dataclasses.replace(sampler, pilot_batch=24), den)[3]
+    assert set(den.net.rows) == {24, 16} and den.net.rows.count(24) == 2 * den.net.rows.count(16)
+    assert chunked["choice"] == whole["choice"] and chunked["pilot_nfe"] == whole["pilot_nfe"]
+    assert chunked["pilot_rmse_by_choice"] == pytest.approx(whole["pilot_rmse_by_choice"], rel=1e-9)
+    assert den.net_batch is None  # the caller's denoiser is left as it was
+    schedule_module._tuned.clear()
+    sample(sampler, den, range(4))
+    assert sample(dataclasses.replace(sampler, pilot_batch=24), den, range(4))[1]["selection"]["cached"]
+
+
 def test_select_leaves_out_a_grid_the_sde_cannot_hold():
     """The trailing grid needs start / steps > eps: with eps = 0.25, 4 steps from T = 1 would put its last two
     points on 0.25; select runs the other grids, uniform in its place (and a named trailing grid fails, naming the
