@@ -37,9 +37,9 @@ read from the rescored runs**: seeds 9000..9031; scored once.
 **A tenth held-out family, written down before its first run (2026-12-02), when select stopped comparing the uniform
 grid with the trailing one (decided on the tuning family's trailing_grid table; the ninth family's #9003 had shown a
 pilot choosing between the two by its noise); read with the ninth's rule**: seeds 10000..10031.
-**An eleventh held-out family, written down before any probe of this session (2026-12-02), for select with light-tailed
-candidates from other sampler kinds (the ninth and tenth families' misses, #9030 and #10012, were diagnosed on their own
-seeds); read with the ninth's rule**: seeds 11000..11031.
+**An eleventh held-out family, written down before any probe of this session (2026-12-02; the ninth and tenth
+families' misses, #9030 and #10012, had been diagnosed on their own seeds); read with the ninth's rule, and with the
+kept rows / crossings split of each ratio above 0.9 (recommend.py)**: seeds 11000..11031.
 """
 
 from __future__ import annotations

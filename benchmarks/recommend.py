@@ -2,7 +2,8 @@
 
 For every problem of family.py, at NFE 10 and 20, in one run on the same x_T and the same converged reference
 (the endpoint protocol: VP beta 0.1..20, eps 1e-3, float64, dopri5 at rtol = atol = 1e-10; endpoint RMSE per
-coordinate, and mode flips: the share of samples whose most likely component differs from the reference's):
+coordinate, mode flips: the share of samples whose most likely component differs from the reference's, and the
+RMSE over the other rows, `rmse_kept`):
   ours     DPM-Solver++ 2M/3M and UniPC-2/3 x grids (uniform, quadratic, logsnr, karras) x Gaussian start (none,
            0.15, 0.3) on the tuning family (`ours(nfe, tuned=True)` adds grid="optimized", not run: minutes a
            problem at 256-D); on the held-out family only FROZEN (set-up NFE of grid="select" reported apart)
@@ -22,6 +23,7 @@ The score of a configuration on a problem is its RMSE over the best public solve
     .venv/bin/python benchmarks/recommend.py --family held-out-8 # FROZEN with select's fifth grid (trailing), 50 min
     .venv/bin/python benchmarks/recommend.py --family held-out-9 # the same, a second confirmation (family.py's rule)
     .venv/bin/python benchmarks/recommend.py --family held-out-10 # select without uniform where trailing fits
+    .venv/bin/python benchmarks/recommend.py --family held-out-11 # the same, with the kept / crossing split
     .venv/bin/python benchmarks/recommend.py --family held-out --seeds 1008 --least 2048  # one problem, more starts
     .venv/bin/python benchmarks/recommend.py --family held-out --rescore  # today's FROZEN on the whole family again
     .venv/bin/python benchmarks/recommend.py --family held-out-2 --rescore --reuse  # only what the first run lacks
@@ -29,7 +31,9 @@ The score of a configuration on a problem is its RMSE over the best public solve
     .venv/bin/python benchmarks/recommend.py --pooled  # RECOMMENDED by dimension, the held-out families' runs pooled
 
 Needs the `peers` extra (diffusers, k-diffusion). Results go to results/recommend_<family>.csv one problem at a time
-(family.run_family: a rerun continues), with per-problem paired bootstrap intervals of ours / best public.
+(family.run_family: a rerun continues), with per-problem paired bootstrap intervals of ours / best public. Where
+RECOMMENDED is above 0.9x, the tables split the ratio into the kept rows' RMSE and the count of rows that end in
+another component (crossings_table): a few rare rows decide the RMSE of well-separated mixtures.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
-from family import FAMILIES, draw, run_family  # noqa: E402
+from family import FAMILIES, describe, draw, run_family  # noqa: E402
 
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 
@@ -83,8 +87,9 @@ FROZEN = {"unipc-3 select gs0.15": dict(name="unipc", order=3, grid="select", ga
 RECOMMENDED = "unipc-2/3 select gs0/0.15/0.3"  # from the third held-out family on; "unipc-3 select gs0.15" before
 FROZEN_ADAPTIVE_TOL = 1e-4  # the adaptive UniPC's tolerance: median 0.44x dopri5 1e-5's NFE on the tuning family
 FIELDS = ["seed", "config", "kind", "budget", "nfe", "setup_nfe", "rmse", "flips", "seconds", "starts", "ratio_lo",
-          "ratio_hi", "rmse_even", "rmse_odd"]
+          "ratio_hi", "rmse_even", "rmse_odd", "rmse_kept"]
 LEAST_STARTS = {"tuning": 0, "held-out": 256, "held-out-2": 1024, "held-out-3": 512}  # per family; later ones 512
+CROSSINGS_ABOVE = 0.9  # crossings_table lists the problems above this ratio (the rescoring rule's threshold)
 BOOTSTRAP = 1000  # resamples of the starts for the 95 % interval of ours / best public (paired: same starts)
 
 
@@ -236,10 +241,12 @@ def run_problem(seed, starts, configs_of, stored=None):
             return
         x, nfe, setup = (*out, 0) if len(out) == 2 else out
         per_start[(config, budget)] = square = (x - ref).pow(2).mean(1)
+        kept = mode(x) == ref_mode
         rows.append({"seed": seed, "config": config, "kind": kind, "budget": budget, "nfe": nfe, "setup_nfe": setup,
                      "rmse": float(square.mean().sqrt()), "rmse_even": float(square[0::2].mean().sqrt()),
                      "rmse_odd": float(square[1::2].mean().sqrt()),
-                     "flips": float((mode(x) != ref_mode).double().mean()),
+                     "flips": float((~kept).double().mean()),
+                     "rmse_kept": float(square[kept].mean().sqrt()) if kept.any() else math.nan,
                      "seconds": round(time.perf_counter() - start, 2), "starts": starts})
 
     if stored is not None:
@@ -358,11 +365,11 @@ def main() -> None:
 def stored_rows(path: Path) -> dict:
     """{seed: rows} of a results CSV, typed as run_problem makes them."""
     ints = ("seed", "budget", "nfe", "setup_nfe", "starts")
-    floats = ("rmse", "rmse_even", "rmse_odd", "flips", "seconds")
+    floats = ("rmse", "rmse_even", "rmse_odd", "flips", "seconds", "rmse_kept")
     by_seed = {}
     with open(path) as fh:
         for r in csv.DictReader(fh):
-            r.update({k: int(r[k]) for k in ints}, **{k: float(r[k]) for k in floats})
+            r.update({k: int(r[k]) for k in ints}, **{k: float(r[k]) for k in floats if r.get(k)})
             by_seed.setdefault(r["seed"], []).append(r)
     return by_seed
 
@@ -454,6 +461,7 @@ def summarize(out: Path) -> None:
                 winners[name] = winners.get(name, 0) + 1
         lines += ["", "Best public solver per problem: " + ", ".join(f"{k} ({v})" for k, v in
                                                                   sorted(winners.items(), key=lambda kv: -kv[1])), ""]
+        lines += crossings_table(rows, best_name, budget)
     lines += ["## Adaptive: NFE and RMSE over dopri5's at rtol = atol = 1e-5", "",
               "| configuration | median NFE ratio | worst NFE ratio | median RMSE ratio | worst RMSE ratio |",
               "|---|---:|---:|---:|---:|"]
@@ -470,6 +478,49 @@ def summarize(out: Path) -> None:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(out, table)
+
+
+def crossing_rate_ratio(ours: int, public: int) -> tuple[float, float, float]:
+    """Crossings of ours over the best public run's on the same starts, with its exact 95 % interval: given their
+    sum, ours is binomial with p = ratio / (1 + ratio) (two Poisson counts of equal exposure; Clopper-Pearson)."""
+    from scipy.stats import binomtest
+
+    if ours + public == 0:
+        return math.nan, 0.0, math.inf
+    ci = binomtest(ours, ours + public).proportion_ci(0.95, method="exact")
+    odds = lambda p: p / (1 - p) if p < 1 else math.inf  # noqa: E731
+    return odds(ours / (ours + public)), odds(ci.low), odds(ci.high)
+
+
+def crossings_table(rows, best_name, budget) -> list[str]:
+    """RECOMMENDED against the best public run where its ratio is above CROSSINGS_ABOVE: the RMSE over the rows that
+    end in the reference's component, and the rows that end in another (crossings): does the bulk or a count of rare
+    rows decide the ratio? Empty for runs from before rmse_kept was recorded."""
+    by = {(r["seed"], r["config"]): r for r in rows if int(r["budget"]) == budget and r["kind"] != "adaptive"}
+    mine = [r for (seed, config), r in by.items() if config == RECOMMENDED]
+    if not mine or not all(r.get("rmse_kept") not in (None, "") for r in mine):
+        return []
+    kept_ratio = {}
+    lines = [f"Where {RECOMMENDED}'s ratio is above {CROSSINGS_ABOVE}: the rows that end in the reference's component "
+             "(kept) and those that end in another (crossings; rate ratio with its exact 95 % interval).", "",
+             "| problem | RMSE ratio [95 %] | kept rows' RMSE ratio | crossings: ours / best public of starts | "
+             "crossing rate ratio [95 %] |", "|---|---:|---:|---:|---:|"]
+    for r in sorted(mine, key=lambda r: int(r["seed"])):
+        best = by[(r["seed"], best_name[(r["seed"], r["budget"])])]
+        kept_ratio[r["seed"]] = float(r["rmse_kept"]) / float(best["rmse_kept"])
+        ratio = float(r["rmse"]) / float(best["rmse"])
+        if ratio <= CROSSINGS_ABOVE:
+            continue
+        starts = int(r["starts"])
+        count = lambda row: round(float(row["flips"]) * starts)  # noqa: E731
+        rate, low, high = crossing_rate_ratio(count(r), count(best))
+        lines.append(f"| {describe(draw(int(r['seed']))[1])} | {ratio:.3f} [{r['ratio_lo']}, {r['ratio_hi']}] | "
+                     f"{kept_ratio[r['seed']]:.3f} | {count(r)} / {count(best)} of {starts} | "
+                     f"{rate:.2f} [{low:.2f}, {high:.2f}] |")
+    values = list(kept_ratio.values())
+    lines += ["", f"Kept rows' RMSE ratio over all {len(values)} problems: median {statistics.median(values):.3f}, "
+              f"worst {max(values):.3f}, {sum(v > 1 for v in values)} above 1.", ""]
+    return lines
 
 
 def plot(out: Path, table) -> None:

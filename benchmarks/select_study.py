@@ -11,10 +11,15 @@ RMSE over the best public solver's in results/recommend_tuning.csv (256 starts);
               (held-out #1008: pilot RMSE uniform 0.19 < quadratic 0.35, scored 0.10 vs 0.019 on 256 starts).
   candidates  the widest set, UniPC order 2 or 3 x start T, 0.15 or 0.3 x 4 grids (24), and each smaller set
               picking by pilot RMSE within it.
+  kinds       a candidate of another sampler kind at the same NFE: torchdiffeq's midpoint method (2 NFE a step) on
+              the uniform and trailing grids, whose endpoint errors are light-tailed (the best public run on
+              held-out #9030 at NFE 20, where no UniPC candidate matched it), on the recommended sampler's pilot:
+              would the pilot ever pick it?
 
     .venv/bin/python benchmarks/select_study.py criterion     # 24 tuning problems (about 10 min, 2 cores)
     .venv/bin/python benchmarks/select_study.py candidates    # about 10 min
     .venv/bin/python benchmarks/select_study.py candidates --replot   # the table only
+    .venv/bin/python benchmarks/select_study.py kinds         # about 5 min
 
 Results: results/select_<study>.csv (one problem at a time: a rerun continues), results/select_<study>.md.
 """
@@ -26,16 +31,18 @@ import statistics
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
 from family import draw, tuning_study  # noqa: E402
-from recommend import NFES, TUNED_GAUSSIAN_START, config_tag, ratios  # noqa: E402
+from recommend import FROZEN, NFES, RECOMMENDED, TUNED_GAUSSIAN_START, config_tag, ratios  # noqa: E402
 
 from lightning_sde.samplers import build_sampler  # noqa: E402
-from lightning_sde.samplers.tuning import pilot_errors  # noqa: E402
+from lightning_sde.samplers.tuning import _pilot, candidate_runs, pilot_errors  # noqa: E402
 
 OUT = ROOT / "benchmarks/results"
 
@@ -154,8 +161,53 @@ def candidates_summary() -> None:
     print("\n".join(lines))
 
 
+# --- kinds -------------------------------------------------------------------------------------------------------
+OTHER_KINDS = {f"midpoint {grid}": dict(name="ode", method="midpoint", grid=grid) for grid in ("uniform", "trailing")}
+KINDS_FIELDS = ["seed", "budget", "best_candidate", "best_pilot_rmse", *OTHER_KINDS]
+
+
+def kinds_problem(seed: int) -> list[dict]:
+    den = draw(seed)[0].denoiser(vp_sde())
+    rows = []
+    for nfe in NFES:
+        params = {**FROZEN[RECOMMENDED], "steps": nfe}
+        sampler = build_sampler(params.pop("name"), **params)
+        rows_den, noise, x_T, ref, _ = _pilot(sampler, den, None, 1e-6)
+        rmse = lambda x: float((x - ref).pow(2).mean().sqrt())  # noqa: E731
+        with torch.no_grad():
+            pilot = {label: rmse(x) for label, *_, x in candidate_runs(sampler, rows_den, x_T, noise)}
+            others = {}
+            for label, spec in OTHER_KINDS.items():
+                other = build_sampler(**spec).at_nfe(nfe)
+                others[label] = rmse(other(rows_den, x_T)[0])
+        best = min(pilot, key=pilot.get)
+        rows.append({"seed": seed, "budget": nfe, "best_candidate": best, "best_pilot_rmse": pilot[best], **others})
+    return rows
+
+
+def kinds_summary() -> None:
+    with open(OUT / "select_kinds.csv") as fh:
+        pilot = list(csv.DictReader(fh))
+    lines = [f"# Another sampler kind as a candidate of select, on the tuning family ({len(pilot) // len(NFES)} "
+             "problems)", "", f"{RECOMMENDED}'s pilot (512 rows): its best candidate's pilot RMSE against the "
+             "midpoint method's at the same NFE on the same rows.", "",
+             "Command: `.venv/bin/python benchmarks/select_study.py kinds`", ""]
+    for budget in NFES:
+        rows = [r for r in pilot if int(r["budget"]) == budget]
+        lines += [f"## NFE {budget}", "", "| other kind | pilot RMSE / select's best: median | lowest | "
+                  "problems where it would be picked |", "|---|---:|---:|---:|"]
+        for label in OTHER_KINDS:
+            over = [float(r[label]) / float(r["best_pilot_rmse"]) for r in rows]
+            lines.append(f"| {label} | {statistics.median(over):.2f} | {min(over):.2f} | "
+                         f"{sum(v < 1 for v in over)} / {len(over)} |")
+        lines.append("")
+    (OUT / "select_kinds.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 STUDIES = {"criterion": (CRITERION_FIELDS, criterion_problem, criterion_summary),
-           "candidates": (CANDIDATE_FIELDS, candidates_problem, candidates_summary)}
+           "candidates": (CANDIDATE_FIELDS, candidates_problem, candidates_summary),
+           "kinds": (KINDS_FIELDS, kinds_problem, kinds_summary)}
 
 
 if __name__ == "__main__":
