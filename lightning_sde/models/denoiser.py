@@ -146,16 +146,17 @@ class Denoiser(nn.Module):
         autocast as set, `net_batch` rows at a time. Counts no NFE (forward does)."""
         if self.channels_last:
             x_in = x_in.contiguous(memory_format=torch.channels_last)
-        rows = self.net_batch or len(x_in)
-        outs = []
-        for i in range(0, len(x_in), rows):
-            args = (x_in[i:i + rows], t[i:i + rows]) + (() if labels is None else (labels[i:i + rows],))
-            if self.autocast is None:
-                outs.append(self.net(*args))
-            else:
-                with torch.autocast(x_in.device.type, dtype=AUTOCAST[self.autocast]):
-                    outs.append(self.net(*args).to(x_in.dtype))
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+        args = (x_in, t) if labels is None else (x_in, t, labels)
+        rows = self.net_batch
+        if rows is None or len(x_in) <= rows:
+            return self._run_net(args)
+        return torch.cat([self._run_net([a[i:i + rows] for a in args]) for i in range(0, len(x_in), rows)])
+
+    def _run_net(self, args) -> Tensor:
+        if self.autocast is None:
+            return self.net(*args)
+        with torch.autocast(args[0].device.type, dtype=AUTOCAST[self.autocast]):
+            return self.net(*args).to(args[0].dtype)
 
     def fingerprint_extra(self) -> tuple:
         """What a subclass computes differently from the same network (e.g. guidance); part of fingerprint()."""
