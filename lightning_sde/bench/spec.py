@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from lightning_sde.configuration import build
 from lightning_sde.samplers import Sampler
+from lightning_sde.samplers.schedule import MEMORY_ONLY
 
 log = logging.getLogger(__name__)
 NOISE_FLOOR = "exact (noise floor)"  # the label of the cell that scores a second exact sample set
@@ -39,8 +40,10 @@ class Cell:
     guidance: float | None = None  # classifier-free guidance weight (its settings carry it and the labels)
 
     def key(self, metric: str) -> str:
-        """The identity of one result row, what resume looks up: everything that changes its numbers."""
-        return json.dumps([self.target, self.label, self.sampler, self.params, self.grid, self.requested,
+        """The identity of one result row, what resume looks up: everything that changes its numbers (so not the
+        memory-only knobs: a sweep resumed with a smaller pilot_batch after running out of memory keeps its rows)."""
+        params = {k: v for k, v in self.params.items() if k not in MEMORY_ONLY}
+        return json.dumps([self.target, self.label, self.sampler, params, self.grid, self.requested,
                            self.seed_start, self.seed_count, metric, self.settings], sort_keys=True)
 
     def __str__(self) -> str:

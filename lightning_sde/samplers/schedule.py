@@ -31,6 +31,8 @@ from lightning_sde.samplers.grids import GRIDS, Plan, start_time, time_grid
 from lightning_sde.samplers.tuning import optimize_grid, select_combinations, select_schedule, select_variant
 
 SCHEDULE_GRIDS = GRIDS + ("select", "optimized")
+# knobs that bound memory, not what a sampler computes: left out of the tuning cache's key and of result keys
+MEMORY_ONLY = ("pilot_batch",)
 TUNED_CACHE_SIZE = 32
 _tuned: OrderedDict[tuple, tuple[Tensor, dict]] = OrderedDict()
 
@@ -71,7 +73,7 @@ def tuned(sampler, denoiser, procedure) -> tuple:
     """(result, report) of a tuning procedure (optimize_grid, or select_schedule: its start, times and knobs), computed
     once per (denoiser fingerprint, sampler settings) in this process: the fingerprint covers the weights, so a model
     that trains on gets a new grid at its next evaluation."""
-    settings = {k: v for k, v in sampler.params().items() if k not in ("times", "pilot_batch")}  # batching: same tuning
+    settings = {k: v for k, v in sampler.params().items() if k not in ("times", *MEMORY_ONLY)}
     key = (denoiser.fingerprint(), sampler.name, tuple(sorted((k, repr(v)) for k, v in settings.items())))
     if key in _tuned:
         _tuned.move_to_end(key)

@@ -152,6 +152,7 @@ def test_a_result_key_holds_everything_that_changes_its_numbers(tmp_path):
     assert not set(base.values()) & set(keys("device=cuda").values())
     eta = keys("samplers.ddim.eta=1.0")
     assert eta["ddim3"] != base["ddim3"] and eta["em3"] == base["em3"]  # a sampler's own parameters key its rows
+    assert keys("+samplers.ddim.pilot_batch=4")["ddim3"] == base["ddim3"], "memory-only knobs key no rows"
     bigger = keys("batch_size=64")
     assert bigger["ode0.001"] != base["ode0.001"], "adaptive: the batch changes the samples"
     assert bigger["ddim3"] == base["ddim3"], "fixed-step samples do not depend on the batch (seed-addressed)"
