@@ -252,7 +252,10 @@ class AdaptiveUniPC(Sampler):
     the model output at the predicted point, which the next step needs anyway. A rejected step costs that one
     evaluation. Error: RMS over the whole batch of (x_c - x_p) / (atol + rtol max(|x_c|, |x|)) (torchdiffeq's norm, so
     tolerances compare with dopri5's), or with error_norm="worst_sample" the largest of each sample's own RMS (every
-    sample held to the tolerance, at more NFE); next h = h min(safety E^{-1/(p+1)}, max_growth). Warm-up: the first
+    sample held to the tolerance, at more NFE). Step size: h <- h min(safety E^{-icoeff/q} (E_prev / E)^{pcoeff/q},
+    max_growth) with q = p + 1 and E_prev the last accepted step's error: icoeff = 1, pcoeff = 0 is the plain
+    (integral) controller; pcoeff > 0 (a PI controller) also shrinks the step while the error grows from step to
+    step, as it does where the data's modes emerge. The step after a rejection does not grow. Warm-up: the first
     steps use the orders their history allows."""
 
     rtol: float = 1e-3
@@ -261,6 +264,8 @@ class AdaptiveUniPC(Sampler):
     h_init: float = 0.1
     safety: float = 0.8
     max_growth: float = 2.0
+    icoeff: float = 1.0
+    pcoeff: float = 0.0
     max_steps: int = 2000
     error_norm: str = "batch"
     orders: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5, 6)  # float64 times keep order 6's coefficients exact enough
@@ -277,6 +282,12 @@ class AdaptiveUniPC(Sampler):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{self.name}: {key} must be a number > 0; got {value!r}")
+        for key in ("icoeff", "pcoeff"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 2:
+                raise ValueError(f"{self.name}: {key} must be a number in [0, 2]; got {value!r}")
+        if not self.icoeff > 0:
+            raise ValueError(f"{self.name}: icoeff must be > 0 (with 0 the step never shrinks); got {self.icoeff!r}")
         if not 0 < self.safety <= 1:
             raise ValueError(f"{self.name}: safety must lie in (0, 1]; got {self.safety!r}")
         if self.error_norm not in self.error_norms:
@@ -302,6 +313,7 @@ class AdaptiveUniPC(Sampler):
         s = as_t(plan.start).to(device)
         ts, ds = [s], [denoiser(x, s).x0]
         h, n_accept, n_reject = min(self.h_init, lam_end - lam), 0, 0
+        err_prev, rejected = None, False
         while lam < lam_end - 1e-12:
             if n_accept + n_reject >= self.max_steps:
                 raise RuntimeError(f"{self.name}: no convergence in {self.max_steps} steps "
@@ -312,15 +324,20 @@ class AdaptiveUniPC(Sampler):
             x_pred = UniPC._predict(sde, x, ts, ds, t, k)
             d_t = denoiser(x_pred, t).x0
             x_corr = UniPC._correct(sde, x, k, ts + [t], ds + [d_t])
-            err = self._error(x_corr - x_pred, self.atol + self.rtol * torch.maximum(x_corr.abs(), x.abs()))
+            err = max(float(self._error(x_corr - x_pred, self.atol + self.rtol * torch.maximum(x_corr.abs(),
+                                                                                         x.abs()))), 1e-10)
+            factor = self.safety * err ** (-self.icoeff / (k + 1))
             if err <= 1:
-                x, lam = x_corr, float(_lam(sde, t))
+                if err_prev is not None:
+                    factor *= (err_prev / err) ** (self.pcoeff / (k + 1))
+                factor = min(factor, 1.0 if rejected else self.max_growth)
+                x, lam, err_prev, rejected = x_corr, float(_lam(sde, t)), err, False
                 ts, ds = (ts + [t])[-(self.order + 1):], (ds + [d_t])[-(self.order + 1):]
                 n_accept += 1
                 if on_step is not None:
                     on_step(n_accept - 1, t, x)
             else:
+                rejected = True
                 n_reject += 1
-            factor = min(self.safety * float(err.clamp_min(1e-10)) ** (-1 / (k + 1)), self.max_growth)
             h = min(h * factor, lam_end - lam)
         return x, {"n_accept": n_accept, "n_reject": n_reject}

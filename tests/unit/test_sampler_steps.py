@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from helpers.oracles import SDES
+from helpers.oracles import SDES, rmse, wide_circle
 from lightning_sde.exact import GaussianMixture, eight_gaussians
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.samplers import build_sampler, sample
@@ -220,6 +220,50 @@ def test_the_adaptive_unipc_controller_spends_what_its_tolerance_needs():
         assert rmse(x, truth) < 3 * tol
     with pytest.raises(RuntimeError, match="no convergence in 3 steps"):
         build_sampler("unipc_adaptive", rtol=1e-9, atol=1e-9, max_steps=3)(den, x_T)
+
+
+def _adaptive_attempts(sampler, sde_name: str = "vp"):
+    """Run `sampler` on the 8 Gaussians from the seeds of helpers.convergence; read its attempted steps off the times
+    the network was queried at (log-SNR rises along accepted steps; a retry after a rejection lands below the rejected
+    attempt). Returns (x, info, [(step in log-SNR, accepted, whether the attempt before it was rejected)])."""
+    from helpers.convergence import SEEDS
+    from helpers.oracles import counting_denoiser
+
+    den, net = counting_denoiser(wide_circle(), sde_name)
+    x, info = sample(sampler, den, seeds=SEEDS, dtype=torch.float64)
+    lam = [float(SDES[sde_name].log_snr(t.double().flatten()[0])) for t in net.times]
+    attempts, base, after_rejection = [], lam[0], False
+    for i in range(1, len(lam)):
+        accepted = i == len(lam) - 1 or lam[i + 1] > lam[i]
+        attempts.append((lam[i] - base, accepted, after_rejection))
+        base, after_rejection = (lam[i], False) if accepted else (base, True)
+    assert sum(a for _, a, _ in attempts) == info["n_accept"] and info["nfe"] == len(lam)
+    return x, info, attempts
+
+
+def test_the_pi_controller_of_the_adaptive_unipc_spares_rejected_steps():
+    """On the 8 Gaussians at rtol = atol = 1e-3, where the error per step climbs as the modes emerge (measured
+    rejected steps: plain controller 4, icoeff 0.7 alone 3, PI icoeff 0.7 / pcoeff 0.4 1): the trend term pcoeff is
+    what spares them, and the PI run ends within its tolerance of the converged reference."""
+    from helpers.convergence import mixture_reference
+
+    ref = mixture_reference("vp")[0]
+    runs = {name: _adaptive_attempts(build_sampler("unipc_adaptive", rtol=1e-3, atol=1e-3, **kw))
+            for name, kw in {"plain": {}, "icoeff": {"icoeff": 0.7}, "pi": {"icoeff": 0.7, "pcoeff": 0.4}}.items()}
+    rejected = {name: run[1]["n_reject"] for name, run in runs.items()}
+    assert rejected["pi"] < rejected["icoeff"] <= rejected["plain"], rejected
+    assert rmse(runs["pi"][0], ref) < 1e-3
+
+
+def test_no_step_of_the_adaptive_unipc_grows_right_after_a_rejected_one():
+    """With max_growth 10 the plain controller would grow the step after a retried one where the retry ends well
+    inside the tolerance (it does on the 8 Gaussians at 1e-3); that step is held to the retry's size instead, as in
+    Hairer's codes, so an error that climbs fast does not cost a second rejection."""
+    attempts = _adaptive_attempts(build_sampler("unipc_adaptive", rtol=1e-3, atol=1e-3, max_growth=10.0))[2]
+    after_retry = [h_next / h for (h, accepted, retried), (h_next, _, _) in zip(attempts, attempts[1:])
+                   if accepted and retried]
+    assert after_retry and max(after_retry) <= 1 + 1e-9, after_retry
+    assert any(abs(r - 1) < 1e-9 for r in after_retry), after_retry  # the rule bound, not just the controller
 
 
 def test_higher_predictor_orders_of_the_adaptive_unipc_need_fewer_steps_for_a_tight_tolerance():
