@@ -1,18 +1,43 @@
 """The lsde-* console scripts. `--help` is answered from the app's text (cli/help.py) before the app is imported,
-so it takes a second, not the ~10 s that torch, Lightning and torchmetrics take to import; anything else runs the
-app's `main`."""
+so it takes a second, not the ~10 s that torch, Lightning and torchmetrics take to import; so is a single run's
+misspelt key or option (its overrides are composed against the app's config first); anything else runs the app's
+`main`."""
 
 from __future__ import annotations
 
 import functools
 import importlib
+import sys
 
 from lightning_sde.cli.help import print_help_if_asked
 
 
+def override_error(app: str, argv: list[str]) -> str | None:
+    """Hydra's complaint about a single run's overrides (a key or option the app's config does not have, a malformed
+    value), from composing `<app>.yaml` with them, or None. Multiruns, flags and subcommands are left to the app."""
+    if not argv or any(arg.startswith("-") or "=" not in arg for arg in argv):
+        return None
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lightning_sde.configuration import CONFIG_PACKAGE
+
+    try:
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            compose(app, overrides=argv, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        return str(err)
+    return None
+
+
 def run(app: str) -> None:
-    if not print_help_if_asked(app):
-        importlib.import_module(f"lightning_sde.cli.{app}").main()
+    if print_help_if_asked(app):
+        return
+    error = override_error(app, sys.argv[1:])
+    if error is not None:
+        sys.exit(f"lsde-{app}: error: {error}")
+    importlib.import_module(f"lightning_sde.cli.{app}").main()
 
 
 train = functools.partial(run, "train")
