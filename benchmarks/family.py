@@ -66,11 +66,12 @@ HELD_OUT_8 = tuple(range(8000, 8032))
 HELD_OUT_9 = tuple(range(9000, 9032))
 HELD_OUT_10 = tuple(range(10000, 10032))
 HELD_OUT_11 = tuple(range(11000, 11032))
+HELD_OUT_12 = tuple(range(12000, 12032))
 # the name each benchmark's --family takes
 FAMILIES = {"tuning": TUNING, "held-out": HELD_OUT, "held-out-2": HELD_OUT_2, "held-out-3": HELD_OUT_3,
             "held-out-4": HELD_OUT_4, "held-out-5": HELD_OUT_5, "held-out-6": HELD_OUT_6,
             "held-out-7": HELD_OUT_7, "held-out-8": HELD_OUT_8, "held-out-9": HELD_OUT_9,
-            "held-out-10": HELD_OUT_10, "held-out-11": HELD_OUT_11}
+            "held-out-10": HELD_OUT_10, "held-out-11": HELD_OUT_11, "held-out-12": HELD_OUT_12}
 DIMS = (2, 4, 8, 16, 32, 64, 128, 256)
 CONCENTRATIONS = (20.0, 1.0, 0.2)
 

@@ -2,8 +2,9 @@
 
 For every problem of family.py, at NFE 10 and 20, in one run on the same x_T and the same converged reference
 (the endpoint protocol: VP beta 0.1..20, eps 1e-3, float64, dopri5 at rtol = atol = 1e-10; endpoint RMSE per
-coordinate, mode flips: the share of samples whose most likely component differs from the reference's, and the
-RMSE over the other rows, `rmse_kept`):
+coordinate, mode flips: the share of samples whose most likely component differs from the reference's, the
+RMSE over the other rows, `rmse_kept`, and `far`, the rows whose own RMSE is above FAR: ended far from the ODE's
+solution, whatever component they are nearest):
   ours     DPM-Solver++ 2M/3M and UniPC-2/3 x grids (uniform, quadratic, logsnr, karras) x Gaussian start (none,
            0.15, 0.3) on the tuning family (`ours(nfe, tuned=True)` adds grid="optimized", not run: minutes a
            problem at 256-D); on the held-out family only FROZEN (set-up NFE of grid="select" reported apart)
@@ -24,6 +25,7 @@ The score of a configuration on a problem is its RMSE over the best public solve
     .venv/bin/python benchmarks/recommend.py --family held-out-9 # the same, a second confirmation (family.py's rule)
     .venv/bin/python benchmarks/recommend.py --family held-out-10 # select without uniform where trailing fits
     .venv/bin/python benchmarks/recommend.py --family held-out-11 # the same, with the kept / crossing split
+    .venv/bin/python benchmarks/recommend.py --family held-out-12 # the same, with the far rows counted (FAR)
     .venv/bin/python benchmarks/recommend.py --family held-out --seeds 1008 --least 2048  # one problem, more starts
     .venv/bin/python benchmarks/recommend.py --family held-out --rescore  # today's FROZEN on the whole family again
     .venv/bin/python benchmarks/recommend.py --family held-out-2 --rescore --reuse  # only what the first run lacks
@@ -87,7 +89,8 @@ FROZEN = {"unipc-3 select gs0.15": dict(name="unipc", order=3, grid="select", ga
 RECOMMENDED = "unipc-2/3 select gs0/0.15/0.3"  # from the third held-out family on; "unipc-3 select gs0.15" before
 FROZEN_ADAPTIVE_TOL = 1e-4  # the adaptive UniPC's tolerance: median 0.44x dopri5 1e-5's NFE on the tuning family
 FIELDS = ["seed", "config", "kind", "budget", "nfe", "setup_nfe", "rmse", "flips", "seconds", "starts", "ratio_lo",
-          "ratio_hi", "rmse_even", "rmse_odd", "rmse_kept"]
+          "ratio_hi", "rmse_even", "rmse_odd", "rmse_kept", "far"]
+FAR = 0.5  # a row whose RMSE to the reference is above this ended elsewhere (select_diagnosis.py's --far)
 LEAST_STARTS = {"tuning": 0, "held-out": 256, "held-out-2": 1024, "held-out-3": 512}  # per family; later ones 512
 CROSSINGS_ABOVE = 0.9  # crossings_table lists the problems above this ratio (the rescoring rule's threshold)
 BOOTSTRAP = 1000  # resamples of the starts for the 95 % interval of ours / best public (paired: same starts)
@@ -247,6 +250,7 @@ def run_problem(seed, starts, configs_of, stored=None):
                      "rmse_odd": float(square[1::2].mean().sqrt()),
                      "flips": float((~kept).double().mean()),
                      "rmse_kept": float(square[kept].mean().sqrt()) if kept.any() else math.nan,
+                     "far": int((square.sqrt() > FAR).sum()),
                      "seconds": round(time.perf_counter() - start, 2), "starts": starts})
 
     if stored is not None:
@@ -370,6 +374,8 @@ def stored_rows(path: Path) -> dict:
     with open(path) as fh:
         for r in csv.DictReader(fh):
             r.update({k: int(r[k]) for k in ints}, **{k: float(r[k]) for k in floats if r.get(k)})
+            if r.get("far"):
+                r["far"] = int(r["far"])
             by_seed.setdefault(r["seed"], []).append(r)
     return by_seed
 
@@ -504,7 +510,7 @@ def crossings_table(rows, best_name, budget) -> list[str]:
     lines = [f"Where {RECOMMENDED}'s ratio is above {CROSSINGS_ABOVE}: the rows that end in the reference's component "
              "(kept) and those that end in another (crossings; rate ratio with its exact 95 % interval).", "",
              "| problem | RMSE ratio [95 %] | kept rows' RMSE ratio | crossings: ours / best public of starts | "
-             "crossing rate ratio [95 %] |", "|---|---:|---:|---:|---:|"]
+             f"crossing rate ratio [95 %] | rows > {FAR:g}: ours / best public |", "|---|---:|---:|---:|---:|---:|"]
     for r in sorted(mine, key=lambda r: int(r["seed"])):
         best = by[(r["seed"], best_name[(r["seed"], r["budget"])])]
         kept_ratio[r["seed"]] = float(r["rmse_kept"]) / float(best["rmse_kept"])
@@ -516,7 +522,8 @@ def crossings_table(rows, best_name, budget) -> list[str]:
         rate, low, high = crossing_rate_ratio(count(r), count(best))
         lines.append(f"| {describe(draw(int(r['seed']))[1])} | {ratio:.3f} [{r['ratio_lo']}, {r['ratio_hi']}] | "
                      f"{kept_ratio[r['seed']]:.3f} | {count(r)} / {count(best)} of {starts} | "
-                     f"{rate:.2f} [{low:.2f}, {high:.2f}] |")
+                     f"{rate:.2f} [{low:.2f}, {high:.2f}] | "
+                     + (f"{r['far']} / {best['far']} |" if r.get("far") not in (None, "") else "n/a |"))
     values = list(kept_ratio.values())
     lines += ["", f"Kept rows' RMSE ratio over all {len(values)} problems: median {statistics.median(values):.3f}, "
               f"worst {max(values):.3f}, {sum(v > 1 for v in values)} above 1.", ""]
