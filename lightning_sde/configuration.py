@@ -2,7 +2,8 @@
 key; and where the config tree is (the package `lightning_sde.configs`, shipped in the wheel).
 
 Config nodes that come from a file rather than from the user's command line (a checkpoint's hyperparameters) may
-name only trusted targets: `check_targets` refuses any other before anything is imported or called.
+name only trusted targets: `check_targets` refuses any but classes defined under the trusted module prefixes
+before anything is built (resolving a name imports only modules under those prefixes).
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ def dtype(name: str, key: str = "dtype") -> torch.dtype:
     return getattr(torch, name)
 
 
+def device(name: str, key: str = "device") -> torch.device:
+    import torch
+
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"config {key}: {err}") from None
+
+
 def build(node, key: str, **kwargs):
     """instantiate(node, **kwargs); any failure becomes a ValueError "config <key>: ..." with the cause's message."""
     return checked(key, instantiate, node, **kwargs)
@@ -152,8 +162,26 @@ def targets(node) -> list[str]:
 
 
 def check_targets(node, where: str, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> None:
-    """Refuse a config read from a file that names anything outside `trusted` (module prefixes)."""
-    bad = [t for t in targets(node) if not t.startswith(tuple(trusted))]
+    """Refuse a config read from a file unless every `_target_` is a class defined in a module under `trusted`
+    (module prefixes), resolved as `instantiate` resolves it: a name a trusted module merely imports
+    (`lightning_sde.loading.Path`), a function or a method is refused, and nothing is built."""
+    trusted = tuple(trusted)
+    bad = [t for t in targets(node) if not trusted_class(t, trusted)]
     if bad:
-        raise ValueError(f"{where} names {bad}, outside the trusted targets {list(trusted)}; nothing was imported or "
-                         "called. If you wrote that class, load with trusted=('lightning_sde.', '<your.module>.')")
+        raise ValueError(f"{where} names {bad}, outside the trusted targets {list(trusted)} (classes defined in "
+                         "those modules); nothing was built. If you wrote that class, load with "
+                         "trusted=('lightning_sde.', '<your.module>.')")
+
+
+def trusted_class(target: str, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> type | None:
+    """The class `target` names if it is defined in a module under `trusted`, else None. Only modules under
+    `trusted` are imported to find out (the name is resolved from its trusted first part)."""
+    from hydra.utils import get_class
+
+    if not target.startswith(trusted):
+        return None
+    try:
+        cls = get_class(target)
+    except Exception:  # noqa: BLE001  (not importable, not a class: either way not a trusted class)
+        return None
+    return cls if f"{cls.__module__}.".startswith(trusted) else None

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from lightning_sde.configuration import TRUSTED_TARGETS, check_targets
+from lightning_sde.configuration import TRUSTED_TARGETS, check_targets, trusted_class
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.pretrained import is_diffusers_spec
 from lightning_sde.models.pretrained import load as load_pretrained
+from lightning_sde.sde import SDE
 
 log = logging.getLogger(__name__)
 REQUIRED_HPARAMS = ("net", "sde", "shape")
@@ -51,6 +52,11 @@ def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED
         check_targets(hparams, f"{path}: its hyper_parameters", trusted)
     except ValueError as err:
         raise CheckpointError(str(err)) from None
+    for key, base in (("net", torch.nn.Module), ("sde", SDE)):  # what each node must build, checked before it is
+        target = hparams[key].get("_target_") if isinstance(hparams[key], dict) else None
+        if target is not None and not issubclass(trusted_class(target, tuple(trusted)), base):
+            raise CheckpointError(f"{path}: its hyper_parameters' {key} names {target!r}, not a {base.__name__}; "
+                                  "nothing was built")
     return ckpt
 
 
@@ -73,16 +79,26 @@ def load_denoiser(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED_T
 
 
 def newest_loadable(folder, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> tuple[Path | None, list[str]]:
-    """(the newest checkpoint in `folder` that reads back, the reasons the newer ones did not): what a resume
-    falls back to when a kill or a disk fault has left the latest one broken."""
+    """(the checkpoint in `folder` at the highest global step that reads back, the reasons others did not): what a
+    resume takes, and falls back from when a kill or a disk fault has left the latest one broken. Chosen by the step
+    each file holds, not by its modification time (a copy of the run directory does not keep those); at the same
+    step last.ckpt wins (a best-*.ckpt written at that step holds the same weights)."""
     folder = Path(folder)
-    candidates = sorted((p for p in folder.glob("*.ckpt") if not p.name.startswith(".")),
-                        key=lambda p: p.stat().st_mtime_ns, reverse=True) if folder.is_dir() else []
-    problems = []
+    candidates = sorted(p for p in folder.glob("*.ckpt") if not p.name.startswith(".")) if folder.is_dir() else []
+    readable, problems = [], []
     for path in candidates:
         try:
-            read_checkpoint(path, trusted=trusted)
-            return path, problems
+            readable.append((_global_step(path, trusted), path.name == "last.ckpt", path))
         except (CheckpointError, FileNotFoundError) as err:
             problems.append(str(err))
-    return None, problems
+    if not readable:
+        return None, problems
+    return max(readable, key=lambda entry: entry[:2])[2], problems
+
+
+def _global_step(path: Path, trusted: tuple[str, ...]) -> int:
+    """The global step a checkpoint was written at, read as safely as any checkpoint (read_checkpoint)."""
+    step = read_checkpoint(path, trusted=trusted).get("global_step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: not a checkpoint lsde-train can resume from: no global_step (got {step!r})")
+    return step

@@ -1,0 +1,59 @@
+"""A checkpoint's hyper-parameters name what load_denoiser builds: only classes defined under the trusted modules, and
+for `net` / `sde` one of the right kind, are let through. Names that merely pass through a trusted module (one it
+imports: `lightning_sde.loading.Path`, `lightning_sde.configuration.os`) reach outside it and must be refused before
+anything is built: each crafted file below would write a marker if it got that far."""
+
+import pytest
+import torch
+
+from lightning_sde.configuration import trusted_class
+from lightning_sde.loading import CheckpointError, load_denoiser
+from lightning_sde.module import ScoreModule
+
+NET = {"_target_": "lightning_sde.models.mlp.MLP", "dim": 2, "width": 16, "depth": 2, "time_embed_dim": 8}
+SDE = {"_target_": "lightning_sde.sde.VPSDE", "beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3}
+
+
+def checkpoint(path, net=NET, sde=SDE):
+    hparams = {"net": net, "sde": sde, "shape": [2]}
+    state = ScoreModule(net=NET, sde=SDE, shape=[2]).state_dict()
+    torch.save({"state_dict": state, "hyper_parameters": hparams, "global_step": 1}, path)
+    return path
+
+
+def test_a_genuine_checkpoint_loads(tmp_path):
+    assert load_denoiser(checkpoint(tmp_path / "good.ckpt")).shape == (2,)
+
+
+@pytest.mark.parametrize("key, node", [
+    ("sde", {"_target_": "lightning_sde.loading.Path.write_text",
+             "_args_": [{"_target_": "lightning_sde.loading.Path", "_args_": ["{marker}"]}, "written"]}),
+    ("net", {"_target_": "lightning_sde.configuration.os.makedirs", "_args_": ["{marker}"]}),
+    ("net", {"_target_": "lightning_sde.loading.torch.save", "_args_": [[1], "{marker}"]}),
+    ("net", {"_target_": "lightning_sde.configuration.instantiate",  # a function a trusted module imports
+             "config": {"_target_": "lightning_sde.loading.Path.mkdir", "self": "{marker}"}}),
+])
+def test_a_name_that_passes_through_a_trusted_module_is_refused_and_nothing_runs(tmp_path, key, node):
+    marker = tmp_path / "PWNED"
+    node = eval(repr(node).replace("{marker}", str(marker)))  # noqa: S307  (our own literal)
+    path = checkpoint(tmp_path / "crafted.ckpt", **{key: node})
+    with pytest.raises(CheckpointError, match="outside the trusted targets"):
+        load_denoiser(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("key, target, kind", [("sde", "lightning_sde.models.mlp.MLP", "SDE"),
+                                              ("net", "lightning_sde.sde.VPSDE", "Module")])
+def test_a_trusted_class_of_the_wrong_kind_is_refused_before_it_is_built(tmp_path, key, target, kind):
+    path = checkpoint(tmp_path / "swapped.ckpt", **{key: {"_target_": target}})
+    with pytest.raises(CheckpointError, match=f"its hyper_parameters' {key} names '{target}', not a {kind}"):
+        load_denoiser(path)
+
+
+def test_trusted_class_resolves_only_classes_defined_under_the_prefixes():
+    assert trusted_class("lightning_sde.sde.VPSDE").__name__ == "VPSDE"
+    assert trusted_class("lightning_sde.samplers.UniPC").__module__ == "lightning_sde.samplers.multistep"  # re-export
+    for name in ("lightning_sde.loading.Path", "lightning_sde.configuration.os", "lightning_sde.exact.eight_gaussians",
+                 "lightning_sde.sde.VPSDE.__init__", "lightning_sde.nosuch.Thing", "os.system", "lightning_sdex.A"):
+        assert trusted_class(name) is None, name
+    assert trusted_class("lightning_sde.loading.Path", ("lightning_sde.", "pathlib.")) is not None
