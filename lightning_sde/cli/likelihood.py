@@ -1,8 +1,8 @@
 """lsde-likelihood: exact log-likelihoods and bits/dim through the probability-flow ODE.
 
     lsde-likelihood                                                   # exact 8 Gaussians: also the true log p
-    lsde-likelihood checkpoint=outputs/train/X/checkpoints/last.ckpt problem=null data=digits data.dequantize=true
-    lsde-likelihood checkpoint=... problem=null data=cifar10 data.dequantize=true n=10000 device=cuda ddp.devices=4
+    lsde-likelihood checkpoint=outputs/train/X/checkpoints/last.ckpt data=digits data.dequantize=true
+    lsde-likelihood checkpoint=... data=cifar10 data.dequantize=true n=10000 device=cuda ddp.devices=4
 
 Samples are the first `n` of the validation set (or exact samples of the mixture). The divergence is exact up to
 `exact_max_dim` dimensions, else Hutchinson's with `probes` fixed probes (standard error reported per sample).
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH
+from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import gather_to_zero, launched, rank_world
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
@@ -49,6 +50,7 @@ def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
     if cfg.probe not in PROBES:
         raise ValueError(f"config probe: {cfg.probe!r} is not one of {PROBES}")
     parse_dtype(cfg.dtype)
+    parse_device(cfg.device)
     try:
         return ODEOptions(**OmegaConf.to_container(cfg.ode, resolve=True)), kind, target_id
     except (TypeError, ValueError) as err:
@@ -77,7 +79,7 @@ def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
 
 def run(cfg: DictConfig) -> dict | None:
     options, kind, target_id = validate(cfg)
-    device, dtype = torch.device(cfg.device), parse_dtype(cfg.dtype)
+    device, dtype = parse_device(cfg.device), parse_dtype(cfg.dtype)
     with launched(cfg.ddp.devices, cfg.ddp.num_nodes, device) as fabric:
         return evaluate(cfg, options, kind, target_id, fabric.device if fabric else device, dtype)
 

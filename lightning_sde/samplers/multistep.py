@@ -282,6 +282,12 @@ class AdaptiveUniPC(Sampler):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{self.name}: {key} must be a number > 0; got {value!r}")
+        if isinstance(self.max_growth, bool) or not isinstance(self.max_growth, (int, float)) or \
+                not self.max_growth >= 1:
+            raise ValueError(f"{self.name}: max_growth must be a number >= 1 (1: a step never grows); "
+                             f"got {self.max_growth!r}")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ValueError(f"{self.name}: max_steps must be an integer >= 1; got {self.max_steps!r}")
         for key in ("icoeff", "pcoeff"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 2:
