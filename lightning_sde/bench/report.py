@@ -4,10 +4,11 @@ merged CSV, a plain-text table for the terminal, a W&B run."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family, save_workspace, workspace
@@ -22,10 +23,94 @@ COLUMNS = ["sampler", "sampler_name", "grid", "requested", "nfe", "metric", "val
            "params"]
 
 
+NUMBER = (int, float)
+# The fields the views read, and their types; a row without them (another program's or an older version's) is
+# skipped. The optional ones may be missing or null (rows from before the bootstrap intervals have no ci_*).
+NEEDED = {"key": (str,), "target": (str,), "sampler": (str,), "sampler_name": (str,), "metric": (str,),
+          "grid": (str,), "requested": (*NUMBER, type(None)), "nfe": NUMBER, "value": (*NUMBER, type(None)),
+          "wall_s": NUMBER, "seed_start": (int,), "seed_count": (int,)}
+OPTIONAL = {"ci_low": NUMBER, "ci_high": NUMBER, "ci_level": NUMBER, "samples_per_s": NUMBER, "n_samples": NUMBER}
+
+
+def unreadable(row: dict) -> str | None:
+    """Why the views cannot show a row (a field missing, or of the wrong type), or None."""
+    missing = [field for field in NEEDED if field not in row]
+    if missing:
+        return "no " + ", ".join(map(repr, missing))
+    for field, types in NEEDED.items():
+        if isinstance(row[field], bool) or not isinstance(row[field], types):
+            return f"{field!r} is {json.dumps(row[field])[:40]}"
+    for field, types in OPTIONAL.items():
+        value = row.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            return f"{field!r} is {json.dumps(value)[:40]}"
+    return None
+
+
+def _order(r: dict):
+    return r["target"], r["sampler"], r["metric"], r["grid"], r["requested"] or 0
+
+
 def load(path) -> list[dict]:
-    """The rows of a results file (duplicates resolved to the last written), in a stable order."""
-    rows = list(ResultsStore(path).latest().values())
-    return sorted(rows, key=lambda r: (r["target"], r["sampler"], r["metric"], r["grid"], r["requested"] or 0))
+    """The rows of a results file (duplicates resolved to the last written), in a stable order; rows the views
+    cannot read are skipped, with a warning."""
+    rows, skipped = [], Counter()
+    for row in ResultsStore(path).latest().values():
+        why = unreadable(row)
+        if why is None:
+            rows.append(row)
+        else:
+            skipped[why] += 1
+    for why, n in skipped.items():
+        log.warning("%s: skipping %d row(s) the views cannot read (%s; written by another program or version?)",
+                    path, n, why)  # pragma: no mutate
+    return sorted(rows, key=_order)
+
+
+def protocol(row: dict) -> tuple:
+    """What a row's numbers are measured under besides its sampler and budget: the target (checkpoint and step, or
+    problem and SDE; with the feature extractor and reference count) and the seed range."""
+    return row["target"], row["seed_start"], row["seed_count"]
+
+
+def _target_names(rows: list[dict]) -> dict[str, str]:
+    """target -> a short name (checkpoint file and step, or problem/SDE), with a hash of the target where two
+    targets' short names coincide."""
+    short = {}
+    for r in rows:
+        if r.get("checkpoint"):
+            short[r["target"]] = f"{Path(str(r['checkpoint'])).name}@step{r.get('global_step')}"
+        elif r.get("problem"):
+            short[r["target"]] = f"{r['problem']}/{r.get('sde')}"
+        else:
+            short[r["target"]] = r["target"][:24]
+    taken = Counter(short.values())
+    return {t: s if taken[s] == 1 else f"{s} #{hashlib.sha1(t.encode()).hexdigest()[:6]}" for t, s in short.items()}
+
+
+def for_views(rows: list[dict]) -> tuple[list[dict], int]:
+    """(the rows the views show, how many they hide). A file with rows of several protocols (seed ranges or
+    targets: a multirun into one file, a rerun with another seeds.count) shows each sampler once per protocol, its
+    label followed by what differs: `ddim [seeds 0+64]`; its original label is kept in `sampler_label`. Of rows
+    alike in (label, budget, metric, protocol) but not in key (a rerun with other sampler parameters, dtype or
+    device) the views show the last written; results.csv has them all."""
+    protocols = {protocol(r) for r in rows}
+    names = _target_names(rows) if len({p[0] for p in protocols}) > 1 else None
+    seeds_differ = len({p[1:] for p in protocols}) > 1
+    shown = {}
+    for r in sorted(rows, key=lambda r: str(r.get("time") or "")):  # stable: the later of a tie stays later
+        label = r.get("sampler_label", r["sampler"])
+        parts = ([names[r["target"]]] if names else []) + (
+            [f"seeds {r['seed_start']}+{r['seed_count']}"] if seeds_differ else [])
+        view = {**r, "sampler": f"{label} [{', '.join(parts)}]" if parts else label, "sampler_label": label}
+        shown[(view["sampler"], r["grid"], r["requested"], r["metric"])] = view
+    return sorted(shown.values(), key=_order), len(rows) - len(shown)
+
+
+def preview(previews: SamplePreviews, row: dict):
+    """The samples a row's cell kept (None when it kept none)."""
+    return previews.load(row.get("sampler_label", row["sampler"]), row["grid"], row["requested"],
+                         SamplePreviews.protocol(*protocol(row)))
 
 
 def cells(rows: list[dict]) -> list[dict]:
@@ -78,6 +163,7 @@ def column_label(grid: str, requested) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """Per metric: samplers down, requested NFE (or tolerance) across; each entry `value [interval] (actual NFE)`."""
+    rows, _ = for_views(rows)
     out = []
     for metric in sorted({r["metric"] for r in rows}):
         mine = [r for r in rows if r["metric"] == metric]
@@ -97,29 +183,26 @@ def markdown(rows: list[dict]) -> str:
 
 
 def summary_table(rows: list[dict]) -> str:
-    """The terminal view: one line per cell with its NFE, time and every metric."""
+    """The terminal view: one line per cell with its NFE, time and every metric (the noise floor first)."""
+    rows, _ = for_views(rows)
     metrics = sorted({r["metric"] for r in rows})
     lines = {}
     for r in rows:
         key = (r["sampler"], r["grid"], r["requested"])
         line = lines.setdefault(key, {"sampler": r["sampler"], "budget": column_label(r["grid"], r["requested"]),
                                       "nfe": r["nfe"], "wall_s": r["wall_s"],
-                                      "samples_per_s": r.get("samples_per_s") or ""})
+                                      "samples_per_s": r.get("samples_per_s") or "", "grid": r["grid"]})
         line[r["metric"]] = r["value"]
-    ordered = sorted(lines.values(), key=lambda line: (line["sampler"] != _floor_label(rows), line["nfe"] or 0))
+    ordered = sorted(lines.values(), key=lambda line: (line["grid"] != "exact", line["nfe"] or 0, line["sampler"]))
     arrows = ", ".join(f"{m} {'lower' if LOWER_IS_BETTER.get(m, True) else 'higher'} is better" for m in metrics)
     return text_table(ordered, ["sampler", "budget", "nfe", "wall_s", "samples_per_s", *metrics]) + f"\n({arrows})"
-
-
-def _floor_label(rows):
-    return next((r["sampler"] for r in rows if r["grid"] == "exact"), None)
 
 
 def sample_panels(rows: list[dict], previews: SamplePreviews):
     """({sampler: {budget: samples}}, reference) from the previews the sweep kept; None when it kept none."""
     panels = {}
     for cell in cells(rows):
-        x = previews.load(cell["sampler"], cell["grid"], cell["requested"])
+        x = preview(previews, cell)
         if x is not None:
             budget = (f"NFE {cell['nfe']:.4g}" if cell["grid"] == "configured"
                       else column_label(cell["grid"], cell["requested"]))
@@ -140,7 +223,7 @@ def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = N
     sweep = results.parent.name
     if run is None:
         constant = {k: v for k, v in rows[0].items() if all(r.get(k) == v for r in rows)
-                    and k not in ("key", "time", "value", "metric", "ci_low", "ci_high")}
+                    and k not in ("key", "time", "value", "metric", "ci_low", "ci_high", "sampler_label")}
         tags = {f"sampler:{sampler_family(r['sampler_name'])}" for r in rows if r["grid"] != "exact"}
         if constant.get("sde"):
             tags.add(f"sde:{constant['sde']}")
@@ -152,8 +235,7 @@ def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = N
     for r in rows:
         by_cell[(r["target"], r["sampler"], r["grid"], r["requested"], r["seed_start"], r["seed_count"])].append(r)
     for mine in by_cell.values():
-        run.log_cell(cell_id(mine), mine, previews.load(mine[0]["sampler"], mine[0]["grid"],
-                                                                     mine[0]["requested"]), reference)
+        run.log_cell(cell_id(mine), mine, preview(previews, mine[0]), reference)
     run.log_table(rows, COLUMNS)
     lines = [run.where()]
     definition = workspace(rows, run.run.entity or os.environ.get("WANDB_ENTITY") or "", run.run.project, sweep)
@@ -166,23 +248,35 @@ def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = N
 
 def report(results, out_dir=None, use_wandb: bool = False, project: str = "lightning-sde-bench", name=None,
            run=None) -> dict:
+    """The views of a results file. Raises FileNotFoundError / ValueError (what is wrong with `results` or
+    `out_dir`) before writing anything."""
     results = Path(results)
     out = Path(out_dir) if out_dir else results.parent
-    out.mkdir(parents=True, exist_ok=True)
+    if not results.exists():
+        raise FileNotFoundError(f"no results file at {str(results)!r}; give the results .jsonl of a sweep")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {str(out)!r} is a file; give a folder")
     rows = load(results)
     if not rows:
-        raise ValueError(f"no result rows in {results}")
+        raise ValueError(f"no result rows in {str(results)!r}: the file is empty or none of its lines is a row "
+                         "lsde-bench wrote; give the results .jsonl of a sweep")
+    view, hidden = for_views(rows)
+    if hidden:
+        log.warning("%s: %d row(s) not in the views: later rows of the same sampler, budget, metric and protocol "
+                    "replace them (another run's sampler parameters, dtype or device); results.csv has every row",
+                    results, hidden)  # pragma: no mutate
+    out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "markdown": out / "results.md", "png": out / "results.png"}
     write_csv(rows, paths["csv"])
-    text = markdown(rows)
+    text = markdown(view)
     _atomic(paths["markdown"], lambda tmp: tmp.write_text(text))
-    plot_metrics(rows, cells(rows), paths["png"])
-    samples = sample_panels(rows, SamplePreviews(results.parent / "samples"))
+    plot_metrics(view, cells(view), paths["png"])
+    samples = sample_panels(view, SamplePreviews(results.parent / "samples"))
     if samples is not None:
         panels, reference = samples
         paths["samples"] = plot_samples(panels, out / "samples.png", reference)
-    print(summary_table(rows))
+    print(summary_table(view))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if use_wandb:
-        paths["wandb"] = to_wandb(rows, results, project, name, run)  # the sweep's run, next to its results
+        paths["wandb"] = to_wandb(view, results, project, name, run)  # the sweep's run, next to its results
     return paths

@@ -7,6 +7,7 @@ still leave a torn last line: readers skip it, and the next append starts on a f
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import re
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, int, str]] = set()  # (file, line number, line) already warned about
 
 
 class ResultsStore:
@@ -24,16 +26,31 @@ class ResultsStore:
         """All complete rows, in file order (a later row with the same key wins in `latest`)."""
         if not self.path.exists():
             return []
+        if self.path.is_dir():
+            raise ValueError(f"results {str(self.path)!r} is a folder; give a .jsonl file, e.g. "
+                             f"{str(self.path / 'results.jsonl')!r}")
         rows = []
-        with open(self.path) as fh:
+        with open(self.path, errors="replace") as fh:  # bytes that are not UTF-8 make an invalid line, no crash
             for n, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError:
-                    log.warning("%s:%d: skipping a torn or invalid line", self.path, n)  # pragma: no mutate
+                    self._warn_once(n, line, "a torn or invalid line")
+                    continue
+                if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+                    self._warn_once(n, line, 'a line that is not a result row (a JSON object with a string "key")')
+                    continue
+                rows.append(row)
         return rows
+
+    def _warn_once(self, n: int, line: str, what: str) -> None:
+        """Each bad line once per process, not at every read (a sweep reads the file after every cell)."""
+        seen = (str(self.path), n, line)
+        if seen not in _WARNED:
+            _WARNED.add(seen)
+            log.warning("%s:%d: skipping %s", self.path, n, what)  # pragma: no mutate
 
     def latest(self) -> dict[str, dict]:
         """key -> row; duplicates (two shards racing on one cell) resolve to the last written."""
@@ -69,9 +86,16 @@ class SamplePreviews:
         self.n = n
 
     @staticmethod
-    def name(label: str, grid: str, requested) -> str:
+    def protocol(target: str, seed_start: int, seed_count: int) -> str:
+        """What keeps the previews of one sampler and budget under two protocols apart (two seed ranges or targets
+        in one results file): the seed range and a hash of the target."""
+        return f"seeds{seed_start}+{seed_count}_{hashlib.sha1(target.encode()).hexdigest()[:8]}"
+
+    @staticmethod
+    def name(label: str, grid: str, requested, protocol: str | None = None) -> str:
         budget = "" if requested is None else f"_{grid}{requested:g}"
-        return re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{label}{budget}")
+        suffix = "" if protocol is None else f"_{protocol}"
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{label}{budget}{suffix}")
 
     def _write(self, name: str, x) -> None:
         import torch
@@ -82,15 +106,18 @@ class SamplePreviews:
         torch.save(x[: self.n].detach().cpu().clone(), tmp)
         os.replace(tmp, path)
 
-    def save(self, cell, x) -> None:
-        self._write(self.name(cell.label, cell.grid, cell.requested), x)
+    def save(self, cell, x, protocol: str | None = None) -> None:
+        self._write(self.name(cell.label, cell.grid, cell.requested, protocol), x)
 
     def save_reference(self, x) -> None:
         self._write("reference", x)
 
-    def load(self, label: str, grid: str, requested):
-        """The preview of a cell, or None when there is none."""
+    def load(self, label: str, grid: str, requested, protocol: str | None = None):
+        """The preview of a cell, or None when there is none; with `protocol`, the untagged name of previews
+        written before protocols were kept apart is the fallback."""
         import torch
 
-        path = self.folder / f"{self.name(label, grid, requested)}.pt"
-        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        protocols = [protocol, None] if protocol else [None]
+        paths = [self.folder / f"{self.name(label, grid, requested, p)}.pt" for p in protocols]
+        path = next((p for p in paths if p.is_file()), None)
+        return None if path is None else torch.load(path, map_location="cpu", weights_only=True)

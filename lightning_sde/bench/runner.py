@@ -20,6 +20,7 @@ from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_famil
 from lightning_sde.bench.results import ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
 from lightning_sde.configuration import checked
+from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
 from lightning_sde.generation import Samples, generate
@@ -65,10 +66,10 @@ class Sweep:
 def prepare(cfg: DictConfig) -> Sweep:
     """Raises ValueError naming the config key on any bad value."""
     dtype = parse_dtype(cfg.dtype)
-    try:
-        device = torch.device(cfg.device)
-    except RuntimeError as err:
-        raise ValueError(f"config device: {err}") from None
+    if Path(cfg.results).is_dir():
+        raise ValueError(f"config results: {str(cfg.results)!r} is a folder; give a .jsonl file, e.g. "
+                         f"results={Path(cfg.results) / 'results.jsonl'}")
+    device = parse_device(cfg.device)
     for key in ("ddp.devices", "ddp.num_nodes"):
         positive_int(key, OmegaConf.select(cfg, key))
     if cfg.get("reference_count") is not None:
@@ -197,7 +198,7 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
                 x = samples.x if samples is not None else None
             if rank == 0:
                 store.append(rows_of(cell, samples, score(scorer, cell, samples, x), cfg.batch_size, device, protocol))
-                previews.save(cell, x)
+                previews.save(cell, x, SamplePreviews.protocol(cell.target, cell.seed_start, cell.seed_count))
                 report_cell(store, cell, n_done + 1, len(todo), started, live, previews)
     return {"cells": len(sweep.cells), "shard_cells": len(sweep.mine), "computed": len(todo), "rank": rank,
             "world_size": world, "wandb_run": live}  # left open: the report adds the table and finishes it
@@ -239,7 +240,8 @@ def report_cell(store: ResultsStore, cell: Cell, n_done: int, n_todo: int, start
              values, rows[0]["wall_s"], duration(eta))
     if live is not None:
         try:
-            live.log_cell(cell_id(rows), rows, previews.load(cell.label, cell.grid, cell.requested),
+            protocol = SamplePreviews.protocol(cell.target, cell.seed_start, cell.seed_count)
+            live.log_cell(cell_id(rows), rows, previews.load(cell.label, cell.grid, cell.requested, protocol),
                           previews.load("reference", None, None))
         except Exception as err:  # noqa: BLE001
             log.warning("W&B: cell not logged (%s: %s); `report --wandb` logs it later", type(err).__name__, err)

@@ -26,9 +26,26 @@ def override_error(app: str, argv: list[str]) -> str | None:
     try:
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
             compose(app, overrides=argv, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        return str(err)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: e.g. a group set to null
+        return one_line(err)
     return None
+
+
+def one_line(err: Exception) -> str:
+    """Hydra's multi-line complaint as one line: its options listed with commas, no search path or link."""
+    text, items = [], []
+    for line in str(err).splitlines():
+        if line.startswith("Config search path:"):
+            break
+        if line.startswith("\t"):  # an option of a list ("Available options in 'problem':")
+            items.append(line.strip())
+            continue
+        if items:
+            text.append(", ".join(items))
+            items = []
+        if line.strip() and not line.startswith("See https://hydra.cc"):
+            text.append(line.strip())
+    return " ".join(text + ([", ".join(items)] if items else []))
 
 
 def run(app: str) -> None:

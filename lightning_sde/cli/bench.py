@@ -1,7 +1,7 @@
 """lsde-bench: sample-quality-against-NFE sweeps, resumable and sharded; `lsde-bench report` redraws the views.
 
     lsde-bench                                                    # the default sweep on the exact 8 Gaussians
-    lsde-bench name=toy checkpoint=outputs/train/X/checkpoints/last.ckpt data=toy2d problem=null
+    lsde-bench name=toy checkpoint=outputs/train/X/checkpoints/last.ckpt data=toy2d
     lsde-bench 'nfe=[10,50]' seeds.count=300 shard.index=0 shard.count=2   # (SLURM arrays set the shard)
     lsde-bench ddp.devices=2                                      # each cell's seeds split over 2 processes
     lsde-bench report outputs/bench/default/results.jsonl [--out DIR] [--wandb] [--project P]
@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 
 from lightning_sde.bench.report import report
 from lightning_sde.bench.runner import run_sweep
-from lightning_sde.cli.errors import fails_cleanly
+from lightning_sde.cli.apps import one_line
+from lightning_sde.cli.errors import USER_ERRORS, fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH
 
@@ -60,13 +61,24 @@ def report_main(argv: list[str]) -> None:
     parser.add_argument("--project", default="lightning-sde-bench")
     parser.add_argument("--name", default=None, help="W&B run name")
     args = parser.parse_args(argv)
-    report(args.results, args.out, use_wandb=args.wandb, project=args.project, name=args.name)
+    try:
+        report(args.results, args.out, use_wandb=args.wandb, project=args.project, name=args.name)
+    except (*USER_ERRORS, PermissionError) as err:
+        fail(parser.prog, err)
+
+
+def fail(app: str, err: Exception) -> None:
+    """A user's mistake: one line on stderr, exit status 1."""
+    print(f"{app}: error: {err}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def cells_main(overrides: list[str]) -> None:
     """Print the number of cells the sweep with these overrides has (a checkpoint may not exist yet: a pipeline
     sizes the bench array before training ends). Exit 1 with the config error, like the sweep itself."""
     from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from lightning_sde.bench.runner import count_cells
     from lightning_sde.configuration import CONFIG_PACKAGE
@@ -75,9 +87,8 @@ def cells_main(overrides: list[str]) -> None:
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
             cfg = compose("bench", overrides=overrides)
         print(count_cells(cfg))
-    except ValueError as err:
-        print(f"lsde-bench cells: error: {err}", file=sys.stderr)
-        sys.exit(1)
+    except (ValueError, HydraException, OmegaConfBaseException) as err:  # a bad override or value
+        fail("lsde-bench cells", one_line(err))
 
 
 def main() -> None:

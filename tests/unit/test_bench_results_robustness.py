@@ -1,0 +1,213 @@
+"""lsde-bench's results file as found on disk: lines that are not result rows, rows of another schema, rows of
+several protocols in one file, files that are no results file at all; and the one-line errors of `report`, `cells`
+and a `results=` folder. The documented commands compose."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from lightning_sde.bench import report as views
+from lightning_sde.bench.results import ResultsStore, SamplePreviews
+from lightning_sde.cli.bench import cells_main, report_main
+from lightning_sde.configuration import CONFIG_PACKAGE
+
+REPO = Path(__file__).resolve().parents[2]
+TARGET = "mixture:eight|sde:vp"
+
+
+def row(sampler="ddim", requested=10, metric="sliced_w2", value=1.0, seed_count=100, target=TARGET, **extra):
+    """A result row as the runner writes it (the fields the views read, and the protocol)."""
+    key = json.dumps([target, sampler, requested, seed_count, metric, extra.pop("params", {})])
+    return {"key": key, "target": target, "sampler": sampler, "sampler_name": sampler, "metric": metric,
+            "grid": "nfe", "requested": requested, "nfe": requested, "value": value, "wall_s": 0.5,
+            "seed_start": 0, "seed_count": seed_count, "n_samples": seed_count, "ci_low": None, "ci_high": None,
+            "ci_level": None, "problem": "eight_gaussians", "sde": "vp", "time": "2026-01-01T00:00:00+00:00", **extra}
+
+
+def write(path: Path, *lines) -> Path:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+# D3: valid JSON that is no result row
+
+@pytest.mark.parametrize("line", ["42", '{"foo": 1}', "[1, 2]", '"text"', '{"key": 5}', "null"])
+def test_a_json_line_that_is_not_a_result_row_is_skipped_with_a_warning(tmp_path, caplog, line):
+    path = write(tmp_path / "r.jsonl", row(), line, row(requested=20))
+    store = ResultsStore(path)
+    assert len(store.latest()) == 2 and len(store.keys()) == 2
+    assert "r.jsonl:2: skipping a line that is not a result row" in caplog.text
+    store.rows()
+    assert caplog.text.count("skipping") == 1  # once, not at every read
+
+
+def test_bytes_that_are_not_utf8_are_an_invalid_line(tmp_path, caplog):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b"\xff\xfe\x00garbage\n" + json.dumps(row()).encode() + b"\n")
+    assert len(ResultsStore(path).rows()) == 1 and "r.jsonl:1: skipping a torn or invalid line" in caplog.text
+
+
+# D4: rows of another schema
+
+@pytest.mark.parametrize("foreign", [
+    {"key": "x", "target": "t", "sampler": "s", "metric": "fid", "grid": "nfe", "requested": 5},  # no nfe
+    {**row(), "key": "y", "nfe": "ten"},
+    {**row(), "key": "z", "seed_start": None},
+    {**row(), "key": "w", "ci_low": "low"},
+])
+def test_rows_without_the_fields_the_views_read_are_skipped_and_the_views_are_drawn(tmp_path, caplog, capsys,
+                                                                                    foreign):
+    path = write(tmp_path / "r.jsonl", foreign, row(), row(requested=20, value=0.5))
+    rows = views.load(path)
+    assert [r["requested"] for r in rows] == [10, 20]
+    assert "skipping 1 row(s) the views cannot read" in caplog.text
+    paths = views.report(path)
+    assert Path(paths["markdown"]).is_file() and "| ddim |" in Path(paths["markdown"]).read_text()
+
+
+def test_a_sweep_resumed_into_a_file_with_foreign_rows_and_garbage_finishes_its_views(tmp_path, caplog, capsys):
+    from lightning_sde.cli.bench import run
+
+    results = write(tmp_path / "r.jsonl", "42", '{"foo": 1}',
+                    {"key": "x", "target": "t", "sampler": "s", "metric": "fid", "grid": "nfe", "requested": 5})
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("bench", overrides=[f"results={results}", "~samplers", "+sampler@samplers.ddim=ddim",
+                                          "nfe=[2]", "seeds.count=16", "batch_size=16", "noise_floor=false",
+                                          "progress=false", "wandb.enabled=false", "metrics=[sliced_w2]"])
+    run(cfg)
+    assert "| ddim |" in (tmp_path / "results.md").read_text()
+    assert "skipping 1 row(s) the views cannot read (no 'sampler_name', 'nfe', 'value'" in caplog.text
+
+
+# D2: several protocols in one file
+
+def test_rows_of_two_seed_counts_are_kept_apart_in_every_view(tmp_path):
+    """A multirun `-m seeds.count=32,64` into one file: both protocols shown, each line with its own numbers."""
+    rows = [row(seed_count=32, value=1.0), row(seed_count=32, metric="mmd", value=0.1),
+            row(seed_count=64, value=2.0), row(seed_count=64, metric="mmd", value=0.2)]
+    md = views.markdown(rows)
+    assert "| ddim [seeds 0+32] | 1 (10) |" in md and "| ddim [seeds 0+64] | 2 (10) |" in md
+    lines = [line.split() for line in views.summary_table(rows).splitlines()[2:-1]]
+    assert [(line[2], line[-2], line[-1]) for line in lines] == [("0+32]", "0.1", "1"), ("0+64]", "0.2", "2")]
+    view, hidden = views.for_views(rows)
+    assert hidden == 0 and {r["sampler"] for r in view} == {"ddim [seeds 0+32]", "ddim [seeds 0+64]"}
+    assert views.for_views(view)[0] == view  # the labels are not suffixed twice
+
+
+def test_one_protocol_keeps_plain_labels_and_two_targets_are_named():
+    assert {r["sampler"] for r in views.for_views([row(), row(requested=20)])[0]} == {"ddim"}
+    other = row(target="ckpt:/runs/a/last.ckpt@step100", checkpoint="/runs/a/last.ckpt", global_step=100)
+    labels = {r["sampler"] for r in views.for_views([row(), other])[0]}
+    assert labels == {"ddim [eight_gaussians/vp]", "ddim [last.ckpt@step100]"}
+    same_name = row(target="mixture:eight(scale 2)|sde:vp")  # two targets with one short name: told apart by a hash
+    labels = {r["sampler"] for r in views.for_views([row(), same_name])[0]}
+    assert len(labels) == 2 and all(re.fullmatch(r"ddim \[eight_gaussians/vp #[0-9a-f]{6}\]", s) for s in labels)
+
+
+def test_rows_alike_but_for_their_key_show_the_last_written(tmp_path, caplog, capsys):
+    old = row(value=1.0, params={"eta": 0.0})
+    new = row(value=3.0, params={"eta": 1.0}, time="2026-01-02T00:00:00+00:00")
+    view, hidden = views.for_views([new, old])
+    assert hidden == 1 and [r["value"] for r in view] == [3.0]
+    views.report(write(tmp_path / "r.jsonl", old, new))
+    assert "1 row(s) not in the views" in caplog.text
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 3  # the CSV has both
+
+
+def test_each_protocol_shows_its_own_sample_preview(tmp_path):
+    previews = SamplePreviews(tmp_path / "samples", n=4)
+
+    class Cell:
+        label, grid, requested = "ddim", "nfe", 10
+
+    for count in (32, 64):
+        previews.save(Cell(), torch.full((4, 2), float(count)), SamplePreviews.protocol(TARGET, 0, count))
+    panels, _ = views.sample_panels(views.for_views([row(seed_count=32), row(seed_count=64)])[0], previews)
+    assert {label: float(x[0, 0]) for label, budgets in panels.items() for x in budgets.values()} == {
+        "ddim [seeds 0+32]": 32.0, "ddim [seeds 0+64]": 64.0}
+
+
+def test_a_preview_written_before_protocols_were_kept_apart_is_still_found(tmp_path):
+    previews = SamplePreviews(tmp_path, n=2)
+    torch.save(torch.ones(2, 2), tmp_path / "ddim_nfe10.pt")
+    assert torch.equal(previews.load("ddim", "nfe", 10, SamplePreviews.protocol(TARGET, 0, 32)), torch.ones(2, 2))
+
+
+# D7, D8, results=<folder>: one line, exit status 1
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text(""), "no result rows in"),
+    (lambda p: p.write_text("some notes\nnot json\n"), "no result rows in"),
+    (lambda p: p.write_text('{"key": "x", "target": "t"}\n'), "no result rows in"),
+    (lambda p: None, "no results file at"),
+    (lambda p: p.mkdir(), "is a folder; give a .jsonl file"),
+])
+def test_report_of_what_is_no_results_file_is_one_line_and_exit_1(tmp_path, capsys, make, message):
+    path = tmp_path / "r.jsonl"
+    make(path)
+    with pytest.raises(SystemExit) as exit_:
+        report_main([str(path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.startswith("lsde-bench report: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_report_into_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "out").touch()
+    with pytest.raises(SystemExit):
+        report_main([str(write(tmp_path / "r.jsonl", row())), "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().err == f"lsde-bench report: error: output folder '{tmp_path / 'out'}' is a file; " \
+                                      "give a folder\n"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("bogus=1", "Could not override 'bogus'. To append to your config use +bogus=1"),
+    ("problem=nothere", "Could not find 'problem/nothere' Available options in 'problem': eight_gaussians, "),
+    ("nfe=[1", "no viable alternative at input '[1'"),
+    ("nfe=${nothere}", "Interpolation key 'nothere' not found"),
+    ("seeds.count=0", "config seeds.count: must be an integer >= 1; got 0"),
+])
+def test_cells_with_a_bad_override_is_one_line_and_exit_1(capsys, override, message):
+    with pytest.raises(SystemExit) as exit_:
+        cells_main([override])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.startswith("lsde-bench cells: error: ") and message in err
+    assert err.count("\n") == 1
+
+
+def test_results_naming_a_folder_fails_before_any_work(tmp_path):
+    from lightning_sde.bench.runner import prepare
+
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("bench", overrides=[f"results={tmp_path}"])
+    with pytest.raises(ValueError, match=r"config results: '.*' is a folder; give a \.jsonl file, e\.g\. results="):
+        prepare(cfg)
+
+
+# D5: the documented commands compose
+
+def documented(app: str, text: str) -> list[list[str]]:
+    """The overrides of each `lsde-<app> ...` example line (subcommands and flags left out)."""
+    commands = []
+    for line in text.splitlines():
+        match = re.search(rf"lsde-{app}((?: +[^ #]+)*)", line)
+        if match and " report " not in match.group(0) + " " and " cells " not in match.group(0) + " ":
+            placeholders_filled = re.sub(r"<[^>]*>", "X", match.group(1))  # outputs/train/<run>/...
+            commands.append([arg.strip("'") for arg in placeholders_filled.split() if "=" in arg])
+    return commands
+
+
+@pytest.mark.parametrize("app, files", [
+    ("bench", ["lightning_sde/cli/bench.py", "configs/bench.yaml", "docs/benchmarking.md"]),
+    ("likelihood", ["lightning_sde/cli/likelihood.py", "configs/likelihood.yaml"]),
+])
+def test_every_documented_command_composes(app, files):
+    commands = [c for f in files for c in documented(app, (REPO / f).read_text())]
+    assert len(commands) >= 3 and any(any(a.startswith("checkpoint=") for a in c) for c in commands)
+    for overrides in commands:
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            compose(app, overrides=overrides)  # `problem=null` raised "Config group override must be a string"
