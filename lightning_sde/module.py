@@ -23,6 +23,7 @@ benchmarks/speed_options.py measures them; tests/unit/test_speed_options.py chec
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -37,6 +38,7 @@ from lightning_sde.models.moments import DataMoments
 from lightning_sde.sde import SDE, build_sde
 
 MOMENT_SAMPLES = 10_000
+log = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
@@ -199,9 +201,11 @@ class ScoreModule(L.LightningModule):
         step, what, _ = watched[bad]
         last = (f"the last finite loss was {self._last_finite_loss[1]:.6g} at step {self._last_finite_loss[0]}"
                 if self._last_finite_loss is not None else "no finite loss before it")
+        run = f" with run_name={os.environ['LSDE_RUN_NAME']}" if os.environ.get("LSDE_RUN_NAME") else ""
         raise NonFiniteError(f"training stopped: at step {step} {what} was {float(values[bad])}; {last}. No "
-                             "checkpoint was written after it; resume from the last one with a lower optim.lr, a "
-                             "longer optim.warmup_steps or a smaller trainer.gradient_clip_val")
+                             f"checkpoint was written after it; resume from the last one (the same command{run}) "
+                             "with a lower optim.lr (a new lr applies on resume), a longer optim.warmup_steps or a "
+                             "smaller trainer.gradient_clip_val")
 
     def validation_step(self, batch, batch_idx):
         # Fixed t and noise per batch: the validation loss is comparable across epochs and runs (conditional
@@ -232,6 +236,28 @@ class ScoreModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         if "data_moments" in checkpoint:
             self.denoiser.data_moments = DataMoments.from_state(checkpoint["data_moments"])
+        self._apply_configured_lr(checkpoint)
+
+    def _apply_configured_lr(self, checkpoint) -> None:
+        """A resume restores the optimizer and scheduler states, and with them the lr they were built with: a changed
+        optim.lr (the advice after a non-finite loss) takes effect by rescaling the restored lr, warm-up factor kept.
+        An unchanged lr leaves the checkpoint untouched (exact resume)."""
+        optimizers = checkpoint.get("optimizer_states") or []
+        groups = optimizers[0].get("param_groups", []) if len(optimizers) == 1 else []
+        new = float(self.optim["lr"])
+        old = {float(g.get("initial_lr", g["lr"])) for g in groups if "lr" in g}
+        if not old or old == {new}:
+            return
+        for group in groups:
+            group["lr"] = group["lr"] * new / float(group.get("initial_lr", group["lr"]))
+            group["initial_lr"] = new
+        for state in checkpoint.get("lr_schedulers") or []:
+            if "base_lrs" in state:
+                state["base_lrs"] = [new] * len(state["base_lrs"])
+            if "_last_lr" in state:
+                state["_last_lr"] = [group["lr"] for group in groups]
+        log.info("optim.lr: %g from this config, in place of %s from the checkpoint", new,
+                 ", ".join(f"{lr:g}" for lr in sorted(old)))
 
     def configure_optimizers(self):
         o = self.optim

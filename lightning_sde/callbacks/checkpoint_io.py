@@ -3,16 +3,21 @@
 Every checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed over its name
 (a rename is atomic). A checkpoint that replaces an older one under the same name (last.ckpt) first moves the older
 one to `<name>.prev.ckpt`, so that a file corrupted later still leaves the one before it to resume from
-(`lightning_sde.loading.newest_loadable`).
+(`lightning_sde.loading.newest_loadable`). Only a file that looks like a checkpoint is kept so: a broken one (which a
+resume skipped) is replaced without moving it over the good `<name>.prev.ckpt`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import zipfile
 from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -27,7 +32,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             fh.flush()
             os.fsync(fh.fileno())
         if path.exists() and not path.is_symlink():
-            os.replace(path, previous(path))
+            if looks_like_a_checkpoint(path):
+                os.replace(path, previous(path))
+            else:
+                log.warning("%s is not a readable checkpoint: replaced, %s kept", path, previous(path).name)
         os.replace(tmp, path)
         directory = os.open(path.parent, os.O_RDONLY)
         try:
@@ -39,3 +47,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def previous(path: Path) -> Path:
     """Where the checkpoint that `path` replaced is kept: last.ckpt -> last.prev.ckpt."""
     return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def looks_like_a_checkpoint(path: Path) -> bool:
+    """A cheap structural check (the zip's central directory, no tensor read): a torch.save archive with its
+    pickle. A truncated or overwritten file fails it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False

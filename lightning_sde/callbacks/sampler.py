@@ -30,6 +30,7 @@ from lightning_sde.plotting import image_grid, scatter_grid, text_table
 from lightning_sde.samplers import Sampler
 
 log = logging.getLogger(__name__)
+SAMPLE_STATS = ("nfe", "wall_s", "n_samples", "n_distinct", "n_nonfinite")  # logged per sampler beside its metrics
 
 
 class SamplerCallback(L.Callback):
@@ -107,9 +108,8 @@ class SamplerCallback(L.Callback):
             values = None
             if samples is not None:  # rank 0
                 flat = samples.x.reshape(len(samples.x), -1)
-                values = {"nfe": samples.nfe, "wall_s": samples.wall_s, "n_samples": float(len(samples.x)),
-                          "n_distinct": float(len(torch.unique(flat, dim=0))),
-                          "n_nonfinite": float(samples.n_nonfinite)}
+                values = dict(zip(SAMPLE_STATS, (samples.nfe, samples.wall_s, float(len(samples.x)),
+                                                 float(len(torch.unique(flat, dim=0))), float(samples.n_nonfinite))))
                 if samples.n_nonfinite:  # reported, never scored as if they were samples (NaN is never "best")
                     log.warning("%s at step %d: %d of %d samples are not finite; not scored",  # pragma: no mutate
                                 label, trainer.global_step, samples.n_nonfinite, len(samples.x))  # pragma: no mutate

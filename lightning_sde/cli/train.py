@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -34,11 +35,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.callbacks import Preemption, SamplerCallback
 from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
+from lightning_sde.callbacks.sampler import SAMPLE_STATS
 from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, checked, plain
 from lightning_sde.configuration import build as build_node
 from lightning_sde.loading import newest_loadable, read_checkpoint
+from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.tracking import backfill_wandb, finish_wandb, trim_history, wandb_configured
 
@@ -55,6 +58,7 @@ class Run:
     module: L.LightningModule
     trainer: L.Trainer
     resume: str | None  # the checkpoint fit starts from, None for a fresh start
+    resumed_at: int | None = None  # its global step
 
 
 def multirun_job() -> tuple[str, int] | None:
@@ -90,9 +94,33 @@ def wandb_identity(cfg: DictConfig, job, callbacks) -> dict:
             "tags": tags}
 
 
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_run_values(cfg: DictConfig) -> None:
+    """The values that Lightning would take and fail on later (or silently ignore), named now."""
+    if not (is_int(cfg.seed) and 0 <= cfg.seed < 2**32):
+        raise ValueError(f"config seed: must be an integer in [0, 2**32); got {cfg.seed!r}")
+    if cfg.ckpt_path is not None and not isinstance(cfg.ckpt_path, str):
+        raise ValueError(f"config ckpt_path: must be a checkpoint's path, 'last' or null; got {cfg.ckpt_path!r} "
+                         "(quote a path that parses as a number: ckpt_path=\"'123'\")")
+    trainer = cfg.trainer
+    max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
+    if not (is_int(max_steps) and (max_steps >= 1 or max_steps == -1 and is_int(max_epochs) and max_epochs >= 1)):
+        raise ValueError(f"config trainer.max_steps: must be an integer >= 1 (or -1 with trainer.max_epochs >= 1); "
+                         f"got {max_steps!r}")
+    interval = trainer.get("val_check_interval")
+    if not (interval is None or is_int(interval) and interval >= 1
+            or isinstance(interval, float) and 0 < interval <= 1):
+        raise ValueError("config trainer.val_check_interval: must be a number of training steps >= 1 (or a fraction "
+                         f"of an epoch in (0, 1]); got {interval!r}")
+
+
 def resume_point(cfg: DictConfig) -> str | None:
     """The checkpoint to resume from, checked now: an explicit ckpt_path must be a lightning-sde checkpoint;
-    ckpt_path=last takes the newest checkpoint of the run that reads back (saying so when it skips a broken one)."""
+    ckpt_path=last takes the checkpoint of the run at the highest global step that reads back (saying so when it
+    skips a broken one)."""
     if cfg.ckpt_path is None:
         return None
     if cfg.ckpt_path != "last":
@@ -115,6 +143,55 @@ def resume_point(cfg: DictConfig) -> str | None:
     return None if path is None else str(path)
 
 
+def check_resume_fits(path: str, module: L.LightningModule) -> int:
+    """The resume checkpoint's global step, once its weights are known to fit the model this config builds (a
+    changed model config fails now, not in fit after the logs were rewound)."""
+    ckpt = read_checkpoint(path)
+    theirs, ours = ckpt["state_dict"], module.state_dict()
+    for key, value in ours.items():
+        if key not in theirs:
+            problem = f"{key} is missing there"
+        elif tuple(theirs[key].shape) != tuple(value.shape):
+            problem = f"{key} has shape {tuple(theirs[key].shape)} there, {tuple(value.shape)} here"
+        else:
+            continue
+        break
+    else:
+        extra = [key for key in theirs if key not in ours]
+        if not extra:
+            return int(ckpt["global_step"])
+        problem = f"it has {extra[0]}, which this model does not"
+    raise ValueError(f"config model: the checkpoint {path} does not fit this model config ({problem}); resume with "
+                     "the run's own model config, or start afresh (ckpt_path=null or another run_name)")
+
+
+def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: str) -> str:
+    """A checkpoint callback's monitor, checked against what the evaluations log: val/<sampler>/<metric> must name
+    a sampler of the set and a value it logs; `auto` is the set's first deterministic sampler (its first if all are
+    stochastic) on the first metric it scores (sliced_w2 for points, fid for images)."""
+    if sampler_cb is None:
+        if monitor == "auto" or str(monitor).count("/") == 2 and str(monitor).startswith("val/"):
+            raise ValueError(f"config {key}: {monitor!r} needs the sampler callback, and callbacks.sampler is null "
+                             f"(set {key.rsplit('.', 1)[0]}=null too, or monitor val/loss)")
+        return monitor
+    metrics = resolve_metrics(sampler_cb.metrics, kind, has_mixture=False, key="callbacks.sampler.metrics")
+    labels = list(sampler_cb.samplers)
+    if monitor == "auto":
+        label = next((k for k, s in sampler_cb.samplers.items() if not s.stochastic), labels[0])
+        return f"val/{label}/{metrics[0]}"
+    parts = str(monitor).split("/")
+    if len(parts) != 3 or parts[0] != "val":
+        return monitor  # val/loss, train/loss, ...: Lightning checks these when they are logged
+    logged = [*metrics, *SAMPLE_STATS]
+    if parts[1] not in labels:
+        raise ValueError(f"config {key}: {monitor!r} names sampler {parts[1]!r}, which is not in the sampler set; "
+                         f"the set has {labels} (or use {key}=auto)")
+    if parts[2] not in logged:
+        raise ValueError(f"config {key}: {monitor!r} names metric {parts[2]!r}, which the evaluations do not log "
+                         f"for {kind} data; they log {logged}")
+    return monitor
+
+
 def build(cfg: DictConfig) -> Run:
     """Datamodule, module, callbacks, loggers and trainer, each validated in that order (the loggers, which create
     files and W&B runs, come after everything that can fail on a bad value); nothing is trained yet."""
@@ -128,6 +205,7 @@ def build(cfg: DictConfig) -> Run:
         raise ValueError("config trainer: a multirun (-m) with local DDP would restart the whole sweep in every DDP "
                          "worker (they re-run the command line); use hydra/launcher=slurm (one SLURM job per run) "
                          "or launch each run on its own")
+    check_run_values(cfg)
     resume = resume_point(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -142,8 +220,15 @@ def build(cfg: DictConfig) -> Run:
                              f"data shape {tuple(datamodule.shape)}")
         if not torch.isfinite(out.eps).all():
             raise ValueError("config model.net: the untrained network's output is not finite")
+    resumed_at = check_resume_fits(resume, module) if resume is not None else None
 
-    callbacks = [build_node(c, f"callbacks.{k}") for k, c in cfg.callbacks.items() if c is not None]
+    keyed = {k: build_node(c, f"callbacks.{k}") for k, c in cfg.callbacks.items() if c is not None}
+    callbacks = list(keyed.values())
+    sampler_cb = next((cb for cb in callbacks if isinstance(cb, SamplerCallback)), None)
+    for k, cb in keyed.items():  # a monitor the evaluations never log would fail at the first one, after training
+        if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
+            cb.monitor = cfg.callbacks[k].monitor = best_monitor(f"callbacks.{k}.monitor", cb.monitor, sampler_cb,
+                                                                 getattr(datamodule, "kind", "points"))
     for cb in callbacks:  # a grid the SDE cannot hold fails now, not at the first evaluation
         for label, sampler in (cb.samplers.items() if isinstance(cb, SamplerCallback) else ()):
             checked(f"samplers.{label}", check_grid, sampler, module.sde)
@@ -166,7 +251,7 @@ def build(cfg: DictConfig) -> Run:
                 logger_cfg.setdefault(k, v)
         loggers.append(build_node(logger_cfg, f"logger.{key}"))
     trainer.loggers = loggers
-    return Run(datamodule, module, trainer, resume)
+    return Run(datamodule, module, trainer, resume, resumed_at)
 
 
 @contextlib.contextmanager
@@ -188,7 +273,7 @@ def train(cfg: DictConfig):
     """Fit; returns the trainer. A signal (preemption, time limit) ends it early after its checkpoint (Preemption)."""
     run = build(cfg)
     trainer = run.trainer
-    resumed_at = int(read_checkpoint(run.resume)["global_step"]) if run.resume is not None else None
+    resumed_at = run.resumed_at
     if resumed_at is not None and trainer.is_global_zero:  # one continuous history, whatever the last run logged
         trim_history(cfg.run_dir, resumed_at)
     for logger in trainer.loggers:

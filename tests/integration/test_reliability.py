@@ -1,6 +1,7 @@
 """Runs that never lie, never lose work and never run code from a file, tried as a demanding user would: the apps
 as subprocesses, a crafted checkpoint, a NaN loss, a multirun, a corrupted checkpoint, SIGTERM, bad values."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -174,12 +175,21 @@ def test_sigterm_checkpoints_and_exits_143_and_the_time_limit_signal_exits_138_w
     ("sde.beta_max=0.01", "config sde: ValueError: beta_max must be > beta_min"),
     ("samplers.ddim_10.grid=trailing samplers.ddim_10.steps=1000",
      "config samplers.ddim_10: ValueError: ddim: the trailing grid needs start / steps > eps"),
+    ("ckpt_path=123", "config ckpt_path: must be a checkpoint's path, 'last' or null; got 123"),
+    ("trainer.val_check_interval=0", "config trainer.val_check_interval: must be a number of training steps >= 1"),
+    ("seed=abc", "config seed: must be an integer in [0, 2**32); got 'abc'"),
+    ("seed=-1", "config seed: must be an integer in [0, 2**32); got -1"),
+    ("trainer.max_steps=0", "config trainer.max_steps: must be an integer >= 1"),
+    ("callbacks.best.monitor=val/ddim_50/sliced_w2", "config callbacks.best.monitor: 'val/ddim_50/sliced_w2' names "
+     "sampler 'ddim_50', which is not in the sampler set; the set has ['ddim_10']"),
+    ("callbacks.best.monitor=val/ddim_10/fid", "config callbacks.best.monitor: 'val/ddim_10/fid' names metric 'fid'"),
 ])
 def test_a_bad_value_fails_before_anything_is_created(tmp_path, override, message):
     run = tmp_path / "run"
     start = time.monotonic()
     proc = train(run, *TOY, *override.split())  # default loggers: W&B and CSV
-    assert proc.returncode != 0 and message in proc.stderr
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
     assert time.monotonic() - start < 60
     assert not run.exists(), f"a failed start-up left {sorted(p.name for p in run.rglob('*'))}"
 
@@ -191,6 +201,38 @@ def test_a_bad_value_on_an_existing_run_lands_in_its_log(tmp_path):
     assert proc.returncode != 0
     assert "lsde-train failed: ValueError: config optim.lr" in (run / "train.log").read_text()
     assert (run / "checkpoints" / "last.ckpt").is_file()  # the run itself is untouched
+
+
+# --- 8. what a resume starts from, and with which config ------------------------------------------------------
+
+
+def test_a_resume_takes_the_highest_step_follows_the_monitor_and_a_new_lr_and_refuses_another_model(tmp_path):
+    run = tmp_path / "run"
+    auto_monitor = [o for o in TOY if not o.startswith("callbacks.best.monitor=")]  # callbacks.best.monitor=auto
+    assert train(run, *auto_monitor, "optim.lr=1e-3", "optim.warmup_steps=0", "logger=csv").returncode == 0
+    checkpoints = run / "checkpoints"
+    assert (checkpoints / "best-step=30.ckpt").is_file()  # auto: val/ddim_10/sliced_w2, the set's one sampler
+    metrics = run / "csv" / "version_0" / "metrics.csv"
+    logged = metrics.read_bytes()
+
+    proc = train(run, *auto_monitor, "model.net.width=64", "trainer.max_steps=40", "logger=csv")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (f"config model: the checkpoint {checkpoints / 'last.ckpt'} does not fit this model config "
+            "(denoiser.net.") in proc.stderr and "there, (64" in proc.stderr, proc.stderr
+    assert metrics.read_bytes() == logged and not (run / "csv" / "version_1").exists()  # nothing rewound or added
+
+    latest = time.time() + 60  # as after `cp -r`: the older checkpoints look newer than last.ckpt (step 30)
+    for i, name in enumerate(("last.prev.ckpt", "best-step=30.ckpt")):
+        os.utime(checkpoints / name, (latest + i, latest + i))
+    proc = train(run, *auto_monitor, "optim.lr=1e-4", "optim.warmup_steps=0", "trainer.max_steps=40", "logger=csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {checkpoints / 'last.ckpt'}" in proc.stdout + proc.stderr
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 40
+    rows = [row for version in ("version_0", "version_1") for row in
+            csv.DictReader(open(run / "csv" / version / "metrics.csv")) if row.get("lr-AdamW")]
+    lrs = {int(row["step"]): float(row["lr-AdamW"]) for row in rows}
+    assert sorted(lrs) == list(range(40)), "a step's row was dropped or repeated"
+    assert {lrs[step] for step in range(30)} == {1e-3} and {lrs[step] for step in range(30, 40)} == {1e-4}
 
 
 # --- 9. exact resume --------------------------------------------------------------------------------------------

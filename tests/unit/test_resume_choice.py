@@ -1,0 +1,105 @@
+"""What a resume starts from: the checkpoint at the highest global step that reads back (never the file touched last),
+a broken last.ckpt never rotated over the good one before it, and a new optim.lr applied to the restored optimizer."""
+
+import os
+
+import pytest
+import torch
+
+from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
+from lightning_sde.loading import newest_loadable
+from lightning_sde.module import ScoreModule
+
+NET = {"_target_": "lightning_sde.models.mlp.MLP", "dim": 2, "width": 16, "depth": 2, "time_embed_dim": 8}
+SDE = {"_target_": "lightning_sde.sde.VPSDE", "beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3}
+
+
+def contents(step: int) -> dict:
+    return {"state_dict": {"w": torch.full((2,), float(step))}, "global_step": step,
+            "hyper_parameters": {"net": NET, "sde": SDE, "shape": [2]}}
+
+
+def write(path, step: int, mtime: float):
+    torch.save(contents(step), path)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_the_highest_step_wins_whatever_the_modification_times(tmp_path):
+    # as after `cp -r` of a run (times not kept), or a best-*.ckpt written just after last.ckpt at a lower step
+    last = write(tmp_path / "last.ckpt", 60, mtime=1000)
+    write(tmp_path / "last.prev.ckpt", 40, mtime=3000)
+    write(tmp_path / "best-step=30.ckpt", 30, mtime=2000)
+    assert newest_loadable(tmp_path) == (last, [])
+
+
+def test_at_the_same_step_last_ckpt_wins(tmp_path):
+    last = write(tmp_path / "last.ckpt", 60, mtime=1000)
+    write(tmp_path / "best-step=60.ckpt", 60, mtime=2000)
+    write(tmp_path / "last.prev.ckpt", 40, mtime=3000)
+    assert newest_loadable(tmp_path) == (last, [])
+
+
+def test_a_broken_newer_checkpoint_falls_back_to_the_best_readable_one(tmp_path):
+    last = write(tmp_path / "last.ckpt", 60, mtime=3000)
+    last.write_bytes(last.read_bytes()[:100])  # truncated
+    previous = write(tmp_path / "last.prev.ckpt", 40, mtime=1000)
+    write(tmp_path / "best-step=20.ckpt", 20, mtime=2000)
+    path, problems = newest_loadable(tmp_path)
+    assert path == previous
+    assert len(problems) == 1 and problems[0].startswith(f"{last}: not a lightning-sde checkpoint")
+
+
+def test_a_broken_last_checkpoint_is_replaced_without_overwriting_the_previous_one(tmp_path):
+    io = AtomicCheckpointIO()
+    last, previous = tmp_path / "last.ckpt", tmp_path / "last.prev.ckpt"
+    io.save_checkpoint(contents(20), last)
+    io.save_checkpoint(contents(40), last)
+    assert torch.load(previous, weights_only=True)["global_step"] == 20  # a good one is kept
+    last.write_bytes(last.read_bytes()[:100])  # broken; a resume fell back to last.prev.ckpt (step 20)
+    io.save_checkpoint(contents(60), last)
+    assert torch.load(previous, weights_only=True)["global_step"] == 20, "the broken file replaced the good one"
+    assert torch.load(last, weights_only=True)["global_step"] == 60
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _restored_optimizer(lr: float, warmup_steps: int, steps: int) -> dict:
+    """The optimizer and scheduler states of a module trained `steps` steps at `lr`, as a checkpoint holds them."""
+    module = ScoreModule(net=NET, sde=SDE, shape=[2], optim={"lr": lr, "warmup_steps": warmup_steps})
+    config = module.configure_optimizers()
+    opt, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    for _ in range(steps):
+        opt.step()
+        schedule.step()
+    return {"optimizer_states": [opt.state_dict()], "lr_schedulers": [schedule.state_dict()]}
+
+
+def _resumed_lrs(checkpoint: dict, lr: float, warmup_steps: int, steps: int) -> list[float]:
+    """The lr of each of `steps` steps after a resume from `checkpoint` with optim.lr = `lr`, restored as Lightning
+    does: on_load_checkpoint, then the optimizer's and the scheduler's states."""
+    module = ScoreModule(net=NET, sde=SDE, shape=[2], optim={"lr": lr, "warmup_steps": warmup_steps})
+    module.on_load_checkpoint(checkpoint)
+    config = module.configure_optimizers()
+    opt, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    opt.load_state_dict(checkpoint["optimizer_states"][0])
+    schedule.load_state_dict(checkpoint["lr_schedulers"][0])
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    return lrs
+
+
+def test_a_lower_lr_on_resume_takes_effect_and_keeps_the_warmup():
+    checkpoint = _restored_optimizer(1e-3, warmup_steps=10, steps=4)  # mid warm-up: factor (step + 1) / 10
+    lrs = _resumed_lrs(checkpoint, 1e-4, warmup_steps=10, steps=8)
+    assert lrs == pytest.approx([1e-4 * min(1.0, (step + 1) / 10) for step in range(4, 12)], rel=1e-12)
+    assert checkpoint["lr_schedulers"][0]["base_lrs"] == [1e-4]
+
+
+def test_an_unchanged_lr_leaves_the_restored_state_untouched():
+    checkpoint = _restored_optimizer(1e-3, warmup_steps=10, steps=4)
+    before = repr(checkpoint)
+    ScoreModule(net=NET, sde=SDE, shape=[2], optim={"lr": 1e-3, "warmup_steps": 10}).on_load_checkpoint(checkpoint)
+    assert repr(checkpoint) == before
