@@ -109,40 +109,41 @@ def test_each_apps_help_says_what_it_does_and_what_to_change(app, own):
         assert "loss " not in proc.stdout and "callbacks " not in proc.stdout
 
 
-def test_help_imports_neither_torch_nor_lightning():
-    code = ("import contextlib, io, sys\n"
-            "from lightning_sde.cli import apps\n"
-            "sys.argv = ['lsde', '--help']\n"
-            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
-            "    for app in ('train', 'bench', 'compare', 'likelihood', 'figures'):\n"
-            "        apps.run(app)\n"
-            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'torchmetrics'})\n"
-            "print(out.getvalue().count('Usage:'), heavy)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "5 []", proc.stdout
-
-
-def test_a_misspelt_key_or_option_fails_before_torch_is_imported():
-    """A single run's overrides are composed against the app's config before the app (and torch) is imported: a
-    typo fails in a fraction of a second with Hydra's message, exit status 1."""
-    code = ("import json, sys\n"
-            "from lightning_sde.cli import apps\n"
-            "out = []\n"
-            "for app, argv in [('train', ['experiment=toy2d', 'trainer.max_stepz=3']), ('bench', ['samplers=fastt']),\n"
-            "                  ('compare', ['seeds.cont=3']), ('likelihood', ['checkpoint=x', 'nosuch=1'])]:\n"
-            "    sys.argv = ['lsde'] + argv\n"
-            "    try:\n"
-            "        apps.run(app)\n"
-            "    except SystemExit as stop:\n"
-            "        out.append(str(stop.code))\n"
+def apps_in_a_fresh_python(body: str):
+    """Run `body` (python using `apps` and `sys`, leaving its result in `out`) in a fresh interpreter: (out, the heavy
+    packages it imported)."""
+    code = ("import contextlib, io, json, sys\n"
+            "from lightning_sde.cli import apps\n" + body +
             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'torchmetrics'})\n"
             "print(json.dumps([out, heavy]))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    errors, heavy = json.loads(proc.stdout)
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_help_imports_neither_torch_nor_lightning():
+    out, heavy = apps_in_a_fresh_python(
+        "sys.argv = ['lsde', '--help']\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as text:\n"
+        "    for app in ('train', 'bench', 'compare', 'likelihood', 'figures'):\n"
+        "        apps.run(app)\n"
+        "out = text.getvalue().count('Usage:')\n")
+    assert (out, heavy) == (5, [])
+
+
+def test_a_misspelt_key_or_option_fails_before_torch_is_imported():
+    """A single run's overrides are composed against the app's config before the app (and torch) is imported: a
+    typo fails in a fraction of a second with Hydra's message, exit status 1."""
+    errors, heavy = apps_in_a_fresh_python(
+        "out = []\n"
+        "for app, argv in [('train', ['experiment=toy2d', 'trainer.max_stepz=3']), ('bench', ['samplers=fastt']),\n"
+        "                  ('compare', ['seeds.cont=3']), ('likelihood', ['checkpoint=x', 'nosuch=1'])]:\n"
+        "    sys.argv = ['lsde'] + argv\n"
+        "    try:\n"
+        "        apps.run(app)\n"
+        "    except SystemExit as stop:\n"
+        "        out.append(str(stop.code))\n")
     assert heavy == [], heavy
     assert len(errors) == 4 and errors[0].startswith("lsde-train: error: Could not override 'trainer.max_stepz'")
     assert errors[1].startswith("lsde-bench: error: In 'bench': Could not find 'samplers/fastt'"), errors[1]
