@@ -37,7 +37,9 @@ def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED
         raise CheckpointError(f"{path}: not {expected}: not a torch.save archive (another kind of file, or a "
                               "truncated one)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: tensors are read when used, so a resume that reads every checkpoint of a run for its step (and the
+        # chosen one again to check it fits the model) costs little more than the files' directories
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()[-1] if "Weights only load failed" not in str(err) else (
             "it holds objects other than tensors, numbers, strings and containers; nothing was imported or run")
