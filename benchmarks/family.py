@@ -40,6 +40,11 @@ pilot choosing between the two by its noise); read with the ninth's rule**: seed
 **An eleventh held-out family, written down before any probe of this session (2026-12-02; the ninth and tenth
 families' misses, #9030 and #10012, had been diagnosed on their own seeds); read with the ninth's rule, and with the
 kept rows / crossings split of each ratio above 0.9 (recommend.py)**: seeds 11000..11031.
+**A twelfth held-out family, written down before its first run (2026-12-02), read with the ninth's rule and the
+far rows counted (recommend.py's FAR)**: seeds 12000..12031.
+**A thirteenth held-out family, written down before any probe of this session (2026-12-02), to score select with
+a per-budget candidate set (decided on the tuning family: at 20 steps and more the narrow set ties the wide one at
+half the pilot's NFE) and the adaptive solver; read with the ninth's rule**: seeds 13000..13031.
 """
 
 from __future__ import annotations
@@ -67,11 +72,13 @@ HELD_OUT_9 = tuple(range(9000, 9032))
 HELD_OUT_10 = tuple(range(10000, 10032))
 HELD_OUT_11 = tuple(range(11000, 11032))
 HELD_OUT_12 = tuple(range(12000, 12032))
+HELD_OUT_13 = tuple(range(13000, 13032))
 # the name each benchmark's --family takes
 FAMILIES = {"tuning": TUNING, "held-out": HELD_OUT, "held-out-2": HELD_OUT_2, "held-out-3": HELD_OUT_3,
             "held-out-4": HELD_OUT_4, "held-out-5": HELD_OUT_5, "held-out-6": HELD_OUT_6,
             "held-out-7": HELD_OUT_7, "held-out-8": HELD_OUT_8, "held-out-9": HELD_OUT_9,
-            "held-out-10": HELD_OUT_10, "held-out-11": HELD_OUT_11, "held-out-12": HELD_OUT_12}
+            "held-out-10": HELD_OUT_10, "held-out-11": HELD_OUT_11, "held-out-12": HELD_OUT_12,
+            "held-out-13": HELD_OUT_13}
 DIMS = (2, 4, 8, 16, 32, 64, 128, 256)
 CONCENTRATIONS = (20.0, 1.0, 0.2)
 
