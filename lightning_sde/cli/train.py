@@ -14,6 +14,7 @@ is written first), 138 when stopped by the time-limit signal without a requeue.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import shutil
@@ -38,11 +39,12 @@ from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
 from lightning_sde.callbacks.sampler import SAMPLE_STATS
 from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, checked, plain
+from lightning_sde.configuration import CONFIG_PATH, checked, plain, trusted_class
 from lightning_sde.configuration import build as build_node
 from lightning_sde.loading import newest_loadable, read_checkpoint
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
+from lightning_sde.sde import SDES
 from lightning_sde.tracking import backfill_wandb, finish_wandb, trim_history, wandb_configured
 
 log = logging.getLogger(__name__)
@@ -144,8 +146,9 @@ def resume_point(cfg: DictConfig) -> str | None:
 
 
 def check_resume_fits(path: str, module: L.LightningModule) -> int:
-    """The resume checkpoint's global step, once its weights are known to fit the model this config builds (a
-    changed model config fails now, not in fit after the logs were rewound)."""
+    """The resume checkpoint's global step, once its weights are known to fit the model this config builds and to
+    mean the same there (a changed model config, SDE or parameterization fails now, not in fit after the logs were
+    rewound, or never)."""
     ckpt = read_checkpoint(path)
     theirs, ours = ckpt["state_dict"], module.state_dict()
     for key, value in ours.items():
@@ -159,10 +162,83 @@ def check_resume_fits(path: str, module: L.LightningModule) -> int:
     else:
         extra = [key for key in theirs if key not in ours]
         if not extra:
+            check_same_meaning(path, ckpt["hyper_parameters"], module)
             return int(ckpt["global_step"])
         problem = f"it has {extra[0]}, which this model does not"
     raise ValueError(f"config model: the checkpoint {path} does not fit this model config ({problem}); resume with "
                      "the run's own model config, or start afresh (ckpt_path=null or another run_name)")
+
+
+# What a checkpoint's weights mean beyond their shapes: the forward process whose score they learned (sde) and how
+# the network's input and output become the denoiser (model.parameterization, model.sigma_data's input scaling).
+# Weights that fit but meant something else would train on silently as another model, so a resume refuses a change.
+# Allowed to change: sde.eps, the smallest time trained on and sampled to (x_t's law at each t, and so what the
+# network learns there, does not depend on it); the loss (every positive weighting of denoising score matching has
+# the same minimiser, the true score at every t: like optim.lr it changes how training goes on, not what the weights
+# mean); optim, model.p_uncond and the speed options (compile, channels_last, autocast).
+RESUME_MEANING = ("parameterization", "sigma_data")  # model.<key>, besides the whole sde node
+SDE_FREE_KEYS = ("eps",)
+
+
+def sde_settings(node: dict) -> dict:
+    """An sde config node resolved: its class as `_target_` (however spelt; a checkpoint from before 0.2 names it by
+    `name`) and every parameter of its constructor, defaults filled in, so that a parameter left at its default and
+    one stated equal to it are the same. Hydra's own keys (_convert_, ...) are no part of it."""
+    if not isinstance(node, dict):
+        return {"_target_": node}
+    node = dict(node)
+    if "_target_" not in node and node.get("name") in SDES:
+        target, cls = None, SDES[node.pop("name")]
+    else:
+        target = node.pop("_target_", None)
+        cls = trusted_class(target) if isinstance(target, str) else None
+    params = {k: v for k, v in node.items() if not k.startswith("_")}
+    if cls is None:  # not a class of this package: compared as written
+        return {"_target_": target, **params}
+    try:
+        bound = inspect.signature(cls).bind_partial(**params)
+    except TypeError:  # cannot have been built from this node: compared as written
+        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **params}
+    bound.apply_defaults()
+    return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **bound.arguments}
+
+
+def meaning_changes(theirs: dict, ours: dict, defaults: dict) -> list[tuple[str, object, object]]:
+    """(config key, checkpoint's value, this config's value) for each setting in which `ours` (a module's
+    hyperparameters) gives the weights of `theirs` (a checkpoint's) another meaning; `defaults`: the module's
+    constructor defaults, for a key an older checkpoint does not hold. Another SDE class is one change
+    (sde._target_): its parameters are another family's."""
+    a, b = sde_settings(theirs["sde"]), sde_settings(ours["sde"])
+    if a["_target_"] != b["_target_"]:
+        changes = [("sde._target_", a["_target_"], b["_target_"])]
+    else:
+        changes = [(f"sde.{key}", a.get(key), b.get(key)) for key in sorted((set(a) | set(b)) - {"_target_"})
+                   if key not in SDE_FREE_KEYS and a.get(key) != b.get(key)]
+    for key in RESUME_MEANING:
+        there, here = theirs.get(key, defaults.get(key)), ours.get(key, defaults.get(key))
+        if there != here:
+            changes.append((f"model.{key}", there, here))
+    return changes
+
+
+def shown(value) -> str:
+    """A value for a one-line message: its repr, cut at 80 characters (an SDE's table of alphas would be long)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def check_same_meaning(path: str, hparams: dict, module: L.LightningModule) -> None:
+    """Refuse a resume whose sde or network parameterization is not the checkpoint's (see RESUME_MEANING)."""
+    signature = inspect.signature(type(module)).parameters
+    defaults = {k: p.default for k, p in signature.items() if p.default is not inspect.Parameter.empty}
+    changes = meaning_changes(hparams, dict(module.hparams), defaults)
+    if not changes:
+        return
+    groups = ", ".join(dict.fromkeys(key.split(".")[0] for key, _, _ in changes))
+    diffs = "; ".join(f"{key}: {shown(there)} there, {shown(here)} here" for key, there, here in changes)
+    raise ValueError(f"config {groups}: the checkpoint {path} was trained with another forward process or network "
+                     f"parameterization ({diffs}); its weights would train on as another model. Resume with the "
+                     "run's own config, or start afresh (ckpt_path=null or another run_name)")
 
 
 def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: str) -> str:

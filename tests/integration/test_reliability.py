@@ -235,6 +235,31 @@ def test_a_resume_takes_the_highest_step_follows_the_monitor_and_a_new_lr_and_re
     assert {lrs[step] for step in range(30)} == {1e-3} and {lrs[step] for step in range(30, 40)} == {1e-4}
 
 
+def test_a_resume_into_another_sde_is_refused_before_anything_is_touched_and_an_unchanged_one_goes_on(tmp_path):
+    """The same network trained on with another forward process (or output parameterization) would fit the weights
+    and train silently as another model: refused at start-up, one line naming the key, the run left as it was."""
+    run = tmp_path / "run"
+    short = [*TOY, "trainer.max_steps=10", "trainer.val_check_interval=10", "logger=csv"]
+    assert train(run, *short, "sde=vp").returncode == 0
+    last, metrics = run / "checkpoints" / "last.ckpt", run / "csv" / "version_0" / "metrics.csv"
+    saved, logged = last.read_bytes(), metrics.read_bytes()
+    for override, change in (
+            ("sde=subvp", "sde._target_: 'lightning_sde.sde.VPSDE' there, 'lightning_sde.sde.SubVPSDE' here"),
+            ("sde.beta_max=10", "sde.beta_max: 20.0 there, 10 here")):  # the others: tests/unit/test_resume_choice.py
+        proc = train(run, *short, override, "trainer.max_steps=20")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        (line,) = [line for line in proc.stderr.splitlines() if line.startswith("lsde-train: error:")]
+        assert line.startswith(f"lsde-train: error: config {change.split('.')[0]}: the checkpoint {last} was trained "
+                               "with another forward process") and change in line, line
+        assert last.read_bytes() == saved and metrics.read_bytes() == logged  # nothing rewound, trained or added
+        assert not (run / "csv" / "version_1").exists()
+
+    proc = train(run, *short, "sde=vp", "trainer.max_steps=20")  # unchanged: goes on from step 10
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {last}" in proc.stdout + proc.stderr
+    assert torch.load(last, weights_only=True)["global_step"] == 20
+
+
 # --- 9. exact resume --------------------------------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """What a resume starts from: the checkpoint at the highest global step that reads back (never the file touched last),
-a broken last.ckpt never rotated over the good one before it, and a new optim.lr applied to the restored optimizer."""
+a broken last.ckpt never rotated over the good one before it, a new optim.lr applied to the restored optimizer, and
+weights that fit refused when they were trained with another SDE or parameterization."""
 
 import os
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
+from lightning_sde.cli.train import check_resume_fits
 from lightning_sde.loading import newest_loadable
 from lightning_sde.module import ScoreModule
 
@@ -103,3 +105,52 @@ def test_an_unchanged_lr_leaves_the_restored_state_untouched():
     before = repr(checkpoint)
     ScoreModule(net=NET, sde=SDE, shape=[2], optim={"lr": 1e-3, "warmup_steps": 10}).on_load_checkpoint(checkpoint)
     assert repr(checkpoint) == before
+
+
+# --- a resume into another SDE or parameterization: the weights fit but mean something else ---------------------
+
+
+def _checkpoint_of(tmp_path, **hparams) -> str:
+    """A checkpoint (weights and hyperparameters, as lsde-train writes them) of a module built with `hparams`."""
+    module = ScoreModule(**{"net": NET, "sde": SDE, "shape": [2], **hparams})
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": module.state_dict(), "global_step": 7, "hyper_parameters": dict(module.hparams)}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sde": {**SDE, "_target_": "lightning_sde.sde.SubVPSDE"}},
+     "sde._target_: 'lightning_sde.sde.VPSDE' there, 'lightning_sde.sde.SubVPSDE' here"),
+    ({"sde": {"_target_": "lightning_sde.sde.VESDE"}},
+     "sde._target_: 'lightning_sde.sde.VPSDE' there, 'lightning_sde.sde.VESDE' here"),
+    ({"sde": {**SDE, "beta_max": 10.0}}, "sde.beta_max: 20.0 there, 10.0 here"),
+    ({"parameterization": "x0"}, "model.parameterization: 'eps' there, 'x0' here"),
+    ({"sigma_data": 0.5}, "model.sigma_data: None there, 0.5 here"),
+])
+def test_a_resume_into_another_sde_or_parameterization_is_refused_naming_the_key(tmp_path, change, message):
+    path = _checkpoint_of(tmp_path)
+    with pytest.raises(ValueError) as err:
+        check_resume_fits(path, ScoreModule(**{"net": NET, "sde": SDE, "shape": [2], **change}))
+    text = str(err.value)
+    group = message.split(".")[0]  # sde or model
+    assert text.startswith(f"config {group}: the checkpoint {path} was trained with another forward process"), text
+    assert message in text and "\n" not in text, text
+
+
+@pytest.mark.parametrize("change", [
+    {},  # unchanged
+    {"sde": {"_target_": "lightning_sde.sde.VPSDE"}},  # the same SDE, its parameters left at their defaults
+    {"sde": {**SDE, "eps": 1e-5}},  # only where training and sampling stop: x_t's law at every t is the same
+    {"loss": {"weighting": "likelihood"}},  # the same minimiser (the true score), weighted otherwise
+    {"optim": {"lr": 1e-4}},
+])
+def test_a_resume_with_the_same_sde_and_parameterization_goes_on(tmp_path, change):
+    path = _checkpoint_of(tmp_path)
+    assert check_resume_fits(path, ScoreModule(**{"net": NET, "sde": SDE, "shape": [2], **change})) == 7
+
+
+def test_a_checkpoint_from_before_0_2_names_its_sde_by_name(tmp_path):
+    path = _checkpoint_of(tmp_path, sde={"name": "vp"})
+    assert check_resume_fits(path, ScoreModule(net=NET, sde=SDE, shape=[2])) == 7
+    with pytest.raises(ValueError, match=r"sde._target_: 'lightning_sde.sde.VPSDE' there, 'lightning_sde.sde.VESDE'"):
+        check_resume_fits(path, ScoreModule(net=NET, sde={"_target_": "lightning_sde.sde.VESDE"}, shape=[2]))
