@@ -1,6 +1,7 @@
 """How the apps fail: a mistake the user can fix (a bad config value, a file that is not a checkpoint, a training
 run that diverged) is one line on stderr, `<app>: error: <what, the value, what would be right>`, also written to
-the app's log, and exit status 1. Anything else is a bug: its traceback is shown."""
+the app's log, and exit status 1. Anything else is a bug: its traceback is shown. In a multirun (`-m`) a job's
+failure does not stop the sweep: the other jobs run, and the sweep then fails (exit 1) naming the first failure."""
 
 from __future__ import annotations
 
@@ -14,6 +15,17 @@ from lightning_sde.tracking import quiet_and_logged
 
 log = logging.getLogger("lightning_sde")
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError)
+
+
+class JobFailed(RuntimeError):
+    """A multirun job that failed with a user error (already reported on its own line)."""
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def fails_cleanly(app: str, cleanup=None):
@@ -32,6 +44,9 @@ def fails_cleanly(app: str, cleanup=None):
                 if cleanup is not None:
                     cleanup(cfg)
                 print(f"{app}: error: {err}", file=sys.stderr, flush=True)
+                if in_multirun():
+                    # an Exception, not SystemExit: Hydra records the job as failed, runs the next ones, then raises it
+                    raise JobFailed(f"{app}: {err}") from None
                 sys.exit(1)
 
         return run

@@ -165,3 +165,14 @@ def test_the_early_override_check_lets_every_valid_run_through(app, argv):
 
     assert override_error(app, argv) is None
     assert override_error(app, ["-m", "sde=vp,ve"]) is None and override_error(app, ["report", "x.jsonl"]) is None
+
+
+def test_a_failed_job_of_a_multirun_does_not_stop_the_sweep_and_the_sweep_fails(tmp_path):
+    """-m over two jobs, the first refused at start-up: its one-line error, the second job's rows written, exit 1."""
+    proc = _cli("lightning_sde.cli.bench", "-m", "seeds.count=-5,50", f"results={tmp_path}/r.jsonl",
+                f"hydra.sweep.dir={tmp_path}/multirun", f"output_dir={tmp_path}/out", "~samplers",
+                "+sampler@samplers.ddim=ddim", "nfe=[3]", "progress=false", "wandb.enabled=false")
+    assert proc.returncode == 1
+    assert "lsde-bench: error: config seeds.count: must be an integer >= 1; got -5" in proc.stderr
+    rows = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
+    assert {r["sampler"] for r in rows} == {"exact (noise floor)", "ddim"} and {r["seed_count"] for r in rows} == {50}
