@@ -11,6 +11,9 @@ History keys, one row per cell (W&B's step is just the row counter; the charts u
   wall_s/<sampler>                                            sampling time
   samples/<sampler>/nfe_<NNNNN>                               the first samples (same seeds for every sampler)
 Summaries: best/<metric>/<sampler> (the best over its NFEs) and the run's protocol in its config.
+<sampler> is the cell's label under the run's first protocol (kept in the sidecar); under another (a multirun into one
+results file: other seeds or target) it is the report's label against the first, `ddim [seeds 0+64]`, so the two
+protocols never share a curve.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from lightning_sde.tracking import wandb_configured
 
 log = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".wandb.json"
+# What the sidecar keeps of the run's first protocol: report.protocol's fields and those that name its target.
+PROTOCOL_FIELDS = ("target", "seed_start", "seed_count", "checkpoint", "global_step", "problem", "sde")
 
 
 def sidecar_path(results) -> Path:
@@ -107,6 +112,14 @@ class SweepRun:
     def logged(self, cell_id: str) -> bool:
         return cell_id in self.state["logged"]
 
+    def label(self, row: dict) -> str:
+        """A row's sampler in this run's keys: its plain label under the run's first protocol, else the report's
+        label of it against that protocol (`ddim [seeds 0+64]`)."""
+        from lightning_sde.bench.report import protocol_labels  # report imports this module
+
+        first = self.state.get("protocol")
+        return protocol_labels([first, row])(row) if first else row.get("sampler_label", row["sampler"])
+
     def log_cell(self, cell_id: str, rows: list[dict], preview=None, reference=None) -> None:
         """One history row for a finished cell (its rows, one per metric), with its sample image."""
         if self.logged(cell_id) or not rows:
@@ -114,7 +127,8 @@ class SweepRun:
         import wandb
 
         first = rows[0]
-        label, nfe = first["sampler"], first["nfe"]
+        self.state.setdefault("protocol", {k: first.get(k) for k in PROTOCOL_FIELDS})
+        label, nfe = self.label(first), first["nfe"]
         row = {"nfe": nfe, "cell/sampler": label, "cell/grid": first["grid"], "cell/requested": first["requested"],
                "cell/params": json.dumps(first.get("params") or {}, sort_keys=True),
                f"wall_s/{label}": first.get("wall_s")}
@@ -122,7 +136,7 @@ class SweepRun:
             row[f"{r['metric']}/{label}"] = r["value"]
             if r.get("ci_low") is not None and r.get("ci_high") is not None:
                 row[f"{r['metric']}_ci/{label}"] = (r["ci_high"] - r["ci_low"]) / 2
-            self._track_best(r)
+            self._track_best(r, label)
         if preview is not None and nfe:
             path = self._picture(label, nfe, preview, reference)
             if path is not None:
@@ -132,10 +146,10 @@ class SweepRun:
         self.state["logged"].append(cell_id)
         write_sidecar(self.results, self.state)
 
-    def _track_best(self, r: dict) -> None:
+    def _track_best(self, r: dict, label: str) -> None:
         if r["value"] is None or r["value"] != r["value"]:
             return
-        key = f"best/{r['metric']}/{r['sampler']}"
+        key = f"best/{r['metric']}/{label}"
         lower = LOWER_IS_BETTER.get(r["metric"], True)
         if key not in self.best or (r["value"] < self.best[key]) == lower:
             self.best[key] = r["value"]

@@ -88,21 +88,32 @@ def _target_names(rows: list[dict]) -> dict[str, str]:
     return {t: s if taken[s] == 1 else f"{s} #{hashlib.sha1(t.encode()).hexdigest()[:6]}" for t, s in short.items()}
 
 
-def for_views(rows: list[dict]) -> tuple[list[dict], int]:
-    """(the rows the views show, how many they hide). A file with rows of several protocols (seed ranges or
-    targets: a multirun into one file, a rerun with another seeds.count) shows each sampler once per protocol, its
-    label followed by what differs: `ddim [seeds 0+64]`; its original label is kept in `sampler_label`. Of rows
-    alike in (label, budget, metric, protocol) but not in key (a rerun with other sampler parameters, dtype or
-    device) the views show the last written; results.csv has them all."""
+def protocol_labels(rows: list[dict]):
+    """label(row): a row's sampler label among `rows` (its original label, `sampler_label` when relabelled), followed
+    by what differs between their protocols when they have several: `ddim [seeds 0+64]`, `ddim [problem/sde]`."""
     protocols = {protocol(r) for r in rows}
     names = _target_names(rows) if len({p[0] for p in protocols}) > 1 else None
     seeds_differ = len({p[1:] for p in protocols}) > 1
-    shown = {}
-    for r in sorted(rows, key=lambda r: str(r.get("time") or "")):  # stable: the later of a tie stays later
-        label = r.get("sampler_label", r["sampler"])
+
+    def label(r: dict) -> str:
+        plain = r.get("sampler_label", r["sampler"])
         parts = ([names[r["target"]]] if names else []) + (
             [f"seeds {r['seed_start']}+{r['seed_count']}"] if seeds_differ else [])
-        view = {**r, "sampler": f"{label} [{', '.join(parts)}]" if parts else label, "sampler_label": label}
+        return f"{plain} [{', '.join(parts)}]" if parts else plain
+
+    return label
+
+
+def for_views(rows: list[dict]) -> tuple[list[dict], int]:
+    """(the rows the views show, how many they hide). A file with rows of several protocols (seed ranges or
+    targets: a multirun into one file, a rerun with another seeds.count) shows each sampler once per protocol, its
+    label followed by what differs (`protocol_labels`); its original label is kept in `sampler_label`. Of rows
+    alike in (label, budget, metric, protocol) but not in key (a rerun with other sampler parameters, dtype or
+    device) the views show the last written; results.csv has them all."""
+    label = protocol_labels(rows)
+    shown = {}
+    for r in sorted(rows, key=lambda r: str(r.get("time") or "")):  # stable: the later of a tie stays later
+        view = {**r, "sampler": label(r), "sampler_label": r.get("sampler_label", r["sampler"])}
         shown[(view["sampler"], r["grid"], r["requested"], r["metric"])] = view
     return sorted(shown.values(), key=_order), len(rows) - len(shown)
 
@@ -234,11 +245,12 @@ def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = N
     by_cell = defaultdict(list)
     for r in rows:
         by_cell[(r["target"], r["sampler"], r["grid"], r["requested"], r["seed_start"], r["seed_count"])].append(r)
-    for mine in by_cell.values():
-        run.log_cell(cell_id(mine), mine, preview(previews, mine[0]), reference)
+    for mine in sorted(by_cell.values(), key=lambda mine: str(mine[0].get("time") or "")):  # as the sweep logged
+        run.log_cell(cell_id(mine), mine, preview(previews, mine[0]), reference)  # them: the first protocol first
     run.log_table(rows, COLUMNS)
     lines = [run.where()]
-    definition = workspace(rows, run.run.entity or os.environ.get("WANDB_ENTITY") or "", run.run.project, sweep)
+    keyed = [{**r, "sampler": run.label(r)} for r in rows]  # the panels show the keys the run logged
+    definition = workspace(keyed, run.run.entity or os.environ.get("WANDB_ENTITY") or "", run.run.project, sweep)
     lines.append(save_workspace(definition, results.with_name(results.stem + ".workspace.json"),
                                 online=not run.run.offline))
     run.finish()

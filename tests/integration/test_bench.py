@@ -140,6 +140,47 @@ def test_a_resumed_sweep_continues_its_wandb_run_and_report_updates_it(tmp_path)
 
 
 @pytest.mark.slow
+def test_a_multirun_over_seed_counts_keeps_each_protocols_curves_apart_on_wandb(tmp_path):
+    """`-m seeds.count=60,40` into one results file, one W&B run: the first protocol's cells keep the plain keys
+    (`sliced_w2/ddim`), the second's carry the report's label (`sliced_w2/ddim [seeds 0+40]`), each with its own
+    value; `report --wandb` on the same file, in a fresh run, logs the very same keys and values (the first written
+    protocol stays plain, though its label sorts after the other's)."""
+    cmd = [sys.executable, "-m", "lightning_sde.cli.bench", "-m", "seeds.count=60,40",
+           f"results={tmp_path}/results.jsonl", f"hydra.sweep.dir={tmp_path}/multirun", "~samplers",
+           "+sampler@samplers.ddim=ddim", "+sampler@samplers.em=euler_maruyama", "nfe=[3,10]", "metrics=[sliced_w2]",
+           "noise_floor=false", "batch_size=64", "progress=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    value = {(r["sampler"], r["seed_count"], r["nfe"]): r["value"] for r in load(tmp_path / "results.jsonl")}
+    assert len(value) == 8  # 2 samplers x 2 NFE x 2 seed counts
+    label = {60: "{}", 40: "{} [seeds 0+40]"}
+    expected = {(label[n].format(s), nfe, v) for (s, n, nfe), v in value.items()}
+
+    def logged(runs) -> set:
+        rows = [row for run in runs for row in history(run) if "cell/sampler" in row]
+        return {(row["cell/sampler"], row["nfe"], row[f"sliced_w2/{row['cell/sampler']}"]) for row in rows}
+
+    sidecar = json.loads((tmp_path / "results.wandb.json").read_text())
+    assert sidecar["protocol"]["seed_count"] == 60 and len(sidecar["logged"]) == 8
+    live = sweep_runs(tmp_path)
+    assert {run_info(r)["id"] for r in live} == {sidecar["id"]} and len(live) == 2  # one run, resumed by job 2
+    assert logged(live) == expected
+    workspace = json.loads((tmp_path / "results.workspace.json").read_text())
+    panels = {p["title"]: p for section in workspace["sections"] for p in section["panels"]}
+    assert sorted(panels["sliced_w2 (lower is better)"]["y"]) == sorted(
+        f"sliced_w2/{label[n].format(s)}" for s in ("ddim", "em") for n in (60, 40))
+    # the finished file alone, logged later by `report --wandb` into a run of its own: the same keys and values
+    later = tmp_path / "later"
+    later.mkdir()
+    (later / "results.jsonl").write_text((tmp_path / "results.jsonl").read_text())
+    cmd = [sys.executable, "-m", "lightning_sde.cli.bench", "report", str(later / "results.jsonl"), "--wandb"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**ENV, "WANDB_DIR": str(later)},
+                          check=False)  # its own process: the W&B service has written the run when it exits
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert logged(sweep_runs(later)) == expected
+
+
+@pytest.mark.slow
 def test_resume_after_a_crash_recomputes_only_what_is_missing(clean, tmp_path):
     src, _ = clean
     lines = (src / "results.jsonl").read_text().splitlines(keepends=True)
