@@ -33,6 +33,15 @@ def run_bench(tmp: Path, *overrides, check=True, timeout=300, wait=True):
     return proc
 
 
+def report_wandb(results: Path) -> None:
+    """`lsde-bench report <results> --wandb` in its own process: the W&B service has written the run when it exits
+    (read in-process right after finish(), the offline file could still lack its last records under load)."""
+    cmd = [sys.executable, "-m", "lightning_sde.cli.bench", "report", str(results), "--wandb"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False,
+                          env={**ENV, "WANDB_DIR": str(results.parent)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
 def sweep_runs(tmp: Path) -> list[Path]:
     return sorted((tmp / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda p: p.parent.name)
 
@@ -124,9 +133,7 @@ def test_a_resumed_sweep_continues_its_wandb_run_and_report_updates_it(tmp_path)
     assert sidecar["id"] == first["id"] and len(sidecar["logged"]) == 4 and len(sweep_runs(tmp_path)) == 2
     logged = [[r.get("nfe") for r in history(run) if "cell/sampler" in r] for run in sweep_runs(tmp_path)]
     assert logged == [[3, 3], [10, 10]]  # the rerun logs only its new cells
-    from lightning_sde.cli.bench import report_main
-
-    report_main([str(tmp_path / "results.jsonl"), "--wandb"])
+    report_wandb(tmp_path / "results.jsonl")
     runs = sweep_runs(tmp_path)
     assert {run_info(r)["id"] for r in runs} == {first["id"]} and len(runs) == 3
     assert not [r for r in history(runs[-1]) if "cell/sampler" in r]  # nothing logged twice
@@ -173,10 +180,7 @@ def test_a_multirun_over_seed_counts_keeps_each_protocols_curves_apart_on_wandb(
     later = tmp_path / "later"
     later.mkdir()
     (later / "results.jsonl").write_text((tmp_path / "results.jsonl").read_text())
-    cmd = [sys.executable, "-m", "lightning_sde.cli.bench", "report", str(later / "results.jsonl"), "--wandb"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**ENV, "WANDB_DIR": str(later)},
-                          check=False)  # its own process: the W&B service has written the run when it exits
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    report_wandb(later / "results.jsonl")
     assert logged(sweep_runs(later)) == expected
 
 
