@@ -26,6 +26,7 @@ The score of a configuration on a problem is its RMSE over the best public solve
     .venv/bin/python benchmarks/recommend.py --family held-out-10 # select without uniform where trailing fits
     .venv/bin/python benchmarks/recommend.py --family held-out-11 # the same, with the kept / crossing split
     .venv/bin/python benchmarks/recommend.py --family held-out-12 # the same, with the far rows counted (FAR)
+    .venv/bin/python benchmarks/recommend.py --family held-out-13 # select's candidate set per budget (NARROW_FROM)
     .venv/bin/python benchmarks/recommend.py --family held-out --seeds 1008 --least 2048  # one problem, more starts
     .venv/bin/python benchmarks/recommend.py --family held-out --rescore  # today's FROZEN on the whole family again
     .venv/bin/python benchmarks/recommend.py --family held-out-2 --rescore --reuse  # only what the first run lacks
@@ -82,11 +83,19 @@ ADAPTIVE_TOLS = (1e-3, 3e-4, 1e-4)
 # From the tenth held-out family on, select leaves uniform out where trailing fits (grids.select_grids; 24
 # candidates): trailing ends closer on 22-24 of 24 tuning problems, by less than a pilot's noise, so a pilot that has
 # both picks between them by its noise (seen on the ninth family, #9003 at NFE 10).
+# From the thirteenth held-out family on, select compares UniPC-3 from T and 0.15 only from 20 steps on (the
+# sampler's select_over_from_steps): on the tuning family the four candidate sets tie at NFE 20 (median 0.290, worst
+# 1.199; results/select_candidates.md) and the narrow one needs half the pilot's NFE (323 against 643).
 SELECT_OVER = {"order": (2, 3), "gaussian_start": (None, 0.15, 0.3)}
+NARROW_FROM = {20: {"gaussian_start": (None, 0.15)}}
 FROZEN = {"unipc-3 select gs0.15": dict(name="unipc", order=3, grid="select", gaussian_start=0.15),
           "unipc-3 logsnr gs0.15": dict(name="unipc", order=3, grid="logsnr", gaussian_start=0.15),
-          "unipc-2/3 select gs0/0.15/0.3": dict(name="unipc", order=3, grid="select", select_over=SELECT_OVER)}
-RECOMMENDED = "unipc-2/3 select gs0/0.15/0.3"  # from the third held-out family on; "unipc-3 select gs0.15" before
+          "unipc-2/3 select gs0/0.15/0.3": dict(name="unipc", order=3, grid="select", select_over=SELECT_OVER),
+          "unipc-2/3 select, unipc-3 from 20 steps": dict(name="unipc", order=3, grid="select",
+                                                          select_over=SELECT_OVER, select_over_from_steps=NARROW_FROM)}
+# from the thirteenth held-out family on; the ones before it, newest first, name it in earlier runs' files
+RECOMMENDED = "unipc-2/3 select, unipc-3 from 20 steps"
+RECOMMENDED_BEFORE = ("unipc-2/3 select gs0/0.15/0.3", "unipc-3 select gs0.15")
 FROZEN_ADAPTIVE_TOL = 1e-4  # the adaptive UniPC's tolerance: median 0.44x dopri5 1e-5's NFE on the tuning family
 FIELDS = ["seed", "config", "kind", "budget", "nfe", "setup_nfe", "rmse", "flips", "seconds", "starts", "ratio_lo",
           "ratio_hi", "rmse_even", "rmse_odd", "rmse_kept", "far"]
@@ -420,6 +429,11 @@ POOLED = ("recommend_heldout_rescored", "recommend_heldout2_rescored", "recommen
 DIMENSION_BINS = ((2, 8), (16, 32), (64, 64), (128, 256))
 
 
+def recommended_in(configs) -> str | None:
+    """The recommended configuration's label among `configs` (a run's): RECOMMENDED, or the one that was before it."""
+    return next((c for c in (RECOMMENDED, *RECOMMENDED_BEFORE) if c in configs), None)
+
+
 def pooled_by_dimension() -> str:
     """RECOMMENDED's ratio to the best public solver by dimension, every held-out family's run (POOLED, each on the
     starts of that run, before any rescoring on more) taken together: a markdown table."""
@@ -427,9 +441,11 @@ def pooled_by_dimension() -> str:
     for name in POOLED:
         with open((OUT / name).with_suffix(".csv")) as fh:
             table, _ = ratios(list(csv.DictReader(fh)))
+        label = recommended_in({c for c, _ in table})
         for budget in NFES:
-            by_budget[budget] += [(draw(int(seed))[1]["dim"], v) for seed, v in table[(RECOMMENDED, budget)].items()]
-    lines = [f"{RECOMMENDED}, {len(by_budget[NFES[0]])} held-out problems ({', '.join(POOLED)})", "",
+            by_budget[budget] += [(draw(int(seed))[1]["dim"], v) for seed, v in table[(label, budget)].items()]
+    lines = [f"The recommended sampler of each run, {len(by_budget[NFES[0]])} held-out problems ({', '.join(POOLED)})",
+             "",
              "| dimension | problems | " + " | ".join(f"NFE {b}: median / worst" for b in NFES) + " |",
              "|---|---:|" + "---:|" * len(NFES)]
     for low, high in DIMENSION_BINS:
@@ -503,11 +519,12 @@ def crossings_table(rows, best_name, budget) -> list[str]:
     end in the reference's component, and the rows that end in another (crossings): does the bulk or a count of rare
     rows decide the ratio? Empty for runs from before rmse_kept was recorded."""
     by = {(r["seed"], r["config"]): r for r in rows if int(r["budget"]) == budget and r["kind"] != "adaptive"}
-    mine = [r for (seed, config), r in by.items() if config == RECOMMENDED]
+    label = recommended_in({config for _, config in by})
+    mine = [r for (seed, config), r in by.items() if config == label]
     if not mine or not all(r.get("rmse_kept") not in (None, "") for r in mine):
         return []
     kept_ratio = {}
-    lines = [f"Where {RECOMMENDED}'s ratio is above {CROSSINGS_ABOVE}: the rows that end in the reference's component "
+    lines = [f"Where {label}'s ratio is above {CROSSINGS_ABOVE}: the rows that end in the reference's component "
              "(kept) and those that end in another (crossings; rate ratio with its exact 95 % interval).", "",
              "| problem | RMSE ratio [95 %] | kept rows' RMSE ratio | crossings: ours / best public of starts | "
              f"crossing rate ratio [95 %] | rows > {FAR:g}: ours / best public |", "|---|---:|---:|---:|---:|---:|"]
@@ -538,7 +555,7 @@ def plot(out: Path, table) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [c for c in (RECOMMENDED, "unipc-3 select gs0.15", "unipc-3 logsnr gs0.15") if (c, NFES[0]) in table][:2]
+    shown = [c for c in (RECOMMENDED, *RECOMMENDED_BEFORE, "unipc-3 logsnr gs0.15") if (c, NFES[0]) in table][:2]
     if not shown:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)

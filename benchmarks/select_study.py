@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
 from family import draw, tuning_study  # noqa: E402
-from recommend import FROZEN, NFES, RECOMMENDED, TUNED_GAUSSIAN_START, config_tag, ratios  # noqa: E402
+from recommend import FROZEN, NFES, RECOMMENDED_BEFORE, TUNED_GAUSSIAN_START, config_tag, ratios  # noqa: E402
 
 from lightning_sde.samplers import build_sampler  # noqa: E402
 from lightning_sde.samplers.tuning import _pilot, candidate_runs, pilot_errors  # noqa: E402
@@ -162,6 +162,7 @@ def candidates_summary() -> None:
 
 
 # --- kinds -------------------------------------------------------------------------------------------------------
+KINDS_SELECT = RECOMMENDED_BEFORE[0]  # the recommended sampler when the kinds study ran (24 candidates at both NFE)
 OTHER_KINDS = {f"midpoint {grid}": dict(name="ode", method="midpoint", grid=grid) for grid in ("uniform", "trailing")}
 KINDS_FIELDS = ["seed", "budget", "best_candidate", "best_pilot_rmse", *OTHER_KINDS]
 
@@ -170,7 +171,7 @@ def kinds_problem(seed: int) -> list[dict]:
     den = draw(seed)[0].denoiser(vp_sde())
     rows = []
     for nfe in NFES:
-        params = {**FROZEN[RECOMMENDED], "steps": nfe}
+        params = {**FROZEN[KINDS_SELECT], "steps": nfe}
         sampler = build_sampler(params.pop("name"), **params)
         rows_den, noise, x_T, ref, _ = _pilot(sampler, den, None, 1e-6)
         rmse = lambda x: float((x - ref).pow(2).mean().sqrt())  # noqa: E731
@@ -189,7 +190,7 @@ def kinds_summary() -> None:
     with open(OUT / "select_kinds.csv") as fh:
         pilot = list(csv.DictReader(fh))
     lines = [f"# Another sampler kind as a candidate of select, on the tuning family ({len(pilot) // len(NFES)} "
-             "problems)", "", f"{RECOMMENDED}'s pilot (512 rows): its best candidate's pilot RMSE against the "
+             "problems)", "", f"{KINDS_SELECT}'s pilot (512 rows): its best candidate's pilot RMSE against the "
              "midpoint method's at the same NFE on the same rows.", "",
              "Command: `.venv/bin/python benchmarks/select_study.py kinds`", ""]
     for budget in NFES:

@@ -165,6 +165,9 @@ class FixedStepSampler(Sampler):
     # "gaussian_start": [None, 0.15, 0.3]}; None: the start only (T, or gaussian_start's when set). Each value is a
     # fixed-step run at this sampler's NFE; a select_over without gaussian_start keeps this sampler's start for all
     select_over: dict | None = None
+    # grid="select": {least steps: select_over} to use from that many steps on in place of select_over (the largest
+    # key <= steps applies), e.g. {20: {"gaussian_start": [None, 0.15]}}: a candidate set per NFE budget
+    select_over_from_steps: dict | None = None
     pilot: int = 512  # grid="select" / "optimized": rows of the set-up pilot (its NFE does not grow with it)
     pilot_batch: int | None = None  # the most pilot rows per network call (None: all); bounds the pilot's memory
 

@@ -28,7 +28,13 @@ import torch
 from torch import Tensor
 
 from lightning_sde.samplers.grids import GRIDS, Plan, start_time, time_grid
-from lightning_sde.samplers.tuning import optimize_grid, select_combinations, select_schedule, select_variant
+from lightning_sde.samplers.tuning import (
+    optimize_grid,
+    select_combinations,
+    select_over_at,
+    select_schedule,
+    select_variant,
+)
 
 SCHEDULE_GRIDS = GRIDS + ("select", "optimized")
 # knobs that bound memory, not what a sampler computes: left out of the tuning cache's key and of result keys
@@ -40,7 +46,7 @@ _tuned: OrderedDict[tuple, tuple[Tensor, dict]] = OrderedDict()
 def plan(sampler, denoiser) -> Plan:
     if not sampler.adaptive and sampler.times is None and sampler.grid == "select":
         (start, times, params), report = tuned(sampler, denoiser, select_schedule)
-        chosen = select_variant(sampler, params) if sampler.select_over else None
+        chosen = select_variant(sampler, params) if select_over_at(sampler) else None
         return Plan(start, times, {"setup_nfe": report["pilot_nfe"], "selection": report}, chosen)
     start = start_time(sampler, denoiser)
     if sampler.adaptive:
@@ -100,9 +106,10 @@ def check_schedule(sampler) -> None:
         raise ValueError(f"{name}: set one Gaussian start, gaussian_start (a std ratio) or gaussian_start_kl (nats); "
                          f"got both ({start!r}, {nats!r})")
     if sampler.adaptive:
-        if getattr(sampler, "select_over", None) is not None:
-            raise ValueError(f"{name}: select_over chooses among fixed-step runs; an adaptive sampler has no grid "
-                             "to select")
+        for knob in ("select_over", "select_over_from_steps"):
+            if getattr(sampler, knob, None) is not None:
+                raise ValueError(f"{name}: {knob} chooses among fixed-step runs; an adaptive sampler has no grid "
+                                 "to select")
         return
     steps = sampler.steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -119,7 +126,9 @@ def check_schedule(sampler) -> None:
         raise ValueError(f"{name}: pilot_batch must be a number of rows >= 1 (or None: the whole pilot at once); "
                          f"got {rows!r}")
     if sampler.select_over is not None:
-        check_select_over(sampler)
+        sampler.select_over = check_select_over(sampler, sampler.select_over, "select_over")
+    if sampler.select_over_from_steps is not None:
+        check_select_over_from_steps(sampler)
     if sampler.times is not None:
         times = torch.as_tensor(sampler.times, dtype=torch.float64).detach()
         if times.ndim != 1 or len(times) != steps + 1 or not bool((times[1:] < times[:-1]).all()):
@@ -127,35 +136,55 @@ def check_schedule(sampler) -> None:
                              f"got {len(times) if times.ndim == 1 else tuple(times.shape)} values")
 
 
-SELECT_FIXED = ("steps", "grid", "times", "select_over", "pilot", "pilot_batch")  # what select_over may not vary
+# what select_over may not vary
+SELECT_FIXED = ("steps", "grid", "times", "select_over", "select_over_from_steps", "pilot", "pilot_batch")
 
 
-def check_select_over(sampler) -> None:
-    """select_over: only with grid="select", {knob: non-empty list of values} over the sampler's other knobs, every
-    combination a valid sampler (each is built here, so a bad value fails now, not after the pilot's reference)."""
-    name, over = sampler.name, sampler.select_over
+def check_select_over_from_steps(sampler) -> None:
+    """select_over_from_steps: only with grid="select", {least steps (an integer >= 1): a select_over}, each checked
+    by check_select_over now (at_nfe may move the steps to any of them)."""
+    name, by_steps = sampler.name, sampler.select_over_from_steps
     if sampler.grid != "select":
-        raise ValueError(f"{name}: select_over needs grid='select'; got grid={sampler.grid!r}")
+        raise ValueError(f"{name}: select_over_from_steps needs grid='select'; got grid={sampler.grid!r}")
+    if not isinstance(by_steps, Mapping) or not by_steps:
+        raise ValueError(f"{name}: select_over_from_steps must be a non-empty mapping {{least steps: select_over}}; "
+                         f"got {by_steps!r}")
+    checked = {}
+    for least, over in by_steps.items():
+        if isinstance(least, bool) or not isinstance(least, int) or least < 1:
+            raise ValueError(f"{name}: select_over_from_steps' keys must be step counts (integers >= 1); "
+                             f"got {least!r}")
+        checked[least] = check_select_over(sampler, over, f"select_over_from_steps[{least}]")
+    sampler.select_over_from_steps = checked
+
+
+def check_select_over(sampler, over, label: str) -> dict:
+    """A select_over (named `label` in errors), normalised to {knob: tuple of values}: only with grid="select",
+    {knob: non-empty list of values} over the sampler's other knobs, every combination a valid sampler (each is built
+    here, so a bad value fails now, not after the pilot's reference)."""
+    name = sampler.name
+    if sampler.grid != "select":
+        raise ValueError(f"{name}: {label} needs grid='select'; got grid={sampler.grid!r}")
     if not isinstance(over, Mapping) or not over:
-        raise ValueError(f"{name}: select_over must be a non-empty mapping {{knob: [values]}}; got {over!r}")
+        raise ValueError(f"{name}: {label} must be a non-empty mapping {{knob: [values]}}; got {over!r}")
     knobs = {f.name for f in dataclasses.fields(sampler) if f.init} - set(SELECT_FIXED)
     over = {str(k): tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in over.items()}
     for knob, values in over.items():
         if knob not in knobs:
-            raise ValueError(f"{name}: select_over cannot vary {knob!r}; it can vary {sorted(knobs)}")
+            raise ValueError(f"{name}: {label} cannot vary {knob!r}; it can vary {sorted(knobs)}")
         if not isinstance(values, tuple) or not values:
-            raise ValueError(f"{name}: select_over[{knob!r}] must be a non-empty list of values; got {values!r}")
+            raise ValueError(f"{name}: {label}[{knob!r}] must be a non-empty list of values; got {values!r}")
         if any(values.count(v) > 1 for v in values):
-            raise ValueError(f"{name}: select_over[{knob!r}] lists a value twice; got {list(values)!r}")
-    sampler.select_over = over  # plain tuples (Hydra passes ListConfig), so the tuning cache's key is stable
+            raise ValueError(f"{name}: {label}[{knob!r}] lists a value twice; got {list(values)!r}")
     for combination in select_combinations(over):
         try:
             variant = select_variant(sampler, combination)
         except ValueError as err:
-            raise ValueError(f"{name}: select_over candidate {combination}: {err}") from err
+            raise ValueError(f"{name}: {label} candidate {combination}: {err}") from err
         if variant.stochastic:
-            raise ValueError(f"{name}: select_over candidate {combination} is stochastic; select compares "
+            raise ValueError(f"{name}: {label} candidate {combination} is stochastic; select compares "
                              "deterministic runs with the ODE's solution")
         if variant.nfe_per_step != sampler.nfe_per_step:  # (an adaptive candidate already failed: steps are fixed)
-            raise ValueError(f"{name}: select_over candidate {combination} costs {variant.nfe_per_step} NFE a step, "
+            raise ValueError(f"{name}: {label} candidate {combination} costs {variant.nfe_per_step} NFE a step, "
                              f"not {sampler.nfe_per_step} like the others: select compares runs at equal NFE")
+    return over  # plain tuples (Hydra passes ListConfig), so the tuning cache's key is stable

@@ -62,16 +62,24 @@ def select_combinations(over) -> list[dict]:
     return [dict(zip(over, values)) for values in itertools.product(*over.values())]
 
 
+def select_over_at(sampler) -> dict | None:
+    """The select_over that applies at the sampler's steps: select_over_from_steps' entry with the largest key <=
+    steps, else select_over."""
+    by_steps = sampler.select_over_from_steps or {}
+    least = max((k for k in by_steps if k <= sampler.steps), default=None)
+    return sampler.select_over if least is None else by_steps[least]
+
+
 def select_variant(sampler, knobs: dict):
     """The sampler with select_over's knobs set, as it runs when chosen."""
-    return dataclasses.replace(sampler, select_over=None, **knobs)
+    return dataclasses.replace(sampler, select_over=None, select_over_from_steps=None, **knobs)
 
 
 def select_variants(sampler, denoiser) -> list[tuple[dict, object]]:
-    """[(knobs, the sampler with them)] that grid="select" compares: select_over's combinations, or by default the
+    """[(knobs, the sampler with them)] that grid="select" compares: select_over_at's combinations, or by default the
     start only (T, and gaussian_start's or gaussian_start_kl's when set). Gaussian starts are left out without data
     moments."""
-    over = sampler.select_over
+    over = select_over_at(sampler)
     if over is None:
         knob = gaussian_start_knob(sampler)
         over = {knob: (None, getattr(sampler, knob))} if knob else {}

@@ -29,12 +29,14 @@ def _cfg(*overrides):
 
 def ddim(steps):
     return {"steps": steps, "eta": 0.0, "grid": "uniform", "rho": 7.0, "times": None, "gaussian_start": None,
-            "gaussian_start_kl": None, "select_over": None, "pilot": 512, "pilot_batch": None}
+            "gaussian_start_kl": None, "select_over": None, "select_over_from_steps": None, "pilot": 512,
+            "pilot_batch": None}
 
 
 def heun(steps):
     return {"steps": steps, "grid": "karras", "rho": 7.0, "times": None, "gaussian_start": None,
-            "gaussian_start_kl": None, "select_over": None, "pilot": 512, "pilot_batch": None}
+            "gaussian_start_kl": None, "select_over": None, "select_over_from_steps": None, "pilot": 512,
+            "pilot_batch": None}
 
 
 def ode(tol):
@@ -49,6 +51,7 @@ def ode(tol):
         "gaussian_start": None,
         "gaussian_start_kl": None,
         "select_over": None,
+        "select_over_from_steps": None,
         "pilot": 512,
         "pilot_batch": None,
         "first_step": 0.01,

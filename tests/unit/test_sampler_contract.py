@@ -231,8 +231,36 @@ def test_select_over_chooses_other_knobs_on_the_pilot_and_runs_the_chosen_varian
     assert (runs[0] - runs[1]).abs().max() > 1e-3
 
 
+def test_select_over_from_steps_sets_the_candidates_per_budget():
+    """select_over_from_steps={6: ...}: below 6 steps select compares select_over's variants, from 6 on the entry's
+    (the largest key <= steps), and the run is the chosen candidate of that set; at_nfe moves between them."""
+    from lightning_sde.samplers.tuning import select_schedule
+
+    den = MIX.denoiser(SDES["vp"])
+    wide, narrow = {"order": [1, 2, 3]}, {"order": [1]}
+    sampler = build_sampler("unipc", steps=4, order=3, grid="select", select_over=wide,
+                            select_over_from_steps={6: narrow, 9: {"order": [1, 3]}})
+
+    def knobs_of(sampler):
+        return {tuple(c.split(", ")[1:]) for c in select_schedule(sampler, den, pilot=32)[3]["pilot_rmse_by_choice"]}
+
+    assert knobs_of(sampler) == {("order=1",), ("order=2",), ("order=3",)}
+    assert knobs_of(sampler.at_nfe(6)) == knobs_of(sampler.at_nfe(8)) == {("order=1",)}
+    assert knobs_of(sampler.at_nfe(12)) == {("order=1",), ("order=3",)}
+    x = sample(sampler.at_nfe(7), den, range(8), dtype=torch.float64)[0]
+    by_hand = build_sampler("unipc", steps=7, order=1, grid="select")
+    torch.testing.assert_close(x, sample(by_hand, den, range(8), dtype=torch.float64)[0])
+
+
 @pytest.mark.parametrize("name, params, message", [
     ("unipc", {"grid": "logsnr", "select_over": {"order": [2]}}, "select_over needs grid='select'"),
+    ("unipc", {"grid": "logsnr", "select_over_from_steps": {8: {"order": [2]}}},
+     "select_over_from_steps needs grid='select'"),
+    ("unipc", {"grid": "select", "select_over_from_steps": {0: {"order": [2]}}}, "keys must be step counts"),
+    ("unipc", {"grid": "select", "select_over_from_steps": {"8": {"order": [2]}}}, "keys must be step counts"),
+    ("unipc", {"grid": "select", "select_over_from_steps": {}}, "must be a non-empty mapping {least steps"),
+    ("unipc", {"grid": "select", "select_over_from_steps": {8: {"order": [2, 9]}}},
+     "select_over_from_steps\\[8\\] candidate {'order': 9}: unipc: order must be one of"),
     ("unipc", {"grid": "select", "select_over": {}}, "select_over must be a non-empty mapping"),
     ("unipc", {"grid": "select", "select_over": {"steps": [4, 5]}}, "select_over cannot vary 'steps'"),
     ("unipc", {"grid": "select", "select_over": {"order": []}}, "select_over\\['order'\\] must be a non-empty list"),
@@ -253,6 +281,8 @@ def test_select_over_is_checked_on_construction(name, params, message):
 def test_select_over_needs_a_fixed_step_sampler_and_a_start_it_can_take():
     with pytest.raises(ValueError, match="^ode: select_over chooses among fixed-step runs"):
         build_sampler("ode", method="dopri5", select_over={"rtol": [1e-3, 1e-4]})
+    with pytest.raises(ValueError, match="^ode: select_over_from_steps chooses among fixed-step runs"):
+        build_sampler("ode", method="dopri5", select_over_from_steps={8: {"rtol": [1e-3, 1e-4]}})
     from lightning_sde.samplers.tuning import select_variants
 
     den = counting_denoiser(GAUSSIAN, "vp")[0]  # no data_moments: Gaussian starts are left out
