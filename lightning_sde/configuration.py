@@ -134,13 +134,16 @@ def config_error(key: str, err: Exception) -> ValueError:
 
 
 def overridden(key: str) -> bool:
-    """True when the running app's command line set `key` (or a key below it, or its config group)."""
+    """True when the running app's command line set `key` (or a key below it, or its config group); removing it
+    (`~key`) does not set it."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return False
     for override in HydraConfig.get().overrides.task:
-        name = override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+        if override.startswith("~"):
+            continue
+        name = override.split("=", 1)[0].lstrip("+").split("@", 1)[0]
         if name == key or name.startswith(key + "."):
             return True
     return False

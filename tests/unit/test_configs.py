@@ -103,3 +103,18 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path, override, message):
     with pytest.raises(ValueError) as err:
         build(cfg)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, set_", [(["~problem"], False), (["problem=eight_gaussians"], True), ([], False)])
+def test_a_key_counts_as_set_by_the_command_line_unless_it_is_removed(overrides, set_):
+    """`checkpoint=... ~problem` is a checkpoint target, not "both set" (targets.target_kind asks overridden)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lightning_sde.configuration import overridden
+
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        HydraConfig.instance().set_config(compose("bench", overrides=overrides, return_hydra_config=True))
+    try:
+        assert overridden("problem") is set_
+    finally:
+        HydraConfig.instance().cfg = None
