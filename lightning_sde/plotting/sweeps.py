@@ -79,8 +79,9 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
         ax.axhline(v, color=FLOOR_COLOR, ls="--", lw=1, zorder=1)
         if _finite(r.get("ci_low")) and _finite(r.get("ci_high")):
             ax.axhspan(float(r["ci_low"]), float(r["ci_high"]), color=FLOOR_COLOR, alpha=0.15, lw=0, zorder=0)
-        ax.annotate("noise floor", xy=(0.99, v), xycoords=("axes fraction", "data"), ha="right", va="bottom",
-                    fontsize=7, color=FLOOR_COLOR)
+        protocol = r["sampler"][len(r.get("sampler_label", r["sampler"])):]  # the views' " [seeds 0+64]", if any
+        ax.annotate(f"noise floor{protocol}", xy=(0.99, v), xycoords=("axes fraction", "data"), ha="right",
+                    va="bottom", fontsize=7, color=FLOOR_COLOR)
     values = [float(r[y]) for r in mine if _finite(r.get(y))]
     scale, linthresh = choose_yscale(values)
     title = metric_title(metric)

@@ -76,3 +76,17 @@ def test_scatter_limits_come_from_the_data_not_from_a_diverged_sampler(tmp_path)
     plt.close(fig)
     path = scatter_grid({"data": data, "em": diverged}, tmp_path / "s.png")
     assert path.stat().st_size > 5_000
+
+
+def test_each_protocols_noise_floor_is_labelled_with_its_protocol():
+    """Two seed ranges in one file (report.for_views labels their rows apart): two floors, each named."""
+    from lightning_sde.bench.report import for_views
+
+    rows = [{**r, "target": "t", "seed_start": 0, "seed_count": n, "time": str(n), "value": r["value"] * k}
+            for n, k in ((500, 1.0), (2000, 0.5)) for r in sweep_rows(2)]
+    shown, _ = for_views(rows)
+    fig = metrics_figure(shown, [r for r in shown if r["metric"] == "fid"])
+    fid = next(ax for ax in fig.axes if ax.get_title().startswith("FID"))
+    assert sorted(t.get_text() for t in fid.texts if "noise floor" in t.get_text()) == [
+        "noise floor [seeds 0+2000]", "noise floor [seeds 0+500]"]
+    plt.close(fig)
