@@ -25,12 +25,13 @@ import os
 import uuid
 from pathlib import Path
 
+from lightning_sde.bench.results import protocol_labels
 from lightning_sde.metrics.scorer import LOWER_IS_BETTER
 from lightning_sde.tracking import wandb_configured
 
 log = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".wandb.json"
-# What the sidecar keeps of the run's first protocol: report.protocol's fields and those that name its target.
+# What the sidecar keeps of the run's first protocol: results.protocol's fields and those that name its target.
 PROTOCOL_FIELDS = ("target", "seed_start", "seed_count", "checkpoint", "global_step", "problem", "sde")
 
 
@@ -115,8 +116,6 @@ class SweepRun:
     def label(self, row: dict) -> str:
         """A row's sampler in this run's keys: its plain label under the run's first protocol, else the report's
         label of it against that protocol (`ddim [seeds 0+64]`)."""
-        from lightning_sde.bench.report import protocol_labels  # report imports this module
-
         first = self.state.get("protocol")
         return protocol_labels([first, row])(row) if first else row.get("sampler_label", row["sampler"])
 

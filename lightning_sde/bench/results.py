@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -121,3 +122,40 @@ class SamplePreviews:
         paths = [self.folder / f"{self.name(label, grid, requested, p)}.pt" for p in protocols]
         path = next((p for p in paths if p.is_file()), None)
         return None if path is None else torch.load(path, map_location="cpu", weights_only=True)
+
+
+def protocol(row: dict) -> tuple:
+    """What a row's numbers are measured under besides its sampler and budget: the target (checkpoint and step, or
+    problem and SDE; with the feature extractor and reference count) and the seed range."""
+    return row["target"], row["seed_start"], row["seed_count"]
+
+
+def _target_names(rows: list[dict]) -> dict[str, str]:
+    """target -> a short name (checkpoint file and step, or problem/SDE), with a hash of the target where two
+    targets' short names coincide."""
+    short = {}
+    for r in rows:
+        if r.get("checkpoint"):
+            short[r["target"]] = f"{Path(str(r['checkpoint'])).name}@step{r.get('global_step')}"
+        elif r.get("problem"):
+            short[r["target"]] = f"{r['problem']}/{r.get('sde')}"
+        else:
+            short[r["target"]] = r["target"][:24]
+    taken = Counter(short.values())
+    return {t: s if taken[s] == 1 else f"{s} #{hashlib.sha1(t.encode()).hexdigest()[:6]}" for t, s in short.items()}
+
+
+def protocol_labels(rows: list[dict]):
+    """label(row): a row's sampler label among `rows` (its original label, `sampler_label` when relabelled), followed
+    by what differs between their protocols when they have several: `ddim [seeds 0+64]`, `ddim [problem/sde]`."""
+    protocols = {protocol(r) for r in rows}
+    names = _target_names(rows) if len({p[0] for p in protocols}) > 1 else None
+    seeds_differ = len({p[1:] for p in protocols}) > 1
+
+    def label(r: dict) -> str:
+        plain = r.get("sampler_label", r["sampler"])
+        parts = ([names[r["target"]]] if names else []) + (
+            [f"seeds {r['seed_start']}+{r['seed_count']}"] if seeds_differ else [])
+        return f"{plain} [{', '.join(parts)}]" if parts else plain
+
+    return label
