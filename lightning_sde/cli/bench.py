@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from lightning_sde.bench.report import report
 from lightning_sde.bench.runner import run_sweep
 from lightning_sde.cli.apps import one_line
-from lightning_sde.cli.errors import USER_ERRORS, fails_cleanly
+from lightning_sde.cli.errors import USER_ERRORS, fail, fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH
 
@@ -65,12 +65,6 @@ def report_main(argv: list[str]) -> None:
         report(args.results, args.out, use_wandb=args.wandb, project=args.project, name=args.name)
     except (*USER_ERRORS, PermissionError) as err:
         fail(parser.prog, err)
-
-
-def fail(app: str, err: Exception) -> None:
-    """A user's mistake: one line on stderr, exit status 1."""
-    print(f"{app}: error: {err}", file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 def cells_main(overrides: list[str]) -> None:

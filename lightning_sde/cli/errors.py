@@ -17,6 +17,16 @@ log = logging.getLogger("lightning_sde")
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError)
 
 
+def print_error(app: str, err) -> None:
+    print(f"{app}: error: {err}", file=sys.stderr, flush=True)
+
+
+def fail(app: str, err) -> None:
+    """A user's mistake: one line on stderr, exit status 1."""
+    print_error(app, err)
+    sys.exit(1)
+
+
 class JobFailed(RuntimeError):
     """A multirun job that failed with a user error (already reported on its own line)."""
 
@@ -43,11 +53,11 @@ def fails_cleanly(app: str, cleanup=None):
                 log.error("%s failed: %s: %s", app, type(err).__name__, err)  # into the app's own log file
                 if cleanup is not None:
                     cleanup(cfg)
-                print(f"{app}: error: {err}", file=sys.stderr, flush=True)
                 if in_multirun():
+                    print_error(app, err)
                     # an Exception, not SystemExit: Hydra records the job as failed, runs the next ones, then raises it
                     raise JobFailed(f"{app}: {err}") from None
-                sys.exit(1)
+                fail(app, err)
 
         return run
 
