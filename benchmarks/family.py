@@ -45,6 +45,10 @@ far rows counted (recommend.py's FAR)**: seeds 12000..12031.
 **A thirteenth held-out family, written down before any probe of this session (2026-12-02), to score select with
 a per-budget candidate set (decided on the tuning family: at 20 steps and more the narrow set ties the wide one at
 half the pilot's NFE) and the adaptive solver; read with the ninth's rule**: seeds 13000..13031.
+**A fourteenth held-out family, written down before the tuning family's study of UniPC's final corrector as a
+candidate of select (2026-12-02; the thirteenth family's #13029 and the eleventh's #11018, both lost to diffusers'
+UniPC-3 on its Karras sigmas, had shown that run to be ours with the final corrector); read with the ninth's rule**:
+seeds 14000..14031.
 """
 
 from __future__ import annotations
@@ -73,12 +77,13 @@ HELD_OUT_10 = tuple(range(10000, 10032))
 HELD_OUT_11 = tuple(range(11000, 11032))
 HELD_OUT_12 = tuple(range(12000, 12032))
 HELD_OUT_13 = tuple(range(13000, 13032))
+HELD_OUT_14 = tuple(range(14000, 14032))
 # the name each benchmark's --family takes
 FAMILIES = {"tuning": TUNING, "held-out": HELD_OUT, "held-out-2": HELD_OUT_2, "held-out-3": HELD_OUT_3,
             "held-out-4": HELD_OUT_4, "held-out-5": HELD_OUT_5, "held-out-6": HELD_OUT_6,
             "held-out-7": HELD_OUT_7, "held-out-8": HELD_OUT_8, "held-out-9": HELD_OUT_9,
             "held-out-10": HELD_OUT_10, "held-out-11": HELD_OUT_11, "held-out-12": HELD_OUT_12,
-            "held-out-13": HELD_OUT_13}
+            "held-out-13": HELD_OUT_13, "held-out-14": HELD_OUT_14}
 DIMS = (2, 4, 8, 16, 32, 64, 128, 256)
 CONCENTRATIONS = (20.0, 1.0, 0.2)
 
