@@ -175,13 +175,18 @@ class FixedStepSampler(Sampler):
     def nfe_per_step(self) -> int:
         return 1
 
+    @property
+    def intervals(self) -> int:
+        """The time grid's intervals (its points less one): `steps`, unless a sampler spends steps otherwise."""
+        return self.steps
+
     def at_nfe(self, nfe: int) -> "FixedStepSampler | None":
         if self.adaptive:
             return super().at_nfe(nfe)  # raises: adaptive samplers sweep tolerances
         if self.times is not None:
             raise ValueError(f"{self.name}: explicit times fix the number of steps; leave times unset to sweep NFE")
         steps = int(nfe) // self.nfe_per_step
-        return dataclasses.replace(self, steps=steps) if steps >= 1 else None
+        return dataclasses.replace(self, steps=steps) if steps - (self.steps - self.intervals) >= 1 else None
 
     def step(self, denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, noise, last: bool, state: dict) -> Tensor:
         raise NotImplementedError
@@ -193,8 +198,8 @@ class FixedStepSampler(Sampler):
     def run(self, denoiser, x, plan, noise, on_step):
         state = self.initial_state(denoiser, plan.times.detach().cpu().double())
         times = plan.times.to(x.device, x.dtype)
-        for i in range(self.steps):
-            x = self.step(denoiser, x, times[i], times[i + 1], noise, i == self.steps - 1, state)
+        for i in range(self.intervals):
+            x = self.step(denoiser, x, times[i], times[i + 1], noise, i == self.intervals - 1, state)
             if on_step is not None:
                 on_step(i, times[i + 1], x)
         return x, {"steps": self.steps}

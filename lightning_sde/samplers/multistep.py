@@ -70,17 +70,19 @@ def _order_at(i: int, steps: int, order: int, lower_order_final: bool, below: fl
     return min(k, steps - i) if lower_order_final and steps < below else k
 
 
-def step_orders(lam: torch.Tensor, order: int, lower_order_final: bool, below: float, max_step_ratio: float) -> list:
+def step_orders(lam: torch.Tensor, order: int, lower_order_final: bool, below: float, max_step_ratio: float,
+                extra_final: int = 0) -> list:
     """The order of each step of a grid with log-SNRs `lam` (steps + 1,): `_order_at`'s, or 1 where the step reaches
     further than max_step_ratio times the log-SNR span of the outputs it would extrapolate from. An order-k step
     extrapolates a polynomial through k outputs over [lam_(i-k+1), lam_i] to lam_(i+1): a step much longer than that
     span (the last step of a t-uniform grid: ~4x its predecessor) amplifies the outputs' differences by powers of the
     ratio (DPM-Solver++(3M) on the t-uniform grid at 15-20 steps ended 10-16x worse than DDIM before this rule).
-    Lower orders have shorter spans, so the fallback is first order."""
+    Lower orders have shorter spans, so the fallback is first order. `extra_final`: evaluations after the last step
+    (UniPC's final corrector), which lower_order_final counts as steps (as diffusers)."""
     steps, lam = len(lam) - 1, lam.tolist()
     orders = []
     for i in range(steps):
-        k = _order_at(i, steps, order, lower_order_final, below)
+        k = _order_at(i, steps + extra_final, order, lower_order_final, below)
         orders.append(1 if k > 1 and lam[i + 1] - lam[i] > max_step_ratio * (lam[i] - lam[i - k + 1]) else k)
     return orders
 
@@ -111,7 +113,7 @@ class _Multistep(FixedStepSampler):
 
     def initial_state(self, denoiser, times):
         return {"orders": step_orders(denoiser.sde.log_snr(times), self.order, self.lower_order_final,
-                                      self.lower_order_final_below, self.max_step_ratio)}
+                                      self.lower_order_final_below, self.max_step_ratio, self.steps - self.intervals)}
 
 
 @register("dpmpp")
@@ -153,8 +155,23 @@ def solve(R, b):
 @register("unipc")
 @dataclass
 class UniPC(_Multistep):
+    # spend the last evaluation on the corrector of the last step, at eps, instead of on one more step: `steps` NFE
+    # over steps - 1 grid intervals, as diffusers' UniPC on its Karras and exponential sigmas (whose last one repeats)
+    final_corrector: bool = False
     orders: ClassVar[tuple[int, ...]] = (1, 2, 3, 4)
     lower_order_final_below: ClassVar[float] = math.inf
+
+    def __post_init__(self):
+        if not isinstance(self.final_corrector, bool):
+            raise ValueError(f"{self.name}: final_corrector must be true or false; got {self.final_corrector!r}")
+        if self.final_corrector and not (isinstance(self.steps, int) and self.steps >= 2):
+            raise ValueError(f"{self.name}: final_corrector needs steps >= 2 (one step and its corrector); "
+                             f"got steps={self.steps!r}")
+        super().__post_init__()
+
+    @property
+    def intervals(self) -> int:
+        return self.steps - self.final_corrector
 
     def step(self, denoiser, x, t, s, noise, last, state):
         sde = denoiser.sde
@@ -166,9 +183,11 @@ class UniPC(_Multistep):
         k = state["orders"][i]
         x_prev = x
         x = self._predict(sde, x, ts, ds, s, k)
-        if not last:  # this evaluation is the next step's model output
+        if not last or self.final_corrector:  # this evaluation is the next step's model output, or the final one's
             ts.append(s)
             ds.append(denoiser(x, s).x0)
+            if last:
+                return self._correct(sde, x_prev, k, ts, ds)
             state["pending"] = (x_prev, k)
             del ts[: -(self.order + 1)], ds[: -(self.order + 1)]
         state["i"] = i + 1

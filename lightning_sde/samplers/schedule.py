@@ -62,7 +62,7 @@ def plan(sampler, denoiser) -> Plan:
     if sampler.grid == "optimized":
         times, report = tuned(sampler, denoiser, optimize_grid)
         return Plan(start, times, {"setup_nfe": report["pilot_nfe"], "tuning": report})
-    return Plan(start, time_grid(denoiser.sde, sampler.steps, sampler.grid, sampler.rho, start=start))
+    return Plan(start, time_grid(denoiser.sde, sampler.intervals, sampler.grid, sampler.rho, start=start))
 
 
 def check_grid(sampler, sde) -> None:
@@ -70,7 +70,7 @@ def check_grid(sampler, sde) -> None:
     start-up rather than at its first sampling (from a Gaussian start it is checked again when that start is known)."""
     if not sampler.adaptive and sampler.times is None and sampler.grid in GRIDS:
         try:
-            time_grid(sde, sampler.steps, sampler.grid, sampler.rho)
+            time_grid(sde, sampler.intervals, sampler.grid, sampler.rho)
         except ValueError as err:
             raise ValueError(f"{sampler.name}: {err}") from None
 
@@ -131,8 +131,9 @@ def check_schedule(sampler) -> None:
         check_select_over_from_steps(sampler)
     if sampler.times is not None:
         times = torch.as_tensor(sampler.times, dtype=torch.float64).detach()
-        if times.ndim != 1 or len(times) != steps + 1 or not bool((times[1:] < times[:-1]).all()):
-            raise ValueError(f"{name}: times must be {steps + 1} strictly decreasing times (start ... eps); "
+        points = sampler.intervals + 1
+        if times.ndim != 1 or len(times) != points or not bool((times[1:] < times[:-1]).all()):
+            raise ValueError(f"{name}: times must be {points} strictly decreasing times (start ... eps); "
                              f"got {len(times) if times.ndim == 1 else tuple(times.shape)} values")
 
 

@@ -105,8 +105,8 @@ def candidate_runs(sampler, denoiser, x_T, noise=None, grids=GRIDS):
     for knobs, variant in select_variants(sampler, denoiser):
         start = start_time(variant, denoiser)
         x_start = carry(variant, denoiser, x_T, start)
-        for grid in select_grids(sde, variant.steps, start, grids):
-            times = time_grid(sde, variant.steps, grid, variant.rho, start=start)
+        for grid in select_grids(sde, variant.intervals, start, grids):
+            times = time_grid(sde, variant.intervals, grid, variant.rho, start=start)
             x, _ = variant.run(denoiser, x_start, Plan(start, times), noise, None)
             yield choice_label(grid, knobs), grid, knobs, start, times, x
 
@@ -163,8 +163,8 @@ def optimize_grid(sampler, denoiser, pilot: int | None = None, iters: int = 200,
         return (x - ref).pow(2).mean()
 
     with torch.no_grad():
-        named = {g: time_grid(sde, sampler.steps, g, sampler.rho, start=t_start) for g in inits
-                 if fits(sde, sampler.steps, g, t_start)}
+        named = {g: time_grid(sde, sampler.intervals, g, sampler.rho, start=t_start) for g in inits
+                 if fits(sde, sampler.intervals, g, t_start)}
         scores = {g: float(error(t)) for g, t in named.items()}
     init = min(scores, key=scores.get)
     start = sde.log_snr(named[init])
