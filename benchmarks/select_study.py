@@ -11,6 +11,10 @@ RMSE over the best public solver's in results/recommend_tuning.csv (256 starts);
               (held-out #1008: pilot RMSE uniform 0.19 < quadratic 0.35, scored 0.10 vs 0.019 on 256 starts).
   candidates  the widest set, UniPC order 2 or 3 x start T, 0.15 or 0.3 x 4 grids (24), and each smaller set
               picking by pilot RMSE within it.
+  final       UniPC's final corrector (the last NFE corrects the last step at eps instead of taking one more step,
+              as diffusers' UniPC on its Karras and exponential sigmas) as one more knob of select: every candidate of
+              the widest set with and without it, pilot RMSE and scored RMSE on recommend.py's 256 starts against
+              its dopri5 1e-10 reference (over the best public RMSE in results/recommend_tuning.csv)
   kinds       a candidate of another sampler kind at the same NFE: torchdiffeq's midpoint method (2 NFE a step) on
               the uniform and trailing grids, whose endpoint errors are light-tailed (the best public run on
               held-out #9030 at NFE 20, where no UniPC candidate matched it), on the recommended sampler's pilot:
@@ -20,6 +24,7 @@ RMSE over the best public solver's in results/recommend_tuning.csv (256 starts);
     .venv/bin/python benchmarks/select_study.py candidates    # about 10 min
     .venv/bin/python benchmarks/select_study.py candidates --replot   # the table only
     .venv/bin/python benchmarks/select_study.py kinds         # about 5 min
+    .venv/bin/python benchmarks/select_study.py final         # about 40 min
 
 Results: results/select_<study>.csv (one problem at a time: a rerun continues), results/select_<study>.md.
 """
@@ -38,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
-from family import draw, tuning_study  # noqa: E402
+from family import draw, oracle, tuning_study  # noqa: E402
 from recommend import FROZEN, NFES, RECOMMENDED_BEFORE, TUNED_GAUSSIAN_START, config_tag, ratios  # noqa: E402
 
 from lightning_sde.samplers import build_sampler  # noqa: E402
@@ -161,6 +166,81 @@ def candidates_summary() -> None:
     print("\n".join(lines))
 
 
+# --- final corrector ---------------------------------------------------------------------------------------------
+FINAL_FIELDS = ["seed", "budget", "config", "order", "gaussian_start", "final_corrector", "pilot_nfe", "pilot_rmse",
+                "scored_rmse", "best_public_rmse"]
+FINAL_SETS = {  # label: {budget: (orders, starts, final_corrector values)}
+    "recommended (select_over, and UniPC-3 from T / 0.15 from 20 steps)": {
+        10: ((2, 3), (None, 0.15, 0.3), (False,)), 20: ((3,), (None, 0.15), (False,))},
+    "recommended + final corrector": {10: ((2, 3), (None, 0.15, 0.3), (False, True)),
+                                      20: ((3,), (None, 0.15), (False, True))},
+    "recommended + final corrector, UniPC-3 only": {10: ((3,), (None, 0.15, 0.3), (False, True)),
+                                                    20: ((3,), (None, 0.15), (False, True))},
+    "final corrector only": {10: ((2, 3), (None, 0.15, 0.3), (True,)), 20: ((3,), (None, 0.15), (True,))},
+}
+
+
+def final_problem(seed: int) -> list[dict]:
+    with open(OUT / "recommend_tuning.csv") as fh:
+        _, best_name = ratios(list(csv.DictReader(fh)))
+    with open(OUT / "recommend_tuning.csv") as fh:
+        best_rmse = {int(r["budget"]): float(r["rmse"]) for r in csv.DictReader(fh)
+                     if r["seed"] == str(seed) and r["config"] == best_name.get((str(seed), r["budget"]))}
+    den, x_T, ref, _ = oracle(seed, 256)
+    rows = []
+    for nfe in NFES:
+        sampler = build_sampler("unipc", order=3, steps=nfe, grid="select",
+                                select_over={**WIDEST, "final_corrector": (False, True)})
+        candidates, pilot_nfe = pilot_errors(sampler, den)
+        for grid, knobs, _, _, errors in candidates.values():
+            run = build_sampler("unipc", steps=nfe, grid=grid, **knobs)
+            with torch.no_grad():
+                x, info = run(den, x_T)
+            assert info["nfe"] == nfe, info
+            config = config_tag(f"unipc-{knobs['order']}", grid, knobs["gaussian_start"])
+            rows.append({"seed": seed, "budget": nfe, "config": config + " fc" * knobs["final_corrector"],
+                         "order": knobs["order"], "gaussian_start": knobs["gaussian_start"] or 0,
+                         "final_corrector": int(knobs["final_corrector"]), "pilot_nfe": pilot_nfe,
+                         "pilot_rmse": float(errors.pow(2).mean().sqrt()),
+                         "scored_rmse": float((x - ref).pow(2).mean().sqrt()), "best_public_rmse": best_rmse[nfe]})
+    return rows
+
+
+def final_summary() -> None:
+    with open(OUT / "select_final.csv") as fh:
+        pilot = list(csv.DictReader(fh))
+    seeds = sorted({r["seed"] for r in pilot}, key=int)
+    lines = [f"# UniPC's final corrector as a knob of select, on the tuning family ({len(seeds)} problems)", "",
+             "Per candidate set, the scored RMSE (256 starts, dopri5 1e-10 reference) / the best public solver's "
+             "(results/recommend_tuning.csv, same starts) of the candidate the pilot RMSE picks on each problem; "
+             "oracle: the best of the set on the scored starts.", "",
+             "Command: `.venv/bin/python benchmarks/select_study.py final`", ""]
+    for budget in NFES:
+        lines += [f"## NFE {budget}", "", "| candidates | pilot NFE (median) | median | worst | problems > 1 | "
+                  "picks with the final corrector | oracle: median, worst |", "|---|---:|---:|---:|---:|---:|---:|"]
+        rows = [r for r in pilot if int(r["budget"]) == budget]
+        ratio = lambda r: float(r["scored_rmse"]) / float(r["best_public_rmse"])  # noqa: E731
+        for label, by_budget in FINAL_SETS.items():
+            orders, starts, finals = by_budget[budget]
+            picks, best, cost, fc = [], [], [], 0
+            for seed in seeds:
+                runs = [r for r in rows if r["seed"] == seed]
+                cands = [r for r in runs if int(r["order"]) in orders and (float(r["gaussian_start"]) or None) in starts
+                         and bool(int(r["final_corrector"])) in finals]
+                pick = min(cands, key=lambda r: float(r["pilot_rmse"]))
+                picks.append(ratio(pick))
+                fc += int(pick["final_corrector"])
+                best.append(min(map(ratio, cands)))
+                reference = int(runs[0]["pilot_nfe"]) - len(runs) * budget  # the widest set's pilot ran every run
+                cost.append(reference + len(cands) * budget)
+            lines.append(f"| {label} | {statistics.median(cost):.0f} | {statistics.median(picks):.3f} | "
+                         f"{max(picks):.3f} | {sum(p > 1 for p in picks)} | {fc} / {len(seeds)} | "
+                         f"{statistics.median(best):.3f}, {max(best):.3f} |")
+        lines.append("")
+    (OUT / "select_final.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 # --- kinds -------------------------------------------------------------------------------------------------------
 KINDS_SELECT = RECOMMENDED_BEFORE[0]  # the recommended sampler when the kinds study ran (24 candidates at both NFE)
 OTHER_KINDS = {f"midpoint {grid}": dict(name="ode", method="midpoint", grid=grid) for grid in ("uniform", "trailing")}
@@ -208,7 +288,8 @@ def kinds_summary() -> None:
 
 STUDIES = {"criterion": (CRITERION_FIELDS, criterion_problem, criterion_summary),
            "candidates": (CANDIDATE_FIELDS, candidates_problem, candidates_summary),
-           "kinds": (KINDS_FIELDS, kinds_problem, kinds_summary)}
+           "kinds": (KINDS_FIELDS, kinds_problem, kinds_summary),
+           "final": (FINAL_FIELDS, final_problem, final_summary)}
 
 
 if __name__ == "__main__":
