@@ -148,7 +148,7 @@ def resume_point(cfg: DictConfig) -> str | None:
 def check_resume_fits(path: str, module: L.LightningModule) -> int:
     """The resume checkpoint's global step, once its weights are known to fit the model this config builds and to
     mean the same there (a changed model config, SDE or parameterization fails now, not in fit after the logs were
-    rewound, or never)."""
+    rewound, or never). Weights that do not fit are named with the model.net settings that differ."""
     ckpt = read_checkpoint(path)
     theirs, ours = ckpt["state_dict"], module.state_dict()
     for key, value in ours.items():
@@ -165,30 +165,45 @@ def check_resume_fits(path: str, module: L.LightningModule) -> int:
             check_same_meaning(path, ckpt["hyper_parameters"], module)
             return int(ckpt["global_step"])
         problem = f"it has {extra[0]}, which this model does not"
+    settings = "; ".join(f"{key}: {shown(there)} there, {shown(here)} here"
+                         for key, there, here in net_changes(ckpt["hyper_parameters"], dict(module.hparams)))
+    if settings:  # the weight names the code's term; the setting names the config's, which the user changes back
+        problem = f"{problem}; {settings}"
     raise ValueError(f"config model: the checkpoint {path} does not fit this model config ({problem}); resume with "
                      "the run's own model config, or start afresh (ckpt_path=null or another run_name)")
 
 
-# What a checkpoint's weights mean beyond their shapes: the forward process whose score they learned (sde) and how
-# the network's input and output become the denoiser (model.parameterization, model.sigma_data's input scaling).
-# Weights that fit but meant something else would train on silently as another model, so a resume refuses a change.
+# What a checkpoint's weights mean beyond their shapes: the forward process whose score they learned (sde), the
+# network that computes with them (model.net) and how the network's input and output become the denoiser
+# (model.parameterization, model.sigma_data's input scaling). Weights that fit but meant something else would train
+# on silently as another model, so a resume refuses a change.
 # Allowed to change: sde.eps, the smallest time trained on and sampled to (x_t's law at each t, and so what the
 # network learns there, does not depend on it); the loss (every positive weighting of denoising score matching has
 # the same minimiser, the true score at every t: like optim.lr it changes how training goes on, not what the weights
 # mean); optim, model.p_uncond and the speed options (compile, channels_last, autocast).
-RESUME_MEANING = ("parameterization", "sigma_data")  # model.<key>, besides the whole sde node
+RESUME_MEANING = ("parameterization", "sigma_data")  # model.<key>, besides the whole sde and model.net nodes
 SDE_FREE_KEYS = ("eps",)
+# The network: its class and every constructor setting. One that changes a parameter's shape (width, channels,
+# channel_mult, ...) already fails at load; the others change what the same weights compute: num_groups (which
+# channels GroupNorm normalises together), image_size with attn_resolutions (the levels that attend), fourier_scale
+# (the time embedding's frequencies; they are a buffer, so the checkpoint's would come back and the run's config
+# would misstate its own network). Allowed to change: dropout, which acts in training only: at evaluation, where
+# the samplers use the network, the same weights compute the same function, and like optim.weight_decay it is a
+# regulariser, changing how training goes on, not what the weights mean. The networks have no memory- or speed-only
+# setting of their own (activation checkpointing, ...): those are model.compile, channels_last and autocast, free.
+NET_FREE_KEYS = ("dropout",)
 
 
-def sde_settings(node: dict) -> dict:
-    """An sde config node resolved: its class as `_target_` (however spelt; a checkpoint from before 0.2 names it by
-    `name`) and every parameter of its constructor, defaults filled in, so that a parameter left at its default and
-    one stated equal to it are the same. Hydra's own keys (_convert_, ...) are no part of it."""
+def node_settings(node, by_name: dict | None = None) -> dict:
+    """A config node of one class (the sde's, the network's) resolved: its class as `_target_` (however spelt; an
+    sde of a checkpoint from before 0.2 names it by `name`, a key of `by_name`) and every parameter of its
+    constructor, defaults filled in, so that a parameter left at its default (or missing from an older checkpoint)
+    and one stated equal to it are the same. Hydra's own keys (_convert_, ...) are no part of it."""
     if not isinstance(node, dict):
         return {"_target_": node}
     node = dict(node)
-    if "_target_" not in node and node.get("name") in SDES:
-        target, cls = None, SDES[node.pop("name")]
+    if "_target_" not in node and by_name is not None and node.get("name") in by_name:
+        target, cls = None, by_name[node.pop("name")]
     else:
         target = node.pop("_target_", None)
         cls = trusted_class(target) if isinstance(target, str) else None
@@ -203,17 +218,39 @@ def sde_settings(node: dict) -> dict:
     return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **bound.arguments}
 
 
+def comparable(value):
+    """A setting as compared: a list and a tuple of the same items are one value (a config's channel_mult [1, 2]
+    and a constructor's default (1, 2), the form a checkpoint that left it out compares by)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(comparable(v) for v in value)
+    if isinstance(value, dict):
+        return {k: comparable(v) for k, v in value.items()}
+    return value
+
+
+def node_changes(key: str, theirs, ours, free: tuple[str, ...] = (), by_name: dict | None = None
+                 ) -> list[tuple[str, object, object]]:
+    """(config key, checkpoint's value, this config's value) for each setting, outside `free`, in which the config
+    node `ours` differs from `theirs` (see node_settings). Another class is one change (<key>._target_): its
+    parameters are another family's."""
+    a, b = node_settings(theirs, by_name), node_settings(ours, by_name)
+    if a["_target_"] != b["_target_"]:
+        return [(f"{key}._target_", a["_target_"], b["_target_"])]
+    return [(f"{key}.{k}", a.get(k), b.get(k)) for k in sorted((set(a) | set(b)) - {"_target_"})
+            if k not in free and comparable(a.get(k)) != comparable(b.get(k))]
+
+
+def net_changes(theirs: dict, ours: dict) -> list[tuple[str, object, object]]:
+    """The model.net settings in which a module's hyperparameters `ours` differ from a checkpoint's `theirs`."""
+    return node_changes("model.net", theirs.get("net"), ours.get("net"), NET_FREE_KEYS)
+
+
 def meaning_changes(theirs: dict, ours: dict, defaults: dict) -> list[tuple[str, object, object]]:
     """(config key, checkpoint's value, this config's value) for each setting in which `ours` (a module's
     hyperparameters) gives the weights of `theirs` (a checkpoint's) another meaning; `defaults`: the module's
-    constructor defaults, for a key an older checkpoint does not hold. Another SDE class is one change
-    (sde._target_): its parameters are another family's."""
-    a, b = sde_settings(theirs["sde"]), sde_settings(ours["sde"])
-    if a["_target_"] != b["_target_"]:
-        changes = [("sde._target_", a["_target_"], b["_target_"])]
-    else:
-        changes = [(f"sde.{key}", a.get(key), b.get(key)) for key in sorted((set(a) | set(b)) - {"_target_"})
-                   if key not in SDE_FREE_KEYS and a.get(key) != b.get(key)]
+    constructor defaults, for a key an older checkpoint does not hold."""
+    changes = node_changes("sde", theirs["sde"], ours["sde"], SDE_FREE_KEYS, SDES)
+    changes += net_changes(theirs, ours)
     for key in RESUME_MEANING:
         there, here = theirs.get(key, defaults.get(key)), ours.get(key, defaults.get(key))
         if there != here:
@@ -228,7 +265,8 @@ def shown(value) -> str:
 
 
 def check_same_meaning(path: str, hparams: dict, module: L.LightningModule) -> None:
-    """Refuse a resume whose sde or network parameterization is not the checkpoint's (see RESUME_MEANING)."""
+    """Refuse a resume whose sde, network or network parameterization is not the checkpoint's (see
+    RESUME_MEANING)."""
     signature = inspect.signature(type(module)).parameters
     defaults = {k: p.default for k, p in signature.items() if p.default is not inspect.Parameter.empty}
     changes = meaning_changes(hparams, dict(module.hparams), defaults)
@@ -236,9 +274,9 @@ def check_same_meaning(path: str, hparams: dict, module: L.LightningModule) -> N
         return
     groups = ", ".join(dict.fromkeys(key.split(".")[0] for key, _, _ in changes))
     diffs = "; ".join(f"{key}: {shown(there)} there, {shown(here)} here" for key, there, here in changes)
-    raise ValueError(f"config {groups}: the checkpoint {path} was trained with another forward process or network "
-                     f"parameterization ({diffs}); its weights would train on as another model. Resume with the "
-                     "run's own config, or start afresh (ckpt_path=null or another run_name)")
+    raise ValueError(f"config {groups}: the checkpoint {path} was trained with another forward process, network or "
+                     f"network parameterization ({diffs}); its weights would train on as another model. Resume with "
+                     "the run's own config, or start afresh (ckpt_path=null or another run_name)")
 
 
 def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: str) -> str:

@@ -219,6 +219,7 @@ def test_a_resume_takes_the_highest_step_follows_the_monitor_and_a_new_lr_and_re
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert (f"config model: the checkpoint {checkpoints / 'last.ckpt'} does not fit this model config "
             "(denoiser.net.") in proc.stderr and "there, (64" in proc.stderr, proc.stderr
+    assert "; model.net.width: 128 there, 64 here)" in proc.stderr, proc.stderr  # and the setting that made it
     assert metrics.read_bytes() == logged and not (run / "csv" / "version_1").exists()  # nothing rewound or added
 
     latest = time.time() + 60  # as after `cp -r`: the older checkpoints look newer than last.ckpt (step 30)
@@ -236,8 +237,9 @@ def test_a_resume_takes_the_highest_step_follows_the_monitor_and_a_new_lr_and_re
 
 
 def test_a_resume_into_another_sde_is_refused_before_anything_is_touched_and_an_unchanged_one_goes_on(tmp_path):
-    """The same network trained on with another forward process (or output parameterization) would fit the weights
-    and train silently as another model: refused at start-up, one line naming the key, the run left as it was."""
+    """The same network trained on with another forward process (or output parameterization, or a network setting
+    that keeps the shapes) would fit the weights and train silently as another model: refused at start-up, one line
+    naming the key, the run left as it was."""
     run = tmp_path / "run"
     short = [*TOY, "trainer.max_steps=10", "trainer.val_check_interval=10", "logger=csv"]
     assert train(run, *short, "sde=vp").returncode == 0
@@ -245,7 +247,9 @@ def test_a_resume_into_another_sde_is_refused_before_anything_is_touched_and_an_
     saved, logged = last.read_bytes(), metrics.read_bytes()
     for override, change in (
             ("sde=subvp", "sde._target_: 'lightning_sde.sde.VPSDE' there, 'lightning_sde.sde.SubVPSDE' here"),
-            ("sde.beta_max=10", "sde.beta_max: 20.0 there, 10 here")):  # the others: tests/unit/test_resume_choice.py
+            ("sde.beta_max=10", "sde.beta_max: 20.0 there, 10 here"),
+            # a network setting that keeps the weights' shapes (the others: tests/unit/test_resume_choice.py)
+            ("+model.net.fourier_scale=4", "model.net.fourier_scale: 16.0 there, 4 here")):
         proc = train(run, *short, override, "trainer.max_steps=20")
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         (line,) = [line for line in proc.stderr.splitlines() if line.startswith("lsde-train: error:")]

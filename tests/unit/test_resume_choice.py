@@ -1,6 +1,6 @@
 """What a resume starts from: the checkpoint at the highest global step that reads back (never the file touched last),
 a broken last.ckpt never rotated over the good one before it, a new optim.lr applied to the restored optimizer, and
-weights that fit refused when they were trained with another SDE or parameterization."""
+weights that fit refused when they were trained with another SDE, network setting or parameterization."""
 
 import os
 
@@ -154,3 +154,80 @@ def test_a_checkpoint_from_before_0_2_names_its_sde_by_name(tmp_path):
     assert check_resume_fits(path, ScoreModule(net=NET, sde=SDE, shape=[2])) == 7
     with pytest.raises(ValueError, match=r"sde._target_: 'lightning_sde.sde.VPSDE' there, 'lightning_sde.sde.VESDE'"):
         check_resume_fits(path, ScoreModule(net=NET, sde={"_target_": "lightning_sde.sde.VESDE"}, shape=[2]))
+
+
+# --- a resume into another network: model.net's class and every setting, not only the ones that shape weights -----
+
+UNET = {"_target_": "lightning_sde.models.unet.UNet", "in_channels": 1, "image_size": 8, "channels": 8,
+        "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [4]}
+
+
+def _unet_checkpoint(tmp_path, drop: tuple[str, ...] = (), **net) -> str:
+    """A checkpoint of a small U-Net; `drop`: net keys its hyperparameters lack (as a checkpoint from before they
+    existed, or from a config that left them at their defaults)."""
+    path = _checkpoint_of(tmp_path, net={**UNET, **net}, shape=[1, 8, 8], sigma_data=0.5)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["hyper_parameters"]["net"] = {k: v for k, v in ckpt["hyper_parameters"]["net"].items() if k not in drop}
+    torch.save(ckpt, path)
+    return path
+
+
+def _unet(**net) -> ScoreModule:
+    return ScoreModule(net={**UNET, **net}, sde=SDE, shape=[1, 8, 8], sigma_data=0.5)
+
+
+@pytest.mark.parametrize("ours, message", [
+    # GroupNorm's groups: the same weights, another normalisation (the output differs), shapes unchanged
+    ({"num_groups": 4}, "model.net.num_groups: 32 there, 4 here"),
+    # the time embedding's frequencies: a buffer, so the checkpoint's would come back under a config that says 4.0
+    ({"fourier_scale": 4.0}, "model.net.fourier_scale: 16.0 there, 4.0 here"),
+    ({"num_groups": 4, "fourier_scale": 4.0},
+     "model.net.fourier_scale: 16.0 there, 4.0 here; model.net.num_groups: 32 there, 4 here"),
+])
+def test_a_resume_into_another_network_setting_whose_weights_fit_is_refused_naming_each_key(tmp_path, ours, message):
+    path = _unet_checkpoint(tmp_path)
+    with pytest.raises(ValueError) as err:
+        check_resume_fits(path, _unet(**ours))
+    text = str(err.value)
+    assert text.startswith(f"config model: the checkpoint {path} was trained with another forward process, network")
+    assert f"({message})" in text and "\n" not in text, text
+
+
+def test_a_resume_into_another_network_class_is_refused_as_one_change(tmp_path):
+    # weights that fit, from a checkpoint whose network was of another class: its settings are another family's
+    path = _checkpoint_of(tmp_path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["hyper_parameters"]["net"] = {**UNET, "num_groups": 4}
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=r"\(model\.net\._target_: 'lightning_sde\.models\.unet\.UNet' there, "
+                                         r"'lightning_sde\.models\.mlp\.MLP' here\)"):
+        check_resume_fits(path, ScoreModule(net=NET, sde=SDE, shape=[2]))
+
+
+@pytest.mark.parametrize("drop, ours", [
+    ((), {}),  # unchanged
+    ((), {"num_groups": 32, "fourier_scale": 16.0}),  # the defaults spelt out
+    ((), {"channel_mult": (1, 2), "attn_resolutions": (4,)}),  # a tuple and a list of the same items
+    ((), {"dropout": 0.3}),  # acts in training only: at evaluation the same weights compute the same function
+    (("num_groups", "fourier_scale", "dropout"), {}),  # an older checkpoint, by the defaults: the same
+])
+def test_a_resume_with_the_same_network_goes_on(tmp_path, drop, ours):
+    path = _unet_checkpoint(tmp_path, drop)
+    assert check_resume_fits(path, _unet(**ours)) == 7
+
+
+def test_an_older_checkpoint_without_a_network_setting_compares_by_its_default(tmp_path):
+    path = _unet_checkpoint(tmp_path, drop=("num_groups", "fourier_scale"))  # built with the defaults, 32 and 16.0
+    assert "num_groups" not in torch.load(path, weights_only=True)["hyper_parameters"]["net"]
+    assert check_resume_fits(path, _unet(num_groups=32, fourier_scale=16.0)) == 7
+    with pytest.raises(ValueError, match=r"\(model\.net\.num_groups: 32 there, 8 here\)"):
+        check_resume_fits(path, _unet(num_groups=8))
+
+
+def test_weights_that_do_not_fit_name_the_network_settings_that_differ(tmp_path):
+    path = _checkpoint_of(tmp_path)
+    with pytest.raises(ValueError) as err:
+        check_resume_fits(path, ScoreModule(net={**NET, "width": 32}, sde=SDE, shape=[2]))
+    text = str(err.value)
+    assert text.startswith(f"config model: the checkpoint {path} does not fit this model config (denoiser.net."), text
+    assert "; model.net.width: 16 there, 32 here)" in text and "\n" not in text, text
