@@ -24,7 +24,7 @@ RMSE over the best public solver's in results/recommend_tuning.csv (256 starts);
     .venv/bin/python benchmarks/select_study.py candidates    # about 10 min
     .venv/bin/python benchmarks/select_study.py candidates --replot   # the table only
     .venv/bin/python benchmarks/select_study.py kinds         # about 5 min
-    .venv/bin/python benchmarks/select_study.py final         # about 40 min
+    .venv/bin/python benchmarks/select_study.py final         # about 20 min
 
 Results: results/select_<study>.csv (one problem at a time: a rerun continues), results/select_<study>.md.
 """
