@@ -176,18 +176,28 @@ def run_family(seeds, path: Path, fields: list[str], run_problem) -> None:
         os.replace(tmp, path)
 
 
-def tuning_study(doc: str, csv_path: Path, fields: list[str], run_problem, summarize) -> None:
-    """The command line of a study on the tuning family: run_problem on every tuning seed not yet in `csv_path`
-    (skipped with --replot), then summarize()."""
+def tuning_study(doc: str, csv_path: Path, fields: list[str], run_problem, summarize,
+                 families: tuple[str, ...] = ("tuning",)) -> None:
+    """The command line of a study on a tuning family (--family, one of `families`): run_problem on every seed of it
+    not yet in its CSV (skipped with --replot), then summarize(the CSV's path). The first tuning family's CSV is
+    `csv_path`, another's is named after it (select_final.csv: select_final_tuning2.csv)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=families, default=families[0])
     parser.add_argument("--replot", action="store_true", help="the tables only")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.family != "tuning":
+        csv_path = csv_path.with_name(f"{csv_path.stem}_{args.family.replace('-', '')}.csv")
     if not args.replot:
-        run_family(TUNING, csv_path, fields, run_problem)
-    summarize()
+        run_family(FAMILIES[args.family], csv_path, fields, run_problem)
+    summarize(csv_path)
+
+
+def tuning_family_of(seed: int) -> str:
+    """The name of the tuning family that holds `seed`."""
+    return next(name for name in TUNING_FAMILIES if seed in FAMILIES[name])
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ def run_problem(seed: int) -> list[dict]:
     return rows
 
 
-def summarize() -> None:
-    with open(OUT.with_suffix(".csv")) as fh:
+def summarize(csv_path: Path) -> None:
+    with open(csv_path) as fh:
         rows = list(csv.DictReader(fh))
     rmse = {(int(r["seed"]), int(r["nfe"]), r["start"]): float(r["rmse"]) for r in rows}
     dims = {int(r["seed"]): int(r["dim"]) for r in rows}
@@ -63,7 +63,7 @@ def summarize() -> None:
             cells.append(f"{statistics.median(ratio.values()):.3f} / {max(ratio.values()):.2f} "
                          f"[{statistics.median(high):.3f} / {max(high):.2f}]")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    csv_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -17,6 +17,8 @@ solution, whatever component they are nearest):
 The score of a configuration on a problem is its RMSE over the best public solver's on that problem.
 
     .venv/bin/python benchmarks/recommend.py --family tuning     # choose: 256 starts a problem (40 min, 2 cores)
+    .venv/bin/python benchmarks/recommend.py --family tuning-2   # the best public solvers beside RECOMMENDED and
+                                                                 # the best fixed configuration (256 starts, 35 min)
     .venv/bin/python benchmarks/recommend.py --family held-out   # score FROZEN: starts by dimension (held_out_starts)
     .venv/bin/python benchmarks/recommend.py --family held-out-2 # the same FROZEN on new seeds, >= 1024 starts
     .venv/bin/python benchmarks/recommend.py --family held-out-3 # FROZEN with the revised select, >= 512 starts
@@ -58,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
-from family import FAMILIES, describe, draw, run_family  # noqa: E402
+from family import FAMILIES, TUNING_FAMILIES, describe, draw, run_family  # noqa: E402
 
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 
@@ -95,6 +97,7 @@ FROZEN = {"unipc-3 select gs0.15": dict(name="unipc", order=3, grid="select", ga
                                                           select_over=SELECT_OVER, select_over_from_steps=NARROW_FROM)}
 # from the thirteenth held-out family on; the ones before it, newest first, name it in earlier runs' files
 RECOMMENDED = "unipc-2/3 select, unipc-3 from 20 steps"
+BEST_FIXED = "unipc-3 logsnr gs0.15"  # the best single configuration on the tuning family, scored beside it
 RECOMMENDED_BEFORE = ("unipc-2/3 select gs0/0.15/0.3", "unipc-3 select gs0.15")
 FROZEN_ADAPTIVE_TOL = 1e-4  # the adaptive UniPC's tolerance: median 0.44x dopri5 1e-5's NFE on the tuning family
 FIELDS = ["seed", "config", "kind", "budget", "nfe", "setup_nfe", "rmse", "flips", "seconds", "starts", "ratio_lo",
@@ -314,6 +317,11 @@ def frozen_configs(nfe):
     return {label: {**params, "steps": nfe} for label, params in FROZEN.items()}
 
 
+def recommended_configs(nfe):
+    """RECOMMENDED and BEST_FIXED: what a second tuning set scores of ours beside the public solvers."""
+    return {label: params for label, params in frozen_configs(nfe).items() if label in (RECOMMENDED, BEST_FIXED)}
+
+
 def held_out_starts(dim: int, least: int = 256) -> int:
     """4096 starts up to 4-D, then fewer as the dimension grows: 16384 coordinates per problem but at least `least`
     starts, which keeps the dopri5 reference at 1e-10 within reach of 2 CPU cores. The second held-out family takes
@@ -345,14 +353,14 @@ def main() -> None:
     out = OUT / f"recommend_{args.family.replace('-', '')}"
     seeds, least = FAMILIES[args.family], LEAST_STARTS.get(args.family, 512)
     if args.rescore:
-        if args.family == "tuning" or args.seeds:
+        if args.family in TUNING_FAMILIES or args.seeds:
             parser.error("--rescore: a whole held-out family, without --seeds")
         first = out.with_suffix(".csv")
         out = out.with_name(f"{out.name}_rescored")
     if args.reuse and not (args.rescore and first.exists()):
         parser.error("--reuse: with --rescore, on a family whose first run's CSV exists")
     if args.seeds:
-        if args.family == "tuning" or not set(args.seeds) <= set(seeds) or not args.least:
+        if args.family in TUNING_FAMILIES or not set(args.seeds) <= set(seeds) or not args.least:
             parser.error(f"--seeds: problems of a held-out family ({args.family}: {seeds[0]}..{seeds[-1]}), "
                          "with --least")
         seeds, least = tuple(args.seeds), args.least
@@ -366,8 +374,8 @@ def main() -> None:
         stored = stored_rows(first) if args.reuse else {}
 
         def problem(seed):
-            if args.family == "tuning":
-                return run_problem(seed, args.starts, ours)
+            if args.family in TUNING_FAMILIES:
+                return run_problem(seed, args.starts, ours if args.family == "tuning" else recommended_configs)
             return run_problem(seed, held_out_starts(draw(seed)[1]["dim"], least), frozen_configs,
                                stored.get(seed) if args.reuse else None)
 
@@ -555,7 +563,7 @@ def plot(out: Path, table) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [c for c in (RECOMMENDED, *RECOMMENDED_BEFORE, "unipc-3 logsnr gs0.15") if (c, NFES[0]) in table][:2]
+    shown = [c for c in (RECOMMENDED, *RECOMMENDED_BEFORE, BEST_FIXED) if (c, NFES[0]) in table][:2]
     if not shown:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)

@@ -14,7 +14,8 @@ RMSE over the best public solver's in results/recommend_tuning.csv (256 starts);
   final       UniPC's final corrector (the last NFE corrects the last step at eps instead of taking one more step,
               as diffusers' UniPC on its Karras and exponential sigmas) as one more knob of select: every candidate of
               the widest set with and without it, pilot RMSE and scored RMSE on recommend.py's 256 starts against
-              its dopri5 1e-10 reference (over the best public RMSE in results/recommend_tuning.csv)
+              its dopri5 1e-10 reference (over the best public RMSE in results/recommend_tuning.csv, or
+              recommend_tuning2.csv on the second tuning set)
   kinds       a candidate of another sampler kind at the same NFE: torchdiffeq's midpoint method (2 NFE a step) on
               the uniform and trailing grids, whose endpoint errors are light-tailed (the best public run on
               held-out #9030 at NFE 20, where no UniPC candidate matched it), on the recommended sampler's pilot:
@@ -25,6 +26,8 @@ RMSE over the best public solver's in results/recommend_tuning.csv (256 starts);
     .venv/bin/python benchmarks/select_study.py candidates --replot   # the table only
     .venv/bin/python benchmarks/select_study.py kinds         # about 5 min
     .venv/bin/python benchmarks/select_study.py final         # about 20 min
+    .venv/bin/python benchmarks/select_study.py final --family tuning-2  # the second tuning set (16 problems
+                                # of 64-256 D, overlapping; needs results/recommend_tuning2.csv), about 25 min
 
 Results: results/select_<study>.csv (one problem at a time: a rerun continues), results/select_<study>.md.
 """
@@ -43,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
-from family import draw, oracle, tuning_study  # noqa: E402
+from family import TUNING_FAMILIES, draw, oracle, tuning_family_of, tuning_study  # noqa: E402
 from recommend import FROZEN, NFES, RECOMMENDED_BEFORE, TUNED_GAUSSIAN_START, config_tag, ratios  # noqa: E402
 
 from lightning_sde.samplers import build_sampler  # noqa: E402
@@ -52,9 +55,9 @@ from lightning_sde.samplers.tuning import _pilot, candidate_runs, pilot_errors  
 OUT = ROOT / "benchmarks/results"
 
 
-def pilot_and_scores(study: str):
+def pilot_and_scores(csv_path: Path):
     """(the study's pilot rows, {(config, budget): {seed: scored RMSE / best public's}}, the seeds it covers)."""
-    with open(OUT / f"select_{study}.csv") as fh:
+    with open(csv_path) as fh:
         pilot = list(csv.DictReader(fh))
     with open(OUT / "recommend_tuning.csv") as fh:
         scored, _ = ratios(list(csv.DictReader(fh)))
@@ -94,8 +97,8 @@ def criterion_problem(seed: int) -> list[dict]:
                       lambda knobs, errors: {name: float(f(errors)) for name, f in SUMMARIES.items()})
 
 
-def criterion_summary() -> None:
-    pilot, scored, seeds = pilot_and_scores("criterion")
+def criterion_summary(csv_path: Path) -> None:
+    pilot, scored, seeds = pilot_and_scores(csv_path)
     lines = [f"# grid=select's pilot criterion on the tuning family ({len(seeds)} problems)", "",
              "Per criterion, the scored RMSE / best public solver's of the candidate it picks on each problem "
              "(results/recommend_tuning.csv, 256 starts); `oracle`: the best of the 8 candidates on the scored "
@@ -116,7 +119,7 @@ def criterion_summary() -> None:
             lines.append(f"| {name} | {statistics.median(got):.3f} | {max(got):.3f} | {sum(g > 1 for g in got)} | "
                          f"{same}/{len(seeds)} |")
         lines.append("")
-    (OUT / "select_criterion.md").write_text("\n".join(lines))
+    csv_path.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
@@ -137,8 +140,8 @@ def candidates_problem(seed: int) -> list[dict]:
         "pilot_rmse": float(errors.pow(2).mean().sqrt())})
 
 
-def candidates_summary() -> None:
-    pilot, scored, seeds = pilot_and_scores("candidates")
+def candidates_summary(csv_path: Path) -> None:
+    pilot, scored, seeds = pilot_and_scores(csv_path)
     lines = [f"# grid=select's candidates on the tuning family ({len(seeds)} problems)", "",
              "Per candidate set, the scored RMSE / best public solver's of the candidate the pilot RMSE picks on "
              "each problem (results/recommend_tuning.csv, 256 starts); oracle: the best of the set on the scored "
@@ -162,7 +165,7 @@ def candidates_summary() -> None:
                          f"{max(picks):.3f} | {sum(p > 1 for p in picks)} | {statistics.median(best):.3f}, "
                          f"{max(best):.3f} |")
         lines.append("")
-    (OUT / "select_candidates.md").write_text("\n".join(lines))
+    csv_path.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
@@ -181,9 +184,10 @@ FINAL_SETS = {  # label: {budget: (orders, starts, final_corrector values)}
 
 
 def final_problem(seed: int) -> list[dict]:
-    with open(OUT / "recommend_tuning.csv") as fh:
+    scored = OUT / f"recommend_{tuning_family_of(seed).replace('-', '')}.csv"
+    with open(scored) as fh:
         _, best_name = ratios(list(csv.DictReader(fh)))
-    with open(OUT / "recommend_tuning.csv") as fh:
+    with open(scored) as fh:
         best_rmse = {int(r["budget"]): float(r["rmse"]) for r in csv.DictReader(fh)
                      if r["seed"] == str(seed) and r["config"] == best_name.get((str(seed), r["budget"]))}
     den, x_T, ref, _ = oracle(seed, 256)
@@ -206,15 +210,16 @@ def final_problem(seed: int) -> list[dict]:
     return rows
 
 
-def final_summary() -> None:
-    with open(OUT / "select_final.csv") as fh:
+def final_summary(csv_path: Path) -> None:
+    with open(csv_path) as fh:
         pilot = list(csv.DictReader(fh))
     seeds = sorted({r["seed"] for r in pilot}, key=int)
-    lines = [f"# UniPC's final corrector as a knob of select, on the tuning family ({len(seeds)} problems)", "",
+    family = tuning_family_of(int(seeds[0]))
+    lines = [f"# UniPC's final corrector as a knob of select, on the {family} family ({len(seeds)} problems)", "",
              "Per candidate set, the scored RMSE (256 starts, dopri5 1e-10 reference) / the best public solver's "
-             "(results/recommend_tuning.csv, same starts) of the candidate the pilot RMSE picks on each problem; "
-             "oracle: the best of the set on the scored starts.", "",
-             "Command: `.venv/bin/python benchmarks/select_study.py final`", ""]
+             f"(results/recommend_{family.replace('-', '')}.csv, same starts) of the candidate the pilot RMSE picks on "
+             "each problem; oracle: the best of the set on the scored starts.", "",
+             f"Command: `.venv/bin/python benchmarks/select_study.py final --family {family}`", ""]
     for budget in NFES:
         lines += [f"## NFE {budget}", "", "| candidates | pilot NFE (median) | median | worst | problems > 1 | "
                   "picks with the final corrector | oracle: median, worst |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -237,7 +242,7 @@ def final_summary() -> None:
                          f"{max(picks):.3f} | {sum(p > 1 for p in picks)} | {fc} / {len(seeds)} | "
                          f"{statistics.median(best):.3f}, {max(best):.3f} |")
         lines.append("")
-    (OUT / "select_final.md").write_text("\n".join(lines))
+    csv_path.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
@@ -266,8 +271,8 @@ def kinds_problem(seed: int) -> list[dict]:
     return rows
 
 
-def kinds_summary() -> None:
-    with open(OUT / "select_kinds.csv") as fh:
+def kinds_summary(csv_path: Path) -> None:
+    with open(csv_path) as fh:
         pilot = list(csv.DictReader(fh))
     lines = [f"# Another sampler kind as a candidate of select, on the tuning family ({len(pilot) // len(NFES)} "
              "problems)", "", f"{KINDS_SELECT}'s pilot (512 rows): its best candidate's pilot RMSE against the "
@@ -282,7 +287,7 @@ def kinds_summary() -> None:
             lines.append(f"| {label} | {statistics.median(over):.2f} | {min(over):.2f} | "
                          f"{sum(v < 1 for v in over)} / {len(over)} |")
         lines.append("")
-    (OUT / "select_kinds.md").write_text("\n".join(lines))
+    csv_path.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
@@ -297,4 +302,5 @@ if __name__ == "__main__":
     if study is None:
         sys.exit(f"usage: select_study.py {{{','.join(STUDIES)}}} [--replot]")
     fields, problem, summary = STUDIES[study]
-    tuning_study(__doc__, OUT / f"select_{study}.csv", fields, problem, summary)
+    tuning_study(__doc__, OUT / f"select_{study}.csv", fields, problem, summary,
+                 TUNING_FAMILIES if study == "final" else ("tuning",))
