@@ -245,6 +245,9 @@ def test_a_resume_into_another_sde_is_refused_before_anything_is_touched_and_an_
     assert train(run, *short, "sde=vp").returncode == 0
     last, metrics = run / "checkpoints" / "last.ckpt", run / "csv" / "version_0" / "metrics.csv"
     saved, logged = last.read_bytes(), metrics.read_bytes()
+    (first_start,) = (run / ".hydra").iterdir()  # Hydra's record of the config this run trained with
+    recorded = {path.name: path.read_bytes() for path in first_start.iterdir()}
+    assert "sde=vp" in recorded["overrides.yaml"].decode()
     for override, change in (
             ("sde=subvp", "sde._target_: 'lightning_sde.sde.VPSDE' there, 'lightning_sde.sde.SubVPSDE' here"),
             ("sde.beta_max=10", "sde.beta_max: 20.0 there, 10 here"),
@@ -257,6 +260,7 @@ def test_a_resume_into_another_sde_is_refused_before_anything_is_touched_and_an_
                                "with another forward process") and change in line, line
         assert last.read_bytes() == saved and metrics.read_bytes() == logged  # nothing rewound, trained or added
         assert not (run / "csv" / "version_1").exists()
+        assert {path.name: path.read_bytes() for path in first_start.iterdir()} == recorded  # nor its record
 
     proc = train(run, *short, "sde=vp", "trainer.max_steps=20")  # unchanged: goes on from step 10
     assert proc.returncode == 0, proc.stderr[-3000:]
