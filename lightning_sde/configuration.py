@@ -135,15 +135,18 @@ def config_error(key: str, err: Exception) -> ValueError:
 
 def overridden(key: str) -> bool:
     """True when the running app's command line set `key` (or a key below it, or its config group); removing it
-    (`~key`) does not set it."""
+    (`~key`) does not set it, nor does a group placed elsewhere (`+problem@other=...` sets `other`)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if not HydraConfig.initialized():
         return False
-    for override in HydraConfig.get().overrides.task:
-        if override.startswith("~"):
+    for override in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+        if override.is_delete():
             continue
-        name = override.split("=", 1)[0].lstrip("+").split("@", 1)[0]
+        name = override.key_or_group
+        if override.package not in (None, "", "_global_"):  # group@package: the option lands at `package`
+            name = override.package
         if name == key or name.startswith(key + "."):
             return True
     return False

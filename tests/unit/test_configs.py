@@ -105,9 +105,12 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path, override, message):
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("overrides, set_", [(["~problem"], False), (["problem=eight_gaussians"], True), ([], False)])
+@pytest.mark.parametrize("overrides, set_", [
+    (["~problem"], False), (["problem=eight_gaussians"], True), ([], False), (["+problem.scale=2"], True),
+    (["+problem@other=eight_gaussians"], False)])
 def test_a_key_counts_as_set_by_the_command_line_unless_it_is_removed(overrides, set_):
-    """`checkpoint=... ~problem` is a checkpoint target, not "both set" (targets.target_kind asks overridden)."""
+    """`checkpoint=... ~problem` is a checkpoint target, not "both set" (targets.target_kind asks overridden); a group
+    placed at another package (`+problem@other=...`) sets that package, not `problem`."""
     from hydra.core.hydra_config import HydraConfig
 
     from lightning_sde.configuration import overridden
