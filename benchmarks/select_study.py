@@ -15,7 +15,10 @@ RMSE over the best public solver's in results/recommend_tuning.csv (256 starts);
               as diffusers' UniPC on its Karras and exponential sigmas) as one more knob of select: every candidate of
               the widest set with and without it, pilot RMSE and scored RMSE on recommend.py's 256 starts against
               its dopri5 1e-10 reference (over the best public RMSE in results/recommend_tuning.csv, or
-              recommend_tuning2.csv on the second tuning set)
+              recommend_tuning2.csv on the second tuning set). The rule for the second tuning set, written down
+              before its run (2026-12-03): the corrector joins select's candidates at a budget only if there,
+              "recommended + final corrector" lowers the worst ratio and raises the median by at most 2 %; then,
+              and only then, the fourteenth held-out family is scored with it
   kinds       a candidate of another sampler kind at the same NFE: torchdiffeq's midpoint method (2 NFE a step) on
               the uniform and trailing grids, whose endpoint errors are light-tailed (the best public run on
               held-out #9030 at NFE 20, where no UniPC candidate matched it), on the recommended sampler's pilot:
