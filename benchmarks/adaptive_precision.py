@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from family import FAMILIES, describe, draw, oracle, run_family  # noqa: E402
+from family import FAMILIES, describe, draw, file_tag, oracle, run_family  # noqa: E402
 from recommend import held_out_starts  # noqa: E402
 
 from lightning_sde.samplers import build_sampler  # noqa: E402
@@ -228,7 +228,7 @@ def main() -> None:
         parser.error(f"--study {args.study} is a tuning study: --family tuning")
     torch.set_num_threads(2)
     seeds, least = FAMILIES[args.family], TUNING_STARTS if tuning else HELD_OUT_STARTS
-    stem = OUT / f"adaptive_precision_{args.family.replace('-', '')}{f'_{args.study}' if args.study else ''}"
+    stem = OUT / f"adaptive_precision_{file_tag(args.family)}{f'_{args.study}' if args.study else ''}"
     if not args.replot:
         variants, tols = STUDIES.get(args.study, (VARIANTS if tuning else {FROZEN: VARIANTS[FROZEN]}, OUR_TOLS))
 

@@ -189,10 +189,15 @@ def tuning_study(doc: str, csv_path: Path, fields: list[str], run_problem, summa
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.family != "tuning":
-        csv_path = csv_path.with_name(f"{csv_path.stem}_{args.family.replace('-', '')}.csv")
+        csv_path = csv_path.with_name(f"{csv_path.stem}_{file_tag(args.family)}.csv")
     if not args.replot:
         run_family(FAMILIES[args.family], csv_path, fields, run_problem)
     summarize(csv_path)
+
+
+def file_tag(family: str) -> str:
+    """How a family's name appears in its results files' names: "held-out-2" -> "heldout2"."""
+    return family.replace("-", "")
 
 
 def tuning_family_of(seed: int) -> str:

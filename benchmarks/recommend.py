@@ -18,7 +18,7 @@ The score of a configuration on a problem is its RMSE over the best public solve
 
     .venv/bin/python benchmarks/recommend.py --family tuning     # choose: 256 starts a problem (40 min, 2 cores)
     .venv/bin/python benchmarks/recommend.py --family tuning-2   # the best public solvers beside RECOMMENDED and
-                                                                 # the best fixed configuration (256 starts, 35 min)
+                                                                 # the best fixed configuration (256 starts, 27 min)
     .venv/bin/python benchmarks/recommend.py --family held-out   # score FROZEN: starts by dimension (held_out_starts)
     .venv/bin/python benchmarks/recommend.py --family held-out-2 # the same FROZEN on new seeds, >= 1024 starts
     .venv/bin/python benchmarks/recommend.py --family held-out-3 # FROZEN with the revised select, >= 512 starts
@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
-from family import FAMILIES, TUNING_FAMILIES, describe, draw, run_family  # noqa: E402
+from family import FAMILIES, TUNING_FAMILIES, describe, draw, file_tag, run_family  # noqa: E402
 
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 
@@ -350,7 +350,7 @@ def main() -> None:
             parser.error("--pooled reads the committed runs: it takes no other option")
         return print(pooled_by_dimension())
     torch.set_num_threads(2)
-    out = OUT / f"recommend_{args.family.replace('-', '')}"
+    out = OUT / f"recommend_{file_tag(args.family)}"
     seeds, least = FAMILIES[args.family], LEAST_STARTS.get(args.family, 512)
     if args.rescore:
         if args.family in TUNING_FAMILIES or args.seeds:

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
-from family import FAMILIES, draw, run_family  # noqa: E402
+from family import FAMILIES, draw, file_tag, run_family  # noqa: E402
 
 from lightning_sde.metrics.sliced import sliced_wasserstein  # noqa: E402
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
@@ -160,7 +160,7 @@ def main() -> None:
     if args.family != "tuning" and not FROZEN and not args.replot:
         sys.exit("sde_family.py: freeze FROZEN from the tuning run first")
     torch.set_num_threads(2)
-    out = OUT / f"sde_family_{args.family.replace('-', '')}"
+    out = OUT / f"sde_family_{file_tag(args.family)}"
     seeds = FAMILIES[args.family]
     if args.control:
         out = out.with_name(out.name + "_control")

@@ -30,7 +30,7 @@ RMSE over the best public solver's in results/recommend_tuning.csv (256 starts);
     .venv/bin/python benchmarks/select_study.py kinds         # about 5 min
     .venv/bin/python benchmarks/select_study.py final         # about 20 min
     .venv/bin/python benchmarks/select_study.py final --family tuning-2  # the second tuning set (16 problems
-                                # of 64-256 D, overlapping; needs results/recommend_tuning2.csv), about 25 min
+                                # of 64-256 D, overlapping; needs results/recommend_tuning2.csv), about 30 min
 
 Results: results/select_<study>.csv (one problem at a time: a rerun continues), results/select_<study>.md.
 """
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from endpoint_protocol import vp_sde  # noqa: E402
-from family import TUNING_FAMILIES, draw, oracle, tuning_family_of, tuning_study  # noqa: E402
+from family import TUNING_FAMILIES, draw, file_tag, oracle, tuning_family_of, tuning_study  # noqa: E402
 from recommend import FROZEN, NFES, RECOMMENDED_BEFORE, TUNED_GAUSSIAN_START, config_tag, ratios  # noqa: E402
 
 from lightning_sde.samplers import build_sampler  # noqa: E402
@@ -187,7 +187,7 @@ FINAL_SETS = {  # label: {budget: (orders, starts, final_corrector values)}
 
 
 def final_problem(seed: int) -> list[dict]:
-    scored = OUT / f"recommend_{tuning_family_of(seed).replace('-', '')}.csv"
+    scored = OUT / f"recommend_{file_tag(tuning_family_of(seed))}.csv"
     with open(scored) as fh:
         _, best_name = ratios(list(csv.DictReader(fh)))
     with open(scored) as fh:
@@ -220,7 +220,7 @@ def final_summary(csv_path: Path) -> None:
     family = tuning_family_of(int(seeds[0]))
     lines = [f"# UniPC's final corrector as a knob of select, on the {family} family ({len(seeds)} problems)", "",
              "Per candidate set, the scored RMSE (256 starts, dopri5 1e-10 reference) / the best public solver's "
-             f"(results/recommend_{family.replace('-', '')}.csv, same starts) of the candidate the pilot RMSE picks on "
+             f"(results/recommend_{file_tag(family)}.csv, same starts) of the candidate the pilot RMSE picks on "
              "each problem; oracle: the best of the set on the scored starts.", "",
              f"Command: `.venv/bin/python benchmarks/select_study.py final --family {family}`", ""]
     for budget in NFES:
