@@ -210,7 +210,8 @@ class VESDE(SDE):
 
     @property
     def prior_std(self) -> float:
-        return self.sigma_max
+        # sigma(T): sigma_max is sigma at t = 1
+        return self.sigma_max if self.T == 1 else self.sigma_min * math.exp(self.T * self._log_ratio)
 
 
 class DiscreteVPSDE(SDE):

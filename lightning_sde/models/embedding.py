@@ -23,7 +23,7 @@ class FourierTimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        angles = 2 * math.pi * t.float()[:, None] * self.freqs[None]
+        angles = 2 * math.pi * t.to(self.freqs.dtype)[:, None] * self.freqs[None]
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
 
 

@@ -47,7 +47,7 @@ class MLP(nn.Module):
         emb = self.embed(t)
         if self.label is not None:
             emb = emb + self.label(y, x.shape[0], x.device)
-        h = self.inp(x.float())
+        h = self.inp(x.to(self.inp.weight.dtype))  # in the weights' dtype (float64 too)
         for block in self.blocks:
             h = block(h, emb)
         return self.out(h).to(x.dtype)

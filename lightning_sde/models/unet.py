@@ -163,7 +163,7 @@ class UNet(nn.Module):
         if self.label is not None:
             emb = emb + self.label(y, x.shape[0], x.device)
         emb = F.silu(emb)
-        h = self.conv_in(x.float())
+        h = self.conv_in(x.to(self.conv_in.weight.dtype))
         hs = [h]
         for m in self.down:
             h = m(h, emb)

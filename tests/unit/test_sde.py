@@ -45,6 +45,14 @@ def test_ve_closed_forms_and_square_root():
     assert sde.prior_std == 50.0
 
 
+@pytest.mark.parametrize("T", [0.5, 2.0])
+def test_ve_prior_is_the_marginal_std_at_T(T):
+    """sigma_max is sigma at t = 1: the prior of a VE SDE ending at another T has sigma(T) (data aside)."""
+    sde = VESDE(0.01, 50.0, T=T)
+    assert sde.prior_std == pytest.approx(float(sde.sigma(torch.tensor(T, dtype=torch.float64))), rel=1e-12)
+    assert sde.prior_std != pytest.approx(50.0)
+
+
 def test_moment_equations(sde):
     """The mean scale and variance of dx = f x dt + g dw obey d alpha/dt = f alpha, d sigma^2/dt = 2 f sigma^2 + g^2."""
     t = TIMES.clone().requires_grad_(True)
