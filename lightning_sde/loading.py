@@ -20,6 +20,7 @@ from lightning_sde.sde import SDE
 
 log = logging.getLogger(__name__)
 REQUIRED_HPARAMS = ("net", "sde", "shape")
+SCORE_NETWORKS = ("lightning_sde.models.mlp.MLP", "lightning_sde.models.unet.UNet")  # what a checkpoint's net may be
 
 
 class CheckpointError(ValueError):
@@ -56,9 +57,15 @@ def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED
         raise CheckpointError(str(err)) from None
     for key, base in (("net", torch.nn.Module), ("sde", SDE)):  # what each node must build, checked before it is
         target = hparams[key].get("_target_") if isinstance(hparams[key], dict) else None
-        if target is not None and not issubclass(trusted_class(target, tuple(trusted)), base):
+        cls = trusted_class(target, tuple(trusted)) if target is not None else None
+        if target is not None and not issubclass(cls, base):
             raise CheckpointError(f"{path}: its hyper_parameters' {key} names {target!r}, not a {base.__name__}; "
                                   "nothing was built")
+        # this package's other modules (feature extractors, wrappers) may read files when built: not a network
+        if key == "net" and cls is not None and f"{cls.__module__}.".startswith(TRUSTED_TARGETS) and \
+                f"{cls.__module__}.{cls.__qualname__}" not in SCORE_NETWORKS:
+            raise CheckpointError(f"{path}: its hyper_parameters' net names {target!r}, not one of this package's "
+                                  f"score networks {list(SCORE_NETWORKS)}; nothing was built")
     return ckpt
 
 

@@ -159,6 +159,12 @@ class InceptionFeatures(nn.Module):
         valid = ("64", "192", "768", "2048")
         if str(feature) not in valid:
             raise ValueError(f"InceptionFeatures: feature must be one of {valid}; got {feature!r}")
+        try:  # torch-fidelity unpickles the file in full: first make sure it holds tensors and nothing else
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # noqa: BLE001  (a weights-only load runs nothing: whatever it raises, refuse)
+            raise ValueError(f"InceptionV3 weights at {str(path)!r} are not a state_dict of tensors "
+                             f"({type(err).__name__}); nothing in the file was run. Fetch them again with "
+                             "lsde-prepare --inception") from None
         self.weights_path = str(path)
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
                                       feature_extractor_weights_path=str(path))

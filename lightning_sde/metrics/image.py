@@ -66,7 +66,14 @@ def reference_image_metrics(reference: Tensor, metrics, feature_extractor: str, 
         metric = new_image_metric(name, features, len(reference)).to(device)
         path = cache_dir / f"reference-{key}-{name}.pt"
         if path.exists():
-            for attr, value in torch.load(path, map_location=device).items():
+            try:
+                states = torch.load(path, map_location=device, weights_only=True)
+                if not isinstance(states, dict) or set(states) - set(metric._defaults):
+                    raise ValueError("not a dict of this metric's states")
+            except Exception as err:  # noqa: BLE001  (a weights-only load runs nothing: whatever it raises, refuse)
+                raise ValueError(f"{path}: not reference statistics this package wrote ({type(err).__name__}); "
+                                 "nothing in the file was run. Delete it to compute them again") from None
+            for attr, value in states.items():
                 setattr(metric, attr, value)
             log.info("%s reference statistics from %s", name, path)
         else:

@@ -101,6 +101,33 @@ def test_fid_kid_on_digits_use_cached_reference_statistics(tmp_path):
     assert again(noise) == on_noise and [p.stat().st_mtime_ns for p in caches] == mtimes
 
 
+class _Marker:
+    """Unpickling it writes a file: a crafted cache that must never be unpickled in full."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "ran"))
+
+
+def test_a_crafted_or_foreign_reference_statistics_file_is_refused_naming_it_and_nothing_runs(tmp_path):
+    from lightning_sde.data import DigitsDataModule
+
+    ref = DigitsDataModule().reference(50)
+    Scorer(ref, ("fid",), feature_extractor="digits", cache_dir=tmp_path)
+    (cache,) = tmp_path.glob("reference-*-fid.pt")
+    marker = tmp_path / "PWNED"
+    for content in ({"real_features_sum": _Marker(marker)}, {"nosuch_state": torch.zeros(2)}, "text"):
+        if content == "text":
+            cache.write_text("not a tensor file")
+        else:
+            torch.save(content, cache)
+        with pytest.raises(ValueError, match=f"{cache}: not reference statistics .* Delete it"):
+            Scorer(ref, ("fid",), feature_extractor="digits", cache_dir=tmp_path)
+    assert not marker.exists()
+
+
 def test_lsde_prepare_caches_the_reference_statistics_the_bench_reads(tmp_path, caplog):
     from lightning_sde.cli.prepare import main as prepare_main
     from lightning_sde.data import DigitsDataModule

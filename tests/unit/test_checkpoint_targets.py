@@ -50,6 +50,15 @@ def test_a_trusted_class_of_the_wrong_kind_is_refused_before_it_is_built(tmp_pat
         load_denoiser(path)
 
 
+def test_a_module_of_this_package_that_is_not_a_score_network_is_refused(tmp_path):
+    """A feature extractor is an nn.Module under the trusted prefix, but building it reads a weights file
+    (torch-fidelity unpickles the Inception weights in full): a checkpoint's net may only be a score network."""
+    net = {"_target_": "lightning_sde.metrics.features.InceptionFeatures", "weights_path": str(tmp_path / "w.pth")}
+    path = checkpoint(tmp_path / "features.ckpt", net=net)
+    with pytest.raises(CheckpointError, match="not one of this package's score networks"):
+        load_denoiser(path)
+
+
 def test_trusted_class_resolves_only_classes_defined_under_the_prefixes():
     assert trusted_class("lightning_sde.sde.VPSDE").__name__ == "VPSDE"
     assert trusted_class("lightning_sde.samplers.UniPC").__module__ == "lightning_sde.samplers.multistep"  # re-export

@@ -2,6 +2,7 @@
 weights are the committed ones, and the Inception extractor fails fast and clearly offline."""
 
 import json
+import os
 import time
 
 import pytest
@@ -144,6 +145,23 @@ def test_inception_without_weights_fails_fast_and_names_the_fix(tmp_path, monkey
     assert "lsde-prepare --inception" in message
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         build_feature_extractor("inception", weights_path=tmp_path / "nowhere.pth")
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.path),))
+
+
+def test_inception_weights_that_are_not_plain_tensors_are_refused_before_torch_fidelity_unpickles_them(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "crafted.pth"
+    torch.save({"conv.weight": _Marker(marker)}, path)
+    with pytest.raises(ValueError, match=f"InceptionV3 weights at '{path}' are not a state_dict of tensors"):
+        build_feature_extractor("inception", weights_path=path)
+    assert not marker.exists()
 
 
 def test_inception_wrapper_with_stand_in_weights(tmp_path, monkeypatch):
