@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 import os
 import shutil
 import signal
@@ -117,6 +118,10 @@ def check_run_values(cfg: DictConfig) -> None:
             or isinstance(interval, float) and 0 < interval <= 1):
         raise ValueError("config trainer.val_check_interval: must be a number of training steps >= 1 (or a fraction "
                          f"of an epoch in (0, 1]); got {interval!r}")
+    clip = trainer.get("gradient_clip_val")
+    if not (clip is None or isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0
+            and math.isfinite(clip)):
+        raise ValueError(f"config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); got {clip!r}")
 
 
 def resume_point(cfg: DictConfig) -> str | None:
