@@ -121,7 +121,8 @@ def check_run_values(cfg: DictConfig) -> None:
     clip = trainer.get("gradient_clip_val")
     if not (clip is None or isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0
             and math.isfinite(clip)):
-        raise ValueError(f"config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); got {clip!r}")
+        raise ValueError("config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); "
+                         f"got {clip!r}")
 
 
 def resume_point(cfg: DictConfig) -> str | None:

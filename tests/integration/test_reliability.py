@@ -180,7 +180,8 @@ def test_sigterm_checkpoints_and_exits_143_and_the_time_limit_signal_exits_138_w
     ("seed=abc", "config seed: must be an integer in [0, 2**32); got 'abc'"),
     ("seed=-1", "config seed: must be an integer in [0, 2**32); got -1"),
     ("trainer.max_steps=0", "config trainer.max_steps: must be an integer >= 1"),
-    ("trainer.gradient_clip_val=-1", "config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); got -1"),
+    ("trainer.gradient_clip_val=-1",
+     "config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); got -1"),
     ("callbacks.best.monitor=val/ddim_50/sliced_w2", "config callbacks.best.monitor: 'val/ddim_50/sliced_w2' names "
      "sampler 'ddim_50', which is not in the sampler set; the set has ['ddim_10']"),
     ("callbacks.best.monitor=val/ddim_10/fid", "config callbacks.best.monitor: 'val/ddim_10/fid' names metric 'fid'"),
