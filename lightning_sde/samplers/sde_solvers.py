@@ -48,24 +48,27 @@ class ReverseDiffusion(FixedStepSampler):
         return x
 
 
-def langevin_correct(denoiser, x, t, s, noise, n_steps: int, snr: float):
-    """Langevin corrector at time t: x += e score + sqrt(2 e) z with e = 2 alpha_i (snr sigma_t)^2.
+def langevin_correct(denoiser, x, t, s, noise, n_steps: int, snr: float, at=None):
+    """Langevin corrector at time `at` (default t) of the step t -> s: x += e score + sqrt(2 e) z with
+    e = 2 alpha_i (snr sigma_at)^2, alpha_i the step's.
 
     score_sde sets e = 2 alpha_i (snr |z| / |score|)^2 with norms averaged over the batch; |z| / |score| -> sigma_t
     as the dimension grows. We use that limit: per-sample norms would make e blow up wherever a sample's score
     vanishes (low dimensions), and batch norms would make a sample depend on its batch.
     """
     sde = denoiser.sde
-    step = 2 * sde.langevin_scale(t, s) * (snr * sde.sigma(t)) ** 2
+    at = t if at is None else at
+    step = 2 * sde.langevin_scale(t, s) * (snr * sde.sigma(at)) ** 2
     for _ in range(n_steps):
-        x = x + step * denoiser(x, t).score + (2 * step).sqrt() * noise().to(x)
+        x = x + step * denoiser(x, at).score + (2 * step).sqrt() * noise().to(x)
     return x
 
 
 @register("pc")
 @dataclass
 class PredictorCorrector(FixedStepSampler):
-    """Predictor-corrector: at each grid time, `corrector_steps` Langevin steps, then one predictor step.
+    """Predictor-corrector: at each grid time, `corrector_steps` Langevin steps, then one predictor step. With
+    predictor="none", the Langevin steps of each step run at its end time instead (the last ones at eps).
 
     NFE = steps * (1 + corrector_steps).
     """
@@ -98,7 +101,7 @@ class PredictorCorrector(FixedStepSampler):
         return self.corrector_steps + (self._predictor is not None)
 
     def step(self, denoiser, x, t, s, noise, last, state):
+        if self._predictor is None:  # corrector only: Langevin at the step's end, so that the last one is at eps
+            return langevin_correct(denoiser, x, t, s, noise, self.corrector_steps, self.snr, at=s)
         x = langevin_correct(denoiser, x, t, s, noise, self.corrector_steps, self.snr)
-        if self._predictor is None:
-            return x
         return self._predictor.step(denoiser, x, t, s, noise, last, state)

@@ -9,7 +9,7 @@ import torch
 from helpers.oracles import SDES, rmse, wide_circle
 from lightning_sde.exact import GaussianMixture, eight_gaussians
 from lightning_sde.models.denoiser import Denoiser
-from lightning_sde.samplers import build_sampler, sample
+from lightning_sde.samplers import build_sampler, sample, time_grid
 from lightning_sde.samplers.sde_solvers import langevin_correct
 
 GAUSS = GaussianMixture(torch.tensor([[0.7, -1.2]], dtype=torch.float64), stds=torch.tensor([[0.5, 1.3]],
@@ -281,3 +281,17 @@ def test_higher_predictor_orders_of_the_adaptive_unipc_need_fewer_steps_for_a_ti
         nfe[order] = info["nfe"]
         assert rmse(x, truth) < 5e-6, (order, rmse(x, truth))
     assert all(nfe[k] < 0.9 * nfe[k - 1] for k in range(3, 6)) and nfe[6] <= nfe[5] + 2, nfe
+
+
+def test_corrector_only_pc_runs_its_langevin_steps_at_each_steps_end_down_to_eps():
+    """pc with predictor="none" (annealed Langevin): step t -> s corrects at s, so the sample is one of p_eps (the
+    last level), not of p at the grid's second-to-last time."""
+    sde = SDES["vp"]
+    den = GAUSS.denoiser(sde)
+    times = []
+    real = den.forward
+    den.forward = lambda x, t, *rest: (times.append(float(torch.as_tensor(t).flatten()[0])), real(x, t, *rest))[1]
+    sampler = build_sampler("pc", steps=4, predictor="none", corrector_steps=2)
+    sample(sampler, den, seeds=range(3), dtype=torch.float64)
+    ends = [float(t) for t in time_grid(sde, 4, sampler.grid)[1:]]  # t_1 .. t_4 = eps
+    assert times == pytest.approx([t for t in ends for _ in range(2)], rel=1e-12)
