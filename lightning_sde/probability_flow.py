@@ -17,11 +17,17 @@ from torch import nn
 from torchdiffeq import odeint
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FIXED_METHODS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4, "explicit_adams": 1}  # NFE a step
+FIXED_METHODS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}  # NFE a step
 METHODS = ADAPTIVE_METHODS + tuple(FIXED_METHODS)
+# torchdiffeq's Adams methods take equal-step coefficients on any grid, warm up with RK4 steps (not 1 NFE a step) and
+# raise their order to 11, which diverges: refused, with the multistep solvers that do this right named
+REFUSED = {"explicit_adams": "use sampler dpmpp or unipc (multistep in log-SNR, any grid, 1 NFE a step)",
+           "implicit_adams": "use sampler dpmpp or unipc (multistep in log-SNR, any grid, 1 NFE a step)"}
 
 
 def check_method(owner: str, method: str, rtol, atol) -> None:
+    if method in REFUSED:
+        raise ValueError(f"{owner}: ODE method {method!r} is not offered: {REFUSED[method]}")
     if method not in METHODS:
         raise ValueError(f"{owner}: unknown ODE method {method!r}; choose one of {METHODS}")
     for key, value in (("rtol", rtol), ("atol", atol)):
