@@ -6,6 +6,7 @@ with the datamodule of its data. One reading of the config for lsde-bench, lsde-
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
             raise ValueError("config data: a model needs the config of its data for reference samples, e.g. "
                              "data=cifar10 (shape and range must match the model's)")
         try:
-            return "checkpoint", locate(cfg.checkpoint).id()
+            return "checkpoint", locate(cfg.checkpoint).id() + _data_id(cfg)
         except ValueError as err:
             raise ValueError(f"config checkpoint: {err}") from None
     if has_ckpt:
@@ -53,18 +54,33 @@ def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
             raise ValueError(f"config checkpoint: no checkpoint file at {str(path)!r}")
         if needs_data and cfg.get("data") is None:
             raise ValueError("config data: a checkpoint needs the config of its data, e.g. data=toy2d or data=digits")
-        # the step is part of the id: a checkpoint overwritten by further training (last.ckpt) is a new target
+        # step and content are part of the id: a checkpoint overwritten by further training (last.ckpt), or by
+        # another run at the same step, is a new target; so is other reference data
         try:
             step = read_checkpoint(path).get("global_step")
         except ValueError as err:
             raise ValueError(f"config checkpoint: {err}") from None
-        return "checkpoint", f"{path.resolve()}@step{step}"
+        from lightning_sde.metrics.features import weights_sha256
+
+        return "checkpoint", f"{path.resolve()}@step{step}#{weights_sha256(path)[:16]}" + _data_id(cfg)
     if cfg.get("sde") is None:
         raise ValueError("config sde: a mixture target needs an SDE, e.g. sde=vp")
     build(cfg.problem, "problem")
     sde_from_config(plain(cfg.sde))
     problem = json.dumps(plain(cfg.problem), sort_keys=True)
     return "mixture", f"mixture:{problem}|sde:{json.dumps(plain(cfg.sde), sort_keys=True)}"
+
+
+# data settings that do not change what a datamodule yields
+NOT_DATA = ("batch_size", "num_workers", "download", "download_timeout")
+
+
+def _data_id(cfg: DictConfig) -> str:
+    """The part of a checkpoint target's id that names its reference data (empty without data)."""
+    if cfg.get("data") is None:
+        return ""
+    data = {k: v for k, v in plain(cfg.data).items() if k not in NOT_DATA}
+    return f"|data:{hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]}"
 
 
 def target_classes(cfg: DictConfig, kind: str) -> int | None:

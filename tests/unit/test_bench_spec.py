@@ -225,3 +225,30 @@ def test_guidance_is_a_sweep_axis_with_an_honest_nfe(tmp_path):
     assert by_w[0.0]["guidance_batch_factor"] == 1 and by_w[2.0]["guidance_batch_factor"] == 2
     assert all(r["nfe"] == 5 and r["labels"] == "cycle" for r in rows)
     assert by_w[2.0]["value"] != by_w[0.0]["value"]
+
+
+def test_a_checkpoint_targets_id_changes_with_its_content_and_its_data_not_with_batching(tmp_path):
+    """Rows of a results file are reused by key: a checkpoint rewritten at the same path and step (another run) or
+    other reference data (data.name) must not match the old rows; the data's batch size changes nothing measured."""
+    from lightning_sde.module import ScoreModule
+    from lightning_sde.targets import target_kind
+
+    net = {"_target_": "lightning_sde.models.mlp.MLP", "dim": 2, "width": 16, "depth": 2, "time_embed_dim": 8}
+    sde = {"_target_": "lightning_sde.sde.VPSDE"}
+    path = tmp_path / "last.ckpt"
+
+    def save(seed):
+        torch.manual_seed(seed)
+        state = ScoreModule(net=net, sde=sde, shape=[2]).state_dict()
+        torch.save({"state_dict": state, "hyper_parameters": {"net": net, "sde": sde, "shape": [2]},
+                    "global_step": 100}, path)
+
+    def target(*overrides):
+        return target_kind(_cfg(tmp_path, f"checkpoint={path}", "data=toy2d", *overrides))[1]
+
+    save(0)
+    first = target()
+    assert first.startswith(f"{path.resolve()}@step100#") and target("data.batch_size=7") == first
+    assert target("data.name=swiss_roll") != first
+    save(1)
+    assert target() != first
