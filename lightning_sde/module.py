@@ -110,6 +110,7 @@ class ScoreModule(L.LightningModule):
             network.to(memory_format=torch.channels_last)
         if compile:  # in place: the state dict keeps its keys, so checkpoints load with or without it
             network.compile()
+        self.data_config: dict | None = None  # the data's config (lsde-train sets it): a resume compares it
         self._watched: list = []  # (step, what, device scalar) since the last check_finite()
         self._last_finite_loss: tuple[int, float] | None = None
 
@@ -232,6 +233,8 @@ class ScoreModule(L.LightningModule):
                                  f"{bad[:3]}{' ...' if len(bad) > 3 else ''} hold NaN or infinite values")
         if self.denoiser.data_moments is not None:
             checkpoint["data_moments"] = self.denoiser.data_moments.to_state()
+        if self.data_config is not None:
+            checkpoint["data_config"] = self.data_config
 
     def on_load_checkpoint(self, checkpoint):
         if "data_moments" in checkpoint:

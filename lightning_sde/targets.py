@@ -16,6 +16,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from lightning_sde.configuration import build, overridden, plain
+from lightning_sde.data.base import LOADING_KEYS
 from lightning_sde.loading import load_denoiser, read_checkpoint
 from lightning_sde.models.pretrained import is_diffusers_spec, locate
 from lightning_sde.module import sde_from_config
@@ -71,15 +72,11 @@ def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
     return "mixture", f"mixture:{problem}|sde:{json.dumps(plain(cfg.sde), sort_keys=True)}"
 
 
-# data settings that do not change what a datamodule yields
-NOT_DATA = ("batch_size", "num_workers", "download", "download_timeout")
-
-
 def _data_id(cfg: DictConfig) -> str:
     """The part of a checkpoint target's id that names its reference data (empty without data)."""
     if cfg.get("data") is None:
         return ""
-    data = {k: v for k, v in plain(cfg.data).items() if k not in NOT_DATA}
+    data = {k: v for k, v in plain(cfg.data).items() if k not in LOADING_KEYS}
     return f"|data:{hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]}"
 
 

@@ -42,6 +42,7 @@ from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, checked, plain, trusted_class
 from lightning_sde.configuration import build as build_node
+from lightning_sde.data.base import LOADING_KEYS
 from lightning_sde.loading import newest_loadable, read_checkpoint
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
@@ -169,6 +170,7 @@ def check_resume_fits(path: str, module: L.LightningModule) -> int:
         extra = [key for key in theirs if key not in ours]
         if not extra:
             check_same_meaning(path, ckpt["hyper_parameters"], module)
+            check_same_data(path, ckpt.get("data_config"), module.data_config)
             return int(ckpt["global_step"])
         problem = f"it has {extra[0]}, which this model does not"
     settings = "; ".join(f"{key}: {shown(there)} there, {shown(here)} here"
@@ -285,6 +287,23 @@ def check_same_meaning(path: str, hparams: dict, module: L.LightningModule) -> N
                      "the run's own config, or start afresh (ckpt_path=null or another run_name)")
 
 
+# The data a run trains on: its class and every setting but how it is read (LOADING_KEYS) and where (root: a copy of
+# the dataset elsewhere). Another dataset, split seed, augmentation or dequantization would train the weights on
+# other data, and the checkpoint's data moments (the Gaussian start) would no longer be the data's.
+DATA_FREE_KEYS = (*LOADING_KEYS, "root")
+
+
+def check_same_data(path: str, theirs: dict | None, ours: dict | None) -> None:
+    """Refuse a resume on other data than the checkpoint's (checkpoints before this check hold none: not compared)."""
+    if theirs is None or ours is None:
+        return
+    changes = node_changes("data", theirs, ours, DATA_FREE_KEYS)
+    if changes:
+        diffs = "; ".join(f"{key}: {shown(there)} there, {shown(here)} here" for key, there, here in changes)
+        raise ValueError(f"config data: the checkpoint {path} was trained on other data ({diffs}); resume with the "
+                         "run's own data config, or start afresh (ckpt_path=null or another run_name)")
+
+
 def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: str) -> str:
     """A checkpoint callback's monitor, checked against what the evaluations log: val/<sampler>/<metric> must name
     a sampler of the set and a value it logs; `auto` is the set's first deterministic sampler (its first if all are
@@ -340,6 +359,7 @@ def build(cfg: DictConfig) -> Run:
                              f"data shape {tuple(datamodule.shape)}")
         if not torch.isfinite(out.eps).all():
             raise ValueError("config model.net: the untrained network's output is not finite")
+    module.data_config = plain(cfg.data)
     resumed_at = check_resume_fits(resume, module) if resume is not None else None
 
     keyed = {k: build_node(c, f"callbacks.{k}") for k, c in cfg.callbacks.items() if c is not None}

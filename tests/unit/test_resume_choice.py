@@ -4,6 +4,7 @@ weights that fit refused when they were trained with another SDE, network settin
 
 import os
 
+import lightning as L
 import pytest
 import torch
 
@@ -231,3 +232,55 @@ def test_weights_that_do_not_fit_name_the_network_settings_that_differ(tmp_path)
     text = str(err.value)
     assert text.startswith(f"config model: the checkpoint {path} does not fit this model config (denoiser.net."), text
     assert "; model.net.width: 16 there, 32 here)" in text and "\n" not in text, text
+
+
+# --- a resume on other data: the weights would train on as a model of other data ---------------------------------
+
+TOY = {"_target_": "lightning_sde.data.Toy2DDataModule", "name": "eight_gaussians", "batch_size": 512,
+       "n_train": 100000}
+MNIST = {"_target_": "lightning_sde.data.MNISTDataModule", "root": "data", "batch_size": 128}
+
+
+def _module_on(data: dict) -> ScoreModule:
+    module = ScoreModule(net=NET, sde=SDE, shape=[2])
+    module.data_config = data
+    module.trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                               enable_model_summary=False)  # not training: writes as after fit
+    return module
+
+
+def test_the_checkpoint_records_the_data_it_was_trained_on(tmp_path):
+    checkpoint = {}
+    _module_on(TOY).on_save_checkpoint(checkpoint)
+    assert checkpoint["data_config"] == TOY
+
+
+@pytest.mark.parametrize("ours, message", [
+    ({**TOY, "name": "swiss_roll"}, "data.name: 'eight_gaussians' there, 'swiss_roll' here"),
+    ({**TOY, "n_train": 1000}, "data.n_train: 100000 there, 1000 here"),
+    ({"_target_": "lightning_sde.data.DigitsDataModule"},
+     "data._target_: 'lightning_sde.data.toy.Toy2DDataModule' there, 'lightning_sde.data.digits.DigitsDataModule'"),
+])
+def test_a_resume_on_other_data_is_refused_naming_the_key(tmp_path, ours, message):
+    path = _checkpoint_of(tmp_path)
+    checkpoint = torch.load(path, weights_only=True)
+    _module_on(TOY).on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError) as err:
+        check_resume_fits(path, _module_on(ours))
+    assert str(err.value).startswith(f"config data: the checkpoint {path} was trained on other data") and \
+        message in str(err.value)
+
+
+@pytest.mark.parametrize("theirs, ours", [
+    (TOY, {"_target_": "lightning_sde.data.Toy2DDataModule", "name": "eight_gaussians"}),  # defaults spelt out or not
+    (TOY, {**TOY, "batch_size": 64, "num_workers": 2}),
+    (MNIST, {**MNIST, "root": "/scratch/data", "download": False}),  # a copy of the dataset elsewhere
+])
+def test_a_resume_on_the_same_data_read_otherwise_goes_on(tmp_path, theirs, ours):
+    path = _checkpoint_of(tmp_path)
+    checkpoint = torch.load(path, weights_only=True)
+    _module_on(theirs).on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    assert check_resume_fits(path, _module_on(ours)) == 7
+    assert check_resume_fits(_checkpoint_of(tmp_path), _module_on({**TOY, "name": "swiss_roll"})) == 7  # none held
