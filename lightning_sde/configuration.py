@@ -101,6 +101,15 @@ def device(name: str, key: str = "device") -> torch.device:
         raise ValueError(f"config {key}: {err}") from None
 
 
+def require_device(dev, key: str = "device") -> None:
+    """At a run's start (not when planning one on a login node): a CUDA device must be visible here."""
+    import torch
+
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"config {key}: {str(dev)!r}, but {torch.cuda.device_count()} CUDA device(s) are visible "
+                         "here (CUDA_VISIBLE_DEVICES, the job's GPU request); use device=cpu on this machine")
+
+
 def build(node, key: str, **kwargs):
     """instantiate(node, **kwargs); any failure becomes a ValueError "config <key>: ..." with the cause's message."""
     return checked(key, instantiate, node, **kwargs)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family
 from lightning_sde.bench.results import ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
-from lightning_sde.configuration import checked
+from lightning_sde.configuration import checked, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
@@ -152,6 +152,7 @@ def count_cells(cfg: DictConfig) -> int:
 
 def run_sweep(cfg: DictConfig) -> dict:
     sweep = prepare(cfg)
+    require_device(sweep.device)
     with launched(cfg.ddp.devices, cfg.ddp.num_nodes, sweep.device) as fabric:  # processes split each cell's seeds
         return compute(cfg, sweep, fabric.device if fabric else sweep.device)
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH
+from lightning_sde.configuration import CONFIG_PATH, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import gather_to_zero, launched, rank_world
@@ -80,6 +80,7 @@ def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
 def run(cfg: DictConfig) -> dict | None:
     options, kind, target_id = validate(cfg)
     device, dtype = parse_device(cfg.device), parse_dtype(cfg.dtype)
+    require_device(device)
     with launched(cfg.ddp.devices, cfg.ddp.num_nodes, device) as fabric:
         return evaluate(cfg, options, kind, target_id, fabric.device if fabric else device, dtype)
 

@@ -249,3 +249,10 @@ def test_bad_spec_on_the_command_line_names_the_key(tmp_path):
     assert not (tmp_path / "results.jsonl").exists()
 
 
+
+
+def test_a_cuda_device_this_machine_lacks_fails_at_start_before_any_work(tmp_path):
+    proc = run_bench(tmp_path, "device=cuda:99", check=False, timeout=120)
+    assert proc.returncode == 1 and "config device: 'cuda:99', but" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "results.jsonl").exists()
+    assert not list(tmp_path.rglob("wandb"))
