@@ -63,9 +63,14 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     """All processes call this with the same `seeds`; rank 0 gets the Samples of all of them, the others None.
     With `guidance` (a class-conditional model) each seed is sampled for its class (seed_labels) at that
     classifier-free guidance weight (lightning_sde.models.guidance: one guided NFE = one doubled batch)."""
+    seeds = list(seeds)  # an iterator would be spent by the first pass
+    if not seeds:
+        raise ValueError("generate: no seeds")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"generate: batch_size must be an integer >= 1; got {batch_size!r}")
     rank, world = rank_world()
     device = torch.device(device)
-    mine = list(seeds)[rank::world]
+    mine = seeds[rank::world]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     xs, nfes, wall = [], [], 0.0

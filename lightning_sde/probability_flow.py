@@ -31,8 +31,8 @@ def check_method(owner: str, method: str, rtol, atol) -> None:
     if method not in METHODS:
         raise ValueError(f"{owner}: unknown ODE method {method!r}; choose one of {METHODS}")
     for key, value in (("rtol", rtol), ("atol", atol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{owner}: {key} must be a number > 0; got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ValueError(f"{owner}: {key} must be a number in (0, 1); got {value!r}")
 
 
 def solve_between(func, y0, t0: float, t1: float, method: str, rtol: float = 1e-5, atol: float = 1e-5,

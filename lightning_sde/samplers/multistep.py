@@ -299,8 +299,8 @@ class AdaptiveUniPC(Sampler):
         _check_order(self.name, self.order, self.orders)
         for key in ("rtol", "atol", "h_init"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{self.name}: {key} must be a number > 0; got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{self.name}: {key} must be a finite number > 0; got {value!r}")
         if isinstance(self.max_growth, bool) or not isinstance(self.max_growth, (int, float)) or \
                 not self.max_growth >= 1:
             raise ValueError(f"{self.name}: max_growth must be a number >= 1 (1: a step never grows); "

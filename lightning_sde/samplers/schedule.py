@@ -116,8 +116,8 @@ def check_schedule(sampler) -> None:
         raise ValueError(f"{name}: steps must be an integer >= 1; got {steps!r}")
     if sampler.grid not in SCHEDULE_GRIDS:
         raise ValueError(f"{name}: unknown grid {sampler.grid!r}; choose one of {SCHEDULE_GRIDS}")
-    if isinstance(sampler.rho, bool) or not isinstance(sampler.rho, (int, float)) or not sampler.rho > 0:
-        raise ValueError(f"{name}: rho must be > 0; got {sampler.rho!r}")
+    if isinstance(sampler.rho, bool) or not isinstance(sampler.rho, (int, float)) or not 0.1 <= sampler.rho <= 100:
+        raise ValueError(f"{name}: rho must be a number in [0.1, 100] (EDM: 7); got {sampler.rho!r}")
     pilot = sampler.pilot
     if isinstance(pilot, bool) or not isinstance(pilot, int) or pilot < 1:
         raise ValueError(f"{name}: pilot must be a number of rows >= 1; got {pilot!r}")

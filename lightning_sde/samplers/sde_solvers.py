@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lightning_sde.samplers.base import SAMPLERS, FixedStepSampler, register
@@ -90,8 +91,8 @@ class PredictorCorrector(FixedStepSampler):
         if (isinstance(self.corrector_steps, bool) or not isinstance(self.corrector_steps, int)
                 or self.corrector_steps < 0):
             raise ValueError(f"pc: corrector_steps must be an integer >= 0; got {self.corrector_steps!r}")
-        if isinstance(self.snr, bool) or not isinstance(self.snr, (int, float)) or not self.snr > 0:
-            raise ValueError(f"pc: snr must be a number > 0; got {self.snr!r}")
+        if isinstance(self.snr, bool) or not isinstance(self.snr, (int, float)) or not 0 < self.snr < math.inf:
+            raise ValueError(f"pc: snr must be a finite number > 0; got {self.snr!r}")
         if self.predictor == "none" and self.corrector_steps == 0:
             raise ValueError("pc: with predictor='none' corrector_steps must be >= 1")
         self._predictor = None if self.predictor == "none" else SAMPLERS[self.predictor](steps=self.steps)

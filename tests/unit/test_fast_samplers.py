@@ -189,7 +189,8 @@ def test_optimized_grid_beats_the_quadratic_grid_on_held_out_seeds():
     ("dpmpp", {"grid": "cosine"}, "unknown grid 'cosine'"),
     ("dpmpp", {"steps": 0}, "steps must be an integer >= 1"),
     ("dpmpp", {"steps": 3, "times": [1.0, 0.5, 0.001]}, "times must be 4 strictly decreasing times"),
-    ("unipc_adaptive", {"rtol": 0}, "rtol must be a number > 0"),
+    ("unipc_adaptive", {"rtol": 0}, "rtol must be a finite number > 0"),
+    ("unipc_adaptive", {"atol": float("inf")}, "atol must be a finite number > 0"),
     ("unipc_adaptive", {"safety": 1.5}, "safety must lie in (0, 1]"),
 ])
 def test_bad_parameters_are_rejected(name, params, message):

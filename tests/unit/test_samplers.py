@@ -1,5 +1,7 @@
 """Samplers: NFE counted exactly, seed-addressed reproducibility, distributional accuracy, clear errors."""
 
+import math
+
 import pytest
 import torch
 
@@ -110,12 +112,16 @@ def test_stochastic_samplers_reach_the_noise_floor(sde):
         ("ddim", {"grid": "cosine"}, "unknown grid 'cosine'"),
         ("ddim", {"nfe": 10}, r"no parameter\(s\) \['nfe'\]"),
         ("ancestral", {"eta": 0.5}, "no parameter"),
-        ("heun", {"rho": -1.0}, "rho must be > 0"),
-        ("pc", {"snr": 0.0}, "snr must be a number > 0"),
+        ("heun", {"rho": -1.0}, "rho must be a number in \\[0.1, 100\\]"),
+        ("heun", {"rho": math.inf}, "rho must be a number in \\[0.1, 100\\]"),
+        ("heun", {"rho": 1e-9}, "rho must be a number in \\[0.1, 100\\]"),
+        ("pc", {"snr": 0.0}, "snr must be a finite number > 0"),
+        ("pc", {"snr": math.inf}, "snr must be a finite number > 0"),
         ("pc", {"predictor": "ddim"}, "unknown predictor"),
         ("ode", {"method": "rk45"}, "unknown ODE method 'rk45'"),
-        ("ode", {"rtol": -1e-5}, "rtol must be a number > 0"),
-        ("ode", {"atol": 0.0}, "atol must be a number > 0"),
+        ("ode", {"rtol": -1e-5}, "rtol must be a number in \\(0, 1\\)"),
+        ("ode", {"atol": 0.0}, "atol must be a number in \\(0, 1\\)"),
+        ("ode", {"atol": math.inf}, "atol must be a number in \\(0, 1\\)"),
         ("ode", {"method": "dopri5", "steps": 10}, "adaptive"),
         ("ode", {"method": "rk4", "steps": 0}, "steps must be an integer >= 1"),
     ],
@@ -146,3 +152,17 @@ def test_sliced_wasserstein_of_a_shift():
     got = sliced_wasserstein(x + v, x, n_projections=20000)
     assert got == pytest.approx(3.0 / 2.0, rel=0.02)
     assert sliced_wasserstein(x, x) == 0.0
+
+
+def test_generate_takes_seeds_as_any_iterable_and_refuses_an_empty_set_or_a_bad_batch_size():
+    from lightning_sde.generation import generate
+
+    den = eight_gaussians().denoiser(VPSDE())
+    ddim = build_sampler("ddim", steps=3)
+    from_list = generate(ddim, den, list(range(5)), 2, "cpu", torch.float64)
+    from_iterator = generate(ddim, den, iter(range(5)), 2, "cpu", torch.float64)
+    assert torch.equal(from_iterator.x, from_list.x) and len(from_list.x) == 5
+    for seeds, batch_size, message in [([], 2, "no seeds"), (range(5), 0, "batch_size must be an integer >= 1"),
+                                       (range(5), -1, "batch_size must be an integer >= 1")]:
+        with pytest.raises(ValueError, match=message):
+            generate(ddim, den, seeds, batch_size, "cpu", torch.float64)
