@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lightning_sde.bench.results import protocol_labels
 from lightning_sde.metrics.scorer import LOWER_IS_BETTER
-from lightning_sde.tracking import wandb_configured
+from lightning_sde.tracking import offline_history, wandb_configured
 
 log = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".wandb.json"
@@ -105,10 +105,29 @@ class SweepRun:
                               settings=wandb.Settings(quiet=True))
         self.state.update(id=run_id, project=self.run.project, name=name, group=group)
         self.state.setdefault("logged", [])
+        if self.run.offline:
+            self._forget_lost_cells()
         write_sidecar(self.results, self.state)
         for key in [*LOWER_IS_BETTER, *(f"{m}_ci" for m in LOWER_IS_BETTER), "wall_s"]:
             self.run.define_metric(f"{key}/*", step_metric="nfe")  # charts against NFE; best/ summaries below
         self.best = {}
+
+    def _forget_lost_cells(self) -> None:
+        """A sweep killed (kill -9) just after logging a cell may leave it out of its offline run file, though the
+        sidecar lists it: keep listed only the cells the earlier offline files of this run hold, so that the report
+        logs the others again. (Files from before cells carried `cell/id` are taken at the sidecar's word.)"""
+        current = Path(self.run.dir).resolve().parent
+        earlier = [f for f in current.parent.glob(f"offline-run-*-{self.run.id}/run-{self.run.id}.wandb")
+                   if f.parent.resolve() != current]
+        rows = [r for f in earlier for r in offline_history(f)]
+        if not any("cell/id" in r for r in rows):
+            return
+        held = {r.get("cell/id") for r in rows}
+        lost = [c for c in self.state["logged"] if c not in held]
+        if lost:
+            log.warning("W&B: %d cell(s) listed as logged are not in the offline run files (the sweep was killed "
+                        "before W&B wrote them); they are logged again", len(lost))
+            self.state["logged"] = [c for c in self.state["logged"] if c in held]
 
     def logged(self, cell_id: str) -> bool:
         return cell_id in self.state["logged"]
@@ -128,7 +147,8 @@ class SweepRun:
         first = rows[0]
         self.state.setdefault("protocol", {k: first.get(k) for k in PROTOCOL_FIELDS})
         label, nfe = self.label(first), first["nfe"]
-        row = {"nfe": nfe, "cell/sampler": label, "cell/grid": first["grid"], "cell/requested": first["requested"],
+        row = {"nfe": nfe, "cell/id": cell_id, "cell/sampler": label, "cell/grid": first["grid"],
+               "cell/requested": first["requested"],
                "cell/params": json.dumps(first.get("params") or {}, sort_keys=True),
                f"wall_s/{label}": first.get("wall_s")}
         for r in rows:
@@ -177,7 +197,8 @@ class SweepRun:
     def where(self) -> str:
         if self.run.offline:
             folder = Path(self.run.dir).resolve().parent
-            return f"W&B (offline): {folder}\n  sync it with: wandb sync {folder}"
+            every = folder.parent / f"offline-run-*-{self.run.id}"  # a resumed sweep's earlier starts too
+            return f"W&B (offline): {folder}\n  sync it with: wandb sync {every}"
         return f"W&B: {self.run.url}"
 
     def finish(self) -> None:

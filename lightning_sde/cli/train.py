@@ -448,7 +448,8 @@ def report(cfg: DictConfig, trainer) -> None:
         if isinstance(logger, WandbLogger):
             wandb_dir = Path(logger.experiment.dir).resolve().parent
             if logger.experiment.offline:
-                lines.append(f"  W&B (offline): {wandb_dir}\n  sync it to W&B with: wandb sync {wandb_dir}")
+                every = wandb_dir.parent / f"offline-run-*-{logger.experiment.id}"  # earlier starts' too
+                lines.append(f"  W&B (offline): {wandb_dir}\n  sync it to W&B with: wandb sync {every}")
             else:
                 lines.append(f"  W&B: {logger.experiment.url}")
     log.info("\n".join(lines))

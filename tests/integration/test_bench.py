@@ -147,6 +147,34 @@ def test_a_resumed_sweep_continues_its_wandb_run_and_report_updates_it(tmp_path)
 
 
 @pytest.mark.slow
+def test_cells_the_sidecar_lists_but_the_offline_run_lost_are_logged_again(tmp_path):
+    """kill -9 right after a cell was logged can leave it out of the offline run file while the sidecar lists it:
+    the next start of the run (here `report --wandb`) logs it again, and only it."""
+    from collections import defaultdict
+
+    from lightning_sde.bench.dashboard import cell_id
+
+    one = ["seeds.count=100", "batch_size=100", "noise_floor=false"]
+    run_bench(tmp_path, *one, "nfe=[3]")
+    run_bench(tmp_path, *one, "nfe=[3,10]", "wandb.enabled=false")  # the NFE 10 cells: in the results, not on W&B
+    cells = defaultdict(list)
+    for r in load(tmp_path / "results.jsonl"):
+        cells[r["nfe"]].append(r)
+    by_sampler = defaultdict(list)
+    for r in cells[10]:
+        by_sampler[r["sampler"]].append(r)
+    sidecar_path = tmp_path / "results.wandb.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar["logged"] += [cell_id(rows) for rows in by_sampler.values()]  # listed as logged, never written
+    sidecar_path.write_text(json.dumps(sidecar))
+    report_wandb(tmp_path / "results.jsonl")
+    runs = sweep_runs(tmp_path)
+    logged = sorted(r["nfe"] for run in runs for r in history(run) if "cell/sampler" in r)
+    assert logged == [3, 3, 10, 10]  # the lost cells once, the others not again
+    assert len(json.loads(sidecar_path.read_text())["logged"]) == 4
+
+
+@pytest.mark.slow
 def test_a_multirun_over_seed_counts_keeps_each_protocols_curves_apart_on_wandb(tmp_path):
     """`-m seeds.count=60,40` into one results file, one W&B run: the first protocol's cells keep the plain keys
     (`sliced_w2/ddim`), the second's carry the report's label (`sliced_w2/ddim [seeds 0+40]`), each with its own
