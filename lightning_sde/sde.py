@@ -174,10 +174,8 @@ class SubVPSDE(_BetaSchedule):
         return self.beta(t) * -torch.expm1(-2 * self.integrated_beta(t))
 
     def t_from_log_snr(self, lam):
-        # alpha / (1 - alpha^2) = r = exp(lambda)  =>  alpha = 2r / (1 + sqrt(1 + 4 r^2)),  B = -2 log alpha
-        r = lam.exp()
-        alpha = 2 * r / (1 + torch.sqrt(1 + 4 * r**2))
-        return self.t_from_integrated_beta(-2 * alpha.log())
+        # alpha / sigma = e^{-B/2} / (1 - e^{-B}) = 1 / (2 sinh(B/2)) = e^lambda: no alpha ~ 1 to cancel near t = 0
+        return self.t_from_integrated_beta(2 * torch.asinh(0.5 * torch.exp(-lam)))
 
 
 class VESDE(SDE):
