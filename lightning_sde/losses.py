@@ -12,6 +12,8 @@ The squared error is averaged over data dimensions, so the loss scale does not g
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -28,8 +30,8 @@ class ImportanceTimeSampler:
     """
 
     def __init__(self, sde: SDE, n_grid: int = 20_000):
-        t = torch.logspace(torch.log10(torch.tensor(sde.eps)), torch.log10(torch.tensor(sde.T)), n_grid,
-                           dtype=torch.float64)
+        t = torch.logspace(math.log10(sde.eps), math.log10(sde.T), n_grid, dtype=torch.float64)
+        t[0], t[-1] = sde.eps, sde.T  # exactly: never a t outside [eps, T]
         density = sde.g2(t) / sde.sigma(t) ** 2
         cdf = torch.cat([torch.zeros(1, dtype=torch.float64),
                          torch.cumsum(0.5 * (density[1:] + density[:-1]) * t.diff(), 0)])

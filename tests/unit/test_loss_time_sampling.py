@@ -155,3 +155,12 @@ def test_the_loss_keeps_the_datas_dtype():
     z = net.inputs[-1] / sde.sigma(t)[:, None]  # x_t = sigma_t z for x0 = 0 (eps = 0: the loss is w mean z^2)
     torch.testing.assert_close(values, 2 * math.log(5000.0) * z.pow(2).mean(1))
     assert (z - z.float().double()).abs().max().item() > 1e-9
+
+
+@pytest.mark.parametrize("eps", [2e-3, 1e-5, 3e-4])
+def test_importance_sampled_times_stay_in_eps_to_T(eps):
+    """The tabulated grid ends exactly at eps and T: a grid from float32 log10s started a hair below eps."""
+    sampler = ImportanceTimeSampler(VPSDE(eps=eps))
+    t = sampler.sample(torch.cat([torch.zeros(1, dtype=torch.float64), torch.rand(10_000, dtype=torch.float64,
+                                  generator=torch.Generator().manual_seed(0)), torch.ones(1, dtype=torch.float64)]))
+    assert t.min() == eps and t.max() == 1.0
