@@ -5,6 +5,7 @@ their hyperparameters may name only trusted classes before any of them is built.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import zipfile
@@ -21,6 +22,15 @@ from lightning_sde.sde import SDE
 log = logging.getLogger(__name__)
 REQUIRED_HPARAMS = ("net", "sde", "shape")
 SCORE_NETWORKS = ("lightning_sde.models.mlp.MLP", "lightning_sde.models.unet.UNet")  # what a checkpoint's net may be
+
+
+def file_sha256(path) -> str:
+    """SHA-256 hex digest of a file (checkpoints and weights), read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class CheckpointError(ValueError):

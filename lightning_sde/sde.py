@@ -208,8 +208,8 @@ class VESDE(SDE):
 
     @property
     def prior_std(self) -> float:
-        # sigma(T): sigma_max is sigma at t = 1
-        return self.sigma_max if self.T == 1 else self.sigma_min * math.exp(self.T * self._log_ratio)
+        # sigma(T) in float64 (sigma_max exactly at T = 1)
+        return self.sigma_max if self.T == 1 else float(self.sigma(torch.tensor(self.T, dtype=torch.float64)))
 
 
 class DiscreteVPSDE(SDE):

@@ -61,9 +61,9 @@ def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
             step = read_checkpoint(path).get("global_step")
         except ValueError as err:
             raise ValueError(f"config checkpoint: {err}") from None
-        from lightning_sde.metrics.features import weights_sha256
+        from lightning_sde.loading import file_sha256
 
-        return "checkpoint", f"{path.resolve()}@step{step}#{weights_sha256(path)[:16]}" + _data_id(cfg)
+        return "checkpoint", f"{path.resolve()}@step{step}#{file_sha256(path)[:16]}" + _data_id(cfg)
     if cfg.get("sde") is None:
         raise ValueError("config sde: a mixture target needs an SDE, e.g. sde=vp")
     build(cfg.problem, "problem")

@@ -17,7 +17,6 @@ and has no trainable parameters.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -29,15 +28,6 @@ DIGITS_WEIGHTS = WEIGHTS_DIR / "digits_features.pt"
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_ENV = "LSDE_INCEPTION_WEIGHTS"
 INPUT_RANGES = ("unit", "symmetric")
-
-
-def weights_sha256(path) -> str:
-    """SHA-256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class DigitsCNN(nn.Module):

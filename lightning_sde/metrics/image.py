@@ -53,11 +53,12 @@ def reference_image_metrics(reference: Tensor, metrics, feature_extractor: str, 
 
     `reference` holds images in [-1, 1]. Call `metric.reset()` then `update(unit(x), real=False)` per sample set:
     reset keeps the real side (reset_real_features=False)."""
-    from lightning_sde.metrics.features import build_feature_extractor, weights_sha256
+    from lightning_sde.loading import file_sha256
+    from lightning_sde.metrics.features import build_feature_extractor
 
     device = torch.device(device)
     features = build_feature_extractor(feature_extractor)
-    feature_sha = weights_sha256(features.weights_path)
+    feature_sha = file_sha256(features.weights_path)
     reference_sha = tensor_sha256(reference)
     key = hashlib.sha256((reference_sha + feature_sha).encode()).hexdigest()[:16]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from lightning_sde.data.digits import digits_to_unit_range, load_digits_levels
-from lightning_sde.metrics.features import DIGITS_WEIGHTS, DigitsCNN, DigitsFeatures, weights_sha256
+from lightning_sde.loading import file_sha256
+from lightning_sde.metrics.features import DIGITS_WEIGHTS, DigitsCNN, DigitsFeatures
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,7 +123,7 @@ def main() -> None:
         commit = ""
     record = {
         "file": weights.name,
-        "sha256": weights_sha256(weights),
+        "sha256": file_sha256(weights),
         "bytes": weights.stat().st_size,
         "test_accuracy": acc_test,
         "train_accuracy": acc_train,

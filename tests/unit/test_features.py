@@ -11,13 +11,13 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from lightning_sde.data.digits import digits_to_unit_range, load_digits_levels
+from lightning_sde.loading import file_sha256
 from lightning_sde.metrics.features import (
     DIGITS_WEIGHTS,
     DigitsCNN,
     DigitsFeatures,
     build_feature_extractor,
     inception_weights_path,
-    weights_sha256,
 )
 
 
@@ -56,7 +56,7 @@ def fid(features, real, fake):
 
 def test_weights_match_the_sidecar_and_load_safely():
     sidecar = json.loads(DIGITS_WEIGHTS.with_suffix(".json").read_text())
-    assert weights_sha256(DIGITS_WEIGHTS) == sidecar["sha256"]
+    assert file_sha256(DIGITS_WEIGHTS) == sidecar["sha256"]
     assert DIGITS_WEIGHTS.stat().st_size < 1_000_000 and sidecar["bytes"] == DIGITS_WEIGHTS.stat().st_size
     assert sidecar["test_accuracy"] > 0.95 and "train_digits_features" in sidecar["command"]
     state = torch.load(DIGITS_WEIGHTS, map_location="cpu", weights_only=True)
