@@ -29,6 +29,7 @@ import os
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sde.configuration import build
 from lightning_sde.data.base import split_labels
@@ -169,8 +170,12 @@ class ScoreModule(L.LightningModule):
         if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
             self.check_finite()  # one host sync every log interval, where logging syncs anyway
 
+    def _fitting(self) -> bool:
+        """Within fit (its validations included: trainer.training is False during them)."""
+        return self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+
     def on_validation_epoch_start(self):
-        if self.trainer.training:
+        if self._fitting():
             self.check_finite()  # before the samplers run on the weights
 
     def on_train_end(self):
@@ -225,7 +230,7 @@ class ScoreModule(L.LightningModule):
             self.denoiser.data_moments = DataMoments.of_samples(training_samples(datamodule, MOMENT_SAMPLES))
 
     def on_save_checkpoint(self, checkpoint):
-        if self.trainer is not None and self.trainer.training:
+        if self._fitting():  # a best checkpoint written at a validation's end included
             self.check_finite()
         bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
         if bad:

@@ -36,3 +36,26 @@ def test_a_nan_gradient_norm_names_its_step_and_the_last_finite_loss(tmp_path, l
     # step 5's loss was finite (computed before its gradients): the last finite loss is step 5's
     assert f"at step 5 the gradient norm was nan; the last finite loss was {poison.losses[5]:.6g} at step 5" \
         in str(err.value)
+
+
+class RecordValidations(L.Callback):
+    def __init__(self):
+        self.steps = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.steps.append(trainer.global_step)
+
+
+def test_the_watch_is_read_before_an_evaluation_runs_on_non_finite_weights(tmp_path):
+    """NaN gradients at step 5, the next evaluation at step 8, the log interval (50) longer than the run: the
+    evaluation never runs, the error names step 5."""
+    validations = RecordValidations()
+    trainer = L.Trainer(max_steps=12, val_check_interval=8, check_val_every_n_epoch=None, limit_val_batches=1,
+                        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path, accelerator="cpu", gradient_clip_val=1.0, log_every_n_steps=50,
+                        callbacks=[PoisonGradients(at=5), validations])
+    with pytest.raises(NonFiniteError, match="at step 5 the gradient norm was nan"):
+        trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP),
+                    datamodule=Toy2DDataModule(batch_size=32, n_train=512, n_val=32))
+    assert trainer.global_step == 8 and validations.steps == []
