@@ -32,14 +32,14 @@ PROBES = ("rademacher", "gaussian")
 def encode(denoiser, x0: Tensor, options: ODEOptions | None = None) -> Tensor:
     """x at t = eps -> its latent x_T (the ODE forward in time)."""
     sde = denoiser.sde
-    return (options or ODEOptions()).solve(ProbabilityFlow(denoiser), x0, sde.eps, sde.T, x0.device)[-1]
+    return (options or ODEOptions()).solve(ProbabilityFlow(denoiser), x0, sde.eps, sde.T, x0.device, sde)[-1]
 
 
 @torch.no_grad()
 def decode(denoiser, z: Tensor, options: ODEOptions | None = None) -> Tensor:
     """A latent x_T -> x at t = eps (the ODE backward in time: what the `ode` sampler does)."""
     sde = denoiser.sde
-    return (options or ODEOptions()).solve(ProbabilityFlow(denoiser), z, sde.T, sde.eps, z.device)[-1]
+    return (options or ODEOptions()).solve(ProbabilityFlow(denoiser), z, sde.T, sde.eps, z.device, sde)[-1]
 
 
 def slerp(z0: Tensor, z1: Tensor, n: int) -> Tensor:
@@ -110,7 +110,7 @@ def log_likelihood(denoiser, x: Tensor, options: ODEOptions | None = None, diver
     k = 1 if v is None else probes
     nfe0 = denoiser.nfe
     state0 = (x, torch.zeros(len(x), k, dtype=x.dtype, device=x.device))
-    xs, deltas = options.solve(_AugmentedDrift(denoiser, v), state0, sde.eps, sde.T, x.device)
+    xs, deltas = options.solve(_AugmentedDrift(denoiser, v), state0, sde.eps, sde.T, x.device, sde)
     x_T, delta = xs[-1], deltas[-1]
     prior = sde.prior_logp(x_T)
     logp_k = prior[:, None] + delta

@@ -36,9 +36,13 @@ def check_method(owner: str, method: str, rtol, atol) -> None:
 
 
 def solve_between(func, y0, t0: float, t1: float, method: str, rtol: float = 1e-5, atol: float = 1e-5,
-                  first_step: float = 0.01, grid=None):
+                  first_step: float = 0.01, grid=None, sde=None):
     """torchdiffeq from t0 to t1 (either direction) without querying `func` outside [t0, t1]: adaptive methods
-    take a first step of first_step |t1 - t0| and land their last step on t1; fixed methods step on `grid`."""
+    take a first step of first_step |t1 - t0| and land their last step on t1; fixed methods step on `grid`.
+    Given an `sde` whose drift jumps, adaptive methods integrate in its log-SNR (InLogSNR)."""
+    if sde is not None and sde.drift_jumps and method in ADAPTIVE_METHODS:
+        lam0, lam1 = (float(sde.log_snr(torch.tensor(t, dtype=torch.float64))) for t in (t0, t1))
+        return solve_between(InLogSNR.around(func, sde), y0, lam0, lam1, method, rtol, atol, first_step)
     device = (y0[0] if isinstance(y0, tuple) else y0).device
     span = torch.tensor([t0, t1], dtype=torch.float64, device=device)
     if method in ADAPTIVE_METHODS:
@@ -80,6 +84,42 @@ class AdaptiveProbabilityFlow(ProbabilityFlow):
         self.n_reject += 1
 
 
+class InLogSNR(nn.Module):
+    """`func`'s ODE dy/dt in lambda = log(alpha / sigma): dy/dlambda = dy/dt * dt/dlambda, dt/dlambda =
+    -2 sigma^2 / g^2. For a VP SDE that is sigma^2 (x + score): continuous where f and g^2 jump in t (a discrete
+    schedule's knots), which an adaptive step size control in t meets with many rejected steps (measured with
+    dopri5 at 1e-6: 1609 NFE and 2e-3 nats in t, 439 NFE and 3e-7 nats in lambda). The step callbacks get t."""
+
+    def __init__(self, func, sde):
+        super().__init__()
+        self.func, self.sde = func, sde
+
+    @staticmethod
+    def around(func, sde) -> "InLogSNR":
+        return (AdaptiveInLogSNR if hasattr(func, "callback_accept_step") else InLogSNR)(func, sde)
+
+    def time(self, lam):
+        return self.sde.t_from_log_snr(lam)
+
+    def forward(self, lam, y):
+        t = self.time(lam)
+        dt_dlam = -2 * self.sde.sigma(t) ** 2 / self.sde.g2(t)
+        dy = self.func(t, y)
+        return tuple(d * dt_dlam.to(d.dtype) for d in dy) if isinstance(dy, tuple) else dy * dt_dlam.to(dy.dtype)
+
+    def callback_step(self, lam, y, dlam):
+        if hasattr(self.func, "callback_step"):
+            self.func.callback_step(self.time(lam), y, dlam)
+
+
+class AdaptiveInLogSNR(InLogSNR):
+    def callback_accept_step(self, lam, y, dlam):
+        self.func.callback_accept_step(self.time(lam), y, dlam)
+
+    def callback_reject_step(self, lam, y, dlam):
+        self.func.callback_reject_step(self.time(lam), y, dlam)
+
+
 @dataclass
 class ODEOptions:
     """How torchdiffeq solves the probability-flow ODE for encode/decode/likelihood: an adaptive method with
@@ -95,6 +135,6 @@ class ODEOptions:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"ODEOptions: steps must be an integer >= 1; got {self.steps!r}")
 
-    def solve(self, func, y0, t0: float, t1: float, device):
+    def solve(self, func, y0, t0: float, t1: float, device, sde=None):
         grid = torch.linspace(t0, t1, self.steps + 1, dtype=torch.float64, device=device)
-        return solve_between(func, y0, t0, t1, self.method, self.rtol, self.atol, grid=grid)
+        return solve_between(func, y0, t0, t1, self.method, self.rtol, self.atol, grid=grid, sde=sde)

@@ -32,6 +32,7 @@ class SDE(ABC):
     """A linear forward SDE on t in [eps, T]; time arguments are tensors (scalar or per sample)."""
 
     name: str
+    drift_jumps = False  # f and g^2 jump in t (a discrete schedule): ODE solvers integrate in log-SNR instead
 
     def __init__(self, eps: float = 1e-3, T: float = 1.0):
         if not 0.0 < eps < T:
@@ -220,6 +221,7 @@ class DiscreteVPSDE(SDE):
     trained on the timesteps is fed `timestep(t) = t N - 1`, which is k at t_k."""
 
     name = "vp_discrete"
+    drift_jumps = True
 
     def __init__(self, alphas_cumprod, eps: float | None = None, T: float = 1.0):
         cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()

@@ -68,7 +68,8 @@ class ProbabilityFlowODE(FixedStepSampler):
 
         func = ProbabilityFlow.for_method(self.method, denoiser, step_started)
         grid = None if self.adaptive else plan.times.to(x.device)
-        xs = solve_between(func, x, plan.start, sde.eps, self.method, self.rtol, self.atol, self.first_step, grid)
+        xs = solve_between(func, x, plan.start, sde.eps, self.method, self.rtol, self.atol, self.first_step, grid,
+                           sde)
         report(torch.tensor(sde.eps, dtype=torch.float64), xs[-1])
         if self.adaptive:
             return xs[-1], {"n_accept": func.n_accept, "n_reject": func.n_reject}

@@ -121,3 +121,35 @@ def test_hutchinson_is_unbiased_with_a_standard_error_of_the_right_size_fast():
     assert torch.isnan(one["logp_se"]).all() and torch.isfinite(one["logp"]).all()
     assert exact["nfe"] > 10 and exact["x_T"].shape == x.shape
     torch.testing.assert_close(exact["logp"], exact["prior_logp"] + exact["delta"])
+
+
+def test_a_discrete_schedule_is_solved_in_log_snr_accurately_and_cheaply():
+    """f and g^2 of a DDPM schedule jump at its 1000 knots: in t dopri5 at 1e-6 spends 325 NFE for a 1.5e-2 encode
+    error, 757 NFE for a 9e-4 decode (the `ode` sampler) and 1441 NFE for a 1.3e-2 nats likelihood; in log-SNR
+    109 / 121 / 229 NFE and 7e-6, 6e-7, 5e-5. Truth: the closed-form flow of a Gaussian and the mixture's log p."""
+    from lightning_sde.samplers import build_sampler
+    from lightning_sde.sde import DiscreteVPSDE
+
+    sde = DiscreteVPSDE(torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0))
+    options = ODEOptions("dopri5", rtol=1e-6, atol=1e-6)
+    m, s = torch.tensor([1.5, -0.5], dtype=torch.float64), 0.3
+    gauss = GaussianMixture(m[None], stds=torch.full((1, 2), s, dtype=torch.float64),
+                            weights=torch.ones(1, dtype=torch.float64))
+    x = m + s * torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eps, T = (torch.tensor(v, dtype=torch.float64) for v in (sde.eps, sde.T))
+    scale = lambda t: torch.sqrt(sde.alpha(t) ** 2 * s**2 + sde.sigma(t) ** 2)  # noqa: E731
+    z = sde.alpha(T) * m + scale(T) * (x - sde.alpha(eps) * m) / scale(eps)
+    den = gauss.denoiser(sde)
+    assert (encode(den, x, options) - z).abs().max() < 1e-4 and den.nfe < 200
+    times = []
+    x_eps, info = build_sampler("ode", rtol=1e-6, atol=1e-6)(gauss.denoiser(sde), z,
+                                                            callback=lambda step: times.append(float(step["t"])))
+    assert (x_eps - x).abs().max() < 1e-5 and info["nfe"] < 200 and info["n_accept"] > 3
+    # the steps are reported in t, from T down to eps
+    assert times == sorted(times, reverse=True) and sde.T > times[0] and times[-1] == sde.eps
+    mixture = eight_gaussians()
+    x = mixture.sample(32, torch.Generator().manual_seed(1))
+    out = log_likelihood(mixture.denoiser(sde), x, options)
+    mismatch = out["prior_logp"] - mixture.marginal_log_prob(sde, out["x_T"], T)
+    assert (out["logp"] - mismatch - mixture.marginal_log_prob(sde, x, eps)).abs().max() < 5e-4
+    assert out["nfe"] < 400
