@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(directory)  # the renames themselves reach the disk
         finally:
             os.close(directory)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose last.ckpt is the final state of every fit that ends normally: Lightning's writes it at
+    the end only if this process has saved nothing before (a run of 25 steps saving every 10 ended with step 20)."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def saved_elsewhere(self, trainer, path) -> None:
+        """Another callback wrote this step's last.ckpt (a preemption save): not written again."""
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = self.last_model_path = str(path)
 
 
 def previous(path: Path) -> Path:

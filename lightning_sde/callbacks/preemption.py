@@ -31,6 +31,8 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_sde.callbacks.checkpoint_io import LastCheckpoint
+
 log = logging.getLogger(__name__)
 
 
@@ -105,6 +107,10 @@ class Preemption(L.Callback):
         # every rank (collective); rank 0 writes, atomically (AtomicCheckpointIO); the full state (optimizer, loops)
         trainer.save_checkpoint(path)
         self.saved_at = trainer.global_step
+        for cb in trainer.checkpoint_callbacks:  # the same file is not written again when fit ends
+            if isinstance(cb, LastCheckpoint) and cb.save_last and cb.dirpath \
+                    and Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}" == path:
+                cb.saved_elsewhere(trainer, path)
         log.warning("%s: saved %s at global step %d", reason, path, trainer.global_step)
 
     def requeue_if_requested(self, trainer) -> bool:

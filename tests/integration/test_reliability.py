@@ -161,6 +161,8 @@ def test_sigterm_checkpoints_and_exits_143_and_the_time_limit_signal_exits_138_w
     assert code == 143, out[-3000:]
     step = torch.load(tmp_path / "term" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert f"SIGTERM: saved {tmp_path / 'term' / 'checkpoints' / 'last.ckpt'} at global step {step}" in out
+    previous = tmp_path / "term" / "checkpoints" / "last.prev.ckpt"  # the signal's save is not written twice
+    assert not previous.exists() or torch.load(previous, weights_only=True)["global_step"] < step
     code, out = _start_and_signal(tmp_path / "usr1", signal.SIGUSR1)
     assert code == 138 and "requeue signal received outside SLURM" in out, out[-3000:]
     assert (tmp_path / "usr1" / "checkpoints" / "last.ckpt").is_file()
