@@ -244,7 +244,20 @@ class ScoreModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         if "data_moments" in checkpoint:
             self.denoiser.data_moments = DataMoments.from_state(checkpoint["data_moments"])
+        self._apply_configured_hyperparameters(checkpoint)
         self._apply_configured_lr(checkpoint)
+
+    def _apply_configured_hyperparameters(self, checkpoint) -> None:
+        """optim.weight_decay and optim.betas of this config replace the restored ones (unchanged: untouched)."""
+        optimizers = checkpoint.get("optimizer_states") or []
+        for group in optimizers[0].get("param_groups", []) if len(optimizers) == 1 else []:
+            for key, value in (("weight_decay", float(self.optim["weight_decay"])),
+                               ("betas", tuple(float(b) for b in self.optim["betas"]))):
+                restored = group.get(key)
+                if restored is not None and (tuple(restored) if key == "betas" else restored) != value:
+                    log.info("optim.%s: %s from this config, in place of %s from the checkpoint", key, value,
+                             group[key])
+                    group[key] = value
 
     def _apply_configured_lr(self, checkpoint) -> None:
         """A resume restores the optimizer and scheduler states, and with them the lr they were built with: a changed

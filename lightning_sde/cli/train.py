@@ -42,7 +42,7 @@ from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, checked, plain, trusted_class
 from lightning_sde.configuration import build as build_node
-from lightning_sde.data.base import LOADING_KEYS
+from lightning_sde.data.base import LOADING_KEYS, check_accumulation
 from lightning_sde.loading import newest_loadable, read_checkpoint
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
@@ -124,6 +124,7 @@ def check_run_values(cfg: DictConfig) -> None:
             and math.isfinite(clip)):
         raise ValueError("config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); "
                          f"got {clip!r}")
+    check_accumulation(trainer.get("accumulate_grad_batches", 1))
 
 
 def resume_point(cfg: DictConfig) -> str | None:

@@ -122,6 +122,16 @@ def bits_per_dim_offset(levels: int) -> float:
     return math.log2(levels / 2)
 
 
+def check_accumulation(accumulate_grad_batches) -> None:
+    """Training counts one batch per optimizer step: the data order of an exact resume (EpochBatches) and each
+    step's seed follow the global step. Gradient accumulation would break both (an epoch's last partial group
+    steps the optimizer too), so it is refused."""
+    if accumulate_grad_batches != 1:
+        raise ValueError("config trainer.accumulate_grad_batches: only 1 is supported (the data order of an exact "
+                         "resume and each step's random draws follow optimizer steps); use a larger data.batch_size "
+                         f"or more processes (trainer.devices, trainer.num_nodes); got {accumulate_grad_batches!r}")
+
+
 class EpochBatches(Sampler):
     """Training batches that a resumed run sees exactly as an uninterrupted one would.
 
@@ -201,13 +211,12 @@ class BaseDataModule(L.LightningDataModule):
         """Subclasses that load lazily (files on disk) fill train_set / val_set here."""
 
     def consumed_batches(self) -> int:
-        """Training batches consumed so far by the attached trainer (0 before fit)."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0
-        return trainer.global_step * trainer.accumulate_grad_batches
+        """Training batches consumed so far by the attached trainer (0 before fit): one per optimizer step."""
+        return 0 if self.trainer is None else self.trainer.global_step
 
     def train_dataloader(self) -> TrainLoader:
+        if self.trainer is not None:
+            check_accumulation(self.trainer.accumulate_grad_batches)
         self._ensure_setup()
         _, world = rank_world()
         if len(self.train_set) // world < self.batch_size:

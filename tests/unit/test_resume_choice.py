@@ -108,6 +108,16 @@ def test_an_unchanged_lr_leaves_the_restored_state_untouched():
     assert repr(checkpoint) == before
 
 
+def test_a_new_weight_decay_and_betas_on_resume_take_effect():
+    checkpoint = _restored_optimizer(1e-3, warmup_steps=10, steps=4)  # AdamW's defaults: 0.0, (0.9, 0.999)
+    module = ScoreModule(net=NET, sde=SDE, shape=[2],
+                         optim={"lr": 1e-3, "warmup_steps": 10, "weight_decay": 0.1, "betas": [0.5, 0.9]})
+    module.on_load_checkpoint(checkpoint)
+    opt = module.configure_optimizers()["optimizer"]
+    opt.load_state_dict(checkpoint["optimizer_states"][0])
+    assert opt.param_groups[0]["weight_decay"] == 0.1 and tuple(opt.param_groups[0]["betas"]) == (0.5, 0.9)
+
+
 # --- a resume into another SDE or parameterization: the weights fit but mean something else ---------------------
 
 
