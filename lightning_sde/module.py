@@ -220,12 +220,16 @@ class ScoreModule(L.LightningModule):
         x0, y = self.labels_of(batch)
         self.log("val/loss", self.loss_fn(self.denoiser, x0, gen, labels=y).mean(), sync_dist=True, prog_bar=True)
 
-    def on_fit_start(self):
-        datamodule = getattr(self.trainer, "datamodule", None)
+    def check_labels(self, datamodule) -> None:
+        """A class-conditional network needs labelled data with as many classes."""
         classes = getattr(datamodule, "num_classes", None) if getattr(datamodule, "labelled", False) else None
         if self.denoiser.num_classes is not None and classes != self.denoiser.num_classes:
-            raise ValueError(f"model.net.num_classes = {self.denoiser.num_classes} but the data "
+            raise ValueError(f"config model.net.num_classes = {self.denoiser.num_classes} but the data "
                              + (f"has {classes} classes" if classes else "has no labels (set data.labels=true)"))
+
+    def on_fit_start(self):
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.check_labels(datamodule)
         if self.denoiser.data_moments is None and datamodule is not None:
             self.denoiser.data_moments = DataMoments.of_samples(training_samples(datamodule, MOMENT_SAMPLES))
 

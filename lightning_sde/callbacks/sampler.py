@@ -84,6 +84,12 @@ class SamplerCallback(L.Callback):
         self.reference = datamodule.reference(self.n_samples)
         self.out_dir = Path(trainer.default_root_dir) / "samples"
 
+    def state_dict(self) -> dict:
+        return {"evals": self._evals}  # a resumed run keeps the every_n_evals phase
+
+    def load_state_dict(self, state_dict) -> None:
+        self._evals = int(state_dict.get("evals", 0))
+
     def scorer(self, device) -> Scorer:
         """Built on first use, on rank 0 only (FID/KID reference statistics are computed or read from the cache)."""
         if self._scorer is None:

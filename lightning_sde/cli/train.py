@@ -29,7 +29,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -316,6 +316,11 @@ def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: st
         return monitor
     metrics = resolve_metrics(sampler_cb.metrics, kind, has_mixture=False, key="callbacks.sampler.metrics")
     labels = list(sampler_cb.samplers)
+    if sampler_cb.every_n_evals > 1 and (monitor == "auto" or str(monitor).count("/") == 2
+                                         and str(monitor).split("/")[1] in labels):
+        raise ValueError(f"config {key}: {monitor!r} is logged once every {sampler_cb.every_n_evals} validations "
+                         "(callbacks.sampler.every_n_evals), and a checkpoint callback needs it at each; set "
+                         f"every_n_evals=1, or monitor val/loss, or set {key.rsplit('.', 1)[0]}=null")
     if monitor == "auto":
         label = next((k for k, s in sampler_cb.samplers.items() if not s.stochastic), labels[0])
         return f"val/{label}/{metrics[0]}"
@@ -332,9 +337,24 @@ def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: st
     return monitor
 
 
-def build(cfg: DictConfig) -> Run:
-    """Datamodule, module, callbacks, loggers and trainer, each validated in that order (the loggers, which create
-    files and W&B runs, come after everything that can fail on a bad value); nothing is trained yet."""
+def check_data_fits(datamodule, module, sampler_cb: SamplerCallback | None, world_size: int) -> None:
+    """The data, fetched if missing and allowed (prepare_data), against what fit would find wrong with it: labels
+    for a class-conditional network, a batch per process, enough training samples for the sampler's reference."""
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    module.check_labels(datamodule)
+    datamodule.check_batch_fits(world_size)
+    if sampler_cb is not None:
+        try:
+            datamodule.check_reference_size(sampler_cb.n_samples)
+        except ValueError as err:
+            raise ValueError(f"config callbacks.sampler.n_samples: {err}") from None
+
+
+def build(cfg: DictConfig, read_data: bool = True) -> Run:
+    """Datamodule, module, callbacks, trainer, the data (read, fetched if missing and allowed) and loggers, each
+    validated in that order (the loggers, which create files and W&B runs, come after everything that can fail on a
+    bad value); nothing is trained yet. read_data=False leaves the data untouched (a config inspected anywhere)."""
     unknown = set(cfg) - TOP_LEVEL_KEYS
     if unknown:
         raise ValueError(f"config: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_LEVEL_KEYS)}")
@@ -364,6 +384,8 @@ def build(cfg: DictConfig) -> Run:
     resumed_at = check_resume_fits(resume, module) if resume is not None else None
 
     keyed = {k: build_node(c, f"callbacks.{k}") for k, c in cfg.callbacks.items() if c is not None}
+    if not cfg.logger:  # logger=none: Lightning's LearningRateMonitor refuses to start without a logger
+        keyed = {k: cb for k, cb in keyed.items() if not isinstance(cb, LearningRateMonitor)}
     callbacks = list(keyed.values())
     sampler_cb = next((cb for cb in callbacks if isinstance(cb, SamplerCallback)), None)
     for k, cb in keyed.items():  # a monitor the evaluations never log would fail at the first one, after training
@@ -382,6 +404,8 @@ def build(cfg: DictConfig) -> Run:
     if SLURMEnvironment.detect():  # requeue has one owner: the Preemption callback (or submitit), not Lightning
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = build_node(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=plugins)
+    if read_data and trainer.local_rank == 0:  # as Lightning prepares data: a missing dataset fails now
+        check_data_fits(datamodule, module, sampler_cb, trainer.world_size)
     loggers = []  # last: they create files and W&B runs
     for key, logger_cfg in (cfg.logger or {}).items():
         logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)

@@ -193,6 +193,7 @@ class BaseDataModule(L.LightningDataModule):
     shape: tuple[int, ...] = ()
 
     num_classes: int | None = None  # set by datamodules built with labels=True
+    reference_from_training_set = True  # reference(n) takes training samples (toy data draws from its distribution)
 
     def __init__(self, batch_size: int, num_workers: int = 0, seed: int = 0, labels: bool = False):
         super().__init__()
@@ -214,14 +215,23 @@ class BaseDataModule(L.LightningDataModule):
         """Training batches consumed so far by the attached trainer (0 before fit): one per optimizer step."""
         return 0 if self.trainer is None else self.trainer.global_step
 
-    def train_dataloader(self) -> TrainLoader:
-        if self.trainer is not None:
-            check_accumulation(self.trainer.accumulate_grad_batches)
+    def check_batch_fits(self, world: int) -> None:
+        """Every one of `world` processes gets a full batch (batches are drop_last)."""
         self._ensure_setup()
-        _, world = rank_world()
         if len(self.train_set) // world < self.batch_size:
             raise ValueError(f"{type(self).__name__}: batch_size {self.batch_size} exceeds the "
                              f"{len(self.train_set) // world} training samples of each of {world} process(es)")
+
+    def check_reference_size(self, n: int) -> None:
+        """reference(n) can be drawn (from the training set, unless the data is sampled from a distribution)."""
+        self._ensure_setup()
+        self._check_reference(n, len(self.train_set) if self.reference_from_training_set else None)
+
+    def train_dataloader(self) -> TrainLoader:
+        if self.trainer is not None:
+            check_accumulation(self.trainer.accumulate_grad_batches)
+        _, world = rank_world()
+        self.check_batch_fits(world)
         batches = EpochBatches(len(self.train_set), self.batch_size, self.seed, self.consumed_batches)
         return TrainLoader(DataLoader(self.train_set, batch_sampler=batches, num_workers=self.num_workers,
                                       persistent_workers=self.num_workers > 0, collate_fn=self.collate))

@@ -3,7 +3,8 @@
 Compute nodes often have no internet: fetch once on a machine that has it (a login node),
     lsde-prepare cifar10 --root /shared/data
 and point `root` at the same directory. Without the files, `prepare_data()` tries to download (download=True)
-and, failing, raises a RuntimeError naming the dataset, the root and that command.
+and, failing, raises a FileNotFoundError (a user error: one line from the apps) naming the dataset, the root and
+that command.
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ def prepare_command(name: str, root) -> str:
     return f"lsde-prepare {name} --root {Path(root).expanduser().resolve()}"
 
 
-def missing_error(name: str, root, why: str) -> RuntimeError:
+def missing_error(name: str, root, why: str) -> FileNotFoundError:
     spec = SPECS[name]
     root = Path(root).expanduser().resolve()
-    return RuntimeError(
+    return FileNotFoundError(
         f"{spec.title} is not under root {str(root)!r} (torchvision looks in {str(root / spec.folder)!r}) and {why}. "
         f"On a machine with internet access (e.g. a login node) run\n    {prepare_command(name, root)}\n"
         f"and set the data module's root (config key data.root) to that directory on a shared filesystem."
@@ -88,7 +89,8 @@ def is_available(name: str, root) -> bool:
 
 
 def fetch(name: str, root, timeout: float | None = 60.0) -> Path:
-    """Download `name` (train and test) into `root` unless present; a RuntimeError naming what to do on failure."""
+    """Download `name` (train and test) into `root` unless present; a FileNotFoundError naming what to do on
+    failure."""
     check_choice("torchvision data", "name", name, SPECS)
     root = Path(root).expanduser()
     if is_available(name, root):

@@ -68,6 +68,7 @@ class Toy2DDataModule(BaseDataModule):
     """
 
     kind = "points"
+    reference_from_training_set = False
 
     def __init__(
         self,

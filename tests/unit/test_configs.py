@@ -58,10 +58,10 @@ def test_every_experiment_composes_builds_and_states_its_samplers(experiment, tm
     assert cfg.trainer.max_steps > 0
     # the experiment's sampler set replaces the default one: exactly the labels its set file states
     assert list(cfg.samplers) == labels_stated_in(set_of(experiment))
-    # Shrunk to run here: CPU trainer, no loggers; data is constructed but not downloaded.
+    # Shrunk to run here: CPU trainer, no loggers; data is constructed but not read (nor downloaded).
     small = composed("train", [f"experiment={experiment}", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
                                "trainer.max_steps=2", "logger=none"])
-    run = build(small)
+    run = build(small, read_data=False)
     datamodule, module, trainer = run.datamodule, run.module, run.trainer
     assert tuple(module.denoiser.shape) == tuple(datamodule.shape)
     assert trainer.max_steps == 2
@@ -96,6 +96,10 @@ def test_a_sampler_set_replaces_rather_than_merges():
         ("sde.beta_min=-1", "config sde: ValueError: beta_min must be > 0"),
         ("model.net.dim=3", "config model.net"),
         ("ckpt_path=/nonexistent.ckpt", "no checkpoint at '/nonexistent.ckpt'"),
+        # what fit would find wrong with the data, found before the loggers exist
+        ("+model.net.num_classes=8", "config model.net.num_classes = 8 but the data has no labels"),
+        ("data.n_train=100", "batch_size 512 exceeds the 100 training samples of each of 1 process(es)"),
+        ("callbacks.sampler.every_n_evals=2", "'auto' is logged once every 2 validations"),
     ],
 )
 def test_bad_config_fails_at_start_naming_the_key(tmp_path, override, message):
@@ -121,3 +125,28 @@ def test_a_key_counts_as_set_by_the_command_line_unless_it_is_removed(overrides,
         assert overridden("problem") is set_
     finally:
         HydraConfig.instance().cfg = None
+
+
+@pytest.mark.parametrize("experiment, overrides, error, message", [
+    ("mnist_subvp", ["+data.download=false"], FileNotFoundError, "lsde-prepare mnist --root"),
+    ("digits", ["callbacks.sampler.n_samples=5000"], ValueError, "config callbacks.sampler.n_samples: "),
+])
+def test_the_data_is_read_and_checked_before_the_loggers_exist(tmp_path, experiment, overrides, error, message):
+    """A dataset that is not there (and may not be fetched), or a reference larger than the training set, fails in
+    build(), before the loggers create their files and W&B runs; not inside fit."""
+    cfg = composed("train", [f"experiment={experiment}", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
+                             f"data.root={tmp_path / 'data'}" if experiment == "mnist_subvp" else "seed=0", *overrides])
+    with pytest.raises(error, match=message):
+        build(cfg)
+    assert not (tmp_path / "wandb").exists() and not (tmp_path / "csv").exists()
+
+
+def test_logger_none_trains_without_the_lr_monitor(tmp_path):
+    """Lightning's LearningRateMonitor refuses to start without a logger: with logger=none it is left out."""
+    cfg = composed("train", ["experiment=toy2d", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu", "logger=none",
+                             "trainer.max_steps=3", "callbacks.sampler=null", "callbacks.best=null",
+                             "data.n_train=1024"])
+    run = build(cfg)
+    assert not any(type(c).__name__ == "LearningRateMonitor" for c in run.trainer.callbacks)
+    run.trainer.fit(run.module, datamodule=run.datamodule)
+    assert run.trainer.global_step == 3

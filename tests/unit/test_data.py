@@ -225,7 +225,7 @@ def test_torchvision_download_failure_names_dataset_root_and_command(tmp_path):
     start = time.perf_counter()
     try:
         dm.prepare_data()
-    except RuntimeError as err:
+    except FileNotFoundError as err:  # a user error: one line from the apps
         message = str(err)
     else:
         pytest.skip("MNIST downloaded: this machine has internet; the offline failure cannot be observed")
@@ -239,11 +239,11 @@ def test_torchvision_without_download_or_setup_fails_at_once(tmp_path):
     dm = CIFAR10DataModule(root=str(tmp_path / "data"), batch_size=8, download=False)
     assert dm.shape == (3, 32, 32) and dm.hflip
     start = time.perf_counter()
-    with pytest.raises(RuntimeError, match=r"(?s)CIFAR-10 is not under root .*download=False.*prepare cifar10 --root"):
+    with pytest.raises(FileNotFoundError, match=r"(?s)CIFAR-10 is not under .*download=False.*prepare cifar10 --root"):
         dm.prepare_data()
-    with pytest.raises(RuntimeError, match=r"(?s)CIFAR-10 is not under root .*prepare cifar10 --root"):
+    with pytest.raises(FileNotFoundError, match=r"(?s)CIFAR-10 is not under root .*prepare cifar10 --root"):
         dm.setup("fit")
-    with pytest.raises(RuntimeError, match="CIFAR-10"):
+    with pytest.raises(FileNotFoundError, match="CIFAR-10"):
         dm.reference(10)
     assert time.perf_counter() - start < 2
     with pytest.raises(ValueError, match="hflip=True mirrors digits"):

@@ -100,3 +100,15 @@ def test_images_get_fid_kid_and_a_sample_grid(tmp_path):
     assert set(callback.metrics) == {"fid", "kid"} and math.isfinite(row["fid"]) and row["fid"] > 1
     assert (tmp_path / "samples" / "ddim_step0000002.png").stat().st_size > 1_000
     assert len(list((tmp_path / "stats").glob("reference-*.pt"))) == 2  # the reference statistics were cached
+
+
+def test_the_every_n_evals_phase_is_kept_in_the_checkpoint():
+    """A run stopped after its 3rd validation and resumed evaluates at the 4th (every_n_evals=2), as one that never
+    stopped would: the count is the callback's checkpointed state."""
+    from lightning_sde.samplers import build_sampler
+
+    before = SamplerCallback({"ddim": build_sampler("ddim", steps=2)}, every_n_evals=2)
+    before._evals = 3
+    after = SamplerCallback({"ddim": build_sampler("ddim", steps=2)}, every_n_evals=2)
+    after.load_state_dict(before.state_dict())
+    assert after._evals == 3
