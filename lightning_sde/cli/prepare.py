@@ -5,10 +5,16 @@
     lsde-prepare cifar10 --root /shared/data --inception --reference-stats 50000
                                                               # + FID/KID statistics of 50000 training images
 
+    lsde-prepare image_folder --root /shared/my_images --inception --reference-stats 1000
+                                                              # statistics of your own images (nothing to fetch)
+
 then train with `data.root=/shared/data`, and run `lsde-bench ... feature_extractor=inception
 reference_count=50000` with the same TORCH_HOME and LSDE_CACHE: it finds the statistics instead of recomputing
 them. scikit-learn's digits ship with scikit-learn (nothing to fetch; `lsde-prepare digits --reference-stats 2000`
 still caches their statistics under the shipped digits features).
+
+The statistics' features (--features): digits for the 8x8 digits, inception for any other images; inception needs
+the weights, so without --inception (and without them on disk) lsde-prepare stops before fetching anything.
 
     lsde-prepare diffusers google/ddpm-cifar10-32 [more hub ids]   # published models into the Hugging Face cache
 
@@ -20,31 +26,113 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import re
 import sys
+from dataclasses import dataclass
 
+from lightning_sde.cli.errors import print_error
 from lightning_sde.configuration import config_root
 from lightning_sde.data.torchvision_sets import SPECS, fetch, is_available
+from lightning_sde.metrics.features import FEATURE_EXTRACTORS, INCEPTION_ENV, inception_weights_path
+
+PROG = "lsde-prepare"
+DIGITS_SHAPE = (1, 8, 8)  # what the digits features take
 
 
 def data_configs() -> list[str]:
     return sorted(p.stem for p in (config_root() / "data").glob("*.yaml"))
 
 
-def reference_stats(name: str, root: str | None, n: int, features: str, cache_dir, device: str) -> dict:
-    """FID/KID real-side statistics of `reference(n)` of the datamodule `configs/data/<name>.yaml` (with the
-    bench's defaults, so `lsde-bench data=<name>` computes the same reference tensor and finds them)."""
-    from hydra.utils import instantiate
+def data_config(name: str):
     from omegaconf import OmegaConf
 
+    return OmegaConf.load(config_root() / "data" / f"{name}.yaml")
+
+
+def data_kind(cfg) -> str:
+    """"images" or "points": the datamodule class's `kind`, read without building it."""
+    from hydra.utils import get_class
+
+    return getattr(get_class(cfg._target_), "kind", "points")
+
+
+def default_features(shape) -> str:
+    """digits for 8x8 grayscale images (the digits data: the only input the digits features take), else inception."""
+    return "digits" if tuple(shape) == DIGITS_SHAPE else "inception"
+
+
+@dataclass
+class StatsRequest:
+    name: str
+    datamodule: object
+    features: str
+
+
+def one_line(err: BaseException) -> str:
+    return re.sub(r"\s*\n\s*", " ", str(err)).strip()
+
+
+def check_reference_requests(parser: argparse.ArgumentParser, args) -> None:
+    """Usage errors of --reference-stats, from the configs alone (nothing built, read or downloaded)."""
+    for name in args.names:
+        cfg = data_config(name)
+        if data_kind(cfg) != "images":
+            images = [n for n in data_configs() if data_kind(data_config(n)) == "images"]
+            parser.error(f"--reference-stats: {name!r} is not an image dataset (FID/KID need images; image datasets: "
+                         f"{', '.join(images)})")
+        if "root" in cfg.keys() and args.root is None:
+            from omegaconf import OmegaConf
+
+            if OmegaConf.is_missing(cfg, "root"):
+                parser.error(f"--reference-stats: {name} needs --root, the folder of its images (its data.root)")
+
+
+def reference_requests(parser: argparse.ArgumentParser, args) -> list[StatsRequest]:
+    """The datamodule (as `lsde-bench data=<name>` builds it, with the bench's defaults, so that it computes the same
+    reference tensor and finds the statistics) and the feature extractor of each dataset; N, the features and the
+    Inception weights checked. Builds only what reads no data files: the torchvision sets load theirs when set up."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    requests = []
+    for name in args.names:
+        cfg = data_config(name)
+        if "root" in cfg.keys() and args.root is not None:
+            cfg.root = args.root
+        try:
+            datamodule = instantiate(cfg)
+        except InstantiationException as err:  # Hydra's wrapper: report the datamodule's own complaint
+            if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
+                raise err.__cause__ from None
+            raise
+        shape = tuple(datamodule.shape)
+        features = args.features or default_features(shape)
+        if features == "digits" and shape != DIGITS_SHAPE:
+            parser.error(f"--features digits takes 8x8 grayscale images (the digits data); {name} has shape "
+                         f"{shape}: use --features inception")
+        train_set = getattr(datamodule, "train_set", None)
+        available = SPECS[name].train_size if name in SPECS else len(train_set) if train_set is not None else None
+        if available is not None and args.reference_stats > available:
+            parser.error(f"--reference-stats {args.reference_stats}: {name} has {available} training images; "
+                         f"choose N <= {available}")
+        requests.append(StatsRequest(name, datamodule, features))
+    weights = inception_weights_path()
+    names = [r.name for r in requests if r.features == "inception"]
+    if names and not args.inception and not weights.is_file():
+        raise FileNotFoundError(
+            f"inception features for {', '.join(names)} need the InceptionV3 weights, not found at {str(weights)!r} "
+            f"(${INCEPTION_ENV}, else $TORCH_HOME/hub/checkpoints): add --inception to fetch them first, or run "
+            f"`{PROG} --inception` where there is internet with the same TORCH_HOME or ${INCEPTION_ENV}")
+    return requests
+
+
+def reference_stats(request: StatsRequest, n: int, cache_dir, device: str) -> dict:
+    """FID/KID real-side statistics of `reference(n)` of the request's datamodule."""
     from lightning_sde.metrics.image import IMAGE_METRICS, reference_image_metrics
 
-    cfg = OmegaConf.load(config_root() / "data" / f"{name}.yaml")
-    if root is not None and "root" in cfg:
-        cfg.root = root
-    datamodule = instantiate(cfg)
-    if getattr(datamodule, "kind", "points") != "images":
-        raise ValueError(f"--reference-stats: {name!r} is not an image dataset (FID/KID need images)")
-    _, protocol = reference_image_metrics(datamodule.reference(n), IMAGE_METRICS, features, cache_dir, device)
+    reference = request.datamodule.reference(n)
+    _, protocol = reference_image_metrics(reference, IMAGE_METRICS, request.features, cache_dir, device)
     return protocol
 
 
@@ -69,25 +157,41 @@ def prepare_models(argv: list[str]) -> int:
     return 0
 
 
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        parser.error(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: CUDA is not available on this machine")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["diffusers"]:
         return prepare_models(argv[1:])
-    parser = argparse.ArgumentParser(prog="lsde-prepare", description=__doc__,
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"dataset(s): {', '.join(data_configs())} (downloads: {', '.join(sorted(SPECS))}); "
                         "or `diffusers HUB_ID ...` for published models")
-    parser.add_argument("--root", default=None, help="data directory (the same as data.root); needed to download")
-    parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)")
+    parser.add_argument("--root", default=None, help="data directory (the same as data.root); needed to download, "
+                        "and for image_folder's statistics")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="socket timeout in seconds for the downloads (default 60)")
     parser.add_argument("--inception", action="store_true",
                         help="fetch the InceptionV3 FID weights ($LSDE_INCEPTION_WEIGHTS, else "
                         "$TORCH_HOME/hub/checkpoints)")
     parser.add_argument("--reference-stats", type=int, default=None, metavar="N",
                         help="cache FID/KID statistics of N training images of each dataset "
                         "(lsde-bench reference_count)")
-    parser.add_argument("--features", default=None, help="feature extractor for the statistics: inception (default "
-                        "with --inception) or digits")
+    parser.add_argument("--features", default=None, choices=sorted(FEATURE_EXTRACTORS),
+                        help="feature extractor for the statistics (lsde-bench feature_extractor). Default: digits "
+                        "for 8x8 grayscale images (the digits data, the only ones the digits features take), "
+                        "inception for any other images; inception needs the weights (--inception fetches them, "
+                        "before any dataset)")
     parser.add_argument("--cache", default=None, help="statistics folder (default $LSDE_CACHE/reference_stats, else "
                         "outputs/cache/reference_stats: the bench's stats_cache)")
     parser.add_argument("--device", default="cpu", help="device for the feature network (e.g. cuda)")
@@ -98,31 +202,51 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown dataset(s) {unknown}; choose from {data_configs()}")
     if not (args.names or args.inception):
         parser.error("nothing to do: name a dataset and/or pass --inception")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        parser.error(f"--timeout must be a positive number of seconds; got {args.timeout:g}")
     if args.reference_stats is not None and (args.reference_stats < 1 or not args.names):
         parser.error("--reference-stats N needs N >= 1 and a dataset name")
-    features = args.features or ("inception" if args.inception else "digits")
+    if args.features is not None and args.reference_stats is None:
+        parser.error("--features chooses the features of --reference-stats N; pass that too")
     downloads = [n for n in args.names if n in SPECS]
     if downloads and args.root is None:
         parser.error(f"--root is needed to download {downloads}")
+    if args.reference_stats is not None:
+        check_reference_requests(parser, args)
+        check_device(parser, args.device)
+    try:
+        return run(parser, args, downloads)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print_error(PROG, one_line(err))
+        return 1
+
+
+def run(parser: argparse.ArgumentParser, args, downloads: list[str]) -> int:
+    requests = reference_requests(parser, args) if args.reference_stats is not None else []
+    if args.inception:
+        from lightning_sde.metrics.features import fetch_inception
+
+        print(f"inception weights: {fetch_inception(timeout=args.timeout)}")
     for name in downloads:
         if is_available(name, args.root):
             print(f"{name}: already present under {args.root}")
             continue
-        try:
-            path = fetch(name, args.root, timeout=args.timeout)
-        except RuntimeError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        path = fetch(name, args.root, timeout=args.timeout)
         print(f"{name}: downloaded to {path}")
-    if args.inception:
-        from lightning_sde.metrics.features import fetch_inception
-
-        print(f"inception weights: {fetch_inception()}")
-    if args.reference_stats is not None:
+    if args.reference_stats is None:
         for name in args.names:
-            protocol = reference_stats(name, args.root, args.reference_stats, features, args.cache, args.device)
-            print(f"{name}: {features} reference statistics of {protocol['n_reference']} images cached "
-                  f"(id {protocol['reference_stats']})")
+            if name in downloads:
+                continue
+            if data_kind(data_config(name)) == "images":
+                print(f"{name}: nothing to fetch (no download); --reference-stats N caches the FID/KID statistics of "
+                      "N of its training images")
+            else:
+                print(f"{name}: nothing to fetch (its points are generated in memory) and no statistics to cache "
+                      "(FID/KID need images)")
+    for request in requests:
+        protocol = reference_stats(request, args.reference_stats, args.cache, args.device)
+        print(f"{request.name}: {request.features} reference statistics of {protocol['n_reference']} images cached "
+              f"(id {protocol['reference_stats']})")
     return 0
 
 

@@ -116,12 +116,26 @@ def inception_weights_path(weights_path=None) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
 
 
-def fetch_inception(weights_path=None) -> Path:
-    """Download the InceptionV3 weights (needs internet) to `inception_weights_path(weights_path)`."""
+def fetch_inception(weights_path=None, timeout: float | None = 60.0) -> Path:
+    """Download the InceptionV3 weights (needs internet) to `inception_weights_path(weights_path)` unless they are
+    there; `timeout` is the socket timeout in seconds. On failure a RuntimeError in one line: what failed, why, and
+    what to do (nothing is left at the path: torch.hub writes a temporary file and moves it there when complete)."""
+    from lightning_sde.data.torchvision_sets import socket_timeout
+
     path = inception_weights_path(weights_path)
-    if not path.is_file():
+    if path.is_file():
+        return path
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(INCEPTION_URL, str(path), progress=True)
+        with socket_timeout(timeout):
+            torch.hub.download_url_to_file(INCEPTION_URL, str(path), progress=True)
+    except Exception as err:  # URLError, socket timeouts, HTTP errors, an unwritable folder: say which, fail
+        detail = " ".join(str(err).split())[:300]
+        raise RuntimeError(
+            f"could not download the InceptionV3 weights from {INCEPTION_URL} to {str(path)!r} "
+            f"({type(err).__name__}: {detail}). Run `lsde-prepare --inception` on a machine with internet access "
+            f"(e.g. a login node) with the same TORCH_HOME or ${INCEPTION_ENV}, or copy the file to that path"
+        ) from err
     return path
 
 
