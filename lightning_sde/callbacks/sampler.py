@@ -24,6 +24,8 @@ from lightning_sde.configuration import build
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero
 from lightning_sde.generation import generate
+from lightning_sde.metrics.features import check_feature_extractor
+from lightning_sde.metrics.image import IMAGE_METRICS
 from lightning_sde.metrics.scorer import ALL_METRICS, LOWER_IS_BETTER, Scorer, resolve_metrics
 from lightning_sde.models.guidance import check_guidance
 from lightning_sde.plotting import image_grid, scatter_grid, text_table
@@ -83,6 +85,21 @@ class SamplerCallback(L.Callback):
         self.metrics = resolve_metrics(self.metrics, self.kind, has_mixture=False, key="callbacks.sampler.metrics")
         self.reference = datamodule.reference(self.n_samples)
         self.out_dir = Path(trainer.default_root_dir) / "samples"
+
+    def check_data(self, datamodule) -> None:
+        """What the first evaluation would fail on, checked before training: the reference (n_samples training
+        samples) and the feature network of FID/KID (Inception's weights on disk)."""
+        try:
+            datamodule.check_reference_size(self.n_samples)
+        except ValueError as err:
+            raise ValueError(f"config callbacks.sampler.n_samples: {err}") from None
+        metrics = resolve_metrics(self.metrics, getattr(datamodule, "kind", "points"), has_mixture=False,
+                                  key="callbacks.sampler.metrics")
+        if set(metrics) & set(IMAGE_METRICS):
+            try:
+                check_feature_extractor(self.feature_extractor)
+            except (ValueError, FileNotFoundError) as err:
+                raise type(err)(f"config callbacks.sampler.feature_extractor: {err}") from None
 
     def state_dict(self) -> dict:
         return {"evals": self._evals}  # a resumed run keeps the every_n_evals phase

@@ -339,16 +339,13 @@ def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: st
 
 def check_data_fits(datamodule, module, sampler_cb: SamplerCallback | None, world_size: int) -> None:
     """The data, fetched if missing and allowed (prepare_data), against what fit would find wrong with it: labels
-    for a class-conditional network, a batch per process, enough training samples for the sampler's reference."""
+    for a class-conditional network, a batch per process, what the sampler callback's evaluations need."""
     datamodule.prepare_data()
     datamodule.setup("fit")
     module.check_labels(datamodule)
     datamodule.check_batch_fits(world_size)
     if sampler_cb is not None:
-        try:
-            datamodule.check_reference_size(sampler_cb.n_samples)
-        except ValueError as err:
-            raise ValueError(f"config callbacks.sampler.n_samples: {err}") from None
+        sampler_cb.check_data(datamodule)
 
 
 def build(cfg: DictConfig, read_data: bool = True) -> Run:

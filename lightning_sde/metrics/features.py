@@ -116,6 +116,21 @@ def inception_weights_path(weights_path=None) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
 
 
+def require_inception_weights(weights_path=None) -> Path:
+    """The InceptionV3 weights' path; FileNotFoundError naming it and how to fetch them when they are not there."""
+    path = inception_weights_path(weights_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"InceptionV3 weights not found at {str(path)!r} (chosen from the weights_path argument, else "
+            f"${INCEPTION_ENV}, else $TORCH_HOME/hub/checkpoints; "
+            f"TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}). "
+            "This machine will not download them. On a machine with internet (e.g. a login node), with the same "
+            f"TORCH_HOME or {INCEPTION_ENV}, run\n    lsde-prepare --inception\n"
+            f"or copy {INCEPTION_URL} to that path."
+        )
+    return path
+
+
 def fetch_inception(weights_path=None, timeout: float | None = 60.0) -> Path:
     """Download the InceptionV3 weights (needs internet) to `inception_weights_path(weights_path)` unless they are
     there; `timeout` is the socket timeout in seconds. On failure a RuntimeError in one line: what failed, why, and
@@ -139,25 +154,25 @@ def fetch_inception(weights_path=None, timeout: float | None = 60.0) -> Path:
     return path
 
 
+def to_uint8(x: Tensor) -> Tensor:
+    """Float images in [0, 1] -> uint8 0..255, rounded (uint8 passes through)."""
+    return x if x.dtype == torch.uint8 else (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 class InceptionFeatures(nn.Module):
     """torch-fidelity's InceptionV3 (via torchmetrics' NoTrainInceptionV3) from weights on disk, never the network.
 
     Takes float images in [0, 1] or uint8 (N, C, H, W) with C = 1 or 3 (grayscale is repeated to RGB); floats go
-    to uint8 as torchmetrics does with normalize=True, (x * 255).byte(), after clamping to [0, 1].
+    to uint8 rounded, round(255 x) after clamping to [0, 1] (as EDM quantizes samples): a dataset's pixel k, scaled
+    to [-1, 1] and back, is k again (torchmetrics' (x * 255).byte() truncates it to k - 1 for a quarter of the
+    levels), so reference statistics are those of the data's own pixels.
     """
+
+    cache_tag = "round"  # how floats are quantized: part of the reference statistics' cache key
 
     def __init__(self, weights_path=None, feature: int | str = 2048):
         super().__init__()
-        path = inception_weights_path(weights_path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"InceptionV3 weights not found at {str(path)!r} (chosen from the weights_path argument, else "
-                f"${INCEPTION_ENV}, else $TORCH_HOME/hub/checkpoints; "
-                f"TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}). "
-                "This machine will not download them. On a machine with internet (e.g. a login node), with the same "
-                f"TORCH_HOME or {INCEPTION_ENV}, run\n    lsde-prepare --inception\n"
-                f"or copy {INCEPTION_URL} to that path."
-            )
+        path = require_inception_weights(weights_path)
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         valid = ("64", "192", "768", "2048")
@@ -181,8 +196,7 @@ class InceptionFeatures(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"InceptionFeatures expects images (N, 1 or 3, H, W); got {tuple(x.shape)}")
-        if x.dtype != torch.uint8:
-            x = (x.float().clamp(0, 1) * 255).to(torch.uint8)
+        x = to_uint8(x)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return self.net(x)
@@ -191,9 +205,19 @@ class InceptionFeatures(nn.Module):
 FEATURE_EXTRACTORS = {"digits": DigitsFeatures, "inception": InceptionFeatures}
 
 
+def known_feature_extractor(name) -> str:
+    if name not in FEATURE_EXTRACTORS:
+        raise ValueError(f"unknown feature extractor {name!r}; choose one of {sorted(FEATURE_EXTRACTORS)}")
+    return name
+
+
+def check_feature_extractor(name) -> None:
+    """What build_feature_extractor(name) needs, checked without building it: a known name, Inception's weights."""
+    if known_feature_extractor(name) == "inception":
+        require_inception_weights()
+
+
 def build_feature_extractor(name: str = "digits", **kw) -> nn.Module:
     """A feature module by name: `digits` (DigitsFeatures(weights_path=None, input_range="unit")) or
     `inception` (InceptionFeatures(weights_path=None, feature=2048)); raises before touching the network."""
-    if name not in FEATURE_EXTRACTORS:
-        raise ValueError(f"unknown feature extractor {name!r}; choose one of {sorted(FEATURE_EXTRACTORS)}")
-    return FEATURE_EXTRACTORS[name](**kw)
+    return FEATURE_EXTRACTORS[known_feature_extractor(name)](**kw)

@@ -60,7 +60,8 @@ def reference_image_metrics(reference: Tensor, metrics, feature_extractor: str, 
     features = build_feature_extractor(feature_extractor)
     feature_sha = file_sha256(features.weights_path)
     reference_sha = tensor_sha256(reference)
-    key = hashlib.sha256((reference_sha + feature_sha).encode()).hexdigest()[:16]
+    # statistics computed before a change of how the features read their input are not reused
+    key = hashlib.sha256((reference_sha + feature_sha + getattr(features, "cache_tag", "")).encode()).hexdigest()[:16]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out = {}
     for name in metrics:

@@ -130,10 +130,17 @@ def test_a_key_counts_as_set_by_the_command_line_unless_it_is_removed(overrides,
 @pytest.mark.parametrize("experiment, overrides, error, message", [
     ("mnist_subvp", ["+data.download=false"], FileNotFoundError, "lsde-prepare mnist --root"),
     ("digits", ["callbacks.sampler.n_samples=5000"], ValueError, "config callbacks.sampler.n_samples: "),
+    ("digits", ["callbacks.sampler.feature_extractor=inception"], FileNotFoundError,
+     "config callbacks.sampler.feature_extractor: InceptionV3 weights not found"),
+    ("digits", ["callbacks.sampler.feature_extractor=vgg"], ValueError, "unknown feature extractor 'vgg'"),
 ])
-def test_the_data_is_read_and_checked_before_the_loggers_exist(tmp_path, experiment, overrides, error, message):
-    """A dataset that is not there (and may not be fetched), or a reference larger than the training set, fails in
-    build(), before the loggers create their files and W&B runs; not inside fit."""
+def test_the_data_is_read_and_checked_before_the_loggers_exist(tmp_path, monkeypatch, experiment, overrides, error,
+                                                                message):
+    """A dataset that is not there (and may not be fetched), a reference larger than the training set, or FID
+    features that cannot be built fail in build(), before the loggers create their files and W&B runs; not at the
+    first evaluation, after training."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("LSDE_INCEPTION_WEIGHTS", raising=False)
     cfg = composed("train", [f"experiment={experiment}", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
                              f"data.root={tmp_path / 'data'}" if experiment == "mnist_subvp" else "seed=0", *overrides])
     with pytest.raises(error, match=message):

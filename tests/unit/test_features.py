@@ -183,8 +183,8 @@ def test_inception_wrapper_with_stand_in_weights(tmp_path, monkeypatch):
     x = torch.rand(2, 1, 8, 8)
     out = features(x)
     assert out.shape == (2, 2048) and torch.isfinite(out).all()
-    as_rgb_bytes = (x * 255).to(torch.uint8).expand(-1, 3, -1, -1)
-    assert torch.equal(features(as_rgb_bytes), out)  # floats are quantised exactly as torchmetrics does
+    as_rgb_bytes = (x * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    assert torch.equal(features(as_rgb_bytes), out)  # floats are quantised to the nearest level
     metric = FrechetInceptionDistance(feature=features, normalize=True)
     metric.update(torch.rand(2, 3, 16, 16), real=True)
     assert metric.real_features_num_samples == 2
@@ -200,3 +200,25 @@ def test_inception_features_when_the_weights_are_present():
     assert out.shape == (2, 2048) and features.num_features == 2048
     metric = FrechetInceptionDistance(feature=features, normalize=True)
     metric.update(torch.rand(4, 3, 32, 32), real=True)
+
+
+def test_every_pixel_level_survives_the_trip_to_the_inception_input():
+    """Pixel k of a dataset, scaled to [-1, 1] (ImageBatch) and to [0, 1] for the metric (unit), reaches Inception as
+    k: truncating instead of rounding gave k - 1 for 63 of the 256 levels."""
+    from lightning_sde.data.base import ImageBatch
+    from lightning_sde.metrics.features import to_uint8
+    from lightning_sde.metrics.image import unit
+
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    assert torch.equal(to_uint8(unit(ImageBatch(256)(levels))), levels)
+
+
+def test_reference_statistics_are_not_reused_after_the_features_read_their_input_differently(tmp_path, monkeypatch):
+    from lightning_sde.metrics.features import DigitsFeatures
+    from lightning_sde.metrics.image import reference_image_metrics
+
+    reference = digits_to_unit_range(load_digits_levels()[0][:64])
+    _, before = reference_image_metrics(reference, ["fid"], "digits", cache_dir=tmp_path)
+    monkeypatch.setattr(DigitsFeatures, "cache_tag", "another-quantization", raising=False)
+    _, after = reference_image_metrics(reference, ["fid"], "digits", cache_dir=tmp_path)
+    assert before["reference_stats"] != after["reference_stats"] and len(list(tmp_path.glob("reference-*"))) == 2
