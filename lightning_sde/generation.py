@@ -3,11 +3,13 @@ lsde-compare: split the seeds exactly across processes (rank r takes seeds r, r 
 duplicates), sample in batches, and gather the shards back into seed order on rank 0.
 
 NFE is reported per batch (what one batch cost; adaptive solvers differ between batches), never summed over them.
+Set-up work (a grid tuned or selected on a pilot, once per process) is reported apart: setup_nfe, setup_wall_s.
 """
 
 from __future__ import annotations
 
 import resource
+import time
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +31,8 @@ class Samples:
     peak_memory_mb: float  # the largest process's peak
     world_size: int
     batch_factor: int = 1  # network inputs per sample in one NFE: 2 under classifier-free guidance
+    setup_nfe: int = 0  # set-up NFE (info["setup_nfe"]) of the process that spent the most; never part of `nfe`
+    setup_wall_s: float = 0.0  # the slowest process's set-up time (before sampling, in the batches that set up)
 
     @property
     def nfe(self) -> float:
@@ -73,7 +77,7 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     mine = seeds[rank::world]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    xs, nfes, wall = [], [], 0.0
+    xs, nfes, wall, setup_nfe, setup_wall = [], [], 0.0, 0, 0.0
     sde = denoiser.sde
     # progress in samples: finished batches plus the running batch's share, by how far its time has run (T -> eps)
     with Progress(len(mine), desc or sampler.name, "", enabled=progress and rank == 0) as bar:
@@ -88,17 +92,22 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
                 bar.update(i + len(batch) * min(1.0, (sde.T - t) / (sde.T - sde.eps)), seeds_done=i,
                            batch_nfe=model.nfe - nfe_before)
 
+            called = time.perf_counter()
             x, info = sample(sampler, model, batch, device, dtype, callback=on_step if progress else None)
             xs.append(x.cpu())
             nfes.append(int(info["nfe"]))
             wall += info["wall_s"]
+            if info.get("setup_nfe"):  # this batch set up (a later one finds the tuned grid cached)
+                setup_nfe += int(info["setup_nfe"])
+                setup_wall += time.perf_counter() - called - info["wall_s"]
             bar.update(i + len(batch), seeds_done=i + len(batch), batch_nfe=info["nfe"])
     x = torch.cat(xs) if xs else torch.empty(0, *denoiser.shape, dtype=dtype)
-    parts = gather_to_zero((x, nfes, wall, peak_memory_mb(device)))
+    parts = gather_to_zero((x, nfes, wall, peak_memory_mb(device), setup_nfe, setup_wall))
     if parts is None:
         return None
     full = torch.empty(len(seeds), *denoiser.shape, dtype=dtype)
     for r, (x_r, *_rest) in enumerate(parts):
         full[r::world] = x_r
     return Samples(full, [n for p in parts for n in p[1]], max(p[2] for p in parts), max(p[3] for p in parts), world,
-                   batch_factor=batch_factor(guidance))
+                   batch_factor=batch_factor(guidance), setup_nfe=max(p[4] for p in parts),
+                   setup_wall_s=max(p[5] for p in parts))

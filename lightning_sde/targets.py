@@ -131,5 +131,5 @@ def reference_samples(target: Target, n: int, start: int) -> torch.Tensor:
 
 
 def floor_samples(target: Target, n: int, start: int) -> torch.Tensor:
-    """A second exact sample set of the reference's size: what a perfect sampler scores (the noise floor)."""
+    """A second exact sample set of n samples (a cell's size): what a perfect sampler scores (the noise floor)."""
     return target.mixture.sample(n, torch.Generator().manual_seed(2 * 10**9 + start)).float()

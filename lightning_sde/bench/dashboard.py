@@ -10,7 +10,9 @@ History keys, one row per cell (W&B's step is just the row counter; the charts u
   <metric>_ci/<sampler>                                       half-width of its interval, when the harness made one
   wall_s/<sampler>                                            sampling time
   samples/<sampler>/nfe_<NNNNN>                               the first samples (same seeds for every sampler)
-Summaries: best/<metric>/<sampler> (the best over its NFEs) and the run's protocol in its config.
+Summaries, from every row of the results file (whichever launch computed it): best/<metric>/<sampler> (the best over
+its NFEs, with /nfe), and floor/<metric> for the noise floor (no sampler: no history row, no best). The run's protocol
+is in its config.
 <sampler> is the cell's label under the run's first protocol (kept in the sidecar); under another (a multirun into one
 results file: other seeds or target) it is the report's label against the first, `ddim [seeds 0+64]`, so the two
 protocols never share a curve.
@@ -25,7 +27,7 @@ import os
 import uuid
 from pathlib import Path
 
-from lightning_sde.bench.results import protocol_labels
+from lightning_sde.bench.results import ResultsStore, protocol_labels
 from lightning_sde.metrics.scorer import LOWER_IS_BETTER
 from lightning_sde.tracking import offline_history, wandb_configured
 
@@ -109,18 +111,18 @@ class SweepRun:
             self._forget_lost_cells()
         write_sidecar(self.results, self.state)
         for key in [*LOWER_IS_BETTER, *(f"{m}_ci" for m in LOWER_IS_BETTER), "wall_s"]:
-            self.run.define_metric(f"{key}/*", step_metric="nfe")  # charts against NFE; best/ summaries below
-        self.best = {}
+            self.run.define_metric(f"{key}/*", step_metric="nfe")  # charts against NFE; summaries below
 
     def _forget_lost_cells(self) -> None:
-        """A sweep killed (kill -9) just after logging a cell may leave it out of its offline run file, though the
-        sidecar lists it: keep listed only the cells the earlier offline files of this run hold, so that the report
-        logs the others again. (Files from before cells carried `cell/id` are taken at the sidecar's word.)"""
+        """A sweep killed (kill -9) just after logging a cell may leave it out of its run file, though the sidecar
+        lists it (W&B may not have written a single row): keep listed only the cells the earlier files of this run
+        hold, so that the report logs the others again. (Files whose rows lack `cell/id`, written before cells
+        carried it, are taken at the sidecar's word.)"""
         current = Path(self.run.dir).resolve().parent
-        earlier = [f for f in current.parent.glob(f"offline-run-*-{self.run.id}/run-{self.run.id}.wandb")
-                   if f.parent.resolve() != current]
+        earlier = [f for f in current.parent.glob(f"*run-*-{self.run.id}/run-{self.run.id}.wandb")  # offline-run-*
+                   if f.parent.resolve() != current]  # and run-* (an online launch's local record)
         rows = [r for f in earlier for r in offline_history(f)]
-        if not any("cell/id" in r for r in rows):
+        if rows and not any("cell/id" in r for r in rows):
             return
         held = {r.get("cell/id") for r in rows}
         lost = [c for c in self.state["logged"] if c not in held]
@@ -139,13 +141,22 @@ class SweepRun:
         return protocol_labels([first, row])(row) if first else row.get("sampler_label", row["sampler"])
 
     def log_cell(self, cell_id: str, rows: list[dict], preview=None, reference=None) -> None:
-        """One history row for a finished cell (its rows, one per metric), with its sample image."""
+        """One history row for a finished cell (its rows, one per metric), with its sample image; the noise floor
+        only updates the summaries."""
         if self.logged(cell_id) or not rows:
             return
+        first = rows[0]
+        self.state.setdefault("protocol", {k: first.get(k) for k in PROTOCOL_FIELDS})
+        if first["grid"] != "exact":
+            self._log_history(cell_id, rows, preview, reference)
+        self.run.summary.update(self.summaries())
+        self.state["logged"].append(cell_id)
+        write_sidecar(self.results, self.state)
+
+    def _log_history(self, cell_id: str, rows: list[dict], preview, reference) -> None:
         import wandb
 
         first = rows[0]
-        self.state.setdefault("protocol", {k: first.get(k) for k in PROTOCOL_FIELDS})
         label, nfe = self.label(first), first["nfe"]
         row = {"nfe": nfe, "cell/id": cell_id, "cell/sampler": label, "cell/grid": first["grid"],
                "cell/requested": first["requested"],
@@ -155,24 +166,32 @@ class SweepRun:
             row[f"{r['metric']}/{label}"] = r["value"]
             if r.get("ci_low") is not None and r.get("ci_high") is not None:
                 row[f"{r['metric']}_ci/{label}"] = (r["ci_high"] - r["ci_low"]) / 2
-            self._track_best(r, label)
         if preview is not None and nfe:
             path = self._picture(label, nfe, preview, reference)
             if path is not None:
                 row[f"samples/{label}/{budget_key(nfe)}"] = wandb.Image(str(path), caption=f"{label}, NFE {nfe:g}")
         self.run.log({k: v for k, v in row.items() if v is not None})
-        self.run.summary.update(self.best)
-        self.state["logged"].append(cell_id)
-        write_sidecar(self.results, self.state)
 
-    def _track_best(self, r: dict, label: str) -> None:
-        if r["value"] is None or r["value"] != r["value"]:
-            return
-        key = f"best/{r['metric']}/{label}"
-        lower = LOWER_IS_BETTER.get(r["metric"], True)
-        if key not in self.best or (r["value"] < self.best[key]) == lower:
-            self.best[key] = r["value"]
-            self.best[f"{key}/nfe"] = r["nfe"]
+    def summaries(self) -> dict:
+        """best/<metric>/<sampler> (and its /nfe) and floor/<metric> over the rows of the results file, so that a
+        resumed sweep's launch never overwrites an earlier launch's better value; rows alike but for their key
+        count as the views show them (the last written)."""
+        from lightning_sde.bench.report import for_views, unreadable  # report imports this module
+
+        rows, _ = for_views([r for r in ResultsStore(self.results).latest().values() if unreadable(r) is None])
+        out = {}
+        for r in rows:
+            if r["value"] is None or r["value"] != r["value"]:
+                continue
+            label = self.label(r)
+            if r["grid"] == "exact":  # the floor's keys carry what its label adds for another protocol
+                out[f"floor/{r['metric']}{label.removeprefix(r['sampler_label'])}"] = r["value"]
+                continue
+            key = f"best/{r['metric']}/{label}"
+            lower = LOWER_IS_BETTER.get(r["metric"], True)
+            if key not in out or (r["value"] < out[key]) == lower:
+                out[key], out[f"{key}/nfe"] = r["value"], r["nfe"]
+        return out
 
     def _picture(self, label: str, nfe, x, reference):
         from lightning_sde.plotting import image_grid, scatter_grid

@@ -17,9 +17,9 @@ from lightning_sde.plotting.sweeps import plot_metrics, plot_samples
 from lightning_sde.plotting.tables import text_table
 
 log = logging.getLogger(__name__)
-COLUMNS = ["sampler", "sampler_name", "grid", "requested", "nfe", "metric", "value", "wall_s", "samples_per_s",
-           "n_samples", "seed_start", "seed_count", "peak_memory_mb", "device", "git_commit", "time", "target",
-           "params"]
+COLUMNS = ["sampler", "sampler_name", "grid", "requested", "nfe", "metric", "value", "wall_s", "setup_nfe",
+           "setup_wall_s", "samples_per_s", "n_samples", "seed_start", "seed_count", "peak_memory_mb", "device",
+           "git_commit", "time", "target", "params"]
 
 
 NUMBER = (int, float)
@@ -28,7 +28,8 @@ NUMBER = (int, float)
 NEEDED = {"key": (str,), "target": (str,), "sampler": (str,), "sampler_name": (str,), "metric": (str,),
           "grid": (str,), "requested": (*NUMBER, type(None)), "nfe": NUMBER, "value": (*NUMBER, type(None)),
           "wall_s": NUMBER, "seed_start": (int,), "seed_count": (int,)}
-OPTIONAL = {"ci_low": NUMBER, "ci_high": NUMBER, "ci_level": NUMBER, "samples_per_s": NUMBER, "n_samples": NUMBER}
+OPTIONAL = {"ci_low": NUMBER, "ci_high": NUMBER, "ci_level": NUMBER, "samples_per_s": NUMBER, "n_samples": NUMBER,
+            "setup_nfe": NUMBER, "setup_wall_s": NUMBER}
 
 
 def unreadable(row: dict) -> str | None:
@@ -84,6 +85,11 @@ def preview(previews: SamplePreviews, row: dict):
     """The samples a row's cell kept (None when it kept none)."""
     return previews.load(row.get("sampler_label", row["sampler"]), row["grid"], row["requested"],
                          SamplePreviews.protocol(*protocol(row)))
+
+
+def reference(previews: SamplePreviews, row: dict):
+    """The reference set a row's cell was scored against (its protocol's; None when the sweep kept none)."""
+    return previews.load_reference(SamplePreviews.protocol(*protocol(row)))
 
 
 def cells(rows: list[dict]) -> list[dict]:
@@ -143,13 +149,15 @@ def markdown(rows: list[dict]) -> str:
         cols = sorted({(r["grid"], r["requested"]) for r in mine}, key=_column_key)
         table = defaultdict(dict)
         for r in mine:
-            table[r["sampler"]][(r["grid"], r["requested"])] = f"{with_interval(r)} ({fmt(r['nfe'])})"
+            cost = fmt(r["nfe"]) + (f" + {fmt(r['setup_nfe'])} set-up" if r.get("setup_nfe") else "")
+            table[r["sampler"]][(r["grid"], r["requested"])] = f"{with_interval(r)} ({cost})"
         head = ["sampler"] + [column_label(g, v) for g, v in cols]
         arrow = "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better"
         levels = sorted({r["ci_level"] for r in mine if r.get("ci_level")})
         bracket = f"; [{', '.join(f'{lv:.0%}' for lv in levels)} bootstrap interval]" if levels else ""
-        out += [f"### {metric} ({arrow}{bracket}; actual NFE in parentheses)", "", "| " + " | ".join(head) + " |",
-                "|" + "---|" * len(head)]
+        setup = " + set-up NFE" if any(r.get("setup_nfe") for r in mine) else ""
+        out += [f"### {metric} ({arrow}{bracket}; actual NFE{setup} in parentheses)", "",
+                "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join([s] + [table[s].get(c, "") for c in cols]) + " |" for s in sorted(table)]
         out.append("")
     return "\n".join(out)
@@ -163,18 +171,22 @@ def summary_table(rows: list[dict]) -> str:
     for r in rows:
         key = (r["sampler"], r["grid"], r["requested"])
         line = lines.setdefault(key, {"sampler": r["sampler"], "budget": column_label(r["grid"], r["requested"]),
-                                      "nfe": r["nfe"], "wall_s": r["wall_s"],
+                                      "nfe": r["nfe"], "setup_nfe": r.get("setup_nfe") or "", "wall_s": r["wall_s"],
                                       "samples_per_s": r.get("samples_per_s") or "", "grid": r["grid"]})
         line[r["metric"]] = r["value"]
     ordered = sorted(lines.values(), key=lambda line: (line["grid"] != "exact", line["nfe"] or 0, line["sampler"]))
     arrows = ", ".join(f"{m} {'lower' if LOWER_IS_BETTER.get(m, True) else 'higher'} is better" for m in metrics)
-    return text_table(ordered, ["sampler", "budget", "nfe", "wall_s", "samples_per_s", *metrics]) + f"\n({arrows})"
+    setup = ["setup_nfe"] if any(line["setup_nfe"] for line in ordered) else []  # only samplers that set up pay it
+    return text_table(ordered, ["sampler", "budget", "nfe", *setup, "wall_s", "samples_per_s", *metrics]) + (
+        f"\n({arrows})")
 
 
 def sample_panels(rows: list[dict], previews: SamplePreviews):
-    """({sampler: {budget: samples}}, reference) from the previews the sweep kept; None when it kept none."""
+    """({sampler: {budget: samples}}, reference) from the previews the sweep kept; None when it kept none. The
+    reference is drawn behind the samples only when they are all of one target (a reference is its target's)."""
     panels = {}
-    for cell in cells(rows):
+    shown = cells(rows)
+    for cell in shown:
         x = preview(previews, cell)
         if x is not None:
             budget = (f"NFE {cell['nfe']:.4g}" if cell["grid"] == "configured"
@@ -182,11 +194,12 @@ def sample_panels(rows: list[dict], previews: SamplePreviews):
             panels.setdefault(cell["sampler"], {})[budget] = x
     if not panels:
         return None
-    reference = previews.load("reference", None, None)
+    one_target = len({cell["target"] for cell in shown}) == 1
+    ref = reference(previews, shown[0]) if one_target else None
     first = next(iter(next(iter(panels.values())).values()))
     if first.ndim == 2 and first.shape[1] < 2 or first.ndim not in (2, 4):
         return None  # 1-D points, or shapes no picture fits
-    return panels, reference
+    return panels, ref
 
 
 def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = None, run=None) -> str:
@@ -203,12 +216,12 @@ def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = N
         run = SweepRun(results, project, name or f"bench-{sweep}", sweep, flat("", {"sweep": sweep, **constant}),
                        sorted(tags))
     previews = SamplePreviews(results.parent / "samples")
-    reference = previews.load("reference", None, None)
     by_cell = defaultdict(list)
     for r in rows:
         by_cell[(r["target"], r["sampler"], r["grid"], r["requested"], r["seed_start"], r["seed_count"])].append(r)
-    for mine in sorted(by_cell.values(), key=lambda mine: str(mine[0].get("time") or "")):  # as the sweep logged
-        run.log_cell(cell_id(mine), mine, preview(previews, mine[0]), reference)  # them: the first protocol first
+    # in the order the sweep logged them: the first protocol first
+    for mine in sorted(by_cell.values(), key=lambda mine: str(mine[0].get("time") or "")):
+        run.log_cell(cell_id(mine), mine, preview(previews, mine[0]), reference(previews, mine[0]))
     run.log_table(rows, COLUMNS)
     lines = [run.where()]
     keyed = [{**r, "sampler": run.label(r)} for r in rows]  # the panels show the keys the run logged

@@ -110,8 +110,12 @@ class SamplePreviews:
     def save(self, cell, x, protocol: str | None = None) -> None:
         self._write(self.name(cell.label, cell.grid, cell.requested, protocol), x)
 
-    def save_reference(self, x) -> None:
-        self._write("reference", x)
+    def save_reference(self, x, protocol: str | None = None) -> None:
+        """The reference set's preview, tagged like the cells' previews: two targets in one file keep their own."""
+        self._write(self.name("reference", None, None, protocol), x)
+
+    def load_reference(self, protocol: str | None = None):
+        return self.load("reference", None, None, protocol)
 
     def load(self, label: str, grid: str, requested, protocol: str | None = None):
         """The preview of a cell, or None when there is none; with `protocol`, the untagged name of previews

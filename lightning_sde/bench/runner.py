@@ -108,9 +108,11 @@ def rows_of(cell: Cell, samples: Samples | None, values: dict, batch_size: int, 
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **protocol,
     }
     if samples is None:  # the noise floor: no sampler ran
-        common.update(nfe=0, nfe_per_batch=[], wall_s=0.0, samples_per_s=None, world_size=1, n_nonfinite=0)
+        common.update(nfe=0, nfe_per_batch=[], wall_s=0.0, samples_per_s=None, world_size=1, n_nonfinite=0,
+                      setup_nfe=0, setup_wall_s=0.0)
     else:
         common.update(nfe=samples.nfe, nfe_per_batch=samples.nfe_per_batch, wall_s=samples.wall_s,
+                      setup_nfe=samples.setup_nfe, setup_wall_s=samples.setup_wall_s,
                       samples_per_s=cell.seed_count / samples.wall_s if samples.wall_s > 0 else None,
                       peak_memory_mb=samples.peak_memory_mb, world_size=samples.world_size,
                       n_nonfinite=samples.n_nonfinite)
@@ -181,7 +183,8 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
             reference = reference_samples(target, cfg.get("reference_count") or cfg.seeds.count, cfg.seeds.start)
             scorer = Scorer(reference, sweep.metrics, target.mixture, cfg.feature_extractor, cfg.stats_cache, device)
             previews = SamplePreviews(Path(cfg.results).parent / "samples", n=64 if target.kind == "images" else 1000)
-            previews.save_reference(reference)
+            previews.save_reference(reference, SamplePreviews.protocol(sweep.target_id, cfg.seeds.start,
+                                                                       cfg.seeds.count))
         protocol = {**target.protocol, **(scorer.protocol if scorer else {}), "dtype": cfg.dtype,
                     "git_commit": git_commit(), "shard": f"{cfg.shard.index}/{cfg.shard.count}"}
         live = open_sweep_run(cfg, target, protocol, sweep) if rank == 0 else None
@@ -190,8 +193,8 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
             if rank == 0:
                 log.info("computing cell %d/%d: %s", n_done + 1, len(todo), cell)
             samples = None
-            if cell.built is None:  # the noise floor: a second exact sample set, scored like a sampler's
-                x = floor_samples(target, len(scorer.reference), cfg.seeds.start) if rank == 0 else None
+            if cell.built is None:  # the noise floor: a second exact set of the cell's size, scored like a sampler's
+                x = floor_samples(target, cell.seed_count, cell.seed_start) if rank == 0 else None
             else:
                 samples = generate(cell.built, target.denoiser, seeds, cfg.batch_size, device, sweep.dtype,
                                    progress=cfg.progress, desc=str(cell), guidance=cell.guidance,
@@ -243,7 +246,7 @@ def report_cell(store: ResultsStore, cell: Cell, n_done: int, n_todo: int, start
         try:
             protocol = SamplePreviews.protocol(cell.target, cell.seed_start, cell.seed_count)
             live.log_cell(cell_id(rows), rows, previews.load(cell.label, cell.grid, cell.requested, protocol),
-                          previews.load("reference", None, None))
+                          previews.load_reference(protocol))
         except Exception as err:  # noqa: BLE001
             log.warning("W&B: cell not logged (%s: %s); `report --wandb` logs it later", type(err).__name__, err)
 

@@ -82,6 +82,9 @@ def _grid(cfg: DictConfig, key: str, check) -> list | None:
         _fail(key, "is empty; give values, or null to run every sampler as configured")
     for i, v in enumerate(values):
         check(f"{key}[{i}]", v)
+    repeated = sorted({v for i, v in enumerate(values) if v in values[:i]})
+    if repeated:
+        _fail(key, f"lists {repeated} more than once; give each value once")
     return values
 
 

@@ -46,9 +46,10 @@ def sweep_runs(tmp: Path) -> list[Path]:
     return sorted((tmp / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda p: p.parent.name)
 
 
-def check_sweep_run(tmp: Path, cells: int) -> dict:
-    """The sweep's W&B run(s) (one id, one offline file per launch): one history row per cell with its values
-    keyed <metric>/<sampler> against `nfe`, its image, its protocol in the config; the id kept with the results."""
+def check_sweep_run(tmp: Path, cells: int, floors: int = 0) -> dict:
+    """The sweep's W&B run(s) (one id, one offline file per launch): one history row per sampler cell with its values
+    keyed <metric>/<sampler> against `nfe`, its image, its protocol in the config; the noise floor as floor/<metric>
+    summaries, no history row and no best/; the id kept with the results."""
     sidecar = json.loads((tmp / "results.wandb.json").read_text())
     runs = sweep_runs(tmp)
     infos = [run_info(r) for r in runs]
@@ -60,7 +61,11 @@ def check_sweep_run(tmp: Path, cells: int) -> dict:
     assert {"sweep", "problem", "sde", "seeds.start", "seeds.count", "metrics", "reference_sha256", "dtype"} <= config
     assert info["metrics"]["sliced_w2/*"] == "nfe" and info["metrics"]["wall_s/*"] == "nfe"
     rows = [row for run in runs for row in history(run) if "cell/sampler" in row]
-    assert len(rows) == cells  # each cell once, across launches
+    assert len(rows) == cells - floors  # each sampler cell once, across launches
+    summary = {k: v for i in infos for k, v in i["summary"].items()}
+    assert not [k for k in summary if k.startswith("best/") and "exact" in k]
+    if floors:
+        assert {"floor/sliced_w2", "floor/mmd", "floor/loglik"} <= set(summary)
     for row in rows:
         label = row["cell/sampler"]
         assert {f"sliced_w2/{label}", f"mmd/{label}", f"loglik/{label}", f"wall_s/{label}", "nfe"} <= set(row)
@@ -113,7 +118,7 @@ def test_sweep_rows_views_and_wandb(clean):
     assert len((tmp / "results.csv").read_text().splitlines()) == 1 + ROWS
     assert (tmp / "samples.png").stat().st_size > 10_000 and len(list((tmp / "samples").glob("*.pt"))) == CELLS + 1
     # one offline W&B run for the sweep, logged cell by cell: values against NFE, sample images per (sampler, NFE)
-    check_sweep_run(tmp, cells=CELLS)
+    check_sweep_run(tmp, cells=CELLS, floors=1)
     # `lsde-bench report` redraws the views from the results file alone
     from lightning_sde.cli.bench import report_main
 

@@ -1,0 +1,192 @@
+"""lsde-bench, as a review found it wanting: the noise floor's sample count, set-up cost, one reference per target,
+duplicate grid values, and the W&B run across launches (lost cells, best/ and floor/ summaries). Small sweeps on
+exact mixtures in-process; W&B through a stand-in run (what SweepRun logs and summarises) and real run files."""
+
+import json
+import struct
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from lightning_sde.bench import report as views
+from lightning_sde.bench.dashboard import SweepRun, cell_id, write_sidecar
+from lightning_sde.bench.results import ResultsStore, SamplePreviews
+from lightning_sde.configuration import CONFIG_PACKAGE
+
+TINY = ["~samplers", "+sampler@samplers.ddim=ddim", "nfe=[4]", "seeds.count=32", "batch_size=32", "progress=false",
+        "metrics=[mmd]", "noise_floor=false", "wandb.enabled=false"]
+
+
+def sweep(tmp_path: Path, *overrides) -> list[dict]:
+    from lightning_sde.bench import runner
+
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("bench", overrides=[f"results={tmp_path}/results.jsonl", *TINY, *overrides])
+    runner.run_sweep(cfg)
+    return views.load(tmp_path / "results.jsonl")
+
+
+# 1: the noise floor is a second set of seeds.count exact samples, whatever the reference's size
+
+def test_the_noise_floor_scores_seeds_count_samples_against_a_larger_reference(tmp_path, monkeypatch):
+    from lightning_sde.bench import runner
+
+    scored = {}
+    score = runner.score
+    monkeypatch.setattr(runner, "score", lambda scorer, cell, samples, x: (
+        scored.__setitem__(cell.grid, len(x)), score(scorer, cell, samples, x))[1])
+    rows = sweep(tmp_path, "noise_floor=true", "reference_count=200")
+    floor = next(r for r in rows if r["grid"] == "exact")
+    assert scored == {"exact": 32, "nfe": 32}
+    assert floor["n_samples"] == 32 and floor["n_reference"] == 200
+
+
+# 4: set-up NFE (a grid selected on a pilot) reported apart from the sampling NFE
+
+def test_set_up_nfe_and_time_are_recorded_apart_from_the_sampling_nfe(tmp_path, monkeypatch, capsys):
+    import lightning_sde.exact as exact
+    from lightning_sde.samplers import schedule
+
+    monkeypatch.setattr(schedule, "_tuned", OrderedDict())  # no grid tuned by an earlier test in this process
+    calls = []
+    forward = exact.ExactScore.forward
+    monkeypatch.setattr(exact.ExactScore, "forward", lambda self, x, t, y=None: (calls.append(1),
+                                                                                 forward(self, x, t, y))[1])
+    rows = sweep(tmp_path, "samplers.ddim.grid=select", "+samplers.ddim.pilot=16", "batch_size=16")
+    (row,) = rows
+    assert row["nfe"] == 4 and row["nfe_per_batch"] == [4, 4]  # two batches: the second finds the grid tuned
+    assert row["setup_nfe"] > 0 and row["setup_wall_s"] > 0
+    assert len(calls) == row["setup_nfe"] + sum(row["nfe_per_batch"])  # every network call is counted once
+    assert f"(4 + {row['setup_nfe']} set-up)" in views.markdown(rows)
+    assert "setup_nfe" in views.summary_table(rows)
+    assert "setup_nfe" not in views.summary_table([{**row, "setup_nfe": 0}])
+
+
+# 5: two targets in one results file: each its own reference
+
+def test_each_target_in_one_results_file_keeps_its_own_reference(tmp_path):
+    from lightning_sde.metrics.image import tensor_sha256
+
+    sweep(tmp_path, "problem=eight_gaussians")
+    rows = sweep(tmp_path, "problem=swiss_roll")
+    previews = SamplePreviews(tmp_path / "samples")
+    assert {r["problem"] for r in rows} == {"eight_gaussians", "swiss_roll"}
+    for r in rows:  # the reference a cell was scored against (a preview of all 32 of them)
+        assert tensor_sha256(views.reference(previews, r)) == r["reference_sha256"]
+    assert views.sample_panels(rows, previews)[1] is None  # no one reference fits two targets
+    one = [r for r in rows if r["problem"] == "swiss_roll"]
+    assert tensor_sha256(views.sample_panels(one, previews)[1]) == one[0]["reference_sha256"]
+
+
+def test_a_reference_saved_before_protocols_were_kept_apart_is_still_found(tmp_path):
+    SamplePreviews(tmp_path, n=2).save_reference(torch.ones(2, 2))  # untagged: reference.pt
+    assert torch.equal(SamplePreviews(tmp_path).load_reference("seeds0+32_abcd1234"), torch.ones(2, 2))
+
+
+# 9: a grid value given twice
+
+@pytest.mark.parametrize("override, message", [
+    ("nfe=[10,10,10]", "config nfe: lists [10] more than once; give each value once"),
+    ("tolerances=[1e-3,0.001]", "config tolerances: lists [0.001] more than once"),
+])
+def test_a_grid_value_given_twice_is_refused_naming_the_key(override, message):
+    from lightning_sde.bench.runner import prepare
+
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("bench", overrides=[override])
+    with pytest.raises(ValueError, match="^" + message.replace("[", r"\[").replace("]", r"\]")):
+        prepare(cfg)
+
+
+# 2, 3, 12: the sweep's W&B run across launches
+
+class FakeRun:
+    """What SweepRun uses of a W&B run: its history rows, summary and run folder."""
+
+    project = "p"
+
+    def __init__(self, folder: Path, run_id: str, offline: bool):
+        self.dir, self.id, self.offline = str(folder / "files"), run_id, offline
+        self.history, self.summary = [], {}
+
+    def define_metric(self, *args, **kwargs):
+        pass
+
+    def log(self, row):
+        self.history.append(row)
+
+
+def launch(monkeypatch, results: Path, started: str, offline: bool = False) -> SweepRun:
+    """A SweepRun as a (re)started sweep opens it, on a stand-in run in wandb/offline-run-<started>-<id>."""
+    import wandb
+
+    run_id = json.loads((results.with_name("results.wandb.json")).read_text())["id"]
+    folder = results.parent / "wandb" / f"offline-run-{started}-{run_id}"
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: FakeRun(folder, kwargs["id"], offline))
+    return SweepRun(results, "p", "bench-x", "x", {}, [])
+
+
+def result_rows(sampler: str, nfe, value: float, grid: str = "nfe") -> list[dict]:
+    key = json.dumps([sampler, grid, nfe, "mmd"])
+    return [{"key": key, "target": "mixture:eight|sde:vp", "sampler": sampler, "sampler_name": sampler,
+             "metric": "mmd", "grid": grid, "requested": nfe, "nfe": nfe or 0, "value": value, "wall_s": 0.1,
+             "seed_start": 0, "seed_count": 64, "problem": "eight_gaussians", "sde": "vp",
+             "time": f"2026-01-01T00:00:{nfe or 0:02d}+00:00"}]
+
+
+def test_best_summaries_after_a_resume_hold_every_launchs_best(tmp_path, monkeypatch):
+    """Launch 1 logs DDIM at NFE 10 (the best); launch 2 logs NFE 5 only: best/mmd/ddim stays NFE 10's."""
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, {"id": "run1"})
+    store = ResultsStore(results)
+    for nfe, value in ((10, 0.1), (5, 0.5)):
+        store.append(result_rows("ddim", nfe, value))
+        run = launch(monkeypatch, results, f"2026010{nfe}")
+        run.log_cell(cell_id(result_rows("ddim", nfe, value)), result_rows("ddim", nfe, value))
+    assert [row["nfe"] for row in run.run.history] == [5]  # launch 2 logs only its cell
+    assert run.run.summary == {"best/mmd/ddim": 0.1, "best/mmd/ddim/nfe": 10}
+
+
+def test_the_noise_floor_is_a_floor_summary_not_a_sampler(tmp_path, monkeypatch):
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, {"id": "run1"})
+    floor = result_rows("exact (noise floor)", None, 0.05, grid="exact")
+    ResultsStore(results).append(floor + result_rows("ddim", 10, 0.1))
+    run = launch(monkeypatch, results, "20260101")
+    run.log_cell(cell_id(floor), floor)
+    assert run.run.history == [] and run.logged(cell_id(floor))  # no point at NFE 0 on a log axis
+    assert run.run.summary == {"floor/mmd": 0.05, "best/mmd/ddim": 0.1, "best/mmd/ddim/nfe": 10}
+
+
+def write_run_file(folder: Path, run_id: str, rows: list[dict]) -> None:
+    """An offline W&B run file holding `rows` as history records (a header alone: killed before W&B wrote any)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = b":W&B\xe1\xbe\x00"
+    for row in rows:
+        record = wandb_internal_pb2.Record()
+        for k, v in row.items():
+            item = record.history.item.add()
+            item.key, item.value_json = k, json.dumps(v)
+        payload = record.SerializeToString()
+        data += struct.pack("<IHB", 0, len(payload), 1) + payload
+    folder.mkdir(parents=True)
+    (folder / f"run-{run_id}.wandb").write_bytes(data)
+
+
+@pytest.mark.parametrize("earlier, kept", [
+    ([], []),  # killed before W&B wrote a row: every listed cell is logged again
+    ([{"nfe": 3, "cell/id": "a"}], ["a"]),  # b was listed, never written
+    ([{"nfe": 3, "cell/sampler": "ddim"}], ["a", "b"]),  # written before cells carried cell/id: the sidecar's word
+])
+def test_cells_listed_as_logged_are_kept_only_when_an_earlier_run_file_holds_them(tmp_path, monkeypatch, earlier,
+                                                                                   kept):
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, {"id": "run1", "logged": ["a", "b"]})
+    write_run_file(tmp_path / "wandb" / "offline-run-20260101_000000-run1", "run1", earlier)
+    run = launch(monkeypatch, results, "20260101_000100", offline=True)
+    assert run.state["logged"] == kept
+    assert json.loads(results.with_name("results.wandb.json").read_text())["logged"] == kept
