@@ -5,6 +5,7 @@ finds them), never through a path into the checkout."""
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_module
 
@@ -157,3 +158,14 @@ def test_logger_none_trains_without_the_lr_monitor(tmp_path):
     assert not any(type(c).__name__ == "LearningRateMonitor" for c in run.trainer.callbacks)
     run.trainer.fit(run.module, datamodule=run.datamodule)
     assert run.trainer.global_step == 3
+
+
+def test_the_run_seed_reaches_the_data(tmp_path):
+    """Replicates over `seed` differ in their data (toy sets drawn, splits, order), not only in the step seeds."""
+    firsts = []
+    for seed in (0, 1):
+        cfg = composed("train", ["experiment=toy2d", f"run_dir={tmp_path}", "run_name=t", "logger=none",
+                                 f"seed={seed}", "data.n_train=1024"])
+        assert cfg.data.seed == seed
+        firsts.append(build(cfg, read_data=False).datamodule.train_set[0])
+    assert not torch.equal(*firsts)
