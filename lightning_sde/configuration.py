@@ -37,10 +37,9 @@ def config_root() -> Path:
 SITE_SBATCH = {"LSDE_MEM": "mem", "LSDE_MAIL_TYPE": "mail_type", "LSDE_MAIL_USER": "mail_user"}
 
 
-def site_settings() -> dict[str, str]:
-    """The cluster's settings (slurm/site.env.example): the site file ($LSDE_SITE_ENV, else slurm/site.env in a
-    source checkout), then the environment on top; empty values are left out. KEY=VALUE lines are read as data,
-    never run."""
+def site_file_settings() -> dict[str, str]:
+    """The site file's KEY=VALUE lines (or `export KEY=VALUE`, as bash reads them too), read as data, never run:
+    $LSDE_SITE_ENV, else slurm/site.env in a source checkout."""
     path = Path(os.environ["LSDE_SITE_ENV"]) if os.environ.get("LSDE_SITE_ENV") else (
         config_root().parent / "slurm" / "site.env")
     if os.environ.get("LSDE_SITE_ENV") and not path.is_file():
@@ -49,10 +48,18 @@ def site_settings() -> dict[str, str]:
     if path.is_file():
         for line in path.read_text().splitlines():
             tokens = shlex.split(line, comments=True)
+            if tokens[:1] == ["export"]:
+                tokens = tokens[1:]
             if tokens and "=" in tokens[0]:
                 key, _, value = tokens[0].partition("=")
                 settings[key] = os.path.expandvars(value)
-    settings.update({k: v for k, v in os.environ.items() if k.startswith("LSDE_")})
+    return settings
+
+
+def site_settings() -> dict[str, str]:
+    """The cluster's settings (slurm/site.env.example): the site file, then the environment's LSDE_* on top; empty
+    values are left out."""
+    settings = {**site_file_settings(), **{k: v for k, v in os.environ.items() if k.startswith("LSDE_")}}
     return {k: v for k, v in settings.items() if v != ""}
 
 
@@ -67,9 +74,12 @@ def _site_sbatch() -> dict:
 
 
 def _site_setup(*lines) -> list:
-    """The submitit job's set-up lines: ours, then the site's LSDE_SETUP."""
+    """The submitit job's set-up lines: ours, the site's settings exported (TORCH_HOME, LSDE_CACHE, ...: what the
+    templates' jobs get by sourcing the file), then the site's LSDE_SETUP."""
     site = site_settings()
-    return [*lines, *([site["LSDE_SETUP"]] if "LSDE_SETUP" in site else [])]
+    exports = [f"export {key}={shlex.quote(site[key])}" for key in site_file_settings()
+               if key in site and key != "LSDE_SETUP"]
+    return [*lines, *exports, *([site["LSDE_SETUP"]] if "LSDE_SETUP" in site else [])]
 
 
 OmegaConf.register_new_resolver("lsde_site", _site_value, replace=True)

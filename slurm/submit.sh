@@ -42,7 +42,9 @@ submit() {  # submit LOG_PATTERN TEMPLATE SBATCH_OPTIONS... -- ARGS...
         --export="ALL,LSDE_SLURM_DIR=$LSDE_SLURM_DIR" "${options[@]}" "$LSDE_SLURM_DIR/$template" "$@" | cut -d';' -f1
 }
 
-# bench_array TASKS THROTTLE OVERRIDES...: the --array option for the sweep (one task per cell, capped).
+# bench_array TASKS THROTTLE OVERRIDES...: sets ARRAY, the --array option for the sweep (one task per cell, capped),
+# and SHARD, the shard.count override of its size: a later --array=<i> (one task rerun) keeps task i's cells
+# (SLURM_ARRAY_TASK_COUNT would be 1 there).
 bench_array() {
     local tasks=$1 throttle=$2
     shift 2
@@ -51,7 +53,8 @@ bench_array() {
     [ "$cells" -ge 1 ] || die "the sweep has no cells"
     local n=$cells
     if [ -n "$tasks" ] && [ "$tasks" -lt "$n" ]; then n=$tasks; fi
-    echo "--array=0-$((n - 1))${throttle:+%$throttle}"
+    ARRAY="--array=0-$((n - 1))${throttle:+%$throttle}"
+    SHARD="shard.count=$n"
     echo "[lsde] the sweep has $cells cells: $n array tasks${throttle:+, at most $throttle at once}" >&2
 }
 
@@ -82,8 +85,8 @@ bench)
         esac
     done
     split_args "$@"
-    array=$(bench_array "$tasks" "$throttle" "${OVERRIDES[@]}")
-    job=$(submit "%x-%A_%a" bench.sbatch "$array" "${SBATCH_OPTS[@]}" -- "${OVERRIDES[@]}")
+    bench_array "$tasks" "$throttle" "${OVERRIDES[@]}"
+    job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" "${SBATCH_OPTS[@]}" -- "$SHARD" "${OVERRIDES[@]}")
     echo "bench array $job: logs $LOGS/lsde-bench-${job}_<task>.out; then: slurm/submit.sh report or" \
          "lsde-bench report <results> --wandb"
     ;;
@@ -110,11 +113,11 @@ pipeline)
     read -r -a train_opts <<< "$train_sbatch"
     read -r -a bench_opts <<< "$bench_sbatch"
     bench_args=("checkpoint=$run_dir/checkpoints/last.ckpt" "name=$run" "results=$results" "${bench_args[@]}")
-    array=$(bench_array "$tasks" "$throttle" "${bench_args[@]}")
+    bench_array "$tasks" "$throttle" "${bench_args[@]}"
     train_job=$(submit "%x-%j" train.sbatch "${train_opts[@]}" -- "${train_args[@]}" "run_name=$run" \
         "run_dir=$run_dir")
-    bench_job=$(submit "%x-%A_%a" bench.sbatch "$array" "--dependency=afterok:$train_job" "${bench_opts[@]}" -- \
-        "${bench_args[@]}")
+    bench_job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" "--dependency=afterok:$train_job" "${bench_opts[@]}" -- \
+        "$SHARD" "${bench_args[@]}")
     report_job=$(submit "%x-%j" report.sbatch "--dependency=afterok:$bench_job" -- "$results")
     cat <<EOF
 pipeline $run: train $train_job -> bench array $bench_job -> report $report_job (each after the previous one succeeded)

@@ -347,6 +347,21 @@ def test_a_bench_task_signalled_at_its_time_limit_requeues_and_keeps_its_finishe
     assert recomputed and not recomputed & done_before, (recomputed, done_before)  # finished cells not redone
 
 
+def test_one_task_of_a_bench_array_reruns_alone_with_its_own_cells(slurm, workdir):
+    """`submit.sh bench --tasks 2 --array=1` (the slurm/README recipe): SLURM says that array has 1 task, and the
+    task still takes shard 1 of 2, not an index out of range."""
+    sweep = ["~samplers", "+sampler@samplers.ddim=ddim", "nfe=[5,10]", "noise_floor=false", "seeds.count=64",
+             "batch_size=64", "progress=false", "wandb.enabled=false", f"results={workdir}/rerun.jsonl"]
+    out = submit_sh(slurm, workdir, "bench", "--tasks", "2", "--array=1", "--gpus=0", "--cpus-per-task=1",
+                    "--time=10", *sweep)
+    job = out.split("bench array ")[1].split(":")[0]
+    states = slurm.wait(job, timeout=300)
+    log = (workdir / "outputs" / "slurm-logs" / f"lsde-bench-{job}_1.out").read_text()
+    assert states == ["COMPLETED"], log[-5000:]
+    assert "1 in shard 1/2" in log, log[-3000:]
+    assert len({r["requested"] for r in load(workdir / "rerun.jsonl")}) == 1  # one of the two cells: task 1's
+
+
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
     """A second cluster: nodes n1 and n2 on this host (one slurmd each, own ports and spool)."""

@@ -169,3 +169,19 @@ def test_the_run_seed_reaches_the_data(tmp_path):
         assert cfg.data.seed == seed
         firsts.append(build(cfg, read_data=False).datamodule.train_set[0])
     assert not torch.equal(*firsts)
+
+
+def test_the_site_file_reads_as_bash_does_and_reaches_submitit_jobs(tmp_path, monkeypatch):
+    from lightning_sde.configuration import _site_setup, site_settings
+
+    site = tmp_path / "site.env"
+    site.write_text("export LSDE_ACCOUNT=acct  # as bash sources it\nTORCH_HOME='/shared/my torch'\nLSDE_QOS=\n"
+                    "LSDE_SETUP='module load cuda'\n")
+    monkeypatch.setenv("LSDE_SITE_ENV", str(site))
+    for key in ("LSDE_ACCOUNT", "LSDE_QOS", "LSDE_SETUP"):
+        monkeypatch.delenv(key, raising=False)
+    assert {k: v for k, v in site_settings().items() if k != "LSDE_SITE_ENV"} == {
+        "LSDE_ACCOUNT": "acct", "TORCH_HOME": "/shared/my torch", "LSDE_SETUP": "module load cuda"}
+    setup = _site_setup("echo ours")
+    assert setup[0] == "echo ours" and setup[-1] == "module load cuda"
+    assert "export TORCH_HOME='/shared/my torch'" in setup and "export LSDE_ACCOUNT=acct" in setup
