@@ -29,6 +29,7 @@ import os
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sde.configuration import build
@@ -172,7 +173,7 @@ class ScoreModule(L.LightningModule):
 
     def _fitting(self) -> bool:
         """Within fit (its validations included: trainer.training is False during them)."""
-        return self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        return self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
 
     def on_validation_epoch_start(self):
         if self._fitting():
@@ -246,6 +247,11 @@ class ScoreModule(L.LightningModule):
             checkpoint["data_config"] = self.data_config
 
     def on_load_checkpoint(self, checkpoint):
+        if "current_model_state" in checkpoint and self._fitting() \
+                and not any(isinstance(cb, WeightAveraging) for cb in self._trainer.callbacks):
+            # an EMA run resumed without its EMA callback trains on from the raw weights, not from the average
+            log.info("resuming without weight averaging: training goes on from the raw weights (current_model_state)")
+            checkpoint["state_dict"] = checkpoint["current_model_state"]
         if "data_moments" in checkpoint:
             self.denoiser.data_moments = DataMoments.from_state(checkpoint["data_moments"])
         self._apply_configured_hyperparameters(checkpoint)

@@ -294,3 +294,33 @@ def test_a_resume_on_the_same_data_read_otherwise_goes_on(tmp_path, theirs, ours
     torch.save(checkpoint, path)
     assert check_resume_fits(path, _module_on(ours)) == 7
     assert check_resume_fits(_checkpoint_of(tmp_path), _module_on({**TOY, "name": "swiss_roll"})) == 7  # none held
+
+
+class WeightsAtStart(L.Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.state = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_an_ema_run_resumed_without_its_ema_trains_on_from_the_raw_weights(tmp_path):
+    """The checkpoint's state_dict holds the average (what sampling loads), current_model_state the raw weights:
+    without the EMA callback a resume took the average as the weights to train on."""
+    from lightning.pytorch.utilities.seed import isolate_rng
+
+    from lightning_sde.callbacks import EMA
+    from lightning_sde.data import Toy2DDataModule
+
+    common = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                  limit_val_batches=0, enable_checkpointing=False, default_root_dir=tmp_path)
+    with isolate_rng():
+        module = ScoreModule(net=NET, sde=SDE, shape=[2], optim={"lr": 1e-2})
+        trainer = L.Trainer(max_steps=20, callbacks=[EMA(decay=0.9)], **common)
+        trainer.fit(module, datamodule=Toy2DDataModule(batch_size=64, n_train=1024))
+        trainer.save_checkpoint(tmp_path / "ema.ckpt")
+        saved = torch.load(tmp_path / "ema.ckpt", weights_only=True)
+        start = WeightsAtStart()
+        L.Trainer(max_steps=21, callbacks=[start], **common).fit(
+            ScoreModule(net=NET, sde=SDE, shape=[2], optim={"lr": 1e-2}),
+            datamodule=Toy2DDataModule(batch_size=64, n_train=1024), ckpt_path=tmp_path / "ema.ckpt")
+    raw, average = saved["current_model_state"], saved["state_dict"]
+    assert max((raw[k] - average[k]).abs().max() for k in raw) > 1e-3  # the two differ: the test can tell them apart
+    assert all(torch.equal(start.state[k], raw[k]) for k in raw)
