@@ -115,6 +115,7 @@ class ScoreModule(L.LightningModule):
         self.data_config: dict | None = None  # the data's config (lsde-train sets it): a resume compares it
         self._watched: list = []  # (step, what, device scalar) since the last check_finite()
         self._last_finite_loss: tuple[int, float] | None = None
+        self._loss_logged_at = -1  # the global step (before its optimizer step) whose loss was last handed to self.log
 
     # --- training --------------------------------------------------------------------------------------------
     def labels_of(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -146,6 +147,7 @@ class ScoreModule(L.LightningModule):
         self._watch(loss, "the loss")
         if self._logging_step():
             self.log("train/loss", loss, prog_bar=True)
+            self._loss_logged_at = self.trainer.global_step
         return loss
 
     def _logging_step(self) -> bool:
@@ -168,6 +170,10 @@ class ScoreModule(L.LightningModule):
             self._watch(norm, "the gradient norm")
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
+        # a stop (a preemption callback's, before this hook) makes Lightning write this step's metrics: with its loss
+        if self.trainer.should_stop and self._loss_logged_at != self.trainer.global_step - 1 \
+                and isinstance(outputs, dict) and "loss" in outputs:
+            self.log("train/loss", outputs["loss"].detach(), prog_bar=True)
         if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
             self.check_finite()  # one host sync every log interval, where logging syncs anyway
 

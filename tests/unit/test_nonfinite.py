@@ -1,4 +1,5 @@
-"""The non-finite watch of a fit, step by step: the first bad step, what was bad, and the last finite loss before it."""
+"""What a fit reports step by step: the non-finite watch (the first bad step, what was bad, the last finite loss
+before it), and the loss written when a callback stops it early."""
 
 import lightning as L
 import pytest
@@ -59,3 +60,30 @@ def test_the_watch_is_read_before_an_evaluation_runs_on_non_finite_weights(tmp_p
         trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP),
                     datamodule=Toy2DDataModule(batch_size=32, n_train=512, n_val=32))
     assert trainer.global_step == 8 and validations.steps == []
+
+
+class StopAt(L.Callback):
+    """Stops as the Preemption callback does (should_stop in on_train_batch_end), recording each step's loss."""
+
+    def __init__(self, at: int):
+        self.at, self.losses = at, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses[trainer.global_step - 1] = float(outputs["loss"])
+        if trainer.global_step == self.at:
+            trainer.should_stop = True
+
+
+def test_the_loss_written_at_a_stop_is_that_steps_loss(tmp_path):
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    stop = StopAt(8)
+    trainer = L.Trainer(max_steps=100, log_every_n_steps=5, limit_val_batches=0, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path, accelerator="cpu", callbacks=[stop],
+                        logger=CSVLogger(tmp_path, name="csv", version=0))
+    trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=512))
+    rows = [r for r in csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")) if r.get("train/loss")]
+    written = {int(r["step"]): float(r["train/loss"]) for r in rows}
+    assert 7 in written and written == pytest.approx({s: stop.losses[s] for s in written}, rel=1e-6)
