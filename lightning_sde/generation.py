@@ -8,7 +8,6 @@ Set-up work (a grid tuned or selected on a pilot, once per process) is reported 
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ class Samples:
     x: Tensor  # (n, *shape), on the CPU
     nfe_per_batch: list[int]  # every batch of every process
     wall_s: float  # the slowest process's sampling time
-    peak_memory_mb: float  # the largest process's peak
+    peak_memory_mb: float | None  # the largest process's peak of this generation (CUDA); None on CPU
     world_size: int
     batch_factor: int = 1  # network inputs per sample in one NFE: 2 under classifier-free guidance
     setup_nfe: int = 0  # set-up NFE (info["setup_nfe"]) of the process that spent the most; never part of `nfe`
@@ -45,10 +44,12 @@ class Samples:
         return int((~torch.isfinite(self.x.reshape(len(self.x), -1))).any(dim=1).sum())
 
 
-def peak_memory_mb(device: torch.device) -> float:
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The peak since this generation began: CUDA's allocator counts it; on CPU the only peak there is, the
+    process's lifetime maximum RSS, says nothing about one generation, so none is reported."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return None
 
 
 def seed_labels(seeds, labels, num_classes: int) -> Tensor:
@@ -108,6 +109,7 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     full = torch.empty(len(seeds), *denoiser.shape, dtype=dtype)
     for r, (x_r, *_rest) in enumerate(parts):
         full[r::world] = x_r
-    return Samples(full, [n for p in parts for n in p[1]], max(p[2] for p in parts), max(p[3] for p in parts), world,
+    return Samples(full, [n for p in parts for n in p[1]], max(p[2] for p in parts),
+                   max((p[3] for p in parts if p[3] is not None), default=None), world,
                    batch_factor=batch_factor(guidance), setup_nfe=max(p[4] for p in parts),
                    setup_wall_s=max(p[5] for p in parts))

@@ -102,7 +102,7 @@ def test_sweep_rows_views_and_wandb(clean):
         assert r["n_samples"] == 300 and r["seed_start"] == 0 and len(r["reference_sha256"]) == 64
     for r in (r for r in rows if r["grid"] == "nfe"):  # the Denoiser's count: 1 NFE a step, every batch (128, 128, 44)
         assert r["nfe"] == r["requested"] and r["nfe_per_batch"] == [r["requested"]] * 3
-        assert r["wall_s"] > 0 and r["samples_per_s"] > 0 and r["peak_memory_mb"] > 0 and r["device"] == "cpu"
+        assert r["wall_s"] > 0 and r["samples_per_s"] > 0 and r["peak_memory_mb"] is None and r["device"] == "cpu"
         assert r["n_nonfinite"] == 0 and r["batch_size"] == 128
     for r in rows:  # every value with its 90% bootstrap interval
         assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["ci_high"] > r["ci_low"] and r["ci_level"] == 0.9
