@@ -100,6 +100,10 @@ class SweepRun:
         self.media_dir = self.results.parent / "wandb_media"
         mode = "online" if wandb_configured() else "offline"
         run_id = self.state.get("id") or uuid.uuid4().hex[:12]
+        for key, given in (("project", project), ("name", name), ("group", group)):
+            if self.state.get(key) not in (None, given):
+                log.warning("W&B: %s %r not used: the run of %s keeps its first %s, %r (to start another run, "
+                            "delete %s)", key, given, self.results, key, self.state[key], sidecar_path(results))
         name, group = self.state.get("name", name), self.state.get("group", group)  # the run keeps its first ones
         self.run = wandb.init(project=self.state.get("project", project), id=run_id, resume="allow", name=name,
                               group=group, job_type="bench", tags=sorted(set(tags)), mode=mode,

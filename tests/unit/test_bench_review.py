@@ -190,3 +190,12 @@ def test_cells_listed_as_logged_are_kept_only_when_an_earlier_run_file_holds_the
     run = launch(monkeypatch, results, "20260101_000100", offline=True)
     assert run.state["logged"] == kept
     assert json.loads(results.with_name("results.wandb.json").read_text())["logged"] == kept
+
+
+def test_a_new_name_for_a_results_file_with_a_run_says_it_is_not_used(tmp_path, monkeypatch, caplog):
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, {"id": "run1", "name": "first", "project": "p", "group": "x"})
+    with caplog.at_level("WARNING"):
+        launch(monkeypatch, results, "20260101")  # asks for name bench-x
+    assert "name 'bench-x' not used: the run of" in caplog.text and "keeps its first name, 'first'" in caplog.text
+    assert "project" not in caplog.text  # the same project: nothing said
