@@ -67,15 +67,16 @@ def load(path) -> list[dict]:
     return sorted(rows, key=_order)
 
 
-def for_views(rows: list[dict]) -> tuple[list[dict], int]:
+def for_views(rows: list[dict], preferred=frozenset()) -> tuple[list[dict], int]:
     """(the rows the views show, how many they hide). A file with rows of several protocols (seed ranges or
     targets: a multirun into one file, a rerun with another seeds.count) shows each sampler once per protocol, its
     label followed by what differs (`protocol_labels`); its original label is kept in `sampler_label`. Of rows
     alike in (label, budget, metric, protocol) but not in key (a rerun with other sampler parameters, dtype or
-    device) the views show the last written; results.csv has them all."""
+    device) the views show the last written, or the one whose key is `preferred` (the sweep just run); results.csv
+    has them all."""
     label = protocol_labels(rows)
     shown = {}
-    for r in sorted(rows, key=lambda r: str(r.get("time") or "")):  # stable: the later of a tie stays later
+    for r in sorted(rows, key=lambda r: (r["key"] in preferred, str(r.get("time") or ""))):  # a tie: the later stays
         view = {**r, "sampler": label(r), "sampler_label": r.get("sampler_label", r["sampler"])}
         shown[(view["sampler"], r["grid"], r["requested"], r["metric"])] = view
     return sorted(shown.values(), key=_order), len(rows) - len(shown)
@@ -234,9 +235,10 @@ def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = N
 
 
 def report(results, out_dir=None, use_wandb: bool = False, project: str = "lightning-sde-bench", name=None,
-           run=None) -> dict:
-    """The views of a results file. Raises FileNotFoundError / ValueError (what is wrong with `results` or
-    `out_dir`) before writing anything."""
+           run=None, preferred=frozenset()) -> dict:
+    """The views of a results file; of rows alike but for their parameters, those with a `preferred` key (the cells of
+    the sweep just run) are shown. Raises FileNotFoundError / ValueError (what is wrong with `results` or `out_dir`)
+    before writing anything."""
     results = Path(results)
     out = Path(out_dir) if out_dir else results.parent
     if not results.exists():
@@ -247,7 +249,7 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
     if not rows:
         raise ValueError(f"no result rows in {str(results)!r}: the file is empty or none of its lines is a row "
                          "lsde-bench wrote; give the results .jsonl of a sweep")
-    view, hidden = for_views(rows)
+    view, hidden = for_views(rows, preferred)
     if hidden:
         log.warning("%s: %d row(s) not in the views: later rows of the same sampler, budget, metric and protocol "
                     "replace them (another run's sampler parameters, dtype or device); results.csv has every row",

@@ -205,7 +205,8 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
                 previews.save(cell, x, SamplePreviews.protocol(cell.target, cell.seed_start, cell.seed_count))
                 report_cell(store, cell, n_done + 1, len(todo), started, live, previews)
     return {"cells": len(sweep.cells), "shard_cells": len(sweep.mine), "computed": len(todo), "rank": rank,
-            "world_size": world, "wandb_run": live}  # left open: the report adds the table and finishes it
+            "world_size": world, "wandb_run": live,  # left open: the report adds the table and finishes it
+            "keys": {c.key(m) for c in sweep.cells for m in c.metrics}}  # what the views show of rows alike
 
 
 def open_sweep_run(cfg: DictConfig, target, protocol: dict, sweep: Sweep) -> SweepRun | None:

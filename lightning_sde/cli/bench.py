@@ -39,11 +39,11 @@ def run(cfg: DictConfig) -> None:
           f"{summary['computed']} computed now; results: {cfg.results}")
     if cfg.shard.count > 1:
         # every shard redraws the plots and table (atomically); one W&B run is made once all shards are done
-        report(cfg.results)
+        report(cfg.results, preferred=summary["keys"])
         print(f"after the last shard: lsde-bench report {cfg.results}" + (" --wandb" if cfg.wandb.enabled else ""))
     else:
         report(cfg.results, use_wandb=cfg.wandb.enabled, project=cfg.wandb.project, name=f"bench-{cfg.name}",
-               run=summary["wandb_run"])
+               run=summary["wandb_run"], preferred=summary["keys"])
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")

@@ -199,3 +199,15 @@ def test_a_new_name_for_a_results_file_with_a_run_says_it_is_not_used(tmp_path, 
         launch(monkeypatch, results, "20260101")  # asks for name bench-x
     assert "name 'bench-x' not used: the run of" in caplog.text and "keeps its first name, 'first'" in caplog.text
     assert "project" not in caplog.text  # the same project: nothing said
+
+
+def test_the_views_after_a_sweep_show_its_own_rows_of_a_sampler_rerun_with_other_parameters():
+    """eta=0, then eta=1, then eta=0 again (nothing computed: its rows are there): the views of the third sweep show
+    eta=0's value, not the last written eta=1's."""
+    from lightning_sde.bench.report import for_views
+
+    (eta0,), (eta1,) = result_rows("ddim", 10, 0.215), result_rows("ddim", 10, 0.207)
+    eta0["key"], eta1["key"] = "ddim-eta0", "ddim-eta1"
+    eta1["time"] = "2026-01-01T00:01:00+00:00"  # written later
+    assert [r["value"] for r in for_views([eta0, eta1])[0]] == [0.207]  # no sweep named: the last written
+    assert [r["value"] for r in for_views([eta0, eta1], preferred={"ddim-eta0"})[0]] == [0.215]
