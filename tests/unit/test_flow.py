@@ -51,16 +51,21 @@ def test_hutchinson_agrees_with_the_exact_divergence_within_its_standard_error()
         assert 0.3 < z.abs().median() < 1.5, (probe, z)  # median |t_7| = 0.71: the SE is the error's actual size
 
 
-def test_encode_is_the_closed_form_flow_of_a_gaussian_and_decode_inverts_it():
-    # one Gaussian N(m, s^2): p_t = N(alpha m, alpha^2 s^2 + sigma^2), and the flow keeps the standardised value
-    sde = build_sde("vp")
+def gaussian_and_its_flow(sde):
+    """(N(m, s^2 I), 32 of its samples x, their exact latents): p_t = N(alpha m, alpha^2 s^2 + sigma^2), and the flow
+    keeps the standardised value."""
     m, s = torch.tensor([1.5, -0.5], dtype=torch.float64), 0.3
     gauss = GaussianMixture(m[None], stds=torch.full((1, 2), s, dtype=torch.float64),
                             weights=torch.ones(1, dtype=torch.float64))
     x = m + s * torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     eps, T = (torch.tensor(v, dtype=torch.float64) for v in (sde.eps, sde.T))
     scale = lambda t: torch.sqrt(sde.alpha(t) ** 2 * s**2 + sde.sigma(t) ** 2)  # noqa: E731
-    expected = sde.alpha(T) * m + scale(T) * (x - sde.alpha(eps) * m) / scale(eps)
+    return gauss, x, sde.alpha(T) * m + scale(T) * (x - sde.alpha(eps) * m) / scale(eps)
+
+
+def test_encode_is_the_closed_form_flow_of_a_gaussian_and_decode_inverts_it():
+    sde = build_sde("vp")
+    gauss, x, expected = gaussian_and_its_flow(sde)
     z = encode(gauss.denoiser(sde), x, TIGHT)
     assert torch.allclose(z, expected, atol=1e-7)
     # on the data (off it, e.g. between modes, the backward flow is exponentially sensitive near the separatrices)
@@ -132,13 +137,7 @@ def test_a_discrete_schedule_is_solved_in_log_snr_accurately_and_cheaply():
 
     sde = DiscreteVPSDE(torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0))
     options = ODEOptions("dopri5", rtol=1e-6, atol=1e-6)
-    m, s = torch.tensor([1.5, -0.5], dtype=torch.float64), 0.3
-    gauss = GaussianMixture(m[None], stds=torch.full((1, 2), s, dtype=torch.float64),
-                            weights=torch.ones(1, dtype=torch.float64))
-    x = m + s * torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    eps, T = (torch.tensor(v, dtype=torch.float64) for v in (sde.eps, sde.T))
-    scale = lambda t: torch.sqrt(sde.alpha(t) ** 2 * s**2 + sde.sigma(t) ** 2)  # noqa: E731
-    z = sde.alpha(T) * m + scale(T) * (x - sde.alpha(eps) * m) / scale(eps)
+    gauss, x, z = gaussian_and_its_flow(sde)
     den = gauss.denoiser(sde)
     assert (encode(den, x, options) - z).abs().max() < 1e-4 and den.nfe < 200
     times = []
@@ -150,6 +149,7 @@ def test_a_discrete_schedule_is_solved_in_log_snr_accurately_and_cheaply():
     mixture = eight_gaussians()
     x = mixture.sample(32, torch.Generator().manual_seed(1))
     out = log_likelihood(mixture.denoiser(sde), x, options)
+    eps, T = (torch.tensor(v, dtype=torch.float64) for v in (sde.eps, sde.T))
     mismatch = out["prior_logp"] - mixture.marginal_log_prob(sde, out["x_T"], T)
     assert (out["logp"] - mismatch - mixture.marginal_log_prob(sde, x, eps)).abs().max() < 5e-4
     assert out["nfe"] < 400
