@@ -86,8 +86,9 @@ class _AugmentedDrift(nn.Module):
 
 
 def log_likelihood(denoiser, x: Tensor, options: ODEOptions | None = None, divergence: str = "exact",
-                   probes: int = 1, probe: str = "rademacher", generator: torch.Generator | None = None) -> dict:
-    """log p_eps(x) per sample through the probability-flow ODE.
+                   probes: int = 1, probe: str = "rademacher", generator=None) -> dict:
+    """log p_eps(x) per sample through the probability-flow ODE. `generator`: one torch.Generator for the batch's
+    probes, or one per sample (each sample's probes then do not depend on the batch it is in).
 
     Returns {"logp": (B,), "logp_se": (B,) Hutchinson's standard error over the k probes (0 for exact; NaN for
     k = 1), "prior_logp": (B,), "delta": (B,) the divergence integral, "x_T": latents, "nfe": score evaluations}.
@@ -102,11 +103,17 @@ def log_likelihood(denoiser, x: Tensor, options: ODEOptions | None = None, diver
     sde = denoiser.sde
     v = None
     if divergence == "hutchinson":
-        shape = (probes, *x.shape)
-        if probe == "gaussian":
-            v = torch.randn(shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+        def draw(shape, gen):
+            if probe == "gaussian":
+                return torch.randn(shape, generator=gen, dtype=x.dtype, device="cpu")
+            return (torch.randint(0, 2, shape, generator=gen, device="cpu") * 2 - 1).to(x.dtype)
+
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != len(x):
+                raise ValueError(f"one generator per sample: got {len(generator)} for {len(x)} samples")
+            v = torch.stack([draw((probes, *x.shape[1:]), gen) for gen in generator], dim=1).to(x.device)
         else:
-            v = (torch.randint(0, 2, shape, generator=generator, device="cpu") * 2 - 1).to(x.device, x.dtype)
+            v = draw((probes, *x.shape), generator).to(x.device)
     k = 1 if v is None else probes
     nfe0 = denoiser.nfe
     state0 = (x, torch.zeros(len(x), k, dtype=x.dtype, device=x.device))

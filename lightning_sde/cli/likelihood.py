@@ -95,14 +95,15 @@ def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict |
     rows = []
     for i in tqdm(range(0, len(mine), cfg.batch_size), desc="log-likelihood", unit="batch", disable=rank != 0):
         idx = mine[i : i + cfg.batch_size]
-        # probes are seeded by the first sample index of the batch: reruns and other world sizes draw the same
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int(idx[0]))
-        out = log_likelihood(denoiser, x[idx].to(device), options, divergence, cfg.probes, cfg.probe, gen)
+        # each sample's probes are seeded by its index: any batch size or world size draws the same for it
+        gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + k) for k in idx.tolist()]
+        out = log_likelihood(denoiser, x[idx].to(device), options, divergence, cfg.probes, cfg.probe, gens)
         truth = (mixture.marginal_log_prob(denoiser.sde, x[idx].double(),
                                            torch.tensor(denoiser.sde.eps, dtype=torch.float64))
                  if mixture else None)
         for j, k in enumerate(idx.tolist()):
-            row = {"index": k, "logp": float(out["logp"][j]), "logp_se": float(out["logp_se"][j]),
+            se = float(out["logp_se"][j])  # NaN for one probe: no spread to estimate it from
+            row = {"index": k, "logp": float(out["logp"][j]), "logp_se": se if math.isfinite(se) else None,
                    "prior_logp": float(out["prior_logp"][j]), "nfe_batch": out["nfe"]}
             row["bpd"] = float(bits_per_dim(out["logp"][j], dim, offset or 0.0))
             if truth is not None:
@@ -123,11 +124,12 @@ def write(cfg, rows, dim, divergence, offset, world) -> dict:
         "target": cfg.checkpoint or f"mixture:{cfg.problem._target_.rsplit('.', 1)[-1]}", "n": n, "dim": dim,
         "divergence": divergence,
         "probes": cfg.probes if divergence == "hutchinson" else None, "ode": OmegaConf.to_container(cfg.ode),
+        "probe": cfg.probe if divergence == "hutchinson" else None, "seed": cfg.seed, "dtype": cfg.dtype,
         "mean_logp": float(logp.mean()), "mean_logp_se": float(logp.std() / math.sqrt(n)) if n > 1 else None,
         "bpd": float(bpd.mean()), "bpd_se": float(bpd.std() / math.sqrt(n)) if n > 1 else None,
         "bpd_offset": offset, "dequantized": offset is not None,
         "mean_hutchinson_se": (float(torch.tensor([r["logp_se"] for r in rows]).mean())
-                               if divergence == "hutchinson" else None),
+                               if divergence == "hutchinson" and cfg.probes > 1 else None),
         "world_size": world,
     }
     if "true_logp" in rows[0]:

@@ -93,6 +93,21 @@ def test_lsde_likelihood_on_the_mixture_matches_the_truth_and_two_processes_agre
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
 
 
+def test_hutchinson_likelihoods_of_a_sample_do_not_depend_on_its_batch(tmp_path):
+    """Each sample's probes come from its own seed: batch sizes 8 and 3 give it the same estimate (they gave 1 nat
+    apart), and one probe's missing standard error is written as null, not NaN."""
+    rows = {}
+    for batch_size in (8, 3):
+        proc = _cli("lightning_sde.cli.likelihood", "n=8", f"batch_size={batch_size}", "divergence=hutchinson",
+                    "probes=1", f"out={tmp_path}/{batch_size}", f"output_dir={tmp_path}/h{batch_size}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        text = (tmp_path / str(batch_size) / "samples.jsonl").read_text()
+        assert "NaN" not in text
+        rows[batch_size] = [json.loads(line) for line in text.splitlines()]
+    assert all(r["logp_se"] is None for r in rows[8])
+    assert max(abs(a["logp"] - b["logp"]) for a, b in zip(rows[8], rows[3])) < 1e-3
+
+
 @pytest.mark.parametrize(("app", "own"), [("train", ["experiment", "trainer.max_steps"]),
                                           ("bench", ["lsde-bench report", "nfe=", "checkpoint="]),
                                           ("compare", ["problem", "seeds.count"]),
