@@ -38,6 +38,17 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def multirun_job() -> tuple[str, int] | None:
+    """(sweep id, job number) for a job of a multirun (-m), else None."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not in_multirun():
+        return None
+    return Path(HydraConfig.get().sweep.dir).name, HydraConfig.get().job.num
+
+
 def fails_cleanly(app: str, cleanup=None):
     """Decorate an app's task function (under @hydra.main): its console and log file set up (quiet_and_logged);
     user errors become one line and exit 1; `cleanup(cfg)` runs first, for whatever a failed start must not leave

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from lightning_sde.cli.errors import fails_cleanly
+from lightning_sde.cli.errors import fails_cleanly, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, require_device
 from lightning_sde.configuration import device as parse_device
@@ -155,6 +155,9 @@ def write(cfg, rows, dim, divergence, offset, world) -> dict:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="likelihood")
 @fails_cleanly("lsde-likelihood")
 def run_app(cfg: DictConfig) -> None:
+    job = multirun_job()
+    if job is not None:  # each job of a multirun writes its own folder (out is .../likelihood/${name})
+        cfg.name = f"{cfg.name}_{job[1]}"
     run(cfg)
 
 

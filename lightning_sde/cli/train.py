@@ -28,7 +28,6 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -38,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_sde.callbacks import Preemption, SamplerCallback
 from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
 from lightning_sde.callbacks.sampler import SAMPLE_STATS
-from lightning_sde.cli.errors import fails_cleanly
+from lightning_sde.cli.errors import fails_cleanly, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, checked, plain, trusted_class
 from lightning_sde.configuration import build as build_node
@@ -63,13 +62,6 @@ class Run:
     trainer: L.Trainer
     resume: str | None  # the checkpoint fit starts from, None for a fresh start
     resumed_at: int | None = None  # its global step
-
-
-def multirun_job() -> tuple[str, int] | None:
-    """(sweep id, job number) for a job of a multirun (-m), else None."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return Path(HydraConfig.get().sweep.dir).name, HydraConfig.get().job.num
 
 
 def name_the_run(cfg: DictConfig) -> None:

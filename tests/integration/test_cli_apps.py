@@ -191,3 +191,12 @@ def test_a_failed_job_of_a_multirun_does_not_stop_the_sweep_and_the_sweep_fails(
     assert "lsde-bench: error: config seeds.count: must be an integer >= 1; got -5" in proc.stderr
     rows = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
     assert {r["sampler"] for r in rows} == {"exact (noise floor)", "ddim"} and {r["seed_count"] for r in rows} == {50}
+
+
+def test_each_job_of_a_likelihood_multirun_keeps_its_results(tmp_path):
+    proc = _cli("lightning_sde.cli.likelihood", "-m", "seed=0,1", "n=2", "batch_size=2", f"paths.root={tmp_path}",
+                f"hydra.sweep.dir={tmp_path}/multirun")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads((tmp_path / "likelihood" / f"default_{job}" / "summary.json").read_text())
+                 for job in (0, 1)]
+    assert [s["seed"] for s in summaries] == [0, 1]
