@@ -84,6 +84,7 @@ APPS = {
             ("divergence=exact|hutchinson", "default auto: exact up to exact_max_dim dimensions"),
             ("probes=K", "Hutchinson probes per sample"),
             ("ode.rtol=X ode.atol=X", "the solver's tolerances"),
+            ("ode.method=rk4 ode.steps=N", "a fixed-step method instead (N steps uniform in t)"),
             ("ddp.devices=N", "processes that split the samples"),
         ],
         examples="""lsde-likelihood n=200
