@@ -27,7 +27,7 @@ import os
 import uuid
 from pathlib import Path
 
-from lightning_sde.bench.results import ResultsStore, protocol_labels
+from lightning_sde.bench.results import ResultsStore, for_views, protocol_labels, unreadable
 from lightning_sde.metrics.scorer import LOWER_IS_BETTER
 from lightning_sde.tracking import offline_history, wandb_configured
 
@@ -180,7 +180,6 @@ class SweepRun:
         """best/<metric>/<sampler> (and its /nfe) and floor/<metric> over the rows of the results file, so that a
         resumed sweep's launch never overwrites an earlier launch's better value; rows alike but for their key
         count as the views show them (the last written)."""
-        from lightning_sde.bench.report import for_views, unreadable  # report imports this module
 
         rows, _ = for_views([r for r in ResultsStore(self.results).latest().values() if unreadable(r) is None])
         out = {}

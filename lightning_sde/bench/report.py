@@ -7,11 +7,11 @@ import csv
 import json
 import logging
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family, save_workspace, workspace
-from lightning_sde.bench.results import ResultsStore, SamplePreviews, protocol, protocol_labels
+from lightning_sde.bench.results import SamplePreviews, for_views, load, protocol
 from lightning_sde.metrics.scorer import LOWER_IS_BETTER
 from lightning_sde.plotting.sweeps import plot_metrics, plot_samples
 from lightning_sde.plotting.tables import text_table
@@ -20,66 +20,6 @@ log = logging.getLogger(__name__)
 COLUMNS = ["sampler", "sampler_name", "grid", "requested", "nfe", "metric", "value", "wall_s", "setup_nfe",
            "setup_wall_s", "samples_per_s", "n_samples", "seed_start", "seed_count", "peak_memory_mb", "device",
            "git_commit", "time", "target", "params"]
-
-
-NUMBER = (int, float)
-# The fields the views read, and their types; a row without them (another program's or an older version's) is
-# skipped. The optional ones may be missing or null (rows from before the bootstrap intervals have no ci_*).
-NEEDED = {"key": (str,), "target": (str,), "sampler": (str,), "sampler_name": (str,), "metric": (str,),
-          "grid": (str,), "requested": (*NUMBER, type(None)), "nfe": NUMBER, "value": (*NUMBER, type(None)),
-          "wall_s": NUMBER, "seed_start": (int,), "seed_count": (int,)}
-OPTIONAL = {"ci_low": NUMBER, "ci_high": NUMBER, "ci_level": NUMBER, "samples_per_s": NUMBER, "n_samples": NUMBER,
-            "setup_nfe": NUMBER, "setup_wall_s": NUMBER}
-
-
-def unreadable(row: dict) -> str | None:
-    """Why the views cannot show a row (a field missing, or of the wrong type), or None."""
-    missing = [field for field in NEEDED if field not in row]
-    if missing:
-        return "no " + ", ".join(map(repr, missing))
-    for field, types in NEEDED.items():
-        if isinstance(row[field], bool) or not isinstance(row[field], types):
-            return f"{field!r} is {json.dumps(row[field])[:40]}"
-    for field, types in OPTIONAL.items():
-        value = row.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
-            return f"{field!r} is {json.dumps(value)[:40]}"
-    return None
-
-
-def _order(r: dict):
-    return r["target"], r["sampler"], r["metric"], r["grid"], r["requested"] or 0
-
-
-def load(path) -> list[dict]:
-    """The rows of a results file (duplicates resolved to the last written), in a stable order; rows the views
-    cannot read are skipped, with a warning."""
-    rows, skipped = [], Counter()
-    for row in ResultsStore(path).latest().values():
-        why = unreadable(row)
-        if why is None:
-            rows.append(row)
-        else:
-            skipped[why] += 1
-    for why, n in skipped.items():
-        log.warning("%s: skipping %d row(s) the views cannot read (%s; written by another program or version?)",
-                    path, n, why)  # pragma: no mutate
-    return sorted(rows, key=_order)
-
-
-def for_views(rows: list[dict], preferred=frozenset()) -> tuple[list[dict], int]:
-    """(the rows the views show, how many they hide). A file with rows of several protocols (seed ranges or
-    targets: a multirun into one file, a rerun with another seeds.count) shows each sampler once per protocol, its
-    label followed by what differs (`protocol_labels`); its original label is kept in `sampler_label`. Of rows
-    alike in (label, budget, metric, protocol) but not in key (a rerun with other sampler parameters, dtype or
-    device) the views show the last written, or the one whose key is `preferred` (the sweep just run); results.csv
-    has them all."""
-    label = protocol_labels(rows)
-    shown = {}
-    for r in sorted(rows, key=lambda r: (r["key"] in preferred, str(r.get("time") or ""))):  # a tie: the later stays
-        view = {**r, "sampler": label(r), "sampler_label": r.get("sampler_label", r["sampler"])}
-        shown[(view["sampler"], r["grid"], r["requested"], r["metric"])] = view
-    return sorted(shown.values(), key=_order), len(rows) - len(shown)
 
 
 def preview(previews: SamplePreviews, row: dict):

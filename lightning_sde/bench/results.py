@@ -163,3 +163,65 @@ def protocol_labels(rows: list[dict]):
         return f"{plain} [{', '.join(parts)}]" if parts else plain
 
     return label
+
+
+# --- what the views read of the rows -------------------------------------------------------------------------
+
+NUMBER = (int, float)
+# The fields the views read, and their types; a row without them (another program's or an older version's) is
+# skipped. The optional ones may be missing or null (rows from before the bootstrap intervals have no ci_*).
+NEEDED = {"key": (str,), "target": (str,), "sampler": (str,), "sampler_name": (str,), "metric": (str,),
+          "grid": (str,), "requested": (*NUMBER, type(None)), "nfe": NUMBER, "value": (*NUMBER, type(None)),
+          "wall_s": NUMBER, "seed_start": (int,), "seed_count": (int,)}
+OPTIONAL = {"ci_low": NUMBER, "ci_high": NUMBER, "ci_level": NUMBER, "samples_per_s": NUMBER, "n_samples": NUMBER,
+            "setup_nfe": NUMBER, "setup_wall_s": NUMBER}
+
+
+def unreadable(row: dict) -> str | None:
+    """Why the views cannot show a row (a field missing, or of the wrong type), or None."""
+    missing = [field for field in NEEDED if field not in row]
+    if missing:
+        return "no " + ", ".join(map(repr, missing))
+    for field, types in NEEDED.items():
+        if isinstance(row[field], bool) or not isinstance(row[field], types):
+            return f"{field!r} is {json.dumps(row[field])[:40]}"
+    for field, types in OPTIONAL.items():
+        value = row.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            return f"{field!r} is {json.dumps(value)[:40]}"
+    return None
+
+
+def row_order(r: dict):
+    return r["target"], r["sampler"], r["metric"], r["grid"], r["requested"] or 0
+
+
+def load(path) -> list[dict]:
+    """The rows of a results file (duplicates resolved to the last written), in a stable order; rows the views
+    cannot read are skipped, with a warning."""
+    rows, skipped = [], Counter()
+    for row in ResultsStore(path).latest().values():
+        why = unreadable(row)
+        if why is None:
+            rows.append(row)
+        else:
+            skipped[why] += 1
+    for why, n in skipped.items():
+        log.warning("%s: skipping %d row(s) the views cannot read (%s; written by another program or version?)",
+                    path, n, why)  # pragma: no mutate
+    return sorted(rows, key=row_order)
+
+
+def for_views(rows: list[dict], preferred=frozenset()) -> tuple[list[dict], int]:
+    """(the rows the views show, how many they hide). A file with rows of several protocols (seed ranges or
+    targets: a multirun into one file, a rerun with another seeds.count) shows each sampler once per protocol, its
+    label followed by what differs (`protocol_labels`); its original label is kept in `sampler_label`. Of rows
+    alike in (label, budget, metric, protocol) but not in key (a rerun with other sampler parameters, dtype or
+    device) the views show the last written, or the one whose key is `preferred` (the sweep just run); results.csv
+    has them all."""
+    label = protocol_labels(rows)
+    shown = {}
+    for r in sorted(rows, key=lambda r: (r.get("key") in preferred, str(r.get("time") or ""))):  # ties: the later stays
+        view = {**r, "sampler": label(r), "sampler_label": r.get("sampler_label", r["sampler"])}
+        shown[(view["sampler"], r["grid"], r["requested"], r["metric"])] = view
+    return sorted(shown.values(), key=row_order), len(rows) - len(shown)
