@@ -180,7 +180,6 @@ class SweepRun:
         """best/<metric>/<sampler> (and its /nfe) and floor/<metric> over the rows of the results file, so that a
         resumed sweep's launch never overwrites an earlier launch's better value; rows alike but for their key
         count as the views show them (the last written)."""
-
         rows, _ = for_views([r for r in ResultsStore(self.results).latest().values() if unreadable(r) is None])
         out = {}
         for r in rows:
