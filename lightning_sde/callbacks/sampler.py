@@ -104,6 +104,23 @@ class SamplerCallback(L.Callback):
     def state_dict(self) -> dict:
         return {"evals": self._evals}  # a resumed run keeps the every_n_evals phase
 
+    def on_train_start(self, trainer, pl_module):
+        """A resumed fit first runs the evaluation that its checkpoint's step was due and that left no rows: a step's
+        checkpoint is written before that step's validation, and Lightning resumes past the validation."""
+        interval, step = validation_interval(trainer), trainer.global_step
+        if interval is None or step == 0 or trainer.limit_val_batches == 0:
+            return
+        self._evals = step // interval  # validations due so far (a checkpoint written before one counts one less)
+        if step % interval or self._evals % self.every_n_evals:
+            return
+        if broadcast_from_zero(trainer.is_global_zero and self._has_rows(step)):
+            return
+        rank_zero_info(f"the evaluation at step {step} did not finish before the run stopped: running it now")
+        self._evals -= 1
+        trainer.validating = True  # as Lightning's training loop runs a validation
+        trainer.fit_loop.epoch_loop.val_loop.run()
+        trainer.training = True
+
     def load_state_dict(self, state_dict) -> None:
         self._evals = int(state_dict.get("evals", 0))
 
@@ -219,6 +236,13 @@ class SamplerCallback(L.Callback):
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
 
+    def _has_rows(self, step: int) -> bool:
+        path = self.out_dir / "sampler_metrics.csv"
+        if not path.exists():
+            return False
+        with open(path, newline="") as fh:
+            return any(row.get("step") == str(step) for row in csv.DictReader(fh))
+
     def _append_rows(self):
         """Append this evaluation's rows to samples/sampler_metrics.csv (the file stays the record across resumes)."""
         path = self.out_dir / "sampler_metrics.csv"
@@ -234,3 +258,10 @@ class SamplerCallback(L.Callback):
             fh.flush()
 
 
+def validation_interval(trainer) -> int | None:
+    """The training steps between validations when they follow the step count (check_val_every_n_epoch=None, an
+    integer val_check_interval: lsde-train's configs); None when they follow epochs."""
+    batches = trainer.val_check_batch
+    if trainer.check_val_every_n_epoch is None and isinstance(batches, int) and not isinstance(batches, bool):
+        return batches
+    return None

@@ -1,0 +1,96 @@
+"""A run stopped during an evaluation redoes it when resumed, and one stopped after it does not: the evaluation record
+(rows, best checkpoint, every_n_evals phase) of a resumed run is the uninterrupted run's. Lightning writes a step's
+checkpoint before that step's validation and, resuming from it, goes past the validation."""
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_sde.callbacks import EMA, LastCheckpoint, SamplerCallback
+from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
+from lightning_sde.data import Toy2DDataModule
+from lightning_sde.module import ScoreModule
+from lightning_sde.samplers import DDIM
+
+MLP = {"_target_": "lightning_sde.models.mlp.MLP", "dim": 2, "width": 16, "depth": 1}
+VP = {"_target_": "lightning_sde.sde.VPSDE"}
+
+
+class Stopped(Exception):
+    pass
+
+
+class StopAt(L.Callback):
+    """Stops the fit at a step: in its evaluation (as `kill -9` there would) or after its training step."""
+
+    def __init__(self, step: int, during_evaluation: bool):
+        self.step, self.during_evaluation = step, during_evaluation
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if self.during_evaluation and trainer.global_step == self.step:
+            raise Stopped
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.during_evaluation and trainer.global_step == self.step:
+            raise Stopped
+
+
+def fit(root, stop: StopAt | None = None, resume: bool = False, val_every=10, every_n_evals=1):
+    torch.manual_seed(0)
+    checkpoints = root / "checkpoints"
+    callbacks = [
+        *([stop] if stop else []),  # first: it stops the evaluation before the sampler callback writes rows
+        SamplerCallback({"ddim": DDIM(steps=3)}, n_samples=64, batch_size=64, every_n_evals=every_n_evals),
+        EMA(decay=0.9),
+        LastCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=10,
+                       enable_version_counter=False),
+    ]
+    if every_n_evals == 1:  # a best checkpoint needs its metric at every validation
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, filename="best-{step}",
+                                                             monitor="val/ddim/sliced_w2", mode="min", save_top_k=-1))
+    trainer = L.Trainer(max_steps=20, val_check_interval=val_every, check_val_every_n_epoch=None,
+                        limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=root, accelerator="cpu", callbacks=callbacks,
+                        plugins=[AtomicCheckpointIO()])
+    module = ScoreModule(net=MLP, shape=[2], sde=VP)
+    try:
+        trainer.fit(module, datamodule=Toy2DDataModule(batch_size=32, n_train=4096, n_val=64),
+                    ckpt_path=checkpoints / "last.ckpt" if resume else None)
+    except Stopped:
+        pass
+    return module
+
+
+def record(root):
+    path = root / "samples" / "sampler_metrics.csv"
+    rows = []
+    if path.exists():
+        with open(path, newline="") as fh:
+            rows = [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(fh)]
+    return rows, sorted(p.name for p in (root / "checkpoints").glob("best-*.ckpt"))
+
+
+@pytest.mark.parametrize("during_evaluation, stop_step", [(True, 10), (False, 13)])
+def test_a_resumed_run_has_the_uninterrupted_runs_evaluations(tmp_path, during_evaluation, stop_step):
+    whole = fit(tmp_path / "whole")
+    fit(tmp_path / "stopped", StopAt(stop_step, during_evaluation))
+    assert [int(r["step"]) for r in record(tmp_path / "stopped")[0]] == ([] if during_evaluation else [10])
+    resumed = fit(tmp_path / "stopped", resume=True)
+    # the evaluation at 10 is done once: redone when it had not finished, not repeated when it had
+    assert record(tmp_path / "stopped") == record(tmp_path / "whole")
+    assert [int(r["step"]) for r in record(tmp_path / "whole")[0]] == [10, 20]
+    assert record(tmp_path / "whole")[1] == ["best-step=10.ckpt", "best-step=20.ckpt"]
+    for a, b in zip(resumed.parameters(), whole.parameters(), strict=True):  # training itself is untouched
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_resumed_run_keeps_the_every_n_evals_phase_of_the_schedule(tmp_path):
+    """Validations at 5, 10, 15, 20, evaluations at 10 and 20: stopped at 13, the run resumes from the checkpoint at
+    10, written before the validation at 10 (its count is one short)."""
+    fit(tmp_path / "whole", val_every=5, every_n_evals=2)
+    fit(tmp_path / "stopped", StopAt(13, during_evaluation=False), val_every=5, every_n_evals=2)
+    fit(tmp_path / "stopped", resume=True, val_every=5, every_n_evals=2)
+    assert [int(r["step"]) for r in record(tmp_path / "stopped")[0]] == [10, 20]
+    assert record(tmp_path / "stopped")[0] == record(tmp_path / "whole")[0]
