@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+WANDB_RUN_KEY = "the results file's W&B run"  # claimed like a cell: a W&B run has one writer
 _WARNED: set[tuple[str, int, str]] = set()  # (file, line number, line) already warned about
 
 
@@ -76,6 +77,46 @@ class ResultsStore:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+class Claimed(ValueError):
+    def __init__(self, results, busy: list[str], total: int):
+        self.busy, self.wandb = len(busy), WANDB_RUN_KEY in busy
+        what = f"{self.busy - self.wandb} of its {total - (WANDB_RUN_KEY in busy)} result rows"
+        if self.wandb:
+            what = "the W&B run" + (f" and {what}" if self.busy > 1 else "")
+        super().__init__(f"results {str(results)!r}: another lsde-bench is writing {what} (its locks: "
+                         f"{Path(results).name}.lock); wait for it to end, or give this one another results file")
+
+
+class Claim:
+    """This process's claim on result rows (their keys) of a results file, so that two sweeps never compute the same
+    cell at once: one POSIX lock per key, on one byte of `<results>.lock` (its offset a hash of the key). The system
+    drops the locks when the process ends, however it ends, so a killed sweep leaves no stale claim. Sweeps of
+    disjoint cells (other shards, other samplers) share the file."""
+
+    def __init__(self, results, keys):
+        self.path = Path(results).with_name(Path(results).name + ".lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        keys = set(keys)
+        busy = [key for key in keys if not self._lock(key)]
+        if busy:
+            self.release()
+            raise Claimed(results, busy, len(keys))
+
+    def _lock(self, key: str) -> bool:
+        offset = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError:  # held by another process
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # drops every lock of this process on the file
+            self._fd = None
 
 
 class SamplePreviews:

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family
-from lightning_sde.bench.results import ResultsStore, SamplePreviews
+from lightning_sde.bench.results import WANDB_RUN_KEY, Claim, Claimed, ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
 from lightning_sde.configuration import checked, require_device
 from lightning_sde.configuration import device as parse_device
@@ -163,14 +163,31 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
     """The sweep's cells not yet in its results file, this process's share of each cell's seeds."""
     rank, world = rank_world()
     store = ResultsStore(cfg.results)
-    todo = None
+    todo = claim = refused = None
     if rank == 0:
         done = store.keys()
         todo = [i for i, c in enumerate(sweep.mine) if not all(c.key(m) in done for m in c.metrics)]
         log.info("%d cells in the sweep, %d in shard %d/%d, %d already in %s, %d to compute on %d process(es)",
                  len(sweep.cells), len(sweep.mine), cfg.shard.index, cfg.shard.count, len(sweep.mine) - len(todo),
                  store.path, len(todo), world)
-    todo = [sweep.mine[i] for i in broadcast_from_zero(todo)]  # rank 0 decides: its own appends never race the rest
+        keys = [c.key(m) for i in todo for c in [sweep.mine[i]] for m in c.metrics]
+        try:  # held until the views are made (lsde-bench's run): the W&B run too, where this sweep logs it
+            claim = Claim(cfg.results, keys + ([WANDB_RUN_KEY] if cfg.wandb.enabled and cfg.shard.count == 1 else []))
+        except Claimed as err:
+            refused = str(err)
+    todo, refused = broadcast_from_zero((todo, refused))  # rank 0 decides: its own appends never race the rest
+    if refused:
+        raise ValueError(refused)
+    try:
+        return compute_cells(cfg, sweep, device, store, [sweep.mine[i] for i in todo]) | {"claim": claim}
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
+
+
+def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: ResultsStore, todo: list[Cell]) -> dict:
+    rank, world = rank_world()
     live = None
     if todo:
         target = load_target(cfg, sweep.kind, sweep.target_id, device)

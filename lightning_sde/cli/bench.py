@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from lightning_sde.bench.report import report
+from lightning_sde.bench.results import WANDB_RUN_KEY, Claim
 from lightning_sde.bench.runner import run_sweep
 from lightning_sde.cli.apps import one_line
 from lightning_sde.cli.errors import USER_ERRORS, fail, fails_cleanly
@@ -35,6 +37,13 @@ def run(cfg: DictConfig) -> None:
     summary = run_sweep(cfg)
     if summary["rank"] != 0:
         return
+    try:
+        views(cfg, summary)
+    finally:
+        summary["claim"].release()
+
+
+def views(cfg: DictConfig, summary: dict) -> None:
     print(f"sweep: {summary['cells']} cells, {summary['shard_cells']} in shard {cfg.shard.index}/{cfg.shard.count}, "
           f"{summary['computed']} computed now; results: {cfg.results}")
     if cfg.shard.count > 1:
@@ -61,10 +70,16 @@ def report_main(argv: list[str]) -> None:
     parser.add_argument("--project", default="lightning-sde-bench")
     parser.add_argument("--name", default=None, help="W&B run name")
     args = parser.parse_args(argv)
+    claim = None
     try:
+        if args.wandb and Path(args.results).is_file():  # a sweep logging the same W&B run is not done yet
+            claim = Claim(args.results, [WANDB_RUN_KEY])
         report(args.results, args.out, use_wandb=args.wandb, project=args.project, name=args.name)
     except (*USER_ERRORS, PermissionError) as err:
         fail(parser.prog, err)
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 def cells_main(overrides: list[str]) -> None:

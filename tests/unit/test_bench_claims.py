@@ -1,0 +1,81 @@
+"""Two sweeps on one results file never compute the same cell, nor log its W&B run, at once: the second is refused
+before any sampling, sweeps of other cells go on beside it, and a killed sweep leaves no stale claim."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from lightning_sde.bench import runner
+from lightning_sde.bench.results import WANDB_RUN_KEY, ResultsStore
+from lightning_sde.configuration import CONFIG_PACKAGE
+
+TINY = ["~samplers", "+sampler@samplers.ddim=ddim", "nfe=[4]", "seeds.count=16", "batch_size=16", "progress=false",
+        "metrics=[mmd]", "noise_floor=false"]
+HOLD = """
+import json, sys, time
+from lightning_sde.bench.results import Claim
+Claim(sys.argv[1], json.loads(open(sys.argv[2]).read()))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def config(tmp_path: Path, *overrides):
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        return compose("bench", overrides=[f"results={tmp_path}/results.jsonl", "wandb.enabled=false", *TINY,
+                                           *overrides])
+
+
+def hold(tmp_path: Path, keys: list[str]) -> subprocess.Popen:
+    """Another process (another lsde-bench) holding these keys' claims until killed."""
+    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "results.jsonl"), str(tmp_path / "keys.json")],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def keys_of(cfg) -> list[str]:
+    return [c.key(m) for c in runner.prepare(cfg).cells for m in c.metrics]
+
+
+def test_a_sweep_whose_cells_another_computes_is_refused_before_sampling(tmp_path, monkeypatch):
+    cfg = config(tmp_path)
+    holder = hold(tmp_path, keys_of(cfg))
+    try:
+        monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("sampled a claimed cell"))
+        with pytest.raises(ValueError, match=r"another lsde-bench is writing 1 of its 1 result rows \(its locks: "
+                                             r"results.jsonl.lock\); wait for it to end"):
+            runner.run_sweep(cfg)
+        assert ResultsStore(tmp_path / "results.jsonl").rows() == []
+        monkeypatch.undo()
+        other = runner.run_sweep(config(tmp_path, "nfe=[5]"))  # other cells of the same file go on beside it
+        other["claim"].release()
+        assert [r["requested"] for r in ResultsStore(tmp_path / "results.jsonl").rows()] == [5]
+    finally:
+        holder.send_signal(signal.SIGKILL)  # as kill -9: the system drops its claims
+        holder.wait()
+    runner.run_sweep(cfg)["claim"].release()
+    assert sorted(r["requested"] for r in ResultsStore(tmp_path / "results.jsonl").rows()) == [4, 5]
+
+
+def test_the_w_and_b_run_has_one_writer(tmp_path, monkeypatch):
+    holder = hold(tmp_path, [WANDB_RUN_KEY])
+    try:
+        monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("sampled"))
+        with pytest.raises(ValueError, match="another lsde-bench is writing the W&B run "):
+            runner.run_sweep(config(tmp_path, "wandb.enabled=true"))
+        monkeypatch.undo()
+        runner.run_sweep(config(tmp_path, "wandb.enabled=true", "shard.count=2"))["claim"].release()  # shards: no run
+        report = subprocess.run([sys.executable, "-m", "lightning_sde.cli.bench", "report",
+                                 str(tmp_path / "results.jsonl"), "--wandb"], capture_output=True, text=True,
+                                timeout=120, check=False)
+        assert report.returncode == 1 and "another lsde-bench is writing the W&B run" in report.stderr, report.stderr
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
