@@ -13,6 +13,7 @@
 # the others are Hydra overrides. The bench array has one task per cell (at most --tasks, --throttle at once).
 # The pipeline's jobs are chained with --dependency=afterok: a failed or interrupted step stops the ones after it.
 set -euo pipefail
+# Arrays expand as ${a[@]+"${a[@]}"}: under set -u, bash before 4.4 (CentOS 7) calls an empty "${a[@]}" unbound.
 
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/env.sh"
 lsde_load_site
@@ -38,8 +39,9 @@ submit() {  # submit LOG_PATTERN TEMPLATE SBATCH_OPTIONS... -- ARGS...
     [ $# -gt 0 ] && shift
     local site=()
     mapfile -t site < <(lsde_site_flags)
-    sbatch --parsable "${site[@]}" --chdir="$PWD" --output="$LOGS/$log.out" \
-        --export="ALL,LSDE_SLURM_DIR=$LSDE_SLURM_DIR" "${options[@]}" "$LSDE_SLURM_DIR/$template" "$@" | cut -d';' -f1
+    sbatch --parsable ${site[@]+"${site[@]}"} --chdir="$PWD" --output="$LOGS/$log.out" \
+        --export="ALL,LSDE_SLURM_DIR=$LSDE_SLURM_DIR" ${options[@]+"${options[@]}"} "$LSDE_SLURM_DIR/$template" "$@" \
+        | cut -d';' -f1
 }
 
 # bench_array TASKS THROTTLE OVERRIDES...: sets ARRAY, the --array option for the sweep (one task per cell, capped),
@@ -71,7 +73,7 @@ command=${1:-}
 case "$command" in
 train)
     split_args "$@"
-    job=$(submit "%x-%j" train.sbatch "${SBATCH_OPTS[@]}" -- "${OVERRIDES[@]}")
+    job=$(submit "%x-%j" train.sbatch ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} -- ${OVERRIDES[@]+"${OVERRIDES[@]}"})
     echo "train job $job: log $LOGS/lsde-train-$job.out; run directory $PWD/outputs/train/<run_name> (the job id" \
          "unless run_name= is given)"
     ;;
@@ -85,8 +87,9 @@ bench)
         esac
     done
     split_args "$@"
-    bench_array "$tasks" "$throttle" "${OVERRIDES[@]}"
-    job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" "${SBATCH_OPTS[@]}" -- "$SHARD" "${OVERRIDES[@]}")
+    bench_array "$tasks" "$throttle" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
+    job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} -- "$SHARD" \
+        ${OVERRIDES[@]+"${OVERRIDES[@]}"})
     echo "bench array $job: logs $LOGS/lsde-bench-${job}_<task>.out; then: slurm/submit.sh report or" \
          "lsde-bench report <results> --wandb"
     ;;
@@ -112,12 +115,12 @@ pipeline)
     read -r -a bench_args <<< "$bench"
     read -r -a train_opts <<< "$train_sbatch"
     read -r -a bench_opts <<< "$bench_sbatch"
-    bench_args=("checkpoint=$run_dir/checkpoints/last.ckpt" "name=$run" "results=$results" "${bench_args[@]}")
-    bench_array "$tasks" "$throttle" "${bench_args[@]}"
-    train_job=$(submit "%x-%j" train.sbatch "${train_opts[@]}" -- "${train_args[@]}" "run_name=$run" \
-        "run_dir=$run_dir")
-    bench_job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" "--dependency=afterok:$train_job" "${bench_opts[@]}" -- \
-        "$SHARD" "${bench_args[@]}")
+    bench_args=("checkpoint=$run_dir/checkpoints/last.ckpt" "name=$run" "results=$results" ${bench_args[@]+"${bench_args[@]}"})
+    bench_array "$tasks" "$throttle" ${bench_args[@]+"${bench_args[@]}"}
+    train_job=$(submit "%x-%j" train.sbatch ${train_opts[@]+"${train_opts[@]}"} -- \
+        ${train_args[@]+"${train_args[@]}"} "run_name=$run" "run_dir=$run_dir")
+    bench_job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" "--dependency=afterok:$train_job" \
+        ${bench_opts[@]+"${bench_opts[@]}"} -- "$SHARD" ${bench_args[@]+"${bench_args[@]}"})
     report_job=$(submit "%x-%j" report.sbatch "--dependency=afterok:$bench_job" -- "$results")
     cat <<EOF
 pipeline $run: train $train_job -> bench array $bench_job -> report $report_job (each after the previous one succeeded)
