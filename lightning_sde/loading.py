@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from lightning_sde.configuration import TRUSTED_TARGETS, check_targets, trusted_class
+from lightning_sde.errors import CheckpointError
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.pretrained import is_diffusers_spec
 from lightning_sde.models.pretrained import load as load_pretrained
@@ -31,10 +32,6 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-class CheckpointError(ValueError):
-    """A file that is not a readable lightning-sde checkpoint."""
 
 
 def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED_TARGETS) -> dict:

@@ -34,6 +34,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sde.configuration import build
 from lightning_sde.data.base import split_labels
+from lightning_sde.errors import NonFiniteError
 from lightning_sde.losses import DSMLoss
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.moments import DataMoments
@@ -41,10 +42,6 @@ from lightning_sde.sde import SDE, build_sde
 
 MOMENT_SAMPLES = 10_000
 log = logging.getLogger(__name__)
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced a NaN or an infinity: it stops, rather than train on and save what it cannot use."""
 
 
 def check_optim(optim: dict) -> dict:

@@ -9,9 +9,7 @@ import functools
 import logging
 import sys
 
-from lightning_sde.loading import CheckpointError
-from lightning_sde.module import NonFiniteError
-from lightning_sde.tracking import quiet_and_logged
+from lightning_sde.errors import CheckpointError, NonFiniteError
 
 log = logging.getLogger("lightning_sde")
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError)
@@ -57,6 +55,8 @@ def fails_cleanly(app: str, cleanup=None):
     def wrap(task):
         @functools.wraps(task)
         def run(cfg):
+            from lightning_sde.tracking import quiet_and_logged
+
             quiet_and_logged()  # Hydra has configured logging by now
             try:
                 return task(cfg)

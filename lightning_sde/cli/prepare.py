@@ -33,8 +33,7 @@ from dataclasses import dataclass
 
 from lightning_sde.cli.errors import print_error
 from lightning_sde.configuration import config_root
-from lightning_sde.data.torchvision_sets import SPECS, fetch, is_available
-from lightning_sde.metrics.features import FEATURE_EXTRACTORS, INCEPTION_ENV, inception_weights_path
+from lightning_sde.downloads import SPECS  # torch and Lightning are imported after the arguments are read
 
 PROG = "lsde-prepare"
 DIGITS_SHAPE = (1, 8, 8)  # what the digits features take
@@ -94,6 +93,8 @@ def reference_requests(parser: argparse.ArgumentParser, args) -> list[StatsReque
     Inception weights checked. Builds only what reads no data files: the torchvision sets load theirs when set up."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+
+    from lightning_sde.metrics.features import INCEPTION_ENV, inception_weights_path
 
     requests = []
     for name in args.names:
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-stats", type=int, default=None, metavar="N",
                         help="cache FID/KID statistics of N training images of each dataset "
                         "(lsde-bench reference_count)")
-    parser.add_argument("--features", default=None, choices=sorted(FEATURE_EXTRACTORS),
+    parser.add_argument("--features", default=None,
                         help="feature extractor for the statistics (lsde-bench feature_extractor). Default: digits "
                         "for 8x8 grayscale images (the digits data, the only ones the digits features take), "
                         "inception for any other images; inception needs the weights (--inception fetches them, "
@@ -208,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reference-stats N needs N >= 1 and a dataset name")
     if args.features is not None and args.reference_stats is None:
         parser.error("--features chooses the features of --reference-stats N; pass that too")
+    if args.features is not None:
+        from lightning_sde.metrics.features import known_feature_extractor
+
+        try:
+            known_feature_extractor(args.features)
+        except ValueError as err:
+            parser.error(f"--features: {err}")
     downloads = [n for n in args.names if n in SPECS]
     if downloads and args.root is None:
         parser.error(f"--root is needed to download {downloads}")
@@ -222,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(parser: argparse.ArgumentParser, args, downloads: list[str]) -> int:
+    from lightning_sde.data.torchvision_sets import fetch, is_available
+
     requests = reference_requests(parser, args) if args.reference_stats is not None else []
     if args.inception:
         from lightning_sde.metrics.features import fetch_inception

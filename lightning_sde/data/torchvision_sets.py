@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,21 +29,8 @@ from lightning_sde.data.base import (
     check_int,
     generator,
 )
+from lightning_sde.downloads import SPECS
 
-
-@dataclass(frozen=True)
-class Spec:
-    title: str
-    cls: str  # torchvision.datasets class name
-    shape: tuple[int, int, int]
-    folder: str  # what torchvision creates under root
-    train_size: int  # images in the official training split (reference(n) draws from it)
-
-
-SPECS = {
-    "mnist": Spec("MNIST", "MNIST", (1, 28, 28), "MNIST", 60000),
-    "cifar10": Spec("CIFAR-10", "CIFAR10", (3, 32, 32), "cifar-10-batches-py", 50000),
-}
 LEVELS = 256
 
 

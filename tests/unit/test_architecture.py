@@ -19,7 +19,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "lightning_sde"
 LAYERS = [
-    {"sde", "configuration", "tracking", "distributed"},
+    {"sde", "configuration", "tracking", "distributed", "errors", "downloads"},
     {"models", "probability_flow"},
     {"exact", "losses"},
     {"samplers"},

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import lightning_sde.cli.prepare as prepare
+from lightning_sde.data import torchvision_sets
 from lightning_sde.metrics import features
 from lightning_sde.metrics import image as image_metrics
 
@@ -28,7 +29,7 @@ def offline(tmp_path, monkeypatch):
         downloads.append(name)
         raise AssertionError(f"lsde-prepare tried to download {name}")
 
-    monkeypatch.setattr(prepare, "fetch", no_fetch)
+    monkeypatch.setattr(torchvision_sets, "fetch", no_fetch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield downloads
@@ -96,10 +97,10 @@ def test_image_folder_reference_stats_without_root_is_a_usage_error(capsys):
 # --- 2. user errors: one line, before any work -----------------------------------------------------------------
 
 
-def test_unknown_features_are_an_argparse_choice(tmp_path, offline, capsys):
+def test_unknown_features_are_a_usage_error(tmp_path, offline, capsys):
     message = usage_error(["cifar10", "--root", str(tmp_path / "data"), "--reference-stats", "10",
                            "--features", "foo"], capsys)
-    assert "invalid choice: 'foo'" in message and "digits" in message and "inception" in message
+    assert "--features: unknown feature extractor 'foo'; choose one of ['digits', 'inception']" in message
     assert offline == []
 
 
@@ -186,7 +187,7 @@ def test_a_failed_dataset_download_is_one_line(tmp_path, monkeypatch, capsys):
     def fail(name, root, timeout=None):
         raise missing_error(name, root, "downloading it failed (URLError: offline)")
 
-    monkeypatch.setattr(prepare, "fetch", fail)
+    monkeypatch.setattr(torchvision_sets, "fetch", fail)
     message = work_error(["cifar10", "--root", str(tmp_path / "data")], capsys)
     assert "downloading it failed" in message and f"lsde-prepare cifar10 --root {(tmp_path / 'data').resolve()}" \
         in message
