@@ -9,6 +9,8 @@ import functools
 import logging
 import sys
 
+from hydra.errors import CompactHydraException
+
 from lightning_sde.errors import CheckpointError, NonFiniteError
 
 log = logging.getLogger("lightning_sde")
@@ -25,8 +27,17 @@ def fail(app: str, err) -> None:
     sys.exit(1)
 
 
-class JobFailed(RuntimeError):
-    """A multirun job that failed with a user error (already reported on its own line)."""
+class JobFailed(CompactHydraException):
+    """A multirun job that failed with a user error (already reported on its own line). Hydra records the job as
+    failed and, after the sweep, prints which job and this one line (compact: no traceback), and exits 1."""
+
+
+def log_to_file(message: str) -> None:
+    """Into the app's log file only (Hydra's file handler): the console gets the one-line error instead."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def in_multirun() -> bool:
@@ -61,13 +72,13 @@ def fails_cleanly(app: str, cleanup=None):
             try:
                 return task(cfg)
             except USER_ERRORS as err:
-                log.error("%s failed: %s: %s", app, type(err).__name__, err)  # into the app's own log file
+                log_to_file(f"{app} failed: {type(err).__name__}: {err}")
                 if cleanup is not None:
                     cleanup(cfg)
                 if in_multirun():
                     print_error(app, err)
                     # an Exception, not SystemExit: Hydra records the job as failed, runs the next ones, then raises it
-                    raise JobFailed(f"{app}: {err}") from None
+                    raise JobFailed(f"{app}: error: the sweep failed; its first failure: {err}") from None
                 fail(app, err)
 
         return run

@@ -193,7 +193,13 @@ def test_a_failed_job_of_a_multirun_does_not_stop_the_sweep_and_the_sweep_fails(
                 f"hydra.sweep.dir={tmp_path}/multirun", f"output_dir={tmp_path}/out", "~samplers",
                 "+sampler@samplers.ddim=ddim", "nfe=[3]", "progress=false", "wandb.enabled=false")
     assert proc.returncode == 1
-    assert "lsde-bench: error: config seeds.count: must be an integer >= 1; got -5" in proc.stderr
+    # the job's one line; after the sweep, which job failed and the same line again, no traceback
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "lsde-bench: error: config seeds.count: must be an integer >= 1; got -5"
+    assert lines[1].startswith("Error executing job with overrides: ['seeds.count=-5', ")
+    assert lines[2] == ("lsde-bench: error: the sweep failed; its first failure: config seeds.count: must be an "
+                        "integer >= 1; got -5")
+    assert "Traceback" not in proc.stderr and "[ERROR]" not in proc.stderr
     rows = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
     assert {r["sampler"] for r in rows} == {"exact (noise floor)", "ddim"} and {r["seed_count"] for r in rows} == {50}
 
