@@ -160,6 +160,17 @@ def test_logger_none_trains_without_the_lr_monitor(tmp_path):
     assert run.trainer.global_step == 3
 
 
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_training_and_the_bench_share_one_reference_statistics_cache(experiment, tmp_path, monkeypatch):
+    """FID/KID statistics computed during fit are found by lsde-bench and lsde-prepare, wherever the run starts."""
+    monkeypatch.setenv("LSDE_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.delenv("LSDE_CACHE", raising=False)
+    train = composed("train", [f"experiment={experiment}", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
+                               "logger=none"])
+    callback = next(cb for cb in build(train, read_data=False).trainer.callbacks if hasattr(cb, "stats_cache"))
+    assert callback.stats_cache == composed("bench", []).stats_cache == f"{tmp_path}/outputs/cache/reference_stats"
+
+
 def test_the_run_seed_reaches_the_data(tmp_path):
     """Replicates over `seed` differ in their data (toy sets drawn, splits, order), not only in the step seeds."""
     firsts = []
