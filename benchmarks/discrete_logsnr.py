@@ -13,6 +13,7 @@ Results: results/discrete_logsnr.{csv,md,png}.
 
 from __future__ import annotations
 
+import argparse
 import csv
 from pathlib import Path
 
@@ -81,4 +82,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

@@ -206,6 +206,10 @@ def tuning_family_of(seed: int) -> str:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description="Print every problem of the tuning and held-out families: seed, dimension, "
+                            "components, covariance, separation, smallest weight.").parse_args()
     for seed in TUNING + HELD_OUT:
         print(describe(draw(seed)[1]))
 

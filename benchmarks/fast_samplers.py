@@ -14,8 +14,8 @@ tolerance sweep.
 
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 import time
 
 import matplotlib
@@ -129,7 +129,9 @@ def load_csv() -> list[dict]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--replot"]:  # views from the committed CSV, no recomputation
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replot", action="store_true", help="the views from the committed CSV, no recomputation")
+    if parser.parse_args().replot:
         write(load_csv())
     else:
         main()

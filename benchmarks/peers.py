@@ -27,6 +27,7 @@ Needs the `peers` extra (`.venv/bin/pip install -e ".[peers]"`, i.e. diffusers).
 
 from __future__ import annotations
 
+import argparse
 import csv
 
 import matplotlib
@@ -205,9 +206,9 @@ def load_csv() -> list[dict]:
 
 
 if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:] == ["--replot"]:  # views from the committed CSV, no recomputation
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replot", action="store_true", help="the views from the committed CSV, no recomputation")
+    if parser.parse_args().replot:
         write(load_csv())
     else:
         main()

@@ -303,7 +303,8 @@ STUDIES = {"criterion": (CRITERION_FIELDS, criterion_problem, criterion_summary)
 if __name__ == "__main__":
     study = sys.argv.pop(1) if len(sys.argv) > 1 and sys.argv[1] in STUDIES else None
     if study is None:
-        sys.exit(f"usage: select_study.py {{{','.join(STUDIES)}}} [--replot]")
+        print(f"usage: select_study.py {{{','.join(STUDIES)}}} [--family NAME] [--replot]\n\n{__doc__}")
+        sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     fields, problem, summary = STUDIES[study]
     tuning_study(__doc__, OUT / f"select_{study}.csv", fields, problem, summary,
                  TUNING_FAMILIES if study == "final" else ("tuning",))

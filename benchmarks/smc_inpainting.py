@@ -12,6 +12,7 @@ particle counts and steps were fixed before the run.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
 import time
@@ -74,4 +75,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

@@ -14,6 +14,7 @@ Results: results/trailing_grid.{csv,md}, one problem at a time (a rerun continue
 
 from __future__ import annotations
 
+import argparse
 import csv
 import statistics
 import sys
@@ -85,4 +86,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()
