@@ -128,7 +128,7 @@ class SweepRun:
         rows = [r for f in earlier for r in offline_history(f)]
         if rows and not any("cell/id" in r for r in rows):
             return
-        held = {r.get("cell/id") for r in rows}
+        held = {r.get("cell/id") for r in rows} | set(self.state.get("summaries_only", []))
         lost = [c for c in self.state["logged"] if c not in held]
         if lost:
             log.warning("W&B: %d cell(s) listed as logged are not in the offline run files (the sweep was killed "
@@ -153,6 +153,8 @@ class SweepRun:
         self.state.setdefault("protocol", {k: first.get(k) for k in PROTOCOL_FIELDS})
         if first["grid"] != "exact":
             self._log_history(cell_id, rows, preview, reference)
+        else:  # no history row to find in the run's files later (its summaries come from the results file)
+            self.state.setdefault("summaries_only", []).append(cell_id)
         self.run.summary.update(self.summaries())
         self.state["logged"].append(cell_id)
         write_sidecar(self.results, self.state)

@@ -40,6 +40,7 @@ def report_wandb(results: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False,
                           env={**ENV, "WANDB_DIR": str(results.parent)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
 
 
 def sweep_runs(tmp: Path) -> list[Path]:
@@ -130,15 +131,16 @@ def test_sweep_rows_views_and_wandb(clean):
 def test_a_resumed_sweep_continues_its_wandb_run_and_report_updates_it(tmp_path):
     """One W&B run per results file: a rerun that adds cells logs only those, into the same run id; `report --wandb`
     adds the results table and the workspace definition to it rather than making another run."""
-    one = ["seeds.count=100", "batch_size=100", "noise_floor=false"]  # SMALL's DDIM and EM
+    one = ["seeds.count=100", "batch_size=100"]  # SMALL's DDIM and EM, and the noise floor (no history row)
     run_bench(tmp_path, *one, "nfe=[3]")
     first = json.loads((tmp_path / "results.wandb.json").read_text())
-    run_bench(tmp_path, *one, "nfe=[3,10]")
+    rerun = run_bench(tmp_path, *one, "nfe=[3,10]")
     sidecar = json.loads((tmp_path / "results.wandb.json").read_text())
-    assert sidecar["id"] == first["id"] and len(sidecar["logged"]) == 4 and len(sweep_runs(tmp_path)) == 2
+    assert sidecar["id"] == first["id"] and len(sidecar["logged"]) == 5 and len(sweep_runs(tmp_path)) == 2
     logged = [[r.get("nfe") for r in history(run) if "cell/sampler" in r] for run in sweep_runs(tmp_path)]
     assert logged == [[3, 3], [10, 10]]  # the rerun logs only its new cells
-    report_wandb(tmp_path / "results.jsonl")
+    report = report_wandb(tmp_path / "results.jsonl")
+    assert "logged again" not in rerun.stdout + rerun.stderr + report.stdout + report.stderr  # nothing was lost
     runs = sweep_runs(tmp_path)
     assert {run_info(r)["id"] for r in runs} == {first["id"]} and len(runs) == 3
     assert not [r for r in history(runs[-1]) if "cell/sampler" in r]  # nothing logged twice

@@ -192,6 +192,14 @@ def test_cells_listed_as_logged_are_kept_only_when_an_earlier_run_file_holds_the
     assert json.loads(results.with_name("results.wandb.json").read_text())["logged"] == kept
 
 
+def test_a_noise_floor_cell_has_no_history_row_and_is_never_taken_for_lost(tmp_path, monkeypatch, caplog):
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, {"id": "run1", "logged": ["a", "floor"], "summaries_only": ["floor"]})
+    write_run_file(tmp_path / "wandb" / "offline-run-20260101_000000-run1", "run1", [{"nfe": 3, "cell/id": "a"}])
+    run = launch(monkeypatch, results, "20260101_000100", offline=True)
+    assert run.state["logged"] == ["a", "floor"] and "logged again" not in caplog.text
+
+
 def test_a_new_name_for_a_results_file_with_a_run_says_it_is_not_used(tmp_path, monkeypatch, caplog):
     results = tmp_path / "results.jsonl"
     write_sidecar(results, {"id": "run1", "name": "first", "project": "p", "group": "x"})
