@@ -90,8 +90,8 @@ bench)
     bench_array "$tasks" "$throttle" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
     job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} -- "$SHARD" \
         ${OVERRIDES[@]+"${OVERRIDES[@]}"})
-    echo "bench array $job: logs $LOGS/lsde-bench-${job}_<task>.out; then: slurm/submit.sh report or" \
-         "lsde-bench report <results> --wandb"
+    echo "bench array $job: logs $LOGS/lsde-bench-${job}_<task>.out; when every task is done:" \
+         "sbatch slurm/report.sbatch <results> (or lsde-bench report <results> --wandb)"
     ;;
 pipeline)
     train="" bench="" run="" tasks="" throttle="" train_sbatch="" bench_sbatch=""

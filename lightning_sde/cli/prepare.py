@@ -10,7 +10,7 @@
 
 then train with `data.root=/shared/data`, and run `lsde-bench ... feature_extractor=inception
 reference_count=50000` with the same TORCH_HOME and LSDE_CACHE: it finds the statistics instead of recomputing
-them. scikit-learn's digits ship with scikit-learn (nothing to fetch; `lsde-prepare digits --reference-stats 2000`
+them. scikit-learn's digits ship with scikit-learn (nothing to fetch; `lsde-prepare digits --reference-stats 1000`
 still caches their statistics under the shipped digits features).
 
 The statistics' features (--features): digits for the 8x8 digits, inception for any other images; inception needs
@@ -148,11 +148,11 @@ def prepare_models(argv: list[str]) -> int:
         try:
             path = fetch(hub_id)
         except PretrainedError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print_error(f"{PROG} diffusers", one_line(err))
             return 1
         except Exception as err:  # noqa: BLE001  (network, authentication, a missing repo: say which, fail)
-            print(f"error: {hub_id}: could not fetch ({type(err).__name__}: {str(err).strip()[:300]})",
-                  file=sys.stderr)
+            print_error(f"{PROG} diffusers", f"{hub_id}: could not fetch ({type(err).__name__}: "
+                        f"{one_line(err)[:300]})")
             return 1
         print(f"{hub_id}: in the cache at {path}; use checkpoint=diffusers:{hub_id}")
     return 0
@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="device for the feature network (e.g. cuda)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from lightning_sde.tracking import quiet_and_logged
+
+    quiet_and_logged()  # no library notices that are not about this work
     unknown = sorted(set(args.names) - set(data_configs()))
     if unknown:
         parser.error(f"unknown dataset(s) {unknown}; choose from {data_configs()}")

@@ -134,7 +134,8 @@ def check_schedule(sampler) -> None:
         points = sampler.intervals + 1
         if times.ndim != 1 or len(times) != points or not bool((times[1:] < times[:-1]).all()):
             raise ValueError(f"{name}: times must be {points} strictly decreasing times (start ... eps); "
-                             f"got {len(times) if times.ndim == 1 else tuple(times.shape)} values")
+                             f"got {len(times) if times.ndim == 1 else tuple(times.shape)} values (`steps` sets "
+                             f"how many: steps={sampler.steps} takes {points})")
 
 
 # what select_over may not vary

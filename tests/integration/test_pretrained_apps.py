@@ -61,4 +61,6 @@ def test_uncached_hub_model_fails_at_start_naming_the_fetch_command(tmp_path):
     assert not (tmp_path / "r.jsonl").exists()
     proc = subprocess.run([sys.executable, "-m", "lightning_sde.cli.prepare", "diffusers", "google/ddpm-cifar10-32"],
                           capture_output=True, text=True, timeout=120, env=env, check=False)
-    assert proc.returncode == 1 and proc.stderr.startswith("error: google/ddpm-cifar10-32: could not fetch")
+    assert proc.returncode == 1 and proc.stderr.startswith("lsde-prepare diffusers: error: google/ddpm-cifar10-32: "
+                                                           "could not fetch")
+    assert len(proc.stderr.strip().splitlines()) == 1  # the hub's own multi-line message folded into one
