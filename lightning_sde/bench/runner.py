@@ -175,6 +175,8 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
             claim = Claim(cfg.results, keys + ([WANDB_RUN_KEY] if cfg.wandb.enabled and cfg.shard.count == 1 else []))
         except Claimed as err:
             refused = str(err)
+        except OSError as err:  # e.g. a read-only folder: said before any work, by every process
+            refused = f"results {cfg.results!r}: cannot write its lock file ({type(err).__name__}: {err})"
     todo, refused = broadcast_from_zero((todo, refused))  # rank 0 decides: its own appends never race the rest
     if refused:
         raise ValueError(refused)

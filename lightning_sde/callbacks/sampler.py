@@ -102,7 +102,7 @@ class SamplerCallback(L.Callback):
                 raise type(err)(f"config callbacks.sampler.feature_extractor: {err}") from None
 
     def state_dict(self) -> dict:
-        return {"evals": self._evals}  # a resumed run keeps the every_n_evals phase
+        return {"evals": self._evals}  # the every_n_evals phase of epoch-based validation (see on_train_start)
 
     def on_train_start(self, trainer, pl_module):
         """A resumed fit first runs the evaluation that its checkpoint's step was due and that left no rows: a step's

@@ -95,7 +95,8 @@ def test_a_nan_loss_stops_training_names_the_step_and_saves_nothing_bad(tmp_path
     proc = train(run, *TOY, "optim.lr=1e6", "optim.warmup_steps=0", "logger=csv")
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
-    assert "NonFiniteError" in out and "training stopped: at step" in out and "the last finite loss was" in out, out
+    assert "lsde-train: error: training stopped: at step" in out and "the last finite loss was" in out, out
+    assert "lsde-train failed: NonFiniteError: training stopped: at step" in (run / "train.log").read_text()
     for ckpt in (run / "checkpoints").glob("*.ckpt"):  # whatever was written before is finite
         state = torch.load(ckpt, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt

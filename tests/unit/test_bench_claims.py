@@ -79,3 +79,14 @@ def test_the_w_and_b_run_has_one_writer(tmp_path, monkeypatch):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def test_a_lock_file_that_cannot_be_written_is_a_one_line_error_before_sampling(tmp_path, monkeypatch):
+    def read_only(self, results, keys):
+        raise PermissionError(13, "Permission denied", f"{results}.lock")
+
+    monkeypatch.setattr(runner.Claim, "__init__", read_only)
+    monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("sampled"))
+    with pytest.raises(ValueError, match=r"cannot write its lock file \(PermissionError: \[Errno 13\] Permission "
+                                         r"denied: '.*results.jsonl.lock'\)"):
+        runner.run_sweep(config(tmp_path))
