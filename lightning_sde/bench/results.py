@@ -80,11 +80,9 @@ class ResultsStore:
 
 
 class Claimed(ValueError):
-    def __init__(self, results, busy: list[str], total: int):
-        self.busy, self.wandb = len(busy), WANDB_RUN_KEY in busy
-        what = f"{self.busy - self.wandb} of its {total - (WANDB_RUN_KEY in busy)} result rows"
-        if self.wandb:
-            what = "the W&B run" + (f" and {what}" if self.busy > 1 else "")
+    def __init__(self, results, busy: set[str], keys: set[str]):
+        rows = f"{len(busy - {WANDB_RUN_KEY})} of its {len(keys - {WANDB_RUN_KEY})} result rows"
+        what = rows if WANDB_RUN_KEY not in busy else "the W&B run" + (f" and {rows}" if len(busy) > 1 else "")
         super().__init__(f"results {str(results)!r}: another lsde-bench is writing {what} (its locks: "
                          f"{Path(results).name}.lock); wait for it to end, or give this one another results file")
 
@@ -100,10 +98,10 @@ class Claim:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         keys = set(keys)
-        busy = [key for key in keys if not self._lock(key)]
+        busy = {key for key in keys if not self._lock(key)}
         if busy:
             self.release()
-            raise Claimed(results, busy, len(keys))
+            raise Claimed(results, busy, keys)
 
     def _lock(self, key: str) -> bool:
         offset = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)

@@ -198,9 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="device for the feature network (e.g. cuda)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from lightning_sde.tracking import quiet_and_logged
-
-    quiet_and_logged()  # no library notices that are not about this work
     unknown = sorted(set(args.names) - set(data_configs()))
     if unknown:
         parser.error(f"unknown dataset(s) {unknown}; choose from {data_configs()}")
@@ -234,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(parser: argparse.ArgumentParser, args, downloads: list[str]) -> int:
     from lightning_sde.data.torchvision_sets import fetch, is_available
+    from lightning_sde.tracking import quiet_and_logged
 
+    quiet_and_logged()  # no library notices that are not about this work
     requests = reference_requests(parser, args) if args.reference_stats is not None else []
     if args.inception:
         from lightning_sde.metrics.features import fetch_inception

@@ -52,6 +52,8 @@ def test_a_sweep_whose_cells_another_computes_is_refused_before_sampling(tmp_pat
         with pytest.raises(ValueError, match=r"another lsde-bench is writing 1 of its 1 result rows \(its locks: "
                                              r"results.jsonl.lock\); wait for it to end"):
             runner.run_sweep(cfg)
+        with pytest.raises(ValueError, match="writing 1 of its 1 result rows "):  # the W&B run is free: not counted
+            runner.run_sweep(config(tmp_path, "wandb.enabled=true"))
         assert ResultsStore(tmp_path / "results.jsonl").rows() == []
         monkeypatch.undo()
         other = runner.run_sweep(config(tmp_path, "nfe=[5]"))  # other cells of the same file go on beside it
