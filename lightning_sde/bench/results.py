@@ -98,7 +98,11 @@ class Claim:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         keys = set(keys)
-        busy = {key for key in keys if not self._lock(key)}
+        try:
+            busy = {key for key in keys if not self._lock(key)}
+        except OSError:
+            self.release()
+            raise
         if busy:
             self.release()
             raise Claimed(results, busy, keys)
@@ -107,7 +111,7 @@ class Claim:
         offset = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
         try:
             fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
-        except OSError:  # held by another process
+        except (BlockingIOError, PermissionError):  # EAGAIN / EACCES: held by another process (else: raised)
             return False
         return True
 

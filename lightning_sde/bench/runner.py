@@ -176,7 +176,7 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
         except Claimed as err:
             refused = str(err)
         except OSError as err:  # e.g. a read-only folder: said before any work, by every process
-            refused = f"results {cfg.results!r}: cannot write its lock file ({type(err).__name__}: {err})"
+            refused = f"results {cfg.results!r}: its lock file cannot be used ({type(err).__name__}: {err})"
     todo, refused = broadcast_from_zero((todo, refused))  # rank 0 decides: its own appends never race the rest
     if refused:
         raise ValueError(refused)

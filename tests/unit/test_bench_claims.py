@@ -89,6 +89,18 @@ def test_a_lock_file_that_cannot_be_written_is_a_one_line_error_before_sampling(
 
     monkeypatch.setattr(runner.Claim, "__init__", read_only)
     monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("sampled"))
-    with pytest.raises(ValueError, match=r"cannot write its lock file \(PermissionError: \[Errno 13\] Permission "
+    with pytest.raises(ValueError, match=r"its lock file cannot be used \(PermissionError: \[Errno 13\] Permission "
                                          r"denied: '.*results.jsonl.lock'\)"):
+        runner.run_sweep(config(tmp_path))
+
+
+def test_a_file_system_without_locks_is_said_as_such(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    with pytest.raises(ValueError, match=r"its lock file cannot be used \(OSError: \[Errno 37\] No locks available\)"):
         runner.run_sweep(config(tmp_path))
