@@ -4,7 +4,6 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -40,25 +39,20 @@ def test_compare_writes_table_csv_and_plot(tmp_path):
     assert "exact (noise floor)" in proc.stdout and "ode_dopri5" in proc.stdout
 
 
+# A sampler that refuses its value and one that does not exist: what lsde-compare's command line does with a bad
+# config (the messages of more bad values: tests/unit/test_bench_spec.py).
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("samplers.ddim_50.steps=0", "config samplers.ddim_50: ValueError: ddim: steps must be an integer >= 1"),
         ("samplers.ode_dopri5.rtol=-1", "config samplers.ode_dopri5: ValueError: ode: rtol must be a number in (0, 1)"),
-        ("sde.eps=2.0", "config sde: ValueError: SDE time range needs 0 < eps < T"),
         ("samplers.heun_50._target_=lightning_sde.samplers.Heunn", "config samplers.heun_50: ImportError"),
-        ("+samplers.heun_50.order=3", "config samplers.heun_50: TypeError"),
-        ("samplers.em_1000.grid=trailing", "config samplers.em_1000: ValueError: euler_maruyama: the trailing grid "
-                                           "needs start / steps > eps; got 1.0 / 1000 <= 0.001"),
     ],
 )
 def test_bad_config_fails_fast_naming_the_key(tmp_path, override, message):
-    start = time.perf_counter()
     proc = run_compare(tmp_path, override)
-    assert proc.returncode != 0
-    assert message in proc.stderr
-    assert time.perf_counter() - start < 60  # start-up only: no sampling happened
-    assert not (tmp_path / "results.jsonl").exists()
+    assert proc.returncode == 1
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "results.jsonl").exists() and not (tmp_path / "samples.png").exists()
 
 
 @pytest.mark.slow

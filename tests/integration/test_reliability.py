@@ -57,14 +57,15 @@ def test_a_crafted_checkpoint_runs_nothing_anywhere(tmp_path):
         with pytest.raises(CheckpointError, match=f"{path}: not a lightning-sde checkpoint") as info:
             load_denoiser(path)
         assert ("holds objects other than tensors" if path == evil else "not a torch.save archive") in str(info.value)
-        runs = {
-            "bench": app("bench", f"checkpoint={path}", "data=toy2d", f"results={tmp_path}/r.jsonl",
-                         f"output_dir={tmp_path}/o"),
-            "likelihood": app("likelihood", f"checkpoint={path}", "data=toy2d", f"out={tmp_path}/l",
-                              f"output_dir={tmp_path}/o"),
-            "figures": app("figures", f"checkpoint={path}", f"out={tmp_path}/f", f"output_dir={tmp_path}/o"),
-            "train ckpt_path": train(tmp_path / f"fresh{i}", *TOY, f"ckpt_path={path}", "logger=csv"),
-        }
+        runs = {"train ckpt_path": train(tmp_path / f"fresh{i}", *TOY, f"ckpt_path={path}", "logger=csv")}
+        if path == evil:  # the apps that read a checkpoint with load_denoiser (the text file: its own test above)
+            runs |= {
+                "bench": app("bench", f"checkpoint={path}", "data=toy2d", f"results={tmp_path}/r.jsonl",
+                             f"output_dir={tmp_path}/o"),
+                "likelihood": app("likelihood", f"checkpoint={path}", "data=toy2d", f"out={tmp_path}/l",
+                                  f"output_dir={tmp_path}/o"),
+                "figures": app("figures", f"checkpoint={path}", f"out={tmp_path}/f", f"output_dir={tmp_path}/o"),
+            }
         resumed = tmp_path / f"requeued{i}"  # a requeued job whose last.ckpt was replaced
         (resumed / "checkpoints").mkdir(parents=True)
         (resumed / "checkpoints" / "last.ckpt").write_bytes(path.read_bytes())
@@ -172,31 +173,18 @@ def test_sigterm_checkpoints_and_exits_143_and_the_time_limit_signal_exits_138_w
 # --- 7. start-up checks ---------------------------------------------------------------------------------------------
 
 
+# One value per kind of check (a run value, a component that refuses to build, a monitor the evaluations never log):
+# what the command line does with any of them. The messages of the others: tests/unit/test_configs.py.
 @pytest.mark.parametrize("override, message", [
     ("optim.lr=-1", "config optim.lr: must be a finite number > 0; got -1"),
     ("model.net.width=0", "config model.net: ValueError: MLP: width must be an integer >= 1; got 0"),
-    ("sde.beta_max=0.01", "config sde: ValueError: beta_max must be > beta_min"),
-    ("samplers.ddim_10.grid=trailing samplers.ddim_10.steps=1000",
-     "config samplers.ddim_10: ValueError: ddim: the trailing grid needs start / steps > eps"),
-    ("ckpt_path=123", "config ckpt_path: must be a checkpoint's path, 'last' or null; got 123"),
-    ("trainer.val_check_interval=0", "config trainer.val_check_interval: must be a number of training steps >= 1"),
-    ("seed=abc", "config seed: must be an integer in [0, 2**32); got 'abc'"),
-    ("seed=-1", "config seed: must be an integer in [0, 2**32); got -1"),
-    ("trainer.max_steps=0", "config trainer.max_steps: must be an integer >= 1"),
-    ("trainer.gradient_clip_val=-1",
-     "config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); got -1"),
-    ("+trainer.accumulate_grad_batches=3", "config trainer.accumulate_grad_batches: only 1 is supported"),
-    ("callbacks.best.monitor=val/ddim_50/sliced_w2", "config callbacks.best.monitor: 'val/ddim_50/sliced_w2' names "
-     "sampler 'ddim_50', which is not in the sampler set; the set has ['ddim_10']"),
     ("callbacks.best.monitor=val/ddim_10/fid", "config callbacks.best.monitor: 'val/ddim_10/fid' names metric 'fid'"),
 ])
 def test_a_bad_value_fails_before_anything_is_created(tmp_path, override, message):
     run = tmp_path / "run"
-    start = time.monotonic()
     proc = train(run, *TOY, *override.split())  # default loggers: W&B and CSV
     assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
-    assert time.monotonic() - start < 60
     assert not run.exists(), f"a failed start-up left {sorted(p.name for p in run.rglob('*'))}"
 
 

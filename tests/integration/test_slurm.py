@@ -326,7 +326,7 @@ def test_the_pipeline_trains_benches_the_checkpoint_as_an_array_and_reports(slur
 
 def test_a_bench_task_signalled_at_its_time_limit_requeues_and_keeps_its_finished_cells(slurm, workdir):
     sweep = ["~samplers", "+sampler@samplers.em=euler_maruyama", "nfe=[200,400,800,1600]", "noise_floor=false",
-             "seeds.count=4000", "batch_size=4000", "progress=false", f"results={workdir}/results.jsonl"]
+             "seeds.count=2000", "batch_size=2000", "progress=false", f"results={workdir}/results.jsonl"]
     out = submit_sh(slurm, workdir, "bench", "--tasks", "1", "--gpus=0", "--cpus-per-task=1", "--time=10", *sweep)
     job = out.split("bench array ")[1].split(":")[0]
     deadline = time.monotonic() + 180

@@ -76,6 +76,31 @@ def test_bad_spec_fails_fast_before_sampling(tmp_path, monkeypatch, overrides, m
     assert not (tmp_path / "r.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("samplers.ddim_50.steps=0", "config samplers.ddim_50: ValueError: ddim: steps must be an integer >= 1"),
+        ("samplers.ode_dopri5.rtol=-1", "config samplers.ode_dopri5: ValueError: ode: rtol must be a number in (0, 1)"),
+        ("sde.eps=2.0", "config sde: ValueError: SDE time range needs 0 < eps < T"),
+        ("samplers.heun_50._target_=lightning_sde.samplers.Heunn", "config samplers.heun_50: ImportError"),
+        ("+samplers.heun_50.order=3", "config samplers.heun_50: TypeError"),
+        ("samplers.em_1000.grid=trailing", "config samplers.em_1000: ValueError: euler_maruyama: the trailing grid "
+                                           "needs start / steps > eps; got 1.0 / 1000 <= 0.001"),
+    ],
+)
+def test_a_bad_compare_config_fails_before_sampling(tmp_path, monkeypatch, override, message):
+    """lsde-compare's config (configs/compare.yaml: its own sampler set, on the 8 Gaussians)."""
+    from lightning_sde.bench import runner
+
+    monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("sampled before validating"))
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("compare", overrides=[f"output_dir={tmp_path}", "progress=false", override])
+    with pytest.raises(ValueError) as err:
+        runner.run_sweep(cfg)
+    assert message in str(err.value)
+    assert not (tmp_path / "results.jsonl").exists() and not (tmp_path / "samples").exists()
+
+
 def test_heun_skips_nfe_below_its_step_cost(tmp_path, caplog):
     from lightning_sde.bench.runner import prepare
 

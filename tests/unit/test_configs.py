@@ -110,6 +110,37 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path, override, message):
     assert message in str(err.value)
 
 
+# The toy2d run of tests/integration/test_reliability.py (one DDIM-10 sampler, a monitor on it): each bad value
+# fails in build(), naming its key; that test runs a few of them through lsde-train.
+QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/ddim_10/sliced_w2"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=-1", "config optim.lr: must be a finite number > 0; got -1"),
+    ("model.net.width=0", "config model.net: ValueError: MLP: width must be an integer >= 1; got 0"),
+    ("sde.beta_max=0.01", "config sde: ValueError: beta_max must be > beta_min"),
+    ("samplers.ddim_10.grid=trailing samplers.ddim_10.steps=1000",
+     "config samplers.ddim_10: ValueError: ddim: the trailing grid needs start / steps > eps"),
+    ("ckpt_path=123", "config ckpt_path: must be a checkpoint's path, 'last' or null; got 123"),
+    ("trainer.val_check_interval=0", "config trainer.val_check_interval: must be a number of training steps >= 1"),
+    ("seed=abc", "config seed: must be an integer in [0, 2**32); got 'abc'"),
+    ("seed=-1", "config seed: must be an integer in [0, 2**32); got -1"),
+    ("trainer.max_steps=0", "config trainer.max_steps: must be an integer >= 1"),
+    ("trainer.gradient_clip_val=-1",
+     "config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); got -1"),
+    ("+trainer.accumulate_grad_batches=3", "config trainer.accumulate_grad_batches: only 1 is supported"),
+    ("callbacks.best.monitor=val/ddim_50/sliced_w2", "config callbacks.best.monitor: 'val/ddim_50/sliced_w2' names "
+     "sampler 'ddim_50', which is not in the sampler set; the set has ['ddim_10']"),
+    ("callbacks.best.monitor=val/ddim_10/fid", "config callbacks.best.monitor: 'val/ddim_10/fid' names metric 'fid'"),
+])
+def test_a_bad_value_of_a_toy2d_run_fails_in_build_naming_its_key(tmp_path, override, message):
+    cfg = composed("train", [*QUICK_TOY, f"run_dir={tmp_path}", "run_name=t", "logger=none", *override.split()])
+    with pytest.raises(ValueError) as err:
+        build(cfg)
+    assert message in str(err.value)
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("overrides, set_", [
     (["~problem"], False), (["problem=eight_gaussians"], True), ([], False), (["+problem.scale=2"], True),
     (["+problem@other=eight_gaussians"], False)])
