@@ -3,6 +3,7 @@ as subprocesses, a crafted checkpoint, a NaN loss, a multirun, a corrupted check
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,20 @@ def app(module: str, *args, cwd=None, timeout=600, env=None):
 
 def train(run_dir: Path, *overrides, **kw):
     return app("train", f"run_dir={run_dir}", f"run_name={run_dir.name}", *overrides, **kw)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished TOY run (logger=csv), trained once for the tests that start from one; each takes a copy (copy_of)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    proc = train(run, *TOY, "logger=csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    """The run copied (as `cp -r`) to tmp_path under its own name, the run_name train() gives it."""
+    return Path(shutil.copytree(run, tmp_path / run.name))
 
 
 class Evil:
@@ -77,9 +92,8 @@ def test_a_crafted_checkpoint_runs_nothing_anywhere(tmp_path):
     assert not marker.exists(), "unpickling ran code from the file"
 
 
-def test_a_checkpoint_naming_an_untrusted_class_is_refused(tmp_path):
-    good = tmp_path / "run"
-    assert train(good, *TOY, "logger=csv").returncode == 0
+def test_a_checkpoint_naming_an_untrusted_class_is_refused(tmp_path, finished_run):
+    good = finished_run
     ckpt = torch.load(good / "checkpoints" / "last.ckpt", weights_only=True)
     ckpt["hyper_parameters"]["net"]["_target_"] = "os.system"
     torch.save(ckpt, tmp_path / "bad.ckpt")
@@ -127,9 +141,8 @@ def test_each_job_of_a_multirun_has_its_own_directory_checkpoint_and_wandb_run(t
 # --- 4. a corrupted last.ckpt does not stop every rerun ---------------------------------------------------------
 
 
-def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path):
-    run = tmp_path / "run"
-    assert train(run, *TOY, "logger=csv").returncode == 0
+def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path, finished_run):
+    run = copy_of(finished_run, tmp_path)
     last, previous = run / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.prev.ckpt"
     assert torch.load(previous, weights_only=True)["global_step"] == 20  # kept when step 30 replaced it
     data = last.read_bytes()
@@ -188,9 +201,8 @@ def test_a_bad_value_fails_before_anything_is_created(tmp_path, override, messag
     assert not run.exists(), f"a failed start-up left {sorted(p.name for p in run.rglob('*'))}"
 
 
-def test_a_bad_value_on_an_existing_run_lands_in_its_log(tmp_path):
-    run = tmp_path / "run"
-    assert train(run, *TOY, "logger=csv").returncode == 0
+def test_a_bad_value_on_an_existing_run_lands_in_its_log(tmp_path, finished_run):
+    run = copy_of(finished_run, tmp_path)
     proc = train(run, *TOY, "optim.lr=-1", "logger=csv")
     assert proc.returncode != 0
     assert "lsde-train failed: ValueError: config optim.lr" in (run / "train.log").read_text()
