@@ -2,7 +2,6 @@
 concurrent appends, FID/KID reference statistics and their cache, lsde-prepare's requests."""
 
 import multiprocessing
-import time
 from pathlib import Path
 
 import pytest
@@ -34,71 +33,58 @@ def test_concurrent_appends_never_interleave(tmp_path):
     assert len(rows) == 300 and len({r["key"] for r in rows}) == 300
 
 
-def _cfg(tmp_path, *overrides):
+def _cfg(tmp_path, *overrides, app="bench"):
+    """lsde-bench's config on SMALL, or lsde-compare's (app="compare": its own sampler set, on the 8 Gaussians)."""
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-        return compose("bench", overrides=[f"results={tmp_path}/r.jsonl", *SMALL, *overrides])
+        return compose(app, overrides=[f"results={tmp_path}/r.jsonl",
+                                       *(SMALL if app == "bench" else ["progress=false"]), *overrides])
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (["samplers.ddim._target_=lightning_sde.samplers.DDDIM"], "config samplers.ddim: ImportError"),
-        (["samplers.ddim.eta=2"], "config samplers.ddim: ValueError: ddim: eta must lie in [0, 1]; got 2"),
-        (["nfe=[]"], "config nfe: is empty"),
-        (["nfe=[10,0]"], "config nfe[1]: must be an integer >= 1; got 0"),
-        (["+sampler@samplers.ode=ode", "tolerances=[1e-3,-1e-5]"], "config tolerances[1]: must be a number > 0"),
-        (["checkpoint=/nonexistent.ckpt", "data=toy2d"],
-         "config checkpoint: no checkpoint file at '/nonexistent.ckpt'"),
-        (["metrics=[sliced_w2,fidd]"], "config metrics: unknown or unusable metric(s) ['fidd'] for a exact mixture "
-                                       "target; allowed: ['sliced_w2', 'mmd', 'loglik']"),
-        (["samplers.ddim.times=[1.0,0.5,0.001]", "samplers.ddim.steps=2"], "explicit times fix the number of steps"),
-        (["shard.index=2", "shard.count=2"], "config shard.index: must be an integer in [0, 2)"),
-        (["problem._target_=lightning_sde.exact.nine_gaussians"], "config problem: ImportError"),
-        (["ddp.devices=0"], "config ddp.devices: must be an integer >= 1; got 0"),
-        (["reference_count=-5"], "config reference_count: must be an integer >= 1"),
-        (["dtype=float16"], "config dtype: 'float16' is not one of"),
-        (["guidance=[1.0]"], "config guidance: the target is not class-conditional"),
-        (["+problem.labels=[0,1,0,1,0,1,0,1]", "guidance=[-1]"], "config guidance[0]: must be a number >= 0"),
-        (["+problem.labels=[0,1,0,1,0,1,0,1]", "guidance=[1]", "labels=5"], "config labels: must be 'cycle' or a "
-                                                                               "class in 0..1; got 5"),
-    ],
-)
-def test_bad_spec_fails_fast_before_sampling(tmp_path, monkeypatch, overrides, message):
+BAD_BENCH = [
+    (["samplers.ddim._target_=lightning_sde.samplers.DDDIM"], "config samplers.ddim: ImportError"),
+    (["samplers.ddim.eta=2"], "config samplers.ddim: ValueError: ddim: eta must lie in [0, 1]; got 2"),
+    (["nfe=[]"], "config nfe: is empty"),
+    (["nfe=[10,0]"], "config nfe[1]: must be an integer >= 1; got 0"),
+    (["+sampler@samplers.ode=ode", "tolerances=[1e-3,-1e-5]"], "config tolerances[1]: must be a number > 0"),
+    (["checkpoint=/nonexistent.ckpt", "data=toy2d"],
+     "config checkpoint: no checkpoint file at '/nonexistent.ckpt'"),
+    (["metrics=[sliced_w2,fidd]"], "config metrics: unknown or unusable metric(s) ['fidd'] for a exact mixture "
+                                   "target; allowed: ['sliced_w2', 'mmd', 'loglik']"),
+    (["samplers.ddim.times=[1.0,0.5,0.001]", "samplers.ddim.steps=2"], "explicit times fix the number of steps"),
+    (["shard.index=2", "shard.count=2"], "config shard.index: must be an integer in [0, 2)"),
+    (["problem._target_=lightning_sde.exact.nine_gaussians"], "config problem: ImportError"),
+    (["ddp.devices=0"], "config ddp.devices: must be an integer >= 1; got 0"),
+    (["reference_count=-5"], "config reference_count: must be an integer >= 1"),
+    (["dtype=float16"], "config dtype: 'float16' is not one of"),
+    (["guidance=[1.0]"], "config guidance: the target is not class-conditional"),
+    (["+problem.labels=[0,1,0,1,0,1,0,1]", "guidance=[-1]"], "config guidance[0]: must be a number >= 0"),
+    (["+problem.labels=[0,1,0,1,0,1,0,1]", "guidance=[1]", "labels=5"], "config labels: must be 'cycle' or a "
+                                                                           "class in 0..1; got 5"),
+]
+# lsde-compare's own sampler set (configs/compare.yaml)
+BAD_COMPARE = [
+    (["samplers.ddim_50.steps=0"], "config samplers.ddim_50: ValueError: ddim: steps must be an integer >= 1"),
+    (["samplers.ode_dopri5.rtol=-1"],
+     "config samplers.ode_dopri5: ValueError: ode: rtol must be a number in (0, 1)"),
+    (["sde.eps=2.0"], "config sde: ValueError: SDE time range needs 0 < eps < T"),
+    (["samplers.heun_50._target_=lightning_sde.samplers.Heunn"], "config samplers.heun_50: ImportError"),
+    (["+samplers.heun_50.order=3"], "config samplers.heun_50: TypeError"),
+    (["samplers.em_1000.grid=trailing"], "config samplers.em_1000: ValueError: euler_maruyama: the trailing "
+                                         "grid needs start / steps > eps; got 1.0 / 1000 <= 0.001"),
+]
+
+
+@pytest.mark.parametrize("app, overrides, message", [("bench", *case) for case in BAD_BENCH]
+                         + [("compare", *case) for case in BAD_COMPARE])
+def test_bad_spec_fails_fast_before_sampling(tmp_path, monkeypatch, app, overrides, message):
     from lightning_sde.bench import runner
 
     monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("sampled before validating"))
-    cfg = _cfg(tmp_path, *overrides)
-    start = time.perf_counter()
-    with pytest.raises(ValueError) as err:
-        runner.run_sweep(cfg)
-    assert time.perf_counter() - start < 1.0
-    assert message in str(err.value)
-    assert not (tmp_path / "r.jsonl").exists()
-
-
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("samplers.ddim_50.steps=0", "config samplers.ddim_50: ValueError: ddim: steps must be an integer >= 1"),
-        ("samplers.ode_dopri5.rtol=-1", "config samplers.ode_dopri5: ValueError: ode: rtol must be a number in (0, 1)"),
-        ("sde.eps=2.0", "config sde: ValueError: SDE time range needs 0 < eps < T"),
-        ("samplers.heun_50._target_=lightning_sde.samplers.Heunn", "config samplers.heun_50: ImportError"),
-        ("+samplers.heun_50.order=3", "config samplers.heun_50: TypeError"),
-        ("samplers.em_1000.grid=trailing", "config samplers.em_1000: ValueError: euler_maruyama: the trailing grid "
-                                           "needs start / steps > eps; got 1.0 / 1000 <= 0.001"),
-    ],
-)
-def test_a_bad_compare_config_fails_before_sampling(tmp_path, monkeypatch, override, message):
-    """lsde-compare's config (configs/compare.yaml: its own sampler set, on the 8 Gaussians)."""
-    from lightning_sde.bench import runner
-
-    monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("sampled before validating"))
-    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-        cfg = compose("compare", overrides=[f"output_dir={tmp_path}", "progress=false", override])
+    cfg = _cfg(tmp_path, *overrides, app=app)
     with pytest.raises(ValueError) as err:
         runner.run_sweep(cfg)
     assert message in str(err.value)
-    assert not (tmp_path / "results.jsonl").exists() and not (tmp_path / "samples").exists()
+    assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "samples").exists()
 
 
 def test_heun_skips_nfe_below_its_step_cost(tmp_path, caplog):
