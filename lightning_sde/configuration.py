@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 CONFIG_PACKAGE = "lightning_sde.configs"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"  # for @hydra.main
 TRUSTED_TARGETS = ("lightning_sde.",)  # what a file may name by default
+LOADING_KEYS = ("batch_size", "num_workers", "download", "download_timeout")  # how data is read, not what
 DTYPES = ("float32", "float64")  # torch dtypes by name (torch is imported when one is asked for: --help needs none)
 
 

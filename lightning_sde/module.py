@@ -38,7 +38,7 @@ from lightning_sde.errors import NonFiniteError
 from lightning_sde.losses import DSMLoss
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.moments import DataMoments
-from lightning_sde.sde import SDE, build_sde
+from lightning_sde.sde import sde_from_config
 
 MOMENT_SAMPLES = 10_000
 log = logging.getLogger(__name__)
@@ -299,16 +299,6 @@ class ScoreModule(L.LightningModule):
         warmup = o["warmup_steps"]
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-def sde_from_config(cfg: dict) -> SDE:
-    """An SDE from its config node: `_target_` (configs/sde/), or a {name: ...} node of checkpoints before 0.2."""
-    if "_target_" not in cfg and "name" in cfg:
-        return build_sde(**cfg)
-    sde = build(cfg, "sde")
-    if not isinstance(sde, SDE):
-        raise ValueError(f"config sde: {cfg.get('_target_')!r} is not an SDE (got {type(sde).__name__})")
-    return sde
 
 
 def training_samples(datamodule, n: int) -> torch.Tensor:

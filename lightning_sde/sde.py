@@ -301,3 +301,15 @@ def build_sde(name: str, **params) -> SDE:
         return SDES[name](**params)
     except TypeError as err:
         raise ValueError(f"bad parameters for sde {name!r}: {err}") from None
+
+
+def sde_from_config(cfg: dict) -> SDE:
+    """An SDE from its config node: `_target_` (configs/sde/), or a {name: ...} node of checkpoints before 0.2."""
+    if "_target_" not in cfg and "name" in cfg:
+        return build_sde(**cfg)
+    from lightning_sde.configuration import build
+
+    sde = build(cfg, "sde")
+    if not isinstance(sde, SDE):
+        raise ValueError(f"config sde: {cfg.get('_target_')!r} is not an SDE (got {type(sde).__name__})")
+    return sde

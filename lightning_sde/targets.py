@@ -15,11 +15,10 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from lightning_sde.configuration import build, overridden, plain
-from lightning_sde.data.base import LOADING_KEYS
+from lightning_sde.configuration import LOADING_KEYS, build, overridden, plain
 from lightning_sde.loading import load_denoiser, read_checkpoint
 from lightning_sde.models.pretrained import is_diffusers_spec, locate
-from lightning_sde.module import sde_from_config
+from lightning_sde.sde import sde_from_config
 
 
 @dataclass

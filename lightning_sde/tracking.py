@@ -14,9 +14,6 @@ import os
 import struct
 from pathlib import Path
 
-from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
-from lightning.pytorch.utilities import rank_zero_only
-
 log = logging.getLogger(__name__)
 
 
@@ -138,57 +135,6 @@ def wandb_configured() -> bool:
         return False
 
 
-class WandbLogger(LightningWandbLogger):
-    """Lightning's WandbLogger with two changes.
-
-    - Every row carries the global step as W&B's own step, so one run's history is one curve: after a resume under the
-      same id, W&B keeps each step once (it drops rows below its last step) instead of appending a second copy.
-    - W&B is a view, the CSV and results files are the record: when W&B fails (its service killed by SLURM's SIGTERM
-      to every process of a preempted job, a lost connection), W&B logging stops with one warning instead of taking
-      training, and the checkpoint it is about to write, down with it.
-    """
-
-    _broken = False
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self._wandb_init.get("anonymous") is None:  # Lightning passes None, which W&B warns is a no-op
-            self._wandb_init.pop("anonymous", None)
-
-    def _guarded(self, fn, *args, **kwargs):
-        if self._broken:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001  (whatever W&B raises, the run goes on without it)
-            self._broken = True
-            log.warning("W&B logging stopped (%s: %s); the CSV logs and checkpoints go on", type(err).__name__, err)
-            return None
-
-    @rank_zero_only
-    def log_metrics(self, metrics, step=None) -> None:
-        self._guarded(self._log_metrics, metrics, step)
-
-    def _log_metrics(self, metrics, step) -> None:
-        if self._prefix:
-            metrics = {f"{self._prefix}{self.LOGGER_JOIN_CHAR}{k}": v for k, v in metrics.items()}
-        if step is None:
-            self.experiment.log(metrics)
-        else:
-            self.experiment.log({**metrics, "trainer/global_step": step}, step=int(step))
-
-    @rank_zero_only
-    def log_hyperparams(self, params) -> None:
-        self._guarded(super().log_hyperparams, params)
-
-    def after_save_checkpoint(self, checkpoint_callback) -> None:
-        self._guarded(super().after_save_checkpoint, checkpoint_callback)
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:
-        self._guarded(super().finalize, status)
-
-
 def finish_wandb(exit_code: int) -> bool:
     """Close this process's W&B run, if any, with `exit_code`; False when its service is gone (killed with the job),
     in which case W&B's own exit handler would fail too: the caller should leave without running it."""
@@ -293,9 +239,10 @@ def offline_history(run_file) -> list[dict]:
     return rows
 
 
-def backfill_wandb(logger: WandbLogger, run_dir, step: int) -> int:
-    """On resume from a checkpoint at global step `step`: log to the resumed W&B run the CSV rows up to that step
-    that W&B never got (those its service had not written when the job was killed). Returns the rows logged."""
+def backfill_wandb(logger, run_dir, step: int) -> int:
+    """On resume from a checkpoint at global step `step`: log through `logger` (the run's `lightning_sde.logger.
+    WandbLogger`) the CSV rows up to that step that W&B never got (those its service had not written when the job was
+    killed). Returns the rows logged."""
     try:
         run = logger.experiment
     except Exception as err:  # noqa: BLE001  (no W&B: nothing to fill)

@@ -23,7 +23,6 @@ from lightning_sde.configuration import CONFIG_PATH, build, plain
 from lightning_sde.loading import load_denoiser
 from lightning_sde.models.guidance import guided
 from lightning_sde.models.pretrained import is_diffusers_spec
-from lightning_sde.module import sde_from_config
 from lightning_sde.plotting.chapter import (
     FIGURES,
     interpolation_figure,
@@ -33,6 +32,7 @@ from lightning_sde.plotting.chapter import (
     schematic_2d,
     trajectories_figure,
 )
+from lightning_sde.sde import sde_from_config
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -39,10 +38,11 @@ from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
 from lightning_sde.callbacks.sampler import SAMPLE_STATS
 from lightning_sde.cli.errors import fails_cleanly, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, checked, plain, trusted_class
+from lightning_sde.configuration import CONFIG_PATH, LOADING_KEYS, checked, plain, trusted_class
 from lightning_sde.configuration import build as build_node
-from lightning_sde.data.base import LOADING_KEYS, check_accumulation
+from lightning_sde.data.base import check_accumulation
 from lightning_sde.loading import newest_loadable, read_checkpoint
+from lightning_sde.logger import WandbLogger
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.sde import SDES

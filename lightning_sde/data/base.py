@@ -22,7 +22,6 @@ from lightning_sde.distributed import rank_world
 
 # Independent random streams drawn from one user seed.
 STREAM_TRAIN, STREAM_VAL, STREAM_SPLIT, STREAM_REFERENCE = 0, 1, 2, 3
-LOADING_KEYS = ("batch_size", "num_workers", "download", "download_timeout")  # how data is read, not what
 
 
 def generator(seed: int, stream: int) -> torch.Generator:

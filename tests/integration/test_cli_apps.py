@@ -11,24 +11,34 @@ import pytest
 ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
 
 
-def _cli(module, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                          env=ENV, check=False)
+def _cli(module, *args, timeout=300, python_options=()):
+    return subprocess.run([sys.executable, *python_options, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV, check=False)
 
 
-def run_compare(tmp_path, *overrides):
-    return _cli("lightning_sde.cli.compare", f"output_dir={tmp_path}", "progress=false", *overrides)
+def run_compare(tmp_path, *overrides, python_options=()):
+    return _cli("lightning_sde.cli.compare", f"output_dir={tmp_path}", "progress=false", *overrides,
+                python_options=python_options)
 
 
-def test_compare_writes_table_csv_and_plot(tmp_path):
+def imported(stderr: str) -> set[str]:
+    """The modules a process run with `python -X importtime` imported (one stderr line each)."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_compare_writes_table_csv_and_plot_without_importing_lightning(tmp_path):
     proc = run_compare(
         tmp_path,
         "seeds.count=300",
         "samplers.em_1000.steps=100",
         "samplers.pc_1000.steps=50",
         "~samplers.ddim_100",
+        python_options=("-X", "importtime"),
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modules = imported(proc.stderr)
+    assert "lightning_sde.bench.runner" in modules  # the import record is there, and it holds the sweep
+    assert not {"lightning", "torchmetrics"} & modules  # an exact mixture needs neither: seconds of start-up
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     nfe = {r["sampler"]: float(r["nfe"]) for r in rows}
     assert nfe == {"exact (noise floor)": 0, "em_1000": 100, "pc_1000": 100, "ddim_50": 50, "heun_50": 100,

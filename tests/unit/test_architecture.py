@@ -7,7 +7,8 @@ started. The layers, lowest first:
   2  exact, losses                                  the oracle (a Denoiser too); denoising score matching
   3  samplers                                       every sampler, its schedule and grid tuning
   4  flow, generation, metrics, plotting, module,   likelihood/encode/decode; the sample-and-score path; metrics;
-     data, loading, targets                         views; the LightningModule; data; checkpoints; app targets
+     logger, data, loading, targets                 views; the LightningModule and W&B logger; data; checkpoints;
+                                                    app targets
   5  callbacks, bench                               training-time evaluation; sweeps
   6  cli, and the package root's facade             the lsde-* apps
 """
@@ -23,7 +24,7 @@ LAYERS = [
     {"models", "probability_flow"},
     {"exact", "losses"},
     {"samplers"},
-    {"flow", "generation", "metrics", "plotting", "module", "data", "loading", "targets"},
+    {"flow", "generation", "metrics", "plotting", "module", "logger", "data", "loading", "targets"},
     {"callbacks", "bench"},
     {"cli", ""},  # "": lightning_sde/__init__.py
 ]
