@@ -29,6 +29,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -42,7 +43,6 @@ from lightning_sde.configuration import CONFIG_PATH, LOADING_KEYS, checked, plai
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import check_accumulation
 from lightning_sde.loading import newest_loadable, read_checkpoint
-from lightning_sde.logger import WandbLogger
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.sde import SDES
