@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--label", default="this checkout")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     kept = []
     if OUT.with_suffix(".csv").exists():
         with open(OUT.with_suffix(".csv"), newline="") as fh:
