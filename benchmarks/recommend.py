@@ -33,7 +33,6 @@ The score of a configuration on a problem is its RMSE over the best public solve
     .venv/bin/python benchmarks/recommend.py --family held-out --rescore  # today's FROZEN on the whole family again
     .venv/bin/python benchmarks/recommend.py --family held-out-2 --rescore --reuse  # only what the first run lacks
     .venv/bin/python benchmarks/recommend.py --family held-out --replot       # tables and plot only
-    .venv/bin/python benchmarks/recommend.py --pooled  # RECOMMENDED by dimension, the held-out families' runs pooled
 
 Needs the `peers` extra (diffusers, k-diffusion). Results go to results/recommend_<family>.csv one problem at a time
 (family.run_family: a rerun continues), with per-problem paired bootstrap intervals of ours / best public. Where
@@ -332,10 +331,7 @@ def held_out_starts(dim: int, least: int = 256) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--family", choices=tuple(FAMILIES))
-    what.add_argument("--pooled", action="store_true", help="print RECOMMENDED's ratios by dimension over the "
-                      "held-out families' runs (POOLED)")
+    parser.add_argument("--family", choices=tuple(FAMILIES), required=True)
     parser.add_argument("--starts", type=int, default=256, help="starts per problem (tuning family)")
     parser.add_argument("--seeds", type=int, nargs="+", help="rescore these problems of the family only (held-out)")
     parser.add_argument("--least", type=int, help="with --seeds: at least this many starts (held_out_starts)")
@@ -345,10 +341,6 @@ def main() -> None:
                         "the configurations it lacks (and, to pair and check them, each budget's best public one)")
     parser.add_argument("--replot", action="store_true")
     args = parser.parse_args()
-    if args.pooled:
-        if args.seeds or args.least or args.rescore or args.reuse or args.replot:
-            parser.error("--pooled reads the committed runs: it takes no other option")
-        return print(pooled_by_dimension())
     torch.set_num_threads(2)
     out = OUT / f"recommend_{file_tag(args.family)}"
     seeds, least = FAMILIES[args.family], LEAST_STARTS.get(args.family, 512)
@@ -433,34 +425,9 @@ def split_ratios(rows):
     return table
 
 
-POOLED = ("recommend_heldout_rescored", "recommend_heldout2_rescored", "recommend_heldout3", "recommend_heldout4")
-DIMENSION_BINS = ((2, 8), (16, 32), (64, 64), (128, 256))
-
-
 def recommended_in(configs) -> str | None:
     """The recommended configuration's label among `configs` (a run's): RECOMMENDED, or the one that was before it."""
     return next((c for c in (RECOMMENDED, *RECOMMENDED_BEFORE) if c in configs), None)
-
-
-def pooled_by_dimension() -> str:
-    """RECOMMENDED's ratio to the best public solver by dimension, every held-out family's run (POOLED, each on the
-    starts of that run, before any rescoring on more) taken together: a markdown table."""
-    by_budget = {budget: [] for budget in NFES}
-    for name in POOLED:
-        with open((OUT / name).with_suffix(".csv")) as fh:
-            table, _ = ratios(list(csv.DictReader(fh)))
-        label = recommended_in({c for c, _ in table})
-        for budget in NFES:
-            by_budget[budget] += [(draw(int(seed))[1]["dim"], v) for seed, v in table[(label, budget)].items()]
-    lines = [f"The recommended sampler of each run, {len(by_budget[NFES[0]])} held-out problems ({', '.join(POOLED)})",
-             "",
-             "| dimension | problems | " + " | ".join(f"NFE {b}: median / worst" for b in NFES) + " |",
-             "|---|---:|" + "---:|" * len(NFES)]
-    for low, high in DIMENSION_BINS:
-        cells = [[v for dim, v in by_budget[b] if low <= dim <= high] for b in NFES]
-        lines.append(f"| {low if low == high else f'{low}-{high}'} | {len(cells[0])} | " + " | ".join(
-            f"{statistics.median(c):.2f} / {max(c):.2f}" for c in cells) + " |")
-    return "\n".join(lines)
 
 
 def summarize(out: Path) -> None:
