@@ -11,7 +11,8 @@ History keys, one row per cell (W&B's step is just the row counter; the charts u
   wall_s/<sampler>                                            sampling time
   samples/<sampler>/nfe_<NNNNN>                               the first samples (same seeds for every sampler)
 Summaries, from every row of the results file (whichever launch computed it): best/<metric>/<sampler> (the best over
-its NFEs, with /nfe), and floor/<metric> for the noise floor (no sampler: no history row, no best). The run's protocol
+its NFEs, with /nfe; for loglik the closest to the floor's, none without a floor), and floor/<metric> for the noise
+floor (no sampler: no history row, no best). The run's protocol
 is in its config.
 <sampler> is the cell's label under the run's first protocol (kept in the sidecar); under another (a multirun into one
 results file: other seeds or target) it is the report's label against the first, `ddim [seeds 0+64]`, so the two
@@ -28,7 +29,7 @@ import uuid
 from pathlib import Path
 
 from lightning_sde.bench.results import ResultsStore, for_views, protocol_labels, unreadable
-from lightning_sde.metrics.scorer import LOWER_IS_BETTER
+from lightning_sde.metrics.scorer import ALL_METRICS, direction, ranks_above
 from lightning_sde.tracking import offline_history, wandb_configured
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class SweepRun:
         if self.run.offline:
             self._forget_lost_cells()
         write_sidecar(self.results, self.state)
-        for key in [*LOWER_IS_BETTER, *(f"{m}_ci" for m in LOWER_IS_BETTER), "wall_s"]:
+        for key in [*ALL_METRICS, *(f"{m}_ci" for m in ALL_METRICS), "wall_s"]:
             self.run.define_metric(f"{key}/*", step_metric="nfe")  # charts against NFE; summaries below
 
     def _forget_lost_cells(self) -> None:
@@ -183,17 +184,13 @@ class SweepRun:
         resumed sweep's launch never overwrites an earlier launch's better value; rows alike but for their key
         count as the views show them (the last written)."""
         rows, _ = for_views([r for r in ResultsStore(self.results).latest().values() if unreadable(r) is None])
-        out = {}
+        rows = [r for r in rows if r["value"] is not None and r["value"] == r["value"]]
+        # the floor's keys carry what its label adds for another protocol
+        floor_key = lambda r: f"floor/{r['metric']}{self.label(r).removeprefix(r['sampler_label'])}"  # noqa: E731
+        out = {floor_key(r): r["value"] for r in rows if r["grid"] == "exact"}
         for r in rows:
-            if r["value"] is None or r["value"] != r["value"]:
-                continue
-            label = self.label(r)
-            if r["grid"] == "exact":  # the floor's keys carry what its label adds for another protocol
-                out[f"floor/{r['metric']}{label.removeprefix(r['sampler_label'])}"] = r["value"]
-                continue
-            key = f"best/{r['metric']}/{label}"
-            lower = LOWER_IS_BETTER.get(r["metric"], True)
-            if key not in out or (r["value"] < out[key]) == lower:
+            key = f"best/{r['metric']}/{self.label(r)}"
+            if r["grid"] != "exact" and ranks_above(r["metric"], r["value"], out.get(key), out.get(floor_key(r))):
                 out[key], out[f"{key}/nfe"] = r["value"], r["nfe"]
         return out
 
@@ -239,7 +236,7 @@ def workspace(rows: list[dict], entity: str, project: str, group: str, name: str
     metrics = sorted({r["metric"] for r in rows})
     sections = []
     for metric in metrics:
-        arrow = "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better"
+        arrow = direction(metric)
         values = [r["value"] for r in rows if r["metric"] == metric and r["value"] is not None]
         spans_decades = bool(values) and min(values) > 0 and max(values) / min(values) > 10
         sections.append(ws.Section(name=f"{metric} vs NFE", is_open=True, panels=[

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family, save_workspace, workspace
 from lightning_sde.bench.results import SamplePreviews, for_views, load, protocol
-from lightning_sde.metrics.scorer import LOWER_IS_BETTER
+from lightning_sde.metrics.scorer import direction
 from lightning_sde.plotting.sweeps import plot_metrics, plot_samples
 from lightning_sde.plotting.tables import text_table
 
@@ -93,7 +93,7 @@ def markdown(rows: list[dict]) -> str:
             cost = fmt(r["nfe"]) + (f" + {fmt(r['setup_nfe'])} set-up" if r.get("setup_nfe") else "")
             table[r["sampler"]][(r["grid"], r["requested"])] = f"{with_interval(r)} ({cost})"
         head = ["sampler"] + [column_label(g, v) for g, v in cols]
-        arrow = "lower is better" if LOWER_IS_BETTER.get(metric, True) else "higher is better"
+        arrow = direction(metric)
         levels = sorted({r["ci_level"] for r in mine if r.get("ci_level")})
         bracket = f"; [{', '.join(f'{lv:.0%}' for lv in levels)} bootstrap interval]" if levels else ""
         setup = " + set-up NFE" if any(r.get("setup_nfe") for r in mine) else ""
@@ -116,7 +116,7 @@ def summary_table(rows: list[dict]) -> str:
                                       "samples_per_s": r.get("samples_per_s") or "", "grid": r["grid"]})
         line[r["metric"]] = r["value"]
     ordered = sorted(lines.values(), key=lambda line: (line["grid"] != "exact", line["nfe"] or 0, line["sampler"]))
-    arrows = ", ".join(f"{m} {'lower' if LOWER_IS_BETTER.get(m, True) else 'higher'} is better" for m in metrics)
+    arrows = ", ".join(f"{m} {direction(m)}" for m in metrics)
     setup = ["setup_nfe"] if any(line["setup_nfe"] for line in ordered) else []  # only samplers that set up pay it
     return text_table(ordered, ["sampler", "budget", "nfe", *setup, "wall_s", "samples_per_s", *metrics]) + (
         f"\n({arrows})")

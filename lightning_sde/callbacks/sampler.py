@@ -26,7 +26,7 @@ from lightning_sde.distributed import broadcast_from_zero
 from lightning_sde.generation import generate
 from lightning_sde.metrics.features import check_feature_extractor
 from lightning_sde.metrics.image import IMAGE_METRICS
-from lightning_sde.metrics.scorer import ALL_METRICS, LOWER_IS_BETTER, Scorer, resolve_metrics
+from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, ranks_above, resolve_metrics
 from lightning_sde.models.guidance import check_guidance
 from lightning_sde.plotting import image_grid, scatter_grid, text_table
 from lightning_sde.samplers import Sampler
@@ -214,7 +214,7 @@ class SamplerCallback(L.Callback):
                     if value is None or value != value:
                         continue
                     best = summary.get(key)
-                    if best is None or (value < best) == LOWER_IS_BETTER.get(m, True):
+                    if ranks_above(m, value, best):
                         summary[key] = value
                         summary[f"{key}/step"] = step
         except Exception as err:  # noqa: BLE001  (W&B is a view: the CSV rows are the record)

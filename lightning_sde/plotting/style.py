@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from lightning_sde.metrics.scorer import LOWER_IS_BETTER  # noqa: E402
+from lightning_sde.metrics.scorer import direction  # noqa: E402
 
 METRIC_NAMES = {"fid": "FID", "kid": "KID", "sliced_w2": "sliced W2", "mmd": "MMD", "loglik": "log-likelihood",
                 "wall_s": "wall time"}
@@ -35,8 +35,7 @@ def metric_label(metric: str) -> str:
 def metric_title(metric: str) -> str:
     """A panel title: name (direction), and the metric's note on a second line, e.g. 'KID (lower is better)\n
     unbiased: can be < 0'."""
-    direction = ("lower" if LOWER_IS_BETTER.get(metric, True) else "higher") + " is better"
-    title = f"{metric_name(metric)} ({direction})"
+    title = f"{metric_name(metric)} ({direction(metric)})"
     return title + (f"\n{METRIC_NOTES[metric]}" if metric in METRIC_NOTES else "")
 
 

@@ -129,10 +129,10 @@ def launch(monkeypatch, results: Path, started: str, offline: bool = False) -> S
     return SweepRun(results, "p", "bench-x", "x", {}, [])
 
 
-def result_rows(sampler: str, nfe, value: float, grid: str = "nfe") -> list[dict]:
-    key = json.dumps([sampler, grid, nfe, "mmd"])
+def result_rows(sampler: str, nfe, value: float, grid: str = "nfe", metric: str = "mmd") -> list[dict]:
+    key = json.dumps([sampler, grid, nfe, metric])
     return [{"key": key, "target": "mixture:eight|sde:vp", "sampler": sampler, "sampler_name": sampler,
-             "metric": "mmd", "grid": grid, "requested": nfe, "nfe": nfe or 0, "value": value, "wall_s": 0.1,
+             "metric": metric, "grid": grid, "requested": nfe, "nfe": nfe or 0, "value": value, "wall_s": 0.1,
              "seed_start": 0, "seed_count": 64, "problem": "eight_gaussians", "sde": "vp",
              "time": f"2026-01-01T00:00:{nfe or 0:02d}+00:00"}]
 
@@ -159,6 +159,20 @@ def test_the_noise_floor_is_a_floor_summary_not_a_sampler(tmp_path, monkeypatch)
     run.log_cell(cell_id(floor), floor)
     assert run.run.history == [] and run.logged(cell_id(floor))  # no point at NFE 0 on a log axis
     assert run.run.summary == {"floor/mmd": 0.05, "best/mmd/ddim": 0.1, "best/mmd/ddim/nfe": 10}
+
+
+def test_the_best_log_likelihood_is_the_one_closest_to_exact_samples(tmp_path, monkeypatch):
+    """A mode-seeking sampler's samples score a mean log-likelihood above exact samples': best/loglik is the value
+    closest to the noise floor's (exact samples), not the highest; without a floor there is no best/loglik."""
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, {"id": "run1"})
+    ResultsStore(results).append([row for nfe, value in ((10, -2.0), (20, -2.6), (50, -2.45)) for row in
+                                  result_rows("ddim", nfe, value, metric="loglik")])
+    run = launch(monkeypatch, results, "20260101")
+    assert "best/loglik/ddim" not in run.summaries()
+    ResultsStore(results).append(result_rows("exact (noise floor)", None, -2.5, grid="exact", metric="loglik"))
+    run = launch(monkeypatch, results, "20260102")
+    assert run.summaries() == {"floor/loglik": -2.5, "best/loglik/ddim": -2.45, "best/loglik/ddim/nfe": 50}
 
 
 def write_run_file(folder: Path, run_id: str, rows: list[dict]) -> None:

@@ -59,7 +59,7 @@ def test_y_scale_follows_the_spread_of_the_values():
     scale, linthresh = choose_yscale([-0.001, 0.002, 0.5])
     assert scale == "symlog" and 0 < linthresh <= 0.002
     assert metric_label("loglik") == "log-likelihood [nats per sample]"
-    assert metric_title("loglik").startswith("log-likelihood (higher is better)\nexact")
+    assert metric_title("loglik").startswith("log-likelihood (closest to exact samples' is best)\nexact")
 
 
 def test_scatter_limits_come_from_the_data_not_from_a_diverged_sampler(tmp_path):
