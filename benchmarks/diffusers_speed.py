@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from diffusers import (  # noqa: E402
 )
 
 from lightning_sde import load_denoiser  # noqa: E402
+from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.samplers import build_sampler  # noqa: E402
 
 # google/ddpm-cifar10-32's layout (35.7 M parameters); "small" keeps its structure at a CPU-friendly width
@@ -155,10 +155,7 @@ def write(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out.with_suffix(".csv"), rows)
     table = ["| device | dtype | batch | sampler | NFE | network alone (s) | ours (s) | diffusers (s) | "
              "our overhead | ours / diffusers |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     table += [f"| {r['device']} | {r['dtype']} | {r['batch']} | {r['sampler']} | {r['nfe']} | "

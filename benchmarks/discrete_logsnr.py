@@ -14,7 +14,6 @@ Results: results/discrete_logsnr.{csv,md,png}.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from lightning_sde.exact import eight_gaussians  # noqa: E402
+from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.flow import ODEOptions, log_likelihood  # noqa: E402
 from lightning_sde.sde import DiscreteVPSDE, build_sde  # noqa: E402
 
@@ -55,10 +55,7 @@ def main() -> None:
                              "median_error": float(err.median()), "max_error": float(err.max())})
                 print(rows[-1], flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    with open(OUT.with_suffix(".csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(OUT.with_suffix(".csv"), rows)
     lines = ["| SDE | tol | NFE in t | median / max error in t (nats) | NFE in lambda | median / max error in lambda |",
              "|---|---|---|---|---|---|"]
     for name in sdes():

@@ -59,13 +59,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lightning_sde.exact import GaussianMixture
+from lightning_sde.files import write_csv
 
 TUNING = tuple(range(0, 24))
 HELD_OUT = tuple(range(1000, 1032))
@@ -168,12 +168,7 @@ def run_family(seeds, path: Path, fields: list[str], run_problem) -> None:
             continue
         print(describe(draw(seed)[1]), flush=True)
         rows += run_problem(seed)
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        write_csv(path, rows, fields)
 
 
 def tuning_study(doc: str, csv_path: Path, fields: list[str], run_problem, summarize,

@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from endpoint_protocol import OUT, PROBLEMS, oracles, save_views  # noqa: E402
 
+from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.samplers import build_sampler, optimize_grid  # noqa: E402
 
 NFES = (5, 10, 15, 20, 50)
@@ -78,10 +79,7 @@ def main() -> None:
 def write(rows) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     keys = ["problem", "sampler", "grid", "requested", "nfe", "rmse", "wall_s", "pilot_nfe", "times"]
-    with open(OUT / "fast_samplers.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows({k: r.get(k, "") for k in keys} for r in rows)
+    write_csv(OUT / "fast_samplers.csv", ({k: r.get(k, "") for k in keys} for r in rows), keys)
     lines = ["# Fast samplers: endpoint RMSE vs a converged reference at equal NFE", "",
              "Command: `.venv/bin/python benchmarks/fast_samplers.py` (4 min 42 s on 2 CPU cores); protocol in the "
              "script's docstring. Best grid per sampler (grid in parentheses); `optimized`: tuned on a 512-seed pilot "

@@ -14,7 +14,6 @@ the first run. One guided NFE is one forward of the doubled batch (docs/conditio
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from lightning_sde import load_denoiser  # noqa: E402
 from lightning_sde.data import DigitsDataModule  # noqa: E402
+from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.generation import generate, seed_labels  # noqa: E402
 from lightning_sde.metrics.features import DigitsFeatures  # noqa: E402
 from lightning_sde.metrics.scorer import Scorer  # noqa: E402
@@ -79,10 +79,7 @@ def main() -> None:
                              "measured_nfe": samples.nfe, "batch_factor": samples.batch_factor,
                              "wall_s": round(samples.wall_s, 2), "checkpoint": str(args.checkpoint), "commit": commit})
                 print(rows[-1], flush=True)
-                with open(args.out.with_suffix(".csv"), "w", newline="") as fh:  # after every cell
-                    writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                    writer.writeheader()
-                    writer.writerows(rows)
+                write_csv(args.out.with_suffix(".csv"), rows)  # after every cell
     write_views(rows, args.out)
 
 

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lightning_sde.exact import eight_gaussians, random_mixture  # noqa: E402
+from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.generation import seed_labels  # noqa: E402
 from lightning_sde.models.guidance import guided  # noqa: E402
 from lightning_sde.probability_flow import ProbabilityFlow, solve_between  # noqa: E402
@@ -85,10 +86,7 @@ def main() -> None:
     for r in rows:
         r["ratio_to_unguided"] = r["rmse"] / unguided[key(r)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out.with_suffix(".csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out.with_suffix(".csv"), rows)
     table = ["| problem | sampler (default grid) | NFE | RMSE w=0 | RMSE w=2 | guided / unguided | "
              + " | ".join(f"{g} grid" for g in GRIDS) + " | best grid w=2 / best grid w=0 |",
              "|---|---|---:|---:|---:|---:|" + "---:|" * (len(GRIDS) + 1)]
@@ -158,10 +156,7 @@ def curvature(out: Path, points: int = 512, knots: int = 200) -> None:
         d2 = (x0[2:] - 2 * x0[1:-1] + x0[:-2]) / float(lam[1] - lam[0]) ** 2
         for i, value in enumerate(d2.pow(2).mean(dim=(1, 2)).sqrt().tolist()):
             rows.append({"guidance": w, "lambda": float(lam[i + 1]), "t": float(times[i + 1]), "rms_d2x0": value})
-    with open(out.with_suffix(".csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out.with_suffix(".csv"), rows)
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for w in (0.0, 2.0):
         sel = [r for r in rows if r["guidance"] == w]

@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from family import draw, file_tag  # noqa: E402
 from recommend import NFES, OUT, ratios, recommended_in, split_ratios  # noqa: E402
 
+from lightning_sde.files import write_csv  # noqa: E402
+
 VERSIONS = {
     1: "UniPC-3; select over 4 grids x start {T, 0.15}",
     2: "UniPC-2/3; select over order x start {T, 0.15, 0.3} x 4 grids",
@@ -201,12 +203,7 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rows = [r for family, stem, version in RUNS for r in run_rows(family, stem, version)]
     out = OUT / "recommend_heldout_summary"
-    tmp = out.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out.with_suffix(".csv"))
+    write_csv(out.with_suffix(".csv"), rows, FIELDS)
     text = markdown(rows)
     out.with_suffix(".md").write_text(text)
     plot(rows, out.with_suffix(".png"))

@@ -13,7 +13,6 @@ masked inputs, completions from 4 seeds per method, and the originals.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from lightning_sde import load_denoiser  # noqa: E402
 from lightning_sde.data import DigitsDataModule  # noqa: E402
+from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.metrics.features import DigitsFeatures  # noqa: E402
 from lightning_sde.models.inpainting import inpainting  # noqa: E402
 from lightning_sde.samplers import build_sampler, sample  # noqa: E402
@@ -70,10 +70,7 @@ def main() -> None:
                      "mse_bottom_half": round(float(mse), 4), "wall_s": round(info["wall_s"], 1)})
         print(rows[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out.with_suffix(".csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out.with_suffix(".csv"), rows)
     table = ["| method | digits x seeds | NFE (+ backward) | classifier reads the original digit | MSE, sampled half "
              "(clamped to [-1, 1]) | samples outside [-3, 3] |", "|---|---:|---:|---:|---:|---:|"]
     table += [f"| {r['method']} | {r['digits']} x {r['seeds']} | {r['nfe']} (+{r['nfe'] * r['backward_per_nfe']}) | "

@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from endpoint_protocol import OUT, PROBLEMS, oracle, oracles, save_views  # noqa: E402
 
+from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.samplers import build_sampler, optimize_grid  # noqa: E402
 
 NFES = (5, 10, 15, 20, 30, 50)
@@ -155,10 +156,7 @@ def held_out(problem, den, nfe, tuned, rows) -> None:
 
 def write(rows) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "peers.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(OUT / "peers.csv", rows, list(dict.fromkeys(k for r in rows for k in r)))
     lines = ["# Our solvers vs diffusers' schedulers: endpoint RMSE at equal NFE", "",
              "Command: `.venv/bin/python benchmarks/peers.py` (needs `pip install -e .[peers]`); the mapping of "
              "diffusers' discrete schedule onto the continuous VP SDE is in the script's docstring.", ""]

@@ -10,12 +10,9 @@ checked by a second solve at 10x looser tolerance. Writes <out-dir>/sampler_accu
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import math
-import os
 import subprocess
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +26,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from lightning_sde.exact import eight_gaussians, random_mixture  # noqa: E402
+from lightning_sde.files import replace_atomically, write_csv, write_text  # noqa: E402
 from lightning_sde.samplers import build_sampler, sample  # noqa: E402
 from lightning_sde.sde import VPSDE  # noqa: E402
 
@@ -67,21 +65,6 @@ def git_commit() -> str:
         return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
     except OSError:
         return "unknown"
-
-
-def atomic_write(path: Path, write, binary: bool = False) -> None:
-    """Write through a temp file in the same folder, then os.replace: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def make_cells(nfes, tols):
@@ -239,7 +222,7 @@ def plot(rows, tols, path: Path) -> None:
     fig.suptitle("Probability-flow ODE samplers on VPSDE: endpoint error vs NFE "
                  f"({rows[0]['n_points']} points, float64)")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=130), binary=True)
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
     plt.close(fig)
 
 
@@ -267,15 +250,10 @@ def main(argv=None) -> None:
     rows = run(args)
     elapsed = time.perf_counter() - start
 
-    def write_csv(f):
-        writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    atomic_write(stem.with_suffix(".csv"), write_csv)
+    write_csv(stem.with_suffix(".csv"), rows, FIELDS)
     plot(rows, args.tols, stem.with_suffix(".png"))
     table = markdown(rows, args, elapsed)
-    atomic_write(stem.with_suffix(".md"), lambda f: f.write(table))
+    write_text(stem.with_suffix(".md"), table)
     print(table)
     print(f"wrote {stem}.csv, .png, .md in {elapsed:.0f} s")
 

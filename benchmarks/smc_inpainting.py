@@ -13,7 +13,6 @@ particle counts and steps were fixed before the run.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lightning_sde.exact import eight_gaussians, random_mixture  # noqa: E402
+from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.metrics.sliced import sliced_wasserstein  # noqa: E402
 from lightning_sde.models.inpainting import inpainting  # noqa: E402
 from lightning_sde.samplers.smc import smc_inpainting  # noqa: E402
@@ -61,10 +61,7 @@ def main() -> None:
                          "wall_s": time.perf_counter() - start})
             print(rows[-1], flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    with open(OUT.with_suffix(".csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(OUT.with_suffix(".csv"), rows)
     lines = ["| case | floor | " + " | ".join(f"{k} particle{'s' if k > 1 else ''}" for k in (1, 8, 32, 128)) + " |",
              "|---|---:|---:|---:|---:|---:|"]
     for name in dict.fromkeys(r["case"] for r in rows):

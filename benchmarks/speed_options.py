@@ -12,7 +12,6 @@ The equality of each option with fp32 eager is tested in tests/unit/test_speed_o
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import subprocess
 import time
@@ -25,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from training_throughput import lightning_loop, make  # noqa: E402
 
+from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,10 +75,7 @@ def main() -> None:
                      "first_batch_s": round(statistics.median(r["sample_warmup_s"]), 2), "rounds": args.rounds,
                      "threads": torch.get_num_threads(), "commit": commit})
     out = ROOT / "benchmarks/results/speed_options"
-    with open(out.with_suffix(".csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out.with_suffix(".csv"), rows)
     lines = ["| option (digits U-Net, CPU) | training steps/s | vs fp32 | sampling images/s (NFE 10) | vs fp32 | "
              "first sampling batch (s) |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['option']} | {r['train_steps_per_s']} | {r['train_speedup']} | {r['sample_images_per_s']} | "

@@ -29,6 +29,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lightning_sde.files import write_csv  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "results" / "startup"
 TINY = {  # app -> its arguments; {tmp} is a fresh directory per run
     "import torch": ["-c", "import torch"],
@@ -88,12 +90,7 @@ def summary(rows: list[dict]) -> list[dict]:
 
 def write(rows: list[dict]) -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, OUT.with_suffix(".csv"))
+    write_csv(OUT.with_suffix(".csv"), rows)
     table = summary(rows)
     lines = ["| checkout | app (8 Gaussians, tiny run) | median wall [min, max] (s) | rounds | imports Lightning |",
              "|---|---|---:|---:|---|"]

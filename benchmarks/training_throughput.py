@@ -11,7 +11,6 @@ The two are timed side by side, alternating, in one process, and each figure is 
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import subprocess
 import time
@@ -30,6 +29,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn  # noqa: E402
 
 from lightning_sde.configuration import CONFIG_PACKAGE  # noqa: E402
+from lightning_sde.files import write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,10 +124,7 @@ def main():
         })
         print(rows[-1], flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    with open(args.out_dir / "training_throughput.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out_dir / "training_throughput.csv", rows)
     table = ["| experiment | batch | parameters | plain PyTorch (steps/s) | Lightning (steps/s) | plain / Lightning |",
              "|---|---:|---:|---:|---:|---:|"]
     table += [f"| {r['experiment']} | {r['batch_size']} | {r['parameters']:,} | {r['plain_steps_per_s']} | "

@@ -14,6 +14,8 @@ import os
 import struct
 from pathlib import Path
 
+from lightning_sde.files import write_csv
+
 log = logging.getLogger(__name__)
 
 
@@ -166,12 +168,7 @@ def trim_history(run_dir, step: int) -> list[str]:
         kept = [row for row in rows if not _logged_again(row, step)]
         if len(kept) == len(rows):
             continue
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, path)
+        write_csv(path, kept, fields)
         changed.append(str(path))
         log.warning("%s: dropped %d row(s) logged after the checkpoint at step %d (the resumed run logs them again)",
                     path, len(rows) - len(kept), step)

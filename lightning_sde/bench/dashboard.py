@@ -24,11 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import uuid
 from pathlib import Path
 
 from lightning_sde.bench.results import ResultsStore, for_views, protocol_labels, unreadable
+from lightning_sde.files import write_text
 from lightning_sde.metrics.scorer import ALL_METRICS, direction, ranks_above
 from lightning_sde.tracking import offline_history, wandb_configured
 
@@ -55,10 +55,7 @@ def read_sidecar(results) -> dict:
 
 
 def write_sidecar(results, state: dict) -> None:
-    path = sidecar_path(results)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text(sidecar_path(results), json.dumps(state, indent=1, sort_keys=True))
 
 
 def flat(prefix: str, value) -> dict:

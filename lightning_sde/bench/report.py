@@ -3,7 +3,6 @@ merged CSV, a plain-text table for the terminal, a W&B run."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family, save_workspace, workspace
 from lightning_sde.bench.results import SamplePreviews, for_views, load, protocol
+from lightning_sde.files import write_csv, write_text
 from lightning_sde.metrics.scorer import direction
 from lightning_sde.plotting.sweeps import plot_metrics, plot_samples
 from lightning_sde.plotting.tables import text_table
@@ -41,23 +41,11 @@ def cells(rows: list[dict]) -> list[dict]:
     return list(seen.values())
 
 
-def _atomic(path: Path, write) -> None:
-    """Write to a temp file and rename: concurrent shards each regenerating the views never leave a torn file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_rows_csv(rows: list[dict], path: Path) -> None:
+    """Every row, COLUMNS first (written whole: concurrent shards each regenerating the views never tear it)."""
     extra = sorted({k for r in rows for k in r} - set(COLUMNS) - {"key"})
-    def write(tmp):
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS + extra)
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v
-                                 for k, v in r.items() if k != "key"})
-    _atomic(path, write)
+    write_csv(path, ({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items() if k != "key"}
+                     for r in rows), COLUMNS + extra)
 
 
 def fmt(v) -> str:
@@ -196,9 +184,8 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
                     results, hidden)  # pragma: no mutate
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "markdown": out / "results.md", "png": out / "results.png"}
-    write_csv(rows, paths["csv"])
-    text = markdown(view)
-    _atomic(paths["markdown"], lambda tmp: tmp.write_text(text))
+    write_rows_csv(rows, paths["csv"])
+    write_text(paths["markdown"], markdown(view))
     plot_metrics(view, cells(view), paths["png"])
     samples = sample_panels(view, SamplePreviews(results.parent / "samples"))
     if samples is not None:

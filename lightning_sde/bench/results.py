@@ -15,6 +15,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from lightning_sde.files import replace_atomically
+
 log = logging.getLogger(__name__)
 WANDB_RUN_KEY = "the results file's W&B run"  # claimed like a cell: a W&B run has one writer
 _WARNED: set[tuple[str, int, str]] = set()  # (file, line number, line) already warned about
@@ -145,10 +147,7 @@ class SamplePreviews:
         import torch
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{name}.pt"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(x[: self.n].detach().cpu().clone(), tmp)
-        os.replace(tmp, path)
+        replace_atomically(self.folder / f"{name}.pt", lambda tmp: torch.save(x[: self.n].detach().cpu().clone(), tmp))
 
     def save(self, cell, x, protocol: str | None = None) -> None:
         self._write(self.name(cell.label, cell.grid, cell.requested, protocol), x)

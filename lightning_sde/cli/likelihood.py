@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import hydra
@@ -31,6 +30,7 @@ from lightning_sde.configuration import CONFIG_PATH, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import gather_to_zero, launched, rank_world
+from lightning_sde.files import write_text
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
 from lightning_sde.probability_flow import ODEOptions
 from lightning_sde.targets import load_target, target_kind
@@ -140,9 +140,7 @@ def write(cfg, rows, dim, divergence, offset, world) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for name, text in (("samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows)),
                        ("summary.json", json.dumps(summary, indent=2) + "\n")):
-        tmp = out / f".{name}.tmp{os.getpid()}"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        write_text(out / name, text)
     unit = "bits/dim" + (f" (dequantised, offset {offset:.3f})" if offset is not None else " (continuous density)")
     print(f"{summary['target']}: {n} samples, {divergence} divergence; mean log p = {summary['mean_logp']:.4f} nats"
           + (f" (true {summary['mean_true_logp']:.4f}, max |error| {summary['max_abs_error']:.2e})"

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lightning_sde.files import replace_atomically
+
 log = logging.getLogger(__name__)
 IMAGE_METRICS = ("fid", "kid")
 
@@ -83,9 +85,8 @@ def reference_image_metrics(reference: Tensor, metrics, feature_extractor: str, 
                 metric.update(unit(reference[i : i + batch_size].to(device)), real=True)
             states = {k: getattr(metric, k) for k in metric._defaults if k.startswith("real")}
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in states.items()}, tmp)
-            tmp.replace(path)
+            cpu = {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in states.items()}
+            replace_atomically(path, lambda tmp: torch.save(cpu, tmp))
             log.info("%s reference statistics of %d images written to %s", name, len(reference), path)
         out[name] = metric
     protocol = {"feature_extractor": feature_extractor, "feature_sha256": feature_sha,

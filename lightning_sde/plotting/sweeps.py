@@ -8,7 +8,6 @@ save it.
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter, SymmetricalLogLocator  # noqa: E402
 
+from lightning_sde.files import replace_atomically  # noqa: E402
 from lightning_sde.plotting.style import (  # noqa: E402
     choose_yscale,
     metric_label,
@@ -38,11 +38,11 @@ FLOOR_LABEL = "noise floor (a second exact sample set)"
 def save_atomically(fig, path: Path, dpi: int = 120) -> Path:
     """Write to a temp file and rename: concurrent shards each redrawing the views never leave a torn file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png",
+                                                                bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def _finite(v) -> bool:

@@ -2,7 +2,8 @@
 source; a module may import only its own layer or those below it, and no chain of imports comes back to where it
 started. The layers, lowest first:
 
-  0  sde, configuration, tracking, distributed      the SDEs; config nodes -> objects; W&B mode; process groups
+  0  sde, configuration, tracking, distributed,     the SDEs; config nodes -> objects; W&B mode; process groups;
+     files                                          files written whole or not at all
   1  models, probability_flow                       Denoiser, DataMoments, networks; the ODE drift + torchdiffeq set-up
   2  exact, losses                                  the oracle (a Denoiser too); denoising score matching
   3  samplers                                       every sampler, its schedule and grid tuning
@@ -20,7 +21,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "lightning_sde"
 LAYERS = [
-    {"sde", "configuration", "tracking", "distributed", "errors", "downloads"},
+    {"sde", "configuration", "tracking", "distributed", "errors", "downloads", "files"},
     {"models", "probability_flow"},
     {"exact", "losses"},
     {"samplers"},

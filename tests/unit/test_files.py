@@ -1,0 +1,58 @@
+"""Files written whole or not at all (lightning_sde.files): a failed or killed write leaves the file as it was."""
+
+import csv
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from lightning_sde.files import replace_atomically, write_csv, write_text
+
+KILLED_MID_WRITE = """
+import sys, time
+from lightning_sde.files import replace_atomically
+
+def write(tmp):
+    with open(tmp, "w") as fh:
+        fh.write("half of the new")
+        fh.flush()
+        print("writing", flush=True)
+        time.sleep(60)
+
+replace_atomically(sys.argv[1], write)
+"""
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = write_text(tmp_path / "table.md", "old\n")
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_atomically(path, fail)
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["table.md"]
+
+
+def test_a_write_killed_midway_leaves_the_old_file(tmp_path):
+    path = write_text(tmp_path / "results.csv", "old\n")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_WRITE, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "writing\n"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert path.read_text() == "old\n"
+    (left,) = [p for p in tmp_path.iterdir() if p != path]  # the temporary a kill cannot remove, hidden beside it
+    assert left.name.startswith(".results.csv.") and left.read_text() == "half of the new"
+
+
+def test_csv_rows_take_the_first_rows_keys_unless_given_fields(tmp_path):
+    rows = [{"sampler": "ddim", "nfe": 10}, {"sampler": "dpm", "nfe": 20}]
+    with open(write_csv(tmp_path / "a.csv", rows)) as fh:
+        assert list(csv.reader(fh)) == [["sampler", "nfe"], ["ddim", "10"], ["dpm", "20"]]
+    with open(write_csv(tmp_path / "b.csv", (r for r in rows), ["nfe", "sampler"])) as fh:
+        assert list(csv.reader(fh)) == [["nfe", "sampler"], ["10", "ddim"], ["20", "dpm"]]
