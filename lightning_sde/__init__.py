@@ -1,7 +1,7 @@
 """lightning-sde: score-based generative models in the SDE view, with samplers compared at equal NFE.
 
 The layers, each importing only those before it:
-  sde (with errors, downloads: plain definitions)
+  sde (with errors, downloads, files: plain definitions)
        <-  models (Denoiser, DataMoments, networks), exact (the Gaussian-mixture oracle), losses, probability_flow
        <-  samplers  <-  flow (likelihood, encode/decode), generation, metrics, module, data, plotting, targets
        <-  callbacks, bench  <-  cli (the lsde-* apps)
