@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from family import draw, file_tag  # noqa: E402
 from recommend import NFES, OUT, ratios, recommended_in, split_ratios  # noqa: E402
 
-from lightning_sde.files import write_csv  # noqa: E402
+from lightning_sde.files import replace_atomically, write_csv, write_text  # noqa: E402
 
 VERSIONS = {
     1: "UniPC-3; select over 4 grids x start {T, 0.15}",
@@ -168,7 +168,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Per family (latest run), every problem's ratio at NFE 10 and 20, coloured by select's version."""
+    """Top: per family (latest run), every problem's ratio at NFE 10 and 20, coloured by select's version. Bottom:
+    the same problems pooled against dimension and separation."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,24 +179,36 @@ def plot(rows: list[dict], path: Path) -> None:
     families = list(dict.fromkeys(r["family"] for r in pool))
     colors = dict(zip(VERSIONS, ("tab:gray", "tab:green", "tab:purple", "tab:orange", "tab:blue")))
     jitter = np.random.default_rng(0)
-    fig, axes = plt.subplots(1, len(NFES), figsize=(12, 4.2), sharey=True)
-    for ax, budget in zip(axes, NFES):
+    fig, axes = plt.subplots(2, len(NFES), figsize=(12, 8.4), sharey=True)
+    for ax, budget in zip(axes[0], NFES):
         for i, family in enumerate(families):
             at = [r for r in pool if r["family"] == family and r["budget"] == budget]
             xs = i + jitter.uniform(-0.25, 0.25, len(at))
             ax.scatter(xs, [r["ratio"] for r in at], s=10, alpha=0.7, color=colors[at[0]["version"]])
             ax.hlines(statistics.median(r["ratio"] for r in at), i - 0.35, i + 0.35, color="k", lw=2)
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.axhline(0.5, color="k", lw=0.8, ls="--")
-        ax.set(yscale="log", title=f"NFE {budget}", xlabel="held-out family", xticks=range(len(families)),
+        ax.set(title=f"NFE {budget}", xlabel="held-out family", xticks=range(len(families)),
                xticklabels=[f.removeprefix("held-out").removeprefix("-") or "1" for f in families])
-    axes[0].set_ylabel("RMSE / best public solver's (per problem)")
     handles = [plt.Line2D([], [], marker="o", ls="", color=colors[v], label=f"select version {v}")
                for v in sorted({r["version"] for r in pool})]
-    axes[-1].legend(handles=handles, fontsize=7, loc="upper right")
-    fig.suptitle("The recommended sampler on each held-out family (bar: median; dashed: the 0.5x target; solid: 1x)")
+    axes[0, -1].legend(handles=handles, fontsize=7, loc="upper right")
+    for ax, key, label in ((axes[1, 0], "dim", "dimension"), (axes[1, 1], "separation", "separation (mean gap / std)")):
+        for budget, color in zip(NFES, ("tab:blue", "tab:orange")):
+            at = [r for r in pool if r["budget"] == budget]
+            spread = jitter.uniform(0.92, 1.08, len(at)) if key == "dim" else 1.0  # dimensions are a few values
+            ax.scatter(np.array([r[key] for r in at]) * spread, [r["ratio"] for r in at], s=8, alpha=0.5,
+                       color=color, label=f"NFE {budget}")
+        ax.set(xscale="log", xlabel=label)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in axes.flat:
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.axhline(0.5, color="k", lw=0.8, ls="--")
+        ax.set_yscale("log")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("RMSE / best public solver's (per problem)")
+    fig.suptitle(f"The recommended sampler on {len({(r['family'], r['seed']) for r in pool})} held-out problems "
+                 "(bar: a family's median; dashed: the 0.5x target; solid: 1x)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -205,7 +218,7 @@ def main() -> None:
     out = OUT / "recommend_heldout_summary"
     write_csv(out.with_suffix(".csv"), rows, FIELDS)
     text = markdown(rows)
-    out.with_suffix(".md").write_text(text)
+    write_text(out.with_suffix(".md"), text)
     plot(rows, out.with_suffix(".png"))
     print(text)
 
