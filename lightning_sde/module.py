@@ -11,9 +11,9 @@ MOMENT_SAMPLES training samples when a fit starts), which samplers' gaussian_sta
 
 Training never goes on silently wrong: a non-finite loss or gradient norm stops the fit with an error naming the
 step and the last finite loss, and no checkpoint is ever written with non-finite weights. Its randomness is a
-function of (seed, global step, rank): the random times and noise of the loss, dropout and the datamodule's
-augmentation are drawn after seeding the generators from them at every step, so a resumed run continues exactly as
-an uninterrupted one would.
+function of (seed, global step, rank; and the batch within the step under gradient accumulation): the random times
+and noise of the loss, dropout and the datamodule's augmentation are drawn after seeding the generators from them at
+every batch, so a resumed run continues exactly as an uninterrupted one would.
 
 Speed options (model config, all off by default): `compile` compiles the network in place with torch.compile for
 training and sampling (the state dict keeps its keys); `channels_last` keeps an image network's weights and inputs
@@ -64,9 +64,10 @@ def check_optim(optim: dict) -> dict:
     return {**optim, "betas": tuple(betas)}
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of one training step's randomness: distinct for every (run seed, step, rank)."""
-    return (seed * 1_000_003 + step) * 4099 + rank
+def batch_seed(seed: int, batch: int, rank: int) -> int:
+    """The seed of one training batch's randomness: distinct for every (run seed, batch, rank); `batch` counts the
+    batches trained on (optimizer steps x accumulated batches: the global step without accumulation)."""
+    return (seed * 1_000_003 + batch) * 4099 + rank
 
 
 class ScoreModule(L.LightningModule):
@@ -125,9 +126,13 @@ class ScoreModule(L.LightningModule):
         return x0, y
 
     def training_step(self, batch, batch_idx):
-        # This step's randomness is seeded from (seed, step, rank) first: the datamodule's augmentation (on the
-        # device), the label dropout, the loss's random times and noise, dropout. A resumed run continues exactly.
-        seed = step_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.trainer.global_step, self.trainer.global_rank)
+        # This batch's randomness is seeded from (seed, step, batch of the step, rank) first: the datamodule's
+        # augmentation (on the device), the label dropout, the loss's random times and noise, dropout. A resumed run
+        # continues exactly. Under gradient accumulation an optimizer step takes `accumulation` batches (epochs hold
+        # whole steps, so batch_idx counts them from a step's first).
+        accumulation = self.trainer.accumulate_grad_batches
+        seed = batch_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)),
+                         self.trainer.global_step * accumulation + batch_idx % accumulation, self.trainer.global_rank)
         # Only the generators this run draws from: torch.manual_seed would also queue a lazy CUDA seeding (with a
         # formatted stack trace) at every step of a CPU run on a CUDA build.
         torch.default_generator.manual_seed(seed)

@@ -78,6 +78,8 @@ class Preemption(L.Callback):
         self._previous_handlers.clear()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # within an optimizer step (gradient accumulation): act at its last batch, after the step
         # one all-reduce a step decides for every rank (any rank signalled: all stop at this same step)
         requeue, term = self.signalled, self.terminated or bool(getattr(trainer, "received_sigterm", False))
         if not trainer.strategy.reduce_boolean_decision(requeue or term, all=False):

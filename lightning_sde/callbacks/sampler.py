@@ -260,8 +260,10 @@ class SamplerCallback(L.Callback):
 
 def validation_interval(trainer) -> int | None:
     """The training steps between validations when they follow the step count (check_val_every_n_epoch=None, an
-    integer val_check_interval: lsde-train's configs); None when they follow epochs."""
-    batches = trainer.val_check_batch
-    if trainer.check_val_every_n_epoch is None and isinstance(batches, int) and not isinstance(batches, bool):
-        return batches
+    integer val_check_interval: lsde-train's configs, which it converts to Lightning's batches under gradient
+    accumulation); None when they follow epochs, or fall within an optimizer step."""
+    batches, accumulation = trainer.val_check_batch, trainer.accumulate_grad_batches
+    if trainer.check_val_every_n_epoch is None and isinstance(batches, int) and not isinstance(batches, bool) \
+            and batches % accumulation == 0:
+        return batches // accumulation
     return None

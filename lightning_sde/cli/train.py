@@ -329,13 +329,15 @@ def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: st
     return monitor
 
 
-def check_data_fits(datamodule, module, sampler_cb: SamplerCallback | None, world_size: int) -> None:
+def check_data_fits(datamodule, module, sampler_cb: SamplerCallback | None, world_size: int,
+                    accumulation: int = 1) -> None:
     """The data, fetched if missing and allowed (prepare_data), against what fit would find wrong with it: labels
-    for a class-conditional network, a batch per process, what the sampler callback's evaluations need."""
+    for a class-conditional network, an optimizer step's batches per process, what the sampler callback's
+    evaluations need."""
     datamodule.prepare_data()
     datamodule.setup("fit")
     module.check_labels(datamodule)
-    datamodule.check_batch_fits(world_size)
+    datamodule.check_batch_fits(world_size, accumulation)
     if sampler_cb is not None:
         sampler_cb.check_data(datamodule)
 
@@ -392,9 +394,13 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # requeue has one owner: the Preemption callback (or submitit), not Lightning
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    trainer = build_node(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=plugins)
+    accumulation = check_accumulation(cfg.trainer.get("accumulate_grad_batches", 1))
+    interval = cfg.trainer.get("val_check_interval")
+    steps_to_batches = {"val_check_interval": interval * accumulation} if is_int(interval) and accumulation > 1 else {}
+    trainer = build_node(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=plugins,
+                         **steps_to_batches)  # Lightning counts validation intervals in batches; the config, in steps
     if read_data and trainer.local_rank == 0:  # as Lightning prepares data: a missing dataset fails now
-        check_data_fits(datamodule, module, sampler_cb, trainer.world_size)
+        check_data_fits(datamodule, module, sampler_cb, trainer.world_size, accumulation)
     loggers = []  # last: they create files and W&B runs
     for key, logger_cfg in (cfg.logger or {}).items():
         logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)

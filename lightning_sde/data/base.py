@@ -121,30 +121,31 @@ def bits_per_dim_offset(levels: int) -> float:
     return math.log2(levels / 2)
 
 
-def check_accumulation(accumulate_grad_batches) -> None:
-    """Training counts one batch per optimizer step: the data order of an exact resume (EpochBatches) and each
-    step's seed follow the global step. Gradient accumulation would break both (an epoch's last partial group
-    steps the optimizer too), so it is refused."""
-    if accumulate_grad_batches != 1:
-        raise ValueError("config trainer.accumulate_grad_batches: only 1 is supported (the data order of an exact "
-                         "resume and each step's random draws follow optimizer steps); use a larger data.batch_size "
-                         f"or more processes (trainer.devices, trainer.num_nodes); got {accumulate_grad_batches!r}")
+def check_accumulation(accumulate_grad_batches) -> int:
+    """The batches of one optimizer step (trainer.accumulate_grad_batches), checked: an integer >= 1."""
+    if isinstance(accumulate_grad_batches, bool) or not isinstance(accumulate_grad_batches, int) \
+            or accumulate_grad_batches < 1:
+        raise ValueError("config trainer.accumulate_grad_batches: must be an integer >= 1 (the batches whose "
+                         f"mean gradient makes one optimizer step); got {accumulate_grad_batches!r}")
+    return accumulate_grad_batches
 
 
 class EpochBatches(Sampler):
     """Training batches that a resumed run sees exactly as an uninterrupted one would.
 
     Epoch e is a permutation of the training set seeded by (seed, e); process r of W takes its rows r, r + W, ...;
-    drop_last batches of those. Iteration starts at batch `position()` (the batches the trainer has consumed: a
-    resumed run continues mid-epoch where it stopped), so the order depends on the global step alone.
+    drop_last batches of those, and of the batches a whole number of `group`s (the batches of one optimizer step
+    under gradient accumulation: no step spans two epochs). Iteration starts at batch `position()` (the batches the
+    trainer has consumed: a resumed run continues mid-epoch where it stopped), so the order depends on the global
+    step alone.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, position: Callable[[], int] = lambda: 0):
-        self.n, self.batch_size, self.seed, self.position = n, batch_size, seed, position
+    def __init__(self, n: int, batch_size: int, seed: int, position: Callable[[], int] = lambda: 0, group: int = 1):
+        self.n, self.batch_size, self.seed, self.position, self.group = n, batch_size, seed, position, group
 
     def __len__(self) -> int:
         _, world = rank_world()
-        return (self.n // world) // self.batch_size
+        return (self.n // world) // self.batch_size // self.group * self.group
 
     def __iter__(self):
         rank, world = rank_world()
@@ -210,16 +211,25 @@ class BaseDataModule(L.LightningDataModule):
     def _ensure_setup(self) -> None:
         """Subclasses that load lazily (files on disk) fill train_set / val_set here."""
 
-    def consumed_batches(self) -> int:
-        """Training batches consumed so far by the attached trainer (0 before fit): one per optimizer step."""
-        return 0 if self.trainer is None else self.trainer.global_step
+    def accumulation(self) -> int:
+        """The batches of one optimizer step (the attached trainer's accumulate_grad_batches; 1 before fit)."""
+        return 1 if self.trainer is None else check_accumulation(self.trainer.accumulate_grad_batches)
 
-    def check_batch_fits(self, world: int) -> None:
-        """Every one of `world` processes gets a full batch (batches are drop_last)."""
+    def consumed_batches(self) -> int:
+        """Training batches consumed so far by the attached trainer (0 before fit): `accumulation()` per optimizer
+        step."""
+        return 0 if self.trainer is None else self.trainer.global_step * self.accumulation()
+
+    def check_batch_fits(self, world: int, accumulation: int = 1) -> None:
+        """Every one of `world` processes gets a full batch (batches are drop_last), and an epoch holds at least one
+        optimizer step (`accumulation` batches)."""
         self._ensure_setup()
-        if len(self.train_set) // world < self.batch_size:
-            raise ValueError(f"{type(self).__name__}: batch_size {self.batch_size} exceeds the "
-                             f"{len(self.train_set) // world} training samples of each of {world} process(es)")
+        per_process = len(self.train_set) // world
+        if per_process < self.batch_size * accumulation:
+            what = (f"batch_size {self.batch_size}" if accumulation == 1 else
+                    f"batch_size {self.batch_size} x trainer.accumulate_grad_batches {accumulation}")
+            raise ValueError(f"{type(self).__name__}: {what} exceeds the {per_process} training samples of each of "
+                             f"{world} process(es)")
 
     def check_reference_size(self, n: int) -> None:
         """reference(n) can be drawn (from the training set, unless the data is sampled from a distribution)."""
@@ -227,11 +237,10 @@ class BaseDataModule(L.LightningDataModule):
         self._check_reference(n, len(self.train_set) if self.reference_from_training_set else None)
 
     def train_dataloader(self) -> TrainLoader:
-        if self.trainer is not None:
-            check_accumulation(self.trainer.accumulate_grad_batches)
         _, world = rank_world()
-        self.check_batch_fits(world)
-        batches = EpochBatches(len(self.train_set), self.batch_size, self.seed, self.consumed_batches)
+        accumulation = self.accumulation()
+        self.check_batch_fits(world, accumulation)
+        batches = EpochBatches(len(self.train_set), self.batch_size, self.seed, self.consumed_batches, accumulation)
         return TrainLoader(DataLoader(self.train_set, batch_sampler=batches, num_workers=self.num_workers,
                                       persistent_workers=self.num_workers > 0, collate_fn=self.collate))
 

@@ -294,6 +294,26 @@ def test_resume_is_exact_bit_for_bit(tmp_path):
     assert torch.equal(a["optimizer_states"][0]["state"][0]["exp_avg"], b["optimizer_states"][0]["state"][0]["exp_avg"])
 
 
+def test_resume_under_gradient_accumulation_is_exact_and_evaluates_at_its_steps(tmp_path):
+    """3 batches a step: 8 batches of 512 an epoch hold 2 whole steps. 10 steps straight against 5 (mid-epoch) +
+    resume to 10: every weight identical; the evaluations (val_check_interval=4 steps) at steps 4 and 8 in both."""
+    common = [*TOY, "trainer.accumulate_grad_batches=3", "trainer.max_steps=10", "trainer.val_check_interval=4",
+              "callbacks.last.every_n_train_steps=10", "logger=csv"]
+    assert train(tmp_path / "straight", *common).returncode == 0
+    proc = train(tmp_path / "resumed", *common, "trainer.max_steps=5", "callbacks.last.every_n_train_steps=5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = train(tmp_path / "resumed", *common)
+    assert proc.returncode == 0 and "not resumable" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    a, b = (torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+            for name in ("straight", "resumed"))
+    assert a["global_step"] == b["global_step"] == 10
+    for key in ("state_dict", "current_model_state"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    for name in ("straight", "resumed"):
+        with open(tmp_path / name / "samples" / "sampler_metrics.csv") as fh:
+            assert sorted({int(r["step"]) for r in csv.DictReader(fh)}) == [4, 8], name
+
+
 def test_a_finished_run_extended_to_more_steps_continues_from_its_raw_weights(tmp_path):
     """A run that ended at max_steps (its last checkpoint written at the end of fit, after the EMA was applied),
     rerun with a larger max_steps: the same weights as a run that went straight there (Lightning's EMA callback

@@ -1,5 +1,5 @@
-"""How a fit ends: last.ckpt is its final state, whatever its length and however often it saves; and a setting that
-would make it skip data and never end (gradient accumulation) is refused before the first batch."""
+"""How a fit ends: last.ckpt is its final state, whatever its length and however often it saves; under gradient
+accumulation an epoch holds whole optimizer steps, so a fit bounded by max_steps ends there having skipped no data."""
 
 import lightning as L
 import pytest
@@ -30,13 +30,76 @@ def test_last_checkpoint_holds_the_final_step_and_the_one_before(tmp_path, max_s
     assert step_of(tmp_path / "last.ckpt") == max_steps and step_of(tmp_path / "last.prev.ckpt") == previous_step
 
 
-def test_gradient_accumulation_is_refused_before_the_first_batch(tmp_path):
-    """An epoch's last partial group also steps the optimizer: batches counted from optimizer steps would skip data
-    and hang a run bounded by max_steps."""
+class SeenRows(L.Callback):
+    """The training rows of every batch, in order (toy batches are the rows themselves)."""
+
+    def __init__(self):
+        self.batches = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append(batch.clone())
+
+
+@pytest.mark.timeout(60)  # a partial step at an epoch's end once made such a fit run forever
+def test_gradient_accumulation_ends_at_max_steps_with_whole_steps_per_epoch(tmp_path):
+    """256 rows in batches of 32 are 8 batches an epoch; with 3 batches a step an epoch is 2 whole steps (6 batches,
+    the last 2 left out as a partial batch is), so 12 optimizer steps take exactly 36 batches over 6 epochs, no
+    step spans two epochs, and within an epoch no row is seen twice."""
+    seen = SeenRows()
     trainer = L.Trainer(max_steps=12, accumulate_grad_batches=3, limit_val_batches=0, logger=False,
                         enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        accelerator="cpu", callbacks=[seen])
+    data = Toy2DDataModule(batch_size=32, n_train=256)
+    trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=data)
+    assert trainer.global_step == 12 and trainer.current_epoch == 6 and len(seen.batches) == 36
+    for epoch in range(6):
+        rows = torch.cat(seen.batches[6 * epoch : 6 * (epoch + 1)])
+        assert len(torch.unique(rows, dim=0)) == 192  # 6 batches of distinct rows
+    assert not torch.equal(seen.batches[0], seen.batches[6])  # a new order every epoch
+
+
+def test_accumulation_that_leaves_an_epoch_without_a_step_is_refused_before_the_first_batch(tmp_path):
+    trainer = L.Trainer(max_steps=12, accumulate_grad_batches=9, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path,
                         accelerator="cpu")
-    module = ScoreModule(net=MLP, shape=[2], sde=VP)
-    with pytest.raises(ValueError, match="accumulate_grad_batches: only 1 is supported"):
-        trainer.fit(module, datamodule=Toy2DDataModule(batch_size=32, n_train=256))
+    with pytest.raises(ValueError, match="batch_size 32 x trainer.accumulate_grad_batches 9 exceeds the 256 training"):
+        trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=256))
     assert trainer.global_step == 0
+
+
+def test_each_batch_of_an_accumulated_step_has_its_own_seed(tmp_path, monkeypatch):
+    """The loss's random times and noise are drawn after seeding from (seed, batch, rank): under accumulation the
+    batch counts optimizer steps x batches a step, so no two batches of a run share a seed."""
+    import lightning_sde.module as module
+
+    drawn = []
+    seed_of = module.batch_seed
+    monkeypatch.setattr(module, "batch_seed", lambda seed, batch, rank: (drawn.append(batch), seed_of(seed, batch,
+                                                                                                       rank))[1])
+    trainer = L.Trainer(max_steps=4, accumulate_grad_batches=3, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        accelerator="cpu")
+    trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=256))
+    assert drawn == list(range(12))
+
+
+def test_a_signal_within_an_accumulated_step_checkpoints_after_its_last_batch(tmp_path):
+    """The requeue signal arrives at the second of a step's 3 batches: the checkpoint waits for the third, after the
+    optimizer step, so a resume starts at a step's first batch."""
+    import os
+    import signal
+
+    from lightning_sde.callbacks.preemption import Preemption
+
+    class SignalAt(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 4:  # batches 3, 4, 5 make the second step
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    preemption = Preemption("SIGUSR1")
+    trainer = L.Trainer(max_steps=12, accumulate_grad_batches=3, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        accelerator="cpu", callbacks=[SignalAt(), preemption], plugins=[AtomicCheckpointIO()])
+    trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=256))
+    assert preemption.saved_at == trainer.global_step == 2
+    assert step_of(Preemption.last_path(trainer)) == 2
