@@ -406,8 +406,8 @@ def ratios(rows):
 
 def split_ratios(rows):
     """{(config, budget): {seed: ratio}} with the best public solver chosen out of sample: chosen on the even starts
-    and scored on the odd ones, and the other way round (geometric mean of the two). The in-sample best of 34
-    public configurations is the minimum of 34 noisy RMSEs, biased low where several are close; ours is chosen
+    and scored on the odd ones, and the other way round (geometric mean of the two). The in-sample best of 30
+    public configurations is the minimum of 30 noisy RMSEs, biased low where several are close; ours is chosen
     on a separate pilot."""
     public, table = {}, {}
     for r in rows:
