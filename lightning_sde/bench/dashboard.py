@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 from lightning_sde.bench.results import ResultsStore, for_views, protocol_labels, unreadable
-from lightning_sde.files import write_text
+from lightning_sde.files import replace_atomically, write_text
 from lightning_sde.metrics.scorer import ALL_METRICS, direction, ranks_above
 from lightning_sde.tracking import offline_history, wandb_configured
 
@@ -257,7 +257,7 @@ def save_workspace(definition, path: Path, online: bool) -> str:
     """Write the definition (JSON) next to the results; online, also create the workspace on W&B."""
     from pydantic import TypeAdapter
 
-    path.write_bytes(TypeAdapter(type(definition)).dump_json(definition, indent=1))
+    replace_atomically(path, lambda tmp: tmp.write_bytes(TypeAdapter(type(definition)).dump_json(definition, indent=1)))
     if not online:
         return f"W&B workspace: defined in {path}; made by `lsde-bench report ... --wandb` once the run is synced"
     try:

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from lightning_sde.plotting.style import outside, robust_limits  # noqa: E402
+from lightning_sde.plotting.style import outside, robust_limits, save_atomically  # noqa: E402
 
 
 def scatter_grid(panels: dict[str, Tensor], path: Path, cols: int = 4) -> Path:
@@ -35,9 +35,7 @@ def scatter_grid(panels: dict[str, Tensor], path: Path, cols: int = 4) -> Path:
                     color="tab:red", va="bottom")
         ax.set(title=title, xlim=limits[0], ylim=limits[1], aspect="equal")
         ax.tick_params(labelsize=7)
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # equal-aspect panels: constrained layout alone can clip
-    plt.close(fig)
-    return Path(path)
+    return save_atomically(fig, path, bbox_inches="tight")  # equal-aspect panels: constrained layout alone can clip
 
 
 def image_grid(x: Tensor, path: Path, nrow: int | None = None, title: str | None = None) -> Path:
@@ -54,6 +52,4 @@ def image_grid(x: Tensor, path: Path, nrow: int | None = None, title: str | None
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_atomically(fig, path)

@@ -1,10 +1,11 @@
 """What every plot of the project shares: readable metric names with units and direction, a colour x marker cycle
-that keeps ~20 samplers apart, log axes with plain-number ticks, the choice of a y scale from the values, and
-scatter limits taken from the data rather than from the worst sampler."""
+that keeps ~20 samplers apart, log axes with plain-number ticks, the choice of a y scale from the values, scatter
+limits taken from the data rather than from the worst sampler, and a save that never leaves half a file."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -13,7 +14,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
+from lightning_sde.files import replace_atomically  # noqa: E402
 from lightning_sde.metrics.scorer import direction  # noqa: E402
+
+
+def save_atomically(fig, path, dpi: int = 120, **savefig) -> Path:
+    """Save and close `fig` as `path` (its format from the suffix) whole or not at all: concurrent shards redrawing
+    the same view, or a kill mid-save, never leave a torn file."""
+    path = Path(path)
+    try:
+        return replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png",
+                                                                **savefig))
+    finally:
+        plt.close(fig)
+
 
 METRIC_NAMES = {"fid": "FID", "kid": "KID", "sliced_w2": "sliced W2", "mmd": "MMD", "loglik": "log-likelihood",
                 "wall_s": "wall time"}
@@ -102,4 +116,4 @@ def outside(x: torch.Tensor, limits) -> torch.Tensor:
 
 
 __all__ = ["choose_yscale", "metric_label", "metric_name", "metric_title", "outside", "palette", "plain_log_axis",
-           "robust_limits", "sampler_styles"]
+           "robust_limits", "sampler_styles", "save_atomically"]

@@ -20,7 +20,6 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter, SymmetricalLogLocator  # noqa: E402
 
-from lightning_sde.files import replace_atomically  # noqa: E402
 from lightning_sde.plotting.style import (  # noqa: E402
     choose_yscale,
     metric_label,
@@ -29,20 +28,11 @@ from lightning_sde.plotting.style import (  # noqa: E402
     plain_log_axis,
     robust_limits,
     sampler_styles,
+    save_atomically,
 )
 
 FLOOR_COLOR = "0.35"
 FLOOR_LABEL = "noise floor (a second exact sample set)"
-
-
-def save_atomically(fig, path: Path, dpi: int = 120) -> Path:
-    """Write to a temp file and rename: concurrent shards each redrawing the views never leave a torn file."""
-    path = Path(path)
-    try:
-        return replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png",
-                                                                bbox_inches="tight"))
-    finally:
-        plt.close(fig)
 
 
 def _finite(v) -> bool:
@@ -146,7 +136,7 @@ def _caption(rows: list[dict]) -> str:
 
 def plot_metrics(rows: list[dict], cell_rows: list[dict], path: Path) -> Path:
     """`metrics_figure`, saved."""
-    return save_atomically(metrics_figure(rows, cell_rows), path)
+    return save_atomically(metrics_figure(rows, cell_rows), path, bbox_inches="tight")
 
 
 def samples_figure(panels: dict[str, dict[str, torch.Tensor]], reference: torch.Tensor | None = None):
@@ -207,7 +197,7 @@ def samples_figure(panels: dict[str, dict[str, torch.Tensor]], reference: torch.
 
 def plot_samples(panels: dict[str, dict[str, torch.Tensor]], path: Path, reference: torch.Tensor | None = None) -> Path:
     """`samples_figure`, saved."""
-    return save_atomically(samples_figure(panels, reference), path)
+    return save_atomically(samples_figure(panels, reference), path, bbox_inches="tight")
 
 
 def _column_order(label: str):
