@@ -59,7 +59,7 @@ def test_labelled_toy_and_digits_batches():
 
 
 class FakeTrainer:
-    global_step, global_rank, datamodule = 0, 0, None
+    global_step, global_rank, datamodule, accumulate_grad_batches = 0, 0, None, 1
 
 
 def module(num_classes, p_uncond):
