@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sde.configuration import build
-from lightning_sde.data.base import split_labels
+from lightning_sde.data.base import ends_a_step, split_labels
 from lightning_sde.errors import NonFiniteError
 from lightning_sde.losses import DSMLoss
 from lightning_sde.models.denoiser import Denoiser
@@ -173,10 +173,12 @@ class ScoreModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # a stop (a preemption callback's, before this hook) makes Lightning write this step's metrics: with its loss
+        # (Lightning hands back the loss divided by the batches of a step under gradient accumulation)
         if self.trainer.should_stop and self._loss_logged_at != self.trainer.global_step - 1 \
                 and isinstance(outputs, dict) and "loss" in outputs:
-            self.log("train/loss", outputs["loss"].detach(), prog_bar=True)
-        if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+            self.log("train/loss", outputs["loss"].detach() * self.trainer.accumulate_grad_batches, prog_bar=True)
+        if ends_a_step(self.trainer, batch_idx) and self.trainer.global_step % max(self.trainer.log_every_n_steps,
+                                                                                   1) == 0:
             self.check_finite()  # one host sync every log interval, where logging syncs anyway
 
     def _fitting(self) -> bool:
@@ -253,6 +255,8 @@ class ScoreModule(L.LightningModule):
             checkpoint["data_moments"] = self.denoiser.data_moments.to_state()
         if self.data_config is not None:
             checkpoint["data_config"] = self.data_config
+        if self._fitting():  # a resume keeps it: the data position and the batch seeds count its batches
+            checkpoint["accumulate_grad_batches"] = self.trainer.accumulate_grad_batches
 
     def on_load_checkpoint(self, checkpoint):
         if "current_model_state" in checkpoint and self._fitting() \

@@ -18,6 +18,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_sde.data.base import ends_a_step
+
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +50,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class LastCheckpoint(ModelCheckpoint):
     """ModelCheckpoint whose last.ckpt is the final state of every fit that ends normally: Lightning's writes it at
     the end only if this process has saved nothing before (a run of 25 steps saving every 10 ended with step 20)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # never within an optimizer step (gradient accumulation): Lightning forgets the step it last saved at when a
+        # fit starts, so after a resume it would save again one batch into the next step
+        if ends_a_step(trainer, batch_idx):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:

@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_sde.callbacks.checkpoint_io import LastCheckpoint
+from lightning_sde.data.base import ends_a_step
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Preemption(L.Callback):
         self.interrupted = False  # stopped by SIGTERM, after the checkpoint: lsde-train exits 143
         self.requeue_requested = False
         self.saved_at: int | None = None  # the step of the checkpoint written on a signal
+        self._at_step_end = True  # the last training batch ended an optimizer step (always, without accumulation)
         self._previous_handlers: dict[int, tuple] = {}  # signal -> (ours, the one before)
 
     # --- signals: handlers only take note; the end of the step acts ------------------------------------------------
@@ -78,7 +80,8 @@ class Preemption(L.Callback):
         self._previous_handlers.clear()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+        self._at_step_end = ends_a_step(trainer, batch_idx)
+        if not self._at_step_end:
             return  # within an optimizer step (gradient accumulation): act at its last batch, after the step
         # one all-reduce a step decides for every rank (any rank signalled: all stop at this same step)
         requeue, term = self.signalled, self.terminated or bool(getattr(trainer, "received_sigterm", False))
@@ -93,6 +96,10 @@ class Preemption(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and self.saved_at != trainer.global_step:
+            if not self._at_step_end:  # Lightning stopped within an optimizer step (before this callback owned SIGTERM)
+                log.warning("SIGTERM within an optimizer step (gradient accumulation): no checkpoint written; the "
+                            "last one stands")
+                return
             self.save(trainer, "SIGTERM")  # a signal that arrived outside a training step (e.g. in validation)
 
     # --- checkpoint and requeue ---------------------------------------------------------------------------------

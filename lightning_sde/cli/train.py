@@ -116,7 +116,10 @@ def check_run_values(cfg: DictConfig) -> None:
             and math.isfinite(clip)):
         raise ValueError("config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); "
                          f"got {clip!r}")
-    check_accumulation(trainer.get("accumulate_grad_batches", 1))
+    if check_accumulation(trainer.get("accumulate_grad_batches", 1)) > 1 and isinstance(interval, float):
+        raise ValueError("config trainer.val_check_interval: a fraction of an epoch can fall within an optimizer step "
+                         "under gradient accumulation (trainer.accumulate_grad_batches > 1); give a number of training "
+                         f"steps; got {interval!r}")
 
 
 def resume_point(cfg: DictConfig) -> str | None:
@@ -145,11 +148,17 @@ def resume_point(cfg: DictConfig) -> str | None:
     return None if path is None else str(path)
 
 
-def check_resume_fits(path: str, module: L.LightningModule) -> int:
+def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 1) -> int:
     """The resume checkpoint's global step, once its weights are known to fit the model this config builds and to
     mean the same there (a changed model config, SDE or parameterization fails now, not in fit after the logs were
-    rewound, or never). Weights that do not fit are named with the model.net settings that differ."""
+    rewound, or never), and its gradient accumulation to be `accumulation` (the data position and the batches'
+    seeds count its batches). Weights that do not fit are named with the model.net settings that differ."""
     ckpt = read_checkpoint(path)
+    theirs_k = ckpt.get("accumulate_grad_batches", 1)  # checkpoints from before accumulation: 1
+    if theirs_k != accumulation:
+        raise ValueError(f"config trainer.accumulate_grad_batches: the checkpoint {path} was trained with {theirs_k} "
+                         f"batches a step, this config has {accumulation}; a resume keeps it (the data order and "
+                         "each batch's seed count its batches): resume with the run's own value, or start afresh")
     theirs, ours = ckpt["state_dict"], module.state_dict()
     for key, value in ours.items():
         if key not in theirs:
@@ -372,7 +381,8 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         if not torch.isfinite(out.eps).all():
             raise ValueError("config model.net: the untrained network's output is not finite")
     module.data_config = plain(cfg.data)
-    resumed_at = check_resume_fits(resume, module) if resume is not None else None
+    accumulation = check_accumulation(cfg.trainer.get("accumulate_grad_batches", 1))
+    resumed_at = check_resume_fits(resume, module, accumulation) if resume is not None else None
 
     keyed = {k: build_node(c, f"callbacks.{k}") for k, c in cfg.callbacks.items() if c is not None}
     if not cfg.logger:  # logger=none: Lightning's LearningRateMonitor refuses to start without a logger
@@ -394,7 +404,6 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # requeue has one owner: the Preemption callback (or submitit), not Lightning
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    accumulation = check_accumulation(cfg.trainer.get("accumulate_grad_batches", 1))
     interval = cfg.trainer.get("val_check_interval")
     steps_to_batches = {"val_check_interval": interval * accumulation} if is_int(interval) and accumulation > 1 else {}
     trainer = build_node(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=plugins,

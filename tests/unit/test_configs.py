@@ -129,6 +129,8 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
     ("trainer.gradient_clip_val=-1",
      "config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); got -1"),
     ("trainer.accumulate_grad_batches=0", "config trainer.accumulate_grad_batches: must be an integer >= 1"),
+    ("trainer.accumulate_grad_batches=2 trainer.val_check_interval=0.5 trainer.check_val_every_n_epoch=1",
+     "config trainer.val_check_interval: a fraction of an epoch can fall within an optimizer step"),
     ("callbacks.best.monitor=val/ddim_50/sliced_w2", "config callbacks.best.monitor: 'val/ddim_50/sliced_w2' names "
      "sampler 'ddim_50', which is not in the sampler set; the set has ['ddim_10']"),
     ("callbacks.best.monitor=val/ddim_10/fid", "config callbacks.best.monitor: 'val/ddim_10/fid' names metric 'fid'"),

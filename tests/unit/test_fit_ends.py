@@ -103,3 +103,82 @@ def test_a_signal_within_an_accumulated_step_checkpoints_after_its_last_batch(tm
     trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=256))
     assert preemption.saved_at == trainer.global_step == 2
     assert step_of(Preemption.last_path(trainer)) == 2
+
+
+class SavesAt(L.Callback):
+    """Whether each checkpoint written during training follows a step's last batch."""
+
+    def __init__(self):
+        self.batch_idx, self.at_step_end = None, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batch_idx = batch_idx
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if self.batch_idx is not None:
+            self.at_step_end.append((trainer.global_step, (self.batch_idx + 1) % trainer.accumulate_grad_batches == 0))
+
+
+def test_after_a_resume_under_accumulation_no_checkpoint_falls_within_a_step(tmp_path):
+    """Lightning forgets at the start of a fit the step it last saved at: resumed at step 2 (a multiple of the save
+    interval), its last.ckpt would be written again one batch into step 3, a checkpoint that resumes mid-step."""
+    def fit(max_steps, ckpt_path=None):
+        last = LastCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=2,
+                              enable_version_counter=False)
+        saves = SavesAt()
+        trainer = L.Trainer(max_steps=max_steps, accumulate_grad_batches=3, limit_val_batches=0, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                            accelerator="cpu", callbacks=[last, saves], plugins=[AtomicCheckpointIO()])
+        trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=512),
+                    ckpt_path=ckpt_path, weights_only=True)
+        return saves.at_step_end
+
+    assert all(end for _, end in fit(2))
+    resumed = fit(6, tmp_path / "last.ckpt")
+    assert resumed and all(end for _, end in resumed), resumed
+    assert step_of(tmp_path / "last.ckpt") == 6 and torch.load(tmp_path / "last.ckpt", weights_only=True)[
+        "accumulate_grad_batches"] == 3
+
+
+def test_the_loss_written_at_a_stop_under_accumulation_is_a_batchs_loss(tmp_path):
+    """Lightning hands on_train_batch_end the loss divided by the batches of a step: the loss written at a stop (a
+    preemption's) is the batch's own, as at every logging step."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    losses = []
+
+    class Recording(ScoreModule):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            losses.append(float(loss))
+            return loss
+
+    class StopAtStep2(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            trainer.should_stop = trainer.should_stop or trainer.global_step == 2
+
+    trainer = L.Trainer(max_steps=100, accumulate_grad_batches=3, log_every_n_steps=50, limit_val_batches=0,
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                        accelerator="cpu", callbacks=[StopAtStep2()], logger=CSVLogger(tmp_path, name="csv", version=0))
+    trainer.fit(Recording(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=512))
+    rows = [r for r in csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")) if r.get("train/loss")]
+    assert trainer.global_step == 2 and len(losses) == 6
+    assert float(rows[-1]["train/loss"]) == pytest.approx(losses[-1], rel=1e-6)
+
+
+def test_a_sigterm_within_an_accumulated_step_writes_no_checkpoint():
+    """Before Preemption owns SIGTERM, Lightning stops at any batch: within a step there is nothing to save that a
+    resume could continue from, so the last checkpoint stands."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lightning_sde.callbacks.preemption import Preemption
+
+    class OneBatchIntoAStep:
+        global_step, accumulate_grad_batches = 0, 3
+
+    preemption = Preemption("SIGUSR1")
+    preemption._at_step_end = False
+    preemption.on_exception(OneBatchIntoAStep(), None, SIGTERMException())
+    assert preemption.saved_at is None

@@ -324,3 +324,16 @@ def test_an_ema_run_resumed_without_its_ema_trains_on_from_the_raw_weights(tmp_p
     raw, average = saved["current_model_state"], saved["state_dict"]
     assert max((raw[k] - average[k]).abs().max() for k in raw) > 1e-3  # the two differ: the test can tell them apart
     assert all(torch.equal(start.state[k], raw[k]) for k in raw)
+
+
+def test_a_resume_with_another_gradient_accumulation_is_refused(tmp_path):
+    """The data position and each batch's seed count batches: a checkpoint trained with 3 batches a step resumes
+    only with 3 (one without the key, written before accumulation existed, had 1)."""
+    path = _checkpoint_of(tmp_path)
+    assert check_resume_fits(path, ScoreModule(net=NET, sde=SDE, shape=[2]), 1) == 7
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "accumulate_grad_batches": 3}, path)
+    with pytest.raises(ValueError, match="accumulate_grad_batches: the checkpoint .* was trained with 3 batches a "
+                                         "step, this config has 1"):
+        check_resume_fits(path, ScoreModule(net=NET, sde=SDE, shape=[2]), 1)
+    assert check_resume_fits(path, ScoreModule(net=NET, sde=SDE, shape=[2]), 3) == 7
