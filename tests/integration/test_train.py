@@ -109,14 +109,18 @@ def test_resume_continues_where_it_stopped(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
+    """Two gloo processes, with gradient accumulation (2 batches a step): evaluations at the configured steps."""
     run_dir = tmp_path / "ddp"
     proc = run_train(run_dir, "experiment=toy2d", "trainer=ddp_cpu", "logger=csv", "trainer.max_steps=60",
-                     "trainer.val_check_interval=60", "callbacks.sampler.n_samples=101", *QUICK,
+                     "trainer.val_check_interval=30", "trainer.accumulate_grad_batches=2",
+                     "callbacks.sampler.n_samples=101", *QUICK,
                      "+sampler@samplers.em_100=euler_maruyama", "samplers.em_100.steps=100")
     out = proc.stdout + proc.stderr
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out and "GLOBAL_RANK: 0, MEMBER: 1/2" in out
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
     rows = csv_rows(run_dir / "samples" / "sampler_metrics.csv")
     assert {r["sampler"] for r in rows} == {"ddim_10", "em_100"}
+    assert sorted({int(r["step"]) for r in rows}) == [30, 60]
     for r in rows:  # 101 seeds split 51 + 50 across the ranks: exactly 101 distinct samples, none padded
         assert float(r["n_samples"]) == 101 and float(r["n_distinct"]) == 101
 
