@@ -37,7 +37,7 @@ class StopAt(L.Callback):
             raise Stopped
 
 
-def fit(root, stop: StopAt | None = None, resume: bool = False, val_every=10, every_n_evals=1):
+def fit(root, stop: StopAt | None = None, resume: bool = False, val_every=10, every_n_evals=1, accumulation=1):
     torch.manual_seed(0)
     checkpoints = root / "checkpoints"
     callbacks = [
@@ -50,7 +50,9 @@ def fit(root, stop: StopAt | None = None, resume: bool = False, val_every=10, ev
     if every_n_evals == 1:  # a best checkpoint needs its metric at every validation
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, filename="best-{step}",
                                                              monitor="val/ddim/sliced_w2", mode="min", save_top_k=-1))
-    trainer = L.Trainer(max_steps=20, val_check_interval=val_every, check_val_every_n_epoch=None,
+    # val_every steps are val_every x accumulation of Lightning's batches (as lsde-train converts them)
+    trainer = L.Trainer(max_steps=20, val_check_interval=val_every * accumulation, check_val_every_n_epoch=None,
+                        accumulate_grad_batches=accumulation,
                         limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=root, accelerator="cpu", callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()])
@@ -72,12 +74,13 @@ def record(root):
     return rows, sorted(p.name for p in (root / "checkpoints").glob("best-*.ckpt"))
 
 
-@pytest.mark.parametrize("during_evaluation, stop_step", [(True, 10), (False, 13)])
-def test_a_resumed_run_has_the_uninterrupted_runs_evaluations(tmp_path, during_evaluation, stop_step):
-    whole = fit(tmp_path / "whole")
-    fit(tmp_path / "stopped", StopAt(stop_step, during_evaluation))
+@pytest.mark.parametrize("during_evaluation, stop_step, accumulation", [(True, 10, 1), (False, 13, 1), (True, 10, 2),
+                                                                       (False, 13, 2)])
+def test_a_resumed_run_has_the_uninterrupted_runs_evaluations(tmp_path, during_evaluation, stop_step, accumulation):
+    whole = fit(tmp_path / "whole", accumulation=accumulation)
+    fit(tmp_path / "stopped", StopAt(stop_step, during_evaluation), accumulation=accumulation)
     assert [int(r["step"]) for r in record(tmp_path / "stopped")[0]] == ([] if during_evaluation else [10])
-    resumed = fit(tmp_path / "stopped", resume=True)
+    resumed = fit(tmp_path / "stopped", resume=True, accumulation=accumulation)
     # the evaluation at 10 is done once: redone when it had not finished, not repeated when it had
     assert record(tmp_path / "stopped") == record(tmp_path / "whole")
     assert [int(r["step"]) for r in record(tmp_path / "whole")[0]] == [10, 20]
