@@ -12,8 +12,7 @@ History keys, one row per cell (W&B's step is just the row counter; the charts u
   samples/<sampler>/nfe_<NNNNN>                               the first samples (same seeds for every sampler)
 Summaries, from every row of the results file (whichever launch computed it): best/<metric>/<sampler> (the best over
 its NFEs, with /nfe; for loglik the closest to the floor's, none without a floor), and floor/<metric> for the noise
-floor (no sampler: no history row, no best). The run's protocol
-is in its config.
+floor (no sampler: no history row, no best). The run's protocol is in its config.
 <sampler> is the cell's label under the run's first protocol (kept in the sidecar); under another (a multirun into one
 results file: other seeds or target) it is the report's label against the first, `ddim [seeds 0+64]`, so the two
 protocols never share a curve.
