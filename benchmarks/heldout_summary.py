@@ -101,9 +101,7 @@ def run_rows(family: str, stem: str, version: int) -> list[dict]:
 
 def pooled(rows: list[dict]) -> list[dict]:
     """Each family once, in its latest run."""
-    latest = {}
-    for family, stem, _ in RUNS:
-        latest[family] = stem
+    latest = {family: stem for family, stem, _ in RUNS}  # later runs of a family come later in RUNS
     return [r for r in rows if latest[r["family"]] == r["run"]]
 
 

@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sde.configuration import build
-from lightning_sde.data.base import ends_a_step, split_labels
+from lightning_sde.data.base import batch_in_step, ends_a_step, split_labels
 from lightning_sde.errors import NonFiniteError
 from lightning_sde.losses import DSMLoss
 from lightning_sde.models.denoiser import Denoiser
@@ -128,11 +128,10 @@ class ScoreModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         # This batch's randomness is seeded from (seed, step, batch of the step, rank) first: the datamodule's
         # augmentation (on the device), the label dropout, the loss's random times and noise, dropout. A resumed run
-        # continues exactly. Under gradient accumulation an optimizer step takes `accumulation` batches (epochs hold
-        # whole steps, so batch_idx counts them from a step's first).
-        accumulation = self.trainer.accumulate_grad_batches
-        seed = batch_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)),
-                         self.trainer.global_step * accumulation + batch_idx % accumulation, self.trainer.global_rank)
+        # continues exactly. Under gradient accumulation an optimizer step takes several batches.
+        counted = self.trainer.global_step * self.trainer.accumulate_grad_batches + batch_in_step(self.trainer,
+                                                                                                  batch_idx)
+        seed = batch_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), counted, self.trainer.global_rank)
         # Only the generators this run draws from: torch.manual_seed would also queue a lazy CUDA seeding (with a
         # formatted stack trace) at every step of a CPU run on a CUDA build.
         torch.default_generator.manual_seed(seed)

@@ -182,7 +182,7 @@ class SweepRun:
         rows, _ = for_views([r for r in ResultsStore(self.results).latest().values() if unreadable(r) is None])
         rows = [r for r in rows if r["value"] is not None and r["value"] == r["value"]]
         # the floor's keys carry what its label adds for another protocol
-        floor_key = lambda r: f"floor/{r['metric']}{self.label(r).removeprefix(r['sampler_label'])}"  # noqa: E731
+        floor_key = lambda r: f"floor/{r['metric']}{self.label(r).removeprefix(r['sampler_label'])}"
         out = {floor_key(r): r["value"] for r in rows if r["grid"] == "exact"}
         for r in rows:
             key = f"best/{r['metric']}/{self.label(r)}"

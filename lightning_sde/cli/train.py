@@ -381,7 +381,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         if not torch.isfinite(out.eps).all():
             raise ValueError("config model.net: the untrained network's output is not finite")
     module.data_config = plain(cfg.data)
-    accumulation = check_accumulation(cfg.trainer.get("accumulate_grad_batches", 1))
+    accumulation = cfg.trainer.get("accumulate_grad_batches", 1)  # checked by check_run_values
     resumed_at = check_resume_fits(resume, module, accumulation) if resume is not None else None
 
     keyed = {k: build_node(c, f"callbacks.{k}") for k, c in cfg.callbacks.items() if c is not None}

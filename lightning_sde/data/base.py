@@ -130,11 +130,16 @@ def check_accumulation(accumulate_grad_batches) -> int:
     return accumulate_grad_batches
 
 
+def batch_in_step(trainer, batch_idx: int) -> int:
+    """Which batch of its optimizer step training batch `batch_idx` is (0 without gradient accumulation): EpochBatches
+    gives epochs of whole steps, so batch_idx counts from a step's first batch."""
+    return batch_idx % trainer.accumulate_grad_batches
+
+
 def ends_a_step(trainer, batch_idx: int) -> bool:
     """Whether training batch `batch_idx` is the last of its optimizer step (every batch without gradient
-    accumulation): the optimizer has stepped, and a checkpoint or a stop here resumes at a step's first batch.
-    EpochBatches gives epochs of whole steps, so batch_idx counts from a step's first batch."""
-    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+    accumulation): the optimizer has stepped, and a checkpoint or a stop here resumes at a step's first batch."""
+    return batch_in_step(trainer, batch_idx) == trainer.accumulate_grad_batches - 1
 
 
 class EpochBatches(Sampler):
