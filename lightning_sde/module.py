@@ -114,6 +114,7 @@ class ScoreModule(L.LightningModule):
         self._watched: list = []  # (step, what, device scalar) since the last check_finite()
         self._last_finite_loss: tuple[int, float] | None = None
         self._loss_logged_at = -1  # the global step (before its optimizer step) whose loss was last handed to self.log
+        self._step_loss = None  # this optimizer step's loss so far: the sum of its batches' losses / their number
 
     # --- training --------------------------------------------------------------------------------------------
     def labels_of(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -129,8 +130,8 @@ class ScoreModule(L.LightningModule):
         # This batch's randomness is seeded from (seed, step, batch of the step, rank) first: the datamodule's
         # augmentation (on the device), the label dropout, the loss's random times and noise, dropout. A resumed run
         # continues exactly. Under gradient accumulation an optimizer step takes several batches.
-        counted = self.trainer.global_step * self.trainer.accumulate_grad_batches + batch_in_step(self.trainer,
-                                                                                                  batch_idx)
+        accumulate, position = self.trainer.accumulate_grad_batches, batch_in_step(self.trainer, batch_idx)
+        counted = self.trainer.global_step * accumulate + position
         seed = batch_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), counted, self.trainer.global_rank)
         # Only the generators this run draws from: torch.manual_seed would also queue a lazy CUDA seeding (with a
         # formatted stack trace) at every step of a CPU run on a CUDA build.
@@ -146,8 +147,11 @@ class ScoreModule(L.LightningModule):
             y = torch.where(drop, torch.full_like(y, self.denoiser.num_classes), y)
         loss = self.loss_fn(self.denoiser, x0, labels=y).mean()
         self._watch(loss, "the loss")
-        if self._logging_step():
-            self.log("train/loss", loss, prog_bar=True)
+        # the step's loss is the mean over its batches (one device add a batch under gradient accumulation)
+        part = loss.detach() if accumulate == 1 else loss.detach() / accumulate
+        self._step_loss = part if position == 0 else self._step_loss + part
+        if position == accumulate - 1 and self._logging_step():
+            self.log("train/loss", self._step_loss, prog_bar=True)
             self._loss_logged_at = self.trainer.global_step
         return loss
 
@@ -171,11 +175,11 @@ class ScoreModule(L.LightningModule):
             self._watch(norm, "the gradient norm")
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        # a stop (a preemption callback's, before this hook) makes Lightning write this step's metrics: with its loss
-        # (Lightning hands back the loss divided by the batches of a step under gradient accumulation)
+        # a stop (a preemption callback's, before this hook, at a step's end) makes Lightning write this step's
+        # metrics: with its loss
         if self.trainer.should_stop and self._loss_logged_at != self.trainer.global_step - 1 \
-                and isinstance(outputs, dict) and "loss" in outputs:
-            self.log("train/loss", outputs["loss"].detach() * self.trainer.accumulate_grad_batches, prog_bar=True)
+                and ends_a_step(self.trainer, batch_idx):
+            self.log("train/loss", self._step_loss, prog_bar=True)
         if ends_a_step(self.trainer, batch_idx) and self.trainer.global_step % max(self.trainer.log_every_n_steps,
                                                                                    1) == 0:
             self.check_finite()  # one host sync every log interval, where logging syncs anyway

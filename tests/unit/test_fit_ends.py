@@ -141,9 +141,9 @@ def test_after_a_resume_under_accumulation_no_checkpoint_falls_within_a_step(tmp
         "accumulate_grad_batches"] == 3
 
 
-def test_the_loss_written_at_a_stop_under_accumulation_is_a_batchs_loss(tmp_path):
-    """Lightning hands on_train_batch_end the loss divided by the batches of a step: the loss written at a stop (a
-    preemption's) is the batch's own, as at every logging step."""
+def test_the_loss_written_under_accumulation_is_the_mean_over_the_steps_batches(tmp_path):
+    """At a logging step and at a stop (a preemption's, on a step that does not log), the loss written is the
+    optimizer step's: the mean of its batches' losses, not its last batch's."""
     import csv
 
     from lightning.pytorch.loggers import CSVLogger
@@ -153,20 +153,22 @@ def test_the_loss_written_at_a_stop_under_accumulation_is_a_batchs_loss(tmp_path
     class Recording(ScoreModule):
         def training_step(self, batch, batch_idx):
             loss = super().training_step(batch, batch_idx)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             return loss
 
-    class StopAtStep2(L.Callback):
+    class StopAtStep3(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            trainer.should_stop = trainer.should_stop or trainer.global_step == 2
+            trainer.should_stop = trainer.should_stop or trainer.global_step == 3
 
-    trainer = L.Trainer(max_steps=100, accumulate_grad_batches=3, log_every_n_steps=50, limit_val_batches=0,
+    trainer = L.Trainer(max_steps=100, accumulate_grad_batches=3, log_every_n_steps=2, limit_val_batches=0,
                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
-                        accelerator="cpu", callbacks=[StopAtStep2()], logger=CSVLogger(tmp_path, name="csv", version=0))
+                        accelerator="cpu", callbacks=[StopAtStep3()], logger=CSVLogger(tmp_path, name="csv", version=0))
     trainer.fit(Recording(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=512))
     rows = [r for r in csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")) if r.get("train/loss")]
-    assert trainer.global_step == 2 and len(losses) == 6
-    assert float(rows[-1]["train/loss"]) == pytest.approx(losses[-1], rel=1e-6)
+    written = {int(r["step"]): float(r["train/loss"]) for r in rows}
+    assert trainer.global_step == 3 and len(losses) == 9
+    step_means = {step: sum(losses[3 * step:3 * step + 3]) / 3 for step in range(3)}
+    assert written == pytest.approx({1: step_means[1], 2: step_means[2]}, rel=1e-6)
 
 
 def test_a_sigterm_within_an_accumulated_step_writes_no_checkpoint():
