@@ -7,8 +7,15 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+
+def file_name(text: str) -> str:
+    """`text` as one file name: each run of characters other than letters, digits and `_.+-` becomes `_` (a label
+    such as `ddim [eight_gaussians/vp]` holds a slash)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text)
 
 
 def replace_atomically(path, write: Callable[[Path], object]) -> Path:

@@ -3,12 +3,12 @@ lsde-compare: split the seeds exactly across processes (rank r takes seeds r, r 
 duplicates), sample in batches, and gather the shards back into seed order on rank 0.
 
 NFE is reported per batch (what one batch cost; adaptive solvers differ between batches), never summed over them.
-Set-up work (a grid tuned or selected on a pilot, once per process) is reported apart: setup_nfe, setup_wall_s.
+Set-up work (a grid tuned or selected on a pilot, once per model in a process) is reported apart: setup_nfe,
+setup_wall_s, also where an earlier generation in this process paid it (the tuned grid was cached).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +30,8 @@ class Samples:
     peak_memory_mb: float | None  # the largest process's peak of this generation (CUDA); None on CPU
     world_size: int
     batch_factor: int = 1  # network inputs per sample in one NFE: 2 under classifier-free guidance
-    setup_nfe: int = 0  # set-up NFE (info["setup_nfe"]) of the process that spent the most; never part of `nfe`
-    setup_wall_s: float = 0.0  # the slowest process's set-up time (before sampling, in the batches that set up)
+    setup_nfe: int = 0  # the set-up NFE (a tuning's pilot) the samples rest on, the largest process's; never in `nfe`
+    setup_wall_s: float = 0.0  # that tuning's time, the slowest process's
 
     @property
     def nfe(self) -> float:
@@ -93,14 +93,13 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
                 bar.update(i + len(batch) * min(1.0, (sde.T - t) / (sde.T - sde.eps)), seeds_done=i,
                            batch_nfe=model.nfe - nfe_before)
 
-            called = time.perf_counter()
             x, info = sample(sampler, model, batch, device, dtype, callback=on_step if progress else None)
             xs.append(x.cpu())
             nfes.append(int(info["nfe"]))
             wall += info["wall_s"]
-            if info.get("setup_nfe"):  # this batch set up (a later one finds the tuned grid cached)
-                setup_nfe += int(info["setup_nfe"])
-                setup_wall += time.perf_counter() - called - info["wall_s"]
+            tuning = info.get("selection") or info.get("tuning")
+            if tuning and not setup_nfe:  # the set-up this sampler rests on, once: its first batch's, or cached
+                setup_nfe, setup_wall = int(tuning["pilot_nfe"]), float(tuning["wall_s"])  # earlier in this process
             bar.update(i + len(batch), seeds_done=i + len(batch), batch_nfe=info["nfe"])
     x = torch.cat(xs) if xs else torch.empty(0, *denoiser.shape, dtype=dtype)
     parts = gather_to_zero((x, nfes, wall, peak_memory_mb(device), setup_nfe, setup_wall))

@@ -7,17 +7,19 @@ with the datamodule of its data. One reading of the config for lsde-bench, lsde-
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.utils import get_class
+from hydra.utils import get_class, get_object
 from omegaconf import DictConfig
 
 from lightning_sde.configuration import LOADING_KEYS, build, overridden, plain
 from lightning_sde.loading import load_denoiser, read_checkpoint
 from lightning_sde.models.pretrained import is_diffusers_spec, locate
+from lightning_sde.samplers.base import floats_as_declared
 from lightning_sde.sde import sde_from_config
 
 
@@ -67,8 +69,17 @@ def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
         raise ValueError("config sde: a mixture target needs an SDE, e.g. sde=vp")
     build(cfg.problem, "problem")
     sde_from_config(plain(cfg.sde))
-    problem = json.dumps(plain(cfg.problem), sort_keys=True)
-    return "mixture", f"mixture:{problem}|sde:{json.dumps(plain(cfg.sde), sort_keys=True)}"
+    return "mixture", f"mixture:{_identity(cfg.problem)}|sde:{_identity(cfg.sde)}"
+
+
+def _identity(node) -> str:
+    """A built config node as JSON, an integer given to a float parameter as that float: `sde.beta_max=20` on a
+    command line names the SDE of the file's `beta_max: 20.0`."""
+    values = plain(node)
+    if "_target_" in values:
+        parameters = inspect.signature(get_object(values["_target_"])).parameters
+        values = floats_as_declared(values, {k: p.annotation for k, p in parameters.items()})
+    return json.dumps(values, sort_keys=True)
 
 
 def _data_id(cfg: DictConfig) -> str:

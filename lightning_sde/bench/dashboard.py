@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 
 from lightning_sde.bench.results import ResultsStore, for_views, protocol_labels, unreadable
-from lightning_sde.files import replace_atomically, write_text
+from lightning_sde.files import file_name, replace_atomically, write_text
 from lightning_sde.metrics.scorer import ALL_METRICS, direction, ranks_above
 from lightning_sde.tracking import offline_history, wandb_configured
 
@@ -194,7 +194,7 @@ class SweepRun:
         from lightning_sde.plotting import image_grid, scatter_grid
 
         self.media_dir.mkdir(parents=True, exist_ok=True)
-        path = self.media_dir / f"{label}_{budget_key(nfe)}.png"
+        path = self.media_dir / f"{file_name(label)}_{budget_key(nfe)}.png"
         if x.ndim == 4:
             return image_grid(x[:64], path, title=f"{label}, NFE {nfe:g}")
         if x.ndim == 2 and x.shape[1] >= 2:

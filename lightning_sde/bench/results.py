@@ -11,11 +11,10 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections import Counter
 from pathlib import Path
 
-from lightning_sde.files import replace_atomically
+from lightning_sde.files import file_name, replace_atomically
 
 log = logging.getLogger(__name__)
 WANDB_RUN_KEY = "the results file's W&B run"  # claimed like a cell: a W&B run has one writer
@@ -141,7 +140,7 @@ class SamplePreviews:
     def name(label: str, grid: str, requested, protocol: str | None = None) -> str:
         budget = "" if requested is None else f"_{grid}{requested:g}"
         suffix = "" if protocol is None else f"_{protocol}"
-        return re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{label}{budget}{suffix}")
+        return file_name(f"{label}{budget}{suffix}")
 
     def _write(self, name: str, x) -> None:
         import torch

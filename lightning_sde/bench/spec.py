@@ -88,6 +88,15 @@ def _grid(cfg: DictConfig, key: str, check) -> list | None:
     return values
 
 
+MAX_NFE = 100_000  # 100x the 1000-step baseline: a larger budget is a typo, and its time grid alone fills memory
+
+
+def _check_nfe(key, n):
+    positive_int(key, n)
+    if n > MAX_NFE:
+        _fail(key, f"must be at most {MAX_NFE}; got {n}")
+
+
 def _check_tol(key, tol):
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0 or not math.isfinite(tol):
         _fail(key, f"must be a number > 0; got {tol!r}")
@@ -116,7 +125,7 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
     positive_int("batch_size", cfg.batch_size)
     if not cfg.samplers:
         _fail("samplers", "empty; pick a set (samplers=sweep) or add one (+sampler@samplers.ddim=ddim)")
-    nfes = _grid(cfg, "nfe", positive_int)
+    nfes = _grid(cfg, "nfe", _check_nfe)
     tols = _grid(cfg, "tolerances", _check_tol)
     weights = _grid(cfg, "guidance", _check_guidance)
     labels = cfg.get("labels", "cycle")
@@ -141,8 +150,12 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
         if not isinstance(sampler, Sampler):
             _fail(f"samplers.{label}", f"{node.get('_target_')!r} is not a Sampler")
         if sampler.adaptive and tols is not None:
-            for tol in tols:
-                add(label, sampler.at_tolerance(tol), "tol", float(tol))
+            for i, tol in enumerate(tols):
+                try:
+                    tuned = sampler.at_tolerance(tol)
+                except ValueError as err:
+                    _fail(f"tolerances[{i}]", f"samplers.{label}: {err}")
+                add(label, tuned, "tol", float(tol))
         elif not sampler.adaptive and nfes is not None:
             for n in nfes:
                 budgeted = sampler.at_nfe(n)

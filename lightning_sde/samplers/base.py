@@ -60,6 +60,17 @@ def build_sampler(name: str, **params) -> "Sampler":
     return cls(**params)
 
 
+FLOAT_ANNOTATIONS = (float, "float", "float | None", "None | float", "Optional[float]")
+
+
+def floats_as_declared(values: dict, annotations: dict) -> dict:
+    """`values` with each integer given where `annotations` declare a float as that float: Hydra reads `eta=0` on a
+    command line as an int and `eta: 0.0` in a file as a float, and both must name one value (lsde-bench keys its
+    results by the parameters)."""
+    return {k: float(v) if annotations.get(k) in FLOAT_ANNOTATIONS and isinstance(v, int) and not isinstance(v, bool)
+            else v for k, v in values.items()}
+
+
 def _synchronize(x: Tensor) -> None:
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
@@ -72,6 +83,10 @@ class Sampler:
     gaussian_start_kl: float | None = None  # or where the Gaussian fit's KL bound is this many nats (models/moments.py)
 
     def __post_init__(self):
+        fields = dataclasses.fields(self)
+        for name, value in floats_as_declared({f.name: getattr(self, f.name) for f in fields},
+                                              {f.name: f.type for f in fields}).items():
+            setattr(self, name, value)
         check_schedule(self)
 
     # --- the contract --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
@@ -47,7 +48,7 @@ def plan(sampler, denoiser) -> Plan:
     if not sampler.adaptive and sampler.times is None and sampler.grid == "select":
         (start, times, params), report = tuned(sampler, denoiser, select_schedule)
         chosen = select_variant(sampler, params) if select_over_at(sampler) else None
-        return Plan(start, times, {"setup_nfe": report["pilot_nfe"], "selection": report}, chosen)
+        return Plan(start, times, {"setup_nfe": spent(report), "selection": report}, chosen)
     start = start_time(sampler, denoiser)
     if sampler.adaptive:
         return Plan(start, None)
@@ -61,8 +62,13 @@ def plan(sampler, denoiser) -> Plan:
         return Plan(start, times)
     if sampler.grid == "optimized":
         times, report = tuned(sampler, denoiser, optimize_grid)
-        return Plan(start, times, {"setup_nfe": report["pilot_nfe"], "tuning": report})
+        return Plan(start, times, {"setup_nfe": spent(report), "tuning": report})
     return Plan(start, time_grid(denoiser.sde, sampler.intervals, sampler.grid, sampler.rho, start=start))
+
+
+def spent(report: dict) -> int:
+    """The network evaluations a tuning report's call spent: its pilot's, none where the result was cached."""
+    return 0 if report.get("cached") else report["pilot_nfe"]
 
 
 def check_grid(sampler, sde) -> None:
@@ -81,11 +87,13 @@ def tuned(sampler, denoiser, procedure) -> tuple:
     that trains on gets a new grid at its next evaluation."""
     settings = {k: v for k, v in sampler.params().items() if k not in ("times", *MEMORY_ONLY)}
     key = (denoiser.fingerprint(), sampler.name, tuple(sorted((k, repr(v)) for k, v in settings.items())))
-    if key in _tuned:
+    if key in _tuned:  # the report of the tuning this process ran (its pilot_nfe and wall_s), not spent again
         _tuned.move_to_end(key)
         result, report = _tuned[key]
-        return result, {**report, "pilot_nfe": 0, "cached": True}
+        return result, {**report, "cached": True}
+    started = time.perf_counter()
     *result, report = procedure(sampler, denoiser)
+    report = {**report, "wall_s": time.perf_counter() - started}
     result = result[0] if len(result) == 1 else tuple(result)
     _tuned[key] = (result, report)
     while len(_tuned) > TUNED_CACHE_SIZE:

@@ -63,6 +63,12 @@ def test_set_up_nfe_and_time_are_recorded_apart_from_the_sampling_nfe(tmp_path, 
     assert f"(4 + {row['setup_nfe']} set-up)" in views.markdown(rows)
     assert "setup_nfe" in views.summary_table(rows)
     assert "setup_nfe" not in views.summary_table([{**row, "setup_nfe": 0}])
+    # another sweep in this process (a Hydra multirun's next job) finds the grid selected: its rows still say what
+    # the selection cost, though no network call is spent on it again
+    calls.clear()
+    (again,) = sweep(tmp_path / "again", "samplers.ddim.grid=select", "+samplers.ddim.pilot=16", "batch_size=16")
+    assert len(calls) == sum(again["nfe_per_batch"])
+    assert (again["setup_nfe"], again["setup_wall_s"]) == (row["setup_nfe"], row["setup_wall_s"])
 
 
 # 5: two targets in one results file: each its own reference
@@ -159,6 +165,25 @@ def test_the_noise_floor_is_a_floor_summary_not_a_sampler(tmp_path, monkeypatch)
     run.log_cell(cell_id(floor), floor)
     assert run.run.history == [] and run.logged(cell_id(floor))  # no point at NFE 0 on a log axis
     assert run.run.summary == {"floor/mmd": 0.05, "best/mmd/ddim": 0.1, "best/mmd/ddim/nfe": 10}
+
+
+def test_a_cell_of_a_second_target_logs_its_sample_picture(tmp_path, monkeypatch):
+    """Two targets in one results file label their samplers `ddim [eight_gaussians/vp]`: the picture's file name
+    must hold no slash."""
+    import torch
+
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, {"id": "run1"})
+    rows = [{**result_rows("ddim", 10, 0.1)[0], "key": target, "target": target, "sde": sde}
+            for target, sde in (("mixture:eight|sde:vp", "vp"), ("mixture:eight|sde:ve", "ve"))]
+    ResultsStore(results).append(rows)
+    run = launch(monkeypatch, results, "20260101")
+    run.log_cell(cell_id(rows[:1]), rows[:1])  # the run's first target: plain labels
+    run.log_cell(cell_id(rows[1:]), rows[1:], torch.randn(16, 2), torch.randn(16, 2))
+    logged = run.run.history[-1]
+    (picture,) = [k for k in logged if k.startswith("samples/")]
+    assert "/" in run.label(rows[1]) and picture == f"samples/{run.label(rows[1])}/nfe_00010"
+    assert [p.name for p in (tmp_path / "wandb_media").iterdir()] == ["ddim_eight_gaussians_ve__nfe_00010.png"]
 
 
 def test_the_best_log_likelihood_is_the_one_closest_to_exact_samples(tmp_path, monkeypatch):

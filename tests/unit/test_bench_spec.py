@@ -45,7 +45,10 @@ BAD_BENCH = [
     (["samplers.ddim.eta=2"], "config samplers.ddim: ValueError: ddim: eta must lie in [0, 1]; got 2"),
     (["nfe=[]"], "config nfe: is empty"),
     (["nfe=[10,0]"], "config nfe[1]: must be an integer >= 1; got 0"),
+    (["nfe=[10,1000000000000]"], "config nfe[1]: must be at most 100000; got 1000000000000"),
     (["+sampler@samplers.ode=ode", "tolerances=[1e-3,-1e-5]"], "config tolerances[1]: must be a number > 0"),
+    (["+sampler@samplers.ode=ode", "tolerances=[2]"],
+     "config tolerances[0]: samplers.ode: ode: rtol must be a number in (0, 1); got 2.0"),
     (["checkpoint=/nonexistent.ckpt", "data=toy2d"],
      "config checkpoint: no checkpoint file at '/nonexistent.ckpt'"),
     (["metrics=[sliced_w2,fidd]"], "config metrics: unknown or unusable metric(s) ['fidd'] for a exact mixture "
@@ -195,6 +198,11 @@ def test_a_result_key_holds_everything_that_changes_its_numbers(tmp_path):
     assert bigger["ode0.001"] != base["ode0.001"], "adaptive: the batch changes the samples"
     assert bigger["ddim3"] == base["ddim3"], "fixed-step samples do not depend on the batch (seed-addressed)"
     assert keys("ddp.devices=2")["ode0.001"] != base["ode0.001"]
+    # a float parameter or SDE value given as an integer on the command line (Hydra reads `eta=0` as an int) is the
+    # value the config file holds as a float: the same cells, the same target
+    as_ints = keys("samplers.ddim.eta=0", "samplers.ode.first_step=1", "sde.beta_max=20")
+    assert as_ints == keys("samplers.ode.first_step=1.0") != base
+    assert keys("sde.beta_max=19") != base
 
 
 def test_non_finite_samples_are_reported_not_scored():

@@ -151,14 +151,14 @@ def test_a_tuned_grid_is_set_up_reported_apart_from_the_sampling_nfe(monkeypatch
     den = eight_gaussians().denoiser(sde)
     sampler = build_sampler("ddim", steps=3, grid="optimized")
     resolved = plan(sampler, den)
-    assert resolved.setup == {"setup_nfe": 5, "tuning": {"pilot_nfe": 5}}
+    assert resolved.setup["setup_nfe"] == 5 and resolved.setup["tuning"]["pilot_nfe"] == 5
     assert torch.equal(resolved.times, time_grid(sde, 3, "quadratic"))
     monkeypatch.setattr(schedule, "_tuned", OrderedDict())
     den.nfe = 11  # whatever was counted before
     _, info = sample(sampler, den, range(4), dtype=torch.float64)
     assert set(info) == {"sampler", "nfe", "wall_s", "steps", "setup_nfe", "tuning"}
     assert info["nfe"] == 3 and info["setup_nfe"] == 5 and den.nfe == 11 + 5 + 3
-    assert info["tuning"] == {"pilot_nfe": 5} and info["steps"] == 3
+    assert info["tuning"]["pilot_nfe"] == 5 and info["tuning"]["wall_s"] >= 0 and info["steps"] == 3
 
 
 # --- the Gaussian start's carry --------------------------------------------------------------------------------
