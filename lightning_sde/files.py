@@ -18,6 +18,11 @@ def file_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text)
 
 
+def previous(path: Path) -> Path:
+    """Where the checkpoint that `path` replaced is kept: last.ckpt -> last.prev.ckpt."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
 def replace_atomically(path, write: Callable[[Path], object]) -> Path:
     """`write(tmp)` to a temporary name beside `path`, then rename it to `path`; a failed write leaves `path` as it
     was and no temporary behind."""

@@ -104,7 +104,7 @@ def newest_loadable(folder, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> tuple
     readable, problems = [], []
     for path in candidates:
         try:
-            readable.append((_global_step(path, trusted), path.name == "last.ckpt", path))
+            readable.append((resume_step(path, trusted), path.name == "last.ckpt", path))
         except (CheckpointError, FileNotFoundError) as err:
             problems.append(str(err))
     if not readable:
@@ -112,9 +112,21 @@ def newest_loadable(folder, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> tuple
     return max(readable, key=lambda entry: entry[:2])[2], problems
 
 
-def _global_step(path: Path, trusted: tuple[str, ...]) -> int:
-    """The global step a checkpoint was written at, read as safely as any checkpoint (read_checkpoint)."""
-    step = read_checkpoint(path, trusted=trusted).get("global_step")
+def resume_step(path, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> int:
+    """The global step a checkpoint was written at, once it holds what a resume needs (read as safely as any
+    checkpoint: read_checkpoint): the step, the optimizer's state and the loops' progress (a weights-only save has
+    neither; without the loops Lightning would start again at step 0), and finite weights."""
+    ckpt = read_checkpoint(path, trusted=trusted)
+    step, cannot = ckpt.get("global_step"), f"{path}: not a checkpoint lsde-train can resume from"
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise CheckpointError(f"{path}: not a checkpoint lsde-train can resume from: no global_step (got {step!r})")
+        raise CheckpointError(f"{cannot}: no global_step (got {step!r})")
+    if not ckpt.get("optimizer_states") or not isinstance(ckpt.get("loops"), dict):
+        raise CheckpointError(f"{cannot}: no optimizer state or loop progress (a weights-only save); sample from it "
+                              "with the apps, or start afresh")
+    for part in ("state_dict", "current_model_state"):
+        bad = [k for k, v in ckpt.get(part, {}).items() if torch.is_tensor(v) and v.is_floating_point()
+               and not torch.isfinite(v).all()]
+        if bad:
+            raise CheckpointError(f"{cannot}: its {part} holds NaN or infinite values ({bad[0]}"
+                                  f"{' ...' if len(bad) > 1 else ''})")
     return step

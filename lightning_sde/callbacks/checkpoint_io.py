@@ -19,6 +19,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_sde.data.base import ends_a_step
+from lightning_sde.files import previous
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,6 @@ class LastCheckpoint(ModelCheckpoint):
         """Another callback wrote this step's last.ckpt (a preemption save): not written again."""
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = self.last_model_path = str(path)
-
-
-def previous(path: Path) -> Path:
-    """Where the checkpoint that `path` replaced is kept: last.ckpt -> last.prev.ckpt."""
-    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
 def looks_like_a_checkpoint(path: Path) -> bool:

@@ -42,7 +42,7 @@ from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, LOADING_KEYS, checked, plain, trusted_class
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import check_accumulation
-from lightning_sde.loading import newest_loadable, read_checkpoint
+from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.sde import SDES
@@ -132,7 +132,7 @@ def resume_point(cfg: DictConfig) -> str | None:
         if not Path(cfg.ckpt_path).is_file():
             raise ValueError(f"config ckpt_path: no checkpoint at {cfg.ckpt_path!r} (use a path, 'last' or null)")
         try:
-            read_checkpoint(cfg.ckpt_path)
+            resume_step(cfg.ckpt_path)
         except ValueError as err:
             raise ValueError(f"config ckpt_path: {err}") from None
         return str(cfg.ckpt_path)

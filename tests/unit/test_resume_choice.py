@@ -19,7 +19,7 @@ SDE = {"_target_": "lightning_sde.sde.VPSDE", "beta_min": 0.1, "beta_max": 20.0,
 
 def contents(step: int) -> dict:
     return {"state_dict": {"w": torch.full((2,), float(step))}, "global_step": step,
-            "hyper_parameters": {"net": NET, "sde": SDE, "shape": [2]}}
+            "hyper_parameters": {"net": NET, "sde": SDE, "shape": [2]}, "optimizer_states": [{}], "loops": {}}
 
 
 def write(path, step: int, mtime: float):
@@ -51,6 +51,21 @@ def test_a_broken_newer_checkpoint_falls_back_to_the_best_readable_one(tmp_path)
     path, problems = newest_loadable(tmp_path)
     assert path == previous
     assert len(problems) == 1 and problems[0].startswith(f"{last}: not a lightning-sde checkpoint")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"optimizer_states": []}, "no optimizer state or loop progress (a weights-only save)"),
+    ({"loops": None}, "no optimizer state or loop progress"),  # Lightning would start again at step 0
+    ({"state_dict": {"w": torch.tensor([0.0, float("nan")])}}, "its state_dict holds NaN or infinite values (w)"),
+    ({"current_model_state": {"w": torch.tensor([float("inf"), 0.0])}}, "its current_model_state holds NaN"),
+])
+def test_a_checkpoint_a_resume_cannot_continue_from_is_passed_over_saying_why(tmp_path, change, message):
+    write(tmp_path / "last.prev.ckpt", 40, mtime=1000)
+    torch.save({**contents(60), **change}, tmp_path / "last.ckpt")
+    path, problems = newest_loadable(tmp_path)
+    assert path == tmp_path / "last.prev.ckpt"
+    assert problems == [f"{tmp_path / 'last.ckpt'}: not a checkpoint lsde-train can resume from: " + problems[0].split(
+        "resume from: ", 1)[1]] and message in problems[0]
 
 
 def test_a_broken_last_checkpoint_is_replaced_without_overwriting_the_previous_one(tmp_path):
@@ -337,3 +352,18 @@ def test_a_resume_with_another_gradient_accumulation_is_refused(tmp_path):
                                          "step, this config has 1"):
         check_resume_fits(path, ScoreModule(net=NET, sde=SDE, shape=[2]), 1)
     assert check_resume_fits(path, ScoreModule(net=NET, sde=SDE, shape=[2]), 3) == 7
+
+
+def test_an_explicit_ckpt_path_a_resume_cannot_continue_from_is_refused_naming_the_key(tmp_path):
+    from omegaconf import OmegaConf
+
+    from lightning_sde.cli.train import resume_point
+
+    torch.save({k: v for k, v in contents(60).items() if k != "global_step"}, tmp_path / "minimal.ckpt")
+    cfg = OmegaConf.create({"ckpt_path": str(tmp_path / "minimal.ckpt"), "run_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match=r"^config ckpt_path: .*minimal.ckpt: not a checkpoint lsde-train can resume "
+                                         r"from: no global_step \(got None\)$"):
+        resume_point(cfg)
+    torch.save(contents(60), tmp_path / "good.ckpt")
+    assert resume_point(OmegaConf.create({"ckpt_path": str(tmp_path / "good.ckpt"), "run_dir": str(tmp_path)})) \
+        == str(tmp_path / "good.ckpt")
