@@ -8,6 +8,7 @@ before anything is built (resolving a name imports only modules under those pref
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shlex
@@ -211,3 +212,76 @@ def trusted_class(target: str, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> ty
     except Exception:  # noqa: BLE001  (not importable, not a class: either way not a trusted class)
         return None
     return cls if f"{cls.__module__}.".startswith(trusted) else None
+
+
+def node_settings(node, by_name: dict | None = None) -> dict:
+    """A config node of one class (the sde's, the network's) resolved: its class as `_target_` (however spelt; an
+    sde of a checkpoint from before 0.2 names it by `name`, a key of `by_name`) and every parameter of its
+    constructor, defaults filled in, so that a parameter left at its default (or missing from an older checkpoint)
+    and one stated equal to it are the same. Hydra's own keys (_convert_, ...) are no part of it."""
+    if not isinstance(node, dict):
+        return {"_target_": node}
+    node = dict(node)
+    if "_target_" not in node and by_name is not None and node.get("name") in by_name:
+        target, cls = None, by_name[node.pop("name")]
+    else:
+        target = node.pop("_target_", None)
+        cls = trusted_class(target) if isinstance(target, str) else None
+    params = {k: v for k, v in node.items() if not k.startswith("_")}
+    if cls is None:  # not a class of this package: compared as written
+        return {"_target_": target, **params}
+    try:
+        bound = inspect.signature(cls).bind_partial(**params)
+    except TypeError:  # cannot have been built from this node: compared as written
+        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **params}
+    bound.apply_defaults()
+    return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **bound.arguments}
+
+
+def comparable(value):
+    """A setting as compared: a list and a tuple of the same items are one value (a config's channel_mult [1, 2]
+    and a constructor's default (1, 2), the form a checkpoint that left it out compares by)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(comparable(v) for v in value)
+    if isinstance(value, dict):
+        return {k: comparable(v) for k, v in value.items()}
+    return value
+
+
+def node_changes(key: str, theirs, ours, free: tuple[str, ...] = (), by_name: dict | None = None
+                 ) -> list[tuple[str, object, object]]:
+    """(config key, checkpoint's value, this config's value) for each setting, outside `free`, in which the config
+    node `ours` differs from `theirs` (see node_settings). Another class is one change (<key>._target_): its
+    parameters are another family's."""
+    a, b = node_settings(theirs, by_name), node_settings(ours, by_name)
+    if a["_target_"] != b["_target_"]:
+        return [(f"{key}._target_", a["_target_"], b["_target_"])]
+    return [(f"{key}.{k}", a.get(k), b.get(k)) for k in sorted((set(a) | set(b)) - {"_target_"})
+            if k not in free and comparable(a.get(k)) != comparable(b.get(k))]
+
+
+def shown(value) -> str:
+    """A value for a one-line message: its repr, cut at 80 characters (an SDE's table of alphas would be long)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+# The data a checkpoint was trained on: its class and every setting but how it is read (LOADING_KEYS) and where
+# (root: a copy of the dataset elsewhere). Another dataset, split seed, augmentation or dequantization would train
+# the weights on, or score them against, other data, and the checkpoint's data moments (the Gaussian start) would no
+# longer be the data's.
+DATA_FREE_KEYS = (*LOADING_KEYS, "root")
+# Scoring a checkpoint (lsde-bench, lsde-likelihood) may also take another split or view of the same distribution:
+# its size and seed, the labels, the flips, and uniform dequantisation (what bits/dim are measured on).
+EVALUATION_FREE_KEYS = (*DATA_FREE_KEYS, "n_train", "n_val", "seed", "labels", "hflip", "dequantize")
+
+
+def check_same_data(path, theirs: dict | None, ours: dict | None, remedy: str, free=DATA_FREE_KEYS) -> None:
+    """Refuse to resume, or to score, a checkpoint on other data than it was trained on (checkpoints from before
+    this check hold none: not compared); `remedy`: what to do instead."""
+    if theirs is None or ours is None:
+        return
+    changes = node_changes("data", theirs, ours, free)
+    if changes:
+        diffs = "; ".join(f"{key}: {shown(there)} there, {shown(here)} here" for key, there, here in changes)
+        raise ValueError(f"config data: the checkpoint {path} was trained on other data ({diffs}); {remedy}")

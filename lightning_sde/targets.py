@@ -16,7 +16,7 @@ import torch
 from hydra.utils import get_class, get_object
 from omegaconf import DictConfig
 
-from lightning_sde.configuration import LOADING_KEYS, build, overridden, plain
+from lightning_sde.configuration import EVALUATION_FREE_KEYS, LOADING_KEYS, build, check_same_data, overridden, plain
 from lightning_sde.loading import load_denoiser, read_checkpoint
 from lightning_sde.models.pretrained import is_diffusers_spec, locate
 from lightning_sde.samplers.base import floats_as_declared
@@ -39,6 +39,9 @@ def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
     if has_ckpt and overridden("problem"):
         raise ValueError("config checkpoint/problem: both set; a target is a checkpoint (with data=<its data>) or "
                          "an exact problem (problem=<name> with sde=<name>), not both")
+    if has_ckpt and overridden("sde"):
+        raise ValueError("config checkpoint/sde: both set; a checkpoint samples under the SDE it was trained with "
+                         "(sde=<name> goes with an exact problem)")
     if not (has_ckpt or has_problem):
         raise ValueError("config checkpoint/problem: no target; set checkpoint=<path.ckpt> data=<its data>, or "
                          "problem=<name> (configs/problem/) with sde=<name>")
@@ -59,9 +62,13 @@ def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
         # step and content are part of the id: a checkpoint overwritten by further training (last.ckpt), or by
         # another run at the same step, is a new target; so is other reference data
         try:
-            step = read_checkpoint(path).get("global_step")
+            ckpt = read_checkpoint(path)
         except ValueError as err:
             raise ValueError(f"config checkpoint: {err}") from None
+        step = ckpt.get("global_step")
+        if cfg.get("data") is not None:
+            check_same_data(path, ckpt.get("data_config"), plain(cfg.data), "score it against the data it was "
+                            "trained on (its run's data config)", EVALUATION_FREE_KEYS)
         from lightning_sde.loading import file_sha256
 
         return "checkpoint", f"{path.resolve()}@step{step}#{file_sha256(path)[:16]}" + _data_id(cfg)

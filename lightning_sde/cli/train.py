@@ -39,7 +39,7 @@ from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
 from lightning_sde.callbacks.sampler import SAMPLE_STATS
 from lightning_sde.cli.errors import fails_cleanly, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, LOADING_KEYS, checked, plain, trusted_class
+from lightning_sde.configuration import CONFIG_PATH, check_same_data, checked, node_changes, plain, shown
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import check_accumulation
 from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
@@ -116,6 +116,10 @@ def check_run_values(cfg: DictConfig) -> None:
             and math.isfinite(clip)):
         raise ValueError("config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); "
                          f"got {clip!r}")
+    if isinstance(interval, float) and trainer.get("check_val_every_n_epoch") is None:
+        raise ValueError("config trainer.val_check_interval: a fraction of an epoch needs epochs to count "
+                         f"(trainer.check_val_every_n_epoch=1); got {interval!r} with check_val_every_n_epoch=null; or "
+                         "give a number of training steps")
     if check_accumulation(trainer.get("accumulate_grad_batches", 1)) > 1 and isinstance(interval, float):
         raise ValueError("config trainer.val_check_interval: a fraction of an epoch can fall within an optimizer step "
                          "under gradient accumulation (trainer.accumulate_grad_batches > 1); give a number of training "
@@ -172,7 +176,8 @@ def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 
         extra = [key for key in theirs if key not in ours]
         if not extra:
             check_same_meaning(path, ckpt["hyper_parameters"], module)
-            check_same_data(path, ckpt.get("data_config"), module.data_config)
+            check_same_data(path, ckpt.get("data_config"), module.data_config, "resume with the run's own data "
+                            "config, or start afresh (ckpt_path=null or another run_name)")
             return int(ckpt["global_step"])
         problem = f"it has {extra[0]}, which this model does not"
     settings = "; ".join(f"{key}: {shown(there)} there, {shown(here)} here"
@@ -204,52 +209,6 @@ SDE_FREE_KEYS = ("eps",)
 NET_FREE_KEYS = ("dropout",)
 
 
-def node_settings(node, by_name: dict | None = None) -> dict:
-    """A config node of one class (the sde's, the network's) resolved: its class as `_target_` (however spelt; an
-    sde of a checkpoint from before 0.2 names it by `name`, a key of `by_name`) and every parameter of its
-    constructor, defaults filled in, so that a parameter left at its default (or missing from an older checkpoint)
-    and one stated equal to it are the same. Hydra's own keys (_convert_, ...) are no part of it."""
-    if not isinstance(node, dict):
-        return {"_target_": node}
-    node = dict(node)
-    if "_target_" not in node and by_name is not None and node.get("name") in by_name:
-        target, cls = None, by_name[node.pop("name")]
-    else:
-        target = node.pop("_target_", None)
-        cls = trusted_class(target) if isinstance(target, str) else None
-    params = {k: v for k, v in node.items() if not k.startswith("_")}
-    if cls is None:  # not a class of this package: compared as written
-        return {"_target_": target, **params}
-    try:
-        bound = inspect.signature(cls).bind_partial(**params)
-    except TypeError:  # cannot have been built from this node: compared as written
-        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **params}
-    bound.apply_defaults()
-    return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **bound.arguments}
-
-
-def comparable(value):
-    """A setting as compared: a list and a tuple of the same items are one value (a config's channel_mult [1, 2]
-    and a constructor's default (1, 2), the form a checkpoint that left it out compares by)."""
-    if isinstance(value, (list, tuple)):
-        return tuple(comparable(v) for v in value)
-    if isinstance(value, dict):
-        return {k: comparable(v) for k, v in value.items()}
-    return value
-
-
-def node_changes(key: str, theirs, ours, free: tuple[str, ...] = (), by_name: dict | None = None
-                 ) -> list[tuple[str, object, object]]:
-    """(config key, checkpoint's value, this config's value) for each setting, outside `free`, in which the config
-    node `ours` differs from `theirs` (see node_settings). Another class is one change (<key>._target_): its
-    parameters are another family's."""
-    a, b = node_settings(theirs, by_name), node_settings(ours, by_name)
-    if a["_target_"] != b["_target_"]:
-        return [(f"{key}._target_", a["_target_"], b["_target_"])]
-    return [(f"{key}.{k}", a.get(k), b.get(k)) for k in sorted((set(a) | set(b)) - {"_target_"})
-            if k not in free and comparable(a.get(k)) != comparable(b.get(k))]
-
-
 def net_changes(theirs: dict, ours: dict) -> list[tuple[str, object, object]]:
     """The model.net settings in which a module's hyperparameters `ours` differ from a checkpoint's `theirs`."""
     return node_changes("model.net", theirs.get("net"), ours.get("net"), NET_FREE_KEYS)
@@ -268,12 +227,6 @@ def meaning_changes(theirs: dict, ours: dict, defaults: dict) -> list[tuple[str,
     return changes
 
 
-def shown(value) -> str:
-    """A value for a one-line message: its repr, cut at 80 characters (an SDE's table of alphas would be long)."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
-
-
 def check_same_meaning(path: str, hparams: dict, module: L.LightningModule) -> None:
     """Refuse a resume whose sde, network or network parameterization is not the checkpoint's (see
     RESUME_MEANING)."""
@@ -287,23 +240,6 @@ def check_same_meaning(path: str, hparams: dict, module: L.LightningModule) -> N
     raise ValueError(f"config {groups}: the checkpoint {path} was trained with another forward process, network or "
                      f"network parameterization ({diffs}); its weights would train on as another model. Resume with "
                      "the run's own config, or start afresh (ckpt_path=null or another run_name)")
-
-
-# The data a run trains on: its class and every setting but how it is read (LOADING_KEYS) and where (root: a copy of
-# the dataset elsewhere). Another dataset, split seed, augmentation or dequantization would train the weights on
-# other data, and the checkpoint's data moments (the Gaussian start) would no longer be the data's.
-DATA_FREE_KEYS = (*LOADING_KEYS, "root")
-
-
-def check_same_data(path: str, theirs: dict | None, ours: dict | None) -> None:
-    """Refuse a resume on other data than the checkpoint's (checkpoints before this check hold none: not compared)."""
-    if theirs is None or ours is None:
-        return
-    changes = node_changes("data", theirs, ours, DATA_FREE_KEYS)
-    if changes:
-        diffs = "; ".join(f"{key}: {shown(there)} there, {shown(here)} here" for key, there, here in changes)
-        raise ValueError(f"config data: the checkpoint {path} was trained on other data ({diffs}); resume with the "
-                         "run's own data config, or start afresh (ckpt_path=null or another run_name)")
 
 
 def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: str) -> str:
@@ -346,7 +282,7 @@ def check_data_fits(datamodule, module, sampler_cb: SamplerCallback | None, worl
     datamodule.prepare_data()
     datamodule.setup("fit")
     module.check_labels(datamodule)
-    datamodule.check_batch_fits(world_size, accumulation)
+    checked("data.batch_size", datamodule.check_batch_fits, world_size, accumulation)
     if sampler_cb is not None:
         sampler_cb.check_data(datamodule)
 
@@ -383,6 +319,11 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     module.data_config = plain(cfg.data)
     accumulation = cfg.trainer.get("accumulate_grad_batches", 1)  # checked by check_run_values
     resumed_at = check_resume_fits(resume, module, accumulation) if resume is not None else None
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if resumed_at is not None and max_steps != -1 and resumed_at > max_steps:
+        raise ValueError(f"config trainer.max_steps: {max_steps} is below the step of the checkpoint it resumes from "
+                         f"({resumed_at}: {resume}); raise it to train on, or start afresh (ckpt_path=null or another "
+                         "run_name)")
 
     keyed = {k: build_node(c, f"callbacks.{k}") for k, c in cfg.callbacks.items() if c is not None}
     if not cfg.logger:  # logger=none: Lightning's LearningRateMonitor refuses to start without a logger
@@ -408,6 +349,8 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     steps_to_batches = {"val_check_interval": interval * accumulation} if is_int(interval) and accumulation > 1 else {}
     trainer = build_node(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=plugins,
                          **steps_to_batches)  # Lightning counts validation intervals in batches; the config, in steps
+    if sampler_cb is not None:
+        warn_if_nothing_is_evaluated(cfg.trainer, trainer.limit_val_batches, resumed_at or 0)
     if read_data and trainer.local_rank == 0:  # as Lightning prepares data: a missing dataset fails now
         check_data_fits(datamodule, module, sampler_cb, trainer.world_size, accumulation)
     loggers = []  # last: they create files and W&B runs
@@ -421,6 +364,21 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         loggers.append(build_node(logger_cfg, f"logger.{key}"))
     trainer.loggers = loggers
     return Run(datamodule, module, trainer, resume, resumed_at)
+
+
+def warn_if_nothing_is_evaluated(config: DictConfig, limit_val_batches, start: int) -> None:
+    """Say so at start-up when the sampler callback's evaluations cannot run in this fit (no validation batches, or
+    no multiple of a step-counted val_check_interval in steps start+1..max_steps): no sampler metric, no best
+    checkpoint. `config`: the trainer's."""
+    interval, max_steps = config.get("val_check_interval"), config.get("max_steps", -1)
+    by_steps = is_int(interval) and config.get("check_val_every_n_epoch") is None
+    if limit_val_batches == 0:
+        why = "trainer.limit_val_batches=0"
+    elif by_steps and max_steps != -1 and max_steps // interval == start // interval:
+        why = f"trainer.val_check_interval={interval} steps, and this fit runs steps {start + 1}..{max_steps}"
+    else:
+        return
+    log.warning("no evaluation runs in this fit (%s): no sampler metrics and no best checkpoint", why)
 
 
 @contextlib.contextmanager
@@ -470,7 +428,7 @@ def report(cfg: DictConfig, trainer) -> None:
     run_dir = Path(cfg.run_dir).resolve()
     lines = [f"run directory: {run_dir}",
              f"  checkpoints: {run_dir / 'checkpoints'}  (resume: lsde-train ... run_name={cfg.run_name})",
-             f"  samples and sampler metrics: {run_dir / 'samples'}"]
+             *([f"  samples and sampler metrics: {run_dir / 'samples'}"] if (run_dir / "samples").is_dir() else [])]
     if trainer is None and (run_dir / "wandb").is_dir():
         lines.append(f"  W&B: sync it with: wandb sync {run_dir / 'wandb'}/offline-run-*")
     for logger in trainer.loggers if trainer is not None else ():

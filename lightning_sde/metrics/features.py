@@ -131,6 +131,19 @@ def require_inception_weights(weights_path=None) -> Path:
     return path
 
 
+def readable_inception_weights(weights_path=None) -> Path:
+    """require_inception_weights' path, once the file is known to hold tensors and nothing else (torch-fidelity
+    unpickles it in full); ValueError naming it otherwise."""
+    path = require_inception_weights(weights_path)
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001  (a weights-only load runs nothing: whatever it raises, refuse)
+        raise ValueError(f"InceptionV3 weights at {str(path)!r} are not a state_dict of tensors "
+                         f"({type(err).__name__}); nothing in the file was run. Fetch them again with "
+                         "lsde-prepare --inception") from None
+    return path
+
+
 def fetch_inception(weights_path=None, timeout: float | None = 60.0) -> Path:
     """Download the InceptionV3 weights (needs internet) to `inception_weights_path(weights_path)` unless they are
     there; `timeout` is the socket timeout in seconds. On failure a RuntimeError in one line: what failed, why, and
@@ -172,18 +185,12 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, weights_path=None, feature: int | str = 2048):
         super().__init__()
-        path = require_inception_weights(weights_path)
-        from torchmetrics.image.fid import NoTrainInceptionV3
-
         valid = ("64", "192", "768", "2048")
         if str(feature) not in valid:
             raise ValueError(f"InceptionFeatures: feature must be one of {valid}; got {feature!r}")
-        try:  # torch-fidelity unpickles the file in full: first make sure it holds tensors and nothing else
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:  # noqa: BLE001  (a weights-only load runs nothing: whatever it raises, refuse)
-            raise ValueError(f"InceptionV3 weights at {str(path)!r} are not a state_dict of tensors "
-                             f"({type(err).__name__}); nothing in the file was run. Fetch them again with "
-                             "lsde-prepare --inception") from None
+        path = readable_inception_weights(weights_path)
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
         self.weights_path = str(path)
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
                                       feature_extractor_weights_path=str(path))
@@ -214,7 +221,7 @@ def known_feature_extractor(name) -> str:
 def check_feature_extractor(name) -> None:
     """What build_feature_extractor(name) needs, checked without building it: a known name, Inception's weights."""
     if known_feature_extractor(name) == "inception":
-        require_inception_weights()
+        readable_inception_weights()
 
 
 def build_feature_extractor(name: str = "digits", **kw) -> nn.Module:

@@ -268,6 +268,10 @@ def test_a_resume_into_another_sde_is_refused_before_anything_is_touched_and_an_
         assert not (run / "csv" / "version_1").exists()
         assert {path.name: path.read_bytes() for path in first_start.iterdir()} == recorded  # nor its record
 
+    proc = train(run, *short, "sde=vp", "trainer.max_steps=5")  # below the checkpoint's step: not "reached"
+    assert proc.returncode == 1 and "lsde-train: error: config trainer.max_steps: 5 is below the step of the " \
+        f"checkpoint it resumes from (10: {last})" in proc.stderr, proc.stderr[-3000:]
+    assert last.read_bytes() == saved
     proc = train(run, *short, "sde=vp", "trainer.max_steps=20")  # unchanged: goes on from step 10
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"Restoring states from the checkpoint path at {last}" in proc.stdout + proc.stderr

@@ -271,3 +271,33 @@ def test_a_checkpoint_targets_id_changes_with_its_content_and_its_data_not_with_
     assert target("data.name=swiss_roll") != first
     save(1)
     assert target() != first
+
+
+def test_a_checkpoint_is_scored_only_against_the_data_and_under_the_sde_it_was_trained_on(tmp_path):
+    """data.name=swiss_roll for an eight-Gaussians model would score it against other data; sde=ve beside a
+    checkpoint would be ignored: both are refused before anything loads. How the data is read may differ."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from lightning_sde.module import ScoreModule
+    from lightning_sde.targets import target_kind
+
+    net = {"_target_": "lightning_sde.models.mlp.MLP", "dim": 2, "width": 16, "depth": 2, "time_embed_dim": 8}
+    sde = {"_target_": "lightning_sde.sde.VPSDE"}
+    data = OmegaConf.to_container(_cfg(tmp_path, "data=toy2d").data, resolve=True)
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": ScoreModule(net=net, sde=sde, shape=[2]).state_dict(), "global_step": 100,
+                "hyper_parameters": {"net": net, "sde": sde, "shape": [2]}, "data_config": data}, path)
+    for free in ("data.batch_size=7", "data.n_train=500", "+data.seed=3"):  # how it is read, another split
+        assert target_kind(_cfg(tmp_path, f"checkpoint={path}", "data=toy2d", free))[0] == "checkpoint"
+    with pytest.raises(ValueError, match=r"^config data: the checkpoint .*last.ckpt was trained on other data "
+                                         r"\(data.name: 'eight_gaussians' there, 'swiss_roll' here\); score it"):
+        target_kind(_cfg(tmp_path, f"checkpoint={path}", "data=toy2d", "data.name=swiss_roll"))
+    overrides = [f"checkpoint={path}", "data=toy2d", "sde=ve"]
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        HydraConfig.instance().set_config(compose("bench", overrides=overrides, return_hydra_config=True))
+    try:
+        with pytest.raises(ValueError, match="^config checkpoint/sde: both set"):
+            target_kind(_cfg(tmp_path, *overrides))
+    finally:
+        HydraConfig.instance().cfg = None

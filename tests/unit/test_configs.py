@@ -99,7 +99,8 @@ def test_a_sampler_set_replaces_rather_than_merges():
         ("ckpt_path=/nonexistent.ckpt", "no checkpoint at '/nonexistent.ckpt'"),
         # what fit would find wrong with the data, found before the loggers exist
         ("+model.net.num_classes=8", "config model.net.num_classes = 8 but the data has no labels"),
-        ("data.n_train=100", "batch_size 512 exceeds the 100 training samples of each of 1 process(es)"),
+        ("data.n_train=100", "config data.batch_size: ValueError: Toy2DDataModule: batch_size 512 exceeds the 100 "
+                             "training samples of each of 1 process(es)"),
         ("callbacks.sampler.every_n_evals=2", "'auto' is logged once every 2 validations"),
     ],
 )
@@ -129,6 +130,8 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
     ("trainer.gradient_clip_val=-1",
      "config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); got -1"),
     ("trainer.accumulate_grad_batches=0", "config trainer.accumulate_grad_batches: must be an integer >= 1"),
+    ("trainer.val_check_interval=0.5", "config trainer.val_check_interval: a fraction of an epoch needs epochs to "
+                                       "count (trainer.check_val_every_n_epoch=1)"),
     ("trainer.accumulate_grad_batches=2 trainer.val_check_interval=0.5 trainer.check_val_every_n_epoch=1",
      "config trainer.val_check_interval: a fraction of an epoch can fall within an optimizer step"),
     ("callbacks.best.monitor=val/ddim_50/sliced_w2", "config callbacks.best.monitor: 'val/ddim_50/sliced_w2' names "
@@ -182,6 +185,17 @@ def test_the_data_is_read_and_checked_before_the_loggers_exist(tmp_path, monkeyp
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "csv").exists()
 
 
+def test_inception_weights_that_are_not_tensors_fail_at_start_up_not_at_the_first_evaluation(tmp_path, monkeypatch):
+    (tmp_path / "weights.pth").write_text("not weights")
+    monkeypatch.setenv("LSDE_INCEPTION_WEIGHTS", str(tmp_path / "weights.pth"))
+    cfg = composed("train", ["experiment=digits", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
+                             "callbacks.sampler.feature_extractor=inception"])
+    with pytest.raises(ValueError, match="^config callbacks.sampler.feature_extractor: InceptionV3 weights at .* are "
+                                         "not a state_dict of tensors"):
+        build(cfg)
+    assert not (tmp_path / "wandb").exists() and not (tmp_path / "csv").exists()
+
+
 def test_logger_none_trains_without_the_lr_monitor(tmp_path):
     """Lightning's LearningRateMonitor refuses to start without a logger: with logger=none it is left out."""
     cfg = composed("train", ["experiment=toy2d", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu", "logger=none",
@@ -229,3 +243,21 @@ def test_the_site_file_reads_as_bash_does_and_reaches_submitit_jobs(tmp_path, mo
     setup = _site_setup("echo ours")
     assert setup[0] == "echo ours" and setup[-1] == "module load cuda"
     assert "export TORCH_HOME='/shared/my torch'" in setup and "export LSDE_ACCOUNT=acct" in setup
+
+
+@pytest.mark.parametrize("overrides, start, warned", [
+    ({"max_steps": 1000, "val_check_interval": 2000}, 0, "trainer.val_check_interval=2000 steps, and this fit runs "
+                                                         "steps 1..1000"),
+    ({"max_steps": 2500, "val_check_interval": 2000}, 2000, "steps 2001..2500"),  # resumed past the only one
+    ({"max_steps": 2000, "val_check_interval": 2000}, 1999, None),
+    ({"max_steps": 10, "val_check_interval": 0.5, "check_val_every_n_epoch": 1}, 0, None),  # counted in epochs
+])
+def test_a_fit_in_which_no_evaluation_runs_says_so_at_start_up(caplog, overrides, start, warned):
+    from omegaconf import OmegaConf
+
+    from lightning_sde.cli.train import warn_if_nothing_is_evaluated
+
+    warn_if_nothing_is_evaluated(OmegaConf.create({"check_val_every_n_epoch": None, **overrides}), 1.0, start)
+    assert (warned in caplog.text) if warned else "no evaluation runs" not in caplog.text
+    warn_if_nothing_is_evaluated(OmegaConf.create({"check_val_every_n_epoch": None, **overrides}), 0, start)
+    assert "no evaluation runs in this fit (trainer.limit_val_batches=0)" in caplog.text
