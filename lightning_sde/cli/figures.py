@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, build, plain
+from lightning_sde.configuration import CONFIG_PATH, build, overridden, plain
 from lightning_sde.loading import load_denoiser
 from lightning_sde.models.guidance import guided
 from lightning_sde.models.pretrained import is_diffusers_spec
@@ -52,6 +52,9 @@ def run_app(cfg: DictConfig) -> None:
         raise ValueError(f"config formats: unknown {bad_formats}; choose from png, pdf, svg")
     mixture = build(cfg.problem, "problem") if cfg.get("problem") is not None else None
     if cfg.checkpoint:
+        if overridden("sde"):
+            raise ValueError("config checkpoint/sde: both set; a checkpoint's figures use the SDE it was trained "
+                             "with (sde=<name> goes with an exact problem)")
         denoiser = load_denoiser(cfg.checkpoint, map_location="cpu")
         if mixture is not None and (mixture.dim,) != tuple(denoiser.shape):
             mixture = None  # the exact density only where it is the model's data
