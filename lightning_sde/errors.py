@@ -7,4 +7,9 @@ class CheckpointError(ValueError):
 
 
 class NonFiniteError(RuntimeError):
-    """Training produced a NaN or an infinity: it stops, rather than train on and save what it cannot use."""
+    """Training produced a NaN or an infinity: it stops, rather than train on and save what it cannot use. `step`:
+    the global step whose loss or gradient was not finite, where known."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step

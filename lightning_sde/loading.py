@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -112,10 +113,30 @@ def newest_loadable(folder, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> tuple
     return max(readable, key=lambda entry: entry[:2])[2], problems
 
 
+NONFINITE_SUFFIX = ".nonfinite"
+
+
+def set_aside_from(folder, step: int) -> tuple[list[str], Path | None]:
+    """After a non-finite loss or gradient at `step`: move every checkpoint in `folder` written at that step or later
+    (its weights gave the value: a resume from it meets it again, whatever the lr) to `<name>.nonfinite`, out of the
+    resume's way. Returns (the names moved, the checkpoint a resume now takes: newest_loadable's)."""
+    folder = Path(folder)
+    moved = []
+    for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
+        try:
+            written_at = read_checkpoint(path).get("global_step")
+        except (CheckpointError, FileNotFoundError):
+            continue
+        if isinstance(written_at, int) and written_at >= step:
+            os.replace(path, path.with_name(path.name + NONFINITE_SUFFIX))
+            moved.append(path.name)
+    return moved, newest_loadable(folder)[0]
+
+
 def resume_step(path, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> int:
     """The global step a checkpoint was written at, once it holds what a resume needs (read as safely as any
-    checkpoint: read_checkpoint): the step, the optimizer's state and the loops' progress (a weights-only save has
-    neither; without the loops Lightning would start again at step 0), and finite weights."""
+    checkpoint: read_checkpoint): the step, the optimizer's state (a weights-only save has none), the loops'
+    progress (without it Lightning would start again at step 0), and finite weights."""
     ckpt = read_checkpoint(path, trusted=trusted)
     step, cannot = ckpt.get("global_step"), f"{path}: not a checkpoint lsde-train can resume from"
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -36,7 +35,6 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning_sde.configuration import build
 from lightning_sde.data.base import batch_in_step, ends_a_step, split_labels
 from lightning_sde.errors import NonFiniteError
-from lightning_sde.files import previous
 from lightning_sde.losses import DSMLoss
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.moments import DataMoments
@@ -224,25 +222,9 @@ class ScoreModule(L.LightningModule):
         last = (f"the last finite loss was {self._last_finite_loss[1]:.6g} at step {self._last_finite_loss[0]}"
                 if self._last_finite_loss is not None else "no finite loss before it")
         raise NonFiniteError(f"training stopped: at step {step} {what} was {float(values[bad])}; {last}. No "
-                             f"checkpoint was written after it; {self._recovery(step)} with a lower optim.lr (a new "
-                             "lr applies on resume), a longer optim.warmup_steps or a smaller "
-                             "trainer.gradient_clip_val")
-
-    def _recovery(self, step: int) -> str:
-        """Where a run that met a non-finite value at `step` goes on from: its last checkpoint, unless that holds
-        the very weights that gave it (saved at that step: a resume would meet it again, whatever the lr)."""
-        name = os.environ.get("LSDE_RUN_NAME")
-        run = f"run_name={name} (one run: no -m)" if name else "the same command"
-        saver = next((c for c in self.trainer.checkpoint_callbacks if getattr(c, "save_last", False)), None)
-        last = Path(saver.dirpath) / "last.ckpt" if saver is not None and saver.dirpath else None
-        if last is None or not last.is_file():
-            return "no checkpoint was written before it either: start afresh"
-        if getattr(saver, "_last_global_step_saved", None) != step:
-            return f"resume from the last one ({run})"
-        if previous(last).is_file():
-            return f"{last.name} holds the weights that gave it: resume from the one before ({run} " \
-                   f"ckpt_path={previous(last)})"
-        return f"{last.name} holds the weights that gave it and none is older: start afresh"
+                             "checkpoint was written after it; resume from one written before it with a lower "
+                             "optim.lr (a new lr applies on resume), a longer optim.warmup_steps or a smaller "
+                             "trainer.gradient_clip_val", step)
 
     def validation_step(self, batch, batch_idx):
         # Fixed t and noise per batch: the validation loss is comparable across epochs and runs (conditional
@@ -268,7 +250,8 @@ class ScoreModule(L.LightningModule):
         if self._fitting():  # a best checkpoint written at a validation's end included
             self.check_finite()
         # what is written: the weights every app loads (the average, under EMA) and the raw ones a resume trains on
-        bad = [f"{part}: {name}" for part in ("state_dict", "current_model_state")
+        parts = {"state_dict": "state_dict (the averaged weights under EMA)", "current_model_state": "raw weights"}
+        bad = [f"{parts[part]}: {name}" for part in parts
                for name, value in checkpoint.get(part, {}).items()
                if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
         if bad:

@@ -42,7 +42,8 @@ from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, check_same_data, checked, node_changes, plain, shown
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import check_accumulation
-from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
+from lightning_sde.errors import NonFiniteError
+from lightning_sde.loading import NONFINITE_SUFFIX, newest_loadable, read_checkpoint, resume_step, set_aside_from
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.sde import SDES
@@ -116,7 +117,7 @@ def check_run_values(cfg: DictConfig) -> None:
             and math.isfinite(clip)):
         raise ValueError("config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); "
                          f"got {clip!r}")
-    if isinstance(interval, float) and trainer.get("check_val_every_n_epoch") is None:
+    if isinstance(interval, float) and trainer.get("check_val_every_n_epoch", 1) is None:  # Lightning's default: 1
         raise ValueError("config trainer.val_check_interval: a fraction of an epoch needs epochs to count "
                          f"(trainer.check_val_every_n_epoch=1); got {interval!r} with check_val_every_n_epoch=null; or "
                          "give a number of training steps")
@@ -371,7 +372,9 @@ def warn_if_nothing_is_evaluated(config: DictConfig, limit_val_batches, start: i
     no multiple of a step-counted val_check_interval in steps start+1..max_steps): no sampler metric, no best
     checkpoint. `config`: the trainer's."""
     interval, max_steps = config.get("val_check_interval"), config.get("max_steps", -1)
-    by_steps = is_int(interval) and config.get("check_val_every_n_epoch") is None
+    by_steps = is_int(interval) and config.get("check_val_every_n_epoch", 1) is None
+    if max_steps != -1 and start >= max_steps:  # a finished run started again: nothing to train or evaluate
+        return
     if limit_val_batches == 0:
         why = "trainer.limit_val_batches=0"
     elif by_steps and max_steps != -1 and max_steps // interval == start // interval:
@@ -408,7 +411,12 @@ def train(cfg: DictConfig):
         if resumed_at is not None and trainer.is_global_zero and isinstance(logger, WandbLogger):
             backfill_wandb(logger, cfg.run_dir, resumed_at)
     with run_name_for_workers(cfg.run_name):
-        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.resume, weights_only=True)
+        try:
+            trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.resume, weights_only=True)
+        except NonFiniteError as err:
+            if err.step is None or not trainer.is_global_zero:
+                raise
+            raise NonFiniteError(f"{err}. {where_to_go_on(cfg, err.step)}", err.step) from None
     preemption = _preemption(trainer)
     if preemption is not None and (preemption.requeue_requested or preemption.interrupted):
         why = "by SIGTERM" if preemption.interrupted else "for the time limit"
@@ -417,6 +425,18 @@ def train(cfg: DictConfig):
     if trainer.global_rank == 0:
         report(cfg, trainer)
     return trainer
+
+
+def where_to_go_on(cfg: DictConfig, step: int) -> str:
+    """After a non-finite value at `step`: the checkpoints written at it or later are set aside (loading.set_aside_from)
+    and the user told which checkpoint the same command now resumes from."""
+    moved, resume = set_aside_from(Path(cfg.run_dir) / "checkpoints", step)
+    told = (f"{', '.join(moved)} (written at step {step} or later: their weights gave it) moved to "
+            f"*{NONFINITE_SUFFIX}; " if moved else "")
+    if resume is None:
+        return f"{told}no checkpoint from before it is left: start afresh (ckpt_path=null or another run_name)"
+    again = f"lsde-train ... run_name={cfg.run_name}" + (", one run: no -m" if multirun_job() is not None else "")
+    return f"{told}{again} resumes from {resume.name} (step {resume_step(resume)})"
 
 
 def _preemption(trainer) -> Preemption | None:

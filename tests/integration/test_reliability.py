@@ -117,6 +117,26 @@ def test_a_nan_loss_stops_training_names_the_step_and_saves_nothing_bad(tmp_path
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
 
 
+def test_after_a_nan_loss_the_advice_resumes_from_a_checkpoint_before_it(tmp_path):
+    """A checkpoint every step and a diverging lr: last.ckpt is written at the step whose loss is NaN (its weights
+    give it again, whatever the lr). It is set aside, and the command the error names, with a lower lr, resumes from
+    the checkpoint before it and finishes."""
+    run = tmp_path / "nan"
+    common = [*TOY, "logger=csv", "callbacks.last.every_n_train_steps=1", "optim.warmup_steps=200",
+              "trainer.gradient_clip_val=0"]
+    proc = train(run, *common, "optim.lr=1e3")
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("lsde-train: error: training stopped")]
+    step = int(line.split("at step ")[1].split()[0])
+    assert proc.returncode == 1 and f"last.ckpt (written at step {step} or later: their weights gave it) moved to " \
+        f"*.nonfinite; lsde-train ... run_name=nan resumes from last.prev.ckpt (step {step - 1})" in line, line
+    assert torch.load(run / "checkpoints" / "last.ckpt.nonfinite", weights_only=True)["global_step"] == step
+    proc = train(run, *common, "optim.lr=1e-4", "trainer.gradient_clip_val=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    restored = f"Restoring states from the checkpoint path at {run / 'checkpoints' / 'last.prev.ckpt'}"
+    assert restored in proc.stdout + proc.stderr
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+
+
 # --- 3. every job of a multirun is its own run ------------------------------------------------------------------
 
 

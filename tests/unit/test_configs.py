@@ -250,6 +250,7 @@ def test_the_site_file_reads_as_bash_does_and_reaches_submitit_jobs(tmp_path, mo
                                                          "steps 1..1000"),
     ({"max_steps": 2500, "val_check_interval": 2000}, 2000, "steps 2001..2500"),  # resumed past the only one
     ({"max_steps": 2000, "val_check_interval": 2000}, 1999, None),
+    ({"max_steps": 1000, "val_check_interval": 2000}, 1000, None),  # a finished run started again
     ({"max_steps": 10, "val_check_interval": 0.5, "check_val_every_n_epoch": 1}, 0, None),  # counted in epochs
 ])
 def test_a_fit_in_which_no_evaluation_runs_says_so_at_start_up(caplog, overrides, start, warned):
@@ -260,4 +261,5 @@ def test_a_fit_in_which_no_evaluation_runs_says_so_at_start_up(caplog, overrides
     warn_if_nothing_is_evaluated(OmegaConf.create({"check_val_every_n_epoch": None, **overrides}), 1.0, start)
     assert (warned in caplog.text) if warned else "no evaluation runs" not in caplog.text
     warn_if_nothing_is_evaluated(OmegaConf.create({"check_val_every_n_epoch": None, **overrides}), 0, start)
-    assert "no evaluation runs in this fit (trainer.limit_val_batches=0)" in caplog.text
+    unfinished = start < overrides["max_steps"]
+    assert ("no evaluation runs in this fit (trainer.limit_val_batches=0)" in caplog.text) == unfinished

@@ -37,7 +37,7 @@ def test_a_nan_gradient_norm_names_its_step_and_the_last_finite_loss(tmp_path, l
                     datamodule=Toy2DDataModule(batch_size=32, n_train=512, n_val=32))
     # step 5's loss was finite (computed before its gradients): the last finite loss is step 5's
     assert f"at step 5 the gradient norm was nan; the last finite loss was {poison.losses[5]:.6g} at step 5" \
-        in str(err.value)
+        in str(err.value) and err.value.step == 5
 
 
 class RecordValidations(L.Callback):
@@ -90,34 +90,6 @@ def test_the_loss_written_at_a_stop_is_that_steps_loss(tmp_path):
     assert 7 in written and written == pytest.approx({s: stop.losses[s] for s in written}, rel=1e-6)
 
 
-def _fit_to_a_nan(tmp_path, save_every: int | None):
-    """NaN gradients from step 5; last.ckpt every `save_every` steps (None: no checkpoint); the error's advice."""
-    from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO, LastCheckpoint
-
-    saver = [] if save_every is None else [LastCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0,
-                                                          every_n_train_steps=save_every,
-                                                          enable_version_counter=False)]
-    trainer = L.Trainer(max_steps=12, limit_val_batches=0, logger=False, enable_checkpointing=bool(saver),
-                        enable_progress_bar=False, default_root_dir=tmp_path, accelerator="cpu",
-                        gradient_clip_val=1.0, callbacks=[PoisonGradients(at=5), *saver],
-                        plugins=[AtomicCheckpointIO()])
-    with pytest.raises(NonFiniteError, match="at step 5 the gradient norm was nan") as err:
-        trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP),
-                    datamodule=Toy2DDataModule(batch_size=32, n_train=512, n_val=32))
-    return str(err.value)
-
-
-def test_the_advice_after_a_non_finite_value_names_a_checkpoint_from_before_it(tmp_path):
-    """last.ckpt written at the bad step holds the weights that gave the NaN (a resume meets it again, whatever the
-    lr): the advice names the one before it; a checkpoint from before the bad step is resumed as it is."""
-    assert "resume from the last one (the same command) with a lower optim.lr" in _fit_to_a_nan(tmp_path / "a", 4)
-    every_step = _fit_to_a_nan(tmp_path / "b", 1)
-    assert f"last.ckpt holds the weights that gave it: resume from the one before (the same command " \
-           f"ckpt_path={tmp_path / 'b' / 'last.prev.ckpt'})" in every_step
-    assert torch.load(tmp_path / "b" / "last.prev.ckpt", weights_only=True)["global_step"] == 4
-    assert "no checkpoint was written before it either: start afresh" in _fit_to_a_nan(tmp_path / "c", None)
-
-
 class PoisonAverage(L.Callback):
     """Makes one EMA weight NaN at step `at` (the raw weights and the loss stay finite)."""
 
@@ -140,7 +112,8 @@ def test_no_checkpoint_is_written_whose_averaged_weights_are_not_finite(tmp_path
                            enable_version_counter=False)
     trainer = L.Trainer(max_steps=8, limit_val_batches=0, logger=False, enable_progress_bar=False,
                         default_root_dir=tmp_path, accelerator="cpu", callbacks=[ema, PoisonAverage(ema, 3), saver])
-    with pytest.raises(NonFiniteError, match=r"refusing to write a checkpoint at step 4: \['state_dict: "):
+    with pytest.raises(NonFiniteError, match=r"refusing to write a checkpoint at step 4: \['state_dict \(the "
+                                             r"averaged weights under EMA\): "):
         trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP),
                     datamodule=Toy2DDataModule(batch_size=32, n_train=512, n_val=32))
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 2

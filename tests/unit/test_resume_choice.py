@@ -367,3 +367,19 @@ def test_an_explicit_ckpt_path_a_resume_cannot_continue_from_is_refused_naming_t
     torch.save(contents(60), tmp_path / "good.ckpt")
     assert resume_point(OmegaConf.create({"ckpt_path": str(tmp_path / "good.ckpt"), "run_dir": str(tmp_path)})) \
         == str(tmp_path / "good.ckpt")
+
+
+def test_after_a_non_finite_value_the_checkpoints_that_gave_it_are_set_aside(tmp_path):
+    """A NaN at step 5: last.ckpt and best-step=5.ckpt were written at it (their weights give it again on resume,
+    whatever the lr; a resumed run's own checkpoint too): moved out of the resume's way, which then takes the newest
+    one before it; nothing older is touched."""
+    from lightning_sde.loading import set_aside_from
+
+    for name, step in (("last.ckpt", 5), ("last.prev.ckpt", 4), ("best-step=5.ckpt", 5), ("best-step=2.ckpt", 2)):
+        write(tmp_path / name, step, mtime=1000)
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    moved, resume = set_aside_from(tmp_path, 5)
+    assert moved == ["best-step=5.ckpt", "last.ckpt"] and resume == tmp_path / "last.prev.ckpt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-step=2.ckpt", "best-step=5.ckpt.nonfinite",
+                                                          "last.ckpt.nonfinite", "last.prev.ckpt", "notes.ckpt"]
+    assert set_aside_from(tmp_path, 1) == (["best-step=2.ckpt", "last.prev.ckpt"], None)  # none before step 1
