@@ -38,6 +38,34 @@ lsde_site_flags() {
     return 0
 }
 
+# Whether Python $1 can run the apps: lightning_sde and what it needs (a clone's root finds the package in the working
+# directory even without its dependencies). Returns non-zero with the message otherwise.
+lsde_check_python() {
+    if ! "$1" -c "import torch, lightning, hydra, lightning_sde" 2>/dev/null; then
+        echo "error: $1 cannot import lightning_sde and its dependencies (torch, lightning, hydra); run" \
+             "'make .venv/.installed' in $LSDE_CLONE on the login node, or set LSDE_PYTHON / LSDE_SETUP in the site" \
+             "file (slurm/site.env.example)" >&2
+        return 2
+    fi
+}
+
+# Seconds of an sbatch --time value (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); fails on another form.
+lsde_time_seconds() {
+    local d=0 h=0 m=0 s=0
+    if [[ $1 =~ ^([0-9]+)-([0-9]+)(:([0-9]+))?(:([0-9]+))?$ ]]; then
+        d=${BASH_REMATCH[1]} h=${BASH_REMATCH[2]} m=${BASH_REMATCH[4]:-0} s=${BASH_REMATCH[6]:-0}
+    elif [[ $1 =~ ^([0-9]+):([0-9]+):([0-9]+)$ ]]; then
+        h=${BASH_REMATCH[1]} m=${BASH_REMATCH[2]} s=${BASH_REMATCH[3]}
+    elif [[ $1 =~ ^([0-9]+):([0-9]+)$ ]]; then
+        m=${BASH_REMATCH[1]} s=${BASH_REMATCH[2]}
+    elif [[ $1 =~ ^([0-9]+)$ ]]; then
+        m=${BASH_REMATCH[1]}
+    else
+        return 1
+    fi
+    echo $(( ((10#$d * 24 + 10#$h) * 60 + 10#$m) * 60 + 10#$s ))
+}
+
 # Inside a job: the site's set-up commands, the Python, the run name and the environment of a compute node.
 lsde_env() {
     lsde_load_site || return
@@ -49,11 +77,7 @@ lsde_env() {
         if [ -x "$LSDE_CLONE/.venv/bin/python" ]; then LSDE_PYTHON=$LSDE_CLONE/.venv/bin/python; else LSDE_PYTHON=python; fi
     fi
     export LSDE_PYTHON
-    if ! "$LSDE_PYTHON" -c "import lightning_sde" 2>/dev/null; then
-        echo "error: $LSDE_PYTHON cannot import lightning_sde; run 'make .venv/.installed' in $LSDE_CLONE on the" \
-             "login node, or set LSDE_PYTHON / LSDE_SETUP in the site file (slurm/site.env.example)" >&2
-        return 2
-    fi
+    lsde_check_python "$LSDE_PYTHON" || return
     # Run directory keyed on the job id: a requeued job finds its own checkpoint (array tasks: <array job>_<task>).
     if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then
         export LSDE_RUN_NAME=${LSDE_RUN_NAME:-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}

@@ -23,6 +23,24 @@ LOGS=$(cd "$LOGS" && pwd)
 
 die() { echo "submit.sh: error: $*" >&2; exit 2; }
 
+# An option's value, checked: `value OPTION "$@"` after the option (so $2 is its value).
+value() { [ $# -ge 2 ] || die "$1 needs a value"; }
+positive() { [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 must be an integer >= 1; got '$2'"; }
+
+# check_time TEMPLATE SBATCH_OPTIONS...: a --time that does not outlast the template's time-limit signal
+# (#SBATCH --signal=...@<seconds before the end>) would signal the job as it starts; refused.
+check_time() {
+    local template=$1 lead opt seconds
+    shift
+    lead=$(sed -n 's/^#SBATCH --signal=[^@]*@\([0-9]*\).*/\1/p' "$LSDE_SLURM_DIR/$template" | head -n1)
+    for opt in "$@"; do
+        [[ $opt == --time=* ]] || continue
+        seconds=$(lsde_time_seconds "${opt#--time=}") || continue   # another form: sbatch judges it
+        [ -z "$lead" ] || [ "$seconds" -gt "$((lead + 60))" ] || die "$opt leaves no time before $template's" \
+            "time-limit signal, sent $lead s before the end: give at least $((lead / 60 + 2)) minutes"
+    done
+}
+
 # The Python of the login node, for sizing the bench array (the same rule as in a job).
 login_python() {
     if [ -n "${LSDE_PYTHON:-}" ]; then echo "$LSDE_PYTHON"
@@ -51,6 +69,7 @@ bench_array() {
     local tasks=$1 throttle=$2
     shift 2
     local cells
+    lsde_check_python "$(login_python)" || exit 2
     cells=$("$(login_python)" -m lightning_sde.cli.bench cells "$@") || die "the sweep's config is not valid (above)"
     [ "$cells" -ge 1 ] || die "the sweep has no cells"
     local n=$cells
@@ -73,6 +92,7 @@ command=${1:-}
 case "$command" in
 train)
     split_args "$@"
+    check_time train.sbatch ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}
     job=$(submit "%x-%j" train.sbatch ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} -- ${OVERRIDES[@]+"${OVERRIDES[@]}"})
     echo "train job $job: log $LOGS/lsde-train-$job.out; run directory $PWD/outputs/train/<run_name> (the job id" \
          "unless run_name= is given)"
@@ -81,12 +101,13 @@ bench)
     tasks="" throttle=""
     while [ $# -gt 0 ]; do
         case "$1" in
-        --tasks) tasks=$2; shift 2 ;;
-        --throttle) throttle=$2; shift 2 ;;
+        --tasks) value "$@"; positive "$@"; tasks=$2; shift 2 ;;
+        --throttle) value "$@"; positive "$@"; throttle=$2; shift 2 ;;
         *) break ;;
         esac
     done
     split_args "$@"
+    check_time bench.sbatch ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}
     bench_array "$tasks" "$throttle" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
     job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} -- "$SHARD" \
         ${OVERRIDES[@]+"${OVERRIDES[@]}"})
@@ -97,13 +118,13 @@ pipeline)
     train="" bench="" run="" tasks="" throttle="" train_sbatch="" bench_sbatch=""
     while [ $# -gt 0 ]; do
         case "$1" in
-        --train) train=$2; shift 2 ;;
-        --bench) bench=$2; shift 2 ;;
-        --run) run=$2; shift 2 ;;
-        --tasks) tasks=$2; shift 2 ;;
-        --throttle) throttle=$2; shift 2 ;;
-        --train-sbatch) train_sbatch=$2; shift 2 ;;
-        --bench-sbatch) bench_sbatch=$2; shift 2 ;;
+        --train) value "$@"; train=$2; shift 2 ;;
+        --bench) value "$@"; bench=$2; shift 2 ;;
+        --run) value "$@"; run=$2; shift 2 ;;
+        --tasks) value "$@"; positive "$@"; tasks=$2; shift 2 ;;
+        --throttle) value "$@"; positive "$@"; throttle=$2; shift 2 ;;
+        --train-sbatch) value "$@"; train_sbatch=$2; shift 2 ;;
+        --bench-sbatch) value "$@"; bench_sbatch=$2; shift 2 ;;
         *) die "unknown pipeline option $1 (see the top of $0)" ;;
         esac
     done
@@ -115,6 +136,8 @@ pipeline)
     read -r -a bench_args <<< "$bench"
     read -r -a train_opts <<< "$train_sbatch"
     read -r -a bench_opts <<< "$bench_sbatch"
+    check_time train.sbatch ${train_opts[@]+"${train_opts[@]}"}
+    check_time bench.sbatch ${bench_opts[@]+"${bench_opts[@]}"}
     bench_args=("checkpoint=$run_dir/checkpoints/last.ckpt" "name=$run" "results=$results" ${bench_args[@]+"${bench_args[@]}"})
     bench_array "$tasks" "$throttle" ${bench_args[@]+"${bench_args[@]}"}
     train_job=$(submit "%x-%j" train.sbatch ${train_opts[@]+"${train_opts[@]}"} -- \

@@ -275,6 +275,35 @@ def submit_sh(slurm, cwd: Path, *args: str, env=None, timeout=120) -> str:
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["train", "--time=5", "experiment=toy2d"], "--time=5 leaves no time before train.sbatch's time-limit signal, "
+                                                "sent 300 s before the end: give at least 7 minutes"),
+    (["bench", "--time=0:02:00", "nfe=[10]"], "--time=0:02:00 leaves no time before bench.sbatch's"),
+    (["pipeline", "--bench", "data=toy2d", "--train-sbatch", "--time=1-0:00 --time=4"], "--time=4 leaves no time"),
+    (["bench", "--tasks", "abc", "nfe=[10]"], "--tasks must be an integer >= 1; got 'abc'"),
+    (["bench", "--throttle", "0", "nfe=[10]"], "--throttle must be an integer >= 1; got '0'"),
+    (["bench", "--tasks"], "--tasks needs a value"),
+    (["pipeline", "--bench"], "--bench needs a value"),
+])
+def test_submit_refuses_what_sbatch_would_take_and_get_wrong(slurm, workdir, args, message):
+    """A time limit within the template's signal lead (the job would be signalled as it starts, or requeue itself
+    for ever), and array sizes that are not numbers: refused before anything is submitted, exit 2."""
+    proc = subprocess.run([str(REPO / "slurm" / "submit.sh"), *args], cwd=workdir, capture_output=True, text=True,
+                          env={**slurm.env, "LSDE_PYTHON": sys.executable}, timeout=120, check=False)
+    assert proc.returncode == 2 and f"submit.sh: error: {message}" in proc.stderr, proc.stderr
+
+
+def test_a_python_without_the_dependencies_is_named_before_the_sweep_is_sized(slurm, workdir):
+    """From a clone's root `import lightning_sde` works without torch or Hydra: the check imports those too."""
+    bare = workdir / "bare-python"
+    bare.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    bare.chmod(0o755)
+    proc = subprocess.run([str(REPO / "slurm" / "submit.sh"), "bench", "nfe=[10]"], cwd=REPO, capture_output=True,
+                          text=True, env={**slurm.env, "LSDE_PYTHON": str(bare)}, timeout=120, check=False)
+    assert proc.returncode == 2 and f"error: {bare} cannot import lightning_sde and its dependencies" in proc.stderr
+    assert "the sweep's config is not valid" not in proc.stderr
+
+
 def test_site_settings_reach_sbatch_from_a_submission_outside_the_clone(slurm, workdir):
     site = workdir / "site.env"
     site.write_text("LSDE_ACCOUNT=acme            # a comment after a value\n"
@@ -339,7 +368,8 @@ def test_a_bench_task_signalled_at_its_time_limit_requeues_and_keeps_its_finishe
     states = slurm.wait(job, timeout=300)
     log = (workdir / "outputs" / "slurm-logs" / f"lsde-bench-{job}_0.out").read_text()
     assert states == ["COMPLETED"], log[-5000:]
-    assert "time limit near: requeueing" in log and "restart 1" in log
+    # the task alone: the array's id would requeue every task of an array (a sibling mid-cell, a finished one)
+    assert f"time limit near: requeueing {job}_0 " in log and "restart 1" in log
     rows = load(workdir / "results.jsonl")
     assert sorted(r["requested"] for r in rows if r["metric"] == "sliced_w2") == [200, 400, 800, 1600]
     second = log.split("restart 1")[1]
