@@ -14,7 +14,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from lightning_sde.configuration import build
 from lightning_sde.samplers import Sampler
@@ -77,6 +77,8 @@ def _grid(cfg: DictConfig, key: str, check) -> list | None:
     values = cfg.get(key)
     if values is None:
         return None
+    if not isinstance(values, (list, tuple, ListConfig)):
+        _fail(key, f"must be a list, e.g. '{key}=[{values}]' (quoted for the shell), or null; got {values!r}")
     values = list(values)
     if not values:
         _fail(key, "is empty; give values, or null to run every sampler as configured")

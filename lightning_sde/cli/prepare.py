@@ -93,6 +93,7 @@ def reference_requests(parser: argparse.ArgumentParser, args) -> list[StatsReque
     Inception weights checked. Builds only what reads no data files: the torchvision sets load theirs when set up."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
     from lightning_sde.metrics.features import INCEPTION_ENV, inception_weights_path
 
@@ -101,6 +102,12 @@ def reference_requests(parser: argparse.ArgumentParser, args) -> list[StatsReque
         cfg = data_config(name)
         if "root" in cfg.keys() and args.root is not None:
             cfg.root = args.root
+        for item in args.data:  # the data the bench will score against: its config's settings, as given there
+            key, sep, _ = item.partition("=")
+            if not sep or key not in cfg.keys() or key in ("_target_", "root"):
+                parser.error(f"--data {item}: {name} has no setting {key!r} to give as KEY=VALUE; its settings: "
+                             f"{[k for k in cfg.keys() if k not in ('_target_', 'root')]}")
+        cfg.merge_with(OmegaConf.from_dotlist(args.data))
         try:
             datamodule = instantiate(cfg)
         except InstantiationException as err:  # Hydra's wrapper: report the datamodule's own complaint
@@ -193,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                         "for 8x8 grayscale images (the digits data, the only ones the digits features take), "
                         "inception for any other images; inception needs the weights (--inception fetches them, "
                         "before any dataset)")
+    parser.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                        help="a data setting, as data.KEY=VALUE would give it to lsde-bench (e.g. --data image_size=8 "
+                        "--data channels=1 for image_folder): the statistics are of that data; repeatable")
     parser.add_argument("--cache", default=None, help="statistics folder (default $LSDE_CACHE/reference_stats, else "
                         "outputs/cache/reference_stats: the bench's stats_cache)")
     parser.add_argument("--device", default="cpu", help="device for the feature network (e.g. cuda)")

@@ -18,6 +18,7 @@ import inspect
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -99,6 +100,9 @@ def check_run_values(cfg: DictConfig) -> None:
     """The values that Lightning would take and fail on later (or silently ignore), named now."""
     if not (is_int(cfg.seed) and 0 <= cfg.seed < 2**32):
         raise ValueError(f"config seed: must be an integer in [0, 2**32); got {cfg.seed!r}")
+    if not re.fullmatch(r"[A-Za-z0-9._+@-]+", str(cfg.run_name)) or str(cfg.run_name).strip(".") == "":
+        raise ValueError("config run_name: may hold letters, digits and . _ - + @ only (it names the run directory "
+                         f"and the W&B run's id); got {str(cfg.run_name)!r}")
     if cfg.ckpt_path is not None and not isinstance(cfg.ckpt_path, str):
         raise ValueError(f"config ckpt_path: must be a checkpoint's path, 'last' or null; got {cfg.ckpt_path!r} "
                          "(quote a path that parses as a number: ckpt_path=\"'123'\")")

@@ -99,9 +99,16 @@ def score_images(metric, x: Tensor, batch_size: int = 500) -> float:
     metric.reset()
     for i in range(0, len(x), batch_size):
         metric.update(unit(x[i : i + batch_size].to(metric.device)), real=False)
-    with torch.random.fork_rng(devices=[]):  # KID draws random subsets: seeded, so shards and reruns agree
-        torch.manual_seed(0)
-        value = metric.compute()
+    subset_size = getattr(metric, "subset_size", None)  # KID: min(1000, n_reference / 2), and at most the samples
+    try:
+        if subset_size is not None:
+            metric.subset_size = min(subset_size, len(x))
+        with torch.random.fork_rng(devices=[]):  # KID draws random subsets: seeded, so shards and reruns agree
+            torch.manual_seed(0)
+            value = metric.compute()
+    finally:
+        if subset_size is not None:
+            metric.subset_size = subset_size
     return float(value[0] if isinstance(value, tuple) else value)
 
 

@@ -46,6 +46,9 @@ BAD_BENCH = [
     (["nfe=[]"], "config nfe: is empty"),
     (["nfe=[10,0]"], "config nfe[1]: must be an integer >= 1; got 0"),
     (["nfe=[10,1000000000000]"], "config nfe[1]: must be at most 100000; got 1000000000000"),
+    (["nfe=20"], "config nfe: must be a list, e.g. 'nfe=[20]' (quoted for the shell), or null; got 20"),
+    (["nfe=abc"], "config nfe: must be a list"),
+    (["+sampler@samplers.ode=ode", "tolerances=1e-3"], "config tolerances: must be a list"),
     (["+sampler@samplers.ode=ode", "tolerances=[1e-3,-1e-5]"], "config tolerances[1]: must be a number > 0"),
     (["+sampler@samplers.ode=ode", "tolerances=[2]"],
      "config tolerances[0]: samplers.ode: ode: rtol must be a number in (0, 1); got 2.0"),
@@ -113,6 +116,9 @@ def test_fid_kid_on_digits_use_cached_reference_statistics(tmp_path):
     mtimes = [p.stat().st_mtime_ns for p in caches]
     again = Scorer(ref, ("fid", "kid"), feature_extractor="digits", cache_dir=tmp_path)  # from the cache
     assert again(noise) == on_noise and [p.stat().st_mtime_ns for p in caches] == mtimes
+    # fewer samples than KID's subsets (150: half the reference): subsets of the samples' size, for this set only
+    few = again(noise[:100])
+    assert few["kid"] > 0.01 and again(noise) == on_noise
 
 
 class _Marker:

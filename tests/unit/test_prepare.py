@@ -90,6 +90,18 @@ def test_image_folder_reference_stats_use_the_root_given(tmp_path, monkeypatch, 
     assert "image_folder: inception reference statistics of 3 images cached" in capsys.readouterr().out
 
 
+def test_image_folder_reference_stats_of_the_data_settings_the_bench_will_use(tmp_path, monkeypatch, capsys):
+    """`--data image_size=8 --data channels=1`: the statistics of the data `lsde-bench data=image_folder
+    data.image_size=8 data.channels=1` scores against (8x8 grayscale: the digits features take it)."""
+    root = write_images(tmp_path / "imgs" / "cats", 6).parent
+    calls = fake_statistics(monkeypatch)
+    assert prepare.main(["image_folder", "--root", str(root), "--reference-stats", "3", "--data", "image_size=8",
+                         "--data", "channels=1"]) == 0
+    assert calls == [((3, 1, 8, 8), "digits")]
+    assert "has no setting 'size'" in usage_error(["image_folder", "--root", str(root), "--reference-stats", "3",
+                                                   "--data", "size=8"], capsys)
+
+
 def test_image_folder_reference_stats_without_root_is_a_usage_error(capsys):
     assert "image_folder needs --root" in usage_error(["image_folder", "--reference-stats", "3"], capsys)
 
