@@ -117,9 +117,10 @@ NONFINITE_SUFFIX = ".nonfinite"
 
 
 def set_aside_from(folder, step: int) -> tuple[list[str], Path | None]:
-    """After a non-finite loss or gradient at `step`: move every checkpoint in `folder` written at that step or later
-    (its weights gave the value: a resume from it meets it again, whatever the lr) to `<name>.nonfinite`, out of the
-    resume's way. Returns (the names moved, the checkpoint a resume now takes: newest_loadable's)."""
+    """After a non-finite loss or gradient at `step`: move every checkpoint in `folder` written at that step (its
+    weights gave the value: a resume from it meets it again, whatever the lr; the fit wrote none later, and a later
+    one is another run's) to `<name>.nonfinite`, out of the resume's way. Returns (the names moved, the checkpoint a
+    resume now takes: newest_loadable's)."""
     folder = Path(folder)
     moved = []
     for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
@@ -127,7 +128,7 @@ def set_aside_from(folder, step: int) -> tuple[list[str], Path | None]:
             written_at = read_checkpoint(path).get("global_step")
         except (CheckpointError, FileNotFoundError):
             continue
-        if isinstance(written_at, int) and written_at >= step:
+        if written_at == step:
             os.replace(path, path.with_name(path.name + NONFINITE_SUFFIX))
             moved.append(path.name)
     return moved, newest_loadable(folder)[0]

@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="device for the feature network (e.g. cuda)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.data and args.reference_stats is None:
+        parser.error("--data sets the data whose statistics --reference-stats N caches: give --reference-stats too")
     unknown = sorted(set(args.names) - set(data_configs()))
     if unknown:
         parser.error(f"unknown dataset(s) {unknown}; choose from {data_configs()}")

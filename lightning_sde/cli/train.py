@@ -435,11 +435,12 @@ def where_to_go_on(cfg: DictConfig, step: int) -> str:
     """After a non-finite value at `step`: the checkpoints written at it or later are set aside (loading.set_aside_from)
     and the user told which checkpoint the same command now resumes from."""
     moved, resume = set_aside_from(Path(cfg.run_dir) / "checkpoints", step)
-    told = (f"{', '.join(moved)} (written at step {step} or later: their weights gave it) moved to "
-            f"*{NONFINITE_SUFFIX}; " if moved else "")
+    told = (f"{', '.join(moved)} (written at step {step}: their weights gave it) moved to *{NONFINITE_SUFFIX}; "
+            if moved else "")
     if resume is None:
-        return f"{told}no checkpoint from before it is left: start afresh (ckpt_path=null or another run_name)"
-    again = f"lsde-train ... run_name={cfg.run_name}" + (", one run: no -m" if multirun_job() is not None else "")
+        return f"{told}no checkpoint is left in the run: start afresh (ckpt_path=null or another run_name)"
+    again = f"lsde-train ... run_name={cfg.run_name}" + (" ckpt_path=last" if cfg.ckpt_path != "last" else "") + (
+        " (one run: no -m)" if multirun_job() is not None else "")
     return f"{told}{again} resumes from {resume.name} (step {resume_step(resume)})"
 
 

@@ -100,6 +100,8 @@ def score_images(metric, x: Tensor, batch_size: int = 500) -> float:
     for i in range(0, len(x), batch_size):
         metric.update(unit(x[i : i + batch_size].to(metric.device)), real=False)
     subset_size = getattr(metric, "subset_size", None)  # KID: min(1000, n_reference / 2), and at most the samples
+    if subset_size is not None and len(x) < 2:
+        raise ValueError(f"KID needs at least 2 samples; got {len(x)}")
     try:
         if subset_size is not None:
             metric.subset_size = min(subset_size, len(x))

@@ -127,7 +127,7 @@ def test_after_a_nan_loss_the_advice_resumes_from_a_checkpoint_before_it(tmp_pat
     proc = train(run, *common, "optim.lr=1e3")
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("lsde-train: error: training stopped")]
     step = int(line.split("at step ")[1].split()[0])
-    assert proc.returncode == 1 and f"last.ckpt (written at step {step} or later: their weights gave it) moved to " \
+    assert proc.returncode == 1 and f"last.ckpt (written at step {step}: their weights gave it) moved to " \
         f"*.nonfinite; lsde-train ... run_name=nan resumes from last.prev.ckpt (step {step - 1})" in line, line
     assert torch.load(run / "checkpoints" / "last.ckpt.nonfinite", weights_only=True)["global_step"] == step
     proc = train(run, *common, "optim.lr=1e-4", "trainer.gradient_clip_val=1")

@@ -284,6 +284,7 @@ def submit_sh(slurm, cwd: Path, *args: str, env=None, timeout=120) -> str:
     (["bench", "--throttle", "0", "nfe=[10]"], "--throttle must be an integer >= 1; got '0'"),
     (["bench", "--tasks"], "--tasks needs a value"),
     (["pipeline", "--bench"], "--bench needs a value"),
+    (["pipeline", "--run", "exp:v2", "--bench", "data=toy2d"], "--run may hold letters, digits and . _ - + @ only"),
 ])
 def test_submit_refuses_what_sbatch_would_take_and_get_wrong(slurm, workdir, args, message):
     """A time limit within the template's signal lead (the job would be signalled as it starts, or requeue itself

@@ -119,6 +119,8 @@ def test_fid_kid_on_digits_use_cached_reference_statistics(tmp_path):
     # fewer samples than KID's subsets (150: half the reference): subsets of the samples' size, for this set only
     few = again(noise[:100])
     assert few["kid"] > 0.01 and again(noise) == on_noise
+    with pytest.raises(ValueError, match="KID needs at least 2 samples; got 1"):
+        Scorer(ref, ("kid",), feature_extractor="digits", cache_dir=tmp_path)(noise[:1])
 
 
 class _Marker:

@@ -100,6 +100,7 @@ def test_image_folder_reference_stats_of_the_data_settings_the_bench_will_use(tm
     assert calls == [((3, 1, 8, 8), "digits")]
     assert "has no setting 'size'" in usage_error(["image_folder", "--root", str(root), "--reference-stats", "3",
                                                    "--data", "size=8"], capsys)
+    assert "give --reference-stats too" in usage_error(["digits", "--data", "n_val=10"], capsys)
 
 
 def test_image_folder_reference_stats_without_root_is_a_usage_error(capsys):

@@ -372,7 +372,7 @@ def test_an_explicit_ckpt_path_a_resume_cannot_continue_from_is_refused_naming_t
 def test_after_a_non_finite_value_the_checkpoints_that_gave_it_are_set_aside(tmp_path):
     """A NaN at step 5: last.ckpt and best-step=5.ckpt were written at it (their weights give it again on resume,
     whatever the lr; a resumed run's own checkpoint too): moved out of the resume's way, which then takes the newest
-    one before it; nothing older is touched."""
+    one before it; no other is touched."""
     from lightning_sde.loading import set_aside_from
 
     for name, step in (("last.ckpt", 5), ("last.prev.ckpt", 4), ("best-step=5.ckpt", 5), ("best-step=2.ckpt", 2)):
@@ -382,4 +382,6 @@ def test_after_a_non_finite_value_the_checkpoints_that_gave_it_are_set_aside(tmp
     assert moved == ["best-step=5.ckpt", "last.ckpt"] and resume == tmp_path / "last.prev.ckpt"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best-step=2.ckpt", "best-step=5.ckpt.nonfinite",
                                                           "last.ckpt.nonfinite", "last.prev.ckpt", "notes.ckpt"]
-    assert set_aside_from(tmp_path, 1) == (["best-step=2.ckpt", "last.prev.ckpt"], None)  # none before step 1
+    # a later checkpoint is another run's (this fit wrote none after the bad step): kept, and what a resume takes
+    write(tmp_path / "best-step=30.ckpt", 30, mtime=1000)
+    assert set_aside_from(tmp_path, 4) == (["last.prev.ckpt"], tmp_path / "best-step=30.ckpt")
