@@ -8,8 +8,9 @@ class CheckpointError(ValueError):
 
 class NonFiniteError(RuntimeError):
     """Training produced a NaN or an infinity: it stops, rather than train on and save what it cannot use. `step`:
-    the global step whose loss or gradient was not finite, where known."""
+    the first global step whose loss or gradient was not finite, where known."""
 
     def __init__(self, message: str, step: int | None = None):
         super().__init__(message)
-        self.step = step
+        self.step = step  # set by a check every process makes together (ScoreModule.check_finite)
+        self.advice = None  # where to go on from, once the checkpoints were set aside (callbacks SetAside)

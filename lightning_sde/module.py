@@ -215,16 +215,19 @@ class ScoreModule(L.LightningModule):
         seen = bad is not None
         if not self.trainer.strategy.reduce_boolean_decision(seen, all=False):
             return
+        # every process raises with the first bad step of any (what the checkpoints are set aside by: SetAside)
+        first = int(self.trainer.strategy.reduce(torch.tensor(watched[bad][0] if seen else 2**62,
+                                                              device=self.device), reduce_op="min"))
         if not seen:
-            raise NonFiniteError(f"training stopped at step {self.trainer.global_step}: another process saw a "
-                                 "non-finite loss or gradient norm (its error names the step)")
+            raise NonFiniteError(f"training stopped: at step {first} another process saw a non-finite loss or "
+                                 "gradient norm (its error says which)", first)
         step, what, _ = watched[bad]
         last = (f"the last finite loss was {self._last_finite_loss[1]:.6g} at step {self._last_finite_loss[0]}"
                 if self._last_finite_loss is not None else "no finite loss before it")
         raise NonFiniteError(f"training stopped: at step {step} {what} was {float(values[bad])}; {last}. No "
                              "checkpoint was written after it; resume from one written before it with a lower "
                              "optim.lr (a new lr applies on resume), a longer optim.warmup_steps or a smaller "
-                             "trainer.gradient_clip_val", step)
+                             "trainer.gradient_clip_val", first)
 
     def validation_step(self, batch, batch_idx):
         # Fixed t and noise per batch: the validation loss is comparable across epochs and runs (conditional

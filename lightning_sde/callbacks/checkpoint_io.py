@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_sde.data.base import ends_a_step
+from lightning_sde.errors import NonFiniteError
 from lightning_sde.files import previous
+from lightning_sde.loading import NONFINITE_SUFFIX, resume_step, set_aside_from
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +78,30 @@ def looks_like_a_checkpoint(path: Path) -> bool:
             return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+class SetAside(Callback):
+    """After a non-finite value at a step (a NonFiniteError every process raises alike), global rank 0 moves the
+    checkpoints written at that step (their weights give it again on resume, whatever the lr) out of the resume's way
+    (loading.set_aside_from) and puts on the error which checkpoint `lsde-train ... <again>` now resumes from, while
+    the other processes wait for it: under srun, a process that exits first has SLURM stop rank 0 midway."""
+
+    def __init__(self, folder, again: str):
+        self.folder, self.again = Path(folder), again
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if not isinstance(exception, NonFiniteError) or exception.step is None:
+            return
+        try:
+            if trainer.is_global_zero:
+                exception.advice = self.where_to_go_on(exception.step)
+        finally:
+            trainer.strategy.barrier("set_aside")
+
+    def where_to_go_on(self, step: int) -> str:
+        moved, resume = set_aside_from(self.folder, step)
+        told = (f"{', '.join(moved)} (written at step {step}: their weights gave it) moved to "
+                f"*{NONFINITE_SUFFIX}; " if moved else "")
+        if resume is None:
+            return f"{told}no checkpoint is left in the run: start afresh (ckpt_path=null or another run_name)"
+        return f"{told}lsde-train ... {self.again} resumes from {resume.name} (step {resume_step(resume)})"

@@ -36,7 +36,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.callbacks import Preemption, SamplerCallback
-from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
+from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO, SetAside
 from lightning_sde.callbacks.sampler import SAMPLE_STATS
 from lightning_sde.cli.errors import fails_cleanly, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
@@ -44,7 +44,7 @@ from lightning_sde.configuration import CONFIG_PATH, check_same_data, checked, n
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import check_accumulation
 from lightning_sde.errors import NonFiniteError
-from lightning_sde.loading import NONFINITE_SUFFIX, newest_loadable, read_checkpoint, resume_step, set_aside_from
+from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.sde import SDES
@@ -347,6 +347,10 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
             if isinstance(cb, Preemption) and cb.requeue_signal is not None:
                 log.info("under submitit: requeue is submitit's; Preemption keeps only its checkpoint on SIGTERM")
                 cb.requeue_signal = None
+    # after a non-finite value: the checkpoints that gave it set aside, the one the same command resumes from named
+    again = f"run_name={cfg.run_name}" + (" ckpt_path=last" if cfg.ckpt_path != "last" else "") + (
+        " (one run: no -m)" if job is not None else "")
+    callbacks.append(SetAside(Path(cfg.run_dir) / "checkpoints", again))
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # requeue has one owner: the Preemption callback (or submitit), not Lightning
         plugins.append(SLURMEnvironment(auto_requeue=False))
@@ -418,9 +422,9 @@ def train(cfg: DictConfig):
         try:
             trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.resume, weights_only=True)
         except NonFiniteError as err:
-            if err.step is None or not trainer.is_global_zero:
+            if err.advice is None:
                 raise
-            raise NonFiniteError(f"{err}. {where_to_go_on(cfg, err.step)}", err.step) from None
+            raise NonFiniteError(f"{err}. {err.advice}", err.step) from None
     preemption = _preemption(trainer)
     if preemption is not None and (preemption.requeue_requested or preemption.interrupted):
         why = "by SIGTERM" if preemption.interrupted else "for the time limit"
@@ -429,19 +433,6 @@ def train(cfg: DictConfig):
     if trainer.global_rank == 0:
         report(cfg, trainer)
     return trainer
-
-
-def where_to_go_on(cfg: DictConfig, step: int) -> str:
-    """After a non-finite value at `step`: the checkpoints written at it or later are set aside (loading.set_aside_from)
-    and the user told which checkpoint the same command now resumes from."""
-    moved, resume = set_aside_from(Path(cfg.run_dir) / "checkpoints", step)
-    told = (f"{', '.join(moved)} (written at step {step}: their weights gave it) moved to *{NONFINITE_SUFFIX}; "
-            if moved else "")
-    if resume is None:
-        return f"{told}no checkpoint is left in the run: start afresh (ckpt_path=null or another run_name)"
-    again = f"lsde-train ... run_name={cfg.run_name}" + (" ckpt_path=last" if cfg.ckpt_path != "last" else "") + (
-        " (one run: no -m)" if multirun_job() is not None else "")
-    return f"{told}{again} resumes from {resume.name} (step {resume_step(resume)})"
 
 
 def _preemption(trainer) -> Preemption | None:

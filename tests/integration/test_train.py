@@ -125,6 +125,26 @@ def test_ddp_two_cpu_processes(tmp_path):
         assert float(r["n_samples"]) == 101 and float(r["n_distinct"]) == 101
 
 
+def test_a_nan_under_ddp_sets_the_bad_checkpoint_aside_on_rank_0_while_the_other_rank_waits(tmp_path):
+    """Two gloo processes diverge (a checkpoint every step): both stop at the same first bad step (all-reduced), rank 0
+    moves last.ckpt aside and names the resume while rank 1 waits at a barrier (under srun a rank that exits first
+    has SLURM stop rank 0 midway); no hang."""
+    run_dir = tmp_path / "nan"
+    cmd = [sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run_dir}", "run_name=nan", "experiment=toy2d",
+           "trainer=ddp_cpu", "logger=csv", "trainer.max_steps=30", "trainer.val_check_interval=30", *QUICK,
+           "data.n_train=4096", "optim.lr=1e3", "optim.warmup_steps=200", "trainer.gradient_clip_val=0",
+           "callbacks.last.every_n_train_steps=1"]
+    env = {k: v for k, v in ENV.items() if k != "LSDE_RUN_NAME"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lsde-train: error: training stopped")]
+    assert proc.returncode == 1 and len(errors) == 2, proc.stderr[-5000:]
+    steps = {int(line.split("at step ")[1].split()[0]) for line in errors}
+    (step,) = steps
+    assert sum(f"last.ckpt (written at step {step}: their weights gave it) moved to *.nonfinite; lsde-train ... "
+               f"run_name=nan resumes from last.prev.ckpt (step {step - 1})" in line for line in errors) == 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt.nonfinite", "last.prev.ckpt"]
+
+
 @pytest.mark.slow
 def test_digits_samples_beat_noise_on_domain_fid(tmp_path):
     from torchmetrics.image.fid import FrechetInceptionDistance

@@ -117,3 +117,23 @@ def test_no_checkpoint_is_written_whose_averaged_weights_are_not_finite(tmp_path
         trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP),
                     datamodule=Toy2DDataModule(batch_size=32, n_train=512, n_val=32))
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_after_a_non_finite_value_its_checkpoints_are_set_aside_and_the_resume_named(tmp_path):
+    """NaN gradients at step 5 with a checkpoint every step: last.ckpt (step 5) holds the weights that gave them; the
+    error carries where the same command resumes from (last.prev.ckpt, step 4), the bad file moved aside."""
+    from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO, LastCheckpoint, SetAside
+
+    saver = LastCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=1,
+                           enable_version_counter=False)
+    trainer = L.Trainer(max_steps=12, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path, accelerator="cpu", gradient_clip_val=1.0,
+                        callbacks=[PoisonGradients(at=5), saver, SetAside(tmp_path, "run_name=x")],
+                        plugins=[AtomicCheckpointIO()])
+    with pytest.raises(NonFiniteError) as err:
+        trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP),
+                    datamodule=Toy2DDataModule(batch_size=32, n_train=512, n_val=32))
+    assert err.value.step == 5 and err.value.advice == ("last.ckpt (written at step 5: their weights gave it) moved "
+                                                        "to *.nonfinite; lsde-train ... run_name=x resumes from "
+                                                        "last.prev.ckpt (step 4)")
+    assert sorted(p.name for p in tmp_path.glob("last*")) == ["last.ckpt.nonfinite", "last.prev.ckpt"]
