@@ -116,6 +116,16 @@ def newest_loadable(folder, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> tuple
 NONFINITE_SUFFIX = ".nonfinite"
 
 
+def set_aside_name(path: Path) -> Path:
+    """Where `path` is set aside: `<name>.nonfinite`, or `<name>.2.nonfinite`, ... when that is taken (a second
+    non-finite stop at the same step keeps the first one's files)."""
+    candidate, n = path.with_name(path.name + NONFINITE_SUFFIX), 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}{NONFINITE_SUFFIX}")
+    return candidate
+
+
 def set_aside_from(folder, step: int) -> tuple[list[str], Path | None]:
     """After a non-finite loss or gradient at `step`: move every checkpoint in `folder` written at that step (its
     weights gave the value: a resume from it meets it again, whatever the lr; the fit wrote none later, and a later
@@ -129,7 +139,7 @@ def set_aside_from(folder, step: int) -> tuple[list[str], Path | None]:
         except (CheckpointError, FileNotFoundError):
             continue
         if written_at == step:
-            os.replace(path, path.with_name(path.name + NONFINITE_SUFFIX))
+            os.replace(path, set_aside_name(path))
             moved.append(path.name)
     return moved, newest_loadable(folder)[0]
 

@@ -385,3 +385,18 @@ def test_after_a_non_finite_value_the_checkpoints_that_gave_it_are_set_aside(tmp
     # a later checkpoint is another run's (this fit wrote none after the bad step): kept, and what a resume takes
     write(tmp_path / "best-step=30.ckpt", 30, mtime=1000)
     assert set_aside_from(tmp_path, 4) == (["last.prev.ckpt"], tmp_path / "best-step=30.ckpt")
+
+
+def test_a_second_non_finite_stop_at_the_same_step_keeps_the_first_ones_files(tmp_path):
+    """Resumed from step 4 and stopped at step 5 again: the checkpoints of the second stop are set aside beside the
+    first's, none replaced."""
+    from lightning_sde.loading import set_aside_from
+
+    write(tmp_path / "last.ckpt", 5, mtime=1000)
+    set_aside_from(tmp_path, 5)
+    write(tmp_path / "last.ckpt", 5, mtime=2000)
+    set_aside_from(tmp_path, 5)
+    write(tmp_path / "last.ckpt", 5, mtime=3000)
+    assert set_aside_from(tmp_path, 5) == (["last.ckpt"], None)
+    kept = {p.name: p.stat().st_mtime for p in tmp_path.iterdir()}
+    assert kept == {"last.ckpt.nonfinite": 1000, "last.ckpt.2.nonfinite": 2000, "last.ckpt.3.nonfinite": 3000}
