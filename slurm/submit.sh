@@ -9,8 +9,8 @@
 #                    [--train-sbatch "OPTIONS"] [--bench-sbatch "OPTIONS"]
 #                                                                     train -> bench of its checkpoint -> report
 #
-# Arguments starting with -- are sbatch options (they override the template's #SBATCH defaults and the site file);
-# the others are Hydra overrides. The bench array has one task per cell (at most --tasks, --throttle at once).
+# Arguments starting with -- are sbatch options, as --name=value (they override the template's #SBATCH defaults and
+# the site file); the others are Hydra overrides. The bench array has one task per cell (at most --tasks, --throttle at once).
 # The pipeline's jobs are chained with --dependency=afterok: a failed or interrupted step stops the ones after it.
 set -euo pipefail
 # Arrays expand as ${a[@]+"${a[@]}"}: under set -u, bash before 4.4 (CentOS 7) calls an empty "${a[@]}" unbound.
@@ -27,18 +27,30 @@ die() { echo "submit.sh: error: $*" >&2; exit 2; }
 value() { [ $# -ge 2 ] || die "$1 needs a value"; }
 positive() { [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 must be an integer >= 1; got '$2'"; }
 
-# check_time TEMPLATE SBATCH_OPTIONS...: a --time that does not outlast the template's time-limit signal
-# (#SBATCH --signal=...@<seconds before the end>) would signal the job as it starts; refused.
-check_time() {
-    local template=$1 lead opt seconds
-    shift
-    lead=$(sed -n 's/^#SBATCH --signal=[^@]*@\([0-9]*\).*/\1/p' "$LSDE_SLURM_DIR/$template" | head -n1)
+# The time limit the last --time among sbatch options OPTIONS... sets (--time=T, --time T, -t T, -tT), if any.
+time_option() {
+    local opt prev="" found=""
     for opt in "$@"; do
-        [[ $opt == --time=* ]] || continue
-        seconds=$(lsde_time_seconds "${opt#--time=}") || continue   # another form: sbatch judges it
-        [ -z "$lead" ] || [ "$seconds" -gt "$((lead + 60))" ] || die "$opt leaves no time before $template's" \
-            "time-limit signal, sent $lead s before the end: give at least $((lead / 60 + 2)) minutes"
+        case "$prev" in --time|-t) found=$opt ;; esac
+        case "$opt" in --time=*) found=${opt#--time=} ;; -t?*) found=${opt#-t} ;; esac
+        prev=$opt
     done
+    echo "$found"
+}
+
+# check_time TEMPLATE SBATCH_OPTIONS...: a time limit (the site's flags', then the options') that does not outlast
+# the template's time-limit signal (#SBATCH --signal=...@<seconds before the end>) would signal the job as it
+# starts; refused.
+check_time() {
+    local template=$1 lead given seconds site=()
+    shift
+    mapfile -t site < <(lsde_site_flags)
+    given=$(time_option ${site[@]+"${site[@]}"} "$@")
+    [ -n "$given" ] || return 0
+    lead=$(sed -n 's/^#SBATCH --signal=[^@]*@\([0-9]*\).*/\1/p' "$LSDE_SLURM_DIR/$template" | head -n1)
+    seconds=$(lsde_time_seconds "$given") || return 0   # another form: sbatch judges it
+    [ -z "$lead" ] || [ "$seconds" -gt "$((lead + 60))" ] || die "--time=$given leaves no time before $template's" \
+        "time-limit signal, sent $lead s before the end: give at least $((lead / 60 + 2)) minutes"
 }
 
 # The Python of the login node, for sizing the bench array (the same rule as in a job).
@@ -83,7 +95,13 @@ split_args() {  # sets SBATCH_OPTS and OVERRIDES from the arguments
     SBATCH_OPTS=() OVERRIDES=()
     local arg
     for arg in "$@"; do
-        if [[ $arg == --* ]]; then SBATCH_OPTS+=("$arg"); else OVERRIDES+=("$arg"); fi
+        if [[ $arg == --* ]]; then SBATCH_OPTS+=("$arg")
+        elif [[ $arg == -* ]]; then die "$arg: give sbatch options in their long form, with '=' (--time=2:00:00, not" \
+            "-t 2:00:00)"
+        elif [[ $arg == *=* || $arg == '~'* ]]; then OVERRIDES+=("$arg")
+        else die "'$arg' is neither an sbatch option (--name=value) nor a Hydra override (key=value): an sbatch" \
+            "option takes its value after '=' (--time=2:00:00, not --time 2:00:00)"
+        fi
     done
 }
 

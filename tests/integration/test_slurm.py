@@ -280,6 +280,11 @@ def submit_sh(slurm, cwd: Path, *args: str, env=None, timeout=120) -> str:
                                                 "sent 300 s before the end: give at least 7 minutes"),
     (["bench", "--time=0:02:00", "nfe=[10]"], "--time=0:02:00 leaves no time before bench.sbatch's"),
     (["pipeline", "--bench", "data=toy2d", "--train-sbatch", "--time=1-0:00 --time=4"], "--time=4 leaves no time"),
+    (["pipeline", "--bench", "data=toy2d", "--train-sbatch", "-t 4"], "--time=4 leaves no time before train"),
+    (["pipeline", "--bench", "data=toy2d", "--bench-sbatch", "--time 0:02:00"], "--time=0:02:00 leaves no time"),
+    (["pipeline", "--bench", "data=toy2d", "--bench-sbatch", "-t2 --exclusive"], "--time=2 leaves no time before bench"),
+    (["train", "-t", "5", "experiment=toy2d"], "-t: give sbatch options in their long form, with '='"),
+    (["train", "--time", "5", "experiment=toy2d"], "'5' is neither an sbatch option (--name=value) nor a Hydra"),
     (["bench", "--tasks", "abc", "nfe=[10]"], "--tasks must be an integer >= 1; got 'abc'"),
     (["bench", "--throttle", "0", "nfe=[10]"], "--throttle must be an integer >= 1; got '0'"),
     (["bench", "--tasks"], "--tasks needs a value"),
@@ -288,9 +293,25 @@ def submit_sh(slurm, cwd: Path, *args: str, env=None, timeout=120) -> str:
 ])
 def test_submit_refuses_what_sbatch_would_take_and_get_wrong(slurm, workdir, args, message):
     """A time limit within the template's signal lead (the job would be signalled as it starts, or requeue itself
-    for ever), and array sizes that are not numbers: refused before anything is submitted, exit 2."""
+    for ever), in any of sbatch's forms, an option whose value would be taken for an override, and array sizes that
+    are not numbers: refused before anything is submitted, exit 2."""
+    refused(slurm, workdir, args, message)
+
+
+def test_a_time_limit_among_the_site_flags_is_checked_too(slurm, workdir):
+    """LSDE_SBATCH_EXTRA="--time=3" in the site file: the limit every job gets, checked like one on the command line;
+    a longer one given to the job overrides it."""
+    site = workdir / "site.env"
+    site.write_text('LSDE_SBATCH_EXTRA="--exclusive --time=3"\n')
+    refused(slurm, workdir, ["train", "experiment=toy2d"], "--time=3 leaves no time before train.sbatch's",
+            env={"LSDE_SITE_ENV": str(site)})
+    refused(slurm, workdir, ["train", "--time=20", "--time=5", "experiment=toy2d"], "--time=5 leaves no time",
+            env={"LSDE_SITE_ENV": str(site)})
+
+
+def refused(slurm, workdir, args, message, env=None):
     proc = subprocess.run([str(REPO / "slurm" / "submit.sh"), *args], cwd=workdir, capture_output=True, text=True,
-                          env={**slurm.env, "LSDE_PYTHON": sys.executable}, timeout=120, check=False)
+                          env={**slurm.env, "LSDE_PYTHON": sys.executable, **(env or {})}, timeout=120, check=False)
     assert proc.returncode == 2 and f"submit.sh: error: {message}" in proc.stderr, proc.stderr
 
 
