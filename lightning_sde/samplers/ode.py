@@ -10,6 +10,7 @@ from lightning_sde.probability_flow import ADAPTIVE_METHODS, FIXED_METHODS, Prob
 from lightning_sde.samplers.base import FixedStepSampler, register
 
 DEFAULT_FIXED_STEPS = 100
+ADAPTIVE_ONLY = {"rtol": 1e-5, "atol": 1e-5, "first_step": 0.01}  # the knobs a fixed method has no use for
 
 
 @register("ode")
@@ -23,9 +24,9 @@ class ProbabilityFlowODE(FixedStepSampler):
     """
 
     method: str = "dopri5"
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    first_step: float = 0.01
+    rtol: float = ADAPTIVE_ONLY["rtol"]
+    atol: float = ADAPTIVE_ONLY["atol"]
+    first_step: float = ADAPTIVE_ONLY["first_step"]
     steps: int | None = None
 
     def __post_init__(self):
@@ -37,8 +38,14 @@ class ProbabilityFlowODE(FixedStepSampler):
             if (isinstance(self.first_step, bool) or not isinstance(self.first_step, (int, float))
                     or not 0 < self.first_step <= 1):
                 raise ValueError(f"ode: first_step must be a fraction in (0, 1]; got {self.first_step!r}")
-        elif self.steps is None:
-            self.steps = DEFAULT_FIXED_STEPS
+        else:
+            unused = {k: getattr(self, k) for k in ADAPTIVE_ONLY if getattr(self, k) != ADAPTIVE_ONLY[k]}
+            if unused:
+                raise ValueError(f"ode: {', '.join(f'{k}={v!r}' for k, v in unused.items())} would be ignored: "
+                                 f"{'/'.join(ADAPTIVE_ONLY)} apply to adaptive methods ({', '.join(ADAPTIVE_METHODS)})"
+                                 f"; fixed-grid method {self.method!r} takes steps")
+            if self.steps is None:
+                self.steps = DEFAULT_FIXED_STEPS
         super().__post_init__()
 
     @property

@@ -65,6 +65,19 @@ def test_ode_budgets_follow_its_method():
     assert build_sampler("ode").adaptive and not build_sampler("ode", method="rk4").adaptive
 
 
+def test_a_fixed_ode_method_refuses_the_knobs_it_would_ignore():
+    """rtol/atol/first_step steer an adaptive method only: given to rk4 they would key result rows of one
+    computation as different cells; adaptive methods refuse steps likewise."""
+    with pytest.raises(ValueError, match=r"^ode: rtol=0.001, first_step=0.1 would be ignored: rtol/atol/first_step "
+                                         r"apply to adaptive methods \(dopri5, .*\); fixed-grid method 'rk4' takes steps$"):
+        build_sampler("ode", method="rk4", rtol=1e-3, first_step=0.1)
+    with pytest.raises(ValueError, match=r"^ode: atol=0.01 would be ignored"):
+        build_sampler("ode", method="euler", steps=10, atol=1e-2)
+    assert build_sampler("ode", method="rk4", rtol=1e-5).steps == 100
+    with pytest.raises(ValueError, match="is adaptive and takes rtol/atol, not steps"):
+        build_sampler("ode", method="dopri5", steps=10)
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_takes_the_gaussian_start(name):
     sde = SDES["vp"]
