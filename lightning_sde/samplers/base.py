@@ -63,12 +63,24 @@ def build_sampler(name: str, **params) -> "Sampler":
 FLOAT_ANNOTATIONS = (float, "float", "float | None", "None | float", "Optional[float]")
 
 
+FLOAT_SEQUENCE_ANNOTATIONS = ("Sequence[float]", "Sequence[float] | None")
+
+
 def floats_as_declared(values: dict, annotations: dict) -> dict:
-    """`values` with each integer given where `annotations` declare a float as that float: Hydra reads `eta=0` on a
-    command line as an int and `eta: 0.0` in a file as a float, and both must name one value (lsde-bench keys its
-    results by the parameters)."""
-    return {k: float(v) if annotations.get(k) in FLOAT_ANNOTATIONS and isinstance(v, int) and not isinstance(v, bool)
-            else v for k, v in values.items()}
+    """`values` with each integer given where `annotations` declare a float (or a sequence of floats: a list) as that
+    float: Hydra reads `eta=0` on a command line as an int and `eta: 0.0` in a file as a float, and both must name one
+    value (lsde-bench keys its results by the parameters)."""
+    def as_float(v):
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    out = {}
+    for k, v in values.items():
+        if annotations.get(k) in FLOAT_ANNOTATIONS:
+            v = as_float(v)
+        elif annotations.get(k) in FLOAT_SEQUENCE_ANNOTATIONS and isinstance(v, Sequence) and not isinstance(v, str):
+            v = [as_float(e) for e in v]
+        out[k] = v
+    return out
 
 
 def _synchronize(x: Tensor) -> None:

@@ -213,6 +213,17 @@ def test_a_result_key_holds_everything_that_changes_its_numbers(tmp_path):
     assert keys("sde.beta_max=19") != base
 
 
+def test_explicit_times_given_as_integers_key_the_rows_of_the_same_times_as_floats(tmp_path):
+    """`samplers.ddim.times=[1,0.5,0.001]` on a command line holds the int 1: the same times as 1.0, one cell."""
+    from lightning_sde.bench.runner import prepare
+
+    def key(times):
+        cells = prepare(_cfg(tmp_path, "nfe=null", "samplers.ddim.steps=2", f"samplers.ddim.times={times}")).cells
+        return next(c.key("mmd") for c in cells if c.label == "ddim")
+
+    assert key("[1,0.5,0.001]") == key("[1.0,0.5,0.001]") != key("[1.0,0.4,0.001]")
+
+
 def test_non_finite_samples_are_reported_not_scored():
     from lightning_sde.bench.runner import score
     from lightning_sde.generation import Samples
