@@ -87,13 +87,28 @@ def check_reference_requests(parser: argparse.ArgumentParser, args) -> None:
                 parser.error(f"--reference-stats: {name} needs --root, the folder of its images (its data.root)")
 
 
+def data_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """--data KEY=VALUE items read with Hydra's rules, as lsde-bench reads data.KEY=VALUE (`yes` and `010` are
+    strings there, not YAML's true and 8): the statistics' data must be the bench's."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    settings = {}
+    for item in items:
+        try:
+            (override,) = OverridesParser.create().parse_overrides([item])
+        except OverrideParseException as err:
+            parser.error(f"--data {item}: {str(err).splitlines()[0]}")
+        settings[override.key_or_group] = override.value()
+    return settings
+
+
 def reference_requests(parser: argparse.ArgumentParser, args) -> list[StatsRequest]:
     """The datamodule (as `lsde-bench data=<name>` builds it, with the bench's defaults, so that it computes the same
     reference tensor and finds the statistics) and the feature extractor of each dataset; N, the features and the
     Inception weights checked. Builds only what reads no data files: the torchvision sets load theirs when set up."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from lightning_sde.metrics.features import INCEPTION_ENV, inception_weights_path
 
@@ -107,7 +122,7 @@ def reference_requests(parser: argparse.ArgumentParser, args) -> list[StatsReque
             if not sep or key not in cfg.keys() or key in ("_target_", "root"):
                 parser.error(f"--data {item}: {name} has no setting {key!r} to give as KEY=VALUE; its settings: "
                              f"{[k for k in cfg.keys() if k not in ('_target_', 'root')]}")
-        cfg.merge_with(OmegaConf.from_dotlist(args.data))
+        cfg.merge_with(data_settings(parser, args.data))
         try:
             datamodule = instantiate(cfg)
         except InstantiationException as err:  # Hydra's wrapper: report the datamodule's own complaint

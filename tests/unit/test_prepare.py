@@ -103,6 +103,23 @@ def test_image_folder_reference_stats_of_the_data_settings_the_bench_will_use(tm
     assert "give --reference-stats too" in usage_error(["digits", "--data", "n_val=10"], capsys)
 
 
+def test_data_settings_are_read_as_the_bench_reads_its_overrides(capsys):
+    """`--data dequantize=yes` is what `lsde-bench data.dequantize=yes` gives the datamodule (Hydra's rules: the
+    string "yes", where YAML would read true; "010" stays a string, where YAML reads 8)."""
+    import argparse
+
+    from hydra import compose, initialize_config_module
+
+    items = ["dequantize=yes", "image_size=010", "labels=[1,2]", "channels=1"]
+    with initialize_config_module("lightning_sde.configs", version_base="1.3"):
+        bench = compose("bench", overrides=["data=image_folder", "data.root=/x", *(f"data.{i}" for i in items)])
+    given = prepare.data_settings(argparse.ArgumentParser(), items)
+    assert given == {k: bench.data[k] for k in given} == {"dequantize": "yes", "image_size": "010", "labels": [1, 2],
+                                                          "channels": 1}
+    assert "--data image_size=[1: " in usage_error(["image_folder", "--root", "/x", "--reference-stats", "3", "--data",
+                                                    "image_size=[1"], capsys)
+
+
 def test_image_folder_reference_stats_without_root_is_a_usage_error(capsys):
     assert "image_folder needs --root" in usage_error(["image_folder", "--reference-stats", "3"], capsys)
 
