@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
-from lightning_sde.files import replace_atomically  # noqa: E402
 from lightning_sde.flow import decode, slerp  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.probability_flow import ODEOptions  # noqa: E402
 from lightning_sde.samplers import build_sampler  # noqa: E402
 from lightning_sde.samplers.noise import SeededNoise  # noqa: E402
@@ -34,15 +34,11 @@ SDE_COLORS = {"ve": "tab:red", "vp": "tab:blue", "subvp": "tab:green"}
 
 def save(fig, out: Path, name: str, formats) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
     try:
-        for fmt in formats:
-            path = out / f"{name}.{fmt}"
-            replace_atomically(path, lambda tmp, f=fmt: fig.savefig(tmp, dpi=150, format=f, bbox_inches="tight"))
-            paths.append(path)
+        return [save_atomically(fig, out / f"{name}.{fmt}", dpi=150, close=False, bbox_inches="tight")
+                for fmt in formats]
     finally:
         plt.close(fig)
-    return paths
 
 
 def dtype_of(denoiser) -> torch.dtype:

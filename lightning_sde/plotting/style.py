@@ -18,15 +18,16 @@ from lightning_sde.files import replace_atomically  # noqa: E402
 from lightning_sde.metrics.scorer import direction  # noqa: E402
 
 
-def save_atomically(fig, path, dpi: int = 120, **savefig) -> Path:
-    """Save and close `fig` as `path` (its format from the suffix) whole or not at all: concurrent shards redrawing
-    the same view, or a kill mid-save, never leave a torn file."""
+def save_atomically(fig, path, dpi: int = 120, close: bool = True, **savefig) -> Path:
+    """Save `fig` as `path` (its format from the suffix) whole or not at all: concurrent shards redrawing the same
+    view, or a kill mid-save, never leave a torn file. Closes it unless `close` is false (more formats to come)."""
     path = Path(path)
     try:
         return replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png",
                                                                 **savefig))
     finally:
-        plt.close(fig)
+        if close:
+            plt.close(fig)
 
 
 METRIC_NAMES = {"fid": "FID", "kid": "KID", "sliced_w2": "sliced W2", "mmd": "MMD", "loglik": "log-likelihood",
