@@ -166,15 +166,20 @@ class Denoiser(nn.Module):
         """This denoiser for a batch of n other rows (a tuning pilot): itself, unless it holds per-row state."""
         return self
 
-    def fingerprint(self) -> str:
+    def fingerprint(self) -> str | None:
         """A digest that changes whenever what the denoiser computes changes: the SDE, the parameterisation, the
-        input scaling and every weight and buffer of the network (or the tensors an oracle declares through
-        `fingerprint_tensors()`). It keys caches of things tuned for one model, such as optimised time grids."""
+        input scaling and every weight and buffer of the network (or the tensors an oracle, or a submodule of the
+        network, declares through `fingerprint_tensors()`). It keys caches of things tuned for one model, such as
+        optimised time grids. None when the network holds no tensors (a plain function): nothing tells two apart."""
+        is_module = isinstance(self.net, nn.Module)
+        tensors = list(self.net.state_dict().values()) if is_module else []
+        for part in self.net.modules() if is_module else [self.net]:  # an oracle, also inside a wrapper
+            tensors += list(getattr(part, "fingerprint_tensors", lambda: ())())
+        if not tensors:
+            return None
         digest = hashlib.blake2b(digest_size=16)
         digest.update(repr((self.sde, self.parameterization, self.sigma_data, self.shape, self.num_classes,
                             self.autocast, self.fingerprint_extra())).encode())
-        tensors = list(self.net.state_dict().values()) if isinstance(self.net, nn.Module) else []
-        tensors += list(getattr(self.net, "fingerprint_tensors", lambda: ())())
         for tensor in tensors:
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()

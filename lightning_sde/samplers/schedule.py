@@ -84,9 +84,11 @@ def check_grid(sampler, sde) -> None:
 def tuned(sampler, denoiser, procedure) -> tuple:
     """(result, report) of a tuning procedure (optimize_grid, or select_schedule: its start, times and knobs), computed
     once per (denoiser fingerprint, sampler settings) in this process: the fingerprint covers the weights, so a model
-    that trains on gets a new grid at its next evaluation."""
+    that trains on gets a new grid at its next evaluation; a network without one (a plain function) is tuned each
+    time."""
     settings = {k: v for k, v in sampler.params().items() if k not in ("times", *MEMORY_ONLY)}
-    key = (denoiser.fingerprint(), sampler.name, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    fingerprint = denoiser.fingerprint()
+    key = (fingerprint, sampler.name, tuple(sorted((k, repr(v)) for k, v in settings.items())))
     if key in _tuned:  # the report of the tuning this process ran (its pilot_nfe and wall_s), not spent again
         _tuned.move_to_end(key)
         result, report = _tuned[key]
@@ -95,6 +97,8 @@ def tuned(sampler, denoiser, procedure) -> tuple:
     *result, report = procedure(sampler, denoiser)
     report = {**report, "wall_s": time.perf_counter() - started}
     result = result[0] if len(result) == 1 else tuple(result)
+    if fingerprint is None:
+        return result, report
     _tuned[key] = (result, report)
     while len(_tuned) > TUNED_CACHE_SIZE:
         _tuned.popitem(last=False)

@@ -282,7 +282,7 @@ def submit_sh(slurm, cwd: Path, *args: str, env=None, timeout=120) -> str:
     (["pipeline", "--bench", "data=toy2d", "--train-sbatch", "--time=1-0:00 --time=4"], "--time=4 leaves no time"),
     (["pipeline", "--bench", "data=toy2d", "--train-sbatch", "-t 4"], "--time=4 leaves no time before train"),
     (["pipeline", "--bench", "data=toy2d", "--bench-sbatch", "--time 0:02:00"], "--time=0:02:00 leaves no time"),
-    (["pipeline", "--bench", "data=toy2d", "--bench-sbatch", "-t2 --exclusive"], "--time=2 leaves no time before bench"),
+    (["pipeline", "--bench", "data=toy2d", "--bench-sbatch", "-t2 --exclusive"], "--time=2 leaves no time before b"),
     (["train", "-t", "5", "experiment=toy2d"], "-t: give sbatch options in their long form, with '='"),
     (["train", "--time", "5", "experiment=toy2d"], "'5' is neither an sbatch option (--name=value) nor a Hydra"),
     (["bench", "--tasks", "abc", "nfe=[10]"], "--tasks must be an integer >= 1; got 'abc'"),

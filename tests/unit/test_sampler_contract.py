@@ -69,7 +69,8 @@ def test_a_fixed_ode_method_refuses_the_knobs_it_would_ignore():
     """rtol/atol/first_step steer an adaptive method only: given to rk4 they would key result rows of one
     computation as different cells; adaptive methods refuse steps likewise."""
     with pytest.raises(ValueError, match=r"^ode: rtol=0.001, first_step=0.1 would be ignored: rtol/atol/first_step "
-                                         r"apply to adaptive methods \(dopri5, .*\); fixed-grid method 'rk4' takes steps$"):
+                                         r"apply to adaptive methods \(dopri5, .*\); fixed-grid method 'rk4' "
+                                         r"takes steps$"):
         build_sampler("ode", method="rk4", rtol=1e-3, first_step=0.1)
     with pytest.raises(ValueError, match=r"^ode: atol=0.01 would be ignored"):
         build_sampler("ode", method="euler", steps=10, atol=1e-2)
@@ -116,6 +117,22 @@ def test_grid_tuning_is_set_up_counted_apart_and_cached_per_weights():
     other = eight_gaussians(radius=3.0).denoiser(sde)  # other "weights": tuned anew, never the first grid
     _, info3 = sample(sampler, other, range(16), dtype=torch.float64)
     assert info3["setup_nfe"] > 0
+
+
+def test_a_network_without_tensors_is_tuned_for_itself_each_time():
+    """Two plain functions (two models that hold no tensors) share no cached selection: nothing tells them apart."""
+    from lightning_sde.models.denoiser import Denoiser
+
+    sde = SDES["vp"]
+    schedule_module._tuned.clear()
+    sampler = build_sampler("unipc", steps=6, grid="select", pilot=32)
+    for mixture in (eight_gaussians(), eight_gaussians(radius=2.0)):
+        den = Denoiser(lambda x, t, m=mixture: m.marginal_score(sde, x, t), sde, "score", shape=(2,))
+        assert den.fingerprint() is None
+        for _ in range(2):
+            _, info = sample(sampler, den, range(4), dtype=torch.float64)
+            assert info["setup_nfe"] > 0 and not info["selection"].get("cached")
+    assert eight_gaussians().denoiser(sde).fingerprint() != eight_gaussians(radius=2.0).denoiser(sde).fingerprint()
 
 
 def test_the_fingerprint_follows_the_weights():
