@@ -19,32 +19,39 @@ from lightning_sde.sde import SDE, broadcast_time
 
 
 class GaussianMixture:
-    """sum_k weights_k N(means_k, covs_k); covs are (K, d, d) matrices, or (K, d) standard deviations (diagonal)."""
+    """sum_k weights_k N(means_k, covs_k); covs are (K, d, d) matrices, or (K, d) standard deviations (diagonal);
+    weights are normalised to sum to 1."""
 
     def __init__(self, means, covs=None, stds=None, weights=None, labels=None, dtype=torch.float64):
         means = torch.as_tensor(means, dtype=dtype)
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, d); got {tuple(means.shape)}")
+        if not torch.isfinite(means).all():
+            raise ValueError("means must be finite")
         K, d = means.shape
         if (covs is None) == (stds is None):
             raise ValueError("give exactly one of covs (K, d, d) or stds (K, d) / (K,)")
         if stds is not None:
             stds = torch.as_tensor(stds, dtype=dtype)
-            stds = stds[:, None].expand(K, d) if stds.ndim == 1 else stds
-            if stds.shape != (K, d) or not (stds > 0).all():
-                raise ValueError(f"stds must be positive with shape (K,) or (K, d) = ({K}, {d}); "
+            if stds.shape not in ((K,), (K, d)) or not ((stds > 0) & torch.isfinite(stds)).all():
+                raise ValueError(f"stds must be positive and finite with shape (K,) or (K, d) = ({K}, {d}); "
                                  f"got {tuple(stds.shape)}")
+            stds = stds[:, None].expand(K, d) if stds.ndim == 1 else stds
             eigvals, eigvecs = stds**2, torch.eye(d, dtype=dtype).expand(K, d, d).clone()
         else:
             covs = torch.as_tensor(covs, dtype=dtype)
             if covs.shape != (K, d, d):
                 raise ValueError(f"covs must have shape (K, d, d) = ({K}, {d}, {d}); got {tuple(covs.shape)}")
+            if not torch.isfinite(covs).all():
+                raise ValueError("covs must be finite")
+            if not torch.allclose(covs, covs.transpose(-1, -2), rtol=1e-6, atol=1e-12):
+                raise ValueError("covs must be symmetric")
             eigvals, eigvecs = torch.linalg.eigh(0.5 * (covs + covs.transpose(-1, -2)))
             if not (eigvals > 0).all():
                 raise ValueError("covs must be positive definite")
         weights = torch.full((K,), 1.0 / K, dtype=dtype) if weights is None else torch.as_tensor(weights, dtype=dtype)
-        if weights.shape != (K,) or not (weights > 0).all():
-            raise ValueError(f"weights must be {K} positive numbers; got {weights.tolist()}")
+        if weights.shape != (K,) or not ((weights > 0) & torch.isfinite(weights)).all():
+            raise ValueError(f"weights must be {K} positive finite numbers; got {weights.tolist()}")
         if labels is not None:
             labels = torch.as_tensor(labels)
             if labels.shape != (K,) or labels.is_floating_point() or not (labels >= 0).all():
@@ -131,14 +138,18 @@ class GaussianMixture:
         )
         return log_comp, y, var
 
+    def _coefficient(self, value) -> Tensor:
+        """alpha or sigma as a tensor; a Python number in the mixture's dtype (as_tensor would make it float32)."""
+        return value if torch.is_tensor(value) else torch.tensor(value, dtype=self.means.dtype)
+
     def log_prob(self, x: Tensor, alpha: Tensor | float = 1.0, sigma: Tensor | float = 0.0) -> Tensor:
         """log p(x) of the mixture diffused to x = alpha x_0 + sigma z (the data itself by default)."""
-        log_comp, _, _ = self._components(x, torch.as_tensor(alpha), torch.as_tensor(sigma))
+        log_comp, _, _ = self._components(x, self._coefficient(alpha), self._coefficient(sigma))
         return torch.logsumexp(log_comp, dim=-1)
 
     def score(self, x: Tensor, alpha: Tensor | float = 1.0, sigma: Tensor | float = 0.0) -> Tensor:
         """grad_x log p(x) of the diffused mixture: -sum_k r_k(x) C_k^{-1} (x - alpha mu_k)."""
-        log_comp, y, var = self._components(x, torch.as_tensor(alpha), torch.as_tensor(sigma))
+        log_comp, y, var = self._components(x, self._coefficient(alpha), self._coefficient(sigma))
         resp = torch.softmax(log_comp, dim=-1)
         # Weight first, then one contraction: a three-operand einsum here builds a (B, K, d, d) temporary.
         return -torch.einsum("kde,bke->bd", self.eigvecs.to(x), resp[..., None] * y / var)

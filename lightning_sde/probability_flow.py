@@ -76,6 +76,11 @@ class ProbabilityFlow(nn.Module):
 class AdaptiveProbabilityFlow(ProbabilityFlow):
     n_accept = 0
     n_reject = 0
+    last_drift = None  # kept (no copy, no sync) to tell a non-finite drift from a too tight tolerance
+
+    def forward(self, t, x):
+        self.last_drift = super().forward(t, x)
+        return self.last_drift
 
     def callback_accept_step(self, t0, y0, dt):
         self.n_accept += 1

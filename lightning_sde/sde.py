@@ -35,8 +35,8 @@ class SDE(ABC):
     drift_jumps = False  # f and g^2 jump in t (a discrete schedule): ODE solvers integrate in log-SNR instead
 
     def __init__(self, eps: float = 1e-3, T: float = 1.0):
-        if not 0.0 < eps < T:
-            raise ValueError(f"SDE time range needs 0 < eps < T; got eps={eps}, T={T}")
+        if not (math.isfinite(eps) and math.isfinite(T) and 0.0 < eps < T):
+            raise ValueError(f"SDE time range needs 0 < eps < T, both finite; got eps={eps}, T={T}")
         self.eps = float(eps)
         self.T = float(T)
 
@@ -119,8 +119,8 @@ class _BetaSchedule(SDE):
         super().__init__(eps, T)
         if not beta_min > 0:
             raise ValueError(f"beta_min must be > 0; got beta_min={beta_min}")
-        if not beta_max > beta_min:
-            raise ValueError(f"beta_max must be > beta_min; got beta_min={beta_min}, beta_max={beta_max}")
+        if not beta_max > beta_min or not math.isfinite(beta_max):
+            raise ValueError(f"beta_max must be > beta_min, and finite; got beta_min={beta_min}, beta_max={beta_max}")
         self.beta_min = float(beta_min)
         self.beta_max = float(beta_max)
 
@@ -184,8 +184,8 @@ class VESDE(SDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, eps: float = 1e-5, T: float = 1.0):
         super().__init__(eps, T)
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError("VE SDE needs 0 < sigma_min < sigma_max; "
+        if not 0 < sigma_min < sigma_max < math.inf:
+            raise ValueError("VE SDE needs 0 < sigma_min < sigma_max, both finite; "
                              f"got sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
@@ -224,7 +224,9 @@ class DiscreteVPSDE(SDE):
     drift_jumps = True
 
     def __init__(self, alphas_cumprod, eps: float | None = None, T: float = 1.0):
-        cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        if cumprod.ndim != 1:
+            raise ValueError(f"alphas_cumprod must be one schedule (N,); got shape {tuple(cumprod.shape)}")
         n = cumprod.numel()
         if n < 2 or not torch.isfinite(cumprod).all():
             raise ValueError(f"alphas_cumprod must hold at least 2 finite values; got {n}")
@@ -233,6 +235,9 @@ class DiscreteVPSDE(SDE):
                              "SNR schedule, alphas_cumprod[-1] = 0, has no log-SNR at T)")
         if T != 1.0:
             raise ValueError(f"a discrete-time VP SDE spans t in (0, 1]: T = 1; got T={T}")
+        if eps is not None and not 1.0 / n <= eps < 1.0:  # below t_0, alpha extrapolated past 1: sigma is NaN
+            raise ValueError(f"eps must lie in [1/N, 1) = [{1.0 / n:g}, 1) for a schedule of N = {n} timesteps; "
+                             f"got eps={eps}")
         super().__init__(1.0 / n if eps is None else eps, T)
         self.num_timesteps = n
         self.log_alphas = 0.5 * cumprod.log()  # at t_k = (k + 1) / N

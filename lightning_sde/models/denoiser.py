@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -95,15 +96,22 @@ class Denoiser(nn.Module):
             raise ValueError(f"autocast must be one of {tuple(AUTOCAST)}; got {autocast!r}")
         if sigma_data is not None and not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0 (or None for no input scaling); got {sigma_data}")
+        if data_moments is not None and not isinstance(data_moments, DataMoments):
+            raise TypeError(f"data_moments must be a DataMoments or None; got {type(data_moments).__name__}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be an SDE (e.g. VPSDE()); got {sde!r}")
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
+            raise ValueError(f"shape must be one sample's shape, sizes >= 1 (e.g. (2,) or (3, 32, 32)); got {shape!r}")
+        if data_moments is not None and data_moments.mean.numel() != math.prod(shape):
+            raise ValueError(f"data_moments are of {data_moments.mean.numel()} dimensions; samples of shape "
+                             f"{tuple(shape)} have {math.prod(shape)}")
         self.net = net
         self.sde = sde
         self.parameterization = parameterization
         self.shape = tuple(shape)
         self.sigma_data = sigma_data
-        if data_moments is not None and not isinstance(data_moments, DataMoments):
-            raise TypeError(f"data_moments must be a DataMoments or None; got {type(data_moments).__name__}")
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                         or num_classes < 1):
             raise ValueError(f"num_classes must be an integer >= 1 (or None: unconditional); got {num_classes!r}")
@@ -136,9 +144,14 @@ class Denoiser(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Prediction:
         """One NFE. `labels` (B,) condition a class-conditional network (num_classes = the unconditional row)."""
+        if x.shape[1:] != self.shape:
+            raise ValueError(f"x has shape {tuple(x.shape)}: a batch of samples of shape {self.shape} expected")
         t, alpha, sigma, c_in = self.coefficients(x, t)
         self.nfe += 1
         out = self.call_net(c_in * x, t, labels)
+        if out.shape != x.shape:
+            raise ValueError(f"the network returned shape {tuple(out.shape)} for inputs of shape {tuple(x.shape)}: "
+                             f"its {self.parameterization} prediction must have the inputs' shape")
         return Prediction(x, alpha, sigma, output_to_eps(self.parameterization, out, x, alpha, sigma))
 
     def call_net(self, x_in: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:

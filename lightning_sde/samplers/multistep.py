@@ -88,7 +88,7 @@ def step_orders(lam: torch.Tensor, order: int, lower_order_final: bool, below: f
 
 
 def _check_order(name: str, order, allowed):
-    if isinstance(order, bool) or order not in allowed:
+    if isinstance(order, bool) or not isinstance(order, int) or order not in allowed:
         raise ValueError(f"{name}: order must be one of {allowed}; got {order!r}")
 
 
@@ -107,6 +107,8 @@ class _Multistep(FixedStepSampler):
     def __post_init__(self):
         super().__post_init__()
         _check_order(self.name, self.order, self.orders)
+        if not isinstance(self.lower_order_final, bool):
+            raise ValueError(f"{self.name}: lower_order_final must be true or false; got {self.lower_order_final!r}")
         ratio = self.max_step_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
             raise ValueError(f"{self.name}: max_step_ratio must be a number > 0 (inf: no limit); got {ratio!r}")
@@ -349,8 +351,11 @@ class AdaptiveUniPC(Sampler):
             x_pred = UniPC._predict(sde, x, ts, ds, t, k)
             d_t = denoiser(x_pred, t).x0
             x_corr = UniPC._correct(sde, x, k, ts + [t], ds + [d_t])
-            err = max(float(self._error(x_corr - x_pred, self.atol + self.rtol * torch.maximum(x_corr.abs(),
-                                                                                         x.abs()))), 1e-10)
+            err = float(self._error(x_corr - x_pred, self.atol + self.rtol * torch.maximum(x_corr.abs(), x.abs())))
+            if not math.isfinite(err):  # every step would be rejected until max_steps
+                raise FloatingPointError(f"{self.name}: the error estimate at t={float(t):.6g} is not finite: the "
+                                         "network returned NaN or infinite values")
+            err = max(err, 1e-10)
             factor = self.safety * err ** (-self.icoeff / (k + 1))
             if err <= 1:
                 if err_prev is not None:

@@ -7,6 +7,7 @@ per-sample Python loop runs once per block rather than once per step.
 
 from __future__ import annotations
 
+import operator
 from typing import Sequence
 
 import torch
@@ -15,13 +16,25 @@ from torch import Tensor
 BLOCK_STEPS = 64  # fixed: changing it changes the noise stream, never set it from the batch size
 
 
+def _seed(s) -> int:
+    """s as a seed: an integer >= 0 (int(0.4) == int(0.6) would give two samples one seed)."""
+    try:
+        if isinstance(s, bool):
+            raise TypeError
+        seed = operator.index(s)
+    except TypeError:
+        seed = -1
+    if seed < 0:
+        raise ValueError(f"seeds must be non-negative integers; got {s!r}")
+    return seed
+
+
 class SeededNoise:
     def __init__(self, seeds: Sequence[int], shape: Sequence[int], dtype=torch.float32, device="cpu"):
-        seeds = [int(s) for s in seeds]
+        seeds = list(seeds)
         if not seeds:
             raise ValueError("seeds must name at least one sample")
-        if any(s < 0 for s in seeds):
-            raise ValueError(f"seeds must be non-negative integers; got {min(seeds)}")
+        seeds = [_seed(s) for s in seeds]
         self.seeds = seeds
         self.shape = tuple(shape)
         self.dtype = dtype

@@ -75,8 +75,15 @@ class ProbabilityFlowODE(FixedStepSampler):
 
         func = ProbabilityFlow.for_method(self.method, denoiser, step_started)
         grid = None if self.adaptive else plan.times.to(x.device)
-        xs = solve_between(func, x, plan.start, sde.eps, self.method, self.rtol, self.atol, self.first_step, grid,
-                           sde)
+        try:
+            xs = solve_between(func, x, plan.start, sde.eps, self.method, self.rtol, self.atol, self.first_step,
+                               grid, sde)
+        except AssertionError as err:  # torchdiffeq's step-size underflow
+            drift = getattr(func, "last_drift", None)
+            if drift is None or torch.isfinite(drift).all():
+                raise
+            raise FloatingPointError(f"ode: {self.method}'s step size underflowed at t={float(reached[-1]):.6g}: the "
+                                     "drift is not finite (the network returned NaN or infinite values)") from err
         report(torch.tensor(sde.eps, dtype=torch.float64), xs[-1])
         if self.adaptive:
             return xs[-1], {"n_accept": func.n_accept, "n_reject": func.n_reject}

@@ -56,3 +56,116 @@ def test_a_seeds_noise_comes_in_stream_order_after_its_prior_draw():
     draws = torch.stack([noise()[0] for _ in range(BLOCK_STEPS + 2)])
     torch.testing.assert_close(noise.prior()[0], prior)
     torch.testing.assert_close(draws, torch.cat([first_block, second_block[:2]]))
+
+
+# --- bad input to the library: refused where it is given, not broadcast into numbers ---------------------------------
+
+def test_a_network_output_or_input_of_another_shape_is_refused():
+    """A net returning (B,) for (B, 2) inputs would be broadcast across the samples (sample i's coordinate j taking
+    sample j's prediction); inputs of another sample shape would be scored as if they were the model's."""
+    from lightning_sde.samplers import build_sampler, sample
+
+    sde = VPSDE()
+    for wrong in (lambda x, t: x.sum(-1), lambda x, t: x[..., :1], lambda x, t: x[..., None]):
+        with pytest.raises(ValueError, match=r"^the network returned shape \([\d, ]+\) for inputs of shape "
+                                             r"\(2, 2\): its eps prediction must have the inputs' shape$"):
+            sample(build_sampler("ddim", steps=3), Denoiser(wrong, sde, "eps", (2,)), [0, 1])
+    den = Denoiser(lambda x, t: -x, sde, "eps", (2,))
+    with pytest.raises(ValueError, match=r"^x has shape \(3, 5\): a batch of samples of shape \(2,\) expected$"):
+        den(torch.zeros(3, 5), 0.5)
+    assert den(torch.zeros(3, 2), 0.5).eps.shape == (3, 2)
+
+
+def test_denoiser_arguments_of_the_wrong_kind_are_named():
+    from lightning_sde.models.moments import DataMoments
+
+    with pytest.raises(TypeError, match=r"^sde must be an SDE \(e.g. VPSDE\(\)\); got 'vp'$"):
+        Denoiser(lambda x, t: x, "vp", "eps", (2,))
+    for shape in ((-2,), (0,), (2.0,), (True,)):
+        with pytest.raises(ValueError, match="^shape must be one sample's shape, sizes >= 1"):
+            Denoiser(lambda x, t: x, VPSDE(), "eps", shape)
+    moments = DataMoments.of_gaussian(torch.zeros(3), torch.eye(3))
+    with pytest.raises(ValueError, match=r"^data_moments are of 3 dimensions; samples of shape \(2,\) have 2$"):
+        Denoiser(lambda x, t: x, VPSDE(), "eps", (2,), data_moments=moments)
+    assert Denoiser(lambda x, t: x, VPSDE(), "eps", (1, 3), data_moments=moments).shape == (1, 3)
+
+
+def test_a_discrete_schedule_refuses_times_below_its_first_timestep_and_a_table_that_is_not_one_schedule():
+    """Below t_0 = 1/N, log alpha extrapolated linearly passes 0: alpha > 1, sigma NaN, samples NaN."""
+    from lightning_sde.sde import DiscreteVPSDE
+
+    cumprod = torch.linspace(0.999, 0.01, 1000)
+    assert DiscreteVPSDE(cumprod).eps == DiscreteVPSDE(cumprod, eps=1e-3).eps == 1e-3
+    with pytest.raises(ValueError, match=r"^eps must lie in \[1/N, 1\) = \[0.001, 1\) for a schedule of N = 1000 "
+                                         r"timesteps; got eps=0.0001$"):
+        DiscreteVPSDE(cumprod, eps=1e-4)
+    assert torch.isfinite(DiscreteVPSDE(cumprod, eps=2e-3).sigma(torch.tensor(2e-3)))
+    with pytest.raises(ValueError, match=r"^alphas_cumprod must be one schedule \(N,\); got shape \(2, 2\)$"):
+        DiscreteVPSDE([[0.9, 0.8], [0.7, 0.6]])
+
+
+@pytest.mark.parametrize("make", [lambda: VPSDE(beta_max=float("inf")), lambda: VPSDE(T=float("inf")),
+                                  lambda: VESDE(sigma_max=float("inf")), lambda: VPSDE(eps=float("nan"))])
+def test_infinite_sde_parameters_are_refused(make):
+    with pytest.raises(ValueError, match="finite"):
+        make()
+
+
+@pytest.mark.parametrize("name, knobs, message", [
+    ("dpmpp", {"order": 2.0}, r"^dpmpp: order must be one of \(1, 2, 3\); got 2.0$"),
+    ("unipc", {"order": 2.0}, r"^unipc: order must be one of"),
+    ("unipc_adaptive", {"order": 3.0}, r"^unipc_adaptive: order must be one of"),
+    ("dpmpp", {"lower_order_final": "false"}, r"^dpmpp: lower_order_final must be true or false; got 'false'$"),
+])
+def test_multistep_knobs_of_the_wrong_type_are_refused(name, knobs, message):
+    from lightning_sde.samplers import build_sampler
+
+    with pytest.raises(ValueError, match=message):
+        build_sampler(name, **knobs)
+
+
+@pytest.mark.parametrize("seeds", [[0.4, 0.6], [1.9], ["3"], [True]])
+def test_seeds_must_be_integers(seeds):
+    """int(0.4) == int(0.6) == 0: two samples from one seed."""
+    with pytest.raises(ValueError, match=r"^seeds must be non-negative integers; got "):
+        SeededNoise(seeds, (2,))
+
+
+def test_a_network_that_returns_nan_stops_an_adaptive_solver_at_once_with_the_cause():
+    """unipc_adaptive's error estimate and dopri5's step size: NaN rejects every step (2000 NFE, then 'no
+    convergence'), or underflows torchdiffeq's step (an AssertionError)."""
+    from lightning_sde.samplers import build_sampler, sample
+
+    den = Denoiser(lambda x, t: torch.full_like(x, float("nan")), VPSDE(), "eps", (2,))
+    for name in ("unipc_adaptive", "ode"):
+        den.nfe = 0
+        with pytest.raises(FloatingPointError, match=f"^{name}: .*not finite"):
+            sample(build_sampler(name), den, [0, 1], progress=False)
+        assert den.nfe < 50
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"means": [[0.0, float("nan")]], "stds": [1.0]}, r"^means must be finite"),
+    ({"means": [[0.0, 0.0]], "stds": [float("inf")]}, r"^stds must be positive and finite"),
+    ({"means": [[0.0, 0.0], [1.0, 1.0]], "stds": [1.0, 1.0, 1.0]}, r"^stds must be positive and finite with shape "
+                                                                     r"\(K,\) or \(K, d\) = \(2, 2\); got \(3,\)$"),
+    ({"means": [[0.0, 0.0]], "covs": [[[1.0, 0.5], [0.0, 1.0]]]}, r"^covs must be symmetric"),
+    ({"means": [[0.0, 0.0]], "covs": [[[1.0, 0.0], [0.0, float("inf")]]]}, r"^covs must be finite"),
+    ({"means": [[0.0, 0.0], [1.0, 1.0]], "stds": [1.0, 1.0], "weights": [float("inf"), 1.0]},
+     r"^weights must be 2 positive finite numbers"),
+])
+def test_a_mixture_refuses_values_that_are_not_a_density(kwargs, message):
+    from lightning_sde.exact import GaussianMixture
+
+    with pytest.raises(ValueError, match=message):
+        GaussianMixture(**kwargs)
+
+
+def test_the_exact_mixture_computes_in_its_own_dtype_given_python_numbers():
+    """torch.as_tensor(0.7) is float32: alpha and sigma given as numbers lost 1e-7 of the float64 oracle's digits."""
+    from lightning_sde.exact import eight_gaussians
+
+    mix, x = eight_gaussians(), torch.randn(16, 2, dtype=torch.float64)
+    a, s = torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.4, dtype=torch.float64)
+    assert torch.allclose(mix.log_prob(x, 0.7, 0.4), mix.log_prob(x, a, s), rtol=1e-14, atol=0)
+    assert torch.allclose(mix.score(x, 0.7, 0.4), mix.score(x, a, s), rtol=1e-14, atol=0)
