@@ -188,6 +188,16 @@ def targets(node) -> list[str]:
     return found
 
 
+def interpolations(node, where: str = "") -> list[str]:
+    """The keys (dotted) of every string in a nested config that holds an interpolation, `${...}`: instantiate would
+    resolve it, and a resolver such as oc.create builds whatever it names, past check_targets."""
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in interpolations(value, f"{where}.{key}".lstrip("."))]
+    if isinstance(node, (list, tuple)):
+        return [k for i, value in enumerate(node) for k in interpolations(value, f"{where}[{i}]")]
+    return [where] if isinstance(node, str) and "${" in node else []
+
+
 def check_targets(node, where: str, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> None:
     """Refuse a config read from a file unless every `_target_` is a class defined in a module under `trusted`
     (module prefixes), resolved as `instantiate` resolves it: a name a trusted module merely imports

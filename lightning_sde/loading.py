@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_sde.configuration import TRUSTED_TARGETS, check_targets, trusted_class
+from lightning_sde.configuration import TRUSTED_TARGETS, check_targets, interpolations, trusted_class
 from lightning_sde.errors import CheckpointError
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.pretrained import is_diffusers_spec
@@ -59,6 +59,11 @@ def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "state_dict" not in ckpt or not all(k in hparams for k in REQUIRED_HPARAMS):
         raise CheckpointError(f"{path}: not {expected}: no state_dict and hyper_parameters {list(REQUIRED_HPARAMS)}")
+    for part in ("hyper_parameters", "data_config"):  # lsde-train saves them resolved: an interpolation was put there
+        found = interpolations(ckpt.get(part))
+        if found:
+            raise CheckpointError(f"{path}: its {part} hold an interpolation (${{...}}) at {found}; a checkpoint "
+                                  "written by lsde-train holds none; nothing was built")
     try:
         check_targets(hparams, f"{path}: its hyper_parameters", trusted)
     except ValueError as err:

@@ -42,6 +42,33 @@ def test_a_name_that_passes_through_a_trusted_module_is_refused_and_nothing_runs
     assert not marker.exists()
 
 
+TOUCH = "${oc.create:{_target_: pathlib.Path.touch, _args_: [{_target_: pathlib.Path, _args_: [MARKER]}]}}"
+
+
+@pytest.mark.parametrize("where, value", [
+    ("net.width", TOUCH),
+    ("sde.beta_max", TOUCH),
+    ("net.width", "${oc.env:HOME}"),  # an environment variable (a secret) shown in the error a bad width gives
+])
+def test_an_interpolation_in_a_checkpoint_is_refused_and_nothing_runs(tmp_path, where, value):
+    """instantiate resolves `${...}` before it builds, and the oc.create resolver builds what it names: a target the
+    trusted-class check never saw (a string to it). lsde-train saves its hyper-parameters resolved."""
+    marker = tmp_path / "PWNED"
+    key, field = where.split(".")
+    node = {**(NET if key == "net" else SDE), field: value.replace("MARKER", str(marker))}
+    path = checkpoint(tmp_path / "crafted.ckpt", **{key: node})
+    with pytest.raises(CheckpointError, match=rf"crafted.ckpt: its hyper_parameters hold an interpolation "
+                                              rf"\(\$\{{...}}\) at \['{where}'\]; a checkpoint written by "
+                                              "lsde-train holds none"):
+        load_denoiser(path)
+    assert not marker.exists()
+    ckpt = torch.load(checkpoint(tmp_path / "data.ckpt"), weights_only=True)
+    torch.save({**ckpt, "data_config": {"n": [1, {"root": "${oc.env:HOME}"}]}}, tmp_path / "data.ckpt")
+    with pytest.raises(CheckpointError, match=r"its data_config hold an interpolation \(\$\{...}\) at "
+                                              r"\['n\[1\].root'\]"):
+        load_denoiser(tmp_path / "data.ckpt")
+
+
 @pytest.mark.parametrize("key, target, kind", [("sde", "lightning_sde.models.mlp.MLP", "SDE"),
                                               ("net", "lightning_sde.sde.VPSDE", "Module")])
 def test_a_trusted_class_of_the_wrong_kind_is_refused_before_it_is_built(tmp_path, key, target, kind):
