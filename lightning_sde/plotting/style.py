@@ -92,7 +92,7 @@ def choose_yscale(values) -> tuple[str, float | None]:
         return "log", None
     # the linear band: the small magnitudes (the 10th percentile), but at least 1/1000 of the largest
     small = max(mags[len(mags) // 10], mags[-1] * 1e-3)
-    return "symlog", 10 ** math.floor(math.log10(small))
+    return "symlog", 10.0 ** math.floor(math.log10(small))  # a float: 10 ** 22 as an int is too large for symlog
 
 
 def robust_limits(x: torch.Tensor, quantile: float = 0.005, pad: float = 0.1) -> tuple[tuple, tuple]:

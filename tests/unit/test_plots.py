@@ -58,6 +58,15 @@ def test_y_scale_follows_the_spread_of_the_values():
     assert choose_yscale([0.5, 50.0]) == ("log", None)
     scale, linthresh = choose_yscale([-0.001, 0.002, 0.5])
     assert scale == "symlog" and 0 < linthresh <= 0.002
+    # a log-likelihood of -1e25 (a diverged sampler): 10 ** 22 as a Python int is more than symlog takes
+    scale, linthresh = choose_yscale([-1e25, -2.0, 0.0])
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [-1e25, -2.0, 0.0])
+    ax.set_yscale(scale, linthresh=linthresh)
+    fig.canvas.draw()
+    plt.close(fig)
     assert metric_label("loglik") == "log-likelihood [nats per sample]"
     assert metric_title("loglik").startswith("log-likelihood (closest to exact samples' is best)\nexact")
 
