@@ -193,10 +193,13 @@ class DiffusersUNet(nn.Module):
         self.channels = int(unet.config.in_channels)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """In the weights' dtype (a float64 run of a float32 model, as the project's own networks), returned in x's."""
+        weights = next(self.unet.parameters()).dtype
         if isinstance(self.sde, DiscreteVPSDE):
-            return self.unet(x, self.sde.timestep(t)).sample[:, : self.channels]
-        # VE: the model's data is (x + 1) / 2 with noise level sigma / 2, and its score is twice ours
-        return 0.5 * self.unet((x + 1) * 0.5, 0.5 * self.sde.sigma(t)).sample
+            out = self.unet(x.to(weights), self.sde.timestep(t).to(weights)).sample[:, : self.channels]
+        else:  # VE: the model's data is (x + 1) / 2 with noise level sigma / 2, and its score is twice ours
+            out = 0.5 * self.unet(((x + 1) * 0.5).to(weights), (0.5 * self.sde.sigma(t)).to(weights)).sample
+        return out.to(x.dtype)
 
 
 def load(spec: str, map_location="cpu") -> Denoiser:

@@ -192,6 +192,16 @@ def test_every_sampler_runs_on_imported_models(tmp_path):
             assert info["nfe"] >= 4, name
 
 
+def test_an_imported_model_samples_in_float64_as_the_apps_ask(tmp_path):
+    """lsde-compare runs in float64 and lsde-bench takes dtype=float64: a float32 diffusers network computes in its
+    weights' dtype and answers in the samples' (as the project's own networks): the float64 network's numbers."""
+    for folder in (ddpm_pipeline(tmp_path / "vp"), ncsnpp_pipeline(tmp_path / "ve")):
+        as_float32 = load_denoiser(f"diffusers:{folder}")
+        x, _ = sample(build_sampler("ddim", steps=3), as_float32, [0, 1], dtype=F64)
+        exact, _ = sample(build_sampler("ddim", steps=3), loaded(folder), [0, 1], dtype=F64)
+        assert x.dtype == F64 and torch.allclose(x, exact, rtol=1e-4, atol=1e-4 * float(exact.abs().max()))
+
+
 def test_hub_id_is_read_from_the_local_cache_only(tmp_path, monkeypatch):
     """A hub id resolves through the Hugging Face cache layout (models--owner--name/snapshots/<rev>, refs/main);
     one that is not cached fails at once, naming the command that fetches it."""
