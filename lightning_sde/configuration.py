@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 CONFIG_PACKAGE = "lightning_sde.configs"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"  # for @hydra.main
 TRUSTED_TARGETS = ("lightning_sde.",)  # what a file may name by default
+TRUSTED_ENV = "LSDE_TRUSTED_MODULES"  # more module prefixes a checkpoint may name, comma-separated (your own classes)
 LOADING_KEYS = ("batch_size", "num_workers", "download", "download_timeout")  # how data is read, not what
 DTYPES = ("float32", "float64")  # torch dtypes by name (torch is imported when one is asked for: --help needs none)
 
@@ -198,23 +199,42 @@ def interpolations(node, where: str = "") -> list[str]:
     return [where] if isinstance(node, str) and "${" in node else []
 
 
-def check_targets(node, where: str, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> None:
+def trusted_targets() -> tuple[str, ...]:
+    """The module prefixes a checkpoint may name classes from: this package's, and the packages listed in
+    $LSDE_TRUSTED_MODULES (e.g. `my_package`: an SDE or a network of your own, in every app and on resume)."""
+    extra = []
+    for name in os.environ.get(TRUSTED_ENV, "").split(","):
+        name = name.strip().rstrip(".")
+        if not name:
+            continue
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
+            raise ValueError(f"${TRUSTED_ENV}: {name!r} is not a module name (comma-separated, e.g. my_package)")
+        extra.append(f"{name}.")
+    return (*TRUSTED_TARGETS, *extra)
+
+
+def check_targets(node, where: str, trusted: tuple[str, ...]) -> None:
     """Refuse a config read from a file unless every `_target_` is a class defined in a module under `trusted`
     (module prefixes), resolved as `instantiate` resolves it: a name a trusted module merely imports
     (`lightning_sde.loading.Path`), a function or a method is refused, and nothing is built."""
     trusted = tuple(trusted)
     bad = [t for t in targets(node) if not trusted_class(t, trusted)]
+    missing = [t for t in bad if t.startswith(trusted) and not t.startswith(TRUSTED_TARGETS)]
+    if missing:  # a trusted package of yours that this Python cannot import
+        raise ValueError(f"{where} names {missing}, not a class this Python can import (is its package installed, "
+                         "or on PYTHONPATH?); nothing was built")
     if bad:
         raise ValueError(f"{where} names {bad}, outside the trusted targets {list(trusted)} (classes defined in "
-                         "those modules); nothing was built. If you wrote that class, load with "
-                         "trusted=('lightning_sde.', '<your.module>.')")
+                         f"those modules); nothing was built. If you wrote that class, trust its package: "
+                         f"{TRUSTED_ENV}=<your_package> (or load_denoiser(..., trusted=...))")
 
 
-def trusted_class(target: str, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> type | None:
+def trusted_class(target: str, trusted: tuple[str, ...] | None = None) -> type | None:
     """The class `target` names if it is defined in a module under `trusted`, else None. Only modules under
     `trusted` are imported to find out (the name is resolved from its trusted first part)."""
     from hydra.utils import get_class
 
+    trusted = trusted_targets() if trusted is None else tuple(trusted)
     if not target.startswith(trusted):
         return None
     try:

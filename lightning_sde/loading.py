@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_sde.configuration import TRUSTED_TARGETS, check_targets, interpolations, trusted_class
+from lightning_sde.configuration import TRUSTED_TARGETS, check_targets, interpolations, trusted_class, trusted_targets
 from lightning_sde.errors import CheckpointError
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.pretrained import is_diffusers_spec
@@ -35,9 +35,11 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED_TARGETS) -> dict:
+def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] | None = None) -> dict:
     """A lightning-sde checkpoint's contents; CheckpointError (one line: the path and what was expected) for
-    anything else, be it a text file, a truncated file, or a pickle that would import or run code."""
+    anything else, be it a text file, a truncated file, or a pickle that would import or run code. `trusted`: the
+    module prefixes its classes may come from (default: configuration.trusted_targets())."""
+    trusted = trusted_targets() if trusted is None else tuple(trusted)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {str(path)!r}")
@@ -82,12 +84,12 @@ def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED
     return ckpt
 
 
-def load_denoiser(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED_TARGETS) -> Denoiser:
+def load_denoiser(path, map_location="cpu", trusted: tuple[str, ...] | None = None) -> Denoiser:
     """The Denoiser a model spec names, in eval mode: a lightning-sde checkpoint path (its EMA weights, rebuilt from
     the checkpoint alone) or `diffusers:<folder or hub id>[#subfolder]` (lightning_sde.models.pretrained).
 
-    `trusted`: module prefixes the checkpoint's network and SDE may name (default: this package's); add your own
-    package's when its network is yours."""
+    `trusted`: module prefixes the checkpoint's network and SDE may name (default: this package's and those of
+    $LSDE_TRUSTED_MODULES); add your own package's when its network is yours."""
     from lightning_sde.module import ScoreModule
 
     if is_diffusers_spec(path):
@@ -100,7 +102,7 @@ def load_denoiser(path, map_location="cpu", trusted: tuple[str, ...] = TRUSTED_T
     return module.denoiser.to(map_location).eval()
 
 
-def newest_loadable(folder, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> tuple[Path | None, list[str]]:
+def newest_loadable(folder, trusted: tuple[str, ...] | None = None) -> tuple[Path | None, list[str]]:
     """(the checkpoint in `folder` at the highest global step that reads back, the reasons others did not): what a
     resume takes, and falls back from when a kill or a disk fault has left the latest one broken. Chosen by the step
     each file holds, not by its modification time (a copy of the run directory does not keep those); at the same
@@ -149,7 +151,7 @@ def set_aside_from(folder, step: int) -> tuple[list[str], Path | None]:
     return moved, newest_loadable(folder)[0]
 
 
-def resume_step(path, trusted: tuple[str, ...] = TRUSTED_TARGETS) -> int:
+def resume_step(path, trusted: tuple[str, ...] | None = None) -> int:
     """The global step a checkpoint was written at, once it holds what a resume needs (read as safely as any
     checkpoint: read_checkpoint): the step, the optimizer's state (a weights-only save has none), the loops'
     progress (without it Lightning would start again at step 0), and finite weights."""

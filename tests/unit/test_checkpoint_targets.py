@@ -69,6 +69,33 @@ def test_an_interpolation_in_a_checkpoint_is_refused_and_nothing_runs(tmp_path, 
         load_denoiser(tmp_path / "data.ckpt")
 
 
+def test_a_package_named_in_the_environment_is_trusted_in_every_app(tmp_path, monkeypatch):
+    """An SDE (or network) class of your own: refused by default, naming how to trust it; trusted once its package
+    is in $LSDE_TRUSTED_MODULES (every app and a resume read checkpoints through read_checkpoint)."""
+    from lightning_sde.configuration import trusted_targets
+
+    path = checkpoint(tmp_path / "own.ckpt", sde={**SDE, "_target_": "helpers.nets.OwnVP"})
+    monkeypatch.delenv("LSDE_TRUSTED_MODULES", raising=False)
+    with pytest.raises(CheckpointError, match=r"names \['helpers.nets.OwnVP'\], outside the trusted targets "
+                                              r"\['lightning_sde.'\] .*trust its package: "
+                                              r"LSDE_TRUSTED_MODULES=<your_package>"):
+        load_denoiser(path)
+    for value in ("helper", "helpers.netsx", "other,"):  # a prefix is a whole module name
+        monkeypatch.setenv("LSDE_TRUSTED_MODULES", value)
+        with pytest.raises(CheckpointError, match="outside the trusted targets"):
+            load_denoiser(path)
+    monkeypatch.setenv("LSDE_TRUSTED_MODULES", " other.pkg , helpers.")
+    assert trusted_targets() == ("lightning_sde.", "other.pkg.", "helpers.")
+    assert type(load_denoiser(path).sde).__name__ == "OwnVP"
+    gone = checkpoint(tmp_path / "gone.ckpt", sde={**SDE, "_target_": "helpers.nosuch.OwnVP"})
+    with pytest.raises(CheckpointError, match=r"names \['helpers.nosuch.OwnVP'\], not a class this Python can import "
+                                              r"\(is its package installed, or on PYTHONPATH\?\)"):
+        load_denoiser(gone)
+    monkeypatch.setenv("LSDE_TRUSTED_MODULES", "my-package")
+    with pytest.raises(ValueError, match=r"^\$LSDE_TRUSTED_MODULES: 'my-package' is not a module name"):
+        load_denoiser(path)
+
+
 @pytest.mark.parametrize("key, target, kind", [("sde", "lightning_sde.models.mlp.MLP", "SDE"),
                                               ("net", "lightning_sde.sde.VPSDE", "Module")])
 def test_a_trusted_class_of_the_wrong_kind_is_refused_before_it_is_built(tmp_path, key, target, kind):
