@@ -72,11 +72,11 @@ def reference_image_metrics(reference: Tensor, metrics, feature_extractor: str, 
         if path.exists():
             try:
                 states = torch.load(path, map_location=device, weights_only=True)
-                if not isinstance(states, dict) or set(states) - set(metric._defaults):
-                    raise ValueError("not a dict of this metric's states")
+                check_reference_states(metric, states, len(reference))
             except Exception as err:  # noqa: BLE001  (a weights-only load runs nothing: whatever it raises, refuse)
-                raise ValueError(f"{path}: not reference statistics this package wrote ({type(err).__name__}); "
-                                 "nothing in the file was run. Delete it to compute them again") from None
+                reason = f": {err}" if isinstance(err, ValueError) else ""
+                raise ValueError(f"{path}: not reference statistics this package wrote ({type(err).__name__}{reason});"
+                                 " nothing in the file was run. Delete it to compute them again") from None
             for attr, value in states.items():
                 setattr(metric, attr, value)
             log.info("%s reference statistics from %s", name, path)
@@ -92,6 +92,30 @@ def reference_image_metrics(reference: Tensor, metrics, feature_extractor: str, 
     protocol = {"feature_extractor": feature_extractor, "feature_sha256": feature_sha,
                 "reference_sha256": reference_sha, "reference_stats": key, "n_reference": len(reference)}
     return out, protocol
+
+
+def check_reference_states(metric, states, n_reference: int) -> None:
+    """The real side of `metric` as this package writes it, of `n_reference` images: every state, with the fresh
+    metric's shape and dtype (KID: one (n, d) block per update), finite. Checked before any sampling: a NaN sum made
+    torchmetrics' FID crash the process after the samples were drawn."""
+    if not isinstance(states, dict):
+        raise ValueError(f"a {type(states).__name__}, not a dict of states")
+    expected = {k for k in metric._defaults if k.startswith("real")}
+    if set(states) != expected:
+        raise ValueError(f"states {sorted(states)}, not {sorted(expected)}")
+    for name, value in states.items():
+        fresh = getattr(metric, name)
+        if isinstance(fresh, list):  # KID keeps the features: (n, d) blocks, one d
+            ok = isinstance(value, list) and all(torch.is_tensor(b) and b.ndim == 2 and b.is_floating_point()
+                                                 for b in value) and len({b.shape[1] for b in value}) == 1
+        else:
+            ok = torch.is_tensor(value) and value.shape == fresh.shape and value.dtype == fresh.dtype
+        if not ok or not all(torch.isfinite(b).all() for b in (value if isinstance(value, list) else [value])):
+            raise ValueError(f"{name} is not this metric's finite statistics")
+    counted = (sum(len(b) for b in states["real_features"]) if "real_features" in states
+               else int(states["real_features_num_samples"]))
+    if counted != n_reference:
+        raise ValueError(f"statistics of {counted} images, not of the {n_reference} reference images")
 
 
 def score_images(metric, x: Tensor, batch_size: int = 500) -> float:

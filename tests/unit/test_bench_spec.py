@@ -150,6 +150,32 @@ def test_a_crafted_or_foreign_reference_statistics_file_is_refused_naming_it_and
     assert not marker.exists()
 
 
+def test_reference_statistics_that_do_not_fit_are_refused_before_any_sampling(tmp_path):
+    """A NaN sum (torchmetrics' FID then crashed the process), other shapes, a count that is not the reference's,
+    KID blocks of mixed widths: each refused where the file is read, naming it; the genuine file reads."""
+    from lightning_sde.data import DigitsDataModule
+
+    ref = DigitsDataModule().reference(50)
+    Scorer(ref, ("fid", "kid"), feature_extractor="digits", cache_dir=tmp_path)
+    (fid,), (kid,) = tmp_path.glob("reference-*-fid.pt"), tmp_path.glob("reference-*-kid.pt")
+    good_fid, good_kid = (torch.load(p, weights_only=True) for p in (fid, kid))
+    nan_sum = {**good_fid, "real_features_sum": good_fid["real_features_sum"] * float("nan")}
+    for path, content, reason in [
+        (fid, nan_sum, "real_features_sum is not this metric's finite statistics"),
+        (fid, {**good_fid, "real_features_cov_sum": torch.zeros(3, 3, dtype=torch.float64)}, "real_features_cov_sum"),
+        (fid, {**good_fid, "real_features_num_samples": torch.tensor(1)}, "statistics of 1 images, not of the 50"),
+        (fid, {k: v for k, v in good_fid.items() if k != "real_features_sum"}, "states .*, not "),
+        (kid, {"real_features": [good_kid["real_features"][0], torch.zeros(2, 5)]}, "real_features is not"),
+        (kid, {"real_features": [b[:10] for b in good_kid["real_features"]]}, "statistics of 10 images"),
+    ]:
+        torch.save(content, path)
+        with pytest.raises(ValueError, match=f"{path}: not reference statistics this package wrote \\(ValueError: "
+                                             f"{reason}.*Delete it"):
+            Scorer(ref, ("fid", "kid"), feature_extractor="digits", cache_dir=tmp_path)
+        torch.save(good_fid if path == fid else good_kid, path)
+    Scorer(ref, ("fid", "kid"), feature_extractor="digits", cache_dir=tmp_path)
+
+
 def test_lsde_prepare_caches_the_reference_statistics_the_bench_reads(tmp_path, caplog):
     from lightning_sde.cli.prepare import main as prepare_main
     from lightning_sde.data import DigitsDataModule
