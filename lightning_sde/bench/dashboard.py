@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import uuid
 from pathlib import Path
 
@@ -42,15 +43,29 @@ def sidecar_path(results) -> Path:
     return results.with_name(results.stem + SIDECAR_SUFFIX)
 
 
+SIDECAR_TYPES = {"id": str, "project": str, "name": str, "group": str, "logged": list, "summaries_only": list,
+                 "protocol": dict}
+
+
 def read_sidecar(results) -> dict:
+    """The W&B state kept beside a results file ({} when there is none); ValueError naming the file for anything
+    this package did not write there (read by lsde-bench before any sampling)."""
     path = sidecar_path(results)
-    if not path.is_file():
+    if not path.exists():
         return {}
     try:
         state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable W&B sidecar ({err}); delete it to start a new W&B run") from None
-    return state if isinstance(state, dict) else {}
+        if not isinstance(state, dict):
+            raise ValueError(f"a JSON {type(state).__name__}, not an object")
+        for key, kind in SIDECAR_TYPES.items():
+            if key in state and not isinstance(state[key], kind):
+                raise ValueError(f"{key} is not a {kind.__name__}")
+        if "id" in state and not re.fullmatch(r"[A-Za-z0-9_-]+", state["id"]):
+            raise ValueError(f"id {state['id']!r} is not a W&B run id")
+    except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: not a readable W&B sidecar ({type(err).__name__}: {err}); delete it to start a "
+                         "new W&B run") from None
+    return state
 
 
 def write_sidecar(results, state: dict) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family
+from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, read_sidecar, sampler_family
 from lightning_sde.bench.results import WANDB_RUN_KEY, Claim, Claimed, ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
 from lightning_sde.configuration import checked, require_device
@@ -171,12 +171,27 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
                  len(sweep.cells), len(sweep.mine), cfg.shard.index, cfg.shard.count, len(sweep.mine) - len(todo),
                  store.path, len(todo), world)
         keys = [c.key(m) for i in todo for c in [sweep.mine[i]] for m in c.metrics]
+        logs_wandb = cfg.wandb.enabled and cfg.shard.count == 1
         try:  # held until the views are made (lsde-bench's run): the W&B run too, where this sweep logs it
-            claim = Claim(cfg.results, keys + ([WANDB_RUN_KEY] if cfg.wandb.enabled and cfg.shard.count == 1 else []))
+            claim = Claim(cfg.results, keys + ([WANDB_RUN_KEY] if logs_wandb else []))
         except Claimed as err:
             refused = str(err)
         except OSError as err:  # e.g. a read-only folder: said before any work, by every process
             refused = f"results {cfg.results!r}: its lock file cannot be used ({type(err).__name__}: {err})"
+        if claim is not None:
+            try:  # before any sampling: the W&B state beside the results readable, the results appendable
+                if logs_wandb:
+                    read_sidecar(cfg.results)
+                if store.path.exists():
+                    store.path.open("ab").close()
+            except OSError as err:  # read-only, immutable
+                refused = f"results {cfg.results!r}: cannot be appended to ({type(err).__name__}: {err})"
+            except ValueError as err:
+                refused = str(err)
+            if refused:
+                claim.release()
+            done = store.keys()  # again, under the claim: a sweep that held these cells until now finished some
+            todo = [i for i in todo if not all(sweep.mine[i].key(m) in done for m in sweep.mine[i].metrics)]
     todo, refused = broadcast_from_zero((todo, refused))  # rank 0 decides: its own appends never race the rest
     if refused:
         raise ValueError(refused)

@@ -104,3 +104,58 @@ def test_a_file_system_without_locks_is_said_as_such(tmp_path, monkeypatch):
     monkeypatch.setattr(fcntl, "lockf", no_locks)
     with pytest.raises(ValueError, match=r"its lock file cannot be used \(OSError: \[Errno 37\] No locks available\)"):
         runner.run_sweep(config(tmp_path))
+
+
+def test_cells_another_sweep_finished_while_this_one_waited_for_their_claims_are_not_computed_again(tmp_path,
+                                                                                                    monkeypatch):
+    """The finished cells are read again once the claims are held: a sweep that held them and finished meanwhile
+    (its rows appended between this sweep's first read and its claim) leaves nothing to do."""
+    first = runner.run_sweep(config(tmp_path))
+    first["claim"].release()
+    rows = ResultsStore(tmp_path / "results.jsonl").rows()
+    (tmp_path / "results.jsonl").unlink()
+    claim = runner.Claim
+
+    def finished_meanwhile(results, keys):
+        with open(results, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        return claim(results, keys)
+
+    monkeypatch.setattr(runner, "Claim", finished_meanwhile)
+    monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("computed a finished cell again"))
+    runner.run_sweep(config(tmp_path))["claim"].release()
+    assert len(ResultsStore(tmp_path / "results.jsonl").rows()) == len(rows)
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"id": "../x"}', '{"protocol": 5}', '["a list"]', "FOLDER"])
+def test_a_broken_w_and_b_sidecar_stops_the_sweep_before_sampling(tmp_path, monkeypatch, content):
+    """It was read when the W&B run opened (a warning), and stopped the sweep only after every cell was computed."""
+    sidecar = tmp_path / "results.wandb.json"
+    if content == "FOLDER":
+        sidecar.mkdir()
+    else:
+        sidecar.write_text(content)
+    monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("sampled"))
+    with pytest.raises(ValueError, match=r"results.wandb.json: not a readable W&B sidecar \(.*\); delete it to start "
+                                         r"a new W&B run"):
+        runner.run_sweep(config(tmp_path, "wandb.enabled=true"))
+    with pytest.raises(pytest.fail.Exception, match="sampled"):
+        runner.run_sweep(config(tmp_path))  # without W&B the sidecar is not read: the sweep samples
+
+
+def test_a_results_file_that_cannot_be_appended_to_is_refused_before_sampling(tmp_path, monkeypatch):
+    """An immutable or read-only results file (chattr +i; chmod is no bar to root) failed after the first cell."""
+    results = tmp_path / "results.jsonl"
+    results.write_text("")
+    opened = Path.open
+
+    def immutable(self, mode="r", *args, **kwargs):
+        if self == results and "a" in mode:
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return opened(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", immutable)
+    monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("sampled"))
+    with pytest.raises(ValueError, match=r"results.jsonl': cannot be appended to \(PermissionError: \[Errno 1\] "
+                                         r"Operation not permitted"):
+        runner.run_sweep(config(tmp_path))
