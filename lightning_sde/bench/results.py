@@ -166,7 +166,17 @@ class SamplePreviews:
         protocols = [protocol, None] if protocol else [None]
         paths = [self.folder / f"{self.name(label, grid, requested, p)}.pt" for p in protocols]
         path = next((p for p in paths if p.is_file()), None)
-        return None if path is None else torch.load(path, map_location="cpu", weights_only=True)
+        if path is None:
+            return None
+        try:
+            x = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001  (a weights-only load runs nothing; a torn or foreign file)
+            log.warning("sample preview %s not read (%s); the views go on without it", path, type(err).__name__)
+            return None
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            log.warning("sample preview %s is not a tensor of samples; the views go on without it", path)
+            return None
+        return x
 
 
 def protocol(row: dict) -> tuple:

@@ -137,6 +137,26 @@ def test_a_preview_written_before_protocols_were_kept_apart_is_still_found(tmp_p
     assert torch.equal(previews.load("ddim", "nfe", 10, SamplePreviews.protocol(TARGET, 0, 32)), torch.ones(2, 2))
 
 
+def test_a_torn_or_foreign_preview_is_left_out_of_the_views_with_a_warning(tmp_path, caplog):
+    """An empty file (a power cut before the rename reached the disk), a text file, a pickle of another object:
+    `report` drew its views without that panel instead of failing with a traceback."""
+    previews = SamplePreviews(tmp_path / "samples", n=2)
+    protocol = SamplePreviews.protocol(TARGET, 0, 32)
+    path = tmp_path / "samples" / f"{SamplePreviews.name('ddim', 'nfe', 10, protocol)}.pt"
+    path.parent.mkdir()
+    for content in (b"", b"not a tensor file"):
+        path.write_bytes(content)
+        assert previews.load("ddim", "nfe", 10, protocol) is None
+    torch.save({"x": 1}, path)
+    assert previews.load("ddim", "nfe", 10, protocol) is None
+    assert caplog.text.count(f"sample preview {path}") == 3
+    torch.save(torch.ones(2, 2), path)
+    assert torch.equal(previews.load("ddim", "nfe", 10, protocol), torch.ones(2, 2))
+    path.write_bytes(b"")
+    views.report(write(tmp_path / "r.jsonl", row(seed_count=32)))  # the views are drawn without it
+    assert (tmp_path / "results.png").exists()
+
+
 # D7, D8, results=<folder>: one line, exit status 1
 
 @pytest.mark.parametrize("make, message", [
