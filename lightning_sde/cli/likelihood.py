@@ -9,7 +9,8 @@ Samples are the first `n` of the validation set (or exact samples of the mixture
 Bits/dim: -log p / (D ln 2) + log2(levels / 2) for uniformly dequantised data in [-1, 1] (7 for 8-bit images), a
 bound on the discrete data's bits/dim; without dequantisation only the continuous density is reported.
 Under DDP (`ddp.devices`, or srun / torchrun) process r takes samples r, r + world, ...; rank 0 writes
-`out/samples.jsonl` (one row per sample) and `out/summary.json`.
+`out/samples.jsonl` (one row per sample) and `out/summary.json` (out: outputs/likelihood/<name>); a result of other
+settings already there is refused at start-up, not replaced (give each target its own name=).
 """
 
 from __future__ import annotations
@@ -52,9 +53,33 @@ def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
     parse_dtype(cfg.dtype)
     parse_device(cfg.device)
     try:
-        return ODEOptions(**OmegaConf.to_container(cfg.ode, resolve=True)), kind, target_id
+        options = ODEOptions(**OmegaConf.to_container(cfg.ode, resolve=True))
     except (TypeError, ValueError) as err:
         raise ValueError(f"config ode: {err}") from None
+    check_out(cfg, target_id)
+    return options, kind, target_id
+
+
+def settings(cfg: DictConfig, target_id: str) -> dict:
+    """What a result of this app is of: the target (and its data) and every setting that changes the numbers."""
+    return {"target_id": target_id, **{k: OmegaConf.to_container(cfg[k]) if k == "ode" else cfg[k]
+                                        for k in ("n", "divergence", "exact_max_dim", "probes", "probe", "ode", "seed",
+                                                  "dtype")}}
+
+
+def check_out(cfg: DictConfig, target_id: str) -> None:
+    """Refuse, before any work, to replace the result of other settings in `out` (two targets under the default
+    name=default): a rerun of the same settings replaces its own."""
+    summary = Path(cfg.out) / "summary.json"
+    if not summary.is_file():
+        return
+    try:
+        before = json.loads(summary.read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        before = None
+    if before != settings(cfg, target_id):
+        raise ValueError(f"config name: {summary} holds the result of other settings (or of another version); give "
+                         "another name= (out=) to keep both, or delete it")
 
 
 def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
@@ -113,10 +138,10 @@ def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict |
     if rank != 0:
         return None
     rows = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
-    return write(cfg, rows, dim, divergence, offset, world)
+    return write(cfg, target_id, rows, dim, divergence, offset, world)
 
 
-def write(cfg, rows, dim, divergence, offset, world) -> dict:
+def write(cfg, target_id, rows, dim, divergence, offset, world) -> dict:
     n = len(rows)
     logp = torch.tensor([r["logp"] for r in rows], dtype=torch.float64)
     bpd = torch.tensor([r["bpd"] for r in rows], dtype=torch.float64)
@@ -130,7 +155,7 @@ def write(cfg, rows, dim, divergence, offset, world) -> dict:
         "bpd_offset": offset, "dequantized": offset is not None,
         "mean_hutchinson_se": (float(torch.tensor([r["logp_se"] for r in rows]).mean())
                                if divergence == "hutchinson" and cfg.probes > 1 else None),
-        "world_size": world,
+        "world_size": world, "settings": settings(cfg, target_id),
     }
     if "true_logp" in rows[0]:
         err = torch.tensor([r["logp"] - r["true_logp"] for r in rows], dtype=torch.float64)
