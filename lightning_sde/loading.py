@@ -17,6 +17,7 @@ import torch
 from lightning_sde.configuration import TRUSTED_TARGETS, check_targets, interpolations, trusted_class, trusted_targets
 from lightning_sde.errors import CheckpointError
 from lightning_sde.models.denoiser import Denoiser
+from lightning_sde.models.moments import DataMoments
 from lightning_sde.models.pretrained import is_diffusers_spec
 from lightning_sde.models.pretrained import load as load_pretrained
 from lightning_sde.sde import SDE
@@ -96,9 +97,14 @@ def load_denoiser(path, map_location="cpu", trusted: tuple[str, ...] | None = No
         return load_pretrained(path, map_location=map_location)
 
     ckpt = read_checkpoint(path, map_location="cpu", trusted=trusted)
-    module = ScoreModule(**ckpt["hyper_parameters"])
-    module.load_state_dict(ckpt["state_dict"])
-    module.on_load_checkpoint(ckpt)
+    try:
+        module = ScoreModule(**ckpt["hyper_parameters"])
+        module.load_state_dict(ckpt["state_dict"])
+        module.on_load_checkpoint(ckpt)
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as err:  # parts that do not fit together
+        reason = " ".join(line.strip() for line in str(err).strip().splitlines()[:2]) or "no detail"
+        raise CheckpointError(f"{path}: its contents do not fit together (edited, or not written by lsde-train): "
+                              f"{type(err).__name__}: {reason}") from None
     return module.denoiser.to(map_location).eval()
 
 
@@ -162,6 +168,11 @@ def resume_step(path, trusted: tuple[str, ...] | None = None) -> int:
     if not ckpt.get("optimizer_states") or not isinstance(ckpt.get("loops"), dict):
         raise CheckpointError(f"{cannot}: no optimizer state or loop progress (a weights-only save); sample from it "
                               "with the apps, or start afresh")
+    if "data_moments" in ckpt:
+        try:
+            DataMoments.from_state(ckpt["data_moments"])
+        except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as err:
+            raise CheckpointError(f"{cannot}: its data_moments cannot be read ({type(err).__name__})") from None
     for part in ("state_dict", "current_model_state"):
         bad = [k for k, v in ckpt.get(part, {}).items() if torch.is_tensor(v) and v.is_floating_point()
                and not torch.isfinite(v).all()]

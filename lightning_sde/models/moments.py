@@ -69,7 +69,19 @@ class DataMoments:
 
     @classmethod
     def from_state(cls, state: dict) -> "DataMoments":
-        return cls(**state)
+        """The moments a checkpoint keeps (to_state), checked: ValueError for anything else."""
+        keys = {"mean", "eigvals", "eigvecs"}
+        if not isinstance(state, dict) or not keys <= set(state) <= keys | {"residual_var"}:
+            raise ValueError("data_moments must hold mean, eigvals, eigvecs (and residual_var)")
+        mean, eigvals, eigvecs = (state[k] for k in ("mean", "eigvals", "eigvecs"))
+        residual = state.get("residual_var", 0.0)
+        residual = float(residual) if torch.is_tensor(residual) and residual.numel() == 1 else residual
+        shaped = all(torch.is_tensor(t) and t.is_floating_point() for t in (mean, eigvals, eigvecs)) and \
+            mean.ndim == 1 and eigvals.ndim == 1 and eigvecs.shape == (len(mean), len(eigvals))
+        number = not isinstance(residual, bool) and isinstance(residual, (int, float)) and 0 <= residual < math.inf
+        if not shaped or not number or not all(torch.isfinite(t).all() for t in (mean, eigvals, eigvecs)):
+            raise ValueError("data_moments: mean (d,), eigvals (k,), eigvecs (d, k), finite, and residual_var >= 0")
+        return cls(mean, eigvals, eigvecs, float(residual))
 
     @property
     def max_std(self) -> float:

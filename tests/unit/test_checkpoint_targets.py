@@ -96,6 +96,27 @@ def test_a_package_named_in_the_environment_is_trusted_in_every_app(tmp_path, mo
         load_denoiser(path)
 
 
+@pytest.mark.parametrize("edit, reason", [
+    (lambda c: c["hyper_parameters"]["net"].update(width=32), r"RuntimeError: Error\(s\) in loading state_dict for "
+                                                              r"ScoreModule: size mismatch for"),
+    (lambda c: c["state_dict"].pop(next(iter(c["state_dict"]))), r"RuntimeError: Error\(s\) in loading state_dict for "
+                                                                  r"ScoreModule: Missing key\(s\)"),
+    (lambda c: c["hyper_parameters"]["net"].update(nosuch=1), "ValueError: config model.net: TypeError: "),
+    (lambda c: c.update(data_moments="garbage"), "ValueError: data_moments must hold mean"),
+    (lambda c: c.update(data_moments={"mean": torch.zeros(3), "eigvals": torch.ones(1), "eigvecs": torch.ones(2, 1)}),
+     r"ValueError: data_moments: mean \(d,\), eigvals"),
+])
+def test_a_checkpoint_whose_parts_do_not_fit_together_is_one_line_naming_it(tmp_path, edit, reason):
+    """Edited hyper-parameters, a missing weight, unreadable data moments: a CheckpointError naming the file (every
+    app's one-line error), not a traceback from deep inside the module."""
+    ckpt = torch.load(checkpoint(tmp_path / "x.ckpt"), weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, tmp_path / "x.ckpt")
+    with pytest.raises(CheckpointError, match=rf"x.ckpt: its contents do not fit together \(edited, or not written by "
+                                              rf"lsde-train\): {reason}"):
+        load_denoiser(tmp_path / "x.ckpt")
+
+
 @pytest.mark.parametrize("key, target, kind", [("sde", "lightning_sde.models.mlp.MLP", "SDE"),
                                               ("net", "lightning_sde.sde.VPSDE", "Module")])
 def test_a_trusted_class_of_the_wrong_kind_is_refused_before_it_is_built(tmp_path, key, target, kind):

@@ -400,3 +400,14 @@ def test_a_second_non_finite_stop_at_the_same_step_keeps_the_first_ones_files(tm
     assert set_aside_from(tmp_path, 5) == (["last.ckpt"], None)
     kept = {p.name: p.stat().st_mtime for p in tmp_path.iterdir()}
     assert kept == {"last.ckpt.nonfinite": 1000, "last.ckpt.2.nonfinite": 2000, "last.ckpt.3.nonfinite": 3000}
+
+
+def test_a_checkpoint_whose_data_moments_cannot_be_read_is_no_resume_point(tmp_path):
+    """Caught when the resume is chosen, before the run directory and its W&B run exist (Lightning read them only as
+    the fit started)."""
+    from lightning_sde.loading import CheckpointError, resume_step
+
+    torch.save({**contents(60), "data_moments": "garbage"}, tmp_path / "last.ckpt")
+    with pytest.raises(CheckpointError, match=r"last.ckpt: not a checkpoint lsde-train can resume from: its "
+                                              r"data_moments cannot be read \(ValueError\)"):
+        resume_step(tmp_path / "last.ckpt")
