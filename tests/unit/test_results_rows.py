@@ -3,9 +3,7 @@ report look up), the store's file (canonical lines, blank lines, fresh folders, 
 files (names, fresh folders, loading without running code)."""
 
 import os
-import pickle
 
-import pytest
 import torch
 
 from lightning_sde.bench.results import ResultsStore, SamplePreviews
@@ -116,6 +114,5 @@ class _RunsCode:
 def test_loading_a_preview_never_runs_code_from_the_file(tmp_path):
     marker = tmp_path / "code_ran"
     torch.save(_RunsCode(marker), tmp_path / "ddim_nfe10.pt")
-    with pytest.raises(pickle.UnpicklingError):
-        SamplePreviews(tmp_path).load("ddim", "nfe", 10)
+    assert SamplePreviews(tmp_path).load("ddim", "nfe", 10) is None  # refused by the weights-only load: left out
     assert not marker.exists()

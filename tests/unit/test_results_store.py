@@ -2,9 +2,7 @@
 the views draw from."""
 
 import json
-import pickle
 
-import pytest
 import torch
 
 from lightning_sde.bench.results import ResultsStore, SamplePreviews
@@ -59,8 +57,7 @@ def test_previews_are_plain_tensors_that_load_without_running_code(tmp_path):
     previews.save_reference(torch.ones(4, 2))
     assert torch.load(tmp_path / "reference.pt", weights_only=True).shape == (2, 2)
     (tmp_path / "x_nfe1.pt").write_text("not a tensor")
-    with pytest.raises(pickle.UnpicklingError):
-        previews.load("x", "nfe", 1)
+    assert previews.load("x", "nfe", 1) is None
 
 
 def test_the_file_is_made_with_its_folders_readable_by_all_with_sorted_keys(tmp_path):
