@@ -9,6 +9,7 @@ resume skipped) is replaced without moving it over the good `<name>.prev.ckpt`.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import zipfile
@@ -33,6 +34,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        remove_stale_temporaries(path)
         with open(tmp, "wb") as fh:
             torch.save(checkpoint, fh)
             fh.flush()
@@ -48,6 +50,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(directory)  # the renames themselves reach the disk
         finally:
             os.close(directory)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """The temporaries of `path` that a killed writer left (`kill -9` between its write and its rename): a whole
+    checkpoint each, kept by nothing. One whose process still runs is left alone."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its writer still runs
+        except PermissionError:  # alive, another user's
+            continue
+        except (ProcessLookupError, OverflowError):
+            tmp.unlink(missing_ok=True)
+            log.info("removed %s, left by a writer that was killed", tmp.name)
 
 
 class LastCheckpoint(ModelCheckpoint):

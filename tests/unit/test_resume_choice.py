@@ -411,3 +411,19 @@ def test_a_checkpoint_whose_data_moments_cannot_be_read_is_no_resume_point(tmp_p
     with pytest.raises(CheckpointError, match=r"last.ckpt: not a checkpoint lsde-train can resume from: its "
                                               r"data_moments cannot be read \(ValueError\)"):
         resume_step(tmp_path / "last.ckpt")
+
+
+def test_a_temporary_left_by_a_killed_writer_is_removed_at_the_next_save(tmp_path):
+    """kill -9 between the write and the rename left a whole checkpoint in a hidden temporary that nothing removed;
+    one whose writer still runs (pid 1 here) is not touched, nor are other files."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # a pid that has exited
+    stale, live = tmp_path / f".last.ckpt.{dead}.tmp", tmp_path / ".last.ckpt.1.tmp"
+    other = tmp_path / f".best.ckpt.{dead}.tmp"
+    for path in (stale, live, other):
+        path.write_bytes(b"x" * 100)
+    AtomicCheckpointIO().save_checkpoint(contents(3), tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "last.ckpt"])
