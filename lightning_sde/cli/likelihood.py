@@ -9,8 +9,9 @@ Samples are the first `n` of the validation set (or exact samples of the mixture
 Bits/dim: -log p / (D ln 2) + log2(levels / 2) for uniformly dequantised data in [-1, 1] (7 for 8-bit images), a
 bound on the discrete data's bits/dim; without dequantisation only the continuous density is reported.
 Under DDP (`ddp.devices`, or srun / torchrun) process r takes samples r, r + world, ...; rank 0 writes
-`out/samples.jsonl` (one row per sample) and `out/summary.json` (out: outputs/likelihood/<name>); a result of other
-settings already there is refused at start-up, not replaced (give each target its own name=).
+`out/samples.jsonl` (one row per sample) and `out/summary.json` (out: outputs/likelihood/<name>). Rows are appended to
+`out/partial/` batch by batch: a killed run's rerun goes on from them. A result of other settings already there is
+refused at start-up, not replaced (give each target its own name=).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 from pathlib import Path
 
 import hydra
@@ -30,7 +33,7 @@ from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
-from lightning_sde.distributed import gather_to_zero, launched, rank_world
+from lightning_sde.distributed import broadcast_from_zero, gather_to_zero, launched, rank_world
 from lightning_sde.files import write_text
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
 from lightning_sde.probability_flow import ODEOptions
@@ -69,17 +72,36 @@ def settings(cfg: DictConfig, target_id: str) -> dict:
 
 def check_out(cfg: DictConfig, target_id: str) -> None:
     """Refuse, before any work, to replace the result of other settings in `out` (two targets under the default
-    name=default): a rerun of the same settings replaces its own."""
-    summary = Path(cfg.out) / "summary.json"
-    if not summary.is_file():
-        return
-    try:
-        before = json.loads(summary.read_text()).get("settings")
-    except (OSError, ValueError, AttributeError):
-        before = None
-    if before != settings(cfg, target_id):
-        raise ValueError(f"config name: {summary} holds the result of other settings (or of another version); give "
-                         "another name= (out=) to keep both, or delete it")
+    name=default), or to go on from another's partial rows: a rerun of the same settings replaces its own result, and
+    goes on from its own partial rows."""
+    out = Path(cfg.out)
+    for path, what in ((out / "summary.json", "the result"), (out / PARTIAL / "settings.json", "a partial result")):
+        if not path.is_file():
+            continue
+        try:
+            before = json.loads(path.read_text()).get("settings")
+        except (OSError, ValueError, AttributeError):
+            before = None
+        if before != settings(cfg, target_id):
+            raise ValueError(f"config name: {path} holds {what} of other settings (or of another version); give "
+                             "another name= (out=) to keep both, or delete it")
+
+
+PARTIAL = "partial"  # under out: each process's rows as they are computed, read back by a rerun; gone once written
+
+
+def partial_rows(folder: Path) -> dict[int, dict]:
+    """The rows computed so far by earlier runs of these settings ({index: row}); a line torn by a kill is left out."""
+    rows = {}
+    for path in sorted(folder.glob("rows-*.jsonl")) if folder.is_dir() else []:
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("index"), int) and isinstance(row.get("logp"), float):
+                rows.setdefault(row["index"], row)
+    return rows
 
 
 def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
@@ -116,9 +138,30 @@ def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict |
     denoiser, x, offset, mixture = evaluation_set(cfg, kind, target_id, device, dtype)
     dim = math.prod(denoiser.shape)
     divergence = cfg.divergence if cfg.divergence != "auto" else ("exact" if dim <= cfg.exact_max_dim else "hutchinson")
-    mine = torch.arange(len(x))[rank::world]
-    rows = []
-    for i in tqdm(range(0, len(mine), cfg.batch_size), desc="log-likelihood", unit="batch", disable=rank != 0):
+    partial = Path(cfg.out) / PARTIAL
+    done = partial_rows(partial) if rank == 0 else {}
+    if done:
+        log.info("%d of %d samples computed by an earlier run (%s): going on from there", len(done), len(x), partial)
+    skip = set(broadcast_from_zero(sorted(done)))  # read by rank 0 before any process appends: one split for all
+    mine = torch.tensor([k for k in range(len(x)) if k not in skip][rank::world], dtype=torch.long)
+    partial.mkdir(parents=True, exist_ok=True)
+    write_text(partial / "settings.json", json.dumps({"settings": settings(cfg, target_id)}) + "\n")
+    with open(partial / f"rows-{rank}-{os.getpid()}.jsonl", "a") as record:
+        rows = compute_rows(cfg, options, denoiser, x, mine, mixture, divergence, offset, device, record)
+    gathered = gather_to_zero(rows)
+    if rank != 0:
+        return None
+    rows = sorted({**done, **{r["index"]: r for part in gathered for r in part}}.values(), key=lambda r: r["index"])
+    summary = write(cfg, target_id, rows, dim, divergence, offset, world)
+    shutil.rmtree(partial, ignore_errors=True)
+    return summary
+
+
+def compute_rows(cfg, options, denoiser, x, mine, mixture, divergence, offset, device, record) -> list[dict]:
+    """One row per sample of `mine` (indices into x), each batch's appended to `record` as soon as it is done."""
+    rows, dim = [], math.prod(denoiser.shape)
+    for i in tqdm(range(0, len(mine), cfg.batch_size), desc="log-likelihood", unit="batch",
+                  disable=rank_world()[0] != 0):
         idx = mine[i : i + cfg.batch_size]
         # each sample's probes are seeded by its index: any batch size or world size draws the same for it
         gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + k) for k in idx.tolist()]
@@ -134,11 +177,9 @@ def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict |
             if truth is not None:
                 row["true_logp"] = float(truth[j])
             rows.append(row)
-    gathered = gather_to_zero(rows)
-    if rank != 0:
-        return None
-    rows = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
-    return write(cfg, target_id, rows, dim, divergence, offset, world)
+        record.write("".join(json.dumps(r) + "\n" for r in rows[-len(idx):]))  # whole lines: a kill tears one
+        record.flush()
+    return rows
 
 
 def write(cfg, target_id, rows, dim, divergence, offset, world) -> dict:

@@ -44,3 +44,47 @@ def test_a_result_of_other_settings_in_the_output_folder_is_not_replaced(tmp_pat
         (tmp_path / "summary.json").write_text(content)
         with pytest.raises(ValueError, match="holds the result of other settings"):
             validate(cfg())
+    (tmp_path / "summary.json").unlink()
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "settings.json").write_text(json.dumps({"settings": settings(cfg(), target_id)}))
+    validate(cfg())  # its own partial rows: it goes on from them
+    with pytest.raises(ValueError, match=r"partial/settings.json holds a partial result of other settings"):
+        validate(cfg("seed=2"))
+
+
+def test_a_killed_run_goes_on_from_the_rows_it_had_written(tmp_path, monkeypatch):
+    """Each batch's rows are appended as they are done; a rerun of the same settings computes only the samples left
+    (each sample's numbers depend on its index alone, so the result equals one uninterrupted run's), then removes
+    the partial rows. A line torn by the kill is computed again."""
+    import json
+
+    from lightning_sde.cli import likelihood
+
+    def cfg(out):
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            return compose("likelihood", overrides=[f"out={out}", "n=40", "batch_size=10", "ode.rtol=1e-3",
+                                                    "ode.atol=1e-3"])
+
+    whole = likelihood.run(cfg(tmp_path / "whole"))
+    real, calls = likelihood.log_likelihood, []
+
+    def killed_in_the_third_batch(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(likelihood, "log_likelihood", killed_in_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        likelihood.run(cfg(tmp_path / "out"))
+    (record,) = (tmp_path / "out" / "partial").glob("rows-*.jsonl")
+    with open(record, "a") as f:
+        f.write('{"index": 39, "logp": ')  # torn by the kill
+    calls.clear()
+    monkeypatch.setattr(likelihood, "log_likelihood", lambda *a, **k: (calls.append(len(a[1])), real(*a, **k))[1])
+    resumed = likelihood.run(cfg(tmp_path / "out"))
+    assert calls == [10, 10]  # the two batches never written
+    assert not (tmp_path / "out" / "partial").exists()
+    assert {k: resumed[k] for k in ("mean_logp", "bpd", "n")} == {k: whole[k] for k in ("mean_logp", "bpd", "n")}
+    rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(40))
