@@ -44,7 +44,8 @@ class GaussianMixture:
                 raise ValueError(f"covs must have shape (K, d, d) = ({K}, {d}, {d}); got {tuple(covs.shape)}")
             if not torch.isfinite(covs).all():
                 raise ValueError("covs must be finite")
-            if not torch.allclose(covs, covs.transpose(-1, -2), rtol=1e-6, atol=1e-12):
+            rounding = 100 * torch.finfo(covs.dtype).eps * float(covs.abs().max())  # conditional()'s own products
+            if not torch.allclose(covs, covs.transpose(-1, -2), rtol=0, atol=rounding):
                 raise ValueError("covs must be symmetric")
             eigvals, eigvecs = torch.linalg.eigh(0.5 * (covs + covs.transpose(-1, -2)))
             if not (eigvals > 0).all():

@@ -169,3 +169,12 @@ def test_the_exact_mixture_computes_in_its_own_dtype_given_python_numbers():
     a, s = torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.4, dtype=torch.float64)
     assert torch.allclose(mix.log_prob(x, 0.7, 0.4), mix.log_prob(x, a, s), rtol=1e-14, atol=0)
     assert torch.allclose(mix.score(x, 0.7, 0.4), mix.score(x, a, s), rtol=1e-14, atol=0)
+
+
+def test_a_float32_labelled_mixture_still_builds_its_conditionals():
+    """conditional()'s covariances are products that are symmetric only to rounding: not refused as asymmetric."""
+    from lightning_sde.exact import GaussianMixture, random_mixture
+
+    m = random_mixture(dim=16, labels=list(range(10)))
+    g = GaussianMixture(m.means, covs=m.covs, weights=m.log_weights.exp(), labels=m.labels, dtype=torch.float32)
+    assert g.conditional(3).dim == 16
