@@ -144,19 +144,24 @@ class Denoiser(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Prediction:
         """One NFE. `labels` (B,) condition a class-conditional network (num_classes = the unconditional row)."""
-        if x.shape[1:] != self.shape:
-            raise ValueError(f"x has shape {tuple(x.shape)}: a batch of samples of shape {self.shape} expected")
         t, alpha, sigma, c_in = self.coefficients(x, t)
         self.nfe += 1
         out = self.call_net(c_in * x, t, labels)
-        if out.shape != x.shape:
-            raise ValueError(f"the network returned shape {tuple(out.shape)} for inputs of shape {tuple(x.shape)}: "
-                             f"its {self.parameterization} prediction must have the inputs' shape")
         return Prediction(x, alpha, sigma, output_to_eps(self.parameterization, out, x, alpha, sigma))
 
     def call_net(self, x_in: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """The network's output on scaled inputs (t and labels per row), in x_in's dtype: with channels_last and
-        autocast as set, `net_batch` rows at a time. Counts no NFE (forward does)."""
+        autocast as set, `net_batch` rows at a time; inputs and output of the samples' shape (a net returning
+        another would be broadcast across the samples). Counts no NFE (forward does)."""
+        if x_in.shape[1:] != self.shape:
+            raise ValueError(f"x has shape {tuple(x_in.shape)}: a batch of samples of shape {self.shape} expected")
+        out = self._run_in_batches(x_in, t, labels)
+        if out.shape != x_in.shape:
+            raise ValueError(f"the network returned shape {tuple(out.shape)} for inputs of shape {tuple(x_in.shape)}: "
+                             f"its {self.parameterization} prediction must have the inputs' shape")
+        return out
+
+    def _run_in_batches(self, x_in: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
         if self.channels_last:
             x_in = x_in.contiguous(memory_format=torch.channels_last)
         args = (x_in, t) if labels is None else (x_in, t, labels)

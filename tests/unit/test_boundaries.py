@@ -70,6 +70,11 @@ def test_a_network_output_or_input_of_another_shape_is_refused():
         with pytest.raises(ValueError, match=r"^the network returned shape \([\d, ]+\) for inputs of shape "
                                              r"\(2, 2\): its eps prediction must have the inputs' shape$"):
             sample(build_sampler("ddim", steps=3), Denoiser(wrong, sde, "eps", (2,)), [0, 1])
+    from lightning_sde.models.guidance import guided
+
+    conditional = Denoiser(lambda x, t, y: x[..., :1], sde, "eps", (2,), num_classes=3)
+    with pytest.raises(ValueError, match=r"^the network returned shape \(8, 1\) for inputs of shape \(8, 2\)"):
+        sample(build_sampler("ddim", steps=3), guided(conditional, [0], 2.0), range(4))  # one doubled batch
     den = Denoiser(lambda x, t: -x, sde, "eps", (2,))
     with pytest.raises(ValueError, match=r"^x has shape \(3, 5\): a batch of samples of shape \(2,\) expected$"):
         den(torch.zeros(3, 5), 0.5)

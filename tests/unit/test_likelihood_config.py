@@ -88,3 +88,4 @@ def test_a_killed_run_goes_on_from_the_rows_it_had_written(tmp_path, monkeypatch
     assert {k: resumed[k] for k in ("mean_logp", "bpd", "n")} == {k: whole[k] for k in ("mean_logp", "bpd", "n")}
     rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(40))
+    validate(cfg(tmp_path / "out"))  # the summary write() left records its settings: a rerun is not refused
