@@ -142,5 +142,40 @@ class ODEOptions:
             raise ValueError(f"ODEOptions: steps must be an integer >= 1; got {self.steps!r}")
 
     def solve(self, func, y0, t0: float, t1: float, device, sde=None):
+        """The solution at (t0, t1) (a tuple of them for a tuple state); a FloatingPointError if it is not finite
+        (a network answering NaN: adaptive methods would otherwise end in torchdiffeq's step-size underflow)."""
         grid = torch.linspace(t0, t1, self.steps + 1, dtype=torch.float64, device=device)
-        return solve_between(func, y0, t0, t1, self.method, self.rtol, self.atol, grid=grid, sde=sde)
+        watched = _LastValue(func)
+        try:
+            ys = solve_between(watched, y0, t0, t1, self.method, self.rtol, self.atol, grid=grid, sde=sde)
+        except AssertionError as err:  # torchdiffeq's step-size underflow
+            if _finite(watched.last):
+                raise
+            raise FloatingPointError(f"ODEOptions: {self.method}'s step size underflowed between t={t0:.6g} and "
+                                     f"t={t1:.6g}: {NON_FINITE_DRIFT}") from err
+        if not _finite(tuple(y[-1] for y in ys) if isinstance(ys, tuple) else ys[-1]):
+            raise FloatingPointError(f"ODEOptions: the {self.method} solution from t={t0:.6g} to t={t1:.6g} is not "
+                                     f"finite: {NON_FINITE_DRIFT}")
+        return ys
+
+
+NON_FINITE_DRIFT = "the drift is not finite (the network returned NaN or infinite values, or the input was not finite)"
+
+
+def _finite(value) -> bool:
+    """Whether a tensor, or every tensor of a tuple, is finite (None: nothing computed yet, taken as finite)."""
+    if value is None:
+        return True
+    return all(bool(torch.isfinite(v).all()) for v in (value if isinstance(value, tuple) else (value,)))
+
+
+class _LastValue(nn.Module):
+    """`func` keeping its last value (no copy, no sync), to tell a non-finite drift from a too tight tolerance."""
+
+    def __init__(self, func):
+        super().__init__()
+        self.func, self.last = func, None
+
+    def forward(self, t, y):
+        self.last = self.func(t, y)
+        return self.last

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_sde.probability_flow import ADAPTIVE_METHODS, FIXED_METHODS, ProbabilityFlow, check_method, solve_between
+from lightning_sde.probability_flow import (
+    ADAPTIVE_METHODS,
+    FIXED_METHODS,
+    NON_FINITE_DRIFT,
+    ProbabilityFlow,
+    check_method,
+    solve_between,
+)
 from lightning_sde.samplers.base import FixedStepSampler, register
 
 DEFAULT_FIXED_STEPS = 100
@@ -82,8 +89,8 @@ class ProbabilityFlowODE(FixedStepSampler):
             drift = getattr(func, "last_drift", None)
             if drift is None or torch.isfinite(drift).all():
                 raise
-            raise FloatingPointError(f"ode: {self.method}'s step size underflowed at t={float(reached[-1]):.6g}: the "
-                                     "drift is not finite (the network returned NaN or infinite values)") from err
+            raise FloatingPointError(f"ode: {self.method}'s step size underflowed at t={float(reached[-1]):.6g}: "
+                                     f"{NON_FINITE_DRIFT}") from err
         report(torch.tensor(sde.eps, dtype=torch.float64), xs[-1])
         if self.adaptive:
             return xs[-1], {"n_accept": func.n_accept, "n_reject": func.n_reject}

@@ -149,6 +149,26 @@ def test_a_network_that_returns_nan_stops_an_adaptive_solver_at_once_with_the_ca
         assert den.nfe < 50
 
 
+@pytest.mark.parametrize("method", ["dopri5", "euler"])
+def test_a_network_that_returns_nan_stops_encode_decode_and_likelihood_with_the_cause(method):
+    """flow.py's solves: dopri5 would end in torchdiffeq's step-size underflow (an AssertionError), a fixed method in
+    NaN latents and log-likelihoods returned as results."""
+    from lightning_sde.flow import decode, encode, log_likelihood
+    from lightning_sde.probability_flow import ODEOptions
+
+    den = Denoiser(lambda x, t: torch.where(t.reshape(-1, 1) < 0.5, x * float("nan"), x), VPSDE(), "eps", (2,))
+    x = torch.zeros(3, 2, dtype=torch.float64) + 0.1
+    options = ODEOptions(method=method, steps=10)
+    for call in (lambda: encode(den, x, options), lambda: decode(den, x, options),
+                 lambda: log_likelihood(den, x, options)):
+        den.nfe = 0
+        with pytest.raises(FloatingPointError, match=r"^ODEOptions: .*the drift is not finite"):
+            call()
+        assert den.nfe < 200
+    finite = Denoiser(lambda x, t: 0.1 * x, VPSDE(), "eps", (2,))
+    assert torch.isfinite(log_likelihood(finite, x, options)["logp"]).all()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"means": [[0.0, float("nan")]], "stds": [1.0]}, r"^means must be finite"),
     ({"means": [[0.0, 0.0]], "stds": [float("inf")]}, r"^stds must be positive and finite"),
