@@ -206,17 +206,18 @@ class SweepRun:
         return out
 
     def _picture(self, label: str, nfe, x, reference):
-        from lightning_sde.plotting import image_grid, scatter_grid
+        from lightning_sde.plotting import drawable, image_grid, scatter_grid
 
+        if len(x) == 0 or not drawable(x.shape[1:]):
+            return None
         self.media_dir.mkdir(parents=True, exist_ok=True)
         path = self.media_dir / f"{file_name(label)}_{budget_key(nfe)}.png"
         if x.ndim == 4:
             return image_grid(x[:64], path, title=f"{label}, NFE {nfe:g}")
-        if x.ndim == 2 and x.shape[1] >= 2:
-            panels = {"reference": reference} if reference is not None else {}
-            panels[f"{label}, NFE {nfe:g}"] = x
-            return scatter_grid(panels, path)
-        return None
+        fits = reference is not None and reference.shape[1:] == x.shape[1:] and len(reference)
+        panels = {"reference": reference} if fits else {}
+        panels[f"{label}, NFE {nfe:g}"] = x
+        return scatter_grid(panels, path)
 
     def log_table(self, rows: list[dict], columns: list[str]) -> None:
         """The whole results table, as a W&B Table (the report's final view)."""

@@ -13,6 +13,7 @@ from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_famil
 from lightning_sde.bench.results import SamplePreviews, for_views, load, protocol
 from lightning_sde.files import write_csv, write_text
 from lightning_sde.metrics.scorer import direction
+from lightning_sde.plotting import drawable
 from lightning_sde.plotting.sweeps import plot_metrics, plot_samples
 from lightning_sde.plotting.tables import text_table
 
@@ -113,21 +114,29 @@ def summary_table(rows: list[dict]) -> str:
 def sample_panels(rows: list[dict], previews: SamplePreviews):
     """({sampler: {budget: samples}}, reference) from the previews the sweep kept; None when it kept none. The
     reference is drawn behind the samples only when they are all of one target (a reference is its target's)."""
-    panels = {}
+    panels, sample_shape = {}, None
     shown = cells(rows)
     for cell in shown:
         x = preview(previews, cell)
-        if x is not None:
-            budget = (f"NFE {cell['nfe']:.4g}" if cell["grid"] == "configured"
-                      else column_label(cell["grid"], cell["requested"]))
-            panels.setdefault(cell["sampler"], {})[budget] = x
-    if not panels:
+        if x is None:
+            continue
+        if sample_shape is None:
+            sample_shape = x.shape[1:]
+        if x.shape[1:] != sample_shape or len(x) == 0:
+            log.warning("the sample preview of %s at %s (shape %s) holds no samples of shape %s as the first; left "
+                        "out of the picture", cell["sampler"], cell["requested"], tuple(x.shape), tuple(sample_shape))
+            continue
+        budget = (f"NFE {cell['nfe']:.4g}" if cell["grid"] == "configured"
+                  else column_label(cell["grid"], cell["requested"]))
+        panels.setdefault(cell["sampler"], {})[budget] = x
+    if not panels or not drawable(sample_shape):
         return None
     one_target = len({cell["target"] for cell in shown}) == 1
     ref = reference(previews, shown[0]) if one_target else None
-    first = next(iter(next(iter(panels.values())).values()))
-    if first.ndim == 2 and first.shape[1] < 2 or first.ndim not in (2, 4):
-        return None  # 1-D points, or shapes no picture fits
+    if ref is not None and (ref.shape[1:] != sample_shape or len(ref) == 0):
+        log.warning("the reference preview (shape %s) holds no samples of shape %s as the cells'; left out of the "
+                    "picture", tuple(ref.shape), tuple(sample_shape))
+        ref = None
     return panels, ref
 
 

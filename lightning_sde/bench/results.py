@@ -173,7 +173,7 @@ class SamplePreviews:
         except Exception as err:  # noqa: BLE001  (a weights-only load runs nothing; a torn or foreign file)
             log.warning("sample preview %s not read (%s); the views go on without it", path, type(err).__name__)
             return None
-        if not torch.is_tensor(x) or not x.is_floating_point():
+        if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim == 0:
             log.warning("sample preview %s is not a tensor of samples; the views go on without it", path)
             return None
         return x

@@ -13,6 +13,12 @@ from torch import Tensor  # noqa: E402
 from lightning_sde.plotting.style import outside, robust_limits, save_atomically  # noqa: E402
 
 
+def drawable(sample_shape) -> bool:
+    """Whether samples of this shape (one sample's) have a picture: points of 2 or more coordinates (a scatter of
+    the first two), or images of 1 or 3 channels."""
+    return len(sample_shape) == 1 and sample_shape[0] >= 2 or len(sample_shape) == 3 and sample_shape[0] in (1, 3)
+
+
 def scatter_grid(panels: dict[str, Tensor], path: Path, cols: int = 4) -> Path:
     """One scatter panel per entry (the first two coordinates), on shared axes with ticks. The limits come from the
     "data" panel (else the first): a diverged sampler cannot shrink the others to a dot; a panel counts its points

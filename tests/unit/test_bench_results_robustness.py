@@ -157,6 +157,33 @@ def test_a_torn_or_foreign_preview_is_left_out_of_the_views_with_a_warning(tmp_p
     assert (tmp_path / "results.png").exists()
 
 
+@pytest.mark.parametrize("other", [torch.ones(4, 3), torch.ones(4), torch.ones(4, 2, 2), torch.ones(0, 2)])
+def test_a_preview_of_other_samples_is_left_out_of_the_pictures(tmp_path, caplog, other):
+    """A preview whose samples are not the first one's shape (1-D, 3-D, images) or holds none: `report` failed with
+    an IndexError, or drew it beside the others. The picture keeps the rest; the reference too, unless it is the
+    odd one."""
+    from types import SimpleNamespace
+
+    from lightning_sde.bench.dashboard import SweepRun
+
+    previews = SamplePreviews(tmp_path / "samples", n=4)
+    protocol = SamplePreviews.protocol(TARGET, 0, 32)
+    for requested, x in ((10, torch.ones(4, 2)), (20, other)):
+        previews.save(SimpleNamespace(label="ddim", grid="nfe", requested=requested), x, protocol)
+    previews.save_reference(torch.zeros(4, 2), protocol)
+    rows = [row(seed_count=32), row(seed_count=32, requested=20)]
+    panels, ref = views.sample_panels(rows, previews)
+    assert list(panels["ddim"]) == ["nfe 10"] and torch.equal(ref, torch.zeros(4, 2))
+    assert "the sample preview of ddim at 20" in caplog.text
+    previews.save_reference(other, protocol)
+    assert views.sample_panels(rows, previews)[1] is None
+    views.report(write(tmp_path / "r.jsonl", *rows))
+    assert (tmp_path / "samples.png").exists()
+    media = SimpleNamespace(media_dir=tmp_path / "media")
+    assert SweepRun._picture(media, "ddim", 20, other, None) is None or other.shape == (4, 3)
+    assert SweepRun._picture(media, "ddim", 10, torch.ones(4, 2), other).exists()
+
+
 # D7, D8, results=<folder>: one line, exit status 1
 
 @pytest.mark.parametrize("make, message", [
