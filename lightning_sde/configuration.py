@@ -219,14 +219,26 @@ def check_targets(node, where: str, trusted: tuple[str, ...]) -> None:
     (`lightning_sde.loading.Path`), a function or a method is refused, and nothing is built."""
     trusted = tuple(trusted)
     bad = [t for t in targets(node) if not trusted_class(t, trusted)]
-    missing = [t for t in bad if t.startswith(trusted) and not t.startswith(TRUSTED_TARGETS)]
-    if missing:  # a trusted package of yours that this Python cannot import
-        raise ValueError(f"{where} names {missing}, not a class this Python can import (is its package installed, "
-                         "or on PYTHONPATH?); nothing was built")
+    yours = [t for t in bad if t.startswith(trusted) and not t.startswith(TRUSTED_TARGETS)]
+    if yours:  # under a trusted package of yours
+        raise ValueError(f"{where} names {yours[0]!r}, {why_not_a_class(yours[0])}; nothing was built")
     if bad:
         raise ValueError(f"{where} names {bad}, outside the trusted targets {list(trusted)} (classes defined in "
                          f"those modules); nothing was built. If you wrote that class, trust its package: "
                          f"{TRUSTED_ENV}=<your_package> (or load_denoiser(..., trusted=...))")
+
+
+def why_not_a_class(target: str) -> str:
+    """What `target` (under a trusted module) is instead of a class defined there."""
+    from hydra.utils import get_object
+
+    try:
+        found = get_object(target)
+    except Exception:  # noqa: BLE001  (any import failure)
+        return "not a name this Python can import (is its package installed, or on PYTHONPATH?)"
+    if not isinstance(found, type):
+        return f"a {type(found).__name__}, not a class"
+    return f"a class defined in {found.__module__}, outside the trusted modules (a name a trusted module imports)"
 
 
 def trusted_class(target: str, trusted: tuple[str, ...] | None = None) -> type | None:

@@ -88,9 +88,13 @@ def test_a_package_named_in_the_environment_is_trusted_in_every_app(tmp_path, mo
     assert trusted_targets() == ("lightning_sde.", "other.pkg.", "helpers.")
     assert type(load_denoiser(path).sde).__name__ == "OwnVP"
     gone = checkpoint(tmp_path / "gone.ckpt", sde={**SDE, "_target_": "helpers.nosuch.OwnVP"})
-    with pytest.raises(CheckpointError, match=r"names \['helpers.nosuch.OwnVP'\], not a class this Python can import "
-                                              r"\(is its package installed, or on PYTHONPATH\?\)"):
+    with pytest.raises(CheckpointError, match=r"names 'helpers.nosuch.OwnVP', not a name this Python can import "
+                                              r"\(is its package installed, or on PYTHONPATH\?\); nothing was built"):
         load_denoiser(gone)
+    for target, what in (("helpers.nets.torch.zeros", "a builtin_function_or_method, not a class"),
+                         ("helpers.nets.nn.Linear", "a class defined in torch.nn.modules.linear, outside the trusted modules")):
+        with pytest.raises(CheckpointError, match=rf"names '{target}', {what}"):
+            load_denoiser(checkpoint(tmp_path / "name.ckpt", sde={**SDE, "_target_": target}))
     monkeypatch.setenv("LSDE_TRUSTED_MODULES", "my-package")
     with pytest.raises(ValueError, match=r"^\$LSDE_TRUSTED_MODULES: 'my-package' is not a module name"):
         load_denoiser(path)
