@@ -46,8 +46,21 @@ class DataMoments:
 
     @classmethod
     def of_gaussian(cls, mean: Tensor, cov: Tensor) -> "DataMoments":
+        """The moments of N(mean, cov); a covariance's rounding (a sample covariance's eigenvalues of -1e-17) is
+        taken as 0, anything else that is not symmetric positive semi-definite is refused."""
+        mean, cov = torch.as_tensor(mean).flatten(), torch.as_tensor(cov)
+        d = len(mean)
+        if cov.shape != (d, d) or not torch.isfinite(cov).all() or not torch.isfinite(mean).all():
+            raise ValueError(f"DataMoments.of_gaussian: mean (d,) and covariance (d, d) must be finite; got shapes "
+                             f"{tuple(mean.shape)} and {tuple(cov.shape)}")
+        rounding = 100 * torch.finfo(cov.dtype).eps * float(cov.abs().max()) if cov.is_floating_point() else 0.0
+        if not torch.allclose(cov, cov.T, rtol=0, atol=rounding):
+            raise ValueError("DataMoments.of_gaussian: the covariance must be symmetric")
         eigvals, eigvecs = torch.linalg.eigh(0.5 * (cov + cov.T))
-        return cls(mean.flatten(), eigvals.clamp_min(0), eigvecs)
+        if len(eigvals) and eigvals.min() < -rounding * d:
+            raise ValueError(f"DataMoments.of_gaussian: the covariance must be positive semi-definite; its smallest "
+                             f"eigenvalue is {float(eigvals.min()):.3g}")
+        return cls(mean, eigvals.clamp_min(0), eigvecs)
 
     @classmethod
     def of_samples(cls, x: Tensor, rank: int = 1024) -> "DataMoments":

@@ -35,6 +35,25 @@ def test_moments_of_two_samples_are_their_mean_and_covariance():
         DataMoments.of_samples(x[:1])
 
 
+@pytest.mark.parametrize("mean, cov, message", [
+    ([0.0, 0.0], [[1.0, 2.0], [2.0, 1.0]], r"positive semi-definite; its smallest eigenvalue is -1$"),
+    ([0.0, 0.0], [[1.0, 0.5], [0.0, 1.0]], "must be symmetric"),
+    ([0.0, float("nan")], [[1.0, 0.0], [0.0, 1.0]], "must be finite"),
+    ([0.0, 0.0, 0.0], [[1.0, 0.0], [0.0, 1.0]], r"got shapes \(3,\) and \(2, 2\)"),
+])
+def test_what_is_no_covariance_is_refused_not_clamped(mean, cov, message):
+    """of_gaussian symmetrised the covariance and clamped negative eigenvalues to 0 without a word: a Gaussian start
+    from moments of another distribution than the one given."""
+    with pytest.raises(ValueError, match=f"^DataMoments.of_gaussian: .*{message}"):
+        DataMoments.of_gaussian(torch.tensor(mean), torch.tensor(cov))
+
+
+def test_a_sample_covariance_of_fewer_samples_than_dimensions_is_taken_with_its_rounding():
+    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(0))
+    m = DataMoments.of_samples(x)  # rank 4: 36 eigenvalues are 0 up to rounding, some of them negative
+    assert (m.eigvals >= 0).all() and (m.eigvals > 1e-6).sum() == 4
+
+
 @pytest.mark.parametrize("d", [4, 5])  # rank 4: d == rank is still the exact path; d > rank the leading pairs
 def test_the_exact_path_holds_up_to_d_equal_to_rank(d):
     gen = torch.Generator().manual_seed(0)
