@@ -64,6 +64,11 @@ def check_optim(optim: dict) -> dict:
     return {**optim, "betas": tuple(betas)}
 
 
+def warmup_factor(warmup_steps: int, step: int) -> float:
+    """The lr's factor at scheduler step `step` (0 at the first optimizer step): linear warm-up to 1."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
 def batch_seed(seed: int, batch: int, rank: int) -> int:
     """The seed of one training batch's randomness: distinct for every (run seed, batch, rank); `batch` counts the
     batches trained on (optimizer steps x accumulated batches: the global step without accumulation)."""
@@ -291,31 +296,35 @@ class ScoreModule(L.LightningModule):
                     group[key] = value
 
     def _apply_configured_lr(self, checkpoint) -> None:
-        """A resume restores the optimizer and scheduler states, and with them the lr they were built with: a changed
-        optim.lr (the advice after a non-finite loss) takes effect by rescaling the restored lr, warm-up factor kept.
-        An unchanged lr leaves the checkpoint untouched (exact resume)."""
-        optimizers = checkpoint.get("optimizer_states") or []
+        """A resume restores the optimizer and scheduler states, and with them the lr of the schedule they were built
+        with, which the restored step would keep until the scheduler's next step: the lr of this config's optim.lr
+        and optim.warmup_steps at the restored step is set instead (a changed lr or warm-up, the advice after a
+        non-finite loss, takes effect from the first step). An unchanged schedule leaves the checkpoint untouched
+        (exact resume: the same product)."""
+        optimizers, schedulers = checkpoint.get("optimizer_states") or [], checkpoint.get("lr_schedulers") or []
         groups = optimizers[0].get("param_groups", []) if len(optimizers) == 1 else []
-        new = float(self.optim["lr"])
-        old = {float(g.get("initial_lr", g["lr"])) for g in groups if "lr" in g}
-        if not old or old == {new}:
+        if len(schedulers) != 1 or "last_epoch" not in schedulers[0] or not all("lr" in g for g in groups):
             return
+        new, step = float(self.optim["lr"]), schedulers[0]["last_epoch"]
+        lr = new * warmup_factor(self.optim["warmup_steps"], step)
+        if all(g["lr"] == lr and g.get("initial_lr", new) == new for g in groups):
+            return
+        log.info("optim.lr %g and optim.warmup_steps %d from this config: lr %g at the restored step %d, in place of "
+                 "%s from the checkpoint", new, self.optim["warmup_steps"], lr, step,
+                 ", ".join(f"{g['lr']:g}" for g in groups))
         for group in groups:
-            group["lr"] = group["lr"] * new / float(group.get("initial_lr", group["lr"]))
-            group["initial_lr"] = new
-        for state in checkpoint.get("lr_schedulers") or []:
-            if "base_lrs" in state:
-                state["base_lrs"] = [new] * len(state["base_lrs"])
-            if "_last_lr" in state:
-                state["_last_lr"] = [group["lr"] for group in groups]
-        log.info("optim.lr: %g from this config, in place of %s from the checkpoint", new,
-                 ", ".join(f"{lr:g}" for lr in sorted(old)))
+            group["lr"], group["initial_lr"] = lr, new
+        state = schedulers[0]
+        if "base_lrs" in state:
+            state["base_lrs"] = [new] * len(state["base_lrs"])
+        if "_last_lr" in state:
+            state["_last_lr"] = [lr] * len(groups)
 
     def configure_optimizers(self):
         o = self.optim
         opt = torch.optim.AdamW(self.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], betas=o["betas"])
-        warmup = o["warmup_steps"]
-        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        warmup = o["warmup_steps"]  # a plain function: LambdaLR keeps no state of it in checkpoints
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_factor(warmup, step))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

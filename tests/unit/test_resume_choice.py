@@ -116,6 +116,17 @@ def test_a_lower_lr_on_resume_takes_effect_and_keeps_the_warmup():
     assert checkpoint["lr_schedulers"][0]["base_lrs"] == [1e-4]
 
 
+@pytest.mark.parametrize("lr, warmup_steps", [(1e-3, 100), (2e-3, 8), (1e-3, 0)])
+def test_a_new_warmup_on_resume_takes_effect_from_the_first_step(lr, warmup_steps):
+    """The first resumed step ran at the restored lr (the old warm-up's factor, 20x the new one's at step 4 of a
+    warm-up stretched from 2 to 100 steps): the step the advice after a non-finite loss would repeat."""
+    checkpoint = _restored_optimizer(1e-3, warmup_steps=2, steps=4)
+    lrs = _resumed_lrs(checkpoint, lr, warmup_steps=warmup_steps, steps=4)
+    assert lrs == pytest.approx([lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
+                                 for step in range(4, 8)], rel=1e-12)
+    assert checkpoint["lr_schedulers"][0]["_last_lr"] == [lrs[0]]  # what lr-AdamW logs
+
+
 def test_an_unchanged_lr_leaves_the_restored_state_untouched():
     checkpoint = _restored_optimizer(1e-3, warmup_steps=10, steps=4)
     before = repr(checkpoint)
