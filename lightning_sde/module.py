@@ -23,9 +23,11 @@ benchmarks/speed_options.py measures them; tests/unit/test_speed_options.py chec
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
+import struct
 
 import lightning as L
 import torch
@@ -70,9 +72,14 @@ def warmup_factor(warmup_steps: int, step: int) -> float:
 
 
 def batch_seed(seed: int, batch: int, rank: int) -> int:
-    """The seed of one training batch's randomness: distinct for every (run seed, batch, rank); `batch` counts the
-    batches trained on (optimizer steps x accumulated batches: the global step without accumulation)."""
-    return (seed * 1_000_003 + batch) * 4099 + rank
+    """The seed of one training batch's randomness: a 63-bit hash of (run seed, batch, rank), so that no two of them
+    share a stream (an affine code of the three gave run seed 1 the streams of seed 0 a million batches on); `batch`
+    counts the batches trained on (optimizer steps x accumulated batches: the global step without accumulation)."""
+    digest = hashlib.blake2b(struct.pack("<qqq", seed, batch, rank), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+VALIDATION_RUN_SEED = -1  # validation's fixed noise: batch_seed of a run seed no run has (seeds are >= 0)
 
 
 class ScoreModule(L.LightningModule):
@@ -235,9 +242,9 @@ class ScoreModule(L.LightningModule):
                              "trainer.gradient_clip_val", first)
 
     def validation_step(self, batch, batch_idx):
-        # Fixed t and noise per batch: the validation loss is comparable across epochs and runs (conditional
-        # models: with the true labels).
-        gen = torch.Generator().manual_seed(batch_idx)
+        # Fixed t and noise per batch and rank: the validation loss is comparable across epochs and runs (of one
+        # number of processes; conditional models: with the true labels).
+        gen = torch.Generator().manual_seed(batch_seed(VALIDATION_RUN_SEED, batch_idx, self.trainer.global_rank))
         x0, y = self.labels_of(batch)
         self.log("val/loss", self.loss_fn(self.denoiser, x0, gen, labels=y).mean(), sync_dist=True, prog_bar=True)
 

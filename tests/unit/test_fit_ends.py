@@ -83,6 +83,33 @@ def test_each_batch_of_an_accumulated_step_has_its_own_seed(tmp_path, monkeypatc
     assert drawn == list(range(12))
 
 
+def test_no_two_runs_batches_or_ranks_share_a_seed():
+    """An affine code of (seed, batch, rank) gave run seed 1 the streams of seed 0 a million batches on, and rank 4099
+    those of the next batch."""
+    from lightning_sde.module import batch_seed
+
+    assert batch_seed(1, 0, 0) != batch_seed(0, 1_000_003, 0) and batch_seed(0, 1, 0) != batch_seed(0, 0, 4099)
+    seeds = {batch_seed(seed, batch, rank) for seed in range(4) for batch in range(0, 3_000_000, 997)
+             for rank in range(4)}
+    assert len(seeds) == 4 * len(range(0, 3_000_000, 997)) * 4
+    assert batch_seed(3, 5, 1) == batch_seed(3, 5, 1) and 0 <= batch_seed(3, 5, 1) < 2**63
+
+
+def test_validation_noise_is_fixed_per_batch_and_differs_between_ranks():
+    """Every rank drew the same times and noise for its batch i (one seed per batch index), so a run on two
+    processes scored its two halves of the data at the same t's."""
+    from types import SimpleNamespace
+
+    module = ScoreModule(net=MLP, shape=[2], sde=VP)
+    batch = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    logged = []
+    module.log = lambda name, value, **kwargs: logged.append(float(value))
+    for rank in (0, 1, 0):
+        module._trainer = SimpleNamespace(global_rank=rank)
+        module.validation_step(batch, 3)
+    assert logged[0] == logged[2] != logged[1]
+
+
 def test_a_signal_within_an_accumulated_step_checkpoints_after_its_last_batch(tmp_path):
     """The requeue signal arrives at the second of a step's 3 batches: the checkpoint waits for the third, after the
     optimizer step, so a resume starts at a step's first batch."""
