@@ -21,9 +21,9 @@ class DDIM(FixedStepSampler):
     eta: float = 0.0
 
     def __post_init__(self):
-        super().__post_init__()
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"{self.name}: eta must lie in [0, 1]; got {self.eta!r}")
+        super().__post_init__()  # its schedule checks ask whether eta draws noise
 
     @property
     def stochastic(self) -> bool:

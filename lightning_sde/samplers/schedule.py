@@ -38,6 +38,7 @@ from lightning_sde.samplers.tuning import (
 )
 
 SCHEDULE_GRIDS = GRIDS + ("select", "optimized")
+GRID_KNOBS = ("grid", "rho", "pilot", "pilot_batch")  # how a fixed-step sampler's times are made
 # knobs that bound memory, not what a sampler computes: left out of the tuning cache's key and of result keys
 MEMORY_ONLY = ("pilot_batch",)
 TUNED_CACHE_SIZE = 32
@@ -122,6 +123,11 @@ def check_schedule(sampler) -> None:
             if getattr(sampler, knob, None) is not None:
                 raise ValueError(f"{name}: {knob} chooses among fixed-step runs; an adaptive sampler has no grid "
                                  "to select")
+        ignored = {f.name: getattr(sampler, f.name) for f in dataclasses.fields(sampler)
+                   if f.name in GRID_KNOBS and getattr(sampler, f.name) != f.default}
+        if ignored:
+            raise ValueError(f"{name}: {', '.join(f'{k}={v!r}' for k, v in ignored.items())} would be ignored: an "
+                             f"adaptive method chooses its own steps ({', '.join(GRID_KNOBS)} are fixed-step knobs)")
         return
     steps = sampler.steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -130,6 +136,9 @@ def check_schedule(sampler) -> None:
         raise ValueError(f"{name}: unknown grid {sampler.grid!r}; choose one of {SCHEDULE_GRIDS}")
     if isinstance(sampler.rho, bool) or not isinstance(sampler.rho, (int, float)) or not 0.1 <= sampler.rho <= 100:
         raise ValueError(f"{name}: rho must be a number in [0.1, 100] (EDM: 7); got {sampler.rho!r}")
+    if sampler.grid in ("select", "optimized") and sampler.stochastic:
+        raise ValueError(f"{name}: grid={sampler.grid!r} tunes deterministic samplers against the ODE's solution; "
+                         f"this one draws noise (a named grid: {GRIDS})")
     pilot = sampler.pilot
     if isinstance(pilot, bool) or not isinstance(pilot, int) or pilot < 1:
         raise ValueError(f"{name}: pilot must be a number of rows >= 1; got {pilot!r}")
@@ -195,9 +204,6 @@ def check_select_over(sampler, over, label: str) -> dict:
             variant = select_variant(sampler, combination)
         except ValueError as err:
             raise ValueError(f"{name}: {label} candidate {combination}: {err}") from err
-        if variant.stochastic:
-            raise ValueError(f"{name}: {label} candidate {combination} is stochastic; select compares "
-                             "deterministic runs with the ODE's solution")
         if variant.nfe_per_step != sampler.nfe_per_step:  # (an adaptive candidate already failed: steps are fixed)
             raise ValueError(f"{name}: {label} candidate {combination} costs {variant.nfe_per_step} NFE a step, "
                              f"not {sampler.nfe_per_step} like the others: select compares runs at equal NFE")
