@@ -92,7 +92,8 @@ def test_a_package_named_in_the_environment_is_trusted_in_every_app(tmp_path, mo
                                               r"\(is its package installed, or on PYTHONPATH\?\); nothing was built"):
         load_denoiser(gone)
     for target, what in (("helpers.nets.torch.zeros", "a builtin_function_or_method, not a class"),
-                         ("helpers.nets.nn.Linear", "a class defined in torch.nn.modules.linear, outside the trusted modules")):
+                         ("helpers.nets.nn.Linear",
+                          "a class defined in torch.nn.modules.linear, outside the trusted modules")):
         with pytest.raises(CheckpointError, match=rf"names '{target}', {what}"):
             load_denoiser(checkpoint(tmp_path / "name.ckpt", sde={**SDE, "_target_": target}))
     monkeypatch.setenv("LSDE_TRUSTED_MODULES", "my-package")

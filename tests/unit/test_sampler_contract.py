@@ -299,8 +299,9 @@ def test_select_over_from_steps_sets_the_candidates_per_budget():
     ("unipc", {"grid": "select", "select_over": {"gaussian_start": [None, -1]}},
      "candidate {'gaussian_start': -1}: unipc: gaussian_start must be a ratio > 0"),
     ("unipc", {"grid": "select", "select_over": {"order": [2, 2]}}, "select_over\\['order'\\] lists a value twice"),
-    ("ddim", {"grid": "select", "select_over": {"eta": [0.0, 1.0]}}, "candidate {'eta': 1.0}: ddim: grid='select' tunes deterministic samplers against the ODE's solution; this "
-     "one draws noise"),
+    ("ddim", {"grid": "select", "select_over": {"eta": [0.0, 1.0]}},
+     "candidate {'eta': 1.0}: ddim: grid='select' tunes deterministic samplers against the ODE's solution; this one "
+     "draws noise"),
     ("ode", {"method": "euler", "grid": "select", "select_over": {"method": ["euler", "rk4"]}},
      "candidate {'method': 'rk4'} costs 4 NFE a step, not 1"),
 ])
