@@ -49,9 +49,10 @@ class ReverseDiffusion(FixedStepSampler):
         return x
 
 
-def langevin_correct(denoiser, x, t, s, noise, n_steps: int, snr: float, at=None):
+def langevin_correct(denoiser, x, t, s, noise, n_steps: int, snr: float, at=None, mean_last: bool = False):
     """Langevin corrector at time `at` (default t) of the step t -> s: x += e score + sqrt(2 e) z with
-    e = 2 alpha_i (snr sigma_at)^2, alpha_i the step's.
+    e = 2 alpha_i (snr sigma_at)^2, alpha_i the step's; with `mean_last`, the last of them without its noise (the
+    mean of the sampler's last step, as every stochastic sampler returns).
 
     score_sde sets e = 2 alpha_i (snr |z| / |score|)^2 with norms averaged over the batch; |z| / |score| -> sigma_t
     as the dimension grows. We use that limit: per-sample norms would make e blow up wherever a sample's score
@@ -60,8 +61,10 @@ def langevin_correct(denoiser, x, t, s, noise, n_steps: int, snr: float, at=None
     sde = denoiser.sde
     at = t if at is None else at
     step = 2 * sde.langevin_scale(t, s) * (snr * sde.sigma(at)) ** 2
-    for _ in range(n_steps):
-        x = x + step * denoiser(x, at).score + (2 * step).sqrt() * noise().to(x)
+    for i in range(n_steps):
+        x = x + step * denoiser(x, at).score
+        if not (mean_last and i == n_steps - 1):
+            x = x + (2 * step).sqrt() * noise().to(x)
     return x
 
 
@@ -103,6 +106,6 @@ class PredictorCorrector(FixedStepSampler):
 
     def step(self, denoiser, x, t, s, noise, last, state):
         if self._predictor is None:  # corrector only: Langevin at the step's end, so that the last one is at eps
-            return langevin_correct(denoiser, x, t, s, noise, self.corrector_steps, self.snr, at=s)
+            return langevin_correct(denoiser, x, t, s, noise, self.corrector_steps, self.snr, at=s, mean_last=last)
         x = langevin_correct(denoiser, x, t, s, noise, self.corrector_steps, self.snr)
         return self._predictor.step(denoiser, x, t, s, noise, last, state)

@@ -95,16 +95,18 @@ def test_langevin_step_and_its_vp_scale(sde_name):
     assert noise.calls == 1
 
 
-@pytest.mark.parametrize("name", ["euler_maruyama", "reverse_diffusion", "ancestral", "pc", "sde_dpmpp"])
-def test_stochastic_samplers_add_no_noise_on_their_last_step(name):
-    """N steps draw the prior once (not through __call__) and N - 1 noises (PC: + one per corrector step)."""
+@pytest.mark.parametrize("name, params, corrector", [
+    ("euler_maruyama", {}, 0), ("reverse_diffusion", {}, 0), ("ancestral", {}, 0), ("sde_dpmpp", {}, 0),
+    ("pc", {}, 6), ("pc", {"predictor": "none", "corrector_steps": 2}, 6)])  # 12 Langevin steps, the last without
+def test_stochastic_samplers_add_no_noise_on_their_last_step(name, params, corrector):
+    """N steps draw the prior once (not through __call__) and N - 1 noises (PC: + one per corrector step; without a
+    predictor its Langevin steps are the steps, and the last one at eps adds none)."""
     den = GAUSS.denoiser(SDES["vp"])
-    sampler = build_sampler(name, steps=6)
+    sampler = build_sampler(name, steps=6, **params)
     noise = RecordingNoise(torch.zeros(4, 2, dtype=torch.float64))
     x_T = torch.randn(4, 2, dtype=torch.float64)
     noise.seeds = range(4)
     sampler(den, x_T, noise)
-    corrector = 6 if name == "pc" else 0
     assert noise.calls == 6 - 1 + corrector
 
 
