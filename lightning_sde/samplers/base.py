@@ -18,10 +18,12 @@ Stochastic samplers return the mean of their last step (no noise is added at t =
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -64,18 +66,23 @@ FLOAT_ANNOTATIONS = (float, "float", "float | None", "None | float", "Optional[f
 
 
 FLOAT_SEQUENCE_ANNOTATIONS = ("Sequence[float]", "Sequence[float] | None")
+INT_ANNOTATIONS = (int, "int", "int | None", "None | int", "Optional[int]")
 
 
 def floats_as_declared(values: dict, annotations: dict) -> dict:
     """`values` with each integer given where `annotations` declare a float (or a sequence of floats: a list) as that
     float: Hydra reads `eta=0` on a command line as an int and `eta: 0.0` in a file as a float, and both must name one
-    value (lsde-bench keys its results by the parameters)."""
+    value (lsde-bench keys its results by the parameters). NumPy's numbers (`steps=np.int64(10)` from a sweep) become
+    the Python numbers declared."""
     def as_float(v):
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        real = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+        return float(v) if real and (isinstance(v, numbers.Integral) or isinstance(v, np.floating)) else v
 
     out = {}
     for k, v in values.items():
-        if annotations.get(k) in FLOAT_ANNOTATIONS:
+        if annotations.get(k) in INT_ANNOTATIONS and isinstance(v, np.integer):
+            v = int(v)
+        elif annotations.get(k) in FLOAT_ANNOTATIONS:
             v = as_float(v)
         elif annotations.get(k) in FLOAT_SEQUENCE_ANNOTATIONS and isinstance(v, Sequence) and not isinstance(v, str):
             v = [as_float(e) for e in v]

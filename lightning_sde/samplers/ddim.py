@@ -21,13 +21,14 @@ class DDIM(FixedStepSampler):
     eta: float = 0.0
 
     def __post_init__(self):
+        super().__post_init__()
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"{self.name}: eta must lie in [0, 1]; got {self.eta!r}")
-        super().__post_init__()  # its schedule checks ask whether eta draws noise
 
     @property
     def stochastic(self) -> bool:
-        return self.eta > 0
+        number = isinstance(self.eta, (int, float)) and not isinstance(self.eta, bool)
+        return number and self.eta > 0  # (asked before eta is checked: a bad eta is named by its own check)
 
     def step(self, denoiser, x, t, s, noise, last, state):
         sde = denoiser.sde

@@ -108,3 +108,17 @@ def test_a_bad_parameter_is_refused_naming_it(name, params, message):
 def test_the_extreme_good_values_are_accepted_and_kept(name, params):
     sampler = build_sampler(name, **params)
     assert all(getattr(sampler, key) == value for key, value in params.items())
+
+
+def test_numpy_numbers_are_taken_as_the_python_numbers_declared():
+    """A sweep over np.arange or np.linspace: steps=np.int64(5) was refused ("must be an integer"), and a float32
+    eta keyed other rows than the same Python float."""
+    import numpy as np
+
+    sampler = build_sampler("ddim", steps=np.int64(5), eta=np.float32(0.5), times=None)
+    assert type(sampler.steps) is int and type(sampler.eta) is float
+    assert sampler.params() == build_sampler("ddim", steps=5, eta=0.5).params()
+    ode = build_sampler("ode", method="rk4", steps=np.int32(3), grid="karras", rho=np.float64(7))
+    assert type(ode.steps) is int and type(ode.rho) is float
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        build_sampler("ddim", steps=np.float64(5.0))
