@@ -33,8 +33,9 @@ class Target:
     protocol: dict = field(default_factory=dict)  # constant fields of every result row
 
 
-def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
-    """("mixture" | "checkpoint", id), checked without loading weights or data; ValueError naming the key."""
+def target_kind(cfg: DictConfig, needs_data: bool = True, free_data_keys=EVALUATION_FREE_KEYS) -> tuple[str, str]:
+    """("mixture" | "checkpoint", id), checked without loading weights or data; ValueError naming the key.
+    `free_data_keys`: the data settings that may differ from the checkpoint's training data."""
     has_ckpt, has_problem = cfg.get("checkpoint") is not None, cfg.get("problem") is not None
     if has_ckpt and overridden("problem"):
         raise ValueError("config checkpoint/problem: both set; a target is a checkpoint (with data=<its data>) or "
@@ -68,7 +69,7 @@ def target_kind(cfg: DictConfig, needs_data: bool = True) -> tuple[str, str]:
         step = ckpt.get("global_step")
         if cfg.get("data") is not None:
             check_same_data(path, ckpt.get("data_config"), plain(cfg.data), "score it against the data it was "
-                            "trained on (its run's data config)", EVALUATION_FREE_KEYS)
+                            "trained on (its run's data config)", free_data_keys)
         from lightning_sde.loading import file_sha256
 
         return "checkpoint", f"{path.resolve()}@step{step}#{file_sha256(path)[:16]}" + _data_id(cfg)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from lightning_sde.cli.errors import fails_cleanly, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, require_device
+from lightning_sde.configuration import CONFIG_PATH, LIKELIHOOD_FREE_KEYS, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, gather_to_zero, launched, rank_world
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
     """(ODE options, target kind, target id); fails fast, naming the config key."""
-    kind, target_id = target_kind(cfg)
+    kind, target_id = target_kind(cfg, free_data_keys=LIKELIHOOD_FREE_KEYS)
     for key in ("n", "batch_size", "probes", "exact_max_dim"):
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -294,6 +294,7 @@ def test_guidance_is_a_sweep_axis_with_an_honest_nfe(tmp_path):
 def test_a_checkpoint_targets_id_changes_with_its_content_and_its_data_not_with_batching(tmp_path):
     """Rows of a results file are reused by key: a checkpoint rewritten at the same path and step (another run) or
     other reference data (data.name) must not match the old rows; the data's batch size changes nothing measured."""
+    from lightning_sde.configuration import LIKELIHOOD_FREE_KEYS
     from lightning_sde.module import ScoreModule
     from lightning_sde.targets import target_kind
 
@@ -324,6 +325,7 @@ def test_a_checkpoint_is_scored_only_against_the_data_and_under_the_sde_it_was_t
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from lightning_sde.configuration import LIKELIHOOD_FREE_KEYS
     from lightning_sde.module import ScoreModule
     from lightning_sde.targets import target_kind
 
@@ -338,6 +340,14 @@ def test_a_checkpoint_is_scored_only_against_the_data_and_under_the_sde_it_was_t
     with pytest.raises(ValueError, match=r"^config data: the checkpoint .*last.ckpt was trained on other data "
                                          r"\(data.name: 'eight_gaussians' there, 'swiss_roll' here\); score it"):
         target_kind(_cfg(tmp_path, f"checkpoint={path}", "data=toy2d", "data.name=swiss_roll"))
+    digits = OmegaConf.to_container(_cfg(tmp_path, "data=digits").data, resolve=True)
+    torch.save({**torch.load(path, weights_only=True), "data_config": digits}, tmp_path / "digits.ckpt")
+    # dequantisation moves the pixel levels a sample is scored against (a perfect model's FID doubled); a likelihood
+    # may be measured on dequantised data (the bits/dim bound)
+    dequantized = [f"checkpoint={tmp_path / 'digits.ckpt'}", "data=digits", "data.dequantize=true"]
+    with pytest.raises(ValueError, match=r"trained on other data \(data.dequantize: False there, True here\)"):
+        target_kind(_cfg(tmp_path, *dequantized))
+    assert target_kind(_cfg(tmp_path, *dequantized), free_data_keys=LIKELIHOOD_FREE_KEYS)[0] == "checkpoint"
     overrides = [f"checkpoint={path}", "data=toy2d", "sde=ve"]
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         HydraConfig.instance().set_config(compose("bench", overrides=overrides, return_hydra_config=True))
