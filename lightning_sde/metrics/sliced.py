@@ -6,11 +6,6 @@ import torch
 from torch import Tensor
 
 
-def _quantiles(values: Tensor, levels: Tensor) -> Tensor:
-    """Empirical quantile functions of each column of values (n, P) at levels (m,)."""
-    return torch.quantile(values, levels.to(values), dim=0, interpolation="linear")
-
-
 def directions(dim: int, n_projections: int = 256, seed: int = 0) -> Tensor:
     """(dim, n_projections) random unit directions theta, fixed by the seed (so values are comparable)."""
     gen = torch.Generator().manual_seed(seed)
@@ -27,19 +22,25 @@ def flat_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 def sliced_w2_of_projections(px: Tensor, py: Tensor) -> float:
     """sqrt(mean over columns of W2^2) between the columns of px (n, P) and py (m, P)."""
-    if px.shape[0] == py.shape[0]:
-        qx, qy = px.sort(dim=0).values, py.sort(dim=0).values
-    else:
-        n = max(px.shape[0], py.shape[0])
-        levels = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-        qx, qy = _quantiles(px, levels), _quantiles(py, levels)
-    return (qx - qy).pow(2).mean().sqrt().item()
+    qx, qy = px.sort(dim=0).values, py.sort(dim=0).values
+    n, m = len(qx), len(qy)
+    if n == m:
+        return (qx - qy).pow(2).mean().sqrt().item()
+    # the empirical quantile functions are steps at i/n and k/m: W2^2 = sum over the merged steps of their length
+    # times the squared difference of the two values on it (read at each step's midpoint)
+    ends = torch.cat([torch.arange(1, n + 1, dtype=torch.float64) / n, torch.arange(1, m, dtype=torch.float64) / m])
+    ends = ends.sort().values
+    lengths = torch.diff(ends, prepend=ends.new_zeros(1))
+    mid = ends - lengths / 2
+    ix, iy = (mid * n).long().clamp_max(n - 1), (mid * m).long().clamp_max(m - 1)
+    w2 = (lengths.to(qx.dtype)[:, None] * (qx[ix] - qy[iy]).pow(2)).sum(0)
+    return w2.mean().sqrt().item()
 
 
 def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, seed: int = 0) -> float:
     """sqrt(E_theta W2^2(theta.x, theta.y)) over random unit directions theta (a fixed seed: comparable values).
 
-    Sets of equal size compare sorted projections; otherwise both quantile functions are read at common levels.
+    Sets of equal size compare sorted projections; otherwise the two empirical quantile functions (steps) exactly.
     """
     x, y = flat_pair(x, y)
     theta = directions(x.shape[1], n_projections, seed)
