@@ -178,10 +178,11 @@ class InceptionFeatures(nn.Module):
     Takes float images in [0, 1] or uint8 (N, C, H, W) with C = 1 or 3 (grayscale is repeated to RGB); floats go
     to uint8 rounded, round(255 x) after clamping to [0, 1] (as EDM quantizes samples): a dataset's pixel k, scaled
     to [-1, 1] and back, is k again (torchmetrics' (x * 255).byte() truncates it to k - 1 for a quarter of the
-    levels), so reference statistics are those of the data's own pixels.
+    levels), so reference statistics are those of the data's own pixels. The features equal torch-fidelity's (the
+    original FID's resize to 299).
     """
 
-    cache_tag = "round"  # how floats are quantized: part of the reference statistics' cache key
+    cache_tag = "round+tf1-resize"  # how inputs are read (quantized, resized): part of the reference stats' cache key
 
     def __init__(self, weights_path=None, feature: int | str = 2048):
         super().__init__()
@@ -192,8 +193,10 @@ class InceptionFeatures(nn.Module):
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         self.weights_path = str(path)
+        # resized to 299 as the original FID code (TensorFlow 1's bilinear, torch-fidelity's), not with
+        # torchmetrics' default antialiased resize: FIDs comparable with published ones and torch-fidelity's
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
-                                      feature_extractor_weights_path=str(path))
+                                      feature_extractor_weights_path=str(path), antialias=False)
         self.num_features = int(feature)
         self.eval()
 
