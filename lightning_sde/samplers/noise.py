@@ -45,20 +45,25 @@ class SeededNoise:
         self._next = BLOCK_STEPS
 
     def _draw(self, lead: tuple[int, ...]) -> Tensor:
-        draws = [torch.randn(lead + self.shape, generator=g, dtype=self.dtype) for g in self._generators]
-        return torch.stack(draws, dim=len(lead)).to(self.device)
+        """(B, *lead, *shape) on the CPU, each seed's draws written in place (no second copy of the block)."""
+        out = torch.empty((len(self._generators), *lead, *self.shape), dtype=self.dtype)
+        for row, g in zip(out, self._generators):
+            torch.randn(lead + self.shape, generator=g, dtype=self.dtype, out=row)
+        return out
 
     def prior(self) -> Tensor:
         """The first standard-normal draw of each seed, (B, *shape); the same on every call."""
         if self._prior is None:
-            self._prior = self._draw(())
+            self._prior = self._draw(()).to(self.device)
         return self._prior
 
     def __call__(self) -> Tensor:
-        """The next standard-normal draw of each seed, (B, *shape)."""
+        """The next standard-normal draw of each seed, (B, *shape). The block of BLOCK_STEPS steps stays on the
+        CPU: the device holds one step's draw at a time."""
         self.prior()  # the prior is always each stream's first draw
         if self._next == BLOCK_STEPS:
+            self._block = None  # one block in memory at a time
             self._block = self._draw((BLOCK_STEPS,))
             self._next = 0
         self._next += 1
-        return self._block[self._next - 1]
+        return self._block[:, self._next - 1].to(self.device)

@@ -58,6 +58,25 @@ def test_a_seeds_noise_comes_in_stream_order_after_its_prior_draw():
     torch.testing.assert_close(draws, torch.cat([first_block, second_block[:2]]))
 
 
+def test_the_noise_holds_one_block_of_draws_at_a_time():
+    """A block is BLOCK_STEPS steps of the whole batch (384 MiB for 128 samples of 3x64x64): the per-seed draws and
+    their stack, and the old block kept while the next was drawn, made three (peak 1164 MiB). A fresh process, so
+    that its peak resident memory is this generation's."""
+    import subprocess
+    import sys
+
+    code = ("import resource, torch\n"
+            "from lightning_sde.samplers.noise import SeededNoise\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "noise = SeededNoise(range(128), (3, 64, 64))\n"
+            "for _ in range(130): noise()\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n")
+    growth_mib = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                      check=True).stdout)
+    block_mib = BLOCK_STEPS * 128 * 3 * 64 * 64 * 4 / 2**20
+    assert growth_mib < 1.5 * block_mib
+
+
 # --- bad input to the library: refused where it is given, not broadcast into numbers ---------------------------------
 
 def test_a_network_output_or_input_of_another_shape_is_refused():
