@@ -138,6 +138,10 @@ def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict |
     denoiser, x, offset, mixture = evaluation_set(cfg, kind, target_id, device, dtype)
     dim = math.prod(denoiser.shape)
     divergence = cfg.divergence if cfg.divergence != "auto" else ("exact" if dim <= cfg.exact_max_dim else "hutchinson")
+    if divergence == "exact" and dim > cfg.exact_max_dim and rank == 0:
+        log.warning("divergence=exact on %d dimensions: one backward pass per dimension at every ODE evaluation, "
+                    "up to %d times the backward work of divergence=hutchinson with probes=%d", dim, dim // cfg.probes,
+                    cfg.probes)
     partial = Path(cfg.out) / PARTIAL
     done = partial_rows(partial) if rank == 0 else {}
     if done:

@@ -89,3 +89,20 @@ def test_a_killed_run_goes_on_from_the_rows_it_had_written(tmp_path, monkeypatch
     rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(40))
     validate(cfg(tmp_path / "out"))  # the summary write() left records its settings: a rerun is not refused
+
+
+def test_an_exact_divergence_asked_for_many_dimensions_is_warned_about(tmp_path, caplog):
+    """divergence=exact runs one backward pass per dimension at every ODE evaluation: on a 3x32x32 image, 3072; asked
+    for explicitly above exact_max_dim, it says what it costs (auto takes Hutchinson's estimate there)."""
+    from lightning_sde.cli import likelihood
+
+    def cfg(*overrides):
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            return compose("likelihood", overrides=[f"out={tmp_path}", "n=4", "ode.rtol=1e-3", "ode.atol=1e-3",
+                                                    "exact_max_dim=1", *overrides])
+
+    likelihood.run(cfg("divergence=exact", "name=exact"))
+    assert "divergence=exact on 2 dimensions: one backward pass per dimension" in caplog.text
+    caplog.clear()
+    likelihood.run(cfg("divergence=auto", f"out={tmp_path / 'auto'}"))
+    assert "divergence=exact on" not in caplog.text
