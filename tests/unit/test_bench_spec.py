@@ -294,7 +294,6 @@ def test_guidance_is_a_sweep_axis_with_an_honest_nfe(tmp_path):
 def test_a_checkpoint_targets_id_changes_with_its_content_and_its_data_not_with_batching(tmp_path):
     """Rows of a results file are reused by key: a checkpoint rewritten at the same path and step (another run) or
     other reference data (data.name) must not match the old rows; the data's batch size changes nothing measured."""
-    from lightning_sde.configuration import LIKELIHOOD_FREE_KEYS
     from lightning_sde.module import ScoreModule
     from lightning_sde.targets import target_kind
 

@@ -192,7 +192,8 @@ def test_inception_wrapper_with_stand_in_weights(tmp_path, monkeypatch):
     assert torch.equal(features(as_rgb_bytes), out)  # floats are quantised to the nearest level
     # torch-fidelity's extractor (the original FID's TensorFlow-1 resize to 299), on the same weights: torchmetrics'
     # default antialiased resize moved the features (and a FID on digits from 0.4748 to 0.4726)
-    fidelity = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    fidelity = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                               feature_extractor_weights_path=str(path))
     with torch.no_grad():
         torch.testing.assert_close(out, fidelity.eval()(as_rgb_bytes)[0], rtol=1e-5, atol=1e-5)
     metric = FrechetInceptionDistance(feature=features, normalize=True)
