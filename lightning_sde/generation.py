@@ -10,14 +10,23 @@ setup_wall_s, also where an earlier generation in this process paid it (the tune
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from lightning_sde.distributed import gather_to_zero, rank_world
+from lightning_sde.distributed import broadcast_from_zero, gather_to_zero, rank_world
 from lightning_sde.models.guidance import batch_factor, guided
 from lightning_sde.samplers import sample
 from lightning_sde.tracking import Progress
+
+
+class GenerationStopped(Exception):
+    """Raised on every process when `generate`'s `stop` answered True on any of them: it sampled no more."""
+
+
+class _Stop(Exception):
+    pass
 
 
 @dataclass
@@ -64,10 +73,13 @@ def seed_labels(seeds, labels, num_classes: int) -> Tensor:
 
 
 def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.float32, progress: bool = False,
-             desc: str | None = None, guidance: float | None = None, labels="cycle") -> Samples | None:
+             desc: str | None = None, guidance: float | None = None, labels="cycle",
+             stop: Callable[[], bool] | None = None) -> Samples | None:
     """All processes call this with the same `seeds`; rank 0 gets the Samples of all of them, the others None.
     With `guidance` (a class-conditional model) each seed is sampled for its class (seed_labels) at that
-    classifier-free guidance weight (lightning_sde.models.guidance: one guided NFE = one doubled batch)."""
+    classifier-free guidance weight (lightning_sde.models.guidance: one guided NFE = one doubled batch).
+    `stop` (e.g. "SLURM's requeue signal came") is asked before each batch and at each step; once it answers True
+    on a process, that process samples no more, and every process raises GenerationStopped."""
     seeds = list(seeds)  # an iterator would be spent by the first pass
     if not seeds:
         raise ValueError("generate: no seeds")
@@ -81,6 +93,7 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     xs, nfes, wall, setup_nfe, setup_wall = [], [], 0.0, 0, 0.0
     sde = denoiser.sde
     # progress in samples: finished batches plus the running batch's share, by how far its time has run (T -> eps)
+    stopped = False
     with Progress(len(mine), desc or sampler.name, "", enabled=progress and rank == 0) as bar:
         for i in range(0, len(mine), batch_size):
             batch = mine[i : i + batch_size]
@@ -89,11 +102,21 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
             nfe_before = model.nfe
 
             def on_step(state):
-                t = float(state["t"].max()) if torch.is_tensor(state["t"]) else float(state["t"])
-                bar.update(i + len(batch) * min(1.0, (sde.T - t) / (sde.T - sde.eps)), seeds_done=i,
-                           batch_nfe=model.nfe - nfe_before)
+                if stop is not None and stop():
+                    raise _Stop
+                if progress:
+                    t = float(state["t"].max()) if torch.is_tensor(state["t"]) else float(state["t"])
+                    bar.update(i + len(batch) * min(1.0, (sde.T - t) / (sde.T - sde.eps)), seeds_done=i,
+                               batch_nfe=model.nfe - nfe_before)
 
-            x, info = sample(sampler, model, batch, device, dtype, callback=on_step if progress else None)
+            try:
+                if stop is not None and stop():
+                    raise _Stop
+                x, info = sample(sampler, model, batch, device, dtype,
+                                 callback=on_step if progress or stop is not None else None)
+            except _Stop:
+                stopped = True
+                break
             xs.append(x.cpu())
             nfes.append(int(info["nfe"]))
             wall += info["wall_s"]
@@ -101,6 +124,8 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
             if tuning and not setup_nfe:  # the set-up this sampler rests on, once: its first batch's, or cached
                 setup_nfe, setup_wall = int(tuning["pilot_nfe"]), float(tuning["wall_s"])  # earlier in this process
             bar.update(i + len(batch), seeds_done=i + len(batch), batch_nfe=info["nfe"])
+    if stop is not None and broadcast_from_zero(any(gather_to_zero(stopped) or [])):
+        raise GenerationStopped("generation stopped by its stop check")
     x = torch.cat(xs) if xs else torch.empty(0, *denoiser.shape, dtype=dtype)
     parts = gather_to_zero((x, nfes, wall, peak_memory_mb(device), setup_nfe, setup_wall))
     if parts is None:

@@ -12,7 +12,8 @@ Two ways a job is stopped, one owner of each:
     are in). At the end of the current step, before anything is logged (a logger whose service just died must not
     take the save down with it), all ranks agree, this callback saves `last.ckpt` at that step and stops training
     once the step is logged; lsde-train exits 143 (interrupted: `afterok` dependencies do not fire) and the scheduler
-    decides about requeueing. A signal during an evaluation is acted on at the end of the next step.
+    decides about requeueing. A signal during a validation stops the sampler callback's evaluation at once (no rows;
+    the resumed run does it again) and is acted on at the validation's end.
 
 Checkpoints are written to a temporary file and renamed (lsde-train's AtomicCheckpointIO), so a SIGKILL after
 SLURM's KillWait leaves the previous `last.ckpt` intact. Lightning's own SLURM auto-requeue (hpc_ckpt) is switched
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_sde.callbacks.checkpoint_io import LastCheckpoint
@@ -79,11 +81,24 @@ class Preemption(L.Callback):
                 signal.signal(signum, previous)
         self._previous_handlers.clear()
 
+    def stop_requested(self) -> bool:
+        """Whether a signal came (this process's note of it): long work in a step or an evaluation may stop early."""
+        return self.signalled or self.terminated
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._at_step_end = ends_a_step(trainer, batch_idx)
         if not self._at_step_end:
             return  # within an optimizer step (gradient accumulation): act at its last batch, after the step
-        # one all-reduce a step decides for every rank (any rank signalled: all stop at this same step)
+        self._act(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """A signal during a validation (the sampler callback's evaluation stops at once on it): checkpoint at this
+        step now rather than after the next one, whose end may come after the signal's lead is spent."""
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and self._at_step_end:
+            self._act(trainer)
+
+    def _act(self, trainer) -> None:
+        # one all-reduce decides for every rank (any rank signalled: all stop at this same step)
         requeue, term = self.signalled, self.terminated or bool(getattr(trainer, "received_sigterm", False))
         if not trainer.strategy.reduce_boolean_decision(requeue or term, all=False):
             return

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_sde.configuration import build
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero
-from lightning_sde.generation import generate
+from lightning_sde.generation import GenerationStopped, generate
 from lightning_sde.metrics.features import check_feature_extractor
 from lightning_sde.metrics.image import IMAGE_METRICS
 from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, ranks_above, resolve_metrics
@@ -141,10 +142,22 @@ class SamplerCallback(L.Callback):
         was_training = denoiser.training
         denoiser.eval()
         panels = {"data": self.reference} if self.kind == "points" else {}
+        # SLURM's requeue signal or a SIGTERM stops the evaluation at once (Preemption then checkpoints and stops at
+        # this validation's end, within the signal's lead); the resumed run does it again (on_train_start)
+        stops = [cb.stop_requested for cb in trainer.callbacks if callable(getattr(cb, "stop_requested", None))]
         for label, sampler in self.samplers.items():
-            samples = generate(sampler, denoiser, self.seeds, self.batch_size, pl_module.device, self.dtype,
-                               progress=True, desc=f"sampling {label} (step {trainer.global_step})",
-                               guidance=self.guidance)
+            try:
+                samples = generate(sampler, denoiser, self.seeds, self.batch_size, pl_module.device, self.dtype,
+                                   progress=True, desc=f"sampling {label} (step {trainer.global_step})",
+                                   guidance=self.guidance, stop=(lambda: any(s() for s in stops)) if stops else None)
+            except GenerationStopped:
+                rank_zero_warn(f"the evaluation at step {trainer.global_step} was stopped by a signal: no rows; the "
+                               "resumed run does it again")
+                for cb in trainer.checkpoint_callbacks:  # none rests on it (a best one would look for its values)
+                    if isinstance(cb, ModelCheckpoint):
+                        cb._last_global_step_saved = trainer.global_step
+                denoiser.train(was_training)
+                return
             values = None
             if samples is not None:  # rank 0
                 flat = samples.x.reshape(len(samples.x), -1)

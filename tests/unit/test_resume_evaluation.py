@@ -3,12 +3,15 @@
 checkpoint before that step's validation and, resuming from it, goes past the validation."""
 
 import csv
+import os
+import signal
 
 import lightning as L
 import pytest
 import torch
 
 from lightning_sde.callbacks import EMA, LastCheckpoint, SamplerCallback
+from lightning_sde.callbacks.preemption import Preemption
 from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
 from lightning_sde.data import Toy2DDataModule
 from lightning_sde.module import ScoreModule
@@ -37,10 +40,23 @@ class StopAt(L.Callback):
             raise Stopped
 
 
-def fit(root, stop: StopAt | None = None, resume: bool = False, val_every=10, every_n_evals=1, accumulation=1):
+class SignalAt(L.Callback):
+    """SLURM's requeue signal, as it comes during the evaluation at a step."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def fit(root, stop: L.Callback | None = None, resume: bool = False, val_every=10, every_n_evals=1, accumulation=1,
+        preemption=None):
     torch.manual_seed(0)
     checkpoints = root / "checkpoints"
     callbacks = [
+        *([preemption] if preemption else []),
         *([stop] if stop else []),  # first: it stops the evaluation before the sampler callback writes rows
         SamplerCallback({"ddim": DDIM(steps=3)}, n_samples=64, batch_size=64, every_n_evals=every_n_evals),
         EMA(decay=0.9),
@@ -97,3 +113,21 @@ def test_a_resumed_run_keeps_the_every_n_evals_phase_of_the_schedule(tmp_path):
     fit(tmp_path / "stopped", resume=True, val_every=5, every_n_evals=2)
     assert [int(r["step"]) for r in record(tmp_path / "stopped")[0]] == [10, 20]
     assert record(tmp_path / "stopped")[0] == record(tmp_path / "whole")[0]
+
+
+def test_a_requeue_signal_during_an_evaluation_stops_it_and_the_fit_at_that_step(tmp_path):
+    """The signal's lead (train.sbatch: 300 s) can be shorter than an evaluation (10 000 samples at 1250 NFE): the
+    evaluation stopped only at its end and the fit one step later, so SLURM killed the job before any checkpoint or
+    requeue. Now the evaluation stops at once (no rows), the fit checkpoints at its step and asks for the requeue, and
+    the resumed run does the evaluation: its record and weights are the uninterrupted run's."""
+    whole = fit(tmp_path / "whole")
+    preemption = Preemption("SIGUSR1")
+    stopped = fit(tmp_path / "stopped", SignalAt(10), preemption=preemption)
+    assert preemption.requeue_requested and preemption.saved_at == 10
+    assert torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    assert record(tmp_path / "stopped")[0] == []
+    del stopped
+    resumed = fit(tmp_path / "stopped", resume=True)
+    assert record(tmp_path / "stopped") == record(tmp_path / "whole")
+    for a, b in zip(resumed.parameters(), whole.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

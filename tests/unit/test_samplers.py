@@ -166,6 +166,21 @@ def test_sliced_wasserstein_of_sets_of_different_sizes_is_the_exact_empirical_di
     assert sliced_wasserstein(three, two) == pytest.approx((1 / 6) ** 0.5, rel=1e-12)
 
 
+def test_generate_stops_within_a_batch_when_its_stop_check_answers_true():
+    """SLURM's requeue signal during a long evaluation: the batch under way stops at the next step, and no more are
+    started; without a stop check, or one that never answers True, the samples are as before."""
+    from lightning_sde.generation import GenerationStopped, generate
+
+    den = eight_gaussians().denoiser(VPSDE())
+    ddim = build_sampler("ddim", steps=50)
+    whole = generate(ddim, den, range(8), 4, "cpu", torch.float64)
+    assert torch.equal(generate(ddim, den, range(8), 4, "cpu", torch.float64, stop=lambda: False).x, whole.x)
+    den.nfe = 0
+    with pytest.raises(GenerationStopped):
+        generate(ddim, den, range(8), 4, "cpu", torch.float64, stop=lambda: den.nfe >= 10)
+    assert den.nfe == 10  # stopped 10 steps into the first of two batches of 50
+
+
 def test_generate_takes_seeds_as_any_iterable_and_refuses_an_empty_set_or_a_bad_batch_size():
     from lightning_sde.generation import generate
 
