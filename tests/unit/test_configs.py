@@ -84,7 +84,9 @@ def test_every_sampler_set_builds(set_name):
 
 def test_a_sampler_set_replaces_rather_than_merges():
     cfg = composed("train", ["experiment=cifar10_ve_ncsnpp"])
-    assert "pc_1000" in cfg.samplers and "em_1000" not in cfg.samplers
+    assert set(cfg.samplers) == {"ddim_50", "dpmpp_2m_20"}  # the experiment's set, none of the default's
+    cfg = composed("train", ["experiment=cifar10_ve_ncsnpp", "samplers=score_sde_ve"])
+    assert set(cfg.samplers) == {"pc_1000", "ddim_50", "ode_dopri5"}
 
 
 @pytest.mark.parametrize(
