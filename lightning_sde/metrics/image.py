@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,7 +66,7 @@ def reference_image_metrics(reference: Tensor, metrics, feature_extractor: str, 
     # statistics computed before a change of how the features read their input are not reused
     key = hashlib.sha256((reference_sha + feature_sha + getattr(features, "cache_tag", "")).encode()).hexdigest()[:16]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    out = {}
+    out, computed = {}, None
     for name in metrics:
         metric = new_image_metric(name, features, len(reference)).to(device)
         path = cache_dir / f"reference-{key}-{name}.pt"
@@ -81,8 +82,11 @@ def reference_image_metrics(reference: Tensor, metrics, feature_extractor: str, 
                 setattr(metric, attr, value)
             log.info("%s reference statistics from %s", name, path)
         else:
-            for i in range(0, len(reference), batch_size):
-                metric.update(unit(reference[i : i + batch_size].to(device)), real=True)
+            if computed is None:  # once for every metric: they share the feature network
+                computed = network_features(metric.inception, reference, device, batch_size)
+            with reading_features(metric):
+                for i in range(0, len(computed), batch_size):
+                    metric.update(computed[i : i + batch_size], real=True)
             states = {k: getattr(metric, k) for k in metric._defaults if k.startswith("real")}
             path.parent.mkdir(parents=True, exist_ok=True)
             cpu = {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in states.items()}
@@ -118,17 +122,42 @@ def check_reference_states(metric, states, n_reference: int) -> None:
         raise ValueError(f"statistics of {counted} images, not of the {n_reference} reference images")
 
 
-def score_images(metric, x: Tensor, batch_size: int = 500) -> float:
-    """One metric's value for the sample set `x` (images in [-1, 1]) against its cached real side."""
+@contextmanager
+def reading_features(metric):
+    """The metric updated with features as they are (its feature network set aside; torchmetrics hands a custom
+    feature module's input to it unchanged), so that one pass of the network serves FID and KID."""
+    network = metric.inception
+    metric.inception = torch.nn.Identity()
+    try:
+        yield metric
+    finally:
+        metric.inception = network
+
+
+@torch.no_grad()
+def network_features(network, x: Tensor, device, batch_size: int = 500) -> Tensor:
+    """The feature network's output for images `x` in [-1, 1], in batches on `device`: (n, d) in its dtype."""
+    return torch.cat([network(unit(x[i : i + batch_size].to(device))) for i in range(0, len(x), batch_size)])
+
+
+def sample_features(metrics: dict, x: Tensor, batch_size: int = 500) -> Tensor:
+    """The features of the sample set `x` (images in [-1, 1]) that every metric of `metrics` reads (one network)."""
+    metric = next(iter(metrics.values()))
+    return network_features(metric.inception, x, metric.device, batch_size)
+
+
+def score_images(metric, features: Tensor, batch_size: int = 500) -> float:
+    """One metric's value for a sample set, given its features (sample_features), against the cached real side."""
     metric.reset()
-    for i in range(0, len(x), batch_size):
-        metric.update(unit(x[i : i + batch_size].to(metric.device)), real=False)
+    with reading_features(metric):
+        for i in range(0, len(features), batch_size):
+            metric.update(features[i : i + batch_size].to(metric.device), real=False)
     subset_size = getattr(metric, "subset_size", None)  # KID: min(1000, n_reference / 2), and at most the samples
-    if subset_size is not None and len(x) < 2:
-        raise ValueError(f"KID needs at least 2 samples; got {len(x)}")
+    if subset_size is not None and len(features) < 2:
+        raise ValueError(f"KID needs at least 2 samples; got {len(features)}")
     try:
         if subset_size is not None:
-            metric.subset_size = min(subset_size, len(x))
+            metric.subset_size = min(subset_size, len(features))
         with torch.random.fork_rng(devices=[]):  # KID draws random subsets: seeded, so shards and reruns agree
             torch.manual_seed(0)
             value = metric.compute()
@@ -136,13 +165,6 @@ def score_images(metric, x: Tensor, batch_size: int = 500) -> float:
         if subset_size is not None:
             metric.subset_size = subset_size
     return float(value[0] if isinstance(value, tuple) else value)
-
-
-@torch.no_grad()
-def image_features(metric, x: Tensor, batch_size: int = 500) -> Tensor:
-    """The features the metric computes of the sample set `x` (images in [-1, 1]): (n, d) float64, on its device."""
-    return torch.cat([metric.inception(unit(x[i : i + batch_size].to(metric.device))).double()
-                      for i in range(0, len(x), batch_size)])
 
 
 def fid_reference_moments(metric) -> tuple[Tensor, Tensor]:

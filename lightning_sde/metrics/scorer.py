@@ -19,9 +19,9 @@ from lightning_sde.metrics import bootstrap
 from lightning_sde.metrics.image import (
     IMAGE_METRICS,
     fid_reference_moments,
-    image_features,
     kid_reference_features,
     reference_image_metrics,
+    sample_features,
     score_images,
     tensor_sha256,
 )
@@ -82,7 +82,7 @@ class Scorer:
         self.metrics = tuple(metrics)
         self.mixture = mixture
         self.protocol = {"reference_sha256": tensor_sha256(self.reference), "n_reference": len(self.reference)}
-        self.image = {}
+        self.image, self._features = {}, None
         image_metrics = [m for m in self.metrics if m in IMAGE_METRICS]
         if image_metrics:
             self.image, protocol = reference_image_metrics(self.reference, image_metrics, feature_extractor, cache_dir,
@@ -99,17 +99,24 @@ class Scorer:
             elif name == "loglik":
                 out[name] = float(self.mixture.log_prob(x.cpu().double()).mean())
             else:
-                out[name] = score_images(self.image[name], x)
+                out[name] = score_images(self.image[name], self.features(x))
         return out
+
+    def features(self, x: Tensor) -> Tensor:
+        """The image metrics' features of x: one pass of the feature network for FID, KID and their intervals (the
+        last sample set's are kept until the next one comes)."""
+        if self._features is None or self._features[0] is not x:
+            self._features = None  # one set's features in memory at a time
+            self._features = (x, sample_features(self.image, x))
+        return self._features[1]
 
     def intervals(self, x: Tensor, values: dict | None = None, n_boot: int = N_BOOT, level: float = INTERVAL_LEVEL,
                   seed: int = 0) -> dict[str, tuple[float, float]]:
         """{metric: (low, high)}: a `level` bootstrap interval around each value of `self(x)` (pass `values` when
         already computed), from n_boot resamplings of x with replacement against the fixed reference; the same
-        seed gives the same intervals. Image features of x are computed once for FID and KID."""
+        seed gives the same intervals."""
         values = self(x) if values is None else values
         counts = bootstrap.resample_counts(len(x), n_boot, seed)
-        features = None
         out = {}
         for name in self.metrics:
             if name == "sliced_w2":
@@ -119,8 +126,7 @@ class Scorer:
             elif name == "loglik":
                 reps = bootstrap.mean_replicates(self.mixture.log_prob(x.cpu().double()), counts)
             else:
-                metric = self.image[name]
-                features = image_features(metric, x) if features is None else features
+                metric, features = self.image[name], self.features(x).double()
                 if name == "fid":
                     reps = bootstrap.fid_replicates(features, *fid_reference_moments(metric), counts)
                 else:
