@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lightning_sde.callbacks import EMA, LastCheckpoint, SamplerCallback
-from lightning_sde.callbacks.preemption import Preemption
 from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
+from lightning_sde.callbacks.preemption import Preemption
 from lightning_sde.data import Toy2DDataModule
 from lightning_sde.module import ScoreModule
 from lightning_sde.samplers import DDIM
