@@ -12,8 +12,8 @@ Two ways a job is stopped, one owner of each:
     are in). At the end of the current step, before anything is logged (a logger whose service just died must not
     take the save down with it), all ranks agree, this callback saves `last.ckpt` at that step and stops training
     once the step is logged; lsde-train exits 143 (interrupted: `afterok` dependencies do not fire) and the scheduler
-    decides about requeueing. A signal during a validation stops the sampler callback's evaluation at once (no rows;
-    the resumed run does it again) and is acted on at the validation's end.
+    decides about requeueing. A signal during a sampler evaluation stops it at once (no rows; the resumed run does it
+    again) and is acted on at that validation's end; during another validation, at the end of the next step.
 
 Checkpoints are written to a temporary file and renamed (lsde-train's AtomicCheckpointIO), so a SIGKILL after
 SLURM's KillWait leaves the previous `last.ckpt` intact. Lightning's own SLURM auto-requeue (hpc_ckpt) is switched
@@ -92,9 +92,12 @@ class Preemption(L.Callback):
         self._act(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        """A signal during a validation (the sampler callback's evaluation stops at once on it): checkpoint at this
-        step now rather than after the next one, whose end may come after the signal's lead is spent."""
-        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and self._at_step_end:
+        """An evaluation the signal stopped (the sampler callback's `evaluation_stopped_at` is this step; no checkpoint
+        callback saves at it): checkpoint at this step now rather than after the next one, whose end may come after
+        the signal's lead is spent. Any other validation goes on to the next step's end, after the checkpoint
+        callbacks (which run last) have recorded this validation: last.ckpt then holds their state."""
+        stopped = any(getattr(cb, "evaluation_stopped_at", None) == trainer.global_step for cb in trainer.callbacks)
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and self._at_step_end and stopped:
             self._act(trainer)
 
     def _act(self, trainer) -> None:

@@ -76,6 +76,7 @@ class SamplerCallback(L.Callback):
         self._scorer: Scorer | None = None
         self.last_rows: dict[str, dict] = {}
         self._pending, self._images = False, []  # an evaluation not yet given to the loggers, and its pictures
+        self.evaluation_stopped_at: int | None = None  # the step of an evaluation a signal stopped
 
     def setup(self, trainer, pl_module, stage):
         datamodule = trainer.datamodule
@@ -156,6 +157,7 @@ class SamplerCallback(L.Callback):
                 for cb in trainer.checkpoint_callbacks:  # none rests on it (a best one would look for its values)
                     if isinstance(cb, ModelCheckpoint):
                         cb._last_global_step_saved = trainer.global_step
+                self.evaluation_stopped_at = trainer.global_step  # Preemption checkpoints at this validation's end
                 denoiser.train(was_training)
                 return
             values = None

@@ -52,7 +52,7 @@ class SignalAt(L.Callback):
 
 
 def fit(root, stop: L.Callback | None = None, resume: bool = False, val_every=10, every_n_evals=1, accumulation=1,
-        preemption=None):
+        preemption=None, best_on_loss=False):
     torch.manual_seed(0)
     checkpoints = root / "checkpoints"
     callbacks = [
@@ -66,6 +66,9 @@ def fit(root, stop: L.Callback | None = None, resume: bool = False, val_every=10
     if every_n_evals == 1:  # a best checkpoint needs its metric at every validation
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, filename="best-{step}",
                                                              monitor="val/ddim/sliced_w2", mode="min", save_top_k=-1))
+    if best_on_loss:  # a checkpoint on a value every validation logs
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, filename="loss-{step}",
+                                                             monitor="val/loss", mode="min", save_top_k=1))
     # val_every steps are val_every x accumulation of Lightning's batches (as lsde-train converts them)
     trainer = L.Trainer(max_steps=20, val_check_interval=val_every * accumulation, check_val_every_n_epoch=None,
                         accumulate_grad_batches=accumulation,
@@ -131,3 +134,15 @@ def test_a_requeue_signal_during_an_evaluation_stops_it_and_the_fit_at_that_step
     assert record(tmp_path / "stopped") == record(tmp_path / "whole")
     for a, b in zip(resumed.parameters(), whole.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_requeue_signal_during_a_validation_without_an_evaluation_waits_for_the_checkpoint_callbacks(tmp_path):
+    """Validations at 5, 10, ..., evaluations at 10, 20: the signal during the validation at 5 (nothing to stop) is
+    acted on at the end of step 6, after the checkpoint callbacks (which run last) recorded the validation at 5. Acted
+    on at the validation's end, last.ckpt recorded the best checkpoint before it, which that callback then deleted."""
+    preemption = Preemption("SIGUSR1")
+    fit(tmp_path, SignalAt(5), val_every=5, every_n_evals=2, preemption=preemption, best_on_loss=True)
+    assert preemption.requeue_requested and preemption.saved_at == 6
+    states = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    (best,) = [state for key, state in states.items() if "val/loss" in key]
+    assert best["best_model_path"].endswith("loss-step=5.ckpt") and os.path.exists(best["best_model_path"])
