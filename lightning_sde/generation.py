@@ -90,7 +90,8 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     mine = seeds[rank::world]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    xs, nfes, wall, setup_nfe, setup_wall = [], [], 0.0, 0, 0.0
+    x = torch.empty(len(mine), *denoiser.shape, dtype=dtype)  # this rank's samples, each batch written in place
+    nfes, wall, setup_nfe, setup_wall = [], 0.0, 0, 0.0
     sde = denoiser.sde
     # progress in samples: finished batches plus the running batch's share, by how far its time has run (T -> eps)
     stopped = False
@@ -112,12 +113,12 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
             try:
                 if stop is not None and stop():
                     raise _Stop
-                x, info = sample(sampler, model, batch, device, dtype,
+                batch_x, info = sample(sampler, model, batch, device, dtype,
                                  callback=on_step if progress or stop is not None else None)
             except _Stop:
                 stopped = True
                 break
-            xs.append(x.cpu())
+            x[i : i + len(batch)] = batch_x
             nfes.append(int(info["nfe"]))
             wall += info["wall_s"]
             tuning = info.get("selection") or info.get("tuning")
@@ -126,13 +127,16 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
             bar.update(i + len(batch), seeds_done=i + len(batch), batch_nfe=info["nfe"])
     if stop is not None and broadcast_from_zero(any(gather_to_zero(stopped) or [])):
         raise GenerationStopped("generation stopped by its stop check")
-    x = torch.cat(xs) if xs else torch.empty(0, *denoiser.shape, dtype=dtype)
     parts = gather_to_zero((x, nfes, wall, peak_memory_mb(device), setup_nfe, setup_wall))
     if parts is None:
         return None
-    full = torch.empty(len(seeds), *denoiser.shape, dtype=dtype)
-    for r, (x_r, *_rest) in enumerate(parts):
-        full[r::world] = x_r
+    if world == 1:
+        full = x  # already in seed order: no second copy
+    else:
+        full = torch.empty(len(seeds), *denoiser.shape, dtype=dtype)
+        for r, (x_r, *_rest) in enumerate(parts):
+            full[r::world] = x_r
+            parts[r] = (None, *_rest)  # each shard freed once placed
     return Samples(full, [n for p in parts for n in p[1]], max(p[2] for p in parts),
                    max((p[3] for p in parts if p[3] is not None), default=None), world,
                    batch_factor=batch_factor(guidance), setup_nfe=max(p[4] for p in parts),
