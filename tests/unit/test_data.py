@@ -259,3 +259,21 @@ def test_prepare_cli_reports_the_failure(tmp_path, capsys):
         assert "MNIST" in err and "--root" in err
     with pytest.raises(SystemExit):
         prepare_main(["imagenet", "--root", str(tmp_path)])
+
+
+def test_image_folder_batches_do_not_depend_on_the_number_of_loader_workers(tmp_path):
+    """Decoding in worker processes (data.num_workers, the configs' knob for image files) gives the same batches,
+    labels and dequantised validation images as decoding in the main process."""
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        write_png(tmp_path / f"class{i % 3}" / f"img{i}.png", rng.integers(0, 256, (18 + i, 20, 3), dtype=np.uint8))
+
+    def batches(workers):
+        dm = ImageFolderDataModule(tmp_path, image_size=8, batch_size=3, n_val=3, dequantize=True, labels=True,
+                                   num_workers=workers)
+        return list(dm.train_dataloader()), list(dm.val_dataloader())
+
+    (train0, val0), (train2, val2) = batches(0), batches(2)
+    assert len(train0) == 3 and len(val0) == 1
+    for a, b in zip(train0 + val0, train2 + val2, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
