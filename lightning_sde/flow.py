@@ -46,11 +46,15 @@ def slerp(z0: Tensor, z1: Tensor, n: int) -> Tensor:
     """n points on the great circle from z0 to z1 (spherical interpolation, each sample flattened): (n, *z0.shape).
 
     Latents of a Gaussian prior concentrate on a sphere; linear interpolation would pass through its low-norm
-    interior, which the prior never produces."""
+    interior, which the prior never produces. One-dimensional latents have no sphere: they interpolate linearly.
+    Antipodal latents (angle pi) lie on many great circles, none of them the one: refused."""
     a, b = z0.reshape(-1).double(), z1.reshape(-1).double()
     omega = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
     w = torch.linspace(0, 1, n, dtype=torch.float64, device=z0.device)
-    if omega < 1e-6:
+    if a.numel() > 1 and math.pi - omega < 1e-6:
+        raise ValueError("slerp: the two latents point in opposite directions (angle pi): the great circle between "
+                         "them is not unique")
+    if omega < 1e-6 or a.numel() == 1:
         out = (1 - w)[:, None] * a + w[:, None] * b
     else:
         out = (torch.sin((1 - w) * omega)[:, None] * a + torch.sin(w * omega)[:, None] * b) / torch.sin(omega)
