@@ -1,6 +1,6 @@
 """ProgressLog: what a batch job's log shows while it trains, where a progress bar cannot be.
 
-With the bar off (lsde-train under SLURM sets trainer.enable_progress_bar=false), a line at most every
+With the bar off (output to a file: trainer.enable_progress_bar=auto; under SLURM: false), a line at most every
 `every_n_steps` steps or `every_s` seconds, whichever comes later: the step, the loss, steps per second over the
 last interval, and the time left to max_steps. With the bar on it stays quiet (the bar shows the same).
 """

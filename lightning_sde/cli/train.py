@@ -125,6 +125,10 @@ def check_run_values(cfg: DictConfig) -> None:
         raise ValueError("config trainer.val_check_interval: a fraction of an epoch needs epochs to count "
                          f"(trainer.check_val_every_n_epoch=1); got {interval!r} with check_val_every_n_epoch=null; or "
                          "give a number of training steps")
+    bar = trainer.get("enable_progress_bar", True)
+    if not (isinstance(bar, bool) or bar == "auto"):
+        raise ValueError("config trainer.enable_progress_bar: must be true, false or auto (a bar when the output is a "
+                         f"terminal; ProgressLog's lines when it goes to a file); got {bar!r}")
     if check_accumulation(trainer.get("accumulate_grad_batches", 1)) > 1 and isinstance(interval, float):
         raise ValueError("config trainer.val_check_interval: a fraction of an epoch can fall within an optimizer step "
                          "under gradient accumulation (trainer.accumulate_grad_batches > 1); give a number of training "
@@ -356,7 +360,9 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         plugins.append(SLURMEnvironment(auto_requeue=False))
     interval = cfg.trainer.get("val_check_interval")
     steps_to_batches = {"val_check_interval": interval * accumulation} if is_int(interval) and accumulation > 1 else {}
+    bar = cfg.trainer.get("enable_progress_bar", True)
     trainer = build_node(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=plugins,
+                         enable_progress_bar=sys.stderr.isatty() if bar == "auto" else bar,
                          **steps_to_batches)  # Lightning counts validation intervals in batches; the config, in steps
     if sampler_cb is not None:
         warn_if_nothing_is_evaluated(cfg.trainer, trainer.limit_val_batches, resumed_at or 0)

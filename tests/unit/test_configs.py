@@ -104,6 +104,7 @@ def test_a_sampler_set_replaces_rather_than_merges():
         ("data.n_train=100", "config data.batch_size: ValueError: Toy2DDataModule: batch_size 512 exceeds the 100 "
                              "training samples of each of 1 process(es)"),
         ("callbacks.sampler.every_n_evals=2", "'auto' is logged once every 2 validations"),
+        ("trainer.enable_progress_bar=sometimes", "config trainer.enable_progress_bar: must be true, false or auto"),
     ],
 )
 def test_bad_config_fails_at_start_naming_the_key(tmp_path, override, message):
@@ -268,3 +269,17 @@ def test_a_fit_in_which_no_evaluation_runs_says_so_at_start_up(caplog, overrides
     warn_if_nothing_is_evaluated(OmegaConf.create({"check_val_every_n_epoch": None, **overrides}), 0, start)
     unfinished = start < overrides["max_steps"]
     assert ("no evaluation runs in this fit (trainer.limit_val_batches=0)" in caplog.text) == unfinished
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_progress_bar_is_on_for_a_terminal_and_off_for_a_log_file(tmp_path, monkeypatch, terminal):
+    """enable_progress_bar=auto: a bar redirected to a file wrote its frames (carriage returns and escapes) between
+    the log lines; there, ProgressLog writes lines instead. true and false are taken as they are."""
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    base = ["experiment=toy2d", f"run_dir={tmp_path}", "run_name=t", "logger=none", "trainer=cpu"]
+    assert (build(composed("train", base), read_data=False).trainer.progress_bar_callback is not None) == terminal
+    for given in (True, False):
+        cfg = composed("train", [*base, f"trainer.enable_progress_bar={given}"])
+        assert (build(cfg, read_data=False).trainer.progress_bar_callback is not None) == given
