@@ -87,6 +87,10 @@ def test_a_package_named_in_the_environment_is_trusted_in_every_app(tmp_path, mo
     monkeypatch.setenv("LSDE_TRUSTED_MODULES", " other.pkg , helpers.")
     assert trusted_targets() == ("lightning_sde.", "other.pkg.", "helpers.")
     assert type(load_denoiser(path).sde).__name__ == "OwnVP"
+    import lightning_sde  # the package's own load_denoiser, as the README shows it, reads the same variable
+
+    assert type(lightning_sde.load_denoiser(path).sde).__name__ == "OwnVP"
+    assert type(lightning_sde.load_denoiser(path, trusted=["lightning_sde.", "helpers."]).sde).__name__ == "OwnVP"
     gone = checkpoint(tmp_path / "gone.ckpt", sde={**SDE, "_target_": "helpers.nosuch.OwnVP"})
     with pytest.raises(CheckpointError, match=r"names 'helpers.nosuch.OwnVP', not a name this Python can import "
                                               r"\(is its package installed, or on PYTHONPATH\?\); nothing was built"):
