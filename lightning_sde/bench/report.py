@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -54,10 +56,21 @@ def fmt(v) -> str:
 
 
 def with_interval(r: dict) -> str:
-    """`value [low, high]` when the row carries a bootstrap interval, else the value."""
-    if r.get("ci_low") is None or r.get("ci_high") is None or r.get("value") is None:
-        return fmt(r.get("value"))
-    return f"{fmt(r['value'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+    """`value [low, high]` when the row carries a bootstrap interval, else the value; the three to the same decimals,
+    two significant digits of the interval's width (digits below its noise say nothing)."""
+    value, low, high = r.get("value"), r.get("ci_low"), r.get("ci_high")
+    if low is None or high is None or value is None:
+        return fmt(value)
+    width = high - low
+    if not (math.isfinite(width) and width > 0 and math.isfinite(value)):
+        return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+    d = max(0, 1 - math.floor(math.log10(width)))
+    return f"{value:.{d}f} [{low:.{d}f}, {high:.{d}f}]"
+
+
+def natural(label: str) -> list:
+    """A sort key that orders numbers within labels by value (ddim_50 before ddim_100)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label) if part]
 
 
 def _column_key(col):
@@ -80,7 +93,8 @@ def markdown(rows: list[dict]) -> str:
         table = defaultdict(dict)
         for r in mine:
             cost = fmt(r["nfe"]) + (f" + {fmt(r['setup_nfe'])} set-up" if r.get("setup_nfe") else "")
-            table[r["sampler"]][(r["grid"], r["requested"])] = f"{with_interval(r)} ({cost})"
+            table[r["sampler"]][(r["grid"], r["requested"])] = with_interval(r) + (
+                "" if r["grid"] == "exact" else f" ({cost})")  # the noise floor spends no NFE
         head = ["sampler"] + [column_label(g, v) for g, v in cols]
         arrow = direction(metric)
         levels = sorted({r["ci_level"] for r in mine if r.get("ci_level")})
@@ -88,13 +102,16 @@ def markdown(rows: list[dict]) -> str:
         setup = " + set-up NFE" if any(r.get("setup_nfe") for r in mine) else ""
         out += [f"### {metric} ({arrow}{bracket}; actual NFE{setup} in parentheses)", "",
                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        out += ["| " + " | ".join([s] + [table[s].get(c, "") for c in cols]) + " |" for s in sorted(table)]
+        floors = {r["sampler"] for r in mine if r["grid"] == "exact"}
+        ordered = sorted(table, key=lambda s: (s not in floors, natural(s)))  # the noise floor first
+        out += ["| " + " | ".join([s] + [table[s].get(c, "") for c in cols]) + " |" for s in ordered]
         out.append("")
     return "\n".join(out)
 
 
 def summary_table(rows: list[dict]) -> str:
-    """The terminal view: one line per cell with its NFE, time and every metric (the noise floor first)."""
+    """The terminal view: one line per cell with its NFE, time and every metric with its interval (the noise floor
+    first)."""
     rows, _ = for_views(rows)
     metrics = sorted({r["metric"] for r in rows})
     lines = {}
@@ -103,7 +120,7 @@ def summary_table(rows: list[dict]) -> str:
         line = lines.setdefault(key, {"sampler": r["sampler"], "budget": column_label(r["grid"], r["requested"]),
                                       "nfe": r["nfe"], "setup_nfe": r.get("setup_nfe") or "", "wall_s": r["wall_s"],
                                       "samples_per_s": r.get("samples_per_s") or "", "grid": r["grid"]})
-        line[r["metric"]] = r["value"]
+        line[r["metric"]] = with_interval(r)
     ordered = sorted(lines.values(), key=lambda line: (line["grid"] != "exact", line["nfe"] or 0, line["sampler"]))
     arrows = ", ".join(f"{m} {direction(m)}" for m in metrics)
     setup = ["setup_nfe"] if any(line["setup_nfe"] for line in ordered) else []  # only samplers that set up pay it

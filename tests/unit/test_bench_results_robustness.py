@@ -258,3 +258,22 @@ def test_every_documented_command_composes(app, files):
     for overrides in commands:
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
             compose(app, overrides=overrides)  # `problem=null` raised "Config group override must be a string"
+
+
+def test_the_tables_show_each_value_with_its_interval_the_noise_floor_first_and_labels_in_number_order():
+    """The terminal table showed values only (an em_1000 0.40 'worst' whose interval [0.25, 0.57] overlapped every
+    other sampler's), results.md listed samplers alphabetically (the floor among them, ddim_100 before ddim_50)
+    with the floor's '(0)' NFE, and printed four significant digits of each bound (0.1124 [0.09319, 0.138])."""
+    from lightning_sde.bench import report
+
+    ci = {"ci_low": 0.09319, "ci_high": 0.138, "ci_level": 0.95}
+    rows = [row("ddim_100", 100, value=0.1124, **ci), row("ddim_50", 50, value=0.2, ci_low=0.15, ci_high=0.26),
+            row("exact (noise floor)", None, value=0.1, ci_low=0.08, ci_high=0.12, grid="exact", nfe=0),
+            row("heun_50", 50, value=0.3)]
+    md = report.markdown(rows)
+    body = [line.split(" | ")[0].lstrip("| ") for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert body[1:] == ["exact (noise floor)", "ddim_50", "ddim_100", "heun_50"]
+    assert "0.112 [0.093, 0.138] (100)" in md and "0.100 [0.080, 0.120] |" in md and "(0)" not in md
+    table = report.summary_table(rows)
+    assert "0.112 [0.093, 0.138]" in table and "0.20 [0.15, 0.26]" in table and " 0.3 " in table
+    assert table.splitlines()[2].startswith("exact (noise floor)")
