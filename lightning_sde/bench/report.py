@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family, save_workspace, workspace
-from lightning_sde.bench.results import SamplePreviews, for_views, load, protocol
+from lightning_sde.bench.results import SamplePreviews, for_views, load, protocol, subject
 from lightning_sde.files import write_csv, write_text
 from lightning_sde.metrics.scorer import direction
 from lightning_sde.plotting import drawable
@@ -211,8 +211,8 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "markdown": out / "results.md", "png": out / "results.png"}
     write_rows_csv(rows, paths["csv"])
-    write_text(paths["markdown"], markdown(view))
-    plot_metrics(view, cells(view), paths["png"])
+    write_text(paths["markdown"], f"# {subject(view)}\n\n" + markdown(view))
+    plot_metrics(view, cells(view), paths["png"], subject(view))
     samples = sample_panels(view, SamplePreviews(results.parent / "samples"))
     if samples is not None:
         panels, reference = samples

@@ -200,6 +200,17 @@ def _target_names(rows: list[dict]) -> dict[str, str]:
     return {t: s if taken[s] == 1 else f"{s} #{hashlib.sha1(t.encode()).hexdigest()[:6]}" for t, s in short.items()}
 
 
+def subject(rows: list[dict]) -> str:
+    """What the rows measured, in one line for a caption: each target (problem/SDE or checkpoint@step), the dtype
+    and, for image metrics, the feature network (FIDs of other features are not comparable)."""
+    parts = sorted(set(_target_names(rows).values()))
+    for field, what in (("dtype", ""), ("feature_extractor", "features: ")):
+        values = sorted({str(r[field]) for r in rows if r.get(field) and (field != "feature_extractor"
+                                                                         or r["metric"] in ("fid", "kid"))})
+        parts += [what + v for v in values]
+    return " · ".join(parts)
+
+
 def protocol_labels(rows: list[dict]):
     """label(row): a row's sampler label among `rows` (its original label, `sampler_label` when relabelled), followed
     by what differs between their protocols when they have several: `ddim [seeds 0+64]`, `ddim [problem/sde]`."""

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter, SymmetricalLogLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, SymmetricalLogLocator  # noqa: E402
 
 from lightning_sde.plotting.style import (  # noqa: E402
     choose_yscale,
@@ -32,6 +32,8 @@ from lightning_sde.plotting.style import (  # noqa: E402
 )
 
 FLOOR_COLOR = "0.35"
+DODGE, DODGE_SPAN = 1.1, 1.35  # samplers at one NFE drawn 10 % apart along the axis, all within 35 %
+DODGED = "; samplers drawn side by side at each NFE (up to 35 % apart on the axis)"
 FLOOR_LABEL = "noise floor (a second exact sample set)"
 
 
@@ -52,9 +54,12 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
         if not _finite(r.get(y)):
             continue
         (floors if _is_floor(r) else by_sampler[r["sampler"]]).append(r)
-    for sampler, pts in sorted(by_sampler.items()):
-        pts.sort(key=lambda r: r["nfe"])
-        xs, ys = [r["nfe"] for r in pts], [float(r[y]) for r in pts]
+    order = sorted(by_sampler)
+    step = min(DODGE, DODGE_SPAN ** (1 / max(len(order) - 1, 1)))
+    for k, sampler in enumerate(order):
+        pts = sorted(by_sampler[sampler], key=lambda r: r["nfe"])
+        spread = step ** (k - (len(order) - 1) / 2)  # samplers at one NFE side by side, none hidden under another
+        xs, ys = [r["nfe"] * spread for r in pts], [float(r[y]) for r in pts]
         has_ci = y == "value" and any(_finite(r.get("ci_low")) and _finite(r.get("ci_high")) for r in pts)
         style = styles[sampler]
         if has_ci:
@@ -70,7 +75,7 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
         if _finite(r.get("ci_low")) and _finite(r.get("ci_high")):
             ax.axhspan(float(r["ci_low"]), float(r["ci_high"]), color=FLOOR_COLOR, alpha=0.15, lw=0, zorder=0)
         protocol = r["sampler"][len(r.get("sampler_label", r["sampler"])):]  # the views' " [seeds 0+64]", if any
-        ax.annotate(f"noise floor{protocol}", xy=(0.99, v), xycoords=("axes fraction", "data"), ha="right",
+        ax.annotate(f"noise floor{protocol}", xy=(0.01, v), xycoords=("axes fraction", "data"), ha="left",
                     va="bottom", fontsize=7, color=FLOOR_COLOR)
     values = [float(r[y]) for r in mine if _finite(r.get(y))]
     scale, linthresh = choose_yscale(values)
@@ -88,6 +93,11 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
         title += f" (log axis beyond ±{linthresh:g})"
     ax.set_xscale("log")
     plain_log_axis(ax.xaxis)
+    nfes = sorted({float(r["nfe"]) for pts in by_sampler.values() for r in pts})
+    ticks = [v for i, v in enumerate(nfes) if i == 0 or v >= 1.25 * nfes[i - 1]]  # labels that do not collide
+    if 1 < len(ticks) <= 12:  # the NFE values of the sweep, where decades alone would leave them unlabelled
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     ax.set_xlabel("NFE (score evaluations)")
     ax.set_ylabel(metric_label(metric))
     ax.set_title(title, fontsize=10)
@@ -95,9 +105,9 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
     ax.grid(True, which="minor", alpha=0.12)
 
 
-def metrics_figure(rows: list[dict], cell_rows: list[dict]):
+def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None = None):
     """One panel per metric and one of wall seconds, each against the actual NFE (log x), a line per sampler; the
-    legend outside the panels, on the right."""
+    legend outside the panels, on the right; `subject` (what was measured) heads the footer."""
     metrics = sorted({r["metric"] for r in rows})
     panels = [(m, [r for r in rows if r["metric"] == m], "value") for m in metrics]
     panels.append(("wall_s", [r for r in cell_rows if r.get("nfe")], "wall_s"))
@@ -118,7 +128,8 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict]):
         labels.append(FLOOR_LABEL)
     fig.legend(handles, labels, loc="outside right upper", fontsize="small", title="sampler",
                ncols=1 if len(labels) <= 22 else 2)
-    fig.supxlabel(_caption(rows), fontsize=9)  # a footer: a title would run under the legend
+    caption = _caption(rows) + (DODGED if len(samplers) > 1 else "")
+    fig.supxlabel(f"{subject}\n{caption}" if subject else caption, fontsize=9)  # a title would run under the legend
     return fig
 
 
@@ -134,9 +145,9 @@ def _caption(rows: list[dict]) -> str:
     return text
 
 
-def plot_metrics(rows: list[dict], cell_rows: list[dict], path: Path) -> Path:
+def plot_metrics(rows: list[dict], cell_rows: list[dict], path: Path, subject: str | None = None) -> Path:
     """`metrics_figure`, saved."""
-    return save_atomically(metrics_figure(rows, cell_rows), path, bbox_inches="tight")
+    return save_atomically(metrics_figure(rows, cell_rows, subject), path, bbox_inches="tight")
 
 
 def samples_figure(panels: dict[str, dict[str, torch.Tensor]], reference: torch.Tensor | None = None):

@@ -271,9 +271,22 @@ def test_the_tables_show_each_value_with_its_interval_the_noise_floor_first_and_
             row("exact (noise floor)", None, value=0.1, ci_low=0.08, ci_high=0.12, grid="exact", nfe=0),
             row("heun_50", 50, value=0.3)]
     md = report.markdown(rows)
-    body = [line.split(" | ")[0].lstrip("| ") for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    body = [line.split(" | ")[0].lstrip("| ") for line in md.splitlines()
+            if line.startswith("| ") and "---" not in line]
     assert body[1:] == ["exact (noise floor)", "ddim_50", "ddim_100", "heun_50"]
     assert "0.112 [0.093, 0.138] (100)" in md and "0.100 [0.080, 0.120] |" in md and "(0)" not in md
     table = report.summary_table(rows)
     assert "0.112 [0.093, 0.138]" in table and "0.20 [0.15, 0.26]" in table and " 0.3 " in table
     assert table.splitlines()[2].startswith("exact (noise floor)")
+
+
+def test_the_views_name_what_was_measured():
+    """results.md and the plot's caption open with the target, the dtype and (for FID/KID only) the feature network,
+    so that a plot of a 16-D mixture is not taken for one of 8 Gaussians, nor a digits-feature FID for Inception's."""
+    from lightning_sde.bench.results import subject
+
+    points = [row(dtype="float32", feature_extractor="inception"), row(requested=20, dtype="float32")]
+    assert subject(points) == "eight_gaussians/vp · float32"
+    images = [row(metric="fid", target="ckpt", problem=None, checkpoint="/runs/a/digits.ckpt", global_step=4000,
+                  dtype="float32", feature_extractor="digits")]
+    assert subject(images) == "digits.ckpt@step4000 · float32 · features: digits"

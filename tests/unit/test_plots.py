@@ -99,3 +99,24 @@ def test_each_protocols_noise_floor_is_labelled_with_its_protocol():
     assert sorted(t.get_text() for t in fid.texts if "noise floor" in t.get_text()) == [
         "noise floor [seeds 0+2000]", "noise floor [seeds 0+500]"]
     plt.close(fig)
+
+
+def test_samplers_at_one_nfe_are_drawn_side_by_side_at_labelled_nfe_ticks_under_a_caption_naming_the_target():
+    """Two samplers with equal values (DDIM and DPM-Solver++(2M) on the digits model) were drawn one over the other,
+    the floor's label over the highest-NFE marker, NFE 3, 5 and 20 unlabelled between decades, and nothing said
+    what was measured."""
+    rows = [{"sampler": s, "grid": "nfe", "requested": n, "nfe": n, "metric": "fid", "value": 10.0 / n,
+             "wall_s": 0.1, "n_samples": 200} for s in ("ddim", "dpmpp_2m") for n in (3, 5, 20, 100)]
+    rows.append({"sampler": "exact (noise floor)", "grid": "exact", "requested": None, "nfe": 0, "metric": "fid",
+                 "value": 0.05, "wall_s": 0.0, "n_samples": 200})
+    fig = metrics_figure(rows, [r for r in rows if r["nfe"]], "digits.ckpt@step4000 · float32 · features: digits")
+    fid = next(ax for ax in fig.axes if ax.get_title().startswith("FID"))
+    a, b = (line.get_xdata() for line in fid.get_lines() if len(line.get_xdata()) == 4)
+    assert all(y / x > 1.05 for x, y in zip(a, b))  # apart on the axis, each near its NFE
+    assert all(abs(x / n - 1) < 0.2 for x, n in zip(a, (3, 5, 20, 100)))
+    fig.canvas.draw()
+    assert [t.get_text() for t in fid.get_xticklabels()] == ["3", "5", "20", "100"]
+    (floor,) = fid.texts
+    assert floor.xy[0] < 0.1 and floor.get_ha() == "left"
+    assert fig._supxlabel.get_text().startswith("digits.ckpt@step4000 · float32 · features: digits\n200 samples")
+    plt.close(fig)
