@@ -118,6 +118,9 @@ def test_benchmark_array_tasks_write_disjoint_shares_of_one_table(slurm, workdir
     logs = [log_of(workdir, "lsde-bench", f"{job}_{i}") for i in (0, 1)]
     assert states == ["COMPLETED", "COMPLETED"], "\n".join(logs)[-6000:]
     assert [log.count("computing cell") for log in logs] == [3, 3]  # disjoint shares of the 6 cells
+    # each task's Hydra record in the sweep's folder, named by its job and shard
+    assert {p.name for p in (workdir / "outputs/bench/array/logs").iterdir()} == {f"{job}_0_shard0-of-2",
+                                                                                 f"{job}_1_shard1-of-2"}
     rows = load(results)
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         cfg = compose("bench", overrides=sweep)
