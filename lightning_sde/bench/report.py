@@ -20,9 +20,9 @@ from lightning_sde.plotting.sweeps import plot_metrics, plot_samples
 from lightning_sde.plotting.tables import text_table
 
 log = logging.getLogger(__name__)
-COLUMNS = ["sampler", "sampler_name", "grid", "requested", "nfe", "metric", "value", "wall_s", "setup_nfe",
-           "setup_wall_s", "samples_per_s", "n_samples", "seed_start", "seed_count", "peak_memory_mb", "device",
-           "git_commit", "time", "target", "params"]
+COLUMNS = ["sampler", "sampler_name", "grid", "requested", "nfe", "metric", "value", "ci_low", "ci_high", "ci_level",
+           "wall_s", "setup_nfe", "setup_wall_s", "samples_per_s", "n_samples", "n_nonfinite", "seed_start",
+           "seed_count", "dtype", "peak_memory_mb", "device", "git_commit", "time", "target", "params"]
 
 
 def preview(previews: SamplePreviews, row: dict):

@@ -290,3 +290,18 @@ def test_the_views_name_what_was_measured():
     images = [row(metric="fid", target="ckpt", problem=None, checkpoint="/runs/a/digits.ckpt", global_step=4000,
                   dtype="float32", feature_extractor="digits")]
     assert subject(images) == "digits.ckpt@step4000 · float32 · features: digits"
+
+
+def test_the_csv_and_the_wandb_table_keep_each_interval_beside_its_value(tmp_path):
+    """The intervals were among the sorted extra columns (ci_high before ci_low, far from value), and the W&B results
+    table, which takes COLUMNS only, had none of them, nor n_nonfinite or dtype."""
+    import csv
+
+    from lightning_sde.bench.report import COLUMNS, write_rows_csv
+
+    assert COLUMNS[COLUMNS.index("value"):][:4] == ["value", "ci_low", "ci_high", "ci_level"]
+    assert {"n_nonfinite", "dtype"} <= set(COLUMNS)
+    write_rows_csv([row(ci_low=0.9, ci_high=1.1, ci_level=0.9)], tmp_path / "r.csv")
+    with open(tmp_path / "r.csv") as fh:
+        (first,) = csv.DictReader(fh)
+    assert list(first)[6:9] == ["value", "ci_low", "ci_high"] and first["ci_low"] == "0.9"
