@@ -92,12 +92,9 @@ def budget_key(nfe) -> str:
 
 
 def sampler_family(name: str) -> str:
-    """ddim, em (Euler-Maruyama), pc, ode, dpm-solver, unipc, ...: a tag to filter runs by."""
-    name = name.lower()
-    for family in ("unipc", "dpm", "ddim", "euler_maruyama", "em", "pc", "ode", "heun", "dopri", "reverse"):
-        if name.startswith(family):
-            return family
-    return name.split("_")[0]
+    """A sampler's tag to filter runs by: its registered name (ddim, dpmpp, sde_dpmpp, unipc, ode, euler_maruyama,
+    pc, ...). Name prefixes filed sde_dpmpp under 'sde' and dpmpp under 'dpm'."""
+    return name.lower()
 
 
 class SweepRun:

@@ -78,7 +78,7 @@ def name_the_run(cfg: DictConfig) -> None:
 def wandb_identity(cfg: DictConfig, job, callbacks) -> dict:
     """A training run's W&B name, group and tags, from the config's choices: name <experiment>-<sde>-<run_name>,
     group the experiment (a multirun: its sweep id, so a sweep's runs sit together), tags sde:, model:, data: and
-    one sampler:<family> per sampler the evaluations compare."""
+    one sampler:<name> per sampler the evaluations compare."""
     from lightning_sde.bench.dashboard import sampler_family
 
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}

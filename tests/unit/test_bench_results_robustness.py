@@ -305,3 +305,11 @@ def test_the_csv_and_the_wandb_table_keep_each_interval_beside_its_value(tmp_pat
     with open(tmp_path / "r.csv") as fh:
         (first,) = csv.DictReader(fh)
     assert list(first)[6:9] == ["value", "ci_low", "ci_high"] and first["ci_low"] == "0.9"
+
+
+def test_a_samplers_wandb_tag_is_its_registered_name():
+    from lightning_sde.bench.dashboard import sampler_family
+    from lightning_sde.samplers import SAMPLERS
+
+    assert {sampler_family(name) for name in SAMPLERS} == set(SAMPLERS)  # one tag per sampler, none merged
+    assert sampler_family("sde_dpmpp") == "sde_dpmpp" and sampler_family("dpmpp") == "dpmpp"
