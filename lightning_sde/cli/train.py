@@ -362,7 +362,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     steps_to_batches = {"val_check_interval": interval * accumulation} if is_int(interval) and accumulation > 1 else {}
     bar = cfg.trainer.get("enable_progress_bar", True)
     trainer = build_node(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=plugins,
-                         enable_progress_bar=sys.stderr.isatty() if bar == "auto" else bar,
+                         enable_progress_bar=sys.stdout.isatty() if bar == "auto" else bar,  # where Lightning draws it
                          **steps_to_batches)  # Lightning counts validation intervals in batches; the config, in steps
     if sampler_cb is not None:
         warn_if_nothing_is_evaluated(cfg.trainer, trainer.limit_val_batches, resumed_at or 0)

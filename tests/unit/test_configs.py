@@ -277,7 +277,7 @@ def test_the_progress_bar_is_on_for_a_terminal_and_off_for_a_log_file(tmp_path, 
     the log lines; there, ProgressLog writes lines instead. true and false are taken as they are."""
     import sys
 
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)  # where Lightning draws the bar
     base = ["experiment=toy2d", f"run_dir={tmp_path}", "run_name=t", "logger=none", "trainer=cpu"]
     assert (build(composed("train", base), read_data=False).trainer.progress_bar_callback is not None) == terminal
     for given in (True, False):
