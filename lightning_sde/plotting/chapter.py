@@ -4,7 +4,7 @@
                  (noise -> data); 2-D: p_t at five times with the forward samples
   trajectories   probability-flow ODE against reverse SDE from the same x_T (deterministic vs random)
   schedules      sigma_t^2, alpha_t and log-SNR lambda_t of VE, VP and sub-VP
-  interpolation  spherical interpolation between two latents, decoded through the ODE (points or an image strip)
+  interpolation  slerp between two latents (a line in 1-D), decoded through the ODE (points or an image strip)
 
 The heat maps are the exact marginals of the mixture; the paths come from the project's samplers (Euler-Maruyama,
 rk4 on the ODE) driven by the exact score or a trained network.
@@ -214,5 +214,6 @@ def interpolation_figure(denoiser, mixture, seeds, n: int):
     else:
         ax.scatter(w, x[:, 0], c=w, cmap="viridis", s=40)
         ax.set(xlabel="interpolation weight", ylabel="decoded x")
-    ax.set_title("slerp($z_0$, $z_1$) decoded by the probability-flow ODE")
+    ax.set_title(("slerp($z_0$, $z_1$)" if denoiser.shape[0] > 1 else "the line from $z_0$ to $z_1$")
+                 + " decoded by the probability-flow ODE")
     return fig

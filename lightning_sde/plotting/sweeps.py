@@ -98,7 +98,7 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
     for v in nfes:  # labels that do not collide: each at least 40 % above the last
         if not ticks or v >= 1.4 * ticks[-1]:
             ticks.append(v)
-    if 1 < len(ticks) <= 12:  # the NFE values of the sweep, where decades alone would leave them unlabelled
+    if 1 <= len(ticks) <= 12:  # the NFE values of the sweep, where decades alone would leave them unlabelled
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}" if v >= 100 else f"{v:.3g}"))
     ax.set_xlabel("NFE (score evaluations)")

@@ -120,3 +120,15 @@ def test_samplers_at_one_nfe_are_drawn_side_by_side_at_labelled_nfe_ticks_under_
     assert floor.xy[0] < 0.1 and floor.get_ha() == "left"
     assert fig._supxlabel.get_text().startswith("digits.ckpt@step4000 · float32 · features: digits\n200 samples")
     plt.close(fig)
+
+
+def test_samplers_at_a_single_nfe_are_labelled_with_that_nfe_alone():
+    """With one NFE in the sweep, matplotlib's own ticks (44, 46 ... 56) made the side-by-side offsets read as other
+    NFEs."""
+    rows = [{"sampler": s, "grid": "nfe", "requested": 50, "nfe": 50, "metric": "mmd", "value": 0.1 + 0.01 * k,
+             "wall_s": 0.1, "n_samples": 100} for k, s in enumerate(("ddim", "heun", "unipc"))]
+    fig = metrics_figure(rows, rows)
+    fig.canvas.draw()
+    for ax in (ax for ax in fig.axes if ax.get_title()):
+        assert [t.get_text() for t in ax.get_xticklabels() if t.get_text()] == ["50"]
+    plt.close(fig)
