@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, read_sidecar, sampler_family
+from lightning_sde.bench.report import with_interval
 from lightning_sde.bench.results import WANDB_RUN_KEY, Claim, Claimed, ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
 from lightning_sde.configuration import checked, require_device
@@ -224,6 +225,7 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
         live = open_sweep_run(cfg, target, protocol, sweep) if rank == 0 else None
         started = time.monotonic()
         for n_done, cell in enumerate(todo):
+            cell_started = time.monotonic()
             if rank == 0:
                 log.info("computing cell %d/%d: %s", n_done + 1, len(todo), cell)
             samples = None
@@ -237,7 +239,8 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
             if rank == 0:
                 store.append(rows_of(cell, samples, score(scorer, cell, samples, x), cfg.batch_size, device, protocol))
                 previews.save(cell, x, SamplePreviews.protocol(cell.target, cell.seed_start, cell.seed_count))
-                report_cell(store, cell, n_done + 1, len(todo), started, live, previews)
+                report_cell(store, cell, n_done + 1, len(todo), started, live, previews,
+                            time.monotonic() - cell_started)
     return {"cells": len(sweep.cells), "shard_cells": len(sweep.mine), "computed": len(todo), "rank": rank,
             "world_size": world, "wandb_run": live,  # left open: the report adds the table and finishes it
             "keys": {c.key(m) for c in sweep.cells for m in c.metrics}}  # what the views show of rows alike
@@ -266,17 +269,19 @@ def open_sweep_run(cfg: DictConfig, target, protocol: dict, sweep: Sweep) -> Swe
         return None
 
 
-def report_cell(store: ResultsStore, cell: Cell, n_done: int, n_todo: int, started: float, live, previews) -> None:
-    """A cell is done: one log line with its values, and its W&B row (when a live run is open)."""
+def report_cell(store: ResultsStore, cell: Cell, n_done: int, n_todo: int, started: float, live, previews,
+                cell_s: float) -> None:
+    """A cell is done: one log line with its values and times (sampling; the whole cell, scoring and set-up
+    included), and its W&B row (when a live run is open)."""
     rows = [r for r in store.latest().values() if r["key"] in {cell.key(m) for m in cell.metrics}]
     if not rows:
         return
     elapsed = time.monotonic() - started
-    values = ", ".join(f"{r['metric']} {r['value']:.4g}" if isinstance(r["value"], float) else f"{r['metric']} -"
+    values = ", ".join(f"{r['metric']} {with_interval(r)}" if isinstance(r["value"], float) else f"{r['metric']} -"
                        for r in rows)
     eta = elapsed / n_done * (n_todo - n_done)
-    log.info("cell %d/%d done: %s at NFE %.4g: %s; %.3gs; ETA %s", n_done, n_todo, cell.label, rows[0]["nfe"],
-             values, rows[0]["wall_s"], duration(eta))
+    log.info("cell %d/%d done: %s at NFE %.4g: %s; sampling %.3g s, cell %.3g s; ETA %s", n_done, n_todo, cell.label,
+             rows[0]["nfe"], values, rows[0]["wall_s"], cell_s, duration(eta))
     if live is not None:
         try:
             protocol = SamplePreviews.protocol(cell.target, cell.seed_start, cell.seed_count)

@@ -3,6 +3,7 @@ duplicate grid values, and the W&B run across launches (lost cells, best/ and fl
 exact mixtures in-process; W&B through a stand-in run (what SweepRun logs and summarises) and real run files."""
 
 import json
+import re
 import struct
 from collections import OrderedDict
 from pathlib import Path
@@ -258,3 +259,17 @@ def test_the_views_after_a_sweep_show_its_own_rows_of_a_sampler_rerun_with_other
     eta1["time"] = "2026-01-01T00:01:00+00:00"  # written later
     assert [r["value"] for r in for_views([eta0, eta1])[0]] == [0.207]  # no sweep named: the last written
     assert [r["value"] for r in for_views([eta0, eta1], preferred={"ddim-eta0"})[0]] == [0.215]
+
+
+def test_each_cells_log_line_gives_its_values_with_intervals_and_its_sampling_and_whole_times(tmp_path, caplog):
+    """The line gave the sampling time alone ("0.0195s" for a cell of 0.45 s with scoring and its bootstrap) and the
+    values without the intervals the rows hold."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="lightning_sde.bench.runner")
+    sweep(tmp_path)
+    (line,) = [r.getMessage() for r in caplog.records if "done:" in r.getMessage()]
+    assert re.search(r"^cell 1/1 done: ddim at NFE 4: \w+ [-\d.]+ \[[-\d.]+, [-\d.]+\].*; sampling [\d.e-]+ s, "
+                     r"cell [\d.e-]+ s; ETA", line), line
+    sampling, whole = (float(v) for v in re.findall(r"sampling ([\d.e-]+) s, cell ([\d.e-]+) s", line)[0])
+    assert 0 < sampling <= whole

@@ -132,3 +132,13 @@ def test_samplers_at_a_single_nfe_are_labelled_with_that_nfe_alone():
     for ax in (ax for ax in fig.axes if ax.get_title()):
         assert [t.get_text() for t in ax.get_xticklabels() if t.get_text()] == ["50"]
     plt.close(fig)
+
+
+def test_the_samples_figure_says_which_coordinates_it_shows_and_titles_images_too():
+    points = torch.randn(50, 16)
+    fig = samples_figure({"ddim": {"nfe 10": points}, "heun": {"nfe 10": points}})
+    assert "coordinates 1 and 2 of 16" in fig._suptitle.get_text()
+    plt.close(fig)
+    fig = samples_figure({"ddim": {"nfe 10": torch.rand(4, 1, 8, 8)}})
+    assert fig._suptitle.get_text() == "the first samples of every cell (same seeds)"
+    plt.close(fig)
