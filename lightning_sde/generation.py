@@ -114,7 +114,7 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
                 if stop is not None and stop():
                     raise _Stop
                 batch_x, info = sample(sampler, model, batch, device, dtype,
-                                 callback=on_step if progress or stop is not None else None)
+                                       callback=on_step if progress or stop is not None else None)
             except _Stop:
                 stopped = True
                 break
