@@ -26,6 +26,7 @@ from typing import ClassVar
 
 import torch
 
+from lightning_sde.probability_flow import worst_sample_norm
 from lightning_sde.samplers.base import FixedStepSampler, Sampler, register
 
 
@@ -324,10 +325,9 @@ class AdaptiveUniPC(Sampler):
     def _error(self, diff, scale):
         """The step's error in units of the tolerance: RMS of diff / scale over the batch, or the largest of the
         samples' own RMS (worst_sample)."""
-        square = (diff / scale).pow(2)
         if self.error_norm == "batch":
-            return square.mean().sqrt()
-        return square.flatten(1).mean(1).max().sqrt()
+            return (diff / scale).pow(2).mean().sqrt()
+        return worst_sample_norm(diff / scale)
 
     def run(self, denoiser, x, plan, noise, on_step):
         sde = denoiser.sde
