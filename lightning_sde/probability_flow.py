@@ -177,7 +177,7 @@ def worst_sample_norm(state) -> Tensor:
     return torch.stack([p.reshape(len(p), -1).pow(2).mean(1).sqrt() for p in parts]).amax(0).max()
 
 
-ERROR_NORMS = {"worst_sample": worst_sample_norm, "batch": None}  # None: torchdiffeq's RMS over the whole state
+ERROR_NORMS = {"worst_sample": worst_sample_norm, "batch": None}  # None: torchdiffeq's RMS over the batch (per part)
 
 
 NON_FINITE_DRIFT = "the drift is not finite (the network returned NaN or infinite values, or the input was not finite)"

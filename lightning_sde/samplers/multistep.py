@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import torch
 
-from lightning_sde.probability_flow import worst_sample_norm
+from lightning_sde.probability_flow import ERROR_NORMS
 from lightning_sde.samplers.base import FixedStepSampler, Sampler, register
 
 
@@ -291,7 +291,7 @@ class AdaptiveUniPC(Sampler):
     max_steps: int = 2000
     error_norm: str = "batch"
     orders: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5, 6)  # float64 times keep order 6's coefficients exact enough
-    error_norms: ClassVar[tuple[str, ...]] = ("batch", "worst_sample")
+    error_norms: ClassVar[tuple[str, ...]] = tuple(ERROR_NORMS)  # the ODE's: one set of names
 
     @property
     def adaptive(self) -> bool:
@@ -325,9 +325,8 @@ class AdaptiveUniPC(Sampler):
     def _error(self, diff, scale):
         """The step's error in units of the tolerance: RMS of diff / scale over the batch, or the largest of the
         samples' own RMS (worst_sample)."""
-        if self.error_norm == "batch":
-            return (diff / scale).pow(2).mean().sqrt()
-        return worst_sample_norm(diff / scale)
+        norm = ERROR_NORMS[self.error_norm]
+        return (diff / scale).pow(2).mean().sqrt() if norm is None else norm(diff / scale)
 
     def run(self, denoiser, x, plan, noise, on_step):
         sde = denoiser.sde

@@ -271,6 +271,7 @@ def test_image_folder_batches_do_not_depend_on_the_number_of_loader_workers(tmp_
     def batches(workers):
         dm = ImageFolderDataModule(tmp_path, image_size=8, batch_size=3, n_val=3, dequantize=True, labels=True,
                                    num_workers=workers)
+        assert dm.val_dataloader().num_workers == workers  # decoded where asked
         return list(dm.train_dataloader()), list(dm.val_dataloader())
 
     (train0, val0), (train2, val2) = batches(0), batches(2)
