@@ -2,6 +2,8 @@
 32x32x3) under Lightning with strategy=ddp (NCCL, one process) in fp32, bf16-mixed and bf16-mixed + torch.compile
 of the network; sampling images/s of DPM-Solver++(2M) at NFE 10 and 50 (fp32, bf16 autocast); peak memory of each.
 Random weights and random images (timing does not depend on them; no dataset is needed on the GPU machine).
+Then the per-step cost of the training path on small models (toy2d, digits; fp32): lsde-train's trainer with every
+configured callback, without Preemption (its per-step all-reduce), with EMA only, on one device, and a plain loop.
 
     python benchmarks/gpu_check.py --out gpu_check.json        # benchmarks/gpu_check.sh runs it with the rest
 """
@@ -12,6 +14,7 @@ import argparse
 import contextlib
 import json
 import platform
+import statistics
 import sys
 import time
 import traceback
@@ -28,6 +31,11 @@ from training_throughput import make  # noqa: E402
 from lightning_sde.samplers import build_sampler  # noqa: E402
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class Timer(L.Callback):
     """Images/s over the steps after `skip` warm-up steps, and the process group's backend."""
 
@@ -36,13 +44,13 @@ class Timer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.skip:
-            torch.cuda.synchronize()
+            synchronize()
             self.start = time.perf_counter()
         if self.backend is None and torch.distributed.is_initialized():
             self.backend = torch.distributed.get_backend()
 
     def on_train_end(self, trainer, pl_module):
-        torch.cuda.synchronize()
+        synchronize()
         self.seconds = time.perf_counter() - self.start
         self.steps = trainer.global_step - self.skip
 
@@ -67,6 +75,70 @@ def train(precision: str, compiled: bool, batch: int, steps: int, skip: int) -> 
             "step_ms": round(1e3 * timer.seconds / timer.steps, 2), "backend": timer.backend,
             "parameters": sum(p.numel() for p in module.denoiser.parameters()),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+
+
+# The training path a user runs, step by step: lsde-train's build() (every configured callback, the checkpoint IO,
+# SetAside) with validation off, against the same with callbacks removed and against a plain PyTorch loop.
+PATH_VARIANTS = {
+    "plain loop": None,
+    "lsde-train, EMA only (ddp)": ["++trainer.strategy=ddp", *(f"callbacks.{k}=null" for k in
+                                   ("sampler", "best", "last", "lr_monitor", "preemption", "progress"))],
+    "lsde-train without Preemption (ddp)": ["++trainer.strategy=ddp", "callbacks.preemption=null"],
+    "lsde-train (ddp)": ["++trainer.strategy=ddp"],
+    "lsde-train (one device)": ["++trainer.strategy=auto"],
+}
+
+
+def training_path(experiment: str, variant: str, steps: int, skip: int, accelerator: str = "gpu") -> dict:
+    """Steps/s of one PATH_VARIANTS entry (fp32, the experiment's batch size, validation off)."""
+    import tempfile
+
+    from hydra import compose, initialize_config_module
+    from training_throughput import plain_loop
+
+    from lightning_sde.callbacks import Preemption
+    from lightning_sde.cli.train import build
+    from lightning_sde.configuration import CONFIG_PACKAGE
+
+    device = "cuda" if accelerator == "gpu" else "cpu"
+    with tempfile.TemporaryDirectory() as run_dir:
+        extra = PATH_VARIANTS[variant] or []
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            cfg = compose("train", overrides=[
+                f"experiment={experiment}", "run_name=bench", f"run_dir={run_dir}", "logger=none",
+                f"trainer.accelerator={accelerator}", "trainer.devices=1", "trainer.precision=32-true",
+                f"trainer.max_steps={skip + steps}", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
+                "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false", *extra])
+        run = build(cfg)
+        if PATH_VARIANTS[variant] is None:
+            rate = plain_loop(cfg, run.datamodule, run.module, steps, device)
+        else:
+            timer = Timer(skip)
+            run.trainer.callbacks.append(timer)
+            run.trainer.fit(run.module, datamodule=run.datamodule)
+            if any(isinstance(cb, Preemption) and cb.interrupted for cb in run.trainer.callbacks):
+                raise SystemExit(143)  # SIGTERM (a timeout): Preemption stopped the fit at a step; stop here too
+            rate = timer.steps / timer.seconds
+    return {"experiment": experiment, "variant": variant, "batch": cfg.data.batch_size, "steps": steps,
+            "steps_per_s": round(rate, 1)}
+
+
+def training_paths(experiments, steps: int, skip: int, rounds: int, accelerator: str = "gpu") -> list[dict]:
+    """Each variant `rounds` times, alternating; the median and spread of steps/s, and each variant's time per step
+    over the plain loop's."""
+    rows = []
+    for experiment in experiments:
+        rates = {variant: [] for variant in PATH_VARIANTS}
+        for _ in range(rounds):
+            for variant in PATH_VARIANTS:
+                rates[variant].append(training_path(experiment, variant, steps, skip, accelerator)["steps_per_s"])
+                print("training path", experiment, variant, rates[variant][-1], flush=True)
+        plain = statistics.median(rates["plain loop"])
+        for variant, values in rates.items():
+            rows.append({"experiment": experiment, "variant": variant, "steps_per_s": statistics.median(values),
+                         "all_steps_per_s": values, "time_per_step_over_plain": round(plain / statistics.median(
+                             values), 3)})
+    return rows
 
 
 def sampling(batch: int, nfe: int, dtype: str, repeats: int = 2) -> dict:
@@ -94,15 +166,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128, help="training batch (one GPU)")
     parser.add_argument("--steps", type=int, default=40, help="timed training steps per setting")
     parser.add_argument("--sample-batch", type=int, default=256)
+    parser.add_argument("--path-steps", type=int, nargs=2, default=(300, 100), metavar=("TOY2D", "DIGITS"),
+                        help="timed steps of each training-path variant (about 4 s each on an H200)")
+    parser.add_argument("--path-rounds", type=int, default=2)
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "lightning": L.__version__,
-              "python": platform.python_version(), "training": [], "sampling": [], "errors": []}
+              "python": platform.python_version(), "training": [], "sampling": [], "training_path": [],
+              "errors": []}
 
     def attempt(kind, fn, *a):
         try:
-            result[kind].append(fn(*a))
-            print(kind, result[kind][-1], flush=True)
+            value = fn(*a)
+            result[kind].extend(value if isinstance(value, list) else [value])
+            print(kind, value, flush=True)
         except Exception as err:  # noqa: BLE001  (a failing setting is a finding: record it, measure the rest)
             result["errors"].append({"kind": kind, "args": [str(v) for v in a], "error": f"{type(err).__name__}: "
                                      f"{err}", "traceback": traceback.format_exc()[-2000:]})
@@ -114,6 +191,8 @@ def main() -> None:
     for dtype in ("fp32", "bf16"):
         for nfe in (10, 50):
             attempt("sampling", sampling, args.sample_batch, nfe, dtype)
+    for experiment, steps in zip(("toy2d", "digits"), args.path_steps):
+        attempt("training_path", training_paths, (experiment,), steps, 50, args.path_rounds)
 
 
 if __name__ == "__main__":

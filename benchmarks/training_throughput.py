@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
 from lightning.pytorch.callbacks import EMAWeightAveraging  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn  # noqa: E402
@@ -44,8 +45,9 @@ def make(experiment: str, overrides=()):
     return cfg, datamodule, module
 
 
-def plain_loop(cfg, datamodule, module, steps: int) -> float:
+def plain_loop(cfg, datamodule, module, steps: int, device: str = "cpu") -> float:
     torch.manual_seed(0)
+    module.to(device)
     opt_cfg = module.configure_optimizers()
     opt, schedule = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
     ema = AveragedModel(module, multi_avg_fn=None, avg_fn=get_ema_avg_fn(cfg.callbacks.ema.decay), use_buffers=True)
@@ -55,12 +57,15 @@ def plain_loop(cfg, datamodule, module, steps: int) -> float:
     start = None
     for step in range(steps + 10):
         if step == 10:  # warm-up steps are not timed
+            if device != "cpu":
+                torch.cuda.synchronize()
             start = time.perf_counter()
         try:
             x0 = next(batches)
         except StopIteration:
             batches = iter(datamodule.train_dataloader())
             x0 = next(batches)
+        x0 = move_data_to_device(x0, device)
         x0, _ = module.labels_of(x0 if augment is None else augment(x0))
         loss = module.loss_fn(module.denoiser, x0).mean()
         opt.zero_grad(set_to_none=True)
@@ -69,6 +74,8 @@ def plain_loop(cfg, datamodule, module, steps: int) -> float:
         opt.step()
         schedule.step()
         ema.update_parameters(module)
+    if device != "cpu":
+        torch.cuda.synchronize()
     return steps / (time.perf_counter() - start)
 
 
