@@ -217,8 +217,7 @@ class UniPC(_Multistep):
         alpha_t, sigma_t = sde.alpha(t), sde.sigma(t)
         x_t = (sigma_t / sde.sigma(ts[-1])) * x - alpha_t * h_phi_1 * ds[-1]
         if d1s:
-            rhos = (torch.tensor([0.5], dtype=x.dtype, device=x.device) if order == 2
-                    else solve(R[:-1, :-1], b[:-1]))
+            rhos = (0.5,) if order == 2 else solve(R[:-1, :-1], b[:-1])  # a constant: no copy to the device
             x_t = x_t - alpha_t * b_h * sum(r * d for r, d in zip(rhos, d1s))
         return x_t
 
@@ -229,7 +228,7 @@ class UniPC(_Multistep):
         h, rks, d1s = UniPC._history(sde, ts, ds, -2, t, order)
         rk = torch.stack(rks + [torch.ones_like(h)])
         R, b, h_phi_1, b_h = unipc_coefficients(rk, h, order)
-        rhos = torch.tensor([0.5], dtype=x_prev.dtype, device=x_prev.device) if order == 1 else solve(R, b)
+        rhos = (0.5,) if order == 1 else solve(R, b)
         alpha_t, sigma_t = sde.alpha(t), sde.sigma(t)
         x_t = (sigma_t / sde.sigma(ts[-2])) * x_prev - alpha_t * h_phi_1 * ds[-2]
         corr = sum(r * d for r, d in zip(rhos[:-1], d1s)) if d1s else 0.0
