@@ -12,11 +12,28 @@ import logging
 import netrc
 import os
 import struct
+import subprocess
 from pathlib import Path
 
 from lightning_sde.files import write_csv
 
 log = logging.getLogger(__name__)
+
+
+def source_revision() -> str:
+    """What code made a result: this checkout's git commit, or, for an installed package (whose folder is no
+    repository's top level, though it may sit inside someone else's), `lightning-sde==<version>`."""
+    package = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(package.parent), "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=False).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        out = []
+    if len(out) == 2 and Path(out[0]).resolve() == package.parent:
+        return out[1]
+    from lightning_sde import __version__
+
+    return f"lightning-sde=={__version__}"
 
 
 def duration(seconds: float) -> str:

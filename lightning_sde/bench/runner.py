@@ -7,7 +7,6 @@ share of a cell's seeds, rank 0 gathers, scores, appends the rows and keeps a pr
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,21 +35,9 @@ from lightning_sde.targets import (
     target_classes,
     target_kind,
 )
-from lightning_sde.tracking import duration
+from lightning_sde.tracking import duration, source_revision
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             check=False)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 @dataclass
 class Sweep:
     """Everything checked before any sampling: the target's kind and id, the metrics, the cells and this shard's."""
@@ -221,7 +208,7 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
             previews.save_reference(reference, SamplePreviews.protocol(sweep.target_id, cfg.seeds.start,
                                                                        cfg.seeds.count))
         protocol = {**target.protocol, **(scorer.protocol if scorer else {}), "dtype": cfg.dtype,
-                    "git_commit": git_commit(), "shard": f"{cfg.shard.index}/{cfg.shard.count}"}
+                    "git_commit": source_revision(), "shard": f"{cfg.shard.index}/{cfg.shard.count}"}
         live = open_sweep_run(cfg, target, protocol, sweep) if rank == 0 else None
         started = time.monotonic()
         for n_done, cell in enumerate(todo):

@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,8 +27,7 @@ from torch import nn
 from lightning_sde.data.digits import digits_to_unit_range, load_digits_levels
 from lightning_sde.loading import file_sha256
 from lightning_sde.metrics.features import DIGITS_WEIGHTS, DigitsCNN, DigitsFeatures
-
-ROOT = Path(__file__).resolve().parents[2]
+from lightning_sde.tracking import source_revision
 
 
 def stratified_split(labels: torch.Tensor, test_fraction: float, gen: torch.Generator):
@@ -117,10 +115,7 @@ def main() -> None:
     weights = args.out / "digits_features.pt"
     torch.save(model.state_dict(), weights)
     checks = fid_checks(weights, images, gen)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = source_revision()
     record = {
         "file": weights.name,
         "sha256": file_sha256(weights),

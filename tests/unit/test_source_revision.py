@@ -1,0 +1,40 @@
+"""A result row names the code that made it: this checkout's commit, or the installed package's version, never the
+commit of a user's repository that happens to hold the environment the package is installed in."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning_sde
+from lightning_sde.tracking import source_revision
+
+PACKAGE = Path(lightning_sde.__file__).resolve().parent
+
+
+def git(*args, cwd):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                   capture_output=True)
+
+
+def test_in_its_checkout_the_revision_is_the_checkout_commit():
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE.parent, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{40}", head) and source_revision() == head
+
+
+def test_installed_inside_another_repository_the_revision_is_the_package_version(tmp_path):
+    project = tmp_path / "user_project"
+    site = project / ".venv_site"
+    shutil.copytree(PACKAGE, site / "lightning_sde", ignore=shutil.ignore_patterns("__pycache__", "configs"))
+    git("init", "-q", cwd=project)
+    git("commit", "-q", "--allow-empty", "-m", "theirs", cwd=project)
+    theirs = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", "import lightning_sde.tracking as t; print(t.__file__); "
+                          "print(t.source_revision())"], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True).stdout.split()
+    assert out[0].startswith(str(site)), "the copy was imported"
+    assert out[1] == f"lightning-sde=={lightning_sde.__version__}" != theirs
