@@ -49,8 +49,8 @@ def _diffusers():
     try:
         import diffusers
     except ImportError:
-        raise PretrainedError("loading diffusers models needs the diffusers package: "
-                              "pip install 'lightning-sde[diffusers]'") from None
+        raise PretrainedError("loading diffusers models needs the diffusers package: pip install diffusers (in a "
+                              "checkout of lightning-sde: pip install -e '.[diffusers]')") from None
     return diffusers
 
 
@@ -66,6 +66,7 @@ def _read_json(path: Path, spec: str) -> dict:
 
 def cached_hub_model(repo_id: str) -> Path | None:
     """The folder of hub model `repo_id` in the local Hugging Face cache, or None; never touches the network."""
+    _diffusers()  # which brings huggingface_hub
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -229,6 +230,7 @@ def load(spec: str, map_location="cpu") -> Denoiser:
 
 def fetch(repo_id: str) -> Path:
     """Download hub model `repo_id` into the local Hugging Face cache (a login node's job); its folder."""
+    _diffusers()
     from huggingface_hub import snapshot_download
 
     if not HUB_ID.fullmatch(repo_id):

@@ -3,6 +3,7 @@ published structure (float64): the same network, the same x_T and noise, our sam
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -302,3 +303,18 @@ def test_own_network_recipe(eight_gaussians):
     a, _ = sample(build_sampler("dpmpp", steps=20), denoiser, range(256), dtype=F64)
     b, _ = sample(build_sampler("dpmpp", steps=20), exact, range(256), dtype=F64)
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("spec", ["diffusers:someone/ddpm-tiny", "diffusers:{folder}"])
+def test_without_diffusers_every_path_names_the_package_to_install(spec, tmp_path, monkeypatch):
+    """A core install has neither diffusers nor huggingface_hub: a hub id, a folder, and fetching one fail with the
+    install line, not a ModuleNotFoundError from inside."""
+    from lightning_sde.models.pretrained import fetch
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    ddpm_pipeline(tmp_path / "pipe")
+    with pytest.raises(PretrainedError, match="needs the diffusers package: pip install diffusers"):
+        load_denoiser(spec.format(folder=tmp_path / "pipe"))
+    with pytest.raises(PretrainedError, match="needs the diffusers package"):
+        fetch("someone/ddpm-tiny")
