@@ -224,6 +224,13 @@ def test_training_and_the_bench_share_one_reference_statistics_cache(experiment,
     assert callback.stats_cache == composed("bench", []).stats_cache == f"{tmp_path}/outputs/cache/reference_stats"
 
 
+def test_lsde_figures_writes_under_the_outputs_root(tmp_path, monkeypatch):
+    """Run from any folder, it writes beside the other apps' outputs, not into ./docs/figures of that folder."""
+    monkeypatch.setenv("LSDE_OUTPUTS", str(tmp_path / "outputs"))
+    figures = composed("figures", [])
+    assert figures.out == figures.output_dir.rsplit("/", 1)[0] == f"{tmp_path}/outputs/figures"
+
+
 def test_the_run_seed_reaches_the_data(tmp_path):
     """Replicates over `seed` differ in their data (toy sets drawn, splits, order), not only in the step seeds."""
     firsts = []
