@@ -13,6 +13,7 @@ import netrc
 import os
 import struct
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from lightning_sde.files import write_csv
@@ -31,9 +32,10 @@ def source_revision() -> str:
         out = []
     if len(out) == 2 and Path(out[0]).resolve() == package.parent:
         return out[1]
-    from lightning_sde import __version__
-
-    return f"lightning-sde=={__version__}"
+    try:
+        return f"lightning-sde=={version('lightning-sde')}"
+    except PackageNotFoundError:  # on PYTHONPATH, neither installed nor a checkout
+        return "lightning-sde (not installed, no git checkout)"
 
 
 def duration(seconds: float) -> str:
