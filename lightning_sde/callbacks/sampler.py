@@ -34,6 +34,7 @@ from lightning_sde.samplers import Sampler
 
 log = logging.getLogger(__name__)
 SAMPLE_STATS = ("nfe", "wall_s", "n_samples", "n_distinct", "n_nonfinite")  # logged per sampler beside its metrics
+NOISE_FLOOR = "noise_floor"  # the row of a second real set (DataModule.floor_set), scored like a sampler's samples
 
 
 class SamplerCallback(L.Callback):
@@ -50,9 +51,14 @@ class SamplerCallback(L.Callback):
         n_plot: int = 64,
         stats_cache: str | None = None,
         guidance: float | None = None,
+        noise_floor: bool = True,
     ):
         if not samplers:
             raise ValueError("SamplerCallback needs at least one sampler: pick a set (samplers=default) or add one")
+        if NOISE_FLOOR in samplers:
+            raise ValueError(f"samplers.{NOISE_FLOOR}: the label is the noise floor's row; name the sampler otherwise")
+        if not isinstance(noise_floor, bool):
+            raise ValueError(f"SamplerCallback noise_floor must be true or false; got {noise_floor!r}")
         # Built now: a bad sampler config fails at start-up, naming it.
         self.samplers = {label: s if isinstance(s, Sampler) else build(s, f"samplers.{label}")
                          for label, s in samplers.items()}
@@ -72,6 +78,8 @@ class SamplerCallback(L.Callback):
         self.seeds = range(first_seed, first_seed + n_samples)
         self.n_plot = n_plot
         self.stats_cache = stats_cache
+        self.noise_floor = noise_floor
+        self._floor: dict | None = None  # the noise floor's values, scored at the first evaluation of this process
         self._evals = 0
         self._scorer: Scorer | None = None
         self.last_rows: dict[str, dict] = {}
@@ -146,6 +154,8 @@ class SamplerCallback(L.Callback):
         # SLURM's requeue signal or a SIGTERM stops the evaluation at once (Preemption then checkpoints and stops at
         # this validation's end, within the signal's lead); the resumed run does it again (on_train_start)
         stops = [cb.stop_requested for cb in trainer.callbacks if callable(getattr(cb, "stop_requested", None))]
+        if self.noise_floor and self.floor_values(trainer, pl_module):
+            self.last_rows[NOISE_FLOOR] = {"step": trainer.global_step, "sampler": NOISE_FLOOR, **self._floor}
         for label, sampler in self.samplers.items():
             try:
                 samples = generate(sampler, denoiser, self.seeds, self.batch_size, pl_module.device, self.dtype,
@@ -186,6 +196,27 @@ class SamplerCallback(L.Callback):
             self._pending = True
         denoiser.train(was_training)
 
+    def floor_values(self, trainer, pl_module) -> dict:
+        """The noise floor: the datamodule's floor_set(n_samples), a second real set disjoint from the reference,
+        scored as samples are (once per process: it does not change during fit). Empty when the data has none."""
+        if self._floor is None:
+            values = None
+            if trainer.is_global_zero:
+                floor_set = getattr(trainer.datamodule, "floor_set", None)
+                x = floor_set(self.n_samples) if floor_set is not None else None
+                values = {}
+                if x is None:
+                    rank_zero_info("no noise-floor row in the sampler table: " + (
+                        f"the training set holds fewer than 2 x callbacks.sampler.n_samples ({self.n_samples})"
+                        if floor_set is not None else "the datamodule has no floor_set(n)"))
+                else:
+                    flat = x.reshape(len(x), -1)
+                    values = dict(zip(SAMPLE_STATS, (0.0, 0.0, float(len(x)), float(len(torch.unique(flat, dim=0))),
+                                                     0.0)))
+                    values.update(self.scorer(pl_module.device)(x.to(self.dtype)))
+            self._floor = broadcast_from_zero(values)
+        return self._floor
+
     def on_validation_end(self, trainer, pl_module):
         """The loggers get this evaluation now, after Lightning has logged its own validation values (at its step,
         one lower), and before the checkpoint callbacks run: W&B's step only ever grows."""
@@ -216,7 +247,7 @@ class SamplerCallback(L.Callback):
         try:
             import wandb
 
-            rows = list(self.last_rows.values())
+            rows = [r for r in self.last_rows.values() if r["sampler"] != NOISE_FLOOR]  # val/noise_floor/<metric>
             columns = ["sampler", "nfe", "wall_s", *self.metrics]
             table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
             charts = {f"val_vs_nfe/{m}": wandb.plot.scatter(table, "nfe", m, title=f"{m} against NFE at step {step}")

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lightning_sde.distributed import rank_world
 
 # Independent random streams drawn from one user seed.
-STREAM_TRAIN, STREAM_VAL, STREAM_SPLIT, STREAM_REFERENCE = 0, 1, 2, 3
+STREAM_TRAIN, STREAM_VAL, STREAM_SPLIT, STREAM_REFERENCE, STREAM_FLOOR = 0, 1, 2, 3, 4
 
 
 def generator(seed: int, stream: int) -> torch.Generator:
@@ -245,8 +245,11 @@ class BaseDataModule(L.LightningDataModule):
 
     def check_reference_size(self, n: int) -> None:
         """reference(n) can be drawn (from the training set, unless the data is sampled from a distribution)."""
+        self._check_reference(n, self._available())
+
+    def _available(self) -> int | None:
         self._ensure_setup()
-        self._check_reference(n, len(self.train_set) if self.reference_from_training_set else None)
+        return len(self.train_set) if self.reference_from_training_set else None
 
     def train_dataloader(self) -> TrainLoader:
         _, world = rank_world()
@@ -269,6 +272,21 @@ class BaseDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0, collate_fn=self.val_collate)
 
     def reference(self, n: int) -> Tensor:
+        """The n real samples that generated ones are scored against: the first n training samples in the data's
+        seeded order (their dequantisation noise from the reference stream), or n draws of a toy distribution."""
+        return self.real_samples(0, self._check_reference(n, self._available()), STREAM_REFERENCE)
+
+    def floor_set(self, n: int) -> Tensor | None:
+        """n more real samples, disjoint from reference(n) (the next n training samples, or n other draws): scored
+        like a sampler's, their value is what a perfect model reaches at this n (the noise floor). None when the
+        training set holds fewer than 2n."""
+        n, available = self._check_reference(n), self._available()
+        if available is not None and 2 * n > available:
+            return None
+        return self.real_samples(n, n, STREAM_FLOOR)
+
+    def real_samples(self, start: int, n: int, stream: int) -> Tensor:
+        """Training samples start .. start + n - 1 as the model sees them (the toy sets: n draws from `stream`)."""
         raise NotImplementedError
 
     def _check_reference(self, n: int, available: int | None = None) -> int:

@@ -6,7 +6,6 @@ import torch
 from torch import Tensor
 
 from lightning_sde.data.base import (
-    STREAM_REFERENCE,
     STREAM_SPLIT,
     STREAM_VAL,
     BaseDataModule,
@@ -89,6 +88,5 @@ class DigitsDataModule(BaseDataModule):
         """log2(17/2) when dequantised (see the class docstring); None otherwise."""
         return bits_per_dim_offset(LEVELS) if self.dequantize else None
 
-    def reference(self, n: int) -> Tensor:
-        n = self._check_reference(n, len(self.train_levels))
-        return self.train_transform(self.train_levels[:n], generator=generator(self.seed, STREAM_REFERENCE))
+    def real_samples(self, start: int, n: int, stream: int) -> Tensor:
+        return self.train_transform(self.train_levels[start:start + n], generator=generator(self.seed, stream))

@@ -16,7 +16,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_sde.data.base import (
-    STREAM_REFERENCE,
     STREAM_SPLIT,
     STREAM_VAL,
     BaseDataModule,
@@ -206,7 +205,6 @@ class ImageFolderDataModule(BaseDataModule):
     def bits_per_dim_offset(self) -> float | None:
         return bits_per_dim_offset(LEVELS) if self.dequantize else None
 
-    def reference(self, n: int) -> Tensor:
-        n = self._check_reference(n, len(self.train_set))
-        images = torch.stack([self.train_set.image(i) for i in range(n)])
-        return ImageBatch(LEVELS, dequantize=self.dequantize)(images, generator=generator(self.seed, STREAM_REFERENCE))
+    def real_samples(self, start: int, n: int, stream: int) -> Tensor:
+        images = torch.stack([self.train_set.image(i) for i in range(start, start + n)])
+        return ImageBatch(LEVELS, dequantize=self.dequantize)(images, generator=generator(self.seed, stream))

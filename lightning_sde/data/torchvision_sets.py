@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 from lightning_sde.data.base import (
-    STREAM_REFERENCE,
     STREAM_SPLIT,
     STREAM_VAL,
     BaseDataModule,
@@ -187,11 +186,9 @@ class TorchvisionDataModule(BaseDataModule):
             self.train_set = RowsDataset(self.train_levels)
             self.val_set = RowsDataset(val)
 
-    def reference(self, n: int) -> Tensor:
-        self._ensure_setup()
-        n = self._check_reference(n, len(self.train_levels))
-        unflipped = ImageBatch(LEVELS, dequantize=self.dequantize)
-        return unflipped(self.train_levels[:n], generator=generator(self.seed, STREAM_REFERENCE))
+    def real_samples(self, start: int, n: int, stream: int) -> Tensor:
+        unflipped = ImageBatch(LEVELS, dequantize=self.dequantize)  # the reference is not augmented
+        return unflipped(self.train_levels[start:start + n], generator=generator(self.seed, stream))
 
 
 class MNISTDataModule(TorchvisionDataModule):

@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 
 from lightning_sde.data.base import (
-    STREAM_REFERENCE,
     STREAM_TRAIN,
     STREAM_VAL,
     BaseDataModule,
@@ -115,8 +114,8 @@ class Toy2DDataModule(BaseDataModule):
             x = SAMPLERS[self.name](n, generator, **self.params)
         return (x.to(torch.float32), labels) if with_labels else x.to(torch.float32)
 
-    def reference(self, n: int) -> Tensor:
-        return self.sample(self._check_reference(n), generator(self.seed, STREAM_REFERENCE))
+    def real_samples(self, start: int, n: int, stream: int) -> Tensor:
+        return self.sample(n, generator(self.seed, stream))
 
     def __repr__(self) -> str:
         return f"Toy2DDataModule(name={self.name!r}, shape={self.shape}, n_train={self.n_train}, n_val={self.n_val})"

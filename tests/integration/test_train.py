@@ -56,6 +56,7 @@ def test_toy2d_trains_samples_and_logs_offline(tmp_path):
     rows = {r["sampler"]: r for r in csv_rows(run_dir / "samples" / "sampler_metrics.csv") if r["step"] == "1500"}
     assert float(rows["em_1000"]["sliced_w2"]) < 0.35
     assert float(rows["em_1000"]["nfe"]) == 1000 and float(rows["ddim_50"]["nfe"]) == 50
+    assert float(rows["noise_floor"]["nfe"]) == 0 and float(rows["noise_floor"]["sliced_w2"]) < 0.35  # 2000 real
     out = proc.stdout + proc.stderr
     assert "em_1000" in out and "wandb sync" in out, out[-3000:]
     # the offline W&B run holds the logged metrics and the scatter plots
@@ -103,8 +104,10 @@ def test_resume_continues_where_it_stopped(tmp_path):
     adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
     assert adam_steps == {400}, "the optimizer state must continue, not restart"
     assert int(final["averaging_state"]["n_averaged"]) == 400, "the EMA must continue, not restart"
-    steps = [int(r["step"]) for r in csv_rows(run_dir / "samples" / "sampler_metrics.csv")]
+    rows = csv_rows(run_dir / "samples" / "sampler_metrics.csv")
+    steps = [int(r["step"]) for r in rows if r["sampler"] != "noise_floor"]
     assert steps == [100, 200, 300, 400], "each evaluation once: nothing repeated or lost"
+    assert [int(r["step"]) for r in rows if r["sampler"] == "noise_floor"] == steps
 
 
 @pytest.mark.slow
@@ -119,7 +122,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out and "GLOBAL_RANK: 0, MEMBER: 1/2" in out
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
     rows = csv_rows(run_dir / "samples" / "sampler_metrics.csv")
-    assert {r["sampler"] for r in rows} == {"ddim_10", "em_100"}
+    assert {r["sampler"] for r in rows} == {"noise_floor", "ddim_10", "em_100"}
     assert sorted({int(r["step"]) for r in rows}) == [30, 60]
     for r in rows:  # 101 seeds split 51 + 50 across the ranks: exactly 101 distinct samples, none padded
         assert float(r["n_samples"]) == 101 and float(r["n_distinct"]) == 101
@@ -156,7 +159,9 @@ def test_digits_samples_beat_noise_on_domain_fid(tmp_path):
     run_train(run_dir, "experiment=digits", "logger=csv", "trainer.max_steps=300", "trainer.val_check_interval=300",
               "samplers=quick", "samplers.ddim_10.steps=50", "callbacks.best.monitor=val/ddim_10/fid",
               "callbacks.sampler.n_samples=500")
-    (row,) = csv_rows(run_dir / "samples" / "sampler_metrics.csv")
+    floor, row = csv_rows(run_dir / "samples" / "sampler_metrics.csv")
+    assert (floor["sampler"], row["sampler"]) == ("noise_floor", "ddim_10")
+    assert float(floor["fid"]) < float(row["fid"])  # 500 more real digits are closer than 300 steps' samples
     # The same FID protocol on uniform noise: what an untrained model's samples score.
     fid = FrechetInceptionDistance(feature=build_feature_extractor("digits"), normalize=True)
     fid.update((DigitsDataModule(batch_size=128).reference(500) + 1) / 2, real=True)

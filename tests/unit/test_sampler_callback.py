@@ -73,8 +73,9 @@ def test_each_evaluation_logs_the_shared_paths_numbers_and_keeps_a_record(tmp_pa
         assert trainer.callback_metrics[f"val/{label}/sliced_w2"] == pytest.approx(row["sliced_w2"])
     with open(tmp_path / "samples" / "sampler_metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["sampler"] for r in rows] == ["ddim_5", "em_8"] and list(rows[0])[:2] == ["step", "sampler"]
-    assert float(rows[1]["nfe"]) == 8 and int(rows[1]["step"]) == 2
+    assert [r["sampler"] for r in rows] == ["noise_floor", "ddim_5", "em_8"]
+    assert list(rows[0])[:2] == ["step", "sampler"]
+    assert float(rows[2]["nfe"]) == 8 and int(rows[2]["step"]) == 2
     assert (tmp_path / "samples" / "scatter_step0000002.png").stat().st_size > 5_000
 
 
@@ -86,7 +87,8 @@ def test_every_n_evals_skips_evaluations_and_rows_append_across_them(tmp_path):
                         default_root_dir=tmp_path, accelerator="cpu")
     trainer.fit(module, datamodule=Toy2DDataModule(batch_size=64, n_train=256, n_val=64))
     with open(tmp_path / "samples" / "sampler_metrics.csv") as fh:
-        assert [int(r["step"]) for r in csv.DictReader(fh)] == [2, 4]  # evaluations 2 and 4 of 4
+        assert [(int(r["step"]), r["sampler"]) for r in csv.DictReader(fh)] == [  # evaluations 2 and 4 of 4
+            (2, "noise_floor"), (2, "ddim"), (4, "noise_floor"), (4, "ddim")]
 
 
 def test_images_get_fid_kid_and_a_sample_grid(tmp_path):
@@ -100,6 +102,41 @@ def test_images_get_fid_kid_and_a_sample_grid(tmp_path):
     assert set(callback.metrics) == {"fid", "kid"} and math.isfinite(row["fid"]) and row["fid"] > 1
     assert (tmp_path / "samples" / "ddim_step0000002.png").stat().st_size > 1_000
     assert len(list((tmp_path / "stats").glob("reference-*.pt"))) == 2  # the reference statistics were cached
+
+
+def test_the_noise_floor_is_a_disjoint_real_set_scored_once_as_samples_are(tmp_path, monkeypatch):
+    """Toy data: n more draws (another stream); scored once per process, logged at every evaluation."""
+    callback = SamplerCallback({"ddim": DDIM(steps=2)}, n_samples=50, batch_size=50)
+    scored = []
+    real_scorer = callback.scorer
+    monkeypatch.setattr(callback, "scorer", lambda device: (lambda x: scored.append(x) or real_scorer(device)(x)))
+    module = ScoreModule(net=MLP, shape=[2], sde=VP)
+    trainer = L.Trainer(max_steps=4, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
+                        callbacks=[callback], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path, accelerator="cpu")
+    datamodule = Toy2DDataModule(batch_size=64, n_train=256, n_val=64)
+    trainer.fit(module, datamodule=datamodule)
+    reference, floor_set = datamodule.reference(50), datamodule.floor_set(50)
+    assert not (floor_set[:, None] == reference[None]).all(-1).any()
+    assert len(scored) == 3 and torch.equal(scored[0], floor_set)  # the floor once, then ddim at steps 2 and 4
+    floor = callback.last_rows["noise_floor"]
+    assert floor["sliced_w2"] == pytest.approx(Scorer(reference, ("sliced_w2", "mmd"))(floor_set)["sliced_w2"])
+    assert floor["step"] == 4 and list(callback.last_rows) == ["noise_floor", "ddim"]
+
+
+def test_no_noise_floor_when_switched_off_or_the_data_has_none(tmp_path, caplog):
+    small = Toy2DDataModule(batch_size=64, n_train=256, n_val=64)
+    off = SamplerCallback({"ddim": DDIM(steps=2)}, n_samples=8, batch_size=8, noise_floor=False)
+    fit(tmp_path / "off", off, datamodule=small)
+    assert list(off.last_rows) == ["ddim"]
+    digits = DigitsDataModule(batch_size=64)  # 1617 training digits: two disjoint sets of 808 at most
+    assert digits.floor_set(808) is not None and digits.floor_set(809) is None
+    first, second = digits.reference(800), digits.floor_set(800)
+    assert not (first.flatten(1)[:, None] == second.flatten(1)[None]).all(-1).any()
+    with pytest.raises(ValueError, match="label is the noise floor's row"):
+        SamplerCallback({"noise_floor": DDIM(steps=2)})
+    with pytest.raises(ValueError, match="noise_floor must be true or false"):
+        SamplerCallback({"ddim": DDIM(steps=2)}, noise_floor="yes")
 
 
 def test_the_every_n_evals_phase_is_kept_in_the_checkpoint():

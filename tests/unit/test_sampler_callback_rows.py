@@ -174,13 +174,18 @@ def test_points_rows_logs_pictures_record_and_table(tmp_path, drawn, info_log, o
 
     lines = (root / "samples" / "sampler_metrics.csv").read_text().splitlines()
     assert lines[0] == "step,sampler,mmd,n_distinct,n_nonfinite,n_samples,nfe,wall_s"
-    assert [line.split(",")[:2] for line in lines[1:]] == [["2", "ddim"], ["2", "heun"]]
+    assert [line.split(",")[:2] for line in lines[1:]] == [["2", "noise_floor"], ["2", "ddim"], ["2", "heun"]]
+    # the noise floor: 16 more real samples, scored as the samples are (float64), first
+    floor = callback.last_rows["noise_floor"]
+    floor_set = trainer.datamodule.floor_set(16).double()
+    assert floor["mmd"] == pytest.approx(Scorer(reference, ("mmd",))(floor_set)["mmd"], rel=1e-9)
+    assert (floor["nfe"], floor["n_samples"], floor["n_nonfinite"]) == (0, 16, 0)
 
     # and a table of the evaluation in the log: a line per sampler, the metrics asked for, not n_distinct
     (message,) = [m for m in info_log if m.startswith("sampler evaluation at step 2:")]
     header, rule, *lines = message.splitlines()[1:]
     assert header.split()[0] == "sampler" and set(header.split()) == {"sampler", "nfe", "wall_s", "mmd", "n_nonfinite"}
-    assert [line.split()[0] for line in lines] == ["ddim", "heun"] and set(rule) == {"-", " "}
+    assert [line.split()[0] for line in lines] == ["noise_floor", "ddim", "heun"] and set(rule) == {"-", " "}
 
 
 def test_images_get_a_titled_grid_of_the_first_samples_handed_to_wandb(tmp_path, drawn, one_thread):
@@ -213,7 +218,7 @@ def test_non_finite_samples_are_reported_never_scored_or_drawn(tmp_path, drawn, 
     root = tmp_path / "runs" / "diverged"
     module = ScoreModule(net={"_target_": "helpers.nets.NaNWhenSampling"}, shape=[2], sde=VP)
     wandb = RecordingWandb()
-    callback = SamplerCallback({"ddim": DDIM(steps=2)}, n_samples=8, batch_size=8)
+    callback = SamplerCallback({"ddim": DDIM(steps=2)}, n_samples=8, batch_size=8, noise_floor=False)
     fit(root, callback, module, loggers=[wandb])
     row = callback.last_rows["ddim"]
     assert (row["n_nonfinite"], row["n_samples"], row["nfe"]) == (8, 8, 2)
