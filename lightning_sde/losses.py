@@ -51,6 +51,8 @@ class DSMLoss:
     def __init__(self, sde: SDE, weighting: str = "sigma2", importance_sampling: bool = True):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"loss weighting {weighting!r} is not one of {WEIGHTINGS}")
+        if not isinstance(importance_sampling, bool):
+            raise ValueError(f"loss importance_sampling must be true or false; got {importance_sampling!r}")
         self.sde = sde
         self.weighting = weighting
         self.importance = ImportanceTimeSampler(sde) if weighting == "likelihood" and importance_sampling else None

@@ -7,6 +7,7 @@ share of a cell's seeds, rank 0 gathers, scores, appends the rows and keeps a pr
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,6 +39,8 @@ from lightning_sde.targets import (
 from lightning_sde.tracking import duration, source_revision
 
 log = logging.getLogger(__name__)
+
+
 @dataclass
 class Sweep:
     """Everything checked before any sampling: the target's kind and id, the metrics, the cells and this shard's."""
@@ -58,6 +61,12 @@ def prepare(cfg: DictConfig) -> Sweep:
         raise ValueError(f"config results: {str(cfg.results)!r} is a folder; give a .jsonl file, e.g. "
                          f"results={Path(cfg.results) / 'results.jsonl'}")
     device = parse_device(cfg.device)
+    for key in ("noise_floor", "progress", "wandb.enabled"):
+        if not isinstance(OmegaConf.select(cfg, key), bool):
+            raise ValueError(f"config {key}: must be true or false; got {OmegaConf.select(cfg, key)!r}")
+    if "name" in cfg and (not re.fullmatch(r"[A-Za-z0-9._+@=,-]+", str(cfg.name)) or str(cfg.name).strip(".") == ""):
+        raise ValueError("config name: may hold letters, digits and . _ - + @ = , only (it names the sweep's folder "
+                         f"under the outputs root); got {str(cfg.name)!r}")
     for key in ("ddp.devices", "ddp.num_nodes"):
         positive_int(key, OmegaConf.select(cfg, key))
     if cfg.get("reference_count") is not None:

@@ -13,5 +13,10 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 
 
 class EMA(EMAWeightAveraging):
+    def __init__(self, decay: float = 0.999, **kwargs):
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be a number in [0, 1]; got {decay!r}")
+        super().__init__(decay=decay, **kwargs)
+
     def on_train_end(self, trainer, pl_module) -> None:
         """Keep the raw weights (module docstring); the average stays in the averaged model and the checkpoint."""

@@ -43,9 +43,11 @@ class Preemption(L.Callback):
     _launcher = None
 
     def __init__(self, requeue_signal: str | None = "SIGUSR1"):
-        if requeue_signal is not None and not isinstance(getattr(signal, str(requeue_signal), None), signal.Signals):
-            raise ValueError("Preemption: requeue_signal must be a signal name such as 'SIGUSR1', or null; "
-                             f"got {requeue_signal!r}")
+        if requeue_signal is not None and (
+                not isinstance(getattr(signal, str(requeue_signal), None), signal.Signals)
+                or requeue_signal in ("SIGKILL", "SIGSTOP")):  # no process can catch these
+            raise ValueError("Preemption: requeue_signal must be the name of a signal a process can catch, such as "
+                             f"'SIGUSR1', or null; got {requeue_signal!r}")
         self.requeue_signal = requeue_signal
         self.signalled = False
         self.terminated = False

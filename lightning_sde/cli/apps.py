@@ -31,6 +31,24 @@ def override_error(app: str, argv: list[str]) -> str | None:
     return None
 
 
+# Nodes built by their own classes, which refuse what they do not take; a key added anywhere else (+key=value) is
+# one the app never reads: a misspelling, refused rather than ignored (lsde-train refuses its own in build()).
+BUILT_NODES = {"samplers", "problem", "sde", "data", "paths", "hydra", "trainer", "model", "logger", "callbacks",
+               "loss", "optim"}
+
+
+def added_key_error(app: str, argv: list[str]) -> str | None:
+    """A `+key=value` (or `++`) that adds a key outside BUILT_NODES, which the app would silently ignore."""
+    for arg in argv:
+        if not arg.startswith("+"):
+            continue
+        key = arg.split("=", 1)[0].lstrip("+")
+        if "@" not in key and key.split(".")[0] not in BUILT_NODES:
+            return (f"{key}: lsde-{app}'s config has no such key, and the app would ignore it (a misspelling?); "
+                    f"see lsde-{app} --help")
+    return None
+
+
 def one_line(err: Exception) -> str:
     """Hydra's multi-line complaint as one line: its options listed with commas, no search path or link."""
     text, items = [], []
@@ -51,7 +69,7 @@ def one_line(err: Exception) -> str:
 def run(app: str) -> None:
     if print_help_if_asked(app):
         return
-    error = override_error(app, sys.argv[1:])
+    error = override_error(app, sys.argv[1:]) or added_key_error(app, sys.argv[1:])
     if error is not None:
         sys.exit(f"lsde-{app}: error: {error}")
     importlib.import_module(f"lightning_sde.cli.{app}").main()

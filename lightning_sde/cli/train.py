@@ -125,6 +125,10 @@ def check_run_values(cfg: DictConfig) -> None:
         raise ValueError("config trainer.val_check_interval: a fraction of an epoch needs epochs to count "
                          f"(trainer.check_val_every_n_epoch=1); got {interval!r} with check_val_every_n_epoch=null; or "
                          "give a number of training steps")
+    for key in ("check_val_every_n_epoch", "log_every_n_steps"):  # Lightning divides by them (or takes -3 as 3)
+        value = trainer.get(key)
+        if not (value is None or is_int(value) and value >= 1):
+            raise ValueError(f"config trainer.{key}: must be an integer >= 1 or null; got {value!r}")
     bar = trainer.get("enable_progress_bar", True)
     if not (isinstance(bar, bool) or bar == "auto"):
         raise ValueError("config trainer.enable_progress_bar: must be true, false or auto (a bar when the output is a "
@@ -251,15 +255,20 @@ def check_same_meaning(path: str, hparams: dict, module: L.LightningModule) -> N
                      "the run's own config, or start afresh (ckpt_path=null or another run_name)")
 
 
+MODULE_LOGS = ("val/loss", "train/loss")  # what ScoreModule logs that a checkpoint callback can monitor
+
+
 def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: str) -> str:
     """A checkpoint callback's monitor, checked against what the evaluations log: val/<sampler>/<metric> must name
     a sampler of the set and a value it logs; `auto` is the set's first deterministic sampler (its first if all are
     stochastic) on the first metric it scores (sliced_w2 for points, fid for images)."""
+    if monitor in MODULE_LOGS:
+        return monitor
     if sampler_cb is None:
         if monitor == "auto" or str(monitor).count("/") == 2 and str(monitor).startswith("val/"):
             raise ValueError(f"config {key}: {monitor!r} needs the sampler callback, and callbacks.sampler is null "
                              f"(set {key.rsplit('.', 1)[0]}=null too, or monitor val/loss)")
-        return monitor
+        raise ValueError(f"config {key}: {monitor!r} is not logged; monitor one of {list(MODULE_LOGS)}")
     metrics = resolve_metrics(sampler_cb.metrics, kind, has_mixture=False, key="callbacks.sampler.metrics")
     labels = list(sampler_cb.samplers)
     if sampler_cb.every_n_evals > 1 and (monitor == "auto" or str(monitor).count("/") == 2
@@ -272,7 +281,8 @@ def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: st
         return f"val/{label}/{metrics[0]}"
     parts = str(monitor).split("/")
     if len(parts) != 3 or parts[0] != "val":
-        return monitor  # val/loss, train/loss, ...: Lightning checks these when they are logged
+        raise ValueError(f"config {key}: {monitor!r} is not logged; monitor one of {list(MODULE_LOGS)}, "
+                         "val/<sampler>/<metric> or auto")
     logged = [*metrics, *SAMPLE_STATS]
     if parts[1] not in labels:
         raise ValueError(f"config {key}: {monitor!r} names sampler {parts[1]!r}, which is not in the sampler set; "

@@ -94,8 +94,8 @@ class Denoiser(nn.Module):
             raise ValueError(f"channels_last is for image networks (samples of shape (C, H, W)); got shape {shape}")
         if autocast not in AUTOCAST:
             raise ValueError(f"autocast must be one of {tuple(AUTOCAST)}; got {autocast!r}")
-        if sigma_data is not None and not sigma_data > 0:
-            raise ValueError(f"sigma_data must be > 0 (or None for no input scaling); got {sigma_data}")
+        if sigma_data is not None and not 0 < sigma_data < math.inf:
+            raise ValueError(f"sigma_data must be > 0 and finite (or None for no input scaling); got {sigma_data}")
         if data_moments is not None and not isinstance(data_moments, DataMoments):
             raise TypeError(f"data_moments must be a DataMoments or None; got {type(data_moments).__name__}")
         if parameterization not in PARAMETERIZATIONS:

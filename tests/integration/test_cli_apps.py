@@ -165,16 +165,20 @@ def test_a_misspelt_key_or_option_fails_before_torch_is_imported():
     errors, heavy = apps_in_a_fresh_python(
         "out = []\n"
         "for app, argv in [('train', ['experiment=toy2d', 'trainer.max_stepz=3']), ('bench', ['samplers=fastt']),\n"
-        "                  ('compare', ['seeds.cont=3']), ('likelihood', ['checkpoint=x', 'nosuch=1'])]:\n"
+        "                  ('compare', ['seeds.cont=3']), ('likelihood', ['checkpoint=x', 'nosuch=1']),\n"
+        "                  ('bench', ['+nfes=[20]']), ('figures', ['+interpolation.steps=5'])]:\n"
         "    sys.argv = ['lsde'] + argv\n"
         "    try:\n"
         "        apps.run(app)\n"
         "    except SystemExit as stop:\n"
         "        out.append(str(stop.code))\n")
     assert heavy == [], heavy
-    assert len(errors) == 4 and errors[0].startswith("lsde-train: error: Could not override 'trainer.max_stepz'")
+    assert len(errors) == 6 and errors[0].startswith("lsde-train: error: Could not override 'trainer.max_stepz'")
     assert errors[1].startswith("lsde-bench: error: In 'bench': Could not find 'samplers/fastt'"), errors[1]
     assert "Could not override 'seeds.cont'" in errors[2] and "Could not override 'nosuch'" in errors[3]
+    # a key added with + that the app never reads (Hydra lets it through): refused, not ignored
+    assert errors[4].startswith("lsde-bench: error: nfes: lsde-bench's config has no such key"), errors[4]
+    assert errors[5].startswith("lsde-figures: error: interpolation.steps: lsde-figures's config has no such key")
 
 
 @pytest.mark.parametrize("app, argv", [
@@ -188,9 +192,9 @@ def test_a_misspelt_key_or_option_fails_before_torch_is_imported():
 def test_the_early_override_check_lets_every_valid_run_through(app, argv):
     """The check only composes: values are the app's to validate (and `+samplers.heun_50.order=3` composes, then fails
     in the app naming the sampler, as test_bad_config_fails_fast_naming_the_key shows)."""
-    from lightning_sde.cli.apps import override_error
+    from lightning_sde.cli.apps import added_key_error, override_error
 
-    assert override_error(app, argv) is None
+    assert override_error(app, argv) is None and added_key_error(app, argv) is None
     assert override_error(app, ["-m", "sde=vp,ve"]) is None and override_error(app, ["report", "x.jsonl"]) is None
 
 

@@ -226,6 +226,21 @@ def test_cells_with_a_bad_override_is_one_line_and_exit_1(capsys, override, mess
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("override, message", [
+    ("wandb.enabled=no", "config wandb.enabled: must be true or false; got 'no'"),  # a string is true in Python
+    ("noise_floor=maybe", "config noise_floor: must be true or false; got 'maybe'"),
+    ("progress=1", "config progress: must be true or false; got 1"),
+    ("name=../../elsewhere", "config name: may hold letters, digits and . _ - + @ = , only"),  # out of the root
+])
+def test_a_bad_switch_or_name_fails_before_any_work(override, message):
+    from lightning_sde.bench.runner import prepare
+
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("bench", overrides=[override])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        prepare(cfg)
+
+
 def test_results_naming_a_folder_fails_before_any_work(tmp_path):
     from lightning_sde.bench.runner import prepare
 

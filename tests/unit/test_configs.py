@@ -143,6 +143,17 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
     ("callbacks.best.monitor=val/ddim_50/sliced_w2", "config callbacks.best.monitor: 'val/ddim_50/sliced_w2' names "
      "sampler 'ddim_50', which is not in the sampler set; the set has ['ddim_10']"),
     ("callbacks.best.monitor=val/ddim_10/fid", "config callbacks.best.monitor: 'val/ddim_10/fid' names metric 'fid'"),
+    # a misspelt module value would fail only at the first validation, after training to it
+    ("callbacks.best.monitor=val/losss", "config callbacks.best.monitor: 'val/losss' is not logged; monitor one of "
+                                         "['val/loss', 'train/loss'], val/<sampler>/<metric> or auto"),
+    ("callbacks.best.monitor=trainloss callbacks.sampler=null",
+     "config callbacks.best.monitor: 'trainloss' is not logged; monitor one of ['val/loss', 'train/loss']"),
+    ("model.sigma_data=inf", "sigma_data must be > 0 and finite"),  # c_in = 0: a network blind to its input
+    ("trainer.check_val_every_n_epoch=0", "config trainer.check_val_every_n_epoch: must be an integer >= 1 or null"),
+    ("trainer.log_every_n_steps=-3", "config trainer.log_every_n_steps: must be an integer >= 1 or null; got -3"),
+    ("callbacks.preemption.requeue_signal=SIGKILL", "requeue_signal must be the name of a signal a process can catch"),
+    ("callbacks.ema.decay=nan", "config callbacks.ema: ValueError: EMA decay must be a number in [0, 1]; got nan"),
+    ("loss=likelihood loss.importance_sampling=no", "loss importance_sampling must be true or false; got 'no'"),
 ])
 def test_a_bad_value_of_a_toy2d_run_fails_in_build_naming_its_key(tmp_path, override, message):
     cfg = composed("train", [*QUICK_TOY, f"run_dir={tmp_path}", "run_name=t", "logger=none", *override.split()])
