@@ -1,7 +1,7 @@
 """lsde-figures: the SDE chapter's figures, from an exact mixture and/or a trained checkpoint (lightning_sde.plotting
 .chapter draws them).
 
-    lsde-figures                                         # VP on the 1-D mixture: every figure, into docs/figures
+    lsde-figures                                         # VP on the 1-D mixture: every figure, into outputs/figures
     lsde-figures sde=ve problem=eight_gaussians 'figures=[trajectories,interpolation]'
     lsde-figures checkpoint=outputs/train/X/checkpoints/last.ckpt 'figures=[interpolation]'   # e.g. digit strips
 
@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, build, overridden, plain
+from lightning_sde.configuration import CONFIG_PATH, build, checked, overridden, plain
 from lightning_sde.loading import load_denoiser
 from lightning_sde.models.guidance import guided
 from lightning_sde.models.pretrained import is_diffusers_spec
@@ -37,25 +37,44 @@ from lightning_sde.sde import sde_from_config
 log = logging.getLogger(__name__)
 
 
+def is_count(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Every value named before anything is drawn (a bad one would fail mid-way, after some files were written)."""
+    figures = list(cfg.figures or [])
+    unknown = sorted(set(figures) - set(FIGURES))
+    if unknown or not figures:
+        raise ValueError(f"config figures: unknown {unknown}; choose from {list(FIGURES)}" if unknown else
+                         f"config figures: empty; choose from {list(FIGURES)}")
+    seeds = list(cfg.interpolation.seeds or [])
+    if len(seeds) != 2 or not all(is_count(s, 0) for s in seeds) or not is_count(cfg.interpolation.n, 2):
+        raise ValueError("config interpolation: needs two seeds (integers >= 0) and n >= 2; "
+                         f"got {OmegaConf.to_container(cfg.interpolation)}")
+    formats = list(cfg.formats or [])
+    bad_formats = sorted(set(formats) - {"png", "pdf", "svg"})
+    if bad_formats or not formats:
+        raise ValueError(f"config formats: {f'unknown {bad_formats}' if bad_formats else 'empty'}; choose from png, "
+                         "pdf, svg")
+    for key, least in (("paths_per_figure", 1), ("seed", 0)):
+        if not is_count(cfg[key], least):
+            raise ValueError(f"config {key}: must be an integer >= {least}; got {cfg[key]!r}")
+    if cfg.get("guidance") is not None and not cfg.checkpoint:
+        raise ValueError("config guidance: needs a class-conditional checkpoint (an exact problem has no classes)")
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="figures")
 @fails_cleanly("lsde-figures")
 def run_app(cfg: DictConfig) -> None:
+    check_values(cfg)
     figures = list(cfg.figures)
-    unknown = sorted(set(figures) - set(FIGURES))
-    if unknown:
-        raise ValueError(f"config figures: unknown {unknown}; choose from {list(FIGURES)}")
-    if len(cfg.interpolation.seeds) != 2 or cfg.interpolation.n < 2:
-        raise ValueError("config interpolation: needs two seeds and n >= 2; "
-                         f"got {OmegaConf.to_container(cfg.interpolation)}")
-    bad_formats = sorted(set(cfg.formats) - {"png", "pdf", "svg"})
-    if bad_formats:
-        raise ValueError(f"config formats: unknown {bad_formats}; choose from png, pdf, svg")
     mixture = build(cfg.problem, "problem") if cfg.get("problem") is not None else None
     if cfg.checkpoint:
         if overridden("sde"):
             raise ValueError("config checkpoint/sde: both set; a checkpoint's figures use the SDE it was trained "
                              "with (sde=<name> goes with an exact problem)")
-        denoiser = load_denoiser(cfg.checkpoint, map_location="cpu")
+        denoiser = checked("checkpoint", load_denoiser, cfg.checkpoint, map_location="cpu")
         if mixture is not None and (mixture.dim,) != tuple(denoiser.shape):
             mixture = None  # the exact density only where it is the model's data
         source = (cfg.checkpoint.rstrip("/").rsplit("/", 1)[-1] if is_diffusers_spec(cfg.checkpoint)

@@ -45,10 +45,11 @@ log = logging.getLogger(__name__)
 def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
     """(ODE options, target kind, target id); fails fast, naming the config key."""
     kind, target_id = target_kind(cfg, free_data_keys=LIKELIHOOD_FREE_KEYS)
-    for key in ("n", "batch_size", "probes", "exact_max_dim"):
-        value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"config {key}: must be an integer >= 1; got {value!r}")
+    for key, least in (("n", 1), ("batch_size", 1), ("probes", 1), ("exact_max_dim", 1), ("seed", 0),
+                       ("ddp.devices", 1), ("ddp.num_nodes", 1)):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"config {key}: must be an integer >= {least}; got {value!r}")
     if cfg.divergence not in ("auto", *DIVERGENCES):
         raise ValueError(f"config divergence: {cfg.divergence!r} is not one of auto, {', '.join(DIVERGENCES)}")
     if cfg.probe not in PROBES:

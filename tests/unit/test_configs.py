@@ -2,6 +2,7 @@
 a bad value fails at start-up naming its key. Configs are composed through the package (as an installed wheel
 finds them), never through a path into the checkout."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,22 @@ def test_the_progress_bar_is_on_for_a_terminal_and_off_for_a_log_file(tmp_path, 
     for given in (True, False):
         cfg = composed("train", [*base, f"trainer.enable_progress_bar={given}"])
         assert (build(cfg, read_data=False).trainer.progress_bar_callback is not None) == given
+
+
+@pytest.mark.parametrize("override, message", [
+    ("paths_per_figure=abc", "config paths_per_figure: must be an integer >= 1; got 'abc'"),
+    ("paths_per_figure=0", "config paths_per_figure: must be an integer >= 1; got 0"),
+    ("seed=-1", "config seed: must be an integer >= 0; got -1"),
+    ("interpolation.n=abc", "config interpolation: needs two seeds (integers >= 0) and n >= 2"),
+    ("interpolation.seeds=[a,b]", "config interpolation: needs two seeds (integers >= 0) and n >= 2"),
+    ("figures=[]", "config figures: empty; choose from"),
+    ("formats=[]", "config formats: empty; choose from png, pdf, svg"),
+    ("guidance=3.0", "config guidance: needs a class-conditional checkpoint"),
+])
+def test_lsde_figures_names_a_bad_value_before_drawing_anything(override, message):
+    """Each of these failed mid-way (a traceback after the first figures were written) or drew nothing and exited 0."""
+    from lightning_sde.cli.figures import check_values
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_values(composed("figures", [override]))
+    check_values(composed("figures", []))  # the defaults pass

@@ -12,6 +12,10 @@ from lightning_sde.configuration import CONFIG_PACKAGE
     ("dtype=float16", "config dtype: 'float16' is not one of"),
     ("n=0", "config n: must be an integer >= 1"),
     ("divergence=nosuch", "config divergence: 'nosuch' is not one of"),
+    ("seed=abc", "config seed: must be an integer >= 0; got 'abc'"),  # a traceback from manual_seed, at sampling
+    ("seed=-1", "config seed: must be an integer >= 0; got -1"),
+    ("ddp.devices=0", "config ddp.devices: must be an integer >= 1; got 0"),  # Fabric's message, without the key
+    ("ddp.num_nodes=0", "config ddp.num_nodes: must be an integer >= 1; got 0"),
 ])
 def test_a_bad_value_is_refused_at_start_up_naming_its_key(override, message):
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
