@@ -25,9 +25,29 @@ def override_error(app: str, argv: list[str]) -> str | None:
 
     try:
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-            compose(app, overrides=argv, return_hydra_config=True)
+            cfg = compose(app, overrides=argv, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: e.g. a group set to null
         return one_line(err)
+    return folder_error(cfg)
+
+
+def folder_error(cfg) -> str | None:
+    """A folder the app would create inside an existing file (Hydra's own traceback otherwise, before the app)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    for key in ("paths.root", "out", "output_dir", "hydra.run.dir"):  # the user's key before those made of it
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        except Exception:  # noqa: BLE001  (a resolver only the running app has: the app checks it)
+            continue
+        if not isinstance(value, str):
+            continue
+        path = Path(value)
+        for folder in (path, *path.parents):
+            if folder.is_file():
+                return f"config {key}: {value} would be a folder inside the file {folder}; give a folder"
     return None
 
 

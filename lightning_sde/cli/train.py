@@ -349,6 +349,9 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         keyed = {k: cb for k, cb in keyed.items() if not isinstance(cb, LearningRateMonitor)}
     callbacks = list(keyed.values())
     sampler_cb = next((cb for cb in callbacks if isinstance(cb, SamplerCallback)), None)
+    if sampler_cb is not None and sampler_cb.guidance is not None and module.denoiser.num_classes is None:
+        raise ValueError("config callbacks.sampler.guidance: the model is not class-conditional "
+                         "(model.net.num_classes); set it to null")
     for k, cb in keyed.items():  # a monitor the evaluations never log would fail at the first one, after training
         if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
             cb.monitor = cfg.callbacks[k].monitor = best_monitor(f"callbacks.{k}.monitor", cb.monitor, sampler_cb,

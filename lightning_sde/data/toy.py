@@ -87,6 +87,9 @@ class Toy2DDataModule(BaseDataModule):
         unknown = sorted(set(params) - set(allowed))
         if unknown:
             raise ValueError(f"Toy2DDataModule: {name} takes no parameter(s) {unknown}; allowed: {allowed}")
+        for key, value in params.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"Toy2DDataModule: {name}'s {key} must be finite; got {value}")
         self.name = name
         self.params = dict(params)
         self.n_train = check_int("Toy2DDataModule", "n_train", n_train, 1)

@@ -222,3 +222,16 @@ def test_each_job_of_a_likelihood_multirun_keeps_its_results(tmp_path):
     summaries = [json.loads((tmp_path / "likelihood" / f"default_{job}" / "summary.json").read_text())
                  for job in (0, 1)]
     assert [s["seed"] for s in summaries] == [0, 1]
+
+
+def test_a_folder_inside_a_file_is_refused_before_hydra_makes_it(tmp_path):
+    """Hydra creates the output folders before the app runs: a file in the way was Hydra's traceback."""
+    from lightning_sde.cli.apps import override_error
+
+    file = tmp_path / "file"
+    file.touch()
+    assert override_error("likelihood", [f"out={file}/x"]) == (
+        f"config out: {file}/x would be a folder inside the file {file}; give a folder")
+    assert override_error("train", [f"paths.root={file}"]).startswith("config paths.root: ")
+    assert override_error("compare", [f"output_dir={file}"]).startswith("config output_dir: ")
+    assert override_error("figures", [f"out={tmp_path}/new", f"output_dir={tmp_path}/logs"]) is None

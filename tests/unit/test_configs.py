@@ -151,6 +151,9 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
      "config callbacks.best.monitor: 'trainloss' is not logged; monitor one of ['val/loss', 'train/loss']"),
     ("model.sigma_data=inf", "sigma_data must be > 0 and finite"),  # c_in = 0: a network blind to its input
     ("trainer.check_val_every_n_epoch=0", "config trainer.check_val_every_n_epoch: must be an integer >= 1 or null"),
+    ("callbacks.sampler.guidance=1.0", "config callbacks.sampler.guidance: the model is not class-conditional"),
+    ("data.name=two_moons +data.noise=nan", "config data: ValueError: Toy2DDataModule: two_moons's noise must be "
+                                            "finite; got nan"),
     ("trainer.log_every_n_steps=-3", "config trainer.log_every_n_steps: must be an integer >= 1 or null; got -3"),
     ("callbacks.preemption.requeue_signal=SIGKILL", "requeue_signal must be the name of a signal a process can catch"),
     ("callbacks.ema.decay=nan", "config callbacks.ema: ValueError: EMA decay must be a number in [0, 1]; got nan"),
