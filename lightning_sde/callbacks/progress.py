@@ -21,8 +21,8 @@ class ProgressLog(L.Callback):
     def __init__(self, every_n_steps: int = 50, every_s: float = 30.0):
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"ProgressLog every_n_steps must be an integer >= 1; got {every_n_steps!r}")
-        if not isinstance(every_s, (int, float)) or every_s < 0:
-            raise ValueError(f"ProgressLog every_s must be a number >= 0; got {every_s!r}")
+        if isinstance(every_s, bool) or not isinstance(every_s, (int, float)) or not 0 <= every_s < float("inf"):
+            raise ValueError(f"ProgressLog every_s must be a finite number >= 0; got {every_s!r}")
         self.every_n_steps, self.every_s = every_n_steps, float(every_s)
         self._mark: tuple[int, float] | None = None
 

@@ -129,6 +129,9 @@ def check_run_values(cfg: DictConfig) -> None:
         value = trainer.get(key)
         if not (value is None or is_int(value) and value >= 1):
             raise ValueError(f"config trainer.{key}: must be an integer >= 1 or null; got {value!r}")
+    sanity = trainer.get("num_sanity_val_steps")
+    if not (sanity is None or is_int(sanity) and sanity >= -1):
+        raise ValueError(f"config trainer.num_sanity_val_steps: must be an integer >= 0 (-1: all); got {sanity!r}")
     bar = trainer.get("enable_progress_bar", True)
     if not (isinstance(bar, bool) or bar == "auto"):
         raise ValueError("config trainer.enable_progress_bar: must be true, false or auto (a bar when the output is a "

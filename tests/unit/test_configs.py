@@ -154,6 +154,8 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
     ("callbacks.sampler.guidance=1.0", "config callbacks.sampler.guidance: the model is not class-conditional"),
     ("data.name=two_moons +data.noise=nan", "config data: ValueError: Toy2DDataModule: two_moons's noise must be "
                                             "finite; got nan"),
+    ("trainer.num_sanity_val_steps=-5", "config trainer.num_sanity_val_steps: must be an integer >= 0 (-1: all)"),
+    ("callbacks.progress.every_s=nan", "ProgressLog every_s must be a finite number >= 0; got nan"),
     ("trainer.log_every_n_steps=-3", "config trainer.log_every_n_steps: must be an integer >= 1 or null; got -3"),
     ("callbacks.preemption.requeue_signal=SIGKILL", "requeue_signal must be the name of a signal a process can catch"),
     ("callbacks.ema.decay=nan", "config callbacks.ema: ValueError: EMA decay must be a number in [0, 1]; got nan"),
