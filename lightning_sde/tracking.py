@@ -26,8 +26,9 @@ def source_revision() -> str:
     repository's top level, though it may sit inside someone else's), `lightning-sde==<version>`."""
     package = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(package.parent), "rev-parse", "--show-toplevel", "HEAD"],
-                             capture_output=True, text=True, timeout=10, check=False).stdout.split()
+        proc = subprocess.run(["git", "-C", str(package.parent), "rev-parse", "--show-toplevel", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=False)
+        out = proc.stdout.split() if proc.returncode == 0 else []  # a repository without commits: no HEAD
     except (OSError, subprocess.SubprocessError):
         out = []
     if len(out) == 2 and Path(out[0]).resolve() == package.parent:

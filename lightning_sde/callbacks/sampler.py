@@ -203,12 +203,15 @@ class SamplerCallback(L.Callback):
             values = None
             if trainer.is_global_zero:
                 floor_set = getattr(trainer.datamodule, "floor_set", None)
-                x = floor_set(self.n_samples) if floor_set is not None else None
+                why = "the datamodule has no floor_set(n)"
+                try:
+                    x = floor_set(self.n_samples) if floor_set is not None else None
+                    why = f"the training set holds fewer than 2 x callbacks.sampler.n_samples ({self.n_samples})"
+                except NotImplementedError:  # a BaseDataModule with its own reference(n) but no real_samples
+                    x, why = None, "the datamodule does not implement real_samples(start, n, stream)"
                 values = {}
                 if x is None:
-                    rank_zero_info("no noise-floor row in the sampler table: " + (
-                        f"the training set holds fewer than 2 x callbacks.sampler.n_samples ({self.n_samples})"
-                        if floor_set is not None else "the datamodule has no floor_set(n)"))
+                    rank_zero_info(f"no noise-floor row in the sampler table: {why}")
                 else:
                     flat = x.reshape(len(x), -1)
                     values = dict(zip(SAMPLE_STATS, (0.0, 0.0, float(len(x)), float(len(torch.unique(flat, dim=0))),

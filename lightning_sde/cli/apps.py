@@ -51,19 +51,37 @@ def folder_error(cfg) -> str | None:
     return None
 
 
-# Nodes built by their own classes, which refuse what they do not take; a key added anywhere else (+key=value) is
+# Nodes built by their own classes, which refuse what they do not take; a value added anywhere else (+key=value) is
 # one the app never reads: a misspelling, refused rather than ignored (lsde-train refuses its own in build()).
 BUILT_NODES = {"samplers", "problem", "sde", "data", "paths", "hydra", "trainer", "model", "logger", "callbacks",
                "loss", "optim"}
 
 
 def added_key_error(app: str, argv: list[str]) -> str | None:
-    """A `+key=value` (or `++`) that adds a key outside BUILT_NODES, which the app would silently ignore."""
-    for arg in argv:
-        if not arg.startswith("+"):
-            continue
+    """A `+key=value` that adds a value the app would silently ignore: a key outside BUILT_NODES that the config
+    lacks without it (`++key=value` on an existing key sets it; `+group=option` of a user's config folder adds a
+    node, or nothing under `@package _global_`)."""
+    added = [arg for arg in argv if arg.startswith("+") and "@" not in arg.split("=", 1)[0]
+             and arg.split("=", 1)[0].lstrip("+").split(".")[0] not in BUILT_NODES]
+    if not added or any(arg.startswith("-") or "=" not in arg for arg in argv):
+        return None
+    from hydra import compose, initialize_config_module
+    from omegaconf import DictConfig, OmegaConf
+
+    from lightning_sde.configuration import CONFIG_PACKAGE
+
+    try:
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            full = compose(app, overrides=argv)
+            without = compose(app, overrides=[arg for arg in argv if arg not in added])
+    except Exception:  # noqa: BLE001  (override_error reports what does not compose)
+        return None
+    for arg in added:
         key = arg.split("=", 1)[0].lstrip("+")
-        if "@" not in key and key.split(".")[0] not in BUILT_NODES:
+        value = OmegaConf.select(full, key)
+        if OmegaConf.select(without, key) is not None or value is None:
+            continue  # it was there (set, not added), or a group option placed elsewhere (`@package _global_`)
+        if "." in key or not isinstance(value, DictConfig):
             return (f"{key}: lsde-{app}'s config has no such key, and the app would ignore it (a misspelling?); "
                     f"see lsde-{app} --help")
     return None

@@ -258,20 +258,20 @@ def check_same_meaning(path: str, hparams: dict, module: L.LightningModule) -> N
                      "the run's own config, or start afresh (ckpt_path=null or another run_name)")
 
 
-MODULE_LOGS = ("val/loss", "train/loss")  # what ScoreModule logs that a checkpoint callback can monitor
+MONITORABLE = ("val/loss", "train/loss", "step", "epoch")  # ScoreModule's logs, and ModelCheckpoint's own counters
 
 
 def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: str) -> str:
     """A checkpoint callback's monitor, checked against what the evaluations log: val/<sampler>/<metric> must name
     a sampler of the set and a value it logs; `auto` is the set's first deterministic sampler (its first if all are
     stochastic) on the first metric it scores (sliced_w2 for points, fid for images)."""
-    if monitor in MODULE_LOGS:
+    if monitor in MONITORABLE:
         return monitor
     if sampler_cb is None:
         if monitor == "auto" or str(monitor).count("/") == 2 and str(monitor).startswith("val/"):
             raise ValueError(f"config {key}: {monitor!r} needs the sampler callback, and callbacks.sampler is null "
                              f"(set {key.rsplit('.', 1)[0]}=null too, or monitor val/loss)")
-        raise ValueError(f"config {key}: {monitor!r} is not logged; monitor one of {list(MODULE_LOGS)}")
+        raise ValueError(f"config {key}: {monitor!r} is not logged; monitor one of {list(MONITORABLE)}")
     metrics = resolve_metrics(sampler_cb.metrics, kind, has_mixture=False, key="callbacks.sampler.metrics")
     labels = list(sampler_cb.samplers)
     if sampler_cb.every_n_evals > 1 and (monitor == "auto" or str(monitor).count("/") == 2
@@ -284,7 +284,7 @@ def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: st
         return f"val/{label}/{metrics[0]}"
     parts = str(monitor).split("/")
     if len(parts) != 3 or parts[0] != "val":
-        raise ValueError(f"config {key}: {monitor!r} is not logged; monitor one of {list(MODULE_LOGS)}, "
+        raise ValueError(f"config {key}: {monitor!r} is not logged; monitor one of {list(MONITORABLE)}, "
                          "val/<sampler>/<metric> or auto")
     logged = [*metrics, *SAMPLE_STATS]
     if parts[1] not in labels:

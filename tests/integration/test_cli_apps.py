@@ -188,6 +188,8 @@ def test_a_misspelt_key_or_option_fails_before_torch_is_imported():
     ("bench", ["name=digits", "checkpoint=outputs/train/r/checkpoints/last.ckpt", "data=digits"]),
     ("compare", ["+samplers.heun_50.order=3", "output_dir=/tmp/c"]),
     ("likelihood", ["checkpoint=x.ckpt", "divergence=hutchinson"]),
+    ("train", ["experiment=toy2d", "++seed=3", "++run_name=x"]),  # ++ on an existing key sets it
+    ("bench", ["++seeds.count=8", "++nfe=[5]", "+problem.scale=2"]),
 ])
 def test_the_early_override_check_lets_every_valid_run_through(app, argv):
     """The check only composes: values are the app's to validate (and `+samplers.heun_50.order=3` composes, then fails
@@ -235,3 +237,17 @@ def test_a_folder_inside_a_file_is_refused_before_hydra_makes_it(tmp_path):
     assert override_error("train", [f"paths.root={file}"]).startswith("config paths.root: ")
     assert override_error("compare", [f"output_dir={file}"]).startswith("config output_dir: ")
     assert override_error("figures", [f"out={tmp_path}/new", f"output_dir={tmp_path}/logs"]) is None
+
+
+def test_a_config_group_of_the_users_own_folder_is_not_taken_for_a_misspelling(tmp_path):
+    """`+site=mine` from a folder named by hydra.searchpath adds a group option, not a value the app ignores."""
+    from lightning_sde.cli.apps import added_key_error
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "mine.yaml").write_text("# @package _global_\ntrainer: {max_steps: 7}\n")
+    (tmp_path / "node").mkdir()
+    (tmp_path / "node" / "mine.yaml").write_text("a: 1\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    assert added_key_error("train", [searchpath, "+site=mine"]) is None
+    assert added_key_error("bench", [searchpath, "+node=mine"]) is None
+    assert added_key_error("bench", [searchpath, "+nodes=3"]).startswith("nodes: lsde-bench's config has no such key")

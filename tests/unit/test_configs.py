@@ -146,9 +146,10 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
     ("callbacks.best.monitor=val/ddim_10/fid", "config callbacks.best.monitor: 'val/ddim_10/fid' names metric 'fid'"),
     # a misspelt module value would fail only at the first validation, after training to it
     ("callbacks.best.monitor=val/losss", "config callbacks.best.monitor: 'val/losss' is not logged; monitor one of "
-                                         "['val/loss', 'train/loss'], val/<sampler>/<metric> or auto"),
+                                         "['val/loss', 'train/loss', 'step', 'epoch'], val/<sampler>/<metric> or auto"),
     ("callbacks.best.monitor=trainloss callbacks.sampler=null",
-     "config callbacks.best.monitor: 'trainloss' is not logged; monitor one of ['val/loss', 'train/loss']"),
+     "config callbacks.best.monitor: 'trainloss' is not logged; monitor one of ['val/loss', 'train/loss', 'step', "
+     "'epoch']"),
     ("model.sigma_data=inf", "sigma_data must be > 0 and finite"),  # c_in = 0: a network blind to its input
     ("trainer.check_val_every_n_epoch=0", "config trainer.check_val_every_n_epoch: must be an integer >= 1 or null"),
     ("callbacks.sampler.guidance=1.0", "config callbacks.sampler.guidance: the model is not class-conditional"),
@@ -167,6 +168,16 @@ def test_a_bad_value_of_a_toy2d_run_fails_in_build_naming_its_key(tmp_path, over
         build(cfg)
     assert message in str(err.value)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("monitor", ["val/loss", "train/loss", "step", "epoch", "auto", "val/ddim_10/sliced_w2"])
+def test_every_value_a_checkpoint_callback_can_monitor_is_accepted(tmp_path, monitor):
+    """`step` / `epoch` are ModelCheckpoint's own counters (keep the latest k checkpoints)."""
+    cfg = composed("train", [*QUICK_TOY, f"run_dir={tmp_path}", "run_name=t", "logger=none",
+                             f"callbacks.best.monitor={monitor}"])
+    run = build(cfg, read_data=False)
+    expected = "val/ddim_10/sliced_w2" if monitor == "auto" else monitor
+    assert any(getattr(cb, "monitor", None) == expected for cb in run.trainer.callbacks)
 
 
 @pytest.mark.parametrize("overrides, set_", [

@@ -10,6 +10,7 @@ import torch
 
 from lightning_sde.callbacks import SamplerCallback
 from lightning_sde.data import DigitsDataModule, Toy2DDataModule
+from lightning_sde.data.base import BaseDataModule
 from lightning_sde.generation import generate
 from lightning_sde.metrics.scorer import Scorer
 from lightning_sde.module import ScoreModule
@@ -133,6 +134,15 @@ def test_no_noise_floor_when_switched_off_or_the_data_has_none(tmp_path, caplog)
     assert digits.floor_set(808) is not None and digits.floor_set(809) is None
     first, second = digits.reference(800), digits.floor_set(800)
     assert not (first.flatten(1)[:, None] == second.flatten(1)[None]).all(-1).any()
+    class ReferenceOnly(Toy2DDataModule):  # a user's BaseDataModule written before real_samples existed
+        real_samples = BaseDataModule.real_samples
+
+        def reference(self, n):
+            return self.sample(n, torch.Generator().manual_seed(5))
+
+    theirs = SamplerCallback({"ddim": DDIM(steps=2)}, n_samples=8, batch_size=8)
+    fit(tmp_path / "theirs", theirs, datamodule=ReferenceOnly(batch_size=64, n_train=256, n_val=64))
+    assert list(theirs.last_rows) == ["ddim"] and "real_samples(start, n, stream)" in caplog.text
     with pytest.raises(ValueError, match="label is the noise floor's row"):
         SamplerCallback({"noise_floor": DDIM(steps=2)})
     with pytest.raises(ValueError, match="noise_floor must be true or false"):

@@ -38,3 +38,13 @@ def test_installed_inside_another_repository_the_revision_is_the_package_version
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True).stdout.split()
     assert out[0].startswith(str(site)), "the copy was imported"
     assert out[1] == f"lightning-sde=={lightning_sde.__version__}" != theirs
+
+
+def test_a_repository_without_commits_gives_the_version_not_head(tmp_path):
+    site = tmp_path / "fresh"
+    shutil.copytree(PACKAGE, site / "lightning_sde", ignore=shutil.ignore_patterns("__pycache__", "configs"))
+    git("init", "-q", cwd=site)  # the package's parent is the top level, but HEAD names no commit
+    out = subprocess.run([sys.executable, "-c", "import lightning_sde.tracking as t; print(t.source_revision())"],
+                         cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(site),
+                                                                            "PATH": "/usr/bin:/bin"}, check=True)
+    assert out.stdout.strip() == f"lightning-sde=={lightning_sde.__version__}"
