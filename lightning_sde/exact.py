@@ -206,9 +206,20 @@ class ExactScore(nn.Module):
 # --- built-in problems ---------------------------------------------------------------------------
 
 
+def _check_count(problem: str, key: str, value, least: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{problem}: {key} must be an integer >= {least}; got {value!r}")
+
+
+def _check_scale(problem: str, key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{problem}: {key} must be a finite number > 0; got {value!r}")
+
+
 def eight_gaussians(radius: float = 4.0, labels=None) -> GaussianMixture:
     """Means on a circle of radius 4, std_k = 0.1 + 0.4 k / 7 (unequal widths), equal weights; `labels`: the class
     of each component (a labelled mixture: exact p(x | y), e.g. problem.labels=[0,1,2,3,4,5,6,7])."""
+    _check_scale("eight_gaussians", "radius", radius)
     angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
     stds = 0.1 + 0.4 * torch.arange(8, dtype=torch.float64) / 7
@@ -224,6 +235,9 @@ def gaussians_1d() -> GaussianMixture:
 
 def swiss_roll(n_components: int = 24, tangent_std: float = 0.35, normal_std: float = 0.08) -> GaussianMixture:
     """Components along a spiral r = theta (scaled into about [-4, 4]^2), each elongated along the spiral."""
+    _check_count("swiss_roll", "n_components", n_components)
+    _check_scale("swiss_roll", "tangent_std", tangent_std)
+    _check_scale("swiss_roll", "normal_std", normal_std)
     theta = torch.linspace(1.5 * math.pi, 4.5 * math.pi, n_components, dtype=torch.float64)
     scale = 4.0 / (4.5 * math.pi)
     means = scale * theta[:, None] * torch.stack([theta.cos(), theta.sin()], dim=1)
@@ -239,6 +253,9 @@ def swiss_roll(n_components: int = 24, tangent_std: float = 0.35, normal_std: fl
 def random_mixture(dim: int = 16, n_components: int = 10, seed: int = 0, labels=None) -> GaussianMixture:
     """A seeded mixture with full, anisotropic covariances (stds 0.05-0.5) and unequal weights; `labels` as in
     eight_gaussians."""
+    _check_count("random_mixture", "dim", dim)
+    _check_count("random_mixture", "n_components", n_components)
+    _check_count("random_mixture", "seed", seed, 0)
     gen = torch.Generator().manual_seed(seed)
     means = 2.0 * torch.randn(n_components, dim, generator=gen, dtype=torch.float64)
     rotations, _ = torch.linalg.qr(torch.randn(n_components, dim, dim, generator=gen, dtype=torch.float64))

@@ -23,7 +23,7 @@ from lightning_sde.exact import PROBLEMS, GaussianMixture, build_mixture
 def checkerboard(n: int, generator: torch.Generator | None = None, size: float = 8.0, cells: int = 4) -> Tensor:
     """Uniform on the dark squares of a cells x cells board of side `size` centred at 0 (cell (i, j) is filled
     when i + j is even): a density with sharp edges and no closed-form diffused score."""
-    if cells < 2 or cells % 2:
+    if isinstance(cells, bool) or not isinstance(cells, int) or cells < 2 or cells % 2:
         raise ValueError(f"checkerboard: cells must be an even integer >= 2; got {cells!r}")
     width = size / cells
     i = torch.randint(0, cells, (n,), generator=generator)

@@ -231,12 +231,15 @@ def test_cells_with_a_bad_override_is_one_line_and_exit_1(capsys, override, mess
     ("noise_floor=maybe", "config noise_floor: must be true or false; got 'maybe'"),
     ("progress=1", "config progress: must be true or false; got 1"),
     ("name=../../elsewhere", "config name: may hold letters, digits and . _ - + @ = , only"),  # out of the root
+    ("problem=swiss_roll problem.n_components=-1", "config problem: ValueError: swiss_roll: n_components must be an "
+                                                    "integer >= 1; got -1"),  # was torch's linspace message
+    ("problem=eight_gaussians +problem.radius=inf", "eight_gaussians: radius must be a finite number > 0; got inf"),
 ])
 def test_a_bad_switch_or_name_fails_before_any_work(override, message):
     from lightning_sde.bench.runner import prepare
 
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-        cfg = compose("bench", overrides=[override])
+        cfg = compose("bench", overrides=override.split())
     with pytest.raises(ValueError, match=re.escape(message)):
         prepare(cfg)
 

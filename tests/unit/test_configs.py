@@ -157,6 +157,9 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
                                             "finite; got nan"),
     ("trainer.num_sanity_val_steps=-5", "config trainer.num_sanity_val_steps: must be an integer >= 0 (-1: all)"),
     ("callbacks.progress.every_s=nan", "ProgressLog every_s must be a finite number >= 0; got nan"),
+    ("data.name=random_mixture +data.n_components=0",  # was torch's "max(): Expected reduction dim"
+     "config data: ValueError: random_mixture: n_components must be an integer >= 1; got 0"),
+    ("data.name=checkerboard +data.cells=4.0", "checkerboard: cells must be an even integer >= 2; got 4.0"),
     ("trainer.log_every_n_steps=-3", "config trainer.log_every_n_steps: must be an integer >= 1 or null; got -3"),
     ("callbacks.preemption.requeue_signal=SIGKILL", "requeue_signal must be the name of a signal a process can catch"),
     ("callbacks.ema.decay=nan", "config callbacks.ema: ValueError: EMA decay must be a number in [0, 1]; got nan"),
