@@ -1,5 +1,12 @@
-"""The errors a user can fix, apart from a bad value (ValueError) or a missing file (FileNotFoundError). Nothing is
-imported here, so that an app's error handling (lightning_sde.cli.errors) costs nothing before the app runs."""
+"""The errors a user can fix, apart from a bad value (ValueError) or a missing file (FileNotFoundError), and the
+check of a count that every layer uses. Nothing is imported here, so that an app's error handling
+(lightning_sde.cli.errors) costs nothing before the app runs."""
+
+
+def check_int(owner: str, key: str, value, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}: {key} must be an integer >= {minimum}; got {value!r}")
+    return value
 
 
 class CheckpointError(ValueError):

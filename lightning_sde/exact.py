@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lightning_sde.errors import check_int
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.moments import DataMoments
 from lightning_sde.sde import SDE, broadcast_time
@@ -206,11 +207,6 @@ class ExactScore(nn.Module):
 # --- built-in problems ---------------------------------------------------------------------------
 
 
-def _check_count(problem: str, key: str, value, least: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{problem}: {key} must be an integer >= {least}; got {value!r}")
-
-
 def _check_scale(problem: str, key: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ValueError(f"{problem}: {key} must be a finite number > 0; got {value!r}")
@@ -235,7 +231,7 @@ def gaussians_1d() -> GaussianMixture:
 
 def swiss_roll(n_components: int = 24, tangent_std: float = 0.35, normal_std: float = 0.08) -> GaussianMixture:
     """Components along a spiral r = theta (scaled into about [-4, 4]^2), each elongated along the spiral."""
-    _check_count("swiss_roll", "n_components", n_components)
+    check_int("swiss_roll", "n_components", n_components, 1)
     _check_scale("swiss_roll", "tangent_std", tangent_std)
     _check_scale("swiss_roll", "normal_std", normal_std)
     theta = torch.linspace(1.5 * math.pi, 4.5 * math.pi, n_components, dtype=torch.float64)
@@ -253,9 +249,9 @@ def swiss_roll(n_components: int = 24, tangent_std: float = 0.35, normal_std: fl
 def random_mixture(dim: int = 16, n_components: int = 10, seed: int = 0, labels=None) -> GaussianMixture:
     """A seeded mixture with full, anisotropic covariances (stds 0.05-0.5) and unequal weights; `labels` as in
     eight_gaussians."""
-    _check_count("random_mixture", "dim", dim)
-    _check_count("random_mixture", "n_components", n_components)
-    _check_count("random_mixture", "seed", seed, 0)
+    check_int("random_mixture", "dim", dim, 1)
+    check_int("random_mixture", "n_components", n_components, 1)
+    check_int("random_mixture", "seed", seed, 0)
     gen = torch.Generator().manual_seed(seed)
     means = 2.0 * torch.randn(n_components, dim, generator=gen, dtype=torch.float64)
     rotations, _ = torch.linalg.qr(torch.randn(n_components, dim, dim, generator=gen, dtype=torch.float64))

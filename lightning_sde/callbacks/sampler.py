@@ -172,9 +172,7 @@ class SamplerCallback(L.Callback):
                 return
             values = None
             if samples is not None:  # rank 0
-                flat = samples.x.reshape(len(samples.x), -1)
-                values = dict(zip(SAMPLE_STATS, (samples.nfe, samples.wall_s, float(len(samples.x)),
-                                                 float(len(torch.unique(flat, dim=0))), float(samples.n_nonfinite))))
+                values = sample_stats(samples.x, samples.nfe, samples.wall_s, samples.n_nonfinite)
                 if samples.n_nonfinite:  # reported, never scored as if they were samples (NaN is never "best")
                     log.warning("%s at step %d: %d of %d samples are not finite; not scored",  # pragma: no mutate
                                 label, trainer.global_step, samples.n_nonfinite, len(samples.x))  # pragma: no mutate
@@ -202,23 +200,24 @@ class SamplerCallback(L.Callback):
         if self._floor is None:
             values = None
             if trainer.is_global_zero:
-                floor_set = getattr(trainer.datamodule, "floor_set", None)
-                why = "the datamodule has no floor_set(n)"
-                try:
-                    x = floor_set(self.n_samples) if floor_set is not None else None
-                    why = f"the training set holds fewer than 2 x callbacks.sampler.n_samples ({self.n_samples})"
-                except NotImplementedError:  # a BaseDataModule with its own reference(n) but no real_samples
-                    x, why = None, "the datamodule does not implement real_samples(start, n, stream)"
-                values = {}
+                x, why = self._floor_set(trainer.datamodule)
                 if x is None:
                     rank_zero_info(f"no noise-floor row in the sampler table: {why}")
+                    values = {}
                 else:
-                    flat = x.reshape(len(x), -1)
-                    values = dict(zip(SAMPLE_STATS, (0.0, 0.0, float(len(x)), float(len(torch.unique(flat, dim=0))),
-                                                     0.0)))
-                    values.update(self.scorer(pl_module.device)(x.to(self.dtype)))
+                    values = {**sample_stats(x, 0.0, 0.0, 0), **self.scorer(pl_module.device)(x.to(self.dtype))}
             self._floor = broadcast_from_zero(values)
         return self._floor
+
+    def _floor_set(self, datamodule) -> tuple[torch.Tensor | None, str]:
+        """The floor's real samples, or None and why there are none."""
+        if not hasattr(datamodule, "floor_set"):
+            return None, "the datamodule has no floor_set(n)"
+        try:
+            x = datamodule.floor_set(self.n_samples)
+        except NotImplementedError:  # a BaseDataModule with its own reference(n) but no real_samples
+            return None, "the datamodule does not implement real_samples(start, n, stream)"
+        return x, f"the training set holds fewer than 2 x callbacks.sampler.n_samples ({self.n_samples})"
 
     def on_validation_end(self, trainer, pl_module):
         """The loggers get this evaluation now, after Lightning has logged its own validation values (at its step,
@@ -305,6 +304,12 @@ class SamplerCallback(L.Callback):
                 writer.writeheader()
             writer.writerows(rows)
             fh.flush()
+
+
+def sample_stats(x: torch.Tensor, nfe, wall_s, n_nonfinite) -> dict:
+    """SAMPLE_STATS of a sample set: what it cost, its size, how many are distinct and how many not finite."""
+    distinct = len(torch.unique(x.reshape(len(x), -1), dim=0))
+    return dict(zip(SAMPLE_STATS, (nfe, wall_s, float(len(x)), float(distinct), float(n_nonfinite))))
 
 
 def validation_interval(trainer) -> int | None:

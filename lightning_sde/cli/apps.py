@@ -38,10 +38,7 @@ def folder_error(cfg) -> str | None:
     from omegaconf import OmegaConf
 
     for key in ("paths.root", "out", "output_dir", "hydra.run.dir"):  # the user's key before those made of it
-        try:
-            value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
-        except Exception:  # noqa: BLE001  (a resolver only the running app has: the app checks it)
-            continue
+        value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)  # None where it does not resolve
         if not isinstance(value, str):
             continue
         path = Path(value)

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_sde.distributed import rank_world
+from lightning_sde.errors import check_int
 
 # Independent random streams drawn from one user seed.
 STREAM_TRAIN, STREAM_VAL, STREAM_SPLIT, STREAM_REFERENCE, STREAM_FLOOR = 0, 1, 2, 3, 4
@@ -27,12 +28,6 @@ STREAM_TRAIN, STREAM_VAL, STREAM_SPLIT, STREAM_REFERENCE, STREAM_FLOOR = 0, 1, 2
 def generator(seed: int, stream: int) -> torch.Generator:
     """A CPU generator for one of the named streams of `seed` (streams never overlap for seeds < 2**40)."""
     return torch.Generator().manual_seed(seed * 16 + stream)
-
-
-def check_int(owner: str, key: str, value, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: {key} must be an integer >= {minimum}; got {value!r}")
-    return value
 
 
 def check_bool(owner: str, key: str, value) -> bool:
