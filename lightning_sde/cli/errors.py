@@ -18,7 +18,9 @@ USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError)
 
 
 def print_error(app: str, err) -> None:
-    print(f"{app}: error: {err}", file=sys.stderr, flush=True)
+    # one write (print writes the newline apart): DDP ranks failing together cannot splice their lines
+    sys.stderr.write(f"{app}: error: {err}\n")
+    sys.stderr.flush()
 
 
 def fail(app: str, err) -> None:
