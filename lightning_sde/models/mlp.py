@@ -43,6 +43,8 @@ class MLP(nn.Module):
         self.label = LabelEmbedding(num_classes, width) if num_classes is not None else None
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        if x.dim() != 2 or x.shape[1] != self.inp.in_features:
+            raise ValueError(f"MLP expects x of shape (B, {self.inp.in_features}) (its dim); got {tuple(x.shape)}")
         check_labels(y, self.num_classes, "MLP")
         emb = self.embed(t)
         if self.label is not None:

@@ -123,6 +123,17 @@ def test_a_network_output_or_input_of_another_shape_is_refused():
     assert den(torch.zeros(3, 2), 0.5).eps.shape == (3, 2)
 
 
+def test_an_mlp_given_data_of_another_dimension_names_its_dim():
+    """model.net.dim=3 on 2-D data: the MLP says what it expects, not matmul's 'mat1 and mat2 shapes'."""
+    from lightning_sde.models.mlp import MLP
+
+    net = MLP(dim=3, width=8, depth=1, time_embed_dim=8)
+    for x in (torch.zeros(4, 2), torch.zeros(4, 3, 1)):
+        with pytest.raises(ValueError, match=r"^MLP expects x of shape \(B, 3\) \(its dim\); got \(4, "):
+            net(x, torch.rand(4))
+    assert net(torch.zeros(4, 3), torch.rand(4)).shape == (4, 3)
+
+
 def test_denoiser_arguments_of_the_wrong_kind_are_named():
     from lightning_sde.models.moments import DataMoments
 
