@@ -148,6 +148,15 @@ def reference_samples(target: Target, n: int, start: int) -> torch.Tensor:
         raise ValueError(f"config data: {type(err).__name__}: {err}") from None
 
 
-def floor_samples(target: Target, n: int, start: int) -> torch.Tensor:
-    """A second exact sample set of n samples (a cell's size): what a perfect sampler scores (the noise floor)."""
-    return target.mixture.sample(n, torch.Generator().manual_seed(2 * 10**9 + start)).float()
+def floor_samples(target: Target, n: int, start: int, reference_n: int) -> tuple[torch.Tensor | None, str]:
+    """A second real sample set of n samples (a cell's size), disjoint from the reference set of reference_n: what a
+    perfect sampler scores (the noise floor). Exact draws of a mixture; for a checkpoint, the data's training
+    samples after the reference's. None, and why, when the data holds too few."""
+    if target.mixture is not None:
+        return target.mixture.sample(n, torch.Generator().manual_seed(2 * 10**9 + start)).float(), ""
+    from lightning_sde.data.base import floor_or_reason  # a datamodule is loaded by now (lsde-compare needs none)
+
+    try:
+        return floor_or_reason(target.datamodule, n, reference_n)
+    except Exception as err:  # noqa: BLE001  (whatever the datamodule raises, report it against its config key)
+        raise ValueError(f"config data: {type(err).__name__}: {err}") from None

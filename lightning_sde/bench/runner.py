@@ -91,7 +91,7 @@ def prepare(cfg: DictConfig) -> Sweep:
                              "model.net.num_classes, or a labelled problem); set guidance=null")
         if cfg.get("labels", "cycle") != "cycle" and not (isinstance(cfg.labels, int) and cfg.labels < classes):
             raise ValueError(f"config labels: must be 'cycle' or a class in 0..{classes - 1}; got {cfg.labels!r}")
-    cells = expand(cfg, target_id, metrics, noise_floor=bool(cfg.get("noise_floor")) and kind == "mixture")
+    cells = expand(cfg, target_id, metrics, noise_floor=bool(cfg.get("noise_floor")))
     return Sweep(kind, target_id, device, dtype, metrics, cells, shard_cells(cells, cfg.shard.index, cfg.shard.count))
 
 
@@ -127,6 +127,8 @@ def score(scorer: Scorer, cell: Cell, samples: Samples | None, x) -> Scores:
     """The metrics of a cell's samples with their bootstrap intervals (Scorer.intervals, INTERVAL_LEVEL); None for
     every metric, and no interval, when some samples are not finite: a diverged sampler is reported (n_nonfinite in
     its rows), never scored as if its samples were samples."""
+    if samples is None and x is None:  # a noise floor the data holds too few samples for
+        return Scores({m: None for m in cell.metrics})
     if samples is not None and samples.n_nonfinite:
         log.warning("%s: %d of %d samples are not finite; its rows are not scored", cell, samples.n_nonfinite,
                     len(samples.x))
@@ -211,7 +213,8 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
         seeds = range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count)
         scorer = previews = None
         if rank == 0:
-            reference = reference_samples(target, cfg.get("reference_count") or cfg.seeds.count, cfg.seeds.start)
+            reference_n = cfg.get("reference_count") or cfg.seeds.count
+            reference = reference_samples(target, reference_n, cfg.seeds.start)
             scorer = Scorer(reference, sweep.metrics, target.mixture, cfg.feature_extractor, cfg.stats_cache, device)
             previews = SamplePreviews(Path(cfg.results).parent / "samples", n=64 if target.kind == "images" else 1000)
             previews.save_reference(reference, SamplePreviews.protocol(sweep.target_id, cfg.seeds.start,
@@ -225,8 +228,13 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
             if rank == 0:
                 log.info("computing cell %d/%d: %s", n_done + 1, len(todo), cell)
             samples = None
-            if cell.built is None:  # the noise floor: a second exact set of the cell's size, scored like a sampler's
-                x = floor_samples(target, cell.seed_count, cell.seed_start) if rank == 0 else None
+            if cell.built is None:  # the noise floor: a second real set of the cell's size, scored like a sampler's
+                x = None
+                if rank == 0:
+                    x, why = floor_samples(target, cell.seed_count, cell.seed_start, reference_n)
+                    if x is None:
+                        log.warning("the noise floor has no value: %s (seeds.count=%d, reference_count=%d)", why,
+                                    cell.seed_count, reference_n)
             else:
                 samples = generate(cell.built, target.denoiser, seeds, cfg.batch_size, device, sweep.dtype,
                                    progress=cfg.progress, desc=str(cell), guidance=cell.guidance,
@@ -234,7 +242,8 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
                 x = samples.x if samples is not None else None
             if rank == 0:
                 store.append(rows_of(cell, samples, score(scorer, cell, samples, x), cfg.batch_size, device, protocol))
-                previews.save(cell, x, SamplePreviews.protocol(cell.target, cell.seed_start, cell.seed_count))
+                if x is not None:  # a floor the data is too small for has no samples
+                    previews.save(cell, x, SamplePreviews.protocol(cell.target, cell.seed_start, cell.seed_count))
                 report_cell(store, cell, n_done + 1, len(todo), started, live, previews,
                             time.monotonic() - cell_started)
     return {"cells": len(sweep.cells), "shard_cells": len(sweep.mine), "computed": len(todo), "rank": rank,

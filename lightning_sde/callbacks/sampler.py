@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_sde.configuration import build
 from lightning_sde.configuration import dtype as parse_dtype
+from lightning_sde.data.base import floor_or_reason
 from lightning_sde.distributed import broadcast_from_zero
 from lightning_sde.generation import GenerationStopped, generate
 from lightning_sde.metrics.features import check_feature_extractor
@@ -200,24 +201,15 @@ class SamplerCallback(L.Callback):
         if self._floor is None:
             values = None
             if trainer.is_global_zero:
-                x, why = self._floor_set(trainer.datamodule)
+                x, why = floor_or_reason(trainer.datamodule, self.n_samples)
                 if x is None:
-                    rank_zero_info(f"no noise-floor row in the sampler table: {why}")
+                    rank_zero_info(f"no noise-floor row in the sampler table: {why} "
+                                   f"(callbacks.sampler.n_samples={self.n_samples})")
                     values = {}
                 else:
                     values = {**sample_stats(x, 0.0, 0.0, 0), **self.scorer(pl_module.device)(x.to(self.dtype))}
             self._floor = broadcast_from_zero(values)
         return self._floor
-
-    def _floor_set(self, datamodule) -> tuple[torch.Tensor | None, str]:
-        """The floor's real samples, or None and why there are none."""
-        if not hasattr(datamodule, "floor_set"):
-            return None, "the datamodule has no floor_set(n)"
-        try:
-            x = datamodule.floor_set(self.n_samples)
-        except NotImplementedError:  # a BaseDataModule with its own reference(n) but no real_samples
-            return None, "the datamodule does not implement real_samples(start, n, stream)"
-        return x, f"the training set holds fewer than 2 x callbacks.sampler.n_samples ({self.n_samples})"
 
     def on_validation_end(self, trainer, pl_module):
         """The loggers get this evaluation now, after Lightning has logged its own validation values (at its step,

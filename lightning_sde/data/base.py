@@ -189,6 +189,17 @@ class TrainLoader:
         pass
 
 
+def floor_or_reason(datamodule, n: int, after: int | None = None) -> tuple[Tensor | None, str]:
+    """The noise floor's real samples (`floor_set(n, after)`), or None and why there are none."""
+    if not hasattr(datamodule, "floor_set"):
+        return None, "the datamodule has no floor_set(n)"
+    try:
+        x = datamodule.floor_set(n, after)
+    except NotImplementedError:  # a BaseDataModule with its own reference(n) but no real_samples
+        return None, "the datamodule does not implement real_samples(start, n, stream)"
+    return x, (f"the training set holds fewer than {n if after is None else after} reference + {n} floor samples")
+
+
 class BaseDataModule(L.LightningDataModule):
     """Loaders over `self.train_set` / `self.val_set` (filled in by the subclass) with `self.collate`.
 
@@ -271,14 +282,15 @@ class BaseDataModule(L.LightningDataModule):
         seeded order (their dequantisation noise from the reference stream), or n draws of a toy distribution."""
         return self.real_samples(0, self._check_reference(n, self._available()), STREAM_REFERENCE)
 
-    def floor_set(self, n: int) -> Tensor | None:
-        """n more real samples, disjoint from reference(n) (the next n training samples, or n other draws): scored
-        like a sampler's, their value is what a perfect model reaches at this n (the noise floor). None when the
-        training set holds fewer than 2n."""
+    def floor_set(self, n: int, after: int | None = None) -> Tensor | None:
+        """n more real samples, disjoint from reference(after) (after = n by default): the training samples that
+        follow the reference's, or n other draws. Scored like a sampler's, their value is what a perfect model
+        reaches at this n (the noise floor). None when the training set holds fewer than after + n."""
         n, available = self._check_reference(n), self._available()
-        if available is not None and 2 * n > available:
+        after = n if after is None else self._check_reference(after)
+        if available is not None and after + n > available:
             return None
-        return self.real_samples(n, n, STREAM_FLOOR)
+        return self.real_samples(after, n, STREAM_FLOOR)
 
     def real_samples(self, start: int, n: int, stream: int) -> Tensor:
         """Training samples start .. start + n - 1 as the model sees them (the toy sets: n draws from `stream`)."""

@@ -271,11 +271,14 @@ def test_bench_a_trained_toy2d_checkpoint(tmp_path):
     run_bench(tmp_path, f"checkpoint={ckpt}", "data=toy2d", "nfe=[10]", "seeds.count=200",
               "wandb.enabled=false")
     rows = load(tmp_path / "results.jsonl")
-    assert {(r["sampler"], r["metric"]) for r in rows} == {(s, m) for s in ("ddim", "em") for m in ("sliced_w2", "mmd")}
+    assert {(r["sampler"], r["metric"]) for r in rows} == {
+        (s, m) for s in ("exact (noise floor)", "ddim", "em") for m in ("sliced_w2", "mmd")}
     for r in rows:
         assert r["checkpoint"] == str(ckpt.resolve()) and r["global_step"] == 100 and r["ema"] is True
         assert r["target"].startswith(f"{ckpt.resolve()}@step100#")  # retraining into last.ckpt: a new target
-        assert r["nfe"] == 10 and r["value"] == r["value"]  # not NaN
+        assert r["nfe"] == (0 if r["grid"] == "exact" else 10) and r["value"] == r["value"]  # not NaN
+    floor = {r["metric"]: r["value"] for r in rows if r["grid"] == "exact"}
+    assert all(floor[r["metric"]] < r["value"] for r in rows if r["grid"] != "exact")  # 100 steps: above the floor
 
 
 def test_bad_spec_on_the_command_line_names_the_key(tmp_path):

@@ -273,3 +273,50 @@ def test_each_cells_log_line_gives_its_values_with_intervals_and_its_sampling_an
                      r"cell [\d.e-]+ s; ETA", line), line
     sampling, whole = (float(v) for v in re.findall(r"sampling ([\d.e-]+) s, cell ([\d.e-]+) s", line)[0])
     assert 0 < sampling <= whole
+
+
+# the noise floor of a checkpoint's sweep: the data's training samples after the reference's
+
+def _digits_checkpoint(tmp_path: Path) -> Path:
+    from lightning_sde.module import ScoreModule
+
+    net = {"_target_": "lightning_sde.models.unet.UNet", "in_channels": 1, "image_size": 8, "channels": 8,
+           "channel_mult": [1], "num_res_blocks": 1, "attn_resolutions": []}
+    sde = {"_target_": "lightning_sde.sde.VPSDE"}
+    data = {"_target_": "lightning_sde.data.DigitsDataModule", "dequantize": False, "labels": False}
+    path = tmp_path / "digits.ckpt"
+    torch.save({"state_dict": ScoreModule(net=net, sde=sde, shape=[1, 8, 8]).state_dict(), "global_step": 1,
+                "hyper_parameters": {"net": net, "sde": sde, "shape": [1, 8, 8]}, "data_config": data}, path)
+    return path
+
+
+def test_a_checkpoint_sweep_scores_the_training_samples_after_the_reference_as_its_noise_floor(tmp_path):
+    from lightning_sde.data import DigitsDataModule
+    from lightning_sde.data.base import STREAM_FLOOR
+    from lightning_sde.metrics.scorer import Scorer
+
+    ckpt = _digits_checkpoint(tmp_path)
+    rows = sweep(tmp_path, f"checkpoint={ckpt}", "data=digits", "metrics=[fid]", "noise_floor=true",
+                 "reference_count=300", "nfe=[2]")
+    floor, ddim = (next(r for r in rows if r["grid"] == grid) for grid in ("exact", "nfe"))
+    assert (floor["nfe"], floor["n_samples"], floor["n_reference"]) == (0, 32, 300)
+    data = DigitsDataModule()
+    reference, real = data.reference(300), data.real_samples(300, 32, STREAM_FLOOR)
+    assert not (real[:, None] == reference[None]).flatten(2).all(-1).any()  # no floor image among the reference's
+    assert floor["value"] == pytest.approx(Scorer(reference, ("fid",))(real)["fid"], rel=1e-9)
+    assert floor["value"] < ddim["value"]  # an untrained model's samples are noise
+
+
+def test_a_checkpoint_sweep_whose_data_is_too_small_for_a_floor_says_so_and_gives_it_no_value(tmp_path, caplog):
+    from lightning_sde.data import DigitsDataModule
+
+    data = DigitsDataModule()
+    data.setup("fit")
+    available = len(data.train_set)
+    rows = sweep(tmp_path, f"checkpoint={_digits_checkpoint(tmp_path)}", "data=digits", "metrics=[fid]",
+                 "noise_floor=true", f"reference_count={available - 31}", "nfe=[2]")
+    floor = next(r for r in rows if r["grid"] == "exact")
+    assert floor["value"] is None and floor["ci_low"] is None
+    assert (f"the noise floor has no value: the training set holds fewer than {available - 31} reference + 32 floor "
+            f"samples (seeds.count=32, reference_count={available - 31})") in caplog.text
+    assert next(r for r in rows if r["grid"] == "nfe")["value"] is not None
