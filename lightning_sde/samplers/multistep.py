@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
+import numpy
 import torch
 
 from lightning_sde.probability_flow import ERROR_NORMS
@@ -133,26 +134,56 @@ class DPMSolverPP(_Multistep):
         return x
 
 
-def unipc_coefficients(rks: torch.Tensor, h, order: int):
-    """UniPC's bh2 coefficients: R (order x order) with rows rks^(i-1), b, B(h) = e^{-h}-1 ... in data prediction."""
-    hh = -h
-    h_phi_1 = torch.expm1(hh)
-    h_phi_k = h_phi_1 / hh - 1
-    factorial = 1
-    b_h = torch.expm1(hh)
-    rows, b = [], []
-    for i in range(1, order + 1):
-        rows.append(rks ** (i - 1))
-        b.append(h_phi_k * factorial / b_h)
-        factorial *= i + 1
-        h_phi_k = h_phi_k / hh - 1 / factorial
-    return torch.stack(rows), torch.stack(b), h_phi_1, b_h
+INVERSE_FACTORIALS = [1 / math.factorial(n) for n in range(40)]
 
 
-def solve(R, b):
-    """R^-1 b without linalg.solve's error check, which waits for the GPU every step; R is a Vandermonde matrix of
-    distinct log-SNR ratios (a strictly decreasing grid), never singular."""
-    return torch.linalg.solve_ex(R, b).result
+def _expm1(z):
+    return torch.expm1(z) if isinstance(z, torch.Tensor) else math.expm1(z)
+
+
+def phi_functions(z, n: int) -> list:
+    """phi_1(z) .. phi_n(z), phi_k(z) = sum_{j >= 0} z^j / (j + k)!: by their series where |z| < 1, where the
+    recurrence phi_{k+1}(z) = (phi_k(z) - 1/k!) / z loses log10(1/|z|) digits an order (order 4 of a 3000-step run in
+    float32 lost them all), and by the recurrence elsewhere, where it is stable. z: a Python float (float64), or a
+    float64 tensor while a grid is optimised through the sampler."""
+    if abs(z) < 1:  # 25 terms: the first left out is below 1/26! ~ 2.5e-27 of the first
+        return [sum(z**j * INVERSE_FACTORIALS[j + k] for j in range(25)) for k in range(1, n + 1)]
+    phis = [_expm1(z) / z]
+    for k in range(1, n):
+        phis.append((phis[-1] - 1 / math.factorial(k)) / z)
+    return phis
+
+
+def unipc_coefficients(rks: list, h, order: int) -> tuple[list[list], list, object]:
+    """UniPC's bh2 coefficients in data prediction, in float64 from log-SNR steps: R (order x order, rows rks^(i-1)),
+    b_i = i! (-h) phi_(i+1)(-h) / B(h) for i = 1..order, and B(h) = e^{-h} - 1 (also the first-order step's
+    factor)."""
+    b_h = _expm1(-h)
+    phis = phi_functions(-h, order + 1)
+    b = [math.factorial(i) * -h * phis[i] / b_h for i in range(1, order + 1)]
+    return [[rk ** (i - 1) for rk in rks] for i in range(1, order + 1)], b, b_h
+
+
+def solve(R: list[list], b: list) -> list:
+    """R^-1 b in float64: R is a Vandermonde matrix of distinct log-SNR ratios (a strictly decreasing grid), never
+    singular. Python numbers are solved on the host, so a step copies nothing to the device; tensors (a grid being
+    optimised) where they are, keeping their gradient."""
+    values = [v for row in R for v in row] + b
+    held = next((v for v in values if isinstance(v, torch.Tensor)), None)
+    if held is None:
+        return numpy.linalg.solve(numpy.array(R, dtype=numpy.float64), numpy.array(b, dtype=numpy.float64)).tolist()
+    as_t = lambda v: torch.as_tensor(v, dtype=torch.float64, device=held.device)  # noqa: E731
+    rhos = torch.linalg.solve(torch.stack([torch.stack([as_t(v) for v in row]) for row in R]),
+                              torch.stack([as_t(v) for v in b]))
+    return list(rhos.unbind())
+
+
+class Point(NamedTuple):
+    """A time on the sampler's device and its log-SNR in float64: a Python float computed on the host, or, while a
+    grid is optimised through the sampler, a tensor that carries the gradient."""
+
+    t: torch.Tensor
+    lam: float | torch.Tensor
 
 
 @register("unipc")
@@ -176,61 +207,68 @@ class UniPC(_Multistep):
     def intervals(self) -> int:
         return self.steps - self.final_corrector
 
+    def initial_state(self, denoiser, times):
+        return {**super().initial_state(denoiser, times), "lams": denoiser.sde.log_snr(times).tolist()}
+
+    @staticmethod
+    def _point(sde, state, index: int, t) -> Point:
+        return Point(t, _lam(sde, t.double()) if t.requires_grad else state["lams"][index])
+
     def step(self, denoiser, x, t, s, noise, last, state):
         sde = denoiser.sde
-        if "ts" not in state:  # the first step: the model output at the start
-            state.update(ts=[t], ds=[denoiser(x, t).x0], pending=None, i=0)
-        ts, ds, i = state["ts"], state["ds"], state["i"]
+        i = state.setdefault("i", 0)
+        if "points" not in state:  # the first step: the model output at the start
+            state.update(points=[self._point(sde, state, 0, t)], ds=[denoiser(x, t).x0], pending=None)
+        points, ds = state["points"], state["ds"]
         if state["pending"] is not None:  # correct the last step now that the output at its end is known
-            x = self._correct(sde, *state["pending"], ts, ds)
+            x = self._correct(sde, *state["pending"], points, ds)
         k = state["orders"][i]
         x_prev = x
-        x = self._predict(sde, x, ts, ds, s, k)
+        end = self._point(sde, state, i + 1, s)
+        x = self._predict(sde, x, points, ds, end, k)
         if not last or self.final_corrector:  # this evaluation is the next step's model output, or the final one's
-            ts.append(s)
+            points.append(end)
             ds.append(denoiser(x, s).x0)
             if last:
-                return self._correct(sde, x_prev, k, ts, ds)
+                return self._correct(sde, x_prev, k, points, ds)
             state["pending"] = (x_prev, k)
-            del ts[: -(self.order + 1)], ds[: -(self.order + 1)]
+            del points[: -(self.order + 1)], ds[: -(self.order + 1)]
         state["i"] = i + 1
         return x
 
     @staticmethod
-    def _history(sde, ts, ds, s0_index: int, t, order: int):
-        """rks, D1s for a step from ts[s0_index] to t using order - 1 earlier outputs."""
-        lam_0 = _lam(sde, ts[s0_index])
-        h = _lam(sde, t) - lam_0
+    def _history(points, ds, s0_index: int, lam_t, order: int):
+        """h, rks (floats) and D1s for a step from points[s0_index] to log-SNR lam_t using order - 1 earlier outputs."""
+        lam_0 = points[s0_index].lam
+        h = lam_t - lam_0
         rks, d1s = [], []
         for k in range(1, order):
             j = s0_index - k
-            rk = (_lam(sde, ts[j]) - lam_0) / h
+            rk = (points[j].lam - lam_0) / h
             rks.append(rk)
             d1s.append((ds[j] - ds[s0_index]) / rk)
         return h, rks, d1s
 
     @staticmethod
-    def _predict(sde, x, ts, ds, t, order):
-        h, rks, d1s = UniPC._history(sde, ts, ds, -1, t, order)
-        rk = torch.stack(rks + [torch.ones_like(h)])
-        R, b, h_phi_1, b_h = unipc_coefficients(rk, h, order)
-        alpha_t, sigma_t = sde.alpha(t), sde.sigma(t)
-        x_t = (sigma_t / sde.sigma(ts[-1])) * x - alpha_t * h_phi_1 * ds[-1]
+    def _predict(sde, x, points, ds, end: Point, order):
+        h, rks, d1s = UniPC._history(points, ds, -1, end.lam, order)
+        R, b, b_h = unipc_coefficients(rks + [1.0], h, order)
+        alpha_t, sigma_t = sde.alpha(end.t), sde.sigma(end.t)
+        x_t = (sigma_t / sde.sigma(points[-1].t)) * x - alpha_t * b_h * ds[-1]
         if d1s:
-            rhos = (0.5,) if order == 2 else solve(R[:-1, :-1], b[:-1])  # a constant: no copy to the device
+            rhos = (0.5,) if order == 2 else solve([row[:-1] for row in R[:-1]], b[:-1])
             x_t = x_t - alpha_t * b_h * sum(r * d for r, d in zip(rhos, d1s))
         return x_t
 
     @staticmethod
-    def _correct(sde, x_prev, order, ts, ds):
-        """UniC: redo the step ts[-2] -> ts[-1] with the new output ds[-1] as one more data point."""
-        t = ts[-1]
-        h, rks, d1s = UniPC._history(sde, ts, ds, -2, t, order)
-        rk = torch.stack(rks + [torch.ones_like(h)])
-        R, b, h_phi_1, b_h = unipc_coefficients(rk, h, order)
+    def _correct(sde, x_prev, order, points, ds):
+        """UniC: redo the step points[-2] -> points[-1] with the new output ds[-1] as one more data point."""
+        end = points[-1]
+        h, rks, d1s = UniPC._history(points, ds, -2, end.lam, order)
+        R, b, b_h = unipc_coefficients(rks + [1.0], h, order)
         rhos = (0.5,) if order == 1 else solve(R, b)
-        alpha_t, sigma_t = sde.alpha(t), sde.sigma(t)
-        x_t = (sigma_t / sde.sigma(ts[-2])) * x_prev - alpha_t * h_phi_1 * ds[-2]
+        alpha_t, sigma_t = sde.alpha(end.t), sde.sigma(end.t)
+        x_t = (sigma_t / sde.sigma(points[-2].t)) * x_prev - alpha_t * b_h * ds[-2]
         corr = sum(r * d for r, d in zip(rhos[:-1], d1s)) if d1s else 0.0
         return x_t - alpha_t * b_h * (corr + rhos[-1] * (ds[-1] - ds[-2]))
 
@@ -265,6 +303,9 @@ class SDEDPMSolverPP(_Multistep):
         return x
 
 
+MIN_LOG_SNR_STEP = 1e-10  # an adaptive step shorter than this is an underflow, not a step
+
+
 @register("unipc_adaptive")
 @dataclass
 class AdaptiveUniPC(Sampler):
@@ -289,7 +330,7 @@ class AdaptiveUniPC(Sampler):
     pcoeff: float = 0.0
     max_steps: int = 2000
     error_norm: str = "batch"
-    orders: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5, 6)  # float64 times keep order 6's coefficients exact enough
+    orders: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5, 6)  # phi_functions keep order 6 exact at short steps
     error_norms: ClassVar[tuple[str, ...]] = tuple(ERROR_NORMS)  # the ODE's: one set of names
 
     @property
@@ -330,25 +371,30 @@ class AdaptiveUniPC(Sampler):
     def run(self, denoiser, x, plan, noise, on_step):
         sde = denoiser.sde
         device = x.device
-        as_t = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
+        as_t = lambda v: torch.as_tensor(v, dtype=torch.float64).cpu()  # noqa: E731
         lam_end = float(_lam(sde, as_t(sde.eps)))
-        lam = float(_lam(sde, as_t(plan.start)))
-        # times stay float64 (as the fixed-step solvers' grids): in float32 the order-4 coefficients of short steps
-        # lose their digits and the error estimate never passes
-        s = as_t(plan.start).to(device)
-        ts, ds = [s], [denoiser(x, s).x0]
+        # log-SNRs as Python floats from float64 times on the host; the times stay float64 on the device too
+        start = Point(as_t(plan.start).to(device), float(_lam(sde, as_t(plan.start))))
+        points, ds = [start], [denoiser(x, start.t).x0]
+        lam = start.lam
         h, n_accept, n_reject = min(self.h_init, lam_end - lam), 0, 0
         err_prev, rejected = None, False
         while lam < lam_end - 1e-12:
             if n_accept + n_reject >= self.max_steps:
                 raise RuntimeError(f"{self.name}: no convergence in {self.max_steps} steps "
                                    f"(rtol={self.rtol}, atol={self.atol})")
+            if h < MIN_LOG_SNR_STEP:
+                raise RuntimeError(f"{self.name}: the step fell below {MIN_LOG_SNR_STEP:g} in log-SNR at log-SNR "
+                                   f"{lam:.6g} (rtol={self.rtol}, atol={self.atol}): the error estimate does not fall "
+                                   f"with the step (a tolerance below what {x.dtype} samples resolve, or a network "
+                                   "that is not smooth in t)")
             last = lam + h >= lam_end - 1e-12
-            t = (as_t(sde.eps) if last else sde.t_from_log_snr(as_t(lam + h))).to(device)
-            k = min(self.order, len(ts))
-            x_pred = UniPC._predict(sde, x, ts, ds, t, k)
-            d_t = denoiser(x_pred, t).x0
-            x_corr = UniPC._correct(sde, x, k, ts + [t], ds + [d_t])
+            t = as_t(sde.eps) if last else sde.t_from_log_snr(as_t(lam + h))
+            end = Point(t.to(device), float(_lam(sde, t)))
+            k = min(self.order, len(points))
+            x_pred = UniPC._predict(sde, x, points, ds, end, k)
+            d_t = denoiser(x_pred, end.t).x0
+            x_corr = UniPC._correct(sde, x, k, points + [end], ds + [d_t])
             err = float(self._error(x_corr - x_pred, self.atol + self.rtol * torch.maximum(x_corr.abs(), x.abs())))
             if not math.isfinite(err):  # every step would be rejected until max_steps
                 raise FloatingPointError(f"{self.name}: the error estimate at t={float(t):.6g} is not finite: the "
@@ -359,11 +405,11 @@ class AdaptiveUniPC(Sampler):
                 if err_prev is not None:
                     factor *= (err_prev / err) ** (self.pcoeff / (k + 1))
                 factor = min(factor, 1.0 if rejected else self.max_growth)
-                x, lam, err_prev, rejected = x_corr, float(_lam(sde, t)), err, False
-                ts, ds = (ts + [t])[-(self.order + 1):], (ds + [d_t])[-(self.order + 1):]
+                x, lam, err_prev, rejected = x_corr, end.lam, err, False
+                points, ds = (points + [end])[-(self.order + 1):], (ds + [d_t])[-(self.order + 1):]
                 n_accept += 1
                 if on_step is not None:
-                    on_step(n_accept - 1, t, x)
+                    on_step(n_accept - 1, end.t, x)
             else:
                 rejected = True
                 n_reject += 1
