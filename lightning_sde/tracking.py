@@ -172,11 +172,12 @@ def finish_wandb(exit_code: int) -> bool:
         return False
 
 
-def trim_history(run_dir, step: int) -> list[str]:
+def trim_history(run_dir, step: int, redo_evaluation: bool = False) -> list[str]:
     """Before a run resumes from a checkpoint at global step `step`, drop from its CSV histories (every launch's
     csv/version_*/metrics.csv, and samples/sampler_metrics.csv) the rows that the resumed run will log again: those a
     hard kill left after the checkpoint (training rows from `step` on, evaluation rows after it; the evaluation at
-    `step` itself is not repeated). Each file is rewritten atomically; returns the files changed."""
+    `step` itself is not repeated unless `redo_evaluation`: a stopped one, whose validation rows Lightning logs at
+    step - 1). Each file is rewritten atomically; returns the files changed."""
     run_dir = Path(run_dir)
     changed = []
     for path in [*sorted(run_dir.glob("csv/version_*/metrics.csv")), run_dir / "samples" / "sampler_metrics.csv"]:
@@ -185,7 +186,7 @@ def trim_history(run_dir, step: int) -> list[str]:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
             fields, rows = reader.fieldnames or [], list(reader)
-        kept = [row for row in rows if not _logged_again(row, step)]
+        kept = [row for row in rows if not _logged_again(row, step, redo_evaluation)]
         if len(kept) == len(rows):
             continue
         write_csv(path, kept, fields)
@@ -195,14 +196,15 @@ def trim_history(run_dir, step: int) -> list[str]:
     return changed
 
 
-def _logged_again(row: dict, step: int) -> bool:
+def _logged_again(row: dict, step: int, redo_evaluation: bool) -> bool:
     try:
         at = int(float(row.get("step") or ""))
     except ValueError:
         return False
-    training = any(value not in ("", None) and (key.startswith("train/") or key.startswith("lr-"))
-                   for key, value in row.items())
-    return at > step or (training and at >= step)
+    logged = {key for key, value in row.items() if value not in ("", None)}
+    training = any(key.startswith(("train/", "lr-")) for key in logged)
+    evaluation = any(key.startswith("val/") for key in logged)
+    return at > step or (training and at >= step) or (redo_evaluation and evaluation and at >= step - 1)
 
 
 # --- W&B's offline record log, read back ------------------------------------------------------------------------------

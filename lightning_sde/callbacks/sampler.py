@@ -32,6 +32,7 @@ from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, ranks_above, resol
 from lightning_sde.models.guidance import check_guidance
 from lightning_sde.plotting import image_grid, scatter_grid, text_table
 from lightning_sde.samplers import Sampler
+from lightning_sde.tracking import trim_history
 
 log = logging.getLogger(__name__)
 SAMPLE_STATS = ("nfe", "wall_s", "n_samples", "n_distinct", "n_nonfinite")  # logged per sampler beside its metrics
@@ -96,6 +97,7 @@ class SamplerCallback(L.Callback):
         self.metrics = resolve_metrics(self.metrics, self.kind, has_mixture=False, key="callbacks.sampler.metrics")
         self.reference = datamodule.reference(self.n_samples)
         self.out_dir = Path(trainer.default_root_dir) / "samples"
+        self._train_started = False
 
     def check_data(self, datamodule) -> None:
         """What the first evaluation would fail on, checked before training: the reference (n_samples training
@@ -118,6 +120,16 @@ class SamplerCallback(L.Callback):
     def on_train_start(self, trainer, pl_module):
         """A resumed fit first runs the evaluation that its checkpoint's step was due and that left no rows: a step's
         checkpoint is written before that step's validation, and Lightning resumes past the validation."""
+        self._train_started = True
+        self._redo_stopped_evaluation(trainer)
+
+    def on_fit_end(self, trainer, pl_module):
+        """A fit resumed at max_steps never starts training (Lightning skips its loop): the evaluation stopped at
+        the last step is redone here."""
+        if not self._train_started:
+            self._redo_stopped_evaluation(trainer)
+
+    def _redo_stopped_evaluation(self, trainer) -> None:
         interval, step = validation_interval(trainer), trainer.global_step
         if interval is None or step == 0 or trainer.limit_val_batches == 0:
             return
@@ -127,9 +139,14 @@ class SamplerCallback(L.Callback):
         if broadcast_from_zero(trainer.is_global_zero and self._has_rows(step)):
             return
         rank_zero_info(f"the evaluation at step {step} did not finish before the run stopped: running it now")
+        if trainer.is_global_zero:  # the stopped validation's own rows (val/loss) are logged again now
+            trim_history(trainer.default_root_dir, step, redo_evaluation=True)
         self._evals -= 1
+        val_loop = trainer.fit_loop.epoch_loop.val_loop
+        val_loop.restarting = False  # restored as finished, it would skip all but one of its batches
+        val_loop.batch_progress.reset_on_run()
         trainer.validating = True  # as Lightning's training loop runs a validation
-        trainer.fit_loop.epoch_loop.val_loop.run()
+        val_loop.run()
         trainer.training = True
 
     def load_state_dict(self, state_dict) -> None:

@@ -51,13 +51,25 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
+class ValLoss(L.Callback):
+    """val/loss at each validation's end, by step."""
+
+    def __init__(self):
+        self.by_step = {}
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.by_step[trainer.global_step] = float(trainer.callback_metrics["val/loss"])
+
+
 def fit(root, stop: L.Callback | None = None, resume: bool = False, val_every=10, every_n_evals=1, accumulation=1,
-        preemption=None, best_on_loss=False):
+        preemption=None, best_on_loss=False, val_batches=1, csv_log=False, watch: L.Callback | None = None):
     torch.manual_seed(0)
     checkpoints = root / "checkpoints"
     callbacks = [
         *([preemption] if preemption else []),
         *([stop] if stop else []),  # first: it stops the evaluation before the sampler callback writes rows
+        *([watch] if watch else []),
         SamplerCallback({"ddim": DDIM(steps=3)}, n_samples=64, batch_size=64, every_n_evals=every_n_evals),
         EMA(decay=0.9),
         LastCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=10,
@@ -72,7 +84,8 @@ def fit(root, stop: L.Callback | None = None, resume: bool = False, val_every=10
     # val_every steps are val_every x accumulation of Lightning's batches (as lsde-train converts them)
     trainer = L.Trainer(max_steps=20, val_check_interval=val_every * accumulation, check_val_every_n_epoch=None,
                         accumulate_grad_batches=accumulation,
-                        limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                        limit_val_batches=val_batches, num_sanity_val_steps=0, enable_progress_bar=False,
+                        logger=L.pytorch.loggers.CSVLogger(root, name="csv") if csv_log else False,
                         enable_model_summary=False, default_root_dir=root, accelerator="cpu", callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()])
     module = ScoreModule(net=MLP, shape=[2], sde=VP)
@@ -111,6 +124,34 @@ def test_a_resumed_run_has_the_uninterrupted_runs_evaluations(tmp_path, during_e
     assert record(tmp_path / "whole")[1] == ["best-step=10.ckpt", "best-step=20.ckpt"]
     for a, b in zip(resumed.parameters(), whole.parameters(), strict=True):  # training itself is untouched
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_an_evaluation_stopped_at_the_last_step_is_redone_by_the_resumed_run(tmp_path):
+    """Resumed at max_steps, Lightning skips its training loop (no on_train_start): the last evaluation was never
+    redone, and the run ended with no final rows and no final best checkpoint."""
+    fit(tmp_path / "whole")
+    fit(tmp_path / "stopped", StopAt(20, during_evaluation=True))
+    assert evaluated_steps(tmp_path / "stopped") == [10]
+    fit(tmp_path / "stopped", resume=True)
+    assert record(tmp_path / "stopped") == record(tmp_path / "whole")
+
+
+def test_a_redone_evaluation_validates_every_batch_and_logs_its_loss_once(tmp_path):
+    """The checkpoint at 10 restores the validation loop as it finished at 5: the redone validation ran one of its 2
+    batches (a wrong val/loss). And the stopped run had logged its val/loss before the signal ended it: that row
+    stayed beside the redone one in the CSV history."""
+    whole, resumed = ValLoss(), ValLoss()
+    common = dict(val_every=5, val_batches=2, csv_log=True)
+    fit(tmp_path / "whole", watch=whole, **common)
+    fit(tmp_path / "stopped", SignalAt(10), preemption=Preemption("SIGUSR1"), **common)
+    fit(tmp_path / "stopped", resume=True, watch=resumed, **common)
+    assert resumed.by_step == {k: v for k, v in whole.by_step.items() if k >= 10} and len(whole.by_step) == 4
+
+    def val_rows(root):
+        rows = [row for path in sorted(root.glob("csv/version_*/metrics.csv")) for row in csv.DictReader(open(path))]
+        return [(row["step"], row["val/loss"]) for row in rows if row.get("val/loss")]
+
+    assert val_rows(tmp_path / "stopped") == val_rows(tmp_path / "whole") and len(val_rows(tmp_path / "whole")) == 4
 
 
 def test_a_resumed_run_keeps_the_every_n_evals_phase_of_the_schedule(tmp_path):
