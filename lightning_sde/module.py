@@ -276,8 +276,9 @@ class ScoreModule(L.LightningModule):
             checkpoint["data_moments"] = self.denoiser.data_moments.to_state()
         if self.data_config is not None:
             checkpoint["data_config"] = self.data_config
-        if self._fitting():  # a resume keeps it: the data position and the batch seeds count its batches
+        if self._fitting():  # a resume keeps them: the data position, each rank's share and the batch seeds count them
             checkpoint["accumulate_grad_batches"] = self.trainer.accumulate_grad_batches
+            checkpoint["world_size"] = self.trainer.world_size
 
     def on_load_checkpoint(self, checkpoint):
         if "current_model_state" in checkpoint and self._fitting() \

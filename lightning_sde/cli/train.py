@@ -168,6 +168,18 @@ def resume_point(cfg: DictConfig) -> str | None:
     return None if path is None else str(path)
 
 
+def check_resume_world(path: str, world_size: int) -> None:
+    """A resume keeps the number of processes: each one's share of an epoch and the data position (the global step
+    times the batches a step) count them; on another number the run would train on some samples twice and skip
+    others. Checkpoints from before the key: not checked."""
+    theirs = read_checkpoint(path).get("world_size")
+    if theirs is not None and theirs != world_size:
+        raise ValueError(f"config trainer.devices / trainer.num_nodes: the checkpoint {path} was trained on {theirs} "
+                         f"processes, this run has {world_size}; a resume keeps the number (each process's share of "
+                         "the data and the data position count them): resume with the run's own devices x num_nodes "
+                         "(under SLURM: its tasks), or start afresh")
+
+
 def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 1) -> int:
     """The resume checkpoint's global step, once its weights are known to fit the model this config builds and to
     mean the same there (a changed model config, SDE or parameterization fails now, not in fit after the logs were
@@ -382,6 +394,8 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
                          **steps_to_batches)  # Lightning counts validation intervals in batches; the config, in steps
     if sampler_cb is not None:
         warn_if_nothing_is_evaluated(cfg.trainer, trainer.limit_val_batches, resumed_at or 0)
+    if resume is not None:
+        check_resume_world(resume, trainer.world_size)
     if read_data and trainer.local_rank == 0:  # as Lightning prepares data: a missing dataset fails now
         check_data_fits(datamodule, module, sampler_cb, trainer.world_size, accumulation)
     loggers = []  # last: they create files and W&B runs

@@ -126,6 +126,15 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert sorted({int(r["step"]) for r in rows}) == [30, 60]
     for r in rows:  # 101 seeds split 51 + 50 across the ranks: exactly 101 distinct samples, none padded
         assert float(r["n_samples"]) == 101 and float(r["n_distinct"]) == 101
+    # resumed on one process, the data position (step x batches) would land elsewhere in each rank's share: refused
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["world_size"] == 2
+    cmd = [sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run_dir}", "run_name=ddp", "experiment=toy2d",
+           "logger=csv", "trainer.max_steps=90", "trainer.accumulate_grad_batches=2", *QUICK]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in ENV.items() if k != "LSDE_RUN_NAME"})
+    assert proc.returncode != 0 and "config trainer.devices / trainer.num_nodes: the checkpoint" in proc.stderr
+    assert "trained on 2 processes, this run has 1" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(list((run_dir / "csv").glob("version_*"))) == 1  # refused before the loggers
 
 
 def test_a_nan_under_ddp_sets_the_bad_checkpoint_aside_on_rank_0_while_the_other_rank_waits(tmp_path):
