@@ -1,8 +1,10 @@
 from lightning_sde.callbacks.checkpoint_io import LastCheckpoint
 from lightning_sde.callbacks.ema import EMA
+from lightning_sde.callbacks.lr_monitor import LearningRateMonitor
 from lightning_sde.callbacks.preemption import Preemption
 from lightning_sde.callbacks.progress import ProgressLog
 from lightning_sde.callbacks.sampler import SamplerCallback
 from lightning_sde.callbacks.wandb_sync import WandbOfflineSync
 
-__all__ = ["EMA", "LastCheckpoint", "Preemption", "ProgressLog", "SamplerCallback", "WandbOfflineSync"]
+__all__ = ["EMA", "LastCheckpoint", "LearningRateMonitor", "Preemption", "ProgressLog", "SamplerCallback",
+           "WandbOfflineSync"]

@@ -212,3 +212,22 @@ def test_a_sigterm_within_an_accumulated_step_writes_no_checkpoint():
     preemption._at_step_end = False
     preemption.on_exception(OneBatchIntoAStep(), None, SIGTERMException())
     assert preemption.saved_at is None
+
+
+def test_the_learning_rate_is_written_once_per_optimizer_step_under_accumulation(tmp_path):
+    """Lightning's LearningRateMonitor writes at every batch of a logging step: k identical rows a step."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_sde.callbacks import LearningRateMonitor
+
+    trainer = L.Trainer(max_steps=6, accumulate_grad_batches=3, log_every_n_steps=1, limit_val_batches=0,
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                        accelerator="cpu", callbacks=[LearningRateMonitor(logging_interval="step")],
+                        logger=CSVLogger(tmp_path, name="csv", version=0))
+    trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP, optim={"lr": 1e-3, "warmup_steps": 10}),
+                datamodule=Toy2DDataModule(batch_size=32, n_train=512))
+    rows = [r for r in csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")) if r.get("lr-AdamW")]
+    assert [int(r["step"]) for r in rows] == list(range(6))
+    assert [float(r["lr-AdamW"]) for r in rows] == pytest.approx([1e-3 * (k + 1) / 10 for k in range(6)])
