@@ -82,6 +82,37 @@ def flat(prefix: str, value) -> dict:
     return {prefix: value}
 
 
+# The fields of a result row (runner.rows_of) that describe its cell or its measurement (or, `target`, identify it);
+# the rest is the protocol.
+CELL_FIELDS = frozenset({
+    "target", "key", "time", "value", "metric", "ci_low", "ci_high", "ci_level", "sampler", "sampler_name",
+    "sampler_label", "params", "grid", "requested", "nfe", "nfe_per_batch", "wall_s", "samples_per_s",
+    "peak_memory_mb", "n_nonfinite", "setup_nfe", "setup_wall_s", "world_size", "device", "shard", "n_samples",
+    "seed_start", "seed_count", "batch_size", "guidance", "labels", "guidance_batch_factor"})
+
+
+def sweep_config(name: str, rows: list[dict]) -> tuple[dict, list[str]]:
+    """A sweep run's W&B config and tags from its rows (before any is computed: its cells as rows), so that a run
+    logged live and one `report --wandb` made after the shards have the same keys to filter and group on: the
+    protocol the rows share, the target, seeds, metrics, batch size, NFE or tolerance grid and {label: sampler}."""
+    shared = lambda key: rows[0].get(key) if all(r.get(key) == rows[0].get(key) for r in rows) else None  # noqa: E731
+    protocol = {k: v for k, v in rows[0].items() if k not in CELL_FIELDS and shared(k) == v}
+    sampled = [r for r in rows if r["grid"] != "exact"]
+    budgets = lambda grid: sorted({r["requested"] for r in sampled if r["grid"] == grid}) or None  # noqa: E731
+    metrics = sorted({r["metric"] for r in rows})
+    config = {"sweep": name, "target": protocol.get("problem") or protocol.get("checkpoint"), **protocol,
+              "seeds": {"start": shared("seed_start"), "count": shared("seed_count")}, "metrics": metrics,
+              "batch_size": shared("batch_size"), "nfe": budgets("nfe"), "tolerances": budgets("tol"),
+              "samplers": {r["sampler"]: r["sampler_name"] for r in sampled}}
+    from lightning_sde.metrics.image import IMAGE_METRICS
+
+    tags = {f"sampler:{sampler_family(r['sampler_name'])}" for r in sampled}
+    tags.add(f"target:{'images' if set(metrics) & set(IMAGE_METRICS) else 'points'}")
+    if protocol.get("sde"):
+        tags.add(f"sde:{protocol['sde']}")
+    return config, sorted(tags)
+
+
 def cell_id(rows: list[dict]) -> str:
     """A cell's identity in the sidecar: a hash of the smallest of its rows' keys (each names the cell)."""
     return hashlib.sha1(min(r["key"] for r in rows).encode()).hexdigest()[:16]

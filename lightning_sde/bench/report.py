@@ -11,7 +11,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, sampler_family, save_workspace, workspace
+from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, save_workspace, sweep_config, workspace
 from lightning_sde.bench.results import SamplePreviews, for_views, load, protocol, subject
 from lightning_sde.files import write_csv, write_text
 from lightning_sde.metrics.scorer import direction
@@ -163,13 +163,8 @@ def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = N
     results = Path(results)
     sweep = results.parent.name
     if run is None:
-        constant = {k: v for k, v in rows[0].items() if all(r.get(k) == v for r in rows)
-                    and k not in ("key", "time", "value", "metric", "ci_low", "ci_high", "sampler_label")}
-        tags = {f"sampler:{sampler_family(r['sampler_name'])}" for r in rows if r["grid"] != "exact"}
-        if constant.get("sde"):
-            tags.add(f"sde:{constant['sde']}")
-        run = SweepRun(results, project, name or f"bench-{sweep}", sweep, flat("", {"sweep": sweep, **constant}),
-                       sorted(tags))
+        config, tags = sweep_config(sweep, rows)
+        run = SweepRun(results, project, name or f"bench-{sweep}", sweep, flat("", config), tags)
     previews = SamplePreviews(results.parent / "samples")
     by_cell = defaultdict(list)
     for r in rows:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, read_sidecar, sampler_family
+from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, read_sidecar, sweep_config
 from lightning_sde.bench.report import with_interval
 from lightning_sde.bench.results import WANDB_RUN_KEY, Claim, Claimed, ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
@@ -256,16 +256,10 @@ def open_sweep_run(cfg: DictConfig, target, protocol: dict, sweep: Sweep) -> Swe
     are done, since a W&B run has one writer)."""
     if not cfg.wandb.enabled or cfg.shard.count > 1:
         return None
-    samplers = {c.label: c.sampler for c in sweep.cells if c.built is not None}  # label -> sampler name
-    config = {"sweep": cfg.name, "target": protocol.get("problem") or protocol.get("checkpoint"),
-              **{k: v for k, v in protocol.items() if k not in ("shard",)},
-              "seeds": {"start": cfg.seeds.start, "count": cfg.seeds.count}, "metrics": list(sweep.metrics),
-              "feature_extractor": cfg.feature_extractor, "batch_size": cfg.batch_size,
-              "nfe": OmegaConf.to_container(cfg.nfe) if cfg.nfe is not None else None,
-              "tolerances": OmegaConf.to_container(cfg.tolerances) if cfg.tolerances is not None else None,
-              "samplers": samplers}
-    sde = getattr(target.denoiser.sde, "name", None)
-    tags = [f"sde:{sde}", f"target:{target.kind}", *{f"sampler:{sampler_family(name)}" for name in samplers.values()}]
+    cells = [{**protocol, "sampler": c.label, "sampler_name": c.sampler, "grid": c.grid, "requested": c.requested,
+              "seed_start": c.seed_start, "seed_count": c.seed_count, "batch_size": cfg.batch_size, "metric": m}
+             for c in sweep.cells for m in c.metrics]  # the rows to come, as far as the config shows them
+    config, tags = sweep_config(cfg.name, cells)
     try:
         return SweepRun(cfg.results, cfg.wandb.project, f"bench-{cfg.name}", cfg.name, flat("", config), tags)
     except Exception as err:  # noqa: BLE001  (the results file is the record; the view can be made by report)

@@ -23,12 +23,13 @@ def media(run_file: Path) -> list[Path]:
 
 def run_info(run_file: Path) -> dict:
     """What an offline run says of itself: name, group, job type, tags, the config records' top-level keys (one
-    list per record), the defined metrics {name or glob: step metric} and the last summary values."""
+    list per record) and the config's values, the defined metrics {name or glob: step metric} and the last summary
+    values."""
     from wandb.proto import wandb_internal_pb2
 
     from lightning_sde.tracking import _payloads
 
-    info = {"config_records": [], "metrics": {}, "summary": {}}
+    info = {"config_records": [], "config": {}, "metrics": {}, "summary": {}}
     for payload in _payloads(Path(run_file)):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
@@ -40,10 +41,13 @@ def run_info(run_file: Path) -> dict:
             keys = [i.key for i in run.config.update if i.key != "_wandb"]
             if keys:
                 info["config_records"].append(keys)
+            info["config"].update({i.key: json.loads(i.value_json) for i in run.config.update if i.key != "_wandb"})
         elif kind == "config":
             keys = [i.key for i in record.config.update if i.key not in ("_wandb", "")]
             if keys:
                 info["config_records"].append(keys)
+            info["config"].update({i.key: json.loads(i.value_json) for i in record.config.update
+                                   if i.key not in ("_wandb", "")})
         elif kind == "metric":
             info["metrics"][record.metric.name or record.metric.glob_name] = record.metric.step_metric
         elif kind == "summary":

@@ -220,6 +220,21 @@ def test_a_multirun_over_seed_counts_keeps_each_protocols_curves_apart_on_wandb(
 
 
 @pytest.mark.slow
+def test_a_run_report_makes_later_has_the_live_runs_config_and_tags(clean, tmp_path):
+    """A sharded sweep's W&B run is made by `report --wandb`; a runs table filters and groups both kinds on the same
+    keys (it had the rows' constant fields: no seeds.count or samplers.*, and peak_memory_mb, setup_nfe, ...)."""
+    src, _ = clean
+    (tmp_path / src.name).mkdir()  # report names a sweep by its results' folder
+    (tmp_path / src.name / "results.jsonl").write_text((src / "results.jsonl").read_text())
+    report_wandb(tmp_path / src.name / "results.jsonl")
+    live, later = (run_info(sweep_runs(folder)[0]) for folder in (src, tmp_path / src.name))
+    assert later["config"].pop("sweep") == src.name and live["config"].pop("sweep") == "default"  # results= elsewhere
+    assert later["config"] == live["config"] and sorted(later["tags"]) == sorted(live["tags"])
+    assert live["config"]["seeds.count"] == 300 and live["config"]["samplers.ddim"] == "ddim", live["config"]
+    assert "peak_memory_mb" not in live["config"] and "shard" not in live["config"]
+
+
+@pytest.mark.slow
 def test_resume_after_a_crash_recomputes_only_what_is_missing(clean, tmp_path):
     src, _ = clean
     lines = (src / "results.jsonl").read_text().splitlines(keepends=True)
