@@ -196,7 +196,7 @@ def trim_history(run_dir, step: int, redo_evaluation: bool = False) -> list[str]
     return changed
 
 
-def _logged_again(row: dict, step: int, redo_evaluation: bool) -> bool:
+def _logged_again(row: dict, step: int, redo_evaluation: bool = False) -> bool:
     try:
         at = int(float(row.get("step") or ""))
     except ValueError:
