@@ -191,7 +191,11 @@ class ExactScore(nn.Module):
         if y is None:
             return self.mixture.marginal_score(self.sde, x, t)
         out = self.mixture.marginal_score(self.sde, x, t)  # the null label's rows keep the unconditional score
-        for label in y.unique().tolist():
+        labels = y.unique().tolist()
+        if any(label > self.mixture.num_classes for label in labels):
+            raise ValueError(f"labels must lie in 0..{self.mixture.num_classes} ({self.mixture.num_classes}: the null "
+                             f"label); got {[label for label in labels if label > self.mixture.num_classes]}")
+        for label in labels:
             if label < self.mixture.num_classes:
                 if label not in self._by_class:
                     self._by_class[label] = self.mixture.conditional(label)

@@ -17,6 +17,7 @@ from hydra.utils import get_class, get_object
 from omegaconf import DictConfig
 
 from lightning_sde.configuration import EVALUATION_FREE_KEYS, LOADING_KEYS, build, check_same_data, overridden, plain
+from lightning_sde.exact import GaussianMixture
 from lightning_sde.loading import load_denoiser, read_checkpoint
 from lightning_sde.models.pretrained import is_diffusers_spec, locate
 from lightning_sde.samplers.base import floats_as_declared
@@ -28,7 +29,7 @@ class Target:
     id: str  # keys result rows: a different model, step or problem never matches
     kind: str  # "points" | "images"
     denoiser: object = None
-    mixture: object = None  # the exact GaussianMixture, for mixture targets
+    mixture: object = None  # mixture targets: the exact GaussianMixture samples are scored against
     datamodule: object = None  # for checkpoint targets
     protocol: dict = field(default_factory=dict)  # constant fields of every result row
 
@@ -122,7 +123,8 @@ def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
         mixture = build(cfg.problem, "problem")
         sde = sde_from_config(plain(cfg.sde))
         protocol = {"problem": cfg.problem._target_.rsplit(".", 1)[-1], "sde": sde.name}
-        return Target(target_id, "points", mixture.denoiser(sde).to(device), mixture=mixture, protocol=protocol)
+        scored = mixture if cfg.get("guidance") is None else scored_distribution(mixture, cfg.get("labels", "cycle"))
+        return Target(target_id, "points", mixture.denoiser(sde).to(device), mixture=scored, protocol=protocol)
     denoiser = load_denoiser(cfg.checkpoint, map_location=device)
     if is_diffusers_spec(cfg.checkpoint):
         protocol = {"checkpoint": cfg.checkpoint, "model_id": target_id}
@@ -135,6 +137,17 @@ def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
     if datamodule is not None and tuple(datamodule.shape) != tuple(denoiser.shape):
         raise ValueError(f"config data: shape {tuple(datamodule.shape)} != the checkpoint's {denoiser.shape}")
     return Target(target_id, kind, denoiser, datamodule=datamodule, protocol=protocol)
+
+
+def scored_distribution(mixture, labels):
+    """What samples drawn with `labels` are scored against (their reference, noise floor and log-likelihood): p(x | y)
+    for one class; for labels='cycle' (seed i: class i mod C) the classes in equal parts, whatever p(y)."""
+    if labels != "cycle":
+        return mixture.conditional(labels)
+    per_class = mixture.class_weights()
+    weights = mixture.log_weights.exp() / (len(per_class) * per_class[mixture.labels])
+    return GaussianMixture(mixture.means, covs=mixture.covs, weights=weights, labels=mixture.labels,
+                           dtype=mixture.means.dtype)
 
 
 def reference_samples(target: Target, n: int, start: int) -> torch.Tensor:

@@ -91,6 +91,11 @@ def prepare(cfg: DictConfig) -> Sweep:
                              "model.net.num_classes, or a labelled problem); set guidance=null")
         if cfg.get("labels", "cycle") != "cycle" and not (isinstance(cfg.labels, int) and cfg.labels < classes):
             raise ValueError(f"config labels: must be 'cycle' or a class in 0..{classes - 1}; got {cfg.labels!r}")
+        if kind == "mixture":  # scored against the labels' own distribution (targets.scored_distribution)
+            target_id += f"|scored_on_labels={cfg.get('labels', 'cycle')}"
+        elif cfg.get("labels", "cycle") != "cycle":
+            log.warning("labels=%s: the checkpoint's samples of one class are scored against its data's reference of "
+                        "every class", cfg.labels)
     cells = expand(cfg, target_id, metrics, noise_floor=bool(cfg.get("noise_floor")))
     return Sweep(kind, target_id, device, dtype, metrics, cells, shard_cells(cells, cfg.shard.index, cfg.shard.count))
 
@@ -148,7 +153,7 @@ def count_cells(cfg: DictConfig) -> int:
     if cfg.get("data") is None:
         raise ValueError("config data: a checkpoint needs the config of its data, e.g. data=toy2d or data=digits")
     metrics = resolve_metrics(cfg.metrics, data_kind(cfg), has_mixture=False)
-    return len(expand(cfg, f"planned:{checkpoint}", metrics))
+    return len(expand(cfg, f"planned:{checkpoint}", metrics, noise_floor=bool(cfg.get("noise_floor"))))
 
 
 def run_sweep(cfg: DictConfig) -> dict:

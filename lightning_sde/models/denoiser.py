@@ -76,13 +76,16 @@ class Denoiser(nn.Module):
     `shape` is the shape of one sample, used to validate sampler inputs.
     `sigma_data`, if given, scales the network input by c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2) (EDM) so that
     it has about unit variance at every t (essential on VE, where x_T has std sigma_max).
-    `data_moments` (a DataMoments, or None) is the data's mean and covariance, for samplers' gaussian_start.
+    `data_moments` (a DataMoments, or None) is the data's mean and covariance, for samplers' gaussian_start (not
+    for a denoiser that `conditions` what it samples: guidance, inpainting; those start at T).
     `channels_last` feeds an image network NHWC inputs (its weights should be channels_last too: ScoreModule does
     both); `autocast="bf16"` runs the network under bf16 autocast and returns its output in the input's dtype, so that
     samplers keep their arithmetic in fp32/fp64 (training uses Lightning's trainer.precision=bf16-mixed instead).
     `net_batch` (set through `with_net_batch`) splits a call over more rows into network calls of at most that many:
     it bounds the memory of a large batch such as a tuning pilot, and is still one NFE.
     """
+
+    conditions = False  # samples p(x | something) whose moments data_moments are not: no Gaussian start
 
     def __init__(self, net: nn.Module | Callable, sde: SDE, parameterization: str, shape: tuple[int, ...],
                  sigma_data: float | None = None, data_moments: DataMoments | None = None,

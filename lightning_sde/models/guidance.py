@@ -42,6 +42,8 @@ class GuidedDenoiser(Denoiser):
     """The Denoiser of `base`'s conditional network for a batch with fixed labels (one per row, or a single label for
     every row of any batch), at guidance weight w."""
 
+    conditions = True
+
     def __init__(self, base: Denoiser, labels, guidance: float = 0.0):
         if base.num_classes is None:
             raise ValueError("guidance needs a class-conditional model (num_classes set); this one is unconditional")

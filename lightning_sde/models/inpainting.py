@@ -30,6 +30,8 @@ reported as `backward_per_nfe` = 1.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -46,6 +48,8 @@ MIN_VAR = 1e-2
 
 
 class InpaintingDenoiser(Denoiser):
+    conditions = True
+
     def __init__(self, base: Denoiser, known, values, method: str = "replacement", guidance: float = 1.0,
                  covariance: str = "flat"):
         if method not in METHODS:
@@ -67,16 +71,25 @@ class InpaintingDenoiser(Denoiser):
                              f"{tuple(known.shape)}")
         if not known.any() or known.all():
             raise ValueError("known must mark some, but not all, of the entries")
-        if not guidance >= 0:
-            raise ValueError(f"reconstruction guidance weight must be >= 0; got {guidance!r}")
+        if not 0 <= guidance < math.inf:
+            raise ValueError(f"reconstruction guidance weight must be a finite number >= 0; got {guidance!r}")
         self.known = known.expand_as(values)
         if not (self.known == self.known[:1]).all():
             raise ValueError("known must be the same mask for every sample of the batch")
+        if not torch.isfinite(values[self.known]).all():
+            raise ValueError("values must be finite on the known entries")
         self.known_index = self.known[0].flatten().nonzero().flatten()
         self.values = values
         self.method = method
         self.guidance = float(guidance)
         self.covariance = covariance
+
+    def for_rows(self, n: int) -> "InpaintingDenoiser":
+        """The same inpainting for n rows whose values cycle through this batch's (a tuning pilot)."""
+        if n == len(self.values):
+            return self
+        return InpaintingDenoiser(self.base.for_rows(n), self.known[0], self.values[torch.arange(n) % len(self.values)],
+                                  self.method, self.guidance, self.covariance)
 
     def finish(self, x: Tensor) -> Tensor:
         """A sampler's output (at t = eps, where sigma_eps is small but not 0) with the known entries set to the

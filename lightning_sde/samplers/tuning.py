@@ -78,7 +78,7 @@ def select_variant(sampler, knobs: dict):
 def select_variants(sampler, denoiser) -> list[tuple[dict, object]]:
     """[(knobs, the sampler with them)] that grid="select" compares: select_over_at's combinations, or by default the
     start only (T, and gaussian_start's or gaussian_start_kl's when set). Gaussian starts are left out without data
-    moments."""
+    moments, and for a denoiser that conditions its samples (they start at T there)."""
     over = select_over_at(sampler)
     if over is None:
         knob = gaussian_start_knob(sampler)
@@ -86,7 +86,7 @@ def select_variants(sampler, denoiser) -> list[tuple[dict, object]]:
     variants = []
     for knobs in select_combinations(over):
         variant = select_variant(sampler, knobs)
-        if gaussian_start_knob(variant) is None or denoiser.data_moments is not None:
+        if gaussian_start_knob(variant) is None or denoiser.data_moments is not None and not denoiser.conditions:
             variants.append((knobs, variant))
     if not variants:
         raise ValueError(f"{sampler.name}: every select_over candidate starts from a Gaussian start, which needs the "

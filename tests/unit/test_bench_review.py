@@ -320,3 +320,28 @@ def test_a_checkpoint_sweep_whose_data_is_too_small_for_a_floor_says_so_and_give
     assert (f"the noise floor has no value: the training set holds fewer than {available - 31} reference + 32 floor "
             f"samples (seeds.count=32, reference_count={available - 31})") in caplog.text
     assert next(r for r in rows if r["grid"] == "nfe")["value"] is not None
+
+
+def test_a_planned_checkpoints_cell_count_is_the_one_its_sweep_has(tmp_path):
+    """The pipeline sizes the bench array before training has written the checkpoint: its count left the noise floor
+    out ('4 cells' for a sweep of 5)."""
+    from lightning_sde.bench.runner import count_cells, prepare
+
+    ckpt = _digits_checkpoint(tmp_path)
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = lambda path: compose("bench", overrides=[f"results={tmp_path}/r.jsonl", *TINY, "noise_floor=true",  # noqa: E731
+                                                       f"checkpoint={path}", "data=digits", "metrics=[fid]"])
+        planned, made = count_cells(cfg(tmp_path / "later.ckpt")), len(prepare(cfg(ckpt)).cells)
+    assert planned == made == 2  # ddim at one NFE, and the floor
+
+
+@pytest.mark.parametrize("labels, classes", [("1", "[0,0,1,1,2,2,3,3]"), ("cycle", "[0,0,0,0,0,0,0,1]")])
+def test_guided_samples_of_an_exact_problem_are_scored_against_their_labels_distribution(tmp_path, labels, classes):
+    """At w = 0 the samples are exact draws of p(x | y) (class 1; or, cycling, the two classes in equal parts where
+    p(y) is 7/8, 1/8): scored against p(x) they were 4-13x the floor's MMD; against their labels' distribution they
+    sit at the floor, which is drawn from it too."""
+    rows = sweep(tmp_path, f"+problem.labels={classes}", "guidance=[0]", f"labels={labels}", "nfe=[60]",
+                 "seeds.count=400", "batch_size=400", "noise_floor=true")
+    floor, ddim = (next(r for r in rows if r["grid"] == grid) for grid in ("exact", "nfe"))
+    assert ddim["sampler"] == "ddim@w0" and ddim["value"] < 2 * floor["value"] + 0.01, (ddim["value"], floor["value"])
+    assert f"|scored_on_labels={labels}" in ddim["target"]
