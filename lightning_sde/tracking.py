@@ -176,7 +176,7 @@ def trim_history(run_dir, step: int, redo_evaluation: bool = False) -> list[str]
     """Before a run resumes from a checkpoint at global step `step`, drop from its CSV histories (every launch's
     csv/version_*/metrics.csv, and samples/sampler_metrics.csv) the rows that the resumed run will log again: those a
     hard kill left after the checkpoint (training rows from `step` on, evaluation rows after it; the evaluation at
-    `step` itself is not repeated unless `redo_evaluation`: a stopped one, whose validation rows Lightning logs at
+    `step` itself is not repeated unless `redo_evaluation`: a stopped one, whose val/loss Lightning logged at
     step - 1). Each file is rewritten atomically; returns the files changed."""
     run_dir = Path(run_dir)
     changed = []
@@ -203,8 +203,10 @@ def _logged_again(row: dict, step: int, redo_evaluation: bool = False) -> bool:
         return False
     logged = {key for key, value in row.items() if value not in ("", None)}
     training = any(key.startswith(("train/", "lr-")) for key in logged)
-    evaluation = any(key.startswith("val/") for key in logged)
-    return at > step or (training and at >= step) or (redo_evaluation and evaluation and at >= step - 1)
+    # the module's validation values (val/loss), which Lightning logs at the evaluation's step - 1; the sampler rows
+    # (val/<sampler>/<metric>) are logged at their evaluation's own step, so step - 1's are the evaluation before
+    validation = any(key.startswith("val/") and key.count("/") == 1 for key in logged)
+    return at > step or (training and at >= step) or (redo_evaluation and validation and at == step - 1)
 
 
 # --- W&B's offline record log, read back ------------------------------------------------------------------------------

@@ -97,7 +97,6 @@ class SamplerCallback(L.Callback):
         self.metrics = resolve_metrics(self.metrics, self.kind, has_mixture=False, key="callbacks.sampler.metrics")
         self.reference = datamodule.reference(self.n_samples)
         self.out_dir = Path(trainer.default_root_dir) / "samples"
-        self._train_started = False
 
     def check_data(self, datamodule) -> None:
         """What the first evaluation would fail on, checked before training: the reference (n_samples training
@@ -119,24 +118,13 @@ class SamplerCallback(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         """A resumed fit first runs the evaluation that its checkpoint's step was due and that left no rows: a step's
-        checkpoint is written before that step's validation, and Lightning resumes past the validation."""
-        self._train_started = True
-        self._redo_stopped_evaluation(trainer)
-
-    def on_fit_end(self, trainer, pl_module):
-        """A fit resumed at max_steps never starts training (Lightning skips its loop): the evaluation stopped at
-        the last step is redone here."""
-        if not self._train_started:
-            self._redo_stopped_evaluation(trainer)
-
-    def _redo_stopped_evaluation(self, trainer) -> None:
+        checkpoint is written before that step's validation, and Lightning resumes past the validation. (Resumed at
+        max_steps, Lightning starts no training: lsde-train says so at start-up.)"""
         interval, step = validation_interval(trainer), trainer.global_step
         if interval is None or step == 0 or trainer.limit_val_batches == 0:
             return
         self._evals = step // interval  # validations due so far (a checkpoint written before one counts one less)
-        if step % interval or self._evals % self.every_n_evals:
-            return
-        if broadcast_from_zero(trainer.is_global_zero and self._has_rows(step)):
+        if not broadcast_from_zero(trainer.is_global_zero and self.evaluation_missing(step, interval, self.out_dir)):
             return
         rank_zero_info(f"the evaluation at step {step} did not finish before the run stopped: running it now")
         if trainer.is_global_zero:  # the stopped validation's own rows (val/loss) are logged again now
@@ -148,6 +136,17 @@ class SamplerCallback(L.Callback):
         trainer.validating = True  # as Lightning's training loop runs a validation
         val_loop.run()
         trainer.training = True
+
+    def evaluation_missing(self, step: int, interval: int, samples_dir) -> bool:
+        """Whether `step` was due an evaluation (a validation every `interval` steps, every_n_evals-th) that left no
+        rows in samples_dir/sampler_metrics.csv: a signal or a kill stopped it."""
+        if step == 0 or step % interval or (step // interval) % self.every_n_evals:
+            return False
+        path = Path(samples_dir) / "sampler_metrics.csv"
+        if not path.exists():
+            return True
+        with open(path, newline="") as fh:
+            return not any(row.get("step") == str(step) for row in csv.DictReader(fh))
 
     def load_state_dict(self, state_dict) -> None:
         self._evals = int(state_dict.get("evals", 0))
@@ -292,13 +291,6 @@ class SamplerCallback(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
-
-    def _has_rows(self, step: int) -> bool:
-        path = self.out_dir / "sampler_metrics.csv"
-        if not path.exists():
-            return False
-        with open(path, newline="") as fh:
-            return any(row.get("step") == str(step) for row in csv.DictReader(fh))
 
     def _append_rows(self):
         """Append this evaluation's rows to samples/sampler_metrics.csv (the file stays the record across resumes)."""

@@ -394,6 +394,12 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
                          **steps_to_batches)  # Lightning counts validation intervals in batches; the config, in steps
     if sampler_cb is not None:
         warn_if_nothing_is_evaluated(cfg.trainer, trainer.limit_val_batches, resumed_at or 0)
+        if resumed_at is not None and resumed_at == max_steps and is_int(interval) and trainer.limit_val_batches \
+                and cfg.trainer.get("check_val_every_n_epoch") is None \
+                and sampler_cb.evaluation_missing(resumed_at, interval, Path(cfg.run_dir) / "samples"):
+            log.warning(f"the evaluation at step {resumed_at} was stopped before it finished, and this fit has no step "
+                        f"left to train (trainer.max_steps={max_steps}), so it is not redone: raise trainer.max_steps "
+                        "to train on (the resumed fit redoes it first), or score the checkpoint with lsde-bench")
     if resume is not None:
         check_resume_world(resume, trainer.world_size)
     if read_data and trainer.local_rank == 0:  # as Lightning prepares data: a missing dataset fails now

@@ -229,3 +229,22 @@ def test_wandb_osh_is_asked_to_sync_the_offline_run_after_each_evaluation(tmp_pa
     target = Path(command.read_text())
     assert target.parent == (run_dir / "wandb").resolve() and target.name.startswith("offline-run-")
     assert list(target.glob("run-*.wandb")), proc.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_a_resume_at_max_steps_names_an_evaluation_that_was_stopped(tmp_path):
+    """A signal during the last evaluation leaves the checkpoint at max_steps and no rows at that step; resumed there,
+    Lightning trains no step (no hook to redo it in): the start says so, and how to get it, instead of exiting 0 with
+    the final evaluation silently missing."""
+    run_dir = tmp_path / "last"
+    common = ["experiment=toy2d", "logger=csv", "trainer.max_steps=20", "trainer.val_check_interval=20",
+              "callbacks.last.every_n_train_steps=20", "callbacks.sampler.n_samples=50", *QUICK]
+    run_train(run_dir, *common)
+    path = run_dir / "samples" / "sampler_metrics.csv"
+    assert {r["step"] for r in csv_rows(path)} == {"20"}
+    proc = run_train(run_dir, *common)
+    assert "was stopped before it finished" not in proc.stdout + proc.stderr  # it finished: nothing to say
+    path.write_text(path.read_text().splitlines(keepends=True)[0])  # what the stopped evaluation leaves
+    proc = run_train(run_dir, *common)
+    assert "the evaluation at step 20 was stopped before it finished, and this fit has no step left to train " \
+           "(trainer.max_steps=20)" in proc.stdout + proc.stderr
