@@ -49,7 +49,7 @@ def slerp(z0: Tensor, z1: Tensor, n: int) -> Tensor:
     interior, which the prior never produces. One-dimensional latents have no sphere: they interpolate linearly.
     Antipodal latents (angle pi) lie on many great circles, none of them the one: refused."""
     a, b = z0.reshape(-1).double(), z1.reshape(-1).double()
-    if a.numel() > 1 and not (a.norm() > 0 and b.norm() > 0):
+    if a.numel() > 1 and not (a.isfinite().all() and b.isfinite().all() and a.norm() > 0 and b.norm() > 0):
         raise ValueError("slerp: a latent of norm 0 (or not finite) has no direction to interpolate along")
     omega = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
     w = torch.linspace(0, 1, n, dtype=torch.float64, device=z0.device)

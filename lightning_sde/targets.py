@@ -132,6 +132,7 @@ def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
         ckpt = read_checkpoint(cfg.checkpoint)
         protocol = {"checkpoint": str(Path(cfg.checkpoint).resolve()), "global_step": ckpt.get("global_step"),
                     "ema": "current_model_state" in ckpt}
+    protocol["sde"] = denoiser.sde.name
     datamodule = build(cfg.data, "data") if cfg.get("data") is not None else None
     kind = getattr(datamodule, "kind", "points")
     if datamodule is not None and tuple(datamodule.shape) != tuple(denoiser.shape):

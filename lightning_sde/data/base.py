@@ -10,6 +10,7 @@ The interface the training module and the SamplerCallback rely on:
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
@@ -193,8 +194,10 @@ def floor_or_reason(datamodule, n: int, after: int | None = None) -> tuple[Tenso
     """The noise floor's real samples (`floor_set(n, after)`), or None and why there are none."""
     if not hasattr(datamodule, "floor_set"):
         return None, "the datamodule has no floor_set(n)"
+    if after is not None and len(inspect.signature(datamodule.floor_set).parameters) < 2:
+        return None, "the datamodule's floor_set(n) takes no `after` (the reference's size) to start after"
     try:
-        x = datamodule.floor_set(n, after)
+        x = datamodule.floor_set(n) if after is None else datamodule.floor_set(n, after)
     except NotImplementedError:  # a BaseDataModule with its own reference(n) but no real_samples
         return None, "the datamodule does not implement real_samples(start, n, stream)"
     return x, (f"the training set holds fewer than {n if after is None else after} reference + {n} floor samples")

@@ -91,6 +91,14 @@ class InpaintingDenoiser(Denoiser):
         return InpaintingDenoiser(self.base.for_rows(n), self.known[0], self.values[torch.arange(n) % len(self.values)],
                                   self.method, self.guidance, self.covariance)
 
+    def with_net_batch(self, rows: int | None) -> "InpaintingDenoiser":
+        """As Denoiser's, for the base it calls (whose network runs): a pilot's rows a call stay bounded."""
+        chunked = super().with_net_batch(rows)
+        if chunked is not self:
+            chunked._modules = dict(self._modules)  # its own submodules: the chunked base below is the copy's only
+            chunked.base = self.base.with_net_batch(rows)
+        return chunked
+
     def finish(self, x: Tensor) -> Tensor:
         """A sampler's output (at t = eps, where sigma_eps is small but not 0) with the known entries set to the
         values exactly."""

@@ -90,7 +90,8 @@ def select_variants(sampler, denoiser) -> list[tuple[dict, object]]:
             variants.append((knobs, variant))
     if not variants:
         raise ValueError(f"{sampler.name}: every select_over candidate starts from a Gaussian start, which needs the "
-                         "denoiser's data_moments")
+                         "denoiser's data_moments and a denoiser that does not condition its samples (guidance and "
+                         "inpainting start at T); add a candidate without one (null)")
     return variants
 
 

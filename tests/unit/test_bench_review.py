@@ -305,6 +305,21 @@ def test_a_checkpoint_sweep_scores_the_training_samples_after_the_reference_as_i
     assert not (real[:, None] == reference[None]).flatten(2).all(-1).any()  # no floor image among the reference's
     assert floor["value"] == pytest.approx(Scorer(reference, ("fid",))(real)["fid"], rel=1e-9)
     assert floor["value"] < ddim["value"]  # an untrained model's samples are noise
+    from lightning_sde.bench.dashboard import sweep_config
+
+    assert {r["sde"] for r in rows} == {"vp"} and "sde:vp" in sweep_config("x", rows)[1]  # the W&B run's tag
+
+
+def test_a_datamodule_whose_floor_set_takes_only_n_keeps_its_training_floor_and_has_none_in_a_bench():
+    from lightning_sde.data.base import floor_or_reason
+
+    class Own:
+        def floor_set(self, n):
+            return torch.zeros(n, 2)
+
+    assert floor_or_reason(Own(), 5)[0].shape == (5, 2)  # training asks for n only, as before `after`
+    x, why = floor_or_reason(Own(), 5, after=10)
+    assert x is None and why == "the datamodule's floor_set(n) takes no `after` (the reference's size) to start after"
 
 
 def test_a_checkpoint_sweep_whose_data_is_too_small_for_a_floor_says_so_and_gives_it_no_value(tmp_path, caplog):

@@ -179,3 +179,30 @@ def test_reconstruction_stays_finite_with_an_imperfect_network_on_degenerate_dat
         x, _ = sample(build_sampler("dpmpp", steps=20), den, range(16), dtype=F64)
         spread[covariance] = float(x[:, 2].abs().max())
     assert spread["flat"] < 3 and spread["isotropic"] > 10 and spread["gaussian_fit"] > 100, spread
+
+
+
+def test_a_pilot_under_inpainting_keeps_to_pilot_batch_rows_a_network_call():
+    """_pilot sets net_batch on the inpainting denoiser, whose forward calls its base: the base's calls took all 64
+    pilot rows at once (pilot_batch=8 is the memory bound)."""
+    from lightning_sde.exact import ExactScore
+
+    rows = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t):
+            rows.append(len(x))
+            return self.net(x, t)
+
+    mix = correlated_gaussian()
+    moments = mix.denoiser(VPSDE()).data_moments
+    base = Denoiser(Recording(ExactScore(mix, VPSDE())), VPSDE(), "score", (2,), data_moments=moments)
+    den = inpainting(base, torch.tensor([True, False]), torch.tensor([[1.0, 0.0]], dtype=F64).expand(16, 2))
+    sample(build_sampler("ddim", steps=4, grid="select", pilot=64, pilot_batch=8), den, range(16), dtype=F64)
+    assert max(rows) == 16 and 8 in rows and not [r for r in rows if r not in (8, 16)]
+    chunked = den.with_net_batch(8)  # as a pilot as large as the batch gets it (for_rows returns the denoiser)
+    assert chunked.base.net_batch == 8 and den.base.net_batch is None  # the user's denoiser is untouched

@@ -66,7 +66,8 @@ def test_antipodal_latents_are_refused():
 def test_a_latent_of_norm_zero_or_not_finite_is_refused():
     """Its angle is 0 / 0: the path was NaN, with no error."""
     z = torch.ones(4, dtype=torch.float64)
-    for z0, z1 in ((torch.zeros(4), z), (z, torch.zeros(4)), (z, torch.tensor([1.0, float("nan"), 0, 0]))):
+    for z0, z1 in ((torch.zeros(4), z), (z, torch.zeros(4)), (z, torch.tensor([1.0, float("nan"), 0, 0])),
+                   (z, torch.tensor([1.0, float("inf"), 0, 0]))):
         with pytest.raises(ValueError, match=r"^slerp: a latent of norm 0 \(or not finite\) has no direction"):
             slerp(z0.double(), z1.double(), 3)
 
