@@ -104,7 +104,7 @@ def start_time(sampler, denoiser) -> float:
     what it samples (guidance, inpainting): the data's fit is not the conditioned distribution's, and carrying x_T by
     it biased the samples (an inpainted mean 0.77 for the exact 0.90)."""
     knob = gaussian_start_knob(sampler)
-    if knob is None or denoiser.conditions:
+    if knob is None or getattr(denoiser, "conditions", False):
         if knob is not None and (sampler.name, knob) not in _STARTS_AT_T:
             _STARTS_AT_T.add((sampler.name, knob))
             log.info("%s: %s left out: the denoiser conditions its samples (guidance or inpainting); it starts at T",

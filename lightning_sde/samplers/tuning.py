@@ -86,7 +86,8 @@ def select_variants(sampler, denoiser) -> list[tuple[dict, object]]:
     variants = []
     for knobs in select_combinations(over):
         variant = select_variant(sampler, knobs)
-        if gaussian_start_knob(variant) is None or denoiser.data_moments is not None and not denoiser.conditions:
+        conditioned = getattr(denoiser, "conditions", False)
+        if gaussian_start_knob(variant) is None or denoiser.data_moments is not None and not conditioned:
             variants.append((knobs, variant))
     if not variants:
         raise ValueError(f"{sampler.name}: every select_over candidate starts from a Gaussian start, which needs the "
