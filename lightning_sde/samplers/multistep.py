@@ -383,7 +383,7 @@ class AdaptiveUniPC(Sampler):
             if n_accept + n_reject >= self.max_steps:
                 raise RuntimeError(f"{self.name}: no convergence in {self.max_steps} steps "
                                    f"(rtol={self.rtol}, atol={self.atol})")
-            if h < MIN_LOG_SNR_STEP:
+            if h < MIN_LOG_SNR_STEP < lam_end - lam:  # (a last step shortened to what is left is no underflow)
                 raise RuntimeError(f"{self.name}: the step fell below {MIN_LOG_SNR_STEP:g} in log-SNR at log-SNR "
                                    f"{lam:.6g} (rtol={self.rtol}, atol={self.atol}): the error estimate does not fall "
                                    f"with the step (a tolerance below what {x.dtype} samples resolve, or a network "

@@ -281,3 +281,14 @@ def test_adaptive_unipc_names_a_step_that_underflows():
     den = eight_gaussians().denoiser(SDES["vp"])
     with pytest.raises(RuntimeError, match=r"^unipc_adaptive: the step fell below 1e-10 in log-SNR at log-SNR "):
         build_sampler("unipc_adaptive", rtol=1e-30, atol=1e-30)(den, torch.randn(8, 2, dtype=torch.float64))
+
+
+def test_a_span_left_shorter_than_the_underflow_floor_is_one_last_step():
+    from lightning_sde.samplers.grids import Plan
+
+    sde = SDES["vp"]
+    lam_end = float(sde.log_snr(torch.tensor(sde.eps, dtype=torch.float64)))
+    start = float(sde.t_from_log_snr(torch.tensor(lam_end - 5e-11, dtype=torch.float64)))
+    x = torch.randn(4, 2, dtype=torch.float64)
+    _, info = build_sampler("unipc_adaptive").run(eight_gaussians().denoiser(sde), x, Plan(start, None), None, None)
+    assert info == {"n_accept": 1, "n_reject": 0}
