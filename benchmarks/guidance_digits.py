@@ -7,7 +7,7 @@ digits with a 90 % bootstrap interval (the same Scorer as lsde-bench). The w gri
 the first run. One guided NFE is one forward of the doubled batch (docs/conditional.md).
 
     .venv/bin/python -m lightning_sde.cli.train experiment=digits_cond run_dir=benchmarks/runs/digits_cond \\
-        run_name=cond logger=csv samplers=quick callbacks.best.monitor=val/ddim_10/fid          # ~10 min, CPU
+        run_name=cond logger=csv samplers=quick callbacks.best.monitor=val/ddim_10/fid          # 2.7 min, CPU
     .venv/bin/python benchmarks/guidance_digits.py                     # writes results/guidance_digits.*
 """
 

@@ -6,7 +6,7 @@ starts, float64, reference dopri5 at rtol = atol = 1e-10 from the same x_T), fro
 (gaussian_start_kl). Each run's RMSE is divided by the best of T and the ratio starts on that problem: below 1 a KL
 start does better than every start `recommended` has today. An exploration for a proposal: nothing is frozen from it.
 
-    .venv/bin/python benchmarks/kl_start_ode.py            # ~15 min on 2 cores: results/kl_start_ode.{csv,md}
+    .venv/bin/python benchmarks/kl_start_ode.py            # 15-20 min on 2 cores: results/kl_start_ode.{csv,md}
     .venv/bin/python benchmarks/kl_start_ode.py --replot
 """
 

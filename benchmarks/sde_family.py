@@ -11,7 +11,7 @@ and the reverse-diffusion predictor; the one with the most problems indistinguis
 sliced W2 over floor) is frozen in FROZEN and scored on the held-out family with Euler-Maruyama at the same NFE.
 The samplers of one run draw, per problem, from one noise stream (SeededNoise) in the order of their configs: a
 row is reproduced by rerunning its command, and a sampler run alone draws other noise (the recommended sampler's
-misses #5003 and #6018, sliced W2 1.21x and 1.19x the floor, are 1.06-1.13x on two such draws each: near the line).
+misses #5003 and #6018, sliced W2 1.20x and 1.17x the floor, are 1.06-1.13x on two such draws each: near the line).
 
     .venv/bin/python benchmarks/sde_family.py --family tuning     # choose  (results/sde_family_tuning.*)
     .venv/bin/python benchmarks/sde_family.py --family held-out   # score   (results/sde_family_heldout.*)
