@@ -7,7 +7,7 @@ weights (the raw ones sit in `current_model_state`, the final checkpoint include
 EMA weights and a resumed run trains on from the raw ones; during fit the callback swaps the EMA weights in for
 validation, when samplers run.
 The checkpoint also carries the training data's mean and covariance (`denoiser.data_moments`, measured on up to
-MOMENT_SAMPLES training samples when a fit starts), which samplers' gaussian_start uses.
+10,000 training samples when a fit starts: data.base.training_moments), which samplers' gaussian_start uses.
 
 Training never goes on silently wrong: a non-finite loss or gradient norm stops the fit with an error naming the
 step and the last finite loss, and no checkpoint is ever written with non-finite weights. Its randomness is a
@@ -35,14 +35,13 @@ from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sde.configuration import build
-from lightning_sde.data.base import batch_in_step, ends_a_step, split_labels
+from lightning_sde.data.base import batch_in_step, ends_a_step, split_labels, training_moments
 from lightning_sde.errors import NonFiniteError
 from lightning_sde.losses import DSMLoss
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.moments import DataMoments
 from lightning_sde.sde import sde_from_config
 
-MOMENT_SAMPLES = 10_000
 log = logging.getLogger(__name__)
 
 
@@ -259,7 +258,7 @@ class ScoreModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         self.check_labels(datamodule)
         if self.denoiser.data_moments is None and datamodule is not None:
-            self.denoiser.data_moments = DataMoments.of_samples(training_samples(datamodule, MOMENT_SAMPLES))
+            self.denoiser.data_moments = training_moments(datamodule)
 
     def on_save_checkpoint(self, checkpoint):
         if self._fitting():  # a best checkpoint written at a validation's end included
@@ -336,6 +335,3 @@ class ScoreModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def training_samples(datamodule, n: int) -> torch.Tensor:
-    """The datamodule's first min(n, training set size) training samples, via reference(): the same on every rank."""
-    return datamodule.reference(min(n, len(datamodule.train_dataloader().dataset)))

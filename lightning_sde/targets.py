@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +18,14 @@ from hydra.utils import get_class, get_object
 from omegaconf import DictConfig
 
 from lightning_sde.configuration import EVALUATION_FREE_KEYS, LOADING_KEYS, build, check_same_data, overridden, plain
+from lightning_sde.data.base import MOMENT_SAMPLES, training_moments
 from lightning_sde.exact import GaussianMixture
 from lightning_sde.loading import load_denoiser, read_checkpoint
 from lightning_sde.models.pretrained import is_diffusers_spec, locate
 from lightning_sde.samplers.base import floats_as_declared
 from lightning_sde.sde import sde_from_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -138,6 +142,17 @@ def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
     if datamodule is not None and tuple(datamodule.shape) != tuple(denoiser.shape):
         raise ValueError(f"config data: shape {tuple(datamodule.shape)} != the checkpoint's {denoiser.shape}")
     return Target(target_id, kind, denoiser, datamodule=datamodule, protocol=protocol)
+
+
+def with_data_moments(target: Target) -> Target:
+    """A checkpoint target whose model carries no data moments (an imported diffusers model, or a checkpoint without
+    them) gets its data's, measured as training measures them: Gaussian starts need them (the fast set's
+    recommended_sde, select's candidates). The data is part of the target's id."""
+    if target.datamodule is not None and target.denoiser.data_moments is None:
+        target.denoiser.data_moments = training_moments(target.datamodule)
+        log.info("the model has no data moments: Gaussian starts use its data's (up to %d training samples)",
+                 MOMENT_SAMPLES)
+    return target
 
 
 def scored_distribution(mixture, labels):

@@ -35,6 +35,7 @@ from lightning_sde.targets import (
     reference_samples,
     target_classes,
     target_kind,
+    with_data_moments,
 )
 from lightning_sde.tracking import duration, source_revision
 
@@ -211,7 +212,7 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
     rank, world = rank_world()
     live = None
     if todo:
-        target = load_target(cfg, sweep.kind, sweep.target_id, device)
+        target = with_data_moments(load_target(cfg, sweep.kind, sweep.target_id, device))
         for cell in todo:  # a grid this SDE cannot hold fails before any sampling
             if cell.built is not None:
                 checked(f"samplers.{cell.label}", check_grid, cell.built, target.denoiser.sde)

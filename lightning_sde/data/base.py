@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_sde.distributed import rank_world
 from lightning_sde.errors import check_int
+from lightning_sde.models.moments import DataMoments
 
 # Independent random streams drawn from one user seed.
 STREAM_TRAIN, STREAM_VAL, STREAM_SPLIT, STREAM_REFERENCE, STREAM_FLOOR = 0, 1, 2, 3, 4
@@ -306,3 +307,12 @@ class BaseDataModule(L.LightningDataModule):
                 f"{type(self).__name__}: reference({n}) asks for more than the {available} training samples available"
             )
         return n
+
+
+MOMENT_SAMPLES = 10_000  # training samples a model's data_moments are computed from
+
+
+def training_moments(datamodule, n: int = MOMENT_SAMPLES) -> DataMoments:
+    """The mean and covariance of the datamodule's first min(n, training set size) training samples, via reference()
+    (the same on every rank): a model's data_moments, which samplers' Gaussian starts use."""
+    return DataMoments.of_samples(datamodule.reference(min(n, len(datamodule.train_dataloader().dataset))))

@@ -29,11 +29,14 @@ def test_bench_sweeps_samplers_on_an_imported_model(tmp_path, model):
     spec = f"diffusers:{model}"
     proc = app("bench", f"checkpoint={spec}", "data=digits", "nfe=[4,8]", "seeds.count=64", "progress=false",
                "~samplers", "+sampler@samplers.ddim=ddim", "+sampler@samplers.dpmpp=dpmpp",
-               "+sampler@samplers.unipc=unipc", f"results={tmp_path}/r.jsonl", f"output_dir={tmp_path}/h",
-               "wandb.enabled=false")
+               "+sampler@samplers.unipc=unipc", "+sampler@samplers.sde=recommended_sde", f"results={tmp_path}/r.jsonl",
+               f"output_dir={tmp_path}/h", "wandb.enabled=false")
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # the model has no data moments: the Gaussian start of recommended_sde uses the data's
+    assert "Gaussian starts use its data's" in proc.stdout + proc.stderr
     rows = load(tmp_path / "r.jsonl")
-    assert {(r["sampler"], r["nfe"]) for r in rows} == {(s, n) for s in ("ddim", "dpmpp", "unipc") for n in (4, 8)} | {
+    assert {(r["sampler"], r["nfe"]) for r in rows} == {
+        (s, n) for s in ("ddim", "dpmpp", "unipc", "sde") for n in (4, 8)} | {
         ("exact (noise floor)", 0)}  # the digits the reference leaves
     assert all(r["checkpoint"] == spec and r["target"].startswith(f"diffusers:{model}/unet@") for r in rows)
     assert all(r["value"] == r["value"] and r["n_nonfinite"] == 0 for r in rows)

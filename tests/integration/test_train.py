@@ -13,8 +13,8 @@ import torch
 from helpers.wandb_offline import find_run, history, media, run_info
 from lightning_sde import load_denoiser
 from lightning_sde.data import Toy2DDataModule
+from lightning_sde.data.base import MOMENT_SAMPLES
 from lightning_sde.models.moments import DataMoments
-from lightning_sde.module import MOMENT_SAMPLES
 from lightning_sde.samplers import build_sampler, sample
 
 QUICK = ["samplers=quick", "callbacks.best.monitor=val/ddim_10/sliced_w2"]  # one DDIM-10 sampler per evaluation
