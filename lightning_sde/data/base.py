@@ -253,6 +253,11 @@ class BaseDataModule(L.LightningDataModule):
             raise ValueError(f"{type(self).__name__}: {what} exceeds the {per_process} training samples of each of "
                              f"{world} process(es)")
 
+    def training_set_size(self) -> int:
+        """The training samples of one epoch over every process (a toy set's n_train)."""
+        self._ensure_setup()
+        return len(self.train_set)
+
     def check_reference_size(self, n: int) -> None:
         """reference(n) can be drawn (from the training set, unless the data is sampled from a distribution)."""
         self._check_reference(n, self._available())
@@ -315,4 +320,4 @@ MOMENT_SAMPLES = 10_000  # training samples a model's data_moments are computed 
 def training_moments(datamodule, n: int = MOMENT_SAMPLES) -> DataMoments:
     """The mean and covariance of the datamodule's first min(n, training set size) training samples, via reference()
     (the same on every rank): a model's data_moments, which samplers' Gaussian starts use."""
-    return DataMoments.of_samples(datamodule.reference(min(n, len(datamodule.train_dataloader().dataset))))
+    return DataMoments.of_samples(datamodule.reference(min(n, datamodule.training_set_size())))

@@ -27,7 +27,9 @@ def model(tmp_path_factory):
 
 def test_bench_sweeps_samplers_on_an_imported_model(tmp_path, model):
     spec = f"diffusers:{model}"
-    proc = app("bench", f"checkpoint={spec}", "data=digits", "nfe=[4,8]", "seeds.count=64", "progress=false",
+    # a loader batch above the training set's size (no training here) does not stop the data moments' measurement
+    proc = app("bench", f"checkpoint={spec}", "data=digits", "data.batch_size=5000", "nfe=[4,8]", "seeds.count=64",
+               "progress=false",
                "~samplers", "+sampler@samplers.ddim=ddim", "+sampler@samplers.dpmpp=dpmpp",
                "+sampler@samplers.unipc=unipc", "+sampler@samplers.sde=recommended_sde", f"results={tmp_path}/r.jsonl",
                f"output_dir={tmp_path}/h", "wandb.enabled=false")
