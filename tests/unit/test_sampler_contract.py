@@ -189,6 +189,29 @@ def test_a_small_grid_tuning_run_improves_its_pilot_and_reports_what_it_cost(met
     assert (x0 - ref).pow(2).mean().sqrt().item() == pytest.approx(report["pilot_rmse_init"], rel=1e-6)
 
 
+def test_grid_tuning_from_several_starts_keeps_the_best_of_their_runs():
+    """starts=k tunes from each of the k best named grids on the pilot (the loss has several basins) and returns the
+    run with the lowest pilot error after tuning: each start's error is that of a one-start run from that grid, and the
+    times returned are the winner's."""
+    from lightning_sde.samplers.grids import GRIDS
+    from lightning_sde.samplers.tuning import optimize_grid
+
+    den = MIX.denoiser(SDES["vp"])
+    sampler = build_sampler("dpmpp", steps=5, grid="uniform")
+    times, report = optimize_grid(sampler, den, pilot=32, iters=6, starts=3)
+    by_start = report["pilot_rmse_by_start"]
+    named = {g: optimize_grid(sampler, den, pilot=32, iters=0, inits=(g,))[1]["pilot_rmse_init"] for g in GRIDS}
+    assert set(by_start) == set(sorted(named, key=named.get)[:3])
+    single = {g: optimize_grid(sampler, den, pilot=32, iters=6, inits=(g,)) for g in by_start}
+    assert {g: r["pilot_rmse_final"] for g, (_, r) in single.items()} == pytest.approx(by_start, rel=1e-12)
+    assert len(set(by_start.values())) == 3  # the starts end apart, so the choice below is a real one
+    assert report["init"] == min(by_start, key=by_start.get)
+    assert report["pilot_rmse_final"] == min(by_start.values())
+    assert torch.equal(times, single[report["init"]][0])
+    with pytest.raises(ValueError, match="starts must be an integer >= 1"):
+        optimize_grid(sampler, den, pilot=4, iters=1, starts=0)
+
+
 def test_grid_tuning_from_a_gaussian_start_begins_at_its_start_time_with_adam_by_default():
     """With gaussian_start the pilot starts at t* from the Gaussian's sample (not at T): the reported starting error
     is that of the best named grid from t*, recomputed here through the public sampler; Adam is the default."""
