@@ -21,7 +21,7 @@ Needs the `peers` extra (`.venv/bin/pip install -e ".[peers]"`, i.e. diffusers).
     by optimize_grid's Powell search on 16384 pilot seeds (from 1e9; ~0.7 s a pilot run). As tuning on a pilot can
     favour its seeds, the tuned grid and diffusers' UniPC-3 are also scored on 4 x 4096 held-out seeds (from 2e9).
 
-    .venv/bin/python benchmarks/peers.py      # 3 min 5 s; writes benchmarks/results/peers.{csv,md,png}
+    .venv/bin/python benchmarks/peers.py      # 12-15 min on 2 cores; writes benchmarks/results/peers.{csv,md,png}
                                               # (--replot: views only)
 """
 
