@@ -18,7 +18,6 @@ from hydra.utils import get_class, get_object
 from omegaconf import DictConfig
 
 from lightning_sde.configuration import EVALUATION_FREE_KEYS, LOADING_KEYS, build, check_same_data, overridden, plain
-from lightning_sde.data.base import MOMENT_SAMPLES, training_moments
 from lightning_sde.exact import GaussianMixture
 from lightning_sde.loading import load_denoiser, read_checkpoint
 from lightning_sde.models.pretrained import is_diffusers_spec, locate
@@ -149,6 +148,8 @@ def with_data_moments(target: Target) -> Target:
     them) gets its data's, measured as training measures them: Gaussian starts need them (the fast set's
     recommended_sde, select's candidates). The data is part of the target's id."""
     if target.datamodule is not None and target.denoiser.data_moments is None:
+        from lightning_sde.data.base import MOMENT_SAMPLES, training_moments  # Lightning: not for mixture targets
+
         target.denoiser.data_moments = training_moments(target.datamodule)
         log.info("the model has no data moments: Gaussian starts use its data's (up to %d training samples)",
                  MOMENT_SAMPLES)

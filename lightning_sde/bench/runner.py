@@ -27,6 +27,7 @@ from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
 from lightning_sde.generation import Samples, generate
 from lightning_sde.metrics.image import IMAGE_METRICS
 from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve_metrics
+from lightning_sde.samplers.grids import may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.targets import (
     data_kind,
@@ -212,7 +213,9 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
     rank, world = rank_world()
     live = None
     if todo:
-        target = with_data_moments(load_target(cfg, sweep.kind, sweep.target_id, device))
+        target = load_target(cfg, sweep.kind, sweep.target_id, device)
+        if any(cell.built is not None and may_use_data_moments(cell.built) for cell in todo):
+            with_data_moments(target)
         for cell in todo:  # a grid this SDE cannot hold fails before any sampling
             if cell.built is not None:
                 checked(f"samplers.{cell.label}", check_grid, cell.built, target.denoiser.sde)

@@ -320,4 +320,6 @@ MOMENT_SAMPLES = 10_000  # training samples a model's data_moments are computed 
 def training_moments(datamodule, n: int = MOMENT_SAMPLES) -> DataMoments:
     """The mean and covariance of the datamodule's first min(n, training set size) training samples, via reference()
     (the same on every rank): a model's data_moments, which samplers' Gaussian starts use."""
-    return DataMoments.of_samples(datamodule.reference(min(n, datamodule.training_set_size())))
+    size = (datamodule.training_set_size() if hasattr(datamodule, "training_set_size")
+            else len(datamodule.train_dataloader().dataset))  # a datamodule of the reference() interface only
+    return DataMoments.of_samples(datamodule.reference(min(n, size)))

@@ -91,6 +91,16 @@ def data_moments(sampler, denoiser):
     return denoiser.data_moments
 
 
+def may_use_data_moments(sampler) -> bool:
+    """Whether the sampler can start from a Gaussian start (its own, or a candidate's of grid="select"), which needs
+    the denoiser's data_moments."""
+    if gaussian_start_knob(sampler):
+        return True
+    overs = [getattr(sampler, "select_over", None), *(getattr(sampler, "select_over_from_steps", None) or {}).values()]
+    return any(value is not None for over in overs if over for knob in ("gaussian_start", "gaussian_start_kl")
+               for value in over.get(knob, ()))
+
+
 def gaussian_start_knob(sampler) -> str | None:
     """The Gaussian start a sampler sets ("gaussian_start_kl" or "gaussian_start"), None when it starts at T."""
     if sampler.gaussian_start_kl is not None:

@@ -198,3 +198,20 @@ def test_the_gaussian_start_carries_x_T_by_the_exact_flow_of_a_gaussian(sde_name
     x, info = sampler(den, x_T)
     assert info["start_time"] == start
     torch.testing.assert_close(x, flow(sde.eps), rtol=1e-6, atol=1e-6)
+
+
+def test_a_sampler_may_use_data_moments_when_it_or_a_select_candidate_starts_from_a_gaussian():
+    """Which samplers lsde-bench measures an imported model's data moments for: their own Gaussian start, or one
+    among grid=select's candidates (select_over or a per-budget entry); none otherwise."""
+    from lightning_sde.samplers.grids import may_use_data_moments
+
+    assert not may_use_data_moments(build_sampler("ddim", steps=5))
+    assert may_use_data_moments(build_sampler("ddim", steps=5, gaussian_start=0.15))
+    assert may_use_data_moments(build_sampler("sde_dpmpp", steps=5, gaussian_start_kl=0.1))
+    assert may_use_data_moments(build_sampler("unipc", steps=5, grid="select",
+                                              select_over={"gaussian_start": [None, 0.15]}))
+    assert may_use_data_moments(build_sampler("unipc", steps=5, grid="select", select_over={"order": [2, 3]},
+                                              select_over_from_steps={20: {"gaussian_start_kl": [None, 0.1]}}))
+    assert not may_use_data_moments(build_sampler("unipc", steps=5, grid="select", select_over={"order": [2, 3]}))
+    assert not may_use_data_moments(build_sampler("unipc", steps=5, grid="select",
+                                                  select_over={"gaussian_start": [None]}))
