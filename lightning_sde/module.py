@@ -333,5 +333,3 @@ class ScoreModule(L.LightningModule):
         warmup = o["warmup_steps"]  # a plain function: LambdaLR keeps no state of it in checkpoints
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_factor(warmup, step))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
