@@ -143,7 +143,7 @@ def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
     return Target(target_id, kind, denoiser, datamodule=datamodule, protocol=protocol)
 
 
-def with_data_moments(target: Target) -> Target:
+def with_data_moments(target: Target) -> None:
     """A checkpoint target whose model carries no data moments (an imported diffusers model, or a checkpoint without
     them) gets its data's, measured as training measures them: Gaussian starts need them (the fast set's
     recommended_sde, select's candidates). The data is part of the target's id."""
@@ -153,7 +153,6 @@ def with_data_moments(target: Target) -> Target:
         target.denoiser.data_moments = training_moments(target.datamodule)
         log.info("the model has no data moments: Gaussian starts use its data's (up to %d training samples)",
                  MOMENT_SAMPLES)
-    return target
 
 
 def scored_distribution(mixture, labels):
