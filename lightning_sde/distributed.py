@@ -7,6 +7,7 @@ Lightning Fabric in lsde-bench / lsde-likelihood), and is a no-op in a single pr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,6 +19,13 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def launched_first() -> bool:
+    """Whether this process is the first of its job as its launcher numbered it, before any process group exists:
+    torchrun's RANK, srun's SLURM_PROCID and the LOCAL_RANK that Lightning gives the workers it starts are each 0 or
+    unset (a process nobody launched is the first)."""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"))
 
 
 def gather_to_zero(obj) -> list | None:

@@ -6,10 +6,14 @@ writer (callbacks/checkpoint_io.py: fsync, and the previous one kept until the n
 from __future__ import annotations
 
 import csv
+import fcntl
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def file_name(text: str) -> str:
@@ -53,4 +57,53 @@ def write_csv(path, rows: Iterable[dict], fields: list[str] | None = None) -> Pa
     return replace_atomically(path, write)
 
 
-__all__ = ["replace_atomically", "write_csv", "write_text"]
+LOCK_FILE = ".lock"
+
+
+class FolderInUse(ValueError):
+    """Another process holds the folder's lock."""
+
+
+class FolderLock:
+    """This process's exclusive use of a folder (a training run's directory, a likelihood result's) until it ends or
+    calls release(): an flock on `<folder>/.lock`, which the system drops however the process ends (kill -9 too), so
+    a crashed run leaves no stale lock. A second process is refused with FolderInUse, naming the folder; on a file
+    system without locks (some Lustre mounts) there is a warning and no lock."""
+
+    def __init__(self, folder, app: str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise FolderInUse(f"{self.folder}: another {app} is using this folder now (its lock: {LOCK_FILE} "
+                              "there); wait for it to end, or give this run another name") from None
+        except OSError as err:
+            self.release()
+            log.warning("%s: cannot lock it (%s): another process using the same folder would go unnoticed",
+                        self.folder, err)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # drops the lock
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def folder_in_use(folder) -> bool:
+    """Whether another process holds `folder`'s FolderLock now."""
+    try:
+        FolderLock(folder, "process").release()
+    except FolderInUse:
+        return True
+    return False
+
+
+__all__ = ["FolderInUse", "FolderLock", "folder_in_use", "replace_atomically", "write_csv", "write_text"]

@@ -101,13 +101,15 @@ def one_line(err: Exception) -> str:
     return " ".join(text + ([", ".join(items)] if items else []))
 
 
-def run(app: str) -> None:
+def run(app: str, main=None) -> None:
+    """--help, then the command line's checks, then the app's `main` (imported only now, unless given: `python -m
+    lightning_sde.cli.<app>` passes its own, so that route refuses what the console script refuses)."""
     if print_help_if_asked(app):
         return
     error = override_error(app, sys.argv[1:]) or added_key_error(app, sys.argv[1:])
     if error is not None:
         sys.exit(f"lsde-{app}: error: {error}")
-    importlib.import_module(f"lightning_sde.cli.{app}").main()
+    (main or importlib.import_module(f"lightning_sde.cli.{app}").main)()
 
 
 train = functools.partial(run, "train")

@@ -113,4 +113,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from lightning_sde.cli import apps  # not `run`: a name the app may have
+
+    apps.run("bench", main)

@@ -127,4 +127,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from lightning_sde.cli import apps  # not `run`: a name the app may have
+
+    apps.run("figures", main)

@@ -11,11 +11,12 @@ bound on the discrete data's bits/dim; without dequantisation only the continuou
 Under DDP (`ddp.devices`, or srun / torchrun) process r takes samples r, r + world, ...; rank 0 writes
 `out/samples.jsonl` (one row per sample) and `out/summary.json` (out: outputs/likelihood/<name>). Rows are appended to
 `out/partial/` batch by batch: a killed run's rerun goes on from them. A result of other settings already there is
-refused at start-up, not replaced (give each target its own name=).
+refused at start-up, not replaced (give each target its own name=); so is a second run of the name while one runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -33,8 +34,8 @@ from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, LIKELIHOOD_FREE_KEYS, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
-from lightning_sde.distributed import broadcast_from_zero, gather_to_zero, launched, rank_world
-from lightning_sde.files import write_text
+from lightning_sde.distributed import broadcast_from_zero, gather_to_zero, launched, launched_first, rank_world
+from lightning_sde.files import FolderLock, write_text
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
 from lightning_sde.probability_flow import ODEOptions
 from lightning_sde.targets import load_target, target_kind
@@ -126,11 +127,14 @@ def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
 
 
 def run(cfg: DictConfig) -> dict | None:
-    options, kind, target_id = validate(cfg)
-    device, dtype = parse_device(cfg.device), parse_dtype(cfg.dtype)
-    require_device(device)
-    with launched(cfg.ddp.devices, cfg.ddp.num_nodes, device) as fabric:
-        return evaluate(cfg, options, kind, target_id, fabric.device if fabric else device, dtype)
+    """validate, then evaluate; the first process holds `out`'s lock throughout (another run of the same name is
+    refused while this one lives, so the check of `out` and the partial rows are this run's alone)."""
+    with FolderLock(cfg.out, "lsde-likelihood") if launched_first() else contextlib.nullcontext():
+        options, kind, target_id = validate(cfg)
+        device, dtype = parse_device(cfg.device), parse_dtype(cfg.dtype)
+        require_device(device)
+        with launched(cfg.ddp.devices, cfg.ddp.num_nodes, device) as fabric:
+            return evaluate(cfg, options, kind, target_id, fabric.device if fabric else device, dtype)
 
 
 def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict | None:
@@ -236,4 +240,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from lightning_sde.cli import apps  # not `run`: a name the app may have
+
+    apps.run("likelihood", main)

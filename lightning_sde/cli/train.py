@@ -43,7 +43,9 @@ from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, check_same_data, checked, node_changes, plain, shown
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import check_accumulation
+from lightning_sde.distributed import launched_first
 from lightning_sde.errors import NonFiniteError
+from lightning_sde.files import LOCK_FILE, FolderLock, folder_in_use
 from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
@@ -64,6 +66,7 @@ class Run:
     trainer: L.Trainer
     resume: str | None  # the checkpoint fit starts from, None for a fresh start
     resumed_at: int | None = None  # its global step
+    lock: FolderLock | None = None  # the run directory's, held by the first process
 
 
 def name_the_run(cfg: DictConfig) -> None:
@@ -71,7 +74,7 @@ def name_the_run(cfg: DictConfig) -> None:
     <run_name>_<job number> (and so its own run directory, checkpoints and W&B run), stable across requeues."""
     cfg.run_name = str(cfg.run_name)
     job = multirun_job()
-    if job is not None and not os.environ.get("LSDE_RUN_NAME"):
+    if job is not None:
         cfg.run_name = f"{cfg.run_name}_{job[1]}"
 
 
@@ -324,7 +327,9 @@ def check_data_fits(datamodule, module, sampler_cb: SamplerCallback | None, worl
 def build(cfg: DictConfig, read_data: bool = True) -> Run:
     """Datamodule, module, callbacks, trainer, the data (read, fetched if missing and allowed) and loggers, each
     validated in that order (the loggers, which create files and W&B runs, come after everything that can fail on a
-    bad value); nothing is trained yet. read_data=False leaves the data untouched (a config inspected anywhere)."""
+    bad value); nothing is trained yet. Before the loggers, the first process takes the run directory's lock (a
+    second run of the same name is refused while this one lives). read_data=False leaves the data and the lock alone
+    (a config inspected anywhere)."""
     unknown = set(cfg) - TOP_LEVEL_KEYS
     if unknown:
         raise ValueError(f"config: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_LEVEL_KEYS)}")
@@ -404,17 +409,23 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         check_resume_world(resume, trainer.world_size)
     if read_data and trainer.local_rank == 0:  # as Lightning prepares data: a missing dataset fails now
         check_data_fits(datamodule, module, sampler_cb, trainer.world_size, accumulation)
+    lock = FolderLock(cfg.run_dir, "lsde-train run") if read_data and launched_first() else None
     loggers = []  # last: they create files and W&B runs
-    for key, logger_cfg in (cfg.logger or {}).items():
-        logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)
-        if logger_cfg.get("offline") == "auto":
-            logger_cfg["offline"] = not wandb_configured()
-        if logger_cfg.get("_target_", "").endswith("WandbLogger"):
-            for k, v in wandb_identity(cfg, job, callbacks).items():
-                logger_cfg.setdefault(k, v)
-        loggers.append(build_node(logger_cfg, f"logger.{key}"))
+    try:
+        for key, logger_cfg in (cfg.logger or {}).items():
+            logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)
+            if logger_cfg.get("offline") == "auto":
+                logger_cfg["offline"] = not wandb_configured()
+            if logger_cfg.get("_target_", "").endswith("WandbLogger"):
+                for k, v in wandb_identity(cfg, job, callbacks).items():
+                    logger_cfg.setdefault(k, v)
+            loggers.append(build_node(logger_cfg, f"logger.{key}"))
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     trainer.loggers = loggers
-    return Run(datamodule, module, trainer, resume, resumed_at)
+    return Run(datamodule, module, trainer, resume, resumed_at, lock)
 
 
 def warn_if_nothing_is_evaluated(config: DictConfig, limit_val_batches, start: int) -> None:
@@ -454,19 +465,20 @@ def train(cfg: DictConfig):
     run = build(cfg)
     trainer = run.trainer
     resumed_at = run.resumed_at
-    if resumed_at is not None and trainer.is_global_zero:  # one continuous history, whatever the last run logged
-        trim_history(cfg.run_dir, resumed_at)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        if resumed_at is not None and trainer.is_global_zero and isinstance(logger, WandbLogger):
-            backfill_wandb(logger, cfg.run_dir, resumed_at)
-    with run_name_for_workers(cfg.run_name):
-        try:
-            trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.resume, weights_only=True)
-        except NonFiniteError as err:
-            if err.advice is None:
-                raise
-            raise NonFiniteError(f"{err}. {err.advice}", err.step) from None
+    with run.lock or contextlib.nullcontext():
+        if resumed_at is not None and trainer.is_global_zero:  # one continuous history, whatever the last run logged
+            trim_history(cfg.run_dir, resumed_at)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            if resumed_at is not None and trainer.is_global_zero and isinstance(logger, WandbLogger):
+                backfill_wandb(logger, cfg.run_dir, resumed_at)
+        with run_name_for_workers(cfg.run_name):
+            try:
+                trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.resume, weights_only=True)
+            except NonFiniteError as err:
+                if err.advice is None:
+                    raise
+                raise NonFiniteError(f"{err}. {err.advice}", err.step) from None
     preemption = _preemption(trainer)
     if preemption is not None and (preemption.requeue_requested or preemption.interrupted):
         why = "by SIGTERM" if preemption.interrupted else "for the time limit"
@@ -504,7 +516,8 @@ def forget_failed_start(cfg: DictConfig) -> None:
     """After a failure before training: a run directory that Hydra has just made (nothing in it but its own files)
     is removed, so that nothing mistakes it for a run; an existing run's directory keeps the error in its log."""
     run_dir = Path(cfg.run_dir)
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", LOCK_FILE} \
+            and not folder_in_use(run_dir):  # not while the run of the same name that refused this one starts there
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -518,7 +531,7 @@ def run_app(cfg: DictConfig) -> None:
             code = EXIT_SIGTERM
     except SIGTERMException:  # a signal before training started
         log.warning("stopped by SIGTERM; the checkpoint at this step is in %s/checkpoints", cfg.run_dir)
-        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
+        if launched_first():
             report(cfg, None)
         code = EXIT_SIGTERM
     finally:
@@ -541,4 +554,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from lightning_sde.cli import apps  # not `run`: a name the app may have
+
+    apps.run("train", main)

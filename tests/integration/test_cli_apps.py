@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,38 @@ def test_a_misspelt_key_or_option_fails_before_torch_is_imported():
     # a key added with + that the app never reads (Hydra lets it through): refused, not ignored
     assert errors[4].startswith("lsde-bench: error: nfes: lsde-bench's config has no such key"), errors[4]
     assert errors[5].startswith("lsde-figures: error: interpolation.steps: lsde-figures's config has no such key")
+
+
+@pytest.mark.parametrize("app", ["bench", "compare", "likelihood", "figures", "train"])
+def test_python_dash_m_refuses_a_misspelt_key_as_the_console_script_does(app, tmp_path):
+    """The SLURM templates run `python -m lightning_sde.cli.<app>`: that route makes the console script's checks."""
+    proc = _cli(f"lightning_sde.cli.{app}", "+nosuch_key=1", f"paths.root={tmp_path}")
+    assert proc.returncode == 1 and f"lsde-{app}: error: nosuch_key: lsde-{app}'s config has no such key" in \
+        proc.stderr, proc.stderr[-2000:]
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_second_lsde_likelihood_of_the_same_name_is_refused_while_the_first_runs(tmp_path):
+    """Two runs under one name would mix their partial rows and replace each other's result: the second is refused
+    while the first holds the folder, which is free again once the first has ended (here: killed)."""
+    from lightning_sde.files import folder_in_use
+
+    args = ["n=4000", "batch_size=50", "ode.rtol=1e-9", "ode.atol=1e-9", f"paths.root={tmp_path}"]
+    first = subprocess.Popen([sys.executable, "-m", "lightning_sde.cli.likelihood", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=ENV)
+    partial = tmp_path / "likelihood" / "default" / "partial"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(partial.glob("rows-*.jsonl")) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert first.poll() is None, "the first run ended before the second could start"
+        second = _cli("lightning_sde.cli.likelihood", *args)
+        assert second.returncode == 1, second.stderr[-2000:]
+        assert f"{tmp_path}/likelihood/default: another lsde-likelihood is using this folder now" in second.stderr
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    assert not folder_in_use(tmp_path / "likelihood" / "default")
 
 
 @pytest.mark.parametrize("app, argv", [

@@ -244,6 +244,47 @@ def test_logger_none_trains_without_the_lr_monitor(tmp_path):
     assert run.trainer.global_step == 3
 
 
+def test_a_run_holds_its_directory_so_that_a_second_run_of_its_name_is_refused_and_leaves_it_alone(tmp_path,
+                                                                                                   monkeypatch):
+    """build() takes the run directory's lock in the first process (not in a worker its launcher numbered, nor for a
+    config only inspected); a second run of the same name is refused before its loggers exist (a logger that fails
+    gives the lock back), and its failed start removes nothing of the first's."""
+    from lightning_sde.cli.train import forget_failed_start
+    from lightning_sde.files import FolderInUse, folder_in_use
+
+    run_dir = tmp_path / "run"
+    overrides = ["experiment=toy2d", f"run_dir={run_dir}", "run_name=t", "trainer=cpu", "logger=none",
+                 "callbacks.sampler=null", "callbacks.best=null", "data.n_train=1024"]
+    cfg = lambda: composed("train", overrides)  # noqa: E731
+    assert build(cfg(), read_data=False).lock is None and not folder_in_use(run_dir)
+    run = build(cfg())
+    assert folder_in_use(run_dir)
+    with pytest.raises(FolderInUse, match="another lsde-train run is using this folder now"):
+        build(cfg())
+    forget_failed_start(cfg())
+    assert run_dir.is_dir()
+    run.lock.release()
+    assert not folder_in_use(run_dir)
+    with pytest.raises(ValueError, match="config logger.csv"):  # a logger that fails gives the lock back
+        build(composed("train", [*overrides, "logger=csv", "+logger.csv.bogus=1"]))
+    assert not folder_in_use(run_dir)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a worker Lightning started: its first process holds the lock
+    assert build(cfg()).lock is None
+    forget_failed_start(cfg())  # nothing but the lock file there, and no holder: a failed start's folder goes
+    assert not run_dir.exists()
+
+
+def test_each_job_of_a_multirun_trains_under_its_own_name_even_with_a_run_name_in_the_environment(monkeypatch):
+    """slurm/env.sh exports LSDE_RUN_NAME: the jobs of `lsde-train -m` must still not share (and resume) one run."""
+    from lightning_sde.cli import train
+
+    monkeypatch.setenv("LSDE_RUN_NAME", "foo")
+    monkeypatch.setattr(train, "multirun_job", lambda: ("sweep", 1))
+    cfg = composed("train", ["experiment=toy2d"])
+    train.name_the_run(cfg)
+    assert cfg.run_name == "foo_1" and cfg.run_dir.endswith("/train/foo_1")
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_training_and_the_bench_share_one_reference_statistics_cache(experiment, tmp_path, monkeypatch):
     """FID/KID statistics computed during fit are found by lsde-bench and lsde-prepare, wherever the run starts."""

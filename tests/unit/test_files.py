@@ -7,7 +7,15 @@ import sys
 
 import pytest
 
-from lightning_sde.files import replace_atomically, write_csv, write_text
+from lightning_sde.files import (
+    LOCK_FILE,
+    FolderInUse,
+    FolderLock,
+    folder_in_use,
+    replace_atomically,
+    write_csv,
+    write_text,
+)
 
 KILLED_MID_WRITE = """
 import sys, time
@@ -21,6 +29,15 @@ def write(tmp):
         time.sleep(60)
 
 replace_atomically(sys.argv[1], write)
+"""
+
+HOLDS_A_FOLDER = """
+import sys, time
+from lightning_sde.files import FolderLock
+
+lock = FolderLock(sys.argv[1], "test run")
+print("held", flush=True)
+time.sleep(60)
 """
 
 
@@ -56,3 +73,20 @@ def test_csv_rows_take_the_first_rows_keys_unless_given_fields(tmp_path):
         assert list(csv.reader(fh)) == [["sampler", "nfe"], ["ddim", "10"], ["dpm", "20"]]
     with open(write_csv(tmp_path / "b.csv", (r for r in rows), ["nfe", "sampler"])) as fh:
         assert list(csv.reader(fh)) == [["nfe", "sampler"], ["10", "ddim"], ["20", "dpm"]]
+
+
+def test_a_folder_lock_refuses_a_second_holder_until_the_first_ends_however_it_ends(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", HOLDS_A_FOLDER, str(tmp_path / "run")], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "held\n"
+        with pytest.raises(FolderInUse, match=f"{tmp_path / 'run'}: another lsde-train is using this folder now"):
+            FolderLock(tmp_path / "run", "lsde-train")
+        assert folder_in_use(tmp_path / "run")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert not folder_in_use(tmp_path / "run")  # the system dropped a killed holder's lock
+    with FolderLock(tmp_path / "run", "lsde-train"):
+        assert folder_in_use(tmp_path / "run")  # a holder in this process counts too
+    assert not folder_in_use(tmp_path / "run") and (tmp_path / "run" / LOCK_FILE).is_file()
