@@ -21,11 +21,15 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+# Where launchers number a job's processes: torchrun, srun, Lightning's workers and nodes, MPI, LSF's jsrun.
+LAUNCHER_RANKS = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK",
+                  "JSM_NAMESPACE_RANK")
+
+
 def launched_first() -> bool:
     """Whether this process is the first of its job as its launcher numbered it, before any process group exists:
-    torchrun's RANK, srun's SLURM_PROCID and the LOCAL_RANK that Lightning gives the workers it starts are each 0 or
-    unset (a process nobody launched is the first)."""
-    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"))
+    every LAUNCHER_RANKS variable set is 0 (a process nobody launched is the first)."""
+    return all(os.environ.get(key, "0") == "0" for key in LAUNCHER_RANKS)
 
 
 def gather_to_zero(obj) -> list | None:

@@ -86,9 +86,11 @@ class FolderLock:
                         self.folder, err)
 
     def release(self) -> None:
-        if self._fd is not None:
+        if getattr(self, "_fd", None) is not None:  # (an __init__ that failed to open the file set none)
             os.close(self._fd)  # drops the lock
             self._fd = None
+
+    __del__ = release  # a lock nobody refers to any more is given back
 
     def __enter__(self) -> FolderLock:
         return self

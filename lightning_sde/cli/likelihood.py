@@ -127,12 +127,13 @@ def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
 
 
 def run(cfg: DictConfig) -> dict | None:
-    """validate, then evaluate; the first process holds `out`'s lock throughout (another run of the same name is
-    refused while this one lives, so the check of `out` and the partial rows are this run's alone)."""
+    """validate, then evaluate; from the check of `out` on, the first process holds `out`'s lock (another run of the
+    same name is refused while this one lives, so what is in `out` is this run's alone)."""
+    options, kind, target_id = validate(cfg)  # a bad value fails before `out` exists
+    device, dtype = parse_device(cfg.device), parse_dtype(cfg.dtype)
+    require_device(device)
     with FolderLock(cfg.out, "lsde-likelihood") if launched_first() else contextlib.nullcontext():
-        options, kind, target_id = validate(cfg)
-        device, dtype = parse_device(cfg.device), parse_dtype(cfg.dtype)
-        require_device(device)
+        check_out(cfg, target_id)  # again under the lock: validate's ran before it
         with launched(cfg.ddp.devices, cfg.ddp.num_nodes, device) as fabric:
             return evaluate(cfg, options, kind, target_id, fabric.device if fabric else device, dtype)
 

@@ -249,6 +249,8 @@ def test_a_run_holds_its_directory_so_that_a_second_run_of_its_name_is_refused_a
     """build() takes the run directory's lock in the first process (not in a worker its launcher numbered, nor for a
     config only inspected); a second run of the same name is refused before its loggers exist (a logger that fails
     gives the lock back), and its failed start removes nothing of the first's."""
+    import gc
+
     from lightning_sde.cli.train import forget_failed_start
     from lightning_sde.files import FolderInUse, folder_in_use
 
@@ -268,8 +270,13 @@ def test_a_run_holds_its_directory_so_that_a_second_run_of_its_name_is_refused_a
     with pytest.raises(ValueError, match="config logger.csv"):  # a logger that fails gives the lock back
         build(composed("train", [*overrides, "logger=csv", "+logger.csv.bogus=1"]))
     assert not folder_in_use(run_dir)
-    monkeypatch.setenv("LOCAL_RANK", "1")  # a worker Lightning started: its first process holds the lock
-    assert build(cfg()).lock is None
+    for launcher_rank in ("LOCAL_RANK", "NODE_RANK"):  # a worker Lightning started, a node after the first
+        monkeypatch.setenv(launcher_rank, "1")
+        assert build(cfg()).lock is None
+        monkeypatch.delenv(launcher_rank)
+    assert build(cfg()).lock is not None
+    gc.collect()  # a Run dropped (and collected) gives its lock back
+    assert not folder_in_use(run_dir)
     forget_failed_start(cfg())  # nothing but the lock file there, and no holder: a failed start's folder goes
     assert not run_dir.exists()
 

@@ -17,11 +17,16 @@ from lightning_sde.configuration import CONFIG_PACKAGE
     ("ddp.devices=0", "config ddp.devices: must be an integer >= 1; got 0"),  # Fabric's message, without the key
     ("ddp.num_nodes=0", "config ddp.num_nodes: must be an integer >= 1; got 0"),
 ])
-def test_a_bad_value_is_refused_at_start_up_naming_its_key(override, message):
+def test_a_bad_value_is_refused_at_start_up_naming_its_key(override, message, tmp_path):
+    from lightning_sde.cli.likelihood import run
+
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-        cfg = compose("likelihood", overrides=[override])
+        cfg = compose("likelihood", overrides=[override, f"out={tmp_path}/out"])
     with pytest.raises(ValueError, match=message):
         validate(cfg)
+    with pytest.raises(ValueError, match=message):
+        run(cfg)
+    assert not (tmp_path / "out").exists()  # nor its lock: a multirun's failed job leaves no empty folder
 
 
 def test_a_result_of_other_settings_in_the_output_folder_is_not_replaced(tmp_path):
