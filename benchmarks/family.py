@@ -51,7 +51,7 @@ UniPC-3 on its Karras sigmas, had shown that run to be ours with the final corre
 seeds 14000..14031.
 **A fifteenth held-out family, written down before the study of grid="optimized"'s restarts (2026-12-04,
 benchmarks/grid_starts.py decides on the tuning family first)**: seeds 15000..15031. The study changed no default, so
-it was not scored: unused.
+it was not scored: unused; nor did the holdout study of grid="optimized" (grid_holdout.py, 2026-12-05).
 **A second tuning set, written down before its first run (2026-12-03)**: the first 16 seeds from 20000 on whose
 draw is high-dimensional and overlapping (`stratum`: dimension 64 or more, separation below 2), the kind of problem
 where the fourteen held-out families' "never above 1.0x" misses fell (#10012, #11018, #13029) and which the 24 tuning

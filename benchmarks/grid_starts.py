@@ -106,16 +106,23 @@ def summarize(path: Path, family: str) -> None:
     print("\n".join(lines))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def study_command_line(doc: str, stem: str, add_arguments=lambda parser: None):
+    """(arguments, results CSV, seeds) of a grid=optimized study on the problems of --family up to --max-dim
+    dimensions (this one, grid_holdout.py); `add_arguments(parser)` adds a study's own."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=("tuning", "held-out-15"), default="tuning")
+    add_arguments(parser)
     parser.add_argument("--max-dim", type=int, default=16, help="problems of at most this dimension")
     parser.add_argument("--replot", action="store_true", help="the tables only")
     args = parser.parse_args()
     torch.set_num_threads(2)
     suffix = "" if args.family == "tuning" else f"_{file_tag(args.family)}"
-    path = OUT / f"grid_starts{suffix}.csv"
     seeds = [s for s in FAMILIES[args.family] if draw(s)[1]["dim"] <= args.max_dim]
+    return args, OUT / f"{stem}{suffix}.csv", seeds
+
+
+def main() -> None:
+    args, path, seeds = study_command_line(__doc__, "grid_starts")
     if not args.replot:
         run_family(seeds, path, FIELDS, run_problem)
     summarize(path, args.family)

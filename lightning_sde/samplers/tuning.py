@@ -10,7 +10,8 @@ scipy's derivative-free Powell search, for losses whose gradient is mostly noise
 another mixture component dominate them). Both start from the best named grid on the pilot and keep the best iterate.
 The cost is paid once per (model, sampler, NFE): about pilot x (reference NFE + iters x NFE a run) evaluations,
 reported as `pilot_nfe` and never counted in the sampler's own NFE (schedule.py reports it as the sampler's
-`setup_nfe`). Over-fitting is checked on held-out seeds in the benchmarks.
+`setup_nfe`). Over-fitting is checked on held-out seeds in the benchmarks (choosing the iterate on held-back pilot
+rows, `holdout`, did not carry better to them: benchmarks/grid_holdout.py).
 """
 
 from __future__ import annotations
@@ -142,17 +143,27 @@ def select_schedule(sampler, denoiser, pilot: int | None = None, reference_tol: 
 
 
 def optimize_grid(sampler, denoiser, pilot: int | None = None, iters: int = 200, lr: float = 0.05, inits=GRIDS,
-                  reference_tol: float = 1e-6, method: str = "adam", starts: int = 1) -> tuple[torch.Tensor, dict]:
+                  reference_tol: float = 1e-6, method: str = "adam", starts: int = 1,
+                  holdout: float = 0.0) -> tuple[torch.Tensor, dict]:
     """(times (steps + 1,) from the sampler's start time to eps, report) for this fixed-step sampler and denoiser.
     `iters`: Adam steps, or Powell's budget of pilot runs, from each of the `starts` best named grids `inits` on the
     pilot (the loss has several basins: two starts 0.2 % apart on the pilot can end 3.5x apart); returns the best
     iterate of all, so it never does worse there than the best named grid. More starts lower the pilot's error, not
-    the error on other seeds (benchmarks/grid_starts.py), hence one by default."""
+    the error on other seeds (benchmarks/grid_starts.py), hence one by default.
+    `holdout` in [0, 1): the fraction of pilot rows (its last ones) kept out of the loss: the start, the iterate and
+    the run among starts are chosen by their error on those rows, and the report's pilot RMSEs are theirs (0: every
+    row tunes and chooses)."""
     if method not in ("adam", "powell"):
         raise ValueError(f"optimize_grid: method must be 'adam' or 'powell'; got {method!r}")
     check_int("optimize_grid", "starts", starts, minimum=1)
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
+        raise ValueError(f"optimize_grid: holdout must be a fraction in [0, 1); got {holdout!r}")
     sde = denoiser.sde
     denoiser, noise, x_T, ref, nfe0 = _pilot(sampler, denoiser, pilot, reference_tol)
+    held = round(holdout * len(ref))
+    if holdout and not 0 < held < len(ref):
+        raise ValueError(f"optimize_grid: holdout {holdout} of {len(ref)} pilot rows leaves no row to tune or to "
+                         "choose with")
     t_start = start_time(sampler, denoiser)
     with torch.no_grad():
         x_start = carry(sampler, denoiser, x_T, t_start)
@@ -164,33 +175,41 @@ def optimize_grid(sampler, denoiser, pilot: int | None = None, iters: int = 200,
                                      torch.cumsum(torch.softmax(logits, 0), 0)]) * (lam_eps - lam_start)
         return torch.cat([as64(t_start).view(1), sde.t_from_log_snr(lam[1:-1]), as64(sde.eps).view(1)])
 
-    def error(times):
+    def errors(times):
+        """(mean squared endpoint error of the tuning rows, of the rows that choose)."""
         x, _ = sampler.run(denoiser, x_start, Plan(t_start, times), noise, None)
-        return (x - ref).pow(2).mean()
+        if not held:
+            every = (x - ref).pow(2).mean()
+            return every, every
+        per_row = (x - ref).pow(2).flatten(1).mean(1)
+        return per_row[:-held].mean(), per_row[-held:].mean()
 
     with torch.no_grad():
         named = {g: time_grid(sde, sampler.intervals, g, sampler.rho, start=t_start) for g in inits
                  if fits(sde, sampler.intervals, g, t_start)}
-        scores = {g: float(error(t)) for g, t in named.items()}
+        scores = {g: float(errors(t)[1]) for g, t in named.items()}
     finals = {}
     for init in sorted(scores, key=scores.get)[:starts]:
         start = sde.log_snr(named[init])
         logits = torch.log(start[1:] - start[:-1])
         if method == "adam":
-            tuned = _adam(lambda z: error(times_of(z)), logits, scores[init], iters, lr)
+            tuned = _adam(lambda z: errors(times_of(z)), logits, scores[init], iters, lr)
         else:
             from scipy.optimize import minimize
 
             with torch.no_grad():
-                found = minimize(lambda z: float(error(times_of(torch.from_numpy(z)))), logits.numpy(),
+                found = minimize(lambda z: float(errors(times_of(torch.from_numpy(z)))[0]), logits.numpy(),
                                  method="Powell", options={"maxfev": iters, "xtol": 1e-3, "ftol": 1e-4})
-            tuned = torch.from_numpy(found.x) if found.fun < scores[init] else logits
+                tuned = torch.from_numpy(found.x)
+                if (float(errors(times_of(tuned))[1]) if held else found.fun) >= scores[init]:
+                    tuned = logits
         with torch.no_grad():
             times = times_of(tuned)
-            finals[init] = (float(error(times)), times)
+            finals[init] = (float(errors(times)[1]), times)
     init = min(finals, key=lambda g: finals[g][0])
     final, times = finals[init]
-    report = {"pilot": len(ref), "iters": iters, "method": method, "pilot_nfe": denoiser.nfe - nfe0, "init": init,
+    report = {"pilot": len(ref), "holdout_rows": held, "iters": iters, "method": method,
+              "pilot_nfe": denoiser.nfe - nfe0, "init": init,
               "pilot_rmse_init": scores[init] ** 0.5, "pilot_rmse_final": final**0.5,
               "pilot_rmse_by_start": {g: v**0.5 for g, (v, _) in finals.items()}}
     log.info("optimized %s grid, %d steps: pilot RMSE %.3g -> %.3g (%d pilot NFE)",  # pragma: no mutate
@@ -199,17 +218,18 @@ def optimize_grid(sampler, denoiser, pilot: int | None = None, iters: int = 200,
     return times, report
 
 
-def _adam(loss_of, logits, best, iters, lr):
-    """The logits of the best iterate of Adam on loss_of(logits), from `logits` whose loss is `best`."""
+def _adam(losses_of, logits, best, iters, lr):
+    """The logits of the best iterate of Adam on the first of losses_of(logits) (the loss it descends, the loss that
+    chooses), from `logits` whose choosing loss is `best`: the iterate whose choosing loss is lowest."""
     logits = logits.clone().requires_grad_(True)
     best_logits = logits.detach().clone()
     opt = torch.optim.Adam([logits], lr=lr)
     with torch.enable_grad():
         for _ in range(iters):
             opt.zero_grad()
-            loss = loss_of(logits)
-            if float(loss.detach()) < best:  # the loss of the current iterate, before this step moves it
-                best, best_logits = float(loss.detach()), logits.detach().clone()
+            loss, choosing = losses_of(logits)
+            if float(choosing.detach()) < best:  # the current iterate's, before this step moves it
+                best, best_logits = float(choosing.detach()), logits.detach().clone()
             loss.backward()
             opt.step()
     return best_logits

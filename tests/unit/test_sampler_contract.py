@@ -212,6 +212,43 @@ def test_grid_tuning_from_several_starts_keeps_the_best_of_their_runs():
         optimize_grid(sampler, den, pilot=4, iters=1, starts=0)
 
 
+def test_grid_tuning_with_a_holdout_tunes_on_some_pilot_rows_and_chooses_on_the_others():
+    """holdout=h: Adam descends the error of the pilot's first rows and keeps the iterate (and the start) whose error
+    on its last h of the rows is lowest: the reported errors are those rows', recomputed here through the public
+    sampler, and they never rise as Adam runs longer (here the rows it descends on improve for 3 steps, the others
+    for one)."""
+    from lightning_sde.samplers.grids import GRIDS
+    from lightning_sde.samplers.tuning import PILOT_SEED, optimize_grid
+
+    sde = SDES["vp"]
+    den = MIX.denoiser(sde)
+    sampler = build_sampler("unipc", order=3, steps=5, grid="uniform")
+    seeds = range(PILOT_SEED, PILOT_SEED + 32)
+    ref, _ = sample(build_sampler("ode", rtol=1e-6, atol=1e-6, first_step=0.01), den, seeds, dtype=torch.float64)
+
+    def rmse(times, rows):
+        x, _ = sample(build_sampler("unipc", order=3, steps=5, times=times.tolist()), den, seeds, dtype=torch.float64)
+        return (x - ref)[rows].pow(2).mean().sqrt().item()
+
+    held = slice(24, 32)
+    named = {g: rmse(time_grid(sde, 5, g), held) for g in GRIDS}
+    runs = [optimize_grid(sampler, den, pilot=32, iters=k, holdout=0.25) for k in range(1, 5)]
+    times, report = runs[-1]
+    assert report["holdout_rows"] == 8 and report["init"] == min(named, key=named.get)
+    assert report["pilot_rmse_init"] == pytest.approx(named[report["init"]], rel=1e-6)
+    assert report["pilot_rmse_final"] == pytest.approx(rmse(times, held), rel=1e-6)
+    finals = [r["pilot_rmse_final"] for _, r in runs]
+    assert all(b <= a for a, b in zip(finals, finals[1:])) and finals[-1] < report["pilot_rmse_init"]
+    times, report = optimize_grid(sampler, den, pilot=32, iters=30, method="powell", holdout=0.25)
+    assert report["pilot_rmse_final"] == pytest.approx(rmse(times, held), rel=1e-6)
+    assert report["pilot_rmse_final"] <= named[report["init"]]
+    for bad in (True, -0.1, 1.0, "0.5"):
+        with pytest.raises(ValueError, match="holdout must be a fraction in"):
+            optimize_grid(sampler, den, pilot=4, iters=1, holdout=bad)
+    with pytest.raises(ValueError, match="leaves no row to tune or to choose with"):
+        optimize_grid(sampler, den, pilot=4, iters=1, holdout=0.05)
+
+
 def test_grid_tuning_from_a_gaussian_start_begins_at_its_start_time_with_adam_by_default():
     """With gaussian_start the pilot starts at t* from the Gaussian's sample (not at T): the reported starting error
     is that of the best named grid from t*, recomputed here through the public sampler; Adam is the default."""
