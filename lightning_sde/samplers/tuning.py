@@ -158,12 +158,13 @@ def optimize_grid(sampler, denoiser, pilot: int | None = None, iters: int = 200,
     check_int("optimize_grid", "starts", starts, minimum=1)
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
         raise ValueError(f"optimize_grid: holdout must be a fraction in [0, 1); got {holdout!r}")
+    rows = sampler.pilot if pilot is None else pilot
+    held = round(holdout * rows)
+    if holdout and not 0 < held < rows:  # before the pilot's reference solve
+        raise ValueError(f"optimize_grid: holdout {holdout} of {rows} pilot rows leaves no row to tune or to "
+                         "choose with")
     sde = denoiser.sde
     denoiser, noise, x_T, ref, nfe0 = _pilot(sampler, denoiser, pilot, reference_tol)
-    held = round(holdout * len(ref))
-    if holdout and not 0 < held < len(ref):
-        raise ValueError(f"optimize_grid: holdout {holdout} of {len(ref)} pilot rows leaves no row to tune or to "
-                         "choose with")
     t_start = start_time(sampler, denoiser)
     with torch.no_grad():
         x_start = carry(sampler, denoiser, x_T, t_start)

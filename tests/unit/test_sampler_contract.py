@@ -245,8 +245,10 @@ def test_grid_tuning_with_a_holdout_tunes_on_some_pilot_rows_and_chooses_on_the_
     for bad in (True, -0.1, 1.0, "0.5"):
         with pytest.raises(ValueError, match="holdout must be a fraction in"):
             optimize_grid(sampler, den, pilot=4, iters=1, holdout=bad)
+    nfe = den.nfe
     with pytest.raises(ValueError, match="leaves no row to tune or to choose with"):
         optimize_grid(sampler, den, pilot=4, iters=1, holdout=0.05)
+    assert den.nfe == nfe  # refused before the pilot's reference solve
 
 
 def test_grid_tuning_from_a_gaussian_start_begins_at_its_start_time_with_adam_by_default():
