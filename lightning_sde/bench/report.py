@@ -56,9 +56,12 @@ def fmt(v) -> str:
 
 
 def with_interval(r: dict) -> str:
-    """`value [low, high]` when the row carries a bootstrap interval, else the value; the three to the same decimals,
-    two significant digits of the interval's width (digits below its noise say nothing)."""
+    """`value [low, high]` when the row carries a bootstrap interval, else the value ("diverged" for a sampler whose
+    samples were not all finite); the three to the same decimals, two significant digits of the interval's width
+    (digits below its noise say nothing)."""
     value, low, high = r.get("value"), r.get("ci_low"), r.get("ci_high")
+    if value is None and r.get("n_nonfinite"):  # a diverged sampler: said, not left blank like a cell not run
+        return f"diverged ({r['n_nonfinite']} of {r.get('n_samples', '?')} not finite)"
     if low is None or high is None or value is None:
         return fmt(value)
     width = high - low

@@ -71,9 +71,10 @@ def sampler_styles(labels) -> dict[str, dict]:
 
 
 def plain_log_axis(axis) -> None:
-    """Ticks of a log axis as plain numbers (10, 100, 1000; 20 and 50 in between on narrow ranges), no 10^k."""
+    """Ticks of a log axis as plain numbers (10, 100, 1000; 20 and 50 in between on ranges of up to two decades, where
+    decades alone leave one or two labels), no 10^k."""
     lo, hi = sorted(axis.get_view_interval())
-    narrow = lo > 0 and hi / lo < 30
+    narrow = lo > 0 and hi / lo <= 100
     axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, SymmetricalLogLocator  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from lightning_sde.plotting.style import (  # noqa: E402
     choose_yscale,
@@ -33,7 +34,8 @@ from lightning_sde.plotting.style import (  # noqa: E402
 
 FLOOR_COLOR = "0.35"
 DODGE, DODGE_SPAN = 1.1, 1.35  # samplers at one NFE drawn 10 % apart along the axis, all within 35 %
-DODGED = "; samplers drawn side by side at each NFE (up to 35 % apart on the axis)"
+DIVERGED_COLOR = "crimson"
+DODGED = "; samplers that share an NFE drawn side by side (up to 35 % apart on the axis)"
 FLOOR_LABEL = "noise floor (a second exact sample set)"
 
 
@@ -55,11 +57,20 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
             continue
         (floors if _is_floor(r) else by_sampler[r["sampler"]]).append(r)
     order = sorted(by_sampler)
-    step = min(DODGE, DODGE_SPAN ** (1 / max(len(order) - 1, 1)))
-    for k, sampler in enumerate(order):
+    sharing = defaultdict(list)  # NFE -> the samplers with a point there, drawn side by side: none hidden
+    for sampler in order:
+        for r in by_sampler[sampler]:
+            sharing[r["nfe"]].append(sampler)
+
+    def dodged(r, sampler) -> float:
+        """The point's x: its NFE, moved aside only where other samplers have a point at the same NFE."""
+        there = sharing[r["nfe"]]
+        step = min(DODGE, DODGE_SPAN ** (1 / max(len(there) - 1, 1)))
+        return r["nfe"] * step ** (there.index(sampler) - (len(there) - 1) / 2)
+
+    for sampler in order:
         pts = sorted(by_sampler[sampler], key=lambda r: r["nfe"])
-        spread = step ** (k - (len(order) - 1) / 2)  # samplers at one NFE side by side, none hidden under another
-        xs, ys = [r["nfe"] * spread for r in pts], [float(r[y]) for r in pts]
+        xs, ys = [dodged(r, sampler) for r in pts], [float(r[y]) for r in pts]
         has_ci = y == "value" and any(_finite(r.get("ci_low")) and _finite(r.get("ci_high")) for r in pts)
         style = styles[sampler]
         if has_ci:
@@ -69,6 +80,10 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
                         marker=style["marker"], ms=4, lw=1.2, elinewidth=0.8, capsize=2, label=sampler)
         else:
             ax.plot(xs, ys, color=style["color"], marker=style["marker"], ms=4, lw=1.2, label=sampler)
+    diverged = [r for r in mine if y == "value" and r.get("value") is None and r.get("n_nonfinite")]
+    if diverged:  # at the top of the panel, where no value is: a sampler that diverged, not a cell never run
+        ax.plot([r["nfe"] for r in diverged], [0.97] * len(diverged), ls="", marker="x", color=DIVERGED_COLOR, ms=7,
+                transform=blended_transform_factory(ax.transData, ax.transAxes), clip_on=False)
     for r in floors:
         v = float(r[y])
         ax.axhline(v, color=FLOOR_COLOR, ls="--", lw=1, zorder=1)
@@ -129,6 +144,9 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None 
     if any(_is_floor(r) for r in rows):
         handles.append((Line2D([], [], color=FLOOR_COLOR, ls="--", lw=1), Patch(color=FLOOR_COLOR, alpha=0.15)))
         labels.append(FLOOR_LABEL)
+    if any(r.get("value") is None and r.get("n_nonfinite") for r in rows):
+        handles.append(Line2D([], [], ls="", marker="x", color=DIVERGED_COLOR, ms=6))
+        labels.append("diverged: samples not all finite (x at the top, at its NFE)")
     fig.legend(handles, labels, loc="outside right upper", fontsize="small", title="sampler",
                ncols=1 if len(labels) <= 22 else 2)
     caption = _caption(rows) + (DODGED if len(samplers) > 1 else "")

@@ -122,6 +122,47 @@ def test_samplers_at_one_nfe_are_drawn_side_by_side_at_labelled_nfe_ticks_under_
     plt.close(fig)
 
 
+def test_only_samplers_that_share_an_nfe_are_moved_aside_and_a_diverged_cell_is_marked_and_said():
+    """Every sampler was offset by its index, so a sampler alone at its NFE was drawn at another (heun's 4 right of
+    DDIM's 5); and a sampler whose samples were not finite left a gap, as a cell never run does."""
+    from lightning_sde.bench.report import with_interval
+
+    rows = [{"sampler": s, "grid": "nfe", "requested": n, "nfe": n, "metric": "sliced_w2", "value": 1.0 / n,
+             "wall_s": 0.1, "n_samples": 200, "n_nonfinite": 0} for s, ns in (("a", (4, 10)), ("b", (10, 20)))
+            for n in ns]
+    rows.append({"sampler": "c", "grid": "nfe", "requested": 5, "nfe": 5, "metric": "sliced_w2", "value": None,
+                 "wall_s": 0.1, "n_samples": 200, "n_nonfinite": 37})
+    fig = metrics_figure(rows, rows)
+    ax = next(ax for ax in fig.axes if ax.get_title().startswith("sliced W2"))
+    drawn = {tuple(line.get_ydata()): list(line.get_xdata()) for line in ax.get_lines() if len(line.get_xdata()) == 2}
+    a, b = drawn[(0.25, 0.1)], drawn[(0.1, 0.05)]
+    assert a[0] == 4 and b[1] == 20  # alone at their NFE: drawn there
+    assert a[1] < 10 < b[0] and a[1] * b[0] == pytest.approx(100)  # the shared NFE: side by side around it
+    (cross,) = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert list(cross.get_xdata()) == [5] and list(cross.get_ydata()) == [0.97]  # at the top of the panel
+    (legend,) = fig.legends
+    assert any(t.get_text().startswith("diverged") for t in legend.get_texts())
+    plt.close(fig)
+    assert with_interval(rows[-1]) == "diverged (37 of 200 not finite)"  # the terminal's and results.md's cell
+
+
+def test_a_log_axis_over_two_decades_labels_its_1_2_5_ticks():
+    """0.25 to 8 (32x) got one labelled tick ("1"): nothing could be read off the panel."""
+    from lightning_sde.plotting.style import plain_log_axis
+
+    def labels(lo, hi):
+        ax.set_ylim(lo, hi)
+        plain_log_axis(ax.yaxis)
+        fig.canvas.draw()
+        return [t.get_text() for t, at in zip(ax.get_yticklabels(), ax.get_yticks()) if lo <= at <= hi]
+
+    fig, ax = plt.subplots()
+    ax.set_yscale("log")
+    assert labels(0.25, 8) == ["0.5", "1", "2", "5"]
+    assert labels(0.2, 200) == ["1", "10", "100"]  # three decades: decades alone
+    plt.close(fig)
+
+
 def test_samplers_at_a_single_nfe_are_labelled_with_that_nfe_alone():
     """With one NFE in the sweep, matplotlib's own ticks (44, 46 ... 56) made the side-by-side offsets read as other
     NFEs."""
