@@ -12,7 +12,8 @@ History keys, one row per cell (W&B's step is just the row counter; the charts u
   samples/<sampler>/nfe_<NNNNN>                               the first samples (same seeds for every sampler)
 Summaries, from every row of the results file (whichever launch computed it): best/<metric>/<sampler> (the best over
 its NFEs, with /nfe; for loglik the closest to the floor's, none without a floor), and floor/<metric> for the noise
-floor (no sampler: no history row, no best). The run's protocol is in its config.
+floor (no sampler: no history row, no best); each with /ci_low and /ci_high, its interval, when it has one. The
+run's protocol is in its config.
 <sampler> is the cell's label under the run's first protocol (kept in the sidecar); under another (a multirun into one
 results file: other seeds or target) it is the report's label against the first, `ddim [seeds 0+64]`, so the two
 protocols never share a curve.
@@ -226,11 +227,15 @@ class SweepRun:
         rows = [r for r in rows if r["value"] is not None and r["value"] == r["value"]]
         # the floor's keys carry what its label adds for another protocol
         floor_key = lambda r: f"floor/{r['metric']}{self.label(r).removeprefix(r['sampler_label'])}"
-        out = {floor_key(r): r["value"] for r in rows if r["grid"] == "exact"}
+        out, best = {floor_key(r): r["value"] for r in rows if r["grid"] == "exact"}, {}
         for r in rows:
             key = f"best/{r['metric']}/{self.label(r)}"
             if r["grid"] != "exact" and ranks_above(r["metric"], r["value"], out.get(key), out.get(floor_key(r))):
-                out[key], out[f"{key}/nfe"] = r["value"], r["nfe"]
+                out[key], out[f"{key}/nfe"], best[key] = r["value"], r["nfe"], r
+        for key, r in [*best.items(), *((floor_key(r), r) for r in rows if r["grid"] == "exact")]:
+            for bound in ("ci_low", "ci_high"):  # the value's interval: a best inside the floor's is no better
+                if r.get(bound) is not None:
+                    out[f"{key}/{bound}"] = r[bound]
         return out
 
     def _picture(self, label: str, nfe, x, reference):

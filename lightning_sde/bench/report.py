@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from lightning_sde.bench.results import SamplePreviews, for_views, load, protoco
 from lightning_sde.files import write_csv, write_text
 from lightning_sde.metrics.scorer import direction
 from lightning_sde.plotting import drawable
+from lightning_sde.plotting.style import natural
 from lightning_sde.plotting.sweeps import plot_metrics, plot_samples
 from lightning_sde.plotting.tables import text_table
 
@@ -69,11 +69,6 @@ def with_interval(r: dict) -> str:
         return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
     d = max(0, 1 - math.floor(math.log10(width)))
     return f"{value:.{d}f} [{low:.{d}f}, {high:.{d}f}]"
-
-
-def natural(label: str) -> list:
-    """A sort key that orders numbers within labels by value (ddim_50 before ddim_100)."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label) if part]
 
 
 def _column_key(col):

@@ -5,6 +5,7 @@ limits taken from the data rather than from the worst sampler, and a save that n
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -52,6 +53,11 @@ def metric_title(metric: str) -> str:
     unbiased: can be < 0'."""
     title = f"{metric_name(metric)} ({direction(metric)})"
     return title + (f"\n{METRIC_NOTES[metric]}" if metric in METRIC_NOTES else "")
+
+
+def natural(label: str) -> list:
+    """A sort key that orders numbers within labels by value (ddim_50 before ddim_100)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label) if part]
 
 
 def palette(n: int) -> list:
@@ -117,5 +123,5 @@ def outside(x: torch.Tensor, limits) -> torch.Tensor:
     return ~inside
 
 
-__all__ = ["choose_yscale", "metric_label", "metric_name", "metric_title", "outside", "palette", "plain_log_axis",
-           "robust_limits", "sampler_styles", "save_atomically"]
+__all__ = ["choose_yscale", "metric_label", "metric_name", "metric_title", "natural", "outside", "palette",
+           "plain_log_axis", "robust_limits", "sampler_styles", "save_atomically"]

@@ -25,6 +25,7 @@ from lightning_sde.plotting.style import (  # noqa: E402
     choose_yscale,
     metric_label,
     metric_title,
+    natural,
     outside,
     plain_log_axis,
     robust_limits,
@@ -32,7 +33,8 @@ from lightning_sde.plotting.style import (  # noqa: E402
     save_atomically,
 )
 
-FLOOR_COLOR = "0.35"
+FLOOR_COLORS = ("0.35", "0.62", "0.15", "0.8")  # one grey per protocol's noise floor
+PROTOCOL_LINES = ("-", "--", ":", "-.")  # a sampler keeps its colour in every protocol; the protocols differ by line
 DODGE, DODGE_SPAN = 1.1, 1.35  # samplers at one NFE drawn 10 % apart along the axis, all within 35 %
 DIVERGED_COLOR = "crimson"
 DODGED = "; samplers that share an NFE drawn side by side (up to 35 % apart on the axis)"
@@ -47,6 +49,28 @@ def _is_floor(r: dict) -> bool:
     return r.get("grid") == "exact" or r.get("nfe") == 0  # no sampler ran: the second exact sample set
 
 
+def _protocol(r: dict) -> str:
+    """What the views appended to the row's sampler label (' [seeds 0+64]'), or ''."""
+    return r["sampler"][len(r.get("sampler_label", r["sampler"])):]
+
+
+def line_styles(rows: list[dict]) -> dict[str, dict]:
+    """view label -> {'color', 'marker', 'ls'}: a sampler's colour and marker are its own in every protocol (the
+    rows' `sampler_label`), the line style tells the protocols apart; floors get a grey per protocol."""
+    protocols = sorted({_protocol(r) for r in rows}, key=natural)
+    plain = sampler_styles(sorted({r.get("sampler_label", r["sampler"]) for r in rows if not _is_floor(r)},
+                                  key=natural))
+    styles = {}
+    for r in rows:
+        i = protocols.index(_protocol(r))
+        if _is_floor(r):
+            styles[r["sampler"]] = {"color": FLOOR_COLORS[i % len(FLOOR_COLORS)], "ls": "--", "marker": ""}
+        else:
+            styles[r["sampler"]] = {**plain[r.get("sampler_label", r["sampler"])],
+                                    "ls": PROTOCOL_LINES[i % len(PROTOCOL_LINES)]}
+    return styles
+
+
 def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
     """One metric (or the wall time) against NFE: a line per sampler with its bootstrap intervals as error bars,
     the noise floor as a dashed line in a grey band (its own interval)."""
@@ -56,7 +80,7 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
         if not _finite(r.get(y)):
             continue
         (floors if _is_floor(r) else by_sampler[r["sampler"]]).append(r)
-    order = sorted(by_sampler)
+    order = sorted(by_sampler, key=natural)
     sharing = defaultdict(list)  # NFE -> the samplers with a point there, drawn side by side: none hidden
     for sampler in order:
         for r in by_sampler[sampler]:
@@ -77,21 +101,23 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
             lo = [v - float(r["ci_low"]) if _finite(r.get("ci_low")) else float("nan") for v, r in zip(ys, pts)]
             hi = [float(r["ci_high"]) - v if _finite(r.get("ci_high")) else float("nan") for v, r in zip(ys, pts)]
             ax.errorbar(xs, ys, yerr=[[max(v, 0.0) for v in lo], [max(v, 0.0) for v in hi]], color=style["color"],
-                        marker=style["marker"], ms=4, lw=1.2, elinewidth=0.8, capsize=2, label=sampler)
+                        marker=style["marker"], ls=style["ls"], ms=4, lw=1.2, elinewidth=0.8, capsize=2,
+                        label=sampler)
         else:
-            ax.plot(xs, ys, color=style["color"], marker=style["marker"], ms=4, lw=1.2, label=sampler)
+            ax.plot(xs, ys, color=style["color"], marker=style["marker"], ls=style["ls"], ms=4, lw=1.2,
+                    label=sampler)
     diverged = [r for r in mine if y == "value" and r.get("value") is None and r.get("n_nonfinite")]
     if diverged:  # at the top of the panel, where no value is: a sampler that diverged, not a cell never run
         ax.plot([r["nfe"] for r in diverged], [0.97] * len(diverged), ls="", marker="x", color=DIVERGED_COLOR, ms=7,
                 transform=blended_transform_factory(ax.transData, ax.transAxes), clip_on=False)
-    for r in floors:
-        v = float(r[y])
-        ax.axhline(v, color=FLOOR_COLOR, ls="--", lw=1, zorder=1)
+    for i, r in enumerate(sorted(floors, key=lambda r: natural(r["sampler"]))):
+        v, color = float(r[y]), styles[r["sampler"]]["color"]
+        ax.axhline(v, color=color, ls="--", lw=1, zorder=1)
         if _finite(r.get("ci_low")) and _finite(r.get("ci_high")):
-            ax.axhspan(float(r["ci_low"]), float(r["ci_high"]), color=FLOOR_COLOR, alpha=0.15, lw=0, zorder=0)
-        protocol = r["sampler"][len(r.get("sampler_label", r["sampler"])):]  # the views' " [seeds 0+64]", if any
-        ax.annotate(f"noise floor{protocol}", xy=(0.01, v), xycoords=("axes fraction", "data"), ha="left",
-                    va="bottom", fontsize=7, color=FLOOR_COLOR)
+            ax.axhspan(float(r["ci_low"]), float(r["ci_high"]), color=color, alpha=0.15, lw=0, zorder=0)
+        # protocols' labels at the left, the right, then under the line: close floors' labels do not overprint
+        ax.annotate(f"noise floor{_protocol(r)}", xy=(0.99 if i % 2 else 0.01, v), xycoords=("axes fraction", "data"),
+                    ha="right" if i % 2 else "left", va="top" if i % 4 > 1 else "bottom", fontsize=7, color=color)
     values = [float(r[y]) for r in mine if _finite(r.get(y))]
     scale, linthresh = choose_yscale(values)
     title = metric_title(metric)
@@ -129,8 +155,8 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None 
     metrics = sorted({r["metric"] for r in rows})
     panels = [(m, [r for r in rows if r["metric"] == m], "value") for m in metrics]
     panels.append(("wall_s", [r for r in cell_rows if r.get("nfe")], "wall_s"))
-    samplers = sorted({r["sampler"] for r in rows if not _is_floor(r)})
-    styles = sampler_styles(samplers)
+    samplers = sorted({r["sampler"] for r in rows if not _is_floor(r)}, key=natural)
+    styles = line_styles(rows)
     ncols = 2 if len(panels) == 4 else min(len(panels), 3)
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols + 2.6, 3.9 * nrows), squeeze=False,
@@ -139,11 +165,14 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None 
         ax.axis("off")
     for ax, (metric, mine, y) in zip(axes.flat, panels):
         _panel(ax, metric, mine, y, styles)
-    handles = [Line2D([], [], color=styles[s]["color"], marker=styles[s]["marker"], ms=5, lw=1.2) for s in samplers]
+    handles = [Line2D([], [], color=styles[s]["color"], marker=styles[s]["marker"], ls=styles[s]["ls"], ms=5, lw=1.2)
+               for s in samplers]
     labels = list(samplers)
-    if any(_is_floor(r) for r in rows):
-        handles.append((Line2D([], [], color=FLOOR_COLOR, ls="--", lw=1), Patch(color=FLOOR_COLOR, alpha=0.15)))
-        labels.append(FLOOR_LABEL)
+    floors = {r["sampler"]: _protocol(r) for r in rows if _is_floor(r)}
+    for floor in sorted(floors, key=natural):
+        color = styles[floor]["color"]
+        handles.append((Line2D([], [], color=color, ls="--", lw=1), Patch(color=color, alpha=0.15)))
+        labels.append(FLOOR_LABEL + floors[floor])
     if any(r.get("value") is None and r.get("n_nonfinite") for r in rows):
         handles.append(Line2D([], [], ls="", marker="x", color=DIVERGED_COLOR, ms=6))
         labels.append("diverged: samples not all finite (x at the top, at its NFE)")

@@ -168,6 +168,20 @@ def test_the_noise_floor_is_a_floor_summary_not_a_sampler(tmp_path, monkeypatch)
     assert run.run.summary == {"floor/mmd": 0.05, "best/mmd/ddim": 0.1, "best/mmd/ddim/nfe": 10}
 
 
+def test_the_best_and_floor_summaries_carry_their_intervals(tmp_path, monkeypatch):
+    """best/ and floor/ alone let a reviewer rank two values the sweep cannot tell apart."""
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, {"id": "run1"})
+    rows = [{**r, "ci_low": value - 0.02, "ci_high": value + 0.03} for nfe, value in ((10, 0.1), (5, 0.5))
+            for r in result_rows("ddim", nfe, value)]
+    floor = [{**r, "ci_low": 0.04, "ci_high": 0.07} for r in result_rows("exact (noise floor)", None, 0.05, "exact")]
+    ResultsStore(results).append(rows + floor)
+    run = launch(monkeypatch, results, "20260101")
+    assert run.summaries() == pytest.approx({
+        "floor/mmd": 0.05, "floor/mmd/ci_low": 0.04, "floor/mmd/ci_high": 0.07, "best/mmd/ddim": 0.1,
+        "best/mmd/ddim/nfe": 10, "best/mmd/ddim/ci_low": 0.08, "best/mmd/ddim/ci_high": 0.13})
+
+
 def test_a_cell_of_a_second_target_logs_its_sample_picture(tmp_path, monkeypatch):
     """Two targets in one results file label their samplers `ddim [eight_gaussians/vp]`: the picture's file name
     must hold no slash."""

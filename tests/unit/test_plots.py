@@ -183,3 +183,32 @@ def test_the_samples_figure_says_which_coordinates_it_shows_and_titles_images_to
     fig = samples_figure({"ddim": {"nfe 10": torch.rand(4, 1, 8, 8)}})
     assert fig._suptitle.get_text() == "the first samples of every cell (same seeds)"
     plt.close(fig)
+
+
+def test_a_sampler_keeps_its_colour_in_every_protocol_and_each_protocols_floor_its_own_grey_and_place():
+    """Two seed ranges in one file: a sampler got another colour in each (as if another sampler), both floors one grey
+    with their labels printed over each other, and the legend ran ddim_10 before ddim_5."""
+    from lightning_sde.bench.report import for_views
+
+    rows = [{**r, "sampler": {"s00": "ddim_10", "s01": "ddim_5"}.get(r["sampler"], r["sampler"]), "target": "t",
+             "seed_start": 0, "seed_count": n, "time": str(n)} for n in (500, 2000) for r in sweep_rows(2)]
+    shown, _ = for_views(rows)
+    fig = metrics_figure(shown, [r for r in shown if r["metric"] == "fid"])
+    fid = next(ax for ax in fig.axes if ax.get_title().startswith("FID"))
+    lines = {c.get_label(): c.lines[0] for c in fid.containers}  # the error bars' data lines
+    for sampler in ("ddim_5", "ddim_10"):
+        a, b = lines[f"{sampler} [seeds 0+500]"], lines[f"{sampler} [seeds 0+2000]"]
+        assert a.get_color() == b.get_color() and a.get_marker() == b.get_marker()
+        assert a.get_linestyle() != b.get_linestyle()
+    assert lines["ddim_5 [seeds 0+500]"].get_color() != lines["ddim_10 [seeds 0+500]"].get_color()
+    floors = [t for t in fid.texts if "noise floor" in t.get_text()]
+    assert len({t.get_color() for t in floors}) == 2  # equal values: told apart by their grey and place
+    fig.canvas.draw()
+    a, b = (t.get_window_extent() for t in floors)
+    assert not a.overlaps(b)
+    (legend,) = fig.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts.index("ddim_5 [seeds 0+500]") < texts.index("ddim_10 [seeds 0+500]")
+    assert [t.removeprefix("noise floor (a second exact sample set) ") for t in texts if t.startswith("noise")] == [
+        "[seeds 0+500]", "[seeds 0+2000]"]
+    plt.close(fig)
