@@ -157,14 +157,17 @@ def wandb_configured() -> bool:
         return False
 
 
-def finish_wandb(exit_code: int) -> bool:
-    """Close this process's W&B run, if any, with `exit_code`; False when its service is gone (killed with the job),
-    in which case W&B's own exit handler would fail too: the caller should leave without running it."""
+def finish_wandb(exit_code: int, error: str | None = None) -> bool:
+    """Close this process's W&B run, if any, with `exit_code` (and the `error` that ended it as the summary's
+    `error`); False when its service is gone (killed with the job), in which case W&B's own exit handler would fail
+    too: the caller should leave without running it."""
     import wandb
 
     if wandb.run is None:
         return True
     try:
+        if error is not None:
+            wandb.run.summary["error"] = error
         wandb.finish(exit_code=exit_code)
         return True
     except Exception as err:  # noqa: BLE001  (the CSV logs and the checkpoint are the record)

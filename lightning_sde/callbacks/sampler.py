@@ -264,15 +264,8 @@ class SamplerCallback(L.Callback):
                       for m in self.metrics}
             logger.experiment.log({"val_vs_nfe/table": table, **charts, "trainer/global_step": step}, step=step)
             summary = logger.experiment.summary
-            for r in rows:
-                for m in self.metrics:
-                    key, value = f"best/{r['sampler']}/{m}", r.get(m)
-                    if value is None or value != value:
-                        continue
-                    best = summary.get(key)
-                    if ranks_above(m, value, best):
-                        summary[key] = value
-                        summary[f"{key}/step"] = step
+            for key, (value, at) in best_values(self.out_dir / "sampler_metrics.csv", self.metrics).items():
+                summary[key], summary[f"{key}/step"] = value, at
         except Exception as err:  # noqa: BLE001  (W&B is a view: the CSV rows are the record)
             log.warning("W&B: evaluation charts not logged (%s: %s)", type(err).__name__, err)
 
@@ -305,6 +298,32 @@ class SamplerCallback(L.Callback):
                 writer.writeheader()
             writer.writerows(rows)
             fh.flush()
+
+
+def best_values(path, metrics) -> dict[str, tuple[float, int]]:
+    """best/<sampler>/<metric> -> (value, step): each sampler's best over every evaluation in sampler_metrics.csv,
+    the record that outlives a resume (an offline W&B start's summary knows only its own start). A metric ranked by
+    its closeness to exact samples' value (loglik) ranks against that evaluation's noise floor; none without one."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    floors = {row["step"]: row for row in rows if row["sampler"] == NOISE_FLOOR}
+
+    def number(row, metric):
+        try:
+            value = float(row.get(metric) or "nan")
+        except ValueError:
+            return None
+        return value if value == value else None
+
+    best = {}
+    for row in rows:
+        for m in metrics:
+            key, value = f"best/{row['sampler']}/{m}", number(row, m)
+            exact = number(floors[row["step"]], m) if row["step"] in floors else None
+            if row["sampler"] != NOISE_FLOOR and value is not None and ranks_above(m, value, best.get(key, (None,))[0],
+                                                                                  exact):
+                best[key] = (value, int(row["step"]))
+    return best
 
 
 def sample_stats(x: torch.Tensor, nfe, wall_s, n_nonfinite) -> dict:

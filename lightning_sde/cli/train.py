@@ -80,8 +80,8 @@ def name_the_run(cfg: DictConfig) -> None:
 
 def wandb_identity(cfg: DictConfig, job, callbacks) -> dict:
     """A training run's W&B name, group and tags, from the config's choices: name <experiment>-<sde>-<run_name>,
-    group the experiment (a multirun: its sweep id, so a sweep's runs sit together), tags sde:, model:, data: and
-    one sampler:<name> per sampler the evaluations compare."""
+    group the experiment (a multirun: its run name, or its sweep id, so a sweep's runs sit together), tags sde:,
+    model:, data: and one sampler:<name> per sampler the evaluations compare."""
     from lightning_sde.bench.dashboard import sampler_family
 
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
@@ -91,8 +91,18 @@ def wandb_identity(cfg: DictConfig, job, callbacks) -> dict:
     model = str(cfg.model.get("net", {}).get("_target_", "net")).rsplit(".", 1)[-1]
     samplers = {s.name for cb in callbacks if isinstance(cb, SamplerCallback) for s in cb.samplers.values()}
     tags = [f"sde:{sde}", f"model:{model}", f"data:{data}", *sorted({f"sampler:{sampler_family(n)}" for n in samplers})]
-    return {"name": f"{experiment}-{sde}-{cfg.run_name}", "group": job[0] if job is not None else experiment,
-            "tags": tags}
+    group = experiment
+    if job is not None:  # a sweep's runs together: under its run name when a resubmission keeps it, else the sweep id
+        group = cfg.run_name.removesuffix(f"_{job[1]}") if run_name_kept() else job[0]
+    return {"name": f"{experiment}-{sde}-{cfg.run_name}", "group": group, "tags": tags}
+
+
+def run_name_kept() -> bool:
+    """Whether run_name is the same when the sweep is submitted again (given on the command line, or from
+    LSDE_RUN_NAME / SLURM_JOB_ID), not the start time: its jobs then resume their runs, and keep their group."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    return any(o.lstrip("+").split("=", 1)[0] == "run_name" for o in overrides) or any(
+        os.environ.get(v) for v in ("LSDE_RUN_NAME", "SLURM_JOB_ID"))
 
 
 def is_int(value) -> bool:
@@ -524,7 +534,7 @@ def forget_failed_start(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @fails_cleanly("lsde-train", cleanup=forget_failed_start)
 def run_app(cfg: DictConfig) -> None:
-    trainer, code = None, 0
+    trainer, code, error = None, 0, None
     try:
         trainer = train(cfg)
         if _preemption(trainer) is not None and _preemption(trainer).interrupted:
@@ -534,8 +544,12 @@ def run_app(cfg: DictConfig) -> None:
         if launched_first():
             report(cfg, None)
         code = EXIT_SIGTERM
+    except BaseException as err:  # a diverged loss, a bad file, a bug: W&B shows the run failed, and why
+        code, error = exit_status(err), f"{type(err).__name__}: {err}"
+        raise
     finally:
-        if not finish_wandb(code) and code:  # its service died with the job: W&B's exit handler would fail again
+        if not finish_wandb(code, error) and code and error is None:  # its service died with the job: W&B's exit
+            # handler would fail again (a failure's own error is still to be reported: it leaves by raising)
             logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
@@ -546,6 +560,13 @@ def run_app(cfg: DictConfig) -> None:
             code = EXIT_TIME_LIMIT
     if code:
         sys.exit(code)
+
+
+def exit_status(err: BaseException) -> int:
+    """The status a process leaving with `err` ends with: SystemExit's own (0 for None), 1 for anything else."""
+    if isinstance(err, SystemExit):
+        return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+    return 1
 
 
 def main() -> None:

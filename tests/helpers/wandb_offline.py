@@ -24,7 +24,7 @@ def media(run_file: Path) -> list[Path]:
 def run_info(run_file: Path) -> dict:
     """What an offline run says of itself: name, group, job type, tags, the config records' top-level keys (one
     list per record) and the config's values, the defined metrics {name or glob: step metric} and the last summary
-    values."""
+    values, and the exit code when the run was closed."""
     from wandb.proto import wandb_internal_pb2
 
     from lightning_sde.tracking import _payloads
@@ -50,6 +50,8 @@ def run_info(run_file: Path) -> dict:
                                    if i.key not in ("_wandb", "")})
         elif kind == "metric":
             info["metrics"][record.metric.name or record.metric.glob_name] = record.metric.step_metric
+        elif kind == "exit":
+            info["exit_code"] = record.exit.exit_code
         elif kind == "summary":
             for item in record.summary.update:
                 info["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)

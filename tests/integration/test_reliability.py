@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.wandb_offline import find_run, history
+from helpers.wandb_offline import find_run, history, run_info
 from lightning_sde import load_denoiser
 from lightning_sde.loading import CheckpointError
 
@@ -106,12 +106,15 @@ def test_a_checkpoint_naming_an_untrusted_class_is_refused(tmp_path, finished_ru
 
 
 def test_a_nan_loss_stops_training_names_the_step_and_saves_nothing_bad(tmp_path):
+    """... and W&B (offline) shows the run failed, with the error: it was closed with exit code 0 ("finished")."""
     run = tmp_path / "nan"
-    proc = train(run, *TOY, "optim.lr=1e6", "optim.warmup_steps=0", "logger=csv")
+    proc = train(run, *TOY, "optim.lr=1e6", "optim.warmup_steps=0")
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "lsde-train: error: training stopped: at step" in out and "the last finite loss was" in out, out
     assert "lsde-train failed: NonFiniteError: training stopped: at step" in (run / "train.log").read_text()
+    info = run_info(find_run(run / "wandb"))
+    assert info["exit_code"] == 1 and info["summary"]["error"].startswith("NonFiniteError: training stopped: at step")
     for ckpt in (run / "checkpoints").glob("*.ckpt"):  # whatever was written before is finite
         state = torch.load(ckpt, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
@@ -153,6 +156,7 @@ def test_each_job_of_a_multirun_has_its_own_directory_checkpoint_and_wandb_run(t
         targets.append(ckpt["hyper_parameters"]["sde"]["_target_"])
         wandb_run = find_run(run / "wandb")
         ids.add(wandb_run.stem)
+        assert run_info(wandb_run)["group"] == "sweep"  # the name given, kept by a resubmission: not the sweep's time
         steps = [row["trainer/global_step"] for row in history(wandb_run) if "train/loss" in row]
         assert steps[0] == 0
     assert targets == ["lightning_sde.sde.VPSDE", "lightning_sde.sde.VESDE"] and len(ids) == 2

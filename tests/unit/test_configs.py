@@ -290,6 +290,11 @@ def test_each_job_of_a_multirun_trains_under_its_own_name_even_with_a_run_name_i
     cfg = composed("train", ["experiment=toy2d"])
     train.name_the_run(cfg)
     assert cfg.run_name == "foo_1" and cfg.run_dir.endswith("/train/foo_1")
+    # grouped under the kept name: a resubmitted sweep (another sweep id) resumes its runs into the same group
+    assert train.wandb_identity(cfg, ("sweep", 1), [])["group"] == "foo"
+    monkeypatch.delenv("LSDE_RUN_NAME")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert train.wandb_identity(cfg, ("sweep", 1), [])["group"] == "sweep"  # a name from the start time: the sweep's
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -264,3 +264,40 @@ def test_a_fit_without_an_evaluation_writes_and_prints_nothing(tmp_path, info_lo
     fit(tmp_path, callback)  # one validation: evaluation 1 of every 2 is skipped
     assert callback.last_rows == {} and not (tmp_path / "samples").exists()
     assert not any(message.startswith("sampler evaluation") for message in info_log)
+
+
+def write_record(path, rows):
+    fields = ["step", "sampler", "nfe", "sliced_w2", "loglik"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({f: r.get(f, "") for f in fields} for r in rows)
+
+
+def test_the_best_values_come_from_every_evaluation_of_the_run_not_from_one_starts_summary(tmp_path):
+    """A resumed offline run's W&B summary starts empty: best/ddim_50/sliced_w2 said 144.3 (its only evaluation)
+    where the run's best was 0.68 at step 800, before the resume. The record of every start decides; loglik ranks
+    by its closeness to the same evaluation's noise floor; NaN is never best."""
+    record = tmp_path / "sampler_metrics.csv"
+    write_record(record, [
+        {"step": 400, "sampler": "ddim_50", "sliced_w2": 0.9, "loglik": -2.0},
+        {"step": 400, "sampler": "noise_floor", "sliced_w2": 0.05, "loglik": -2.5},
+        {"step": 800, "sampler": "ddim_50", "sliced_w2": 0.68, "loglik": -2.6},
+        {"step": 800, "sampler": "noise_floor", "sliced_w2": 0.05, "loglik": -2.5},
+        {"step": 800, "sampler": "em_100", "sliced_w2": "nan", "loglik": "nan"},
+        {"step": 1000, "sampler": "ddim_50", "sliced_w2": 144.3, "loglik": -900.0},  # resumed: no floor row
+    ])
+    assert sampler_callback.best_values(record, ["sliced_w2", "loglik"]) == {
+        "best/ddim_50/sliced_w2": (0.68, 800), "best/ddim_50/loglik": (-2.6, 800)}
+
+
+def test_a_resumed_runs_wandb_summary_keeps_the_best_of_the_starts_before(tmp_path, monkeypatch):
+    callback = SamplerCallback({"ddim_50": DDIM(50)}, n_samples=8, metrics=["sliced_w2"])
+    callback.out_dir = tmp_path
+    write_record(tmp_path / "sampler_metrics.csv", [{"step": 800, "sampler": "ddim_50", "sliced_w2": 0.68},
+                                                    {"step": 1000, "sampler": "ddim_50", "sliced_w2": 144.3}])
+    callback.last_rows = {"ddim_50": {"step": 1000, "sampler": "ddim_50", "nfe": 50, "wall_s": 1.0,
+                                      "sliced_w2": 144.3}}
+    run = SimpleNamespace(summary={}, log=lambda *args, **kwargs: None)  # a new offline start: nothing in it yet
+    callback._wandb_charts(SimpleNamespace(experiment=run), 1000)
+    assert run.summary == {"best/ddim_50/sliced_w2": 0.68, "best/ddim_50/sliced_w2/step": 800}
