@@ -19,8 +19,19 @@ USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError)
 
 def print_error(app: str, err) -> None:
     # one write (print writes the newline apart): DDP ranks failing together cannot splice their lines
-    sys.stderr.write(f"{app}: error: {err}\n")
+    sys.stderr.write(f"{app}: error: {from_worker(str(err))}\n")
     sys.stderr.flush()
+
+
+def from_worker(message: str) -> str:
+    """An error a DataLoader worker raised, as its own one line (torch re-raises it as 'Caught ValueError in
+    DataLoader worker process 0.' followed by the worker's traceback); any other message unchanged."""
+    head, _, trace = message.partition("\nOriginal Traceback")
+    lines = [line for line in trace.splitlines() if line.strip()]
+    if not (head.startswith("Caught ") and lines):
+        return message
+    where = head.split(" in ", 1)[-1].rstrip(".")
+    return f"{lines[-1].split(': ', 1)[-1]} (in {where})"
 
 
 def fail(app: str, err) -> None:
@@ -80,7 +91,8 @@ def fails_cleanly(app: str, cleanup=None):
                 if in_multirun():
                     print_error(app, err)
                     # an Exception, not SystemExit: Hydra records the job as failed, runs the next ones, then raises it
-                    raise JobFailed(f"{app}: error: the sweep failed; its first failure: {err}") from None
+                    first = from_worker(str(err))
+                    raise JobFailed(f"{app}: error: the sweep failed; its first failure: {first}") from None
                 fail(app, err)
 
         return run

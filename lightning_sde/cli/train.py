@@ -368,6 +368,8 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     module.data_config = plain(cfg.data)
     accumulation = cfg.trainer.get("accumulate_grad_batches", 1)  # checked by check_run_values
     resumed_at = check_resume_fits(resume, module, accumulation) if resume is not None else None
+    if resume is not None and callable(getattr(datamodule, "check_resume", None)):  # the files it holds, unchanged
+        datamodule.check_resume(read_checkpoint(resume).get(type(datamodule).__qualname__), resume)
     max_steps = cfg.trainer.get("max_steps", -1)
     if resumed_at is not None and max_steps != -1 and resumed_at > max_steps:
         raise ValueError(f"config trainer.max_steps: {max_steps} is below the step of the checkpoint it resumes from "

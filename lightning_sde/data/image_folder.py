@@ -2,12 +2,21 @@
 lazily, resized (shorter side) and centre-cropped to a square, scaled to [-1, 1]. With labels=true the class of an
 image is its first-level sub-folder (sorted names -> 0, 1, ...), as in torchvision's ImageFolder.
 
-Symlinked folders are followed (as torchvision does), except links back into a folder that contains them.
-16-bit grayscale images (PIL modes "I;16*", or "I" holding 0..65535) are scaled to 8 bits (value / 257, rounded);
-32-bit integer values beyond 0..65535 and floating-point images ("F") are refused: their range is unknown."""
+Symlinked folders are followed (as torchvision does), except links back into a folder that contains them; a file
+reached twice (a link to an image listed already) is used once. An empty class folder is refused with labels=true
+(it would shift every later class's index), as torchvision's ImageFolder refuses it.
+Pixels: EXIF orientation applied (a phone's portrait JPEG stands upright); transparency composited onto white
+(PIL's plain conversion would drop the alpha channel and show whatever colour transparent pixels happen to hold);
+16-bit grayscale (PIL modes "I;16*", or "I" holding 0..65535) scaled to 8 bits (value / 257, rounded); 32-bit
+integer values beyond 0..65535 and floating-point images ("F") refused: their range is unknown.
+
+The split is decided per file, by a seeded hash of its path under root: adding or removing files moves no other
+file between training and validation. A resume checks the files against the checkpoint's (`check_resume`)."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -16,7 +25,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_sde.data.base import (
-    STREAM_SPLIT,
     STREAM_VAL,
     BaseDataModule,
     ImageBatch,
@@ -28,6 +36,7 @@ from lightning_sde.data.base import (
 )
 
 LEVELS = 256
+log = logging.getLogger(__name__)
 
 
 def image_extensions() -> tuple[str, ...]:
@@ -61,12 +70,49 @@ def list_images(root) -> list[Path]:
             and os.path.isfile(os.path.join(folder, name))
         )
     files.sort()
+    seen, unique = set(), []
+    for f in files:  # an image reached twice (a link to one listed already): once, at its first path
+        real = os.path.realpath(f)
+        if real not in seen:
+            seen.add(real)
+            unique.append(f)
+    if len(unique) < len(files):
+        log.warning("ImageFolderDataModule: %d file(s) under %s are links to images listed already; each image is "
+                    "used once", len(files) - len(unique), root)
+    files = unique
     if not files:
         raise ValueError(
             f"ImageFolderDataModule: no images under {str(root.resolve())!r} "
             f"(looked recursively for {', '.join(extensions)})"
         )
     return files
+
+
+def split_order(files: list[Path], root: Path, seed: int) -> list[Path]:
+    """The files in a seeded order that each file's own path decides (a hash of it under root and the seed): adding
+    or removing files moves no other file's place relative to the rest."""
+    def key(f: Path) -> bytes:
+        return hashlib.blake2b(f"{seed}/{f.relative_to(root).as_posix()}".encode(), digest_size=16).digest()
+
+    return sorted(files, key=key)
+
+
+def listing_digest(files: list[Path], root: Path) -> str:
+    """A digest of the file names under root (their order aside)."""
+    names = sorted(f.relative_to(root).as_posix() for f in files)
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def opaque(img):
+    """img with EXIF orientation applied and transparency composited onto white; other modes as they are."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img
 
 
 def to_8bit(img, path):
@@ -110,7 +156,7 @@ class ImageFiles(Dataset):
         path = self.files[index]
         try:
             with Image.open(path) as img:
-                img = to_8bit(img, path).convert(self.mode)
+                img = to_8bit(opaque(img), path).convert(self.mode)
         except OSError as err:  # not an image, truncated, unreadable: a user error, reported in one line
             raise ValueError(f"ImageFolderDataModule: {str(path)!r}: not a readable image (PIL: {err})") from err
         img = F.resize(img, [self.image_size], antialias=True)
@@ -179,9 +225,9 @@ class ImageFolderDataModule(BaseDataModule):
         self.n_val = check_int(owner, "n_val", n_val, 1)
         if self.n_val >= len(files):
             raise ValueError(f"{owner}: n_val must be below the {len(files)} images found; got {n_val}")
-        order = torch.randperm(len(files), generator=generator(seed, STREAM_SPLIT)).tolist()
-        self.val_files = sorted(files[i] for i in order[: self.n_val])
-        self.train_files = [files[i] for i in order[self.n_val :]]  # a seeded order: reference(n) takes the first n
+        order = split_order(files, self.root, seed)
+        self.val_files = sorted(order[: self.n_val])
+        self.train_files = order[self.n_val :]  # a seeded order: reference(n) takes the first n
         self.shape = (channels, image_size, image_size)
         self.train_transform = ImageBatch(LEVELS, dequantize=self.dequantize, hflip=self.hflip)
         classes = None
@@ -191,6 +237,12 @@ class ImageFolderDataModule(BaseDataModule):
                 raise ValueError(f"{owner}: labels=true needs every image in a class sub-folder of "
                                  f"{str(self.root)!r} (root/<class>/image); some lie directly in it")
             names = sorted({parts[0] for parts in tops})
+            empty = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                           and d.name not in names)
+            if empty:
+                raise ValueError(f"{owner}: labels=true: the class folder(s) {empty} under {str(self.root)!r} hold no "
+                                 "image; a class without images would shift the index of every class after it: "
+                                 "remove the folder, or add its images")
             classes = {name: i for i, name in enumerate(names)}
             self.num_classes, self.class_names = len(names), names
         label = (lambda fs: [classes[f.relative_to(self.root).parts[0]] for f in fs]) if classes else (lambda fs: None)
@@ -204,6 +256,32 @@ class ImageFolderDataModule(BaseDataModule):
     @property
     def bits_per_dim_offset(self) -> float | None:
         return bits_per_dim_offset(LEVELS) if self.dequantize else None
+
+    def state_dict(self) -> dict:
+        """What a resume checks (`check_resume`): the files of each split (digests of their names) and their count."""
+        return {"train_files": listing_digest(self.train_files, self.root), "n_train": len(self.train_files),
+                "val_files": listing_digest(self.val_files, self.root), "n_val": len(self.val_files)}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass  # checked at start-up, before anything is touched (check_resume)
+
+    def check_resume(self, state: dict | None, path) -> None:
+        """A resume on a folder whose validation images are not the checkpoint's is refused (the run's validation
+        values would compare other images, and images it validated on could now train); other training images are
+        said (the run trains on the folder as it is now). Checkpoints from before the check hold none."""
+        if not state:
+            return
+        now = self.state_dict()
+        if now["val_files"] != state["val_files"]:
+            raise ValueError(
+                f"config data.root: the images under {str(self.root)!r} changed since the checkpoint {path} "
+                f"({state['n_train']} + {state['n_val']} images for training + validation then, {now['n_train']} + "
+                f"{now['n_val']} now) and its validation images are not the run's; resume with the folder as it "
+                "was (and the run's data.n_val), or start a new run (another run_name)")
+        if now["train_files"] != state["train_files"]:
+            log.warning("the training images under %s changed since the checkpoint %s (%d then, %d now): the resumed "
+                        "run trains on them as they are now; the validation images are the run's",
+                        self.root, path, state["n_train"], now["n_train"])
 
     def real_samples(self, start: int, n: int, stream: int) -> Tensor:
         images = torch.stack([self.train_set.image(i) for i in range(start, start + n)])

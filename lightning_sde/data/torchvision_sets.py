@@ -47,6 +47,15 @@ def missing_error(name: str, root, why: str) -> FileNotFoundError:
     )
 
 
+def corrupt_error(name: str, root, err: Exception) -> ValueError:
+    """Files torchvision found but could not read (a download cut short, a disk error)."""
+    folder = Path(root).expanduser().resolve() / SPECS[name].folder
+    detail = " ".join(str(err).split())[:200] or "no message"
+    return ValueError(f"{SPECS[name].title} under {str(folder)!r} could not be read ({type(err).__name__}: {detail}): "
+                      f"its files are incomplete or corrupt; delete that folder and run "
+                      f"{prepare_command(name, Path(folder).parent)} again")
+
+
 @contextlib.contextmanager
 def socket_timeout(seconds: float | None):
     """urllib (which torchvision uses) has no timeout by default: a firewalled node could hang forever."""
@@ -69,8 +78,10 @@ def is_available(name: str, root) -> bool:
     try:
         _dataset(name, root, train=True)
         _dataset(name, root, train=False)
-    except RuntimeError:
+    except RuntimeError:  # torchvision's "not found or corrupted" (by its checksums)
         return False
+    except Exception as err:  # noqa: BLE001  (found, but unreadable: torchvision's asserts on a file's header)
+        raise corrupt_error(name, root, err) from err
     return True
 
 
@@ -98,6 +109,8 @@ def load_levels(name: str, root, train: bool, with_labels: bool = False):
         ds = _dataset(name, root, train=train)
     except RuntimeError as err:
         raise missing_error(name, root, "download was not attempted (call prepare_data(), or fetch it first)") from err
+    except Exception as err:  # noqa: BLE001  (found, but unreadable)
+        raise corrupt_error(name, root, err) from err
     data = torch.as_tensor(ds.data)
     images = data.unsqueeze(1).contiguous() if data.ndim == 3 else data.permute(0, 3, 1, 2).contiguous()
     return (images, torch.as_tensor(ds.targets, dtype=torch.long)) if with_labels else images

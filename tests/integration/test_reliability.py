@@ -266,6 +266,34 @@ def test_a_resume_takes_the_highest_step_follows_the_monitor_and_a_new_lr_and_re
     assert {lrs[step] for step in range(30)} == {1e-3} and {lrs[step] for step in range(30, 40)} == {1e-4}
 
 
+def test_a_resume_on_an_image_folder_whose_validation_images_changed_is_refused(tmp_path):
+    """A resume went on after files were added to the folder, with most of its validation images moved into
+    training (the split was a permutation of the sorted list)."""
+    import numpy as np
+    from PIL import Image
+
+    from lightning_sde.data import ImageFolderDataModule
+
+    root, run = tmp_path / "images", tmp_path / "imf"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"img{i:02d}.png")
+    common = ["experiment=digits", "data=image_folder", f"data.root={root}", "data.image_size=8", "data.channels=1",
+              "data.batch_size=8", "data.n_val=4", "trainer.val_check_interval=2", "logger=csv",
+              "callbacks.sampler=null", "callbacks.best=null", "trainer.enable_progress_bar=false"]
+    assert train(run, *common, "trainer.max_steps=2").returncode == 0
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "added.png")
+    dm = ImageFolderDataModule(root, image_size=8, channels=1, n_val=4)
+    added_to_training = root / "added.png" in dm.train_files
+    proc = train(run, *common, "trainer.max_steps=3")
+    assert (proc.returncode == 0) == added_to_training, proc.stderr[-2000:]
+    dm.val_files[0].unlink()
+    proc = train(run, *common, "trainer.max_steps=4")
+    assert proc.returncode == 1 and "lsde-train: error: config data.root: the images under" in proc.stderr
+    assert "its validation images are not the run's" in proc.stderr
+
+
 def test_a_resume_into_another_sde_is_refused_before_anything_is_touched_and_an_unchanged_one_goes_on(tmp_path):
     """The same network trained on with another forward process (or output parameterization, or a network setting
     that keeps the shapes) would fit the weights and train silently as another model: refused at start-up, one line

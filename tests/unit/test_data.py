@@ -252,6 +252,21 @@ def test_torchvision_without_download_or_setup_fails_at_once(tmp_path):
         build_datamodule("mnist", batch_size=8, hflip=True)
 
 
+def test_corrupt_torchvision_files_are_said_so_with_what_to_do(tmp_path):
+    """MNIST's files present but cut short: torchvision's bare AssertionError, from lsde-prepare and from training."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(bytes(range(100)))
+    message = r"MNIST under '.*MNIST' could not be read \(AssertionError.*corrupt; delete that folder and run " \
+        r"lsde-prepare mnist --root"
+    with pytest.raises(ValueError, match=message):
+        MNISTDataModule(root=str(tmp_path), batch_size=8).prepare_data()
+    with pytest.raises(ValueError, match=message):
+        MNISTDataModule(root=str(tmp_path), batch_size=8, download=False).setup("fit")
+
+
 def test_prepare_cli_reports_the_failure(tmp_path, capsys):
     assert prepare_main(["mnist", "--root", str(tmp_path), "--timeout", "5"]) in (0, 1)
     err = capsys.readouterr().err

@@ -1,5 +1,6 @@
-"""ImageFolderDataModule edge cases: 16-bit grayscale, symlinked folders, unreadable files, fixed validation noise
-with dequantisation, type checks of channels / image_size."""
+"""ImageFolderDataModule edge cases: 16-bit grayscale, symlinked folders and files, unreadable files (also in a loader
+worker), fixed validation noise with dequantisation, type checks of channels / image_size, the per-file split and
+the resume's check of the files, EXIF orientation, transparency, empty class folders."""
 
 import os
 
@@ -109,3 +110,100 @@ def test_channels_and_image_size_must_be_integers(tmp_path, key, value, message)
     write_images(tmp_path, 3)
     with pytest.raises(ValueError, match=message):
         ImageFolderDataModule(tmp_path, batch_size=1, n_val=1, **{"image_size": 8, key: value})
+
+
+def test_the_split_is_per_file_so_added_files_move_no_other_and_a_resume_checks_the_files(tmp_path, caplog):
+    """The split was a permutation of the sorted list: one file added to 44 moved 6 of 8 validation images into
+    training, and a resume went on without a word."""
+    write_images(tmp_path, 44)
+    before = ImageFolderDataModule(tmp_path, image_size=8, n_val=8)
+    state = before.state_dict()
+    write_png(tmp_path / "zz_new.png", np.zeros((8, 8, 3), np.uint8))
+    after = ImageFolderDataModule(tmp_path, image_size=8, n_val=8)
+    assert len(set(before.val_files) - set(after.val_files)) <= 1  # the new file takes at most one place
+    old_train = [f for f in after.train_files if f in before.train_files]
+    assert old_train == [f for f in before.train_files if f in after.train_files]  # their order (reference) kept
+    assert after.val_files == before.val_files  # (this name hashes into training)
+    with caplog.at_level("WARNING"):
+        after.check_resume(state, "last.ckpt")  # training images added: said, and the run goes on
+    assert "training images under" in caplog.text and "(36 then, 37 now)" in caplog.text
+    (tmp_path / "zz_new.png").unlink()
+    before.val_files[0].unlink()  # a validation image gone: the run's validation is not the checkpoint's
+    with pytest.raises(ValueError, match=r"since the checkpoint last.ckpt \(36 \+ 8 images .* then, 35 \+ 8 now"):
+        ImageFolderDataModule(tmp_path, image_size=8, n_val=8).check_resume(state, "last.ckpt")
+    ImageFolderDataModule(tmp_path, image_size=8, n_val=8).check_resume(None, "old.ckpt")  # from before the check
+
+
+def test_the_split_is_seeded_and_the_same_for_the_same_files(tmp_path):
+    write_images(tmp_path, 30)
+    a, b, c = (ImageFolderDataModule(tmp_path, image_size=8, n_val=5, seed=s) for s in (0, 0, 1))
+    assert a.val_files == b.val_files and a.train_files == b.train_files and a.val_files != c.val_files
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone's portrait JPEG (stored 16 wide x 8 tall, EXIF orientation 6: turn 90 degrees clockwise) stands up."""
+    pixels = np.zeros((8, 16, 3), np.uint8)
+    pixels[:, :8] = 255  # the stored image's left half white: its top once turned
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    (tmp_path / "a").mkdir()
+    image.save(tmp_path / "a" / "portrait.jpg", exif=exif, quality=100)
+    write_images(tmp_path / "b", 1)
+    dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=1)
+    index = dm.train_files.index(tmp_path / "a" / "portrait.jpg") if tmp_path / "a" / "portrait.jpg" in \
+        dm.train_files else None
+    files = dm.train_set if index is not None else dm.val_set
+    x = files.image(index if index is not None else 0).float()  # 8x16 upright, shorter side 8: its centre 8x8
+    top, bottom = x[:, :4].mean(), x[:, 4:].mean()
+    assert top > 200 and bottom < 50, (top, bottom)
+
+
+@pytest.mark.parametrize("under", [0, 255])
+def test_transparent_pixels_are_white_whatever_colour_they_hold(tmp_path, under):
+    """Two fully transparent images that look the same became black and white training data."""
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3] = under
+    write_png(tmp_path / "clear.png", rgba)
+    write_images(tmp_path / "other", 1)
+    dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=1)
+    files = dm.train_set if tmp_path / "clear.png" in dm.train_files else dm.val_set
+    i = list(files.files).index(tmp_path / "clear.png")
+    assert files.image(i).unique().tolist() == [255]
+
+
+def test_an_empty_class_folder_is_refused_with_labels(tmp_path):
+    write_images(tmp_path / "cat", 2)
+    (tmp_path / "empty").mkdir()
+    write_images(tmp_path / "zebra", 2)
+    ImageFolderDataModule(tmp_path, image_size=8, n_val=1)  # no labels: nothing shifts
+    with pytest.raises(ValueError, match=r"class folder\(s\) \['empty'\] .* hold no image"):
+        ImageFolderDataModule(tmp_path, image_size=8, n_val=1, labels=True)
+
+
+def test_a_link_to_an_image_listed_already_is_used_once(tmp_path, caplog):
+    """A link in another class folder put one image in both splits, under two labels."""
+    write_images(tmp_path / "cat", 2)
+    write_images(tmp_path / "zebra", 2, seed=1)
+    os.symlink(tmp_path / "cat" / "img0.png", tmp_path / "zebra" / "link.png")
+    with caplog.at_level("WARNING"):
+        dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=1, labels=True)
+    assert sorted(dm.train_files + dm.val_files) == sorted(
+        [tmp_path / "cat" / f"img{i}.png" for i in range(2)] + [tmp_path / "zebra" / f"img{i}.png" for i in range(2)])
+    assert "1 file(s)" in caplog.text and "links to images listed already" in caplog.text
+
+
+def test_an_unreadable_image_in_a_loader_worker_is_still_one_line(tmp_path, capsys):
+    """With num_workers > 0 torch re-raises the worker's error with its traceback: 25 lines, the file named last."""
+    from lightning_sde.cli.errors import print_error
+
+    write_images(tmp_path, 3)
+    (tmp_path / "notes.png").write_text("not an image")
+    dm = ImageFolderDataModule(tmp_path, image_size=8, batch_size=1, n_val=1, num_workers=1)
+    with pytest.raises(ValueError) as caught:
+        for loader in (dm.train_dataloader(), dm.val_dataloader()):
+            list(loader)
+    print_error("lsde-train", caught.value)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("lsde-train: error: ImageFolderDataModule: '") and "notes.png': not a readable image" in line
+    assert line.endswith("(in DataLoader worker process 0)")
