@@ -266,7 +266,7 @@ def offline_history(run_file) -> list[dict]:
 def backfill_wandb(logger, run_dir, step: int) -> int:
     """On resume from a checkpoint at global step `step`: log through `logger` (the run's `lightning_sde.logger.
     WandbLogger`) the CSV rows up to that step that W&B never got (those its service had not written when the job was
-    killed). Returns the rows logged."""
+    killed), and the pictures of their evaluations. Returns the rows logged."""
     try:
         run = logger.experiment
     except Exception as err:  # noqa: BLE001  (no W&B: nothing to fill)
@@ -288,8 +288,15 @@ def backfill_wandb(logger, run_dir, step: int) -> int:
                 at = int(float(row.get("step") or -1))
                 if have < at and not _logged_again(row, step):
                     rows.append((at, {k: float(v) for k, v in row.items() if k != "step" and v not in ("", None)}))
+    from lightning_sde.callbacks.sampler import pictures_at
+
+    pictured = set()
     for at, metrics in sorted(rows, key=lambda r: r[0]):
         logger.log_metrics(metrics, step=at)
+        if at not in pictured:  # the lost evaluation's pictures too, at its step
+            pictured.add(at)
+            for key, path in pictures_at(run_dir / "samples", at):
+                logger.log_image(key=key, images=[str(path)], step=at)
     if rows:
         log.warning("W&B: logged again %d row(s) (steps %d-%d) from the CSV that the interrupted run lost",
                     len(rows), rows[0][0], rows[-1][0])

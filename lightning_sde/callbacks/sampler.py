@@ -204,7 +204,7 @@ class SamplerCallback(L.Callback):
         if trainer.is_global_zero:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.kind == "points":
-                path = scatter_grid(panels, self.out_dir / f"scatter_step{trainer.global_step:07d}.png")
+                path = scatter_grid(panels, picture_path(self.out_dir, "scatter", trainer.global_step))
                 self._images.append(("samples/scatter", path))
             self._append_rows()
             rank_zero_info(f"sampler evaluation at step {trainer.global_step}:\n{self.table()}")
@@ -275,7 +275,7 @@ class SamplerCallback(L.Callback):
         if self.kind == "points":
             panels[f"{label} (NFE {nfe})"] = samples.x
         else:
-            path = image_grid(samples.x[: self.n_plot], self.out_dir / f"{label}_step{trainer.global_step:07d}.png",
+            path = image_grid(samples.x[: self.n_plot], picture_path(self.out_dir, label, trainer.global_step),
                               title=f"{label}, NFE {nfe}")
             self._images.append((f"samples/{label}", path))
 
@@ -298,6 +298,18 @@ class SamplerCallback(L.Callback):
                 writer.writeheader()
             writer.writerows(rows)
             fh.flush()
+
+
+def picture_path(samples_dir, label: str, step: int) -> Path:
+    """An evaluation's picture: `scatter` (every sampler's points) or a sampler's image grid; W&B's key for it is
+    samples/<label>."""
+    return Path(samples_dir) / f"{label}_step{step:07d}.png"
+
+
+def pictures_at(samples_dir, step: int) -> list[tuple[str, Path]]:
+    """(W&B key, path) of the pictures the evaluation at `step` drew."""
+    return [(f"samples/{p.name.removesuffix(f'_step{step:07d}.png')}", p)
+            for p in sorted(Path(samples_dir).glob(f"*_step{step:07d}.png"))]
 
 
 def best_values(path, metrics) -> dict[str, tuple[float, int]]:

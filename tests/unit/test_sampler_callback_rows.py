@@ -301,3 +301,27 @@ def test_a_resumed_runs_wandb_summary_keeps_the_best_of_the_starts_before(tmp_pa
     run = SimpleNamespace(summary={}, log=lambda *args, **kwargs: None)  # a new offline start: nothing in it yet
     callback._wandb_charts(SimpleNamespace(experiment=run), 1000)
     assert run.summary == {"best/ddim_50/sliced_w2": 0.68, "best/ddim_50/sliced_w2/step": 800}
+
+
+def test_a_backfilled_evaluation_gets_its_pictures_at_its_step(tmp_path):
+    """After a kill before W&B wrote anything, the resumed run logged the lost evaluation's numbers from the CSV but
+    not its pictures, which were on disk."""
+    from lightning_sde.tracking import backfill_wandb
+
+    (tmp_path / "csv" / "version_0").mkdir(parents=True)
+    (tmp_path / "csv" / "version_0" / "metrics.csv").write_text(
+        "step,train/loss,val/ddim_10/sliced_w2\n49,0.5,\n200,,0.7\n200,0.45,\n249,0.4,\n")
+    (tmp_path / "samples").mkdir()
+    for name in ("scatter_step0000200.png", "ddim_10_step0000200.png", "scatter_step0000400.png"):
+        (tmp_path / "samples" / name).write_bytes(b"png")
+    wandb_dir = tmp_path / "wandb" / "offline-run-2-r"
+    wandb_dir.mkdir(parents=True)
+    calls = []
+    logger = SimpleNamespace(
+        experiment=SimpleNamespace(offline=True, dir=str(wandb_dir / "files"), id="r"),
+        log_metrics=lambda metrics, step: calls.append(("metrics", step, sorted(metrics))),
+        log_image=lambda key, images, step: calls.append(("image", step, key)))
+    assert backfill_wandb(logger, tmp_path, 300) == 4
+    assert calls == [("metrics", 49, ["train/loss"]), ("metrics", 200, ["val/ddim_10/sliced_w2"]),
+                     ("image", 200, "samples/ddim_10"), ("image", 200, "samples/scatter"),  # once a step
+                     ("metrics", 200, ["train/loss"]), ("metrics", 249, ["train/loss"])]
