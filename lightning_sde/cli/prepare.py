@@ -7,6 +7,8 @@
 
     lsde-prepare image_folder --root /shared/my_images --inception --reference-stats 1000
                                                               # statistics of your own images (nothing to fetch)
+    lsde-prepare image_folder --root /shared/my_images        # decode every image once: a bad file named now,
+                                                              # not when its batch comes hours into training
 
 then train with `data.root=/shared/data`, and run `lsde-bench ... feature_extractor=inception
 reference_count=50000` with the same TORCH_HOME and LSDE_CACHE: it finds the statistics instead of recomputing
@@ -257,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(parser: argparse.ArgumentParser, args, downloads: list[str]) -> int:
+    from lightning_sde.data.image_folder import unreadable_images
     from lightning_sde.data.torchvision_sets import fetch, is_available
     from lightning_sde.tracking import quiet_and_logged
 
@@ -276,7 +279,13 @@ def run(parser: argparse.ArgumentParser, args, downloads: list[str]) -> int:
         for name in args.names:
             if name in downloads:
                 continue
-            if data_kind(data_config(name)) == "images":
+            if name == "image_folder" and args.root is not None:
+                bad = unreadable_images(args.root)
+                if bad:
+                    raise ValueError(f"{len(bad)} unreadable image(s) under {args.root}, e.g. {bad[0]}" + (
+                        "" if len(bad) == 1 else f"; all: {'; '.join(bad)}"[:4000]))
+                print(f"{name}: every image under {args.root} decodes")
+            elif data_kind(data_config(name)) == "images":
                 print(f"{name}: nothing to fetch (no download); --reference-stats N caches the FID/KID statistics of "
                       "N of its training images")
             else:

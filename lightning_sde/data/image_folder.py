@@ -165,6 +165,22 @@ class ImageFiles(Dataset):
         return x if self.labels is None else (x, torch.tensor(self.labels[index]))
 
 
+def unreadable_images(root, progress: bool = True) -> list[str]:
+    """Every image under root decoded as training decodes it: the one-line reason of each that fails (truncated, not
+    an image, an unsupported pixel format). For a login node before a long run: training meets a bad file only when
+    its batch comes, maybe hours in."""
+    from tqdm.auto import tqdm
+
+    files = list_images(root)
+    reasons = []
+    for path in tqdm(files, desc="decoding every image", unit="image", disable=None if progress else True):  # a tty
+        try:
+            ImageFiles([path], 1, 3)[0]
+        except ValueError as err:
+            reasons.append(str(err))
+    return reasons
+
+
 class SeededDequantization(Dataset):
     """Validation images dequantised with noise seeded per index: the same batches on every pass."""
 

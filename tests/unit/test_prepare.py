@@ -244,3 +244,20 @@ def test_a_dataset_with_nothing_to_fetch_says_so(name, says, offline, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith(f"{name}: nothing to fetch") and says in out[0]
     assert offline == []
+
+
+def test_image_folder_without_statistics_decodes_every_image_and_names_the_bad_ones(tmp_path, capsys):
+    """Training meets an unreadable file only when its batch comes (hours in, on a large folder): lsde-prepare on the
+    login node decodes each one first."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+    assert prepare.main(["image_folder", "--root", str(tmp_path)]) == 0
+    assert f"image_folder: every image under {tmp_path} decodes" in capsys.readouterr().out
+    whole = (tmp_path / "img1.png").read_bytes()
+    (tmp_path / "img1.png").write_bytes(whole[: len(whole) // 2])  # cut short, its header intact
+    (tmp_path / "notes.png").write_text("not an image")
+    assert prepare.main(["image_folder", "--root", str(tmp_path)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"lsde-prepare: error: 2 unreadable image(s) under {tmp_path}, e.g. ")
+    assert "img1.png': not a readable image (PIL: image file is truncated" in line and "notes.png'" in line
