@@ -202,7 +202,7 @@ def test_a_key_counts_as_set_by_the_command_line_unless_it_is_removed(overrides,
 
 
 @pytest.mark.parametrize("experiment, overrides, error, message", [
-    ("mnist_subvp", ["+data.download=false"], FileNotFoundError, "lsde-prepare mnist --root"),
+    ("mnist_subvp", ["data.download=false"], FileNotFoundError, "lsde-prepare mnist --root"),
     ("digits", ["callbacks.sampler.n_samples=5000"], ValueError, "config callbacks.sampler.n_samples: "),
     ("digits", ["callbacks.sampler.feature_extractor=inception"], FileNotFoundError,
      "config callbacks.sampler.feature_extractor: InceptionV3 weights not found"),
