@@ -247,7 +247,7 @@ class SamplerCallback(L.Callback):
         metric of value against NFE (a point per sampler) and the best value of each sampler as a summary."""
         step = trainer.global_step
         flat = {f"val/{label}/{k}": v for label, row in self.last_rows.items() for k, v in row.items()
-                if k not in ("step", "sampler")}
+                if k not in ("step", "sampler", *UNCHARTED) and not (label == NOISE_FLOOR and k in ("nfe", "wall_s"))}
         for logger in trainer.loggers:
             logger.log_metrics(flat, step=step)
             if isinstance(logger, WandbLogger):
@@ -298,6 +298,11 @@ class SamplerCallback(L.Callback):
                 writer.writeheader()
             writer.writerows(rows)
             fh.flush()
+
+
+# In sampler_metrics.csv, not charted: the configured sample count (a flat line per sampler; the noise floor's
+# NFE and time are 0 too)
+UNCHARTED = ("n_samples",)
 
 
 def picture_path(samples_dir, label: str, step: int) -> Path:

@@ -152,14 +152,16 @@ def test_points_rows_logs_pictures_record_and_table(tmp_path, drawn, info_log, o
         assert row["mmd"] == pytest.approx(Scorer(reference, ("mmd",))(expected[label].x)["mmd"], rel=1e-9)
         for key in ("nfe", "wall_s", "n_samples", "n_distinct", "n_nonfinite", "mmd"):
             assert trainer.callback_metrics[f"val/{label}/{key}"].item() == pytest.approx(row[key])
-    # the loggers get every value of the evaluation at its step
+    # the loggers get every value of the evaluation at its step, but flat lines: the configured sample count and the
+    # noise floor's NFE and time (0)
     ((step, logged),) = [(step, m) for step, m in wandb.metrics if "val/ddim/nfe" in m]
     assert step == 2 and logged == {
         f"val/{label}/{key}": value
         for label, row in callback.last_rows.items()
         for key, value in row.items()
-        if key not in ("step", "sampler")
+        if key not in ("step", "sampler", "n_samples") and not (label == "noise_floor" and key in ("nfe", "wall_s"))
     }
+    assert {"val/ddim/n_distinct", "val/ddim/n_nonfinite", "val/noise_floor/mmd"} <= set(logged)
 
     # one scatter: the data and each sampler's samples (float64, the seeds' own), titled with the NFE
     scatter_path = root / "samples" / "scatter_step0000002.png"
