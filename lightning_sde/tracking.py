@@ -263,6 +263,18 @@ def offline_history(run_file) -> list[dict]:
     return rows
 
 
+def picture_path(samples_dir, label: str, step: int) -> Path:
+    """An evaluation's picture (the sampler callback's): `scatter` (every sampler's points) or a sampler's image grid;
+    W&B's key for it is samples/<label>."""
+    return Path(samples_dir) / f"{label}_step{step:07d}.png"
+
+
+def pictures_at(samples_dir, step: int) -> list[tuple[str, Path]]:
+    """(W&B key, path) of the pictures the evaluation at `step` drew."""
+    return [(f"samples/{p.name.removesuffix(f'_step{step:07d}.png')}", p)
+            for p in sorted(Path(samples_dir).glob(f"*_step{step:07d}.png"))]
+
+
 def backfill_wandb(logger, run_dir, step: int) -> int:
     """On resume from a checkpoint at global step `step`: log through `logger` (the run's `lightning_sde.logger.
     WandbLogger`) the CSV rows up to that step that W&B never got (those its service had not written when the job was
@@ -288,8 +300,6 @@ def backfill_wandb(logger, run_dir, step: int) -> int:
                 at = int(float(row.get("step") or -1))
                 if have < at and not _logged_again(row, step):
                     rows.append((at, {k: float(v) for k, v in row.items() if k != "step" and v not in ("", None)}))
-    from lightning_sde.callbacks.sampler import pictures_at
-
     pictured = set()
     for at, metrics in sorted(rows, key=lambda r: r[0]):
         logger.log_metrics(metrics, step=at)

@@ -32,7 +32,7 @@ from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, ranks_above, resol
 from lightning_sde.models.guidance import check_guidance
 from lightning_sde.plotting import image_grid, scatter_grid, text_table
 from lightning_sde.samplers import Sampler
-from lightning_sde.tracking import trim_history
+from lightning_sde.tracking import picture_path, trim_history
 
 log = logging.getLogger(__name__)
 SAMPLE_STATS = ("nfe", "wall_s", "n_samples", "n_distinct", "n_nonfinite")  # logged per sampler beside its metrics
@@ -303,18 +303,6 @@ class SamplerCallback(L.Callback):
 # In sampler_metrics.csv, not charted: the configured sample count (a flat line per sampler; the noise floor's
 # NFE and time are 0 too)
 UNCHARTED = ("n_samples",)
-
-
-def picture_path(samples_dir, label: str, step: int) -> Path:
-    """An evaluation's picture: `scatter` (every sampler's points) or a sampler's image grid; W&B's key for it is
-    samples/<label>."""
-    return Path(samples_dir) / f"{label}_step{step:07d}.png"
-
-
-def pictures_at(samples_dir, step: int) -> list[tuple[str, Path]]:
-    """(W&B key, path) of the pictures the evaluation at `step` drew."""
-    return [(f"samples/{p.name.removesuffix(f'_step{step:07d}.png')}", p)
-            for p in sorted(Path(samples_dir).glob(f"*_step{step:07d}.png"))]
 
 
 def best_values(path, metrics) -> dict[str, tuple[float, int]]:
