@@ -165,9 +165,12 @@ def finish_wandb(exit_code: int, error: str | None = None) -> bool:
 
     if wandb.run is None:
         return True
-    try:
-        if error is not None:
+    if error is not None:
+        try:
             wandb.run.summary["error"] = error
+        except Exception as err:  # noqa: BLE001  (the run is still closed, with its exit code)
+            log.warning("W&B: the error not recorded in the summary (%s: %s)", type(err).__name__, err)
+    try:
         wandb.finish(exit_code=exit_code)
         return True
     except Exception as err:  # noqa: BLE001  (the CSV logs and the checkpoint are the record)

@@ -25,6 +25,7 @@ from lightning_sde.configuration import build
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.data.base import floor_or_reason
 from lightning_sde.distributed import broadcast_from_zero
+from lightning_sde.files import write_csv
 from lightning_sde.generation import GenerationStopped, generate
 from lightning_sde.metrics.features import check_feature_extractor
 from lightning_sde.metrics.image import IMAGE_METRICS
@@ -286,11 +287,22 @@ class SamplerCallback(L.Callback):
                 logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
 
     def _append_rows(self):
-        """Append this evaluation's rows to samples/sampler_metrics.csv (the file stays the record across resumes)."""
+        """Append this evaluation's rows to samples/sampler_metrics.csv (the file stays the record across resumes).
+        Rows with other columns than the file's (a resume with other metrics) rewrite it, atomically, under the union
+        of both: appended under the old header, their values would sit in other columns."""
         path = self.out_dir / "sampler_metrics.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = list(self.last_rows.values())
         fields = ["step", "sampler", *sorted({k for row in rows for k in row} - {"step", "sampler"})]
+        if path.exists():
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                header, earlier = reader.fieldnames or [], list(reader)
+            if set(fields) - set(header):
+                union = ["step", "sampler", *sorted((set(header) | set(fields)) - {"step", "sampler"})]
+                write_csv(path, earlier + rows, union)
+                return
+            fields = header
         new = not path.exists()
         with open(path, "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields)

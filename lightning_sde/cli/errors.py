@@ -27,11 +27,13 @@ def from_worker(message: str) -> str:
     """An error a DataLoader worker raised, as its own one line (torch re-raises it as 'Caught ValueError in
     DataLoader worker process 0.' followed by the worker's traceback); any other message unchanged."""
     head, _, trace = message.partition("\nOriginal Traceback")
-    lines = [line for line in trace.splitlines() if line.strip()]
-    if not (head.startswith("Caught ") and lines):
+    if not (head.startswith("Caught ") and trace):
         return message
-    where = head.split(" in ", 1)[-1].rstrip(".")
-    return f"{lines[-1].split(': ', 1)[-1]} (in {where})"
+    kind, where = head.removeprefix("Caught ").split(" in ", 1)
+    lines = trace.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(f"{kind}: ")]  # the error's own first line
+    text = " ".join(line.strip() for line in lines[starts[-1]:]).removeprefix(f"{kind}: ") if starts else lines[-1]
+    return f"{text} (in {where.rstrip('.')})"
 
 
 def fail(app: str, err) -> None:

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_sde.callbacks import Preemption, SamplerCallback
 from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO, SetAside
 from lightning_sde.callbacks.sampler import SAMPLE_STATS
-from lightning_sde.cli.errors import fails_cleanly, multirun_job
+from lightning_sde.cli.errors import fails_cleanly, from_worker, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, check_same_data, checked, node_changes, plain, shown
 from lightning_sde.configuration import build as build_node
@@ -98,11 +98,11 @@ def wandb_identity(cfg: DictConfig, job, callbacks) -> dict:
 
 
 def run_name_kept() -> bool:
-    """Whether run_name is the same when the sweep is submitted again (given on the command line, or from
-    LSDE_RUN_NAME / SLURM_JOB_ID), not the start time: its jobs then resume their runs, and keep their group."""
+    """Whether run_name is the same when the sweep is submitted again (given on the command line, or LSDE_RUN_NAME),
+    not the start time or a job id (each job of a submitit sweep has its own): its jobs then resume their runs, and
+    keep their group."""
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    return any(o.lstrip("+").split("=", 1)[0] == "run_name" for o in overrides) or any(
-        os.environ.get(v) for v in ("LSDE_RUN_NAME", "SLURM_JOB_ID"))
+    return any(o.lstrip("+").split("=", 1)[0] == "run_name" for o in overrides) or bool(os.environ.get("LSDE_RUN_NAME"))
 
 
 def is_int(value) -> bool:
@@ -547,7 +547,8 @@ def run_app(cfg: DictConfig) -> None:
             report(cfg, None)
         code = EXIT_SIGTERM
     except BaseException as err:  # a diverged loss, a bad file, a bug: W&B shows the run failed, and why
-        code, error = exit_status(err), f"{type(err).__name__}: {err}"
+        code = exit_status(err)
+        error = f"{type(err).__name__}: {from_worker(str(err))}" if code else None
         raise
     finally:
         if not finish_wandb(code, error) and code and error is None:  # its service died with the job: W&B's exit

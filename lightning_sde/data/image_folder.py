@@ -10,8 +10,9 @@ Pixels: EXIF orientation applied (a phone's portrait JPEG stands upright); trans
 16-bit grayscale (PIL modes "I;16*", or "I" holding 0..65535) scaled to 8 bits (value / 257, rounded); 32-bit
 integer values beyond 0..65535 and floating-point images ("F") refused: their range is unknown.
 
-The split is decided per file, by a seeded hash of its path under root: adding or removing files moves no other
-file between training and validation. A resume checks the files against the checkpoint's (`check_resume`)."""
+The split is decided per file: the n_val files first in a seeded hash of their paths under root validate. A file
+added later trains, unless it hashes among those n_val (chance n_val / N), where it moves the last one into training;
+no other file moves. A resume checks the files against the checkpoint's (`check_resume`) and keeps the run's n_val."""
 
 from __future__ import annotations
 
@@ -70,12 +71,10 @@ def list_images(root) -> list[Path]:
             and os.path.isfile(os.path.join(folder, name))
         )
     files.sort()
-    seen, unique = set(), []
-    for f in files:  # an image reached twice (a link to one listed already): once, at its first path
-        real = os.path.realpath(f)
-        if real not in seen:
-            seen.add(real)
-            unique.append(f)
+    paths = {}  # an image reached twice (a link to one listed): once, at a path that is not itself a link if any
+    for f in sorted(files, key=os.path.islink):
+        paths.setdefault(os.path.realpath(f), f)
+    unique = sorted(paths.values())
     if len(unique) < len(files):
         log.warning("ImageFolderDataModule: %d file(s) under %s are links to images listed already; each image is "
                     "used once", len(files) - len(unique), root)
@@ -90,7 +89,7 @@ def list_images(root) -> list[Path]:
 
 def split_order(files: list[Path], root: Path, seed: int) -> list[Path]:
     """The files in a seeded order that each file's own path decides (a hash of it under root and the seed): adding
-    or removing files moves no other file's place relative to the rest."""
+    or removing files leaves the order of the others as it was."""
     def key(f: Path) -> bytes:
         return hashlib.blake2b(f"{seed}/{f.relative_to(root).as_posix()}".encode(), digest_size=16).digest()
 
@@ -108,7 +107,7 @@ def opaque(img):
     from PIL import Image, ImageOps
 
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("P", "RGB", "L") and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
@@ -157,7 +156,8 @@ class ImageFiles(Dataset):
         try:
             with Image.open(path) as img:
                 img = to_8bit(opaque(img), path).convert(self.mode)
-        except OSError as err:  # not an image, truncated, unreadable: a user error, reported in one line
+        except (OSError, Image.DecompressionBombError) as err:  # not an image, truncated, unreadable, or more
+            # pixels than PIL decodes by default (Image.MAX_IMAGE_PIXELS): a user error, reported in one line
             raise ValueError(f"ImageFolderDataModule: {str(path)!r}: not a readable image (PIL: {err})") from err
         img = F.resize(img, [self.image_size], antialias=True)
         img = F.center_crop(img, [self.image_size, self.image_size])
@@ -236,14 +236,13 @@ class ImageFolderDataModule(BaseDataModule):
         if len(files) < 2:
             raise ValueError(f"{owner}: need at least 2 images under {str(self.root)!r} (train and validation); "
                              f"found {len(files)}")
+        self.n_val_by_default = n_val is None  # 5 % of the files: a resume keeps the run's own count (check_resume)
         if n_val is None:
             n_val = min(1000, max(1, len(files) // 20))
-        self.n_val = check_int(owner, "n_val", n_val, 1)
-        if self.n_val >= len(files):
+        check_int(owner, "n_val", n_val, 1)
+        if n_val >= len(files):
             raise ValueError(f"{owner}: n_val must be below the {len(files)} images found; got {n_val}")
-        order = split_order(files, self.root, seed)
-        self.val_files = sorted(order[: self.n_val])
-        self.train_files = order[self.n_val :]  # a seeded order: reference(n) takes the first n
+        self.files = files
         self.shape = (channels, image_size, image_size)
         self.train_transform = ImageBatch(LEVELS, dequantize=self.dequantize, hflip=self.hflip)
         classes = None
@@ -261,11 +260,20 @@ class ImageFolderDataModule(BaseDataModule):
                                  "remove the folder, or add its images")
             classes = {name: i for i, name in enumerate(names)}
             self.num_classes, self.class_names = len(names), names
+        self.classes = classes
+        self.split(n_val)
+
+    def split(self, n_val: int) -> None:
+        """The first n_val files in the seeded per-file order validate, the rest train (in that order: reference(n)
+        takes the first n)."""
+        order = split_order(self.files, self.root, self.seed)
+        self.n_val, self.val_files, self.train_files = n_val, sorted(order[:n_val]), order[n_val:]
+        classes = self.classes
         label = (lambda fs: [classes[f.relative_to(self.root).parts[0]] for f in fs]) if classes else (lambda fs: None)
-        self.train_set = ImageFiles(self.train_files, image_size, channels, label(self.train_files))
-        val_images = ImageFiles(self.val_files, image_size, channels, label(self.val_files))
+        self.train_set = ImageFiles(self.train_files, self.image_size, self.channels, label(self.train_files))
+        val_images = ImageFiles(self.val_files, self.image_size, self.channels, label(self.val_files))
         if self.dequantize:  # noise fixed per image (the collate's would change on every pass)
-            self.val_set, self.val_collate = SeededDequantization(val_images, seed), stack
+            self.val_set, self.val_collate = SeededDequantization(val_images, self.seed), stack
         else:
             self.val_set, self.val_collate = val_images, ImageBatch(LEVELS)
 
@@ -286,14 +294,18 @@ class ImageFolderDataModule(BaseDataModule):
         values would compare other images, and images it validated on could now train); other training images are
         said (the run trains on the folder as it is now). Checkpoints from before the check hold none."""
         if not state:
+            log.warning("the checkpoint %s holds no record of the files under %s (written before the split was "
+                        "decided per file): its validation images may not be the run's earlier ones", path, self.root)
             return
+        if self.n_val_by_default and state["n_val"] != self.n_val and state["n_val"] < len(self.files):
+            self.split(state["n_val"])  # the run's own count, which 5 % of a changed folder would change
         now = self.state_dict()
         if now["val_files"] != state["val_files"]:
             raise ValueError(
                 f"config data.root: the images under {str(self.root)!r} changed since the checkpoint {path} "
                 f"({state['n_train']} + {state['n_val']} images for training + validation then, {now['n_train']} + "
                 f"{now['n_val']} now) and its validation images are not the run's; resume with the folder as it "
-                "was (and the run's data.n_val), or start a new run (another run_name)")
+                "was, or start a new run (another run_name)")
         if now["train_files"] != state["train_files"]:
             log.warning("the training images under %s changed since the checkpoint %s (%d then, %d now): the resumed "
                         "run trains on them as they are now; the validation images are the run's",

@@ -51,6 +51,9 @@ def corrupt_error(name: str, root, err: Exception) -> ValueError:
     """Files torchvision found but could not read (a download cut short, a disk error)."""
     folder = Path(root).expanduser().resolve() / SPECS[name].folder
     detail = " ".join(str(err).split())[:200] or "no message"
+    if isinstance(err, PermissionError):
+        return ValueError(f"{SPECS[name].title} under {str(folder)!r} could not be read ({detail}): give this user "
+                          "read access to it")
     return ValueError(f"{SPECS[name].title} under {str(folder)!r} could not be read ({type(err).__name__}: {detail}): "
                       f"its files are incomplete or corrupt; delete that folder and run "
                       f"{prepare_command(name, Path(folder).parent)} again")

@@ -293,8 +293,8 @@ def test_each_job_of_a_multirun_trains_under_its_own_name_even_with_a_run_name_i
     # grouped under the kept name: a resubmitted sweep (another sweep id) resumes its runs into the same group
     assert train.wandb_identity(cfg, ("sweep", 1), [])["group"] == "foo"
     monkeypatch.delenv("LSDE_RUN_NAME")
-    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    assert train.wandb_identity(cfg, ("sweep", 1), [])["group"] == "sweep"  # a name from the start time: the sweep's
+    monkeypatch.setenv("SLURM_JOB_ID", "5002")  # a submitit job's own id (another for each job): the sweep's group
+    assert train.wandb_identity(cfg, ("sweep", 1), [])["group"] == "sweep"
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -267,6 +267,17 @@ def test_corrupt_torchvision_files_are_said_so_with_what_to_do(tmp_path):
         MNISTDataModule(root=str(tmp_path), batch_size=8, download=False).setup("fit")
 
 
+def test_unreadable_torchvision_files_are_a_permission_problem_not_corruption(tmp_path, monkeypatch):
+    from lightning_sde.data import torchvision_sets
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "MNIST" / "raw" / "x"))
+
+    monkeypatch.setattr(torchvision_sets, "_dataset", denied)
+    with pytest.raises(ValueError, match=r"could not be read \(\[Errno 13\] Permission denied.*give this user read"):
+        MNISTDataModule(root=str(tmp_path), batch_size=8).prepare_data()
+
+
 def test_prepare_cli_reports_the_failure(tmp_path, capsys):
     assert prepare_main(["mnist", "--root", str(tmp_path), "--timeout", "5"]) in (0, 1)
     err = capsys.readouterr().err

@@ -207,3 +207,72 @@ def test_an_unreadable_image_in_a_loader_worker_is_still_one_line(tmp_path, caps
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("lsde-train: error: ImageFolderDataModule: '") and "notes.png': not a readable image" in line
     assert line.endswith("(in DataLoader worker process 0)")
+
+
+def test_a_resume_keeps_the_runs_default_n_val_and_warns_for_a_checkpoint_without_a_record(tmp_path, caplog):
+    """n_val=null is 5 % of the files: one more file made it 2 where the run had 1, and the resume was refused with
+    advice (set data.n_val) that the data-config check then refused too."""
+    write_images(tmp_path, 39)
+    state = ImageFolderDataModule(tmp_path, image_size=8).state_dict()
+    assert state["n_val"] == 1
+    write_png(tmp_path / "zz_new.png", np.zeros((8, 8, 3), np.uint8))
+    resumed = ImageFolderDataModule(tmp_path, image_size=8)
+    assert resumed.n_val == 2
+    resumed.check_resume(state, "last.ckpt")  # the run's own 1, and its validation image
+    assert resumed.n_val == 1 and len(resumed.val_set) == 1 and resumed.state_dict()["val_files"] == state["val_files"]
+    assert len(resumed.train_set) == 39
+    with caplog.at_level("WARNING"):
+        ImageFolderDataModule(tmp_path, image_size=8).check_resume(None, "old.ckpt")
+    assert "old.ckpt holds no record of the files" in caplog.text
+
+
+def test_a_linked_copy_yields_to_the_real_file_whatever_sorts_first(tmp_path):
+    """A folder `all/` of links to every image sorted before the class folders: the images took its label."""
+    write_images(tmp_path / "cat", 2)
+    write_images(tmp_path / "dog", 2, seed=1)
+    (tmp_path / "all").mkdir()
+    for cls in ("cat", "dog"):
+        for i in range(2):
+            os.symlink(tmp_path / cls / f"img{i}.png", tmp_path / "all" / f"{cls}{i}.png")
+    (tmp_path / "all" / "cat0.png").unlink()
+    dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=1)
+    assert not any(f.parent.name == "all" for f in dm.train_files + dm.val_files)
+
+
+def test_a_key_colour_transparency_is_white_too(tmp_path):
+    """An RGB PNG with a transparent colour (tRNS) kept that colour (black) where it is transparent."""
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "key.png", transparency=(0, 0, 0))
+    write_images(tmp_path / "other", 1)
+    dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=1)
+    files = dm.train_set if tmp_path / "key.png" in dm.train_files else dm.val_set
+    assert files.image(list(files.files).index(tmp_path / "key.png")).unique().tolist() == [255]
+
+
+def test_an_image_with_more_pixels_than_pil_decodes_is_a_one_line_error(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    write_images(tmp_path, 3, size=64)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is then beyond twice the limit: a "bomb"
+    dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=1)
+    with pytest.raises(ValueError, match=r"img\d\.png'?: not a readable image \(PIL: Image size"):
+        dm.train_set.image(0)
+
+
+def test_a_worker_error_of_several_lines_keeps_them_all_on_one():
+    from torch.utils.data import DataLoader, Dataset
+
+    from lightning_sde.cli.errors import from_worker
+
+    class Failing(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise ValueError("the file x.png: not a readable image\nsee lsde-prepare image_folder")
+
+    with pytest.raises(ValueError) as caught:
+        list(DataLoader(Failing(), num_workers=1))
+    assert from_worker(str(caught.value)) == ("the file x.png: not a readable image see lsde-prepare image_folder "
+                                              "(in DataLoader worker process 0)")
+    assert from_worker("a plain message\nOriginal Traceback: not torch's") == "a plain message\nOriginal Traceback: " \
+        "not torch's"

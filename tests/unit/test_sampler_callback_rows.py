@@ -327,3 +327,24 @@ def test_a_backfilled_evaluation_gets_its_pictures_at_its_step(tmp_path):
     assert calls == [("metrics", 49, ["train/loss"]), ("metrics", 200, ["val/ddim_10/sliced_w2"]),
                      ("image", 200, "samples/ddim_10"), ("image", 200, "samples/scatter"),  # once a step
                      ("metrics", 200, ["train/loss"]), ("metrics", 249, ["train/loss"])]
+
+
+def test_a_resume_with_other_metrics_keeps_every_value_in_its_column(tmp_path):
+    """Rows of a resumed run with other metrics were appended under the first run's header: best/ddim/sliced_w2 then
+    read a wall time."""
+    callback = SamplerCallback({"ddim": DDIM(2)}, n_samples=8, metrics=["mmd"])
+    callback.out_dir = tmp_path
+
+    def evaluation(step, **metrics):
+        callback.last_rows = {"ddim": {"step": step, "sampler": "ddim", "nfe": 2, "wall_s": 0.5, **metrics}}
+        callback._append_rows()
+
+    evaluation(100, mmd=0.3, sliced_w2=0.2)
+    evaluation(200, sliced_w2=0.1)  # fewer metrics: the file's header, blanks where none
+    evaluation(300, kid=0.05, sliced_w2=0.09)  # a metric the file has no column for: rewritten under both
+    with open(tmp_path / "sampler_metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["step"], r["mmd"], r["sliced_w2"], r["kid"], r["wall_s"]) for r in rows] == [
+        ("100", "0.3", "0.2", "", "0.5"), ("200", "", "0.1", "", "0.5"), ("300", "", "0.09", "0.05", "0.5")]
+    assert sampler_callback.best_values(tmp_path / "sampler_metrics.csv", ["sliced_w2"]) == {
+        "best/ddim/sliced_w2": (0.09, 300)}
