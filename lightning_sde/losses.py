@@ -3,11 +3,14 @@
   L(theta) = E_t E_{x0} E_{z} [ lambda(t) || s_theta(x_t, t) - grad log p_t(x_t | x0) ||^2 ],
   x_t = alpha_t x0 + sigma_t z.
 With s = -eps / sigma the integrand is lambda(t) / sigma_t^2 || eps_theta - z ||^2, whatever the network predicts.
-  sigma2      lambda = sigma_t^2: the plain eps-MSE, t ~ U[eps, T]
+  sigma2      lambda = sigma_t^2: the plain eps-MSE, t ~ U[t_min, T]
   likelihood  lambda = g(t)^2 (Song et al. 2021b, "Maximum likelihood training"), which bounds the NLL; its weight
               g^2 / sigma^2 explodes as t -> 0, so by default t is importance-sampled from p(t) ~ g^2 / sigma^2 and
-              every sample gets the constant weight Z / (T - eps), Z = int g^2 / sigma^2 dt: the same expectation.
-The squared error is averaged over data dimensions, so the loss scale does not grow with the image size.
+              every sample gets the constant weight Z / (T - t_min), Z = int g^2 / sigma^2 dt: the same
+              expectation.
+t_min, the smallest training time, is the SDE's eps unless set (score_sde trains VP from 1e-5 and samples from
+eps = 1e-3). The squared error is averaged over data dimensions, so the loss scale does not grow with the image size
+(score_sde sums it on VE: the same minimiser, gradients ~ the dimension larger, so gradient clipping acts otherwise).
 """
 
 from __future__ import annotations
@@ -24,18 +27,19 @@ WEIGHTINGS = ("sigma2", "likelihood")
 
 
 class ImportanceTimeSampler:
-    """Draws t from p(t) ~ g(t)^2 / sigma_t^2 on [eps, T] by inverting its CDF, tabulated once on a log grid.
+    """Draws t from p(t) ~ g(t)^2 / sigma_t^2 on [t_min, T] by inverting its CDF, tabulated once on a log grid.
 
     The density behaves like 1/t near 0 on VP, so a grid uniform in log t resolves it with a few thousand points.
     """
 
-    def __init__(self, sde: SDE, n_grid: int = 20_000):
-        t = torch.logspace(math.log10(sde.eps), math.log10(sde.T), n_grid, dtype=torch.float64)
-        t[0], t[-1] = sde.eps, sde.T  # exactly: never a t outside [eps, T]
+    def __init__(self, sde: SDE, t_min: float | None = None, n_grid: int = 20_000):
+        t_min = sde.eps if t_min is None else t_min
+        t = torch.logspace(math.log10(t_min), math.log10(sde.T), n_grid, dtype=torch.float64)
+        t[0], t[-1] = t_min, sde.T  # exactly: never a t outside [t_min, T]
         density = sde.g2(t) / sde.sigma(t) ** 2
         cdf = torch.cat([torch.zeros(1, dtype=torch.float64),
                          torch.cumsum(0.5 * (density[1:] + density[:-1]) * t.diff(), 0)])
-        self.normalizer = cdf[-1].item()  # Z = int_eps^T g^2 / sigma^2 dt (trapezoid rule)
+        self.normalizer = cdf[-1].item()  # Z = int_t_min^T g^2 / sigma^2 dt (trapezoid rule)
         self.t = t
         self.cdf = cdf / cdf[-1]
 
@@ -48,23 +52,29 @@ class ImportanceTimeSampler:
 
 
 class DSMLoss:
-    def __init__(self, sde: SDE, weighting: str = "sigma2", importance_sampling: bool = True):
+    def __init__(self, sde: SDE, weighting: str = "sigma2", importance_sampling: bool = True,
+                 t_min: float | None = None):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"loss weighting {weighting!r} is not one of {WEIGHTINGS}")
         if not isinstance(importance_sampling, bool):
             raise ValueError(f"loss importance_sampling must be true or false; got {importance_sampling!r}")
+        if t_min is not None and (isinstance(t_min, bool) or not isinstance(t_min, (int, float))
+                                  or not 0 < t_min < sde.T):
+            raise ValueError(f"loss t_min must be null (the SDE's eps) or a time in (0, {sde.T:g}); got {t_min!r}")
         self.sde = sde
         self.weighting = weighting
-        self.importance = ImportanceTimeSampler(sde) if weighting == "likelihood" and importance_sampling else None
+        self.t_min = sde.eps if t_min is None else float(t_min)
+        self.importance = ImportanceTimeSampler(sde, self.t_min) if weighting == "likelihood" and importance_sampling \
+            else None
 
     def sample_time(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Times t (float64, CPU) and the weight w(t) that multiplies the eps-MSE at each."""
         sde = self.sde
         u = torch.rand(n, dtype=torch.float64, generator=generator)
         if self.importance is not None:
-            return self.importance.sample(u), torch.full((n,), self.importance.normalizer / (sde.T - sde.eps),
+            return self.importance.sample(u), torch.full((n,), self.importance.normalizer / (sde.T - self.t_min),
                                                          dtype=torch.float64)
-        t = sde.eps + (sde.T - sde.eps) * u
+        t = self.t_min + (sde.T - self.t_min) * u
         weight = torch.ones_like(t) if self.weighting == "sigma2" else sde.g2(t) / sde.sigma(t) ** 2
         return t, weight
 

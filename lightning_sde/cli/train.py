@@ -478,6 +478,11 @@ def train(cfg: DictConfig):
     trainer = run.trainer
     resumed_at = run.resumed_at
     with run.lock or contextlib.nullcontext():
+        batch = getattr(run.datamodule, "batch_size", None)
+        if batch is not None and launched_first():  # data.batch_size is per process: a paper's is the step's
+            k = trainer.accumulate_grad_batches
+            log.info("batch: %d per process x %d process(es) x %d accumulated = %d samples a step", batch,
+                     trainer.world_size, k, batch * trainer.world_size * k)
         if resumed_at is not None and trainer.is_global_zero:  # one continuous history, whatever the last run logged
             trim_history(cfg.run_dir, resumed_at)
         for logger in trainer.loggers:

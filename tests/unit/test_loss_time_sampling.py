@@ -164,3 +164,24 @@ def test_importance_sampled_times_stay_in_eps_to_T(eps):
     t = sampler.sample(torch.cat([torch.zeros(1, dtype=torch.float64), torch.rand(10_000, dtype=torch.float64,
                                   generator=torch.Generator().manual_seed(0)), torch.ones(1, dtype=torch.float64)]))
     assert t.min() == eps and t.max() == 1.0
+
+
+@pytest.mark.parametrize("weighting", ["sigma2", "likelihood"])
+def test_t_min_sets_the_smallest_training_time_below_the_sampling_eps(weighting):
+    """score_sde trains VP from t = 1e-5 and samples from eps = 1e-3: loss.t_min. The times stay in [t_min, T], reach
+    down to it, and the likelihood weighting's normaliser is the closed form's over [t_min, T]."""
+    sde, t_min = VPSDE(eps=1e-3), 1e-5
+    loss = DSMLoss(sde, weighting=weighting, t_min=t_min)
+    t, weight = loss.sample_time(200_000, torch.Generator().manual_seed(0))
+    assert t.min().item() >= t_min and t.max().item() <= sde.T
+    assert (t < sde.eps).float().mean().item() > (0.001 if weighting == "sigma2" else 0.1)  # below eps, as trained
+    if weighting == "likelihood":
+        Z = (vp_log_expm1_B(sde, sde.T) - vp_log_expm1_B(sde, t_min)).item()
+        assert weight[0].item() == pytest.approx(Z / (sde.T - t_min), rel=1e-6)
+    assert DSMLoss(sde, weighting=weighting).sample_time(1000, torch.Generator())[0].min().item() >= sde.eps
+
+
+@pytest.mark.parametrize("t_min", [0.0, 1.0, -1e-5, True, "1e-5"])
+def test_a_t_min_outside_the_time_range_is_refused(t_min):
+    with pytest.raises(ValueError, match="loss t_min must be null"):
+        DSMLoss(VPSDE(), t_min=t_min)
