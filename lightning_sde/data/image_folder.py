@@ -293,7 +293,8 @@ class ImageFolderDataModule(BaseDataModule):
         """A resume on a folder whose validation images are not the checkpoint's is refused (the run's validation
         values would compare other images, and images it validated on could now train); other training images are
         said (the run trains on the folder as it is now). Checkpoints from before the check hold none."""
-        if not state:
+        kinds = {"train_files": str, "n_train": int, "val_files": str, "n_val": int}
+        if not (isinstance(state, dict) and all(isinstance(state.get(k), t) for k, t in kinds.items())):
             log.warning("the checkpoint %s holds no record of the files under %s (written before the split was "
                         "decided per file): its validation images may not be the run's earlier ones", path, self.root)
             return

@@ -221,9 +221,11 @@ def test_a_resume_keeps_the_runs_default_n_val_and_warns_for_a_checkpoint_withou
     resumed.check_resume(state, "last.ckpt")  # the run's own 1, and its validation image
     assert resumed.n_val == 1 and len(resumed.val_set) == 1 and resumed.state_dict()["val_files"] == state["val_files"]
     assert len(resumed.train_set) == 39
-    with caplog.at_level("WARNING"):
-        ImageFolderDataModule(tmp_path, image_size=8).check_resume(None, "old.ckpt")
-    assert "old.ckpt holds no record of the files" in caplog.text
+    for crafted in (None, {}, [1, 2], {**state, "n_val": "1"}):  # before the record, or not one: said, not a crash
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            ImageFolderDataModule(tmp_path, image_size=8).check_resume(crafted, "old.ckpt")
+        assert "old.ckpt holds no record of the files" in caplog.text
 
 
 def test_a_linked_copy_yields_to_the_real_file_whatever_sorts_first(tmp_path):
