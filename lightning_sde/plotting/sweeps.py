@@ -8,6 +8,7 @@ save it.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,9 +22,12 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, SymmetricalLogLocator  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
+from lightning_sde.metrics.scorer import CLOSEST_TO_EXACT  # noqa: E402
 from lightning_sde.plotting.style import (  # noqa: E402
+    METRIC_UNITS,
     choose_yscale,
     metric_label,
+    metric_name,
     metric_title,
     natural,
     outside,
@@ -71,9 +75,21 @@ def line_styles(rows: list[dict]) -> dict[str, dict]:
     return styles
 
 
-def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
+def from_floor(rows: list[dict]) -> list[dict] | None:
+    """A CLOSEST_TO_EXACT metric's rows as differences from their protocol's noise floor (value, interval; the floor
+    itself at 0), or None when some protocol has no finite floor. Log-likelihoods near exact samples' (-2.45 against
+    -2.5) are then read on their own scale, not crushed by a diverged sampler's -1000."""
+    floors = {_protocol(r): float(r["value"]) for r in rows if _is_floor(r) and _finite(r.get("value"))}
+    if not floors or any(_protocol(r) not in floors for r in rows):
+        return None
+    shift = ("value", "ci_low", "ci_high")
+    return [{**r, **{k: float(r[k]) - floors[_protocol(r)] for k in shift if _finite(r.get(k))}} for r in rows]
+
+
+def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict, relative: bool = False) -> None:
     """One metric (or the wall time) against NFE: a line per sampler with its bootstrap intervals as error bars,
-    the noise floor as a dashed line in a grey band (its own interval)."""
+    the noise floor as a dashed line in a grey band (its own interval); `relative`: the values are differences from
+    the floor (`from_floor`)."""
     by_sampler = defaultdict(list)
     floors = []
     for r in mine:
@@ -121,6 +137,8 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
     values = [float(r[y]) for r in mine if _finite(r.get(y))]
     scale, linthresh = choose_yscale(values)
     title = metric_title(metric)
+    if relative:
+        title = f"{metric_name(metric)} minus exact samples' (0 is best)" + title[len(title.split(chr(10))[0]):]
     if scale == "log":
         ax.set_yscale("log")
         plain_log_axis(ax.yaxis)
@@ -143,7 +161,8 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict) -> None:
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}" if v >= 100 else f"{v:.3g}"))
     ax.set_xlabel("NFE (score evaluations)")
-    ax.set_ylabel(metric_label(metric))
+    ax.set_ylabel(f"difference [{METRIC_UNITS[metric]}]" if relative and metric in METRIC_UNITS else
+                  metric_label(metric))
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
@@ -153,8 +172,12 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None 
     """One panel per metric and one of wall seconds, each against the actual NFE (log x), a line per sampler; the
     legend outside the panels, on the right; `subject` (what was measured) heads the footer."""
     metrics = sorted({r["metric"] for r in rows})
-    panels = [(m, [r for r in rows if r["metric"] == m], "value") for m in metrics]
-    panels.append(("wall_s", [r for r in cell_rows if r.get("nfe")], "wall_s"))
+    panels = []
+    for m in metrics:
+        mine = [r for r in rows if r["metric"] == m]
+        shifted = from_floor(mine) if m in CLOSEST_TO_EXACT else None
+        panels.append((m, shifted or mine, "value", shifted is not None))
+    panels.append(("wall_s", [r for r in cell_rows if r.get("nfe")], "wall_s", False))
     samplers = sorted({r["sampler"] for r in rows if not _is_floor(r)}, key=natural)
     styles = line_styles(rows)
     ncols = 2 if len(panels) == 4 else min(len(panels), 3)
@@ -163,8 +186,8 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None 
                              layout="constrained")
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    for ax, (metric, mine, y) in zip(axes.flat, panels):
-        _panel(ax, metric, mine, y, styles)
+    for ax, (metric, mine, y, relative) in zip(axes.flat, panels):
+        _panel(ax, metric, mine, y, styles, relative)
     handles = [Line2D([], [], color=styles[s]["color"], marker=styles[s]["marker"], ls=styles[s]["ls"], ms=5, lw=1.2)
                for s in samplers]
     labels = list(samplers)
@@ -179,6 +202,7 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None 
     fig.legend(handles, labels, loc="outside right upper", fontsize="small", title="sampler",
                ncols=1 if len(labels) <= 22 else 2)
     caption = _caption(rows) + (DODGED if len(samplers) > 1 else "")
+    caption = textwrap.fill(caption, width=int(fig.get_figwidth() * 15))  # about 15 characters an inch at 9 pt
     fig.supxlabel(f"{subject}\n{caption}" if subject else caption, fontsize=9)  # a title would run under the legend
     return fig
 

@@ -212,3 +212,30 @@ def test_a_sampler_keeps_its_colour_in_every_protocol_and_each_protocols_floor_i
     assert [t.removeprefix("noise floor (a second exact sample set) ") for t in texts if t.startswith("noise")] == [
         "[seeds 0+500]", "[seeds 0+2000]"]
     plt.close(fig)
+
+
+def test_log_likelihoods_are_drawn_as_their_difference_from_exact_samples():
+    """A diverged sampler's -1000 put a symlog axis under values of -2.45 and -2.6 against the floor's -2.5: they
+    shared one pixel row. Drawn as differences from the floor (0), the panel separates them; without a floor the
+    values stay as they are."""
+    rows = [{"sampler": s, "grid": "nfe", "requested": n, "nfe": n, "metric": "loglik", "value": v, "wall_s": 0.1,
+             "n_samples": 500, "ci_low": v - 0.01, "ci_high": v + 0.01}
+            for s, n, v in (("a", 10, -2.45), ("a", 20, -2.6), ("b", 2, -1000.0), ("b", 10, -2.52))]
+    floor = {"sampler": "exact (noise floor)", "grid": "exact", "requested": None, "nfe": 0, "metric": "loglik",
+             "value": -2.5, "ci_low": -2.51, "ci_high": -2.49, "wall_s": 0.0, "n_samples": 500}
+    fig = metrics_figure(rows + [floor], rows)
+    ax = next(ax for ax in fig.axes if ax.get_title().startswith("log-likelihood"))
+    assert ax.get_title().startswith("log-likelihood minus exact samples' (0 is best)\nexact, under the true")
+    assert ax.get_ylabel() == "difference [nats per sample]"
+    a = next(c for c in ax.containers if c.get_label() == "a").lines[0]
+    assert list(a.get_ydata()) == pytest.approx([0.05, -0.1])
+    assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [0.0]  # the floor
+    fig.canvas.draw()
+    (_, y1), (_, y2) = ax.transData.transform([(10, 0.05), (20, -0.1)])
+    assert abs(y1 - y2) > 20  # pixels apart
+    plt.close(fig)
+    fig = metrics_figure(rows, rows)  # no floor: nothing to take it from
+    ax = next(ax for ax in fig.axes if ax.get_title().startswith("log-likelihood"))
+    assert "minus" not in ax.get_title()
+    assert list(next(c for c in ax.containers if c.get_label() == "a").lines[0].get_ydata()) == [-2.45, -2.6]
+    plt.close(fig)
