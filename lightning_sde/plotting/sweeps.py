@@ -153,13 +153,17 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict, relative: bo
     ax.set_xscale("log")
     plain_log_axis(ax.xaxis)
     nfes = sorted({float(r["nfe"]) for pts in by_sampler.values() for r in pts})
+    label = lambda v: f"{v:.0f}" if v >= 100 else f"{v:.3g}"  # noqa: E731
+    lo, hi = ax.get_xlim()
+    points_a_decade = ax.get_position().width * ax.figure.get_figwidth() * 72 / max(math.log10(hi / lo), 1e-9)
     ticks = []
-    for v in nfes:  # labels that do not collide: each at least 40 % above the last
-        if not ticks or v >= 1.4 * ticks[-1]:
+    for v in nfes:  # labels that do not collide: half of each label's width (6.5 pt a digit) and a gap apart
+        apart = 3.25 * (len(label(v)) + len(label(ticks[-1]))) + 6 if ticks else 0
+        if not ticks or math.log10(v / ticks[-1]) * points_a_decade >= apart:
             ticks.append(v)
     if 1 <= len(ticks) <= 12:  # the NFE values of the sweep, where decades alone would leave them unlabelled
         ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}" if v >= 100 else f"{v:.3g}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: label(v)))
     ax.set_xlabel("NFE (score evaluations)")
     ax.set_ylabel(f"difference [{METRIC_UNITS[metric]}]" if relative and metric in METRIC_UNITS else
                   metric_label(metric))

@@ -239,3 +239,20 @@ def test_log_likelihoods_are_drawn_as_their_difference_from_exact_samples():
     assert "minus" not in ax.get_title()
     assert list(next(c for c in ax.containers if c.get_label() == "a").lines[0].get_ydata()) == [-2.45, -2.6]
     plt.close(fig)
+
+
+def test_nfe_tick_labels_never_overlap():
+    """169 and 248 (48 % apart) were both labelled and printed as one number, "169248" (here: 3 pixels apart)."""
+    rows = [{"sampler": s, "grid": "nfe", "requested": n, "nfe": n, "metric": m, "value": 1.0 / n + i, "wall_s": 0.1,
+             "n_samples": 100} for i, s in enumerate("abcdefgh") for n in (8, 20, 48, 91, 169, 248, 1000)
+            for m in ("mmd", "sliced_w2", "kid")]
+    fig = metrics_figure(rows, rows)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        if not ax.get_title():
+            continue
+        labels = [t for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+        boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.x0)
+        shown = [t.get_text() for t in labels]
+        assert len(boxes) >= 4 and all(a.x1 + 5 < b.x0 for a, b in zip(boxes, boxes[1:])), shown
+    plt.close(fig)
