@@ -100,7 +100,7 @@ APPS = {
             ("problem=<name>", "a 1-D or 2-D exact mixture"),
             ("checkpoint=<path>", "a trained model drives the trajectories and interpolation"),
             ("guidance=<w> label=<class>", "a class-conditional checkpoint: that class, at that guidance weight"),
-            ("out=<folder>", "where the files go (default docs/figures)"),
+            ("out=<folder>", "where the files go (default outputs/figures; out=docs/figures: the docs' own)"),
         ],
         examples="""lsde-figures
           lsde-figures problem=eight_gaussians 'figures=[trajectories,interpolation]'""",

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from lightning_sde.cli.train import build
 from lightning_sde.configuration import CONFIG_PACKAGE, config_root
@@ -393,3 +394,19 @@ def test_lsde_figures_names_a_bad_value_before_drawing_anything(override, messag
     with pytest.raises(ValueError, match=re.escape(message)):
         check_values(composed("figures", [override]))
     check_values(composed("figures", []))  # the defaults pass
+
+
+@pytest.mark.parametrize("overrides", [
+    ["experiment=digits", "data.n_val=50"], ["experiment=toy2d", "data.n_val=100"],
+    ["experiment=digits", "callbacks.sampler.metrics=[fid]", "callbacks.sampler.first_seed=7",
+     "callbacks.sampler.n_plot=16", "callbacks.sampler.dtype=float64"],
+    ["experiment=toy2d", "callbacks.sampler.feature_extractor=inception"],
+    ["experiment=digits", "model.net.num_groups=8", "model.net.fourier_scale=4.0"],
+    ["experiment=mnist_subvp", "data.download_timeout=5", "data.n_val=10", "data.download=false"],
+])
+def test_the_settings_the_docs_name_are_keys_of_their_configs(overrides):
+    """Each failed with "Could not override" (the key was missing from its yaml: only `+key=` worked)."""
+    cfg = composed("train", overrides)
+    for override in overrides[1:]:
+        key, value = override.split("=", 1)
+        assert str(OmegaConf.select(cfg, key)).replace(" ", "").replace("'", "").lower() == value
