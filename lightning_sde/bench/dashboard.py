@@ -196,7 +196,10 @@ class SweepRun:
             self._log_history(cell_id, rows, preview, reference)
         else:  # no history row to find in the run's files later (its summaries come from the results file)
             self.state.setdefault("summaries_only", []).append(cell_id)
-        self.run.summary.update(self.summaries())
+        summaries = self.summaries()
+        for key in [k for k in self.run.summary.keys() if k.endswith(("/ci_low", "/ci_high")) and k not in summaries]:
+            del self.run.summary[key]  # an earlier best's interval, left beside a best that has none
+        self.run.summary.update(summaries)
         self.state["logged"].append(cell_id)
         write_sidecar(self.results, self.state)
 

@@ -180,6 +180,13 @@ def test_the_best_and_floor_summaries_carry_their_intervals(tmp_path, monkeypatc
     assert run.summaries() == pytest.approx({
         "floor/mmd": 0.05, "floor/mmd/ci_low": 0.04, "floor/mmd/ci_high": 0.07, "best/mmd/ddim": 0.1,
         "best/mmd/ddim/nfe": 10, "best/mmd/ddim/ci_low": 0.08, "best/mmd/ddim/ci_high": 0.13})
+    run.log_cell(cell_id(rows[:1]), rows[:1])
+    assert run.run.summary["best/mmd/ddim/ci_low"] == 0.08
+    better = result_rows("ddim", 20, 0.05)  # a better value without an interval (an older row): no stale one beside
+    ResultsStore(results).append(better)
+    run.log_cell(cell_id(better), better)
+    assert run.run.summary["best/mmd/ddim"] == 0.05 and "best/mmd/ddim/ci_low" not in run.run.summary
+    assert run.run.summary["floor/mmd/ci_low"] == 0.04
 
 
 def test_a_cell_of_a_second_target_logs_its_sample_picture(tmp_path, monkeypatch):
