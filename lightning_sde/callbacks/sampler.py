@@ -294,16 +294,15 @@ class SamplerCallback(L.Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = list(self.last_rows.values())
         fields = ["step", "sampler", *sorted({k for row in rows for k in row} - {"step", "sampler"})]
-        if path.exists():
+        new = not path.exists()
+        if not new:
             with open(path, newline="") as fh:
                 reader = csv.DictReader(fh)
                 header, earlier = reader.fieldnames or [], list(reader)
             if set(fields) - set(header):
-                union = ["step", "sampler", *sorted((set(header) | set(fields)) - {"step", "sampler"})]
-                write_csv(path, earlier + rows, union)
+                write_csv(path, earlier + rows, [*header, *(f for f in fields if f not in header)])
                 return
             fields = header
-        new = not path.exists()
         with open(path, "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields)
             if new:

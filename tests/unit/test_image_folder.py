@@ -23,6 +23,12 @@ def write_images(folder, n, size=8, seed=0):
         write_png(folder / f"img{i}.png", rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
+def image_of(dm, path):
+    """The uint8 image the module reads from `path`, in whichever split holds it."""
+    images = dm.train_set if path in dm.train_files else dm.val_set
+    return images.image(list(images.files).index(path))
+
+
 RAMP = np.linspace(0, 65535, 16 * 16).round().astype(np.uint16).reshape(16, 16)  # 0..65535 over the image
 
 
@@ -151,10 +157,7 @@ def test_exif_orientation_is_applied(tmp_path):
     image.save(tmp_path / "a" / "portrait.jpg", exif=exif, quality=100)
     write_images(tmp_path / "b", 1)
     dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=1)
-    index = dm.train_files.index(tmp_path / "a" / "portrait.jpg") if tmp_path / "a" / "portrait.jpg" in \
-        dm.train_files else None
-    files = dm.train_set if index is not None else dm.val_set
-    x = files.image(index if index is not None else 0).float()  # 8x16 upright, shorter side 8: its centre 8x8
+    x = image_of(dm, tmp_path / "a" / "portrait.jpg").float()  # 8x16 upright, shorter side 8: its centre 8x8
     top, bottom = x[:, :4].mean(), x[:, 4:].mean()
     assert top > 200 and bottom < 50, (top, bottom)
 
@@ -167,9 +170,7 @@ def test_transparent_pixels_are_white_whatever_colour_they_hold(tmp_path, under)
     write_png(tmp_path / "clear.png", rgba)
     write_images(tmp_path / "other", 1)
     dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=1)
-    files = dm.train_set if tmp_path / "clear.png" in dm.train_files else dm.val_set
-    i = list(files.files).index(tmp_path / "clear.png")
-    assert files.image(i).unique().tolist() == [255]
+    assert image_of(dm, tmp_path / "clear.png").unique().tolist() == [255]
 
 
 def test_an_empty_class_folder_is_refused_with_labels(tmp_path):
@@ -246,8 +247,7 @@ def test_a_key_colour_transparency_is_white_too(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "key.png", transparency=(0, 0, 0))
     write_images(tmp_path / "other", 1)
     dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=1)
-    files = dm.train_set if tmp_path / "key.png" in dm.train_files else dm.val_set
-    assert files.image(list(files.files).index(tmp_path / "key.png")).unique().tolist() == [255]
+    assert image_of(dm, tmp_path / "key.png").unique().tolist() == [255]
 
 
 def test_an_image_with_more_pixels_than_pil_decodes_is_a_one_line_error(tmp_path, monkeypatch):

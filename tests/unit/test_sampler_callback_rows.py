@@ -303,6 +303,10 @@ def test_a_resumed_runs_wandb_summary_keeps_the_best_of_the_starts_before(tmp_pa
     run = SimpleNamespace(summary={}, log=lambda *args, **kwargs: None)  # a new offline start: nothing in it yet
     callback._wandb_charts(SimpleNamespace(experiment=run), 1000)
     assert run.summary == {"best/ddim_50/sliced_w2": 0.68, "best/ddim_50/sliced_w2/step": 800}
+    # online, the server's summary may hold a best from an evaluation the resume trimmed from the record: replaced
+    run.summary = {"best/ddim_50/sliced_w2": 0.5, "best/ddim_50/sliced_w2/step": 900}
+    callback._wandb_charts(SimpleNamespace(experiment=run), 1000)
+    assert run.summary == {"best/ddim_50/sliced_w2": 0.68, "best/ddim_50/sliced_w2/step": 800}
 
 
 def test_a_backfilled_evaluation_gets_its_pictures_at_its_step(tmp_path):
