@@ -167,16 +167,21 @@ def resume_step(path, trusted: tuple[str, ...] | None = None) -> int:
         raise CheckpointError(f"{cannot}: no global_step (got {step!r})")
     if not ckpt.get("optimizer_states") or not isinstance(ckpt.get("loops"), dict):
         raise CheckpointError(f"{cannot}: no optimizer state or loop progress (a weights-only save); sample from it "
-                              "with the apps, or start afresh")
+                              "with the apps, start a new run from its weights (init_from=<path>), or start afresh")
     if "data_moments" in ckpt:
         try:
             DataMoments.from_state(ckpt["data_moments"])
         except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as err:
             raise CheckpointError(f"{cannot}: its data_moments cannot be read ({type(err).__name__})") from None
     for part in ("state_dict", "current_model_state"):
-        bad = [k for k, v in ckpt.get(part, {}).items() if torch.is_tensor(v) and v.is_floating_point()
-               and not torch.isfinite(v).all()]
+        bad = nonfinite_keys(ckpt.get(part, {}))
         if bad:
             raise CheckpointError(f"{cannot}: its {part} holds NaN or infinite values ({bad[0]}"
                                   f"{' ...' if len(bad) > 1 else ''})")
     return step
+
+
+def nonfinite_keys(tensors: dict) -> list[str]:
+    """The names of a state dict's floating-point tensors that hold NaN or infinite values."""
+    return [k for k, v in tensors.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]

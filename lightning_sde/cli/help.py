@@ -28,6 +28,7 @@ APPS = {
             ("optim.lr=X", "AdamW learning rate (optim.warmup_steps, optim.weight_decay)"),
             ("callbacks.sampler.n_samples=N", "samples per sampler and evaluation"),
             ("run_name=<name>", "the run directory outputs/train/<name>; rerun it to resume (ckpt_path=last)"),
+            ("init_from=<ckpt>", "a new run from a checkpoint's weights (fine-tuning; another run's data or optim)"),
             ("logger=csv", "no W&B (default: W&B, offline unless configured, and CSV)"),
         ],
         examples="""lsde-train experiment=toy2d

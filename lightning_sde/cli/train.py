@@ -44,9 +44,9 @@ from lightning_sde.configuration import CONFIG_PATH, check_same_data, checked, n
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import check_accumulation
 from lightning_sde.distributed import launched_first
-from lightning_sde.errors import NonFiniteError
+from lightning_sde.errors import CheckpointError, NonFiniteError
 from lightning_sde.files import LOCK_FILE, FolderLock, folder_in_use
-from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
+from lightning_sde.loading import newest_loadable, nonfinite_keys, read_checkpoint, resume_step
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.sde import SDES
@@ -54,7 +54,7 @@ from lightning_sde.tracking import backfill_wandb, finish_wandb, trim_history, w
 
 log = logging.getLogger(__name__)
 TOP_LEVEL_KEYS = {"data", "model", "sde", "loss", "samplers", "trainer", "logger", "callbacks", "run_name", "run_dir",
-                  "output_dir", "paths", "seed", "ckpt_path", "optim"}
+                  "output_dir", "paths", "seed", "ckpt_path", "init_from", "optim"}
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 EXIT_TIME_LIMIT = 128 + signal.SIGUSR1  # 138: stopped for the time limit, not requeued
 
@@ -66,6 +66,7 @@ class Run:
     trainer: L.Trainer
     resume: str | None  # the checkpoint fit starts from, None for a fresh start
     resumed_at: int | None = None  # its global step
+    init_from: str | None = None  # a fresh start's weights came from this checkpoint (init_from)
     lock: FolderLock | None = None  # the run directory's, held by the first process
 
 
@@ -119,6 +120,14 @@ def check_run_values(cfg: DictConfig) -> None:
     if cfg.ckpt_path is not None and not isinstance(cfg.ckpt_path, str):
         raise ValueError(f"config ckpt_path: must be a checkpoint's path, 'last' or null; got {cfg.ckpt_path!r} "
                          "(quote a path that parses as a number: ckpt_path=\"'123'\")")
+    init_from = cfg.get("init_from")
+    if init_from is not None and not isinstance(init_from, str):
+        raise ValueError(f"config init_from: must be a checkpoint's path or null; got {init_from!r} (quote a path "
+                         "that parses as a number: init_from=\"'123'\")")
+    if init_from is not None and cfg.ckpt_path not in (None, "last"):
+        raise ValueError(f"config init_from: starts a new run from a checkpoint's weights ({init_from}), and "
+                         f"ckpt_path resumes another's whole state ({cfg.ckpt_path}): set one of them (ckpt_path=last "
+                         "keeps this run's own resume)")
     trainer = cfg.trainer
     max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
     if not (is_int(max_steps) and (max_steps >= 1 or max_steps == -1 and is_int(max_epochs) and max_epochs >= 1)):
@@ -193,17 +202,31 @@ def check_resume_world(path: str, world_size: int) -> None:
                          "(under SLURM: its tasks), or start afresh")
 
 
+RESUME_ADVICE = "resume with the run's own config, or start afresh (ckpt_path=null or another run_name)"
+INIT_ADVICE = ("init_from keeps the checkpoint's network, SDE and parameterization (a new run changes the data, optim, "
+               "loss or trainer); set them as its run had them")
+
+
 def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 1) -> int:
     """The resume checkpoint's global step, once its weights are known to fit the model this config builds and to
-    mean the same there (a changed model config, SDE or parameterization fails now, not in fit after the logs were
-    rewound, or never), and its gradient accumulation to be `accumulation` (the data position and the batches'
-    seeds count its batches). Weights that do not fit are named with the model.net settings that differ."""
+    mean the same there (check_weights_fit), its data to be this config's, and its gradient accumulation to be
+    `accumulation` (the data position and the batches' seeds count its batches)."""
     ckpt = read_checkpoint(path)
     theirs_k = ckpt.get("accumulate_grad_batches", 1)  # checkpoints from before accumulation: 1
     if theirs_k != accumulation:
         raise ValueError(f"config trainer.accumulate_grad_batches: the checkpoint {path} was trained with {theirs_k} "
                          f"batches a step, this config has {accumulation}; a resume keeps it (the data order and "
                          "each batch's seed count its batches): resume with the run's own value, or start afresh")
+    check_weights_fit(path, ckpt, module, RESUME_ADVICE)
+    check_same_data(path, ckpt.get("data_config"), module.data_config, "resume with the run's own data "
+                    "config, or start afresh (ckpt_path=null or another run_name)")
+    return int(ckpt["global_step"])
+
+
+def check_weights_fit(path: str, ckpt: dict, module: L.LightningModule, advice: str) -> None:
+    """Refuse a checkpoint whose weights do not fit the model this config builds (a changed model config fails now,
+    not in fit after the logs were rewound), naming the model.net settings that differ, or that fit but mean
+    something else here (check_same_meaning). `advice`: the way on, ending each message."""
     theirs, ours = ckpt["state_dict"], module.state_dict()
     for key, value in ours.items():
         if key not in theirs:
@@ -216,17 +239,33 @@ def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 
     else:
         extra = [key for key in theirs if key not in ours]
         if not extra:
-            check_same_meaning(path, ckpt["hyper_parameters"], module)
-            check_same_data(path, ckpt.get("data_config"), module.data_config, "resume with the run's own data "
-                            "config, or start afresh (ckpt_path=null or another run_name)")
-            return int(ckpt["global_step"])
+            check_same_meaning(path, ckpt["hyper_parameters"], module, advice)
+            return
         problem = f"it has {extra[0]}, which this model does not"
     settings = "; ".join(f"{key}: {shown(there)} there, {shown(here)} here"
                          for key, there, here in net_changes(ckpt["hyper_parameters"], dict(module.hparams)))
     if settings:  # the weight names the code's term; the setting names the config's, which the user changes back
         problem = f"{problem}; {settings}"
-    raise ValueError(f"config model: the checkpoint {path} does not fit this model config ({problem}); resume with "
-                     "the run's own model config, or start afresh (ckpt_path=null or another run_name)")
+    raise ValueError(f"config model: the checkpoint {path} does not fit this model config ({problem}); {advice}")
+
+
+def start_from_weights(cfg: DictConfig, module: L.LightningModule) -> int:
+    """init_from: load a checkpoint's weights (those it samples with: the EMA average when its run had EMA) into the
+    fresh module, once they are known to be finite, to fit and to mean the same here (check_weights_fit); the
+    optimizer, learning-rate warm-up, step count and data statistics start anew. Returns the checkpoint's step."""
+    path = str(cfg.init_from)
+    try:
+        ckpt = read_checkpoint(path)
+    except (CheckpointError, FileNotFoundError) as err:
+        raise ValueError(f"config init_from: {err}") from None
+    bad = nonfinite_keys(ckpt["state_dict"])
+    if bad:
+        raise ValueError(f"config init_from: {path}: its weights hold NaN or infinite values ({bad[0]}"
+                         f"{' ...' if len(bad) > 1 else ''})")
+    check_weights_fit(path, ckpt, module, INIT_ADVICE)
+    module.load_state_dict(ckpt["state_dict"])
+    step = ckpt.get("global_step")
+    return step if is_int(step) else -1
 
 
 # What a checkpoint's weights mean beyond their shapes: the forward process whose score they learned (sde), the
@@ -268,9 +307,9 @@ def meaning_changes(theirs: dict, ours: dict, defaults: dict) -> list[tuple[str,
     return changes
 
 
-def check_same_meaning(path: str, hparams: dict, module: L.LightningModule) -> None:
-    """Refuse a resume whose sde, network or network parameterization is not the checkpoint's (see
-    RESUME_MEANING)."""
+def check_same_meaning(path: str, hparams: dict, module: L.LightningModule, advice: str = RESUME_ADVICE) -> None:
+    """Refuse weights (a resume's, init_from's) whose sde, network or network parameterization is not the
+    checkpoint's (see RESUME_MEANING)."""
     signature = inspect.signature(type(module)).parameters
     defaults = {k: p.default for k, p in signature.items() if p.default is not inspect.Parameter.empty}
     changes = meaning_changes(hparams, dict(module.hparams), defaults)
@@ -279,8 +318,7 @@ def check_same_meaning(path: str, hparams: dict, module: L.LightningModule) -> N
     groups = ", ".join(dict.fromkeys(key.split(".")[0] for key, _, _ in changes))
     diffs = "; ".join(f"{key}: {shown(there)} there, {shown(here)} here" for key, there, here in changes)
     raise ValueError(f"config {groups}: the checkpoint {path} was trained with another forward process, network or "
-                     f"network parameterization ({diffs}); its weights would train on as another model. Resume with "
-                     "the run's own config, or start afresh (ckpt_path=null or another run_name)")
+                     f"network parameterization ({diffs}); its weights would train on as another model: {advice}")
 
 
 MONITORABLE = ("val/loss", "train/loss", "step", "epoch")  # ScoreModule's logs, and ModelCheckpoint's own counters
@@ -368,6 +406,15 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     module.data_config = plain(cfg.data)
     accumulation = cfg.trainer.get("accumulate_grad_batches", 1)  # checked by check_run_values
     resumed_at = check_resume_fits(resume, module, accumulation) if resume is not None else None
+    init_from = None
+    if cfg.get("init_from") is not None and resume is not None:  # a requeued or rerun fine-tune resumes its own
+        log.info("resuming from %s; init_from (%s) only starts a new run", resume, cfg.init_from)
+    elif cfg.get("init_from") is not None:
+        init_step = start_from_weights(cfg, module)
+        init_from = str(cfg.init_from)
+        if launched_first():
+            log.info("starting from the weights of %s (step %s of its run); a new optimizer, warm-up and step count",
+                     init_from, init_step if init_step >= 0 else "?")
     if resume is not None and callable(getattr(datamodule, "check_resume", None)):  # the files it holds, unchanged
         datamodule.check_resume(read_checkpoint(resume).get(type(datamodule).__qualname__), resume)
     max_steps = cfg.trainer.get("max_steps", -1)
@@ -437,7 +484,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
             lock.release()
         raise
     trainer.loggers = loggers
-    return Run(datamodule, module, trainer, resume, resumed_at, lock)
+    return Run(datamodule, module, trainer, resume, resumed_at, init_from, lock)
 
 
 def warn_if_nothing_is_evaluated(config: DictConfig, limit_val_batches, start: int) -> None:

@@ -306,7 +306,7 @@ class ImageFolderDataModule(BaseDataModule):
                 f"config data.root: the images under {str(self.root)!r} changed since the checkpoint {path} "
                 f"({state['n_train']} + {state['n_val']} images for training + validation then, {now['n_train']} + "
                 f"{now['n_val']} now) and its validation images are not the run's; resume with the folder as it "
-                "was, or start a new run (another run_name)")
+                f"was, or start a new run from its weights (another run_name, init_from={path})")
         if now["train_files"] != state["train_files"]:
             log.warning("the training images under %s changed since the checkpoint %s (%d then, %d now): the resumed "
                         "run trains on them as they are now; the validation images are the run's",

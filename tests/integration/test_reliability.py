@@ -3,6 +3,7 @@ as subprocesses, a crafted checkpoint, a NaN loss, a multirun, a corrupted check
 
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -292,6 +293,11 @@ def test_a_resume_on_an_image_folder_whose_validation_images_changed_is_refused(
     proc = train(run, *common, "trainer.max_steps=4")
     assert proc.returncode == 1 and "lsde-train: error: config data.root: the images under" in proc.stderr
     assert "its validation images are not the run's" in proc.stderr
+    # the way on it names: a new run from the checkpoint's weights, with its own split of the folder as it is now
+    advice = re.search(r"start a new run from its weights \(another run_name, init_from=(\S+)\)", proc.stderr)
+    assert advice and Path(advice[1]) == run / "checkpoints" / "last.ckpt", proc.stderr[-2000:]
+    proc = train(tmp_path / "imf2", *common, f"init_from={advice[1]}", "trainer.max_steps=2")
+    assert proc.returncode == 0 and "starting from the weights of" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_a_resume_into_another_sde_is_refused_before_anything_is_touched_and_an_unchanged_one_goes_on(tmp_path):

@@ -111,6 +111,35 @@ def test_resume_continues_where_it_stopped(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_new_run_starts_from_another_runs_weights_and_resumes_its_own(tmp_path):
+    common = ["experiment=toy2d", "logger=csv", "callbacks.last.every_n_train_steps=100",
+              "trainer.val_check_interval=100", "callbacks.sampler.n_samples=50", *QUICK]
+    source = tmp_path / "source"
+    run_train(source, *common, "trainer.max_steps=200")
+    trained = torch.load(source / "checkpoints" / "last.ckpt", weights_only=True)
+    ema, raw = trained["state_dict"], trained["current_model_state"]
+    assert max((ema[k] - raw[k]).abs().max() for k in ema) > 1e-2  # the average and the raw weights differ
+    # a fine-tune on other data with a learning rate too small to move the weights: it trains from the EMA weights
+    tune = tmp_path / "tune"
+    proc = run_train(tune, *common, f"init_from={source / 'checkpoints' / 'last.ckpt'}", "data.name=swiss_roll",
+                     "optim.lr=1e-12", "trainer.max_steps=100")
+    assert "starting from the weights of" in proc.stdout + proc.stderr
+    tuned = torch.load(tune / "checkpoints" / "last.ckpt", weights_only=True)
+    assert tuned["global_step"] == 100 and int(tuned["averaging_state"]["n_averaged"]) == 100  # a new step count
+    adam_steps = {int(s["step"]) for s in tuned["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {100}, "a new optimizer"
+    for part in ("state_dict", "current_model_state"):
+        assert all(torch.allclose(tuned[part][k], ema[k], atol=1e-6) for k in ema), part
+    theirs, ours = trained["data_moments"]["eigvals"], tuned["data_moments"]["eigvals"]
+    assert not torch.allclose(ours, theirs, rtol=0.05)  # measured on its own data
+    # run again with more steps (as a requeue): its own checkpoint is resumed, not the source's weights again
+    proc = run_train(tune, *common, f"init_from={source / 'checkpoints' / 'last.ckpt'}", "data.name=swiss_roll",
+                     "optim.lr=1e-12", "trainer.max_steps=200")
+    assert "only starts a new run" in proc.stdout + proc.stderr
+    assert torch.load(tune / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 200
+
+
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     """Two gloo processes, with gradient accumulation (2 batches a step): evaluations at the configured steps."""
     run_dir = tmp_path / "ddp"
