@@ -50,8 +50,8 @@ def folder_error(cfg) -> str | None:
 
 # Nodes built by their own classes, which refuse what they do not take; a value added anywhere else (+key=value) is
 # one the app never reads: a misspelling, refused rather than ignored (lsde-train refuses its own in build()).
-BUILT_NODES = {"samplers", "problem", "sde", "data", "paths", "hydra", "trainer", "model", "logger", "callbacks",
-               "loss", "optim"}
+BUILT_NODES = {"samplers", "sampler", "problem", "sde", "data", "paths", "hydra", "trainer", "model", "logger",
+               "callbacks", "loss", "optim"}
 
 
 def added_key_error(app: str, argv: list[str]) -> str | None:
@@ -117,3 +117,4 @@ bench = functools.partial(run, "bench")
 compare = functools.partial(run, "compare")
 likelihood = functools.partial(run, "likelihood")
 figures = functools.partial(run, "figures")
+sample = functools.partial(run, "sample")

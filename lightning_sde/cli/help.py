@@ -91,6 +91,24 @@ APPS = {
         examples="""lsde-likelihood n=200
           lsde-likelihood checkpoint=outputs/train/<run>/checkpoints/last.ckpt data=digits data.dequantize=true""",
     ),
+    "sample": dict(
+        summary=("draw samples of a model with one sampler and write them to disk (samples.npz, one PNG per image), "
+                 "resumable"),
+        usage=[
+            "[KEY=VALUE ...]",
+        ],
+        keys=[
+            ("checkpoint=<path>", "a trained model (or diffusers:<folder>); default: the exact 8 Gaussians"),
+            ("sampler=<name>", "one sampler of configs/sampler/ (default recommended); sampler.<knob>=V sets one"),
+            ("nfe=N | tolerance=X", "a fixed-step sampler's budget, or an adaptive one's rtol = atol"),
+            ("seeds.count=N seeds.start=S", "sample i from seed S + i: the same seed, the same sample"),
+            ("guidance=<w> labels=<class>|cycle", "a class-conditional model: classifier-free guidance"),
+            ("name=<name>", "the folder outputs/samples/<name>; rerun it to go on, or with more seeds"),
+            ("device=cuda ddp.devices=N", "processes that split each chunk's seeds"),
+        ],
+        examples="""lsde-sample checkpoint=outputs/train/<run>/checkpoints/last.ckpt nfe=10 seeds.count=10000
+          lsde-sample sampler=ode tolerance=1e-5 seeds.count=2000""",
+    ),
     "figures": dict(
         summary=("draw the SDE chapter's figures (schematic, trajectories, schedules, interpolation) as PNG and PDF"),
         usage=[

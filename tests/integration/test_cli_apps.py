@@ -120,6 +120,7 @@ def test_hutchinson_likelihoods_of_a_sample_do_not_depend_on_its_batch(tmp_path)
                                           ("bench", ["lsde-bench report", "nfe=", "checkpoint="]),
                                           ("compare", ["problem", "seeds.count"]),
                                           ("likelihood", ["divergence=", "checkpoint="]),
+                                          ("sample", ["nfe=", "checkpoint=", "seeds.count"]),
                                           ("figures", []), ("prepare", ["--inception"])])
 def test_each_apps_help_says_what_it_does_and_what_to_change(app, own):
     script = Path(sys.executable).with_name(f"lsde-{app}")  # the console script, as a user calls it
@@ -149,7 +150,7 @@ def test_help_imports_neither_torch_nor_lightning():
     out, heavy = apps_in_a_fresh_python(
         "sys.argv = ['lsde', '--help']\n"
         "with contextlib.redirect_stdout(io.StringIO()) as text:\n"
-        "    for app in ('train', 'bench', 'compare', 'likelihood', 'figures'):\n"
+        "    for app in ('train', 'bench', 'compare', 'likelihood', 'sample', 'figures'):\n"
         "        apps.run(app)\n"
         "    try:\n"
         "        from lightning_sde.cli import prepare\n"
@@ -157,7 +158,7 @@ def test_help_imports_neither_torch_nor_lightning():
         "    except SystemExit:\n"
         "        pass\n"
         "out = text.getvalue().count('Usage:') + text.getvalue().count('usage: lsde-prepare')\n")
-    assert (out, heavy) == (6, [])
+    assert (out, heavy) == (7, [])
 
 
 def test_a_misspelt_key_or_option_fails_before_torch_is_imported():
@@ -182,7 +183,7 @@ def test_a_misspelt_key_or_option_fails_before_torch_is_imported():
     assert errors[5].startswith("lsde-figures: error: interpolation.steps: lsde-figures's config has no such key")
 
 
-@pytest.mark.parametrize("app", ["bench", "compare", "likelihood", "figures", "train"])
+@pytest.mark.parametrize("app", ["bench", "compare", "likelihood", "sample", "figures", "train"])
 def test_python_dash_m_refuses_a_misspelt_key_as_the_console_script_does(app, tmp_path):
     """The SLURM templates run `python -m lightning_sde.cli.<app>`: that route makes the console script's checks."""
     proc = _cli(f"lightning_sde.cli.{app}", "+nosuch_key=1", f"paths.root={tmp_path}")

@@ -69,5 +69,8 @@ def test_every_app_runs_from_outside_the_repository(installed):
     assert "exact (noise floor)" in compare and "ode_dopri5" in compare
     assert list((elsewhere / "outputs" / "compare").glob("*/results.jsonl"))
     assert "lsde-bench" in run([bin_dir / "lsde-bench", "--help"], elsewhere)
-    for app in ("lsde-likelihood", "lsde-figures", "lsde-prepare"):
+    sampled = run([bin_dir / "lsde-sample", "sampler=ddim", "nfe=5", "seeds.count=64", "progress=false"], elsewhere)
+    assert "64 samples of the exact eight_gaussians with ddim at NFE 5" in sampled
+    assert (elsewhere / "outputs" / "samples" / "default" / "samples.npz").is_file()
+    for app in ("lsde-likelihood", "lsde-sample", "lsde-figures", "lsde-prepare"):
         run([bin_dir / app, "--help"], elsewhere)

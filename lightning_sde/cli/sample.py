@@ -1,0 +1,321 @@
+"""lsde-sample: draw samples of a model with one sampler and write them to disk (for a figure, or FID elsewhere).
+
+    lsde-sample checkpoint=outputs/train/X/checkpoints/last.ckpt nfe=10 seeds.count=10000    # the recommended sampler
+    lsde-sample checkpoint=... sampler=dpmpp nfe=20 seeds.count=50000 device=cuda ddp.devices=4
+    lsde-sample checkpoint=... guidance=3 labels=7                      # class 7 at guidance weight 3
+    lsde-sample sampler=ode tolerance=1e-5                              # the exact 8 Gaussians, dopri5
+
+Sample i is drawn from seed seeds.start + i, so a seed gives the same sample whatever the batch, the number of
+processes or the run that draws it (deterministic samplers; an adaptive solver's steps are shared by its batch, so
+there the batch and the processes are part of the settings). Under DDP (`ddp.devices`, or srun / torchrun) each
+chunk's seeds are split over the processes and rank 0 writes. Written to `out` (outputs/samples/<name>):
+  samples.npz   `samples` (images: uint8 (N, H, W, C), each pixel round(255 (x + 1) / 2) of the sample's [-1, 1]
+                value, as the FID code reads them; points: float32 (N, D)), `seeds`, and `labels` under guidance
+  images/       one PNG per image sample, <seed>.png (png=false: none); exactly the seeds asked for
+  preview.png   the first 64 images, or a scatter of the points' first two coordinates
+  summary.json  the settings (model, the sampler's full parameters, NFE, guidance), NFE per sample, times
+Each chunk (batch_size x processes seeds) is kept in out/chunks/ as soon as it is drawn: a killed run's rerun goes
+on from them, and a rerun with more seeds draws only the new ones. Output of other settings in `out` is refused at
+start-up, not replaced (name= keeps both); so is a second run of the name while one runs. A chunk with a NaN or
+infinite sample stops the run with an error (the chunks before it are kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import re
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_sde.bench.spec import jsonable, positive_int
+from lightning_sde.cli.errors import fails_cleanly, multirun_job
+from lightning_sde.cli.help import print_help_if_asked
+from lightning_sde.configuration import CONFIG_PATH, build, checked, require_device
+from lightning_sde.configuration import device as parse_device
+from lightning_sde.configuration import dtype as parse_dtype
+from lightning_sde.distributed import broadcast_from_zero, launched, launched_first, rank_world
+from lightning_sde.files import FolderLock, replace_atomically, write_text
+from lightning_sde.generation import generate, seed_labels
+from lightning_sde.samplers.base import Sampler
+from lightning_sde.samplers.grids import may_use_data_moments
+from lightning_sde.samplers.schedule import check_grid
+from lightning_sde.targets import load_target, target_classes, target_kind, with_data_moments
+from lightning_sde.tracking import duration, source_revision
+
+log = logging.getLogger(__name__)
+CHUNKS = "chunks"
+CHUNK_NAME = re.compile(r"seeds-(\d+)-(\d+)\.npz")
+PREVIEW_IMAGES = 64
+PREVIEW_POINTS = 5000
+
+
+def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
+    """(the sampler at its budget, target kind, target id, the settings the samples depend on); ValueError naming the
+    key on any bad value, before anything is loaded or written."""
+    kind, target_id = target_kind(cfg, needs_data=False)
+    positive_int("seeds.start", cfg.seeds.start, 0)
+    positive_int("seeds.count", cfg.seeds.count)
+    for key in ("batch_size", "ddp.devices", "ddp.num_nodes"):
+        positive_int(key, OmegaConf.select(cfg, key))
+    for key in ("progress",):
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"config {key}: must be true or false; got {cfg[key]!r}")
+    if cfg.png not in (True, False, "auto"):
+        raise ValueError(f"config png: must be true, false or auto (true for images); got {cfg.png!r}")
+    dtype, device = parse_dtype(cfg.dtype), parse_device(cfg.device)
+    sampler = build(cfg.sampler, "sampler")
+    if not isinstance(sampler, Sampler):
+        raise ValueError(f"config sampler: {cfg.sampler.get('_target_')!r} is not a Sampler")
+    sampler = at_budget(cfg, sampler)
+    guidance, labels = cfg.get("guidance"), cfg.get("labels", "cycle")
+    if guidance is not None:
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
+                or guidance < 0:
+            raise ValueError(f"config guidance: must be a number >= 0 (0: the conditional model) or null; got "
+                             f"{guidance!r}")
+        classes = target_classes(cfg, kind)
+        if classes is None:
+            raise ValueError("config guidance: the model is not class-conditional (a checkpoint trained with "
+                             "model.net.num_classes, or a labelled problem); set guidance=null")
+        checked("labels", seed_labels, [0], labels, classes)
+    settings = {"target_id": target_id, "sampler": sampler.name, "params": jsonable(sampler.params()),
+                "guidance": None if guidance is None else float(guidance),
+                "labels": labels if guidance is not None else None, "dtype": str(dtype),
+                "device": device.type}
+    if sampler.adaptive:  # torchdiffeq's steps are shared by a batch: the batches a process solves change a sample
+        settings.update(batch_size=int(cfg.batch_size), world_size=int(cfg.ddp.devices) * int(cfg.ddp.num_nodes))
+    check_out(Path(cfg.out), settings)
+    return sampler, kind, target_id, settings
+
+
+def at_budget(cfg: DictConfig, sampler: Sampler) -> Sampler:
+    """The sampler at `nfe` (fixed-step: the most steps it allows) or `tolerance` (adaptive: rtol = atol), or as
+    configured when both are null."""
+    nfe, tol = cfg.get("nfe"), cfg.get("tolerance")
+    if nfe is not None and tol is not None:
+        raise ValueError(f"config nfe/tolerance: set one (nfe for fixed-step samplers, tolerance for adaptive ones); "
+                         f"got nfe={nfe!r}, tolerance={tol!r}")
+    if nfe is not None:
+        positive_int("nfe", nfe)
+        if sampler.adaptive:
+            raise ValueError(f"config nfe: {sampler.name} is adaptive (it chooses its steps); give tolerance= "
+                             "(rtol = atol) instead")
+        budgeted = checked("nfe", sampler.at_nfe, nfe)
+        if budgeted is None:
+            raise ValueError(f"config nfe: {nfe} is less than one step of {sampler.name} "
+                             f"({sampler.nfe_per_step} NFE a step)")
+        return budgeted
+    if tol is not None:
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < math.inf:
+            raise ValueError(f"config tolerance: must be a number > 0; got {tol!r}")
+        if not sampler.adaptive:
+            raise ValueError(f"config tolerance: {sampler.name} takes fixed steps; give nfe= instead")
+        return sampler.at_tolerance(tol)
+    return sampler
+
+
+def check_out(out: Path, settings: dict) -> None:
+    """Refuse, before any work, to write into `out` the samples of other settings than those already there."""
+    path = out / "settings.json"
+    if not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        before = None
+    if before != json.loads(json.dumps(settings)):
+        differ = sorted(k for k in {*settings, *(before or {})} if not isinstance(before, dict)
+                        or json.dumps(before.get(k)) != json.dumps(settings.get(k)))
+        raise ValueError(f"config name: {out} holds samples of other settings ({', '.join(differ)} differ); give "
+                         "another name= (out=) to keep both, or delete it")
+
+
+def read_chunks(folder: Path, settings: dict) -> dict[int, dict]:
+    """{seed: {"x": the stored sample, "label": its class or None, "nfe": its chunk's mean NFE}} of the chunks drawn
+    so far under `settings`; a file that does not read as such a chunk is named and left out (drawn again)."""
+    done, ours = {}, settings_text(settings)
+    for path in sorted(folder.glob("seeds-*.npz")) if folder.is_dir() else []:
+        if not CHUNK_NAME.fullmatch(path.name):
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as chunk:
+                seeds, samples, nfe = chunk["seeds"], chunk["samples"], float(chunk["nfe"])
+                labels = chunk["labels"] if "labels" in chunk.files else None
+                theirs = str(chunk["settings"])
+            if theirs != ours:
+                raise ValueError("drawn under other settings")
+            if len(seeds) != len(samples):
+                raise ValueError("seeds and samples differ in length")
+        except Exception as err:  # noqa: BLE001  (any unreadable file: drawn again)
+            log.warning("%s: not a chunk of samples (%s: %s); its seeds are drawn again", path, type(err).__name__, err)
+            continue
+        for i, seed in enumerate(seeds.tolist()):
+            done[seed] = {"x": samples[i], "label": None if labels is None else int(labels[i]), "nfe": nfe}
+    return done
+
+
+def settings_text(settings: dict) -> str:
+    return json.dumps(settings, sort_keys=True)
+
+
+def stored(x: torch.Tensor, images: bool) -> np.ndarray:
+    """Samples as written: images uint8 (N, H, W, C), round(255 (x + 1) / 2); points float32."""
+    if not images:
+        return x.float().numpy()
+    from lightning_sde.metrics.features import to_uint8
+
+    return to_uint8((x.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+
+def save_npz(path: Path, **arrays) -> None:
+    def write(tmp: Path) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        tmp.write_bytes(buffer.getvalue())
+
+    replace_atomically(path, write)
+
+
+def run(cfg: DictConfig) -> dict | None:
+    sampler, kind, target_id, settings = validate(cfg)  # a bad value fails before `out` exists
+    device, dtype = parse_device(cfg.device), parse_dtype(cfg.dtype)
+    require_device(device)
+    with FolderLock(cfg.out, "lsde-sample") if launched_first() else contextlib.nullcontext():
+        check_out(Path(cfg.out), settings)  # again under the lock
+        with launched(cfg.ddp.devices, cfg.ddp.num_nodes, device) as fabric:
+            return draw(cfg, sampler, kind, target_id, settings, fabric.device if fabric else device, dtype)
+
+
+def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings: dict, device, dtype) -> dict | None:
+    rank, world = rank_world()
+    target = load_target(cfg, kind, target_id, device)
+    denoiser = target.denoiser
+    if may_use_data_moments(sampler) and target.datamodule is not None:
+        with_data_moments(target)
+    checked("sampler", check_grid, sampler, denoiser.sde)
+    images = len(denoiser.shape) == 3
+    out = Path(cfg.out)
+    seeds = list(range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count))
+    chunks = out / CHUNKS
+    done = {}
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "settings.json", json.dumps(settings, indent=2) + "\n")
+        done = {s: v for s, v in read_chunks(chunks, settings).items() if seeds[0] <= s <= seeds[-1]}
+        if done:
+            log.info("%d of %d seeds drawn by an earlier run (%s): going on from there", len(done), len(seeds), chunks)
+    todo = broadcast_from_zero([s for s in seeds if s not in done])
+    chunk_size = cfg.batch_size * world
+    started, wall, setup_nfe = time.monotonic(), 0.0, 0
+    for n, i in enumerate(range(0, len(todo), chunk_size)):
+        part = todo[i : i + chunk_size]
+        desc = f"{sampler.name} seeds {part[0]}..{part[-1]} ({n + 1}/{math.ceil(len(todo) / chunk_size)})"
+        samples = generate(sampler, denoiser, part, cfg.batch_size, device, dtype, progress=cfg.progress, desc=desc,
+                           guidance=settings["guidance"], labels=cfg.get("labels", "cycle"))
+        if rank != 0:
+            continue
+        wall += samples.wall_s
+        setup_nfe += samples.setup_nfe
+        if samples.n_nonfinite:
+            bad = [part[j] for j in torch.nonzero(~torch.isfinite(samples.x.reshape(len(part), -1)).all(1))[:, 0]]
+            raise ValueError(f"sampler: {samples.n_nonfinite} of the {len(part)} samples of seeds "
+                             f"{part[0]}..{part[-1]} are not finite (first: seed {bad[0]}); nothing of them is written "
+                             f"(the {len(done)} drawn before are kept in {chunks}): more NFE or another sampler")
+        arrays = {"seeds": np.asarray(part, dtype=np.int64), "samples": stored(samples.x, images),
+                  "nfe": np.float64(samples.nfe), "settings": np.str_(settings_text(settings))}
+        if settings["guidance"] is not None:
+            arrays["labels"] = seed_labels(part, cfg.labels, denoiser.num_classes).numpy()
+        chunks.mkdir(parents=True, exist_ok=True)
+        save_npz(chunks / f"seeds-{part[0]}-{part[-1]}.npz", **arrays)
+        for j, seed in enumerate(part):
+            done[seed] = {"x": arrays["samples"][j], "nfe": samples.nfe,
+                          "label": int(arrays["labels"][j]) if "labels" in arrays else None}
+        elapsed = time.monotonic() - started
+        log.info("%d of %d seeds drawn; ETA %s", len(done), len(seeds),
+                 duration(elapsed / (i + len(part)) * (len(todo) - i - len(part))))
+    if rank != 0:
+        return None
+    return finish(cfg, out, seeds, done, images, settings, wall, setup_nfe, world)
+
+
+def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings: dict, wall: float, setup_nfe: int,
+           world: int) -> dict:
+    """samples.npz, the PNGs and the preview from every chunk of the asked-for seeds; summary.json last."""
+    x = np.stack([done[s]["x"] for s in seeds])
+    arrays = {"samples": x, "seeds": np.asarray(seeds, dtype=np.int64)}
+    if settings["guidance"] is not None:
+        arrays["labels"] = np.asarray([done[s]["label"] for s in seeds], dtype=np.int64)
+    save_npz(out / "samples.npz", **arrays)
+    pngs = images and cfg.png in (True, "auto") and x.shape[-1] in (1, 3)
+    if images and cfg.png is True and not pngs:
+        log.warning("png=true: images of %d channels have no PNG; samples.npz holds them", x.shape[-1])
+    if pngs:
+        write_pngs(out / "images", seeds, x)
+    from lightning_sde.plotting.samples import drawable, image_grid, scatter_grid
+
+    preview = out / "preview.png"
+    title = f"{settings['sampler']}, NFE {np.mean([done[s]['nfe'] for s in seeds]):.4g}"
+    if images and x.shape[-1] in (1, 3):
+        first = torch.from_numpy(x[:PREVIEW_IMAGES]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        image_grid(first, preview, title=title)
+    elif not images and drawable(x.shape[1:]):
+        scatter_grid({title: torch.from_numpy(x[:PREVIEW_POINTS])}, preview, cols=1)
+    nfe = [done[s]["nfe"] for s in seeds]
+    summary = {"settings": settings, "seeds": {"start": seeds[0], "count": len(seeds)},
+               "nfe_mean": float(np.mean(nfe)), "nfe_max": float(np.max(nfe)),
+               "setup_nfe_this_run": setup_nfe, "wall_s_this_run": wall, "world_size": world,
+               "samples": "samples.npz", "images": "images/" if pngs else None, "git_commit": source_revision()}
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    model = cfg.checkpoint or f"the exact {cfg.problem._target_.rsplit('.', 1)[-1]}"
+    print(f"{len(seeds)} samples of {model} with {settings['sampler']} at NFE "
+          f"{summary['nfe_mean']:.4g} (sampling {wall:.3g} s this run)\n"
+          f"written: {out / 'samples.npz'}" + (f", {out / 'images'}/" if pngs else "")
+          + (f", {preview}" if preview.is_file() else "") + f", {out / 'summary.json'}")
+    return summary
+
+
+def write_pngs(folder: Path, seeds: list[int], x: np.ndarray) -> None:
+    """<seed>.png for each seed, each written whole or not at all, and no other PNG: a folder an FID tool reads holds
+    exactly the samples asked for."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {f"{seed:06d}.png": j for j, seed in enumerate(seeds)}
+    stale = [p for p in folder.glob("*.png") if p.name not in names]
+    if stale:
+        log.info("removing %d PNGs of seeds outside %d..%d from %s (their chunks are kept)", len(stale), seeds[0],
+                 seeds[-1], folder)
+        for path in stale:
+            path.unlink()
+    for name, j in names.items():
+        image = Image.fromarray(x[j][..., 0] if x.shape[-1] == 1 else x[j])
+        replace_atomically(folder / name, lambda tmp, image=image: image.save(tmp, format="PNG"))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")
+@fails_cleanly("lsde-sample")
+def run_app(cfg: DictConfig) -> None:
+    job = multirun_job()
+    if job is not None:  # each job of a multirun writes its own folder (out is .../samples/${name})
+        cfg.name = f"{cfg.name}_{job[1]}"
+    run(cfg)
+
+
+def main() -> None:
+    if not print_help_if_asked("sample"):
+        run_app()
+
+
+if __name__ == "__main__":
+    from lightning_sde.cli import apps  # not `run`: a name the app may have
+
+    apps.run("sample", main)

@@ -1,0 +1,143 @@
+"""lsde-sample as a user runs it: samples written to disk that are the samplers' own (seed for seed, whatever the
+batch, the processes or the runs that drew them), images as the PNGs an FID tool reads, a killed or extended run
+going on from its chunks, and output of other settings or a diverged sampler refused."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lightning_sde import load_denoiser
+from lightning_sde.exact import eight_gaussians
+from lightning_sde.generation import generate
+from lightning_sde.module import ScoreModule
+from lightning_sde.samplers import build_sampler
+from lightning_sde.sde import VPSDE
+
+ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+UNET = {"_target_": "lightning_sde.models.unet.UNet", "in_channels": 1, "image_size": 8, "channels": 8,
+        "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [4]}
+SDE = {"_target_": "lightning_sde.sde.VPSDE", "beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3}
+
+
+def lsde_sample(out: Path, *overrides, timeout=600, python_options=()):
+    return subprocess.run([sys.executable, *python_options, "-m", "lightning_sde.cli.sample", f"out={out}",
+                           "progress=false", f"output_dir={out.parent / 'hydra'}", *overrides], capture_output=True,
+                          text=True, timeout=timeout, env=ENV, check=False)
+
+
+def written(out: Path) -> dict:
+    with np.load(out / "samples.npz", allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def image_checkpoint(tmp_path: Path, **net) -> Path:
+    """A small U-Net checkpoint on 1x8x8 images (untrained: its samples are what the sampler makes of it)."""
+    torch.manual_seed(0)
+    module = ScoreModule(net={**UNET, **net}, sde=SDE, shape=[1, 8, 8], sigma_data=0.5)
+    path = tmp_path / "unet.ckpt"
+    torch.save({"state_dict": module.state_dict(), "global_step": 7, "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+def test_the_samples_are_the_samplers_own_seed_for_seed_whatever_the_batches_and_processes(tmp_path):
+    one = lsde_sample(tmp_path / "one", "sampler=dpmpp", "nfe=10", "seeds.start=5", "seeds.count=300",
+                      "batch_size=128", python_options=("-X", "importtime"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in one.stderr.splitlines() if line.startswith("import time:")}
+    assert "lightning_sde.targets" in imported and not {"lightning", "torchmetrics"} & imported
+    two = lsde_sample(tmp_path / "two", "sampler=dpmpp", "nfe=10", "seeds.start=5", "seeds.count=300",
+                      "batch_size=50", "ddp.devices=2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    sampler = build_sampler("dpmpp", steps=10)
+    expected = generate(sampler, eight_gaussians().denoiser(VPSDE()), range(5, 305), 300, "cpu").x.numpy()
+    for out in ("one", "two"):
+        got = written(tmp_path / out)
+        assert got["samples"].dtype == np.float32 and got["samples"].shape == (300, 2)
+        np.testing.assert_array_equal(got["seeds"], np.arange(5, 305))
+        np.testing.assert_allclose(got["samples"], expected, rtol=0, atol=1e-6)
+    summary = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert summary["nfe_mean"] == 10 and summary["settings"]["params"]["steps"] == 10
+    assert (tmp_path / "one" / "preview.png").stat().st_size > 10_000
+    assert "300 samples of the exact eight_gaussians with dpmpp at NFE 10" in one.stdout
+
+
+def test_a_killed_or_extended_run_goes_on_from_its_chunks_and_other_settings_are_refused(tmp_path):
+    out = tmp_path / "s"
+    common = ["sampler=ddim", "nfe=8", "batch_size=100"]
+    assert lsde_sample(out, *common, "seeds.count=300").returncode == 0
+    first = written(out)
+    (out / "chunks" / "seeds-100-199.npz").unlink()  # as if killed before that chunk was written
+    (out / "chunks" / "seeds-200-299.npz").write_text("torn")  # a file that is not a chunk: drawn again
+    proc = lsde_sample(out, *common, "seeds.count=500")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "100 of 500 seeds drawn by an earlier run" in proc.stdout and "not a chunk of samples" in proc.stdout
+    more = written(out)
+    np.testing.assert_array_equal(more["samples"][:300], first["samples"])
+    assert more["samples"].shape == (500, 2)
+    proc = lsde_sample(out, "sampler=ddim", "nfe=10", "batch_size=100", "seeds.count=300")
+    assert proc.returncode == 1 and f"config name: {out} holds samples of other settings (params differ)" in \
+        proc.stderr, proc.stderr[-2000:]
+    np.testing.assert_array_equal(written(out)["samples"], more["samples"])  # left as it was
+    (out / "settings.json").unlink()  # its record gone: each chunk still says what it was drawn under
+    proc = lsde_sample(out, "sampler=ddim", "nfe=10", "batch_size=100", "seeds.count=300")
+    assert proc.returncode == 0 and "drawn under other settings" in proc.stdout, proc.stderr[-2000:]
+    assert not np.allclose(written(out)["samples"], more["samples"][:300])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sampler=ode", "nfe=10"], "config nfe: ode is adaptive (it chooses its steps); give tolerance="),
+    (["sampler=ddim", "tolerance=1e-3"], "config tolerance: ddim takes fixed steps; give nfe= instead"),
+    (["sampler=heun", "nfe=1"], "config nfe: 1 is less than one step of heun (2 NFE a step)"),
+    (["guidance=2"], "config guidance: the model is not class-conditional"),
+    (["png=maybe"], "config png: must be true, false or auto"),
+    (["seeds.count=0"], "config seeds.count"),
+])
+def test_a_bad_setting_fails_before_anything_is_written(tmp_path, overrides, message):
+    proc = lsde_sample(tmp_path / "bad", *overrides)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_images_are_written_as_the_pngs_of_their_pixels_and_guided_ones_with_their_labels(tmp_path):
+    ckpt = image_checkpoint(tmp_path, num_classes=3)
+    out = tmp_path / "img"
+    proc = lsde_sample(out, f"checkpoint={ckpt}", "sampler=ddim", "nfe=5", "seeds.count=20", "batch_size=8",
+                       "guidance=1.5", "labels=cycle")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = written(out)
+    assert got["samples"].dtype == np.uint8 and got["samples"].shape == (20, 8, 8, 1)
+    np.testing.assert_array_equal(got["labels"], np.arange(20) % 3)
+    x = generate(build_sampler("ddim", steps=5), load_denoiser(ckpt), range(20), 20, "cpu", guidance=1.5).x
+    pixels = ((x.clamp(-1, 1) + 1) / 2 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.abs(got["samples"].astype(int) - pixels.astype(int)).max() <= 1  # rounding at a level's edge
+    assert (got["samples"] == pixels).mean() > 0.99
+    pngs = sorted((out / "images").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{s:06d}.png" for s in range(20)]
+    for seed in (0, 13):
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "images" / f"{seed:06d}.png")),
+                                      got["samples"][seed][..., 0])
+    # fewer seeds: the folder an FID tool reads holds exactly those
+    proc = lsde_sample(out, f"checkpoint={ckpt}", "sampler=ddim", "nfe=5", "seeds.count=10", "batch_size=8",
+                       "guidance=1.5", "labels=cycle")
+    assert proc.returncode == 0 and len(list((out / "images").glob("*.png"))) == 10, proc.stderr[-2000:]
+    assert "10 of 10 seeds drawn by an earlier run" in proc.stdout and "seeds drawn; ETA" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_sampler_that_diverges_stops_with_an_error_keeping_the_chunks_before(tmp_path):
+    ckpt = image_checkpoint(tmp_path)
+    content = torch.load(ckpt, weights_only=True)
+    name = next(k for k, v in content["state_dict"].items() if v.is_floating_point() and v.ndim > 1)
+    content["state_dict"][name][0] = float("nan")
+    torch.save(content, ckpt)
+    proc = lsde_sample(tmp_path / "nan", f"checkpoint={ckpt}", "sampler=ddim", "nfe=4", "seeds.count=8")
+    assert proc.returncode == 1 and "sampler: 8 of the 8 samples of seeds 0..7 are not finite (first: seed 0)" \
+        in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "nan" / "samples.npz").exists() and not list((tmp_path / "nan").glob("chunks/*.npz"))
