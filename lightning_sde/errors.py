@@ -13,6 +13,14 @@ class CheckpointError(ValueError):
     """A file that is not a readable lightning-sde checkpoint."""
 
 
+def nonfinite_keys(tensors: dict) -> list[str]:
+    """The names of a state dict's floating-point tensors that hold NaN or infinite values."""
+    import torch
+
+    return [k for k, v in tensors.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 class NonFiniteError(RuntimeError):
     """Training produced a NaN or an infinity: it stops, rather than train on and save what it cannot use. `step`:
     the first global step whose loss or gradient was not finite, where known."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lightning_sde.configuration import TRUSTED_TARGETS, check_targets, interpolations, trusted_class, trusted_targets
-from lightning_sde.errors import CheckpointError
+from lightning_sde.errors import CheckpointError, nonfinite_keys
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.moments import DataMoments
 from lightning_sde.models.pretrained import is_diffusers_spec
@@ -62,6 +62,11 @@ def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] | None = 
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "state_dict" not in ckpt or not all(k in hparams for k in REQUIRED_HPARAMS):
         raise CheckpointError(f"{path}: not {expected}: no state_dict and hyper_parameters {list(REQUIRED_HPARAMS)}")
+    for part in ("state_dict", "current_model_state"):  # names -> tensors, or the code that reads them fails oddly
+        weights = ckpt.get(part, {})
+        if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
+                                                    for k, v in weights.items()):
+            raise CheckpointError(f"{path}: not {expected}: its {part} is not a mapping of names to tensors")
     for part in ("hyper_parameters", "data_config"):  # lsde-train saves them resolved: an interpolation was put there
         found = interpolations(ckpt.get(part))
         if found:
@@ -180,8 +185,3 @@ def resume_step(path, trusted: tuple[str, ...] | None = None) -> int:
                                   f"{' ...' if len(bad) > 1 else ''})")
     return step
 
-
-def nonfinite_keys(tensors: dict) -> list[str]:
-    """The names of a state dict's floating-point tensors that hold NaN or infinite values."""
-    return [k for k, v in tensors.items()
-            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]

@@ -36,7 +36,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sde.configuration import build
 from lightning_sde.data.base import batch_in_step, ends_a_step, split_labels, training_moments
-from lightning_sde.errors import NonFiniteError
+from lightning_sde.errors import NonFiniteError, nonfinite_keys
 from lightning_sde.losses import DSMLoss
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.moments import DataMoments
@@ -122,6 +122,7 @@ class ScoreModule(L.LightningModule):
         if compile:  # in place: the state dict keeps its keys, so checkpoints load with or without it
             network.compile()
         self.data_config: dict | None = None  # the data's config (lsde-train sets it): a resume compares it
+        self.init_from: str | None = None  # the checkpoint whose weights the run started from (lsde-train's init_from)
         self._watched: list = []  # (step, what, device scalar) since the last check_finite()
         self._last_finite_loss: tuple[int, float] | None = None
         self._loss_logged_at = -1  # the global step (before its optimizer step) whose loss was last handed to self.log
@@ -265,9 +266,7 @@ class ScoreModule(L.LightningModule):
             self.check_finite()
         # what is written: the weights every app loads (the average, under EMA) and the raw ones a resume trains on
         parts = {"state_dict": "state_dict (the averaged weights under EMA)", "current_model_state": "raw weights"}
-        bad = [f"{parts[part]}: {name}" for part in parts
-               for name, value in checkpoint.get(part, {}).items()
-               if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+        bad = [f"{parts[part]}: {name}" for part in parts for name in nonfinite_keys(checkpoint.get(part, {}))]
         if bad:
             raise NonFiniteError(f"refusing to write a checkpoint at step {self.trainer.global_step}: "
                                  f"{bad[:3]}{' ...' if len(bad) > 3 else ''} hold NaN or infinite values")
@@ -275,6 +274,8 @@ class ScoreModule(L.LightningModule):
             checkpoint["data_moments"] = self.denoiser.data_moments.to_state()
         if self.data_config is not None:
             checkpoint["data_config"] = self.data_config
+        if self.init_from is not None:
+            checkpoint["init_from"] = self.init_from
         if self._fitting():  # a resume keeps them: the data position, each rank's share and the batch seeds count them
             checkpoint["accumulate_grad_batches"] = self.trainer.accumulate_grad_batches
             checkpoint["world_size"] = self.trainer.world_size
@@ -287,6 +288,7 @@ class ScoreModule(L.LightningModule):
             checkpoint["state_dict"] = checkpoint["current_model_state"]
         if "data_moments" in checkpoint:
             self.denoiser.data_moments = DataMoments.from_state(checkpoint["data_moments"])
+        self.init_from = checkpoint.get("init_from", self.init_from)  # kept by every later checkpoint of the run
         self._apply_configured_hyperparameters(checkpoint)
         self._apply_configured_lr(checkpoint)
 

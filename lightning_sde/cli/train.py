@@ -44,9 +44,9 @@ from lightning_sde.configuration import CONFIG_PATH, check_same_data, checked, n
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import check_accumulation
 from lightning_sde.distributed import launched_first
-from lightning_sde.errors import CheckpointError, NonFiniteError
+from lightning_sde.errors import CheckpointError, NonFiniteError, nonfinite_keys
 from lightning_sde.files import LOCK_FILE, FolderLock, folder_in_use
-from lightning_sde.loading import newest_loadable, nonfinite_keys, read_checkpoint, resume_step
+from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.sde import SDES
@@ -66,7 +66,7 @@ class Run:
     trainer: L.Trainer
     resume: str | None  # the checkpoint fit starts from, None for a fresh start
     resumed_at: int | None = None  # its global step
-    init_from: str | None = None  # a fresh start's weights came from this checkpoint (init_from)
+    init_from: tuple[str, int] | None = None  # a fresh start's weights came from this checkpoint (init_from), step
     lock: FolderLock | None = None  # the run directory's, held by the first process
 
 
@@ -203,8 +203,8 @@ def check_resume_world(path: str, world_size: int) -> None:
 
 
 RESUME_ADVICE = "resume with the run's own config, or start afresh (ckpt_path=null or another run_name)"
-INIT_ADVICE = ("init_from keeps the checkpoint's network, SDE and parameterization (a new run changes the data, optim, "
-               "loss or trainer); set them as its run had them")
+INIT_ADVICE = ("init_from keeps the checkpoint's network, SDE and parameterization (the data, optim, loss, trainer, "
+               "sde.eps, dropout and speed options may change); set them as its run had them")
 
 
 def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 1) -> int:
@@ -218,8 +218,7 @@ def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 
                          f"batches a step, this config has {accumulation}; a resume keeps it (the data order and "
                          "each batch's seed count its batches): resume with the run's own value, or start afresh")
     check_weights_fit(path, ckpt, module, RESUME_ADVICE)
-    check_same_data(path, ckpt.get("data_config"), module.data_config, "resume with the run's own data "
-                    "config, or start afresh (ckpt_path=null or another run_name)")
+    check_same_data(path, ckpt.get("data_config"), module.data_config, RESUME_ADVICE.replace("config", "data config"))
     return int(ckpt["global_step"])
 
 
@@ -233,6 +232,8 @@ def check_weights_fit(path: str, ckpt: dict, module: L.LightningModule, advice: 
             problem = f"{key} is missing there"
         elif tuple(theirs[key].shape) != tuple(value.shape):
             problem = f"{key} has shape {tuple(theirs[key].shape)} there, {tuple(value.shape)} here"
+        elif theirs[key].is_floating_point() != value.is_floating_point():
+            problem = f"{key} is {theirs[key].dtype} there, {value.dtype} here"
         else:
             continue
         break
@@ -247,6 +248,19 @@ def check_weights_fit(path: str, ckpt: dict, module: L.LightningModule, advice: 
     if settings:  # the weight names the code's term; the setting names the config's, which the user changes back
         problem = f"{problem}; {settings}"
     raise ValueError(f"config model: the checkpoint {path} does not fit this model config ({problem}); {advice}")
+
+
+def check_same_start(cfg: DictConfig, resume: str) -> None:
+    """init_from beside a checkpoint of the run: the run resumes its own checkpoint, which must have started from
+    that init_from (a requeue's same command); another would not be what the run's record says it started from."""
+    started = read_checkpoint(resume).get("init_from")
+    if started != str(Path(cfg.init_from).resolve()):
+        began = f"started from {started}" if started else "started afresh (no init_from)"
+        raise ValueError(f"config init_from: the run {cfg.run_name} {began} and has checkpoints ({resume}): it "
+                         f"resumes from them, not from {cfg.init_from}; give another run_name to start from that, or "
+                         "drop init_from (or set the run's own) to resume the run")
+    if launched_first():
+        log.info("resuming from %s; init_from (%s) started this run", resume, cfg.init_from)
 
 
 def start_from_weights(cfg: DictConfig, module: L.LightningModule) -> int:
@@ -408,13 +422,10 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     resumed_at = check_resume_fits(resume, module, accumulation) if resume is not None else None
     init_from = None
     if cfg.get("init_from") is not None and resume is not None:  # a requeued or rerun fine-tune resumes its own
-        log.info("resuming from %s; init_from (%s) only starts a new run", resume, cfg.init_from)
+        check_same_start(cfg, resume)
     elif cfg.get("init_from") is not None:
-        init_step = start_from_weights(cfg, module)
-        init_from = str(cfg.init_from)
-        if launched_first():
-            log.info("starting from the weights of %s (step %s of its run); a new optimizer, warm-up and step count",
-                     init_from, init_step if init_step >= 0 else "?")
+        init_from = (str(cfg.init_from), start_from_weights(cfg, module))
+        module.init_from = str(Path(cfg.init_from).resolve())
     if resume is not None and callable(getattr(datamodule, "check_resume", None)):  # the files it holds, unchanged
         datamodule.check_resume(read_checkpoint(resume).get(type(datamodule).__qualname__), resume)
     max_steps = cfg.trainer.get("max_steps", -1)
@@ -532,6 +543,10 @@ def train(cfg: DictConfig):
                      trainer.world_size, k, batch * trainer.world_size * k)
         if resumed_at is not None and trainer.is_global_zero:  # one continuous history, whatever the last run logged
             trim_history(cfg.run_dir, resumed_at)
+        if run.init_from is not None and launched_first():
+            path, step = run.init_from
+            log.info("starting from the weights of %s (step %s of its run); a new optimizer, warm-up and step count",
+                     path, step if step >= 0 else "?")
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             if resumed_at is not None and trainer.is_global_zero and isinstance(logger, WandbLogger):

@@ -2,6 +2,9 @@
 with a fresh optimizer and step count, refusing weights that would mean another model and anything that is not a
 finite lightning-sde checkpoint; the run's own checkpoint, once it has one, is resumed instead."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from test_configs import composed
@@ -37,7 +40,8 @@ def test_a_new_run_starts_from_the_checkpoints_weights_at_step_0_with_its_own_da
     run = build(toy(tmp_path, "finetune", f"init_from={path}", "data.name=swiss_roll", "optim.lr=1e-5"),
                 read_data=False)
     assert same_weights(run.module, weights)
-    assert run.resume is None and run.resumed_at is None and run.init_from == path  # a fresh fit: step 0
+    assert run.resume is None and run.resumed_at is None and run.init_from == (path, 50)  # a fresh fit: step 0
+    assert run.module.init_from == str(Path(path).resolve())  # what its checkpoints record
     assert run.module.denoiser.data_moments is None  # measured on this run's data when fit starts
     fresh = build(toy(tmp_path, "fresh", "data.name=swiss_roll"), read_data=False)
     assert not same_weights(fresh.module, weights) and fresh.init_from is None
@@ -55,6 +59,21 @@ def test_weights_that_would_mean_another_model_are_refused_naming_the_key(tmp_pa
         build(toy(tmp_path, "finetune", f"init_from={path}", override), read_data=False)
     text = str(err.value)
     assert message.format(path=path) in text and "init_from keeps the checkpoint's network, SDE" in text, text
+
+
+@pytest.mark.parametrize("weights, message", [
+    (None, "its state_dict is not a mapping of names to tensors"),
+    ({"denoiser.net.w": 3}, "its state_dict is not a mapping of names to tensors"),
+    ("int", "is torch.int64 there, torch.float32 here"),
+])
+def test_weights_of_the_wrong_kind_are_refused_in_one_line(tmp_path, weights, message):
+    path, good = trained_checkpoint(tmp_path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"] = {k: v.long() for k, v in good.items()} if weights == "int" else weights
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError) as err:
+        build(toy(tmp_path, "finetune", f"init_from={path}"), read_data=False)
+    assert message in str(err.value) and "\n" not in str(err.value), err.value
 
 
 def test_a_file_that_is_not_a_checkpoint_or_holds_nan_weights_is_refused(tmp_path):
@@ -84,13 +103,22 @@ def test_a_weights_only_save_is_a_start_point(tmp_path):
 def test_the_runs_own_checkpoint_is_resumed_and_an_explicit_ckpt_path_with_init_from_is_refused(tmp_path):
     path, weights = trained_checkpoint(tmp_path)
     (tmp_path / "run").mkdir()
-    _, own_weights = trained_checkpoint(tmp_path / "run", step=70)  # the fine-tune's own, as after a requeue
+    trained_checkpoint(tmp_path / "run", step=70)  # the fine-tune's own, as after a requeue
     own = tmp_path / "finetune" / "checkpoints" / "last.ckpt"
     own.parent.mkdir(parents=True)
-    (tmp_path / "run" / "source.ckpt").rename(own)
+    ckpt = torch.load(tmp_path / "run" / "source.ckpt", weights_only=True)
+    torch.save({**ckpt, "init_from": str(Path(path).resolve())}, own)  # as the fine-tune's checkpoints record it
     run = build(toy(tmp_path, "finetune", f"init_from={path}"), read_data=False)
     assert run.resume == str(own) and run.resumed_at == 70 and run.init_from is None
     assert not same_weights(run.module, weights)  # fit loads the run's own: init_from's are not put in
+    assert build(toy(tmp_path, "finetune"), read_data=False).resume == str(own)  # init_from dropped: a resume
+    # a run that started from another checkpoint, or afresh, is not resumed as if it had started from this one
+    for record, began in ((str(tmp_path / "other.ckpt"), f"started from {tmp_path / 'other.ckpt'}"),
+                          (None, "started afresh (no init_from)")):
+        torch.save({**ckpt, **({"init_from": record} if record else {})}, own)
+        with pytest.raises(ValueError, match=rf"^config init_from: the run finetune {re.escape(began)} and has "
+                                             r"checkpoints .*: it resumes from them, not from "):
+            build(toy(tmp_path, "finetune", f"init_from={path}"), read_data=False)
     with pytest.raises(ValueError, match=r"^config init_from: starts a new run from a checkpoint's weights .*and "
                                          r"ckpt_path resumes another's whole state"):
         build(toy(tmp_path, "other", f"init_from={path}", f"ckpt_path={own}"), read_data=False)
