@@ -219,17 +219,24 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
     for n, i in enumerate(range(0, len(todo), chunk_size)):
         part = todo[i : i + chunk_size]
         desc = f"{sampler.name} seeds {part[0]}..{part[-1]} ({n + 1}/{math.ceil(len(todo) / chunk_size)})"
-        samples = generate(sampler, denoiser, part, cfg.batch_size, device, dtype, progress=cfg.progress, desc=desc,
-                           guidance=settings["guidance"], labels=cfg.get("labels", "cycle"))
+        kept = f"nothing of them is written (the {len(done)} drawn before are kept in {chunks})"
+        try:
+            samples = generate(sampler, denoiser, part, cfg.batch_size, device, dtype, progress=cfg.progress,
+                               desc=desc, guidance=settings["guidance"], labels=cfg.get("labels", "cycle"))
+        except FloatingPointError as err:  # an adaptive solver's step size underflowed: the model or sampler diverged
+            raise ValueError(f"sampler: {err} on seeds {part[0]}..{part[-1]}; {kept}") from None
+        diverged = None
+        if rank == 0 and samples.n_nonfinite:
+            bad = [part[j] for j in torch.nonzero(~torch.isfinite(samples.x.reshape(len(part), -1)).all(1))[:, 0]]
+            diverged = (f"sampler: {samples.n_nonfinite} of the {len(part)} samples of seeds {part[0]}..{part[-1]} "
+                        f"are not finite (first: seed {bad[0]}); {kept}: more NFE or another sampler")
+        diverged = broadcast_from_zero(diverged)  # every process stops together, not in the next chunk's gather
+        if diverged:
+            raise ValueError(diverged)
         if rank != 0:
             continue
         wall += samples.wall_s
         setup_nfe += samples.setup_nfe
-        if samples.n_nonfinite:
-            bad = [part[j] for j in torch.nonzero(~torch.isfinite(samples.x.reshape(len(part), -1)).all(1))[:, 0]]
-            raise ValueError(f"sampler: {samples.n_nonfinite} of the {len(part)} samples of seeds "
-                             f"{part[0]}..{part[-1]} are not finite (first: seed {bad[0]}); nothing of them is written "
-                             f"(the {len(done)} drawn before are kept in {chunks}): more NFE or another sampler")
         arrays = {"seeds": np.asarray(part, dtype=np.int64), "samples": stored(samples.x, images),
                   "nfe": np.float64(samples.nfe), "settings": np.str_(settings_text(settings))}
         if settings["guidance"] is not None:
