@@ -115,9 +115,12 @@ def device(name: str, key: str = "device") -> torch.device:
 
 
 def require_device(dev, key: str = "device") -> None:
-    """At a run's start (not when planning one on a login node): a CUDA device must be visible here."""
+    """At a run's start (not when planning one on a login node): a CUDA device must be visible here; the CPU, CUDA
+    and (where torch has it) Apple's MPS are the devices the apps run on."""
     import torch
 
+    if dev.type == "mps" and not torch.backends.mps.is_available() or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"config {key}: {str(dev)!r} is not available here; use device=cpu or device=cuda")
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
         raise ValueError(f"config {key}: {str(dev)!r}, but {torch.cuda.device_count()} CUDA device(s) are visible "
                          "here (CUDA_VISIBLE_DEVICES, the job's GPU request); use device=cpu on this machine")

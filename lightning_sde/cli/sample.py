@@ -13,11 +13,13 @@ chunk's seeds are split over the processes and rank 0 writes. Written to `out` (
                 value, as the FID code reads them; points: float32 (N, D)), `seeds`, and `labels` under guidance
   images/       one PNG per image sample, <seed>.png (png=false: none); exactly the seeds asked for
   preview.png   the first 64 images, or a scatter of the points' first two coordinates
-  summary.json  the settings (model, the sampler's full parameters, NFE, guidance), NFE per sample, times
+  summary.json  the settings (model, the sampler's full parameters, NFE, guidance), what grid=select chose, NFE, times
 Each chunk (batch_size x processes seeds) is kept in out/chunks/ as soon as it is drawn: a killed run's rerun goes
-on from them, and a rerun with more seeds draws only the new ones. Output of other settings in `out` is refused at
-start-up, not replaced (name= keeps both); so is a second run of the name while one runs. A chunk with a NaN or
-infinite sample stops the run with an error (the chunks before it are kept).
+on from them, and a rerun with more seeds draws only the new ones (an adaptive solver's chunks are planned from
+seeds.start, so its samples do not depend on what the folder held). Output of other settings in `out` is refused at
+start-up, not replaced (name= keeps both); so is a second run of the name while one runs; each job of a multirun
+writes <out>_<job>. A chunk with a NaN or infinite sample stops the run with an error (the chunks before it are
+kept).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -36,10 +39,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_sde.bench.spec import jsonable, positive_int
+from lightning_sde.bench.spec import MAX_NFE, jsonable, positive_int
 from lightning_sde.cli.errors import fails_cleanly, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, build, checked, require_device
+from lightning_sde.configuration import CONFIG_PATH, build, checked, overridden, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, launched_first, rank_world
@@ -47,7 +50,7 @@ from lightning_sde.files import FolderLock, replace_atomically, write_text
 from lightning_sde.generation import generate, seed_labels
 from lightning_sde.samplers.base import Sampler
 from lightning_sde.samplers.grids import may_use_data_moments
-from lightning_sde.samplers.schedule import check_grid
+from lightning_sde.samplers.schedule import check_grid, plan
 from lightning_sde.targets import load_target, target_classes, target_kind, with_data_moments
 from lightning_sde.tracking import duration, source_revision
 
@@ -56,27 +59,34 @@ CHUNKS = "chunks"
 CHUNK_NAME = re.compile(r"seeds-(\d+)-(\d+)\.npz")
 PREVIEW_IMAGES = 64
 PREVIEW_POINTS = 5000
+MAX_SEED = 2**53  # seeds are stored as int64 and named in JSON
 
 
 def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
     """(the sampler at its budget, target kind, target id, the settings the samples depend on); ValueError naming the
     key on any bad value, before anything is loaded or written."""
     kind, target_id = target_kind(cfg, needs_data=False)
-    positive_int("seeds.start", cfg.seeds.start, 0)
-    positive_int("seeds.count", cfg.seeds.count)
+    start = positive_int("seeds.start", OmegaConf.select(cfg, "seeds.start"), 0)
+    count = positive_int("seeds.count", OmegaConf.select(cfg, "seeds.count"))
+    if start + count > MAX_SEED:
+        raise ValueError(f"config seeds: seeds.start + seeds.count must be at most 2**53; got {start + count}")
     for key in ("batch_size", "ddp.devices", "ddp.num_nodes"):
         positive_int(key, OmegaConf.select(cfg, key))
-    for key in ("progress",):
-        if not isinstance(cfg[key], bool):
-            raise ValueError(f"config {key}: must be true or false; got {cfg[key]!r}")
-    if cfg.png not in (True, False, "auto"):
+    if not isinstance(cfg.progress, bool):
+        raise ValueError(f"config progress: must be true or false; got {cfg.progress!r}")
+    if not (isinstance(cfg.png, bool) or cfg.png == "auto"):
         raise ValueError(f"config png: must be true, false or auto (true for images); got {cfg.png!r}")
+    labels = cfg.get("labels", "cycle")
+    if labels != "cycle" and (isinstance(labels, bool) or not isinstance(labels, int) or labels < 0):
+        raise ValueError(f"config labels: must be 'cycle' (seed i: class i mod num_classes) or a class index; got "
+                         f"{labels!r}")
+    check_writable(Path(cfg.out))
     dtype, device = parse_dtype(cfg.dtype), parse_device(cfg.device)
     sampler = build(cfg.sampler, "sampler")
     if not isinstance(sampler, Sampler):
         raise ValueError(f"config sampler: {cfg.sampler.get('_target_')!r} is not a Sampler")
     sampler = at_budget(cfg, sampler)
-    guidance, labels = cfg.get("guidance"), cfg.get("labels", "cycle")
+    guidance = cfg.get("guidance")
     if guidance is not None:
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
                 or guidance < 0:
@@ -105,7 +115,8 @@ def at_budget(cfg: DictConfig, sampler: Sampler) -> Sampler:
         raise ValueError(f"config nfe/tolerance: set one (nfe for fixed-step samplers, tolerance for adaptive ones); "
                          f"got nfe={nfe!r}, tolerance={tol!r}")
     if nfe is not None:
-        positive_int("nfe", nfe)
+        if positive_int("nfe", nfe) > MAX_NFE:
+            raise ValueError(f"config nfe: must be at most {MAX_NFE}; got {nfe}")
         if sampler.adaptive:
             raise ValueError(f"config nfe: {sampler.name} is adaptive (it chooses its steps); give tolerance= "
                              "(rtol = atol) instead")
@@ -121,6 +132,14 @@ def at_budget(cfg: DictConfig, sampler: Sampler) -> Sampler:
             raise ValueError(f"config tolerance: {sampler.name} takes fixed steps; give nfe= instead")
         return sampler.at_tolerance(tol)
     return sampler
+
+
+def check_writable(out: Path) -> None:
+    """`out`, or the folder it would be made in, can be written (a read-only file system fails now, in one line)."""
+    folder = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"config out: {out} cannot be written ({folder} is "
+                         f"{'not a folder' if not folder.is_dir() else 'not writable'})")
 
 
 def check_out(out: Path, settings: dict) -> None:
@@ -139,13 +158,16 @@ def check_out(out: Path, settings: dict) -> None:
                          "another name= (out=) to keep both, or delete it")
 
 
-def read_chunks(folder: Path, settings: dict) -> dict[int, dict]:
-    """{seed: {"x": the stored sample, "label": its class or None, "nfe": its chunk's mean NFE}} of the chunks drawn
-    so far under `settings`; a file that does not read as such a chunk is named and left out (drawn again)."""
-    done, ours = {}, settings_text(settings)
+def read_chunks(folder: Path, settings: dict, shape: tuple, dtype) -> list[dict]:
+    """The chunks drawn so far under `settings` ({"seeds", "samples", "labels" (or None), "nfe"}), each checked
+    against what this model writes (samples of `shape` and `dtype`, finite); a file that is not such a chunk is named
+    and left out (its seeds are drawn again)."""
+    found, ours = [], settings_text(settings)
     for path in sorted(folder.glob("seeds-*.npz")) if folder.is_dir() else []:
         if not CHUNK_NAME.fullmatch(path.name):
             continue
+        if not path.is_file():
+            raise ValueError(f"config out: {path} is not a file but has a chunk's name; move it away")
         try:
             with np.load(path, allow_pickle=False) as chunk:
                 seeds, samples, nfe = chunk["seeds"], chunk["samples"], float(chunk["nfe"])
@@ -153,14 +175,36 @@ def read_chunks(folder: Path, settings: dict) -> dict[int, dict]:
                 theirs = str(chunk["settings"])
             if theirs != ours:
                 raise ValueError("drawn under other settings")
-            if len(seeds) != len(samples):
-                raise ValueError("seeds and samples differ in length")
+            if samples.dtype != dtype or samples.shape[1:] != shape or len(seeds) != len(samples) or (
+                    samples.dtype.kind == "f" and not np.isfinite(samples).all()):
+                raise ValueError(f"samples {samples.dtype} {samples.shape} for {len(seeds)} seeds, not {dtype} "
+                                 f"{shape} each, or not finite")
         except Exception as err:  # noqa: BLE001  (any unreadable file: drawn again)
             log.warning("%s: not a chunk of samples (%s: %s); its seeds are drawn again", path, type(err).__name__, err)
             continue
-        for i, seed in enumerate(seeds.tolist()):
-            done[seed] = {"x": samples[i], "label": None if labels is None else int(labels[i]), "nfe": nfe}
-    return done
+        found.append({"seeds": seeds.tolist(), "samples": samples, "labels": labels, "nfe": nfe})
+    return found
+
+
+def still_to_draw(found: list[dict], seeds: list[int], chunk_size: int, adaptive: bool) -> tuple[dict, list]:
+    """({seed: (sample, label, chunk's NFE)} of `seeds` already drawn, the chunks still to draw). A fixed-step
+    sampler's sample depends on its seed alone, so any drawn seed counts; an adaptive solver's on the batch it was
+    solved in, so only whole chunks of this run's plan (from seeds.start, chunk_size at a time) count: the same
+    command writes the same samples whatever the folder held."""
+    plan = [seeds[i : i + chunk_size] for i in range(0, len(seeds), chunk_size)]
+    wanted, planned = set(seeds), {tuple(part) for part in plan}
+    done = {}
+    for chunk in found:
+        if adaptive and tuple(chunk["seeds"]) not in planned:
+            continue
+        for i, seed in enumerate(chunk["seeds"]):
+            if seed in wanted:
+                label = None if chunk["labels"] is None else int(chunk["labels"][i])
+                done[seed] = (chunk["samples"][i], label, chunk["nfe"])
+    if adaptive:
+        return done, [part for part in plan if part[0] not in done]
+    missing = [s for s in seeds if s not in done]
+    return done, [missing[i : i + chunk_size] for i in range(0, len(missing), chunk_size)]
 
 
 def settings_text(settings: dict) -> str:
@@ -203,22 +247,22 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
         with_data_moments(target)
     checked("sampler", check_grid, sampler, denoiser.sde)
     images = len(denoiser.shape) == 3
-    out = Path(cfg.out)
+    shape = (*denoiser.shape[1:], denoiser.shape[0]) if images else tuple(denoiser.shape)
+    out, chunks = Path(cfg.out), Path(cfg.out) / CHUNKS
     seeds = list(range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count))
-    chunks = out / CHUNKS
-    done = {}
+    chunk_size = cfg.batch_size * world
+    done, todo = {}, None
     if rank == 0:
+        found = read_chunks(chunks, settings, shape, np.dtype(np.uint8 if images else np.float32))
+        done, todo = still_to_draw(found, seeds, chunk_size, sampler.adaptive)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "settings.json", json.dumps(settings, indent=2) + "\n")
-        done = {s: v for s, v in read_chunks(chunks, settings).items() if seeds[0] <= s <= seeds[-1]}
         if done:
             log.info("%d of %d seeds drawn by an earlier run (%s): going on from there", len(done), len(seeds), chunks)
-    todo = broadcast_from_zero([s for s in seeds if s not in done])
-    chunk_size = cfg.batch_size * world
+    todo = broadcast_from_zero(todo)
     started, wall, setup_nfe = time.monotonic(), 0.0, 0
-    for n, i in enumerate(range(0, len(todo), chunk_size)):
-        part = todo[i : i + chunk_size]
-        desc = f"{sampler.name} seeds {part[0]}..{part[-1]} ({n + 1}/{math.ceil(len(todo) / chunk_size)})"
+    for n, part in enumerate(todo):
+        desc = f"{sampler.name} seeds {part[0]}..{part[-1]} ({n + 1}/{len(todo)})"
         kept = f"nothing of them is written (the {len(done)} drawn before are kept in {chunks})"
         try:
             samples = generate(sampler, denoiser, part, cfg.batch_size, device, dtype, progress=cfg.progress,
@@ -236,7 +280,7 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
         if rank != 0:
             continue
         wall += samples.wall_s
-        setup_nfe += samples.setup_nfe
+        setup_nfe = max(setup_nfe, samples.setup_nfe)  # each chunk names the one pilot its samples rest on
         arrays = {"seeds": np.asarray(part, dtype=np.int64), "samples": stored(samples.x, images),
                   "nfe": np.float64(samples.nfe), "settings": np.str_(settings_text(settings))}
         if settings["guidance"] is not None:
@@ -244,47 +288,48 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
         chunks.mkdir(parents=True, exist_ok=True)
         save_npz(chunks / f"seeds-{part[0]}-{part[-1]}.npz", **arrays)
         for j, seed in enumerate(part):
-            done[seed] = {"x": arrays["samples"][j], "nfe": samples.nfe,
-                          "label": int(arrays["labels"][j]) if "labels" in arrays else None}
-        elapsed = time.monotonic() - started
+            done[seed] = (arrays["samples"][j], int(arrays["labels"][j]) if "labels" in arrays else None, samples.nfe)
+        drawn = sum(len(p) for p in todo[: n + 1])
         log.info("%d of %d seeds drawn; ETA %s", len(done), len(seeds),
-                 duration(elapsed / (i + len(part)) * (len(todo) - i - len(part))))
+                 duration((time.monotonic() - started) / drawn * (sum(len(p) for p in todo) - drawn)))
     if rank != 0:
         return None
-    return finish(cfg, out, seeds, done, images, settings, wall, setup_nfe, world)
+    report = plan(sampler, denoiser).setup.get("selection")  # what grid=select chose (its cached pilot: no NFE)
+    return finish(cfg, out, seeds, done, images, settings, wall, setup_nfe, world, report)
 
 
 def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings: dict, wall: float, setup_nfe: int,
-           world: int) -> dict:
+           world: int, selection: dict | None) -> dict:
     """samples.npz, the PNGs and the preview from every chunk of the asked-for seeds; summary.json last."""
-    x = np.stack([done[s]["x"] for s in seeds])
+    x = np.stack([done[s][0] for s in seeds])
     arrays = {"samples": x, "seeds": np.asarray(seeds, dtype=np.int64)}
     if settings["guidance"] is not None:
-        arrays["labels"] = np.asarray([done[s]["label"] for s in seeds], dtype=np.int64)
+        arrays["labels"] = np.asarray([done[s][1] for s in seeds], dtype=np.int64)
     save_npz(out / "samples.npz", **arrays)
     pngs = images and cfg.png in (True, "auto") and x.shape[-1] in (1, 3)
     if images and cfg.png is True and not pngs:
         log.warning("png=true: images of %d channels have no PNG; samples.npz holds them", x.shape[-1])
-    if pngs:
-        write_pngs(out / "images", seeds, x)
+    write_pngs(out / "images", seeds if pngs else [], x)
     from lightning_sde.plotting.samples import drawable, image_grid, scatter_grid
 
+    nfe = [done[s][2] for s in seeds]
     preview = out / "preview.png"
-    title = f"{settings['sampler']}, NFE {np.mean([done[s]['nfe'] for s in seeds]):.4g}"
+    title = f"{settings['sampler']}, NFE {np.mean(nfe):.4g}"
     if images and x.shape[-1] in (1, 3):
         first = torch.from_numpy(x[:PREVIEW_IMAGES]).permute(0, 3, 1, 2).float() / 127.5 - 1
         image_grid(first, preview, title=title)
     elif not images and drawable(x.shape[1:]):
         scatter_grid({title: torch.from_numpy(x[:PREVIEW_POINTS])}, preview, cols=1)
-    nfe = [done[s]["nfe"] for s in seeds]
     summary = {"settings": settings, "seeds": {"start": seeds[0], "count": len(seeds)},
                "nfe_mean": float(np.mean(nfe)), "nfe_max": float(np.max(nfe)),
-               "setup_nfe_this_run": setup_nfe, "wall_s_this_run": wall, "world_size": world,
+               "selection": json.loads(json.dumps(selection, default=str)) if selection else None,
+               "setup_nfe": setup_nfe, "wall_s_this_run": wall, "world_size": world,
                "samples": "samples.npz", "images": "images/" if pngs else None, "git_commit": source_revision()}
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     model = cfg.checkpoint or f"the exact {cfg.problem._target_.rsplit('.', 1)[-1]}"
-    print(f"{len(seeds)} samples of {model} with {settings['sampler']} at NFE "
-          f"{summary['nfe_mean']:.4g} (sampling {wall:.3g} s this run)\n"
+    chose = f" ({selection['choice']}, chosen on its pilot)" if selection else ""
+    print(f"{len(seeds)} samples of {model} with {settings['sampler']}{chose} at NFE {summary['nfe_mean']:.4g} "
+          f"(sampling {wall:.3g} s this run)\n"
           f"written: {out / 'samples.npz'}" + (f", {out / 'images'}/" if pngs else "")
           + (f", {preview}" if preview.is_file() else "") + f", {out / 'summary.json'}")
     return summary
@@ -292,15 +337,17 @@ def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings:
 
 def write_pngs(folder: Path, seeds: list[int], x: np.ndarray) -> None:
     """<seed>.png for each seed, each written whole or not at all, and no other PNG: a folder an FID tool reads holds
-    exactly the samples asked for."""
+    exactly the samples asked for (none for no seeds: png=false)."""
     from PIL import Image
 
+    if not seeds and not folder.is_dir():
+        return
     folder.mkdir(parents=True, exist_ok=True)
     names = {f"{seed:06d}.png": j for j, seed in enumerate(seeds)}
     stale = [p for p in folder.glob("*.png") if p.name not in names]
     if stale:
-        log.info("removing %d PNGs of seeds outside %d..%d from %s (their chunks are kept)", len(stale), seeds[0],
-                 seeds[-1], folder)
+        log.info("removing %d PNGs of other seeds from %s (png=%s; the chunks are kept)", len(stale), folder,
+                 "true" if seeds else "false")
         for path in stale:
             path.unlink()
     for name, j in names.items():
@@ -312,8 +359,10 @@ def write_pngs(folder: Path, seeds: list[int], x: np.ndarray) -> None:
 @fails_cleanly("lsde-sample")
 def run_app(cfg: DictConfig) -> None:
     job = multirun_job()
-    if job is not None:  # each job of a multirun writes its own folder (out is .../samples/${name})
+    if job is not None:  # each job of a multirun writes its own folder: .../samples/<name>_<job>, or <out>_<job>
         cfg.name = f"{cfg.name}_{job[1]}"
+        if overridden("out"):
+            cfg.out = f"{cfg.out}_{job[1]}"
     run(cfg)
 
 

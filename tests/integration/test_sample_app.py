@@ -90,7 +90,59 @@ def test_a_killed_or_extended_run_goes_on_from_its_chunks_and_other_settings_are
     assert not np.allclose(written(out)["samples"], more["samples"][:300])
 
 
+def test_an_adaptive_solvers_samples_do_not_depend_on_what_the_folder_held(tmp_path):
+    """Its steps are shared by a batch: the chunks are planned from seeds.start whatever was drawn before (an extended
+    run batched the missing seeds from the first missing one: seeds 200-249 moved by up to 2.2)."""
+    common = ["sampler=ode", "tolerance=1e-2", "batch_size=100"]
+    assert lsde_sample(tmp_path / "grown", *common, "seeds.count=250").returncode == 0
+    assert lsde_sample(tmp_path / "grown", *common, "seeds.count=350").returncode == 0
+    assert lsde_sample(tmp_path / "fresh", *common, "seeds.count=350").returncode == 0
+    np.testing.assert_array_equal(written(tmp_path / "grown")["samples"], written(tmp_path / "fresh")["samples"])
+
+
+def test_a_tuned_sampler_reports_its_one_pilot_and_what_it_chose(tmp_path):
+    proc = lsde_sample(tmp_path / "r", "sampler=recommended", "nfe=10", "seeds.count=120", "batch_size=40")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    selection = summary["selection"]
+    assert summary["setup_nfe"] == selection["pilot_nfe"] > 0  # once, not once per chunk (3 chunks)
+    assert selection["choice"] in selection["pilot_rmse_by_choice"] and f"({selection['choice']}, chosen on its " \
+        "pilot)" in proc.stdout
+
+
+def test_chunks_that_are_not_this_models_are_drawn_again_and_a_folder_named_like_one_is_refused(tmp_path):
+    out = tmp_path / "c"
+    common = ["sampler=ddim", "nfe=5", "batch_size=50", "seeds.count=100"]
+    assert lsde_sample(out, *common).returncode == 0
+    first = written(out)
+    chunk = out / "chunks" / "seeds-0-49.npz"
+    with np.load(chunk, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    np.savez(chunk, **{**arrays, "samples": np.full((50, 3), 1e30, np.float64)})  # its settings, other samples
+    proc = lsde_sample(out, *common)
+    assert proc.returncode == 0 and "seeds-0-49.npz: not a chunk of samples" in proc.stdout, proc.stderr[-2000:]
+    np.testing.assert_array_equal(written(out)["samples"], first["samples"])
+    chunk.unlink()
+    chunk.mkdir()
+    proc = lsde_sample(out, *common)
+    assert proc.returncode == 1 and f"config out: {chunk} is not a file but has a chunk's name" in proc.stderr
+
+
+def test_a_multirun_writes_one_folder_per_job_under_a_given_out(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lightning_sde.cli.sample", "-m", f"out={tmp_path / 's'}",
+                           "progress=false", f"hydra.sweep.dir={tmp_path / 'multirun'}", "sampler=ddim", "nfe=5,8",
+                           "seeds.count=20"], capture_output=True, text=True, timeout=600, env=ENV, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [json.loads((tmp_path / f"s_{job}" / "summary.json").read_text())["nfe_mean"] for job in (0, 1)] == [5, 8]
+
+
 @pytest.mark.parametrize("overrides, message", [
+    (["seeds=5"], "config seeds.start: "),
+    (["seeds.start=9223372036854775807"], "config seeds: seeds.start + seeds.count must be at most 2**53"),
+    (["nfe=100000000"], "config nfe: must be at most 100000"),
+    (["labels=abc"], "config labels: must be 'cycle' (seed i: class i mod num_classes) or a class index; got 'abc'"),
+    (["png=1"], "config png: must be true, false or auto"),
+    (["device=mps"], "config device: 'mps' is not available here"),
     (["sampler=ode", "nfe=10"], "config nfe: ode is adaptive (it chooses its steps); give tolerance="),
     (["sampler=ddim", "tolerance=1e-3"], "config tolerance: ddim takes fixed steps; give nfe= instead"),
     (["sampler=heun", "nfe=1"], "config nfe: 1 is less than one step of heun (2 NFE a step)"),
@@ -123,6 +175,9 @@ def test_images_are_written_as_the_pngs_of_their_pixels_and_guided_ones_with_the
     for seed in (0, 13):
         np.testing.assert_array_equal(np.asarray(Image.open(out / "images" / f"{seed:06d}.png")),
                                       got["samples"][seed][..., 0])
+    proc = lsde_sample(out, f"checkpoint={ckpt}", "sampler=ddim", "nfe=5", "seeds.count=20", "batch_size=8",
+                       "guidance=1.5", "labels=cycle", "png=false")
+    assert proc.returncode == 0 and not list((out / "images").glob("*.png")), proc.stderr[-2000:]  # png=false: none
     # fewer seeds: the folder an FID tool reads holds exactly those
     proc = lsde_sample(out, f"checkpoint={ckpt}", "sampler=ddim", "nfe=5", "seeds.count=10", "batch_size=8",
                        "guidance=1.5", "labels=cycle")
