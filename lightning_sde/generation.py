@@ -41,6 +41,7 @@ class Samples:
     batch_factor: int = 1  # network inputs per sample in one NFE: 2 under classifier-free guidance
     setup_nfe: int = 0  # the set-up NFE (a tuning's pilot) the samples rest on, the largest process's; never in `nfe`
     setup_wall_s: float = 0.0  # that tuning's time, the slowest process's
+    selected: str | None = None  # what grid="select" chose on its pilot (e.g. "logsnr, order=3"); None otherwise
 
     @property
     def nfe(self) -> float:
@@ -91,7 +92,7 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     x = torch.empty(len(mine), *denoiser.shape, dtype=dtype)  # this rank's samples, each batch written in place
-    nfes, wall, setup_nfe, setup_wall = [], 0.0, 0, 0.0
+    nfes, wall, setup_nfe, setup_wall, selected = [], 0.0, 0, 0.0, None
     sde = denoiser.sde
     # progress in samples: finished batches plus the running batch's share, by how far its time has run (T -> eps)
     stopped = False
@@ -124,6 +125,7 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
             tuning = info.get("selection") or info.get("tuning")
             if tuning and not setup_nfe:  # the set-up this sampler rests on, once: its first batch's, or cached
                 setup_nfe, setup_wall = int(tuning["pilot_nfe"]), float(tuning["wall_s"])  # earlier in this process
+                selected = tuning.get("choice")
             bar.update(i + len(batch), seeds_done=i + len(batch), batch_nfe=info["nfe"])
     if stop is not None and broadcast_from_zero(any(gather_to_zero(stopped) or [])):
         raise GenerationStopped("generation stopped by its stop check")
@@ -140,4 +142,4 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     return Samples(full, [n for p in parts for n in p[1]], max(p[2] for p in parts),
                    max((p[3] for p in parts if p[3] is not None), default=None), world,
                    batch_factor=batch_factor(guidance), setup_nfe=max(p[4] for p in parts),
-                   setup_wall_s=max(p[5] for p in parts))
+                   setup_wall_s=max(p[5] for p in parts), selected=selected)

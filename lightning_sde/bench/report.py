@@ -21,7 +21,7 @@ from lightning_sde.plotting.tables import text_table
 
 log = logging.getLogger(__name__)
 COLUMNS = ["sampler", "sampler_name", "grid", "requested", "nfe", "metric", "value", "ci_low", "ci_high", "ci_level",
-           "wall_s", "setup_nfe", "setup_wall_s", "samples_per_s", "n_samples", "n_nonfinite", "seed_start",
+           "wall_s", "setup_nfe", "setup_wall_s", "selected", "samples_per_s", "n_samples", "n_nonfinite", "seed_start",
            "seed_count", "dtype", "peak_memory_mb", "device", "git_commit", "time", "target", "params"]
 
 
@@ -104,6 +104,11 @@ def markdown(rows: list[dict]) -> str:
         ordered = sorted(table, key=lambda s: (s not in floors, natural(s)))  # the noise floor first
         out += ["| " + " | ".join([s] + [table[s].get(c, "") for c in cols]) + " |" for s in ordered]
         out.append("")
+    chosen = {(r["sampler"], column_label(r["grid"], r["requested"])): r["selected"] for r in rows if r.get("selected")}
+    if chosen:  # grid=select ran one configuration per cell: which
+        out += ["What `grid=select` chose on its pilot:", ""]
+        out += [f"- {sampler} at {budget}: {choice}" for (sampler, budget), choice in sorted(
+            chosen.items(), key=lambda item: (natural(item[0][0]), item[0][1]))] + [""]
     return "\n".join(out)
 
 
@@ -117,12 +122,15 @@ def summary_table(rows: list[dict]) -> str:
         key = (r["sampler"], r["grid"], r["requested"])
         line = lines.setdefault(key, {"sampler": r["sampler"], "budget": column_label(r["grid"], r["requested"]),
                                       "nfe": r["nfe"], "setup_nfe": r.get("setup_nfe") or "", "wall_s": r["wall_s"],
+                                      "selected": r.get("selected") or "",
                                       "samples_per_s": r.get("samples_per_s") or "", "grid": r["grid"]})
         line[r["metric"]] = with_interval(r)
     ordered = sorted(lines.values(), key=lambda line: (line["grid"] != "exact", line["nfe"] or 0, line["sampler"]))
     arrows = ", ".join(f"{m} {direction(m)}" for m in metrics)
     setup = ["setup_nfe"] if any(line["setup_nfe"] for line in ordered) else []  # only samplers that set up pay it
-    return text_table(ordered, ["sampler", "budget", "nfe", *setup, "wall_s", "samples_per_s", *metrics]) + (
+    chosen = ["selected"] if any(line["selected"] for line in ordered) else []
+    return text_table(ordered, ["sampler", "budget", "nfe", *setup, *chosen, "wall_s", "samples_per_s",
+                                *metrics]) + (
         f"\n({arrows})")
 
 

@@ -236,7 +236,7 @@ NEEDED = {"key": (str,), "target": (str,), "sampler": (str,), "sampler_name": (s
           "grid": (str,), "requested": (*NUMBER, type(None)), "nfe": NUMBER, "value": (*NUMBER, type(None)),
           "wall_s": NUMBER, "seed_start": (int,), "seed_count": (int,)}
 OPTIONAL = {"ci_low": NUMBER, "ci_high": NUMBER, "ci_level": NUMBER, "samples_per_s": NUMBER, "n_samples": NUMBER,
-            "setup_nfe": NUMBER, "setup_wall_s": NUMBER}
+            "setup_nfe": NUMBER, "setup_wall_s": NUMBER, "selected": (str,)}
 
 
 def unreadable(row: dict) -> str | None:

@@ -120,6 +120,8 @@ def rows_of(cell: Cell, samples: Samples | None, values: dict, batch_size: int, 
                       samples_per_s=cell.seed_count / samples.wall_s if samples.wall_s > 0 else None,
                       peak_memory_mb=samples.peak_memory_mb, world_size=samples.world_size,
                       n_nonfinite=samples.n_nonfinite)
+        if samples.selected is not None:  # what grid="select" ran: the row's samples are that configuration's
+            common["selected"] = samples.selected
     if cell.guidance is not None:  # one guided NFE is one forward over batch_factor x the samples
         common.update(guidance=cell.guidance, labels=cell.settings["labels"],
                       guidance_batch_factor=samples.batch_factor if samples is not None else None)

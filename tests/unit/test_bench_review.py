@@ -70,6 +70,11 @@ def test_set_up_nfe_and_time_are_recorded_apart_from_the_sampling_nfe(tmp_path, 
     (again,) = sweep(tmp_path / "again", "samplers.ddim.grid=select", "+samplers.ddim.pilot=16", "batch_size=16")
     assert len(calls) == sum(again["nfe_per_batch"])
     assert (again["setup_nfe"], again["setup_wall_s"]) == (row["setup_nfe"], row["setup_wall_s"])
+    # and which configuration the selection ran (the row's samples are that one's)
+    assert row["selected"] in ("trailing", "logsnr", "karras", "quadratic", "uniform")
+    assert again["selected"] == row["selected"]
+    assert f"- ddim at nfe 4: {row['selected']}" in views.markdown(rows) and "selected" in views.summary_table(rows)
+    assert "selected" not in views.summary_table([{k: v for k, v in row.items() if k != "selected"}])
 
 
 # 5: two targets in one results file: each its own reference
