@@ -166,18 +166,19 @@ def scored_distribution(mixture, labels):
                            dtype=mixture.means.dtype)
 
 
-def reference_samples(target: Target, n: int, start: int) -> torch.Tensor:
+def reference_samples(target: Target, n: int, start: int, label: int | None = None) -> torch.Tensor:
     """n real samples to score against: exact ones from a seed stream disjoint from the sampler seeds, or the
-    datamodule's reference set."""
+    datamodule's reference set (with `label`: that class's training samples)."""
     if target.mixture is not None:
         return target.mixture.sample(n, torch.Generator().manual_seed(10**9 + start)).float()
     try:
-        return target.datamodule.reference(n)
+        return target.datamodule.reference(n) if label is None else target.datamodule.reference(n, label=label)
     except Exception as err:  # noqa: BLE001  (whatever the datamodule raises, report it against its config key)
         raise ValueError(f"config data: {type(err).__name__}: {err}") from None
 
 
-def floor_samples(target: Target, n: int, start: int, reference_n: int) -> tuple[torch.Tensor | None, str]:
+def floor_samples(target: Target, n: int, start: int, reference_n: int,
+                  label: int | None = None) -> tuple[torch.Tensor | None, str]:
     """A second real sample set of n samples (a cell's size), disjoint from the reference set of reference_n: what a
     perfect sampler scores (the noise floor). Exact draws of a mixture; for a checkpoint, the data's training
     samples after the reference's. None, and why, when the data holds too few."""
@@ -186,6 +187,6 @@ def floor_samples(target: Target, n: int, start: int, reference_n: int) -> tuple
     from lightning_sde.data.base import floor_or_reason  # a datamodule is loaded by now (lsde-compare needs none)
 
     try:
-        return floor_or_reason(target.datamodule, n, reference_n)
+        return floor_or_reason(target.datamodule, n, reference_n, label)
     except Exception as err:  # noqa: BLE001  (whatever the datamodule raises, report it against its config key)
         raise ValueError(f"config data: {type(err).__name__}: {err}") from None

@@ -95,9 +95,11 @@ def prepare(cfg: DictConfig) -> Sweep:
             raise ValueError(f"config labels: must be 'cycle' or a class in 0..{classes - 1}; got {cfg.labels!r}")
         if kind == "mixture":  # scored against the labels' own distribution (targets.scored_distribution)
             target_id += f"|scored_on_labels={cfg.get('labels', 'cycle')}"
-        elif cfg.get("labels", "cycle") != "cycle":
-            log.warning("labels=%s: the checkpoint's samples of one class are scored against its data's reference of "
-                        "every class", cfg.labels)
+        elif cfg.get("labels", "cycle") != "cycle":  # scored against that class's training samples
+            if not cfg.data.get("labels"):
+                raise ValueError(f"config data.labels: a sweep of class {cfg.labels} is scored against that class's "
+                                 "training samples, which needs the data's labels: set data.labels=true")
+            target_id += f"|scored_on_labels={cfg.labels}"
     cells = expand(cfg, target_id, metrics, noise_floor=bool(cfg.get("noise_floor")))
     return Sweep(kind, target_id, device, dtype, metrics, cells, shard_cells(cells, cfg.shard.index, cfg.shard.count))
 
@@ -225,7 +227,7 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
         scorer = previews = None
         if rank == 0:
             reference_n = cfg.get("reference_count") or cfg.seeds.count
-            reference = reference_samples(target, reference_n, cfg.seeds.start)
+            reference = reference_samples(target, reference_n, cfg.seeds.start, one_class(cfg, target))
             scorer = Scorer(reference, sweep.metrics, target.mixture, cfg.feature_extractor, cfg.stats_cache, device)
             previews = SamplePreviews(Path(cfg.results).parent / "samples", n=64 if target.kind == "images" else 1000)
             previews.save_reference(reference, SamplePreviews.protocol(sweep.target_id, cfg.seeds.start,
@@ -242,7 +244,8 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
             if cell.built is None:  # the noise floor: a second real set of the cell's size, scored like a sampler's
                 x = None
                 if rank == 0:
-                    x, why = floor_samples(target, cell.seed_count, cell.seed_start, reference_n)
+                    x, why = floor_samples(target, cell.seed_count, cell.seed_start, reference_n,
+                                           one_class(cfg, target))
                     if x is None:
                         log.warning("the noise floor has no value: %s (seeds.count=%d, reference_count=%d)", why,
                                     cell.seed_count, reference_n)
@@ -260,6 +263,13 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
     return {"cells": len(sweep.cells), "shard_cells": len(sweep.mine), "computed": len(todo), "rank": rank,
             "world_size": world, "wandb_run": live,  # left open: the report adds the table and finishes it
             "keys": {c.key(m) for c in sweep.cells for m in c.metrics}}  # what the views show of rows alike
+
+
+def one_class(cfg: DictConfig, target) -> int | None:
+    """The class a checkpoint's guided sweep draws every seed of (labels=<k>), whose training samples its reference
+    and noise floor are; None otherwise (a mixture's scored distribution is already the labels')."""
+    labels = cfg.get("labels", "cycle")
+    return labels if cfg.get("guidance") is not None and labels != "cycle" and target.mixture is None else None
 
 
 def open_sweep_run(cfg: DictConfig, target, protocol: dict, sweep: Sweep) -> SweepRun | None:

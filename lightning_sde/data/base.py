@@ -191,17 +191,24 @@ class TrainLoader:
         pass
 
 
-def floor_or_reason(datamodule, n: int, after: int | None = None) -> tuple[Tensor | None, str]:
-    """The noise floor's real samples (`floor_set(n, after)`), or None and why there are none."""
+def floor_or_reason(datamodule, n: int, after: int | None = None,
+                    label: int | None = None) -> tuple[Tensor | None, str]:
+    """The noise floor's real samples (`floor_set(n, after)`; with `label`, of that class), or None and why there are
+    none."""
     if not hasattr(datamodule, "floor_set"):
         return None, "the datamodule has no floor_set(n)"
     if after is not None and len(inspect.signature(datamodule.floor_set).parameters) < 2:
         return None, "the datamodule's floor_set(n) takes no `after` (the reference's size) to start after"
     try:
-        x = datamodule.floor_set(n) if after is None else datamodule.floor_set(n, after)
+        if label is not None:
+            x = datamodule.floor_set(n, after, label=label)
+        else:
+            x = datamodule.floor_set(n) if after is None else datamodule.floor_set(n, after)
     except NotImplementedError:  # a BaseDataModule with its own reference(n) but no real_samples
         return None, "the datamodule does not implement real_samples(start, n, stream)"
-    return x, (f"the training set holds fewer than {n if after is None else after} reference + {n} floor samples")
+    of = "" if label is None else f" of class {label}"
+    return x, (f"the training set holds fewer than {n if after is None else after} reference + {n} floor "
+               f"samples{of}")
 
 
 class BaseDataModule(L.LightningDataModule):
@@ -286,24 +293,62 @@ class BaseDataModule(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, collate_fn=self.val_collate)
 
-    def reference(self, n: int) -> Tensor:
+    def reference(self, n: int, label: int | None = None) -> Tensor:
         """The n real samples that generated ones are scored against: the first n training samples in the data's
-        seeded order (their dequantisation noise from the reference stream), or n draws of a toy distribution."""
+        seeded order (their dequantisation noise from the reference stream), or n draws of a toy distribution; with
+        `label`, those of that class (class_samples)."""
+        if label is not None:
+            x = self.class_samples(label, 0, self._check_reference(n), STREAM_REFERENCE)
+            if x is None:
+                raise ValueError(f"{type(self).__name__}: reference({n}) of class {label} asks for more than the "
+                                 f"{self.class_count(label)} training samples of that class")
+            return x
         return self.real_samples(0, self._check_reference(n, self._available()), STREAM_REFERENCE)
 
-    def floor_set(self, n: int, after: int | None = None) -> Tensor | None:
+    def floor_set(self, n: int, after: int | None = None, label: int | None = None) -> Tensor | None:
         """n more real samples, disjoint from reference(after) (after = n by default): the training samples that
-        follow the reference's, or n other draws. Scored like a sampler's, their value is what a perfect model
-        reaches at this n (the noise floor). None when the training set holds fewer than after + n."""
+        follow the reference's, or n other draws (with `label`: of that class). Scored like a sampler's, their value
+        is what a perfect model reaches at this n (the noise floor). None when the training set holds fewer than
+        after + n."""
         n, available = self._check_reference(n), self._available()
         after = n if after is None else self._check_reference(after)
+        if label is not None:
+            return self.class_samples(label, after, n, STREAM_FLOOR)
         if available is not None and after + n > available:
             return None
         return self.real_samples(after, n, STREAM_FLOOR)
 
     def real_samples(self, start: int, n: int, stream: int) -> Tensor:
         """Training samples start .. start + n - 1 as the model sees them (the toy sets: n draws from `stream`)."""
+        return self.real_samples_at(torch.arange(start, start + n), stream)
+
+    def real_samples_at(self, index: Tensor, stream: int) -> Tensor:
+        """The training samples at these positions of the data's seeded order, as the model sees them (their
+        dequantisation noise drawn from `stream`); a datamodule gives this or real_samples."""
         raise NotImplementedError
+
+    def class_samples(self, label: int, start: int, n: int, stream: int) -> Tensor | None:
+        """The training samples of class `label` start .. start + n - 1 (in the data's seeded order): the reference and
+        noise floor of samples drawn for that class. None when the class holds fewer than start + n."""
+        positions = self.class_positions(label)
+        return None if start + n > len(positions) else self.real_samples_at(positions[start:start + n], stream)
+
+    def class_count(self, label: int) -> int:
+        return len(self.class_positions(label))
+
+    def class_positions(self, label: int) -> Tensor:
+        """Where class `label`'s training samples are in the data's seeded order (labelled data only)."""
+        self._ensure_setup()
+        self.check_class(label)
+        return torch.nonzero(torch.as_tensor(self.train_set.labels) == label)[:, 0]
+
+    def check_class(self, label: int) -> None:
+        """ValueError unless the data is labelled and `label` one of its classes."""
+        if not self.labelled or getattr(self.train_set, "labels", None) is None:
+            raise ValueError(f"{type(self).__name__}: samples of class {label} need the data's labels "
+                             "(data.labels=true)")
+        if isinstance(label, bool) or not (isinstance(label, int) and 0 <= label < (self.num_classes or 0)):
+            raise ValueError(f"{type(self).__name__}: class {label!r} is not one of 0..{(self.num_classes or 1) - 1}")
 
     def _check_reference(self, n: int, available: int | None = None) -> int:
         n = check_int(type(self).__name__, "reference n", n, 1)

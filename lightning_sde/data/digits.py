@@ -88,5 +88,5 @@ class DigitsDataModule(BaseDataModule):
         """log2(17/2) when dequantised (see the class docstring); None otherwise."""
         return bits_per_dim_offset(LEVELS) if self.dequantize else None
 
-    def real_samples(self, start: int, n: int, stream: int) -> Tensor:
-        return self.train_transform(self.train_levels[start:start + n], generator=generator(self.seed, stream))
+    def real_samples_at(self, index: Tensor, stream: int) -> Tensor:
+        return self.train_transform(self.train_levels[index], generator=generator(self.seed, stream))

@@ -312,6 +312,6 @@ class ImageFolderDataModule(BaseDataModule):
                         "run trains on them as they are now; the validation images are the run's",
                         self.root, path, state["n_train"], now["n_train"])
 
-    def real_samples(self, start: int, n: int, stream: int) -> Tensor:
-        images = torch.stack([self.train_set.image(i) for i in range(start, start + n)])
+    def real_samples_at(self, index: Tensor, stream: int) -> Tensor:
+        images = torch.stack([self.train_set.image(int(i)) for i in index])
         return ImageBatch(LEVELS, dequantize=self.dequantize)(images, generator=generator(self.seed, stream))

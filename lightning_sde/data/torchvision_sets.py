@@ -202,9 +202,9 @@ class TorchvisionDataModule(BaseDataModule):
             self.train_set = RowsDataset(self.train_levels)
             self.val_set = RowsDataset(val)
 
-    def real_samples(self, start: int, n: int, stream: int) -> Tensor:
+    def real_samples_at(self, index: Tensor, stream: int) -> Tensor:
         unflipped = ImageBatch(LEVELS, dequantize=self.dequantize)  # the reference is not augmented
-        return unflipped(self.train_levels[start:start + n], generator=generator(self.seed, stream))
+        return unflipped(self.train_levels[index], generator=generator(self.seed, stream))
 
 
 class MNISTDataModule(TorchvisionDataModule):

@@ -120,5 +120,10 @@ class Toy2DDataModule(BaseDataModule):
     def real_samples(self, start: int, n: int, stream: int) -> Tensor:
         return self.sample(n, generator(self.seed, stream))
 
+    def class_samples(self, label: int, start: int, n: int, stream: int) -> Tensor:
+        """n draws of p(x | y = label) (a toy set's reference is drawn, not read: `start` changes nothing)."""
+        self.check_class(label)
+        return self.mixture.conditional(label).sample(n, generator(self.seed, stream)).float()
+
     def __repr__(self) -> str:
         return f"Toy2DDataModule(name={self.name!r}, shape={self.shape}, n_train={self.n_train}, n_val={self.n_val})"

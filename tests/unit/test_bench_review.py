@@ -303,13 +303,13 @@ def test_each_cells_log_line_gives_its_values_with_intervals_and_its_sampling_an
 
 # the noise floor of a checkpoint's sweep: the data's training samples after the reference's
 
-def _digits_checkpoint(tmp_path: Path) -> Path:
+def _digits_checkpoint(tmp_path: Path, num_classes: int | None = None) -> Path:
     from lightning_sde.module import ScoreModule
 
     net = {"_target_": "lightning_sde.models.unet.UNet", "in_channels": 1, "image_size": 8, "channels": 8,
-           "channel_mult": [1], "num_res_blocks": 1, "attn_resolutions": []}
+           "channel_mult": [1], "num_res_blocks": 1, "attn_resolutions": [], "num_classes": num_classes}
     sde = {"_target_": "lightning_sde.sde.VPSDE"}
-    data = {"_target_": "lightning_sde.data.DigitsDataModule", "dequantize": False, "labels": False}
+    data = {"_target_": "lightning_sde.data.DigitsDataModule", "dequantize": False, "labels": num_classes is not None}
     path = tmp_path / "digits.ckpt"
     torch.save({"state_dict": ScoreModule(net=net, sde=sde, shape=[1, 8, 8]).state_dict(), "global_step": 1,
                 "hyper_parameters": {"net": net, "sde": sde, "shape": [1, 8, 8]}, "data_config": data}, path)
@@ -334,6 +334,27 @@ def test_a_checkpoint_sweep_scores_the_training_samples_after_the_reference_as_i
     from lightning_sde.bench.dashboard import sweep_config
 
     assert {r["sde"] for r in rows} == {"vp"} and "sde:vp" in sweep_config("x", rows)[1]  # the W&B run's tag
+
+
+def test_a_checkpoints_sweep_of_one_class_is_scored_against_that_classs_training_images(tmp_path):
+    """labels=3 draws every seed as a 3: its reference and noise floor are class 3's training images (they were every
+    class's, and a perfect model's FID of one class sat far above that floor)."""
+    from lightning_sde.data import DigitsDataModule
+    from lightning_sde.metrics.scorer import Scorer
+
+    ckpt = _digits_checkpoint(tmp_path, num_classes=10)
+    args = (f"checkpoint={ckpt}", "data=digits", "metrics=[fid]", "noise_floor=true", "reference_count=100",
+            "nfe=[2]", "guidance=[0]", "labels=3")
+    with pytest.raises(ValueError, match="config data.labels: a sweep of class 3 .* set data.labels=true"):
+        sweep(tmp_path / "plain", *args)
+    rows = sweep(tmp_path, *args, "data.labels=true")
+    floor, ddim = (next(r for r in rows if r["grid"] == grid) for grid in ("exact", "nfe"))
+    assert "|scored_on_labels=3" in floor["target"] and ddim["sampler"] == "ddim@w0"
+    data = DigitsDataModule(labels=True)
+    reference, real = data.reference(100, label=3), data.floor_set(32, 100, label=3)
+    assert floor["value"] == pytest.approx(Scorer(reference, ("fid",))(real)["fid"], rel=1e-9)
+    every_class = Scorer(data.reference(100), ("fid",))(real)["fid"]
+    assert every_class > 2 * floor["value"], (every_class, floor["value"])  # what the old reference gave a perfect 3
 
 
 def test_a_datamodule_whose_floor_set_takes_only_n_keeps_its_training_floor_and_has_none_in_a_bench():

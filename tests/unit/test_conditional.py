@@ -58,6 +58,53 @@ def test_labelled_toy_and_digits_batches():
         Toy2DDataModule(name="two_moons", n_train=100, n_val=10, labels=True)
 
 
+def test_a_class_reference_and_floor_are_that_class_training_images_in_the_seeded_order():
+    """A checkpoint's samples of class 3 are scored against class 3's training images (lsde-bench labels=3)."""
+    from lightning_sde.data.base import STREAM_FLOOR, STREAM_REFERENCE
+    from lightning_sde.data.digits import load_digits_levels
+
+    digits = DigitsDataModule(labels=True)
+    images, labels = load_digits_levels()
+    threes = {tuple(image.flatten().tolist()) for image in images[labels == 3]}
+    reference, floor = digits.reference(60, label=3), digits.floor_set(40, 60, label=3)
+    assert reference.shape == (60, 1, 8, 8) and floor.shape == (40, 1, 8, 8)
+    for x in (reference, floor):  # each one a training image of class 3 (levels k at 2k/16 - 1)
+        levels = ((x + 1) * 8).round().long()
+        assert all(tuple(row.flatten().tolist()) in threes for row in levels)
+    positions = digits.class_positions(3)
+    assert len(positions) == digits.class_count(3) == int((digits.train_labels == 3).sum())
+    assert (positions[1:] > positions[:-1]).all()  # the first ones in the seeded order, as reference(n) takes
+    torch.testing.assert_close(reference, digits.real_samples_at(positions[:60], STREAM_REFERENCE))
+    torch.testing.assert_close(floor, digits.real_samples_at(positions[60:100], STREAM_FLOOR))  # after the reference
+    with pytest.raises(ValueError, match=f"asks for more than the {len(positions)} training samples of that class"):
+        digits.reference(len(positions) + 1, label=3)
+    assert digits.floor_set(40, len(positions) - 39, label=3) is None
+    with pytest.raises(ValueError, match=r"need the data's labels \(data.labels=true\)"):
+        DigitsDataModule().reference(10, label=3)
+    for label in (10, -1, True, "3"):
+        with pytest.raises(ValueError, match="is not one of 0..9"):
+            digits.reference(10, label=label)
+
+
+def test_real_samples_read_by_position_are_the_seeded_slices():
+    from lightning_sde.data.base import generator
+
+    digits = DigitsDataModule(dequantize=True)
+    expected = digits.train_transform(digits.train_levels[100:164], generator=generator(digits.seed, 7))
+    assert torch.equal(digits.real_samples(100, 64, 7), expected)
+
+
+def test_a_toy_class_reference_is_drawn_from_that_component():
+    toy = Toy2DDataModule(n_train=600, n_val=100, labels=True)
+    x = toy.reference(4000, label=2).double()
+    component = toy.mixture.means[2]
+    assert x.shape == (4000, 2) and (x.mean(0) - component).norm() < 0.05
+    assert ((x[:, None] - toy.mixture.means[None]) ** 2).sum(-1).argmin(1).eq(2).float().mean() > 0.99
+    assert not torch.equal(toy.floor_set(100, 4000, label=2), toy.reference(100, label=2))  # other draws
+    with pytest.raises(ValueError, match="data.labels=true"):
+        Toy2DDataModule(n_train=600, n_val=100).reference(10, label=2)
+
+
 class FakeTrainer:
     global_step, global_rank, datamodule, accumulate_grad_batches = 0, 0, None, 1
 
