@@ -1,4 +1,5 @@
-"""Checkpoint at a step boundary when SLURM is about to stop the job, and requeue it for the time limit.
+"""Checkpoint at a step boundary when SLURM is about to stop the job (or an error stops it), and requeue it for the
+time limit.
 
 Two ways a job is stopped, one owner of each:
   - the time limit: sbatch's `--signal=USR1@<seconds>` sends `requeue_signal` to every task. All ranks agree at the
@@ -14,6 +15,11 @@ Two ways a job is stopped, one owner of each:
     once the step is logged; lsde-train exits 143 (interrupted: `afterok` dependencies do not fire) and the scheduler
     decides about requeueing. A signal during a sampler evaluation stops it at once (no rows; the resumed run does it
     again) and is acted on at that validation's end; during another validation, at the end of the next step.
+
+An error that stops a one-process run while it trains (an unreadable image met hours in, Ctrl-C, a failure in a
+step) also saves `last.ckpt` at the last step boundary, so the same command resumes there once the cause is fixed;
+not a non-finite value (its checkpoints are set aside instead), and not under DDP, where a save is collective and the
+other processes are stopped by Lightning mid-step.
 
 Checkpoints are written to a temporary file and renamed (lsde-train's AtomicCheckpointIO), so a SIGKILL after
 SLURM's KillWait leaves the previous `last.ckpt` intact. Lightning's own SLURM auto-requeue (hpc_ckpt) is switched
@@ -35,6 +41,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_sde.callbacks.checkpoint_io import LastCheckpoint
 from lightning_sde.data.base import ends_a_step
+from lightning_sde.errors import NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,7 @@ class Preemption(L.Callback):
         self.requeue_requested = False
         self.saved_at: int | None = None  # the step of the checkpoint written on a signal
         self._at_step_end = True  # the last training batch ended an optimizer step (always, without accumulation)
+        self._started_at: int | None = None  # the global step training started (or resumed) at
         self._previous_handlers: dict[int, tuple] = {}  # signal -> (ours, the one before)
 
     # --- signals: handlers only take note; the end of the step acts ------------------------------------------------
@@ -75,6 +83,7 @@ class Preemption(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._launcher = trainer.strategy.launcher
+        self._started_at = trainer.global_step
         self._own(signal.SIGTERM, self._on_sigterm)  # after Lightning registered its own at the start of fit
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
@@ -121,6 +130,24 @@ class Preemption(L.Callback):
                             "last one stands")
                 return
             self.save(trainer, "SIGTERM")  # a signal that arrived outside a training step (e.g. in validation)
+        elif self.keeps_steps_on(trainer, exception):
+            try:
+                self.save(trainer, f"stopped by {type(exception).__name__}")
+            except Exception as err:  # noqa: BLE001  (the run's own error is the one to report)
+                log.warning("no checkpoint written on the error (%s: %s); the last one stands", type(err).__name__, err)
+                return
+            log.warning("once its cause is fixed, the same command resumes the run from global step %d",
+                        trainer.global_step)
+
+    def keeps_steps_on(self, trainer, exception: BaseException) -> bool:
+        """Whether an error that stops training (a data loader's unreadable file, Ctrl-C, a failure in the step) gets a
+        checkpoint of the steps since the last one: only between optimizer steps while training, never for a
+        non-finite value (SetAside's), and in one process only (a save is collective: under DDP the other processes
+        are waiting in the step and are stopped)."""
+        return (trainer.world_size == 1 and trainer.training and self._at_step_end
+                and not isinstance(exception, NonFiniteError)
+                and self._started_at is not None and trainer.global_step > self._started_at
+                and self.saved_at != trainer.global_step)
 
     # --- checkpoint and requeue ---------------------------------------------------------------------------------
     @staticmethod

@@ -208,6 +208,50 @@ def test_sigterm_checkpoints_and_exits_143_and_the_time_limit_signal_exits_138_w
     assert (tmp_path / "usr1" / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_an_error_while_training_keeps_its_steps_and_the_same_command_resumes_once_fixed(tmp_path):
+    """An unreadable image met mid-run (every training image overwritten while it trains) saves last.ckpt at the last
+    step boundary (checkpoints every 1000 steps: the steps were lost), and so does Ctrl-C."""
+    import numpy as np
+    from PIL import Image
+
+    root, run = tmp_path / "images", tmp_path / "imf"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"img{i:02d}.png")
+    originals = {path: path.read_bytes() for path in root.iterdir()}
+    common = ["experiment=digits", "data=image_folder", f"data.root={root}", "data.image_size=8", "data.channels=1",
+              "data.batch_size=4", "data.n_val=4", "logger=csv", "callbacks.sampler=null", "callbacks.best=null",
+              "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+              "callbacks.last.every_n_train_steps=1000"]
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run}", f"run_name={run.name}",
+                             *common, "trainer.max_steps=100000", "trainer.val_check_interval=100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 120
+    while not list(run.glob("csv/version_0/metrics.csv")):  # training has logged a step
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    for path in originals:
+        path.write_text("not an image")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "not a readable image" in err.splitlines()[-1], err[-3000:]
+    said = re.search(r"the same command resumes the run from global step (\d+)", out)
+    assert said, out[-3000:]
+    step = int(said[1])
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == step > 0 and all(v.isfinite().all() for v in ckpt["state_dict"].values())
+    for path, data in originals.items():
+        path.write_bytes(data)
+    done = train(run, *common, f"trainer.max_steps={step + 3}", "trainer.val_check_interval=100000")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 3
+    code, out = _start_and_signal(tmp_path / "int", signal.SIGINT)
+    assert code != 0, out[-3000:]
+    step = torch.load(tmp_path / "int" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert f"stopped by KeyboardInterrupt: saved {tmp_path / 'int' / 'checkpoints' / 'last.ckpt'} at global step " \
+           f"{step}" in out, out[-3000:]
+
+
 # --- 7. start-up checks ---------------------------------------------------------------------------------------------
 
 

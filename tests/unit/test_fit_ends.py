@@ -231,3 +231,52 @@ def test_the_learning_rate_is_written_once_per_optimizer_step_under_accumulation
     rows = [r for r in csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")) if r.get("lr-AdamW")]
     assert [int(r["step"]) for r in rows] == list(range(6))
     assert [float(r["lr-AdamW"]) for r in rows] == pytest.approx([1e-3 * (k + 1) / 10 for k in range(6)])
+
+
+class FailsAt(L.Callback):
+    def __init__(self, batch_idx: int, error: BaseException):
+        self.batch_idx, self.error = batch_idx, error
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.batch_idx:
+            raise self.error
+
+
+@pytest.mark.parametrize("batch_idx, accumulate, error, saved", [
+    (5, 1, OSError("an unreadable image"), 5),  # the 5 steps since the last checkpoint are kept
+    (6, 3, OSError("an unreadable image"), 2),  # the first batch of step 3: steps 1-2 are whole
+    (4, 3, OSError("an unreadable image"), None),  # within step 2: nothing a resume could continue from
+    (0, 1, OSError("an unreadable image"), None),  # nothing trained
+    (5, 1, "nonfinite", None),  # its checkpoints are set aside (SetAside), not written
+], ids=["between-steps", "accumulated", "within-a-step", "at-the-start", "non-finite"])
+def test_an_error_while_training_saves_last_ckpt_at_the_last_step_boundary(tmp_path, batch_idx, accumulate, error,
+                                                                          saved):
+    from lightning_sde.callbacks.preemption import Preemption
+    from lightning_sde.errors import NonFiniteError
+
+    if error == "nonfinite":
+        error = NonFiniteError("training stopped: at step 5 the loss is nan", 5)
+    preemption = Preemption("SIGUSR1")
+    trainer = L.Trainer(max_steps=12, accumulate_grad_batches=accumulate, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        accelerator="cpu", callbacks=[FailsAt(batch_idx, error), preemption],
+                        plugins=[AtomicCheckpointIO()])
+    with pytest.raises(type(error)):
+        trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=512))
+    assert preemption.saved_at == saved
+    path = Preemption.last_path(trainer)
+    assert (step_of(path) if path.exists() else None) == saved
+
+
+def test_an_error_under_ddp_writes_no_checkpoint_from_one_process():
+    """A save is collective: one process failing alone would wait for the others, which Lightning stops."""
+    from lightning_sde.callbacks.preemption import Preemption
+
+    class OneOfTwoProcesses:
+        global_step, world_size, training = 5, 2, True
+
+    preemption = Preemption("SIGUSR1")
+    preemption._started_at = 0
+    assert not preemption.keeps_steps_on(OneOfTwoProcesses(), OSError("an unreadable image"))
+    OneOfTwoProcesses.world_size = 1
+    assert preemption.keeps_steps_on(OneOfTwoProcesses(), OSError("an unreadable image"))
