@@ -126,6 +126,16 @@ def require_device(dev, key: str = "device") -> None:
                          "here (CUDA_VISIBLE_DEVICES, the job's GPU request); use device=cpu on this machine")
 
 
+def check_folder_name(key: str, value, names: str, extra: tuple[str, ...] = ()) -> None:
+    """A config value that names a folder (`names`: what it names): letters, digits, . _ - + @ and `extra`, not only
+    dots (no '', '..' or path separators); ValueError naming the key."""
+    allowed = (".", "_", "-", "+", "@", *extra)
+    text = str(value)
+    if not re.fullmatch(f"[A-Za-z0-9{''.join(re.escape(c) for c in allowed)}]+", text) or text.strip(".") == "":
+        raise ValueError(f"config {key}: may hold letters, digits and {' '.join(allowed)} only (it names {names}); "
+                         f"got {text!r}")
+
+
 def build(node, key: str, **kwargs):
     """instantiate(node, **kwargs); any failure becomes a ValueError "config <key>: ..." with the cause's message."""
     return checked(key, instantiate, node, **kwargs)

@@ -7,7 +7,6 @@ share of a cell's seeds, rank 0 gathers, scores, appends the rows and keeps a pr
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,7 +19,7 @@ from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, read_sidecar,
 from lightning_sde.bench.report import with_interval
 from lightning_sde.bench.results import WANDB_RUN_KEY, Claim, Claimed, ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
-from lightning_sde.configuration import checked, require_device
+from lightning_sde.configuration import check_folder_name, checked, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
@@ -66,9 +65,8 @@ def prepare(cfg: DictConfig) -> Sweep:
     for key in ("noise_floor", "progress", "wandb.enabled"):
         if not isinstance(OmegaConf.select(cfg, key), bool):
             raise ValueError(f"config {key}: must be true or false; got {OmegaConf.select(cfg, key)!r}")
-    if "name" in cfg and (not re.fullmatch(r"[A-Za-z0-9._+@=,-]+", str(cfg.name)) or str(cfg.name).strip(".") == ""):
-        raise ValueError("config name: may hold letters, digits and . _ - + @ = , only (it names the sweep's folder "
-                         f"under the outputs root); got {str(cfg.name)!r}")
+    if "name" in cfg:
+        check_folder_name("name", cfg.name, "the sweep's folder under the outputs root", extra=("=", ","))
     for key in ("ddp.devices", "ddp.num_nodes"):
         positive_int(key, OmegaConf.select(cfg, key))
     if cfg.get("reference_count") is not None:
@@ -86,6 +84,9 @@ def prepare(cfg: DictConfig) -> Sweep:
             target_id += f"|features={cfg.feature_extractor}"
     if cfg.get("reference_count") is not None:
         target_id += f"|reference_count={cfg.reference_count}"
+    if cfg.get("guidance") is None and cfg.get("labels", "cycle") != "cycle":
+        raise ValueError(f"config labels: labels={cfg.labels} draws class {cfg.labels} under guidance; set "
+                         "guidance=[<w>, ...] too (0: the conditional model alone), or leave labels out")
     if cfg.get("guidance") is not None:
         classes = target_classes(cfg, kind)
         if classes is None:

@@ -17,9 +17,9 @@ chunk's seeds are split over the processes and rank 0 writes. Written to `out` (
 Each chunk (batch_size x processes seeds) is kept in out/chunks/ as soon as it is drawn: a killed run's rerun goes
 on from them, and a rerun with more seeds draws only the new ones (an adaptive solver's chunks are planned from
 seeds.start, so its samples do not depend on what the folder held). Output of other settings in `out` is refused at
-start-up, not replaced (name= keeps both); so is a second run of the name while one runs; each job of a multirun
-writes <out>_<job>. A chunk with a NaN or infinite sample stops the run with an error (the chunks before it are
-kept).
+start-up, not replaced (name= keeps both); so is a folder of files this app did not write, and a second run of the
+name while one runs; each job of a multirun writes <out>_<job>. A chunk with a NaN or infinite sample stops the run
+with an error (the chunks before it are kept).
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_sde.bench.spec import MAX_NFE, jsonable, positive_int
 from lightning_sde.cli.errors import fails_cleanly, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, build, checked, overridden, require_device
+from lightning_sde.configuration import CONFIG_PATH, build, check_folder_name, checked, overridden, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, launched_first, rank_world
-from lightning_sde.files import FolderLock, replace_atomically, write_text
+from lightning_sde.files import LOCK_FILE, FolderLock, replace_atomically, write_text
 from lightning_sde.generation import generate, seed_labels
 from lightning_sde.samplers.base import Sampler
 from lightning_sde.samplers.grids import may_use_data_moments
@@ -57,6 +57,7 @@ from lightning_sde.tracking import duration, source_revision
 log = logging.getLogger(__name__)
 CHUNKS = "chunks"
 CHUNK_NAME = re.compile(r"seeds-(\d+)-(\d+)\.npz")
+SEED_PNG = re.compile(r"\d{6,}\.png")  # <seed:06d>.png
 PREVIEW_IMAGES = 64
 PREVIEW_POINTS = 5000
 MAX_SEED = 2**53  # seeds are stored as int64 and named in JSON
@@ -65,6 +66,10 @@ MAX_SEED = 2**53  # seeds are stored as int64 and named in JSON
 def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
     """(the sampler at its budget, target kind, target id, the settings the samples depend on); ValueError naming the
     key on any bad value, before anything is loaded or written."""
+    check_folder_name("name", cfg.name, "the samples' folder under the outputs root", extra=("=", ","))
+    if not isinstance(cfg.get("seeds"), DictConfig):
+        raise ValueError(f"config seeds: must be {{start: S, count: N}} (seeds.start=S seeds.count=N); got "
+                         f"{cfg.get('seeds')!r}")
     kind, target_id = target_kind(cfg, needs_data=False)
     start = positive_int("seeds.start", OmegaConf.select(cfg, "seeds.start"), 0)
     count = positive_int("seeds.count", OmegaConf.select(cfg, "seeds.count"))
@@ -87,6 +92,9 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
         raise ValueError(f"config sampler: {cfg.sampler.get('_target_')!r} is not a Sampler")
     sampler = at_budget(cfg, sampler)
     guidance = cfg.get("guidance")
+    if guidance is None and labels != "cycle":
+        raise ValueError(f"config labels: labels={labels} draws class {labels} under guidance; set guidance=<w> too "
+                         "(0: the conditional model alone), or leave labels out")
     if guidance is not None:
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
                 or guidance < 0:
@@ -146,6 +154,10 @@ def check_out(out: Path, settings: dict) -> None:
     """Refuse, before any work, to write into `out` the samples of other settings than those already there."""
     path = out / "settings.json"
     if not path.is_file():
+        theirs = sorted(p.name for p in out.iterdir() if p.name not in (LOCK_FILE, "hydra")) if out.is_dir() else []
+        if theirs:  # a folder this app did not write: its files are not replaced or removed
+            raise ValueError(f"config out: {out} holds files that lsde-sample did not write ({', '.join(theirs[:5])}"
+                             f"{', ...' if len(theirs) > 5 else ''}); give another out= (or name=), or empty it")
         return
     try:
         before = json.loads(path.read_text())
@@ -179,6 +191,9 @@ def read_chunks(folder: Path, settings: dict, shape: tuple, dtype) -> list[dict]
                     samples.dtype.kind == "f" and not np.isfinite(samples).all()):
                 raise ValueError(f"samples {samples.dtype} {samples.shape} for {len(seeds)} seeds, not {dtype} "
                                  f"{shape} each, or not finite")
+            if settings["guidance"] is not None and (labels is None or labels.shape != (len(seeds),)
+                                                     or labels.dtype.kind not in "iu"):
+                raise ValueError(f"no class for each of its {len(seeds)} seeds")
         except Exception as err:  # noqa: BLE001  (any unreadable file: drawn again)
             log.warning("%s: not a chunk of samples (%s: %s); its seeds are drawn again", path, type(err).__name__, err)
             continue
@@ -336,15 +351,15 @@ def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings:
 
 
 def write_pngs(folder: Path, seeds: list[int], x: np.ndarray) -> None:
-    """<seed>.png for each seed, each written whole or not at all, and no other PNG: a folder an FID tool reads holds
-    exactly the samples asked for (none for no seeds: png=false)."""
+    """<seed>.png for each seed, each written whole or not at all, and no other seed's PNG: a folder an FID tool reads
+    holds exactly the samples asked for (none for no seeds: png=false)."""
     from PIL import Image
 
     if not seeds and not folder.is_dir():
         return
     folder.mkdir(parents=True, exist_ok=True)
     names = {f"{seed:06d}.png": j for j, seed in enumerate(seeds)}
-    stale = [p for p in folder.glob("*.png") if p.name not in names]
+    stale = [p for p in folder.glob("*.png") if SEED_PNG.fullmatch(p.name) and p.name not in names]
     if stale:
         log.info("removing %d PNGs of other seeds from %s (png=%s; the chunks are kept)", len(stale), folder,
                  "true" if seeds else "false")

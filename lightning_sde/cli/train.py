@@ -18,7 +18,6 @@ import inspect
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import sys
@@ -40,7 +39,15 @@ from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO, SetAside
 from lightning_sde.callbacks.sampler import SAMPLE_STATS
 from lightning_sde.cli.errors import fails_cleanly, from_worker, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, check_same_data, checked, node_changes, plain, shown
+from lightning_sde.configuration import (
+    CONFIG_PATH,
+    check_folder_name,
+    check_same_data,
+    checked,
+    node_changes,
+    plain,
+    shown,
+)
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import check_accumulation
 from lightning_sde.distributed import launched_first
@@ -114,9 +121,7 @@ def check_run_values(cfg: DictConfig) -> None:
     """The values that Lightning would take and fail on later (or silently ignore), named now."""
     if not (is_int(cfg.seed) and 0 <= cfg.seed < 2**32):
         raise ValueError(f"config seed: must be an integer in [0, 2**32); got {cfg.seed!r}")
-    if not re.fullmatch(r"[A-Za-z0-9._+@-]+", str(cfg.run_name)) or str(cfg.run_name).strip(".") == "":
-        raise ValueError("config run_name: may hold letters, digits and . _ - + @ only (it names the run directory "
-                         f"and the W&B run's id); got {str(cfg.run_name)!r}")
+    check_folder_name("run_name", cfg.run_name, "the run directory and the W&B run's id")
     if cfg.ckpt_path is not None and not isinstance(cfg.ckpt_path, str):
         raise ValueError(f"config ckpt_path: must be a checkpoint's path, 'last' or null; got {cfg.ckpt_path!r} "
                          "(quote a path that parses as a number: ckpt_path=\"'123'\")")

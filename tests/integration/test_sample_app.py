@@ -128,6 +128,36 @@ def test_chunks_that_are_not_this_models_are_drawn_again_and_a_folder_named_like
     assert proc.returncode == 1 and f"config out: {chunk} is not a file but has a chunk's name" in proc.stderr
 
 
+def test_a_guided_chunk_without_its_classes_is_drawn_again(tmp_path):
+    out = tmp_path / "g"
+    common = ["+problem.labels=[0,1,2,3,4,5,6,7]", "guidance=1", "sampler=ddim", "nfe=5", "batch_size=50",
+              "seeds.count=100"]
+    assert lsde_sample(out, *common).returncode == 0
+    first = written(out)
+    chunk = out / "chunks" / "seeds-0-49.npz"
+    with np.load(chunk, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files if k != "labels"}
+    np.savez(chunk, **arrays)  # a traceback in the rerun's summary before (a label None)
+    proc = lsde_sample(out, *common)
+    assert proc.returncode == 0 and "seeds-0-49.npz: not a chunk of samples (ValueError: no class for each of its 50 " \
+        "seeds)" in proc.stdout, proc.stderr[-2000:]
+    again = written(out)
+    np.testing.assert_array_equal(again["samples"], first["samples"])
+    np.testing.assert_array_equal(again["labels"], np.arange(100) % 8)
+
+
+def test_a_folder_this_app_did_not_write_is_refused_and_left_as_it_was(tmp_path):
+    """Its own PNGs were removed as 'PNGs of other seeds', and its files replaced."""
+    out = tmp_path / "mine"
+    (out / "images").mkdir(parents=True)
+    photo = out / "images" / "my_photo.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(photo)
+    proc = lsde_sample(out, "sampler=ddim", "nfe=5", "seeds.count=10")
+    assert proc.returncode == 1 and f"config out: {out} holds files that lsde-sample did not write (images)" in \
+        proc.stderr, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.rglob("*")) == ["images", "my_photo.png"]
+
+
 def test_a_multirun_writes_one_folder_per_job_under_a_given_out(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lightning_sde.cli.sample", "-m", f"out={tmp_path / 's'}",
                            "progress=false", f"hydra.sweep.dir={tmp_path / 'multirun'}", "sampler=ddim", "nfe=5,8",
@@ -137,7 +167,10 @@ def test_a_multirun_writes_one_folder_per_job_under_a_given_out(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["seeds=5"], "config seeds.start: "),
+    (["seeds=5"], "config seeds: must be {start: S, count: N} (seeds.start=S seeds.count=N); got 5"),
+    (["name=.."], "config name: may hold letters, digits and . _ - + @ = , only"),
+    (["name=''"], "config name: may hold letters, digits and . _ - + @ = , only"),
+    (["labels=5"], "config labels: labels=5 draws class 5 under guidance; set guidance=<w> too"),
     (["seeds.start=9223372036854775807"], "config seeds: seeds.start + seeds.count must be at most 2**53"),
     (["nfe=100000000"], "config nfe: must be at most 100000"),
     (["labels=abc"], "config labels: must be 'cycle' (seed i: class i mod num_classes) or a class index; got 'abc'"),
@@ -183,6 +216,10 @@ def test_images_are_written_as_the_pngs_of_their_pixels_and_guided_ones_with_the
                        "guidance=1.5", "labels=cycle")
     assert proc.returncode == 0 and len(list((out / "images").glob("*.png"))) == 10, proc.stderr[-2000:]
     assert "10 of 10 seeds drawn by an earlier run" in proc.stdout and "seeds drawn; ETA" not in proc.stdout
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(out / "images" / "my_photo.png")  # not a seed's: kept
+    proc = lsde_sample(out, f"checkpoint={ckpt}", "sampler=ddim", "nfe=5", "seeds.count=10", "batch_size=8",
+                       "guidance=1.5", "labels=cycle", "png=false")
+    assert proc.returncode == 0 and [p.name for p in (out / "images").glob("*.png")] == ["my_photo.png"]
 
 
 @pytest.mark.slow

@@ -66,6 +66,9 @@ BAD_BENCH = [
     (["+problem.labels=[0,1,0,1,0,1,0,1]", "guidance=[-1]"], "config guidance[0]: must be a number >= 0"),
     (["+problem.labels=[0,1,0,1,0,1,0,1]", "guidance=[1]", "labels=5"], "config labels: must be 'cycle' or a "
                                                                            "class in 0..1; got 5"),
+    (["+problem.labels=[0,1,0,1,0,1,0,1]", "labels=1"], "config labels: labels=1 draws class 1 under guidance; set "
+                                                          "guidance=[<w>, ...] too"),  # unguided rows of every class
+    (["name=.."], "config name: may hold letters, digits and . _ - + @ = , only"),
 ]
 # lsde-compare's own sampler set (configs/compare.yaml)
 BAD_COMPARE = [
