@@ -15,7 +15,7 @@ from lightning_sde.cli.help import print_help_if_asked
 def override_error(app: str, argv: list[str]) -> str | None:
     """Hydra's complaint about a single run's overrides (a key or option the app's config does not have, a malformed
     value), from composing `<app>.yaml` with them, or None. Multiruns, flags and subcommands are left to the app."""
-    if not argv or any(arg.startswith("-") or "=" not in arg for arg in argv):
+    if not argv or not single_run_overrides(argv):
         return None
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
@@ -31,8 +31,14 @@ def override_error(app: str, argv: list[str]) -> str | None:
     return folder_error(cfg)
 
 
+def single_run_overrides(argv: list[str]) -> bool:
+    """Whether the arguments are overrides of one run only (key=value, +key=value, ~key): no flag or subcommand."""
+    return all(not arg.startswith("-") and ("=" in arg or arg.startswith("~")) for arg in argv)
+
+
 def folder_error(cfg) -> str | None:
-    """A folder the app would create inside an existing file (Hydra's own traceback otherwise, before the app)."""
+    """A folder the app would create inside an existing file, or where none can be made (Hydra's own traceback
+    otherwise, before the app)."""
     from pathlib import Path
 
     from omegaconf import OmegaConf
@@ -45,6 +51,13 @@ def folder_error(cfg) -> str | None:
         for folder in (path, *path.parents):
             if folder.is_file():
                 return f"config {key}: {value} would be a folder inside the file {folder}; give a folder"
+        missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+        if missing:  # the first folder to make: made and removed again, as Hydra would make it
+            try:
+                missing[-1].mkdir()
+                missing[-1].rmdir()
+            except OSError as err:
+                return f"config {key}: {value} cannot be made ({err.strerror}: {missing[-1]})"
     return None
 
 
@@ -60,7 +73,7 @@ def added_key_error(app: str, argv: list[str]) -> str | None:
     node, or nothing under `@package _global_`)."""
     added = [arg for arg in argv if arg.startswith("+") and "@" not in arg.split("=", 1)[0]
              and arg.split("=", 1)[0].lstrip("+").split(".")[0] not in BUILT_NODES]
-    if not added or any(arg.startswith("-") or "=" not in arg for arg in argv):
+    if not added or not single_run_overrides(argv):
         return None
     from hydra import compose, initialize_config_module
     from omegaconf import DictConfig, OmegaConf

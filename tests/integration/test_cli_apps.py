@@ -271,6 +271,20 @@ def test_a_folder_inside_a_file_is_refused_before_hydra_makes_it(tmp_path):
     assert override_error("train", [f"paths.root={file}"]).startswith("config paths.root: ")
     assert override_error("compare", [f"output_dir={file}"]).startswith("config output_dir: ")
     assert override_error("figures", [f"out={tmp_path}/new", f"output_dir={tmp_path}/logs"]) is None
+    assert override_error("likelihood", ["out=/proc/xx"]) == "config out: /proc/xx cannot be made (No such file or " \
+        "directory: /proc/xx)"  # a file system that makes no folder there: Hydra's traceback before
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_deletion_does_not_turn_off_the_checks_of_the_other_overrides():
+    """`~samplers.pc_1000` (the docs' own example) made every other override unchecked: +bogus=1 was ignored."""
+    from lightning_sde.cli.apps import added_key_error, override_error
+
+    assert added_key_error("compare", ["~samplers.pc_1000", "+bogus=1"]).startswith(
+        "bogus: lsde-compare's config has no such key")
+    assert override_error("compare", ["~samplers.pc_1000", "samplers.ddim_50.bogus=1"]).startswith(
+        "Could not override 'samplers.ddim_50.bogus'")
+    assert override_error("compare", ["~samplers.pc_1000", "seeds.count=50"]) is None
 
 
 def test_a_config_group_of_the_users_own_folder_is_not_taken_for_a_misspelling(tmp_path):
