@@ -14,12 +14,21 @@ from hydra.errors import CompactHydraException
 from lightning_sde.errors import CheckpointError, NonFiniteError
 
 log = logging.getLogger("lightning_sde")
-USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError)
+# a bad value, or a path that is missing, a file where a folder belongs (or the reverse), or not the user's to write
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+               CheckpointError, NonFiniteError)
+
+
+def error_text(err) -> str:
+    """An error as its line says it: a path's OSError as `File exists: <path>`, not `[Errno 17] File exists: '...'`."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.strerror}: {err.filename}"
+    return str(err)
 
 
 def print_error(app: str, err) -> None:
     # one write (print writes the newline apart): DDP ranks failing together cannot splice their lines
-    sys.stderr.write(f"{app}: error: {from_worker(str(err))}\n")
+    sys.stderr.write(f"{app}: error: {from_worker(error_text(err))}\n")
     sys.stderr.flush()
 
 

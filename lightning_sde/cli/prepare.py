@@ -33,7 +33,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from lightning_sde.cli.errors import print_error
+from lightning_sde.cli.errors import USER_ERRORS, error_text, print_error
 from lightning_sde.configuration import config_root
 from lightning_sde.downloads import SPECS  # torch and Lightning are imported after the arguments are read
 
@@ -71,7 +71,7 @@ class StatsRequest:
 
 
 def one_line(err: BaseException) -> str:
-    return re.sub(r"\s*\n\s*", " ", str(err)).strip()
+    return re.sub(r"\s*\n\s*", " ", error_text(err)).strip()
 
 
 def check_reference_requests(parser: argparse.ArgumentParser, args) -> None:
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         check_device(parser, args.device)
     try:
         return run(parser, args, downloads)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (*USER_ERRORS, RuntimeError) as err:
         print_error(PROG, one_line(err))
         return 1
 

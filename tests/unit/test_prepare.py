@@ -261,3 +261,11 @@ def test_image_folder_without_statistics_decodes_every_image_and_names_the_bad_o
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"lsde-prepare: error: 2 unreadable image(s) under {tmp_path}, e.g. ")
     assert "img1.png': not a readable image (PIL: image file is truncated" in line and "notes.png'" in line
+
+
+def test_a_file_where_the_statistics_folder_belongs_is_one_line(tmp_path, capsys):
+    """A FileExistsError was a traceback (only ValueError and FileNotFoundError were the user's)."""
+    file = tmp_path / "text.ckpt"
+    file.write_text("hi")
+    line = work_error(["digits", "--reference-stats", "30", "--cache", str(file)], capsys)
+    assert line == f"lsde-prepare: error: File exists: {file}"
