@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, save_workspace, sweep_config, workspace
-from lightning_sde.bench.results import SamplePreviews, for_views, load, protocol, subject
+from lightning_sde.bench.results import SamplePreviews, for_views, load, protocol, subject, views_of
 from lightning_sde.files import write_csv, write_text
 from lightning_sde.metrics.scorer import direction
 from lightning_sde.plotting import drawable
@@ -171,7 +171,7 @@ def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = N
     if run is None:
         config, tags = sweep_config(sweep, rows)
         run = SweepRun(results, project, name or f"bench-{sweep}", sweep, flat("", config), tags)
-    previews = SamplePreviews(results.parent / "samples")
+    previews = SamplePreviews.of(results)
     by_cell = defaultdict(list)
     for r in rows:
         by_cell[(r["target"], r["sampler"], r["grid"], r["requested"], r["seed_start"], r["seed_count"])].append(r)
@@ -205,19 +205,20 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
         raise ValueError(f"no result rows in {str(results)!r}: the file is empty or none of its lines is a row "
                          "lsde-bench wrote; give the results .jsonl of a sweep")
     view, hidden = for_views(rows, preferred)
+    views = views_of(results, out)
     if hidden:
         log.warning("%s: %d row(s) not in the views: later rows of the same sampler, budget, metric and protocol "
-                    "replace them (another run's sampler parameters, dtype or device); results.csv has every row",
-                    results, hidden)  # pragma: no mutate
+                    "replace them (another run's sampler parameters, dtype or device); %s has every row",
+                    results, hidden, views["csv"].name)  # pragma: no mutate
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "results.csv", "markdown": out / "results.md", "png": out / "results.png"}
+    paths = {k: views[k] for k in ("csv", "markdown", "png")}
     write_rows_csv(rows, paths["csv"])
     write_text(paths["markdown"], f"# {subject(view)}\n\n" + markdown(view))
     plot_metrics(view, cells(view), paths["png"], subject(view))
-    samples = sample_panels(view, SamplePreviews(results.parent / "samples"))
+    samples = sample_panels(view, SamplePreviews.of(results))
     if samples is not None:
         panels, reference = samples
-        paths["samples"] = plot_samples(panels, out / "samples.png", reference)
+        paths["samples"] = plot_samples(panels, views["samples"], reference)
     print(summary_table(view))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if use_wandb:

@@ -25,8 +25,9 @@ class ResultsStore:
     def __init__(self, path):
         self.path = Path(path)
 
-    def rows(self) -> list[dict]:
-        """All complete rows, in file order (a later row with the same key wins in `latest`)."""
+    def rows(self, quiet: bool = False) -> list[dict]:
+        """All complete rows, in file order (a later row with the same key wins in `latest`); each line that is not
+        one is said once (not when `quiet`)."""
         if not self.path.exists():
             return []
         if self.path.is_dir():
@@ -40,10 +41,12 @@ class ResultsStore:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
-                    self._warn_once(n, line, "a torn or invalid line")
+                    if not quiet:
+                        self._warn_once(n, line, "a torn or invalid line")
                     continue
                 if not isinstance(row, dict) or not isinstance(row.get("key"), str):
-                    self._warn_once(n, line, 'a line that is not a result row (a JSON object with a string "key")')
+                    if not quiet:
+                        self._warn_once(n, line, 'a line that is not a result row (a JSON object with a string "key")')
                     continue
                 rows.append(row)
         return rows
@@ -122,6 +125,15 @@ class Claim:
             self._fd = None
 
 
+def views_of(results, out=None) -> dict[str, Path]:
+    """The files drawn from a results file <stem>.jsonl, in `out` (default: beside it): <stem>.csv, .md, .png and the
+    samples' picture; named after it, so that two results files in one folder keep their own."""
+    results = Path(results)
+    out, stem = Path(out) if out else results.parent, results.stem
+    return {"csv": out / f"{stem}.csv", "markdown": out / f"{stem}.md", "png": out / f"{stem}.png",
+            "samples": out / ("samples.png" if stem == "results" else f"{stem}.samples.png")}
+
+
 class SamplePreviews:
     """The first `n` samples of every cell (and of the reference set), one tensor file each, so that the views can
     show what a sampler at an NFE produces next to the others, from the same seeds. Written atomically."""
@@ -129,6 +141,12 @@ class SamplePreviews:
     def __init__(self, folder, n: int = 64):
         self.folder = Path(folder)
         self.n = n
+
+    @classmethod
+    def of(cls, results, n: int = 64) -> "SamplePreviews":
+        """The previews of a results file <stem>.jsonl: `samples/` beside it (`<stem>.samples/` for another stem)."""
+        results = Path(results)
+        return cls(results.parent / ("samples" if results.stem == "results" else f"{results.stem}.samples"), n)
 
     @staticmethod
     def protocol(target: str, seed_start: int, seed_count: int) -> str:

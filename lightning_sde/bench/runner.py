@@ -61,6 +61,7 @@ def prepare(cfg: DictConfig) -> Sweep:
     if Path(cfg.results).is_dir():
         raise ValueError(f"config results: {str(cfg.results)!r} is a folder; give a .jsonl file, e.g. "
                          f"results={Path(cfg.results) / 'results.jsonl'}")
+    check_results_file(Path(cfg.results))
     device = parse_device(cfg.device)
     for key in ("noise_floor", "progress", "wandb.enabled"):
         if not isinstance(OmegaConf.select(cfg, key), bool):
@@ -230,7 +231,7 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
             reference_n = cfg.get("reference_count") or cfg.seeds.count
             reference = reference_samples(target, reference_n, cfg.seeds.start, one_class(cfg, target))
             scorer = Scorer(reference, sweep.metrics, target.mixture, cfg.feature_extractor, cfg.stats_cache, device)
-            previews = SamplePreviews(Path(cfg.results).parent / "samples", n=64 if target.kind == "images" else 1000)
+            previews = SamplePreviews.of(cfg.results, n=64 if target.kind == "images" else 1000)
             previews.save_reference(reference, SamplePreviews.protocol(sweep.target_id, cfg.seeds.start,
                                                                        cfg.seeds.count))
         protocol = {**target.protocol, **(scorer.protocol if scorer else {}), "dtype": cfg.dtype,
@@ -264,6 +265,17 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
     return {"cells": len(sweep.cells), "shard_cells": len(sweep.mine), "computed": len(todo), "rank": rank,
             "world_size": world, "wandb_run": live,  # left open: the report adds the table and finishes it
             "keys": {c.key(m) for c in sweep.cells for m in c.metrics}}  # what the views show of rows alike
+
+
+def check_results_file(path: Path) -> None:
+    """A sweep appends to a .jsonl file of result rows, or makes one: anything else there (a checkpoint, a view's
+    .csv) is refused before any work, not appended to or overwritten."""
+    if path.suffix != ".jsonl":
+        raise ValueError(f"config results: must be a .jsonl file (its views are written beside it as "
+                         f"{path.stem}.csv, .md and .png); got {str(path)!r}")
+    if path.is_file() and path.stat().st_size and not ResultsStore(path).rows(quiet=True):
+        raise ValueError(f"config results: {str(path)!r} holds no result rows (none of its lines is a row lsde-bench "
+                         "wrote); give a new file or a sweep's results .jsonl")
 
 
 def one_class(cfg: DictConfig, target) -> int | None:

@@ -79,7 +79,7 @@ def test_a_sweep_resumed_into_a_file_with_foreign_rows_and_garbage_finishes_its_
                                           "nfe=[2]", "seeds.count=16", "batch_size=16", "noise_floor=false",
                                           "progress=false", "wandb.enabled=false", "metrics=[sliced_w2]"])
     run(cfg)
-    assert "| ddim |" in (tmp_path / "results.md").read_text()
+    assert "| ddim |" in (tmp_path / "r.md").read_text()  # the views are named after the results file
     assert "skipping 1 row(s) the views cannot read (no 'sampler_name', 'nfe', 'value'" in caplog.text
 
 
@@ -113,7 +113,7 @@ def test_rows_alike_but_for_their_key_show_the_last_written(tmp_path, caplog, ca
     new = row(value=3.0, params={"eta": 1.0}, time="2026-01-02T00:00:00+00:00")
     view, hidden = views.for_views([new, old])
     assert hidden == 1 and [r["value"] for r in view] == [3.0]
-    views.report(write(tmp_path / "r.jsonl", old, new))
+    views.report(write(tmp_path / "results.jsonl", old, new))
     assert "1 row(s) not in the views" in caplog.text
     assert len((tmp_path / "results.csv").read_text().splitlines()) == 3  # the CSV has both
 
@@ -153,7 +153,7 @@ def test_a_torn_or_foreign_preview_is_left_out_of_the_views_with_a_warning(tmp_p
     torch.save(torch.ones(2, 2), path)
     assert torch.equal(previews.load("ddim", "nfe", 10, protocol), torch.ones(2, 2))
     path.write_bytes(b"")
-    views.report(write(tmp_path / "r.jsonl", row(seed_count=32)))  # the views are drawn without it
+    views.report(write(tmp_path / "results.jsonl", row(seed_count=32)))  # the views are drawn without it
     assert (tmp_path / "results.png").exists()
 
 
@@ -177,7 +177,7 @@ def test_a_preview_of_other_samples_is_left_out_of_the_pictures(tmp_path, caplog
     assert "the sample preview of ddim at 20" in caplog.text
     previews.save_reference(other, protocol)
     assert views.sample_panels(rows, previews)[1] is None
-    views.report(write(tmp_path / "r.jsonl", *rows))
+    views.report(write(tmp_path / "results.jsonl", *rows))
     assert (tmp_path / "samples.png").exists()
     media = SimpleNamespace(media_dir=tmp_path / "media")
     assert SweepRun._picture(media, "ddim", 20, other, None) is None or other.shape == (4, 3)
@@ -331,3 +331,45 @@ def test_a_samplers_wandb_tag_is_its_registered_name():
 
     assert {sampler_family(name) for name in SAMPLERS} == set(SAMPLERS)  # one tag per sampler, none merged
     assert sampler_family("sde_dpmpp") == "sde_dpmpp" and sampler_family("dpmpp") == "dpmpp"
+
+
+def test_a_results_path_that_is_not_a_results_jsonl_is_refused_before_any_work(tmp_path):
+    """results=<view>.csv was overwritten by its own view after the sweep (a rerun then recomputed every cell), and a
+    checkpoint given as results= had rows appended to it."""
+    from lightning_sde.bench import runner
+
+    checkpoint = tmp_path / "copy.jsonl"
+    checkpoint.write_bytes(b"PK\x03\x04 not rows\n\x00\x01")
+    before = checkpoint.read_bytes()
+    for results, message in ((tmp_path / "results.csv", "must be a .jsonl file (its views are written beside it as "
+                                                          "results.csv, .md and .png)"),
+                             (checkpoint, "holds no result rows")):
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            cfg = compose("bench", overrides=[f"results={results}"])
+        with pytest.raises(ValueError, match=re.escape(message)):
+            runner.prepare(cfg)
+    assert checkpoint.read_bytes() == before
+
+
+def test_two_results_files_in_one_folder_keep_their_own_views_and_previews(tmp_path):
+    from lightning_sde.bench.report import report
+    from lightning_sde.bench.results import views_of
+
+    assert views_of(tmp_path / "results.jsonl") == {
+        "csv": tmp_path / "results.csv", "markdown": tmp_path / "results.md", "png": tmp_path / "results.png",
+        "samples": tmp_path / "samples.png"}
+    assert SamplePreviews.of(tmp_path / "results.jsonl").folder == tmp_path / "samples"
+    assert SamplePreviews.of(tmp_path / "a.jsonl").folder == tmp_path / "a.samples"
+    from lightning_sde.cli.bench import run
+
+    for name, eta in (("a", 0.0), ("b", 1.0)):
+        overrides = [f"results={tmp_path / name}.jsonl", "~samplers", "+sampler@samplers.ddim=ddim",
+                     f"samplers.ddim.eta={eta}", "nfe=[2]", "seeds.count=16", "batch_size=16", "noise_floor=false",
+                     "progress=false", "wandb.enabled=false", "metrics=[sliced_w2]"]
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            run(compose("bench", overrides=overrides))
+    written = {name: report(tmp_path / f"{name}.jsonl") for name in ("a", "b")}
+    assert written["a"]["csv"] == tmp_path / "a.csv" and written["b"]["csv"] == tmp_path / "b.csv"
+    assert written["a"]["samples"] == tmp_path / "a.samples.png"
+    assert (tmp_path / "a.csv").read_text() != (tmp_path / "b.csv").read_text()
+    assert {p.name for p in (tmp_path / "a.samples").iterdir()} and not (tmp_path / "samples").exists()
