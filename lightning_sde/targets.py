@@ -37,9 +37,9 @@ class Target:
     protocol: dict = field(default_factory=dict)  # constant fields of every result row
 
 
-def target_kind(cfg: DictConfig, needs_data: bool = True, free_data_keys=EVALUATION_FREE_KEYS) -> tuple[str, str]:
-    """("mixture" | "checkpoint", id), checked without loading weights or data; ValueError naming the key.
-    `free_data_keys`: the data settings that may differ from the checkpoint's training data."""
+def check_one_target(cfg: DictConfig) -> bool:
+    """A checkpoint or an exact problem, not both (nor a checkpoint under another SDE), nor neither: whether it is a
+    checkpoint. Read from the config alone (a planned checkpoint need not exist yet)."""
     has_ckpt, has_problem = cfg.get("checkpoint") is not None, cfg.get("problem") is not None
     if has_ckpt and overridden("problem"):
         raise ValueError("config checkpoint/problem: both set; a target is a checkpoint (with data=<its data>) or "
@@ -50,6 +50,13 @@ def target_kind(cfg: DictConfig, needs_data: bool = True, free_data_keys=EVALUAT
     if not (has_ckpt or has_problem):
         raise ValueError("config checkpoint/problem: no target; set checkpoint=<path.ckpt> data=<its data>, or "
                          "problem=<name> (configs/problem/) with sde=<name>")
+    return has_ckpt
+
+
+def target_kind(cfg: DictConfig, needs_data: bool = True, free_data_keys=EVALUATION_FREE_KEYS) -> tuple[str, str]:
+    """("mixture" | "checkpoint", id), checked without loading weights or data; ValueError naming the key.
+    `free_data_keys`: the data settings that may differ from the checkpoint's training data."""
+    has_ckpt = check_one_target(cfg)
     if has_ckpt and is_diffusers_spec(cfg.checkpoint):
         if needs_data and cfg.get("data") is None:
             raise ValueError("config data: a model needs the config of its data for reference samples, e.g. "

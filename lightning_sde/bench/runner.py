@@ -29,6 +29,7 @@ from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve
 from lightning_sde.samplers.grids import may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.targets import (
+    check_one_target,
     data_kind,
     floor_samples,
     load_target,
@@ -57,6 +58,13 @@ class Sweep:
 
 def prepare(cfg: DictConfig) -> Sweep:
     """Raises ValueError naming the config key on any bad value."""
+    dtype, device = check_run_settings(cfg)
+    kind, target_id = target_kind(cfg)
+    return plan_cells(cfg, kind, target_id, dtype, device)
+
+
+def check_run_settings(cfg: DictConfig) -> tuple[torch.dtype, torch.device]:
+    """(dtype, device): the settings of the sweep's run, whatever its target; ValueError naming the key."""
     dtype = parse_dtype(cfg.dtype)
     if Path(cfg.results).is_dir():
         raise ValueError(f"config results: {str(cfg.results)!r} is a folder; give a .jsonl file, e.g. "
@@ -72,7 +80,10 @@ def prepare(cfg: DictConfig) -> Sweep:
         positive_int(key, OmegaConf.select(cfg, key))
     if cfg.get("reference_count") is not None:
         positive_int("reference_count", cfg.reference_count)
-    kind, target_id = target_kind(cfg)
+    return dtype, device
+
+
+def plan_cells(cfg: DictConfig, kind: str, target_id: str, dtype, device) -> Sweep:
     points_or_images = data_kind(cfg) if kind == "checkpoint" else "points"
     metrics = resolve_metrics(cfg.metrics, points_or_images, has_mixture=kind == "mixture")
     if set(metrics) & set(IMAGE_METRICS):
@@ -158,6 +169,8 @@ def count_cells(cfg: DictConfig) -> int:
     checkpoint = cfg.get("checkpoint")
     if checkpoint is None or Path(checkpoint).is_file():
         return len(prepare(cfg).cells)
+    check_run_settings(cfg)
+    check_one_target(cfg)
     if cfg.get("data") is None:
         raise ValueError("config data: a checkpoint needs the config of its data, e.g. data=toy2d or data=digits")
     metrics = resolve_metrics(cfg.metrics, data_kind(cfg), has_mixture=False)

@@ -86,16 +86,30 @@ def cells_main(overrides: list[str]) -> None:
     """Print the number of cells the sweep with these overrides has (a checkpoint may not exist yet: a pipeline
     sizes the bench array before training ends). Exit 1 with the config error, like the sweep itself."""
     from hydra import compose, initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
+    from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     from lightning_sde.bench.runner import count_cells
+    from lightning_sde.cli.apps import added_key_error
     from lightning_sde.configuration import CONFIG_PACKAGE
 
+    error = added_key_error("bench", overrides)  # +bogus=1: a key the sweep would ignore
+    if error:
+        fail("lsde-bench cells", error)
     try:
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-            cfg = compose("bench", overrides=overrides)
-        print(count_cells(cfg))
+            cfg = compose("bench", overrides=overrides, return_hydra_config=True)
+        before = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(cfg)  # the command line, as the sweep reads it (checkpoint and sde=...)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        try:
+            count = count_cells(cfg)
+        finally:
+            HydraConfig.instance().cfg = before
+        print(count)
     except (ValueError, HydraException, OmegaConfBaseException) as err:  # a bad override or value
         fail("lsde-bench cells", one_line(err))
 

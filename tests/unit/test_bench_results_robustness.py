@@ -217,10 +217,14 @@ def test_report_into_a_file_is_one_line(tmp_path, capsys):
     ("nfe=[1", "no viable alternative at input '[1'"),
     ("nfe=${nothere}", "Interpolation key 'nothere' not found"),
     ("seeds.count=0", "config seeds.count: must be an integer >= 1; got 0"),
+    # what the sweep refuses, for a checkpoint training has not written yet (a pipeline sizes its array first)
+    ("checkpoint=later.ckpt data=toy2d sde=ve", "config checkpoint/sde: both set"),
+    ("checkpoint=later.ckpt data=toy2d dtype=bogus", "config dtype: 'bogus' is not one of"),
+    ("checkpoint=later.ckpt data=toy2d +bogus=1", "bogus: lsde-bench's config has no such key"),
 ])
 def test_cells_with_a_bad_override_is_one_line_and_exit_1(capsys, override, message):
     with pytest.raises(SystemExit) as exit_:
-        cells_main([override])
+        cells_main(override.split())
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and err.startswith("lsde-bench cells: error: ") and message in err
     assert err.count("\n") == 1
