@@ -164,7 +164,11 @@ pipeline)
         ${train_args[@]+"${train_args[@]}"} "run_name=$run" "run_dir=$run_dir")
     bench_job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" "--dependency=afterok:$train_job" \
         ${bench_opts[@]+"${bench_opts[@]}"} -- "$SHARD" ${bench_args[@]+"${bench_args[@]}"})
-    report_job=$(submit "%x-%j" report.sbatch "--dependency=afterok:$bench_job" -- "$results")
+    report_args=("$results")
+    for arg in ${bench_args[@]+"${bench_args[@]}"}; do  # the sweep's W&B project is the report's (it logs the run)
+        case $arg in wandb.project=*) report_args+=(--project "${arg#wandb.project=}") ;; esac
+    done
+    report_job=$(submit "%x-%j" report.sbatch "--dependency=afterok:$bench_job" -- "${report_args[@]}")
     cat <<EOF
 pipeline $run: train $train_job -> bench array $bench_job -> report $report_job (each after the previous one succeeded)
   run directory: $run_dir

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def views(cfg: DictConfig, summary: dict) -> None:
     if cfg.shard.count > 1:
         # every shard redraws the plots and table (atomically); one W&B run is made once all shards are done
         report(cfg.results, preferred=summary["keys"])
-        print(f"after the last shard: lsde-bench report {cfg.results}" + (" --wandb" if cfg.wandb.enabled else ""))
+        wandb = f" --wandb --project {shlex.quote(cfg.wandb.project)}" if cfg.wandb.enabled else ""
+        print(f"after the last shard: lsde-bench report {cfg.results}{wandb}")
     else:
         report(cfg.results, use_wandb=cfg.wandb.enabled, project=cfg.wandb.project, name=f"bench-{cfg.name}",
                run=summary["wandb_run"], preferred=summary["keys"])

@@ -2,6 +2,7 @@
 2-task DDP training, preemption with requeue and resume, and a benchmark job array. CPU settings throughout."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -356,7 +357,7 @@ def test_the_pipeline_trains_benches_the_checkpoint_as_an_array_and_reports(slur
                     "--train", " ".join([*TRAIN, "trainer.max_steps=40", "trainer.val_check_interval=40"]),
                     "--train-sbatch", small,
                     "--bench", "data=toy2d ~samplers +sampler@samplers.ddim=ddim +sampler@samplers.em=euler_maruyama "
-                               "nfe=[3,10] seeds.count=100 batch_size=100 progress=false",
+                               "nfe=[3,10] seeds.count=100 batch_size=100 progress=false wandb.project=pipe-project",
                     "--bench-sbatch", "--gpus=0 --cpus-per-task=1 --time=10", "--tasks", "3", "--throttle", "2",
                     env={"LSDE_TRAINER": "ddp_cpu"})
     assert "the sweep has 5 cells: 3 array tasks, at most 2 at once" in out, out  # 2 x 2 and the noise floor
@@ -376,6 +377,7 @@ def test_the_pipeline_trains_benches_the_checkpoint_as_an_array_and_reports(slur
                for r in rows), rows[0]
     assert (results.parent / "results.png").is_file() and "wandb sync" in report_log
     assert list((results.parent / "wandb").glob("offline-run-*"))
+    assert json.loads((results.parent / "results.wandb.json").read_text())["project"] == "pipe-project"  # the sweep's
 
 
 def test_a_bench_task_signalled_at_its_time_limit_requeues_and_keeps_its_finished_cells(slurm, workdir):
