@@ -63,6 +63,11 @@ def read_sidecar(results) -> dict:
                 raise ValueError(f"{key} is not a {kind.__name__}")
         if "id" in state and not re.fullmatch(r"[A-Za-z0-9_-]+", state["id"]):
             raise ValueError(f"id {state['id']!r} is not a W&B run id")
+        first = state.get("protocol")  # the first cell's protocol, that labels the others' (SweepRun.label)
+        if first is not None and not (isinstance(first.get("target"), str) and all(
+                isinstance(first.get(k), int) and not isinstance(first.get(k), bool)
+                for k in ("seed_start", "seed_count"))):
+            raise ValueError("protocol has no target (a string) and seed_start, seed_count (integers)")
     except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
         raise ValueError(f"{path}: not a readable W&B sidecar ({type(err).__name__}: {err}); delete it to start a "
                          "new W&B run") from None

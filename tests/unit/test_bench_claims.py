@@ -127,7 +127,8 @@ def test_cells_another_sweep_finished_while_this_one_waited_for_their_claims_are
     assert len(ResultsStore(tmp_path / "results.jsonl").rows()) == len(rows)
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"id": "../x"}', '{"protocol": 5}', '["a list"]', "FOLDER"])
+@pytest.mark.parametrize("content", ["{not json", '{"id": "../x"}', '{"protocol": 5}', '["a list"]', "FOLDER",
+                                     '{"protocol": {"x": 1}}', '{"protocol": {"target": "t", "seed_start": "0"}}'])
 def test_a_broken_w_and_b_sidecar_stops_the_sweep_before_sampling(tmp_path, monkeypatch, content):
     """It was read when the W&B run opened (a warning), and stopped the sweep only after every cell was computed."""
     sidecar = tmp_path / "results.wandb.json"
