@@ -11,6 +11,7 @@ Each figure is written as PNG and PDF.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import hydra
@@ -60,8 +61,16 @@ def check_values(cfg: DictConfig) -> None:
     for key, least in (("paths_per_figure", 1), ("seed", 0)):
         if not is_count(cfg[key], least):
             raise ValueError(f"config {key}: must be an integer >= {least}; got {cfg[key]!r}")
-    if cfg.get("guidance") is not None and not cfg.checkpoint:
+    guidance = cfg.get("guidance")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                 or not 0 <= guidance < math.inf):
+        raise ValueError(f"config guidance: must be a number >= 0 (0: the conditional model) or null; got "
+                         f"{guidance!r}")
+    if guidance is not None and not cfg.checkpoint:
         raise ValueError("config guidance: needs a class-conditional checkpoint (an exact problem has no classes)")
+    if guidance is None and overridden("label"):
+        raise ValueError(f"config label: label={cfg.label} draws class {cfg.label} under guidance; set guidance=<w> "
+                         "too (0: the conditional model alone), or leave label out")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="figures")
