@@ -19,6 +19,8 @@ from torchdiffeq import odeint
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_METHODS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}  # NFE a step
 METHODS = ADAPTIVE_METHODS + tuple(FIXED_METHODS)
+DEFAULT_FIXED_STEPS = 100
+ADAPTIVE_OPTIONS = {"rtol": 1e-5, "atol": 1e-5, "error_norm": "worst_sample"}  # ODEOptions' knobs of adaptive methods
 # torchdiffeq's Adams methods take equal-step coefficients on any grid, warm up with RK4 steps (not 1 NFE a step) and
 # raise their order to 11, which diverges: refused, with the multistep solvers that do this right named
 REFUSED = {"explicit_adams": "use sampler dpmpp or unipc (multistep in log-SNR, any grid, 1 NFE a step)",
@@ -138,22 +140,38 @@ class ODEOptions:
     at 25-35 % more NFE), or the RMS over the batch (error_norm="batch", torchdiffeq's default)."""
 
     method: str = "dopri5"
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    steps: int = 100  # fixed-grid methods only
-    error_norm: str = "worst_sample"  # adaptive methods only
+    rtol: float = ADAPTIVE_OPTIONS["rtol"]  # adaptive methods only, as error_norm
+    atol: float = ADAPTIVE_OPTIONS["atol"]
+    steps: int | None = None  # fixed-grid methods only (None: 100)
+    error_norm: str = ADAPTIVE_OPTIONS["error_norm"]
 
     def __post_init__(self):
         check_method("ODEOptions", self.method, self.rtol, self.atol)
         if self.error_norm not in ERROR_NORMS:
             raise ValueError(f"ODEOptions: error_norm must be one of {list(ERROR_NORMS)}; got {self.error_norm!r}")
+        if self.method in ADAPTIVE_METHODS:
+            if self.steps is not None:
+                raise ValueError(f"ODEOptions: method {self.method!r} is adaptive and takes rtol/atol, not steps (got "
+                                 f"steps={self.steps!r}); fixed-grid methods: {tuple(FIXED_METHODS)}")
+            return
+        unused = {k: getattr(self, k) for k, v in ADAPTIVE_OPTIONS.items() if getattr(self, k) != v}
+        if unused:
+            raise ValueError(f"ODEOptions: {', '.join(f'{k}={v!r}' for k, v in unused.items())} would be ignored: "
+                             f"{'/'.join(ADAPTIVE_OPTIONS)} apply to adaptive methods ({', '.join(ADAPTIVE_METHODS)})"
+                             f"; fixed-grid method {self.method!r} takes steps")
+        if self.steps is None:
+            self.steps = DEFAULT_FIXED_STEPS
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"ODEOptions: steps must be an integer >= 1; got {self.steps!r}")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.method in ADAPTIVE_METHODS
 
     def solve(self, func, y0, t0: float, t1: float, device, sde=None):
         """The solution at (t0, t1) (a tuple of them for a tuple state); a FloatingPointError if it is not finite
         (a network answering NaN: adaptive methods would otherwise end in torchdiffeq's step-size underflow)."""
-        grid = torch.linspace(t0, t1, self.steps + 1, dtype=torch.float64, device=device)
+        grid = None if self.adaptive else torch.linspace(t0, t1, self.steps + 1, dtype=torch.float64, device=device)
         watched = _LastValue(func)
         try:
             ys = solve_between(watched, y0, t0, t1, self.method, self.rtol, self.atol, grid=grid, sde=sde,

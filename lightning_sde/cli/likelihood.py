@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from lightning_sde.cli.errors import fails_cleanly, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, LIKELIHOOD_FREE_KEYS, require_device
+from lightning_sde.configuration import CONFIG_PATH, LIKELIHOOD_FREE_KEYS, overridden, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, gather_to_zero, launched, launched_first, rank_world
@@ -55,6 +55,8 @@ def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
         raise ValueError(f"config divergence: {cfg.divergence!r} is not one of auto, {', '.join(DIVERGENCES)}")
     if cfg.probe not in PROBES:
         raise ValueError(f"config probe: {cfg.probe!r} is not one of {PROBES}")
+    if cfg.divergence == "exact":
+        check_probes_used(cfg, "divergence=exact")
     parse_dtype(cfg.dtype)
     parse_device(cfg.device)
     try:
@@ -63,6 +65,14 @@ def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
         raise ValueError(f"config ode: {err}") from None
     check_out(cfg, target_id)
     return options, kind, target_id
+
+
+def check_probes_used(cfg: DictConfig, why: str) -> None:
+    """probe=/probes= given where the divergence is exact (`why`) would be ignored: refused."""
+    given = [key for key in ("probe", "probes") if overridden(key)]
+    if given:
+        raise ValueError(f"config {'/'.join(given)}: {why} computes the divergence exactly; probe and probes apply to "
+                         "divergence=hutchinson: set it, or leave them out")
 
 
 def settings(cfg: DictConfig, target_id: str) -> dict:
@@ -144,6 +154,8 @@ def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict |
     denoiser, x, offset, mixture = evaluation_set(cfg, kind, target_id, device, dtype)
     dim = math.prod(denoiser.shape)
     divergence = cfg.divergence if cfg.divergence != "auto" else ("exact" if dim <= cfg.exact_max_dim else "hutchinson")
+    if divergence == "exact" and cfg.divergence == "auto":
+        check_probes_used(cfg, f"divergence=auto on {dim} dimensions (<= exact_max_dim {cfg.exact_max_dim})")
     if divergence == "exact" and dim > cfg.exact_max_dim and rank == 0:
         log.warning("divergence=exact on %d dimensions: one backward pass per dimension at every ODE evaluation, "
                     "up to %d times the backward work of divergence=hutchinson with probes=%d", dim, dim // cfg.probes,

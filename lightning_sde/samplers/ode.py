@@ -8,6 +8,7 @@ import torch
 
 from lightning_sde.probability_flow import (
     ADAPTIVE_METHODS,
+    DEFAULT_FIXED_STEPS,
     FIXED_METHODS,
     NON_FINITE_DRIFT,
     ProbabilityFlow,
@@ -16,7 +17,6 @@ from lightning_sde.probability_flow import (
 )
 from lightning_sde.samplers.base import FixedStepSampler, register
 
-DEFAULT_FIXED_STEPS = 100
 ADAPTIVE_ONLY = {"rtol": 1e-5, "atol": 1e-5, "first_step": 0.01}  # the knobs a fixed method has no use for
 
 

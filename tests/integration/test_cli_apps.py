@@ -264,6 +264,18 @@ def test_each_job_of_a_likelihood_multirun_keeps_its_results(tmp_path):
     assert [s["seed"] for s in summaries] == [0, 1]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["probe=gaussian"], "config probe: divergence=auto on 2 dimensions (<= exact_max_dim 16) computes the divergence "
+                         "exactly; probe and probes apply to divergence=hutchinson"),
+    (["divergence=exact", "probes=8"], "config probes: divergence=exact computes the divergence exactly"),
+])
+def test_likelihood_probes_where_the_divergence_is_exact_are_refused(tmp_path, args, message):
+    """They were ignored: the result was the exact one, with the unused probe recorded among its settings."""
+    proc = _cli("lightning_sde.cli.likelihood", "n=4", *args, f"paths.root={tmp_path}")
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not list((tmp_path / "likelihood").rglob("*.json*"))
+
+
 def test_a_folder_inside_a_file_is_refused_before_hydra_makes_it(tmp_path):
     """Hydra creates the output folders before the app runs: a file in the way was Hydra's traceback."""
     from lightning_sde.cli.apps import override_error

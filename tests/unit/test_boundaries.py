@@ -211,7 +211,7 @@ def test_a_network_that_returns_nan_stops_encode_decode_and_likelihood_with_the_
 
     den = Denoiser(lambda x, t: torch.where(t.reshape(-1, 1) < 0.5, x * float("nan"), x), VPSDE(), "eps", (2,))
     x = torch.zeros(3, 2, dtype=torch.float64) + 0.1
-    options = ODEOptions(method=method, steps=10)
+    options = ODEOptions(method=method, steps=None if method == "dopri5" else 10)
     for call in (lambda: encode(den, x, options), lambda: decode(den, x, options),
                  lambda: log_likelihood(den, x, options)):
         den.nfe = 0

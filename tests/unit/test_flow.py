@@ -2,6 +2,7 @@
 and reproducibility of deterministic sampling across processes and batch sizes."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -104,6 +105,18 @@ def test_bad_likelihood_options_are_rejected(bad, message):
         log_likelihood(mixture.denoiser(build_sde("vp")), points(mixture), **bad)
     with pytest.raises(ValueError, match="unknown ODE method"):
         ODEOptions("rk45")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "euler", "rtol": 0.5}, "ODEOptions: rtol=0.5 would be ignored: rtol/atol/error_norm apply to adaptive"),
+    ({"method": "rk4", "error_norm": "batch"}, "ODEOptions: error_norm='batch' would be ignored"),
+    ({"method": "dopri5", "steps": 3}, "ODEOptions: method 'dopri5' is adaptive and takes rtol/atol, not steps"),
+])
+def test_ode_options_a_method_would_ignore_are_refused(kwargs, message):
+    """lsde-likelihood ode.method=euler ode.rtol=0.5 ran with rtol unused (and recorded it among its settings)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ODEOptions(**kwargs)
+    assert ODEOptions("euler").steps == 100 and ODEOptions("dopri5").steps is None
 
 
 def test_hutchinson_is_unbiased_with_a_standard_error_of_the_right_size_fast():

@@ -16,12 +16,14 @@ from lightning_sde.configuration import CONFIG_PACKAGE
     ("seed=-1", "config seed: must be an integer >= 0; got -1"),
     ("ddp.devices=0", "config ddp.devices: must be an integer >= 1; got 0"),  # Fabric's message, without the key
     ("ddp.num_nodes=0", "config ddp.num_nodes: must be an integer >= 1; got 0"),
+    ("ode.method=euler ode.rtol=0.5", "config ode: ODEOptions: rtol=0.5 would be ignored"),  # ran with it unused
+    ("ode.steps=3", "config ode: ODEOptions: method 'dopri5' is adaptive and takes rtol/atol, not steps"),
 ])
 def test_a_bad_value_is_refused_at_start_up_naming_its_key(override, message, tmp_path):
     from lightning_sde.cli.likelihood import run
 
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-        cfg = compose("likelihood", overrides=[override, f"out={tmp_path}/out"])
+        cfg = compose("likelihood", overrides=[*override.split(), f"out={tmp_path}/out"])
     with pytest.raises(ValueError, match=message):
         validate(cfg)
     with pytest.raises(ValueError, match=message):
