@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_sde.metrics.mmd import BANDWIDTHS, block_rows, kernel_row_means, kernel_sum
 from lightning_sde.metrics.sliced import directions, flat_pair, sliced_w2_of_projections
 
 NONNEGATIVE = ("fid", "sliced_w2", "mmd")
@@ -81,21 +82,19 @@ def sliced_w2_replicates(x: Tensor, y: Tensor, counts: Tensor, n_projections: in
     return torch.cat(out)
 
 
-def gaussian_kernel_sum(a: Tensor, b: Tensor, bandwidths) -> Tensor:
-    d2 = torch.cdist(a, b).pow(2)
-    return sum(torch.exp(-d2 / (2 * h**2)) for h in bandwidths)
-
-
-def mmd_replicates(x: Tensor, y: Tensor, counts: Tensor, bandwidths=(0.1, 0.3, 1.0, 3.0), rows: int = 2048) -> Tensor:
+def mmd_replicates(x: Tensor, y: Tensor, counts: Tensor, bandwidths=BANDWIDTHS, rows: int | None = None,
+                   kyy: float | None = None) -> Tensor:
     """`mmd(x_resampled, y)` for every row of counts (the kernel matrices are computed once, a block of rows at a
-    time)."""
+    time; `kyy`: y's mean kernel value against itself, when already known)."""
     x, y = flat_pair(x, y)
     n = x.shape[0]
-    kyy = sum(gaussian_kernel_sum(y[i : i + rows], y, bandwidths).sum() for i in range(0, len(y), rows)) / len(y) ** 2
-    kxy = torch.cat([gaussian_kernel_sum(x[i : i + rows], y, bandwidths).mean(1) for i in range(0, n, rows)])
+    if kyy is None:
+        kyy = float(kernel_row_means(y, y, bandwidths, rows).mean())
+    kxy = kernel_row_means(x, y, bandwidths, rows)
     quad = torch.zeros(len(counts), dtype=torch.float64)
-    for i in range(0, n, rows):
-        quad += ((counts[:, i : i + rows] @ gaussian_kernel_sum(x[i : i + rows], x, bandwidths)) * counts).sum(1)
+    step = block_rows(x, rows)
+    for i in range(0, n, step):
+        quad += ((counts[:, i : i + step] @ kernel_sum(x[i : i + step], x, bandwidths)) * counts).sum(1)
     return (quad / n**2 + kyy - 2 * counts @ kxy / n).clamp_min(0).sqrt()
 
 

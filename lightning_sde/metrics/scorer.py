@@ -25,7 +25,7 @@ from lightning_sde.metrics.image import (
     score_images,
     tensor_sha256,
 )
-from lightning_sde.metrics.mmd import mmd
+from lightning_sde.metrics.mmd import kernel_row_means, mmd
 from lightning_sde.metrics.sliced import sliced_wasserstein
 
 POINT_METRICS = ("sliced_w2", "mmd")
@@ -82,7 +82,7 @@ class Scorer:
         self.metrics = tuple(metrics)
         self.mixture = mixture
         self.protocol = {"reference_sha256": tensor_sha256(self.reference), "n_reference": len(self.reference)}
-        self.image, self._features = {}, None
+        self.image, self._features, self._kyy = {}, None, None
         image_metrics = [m for m in self.metrics if m in IMAGE_METRICS]
         if image_metrics:
             self.image, protocol = reference_image_metrics(self.reference, image_metrics, feature_extractor, cache_dir,
@@ -95,12 +95,20 @@ class Scorer:
             if name == "sliced_w2":
                 out[name] = sliced_wasserstein(x.float().cpu(), self.reference)
             elif name == "mmd":
-                out[name] = mmd(x.float().cpu(), self.reference)
+                out[name] = mmd(x.float().cpu(), self.reference, kyy=self.reference_kernel_mean())
             elif name == "loglik":
                 out[name] = float(self.mixture.log_prob(x.cpu().double()).mean())
             else:
                 out[name] = score_images(self.image[name], self.features(x))
         return out
+
+    def reference_kernel_mean(self) -> float:
+        """The reference's mean MMD kernel value against itself: computed once, for every set scored (O(n^2) on a
+        large reference)."""
+        if self._kyy is None:
+            y = self.reference.reshape(len(self.reference), -1).double()
+            self._kyy = float(kernel_row_means(y, y).mean())
+        return self._kyy
 
     def features(self, x: Tensor) -> Tensor:
         """The image metrics' features of x: one pass of the feature network for FID, KID and their intervals (the
@@ -122,7 +130,8 @@ class Scorer:
             if name == "sliced_w2":
                 reps = bootstrap.sliced_w2_replicates(x.float().cpu(), self.reference, counts)
             elif name == "mmd":
-                reps = bootstrap.mmd_replicates(x.float().cpu(), self.reference, counts)
+                reps = bootstrap.mmd_replicates(x.float().cpu(), self.reference, counts,
+                                                kyy=self.reference_kernel_mean())
             elif name == "loglik":
                 reps = bootstrap.mean_replicates(self.mixture.log_prob(x.cpu().double()), counts)
             else:

@@ -47,6 +47,29 @@ def test_mmd_replicates_equal_the_metric_of_each_resampled_set(sets):
     assert reps.tolist() == pytest.approx([mmd(resampled(x, c), y) for c in counts], rel=1e-9)
 
 
+def test_mmd_in_blocks_is_the_whole_kernel_matrices_mmd_and_a_scorer_reuses_its_references_term(sets, monkeypatch):
+    """A 60 000-point reference asked cdist for 29 GB at once (a traceback); the blocks hold a few rows each."""
+    import importlib
+
+    from lightning_sde.metrics.scorer import Scorer
+
+    mmd_module = importlib.import_module("lightning_sde.metrics.mmd")
+
+    x, y = sets
+    x64, y64 = x.double(), y.double()
+
+    def mean_kernel(a, b):
+        return sum(torch.exp(-torch.cdist(a, b).pow(2) / (2 * h**2)).mean() for h in (0.1, 0.3, 1.0, 3.0))
+
+    whole = float((mean_kernel(x64, x64) + mean_kernel(y64, y64) - 2 * mean_kernel(x64, y64)).sqrt())
+    monkeypatch.setattr(mmd_module, "BLOCK_ENTRIES", 7 * max(len(x), len(y)))  # 7 rows a block
+    assert mmd(x, y) == pytest.approx(whole, rel=1e-12)
+    scorer = Scorer(y, ("mmd",))
+    assert scorer(x)["mmd"] == pytest.approx(whole, rel=1e-12) and scorer._kyy is not None
+    scorer._kyy = 0.0  # the cached term is the one used
+    assert scorer(x)["mmd"] != pytest.approx(whole, rel=1e-3)
+
+
 def test_mean_replicates_are_the_means_of_the_resampled_values():
     values = torch.arange(10.0) ** 2
     counts = bootstrap.resample_counts(10, 4, seed=0)
