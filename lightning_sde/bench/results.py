@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -257,6 +258,10 @@ OPTIONAL = {"ci_low": NUMBER, "ci_high": NUMBER, "ci_level": NUMBER, "samples_pe
             "setup_nfe": NUMBER, "setup_wall_s": NUMBER, "selected": (str,)}
 
 
+NONNEGATIVE_FIELDS = ("requested", "nfe", "wall_s", "seed_start", "seed_count", "setup_nfe", "setup_wall_s",
+                      "n_samples", "samples_per_s")
+
+
 def unreadable(row: dict) -> str | None:
     """Why the views cannot show a row (a field missing, or of the wrong type), or None."""
     missing = [field for field in NEEDED if field not in row]
@@ -268,6 +273,10 @@ def unreadable(row: dict) -> str | None:
     for field, types in OPTIONAL.items():
         value = row.get(field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            return f"{field!r} is {json.dumps(value)[:40]}"
+    for field in NONNEGATIVE_FIELDS:  # what the plots take logarithms and ratios of
+        value = row.get(field)
+        if value is not None and not (0 <= value < math.inf):
             return f"{field!r} is {json.dumps(value)[:40]}"
     return None
 

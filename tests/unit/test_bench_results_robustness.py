@@ -58,6 +58,8 @@ def test_bytes_that_are_not_utf8_are_an_invalid_line(tmp_path, caplog):
     {**row(), "key": "y", "nfe": "ten"},
     {**row(), "key": "z", "seed_start": None},
     {**row(), "key": "w", "ci_low": "low"},
+    {**row(), "key": "v", "nfe": -5},  # report failed: "math domain error", naming no file or row
+    {**row(), "key": "u", "wall_s": float("inf")},
 ])
 def test_rows_without_the_fields_the_views_read_are_skipped_and_the_views_are_drawn(tmp_path, caplog, capsys,
                                                                                     foreign):
