@@ -19,7 +19,7 @@ from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, read_sidecar,
 from lightning_sde.bench.report import with_interval
 from lightning_sde.bench.results import WANDB_RUN_KEY, Claim, Claimed, ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
-from lightning_sde.configuration import check_folder_name, checked, require_device
+from lightning_sde.configuration import check_folder_name, checked, overridden, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
@@ -86,6 +86,9 @@ def check_run_settings(cfg: DictConfig) -> tuple[torch.dtype, torch.device]:
 def plan_cells(cfg: DictConfig, kind: str, target_id: str, dtype, device) -> Sweep:
     points_or_images = data_kind(cfg) if kind == "checkpoint" else "points"
     metrics = resolve_metrics(cfg.metrics, points_or_images, has_mixture=kind == "mixture")
+    if overridden("feature_extractor") and not set(metrics) & set(IMAGE_METRICS):
+        raise ValueError(f"config feature_extractor: it applies to the image metrics ({', '.join(IMAGE_METRICS)}); "
+                         f"this sweep's metrics are {list(metrics)}: leave it out")
     if set(metrics) & set(IMAGE_METRICS):
         from lightning_sde.metrics.features import FEATURE_EXTRACTORS
 

@@ -264,6 +264,15 @@ def test_each_job_of_a_likelihood_multirun_keeps_its_results(tmp_path):
     assert [s["seed"] for s in summaries] == [0, 1]
 
 
+def test_a_feature_extractor_for_a_sweep_without_image_metrics_is_refused(tmp_path):
+    """It was accepted and ignored on a points target (an exact mixture, a toy checkpoint)."""
+    proc = _cli("lightning_sde.cli.bench", "feature_extractor=inception", "nfe=[5]", f"results={tmp_path}/r.jsonl",
+                "wandb.enabled=false")
+    assert proc.returncode == 1 and "config feature_extractor: it applies to the image metrics" in proc.stderr, \
+        proc.stderr[-2000:]
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["probe=gaussian"], "config probe: divergence=auto on 2 dimensions (<= exact_max_dim 16) computes the divergence "
                          "exactly; probe and probes apply to divergence=hutchinson"),
