@@ -171,6 +171,8 @@ class ODEOptions:
     def solve(self, func, y0, t0: float, t1: float, device, sde=None):
         """The solution at (t0, t1) (a tuple of them for a tuple state); a FloatingPointError if it is not finite
         (a network answering NaN: adaptive methods would otherwise end in torchdiffeq's step-size underflow)."""
+        if len(y0[0] if isinstance(y0, tuple) else y0) == 0:  # torch's reshape message otherwise
+            raise ValueError("ODEOptions: an empty batch (0 samples) to solve; give at least one sample")
         grid = None if self.adaptive else torch.linspace(t0, t1, self.steps + 1, dtype=torch.float64, device=device)
         watched = _LastValue(func)
         try:

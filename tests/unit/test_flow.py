@@ -119,6 +119,16 @@ def test_ode_options_a_method_would_ignore_are_refused(kwargs, message):
     assert ODEOptions("euler").steps == 100 and ODEOptions("dopri5").steps is None
 
 
+def test_an_empty_batch_is_named_not_a_reshape_error():
+    from lightning_sde.flow import decode, encode
+
+    mixture = eight_gaussians()
+    den, empty = mixture.denoiser(build_sde("vp")), torch.zeros(0, 2, dtype=torch.float64)
+    for call in (lambda: encode(den, empty), lambda: decode(den, empty), lambda: log_likelihood(den, empty)):
+        with pytest.raises(ValueError, match=r"an empty batch \(0 samples\)"):
+            call()
+
+
 def test_hutchinson_is_unbiased_with_a_standard_error_of_the_right_size_fast():
     """The fast twin of the test above (4-D, 12 points, 6 probes): each probe's estimate scatters around the exact
     divergence integral, the reported SE is their spread over sqrt(k), and a single probe has no SE."""
