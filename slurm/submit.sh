@@ -168,7 +168,7 @@ pipeline)
     for arg in ${bench_args[@]+"${bench_args[@]}"}; do  # the sweep's W&B project is the report's (it logs the run)
         case $arg in wandb.project=*) report_args+=(--project "${arg#wandb.project=}") ;; esac
     done
-    report_job=$(submit "%x-%j" report.sbatch "--dependency=afterok:$bench_job" -- "${report_args[@]}")
+    report_job=$(submit "%x-%j" report.sbatch "--dependency=afterok:$bench_job" -- ${report_args[@]+"${report_args[@]}"})
     cat <<EOF
 pipeline $run: train $train_job -> bench array $bench_job -> report $report_job (each after the previous one succeeded)
   run directory: $run_dir
