@@ -83,7 +83,8 @@ def check_run_settings(cfg: DictConfig) -> tuple[torch.dtype, torch.device]:
     return dtype, device
 
 
-def plan_cells(cfg: DictConfig, kind: str, target_id: str, dtype, device) -> Sweep:
+def sweep_metrics(cfg: DictConfig, kind: str) -> tuple[str, ...]:
+    """The sweep's metrics and what the config alone says of them and of its labels (a planned checkpoint too)."""
     points_or_images = data_kind(cfg) if kind == "checkpoint" else "points"
     metrics = resolve_metrics(cfg.metrics, points_or_images, has_mixture=kind == "mixture")
     if overridden("feature_extractor") and not set(metrics) & set(IMAGE_METRICS):
@@ -95,13 +96,22 @@ def plan_cells(cfg: DictConfig, kind: str, target_id: str, dtype, device) -> Swe
         if cfg.feature_extractor not in FEATURE_EXTRACTORS:
             raise ValueError(f"config feature_extractor: unknown {cfg.feature_extractor!r}; choose one of "
                              f"{sorted(FEATURE_EXTRACTORS)}")
-        if cfg.feature_extractor != "digits":  # the protocol belongs to a row's identity (digits: the original keys)
-            target_id += f"|features={cfg.feature_extractor}"
+    labels = cfg.get("labels", "cycle")
+    if cfg.get("guidance") is None and labels != "cycle":
+        raise ValueError(f"config labels: labels={labels} draws class {labels} under guidance; set "
+                         "guidance=[<w>, ...] too (0: the conditional model alone), or leave labels out")
+    if cfg.get("guidance") is not None and labels != "cycle" and kind == "checkpoint" and not cfg.data.get("labels"):
+        raise ValueError(f"config data.labels: a sweep of class {labels} is scored against that class's training "
+                         "samples, which needs the data's labels: set data.labels=true")
+    return metrics
+
+
+def plan_cells(cfg: DictConfig, kind: str, target_id: str, dtype, device) -> Sweep:
+    metrics = sweep_metrics(cfg, kind)
+    if set(metrics) & set(IMAGE_METRICS) and cfg.feature_extractor != "digits":
+        target_id += f"|features={cfg.feature_extractor}"  # a row's protocol (digits: the original keys)
     if cfg.get("reference_count") is not None:
         target_id += f"|reference_count={cfg.reference_count}"
-    if cfg.get("guidance") is None and cfg.get("labels", "cycle") != "cycle":
-        raise ValueError(f"config labels: labels={cfg.labels} draws class {cfg.labels} under guidance; set "
-                         "guidance=[<w>, ...] too (0: the conditional model alone), or leave labels out")
     if cfg.get("guidance") is not None:
         classes = target_classes(cfg, kind)
         if classes is None:
@@ -112,9 +122,6 @@ def plan_cells(cfg: DictConfig, kind: str, target_id: str, dtype, device) -> Swe
         if kind == "mixture":  # scored against the labels' own distribution (targets.scored_distribution)
             target_id += f"|scored_on_labels={cfg.get('labels', 'cycle')}"
         elif cfg.get("labels", "cycle") != "cycle":  # scored against that class's training samples
-            if not cfg.data.get("labels"):
-                raise ValueError(f"config data.labels: a sweep of class {cfg.labels} is scored against that class's "
-                                 "training samples, which needs the data's labels: set data.labels=true")
             target_id += f"|scored_on_labels={cfg.labels}"
     cells = expand(cfg, target_id, metrics, noise_floor=bool(cfg.get("noise_floor")))
     return Sweep(kind, target_id, device, dtype, metrics, cells, shard_cells(cells, cfg.shard.index, cfg.shard.count))
@@ -176,7 +183,7 @@ def count_cells(cfg: DictConfig) -> int:
     check_one_target(cfg)
     if cfg.get("data") is None:
         raise ValueError("config data: a checkpoint needs the config of its data, e.g. data=toy2d or data=digits")
-    metrics = resolve_metrics(cfg.metrics, data_kind(cfg), has_mixture=False)
+    metrics = sweep_metrics(cfg, "checkpoint")
     return len(expand(cfg, f"planned:{checkpoint}", metrics, noise_floor=bool(cfg.get("noise_floor"))))
 
 

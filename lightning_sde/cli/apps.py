@@ -38,7 +38,9 @@ def single_run_overrides(argv: list[str]) -> bool:
 
 def folder_error(cfg) -> str | None:
     """A folder the app would create inside an existing file, or where none can be made (Hydra's own traceback
-    otherwise, before the app)."""
+    otherwise, before the app); nothing is made."""
+    import os
+    import tempfile
     from pathlib import Path
 
     from omegaconf import OmegaConf
@@ -51,13 +53,12 @@ def folder_error(cfg) -> str | None:
         for folder in (path, *path.parents):
             if folder.is_file():
                 return f"config {key}: {value} would be a folder inside the file {folder}; give a folder"
-        missing = [folder for folder in (path, *path.parents) if not folder.exists()]
-        if missing:  # the first folder to make: made and removed again, as Hydra would make it
-            try:
-                missing[-1].mkdir()
-                missing[-1].rmdir()
+        existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
+        if existing is not None and existing != path:  # can a folder be made there? A probe of its own name, made
+            try:  # and removed: the folders the config names are not touched (other tasks of an srun make them)
+                os.rmdir(tempfile.mkdtemp(prefix=".lsde-probe-", dir=existing))
             except OSError as err:
-                return f"config {key}: {value} cannot be made ({err.strerror}: {missing[-1]})"
+                return f"config {key}: {value} cannot be made (no folder can be made in {existing}: {err.strerror})"
     return None
 
 

@@ -223,6 +223,9 @@ def test_report_into_a_file_is_one_line(tmp_path, capsys):
     ("checkpoint=later.ckpt data=toy2d sde=ve", "config checkpoint/sde: both set"),
     ("checkpoint=later.ckpt data=toy2d dtype=bogus", "config dtype: 'bogus' is not one of"),
     ("checkpoint=later.ckpt data=toy2d +bogus=1", "bogus: lsde-bench's config has no such key"),
+    ("checkpoint=later.ckpt data=toy2d labels=3", "config labels: labels=3 draws class 3 under guidance"),
+    ("checkpoint=later.ckpt data=toy2d guidance=[1] labels=3", "config data.labels: a sweep of class 3 is scored"),
+    ("checkpoint=later.ckpt data=toy2d feature_extractor=inception", "config feature_extractor: it applies to the "),
 ])
 def test_cells_with_a_bad_override_is_one_line_and_exit_1(capsys, override, message):
     with pytest.raises(SystemExit) as exit_:
