@@ -37,7 +37,7 @@ from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, gather_to_zero, launched, launched_first, rank_world
 from lightning_sde.files import FolderLock, write_text
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
-from lightning_sde.probability_flow import ODEOptions
+from lightning_sde.probability_flow import ADAPTIVE_METHODS, ADAPTIVE_OPTIONS, DEFAULT_FIXED_STEPS, ODEOptions
 from lightning_sde.targets import load_target, target_kind
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,19 @@ def check_probes_used(cfg: DictConfig, why: str) -> None:
 
 def settings(cfg: DictConfig, target_id: str) -> dict:
     """What a result of this app is of: the target (and its data) and every setting that changes the numbers."""
-    return {"target_id": target_id, **{k: OmegaConf.to_container(cfg[k]) if k == "ode" else cfg[k]
+    return {"target_id": target_id, **{k: ode_settings(OmegaConf.to_container(cfg[k])) if k == "ode" else cfg[k]
                                         for k in ("n", "divergence", "exact_max_dim", "probes", "probe", "ode", "seed",
                                                   "dtype")}}
+
+
+def ode_settings(ode) -> dict:
+    """The ODE settings a solve uses: an adaptive method's tolerances and error norm, a fixed one's steps (null: 100);
+    not the other's (a record from before the refusal of unused settings held steps: 100 for dopri5)."""
+    if not isinstance(ode, dict):
+        return ode
+    if ode.get("method") in ADAPTIVE_METHODS:
+        return {k: ode.get(k) for k in ("method", *ADAPTIVE_OPTIONS)}
+    return {"method": ode.get("method"), "steps": ode.get("steps") or DEFAULT_FIXED_STEPS}
 
 
 def check_out(cfg: DictConfig, target_id: str) -> None:
@@ -92,7 +102,8 @@ def check_out(cfg: DictConfig, target_id: str) -> None:
             continue
         try:
             before = json.loads(path.read_text()).get("settings")
-        except (OSError, ValueError, AttributeError):
+            before = {**before, "ode": ode_settings(before.get("ode"))}
+        except (OSError, ValueError, AttributeError, TypeError):
             before = None
         if before != settings(cfg, target_id):
             raise ValueError(f"config name: {path} holds {what} of other settings (or of another version); give "

@@ -45,6 +45,12 @@ def test_a_result_of_other_settings_in_the_output_folder_is_not_replaced(tmp_pat
 
     validate(cfg())  # nothing there yet
     _, _, target_id = validate(cfg())
+    older = {**settings(cfg(), target_id), "ode": {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "steps": 100,
+                                                   "error_norm": "worst_sample"}}
+    (tmp_path / "summary.json").write_text(json.dumps({"settings": older}))
+    validate(cfg())  # a record from before the unused ODE settings were refused: the same settings
+    (tmp_path / "summary.json").write_text(json.dumps({"settings": settings(cfg("ode.method=rk4"), target_id)}))
+    validate(cfg("ode.method=rk4", "ode.steps=100"))  # null steps are 100: the same computation
     (tmp_path / "summary.json").write_text(json.dumps({"settings": settings(cfg(), target_id)}))
     validate(cfg())  # the same settings: a rerun
     for other in (["sde=ve"], ["n=10"], ["seed=1"], ["ode.rtol=1e-4"], ["problem=swiss_roll"]):
