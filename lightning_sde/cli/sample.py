@@ -111,7 +111,7 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
                 "device": device.type}
     if sampler.adaptive:  # torchdiffeq's steps are shared by a batch: the batches a process solves change a sample
         settings.update(batch_size=int(cfg.batch_size), world_size=int(cfg.ddp.devices) * int(cfg.ddp.num_nodes))
-    check_out(Path(cfg.out), settings)
+    check_out(Path(cfg.out), settings, cfg.get("output_dir"))
     return sampler, kind, target_id, settings
 
 
@@ -150,11 +150,15 @@ def check_writable(out: Path) -> None:
                          f"{'not a folder' if not folder.is_dir() else 'not writable'})")
 
 
-def check_out(out: Path, settings: dict) -> None:
-    """Refuse, before any work, to write into `out` the samples of other settings than those already there."""
+def check_out(out: Path, settings: dict, output_dir=None) -> None:
+    """Refuse, before any work, to write into `out` the samples of other settings than those already there, or into
+    a folder of files this app did not write (its lock and Hydra's `output_dir` aside, which Hydra makes first)."""
     path = out / "settings.json"
     if not path.is_file():
-        theirs = sorted(p.name for p in out.iterdir() if p.name not in (LOCK_FILE, "hydra")) if out.is_dir() else []
+        ours = {LOCK_FILE}
+        if output_dir is not None and Path(output_dir).resolve().is_relative_to(out.resolve()):
+            ours |= set(Path(output_dir).resolve().relative_to(out.resolve()).parts[:1])
+        theirs = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
         if theirs:  # a folder this app did not write: its files are not replaced or removed
             raise ValueError(f"config out: {out} holds files that lsde-sample did not write ({', '.join(theirs[:5])}"
                              f"{', ...' if len(theirs) > 5 else ''}); give another out= (or name=), or empty it")
@@ -249,7 +253,7 @@ def run(cfg: DictConfig) -> dict | None:
     device, dtype = parse_device(cfg.device), parse_dtype(cfg.dtype)
     require_device(device)
     with FolderLock(cfg.out, "lsde-sample") if launched_first() else contextlib.nullcontext():
-        check_out(Path(cfg.out), settings)  # again under the lock
+        check_out(Path(cfg.out), settings, cfg.get("output_dir"))  # again under the lock
         with launched(cfg.ddp.devices, cfg.ddp.num_nodes, device) as fabric:
             return draw(cfg, sampler, kind, target_id, settings, fabric.device if fabric else device, dtype)
 

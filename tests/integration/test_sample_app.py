@@ -156,6 +156,11 @@ def test_a_folder_this_app_did_not_write_is_refused_and_left_as_it_was(tmp_path)
     assert proc.returncode == 1 and f"config out: {out} holds files that lsde-sample did not write (images)" in \
         proc.stderr, proc.stderr[-2000:]
     assert sorted(p.name for p in out.rglob("*")) == ["images", "my_photo.png"]
+    logs = tmp_path / "new" / "logs"  # Hydra's own folder inside out (made before the app runs) is not theirs
+    proc = subprocess.run([sys.executable, "-m", "lightning_sde.cli.sample", f"out={tmp_path / 'new'}",
+                           "progress=false", f"output_dir={logs}", "sampler=ddim", "nfe=5", "seeds.count=10"],
+                          capture_output=True, text=True, timeout=600, env=ENV, check=False)
+    assert proc.returncode == 0 and logs.is_dir(), proc.stderr[-2000:]
 
 
 def test_a_multirun_writes_one_folder_per_job_under_a_given_out(tmp_path):
