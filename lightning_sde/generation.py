@@ -80,7 +80,9 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     With `guidance` (a class-conditional model) each seed is sampled for its class (seed_labels) at that
     classifier-free guidance weight (lightning_sde.models.guidance: one guided NFE = one doubled batch).
     `stop` (e.g. "SLURM's requeue signal came") is asked before each batch and at each step; once it answers True
-    on a process, that process samples no more, and every process raises GenerationStopped."""
+    on a process, that process samples no more, and every process raises GenerationStopped. A solve that diverges on
+    one process (FloatingPointError: an adaptive step size underflowed) is raised on every process, none left waiting
+    in the gather."""
     seeds = list(seeds)  # an iterator would be spent by the first pass
     if not seeds:
         raise ValueError("generate: no seeds")
@@ -95,7 +97,7 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     nfes, wall, setup_nfe, setup_wall, selected = [], 0.0, 0, 0.0, None
     sde = denoiser.sde
     # progress in samples: finished batches plus the running batch's share, by how far its time has run (T -> eps)
-    stopped = False
+    stopped, failed = False, None
     with Progress(len(mine), desc or sampler.name, "", enabled=progress and rank == 0) as bar:
         for i in range(0, len(mine), batch_size):
             batch = mine[i : i + batch_size]
@@ -119,6 +121,9 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
             except _Stop:
                 stopped = True
                 break
+            except FloatingPointError as err:  # this process's solve diverged: the others hear of it before they wait
+                failed = str(err)  # for its samples in the gather
+                break
             x[i : i + len(batch)] = batch_x
             nfes.append(int(info["nfe"]))
             wall += info["wall_s"]
@@ -127,7 +132,11 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
                 setup_nfe, setup_wall = int(tuning["pilot_nfe"]), float(tuning["wall_s"])  # earlier in this process
                 selected = tuning.get("choice")
             bar.update(i + len(batch), seeds_done=i + len(batch), batch_nfe=info["nfe"])
-    if stop is not None and broadcast_from_zero(any(gather_to_zero(stopped) or [])):
+    flags = gather_to_zero((stopped, failed)) or []
+    any_stopped, failure = broadcast_from_zero((any(s for s, _ in flags), next((f for _, f in flags if f), None)))
+    if failure is not None:  # every process raises it, not only the one whose solve diverged
+        raise FloatingPointError(failure)
+    if stop is not None and any_stopped:
         raise GenerationStopped("generation stopped by its stop check")
     parts = gather_to_zero((x, nfes, wall, peak_memory_mb(device), setup_nfe, setup_wall))
     if parts is None:
