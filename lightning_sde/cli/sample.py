@@ -313,8 +313,23 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
                  duration((time.monotonic() - started) / drawn * (sum(len(p) for p in todo) - drawn)))
     if rank != 0:
         return None
-    report = plan(sampler, denoiser).setup.get("selection")  # what grid=select chose (its cached pilot: no NFE)
+    if todo:  # what grid=select chose: its pilot ran for this run's chunks and is cached (no NFE now)
+        report = plan(sampler, denoiser).setup.get("selection")
+    else:  # every seed was drawn before: the last summary says what was chosen (a pilot now would cost its NFE)
+        report, setup_nfe = earlier_selection(out)
     return finish(cfg, out, seeds, done, images, settings, wall, setup_nfe, world, report)
+
+
+def earlier_selection(out: Path) -> tuple[dict | None, int]:
+    """(what grid=select chose, its pilot's NFE) for the samples already in `out`, as its summary.json recorded them
+    ((None, 0) if unreadable)."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        selection, setup_nfe = summary.get("selection"), summary.get("setup_nfe")
+    except (OSError, ValueError, AttributeError):
+        return None, 0
+    valid = isinstance(selection, dict) and isinstance(setup_nfe, int) and not isinstance(setup_nfe, bool)
+    return (selection, setup_nfe) if valid else (None, 0)
 
 
 def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings: dict, wall: float, setup_nfe: int,

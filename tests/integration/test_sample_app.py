@@ -108,6 +108,10 @@ def test_a_tuned_sampler_reports_its_one_pilot_and_what_it_chose(tmp_path):
     assert summary["setup_nfe"] == selection["pilot_nfe"] > 0  # once, not once per chunk (3 chunks)
     assert selection["choice"] in selection["pilot_rmse_by_choice"] and f"({selection['choice']}, chosen on its " \
         "pilot)" in proc.stdout
+    again = lsde_sample(tmp_path / "r", "sampler=recommended", "nfe=10", "seeds.count=120", "batch_size=40")
+    assert again.returncode == 0 and "120 of 120 seeds drawn by an earlier run" in again.stdout, again.stderr[-2000:]
+    rerun = json.loads((tmp_path / "r" / "summary.json").read_text())  # nothing drawn, no pilot run: as recorded
+    assert (rerun["selection"], rerun["setup_nfe"]) == (selection, summary["setup_nfe"])
 
 
 def test_chunks_that_are_not_this_models_are_drawn_again_and_a_folder_named_like_one_is_refused(tmp_path):
