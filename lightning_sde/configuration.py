@@ -136,6 +136,14 @@ def check_folder_name(key: str, value, names: str, extra: tuple[str, ...] = ()) 
                          f"got {text!r}")
 
 
+def check_class_has_guidance(key: str, label, guidance, set_guidance: str = "guidance=<w>") -> None:
+    """A class asked for (`key`=label, not None) draws under classifier-free guidance only: refused without it (the
+    samples would be of every class, unguided)."""
+    if guidance is None and label is not None:
+        raise ValueError(f"config {key}: {key}={label} draws class {label} under guidance; set {set_guidance} too "
+                         f"(0: the conditional model alone), or leave {key} out")
+
+
 def build(node, key: str, **kwargs):
     """instantiate(node, **kwargs); any failure becomes a ValueError "config <key>: ..." with the cause's message."""
     return checked(key, instantiate, node, **kwargs)

@@ -166,7 +166,8 @@ pipeline)
         ${bench_opts[@]+"${bench_opts[@]}"} -- "$SHARD" ${bench_args[@]+"${bench_args[@]}"})
     report_args=("$results")
     for arg in ${bench_args[@]+"${bench_args[@]}"}; do  # the sweep's W&B project is the report's (it logs the run)
-        case $arg in wandb.project=*) report_args+=(--project "${arg#wandb.project=}") ;; esac
+        case $arg in wandb.project=* | +wandb.project=* | ++wandb.project=*)
+            report_args+=(--project "${arg#*wandb.project=}") ;; esac
     done
     report_job=$(submit "%x-%j" report.sbatch "--dependency=afterok:$bench_job" -- ${report_args[@]+"${report_args[@]}"})
     cat <<EOF

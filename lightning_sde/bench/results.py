@@ -130,9 +130,14 @@ def views_of(results, out=None) -> dict[str, Path]:
     """The files drawn from a results file <stem>.jsonl, in `out` (default: beside it): <stem>.csv, .md, .png and the
     samples' picture; named after it, so that two results files in one folder keep their own."""
     results = Path(results)
-    out, stem = Path(out) if out else results.parent, results.stem
-    return {"csv": out / f"{stem}.csv", "markdown": out / f"{stem}.md", "png": out / f"{stem}.png",
-            "samples": out / ("samples.png" if stem == "results" else f"{stem}.samples.png")}
+    out = Path(out) if out else results.parent
+    return {"csv": out / f"{results.stem}.csv", "markdown": out / f"{results.stem}.md",
+            "png": out / f"{results.stem}.png", "samples": out / f"{samples_name(results)}.png"}
+
+
+def samples_name(results: Path) -> str:
+    """What a results file's sample previews are named after: `samples` for results.jsonl, `<stem>.samples` else."""
+    return "samples" if results.stem == "results" else f"{results.stem}.samples"
 
 
 class SamplePreviews:
@@ -146,8 +151,7 @@ class SamplePreviews:
     @classmethod
     def of(cls, results, n: int = 64) -> "SamplePreviews":
         """The previews of a results file <stem>.jsonl: `samples/` beside it (`<stem>.samples/` for another stem)."""
-        results = Path(results)
-        return cls(results.parent / ("samples" if results.stem == "results" else f"{results.stem}.samples"), n)
+        return cls(Path(results).parent / samples_name(Path(results)), n)
 
     @staticmethod
     def protocol(target: str, seed_start: int, seed_count: int) -> str:
@@ -306,8 +310,8 @@ def for_views(rows: list[dict], preferred=frozenset()) -> tuple[list[dict], int]
     targets: a multirun into one file, a rerun with another seeds.count) shows each sampler once per protocol, its
     label followed by what differs (`protocol_labels`); its original label is kept in `sampler_label`. Of rows
     alike in (label, budget, metric, protocol) but not in key (a rerun with other sampler parameters, dtype or
-    device) the views show the last written, or the one whose key is `preferred` (the sweep just run); results.csv
-    has them all."""
+    device) the views show the last written, or the one whose key is `preferred` (the sweep just run); the CSV view
+    (views_of) has them all."""
     label = protocol_labels(rows)
     shown = {}
     for r in sorted(rows, key=lambda r: (r.get("key") in preferred, str(r.get("time") or ""))):  # ties: the later stays

@@ -19,7 +19,7 @@ from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, read_sidecar,
 from lightning_sde.bench.report import with_interval
 from lightning_sde.bench.results import WANDB_RUN_KEY, Claim, Claimed, ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
-from lightning_sde.configuration import check_folder_name, checked, overridden, require_device
+from lightning_sde.configuration import check_class_has_guidance, check_folder_name, checked, overridden, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
@@ -97,9 +97,8 @@ def sweep_metrics(cfg: DictConfig, kind: str) -> tuple[str, ...]:
             raise ValueError(f"config feature_extractor: unknown {cfg.feature_extractor!r}; choose one of "
                              f"{sorted(FEATURE_EXTRACTORS)}")
     labels = cfg.get("labels", "cycle")
-    if cfg.get("guidance") is None and labels != "cycle":
-        raise ValueError(f"config labels: labels={labels} draws class {labels} under guidance; set "
-                         "guidance=[<w>, ...] too (0: the conditional model alone), or leave labels out")
+    check_class_has_guidance("labels", None if labels == "cycle" else labels, cfg.get("guidance"),
+                             "guidance=[<w>, ...]")
     if cfg.get("guidance") is not None and labels != "cycle" and kind == "checkpoint" and not cfg.data.get("labels"):
         raise ValueError(f"config data.labels: a sweep of class {labels} is scored against that class's training "
                          "samples, which needs the data's labels: set data.labels=true")

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.cli.errors import fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, build, checked, overridden, plain
+from lightning_sde.configuration import CONFIG_PATH, build, check_class_has_guidance, checked, overridden, plain
 from lightning_sde.loading import load_denoiser
 from lightning_sde.models.guidance import guided
 from lightning_sde.models.pretrained import is_diffusers_spec
@@ -68,9 +68,7 @@ def check_values(cfg: DictConfig) -> None:
                          f"{guidance!r}")
     if guidance is not None and not cfg.checkpoint:
         raise ValueError("config guidance: needs a class-conditional checkpoint (an exact problem has no classes)")
-    if guidance is None and overridden("label"):
-        raise ValueError(f"config label: label={cfg.label} draws class {cfg.label} under guidance; set guidance=<w> "
-                         "too (0: the conditional model alone), or leave label out")
+    check_class_has_guidance("label", cfg.label if overridden("label") else None, guidance)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="figures")

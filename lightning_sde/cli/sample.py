@@ -42,7 +42,15 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_sde.bench.spec import MAX_NFE, jsonable, positive_int
 from lightning_sde.cli.errors import fails_cleanly, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, build, check_folder_name, checked, overridden, require_device
+from lightning_sde.configuration import (
+    CONFIG_PATH,
+    build,
+    check_class_has_guidance,
+    check_folder_name,
+    checked,
+    overridden,
+    require_device,
+)
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, launched_first, rank_world
@@ -92,9 +100,7 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
         raise ValueError(f"config sampler: {cfg.sampler.get('_target_')!r} is not a Sampler")
     sampler = at_budget(cfg, sampler)
     guidance = cfg.get("guidance")
-    if guidance is None and labels != "cycle":
-        raise ValueError(f"config labels: labels={labels} draws class {labels} under guidance; set guidance=<w> too "
-                         "(0: the conditional model alone), or leave labels out")
+    check_class_has_guidance("labels", None if labels == "cycle" else labels, guidance)
     if guidance is not None:
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
                 or guidance < 0:
