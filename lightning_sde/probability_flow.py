@@ -27,6 +27,16 @@ REFUSED = {"explicit_adams": "use sampler dpmpp or unipc (multistep in log-SNR, 
            "implicit_adams": "use sampler dpmpp or unipc (multistep in log-SNR, any grid, 1 NFE a step)"}
 
 
+def check_fixed_method_options(owner: str, options, adaptive_defaults: dict) -> None:
+    """A fixed-grid method's `options` (with .method) given an adaptive method's setting other than its default:
+    refused, naming it (it would be ignored)."""
+    unused = {k: getattr(options, k) for k, v in adaptive_defaults.items() if getattr(options, k) != v}
+    if unused:
+        raise ValueError(f"{owner}: {', '.join(f'{k}={v!r}' for k, v in unused.items())} would be ignored: "
+                         f"{'/'.join(adaptive_defaults)} apply to adaptive methods ({', '.join(ADAPTIVE_METHODS)}); "
+                         f"fixed-grid method {options.method!r} takes steps")
+
+
 def check_method(owner: str, method: str, rtol, atol) -> None:
     if method in REFUSED:
         raise ValueError(f"{owner}: ODE method {method!r} is not offered: {REFUSED[method]}")
@@ -154,11 +164,7 @@ class ODEOptions:
                 raise ValueError(f"ODEOptions: method {self.method!r} is adaptive and takes rtol/atol, not steps (got "
                                  f"steps={self.steps!r}); fixed-grid methods: {tuple(FIXED_METHODS)}")
             return
-        unused = {k: getattr(self, k) for k, v in ADAPTIVE_OPTIONS.items() if getattr(self, k) != v}
-        if unused:
-            raise ValueError(f"ODEOptions: {', '.join(f'{k}={v!r}' for k, v in unused.items())} would be ignored: "
-                             f"{'/'.join(ADAPTIVE_OPTIONS)} apply to adaptive methods ({', '.join(ADAPTIVE_METHODS)})"
-                             f"; fixed-grid method {self.method!r} takes steps")
+        check_fixed_method_options("ODEOptions", self, ADAPTIVE_OPTIONS)
         if self.steps is None:
             self.steps = DEFAULT_FIXED_STEPS
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:

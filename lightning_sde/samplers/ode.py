@@ -12,6 +12,7 @@ from lightning_sde.probability_flow import (
     FIXED_METHODS,
     NON_FINITE_DRIFT,
     ProbabilityFlow,
+    check_fixed_method_options,
     check_method,
     solve_between,
 )
@@ -46,11 +47,7 @@ class ProbabilityFlowODE(FixedStepSampler):
                     or not 0 < self.first_step <= 1):
                 raise ValueError(f"ode: first_step must be a fraction in (0, 1]; got {self.first_step!r}")
         else:
-            unused = {k: getattr(self, k) for k in ADAPTIVE_ONLY if getattr(self, k) != ADAPTIVE_ONLY[k]}
-            if unused:
-                raise ValueError(f"ode: {', '.join(f'{k}={v!r}' for k, v in unused.items())} would be ignored: "
-                                 f"{'/'.join(ADAPTIVE_ONLY)} apply to adaptive methods ({', '.join(ADAPTIVE_METHODS)})"
-                                 f"; fixed-grid method {self.method!r} takes steps")
+            check_fixed_method_options(self.name, self, ADAPTIVE_ONLY)
             if self.steps is None:
                 self.steps = DEFAULT_FIXED_STEPS
         super().__post_init__()
