@@ -161,6 +161,8 @@ def check_out(out: Path, settings: dict, output_dir=None) -> None:
     a folder of files this app did not write (its lock and Hydra's `output_dir` aside, which Hydra makes first)."""
     path = out / "settings.json"
     if not path.is_file():
+        if any(CHUNK_NAME.fullmatch(p.name) for p in (out / CHUNKS).glob("seeds-*.npz")):
+            return  # this app's chunks, their settings.json lost: each chunk says what it was drawn under
         ours = {LOCK_FILE}
         if output_dir is not None and Path(output_dir).resolve().is_relative_to(out.resolve()):
             ours |= set(Path(output_dir).resolve().relative_to(out.resolve()).parts[:1])

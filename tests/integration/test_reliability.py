@@ -184,15 +184,22 @@ def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path, fin
 
 
 def _start_and_signal(run: Path, signum, *overrides):
+    # SIGINT as a terminal gives it (pytest-xdist's workers ignore it, and a child inherits that)
     proc = subprocess.Popen([sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run}", f"run_name={run.name}",
                              *TOY, "trainer.max_steps=100000", "trainer.val_check_interval=100000", "logger=csv",
-                             *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-    deadline = time.monotonic() + 120
-    while not list(run.glob("csv/version_0/metrics.csv")):  # training has started and logged a step
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
-        time.sleep(0.2)
-    proc.send_signal(signum)
-    out, _ = proc.communicate(timeout=120)
+                             *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while not list(run.glob("csv/version_0/metrics.csv")):  # training has started and logged a step
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signum)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never left training for 100000 steps after the test
+            proc.kill()
+            proc.wait(timeout=30)
     return proc.returncode, out
 
 
@@ -227,13 +234,18 @@ def test_an_error_while_training_keeps_its_steps_and_the_same_command_resumes_on
     proc = subprocess.Popen([sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run}", f"run_name={run.name}",
                              *common, "trainer.max_steps=100000", "trainer.val_check_interval=100000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.monotonic() + 120
-    while not list(run.glob("csv/version_0/metrics.csv")):  # training has logged a step
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.2)
-    for path in originals:
-        path.write_text("not an image")
-    out, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(run.glob("csv/version_0/metrics.csv")):  # training has logged a step
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        for path in originals:
+            path.write_text("not an image")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
     assert proc.returncode == 1 and "not a readable image" in err.splitlines()[-1], err[-3000:]
     said = re.search(r"the same command resumes the run from global step (\d+)", out)
     assert said, out[-3000:]
