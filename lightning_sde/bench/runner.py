@@ -24,7 +24,7 @@ from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
 from lightning_sde.generation import Samples, generate
-from lightning_sde.metrics.image import IMAGE_METRICS
+from lightning_sde.metrics.image import IMAGE_METRICS, check_stats_cache
 from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve_metrics
 from lightning_sde.samplers.grids import may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid
@@ -96,6 +96,7 @@ def sweep_metrics(cfg: DictConfig, kind: str) -> tuple[str, ...]:
         if cfg.feature_extractor not in FEATURE_EXTRACTORS:
             raise ValueError(f"config feature_extractor: unknown {cfg.feature_extractor!r}; choose one of "
                              f"{sorted(FEATURE_EXTRACTORS)}")
+        check_stats_cache("stats_cache", cfg.stats_cache)
     labels = cfg.get("labels", "cycle")
     check_class_has_guidance("labels", None if labels == "cycle" else labels, cfg.get("guidance"),
                              "guidance=[<w>, ...]")

@@ -28,7 +28,7 @@ from lightning_sde.distributed import broadcast_from_zero
 from lightning_sde.files import write_csv
 from lightning_sde.generation import GenerationStopped, generate
 from lightning_sde.metrics.features import check_feature_extractor
-from lightning_sde.metrics.image import IMAGE_METRICS
+from lightning_sde.metrics.image import IMAGE_METRICS, check_stats_cache
 from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, ranks_above, resolve_metrics
 from lightning_sde.models.guidance import check_guidance
 from lightning_sde.plotting import image_grid, scatter_grid, text_table
@@ -113,6 +113,7 @@ class SamplerCallback(L.Callback):
                 check_feature_extractor(self.feature_extractor)
             except (ValueError, FileNotFoundError) as err:
                 raise type(err)(f"config callbacks.sampler.feature_extractor: {err}") from None
+            check_stats_cache("callbacks.sampler.stats_cache", self.stats_cache)
 
     def state_dict(self) -> dict:
         return {"evals": self._evals}  # the every_n_evals phase of epoch-based validation (see on_train_start)

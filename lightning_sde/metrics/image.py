@@ -26,6 +26,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LSDE_CACHE") or "outputs/cache") / "reference_stats"
 
 
+def check_stats_cache(key: str, cache_dir) -> None:
+    """A statistics folder that can be read or made: not a file nor inside one, and, where it does not exist yet,
+    one that can be made (its nearest existing folder writable); ValueError naming the config key. Nothing is made."""
+    path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    for folder in (path, *path.parents):
+        if folder.is_file():
+            what = "is a file" if folder == path else f"would be a folder inside the file {folder}"
+            raise ValueError(f"config {key}: {path} {what}; give the folder of the FID/KID reference statistics")
+    existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
+    if existing is not None and existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"config {key}: {path} does not exist and cannot be made ({existing} is not writable); "
+                         "give a writable folder, or one lsde-prepare --reference-stats filled")
+
+
 def tensor_sha256(x: Tensor) -> str:
     return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 

@@ -235,6 +235,19 @@ def test_cells_with_a_bad_override_is_one_line_and_exit_1(capsys, override, mess
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("where", ["file", "inside"])
+def test_a_statistics_folder_that_is_a_file_fails_before_any_work(capsys, tmp_path, where):
+    """FID's reference statistics in a file's place: refused at start-up (it failed at the first cell, after the
+    sweep's folder was made)."""
+    (tmp_path / "stats").write_text("not a folder")
+    cache = tmp_path / "stats" if where == "file" else tmp_path / "stats" / "reference_stats"
+    with pytest.raises(SystemExit) as exit_:
+        cells_main(["checkpoint=later.ckpt", "data=digits", "metrics=[fid]", f"stats_cache={cache}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "config stats_cache: " in err and err.count("\n") == 1
+    assert ("is a file" if where == "file" else f"inside the file {tmp_path / 'stats'}") in err
+
+
 @pytest.mark.parametrize("override, message", [
     ("wandb.enabled=no", "config wandb.enabled: must be true or false; got 'no'"),  # a string is true in Python
     ("noise_floor=maybe", "config noise_floor: must be true or false; got 'maybe'"),

@@ -208,6 +208,8 @@ def test_a_key_counts_as_set_by_the_command_line_unless_it_is_removed(overrides,
     ("digits", ["callbacks.sampler.feature_extractor=inception"], FileNotFoundError,
      "config callbacks.sampler.feature_extractor: InceptionV3 weights not found"),
     ("digits", ["callbacks.sampler.feature_extractor=vgg"], ValueError, "unknown feature extractor 'vgg'"),
+    ("digits", ["callbacks.sampler.stats_cache=${run_dir}/file"], ValueError,
+     "config callbacks.sampler.stats_cache: .*/file is a file"),
 ])
 def test_the_data_is_read_and_checked_before_the_loggers_exist(tmp_path, monkeypatch, experiment, overrides, error,
                                                                 message):
@@ -216,6 +218,7 @@ def test_the_data_is_read_and_checked_before_the_loggers_exist(tmp_path, monkeyp
     first evaluation, after training."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("LSDE_INCEPTION_WEIGHTS", raising=False)
+    (tmp_path / "file").write_text("not a folder")
     cfg = composed("train", [f"experiment={experiment}", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
                              f"data.root={tmp_path / 'data'}" if experiment == "mnist_subvp" else "seed=0", *overrides])
     with pytest.raises(error, match=message):
