@@ -352,6 +352,34 @@ def test_an_ema_run_resumed_without_its_ema_trains_on_from_the_raw_weights(tmp_p
     assert all(torch.equal(start.state[k], raw[k]) for k in raw)
 
 
+def test_a_checkpoint_written_during_a_validation_keeps_the_average_and_the_raw_weights_apart(tmp_path):
+    """The average is in the model's place during a validation; a checkpoint a signal or an error writes then held
+    the two swapped (the raw weights where sampling loads the average)."""
+    from lightning.pytorch.utilities.seed import isolate_rng
+
+    from lightning_sde.callbacks import EMA
+    from lightning_sde.data import Toy2DDataModule
+
+    with isolate_rng():
+        module, ema = ScoreModule(net=NET, sde=SDE, shape=[2], optim={"lr": 1e-2}), EMA(decay=0.9)
+        trainer = L.Trainer(max_steps=20, callbacks=[ema], accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, enable_checkpointing=False,
+                            default_root_dir=tmp_path)
+        trainer.fit(module, datamodule=Toy2DDataModule(batch_size=64, n_train=1024))
+    ema.setup(trainer, module, "fit")  # as during fit (its end lets the average go)
+    ema._average_model.module.load_state_dict({k: v + 1 for k, v in module.state_dict().items()})
+    trainer.save_checkpoint(tmp_path / "outside.ckpt")
+    ema.on_validation_epoch_start(trainer, module)
+    trainer.save_checkpoint(tmp_path / "during.ckpt")
+    ema.on_validation_epoch_end(trainer, module)
+    outside, during = (torch.load(tmp_path / f"{name}.ckpt", weights_only=True) for name in ("outside", "during"))
+    for key in ("state_dict", "current_model_state"):
+        assert all(torch.equal(during[key][k], outside[key][k]) for k in outside[key])
+    raw = module.state_dict()
+    assert all(torch.equal(outside["current_model_state"][k], raw[k]) for k in raw)
+    assert all(torch.equal(outside["state_dict"][k], raw[k] + 1) for k in raw)
+
+
 def test_a_resume_with_another_gradient_accumulation_is_refused(tmp_path):
     """The data position and each batch's seed count batches: a checkpoint trained with 3 batches a step resumes
     only with 3 (one without the key, written before accumulation existed, had 1)."""
