@@ -279,6 +279,9 @@ class ScoreModule(L.LightningModule):
         if self._fitting():  # a resume keeps them: the data position, each rank's share and the batch seeds count them
             checkpoint["accumulate_grad_batches"] = self.trainer.accumulate_grad_batches
             checkpoint["world_size"] = self.trainer.world_size
+            batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+            if batch_size is not None:
+                checkpoint["batch_size"] = batch_size
 
     def on_load_checkpoint(self, checkpoint):
         if "current_model_state" in checkpoint and self._fitting() \

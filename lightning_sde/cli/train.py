@@ -212,16 +212,23 @@ INIT_ADVICE = ("init_from keeps the checkpoint's network, SDE and parameterizati
                "sde.eps, dropout and speed options may change); set them as its run had them")
 
 
-def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 1) -> int:
+def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 1,
+                      batch_size: int | None = None) -> int:
     """The resume checkpoint's global step, once its weights are known to fit the model this config builds and to
     mean the same there (check_weights_fit), its data to be this config's, and its gradient accumulation to be
-    `accumulation` (the data position and the batches' seeds count its batches)."""
+    `accumulation` and its batches of `batch_size` (the data position and the batches' seeds count its batches)."""
     ckpt = read_checkpoint(path)
     theirs_k = ckpt.get("accumulate_grad_batches", 1)  # checkpoints from before accumulation: 1
     if theirs_k != accumulation:
         raise ValueError(f"config trainer.accumulate_grad_batches: the checkpoint {path} was trained with {theirs_k} "
                          f"batches a step, this config has {accumulation}; a resume keeps it (the data order and "
                          "each batch's seed count its batches): resume with the run's own value, or start afresh")
+    theirs_b = ckpt.get("batch_size", (ckpt.get("data_config") or {}).get("batch_size"))  # older: as configured
+    if None not in (theirs_b, batch_size) and theirs_b != batch_size:
+        raise ValueError(f"config data.batch_size: the checkpoint {path} was trained on batches of {theirs_b}, this "
+                         f"config has {batch_size}; a resume keeps it (the data position counts batches: another size "
+                         "would skip or repeat samples): resume with the run's own value, or start a new run from its "
+                         "weights (init_from=<checkpoint>)")
     check_weights_fit(path, ckpt, module, RESUME_ADVICE)
     check_same_data(path, ckpt.get("data_config"), module.data_config, RESUME_ADVICE.replace("config", "data config"))
     return int(ckpt["global_step"])
@@ -424,7 +431,8 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
             raise ValueError("config model.net: the untrained network's output is not finite")
     module.data_config = plain(cfg.data)
     accumulation = cfg.trainer.get("accumulate_grad_batches", 1)  # checked by check_run_values
-    resumed_at = check_resume_fits(resume, module, accumulation) if resume is not None else None
+    resumed_at = (check_resume_fits(resume, module, accumulation, getattr(datamodule, "batch_size", None))
+                  if resume is not None else None)
     init_from = None
     if cfg.get("init_from") is not None and resume is not None:  # a requeued or rerun fine-tune resumes its own
         check_same_start(cfg, resume)

@@ -96,7 +96,9 @@ def test_resume_continues_where_it_stopped(tmp_path):
               "trainer.val_check_interval=100", "callbacks.sampler.n_samples=50", *QUICK]
     run_train(run_dir, *common, "trainer.max_steps=200")
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert first["global_step"] == 200
+    assert (first["global_step"], first["batch_size"]) == (200, 512)
+    with pytest.raises(AssertionError, match="config data.batch_size: the checkpoint .* trained on batches of 512"):
+        run_train(run_dir, *common, "trainer.max_steps=400", "data.batch_size=256")  # the data position would move
     proc = run_train(run_dir, *common, "trainer.max_steps=400")  # same run_name and dir: ckpt_path=last resumes
     assert "Restoring states from the checkpoint" in proc.stdout + proc.stderr
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
@@ -160,7 +162,8 @@ def test_ddp_two_cpu_processes(tmp_path):
     for r in rows:  # 101 seeds split 51 + 50 across the ranks: exactly 101 distinct samples, none padded
         assert float(r["n_samples"]) == 101 and float(r["n_distinct"]) == 101
     # resumed on one process, the data position (step x batches) would land elsewhere in each rank's share: refused
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["world_size"] == 2
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["world_size"], last["batch_size"]) == (2, 512)
     cmd = [sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run_dir}", "run_name=ddp", "experiment=toy2d",
            "logger=csv", "trainer.max_steps=90", "trainer.accumulate_grad_batches=2", *QUICK]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,

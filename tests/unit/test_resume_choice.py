@@ -310,7 +310,7 @@ def test_a_resume_on_other_data_is_refused_naming_the_key(tmp_path, ours, messag
 
 @pytest.mark.parametrize("theirs, ours", [
     (TOY, {"_target_": "lightning_sde.data.Toy2DDataModule", "name": "eight_gaussians"}),  # defaults spelt out or not
-    (TOY, {**TOY, "batch_size": 64, "num_workers": 2}),
+    (TOY, {**TOY, "num_workers": 2}),
     (MNIST, {**MNIST, "root": "/scratch/data", "download": False}),  # a copy of the dataset elsewhere
 ])
 def test_a_resume_on_the_same_data_read_otherwise_goes_on(tmp_path, theirs, ours):
@@ -391,6 +391,23 @@ def test_a_resume_with_another_gradient_accumulation_is_refused(tmp_path):
                                          "step, this config has 1"):
         check_resume_fits(path, ScoreModule(net=NET, sde=SDE, shape=[2]), 1)
     assert check_resume_fits(path, ScoreModule(net=NET, sde=SDE, shape=[2]), 3) == 7
+
+
+def test_a_resume_with_another_batch_size_is_refused(tmp_path):
+    """The data position counts batches: at another size a resume skipped (or repeated) part of the epoch. The size a
+    checkpoint trained with is recorded; older ones hold it in their data config."""
+    path = _checkpoint_of(tmp_path)
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "data_config": TOY}, path)
+    module = ScoreModule(net=NET, sde=SDE, shape=[2])
+    with pytest.raises(ValueError, match=r"^config data.batch_size: the checkpoint .* was trained on batches of 512, "
+                                         r"this config has 64; a resume keeps it .* \(init_from=<checkpoint>\)$"):
+        check_resume_fits(path, module, 1, 64)
+    assert check_resume_fits(path, module, 1, 512) == 7
+    torch.save({**ckpt, "data_config": TOY, "batch_size": 64}, path)
+    assert check_resume_fits(path, module, 1, 64) == 7
+    with pytest.raises(ValueError, match="trained on batches of 64, this config has 512"):
+        check_resume_fits(path, module, 1, 512)
 
 
 def test_an_explicit_ckpt_path_a_resume_cannot_continue_from_is_refused_naming_the_key(tmp_path):
