@@ -10,6 +10,7 @@ import fcntl
 import logging
 import os
 import re
+import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -29,9 +30,10 @@ def previous(path: Path) -> Path:
 
 def replace_atomically(path, write: Callable[[Path], object]) -> Path:
     """`write(tmp)` to a temporary name beside `path`, then rename it to `path`; a failed write leaves `path` as it
-    was and no temporary behind."""
+    was and no temporary behind. The name is the writer's own (its pid and a random token: processes of other
+    containers sharing the folder may have the same pid), so two writers of one file never mix their bytes."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -53,6 +53,21 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["table.md"]
 
 
+def test_two_writers_of_one_file_in_one_process_each_publish_their_own_bytes(tmp_path):
+    """Two writers with one pid (threads, or processes of two containers sharing the folder) had one temporary name:
+    one published a mix, the other failed to rename."""
+    path = tmp_path / "stats.pt"
+
+    def outer(tmp):
+        tmp.write_text("outer, ")
+        replace_atomically(path, lambda inner: inner.write_text("inner"))  # another writer, meanwhile
+        with open(tmp, "a") as fh:
+            fh.write("done")
+
+    replace_atomically(path, outer)
+    assert path.read_text() == "outer, done" and [p.name for p in tmp_path.iterdir()] == ["stats.pt"]
+
+
 def test_a_write_killed_midway_leaves_the_old_file(tmp_path):
     path = write_text(tmp_path / "results.csv", "old\n")
     proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_WRITE, str(path)], stdout=subprocess.PIPE, text=True)
