@@ -243,6 +243,13 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
     live = None
     if todo:
         target = load_target(cfg, sweep.kind, sweep.target_id, device)
+        if set(sweep.metrics) & set(IMAGE_METRICS) and target.datamodule is not None:
+            from lightning_sde.metrics.features import check_features_take
+
+            try:
+                check_features_take(cfg.feature_extractor, target.datamodule.shape)
+            except ValueError as err:
+                raise ValueError(f"config feature_extractor: {err}") from None
         if any(cell.built is not None and may_use_data_moments(cell.built) for cell in todo):
             with_data_moments(target)
         for cell in todo:  # a grid this SDE cannot hold fails before any sampling

@@ -27,7 +27,7 @@ from lightning_sde.data.base import floor_or_reason
 from lightning_sde.distributed import broadcast_from_zero
 from lightning_sde.files import write_csv
 from lightning_sde.generation import GenerationStopped, generate
-from lightning_sde.metrics.features import check_feature_extractor
+from lightning_sde.metrics.features import check_feature_extractor, check_features_take
 from lightning_sde.metrics.image import IMAGE_METRICS, check_stats_cache
 from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, ranks_above, resolve_metrics
 from lightning_sde.models.guidance import check_guidance
@@ -111,6 +111,7 @@ class SamplerCallback(L.Callback):
         if set(metrics) & set(IMAGE_METRICS):
             try:
                 check_feature_extractor(self.feature_extractor)
+                check_features_take(self.feature_extractor, datamodule.shape)
             except (ValueError, FileNotFoundError) as err:
                 raise type(err)(f"config callbacks.sampler.feature_extractor: {err}") from None
             check_stats_cache("callbacks.sampler.stats_cache", self.stats_cache)

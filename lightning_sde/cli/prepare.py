@@ -133,9 +133,12 @@ def reference_requests(parser: argparse.ArgumentParser, args) -> list[StatsReque
             raise
         shape = tuple(datamodule.shape)
         features = args.features or default_features(shape)
-        if features == "digits" and shape != DIGITS_SHAPE:
-            parser.error(f"--features digits takes 8x8 grayscale images (the digits data); {name} has shape "
-                         f"{shape}: use --features inception")
+        try:
+            from lightning_sde.metrics.features import check_features_take
+
+            check_features_take(features, shape)
+        except ValueError as err:
+            parser.error(f"--features {features}: {name}: {err}")
         train_set = getattr(datamodule, "train_set", None)
         available = SPECS[name].train_size if name in SPECS else len(train_set) if train_set is not None else None
         if available is not None and args.reference_stats > available:

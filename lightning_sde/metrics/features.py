@@ -221,6 +221,16 @@ def known_feature_extractor(name) -> str:
     return name
 
 
+def check_features_take(name: str, shape) -> None:
+    """Images of `shape` (C, H, W) are what feature extractor `name` reads; ValueError saying what it takes."""
+    shape = tuple(shape)
+    if name == "digits" and shape != (1, 8, 8):
+        raise ValueError(f"the digits features take 8x8 grayscale images (the digits data); these images have shape "
+                         f"{shape}: use the inception features")
+    if name == "inception" and (len(shape) != 3 or shape[0] not in (1, 3)):
+        raise ValueError(f"the inception features take images of 1 or 3 channels; these have shape {shape}")
+
+
 def check_feature_extractor(name) -> None:
     """What build_feature_extractor(name) needs, checked without building it: a known name, Inception's weights."""
     if known_feature_extractor(name) == "inception":

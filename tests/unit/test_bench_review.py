@@ -316,6 +316,31 @@ def _digits_checkpoint(tmp_path: Path, num_classes: int | None = None) -> Path:
     return path
 
 
+def test_digits_features_on_a_checkpoints_colour_images_are_refused_naming_the_key_before_sampling(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lightning_sde.module import ScoreModule
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    net = {"_target_": "lightning_sde.models.unet.UNet", "in_channels": 3, "image_size": 8, "channels": 8,
+           "channel_mult": [1], "num_res_blocks": 1, "attn_resolutions": []}
+    sde = {"_target_": "lightning_sde.sde.VPSDE"}
+    data = {"_target_": "lightning_sde.data.ImageFolderDataModule", "root": str(tmp_path / "images"), "image_size": 8}
+    torch.save({"state_dict": ScoreModule(net=net, sde=sde, shape=[3, 8, 8]).state_dict(), "global_step": 1,
+                "hyper_parameters": {"net": net, "sde": sde, "shape": [3, 8, 8]}, "data_config": data},
+               tmp_path / "colour.ckpt")
+    with pytest.raises(ValueError, match=re.escape("config feature_extractor: the digits features take 8x8 grayscale "
+                                                   "images (the digits data); these images have shape (3, 8, 8)")):
+        sweep(tmp_path, f"checkpoint={tmp_path / 'colour.ckpt'}", "data=image_folder",
+              f"data.root={tmp_path / 'images'}", "data.image_size=8", "metrics=[fid]", "reference_count=20",
+              "noise_floor=false")
+    assert not (tmp_path / "results.jsonl").exists()
+
+
 def test_a_checkpoint_sweep_scores_the_training_samples_after_the_reference_as_its_noise_floor(tmp_path):
     from lightning_sde.data import DigitsDataModule
     from lightning_sde.data.base import STREAM_FLOOR

@@ -228,6 +228,28 @@ def test_the_data_is_read_and_checked_before_the_loggers_exist(tmp_path, monkeyp
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "csv").exists()
 
 
+def test_digits_features_on_colour_images_fail_at_start_up_not_at_the_first_evaluation(tmp_path):
+    """FID's default features read the digits' 8x8 grayscale images: on other images the run trained up to its first
+    evaluation, then stopped on the features' own shape error."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        (tmp_path / "images" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "images" / f"c{i % 2}"
+                                                                               / f"{i}.png")
+    common = [f"run_dir={tmp_path / 'run'}", "run_name=t", "trainer=cpu", "logger=none", "data=image_folder",
+              f"data.root={tmp_path / 'images'}", "data.image_size=8", "data.batch_size=8", "model=unet_digits",
+              "model.net.in_channels=3", "callbacks.sampler.n_samples=16"]
+    with pytest.raises(ValueError, match=re.escape("config callbacks.sampler.feature_extractor: the digits features "
+                                                   "take 8x8 grayscale images (the digits data); these images have "
+                                                   "shape (3, 8, 8): use the inception features")):
+        build(composed("train", common))
+    assert not (tmp_path / "run").exists()
+    build(composed("train", [*common, "data.channels=1", "model.net.in_channels=1"]), read_data=True)
+
+
 def test_inception_weights_that_are_not_tensors_fail_at_start_up_not_at_the_first_evaluation(tmp_path, monkeypatch):
     (tmp_path / "weights.pth").write_text("not weights")
     monkeypatch.setenv("LSDE_INCEPTION_WEIGHTS", str(tmp_path / "weights.pth"))

@@ -171,7 +171,8 @@ def test_reference_stats_of_points_are_a_usage_error(capsys):
 def test_digits_features_on_other_images_are_a_usage_error(tmp_path, offline, capsys):
     message = usage_error(["mnist", "--root", str(tmp_path), "--reference-stats", "10", "--features", "digits"],
                           capsys)
-    assert "--features digits takes 8x8 grayscale images" in message and "(1, 28, 28)" in message
+    assert "--features digits: mnist: the digits features take 8x8 grayscale images" in message
+    assert "(1, 28, 28)" in message
     assert offline == []
 
 
