@@ -161,8 +161,13 @@ def check_out(out: Path, settings: dict, output_dir=None) -> None:
     a folder of files this app did not write (its lock and Hydra's `output_dir` aside, which Hydra makes first)."""
     path = out / "settings.json"
     if not path.is_file():
-        if any(CHUNK_NAME.fullmatch(p.name) for p in (out / CHUNKS).glob("seeds-*.npz")):
-            return  # this app's chunks, their settings.json lost: each chunk says what it was drawn under
+        chunks = [p for p in (out / CHUNKS).glob("seeds-*.npz") if CHUNK_NAME.fullmatch(p.name)]
+        if chunks:  # this app's chunks, their settings.json lost: each chunk says what it was drawn under
+            ours = settings_text(settings)
+            if any(chunk_settings(p) not in (None, ours) for p in chunks):
+                raise ValueError(f"config name: {out} holds samples of other settings (its chunks say so; its "
+                                 "settings.json is gone); give another name= (out=) to keep both, or delete it")
+            return
         ours = {LOCK_FILE}
         if output_dir is not None and Path(output_dir).resolve().is_relative_to(out.resolve()):
             ours |= set(Path(output_dir).resolve().relative_to(out.resolve()).parts[:1])
@@ -180,6 +185,15 @@ def check_out(out: Path, settings: dict, output_dir=None) -> None:
                         or json.dumps(before.get(k)) != json.dumps(settings.get(k)))
         raise ValueError(f"config name: {out} holds samples of other settings ({', '.join(differ)} differ); give "
                          "another name= (out=) to keep both, or delete it")
+
+
+def chunk_settings(path: Path) -> str | None:
+    """The settings a chunk says it was drawn under; None for a file that is not a readable chunk."""
+    try:
+        with np.load(path, allow_pickle=False) as chunk:
+            return str(chunk["settings"])
+    except Exception:  # noqa: BLE001  (a load without pickles runs nothing: whatever it raises, not a chunk)
+        return None
 
 
 def read_chunks(folder: Path, settings: dict, shape: tuple, dtype) -> list[dict]:

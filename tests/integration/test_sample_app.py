@@ -86,8 +86,11 @@ def test_a_killed_or_extended_run_goes_on_from_its_chunks_and_other_settings_are
     np.testing.assert_array_equal(written(out)["samples"], more["samples"])  # left as it was
     (out / "settings.json").unlink()  # its record gone: each chunk still says what it was drawn under
     proc = lsde_sample(out, "sampler=ddim", "nfe=10", "batch_size=100", "seeds.count=300")
-    assert proc.returncode == 0 and "drawn under other settings" in proc.stdout, proc.stderr[-2000:]
-    assert not np.allclose(written(out)["samples"], more["samples"][:300])
+    assert proc.returncode == 1 and f"config name: {out} holds samples of other settings (its chunks say so" in \
+        proc.stderr, proc.stderr[-2000:]  # they were drawn again over those of nfe=8
+    np.testing.assert_array_equal(written(out)["samples"], more["samples"])
+    proc = lsde_sample(out, *common, "seeds.count=500")  # the chunks' own settings: the folder is the run's
+    assert proc.returncode == 0 and "500 of 500 seeds drawn by an earlier run" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_an_adaptive_solvers_samples_do_not_depend_on_what_the_folder_held(tmp_path):
