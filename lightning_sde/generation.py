@@ -42,11 +42,14 @@ class Samples:
     setup_nfe: int = 0  # the set-up NFE (a tuning's pilot) the samples rest on, the largest process's; never in `nfe`
     setup_wall_s: float = 0.0  # that tuning's time, the slowest process's
     selected: str | None = None  # what grid="select" chose on its pilot (e.g. "logsnr, order=3"); None otherwise
+    batch_sizes: list[int] | None = None  # the samples of each batch of nfe_per_batch; None: batches of one size
 
     @property
     def nfe(self) -> float:
-        """Mean NFE of a batch (exact for fixed-step samplers; adaptive ones vary with the batch)."""
-        return sum(self.nfe_per_batch) / len(self.nfe_per_batch)
+        """Mean NFE of a sample: each batch's NFE (every sample of a batch costs it: an adaptive solver's steps are
+        the batch's) weighted by its samples. Exact for fixed-step samplers; adaptive ones vary with the batch."""
+        sizes = self.batch_sizes or [1] * len(self.nfe_per_batch)
+        return sum(n * b for n, b in zip(self.nfe_per_batch, sizes, strict=True)) / sum(sizes)
 
     @property
     def n_nonfinite(self) -> int:
@@ -94,7 +97,7 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     x = torch.empty(len(mine), *denoiser.shape, dtype=dtype)  # this rank's samples, each batch written in place
-    nfes, wall, setup_nfe, setup_wall, selected = [], 0.0, 0, 0.0, None
+    nfes, sizes, wall, setup_nfe, setup_wall, selected = [], [], 0.0, 0, 0.0, None
     sde = denoiser.sde
     # progress in samples: finished batches plus the running batch's share, by how far its time has run (T -> eps)
     stopped, failed = False, None
@@ -126,6 +129,7 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
                 break
             x[i : i + len(batch)] = batch_x
             nfes.append(int(info["nfe"]))
+            sizes.append(len(batch))
             wall += info["wall_s"]
             tuning = info.get("selection") or info.get("tuning")
             if tuning and not setup_nfe:  # the set-up this sampler rests on, once: its first batch's, or cached
@@ -138,7 +142,7 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
         raise FloatingPointError(failure)
     if stop is not None and any_stopped:
         raise GenerationStopped("generation stopped by its stop check")
-    parts = gather_to_zero((x, nfes, wall, peak_memory_mb(device), setup_nfe, setup_wall))
+    parts = gather_to_zero((x, nfes, wall, peak_memory_mb(device), setup_nfe, setup_wall, sizes))
     if parts is None:
         return None
     if world == 1:
@@ -151,4 +155,5 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     return Samples(full, [n for p in parts for n in p[1]], max(p[2] for p in parts),
                    max((p[3] for p in parts if p[3] is not None), default=None), world,
                    batch_factor=batch_factor(guidance), setup_nfe=max(p[4] for p in parts),
-                   setup_wall_s=max(p[5] for p in parts), selected=selected)
+                   setup_wall_s=max(p[5] for p in parts), selected=selected,
+                   batch_sizes=[b for p in parts for b in p[6]])

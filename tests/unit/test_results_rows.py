@@ -116,3 +116,18 @@ def test_loading_a_preview_never_runs_code_from_the_file(tmp_path):
     torch.save(_RunsCode(marker), tmp_path / "ddim_nfe10.pt")
     assert SamplePreviews(tmp_path).load("ddim", "nfe", 10) is None  # refused by the weights-only load: left out
     assert not marker.exists()
+
+
+def test_an_adaptive_samplers_nfe_is_the_mean_over_samples_not_over_batches():
+    """Every sample of a batch costs the batch's NFE (the solver's steps are the batch's): 200 samples at one NFE and
+    a last batch of one at another were recorded at the plain mean of the two."""
+    from lightning_sde.exact import eight_gaussians
+    from lightning_sde.generation import generate
+    from lightning_sde.samplers import build_sampler
+    from lightning_sde.sde import VPSDE
+
+    denoiser = eight_gaussians().denoiser(VPSDE())
+    samples = generate(build_sampler("ode", rtol=1e-3, atol=1e-3), denoiser, range(201), 200, "cpu")
+    (big, small), sizes = samples.nfe_per_batch, samples.batch_sizes
+    assert sizes == [200, 1] and big != small  # the test can tell the two means apart
+    assert samples.nfe == (200 * big + small) / 201
