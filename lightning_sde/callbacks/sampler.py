@@ -69,6 +69,8 @@ class SamplerCallback(L.Callback):
                            "n_plot": n_plot}.items():
             if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"SamplerCallback {key} must be an integer >= 1; got {value!r}")
+        if isinstance(first_seed, bool) or not (isinstance(first_seed, int) and first_seed >= 0):
+            raise ValueError(f"SamplerCallback first_seed must be an integer >= 0; got {first_seed!r}")
         if metrics is not None and (isinstance(metrics, str) or set(metrics) - set(ALL_METRICS)):
             raise ValueError(f"SamplerCallback metrics: unknown {metrics!r}; choose from {list(ALL_METRICS)}")
         self.guidance = None if guidance is None else check_guidance(guidance)  # a class-conditional model only

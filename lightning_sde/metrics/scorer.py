@@ -69,6 +69,9 @@ def resolve_metrics(requested, kind: str, has_mixture: bool, key: str = "metrics
         target = "exact mixture" if has_mixture else kind
         raise ValueError(f"config {key}: unknown or unusable metric(s) {bad} for a {target} target; allowed: "
                          f"{list(allowed)}")
+    repeated = sorted({m for m in requested if list(requested).count(m) > 1})
+    if repeated:  # one row per cell and metric
+        raise ValueError(f"config {key}: {repeated} given more than once; name each metric once")
     return tuple(requested)
 
 

@@ -252,6 +252,7 @@ def test_a_statistics_folder_that_is_a_file_fails_before_any_work(capsys, tmp_pa
     ("wandb.enabled=no", "config wandb.enabled: must be true or false; got 'no'"),  # a string is true in Python
     ("noise_floor=maybe", "config noise_floor: must be true or false; got 'maybe'"),
     ("progress=1", "config progress: must be true or false; got 1"),
+    ("metrics=[sliced_w2,mmd,sliced_w2]", "config metrics: ['sliced_w2'] given more than once"),  # rows twice
     ("name=../../elsewhere", "config name: may hold letters, digits and . _ - + @ = , only"),  # out of the root
     ("problem=swiss_roll problem.n_components=-1", "config problem: ValueError: swiss_roll: n_components must be an "
                                                     "integer >= 1; got -1"),  # was torch's linspace message
