@@ -95,6 +95,10 @@ def fails_cleanly(app: str, cleanup=None):
             quiet_and_logged()  # Hydra has configured logging by now
             try:
                 return task(cfg)
+            except KeyboardInterrupt:  # Ctrl-C: what was finished is on disk; no traceback of where it was
+                log_to_file(f"{app} interrupted (KeyboardInterrupt)")
+                sys.stderr.write(f"{app}: interrupted (Ctrl-C); what it wrote before stays on disk\n")
+                sys.exit(130)
             except USER_ERRORS as err:
                 log_to_file(f"{app} failed: {type(err).__name__}: {err}")
                 if cleanup is not None:

@@ -251,3 +251,29 @@ def test_a_sampler_that_diverges_stops_with_an_error_and_writes_nothing_of_it(tm
     proc = lsde_sample(tmp_path / "nan", f"checkpoint={ckpt}", "seeds.count=8", *overrides)
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "nan" / "samples.npz").exists() and not list((tmp_path / "nan").glob("chunks/*.npz"))
+
+
+def test_ctrl_c_is_one_line_and_exit_130_and_the_rerun_goes_on_from_the_chunks_drawn(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "s"
+    common = [sys.executable, "-m", "lightning_sde.cli.sample", f"out={out}", "progress=false",
+              f"output_dir={tmp_path / 'hydra'}", "sampler=euler_maruyama", "nfe=1000", "batch_size=50"]
+    proc = subprocess.Popen([*common, "seeds.count=100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while not list((out / "chunks").glob("seeds-*.npz")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == \
+        "lsde-sample: interrupted (Ctrl-C); what it wrote before stays on disk", err[-3000:]
+    assert "Traceback" not in err
+    drawn = len(list((out / "chunks").glob("seeds-*.npz")))
+    rerun = subprocess.run([*common, f"seeds.count={50 * drawn}"], capture_output=True, text=True, env=ENV,
+                           timeout=300)
+    assert rerun.returncode == 0 and f"{50 * drawn} of {50 * drawn} seeds drawn by an earlier run" in rerun.stdout
