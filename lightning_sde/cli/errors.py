@@ -82,6 +82,20 @@ def multirun_job() -> tuple[str, int] | None:
     return Path(HydraConfig.get().sweep.dir).name, HydraConfig.get().job.num
 
 
+def own_folder_per_job(cfg, name_key: str | None = "name") -> None:
+    """Each job of a multirun (-m) writes its own folder: `<name>_<job>` (the default out is made of it), and
+    `<out>_<job>` where the command set out (or the app has no name)."""
+    from lightning_sde.configuration import overridden
+
+    job = multirun_job()
+    if job is None:
+        return
+    if name_key is not None:
+        cfg[name_key] = f"{cfg[name_key]}_{job[1]}"
+    if name_key is None or overridden("out"):
+        cfg.out = f"{cfg.out}_{job[1]}"
+
+
 def fails_cleanly(app: str, cleanup=None):
     """Decorate an app's task function (under @hydra.main): its console and log file set up (quiet_and_logged);
     user errors become one line and exit 1; `cleanup(cfg)` runs first, for whatever a failed start must not leave

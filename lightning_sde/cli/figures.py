@@ -18,7 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_sde.cli.errors import fails_cleanly
+from lightning_sde.cli.errors import fails_cleanly, own_folder_per_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, build, check_class_has_guidance, checked, overridden, plain
 from lightning_sde.loading import load_denoiser
@@ -74,6 +74,7 @@ def check_values(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="figures")
 @fails_cleanly("lsde-figures")
 def run_app(cfg: DictConfig) -> None:
+    own_folder_per_job(cfg, name_key=None)  # two jobs' figures of one SDE class and problem had one file name
     check_values(cfg)
     figures = list(cfg.figures)
     mixture = build(cfg.problem, "problem") if cfg.get("problem") is not None else None

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from lightning_sde.cli.errors import fails_cleanly, multirun_job
+from lightning_sde.cli.errors import fails_cleanly, own_folder_per_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, LIKELIHOOD_FREE_KEYS, overridden, require_device
 from lightning_sde.configuration import device as parse_device
@@ -252,9 +252,7 @@ def write(cfg, target_id, rows, dim, divergence, offset, world) -> dict:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="likelihood")
 @fails_cleanly("lsde-likelihood")
 def run_app(cfg: DictConfig) -> None:
-    job = multirun_job()
-    if job is not None:  # each job of a multirun writes its own folder (out is .../likelihood/${name})
-        cfg.name = f"{cfg.name}_{job[1]}"
+    own_folder_per_job(cfg)
     run(cfg)
 
 

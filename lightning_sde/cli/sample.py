@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.bench.spec import MAX_NFE, jsonable, positive_int
-from lightning_sde.cli.errors import fails_cleanly, multirun_job
+from lightning_sde.cli.errors import fails_cleanly, own_folder_per_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import (
     CONFIG_PATH,
@@ -48,7 +48,6 @@ from lightning_sde.configuration import (
     check_class_has_guidance,
     check_folder_name,
     checked,
-    overridden,
     require_device,
 )
 from lightning_sde.configuration import device as parse_device
@@ -414,11 +413,7 @@ def write_pngs(folder: Path, seeds: list[int], x: np.ndarray) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")
 @fails_cleanly("lsde-sample")
 def run_app(cfg: DictConfig) -> None:
-    job = multirun_job()
-    if job is not None:  # each job of a multirun writes its own folder: .../samples/<name>_<job>, or <out>_<job>
-        cfg.name = f"{cfg.name}_{job[1]}"
-        if overridden("out"):
-            cfg.out = f"{cfg.out}_{job[1]}"
+    own_folder_per_job(cfg)
     run(cfg)
 
 

@@ -262,6 +262,20 @@ def test_each_job_of_a_likelihood_multirun_keeps_its_results(tmp_path):
     summaries = [json.loads((tmp_path / "likelihood" / f"default_{job}" / "summary.json").read_text())
                  for job in (0, 1)]
     assert [s["seed"] for s in summaries] == [0, 1]
+    given = _cli("lightning_sde.cli.likelihood", "-m", "seed=0,1", "n=2", "batch_size=2", f"out={tmp_path}/lk",
+                 f"hydra.sweep.dir={tmp_path}/multirun2")  # a given out: <out>_<job> (the second job was refused)
+    assert given.returncode == 0, given.stderr[-3000:]
+    assert [json.loads((tmp_path / f"lk_{job}" / "summary.json").read_text())["seed"] for job in (0, 1)] == [0, 1]
+
+
+def test_each_job_of_a_figures_multirun_keeps_its_figures(tmp_path):
+    """Two jobs of one SDE class and problem wrote one file name: the second job's replaced the first's."""
+    proc = _cli("lightning_sde.cli.figures", "-m", "sde.beta_max=10,20", "figures=[trajectories]", "formats=[png]",
+                f"out={tmp_path}/fig", "paths_per_figure=4", f"hydra.sweep.dir={tmp_path}/multirun")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = ((tmp_path / f"fig_{job}").glob("trajectories_*.png") for job in (0, 1))
+    first, second = list(first), list(second)
+    assert len(first) == len(second) == 1 and first[0].read_bytes() != second[0].read_bytes()
 
 
 def test_a_feature_extractor_for_a_sweep_without_image_metrics_is_refused(tmp_path):
