@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig
 
 from lightning_sde.configuration import build
 from lightning_sde.samplers import Sampler
-from lightning_sde.samplers.schedule import MEMORY_ONLY
+from lightning_sde.samplers.schedule import MAX_NFE, MEMORY_ONLY
 
 log = logging.getLogger(__name__)
 NOISE_FLOOR = "exact (noise floor)"  # the label of the cell that scores a second exact sample set
@@ -88,9 +88,6 @@ def _grid(cfg: DictConfig, key: str, check) -> list | None:
     if repeated:
         _fail(key, f"lists {repeated} more than once; give each value once")
     return values
-
-
-MAX_NFE = 100_000  # 100x the 1000-step baseline: a larger budget is a typo, and its time grid alone fills memory
 
 
 def _check_nfe(key, n):

@@ -41,6 +41,8 @@ SCHEDULE_GRIDS = GRIDS + ("select", "optimized")
 GRID_KNOBS = ("grid", "rho", "pilot", "pilot_batch")  # how a fixed-step sampler's times are made
 # knobs that bound memory, not what a sampler computes: left out of the tuning cache's key and of result keys
 MEMORY_ONLY = ("pilot_batch",)
+MAX_NFE = 100_000  # 100x the 1000-step baseline: a larger budget (or number of steps) is a typo, and its time grid
+# alone fills memory
 TUNED_CACHE_SIZE = 32
 _tuned: OrderedDict[tuple, tuple[Tensor, dict]] = OrderedDict()
 
@@ -132,6 +134,8 @@ def check_schedule(sampler) -> None:
     steps = sampler.steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"{name}: steps must be an integer >= 1; got {steps!r}")
+    if steps > MAX_NFE:
+        raise ValueError(f"{name}: steps must be at most {MAX_NFE}; got {steps}")
     if sampler.grid not in SCHEDULE_GRIDS:
         raise ValueError(f"{name}: unknown grid {sampler.grid!r}; choose one of {SCHEDULE_GRIDS}")
     if isinstance(sampler.rho, bool) or not isinstance(sampler.rho, (int, float)) or not 0.1 <= sampler.rho <= 100:

@@ -73,6 +73,8 @@ BAD_BENCH = [
 # lsde-compare's own sampler set (configs/compare.yaml)
 BAD_COMPARE = [
     (["samplers.ddim_50.steps=0"], "config samplers.ddim_50: ValueError: ddim: steps must be an integer >= 1"),
+    (["samplers.ddim_50.steps=1000000000"],  # what nfe= refuses, through the sampler's own steps: an ETA of years
+     "config samplers.ddim_50: ValueError: ddim: steps must be at most 100000; got 1000000000"),
     (["samplers.ode_dopri5.rtol=-1"],
      "config samplers.ode_dopri5: ValueError: ode: rtol must be a number in (0, 1)"),
     (["sde.eps=2.0"], "config sde: ValueError: SDE time range needs 0 < eps < T"),
