@@ -28,7 +28,7 @@ import re
 import uuid
 from pathlib import Path
 
-from lightning_sde.bench.results import ResultsStore, for_views, protocol_labels, unreadable
+from lightning_sde.bench.results import ResultsStore, cell_key_of, for_views, protocol_labels, unreadable
 from lightning_sde.files import file_name, replace_atomically, write_text
 from lightning_sde.metrics.scorer import ALL_METRICS, direction, ranks_above
 from lightning_sde.tracking import offline_history, wandb_configured
@@ -120,7 +120,13 @@ def sweep_config(name: str, rows: list[dict]) -> tuple[dict, list[str]]:
 
 
 def cell_id(rows: list[dict]) -> str:
-    """A cell's identity in the sidecar: a hash of the smallest of its rows' keys (each names the cell)."""
+    """A cell's identity in the sidecar and its W&B row: a hash of its key without the metric (cell_key_of), so that a
+    cell recomputed with more metrics is the one already logged."""
+    return hashlib.sha1(cell_key_of(rows[0]["key"]).encode()).hexdigest()[:16]
+
+
+def legacy_cell_id(rows: list[dict]) -> str:
+    """What sidecars written before cell_id took the metric out list: a hash of the smallest of the rows' keys."""
     return hashlib.sha1(min(r["key"] for r in rows).encode()).hexdigest()[:16]
 
 
@@ -166,20 +172,23 @@ class SweepRun:
     def _forget_lost_cells(self) -> None:
         """A sweep killed (kill -9) just after logging a cell may leave it out of its run file, though the sidecar
         lists it (W&B may not have written a single row): keep listed only the cells the earlier files of this run
-        hold, so that the report logs the others again. (Files whose rows lack `cell/id`, written before cells
-        carried it, are taken at the sidecar's word.)"""
+        hold, so that the report logs the others again; and list the cells they hold that the sidecar does not (killed
+        between W&B's write and the sidecar's), so that none is logged twice. (Files whose rows lack `cell/id`,
+        written before cells carried it, are taken at the sidecar's word.)"""
         current = Path(self.run.dir).resolve().parent
         earlier = [f for f in current.parent.glob(f"*run-*-{self.run.id}/run-{self.run.id}.wandb")  # offline-run-*
                    if f.parent.resolve() != current]  # and run-* (an online launch's local record)
         rows = [r for f in earlier for r in offline_history(f)]
         if rows and not any("cell/id" in r for r in rows):
             return
-        held = {r.get("cell/id") for r in rows} | set(self.state.get("summaries_only", []))
+        in_files = {r["cell/id"] for r in rows if r.get("cell/id")}
+        held = in_files | set(self.state.get("summaries_only", []))
         lost = [c for c in self.state["logged"] if c not in held]
         if lost:
             log.warning("W&B: %d cell(s) listed as logged are not in the offline run files (the sweep was killed "
                         "before W&B wrote them); they are logged again", len(lost))
-            self.state["logged"] = [c for c in self.state["logged"] if c in held]
+        unlisted = sorted(in_files - set(self.state["logged"]))  # killed after W&B wrote the cell, before the sidecar
+        self.state["logged"] = [c for c in self.state["logged"] if c in held] + unlisted
 
     def logged(self, cell_id: str) -> bool:
         return cell_id in self.state["logged"]
@@ -188,12 +197,15 @@ class SweepRun:
         """A row's sampler in this run's keys: its plain label under the run's first protocol, else the report's
         label of it against that protocol (`ddim [seeds 0+64]`)."""
         first = self.state.get("protocol")
-        return protocol_labels([first, row])(row) if first else row.get("sampler_label", row["sampler"])
+        if not first:
+            return row.get("sampler_label", row["sampler"])
+        # another target's short name carries its hash: two later targets alike in it are never one W&B key
+        return protocol_labels([first, row], hash_targets=row["target"] != first.get("target"))(row)
 
     def log_cell(self, cell_id: str, rows: list[dict], preview=None, reference=None) -> None:
         """One history row for a finished cell (its rows, one per metric), with its sample image; the noise floor
         only updates the summaries."""
-        if self.logged(cell_id) or not rows:
+        if not rows or self.logged(cell_id) or self.logged(legacy_cell_id(rows)):
             return
         first = rows[0]
         self.state.setdefault("protocol", {k: first.get(k) for k in PROTOCOL_FIELDS})

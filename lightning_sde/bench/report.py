@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, save_workspace, sweep_config, workspace
-from lightning_sde.bench.results import SamplePreviews, for_views, load, protocol, subject, views_of
+from lightning_sde.bench.results import SamplePreviews, cell_key_of, for_views, load, protocol, subject, views_of
 from lightning_sde.files import write_csv, write_text
 from lightning_sde.metrics.scorer import direction
 from lightning_sde.plotting import drawable
@@ -28,7 +28,7 @@ COLUMNS = ["sampler", "sampler_name", "grid", "requested", "nfe", "metric", "val
 def preview(previews: SamplePreviews, row: dict):
     """The samples a row's cell kept (None when it kept none)."""
     return previews.load(row.get("sampler_label", row["sampler"]), row["grid"], row["requested"],
-                         SamplePreviews.protocol(*protocol(row)))
+                         SamplePreviews.protocol(*protocol(row)), cell_key_of(row["key"]))
 
 
 def reference(previews: SamplePreviews, row: dict):

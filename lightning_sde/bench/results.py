@@ -140,6 +140,22 @@ def samples_name(results: Path) -> str:
     return "samples" if results.stem == "results" else f"{results.stem}.samples"
 
 
+KEY_METRIC = 8  # where a row's key (spec.Cell.key) holds its metric
+
+
+def cell_key_of(row_key: str) -> str:
+    """A row's cell: its key without the metric (spec.Cell.cell_key), the same for every metric the cell has (a key
+    of another form, not this package's: the key itself)."""
+    try:
+        fields = json.loads(row_key)
+    except ValueError:
+        return row_key
+    if not isinstance(fields, list) or len(fields) <= KEY_METRIC:
+        return row_key
+    fields[KEY_METRIC] = None
+    return json.dumps(fields, sort_keys=True)
+
+
 class SamplePreviews:
     """The first `n` samples of every cell (and of the reference set), one tensor file each, so that the views can
     show what a sampler at an NFE produces next to the others, from the same seeds. Written atomically."""
@@ -160,10 +176,13 @@ class SamplePreviews:
         return f"seeds{seed_start}+{seed_count}_{hashlib.sha1(target.encode()).hexdigest()[:8]}"
 
     @staticmethod
-    def name(label: str, grid: str, requested, protocol: str | None = None) -> str:
+    def name(label: str, grid: str, requested, protocol: str | None = None, cell: str | None = None) -> str:
+        """The preview's file name; `cell` (Cell.cell_key) keeps apart cells alike in label, budget and protocol but
+        not in parameters, dtype or device (a rerun with other settings)."""
         budget = "" if requested is None else f"_{grid}{requested:g}"
         suffix = "" if protocol is None else f"_{protocol}"
-        return file_name(f"{label}{budget}{suffix}")
+        tag = "" if cell is None else f"_{hashlib.sha1(cell.encode()).hexdigest()[:8]}"
+        return file_name(f"{label}{budget}{suffix}{tag}")
 
     def _write(self, name: str, x) -> None:
         import torch
@@ -172,7 +191,7 @@ class SamplePreviews:
         replace_atomically(self.folder / f"{name}.pt", lambda tmp: torch.save(x[: self.n].detach().cpu().clone(), tmp))
 
     def save(self, cell, x, protocol: str | None = None) -> None:
-        self._write(self.name(cell.label, cell.grid, cell.requested, protocol), x)
+        self._write(self.name(cell.label, cell.grid, cell.requested, protocol, cell.cell_key()), x)
 
     def save_reference(self, x, protocol: str | None = None) -> None:
         """The reference set's preview, tagged like the cells' previews: two targets in one file keep their own."""
@@ -181,13 +200,13 @@ class SamplePreviews:
     def load_reference(self, protocol: str | None = None):
         return self.load("reference", None, None, protocol)
 
-    def load(self, label: str, grid: str, requested, protocol: str | None = None):
-        """The preview of a cell, or None when there is none; with `protocol`, the untagged name of previews
-        written before protocols were kept apart is the fallback."""
+    def load(self, label: str, grid: str, requested, protocol: str | None = None, cell: str | None = None):
+        """The preview of a cell (`cell`: its Cell.cell_key), or None when there is none; the names of previews
+        written before cells (then protocols) were kept apart are the fallbacks."""
         import torch
 
-        protocols = [protocol, None] if protocol else [None]
-        paths = [self.folder / f"{self.name(label, grid, requested, p)}.pt" for p in protocols]
+        names = [(protocol, cell)] * (cell is not None) + [(protocol, None)] + [(None, None)] * (protocol is not None)
+        paths = [self.folder / f"{self.name(label, grid, requested, p, c)}.pt" for p, c in names]
         path = next((p for p in paths if p.is_file()), None)
         if path is None:
             return None
@@ -208,9 +227,9 @@ def protocol(row: dict) -> tuple:
     return row["target"], row["seed_start"], row["seed_count"]
 
 
-def _target_names(rows: list[dict]) -> dict[str, str]:
+def _target_names(rows: list[dict], hash_all: bool = False) -> dict[str, str]:
     """target -> a short name (checkpoint file and step, or problem/SDE), with a hash of the target where two
-    targets' short names coincide."""
+    targets' short names coincide (or everywhere: `hash_all`)."""
     short = {}
     for r in rows:
         if r.get("checkpoint"):
@@ -220,7 +239,8 @@ def _target_names(rows: list[dict]) -> dict[str, str]:
         else:
             short[r["target"]] = r["target"][:24]
     taken = Counter(short.values())
-    return {t: s if taken[s] == 1 else f"{s} #{hashlib.sha1(t.encode()).hexdigest()[:6]}" for t, s in short.items()}
+    return {t: s if taken[s] == 1 and not hash_all else f"{s} #{hashlib.sha1(t.encode()).hexdigest()[:6]}"
+            for t, s in short.items()}
 
 
 def subject(rows: list[dict]) -> str:
@@ -234,11 +254,12 @@ def subject(rows: list[dict]) -> str:
     return " · ".join(parts)
 
 
-def protocol_labels(rows: list[dict]):
+def protocol_labels(rows: list[dict], hash_targets: bool = False):
     """label(row): a row's sampler label among `rows` (its original label, `sampler_label` when relabelled), followed
-    by what differs between their protocols when they have several: `ddim [seeds 0+64]`, `ddim [problem/sde]`."""
+    by what differs between their protocols when they have several: `ddim [seeds 0+64]`, `ddim [problem/sde]`
+    (`hash_targets`: each target's name with its hash, `ddim [problem/sde #1a2b3c]`)."""
     protocols = {protocol(r) for r in rows}
-    names = _target_names(rows) if len({p[0] for p in protocols}) > 1 else None
+    names = _target_names(rows, hash_targets) if len({p[0] for p in protocols}) > 1 else None
     seeds_differ = len({p[1:] for p in protocols}) > 1
 
     def label(r: dict) -> str:

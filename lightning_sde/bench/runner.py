@@ -348,7 +348,8 @@ def report_cell(store: ResultsStore, cell: Cell, n_done: int, n_todo: int, start
     if live is not None:
         try:
             protocol = SamplePreviews.protocol(cell.target, cell.seed_start, cell.seed_count)
-            live.log_cell(cell_id(rows), rows, previews.load(cell.label, cell.grid, cell.requested, protocol),
+            live.log_cell(cell_id(rows), rows, previews.load(cell.label, cell.grid, cell.requested, protocol,
+                                                             cell.cell_key()),
                           previews.load_reference(protocol))
         except Exception as err:  # noqa: BLE001
             log.warning("W&B: cell not logged (%s: %s); `report --wandb` logs it later", type(err).__name__, err)

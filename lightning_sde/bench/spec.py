@@ -46,6 +46,11 @@ class Cell:
         return json.dumps([self.target, self.label, self.sampler, params, self.grid, self.requested,
                            self.seed_start, self.seed_count, metric, self.settings], sort_keys=True)
 
+    def cell_key(self) -> str:
+        """The identity of the cell, whatever its metrics: the key of its rows without the metric (results.cell_key_of
+        reads it from a row)."""
+        return self.key(None)
+
     def __str__(self) -> str:
         budget = "as configured" if self.requested is None else f"{self.grid}={self.requested:g}"
         return f"{self.label} {budget} seeds {self.seed_start}+{self.seed_count}"

@@ -126,11 +126,35 @@ def test_each_protocol_shows_its_own_sample_preview(tmp_path):
     class Cell:
         label, grid, requested = "ddim", "nfe", 10
 
+        def cell_key(self):
+            return None  # a preview named as before cells were kept apart
+
     for count in (32, 64):
         previews.save(Cell(), torch.full((4, 2), float(count)), SamplePreviews.protocol(TARGET, 0, count))
     panels, _ = views.sample_panels(views.for_views([row(seed_count=32), row(seed_count=64)])[0], previews)
     assert {label: float(x[0, 0]) for label, budgets in panels.items() for x in budgets.values()} == {
         "ddim [seeds 0+32]": 32.0, "ddim [seeds 0+64]": 64.0}
+
+
+def test_each_cell_shows_its_own_preview_beside_a_cell_alike_but_for_its_parameters(tmp_path):
+    """Previews were named by label, budget and protocol: after sweeps of DDIM at eta 0, then 1, then 0 again (nothing
+    to compute), the views showed eta 0's row beside eta 1's samples."""
+    from lightning_sde.bench.runner import rows_of
+    from lightning_sde.bench.spec import Cell
+    from lightning_sde.generation import Samples
+
+    previews = SamplePreviews(tmp_path / "samples", n=4)
+    protocol = SamplePreviews.protocol(TARGET, 0, 4)
+    rows = {}
+    for eta in (0.0, 1.0):
+        cell = Cell(TARGET, "ddim", "ddim", {"steps": 10, "eta": eta}, "nfe", 10, 0, 4, ("sliced_w2",))
+        previews.save(cell, torch.full((4, 2), eta), protocol)
+        (rows[eta],) = rows_of(cell, Samples(torch.zeros(4, 2), [10], 0.1, None, 1), {"sliced_w2": eta}, 4,
+                               torch.device("cpu"), {"problem": "eight_gaussians", "sde": "vp"})
+    for eta in (0.0, 1.0):  # the views show the row the sweep just made: its own samples beside it
+        shown, _ = views.for_views(list(rows.values()), preferred={rows[eta]["key"]})
+        panels, _ = views.sample_panels(shown, previews)
+        assert [float(x[0, 0]) for x in panels["ddim"].values()] == [eta]
 
 
 def test_a_preview_written_before_protocols_were_kept_apart_is_still_found(tmp_path):
@@ -171,7 +195,8 @@ def test_a_preview_of_other_samples_is_left_out_of_the_pictures(tmp_path, caplog
     previews = SamplePreviews(tmp_path / "samples", n=4)
     protocol = SamplePreviews.protocol(TARGET, 0, 32)
     for requested, x in ((10, torch.ones(4, 2)), (20, other)):
-        previews.save(SimpleNamespace(label="ddim", grid="nfe", requested=requested), x, protocol)
+        previews.save(SimpleNamespace(label="ddim", grid="nfe", requested=requested, cell_key=lambda: None), x,
+                      protocol)
     previews.save_reference(torch.zeros(4, 2), protocol)
     rows = [row(seed_count=32), row(seed_count=32, requested=20)]
     panels, ref = views.sample_panels(rows, previews)

@@ -149,6 +149,59 @@ def result_rows(sampler: str, nfe, value: float, grid: str = "nfe", metric: str 
              "time": f"2026-01-01T00:00:{nfe or 0:02d}+00:00"}]
 
 
+def test_two_later_targets_alike_in_short_name_keep_their_own_wandb_keys(tmp_path, monkeypatch):
+    """VP first, then VE twice (another sigma_max): the two VE targets were told apart from the first only, and
+    shared the key `mmd/ddim [eight_gaussians/ve]` and one best/ summary."""
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, {"id": "run1"})
+    rows = [{**result_rows("ddim", 10, value)[0], "key": target, "target": target, "sde": sde} for target, sde, value
+            in (("mixture:eight|sde:vp", "vp", 0.1), ("mixture:eight|sde:ve", "ve", 0.2),
+                ("mixture:eight|sde:ve|sigma_max=20", "ve", 0.3))]
+    ResultsStore(results).append(rows)
+    run = launch(monkeypatch, results, "20260101")
+    for r in rows:
+        run.log_cell(cell_id([r]), [r])
+    keys = [k for logged in run.run.history for k in logged if k.startswith("mmd/")]
+    assert keys[0] == "mmd/ddim" and len(set(keys)) == 3
+    assert {k: v for k, v in run.run.summary.items() if k.startswith("best/mmd/") and not k.endswith("/nfe")} == {
+        "best/" + k: v for k, v in zip(keys, (0.1, 0.2, 0.3), strict=True)}
+
+
+def test_a_cell_recomputed_with_more_metrics_is_the_cell_already_logged():
+    """A rerun with more metrics recomputes the cell and logs it: its id was the hash of its smallest row key, which
+    the new metric changed (the cell was logged twice)."""
+    from lightning_sde.bench.runner import rows_of
+    from lightning_sde.bench.spec import Cell
+    from lightning_sde.generation import Samples
+
+    def rows(metrics):
+        cell = Cell("mix", "ddim", "ddim", {"steps": 5}, "nfe", 5, 0, 4, metrics)
+        return rows_of(cell, Samples(torch.zeros(4, 2), [5], 0.1, None, 1), dict.fromkeys(metrics, 0.5), 4,
+                       torch.device("cpu"), {})
+
+    assert cell_id(rows(("sliced_w2",))) == cell_id(rows(("mmd", "sliced_w2")))
+    assert cell_id(rows(("sliced_w2",))) != cell_id(rows_of(Cell("mix", "ddim", "ddim", {"steps": 6}, "nfe", 5, 0, 4, (
+        "sliced_w2",)), Samples(torch.zeros(4, 2), [5], 0.1, None, 1), {"sliced_w2": 0.5}, 4, torch.device("cpu"),
+        {}))
+
+
+def test_a_cell_an_earlier_version_listed_as_logged_is_not_logged_again(tmp_path, monkeypatch):
+    from lightning_sde.bench.dashboard import legacy_cell_id
+    from lightning_sde.bench.runner import rows_of
+    from lightning_sde.bench.spec import Cell
+    from lightning_sde.generation import Samples
+
+    results = tmp_path / "results.jsonl"
+    cell = Cell("mixture:eight|sde:vp", "ddim", "ddim", {"steps": 10}, "nfe", 10, 0, 4, ("mmd", "sliced_w2"))
+    rows = rows_of(cell, Samples(torch.zeros(4, 2), [10], 0.1, None, 1), {"mmd": 0.1, "sliced_w2": 0.2}, 4,
+                   torch.device("cpu"), {"problem": "eight_gaussians", "sde": "vp"})
+    write_sidecar(results, {"id": "run1", "logged": [legacy_cell_id(rows)]})
+    ResultsStore(results).append(rows)
+    run = launch(monkeypatch, results, "20260101")
+    run.log_cell(cell_id(rows), rows)
+    assert cell_id(rows) != legacy_cell_id(rows) and run.run.history == []
+
+
 def test_best_summaries_after_a_resume_hold_every_launchs_best(tmp_path, monkeypatch):
     """Launch 1 logs DDIM at NFE 10 (the best); launch 2 logs NFE 5 only: best/mmd/ddim stays NFE 10's."""
     results = tmp_path / "results.jsonl"
@@ -210,7 +263,7 @@ def test_a_cell_of_a_second_target_logs_its_sample_picture(tmp_path, monkeypatch
     logged = run.run.history[-1]
     (picture,) = [k for k in logged if k.startswith("samples/")]
     assert "/" in run.label(rows[1]) and picture == f"samples/{run.label(rows[1])}/nfe_00010"
-    assert [p.name for p in (tmp_path / "wandb_media").iterdir()] == ["ddim_eight_gaussians_ve__nfe_00010.png"]
+    assert [p.name for p in (tmp_path / "wandb_media").iterdir()] == ["ddim_eight_gaussians_ve_637abf__nfe_00010.png"]
 
 
 def test_the_best_log_likelihood_is_the_one_closest_to_exact_samples(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ report look up), the store's file (canonical lines, blank lines, fresh folders, 
 files (names, fresh folders, loading without running code)."""
 
 import os
+from hashlib import sha1
 
 import torch
 
@@ -89,9 +90,10 @@ def test_the_results_file_is_readable_by_all_and_not_executable(tmp_path):
 def test_previews_keep_letters_of_either_case_in_their_names(tmp_path):
     assert SamplePreviews.name("DDIM (Eta 1)", "nfe", 10) == "DDIM_Eta_1__nfe10"
     previews = SamplePreviews(tmp_path, n=2)
-    previews.save(Cell("mix", "DDIM", "ddim", {}, "nfe", 10, 0, 4, METRICS), torch.ones(4, 2))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["DDIM_nfe10.pt"]
-    assert torch.equal(previews.load("DDIM", "nfe", 10), torch.ones(2, 2))
+    cell = Cell("mix", "DDIM", "ddim", {}, "nfe", 10, 0, 4, METRICS)
+    previews.save(cell, torch.ones(4, 2))
+    assert [p.name for p in tmp_path.iterdir()] == [f"DDIM_nfe10_{sha1(cell.cell_key().encode()).hexdigest()[:8]}.pt"]
+    assert torch.equal(previews.load("DDIM", "nfe", 10, cell=cell.cell_key()), torch.ones(2, 2))
 
 
 def test_the_first_preview_makes_every_missing_folder(tmp_path):
