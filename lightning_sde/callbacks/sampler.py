@@ -27,7 +27,7 @@ from lightning_sde.data.base import floor_or_reason
 from lightning_sde.distributed import broadcast_from_zero
 from lightning_sde.files import write_csv
 from lightning_sde.generation import GenerationStopped, generate
-from lightning_sde.metrics.features import check_feature_extractor, check_features_take
+from lightning_sde.metrics.features import check_feature_extractor, check_features_take, known_feature_extractor
 from lightning_sde.metrics.image import IMAGE_METRICS, check_stats_cache
 from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, ranks_above, resolve_metrics
 from lightning_sde.models.guidance import check_guidance
@@ -110,6 +110,10 @@ class SamplerCallback(L.Callback):
             raise ValueError(f"config callbacks.sampler.n_samples: {err}") from None
         metrics = resolve_metrics(self.metrics, getattr(datamodule, "kind", "points"), has_mixture=False,
                                   key="callbacks.sampler.metrics")
+        try:  # a misspelt name, whatever the metrics
+            known_feature_extractor(self.feature_extractor)
+        except ValueError as err:
+            raise ValueError(f"config callbacks.sampler.feature_extractor: {err}") from None
         if set(metrics) & set(IMAGE_METRICS):
             try:
                 check_feature_extractor(self.feature_extractor)

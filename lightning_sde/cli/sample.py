@@ -78,6 +78,8 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
         raise ValueError(f"config seeds: must be {{start: S, count: N}} (seeds.start=S seeds.count=N); got "
                          f"{cfg.get('seeds')!r}")
     kind, target_id = target_kind(cfg, needs_data=False)
+    if kind == "mixture" and cfg.png is True:
+        raise ValueError("config png: an exact mixture's samples are points, which have no PNG; leave png out")
     start = positive_int("seeds.start", OmegaConf.select(cfg, "seeds.start"), 0)
     count = positive_int("seeds.count", OmegaConf.select(cfg, "seeds.count"))
     if start + count > MAX_SEED:
@@ -362,8 +364,9 @@ def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings:
         arrays["labels"] = np.asarray([done[s][1] for s in seeds], dtype=np.int64)
     save_npz(out / "samples.npz", **arrays)
     pngs = images and cfg.png in (True, "auto") and x.shape[-1] in (1, 3)
-    if images and cfg.png is True and not pngs:
-        log.warning("png=true: images of %d channels have no PNG; samples.npz holds them", x.shape[-1])
+    if cfg.png is True and not pngs:
+        log.warning("png=true: %s have no PNG; samples.npz holds them",
+                    f"images of {x.shape[-1]} channels" if images else "points")
     write_pngs(out / "images", seeds if pngs else [], x)
     from lightning_sde.plotting.samples import drawable, image_grid, scatter_grid
 

@@ -193,6 +193,7 @@ def test_a_multirun_writes_one_folder_per_job_under_a_given_out(tmp_path):
     (["sampler=heun", "nfe=1"], "config nfe: 1 is less than one step of heun (2 NFE a step)"),
     (["guidance=2"], "config guidance: the model is not class-conditional"),
     (["png=maybe"], "config png: must be true, false or auto"),
+    (["png=true"], "config png: an exact mixture's samples are points, which have no PNG"),  # none was written
     (["seeds.count=0"], "config seeds.count"),
 ])
 def test_a_bad_setting_fails_before_anything_is_written(tmp_path, overrides, message):
