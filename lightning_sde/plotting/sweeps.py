@@ -42,7 +42,8 @@ PROTOCOL_LINES = ("-", "--", ":", "-.")  # a sampler keeps its colour in every p
 DODGE, DODGE_SPAN = 1.1, 1.35  # samplers at one NFE drawn 10 % apart along the axis, all within 35 %
 DIVERGED_COLOR = "crimson"
 DODGED = "; samplers that share an NFE drawn side by side (up to 35 % apart on the axis)"
-FLOOR_LABEL = "noise floor (a second exact sample set)"
+FLOOR_LABELS = {True: "noise floor (real samples the reference does not hold)",  # a checkpoint's: its data's
+                False: "noise floor (a second exact sample set)"}
 
 
 def _finite(v) -> bool:
@@ -195,11 +196,11 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None 
     handles = [Line2D([], [], color=styles[s]["color"], marker=styles[s]["marker"], ls=styles[s]["ls"], ms=5, lw=1.2)
                for s in samplers]
     labels = list(samplers)
-    floors = {r["sampler"]: _protocol(r) for r in rows if _is_floor(r)}
+    floors = {r["sampler"]: (_protocol(r), bool(r.get("checkpoint"))) for r in rows if _is_floor(r)}
     for floor in sorted(floors, key=natural):
         color = styles[floor]["color"]
         handles.append((Line2D([], [], color=color, ls="--", lw=1), Patch(color=color, alpha=0.15)))
-        labels.append(FLOOR_LABEL + floors[floor])
+        labels.append(FLOOR_LABELS[floors[floor][1]] + floors[floor][0])
     if any(r.get("value") is None and r.get("n_nonfinite") for r in rows):
         handles.append(Line2D([], [], ls="", marker="x", color=DIVERGED_COLOR, ms=6))
         labels.append("diverged: samples not all finite (x at the top, at its NFE)")

@@ -256,3 +256,14 @@ def test_nfe_tick_labels_never_overlap():
         shown = [t.get_text() for t in labels]
         assert len(boxes) >= 4 and all(a.x1 + 5 < b.x0 for a, b in zip(boxes, boxes[1:])), shown
     plt.close(fig)
+
+
+def test_a_checkpoints_noise_floor_is_called_real_samples_not_exact_ones():
+    """A checkpoint's floor scores more of its data's samples (there is no exact sample set of a trained model)."""
+    for checkpoint, expected in ((None, "noise floor (a second exact sample set)"),
+                                 ("last.ckpt", "noise floor (real samples the reference does not hold)")):
+        rows = [{**r, "checkpoint": checkpoint} for r in sweep_rows(2)]
+        fig = metrics_figure(rows, [r for r in rows if r["metric"] == "fid"])
+        (legend,) = fig.legends
+        assert [t.get_text() for t in legend.get_texts() if t.get_text().startswith("noise")] == [expected]
+        plt.close(fig)
