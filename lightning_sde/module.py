@@ -123,6 +123,7 @@ class ScoreModule(L.LightningModule):
             network.compile()
         self.data_config: dict | None = None  # the data's config (lsde-train sets it): a resume compares it
         self.init_from: str | None = None  # the checkpoint whose weights the run started from (lsde-train's init_from)
+        self.resumed_from: str | None = None  # another run's checkpoint this run went on from (an explicit ckpt_path)
         self._watched: list = []  # (step, what, device scalar) since the last check_finite()
         self._last_finite_loss: tuple[int, float] | None = None
         self._loss_logged_at = -1  # the global step (before its optimizer step) whose loss was last handed to self.log
@@ -276,6 +277,8 @@ class ScoreModule(L.LightningModule):
             checkpoint["data_config"] = self.data_config
         if self.init_from is not None:
             checkpoint["init_from"] = self.init_from
+        if self.resumed_from is not None:
+            checkpoint["resumed_from"] = self.resumed_from
         if self._fitting():  # a resume keeps them: the data position, each rank's share and the batch seeds count them
             checkpoint["accumulate_grad_batches"] = self.trainer.accumulate_grad_batches
             checkpoint["world_size"] = self.trainer.world_size
@@ -292,6 +295,8 @@ class ScoreModule(L.LightningModule):
         if "data_moments" in checkpoint:
             self.denoiser.data_moments = DataMoments.from_state(checkpoint["data_moments"])
         self.init_from = checkpoint.get("init_from", self.init_from)  # kept by every later checkpoint of the run
+        if self.resumed_from is None:  # the run's own checkpoint: its record; another run's: this run's start
+            self.resumed_from = checkpoint.get("resumed_from")
         self._apply_configured_hyperparameters(checkpoint)
         self._apply_configured_lr(checkpoint)
 

@@ -172,9 +172,15 @@ def check_run_values(cfg: DictConfig) -> None:
 def resume_point(cfg: DictConfig) -> str | None:
     """The checkpoint to resume from, checked now: an explicit ckpt_path must be a lightning-sde checkpoint;
     ckpt_path=last takes the checkpoint of the run at the highest global step that reads back (saying so when it
-    skips a broken one)."""
+    skips a broken one). A run that went on from an explicit ckpt_path, rerun with it (a requeue's same command,
+    or the command again after a stop), resumes its own checkpoint; so does a requeued job with ckpt_path=null."""
     if cfg.ckpt_path is None:
-        return None
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "")
+        own = own_checkpoint(cfg) if restarts.isdigit() and int(restarts) > 0 else None
+        if own is not None and launched_first():
+            log.info("resuming %s: this job was requeued (SLURM_RESTART_COUNT) after it saved it; ckpt_path=null "
+                     "started the run afresh", own)
+        return own
     if cfg.ckpt_path != "last":
         if not Path(cfg.ckpt_path).is_file():
             raise ValueError(f"config ckpt_path: no checkpoint at {cfg.ckpt_path!r} (use a path, 'last' or null)")
@@ -182,6 +188,13 @@ def resume_point(cfg: DictConfig) -> str | None:
             resume_step(cfg.ckpt_path)
         except ValueError as err:
             raise ValueError(f"config ckpt_path: {err}") from None
+        own = own_checkpoint(cfg)
+        source = str(Path(cfg.ckpt_path).resolve())
+        if own is not None and Path(own).resolve() != Path(source) \
+                and read_checkpoint(own).get("resumed_from") == source:
+            if launched_first():
+                log.info("resuming %s, this run's own checkpoint; ckpt_path (%s) started the run", own, cfg.ckpt_path)
+            return own
         return str(cfg.ckpt_path)
     folder = Path(cfg.run_dir) / "checkpoints"
     path, problems = newest_loadable(folder)
@@ -192,6 +205,12 @@ def resume_point(cfg: DictConfig) -> str | None:
                          "point ckpt_path at a good one, or move them away to start afresh")
     if path is not None and problems:
         log.warning("resuming from %s, the newest checkpoint that reads back", path)
+    return None if path is None else str(path)
+
+
+def own_checkpoint(cfg: DictConfig) -> str | None:
+    """The run's own newest checkpoint that reads back, or None."""
+    path, _ = newest_loadable(Path(cfg.run_dir) / "checkpoints")
     return None if path is None else str(path)
 
 
@@ -433,6 +452,9 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     accumulation = cfg.trainer.get("accumulate_grad_batches", 1)  # checked by check_run_values
     resumed_at = (check_resume_fits(resume, module, accumulation, getattr(datamodule, "batch_size", None))
                   if resume is not None else None)
+    if resume is not None and resume == str(cfg.ckpt_path) \
+            and Path(resume).resolve().parent != (Path(cfg.run_dir) / "checkpoints").resolve():
+        module.resumed_from = str(Path(resume).resolve())  # another run's: a rerun resumes its own (resume_point)
     init_from = None
     if cfg.get("init_from") is not None and resume is not None:  # a requeued or rerun fine-tune resumes its own
         check_same_start(cfg, resume)

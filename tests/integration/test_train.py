@@ -141,6 +141,20 @@ def test_a_new_run_starts_from_another_runs_weights_and_resumes_its_own(tmp_path
     assert "started this run" in proc.stdout + proc.stderr
     resumed = torch.load(tune / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 200 and resumed["init_from"] == tuned["init_from"]  # the record kept
+    # a run that went on from the source's checkpoint (ckpt_path=), rerun with the same command: its own checkpoint
+    branch = tmp_path / "branch"
+    go_on = [*common, f"ckpt_path={source / 'checkpoints' / 'last.ckpt'}"]
+    run_train(branch, *go_on, "trainer.max_steps=300")
+    assert torch.load(branch / "checkpoints" / "last.ckpt", weights_only=True)["resumed_from"] == \
+        str((source / "checkpoints" / "last.ckpt").resolve())
+    proc = run_train(branch, *go_on, "trainer.max_steps=400")  # a requeue's same command: it went back to step 200
+    out = proc.stdout + proc.stderr
+    assert "this run's own checkpoint" in out and f"checkpoint path at {branch / 'checkpoints' / 'last.ckpt'}" in out
+    final = torch.load(branch / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == 400 and {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()} \
+        == {400} and final["resumed_from"] == str((source / "checkpoints" / "last.ckpt").resolve())
+    rows = csv_rows(branch / "samples" / "sampler_metrics.csv")
+    assert [int(r["step"]) for r in rows if r["sampler"] != "noise_floor"] == [200, 300, 400]  # its start's; none twice
 
 
 @pytest.mark.slow

@@ -410,6 +410,24 @@ def test_a_resume_with_another_batch_size_is_refused(tmp_path):
         check_resume_fits(path, module, 1, 512)
 
 
+def test_a_requeued_job_started_afresh_resumes_its_own_checkpoint(tmp_path, monkeypatch):
+    """ckpt_path=null under SLURM: the requeued job (SLURM_RESTART_COUNT >= 1) started from step 0 again, each time
+    (a job longer than its time limit never ended)."""
+    from omegaconf import OmegaConf
+
+    from lightning_sde.cli.train import resume_point
+
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(contents(60), tmp_path / "checkpoints" / "last.ckpt")
+    cfg = OmegaConf.create({"ckpt_path": None, "run_dir": str(tmp_path)})
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert resume_point(cfg) is None  # a first start: afresh, as asked
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert resume_point(cfg) is None
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert resume_point(cfg) == str(tmp_path / "checkpoints" / "last.ckpt")
+
+
 def test_an_explicit_ckpt_path_a_resume_cannot_continue_from_is_refused_naming_the_key(tmp_path):
     from omegaconf import OmegaConf
 
