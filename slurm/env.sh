@@ -31,11 +31,21 @@ lsde_site_flags() {
     [ -n "${LSDE_CONSTRAINT:-}" ] && echo "--constraint=$LSDE_CONSTRAINT"
     [ -n "${LSDE_MAIL_TYPE:-}" ] && echo "--mail-type=$LSDE_MAIL_TYPE"
     [ -n "${LSDE_MAIL_USER:-}" ] && echo "--mail-user=$LSDE_MAIL_USER"
-    if [ -n "${LSDE_SBATCH_EXTRA:-}" ]; then
+    if [ -n "${LSDE_SBATCH_EXTRA:-}" ] && lsde_words "$LSDE_SBATCH_EXTRA"; then
         local flag
-        for flag in $LSDE_SBATCH_EXTRA; do echo "$flag"; done
+        for flag in ${LSDE_WORDS[@]+"${LSDE_WORDS[@]}"}; do echo "$flag"; done
     fi
     return 0
+}
+
+# lsde_words STRING: STRING's words, split as a shell splits a command line (quotes and backslashes honoured; nothing
+# expanded or run), into the array LSDE_WORDS; non-zero, with xargs's message, for an unmatched quote.
+lsde_words() {
+    LSDE_WORDS=()
+    [[ $1 =~ ^[[:space:]]*$ ]] && return 0
+    printf '%s' "$1" | xargs printf '%s\0' > /dev/null || return 1
+    local word
+    while IFS= read -r -d '' word; do LSDE_WORDS+=("$word"); done < <(printf '%s' "$1" | xargs printf '%s\0')
 }
 
 # Whether Python $1 can run the apps: lightning_sde and what it needs (a clone's root finds the package in the working

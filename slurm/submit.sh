@@ -3,7 +3,7 @@
 # and logs land under the directory you submit from (outputs/...; logs in outputs/slurm-logs, or $LSDE_LOGS).
 #
 #   slurm/submit.sh train [SBATCH_OPTION ...] OVERRIDE ...          lsde-train (slurm/train.sbatch)
-#   slurm/submit.sh bench [--tasks N] [--throttle K] [SBATCH_OPTION ...] OVERRIDE ...
+#   slurm/submit.sh bench [--tasks=N] [--throttle=K] [SBATCH_OPTION ...] OVERRIDE ...
 #                                                                     lsde-bench as an array sized from the sweep
 #   slurm/submit.sh pipeline --train "OVERRIDES" --bench "OVERRIDES" [--run NAME] [--tasks N] [--throttle K]
 #                    [--train-sbatch "OPTIONS"] [--bench-sbatch "OPTIONS"]
@@ -22,6 +22,12 @@ mkdir -p "$LOGS"
 LOGS=$(cd "$LOGS" && pwd)
 
 die() { echo "submit.sh: error: $*" >&2; exit 2; }
+lsde_words "${LSDE_SBATCH_EXTRA:-}" || die "LSDE_SBATCH_EXTRA (the site file): an unmatched quote (above)"
+[ -z "${LSDE_RUN_NAME:-}" ] || echo "submit.sh: note: LSDE_RUN_NAME=$LSDE_RUN_NAME is set here: it names the run of" \
+    "every job submitted (not the job id); unset it to key each job's run on its id" >&2
+
+# words OPTION STRING: STRING (an option's value) split as a command line, into LSDE_WORDS.
+words() { lsde_words "$2" || die "$1: an unmatched quote in '$2'"; }
 
 # An option's value, checked: `value OPTION "$@"` after the option (so $2 is its value).
 value() { [ $# -ge 2 ] || die "$1 needs a value"; }
@@ -121,6 +127,7 @@ bench)
         case "$1" in
         --tasks) value "$@"; positive "$@"; tasks=$2; shift 2 ;;
         --throttle) value "$@"; positive "$@"; throttle=$2; shift 2 ;;
+        --tasks=* | --throttle=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;  # the --name=value form
         *) break ;;
         esac
     done
@@ -143,6 +150,8 @@ pipeline)
         --throttle) value "$@"; positive "$@"; throttle=$2; shift 2 ;;
         --train-sbatch) value "$@"; train_sbatch=$2; shift 2 ;;
         --bench-sbatch) value "$@"; bench_sbatch=$2; shift 2 ;;
+        --train=* | --bench=* | --run=* | --tasks=* | --throttle=* | --train-sbatch=* | --bench-sbatch=*)
+            set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;  # the --name=value form
         *) die "unknown pipeline option $1 (see the top of $0)" ;;
         esac
     done
@@ -152,10 +161,11 @@ pipeline)
         "(it names the run directory and the W&B run's id, as lsde-train's run_name); got '$run'"
     run_dir=$PWD/outputs/train/$run
     results=$PWD/outputs/bench/$run/results.jsonl
-    read -r -a train_args <<< "$train"
-    read -r -a bench_args <<< "$bench"
-    read -r -a train_opts <<< "$train_sbatch"
-    read -r -a bench_opts <<< "$bench_sbatch"
+    # each split as a shell would split it: 'nfe=[10, 20]' stays one override
+    words --train "$train"; train_args=(${LSDE_WORDS[@]+"${LSDE_WORDS[@]}"})
+    words --bench "$bench"; bench_args=(${LSDE_WORDS[@]+"${LSDE_WORDS[@]}"})
+    words --train-sbatch "$train_sbatch"; train_opts=(${LSDE_WORDS[@]+"${LSDE_WORDS[@]}"})
+    words --bench-sbatch "$bench_sbatch"; bench_opts=(${LSDE_WORDS[@]+"${LSDE_WORDS[@]}"})
     check_time train.sbatch ${train_opts[@]+"${train_opts[@]}"}
     check_time bench.sbatch ${bench_opts[@]+"${bench_opts[@]}"}
     bench_args=("checkpoint=$run_dir/checkpoints/last.ckpt" "name=$run" "results=$results" ${bench_args[@]+"${bench_args[@]}"})
@@ -163,13 +173,19 @@ pipeline)
     train_job=$(submit "%x-%j" train.sbatch ${train_opts[@]+"${train_opts[@]}"} -- \
         ${train_args[@]+"${train_args[@]}"} "run_name=$run" "run_dir=$run_dir")
     bench_job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" "--dependency=afterok:$train_job" \
-        ${bench_opts[@]+"${bench_opts[@]}"} -- "$SHARD" ${bench_args[@]+"${bench_args[@]}"})
+        ${bench_opts[@]+"${bench_opts[@]}"} -- "$SHARD" ${bench_args[@]+"${bench_args[@]}"}) \
+        || { scancel "$train_job"; die "the bench array was not submitted (above): train job $train_job cancelled"; }
     report_args=("$results")
-    for arg in ${bench_args[@]+"${bench_args[@]}"}; do  # the sweep's W&B project is the report's (it logs the run)
-        case $arg in wandb.project=* | +wandb.project=* | ++wandb.project=*)
-            report_args+=(--project "${arg#*wandb.project=}") ;; esac
+    for arg in ${bench_args[@]+"${bench_args[@]}"}; do  # the sweep's W&B settings are the report's (it logs the run)
+        case $arg in
+        wandb.project=* | +wandb.project=* | ++wandb.project=*) report_args+=(--project "${arg#*wandb.project=}") ;;
+        wandb.enabled=false | ++wandb.enabled=false)  # the views only
+            report_args=(--no-wandb ${report_args[@]+"${report_args[@]}"}) ;;
+        esac
     done
-    report_job=$(submit "%x-%j" report.sbatch "--dependency=afterok:$bench_job" -- ${report_args[@]+"${report_args[@]}"})
+    report_job=$(submit "%x-%j" report.sbatch "--dependency=afterok:$bench_job" -- \
+        ${report_args[@]+"${report_args[@]}"}) || { scancel "$train_job" "$bench_job"; die "the report was not submitted (above): jobs $train_job and" \
+             "$bench_job cancelled"; }
     cat <<EOF
 pipeline $run: train $train_job -> bench array $bench_job -> report $report_job (each after the previous one succeeded)
   run directory: $run_dir

@@ -334,7 +334,7 @@ def test_site_settings_reach_sbatch_from_a_submission_outside_the_clone(slurm, w
     site = workdir / "site.env"
     site.write_text("LSDE_ACCOUNT=acme            # a comment after a value\n"
                     "LSDE_PARTITION=debug\nLSDE_MEM=200M\nLSDE_MAIL_TYPE=END,FAIL\nLSDE_MAIL_USER=nobody@example.org\n"
-                    "LSDE_SBATCH_EXTRA=\"--comment=lsde-site-test --nice=5\"\n"
+                    "LSDE_SBATCH_EXTRA=\"--comment='lsde site test' --nice=5\"\n"  # a quoted value keeps its spaces
                     "LSDE_SETUP='export LSDE_SITE_MARK=from-site && echo site-mark=$LSDE_SITE_MARK'\n")
     out = submit_sh(slurm, workdir, "train", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0",
                     "--cpus-per-task=1", "--time=10", *TRAIN, "trainer.max_steps=20", "trainer.val_check_interval=20",
@@ -342,8 +342,8 @@ def test_site_settings_reach_sbatch_from_a_submission_outside_the_clone(slurm, w
     job = out.split("train job ")[1].split(":")[0]
     state = slurm.state(job)
     assert (state["Account"], state["Partition"], state["MailType"], state["MailUser"], state["MinMemoryNode"],
-            state["Comment"], state["Nice"]) == ("acme", "debug", "END,FAIL", "nobody@example.org", "200M",
-                                                 "lsde-site-test", "5"), state
+            state["Nice"]) == ("acme", "debug", "END,FAIL", "nobody@example.org", "200M", "5"), state
+    assert " Comment=lsde site test " in slurm.run("scontrol", "show", "job", "-o", job).stdout  # one flag
     assert state["WorkDir"] == str(workdir)
     states = slurm.wait(job, timeout=300)
     log = (workdir / "outputs" / "slurm-logs" / f"lsde-train-{job}.out").read_text()  # an absolute log path
@@ -357,10 +357,11 @@ def test_the_pipeline_trains_benches_the_checkpoint_as_an_array_and_reports(slur
                     "--train", " ".join([*TRAIN, "trainer.max_steps=40", "trainer.val_check_interval=40"]),
                     "--train-sbatch", small,
                     "--bench", "data=toy2d ~samplers +sampler@samplers.ddim=ddim +sampler@samplers.em=euler_maruyama "
-                               "nfe=[3,10] seeds.count=100 batch_size=100 progress=false wandb.project=pipe-project",
-                    "--bench-sbatch", "--gpus=0 --cpus-per-task=1 --time=10", "--tasks", "3", "--throttle", "2",
+                               "'nfe=[3, 10]' seeds.count=100 batch_size=100 progress=false wandb.project=pipe-project",
+                    "--bench-sbatch", "--gpus=0 --cpus-per-task=1 --time=10", "--tasks=3", "--throttle=2",
                     env={"LSDE_TRAINER": "ddp_cpu"})
-    assert "the sweep has 5 cells: 3 array tasks, at most 2 at once" in out, out  # 2 x 2 and the noise floor
+    # 2 x 2 and the noise floor: 'nfe=[3, 10]' one override (it was split at the space), --tasks=3 the array's cap
+    assert "the sweep has 5 cells: 3 array tasks, at most 2 at once" in out, out
     train, bench, report = out.split("pipeline pipe: train ")[1].split("\n")[0].split(" -> ")
     bench, report = bench.split()[-1], report.split()[1]
     assert slurm.state(report)["Dependency"].startswith(f"afterok:{bench}")  # each step after the previous one
@@ -437,7 +438,7 @@ def test_a_two_node_pipeline_trains_with_world_size_4_then_benches_and_reports(t
                     "--train", " ".join([*TRAIN, "trainer.max_steps=30", "trainer.val_check_interval=30"]),
                     "--train-sbatch", "--nodes=2 --ntasks-per-node=2 --gpus-per-node=0 --cpus-per-task=1 --time=10",
                     "--bench", "data=toy2d ~samplers +sampler@samplers.ddim=ddim nfe=[3,10] seeds.count=100 "
-                               "batch_size=100 progress=false",
+                               "batch_size=100 progress=false wandb.enabled=false",
                     "--bench-sbatch", "--gpus=0 --cpus-per-task=1 --time=10",
                     env={"LSDE_TRAINER": "ddp_cpu", "MASTER_ADDR": "127.0.0.1"})
     train, bench, report = out.split("pipeline two: train ")[1].split("\n")[0].split(" -> ")
@@ -456,3 +457,6 @@ def test_a_two_node_pipeline_trains_with_world_size_4_then_benches_and_reports(t
     rows = load(workdir / "outputs" / "bench" / "two" / "results.jsonl")
     assert sorted({r["requested"] for r in rows if r["grid"] != "exact"}) == [3, 10]
     assert {r["global_step"] for r in rows} == {30}
+    views = workdir / "outputs" / "bench" / "two"  # the report drew the views and, as the sweep, logged no W&B run
+    assert (views / "results.png").is_file() and not (views / "wandb").exists()
+    assert not (views / "results.wandb.json").exists()
