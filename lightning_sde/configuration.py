@@ -49,14 +49,46 @@ def site_file_settings() -> dict[str, str]:
         raise ValueError(f"LSDE_SITE_ENV={str(path)!r} is not a file")
     settings = {}
     if path.is_file():
-        for line in path.read_text().splitlines():
-            tokens = shlex.split(line, comments=True)
-            if tokens[:1] == ["export"]:
-                tokens = tokens[1:]
-            if tokens and "=" in tokens[0]:
-                key, _, value = tokens[0].partition("=")
-                settings[key] = os.path.expandvars(value)
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            match = re.match(r"\s*(?:export\s+)?([A-Za-z_]\w*)=(.*)", line)
+            if match:
+                try:
+                    settings[match[1]] = bash_value(match[2], settings)
+                except ValueError as err:
+                    raise ValueError(f"{path}, line {number}: {err}") from None
     return settings
+
+
+def bash_value(text: str, known: dict[str, str]) -> str:
+    """An assignment's value as bash gives it: quotes taken off, $NAME and ${NAME} replaced outside single quotes
+    (by `known`, the file's settings above, then the environment; unset: empty), a leading ~ the home folder; it
+    ends at an unquoted blank (a comment after it)."""
+    out, quote, i = [], None, 0
+    if re.match(r"~(/|\s|$)", text):
+        out.append(os.path.expanduser("~"))
+        i = 1
+    while i < len(text):
+        c = text[i]
+        if quote == "'":
+            quote = None if c == "'" else quote
+            out += [] if c == "'" else [c]
+        elif c == "\\" and i + 1 < len(text) and (quote is None or text[i + 1] in '$"\\`'):
+            out.append(text[i + 1])
+            i += 1
+        elif c == "$" and (name := re.match(r"\{([A-Za-z_]\w*)\}|([A-Za-z_]\w*)", text[i + 1 :])):
+            key = name[1] or name[2]
+            out.append(known.get(key, os.environ.get(key, "")))
+            i += name.end()
+        elif c == '"' or (c == "'" and quote is None):
+            quote = None if quote == c else c
+        elif c.isspace() and quote is None:
+            break
+        else:
+            out.append(c)
+        i += 1
+    if quote is not None:
+        raise ValueError(f"an unmatched {quote} in {text.strip()!r}")
+    return "".join(out)
 
 
 def site_settings() -> dict[str, str]:

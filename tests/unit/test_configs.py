@@ -373,6 +373,32 @@ def test_the_site_file_reads_as_bash_does_and_reaches_submitit_jobs(tmp_path, mo
     assert "export TORCH_HOME='/shared/my torch'" in setup and "export LSDE_ACCOUNT=acct" in setup
 
 
+def test_the_site_files_values_are_the_ones_bash_gives_its_jobs(tmp_path, monkeypatch):
+    """References to settings above and to the environment, ~, quotes and comments: the submitit launcher exported
+    `$SHARED/torch` and `~/logs` as they were written, where the templates' jobs (bash) got the paths."""
+    import subprocess
+
+    from lightning_sde.configuration import site_file_settings
+
+    site = tmp_path / "site.env"
+    site.write_text("SHARED=/x/shared\nTORCH_HOME=$SHARED/torch\nLSDE_CACHE=${SHARED}/lsde-cache  # a comment\n"
+                    "LSDE_LOGS=~/lsde-logs\nexport LSDE_QUOTED=\"$SHARED/a b\"'/$SHARED'\n"
+                    "LSDE_FROM_ENV=$SITE_TEST_ROOT/x\n"
+                    "LSDE_UNSET=${SITE_TEST_NOT_SET}end\nLSDE_ESCAPED=\\$SHARED\\ x\nLSDE_TILDE_INSIDE=a~b\n")
+    monkeypatch.setenv("LSDE_SITE_ENV", str(site))
+    monkeypatch.setenv("SITE_TEST_ROOT", "/root of env")
+    monkeypatch.delenv("SITE_TEST_NOT_SET", raising=False)
+    ours = site_file_settings()
+    names = list(ours)
+    script = f"set -a; source {site}; set +a; " + "; ".join(f'printf "%s\\0" "${name}"' for name in names)
+    theirs = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split("\0")[:-1]
+    assert ours == dict(zip(names, theirs, strict=True))
+    assert ours["TORCH_HOME"] == "/x/shared/torch" and ours["LSDE_QUOTED"] == "/x/shared/a b/$SHARED"
+    site.write_text("LSDE_LOGS='unclosed\n")
+    with pytest.raises(ValueError, match=r"site.env, line 1: an unmatched ' in"):
+        site_file_settings()
+
+
 @pytest.mark.parametrize("overrides, start, warned", [
     ({"max_steps": 1000, "val_check_interval": 2000}, 0, "trainer.val_check_interval=2000 steps, and this fit runs "
                                                          "steps 1..1000"),
