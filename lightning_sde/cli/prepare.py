@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a data setting, as data.KEY=VALUE would give it to lsde-bench (e.g. --data image_size=8 "
                         "--data channels=1 for image_folder): the statistics are of that data; repeatable")
     parser.add_argument("--cache", default=None, help="statistics folder (default $LSDE_CACHE/reference_stats, else "
-                        "outputs/cache/reference_stats: the bench's stats_cache)")
+                        "<$LSDE_OUTPUTS or outputs>/cache/reference_stats: the bench's stats_cache)")
     parser.add_argument("--device", default="cpu", help="device for the feature network (e.g. cuda)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -2,7 +2,8 @@
 
 The cache holds each metric's own real-side states in one file per (reference, feature weights, metric), named by
 the SHA-256 of the reference tensor and of the feature weights: `lsde-prepare --reference-stats` fills it on a
-login node, `lsde-bench` reads it (default folder: $LSDE_CACHE/reference_stats, else outputs/cache/reference_stats).
+login node, `lsde-bench` reads it (default folder: $LSDE_CACHE/reference_stats, else
+<$LSDE_OUTPUTS or outputs>/cache/reference_stats).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ IMAGE_METRICS = ("fid", "kid")
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("LSDE_CACHE") or "outputs/cache") / "reference_stats"
+    """The apps' stats_cache (configs/paths: $LSDE_CACHE, else <$LSDE_OUTPUTS or outputs>/cache), reference_stats."""
+    return Path(os.environ.get("LSDE_CACHE") or Path(os.environ.get("LSDE_OUTPUTS") or "outputs") / "cache") \
+        / "reference_stats"
 
 
 def check_stats_cache(key: str, cache_dir) -> None:

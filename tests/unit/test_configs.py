@@ -337,6 +337,9 @@ def test_training_and_the_bench_share_one_reference_statistics_cache(experiment,
                                "logger=none"])
     callback = next(cb for cb in build(train, read_data=False).trainer.callbacks if hasattr(cb, "stats_cache"))
     assert callback.stats_cache == composed("bench", []).stats_cache == f"{tmp_path}/outputs/cache/reference_stats"
+    from lightning_sde.metrics.image import default_cache_dir
+
+    assert str(default_cache_dir()) == callback.stats_cache  # lsde-prepare's: it wrote ./outputs/cache whatever root
 
 
 def test_lsde_figures_writes_under_the_outputs_root(tmp_path, monkeypatch):
