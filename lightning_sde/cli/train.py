@@ -593,6 +593,10 @@ def train(cfg: DictConfig):
                 if err.advice is None:
                     raise
                 raise NonFiniteError(f"{err}. {err.advice}", err.step) from None
+            except SystemExit:  # Lightning leaves a Ctrl-C with exit(1), its checkpoint written (Preemption)
+                if trainer.interrupted:
+                    raise KeyboardInterrupt from None  # said and exited as every app does (fails_cleanly)
+                raise
     preemption = _preemption(trainer)
     if preemption is not None and (preemption.requeue_requested or preemption.interrupted):
         why = "by SIGTERM" if preemption.interrupted else "for the time limit"

@@ -258,7 +258,7 @@ def test_an_error_while_training_keeps_its_steps_and_the_same_command_resumes_on
     assert done.returncode == 0, done.stderr[-3000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 3
     code, out = _start_and_signal(tmp_path / "int", signal.SIGINT)
-    assert code != 0, out[-3000:]
+    assert code == 130 and "lsde-train: interrupted (Ctrl-C); what it wrote before stays on disk" in out, out[-3000:]
     step = torch.load(tmp_path / "int" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert f"stopped by KeyboardInterrupt: saved {tmp_path / 'int' / 'checkpoints' / 'last.ckpt'} at global step " \
            f"{step}" in out, out[-3000:]
