@@ -35,21 +35,23 @@ def test_a_torn_last_line_is_skipped_and_the_next_append_starts_a_fresh_line(tmp
 
 
 def test_previews_round_trip_each_cell_and_the_reference(tmp_path):
+    from hashlib import sha1
+
+    from lightning_sde.bench.spec import Cell
+
     previews = SamplePreviews(tmp_path / "samples", n=3)
-
-    class Cell:
-        label, grid, requested = "ddim (eta 1)", "nfe", 10
-
+    cell = Cell("mix", "ddim (eta 1)", "ddim", {"steps": 10, "eta": 1.0}, "nfe", 10, 0, 5, ("mmd",))
     x = torch.arange(10.0).reshape(5, 2)
-    previews.save(Cell(), x)
+    previews.save(cell, x)
     previews.save_reference(x + 100)
     assert SamplePreviews.name("ddim (eta 1)", "nfe", 10) == "ddim_eta_1__nfe10"
     assert SamplePreviews.name("dopri5", "tol", 1e-05) == "dopri5_tol1e-05"
     assert SamplePreviews.name("em_1000", "configured", None) == "em_1000"
-    assert torch.equal(previews.load("ddim (eta 1)", "nfe", 10), x[:3])  # the first n only
+    assert torch.equal(previews.load("ddim (eta 1)", "nfe", 10, cell=cell.cell_key()), x[:3])  # the first n only
     assert torch.equal(previews.load("reference", None, None), x[:3] + 100)
-    assert previews.load("ddim (eta 1)", "nfe", 20) is None
-    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["ddim_eta_1__nfe10.pt", "reference.pt"]
+    assert previews.load("ddim (eta 1)", "nfe", 20, cell=cell.cell_key()) is None
+    tag = sha1(cell.cell_key().encode()).hexdigest()[:8]
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [f"ddim_eta_1__nfe10_{tag}.pt", "reference.pt"]
 
 
 def test_previews_are_plain_tensors_that_load_without_running_code(tmp_path):
