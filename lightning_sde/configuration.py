@@ -61,15 +61,22 @@ def site_file_settings() -> dict[str, str]:
 
 def bash_value(text: str, known: dict[str, str]) -> str:
     """An assignment's value as bash gives it: quotes taken off, $NAME and ${NAME} replaced outside single quotes
-    (by `known`, the file's settings above, then the environment; unset: empty), a leading ~ the home folder; it
-    ends at an unquoted blank (a comment after it)."""
+    (by `known`, the file's settings above, then the environment; unset: empty), ~ at the start or after a colon the
+    home folder; it ends at an unquoted blank (a comment after it). What bash would run or compute (`$(...)`,
+    backquotes, `${NAME:-...}` and other parameter forms, `;`, `|`, `&`, redirections) is refused, not passed on."""
     out, quote, i = [], None, 0
-    if re.match(r"~(/|\s|$)", text):
-        out.append(os.path.expanduser("~"))
-        i = 1
     while i < len(text):
         c = text[i]
-        if quote == "'":
+        if quote is None and c == "~" and (i == 0 or text[i - 1] == ":") and re.match(r"~(/|:|\s|$)", text[i:]):
+            out.append(os.path.expanduser("~"))
+        elif quote is None and c in ";|&<>()`" or quote == '"' and c == "`" or (
+                c == "$" and quote != "'" and text[i + 1 : i + 2] in ("(", "{") and not re.match(
+                    r"\{[A-Za-z_]\w*\}", text[i + 1 :])):
+            raise ValueError(f"{text.strip()!r}: only plain values and $NAME / ${{NAME}} are read (no commands, "
+                             "defaults or other expansions); write the value out")
+        elif c == "$" and quote != "'" and text[i + 1 : i + 2].isdigit():
+            i += 1  # a positional parameter: empty, as in a sourced file without arguments
+        elif quote == "'":
             quote = None if c == "'" else quote
             out += [] if c == "'" else [c]
         elif c == "\\" and i + 1 < len(text) and (quote is None or text[i + 1] in '$"\\`'):

@@ -26,6 +26,13 @@ LAUNCHER_RANKS = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK
                   "JSM_NAMESPACE_RANK")
 
 
+def slurm_job() -> str | None:
+    """This SLURM job's id as scontrol takes it (an array task: <array job>_<task>), or None outside SLURM."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
 def launched_first() -> bool:
     """Whether this process is the first of its job as its launcher numbered it, before any process group exists:
     every LAUNCHER_RANKS variable set is 0 (a process nobody launched is the first)."""

@@ -36,6 +36,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sde.configuration import build
 from lightning_sde.data.base import batch_in_step, ends_a_step, split_labels, training_moments
+from lightning_sde.distributed import slurm_job
 from lightning_sde.errors import NonFiniteError, nonfinite_keys
 from lightning_sde.losses import DSMLoss
 from lightning_sde.models.denoiser import Denoiser
@@ -285,6 +286,8 @@ class ScoreModule(L.LightningModule):
             batch_size = getattr(self.trainer.datamodule, "batch_size", None)
             if batch_size is not None:
                 checkpoint["batch_size"] = batch_size
+            if slurm_job() is not None:  # a requeued job knows its own checkpoints (lsde-train's resume_point)
+                checkpoint["slurm_job"] = slurm_job()
 
     def on_load_checkpoint(self, checkpoint):
         if "current_model_state" in checkpoint and self._fitting() \

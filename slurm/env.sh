@@ -38,8 +38,9 @@ lsde_site_flags() {
     return 0
 }
 
-# lsde_words STRING: STRING's words, split as a shell splits a command line (quotes and backslashes honoured; nothing
-# expanded or run), into the array LSDE_WORDS; non-zero, with xargs's message, for an unmatched quote.
+# lsde_words STRING: STRING's words, split by xargs's rules (blanks separate words; '...' or "..." keep one whole; a
+# backslash outside quotes keeps the next character; nothing expanded or run), into the array LSDE_WORDS; non-zero,
+# with xargs's message, for an unmatched quote.
 lsde_words() {
     LSDE_WORDS=()
     [[ $1 =~ ^[[:space:]]*$ ]] && return 0
@@ -99,7 +100,7 @@ lsde_env() {
     export WANDB_MODE=${WANDB_MODE:-offline}
     unset WANDB_SERVICE   # a W&B service of the submitting process (a notebook, a test) is not the job's: it starts its own
     export TORCH_HOME=${TORCH_HOME:-$HOME/.cache/torch}
-    export LSDE_CACHE=${LSDE_CACHE:-$PWD/outputs/cache}
+    export LSDE_CACHE=${LSDE_CACHE:-${LSDE_OUTPUTS:-$PWD/outputs}/cache}   # lsde-prepare's default too
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
     export TORCH_NCCL_ASYNC_ERROR_HANDLING=1          # a dead rank fails the job instead of hanging it
     export NCCL_DEBUG=${NCCL_DEBUG:-WARN}              # set NCCL_SOCKET_IFNAME / NCCL_IB_HCA in the site file if needed

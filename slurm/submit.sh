@@ -161,7 +161,7 @@ pipeline)
         "(it names the run directory and the W&B run's id, as lsde-train's run_name); got '$run'"
     run_dir=$PWD/outputs/train/$run
     results=$PWD/outputs/bench/$run/results.jsonl
-    # each split as a shell would split it: 'nfe=[10, 20]' stays one override
+    # each split into words by lsde_words (quotes kept whole): 'nfe=[10, 20]' stays one override
     words --train "$train"; train_args=(${LSDE_WORDS[@]+"${LSDE_WORDS[@]}"})
     words --bench "$bench"; bench_args=(${LSDE_WORDS[@]+"${LSDE_WORDS[@]}"})
     words --train-sbatch "$train_sbatch"; train_opts=(${LSDE_WORDS[@]+"${LSDE_WORDS[@]}"})
@@ -174,17 +174,17 @@ pipeline)
         ${train_args[@]+"${train_args[@]}"} "run_name=$run" "run_dir=$run_dir")
     bench_job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" "--dependency=afterok:$train_job" \
         ${bench_opts[@]+"${bench_opts[@]}"} -- "$SHARD" ${bench_args[@]+"${bench_args[@]}"}) \
-        || { scancel "$train_job"; die "the bench array was not submitted (above): train job $train_job cancelled"; }
+        || { scancel "$train_job" || true; die "the bench array was not submitted (above): train job $train_job cancelled"; }
     report_args=("$results")
     for arg in ${bench_args[@]+"${bench_args[@]}"}; do  # the sweep's W&B settings are the report's (it logs the run)
         case $arg in
         wandb.project=* | +wandb.project=* | ++wandb.project=*) report_args+=(--project "${arg#*wandb.project=}") ;;
-        wandb.enabled=false | ++wandb.enabled=false)  # the views only
+        wandb.enabled=[Ff]alse | ++wandb.enabled=[Ff]alse)  # the views only
             report_args=(--no-wandb ${report_args[@]+"${report_args[@]}"}) ;;
         esac
     done
     report_job=$(submit "%x-%j" report.sbatch "--dependency=afterok:$bench_job" -- \
-        ${report_args[@]+"${report_args[@]}"}) || { scancel "$train_job" "$bench_job"; die "the report was not submitted (above): jobs $train_job and" \
+        ${report_args[@]+"${report_args[@]}"}) || { scancel "$train_job" "$bench_job" || true; die "the report was not submitted (above): jobs $train_job and" \
              "$bench_job cancelled"; }
     cat <<EOF
 pipeline $run: train $train_job -> bench array $bench_job -> report $report_job (each after the previous one succeeded)

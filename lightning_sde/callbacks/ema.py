@@ -17,7 +17,8 @@ class EMA(EMAWeightAveraging):
                  update_starting_at_epoch: int | None = None, **kwargs):
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be a number in [0, 1]; got {decay!r}")
-        for key, value, least in (("update_every_n_steps", update_every_n_steps, 1),  # 0: the average never updates
+        every_least = 0 if update_starting_at_epoch is not None else 1  # 0 alone: the average never updates
+        for key, value, least in (("update_every_n_steps", update_every_n_steps, every_least),  # 0: per epoch
                                   ("update_starting_at_step", update_starting_at_step, 0),
                                   ("update_starting_at_epoch", update_starting_at_epoch, 0)):
             if (value is not None or key == "update_every_n_steps") and (

@@ -29,7 +29,6 @@ off by lsde-train: one owner.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -41,6 +40,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_sde.callbacks.checkpoint_io import LastCheckpoint
 from lightning_sde.data.base import ends_a_step
+from lightning_sde.distributed import slurm_job
 from lightning_sde.errors import NonFiniteError
 
 log = logging.getLogger(__name__)
@@ -173,9 +173,7 @@ class Preemption(L.Callback):
         """After fit: rank 0 requeues this SLURM job (array task) if the requeue signal came. True if requeued."""
         if not (self.requeue_requested and trainer.is_global_zero):
             return False
-        job = os.environ.get("SLURM_JOB_ID")
-        if os.environ.get("SLURM_ARRAY_JOB_ID"):
-            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        job = slurm_job()
         if not job:
             log.warning("requeue signal received outside SLURM: checkpoint saved, nothing to requeue")
             return False

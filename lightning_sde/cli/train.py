@@ -50,7 +50,7 @@ from lightning_sde.configuration import (
 )
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import check_accumulation
-from lightning_sde.distributed import launched_first
+from lightning_sde.distributed import launched_first, slurm_job
 from lightning_sde.errors import CheckpointError, NonFiniteError, nonfinite_keys
 from lightning_sde.files import LOCK_FILE, FolderLock, folder_in_use
 from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
@@ -175,26 +175,27 @@ def resume_point(cfg: DictConfig) -> str | None:
     skips a broken one). A run that went on from an explicit ckpt_path, rerun with it (a requeue's same command,
     or the command again after a stop), resumes its own checkpoint; so does a requeued job with ckpt_path=null."""
     if cfg.ckpt_path is None:
-        restarts = os.environ.get("SLURM_RESTART_COUNT", "")
-        own = own_checkpoint(cfg) if restarts.isdigit() and int(restarts) > 0 else None
-        if own is not None and launched_first():
-            log.info("resuming %s: this job was requeued (SLURM_RESTART_COUNT) after it saved it; ckpt_path=null "
-                     "started the run afresh", own)
+        restarts, job = os.environ.get("SLURM_RESTART_COUNT", ""), slurm_job()
+        own = own_checkpoint(cfg) if restarts.isdigit() and int(restarts) > 0 and job else None
+        if own is None or read_checkpoint(own).get("slurm_job") != job:  # another job's: afresh, as asked
+            return None
+        if launched_first():
+            log.info("resuming %s: this job (%s) was requeued after it saved it; ckpt_path=null started the run "
+                     "afresh", own, job)
         return own
     if cfg.ckpt_path != "last":
+        own, source = own_checkpoint(cfg), str(Path(cfg.ckpt_path).resolve())
+        if own is not None and Path(own).resolve() != Path(source) \
+                and read_checkpoint(own).get("resumed_from") == source:  # whether or not the source is still there
+            if launched_first():
+                log.info("resuming %s, this run's own checkpoint; ckpt_path (%s) started the run", own, cfg.ckpt_path)
+            return own
         if not Path(cfg.ckpt_path).is_file():
             raise ValueError(f"config ckpt_path: no checkpoint at {cfg.ckpt_path!r} (use a path, 'last' or null)")
         try:
             resume_step(cfg.ckpt_path)
         except ValueError as err:
             raise ValueError(f"config ckpt_path: {err}") from None
-        own = own_checkpoint(cfg)
-        source = str(Path(cfg.ckpt_path).resolve())
-        if own is not None and Path(own).resolve() != Path(source) \
-                and read_checkpoint(own).get("resumed_from") == source:
-            if launched_first():
-                log.info("resuming %s, this run's own checkpoint; ckpt_path (%s) started the run", own, cfg.ckpt_path)
-            return own
         return str(cfg.ckpt_path)
     folder = Path(cfg.run_dir) / "checkpoints"
     path, problems = newest_loadable(folder)
@@ -593,8 +594,8 @@ def train(cfg: DictConfig):
                 if err.advice is None:
                     raise
                 raise NonFiniteError(f"{err}. {err.advice}", err.step) from None
-            except SystemExit:  # Lightning leaves a Ctrl-C with exit(1), its checkpoint written (Preemption)
-                if trainer.interrupted:
+            except SystemExit as err:  # Lightning leaves a Ctrl-C with exit(1), its checkpoint written (Preemption)
+                if isinstance(err.__context__, KeyboardInterrupt) and not isinstance(err, SIGTERMException):
                     raise KeyboardInterrupt from None  # said and exited as every app does (fails_cleanly)
                 raise
     preemption = _preemption(trainer)

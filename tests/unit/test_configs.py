@@ -387,7 +387,9 @@ def test_the_site_files_values_are_the_ones_bash_gives_its_jobs(tmp_path, monkey
     site.write_text("SHARED=/x/shared\nTORCH_HOME=$SHARED/torch\nLSDE_CACHE=${SHARED}/lsde-cache  # a comment\n"
                     "LSDE_LOGS=~/lsde-logs\nexport LSDE_QUOTED=\"$SHARED/a b\"'/$SHARED'\n"
                     "LSDE_FROM_ENV=$SITE_TEST_ROOT/x\n"
-                    "LSDE_UNSET=${SITE_TEST_NOT_SET}end\nLSDE_ESCAPED=\\$SHARED\\ x\nLSDE_TILDE_INSIDE=a~b\n")
+                    "LSDE_UNSET=${SITE_TEST_NOT_SET}end\nLSDE_ESCAPED=\\$SHARED\\ x\nLSDE_TILDE_INSIDE=a~b\n"
+                    "LSDE_PATHS=~/a:~/b\nLSDE_POSITIONAL=$1x\n"
+                    "LSDE_SETUP=\"module load cuda/12.4 && source /shared/$SHARED/activate\"\n")
     monkeypatch.setenv("LSDE_SITE_ENV", str(site))
     monkeypatch.setenv("SITE_TEST_ROOT", "/root of env")
     monkeypatch.delenv("SITE_TEST_NOT_SET", raising=False)
@@ -400,6 +402,10 @@ def test_the_site_files_values_are_the_ones_bash_gives_its_jobs(tmp_path, monkey
     site.write_text("LSDE_LOGS='unclosed\n")
     with pytest.raises(ValueError, match=r"site.env, line 1: an unmatched ' in"):
         site_file_settings()
+    for computed in ("${SCRATCH:-/tmp}/cache", "$(hostname)", "a;b", "`id`"):  # bash would compute or run these
+        site.write_text(f"LSDE_CACHE={computed}\n")
+        with pytest.raises(ValueError, match=r"site.env, line 1: .* only plain values and \$NAME"):
+            site_file_settings()
 
 
 @pytest.mark.parametrize("overrides, start, warned", [

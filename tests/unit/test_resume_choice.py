@@ -418,14 +418,43 @@ def test_a_requeued_job_started_afresh_resumes_its_own_checkpoint(tmp_path, monk
     from lightning_sde.cli.train import resume_point
 
     (tmp_path / "checkpoints").mkdir()
-    torch.save(contents(60), tmp_path / "checkpoints" / "last.ckpt")
+    torch.save({**contents(60), "slurm_job": "77"}, tmp_path / "checkpoints" / "last.ckpt")
     cfg = OmegaConf.create({"ckpt_path": None, "run_dir": str(tmp_path)})
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     assert resume_point(cfg) is None  # a first start: afresh, as asked
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
     assert resume_point(cfg) is None
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     assert resume_point(cfg) == str(tmp_path / "checkpoints" / "last.ckpt")
+    monkeypatch.setenv("SLURM_JOB_ID", "78")  # another job's checkpoint (an earlier run's): afresh, as asked
+    assert resume_point(cfg) is None
+
+
+def test_a_checkpoint_written_in_a_slurm_job_records_the_job(monkeypatch):
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    module = _module_on(TOY)
+    module.trainer.state.fn = TrainerFn.FITTING  # as during fit
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "70")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["slurm_job"] == "70_3" and checkpoint["world_size"] == 1
+
+
+def test_a_run_that_went_on_from_a_checkpoint_resumes_its_own_when_that_one_is_gone(tmp_path):
+    """The source (another run's best-*.ckpt, replaced by a better one) need not exist once the run has its own."""
+    from omegaconf import OmegaConf
+
+    from lightning_sde.cli.train import resume_point
+
+    source = tmp_path / "other" / "best-step=40.ckpt"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({**contents(90), "resumed_from": str(source)}, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    cfg = OmegaConf.create({"ckpt_path": str(source), "run_dir": str(tmp_path / "run")})
+    assert resume_point(cfg) == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
 
 
 def test_an_explicit_ckpt_path_a_resume_cannot_continue_from_is_refused_naming_the_key(tmp_path):
@@ -501,3 +530,11 @@ def test_a_temporary_left_by_a_killed_writer_is_removed_at_the_next_save(tmp_pat
         path.write_bytes(b"x" * 100)
     AtomicCheckpointIO().save_checkpoint(contents(3), tmp_path / "last.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "last.ckpt"])
+
+
+def test_an_ema_updated_once_an_epoch_is_accepted_and_one_never_updated_is_not():
+    from lightning_sde.callbacks import EMA
+
+    assert EMA(update_every_n_steps=0, update_starting_at_epoch=0).should_update(epoch_idx=1)  # Lightning's per epoch
+    with pytest.raises(ValueError, match="EMA update_every_n_steps must be an integer >= 1; got 0"):
+        EMA(update_every_n_steps=0)
