@@ -594,8 +594,8 @@ def train(cfg: DictConfig):
                 if err.advice is None:
                     raise
                 raise NonFiniteError(f"{err}. {err.advice}", err.step) from None
-            except SystemExit as err:  # Lightning leaves a Ctrl-C with exit(1), its checkpoint written (Preemption)
-                if isinstance(err.__context__, KeyboardInterrupt) and not isinstance(err, SIGTERMException):
+            except SystemExit as err:
+                if left_on_ctrl_c(err):
                     raise KeyboardInterrupt from None  # said and exited as every app does (fails_cleanly)
                 raise
     preemption = _preemption(trainer)
@@ -606,6 +606,12 @@ def train(cfg: DictConfig):
     if trainer.global_rank == 0:
         report(cfg, trainer)
     return trainer
+
+
+def left_on_ctrl_c(err: SystemExit) -> bool:
+    """Whether fit left with Lightning's exit(1) after a Ctrl-C (its checkpoint written by Preemption), not a SIGTERM
+    (SIGTERMException is a SystemExit too) or another exit."""
+    return isinstance(err.__context__, KeyboardInterrupt) and not isinstance(err, SIGTERMException)
 
 
 def _preemption(trainer) -> Preemption | None:

@@ -538,3 +538,26 @@ def test_an_ema_updated_once_an_epoch_is_accepted_and_one_never_updated_is_not()
     assert EMA(update_every_n_steps=0, update_starting_at_epoch=0).should_update(epoch_idx=1)  # Lightning's per epoch
     with pytest.raises(ValueError, match="EMA update_every_n_steps must be an integer >= 1; got 0"):
         EMA(update_every_n_steps=0)
+
+
+def test_only_lightnings_exit_after_a_ctrl_c_counts_as_one():
+    """SIGTERMException is a SystemExit: a SIGTERM before training (Lightning's own handler) exits 143, not 130."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lightning_sde.cli.train import left_on_ctrl_c
+
+    def leaving(exit_, after=None):
+        try:
+            try:
+                if after is not None:
+                    raise after
+            except BaseException:
+                raise exit_ from None
+            raise exit_
+        except SystemExit as err:
+            return err
+
+    assert left_on_ctrl_c(leaving(SystemExit(1), KeyboardInterrupt()))  # Lightning's handler of a Ctrl-C
+    assert not left_on_ctrl_c(leaving(SIGTERMException(), KeyboardInterrupt()))
+    assert not left_on_ctrl_c(leaving(SIGTERMException()))
+    assert not left_on_ctrl_c(leaving(SystemExit(1)))
