@@ -76,6 +76,15 @@ def seed_labels(seeds, labels, num_classes: int) -> Tensor:
     return torch.full_like(seeds, labels)
 
 
+def batch_model(denoiser, batch, guidance: float | None, labels="cycle"):
+    """The denoiser a batch of seeds samples with: under guidance, conditioned on each seed's class (seed_labels), with
+    a pilot (grid="select" / "optimized") over every class the rule gives, so that all batches tune alike."""
+    if guidance is None:
+        return denoiser
+    classes = seed_labels(range(denoiser.num_classes), labels, denoiser.num_classes).unique()
+    return guided(denoiser, seed_labels(batch, labels, denoiser.num_classes), guidance, pilot_labels=classes)
+
+
 def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.float32, progress: bool = False,
              desc: str | None = None, guidance: float | None = None, labels="cycle",
              stop: Callable[[], bool] | None = None) -> Samples | None:
@@ -104,8 +113,7 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
     with Progress(len(mine), desc or sampler.name, "", enabled=progress and rank == 0) as bar:
         for i in range(0, len(mine), batch_size):
             batch = mine[i : i + batch_size]
-            model = denoiser if guidance is None else guided(denoiser, seed_labels(batch, labels,
-                                                                                   denoiser.num_classes), guidance)
+            model = batch_model(denoiser, batch, guidance, labels)
             nfe_before = model.nfe
 
             def on_step(state):

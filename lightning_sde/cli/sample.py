@@ -54,7 +54,7 @@ from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, launched_first, rank_world
 from lightning_sde.files import LOCK_FILE, FolderLock, replace_atomically, write_text
-from lightning_sde.generation import generate, seed_labels
+from lightning_sde.generation import batch_model, generate, seed_labels
 from lightning_sde.samplers.base import Sampler
 from lightning_sde.samplers.grids import may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid, plan
@@ -337,7 +337,8 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
     if rank != 0:
         return None
     if todo:  # what grid=select chose: its pilot ran for this run's chunks and is cached (no NFE now)
-        report = plan(sampler, denoiser).setup.get("selection")
+        report = plan(sampler, batch_model(denoiser, seeds[:1], settings["guidance"],
+                                           cfg.get("labels", "cycle"))).setup.get("selection")
     else:  # every seed was drawn before: the last summary says what was chosen (a pilot now would cost its NFE)
         report, setup_nfe = earlier_selection(out)
     return finish(cfg, out, seeds, done, images, settings, wall, setup_nfe, world, report)

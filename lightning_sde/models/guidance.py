@@ -44,32 +44,40 @@ class GuidedDenoiser(Denoiser):
 
     conditions = True
 
-    def __init__(self, base: Denoiser, labels, guidance: float = 0.0):
+    def __init__(self, base: Denoiser, labels, guidance: float = 0.0, pilot_labels=None):
         if base.num_classes is None:
             raise ValueError("guidance needs a class-conditional model (num_classes set); this one is unconditional")
         super().__init__(base.net, base.sde, base.parameterization, base.shape, base.sigma_data, base.data_moments,
                          base.num_classes, base.channels_last, base.autocast)
         self.net_batch = base.net_batch
+        self.labels = self._checked(labels, base.num_classes)
+        self.guidance = check_guidance(guidance)
+        # the classes a tuning pilot's rows cycle through: the run's (every batch tunes alike), else this batch's
+        self.pilot_labels = self.labels if pilot_labels is None else self._checked(pilot_labels, base.num_classes)
+
+    @staticmethod
+    def _checked(labels, num_classes: int) -> Tensor:
         labels = torch.as_tensor(labels)
         labels = labels.reshape(1) if labels.ndim == 0 else labels
-        if labels.ndim != 1 or labels.is_floating_point() or not ((labels >= 0) & (labels < base.num_classes)).all():
-            raise ValueError(f"labels must be a 1-D tensor of classes in 0..{base.num_classes - 1}; "
+        if labels.ndim != 1 or labels.is_floating_point() or not ((labels >= 0) & (labels < num_classes)).all():
+            raise ValueError(f"labels must be a 1-D tensor of classes in 0..{num_classes - 1}; "
                              f"got {labels.tolist() if labels.numel() <= 20 else tuple(labels.shape)}")
-        self.labels = labels.long()
-        self.guidance = check_guidance(guidance)
+        return labels.long()
 
     @property
     def batch_factor(self) -> int:
         return batch_factor(self.guidance)
 
     def fingerprint_extra(self) -> tuple:
-        return (self.guidance, tuple(self.labels.tolist()))
+        return (self.guidance, tuple(self.pilot_labels.tolist()))
 
     def for_rows(self, n: int) -> "GuidedDenoiser":
-        """The same guidance for n rows whose labels cycle through this batch's (a pilot with its class mix)."""
-        if len(self.labels) in (1, n):
+        """The same guidance for n rows (a tuning pilot) whose labels cycle through pilot_labels."""
+        if self.pilot_labels is self.labels and len(self.labels) in (1, n):
             return self
-        return GuidedDenoiser(self, self.labels[torch.arange(n) % len(self.labels)], self.guidance)
+        labels = self.pilot_labels if len(self.pilot_labels) == 1 else self.pilot_labels[torch.arange(n) %
+                                                                                          len(self.pilot_labels)]
+        return GuidedDenoiser(self, labels, self.guidance, self.pilot_labels)
 
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Prediction:
         if labels is not None:
@@ -90,6 +98,8 @@ class GuidedDenoiser(Denoiser):
         return Prediction(x, alpha, sigma, eps_c + self.guidance * (eps_c - eps_u))
 
 
-def guided(denoiser: Denoiser, labels, guidance: float = 0.0) -> GuidedDenoiser:
-    """`denoiser` conditioned on per-row `labels` with classifier-free guidance weight `guidance` (see module doc)."""
-    return GuidedDenoiser(denoiser, labels, guidance)
+def guided(denoiser: Denoiser, labels, guidance: float = 0.0, pilot_labels=None) -> GuidedDenoiser:
+    """`denoiser` conditioned on per-row `labels` with classifier-free guidance weight `guidance` (see module doc).
+    A grid tuned or selected on a pilot (grid="optimized" / "select") is tuned for rows of `pilot_labels` (cycled):
+    give the run's classes, so that every batch samples on one grid whatever its labels; None: this batch's."""
+    return GuidedDenoiser(denoiser, labels, guidance, pilot_labels)

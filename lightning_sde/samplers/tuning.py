@@ -37,7 +37,7 @@ from lightning_sde.samplers.grids import (
 from lightning_sde.samplers.noise import SeededNoise
 
 log = logging.getLogger(__name__)
-PILOT_SEED = 10**9  # pilot seeds start here: disjoint from the seeds users sample with
+PILOT_SEED = 10**9  # pilot seeds start here: far above the seeds users sample with (0, 1, ...)
 
 
 def _pilot(sampler, denoiser, pilot: int | None, reference_tol: float):

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from lightning_sde.exact import GaussianMixture
+from lightning_sde.exact import GaussianMixture, eight_gaussians
+from lightning_sde.generation import batch_model, generate
 from lightning_sde.metrics.mmd import mmd
 from lightning_sde.models.guidance import guided
 from lightning_sde.samplers import build_sampler, optimize_grid, sample
@@ -219,3 +220,19 @@ def test_a_guided_model_tunes_its_grid_on_a_pilot_with_its_class_mix():
     assert info["nfe"] == 4 and torch.isfinite(x).all()
     _, info = sample(build_sampler("dpmpp", steps=2, grid="optimized"), den, seeds=range(3), dtype=F64)
     assert info["nfe"] == 2 and info["setup_nfe"] == info["tuning"]["pilot_nfe"] > 0  # the pilot's copy counted
+
+
+def test_a_guided_grid_selection_is_one_for_the_run_whatever_the_batches_labels():
+    mixture = eight_gaussians(labels=list(range(8)))
+    sampler = build_sampler("unipc", steps=12, grid="select", pilot=32, select_over={"order": [2, 3]})
+    whole = generate(sampler, mixture.denoiser(VPSDE()), range(12), 12, "cpu", dtype=F64, guidance=0.5)
+    pairs = generate(sampler, mixture.denoiser(VPSDE()), range(12), 2, "cpu", dtype=F64, guidance=0.5)
+    assert torch.equal(whole.x, pairs.x) and whole.selected == pairs.selected  # one pilot over all 8 classes
+    assert whole.setup_nfe == pairs.setup_nfe > 0
+    denoiser = mixture.denoiser(VPSDE())
+    for batch in ([20, 21], [30, 31]):  # a new model: its pilot runs once, for the first batch only
+        _, info = sample(sampler, batch_model(denoiser, batch, 0.7), batch, dtype=F64)
+        assert info["selection"].get("cached", False) == (batch[0] == 30)
+    one_class = generate(sampler, mixture.denoiser(VPSDE()), range(4), 2, "cpu", dtype=F64, guidance=0.5, labels=3)
+    pilot = batch_model(mixture.denoiser(VPSDE()), [5], 0.5, 3).for_rows(4)
+    assert pilot.labels.tolist() == [3] and one_class.setup_nfe > 0
