@@ -71,8 +71,8 @@ def list_images(root) -> list[Path]:
             and os.path.isfile(os.path.join(folder, name))
         )
     files.sort()
-    paths = {}  # an image reached twice (a link to one listed): once, at a path that is not itself a link if any
-    for f in sorted(files, key=os.path.islink):
+    paths = {}  # an image reached twice (through a link): once, at the path with the fewest links (its own folder)
+    for f in sorted(files, key=lambda f: (links_on_path(root, f), f)):
         paths.setdefault(os.path.realpath(f), f)
     unique = sorted(paths.values())
     if len(unique) < len(files):
@@ -85,6 +85,15 @@ def list_images(root) -> list[Path]:
             f"(looked recursively for {', '.join(extensions)})"
         )
     return files
+
+
+def links_on_path(root: Path, f: Path) -> int:
+    """How many of the entries from root down to f (f included) are symbolic links."""
+    path, links = root, 0
+    for part in f.relative_to(root).parts:
+        path = path / part
+        links += path.is_symlink()
+    return links
 
 
 def split_order(files: list[Path], root: Path, seed: int) -> list[Path]:

@@ -278,3 +278,16 @@ def test_a_worker_error_of_several_lines_keeps_them_all_on_one():
                                               "(in DataLoader worker process 0)")
     assert from_worker("a plain message\nOriginal Traceback: not torch's") == "a plain message\nOriginal Traceback: " \
         "not torch's"
+
+
+def test_images_reached_through_a_linked_folder_keep_their_own_folders_class(tmp_path):
+    """cat/also -> ../dog/puppies sorted before dog/puppies: the puppies were kept as cat/also/*.png, labelled cat;
+    a link to a whole class folder left that class empty, and the run was refused."""
+    write_images(tmp_path / "cat", 2)
+    write_images(tmp_path / "dog" / "puppies", 2, seed=1)
+    os.symlink(tmp_path / "dog" / "puppies", tmp_path / "cat" / "also", target_is_directory=True)
+    os.symlink(tmp_path / "dog", tmp_path / "cat" / "other", target_is_directory=True)
+    dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=1, labels=True)
+    files = dm.train_files + dm.val_files
+    assert sorted(files) == sorted([tmp_path / "cat" / f"img{i}.png" for i in range(2)]
+                                   + [tmp_path / "dog" / "puppies" / f"img{i}.png" for i in range(2)])
