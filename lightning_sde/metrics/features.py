@@ -131,16 +131,27 @@ def require_inception_weights(weights_path=None) -> Path:
     return path
 
 
+# tensors of torch-fidelity's InceptionV3 state_dict, first to last layer: a file without them holds other weights
+INCEPTION_SHAPES = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "Mixed_5b.branch1x1.conv.weight": (64, 192, 1, 1),
+                    "Mixed_7c.branch_pool.conv.weight": (192, 2048, 1, 1), "fc.weight": (1008, 2048)}
+
+
 def readable_inception_weights(weights_path=None) -> Path:
     """require_inception_weights' path, once the file is known to hold tensors and nothing else (torch-fidelity
     unpickles it in full); ValueError naming it otherwise."""
     path = require_inception_weights(weights_path)
+    fetch_again = "Fetch them again with lsde-prepare --inception"
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001  (a weights-only load runs nothing: whatever it raises, refuse)
         raise ValueError(f"InceptionV3 weights at {str(path)!r} are not a state_dict of tensors "
-                         f"({type(err).__name__}); nothing in the file was run. Fetch them again with "
-                         "lsde-prepare --inception") from None
+                         f"({type(err).__name__}); nothing in the file was run. {fetch_again}") from None
+    shapes = {k: tuple(v.shape) for k, v in state.items() if torch.is_tensor(v)} if isinstance(state, dict) else {}
+    wrong = [k for k, shape in INCEPTION_SHAPES.items() if shapes.get(k) != shape]
+    if wrong:
+        raise ValueError(f"{str(path)!r} holds no InceptionV3 weights (FID's): {wrong[0]!r} is "
+                         f"{'missing' if wrong[0] not in shapes else shapes[wrong[0]]}, not of shape "
+                         f"{INCEPTION_SHAPES[wrong[0]]}. {fetch_again}")
     return path
 
 
@@ -195,8 +206,13 @@ class InceptionFeatures(nn.Module):
         self.weights_path = str(path)
         # resized to 299 as the original FID code (TensorFlow 1's bilinear, torch-fidelity's), not with
         # torchmetrics' default antialiased resize: FIDs comparable with published ones and torch-fidelity's
-        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
-                                      feature_extractor_weights_path=str(path), antialias=False)
+        try:
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
+                                          feature_extractor_weights_path=str(path), antialias=False)
+        except RuntimeError as err:  # load_state_dict: keys missing or of other shapes
+            raise ValueError(f"{str(path)!r} holds no InceptionV3 weights (FID's): "
+                             f"{' '.join(str(err).split())[:200]}. Fetch them again with "
+                             "lsde-prepare --inception") from None
         self.num_features = int(feature)
         self.eval()
 

@@ -164,6 +164,20 @@ def test_inception_weights_that_are_not_plain_tensors_are_refused_before_torch_f
     assert not marker.exists()
 
 
+def test_inception_weights_of_another_network_are_refused_naming_the_file(tmp_path):
+    """A state_dict of other tensors passed the check and failed at the first evaluation: a 20 KB traceback."""
+    from lightning_sde.metrics.features import INCEPTION_SHAPES
+
+    path = tmp_path / "other.pth"
+    torch.save({"a": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match=f"^'{path}' holds no InceptionV3 weights .*'Conv2d_1a_3x3.conv.weight' is "
+                                         "missing.*lsde-prepare --inception$"):
+        build_feature_extractor("inception", weights_path=path)
+    torch.save({k: torch.zeros(shape) for k, shape in INCEPTION_SHAPES.items()}, path)  # the checked ones only
+    with pytest.raises(ValueError, match=f"^'{path}' holds no InceptionV3 weights .*Missing key.*lsde-prepare"):
+        build_feature_extractor("inception", weights_path=path)
+
+
 def test_inception_wrapper_with_stand_in_weights(tmp_path, monkeypatch):
     """The glue around torch-fidelity's InceptionV3 (float [0, 1] or uint8 in, grayscale to RGB, num_features),
     checked with randomly initialised weights of the right architecture: the real ones cannot be fetched here."""
