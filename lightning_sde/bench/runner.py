@@ -24,7 +24,7 @@ from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
 from lightning_sde.generation import Samples, generate
-from lightning_sde.metrics.image import IMAGE_METRICS, check_stats_cache
+from lightning_sde.metrics.image import IMAGE_METRICS, check_kid_reference, check_stats_cache
 from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve_metrics
 from lightning_sde.samplers.grids import may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid
@@ -97,6 +97,12 @@ def sweep_metrics(cfg: DictConfig, kind: str) -> tuple[str, ...]:
             raise ValueError(f"config feature_extractor: unknown {cfg.feature_extractor!r}; choose one of "
                              f"{sorted(FEATURE_EXTRACTORS)}")
         check_stats_cache("stats_cache", cfg.stats_cache)
+    if "kid" in metrics:
+        key = "reference_count" if cfg.get("reference_count") is not None else "seeds.count"
+        try:
+            check_kid_reference(OmegaConf.select(cfg, key))
+        except ValueError as err:
+            raise ValueError(f"config {key}: {err}") from None
     labels = cfg.get("labels", "cycle")
     check_class_has_guidance("labels", None if labels == "cycle" else labels, cfg.get("guidance"),
                              "guidance=[<w>, ...]")
@@ -255,6 +261,12 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
         for cell in todo:  # a grid this SDE cannot hold fails before any sampling
             if cell.built is not None:
                 checked(f"samplers.{cell.label}", check_grid, cell.built, target.denoiser.sde)
+        if target.datamodule is not None and one_class(cfg, target) is None:
+            key = "reference_count" if cfg.get("reference_count") is not None else "seeds.count"
+            try:  # the reference is that many training samples
+                target.datamodule.check_reference_size(OmegaConf.select(cfg, key))
+            except ValueError as err:
+                raise ValueError(f"config {key}: {err}") from None
         seeds = range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count)
         scorer = previews = None
         if rank == 0:

@@ -28,7 +28,7 @@ from lightning_sde.distributed import broadcast_from_zero
 from lightning_sde.files import write_csv
 from lightning_sde.generation import GenerationStopped, generate
 from lightning_sde.metrics.features import check_feature_extractor, check_features_take, known_feature_extractor
-from lightning_sde.metrics.image import IMAGE_METRICS, check_stats_cache
+from lightning_sde.metrics.image import IMAGE_METRICS, check_kid_reference, check_stats_cache
 from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, ranks_above, resolve_metrics
 from lightning_sde.models.guidance import check_guidance
 from lightning_sde.plotting import image_grid, scatter_grid, text_table
@@ -104,12 +104,14 @@ class SamplerCallback(L.Callback):
     def check_data(self, datamodule) -> None:
         """What the first evaluation would fail on, checked before training: the reference (n_samples training
         samples) and the feature network of FID/KID (Inception's weights on disk)."""
-        try:
-            datamodule.check_reference_size(self.n_samples)
-        except ValueError as err:
-            raise ValueError(f"config callbacks.sampler.n_samples: {err}") from None
         metrics = resolve_metrics(self.metrics, getattr(datamodule, "kind", "points"), has_mixture=False,
                                   key="callbacks.sampler.metrics")
+        try:
+            datamodule.check_reference_size(self.n_samples)
+            if "kid" in metrics:
+                check_kid_reference(self.n_samples)
+        except ValueError as err:
+            raise ValueError(f"config callbacks.sampler.n_samples: {err}") from None
         try:  # a misspelt name, whatever the metrics
             known_feature_extractor(self.feature_extractor)
         except ValueError as err:

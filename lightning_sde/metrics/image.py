@@ -52,6 +52,13 @@ def unit(x: Tensor) -> Tensor:
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
+def check_kid_reference(n_reference: int) -> None:
+    """KID averages an unbiased MMD over subsets of min(1000, n_reference / 2) images, which takes 2 or more: a subset
+    of 1 is NaN."""
+    if n_reference < 4:
+        raise ValueError(f"KID needs a reference of at least 4 images (subsets of 2 or more); got {n_reference}")
+
+
 def new_image_metric(name: str, features, n_reference: int):
     """torchmetrics' FID or KID on the feature module `features`, fed [0, 1] images; the real side is kept on reset.
     It is computed in one process (rank 0 scores gathered samples), so it never synchronises across processes."""
@@ -62,6 +69,7 @@ def new_image_metric(name: str, features, n_reference: int):
         return FrechetInceptionDistance(feature=features, normalize=True, reset_real_features=False,
                                         sync_on_compute=False)
     if name == "kid":
+        check_kid_reference(n_reference)
         return KernelInceptionDistance(feature=features, normalize=True, reset_real_features=False,
                                        subset_size=min(1000, n_reference // 2), sync_on_compute=False)
     raise ValueError(f"unknown image metric {name!r}; choose from {IMAGE_METRICS}")

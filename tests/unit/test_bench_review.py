@@ -485,3 +485,26 @@ def test_guided_samples_of_an_exact_problem_are_scored_against_their_labels_dist
     floor, ddim = (next(r for r in rows if r["grid"] == grid) for grid in ("exact", "nfe"))
     assert ddim["sampler"] == "ddim@w0" and ddim["value"] < 2 * floor["value"] + 0.01, (ddim["value"], floor["value"])
     assert f"|scored_on_labels={labels}" in ddim["target"]
+
+
+@pytest.mark.parametrize("count", ["seeds.count=3", "reference_count=3"])
+def test_kid_on_a_reference_of_3_is_refused_naming_the_key_before_sampling(tmp_path, count):
+    """Subsets of 1 image: KID was NaN, as if the sampler had diverged."""
+    from lightning_sde.bench.runner import prepare
+
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("bench", overrides=[f"results={tmp_path}/r.jsonl", *TINY, count,
+                                          f"checkpoint={_digits_checkpoint(tmp_path)}", "data=digits", "metrics=[kid]"])
+    with pytest.raises(ValueError, match=f"^config {count.split('=')[0]}: KID needs a reference of at least 4 images"):
+        prepare(cfg)
+
+
+@pytest.mark.parametrize("count, message", [
+    ("seeds.count=2000", "seeds.count: DigitsDataModule: reference(2000)"),
+    ("reference_count=1700", "reference_count: DigitsDataModule: reference(1700)"),
+])
+def test_a_reference_larger_than_the_training_set_is_refused_naming_the_key(tmp_path, count, message):
+    """The docs' digits sweep (2000 seeds, reference_count following them) failed naming `data`, not the count."""
+    with pytest.raises(ValueError, match=f"^config {re.escape(message)} asks for more than the 1617 training samples"):
+        sweep(tmp_path, count, f"checkpoint={_digits_checkpoint(tmp_path)}", "data=digits", "metrics=[fid]")
+    assert not (tmp_path / "results.jsonl").exists()

@@ -1,6 +1,7 @@
 """lsde-bench in-process: the sweep spec and its validation (before any sampling), the results store under
 concurrent appends, FID/KID reference statistics and their cache, lsde-prepare's requests."""
 
+import math
 import multiprocessing
 from pathlib import Path
 
@@ -126,6 +127,10 @@ def test_fid_kid_on_digits_use_cached_reference_statistics(tmp_path):
     assert few["kid"] > 0.01 and again(noise) == on_noise
     with pytest.raises(ValueError, match="KID needs at least 2 samples; got 1"):
         Scorer(ref, ("kid",), feature_extractor="digits", cache_dir=tmp_path)(noise[:1])
+    # a reference of 3: subsets of 1, whose unbiased MMD is NaN (a KID of nan, as if the sampler had diverged)
+    with pytest.raises(ValueError, match="KID needs a reference of at least 4 images .*; got 3"):
+        Scorer(ref[:3], ("kid",), feature_extractor="digits", cache_dir=tmp_path)
+    assert math.isfinite(Scorer(ref[:4], ("kid",), feature_extractor="digits", cache_dir=tmp_path)(noise[:2])["kid"])
 
 
 class _Marker:

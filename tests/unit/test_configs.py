@@ -264,6 +264,13 @@ def test_inception_weights_that_are_not_tensors_fail_at_start_up_not_at_the_firs
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "csv").exists()
 
 
+def test_kid_on_fewer_than_4_samples_fails_at_start_up(tmp_path):
+    cfg = composed("train", ["experiment=digits", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
+                             "callbacks.sampler.n_samples=3", "callbacks.sampler.metrics=[kid]"])
+    with pytest.raises(ValueError, match="^config callbacks.sampler.n_samples: KID needs a reference of at least 4"):
+        build(cfg)
+
+
 def test_logger_none_trains_without_the_lr_monitor(tmp_path):
     """Lightning's LearningRateMonitor refuses to start without a logger: with logger=none it is left out."""
     cfg = composed("train", ["experiment=toy2d", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu", "logger=none",
