@@ -110,6 +110,11 @@ def load_denoiser(path, map_location="cpu", trusted: tuple[str, ...] | None = No
         reason = " ".join(line.strip() for line in str(err).strip().splitlines()[:2]) or "no detail"
         raise CheckpointError(f"{path}: its contents do not fit together (edited, or not written by lsde-train): "
                               f"{type(err).__name__}: {reason}") from None
+    bad = nonfinite_keys(module.denoiser.state_dict())  # the weights it samples with (the average, where kept)
+    if bad:
+        more = " ..." if len(bad) > 1 else ""
+        raise CheckpointError(f"{path}: its weights hold NaN or infinite values ({bad[0]}{more}): a run that "
+                              "diverged; take an earlier checkpoint")
     return module.denoiser.to(map_location).eval()
 
 

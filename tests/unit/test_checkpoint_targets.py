@@ -25,6 +25,18 @@ def test_a_genuine_checkpoint_loads(tmp_path):
     assert load_denoiser(checkpoint(tmp_path / "good.ckpt")).shape == (2,)
 
 
+def test_a_checkpoint_of_nan_weights_is_refused_before_sampling(tmp_path):
+    """lsde-figures drew empty trajectories and exited 0; lsde-bench recorded every cell as diverged."""
+    ckpt = torch.load(checkpoint(tmp_path / "good.ckpt"), weights_only=True)
+    for tensor in ckpt["state_dict"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    torch.save(ckpt, tmp_path / "nan.ckpt")
+    with pytest.raises(CheckpointError, match=r"nan.ckpt: its weights hold NaN or infinite values \(net\..* \.\.\.\): "
+                                              "a run that diverged"):
+        load_denoiser(tmp_path / "nan.ckpt")
+
+
 @pytest.mark.parametrize("key, node", [
     ("sde", {"_target_": "lightning_sde.loading.Path.write_text",
              "_args_": [{"_target_": "lightning_sde.loading.Path", "_args_": ["{marker}"]}, "written"]}),
