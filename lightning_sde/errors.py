@@ -1,6 +1,32 @@
 """The errors a user can fix, apart from a bad value (ValueError) or a missing file (FileNotFoundError), and the
-check of a count that every layer uses. Nothing is imported here, so that an app's error handling
+check of a count that every layer uses. Nothing heavy is imported here, so that an app's error handling
 (lightning_sde.cli.errors) costs nothing before the app runs."""
+
+
+import contextlib
+import errno
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}  # the storage, not the program
+
+
+class WriteError(OSError):
+    """A file could not be written for want of storage (a full disk, a quota, a read-only file system)."""
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Raise a failed write of `path` for want of storage as a WriteError naming it: an OSError of STORAGE_ERRNOS,
+    or torch.save's RuntimeError from its zip writer (which reports a full disk as "unexpected pos ...")."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+            detail = err.strerror or str(err)
+        elif isinstance(err, RuntimeError) and ("inline_container" in str(err) or "PytorchStreamWriter" in str(err)):
+            detail = "torch.save could not write it (is the disk full?)"
+        else:
+            raise
+        raise WriteError(f"could not write {path}: {detail}") from err
 
 
 def check_int(owner: str, key: str, value, minimum: int = 0) -> int:

@@ -14,6 +14,8 @@ import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from lightning_sde.errors import writing
+
 log = logging.getLogger(__name__)
 
 
@@ -35,8 +37,9 @@ def replace_atomically(path, write: Callable[[Path], object]) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with writing(path):
+            write(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

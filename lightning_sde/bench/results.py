@@ -6,6 +6,7 @@ still leave a torn last line: readers skip it, and the next append starts on a f
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -15,6 +16,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from lightning_sde.errors import writing
 from lightning_sde.files import file_name, replace_atomically
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,14 @@ class ResultsStore:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line from a crash: do not glue onto it
                 data = b"\n" + data
-            os.write(fd, data)
-            os.fsync(fd)
+            with writing(self.path):
+                try:
+                    if os.write(fd, data) < len(data):  # the disk filled up part way
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    os.fsync(fd)
+                except OSError:
+                    os.ftruncate(fd, size)  # no torn row: the cells are computed again
+                    raise
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)

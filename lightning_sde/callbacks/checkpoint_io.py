@@ -20,7 +20,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_sde.data.base import ends_a_step
-from lightning_sde.errors import NonFiniteError
+from lightning_sde.errors import NonFiniteError, writing
 from lightning_sde.files import previous
 from lightning_sde.loading import NONFINITE_SUFFIX, resume_step, set_aside_from
 
@@ -35,10 +35,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         remove_stale_temporaries(path)
-        with open(tmp, "wb") as fh:
-            torch.save(checkpoint, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with writing(path), open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:  # no partial checkpoint left behind
+            tmp.unlink(missing_ok=True)
+            raise
         if path.exists() and not path.is_symlink():
             if looks_like_a_checkpoint(path):
                 os.replace(path, previous(path))

@@ -105,3 +105,54 @@ def test_a_folder_lock_refuses_a_second_holder_until_the_first_ends_however_it_e
     with FolderLock(tmp_path / "run", "lsde-train"):
         assert folder_in_use(tmp_path / "run")  # a holder in this process counts too
     assert not folder_in_use(tmp_path / "run") and (tmp_path / "run" / LOCK_FILE).is_file()
+
+
+def test_a_full_disk_is_one_named_error_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    """Disk full: a traceback ending in `OSError: [Errno 28]` or torch's `unexpected pos 896 vs 790`, a partial
+    checkpoint temporary left beside last.ckpt, and a results row torn where the disk filled up, reported as a
+    success."""
+    import errno
+    import os
+
+    import torch
+
+    from lightning_sde.bench.results import ResultsStore
+    from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO
+    from lightning_sde.cli.errors import fails_cleanly
+    from lightning_sde.errors import WriteError
+
+    def no_space(tmp):
+        tmp.write_text("part")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(WriteError, match=f"^could not write {tmp_path / 'a.json'}: No space left on device$"):
+        write_text(tmp_path / "a.json", "{}") and replace_atomically(tmp_path / "a.json", no_space)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"] and (tmp_path / "a.json").read_text() == "{}"
+
+    def torn(*args, **kwargs):
+        args[1].write(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 896 vs 790")
+
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(WriteError, match=r"could not write .*last.ckpt: torch.save could not write it"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, tmp_path / "ckpt" / "last.ckpt")
+    assert list((tmp_path / "ckpt").iterdir()) == []
+    monkeypatch.undo()
+
+    store = ResultsStore(tmp_path / "results.jsonl")
+    store.append([{"key": "a", "value": 1.0}])
+    size = store.path.stat().st_size
+    monkeypatch.setattr(os, "write", lambda fd, data: os.pwrite(fd, data[:5], size) and 5)  # 5 bytes fitted
+    with pytest.raises(WriteError, match="results.jsonl: No space left on device"):
+        store.append([{"key": "b", "value": 2.0}])
+    monkeypatch.undo()
+    assert store.path.stat().st_size == size and [r["key"] for r in store.rows()] == ["a"]
+
+    @fails_cleanly("lsde-x")
+    def app(cfg):
+        raise WriteError(f"could not write {tmp_path}/r.jsonl: No space left on device")
+
+    with pytest.raises(SystemExit) as ended:
+        app(None)
+    assert ended.value.code == 1
+    assert capsys.readouterr().err == f"lsde-x: error: could not write {tmp_path}/r.jsonl: No space left on device\n"
