@@ -113,18 +113,36 @@ def check_out(cfg: DictConfig, target_id: str) -> None:
 PARTIAL = "partial"  # under out: each process's rows as they are computed, read back by a rerun; gone once written
 
 
-def partial_rows(folder: Path) -> dict[int, dict]:
-    """The rows computed so far by earlier runs of these settings ({index: row}); a line torn by a kill is left out."""
-    rows = {}
+def partial_rows(folder: Path, n: int, truth: bool = False) -> dict[int, dict]:
+    """The rows of samples 0..n-1 (with their true_logp where `truth`) computed so far by earlier runs of these
+    settings ({index: row}). A line that is not such a row (torn by a kill, or edited: a value not a finite number)
+    is left out, and its sample computed again."""
+    rows, skipped = {}, 0
     for path in sorted(folder.glob("rows-*.jsonl")) if folder.is_dir() else []:
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
             except ValueError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("index"), int) and isinstance(row.get("logp"), float):
+                row = None
+            if usable_row(row, n, truth):
                 rows.setdefault(row["index"], row)
+            else:
+                skipped += 1
+    if skipped:
+        log.warning("%d line(s) of %s are not rows of this run (a kill tears the last line; others were edited): "
+                    "their samples are computed again", skipped, folder)
     return rows
+
+
+def usable_row(row, n: int, truth: bool) -> bool:
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not isinstance(row, dict) or isinstance(row.get("index"), bool) or not isinstance(row.get("index"), int):
+        return False
+    se = row.get("logp_se")
+    keys = ("logp", "bpd", "prior_logp", "nfe_batch", *(("true_logp",) if truth else ()))
+    return 0 <= row["index"] < n and all(number(row.get(k)) for k in keys) and (se is None or (number(se) and se >= 0))
 
 
 def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
@@ -172,7 +190,7 @@ def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict |
                     "up to %d times the backward work of divergence=hutchinson with probes=%d", dim, dim // cfg.probes,
                     cfg.probes)
     partial = Path(cfg.out) / PARTIAL
-    done = partial_rows(partial) if rank == 0 else {}
+    done = partial_rows(partial, len(x), truth=mixture is not None) if rank == 0 else {}
     if done:
         log.info("%d of %d samples computed by an earlier run (%s): going on from there", len(done), len(x), partial)
     skip = set(broadcast_from_zero(sorted(done)))  # read by rank 0 before any process appends: one split for all

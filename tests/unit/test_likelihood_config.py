@@ -69,10 +69,10 @@ def test_a_result_of_other_settings_in_the_output_folder_is_not_replaced(tmp_pat
         validate(cfg("seed=2"))
 
 
-def test_a_killed_run_goes_on_from_the_rows_it_had_written(tmp_path, monkeypatch):
+def test_a_killed_run_goes_on_from_the_rows_it_had_written(tmp_path, monkeypatch, caplog):
     """Each batch's rows are appended as they are done; a rerun of the same settings computes only the samples left
     (each sample's numbers depend on its index alone, so the result equals one uninterrupted run's), then removes
-    the partial rows. A line torn by the kill is computed again."""
+    the partial rows. A line torn by the kill, or edited, is computed again."""
     import json
 
     from lightning_sde.cli import likelihood
@@ -95,14 +95,21 @@ def test_a_killed_run_goes_on_from_the_rows_it_had_written(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         likelihood.run(cfg(tmp_path / "out"))
     (record,) = (tmp_path / "out" / "partial").glob("rows-*.jsonl")
-    with open(record, "a") as f:
-        f.write('{"index": 39, "logp": ')  # torn by the kill
+    lines = record.read_text().splitlines()
+    edited = [json.loads(lines[0]) | {"logp": float("nan")}, json.loads(lines[1]) | {"index": 99},
+              {k: v for k, v in json.loads(lines[2]).items() if k != "true_logp"}]
+    # rows edited by hand (a NaN log p, an index beyond n, no true_logp) were taken as computed, NaN in the mean
+    record.write_text("\n".join([*map(json.dumps, edited), *lines[3:], "garbage", '{"index": 39, "logp": ']))
     calls.clear()
     monkeypatch.setattr(likelihood, "log_likelihood", lambda *a, **k: (calls.append(len(a[1])), real(*a, **k))[1])
-    resumed = likelihood.run(cfg(tmp_path / "out"))
-    assert calls == [10, 10]  # the two batches never written
+    with caplog.at_level("WARNING"):
+        resumed = likelihood.run(cfg(tmp_path / "out"))
+    assert "5 line(s) of" in caplog.text  # the three edited rows, the garbage and the line torn by the kill
+    assert calls == [10, 10, 3]  # the two batches never written, and the three edited rows
     assert not (tmp_path / "out" / "partial").exists()
-    assert {k: resumed[k] for k in ("mean_logp", "bpd", "n")} == {k: whole[k] for k in ("mean_logp", "bpd", "n")}
+    # the edited rows' samples were solved in other batches than the whole run's: equal to the solver's tolerance
+    assert resumed["n"] == whole["n"] and resumed["mean_logp"] == pytest.approx(whole["mean_logp"], abs=2e-3)
+    assert resumed["bpd"] == pytest.approx(whole["bpd"], abs=2e-3)
     rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(40))
     validate(cfg(tmp_path / "out"))  # the summary write() left records its settings: a rerun is not refused
