@@ -66,7 +66,8 @@ class ResultsStore:
         return {row["key"]: row for row in self.rows()}
 
     def keys(self) -> set[str]:
-        return set(self.latest())
+        """The keys of the rows the views can read: a cell whose row they cannot show (edited) is computed again."""
+        return {key for key, row in self.latest().items() if unreadable(row) is None}
 
     def append(self, rows: list[dict]) -> None:
         if not rows:

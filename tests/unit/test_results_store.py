@@ -16,10 +16,21 @@ def test_rows_come_back_in_order_and_the_last_of_a_key_wins(tmp_path):
     store.append([{"key": "a", "value": 3}])
     assert [r["value"] for r in store.rows()] == [1, 2, 3]
     assert store.latest() == {"a": {"key": "a", "value": 3}, "b": {"key": "b", "value": 2}}
-    assert store.keys() == {"a", "b"}
     lines = (tmp_path / "sub" / "r.jsonl").read_text().splitlines()
     assert len(lines) == 3 and all(json.loads(line) for line in lines)
     assert lines[0] == json.dumps({"key": "a", "value": 1}, sort_keys=True)  # one JSON object per line, sorted keys
+
+
+def test_a_cell_is_done_once_its_row_is_one_the_views_can_read(tmp_path):
+    """A row edited by hand ("value": "abc", or the key alone) counted its cell as done: the cell stayed empty in the
+    views for good."""
+    row = {"key": "a", "target": "t", "sampler": "ddim", "sampler_name": "ddim", "metric": "mmd", "grid": "nfe",
+           "requested": 10, "nfe": 10, "value": 0.5, "wall_s": 1.0, "seed_start": 0, "seed_count": 8}
+    store = ResultsStore(tmp_path / "r.jsonl")
+    store.append([row, {**row, "key": "b", "value": "abc"}, {"key": "c"}, {**row, "key": "d", "value": None}])
+    assert store.keys() == {"a", "d"}  # None: a diverged cell's value, recorded and done
+    store.append([{**row, "key": "a", "nfe": -1}])  # the last row of a key decides
+    assert store.keys() == {"d"}
 
 
 def test_a_torn_last_line_is_skipped_and_the_next_append_starts_a_fresh_line(tmp_path, caplog):
