@@ -17,9 +17,9 @@ Two ways a job is stopped, one owner of each:
     again) and is acted on at that validation's end; during another validation, at the end of the next step.
 
 An error that stops a one-process run while it trains (an unreadable image met hours in, Ctrl-C, a failure in a
-step) also saves `last.ckpt` at the last step boundary, so the same command resumes there once the cause is fixed;
-not a non-finite value (its checkpoints are set aside instead), and not under DDP, where a save is collective and the
-other processes are stopped by Lightning mid-step.
+step) also saves `last.ckpt` at the last step boundary, so the command with the run's name resumes there once the
+cause is fixed; not a non-finite value (its checkpoints are set aside instead), and not under DDP, where a save is
+collective and the other processes are stopped by Lightning mid-step.
 
 Checkpoints are written to a temporary file and renamed (lsde-train's AtomicCheckpointIO), so a SIGKILL after
 SLURM's KillWait leaves the previous `last.ckpt` intact. Lightning's own SLURM auto-requeue (hpc_ckpt) is switched
@@ -56,6 +56,7 @@ class Preemption(L.Callback):
             raise ValueError("Preemption: requeue_signal must be the name of a signal a process can catch, such as "
                              f"'SIGUSR1', or null; got {requeue_signal!r}")
         self.requeue_signal = requeue_signal
+        self.resume_with = "run_name=<this run's>"  # what a rerun needs to resume this run (lsde-train sets it)
         self.signalled = False
         self.terminated = False
         self.interrupted = False  # stopped by SIGTERM, after the checkpoint: lsde-train exits 143
@@ -136,8 +137,8 @@ class Preemption(L.Callback):
             except Exception as err:  # noqa: BLE001  (the run's own error is the one to report)
                 log.warning("no checkpoint written on the error (%s: %s); the last one stands", type(err).__name__, err)
                 return
-            log.warning("once its cause is fixed, the same command resumes the run from global step %d",
-                        trainer.global_step)
+            log.warning("once its cause is fixed, lsde-train ... %s resumes the run from global step %d",
+                        self.resume_with, trainer.global_step)
 
     def keeps_steps_on(self, trainer, exception: BaseException) -> bool:
         """Whether an error that stops training (a data loader's unreadable file, Ctrl-C, a failure in the step) gets a

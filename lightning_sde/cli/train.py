@@ -494,6 +494,9 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     again = f"run_name={cfg.run_name}" + (" ckpt_path=last" if cfg.ckpt_path != "last" else "") + (
         " (one run: no -m)" if job is not None else "")
     callbacks.append(SetAside(Path(cfg.run_dir) / "checkpoints", again))
+    for cb in callbacks:
+        if isinstance(cb, Preemption):
+            cb.resume_with = again
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # requeue has one owner: the Preemption callback (or submitit), not Lightning
         plugins.append(SLURMEnvironment(auto_requeue=False))

@@ -247,7 +247,7 @@ def test_an_error_while_training_keeps_its_steps_and_the_same_command_resumes_on
             proc.kill()
             proc.wait(timeout=30)
     assert proc.returncode == 1 and "not a readable image" in err.splitlines()[-1], err[-3000:]
-    said = re.search(r"the same command resumes the run from global step (\d+)", out)
+    said = re.search(r"lsde-train \.\.\. run_name=\S+ resumes the run from global step (\d+)", out)
     assert said, out[-3000:]
     step = int(said[1])
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
