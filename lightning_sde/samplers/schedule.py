@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from lightning_sde.samplers.grids import GRIDS, Plan, start_time, time_grid
+from lightning_sde.samplers.grids import GRIDS, Plan, gaussian_start_knob, start_time, time_grid
 from lightning_sde.samplers.tuning import (
     optimize_grid,
     select_combinations,
@@ -56,13 +56,7 @@ def plan(sampler, denoiser) -> Plan:
     if sampler.adaptive:
         return Plan(start, None)
     if sampler.times is not None:
-        times = (sampler.times if isinstance(sampler.times, Tensor)
-                 else torch.tensor(list(sampler.times), dtype=torch.float64))
-        sde = denoiser.sde
-        if abs(float(times[0].detach()) - start) > 1e-9 or abs(float(times[-1].detach()) - sde.eps) > 1e-9:
-            raise ValueError(f"{sampler.name}: times must run from the start time {start} (T, or gaussian_start's) to "
-                             f"eps = {sde.eps}; got {float(times[0])} ... {float(times[-1])}")
-        return Plan(start, times)
+        return Plan(start, given_times(sampler, denoiser.sde, start))
     if sampler.grid == "optimized":
         times, report = tuned(sampler, denoiser, optimize_grid)
         return Plan(start, times, {"setup_nfe": spent(report), "tuning": report})
@@ -82,6 +76,19 @@ def check_grid(sampler, sde) -> None:
             time_grid(sde, sampler.intervals, sampler.grid, sampler.rho)
         except ValueError as err:
             raise ValueError(f"{sampler.name}: {err}") from None
+    if not sampler.adaptive and sampler.times is not None:  # from T, unless a Gaussian start is to set the start
+        given_times(sampler, sde, None if gaussian_start_knob(sampler) else float(sde.T))
+
+
+def given_times(sampler, sde, start: float | None) -> Tensor:
+    """A sampler's own `times`, once they run from `start` (None: any) to eps."""
+    times = (sampler.times if isinstance(sampler.times, Tensor)
+             else torch.tensor(list(sampler.times), dtype=torch.float64))
+    first, last = float(times[0].detach()), float(times[-1].detach())
+    if (start is not None and abs(first - start) > 1e-9) or abs(last - sde.eps) > 1e-9:
+        raise ValueError(f"{sampler.name}: times must run from the start time {'T' if start is None else start} "
+                         f"(T, or gaussian_start's) to eps = {sde.eps}; got {first} ... {last}")
+    return times
 
 
 def tuned(sampler, denoiser, procedure) -> tuple:

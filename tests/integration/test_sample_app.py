@@ -195,6 +195,8 @@ def test_a_multirun_writes_one_folder_per_job_under_a_given_out(tmp_path):
     (["png=maybe"], "config png: must be true, false or auto"),
     (["png=true"], "config png: an exact mixture's samples are points, which have no PNG"),  # none was written
     (["seeds.count=0"], "config seeds.count"),
+    # its own times, not from T to eps: failed at sampling, leaving a folder a corrected rerun was refused
+    (["sampler=ddim", "sampler.steps=2", "sampler.times=[0.9,0.5,0.001]"], "ddim: times must run from the start"),
 ])
 def test_a_bad_setting_fails_before_anything_is_written(tmp_path, overrides, message):
     proc = lsde_sample(tmp_path / "bad", *overrides)

@@ -14,7 +14,7 @@ from helpers.oracles import SDES, counting_denoiser
 from lightning_sde.exact import eight_gaussians
 from lightning_sde.samplers import build_sampler, sample, schedule, time_grid
 from lightning_sde.samplers.grids import Plan, carry
-from lightning_sde.samplers.schedule import plan
+from lightning_sde.samplers.schedule import check_grid, plan
 
 NAMES = sorted(SDES)
 
@@ -133,6 +133,18 @@ def test_plan_of_explicit_times_is_those_times_and_they_must_span_start_to_eps()
         plan(build_sampler("ddim", steps=2, times=[1.0, 0.5, 0.01]), den)
     with pytest.raises(ValueError, match=r"got 0\.9 \.\.\. 0\.001$"):
         plan(build_sampler("ddim", steps=2, times=[0.9, 0.5, sde.eps]), den)
+
+
+def test_explicit_times_that_miss_t_or_eps_fail_at_start_up():
+    """check_grid (every app's start-up check) let them through: they failed at the first evaluation."""
+    sde = SDES["vp"]
+    for times, start in (([1.0, 0.5, 0.01], "1.0"), ([0.9, 0.5, sde.eps], "1.0")):
+        with pytest.raises(ValueError, match=rf"^ddim: times must run from the start time {start} "):
+            check_grid(build_sampler("ddim", steps=2, times=times), sde)
+    check_grid(build_sampler("ddim", steps=2, times=[1.0, 0.5, sde.eps]), sde)
+    check_grid(build_sampler("ddim", steps=2, times=[0.7, 0.5, sde.eps], gaussian_start=0.15), sde)  # starts later
+    with pytest.raises(ValueError, match=r"start time T .* got 0\.7 \.\.\. 0\.01$"):
+        check_grid(build_sampler("ddim", steps=2, times=[0.7, 0.5, 0.01], gaussian_start=0.15), sde)
 
 
 def test_a_tuned_grid_is_set_up_reported_apart_from_the_sampling_nfe(monkeypatch):
