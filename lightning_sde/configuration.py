@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 if TYPE_CHECKING:
     import torch
@@ -211,6 +212,10 @@ def config_error(key: str, err: Exception) -> ValueError:
         return err
     if isinstance(err, InstantiationException):
         message = re.sub(r"\s*full_key: \S+", "", message)
+    if isinstance(err, OmegaConfBaseException):  # its message, without the lines of where (full_key, object_type)
+        full_key = getattr(err, "full_key", None) or full_key
+        message = "\n".join(line for line in message.splitlines()
+                            if not re.match(r"\s*(full_key|object_type|reference_type|child_node)[:=]", line))
     where = key if full_key is None or full_key == key or not full_key.startswith(key.split(".")[0]) else full_key
     return ValueError(f"config {where}: {type(err).__name__}: {message}")
 

@@ -39,6 +39,7 @@ class SDE(ABC):
     drift_jumps = False  # f and g^2 jump in t (a discrete schedule): ODE solvers integrate in log-SNR instead
 
     def __init__(self, eps: float = 1e-3, T: float = 1.0):
+        real_numbers(type(self).__name__, eps=eps, T=T)
         if not (math.isfinite(eps) and math.isfinite(T) and 0.0 < eps < T):
             raise ValueError(f"SDE time range needs 0 < eps < T, both finite; got eps={eps}, T={T}")
         self.eps = float(eps)
@@ -116,11 +117,19 @@ class SDE(ABC):
         return f"{type(self).__name__}({params})"
 
 
+def real_numbers(owner: str, **values) -> None:
+    """ValueError naming the first of `values` that is not a real number (a string from the command line, a bool)."""
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{owner}: {key} must be a number; got {value!r}")
+
+
 class _BetaSchedule(SDE):
     """Shared linear beta(t) schedule of VP and sub-VP."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, eps: float = 1e-3, T: float = 1.0):
         super().__init__(eps, T)
+        real_numbers(type(self).__name__, beta_min=beta_min, beta_max=beta_max)
         if not beta_min > 0:
             raise ValueError(f"beta_min must be > 0; got beta_min={beta_min}")
         if not beta_max > beta_min or not math.isfinite(beta_max):
@@ -188,6 +197,7 @@ class VESDE(SDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, eps: float = 1e-5, T: float = 1.0):
         super().__init__(eps, T)
+        real_numbers(type(self).__name__, sigma_min=sigma_min, sigma_max=sigma_max)
         if not 0 < sigma_min < sigma_max < math.inf:
             raise ValueError("VE SDE needs 0 < sigma_min < sigma_max, both finite; "
                              f"got sigma_min={sigma_min}, sigma_max={sigma_max}")
