@@ -29,7 +29,11 @@ REFUSED = {"explicit_adams": "use sampler dpmpp or unipc (multistep in log-SNR, 
 
 def check_fixed_method_options(owner: str, options, adaptive_defaults: dict) -> None:
     """A fixed-grid method's `options` (with .method) given an adaptive method's setting other than its default:
-    refused, naming it (it would be ignored)."""
+    refused, naming it (it would be ignored). null (None) is "not used": set to the default, so settings and result
+    keys read alike."""
+    for key, default in adaptive_defaults.items():
+        if getattr(options, key) is None:
+            setattr(options, key, default)
     unused = {k: getattr(options, k) for k, v in adaptive_defaults.items() if getattr(options, k) != v}
     if unused:
         raise ValueError(f"{owner}: {', '.join(f'{k}={v!r}' for k, v in unused.items())} would be ignored: "
@@ -43,6 +47,8 @@ def check_method(owner: str, method: str, rtol, atol) -> None:
     if method not in METHODS:
         raise ValueError(f"{owner}: unknown ODE method {method!r}; choose one of {METHODS}")
     for key, value in (("rtol", rtol), ("atol", atol)):
+        if value is None and method in FIXED_METHODS:  # not used (check_fixed_method_options)
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ValueError(f"{owner}: {key} must be a number in (0, 1); got {value!r}")
 
@@ -157,9 +163,9 @@ class ODEOptions:
 
     def __post_init__(self):
         check_method("ODEOptions", self.method, self.rtol, self.atol)
-        if self.error_norm not in ERROR_NORMS:
-            raise ValueError(f"ODEOptions: error_norm must be one of {list(ERROR_NORMS)}; got {self.error_norm!r}")
         if self.method in ADAPTIVE_METHODS:
+            if self.error_norm not in ERROR_NORMS:
+                raise ValueError(f"ODEOptions: error_norm must be one of {list(ERROR_NORMS)}; got {self.error_norm!r}")
             if self.steps is not None:
                 raise ValueError(f"ODEOptions: method {self.method!r} is adaptive and takes rtol/atol, not steps (got "
                                  f"steps={self.steps!r}); fixed-grid methods: {tuple(FIXED_METHODS)}")

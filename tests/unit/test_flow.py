@@ -117,6 +117,7 @@ def test_ode_options_a_method_would_ignore_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         ODEOptions(**kwargs)
     assert ODEOptions("euler").steps == 100 and ODEOptions("dopri5").steps is None
+    assert ODEOptions("rk4", rtol=None, atol=None, error_norm=None) == ODEOptions("rk4")  # null: not used
 
 
 def test_an_empty_batch_is_named_not_a_reshape_error():

@@ -75,6 +75,11 @@ def test_a_fixed_ode_method_refuses_the_knobs_it_would_ignore():
     with pytest.raises(ValueError, match=r"^ode: atol=0.01 would be ignored"):
         build_sampler("ode", method="euler", steps=10, atol=1e-2)
     assert build_sampler("ode", method="rk4", rtol=1e-5).steps == 100
+    # null is "not used" (the docs: rk4 takes no tolerance); the same parameters, so the same result keys
+    assert build_sampler("ode", method="rk4", rtol=None, atol=None, first_step=None).params() == \
+        build_sampler("ode", method="rk4").params()
+    with pytest.raises(ValueError, match=r"^ode: rtol must be a number in \(0, 1\); got None$"):
+        build_sampler("ode", rtol=None)
     with pytest.raises(ValueError, match="is adaptive and takes rtol/atol, not steps"):
         build_sampler("ode", method="dopri5", steps=10)
 
