@@ -72,6 +72,13 @@ def check_values(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="figures")
+def checkpoint_tag(path: Path) -> str:
+    """A checkpoint's part of a figure's name: its run (outputs/train/<run>/checkpoints/last.ckpt), and the file's own
+    name for any other than last.ckpt, so that two checkpoints of one run never write one file."""
+    run = path.parent.parent.name if path.parent.name == "checkpoints" else path.parent.name
+    return run if path.name == "last.ckpt" else f"{run}_{path.stem}"
+
+
 @fails_cleanly("lsde-figures")
 def run_app(cfg: DictConfig) -> None:
     own_folder_per_job(cfg, name_key=None)  # two jobs' figures of one SDE class and problem had one file name
@@ -86,7 +93,7 @@ def run_app(cfg: DictConfig) -> None:
         if mixture is not None and (mixture.dim,) != tuple(denoiser.shape):
             mixture = None  # the exact density only where it is the model's data
         source = (cfg.checkpoint.rstrip("/").rsplit("/", 1)[-1] if is_diffusers_spec(cfg.checkpoint)
-                  else Path(cfg.checkpoint).parent.parent.name)
+                  else checkpoint_tag(Path(cfg.checkpoint)))
         tag = f"{denoiser.sde.name}_{source}".replace("#", "_")
         if cfg.get("guidance") is not None:
             if denoiser.num_classes is None:

@@ -162,3 +162,16 @@ def test_trusted_class_resolves_only_classes_defined_under_the_prefixes():
                  "lightning_sde.sde.VPSDE.__init__", "lightning_sde.nosuch.Thing", "os.system", "lightning_sdex.A"):
         assert trusted_class(name) is None, name
     assert trusted_class("lightning_sde.loading.Path", ("lightning_sde.", "pathlib.")) is not None
+
+
+def test_two_checkpoints_of_one_run_name_their_figures_apart():
+    """last.prev.ckpt and last.ckpt of one run both wrote trajectories_vp_<run>.png: the second replaced the first."""
+    from pathlib import Path
+
+    from lightning_sde.cli.figures import checkpoint_tag
+
+    run = Path("outputs/train/toy/checkpoints")
+    assert checkpoint_tag(run / "last.ckpt") == "toy"  # the names the docs show
+    assert checkpoint_tag(run / "last.prev.ckpt") == "toy_last.prev"
+    assert checkpoint_tag(run / "best-step=600.ckpt") == "toy_best-step=600"
+    assert checkpoint_tag(Path("/models/a.ckpt")) == "models_a" != checkpoint_tag(Path("/models/b.ckpt"))
