@@ -36,6 +36,8 @@ class ResultsStore:
         if self.path.is_dir():
             raise ValueError(f"results {str(self.path)!r} is a folder; give a .jsonl file, e.g. "
                              f"{str(self.path / 'results.jsonl')!r}")
+        if not self.path.is_file():  # a device or a pipe: read without end, or never
+            raise ValueError(f"results {str(self.path)!r} is not a regular file; give a .jsonl file")
         rows = []
         with open(self.path, errors="replace") as fh:  # bytes that are not UTF-8 make an invalid line, no crash
             for n, line in enumerate(fh, 1):

@@ -87,3 +87,16 @@ def test_the_file_is_made_with_its_folders_readable_by_all_with_sorted_keys(tmp_
         os.umask(old)
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o644
     assert store.path.read_text() == '{"a": 2, "key": "k", "z": 1}\n'
+
+
+def test_a_results_path_that_is_a_device_or_a_pipe_is_refused_not_read(tmp_path):
+    """A results.jsonl linked to /dev/zero-like devices was read without end (22 GB, then the OOM killer)."""
+    import os
+
+    import pytest
+
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    (tmp_path / "dev.jsonl").symlink_to("/dev/null")
+    for name in ("pipe.jsonl", "dev.jsonl"):
+        with pytest.raises(ValueError, match=f"{name}' is not a regular file"):
+            ResultsStore(tmp_path / name).rows()
