@@ -161,29 +161,31 @@ def check_out(out: Path, settings: dict, output_dir=None) -> None:
     """Refuse, before any work, to write into `out` the samples of other settings than those already there, or into
     a folder of files this app did not write (its lock and Hydra's `output_dir` aside, which Hydra makes first)."""
     path = out / "settings.json"
-    if not path.is_file():
+    before = None
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            log.warning("%s cannot be read (edited?): the settings its chunks record decide", path)
+    if not isinstance(before, dict):
         chunks = [p for p in (out / CHUNKS).glob("seeds-*.npz") if CHUNK_NAME.fullmatch(p.name)]
-        if chunks:  # this app's chunks, their settings.json lost: each chunk says what it was drawn under
+        if chunks:  # this app's chunks, their settings.json lost or unreadable: each says what it was drawn under
             ours = settings_text(settings)
             if any(chunk_settings(p) not in (None, ours) for p in chunks):
                 raise ValueError(f"config name: {out} holds samples of other settings (its chunks say so; its "
-                                 "settings.json is gone); give another name= (out=) to keep both, or delete it")
+                                 "settings.json is gone or unreadable); give another name= (out=) to keep both, or "
+                                 "delete it")
             return
         ours = {LOCK_FILE}
         if output_dir is not None and Path(output_dir).resolve().is_relative_to(out.resolve()):
             ours |= set(Path(output_dir).resolve().relative_to(out.resolve()).parts[:1])
-        theirs = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
+        theirs = sorted(p.name for p in out.iterdir() if p.name not in ours | {path.name}) if out.is_dir() else []
         if theirs:  # a folder this app did not write: its files are not replaced or removed
             raise ValueError(f"config out: {out} holds files that lsde-sample did not write ({', '.join(theirs[:5])}"
                              f"{', ...' if len(theirs) > 5 else ''}); give another out= (or name=), or empty it")
         return
-    try:
-        before = json.loads(path.read_text())
-    except (OSError, ValueError):
-        before = None
     if before != json.loads(json.dumps(settings)):
-        differ = sorted(k for k in {*settings, *(before or {})} if not isinstance(before, dict)
-                        or json.dumps(before.get(k)) != json.dumps(settings.get(k)))
+        differ = sorted(k for k in {*settings, *before} if json.dumps(before.get(k)) != json.dumps(settings.get(k)))
         raise ValueError(f"config name: {out} holds samples of other settings ({', '.join(differ)} differ); give "
                          "another name= (out=) to keep both, or delete it")
 

@@ -117,6 +117,20 @@ def test_a_tuned_sampler_reports_its_one_pilot_and_what_it_chose(tmp_path):
     assert (rerun["selection"], rerun["setup_nfe"]) == (selection, summary["setup_nfe"])
 
 
+def test_an_unreadable_settings_file_leaves_the_decision_to_the_chunks(tmp_path):
+    """A torn settings.json was reported as 'other settings (device, dtype, ... differ)', whatever the command."""
+    out = tmp_path / "s"
+    common = ["sampler=ddim", "nfe=5", "batch_size=50", "seeds.count=100"]
+    assert lsde_sample(out, *common).returncode == 0
+    (out / "settings.json").write_text('{"broken": ')
+    proc = lsde_sample(out, *common)
+    assert proc.returncode == 0 and "settings.json cannot be read" in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    (out / "settings.json").write_text('{"broken": ')  # the run above wrote it again
+    proc = lsde_sample(out, "sampler=ddim", "nfe=10", "batch_size=50", "seeds.count=100")
+    assert proc.returncode == 1 and "other settings (its chunks say so; its settings.json is gone or unreadable)" \
+        in proc.stderr, proc.stderr[-2000:]
+
+
 def test_chunks_that_are_not_this_models_are_drawn_again_and_a_folder_named_like_one_is_refused(tmp_path):
     out = tmp_path / "c"
     common = ["sampler=ddim", "nfe=5", "batch_size=50", "seeds.count=100"]
