@@ -14,7 +14,11 @@ from lightning_sde.cli.help import print_help_if_asked
 
 def override_error(app: str, argv: list[str]) -> str | None:
     """Hydra's complaint about a single run's overrides (a key or option the app's config does not have, a malformed
-    value), from composing `<app>.yaml` with them, or None. Multiruns, flags and subcommands are left to the app."""
+    value), from composing `<app>.yaml` with them, or None; a multirun's (-m), from composing its first job. Other
+    flags and subcommands are left to the app."""
+    multirun = [arg for arg in argv if arg in ("-m", "--multirun")]
+    if multirun:
+        argv = first_job([arg for arg in argv if arg not in multirun])
     if not argv or not single_run_overrides(argv):
         return None
     from hydra import compose, initialize_config_module
@@ -28,7 +32,23 @@ def override_error(app: str, argv: list[str]) -> str | None:
             cfg = compose(app, overrides=argv, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: e.g. a group set to null
         return one_line(err)
-    return folder_error(cfg)
+    return None if multirun else folder_error(cfg)
+
+
+def first_job(argv: list[str]) -> list[str] | None:
+    """A multirun's overrides for its first job (each sweep `k=a,b` / `k=range(...)` at its first value); None where
+    they are not all overrides or a sweep cannot be listed here (glob, interval): the app checks those."""
+    if not single_run_overrides(argv):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(argv)
+        return [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else arg
+                for o, arg in zip(overrides, argv, strict=True)]
+    except (HydraException, StopIteration):
+        return None
 
 
 def single_run_overrides(argv: list[str]) -> bool:

@@ -220,7 +220,7 @@ def test_a_second_lsde_likelihood_of_the_same_name_is_refused_while_the_first_ru
 
 
 @pytest.mark.parametrize("app, argv", [
-    ("train", ["experiment=digits", "trainer=ddp_cpu", "trainer.devices=2", "hydra.run.dir=/tmp/x", "ckpt_path=last"]),
+    ("train", ["experiment=digits", "trainer=ddp_cpu", "trainer.devices=2", "hydra.run.dir=/tmp/lsde-early-check/run", "ckpt_path=last"]),
     ("train", ["+sampler@samplers.u=unipc_adaptive", "samplers.u.pcoeff=0.4", "optim.lr=1e-3", "logger=csv"]),
     ("bench", ["samplers=fast", "nfe=[5,10,20]", "problem=random_mixture", "tolerances=[1e-3,1e-5]"]),
     ("bench", ["name=digits", "checkpoint=outputs/train/r/checkpoints/last.ckpt", "data=digits"]),
@@ -236,6 +236,16 @@ def test_the_early_override_check_lets_every_valid_run_through(app, argv):
 
     assert override_error(app, argv) is None and added_key_error(app, argv) is None
     assert override_error(app, ["-m", "sde=vp,ve"]) is None and override_error(app, ["report", "x.jsonl"]) is None
+    assert override_error(app, ["-m", *argv, "seed=range(1,3)", "+x=glob(*)"]) is None  # a glob: left to the app
+
+
+def test_a_multiruns_typo_is_one_line_before_any_job():
+    """-m trainer.max_step=5,6: Hydra's multi-line complaint after a sweep folder was made."""
+    from lightning_sde.cli.apps import override_error
+
+    assert override_error("train", ["-m", "trainer.max_step=5,6"]) == \
+        "Could not override 'trainer.max_step'. To append to your config use +trainer.max_step=5"
+    assert "experiment" in override_error("train", ["--multirun", "experiment=nonexistent,toy2d", "seed=1,2"])
 
 
 def test_a_failed_job_of_a_multirun_does_not_stop_the_sweep_and_the_sweep_fails(tmp_path):
