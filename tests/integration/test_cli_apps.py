@@ -220,7 +220,8 @@ def test_a_second_lsde_likelihood_of_the_same_name_is_refused_while_the_first_ru
 
 
 @pytest.mark.parametrize("app, argv", [
-    ("train", ["experiment=digits", "trainer=ddp_cpu", "trainer.devices=2", "hydra.run.dir=/tmp/lsde-early-check/run", "ckpt_path=last"]),
+    ("train", ["experiment=digits", "trainer=ddp_cpu", "trainer.devices=2", "hydra.run.dir=/tmp/lsde-chk/x",
+               "ckpt_path=last"]),
     ("train", ["+sampler@samplers.u=unipc_adaptive", "samplers.u.pcoeff=0.4", "optim.lr=1e-3", "logger=csv"]),
     ("bench", ["samplers=fast", "nfe=[5,10,20]", "problem=random_mixture", "tolerances=[1e-3,1e-5]"]),
     ("bench", ["name=digits", "checkpoint=outputs/train/r/checkpoints/last.ckpt", "data=digits"]),
