@@ -86,8 +86,8 @@ class PretrainedSource:
     scheduler_config: dict
 
     @property
-    def scheduler(self) -> str:
-        return self.scheduler_config["_class_name"]
+    def scheduler(self) -> str | None:
+        return self.scheduler_config.get("_class_name")
 
     @property
     def is_ve(self) -> bool:
@@ -153,9 +153,21 @@ def locate(spec: str) -> PretrainedSource:
     return source
 
 
+def in_out(unet: dict) -> str:
+    return ", ".join(f"{k}={unet.get(k)!r}" for k in ("in_channels", "out_channels", "sample_size"))
+
+
 def check(source: PretrainedSource) -> None:
     """The combinations of scheduler and network this loader knows how to read, checked from the configs."""
     spec, unet, sched = source.spec, source.unet_config, source.scheduler_config
+    size = unet.get("sample_size")
+    sizes = [size] if isinstance(size, int) else size if isinstance(size, list) and len(size) == 2 else None
+    counts = [unet.get("in_channels", 3), unet.get("out_channels", 3), *(sizes or [])]
+    if sizes is None or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts):
+        raise PretrainedError(f"{spec}: the UNet2DModel config needs integer in_channels, out_channels and "
+                              f"sample_size (one size or [height, width]); got {in_out(unet)}")
+    if not isinstance(source.scheduler, str):
+        raise PretrainedError(f"{spec}: the scheduler config names no scheduler (_class_name)")
     if unet.get("num_class_embeds") or unet.get("class_embed_type"):
         raise PretrainedError(f"{spec}: a class-conditional UNet2DModel; only unconditional models are supported")
     time_input = unet.get("time_embedding_type", "positional")
@@ -163,14 +175,24 @@ def check(source: PretrainedSource) -> None:
         if time_input != "fourier":
             raise PretrainedError(f"{spec}: a {VE_SCHEDULER} model needs time_embedding_type='fourier' (the noise "
                                   f"level as input, score output); this one has {time_input!r}")
+        for key in ("sigma_min", "sigma_max", "sampling_eps"):
+            value = sched.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise PretrainedError(f"{spec}: the scheduler's {key} must be a number; got {value!r}")
         return
-    compatible = set(_diffusers().DDPMScheduler._compatibles) | {"DDPMScheduler"}
+    # the discrete-time VP schedulers (diffusers' DDPM family), whose networks take integer timesteps: not EDM's
+    # (a continuous noise level as input; its schedule is sigma_min..sigma_max, which DDPMScheduler would drop)
+    compatible = {name for name in _diffusers().DDPMScheduler._compatibles if not name.startswith("EDM")}
+    compatible.add("DDPMScheduler")
     if source.scheduler not in compatible:
         raise PretrainedError(f"{spec}: unsupported scheduler {source.scheduler!r}; supported: {VE_SCHEDULER} and "
                               f"the discrete-time VP schedulers {sorted(compatible)}")
     if time_input != "positional":
         raise PretrainedError(f"{spec}: a discrete-time VP model with time_embedding_type={time_input!r}; "
                               "supported: 'positional' (integer timesteps)")
+    if sched.get("timestep_type", "discrete") != "discrete":
+        raise PretrainedError(f"{spec}: timestep_type={sched['timestep_type']!r} (the network takes a continuous noise "
+                              "level); supported: 'discrete' (integer timesteps)")
     prediction = sched.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
         raise PretrainedError(f"{spec}: prediction_type {prediction!r}; supported: {sorted(PREDICTION_TYPES)}")
@@ -220,8 +242,13 @@ def load(spec: str, map_location="cpu") -> Denoiser:
                     eps=sched.get("sampling_eps", 1e-5))
         net, parameterization = DiffusersUNet(unet, sde), "score"
     else:
-        scheduler = diffusers.DDPMScheduler.from_config(sched)
-        sde = DiscreteVPSDE(scheduler.alphas_cumprod.double())
+        try:
+            scheduler = diffusers.DDPMScheduler.from_config(sched)
+            sde = DiscreteVPSDE(scheduler.alphas_cumprod.double())
+        except Exception as err:  # noqa: BLE001  (an unknown beta_schedule, a count that is not one: in one line)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise PretrainedError(f"{spec}: its noise schedule cannot be read from the scheduler config "
+                                  f"({type(err).__name__}: {first})") from None
         net = DiffusersUNet(unet, sde)
         parameterization = PREDICTION_TYPES[sched.get("prediction_type", "epsilon")]
     denoiser = Denoiser(net, sde, parameterization, source.shape)

@@ -244,6 +244,15 @@ def write_json(path, content):
     ("ve-positional", "time_embedding_type='fourier'"),
     ("not-a-folder", "no folder"),
     ("a-file", "is a file"),
+    # read as a linear-beta DDPM (the defaults where DDPMScheduler drops what it does not know) and sampled
+    ("edm", "unsupported scheduler 'EDMEulerScheduler'"),
+    ("continuous", "timestep_type='continuous'"),
+    # tracebacks (KeyError, TypeError, diffusers' NotImplementedError) rather than one line
+    ("no-class-name", "the scheduler config names no scheduler"),
+    ("unsized", "integer in_channels, out_channels and sample_size .* sample_size=None"),
+    ("beta-schedule", "its noise schedule cannot be read .*NotImplementedError"),
+    ("timesteps", "its noise schedule cannot be read .*TypeError"),
+    ("ve-sigma", "the scheduler's sigma_max must be a number; got '1348'"),
 ])
 def test_loader_refuses_what_it_cannot_read(tmp_path, case, match):
     folder = tmp_path / "m"
@@ -253,14 +262,28 @@ def test_loader_refuses_what_it_cannot_read(tmp_path, case, match):
         write_json(folder / "config.json", {"_class_name": "UNet2DConditionModel"})
     elif case == "no-weights":
         write_json(folder / "config.json", {"_class_name": "UNet2DModel"})
-    elif case in ("no-scheduler", "karras-ve", "zero-snr", "prediction", "ve-positional"):
+    elif case in ("no-scheduler", "karras-ve", "zero-snr", "prediction", "ve-positional", "edm", "continuous",
+                  "no-class-name", "unsized", "beta-schedule", "timesteps"):
         ddpm_unet().save_pretrained(folder)
         scheduler = {"karras-ve": {"_class_name": "KarrasVeScheduler"},
                      "zero-snr": {"_class_name": "DDPMScheduler", "rescale_betas_zero_snr": True},
                      "prediction": {"_class_name": "DDPMScheduler", "prediction_type": "flow"},
-                     "ve-positional": {"_class_name": "ScoreSdeVeScheduler"}}.get(case)
+                     "ve-positional": {"_class_name": "ScoreSdeVeScheduler"},
+                     "edm": {"_class_name": "EDMEulerScheduler", "sigma_min": 0.002, "sigma_max": 80.0},
+                     "continuous": {"_class_name": "EulerDiscreteScheduler", "timestep_type": "continuous"},
+                     "no-class-name": {"num_train_timesteps": 1000},
+                     "unsized": {"_class_name": "DDPMScheduler"},
+                     "beta-schedule": {"_class_name": "DDPMScheduler", "beta_schedule": "bogus"},
+                     "timesteps": {"_class_name": "DDPMScheduler", "num_train_timesteps": "abc"}}.get(case)
         if scheduler:
             write_json(folder / "scheduler_config.json", scheduler)
+        if case == "unsized":
+            config = json.loads((folder / "config.json").read_text())
+            write_json(folder / "config.json", {**config, "sample_size": None})
+    elif case == "ve-sigma":
+        ncsnpp_pipeline(folder)
+        path = folder / "scheduler" / "scheduler_config.json"
+        write_json(path, {**json.loads(path.read_text()), "sigma_max": "1348"})
     elif case == "not-a-folder":
         spec = f"diffusers:{tmp_path / 'missing' / 'folder'}"
     elif case == "a-file":
