@@ -61,6 +61,10 @@ class DSMLoss:
         if t_min is not None and (isinstance(t_min, bool) or not isinstance(t_min, (int, float))
                                   or not 0 < t_min < sde.T):
             raise ValueError(f"loss t_min must be null (the SDE's eps) or a time in (0, {sde.T:g}); got {t_min!r}")
+        first = 1.0 / sde.num_timesteps if hasattr(sde, "num_timesteps") else 0.0  # a discrete schedule's first step
+        if t_min is not None and t_min < first:
+            raise ValueError(f"loss t_min must be at least the discrete schedule's first timestep, 1/N = {first:g} "
+                             f"(below it alpha > 1); got {t_min!r}")
         self.sde = sde
         self.weighting = weighting
         self.t_min = sde.eps if t_min is None else float(t_min)

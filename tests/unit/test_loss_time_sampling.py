@@ -185,3 +185,14 @@ def test_t_min_sets_the_smallest_training_time_below_the_sampling_eps(weighting)
 def test_a_t_min_outside_the_time_range_is_refused(t_min):
     with pytest.raises(ValueError, match="loss t_min must be null"):
         DSMLoss(VPSDE(), t_min=t_min)
+
+
+def test_a_t_min_below_a_discrete_schedules_first_timestep_is_refused():
+    """Below 1/N alpha is extrapolated past 1: sigma NaN, a NaN loss (sigma2) or a crash (likelihood weighting)."""
+    from lightning_sde.sde import DiscreteVPSDE
+
+    sde = DiscreteVPSDE(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64).cumsum(0).div(1000).clamp(max=0.5))
+    with pytest.raises(ValueError, match=r"t_min must be at least the discrete schedule's first timestep, 1/N = "
+                                         r"0\.001 .*; got 1e-05"):
+        DSMLoss(sde, weighting="likelihood", t_min=1e-5)
+    assert DSMLoss(sde, t_min=1e-3).t_min == 1e-3
