@@ -71,7 +71,6 @@ def check_values(cfg: DictConfig) -> None:
     check_class_has_guidance("label", cfg.label if overridden("label") else None, guidance)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="figures")
 def checkpoint_tag(path: Path) -> str:
     """A checkpoint's part of a figure's name: its run (outputs/train/<run>/checkpoints/last.ckpt), and the file's own
     name for any other than last.ckpt, so that two checkpoints of one run never write one file."""
@@ -79,6 +78,7 @@ def checkpoint_tag(path: Path) -> str:
     return run if path.name == "last.ckpt" else f"{run}_{path.stem}"
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="figures")
 @fails_cleanly("lsde-figures")
 def run_app(cfg: DictConfig) -> None:
     own_folder_per_job(cfg, name_key=None)  # two jobs' figures of one SDE class and problem had one file name
