@@ -187,6 +187,11 @@ class Denoiser(nn.Module):
         """This denoiser for a batch of n other rows (a tuning pilot): itself, unless it holds per-row state."""
         return self
 
+    def tiled(self, n: int) -> "Denoiser":
+        """This denoiser for n rows, row i being this batch's row i mod B (SMC's particles): its per-row state
+        repeated, where it holds any."""
+        return self
+
     def fingerprint(self) -> str | None:
         """A digest that changes whenever what the denoiser computes changes: the SDE, the parameterisation, the
         input scaling and every weight and buffer of the network (or the tensors an oracle, or a submodule of the

@@ -79,6 +79,11 @@ class GuidedDenoiser(Denoiser):
                                                                                           len(self.pilot_labels)]
         return GuidedDenoiser(self, labels, self.guidance, self.pilot_labels)
 
+    def tiled(self, n: int) -> "GuidedDenoiser":
+        if len(self.labels) in (1, n):
+            return self
+        return GuidedDenoiser(self, self.labels[torch.arange(n) % len(self.labels)], self.guidance, self.pilot_labels)
+
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Prediction:
         if labels is not None:
             raise ValueError("a guided denoiser has its labels already; call it as denoiser(x, t)")

@@ -85,10 +85,11 @@ class InpaintingDenoiser(Denoiser):
         self.covariance = covariance
 
     def for_rows(self, n: int) -> "InpaintingDenoiser":
-        """The same inpainting for n rows whose values cycle through this batch's (a tuning pilot)."""
+        """The same inpainting for n rows whose values (and the base's per-row labels) cycle through this batch's (a
+        tuning pilot)."""
         if n == len(self.values):
             return self
-        return InpaintingDenoiser(self.base.for_rows(n), self.known[0], self.values[torch.arange(n) % len(self.values)],
+        return InpaintingDenoiser(self.base.tiled(n), self.known[0], self.values[torch.arange(n) % len(self.values)],
                                   self.method, self.guidance, self.covariance)
 
     def with_net_batch(self, rows: int | None) -> "InpaintingDenoiser":

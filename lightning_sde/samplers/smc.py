@@ -56,7 +56,7 @@ def smc_inpainting(denoiser: InpaintingDenoiser, seeds, particles: int = 64, ste
     B, K, shape, sde = len(seeds), particles, denoiser.shape, denoiser.sde
     if B != denoiser.values.shape[0]:
         raise ValueError(f"smc_inpainting: {B} seeds but the denoiser holds values for {denoiser.values.shape[0]} rows")
-    model = denoiser.base.for_rows(K * B)  # particle row k * B + b belongs to sample b
+    model = denoiser.base.tiled(K * B)  # particle row k * B + b belongs to sample b (its label, where guided)
     nfe0 = model.nfe
     noise = SeededNoise(seeds, (K, *shape), dtype=dtype, device=device)
     known = denoiser.known[0].to(device)

@@ -53,11 +53,13 @@ def test_smc_is_seed_addressed(sde):
 
 def test_smc_on_a_guided_model_follows_each_rows_class():
     """w = 0 with mixed labels: each row is what SMC gives on its class's own exact mixture (the particles of row b
-    carry row b's label)."""
+    carry row b's label, also where a run's pilot classes are given: they took those, cycled)."""
     sde, n, labels = VPSDE(), 6, torch.tensor([0, 1, 1, 0, 1, 0])
     mix = eight_gaussians(labels=[0, 1] * 4)
     den = inpainting(guided(mix.denoiser(sde), labels, 0.0), KNOWN, _values(n, 1.0))
     x, info = smc_inpainting(den, range(n), particles=4, steps=30, dtype=F64)
+    run = inpainting(guided(mix.denoiser(sde), labels, 0.0, pilot_labels=torch.tensor([1])), KNOWN, _values(n, 1.0))
+    assert torch.equal(smc_inpainting(run, range(n), particles=4, steps=30, dtype=F64)[0], x)
     for c in (0, 1):
         rows = (labels == c).nonzero().flatten()
         own = inpainting(mix.conditional(c).denoiser(sde), KNOWN, _values(len(rows), 1.0))
