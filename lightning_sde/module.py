@@ -118,6 +118,10 @@ class ScoreModule(L.LightningModule):
                                      autocast=autocast)
         except ValueError as err:
             raise ValueError(f"config model: {err}") from None
+        if self.denoiser.num_classes is not None and self.p_uncond == 1:
+            raise ValueError("config model.p_uncond: 1 drops every label, so the network learns no class; leave "
+                             "model.net.num_classes out for an unconditional model")
+        self.denoiser.unconditional_learned = self.p_uncond > 0
         if channels_last:
             network.to(memory_format=torch.channels_last)
         if compile:  # in place: the state dict keeps its keys, so checkpoints load with or without it

@@ -119,6 +119,16 @@ def target_classes(cfg: DictConfig, kind: str) -> int | None:
     return net.get("num_classes") if isinstance(net, dict) else None
 
 
+def check_guidance_learned(cfg: DictConfig, kind: str, weights) -> None:
+    """Guidance weights other than 0 need the unconditional prediction: refused, before any work, for a checkpoint
+    trained without label dropout (model.p_uncond=0)."""
+    if kind == "mixture" or is_diffusers_spec(cfg.checkpoint) or not any(weights):
+        return
+    if read_checkpoint(cfg.checkpoint)["hyper_parameters"].get("p_uncond", 0.1) == 0:
+        raise ValueError("config guidance: the checkpoint was trained with model.p_uncond=0: it never learned the "
+                         "unconditional prediction guidance needs; sample it at guidance=0")
+
+
 def data_kind(cfg: DictConfig) -> str:
     """The datamodule class's `kind` ("points" | "images"), read off the class: no data is loaded yet."""
     try:

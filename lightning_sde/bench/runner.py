@@ -29,6 +29,7 @@ from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve
 from lightning_sde.samplers.grids import may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.targets import (
+    check_guidance_learned,
     check_one_target,
     data_kind,
     floor_samples,
@@ -125,6 +126,7 @@ def plan_cells(cfg: DictConfig, kind: str, target_id: str, dtype, device) -> Swe
                              "model.net.num_classes, or a labelled problem); set guidance=null")
         if cfg.get("labels", "cycle") != "cycle" and not (isinstance(cfg.labels, int) and cfg.labels < classes):
             raise ValueError(f"config labels: must be 'cycle' or a class in 0..{classes - 1}; got {cfg.labels!r}")
+        check_guidance_learned(cfg, kind, cfg.guidance if OmegaConf.is_list(cfg.guidance) else [cfg.guidance])
         if kind == "mixture":  # scored against the labels' own distribution (targets.scored_distribution)
             target_id += f"|scored_on_labels={cfg.get('labels', 'cycle')}"
         elif cfg.get("labels", "cycle") != "cycle":  # scored against that class's training samples

@@ -58,7 +58,13 @@ from lightning_sde.generation import batch_model, generate, seed_labels
 from lightning_sde.samplers.base import Sampler
 from lightning_sde.samplers.grids import may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid, plan
-from lightning_sde.targets import load_target, target_classes, target_kind, with_data_moments
+from lightning_sde.targets import (
+    check_guidance_learned,
+    load_target,
+    target_classes,
+    target_kind,
+    with_data_moments,
+)
 from lightning_sde.tracking import duration, source_revision
 
 log = logging.getLogger(__name__)
@@ -112,6 +118,7 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
             raise ValueError("config guidance: the model is not class-conditional (a checkpoint trained with "
                              "model.net.num_classes, or a labelled problem); set guidance=null")
         checked("labels", seed_labels, [0], labels, classes)
+        check_guidance_learned(cfg, kind, [guidance])
     settings = {"target_id": target_id, "sampler": sampler.name, "params": jsonable(sampler.params()),
                 "guidance": None if guidance is None else float(guidance),
                 "labels": labels if guidance is not None else None, "dtype": str(dtype),

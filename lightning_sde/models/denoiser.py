@@ -86,6 +86,7 @@ class Denoiser(nn.Module):
     """
 
     conditions = False  # samples p(x | something) whose moments data_moments are not: no Gaussian start
+    unconditional_learned = True  # a class-conditional network's null label was trained (model.p_uncond > 0)
 
     def __init__(self, net: nn.Module | Callable, sde: SDE, parameterization: str, shape: tuple[int, ...],
                  sigma_data: float | None = None, data_moments: DataMoments | None = None,

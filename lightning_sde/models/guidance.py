@@ -50,8 +50,12 @@ class GuidedDenoiser(Denoiser):
         super().__init__(base.net, base.sde, base.parameterization, base.shape, base.sigma_data, base.data_moments,
                          base.num_classes, base.channels_last, base.autocast)
         self.net_batch = base.net_batch
+        self.unconditional_learned = base.unconditional_learned
         self.labels = self._checked(labels, base.num_classes)
         self.guidance = check_guidance(guidance)
+        if self.guidance != 0 and not base.unconditional_learned:
+            raise ValueError(f"guidance {self.guidance:g} needs the unconditional prediction, which this model never "
+                             "learned (trained with model.p_uncond=0); sample it at guidance 0")
         # the classes a tuning pilot's rows cycle through: the run's (every batch tunes alike), else this batch's
         self.pilot_labels = self.labels if pilot_labels is None else self._checked(pilot_labels, base.num_classes)
 

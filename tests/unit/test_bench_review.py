@@ -508,3 +508,17 @@ def test_a_reference_larger_than_the_training_set_is_refused_naming_the_key(tmp_
     with pytest.raises(ValueError, match=f"^config {re.escape(message)} asks for more than the 1617 training samples"):
         sweep(tmp_path, count, f"checkpoint={_digits_checkpoint(tmp_path)}", "data=digits", "metrics=[fid]")
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_guidance_on_a_checkpoint_trained_without_label_dropout_is_refused_before_sampling(tmp_path):
+    from lightning_sde.bench.runner import prepare
+
+    path = _digits_checkpoint(tmp_path, num_classes=10)
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "hyper_parameters": {**ckpt["hyper_parameters"], "p_uncond": 0.0}}, path)
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = lambda *more: compose("bench", overrides=[f"results={tmp_path}/r.jsonl", *TINY, f"checkpoint={path}",  # noqa: E731
+                                                        "data=digits", "data.labels=true", "metrics=[fid]", *more])
+        with pytest.raises(ValueError, match=r"^config guidance: the checkpoint was trained with model.p_uncond=0"):
+            prepare(cfg("guidance=[0,2]"))
+        assert prepare(cfg("guidance=[0]")).cells
