@@ -77,7 +77,6 @@ class FolderLock:
 
     def __init__(self, folder, app: str):
         self.folder = Path(folder)
-        self.made = not self.folder.exists()  # a start that fails before writing anything leaves no folder behind
         self.folder.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -101,13 +100,7 @@ class FolderLock:
     def __enter__(self) -> FolderLock:
         return self
 
-    def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is not None and self.made and [p.name for p in self.folder.iterdir()] == [LOCK_FILE]:
-            try:
-                (self.folder / LOCK_FILE).unlink()
-                self.folder.rmdir()
-            except OSError:  # another process came in: the folder is its
-                pass
+    def __exit__(self, *exc) -> None:
         self.release()
 
 

@@ -101,9 +101,9 @@ def sweep_metrics(cfg: DictConfig, kind: str) -> tuple[str, ...]:
     if "kid" in metrics:
         key = "reference_count" if cfg.get("reference_count") is not None else "seeds.count"
         try:
-            check_kid_reference(OmegaConf.select(cfg, key))
+            check_kid_reference(positive_int(key, OmegaConf.select(cfg, key)))
         except ValueError as err:
-            raise ValueError(f"config {key}: {err}") from None
+            raise ValueError(str(err) if str(err).startswith("config ") else f"config {key}: {err}") from None
     labels = cfg.get("labels", "cycle")
     check_class_has_guidance("labels", None if labels == "cycle" else labels, cfg.get("guidance"),
                              "guidance=[<w>, ...]")
@@ -317,6 +317,8 @@ def check_results_file(path: Path) -> None:
     if path.suffix != ".jsonl":
         raise ValueError(f"config results: must be a .jsonl file (its views are written beside it as "
                          f"{path.stem}.csv, .md and .png); got {str(path)!r}")
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise ValueError(f"config results: {str(path)!r} is not a regular file (a device, a pipe); give a .jsonl file")
     if path.is_file() and path.stat().st_size and not ResultsStore(path).rows(quiet=True):
         raise ValueError(f"config results: {str(path)!r} holds no result rows (none of its lines is a row lsde-bench "
                          "wrote); give a new file or a sweep's results .jsonl")

@@ -101,7 +101,7 @@ def run_app(cfg: DictConfig) -> None:
             label = cfg.label
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < denoiser.num_classes:
                 raise ValueError(f"config label: must be a class in 0..{denoiser.num_classes - 1}; got {cfg.label!r}")
-            denoiser = guided(denoiser, torch.tensor([cfg.label]), cfg.guidance)
+            denoiser = checked("guidance", guided, denoiser, torch.tensor([cfg.label]), cfg.guidance)
             tag += f"_class{cfg.label}_w{float(cfg.guidance):g}"
     else:
         if mixture is None:

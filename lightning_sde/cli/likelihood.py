@@ -35,6 +35,7 @@ from lightning_sde.configuration import CONFIG_PATH, LIKELIHOOD_FREE_KEYS, overr
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, gather_to_zero, launched, launched_first, rank_world
+from lightning_sde.errors import writing
 from lightning_sde.files import FolderLock, write_text
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
 from lightning_sde.probability_flow import ADAPTIVE_METHODS, ADAPTIVE_OPTIONS, DEFAULT_FIXED_STEPS, ODEOptions
@@ -228,8 +229,9 @@ def compute_rows(cfg, options, denoiser, x, mine, mixture, divergence, offset, d
             if truth is not None:
                 row["true_logp"] = float(truth[j])
             rows.append(row)
-        record.write("".join(json.dumps(r) + "\n" for r in rows[-len(idx):]))  # whole lines: a kill tears one
-        record.flush()
+        with writing(record.name):
+            record.write("".join(json.dumps(r) + "\n" for r in rows[-len(idx):]))  # whole lines: a kill tears one
+            record.flush()
     return rows
 
 

@@ -173,7 +173,8 @@ def check_out(out: Path, settings: dict, output_dir=None) -> None:
         try:
             before = json.loads(path.read_text())
         except (OSError, ValueError):
-            log.warning("%s cannot be read (edited?): the settings its chunks record decide", path)
+            log.warning("%s cannot be read (edited?): going by the settings its chunks record; it is written again",
+                        path)
     if not isinstance(before, dict):
         chunks = [p for p in (out / CHUNKS).glob("seeds-*.npz") if CHUNK_NAME.fullmatch(p.name)]
         if chunks:  # this app's chunks, their settings.json lost or unreadable: each says what it was drawn under

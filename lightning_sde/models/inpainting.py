@@ -124,7 +124,8 @@ class InpaintingDenoiser(Denoiser):
         return 1 if self.method == "reconstruction" else 0
 
     def fingerprint_extra(self) -> tuple:
-        return (self.method, self.guidance, self.covariance, self.known.tolist(), self.values.tolist())
+        return (self.base.fingerprint_extra(), self.method, self.guidance, self.covariance, self.known.tolist(),
+                self.values.tolist())
 
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Prediction:
         if x.shape != self.values.shape:

@@ -177,7 +177,7 @@ def check(source: PretrainedSource) -> None:
                                   f"level as input, score output); this one has {time_input!r}")
         for key in ("sigma_min", "sigma_max", "sampling_eps"):
             value = sched.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            if key in sched and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise PretrainedError(f"{spec}: the scheduler's {key} must be a number; got {value!r}")
         return
     # the discrete-time VP schedulers (diffusers' DDPM family), whose networks take integer timesteps: not EDM's

@@ -86,8 +86,8 @@ def given_times(sampler, sde, start: float | None) -> Tensor:
              else torch.tensor(list(sampler.times), dtype=torch.float64))
     first, last = float(times[0].detach()), float(times[-1].detach())
     if (start is not None and abs(first - start) > 1e-9) or abs(last - sde.eps) > 1e-9:
-        raise ValueError(f"{sampler.name}: times must run from the start time {'T' if start is None else start} "
-                         f"(T, or gaussian_start's) to eps = {sde.eps}; got {first} ... {last}")
+        origin = "its Gaussian start" if start is None else f"the start time {start} (T, or gaussian_start's)"
+        raise ValueError(f"{sampler.name}: times must run from {origin} to eps = {sde.eps}; got {first} ... {last}")
     return times
 
 

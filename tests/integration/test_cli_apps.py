@@ -237,7 +237,8 @@ def test_the_early_override_check_lets_every_valid_run_through(app, argv):
 
     assert override_error(app, argv) is None and added_key_error(app, argv) is None
     assert override_error(app, ["-m", "sde=vp,ve"]) is None and override_error(app, ["report", "x.jsonl"]) is None
-    assert override_error(app, ["-m", *argv, "seed=range(1,3)", "+x=glob(*)"]) is None  # a glob: left to the app
+    assert override_error(app, ["-m", *argv]) is None  # a multirun composes its first job
+    assert override_error(app, ["-m", *argv, "+x=glob(*)"]) is None  # a glob cannot be listed here: the app's
 
 
 def test_a_multiruns_typo_is_one_line_before_any_job():

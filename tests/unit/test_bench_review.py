@@ -487,15 +487,20 @@ def test_guided_samples_of_an_exact_problem_are_scored_against_their_labels_dist
     assert f"|scored_on_labels={labels}" in ddim["target"]
 
 
-@pytest.mark.parametrize("count", ["seeds.count=3", "reference_count=3"])
-def test_kid_on_a_reference_of_3_is_refused_naming_the_key_before_sampling(tmp_path, count):
+@pytest.mark.parametrize("count, message", [
+    ("seeds.count=3", "KID needs a reference of at least 4 images"),
+    ("reference_count=3", "KID needs a reference of at least 4 images"),
+    ("seeds.count=null", "must be an integer >= 1; got None"),  # the count's own check, not a TypeError of KID's
+    ("seeds.count=2.5", "must be an integer >= 1; got 2.5"),
+])
+def test_kid_on_a_reference_of_3_is_refused_naming_the_key_before_sampling(tmp_path, count, message):
     """Subsets of 1 image: KID was NaN, as if the sampler had diverged."""
     from lightning_sde.bench.runner import prepare
 
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         cfg = compose("bench", overrides=[f"results={tmp_path}/r.jsonl", *TINY, count,
                                           f"checkpoint={_digits_checkpoint(tmp_path)}", "data=digits", "metrics=[kid]"])
-    with pytest.raises(ValueError, match=f"^config {count.split('=')[0]}: KID needs a reference of at least 4 images"):
+    with pytest.raises(ValueError, match=f"^config {count.split('=')[0]}: {re.escape(message)}"):
         prepare(cfg)
 
 

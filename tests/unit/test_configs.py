@@ -267,6 +267,14 @@ def test_inception_weights_that_are_not_tensors_fail_at_start_up_not_at_the_firs
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "csv").exists()
 
 
+def test_guidance_in_training_evaluations_without_label_dropout_fails_at_start_up(tmp_path):
+    """model.p_uncond=0 trains no unconditional prediction: the first evaluation failed, after its steps."""
+    cfg = composed("train", ["experiment=toy2d_cond", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
+                             "logger=none", "model.p_uncond=0", "callbacks.sampler.guidance=2"])
+    with pytest.raises(ValueError, match=r"^config callbacks.sampler.guidance: model.p_uncond=0 trains no "):
+        build(cfg)
+
+
 def test_kid_on_fewer_than_4_samples_fails_at_start_up(tmp_path):
     cfg = composed("train", ["experiment=digits", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
                              "callbacks.sampler.n_samples=3", "callbacks.sampler.metrics=[kid]"])

@@ -156,20 +156,3 @@ def test_a_full_disk_is_one_named_error_and_leaves_no_partial_file(tmp_path, mon
         app(None)
     assert ended.value.code == 1
     assert capsys.readouterr().err == f"lsde-x: error: could not write {tmp_path}/r.jsonl: No space left on device\n"
-
-
-def test_a_start_that_fails_before_writing_leaves_no_folder_but_keeps_any_it_found_or_wrote(tmp_path):
-    """lsde-sample's check of a grid (under the folder's lock) failed, and an empty folder stayed behind."""
-    for folder, before, written in ((tmp_path / "new" / "run", False, False), (tmp_path / "old", True, False),
-                                    (tmp_path / "wrote", False, True)):
-        if before:
-            folder.mkdir()
-        with pytest.raises(ValueError), FolderLock(folder, "test"):
-            if written:
-                (folder / "settings.json").write_text("{}")
-            raise ValueError("bad grid")
-        assert folder.exists() == (before or written) and (folder / LOCK_FILE).exists() == (before or written)
-    assert (tmp_path / "new").is_dir()  # only the folder it made for the run
-    with FolderLock(tmp_path / "fine", "test"):
-        pass
-    assert (tmp_path / "fine" / LOCK_FILE).exists()

@@ -130,3 +130,30 @@ def test_an_exact_divergence_asked_for_many_dimensions_is_warned_about(tmp_path,
     caplog.clear()
     likelihood.run(cfg("divergence=auto", f"out={tmp_path / 'auto'}"))
     assert "divergence=exact on" not in caplog.text
+
+
+def test_a_full_disk_while_rows_are_recorded_is_one_named_error(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from lightning_sde.cli import likelihood
+    from lightning_sde.errors import WriteError
+
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.name, self.file = str(path), builtins.open(path, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(likelihood, "open", FullDisk, raising=False)
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("likelihood", overrides=[f"out={tmp_path}", "n=4", "ode.rtol=1e-3", "ode.atol=1e-3"])
+    with pytest.raises(WriteError, match=r"could not write .*partial/rows-0-\d+\.jsonl: No space left on device"):
+        likelihood.run(cfg)

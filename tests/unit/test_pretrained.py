@@ -253,6 +253,7 @@ def write_json(path, content):
     ("beta-schedule", "its noise schedule cannot be read .*NotImplementedError"),
     ("timesteps", "its noise schedule cannot be read .*TypeError"),
     ("ve-sigma", "the scheduler's sigma_max must be a number; got '1348'"),
+    ("ve-null", "the scheduler's sigma_min must be a number; got None"),
 ])
 def test_loader_refuses_what_it_cannot_read(tmp_path, case, match):
     folder = tmp_path / "m"
@@ -280,10 +281,11 @@ def test_loader_refuses_what_it_cannot_read(tmp_path, case, match):
         if case == "unsized":
             config = json.loads((folder / "config.json").read_text())
             write_json(folder / "config.json", {**config, "sample_size": None})
-    elif case == "ve-sigma":
+    elif case in ("ve-sigma", "ve-null"):
         ncsnpp_pipeline(folder)
         path = folder / "scheduler" / "scheduler_config.json"
-        write_json(path, {**json.loads(path.read_text()), "sigma_max": "1348"})
+        write_json(path, {**json.loads(path.read_text()), **({"sigma_max": "1348"} if case == "ve-sigma" else
+                                                            {"sigma_min": None})})
     elif case == "not-a-folder":
         spec = f"diffusers:{tmp_path / 'missing' / 'folder'}"
     elif case == "a-file":

@@ -97,6 +97,10 @@ def test_a_results_path_that_is_a_device_or_a_pipe_is_refused_not_read(tmp_path)
 
     os.mkfifo(tmp_path / "pipe.jsonl")
     (tmp_path / "dev.jsonl").symlink_to("/dev/null")
+    from lightning_sde.bench.runner import check_results_file
+
     for name in ("pipe.jsonl", "dev.jsonl"):
         with pytest.raises(ValueError, match=f"{name}' is not a regular file"):
             ResultsStore(tmp_path / name).rows()
+        with pytest.raises(ValueError, match=f"^config results: .*{name}' is not a regular file"):
+            check_results_file(tmp_path / name)  # at start-up, before any process waits on another

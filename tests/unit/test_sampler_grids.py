@@ -143,7 +143,7 @@ def test_explicit_times_that_miss_t_or_eps_fail_at_start_up():
             check_grid(build_sampler("ddim", steps=2, times=times), sde)
     check_grid(build_sampler("ddim", steps=2, times=[1.0, 0.5, sde.eps]), sde)
     check_grid(build_sampler("ddim", steps=2, times=[0.7, 0.5, sde.eps], gaussian_start=0.15), sde)  # starts later
-    with pytest.raises(ValueError, match=r"start time T .* got 0\.7 \.\.\. 0\.01$"):
+    with pytest.raises(ValueError, match=r"from its Gaussian start to eps = 0\.001; got 0\.7 \.\.\. 0\.01$"):
         check_grid(build_sampler("ddim", steps=2, times=[0.7, 0.5, 0.01], gaussian_start=0.15), sde)
 
 

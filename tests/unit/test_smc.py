@@ -80,3 +80,13 @@ def test_smc_refuses_bad_input():
         smc_inpainting(den, range(2), grid="cosine")
     with pytest.raises(ValueError, match="3 seeds but the denoiser holds values for 2"):
         smc_inpainting(den, range(3))
+
+
+def test_inpainting_on_other_guidance_or_labels_is_tuned_apart():
+    """The tuned-grid cache key of an inpainting denoiser left its base's guidance and labels out: two such batches
+    with equal values shared one grid."""
+    mix = eight_gaussians(labels=[0, 1] * 4)
+    base = mix.denoiser(VPSDE())
+    keys = {inpainting(guided(base, labels, w), KNOWN, _values(2, 1.0)).fingerprint()
+            for labels, w in (([0, 1], 0.0), ([0, 1], 2.0), ([1, 1], 0.0))}
+    assert len(keys) == 3
