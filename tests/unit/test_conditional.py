@@ -117,7 +117,8 @@ def module(num_classes, p_uncond):
 
 def test_label_dropout_feeds_the_null_label(monkeypatch):
     seen = []
-    m = module(4, 1.0)
+    m = module(4, 0.5)
+    m.p_uncond = 1.0  # refused as a setting (no class trained), set here to see every label dropped
     forward = m.denoiser.net.forward
     m.denoiser.net.forward = lambda x, t, y=None: seen.append(y.clone()) or forward(x, t, y)
     monkeypatch.setattr(ScoreModule, "trainer", FakeTrainer(), raising=False)
