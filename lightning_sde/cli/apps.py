@@ -17,8 +17,11 @@ def override_error(app: str, argv: list[str]) -> str | None:
     value), from composing `<app>.yaml` with them, or None; a multirun's (-m), from composing its first job. Other
     flags and subcommands are left to the app."""
     multirun = [arg for arg in argv if arg in ("-m", "--multirun")]
+    swept = {}  # a first job's override -> the sweep it stands for, in what Hydra says of it
     if multirun:
-        argv = first_job([arg for arg in argv if arg not in multirun])
+        given = [arg for arg in argv if arg not in multirun]
+        argv = first_job(given)
+        swept = {first: arg for first, arg in zip(argv or (), given) if first != arg}
     if not argv or not single_run_overrides(argv):
         return None
     from hydra import compose, initialize_config_module
@@ -31,7 +34,10 @@ def override_error(app: str, argv: list[str]) -> str | None:
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
             cfg = compose(app, overrides=argv, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: e.g. a group set to null
-        return one_line(err)
+        message = one_line(err)
+        for first, arg in swept.items():
+            message = message.replace(first, arg)
+        return message
     return None if multirun else folder_error(cfg)
 
 

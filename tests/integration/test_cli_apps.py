@@ -246,7 +246,7 @@ def test_a_multiruns_typo_is_one_line_before_any_job():
     from lightning_sde.cli.apps import override_error
 
     assert override_error("train", ["-m", "trainer.max_step=5,6"]) == \
-        "Could not override 'trainer.max_step'. To append to your config use +trainer.max_step=5"
+        "Could not override 'trainer.max_step'. To append to your config use +trainer.max_step=5,6"  # the sweep
     assert "experiment" in override_error("train", ["--multirun", "experiment=nonexistent,toy2d", "seed=1,2"])
 
 
