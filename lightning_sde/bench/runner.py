@@ -84,6 +84,11 @@ def check_run_settings(cfg: DictConfig) -> tuple[torch.dtype, torch.device]:
     return dtype, device
 
 
+def reference_key(cfg: DictConfig) -> str:
+    """The key that sizes the reference set: reference_count where set, else seeds.count (as many as a cell's)."""
+    return "reference_count" if cfg.get("reference_count") is not None else "seeds.count"
+
+
 def sweep_metrics(cfg: DictConfig, kind: str) -> tuple[str, ...]:
     """The sweep's metrics and what the config alone says of them and of its labels (a planned checkpoint too)."""
     points_or_images = data_kind(cfg) if kind == "checkpoint" else "points"
@@ -99,7 +104,7 @@ def sweep_metrics(cfg: DictConfig, kind: str) -> tuple[str, ...]:
                              f"{sorted(FEATURE_EXTRACTORS)}")
         check_stats_cache("stats_cache", cfg.stats_cache)
     if "kid" in metrics:
-        key = "reference_count" if cfg.get("reference_count") is not None else "seeds.count"
+        key = reference_key(cfg)
         try:
             check_kid_reference(positive_int(key, OmegaConf.select(cfg, key)))
         except ValueError as err:
@@ -264,7 +269,7 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
             if cell.built is not None:
                 checked(f"samplers.{cell.label}", check_grid, cell.built, target.denoiser.sde)
         if target.datamodule is not None and one_class(cfg, target) is None:
-            key = "reference_count" if cfg.get("reference_count") is not None else "seeds.count"
+            key = reference_key(cfg)
             try:  # the reference is that many training samples
                 target.datamodule.check_reference_size(OmegaConf.select(cfg, key))
             except ValueError as err:
@@ -272,7 +277,7 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
         seeds = range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count)
         scorer = previews = None
         if rank == 0:
-            reference_n = cfg.get("reference_count") or cfg.seeds.count
+            reference_n = OmegaConf.select(cfg, reference_key(cfg))
             reference = reference_samples(target, reference_n, cfg.seeds.start, one_class(cfg, target))
             scorer = Scorer(reference, sweep.metrics, target.mixture, cfg.feature_extractor, cfg.stats_cache, device)
             previews = SamplePreviews.of(cfg.results, n=64 if target.kind == "images" else 1000)
