@@ -35,6 +35,10 @@ def check_int(owner: str, key: str, value, minimum: int = 0) -> int:
     return value
 
 
+class DashboardError(RuntimeError):
+    """W&B could not log a run's view (no connection, its folder unusable); the results files are the record."""
+
+
 class CheckpointError(ValueError):
     """A file that is not a readable lightning-sde checkpoint."""
 

@@ -28,6 +28,21 @@ class WandbLogger(LightningWandbLogger):
         if self._wandb_init.get("anonymous") is None:  # Lightning passes None, which W&B warns is a no-op
             self._wandb_init.pop("anonymous", None)
 
+    def start(self) -> bool:
+        """Open the W&B run now (rank 0), before training; False, with one warning, when W&B cannot start (no
+        connection, an unusable folder): the caller drops this logger and the fit goes on without W&B."""
+        if rank_zero_only.rank != 0:
+            return True
+        try:
+            self.experiment  # noqa: B018  (the property calls wandb.init)
+            return True
+        except Exception as err:  # noqa: BLE001  (whatever W&B raises, the run goes on without it)
+            self._broken = True
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            log.warning("W&B could not start (%s: %s); training goes on without it: the CSV logs and checkpoints "
+                        "are the record", type(err).__name__, detail)
+            return False
+
     def _guarded(self, fn, *args, **kwargs):
         if self._broken:
             return None

@@ -145,9 +145,14 @@ def quiet_and_logged() -> None:
     warnings.filterwarnings("ignore", message=r"Metric `Kernel Inception Distance` will save all extracted features")
 
 
+def wandb_disabled() -> bool:
+    """WANDB_MODE=disabled: the user wants no W&B run at all, not even offline files (as W&B itself reads it)."""
+    return os.environ.get("WANDB_MODE") == "disabled"
+
+
 def wandb_configured() -> bool:
     """True when this machine can reach W&B with credentials: otherwise log offline and sync later."""
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+    if os.environ.get("WANDB_MODE") in ("offline", "dryrun"):
         return False
     if os.environ.get("WANDB_MODE") == "online" or os.environ.get("WANDB_API_KEY"):
         return True

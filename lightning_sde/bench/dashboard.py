@@ -4,7 +4,7 @@
 The run's id is kept next to the results file (`results.wandb.json`, with the cells already logged), so a resumed
 sweep, another shard's report or a later `report --wandb` continue the same run and never log a cell twice.
 
-History keys, one row per cell (W&B's step is just the row counter; the charts use `nfe` as their x axis):
+History keys, one row per cell (W&B's step counts the rows, on across launches; the charts use `nfe` as x axis):
   nfe, cell/sampler, cell/grid, cell/requested, cell/params   what the cell was
   <metric>/<sampler>                                          its value (fid/ddim, sliced_w2/em, ...)
   <metric>_ci/<sampler>                                       half-width of its interval, when the harness made one
@@ -45,7 +45,10 @@ def sidecar_path(results) -> Path:
 
 
 SIDECAR_TYPES = {"id": str, "project": str, "name": str, "group": str, "logged": list, "summaries_only": list,
-                 "protocol": dict}
+                 "protocol": dict, "config": dict, "step": int}
+# Config keys a later launch of the same protocol may extend (more budgets, samplers, metrics) or update; the others
+# name the protocol, which the run's config keeps from its first.
+EXTENDABLE_CONFIG = ("nfe", "tolerances", "metrics", "samplers.", "batch_size", "git_commit", "shard")
 
 
 def read_sidecar(results) -> dict:
@@ -63,6 +66,8 @@ def read_sidecar(results) -> dict:
                 raise ValueError(f"{key} is not a {kind.__name__}")
         if "id" in state and not re.fullmatch(r"[A-Za-z0-9_-]+", state["id"]):
             raise ValueError(f"id {state['id']!r} is not a W&B run id")
+        if isinstance(state.get("step"), bool) or state.get("step", 0) < 0:
+            raise ValueError(f"step {state['step']!r} is not a W&B step")
         first = state.get("protocol")  # the first cell's protocol, that labels the others' (SweepRun.label)
         if first is not None and not (isinstance(first.get("target"), str) and all(
                 isinstance(first.get(k), int) and not isinstance(first.get(k), bool)
@@ -159,26 +164,59 @@ class SweepRun:
         name, group = self.state.get("name", name), self.state.get("group", group)  # the run keeps its first ones
         self.run = wandb.init(project=self.state.get("project", project), id=run_id, resume="allow", name=name,
                               group=group, job_type="bench", tags=sorted(set(tags)), mode=mode,
-                              dir=str(out_dir or self.results.parent), config=config, allow_val_change=True,
-                              settings=wandb.Settings(quiet=True))
+                              dir=str(out_dir or self.results.parent), config=self._config(config),
+                              allow_val_change=True, settings=wandb.Settings(quiet=True))
         self.state.update(id=run_id, project=self.run.project, name=name, group=group)
         self.state.setdefault("logged", [])
+        earlier = self._earlier_rows() if self.run.offline else []
         if self.run.offline:
-            self._forget_lost_cells()
+            self._forget_lost_cells(earlier)
+        # every launch goes on from the run's last step (the sidecar's, or its files' when a kill beat the sidecar):
+        # W&B keeps one row per step, so a launch starting again at 0 would have its rows dropped or interleaved
+        steps = [r["_step"] + 1 for r in earlier if isinstance(r.get("_step"), int)]
+        self.state["step"] = max(self.state.get("step", 0), self.run.step, *steps)
         write_sidecar(self.results, self.state)
         for key in [*ALL_METRICS, *(f"{m}_ci" for m in ALL_METRICS), "wall_s"]:
             self.run.define_metric(f"{key}/*", step_metric="nfe")  # charts against NFE; summaries below
 
-    def _forget_lost_cells(self) -> None:
-        """A sweep killed (kill -9) just after logging a cell may leave it out of its run file, though the sidecar
-        lists it (W&B may not have written a single row): keep listed only the cells the earlier files of this run
-        hold, so that the report logs the others again; and list the cells they hold that the sidecar does not (killed
-        between W&B's write and the sidecar's), so that none is logged twice. (Files whose rows lack `cell/id`,
-        written before cells carried it, are taken at the sidecar's word.)"""
+    def _config(self, config: dict) -> dict:
+        """The config this launch gives the run: the run's config describes the protocol of its plain keys (its first
+        cell's). A later launch of that protocol extends it (its budgets, samplers and metrics join the earlier ones);
+        a launch of another protocol (other seeds, another target) leaves it as it is."""
+        first = self.state.get("config")
+        if first is None or not self.state.get("protocol"):  # no cell logged yet: this launch's protocol is the first
+            self.state["config"] = config
+            return config
+        protocol = lambda c: {k: v for k, v in c.items() if not k.startswith(EXTENDABLE_CONFIG)}  # noqa: E731
+        if protocol(config) != protocol(first):
+            log.info("W&B: the run's config stays its first protocol's, that of its plain keys; this launch's cells "
+                     "are labelled with what differs")
+            return first
+        merged = {**first, **config}
+        for key in ("nfe", "tolerances", "metrics"):
+            lists = [v for v in (first.get(key), config.get(key)) if isinstance(v, list)]
+            if lists:
+                merged[key] = sorted(set().union(*lists))
+        self.state["config"] = merged
+        return merged
+
+    def _earlier_rows(self) -> list[dict]:
+        """The history rows of this run's earlier launches' files in its folder."""
         current = Path(self.run.dir).resolve().parent
         earlier = [f for f in current.parent.glob(f"*run-*-{self.run.id}/run-{self.run.id}.wandb")  # offline-run-*
                    if f.parent.resolve() != current]  # and run-* (an online launch's local record)
-        rows = [r for f in earlier for r in offline_history(f)]
+        return [r for f in earlier for r in offline_history(f)]
+
+    def _log(self, row: dict) -> None:
+        self.run.log(row, step=self.state["step"])
+        self.state["step"] += 1
+
+    def _forget_lost_cells(self, rows: list[dict]) -> None:
+        """A sweep killed (kill -9) just after logging a cell may leave it out of its run file, though the sidecar
+        lists it (W&B may not have written a single row): keep listed only the cells the earlier files of this run
+        (`rows`, their history) hold, so that the report logs the others again; and list the cells they hold that the
+        sidecar does not (killed between W&B's write and the sidecar's), so that none is logged twice. (Files whose
+        rows lack `cell/id`, written before cells carried it, are taken at the sidecar's word.)"""
         if rows and not any("cell/id" in r for r in rows):
             return
         in_files = {r["cell/id"] for r in rows if r.get("cell/id")}
@@ -237,7 +275,7 @@ class SweepRun:
             path = self._picture(label, nfe, preview, reference)
             if path is not None:
                 row[f"samples/{label}/{budget_key(nfe)}"] = wandb.Image(str(path), caption=f"{label}, NFE {nfe:g}")
-        self.run.log({k: v for k, v in row.items() if v is not None})
+        self._log({k: v for k, v in row.items() if v is not None})
 
     def summaries(self) -> dict:
         """best/<metric>/<sampler> (and its /nfe) and floor/<metric> over the rows of the results file, so that a
@@ -277,7 +315,8 @@ class SweepRun:
         import wandb
 
         value = lambda r, k: json.dumps(r[k]) if isinstance(r.get(k), (dict, list)) else r.get(k)
-        self.run.log({"results": wandb.Table(columns=columns, data=[[value(r, k) for k in columns] for r in rows])})
+        self._log({"results": wandb.Table(columns=columns, data=[[value(r, k) for k in columns] for r in rows])})
+        write_sidecar(self.results, self.state)
 
     def where(self) -> str:
         if self.run.offline:

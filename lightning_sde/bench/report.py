@@ -10,14 +10,25 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, save_workspace, sweep_config, workspace
+from lightning_sde.bench.dashboard import (
+    PROTOCOL_FIELDS,
+    SweepRun,
+    cell_id,
+    flat,
+    read_sidecar,
+    save_workspace,
+    sweep_config,
+    workspace,
+)
 from lightning_sde.bench.results import SamplePreviews, cell_key_of, for_views, load, protocol, subject, views_of
+from lightning_sde.errors import DashboardError
 from lightning_sde.files import write_csv, write_text
 from lightning_sde.metrics.scorer import direction
 from lightning_sde.plotting import drawable
 from lightning_sde.plotting.style import natural
 from lightning_sde.plotting.sweeps import plot_metrics, plot_samples
 from lightning_sde.plotting.tables import text_table
+from lightning_sde.tracking import finish_wandb, wandb_disabled
 
 log = logging.getLogger(__name__)
 COLUMNS = ["sampler", "sampler_name", "grid", "requested", "nfe", "metric", "value", "ci_low", "ci_high", "ci_level",
@@ -165,11 +176,26 @@ def sample_panels(rows: list[dict], previews: SamplePreviews):
 
 def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = None, run=None) -> str:
     """The sweep's one W&B run (resumed from the id kept next to the results, or `run` when the sweep just logged
-    into it): the cells it has not logged yet, the results Table, and the workspace of its panels."""
-    results = Path(results)
-    sweep = results.parent.name
-    if run is None:
-        config, tags = sweep_config(sweep, rows)
+    into it): the cells it has not logged yet, the results Table, and the workspace of its panels. DashboardError
+    (one line) when W&B fails: the results and their views are written already."""
+    try:
+        return _to_wandb(rows, Path(results), project, name, run)
+    except Exception as err:  # noqa: BLE001  (whatever W&B raises: a lost connection, an unusable folder)
+        finish_wandb(1, f"{type(err).__name__}: {err}")  # a run left open would be closed by W&B's exit handler
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DashboardError(f"W&B: no run logged ({type(err).__name__}: {detail}); the results and their views are "
+                             f"written: `lsde-bench report {results} --wandb` logs them once W&B works") from None
+
+
+def _to_wandb(rows: list[dict], results: Path, project: str, name: str | None, run) -> str:
+    # the sweep's name, which the run's group is (a results file of the sweep's may be outside its folder)
+    state = read_sidecar(results) if run is None else run.state
+    sweep = state.get("group", results.parent.name)
+    if run is None:  # the config describes the first protocol, whose cells have the plain keys; the tags, every row
+        first = state.get("protocol") or min(rows, key=lambda r: str(r.get("time") or ""))
+        config, _ = sweep_config(sweep, [r for r in rows if all(r.get(k) == first.get(k) for k in PROTOCOL_FIELDS)]
+                                 or rows)
+        tags = sweep_config(sweep, rows)[1]
         run = SweepRun(results, project, name or f"bench-{sweep}", sweep, flat("", config), tags)
     previews = SamplePreviews.of(results)
     by_cell = defaultdict(list)
@@ -181,7 +207,8 @@ def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = N
     run.log_table(rows, COLUMNS)
     lines = [run.where()]
     keyed = [{**r, "sampler": run.label(r)} for r in rows]  # the panels show the keys the run logged
-    definition = workspace(keyed, run.run.entity or os.environ.get("WANDB_ENTITY") or "", run.run.project, sweep)
+    definition = workspace(keyed, run.run.entity or os.environ.get("WANDB_ENTITY") or "", run.run.project,
+                           run.state["group"])
     lines.append(save_workspace(definition, results.with_name(results.stem + ".workspace.json"),
                                 online=not run.run.offline))
     run.finish()
@@ -221,6 +248,8 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
         paths["samples"] = plot_samples(panels, views["samples"], reference)
     print(summary_table(view))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    if use_wandb:
+    if use_wandb and wandb_disabled():
+        log.info("WANDB_MODE=disabled: no W&B run is logged")
+    elif use_wandb:
         paths["wandb"] = to_wandb(view, results, project, name, run)  # the sweep's run, next to its results
     return paths

@@ -39,7 +39,7 @@ from lightning_sde.targets import (
     target_kind,
     with_data_moments,
 )
-from lightning_sde.tracking import duration, source_revision
+from lightning_sde.tracking import duration, source_revision, wandb_disabled
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +313,8 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
                             time.monotonic() - cell_started)
     return {"cells": len(sweep.cells), "shard_cells": len(sweep.mine), "computed": len(todo), "rank": rank,
             "world_size": world, "wandb_run": live,  # left open: the report adds the table and finishes it
+            # W&B could not start (warned): the report does not wait for it again
+            "wandb_failed": rank == 0 and live is None and bool(todo) and wandb_wanted(cfg),
             "keys": {c.key(m) for c in sweep.cells for m in c.metrics}}  # what the views show of rows alike
 
 
@@ -336,10 +338,15 @@ def one_class(cfg: DictConfig, target) -> int | None:
     return labels if cfg.get("guidance") is not None and labels != "cycle" and target.mixture is None else None
 
 
+def wandb_wanted(cfg: DictConfig) -> bool:
+    """Whether the sweep logs a live W&B run (one shard: shards log through `report --wandb` once all are done)."""
+    return cfg.wandb.enabled and cfg.shard.count == 1 and not wandb_disabled()
+
+
 def open_sweep_run(cfg: DictConfig, target, protocol: dict, sweep: Sweep) -> SweepRun | None:
     """The sweep's W&B run, logged cell by cell (rank 0; one shard: shards log through `report --wandb` once all
     are done, since a W&B run has one writer)."""
-    if not cfg.wandb.enabled or cfg.shard.count > 1:
+    if not wandb_wanted(cfg):
         return None
     cells = [{**protocol, "sampler": c.label, "sampler_name": c.sampler, "grid": c.grid, "requested": c.requested,
               "seed_start": c.seed_start, "seed_count": c.seed_count, "batch_size": cfg.batch_size, "metric": m}

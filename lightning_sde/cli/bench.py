@@ -29,6 +29,7 @@ from lightning_sde.cli.apps import one_line
 from lightning_sde.cli.errors import USER_ERRORS, fail, fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH
+from lightning_sde.errors import DashboardError
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,12 @@ def views(cfg: DictConfig, summary: dict) -> None:
         wandb = f" --wandb --project {shlex.quote(cfg.wandb.project)}" if cfg.wandb.enabled else ""
         print(f"after the last shard: lsde-bench report {cfg.results}{wandb}")
     else:
-        report(cfg.results, use_wandb=cfg.wandb.enabled, project=cfg.wandb.project, name=f"bench-{cfg.name}",
-               run=summary["wandb_run"], preferred=summary["keys"])
+        try:
+            report(cfg.results, use_wandb=cfg.wandb.enabled and not summary["wandb_failed"],
+                   project=cfg.wandb.project, name=f"bench-{cfg.name}", run=summary["wandb_run"],
+                   preferred=summary["keys"])
+        except DashboardError as err:  # the sweep's results and views are written: its job succeeded
+            log.warning("%s", err)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")

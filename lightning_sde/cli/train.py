@@ -34,6 +34,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_sde import logger as wandb_logger
 from lightning_sde.callbacks import Preemption, SamplerCallback
 from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO, SetAside
 from lightning_sde.callbacks.sampler import SAMPLE_STATS
@@ -57,7 +58,7 @@ from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.sde import SDES
-from lightning_sde.tracking import backfill_wandb, finish_wandb, trim_history, wandb_configured
+from lightning_sde.tracking import backfill_wandb, finish_wandb, trim_history, wandb_configured, wandb_disabled
 
 log = logging.getLogger(__name__)
 TOP_LEVEL_KEYS = {"data", "model", "sde", "loss", "samplers", "trainer", "logger", "callbacks", "run_name", "run_dir",
@@ -529,6 +530,9 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
             if logger_cfg.get("offline") == "auto":
                 logger_cfg["offline"] = not wandb_configured()
             if logger_cfg.get("_target_", "").endswith("WandbLogger"):
+                if wandb_disabled():
+                    log.info("WANDB_MODE=disabled: no W&B run (logger.%s left out)", key)
+                    continue
                 for k, v in wandb_identity(cfg, job, callbacks).items():
                     logger_cfg.setdefault(k, v)
             loggers.append(build_node(logger_cfg, f"logger.{key}"))
@@ -589,6 +593,8 @@ def train(cfg: DictConfig):
             path, step = run.init_from
             log.info("starting from the weights of %s (step %s of its run); a new optimizer, warm-up and step count",
                      path, step if step >= 0 else "?")
+        # a W&B run that cannot start is left out now: nothing later (callbacks, the report) reaches for it again
+        trainer.loggers = [lg for lg in trainer.loggers if not isinstance(lg, wandb_logger.WandbLogger) or lg.start()]
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             if resumed_at is not None and trainer.is_global_zero and isinstance(logger, WandbLogger):

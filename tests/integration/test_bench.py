@@ -151,6 +151,10 @@ def test_a_resumed_sweep_continues_its_wandb_run_and_report_updates_it(tmp_path)
     assert sliced["x"] == "nfe" and sorted(sliced["y"]) == ["sliced_w2/ddim", "sliced_w2/em"] and sliced["log_x"]
     assert sorted(panels["wall time [s] (lower is better)"]["y"]) == ["wall_s/ddim", "wall_s/em"]
     assert panels["ddim"]["media_keys"] == ["samples/ddim/nfe_00003", "samples/ddim/nfe_00010"]
+    # W&B keeps one row per step: each launch goes on from the last one's step, never from 0 again
+    steps = [r["_step"] for run in runs for r in history(run)]
+    assert steps == list(range(len(steps))), steps
+    assert run_info(runs[1])["config"]["nfe"] == [3, 10]  # an extended sweep's config lists every budget
 
 
 @pytest.mark.slow
@@ -209,6 +213,8 @@ def test_a_multirun_over_seed_counts_keeps_each_protocols_curves_apart_on_wandb(
     live = sweep_runs(tmp_path)
     assert {run_info(r)["id"] for r in live} == {sidecar["id"]} and len(live) == 2  # one run, resumed by job 2
     assert logged(live) == expected
+    # the config describes the plain keys' protocol: job 2's seeds do not overwrite it
+    assert [run_info(r)["config"]["seeds.count"] for r in live] == [60, 60]
     workspace = json.loads((tmp_path / "results.workspace.json").read_text())
     panels = {p["title"]: p for section in workspace["sections"] for p in section["panels"]}
     assert sorted(panels["sliced_w2 (lower is better)"]["y"]) == sorted(
@@ -219,6 +225,46 @@ def test_a_multirun_over_seed_counts_keeps_each_protocols_curves_apart_on_wandb(
     (later / "results.jsonl").write_text((tmp_path / "results.jsonl").read_text())
     report_wandb(later / "results.jsonl")
     assert logged(sweep_runs(later)) == expected
+    assert run_info(sweep_runs(later)[0])["config"]["seeds.count"] == 60
+
+
+def test_a_sweep_whose_wandb_run_cannot_start_succeeds_and_report_says_why_in_one_line(tmp_path):
+    """The results file is the record, W&B a view: a sweep whose W&B run cannot start (its folder is a file here; a
+    server out of reach fails alike) computes and writes everything, warns once and exits 0, so `&&` chains and
+    SLURM's afterok go on; `report --wandb`, asked for that run alone, fails in one line."""
+    (tmp_path / "wandb").write_text("not a folder")
+    proc = run_bench(tmp_path, "nfe=[3]", "seeds.count=50", "noise_floor=false", "metrics=[sliced_w2]")
+    out = proc.stdout + proc.stderr
+    assert "W&B: no live run (NotADirectoryError" in out and "Traceback" not in out, out[-3000:]
+    assert out.count("Not a directory") == 1  # the report does not try again what the sweep saw fail
+    assert len(load(tmp_path / "results.jsonl")) == 2 and (tmp_path / "results.png").is_file()
+    cmd = [sys.executable, "-m", "lightning_sde.cli.bench", "report", str(tmp_path / "results.jsonl"), "--wandb"]
+    report = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ENV, check=False)
+    assert report.returncode == 1 and "Traceback" not in report.stderr, report.stderr[-3000:]
+    assert report.stderr.strip().splitlines()[-1].startswith("lsde-bench report: error: W&B: no run logged (")
+
+
+def test_a_sweep_names_its_wandb_group_wherever_its_results_are_and_wandb_mode_disabled_makes_no_run(tmp_path):
+    """results= outside outputs/bench/<name>: the run's group, its config's `sweep` and the workspace's filter are the
+    sweep's name, also when `report --wandb` (which sees only the file) logs into the run later; WANDB_MODE=disabled
+    logs no W&B run, not even offline files."""
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    one = ["nfe=[3]", "seeds.count=50", "noise_floor=false", "metrics=[sliced_w2]"]
+    cmd = [sys.executable, "-m", "lightning_sde.cli.bench", "name=foo", f"results={folder}/res.jsonl",
+           f"output_dir={tmp_path}/hydra", *SMALL, *one]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report_wandb(folder / "res.jsonl")
+    workspace = json.loads((folder / "res.workspace.json").read_text())
+    assert "foo" in json.dumps(workspace) and '"custom"' not in json.dumps(workspace)
+    infos = [run_info(r) for r in sweep_runs(folder)]
+    assert len(infos) == 2 and {(i["group"], i["config"]["sweep"]) for i in infos} == {("foo", "foo")}
+    off = tmp_path / "off"
+    proc = subprocess.run([sys.executable, "-m", "lightning_sde.cli.bench", f"results={off}/res.jsonl",
+                           f"output_dir={off}/hydra", *SMALL, *one], capture_output=True, text=True, timeout=300,
+                          env={**ENV, "WANDB_MODE": "disabled"}, check=False)
+    assert proc.returncode == 0 and not (off / "wandb").exists() and (off / "res.png").is_file(), proc.stderr[-3000:]
 
 
 @pytest.mark.slow

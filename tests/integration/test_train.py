@@ -281,6 +281,25 @@ def test_wandb_osh_is_asked_to_sync_the_offline_run_after_each_evaluation(tmp_pa
     assert list(target.glob("run-*.wandb")), proc.stdout[-2000:]
 
 
+def test_a_wandb_run_that_cannot_start_leaves_training_going_and_wandb_mode_disabled_makes_none(tmp_path):
+    """W&B is a view of the CSV logs: when its run cannot start (here its folder is a file; a server out of reach
+    fails alike), training goes on without it and exits 0, with one warning and no traceback; WANDB_MODE=disabled
+    makes no W&B files at all (not offline ones)."""
+    short = ["experiment=toy2d", *QUICK, "trainer.max_steps=20", "trainer.val_check_interval=20",
+             "callbacks.sampler.n_samples=50"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "wandb").write_text("not a folder")
+    proc = run_train(broken, *short)
+    out = proc.stdout + proc.stderr
+    assert "W&B could not start (NotADirectoryError" in out and "Traceback" not in out, out[-3000:]
+    assert csv_rows(broken / "samples" / "sampler_metrics.csv") and list((broken / "checkpoints").glob("*.ckpt"))
+    assert "W&B" not in out[out.index("run directory:"):]  # no sync command for a run that never started
+    off = tmp_path / "off"
+    run_train(off, *short, WANDB_MODE="disabled")
+    assert not (off / "wandb").exists() and csv_rows(off / "samples" / "sampler_metrics.csv")
+
+
 @pytest.mark.slow
 def test_a_resume_at_max_steps_names_an_evaluation_that_was_stopped(tmp_path):
     """A signal during the last evaluation leaves the checkpoint at max_steps and no rows at that step; resumed there,

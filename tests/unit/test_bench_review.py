@@ -119,6 +119,7 @@ class FakeRun:
     """What SweepRun uses of a W&B run: its history rows, summary and run folder."""
 
     project = "p"
+    step = 0  # a fresh offline launch's; an online resume's is the run's last step + 1
 
     def __init__(self, folder: Path, run_id: str, offline: bool):
         self.dir, self.id, self.offline = str(folder / "files"), run_id, offline
@@ -127,7 +128,7 @@ class FakeRun:
     def define_metric(self, *args, **kwargs):
         pass
 
-    def log(self, row):
+    def log(self, row, step=None):
         self.history.append(row)
 
 
