@@ -75,7 +75,24 @@ def remove_stale_temporaries(path: Path) -> None:
 
 class LastCheckpoint(ModelCheckpoint):
     """ModelCheckpoint whose last.ckpt is the final state of every fit that ends normally: Lightning's writes it at
-    the end only if this process has saved nothing before (a run of 25 steps saving every 10 ended with step 20)."""
+    the end only if this process has saved nothing before (a run of 25 steps saving every 10 ended with step 20).
+    A last.ckpt written at a step that is then evaluated is written again after the evaluation: it was saved before
+    it, so a resume from it forgot that evaluation in the best checkpoint's choice (which then kept a worse one, and
+    left the better file beside it). It must come after the other ModelCheckpoints among the callbacks."""
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        super().setup(trainer, pl_module, stage)
+        mine = trainer.callbacks.index(self)
+        if any(isinstance(cb, ModelCheckpoint) for cb in trainer.callbacks[mine + 1:]):
+            raise ValueError("LastCheckpoint must come after the other ModelCheckpoints among the callbacks: it writes "
+                             "last.ckpt again after an evaluation at its step, with their choice of it")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.save_last and not trainer.sanity_checking and self._last_global_step_saved == trainer.global_step \
+                and self.last_model_path:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        else:
+            super().on_validation_end(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # never within an optimizer step (gradient accumulation): Lightning forgets the step it last saved at when a

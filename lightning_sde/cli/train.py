@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde import logger as wandb_logger
 from lightning_sde.callbacks import Preemption, SamplerCallback
-from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO, SetAside
+from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO, LastCheckpoint, SetAside
 from lightning_sde.callbacks.sampler import SAMPLE_STATS
 from lightning_sde.cli.errors import fails_cleanly, from_worker, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
@@ -474,7 +474,9 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     keyed = {k: build_node(c, f"callbacks.{k}") for k, c in cfg.callbacks.items() if c is not None}
     if not cfg.logger:  # logger=none: Lightning's LearningRateMonitor refuses to start without a logger
         keyed = {k: cb for k, cb in keyed.items() if not isinstance(cb, LearningRateMonitor)}
-    callbacks = list(keyed.values())
+    # last.ckpt after the other checkpoints' callbacks (Lightning keeps their order): written again after an
+    # evaluation at its step, it then holds the best checkpoint's choice of that evaluation (LastCheckpoint)
+    callbacks = sorted(keyed.values(), key=lambda cb: isinstance(cb, LastCheckpoint))
     sampler_cb = next((cb for cb in callbacks if isinstance(cb, SamplerCallback)), None)
     if sampler_cb is not None and sampler_cb.guidance is not None and module.denoiser.num_classes is None:
         raise ValueError("config callbacks.sampler.guidance: the model is not class-conditional "

@@ -63,7 +63,8 @@ class ValLoss(L.Callback):
 
 
 def fit(root, stop: L.Callback | None = None, resume: bool = False, val_every=10, every_n_evals=1, accumulation=1,
-        preemption=None, best_on_loss=False, val_batches=1, csv_log=False, watch: L.Callback | None = None):
+        preemption=None, best_on_loss=False, val_batches=1, csv_log=False, watch: L.Callback | None = None,
+        best_top_k=-1):
     torch.manual_seed(0)
     checkpoints = root / "checkpoints"
     callbacks = [
@@ -72,15 +73,16 @@ def fit(root, stop: L.Callback | None = None, resume: bool = False, val_every=10
         *([watch] if watch else []),
         SamplerCallback({"ddim": DDIM(steps=3)}, n_samples=64, batch_size=64, every_n_evals=every_n_evals),
         EMA(decay=0.9),
-        LastCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=10,
-                       enable_version_counter=False),
     ]
     if every_n_evals == 1:  # a best checkpoint needs its metric at every validation
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, filename="best-{step}",
-                                                             monitor="val/ddim/sliced_w2", mode="min", save_top_k=-1))
+                                                             monitor="val/ddim/sliced_w2", mode="min",
+                                                             save_top_k=best_top_k))
     if best_on_loss:  # a checkpoint on a value every validation logs
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, filename="loss-{step}",
                                                              monitor="val/loss", mode="min", save_top_k=1))
+    callbacks.append(LastCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=10,
+                                    enable_version_counter=False))  # after them: it records their choices
     # val_every steps are val_every x accumulation of Lightning's batches (as lsde-train converts them)
     trainer = L.Trainer(max_steps=20, val_check_interval=val_every * accumulation, check_val_every_n_epoch=None,
                         accumulate_grad_batches=accumulation,
@@ -124,6 +126,23 @@ def test_a_resumed_run_has_the_uninterrupted_runs_evaluations(tmp_path, during_e
     assert record(tmp_path / "whole")[1] == ["best-step=10.ckpt", "best-step=20.ckpt"]
     for a, b in zip(resumed.parameters(), whole.parameters(), strict=True):  # training itself is untouched
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_resumed_run_keeps_one_best_checkpoint_chosen_over_every_evaluation(tmp_path):
+    """save_top_k=1, last.ckpt and the evaluations both at 10: last.ckpt was written before the evaluation at 10, so
+    the run resumed from it (stopped at 13, or a finished run extended) had forgotten it: the evaluation at 20 became
+    the best whatever its value, and best-step=10.ckpt stayed beside it. Written again after the evaluation, the
+    resumed run keeps the uninterrupted run's one best checkpoint."""
+    fit(tmp_path / "whole", best_top_k=1)
+    fit(tmp_path / "stopped", StopAt(13, during_evaluation=False), best_top_k=1)
+    fit(tmp_path / "stopped", resume=True, best_top_k=1)
+    rows, best = record(tmp_path / "whole")
+    values = {r["step"]: float(r["sliced_w2"]) for r in rows if r["sampler"] == "ddim"}
+    assert best == [f"best-step={min(values, key=values.get)}.ckpt"] and len(values) == 2
+    assert record(tmp_path / "stopped") == record(tmp_path / "whole")
+    states = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    (state,) = [state for key, state in states.items() if "sliced_w2" in key]
+    assert [os.path.basename(p) for p in state["best_k_models"]] == best
 
 
 @pytest.mark.parametrize("val_every", [5, 1])
@@ -187,3 +206,16 @@ def test_a_requeue_signal_during_a_validation_without_an_evaluation_waits_for_th
     states = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
     (best,) = [state for key, state in states.items() if "val/loss" in key]
     assert best["best_model_path"].endswith("loss-step=5.ckpt") and os.path.exists(best["best_model_path"])
+
+
+def test_a_last_checkpoint_before_another_checkpoint_callback_is_refused_at_start(tmp_path):
+    """Before the best checkpoint's callback, last.ckpt written again after an evaluation would hold its choice from
+    before that evaluation: refused before any step (lsde-train puts it last)."""
+    last = LastCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=10)
+    best = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, monitor="val/loss")
+    trainer = L.Trainer(max_steps=2, callbacks=[last, best], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    module = ScoreModule(net=MLP, shape=[2], sde=VP)
+    with pytest.raises(ValueError, match="LastCheckpoint must come after the other ModelCheckpoints"):
+        trainer.fit(module, datamodule=Toy2DDataModule(batch_size=32, n_train=256, n_val=64))
+    assert module.global_step == 0 and not list(tmp_path.glob("*.ckpt"))
