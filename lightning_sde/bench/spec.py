@@ -127,7 +127,7 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
     start = positive_int("seeds.start", cfg.seeds.start, 0)
     count = positive_int("seeds.count", cfg.seeds.count)
     positive_int("batch_size", cfg.batch_size)
-    if not cfg.samplers:
+    if not cfg.get("samplers"):  # `~samplers` deletes the key
         _fail("samplers", "empty; pick a set (samplers=sweep) or add one (+sampler@samplers.ddim=ddim)")
     nfes = _grid(cfg, "nfe", _check_nfe)
     tols = _grid(cfg, "tolerances", _check_tol)

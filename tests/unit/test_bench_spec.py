@@ -83,6 +83,7 @@ BAD_COMPARE = [
     (["+samplers.heun_50.order=3"], "config samplers.heun_50: TypeError"),
     (["samplers.em_1000.grid=trailing"], "config samplers.em_1000: ValueError: euler_maruyama: the trailing "
                                          "grid needs start / steps > eps; got 1.0 / 1000 <= 0.001"),
+    (["~samplers"], "config samplers: empty; pick a set"),  # the key deleted, not emptied
 ]
 
 
