@@ -49,7 +49,7 @@ def dpmpp_update(x, sde, ts: list, ds: list, t, order: int):
     r0 = h0 / h
     d1_0 = (ds[-1] - ds[-2]) / r0
     if order == 2:
-        return x_t - 0.5 * alpha_t * phi1 * d1_0
+        return _first_order_where_collapsed(x_t - 0.5 * alpha_t * phi1 * d1_0, x_t, h, h0)
     h1 = _lam(sde, ts[-2]) - _lam(sde, ts[-3])
     r1 = h1 / h
     d1_1 = (ds[-2] - ds[-3]) / r1
@@ -57,7 +57,17 @@ def dpmpp_update(x, sde, ts: list, ds: list, t, order: int):
     d2 = 2 * (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 D'': the Taylor term is -alpha_t phi3 h^2 D'' (order 3: tested)
     phi2 = phi1 / h + 1
     phi3 = phi2 / h - 0.5
-    return x_t + alpha_t * phi2 * d1 - alpha_t * phi3 * d2
+    return _first_order_where_collapsed(x_t + alpha_t * phi2 * d1 - alpha_t * phi3 * d2, x_t, h, h0, h1)
+
+
+def _first_order_where_collapsed(x_high, x_first, *steps):
+    """The higher-order update, or the first-order one where a log-SNR step it divides by is 0: times closer than the
+    dtype resolves (a float32 grid of 50 000 quadratic steps) make h = 0 and the ratios 0/0 (NaN samples). Chosen on
+    the device, without a sync; every step > 0 (any grid float64 resolves) returns x_high unchanged."""
+    resolved = steps[0] > 0
+    for h in steps[1:]:
+        resolved = resolved & (h > 0)
+    return torch.where(resolved, x_high, x_first)
 
 
 LOWER_ORDER_FINAL_BELOW = 15  # steps; as diffusers: a first-order last step would cap the order of long runs
@@ -294,8 +304,8 @@ class SDEDPMSolverPP(_Multistep):
         one_minus = -torch.expm1(-2 * h)  # 1 - e^{-2h}
         d = d0
         if prev is not None and state["orders"][i] == 2:
-            r0 = (lam_t - prev[0]) / h
-            d = d0 + 0.5 * (d0 - prev[1]) / r0
+            h0 = lam_t - prev[0]
+            d = _first_order_where_collapsed(d0 + 0.5 * (d0 - prev[1]) / (h0 / h), d0, h, h0)
         x = (sde.sigma(s) / sde.sigma(t)) * torch.exp(-h) * x + sde.alpha(s) * one_minus * d
         if not last:
             x = x + sde.sigma(s) * one_minus.sqrt() * noise().to(x)

@@ -227,3 +227,21 @@ def test_a_sampler_may_use_data_moments_when_it_or_a_select_candidate_starts_fro
     assert not may_use_data_moments(build_sampler("unipc", steps=5, grid="select", select_over={"order": [2, 3]}))
     assert not may_use_data_moments(build_sampler("unipc", steps=5, grid="select",
                                                   select_over={"gaussian_start": [None]}))
+
+
+@pytest.mark.parametrize("name, order", [("dpmpp", 2), ("dpmpp", 3), ("sde_dpmpp", 2)])
+def test_times_closer_than_float32_resolves_give_dpm_solver_a_first_order_step_not_nan(name, order):
+    """Three times within 6e-10 of eps are one float32 number: DPM-Solver++'s log-SNR steps there were 0, its step
+    ratios 0/0, and every sample NaN (a 50 000-step quadratic grid in float32 does the same). Those steps drop to
+    first order: the deterministic samples are float64's to float32 precision, the stochastic ones finite."""
+    from lightning_sde.exact import gaussians_1d
+    from lightning_sde.sde import VPSDE
+
+    times = [1.0, 0.5, 0.01, 0.001 + 6e-10, 0.001 + 3e-10, 0.001 + 1e-10, 0.001]
+    sampler = build_sampler(name, steps=6, times=times, lower_order_final=False, order=order)
+    denoiser = gaussians_1d().denoiser(VPSDE())
+    x32, _ = sample(sampler, denoiser, range(16), dtype=torch.float32)
+    x64, _ = sample(sampler, denoiser, range(16), dtype=torch.float64)
+    assert torch.isfinite(x32).all()
+    if name == "dpmpp":
+        torch.testing.assert_close(x32.double(), x64, rtol=0, atol=1e-4)
