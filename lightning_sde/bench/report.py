@@ -78,6 +78,8 @@ def with_interval(r: dict) -> str:
     width = high - low
     if not (math.isfinite(width) and width > 0 and math.isfinite(value)):
         return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+    if max(abs(value), abs(low), abs(high)) >= 1e6:  # a diverging sampler's: its digits would fill the table
+        return f"{value:.2e} [{low:.2e}, {high:.2e}]"
     d = max(0, 1 - math.floor(math.log10(width)))
     return f"{value:.{d}f} [{low:.{d}f}, {high:.{d}f}]"
 

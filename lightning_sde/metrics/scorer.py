@@ -13,6 +13,7 @@ with replacement, the reference fixed).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from lightning_sde.metrics import bootstrap
@@ -75,6 +76,13 @@ def resolve_metrics(requested, kind: str, has_mixture: bool, key: str = "metrics
     return tuple(requested)
 
 
+def points(x: Tensor) -> Tensor:
+    """Samples as the point metrics score them: in float32 on the CPU, or in float64 where float32 cannot hold them
+    (a diverging sampler's finite 1e61 became inf, and its sliced W2 and MMD NaN, beside n_nonfinite 0)."""
+    x32 = x.float().cpu()
+    return x32 if torch.isfinite(x32).all() else x.double().cpu()
+
+
 class Scorer:
     """`scorer(x) -> {metric: value}` for samples x (n, *shape) against `reference`; `protocol` holds what a result
     row must record to be comparable (reference hash and size; feature extractor and its weights' hash)."""
@@ -96,9 +104,9 @@ class Scorer:
         out = {}
         for name in self.metrics:
             if name == "sliced_w2":
-                out[name] = sliced_wasserstein(x.float().cpu(), self.reference)
+                out[name] = sliced_wasserstein(points(x), self.reference)
             elif name == "mmd":
-                out[name] = mmd(x.float().cpu(), self.reference, kyy=self.reference_kernel_mean())
+                out[name] = mmd(points(x), self.reference, kyy=self.reference_kernel_mean())
             elif name == "loglik":
                 out[name] = float(self.mixture.log_prob(x.cpu().double()).mean())
             else:
@@ -131,9 +139,9 @@ class Scorer:
         out = {}
         for name in self.metrics:
             if name == "sliced_w2":
-                reps = bootstrap.sliced_w2_replicates(x.float().cpu(), self.reference, counts)
+                reps = bootstrap.sliced_w2_replicates(points(x), self.reference, counts)
             elif name == "mmd":
-                reps = bootstrap.mmd_replicates(x.float().cpu(), self.reference, counts,
+                reps = bootstrap.mmd_replicates(points(x), self.reference, counts,
                                                 kyy=self.reference_kernel_mean())
             elif name == "loglik":
                 reps = bootstrap.mean_replicates(self.mixture.log_prob(x.cpu().double()), counts)

@@ -1,6 +1,8 @@
 """Bootstrap replicates against the metric recomputed on each resampled set by the metric's own code (ours or
 torchmetrics'): the weighted shortcuts must equal a new pass over the resampled samples."""
 
+import math
+
 import pytest
 import torch
 from torchmetrics.image.fid import _compute_fid
@@ -129,3 +131,28 @@ def test_an_interval_from_one_sample_set_is_as_wide_as_the_spread_over_independe
         widths.append(high - low)
     ratio = float(torch.tensor(widths).median()) / spread
     assert 0.5 < ratio < 2.0, (widths, spread)
+
+
+def test_a_diverging_samplers_finite_samples_beyond_float32_are_scored_not_nan():
+    """pc at snr 2 ends at |x| ~ 1e61 in float64: finite (n_nonfinite 0), but the point metrics cast to float32
+    first, so sliced W2 and MMD were NaN and the row read `nan [nan, nan]`. Scored in float64, they are finite and
+    enormous (sliced W2 ~ the samples' scale), the table prints them in exponent form, and samples float32 holds are
+    scored exactly as before."""
+    from lightning_sde.bench.report import with_interval
+    from lightning_sde.metrics.scorer import Scorer
+
+    gen = torch.Generator().manual_seed(0)
+    reference = torch.randn(300, 2, generator=gen)
+    scorer = Scorer(reference, ("sliced_w2", "mmd"))
+    far = torch.randn(200, 2, generator=gen, dtype=torch.float64) * 1e61
+    values = scorer(far)
+    # no kernel reaches across 1e61: MMD^2 = k_xx (the diagonal: 4 bandwidths / 200, less what cdist's expansion
+    # loses at this scale) + k_yy
+    assert 1e60 < values["sliced_w2"] < 1e62
+    assert values["mmd"] == pytest.approx(math.sqrt(4 / 200 + scorer.reference_kernel_mean()), abs=0.01)
+    low, high = scorer.intervals(far, values, n_boot=50)["sliced_w2"]
+    assert 1e60 < low <= values["sliced_w2"] <= high < 1e62
+    cell = with_interval({"value": values["sliced_w2"], "ci_low": low, "ci_high": high})
+    assert len(cell) < 40 and ("e+61" in cell or "e+60" in cell), cell
+    near = torch.randn(200, 2, generator=gen, dtype=torch.float64)
+    assert scorer(near) == scorer(near.float())  # what float32 holds: float32's values, whatever the sample dtype
