@@ -105,13 +105,15 @@ def main() -> None:
 
 def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(PROBLEMS), figsize=(6 * len(PROBLEMS), 3.8))
-    width = 0.8 / len(GRIDS)
+    # the grids the rows hold (a --replot of results made before a grid was added draws no empty series)
+    grids = [g for g in dict.fromkeys([*GRIDS, *(r["grid"] for r in rows)]) if any(r["grid"] == g for r in rows)]
+    width = 0.8 / len(grids)
     for ax, problem in zip(axes, PROBLEMS):
-        for j, grid in enumerate(GRIDS):
+        for j, grid in enumerate(grids):
             pts = [r for r in rows if r["problem"] == problem and r["guidance"] == 2.0 and r["requested_nfe"] == 20
                    and r["grid"] == grid]
-            ax.bar([i + (j - 1.5) * width for i in range(len(pts))], [r["ratio_to_unguided"] for r in pts], width,
-                   label=f"{grid} grid")
+            ax.bar([i + (j - (len(grids) - 1) / 2) * width for i in range(len(pts))],
+                   [r["ratio_to_unguided"] for r in pts], width, label=f"{grid} grid")
         ax.axhline(2, color="tab:red", ls="--", lw=1, label="target: 2x")
         ax.set_yscale("log")
         ax.set_xticks(range(len(SAMPLERS)), list(SAMPLERS), fontsize=7, rotation=20)
