@@ -145,6 +145,14 @@ def quiet_and_logged() -> None:
     warnings.filterwarnings("ignore", message=r"Metric `Kernel Inception Distance` will save all extracted features")
 
 
+def sync_command(wandb_dir, run_id: str | None = None) -> str:
+    """The command that syncs a run's offline folders under `wandb_dir` (every launch's, for one id), pasteable
+    whatever the path holds (spaces: quoted; the glob left for the shell)."""
+    import shlex
+
+    return f"wandb sync {shlex.quote(str(wandb_dir))}/offline-run-*" + (f"-{run_id}" if run_id else "")
+
+
 def wandb_disabled() -> bool:
     """WANDB_MODE=disabled: the user wants no W&B run at all, not even offline files (as W&B itself reads it)."""
     return os.environ.get("WANDB_MODE") == "disabled"

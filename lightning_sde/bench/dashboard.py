@@ -31,7 +31,7 @@ from pathlib import Path
 from lightning_sde.bench.results import ResultsStore, cell_key_of, for_views, protocol_labels, unreadable
 from lightning_sde.files import file_name, replace_atomically, write_text
 from lightning_sde.metrics.scorer import ALL_METRICS, direction, ranks_above
-from lightning_sde.tracking import offline_history, wandb_configured
+from lightning_sde.tracking import offline_history, sync_command, wandb_configured
 
 log = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".wandb.json"
@@ -321,8 +321,8 @@ class SweepRun:
     def where(self) -> str:
         if self.run.offline:
             folder = Path(self.run.dir).resolve().parent
-            every = folder.parent / f"offline-run-*-{self.run.id}"  # a resumed sweep's earlier starts too
-            return f"W&B (offline): {folder}\n  sync it with: wandb sync {every}"
+            every = sync_command(folder.parent, self.run.id)  # a resumed sweep's earlier starts too
+            return f"W&B (offline): {folder}\n  sync it with: {every}"
         return f"W&B: {self.run.url}"
 
     def finish(self) -> None:

@@ -58,7 +58,14 @@ from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.sde import SDES
-from lightning_sde.tracking import backfill_wandb, finish_wandb, trim_history, wandb_configured, wandb_disabled
+from lightning_sde.tracking import (
+    backfill_wandb,
+    finish_wandb,
+    sync_command,
+    trim_history,
+    wandb_configured,
+    wandb_disabled,
+)
 
 log = logging.getLogger(__name__)
 TOP_LEVEL_KEYS = {"data", "model", "sde", "loss", "samplers", "trainer", "logger", "callbacks", "run_name", "run_dir",
@@ -639,13 +646,13 @@ def report(cfg: DictConfig, trainer) -> None:
              f"  checkpoints: {run_dir / 'checkpoints'}  (resume: lsde-train ... run_name={cfg.run_name})",
              *([f"  samples and sampler metrics: {run_dir / 'samples'}"] if (run_dir / "samples").is_dir() else [])]
     if trainer is None and (run_dir / "wandb").is_dir():
-        lines.append(f"  W&B: sync it with: wandb sync {run_dir / 'wandb'}/offline-run-*")
+        lines.append(f"  W&B: sync it with: {sync_command(run_dir / 'wandb')}")
     for logger in trainer.loggers if trainer is not None else ():
         if isinstance(logger, WandbLogger):
             wandb_dir = Path(logger.experiment.dir).resolve().parent
             if logger.experiment.offline:
-                every = wandb_dir.parent / f"offline-run-*-{logger.experiment.id}"  # earlier starts' too
-                lines.append(f"  W&B (offline): {wandb_dir}\n  sync it to W&B with: wandb sync {every}")
+                every = sync_command(wandb_dir.parent, logger.experiment.id)  # earlier starts' too
+                lines.append(f"  W&B (offline): {wandb_dir}\n  sync it to W&B with: {every}")
             else:
                 lines.append(f"  W&B: {logger.experiment.url}")
     log.info("\n".join(lines))

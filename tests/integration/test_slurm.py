@@ -67,6 +67,23 @@ def logged_steps(run_dir: Path) -> list[list[int]]:
     return out
 
 
+def test_a_template_submitted_by_plain_sbatch_from_a_path_with_spaces_finds_its_env(slurm, workdir):
+    """`sbatch "<clone>/slurm/report.sbatch" ...` (no submit.sh, so no LSDE_SLURM_DIR): the template finds env.sh
+    through the path SLURM records, which held its arguments too and was cut at the first space ("/tmp/env.sh: No
+    such file", exit 2)."""
+    import shutil
+
+    spaced = workdir / "a clone" / "slurm"
+    shutil.copytree(REPO / "slurm", spaced)
+    exports = f"ALL,LSDE_PYTHON={sys.executable},OMP_NUM_THREADS=1"
+    job = slurm.sbatch(f"--output={workdir}/logs/r-%j.out", f"--export={exports}", "--cpus-per-task=1",
+                       str(spaced / "report.sbatch"), "--no-wandb", str(workdir / "no such.jsonl"), cwd=workdir)
+    slurm.wait(job, timeout=180)
+    log = log_of(workdir, "r", job)
+    assert "No such file or directory" not in log and "no results file at" in log, log[-3000:]
+    assert "[lsde] lsde-bench report exited 1" in log  # the app ran (and refused the missing file), not the shell
+
+
 def test_two_task_ddp_training_job(slurm, workdir):
     job = submit(slurm, workdir, "train.sbatch", *TRAIN, "trainer.max_steps=200", "trainer.val_check_interval=100",
                  options=CPU_TASKS, env={"LSDE_TRAINER": "ddp_cpu"})

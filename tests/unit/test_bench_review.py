@@ -528,3 +528,14 @@ def test_guidance_on_a_checkpoint_trained_without_label_dropout_is_refused_befor
         with pytest.raises(ValueError, match=r"^config guidance: the checkpoint was trained with model.p_uncond=0"):
             prepare(cfg("guidance=[0,2]"))
         assert prepare(cfg("guidance=[0]")).cells
+
+
+def test_the_printed_wandb_sync_command_pastes_as_one_path_whatever_spaces_it_holds():
+    """`wandb sync /tmp/a b/outputs/.../offline-run-*` split into two arguments in the shell."""
+    import shlex
+
+    from lightning_sde.tracking import sync_command
+
+    command = sync_command(Path("/tmp/a b/wandb"), "x1")
+    assert shlex.split(command) == ["wandb", "sync", "/tmp/a b/wandb/offline-run-*-x1"]
+    assert sync_command(Path("/plain/wandb")) == "wandb sync /plain/wandb/offline-run-*"  # as before, unquoted
