@@ -162,7 +162,10 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
                 add(label, tuned, "tol", float(tol))
         elif not sampler.adaptive and nfes is not None:
             for n in nfes:
-                budgeted = sampler.at_nfe(n)
+                try:
+                    budgeted = sampler.at_nfe(n)
+                except ValueError as err:  # explicit times: their steps are fixed
+                    _fail(f"samplers.{label}", str(err))
                 if budgeted is None:
                     log.warning("skipping %s at nfe=%d: it takes %d NFE a step", label, n, sampler.nfe_per_step)
                     continue

@@ -57,7 +57,8 @@ BAD_BENCH = [
      "config checkpoint: no checkpoint file at '/nonexistent.ckpt'"),
     (["metrics=[sliced_w2,fidd]"], "config metrics: unknown or unusable metric(s) ['fidd'] for a exact mixture "
                                    "target; allowed: ['sliced_w2', 'mmd', 'loglik']"),
-    (["samplers.ddim.times=[1.0,0.5,0.001]", "samplers.ddim.steps=2"], "explicit times fix the number of steps"),
+    (["samplers.ddim.times=[1.0,0.5,0.001]", "samplers.ddim.steps=2"],
+     "config samplers.ddim: ddim: explicit times fix the number of steps"),
     (["shard.index=2", "shard.count=2"], "config shard.index: must be an integer in [0, 2)"),
     (["problem._target_=lightning_sde.exact.nine_gaussians"], "config problem: ImportError"),
     (["ddp.devices=0"], "config ddp.devices: must be an integer >= 1; got 0"),
