@@ -29,6 +29,12 @@ def writing(path):
         raise WriteError(f"could not write {path}: {detail}") from err
 
 
+def first_line(err) -> str:
+    """An error's message as one line (its first), for an app's one-line report of what a library raised."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def check_int(owner: str, key: str, value, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{owner}: {key} must be an integer >= {minimum}; got {value!r}")

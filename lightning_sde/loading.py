@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lightning_sde.configuration import TRUSTED_TARGETS, check_targets, interpolations, trusted_class, trusted_targets
-from lightning_sde.errors import CheckpointError, nonfinite_keys
+from lightning_sde.errors import CheckpointError, first_line, nonfinite_keys
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.models.moments import DataMoments
 from lightning_sde.models.pretrained import is_diffusers_spec
@@ -58,7 +58,7 @@ def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] | None = 
         raise CheckpointError(f"{path}: not {expected}: {reason}") from None
     except Exception as err:  # noqa: BLE001  (a weights-only load runs nothing: whatever it raises, the file is bad)
         raise CheckpointError(f"{path}: not {expected}: cannot be read ({type(err).__name__}: "
-                              f"{str(err).strip().splitlines()[0] if str(err).strip() else 'truncated?'})") from None
+                              f"{first_line(err) or 'truncated?'})") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "state_dict" not in ckpt or not all(k in hparams for k in REQUIRED_HPARAMS):
         raise CheckpointError(f"{path}: not {expected}: no state_dict and hyper_parameters {list(REQUIRED_HPARAMS)}")

@@ -8,6 +8,8 @@ import logging
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from lightning_sde.errors import first_line
+
 log = logging.getLogger(__name__)
 
 
@@ -38,9 +40,8 @@ class WandbLogger(LightningWandbLogger):
             return True
         except Exception as err:  # noqa: BLE001  (whatever W&B raises, the run goes on without it)
             self._broken = True
-            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
             log.warning("W&B could not start (%s: %s); training goes on without it: the CSV logs and checkpoints "
-                        "are the record", type(err).__name__, detail)
+                        "are the record", type(err).__name__, first_line(err))
             return False
 
     def _guarded(self, fn, *args, **kwargs):

@@ -160,7 +160,7 @@ def wandb_disabled() -> bool:
 
 def wandb_configured() -> bool:
     """True when this machine can reach W&B with credentials: otherwise log offline and sync later."""
-    if os.environ.get("WANDB_MODE") in ("offline", "dryrun"):
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
         return False
     if os.environ.get("WANDB_MODE") == "online" or os.environ.get("WANDB_API_KEY"):
         return True

@@ -83,6 +83,25 @@ def write_sidecar(results, state: dict) -> None:
     write_text(sidecar_path(results), json.dumps(state, indent=1, sort_keys=True))
 
 
+def remember_sweep(results, project: str, name: str, group: str) -> dict:
+    """The run's project, name and group, kept beside the results before any W&B call (first ones win): a later
+    `report --wandb` logs into that group and project even when no live run was made (shards, W&B out of reach)."""
+    state = read_sidecar(results)
+    if any(state.get(k) is None for k in ("project", "name", "group")):
+        for key, value in (("project", project), ("name", name), ("group", group)):
+            state.setdefault(key, value)
+        write_sidecar(results, state)
+    return state
+
+
+def report_command(results, project: str | None = None) -> str:
+    """The command that logs a results file's W&B run, pasteable whatever its path holds."""
+    import shlex
+
+    return f"lsde-bench report {shlex.quote(str(results))} --wandb" + (
+        f" --project {shlex.quote(project)}" if project else "")
+
+
 def flat(prefix: str, value) -> dict:
     """{'a.b': 1} from {'a': {'b': 1}}: config keys a runs table can filter and group on."""
     if isinstance(value, dict):
@@ -153,16 +172,18 @@ class SweepRun:
         import wandb
 
         self.results = Path(results)
-        self.state = read_sidecar(results)
+        self.state = dict(read_sidecar(results))
+        given = {"project": project, "name": name, "group": group}
         self.media_dir = self.results.parent / "wandb_media"
         mode = "online" if wandb_configured() else "offline"
         run_id = self.state.get("id") or uuid.uuid4().hex[:12]
-        for key, given in (("project", project), ("name", name), ("group", group)):
-            if self.state.get(key) not in (None, given):
+        for key, value in given.items():
+            if self.state.get(key) not in (None, value):
                 log.warning("W&B: %s %r not used: the run of %s keeps its first %s, %r (to start another run, "
-                            "delete %s)", key, given, self.results, key, self.state[key], sidecar_path(results))
-        name, group = self.state.get("name", name), self.state.get("group", group)  # the run keeps its first ones
-        self.run = wandb.init(project=self.state.get("project", project), id=run_id, resume="allow", name=name,
+                            "delete %s)", key, value, self.results, key, self.state[key], sidecar_path(results))
+        self.state = remember_sweep(results, project, name, group)  # the run keeps its first ones
+        name, group = self.state["name"], self.state["group"]
+        self.run = wandb.init(project=self.state["project"], id=run_id, resume="allow", name=name,
                               group=group, job_type="bench", tags=sorted(set(tags)), mode=mode,
                               dir=str(out_dir or self.results.parent), config=self._config(config),
                               allow_val_change=True, settings=wandb.Settings(quiet=True))

@@ -16,12 +16,13 @@ from lightning_sde.bench.dashboard import (
     cell_id,
     flat,
     read_sidecar,
+    report_command,
     save_workspace,
     sweep_config,
     workspace,
 )
 from lightning_sde.bench.results import SamplePreviews, cell_key_of, for_views, load, protocol, subject, views_of
-from lightning_sde.errors import DashboardError
+from lightning_sde.errors import DashboardError, first_line
 from lightning_sde.files import write_csv, write_text
 from lightning_sde.metrics.scorer import direction
 from lightning_sde.plotting import drawable
@@ -180,18 +181,19 @@ def to_wandb(rows: list[dict], results: Path, project: str, name: str | None = N
     """The sweep's one W&B run (resumed from the id kept next to the results, or `run` when the sweep just logged
     into it): the cells it has not logged yet, the results Table, and the workspace of its panels. DashboardError
     (one line) when W&B fails: the results and their views are written already."""
+    state = read_sidecar(results) if run is None else run.state  # a sidecar it cannot read: its own ValueError
     try:
-        return _to_wandb(rows, Path(results), project, name, run)
+        return _to_wandb(rows, Path(results), project, name, run, state)
     except Exception as err:  # noqa: BLE001  (whatever W&B raises: a lost connection, an unusable folder)
+        log.debug("W&B failed", exc_info=True)
         finish_wandb(1, f"{type(err).__name__}: {err}")  # a run left open would be closed by W&B's exit handler
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise DashboardError(f"W&B: no run logged ({type(err).__name__}: {detail}); the results and their views are "
-                             f"written: `lsde-bench report {results} --wandb` logs them once W&B works") from None
+        raise DashboardError(f"W&B: no run logged ({type(err).__name__}: {first_line(err)}); the results and their "
+                             f"views are written: `{report_command(results, state.get('project', project))}` logs "
+                             "them once W&B works") from None
 
 
-def _to_wandb(rows: list[dict], results: Path, project: str, name: str | None, run) -> str:
+def _to_wandb(rows: list[dict], results: Path, project: str, name: str | None, run, state: dict) -> str:
     # the sweep's name, which the run's group is (a results file of the sweep's may be outside its folder)
-    state = read_sidecar(results) if run is None else run.state
     sweep = state.get("group", results.parent.name)
     if run is None:  # the config describes the first protocol, whose cells have the plain keys; the tags, every row
         first = state.get("protocol") or min(rows, key=lambda r: str(r.get("time") or ""))

@@ -15,7 +15,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_sde.bench.dashboard import SweepRun, cell_id, flat, read_sidecar, sweep_config
+from lightning_sde.bench.dashboard import (
+    SweepRun,
+    cell_id,
+    flat,
+    read_sidecar,
+    remember_sweep,
+    report_command,
+    sweep_config,
+)
 from lightning_sde.bench.report import with_interval
 from lightning_sde.bench.results import WANDB_RUN_KEY, Claim, Claimed, ResultsStore, SamplePreviews
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
@@ -23,6 +31,7 @@ from lightning_sde.configuration import check_class_has_guidance, check_folder_n
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
+from lightning_sde.errors import first_line
 from lightning_sde.generation import Samples, generate
 from lightning_sde.metrics.image import IMAGE_METRICS, check_kid_reference, check_stats_cache
 from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve_metrics
@@ -347,6 +356,8 @@ def open_sweep_run(cfg: DictConfig, target, protocol: dict, sweep: Sweep) -> Swe
     """The sweep's W&B run, logged cell by cell (rank 0; one shard: shards log through `report --wandb` once all
     are done, since a W&B run has one writer)."""
     if not wandb_wanted(cfg):
+        if cfg.wandb.enabled and not wandb_disabled():  # shards: the run `report --wandb` makes keeps the sweep's name
+            remember_sweep(cfg.results, cfg.wandb.project, f"bench-{cfg.name}", cfg.name)
         return None
     cells = [{**protocol, "sampler": c.label, "sampler_name": c.sampler, "grid": c.grid, "requested": c.requested,
               "seed_start": c.seed_start, "seed_count": c.seed_count, "batch_size": cfg.batch_size, "metric": m}
@@ -355,8 +366,9 @@ def open_sweep_run(cfg: DictConfig, target, protocol: dict, sweep: Sweep) -> Swe
     try:
         return SweepRun(cfg.results, cfg.wandb.project, f"bench-{cfg.name}", cfg.name, flat("", config), tags)
     except Exception as err:  # noqa: BLE001  (the results file is the record; the view can be made by report)
-        log.warning("W&B: no live run (%s: %s); `lsde-bench report %s --wandb` makes it later", type(err).__name__,
-                    err, cfg.results)
+        log.debug("W&B could not start", exc_info=True)
+        log.warning("W&B: no live run (%s: %s); `%s` makes it later", type(err).__name__, first_line(err),
+                    report_command(cfg.results, cfg.wandb.project))
         return None
 
 

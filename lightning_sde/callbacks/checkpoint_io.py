@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sde.data.base import ends_a_step
 from lightning_sde.errors import NonFiniteError, writing
@@ -76,9 +77,11 @@ def remove_stale_temporaries(path: Path) -> None:
 class LastCheckpoint(ModelCheckpoint):
     """ModelCheckpoint whose last.ckpt is the final state of every fit that ends normally: Lightning's writes it at
     the end only if this process has saved nothing before (a run of 25 steps saving every 10 ended with step 20).
-    A last.ckpt written at a step that is then evaluated is written again after the evaluation: it was saved before
-    it, so a resume from it forgot that evaluation in the best checkpoint's choice (which then kept a worse one, and
-    left the better file beside it). It must come after the other ModelCheckpoints among the callbacks."""
+    A last.ckpt written at a step that is then evaluated is written again after the evaluation, when a monitored
+    checkpoint (best-*.ckpt) takes part: saved before it, a resume from it forgot that evaluation in the best
+    checkpoint's choice (which then kept a worse one, and left the better file beside it). The copy from before the
+    evaluation becomes last.prev.ckpt (a stopped evaluation is redone from it). It must come after the other
+    ModelCheckpoints among the callbacks."""
 
     def setup(self, trainer, pl_module, stage) -> None:
         super().setup(trainer, pl_module, stage)
@@ -87,9 +90,14 @@ class LastCheckpoint(ModelCheckpoint):
             raise ValueError("LastCheckpoint must come after the other ModelCheckpoints among the callbacks: it writes "
                              "last.ckpt again after an evaluation at its step, with their choice of it")
 
+    _saved_by_another_at = None  # the step of a save another callback made (saved_elsewhere): not written again
+
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self.save_last and not trainer.sanity_checking and self._last_global_step_saved == trainer.global_step \
-                and self.last_model_path:
+        step = trainer.global_step
+        if self.save_last and self._last_global_step_saved == step and self.last_model_path \
+                and self._saved_by_another_at != step and not trainer.sanity_checking \
+                and trainer.state.fn == TrainerFn.FITTING and not trainer.fast_dev_run \
+                and any(isinstance(cb, ModelCheckpoint) and cb.monitor for cb in trainer.callbacks):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         else:
             super().on_validation_end(trainer, pl_module)
@@ -106,7 +114,7 @@ class LastCheckpoint(ModelCheckpoint):
 
     def saved_elsewhere(self, trainer, path) -> None:
         """Another callback wrote this step's last.ckpt (a preemption save): not written again."""
-        self._last_global_step_saved = trainer.global_step
+        self._last_global_step_saved = self._saved_by_another_at = trainer.global_step
         self._last_checkpoint_saved = self.last_model_path = str(path)
 
 

@@ -129,7 +129,8 @@ class SamplerCallback(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         """A resumed fit first runs the evaluation that its checkpoint's step was due and that left no rows: a step's
-        checkpoint is written before that step's validation, and Lightning resumes past the validation. (Resumed at
+        checkpoint is written before that step's validation (LastCheckpoint writes it again after a finished one),
+        and Lightning resumes past the validation. (Resumed at
         max_steps, Lightning starts no training: lsde-train says so at start-up.)"""
         interval, step = validation_interval(trainer), trainer.global_step
         if interval is None or step == 0 or trainer.limit_val_batches == 0:

@@ -22,6 +22,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from lightning_sde.bench.dashboard import report_command
 from lightning_sde.bench.report import report
 from lightning_sde.bench.results import WANDB_RUN_KEY, Claim
 from lightning_sde.bench.runner import run_sweep
@@ -51,8 +52,9 @@ def views(cfg: DictConfig, summary: dict) -> None:
     if cfg.shard.count > 1:
         # every shard redraws the plots and table (atomically); one W&B run is made once all shards are done
         report(cfg.results, preferred=summary["keys"])
-        wandb = f" --wandb --project {shlex.quote(cfg.wandb.project)}" if cfg.wandb.enabled else ""
-        print(f"after the last shard: lsde-bench report {cfg.results}{wandb}")
+        command = (report_command(cfg.results, cfg.wandb.project) if cfg.wandb.enabled else
+                   f"lsde-bench report {shlex.quote(str(cfg.results))}")
+        print(f"after the last shard: {command}")
     else:
         try:
             report(cfg.results, use_wandb=cfg.wandb.enabled and not summary["wandb_failed"],

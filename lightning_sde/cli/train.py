@@ -604,6 +604,8 @@ def train(cfg: DictConfig):
                      path, step if step >= 0 else "?")
         # a W&B run that cannot start is left out now: nothing later (callbacks, the report) reaches for it again
         trainer.loggers = [lg for lg in trainer.loggers if not isinstance(lg, wandb_logger.WandbLogger) or lg.start()]
+        if not trainer.loggers:  # logger=wandb alone, left out: Lightning's LearningRateMonitor refuses to start
+            trainer.callbacks[:] = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             if resumed_at is not None and trainer.is_global_zero and isinstance(logger, WandbLogger):

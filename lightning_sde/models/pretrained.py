@@ -27,6 +27,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from lightning_sde.errors import first_line
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.sde import SDE, VESDE, DiscreteVPSDE
 
@@ -232,7 +233,7 @@ def load(spec: str, map_location="cpu") -> Denoiser:
     try:
         unet = diffusers.UNet2DModel.from_pretrained(source.unet_dir, local_files_only=True, low_cpu_mem_usage=False)
     except Exception as err:  # noqa: BLE001  (diffusers raises many kinds for a bad folder: report it in one line)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = first_line(err)
         raise PretrainedError(f"{spec}: diffusers could not read the UNet2DModel in {source.unet_dir} "
                               f"({type(err).__name__}: {first})") from None
     sched = source.scheduler_config
@@ -246,7 +247,7 @@ def load(spec: str, map_location="cpu") -> Denoiser:
             scheduler = diffusers.DDPMScheduler.from_config(sched)
             sde = DiscreteVPSDE(scheduler.alphas_cumprod.double())
         except Exception as err:  # noqa: BLE001  (an unknown beta_schedule, a count that is not one: in one line)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            first = first_line(err)
             raise PretrainedError(f"{spec}: its noise schedule cannot be read from the scheduler config "
                                   f"({type(err).__name__}: {first})") from None
         net = DiffusersUNet(unet, sde)

@@ -97,9 +97,9 @@ def choose_yscale(values) -> tuple[str, float | None]:
         return "linear", None
     if min(vals) > 0:
         return "log", None
-    # the linear band: the small magnitudes (the 10th percentile), whatever the largest (a diverged sampler's 1e22
-    # made a band of 1e19, with every other value flat on 0 inside it)
-    small = mags[len(mags) // 10]
+    # the linear band: the small magnitudes (the 10th percentile), at least 1/1000 of the median (not of the largest:
+    # a diverged sampler's 1e22 made a band of 1e19, with every other value flat on 0 inside it)
+    small = max(mags[len(mags) // 10], mags[len(mags) // 2] * 1e-3)
     return "symlog", 10.0 ** math.floor(math.log10(small))  # a float: 10 ** 22 as an int is too large for symlog
 
 

@@ -134,7 +134,7 @@ def test_a_resumed_sweep_continues_its_wandb_run_and_report_updates_it(tmp_path)
     one = ["seeds.count=100", "batch_size=100"]  # SMALL's DDIM and EM, and the noise floor (no history row)
     run_bench(tmp_path, *one, "nfe=[3]")
     first = json.loads((tmp_path / "results.wandb.json").read_text())
-    rerun = run_bench(tmp_path, *one, "nfe=[3,10]")
+    rerun = run_bench(tmp_path, *one, "nfe=[10]")
     sidecar = json.loads((tmp_path / "results.wandb.json").read_text())
     assert sidecar["id"] == first["id"] and len(sidecar["logged"]) == 5 and len(sweep_runs(tmp_path)) == 2
     logged = [[r.get("nfe") for r in history(run) if "cell/sampler" in r] for run in sweep_runs(tmp_path)]
@@ -179,11 +179,14 @@ def test_cells_the_sidecar_lists_but_the_offline_run_lost_are_logged_again(tmp_p
     sidecar = json.loads(sidecar_path.read_text())
     sidecar["logged"] += [cell_id(rows) for rows in by_sampler.values()]  # listed as logged, never written
     del sidecar["logged"][0]  # and one written by W&B before a kill, never listed
+    sidecar["step"] = 0  # its step too: the next launch goes on from the run files' last step
     sidecar_path.write_text(json.dumps(sidecar))
     report_wandb(tmp_path / "results.jsonl")
     runs = sweep_runs(tmp_path)
     logged = sorted(r["nfe"] for run in runs for r in history(run) if "cell/sampler" in r)
     assert logged == [3, 3, 10, 10]  # the lost cells once, the others not again
+    steps = [r["_step"] for run in runs for r in history(run)]
+    assert steps == sorted(set(steps)), steps  # no step used twice across the launches
     assert len(json.loads(sidecar_path.read_text())["logged"]) == 4
 
 
@@ -242,6 +245,11 @@ def test_a_sweep_whose_wandb_run_cannot_start_succeeds_and_report_says_why_in_on
     report = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ENV, check=False)
     assert report.returncode == 1 and "Traceback" not in report.stderr, report.stderr[-3000:]
     assert report.stderr.strip().splitlines()[-1].startswith("lsde-bench report: error: W&B: no run logged (")
+    assert "--wandb --project lightning-sde-bench` logs them once W&B works" in report.stderr
+    # the sweep's name and project, kept before W&B was tried: the run made later is the sweep's
+    sidecar = json.loads((tmp_path / "results.wandb.json").read_text())
+    kept = (sidecar["group"], sidecar["name"], sidecar["project"])
+    assert kept == ("default", "bench-default", "lightning-sde-bench")
 
 
 def test_a_sweep_names_its_wandb_group_wherever_its_results_are_and_wandb_mode_disabled_makes_no_run(tmp_path):

@@ -61,6 +61,8 @@ def test_y_scale_follows_the_spread_of_the_values():
     # a diverged sampler far off (loglik minus the floor's: -2.5e22) leaves the others outside the linear band, apart
     scale, linthresh = choose_yscale([-2.5e22, -0.27, 0.05, 0.0, 0.12] + [0.1] * 6)
     assert scale == "symlog" and linthresh <= 0.1  # was 1e19: all but the diverged one flat on 0
+    # one value near 0 among few: the band stays near the others' scale (not 1e-9, with empty decades below them)
+    assert choose_yscale([-1e-9, 0.3, 0.5, 0.2, 40.0])[1] >= 1e-4
     # a log-likelihood of -1e25 (a diverged sampler): 10 ** 22 as a Python int is more than symlog takes
     scale, linthresh = choose_yscale([-1e25, -2.0, 0.0])
     import matplotlib.pyplot as plt
