@@ -241,6 +241,9 @@ def test_a_sweep_whose_wandb_run_cannot_start_succeeds_and_report_says_why_in_on
     assert "W&B: no live run (NotADirectoryError" in out and "Traceback" not in out, out[-3000:]
     assert out.count("Not a directory") == 1  # the report does not try again what the sweep saw fail
     assert len(load(tmp_path / "results.jsonl")) == 2 and (tmp_path / "results.png").is_file()
+    # run again with every cell done: no live run was tried, the report's W&B run fails the same way, still exit 0
+    again = run_bench(tmp_path, "nfe=[3]", "seeds.count=50", "noise_floor=false", "metrics=[sliced_w2]")
+    assert "W&B: no run logged (NotADirectoryError" in again.stdout + again.stderr
     cmd = [sys.executable, "-m", "lightning_sde.cli.bench", "report", str(tmp_path / "results.jsonl"), "--wandb"]
     report = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ENV, check=False)
     assert report.returncode == 1 and "Traceback" not in report.stderr, report.stderr[-3000:]
