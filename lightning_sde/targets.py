@@ -137,6 +137,22 @@ def data_kind(cfg: DictConfig) -> str:
         raise ValueError(f"config data._target_: {type(err).__name__}: {err}") from None
 
 
+PRIOR_GAP_WARNING = 0.01  # nats per dimension (SDE.prior_gap): the default SDEs are at 2e-5 (VP) and 2e-4 (VE)
+
+
+def warn_if_prior_far(sde, moments) -> None:
+    """Say so when p_T is far from the prior the samplers start from (VP with a small beta_max, a short T): every
+    sampler's samples are then biased, even with the exact score. `moments`: the data's (DataMoments), or None (unit
+    scale assumed)."""
+    mean_square = moments.mean_square() if moments is not None else 1.0
+    gap = sde.prior_gap(mean_square)
+    if gap > PRIOR_GAP_WARNING:
+        log.warning("the %s SDE leaves p_T far from its prior N(0, %.3g^2): KL up to %.2g nats per dimension at T=%g "
+                    "(data of mean square %.3g); samples drawn from the prior are biased whatever the sampler. Raise "
+                    "beta_max / sigma_max or T, or start from the data's Gaussian fit (gaussian_start)", sde.name,
+                    sde.prior_std, gap, sde.T, mean_square)
+
+
 def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
     """The target `target_kind` checked: the exact mixture and its Denoiser, or the checkpoint's and its data."""
     if kind == "mixture":
@@ -144,8 +160,11 @@ def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
         sde = sde_from_config(plain(cfg.sde))
         protocol = {"problem": cfg.problem._target_.rsplit(".", 1)[-1], "sde": sde.name}
         scored = mixture if cfg.get("guidance") is None else scored_distribution(mixture, cfg.get("labels", "cycle"))
-        return Target(target_id, "points", mixture.denoiser(sde).to(device), mixture=scored, protocol=protocol)
+        denoiser = mixture.denoiser(sde).to(device)
+        warn_if_prior_far(sde, denoiser.data_moments)
+        return Target(target_id, "points", denoiser, mixture=scored, protocol=protocol)
     denoiser = load_denoiser(cfg.checkpoint, map_location=device)
+    warn_if_prior_far(denoiser.sde, denoiser.data_moments)
     if is_diffusers_spec(cfg.checkpoint):
         protocol = {"checkpoint": cfg.checkpoint, "model_id": target_id}
     else:

@@ -44,6 +44,11 @@ class DataMoments:
     eigvecs: Tensor  # (d, k), orthonormal columns
     residual_var: float = 0.0
 
+    def mean_square(self) -> float:
+        """E|x|^2 / d: the data's mean square per coordinate."""
+        d, k = len(self.mean), len(self.eigvals)
+        return float(self.mean.double().pow(2).sum() + self.eigvals.double().sum() + self.residual_var * (d - k)) / d
+
     @classmethod
     def of_gaussian(cls, mean: Tensor, cov: Tensor) -> "DataMoments":
         """The moments of N(mean, cov); a covariance's rounding (a sample covariance's eigenvalues of -1e-17) is

@@ -90,3 +90,44 @@ def test_sigma_data_scales_the_network_input_by_the_edm_c_in(sde):
     torch.testing.assert_close(seen[-1], x * c_in[:, None])
     Denoiser(net, sde, "eps", shape=(2,))(x, 0.2)
     torch.testing.assert_close(seen[-1], x)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VPSDE(beta_max=5.0), SubVPSDE(T=0.5), VESDE(sigma_min=0.01, sigma_max=2.0)])
+def test_the_prior_gap_is_the_exact_kl_for_a_point_and_bounds_it_for_a_gaussian(sde):
+    """Data at one point x_0: p_T is N(alpha_T x_0, sigma_T^2) exactly, and the gap is its KL to the prior. Data
+    N(0, s^2): p_T = N(0, alpha_T^2 s^2 + sigma_T^2), whose KL to the prior the gap (at mean square s^2) bounds."""
+    import math
+
+    T = torch.tensor(sde.T, dtype=torch.float64)
+    a, s, p = float(sde.alpha(T)), float(sde.sigma(T)), sde.prior_std
+
+    def kl(mean, var):  # KL(N(mean, var) || N(0, p^2)), one dimension
+        return 0.5 * (var + mean**2) / p**2 - 0.5 - 0.5 * math.log(var / p**2)
+
+    assert sde.prior_gap(2.25) == pytest.approx(kl(a * 1.5, s**2), rel=1e-12)
+    assert kl(0.0, a * a * 2.25 + s * s) <= sde.prior_gap(2.25) + 1e-15
+
+
+def test_a_target_whose_sde_leaves_p_T_far_from_the_prior_is_named_at_start_up(tmp_path, caplog):
+    """VP with beta_max=5 ends at alpha_T = 0.28: every sampler starts from a prior 0.04 nats a dimension from p_T
+    (on unit data; the 8 Gaussians' mean square is 8), and nothing said so."""
+    from hydra import compose, initialize_config_module
+
+    from lightning_sde.configuration import CONFIG_PACKAGE
+    from lightning_sde.targets import load_target, target_kind
+
+    for beta_max, warned in ((5.0, True), (20.0, False)):
+        caplog.clear()
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            cfg = compose("compare", overrides=[f"results={tmp_path}/r.jsonl", f"sde.beta_max={beta_max}"])
+        kind, target_id = target_kind(cfg)
+        load_target(cfg, kind, target_id, torch.device("cpu"))
+        assert ("leaves p_T far from its prior" in caplog.text) == warned, caplog.text
+
+
+def test_the_mean_square_counts_the_mean_the_leading_variances_and_the_shared_rest():
+    moments = DataMoments(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([4.0]), torch.eye(3)[:, :1], residual_var=0.5)
+    assert moments.mean_square() == pytest.approx((1 + 4 + 2 * 0.5) / 3)
+    x = torch.randn(4000, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 + 1
+    exact = DataMoments.of_gaussian(x.mean(0), torch.cov(x.T, correction=0))
+    assert exact.mean_square() == pytest.approx(float(x.pow(2).mean()), rel=1e-9)
