@@ -61,6 +61,7 @@ from lightning_sde.sde import SDES
 from lightning_sde.tracking import (
     backfill_wandb,
     finish_wandb,
+    source_revision,
     sync_command,
     trim_history,
     wandb_configured,
@@ -606,8 +607,9 @@ def train(cfg: DictConfig):
         trainer.loggers = [lg for lg in trainer.loggers if not isinstance(lg, wandb_logger.WandbLogger) or lg.start()]
         if not trainer.loggers:  # logger=wandb alone, left out: Lightning's LearningRateMonitor refuses to start
             trainer.callbacks[:] = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
+        hparams = {**OmegaConf.to_container(cfg, resolve=True), "git_commit": source_revision()}  # what code ran
         for logger in trainer.loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            logger.log_hyperparams(hparams)
             if resumed_at is not None and trainer.is_global_zero and isinstance(logger, WandbLogger):
                 backfill_wandb(logger, cfg.run_dir, resumed_at)
         with run_name_for_workers(cfg.run_name):

@@ -74,7 +74,7 @@ def test_toy2d_trains_samples_and_logs_offline(tmp_path):
     assert info["name"] == "toy2d-vp-toy" and info["group"] == "toy2d" and info["job_type"] == "train"
     assert {"sde:vp", "data:toy2d", "sampler:euler_maruyama", "sampler:ddim"} <= set(info["tags"]), info["tags"]
     (config,) = info["config_records"]
-    assert {"sde", "model", "data", "optim", "trainer", "samplers", "run_name"} <= set(config), sorted(config)
+    assert {"sde", "model", "data", "optim", "trainer", "samplers", "run_name", "git_commit"} <= set(config), config
     assert info["summary"]["best/em_1000/sliced_w2"] == pytest.approx(min(float(r["val/em_1000/sliced_w2"])
                                                                            for r in logged))
     assert any("scatter" in p.name for p in media(run_file))
@@ -298,6 +298,13 @@ def test_a_wandb_run_that_cannot_start_leaves_training_going_and_wandb_mode_disa
     off = tmp_path / "off"
     run_train(off, *short, WANDB_MODE="disabled")
     assert not (off / "wandb").exists() and csv_rows(off / "samples" / "sampler_metrics.csv")
+    # the logged config names the code that ran (as bench rows do): here this checkout's commit
+    import yaml
+
+    from lightning_sde.tracking import source_revision
+
+    hparams = yaml.safe_load((off / "csv" / "version_0" / "hparams.yaml").read_text())
+    assert str(hparams["git_commit"]) == source_revision()
 
 
 @pytest.mark.slow
