@@ -107,10 +107,12 @@ class Progress:
 
 
 class _DropAdverts(logging.Filter):
-    """Lightning's "💡 Tip: try installing ..." lines advertise other products; they say nothing about the run."""
+    """Lightning's "💡 Tip: try installing ..." lines advertise other products; its "`weights_only` was not set"
+    line on a checkpoint *save* (a preemption's: the whole state) reads like an unsafe load. Neither is about the
+    run (every load is weights_only=True)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.msg).startswith(("💡 Tip", "`weights_only` was not set"))
 
 
 def quiet_and_logged() -> None:
@@ -121,7 +123,7 @@ def quiet_and_logged() -> None:
     and at the run's `<app>.log`. Start-up noise that is not about the run is dropped at its source, each for a
     reason:
       - Lightning's `srun` hint: it fires on any machine with SLURM installed; our sbatch templates run under srun.
-      - Lightning's product tips (litlogger, litmodels).
+      - Lightning's product tips (litlogger, litmodels), and its note on saving a whole checkpoint.
       - torch's `LeafSpec` deprecation, raised inside Lightning's own pytree helper, not by anything we call.
       - "fewer training batches than the logging interval": training runs by max_steps and Lightning counts the
         interval in optimizer steps across epochs, so small datasets (digits: 12 batches) are logged as configured.
@@ -135,9 +137,10 @@ def quiet_and_logged() -> None:
             if type(handler) is logging.StreamHandler:
                 logger.removeHandler(handler)
         logger.propagate = True
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropAdverts) for f in rank_zero.filters):
-        rank_zero.addFilter(_DropAdverts())
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+        source = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdverts) for f in source.filters):
+            source.addFilter(_DropAdverts())
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)

@@ -162,7 +162,7 @@ class Preemption(L.Callback):
     def save(self, trainer, reason: str) -> None:
         path = self.last_path(trainer)
         # every rank (collective); rank 0 writes, atomically (AtomicCheckpointIO); the full state (optimizer, loops)
-        trainer.save_checkpoint(path, weights_only=False)  # the whole state, to resume from (said: no INFO line)
+        trainer.save_checkpoint(path)  # the whole state, to resume from
         self.saved_at = trainer.global_step
         for cb in trainer.checkpoint_callbacks:  # the same file is not written again when fit ends
             if isinstance(cb, LastCheckpoint) and cb.save_last and cb.dirpath \

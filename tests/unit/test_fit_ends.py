@@ -124,6 +124,9 @@ def test_a_signal_within_an_accumulated_step_checkpoints_after_its_last_batch(tm
             if batch_idx == 4:  # batches 3, 4, 5 make the second step
                 os.kill(os.getpid(), signal.SIGUSR1)
 
+    from lightning_sde.tracking import quiet_and_logged
+
+    quiet_and_logged()  # as every app starts
     preemption = Preemption("SIGUSR1")
     trainer = L.Trainer(max_steps=12, accumulate_grad_batches=3, limit_val_batches=0, logger=False,
                         enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path,
