@@ -33,7 +33,7 @@ from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
 from lightning_sde.errors import first_line
 from lightning_sde.generation import Samples, generate
-from lightning_sde.metrics.image import IMAGE_METRICS, check_kid_reference, check_stats_cache
+from lightning_sde.metrics.image import IMAGE_METRICS, check_image_sample_count, check_kid_reference, check_stats_cache
 from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve_metrics
 from lightning_sde.samplers.grids import may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid
@@ -112,6 +112,11 @@ def sweep_metrics(cfg: DictConfig, kind: str) -> tuple[str, ...]:
             raise ValueError(f"config feature_extractor: unknown {cfg.feature_extractor!r}; choose one of "
                              f"{sorted(FEATURE_EXTRACTORS)}")
         check_stats_cache("stats_cache", cfg.stats_cache)
+        for key in dict.fromkeys(["seeds.count", reference_key(cfg)]):  # a cell's samples, the reference's
+            try:
+                check_image_sample_count(metrics, positive_int(key, OmegaConf.select(cfg, key)))
+            except ValueError as err:
+                raise ValueError(str(err) if str(err).startswith("config ") else f"config {key}: {err}") from None
     if "kid" in metrics:
         key = reference_key(cfg)
         try:
@@ -228,7 +233,7 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
                  len(sweep.cells), len(sweep.mine), cfg.shard.index, cfg.shard.count, len(sweep.mine) - len(todo),
                  store.path, len(todo), world)
         keys = [c.key(m) for i in todo for c in [sweep.mine[i]] for m in c.metrics]
-        logs_wandb = cfg.wandb.enabled and cfg.shard.count == 1
+        logs_wandb = wandb_wanted(cfg)
         try:  # held until the views are made (lsde-bench's run): the W&B run too, where this sweep logs it
             claim = Claim(cfg.results, keys + ([WANDB_RUN_KEY] if logs_wandb else []))
         except Claimed as err:
@@ -294,6 +299,10 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
                                                                        cfg.seeds.count))
         protocol = {**target.protocol, **(scorer.protocol if scorer else {}), "dtype": cfg.dtype,
                     "git_commit": source_revision(), "shard": f"{cfg.shard.index}/{cfg.shard.count}"}
+        changed = broadcast_from_zero(changed_scoring(store, todo, protocol) if rank == 0 else None)
+        if changed:
+            raise ValueError(f"results {cfg.results!r}: {changed}. Give this sweep its own results (e.g. "
+                             f"name=<another name>), or move the file aside to compute every cell again")
         live = open_sweep_run(cfg, target, protocol, sweep) if rank == 0 else None
         started = time.monotonic()
         for n_done, cell in enumerate(todo):
@@ -325,6 +334,25 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
             # W&B could not start (warned): the report does not wait for it again
             "wandb_failed": rank == 0 and live is None and bool(todo) and wandb_wanted(cfg),
             "keys": {c.key(m) for c in sweep.cells for m in c.metrics}}  # what the views show of rows alike
+
+
+SCORED_AGAINST = {"reference_sha256": "reference data (the files under the data's root, or its settings)",
+                  "feature_sha256": "feature network (its weights file)"}
+
+
+def changed_scoring(store: ResultsStore, todo: list[Cell], protocol: dict) -> str | None:
+    """What the rows of these cells' target and seeds were scored against that this run's scorer is not (the images
+    or the Inception weights changed under the same paths: the keys name them by path), else None. Beside them, new
+    cells would be read as one curve with the old."""
+    groups = {(c.target, c.seed_start, c.seed_count) for c in todo}
+    rows = [r for r in store.rows(quiet=True) if (r.get("target"), r.get("seed_start"), r.get("seed_count")) in groups]
+    for field, what in SCORED_AGAINST.items():
+        now = protocol.get(field)
+        before = sorted({r[field] for r in rows if isinstance(r.get(field), str)} - {now})
+        if now is not None and before:
+            return (f"its rows of this target and seeds were scored against another {what}: {field} "
+                    f"{before[0][:12]}..., now {now[:12]}...")
+    return None
 
 
 def check_results_file(path: Path) -> None:

@@ -28,7 +28,7 @@ from lightning_sde.distributed import broadcast_from_zero
 from lightning_sde.files import write_csv
 from lightning_sde.generation import GenerationStopped, generate
 from lightning_sde.metrics.features import check_feature_extractor, check_features_take, known_feature_extractor
-from lightning_sde.metrics.image import IMAGE_METRICS, check_kid_reference, check_stats_cache
+from lightning_sde.metrics.image import IMAGE_METRICS, check_image_sample_count, check_kid_reference, check_stats_cache
 from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, ranks_above, resolve_metrics
 from lightning_sde.models.guidance import check_guidance
 from lightning_sde.plotting import image_grid, scatter_grid, text_table
@@ -108,6 +108,7 @@ class SamplerCallback(L.Callback):
                                   key="callbacks.sampler.metrics")
         try:
             datamodule.check_reference_size(self.n_samples)
+            check_image_sample_count(metrics, self.n_samples)
             if "kid" in metrics:
                 check_kid_reference(self.n_samples)
         except ValueError as err:

@@ -59,6 +59,13 @@ def check_kid_reference(n_reference: int) -> None:
         raise ValueError(f"KID needs a reference of at least 4 images (subsets of 2 or more); got {n_reference}")
 
 
+def check_image_sample_count(metrics, n: int) -> None:
+    """FID's covariance and KID's MMD of one image are undefined (torchmetrics fails, after the sampling): 2 or more."""
+    used = [m.upper() for m in metrics if m in IMAGE_METRICS]
+    if used and n < 2:
+        raise ValueError(f"{'/'.join(used)} needs at least 2 images (a covariance, a kernel mean); got {n}")
+
+
 def new_image_metric(name: str, features, n_reference: int):
     """torchmetrics' FID or KID on the feature module `features`, fed [0, 1] images; the real side is kept on reset.
     It is computed in one process (rank 0 scores gathered samples), so it never synchronises across processes."""

@@ -395,6 +395,41 @@ def test_digits_features_on_a_checkpoints_colour_images_are_refused_naming_the_k
     assert not (tmp_path / "results.jsonl").exists()
 
 
+def test_a_sweep_extended_after_its_images_changed_under_the_same_folder_is_refused_before_sampling(tmp_path):
+    """The keys name the data by its folder: new pixels under the same file names made the extension's rows one curve
+    with the old ones (FID tripling from NFE 10 to 20, all of it the reference's change)."""
+    import numpy as np
+    from PIL import Image
+
+    def write(seed):
+        rng = np.random.default_rng(seed)
+        for i in range(40):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+
+    from lightning_sde.module import ScoreModule
+
+    (tmp_path / "images").mkdir()
+    write(0)
+    net = {"_target_": "lightning_sde.models.unet.UNet", "in_channels": 1, "image_size": 8, "channels": 8,
+           "channel_mult": [1], "num_res_blocks": 1, "attn_resolutions": []}
+    sde = {"_target_": "lightning_sde.sde.VPSDE"}
+    data = {"_target_": "lightning_sde.data.ImageFolderDataModule", "root": str(tmp_path / "images"), "image_size": 8,
+            "channels": 1}
+    torch.save({"state_dict": ScoreModule(net=net, sde=sde, shape=[1, 8, 8]).state_dict(), "global_step": 1,
+                "hyper_parameters": {"net": net, "sde": sde, "shape": [1, 8, 8]}, "data_config": data},
+               tmp_path / "gray.ckpt")
+    args = [f"checkpoint={tmp_path / 'gray.ckpt'}", "data=image_folder", f"data.root={tmp_path / 'images'}",
+            "data.image_size=8", "data.channels=1", "metrics=[fid]", "reference_count=20", "seeds.count=16"]
+    sweep(tmp_path, *args)
+    assert [r["requested"] for r in sweep(tmp_path, *args, "nfe=[4,5]")] == [4, 5]  # the same images: extended
+    write(1)
+    with pytest.raises(ValueError, match=r"results '.*results.jsonl': its rows of this target and seeds were scored "
+                                         r"against another reference data .*: reference_sha256 [0-9a-f]{12}\.\.\., "
+                                         r"now [0-9a-f]{12}\.\.\.\. Give this sweep its own results"):
+        sweep(tmp_path, *args, "nfe=[4,5,6]")
+    assert [r["requested"] for r in views.load(tmp_path / "results.jsonl")] == [4, 5]
+
+
 def test_a_checkpoint_sweep_scores_the_training_samples_after_the_reference_as_its_noise_floor(tmp_path):
     from lightning_sde.data import DigitsDataModule
     from lightning_sde.data.base import STREAM_FLOOR
@@ -502,6 +537,18 @@ def test_kid_on_a_reference_of_3_is_refused_naming_the_key_before_sampling(tmp_p
         cfg = compose("bench", overrides=[f"results={tmp_path}/r.jsonl", *TINY, count,
                                           f"checkpoint={_digits_checkpoint(tmp_path)}", "data=digits", "metrics=[kid]"])
     with pytest.raises(ValueError, match=f"^config {count.split('=')[0]}: {re.escape(message)}"):
+        prepare(cfg)
+
+
+@pytest.mark.parametrize("count", ["seeds.count=1", "reference_count=1"])
+def test_fid_of_one_image_is_refused_naming_the_key_before_sampling(tmp_path, count):
+    """torchmetrics' FID of one sample raised a 40-line RuntimeError after the reference and the first cell."""
+    from lightning_sde.bench.runner import prepare
+
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("bench", overrides=[f"results={tmp_path}/r.jsonl", *TINY, count,
+                                          f"checkpoint={_digits_checkpoint(tmp_path)}", "data=digits", "metrics=[fid]"])
+    with pytest.raises(ValueError, match=f"^config {count.split('=')[0]}: FID needs at least 2 images .*; got 1$"):
         prepare(cfg)
 
 

@@ -102,7 +102,8 @@ def test_a_sampler_set_replaces_rather_than_merges():
         ("sde.beta_max=abc", "config sde: ValueError: VPSDE: beta_max must be a number; got 'abc'"),  # not a `>`
         ("sde.eps=abc", "config sde: ValueError: VPSDE: eps must be a number; got 'abc'"),
         ("data=image_folder", "config data.root: MissingMandatoryValue: Missing mandatory value: data.root"),
-        ("model.net.dim=3", "config model.net"),
+        ("model.net.dim=3", "config model.net: ValueError: MLP expects x of shape (B, 3) (its dim); got (2, 2) "
+                            "(config data gives samples of shape (2,))"),  # the data may be what is to change
         ("ckpt_path=/nonexistent.ckpt", "no checkpoint at '/nonexistent.ckpt'"),
         # what fit would find wrong with the data, found before the loggers exist
         ("+model.net.num_classes=8", "config model.net.num_classes = 8 but the data has no labels"),
@@ -279,6 +280,14 @@ def test_kid_on_fewer_than_4_samples_fails_at_start_up(tmp_path):
     cfg = composed("train", ["experiment=digits", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
                              "callbacks.sampler.n_samples=3", "callbacks.sampler.metrics=[kid]"])
     with pytest.raises(ValueError, match="^config callbacks.sampler.n_samples: KID needs a reference of at least 4"):
+        build(cfg)
+
+
+def test_fid_of_one_sample_fails_at_start_up(tmp_path):
+    """torchmetrics' FID of one sample failed at the first evaluation, after the steps before it, with no checkpoint."""
+    cfg = composed("train", ["experiment=digits", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
+                             "callbacks.sampler.n_samples=1", "callbacks.sampler.metrics=[fid]"])
+    with pytest.raises(ValueError, match="^config callbacks.sampler.n_samples: FID needs at least 2 images"):
         build(cfg)
 
 
