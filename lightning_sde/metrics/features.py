@@ -140,7 +140,7 @@ def readable_inception_weights(weights_path=None) -> Path:
     """require_inception_weights' path, once the file is known to hold tensors and nothing else (torch-fidelity
     unpickles it in full); ValueError naming it otherwise."""
     path = require_inception_weights(weights_path)
-    fetch_again = "Fetch them again with lsde-prepare --inception"
+    fetch_again = "Delete the file, then fetch them again with lsde-prepare --inception"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001  (a weights-only load runs nothing: whatever it raises, refuse)
@@ -158,12 +158,13 @@ def readable_inception_weights(weights_path=None) -> Path:
 def fetch_inception(weights_path=None, timeout: float | None = 60.0) -> Path:
     """Download the InceptionV3 weights (needs internet) to `inception_weights_path(weights_path)` unless they are
     there; `timeout` is the socket timeout in seconds. On failure a RuntimeError in one line: what failed, why, and
-    what to do (nothing is left at the path: torch.hub writes a temporary file and moves it there when complete)."""
+    what to do (nothing is left at the path: torch.hub writes a temporary file and moves it there when complete).
+    A file already there is checked as the apps check it (a torn copy is named, not reported as fetched)."""
     from lightning_sde.data.torchvision_sets import socket_timeout
 
     path = inception_weights_path(weights_path)
     if path.is_file():
-        return path
+        return readable_inception_weights(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with socket_timeout(timeout):
@@ -175,7 +176,7 @@ def fetch_inception(weights_path=None, timeout: float | None = 60.0) -> Path:
             f"({type(err).__name__}: {detail}). Run `lsde-prepare --inception` on a machine with internet access "
             f"(e.g. a login node) with the same TORCH_HOME or ${INCEPTION_ENV}, or copy the file to that path"
         ) from err
-    return path
+    return readable_inception_weights(path)
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -211,7 +212,7 @@ class InceptionFeatures(nn.Module):
                                           feature_extractor_weights_path=str(path), antialias=False)
         except RuntimeError as err:  # load_state_dict: keys missing or of other shapes
             raise ValueError(f"{str(path)!r} holds no InceptionV3 weights (FID's): "
-                             f"{' '.join(str(err).split())[:200]}. Fetch them again with "
+                             f"{' '.join(str(err).split())[:200]}. Delete the file, then fetch them again with "
                              "lsde-prepare --inception") from None
         self.num_features = int(feature)
         self.eval()

@@ -198,6 +198,21 @@ def test_inception_offline_fails_fast_in_one_line_naming_the_fix(tmp_path, monke
     assert not path.exists()
 
 
+@pytest.mark.parametrize("content", [b"PK\x03\x04 torn", b"print('a script')\n"])
+def test_inception_weights_already_there_but_unreadable_are_named_not_reported_fetched(tmp_path, monkeypatch, capsys,
+                                                                                        content):
+    """A torn copy at the path made `--inception` print the path and exit 0, while the apps refusing it sent the user
+    back to that same command."""
+    path = tmp_path / "inception.pth"
+    path.write_bytes(content)
+    monkeypatch.setenv("LSDE_INCEPTION_WEIGHTS", str(path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded over a file"))
+    message = work_error(["--inception"], capsys)
+    assert f"InceptionV3 weights at '{path}' are not a state_dict of tensors" in message
+    assert "Delete the file, then fetch them again with lsde-prepare --inception" in message
+    assert path.read_bytes() == content
+
+
 def test_inception_download_runs_under_the_timeout_given(tmp_path, monkeypatch, capsys):
     seen = []
 
