@@ -31,6 +31,7 @@ from lightning_sde.cli.errors import USER_ERRORS, fail, fails_cleanly
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH
 from lightning_sde.errors import DashboardError
+from lightning_sde.tracking import wandb_disabled
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def report_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     claim = None
     try:
-        if args.wandb and Path(args.results).is_file():  # a sweep logging the same W&B run is not done yet
+        # a sweep logging the same W&B run is not done yet (WANDB_MODE=disabled: no run)
+        if args.wandb and not wandb_disabled() and Path(args.results).is_file():
             claim = Claim(args.results, [WANDB_RUN_KEY])
         report(args.results, args.out, use_wandb=args.wandb, project=args.project, name=args.name)
     except (*USER_ERRORS, PermissionError) as err:

@@ -14,14 +14,17 @@ import hydra
 from omegaconf import DictConfig
 
 from lightning_sde.cli.bench import run
-from lightning_sde.cli.errors import fails_cleanly
+from lightning_sde.cli.errors import fails_cleanly, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH
+from lightning_sde.configuration import CONFIG_PATH, overridden
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="compare")
 @fails_cleanly("lsde-compare")
 def run_app(cfg: DictConfig) -> None:
+    job = multirun_job()
+    if job is not None and not overridden("results"):  # one folder per job: each its own results and views
+        cfg.output_dir = f"{cfg.output_dir}_{job[1]}"
     run(cfg)
 
 

@@ -21,7 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_sde.cli.errors import fails_cleanly, own_folder_per_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, build, check_class_has_guidance, checked, overridden, plain
-from lightning_sde.loading import load_denoiser
+from lightning_sde.data.toy import toy_params
+from lightning_sde.exact import PROBLEMS, GaussianMixture, build_mixture
+from lightning_sde.loading import load_denoiser, read_checkpoint
 from lightning_sde.models.guidance import guided
 from lightning_sde.models.pretrained import is_diffusers_spec
 from lightning_sde.plotting.chapter import (
@@ -78,6 +80,20 @@ def checkpoint_tag(path: Path) -> str:
     return run if path.name == "last.ckpt" else f"{run}_{path.stem}"
 
 
+def trained_distribution(checkpoint: str) -> tuple[str | None, GaussianMixture | None]:
+    """The checkpoint's training data by name and, where that is an exact mixture (toy data), the mixture with the
+    data's parameters; (None, None) where the checkpoint does not say (diffusers, no data config)."""
+    data = None if is_diffusers_spec(checkpoint) else read_checkpoint(checkpoint).get("data_config")
+    if not isinstance(data, dict) or not isinstance(data.get("_target_"), str):
+        return None, None
+    if not data["_target_"].endswith("Toy2DDataModule"):
+        return data["_target_"].rsplit(".", 1)[-1], None
+    name = data.get("name", "eight_gaussians")  # Toy2DDataModule's default
+    if name not in PROBLEMS:
+        return name, None
+    return name, build_mixture(name, **{k: v for k, v in data.items() if k in toy_params(name)})
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="figures")
 @fails_cleanly("lsde-figures")
 def run_app(cfg: DictConfig) -> None:
@@ -90,8 +106,16 @@ def run_app(cfg: DictConfig) -> None:
             raise ValueError("config checkpoint/sde: both set; a checkpoint's figures use the SDE it was trained "
                              "with (sde=<name> goes with an exact problem)")
         denoiser = checked("checkpoint", load_denoiser, cfg.checkpoint, map_location="cpu")
-        if mixture is not None and (mixture.dim,) != tuple(denoiser.shape):
-            mixture = None  # the exact density only where it is the model's data
+        trained_on, own = trained_distribution(cfg.checkpoint)
+        if trained_on is not None:  # the exact density only where it is the model's data
+            asked = cfg.problem._target_.rsplit(".", 1)[-1] if mixture is not None else None
+            if overridden("problem") and asked != trained_on:
+                raise ValueError(f"config problem: the checkpoint was trained on {trained_on}, not {asked}; leave "
+                                 "problem out: its figures draw their own data's exact density"
+                                 + ("" if own is not None else f" (none: {trained_on} has no closed form)"))
+            mixture = own
+        elif mixture is not None and (mixture.dim,) != tuple(denoiser.shape):
+            mixture = None
         source = (cfg.checkpoint.rstrip("/").rsplit("/", 1)[-1] if is_diffusers_spec(cfg.checkpoint)
                   else checkpoint_tag(Path(cfg.checkpoint)))
         tag = f"{denoiser.sde.name}_{source}".replace("#", "_")

@@ -51,7 +51,7 @@ SAMPLERS = {"checkerboard": checkerboard, "two_moons": two_moons}
 NAMES = sorted(PROBLEMS) + sorted(SAMPLERS)
 
 
-def _allowed_params(name: str) -> list[str]:
+def toy_params(name: str) -> list[str]:
     fn = PROBLEMS.get(name) or SAMPLERS[name]
     skip = {"n", "generator"}
     return [p for p in inspect.signature(fn).parameters if p not in skip]
@@ -83,7 +83,7 @@ class Toy2DDataModule(BaseDataModule):
         super().__init__(batch_size, num_workers, seed, labels)
         if name not in NAMES:
             raise ValueError(f"Toy2DDataModule: unknown name {name!r}; choose one of {NAMES}")
-        allowed = _allowed_params(name)
+        allowed = toy_params(name)
         unknown = sorted(set(params) - set(allowed))
         if unknown:
             raise ValueError(f"Toy2DDataModule: {name} takes no parameter(s) {unknown}; allowed: {allowed}")

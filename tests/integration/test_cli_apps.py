@@ -87,6 +87,46 @@ def test_lsde_figures_writes_every_figure_as_png_and_pdf(tmp_path):
         assert proc.returncode == 1 and message in proc.stderr and not (tmp_path / "lab").exists(), proc.stderr
 
 
+def test_figures_of_a_checkpoint_draw_its_own_datas_density_and_refuse_another_problem(tmp_path):
+    """A model of 8 Gaussians drawn over problem=swiss_roll (same dimension) showed its paths on a swiss roll, under
+    the checkpoint's name, and exited 0."""
+    import torch
+
+    from lightning_sde.cli.figures import trained_distribution
+    from lightning_sde.exact import eight_gaussians, random_mixture
+    from lightning_sde.module import ScoreModule
+
+    def checkpoint(name, data, dim=2):
+        net = {"_target_": "lightning_sde.models.mlp.MLP", "dim": dim, "width": 16, "depth": 2}
+        sde = {"_target_": "lightning_sde.sde.VPSDE"}
+        torch.save({"state_dict": ScoreModule(net=net, sde=sde, shape=[dim]).state_dict(), "global_step": 1,
+                    "hyper_parameters": {"net": net, "sde": sde, "shape": [dim]}, "data_config": data},
+                   tmp_path / name)
+        return str(tmp_path / name)
+
+    toy = "lightning_sde.data.Toy2DDataModule"
+    eight = checkpoint("eight.ckpt", {"_target_": toy, "name": "eight_gaussians", "batch_size": 8})
+    name, mixture = trained_distribution(eight)
+    assert name == "eight_gaussians" and torch.equal(mixture.means, eight_gaussians().means)
+    name, mixture = trained_distribution(checkpoint("rm.ckpt", {"_target_": toy, "name": "random_mixture", "dim": 3,
+                                                               "seed": 5}, dim=3))
+    assert name == "random_mixture" and torch.equal(mixture.means, random_mixture(dim=3, seed=5).means)
+    assert trained_distribution(checkpoint("cb.ckpt", {"_target_": toy, "name": "checkerboard"})) == \
+        ("checkerboard", None)
+    assert trained_distribution(checkpoint("none.ckpt", None)) == (None, None)
+
+    common = [f"checkpoint={eight}", "figures=[schematic]", "formats=[png]", f"output_dir={tmp_path}/hydra"]
+    proc = _cli("lightning_sde.cli.figures", *common, "problem=swiss_roll", f"out={tmp_path}/other")
+    assert proc.returncode == 1 and "config problem: the checkpoint was trained on eight_gaussians, not swiss_roll" \
+        in proc.stderr and not (tmp_path / "other").exists(), proc.stderr[-2000:]
+    proc = _cli("lightning_sde.cli.figures", *common, f"out={tmp_path}/own")  # the default problem is 1-D
+    own = list((tmp_path / "own").glob("schematic_vp_*eight.png"))
+    assert proc.returncode == 0 and len(own) == 1, proc.stderr[-2000:]
+    proc = _cli("lightning_sde.cli.figures", *common[1:], "problem=eight_gaussians", f"out={tmp_path}/exact")
+    exact = tmp_path / "exact" / "schematic_vp_eight_gaussians.png"
+    assert own[0].read_bytes() == exact.read_bytes(), proc.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_lsde_likelihood_on_the_mixture_matches_the_truth_and_two_processes_agree(tmp_path):
 
@@ -288,6 +328,18 @@ def test_each_job_of_a_figures_multirun_keeps_its_figures(tmp_path):
     first, second = ((tmp_path / f"fig_{job}").glob("trajectories_*.png") for job in (0, 1))
     first, second = list(first), list(second)
     assert len(first) == len(second) == 1 and first[0].read_bytes() != second[0].read_bytes()
+
+
+def test_each_job_of_a_compare_multirun_keeps_its_results_and_views(tmp_path):
+    """Both jobs wrote one folder: the views showed the second job's DDIM (eta 1) only, the first's hidden."""
+    proc = _cli("lightning_sde.cli.compare", "-m", "samplers.ddim_10.eta=0.0,1.0", "samplers=quick", "seeds.count=64",
+                "batch_size=64", "progress=false", f"paths.root={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folders = sorted((tmp_path / "compare").iterdir())
+    assert [f.name[-2:] for f in folders] == ["_0", "_1"], folders
+    etas = [{json.loads(line)["params"].get("eta") for line in (f / "results.jsonl").read_text().splitlines()
+             if json.loads(line)["sampler"] == "ddim_10"} for f in folders]
+    assert etas == [{0.0}, {1.0}] and all((f / "results.md").exists() for f in folders)
 
 
 def test_a_feature_extractor_for_a_sweep_without_image_metrics_is_refused(tmp_path):

@@ -78,6 +78,13 @@ def test_the_w_and_b_run_has_one_writer(tmp_path, monkeypatch):
                                  str(tmp_path / "results.jsonl"), "--wandb"], capture_output=True, text=True,
                                 timeout=120, check=False)
         assert report.returncode == 1 and "another lsde-bench is writing the W&B run" in report.stderr, report.stderr
+        # WANDB_MODE=disabled makes no run, so it claims none: another cell, and the report, go on beside the writer
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+        runner.run_sweep(config(tmp_path, "wandb.enabled=true", "nfe=[5]"))["claim"].release()
+        report = subprocess.run([sys.executable, "-m", "lightning_sde.cli.bench", "report",
+                                 str(tmp_path / "results.jsonl"), "--wandb"], capture_output=True, text=True,
+                                timeout=120, check=False)
+        assert report.returncode == 0, report.stderr
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
