@@ -175,7 +175,8 @@ class Denoiser(nn.Module):
         return torch.cat([self._run_net([a[i:i + rows] for a in args]) for i in range(0, len(x_in), rows)])
 
     def _run_net(self, args) -> Tensor:
-        if self.autocast is None:
+        # the network in eval mode only (sampling, evaluations; shared by wrappers): training has trainer.precision
+        if self.autocast is None or getattr(self.net, "training", False):
             return self.net(*args)
         with torch.autocast(args[0].device.type, dtype=AUTOCAST[self.autocast]):
             return self.net(*args).to(args[0].dtype)

@@ -74,6 +74,14 @@ def test_bf16_autocast_sampling_is_close_to_fp32_and_keeps_the_dtype():
     assert bf16.denoiser.fingerprint() != fp32.denoiser.fingerprint()  # a grid tuned in fp32 is not reused
 
 
+def test_bf16_autocast_leaves_training_in_the_trainers_precision():
+    """model.autocast is for sampling: training under it gave bf16-mixed's losses with the trainer at 32-true."""
+    fp32, bf16 = module(), module(autocast="bf16")
+    x0 = torch.rand(8, 1, 8, 8) * 2 - 1
+    assert torch.equal(dsm_loss(bf16.train(), x0), dsm_loss(fp32.train(), x0))
+    assert not torch.equal(dsm_loss(bf16.eval(), x0), dsm_loss(fp32.eval(), x0))  # evaluations: under autocast
+
+
 def test_bf16_mixed_training_loss_is_close_to_fp32(tmp_path):
     losses = {}
     for precision in ("32-true", "bf16-mixed"):
