@@ -167,7 +167,8 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
     ("data.name=checkerboard +data.cells=4.0", "checkerboard: cells must be an even integer >= 2; got 4.0"),
     ("trainer.log_every_n_steps=-3", "config trainer.log_every_n_steps: must be an integer >= 1 or null; got -3"),
     ("callbacks.preemption.requeue_signal=SIGKILL", "requeue_signal must be the name of a signal a process can catch"),
-    ("callbacks.ema.decay=nan", "config callbacks.ema: ValueError: EMA decay must be a number in [0, 1]; got nan"),
+    ("callbacks.ema.decay=nan", "config callbacks.ema: ValueError: EMA decay must be a number in [0, 1) "),
+    ("callbacks.ema.decay=1.0", "EMA decay must be a number in [0, 1) (1 keeps the first step's weights for ever)"),
     ("callbacks.sampler.feature_extractor=foo",  # on points too: a misspelling, not a choice the metrics ignore
      "config callbacks.sampler.feature_extractor: unknown feature extractor 'foo'"),
     ("callbacks.sampler.first_seed=-1", "SamplerCallback first_seed must be an integer >= 0; got -1"),  # at the end

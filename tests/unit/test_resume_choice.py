@@ -368,6 +368,7 @@ def test_a_checkpoint_written_during_a_validation_keeps_the_average_and_the_raw_
         trainer.fit(module, datamodule=Toy2DDataModule(batch_size=64, n_train=1024))
     ema.setup(trainer, module, "fit")  # as during fit (its end lets the average go)
     ema._average_model.module.load_state_dict({k: v + 1 for k, v in module.state_dict().items()})
+    ema._average_model.n_averaged.fill_(1)  # an average that has been updated
     trainer.save_checkpoint(tmp_path / "outside.ckpt")
     ema.on_validation_epoch_start(trainer, module)
     trainer.save_checkpoint(tmp_path / "during.ckpt")
@@ -378,6 +379,73 @@ def test_a_checkpoint_written_during_a_validation_keeps_the_average_and_the_raw_
     raw = module.state_dict()
     assert all(torch.equal(outside["current_model_state"][k], raw[k]) for k in raw)
     assert all(torch.equal(outside["state_dict"][k], raw[k] + 1) for k in raw)
+
+
+def _fit_with_ema(tmp_path, ema, callbacks=(), **trainer_args):
+    from lightning.pytorch.utilities.seed import isolate_rng
+
+    from lightning_sde.data import Toy2DDataModule
+
+    module = ScoreModule(net=NET, sde=SDE, shape=[2], optim={"lr": 1e-2})
+    trainer = L.Trainer(callbacks=[ema, *callbacks], accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        **{"max_steps": 6, "limit_val_batches": 0, **trainer_args})
+    with isolate_rng():
+        trainer.fit(module, datamodule=Toy2DDataModule(batch_size=64, n_train=1024, n_val=64))
+    return trainer, module
+
+
+def test_before_its_first_update_the_average_is_the_raw_weights(tmp_path):
+    """update_starting_at_step beyond the steps run: validations scored, and checkpoints held as the model, the copy
+    of the untrained network set-up made."""
+    from lightning_sde.callbacks import EMA
+
+    class Record(L.Callback):
+        def __init__(self):
+            self.raw, self.checks = None, []
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            self.raw = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+        def on_validation_epoch_start(self, trainer, pl_module):
+            self.checks.append(all(torch.equal(v, self.raw[k]) for k, v in pl_module.state_dict().items()))
+
+        def on_train_end(self, trainer, pl_module):
+            trainer.save_checkpoint(tmp_path / "end.ckpt")
+
+    record = Record()
+    initial = ScoreModule(net=NET, sde=SDE, shape=[2]).state_dict()  # what isolate_rng's fit starts from
+    _fit_with_ema(tmp_path, EMA(decay=0.9, update_starting_at_step=50), [record], val_check_interval=3,
+                  limit_val_batches=1, num_sanity_val_steps=0)
+    assert record.checks == [True, True]
+    saved = torch.load(tmp_path / "end.ckpt", weights_only=True)
+    assert all(torch.equal(saved["state_dict"][k], v) for k, v in saved["current_model_state"].items())
+    assert any(not torch.equal(saved["state_dict"][k], v) for k, v in initial.items() if v.is_floating_point())
+
+
+def test_a_validation_leaves_the_average_and_the_raw_weights_bitwise_in_another_precision(tmp_path):
+    """The average is made before Lightning converts the model: swapping the two through each other's dtype rounded
+    the raw weights to fp32 (64-true) or the average to bf16 (bf16-true) at every validation."""
+    from lightning_sde.callbacks import EMA
+
+    ema = EMA(decay=0.9)
+    trainer, module = _fit_with_ema(tmp_path, ema)
+    ema.setup(trainer, module, "fit")  # as during fit (its end lets the average go)
+    ema._average_model.update_parameters(module)
+    module.to(torch.bfloat16)  # as bf16-true converts it
+    with torch.no_grad():
+        for p in ema._average_model.module.parameters():
+            p.add_(1e-3)  # an average bf16 cannot hold
+    raw, average = ({k: v.clone() for k, v in m.state_dict().items()} for m in (module, ema._average_model.module))
+    ema.on_validation_epoch_start(trainer, module)
+    assert all(torch.equal(v, average[k].to(v.dtype)) for k, v in module.state_dict().items())
+    ema.on_validation_epoch_end(trainer, module)
+    assert all(torch.equal(v, raw[k]) for k, v in module.state_dict().items())
+    assert all(torch.equal(v, average[k]) for k, v in ema._average_model.module.state_dict().items())
+
+    trainer, _ = _fit_with_ema(tmp_path, ema, precision="64-true", max_steps=2)
+    ema.setup(trainer, ScoreModule(net=NET, sde=SDE, shape=[2]), "fit")  # set-up sees the model before conversion
+    assert {p.dtype for p in ema._average_model.module.parameters()} == {torch.float64}
 
 
 def test_a_resume_with_another_gradient_accumulation_is_refused(tmp_path):
