@@ -107,6 +107,11 @@ class LastCheckpoint(ModelCheckpoint):
         # fit starts, so after a resume it would save again one batch into the next step
         if ends_a_step(trainer, batch_idx):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            # the fit's last step saved here, as a periodic save: once the fit has ended, Lightning has counted the
+            # epoch and the logged steps on, and an extended run logged each value a step late, in the next epoch
+            if self.save_last and 0 < trainer.max_steps <= trainer.global_step \
+                    and self._last_global_step_saved != trainer.global_step:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:

@@ -64,7 +64,7 @@ class ValLoss(L.Callback):
 
 def fit(root, stop: L.Callback | None = None, resume: bool = False, val_every=10, every_n_evals=1, accumulation=1,
         preemption=None, best_on_loss=False, val_batches=1, csv_log=False, watch: L.Callback | None = None,
-        best_top_k=-1):
+        best_top_k=-1, max_steps=20):
     torch.manual_seed(0)
     checkpoints = root / "checkpoints"
     callbacks = [
@@ -84,10 +84,10 @@ def fit(root, stop: L.Callback | None = None, resume: bool = False, val_every=10
     callbacks.append(LastCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=10,
                                     enable_version_counter=False))  # after them: it records their choices
     # val_every steps are val_every x accumulation of Lightning's batches (as lsde-train converts them)
-    trainer = L.Trainer(max_steps=20, val_check_interval=val_every * accumulation, check_val_every_n_epoch=None,
+    trainer = L.Trainer(max_steps=max_steps, val_check_interval=val_every * accumulation, check_val_every_n_epoch=None,
                         accumulate_grad_batches=accumulation,
                         limit_val_batches=val_batches, num_sanity_val_steps=0, enable_progress_bar=False,
-                        logger=L.pytorch.loggers.CSVLogger(root, name="csv") if csv_log else False,
+                        logger=L.pytorch.loggers.CSVLogger(root, name="csv") if csv_log else False, log_every_n_steps=1,
                         enable_model_summary=False, default_root_dir=root, accelerator="cpu", callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()])
     module = ScoreModule(net=MLP, shape=[2], sde=VP)
@@ -166,6 +166,23 @@ def test_a_redone_evaluation_validates_every_batch_and_logs_its_loss_once(tmp_pa
 
     assert val_rows(tmp_path / "stopped") == val_rows(tmp_path / "whole")
     assert len([r for r in val_rows(tmp_path / "whole") if r[1] == "val/loss"]) == 20 // val_every
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_a_finished_run_extended_logs_each_value_at_the_uninterrupted_runs_step_and_epoch(tmp_path, accumulation):
+    """13 steps, then extended to 20: last.ckpt written when the fit ended held the epoch (and, with lsde-train's
+    logging, the logged step count) one ahead: Lightning counts them on after the last batch. The extension logged
+    its values in epoch 1, a step late."""
+    def logged(root):
+        rows = [row for path in sorted(root.glob("csv/version_*/metrics.csv")) for row in csv.DictReader(open(path))]
+        return sorted((row["step"], row.get("epoch"), key, value) for row in rows for key, value in row.items()
+                      if key in ("train/loss", "val/loss") and value and int(row["step"]) >= 13)
+
+    fit(tmp_path / "whole", csv_log=True, accumulation=accumulation)
+    fit(tmp_path / "extended", csv_log=True, accumulation=accumulation, max_steps=13)
+    fit(tmp_path / "extended", resume=True, csv_log=True, accumulation=accumulation)
+    assert len(logged(tmp_path / "whole")) == 8  # train/loss at 13..19, val/loss at 19
+    assert logged(tmp_path / "extended") == logged(tmp_path / "whole")
 
 
 def test_a_resumed_run_keeps_the_every_n_evals_phase_of_the_schedule(tmp_path):
