@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def source_revision() -> str:
-    """What code made a result: this checkout's git commit, or, for an installed package (whose folder is no
+    """What code made a result: this checkout's git commit (`<sha>-dirty` when its package or configs differ from
+    it), or, for an installed package (whose folder is no
     repository's top level, though it may sit inside someone else's), `lightning-sde==<version>`."""
     package = Path(__file__).resolve().parent
     try:
@@ -32,7 +33,12 @@ def source_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         out = []
     if len(out) == 2 and Path(out[0]).resolve() == package.parent:
-        return out[1]
+        try:  # code or configs changed since the commit: the commit alone would name code that did not run
+            dirty = subprocess.run(["git", "-C", out[0], "diff", "--quiet", "HEAD", "--", "lightning_sde", "configs"],
+                                   capture_output=True, timeout=10, check=False).returncode == 1
+        except (OSError, subprocess.SubprocessError):
+            dirty = False
+        return out[1] + ("-dirty" if dirty else "")
     try:
         return f"lightning-sde=={version('lightning-sde')}"
     except PackageNotFoundError:  # on PYTHONPATH, neither installed nor a checkout

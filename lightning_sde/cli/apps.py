@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 import sys
 
 from lightning_sde.cli.help import print_help_if_asked
@@ -35,10 +36,38 @@ def override_error(app: str, argv: list[str]) -> str | None:
             cfg = compose(app, overrides=argv, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: e.g. a group set to null
         message = one_line(err)
+        missing = re.match(r"Could not override '([^']+)'\. To append to your config use ", message)
+        nearest = missing and nearest_key(app, argv, missing.group(1))
+        if nearest:  # Hydra's advice alone (+key) makes a misspelling a new key, which the node then refuses
+            message = message.replace(". To append to your config use ", f". Did you mean '{nearest}'? To add it "
+                                      "as a new key use ", 1)
         for first, arg in swept.items():
             message = message.replace(first, arg)
         return message
     return None if multirun else folder_error(cfg)
+
+
+def nearest_key(app: str, argv: list[str], key: str) -> str | None:
+    """The key of the app's config closest to a missing `key`, under the same node (its siblings), or None."""
+    import difflib
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import DictConfig, OmegaConf
+
+    from lightning_sde.configuration import CONFIG_PACKAGE
+
+    rest = [arg for arg in argv if arg.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            cfg = compose(app, overrides=rest)
+    except Exception:  # noqa: BLE001  (another override is wrong too: no suggestion)
+        return None
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return None
+    match = difflib.get_close_matches(name, [str(k) for k in node.keys()], n=1)
+    return None if not match else f"{parent}.{match[0]}" if parent else match[0]
 
 
 def first_job(argv: list[str]) -> list[str] | None:
@@ -90,8 +119,9 @@ def folder_error(cfg) -> str | None:
 
 # Nodes built by their own classes, which refuse what they do not take; a value added anywhere else (+key=value) is
 # one the app never reads: a misspelling, refused rather than ignored (lsde-train refuses its own in build()).
-BUILT_NODES = {"samplers", "sampler", "problem", "sde", "data", "paths", "hydra", "trainer", "model", "logger",
-               "callbacks", "loss", "optim"}
+# `hydra` is Hydra's own (its launchers take added keys, e.g. additional_parameters); `paths` is checked here.
+BUILT_NODES = {"samplers", "sampler", "problem", "sde", "data", "hydra", "trainer", "model", "logger", "callbacks",
+               "loss", "optim"}
 
 
 def added_key_error(app: str, argv: list[str]) -> str | None:

@@ -86,7 +86,9 @@ class Toy2DDataModule(BaseDataModule):
         allowed = toy_params(name)
         unknown = sorted(set(params) - set(allowed))
         if unknown:
-            raise ValueError(f"Toy2DDataModule: {name} takes no parameter(s) {unknown}; allowed: {allowed}")
+            own = [p for p in inspect.signature(Toy2DDataModule.__init__).parameters if p not in ("self", "params")]
+            raise ValueError(f"Toy2DDataModule: {name} takes no parameter(s) {unknown}; allowed: the data's {own} and "
+                             f"{name}'s {allowed}")
         for key, value in params.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"Toy2DDataModule: {name}'s {key} must be finite; got {value}")

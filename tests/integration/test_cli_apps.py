@@ -286,7 +286,8 @@ def test_a_multiruns_typo_is_one_line_before_any_job():
     from lightning_sde.cli.apps import override_error
 
     assert override_error("train", ["-m", "trainer.max_step=5,6"]) == \
-        "Could not override 'trainer.max_step'. To append to your config use +trainer.max_step=5,6"  # the sweep
+        "Could not override 'trainer.max_step'. Did you mean 'trainer.max_steps'? To add it as a new key use " \
+        "+trainer.max_step=5,6"  # the sweep
     assert "experiment" in override_error("train", ["--multirun", "experiment=nonexistent,toy2d", "seed=1,2"])
 
 
@@ -388,6 +389,20 @@ def test_a_deletion_does_not_turn_off_the_checks_of_the_other_overrides():
     assert override_error("compare", ["~samplers.pc_1000", "samplers.ddim_50.bogus=1"]).startswith(
         "Could not override 'samplers.ddim_50.bogus'")
     assert override_error("compare", ["~samplers.pc_1000", "seeds.count=50"]) is None
+
+
+def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refused():
+    """Hydra's advice alone (`+trainer.max_stesp=5`) led to the Trainer's TypeError; `+paths.rot=...` was ignored and
+    the outputs went to the default root."""
+    from lightning_sde.cli.apps import added_key_error, override_error
+
+    assert override_error("train", ["trainer.max_stesp=5"]).startswith(
+        "Could not override 'trainer.max_stesp'. Did you mean 'trainer.max_steps'? To add it as a new key use ")
+    assert "Did you mean 'samplers.ddim.steps'?" in override_error("bench", ["samplers.ddim.stepz=3"])
+    assert "Did you mean 'nfe'?" in override_error("bench", ["nfee=3", "seeds.count=5"])
+    assert "Did you mean" not in override_error("train", ["trainer.qqqqq=1"])  # nothing near: Hydra's advice alone
+    assert added_key_error("bench", ["+paths.rot=/tmp/x"]).startswith("paths.rot: lsde-bench's config has no such key")
+    assert added_key_error("bench", ["paths.root=/tmp/x"]) is None
 
 
 def test_a_config_group_of_the_users_own_folder_is_not_taken_for_a_misspelling(tmp_path):

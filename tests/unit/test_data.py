@@ -3,6 +3,7 @@ samples against the exact mixture moments, digits scaling and dequantisation, Im
 offline failure of the torchvision sets."""
 
 import math
+import re
 import time
 
 import numpy as np
@@ -86,7 +87,9 @@ def test_toy_params_pass_through_and_bad_arguments_fail_clearly():
     assert dm.shape == (3,) and dm.mixture.means.shape == (4, 3)
     with pytest.raises(ValueError, match="unknown name 'spiral'.*checkerboard"):
         Toy2DDataModule("spiral", batch_size=32)
-    with pytest.raises(ValueError, match=r"takes no parameter\(s\) \['dim'\]"):
+    with pytest.raises(ValueError, match=re.escape("eight_gaussians takes no parameter(s) ['dim']; allowed: the "
+                                                   "data's ['name', 'batch_size', 'n_train', 'n_val', 'num_workers', "
+                                                   "'seed', 'labels'] and eight_gaussians's ['radius', 'labels']")):
         Toy2DDataModule("eight_gaussians", batch_size=32, dim=3)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1; got 0"):
         Toy2DDataModule("eight_gaussians", batch_size=0)

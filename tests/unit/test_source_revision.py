@@ -23,7 +23,29 @@ def git(*args, cwd):
 def test_in_its_checkout_the_revision_is_the_checkout_commit():
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE.parent, capture_output=True, text=True,
                           check=True).stdout.strip()
-    assert re.fullmatch(r"[0-9a-f]{40}", head) and source_revision() == head
+    changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "lightning_sde", "configs"],
+                             cwd=PACKAGE.parent).returncode == 1  # a working tree being edited
+    assert re.fullmatch(r"[0-9a-f]{40}", head) and source_revision() == head + ("-dirty" if changed else "")
+
+
+def test_code_changed_since_the_commit_is_marked_dirty(tmp_path):
+    """An edited checkout's results were attributed to its clean commit."""
+    repo = tmp_path / "checkout"
+    shutil.copytree(PACKAGE, repo / "lightning_sde", ignore=shutil.ignore_patterns("__pycache__", "configs"))
+    git("init", "-q", cwd=repo)
+    git("add", "lightning_sde", cwd=repo)
+    git("commit", "-q", "-m", "ours", cwd=repo)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+
+    def revision():
+        return subprocess.run([sys.executable, "-c", "import lightning_sde.tracking as t; print(t.source_revision())"],
+                              cwd=tmp_path, capture_output=True, text=True, check=True,
+                              env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}).stdout.strip()
+
+    assert revision() == head
+    with open(repo / "lightning_sde" / "samplers" / "__init__.py", "a") as fh:
+        fh.write("# edited\n")
+    assert revision() == f"{head}-dirty"
 
 
 def test_installed_inside_another_repository_the_revision_is_the_package_version(tmp_path):
