@@ -264,7 +264,8 @@ def write(cfg, target_id, rows, dim, divergence, offset, world) -> dict:
     print(f"{summary['target']}: {n} samples, {divergence} divergence; mean log p = {summary['mean_logp']:.4f} nats"
           + (f" (true {summary['mean_true_logp']:.4f}, max |error| {summary['max_abs_error']:.2e})"
              if "true_logp" in rows[0] else "")
-          + f"; {summary['bpd']:.4f} ± {summary['bpd_se'] or 0:.4f} {unit}\n"
+          + f"; {summary['bpd']:.4f} ± "
+          + (f"{summary['bpd_se']:.4f}" if summary["bpd_se"] is not None else "n/a (one sample)") + f" {unit}\n"
             f"written: {out / 'summary.json'}, {out / 'samples.jsonl'}")
     return summary
 

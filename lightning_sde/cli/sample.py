@@ -57,7 +57,7 @@ from lightning_sde.files import LOCK_FILE, FolderLock, replace_atomically, write
 from lightning_sde.generation import batch_model, generate, seed_labels
 from lightning_sde.samplers.base import Sampler
 from lightning_sde.samplers.grids import may_use_data_moments
-from lightning_sde.samplers.schedule import check_grid, plan
+from lightning_sde.samplers.schedule import check_grid, plan, spent
 from lightning_sde.targets import (
     check_guidance_learned,
     load_target,
@@ -300,6 +300,10 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
     checked("sampler", check_grid, sampler, denoiser.sde)
     images = len(denoiser.shape) == 3
     shape = (*denoiser.shape[1:], denoiser.shape[0]) if images else tuple(denoiser.shape)
+    if cfg.png is True and not (images and shape[-1] in (1, 3)):  # before any sampling, as for an exact mixture
+        what = f"images of {shape[-1]} channels" if images else "points"
+        raise ValueError(f"config png: the checkpoint's samples are {what}, which have no PNG; leave png out "
+                         "(samples.npz holds them)")
     out, chunks = Path(cfg.out), Path(cfg.out) / CHUNKS
     seeds = list(range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count))
     chunk_size = cfg.batch_size * world
@@ -351,6 +355,11 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
                                            cfg.get("labels", "cycle"))).setup.get("selection")
     else:  # every seed was drawn before: the last summary says what was chosen (a pilot now would cost its NFE)
         report, setup_nfe = earlier_selection(out)
+        if report is None and not sampler.adaptive and sampler.times is None and sampler.grid == "select":
+            # a killed run wrote no summary: its pilot again (seeded: the same choice), its NFE counted
+            report = plan(sampler, batch_model(denoiser, seeds[:1], settings["guidance"],
+                                               cfg.get("labels", "cycle"))).setup.get("selection")
+            setup_nfe = spent(report)
     return finish(cfg, out, seeds, done, images, settings, wall, setup_nfe, world, report)
 
 
@@ -375,9 +384,6 @@ def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings:
         arrays["labels"] = np.asarray([done[s][1] for s in seeds], dtype=np.int64)
     save_npz(out / "samples.npz", **arrays)
     pngs = images and cfg.png in (True, "auto") and x.shape[-1] in (1, 3)
-    if cfg.png is True and not pngs:
-        log.warning("png=true: %s have no PNG; samples.npz holds them",
-                    f"images of {x.shape[-1]} channels" if images else "points")
     write_pngs(out / "images", seeds if pngs else [], x)
     from lightning_sde.plotting.samples import drawable, image_grid, scatter_grid
 

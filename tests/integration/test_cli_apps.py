@@ -321,6 +321,14 @@ def test_each_job_of_a_likelihood_multirun_keeps_its_results(tmp_path):
     assert [json.loads((tmp_path / f"lk_{job}" / "summary.json").read_text())["seed"] for job in (0, 1)] == [0, 1]
 
 
+def test_a_likelihood_of_one_sample_prints_no_standard_error(tmp_path):
+    """The summary's bpd_se of one sample is null; the printed line said ± 0.0000."""
+    proc = _cli("lightning_sde.cli.likelihood", "n=1", "batch_size=1", f"paths.root={tmp_path}")
+    assert proc.returncode == 0 and "bits/dim" in proc.stdout, proc.stderr[-2000:]
+    assert "± n/a (one sample) bits/dim" in proc.stdout and "± 0.0000" not in proc.stdout
+    assert json.loads((tmp_path / "likelihood" / "default" / "summary.json").read_text())["bpd_se"] is None
+
+
 def test_each_job_of_a_figures_multirun_keeps_its_figures(tmp_path):
     """Two jobs of one SDE class and problem wrote one file name: the second job's replaced the first's."""
     proc = _cli("lightning_sde.cli.figures", "-m", "sde.beta_max=10,20", "figures=[trajectories]", "formats=[png]",

@@ -115,6 +115,11 @@ def test_a_tuned_sampler_reports_its_one_pilot_and_what_it_chose(tmp_path):
     assert again.returncode == 0 and "120 of 120 seeds drawn by an earlier run" in again.stdout, again.stderr[-2000:]
     rerun = json.loads((tmp_path / "r" / "summary.json").read_text())  # nothing drawn, no pilot run: as recorded
     assert (rerun["selection"], rerun["setup_nfe"]) == (selection, summary["setup_nfe"])
+    (tmp_path / "r" / "summary.json").unlink()  # killed after its last chunk: no summary said what was chosen
+    again = lsde_sample(tmp_path / "r", "sampler=recommended", "nfe=10", "seeds.count=120", "batch_size=40")
+    assert again.returncode == 0 and f"({selection['choice']}, chosen on its pilot)" in again.stdout
+    rerun = json.loads((tmp_path / "r" / "summary.json").read_text())  # the seeded pilot again: the same choice
+    assert (rerun["selection"]["choice"], rerun["setup_nfe"]) == (selection["choice"], summary["setup_nfe"])
 
 
 def test_an_unreadable_settings_file_leaves_the_decision_to_the_chunks(tmp_path):
@@ -214,6 +219,19 @@ def test_a_bad_setting_fails_before_anything_is_written(tmp_path, overrides, mes
     proc = lsde_sample(tmp_path / "bad", *overrides)
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "bad").exists()
+
+
+def test_png_of_a_points_checkpoint_fails_before_any_sampling(tmp_path):
+    """It sampled every seed, then warned that points have no PNG and exited 0."""
+    module = ScoreModule(net={"_target_": "lightning_sde.models.mlp.MLP", "dim": 2, "width": 8, "depth": 1}, sde=SDE,
+                         shape=[2])
+    torch.save({"state_dict": module.state_dict(), "global_step": 1, "hyper_parameters": dict(module.hparams)},
+               tmp_path / "mlp.ckpt")
+    proc = lsde_sample(tmp_path / "p", f"checkpoint={tmp_path / 'mlp.ckpt'}", "png=true", "sampler=ddim", "nfe=5",
+                       "seeds.count=8")
+    assert proc.returncode == 1 and "config png: the checkpoint's samples are points, which have no PNG" in \
+        proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "p" / "samples.npz").exists() and not list((tmp_path / "p").rglob("seeds-*.npz"))
 
 
 @pytest.mark.slow
