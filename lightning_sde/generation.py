@@ -94,7 +94,8 @@ def warm_up_compiled(denoiser, sizes: set[int], seeds: list[int], guidance, labe
     with torch.no_grad():
         for n in sorted(sizes):
             model = batch_model(denoiser, seeds[:n], guidance, labels)
-            # one time for the batch, as the solvers call it (a per-row tensor of times compiles another graph)
+            # one time for the whole batch, as the fixed-step solvers pass it (a solver passing per-row times
+            # compiles another graph, within its first timed batch)
             model(torch.zeros(n, *denoiser.shape, dtype=dtype, device=device), torch.tensor(t_mid, dtype=dtype))
 
 

@@ -34,8 +34,8 @@ def source_revision() -> str:
         out = []
     if len(out) == 2 and Path(out[0]).resolve() == package.parent:
         try:  # code or configs changed since the commit: the commit alone would name code that did not run
-            dirty = subprocess.run(["git", "-C", out[0], "diff", "--quiet", "HEAD", "--", "lightning_sde", "configs"],
-                                   capture_output=True, timeout=10, check=False).returncode == 1
+            status = ["git", "-C", out[0], "status", "--porcelain", "--", "lightning_sde", "configs"]  # new files too
+            dirty = bool(subprocess.run(status, capture_output=True, text=True, timeout=10, check=False).stdout.strip())
         except (OSError, subprocess.SubprocessError):
             dirty = False
         return out[1] + ("-dirty" if dirty else "")

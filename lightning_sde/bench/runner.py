@@ -289,20 +289,22 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
             except ValueError as err:
                 raise ValueError(f"config {key}: {err}") from None
         seeds = range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count)
-        scorer = previews = None
+        scorer = previews = changed = None
         if rank == 0:
             reference_n = OmegaConf.select(cfg, reference_key(cfg))
             reference = reference_samples(target, reference_n, cfg.seeds.start, one_class(cfg, target))
             scorer = Scorer(reference, sweep.metrics, target.mixture, cfg.feature_extractor, cfg.stats_cache, device)
+            changed = changed_scoring(store, todo, scorer.protocol)
+        changed = broadcast_from_zero(changed)  # before anything is written: the earlier rows' preview stays theirs
+        if changed:
+            raise ValueError(f"results {cfg.results!r}: {changed}. Give this sweep its own results (e.g. "
+                             f"name=<another name>), or move the file aside to compute every cell again")
+        if rank == 0:
             previews = SamplePreviews.of(cfg.results, n=64 if target.kind == "images" else 1000)
             previews.save_reference(reference, SamplePreviews.protocol(sweep.target_id, cfg.seeds.start,
                                                                        cfg.seeds.count))
         protocol = {**target.protocol, **(scorer.protocol if scorer else {}), "dtype": cfg.dtype,
                     "git_commit": source_revision(), "shard": f"{cfg.shard.index}/{cfg.shard.count}"}
-        changed = broadcast_from_zero(changed_scoring(store, todo, protocol) if rank == 0 else None)
-        if changed:
-            raise ValueError(f"results {cfg.results!r}: {changed}. Give this sweep its own results (e.g. "
-                             f"name=<another name>), or move the file aside to compute every cell again")
         live = open_sweep_run(cfg, target, protocol, sweep) if rank == 0 else None
         started = time.monotonic()
         for n_done, cell in enumerate(todo):

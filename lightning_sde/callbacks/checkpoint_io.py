@@ -77,11 +77,12 @@ def remove_stale_temporaries(path: Path) -> None:
 class LastCheckpoint(ModelCheckpoint):
     """ModelCheckpoint whose last.ckpt is the final state of every fit that ends normally: Lightning's writes it at
     the end only if this process has saved nothing before (a run of 25 steps saving every 10 ended with step 20).
-    A last.ckpt written at a step that is then evaluated is written again after the evaluation, when a monitored
-    checkpoint (best-*.ckpt) takes part: saved before it, a resume from it forgot that evaluation in the best
-    checkpoint's choice (which then kept a worse one, and left the better file beside it). The copy from before the
-    evaluation becomes last.prev.ckpt (a stopped evaluation is redone from it). It must come after the other
-    ModelCheckpoints among the callbacks."""
+    The fit's last step is saved at its end, as a periodic save (after the fit Lightning has counted the epoch and
+    logged step on). A last.ckpt written at a step that is then evaluated is written again after the evaluation, when
+    it is the last step or a monitored checkpoint (best-*.ckpt) takes part: saved before it, a resume from it forgot
+    that evaluation in the best checkpoint's choice (which then kept a worse one, and left the better file beside it).
+    The copy from before the evaluation becomes last.prev.ckpt (a stopped evaluation is redone from it). It must come
+    after the other ModelCheckpoints among the callbacks."""
 
     def setup(self, trainer, pl_module, stage) -> None:
         super().setup(trainer, pl_module, stage)
@@ -94,10 +95,11 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         step = trainer.global_step
+        last_step = 0 < trainer.max_steps <= step  # the fit's final state holds its final validation
         if self.save_last and self._last_global_step_saved == step and self.last_model_path \
                 and self._saved_by_another_at != step and not trainer.sanity_checking \
                 and trainer.state.fn == TrainerFn.FITTING and not trainer.fast_dev_run \
-                and any(isinstance(cb, ModelCheckpoint) and cb.monitor for cb in trainer.callbacks):
+                and (last_step or any(isinstance(cb, ModelCheckpoint) and cb.monitor for cb in trainer.callbacks)):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         else:
             super().on_validation_end(trainer, pl_module)
@@ -109,7 +111,7 @@ class LastCheckpoint(ModelCheckpoint):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             # the fit's last step saved here, as a periodic save: once the fit has ended, Lightning has counted the
             # epoch and the logged steps on, and an extended run logged each value a step late, in the next epoch
-            if self.save_last and 0 < trainer.max_steps <= trainer.global_step \
+            if self.save_last and 0 < trainer.max_steps <= trainer.global_step and not trainer.fast_dev_run \
                     and self._last_global_step_saved != trainer.global_step:
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 

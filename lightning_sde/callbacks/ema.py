@@ -53,7 +53,8 @@ class EMA(EMAWeightAveraging):
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         """The average in the raw weights' place, the raw weights kept aside (not swapped through the average's
-        dtype: under bf16-true or 64-true precision a swap rounded one of them at every validation)."""
+        dtype: under bf16-true or 64-true precision a swap rounded one of them at every validation). The copy costs
+        one set of weights on their device during a validation, when training's gradients are not held."""
         if self._average_model is None:
             return
         self._follow_until_first_update(pl_module)
@@ -74,9 +75,10 @@ class EMA(EMAWeightAveraging):
         self._follow_until_first_update(pl_module)
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
         if self.raw is not None and "current_model_state" in checkpoint:
-            names = [n for n, _ in pl_module.named_parameters()] + [n for n, _ in pl_module.named_buffers()]
-            raw = dict(zip(names, self.raw, strict=True))
-            checkpoint["current_model_state"] = {k: raw.get(k, v) for k, v in checkpoint["current_model_state"].items()}
+            raw = {id(current): kept for (_, current), kept in zip(self._pairs(pl_module), self.raw, strict=True)}
+            held = pl_module.state_dict(keep_vars=True)  # every name of a tied tensor, by the tensor itself
+            checkpoint["current_model_state"] = {k: raw.get(id(held.get(k)), v)
+                                                 for k, v in checkpoint["current_model_state"].items()}
 
     def on_train_end(self, trainer, pl_module) -> None:
         """Keep the raw weights (module docstring); the average stays in the averaged model and the checkpoint."""

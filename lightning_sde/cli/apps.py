@@ -57,13 +57,13 @@ def nearest_key(app: str, argv: list[str], key: str) -> str | None:
     from lightning_sde.configuration import CONFIG_PACKAGE
 
     rest = [arg for arg in argv if arg.split("=", 1)[0].lstrip("+~") != key]
+    parent, _, name = key.rpartition(".")
     try:
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
             cfg = compose(app, overrides=rest)
+        node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False) if parent else cfg
     except Exception:  # noqa: BLE001  (another override is wrong too: no suggestion)
         return None
-    parent, _, name = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent) if parent else cfg
     if not isinstance(node, DictConfig):
         return None
     match = difflib.get_close_matches(name, [str(k) for k in node.keys()], n=1)
@@ -143,11 +143,14 @@ def added_key_error(app: str, argv: list[str]) -> str | None:
             without = compose(app, overrides=[arg for arg in argv if arg not in added])
     except Exception:  # noqa: BLE001  (override_error reports what does not compose)
         return None
+    text = OmegaConf.to_yaml(full)  # unresolved: where an added key is read through an interpolation
     for arg in added:
         key = arg.split("=", 1)[0].lstrip("+")
-        value = OmegaConf.select(full, key)
-        if OmegaConf.select(without, key) is not None or value is None:
+        value = OmegaConf.select(full, key, throw_on_resolution_failure=False)
+        if OmegaConf.select(without, key, throw_on_resolution_failure=False) is not None or value is None:
             continue  # it was there (set, not added), or a group option placed elsewhere (`@package _global_`)
+        if re.search(r"\$\{" + re.escape(key) + r"[}.:]", text):
+            continue  # e.g. +paths.scratch=/x data.root=${paths.scratch}/cifar: read, not ignored
         if "." in key or not isinstance(value, DictConfig):
             return (f"{key}: lsde-{app}'s config has no such key, and the app would ignore it (a misspelling?); "
                     f"see lsde-{app} --help")

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_sde.cli.errors import fails_cleanly, own_folder_per_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, build, check_class_has_guidance, checked, overridden, plain
-from lightning_sde.data.toy import toy_params
-from lightning_sde.exact import PROBLEMS, GaussianMixture, build_mixture
+from lightning_sde.data.toy import data_mixture
+from lightning_sde.exact import GaussianMixture
 from lightning_sde.loading import load_denoiser, read_checkpoint
 from lightning_sde.models.guidance import guided
 from lightning_sde.models.pretrained import is_diffusers_spec
@@ -88,10 +88,7 @@ def trained_distribution(checkpoint: str) -> tuple[str | None, GaussianMixture |
         return None, None
     if not data["_target_"].endswith("Toy2DDataModule"):
         return data["_target_"].rsplit(".", 1)[-1], None
-    name = data.get("name", "eight_gaussians")  # Toy2DDataModule's default
-    if name not in PROBLEMS:
-        return name, None
-    return name, build_mixture(name, **{k: v for k, v in data.items() if k in toy_params(name)})
+    return data_mixture(data)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="figures")
@@ -113,7 +110,7 @@ def run_app(cfg: DictConfig) -> None:
                 raise ValueError(f"config problem: the checkpoint was trained on {trained_on}, not {asked}; leave "
                                  "problem out: its figures draw their own data's exact density"
                                  + ("" if own is not None else f" (none: {trained_on} has no closed form)"))
-            mixture = own
+            mixture = own if own is not None and own.dim <= 2 else None  # the figures draw 1-D and 2-D densities
         elif mixture is not None and (mixture.dim,) != tuple(denoiser.shape):
             mixture = None
         source = (cfg.checkpoint.rstrip("/").rsplit("/", 1)[-1] if is_diffusers_spec(cfg.checkpoint)

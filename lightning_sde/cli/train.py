@@ -452,10 +452,13 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
                         optim=plain(cfg.optim), _recursive_=False, _convert_="all")
     with torch.no_grad():  # a network that does not fit the data fails here, not after the first epoch
         probe = torch.zeros(2, *datamodule.shape)
+        module.eval()  # as evaluations call it (model.autocast applies there)
         try:
             out = checked("model.net", module.denoiser, probe, torch.full((2,), 0.5))
         except ValueError as err:  # the data's settings may be the ones to change: say what they give
             raise ValueError(f"{err} (config data gives samples of shape {tuple(datamodule.shape)})") from None
+        finally:
+            module.train()
         if out.eps.shape != probe.shape:
             raise ValueError(f"config model.net: output shape {tuple(out.eps.shape[1:])} != "
                              f"data shape {tuple(datamodule.shape)}")

@@ -52,9 +52,25 @@ NAMES = sorted(PROBLEMS) + sorted(SAMPLERS)
 
 
 def toy_params(name: str) -> list[str]:
+    """What a data config may pass on to problem `name` (the data's own parameters, `labels` among them, never
+    reach it)."""
     fn = PROBLEMS.get(name) or SAMPLERS[name]
-    skip = {"n", "generator"}
+    skip = {"n", "generator", *data_params()}
     return [p for p in inspect.signature(fn).parameters if p not in skip]
+
+
+def data_params() -> list[str]:
+    """Toy2DDataModule's own parameters."""
+    return [p for p in inspect.signature(Toy2DDataModule.__init__).parameters if p not in ("self", "params")]
+
+
+def data_mixture(data: dict) -> tuple[str, GaussianMixture | None]:
+    """A toy data config's problem and, for an exact one, the mixture it draws from (its parameters passed on as the
+    data module passes them)."""
+    name = data.get("name", "eight_gaussians")  # Toy2DDataModule's default
+    if name not in PROBLEMS:
+        return name, None
+    return name, build_mixture(name, **{k: v for k, v in data.items() if k in toy_params(name)})
 
 
 class Toy2DDataModule(BaseDataModule):
@@ -86,9 +102,8 @@ class Toy2DDataModule(BaseDataModule):
         allowed = toy_params(name)
         unknown = sorted(set(params) - set(allowed))
         if unknown:
-            own = [p for p in inspect.signature(Toy2DDataModule.__init__).parameters if p not in ("self", "params")]
-            raise ValueError(f"Toy2DDataModule: {name} takes no parameter(s) {unknown}; allowed: the data's {own} and "
-                             f"{name}'s {allowed}")
+            raise ValueError(f"Toy2DDataModule: {name} takes no parameter(s) {unknown}; allowed: the data's "
+                             f"{data_params()} and {name}'s {allowed}")
         for key, value in params.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"Toy2DDataModule: {name}'s {key} must be finite; got {value}")

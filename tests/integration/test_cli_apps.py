@@ -105,12 +105,15 @@ def test_figures_of_a_checkpoint_draw_its_own_datas_density_and_refuse_another_p
         return str(tmp_path / name)
 
     toy = "lightning_sde.data.Toy2DDataModule"
-    eight = checkpoint("eight.ckpt", {"_target_": toy, "name": "eight_gaussians", "batch_size": 8})
+    # as lsde-train writes it: the data's own parameters (its labels flag too) beside the problem's
+    eight = checkpoint("eight.ckpt", {"_target_": toy, "name": "eight_gaussians", "batch_size": 8, "labels": False,
+                                      "n_train": 100000, "seed": 0})
     name, mixture = trained_distribution(eight)
     assert name == "eight_gaussians" and torch.equal(mixture.means, eight_gaussians().means)
-    name, mixture = trained_distribution(checkpoint("rm.ckpt", {"_target_": toy, "name": "random_mixture", "dim": 3,
-                                                               "seed": 5}, dim=3))
-    assert name == "random_mixture" and torch.equal(mixture.means, random_mixture(dim=3, seed=5).means)
+    rm = checkpoint("rm.ckpt", {"_target_": toy, "name": "random_mixture", "dim": 3, "n_components": 4,
+                                "labels": False}, dim=3)
+    name, mixture = trained_distribution(rm)
+    assert name == "random_mixture" and torch.equal(mixture.means, random_mixture(dim=3, n_components=4).means)
     assert trained_distribution(checkpoint("cb.ckpt", {"_target_": toy, "name": "checkerboard"})) == \
         ("checkerboard", None)
     assert trained_distribution(checkpoint("none.ckpt", None)) == (None, None)
@@ -125,6 +128,8 @@ def test_figures_of_a_checkpoint_draw_its_own_datas_density_and_refuse_another_p
     proc = _cli("lightning_sde.cli.figures", *common[1:], "problem=eight_gaussians", f"out={tmp_path}/exact")
     exact = tmp_path / "exact" / "schematic_vp_eight_gaussians.png"
     assert own[0].read_bytes() == exact.read_bytes(), proc.stderr[-2000:]
+    proc = _cli("lightning_sde.cli.figures", f"checkpoint={rm}", *common[1:], f"out={tmp_path}/rm")  # 3-D: no density
+    assert proc.returncode == 0 and "schematic needs the exact mixture: skipped" in proc.stdout, proc.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -411,6 +416,10 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
     assert "Did you mean" not in override_error("train", ["trainer.qqqqq=1"])  # nothing near: Hydra's advice alone
     assert added_key_error("bench", ["+paths.rot=/tmp/x"]).startswith("paths.rot: lsde-bench's config has no such key")
     assert added_key_error("bench", ["paths.root=/tmp/x"]) is None
+    # a key of one's own that an interpolation reads is not ignored
+    assert added_key_error("bench", ["+paths.scratch=/x", "stats_cache=${paths.scratch}/c"]) is None
+    assert added_key_error("bench", ["+paths.scratch=/x", "stats_cache=${paths.scratchy}/c"]).startswith(
+        "paths.scratch: lsde-bench's config has no such key")
 
 
 def test_a_config_group_of_the_users_own_folder_is_not_taken_for_a_misspelling(tmp_path):

@@ -422,12 +422,15 @@ def test_a_sweep_extended_after_its_images_changed_under_the_same_folder_is_refu
             "data.image_size=8", "data.channels=1", "metrics=[fid]", "reference_count=20", "seeds.count=16"]
     sweep(tmp_path, *args)
     assert [r["requested"] for r in sweep(tmp_path, *args, "nfe=[4,5]")] == [4, 5]  # the same images: extended
+    previews = {p: p.read_bytes() for p in (tmp_path / "samples").glob("reference*.pt")}
+    assert len(previews) == 1
     write(1)
     with pytest.raises(ValueError, match=r"results '.*results.jsonl': its rows of this target and seeds were scored "
                                          r"against another reference data .*: reference_sha256 [0-9a-f]{12}\.\.\., "
                                          r"now [0-9a-f]{12}\.\.\.\. Give this sweep its own results"):
         sweep(tmp_path, *args, "nfe=[4,5,6]")
     assert [r["requested"] for r in views.load(tmp_path / "results.jsonl")] == [4, 5]
+    assert {p: p.read_bytes() for p in (tmp_path / "samples").glob("reference*.pt")} == previews  # still theirs
 
 
 def test_a_checkpoint_sweep_scores_the_training_samples_after_the_reference_as_its_noise_floor(tmp_path):

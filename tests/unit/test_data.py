@@ -89,7 +89,7 @@ def test_toy_params_pass_through_and_bad_arguments_fail_clearly():
         Toy2DDataModule("spiral", batch_size=32)
     with pytest.raises(ValueError, match=re.escape("eight_gaussians takes no parameter(s) ['dim']; allowed: the "
                                                    "data's ['name', 'batch_size', 'n_train', 'n_val', 'num_workers', "
-                                                   "'seed', 'labels'] and eight_gaussians's ['radius', 'labels']")):
+                                                   "'seed', 'labels'] and eight_gaussians's ['radius']")):
         Toy2DDataModule("eight_gaussians", batch_size=32, dim=3)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1; got 0"):
         Toy2DDataModule("eight_gaussians", batch_size=0)

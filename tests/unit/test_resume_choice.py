@@ -366,6 +366,7 @@ def test_a_checkpoint_written_during_a_validation_keeps_the_average_and_the_raw_
                             enable_model_summary=False, limit_val_batches=0, enable_checkpointing=False,
                             default_root_dir=tmp_path)
         trainer.fit(module, datamodule=Toy2DDataModule(batch_size=64, n_train=1024))
+    module.tied = next(module.parameters())  # a tensor under two names: state_dict holds both, named_parameters one
     ema.setup(trainer, module, "fit")  # as during fit (its end lets the average go)
     ema._average_model.module.load_state_dict({k: v + 1 for k, v in module.state_dict().items()})
     ema._average_model.n_averaged.fill_(1)  # an average that has been updated
@@ -443,9 +444,15 @@ def test_a_validation_leaves_the_average_and_the_raw_weights_bitwise_in_another_
     assert all(torch.equal(v, raw[k]) for k, v in module.state_dict().items())
     assert all(torch.equal(v, average[k]) for k, v in ema._average_model.module.state_dict().items())
 
-    trainer, _ = _fit_with_ema(tmp_path, ema, precision="64-true", max_steps=2)
-    ema.setup(trainer, ScoreModule(net=NET, sde=SDE, shape=[2]), "fit")  # set-up sees the model before conversion
-    assert {p.dtype for p in ema._average_model.module.parameters()} == {torch.float64}
+    class SaveAtEnd(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            trainer.save_checkpoint(tmp_path / "64.ckpt")
+
+    _fit_with_ema(tmp_path, EMA(decay=0.9), [SaveAtEnd()], precision="64-true", max_steps=4, val_check_interval=2,
+                  limit_val_batches=1, num_sanity_val_steps=0)
+    saved = torch.load(tmp_path / "64.ckpt", weights_only=True)
+    for part in ("state_dict", "current_model_state"):  # the average of fp64 weights in fp64, after validations
+        assert {v.dtype for v in saved[part].values() if v.is_floating_point()} == {torch.float64}, part
 
 
 def test_a_resume_with_another_gradient_accumulation_is_refused(tmp_path):

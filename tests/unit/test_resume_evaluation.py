@@ -185,6 +185,15 @@ def test_a_finished_run_extended_logs_each_value_at_the_uninterrupted_runs_step_
     assert logged(tmp_path / "extended") == logged(tmp_path / "whole")
 
 
+def test_the_last_checkpoint_of_a_fit_holds_its_final_evaluation(tmp_path):
+    """Saved at the last step's end, last.ckpt was written before the validation at that step: without a monitored
+    checkpoint to write it again, the sampler's count of evaluations in it was one short."""
+    fit(tmp_path, every_n_evals=2)  # no best checkpoint; validations at 10 and 20
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 20
+    assert next(v for k, v in saved["callbacks"].items() if k.startswith("SamplerCallback")) == {"evals": 2}
+
+
 def test_a_resumed_run_keeps_the_every_n_evals_phase_of_the_schedule(tmp_path):
     """Validations at 5, 10, 15, 20, evaluations at 10 and 20: stopped at 13, the run resumes from the checkpoint at
     10, written before the validation at 10 (its count is one short)."""

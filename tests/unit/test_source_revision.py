@@ -23,8 +23,8 @@ def git(*args, cwd):
 def test_in_its_checkout_the_revision_is_the_checkout_commit():
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE.parent, capture_output=True, text=True,
                           check=True).stdout.strip()
-    changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "lightning_sde", "configs"],
-                             cwd=PACKAGE.parent).returncode == 1  # a working tree being edited
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "lightning_sde", "configs"], cwd=PACKAGE.parent,
+                             capture_output=True, text=True).stdout.strip() != ""  # a working tree being edited
     assert re.fullmatch(r"[0-9a-f]{40}", head) and source_revision() == head + ("-dirty" if changed else "")
 
 
@@ -32,8 +32,9 @@ def test_code_changed_since_the_commit_is_marked_dirty(tmp_path):
     """An edited checkout's results were attributed to its clean commit."""
     repo = tmp_path / "checkout"
     shutil.copytree(PACKAGE, repo / "lightning_sde", ignore=shutil.ignore_patterns("__pycache__", "configs"))
+    (repo / ".gitignore").write_text("__pycache__/\n")  # as the project's: bytecode is no edit
     git("init", "-q", cwd=repo)
-    git("add", "lightning_sde", cwd=repo)
+    git("add", "lightning_sde", ".gitignore", cwd=repo)
     git("commit", "-q", "-m", "ours", cwd=repo)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
 
@@ -45,6 +46,10 @@ def test_code_changed_since_the_commit_is_marked_dirty(tmp_path):
     assert revision() == head
     with open(repo / "lightning_sde" / "samplers" / "__init__.py", "a") as fh:
         fh.write("# edited\n")
+    assert revision() == f"{head}-dirty"
+    git("checkout", "--", "lightning_sde", cwd=repo)
+    assert revision() == head
+    (repo / "lightning_sde" / "new_module.py").write_text("x = 1\n")  # a file not committed yet
     assert revision() == f"{head}-dirty"
 
 
