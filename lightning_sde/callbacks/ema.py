@@ -33,6 +33,14 @@ class EMA(EMAWeightAveraging):
                          update_starting_at_epoch=update_starting_at_epoch, **kwargs)
         self.raw: list[torch.Tensor] | None = None  # the raw weights while the average is in their place (a validation)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """A per-epoch update (update_every_n_steps=0) made at the epoch's last batch, before the checkpoint callbacks
+        save that step (Lightning runs them last): made at the epoch's end, a checkpoint of its last step missed it,
+        and a run resumed from there went on without it. The epoch's end then finds it done."""
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            super().on_train_epoch_end(trainer, pl_module)
+
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if self._average_model is not None and str(trainer.precision).startswith("64"):

@@ -485,6 +485,11 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
                          f"({resumed_at}: {resume}); raise it to train on, or start afresh (ckpt_path=null or another "
                          "run_name)")
 
+    for group, nodes in (("callbacks", cfg.callbacks), ("logger", cfg.logger or {})):  # +callbacks.<typo>.x=...
+        named = sorted(k for k, node in nodes.items() if isinstance(node, DictConfig) and "_target_" in node)
+        for k, node in nodes.items():
+            if node is not None and k not in named:
+                raise ValueError(f"config {group}.{k}: names no class (_target_); a misspelling? {group}: {named}")
     keyed = {k: build_node(c, f"callbacks.{k}") for k, c in cfg.callbacks.items() if c is not None}
     if not cfg.logger:  # logger=none: Lightning's LearningRateMonitor refuses to start without a logger
         keyed = {k: cb for k, cb in keyed.items() if not isinstance(cb, LearningRateMonitor)}
@@ -526,6 +531,8 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     trainer = build_node(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=plugins,
                          enable_progress_bar=sys.stdout.isatty() if bar == "auto" else bar,  # where Lightning draws it
                          **steps_to_batches)  # Lightning counts validation intervals in batches; the config, in steps
+    if str(trainer.precision).startswith("64"):  # Lightning restores a checkpoint before it converts the model:
+        module.double()  # loaded into fp32 parameters, a resumed 64-true run's weights were rounded
     if sampler_cb is not None:
         warn_if_nothing_is_evaluated(cfg.trainer, trainer.limit_val_batches, resumed_at or 0)
         if resumed_at is not None and resumed_at == max_steps and is_int(interval) and trainer.limit_val_batches \

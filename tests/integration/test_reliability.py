@@ -433,11 +433,15 @@ def test_resume_under_gradient_accumulation_is_exact_and_evaluates_at_its_steps(
             assert sorted({int(r["step"]) for r in csv.DictReader(fh)}) == [4, 8], name
 
 
-def test_a_finished_run_extended_to_more_steps_continues_from_its_raw_weights(tmp_path):
+@pytest.mark.parametrize("precision", ["32-true", "64-true"])
+def test_a_finished_run_extended_to_more_steps_continues_from_its_raw_weights(tmp_path, precision):
     """A run that ended at max_steps (its last checkpoint written at the end of fit, after the EMA was applied),
     rerun with a larger max_steps: the same weights as a run that went straight there (Lightning's EMA callback
-    would have put the EMA weights in place of the raw ones at the end; off by ~2e-3 here)."""
-    common = [*TOY, "callbacks.last.every_n_train_steps=1000", "trainer.val_check_interval=1000", "logger=csv"]
+    would have put the EMA weights in place of the raw ones at the end; off by ~2e-3 here), and its values logged at
+    the same steps and epoch (they came a step late, in the next epoch). Under 64-true the checkpoint was restored
+    into fp32 parameters before Lightning converted them: off by ~4e-9."""
+    common = [*TOY, "callbacks.last.every_n_train_steps=1000", "trainer.val_check_interval=1000", "logger=csv",
+              f"trainer.precision={precision}", "trainer.log_every_n_steps=1"]
     assert train(tmp_path / "straight", *common, "trainer.max_steps=24").returncode == 0
     assert train(tmp_path / "extended", *common, "trainer.max_steps=12").returncode == 0
     assert train(tmp_path / "extended", *common, "trainer.max_steps=24").returncode == 0
@@ -446,3 +450,9 @@ def test_a_finished_run_extended_to_more_steps_continues_from_its_raw_weights(tm
     assert a["global_step"] == b["global_step"] == 24
     for key in ("state_dict", "current_model_state"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+    def logged(run):
+        rows = [r for path in sorted((run / "csv").glob("version_*/metrics.csv")) for r in csv.DictReader(open(path))]
+        return [(r["step"], r["epoch"], r["train/loss"]) for r in rows if r.get("train/loss") and int(r["step"]) >= 12]
+
+    assert len(logged(tmp_path / "straight")) == 12 and logged(tmp_path / "extended") == logged(tmp_path / "straight")

@@ -468,8 +468,10 @@ def test_a_two_node_pipeline_trains_with_world_size_4_then_benches_and_reports(t
     assert all(f"GLOBAL_RANK: {r}, MEMBER: {r + 1}/4" in train_log for r in range(4)), train_log[-4000:]
     assert two_nodes.state(train)["NodeList"] == "n[1-2]"
     ckpts = list((workdir / "outputs" / "train" / "two" / "checkpoints").glob("*.ckpt"))
-    assert [p.name for p in ckpts if p.name.startswith("last")] == ["last.ckpt"]
-    assert torch.load(workdir / "outputs/train/two/checkpoints/last.ckpt", weights_only=True)["global_step"] == 30
+    # last.ckpt written again after the final evaluation: the copy from before it is last.prev.ckpt
+    assert sorted(p.name for p in ckpts if p.name.startswith("last")) == ["last.ckpt", "last.prev.ckpt"]
+    for name in ("last.ckpt", "last.prev.ckpt"):
+        assert torch.load(workdir / "outputs/train/two/checkpoints" / name, weights_only=True)["global_step"] == 30
     assert two_nodes.array_states(bench) == ["COMPLETED"] * 3  # a task per cell: the noise floor and NFE 3, 10
     rows = load(workdir / "outputs" / "bench" / "two" / "results.jsonl")
     assert sorted({r["requested"] for r in rows if r["grid"] != "exact"}) == [3, 10]

@@ -194,6 +194,30 @@ def test_the_last_checkpoint_of_a_fit_holds_its_final_evaluation(tmp_path):
     assert next(v for k, v in saved["callbacks"].items() if k.startswith("SamplerCallback")) == {"evals": 2}
 
 
+def test_a_per_epoch_average_extended_from_an_epochs_last_step_equals_the_uninterrupted_one(tmp_path):
+    """update_every_n_steps=0: Lightning updates the average at the epoch's end, after last.ckpt of the epoch's last
+    step was written: the checkpoint missed that epoch's update, and the extended run went on without it."""
+    def run(root, max_steps, resume=False):
+        torch.manual_seed(0)
+        trainer = L.Trainer(max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+                            accelerator="cpu", plugins=[AtomicCheckpointIO()],
+                            callbacks=[EMA(decay=0.5, update_every_n_steps=0, update_starting_at_epoch=0),
+                                       LastCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0,
+                                                      every_n_train_steps=3, enable_version_counter=False)])
+        trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=128),
+                    ckpt_path=root / "checkpoints" / "last.ckpt" if resume else None)
+        return torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+
+    whole = run(tmp_path / "whole", 8)  # 4 steps an epoch: updates at steps 4 and 8
+    first = run(tmp_path / "extended", 4)
+    assert int(first["averaging_state"]["n_averaged"]) == 1
+    extended = run(tmp_path / "extended", 8, resume=True)
+    assert int(whole["averaging_state"]["n_averaged"]) == int(extended["averaging_state"]["n_averaged"]) == 2
+    for part in ("state_dict", "current_model_state"):
+        assert all(torch.equal(whole[part][k], extended[part][k]) for k in whole[part]), part
+
+
 def test_a_resumed_run_keeps_the_every_n_evals_phase_of_the_schedule(tmp_path):
     """Validations at 5, 10, 15, 20, evaluations at 10 and 20: stopped at 13, the run resumes from the checkpoint at
     10, written before the validation at 10 (its count is one short)."""
