@@ -66,7 +66,10 @@ def nearest_key(app: str, argv: list[str], key: str) -> str | None:
         return None
     if not isinstance(node, DictConfig):
         return None
-    match = difflib.get_close_matches(name, [str(k) for k in node.keys()], n=1)
+    keys = [str(k) for k in node.keys()]
+    if name in keys:  # there, through an interpolation (callbacks.sampler.samplers is ${samplers}): no misspelling
+        return None
+    match = difflib.get_close_matches(name, keys, n=1)
     return None if not match else f"{parent}.{match[0]}" if parent else match[0]
 
 
@@ -128,6 +131,8 @@ def added_key_error(app: str, argv: list[str]) -> str | None:
     """A `+key=value` that adds a value the app would silently ignore: a key outside BUILT_NODES that the config
     lacks without it (`++key=value` on an existing key sets it; `+group=option` of a user's config folder adds a
     node, or nothing under `@package _global_`)."""
+    if any(arg in ("-m", "--multirun") for arg in argv):  # a multirun: its first job's overrides
+        argv = first_job([arg for arg in argv if arg not in ("-m", "--multirun")]) or []
     added = [arg for arg in argv if arg.startswith("+") and "@" not in arg.split("=", 1)[0]
              and arg.split("=", 1)[0].lstrip("+").split(".")[0] not in BUILT_NODES]
     if not added or not single_run_overrides(argv):
@@ -139,16 +144,18 @@ def added_key_error(app: str, argv: list[str]) -> str | None:
 
     try:
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-            full = compose(app, overrides=argv)
-            without = compose(app, overrides=[arg for arg in argv if arg not in added])
+            full = compose(app, overrides=argv, return_hydra_config=True)  # hydra.* may read an added key too
+            without = compose(app, overrides=[arg for arg in argv if arg not in added], return_hydra_config=True)
     except Exception:  # noqa: BLE001  (override_error reports what does not compose)
         return None
     text = OmegaConf.to_yaml(full)  # unresolved: where an added key is read through an interpolation
+    absent = object()
     for arg in added:
         key = arg.split("=", 1)[0].lstrip("+")
         value = OmegaConf.select(full, key, throw_on_resolution_failure=False)
-        if OmegaConf.select(without, key, throw_on_resolution_failure=False) is not None or value is None:
-            continue  # it was there (set, not added), or a group option placed elsewhere (`@package _global_`)
+        there = OmegaConf.select(without, key, default=absent, throw_on_resolution_failure=False) is not absent
+        if there or value is None:  # set, not added (++key on a null default too), or a group option placed
+            continue  # elsewhere (`@package _global_`)
         if re.search(r"\$\{" + re.escape(key) + r"[}.:]", text):
             continue  # e.g. +paths.scratch=/x data.root=${paths.scratch}/cifar: read, not ignored
         if "." in key or not isinstance(value, DictConfig):

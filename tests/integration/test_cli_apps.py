@@ -416,8 +416,14 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
     assert "Did you mean" not in override_error("train", ["trainer.qqqqq=1"])  # nothing near: Hydra's advice alone
     assert added_key_error("bench", ["+paths.rot=/tmp/x"]).startswith("paths.rot: lsde-bench's config has no such key")
     assert added_key_error("bench", ["paths.root=/tmp/x"]) is None
-    # a key of one's own that an interpolation reads is not ignored
+    # never the key itself: callbacks.sampler.samplers is ${samplers}, the key is there
+    assert "Did you mean" not in override_error("train", ["callbacks.sampler.samplers.ddim_50.steps=3"])
+    # a key of one's own that an interpolation reads is not ignored, Hydra's own settings included
     assert added_key_error("bench", ["+paths.scratch=/x", "stats_cache=${paths.scratch}/c"]) is None
+    assert added_key_error("bench", ["+paths.scratch=/x", "hydra.run.dir=${paths.scratch}/run"]) is None
+    assert added_key_error("bench", ["++checkpoint=/x.ckpt", "data=toy2d"]) is None  # ++ on a null default sets it
+    assert added_key_error("bench", ["-m", "name=a,b", "+sedes.count=16"]).startswith(  # a multirun's first job
+        "sedes.count: lsde-bench's config has no such key")
     assert added_key_error("bench", ["+paths.scratch=/x", "stats_cache=${paths.scratchy}/c"]).startswith(
         "paths.scratch: lsde-bench's config has no such key")
 

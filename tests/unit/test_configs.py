@@ -96,6 +96,9 @@ def test_a_sampler_set_replaces_rather_than_merges():
     [
         ("+optimm.lr=1", "unknown top-level key(s) ['optimm']"),
         ("+model.net.widthh=3", "config model.net: TypeError"),  # a typo Hydra lets through with +
+        ("+callbacks.lastt.every_n_train_steps=5", "config callbacks.lastt: names no class (_target_); a misspelling? "
+                                                    "callbacks: ['best', 'ema', "),  # was handed to Lightning as a dict
+        ("+logger.wandbb.project=x", "config logger.wandbb: names no class (_target_); a misspelling? logger: []"),
         ("samplers.em_1000.steps=0",
          "config samplers.em_1000: ValueError: euler_maruyama: steps must be an integer >= 1"),
         ("sde.beta_min=-1", "config sde: ValueError: beta_min must be > 0"),
