@@ -31,7 +31,7 @@ from lightning_sde.metrics.features import check_feature_extractor, check_featur
 from lightning_sde.metrics.image import IMAGE_METRICS, check_image_sample_count, check_kid_reference, check_stats_cache
 from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, ranks_above, resolve_metrics
 from lightning_sde.models.guidance import check_guidance
-from lightning_sde.plotting import image_grid, scatter_grid, text_table
+from lightning_sde.plotting import drawable, image_grid, scatter_grid, text_table
 from lightning_sde.samplers import Sampler
 from lightning_sde.tracking import picture_path, trim_history
 
@@ -216,7 +216,7 @@ class SamplerCallback(L.Callback):
             self.last_rows[label] = {"step": trainer.global_step, "sampler": label, **values}
         if trainer.is_global_zero:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            if self.kind == "points":
+            if self.kind == "points" and drawable(tuple(denoiser.shape)):  # 1-D points have no scatter
                 path = scatter_grid(panels, picture_path(self.out_dir, "scatter", trainer.global_step))
                 self._images.append(("samples/scatter", path))
             self._append_rows()

@@ -80,6 +80,15 @@ def test_each_evaluation_logs_the_shared_paths_numbers_and_keeps_a_record(tmp_pa
     assert (tmp_path / "samples" / "scatter_step0000002.png").stat().st_size > 5_000
 
 
+def test_one_dimensional_points_are_scored_without_a_scatter(tmp_path):
+    """A 1-D toy model's first evaluation failed drawing a scatter of two coordinates."""
+    callback = SamplerCallback({"ddim_5": DDIM(steps=5)}, n_samples=30, batch_size=30)
+    module = ScoreModule(net={**MLP, "dim": 1}, shape=[1], sde=VP)
+    fit(tmp_path, callback, module, Toy2DDataModule("random_mixture", batch_size=64, n_train=256, n_val=64, dim=1))
+    assert math.isfinite(callback.last_rows["ddim_5"]["sliced_w2"])
+    assert not list((tmp_path / "samples").glob("scatter_*.png"))
+
+
 def test_every_n_evals_skips_evaluations_and_rows_append_across_them(tmp_path):
     callback = SamplerCallback({"ddim": DDIM(steps=2)}, n_samples=8, batch_size=8, every_n_evals=2)
     module = ScoreModule(net=MLP, shape=[2], sde=VP)
