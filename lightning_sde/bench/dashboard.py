@@ -172,16 +172,14 @@ class SweepRun:
         import wandb
 
         self.results = Path(results)
-        self.state = dict(read_sidecar(results))
-        given = {"project": project, "name": name, "group": group}
+        self.state = remember_sweep(results, project, name, group)  # the run keeps its first ones
+        for key, value in (("project", project), ("name", name), ("group", group)):
+            if self.state[key] != value:
+                log.warning("W&B: %s %r not used: the run of %s keeps its first %s, %r (to start another run, "
+                            "delete %s)", key, value, self.results, key, self.state[key], sidecar_path(results))
         self.media_dir = self.results.parent / "wandb_media"
         mode = "online" if wandb_configured() else "offline"
         run_id = self.state.get("id") or uuid.uuid4().hex[:12]
-        for key, value in given.items():
-            if self.state.get(key) not in (None, value):
-                log.warning("W&B: %s %r not used: the run of %s keeps its first %s, %r (to start another run, "
-                            "delete %s)", key, value, self.results, key, self.state[key], sidecar_path(results))
-        self.state = remember_sweep(results, project, name, group)  # the run keeps its first ones
         name, group = self.state["name"], self.state["group"]
         self.run = wandb.init(project=self.state["project"], id=run_id, resume="allow", name=name,
                               group=group, job_type="bench", tags=sorted(set(tags)), mode=mode,

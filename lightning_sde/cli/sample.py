@@ -57,7 +57,7 @@ from lightning_sde.files import LOCK_FILE, FolderLock, replace_atomically, write
 from lightning_sde.generation import batch_model, generate, seed_labels
 from lightning_sde.samplers.base import Sampler
 from lightning_sde.samplers.grids import may_use_data_moments
-from lightning_sde.samplers.schedule import check_grid, plan, spent
+from lightning_sde.samplers.schedule import check_grid, plan, selects_on_pilot, spent
 from lightning_sde.targets import (
     check_guidance_learned,
     load_target,
@@ -355,7 +355,7 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
                                            cfg.get("labels", "cycle"))).setup.get("selection")
     else:  # every seed was drawn before: the last summary says what was chosen (a pilot now would cost its NFE)
         report, setup_nfe = earlier_selection(out)
-        if report is None and not sampler.adaptive and sampler.times is None and sampler.grid == "select":
+        if report is None and selects_on_pilot(sampler):
             # a killed run wrote no summary: its pilot again (seeded: the same choice), its NFE counted
             report = plan(sampler, batch_model(denoiser, seeds[:1], settings["guidance"],
                                                cfg.get("labels", "cycle"))).setup.get("selection")

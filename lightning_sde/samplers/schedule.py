@@ -47,8 +47,13 @@ TUNED_CACHE_SIZE = 32
 _tuned: OrderedDict[tuple, tuple[Tensor, dict]] = OrderedDict()
 
 
+def selects_on_pilot(sampler) -> bool:
+    """Whether the sampler chooses its configuration on a pilot (grid="select"): what it chose is reported."""
+    return not sampler.adaptive and sampler.times is None and sampler.grid == "select"
+
+
 def plan(sampler, denoiser) -> Plan:
-    if not sampler.adaptive and sampler.times is None and sampler.grid == "select":
+    if selects_on_pilot(sampler):
         (start, times, params), report = tuned(sampler, denoiser, select_schedule)
         chosen = select_variant(sampler, params) if select_over_at(sampler) else None
         return Plan(start, times, {"setup_nfe": spent(report), "selection": report}, chosen)
