@@ -161,6 +161,7 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
                     _fail(f"tolerances[{i}]", f"samplers.{label}: {err}")
                 add(label, tuned, "tol", float(tol))
         elif not sampler.adaptive and nfes is not None:
+            budgets = {}  # its parameters at each budget -> the first budget giving them
             for n in nfes:
                 try:
                     budgeted = sampler.at_nfe(n)
@@ -168,6 +169,11 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
                     _fail(f"samplers.{label}", str(err))
                 if budgeted is None:
                     log.warning("skipping %s at nfe=%d: it takes %d NFE a step", label, n, sampler.nfe_per_step)
+                    continue
+                same = budgets.setdefault(json.dumps(jsonable(budgeted.params()), sort_keys=True), n)
+                if same != n:  # e.g. 2 NFE a step at nfe 8 and 9: one sampler, one cell
+                    log.warning("skipping %s at nfe=%d: it runs the same %d steps as at nfe=%d", label, n,
+                                budgeted.steps, same)
                     continue
                 add(label, budgeted, "nfe", int(n))
         else:

@@ -104,10 +104,12 @@ def test_bad_spec_fails_fast_before_sampling(tmp_path, monkeypatch, app, overrid
 def test_heun_skips_nfe_below_its_step_cost(tmp_path, caplog):
     from lightning_sde.bench.runner import prepare
 
-    cells = prepare(_cfg(tmp_path, "+sampler@samplers.heun=heun", "nfe=[1,10]")).cells
+    cells = prepare(_cfg(tmp_path, "+sampler@samplers.heun=heun", "nfe=[1,10,8,9]")).cells
     heun = [c for c in cells if c.label == "heun"]
-    assert [(c.requested, c.params["steps"]) for c in heun] == [(10, 5)]  # NFE 1 < 2 a step: skipped, with a note
+    assert [(c.requested, c.params["steps"]) for c in heun] == [(10, 5), (8, 4)]  # NFE 1 < 2 a step: skipped
     assert "skipping heun at nfe=1" in caplog.text
+    assert "skipping heun at nfe=9: it runs the same 4 steps as at nfe=8" in caplog.text  # not a second cell at 8
+    assert [c.requested for c in cells if c.label == "ddim"] == [1, 10, 8, 9]
 
 
 def test_fid_kid_on_digits_use_cached_reference_statistics(tmp_path):
