@@ -33,7 +33,7 @@ from lightning_sde.generation import seed_labels  # noqa: E402
 from lightning_sde.models.guidance import guided  # noqa: E402
 from lightning_sde.probability_flow import ProbabilityFlow, solve_between  # noqa: E402
 from lightning_sde.samplers import SeededNoise, build_sampler, sample  # noqa: E402
-from lightning_sde.samplers.grids import GRIDS, time_grid  # noqa: E402
+from lightning_sde.samplers.grids import time_grid  # noqa: E402
 from lightning_sde.sde import VPSDE  # noqa: E402
 
 PROBLEMS = {
@@ -43,6 +43,7 @@ PROBLEMS = {
 SAMPLERS = {"ddim": ("ddim", {}), "dpmpp_2m": ("dpmpp", {"order": 2}), "dpmpp_3m": ("dpmpp", {"order": 3}),
             "unipc_2": ("unipc", {"order": 2}), "unipc_3": ("unipc", {"order": 3}), "heun": ("heun", {}),
             "ode_rk4": ("ode", {"method": "rk4"})}
+SWEPT_GRIDS = ("uniform", "logsnr", "karras", "quadratic")  # the named grids when its results were made
 
 
 def main() -> None:
@@ -73,7 +74,7 @@ def main() -> None:
                                          dtype=torch.float64)
             for label, (name, params) in SAMPLERS.items():
                 default_grid = build_sampler(name, **params).grid
-                for nfe, grid in itertools.product((10, 20), GRIDS):
+                for nfe, grid in itertools.product((10, 20), SWEPT_GRIDS):
                     sampler = build_sampler(name, grid=grid, **params).at_nfe(nfe)
                     x, info = sample(sampler, model, seeds, dtype=torch.float64)
                     rmse = float((x - reference).pow(2).mean().sqrt())
@@ -88,8 +89,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(args.out.with_suffix(".csv"), rows)
     table = ["| problem | sampler (default grid) | NFE | RMSE w=0 | RMSE w=2 | guided / unguided | "
-             + " | ".join(f"{g} grid" for g in GRIDS) + " | best grid w=2 / best grid w=0 |",
-             "|---|---|---:|---:|---:|---:|" + "---:|" * (len(GRIDS) + 1)]
+             + " | ".join(f"{g} grid" for g in SWEPT_GRIDS) + " | best grid w=2 / best grid w=0 |",
+             "|---|---|---:|---:|---:|---:|" + "---:|" * (len(SWEPT_GRIDS) + 1)]
     for r in rows:
         if r["guidance"] == 2.0 and r["default_grid"]:
             same = [o for o in rows if key(o)[:3] == key(r)[:3]]
@@ -97,7 +98,7 @@ def main() -> None:
             per_grid = {o["grid"]: o["ratio_to_unguided"] for o in same if o["guidance"] == 2.0}
             table.append(f"| {r['problem']} | {r['sampler']} ({r['grid']}) | {r['nfe']} | {unguided[key(r)]:.2e} | "
                          f"{r['rmse']:.2e} | {r['ratio_to_unguided']:.2f} | "
-                         + " | ".join(f"{per_grid[g]:.2f}" for g in GRIDS) + f" | {best[2.0] / best[0.0]:.2f} |")
+                         + " | ".join(f"{per_grid[g]:.2f}" for g in SWEPT_GRIDS) + f" | {best[2.0] / best[0.0]:.2f} |")
     args.out.with_suffix(".md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     plot(rows, args.out.with_suffix(".png"))
@@ -106,7 +107,7 @@ def main() -> None:
 def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(PROBLEMS), figsize=(6 * len(PROBLEMS), 3.8))
     # the grids the rows hold (a --replot of results made before a grid was added draws no empty series)
-    grids = [g for g in dict.fromkeys([*GRIDS, *(r["grid"] for r in rows)]) if any(r["grid"] == g for r in rows)]
+    grids = [g for g in dict.fromkeys([*SWEPT_GRIDS, *(r["grid"] for r in rows)]) if any(r["grid"] == g for r in rows)]
     width = 0.8 / len(grids)
     for ax, problem in zip(axes, PROBLEMS):
         for j, grid in enumerate(grids):
@@ -164,7 +165,7 @@ def curvature(out: Path, points: int = 512, knots: int = 200) -> None:
         sel = [r for r in rows if r["guidance"] == w]
         ax.semilogy([r["lambda"] for r in sel], [r["rms_d2x0"] for r in sel], label=f"w = {w:g}")
     low = min(r["rms_d2x0"] for r in rows)
-    for j, grid in enumerate(GRIDS):
+    for j, grid in enumerate(SWEPT_GRIDS):
         ax.plot(sde.log_snr(time_grid(sde, 20, grid)).tolist(), [low / 2 ** (j + 1)] * 21, "|", ms=8, label=f"{grid}")
     ax.set(xlabel="log-SNR lambda (noise -> data)", ylabel="RMS of d^2 x0_hat / d lambda^2",
            title="8 Gaussians, one class a component: where guided x0 bends\n(ticks: each grid's 20 steps)")
