@@ -21,7 +21,16 @@ from lightning_sde.bench.dashboard import (
     sweep_config,
     workspace,
 )
-from lightning_sde.bench.results import SamplePreviews, cell_key_of, for_views, load, protocol, subject, views_of
+from lightning_sde.bench.results import (
+    SamplePreviews,
+    SweepPlans,
+    cell_key_of,
+    for_views,
+    load,
+    protocol,
+    subject,
+    views_of,
+)
 from lightning_sde.errors import DashboardError, first_line
 from lightning_sde.files import write_csv, write_text
 from lightning_sde.metrics.scorer import direction
@@ -241,10 +250,18 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
         log.warning("%s: %d row(s) not in the views: later rows of the same sampler, budget, metric and protocol "
                     "replace them (another run's sampler parameters, dtype or device); %s has every row",
                     results, hidden, views["csv"].name)  # pragma: no mutate
+    missing = SweepPlans(results).missing({cell_key_of(r["key"]) for r in rows})
+    gap = ""
+    if missing:  # a shard not run yet, killed or refused: say so rather than draw a partial curve as the sweep's
+        gap = (f"{len(missing)} planned cell(s) have no rows: their shards have not finished, were killed or were "
+               f"refused ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); run them with the same "
+               "overrides, then report again")
+        log.warning("%s: %s", results, gap)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: views[k] for k in ("csv", "markdown", "png")}
     write_rows_csv(rows, paths["csv"])
-    write_text(paths["markdown"], f"# {subject(view)}\n\n" + markdown(view))
+    write_text(paths["markdown"], f"# {subject(view)}\n\n" + (f"**Incomplete:** {gap}.\n\n" if gap else "")
+               + markdown(view))
     plot_metrics(view, cells(view), paths["png"], subject(view))
     samples = sample_panels(view, SamplePreviews.of(results))
     if samples is not None:

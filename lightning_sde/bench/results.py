@@ -95,6 +95,57 @@ class ResultsStore:
             os.close(fd)
 
 
+class SweepPlans:
+    """The cell lists sweeps of a results file were launched with, one line a list and shard
+    (`<results>.plans.jsonl`). Shards split a list by position, so shards launched with two lists would leave
+    cells out: a shard whose list differs from an unfinished one of the same shard count is refused (`record`), and
+    the report names the planned cells that have no rows (`missing`)."""
+
+    def __init__(self, results):
+        results = Path(results)
+        self.path = results.with_name(results.stem + ".plans.jsonl")
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        plans = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                plan = json.loads(line)
+            except json.JSONDecodeError:  # a torn line: its launch wrote its plan again, or never started
+                continue
+            if isinstance(plan, dict) and isinstance(plan.get("cells"), list):
+                plans.append(plan)
+        return plans
+
+    def record(self, plan: dict, check) -> None:
+        """Append `plan` unless already there, after `check(earlier plans)` (which raises to refuse it), both under
+        an exclusive lock: of two shards launched at once with other lists, the second sees the first."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            earlier = self.read()
+            check(earlier)
+            if not any(p.get("list") == plan["list"] and p.get("shard") == plan["shard"] for p in earlier):
+                size = os.fstat(fd).st_size
+                lead = b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b""
+                os.write(fd, lead + (json.dumps(plan, sort_keys=True) + "\n").encode())
+                os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def missing(self, done_cells: set[str]) -> list[str]:
+        """The planned cells (their descriptions) that are not in `done_cells` (cell keys), in plan order."""
+        out = {}
+        for plan in self.read():
+            for key, described in plan["cells"]:
+                if key not in done_cells:
+                    out.setdefault(key, described)
+        return list(out.values())
+
+
 class Claimed(ValueError):
     def __init__(self, results, busy: set[str], keys: set[str]):
         rows = f"{len(busy - {WANDB_RUN_KEY})} of its {len(keys - {WANDB_RUN_KEY})} result rows"

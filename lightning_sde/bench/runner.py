@@ -6,6 +6,7 @@ share of a cell's seeds, rank 0 gathers, scores, appends the rows and keeps a pr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -25,7 +26,15 @@ from lightning_sde.bench.dashboard import (
     sweep_config,
 )
 from lightning_sde.bench.report import with_interval
-from lightning_sde.bench.results import WANDB_RUN_KEY, Claim, Claimed, ResultsStore, SamplePreviews
+from lightning_sde.bench.results import (
+    WANDB_RUN_KEY,
+    Claim,
+    Claimed,
+    ResultsStore,
+    SamplePreviews,
+    SweepPlans,
+    cell_key_of,
+)
 from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
 from lightning_sde.configuration import check_class_has_guidance, check_folder_name, checked, overridden, require_device
 from lightning_sde.configuration import device as parse_device
@@ -246,6 +255,7 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
                     read_sidecar(cfg.results)
                 if store.path.exists():
                     store.path.open("ab").close()
+                record_plan(cfg, sweep, store)
             except OSError as err:  # read-only, immutable
                 refused = f"results {cfg.results!r}: cannot be appended to ({type(err).__name__}: {err})"
             except ValueError as err:
@@ -336,6 +346,30 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
             # W&B could not start (warned): the report does not wait for it again
             "wandb_failed": rank == 0 and live is None and bool(todo) and wandb_wanted(cfg),
             "keys": {c.key(m) for c in sweep.cells for m in c.metrics}}  # what the views show of rows alike
+
+
+def record_plan(cfg: DictConfig, sweep: Sweep, store: ResultsStore) -> None:
+    """This launch's list of cells beside its results (SweepPlans), refused (ValueError) where shards of the same
+    count were launched with another list that still has cells to compute."""
+    plans = SweepPlans(cfg.results)
+    cells = [[c.cell_key(), str(c)] for c in sweep.cells]
+    listed = hashlib.sha256("\n".join(key for key, _ in cells).encode()).hexdigest()
+
+    def check(earlier: list[dict]) -> None:
+        others = [p for p in earlier if p.get("count") == cfg.shard.count > 1 and p.get("list") != listed]
+        done = {cell_key_of(key) for key in store.keys()} if others else set()
+        for plan in others:
+            left = [described for key, described in plan["cells"] if key not in done]
+            if left:
+                raise ValueError(
+                    f"results {str(cfg.results)!r}: shard {plan.get('shard')} of this file was launched with another "
+                    f"list of cells ({len(plan['cells'])} cells; this shard's: {len(cells)}) and {len(left)} of them "
+                    f"are not computed yet (e.g. {left[0]}). Shards split the list by position, so shards of two "
+                    "lists leave cells out: launch every shard with the same overrides, or, to drop that list's "
+                    f"cells, delete {str(plans.path)!r}")
+
+    plans.record({"list": listed, "shard": f"{cfg.shard.index}/{cfg.shard.count}", "count": cfg.shard.count,
+                  "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cells": cells}, check)
 
 
 SCORED_AGAINST = {"reference_sha256": "reference data (the files under the data's root, or its settings)",

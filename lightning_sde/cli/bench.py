@@ -52,7 +52,10 @@ def views(cfg: DictConfig, summary: dict) -> None:
           f"{summary['computed']} computed now; results: {cfg.results}")
     if cfg.shard.count > 1:
         # every shard redraws the plots and table (atomically); one W&B run is made once all shards are done
-        report(cfg.results, preferred=summary["keys"])
+        if Path(cfg.results).is_file():
+            report(cfg.results, preferred=summary["keys"])
+        else:  # a shard with no cells, before any other shard wrote a row: nothing to draw, and nothing failed
+            print(f"no rows in {cfg.results} yet: the other shards write them")
         command = (report_command(cfg.results, cfg.wandb.project) if cfg.wandb.enabled else
                    f"lsde-bench report {shlex.quote(str(cfg.results))}")
         print(f"after the last shard: {command}")

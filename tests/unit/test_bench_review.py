@@ -589,3 +589,32 @@ def test_the_printed_wandb_sync_command_pastes_as_one_path_whatever_spaces_it_ho
     command = sync_command(Path("/tmp/a b/wandb"), "x1")
     assert shlex.split(command) == ["wandb", "sync", "/tmp/a b/wandb/offline-run-*-x1"]
     assert sync_command(Path("/plain/wandb")) == "wandb sync /plain/wandb/offline-run-*"  # as before, unquoted
+
+
+def test_shards_of_two_lists_of_cells_are_refused_and_the_report_names_the_cells_not_computed(tmp_path, caplog):
+    """Shards split the cell list by position: a shard launched with one budget fewer than the others would take
+    cells its siblings already hold and leave its own out, and the report would draw the partial curve."""
+    shard = lambda i: (f"shard.index={i}", "shard.count=2")  # noqa: E731
+    assert [r["requested"] for r in sweep(tmp_path, "nfe=[4,8]", *shard(0))] == [4]
+    with pytest.raises(ValueError, match=r"shard 0/2 of this file was launched with another list of cells \(2 cells; "
+                                         r"this shard's: 1\) and 1 of them are not computed yet \(e\.g\. ddim nfe=8"):
+        sweep(tmp_path, "nfe=[4]", *shard(1))
+    views.report(tmp_path / "results.jsonl")
+    assert "1 planned cell(s) have no rows" in caplog.text and "ddim nfe=8 seeds 0+32" in caplog.text
+    assert (tmp_path / "results.md").read_text().count("**Incomplete:** 1 planned cell(s)") == 1
+    assert [r["requested"] for r in sweep(tmp_path, "nfe=[4,8]", *shard(1))] == [4, 8]
+    caplog.clear()
+    views.report(tmp_path / "results.jsonl")
+    assert "planned cell" not in caplog.text and "Incomplete" not in (tmp_path / "results.md").read_text()
+    assert len(sweep(tmp_path, "nfe=[4]", *shard(1))) == 2  # that list is done: another list may follow
+
+
+def test_a_shard_with_no_cells_before_any_row_is_written_succeeds(tmp_path, capsys):
+    """An array of more tasks than cells: the idle task's report found no results file and failed the array."""
+    from lightning_sde.cli.bench import views as shard_views
+
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("bench", overrides=[f"results={tmp_path}/results.jsonl", *TINY, "shard.index=2",
+                                          "shard.count=3"])
+    shard_views(cfg, {"cells": 1, "shard_cells": 0, "computed": 0, "keys": set()})
+    assert "no rows in" in capsys.readouterr().out and not (tmp_path / "results.jsonl").exists()
