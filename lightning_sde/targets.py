@@ -120,13 +120,18 @@ def target_classes(cfg: DictConfig, kind: str) -> int | None:
 
 
 def check_guidance_learned(cfg: DictConfig, kind: str, weights) -> None:
-    """Guidance weights other than 0 need the unconditional prediction: refused, before any work, for a checkpoint
-    trained without label dropout (model.p_uncond=0)."""
-    if kind == "mixture" or is_diffusers_spec(cfg.checkpoint) or not any(weights):
+    """Guidance weights other than 0, and no guidance (None: a class-conditional network's unconditional samples),
+    use the unconditional prediction: refused, before any work, for a class-conditional checkpoint trained without
+    label dropout (model.p_uncond=0), whose unconditional prediction was never trained."""
+    if kind == "mixture" or is_diffusers_spec(cfg.checkpoint) or all(w == 0 for w in weights):
+        return
+    if target_classes(cfg, kind) is None:
         return
     if read_checkpoint(cfg.checkpoint)["hyper_parameters"].get("p_uncond", 0.1) == 0:
-        raise ValueError("config guidance: the checkpoint was trained with model.p_uncond=0: it never learned the "
-                         "unconditional prediction guidance needs; sample it at guidance=0")
+        wanted = "unconditional samples (guidance=null)" if None in weights else "guidance"
+        raise ValueError(f"config guidance: the checkpoint was trained with model.p_uncond=0: it never learned the "
+                         f"unconditional prediction {wanted} use; sample it at guidance=0 (seed i of class i mod "
+                         f"num_classes, or labels=<class>)")
 
 
 def data_kind(cfg: DictConfig) -> str:

@@ -147,14 +147,15 @@ def plan_cells(cfg: DictConfig, kind: str, target_id: str, dtype, device) -> Swe
         target_id += f"|features={cfg.feature_extractor}"  # a row's protocol (digits: the original keys)
     if cfg.get("reference_count") is not None:
         target_id += f"|reference_count={cfg.reference_count}"
-    if cfg.get("guidance") is not None:
+    guidance = cfg.get("guidance")
+    check_guidance_learned(cfg, kind, list(guidance) if OmegaConf.is_list(guidance) else [guidance])
+    if guidance is not None:
         classes = target_classes(cfg, kind)
         if classes is None:
             raise ValueError("config guidance: the target is not class-conditional (a checkpoint trained with "
                              "model.net.num_classes, or a labelled problem); set guidance=null")
         if cfg.get("labels", "cycle") != "cycle" and not (isinstance(cfg.labels, int) and cfg.labels < classes):
             raise ValueError(f"config labels: must be 'cycle' or a class in 0..{classes - 1}; got {cfg.labels!r}")
-        check_guidance_learned(cfg, kind, cfg.guidance if OmegaConf.is_list(cfg.guidance) else [cfg.guidance])
         if kind == "mixture":  # scored against the labels' own distribution (targets.scored_distribution)
             target_id += f"|scored_on_labels={cfg.get('labels', 'cycle')}"
         elif cfg.get("labels", "cycle") != "cycle":  # scored against that class's training samples

@@ -118,7 +118,7 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
             raise ValueError("config guidance: the model is not class-conditional (a checkpoint trained with "
                              "model.net.num_classes, or a labelled problem); set guidance=null")
         checked("labels", seed_labels, [0], labels, classes)
-        check_guidance_learned(cfg, kind, [guidance])
+    check_guidance_learned(cfg, kind, [guidance])
     settings = {"target_id": target_id, "sampler": sampler.name, "params": jsonable(sampler.params()),
                 "guidance": None if guidance is None else float(guidance),
                 "labels": labels if guidance is not None else None, "dtype": str(dtype),

@@ -500,9 +500,11 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     if sampler_cb is not None and sampler_cb.guidance is not None and module.denoiser.num_classes is None:
         raise ValueError("config callbacks.sampler.guidance: the model is not class-conditional "
                          "(model.net.num_classes); set it to null")
-    if sampler_cb is not None and sampler_cb.guidance and not module.denoiser.unconditional_learned:
-        raise ValueError("config callbacks.sampler.guidance: model.p_uncond=0 trains no unconditional prediction, "
-                         "which guidance needs; set it to 0 or null, or model.p_uncond > 0")
+    if (sampler_cb is not None and sampler_cb.guidance != 0 and module.denoiser.num_classes is not None
+            and not module.denoiser.unconditional_learned):  # null: the unconditional prediction's samples
+        raise ValueError(f"config callbacks.sampler.guidance: model.p_uncond=0 trains no unconditional prediction, "
+                         f"which {'guidance' if sampler_cb.guidance else 'unconditional samples (null)'} use; set it "
+                         f"to 0 (each seed's class), or model.p_uncond > 0")
     for k, cb in keyed.items():  # a monitor the evaluations never log would fail at the first one, after training
         if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
             cb.monitor = cfg.callbacks[k].monitor = best_monitor(f"callbacks.{k}.monitor", cb.monitor, sampler_cb,

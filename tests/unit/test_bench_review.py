@@ -577,6 +577,8 @@ def test_guidance_on_a_checkpoint_trained_without_label_dropout_is_refused_befor
                                                         "data=digits", "data.labels=true", "metrics=[fid]", *more])
         with pytest.raises(ValueError, match=r"^config guidance: the checkpoint was trained with model.p_uncond=0"):
             prepare(cfg("guidance=[0,2]"))
+        with pytest.raises(ValueError, match=r"^config guidance: .* unconditional samples \(guidance=null\) use"):
+            prepare(cfg())
         assert prepare(cfg("guidance=[0]")).cells
 
 

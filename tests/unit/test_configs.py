@@ -272,11 +272,14 @@ def test_inception_weights_that_are_not_tensors_fail_at_start_up_not_at_the_firs
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "csv").exists()
 
 
-def test_guidance_in_training_evaluations_without_label_dropout_fails_at_start_up(tmp_path):
-    """model.p_uncond=0 trains no unconditional prediction: the first evaluation failed, after its steps."""
+@pytest.mark.parametrize("guidance, use", [("2", "which guidance use"), ("null", "unconditional samples (null)")])
+def test_guidance_in_training_evaluations_without_label_dropout_fails_at_start_up(tmp_path, guidance, use):
+    """model.p_uncond=0 trains no unconditional prediction: the first evaluation failed, after its steps (guidance),
+    or scored the untrained null label's samples at every evaluation, the best checkpoint chosen on them (null)."""
     cfg = composed("train", ["experiment=toy2d_cond", f"run_dir={tmp_path}", "run_name=t", "trainer=cpu",
-                             "logger=none", "model.p_uncond=0", "callbacks.sampler.guidance=2"])
-    with pytest.raises(ValueError, match=r"^config callbacks.sampler.guidance: model.p_uncond=0 trains no "):
+                             "logger=none", "model.p_uncond=0", f"callbacks.sampler.guidance={guidance}"])
+    with pytest.raises(ValueError, match=r"^config callbacks.sampler.guidance: model.p_uncond=0 trains no .*"
+                                         + re.escape(use)):
         build(cfg)
 
 

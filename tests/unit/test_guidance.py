@@ -261,4 +261,9 @@ def test_a_model_trained_without_label_dropout_is_refused_guidance_and_one_with_
     cfg = OmegaConf.create({"checkpoint": str(path)})
     with pytest.raises(ValueError, match=r"^config guidance: the checkpoint was trained with model.p_uncond=0"):
         check_guidance_learned(cfg, "checkpoint", [0, 3])
+    with pytest.raises(ValueError, match=r"prediction unconditional samples \(guidance=null\) use; sample it at "):
+        check_guidance_learned(cfg, "checkpoint", [None])  # the null label alone: samples near the origin
     check_guidance_learned(cfg, "checkpoint", [0])
+    unconditional = ScoreModule(net={**net, "num_classes": None}, sde=sde, shape=[2], p_uncond=0.0)
+    torch.save({"state_dict": unconditional.state_dict(), "hyper_parameters": dict(unconditional.hparams)}, path)
+    check_guidance_learned(cfg, "checkpoint", [None])  # no labels: p_uncond means nothing
