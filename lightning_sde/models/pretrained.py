@@ -27,7 +27,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from lightning_sde.errors import first_line
+from lightning_sde.errors import first_line, nonfinite_keys
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.sde import SDE, VESDE, DiscreteVPSDE
 
@@ -180,6 +180,9 @@ def check(source: PretrainedSource) -> None:
             value = sched.get(key)
             if key in sched and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise PretrainedError(f"{spec}: the scheduler's {key} must be a number; got {value!r}")
+        if unet.get("out_channels", 3) != unet.get("in_channels", 3):  # the score has the data's shape
+            raise PretrainedError(f"{spec}: out_channels {unet.get('out_channels', 3)} != in_channels "
+                                  f"{unet.get('in_channels', 3)} (a {VE_SCHEDULER} model returns the score)")
         return
     # the discrete-time VP schedulers (diffusers' DDPM family), whose networks take integer timesteps: not EDM's
     # (a continuous noise level as input; its schedule is sigma_min..sigma_max, which DDPMScheduler would drop)
@@ -231,11 +234,20 @@ def load(spec: str, map_location="cpu") -> Denoiser:
     source = locate(spec)
     diffusers = _diffusers()
     try:
-        unet = diffusers.UNet2DModel.from_pretrained(source.unet_dir, local_files_only=True, low_cpu_mem_usage=False)
+        unet, loading = diffusers.UNet2DModel.from_pretrained(source.unet_dir, local_files_only=True,
+                                                              low_cpu_mem_usage=False, output_loading_info=True)
     except Exception as err:  # noqa: BLE001  (diffusers raises many kinds for a bad folder: report it in one line)
         first = first_line(err)
         raise PretrainedError(f"{spec}: diffusers could not read the UNet2DModel in {source.unet_dir} "
                               f"({type(err).__name__}: {first})") from None
+    missing = loading.get("missing_keys") or []
+    if missing:  # diffusers warns and leaves them as allocated: uninitialised memory, not a random init
+        raise PretrainedError(f"{spec}: the weights in {source.unet_dir} lack {len(missing)} of the model's tensors "
+                              f"(e.g. {sorted(missing)[0]!r}): a torn or partial copy? Fetch it again")
+    broken = nonfinite_keys(unet.state_dict())
+    if broken:
+        raise PretrainedError(f"{spec}: its weights hold NaN or infinite values ({len(broken)} tensors, e.g. "
+                              f"{broken[0]!r}): the model cannot be sampled")
     sched = source.scheduler_config
     if source.is_ve:
         # score_sde's VE models see data in [0, 1]; in [-1, 1] the same process has sigma doubled

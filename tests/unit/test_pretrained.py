@@ -254,6 +254,10 @@ def write_json(path, content):
     ("timesteps", "its noise schedule cannot be read .*TypeError"),
     ("ve-sigma", "the scheduler's sigma_max must be a number; got '1348'"),
     ("ve-null", "the scheduler's sigma_min must be a number; got None"),
+    ("ve-channels", "out_channels 6 != in_channels 3 .a ScoreSdeVeScheduler model returns the score"),
+    # loaded with diffusers' warning, the tensors left uninitialised (up to 1e20), or NaN: sampled, exit 0
+    ("missing-tensor", r"lack 1 of the model's tensors \(e.g. 'conv_in.weight'\): a torn or partial copy"),
+    ("nan-weights", r"its weights hold NaN or infinite values \(1 tensors, e.g. 'conv_out.bias'\)"),
 ])
 def test_loader_refuses_what_it_cannot_read(tmp_path, case, match):
     folder = tmp_path / "m"
@@ -281,11 +285,27 @@ def test_loader_refuses_what_it_cannot_read(tmp_path, case, match):
         if case == "unsized":
             config = json.loads((folder / "config.json").read_text())
             write_json(folder / "config.json", {**config, "sample_size": None})
+    elif case == "ve-channels":
+        ncsnpp_pipeline(folder)
+        path = folder / "unet" / "config.json"
+        write_json(path, {**json.loads(path.read_text()), "out_channels": 6})
     elif case in ("ve-sigma", "ve-null"):
         ncsnpp_pipeline(folder)
         path = folder / "scheduler" / "scheduler_config.json"
         write_json(path, {**json.loads(path.read_text()), **({"sigma_max": "1348"} if case == "ve-sigma" else
                                                             {"sigma_min": None})})
+    elif case in ("missing-tensor", "nan-weights"):
+        from safetensors.torch import load_file, save_file
+
+        unet = ddpm_unet()
+        if case == "nan-weights":
+            with torch.no_grad():
+                unet.conv_out.bias.fill_(math.nan)
+        unet.save_pretrained(folder)
+        DDPMScheduler().save_pretrained(folder)
+        if case == "missing-tensor":
+            weights = folder / "diffusion_pytorch_model.safetensors"
+            save_file({k: v for k, v in load_file(weights).items() if k != "conv_in.weight"}, weights)
     elif case == "not-a-folder":
         spec = f"diffusers:{tmp_path / 'missing' / 'folder'}"
     elif case == "a-file":
