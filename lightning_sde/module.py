@@ -255,8 +255,13 @@ class ScoreModule(L.LightningModule):
         self.log("val/loss", self.loss_fn(self.denoiser, x0, gen, labels=y).mean(), sync_dist=True, prog_bar=True)
 
     def check_labels(self, datamodule) -> None:
-        """A class-conditional network needs labelled data with as many classes."""
+        """A class-conditional network needs labelled data with as many classes; labelled data, a class-conditional
+        network (an unconditional one would drop the labels: a whole run without the classes asked for)."""
         classes = getattr(datamodule, "num_classes", None) if getattr(datamodule, "labelled", False) else None
+        if self.denoiser.num_classes is None and getattr(datamodule, "labelled", False):
+            raise ValueError(f"config data.labels: the data gives labels{f' ({classes} classes)' if classes else ''} "
+                             f"but the network is unconditional: set +model.net.num_classes="
+                             f"{classes or '<classes>'} (a class-conditional network), or data.labels=false")
         if self.denoiser.num_classes is not None and classes != self.denoiser.num_classes:
             raise ValueError(f"config model.net.num_classes = {self.denoiser.num_classes} but the data "
                              + (f"has {classes} classes" if classes else "has no labels (set data.labels=true)"))

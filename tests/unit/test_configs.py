@@ -110,6 +110,8 @@ def test_a_sampler_set_replaces_rather_than_merges():
         ("ckpt_path=/nonexistent.ckpt", "no checkpoint at '/nonexistent.ckpt'"),
         # what fit would find wrong with the data, found before the loggers exist
         ("+model.net.num_classes=8", "config model.net.num_classes = 8 but the data has no labels"),
+        ("data.labels=true", "config data.labels: the data gives labels (8 classes) but the network is "
+                             "unconditional: set +model.net.num_classes=8"),  # trained without them, exit 0
         ("data.n_train=100", "config data.batch_size: ValueError: Toy2DDataModule: batch_size 512 exceeds the 100 "
                              "training samples of each of 1 process(es)"),
         ("callbacks.sampler.every_n_evals=2", "'auto' is logged once every 2 validations"),
