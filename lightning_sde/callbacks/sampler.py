@@ -126,7 +126,9 @@ class SamplerCallback(L.Callback):
             check_stats_cache("callbacks.sampler.stats_cache", self.stats_cache)
 
     def state_dict(self) -> dict:
-        return {"evals": self._evals}  # the every_n_evals phase of epoch-based validation (see on_train_start)
+        # the every_n_evals phase of epoch-based validation (see on_train_start); the guidance its rows were sampled
+        # at (a resume at another is refused: lsde-train's check_same_evaluations)
+        return {"evals": self._evals, "guidance": self.guidance}
 
     def on_train_start(self, trainer, pl_module):
         """A resumed fit first runs the evaluation that its checkpoint's step was due and that left no rows: a step's

@@ -263,6 +263,20 @@ def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 
     return int(ckpt["global_step"])
 
 
+def check_same_evaluations(path: str, sampler_cb: SamplerCallback) -> None:
+    """A resumed run's evaluations sample at the guidance its earlier ones did: its val/ curves and the best
+    checkpoint's choice would otherwise compare two guidance weights under one name (checkpoints from before the
+    callback kept it are not checked)."""
+    states = read_checkpoint(path).get("callbacks")
+    state = next((v for k, v in states.items() if str(k).startswith(SamplerCallback.__qualname__)), None) \
+        if isinstance(states, dict) else None
+    if isinstance(state, dict) and "guidance" in state and state["guidance"] != sampler_cb.guidance:
+        shown_w = lambda w: "null (no guidance)" if w is None else f"{w:g}"  # noqa: E731
+        raise ValueError(f"config callbacks.sampler.guidance: the run's evaluations so far sampled at guidance "
+                         f"{shown_w(state['guidance'])}, this config at {shown_w(sampler_cb.guidance)}: their val/ "
+                         f"curves and the best checkpoint's choice would mix the two under one name; {RESUME_ADVICE}")
+
+
 def check_weights_fit(path: str, ckpt: dict, module: L.LightningModule, advice: str) -> None:
     """Refuse a checkpoint whose weights do not fit the model this config builds (a changed model config fails now,
     not in fit after the logs were rewound), naming the model.net settings that differ, or that fit but mean
@@ -505,6 +519,8 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         raise ValueError(f"config callbacks.sampler.guidance: model.p_uncond=0 trains no unconditional prediction, "
                          f"which {'guidance' if sampler_cb.guidance else 'unconditional samples (null)'} use; set it "
                          f"to 0 (each seed's class), or model.p_uncond > 0")
+    if sampler_cb is not None and resume is not None:
+        check_same_evaluations(resume, sampler_cb)
     for k, cb in keyed.items():  # a monitor the evaluations never log would fail at the first one, after training
         if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
             cb.monitor = cfg.callbacks[k].monitor = best_monitor(f"callbacks.{k}.monitor", cb.monitor, sampler_cb,

@@ -50,3 +50,9 @@ def test_toy2d_cond_trains_a_model_that_samples_each_class(tmp_path):
     proc = subprocess.run(figures[:-2] + ["label=8"], capture_output=True, text=True, timeout=300, env=ENV,
                           check=False)
     assert proc.returncode == 1 and "config label: must be a class in 0..7; got 8" in proc.stderr
+    # resumed at another guidance weight, its evaluations would share the run's val/ curves and best-checkpoint choice
+    again = [c for c in cmd if not c.startswith(("trainer.max_steps=", "callbacks.sampler.guidance="))]
+    proc = subprocess.run([*again, "trainer.max_steps=1600", "callbacks.sampler.guidance=3"], capture_output=True,
+                          text=True, timeout=300, env=ENV, check=False)
+    assert proc.returncode == 1 and ("config callbacks.sampler.guidance: the run's evaluations so far sampled at "
+                                     "guidance 1, this config at 3") in proc.stderr, proc.stderr[-3000:]
