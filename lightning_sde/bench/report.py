@@ -247,9 +247,9 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
     view, hidden = for_views(rows, preferred)
     views = views_of(results, out)
     if hidden:
-        log.warning("%s: %d row(s) not in the views: later rows of the same sampler, budget, metric and protocol "
-                    "replace them (another run's sampler parameters, dtype or device); %s has every row",
-                    results, hidden, views["csv"].name)  # pragma: no mutate
+        log.warning("%s: %d row(s) not in the views: a sampler's curve shows the rows run as its latest ones were "
+                    "(sampler parameters, dtype, device) and, of a budget computed twice, the later; %s has every "
+                    "row", results, hidden, views["csv"].name)  # pragma: no mutate
     missing = SweepPlans(results).missing({cell_key_of(r["key"]) for r in rows})
     gap = ""
     if missing:  # a shard not run yet, killed or refused: say so rather than draw a partial curve as the sweep's

@@ -388,16 +388,34 @@ def load(path) -> list[dict]:
     return sorted(rows, key=row_order)
 
 
+BUDGET_PARAMS = {"nfe": ("steps",), "tol": ("rtol", "atol")}  # what a sweep's budget sets (spec.expand)
+
+
+def variant_of(row: dict) -> str:
+    """What a row's sampler ran as besides its budget: the sampler, its other parameters and the run settings (dtype,
+    device, guidance; read from its key, spec.Cell.key). A curve joins the budgets of one variant."""
+    try:
+        fields = json.loads(row["key"])
+        _, _, sampler, params, grid, _, _, _, _, settings = fields
+        params = {k: v for k, v in params.items() if k not in BUDGET_PARAMS.get(grid, ())}
+    except (ValueError, TypeError, AttributeError):  # another form of key (an older version's): one variant
+        return ""
+    return json.dumps([sampler, params, settings], sort_keys=True)
+
+
 def for_views(rows: list[dict], preferred=frozenset()) -> tuple[list[dict], int]:
     """(the rows the views show, how many they hide). A file with rows of several protocols (seed ranges or
     targets: a multirun into one file, a rerun with another seeds.count) shows each sampler once per protocol, its
-    label followed by what differs (`protocol_labels`); its original label is kept in `sampler_label`. Of rows
-    alike in (label, budget, metric, protocol) but not in key (a rerun with other sampler parameters, dtype or
-    device) the views show the last written, or the one whose key is `preferred` (the sweep just run); the CSV view
-    (views_of) has them all."""
+    label followed by what differs (`protocol_labels`); its original label is kept in `sampler_label`. A label's
+    curve is one variant (`variant_of`): of rows run with other sampler parameters, dtype or device (a rerun, or a
+    shard launched with other overrides) the views show the variant of the last written row, or of a `preferred`
+    key (the sweep just run), and of its rows alike in budget and metric the last; the CSV view (views_of) has all."""
     label = protocol_labels(rows)
+    ranked = sorted(rows, key=lambda r: (r.get("key") in preferred, str(r.get("time") or "")))  # ties: the later
+    chosen = {label(r): variant_of(r) for r in ranked}
     shown = {}
-    for r in sorted(rows, key=lambda r: (r.get("key") in preferred, str(r.get("time") or ""))):  # ties: the later stays
+    for r in ranked:
         view = {**r, "sampler": label(r), "sampler_label": r.get("sampler_label", r["sampler"])}
-        shown[(view["sampler"], r["grid"], r["requested"], r["metric"])] = view
+        if variant_of(r) == chosen[view["sampler"]]:
+            shown[(view["sampler"], r["grid"], r["requested"], r["metric"])] = view
     return sorted(shown.values(), key=row_order), len(rows) - len(shown)

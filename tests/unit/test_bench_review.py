@@ -620,3 +620,17 @@ def test_a_shard_with_no_cells_before_any_row_is_written_succeeds(tmp_path, caps
                                           "shard.count=3"])
     shard_views(cfg, {"cells": 1, "shard_cells": 0, "computed": 0, "keys": set()})
     assert "no rows in" in capsys.readouterr().out and not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_curve_never_joins_budgets_run_with_other_sampler_parameters(tmp_path, caplog):
+    """DDIM eta=0 at NFE 4 and 8, then eta=1 at NFE 8 alone: one 'ddim' curve drew eta=0's NFE 4 point beside
+    eta=1's NFE 8 (a stochastic and a deterministic sampler as one line)."""
+    first = {r["requested"]: r["value"] for r in sweep(tmp_path, "nfe=[4,8]")}
+    rows = sweep(tmp_path, "nfe=[8]", "samplers.ddim.eta=1.0")
+    eta1 = next(r["value"] for r in rows if r["requested"] == 8 and r["value"] != first[8])
+    shown, hidden = views.for_views(rows)
+    assert [(r["requested"], r["value"]) for r in shown] == [(8, eta1)] and hidden == 2
+    views.report(tmp_path / "results.jsonl")
+    assert "2 row(s) not in the views: a sampler's curve shows the rows run as its latest ones were" in caplog.text
+    assert [(r["requested"], r["value"]) for r in views.for_views(rows, preferred={rows[0]["key"]})[0]] == \
+        [(4, first[4]), (8, first[8])]  # the first sweep's views: its own variant, both budgets
