@@ -2,7 +2,7 @@
 
     lsde-likelihood                                                   # exact 8 Gaussians: also the true log p
     lsde-likelihood checkpoint=outputs/train/X/checkpoints/last.ckpt data=digits data.dequantize=true
-    lsde-likelihood checkpoint=... data=cifar10 data.dequantize=true n=10000 device=cuda ddp.devices=4
+    lsde-likelihood checkpoint=... data=cifar10 data.dequantize=true data.n_val=10000 n=10000 device=cuda ddp.devices=4
 
 Samples are the first `n` of the validation set (or exact samples of the mixture). The divergence is exact up to
 `exact_max_dim` dimensions, else Hutchinson's with `probes` fixed probes (standard error reported per sample).
@@ -161,8 +161,9 @@ def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
         if count >= cfg.n:
             break
     x = torch.cat(batches)[: cfg.n]
-    if len(x) < cfg.n:
-        log.warning("the validation set has %d samples (< n = %d): using all", len(x), cfg.n)
+    if len(x) < cfg.n:  # before any integration: a summary of fewer samples than asked would be read as n's
+        raise ValueError(f"config n: the validation set has {len(x)} samples, fewer than n = {cfg.n}; set "
+                         f"n={len(x)}, or hold out more (data.n_val={cfg.n})")
     return denoiser, x.to(dtype), getattr(datamodule, "bits_per_dim_offset", None), None
 
 

@@ -157,3 +157,27 @@ def test_a_full_disk_while_rows_are_recorded_is_one_named_error(tmp_path, monkey
         cfg = compose("likelihood", overrides=[f"out={tmp_path}", "n=4", "ode.rtol=1e-3", "ode.atol=1e-3"])
     with pytest.raises(WriteError, match=r"could not write .*partial/rows-0-\d+\.jsonl: No space left on device"):
         likelihood.run(cfg)
+
+
+def test_more_samples_than_the_validation_set_holds_is_refused_before_any_integration(tmp_path, monkeypatch):
+    """n=10000 on a validation set of 1000 (the docstring's CIFAR-10 command) warned, scored 1000 and exited 0."""
+    import torch
+
+    from lightning_sde.cli import likelihood
+    from lightning_sde.module import ScoreModule
+
+    net = {"_target_": "lightning_sde.models.unet.UNet", "in_channels": 1, "image_size": 8, "channels": 8,
+           "channel_mult": [1], "num_res_blocks": 1, "attn_resolutions": []}
+    sde = {"_target_": "lightning_sde.sde.VPSDE"}
+    path = tmp_path / "digits.ckpt"
+    torch.save({"state_dict": ScoreModule(net=net, sde=sde, shape=[1, 8, 8]).state_dict(), "global_step": 1,
+                "hyper_parameters": {"net": net, "sde": sde, "shape": [1, 8, 8]},
+                "data_config": {"_target_": "lightning_sde.data.DigitsDataModule"}}, path)
+    monkeypatch.setattr(likelihood, "log_likelihood", lambda *a, **k: pytest.fail("integrated before refusing"))
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("likelihood", overrides=[f"out={tmp_path}/out", f"checkpoint={path}", "data=digits",
+                                               "data.n_val=4", "n=6"])
+    with pytest.raises(ValueError, match=r"^config n: the validation set has 4 samples, fewer than n = 6; set n=4, "
+                                         r"or hold out more \(data.n_val=6\)"):
+        likelihood.run(cfg)
+    assert not list((tmp_path / "out").glob("*.jsonl"))
