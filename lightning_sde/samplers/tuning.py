@@ -53,6 +53,9 @@ def _pilot(sampler, denoiser, pilot: int | None, reference_tol: float):
     dtype = next((p.dtype for p in denoiser.parameters()), torch.float64)
     noise = SeededNoise(range(PILOT_SEED, PILOT_SEED + pilot), denoiser.shape, dtype=dtype)
     x_T = sde.prior_sample(noise.prior())
+    log.info("%s, %d steps, grid=%s: tuned first on a pilot of %d rows against dopri5 at %g (once per model "
+             "and budget; it may take longer than the sampling)",  # pragma: no mutate
+             sampler.name, sampler.steps, sampler.grid, pilot, reference_tol)  # pragma: no mutate
     with torch.no_grad():
         flow = ProbabilityFlow.for_method("dopri5", denoiser)
         ref = solve_between(flow, x_T, sde.T, sde.eps, "dopri5", reference_tol, reference_tol)[-1]

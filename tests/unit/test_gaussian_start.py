@@ -216,3 +216,17 @@ def test_select_with_a_kl_start_compares_it_with_the_start_at_t():
     assert {label.split(", ")[1] for label in labels} == {"gaussian_start_kl=None", "gaussian_start_kl=0.05"}
     kl_start = den.data_moments.start_time_kl(SDES["vp"], 0.05)
     assert start == (kl_start if knobs["gaussian_start_kl"] == 0.05 else SDES["vp"].T) and float(times[0]) == start
+
+
+def test_a_tuned_grid_says_before_its_pilot_that_it_tunes_first(caplog):
+    """lsde-sample's default sampler ran its pilot (minutes on a 32x32 model) behind a 0 % progress bar, unannounced."""
+    import logging
+
+    from lightning_sde.sde import VPSDE
+
+    caplog.set_level(logging.INFO, "lightning_sde.samplers.tuning")
+    sampler = build_sampler("unipc", steps=4, grid="select", pilot=16)
+    sample(sampler, eight_gaussians().denoiser(VPSDE()), range(4))
+    said = [r.getMessage() for r in caplog.records]
+    assert "unipc, 4 steps, grid=select: tuned first on a pilot of 16 rows against dopri5 at 1e-06" in said[0]
+    assert said[-1].startswith("selected ")  # announced before, reported after
