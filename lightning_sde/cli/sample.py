@@ -56,7 +56,7 @@ from lightning_sde.distributed import broadcast_from_zero, launched, launched_fi
 from lightning_sde.files import LOCK_FILE, FolderLock, replace_atomically, write_text
 from lightning_sde.generation import batch_model, generate, seed_labels
 from lightning_sde.samplers.base import Sampler
-from lightning_sde.samplers.grids import may_use_data_moments
+from lightning_sde.samplers.grids import gaussian_start_knob, may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid, plan, selects_on_pilot, spent
 from lightning_sde.targets import (
     check_guidance_learned,
@@ -119,7 +119,11 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
                              "model.net.num_classes, or a labelled problem); set guidance=null")
         checked("labels", seed_labels, [0], labels, classes)
     check_guidance_learned(cfg, kind, [guidance])
-    settings = {"target_id": target_id, "sampler": sampler.name, "params": jsonable(sampler.params()),
+    params = jsonable(sampler.params())
+    knob = gaussian_start_knob(sampler)
+    if guidance is not None and knob is not None:  # a guided run starts at T (grids.start_time): what ran is recorded
+        params[knob] = None
+    settings = {"target_id": target_id, "sampler": sampler.name, "params": params,
                 "guidance": None if guidance is None else float(guidance),
                 "labels": labels if guidance is not None else None, "dtype": str(dtype),
                 "device": device.type}

@@ -157,9 +157,11 @@ def test_chunks_that_are_not_this_models_are_drawn_again_and_a_folder_named_like
 def test_a_guided_chunk_without_its_classes_is_drawn_again(tmp_path):
     out = tmp_path / "g"
     common = ["+problem.labels=[0,1,2,3,4,5,6,7]", "guidance=1", "sampler=ddim", "nfe=5", "batch_size=50",
-              "seeds.count=100"]
+              "seeds.count=100", "sampler.gaussian_start=0.3"]
     assert lsde_sample(out, *common).returncode == 0
     first = written(out)
+    summary = json.loads((out / "summary.json").read_text())  # guided: started at T, as recorded (it said 0.3)
+    assert summary["settings"]["params"]["gaussian_start"] is None and summary["settings"]["guidance"] == 1
     chunk = out / "chunks" / "seeds-0-49.npz"
     with np.load(chunk, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files if k != "labels"}
