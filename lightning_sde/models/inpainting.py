@@ -62,7 +62,11 @@ class InpaintingDenoiser(Denoiser):
                          base.num_classes)
         self.base = base
         values = torch.as_tensor(values)
-        known = torch.as_tensor(known, dtype=torch.bool)
+        raw = torch.as_tensor(known)
+        if raw.dtype != torch.bool and not ((raw == 0) | (raw == 1)).all():  # 0.5 would count as known
+            raise ValueError(f"known must be a boolean mask (or of 0s and 1s); got {raw.dtype} values such as "
+                             f"{raw[(raw != 0) & (raw != 1)].flatten()[0].item()!r}")
+        known = raw.to(torch.bool)
         if tuple(values.shape[1:]) != base.shape or values.ndim != len(base.shape) + 1:
             raise ValueError(f"values must have shape (batch, {', '.join(map(str, base.shape))}); got "
                              f"{tuple(values.shape)}")

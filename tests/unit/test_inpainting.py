@@ -120,6 +120,10 @@ def test_inpainting_refuses_bad_input():
         inpainting(den, [True, False], values, "repaint")
     with pytest.raises(ValueError, match="some, but not all"):
         inpainting(den, [True, True], values)
+    with pytest.raises(ValueError, match=r"^known must be a boolean mask \(or of 0s and 1s\); got torch.float32 "
+                                         r"values such as 0.5"):  # read as known
+        inpainting(den, torch.tensor([0.5, 0.0]), values)
+    assert inpainting(den, torch.tensor([1.0, 0.0]), values).known[0].tolist() == [True, False]
     with pytest.raises(ValueError, match=r"values must have shape \(batch, 2\)"):
         inpainting(den, [True, False], torch.zeros(4, 3))
     with pytest.raises(ValueError, match="same mask for every sample"):
