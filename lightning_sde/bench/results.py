@@ -300,6 +300,8 @@ def _target_names(rows: list[dict], hash_all: bool = False) -> dict[str, str]:
             short[r["target"]] = f"{r['problem']}/{r.get('sde')}"
         else:
             short[r["target"]] = r["target"][:24]
+        if r.get("labels") not in (None, "cycle"):  # one class's sweep: scored against that class
+            short[r["target"]] += f" class {r['labels']}"
     taken = Counter(short.values())
     return {t: s if taken[s] == 1 and not hash_all else f"{s} #{hashlib.sha1(t.encode()).hexdigest()[:6]}"
             for t, s in short.items()}

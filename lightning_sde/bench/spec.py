@@ -111,6 +111,13 @@ def _check_guidance(key, w):
         _fail(key, f"must be a number >= 0 (0: the conditional model, no guidance); got {w!r}")
 
 
+def weight_text(w) -> str:
+    """A guidance weight as its label shows it: 6 significant digits, or every digit where those would make two
+    weights one label (1.0000001 and 1.0000002)."""
+    short = f"{float(w):g}"
+    return short if float(short) == float(w) else repr(float(w))
+
+
 def run_settings(cfg: DictConfig, sampler: Sampler | None) -> dict:
     """The settings besides the sampler's own that change a cell's samples: the dtype and the kind of device
     always; for adaptive samplers also the batch size and the number of processes (torchdiffeq takes shared steps
@@ -145,7 +152,7 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
             settings = run_settings(cfg, sampler)
             if w is not None:
                 settings.update(guidance=float(w), labels=labels)
-            cells.append(Cell(target, label if w is None else f"{label}@w{float(w):g}", sampler.name,
+            cells.append(Cell(target, label if w is None else f"{label}@w{weight_text(w)}", sampler.name,
                               jsonable(sampler.params()), grid, requested, start, count, metrics, settings,
                               built=sampler, guidance=None if w is None else float(w)))
 

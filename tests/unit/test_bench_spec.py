@@ -369,3 +369,21 @@ def test_a_checkpoint_is_scored_only_against_the_data_and_under_the_sde_it_was_t
             target_kind(_cfg(tmp_path, *overrides))
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_close_guidance_weights_get_labels_of_their_own(tmp_path):
+    """1.0000001 and 1.0000002 were both 'ddim@w1': one curve, one row shown of the two."""
+    from lightning_sde.bench.runner import prepare
+
+    cells = prepare(_cfg(tmp_path, "+problem.labels=[0,1,2,3,4,5,6,7]", "guidance=[1.0000001,1.0000002,2]",
+                         "nfe=[5]", "~samplers.em")).cells
+    assert [c.label for c in cells if c.sampler == "ddim"] == ["ddim@w1.0000001", "ddim@w1.0000002", "ddim@w2"]
+
+
+def test_a_sweep_of_one_class_is_named_by_its_class_beside_the_classes_cycled():
+    from lightning_sde.bench.results import protocol_labels
+
+    rows = [{"target": t, "sampler": "ddim@w1", "seed_start": 0, "seed_count": 8, "problem": "eight_gaussians",
+             "sde": "vp", "labels": labels} for t, labels in (("a", "cycle"), ("b", 3))]
+    assert [protocol_labels(rows)(r) for r in rows] == ["ddim@w1 [eight_gaussians/vp]",
+                                                        "ddim@w1 [eight_gaussians/vp class 3]"]
