@@ -16,6 +16,7 @@ prior) is derived once in the base class.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from abc import ABC, abstractmethod
@@ -44,6 +45,18 @@ class SDE(ABC):
             raise ValueError(f"SDE time range needs 0 < eps < T, both finite; got eps={eps}, T={T}")
         self.eps = float(eps)
         self.T = float(T)
+
+    def with_eps(self, eps: float) -> "SDE":
+        """This SDE on [eps, T]: another smallest time (e.g. a likelihood from 1e-5 of a model trained from 1e-3),
+        checked as the constructor checks it (a discrete schedule's from its first timestep, 1/N)."""
+        real_numbers(type(self).__name__, eps=eps)
+        lowest = 1.0 / self.num_timesteps if hasattr(self, "num_timesteps") else 0.0
+        if not (math.isfinite(eps) and lowest <= eps < self.T and eps > 0):
+            raise ValueError(f"{type(self).__name__}: eps must lie in {'[' if lowest else '('}{lowest:g}, T = "
+                             f"{self.T:g}); got {eps}")
+        out = copy.copy(self)
+        out.eps = float(eps)
+        return out
 
     # --- the four quantities each SDE defines ---------------------------------------------------
     @abstractmethod

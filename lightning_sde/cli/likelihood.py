@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from lightning_sde.cli.errors import fails_cleanly, own_folder_per_job
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, LIKELIHOOD_FREE_KEYS, overridden, require_device
+from lightning_sde.configuration import CONFIG_PATH, LIKELIHOOD_FREE_KEYS, checked, overridden, plain, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, gather_to_zero, launched, launched_first, rank_world
@@ -64,8 +64,26 @@ def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
         options = ODEOptions(**OmegaConf.to_container(cfg.ode, resolve=True))
     except (TypeError, ValueError) as err:
         raise ValueError(f"config ode: {err}") from None
+    if cfg.get("eps") is not None:
+        check_eps(cfg, kind)
     check_out(cfg, target_id)
     return options, kind, target_id
+
+
+def check_eps(cfg: DictConfig, kind: str) -> None:
+    """eps against the SDE the flow would run on: the problem's, or the checkpoint's as it records it (a published
+    model's is known once loaded: evaluation_set checks it there, before any integration)."""
+    from lightning_sde.loading import read_checkpoint
+    from lightning_sde.models.pretrained import is_diffusers_spec
+    from lightning_sde.sde import sde_from_config
+
+    if kind == "mixture":
+        sde = sde_from_config(plain(cfg.sde))
+    elif is_diffusers_spec(cfg.checkpoint):
+        return
+    else:
+        sde = sde_from_config(read_checkpoint(cfg.checkpoint)["hyper_parameters"]["sde"])
+    checked("eps", sde.with_eps, cfg.eps)
 
 
 def check_probes_used(cfg: DictConfig, why: str) -> None:
@@ -80,7 +98,8 @@ def settings(cfg: DictConfig, target_id: str) -> dict:
     """What a result of this app is of: the target (and its data) and every setting that changes the numbers."""
     return {"target_id": target_id, **{k: ode_settings(OmegaConf.to_container(cfg[k])) if k == "ode" else cfg[k]
                                         for k in ("n", "divergence", "exact_max_dim", "probes", "probe", "ode", "seed",
-                                                  "dtype")}}
+                                                  "dtype")},
+            **({"eps": cfg.eps} if cfg.get("eps") is not None else {})}  # (results from before it: the model's)
 
 
 def ode_settings(ode) -> dict:
@@ -149,6 +168,9 @@ def usable_row(row, n: int, truth: bool) -> bool:
 def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
     """(denoiser, samples (n, *shape), bits/dim offset or None, the mixture or None)."""
     target = load_target(cfg, kind, target_id, device)
+    if cfg.get("eps") is not None:  # before any integration: an eps this SDE cannot start from fails now
+        sde = checked("eps", target.denoiser.sde.with_eps, cfg.eps)
+        target.denoiser.sde = sde
     if target.mixture is not None:
         x = target.mixture.sample(cfg.n, torch.Generator().manual_seed(cfg.seed))  # the oracle computes in float64
         return target.denoiser, x, None, target.mixture
@@ -205,7 +227,7 @@ def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict |
     if rank != 0:
         return None
     rows = sorted({**done, **{r["index"]: r for part in gathered for r in part}}.values(), key=lambda r: r["index"])
-    summary = write(cfg, target_id, rows, dim, divergence, offset, world)
+    summary = write(cfg, target_id, rows, dim, divergence, offset, world, denoiser.sde.eps)
     shutil.rmtree(partial, ignore_errors=True)
     return summary
 
@@ -236,7 +258,7 @@ def compute_rows(cfg, options, denoiser, x, mine, mixture, divergence, offset, d
     return rows
 
 
-def write(cfg, target_id, rows, dim, divergence, offset, world) -> dict:
+def write(cfg, target_id, rows, dim, divergence, offset, world, eps: float) -> dict:
     n = len(rows)
     logp = torch.tensor([r["logp"] for r in rows], dtype=torch.float64)
     bpd = torch.tensor([r["bpd"] for r in rows], dtype=torch.float64)
@@ -250,7 +272,7 @@ def write(cfg, target_id, rows, dim, divergence, offset, world) -> dict:
         "bpd_offset": offset, "dequantized": offset is not None,
         "mean_hutchinson_se": (float(torch.tensor([r["logp_se"] for r in rows]).mean())
                                if divergence == "hutchinson" and cfg.probes > 1 else None),
-        "world_size": world, "settings": settings(cfg, target_id),
+        "world_size": world, "settings": settings(cfg, target_id), "eps": eps,
     }
     if "true_logp" in rows[0]:
         err = torch.tensor([r["logp"] - r["true_logp"] for r in rows], dtype=torch.float64)

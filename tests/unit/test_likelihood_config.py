@@ -18,6 +18,8 @@ from lightning_sde.configuration import CONFIG_PACKAGE
     ("ddp.num_nodes=0", "config ddp.num_nodes: must be an integer >= 1; got 0"),
     ("ode.method=euler ode.rtol=0.5", "config ode: ODEOptions: rtol=0.5 would be ignored"),  # ran with it unused
     ("ode.steps=3", "config ode: ODEOptions: method 'dopri5' is adaptive and takes rtol/atol, not steps"),
+    ("eps=2", r"config eps: ValueError: VPSDE: eps must lie in \(0, T = 1\); got 2"),
+    ("eps=0", r"config eps: ValueError: VPSDE: eps must lie in \(0, T = 1\); got 0"),
 ])
 def test_a_bad_value_is_refused_at_start_up_naming_its_key(override, message, tmp_path):
     from lightning_sde.cli.likelihood import run
@@ -181,3 +183,20 @@ def test_more_samples_than_the_validation_set_holds_is_refused_before_any_integr
                                          r"or hold out more \(data.n_val=6\)"):
         likelihood.run(cfg)
     assert not list((tmp_path / "out").glob("*.jsonl"))
+
+
+def test_the_flow_starts_at_the_eps_asked_for_and_the_summary_says_which(tmp_path):
+    """score_sde reports bits/dim from t = 1e-5; a model trained from 1e-3 could only be scored from 1e-3, and the
+    summary did not say from where."""
+    from lightning_sde.cli.likelihood import run
+
+    def summary(*overrides):
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            cfg = compose("likelihood", overrides=[f"out={tmp_path}/{len(overrides)}", "n=20", *overrides])
+        return run(cfg)
+
+    model, low = summary(), summary("eps=1e-5")
+    assert model["eps"] == 1e-3 and low["eps"] == 1e-5 and low["settings"]["eps"] == 1e-5
+    assert "eps" not in model["settings"]  # a result from before the option is of the same settings
+    assert low["mean_true_logp"] != model["mean_true_logp"]  # p_eps itself changes with eps
+    assert low["max_abs_error"] < 5e-3 and model["max_abs_error"] < 5e-3  # each against the truth at its own eps
