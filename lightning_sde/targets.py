@@ -17,7 +17,15 @@ import torch
 from hydra.utils import get_class, get_object
 from omegaconf import DictConfig
 
-from lightning_sde.configuration import EVALUATION_FREE_KEYS, LOADING_KEYS, build, check_same_data, overridden, plain
+from lightning_sde.configuration import (
+    CONFIG_PACKAGE,
+    EVALUATION_FREE_KEYS,
+    LOADING_KEYS,
+    build,
+    check_same_data,
+    overridden,
+    plain,
+)
 from lightning_sde.exact import GaussianMixture
 from lightning_sde.loading import load_denoiser, read_checkpoint
 from lightning_sde.models.pretrained import is_diffusers_spec, locate
@@ -70,7 +78,7 @@ def target_kind(cfg: DictConfig, needs_data: bool = True, free_data_keys=EVALUAT
         if not path.is_file():
             raise ValueError(f"config checkpoint: no checkpoint file at {str(path)!r}")
         if needs_data and cfg.get("data") is None:
-            raise ValueError("config data: a checkpoint needs the config of its data, e.g. data=toy2d or data=digits")
+            raise ValueError(f"config data: a checkpoint needs the config of its data, {its_data(path)}")
         # step and content are part of the id: a checkpoint overwritten by further training (last.ckpt), or by
         # another run at the same step, is a new target; so is other reference data
         try:
@@ -89,6 +97,25 @@ def target_kind(cfg: DictConfig, needs_data: bool = True, free_data_keys=EVALUAT
     build(cfg.problem, "problem")
     sde_from_config(plain(cfg.sde))
     return "mixture", f"mixture:{_identity(cfg.problem)}|sde:{_identity(cfg.sde)}"
+
+
+def its_data(path) -> str:
+    """How to name a checkpoint's training data: `data=<the shipped config that builds its data class>` (and the
+    root it was read from), or the generic example where the checkpoint does not say."""
+    from importlib.resources import files
+
+    import yaml
+
+    try:
+        data = read_checkpoint(path).get("data_config") or {}
+        for config in sorted(files(CONFIG_PACKAGE).joinpath("data").iterdir(), key=lambda f: f.name):
+            if config.name.endswith(".yaml") and yaml.safe_load(config.read_text()).get("_target_") == data.get(
+                    "_target_"):
+                root = f" data.root={data['root']}" if data.get("root") else ""
+                return f"as it was trained: data={config.name[:-5]}{root}"
+    except Exception:  # noqa: BLE001  (an unreadable checkpoint is reported by the caller's own read)
+        pass
+    return "e.g. data=toy2d or data=digits"
 
 
 def _identity(node) -> str:

@@ -51,6 +51,7 @@ from lightning_sde.targets import (
     check_one_target,
     data_kind,
     floor_samples,
+    its_data,
     load_target,
     reference_samples,
     target_classes,
@@ -219,7 +220,7 @@ def count_cells(cfg: DictConfig) -> int:
     check_run_settings(cfg)
     check_one_target(cfg)
     if cfg.get("data") is None:
-        raise ValueError("config data: a checkpoint needs the config of its data, e.g. data=toy2d or data=digits")
+        raise ValueError(f"config data: a checkpoint needs the config of its data, {its_data(checkpoint)}")
     metrics = sweep_metrics(cfg, "checkpoint")
     return len(expand(cfg, f"planned:{checkpoint}", metrics, noise_floor=bool(cfg.get("noise_floor"))))
 

@@ -274,6 +274,15 @@ def test_inception_weights_that_are_not_tensors_fail_at_start_up_not_at_the_firs
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "csv").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without a GPU")
+def test_a_gpu_trainer_on_a_machine_without_one_names_the_cpu_trainers(tmp_path):
+    """The GPU experiments (trainer=gpu or ddp) failed on the CPU with Lightning's 'No supported gpu backend found!'."""
+    cfg = composed("train", ["experiment=toy2d", f"run_dir={tmp_path}", "run_name=t", "logger=none", "trainer=ddp"])
+    with pytest.raises(ValueError, match=r"^config trainer.accelerator: 'gpu', but torch sees no GPU here; on the CPU "
+                                         r"use trainer=cpu \(one process\) or trainer=ddp_cpu"):
+        build(cfg)
+
+
 @pytest.mark.parametrize("guidance, use", [("2", "which guidance use"), ("null", "unconditional samples (null)")])
 def test_guidance_in_training_evaluations_without_label_dropout_fails_at_start_up(tmp_path, guidance, use):
     """model.p_uncond=0 trains no unconditional prediction: the first evaluation failed, after its steps (guidance),

@@ -161,11 +161,9 @@ def test_a_full_disk_while_rows_are_recorded_is_one_named_error(tmp_path, monkey
         likelihood.run(cfg)
 
 
-def test_more_samples_than_the_validation_set_holds_is_refused_before_any_integration(tmp_path, monkeypatch):
-    """n=10000 on a validation set of 1000 (the docstring's CIFAR-10 command) warned, scored 1000 and exited 0."""
+def digits_checkpoint(tmp_path):
     import torch
 
-    from lightning_sde.cli import likelihood
     from lightning_sde.module import ScoreModule
 
     net = {"_target_": "lightning_sde.models.unet.UNet", "in_channels": 1, "image_size": 8, "channels": 8,
@@ -175,6 +173,22 @@ def test_more_samples_than_the_validation_set_holds_is_refused_before_any_integr
     torch.save({"state_dict": ScoreModule(net=net, sde=sde, shape=[1, 8, 8]).state_dict(), "global_step": 1,
                 "hyper_parameters": {"net": net, "sde": sde, "shape": [1, 8, 8]},
                 "data_config": {"_target_": "lightning_sde.data.DigitsDataModule"}}, path)
+    return path
+
+
+def test_a_checkpoint_without_its_data_config_is_told_which_data_it_was_trained_on(tmp_path):
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("likelihood", overrides=[f"out={tmp_path}/out", f"checkpoint={digits_checkpoint(tmp_path)}"])
+    with pytest.raises(ValueError, match=r"^config data: a checkpoint needs the config of its data, as it was "
+                                         r"trained: data=digits$"):
+        validate(cfg)
+
+
+def test_more_samples_than_the_validation_set_holds_is_refused_before_any_integration(tmp_path, monkeypatch):
+    """n=10000 on a validation set of 1000 (the docstring's CIFAR-10 command) warned, scored 1000 and exited 0."""
+    from lightning_sde.cli import likelihood
+
+    path = digits_checkpoint(tmp_path)
     monkeypatch.setattr(likelihood, "log_likelihood", lambda *a, **k: pytest.fail("integrated before refusing"))
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         cfg = compose("likelihood", overrides=[f"out={tmp_path}/out", f"checkpoint={path}", "data=digits",
