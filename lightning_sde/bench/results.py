@@ -397,7 +397,7 @@ def variant_of(row: dict) -> str:
     """What a row's sampler ran as besides its budget: the sampler, its other parameters and the run settings (dtype,
     device, guidance; read from its key, spec.Cell.key). A curve joins the budgets of one variant."""
     try:
-        fields = json.loads(row["key"])
+        fields = json.loads(row.get("key") or "")
         _, _, sampler, params, grid, _, _, _, _, settings = fields
         params = {k: v for k, v in params.items() if k not in BUDGET_PARAMS.get(grid, ())}
     except (ValueError, TypeError, AttributeError):  # another form of key (an older version's): one variant

@@ -76,14 +76,18 @@ def sampler_styles(labels) -> dict[str, dict]:
             for i, label in enumerate(labels)}
 
 
-def plain_log_axis(axis) -> None:
+def plain_log_axis(axis, label_between: bool = False) -> None:
     """Ticks of a log axis as plain numbers (10, 100, 1000; 20 and 50 in between on ranges of up to two decades, where
-    decades alone leave one or two labels), no 10^k."""
+    decades alone leave one or two labels), no 10^k; `label_between`: on such ranges 3, 4 and 7 too (a value axis)."""
     lo, hi = sorted(axis.get_view_interval())
     narrow = lo > 0 and hi / lo <= 100
     axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
+    if narrow and label_between:  # values between two labels (FIDs of 37-39 between 20 and 50), smaller
+        axis.set_minor_locator(LogLocator(base=10, subs=(3.0, 4.0, 7.0)))
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_tick_params(which="minor", labelsize=7)
 
 
 def choose_yscale(values) -> tuple[str, float | None]:

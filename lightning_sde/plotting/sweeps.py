@@ -142,7 +142,7 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict, relative: bo
         title = f"{metric_name(metric)} minus exact samples' (0 is best)" + title[len(title.split(chr(10))[0]):]
     if scale == "log":
         ax.set_yscale("log")
-        plain_log_axis(ax.yaxis)
+        plain_log_axis(ax.yaxis, label_between=True)
     elif scale == "symlog":
         ax.set_yscale("symlog", linthresh=linthresh)
         decades = math.log10(max(abs(v) for v in values) / linthresh)

@@ -165,6 +165,13 @@ def test_a_log_axis_over_two_decades_labels_its_1_2_5_ticks():
     ax.set_yscale("log")
     assert labels(0.25, 8) == ["0.5", "1", "2", "5"]
     assert labels(0.2, 200) == ["1", "10", "100"]  # three decades: decades alone
+    # a value axis labels 3, 4, 7 between them: FIDs of 37-39 over a floor of 1.2 sat above the last label (20)
+    ax.set_ylim(1.2, 45)
+    plain_log_axis(ax.yaxis, label_between=True)
+    fig.canvas.draw()
+    minor = [t.get_text() for t, at in zip(ax.yaxis.get_minorticklabels(), ax.yaxis.get_minorticklocs())
+             if 1.2 <= at <= 45]
+    assert minor == ["3", "4", "7", "30", "40"]
     plt.close(fig)
 
 
