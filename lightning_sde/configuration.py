@@ -217,6 +217,9 @@ def config_error(key: str, err: Exception) -> ValueError:
         message = "\n".join(line for line in message.splitlines()
                             if not re.match(r"\s*(full_key|object_type|reference_type|child_node)[:=]", line))
     where = key if full_key is None or full_key == key or not full_key.startswith(key.split(".")[0]) else full_key
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", message) if isinstance(err, TypeError) else None
+    if unknown:  # a misspelt key, or one an experiment sets for another class (sigma_min with sde=vp)
+        message += f"; the class takes no {unknown.group(1)}: remove it (~{where}.{unknown.group(1)}) or pick its class"
     return ValueError(f"config {where}: {type(err).__name__}: {message}")
 
 

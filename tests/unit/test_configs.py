@@ -520,3 +520,14 @@ def test_the_settings_the_docs_name_are_keys_of_their_configs(overrides):
     for override in overrides[1:]:
         key, value = override.split("=", 1)
         assert str(OmegaConf.select(cfg, key)).replace(" ", "").replace("'", "").lower() == value
+
+
+def test_a_key_its_class_does_not_take_says_how_to_remove_it():
+    """experiment=cifar10_ve_ncsnpp sde=vp: the experiment's sigma_min reached VPSDE, a TypeError with no way on."""
+    from omegaconf import OmegaConf
+
+    from lightning_sde.configuration import build as build_node
+
+    with pytest.raises(ValueError, match=r"^config sde: TypeError: .*unexpected keyword argument 'sigma_min'; the "
+                                         r"class takes no sigma_min: remove it \(~sde.sigma_min\) or pick its class$"):
+        build_node(OmegaConf.create({"_target_": "lightning_sde.sde.VPSDE", "sigma_min": 0.01}), "sde")
