@@ -57,6 +57,11 @@ def nonfinite_keys(tensors: dict) -> list[str]:
             if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 
+class NoConvergence(RuntimeError):
+    """An adaptive solver that cannot meet its tolerance (too tight for the dtype, too few max_steps): a setting to
+    change, said in one line by the apps."""
+
+
 class NonFiniteError(RuntimeError):
     """Training produced a NaN or an infinity: it stops, rather than train on and save what it cannot use. `step`:
     the first global step whose loss or gradient was not finite, where known."""

@@ -11,12 +11,12 @@ import sys
 
 from hydra.errors import CompactHydraException
 
-from lightning_sde.errors import CheckpointError, DashboardError, NonFiniteError, WriteError
+from lightning_sde.errors import CheckpointError, DashboardError, NoConvergence, NonFiniteError, WriteError
 
 log = logging.getLogger("lightning_sde")
 # a bad value, or a path that is missing, a file where a folder belongs (or the reverse), or not the user's to write
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
-               CheckpointError, DashboardError, NonFiniteError, WriteError)
+               CheckpointError, DashboardError, NonFiniteError, WriteError, NoConvergence, FloatingPointError)
 
 
 def error_text(err) -> str:

@@ -18,6 +18,8 @@ Stochastic samplers return the mean of their last step (no noise is added at t =
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import numbers
 import time
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.samplers.grids import Plan, carry
 from lightning_sde.samplers.noise import SeededNoise
 from lightning_sde.samplers.schedule import check_schedule, plan
+
+log = logging.getLogger(__name__)
 
 SAMPLERS: dict[str, type["Sampler"]] = {}
 
@@ -90,6 +94,34 @@ def floats_as_declared(values: dict, annotations: dict) -> dict:
     return out
 
 
+def check_sampler_class(cls) -> None:
+    """A sampler class has what running it needs (a user's own, found when it is built, not at its first run): a
+    registered name, and a step() (fixed steps) or a run() (adaptive) of its own."""
+    what = f"sampler class {cls.__qualname__}"
+    if not isinstance(getattr(cls, "name", None), str):
+        raise TypeError(f"{what} has no name: decorate it with @register('<name>')")
+    if issubclass(cls, FixedStepSampler):
+        if cls.step is FixedStepSampler.step and cls.run is FixedStepSampler.run:
+            raise TypeError(f"{what} defines no step(denoiser, x, t, s, noise, last, state)")
+    elif cls.run is Sampler.run:
+        raise TypeError(f"{what} defines no run(denoiser, x, plan, noise, on_step)")
+
+
+_UNRESOLVED: set = set()  # (sampler, tolerance, dtype) already warned about
+
+
+def warn_if_tolerance_unresolved(sampler, dtype) -> None:
+    """An adaptive tolerance below ~10 ulps of the samples' dtype: float32 dopri5 at 1e-10 ends 6e-6 off (float64:
+    2e-10) for twice float64's NFE; accuracy stops improving while the cost grows. Said once per setting."""
+    tol = min(getattr(sampler, "rtol", math.inf), getattr(sampler, "atol", math.inf))
+    floor = 10 * torch.finfo(dtype).eps
+    if tol < floor and (sampler.name, tol, dtype) not in _UNRESOLVED:
+        _UNRESOLVED.add((sampler.name, tol, dtype))
+        log.warning("sampler %r: tolerance %g is below what %s samples resolve (~%.1g): its accuracy stops "
+                    "improving while its NFE grows; use dtype=float64, or a tolerance >= %.1g", sampler.name, tol,
+                    str(dtype).replace("torch.", ""), floor, floor)
+
+
 def _synchronize(x: Tensor) -> None:
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
@@ -102,6 +134,10 @@ class Sampler:
     gaussian_start_kl: float | None = None  # or where the Gaussian fit's KL bound is this many nats (models/moments.py)
 
     def __post_init__(self):
+        check_sampler_class(type(self))
+        if not (self.adaptive or isinstance(self, FixedStepSampler)):
+            raise TypeError(f"sampler class {type(self).__qualname__}: a sampler of fixed steps subclasses "
+                            "FixedStepSampler (steps, grid, step()); an adaptive one returns True from `adaptive`")
         fields = dataclasses.fields(self)
         for name, value in floats_as_declared({f.name: getattr(self, f.name) for f in fields},
                                               {f.name: f.type for f in fields}).items():
@@ -152,6 +188,8 @@ class Sampler:
             raise ValueError(f"sampler {self.name!r} is stochastic: pass noise=SeededNoise(seeds, ...)")
         if noise is not None and len(noise.seeds) != x_T.shape[0]:
             raise ValueError(f"noise has {len(noise.seeds)} seeds but x_T has {x_T.shape[0]} samples")
+        if self.adaptive and x_T.is_floating_point():
+            warn_if_tolerance_unresolved(self, x_T.dtype)
         with torch.no_grad():
             setup_nfe = denoiser.nfe
             resolved = plan(self, denoiser)  # may tune a grid: its evaluations are set-up, counted apart
@@ -168,7 +206,11 @@ class Sampler:
                         callback({"i": i, "t": t, "x": x})
 
                 x = carry(self, denoiser, x_T, resolved.start)
-                x, extra = (resolved.sampler or self).run(denoiser, x, resolved, noise, on_step)
+                out = (resolved.sampler or self).run(denoiser, x, resolved, noise, on_step)
+            if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], dict)):
+                raise TypeError(f"sampler {self.name!r}: run() must return (x, info dict); got "
+                                f"{type(out).__name__}")
+            x, extra = out
             _synchronize(x)
         info = {"sampler": self.name, "nfe": denoiser.nfe - nfe_before, "wall_s": time.perf_counter() - start}
         if resolved.start < denoiser.sde.T:
@@ -176,7 +218,15 @@ class Sampler:
         if setup_nfe:
             info["setup_nfe"] = setup_nfe
         info.update({k: v for k, v in resolved.setup.items() if k != "setup_nfe"})
+        measured = sorted(extra.keys() & {"sampler", "nfe", "wall_s", "setup_nfe", "start_time"})
+        if measured:  # the NFE is read off the denoiser's counter, never taken from the sampler
+            raise ValueError(f"sampler {self.name!r}: run() returned {measured}, which the framework measures; "
+                             "return other keys only")
         info.update(extra)
+        if not self.adaptive and info["nfe"] != self.steps * self.nfe_per_step:
+            log.warning("sampler %r took %d NFE for %d steps, not %d x nfe_per_step = %d: its NFE budget (nfe=%d "
+                        "in a sweep) is not what it spends; set its nfe_per_step", self.name, info["nfe"],
+                        self.steps, self.steps, self.steps * self.nfe_per_step, self.steps * self.nfe_per_step)
         return x, info
 
     def run(self, denoiser: Denoiser, x: Tensor, plan: Plan, noise, on_step: OnStep | None) -> tuple[Tensor, dict]:

@@ -27,6 +27,7 @@ from typing import ClassVar, NamedTuple
 import numpy
 import torch
 
+from lightning_sde.errors import NoConvergence
 from lightning_sde.probability_flow import ERROR_NORMS
 from lightning_sde.samplers.base import FixedStepSampler, Sampler, register
 
@@ -391,13 +392,14 @@ class AdaptiveUniPC(Sampler):
         err_prev, rejected = None, False
         while lam < lam_end - 1e-12:
             if n_accept + n_reject >= self.max_steps:
-                raise RuntimeError(f"{self.name}: no convergence in {self.max_steps} steps "
-                                   f"(rtol={self.rtol}, atol={self.atol})")
+                raise NoConvergence(f"{self.name}: no convergence in {self.max_steps} steps (rtol={self.rtol}, "
+                                    f"atol={self.atol}): a tolerance below what {x.dtype} samples resolve? Use "
+                                    "dtype=float64 or a larger tolerance (or more max_steps)")
             if h < MIN_LOG_SNR_STEP < lam_end - lam:  # (a last step shortened to what is left is no underflow)
-                raise RuntimeError(f"{self.name}: the step fell below {MIN_LOG_SNR_STEP:g} in log-SNR at log-SNR "
-                                   f"{lam:.6g} (rtol={self.rtol}, atol={self.atol}): the error estimate does not fall "
-                                   f"with the step (a tolerance below what {x.dtype} samples resolve, or a network "
-                                   "that is not smooth in t)")
+                raise NoConvergence(f"{self.name}: the step fell below {MIN_LOG_SNR_STEP:g} in log-SNR at log-SNR "
+                                    f"{lam:.6g} (rtol={self.rtol}, atol={self.atol}): the error estimate does not fall "
+                                    f"with the step (a tolerance below what {x.dtype} samples resolve, or a network "
+                                    "that is not smooth in t)")
             last = lam + h >= lam_end - 1e-12
             t = as_t(sde.eps) if last else sde.t_from_log_snr(as_t(lam + h))
             end = Point(t.to(device), float(_lam(sde, t)))

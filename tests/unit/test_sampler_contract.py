@@ -480,3 +480,67 @@ def test_select_leaves_out_a_grid_the_sde_cannot_hold():
     assert grids_run(4) == set(GRIDS) - {"trailing"} and grids_run(3) == set(GRIDS) - {"uniform"}
     with pytest.raises(ValueError, match=r"trailing grid needs start / steps > eps; got 1\.0 / 4 <= 0\.25"):
         sample(build_sampler("ddim", steps=4, grid="trailing"), den, range(2))
+
+
+def test_a_users_sampler_cannot_set_the_measured_nfe_and_its_step_cost_is_checked(caplog):
+    """A run() returning {"nfe": 1} for 5 network calls replaced the counted NFE in the rows; one calling the network
+    twice a step while declaring one NFE a step ran a sweep's 'nfe 10' cell at 20, silently; a run() returning x
+    alone failed in an unpacking error naming nothing."""
+    from lightning_sde.samplers.ddim import DDIM
+    from lightning_sde.sde import VPSDE
+
+    @dataclasses.dataclass
+    class Liar(DDIM):
+        def run(self, denoiser, x, plan, noise, on_step):
+            x, info = super().run(denoiser, x, plan, noise, on_step)
+            return x, {**info, "nfe": 1}
+
+    @dataclasses.dataclass
+    class Bare(DDIM):
+        def run(self, denoiser, x, plan, noise, on_step):
+            return super().run(denoiser, x, plan, noise, on_step)[0]
+
+    @dataclasses.dataclass
+    class Twice(DDIM):
+        def step(self, denoiser, x, t, s, noise, last, state):
+            super().step(denoiser, x, t, s, noise, last, state)
+            return super().step(denoiser, x, t, s, noise, last, state)
+
+    den = eight_gaussians().denoiser(VPSDE())
+    with pytest.raises(ValueError, match=r"^sampler 'ddim': run\(\) returned \['nfe'\], which the framework measures"):
+        sample(Liar(steps=5), den, range(4))
+    with pytest.raises(TypeError, match=r"^sampler 'ddim': run\(\) must return \(x, info dict\); got Tensor"):
+        sample(Bare(steps=5), den, range(4))
+    x, info = sample(Twice(steps=5), den, range(4))
+    assert info["nfe"] == 10 and "took 10 NFE for 5 steps, not 5 x nfe_per_step = 5" in caplog.text
+    caplog.clear()
+    assert sample(DDIM(steps=5), den, range(4))[1]["nfe"] == 5 and "nfe_per_step" not in caplog.text
+
+
+def test_a_sampler_class_missing_what_running_it_needs_fails_when_built():
+    """No step(): a 23-frame NotImplementedError at the first evaluation, after training; no @register: "no attribute
+    'name'"; a Sampler of fixed steps not a FixedStepSampler: "no attribute 'steps'"."""
+    from lightning_sde.samplers.base import FixedStepSampler, Sampler
+
+    @dataclasses.dataclass
+    class NoStep(FixedStepSampler):
+        name = "nostep"
+
+    @dataclasses.dataclass
+    class Unnamed(FixedStepSampler):
+        def step(self, denoiser, x, t, s, noise, last, state):
+            return x
+
+    @dataclasses.dataclass
+    class OneShot(Sampler):
+        name = "oneshot"
+
+        def run(self, denoiser, x, plan, noise, on_step):
+            return x, {}
+
+    with pytest.raises(TypeError, match=r"^sampler class .*NoStep defines no step\(denoiser, x, t, s, noise, last"):
+        NoStep()
+    with pytest.raises(TypeError, match=r"^sampler class .*Unnamed has no name: decorate it with @register"):
+        Unnamed()
+    with pytest.raises(TypeError, match=r"OneShot: a sampler of fixed steps subclasses FixedStepSampler"):
+        OneShot()
