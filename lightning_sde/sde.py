@@ -353,4 +353,44 @@ def sde_from_config(cfg: dict) -> SDE:
     sde = build(cfg, "sde")
     if not isinstance(sde, SDE):
         raise ValueError(f"config sde: {cfg.get('_target_')!r} is not an SDE (got {type(sde).__name__})")
+    try:
+        check_sde(sde)
+    except ValueError as err:
+        raise ValueError(f"config sde: {err}") from None
     return sde
+
+
+def check_sde(sde: SDE, points: int = 33, rtol: float = 1e-4) -> None:
+    """ValueError unless the SDE's functions agree with each other on [eps, T] (a user's class, checked when built):
+    alpha in (0, 1], sigma > 0, log-SNR falling, t_from_log_snr its inverse, and (where the drift is smooth)
+    d log alpha / dt = f and g^2 = d sigma^2 / dt - 2 f sigma^2, by central differences in float64."""
+    name = type(sde).__name__
+    t = torch.linspace(sde.eps, sde.T, points, dtype=torch.float64)
+    alpha, sigma, lam = sde.alpha(t), sde.sigma(t), sde.log_snr(t)
+    if not (torch.isfinite(alpha).all() and torch.isfinite(sigma).all()):
+        raise ValueError(f"{name}: alpha(t) or sigma(t) is not finite on [eps, T]")
+    if not ((alpha > 0).all() and (alpha <= 1 + 1e-9).all() and (sigma > 0).all()):
+        at = int(((alpha <= 0) | (alpha > 1 + 1e-9) | (sigma <= 0)).nonzero()[0])
+        raise ValueError(f"{name}: needs 0 < alpha(t) <= 1 and sigma(t) > 0 on [eps, T]; at t={float(t[at]):.4g}: "
+                         f"alpha {float(alpha[at]):.4g}, sigma {float(sigma[at]):.4g}")
+    if not (lam[1:] < lam[:-1]).all():
+        raise ValueError(f"{name}: its log-SNR log(alpha/sigma) must fall with t on [eps, T]")
+    back = sde.t_from_log_snr(lam)
+    worst = int((back - t).abs().argmax())
+    if abs(float(back[worst] - t[worst])) > 1e-6 * sde.T:
+        raise ValueError(f"{name}: t_from_log_snr is not log_snr's inverse: t={float(t[worst]):.6g} -> log-SNR "
+                         f"{float(lam[worst]):.6g} -> t={float(back[worst]):.6g}")
+    if sde.drift_jumps:
+        return
+    inner, h = t[1:-1], (sde.T - sde.eps) * 1e-6
+    up, down = inner + h, inner - h
+    dlog_alpha = (sde.alpha(up).log() - sde.alpha(down).log()) / (2 * h)
+    dvar = (sde.sigma(up) ** 2 - sde.sigma(down) ** 2) / (2 * h)
+    f, g2, var = sde.f(inner), sde.g2(inner), sde.sigma(inner) ** 2
+    for what, have, want in (("f(t)", f, dlog_alpha), ("g2(t)", g2, dvar - 2 * f * var)):
+        bad = (have - want).abs() > rtol * (want.abs() + (2 * f * var).abs() + 1e-12)
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            rule = "d log alpha / dt" if what == "f(t)" else "d sigma^2 / dt - 2 f sigma^2"
+            raise ValueError(f"{name}: {what} = {float(have[i]):.6g} at t={float(inner[i]):.4g}, but {rule} = "
+                             f"{float(want[i]):.6g} there: the drift, diffusion and marginals must describe one SDE")
