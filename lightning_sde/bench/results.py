@@ -292,7 +292,7 @@ def protocol(row: dict) -> tuple:
 def _target_names(rows: list[dict], hash_all: bool = False) -> dict[str, str]:
     """target -> a short name (checkpoint file and step, or problem/SDE), with a hash of the target where two
     targets' short names coincide (or everywhere: `hash_all`)."""
-    short = {}
+    short, classes = {}, {}
     for r in rows:
         if r.get("checkpoint"):
             short[r["target"]] = f"{Path(str(r['checkpoint'])).name}@step{r.get('global_step')}"
@@ -300,8 +300,9 @@ def _target_names(rows: list[dict], hash_all: bool = False) -> dict[str, str]:
             short[r["target"]] = f"{r['problem']}/{r.get('sde')}"
         else:
             short[r["target"]] = r["target"][:24]
-        if r.get("labels") not in (None, "cycle"):  # one class's sweep: scored against that class
-            short[r["target"]] += f" class {r['labels']}"
+        if r.get("labels") not in (None, "cycle"):  # one class's sweep (its noise floor's rows carry no labels)
+            classes[r["target"]] = r["labels"]
+    short.update({t: f"{short[t]} class {c}" for t, c in classes.items()})
     taken = Counter(short.values())
     return {t: s if taken[s] == 1 and not hash_all else f"{s} #{hashlib.sha1(t.encode()).hexdigest()[:6]}"
             for t, s in short.items()}

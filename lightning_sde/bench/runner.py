@@ -257,7 +257,7 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
                     read_sidecar(cfg.results)
                 if store.path.exists():
                     store.path.open("ab").close()
-                record_plan(cfg, sweep, store)
+                record_plan(cfg, sweep, store, write=False)  # written once the start-up checks pass
             except OSError as err:  # read-only, immutable
                 refused = f"results {cfg.results!r}: cannot be appended to ({type(err).__name__}: {err})"
             except ValueError as err:
@@ -301,16 +301,26 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
             except ValueError as err:
                 raise ValueError(f"config {key}: {err}") from None
         seeds = range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count)
-        scorer = previews = changed = None
+        scorer = previews = changed = planned = None
         if rank == 0:
             reference_n = OmegaConf.select(cfg, reference_key(cfg))
             reference = reference_samples(target, reference_n, cfg.seeds.start, one_class(cfg, target))
             scorer = Scorer(reference, sweep.metrics, target.mixture, cfg.feature_extractor, cfg.stats_cache, device)
             changed = changed_scoring(store, todo, scorer.protocol)
-        changed = broadcast_from_zero(changed)  # before anything is written: the earlier rows' preview stays theirs
+            if not changed:
+                try:  # every start-up check passed: the list this launch will compute is recorded
+                    record_plan(cfg, sweep, store)
+                except ValueError as err:
+                    planned = str(err)
+                except OSError as err:
+                    planned = f"results {cfg.results!r}: its plans file cannot be written ({type(err).__name__}: {err})"
+        # before anything is written: the earlier rows' preview stays theirs
+        changed, planned = broadcast_from_zero((changed, planned))
         if changed:
             raise ValueError(f"results {cfg.results!r}: {changed}. Give this sweep its own results (e.g. "
                              f"name=<another name>), or move the file aside to compute every cell again")
+        if planned:
+            raise ValueError(planned)
         if rank == 0:
             previews = SamplePreviews.of(cfg.results, n=64 if target.kind == "images" else 1000)
             previews.save_reference(reference, SamplePreviews.protocol(sweep.target_id, cfg.seeds.start,
@@ -350,26 +360,34 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
             "keys": {c.key(m) for c in sweep.cells for m in c.metrics}}  # what the views show of rows alike
 
 
-def record_plan(cfg: DictConfig, sweep: Sweep, store: ResultsStore) -> None:
-    """This launch's list of cells beside its results (SweepPlans), refused (ValueError) where shards of the same
-    count were launched with another list that still has cells to compute."""
+def record_plan(cfg: DictConfig, sweep: Sweep, store: ResultsStore, write: bool = True) -> None:
+    """This launch's list of cells beside its results (SweepPlans; `write=False`: the check alone, before the
+    start-up checks, so a launch they refuse leaves no plan), refused (ValueError) where shards of the same count
+    were launched with another list sharing cells with this one (shards of one sweep launched with other overrides)
+    that still has cells to compute. Lists without a common cell (a multirun over seeds.count into one file) are
+    other sweeps."""
     plans = SweepPlans(cfg.results)
     cells = [[c.cell_key(), str(c)] for c in sweep.cells]
+    mine = {key for key, _ in cells}
     listed = hashlib.sha256("\n".join(key for key, _ in cells).encode()).hexdigest()
 
     def check(earlier: list[dict]) -> None:
-        others = [p for p in earlier if p.get("count") == cfg.shard.count > 1 and p.get("list") != listed]
+        others = [p for p in earlier if p.get("count") == cfg.shard.count > 1 and p.get("list") != listed
+                  and mine.intersection(key for key, _ in p["cells"])]
         done = {cell_key_of(key) for key in store.keys()} if others else set()
         for plan in others:
             left = [described for key, described in plan["cells"] if key not in done]
             if left:
                 raise ValueError(
-                    f"results {str(cfg.results)!r}: shard {plan.get('shard')} of this file was launched with another "
-                    f"list of cells ({len(plan['cells'])} cells; this shard's: {len(cells)}) and {len(left)} of them "
-                    f"are not computed yet (e.g. {left[0]}). Shards split the list by position, so shards of two "
-                    "lists leave cells out: launch every shard with the same overrides, or, to drop that list's "
-                    f"cells, delete {str(plans.path)!r}")
+                    f"results {str(cfg.results)!r}: a launch as shard {plan.get('shard')} ({plan.get('time')}) "
+                    f"listed other cells of this sweep ({len(plan['cells'])} cells; this one: {len(cells)}) and "
+                    f"{len(left)} of them are not computed yet (e.g. {left[0]}). Shards split the list by position, "
+                    "so shards launched with other overrides leave cells out: launch every shard with the same "
+                    f"overrides, or, to drop that list's cells, delete {str(plans.path)!r}")
 
+    if not write:
+        check(plans.read())
+        return
     plans.record({"list": listed, "shard": f"{cfg.shard.index}/{cfg.shard.count}", "count": cfg.shard.count,
                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cells": cells}, check)
 

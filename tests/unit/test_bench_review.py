@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_module
 
 from lightning_sde.bench import report as views
 from lightning_sde.bench.dashboard import SweepRun, cell_id, write_sidecar
-from lightning_sde.bench.results import ResultsStore, SamplePreviews
+from lightning_sde.bench.results import ResultsStore, SamplePreviews, SweepPlans, cell_key_of
 from lightning_sde.configuration import CONFIG_PACKAGE
 
 TINY = ["~samplers", "+sampler@samplers.ddim=ddim", "nfe=[4]", "seeds.count=32", "batch_size=32", "progress=false",
@@ -598,8 +598,8 @@ def test_shards_of_two_lists_of_cells_are_refused_and_the_report_names_the_cells
     cells its siblings already hold and leave its own out, and the report would draw the partial curve."""
     shard = lambda i: (f"shard.index={i}", "shard.count=2")  # noqa: E731
     assert [r["requested"] for r in sweep(tmp_path, "nfe=[4,8]", *shard(0))] == [4]
-    with pytest.raises(ValueError, match=r"shard 0/2 of this file was launched with another list of cells \(2 cells; "
-                                         r"this shard's: 1\) and 1 of them are not computed yet \(e\.g\. ddim nfe=8"):
+    with pytest.raises(ValueError, match=r"a launch as shard 0/2 \(.*\) listed other cells of this sweep \(2 cells; "
+                                         r"this one: 1\) and 1 of them are not computed yet \(e\.g\. ddim nfe=8"):
         sweep(tmp_path, "nfe=[4]", *shard(1))
     views.report(tmp_path / "results.jsonl")
     assert "1 planned cell(s) have no rows" in caplog.text and "ddim nfe=8 seeds 0+32" in caplog.text
@@ -609,6 +609,14 @@ def test_shards_of_two_lists_of_cells_are_refused_and_the_report_names_the_cells
     views.report(tmp_path / "results.jsonl")
     assert "planned cell" not in caplog.text and "Incomplete" not in (tmp_path / "results.md").read_text()
     assert len(sweep(tmp_path, "nfe=[4]", *shard(1))) == 2  # that list is done: another list may follow
+    # a multirun over seeds.count into one file: lists without a common cell are other sweeps, not refused
+    assert len(sweep(tmp_path, "nfe=[4,8]", "seeds.count=16", *shard(0))) == 3
+    # a launch its start-up checks refuse records no plan: its corrected relaunch is not refused for it
+    with pytest.raises(ValueError, match="samplers.ddim"):
+        sweep(tmp_path, "nfe=[4,2000]", "samplers.ddim.grid=trailing", *shard(1))
+    assert len(sweep(tmp_path, "nfe=[4,8]", "seeds.count=16", *shard(1))) == 4
+    assert SweepPlans(tmp_path / "results.jsonl").missing({cell_key_of(r["key"]) for r in
+                                                           views.load(tmp_path / "results.jsonl")}) == []
 
 
 def test_a_shard_with_no_cells_before_any_row_is_written_succeeds(tmp_path, capsys):

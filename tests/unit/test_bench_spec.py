@@ -384,6 +384,7 @@ def test_a_sweep_of_one_class_is_named_by_its_class_beside_the_classes_cycled():
     from lightning_sde.bench.results import protocol_labels
 
     rows = [{"target": t, "sampler": "ddim@w1", "seed_start": 0, "seed_count": 8, "problem": "eight_gaussians",
-             "sde": "vp", "labels": labels} for t, labels in (("a", "cycle"), ("b", 3))]
+             "sde": "vp", "labels": labels} for t, labels in (("a", "cycle"), ("b", 3), ("b", None))]
     assert [protocol_labels(rows)(r) for r in rows] == ["ddim@w1 [eight_gaussians/vp]",
-                                                        "ddim@w1 [eight_gaussians/vp class 3]"]
+                                                        "ddim@w1 [eight_gaussians/vp class 3]",
+                                                        "ddim@w1 [eight_gaussians/vp class 3]"]  # its noise floor's
