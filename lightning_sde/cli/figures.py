@@ -22,6 +22,7 @@ from lightning_sde.cli.errors import fails_cleanly, own_folder_per_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, build, check_class_has_guidance, checked, overridden, plain
 from lightning_sde.data.toy import data_mixture
+from lightning_sde.errors import CheckpointError
 from lightning_sde.exact import GaussianMixture
 from lightning_sde.loading import load_denoiser, read_checkpoint
 from lightning_sde.models.guidance import guided
@@ -36,6 +37,7 @@ from lightning_sde.plotting.chapter import (
     trajectories_figure,
 )
 from lightning_sde.sde import sde_from_config
+from lightning_sde.targets import check_guidance_learned
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,11 @@ def check_values(cfg: DictConfig) -> None:
     if guidance is not None and not cfg.checkpoint:
         raise ValueError("config guidance: needs a class-conditional checkpoint (an exact problem has no classes)")
     check_class_has_guidance("label", cfg.label if overridden("label") else None, guidance)
+    if cfg.checkpoint:  # a p_uncond=0 checkpoint's unconditional paths (guidance=null) are its untrained null label's
+        try:
+            check_guidance_learned(cfg, "checkpoint", [guidance])
+        except (CheckpointError, FileNotFoundError):  # said where the checkpoint is loaded
+            pass
 
 
 def checkpoint_tag(path: Path) -> str:

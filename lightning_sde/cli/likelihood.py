@@ -39,7 +39,7 @@ from lightning_sde.errors import writing
 from lightning_sde.files import FolderLock, write_text
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
 from lightning_sde.probability_flow import ADAPTIVE_METHODS, ADAPTIVE_OPTIONS, DEFAULT_FIXED_STEPS, ODEOptions
-from lightning_sde.targets import load_target, target_kind
+from lightning_sde.targets import check_guidance_learned, load_target, target_kind
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,13 @@ def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
         raise ValueError(f"config ode: {err}") from None
     if cfg.get("eps") is not None:
         check_eps(cfg, kind)
+    if kind == "checkpoint":  # its log p(x) is the unconditional prediction's: a p_uncond=0 network never learned it
+        try:
+            check_guidance_learned(cfg, kind, [None])
+        except ValueError:
+            raise ValueError("config checkpoint: a class-conditional model trained with model.p_uncond=0 never "
+                             "learned the unconditional prediction its log p(x) is computed with; lsde-likelihood "
+                             "scores unconditional densities (train with model.p_uncond > 0)") from None
     check_out(cfg, target_id)
     return options, kind, target_id
 
@@ -183,9 +190,12 @@ def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
         if count >= cfg.n:
             break
     x = torch.cat(batches)[: cfg.n]
-    if len(x) < cfg.n:  # before any integration: a summary of fewer samples than asked would be read as n's
-        raise ValueError(f"config n: the validation set has {len(x)} samples, fewer than n = {cfg.n}; set "
-                         f"n={len(x)}, or hold out more (data.n_val={cfg.n})")
+    if len(x) < cfg.n and overridden("n"):  # before any integration: fewer samples than asked would read as n's
+        raise ValueError(f"config n: the validation set has {len(x)} samples, fewer than n = {cfg.n}; set n={len(x)} "
+                         "(a larger data.n_val takes validation images from the training data where the data has "
+                         "no test split: digits, image_folder)")
+    if len(x) < cfg.n:  # the default n: up to that many
+        log.info("the validation set has %d samples (< the default n = %d): scoring all of them", len(x), cfg.n)
     return denoiser, x.to(dtype), getattr(datamodule, "bits_per_dim_offset", None), None
 
 

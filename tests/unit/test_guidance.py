@@ -264,6 +264,23 @@ def test_a_model_trained_without_label_dropout_is_refused_guidance_and_one_with_
     with pytest.raises(ValueError, match=r"prediction unconditional samples \(guidance=null\) use; sample it at "):
         check_guidance_learned(cfg, "checkpoint", [None])  # the null label alone: samples near the origin
     check_guidance_learned(cfg, "checkpoint", [0])
+    # lsde-likelihood (log p through the null label) and lsde-figures (unconditional paths) of such a checkpoint
+    from hydra import compose, initialize_config_module
+
+    from lightning_sde.cli.figures import check_values
+    from lightning_sde.cli.likelihood import validate
+    from lightning_sde.configuration import CONFIG_PACKAGE
+
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 1,
+                "data_config": {"_target_": "lightning_sde.data.Toy2DDataModule", "labels": True}}, path)
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        scored = compose("likelihood", overrides=[f"checkpoint={path}", "data=toy2d", f"out={tmp_path}/l"])
+        drawn = compose("figures", overrides=[f"checkpoint={path}", f"out={tmp_path}/f"])
+    with pytest.raises(ValueError, match=r"^config checkpoint: a class-conditional model trained with "
+                                         r"model.p_uncond=0 never learned the unconditional prediction"):
+        validate(scored)  # it scored -8.5 where p_uncond=0.1 scores -4.7, exit 0
+    with pytest.raises(ValueError, match=r"unconditional samples \(guidance=null\) use"):
+        check_values(drawn)
     unconditional = ScoreModule(net={**net, "num_classes": None}, sde=sde, shape=[2], p_uncond=0.0)
     torch.save({"state_dict": unconditional.state_dict(), "hyper_parameters": dict(unconditional.hparams)}, path)
     check_guidance_learned(cfg, "checkpoint", [None])  # no labels: p_uncond means nothing

@@ -186,6 +186,8 @@ def test_a_checkpoint_without_its_data_config_is_told_which_data_it_was_trained_
 
 def test_more_samples_than_the_validation_set_holds_is_refused_before_any_integration(tmp_path, monkeypatch):
     """n=10000 on a validation set of 1000 (the docstring's CIFAR-10 command) warned, scored 1000 and exited 0."""
+    import torch
+
     from lightning_sde.cli import likelihood
 
     path = digits_checkpoint(tmp_path)
@@ -193,10 +195,15 @@ def test_more_samples_than_the_validation_set_holds_is_refused_before_any_integr
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         cfg = compose("likelihood", overrides=[f"out={tmp_path}/out", f"checkpoint={path}", "data=digits",
                                                "data.n_val=4", "n=6"])
-    with pytest.raises(ValueError, match=r"^config n: the validation set has 4 samples, fewer than n = 6; set n=4, "
-                                         r"or hold out more \(data.n_val=6\)"):
+    monkeypatch.setattr(likelihood, "overridden", lambda key: key == "n")  # n=6 given on the command line
+    with pytest.raises(ValueError, match=r"^config n: the validation set has 4 samples, fewer than n = 6; set n=4 "
+                                         r"\(a larger data.n_val takes validation images from the training data"):
         likelihood.run(cfg)
     assert not list((tmp_path / "out").glob("*.jsonl"))
+    monkeypatch.undo()  # the default n (500 > digits' 180 validation images, the documented command): all of them
+    monkeypatch.setattr(likelihood, "log_likelihood", lambda den, x, *a, **k: {
+        "logp": torch.zeros(len(x)), "logp_se": torch.zeros(len(x)), "prior_logp": torch.zeros(len(x)), "nfe": 1})
+    assert likelihood.run(cfg)["n"] == 4
 
 
 def test_the_flow_starts_at_the_eps_asked_for_and_the_summary_says_which(tmp_path):
