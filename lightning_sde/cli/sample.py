@@ -56,7 +56,7 @@ from lightning_sde.distributed import broadcast_from_zero, launched, launched_fi
 from lightning_sde.files import LOCK_FILE, FolderLock, replace_atomically, write_text
 from lightning_sde.generation import batch_model, generate, seed_labels
 from lightning_sde.samplers.base import Sampler
-from lightning_sde.samplers.grids import gaussian_start_knob, may_use_data_moments
+from lightning_sde.samplers.grids import may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid, plan, selects_on_pilot, spent
 from lightning_sde.targets import (
     check_guidance_learned,
@@ -119,11 +119,7 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
                              "model.net.num_classes, or a labelled problem); set guidance=null")
         checked("labels", seed_labels, [0], labels, classes)
     check_guidance_learned(cfg, kind, [guidance])
-    params = jsonable(sampler.params())
-    knob = gaussian_start_knob(sampler)
-    if guidance is not None and knob is not None:  # a guided run starts at T (grids.start_time): what ran is recorded
-        params[knob] = None
-    settings = {"target_id": target_id, "sampler": sampler.name, "params": params,
+    settings = {"target_id": target_id, "sampler": sampler.name, "params": jsonable(sampler.params()),
                 "guidance": None if guidance is None else float(guidance),
                 "labels": labels if guidance is not None else None, "dtype": str(dtype),
                 "device": device.type}
@@ -403,6 +399,9 @@ def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings:
                "nfe_mean": float(np.mean(nfe)), "nfe_max": float(np.max(nfe)),
                "selection": json.loads(json.dumps(selection, default=str)) if selection else None,
                "setup_nfe": setup_nfe, "wall_s_this_run": wall, "world_size": world,
+               # what ran where the settings say otherwise: a guided run starts at T (grids.start_time)
+               "gaussian_start_left_out": settings["guidance"] is not None and bool(settings["params"].get(
+                   "gaussian_start") is not None or settings["params"].get("gaussian_start_kl") is not None),
                "samples": "samples.npz", "images": "images/" if pngs else None, "git_commit": source_revision()}
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     model = cfg.checkpoint or f"the exact {cfg.problem._target_.rsplit('.', 1)[-1]}"

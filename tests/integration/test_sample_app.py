@@ -161,7 +161,7 @@ def test_a_guided_chunk_without_its_classes_is_drawn_again(tmp_path):
     assert lsde_sample(out, *common).returncode == 0
     first = written(out)
     summary = json.loads((out / "summary.json").read_text())  # guided: started at T, as recorded (it said 0.3)
-    assert summary["settings"]["params"]["gaussian_start"] is None and summary["settings"]["guidance"] == 1
+    assert summary["gaussian_start_left_out"] is True and summary["settings"]["params"]["gaussian_start"] == 0.3
     chunk = out / "chunks" / "seeds-0-49.npz"
     with np.load(chunk, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files if k != "labels"}
