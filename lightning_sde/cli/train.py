@@ -42,6 +42,7 @@ from lightning_sde.cli.errors import fails_cleanly, from_worker, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import (
     CONFIG_PATH,
+    DATA_FREE_KEYS,
     check_folder_name,
     check_same_data,
     checked,
@@ -259,7 +260,10 @@ def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 
                          "would skip or repeat samples): resume with the run's own value, or start a new run from its "
                          "weights (init_from=<checkpoint>)")
     check_weights_fit(path, ckpt, module, RESUME_ADVICE)
-    check_same_data(path, ckpt.get("data_config"), module.data_config, RESUME_ADVICE.replace("config", "data config"))
+    # an unconditional network never read the labels: a run started with data.labels=true resumes without them
+    free = DATA_FREE_KEYS + (("labels",) if module.denoiser.num_classes is None else ())
+    check_same_data(path, ckpt.get("data_config"), module.data_config, RESUME_ADVICE.replace("config", "data config"),
+                    free)
     return int(ckpt["global_step"])
 
 
@@ -517,8 +521,9 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     if (sampler_cb is not None and sampler_cb.guidance != 0 and module.denoiser.num_classes is not None
             and not module.denoiser.unconditional_learned):  # null: the unconditional prediction's samples
         raise ValueError(f"config callbacks.sampler.guidance: model.p_uncond=0 trains no unconditional prediction, "
-                         f"which {'guidance' if sampler_cb.guidance else 'unconditional samples (null)'} use; set it "
-                         f"to 0 (each seed's class), or model.p_uncond > 0")
+                         f"which {'guidance' if sampler_cb.guidance else 'unconditional samples (null)'} use; keep "
+                         f"model.p_uncond > 0, or set it to 0 (each seed's class; a resumed run keeps its evaluations' "
+                         f"guidance: a new run from its weights, init_from=<checkpoint>, may change it)")
     if sampler_cb is not None and resume is not None:
         check_same_evaluations(resume, sampler_cb)
     for k, cb in keyed.items():  # a monitor the evaluations never log would fail at the first one, after training

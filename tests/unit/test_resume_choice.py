@@ -312,6 +312,7 @@ def test_a_resume_on_other_data_is_refused_naming_the_key(tmp_path, ours, messag
     (TOY, {"_target_": "lightning_sde.data.Toy2DDataModule", "name": "eight_gaussians"}),  # defaults spelt out or not
     (TOY, {**TOY, "num_workers": 2}),
     (MNIST, {**MNIST, "root": "/scratch/data", "download": False}),  # a copy of the dataset elsewhere
+    ({**TOY, "labels": True}, TOY),  # an unconditional network never read them (labelled data is refused it now)
 ])
 def test_a_resume_on_the_same_data_read_otherwise_goes_on(tmp_path, theirs, ours):
     path = _checkpoint_of(tmp_path)
