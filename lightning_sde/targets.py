@@ -109,10 +109,11 @@ def its_data(path) -> str:
     try:
         data = read_checkpoint(path).get("data_config") or {}
         for config in sorted(files(CONFIG_PACKAGE).joinpath("data").iterdir(), key=lambda f: f.name):
-            if config.name.endswith(".yaml") and yaml.safe_load(config.read_text()).get("_target_") == data.get(
-                    "_target_"):
-                root = f" data.root={data['root']}" if data.get("root") else ""
-                return f"as it was trained: data={config.name[:-5]}{root}"
+            defaults = yaml.safe_load(config.read_text()) if config.name.endswith(".yaml") else None
+            if isinstance(defaults, dict) and defaults.get("_target_") == data.get("_target_"):
+                changed = [f"data.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in data.items()
+                           if k not in ("_target_", *LOADING_KEYS) and v is not None and defaults.get(k) != v]
+                return "as it was trained: " + " ".join([f"data={config.name[:-5]}", *changed])
     except Exception:  # noqa: BLE001  (an unreadable checkpoint is reported by the caller's own read)
         pass
     return "e.g. data=toy2d or data=digits"

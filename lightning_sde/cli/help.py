@@ -81,7 +81,8 @@ APPS = {
         ],
         keys=[
             ("checkpoint=<path> data=<name>", "a trained model and its data (data.dequantize=true for bits/dim)"),
-            ("n=N", "samples evaluated"),
+            ("n=N", "samples evaluated (default: up to 500, the validation set's)"),
+            ("eps=X", "the time the flow starts at (default: the model's sde.eps; score_sde's bits/dim: 1e-5)"),
             ("divergence=exact|hutchinson", "default auto: exact up to exact_max_dim dimensions"),
             ("probes=K", "Hutchinson probes per sample"),
             ("ode.rtol=X ode.atol=X", "the solver's tolerances"),

@@ -177,10 +177,17 @@ def digits_checkpoint(tmp_path):
 
 
 def test_a_checkpoint_without_its_data_config_is_told_which_data_it_was_trained_on(tmp_path):
+    import torch
+
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         cfg = compose("likelihood", overrides=[f"out={tmp_path}/out", f"checkpoint={digits_checkpoint(tmp_path)}"])
     with pytest.raises(ValueError, match=r"^config data: a checkpoint needs the config of its data, as it was "
                                          r"trained: data=digits$"):
+        validate(cfg)
+    path = tmp_path / "digits.ckpt"  # its settings that differ from the config's (followed, the hint is enough)
+    torch.save({**torch.load(path, weights_only=True), "data_config": {
+        "_target_": "lightning_sde.data.DigitsDataModule", "dequantize": True, "num_workers": 3}}, path)
+    with pytest.raises(ValueError, match=r"trained: data=digits data.dequantize=true$"):
         validate(cfg)
 
 
