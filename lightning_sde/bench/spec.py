@@ -9,6 +9,8 @@ sampler order, then the grid, so every shard expands the same list and cell i be
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import logging
 import math
@@ -118,12 +120,30 @@ def weight_text(w) -> str:
     return short if float(short) == float(w) else repr(float(w))
 
 
+def user_source(sampler: Sampler | None) -> str | None:
+    """A hash of the source of the sampler's classes from outside this package (None for this package's own, whose
+    version the rows' git_commit records): a user editing their sampler gets new cells, not the old rows."""
+    if sampler is None:
+        return None
+    own = [c for c in type(sampler).__mro__ if c.__module__.split(".")[0] not in ("lightning_sde", "builtins")]
+    if not own:
+        return None
+    try:
+        code = "".join(inspect.getsource(c) for c in own)
+    except (OSError, TypeError):  # defined where no source is kept (an interactive session)
+        return None
+    return hashlib.sha256(code.encode()).hexdigest()[:16]
+
+
 def run_settings(cfg: DictConfig, sampler: Sampler | None) -> dict:
     """The settings besides the sampler's own that change a cell's samples: the dtype and the kind of device
     always; for adaptive samplers also the batch size and the number of processes (torchdiffeq takes shared steps
     for the whole batch, so the batches a process solves change each sample within the tolerance)."""
     device = str(cfg.device).split(":")[0]
     settings = {"dtype": str(cfg.dtype), "device": device}
+    source = user_source(sampler)
+    if source:  # a user's sampler class: its code, which an edit changes, is part of what its rows measured
+        settings["source_sha256"] = source
     if sampler is not None and sampler.adaptive:
         settings.update(batch_size=int(cfg.batch_size), world_size=int(cfg.ddp.devices) * int(cfg.ddp.num_nodes))
     return settings

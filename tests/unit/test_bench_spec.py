@@ -388,3 +388,31 @@ def test_a_sweep_of_one_class_is_named_by_its_class_beside_the_classes_cycled():
     assert [protocol_labels(rows)(r) for r in rows] == ["ddim@w1 [eight_gaussians/vp]",
                                                         "ddim@w1 [eight_gaussians/vp class 3]",
                                                         "ddim@w1 [eight_gaussians/vp class 3]"]  # its noise floor's
+
+
+def test_a_users_sampler_edited_gets_new_cells_not_its_old_rows(tmp_path, monkeypatch):
+    """Its rows were keyed by its config alone: after an edit of its step(), a rerun said '3 already in results'
+    and printed the old numbers."""
+    import importlib
+    import sys
+
+    from lightning_sde.bench.spec import user_source
+    from lightning_sde.samplers import build_sampler
+
+    module = tmp_path / "my_samplers.py"
+    code = ("import dataclasses\nfrom lightning_sde.samplers.ddim import DDIM\n\n\n@dataclasses.dataclass\n"
+            "class MyDDIM(DDIM):\n    name = 'my_ddim'\n\n    def step(self, *args):\n        return {}(*args)\n")
+    module.write_text(code.format("super().step"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = user_source(importlib.import_module("my_samplers").MyDDIM(steps=4))
+    module.write_text(code.format("2 * super().step"))
+    edited = user_source(importlib.reload(sys.modules["my_samplers"]).MyDDIM(steps=4))
+    assert len(first) == 16 and edited != first
+    assert user_source(build_sampler("ddim", steps=4)) is None  # the package's own: git_commit says which
+    from omegaconf import OmegaConf
+
+    from lightning_sde.bench.spec import run_settings
+
+    plain = OmegaConf.create({"device": "cpu", "dtype": "float32"})
+    assert run_settings(plain, sys.modules["my_samplers"].MyDDIM(steps=4))["source_sha256"] == edited  # in the key
+    assert "source_sha256" not in run_settings(plain, build_sampler("ddim", steps=4))
