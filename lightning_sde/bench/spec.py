@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, ListConfig
@@ -113,11 +114,12 @@ def _check_guidance(key, w):
         _fail(key, f"must be a number >= 0 (0: the conditional model, no guidance); got {w!r}")
 
 
-def weight_text(w) -> str:
-    """A guidance weight as its label shows it: 6 significant digits, or every digit where those would make two
-    weights one label (1.0000001 and 1.0000002)."""
+def weight_text(w, weights) -> str:
+    """A guidance weight as its label shows it: 6 significant digits, or every digit where those would give another
+    weight of the sweep (`weights`) the same label (1.0000001 and 1.0000002)."""
     short = f"{float(w):g}"
-    return short if float(short) == float(w) else repr(float(w))
+    shared = sum(f"{float(v):g}" == short for v in weights) > 1
+    return repr(float(w)) if shared else short
 
 
 def user_source(sampler: Sampler | None) -> str | None:
@@ -125,7 +127,8 @@ def user_source(sampler: Sampler | None) -> str | None:
     version the rows' git_commit records): a user editing their sampler gets new cells, not the old rows."""
     if sampler is None:
         return None
-    own = [c for c in type(sampler).__mro__ if c.__module__.split(".")[0] not in ("lightning_sde", "builtins")]
+    own = [c for c in type(sampler).__mro__
+           if c.__module__.split(".")[0] not in ("lightning_sde", *sys.stdlib_module_names)]
     if not own:
         return None
     try:
@@ -172,7 +175,7 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
             settings = run_settings(cfg, sampler)
             if w is not None:
                 settings.update(guidance=float(w), labels=labels)
-            cells.append(Cell(target, label if w is None else f"{label}@w{weight_text(w)}", sampler.name,
+            cells.append(Cell(target, label if w is None else f"{label}@w{weight_text(w, weights)}", sampler.name,
                               jsonable(sampler.params()), grid, requested, start, count, metrics, settings,
                               built=sampler, guidance=None if w is None else float(w)))
 

@@ -69,7 +69,9 @@ def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
     if kind == "checkpoint":  # its log p(x) is the unconditional prediction's: a p_uncond=0 network never learned it
         try:
             check_guidance_learned(cfg, kind, [None])
-        except ValueError:
+        except ValueError as err:
+            if not str(err).startswith("config guidance:"):
+                raise
             raise ValueError("config checkpoint: a class-conditional model trained with model.p_uncond=0 never "
                              "learned the unconditional prediction its log p(x) is computed with; lsde-likelihood "
                              "scores unconditional densities (train with model.p_uncond > 0)") from None

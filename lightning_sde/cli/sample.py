@@ -360,7 +360,9 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
             report = plan(sampler, batch_model(denoiser, seeds[:1], settings["guidance"],
                                                cfg.get("labels", "cycle"))).setup.get("selection")
             setup_nfe = spent(report)
-    return finish(cfg, out, seeds, done, images, settings, wall, setup_nfe, world, report)
+    # a guided run starts at T (grids.start_time): a Gaussian start of the sampler or its candidates is left out
+    left_out = settings["guidance"] is not None and may_use_data_moments(sampler)
+    return finish(cfg, out, seeds, done, images, settings, wall, setup_nfe, world, report, left_out)
 
 
 def earlier_selection(out: Path) -> tuple[dict | None, int]:
@@ -376,7 +378,7 @@ def earlier_selection(out: Path) -> tuple[dict | None, int]:
 
 
 def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings: dict, wall: float, setup_nfe: int,
-           world: int, selection: dict | None) -> dict:
+           world: int, selection: dict | None, start_left_out: bool = False) -> dict:
     """samples.npz, the PNGs and the preview from every chunk of the asked-for seeds; summary.json last."""
     x = np.stack([done[s][0] for s in seeds])
     arrays = {"samples": x, "seeds": np.asarray(seeds, dtype=np.int64)}
@@ -399,9 +401,7 @@ def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings:
                "nfe_mean": float(np.mean(nfe)), "nfe_max": float(np.max(nfe)),
                "selection": json.loads(json.dumps(selection, default=str)) if selection else None,
                "setup_nfe": setup_nfe, "wall_s_this_run": wall, "world_size": world,
-               # what ran where the settings say otherwise: a guided run starts at T (grids.start_time)
-               "gaussian_start_left_out": settings["guidance"] is not None and bool(settings["params"].get(
-                   "gaussian_start") is not None or settings["params"].get("gaussian_start_kl") is not None),
+               "gaussian_start_left_out": start_left_out,  # what ran where the settings say otherwise
                "samples": "samples.npz", "images": "images/" if pngs else None, "git_commit": source_revision()}
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     model = cfg.checkpoint or f"the exact {cfg.problem._target_.rsplit('.', 1)[-1]}"

@@ -551,9 +551,11 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     interval = cfg.trainer.get("val_check_interval")
     steps_to_batches = {"val_check_interval": interval * accumulation} if is_int(interval) and accumulation > 1 else {}
     bar = cfg.trainer.get("enable_progress_bar", True)
-    if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ValueError(f"config trainer.accelerator: {cfg.trainer.accelerator!r}, but torch sees no GPU here; on the "
-                         "CPU use trainer=cpu (one process) or trainer=ddp_cpu (DDP over gloo)")
+    accelerator = str(cfg.trainer.get("accelerator"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and not (
+            accelerator == "gpu" and torch.backends.mps.is_available()):  # Lightning's gpu: CUDA, or Apple's MPS
+        raise ValueError(f"config trainer.accelerator: {accelerator!r}, but torch sees no GPU here; on the CPU use "
+                         "trainer=cpu (one process) or trainer=ddp_cpu (DDP over gloo)")
     trainer = build_node(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=plugins,
                          enable_progress_bar=sys.stdout.isatty() if bar == "auto" else bar,  # where Lightning draws it
                          **steps_to_batches)  # Lightning counts validation intervals in batches; the config, in steps

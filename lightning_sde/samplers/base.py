@@ -108,6 +108,7 @@ def check_sampler_class(cls) -> None:
 
 
 _UNRESOLVED: set = set()  # (sampler, tolerance, dtype) already warned about
+_UNEXPECTED_NFE: set = set()  # (sampler class, steps, NFE spent) already warned about
 
 
 def warn_if_tolerance_unresolved(sampler, dtype) -> None:
@@ -223,7 +224,9 @@ class Sampler:
             raise ValueError(f"sampler {self.name!r}: run() returned {measured}, which the framework measures; "
                              "return other keys only")
         info.update(extra)
-        if not self.adaptive and info["nfe"] != self.steps * self.nfe_per_step:
+        spent = None if self.adaptive else (type(self), self.steps, info["nfe"])
+        if spent is not None and info["nfe"] != self.steps * self.nfe_per_step and spent not in _UNEXPECTED_NFE:
+            _UNEXPECTED_NFE.add(spent)  # once per class, steps and cost: not at every batch
             log.warning("sampler %r took %d NFE for %d steps, not %d x nfe_per_step = %d: its NFE budget (nfe=%d "
                         "in a sweep) is not what it spends; set its nfe_per_step", self.name, info["nfe"],
                         self.steps, self.steps, self.steps * self.nfe_per_step, self.steps * self.nfe_per_step)

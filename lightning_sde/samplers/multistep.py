@@ -393,8 +393,10 @@ class AdaptiveUniPC(Sampler):
         while lam < lam_end - 1e-12:
             if n_accept + n_reject >= self.max_steps:
                 raise NoConvergence(f"{self.name}: no convergence in {self.max_steps} steps (rtol={self.rtol}, "
-                                    f"atol={self.atol}): a tolerance below what {x.dtype} samples resolve? Use "
-                                    "dtype=float64 or a larger tolerance (or more max_steps)")
+                                    f"atol={self.atol}): " + ("a larger tolerance or more max_steps"
+                                                              if x.dtype == torch.float64 else
+                                                              f"a tolerance below what {x.dtype} samples resolve? "
+                                                              "Use dtype=float64 or a larger tolerance"))
             if h < MIN_LOG_SNR_STEP < lam_end - lam:  # (a last step shortened to what is left is no underflow)
                 raise NoConvergence(f"{self.name}: the step fell below {MIN_LOG_SNR_STEP:g} in log-SNR at log-SNR "
                                     f"{lam:.6g} (rtol={self.rtol}, atol={self.atol}): the error estimate does not fall "

@@ -617,6 +617,11 @@ def test_shards_of_two_lists_of_cells_are_refused_and_the_report_names_the_cells
     assert len(sweep(tmp_path, "nfe=[4,8]", "seeds.count=16", *shard(1))) == 4
     assert SweepPlans(tmp_path / "results.jsonl").missing({cell_key_of(r["key"]) for r in
                                                            views.load(tmp_path / "results.jsonl")}) == []
+    # with the noise floor (the default) every list of a target and seeds holds its cell: not a common sweep's
+    floor = tmp_path / "floor"
+    floor.mkdir()
+    sweep(floor, "nfe=[4,8]", "noise_floor=true", *shard(0))
+    assert len(sweep(floor, "nfe=[16]", "noise_floor=true", *shard(0))) == 2  # the floor (its 1 metric), ddim@8
 
 
 def test_a_shard_with_no_cells_before_any_row_is_written_succeeds(tmp_path, capsys):

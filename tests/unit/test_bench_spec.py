@@ -378,6 +378,9 @@ def test_close_guidance_weights_get_labels_of_their_own(tmp_path):
     cells = prepare(_cfg(tmp_path, "+problem.labels=[0,1,2,3,4,5,6,7]", "guidance=[1.0000001,1.0000002,2]",
                          "nfe=[5]", "~samplers.em")).cells
     assert [c.label for c in cells if c.sampler == "ddim"] == ["ddim@w1.0000001", "ddim@w1.0000002", "ddim@w2"]
+    cells = prepare(_cfg(tmp_path, "+problem.labels=[0,1,2,3,4,5,6,7]", "guidance=[0.333333333,2]", "nfe=[5]",
+                         "~samplers.em")).cells  # no two alike: the labels as before (rows keyed by them)
+    assert [c.label for c in cells if c.sampler == "ddim"] == ["ddim@w0.333333", "ddim@w2"]
 
 
 def test_a_sweep_of_one_class_is_named_by_its_class_beside_the_classes_cycled():

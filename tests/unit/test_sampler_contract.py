@@ -514,6 +514,8 @@ def test_a_users_sampler_cannot_set_the_measured_nfe_and_its_step_cost_is_checke
     x, info = sample(Twice(steps=5), den, range(4))
     assert info["nfe"] == 10 and "took 10 NFE for 5 steps, not 5 x nfe_per_step = 5" in caplog.text
     caplog.clear()
+    sample(Twice(steps=5), den, range(4))
+    assert "nfe_per_step" not in caplog.text  # once, not at every batch
     assert sample(DDIM(steps=5), den, range(4))[1]["nfe"] == 5 and "nfe_per_step" not in caplog.text
 
 
