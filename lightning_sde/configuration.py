@@ -166,6 +166,18 @@ def require_device(dev, key: str = "device") -> None:
                          "here (CUDA_VISIBLE_DEVICES, the job's GPU request); use device=cpu on this machine")
 
 
+def require_accelerator(accelerator) -> None:
+    """A trainer's GPU accelerator on a machine without one (Lightning's `gpu`: CUDA or Apple's MPS) is refused at
+    start-up, naming the CPU trainers (Lightning's own error names none)."""
+    import torch
+
+    accelerator = str(accelerator)
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and not (
+            accelerator == "gpu" and torch.backends.mps.is_available()):
+        raise ValueError(f"config trainer.accelerator: {accelerator!r}, but torch sees no GPU here; on the CPU use "
+                         "trainer=cpu (one process) or trainer=ddp_cpu (DDP over gloo)")
+
+
 def check_folder_name(key: str, value, names: str, extra: tuple[str, ...] = ()) -> None:
     """A config value that names a folder (`names`: what it names): letters, digits, . _ - + @ and `extra`, not only
     dots (no '', '..' or path separators); ValueError naming the key."""

@@ -48,6 +48,7 @@ from lightning_sde.configuration import (
     checked,
     node_changes,
     plain,
+    require_accelerator,
     shown,
 )
 from lightning_sde.configuration import build as build_node
@@ -551,11 +552,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     interval = cfg.trainer.get("val_check_interval")
     steps_to_batches = {"val_check_interval": interval * accumulation} if is_int(interval) and accumulation > 1 else {}
     bar = cfg.trainer.get("enable_progress_bar", True)
-    accelerator = str(cfg.trainer.get("accelerator"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and not (
-            accelerator == "gpu" and torch.backends.mps.is_available()):  # Lightning's gpu: CUDA, or Apple's MPS
-        raise ValueError(f"config trainer.accelerator: {accelerator!r}, but torch sees no GPU here; on the CPU use "
-                         "trainer=cpu (one process) or trainer=ddp_cpu (DDP over gloo)")
+    require_accelerator(cfg.trainer.get("accelerator"))  # not inline: submitit pickles this module, not torch.backends
     trainer = build_node(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=plugins,
                          enable_progress_bar=sys.stdout.isatty() if bar == "auto" else bar,  # where Lightning draws it
                          **steps_to_batches)  # Lightning counts validation intervals in batches; the config, in steps
