@@ -360,7 +360,7 @@ def sde_from_config(cfg: dict) -> SDE:
     return sde
 
 
-def check_sde(sde: SDE, points: int = 33, rtol: float = 1e-4) -> None:
+def check_sde(sde: SDE, points: int = 33, rtol: float = 1e-2) -> None:
     """ValueError unless the SDE's functions agree with each other on [eps, T] (a user's class, checked when built):
     alpha in (0, 1], sigma > 0, log-SNR falling, t_from_log_snr its inverse, and (where the drift is smooth)
     d log alpha / dt = f and g^2 = d sigma^2 / dt - 2 f sigma^2, by central differences in float64."""
@@ -380,9 +380,11 @@ def check_sde(sde: SDE, points: int = 33, rtol: float = 1e-4) -> None:
     if abs(float(back[worst] - t[worst])) > 1e-6 * sde.T:
         raise ValueError(f"{name}: t_from_log_snr is not log_snr's inverse: t={float(t[worst]):.6g} -> log-SNR "
                          f"{float(lam[worst]):.6g} -> t={float(back[worst]):.6g}")
-    if sde.drift_jumps or alpha.dtype != torch.float64 or sigma.dtype != torch.float64:
-        return  # a jumping drift, or one computed in lower precision: no derivative to difference
-    inner, h = t[1:-1], (sde.T - sde.eps) * 1e-6
+    if sde.drift_jumps:
+        return
+    # a step and tolerance that hold for functions computed in float32 too (a sanity check: a missing square root
+    # or a halved drift is off by far more than 1 %)
+    inner, h = t[1:-1], (sde.T - sde.eps) * 1e-3
     up, down = inner + h, inner - h
     dlog_alpha = (sde.alpha(up).log() - sde.alpha(down).log()) / (2 * h)
     dvar = (sde.sigma(up) ** 2 - sde.sigma(down) ** 2) / (2 * h)
