@@ -100,8 +100,8 @@ def target_kind(cfg: DictConfig, needs_data: bool = True, free_data_keys=EVALUAT
 
 
 def its_data(path) -> str:
-    """How to name a checkpoint's training data: `data=<the shipped config that builds its data class>` (and the
-    root it was read from), or the generic example where the checkpoint does not say."""
+    """How to name a checkpoint's training data: `data=<the shipped config that builds its data class>` (with the
+    settings that differ from that config's), or the generic example where the checkpoint does not say."""
     from importlib.resources import files
 
     import yaml
@@ -147,6 +147,10 @@ def target_classes(cfg: DictConfig, kind: str) -> int | None:
     return net.get("num_classes") if isinstance(net, dict) else None
 
 
+class UnconditionalNotLearned(ValueError):
+    """A class-conditional checkpoint trained with model.p_uncond=0 asked for its unconditional prediction."""
+
+
 def check_guidance_learned(cfg: DictConfig, kind: str, weights) -> None:
     """Guidance weights other than 0, and no guidance (None: a class-conditional network's unconditional samples),
     use the unconditional prediction: refused, before any work, for a class-conditional checkpoint trained without
@@ -157,9 +161,9 @@ def check_guidance_learned(cfg: DictConfig, kind: str, weights) -> None:
         return
     if read_checkpoint(cfg.checkpoint)["hyper_parameters"].get("p_uncond", 0.1) == 0:
         wanted = "unconditional samples (guidance=null)" if None in weights else "guidance"
-        raise ValueError(f"config guidance: the checkpoint was trained with model.p_uncond=0: it never learned the "
-                         f"unconditional prediction {wanted} use; sample it at guidance=0 (seed i of class i mod "
-                         f"num_classes, or labels=<class>)")
+        raise UnconditionalNotLearned(
+            f"config guidance: the checkpoint was trained with model.p_uncond=0: it never learned the unconditional "
+            f"prediction {wanted} use; sample it at guidance=0 (seed i of class i mod num_classes, or labels=<class>)")
 
 
 def data_kind(cfg: DictConfig) -> str:

@@ -6,6 +6,7 @@ still leave a torn last line: readers skip it, and the next append starts on a f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -72,34 +73,45 @@ class ResultsStore:
         return {key for key, row in self.latest().items() if unreadable(row) is None}
 
     def append(self, rows: list[dict]) -> None:
-        if not rows:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line from a crash: do not glue onto it
-                data = b"\n" + data
-            with writing(self.path):
-                try:
-                    if os.write(fd, data) < len(data):  # the disk filled up part way
-                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                    os.fsync(fd)
-                except OSError:
-                    os.ftruncate(fd, size)  # no torn row: the cells are computed again
-                    raise
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        if rows:
+            with appending(self.path) as append_lines:
+                append_lines("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode())
+
+
+@contextlib.contextmanager
+def appending(path: Path):
+    """An exclusive lock on the JSON-lines file `path` (created if missing), for reading it and then appending whole
+    lines with the function it yields: after a torn last line (a crash) it starts a new line, and a write that fails
+    part way (a full disk) is cut off again, so that no torn line of its own is left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def append_lines(data: bytes) -> None:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        with writing(path):
+            try:
+                if os.write(fd, data) < len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield append_lines
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 class SweepPlans:
     """The cell lists sweeps of a results file were launched with, one line a list and shard
     (`<results>.plans.jsonl`). Shards split a list by position, so shards launched with two lists would leave
-    cells out: a shard whose list differs from an unfinished one of the same shard count is refused (`record`), and
-    the report names the planned cells that have no rows (`missing`)."""
+    cells out: a shard whose list differs from an unfinished one of the same shard count and shares a sampler cell
+    with it is refused (`record`), and the report names the planned cells that have no rows (`missing`)."""
 
     def __init__(self, results):
         results = Path(results)
@@ -121,20 +133,11 @@ class SweepPlans:
     def record(self, plan: dict, check) -> None:
         """Append `plan` unless already there, after `check(earlier plans)` (which raises to refuse it), both under
         an exclusive lock: of two shards launched at once with other lists, the second sees the first."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with appending(self.path) as append_lines:
             earlier = self.read()
             check(earlier)
             if not any(p.get("list") == plan["list"] and p.get("shard") == plan["shard"] for p in earlier):
-                size = os.fstat(fd).st_size
-                lead = b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b""
-                os.write(fd, lead + (json.dumps(plan, sort_keys=True) + "\n").encode())
-                os.fsync(fd)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+                append_lines((json.dumps(plan, sort_keys=True) + "\n").encode())
 
     def missing(self, done_cells: set[str]) -> list[str]:
         """The planned cells (their descriptions) that are not in `done_cells` (cell keys), in plan order."""
@@ -202,20 +205,29 @@ def samples_name(results: Path) -> str:
     return "samples" if results.stem == "results" else f"{results.stem}.samples"
 
 
-KEY_METRIC = 8  # where a row's key (spec.Cell.key) holds its metric
+KEY_FIELDS = ("target", "label", "sampler", "params", "grid", "requested", "seed_start", "seed_count", "metric",
+              "settings")  # a row's key (spec.Cell.key): these of its cell, a JSON list in this order
+
+
+def key_fields(row_key) -> dict | None:
+    """A row's key as {field: value} (KEY_FIELDS; keys written before `settings` was added have no `settings`), or
+    None for a key of another form, not this package's."""
+    try:
+        fields = json.loads(row_key)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(fields, list) or not KEY_FIELDS.index("metric") < len(fields) <= len(KEY_FIELDS):
+        return None
+    return dict(zip(KEY_FIELDS, fields))
 
 
 def cell_key_of(row_key: str) -> str:
     """A row's cell: its key without the metric (spec.Cell.cell_key), the same for every metric the cell has (a key
-    of another form, not this package's: the key itself)."""
-    try:
-        fields = json.loads(row_key)
-    except ValueError:
+    of another form: the key itself)."""
+    fields = key_fields(row_key)
+    if fields is None:
         return row_key
-    if not isinstance(fields, list) or len(fields) <= KEY_METRIC:
-        return row_key
-    fields[KEY_METRIC] = None
-    return json.dumps(fields, sort_keys=True)
+    return json.dumps(list({**fields, "metric": None}.values()), sort_keys=True)
 
 
 class SamplePreviews:
@@ -397,13 +409,11 @@ BUDGET_PARAMS = {"nfe": ("steps",), "tol": ("rtol", "atol")}  # what a sweep's b
 def variant_of(row: dict) -> str:
     """What a row's sampler ran as besides its budget: the sampler, its other parameters and the run settings (dtype,
     device, guidance; read from its key, spec.Cell.key). A curve joins the budgets of one variant."""
-    try:
-        fields = json.loads(row.get("key") or "")
-        _, _, sampler, params, grid, _, _, _, _, settings = fields
-        params = {k: v for k, v in params.items() if k not in BUDGET_PARAMS.get(grid, ())}
-    except (ValueError, TypeError, AttributeError):  # another form of key (an older version's): one variant
-        return ""
-    return json.dumps([sampler, params, settings], sort_keys=True)
+    fields = key_fields(row.get("key"))
+    if fields is None or "settings" not in fields or not isinstance(fields["params"], dict):
+        return ""  # another form of key (or an older version's, without settings): one variant
+    params = {k: v for k, v in fields["params"].items() if k not in BUDGET_PARAMS.get(fields["grid"], ())}
+    return json.dumps([fields["sampler"], params, fields["settings"]], sort_keys=True)
 
 
 def for_views(rows: list[dict], preferred=frozenset()) -> tuple[list[dict], int]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, ListConfig
 
+from lightning_sde.bench.results import KEY_FIELDS
 from lightning_sde.configuration import build
 from lightning_sde.samplers import Sampler
 from lightning_sde.samplers.schedule import MAX_NFE, MEMORY_ONLY
@@ -46,8 +47,9 @@ class Cell:
         """The identity of one result row, what resume looks up: everything that changes its numbers (so not the
         memory-only knobs: a sweep resumed with a smaller pilot_batch after running out of memory keeps its rows)."""
         params = {k: v for k, v in self.params.items() if k not in MEMORY_ONLY}
-        return json.dumps([self.target, self.label, self.sampler, params, self.grid, self.requested,
-                           self.seed_start, self.seed_count, metric, self.settings], sort_keys=True)
+        given = {"params": params, "metric": metric}
+        return json.dumps([given[name] if name in given else getattr(self, name) for name in KEY_FIELDS],
+                          sort_keys=True)
 
     def cell_key(self) -> str:
         """The identity of the cell, whatever its metrics: the key of its rows without the metric (results.cell_key_of

@@ -39,7 +39,7 @@ from lightning_sde.errors import writing
 from lightning_sde.files import FolderLock, write_text
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
 from lightning_sde.probability_flow import ADAPTIVE_METHODS, ADAPTIVE_OPTIONS, DEFAULT_FIXED_STEPS, ODEOptions
-from lightning_sde.targets import check_guidance_learned, load_target, target_kind
+from lightning_sde.targets import UnconditionalNotLearned, check_guidance_learned, load_target, target_kind
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,7 @@ def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
     if kind == "checkpoint":  # its log p(x) is the unconditional prediction's: a p_uncond=0 network never learned it
         try:
             check_guidance_learned(cfg, kind, [None])
-        except ValueError as err:
-            if not str(err).startswith("config guidance:"):
-                raise
+        except UnconditionalNotLearned:
             raise ValueError("config checkpoint: a class-conditional model trained with model.p_uncond=0 never "
                              "learned the unconditional prediction its log p(x) is computed with; lsde-likelihood "
                              "scores unconditional densities (train with model.p_uncond > 0)") from None

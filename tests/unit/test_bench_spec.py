@@ -419,3 +419,33 @@ def test_a_users_sampler_edited_gets_new_cells_not_its_old_rows(tmp_path, monkey
     plain = OmegaConf.create({"device": "cpu", "dtype": "float32"})
     assert run_settings(plain, sys.modules["my_samplers"].MyDDIM(steps=4))["source_sha256"] == edited  # in the key
     assert "source_sha256" not in run_settings(plain, build_sampler("ddim", steps=4))
+    # a standard-library mixin (its source is the interpreter's, not the user's) is not part of the hash
+    module.write_text(code.format("2 * super().step").replace("(DDIM)", "(DDIM, contextlib.ContextDecorator)")
+                      .replace("import dataclasses", "import contextlib\nimport dataclasses"))
+    import hashlib
+    import inspect
+
+    mixed = importlib.reload(sys.modules["my_samplers"]).MyDDIM
+    assert user_source(mixed(steps=4)) == hashlib.sha256(inspect.getsource(mixed).encode()).hexdigest()[:16]
+
+
+def test_a_row_key_parses_into_the_fields_of_its_cell():
+    import json
+
+    from lightning_sde.bench.results import cell_key_of, key_fields, variant_of
+    from lightning_sde.bench.spec import Cell
+
+    cell = Cell("mixture:x", "ddim eta", "ddim", {"steps": 5, "eta": 1.0, "pilot_batch": 64}, "nfe", 5, 3, 128,
+                ("sliced_w2",), {"dtype": "float64", "device": "cpu"})
+    fields = key_fields(cell.key("sliced_w2"))
+    assert fields == {"target": "mixture:x", "label": "ddim eta", "sampler": "ddim", "params": {"eta": 1.0, "steps": 5},
+                      "grid": "nfe", "requested": 5, "seed_start": 3, "seed_count": 128, "metric": "sliced_w2",
+                      "settings": {"dtype": "float64", "device": "cpu"}}
+    assert cell_key_of(cell.key("sliced_w2")) == cell_key_of(cell.key("mode_error")) == cell.cell_key()
+    assert variant_of({"key": cell.key("sliced_w2")}) == json.dumps(["ddim", {"eta": 1.0}, fields["settings"]],
+                                                                     sort_keys=True)  # the budget is no variant
+    older = json.dumps(list(fields.values())[:-1])  # a key written before run settings were part of it
+    assert key_fields(older)["metric"] == "sliced_w2" and variant_of({"key": older}) == ""
+    assert json.loads(cell_key_of(older))[8] is None
+    for other in ("not json", "[1, 2]", '{"a": 1}', json.dumps(list(range(11)))):
+        assert key_fields(other) is None and cell_key_of(other) == other and variant_of({"key": other}) == ""

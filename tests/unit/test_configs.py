@@ -283,6 +283,23 @@ def test_a_gpu_trainer_on_a_machine_without_one_names_the_cpu_trainers(tmp_path)
         build(cfg)
 
 
+def test_a_gpu_trainer_is_accepted_where_torch_sees_cuda_or_apple_mps(monkeypatch):
+    from lightning_sde.configuration import require_accelerator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    require_accelerator("gpu")  # Lightning's gpu runs on Apple's MPS
+    require_accelerator("cpu")
+    with pytest.raises(ValueError, match="'cuda', but torch sees no GPU here"):
+        require_accelerator("cuda")  # which MPS is not
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'gpu', but torch sees no GPU here"):
+        require_accelerator("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    require_accelerator("gpu")
+    require_accelerator("cuda")
+
+
 @pytest.mark.parametrize("guidance, use", [("2", "which guidance use"), ("null", "unconditional samples (null)")])
 def test_guidance_in_training_evaluations_without_label_dropout_fails_at_start_up(tmp_path, guidance, use):
     """model.p_uncond=0 trains no unconditional prediction: the first evaluation failed, after its steps (guidance),
