@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -301,6 +302,9 @@ def protocol(row: dict) -> tuple:
     return row["target"], row["seed_start"], row["seed_count"]
 
 
+PROTOCOL_NAMES = {"features": "features", "reference_count": "ref"}  # what a target's id adds to its protocol
+
+
 def _target_names(rows: list[dict], hash_all: bool = False) -> dict[str, str]:
     """target -> a short name (checkpoint file and step, or problem/SDE), with a hash of the target where two
     targets' short names coincide (or everywhere: `hash_all`)."""
@@ -315,6 +319,11 @@ def _target_names(rows: list[dict], hash_all: bool = False) -> dict[str, str]:
         if r.get("labels") not in (None, "cycle"):  # one class's sweep (its noise floor's rows carry no labels)
             classes[r["target"]] = r["labels"]
     short.update({t: f"{short[t]} class {c}" for t, c in classes.items()})
+    taken = Counter(short.values())
+    for t in short:  # a sweep's own reference set or features (runner.plan_cells) say so before a hash would
+        if taken[short[t]] > 1:
+            short[t] += "".join(f" {PROTOCOL_NAMES[k]} {v}" for k, v in re.findall(r"\|(features|reference_count)="
+                                                                                  r"([^|]+)", t))
     taken = Counter(short.values())
     return {t: s if taken[s] == 1 and not hash_all else f"{s} #{hashlib.sha1(t.encode()).hexdigest()[:6]}"
             for t, s in short.items()}

@@ -393,6 +393,23 @@ def test_a_sweep_of_one_class_is_named_by_its_class_beside_the_classes_cycled():
                                                         "ddim@w1 [eight_gaussians/vp class 3]"]  # its noise floor's
 
 
+def test_sweeps_of_one_target_with_their_own_reference_sets_or_features_are_named_by_them():
+    """Shards run at two reference_count were told apart by a target hash alone (`eight_gaussians/vp #67fda6`)."""
+    from lightning_sde.bench.results import protocol_labels
+
+    base = "mixture:{}|sde:{}"
+    targets = [base, base + "|reference_count=512", base + "|features=inception|reference_count=64",
+               "q|reference_count=9"]
+    rows = [{"target": t, "sampler": "ddim", "seed_start": 0, "seed_count": 8, "problem": "p", "sde": "vp"}
+            for t in targets]
+    rows[-1]["problem"] = "q"
+    assert [protocol_labels(rows)(r) for r in rows] == ["ddim [p/vp]", "ddim [p/vp ref 512]",
+                                                        "ddim [p/vp features inception ref 64]",
+                                                        "ddim [q/vp]"]  # a name of its own: as before
+    alike = [rows[1], {**rows[1], "target": base + "|reference_count=512|x"}]
+    assert [protocol_labels(alike)(r)[-9:] for r in alike] != ["ref 512]"] * 2  # still alike: hashed
+
+
 def test_a_users_sampler_edited_gets_new_cells_not_its_old_rows(tmp_path, monkeypatch):
     """Its rows were keyed by its config alone: after an edit of its step(), a rerun said '3 already in results'
     and printed the old numbers."""
