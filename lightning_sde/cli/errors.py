@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 
 from hydra.errors import CompactHydraException
+from omegaconf.errors import InterpolationKeyError
 
 from lightning_sde.errors import CheckpointError, DashboardError, NoConvergence, NonFiniteError, WriteError
 
@@ -23,6 +25,10 @@ def error_text(err) -> str:
     """An error as its line says it: a path's OSError as `File exists: <path>`, not `[Errno 17] File exists: '...'`."""
     if isinstance(err, OSError) and err.strerror and err.filename:
         return f"{err.strerror}: {err.filename}"
+    if isinstance(err, InterpolationKeyError) and getattr(err, "full_key", None):  # a key of another app's config
+        found = re.search(r"'(.+?)'", str(err))
+        return (f"config {err.full_key}: refers to ${{{found.group(1) if found else '...'}}}, a key this app's config "
+                f"does not have (a config written for another app?); give {err.full_key} a value")
     return str(err)
 
 
@@ -120,7 +126,7 @@ def fails_cleanly(app: str, cleanup=None):
                 if in_multirun():
                     print_error(app, err)
                     # an Exception, not SystemExit: Hydra records the job as failed, runs the next ones, then raises it
-                    first = from_worker(str(err))
+                    first = from_worker(error_text(err))
                     raise JobFailed(f"{app}: error: the sweep failed; its first failure: {first}") from None
                 fail(app, err)
 

@@ -548,3 +548,18 @@ def test_a_key_its_class_does_not_take_says_how_to_remove_it():
     with pytest.raises(ValueError, match=r"^config sde: TypeError: .*unexpected keyword argument 'sigma_min'; the "
                                          r"class takes no sigma_min: remove it \(~sde.sigma_min\) or pick its class$"):
         build_node(OmegaConf.create({"_target_": "lightning_sde.sde.VPSDE", "sigma_min": 0.01}), "sde")
+
+
+def test_a_data_config_copied_from_training_names_its_key_not_omegaconfs_lines():
+    """A user's data config with train.yaml's `seed: ${seed}`, used by lsde-bench (no top-level seed), ended with
+    OmegaConf's three lines 'Interpolation key ...', 'full_key: data.seed', 'object_type=dict'."""
+    from omegaconf import OmegaConf
+
+    from lightning_sde.cli.errors import error_text
+
+    cfg = OmegaConf.create({"seeds": {"start": 0}, "data": {"seed": "${seed}", "n": 3}})
+    with pytest.raises(ValueError) as caught:
+        OmegaConf.to_container(cfg.data, resolve=True)
+    assert error_text(caught.value) == ("config data.seed: refers to ${seed}, a key this app's config does not have "
+                                        "(a config written for another app?); give data.seed a value")
+    assert error_text(ValueError("config x: y")) == "config x: y"
