@@ -210,14 +210,27 @@ def resume_point(cfg: DictConfig) -> str | None:
         return str(cfg.ckpt_path)
     folder = Path(cfg.run_dir) / "checkpoints"
     path, problems = newest_loadable(folder)
+    if path is None and problems:
+        raise ValueError(f"config ckpt_path=last: no checkpoint in {folder} can be read ({by_reason(problems, folder)})"
+                         "; point ckpt_path at a good one, or move them away to start afresh")
     for problem in problems:
         log.warning("cannot resume from %s", problem)
-    if path is None and problems:
-        raise ValueError(f"config ckpt_path=last: no checkpoint in {folder} can be read ({'; '.join(problems)}); "
-                         "point ckpt_path at a good one, or move them away to start afresh")
-    if path is not None and problems:
+    if problems:
         log.warning("resuming from %s, the newest checkpoint that reads back", path)
     return None if path is None else str(path)
+
+
+def by_reason(problems: list[str], folder: Path) -> str:
+    """Checkpoints' problems (`<path>: <why>`, newest_loadable's) with the files of one reason named together: the
+    checkpoints of a run trained with an untrusted class all say the same."""
+    files: dict[str, list[str]] = {}
+    for problem in problems:
+        where, _, why = problem.partition(": ")
+        if Path(where).parent == folder and why:
+            files.setdefault(why, []).append(Path(where).name)
+        else:
+            files.setdefault(problem, [])
+    return "; ".join(f"{', '.join(names)}: {why}" if names else why for why, names in files.items())
 
 
 def own_checkpoint(cfg: DictConfig) -> str | None:

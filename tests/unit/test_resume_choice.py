@@ -533,6 +533,33 @@ def test_a_run_that_went_on_from_a_checkpoint_resumes_its_own_when_that_one_is_g
     assert resume_point(cfg) == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
 
 
+def test_a_run_none_of_whose_checkpoints_reads_back_is_one_error_naming_each_reason_once(tmp_path, caplog):
+    """A run trained with an untrusted class of the user's printed its trust error once a checkpoint as a warning and
+    again, for each, in the error."""
+    from omegaconf import OmegaConf
+
+    from lightning_sde.cli.train import resume_point
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    untrusted = {**contents(60), "hyper_parameters": {**contents(60)["hyper_parameters"],
+                                                      "net": {**NET, "_target_": "my_pkg.net.MyMLP"}}}
+    for name in ("last.ckpt", "best-step=40.ckpt"):
+        torch.save(untrusted, folder / name)
+    (folder / "bad.ckpt").write_text("text")
+    cfg = OmegaConf.create({"ckpt_path": "last", "run_dir": str(tmp_path)})
+    with pytest.raises(ValueError) as refused:
+        resume_point(cfg)
+    message = str(refused.value)
+    assert message.startswith(f"config ckpt_path=last: no checkpoint in {folder} can be read (bad.ckpt: not a "
+                              f"lightning-sde checkpoint")
+    assert "; best-step=40.ckpt, last.ckpt: its hyper_parameters names ['my_pkg.net.MyMLP']" in message
+    assert message.count("my_pkg.net.MyMLP") == 1 and not caplog.records
+    torch.save(contents(20), folder / "best-step=20.ckpt")  # one that reads back: taken, each other one warned of
+    assert resume_point(cfg) == str(folder / "best-step=20.ckpt")
+    assert len(caplog.records) == 4 and "resuming from" in caplog.records[-1].getMessage()
+
+
 def test_an_explicit_ckpt_path_a_resume_cannot_continue_from_is_refused_naming_the_key(tmp_path):
     from omegaconf import OmegaConf
 
