@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sde.data.base import ends_a_step
@@ -160,3 +161,15 @@ class SetAside(Callback):
         if resume is None:
             return f"{told}no checkpoint is left in the run: start afresh (ckpt_path=null or another run_name)"
         return f"{told}lsde-train ... {self.again} resumes from {resume.name} (step {resume_step(resume)})"
+
+
+class LogsWithCheckpoints(Callback):
+    """Writes the CSV loggers' rows to disk whenever a checkpoint is saved. Lightning's CSVLogger keeps rows logged
+    outside Lightning's own logging (the sampler evaluations) in memory until Lightning next logs (trainer.
+    log_every_n_steps), and a resume starts after the checkpoint's step: a job killed after an evaluation at step 200
+    lost that evaluation's rows for good, and with them what the resumed run logs again to W&B (backfill_wandb)."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                logger.save()  # rank 0's (the others have no experiment to write)

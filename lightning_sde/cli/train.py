@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde import logger as wandb_logger
 from lightning_sde.callbacks import Preemption, SamplerCallback
-from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO, LastCheckpoint, SetAside
+from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO, LastCheckpoint, LogsWithCheckpoints, SetAside
 from lightning_sde.callbacks.sampler import SAMPLE_STATS
 from lightning_sde.cli.errors import fails_cleanly, from_worker, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
@@ -555,7 +555,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     # after a non-finite value: the checkpoints that gave it set aside, the one the same command resumes from named
     again = f"run_name={cfg.run_name}" + (" ckpt_path=last" if cfg.ckpt_path != "last" else "") + (
         " (one run: no -m)" if job is not None else "")
-    callbacks.append(SetAside(Path(cfg.run_dir) / "checkpoints", again))
+    callbacks += [SetAside(Path(cfg.run_dir) / "checkpoints", again), LogsWithCheckpoints()]
     for cb in callbacks:
         if isinstance(cb, Preemption):
             cb.resume_with = again

@@ -286,3 +286,32 @@ def test_an_error_under_ddp_writes_no_checkpoint_from_one_process():
     assert not preemption.keeps_steps_on(OneOfTwoProcesses(), OSError("an unreadable image"))
     OneOfTwoProcesses.world_size = 1
     assert preemption.keeps_steps_on(OneOfTwoProcesses(), OSError("an unreadable image"))
+
+
+def test_a_checkpoint_is_saved_with_every_csv_row_up_to_its_step_on_disk(tmp_path):
+    """Lightning's CSVLogger writes a row logged outside Lightning's logging when Lightning next logs (every
+    log_every_n_steps): a job killed after an evaluation logged at step 20 (and its checkpoint) lost that evaluation's
+    rows for good, since the resumed run starts after step 20."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_sde.callbacks.checkpoint_io import LogsWithCheckpoints
+
+    class Evaluation(L.Callback):  # logs as the sampler callback does, before the checkpoint callbacks run
+        on_disk = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            step = trainer.global_step
+            if step % 10 == 0:
+                trainer.loggers[0].log_metrics({"val/ddim/sliced_w2": float(step)}, step=step)
+            if step in (15, 25):  # where a kill -9 could come: what is on disk then
+                with open(tmp_path / "csv" / "version_0" / "metrics.csv", newline="") as fh:
+                    self.on_disk[step] = [int(r["step"]) for r in csv.DictReader(fh) if r.get("val/ddim/sliced_w2")]
+
+    last = LastCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=10)
+    trainer = L.Trainer(max_steps=30, limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+                        logger=CSVLogger(tmp_path, name="csv"), accelerator="cpu", log_every_n_steps=50,
+                        callbacks=[Evaluation(), last, LogsWithCheckpoints()], plugins=[AtomicCheckpointIO()])
+    trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=2048))
+    assert Evaluation.on_disk == {15: [10], 25: [10, 20]}
