@@ -102,21 +102,38 @@ def target_kind(cfg: DictConfig, needs_data: bool = True, free_data_keys=EVALUAT
 def its_data(path) -> str:
     """How to name a checkpoint's training data: `data=<the shipped config that builds its data class>` (with the
     settings that differ from that config's), or the generic example where the checkpoint does not say."""
+    try:
+        data = read_checkpoint(path).get("data_config") or {}
+        name, defaults = shipped_data_config(data.get("_target_"))
+        if name is not None:
+            changed = [f"data.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in data.items()
+                       if k not in ("_target_", *LOADING_KEYS) and v is not None and defaults.get(k) != v]
+            return "as it was trained: " + " ".join([f"data={name}", *changed])
+    except Exception:  # noqa: BLE001  (an unreadable checkpoint is reported by the caller's own read)
+        pass
+    return "e.g. data=toy2d or data=digits"
+
+
+def shipped_data_config(target) -> tuple[str | None, dict]:
+    """(the name of the shipped data config that builds the class `target`, its values), or (None, {})."""
     from importlib.resources import files
 
     import yaml
 
-    try:
-        data = read_checkpoint(path).get("data_config") or {}
-        for config in sorted(files(CONFIG_PACKAGE).joinpath("data").iterdir(), key=lambda f: f.name):
-            defaults = yaml.safe_load(config.read_text()) if config.name.endswith(".yaml") else None
-            if isinstance(defaults, dict) and defaults.get("_target_") == data.get("_target_"):
-                changed = [f"data.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in data.items()
-                           if k not in ("_target_", *LOADING_KEYS) and v is not None and defaults.get(k) != v]
-                return "as it was trained: " + " ".join([f"data={config.name[:-5]}", *changed])
-    except Exception:  # noqa: BLE001  (an unreadable checkpoint is reported by the caller's own read)
-        pass
-    return "e.g. data=toy2d or data=digits"
+    for config in sorted(files(CONFIG_PACKAGE).joinpath("data").iterdir(), key=lambda f: f.name):
+        values = yaml.safe_load(config.read_text()) if config.name.endswith(".yaml") else None
+        if isinstance(values, dict) and target is not None and values.get("_target_") == target:
+            return config.name[:-5], values
+    return None, {}
+
+
+def data_name(data: DictConfig) -> str:
+    """The data a checkpoint is scored against, as its sweep's rows and W&B run name it: the shipped config of its
+    class (digits) or the class, and the dataset's own name where it has one (toy2d/swiss_roll)."""
+    target = str(data._target_)
+    choice = shipped_data_config(target)[0] or target.rsplit(".", 1)[-1]
+    name = data.get("name")
+    return f"{choice}/{name}" if isinstance(name, str) else choice
 
 
 def _identity(node) -> str:
@@ -209,6 +226,8 @@ def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
         protocol = {"checkpoint": str(Path(cfg.checkpoint).resolve()), "global_step": ckpt.get("global_step"),
                     "ema": "current_model_state" in ckpt}
     protocol["sde"] = denoiser.sde.name
+    if cfg.get("data") is not None:
+        protocol["data"] = data_name(cfg.data)
     datamodule = build(cfg.data, "data") if cfg.get("data") is not None else None
     kind = getattr(datamodule, "kind", "points")
     if datamodule is not None and tuple(datamodule.shape) != tuple(denoiser.shape):

@@ -138,8 +138,9 @@ def sweep_config(name: str, rows: list[dict]) -> tuple[dict, list[str]]:
 
     tags = {f"sampler:{sampler_family(r['sampler_name'])}" for r in sampled}
     tags.add(f"target:{'images' if set(metrics) & set(IMAGE_METRICS) else 'points'}")
-    if protocol.get("sde"):
-        tags.add(f"sde:{protocol['sde']}")
+    for field in ("sde", "data"):
+        if protocol.get(field):
+            tags.add(f"{field}:{str(protocol[field]).split('/')[0]}")
     return config, sorted(tags)
 
 
@@ -376,7 +377,7 @@ def workspace(rows: list[dict], entity: str, project: str, group: str, name: str
         wr.MediaBrowser(title=s, media_keys=[f"samples/{s}/{b}" for b in budgets[s]], num_columns=len(budgets[s]),
                         mode="grid") for s in samplers if budgets[s]]))
     return ws.Workspace(entity=entity, project=project, name=name or f"sweep {group}", sections=sections,
-                        runset_settings=ws.RunsetSettings(query=group))
+                        runset_settings=ws.RunsetSettings(filters=[ws.Metric("Group") == group]))  # not a name search
 
 
 def save_workspace(definition, path: Path, online: bool) -> str:

@@ -151,6 +151,9 @@ def test_a_resumed_sweep_continues_its_wandb_run_and_report_updates_it(tmp_path)
     assert sliced["x"] == "nfe" and sorted(sliced["y"]) == ["sliced_w2/ddim", "sliced_w2/em"] and sliced["log_x"]
     assert sorted(panels["wall time [s] (lower is better)"]["y"]) == ["wall_s/ddim", "wall_s/em"]
     assert panels["ddim"]["media_keys"] == ["samples/ddim/nfe_00003", "samples/ddim/nfe_00010"]
+    # the sweep's runs by their W&B group (a name search for its group would also take `<group>2`'s runs)
+    assert workspace["runset_settings"]["query"] == "" and workspace["runset_settings"]["filters"] == \
+        f"Metric(\"Group\") == '{sidecar['group']}'"
     # W&B keeps one row per step: each launch goes on from the last one's step, never from 0 again
     steps = [r["_step"] for run in runs for r in history(run)]
     assert steps == list(range(len(steps))), steps

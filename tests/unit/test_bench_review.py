@@ -451,6 +451,8 @@ def test_a_checkpoint_sweep_scores_the_training_samples_after_the_reference_as_i
     from lightning_sde.bench.dashboard import sweep_config
 
     assert {r["sde"] for r in rows} == {"vp"} and "sde:vp" in sweep_config("x", rows)[1]  # the W&B run's tag
+    config, tags = sweep_config("x", rows)  # the data too: a checkpoint's target id holds only its hash
+    assert {r["data"] for r in rows} == {"digits"} and config["data"] == "digits" and "data:digits" in tags
 
 
 def test_a_checkpoints_sweep_of_one_class_is_scored_against_that_classs_training_images(tmp_path):
