@@ -5,7 +5,8 @@ The run's id is kept next to the results file (`results.wandb.json`, with the ce
 sweep, another shard's report or a later `report --wandb` continue the same run and never log a cell twice.
 
 History keys, one row per cell (W&B's step counts the rows, on across launches; the charts use `nfe` as x axis):
-  nfe, cell/sampler, cell/grid, cell/requested, cell/params   what the cell was
+  nfe, cell/sampler, cell/grid, cell/requested, cell/params   what the cell was (its configured parameters)
+  cell/selected, cell/setup_nfe                               what grid=select chose to run, and its tuning's cost
   <metric>/<sampler>                                          its value (fid/ddim, sliced_w2/em, ...)
   <metric>_ci/<sampler>                                       half-width of its interval, when the harness made one
   wall_s/<sampler>                                            sampling time
@@ -286,6 +287,7 @@ class SweepRun:
         row = {"nfe": nfe, "cell/id": cell_id, "cell/sampler": label, "cell/grid": first["grid"],
                "cell/requested": first["requested"],
                "cell/params": json.dumps(first.get("params") or {}, sort_keys=True),
+               "cell/selected": first.get("selected"), "cell/setup_nfe": first.get("setup_nfe"),
                f"wall_s/{label}": first.get("wall_s")}
         for r in rows:
             row[f"{r['metric']}/{label}"] = r["value"]

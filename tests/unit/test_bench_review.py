@@ -168,6 +168,25 @@ def test_two_later_targets_alike_in_short_name_keep_their_own_wandb_keys(tmp_pat
         "best/" + k: v for k, v in zip(keys, (0.1, 0.2, 0.3), strict=True)}
 
 
+def test_a_tuned_cells_wandb_row_says_what_ran_and_what_tuning_it_cost(tmp_path, monkeypatch):
+    """grid=select's cells showed only their configured parameters (order 3, no Gaussian start) on W&B, not the
+    configuration chosen and run (the results file's `selected`)."""
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, {"id": "run1"})
+    rows = [{**result_rows("rec", 10, 0.1)[0], "params": {"order": 3, "grid": "select"}, "setup_nfe": 409,
+             "selected": "quadratic, order=2, gaussian_start=0.15"}]
+    ResultsStore(results).append(rows)
+    run = launch(monkeypatch, results, "20260101")
+    run.log_cell(cell_id(rows), rows)
+    logged = run.run.history[-1]
+    assert logged["cell/selected"] == "quadratic, order=2, gaussian_start=0.15" and logged["cell/setup_nfe"] == 409
+    assert json.loads(logged["cell/params"]) == {"order": 3, "grid": "select"}
+    untuned = result_rows("ddim", 10, 0.2)
+    ResultsStore(results).append(untuned)
+    run.log_cell(cell_id(untuned), untuned)
+    assert "cell/selected" not in run.run.history[-1] and "cell/setup_nfe" not in run.run.history[-1]
+
+
 def test_a_cell_recomputed_with_more_metrics_is_the_cell_already_logged():
     """A rerun with more metrics recomputes the cell and logs it: its id was the hash of its smallest row key, which
     the new metric changed (the cell was logged twice)."""
