@@ -21,6 +21,8 @@ class WandbLogger(LightningWandbLogger):
     - W&B is a view, the CSV and results files are the record: when W&B fails (its service killed by SLURM's SIGTERM
       to every process of a preempted job, a lost connection), W&B logging stops with one warning instead of taking
       training, and the checkpoint it is about to write, down with it.
+    - W&B's closing lines are left out (`quiet`): lsde-train's own report names the run, and the sync command of every
+      launch of it, where W&B's last line synced only the last launch's folder of a resumed run.
     """
 
     _broken = False
@@ -29,6 +31,10 @@ class WandbLogger(LightningWandbLogger):
         super().__init__(*args, **kwargs)
         if self._wandb_init.get("anonymous") is None:  # Lightning passes None, which W&B warns is a no-op
             self._wandb_init.pop("anonymous", None)
+        if self._wandb_init.get("settings") is None:
+            import wandb
+
+            self._wandb_init["settings"] = wandb.Settings(quiet=True)
 
     def start(self) -> bool:
         """Open the W&B run now (rank 0), before training; False, with one warning, when W&B cannot start (no

@@ -58,7 +58,8 @@ def test_toy2d_trains_samples_and_logs_offline(tmp_path):
     assert float(rows["em_1000"]["nfe"]) == 1000 and float(rows["ddim_50"]["nfe"]) == 50
     assert float(rows["noise_floor"]["nfe"]) == 0 and float(rows["noise_floor"]["sliced_w2"]) < 0.35  # 2000 real
     out = proc.stdout + proc.stderr
-    assert "em_1000" in out and "wandb sync" in out, out[-3000:]
+    assert "em_1000" in out and "sync it to W&B with: wandb sync " in out, out[-3000:]
+    assert "You can sync this run" not in out  # W&B's own line syncs one launch's folder: a resumed run's last only
     # the offline W&B run holds the logged metrics and the scatter plots
     run_file = find_run(run_dir / "wandb")
     logged = [row for row in history(run_file) if "val/em_1000/sliced_w2" in row]
