@@ -59,20 +59,38 @@ def broadcast_from_zero(obj):
     return box[0]
 
 
+def check_launcher_world(devices: int, num_nodes: int) -> None:
+    """srun / torchrun starting several processes for one asked for (ddp.devices x ddp.num_nodes = 1): each would do
+    the whole run, side by side in one folder; refused, naming the settings that let them share it."""
+    started = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("WORLD_SIZE") or "1"
+    if devices * num_nodes == 1 and started.isdigit() and int(started) > 1:
+        launcher = "srun" if os.environ.get("SLURM_STEP_NUM_TASKS") else "the launcher (WORLD_SIZE)"
+        raise ValueError(f"config ddp.devices: {launcher} started {started} processes, but ddp.devices x "
+                         f"ddp.num_nodes = 1: each would do the whole run; set ddp.devices=<tasks per node> "
+                         f"ddp.num_nodes=<nodes> to share it among them, or start one task")
+
+
 @contextmanager
 def launched(devices: int, num_nodes: int, device: torch.device) -> Iterator:
     """For the apps without a Trainer: None for one process; else a launched Fabric (DDP; gloo on CPU, NCCL on
     CUDA) that starts the local processes itself, or joins those srun / torchrun started. On leaving, the processes
     meet and the process group is destroyed: a group left alive at exit can abort the interpreter (SIGABRT) while its
     communication threads are torn down."""
+    check_launcher_world(devices, num_nodes)
     if devices * num_nodes == 1:
         yield None
         return
     from lightning.fabric import Fabric
 
-    fabric = Fabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=devices, num_nodes=num_nodes,
-                    strategy="ddp")
-    fabric.launch()
+    try:
+        fabric = Fabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=devices, num_nodes=num_nodes,
+                        strategy="ddp")
+        fabric.launch()
+    except (RuntimeError, ValueError) as err:  # Lightning's checks of srun's layout against devices and num_nodes
+        if "SLURM" not in str(err):
+            raise
+        raise ValueError(f"config ddp: {' '.join(str(err).split())} (here devices is ddp.devices, the processes of a "
+                         f"node, and num_nodes ddp.num_nodes)") from None
     try:
         yield fabric
         fabric.barrier()

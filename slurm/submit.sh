@@ -80,9 +80,9 @@ submit() {  # submit LOG_PATTERN TEMPLATE SBATCH_OPTIONS... -- ARGS...
         | cut -d';' -f1
 }
 
-# bench_array TASKS THROTTLE OVERRIDES...: sets ARRAY, the --array option for the sweep (one task per cell, capped),
-# and SHARD, the shard.count override of its size: a later --array=<i> (one task rerun) keeps task i's cells
-# (SLURM_ARRAY_TASK_COUNT would be 1 there).
+# bench_array TASKS THROTTLE [--existing] OVERRIDES...: sets ARRAY, the --array option for the sweep (one task per
+# cell, capped), and SHARD, the shard.count override of its size: a later --array=<i> (one task rerun) keeps task i's
+# cells (SLURM_ARRAY_TASK_COUNT would be 1 there). --existing: the checkpoint must be there now, and is checked.
 bench_array() {
     local tasks=$1 throttle=$2
     shift 2
@@ -95,6 +95,13 @@ bench_array() {
     ARRAY="--array=0-$((n - 1))${throttle:+%$throttle}"
     SHARD="shard.count=$n"
     echo "[lsde] the sweep has $cells cells: $n array tasks${throttle:+, at most $throttle at once}" >&2
+}
+
+# check_train OVERRIDES...: the training job's command line checked here, as the job checks it before it reads data
+# (lsde-train check): a typo or a missing checkpoint fails now, not after the wait in the queue.
+check_train() {
+    lsde_check_python "$(login_python)" || exit 2
+    "$(login_python)" -m lightning_sde.cli.train check "$@" >/dev/null || die "the training config is not valid (above)"
 }
 
 split_args() {  # sets SBATCH_OPTS and OVERRIDES from the arguments
@@ -117,23 +124,26 @@ case "$command" in
 train)
     split_args "$@"
     check_time train.sbatch ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}
+    check_train ${OVERRIDES[@]+"${OVERRIDES[@]}"}
     job=$(submit "%x-%j" train.sbatch ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} -- ${OVERRIDES[@]+"${OVERRIDES[@]}"})
     echo "train job $job: log $LOGS/lsde-train-$job.out; run directory $PWD/outputs/train/<run_name> (the job id" \
          "unless run_name= is given)"
     ;;
 bench)
-    tasks="" throttle=""
-    while [ $# -gt 0 ]; do
+    tasks="" throttle="" rest=()
+    while [ $# -gt 0 ]; do  # anywhere among the arguments: sbatch would take --tasks=N for its own --ntasks
         case "$1" in
         --tasks) value "$@"; positive "$@"; tasks=$2; shift 2 ;;
         --throttle) value "$@"; positive "$@"; throttle=$2; shift 2 ;;
         --tasks=* | --throttle=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;  # the --name=value form
-        *) break ;;
+        *) rest+=("$1"); shift ;;
         esac
     done
-    split_args "$@"
+    split_args ${rest[@]+"${rest[@]}"}
     check_time bench.sbatch ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}
-    bench_array "$tasks" "$throttle" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
+    existing=--existing  # the checkpoint must be there, unless the array waits for a job (the one that writes it)
+    for opt in ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}; do [[ $opt == --dependency=* ]] && existing=""; done
+    bench_array "$tasks" "$throttle" $existing ${OVERRIDES[@]+"${OVERRIDES[@]}"}
     job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} -- "$SHARD" \
         ${OVERRIDES[@]+"${OVERRIDES[@]}"})
     echo "bench array $job: logs $LOGS/lsde-bench-${job}_<task>.out; when every task is done:" \
@@ -169,6 +179,7 @@ pipeline)
     check_time train.sbatch ${train_opts[@]+"${train_opts[@]}"}
     check_time bench.sbatch ${bench_opts[@]+"${bench_opts[@]}"}
     bench_args=("checkpoint=$run_dir/checkpoints/last.ckpt" "name=$run" "results=$results" ${bench_args[@]+"${bench_args[@]}"})
+    check_train ${train_args[@]+"${train_args[@]}"} "run_name=$run" "run_dir=$run_dir"
     bench_array "$tasks" "$throttle" ${bench_args[@]+"${bench_args[@]}"}
     train_job=$(submit "%x-%j" train.sbatch ${train_opts[@]+"${train_opts[@]}"} -- \
         ${train_args[@]+"${train_args[@]}"} "run_name=$run" "run_dir=$run_dir")

@@ -39,11 +39,12 @@ from lightning_sde.bench.spec import Cell, expand, positive_int, shard_cells
 from lightning_sde.configuration import check_class_has_guidance, check_folder_name, checked, overridden, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
-from lightning_sde.distributed import broadcast_from_zero, launched, rank_world
+from lightning_sde.distributed import broadcast_from_zero, check_launcher_world, launched, rank_world
 from lightning_sde.errors import first_line
 from lightning_sde.generation import Samples, generate
 from lightning_sde.metrics.image import IMAGE_METRICS, check_image_sample_count, check_kid_reference, check_stats_cache
 from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve_metrics
+from lightning_sde.models.pretrained import is_diffusers_spec
 from lightning_sde.samplers.grids import may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.targets import (
@@ -98,6 +99,7 @@ def check_run_settings(cfg: DictConfig) -> tuple[torch.dtype, torch.device]:
         check_folder_name("name", cfg.name, "the sweep's folder under the outputs root", extra=("=", ","))
     for key in ("ddp.devices", "ddp.num_nodes"):
         positive_int(key, OmegaConf.select(cfg, key))
+    check_launcher_world(cfg.ddp.devices, cfg.ddp.num_nodes)
     if cfg.get("reference_count") is not None:
         positive_int("reference_count", cfg.reference_count)
     return dtype, device
@@ -211,11 +213,14 @@ def score(scorer: Scorer, cell: Cell, samples: Samples | None, x) -> Scores:
     return Scores(values, scorer.intervals(x, values, level=INTERVAL_LEVEL), INTERVAL_LEVEL)
 
 
-def count_cells(cfg: DictConfig) -> int:
+def count_cells(cfg: DictConfig, existing: bool = False) -> int:
     """The number of cells of the sweep, checked as `prepare` checks it, except that a checkpoint need not exist yet
-    (its step is part of the target's id, not of the cell count)."""
+    (its step is part of the target's id, not of the cell count) unless `existing`."""
     checkpoint = cfg.get("checkpoint")
-    if checkpoint is None or Path(checkpoint).is_file():
+    if existing and checkpoint is not None and not Path(checkpoint).exists() and not is_diffusers_spec(checkpoint):
+        raise ValueError(f"config checkpoint: no checkpoint file at {checkpoint!r} (for one that a job still to end "
+                         "writes, submit the sweep with --dependency=afterok:<that job>)")
+    if checkpoint is None or Path(checkpoint).is_file() or existing:
         return len(prepare(cfg).cells)
     check_run_settings(cfg)
     check_one_target(cfg)

@@ -98,7 +98,10 @@ def report_main(argv: list[str]) -> None:
 
 def cells_main(overrides: list[str]) -> None:
     """Print the number of cells the sweep with these overrides has (a checkpoint may not exist yet: a pipeline
-    sizes the bench array before training ends). Exit 1 with the config error, like the sweep itself."""
+    sizes the bench array before training ends; a leading `--existing`: it must, and is checked as the sweep checks
+    it). Exit 1 with the config error, like the sweep itself."""
+    existing = overrides[:1] == ["--existing"]
+    overrides = overrides[1:] if existing else overrides
     from hydra import compose, initialize_config_module
     from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
@@ -120,7 +123,7 @@ def cells_main(overrides: list[str]) -> None:
         with open_dict(cfg):
             del cfg["hydra"]
         try:
-            count = count_cells(cfg)
+            count = count_cells(cfg, existing)
         finally:
             HydraConfig.instance().cfg = before
         print(count)

@@ -34,7 +34,14 @@ from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, LIKELIHOOD_FREE_KEYS, checked, overridden, plain, require_device
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
-from lightning_sde.distributed import broadcast_from_zero, gather_to_zero, launched, launched_first, rank_world
+from lightning_sde.distributed import (
+    broadcast_from_zero,
+    check_launcher_world,
+    gather_to_zero,
+    launched,
+    launched_first,
+    rank_world,
+)
 from lightning_sde.errors import writing
 from lightning_sde.files import FolderLock, write_text
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
@@ -52,6 +59,7 @@ def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"config {key}: must be an integer >= {least}; got {value!r}")
+    check_launcher_world(cfg.ddp.devices, cfg.ddp.num_nodes)
     if cfg.divergence not in ("auto", *DIVERGENCES):
         raise ValueError(f"config divergence: {cfg.divergence!r} is not one of auto, {', '.join(DIVERGENCES)}")
     if cfg.probe not in PROBES:

@@ -52,7 +52,7 @@ from lightning_sde.configuration import (
 )
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
-from lightning_sde.distributed import broadcast_from_zero, launched, launched_first, rank_world
+from lightning_sde.distributed import broadcast_from_zero, check_launcher_world, launched, launched_first, rank_world
 from lightning_sde.files import LOCK_FILE, FolderLock, replace_atomically, write_text
 from lightning_sde.generation import batch_model, generate, seed_labels
 from lightning_sde.samplers.base import Sampler
@@ -92,6 +92,7 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
         raise ValueError(f"config seeds: seeds.start + seeds.count must be at most 2**53; got {start + count}")
     for key in ("batch_size", "ddp.devices", "ddp.num_nodes"):
         positive_int(key, OmegaConf.select(cfg, key))
+    check_launcher_world(cfg.ddp.devices, cfg.ddp.num_nodes)
     if not isinstance(cfg.progress, bool):
         raise ValueError(f"config progress: must be true or false; got {cfg.progress!r}")
     if not (isinstance(cfg.png, bool) or cfg.png == "auto"):

@@ -28,17 +28,19 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lightning_sde import logger as wandb_logger
 from lightning_sde.callbacks import Preemption, SamplerCallback
 from lightning_sde.callbacks.checkpoint_io import AtomicCheckpointIO, LastCheckpoint, LogsWithCheckpoints, SetAside
 from lightning_sde.callbacks.sampler import SAMPLE_STATS
-from lightning_sde.cli.errors import fails_cleanly, from_worker, multirun_job
+from lightning_sde.cli.errors import fail, fails_cleanly, from_worker, multirun_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import (
     CONFIG_PATH,
@@ -761,8 +763,43 @@ def exit_status(err: BaseException) -> int:
     return 1
 
 
+def check_main(overrides: list[str]) -> None:
+    """`lsde-train check OVERRIDES`: what a job checks of its command line before it reads data or looks for a GPU
+    (the overrides compose, the run's values, the checkpoints it names are there and lsde-train's), on a login node:
+    slurm/submit.sh runs it before sbatch, so that a typo fails there, not after a wait in the queue. Exit 1 with
+    the job's one-line error."""
+    from hydra import compose, initialize_config_module
+
+    from lightning_sde.cli.apps import added_key_error, one_line, override_error
+    from lightning_sde.configuration import CONFIG_PACKAGE
+
+    error = override_error("train", overrides) or added_key_error("train", overrides)
+    if error:
+        fail("lsde-train check", error)
+    try:
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        check_run_values(cfg)
+        if cfg.ckpt_path not in (None, "last"):
+            if not Path(cfg.ckpt_path).is_file():
+                raise ValueError(f"config ckpt_path: no checkpoint at {cfg.ckpt_path!r} (use a path, 'last' or null)")
+            try:
+                resume_step(cfg.ckpt_path)
+            except ValueError as err:
+                raise ValueError(f"config ckpt_path: {err}") from None
+        if cfg.get("init_from") is not None and not Path(cfg.init_from).is_file():
+            raise ValueError(f"config init_from: no checkpoint at {cfg.init_from!r}")
+    except (ValueError, HydraException, OmegaConfBaseException) as err:  # a bad override or value
+        fail("lsde-train check", one_line(err))
+    print("the training config is valid (data and devices are checked when the job starts)")
+
+
 def main() -> None:
-    if not print_help_if_asked("train"):
+    if print_help_if_asked("train"):
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "check":
+        check_main(sys.argv[2:])
+    else:
         run_app()
 
 

@@ -245,7 +245,25 @@ def test_scancel_signal_term_mid_run_fails_the_job_and_a_resubmission_resumes(sl
                    env={"LSDE_TRAINER": "ddp_cpu"})
     assert slurm.wait(again, timeout=300) == ["COMPLETED"], log_of(workdir, "lsde-train", again)[-5000:]
     assert f"run directory: {run_dir.resolve()}" in log_of(workdir, "lsde-train", again)  # the real directory
+    assert f" task(s), run {job}, in " in log_of(workdir, "lsde-train", again)  # its header names it too
     check_one_history(run_dir, stopped, steps)
+
+
+def test_srun_starting_more_processes_than_the_app_was_told_of_is_one_line_refusal(slurm, workdir):
+    """`srun` with 2 tasks and no ddp.* ran lsde-likelihood twice side by side in one folder (each process the whole
+    run, its own summary, the folder lock skipped by the second); ddp.devices=2 under `--ntasks=2` (Lightning wants
+    --ntasks-per-node) was a traceback."""
+    app = f"{sys.executable} -m lightning_sde.cli.likelihood n=20 batch_size=5 paths.root={workdir}/out"
+    script = (f"srun {app} name=plain; echo plain=$?; srun {app} name=ddp ddp.devices=2; echo ddp=$?")
+    job = slurm.sbatch("--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--time=10", f"--output={workdir}/logs/a.out",
+                       "--export=ALL,OMP_NUM_THREADS=1", "--wrap", script, cwd=workdir)
+    assert slurm.wait(job, timeout=300) == ["COMPLETED"]
+    log = (workdir / "logs" / "a.out").read_text()
+    assert "plain=1" in log and "ddp=1" in log and "Traceback" not in log, log[-3000:]
+    assert log.count("lsde-likelihood: error: config ddp.devices: srun started 2 processes, but ddp.devices x "
+                     "ddp.num_nodes = 1: each would do the whole run") == 2
+    assert "lsde-likelihood: error: config ddp: You set `--ntasks=2` in your SLURM bash script" in log
+    assert not list((workdir / "out").rglob("summary.json"))
 
 
 def release_after_requeue(slurm, job: str) -> None:
@@ -311,6 +329,11 @@ def submit_sh(slurm, cwd: Path, *args: str, env=None, timeout=120) -> str:
     (["bench", "--tasks"], "--tasks needs a value"),
     (["pipeline", "--bench"], "--bench needs a value"),
     (["pipeline", "--run", "exp:v2", "--bench", "data=toy2d"], "--run may hold letters, digits and . _ - + @ only"),
+    # what the job would refuse as it starts, refused before the wait in the queue
+    (["train", "experiment=toy2d", "trainer.max_stepz=10"], "the training config is not valid (above)"),
+    (["train", "ckpt_path=/nowhere/last.ckpt"], "the training config is not valid (above)"),
+    (["pipeline", "--train", "experiment=nosuch", "--bench", "data=toy2d"], "the training config is not valid"),
+    (["bench", "data=toy2d", "checkpoint=/nowhere/last.ckpt", "nfe=[10]"], "the sweep's config is not valid"),
 ])
 def test_submit_refuses_what_sbatch_would_take_and_get_wrong(slurm, workdir, args, message):
     """A time limit within the template's signal lead (the job would be signalled as it starts, or requeue itself
@@ -427,13 +450,13 @@ def test_one_task_of_a_bench_array_reruns_alone_with_its_own_cells(slurm, workdi
     task still takes shard 1 of 2, not an index out of range."""
     sweep = ["~samplers", "+sampler@samplers.ddim=ddim", "nfe=[5,10]", "noise_floor=false", "seeds.count=64",
              "batch_size=64", "progress=false", "wandb.enabled=false", f"results={workdir}/rerun.jsonl"]
-    out = submit_sh(slurm, workdir, "bench", "--tasks", "2", "--array=1", "--gpus=0", "--cpus-per-task=1",
-                    "--time=10", *sweep)
+    out = submit_sh(slurm, workdir, "bench", "--array=1", "--gpus=0", "--tasks=2", "--cpus-per-task=1",
+                    "--time=10", *sweep)  # --tasks among sbatch's options: submit.sh's, not sbatch's --ntasks
     job = out.split("bench array ")[1].split(":")[0]
     states = slurm.wait(job, timeout=300)
     log = (workdir / "outputs" / "slurm-logs" / f"lsde-bench-{job}_1.out").read_text()
     assert states == ["COMPLETED"], log[-5000:]
-    assert "1 in shard 1/2" in log, log[-3000:]
+    assert "1 in shard 1/2" in log and "1 node(s) x 1 task(s)" in log, log[-3000:]
     assert len({r["requested"] for r in load(workdir / "rerun.jsonl")}) == 1  # one of the two cells: task 1's
 
 
