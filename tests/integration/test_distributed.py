@@ -27,3 +27,23 @@ def test_launched_processes_share_work_then_destroy_their_group(tmp_path):
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank="))
     assert lines == ["rank=0 world=2 inside=True after=False parts=[0, 1]",
                      "rank=1 world=2 inside=True after=False parts=None"], proc.stdout
+
+
+def test_more_processes_started_than_the_settings_say_are_refused(monkeypatch):
+    """srun -n 2 / torchrun --nproc-per-node 2 of an app left at ddp.devices=1: each process did the whole run."""
+    import pytest
+
+    from lightning_sde.distributed import check_launcher_world
+
+    for key in ("SLURM_STEP_NUM_TASKS", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    check_launcher_world(1, 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"^config ddp.devices: the launcher \(WORLD_SIZE\) started 2 processes"):
+        check_launcher_world(1, 1)
+    check_launcher_world(2, 1)  # what they share
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    with pytest.raises(ValueError, match=r"^config ddp.devices: srun started 4 processes, but ddp.devices x "):
+        check_launcher_world(1, 1)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # srun -n 1 within a larger allocation
+    check_launcher_world(1, 1)
