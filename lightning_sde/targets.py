@@ -58,6 +58,11 @@ def check_one_target(cfg: DictConfig) -> bool:
     if not (has_ckpt or has_problem):
         raise ValueError("config checkpoint/problem: no target; set checkpoint=<path.ckpt> data=<its data>, or "
                          "problem=<name> (configs/problem/) with sde=<name>")
+    if not has_ckpt and cfg.get("data") is not None:  # it would be ignored: the exact problem is the data
+        problem = str(cfg.problem.get("_target_", "")).rsplit(".", 1)[-1]
+        raise ValueError(f"config data: goes with a checkpoint (the data it was trained on); the target here is the "
+                         f"exact problem {problem}, whose samples are its own: pick another with problem=<name> "
+                         f"(configs/problem/), or give checkpoint=<path.ckpt>")
     return has_ckpt
 
 

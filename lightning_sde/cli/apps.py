@@ -43,6 +43,10 @@ def override_error(app: str, argv: list[str]) -> str | None:
                                       "as a new key use ", 1)
         for first, arg in swept.items():
             message = message.replace(first, arg)
+        equals = [arg.split("=", 1) for arg in argv if "=" in arg.split("=", 1)[-1] and "'" not in arg]
+        if "mismatched input '='" in message and equals:  # a path such as best-step=300.ckpt
+            key, value = equals[0]
+            message += f"; quote a value that holds '=': \"{key}='{value}'\" (the double quotes for the shell)"
         return message
     return None if multirun else folder_error(cfg)
 

@@ -48,6 +48,9 @@ def is_count(value, least: int) -> bool:
 
 def check_values(cfg: DictConfig) -> None:
     """Every value named before anything is drawn (a bad one would fail mid-way, after some files were written)."""
+    for key in ("figures", "formats"):  # a string would be read as a list of its letters
+        if isinstance(cfg[key], str):
+            raise ValueError(f"config {key}: must be a list, e.g. {key}=[{cfg[key]}]; got the string {cfg[key]!r}")
     figures = list(cfg.figures or [])
     unknown = sorted(set(figures) - set(FIGURES))
     if unknown or not figures:
@@ -140,26 +143,30 @@ def run_app(cfg: DictConfig) -> None:
         denoiser = mixture.denoiser(sde_from_config(plain(cfg.sde)))
         tag = f"{denoiser.sde.name}_{problem}"
     out = Path(cfg.out)
-    written = []
+    written, skipped = [], []
     for name in figures:
         if name == "schematic":
             if mixture is None:
-                log.warning("schematic needs the exact mixture: skipped")
+                skipped.append("schematic needs the exact mixture")
+                log.warning("%s: skipped", skipped[-1])
                 continue
             fig = (schematic_1d if mixture.dim == 1 else schematic_2d)(mixture, denoiser.sde, cfg.paths_per_figure,
                                                                         cfg.seed)
             written += save(fig, out, f"schematic_{tag}", cfg.formats)
         elif name == "trajectories":
             if len(denoiser.shape) != 1 or denoiser.shape[0] > 2:
-                log.warning("trajectories are drawn for 1-D and 2-D data only: skipped")
+                skipped.append("trajectories are drawn for 1-D and 2-D data only")
+                log.warning("%s: skipped", skipped[-1])
                 continue
             written += save(trajectories_figure(denoiser, mixture, cfg.paths_per_figure, cfg.seed), out,
                             f"trajectories_{tag}", cfg.formats)
         elif name == "schedules":
-            written += save(schedules_figure(), out, "noise_schedules", cfg.formats)
+            written += save(schedules_figure(denoiser.sde), out, "noise_schedules", cfg.formats)
         else:
             fig = interpolation_figure(denoiser, mixture, cfg.interpolation.seeds, cfg.interpolation.n)
             written += save(fig, out, f"interpolation_{tag}", cfg.formats)
+    if not written:  # a script would take an exit 0 for the figures it asked for
+        raise ValueError(f"config figures: none of {figures} can be drawn for this target: {'; '.join(skipped)}")
     for path in written:
         print(path)
 

@@ -161,12 +161,17 @@ def _density_2d(ax, mixture, sde=None, t=None, lim: float = 6.0):
     ax.imshow(dens.numpy(), origin="lower", extent=(-lim, lim, -lim, lim), cmap="Greys", norm=PowerNorm(0.4))
 
 
-def schedules_figure():
+def schedules_figure(own=None):
+    """The three SDEs' schedules at their defaults, `own` (the run's SDE: an override's or a checkpoint's parameters,
+    or an SDE of the user's) in place of its class's."""
     t = torch.linspace(1e-5, 1.0, 500, dtype=torch.float64)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for name in ("ve", "vp", "subvp"):
-        sde = build_sde(name)
-        kw = {"color": SDE_COLORS[name], "label": f"{name.upper() if name != 'subvp' else 'sub-VP'} ({_params(sde)})",
+    sdes = {name: build_sde(name) for name in ("ve", "vp", "subvp")}
+    if own is not None:
+        sdes[own.name] = own
+    for name, sde in sdes.items():
+        shown = {"subvp": "sub-VP"}.get(name, name.upper())
+        kw = {"color": SDE_COLORS.get(name, "black"), "label": f"{shown} ({_params(sde)})" if _params(sde) else shown,
               "ls": "--" if name == "subvp" else "-"}  # sub-VP has VP's alpha_t: dashed, so both show
         axes[0].plot(t, sde.sigma(t) ** 2, **kw)
         axes[1].plot(t, sde.alpha(t), **kw)
@@ -180,9 +185,11 @@ def schedules_figure():
 
 
 def _params(sde) -> str:
-    if sde.name == "ve":
+    if hasattr(sde, "sigma_min") and hasattr(sde, "sigma_max"):
         return f"$\\sigma$ {sde.sigma_min:g}..{sde.sigma_max:g}"
-    return f"$\\beta$ {sde.beta_min:g}..{sde.beta_max:g}"
+    if hasattr(sde, "beta_min") and hasattr(sde, "beta_max"):
+        return f"$\\beta$ {sde.beta_min:g}..{sde.beta_max:g}"
+    return ""
 
 
 def interpolation_figure(denoiser, mixture, seeds, n: int):

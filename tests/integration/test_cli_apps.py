@@ -129,7 +129,9 @@ def test_figures_of_a_checkpoint_draw_its_own_datas_density_and_refuse_another_p
     exact = tmp_path / "exact" / "schematic_vp_eight_gaussians.png"
     assert own[0].read_bytes() == exact.read_bytes(), proc.stderr[-2000:]
     proc = _cli("lightning_sde.cli.figures", f"checkpoint={rm}", *common[1:], f"out={tmp_path}/rm")  # 3-D: no density
-    assert proc.returncode == 0 and "schematic needs the exact mixture: skipped" in proc.stdout, proc.stderr[-2000:]
+    assert "schematic needs the exact mixture: skipped" in proc.stdout, proc.stderr[-2000:]
+    assert proc.returncode == 1 and "config figures: none of ['schematic'] can be drawn for this target: schematic " \
+        "needs the exact mixture" in proc.stderr and not (tmp_path / "rm").exists()  # exit 0 with nothing drawn
 
 
 @pytest.mark.slow
@@ -414,6 +416,11 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
     assert "Did you mean 'samplers.ddim.steps'?" in override_error("bench", ["samplers.ddim.stepz=3"])
     assert "Did you mean 'nfe'?" in override_error("bench", ["nfee=3", "seeds.count=5"])
     assert "Did you mean" not in override_error("train", ["trainer.qqqqq=1"])  # nothing near: Hydra's advice alone
+    # a best checkpoint's name holds '=': Hydra's parse error alone named neither the argument nor the quoting
+    assert override_error("bench", ["checkpoint=/runs/x/best-step=300.ckpt", "data=toy2d"]).endswith(
+        "mismatched input '=' expecting <EOF>; quote a value that holds '=': \"checkpoint='/runs/x/best-step=300.ckpt'"
+        "\" (the double quotes for the shell)")
+    assert "quote a value" not in override_error("bench", ["nfe=[1,2", "data=a=b"])  # another parse error
     assert added_key_error("bench", ["+paths.rot=/tmp/x"]).startswith("paths.rot: lsde-bench's config has no such key")
     assert added_key_error("bench", ["paths.root=/tmp/x"]) is None
     # never the key itself: callbacks.sampler.samplers is ${samplers}, the key is there

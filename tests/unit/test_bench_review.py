@@ -168,6 +168,15 @@ def test_two_later_targets_alike_in_short_name_keep_their_own_wandb_keys(tmp_pat
         "best/" + k: v for k, v in zip(keys, (0.1, 0.2, 0.3), strict=True)}
 
 
+def test_data_without_a_checkpoint_is_refused_not_ignored(tmp_path):
+    """`lsde-compare data=toy2d data.name=swiss_roll` compared the samplers on the default problem (8 Gaussians) and
+    exited 0: the data group only names a checkpoint's data."""
+    with pytest.raises(ValueError, match=r"^config data: goes with a checkpoint \(the data it was trained on\); the "
+                                         r"target here is the exact problem eight_gaussians"):
+        sweep(tmp_path, "data=toy2d", "data.name=swiss_roll")
+    assert not (tmp_path / "results.jsonl").exists()
+
+
 def test_a_tuned_cells_wandb_row_says_what_ran_and_what_tuning_it_cost(tmp_path, monkeypatch):
     """grid=select's cells showed only their configured parameters (order 3, no Gaussian start) on W&B, not the
     configuration chosen and run (the results file's `selected`)."""

@@ -512,6 +512,8 @@ def test_the_progress_bar_is_on_for_a_terminal_and_off_for_a_log_file(tmp_path, 
     ("interpolation.seeds=[a,b]", "config interpolation: needs two seeds (integers >= 0) and n >= 2"),
     ("figures=[]", "config figures: empty; choose from"),
     ("formats=[]", "config formats: empty; choose from png, pdf, svg"),
+    ("figures=schedules", "config figures: must be a list, e.g. figures=[schedules]; got the string 'schedules'"),
+    ("formats=svg", "config formats: must be a list, e.g. formats=[svg]"),  # read as ['s', 'v', 'g']
     ("guidance=3.0", "config guidance: needs a class-conditional checkpoint"),
 ])
 def test_lsde_figures_names_a_bad_value_before_drawing_anything(override, message):

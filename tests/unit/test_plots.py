@@ -283,3 +283,16 @@ def test_a_checkpoints_noise_floor_is_called_real_samples_not_exact_ones():
         (legend,) = fig.legends
         assert [t.get_text() for t in legend.get_texts() if t.get_text().startswith("noise")] == [expected]
         plt.close(fig)
+
+
+def test_the_schedules_figure_draws_the_runs_sde_with_its_parameters_in_place_of_its_class_defaults():
+    """`lsde-figures sde=ve sde.sigma_max=80 figures=[schedules]` drew and labelled VE's default sigma_max 50."""
+    from lightning_sde.plotting.chapter import schedules_figure
+    from lightning_sde.sde import VESDE
+
+    fig = schedules_figure(VESDE(sigma_max=80.0))
+    variance = fig.axes[0]
+    assert [t.get_text() for t in variance.get_legend().get_texts()] == [
+        "VE ($\\sigma$ 0.01..80)", "VP ($\\beta$ 0.1..20)", "sub-VP ($\\beta$ 0.1..20)"]
+    assert variance.lines[0].get_ydata()[-1] == pytest.approx(80.0 ** 2, rel=1e-9)
+    plt.close(fig)
