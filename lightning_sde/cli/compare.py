@@ -5,7 +5,8 @@
     lsde-compare '~samplers.pc_1000' samplers.ddim_50.eta=1.0
 
 It is lsde-bench with configs/compare.yaml (every sampler as configured, the exact-sample noise floor as a row):
-a table of NFE, time and distances to the data, and `results.*` and `samples.png` in its output folder.
+a table of NFE, time and distances to the data, and `results.*` and `samples.png` (points of 2 or more
+coordinates, or images: 1-D samples have no scatter) in its output folder.
 """
 
 from __future__ import annotations
