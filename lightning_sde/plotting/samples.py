@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from lightning_sde.plotting.style import outside, robust_limits, save_atomically  # noqa: E402
+from lightning_sde.plotting.style import outside, outside_note, robust_limits, save_atomically  # noqa: E402
 
 
 def drawable(sample_shape) -> bool:
@@ -37,8 +37,8 @@ def scatter_grid(panels: dict[str, Tensor], path: Path, cols: int = 4) -> Path:
         ax.scatter(shown[:, 0], shown[:, 1], s=1, alpha=0.4, color="black" if title == "data" else "tab:blue",
                    rasterized=True)
         if out.any():
-            ax.text(0.02, 0.02, f"{int(out.sum())} of {len(x)} outside", transform=ax.transAxes, fontsize=7,
-                    color="tab:red", va="bottom")
+            ax.text(0.02, 0.02, outside_note(x, out), transform=ax.transAxes, fontsize=7, color="tab:red",
+                    va="bottom")
         ax.set(title=title, xlim=limits[0], ylim=limits[1], aspect="equal")
         ax.tick_params(labelsize=7)
     return save_atomically(fig, path, bbox_inches="tight")  # equal-aspect panels: constrained layout alone can clip

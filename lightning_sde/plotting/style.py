@@ -128,5 +128,12 @@ def outside(x: torch.Tensor, limits) -> torch.Tensor:
     return ~inside
 
 
-__all__ = ["choose_yscale", "metric_label", "metric_name", "metric_title", "natural", "outside", "palette",
-           "plain_log_axis", "robust_limits", "sampler_styles", "save_atomically"]
+def outside_note(x: torch.Tensor, out: torch.Tensor) -> str:
+    """What a scatter panel leaves out (`out`: outside's mask): `3 of 500 outside; 2 of 500 not finite`."""
+    nonfinite = int((~torch.isfinite(x[:, :2].detach())).any(1).sum())
+    said = [f"{int(out.sum()) - nonfinite} of {len(x)} outside"] if int(out.sum()) > nonfinite else []
+    return "; ".join(said + ([f"{nonfinite} of {len(x)} not finite"] if nonfinite else []))
+
+
+__all__ = ["choose_yscale", "metric_label", "metric_name", "metric_title", "natural", "outside", "outside_note",
+           "palette", "plain_log_axis", "robust_limits", "sampler_styles", "save_atomically"]

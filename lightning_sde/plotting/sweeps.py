@@ -31,6 +31,7 @@ from lightning_sde.plotting.style import (  # noqa: E402
     metric_title,
     natural,
     outside,
+    outside_note,
     plain_log_axis,
     robust_limits,
     sampler_styles,
@@ -159,7 +160,7 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict, relative: bo
         title += f" (log axis beyond ±{linthresh:g})"
     ax.set_xscale("log")
     plain_log_axis(ax.xaxis)
-    nfes = sorted({float(r["nfe"]) for pts in by_sampler.values() for r in pts})
+    nfes = sorted({float(r["nfe"]) for pts in by_sampler.values() for r in pts} | {float(r["nfe"]) for r in diverged})
     label = lambda v: f"{v:.0f}" if v >= 100 else f"{v:.3g}"  # noqa: E731
     lo, hi = ax.get_xlim()
     points_a_decade = ax.get_position().width * ax.figure.get_figwidth() * 72 / max(math.log10(hi / lo), 1e-9)
@@ -281,8 +282,8 @@ def samples_figure(panels: dict[str, dict[str, torch.Tensor]], reference: torch.
             shown = x[~out].float()
             ax.scatter(shown[:, 0], shown[:, 1], s=1, color="tab:blue", alpha=0.6, rasterized=True)
             if out.any():
-                ax.text(0.02, 0.02, f"{int(out.sum())} of {len(x)} outside", transform=ax.transAxes, fontsize=6,
-                        color="tab:red", va="bottom")
+                ax.text(0.02, 0.02, outside_note(x, out), transform=ax.transAxes, fontsize=6, color="tab:red",
+                        va="bottom")
             ax.set(xlim=limits[0], ylim=limits[1], aspect="equal")
             ax.tick_params(labelsize=6)
     what = ("the first samples of every cell (same seeds)" + ("" if images or first.shape[1] == 2 else

@@ -2,6 +2,8 @@
 samplers told apart, the legend outside the panels, intervals drawn, scatter limits that a diverged sampler cannot
 blow up."""
 
+import math
+
 import matplotlib.pyplot as plt
 import pytest
 import torch
@@ -79,14 +81,16 @@ def test_y_scale_follows_the_spread_of_the_values():
 def test_scatter_limits_come_from_the_data_not_from_a_diverged_sampler(tmp_path):
     gen = torch.Generator().manual_seed(0)
     data = torch.randn(500, 2, generator=gen)
-    diverged = torch.cat([torch.randn(490, 2, generator=gen), torch.full((10, 2), 1e6)])
+    diverged = torch.cat([torch.randn(488, 2, generator=gen), torch.full((10, 2), 1e6), torch.full((2, 2), math.nan)])
     (x0, x1), (y0, y1) = robust_limits(data)
     assert -6 < x0 < -2 and 2 < x1 < 6 and x1 - x0 == pytest.approx(y1 - y0)
     fig = samples_figure({"em": {"nfe 10": diverged}}, reference=data)
     ax = fig.axes[0]
     assert ax.get_xlim() == pytest.approx((x0, x1)) and len(ax.get_xticks()) > 0
     (note,) = [t.get_text() for t in ax.texts if "outside" in t.get_text()]
-    assert note.endswith("of 500 outside") and 10 <= int(note.split()[0]) <= 15  # the 10 diverged (+ a far tail)
+    far, nonfinite = note.split("; ")  # the samples.png of a diverged sampler said "64 of 64 outside" for NaNs
+    assert far.endswith("of 500 outside") and 10 <= int(far.split()[0]) <= 15  # the 10 diverged (+ a far tail)
+    assert nonfinite == "2 of 500 not finite"
     plt.close(fig)
     path = scatter_grid({"data": data, "em": diverged}, tmp_path / "s.png")
     assert path.stat().st_size > 5_000
@@ -145,6 +149,7 @@ def test_only_samplers_that_share_an_nfe_are_moved_aside_and_a_diverged_cell_is_
     assert a[1] < 10 < b[0] and a[1] * b[0] == pytest.approx(100)  # the shared NFE: side by side around it
     (cross,) = [line for line in ax.get_lines() if line.get_marker() == "x"]
     assert list(cross.get_xdata()) == [5] and list(cross.get_ydata()) == [0.97]  # at the top of the panel
+    assert 5 in ax.xaxis.get_majorticklocs()  # its NFE labelled too, as the others'
     (legend,) = fig.legends
     assert any(t.get_text().startswith("diverged") for t in legend.get_texts())
     plt.close(fig)
