@@ -150,8 +150,11 @@ def run_app(cfg: DictConfig) -> None:
                 skipped.append("schematic needs the exact mixture")
                 log.warning("%s: skipped", skipped[-1])
                 continue
-            fig = (schematic_1d if mixture.dim == 1 else schematic_2d)(mixture, denoiser.sde, cfg.paths_per_figure,
-                                                                        cfg.seed)
+            if mixture.dim == 1:  # the reverse paths: a checkpoint's own score
+                fig = schematic_1d(mixture, denoiser.sde, cfg.paths_per_figure, cfg.seed,
+                                   model=denoiser if cfg.checkpoint else None)
+            else:
+                fig = schematic_2d(mixture, denoiser.sde, cfg.paths_per_figure, cfg.seed)
             written += save(fig, out, f"schematic_{tag}", cfg.formats)
         elif name == "trajectories":
             if len(denoiser.shape) != 1 or denoiser.shape[0] > 2:

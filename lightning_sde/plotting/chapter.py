@@ -82,17 +82,21 @@ def _heat(ax, dens, t_grid, x_grid):
               extent=(float(t_grid[0]), float(t_grid[-1]), float(x_grid[0]), float(x_grid[-1])))
 
 
-def schematic_1d(mixture, sde, n_paths: int, seed: int):
+def schematic_1d(mixture, sde, n_paths: int, seed: int, model=None):
+    """The forward SDE's paths over the exact p_t(x), and the reverse SDE's: with the exact score, or with `model`'s
+    (a trained denoiser of this data) where given."""
     x_grid = torch.linspace(-5, 5, 300, dtype=torch.float64)
     t_grid = torch.linspace(sde.eps, sde.T, 200, dtype=torch.float64)
     dens = density_map(mixture, sde, x_grid, t_grid)
     g = torch.Generator().manual_seed(seed)
     t_f, x_f = forward_paths(sde, mixture.sample(n_paths, g), 500, g)
-    t_r, x_r = trajectory(build_sampler("euler_maruyama", steps=500), mixture.denoiser(sde),
+    t_r, x_r = trajectory(build_sampler("euler_maruyama", steps=500), model or mixture.denoiser(sde),
                           range(seed, seed + n_paths))
+    t_r, x_r = t_r.double(), x_r.double()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    reverse = "reverse SDE: noise $\\to$ data" + (", the model's score" if model is not None else "")
     for ax, t, x, title, color in ((left, t_f, x_f, "forward SDE: data $\\to$ noise", "tab:blue"),
-                                   (right, t_r, x_r, "reverse SDE: noise $\\to$ data", "tab:orange")):
+                                   (right, t_r, x_r, reverse, "tab:orange")):
         _heat(ax, dens, t_grid, x_grid)
         ax.plot(t.numpy(), x[..., 0].numpy(), color=color, lw=0.8, alpha=0.85)
         ax.set(title=title, xlabel="t", xlim=(0, sde.T), ylim=(-5, 5))

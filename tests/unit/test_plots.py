@@ -301,3 +301,24 @@ def test_the_schedules_figure_draws_the_runs_sde_with_its_parameters_in_place_of
         "VE ($\\sigma$ 0.01..80)", "VP ($\\beta$ 0.1..20)", "sub-VP ($\\beta$ 0.1..20)"]
     assert variance.lines[0].get_ydata()[-1] == pytest.approx(80.0 ** 2, rel=1e-9)
     plt.close(fig)
+
+
+def test_a_checkpoints_1d_schematic_draws_its_reverse_paths_with_its_own_score():
+    """The schematic of a checkpoint (named after it) drew the reverse paths of the exact score."""
+    from lightning_sde.exact import gaussians_1d
+    from lightning_sde.module import ScoreModule
+    from lightning_sde.plotting.chapter import schematic_1d
+    from lightning_sde.sde import VPSDE
+
+    mixture, sde = gaussians_1d(), VPSDE()
+    torch.manual_seed(0)
+    model = ScoreModule(net={"_target_": "lightning_sde.models.mlp.MLP", "dim": 1, "width": 16, "depth": 2},
+                        sde={"_target_": "lightning_sde.sde.VPSDE"}, shape=[1]).denoiser.eval()
+    paths = {}
+    for key, given in (("exact", None), ("model", model)):
+        fig = schematic_1d(mixture, sde, 3, 0, model=given)
+        reverse = fig.axes[1]
+        paths[key] = [line.get_ydata() for line in reverse.get_lines()]
+        assert reverse.get_title().endswith(", the model's score") == (given is not None)
+        plt.close(fig)
+    assert len(paths["model"]) == 3 and not any((a == b).all() for a, b in zip(paths["exact"], paths["model"]))
