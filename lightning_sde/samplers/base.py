@@ -133,6 +133,9 @@ class Sampler:
     name: ClassVar[str]
     gaussian_start: float | None = None  # start where data std / noise std = this ratio (schedule.py); None: at T
     gaussian_start_kl: float | None = None  # or where the Gaussian fit's KL bound is this many nats (models/moments.py)
+    # end with one more NFE, x <- E[x0 | x_eps] (the prediction of x0 at eps): removes the noise of sigma(eps) left in
+    # the samples, as score_sde's noise_removal and EDM's last step to sigma = 0 do; a fixed-step budget keeps one NFE
+    denoise: bool = False
 
     def __post_init__(self):
         check_sampler_class(type(self))
@@ -169,7 +172,10 @@ class Sampler:
         return dataclasses.replace(self, rtol=float(tol), atol=float(tol))
 
     def params(self) -> dict:
-        return dataclasses.asdict(self)
+        params = dataclasses.asdict(self)
+        if not params.get("denoise"):  # off, the default: no part of a row's key, as before the option
+            params.pop("denoise", None)
+        return params
 
     # --- running -------------------------------------------------------------------------------------------------
     def __call__(
@@ -199,7 +205,7 @@ class Sampler:
             nfe_before = denoiser.nfe
             _synchronize(x_T)
             start = time.perf_counter()
-            total = None if self.adaptive else self.steps * self.nfe_per_step
+            total = None if self.adaptive else self.steps * self.nfe_per_step + self.denoise
             with tqdm(total=total, desc=self.name, unit="nfe", disable=not progress, leave=False) as bar:
                 def on_step(i: int, t: Tensor, x: Tensor) -> None:
                     bar.update(denoiser.nfe - nfe_before - bar.n)
@@ -212,6 +218,8 @@ class Sampler:
                 raise TypeError(f"sampler {self.name!r}: run() must return (x, info dict); got "
                                 f"{type(out).__name__}")
             x, extra = out
+            if self.denoise:
+                x = denoiser(x, denoiser.sde.eps).x0
             _synchronize(x)
         info = {"sampler": self.name, "nfe": denoiser.nfe - nfe_before, "wall_s": time.perf_counter() - start}
         if resolved.start < denoiser.sde.T:
@@ -225,11 +233,12 @@ class Sampler:
                              "return other keys only")
         info.update(extra)
         spent = None if self.adaptive else (type(self), self.steps, info["nfe"])
-        if spent is not None and info["nfe"] != self.steps * self.nfe_per_step and spent not in _UNEXPECTED_NFE:
+        expected = None if self.adaptive else self.steps * self.nfe_per_step + self.denoise
+        if spent is not None and info["nfe"] != expected and spent not in _UNEXPECTED_NFE:
             _UNEXPECTED_NFE.add(spent)  # once per class, steps and cost: not at every batch
-            log.warning("sampler %r took %d NFE for %d steps, not %d x nfe_per_step = %d: its NFE budget (nfe=%d "
+            log.warning("sampler %r took %d NFE for %d steps, not %d x nfe_per_step%s = %d: its NFE budget (nfe=%d "
                         "in a sweep) is not what it spends; set its nfe_per_step", self.name, info["nfe"],
-                        self.steps, self.steps, self.steps * self.nfe_per_step, self.steps * self.nfe_per_step)
+                        self.steps, self.steps, " + 1 (denoise)" if self.denoise else "", expected, expected)
         return x, info
 
     def run(self, denoiser: Denoiser, x: Tensor, plan: Plan, noise, on_step: OnStep | None) -> tuple[Tensor, dict]:
@@ -272,7 +281,7 @@ class FixedStepSampler(Sampler):
             return super().at_nfe(nfe)  # raises: adaptive samplers sweep tolerances
         if self.times is not None:
             raise ValueError(f"{self.name}: explicit times fix the number of steps; leave times unset to sweep NFE")
-        steps = int(nfe) // self.nfe_per_step
+        steps = (int(nfe) - self.denoise) // self.nfe_per_step  # denoise: one NFE of the budget is its own
         return dataclasses.replace(self, steps=steps) if steps - (self.steps - self.intervals) >= 1 else None
 
     def step(self, denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, noise, last: bool, state: dict) -> Tensor:

@@ -213,3 +213,39 @@ def test_generate_takes_seeds_as_any_iterable_and_refuses_an_empty_set_or_a_bad_
                                        (range(5), -1, "batch_size must be an integer >= 1")]:
         with pytest.raises(ValueError, match=message):
             generate(ddim, den, seeds, batch_size, "cpu", torch.float64)
+
+
+@pytest.mark.parametrize("name, params", [("pc", {"steps": 200}), ("ddim", {"steps": 50}), ("heun", {"steps": 25}),
+                                          ("ode", {"method": "dopri5", "rtol": 1e-6, "atol": 1e-6})])
+def test_denoise_removes_the_noise_left_at_eps_for_one_more_nfe(name, params):
+    """Samples end at t = eps with noise sigma(eps) in them (0.02 under the CIFAR-10 VE settings, ~2.5 levels of 8-bit
+    data); score_sde's noise_removal returns E[x0 | x_eps]. Point-like modes: the exact posterior mean is the mode."""
+    from lightning_sde.exact import GaussianMixture
+
+    means = torch.tensor([[2.0, 0, 0, 0], [-2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, -2.0, 0, 0]], dtype=torch.float64)
+    points = GaussianMixture(means, stds=torch.full((4,), 1e-3))
+    sde = VESDE(sigma_min=0.02, sigma_max=100.0, eps=1e-5)
+    seeds = range(64)
+
+    def run(denoise):
+        den = points.denoiser(sde)
+        x, info = sample(build_sampler(name, **params, denoise=denoise), den, seeds)
+        return x, info, den
+
+    def to_modes(x):  # RMS distance to the nearest mode
+        return torch.cdist(x.double(), means).min(1).values.pow(2).mean().sqrt().item()
+
+    (noisy, plain, _), (clean, info, den) = run(False), run(True)
+    assert to_modes(noisy) == pytest.approx(sde.sigma(torch.tensor(sde.eps)).item() * 2, rel=0.25)  # sqrt(d) sigma
+    assert to_modes(clean) < 2e-3  # the modes' own std
+    assert info["nfe"] == plain["nfe"] + 1 == den.nfe  # counted
+    assert torch.equal(clean, points.denoiser(sde)(noisy, sde.eps).x0)  # exactly that prediction, nothing else
+
+
+def test_a_denoised_samplers_budget_keeps_its_last_nfe_and_its_key_says_so():
+    plain, denoised = build_sampler("dpmpp", steps=5), build_sampler("dpmpp", steps=5, denoise=True)
+    assert plain.at_nfe(10).steps == 10 and denoised.at_nfe(10).steps == 9  # equal NFE: one of the 10 denoises
+    assert denoised.at_nfe(1) is None
+    assert "denoise" not in plain.params() and denoised.params()["denoise"] is True  # older rows keep their keys
+    x, info = sample(denoised.at_nfe(10), MIX.denoiser(VPSDE()), range(8))
+    assert info["nfe"] == 10
