@@ -97,11 +97,17 @@ bench_array() {
     echo "[lsde] the sweep has $cells cells: $n array tasks${throttle:+, at most $throttle at once}" >&2
 }
 
-# check_train OVERRIDES...: the training job's command line checked here, as the job checks it before it reads data
-# (lsde-train check): a typo or a missing checkpoint fails now, not after the wait in the queue.
+# check_train "SBATCH_OPTIONS" OVERRIDES...: the training job's command line checked here, as the job checks it
+# before it reads data (lsde-train check), with the trainer train.sbatch gives it: a typo or a missing checkpoint
+# fails now, not after the wait in the queue; under a --dependency the checkpoints may be the earlier job's to write.
 check_train() {
+    local options=$1 planned="" trainer=${LSDE_TRAINER:-ddp}
+    shift
+    [[ " $options " == *" --dependency="* ]] && planned=--planned
+    [[ $options =~ --export=[^\ ]*LSDE_TRAINER=([A-Za-z0-9_]+) ]] && trainer=${BASH_REMATCH[1]}
     lsde_check_python "$(login_python)" || exit 2
-    "$(login_python)" -m lightning_sde.cli.train check "$@" >/dev/null || die "the training config is not valid (above)"
+    "$(login_python)" -m lightning_sde.cli.train check $planned "trainer=$trainer" "$@" >/dev/null \
+        || die "the training config is not valid (above)"
 }
 
 split_args() {  # sets SBATCH_OPTS and OVERRIDES from the arguments
@@ -124,7 +130,7 @@ case "$command" in
 train)
     split_args "$@"
     check_time train.sbatch ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}
-    check_train ${OVERRIDES[@]+"${OVERRIDES[@]}"}
+    check_train "${SBATCH_OPTS[*]-}" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
     job=$(submit "%x-%j" train.sbatch ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} -- ${OVERRIDES[@]+"${OVERRIDES[@]}"})
     echo "train job $job: log $LOGS/lsde-train-$job.out; run directory $PWD/outputs/train/<run_name> (the job id" \
          "unless run_name= is given)"
@@ -179,7 +185,7 @@ pipeline)
     check_time train.sbatch ${train_opts[@]+"${train_opts[@]}"}
     check_time bench.sbatch ${bench_opts[@]+"${bench_opts[@]}"}
     bench_args=("checkpoint=$run_dir/checkpoints/last.ckpt" "name=$run" "results=$results" ${bench_args[@]+"${bench_args[@]}"})
-    check_train ${train_args[@]+"${train_args[@]}"} "run_name=$run" "run_dir=$run_dir"
+    check_train "${train_opts[*]-}" ${train_args[@]+"${train_args[@]}"} "run_name=$run" "run_dir=$run_dir"
     bench_array "$tasks" "$throttle" ${bench_args[@]+"${bench_args[@]}"}
     train_job=$(submit "%x-%j" train.sbatch ${train_opts[@]+"${train_opts[@]}"} -- \
         ${train_args[@]+"${train_args[@]}"} "run_name=$run" "run_dir=$run_dir")

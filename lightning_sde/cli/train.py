@@ -715,6 +715,14 @@ def report(cfg: DictConfig, trainer) -> None:
     log.info("\n".join(lines))
 
 
+def tell_offline_sync(cfg: DictConfig) -> None:
+    """After a failure: the command that syncs the run's offline W&B folders (W&B's own closing lines are off), where
+    it has any; the failure itself is in their summary."""
+    wandb_dir = Path(cfg.run_dir).resolve() / "wandb"
+    if launched_first() and any(wandb_dir.glob(f"offline-run-*-{cfg.run_name}")):
+        log.info("W&B (offline): sync the failed run's record with: %s", sync_command(wandb_dir, cfg.run_name))
+
+
 def forget_failed_start(cfg: DictConfig) -> None:
     """After a failure before training: a run directory that Hydra has just made (nothing in it but its own files)
     is removed, so that nothing mistakes it for a run; an existing run's directory keeps the error in its log."""
@@ -740,6 +748,8 @@ def run_app(cfg: DictConfig) -> None:
     except BaseException as err:  # a diverged loss, a bad file, a bug: W&B shows the run failed, and why
         code = exit_status(err)
         error = f"{type(err).__name__}: {from_worker(str(err))}" if code else None
+        if code:
+            tell_offline_sync(cfg)
         raise
     finally:
         if not finish_wandb(code, error) and code and error is None:  # its service died with the job: W&B's exit
@@ -764,15 +774,17 @@ def exit_status(err: BaseException) -> int:
 
 
 def check_main(overrides: list[str]) -> None:
-    """`lsde-train check OVERRIDES`: what a job checks of its command line before it reads data or looks for a GPU
-    (the overrides compose, the run's values, the checkpoints it names are there and lsde-train's), on a login node:
-    slurm/submit.sh runs it before sbatch, so that a typo fails there, not after a wait in the queue. Exit 1 with
-    the job's one-line error."""
+    """`lsde-train check [--planned] OVERRIDES`: what a job checks of its command line before it reads data or looks
+    for a GPU (the overrides compose, the run's values, the checkpoints it names are there and lsde-train's; with
+    --planned, those not there yet are a job's to write), on a login node: slurm/submit.sh runs it before sbatch, so
+    that a typo fails there, not after a wait in the queue. Exit 1 with the job's one-line error."""
     from hydra import compose, initialize_config_module
 
     from lightning_sde.cli.apps import added_key_error, one_line, override_error
     from lightning_sde.configuration import CONFIG_PACKAGE
 
+    planned = overrides[:1] == ["--planned"]  # the checkpoints named may be written by a job still to run
+    overrides = overrides[1:] if planned else overrides
     error = override_error("train", overrides) or added_key_error("train", overrides)
     if error:
         fail("lsde-train check", error)
@@ -780,15 +792,17 @@ def check_main(overrides: list[str]) -> None:
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         check_run_values(cfg)
-        if cfg.ckpt_path not in (None, "last"):
-            if not Path(cfg.ckpt_path).is_file():
-                raise ValueError(f"config ckpt_path: no checkpoint at {cfg.ckpt_path!r} (use a path, 'last' or null)")
+        named = {"ckpt_path": cfg.ckpt_path if cfg.ckpt_path != "last" else None, "init_from": cfg.get("init_from")}
+        for key, path in named.items():
+            if path is None or planned and not Path(path).exists():
+                continue
+            if not Path(path).is_file():
+                raise ValueError(f"config {key}: no checkpoint at {path!r}" + (
+                    " (use a path, 'last' or null)" if key == "ckpt_path" else ""))
             try:
-                resume_step(cfg.ckpt_path)
+                resume_step(path) if key == "ckpt_path" else read_checkpoint(path)
             except ValueError as err:
-                raise ValueError(f"config ckpt_path: {err}") from None
-        if cfg.get("init_from") is not None and not Path(cfg.init_from).is_file():
-            raise ValueError(f"config init_from: no checkpoint at {cfg.init_from!r}")
+                raise ValueError(f"config {key}: {err}") from None
     except (ValueError, HydraException, OmegaConfBaseException) as err:  # a bad override or value
         fail("lsde-train check", one_line(err))
     print("the training config is valid (data and devices are checked when the job starts)")

@@ -116,6 +116,8 @@ def test_a_nan_loss_stops_training_names_the_step_and_saves_nothing_bad(tmp_path
     assert "lsde-train failed: NonFiniteError: training stopped: at step" in (run / "train.log").read_text()
     info = run_info(find_run(run / "wandb"))
     assert info["exit_code"] == 1 and info["summary"]["error"].startswith("NonFiniteError: training stopped: at step")
+    # W&B's closing lines are off: the sync command of the failed run is lsde-train's (it was not printed at all)
+    assert f"sync the failed run's record with: wandb sync {run.resolve()}/wandb/offline-run-*-nan" in out, out
     for ckpt in (run / "checkpoints").glob("*.ckpt"):  # whatever was written before is finite
         state = torch.load(ckpt, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
