@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_sde.configuration import build
@@ -215,7 +215,9 @@ class SamplerCallback(L.Callback):
             values = broadcast_from_zero(values)
             for key, value in values.items():  # for ModelCheckpoint's monitor, the same value on every rank
                 pl_module.log(f"val/{label}/{key}", value, sync_dist=False, logger=False)
-            self.last_rows[label] = {"step": trainer.global_step, "sampler": label, **values}
+            tuned = {} if samples is None or not samples.setup_nfe else {  # grid=select: its choice and its cost
+                "setup_nfe": samples.setup_nfe, "selected": samples.selected}
+            self.last_rows[label] = {"step": trainer.global_step, "sampler": label, **values, **tuned}
         if trainer.is_global_zero:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.kind == "points" and drawable(tuple(denoiser.shape)):  # 1-D points have no scatter
@@ -254,7 +256,7 @@ class SamplerCallback(L.Callback):
 
     def table(self) -> str:
         rows = list(self.last_rows.values())
-        columns = ["sampler", "nfe", "wall_s", *self.metrics, "n_nonfinite"]
+        columns = ["sampler", "nfe", "wall_s", *self.metrics, "n_nonfinite", "setup_nfe", "selected"]
         return text_table(rows, [c for c in columns if any(c in r for r in rows)])
 
     def _log_metrics(self, trainer) -> None:
@@ -267,6 +269,8 @@ class SamplerCallback(L.Callback):
             logger.log_metrics(flat, step=step)
             if isinstance(logger, WandbLogger):
                 self._wandb_charts(logger, step)
+            elif isinstance(logger, CSVLogger):  # on disk now: a last.ckpt written at this step before the evaluation
+                logger.save()  # is resumed from without redoing it, so rows kept in memory would be lost to a kill
 
     def _wandb_charts(self, logger, step: int) -> None:
         try:
@@ -326,8 +330,8 @@ class SamplerCallback(L.Callback):
 
 
 # In sampler_metrics.csv, not charted: the configured sample count (a flat line per sampler; the noise floor's
-# NFE and time are 0 too)
-UNCHARTED = ("n_samples",)
+# NFE and time are 0 too), and what a grid=select sampler chose on its pilot and that pilot's NFE (rank 0's)
+UNCHARTED = ("n_samples", "setup_nfe", "selected")
 
 
 def best_values(path, metrics) -> dict[str, tuple[float, int]]:

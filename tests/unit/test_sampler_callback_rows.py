@@ -352,3 +352,46 @@ def test_a_resume_with_other_metrics_keeps_every_value_in_its_column(tmp_path):
         ("100", "0.3", "0.2", "", "0.5"), ("200", "", "0.1", "", "0.5"), ("300", "", "0.09", "0.05", "0.5")]
     assert sampler_callback.best_values(tmp_path / "sampler_metrics.csv", ["sliced_w2"]) == {
         "best/ddim/sliced_w2": (0.09, 300)}
+
+
+def test_a_tuned_samplers_row_records_its_choice_and_its_pilots_nfe(tmp_path, drawn, info_log, one_thread):
+    """grid=select (the recommended preset) chose its configuration on a pilot at each evaluation, and the callback's
+    table, sampler_metrics.csv and W&B kept only its NFE: which configuration an evaluation used was in a log line."""
+    from lightning_sde.samplers import UniPC
+
+    tuned = UniPC(steps=4, grid="select", pilot=32, select_over={"order": [1, 2]})
+    wandb = RecordingWandb()
+    callback = SamplerCallback({"rec": tuned, "ddim": DDIM(steps=4)}, n_samples=16, batch_size=16, metrics=["mmd"])
+    fit(tmp_path, callback, loggers=[wandb])
+    row = callback.last_rows["rec"]
+    assert row["setup_nfe"] > 0 and row["selected"].startswith(("uniform", "logsnr", "quadratic", "trailing", "karras"))
+    assert "order=" in row["selected"] and "setup_nfe" not in callback.last_rows["ddim"]
+    with open(tmp_path / "samples" / "sampler_metrics.csv", newline="") as fh:
+        written = {r["sampler"]: r for r in csv.DictReader(fh)}
+    assert written["rec"]["selected"] == row["selected"] and float(written["rec"]["setup_nfe"]) == row["setup_nfe"]
+    (message,) = [m for m in info_log if m.startswith("sampler evaluation at step 2:")]
+    assert "selected" in message.splitlines()[1] and row["selected"].split(",")[0] in message
+    assert not [k for _, m in wandb.metrics for k in m if k.endswith(("/selected", "/setup_nfe"))]  # no flat charts
+
+
+def test_an_evaluations_rows_are_on_disk_in_the_csv_log_as_soon_as_it_is_logged(tmp_path, drawn, one_thread):
+    """Lightning's CSVLogger held them until it next logged (log_every_n_steps): a kill after an evaluation at the
+    step of a last.ckpt written before it (resumed from without redoing it) lost them for good, W&B backfill too."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    class OnDisk(L.Callback):
+        seen = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 3:  # after the evaluation at step 2, before anything else is logged
+                with open(tmp_path / "csv" / "version_0" / "metrics.csv", newline="") as fh:
+                    OnDisk.seen = [r for r in csv.DictReader(fh) if r.get("val/ddim/mmd")]
+
+    callback = SamplerCallback({"ddim": DDIM(steps=3)}, n_samples=16, batch_size=16, metrics=["mmd"])
+    trainer = L.Trainer(max_steps=4, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
+                        callbacks=[callback, OnDisk()], logger=[CSVLogger(tmp_path, name="csv")], log_every_n_steps=50,
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                        accelerator="cpu")
+    trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=64, n_train=512,
+                                                                                    n_val=64))
+    assert [int(r["step"]) for r in OnDisk.seen] == [2]
