@@ -40,6 +40,7 @@ from lightning_sde.plotting.style import (  # noqa: E402
 
 FLOOR_COLORS = ("0.35", "0.62", "0.15", "0.8")  # one grey per protocol's noise floor
 PROTOCOL_LINES = ("-", "--", ":", "-.")  # a sampler keeps its colour in every protocol; the protocols differ by line
+PROTOCOL_FILLS = ("full", "none", "left", "top")  # ... and by marker fill (a one-budget point has no line)
 DODGE, DODGE_SPAN = 1.1, 1.35  # samplers at one NFE drawn 10 % apart along the axis, all within 35 %
 DIVERGED_COLOR = "crimson"
 DODGED = "; samplers that share an NFE drawn side by side (up to 35 % apart on the axis)"
@@ -61,10 +62,10 @@ def _protocol(r: dict) -> str:
 
 
 def line_styles(rows: list[dict]) -> dict[str, dict]:
-    """view label -> {'color', 'marker', 'ls', 'mfc'}: a sampler's colour and marker are its own in every protocol
-    (the rows' `sampler_label`); the line style, and every other protocol's hollow markers (a protocol with one budget
-    draws no line), tell the protocols apart, in the order they were first run (the first keeps its solid line when
-    another is added); floors get a grey per protocol."""
+    """view label -> {'color', 'marker', 'ls', 'fillstyle'}: a sampler's colour and marker are its own in every
+    protocol (the rows' `sampler_label`); the line style and the marker's fill (a protocol with one budget draws no
+    line) tell the protocols apart, in the order they were first run (the first keeps its solid line and full markers
+    when another is added); floors get a grey per protocol."""
     first_run = {}
     for r in rows:
         first_run[_protocol(r)] = min(first_run.get(_protocol(r), "~"), str(r.get("time") or ""))
@@ -77,9 +78,9 @@ def line_styles(rows: list[dict]) -> dict[str, dict]:
         if _is_floor(r):
             styles[r["sampler"]] = {"color": FLOOR_COLORS[i % len(FLOOR_COLORS)], "ls": "--", "marker": ""}
         else:
-            style = plain[r.get("sampler_label", r["sampler"])]
-            styles[r["sampler"]] = {**style, "ls": PROTOCOL_LINES[i % len(PROTOCOL_LINES)],
-                                    "mfc": "white" if i % 2 else style["color"]}
+            styles[r["sampler"]] = {**plain[r.get("sampler_label", r["sampler"])],
+                                    "ls": PROTOCOL_LINES[i % len(PROTOCOL_LINES)],
+                                    "fillstyle": PROTOCOL_FILLS[i % len(PROTOCOL_FILLS)]}
     return styles
 
 
@@ -125,11 +126,11 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict, relative: bo
             lo = [v - float(r["ci_low"]) if _finite(r.get("ci_low")) else float("nan") for v, r in zip(ys, pts)]
             hi = [float(r["ci_high"]) - v if _finite(r.get("ci_high")) else float("nan") for v, r in zip(ys, pts)]
             ax.errorbar(xs, ys, yerr=[[max(v, 0.0) for v in lo], [max(v, 0.0) for v in hi]], color=style["color"],
-                        marker=style["marker"], mfc=style["mfc"], ls=style["ls"], ms=4, lw=1.2, elinewidth=0.8,
-                        capsize=2, label=sampler)
+                        marker=style["marker"], fillstyle=style["fillstyle"], ls=style["ls"], ms=4, lw=1.2,
+                        elinewidth=0.8, capsize=2, label=sampler)
         else:
-            ax.plot(xs, ys, color=style["color"], marker=style["marker"], mfc=style["mfc"], ls=style["ls"], ms=4,
-                    lw=1.2, label=sampler)
+            ax.plot(xs, ys, color=style["color"], marker=style["marker"], fillstyle=style["fillstyle"], ls=style["ls"],
+                    ms=4, lw=1.2, label=sampler)
     diverged = [r for r in mine if y == "value" and r.get("value") is None and r.get("n_nonfinite")]
     if diverged:  # at the top of the panel, where no value is: a sampler that diverged, not a cell never run
         ax.plot([r["nfe"] for r in diverged], [0.97] * len(diverged), ls="", marker="x", color=DIVERGED_COLOR, ms=7,
@@ -200,7 +201,7 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None 
         ax.axis("off")
     for ax, (metric, mine, y, relative) in zip(axes.flat, panels):
         _panel(ax, metric, mine, y, styles, relative)
-    handles = [Line2D([], [], color=styles[s]["color"], marker=styles[s]["marker"], mfc=styles[s]["mfc"],
+    handles = [Line2D([], [], color=styles[s]["color"], marker=styles[s]["marker"], fillstyle=styles[s]["fillstyle"],
                       ls=styles[s]["ls"], ms=5, lw=1.2) for s in samplers]
     labels = list(samplers)
     floors = {r["sampler"]: (_protocol(r), bool(r.get("checkpoint"))) for r in rows if _is_floor(r)}

@@ -565,3 +565,13 @@ def test_a_data_config_copied_from_training_names_its_key_not_omegaconfs_lines()
     assert error_text(caught.value) == ("config data.seed: refers to ${seed}, a key this app's config does not have "
                                         "(a config written for another app?); give data.seed a value")
     assert error_text(ValueError("config x: y")) == "config x: y"
+
+
+def test_lsde_compare_in_a_slurm_array_task_computes_every_cell(monkeypatch):
+    """compare inherited bench's shards from SLURM_ARRAY_TASK_ID/COUNT: an array of comparisons computed a third of
+    each (no noise floor either), in folders of their own that no other task would complete, exit 0."""
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    cfg = composed("compare", [])
+    assert (cfg.shard.index, cfg.shard.count) == (0, 1)
+    assert (composed("bench", []).shard.index, composed("bench", []).shard.count) == (1, 3)  # a sweep's task: a share

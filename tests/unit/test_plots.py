@@ -220,7 +220,7 @@ def test_a_sampler_keeps_its_colour_in_every_protocol_and_each_protocols_floor_i
         # the protocol run first (its rows' time: "2000" < "500") keeps the solid line and filled markers; the other's
         # markers are hollow, so that a point without a line (one budget) is told apart too
         assert (b.get_linestyle(), a.get_linestyle()) == ("-", "--")
-        assert b.get_markerfacecolor() == b.get_color() and a.get_markerfacecolor() == "white"
+        assert (b.get_fillstyle(), a.get_fillstyle()) == ("full", "none")
     assert lines["ddim_5 [seeds 0+500]"].get_color() != lines["ddim_10 [seeds 0+500]"].get_color()
     floors = [t for t in fid.texts if "noise floor" in t.get_text()]
     assert len({t.get_color() for t in floors}) == 2  # equal values: told apart by their grey and place
