@@ -221,6 +221,7 @@ def read_chunks(folder: Path, settings: dict, shape: tuple, dtype) -> list[dict]
         try:
             with np.load(path, allow_pickle=False) as chunk:
                 seeds, samples, nfe = chunk["seeds"], chunk["samples"], float(chunk["nfe"])
+                nfe_max = float(chunk["nfe_max"]) if "nfe_max" in chunk.files else nfe  # (older chunks: their mean)
                 labels = chunk["labels"] if "labels" in chunk.files else None
                 theirs = str(chunk["settings"])
             if theirs != ours:
@@ -235,15 +236,15 @@ def read_chunks(folder: Path, settings: dict, shape: tuple, dtype) -> list[dict]
         except Exception as err:  # noqa: BLE001  (any unreadable file: drawn again)
             log.warning("%s: not a chunk of samples (%s: %s); its seeds are drawn again", path, type(err).__name__, err)
             continue
-        found.append({"seeds": seeds.tolist(), "samples": samples, "labels": labels, "nfe": nfe})
+        found.append({"seeds": seeds.tolist(), "samples": samples, "labels": labels, "nfe": nfe, "nfe_max": nfe_max})
     return found
 
 
 def still_to_draw(found: list[dict], seeds: list[int], chunk_size: int, adaptive: bool) -> tuple[dict, list]:
-    """({seed: (sample, label, chunk's NFE)} of `seeds` already drawn, the chunks still to draw). A fixed-step
-    sampler's sample depends on its seed alone, so any drawn seed counts; an adaptive solver's on the batch it was
-    solved in, so only whole chunks of this run's plan (from seeds.start, chunk_size at a time) count: the same
-    command writes the same samples whatever the folder held."""
+    """({seed: (sample, label, chunk's mean NFE, its largest batch's NFE)} of `seeds` already drawn, the chunks still
+    to draw). A fixed-step sampler's sample depends on its seed alone, so any drawn seed counts; an adaptive solver's
+    on the batch it was solved in, so only whole chunks of this run's plan (from seeds.start, chunk_size at a time)
+    count: the same command writes the same samples whatever the folder held."""
     plan = [seeds[i : i + chunk_size] for i in range(0, len(seeds), chunk_size)]
     wanted, planned = set(seeds), {tuple(part) for part in plan}
     done = {}
@@ -253,7 +254,7 @@ def still_to_draw(found: list[dict], seeds: list[int], chunk_size: int, adaptive
         for i, seed in enumerate(chunk["seeds"]):
             if seed in wanted:
                 label = None if chunk["labels"] is None else int(chunk["labels"][i])
-                done[seed] = (chunk["samples"][i], label, chunk["nfe"])
+                done[seed] = (chunk["samples"][i], label, chunk["nfe"], chunk.get("nfe_max", chunk["nfe"]))
     if adaptive:
         return done, [part for part in plan if part[0] not in done]
     missing = [s for s in seeds if s not in done]
@@ -339,13 +340,15 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
         wall += samples.wall_s
         setup_nfe = max(setup_nfe, samples.setup_nfe)  # each chunk names the one pilot its samples rest on
         arrays = {"seeds": np.asarray(part, dtype=np.int64), "samples": stored(samples.x, images),
-                  "nfe": np.float64(samples.nfe), "settings": np.str_(settings_text(settings))}
+                  "nfe": np.float64(samples.nfe), "nfe_max": np.float64(max(samples.nfe_per_batch)),
+                  "settings": np.str_(settings_text(settings))}
         if settings["guidance"] is not None:
             arrays["labels"] = seed_labels(part, cfg.labels, denoiser.num_classes).numpy()
         chunks.mkdir(parents=True, exist_ok=True)
         save_npz(chunks / f"seeds-{part[0]}-{part[-1]}.npz", **arrays)
         for j, seed in enumerate(part):
-            done[seed] = (arrays["samples"][j], int(arrays["labels"][j]) if "labels" in arrays else None, samples.nfe)
+            done[seed] = (arrays["samples"][j], int(arrays["labels"][j]) if "labels" in arrays else None, samples.nfe,
+                          float(arrays["nfe_max"]))
         drawn = sum(len(p) for p in todo[: n + 1])
         log.info("%d of %d seeds drawn; ETA %s", len(done), len(seeds),
                  duration((time.monotonic() - started) / drawn * (sum(len(p) for p in todo) - drawn)))
@@ -399,7 +402,7 @@ def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings:
     elif not images and drawable(x.shape[1:]):
         scatter_grid({title: torch.from_numpy(x[:PREVIEW_POINTS])}, preview, cols=1)
     summary = {"settings": settings, "seeds": {"start": seeds[0], "count": len(seeds)},
-               "nfe_mean": float(np.mean(nfe)), "nfe_max": float(np.max(nfe)),
+               "nfe_mean": float(np.mean(nfe)), "nfe_max": float(max(done[s][3] for s in seeds)),  # a batch's
                "selection": json.loads(json.dumps(selection, default=str)) if selection else None,
                "setup_nfe": setup_nfe, "wall_s_this_run": wall, "world_size": world,
                "gaussian_start_left_out": start_left_out,  # what ran where the settings say otherwise

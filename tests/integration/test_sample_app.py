@@ -321,3 +321,18 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_rerun_goes_on_from_the_chunks_d
     rerun = subprocess.run([*common, f"seeds.count={50 * drawn}"], capture_output=True, text=True, env=ENV,
                            timeout=300)
     assert rerun.returncode == 0 and f"{50 * drawn} of {50 * drawn} seeds drawn by an earlier run" in rerun.stdout
+
+
+def test_the_summarys_nfe_max_is_a_batchs_not_a_chunks_mean(tmp_path):
+    """Under DDP a chunk holds a batch of every process and recorded their mean NFE: an adaptive solver's nfe_max
+    (190) was no batch's (they took 181 to 199)."""
+    from lightning_sde.cli.sample import read_chunks, settings_text, still_to_draw
+
+    settings = {"sampler": "ode", "guidance": None}
+    chunk = {"seeds": np.arange(0, 4), "samples": np.zeros((4, 2), np.float32), "nfe": np.float64(190.0),
+             "settings": np.str_(settings_text(settings))}
+    np.savez(tmp_path / "seeds-0-3.npz", **chunk, nfe_max=np.float64(199.0))
+    np.savez(tmp_path / "seeds-4-7.npz", **{**chunk, "seeds": np.arange(4, 8)})  # an older chunk: its mean only
+    found = read_chunks(tmp_path, settings, (2,), np.float32)
+    done, todo = still_to_draw(found, list(range(8)), 4, adaptive=True)
+    assert not todo and [done[s][2:] for s in (0, 4)] == [(190.0, 199.0), (190.0, 190.0)]
