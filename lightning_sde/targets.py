@@ -231,9 +231,9 @@ def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
         protocol = {"checkpoint": str(Path(cfg.checkpoint).resolve()), "global_step": ckpt.get("global_step"),
                     "ema": "current_model_state" in ckpt}
     protocol["sde"] = denoiser.sde.name
-    if cfg.get("data") is not None:
-        protocol["data"] = data_name(cfg.data)
     datamodule = build(cfg.data, "data") if cfg.get("data") is not None else None
+    if datamodule is not None:
+        protocol["data"] = data_name(cfg.data)
     kind = getattr(datamodule, "kind", "points")
     if datamodule is not None and tuple(datamodule.shape) != tuple(denoiser.shape):
         raise ValueError(f"config data: shape {tuple(datamodule.shape)} != the checkpoint's {denoiser.shape}")

@@ -97,13 +97,20 @@ bench_array() {
     echo "[lsde] the sweep has $cells cells: $n array tasks${throttle:+, at most $throttle at once}" >&2
 }
 
+# has_dependency SBATCH_OPTIONS...: whether the job waits for another (--dependency=...), whose outputs it may read.
+has_dependency() {
+    local opt
+    for opt in "$@"; do [[ $opt == --dependency=* ]] && return 0; done
+    return 1
+}
+
 # check_train "SBATCH_OPTIONS" OVERRIDES...: the training job's command line checked here, as the job checks it
 # before it reads data (lsde-train check), with the trainer train.sbatch gives it: a typo or a missing checkpoint
 # fails now, not after the wait in the queue; under a --dependency the checkpoints may be the earlier job's to write.
 check_train() {
     local options=$1 planned="" trainer=${LSDE_TRAINER:-ddp}
     shift
-    [[ " $options " == *" --dependency="* ]] && planned=--planned
+    has_dependency $options && planned=--planned
     [[ $options =~ --export=[^\ ]*LSDE_TRAINER=([A-Za-z0-9_]+) ]] && trainer=${BASH_REMATCH[1]}
     lsde_check_python "$(login_python)" || exit 2
     "$(login_python)" -m lightning_sde.cli.train check $planned "trainer=$trainer" "$@" >/dev/null \
@@ -148,7 +155,7 @@ bench)
     split_args ${rest[@]+"${rest[@]}"}
     check_time bench.sbatch ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}
     existing=--existing  # the checkpoint must be there, unless the array waits for a job (the one that writes it)
-    for opt in ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}; do [[ $opt == --dependency=* ]] && existing=""; done
+    has_dependency ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} && existing=""
     bench_array "$tasks" "$throttle" $existing ${OVERRIDES[@]+"${OVERRIDES[@]}"}
     job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} -- "$SHARD" \
         ${OVERRIDES[@]+"${OVERRIDES[@]}"})

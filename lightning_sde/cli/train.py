@@ -792,17 +792,16 @@ def check_main(overrides: list[str]) -> None:
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         check_run_values(cfg)
-        named = {"ckpt_path": cfg.ckpt_path if cfg.ckpt_path != "last" else None, "init_from": cfg.get("init_from")}
-        for key, path in named.items():
-            if path is None or planned and not Path(path).exists():
-                continue
-            if not Path(path).is_file():
-                raise ValueError(f"config {key}: no checkpoint at {path!r}" + (
-                    " (use a path, 'last' or null)" if key == "ckpt_path" else ""))
+        if not (planned and cfg.ckpt_path not in (None, "last") and not Path(cfg.ckpt_path).exists()):
+            resume_point(cfg)  # as the job: a run that went on from ckpt_path resumes its own, whatever is there now
+        init_from = cfg.get("init_from")
+        if init_from is not None and own_checkpoint(cfg) is None and not (planned and not Path(init_from).exists()):
+            if not Path(init_from).is_file():  # (a run of its own resumes that instead, as the job does)
+                raise ValueError(f"config init_from: no checkpoint at {init_from!r}")
             try:
-                resume_step(path) if key == "ckpt_path" else read_checkpoint(path)
+                read_checkpoint(init_from)
             except ValueError as err:
-                raise ValueError(f"config {key}: {err}") from None
+                raise ValueError(f"config init_from: {err}") from None
     except (ValueError, HydraException, OmegaConfBaseException) as err:  # a bad override or value
         fail("lsde-train check", one_line(err))
     print("the training config is valid (data and devices are checked when the job starts)")

@@ -139,6 +139,8 @@ class Sampler:
 
     def __post_init__(self):
         check_sampler_class(type(self))
+        if not isinstance(self.denoise, bool):
+            raise ValueError(f"{self.name}: denoise must be true or false; got {self.denoise!r}")
         if not (self.adaptive or isinstance(self, FixedStepSampler)):
             raise TypeError(f"sampler class {type(self).__qualname__}: a sampler of fixed steps subclasses "
                             "FixedStepSampler (steps, grid, step()); an adaptive one returns True from `adaptive`")

@@ -176,7 +176,8 @@ def check_schedule(sampler) -> None:
 
 
 # what select_over may not vary
-SELECT_FIXED = ("steps", "grid", "times", "select_over", "select_over_from_steps", "pilot", "pilot_batch")
+SELECT_FIXED = ("steps", "grid", "times", "select_over", "select_over_from_steps", "pilot", "pilot_batch",
+                "denoise")  # (the pilot compares runs at eps, before any denoising)
 
 
 def check_select_over_from_steps(sampler) -> None:

@@ -336,3 +336,12 @@ def test_the_summarys_nfe_max_is_a_batchs_not_a_chunks_mean(tmp_path):
     found = read_chunks(tmp_path, settings, (2,), np.float32)
     done, todo = still_to_draw(found, list(range(8)), 4, adaptive=True)
     assert not todo and [done[s][2:] for s in (0, 4)] == [(190.0, 199.0), (190.0, 190.0)]
+    from omegaconf import OmegaConf
+
+    from lightning_sde.cli.sample import finish
+
+    (tmp_path / "out").mkdir()
+    summary = finish(OmegaConf.create({"png": False, "checkpoint": None, "problem": {"_target_": "x.eight"}}),
+                     tmp_path / "out", list(range(8)), done, False, settings, 1.0, 0,
+                     2, None)
+    assert (summary["nfe_mean"], summary["nfe_max"]) == (190.0, 199.0)

@@ -664,3 +664,25 @@ def test_only_lightnings_exit_after_a_ctrl_c_counts_as_one():
     assert not left_on_ctrl_c(leaving(SIGTERMException(), KeyboardInterrupt()))
     assert not left_on_ctrl_c(leaving(SIGTERMException()))
     assert not left_on_ctrl_c(leaving(SystemExit(1)))
+
+
+def test_the_login_node_check_accepts_what_the_job_itself_would_resume(tmp_path, capsys):
+    """`lsde-train check` (slurm/submit.sh) refused a resubmission whose ckpt_path had been replaced since (another
+    run's best checkpoint) though the job resumes its own run's checkpoint; and an init_from the job no longer reads."""
+    from lightning_sde.cli.train import check_main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    source = tmp_path / "other" / "best40.ckpt"  # gone: its run kept a better one
+    torch.save({**contents(90), "resumed_from": str(source)}, run / "checkpoints" / "last.ckpt")
+    common = ["experiment=toy2d", f"run_dir={run}", "run_name=ft"]
+    check_main([*common, f"ckpt_path={source}"])
+    check_main([*common, f"init_from={tmp_path}/gone.ckpt"])  # the run resumes its own: init_from is not read
+    assert capsys.readouterr().out.count("the training config is valid") == 2
+    fresh = ["experiment=toy2d", f"run_dir={tmp_path}/new", "run_name=new"]
+    for args, message in (([f"ckpt_path={source}"], "config ckpt_path: no checkpoint at"),
+                          ([f"init_from={tmp_path}/gone.ckpt"], "config init_from: no checkpoint at")):
+        with pytest.raises(SystemExit):
+            check_main([*fresh, *args])
+        assert message in capsys.readouterr().err
+    check_main(["--planned", *fresh, f"init_from={tmp_path}/gone.ckpt"])  # a job still to run writes it

@@ -249,3 +249,7 @@ def test_a_denoised_samplers_budget_keeps_its_last_nfe_and_its_key_says_so():
     assert "denoise" not in plain.params() and denoised.params()["denoise"] is True  # older rows keep their keys
     x, info = sample(denoised.at_nfe(10), MIX.denoiser(VPSDE()), range(8))
     assert info["nfe"] == 10
+    with pytest.raises(ValueError, match="dpmpp: denoise must be true or false; got 'yes'"):
+        build_sampler("dpmpp", denoise="yes")
+    with pytest.raises(ValueError, match="select_over"):  # the pilot compares runs before any denoising
+        build_sampler("dpmpp", steps=5, grid="select", select_over={"denoise": [True, False]})
