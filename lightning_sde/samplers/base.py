@@ -207,8 +207,8 @@ class Sampler:
             nfe_before = denoiser.nfe
             _synchronize(x_T)
             start = time.perf_counter()
-            total = None if self.adaptive else self.steps * self.nfe_per_step + self.denoise
-            with tqdm(total=total, desc=self.name, unit="nfe", disable=not progress, leave=False) as bar:
+            expected = None if self.adaptive else self.steps * self.nfe_per_step + self.denoise  # its NFE budget
+            with tqdm(total=expected, desc=self.name, unit="nfe", disable=not progress, leave=False) as bar:
                 def on_step(i: int, t: Tensor, x: Tensor) -> None:
                     bar.update(denoiser.nfe - nfe_before - bar.n)
                     if callback is not None:
@@ -235,7 +235,6 @@ class Sampler:
                              "return other keys only")
         info.update(extra)
         spent = None if self.adaptive else (type(self), self.steps, info["nfe"])
-        expected = None if self.adaptive else self.steps * self.nfe_per_step + self.denoise
         if spent is not None and info["nfe"] != expected and spent not in _UNEXPECTED_NFE:
             _UNEXPECTED_NFE.add(spent)  # once per class, steps and cost: not at every batch
             log.warning("sampler %r took %d NFE for %d steps, not %d x nfe_per_step%s = %d: its NFE budget (nfe=%d "
