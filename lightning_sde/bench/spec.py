@@ -202,8 +202,7 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
                 except ValueError as err:  # explicit times: their steps are fixed
                     _fail(f"samplers.{label}", str(err))
                 if budgeted is None:
-                    log.warning("skipping %s at nfe=%d: it takes %d NFE a step%s", label, n, sampler.nfe_per_step,
-                                ", and 1 to denoise" if sampler.denoise else "")
+                    log.warning("skipping %s at nfe=%d: it takes %s", label, n, sampler.step_cost())
                     continue
                 same = budgets.setdefault(json.dumps(jsonable(budgeted.params()), sort_keys=True), n)
                 if same != n:  # e.g. 2 NFE a step at nfe 8 and 9: one sampler, one cell

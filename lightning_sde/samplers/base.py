@@ -6,7 +6,8 @@ may rely on, and never asks a sampler's name for:
 
   stochastic     it draws noise: pass `noise` (seed-addressed, see noise.py)
   adaptive       it chooses its own steps: its NFE is measured, and a sweep varies `at_tolerance(tol)`
-  nfe_per_step   fixed-step samplers: NFE per step, so a sweep sets `at_nfe(n)` -> steps = n // nfe_per_step
+  nfe_per_step   fixed-step samplers: NFE per step; `budget_nfe(steps)` = steps x nfe_per_step (+ 1 with denoise) is
+                 what a run spends, and a sweep's `at_nfe(n)` takes the most steps whose budget_nfe is <= n
   schedule       `gaussian_start` (every sampler) and the steps' times (schedule.py) are resolved before sampling;
                  set-up work such as grid tuning is reported as info["setup_nfe"], never as NFE
   info           {"sampler", "nfe" (read off the Denoiser's counter, never computed), "wall_s", ...}
@@ -207,7 +208,7 @@ class Sampler:
             nfe_before = denoiser.nfe
             _synchronize(x_T)
             start = time.perf_counter()
-            expected = None if self.adaptive else self.steps * self.nfe_per_step + self.denoise  # its NFE budget
+            expected = None if self.adaptive else self.budget_nfe()
             with tqdm(total=expected, desc=self.name, unit="nfe", disable=not progress, leave=False) as bar:
                 def on_step(i: int, t: Tensor, x: Tensor) -> None:
                     bar.update(denoiser.nfe - nfe_before - bar.n)
@@ -237,9 +238,9 @@ class Sampler:
         spent = None if self.adaptive else (type(self), self.steps, info["nfe"])
         if spent is not None and info["nfe"] != expected and spent not in _UNEXPECTED_NFE:
             _UNEXPECTED_NFE.add(spent)  # once per class, steps and cost: not at every batch
-            log.warning("sampler %r took %d NFE for %d steps, not %d x nfe_per_step%s = %d: its NFE budget (nfe=%d "
-                        "in a sweep) is not what it spends; set its nfe_per_step", self.name, info["nfe"],
-                        self.steps, self.steps, " + 1 (denoise)" if self.denoise else "", expected, expected)
+            log.warning("sampler %r took %d NFE for %d steps, not the %d of %s: its NFE budget (nfe=%d in a sweep) "
+                        "is not what it spends; set its nfe_per_step", self.name, info["nfe"], self.steps, expected,
+                        self.step_cost(), expected)
         return x, info
 
     def run(self, denoiser: Denoiser, x: Tensor, plan: Plan, noise, on_step: OnStep | None) -> tuple[Tensor, dict]:
@@ -277,12 +278,20 @@ class FixedStepSampler(Sampler):
         """The time grid's intervals (its points less one): `steps`, unless a sampler spends steps otherwise."""
         return self.steps
 
+    def budget_nfe(self, steps: int | None = None) -> int:
+        """The NFE a run of `steps` (default: its own) spends: nfe_per_step each, and 1 more to denoise."""
+        return (self.steps if steps is None else steps) * self.nfe_per_step + self.denoise
+
+    def step_cost(self) -> str:
+        """What budget_nfe counts, in words: "2 NFE a step, and 1 to denoise"."""
+        return f"{self.nfe_per_step} NFE a step{', and 1 to denoise' if self.denoise else ''}"
+
     def at_nfe(self, nfe: int) -> "FixedStepSampler | None":
         if self.adaptive:
             return super().at_nfe(nfe)  # raises: adaptive samplers sweep tolerances
         if self.times is not None:
             raise ValueError(f"{self.name}: explicit times fix the number of steps; leave times unset to sweep NFE")
-        steps = (int(nfe) - self.denoise) // self.nfe_per_step  # denoise: one NFE of the budget is its own
+        steps = (int(nfe) - self.budget_nfe(0)) // self.nfe_per_step  # budget_nfe's inverse
         return dataclasses.replace(self, steps=steps) if steps - (self.steps - self.intervals) >= 1 else None
 
     def step(self, denoiser: Denoiser, x: Tensor, t: Tensor, s: Tensor, noise, last: bool, state: dict) -> Tensor:

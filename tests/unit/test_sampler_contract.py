@@ -58,6 +58,16 @@ def test_budgets_come_from_the_contract(name):
         assert sampler.at_nfe(sampler.nfe_per_step - 1) is None
         with pytest.raises(ValueError, match="fixed number of steps"):
             sampler.at_tolerance(1e-3)
+        for denoise in (False, True):  # budget_nfe and at_nfe: one rule, each the other's inverse
+            with_denoise = dataclasses.replace(sampler, denoise=denoise)
+            for n in range(1, 14):
+                fits = with_denoise.at_nfe(n)
+                if fits is None:
+                    assert with_denoise.budget_nfe(1) > n
+                else:
+                    assert fits.budget_nfe() <= n < fits.budget_nfe(fits.steps + 1)
+            spent = sample(with_denoise.at_nfe(12), MIX.denoiser(SDES["vp"]), range(4))[1]["nfe"]  # counted
+            assert spent == with_denoise.at_nfe(12).budget_nfe() and 12 - sampler.nfe_per_step < spent <= 12
 
 
 def test_ode_budgets_follow_its_method():
@@ -512,7 +522,8 @@ def test_a_users_sampler_cannot_set_the_measured_nfe_and_its_step_cost_is_checke
     with pytest.raises(TypeError, match=r"^sampler 'ddim': run\(\) must return \(x, info dict\); got Tensor"):
         sample(Bare(steps=5), den, range(4))
     x, info = sample(Twice(steps=5), den, range(4))
-    assert info["nfe"] == 10 and "took 10 NFE for 5 steps, not 5 x nfe_per_step = 5" in caplog.text
+    assert info["nfe"] == 10
+    assert "took 10 NFE for 5 steps, not the 5 of 1 NFE a step: its NFE budget (nfe=5" in caplog.text
     caplog.clear()
     sample(Twice(steps=5), den, range(4))
     assert "nfe_per_step" not in caplog.text  # once, not at every batch
