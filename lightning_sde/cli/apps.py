@@ -185,6 +185,18 @@ def one_line(err: Exception) -> str:
     return " ".join(text + ([", ".join(items)] if items else []))
 
 
+def subcommand_flags(command: str, args: list[str], known: tuple[str, ...]) -> tuple[set[str], list[str]]:
+    """A subcommand's flags (`lsde-train check --planned`), anywhere among its overrides, and the overrides; any
+    other `--flag` is refused in one line."""
+    from lightning_sde.cli.errors import fail
+
+    given = {arg for arg in args if arg.startswith("--")}
+    unknown = sorted(given - set(known))
+    if unknown:
+        fail(command, f"unknown option {unknown[0]}: it takes {', '.join(known)} and config overrides (key=value)")
+    return given, [arg for arg in args if not arg.startswith("--")]
+
+
 def run(app: str, main=None) -> None:
     """--help, then the command line's checks, then the app's `main` (imported only now, unless given: `python -m
     lightning_sde.cli.<app>` passes its own, so that route refuses what the console script refuses)."""

@@ -98,10 +98,8 @@ def report_main(argv: list[str]) -> None:
 
 def cells_main(overrides: list[str]) -> None:
     """Print the number of cells the sweep with these overrides has (a checkpoint may not exist yet: a pipeline
-    sizes the bench array before training ends; a leading `--existing`: it must, and is checked as the sweep checks
+    sizes the bench array before training ends; with `--existing`: it must, and is checked as the sweep checks
     it). Exit 1 with the config error, like the sweep itself."""
-    existing = overrides[:1] == ["--existing"]
-    overrides = overrides[1:] if existing else overrides
     from hydra import compose, initialize_config_module
     from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
@@ -109,9 +107,11 @@ def cells_main(overrides: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from lightning_sde.bench.runner import count_cells
-    from lightning_sde.cli.apps import added_key_error
+    from lightning_sde.cli.apps import added_key_error, subcommand_flags
     from lightning_sde.configuration import CONFIG_PACKAGE
 
+    flags, overrides = subcommand_flags("lsde-bench cells", overrides, ("--existing",))
+    existing = "--existing" in flags
     error = added_key_error("bench", overrides)  # +bogus=1: a key the sweep would ignore
     if error:
         fail("lsde-bench cells", error)

@@ -780,11 +780,11 @@ def check_main(overrides: list[str]) -> None:
     that a typo fails there, not after a wait in the queue. Exit 1 with the job's one-line error."""
     from hydra import compose, initialize_config_module
 
-    from lightning_sde.cli.apps import added_key_error, one_line, override_error
+    from lightning_sde.cli.apps import added_key_error, one_line, override_error, subcommand_flags
     from lightning_sde.configuration import CONFIG_PACKAGE
 
-    planned = overrides[:1] == ["--planned"]  # the checkpoints named may be written by a job still to run
-    overrides = overrides[1:] if planned else overrides
+    flags, overrides = subcommand_flags("lsde-train check", overrides, ("--planned",))
+    planned = "--planned" in flags  # the checkpoints named may be written by a job still to run
     error = override_error("train", overrides) or added_key_error("train", overrides)
     if error:
         fail("lsde-train check", error)

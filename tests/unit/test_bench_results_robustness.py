@@ -251,6 +251,8 @@ def test_report_into_a_file_is_one_line(tmp_path, capsys):
     ("checkpoint=later.ckpt data=toy2d labels=3", "config labels: labels=3 draws class 3 under guidance"),
     ("checkpoint=later.ckpt data=toy2d guidance=[1] labels=3", "config data.labels: a sweep of class 3 is scored"),
     ("checkpoint=later.ckpt data=toy2d feature_extractor=inception", "config feature_extractor: it applies to the "),
+    ("checkpoint=later.ckpt --existing", "config checkpoint: no checkpoint file at"),  # the flag anywhere
+    ("--exists checkpoint=later.ckpt", "unknown option --exists: it takes --existing and config overrides"),
 ])
 def test_cells_with_a_bad_override_is_one_line_and_exit_1(capsys, override, message):
     with pytest.raises(SystemExit) as exit_:

@@ -686,3 +686,7 @@ def test_the_login_node_check_accepts_what_the_job_itself_would_resume(tmp_path,
             check_main([*fresh, *args])
         assert message in capsys.readouterr().err
     check_main(["--planned", *fresh, f"init_from={tmp_path}/gone.ckpt"])  # a job still to run writes it
+    check_main([*fresh, f"init_from={tmp_path}/gone.ckpt", "--planned"])  # the flag anywhere
+    with pytest.raises(SystemExit):
+        check_main(["--plan", *fresh])
+    assert "lsde-train check: error: unknown option --plan: it takes --planned and" in capsys.readouterr().err
