@@ -323,6 +323,23 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_rerun_goes_on_from_the_chunks_d
     assert rerun.returncode == 0 and f"{50 * drawn} of {50 * drawn} seeds drawn by an earlier run" in rerun.stdout
 
 
+def test_each_chunk_records_its_largest_batchs_nfe_under_ddp(tmp_path):
+    """A chunk holds a batch of each process (seeds part[r::2]); its nfe is their mean and its nfe_max the largest,
+    each batch's NFE as the library's own generate counts it alone."""
+    proc = lsde_sample(tmp_path / "s", "sampler=ode", "tolerance=1e-2", "seeds.count=80", "batch_size=20",
+                       "ddp.devices=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    den, sampler = eight_gaussians().denoiser(VPSDE()), build_sampler("ode", rtol=1e-2, atol=1e-2)
+    batch_max = []
+    for part in (list(range(0, 40)), list(range(40, 80))):
+        per_rank = [generate(sampler, den, part[r::2], 20, "cpu").nfe_per_batch[0] for r in (0, 1)]
+        assert per_rank[0] != per_rank[1]  # else a mean would pass for the largest
+        with np.load(tmp_path / "s" / "chunks" / f"seeds-{part[0]}-{part[-1]}.npz", allow_pickle=False) as chunk:
+            assert (float(chunk["nfe"]), float(chunk["nfe_max"])) == (np.mean(per_rank), max(per_rank))
+        batch_max.append(max(per_rank))
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["nfe_max"] == max(batch_max)
+
+
 def test_the_summarys_nfe_max_is_a_batchs_not_a_chunks_mean(tmp_path):
     """Under DDP a chunk holds a batch of every process and recorded their mean NFE: an adaptive solver's nfe_max
     (190) was no batch's (they took 181 to 199)."""
