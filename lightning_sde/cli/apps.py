@@ -35,7 +35,7 @@ def override_error(app: str, argv: list[str]) -> str | None:
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
             cfg = compose(app, overrides=argv, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: e.g. a group set to null
-        message = one_line(err)
+        message = re.sub(r"^In '[^']+': ", "", one_line(err))  # the config file naming the group: not the user's
         missing = re.match(r"Could not override '([^']+)'\. To append to your config use ", message)
         nearest = missing and nearest_key(app, argv, missing.group(1))
         if nearest:  # Hydra's advice alone (+key) makes a misspelling a new key, which the node then refuses
@@ -197,12 +197,27 @@ def subcommand_flags(command: str, args: list[str], known: tuple[str, ...]) -> t
     return given, [arg for arg in args if not arg.startswith("--")]
 
 
+def stray_argument(app: str, argv: list[str]) -> str | None:
+    """A word that is neither an override nor the app's subcommand (`lsde-compare dpmpp`), on a command line of no
+    flags (a flag's value may be a bare word: Hydra checks those), or None."""
+    from lightning_sde.cli.help import subcommands
+
+    if argv[:1] and argv[0] in subcommands(app) or any(arg.startswith("-") for arg in argv):
+        return None
+    stray = [arg for arg in argv if "=" not in arg and not arg.startswith("~")]
+    if not stray:
+        return None
+    named = f"; or a subcommand: {', '.join(subcommands(app))}" if subcommands(app) else ""
+    return f"{stray[0]!r} is not an override: give it as key=value{named}; see lsde-{app} --help"
+
+
 def run(app: str, main=None) -> None:
     """--help, then the command line's checks, then the app's `main` (imported only now, unless given: `python -m
     lightning_sde.cli.<app>` passes its own, so that route refuses what the console script refuses)."""
     if print_help_if_asked(app):
         return
-    error = override_error(app, sys.argv[1:]) or added_key_error(app, sys.argv[1:])
+    error = (stray_argument(app, sys.argv[1:]) or override_error(app, sys.argv[1:])
+             or added_key_error(app, sys.argv[1:]))
     if error is not None:
         sys.exit(f"lsde-{app}: error: {error}")
     (main or importlib.import_module(f"lightning_sde.cli.{app}").main)()

@@ -19,6 +19,7 @@ APPS = {
         usage=[
             "[KEY=VALUE ...]",
             "-m [KEY=A,B ...]        (a multirun: one run per combination)",
+            "check [--planned] [KEY=VALUE ...]  (checks a command line before a job runs it: slurm/submit.sh)",
         ],
         keys=[
             ("experiment=<name>", "an overlay of everything below (toy2d, digits, cifar10_vp_ddpmpp, ...)"),
@@ -163,6 +164,11 @@ def render(app: str, summary: str, usage: list[str], keys: list[tuple[str, str]]
     lines += ["", "Examples:", *[f"  {line.strip()}" for line in examples.strip().splitlines() if line.strip()]]
     lines += ["", f"The composed config: {name} --cfg job [overrides]. Hydra's own options: {name} --hydra-help."]
     return "\n".join(lines)
+
+
+def subcommands(app: str) -> list[str]:
+    """The app's subcommands, as its usage lines name them (`lsde-bench report ...`)."""
+    return [usage.split()[0] for usage in APPS[app]["usage"] if usage[0].isalpha()]
 
 
 def print_help_if_asked(app: str, argv: list[str] | None = None) -> bool:

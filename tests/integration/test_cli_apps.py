@@ -219,15 +219,20 @@ def test_a_misspelt_key_or_option_fails_before_torch_is_imported():
         "out = []\n"
         "for app, argv in [('train', ['experiment=toy2d', 'trainer.max_stepz=3']), ('bench', ['samplers=fastt']),\n"
         "                  ('compare', ['seeds.cont=3']), ('likelihood', ['checkpoint=x', 'nosuch=1']),\n"
-        "                  ('bench', ['+nfes=[20]']), ('figures', ['+interpolation.steps=5'])]:\n"
+        "                  ('bench', ['+nfes=[20]']), ('figures', ['+interpolation.steps=5']),\n"
+        "                  ('compare', ['samplers=nosuch']), ('compare', ['nfe=5', 'dpmpp']), ('train', ['chek'])]:\n"
         "    sys.argv = ['lsde'] + argv\n"
         "    try:\n"
         "        apps.run(app)\n"
         "    except SystemExit as stop:\n"
         "        out.append(str(stop.code))\n")
     assert heavy == [], heavy
-    assert len(errors) == 6 and errors[0].startswith("lsde-train: error: Could not override 'trainer.max_stepz'")
-    assert errors[1].startswith("lsde-bench: error: In 'bench': Could not find 'samplers/fastt'"), errors[1]
+    assert len(errors) == 9 and errors[0].startswith("lsde-train: error: Could not override 'trainer.max_stepz'")
+    assert errors[1].startswith("lsde-bench: error: Could not find 'samplers/fastt'"), errors[1]
+    assert errors[6].startswith("lsde-compare: error: Could not find 'samplers/nosuch'"), errors[6]  # not "In 'bench'"
+    assert errors[7] == "lsde-compare: error: 'dpmpp' is not an override: give it as key=value; see lsde-compare --help"
+    assert errors[8].startswith("lsde-train: error: 'chek' is not an override: give it as key=value; or a subcommand: "
+                                "check;"), errors[8]
     assert "Could not override 'seeds.cont'" in errors[2] and "Could not override 'nosuch'" in errors[3]
     # a key added with + that the app never reads (Hydra lets it through): refused, not ignored
     assert errors[4].startswith("lsde-bench: error: nfes: lsde-bench's config has no such key"), errors[4]
@@ -280,12 +285,14 @@ def test_a_second_lsde_likelihood_of_the_same_name_is_refused_while_the_first_ru
 def test_the_early_override_check_lets_every_valid_run_through(app, argv):
     """The check only composes: values are the app's to validate (and `+samplers.heun_50.order=3` composes, then fails
     in the app naming the sampler, as test_bad_config_fails_fast_naming_the_key shows)."""
-    from lightning_sde.cli.apps import added_key_error, override_error
+    from lightning_sde.cli.apps import added_key_error, override_error, stray_argument
 
     assert override_error(app, argv) is None and added_key_error(app, argv) is None
     assert override_error(app, ["-m", "sde=vp,ve"]) is None and override_error(app, ["report", "x.jsonl"]) is None
     assert override_error(app, ["-m", *argv]) is None  # a multirun composes its first job
     assert override_error(app, ["-m", *argv, "+x=glob(*)"]) is None  # a glob cannot be listed here: the app's
+    assert stray_argument(app, argv) is None and stray_argument(app, ["-m", *argv]) is None
+    assert stray_argument("bench", ["report", "x.jsonl"]) is None and stray_argument("train", ["check", *argv]) is None
 
 
 def test_a_multiruns_typo_is_one_line_before_any_job():
