@@ -137,6 +137,8 @@ class Sampler:
     # end with one more NFE, x <- E[x0 | x_eps] (the prediction of x0 at eps): removes the noise of sigma(eps) left in
     # the samples, as score_sde's noise_removal and EDM's last step to sigma = 0 do; a fixed-step budget keeps one NFE
     denoise: bool = False
+    # knobs added after result rows were keyed: at these values they stay out of params() (and so of the rows' keys)
+    keyed_unless: ClassVar[dict] = {"denoise": False}
 
     def __post_init__(self):
         check_sampler_class(type(self))
@@ -176,8 +178,9 @@ class Sampler:
 
     def params(self) -> dict:
         params = dataclasses.asdict(self)
-        if not params.get("denoise"):  # off, the default: no part of a row's key, as before the option
-            params.pop("denoise", None)
+        for name, default in self.keyed_unless.items():  # the default: no part of a row's key, as before the knob
+            if name in params and params[name] == default and type(params[name]) is type(default):
+                del params[name]
         return params
 
     # --- running -------------------------------------------------------------------------------------------------

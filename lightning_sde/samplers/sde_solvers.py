@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from lightning_sde.samplers.base import SAMPLERS, FixedStepSampler, register
 
@@ -49,22 +50,32 @@ class ReverseDiffusion(FixedStepSampler):
         return x
 
 
-def langevin_correct(denoiser, x, t, s, noise, n_steps: int, snr: float, at=None, mean_last: bool = False):
-    """Langevin corrector at time `at` (default t) of the step t -> s: x += e score + sqrt(2 e) z with
-    e = 2 alpha_i (snr sigma_at)^2, alpha_i the step's; with `mean_last`, the last of them without its noise (the
-    mean of the sampler's last step, as every stochastic sampler returns).
+LANGEVIN_STEP_SIZES = ("sigma", "score_sde")
 
-    score_sde sets e = 2 alpha_i (snr |z| / |score|)^2 with norms averaged over the batch; |z| / |score| -> sigma_t
-    as the dimension grows. We use that limit: per-sample norms would make e blow up wherever a sample's score
-    vanishes (low dimensions), and batch norms would make a sample depend on its batch.
-    """
+
+def langevin_correct(denoiser, x, t, s, noise, n_steps: int, snr: float, at=None, mean_last: bool = False,
+                     step_size: str = "sigma"):
+    """Langevin corrector at time `at` (default t) of the step t -> s: x += e score + sqrt(2 e) z, alpha_i the step's,
+    with `step_size`
+      "sigma"      e = 2 alpha_i (snr sigma_at)^2: per sample, whatever its batch;
+      "score_sde"  e = 2 alpha_i (snr |z| / |score|)^2, the norms averaged over the batch (score_sde's rule): a
+                   sample depends on its batch, and e grows wherever the batch's score is small.
+    |z| / |score| -> sigma_at where the data's variance is far below sigma_at^2; at low noise it is larger. With
+    `mean_last`, the last step without its noise (the mean of the sampler's last step, as every stochastic sampler
+    returns)."""
     sde = denoiser.sde
     at = t if at is None else at
     step = 2 * sde.langevin_scale(t, s) * (snr * sde.sigma(at)) ** 2
     for i in range(n_steps):
-        x = x + step * denoiser(x, at).score
-        if not (mean_last and i == n_steps - 1):
-            x = x + (2 * step).sqrt() * noise().to(x)
+        score = denoiser(x, at).score
+        noisy = not (mean_last and i == n_steps - 1)
+        z = noise().to(x) if noisy or step_size == "score_sde" else None
+        if step_size == "score_sde":
+            ratio = z.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean()
+            step = 2 * sde.langevin_scale(t, s) * (snr * ratio) ** 2
+        x = x + step * score
+        if noisy:
+            x = x + (2 * step).sqrt() * z
     return x
 
 
@@ -81,6 +92,8 @@ class PredictorCorrector(FixedStepSampler):
     predictor: str = "reverse_diffusion"
     corrector_steps: int = 1
     snr: float = 0.16
+    step_size: str = "sigma"  # the Langevin step's rule (langevin_correct): "sigma" or "score_sde"
+    keyed_unless: ClassVar[dict] = {**FixedStepSampler.keyed_unless, "step_size": "sigma"}
 
     @property
     def stochastic(self) -> bool:
@@ -96,6 +109,8 @@ class PredictorCorrector(FixedStepSampler):
             raise ValueError(f"pc: corrector_steps must be an integer >= 0; got {self.corrector_steps!r}")
         if isinstance(self.snr, bool) or not isinstance(self.snr, (int, float)) or not 0 < self.snr < math.inf:
             raise ValueError(f"pc: snr must be a finite number > 0; got {self.snr!r}")
+        if self.step_size not in LANGEVIN_STEP_SIZES:
+            raise ValueError(f"pc: unknown step_size {self.step_size!r}; choose one of {LANGEVIN_STEP_SIZES}")
         if self.predictor == "none" and self.corrector_steps == 0:
             raise ValueError("pc: with predictor='none' corrector_steps must be >= 1")
         self._predictor = None if self.predictor == "none" else SAMPLERS[self.predictor](steps=self.steps)
@@ -106,6 +121,7 @@ class PredictorCorrector(FixedStepSampler):
 
     def step(self, denoiser, x, t, s, noise, last, state):
         if self._predictor is None:  # corrector only: Langevin at the step's end, so that the last one is at eps
-            return langevin_correct(denoiser, x, t, s, noise, self.corrector_steps, self.snr, at=s, mean_last=last)
-        x = langevin_correct(denoiser, x, t, s, noise, self.corrector_steps, self.snr)
+            return langevin_correct(denoiser, x, t, s, noise, self.corrector_steps, self.snr, at=s, mean_last=last,
+                                    step_size=self.step_size)
+        x = langevin_correct(denoiser, x, t, s, noise, self.corrector_steps, self.snr, step_size=self.step_size)
         return self._predictor.step(denoiser, x, t, s, noise, last, state)

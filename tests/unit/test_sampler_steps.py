@@ -93,6 +93,35 @@ def test_langevin_step_and_its_vp_scale(sde_name):
     noise = RecordingNoise(z)
     torch.testing.assert_close(langevin_correct(den, x, T, S, noise, 1, 0.16), expected, rtol=1e-12, atol=1e-12)
     assert noise.calls == 1
+    # score_sde's rule: e = 2 r (snr |z| / |score|)^2, the per-sample norms averaged over the batch
+    e = 2 * r * (0.16 * z.norm(dim=1).mean() / den(x, T).score.norm(dim=1).mean()) ** 2
+    expected = x + e * den(x, T).score + (2 * e).sqrt() * z
+    torch.testing.assert_close(langevin_correct(den, x, T, S, noise, 1, 0.16, step_size="score_sde"), expected,
+                               rtol=1e-12, atol=1e-12)
+    assert noise.calls == 2
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+@pytest.mark.parametrize("t", [0.05, 0.3, 0.9])
+def test_score_sdes_langevin_step_is_sigma_t_only_where_the_noise_dwarfs_the_data(sde_name, t):
+    """On d-dimensional data of variance v in every direction, |z|^2 / |score|^2 -> a_t^2 v + sigma_t^2 (the marginal's
+    variance) as d grows: score_sde's step is 2 r snr^2 (a_t^2 v + sigma_t^2); "sigma" keeps 2 r snr^2 sigma_t^2."""
+    sde, d, v = SDES[sde_name], 256, 0.25
+    data = GaussianMixture(torch.zeros(1, d, dtype=torch.float64), stds=torch.full((1,), v ** 0.5,
+                                                                                  dtype=torch.float64))
+    den = data.denoiser(sde)
+    t, gen = torch.tensor(t, dtype=torch.float64), torch.Generator().manual_seed(3)
+    a, sigma = sde.alpha(t), sde.sigma(t)
+    x = (a**2 * v + sigma**2).sqrt() * torch.randn(32, d, dtype=torch.float64, generator=gen)  # from p_t
+    z = torch.randn(32, d, dtype=torch.float64, generator=gen)
+    r = sde.langevin_scale(t, t - 0.01)
+    for rule, variance in (("score_sde", a**2 * v + sigma**2), ("sigma", sigma**2)):
+        noise = RecordingNoise(z)
+        moved = langevin_correct(den, x, t, t - 0.01, noise, 1, 0.16, mean_last=True, step_size=rule) - x
+        score = den(x, t).score  # mean_last: the move is e score alone; its z was drawn for the norm
+        e = (moved * score).sum() / (score * score).sum()
+        assert float(e) == pytest.approx(float(2 * r * 0.16**2 * variance), rel=0.03)
+        assert noise.calls == (rule == "score_sde")
 
 
 @pytest.mark.parametrize("name, params, corrector", [

@@ -118,6 +118,7 @@ def test_stochastic_samplers_reach_the_noise_floor(sde):
         ("pc", {"snr": 0.0}, "snr must be a finite number > 0"),
         ("pc", {"snr": math.inf}, "snr must be a finite number > 0"),
         ("pc", {"predictor": "ddim"}, "unknown predictor"),
+        ("pc", {"step_size": "paper"}, r"unknown step_size 'paper'; choose one of \('sigma', 'score_sde'\)"),
         ("ode", {"method": "rk45"}, "unknown ODE method 'rk45'"),
         ("ode", {"rtol": -1e-5}, "rtol must be a number in \\(0, 1\\)"),
         ("ode", {"atol": 0.0}, "atol must be a number in \\(0, 1\\)"),
@@ -247,6 +248,9 @@ def test_a_denoised_samplers_budget_keeps_its_last_nfe_and_its_key_says_so():
     assert plain.at_nfe(10).steps == 10 and denoised.at_nfe(10).steps == 9  # equal NFE: one of the 10 denoises
     assert denoised.at_nfe(1) is None
     assert "denoise" not in plain.params() and denoised.params()["denoise"] is True  # older rows keep their keys
+    pc, langevin = build_sampler("pc"), build_sampler("pc", step_size="score_sde")  # a knob added later, likewise
+    assert "step_size" not in pc.params() and langevin.params()["step_size"] == "score_sde"
+    assert "step_size" not in build_sampler("ddim").params()
     x, info = sample(denoised.at_nfe(10), MIX.denoiser(VPSDE()), range(8))
     assert info["nfe"] == 10
     with pytest.raises(ValueError, match="dpmpp: denoise must be true or false; got 'yes'"):
