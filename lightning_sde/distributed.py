@@ -59,9 +59,26 @@ def broadcast_from_zero(obj):
     return box[0]
 
 
+def check_multirun_world(devices: int, num_nodes: int, key: str) -> None:
+    """Local DDP in a job of an in-process multirun (-m): the DDP workers re-run the command line, each restarting
+    the whole sweep and joining another job's processes; refused unless SLURM starts the processes (submitit)."""
+    if devices * num_nodes == 1:
+        return
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and not SLURMEnvironment.detect():
+        raise ValueError(f"config {key}: a multirun (-m) with local DDP would restart the whole sweep in every DDP "
+                         "worker (they re-run the command line); use hydra/launcher=slurm (one SLURM job per run) "
+                         "or launch each run on its own")
+
+
 def check_launcher_world(devices: int, num_nodes: int) -> None:
     """srun / torchrun starting several processes for one asked for (ddp.devices x ddp.num_nodes = 1): each would do
-    the whole run, side by side in one folder; refused, naming the settings that let them share it."""
+    the whole run, side by side in one folder; refused, naming the settings that let them share it. And local DDP in
+    a multirun's job (check_multirun_world)."""
+    check_multirun_world(devices, num_nodes, "ddp")
     started = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("WORLD_SIZE") or "1"
     if devices * num_nodes == 1 and started.isdigit() and int(started) > 1:
         launcher = "srun" if os.environ.get("SLURM_STEP_NUM_TASKS") else "the launcher (WORLD_SIZE)"

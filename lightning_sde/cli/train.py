@@ -55,7 +55,7 @@ from lightning_sde.configuration import (
 )
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import check_accumulation
-from lightning_sde.distributed import launched_first, slurm_job
+from lightning_sde.distributed import check_multirun_world, launched_first, slurm_job
 from lightning_sde.errors import CheckpointError, NonFiniteError, nonfinite_keys
 from lightning_sde.files import LOCK_FILE, FolderLock, folder_in_use
 from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
@@ -472,11 +472,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         raise ValueError(f"config: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_LEVEL_KEYS)}")
     name_the_run(cfg)
     job = multirun_job()
-    if job is not None and int(cfg.trainer.get("devices", 1)) * int(cfg.trainer.get("num_nodes", 1)) > 1 \
-            and not SLURMEnvironment.detect():
-        raise ValueError("config trainer: a multirun (-m) with local DDP would restart the whole sweep in every DDP "
-                         "worker (they re-run the command line); use hydra/launcher=slurm (one SLURM job per run) "
-                         "or launch each run on its own")
+    check_multirun_world(int(cfg.trainer.get("devices", 1)), int(cfg.trainer.get("num_nodes", 1)), "trainer")
     check_run_values(cfg)
     resume = resume_point(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

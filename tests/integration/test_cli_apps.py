@@ -322,6 +322,23 @@ def test_a_failed_job_of_a_multirun_does_not_stop_the_sweep_and_the_sweep_fails(
     assert {r["sampler"] for r in rows} == {"exact (noise floor)", "ddim"} and {r["seed_count"] for r in rows} == {50}
 
 
+@pytest.mark.parametrize("app, args", [
+    ("sample", ["sampler=ddim,heun", "nfe=4", "seeds.count=4", "ddp.devices=2"]),
+    ("likelihood", ["sde=vp,ve", "n=4", "ddp.devices=2"]),
+    ("bench", ["seeds.count=4,8", "nfe=[4]", "ddp.devices=2", "wandb.enabled=false"]),
+    ("train", ["experiment=toy2d", "sde=vp,ve", "trainer=ddp_cpu", "trainer.devices=2", "logger=csv"]),
+])
+def test_local_ddp_in_a_multirun_is_refused_before_any_job_runs_it(tmp_path, app, args):
+    """Its DDP worker re-ran the command line, `-m` included: a second sweep of every job, joining another job's
+    processes (lsde-sample wrote half of one sampler's samples under another's name)."""
+    proc = _cli(f"lightning_sde.cli.{app}", "-m", *args, f"paths.root={tmp_path}", f"hydra.sweep.dir={tmp_path}/mr",
+                *{"train": ["trainer.max_steps=2"], "likelihood": []}.get(app, ["progress=false"]))
+    key = "trainer" if app == "train" else "ddp"
+    assert proc.returncode == 1 and f"lsde-{app}: error: config {key}: a multirun (-m) with local DDP would restart " \
+        "the whole sweep" in proc.stderr, proc.stderr[-2000:]
+    assert proc.stdout.count("Launching 2 jobs locally") == 1 and "Traceback" not in proc.stderr
+
+
 def test_each_job_of_a_likelihood_multirun_keeps_its_results(tmp_path):
     proc = _cli("lightning_sde.cli.likelihood", "-m", "seed=0,1", "n=2", "batch_size=2", f"paths.root={tmp_path}",
                 f"hydra.sweep.dir={tmp_path}/multirun")
