@@ -211,12 +211,21 @@ def stray_argument(app: str, argv: list[str]) -> str | None:
     return f"{stray[0]!r} is not an override: give it as key=value{named}; see lsde-{app} --help"
 
 
+def launcher_without_multirun(argv: list[str]) -> str | None:
+    """hydra/launcher=... on a single run: Hydra launches only multiruns, so the run would go on here, locally."""
+    given = next((arg for arg in argv if arg.lstrip("+").startswith("hydra/launcher=")), None)
+    if given is None or any(arg in ("-m", "--multirun") for arg in argv):
+        return None
+    return f"{given} launches the runs of a multirun only: add -m (one job per run), or leave it out to run here"
+
+
 def run(app: str, main=None) -> None:
     """--help, then the command line's checks, then the app's `main` (imported only now, unless given: `python -m
     lightning_sde.cli.<app>` passes its own, so that route refuses what the console script refuses)."""
     if print_help_if_asked(app):
         return
-    error = (stray_argument(app, sys.argv[1:]) or override_error(app, sys.argv[1:])
+    error = (stray_argument(app, sys.argv[1:]) or launcher_without_multirun(sys.argv[1:])
+             or override_error(app, sys.argv[1:])
              or added_key_error(app, sys.argv[1:]))
     if error is not None:
         sys.exit(f"lsde-{app}: error: {error}")

@@ -220,19 +220,22 @@ def test_a_misspelt_key_or_option_fails_before_torch_is_imported():
         "for app, argv in [('train', ['experiment=toy2d', 'trainer.max_stepz=3']), ('bench', ['samplers=fastt']),\n"
         "                  ('compare', ['seeds.cont=3']), ('likelihood', ['checkpoint=x', 'nosuch=1']),\n"
         "                  ('bench', ['+nfes=[20]']), ('figures', ['+interpolation.steps=5']),\n"
-        "                  ('compare', ['samplers=nosuch']), ('compare', ['nfe=5', 'dpmpp']), ('train', ['chek'])]:\n"
+        "                  ('compare', ['samplers=nosuch']), ('compare', ['nfe=5', 'dpmpp']), ('train', ['chek']),\n"
+        "                  ('train', ['hydra/launcher=slurm', 'experiment=toy2d'])]:\n"
         "    sys.argv = ['lsde'] + argv\n"
         "    try:\n"
         "        apps.run(app)\n"
         "    except SystemExit as stop:\n"
         "        out.append(str(stop.code))\n")
     assert heavy == [], heavy
-    assert len(errors) == 9 and errors[0].startswith("lsde-train: error: Could not override 'trainer.max_stepz'")
+    assert len(errors) == 10 and errors[0].startswith("lsde-train: error: Could not override 'trainer.max_stepz'")
     assert errors[1].startswith("lsde-bench: error: Could not find 'samplers/fastt'"), errors[1]
     assert errors[6].startswith("lsde-compare: error: Could not find 'samplers/nosuch'"), errors[6]  # not "In 'bench'"
     assert errors[7] == "lsde-compare: error: 'dpmpp' is not an override: give it as key=value; see lsde-compare --help"
     assert errors[8].startswith("lsde-train: error: 'chek' is not an override: give it as key=value; or a subcommand: "
                                 "check;"), errors[8]
+    assert errors[9] == ("lsde-train: error: hydra/launcher=slurm launches the runs of a multirun only: add -m (one "
+                         "job per run), or leave it out to run here")  # it trained on the login node
     assert "Could not override 'seeds.cont'" in errors[2] and "Could not override 'nosuch'" in errors[3]
     # a key added with + that the app never reads (Hydra lets it through): refused, not ignored
     assert errors[4].startswith("lsde-bench: error: nfes: lsde-bench's config has no such key"), errors[4]

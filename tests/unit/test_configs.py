@@ -438,6 +438,20 @@ def test_the_site_file_reads_as_bash_does_and_reaches_submitit_jobs(tmp_path, mo
     assert "export TORCH_HOME='/shared/my torch'" in setup and "export LSDE_ACCOUNT=acct" in setup
 
 
+@pytest.mark.parametrize("app, overrides, layout", [
+    ("train", ["trainer.devices=4", "trainer.num_nodes=2"], (2, 4, 4)),
+    ("sample", ["ddp.devices=2"], (1, 2, 2)), ("bench", ["ddp.num_nodes=3"], (3, 1, 1)), ("likelihood", [], (1, 1, 1)),
+    ("compare", [], (1, 1, 1)), ("figures", [], (1, 1, 1)),
+])
+def test_the_submitit_launcher_sizes_each_apps_jobs_from_its_own_keys(app, overrides, layout, monkeypatch):
+    """It read trainer.* alone: every other app's hydra/launcher=slurm ended in an 81-line InterpolationKeyError."""
+    monkeypatch.delenv("LSDE_SITE_ENV", raising=False)
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose(app, overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == layout
+
+
 def test_the_site_files_values_are_the_ones_bash_gives_its_jobs(tmp_path, monkeypatch):
     """References to settings above and to the environment, ~, quotes and comments: the submitit launcher exported
     `$SHARED/torch` and `~/logs` as they were written, where the templates' jobs (bash) got the paths."""
