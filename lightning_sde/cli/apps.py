@@ -137,8 +137,7 @@ def added_key_error(app: str, argv: list[str]) -> str | None:
     node, or nothing under `@package _global_`)."""
     if any(arg in ("-m", "--multirun") for arg in argv):  # a multirun: its first job's overrides
         argv = first_job([arg for arg in argv if arg not in ("-m", "--multirun")]) or []
-    added = [arg for arg in argv if arg.startswith("+") and "@" not in arg.split("=", 1)[0]
-             and arg.split("=", 1)[0].lstrip("+").split(".")[0] not in BUILT_NODES]
+    added = [arg for arg in argv if arg.startswith("+") and "@" not in arg.split("=", 1)[0]]
     if not added or not single_run_overrides(argv):
         return None
     from hydra import compose, initialize_config_module
@@ -156,6 +155,17 @@ def added_key_error(app: str, argv: list[str]) -> str | None:
     absent = object()
     for arg in added:
         key = arg.split("=", 1)[0].lstrip("+")
+        root, *rest = key.split(".")
+        if root in BUILT_NODES and root in without:  # its class refuses what it does not take
+            labels = list(without.samplers or {}) if root == "samplers" else None
+            if labels is not None and len(rest) > 1 and rest[0] not in labels and OmegaConf.select(
+                    full, f"samplers.{rest[0]}._target_", throw_on_resolution_failure=False) is None:
+                return (f"{key}: this run has no sampler labelled {rest[0]!r} (its samplers: {', '.join(labels)}); "
+                        f"add one with +sampler@samplers.{rest[0]}=<sampler>")
+            continue
+        if root == "sampler" and "samplers" in without:
+            return (f"{key}: lsde-{app} has no single sampler: set it on each of samplers.<label> "
+                    f"(samplers.{next(iter(without.samplers or {'<label>': 0}))}.{'.'.join(rest) or '...'}=...)")
         value = OmegaConf.select(full, key, throw_on_resolution_failure=False)
         there = OmegaConf.select(without, key, default=absent, throw_on_resolution_failure=False) is not absent
         if there or value is None:  # set, not added (++key on a null default too), or a group option placed

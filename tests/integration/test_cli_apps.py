@@ -298,6 +298,26 @@ def test_the_early_override_check_lets_every_valid_run_through(app, argv):
     assert stray_argument("bench", ["report", "x.jsonl"]) is None and stray_argument("train", ["check", *argv]) is None
 
 
+@pytest.mark.parametrize("app, argv, message", [
+    ("bench", ["samplers=quick", "+sampler.denoise=true"], "sampler.denoise: lsde-bench has no single sampler: set it "
+                                                          "on each of samplers.<label> (samplers.ddim_10.denoise=...)"),
+    ("train", ["+sampler.denoise=true"], "sampler.denoise: lsde-train has no single sampler"),
+    ("compare", ["+samplers.ddim.denoise=true"], "samplers.ddim.denoise: this run has no sampler labelled 'ddim' (its "
+                                                 "samplers: em_1000, pc_1000, ddim_50, "),
+    ("likelihood", ["+sampler.denoise=true"], "sampler.denoise: lsde-likelihood's config has no such key"),
+    ("figures", ["+samplers.x.denoise=true"], "samplers.x.denoise: lsde-figures's config has no such key"),
+])
+def test_an_added_key_under_a_sampler_node_the_run_lacks_is_refused(app, argv, message):
+    """`+sampler.denoise=true` (Hydra's advice for lsde-sample's `sampler.denoise=true` under lsde-bench) made a node
+    nothing reads: the sweep ran without denoising and exited 0."""
+    from lightning_sde.cli.apps import added_key_error
+
+    assert added_key_error(app, argv).startswith(message)
+    # a sampler added key by key is built, and refuses what it does not take itself
+    assert added_key_error("bench", ["+samplers.my._target_=lightning_sde.samplers.DDIM", "+samplers.my.steps=5"]) \
+        is None
+
+
 def test_a_multiruns_typo_is_one_line_before_any_job():
     """-m trainer.max_step=5,6: Hydra's multi-line complaint after a sweep folder was made."""
     from lightning_sde.cli.apps import override_error
