@@ -239,6 +239,9 @@ def run(app: str, main=None) -> None:
              or added_key_error(app, sys.argv[1:]))
     if error is not None:
         sys.exit(f"lsde-{app}: error: {error}")
+    from lightning_sde.cli.launcher import register
+
+    register()  # hydra/launcher=slurm's
     (main or importlib.import_module(f"lightning_sde.cli.{app}").main)()
 
 

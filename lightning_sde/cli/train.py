@@ -92,11 +92,13 @@ class Run:
 
 def name_the_run(cfg: DictConfig) -> None:
     """A job id on the command line (run_name=123) parses as an int; each job of a multirun gets its own name,
-    <run_name>_<job number> (and so its own run directory, checkpoints and W&B run), stable across requeues."""
+    <run_name>_<job number> (and so its own run directory, checkpoints and W&B run), stable across requeues. A
+    submitit sweep's job (an array task) is <array id>_<job number> by default, as its log folder .submitit/<id>_<n>."""
     cfg.run_name = str(cfg.run_name)
     job = multirun_job()
     if job is not None:
-        cfg.run_name = f"{cfg.run_name}_{job[1]}"
+        array = os.environ.get("SLURM_ARRAY_JOB_ID")
+        cfg.run_name = f"{array if array and not run_name_kept() else cfg.run_name}_{job[1]}"
 
 
 def wandb_identity(cfg: DictConfig, job, callbacks) -> dict:

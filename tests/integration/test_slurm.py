@@ -174,6 +174,24 @@ def test_hydra_submitit_launcher_submits_a_ddp_run_and_owns_requeue(slurm, workd
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in job_log and "requeue is submitit's" in job_log
 
 
+def test_a_run_that_fails_under_the_submitit_launcher_fails_its_slurm_job(slurm, workdir):
+    """Hydra's launcher kept the failure in the job's return value: SLURM recorded COMPLETED, exit 0 (afterok and sacct
+    took it for a success). The sweep ends with the run's one line. (timeout_min > 5: USR2 comes 300 s before the
+    limit.)"""
+    cmd = [sys.executable, "-m", "lightning_sde.cli.train", "-m", "hydra/launcher=slurm", *TRAIN, "optim.lr=-1",
+           "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
+           f"hydra.sweep.dir={workdir}/multirun"]
+    env = {**slurm.env, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true", "LSDE_SITE_ENV": str(workdir / "none.env")}
+    (workdir / "none.env").write_text("")
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "lsde-train: error: the sweep failed; its first failure: config optim.lr: " in proc.stderr, proc.stderr
+    assert "_log.out)" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr  # its log named, no trace
+    (sbatch_file,) = (workdir / "multirun" / ".submitit").glob("*/*_submission.sh")
+    state = slurm.state(sbatch_file.parent.name)
+    assert (state["JobState"], state["ExitCode"]) == ("FAILED", "1:0"), state
+
+
 # --- preemption with the default loggers (W&B offline + CSV): SIGTERM to every process of the job ---------------
 
 

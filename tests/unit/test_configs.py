@@ -388,6 +388,10 @@ def test_each_job_of_a_multirun_trains_under_its_own_name_even_with_a_run_name_i
     monkeypatch.delenv("LSDE_RUN_NAME")
     monkeypatch.setenv("SLURM_JOB_ID", "5002")  # a submitit job's own id (another for each job): the sweep's group
     assert train.wandb_identity(cfg, ("sweep", 1), [])["group"] == "sweep"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "5001")  # its array's: the run is named as its log folder, 5001_1
+    cfg = composed("train", ["experiment=toy2d"])
+    train.name_the_run(cfg)
+    assert cfg.run_name == "5001_1" and cfg.run_dir.endswith("/train/5001_1")
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
