@@ -262,7 +262,8 @@ def samples_figure(panels: dict[str, dict[str, torch.Tensor]], reference: torch.
     size = 1.8 if images else 2.6
     width = max(len(line) for line in layout)
     fig, axes = plt.subplots(len(layout), width, figsize=(size * width, (size + 0.45) * len(layout) + 0.4),
-                             squeeze=False, sharex=not images, sharey=not images, layout="constrained")
+                             squeeze=False, layout="constrained")  # unshared: each panel's limits are set (shared
+    # axes made every set walk all the others: 160 panels took a minute, a 297-cell sweep's did not finish)
     limits = None if images else robust_limits(reference if reference is not None else first)
     for i, line in enumerate(layout):
         for j in range(width):
