@@ -202,7 +202,7 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
                 except ValueError as err:  # explicit times: their steps are fixed
                     _fail(f"samplers.{label}", str(err))
                 if budgeted is None:
-                    log.warning("skipping %s at nfe=%d: it takes %s", label, n, sampler.step_cost())
+                    log.warning("skipping %s at nfe=%d: its least budget is %s", label, n, sampler.step_cost())
                     continue
                 same = budgets.setdefault(json.dumps(jsonable(budgeted.params()), sort_keys=True), n)
                 if same != n:  # e.g. 2 NFE a step at nfe 8 and 9: one sampler, one cell
@@ -212,6 +212,9 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
                 add(label, budgeted, "nfe", int(n))
         else:
             add(label, sampler, "configured", None)
+    if all(cell.sampler == "exact" for cell in cells):  # every budget below every sampler's least: a table of nothing
+        _fail("nfe", f"{list(nfes)} leaves no sampler a cell: each is below every sampler's least budget (see the "
+                     "warnings above)")
     return cells
 
 

@@ -145,7 +145,7 @@ def at_budget(cfg: DictConfig, sampler: Sampler) -> Sampler:
                              "(rtol = atol) instead")
         budgeted = checked("nfe", sampler.at_nfe, nfe)
         if budgeted is None:
-            raise ValueError(f"config nfe: {nfe} is less than one step of {sampler.name} ({sampler.step_cost()})")
+            raise ValueError(f"config nfe: {nfe} is below the least budget of {sampler.name}, {sampler.step_cost()}")
         return budgeted
     if tol is not None:
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < math.inf:

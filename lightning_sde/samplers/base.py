@@ -241,9 +241,9 @@ class Sampler:
         spent = None if self.adaptive else (type(self), self.steps, info["nfe"])
         if spent is not None and info["nfe"] != expected and spent not in _UNEXPECTED_NFE:
             _UNEXPECTED_NFE.add(spent)  # once per class, steps and cost: not at every batch
-            log.warning("sampler %r took %d NFE for %d steps, not the %d of %s: its NFE budget (nfe=%d in a sweep) "
-                        "is not what it spends; set its nfe_per_step", self.name, info["nfe"], self.steps, expected,
-                        self.step_cost(), expected)
+            log.warning("sampler %r took %d NFE for %d steps, not the %d of %d NFE a step%s: its NFE budget (nfe=%d "
+                        "in a sweep) is not what it spends; set its nfe_per_step", self.name, info["nfe"], self.steps,
+                        expected, self.nfe_per_step, " and 1 to denoise" if self.denoise else "", expected)
         return x, info
 
     def run(self, denoiser: Denoiser, x: Tensor, plan: Plan, noise, on_step: OnStep | None) -> tuple[Tensor, dict]:
@@ -286,8 +286,9 @@ class FixedStepSampler(Sampler):
         return (self.steps if steps is None else steps) * self.nfe_per_step + self.denoise
 
     def step_cost(self) -> str:
-        """What budget_nfe counts, in words: "2 NFE a step, and 1 to denoise"."""
-        return f"{self.nfe_per_step} NFE a step{', and 1 to denoise' if self.denoise else ''}"
+        """The least budget at_nfe takes, and what budget_nfe counts, in words: "3 NFE (2 a step, and 1 to denoise)"."""
+        least = self.budget_nfe(1 + self.steps - self.intervals)  # a grid of one interval at least
+        return f"{least} NFE ({self.nfe_per_step} a step{', and 1 to denoise' if self.denoise else ''})"
 
     def at_nfe(self, nfe: int) -> "FixedStepSampler | None":
         if self.adaptive:

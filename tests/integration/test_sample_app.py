@@ -211,7 +211,9 @@ def test_a_multirun_writes_one_folder_per_job_under_a_given_out(tmp_path):
     (["device=mps"], "config device: 'mps' is not available here"),
     (["sampler=ode", "nfe=10"], "config nfe: ode is adaptive (it chooses its steps); give tolerance="),
     (["sampler=ddim", "tolerance=1e-3"], "config tolerance: ddim takes fixed steps; give nfe= instead"),
-    (["sampler=heun", "nfe=1"], "config nfe: 1 is less than one step of heun (2 NFE a step)"),
+    (["sampler=heun", "nfe=1"], "config nfe: 1 is below the least budget of heun, 2 NFE (2 a step)"),
+    (["sampler=unipc", "sampler.final_corrector=true", "sampler.denoise=true", "nfe=2"],  # two steps, one interval
+     "config nfe: 2 is below the least budget of unipc, 3 NFE (1 a step, and 1 to denoise)"),
     (["guidance=2"], "config guidance: the model is not class-conditional"),
     (["png=maybe"], "config png: must be true, false or auto"),
     (["png=true"], "config png: an exact mixture's samples are points, which have no PNG"),  # none was written
