@@ -27,7 +27,6 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from lightning_sde.cli.errors import fails_cleanly, own_folder_per_job
 from lightning_sde.cli.help import print_help_if_asked
@@ -47,6 +46,7 @@ from lightning_sde.files import FolderLock, write_text
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
 from lightning_sde.probability_flow import ADAPTIVE_METHODS, ADAPTIVE_OPTIONS, DEFAULT_FIXED_STEPS, ODEOptions
 from lightning_sde.targets import UnconditionalNotLearned, check_guidance_learned, load_target, target_kind
+from lightning_sde.tracking import Progress
 
 log = logging.getLogger(__name__)
 
@@ -253,26 +253,34 @@ def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict |
 def compute_rows(cfg, options, denoiser, x, mine, mixture, divergence, offset, device, record) -> list[dict]:
     """One row per sample of `mine` (indices into x), each batch's appended to `record` as soon as it is done."""
     rows, dim = [], math.prod(denoiser.shape)
-    for i in tqdm(range(0, len(mine), cfg.batch_size), desc="log-likelihood", unit="batch",
-                  disable=rank_world()[0] != 0):
-        idx = mine[i : i + cfg.batch_size]
-        # each sample's probes are seeded by its index: any batch size or world size draws the same for it
-        gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + k) for k in idx.tolist()]
-        out = log_likelihood(denoiser, x[idx].to(device), options, divergence, cfg.probes, cfg.probe, gens)
-        truth = (mixture.marginal_log_prob(denoiser.sde, x[idx].double(),
-                                           torch.tensor(denoiser.sde.eps, dtype=torch.float64))
-                 if mixture else None)
-        for j, k in enumerate(idx.tolist()):
-            se = float(out["logp_se"][j])  # NaN for one probe: no spread to estimate it from
-            row = {"index": k, "logp": float(out["logp"][j]), "logp_se": se if math.isfinite(se) else None,
-                   "prior_logp": float(out["prior_logp"][j]), "nfe_batch": out["nfe"]}
-            row["bpd"] = float(bits_per_dim(out["logp"][j], dim, offset or 0.0))
-            if truth is not None:
-                row["true_logp"] = float(truth[j])
-            rows.append(row)
-        with writing(record.name):
-            record.write("".join(json.dumps(r) + "\n" for r in rows[-len(idx):]))  # whole lines: a kill tears one
-            record.flush()
+    with Progress(len(mine), "log-likelihood", "samples", enabled=rank_world()[0] == 0) as bar:
+        for i in range(0, len(mine), cfg.batch_size):
+            rows += likelihood_batch(cfg, options, denoiser, x, mine[i : i + cfg.batch_size], mixture, divergence,
+                                     offset, device, record, dim)
+            bar.update(min(i + cfg.batch_size, len(mine)))
+    return rows
+
+
+def likelihood_batch(cfg, options, denoiser, x, idx, mixture, divergence, offset, device, record, dim) -> list[dict]:
+    """The rows of one batch (indices idx into x), appended to `record` at once."""
+    rows = []
+    # each sample's probes are seeded by its index: any batch size or world size draws the same for it
+    gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + k) for k in idx.tolist()]
+    out = log_likelihood(denoiser, x[idx].to(device), options, divergence, cfg.probes, cfg.probe, gens)
+    truth = (mixture.marginal_log_prob(denoiser.sde, x[idx].double(),
+                                       torch.tensor(denoiser.sde.eps, dtype=torch.float64))
+             if mixture else None)
+    for j, k in enumerate(idx.tolist()):
+        se = float(out["logp_se"][j])  # NaN for one probe: no spread to estimate it from
+        row = {"index": k, "logp": float(out["logp"][j]), "logp_se": se if math.isfinite(se) else None,
+               "prior_logp": float(out["prior_logp"][j]), "nfe_batch": out["nfe"]}
+        row["bpd"] = float(bits_per_dim(out["logp"][j], dim, offset or 0.0))
+        if truth is not None:
+            row["true_logp"] = float(truth[j])
+        rows.append(row)
+    with writing(record.name):
+        record.write("".join(json.dumps(r) + "\n" for r in rows))  # whole lines: a kill tears one
+        record.flush()
     return rows
 
 
