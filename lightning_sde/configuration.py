@@ -9,6 +9,7 @@ before anything is built (resolving a name imports only modules under those pref
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 import shlex
@@ -23,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger("lightning_sde")
 CONFIG_PACKAGE = "lightning_sde.configs"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"  # for @hydra.main
 TRUSTED_TARGETS = ("lightning_sde.",)  # what a file may name by default
@@ -41,15 +43,23 @@ def config_root() -> Path:
 SITE_SBATCH = {"LSDE_MEM": "mem", "LSDE_MAIL_TYPE": "mail_type", "LSDE_MAIL_USER": "mail_user"}
 
 
+def site_file() -> Path | None:
+    """$LSDE_SITE_ENV; else slurm/site.env of the source checkout the package runs from, or of the current folder (an
+    installed package, run where its checkout is); None if there is none."""
+    if os.environ.get("LSDE_SITE_ENV"):
+        path = Path(os.environ["LSDE_SITE_ENV"])
+        if not path.is_file():
+            raise ValueError(f"LSDE_SITE_ENV={str(path)!r} is not a file")
+        return path
+    found = [p for p in (config_root().parent / "slurm" / "site.env", Path("slurm") / "site.env") if p.is_file()]
+    return found[0].resolve() if found else None
+
+
 def site_file_settings() -> dict[str, str]:
-    """The site file's KEY=VALUE lines (or `export KEY=VALUE`, as bash reads them too), read as data, never run:
-    $LSDE_SITE_ENV, else slurm/site.env in a source checkout."""
-    path = Path(os.environ["LSDE_SITE_ENV"]) if os.environ.get("LSDE_SITE_ENV") else (
-        config_root().parent / "slurm" / "site.env")
-    if os.environ.get("LSDE_SITE_ENV") and not path.is_file():
-        raise ValueError(f"LSDE_SITE_ENV={str(path)!r} is not a file")
+    """The site file's KEY=VALUE lines (or `export KEY=VALUE`, as bash reads them too), read as data, never run."""
+    path = site_file()
     settings = {}
-    if path.is_file():
+    if path is not None:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             match = re.match(r"\s*(?:export\s+)?([A-Za-z_]\w*)=(.*)", line)
             if match:
@@ -120,6 +130,10 @@ def _site_setup(*lines) -> list:
     """The submitit job's set-up lines: ours, the site's settings exported (TORCH_HOME, LSDE_CACHE, ...: what the
     templates' jobs get by sourcing the file), then the site's LSDE_SETUP."""
     site = site_settings()
+    if site_file() is None:
+        log.warning("hydra/launcher=slurm: no site file (slurm/site.env in the package's checkout or the current "
+                    "folder, or $LSDE_SITE_ENV): the jobs get no site account, partition or set-up but the LSDE_* "
+                    "of this environment")
     exports = [f"export {key}={shlex.quote(site[key])}" for key in site_file_settings()
                if key in site and key != "LSDE_SETUP"]
     return [*lines, *exports, *([site["LSDE_SETUP"]] if "LSDE_SETUP" in site else [])]

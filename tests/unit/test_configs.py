@@ -456,6 +456,24 @@ def test_the_submitit_launcher_sizes_each_apps_jobs_from_its_own_keys(app, overr
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == layout
 
 
+def test_an_installed_package_finds_the_site_file_of_the_folder_it_runs_in(tmp_path, monkeypatch, caplog):
+    """`pip install .` puts the configs in site-packages, whose parent has no slurm/site.env: the launcher's jobs went
+    without the site's account, partition and set-up, silently."""
+    from lightning_sde import configuration
+
+    monkeypatch.delenv("LSDE_SITE_ENV", raising=False)
+    monkeypatch.delenv("LSDE_ACCOUNT", raising=False)
+    monkeypatch.setattr(configuration, "config_root", lambda: tmp_path / "site-packages" / "lightning_sde" / "configs")
+    monkeypatch.chdir(tmp_path)
+    assert configuration.site_file() is None
+    configuration._site_setup("echo ours")
+    assert "no site file" in caplog.text
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "site.env").write_text("LSDE_ACCOUNT=acct\n")
+    assert configuration.site_file() == tmp_path / "slurm" / "site.env"
+    assert configuration._site_value("LSDE_ACCOUNT") == "acct"
+
+
 def test_the_site_files_values_are_the_ones_bash_gives_its_jobs(tmp_path, monkeypatch):
     """References to settings above and to the environment, ~, quotes and comments: the submitit launcher exported
     `$SHARED/torch` and `~/logs` as they were written, where the templates' jobs (bash) got the paths."""
