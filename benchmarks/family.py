@@ -52,6 +52,9 @@ seeds 14000..14031.
 **A fifteenth held-out family, written down before the study of grid="optimized"'s restarts (2026-12-04,
 benchmarks/grid_starts.py decides on the tuning family first)**: seeds 15000..15031. The study changed no default, so
 it was not scored: unused; nor did the holdout study of grid="optimized" (grid_holdout.py, 2026-12-05).
+**A sixteenth held-out family, written down before its first run (2026-12-06), for the comparison of PC's two
+Langevin step rules (sde_family.py --langevin; nothing is tuned on it: both rules are fixed by their definitions)**:
+seeds 16000..16031.
 **A second tuning set, written down before its first run (2026-12-03)**: the first 16 seeds from 20000 on whose
 draw is high-dimensional and overlapping (`stratum`: dimension 64 or more, separation below 2), the kind of problem
 where the fourteen held-out families' "never above 1.0x" misses fell (#10012, #11018, #13029) and which the 24 tuning
@@ -86,6 +89,7 @@ HELD_OUT_12 = tuple(range(12000, 12032))
 HELD_OUT_13 = tuple(range(13000, 13032))
 HELD_OUT_14 = tuple(range(14000, 14032))
 HELD_OUT_15 = tuple(range(15000, 15032))
+HELD_OUT_16 = tuple(range(16000, 16032))
 TUNING_2 = (20012, 20019, 20028, 20041, 20043, 20045, 20056, 20060, 20072, 20084, 20085, 20086, 20094, 20097, 20101,
             20106)  # stratum(20000, 16, least_dim=64, separation_below=2.0)
 TUNING_FAMILIES = ("tuning", "tuning-2")
@@ -94,7 +98,8 @@ FAMILIES = {"tuning": TUNING, "tuning-2": TUNING_2, "held-out": HELD_OUT, "held-
             "held-out-3": HELD_OUT_3, "held-out-4": HELD_OUT_4, "held-out-5": HELD_OUT_5, "held-out-6": HELD_OUT_6,
             "held-out-7": HELD_OUT_7, "held-out-8": HELD_OUT_8, "held-out-9": HELD_OUT_9,
             "held-out-10": HELD_OUT_10, "held-out-11": HELD_OUT_11, "held-out-12": HELD_OUT_12,
-            "held-out-13": HELD_OUT_13, "held-out-14": HELD_OUT_14, "held-out-15": HELD_OUT_15}
+            "held-out-13": HELD_OUT_13, "held-out-14": HELD_OUT_14, "held-out-15": HELD_OUT_15,
+            "held-out-16": HELD_OUT_16}
 DIMS = (2, 4, 8, 16, 32, 64, 128, 256)
 CONCENTRATIONS = (20.0, 1.0, 0.2)
 

@@ -20,6 +20,7 @@ misses #5003 and #6018, sliced W2 1.20x and 1.17x the floor, are 1.06-1.13x on t
     .venv/bin/python benchmarks/sde_family.py --family held-out --control  # exact samples through the same test
     .venv/bin/python benchmarks/sde_family.py --family tuning --kl-study   # KL_STUDY, ranked with candidates()
     .venv/bin/python benchmarks/sde_family.py --family held-out-5  # FROZEN and CHALLENGER (also held-out-6, -7)
+    .venv/bin/python benchmarks/sde_family.py --family held-out-16 --langevin  # PC's two Langevin step rules
 
 The KL study (after the fourth held-out family, whose misses were high-dimensional mixtures of overlapping
 components of unequal scale, where the std-ratio start is far from p_t): the same samplers starting where the
@@ -74,6 +75,9 @@ FROZEN = {"sde-dpm++2m karras gs0.3": dict(name="sde_dpmpp", grid="karras", gaus
 # held-out family as a challenger: 29 of 32 against FROZEN's 25 (exact samples 30 [28, 32]). It is the recommendation
 # since (configs/sampler/recommended_sde.yaml), confirmed on the sixth and seventh families with FROZEN beside it.
 CHALLENGER = {"sde-dpm++2m karras kl0.1": KL_STUDY["sde-dpm++2m karras kl0.1"]}
+# PC (reverse diffusion + one Langevin step, snr 0.16) with each rule of the Langevin step (sde_solvers.py); N samples
+# in one batch, so score_sde's batch-averaged norms average over N
+LANGEVIN = {f"pc {rule}": dict(name="pc", step_size=rule) for rule in ("sigma", "score_sde")}
 SCORED_WITH_CHALLENGER = ("held-out-5", "held-out-6", "held-out-7")
 FIELDS = ["seed", "config", "nfe", "sliced_w2", "occupancy_tv", "floor_w2_mean", "floor_w2_std", "floor_tv_mean",
           "floor_tv_std", "indistinguishable", "seconds"]
@@ -101,7 +105,7 @@ def within(w2, tv, floor) -> bool:
     return w2 <= fw + 2 * fws and tv <= ft + 2 * fts
 
 
-def run_problem(seed: int, configs: dict) -> list[dict]:
+def run_problem(seed: int, configs: dict, nfe: int = NFE) -> list[dict]:
     mixture = draw(seed)[0]
     sde = vp_sde()
     den = mixture.denoiser(sde)
@@ -112,7 +116,7 @@ def run_problem(seed: int, configs: dict) -> list[dict]:
     rows = []
     for label, params in configs.items():
         params = dict(params)
-        sampler = build_sampler(params.pop("name"), **params).at_nfe(NFE)
+        sampler = build_sampler(params.pop("name"), **params).at_nfe(nfe)
         start = time.perf_counter()
         x, info = sampler(den, x_T, noise)
         w2, tv = score(x)
@@ -154,6 +158,8 @@ def main() -> None:
     parser.add_argument("--replot", action="store_true")
     parser.add_argument("--control", action="store_true", help="score exact samples instead (the test's own noise)")
     parser.add_argument("--kl-study", action="store_true", help="tuning family: KL_STUDY, ranked with candidates()")
+    parser.add_argument("--langevin", type=int, nargs="?", const=100, metavar="NFE",
+                        help="LANGEVIN at this NFE (default 100) instead")
     args = parser.parse_args()
     if args.kl_study and (args.family != "tuning" or args.control):
         parser.error("--kl-study runs on the tuning family, without --control")
@@ -167,6 +173,12 @@ def main() -> None:
         if not args.replot:
             run_family(seeds, out.with_suffix(".csv"), ["seed", "sets", "passed"], run_control)
         return summarize_control(out)
+    if args.langevin:
+        out = out.with_name(f"{out.name}_langevin")
+        if not args.replot:
+            run_family(seeds, out.with_suffix(".csv"), FIELDS, lambda seed: run_problem(seed, LANGEVIN, args.langevin))
+        summarize(out)
+        return plot_pairs(out, *LANGEVIN)
     first = None
     if args.kl_study:
         first, out = out.with_suffix(".csv"), out.with_name(out.name + "_kl")
@@ -188,7 +200,9 @@ def summarize(out: Path, first: Path | None = None) -> None:
     for r in rows:
         by.setdefault(r["config"], []).append(r)
     n = len({r["seed"] for r in rows})
-    lines = [f"# {out.name}: {n} problems, NFE {NFE}, {N} samples against {REFERENCE} exact ones", "",
+    nfes = sorted({int(r["nfe"]) for r in rows})
+    lines = [f"# {out.name}: {n} problems, NFE {', '.join(map(str, nfes))}, {N} samples against {REFERENCE} exact "
+             "ones", "",
              "| sampler | problems indistinguishable | median sliced W2 / floor | worst | median TV / floor | worst |",
              "|---|---:|---:|---:|---:|---:|"]
     entries = []
@@ -201,6 +215,39 @@ def summarize(out: Path, first: Path | None = None) -> None:
         lines.append(f"| {c} | {-neg} of {len(by[c])} | {med:.3f} | {worst:.3f} | {tmed:.3f} | {tworst:.3f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def plot_pairs(out: Path, first: str, second: str) -> None:
+    """Each problem's sliced W2 and occupancy TV over the floor, `first` against `second` (out.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(out.with_suffix(".csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    by = {}
+    for r in rows:
+        by.setdefault(r["seed"], {})[r["config"]] = r
+    from matplotlib.ticker import NullFormatter
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
+    for ax, (metric, floor, name) in zip(axes, (("sliced_w2", "floor_w2_mean", "sliced W2 / floor"),
+                                                ("occupancy_tv", "floor_tv_mean", "mode occupancy TV / floor"))):
+        pairs = [(float(v[first][metric]) / float(v[first][floor]), float(v[second][metric]) / float(v[second][floor]))
+                 for v in by.values() if first in v and second in v]
+        xs, ys = zip(*pairs)
+        ax.scatter(xs, ys, s=14)
+        lo, hi = min(xs + ys) * 0.8, max(xs + ys) * 1.25
+        ax.plot([lo, hi], [lo, hi], color="0.6", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel=first, ylabel=second,
+               )
+        ax.set_title(f"{name}: {sum(y < x for x, y in pairs)} of {len(pairs)} below the diagonal", fontsize=9)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_formatter(NullFormatter())
+    fig.suptitle(f"{out.name}: a point a problem; below the diagonal, {second} is closer to exact samples",
+                 fontsize=9)
+    fig.savefig(out.with_suffix(".png"), dpi=110)
 
 
 if __name__ == "__main__":
