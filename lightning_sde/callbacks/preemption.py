@@ -132,13 +132,17 @@ class Preemption(L.Callback):
                 return
             self.save(trainer, "SIGTERM")  # a signal that arrived outside a training step (e.g. in validation)
         elif self.keeps_steps_on(trainer, exception):
+            exiting = isinstance(exception, SystemExit)  # e.g. submitit's requeue at the time limit: no error
             try:
-                self.save(trainer, f"stopped by {type(exception).__name__}")
+                self.save(trainer, "exiting (SystemExit)" if exiting else f"stopped by {type(exception).__name__}")
             except Exception as err:  # noqa: BLE001  (the run's own error is the one to report)
                 log.warning("no checkpoint written on the error (%s: %s); the last one stands", type(err).__name__, err)
                 return
-            log.warning("once its cause is fixed, lsde-train ... %s resumes the run from global step %d",
-                        self.resume_with, trainer.global_step)
+            if exiting:
+                log.info("a requeued or resubmitted job resumes the run from global step %d", trainer.global_step)
+            else:
+                log.warning("once its cause is fixed, lsde-train ... %s resumes the run from global step %d",
+                            self.resume_with, trainer.global_step)
 
     def keeps_steps_on(self, trainer, exception: BaseException) -> bool:
         """Whether an error that stops training (a data loader's unreadable file, Ctrl-C, a failure in the step) gets a

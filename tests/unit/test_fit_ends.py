@@ -274,6 +274,24 @@ def test_an_error_while_training_saves_last_ckpt_at_the_last_step_boundary(tmp_p
     assert (step_of(path) if path.exists() else None) == saved
 
 
+def test_a_launchers_exit_saves_the_steps_and_is_not_called_an_error(tmp_path, caplog):
+    """submitit's requeue at the time limit exits the job (SystemExit): its log said 'stopped by SystemExit' and
+    'once its cause is fixed, ... resumes', an error with nothing to fix."""
+    import logging
+
+    from lightning_sde.callbacks.preemption import Preemption
+
+    preemption = Preemption("SIGUSR1")
+    trainer = L.Trainer(max_steps=12, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path, accelerator="cpu",
+                        callbacks=[FailsAt(5, SystemExit(-1)), preemption], plugins=[AtomicCheckpointIO()])
+    with caplog.at_level(logging.INFO, logger="lightning_sde"), pytest.raises(SystemExit):
+        trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=512))
+    assert preemption.saved_at == 5 == step_of(Preemption.last_path(trainer))
+    assert "exiting (SystemExit): saved" in caplog.text and "resumes the run from global step 5" in caplog.text
+    assert "cause is fixed" not in caplog.text and "stopped by" not in caplog.text
+
+
 def test_an_error_under_ddp_writes_no_checkpoint_from_one_process():
     """A save is collective: one process failing alone would wait for the others, which Lightning stops."""
     from lightning_sde.callbacks.preemption import Preemption
