@@ -29,7 +29,14 @@ import re
 import uuid
 from pathlib import Path
 
-from lightning_sde.bench.results import ResultsStore, cell_key_of, for_views, protocol_labels, unreadable
+from lightning_sde.bench.results import (
+    ResultsStore,
+    cell_key_of,
+    for_views,
+    protocol_labels,
+    unreadable,
+    variant_of,
+)
 from lightning_sde.files import file_name, replace_atomically, write_text
 from lightning_sde.metrics.scorer import ALL_METRICS, direction, ranks_above
 from lightning_sde.tracking import offline_history, sync_command, wandb_configured
@@ -254,12 +261,16 @@ class SweepRun:
 
     def label(self, row: dict) -> str:
         """A row's sampler in this run's keys: its plain label under the run's first protocol, else the report's
-        label of it against that protocol (`ddim [seeds 0+64]`)."""
+        label of it against that protocol (`ddim [seeds 0+64]`); a label rerun with other parameters or settings
+        (results.variant_of; e.g. denoise=true) keys its rows `ddim #<hash>`, a curve of its own."""
         first = self.state.get("protocol")
-        if not first:
-            return row.get("sampler_label", row["sampler"])
         # another target's short name carries its hash: two later targets alike in it are never one W&B key
-        return protocol_labels([first, row], hash_targets=row["target"] != first.get("target"))(row)
+        label = (protocol_labels([first, row], hash_targets=row["target"] != first.get("target"))(row) if first
+                 else row.get("sampler_label", row["sampler"]))
+        variant = variant_of(row)
+        if row["grid"] == "exact" or variant == self.state.setdefault("variants", {}).setdefault(label, variant):
+            return label
+        return f"{label} #{hashlib.sha256(variant.encode()).hexdigest()[:6]}"
 
     def log_cell(self, cell_id: str, rows: list[dict], preview=None, reference=None) -> None:
         """One history row for a finished cell (its rows, one per metric), with its sample image; the noise floor

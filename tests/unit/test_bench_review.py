@@ -168,6 +168,32 @@ def test_two_later_targets_alike_in_short_name_keep_their_own_wandb_keys(tmp_pat
         "best/" + k: v for k, v in zip(keys, (0.1, 0.2, 0.3), strict=True)}
 
 
+def test_a_label_rerun_with_other_parameters_is_a_curve_of_its_own_on_wandb(tmp_path, monkeypatch):
+    """`samplers.ddim_10.denoise=true` rerun into the same results file: both configurations' points were logged as
+    `mmd/ddim_10`, one W&B line through two samplers."""
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, {"id": "run1"})
+
+    def rows(params, nfe, value):
+        key = json.dumps(["mixture:eight|sde:vp", "ddim_10", "ddim", params, "nfe", nfe, 0, 64, "mmd", {}])
+        return [{**result_rows("ddim_10", nfe, value)[0], "key": key, "params": params}]
+
+    run = launch(monkeypatch, results, "20260101")
+    plain, denoised = [({"steps": 5}, 5, 0.3), ({"steps": 9}, 10, 0.2)], [({"steps": 4, "denoise": True}, 5, 0.25),
+                                                                          ({"steps": 8, "denoise": True}, 10, 0.1)]
+    for params, nfe, value in plain + denoised:
+        cell = rows(params, nfe, value)
+        ResultsStore(results).append(cell)
+        run.log_cell(cell_id(cell), cell)
+    keys = [k for logged in run.run.history for k in logged if k.startswith("mmd/")]
+    assert keys[:2] == ["mmd/ddim_10"] * 2 and keys[2] == keys[3] and keys[2].startswith("mmd/ddim_10 #")
+    assert run.run.summary["best/" + keys[2]] == 0.1  # the views' variant: the last run
+    again = launch(monkeypatch, results, "20260102")  # a later launch keeps each variant's key
+    cell = rows({"steps": 8, "denoise": True}, 10, 0.1)
+    assert again.label(cell[0]) == keys[2].removeprefix("mmd/")
+    assert again.label(rows({"steps": 9}, 10, 0.2)[0]) == "ddim_10"
+
+
 def test_data_without_a_checkpoint_is_refused_not_ignored(tmp_path):
     """`lsde-compare data=toy2d data.name=swiss_roll` compared the samplers on the default problem (8 Gaussians) and
     exited 0: the data group only names a checkpoint's data."""
