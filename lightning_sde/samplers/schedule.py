@@ -101,7 +101,8 @@ def tuned(sampler, denoiser, procedure) -> tuple:
     once per (denoiser fingerprint, sampler settings) in this process: the fingerprint covers the weights, so a model
     that trains on gets a new grid at its next evaluation; a network without one (a plain function) is tuned each
     time."""
-    settings = {k: v for k, v in sampler.params().items() if k not in ("times", *MEMORY_ONLY)}
+    # denoise: the pilot compares runs at eps, before any denoising; the same tuning serves both
+    settings = {k: v for k, v in sampler.params().items() if k not in ("times", "denoise", *MEMORY_ONLY)}
     fingerprint = denoiser.fingerprint()
     key = (fingerprint, sampler.name, tuple(sorted((k, repr(v)) for k, v in settings.items())))
     if key in _tuned:  # the report of the tuning this process ran (its pilot_nfe and wall_s), not spent again

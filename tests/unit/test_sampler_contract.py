@@ -129,6 +129,9 @@ def test_grid_tuning_is_set_up_counted_apart_and_cached_per_weights():
     again, info2 = sample(sampler, den, range(16), dtype=torch.float64)
     assert info2["nfe"] == 6 and "setup_nfe" not in info2 and info2["tuning"]["cached"]  # same weights: cached
     assert torch.equal(x, again)
+    denoised, info4 = sample(dataclasses.replace(sampler, denoise=True), den, range(16), dtype=torch.float64)
+    assert info4["tuning"]["cached"] and info4["nfe"] == 7  # its pilot runs before any denoising: the same grid
+    assert torch.equal(denoised, den(x, sde.eps).x0)
     other = eight_gaussians(radius=3.0).denoiser(sde)  # other "weights": tuned anew, never the first grid
     _, info3 = sample(sampler, other, range(16), dtype=torch.float64)
     assert info3["setup_nfe"] > 0
