@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import glob
 import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -30,12 +32,33 @@ def previous(path: Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
+def remove_stale_temporaries(path: Path, older_than_s: float = 600.0) -> None:
+    """The temporaries of `path` (replace_atomically's, checkpoints') that a killed writer left (`kill -9` between its
+    write and its rename), kept by nothing. One whose process runs here, or written in the last `older_than_s`
+    seconds (the writer may run on another host sharing the folder), is left alone."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if time.time() - tmp.stat().st_mtime < older_than_s:
+                continue
+            os.kill(int(pid), 0)
+            continue  # its writer still runs
+        except (PermissionError, FileNotFoundError):  # alive, another user's; or gone already
+            continue
+        except (ProcessLookupError, OverflowError):
+            tmp.unlink(missing_ok=True)
+            log.info("removed %s, left by a writer that was killed", tmp.name)
+
+
 def replace_atomically(path, write: Callable[[Path], object]) -> Path:
     """`write(tmp)` to a temporary name beside `path`, then rename it to `path`; a failed write leaves `path` as it
     was and no temporary behind. The name is the writer's own (its pid and a random token: processes of other
     containers sharing the folder may have the same pid), so two writers of one file never mix their bytes."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
+    remove_stale_temporaries(path)
     try:
         with writing(path):
             write(tmp)

@@ -9,7 +9,6 @@ resume skipped) is replaced without moving it over the good `<name>.prev.ckpt`.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import zipfile
@@ -23,7 +22,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sde.data.base import ends_a_step
 from lightning_sde.errors import NonFiniteError, writing
-from lightning_sde.files import previous
+from lightning_sde.files import previous, remove_stale_temporaries
 from lightning_sde.loading import NONFINITE_SUFFIX, resume_step, set_aside_from
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        remove_stale_temporaries(path)
+        remove_stale_temporaries(path, older_than_s=0)  # a whole checkpoint each; one process writes them
         try:
             with writing(path), open(tmp, "wb") as fh:
                 torch.save(checkpoint, fh)
@@ -56,23 +55,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(directory)  # the renames themselves reach the disk
         finally:
             os.close(directory)
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """The temporaries of `path` that a killed writer left (`kill -9` between its write and its rename): a whole
-    checkpoint each, kept by nothing. One whose process still runs is left alone."""
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # its writer still runs
-        except PermissionError:  # alive, another user's
-            continue
-        except (ProcessLookupError, OverflowError):
-            tmp.unlink(missing_ok=True)
-            log.info("removed %s, left by a writer that was killed", tmp.name)
 
 
 class LastCheckpoint(ModelCheckpoint):

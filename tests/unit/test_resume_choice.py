@@ -635,6 +635,27 @@ def test_a_temporary_left_by_a_killed_writer_is_removed_at_the_next_save(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "last.ckpt"])
 
 
+def test_a_temporary_of_any_atomic_write_left_by_a_killed_writer_is_removed_once_it_is_old(tmp_path):
+    """kill -9 mid-write left `.scatter_step0000500.png.<pid>-<token>.tmp` (PNGs, sample chunks, CSVs) for good. A
+    recent one is kept (its writer may run on another host sharing the folder), as is one whose writer runs here."""
+    import os
+    import subprocess
+    import sys
+
+    from lightning_sde.files import write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    old, recent, live = (tmp_path / f".v.md.{dead}-aa.tmp", tmp_path / f".v.md.{dead}-bb.tmp",
+                         tmp_path / ".v.md.1-cc.tmp")
+    for path in (old, recent, live):
+        path.write_text("x")
+    for path in (old, live):
+        os.utime(path, (0, 0))  # written long ago
+    write_text(tmp_path / "v.md", "table\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([recent.name, live.name, "v.md"])
+
+
 def test_an_ema_updated_once_an_epoch_is_accepted_and_one_never_updated_is_not():
     from lightning_sde.callbacks import EMA
 
