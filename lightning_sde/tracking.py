@@ -152,6 +152,8 @@ def quiet_and_logged() -> None:
                             category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
     warnings.filterwarnings("ignore", message=r"Metric `Kernel Inception Distance` will save all extracted features")
+    # a run's checkpoint folder holds checkpoints when it resumes (lsde-train resumes the run of its name)
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def sync_command(wandb_dir, run_id: str | None = None) -> str:
