@@ -126,11 +126,15 @@ def _site_sbatch() -> dict:
     return {option: site[key] for key, option in SITE_SBATCH.items() if key in site}
 
 
+_NO_SITE_FILE_SAID: list = []
+
+
 def _site_setup(*lines) -> list:
     """The submitit job's set-up lines: ours, the site's settings exported (TORCH_HOME, LSDE_CACHE, ...: what the
     templates' jobs get by sourcing the file), then the site's LSDE_SETUP."""
     site = site_settings()
-    if site_file() is None:
+    if site_file() is None and not _NO_SITE_FILE_SAID:
+        _NO_SITE_FILE_SAID.append(True)  # once: each composition of the config resolves this
         log.warning("hydra/launcher=slurm: no site file (slurm/site.env in the package's checkout or the current "
                     "folder, or $LSDE_SITE_ENV): the jobs get no site account, partition or set-up but the LSDE_* "
                     "of this environment")
@@ -139,6 +143,16 @@ def _site_setup(*lines) -> list:
     return [*lines, *exports, *([site["LSDE_SETUP"]] if "LSDE_SETUP" in site else [])]
 
 
+def _array_task(field: str, default):
+    """SLURM_ARRAY_TASK_<field> (ID, COUNT) of the job array whose tasks share a sweep (bench.sbatch), or `default`:
+    outside an array, and in a submitit job, whose array holds a multirun's jobs, each a whole sweep."""
+    value = os.environ.get(f"SLURM_ARRAY_TASK_{field}")
+    if value is None or os.environ.get("SUBMITIT_EXECUTOR"):
+        return default
+    return int(value) if value.strip().isdigit() else value  # a value that is not a number: the app names it
+
+
+OmegaConf.register_new_resolver("lsde_array_task", _array_task, replace=True)
 OmegaConf.register_new_resolver("lsde_site", _site_value, replace=True)
 OmegaConf.register_new_resolver("lsde_site_sbatch", _site_sbatch, replace=True)
 OmegaConf.register_new_resolver("lsde_site_setup", _site_setup, replace=True)

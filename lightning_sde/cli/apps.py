@@ -48,7 +48,30 @@ def override_error(app: str, argv: list[str]) -> str | None:
             key, value = equals[0]
             message += f"; quote a value that holds '=': \"{key}='{value}'\" (the double quotes for the shell)"
         return message
-    return None if multirun else folder_error(cfg)
+    return other_jobs_error(app, argv, given, set(cfg.hydra.runtime.choices)) if multirun else folder_error(cfg)
+
+
+def other_jobs_error(app: str, first: list[str], given: list[str], groups: set, most: int = 20) -> str | None:
+    """A multirun's later option of a config group that does not exist (`sde=vp,bogus`), from composing the first
+    job with each such value (at most `most` of them); other keys' values compose whatever they are."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from lightning_sde.configuration import CONFIG_PACKAGE
+
+    tries = []
+    for i, override in enumerate(OverridesParser.create().parse_overrides(given)):
+        key = override.get_key_element()
+        if override.is_sweep_override() and key in groups:
+            tries += [(i, f"{key}={value}") for value in list(override.sweep_string_iterator())[1:]]
+    for i, job in tries[:most]:
+        try:
+            with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+                compose(app, overrides=[*first[:i], job, *first[i + 1 :]])
+        except HydraException as err:
+            return f"{job} (a job of the sweep): {re.sub(r'^In .[^:]+: ', '', one_line(err))}"
+    return None
 
 
 def nearest_key(app: str, argv: list[str], key: str) -> str | None:
@@ -224,7 +247,8 @@ def stray_argument(app: str, argv: list[str]) -> str | None:
 def launcher_without_multirun(argv: list[str]) -> str | None:
     """hydra/launcher=... on a single run: Hydra launches only multiruns, so the run would go on here, locally."""
     given = next((arg for arg in argv if arg.lstrip("+").startswith("hydra/launcher=")), None)
-    if given is None or any(arg in ("-m", "--multirun") for arg in argv):
+    if given is None or given.endswith("=basic") or any(arg in ("-m", "--multirun", "hydra.mode=MULTIRUN")
+                                                        for arg in argv):
         return None
     return f"{given} launches the runs of a multirun only: add -m (one job per run), or leave it out to run here"
 

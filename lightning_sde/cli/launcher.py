@@ -29,7 +29,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
             from lightning_sde.cli.errors import JobFailed
 
             error = ret._return_value
-            raise RunFailed(str(error) if isinstance(error, JobFailed) else f"{type(error).__name__}: {error}")
+            raise RunFailed(str(error) if isinstance(error, JobFailed)
+                            else f"{type(error).__name__}: {error}") from error  # a bug's traceback in the job's log
         return ret
 
     def launch(self, job_overrides, initial_job_idx):  # where the sweep was started: it waits for its jobs in order

@@ -97,7 +97,7 @@ def name_the_run(cfg: DictConfig) -> None:
     cfg.run_name = str(cfg.run_name)
     job = multirun_job()
     if job is not None:
-        array = os.environ.get("SLURM_ARRAY_JOB_ID")
+        array = os.environ.get("SLURM_ARRAY_JOB_ID") if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" else None
         cfg.run_name = f"{array if array and not run_name_kept() else cfg.run_name}_{job[1]}"
 
 

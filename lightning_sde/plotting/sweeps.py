@@ -288,6 +288,7 @@ def samples_figure(panels: dict[str, dict[str, torch.Tensor]], reference: torch.
                         va="bottom")
             ax.set(xlim=limits[0], ylim=limits[1], aspect="equal")
             ax.tick_params(labelsize=6)
+            ax.label_outer()  # the same limits in every panel: tick labels on the outer ones only
     what = ("the first samples of every cell (same seeds)" + ("" if images or first.shape[1] == 2 else
                                                               f"; coordinates 1 and 2 of {first.shape[1]}"))
     fig.suptitle(what + ("; grey: reference samples" if reference is not None and not images else ""), fontsize=9)

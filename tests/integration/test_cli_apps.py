@@ -288,7 +288,7 @@ def test_a_second_lsde_likelihood_of_the_same_name_is_refused_while_the_first_ru
 def test_the_early_override_check_lets_every_valid_run_through(app, argv):
     """The check only composes: values are the app's to validate (and `+samplers.heun_50.order=3` composes, then fails
     in the app naming the sampler, as test_bad_config_fails_fast_naming_the_key shows)."""
-    from lightning_sde.cli.apps import added_key_error, override_error, stray_argument
+    from lightning_sde.cli.apps import added_key_error, launcher_without_multirun, override_error, stray_argument
 
     assert override_error(app, argv) is None and added_key_error(app, argv) is None
     assert override_error(app, ["-m", "sde=vp,ve"]) is None and override_error(app, ["report", "x.jsonl"]) is None
@@ -296,6 +296,8 @@ def test_the_early_override_check_lets_every_valid_run_through(app, argv):
     assert override_error(app, ["-m", *argv, "+x=glob(*)"]) is None  # a glob cannot be listed here: the app's
     assert stray_argument(app, argv) is None and stray_argument(app, ["-m", *argv]) is None
     assert stray_argument("bench", ["report", "x.jsonl"]) is None and stray_argument("train", ["check", *argv]) is None
+    assert launcher_without_multirun(["hydra.mode=MULTIRUN", "hydra/launcher=slurm", *argv]) is None  # as -m
+    assert launcher_without_multirun(["hydra/launcher=basic", *argv]) is None  # the default, where runs run here
 
 
 @pytest.mark.parametrize("app, argv, message", [
@@ -326,6 +328,10 @@ def test_a_multiruns_typo_is_one_line_before_any_job():
         "Could not override 'trainer.max_step'. Did you mean 'trainer.max_steps'? To add it as a new key use " \
         "+trainer.max_step=5,6"  # the sweep
     assert "experiment" in override_error("train", ["--multirun", "experiment=nonexistent,toy2d", "seed=1,2"])
+    # a later job's group option: one line before any job (it was Hydra's multi-line error after the first jobs)
+    assert override_error("train", ["-m", "experiment=toy2d", "sde=vp,bogus", "seed=1,2"]).startswith(
+        "sde=bogus (a job of the sweep): Could not find 'sde/bogus' Available options in 'sde': subvp, ve, vp")
+    assert override_error("train", ["-m", "experiment=toy2d", "sde=vp,ve", "optim.lr=1e-3,2e-3"]) is None
 
 
 def test_a_failed_job_of_a_multirun_does_not_stop_the_sweep_and_the_sweep_fails(tmp_path):

@@ -388,7 +388,11 @@ def test_each_job_of_a_multirun_trains_under_its_own_name_even_with_a_run_name_i
     monkeypatch.delenv("LSDE_RUN_NAME")
     monkeypatch.setenv("SLURM_JOB_ID", "5002")  # a submitit job's own id (another for each job): the sweep's group
     assert train.wandb_identity(cfg, ("sweep", 1), [])["group"] == "sweep"
-    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "5001")  # its array's: the run is named as its log folder, 5001_1
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "5001")  # a local multirun in one task of the user's own array: its
+    cfg = composed("train", ["experiment=toy2d"])  # task's job id, not the array's (the tasks' runs would be one)
+    train.name_the_run(cfg)
+    assert cfg.run_name == "5002_1"
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # submitit's array: named as its log folder, 5001_1
     cfg = composed("train", ["experiment=toy2d"])
     train.name_the_run(cfg)
     assert cfg.run_name == "5001_1" and cfg.run_dir.endswith("/train/5001_1")
@@ -456,6 +460,40 @@ def test_the_submitit_launcher_sizes_each_apps_jobs_from_its_own_keys(app, overr
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == layout
 
 
+def test_the_slurm_launchers_failed_run_fails_its_job_and_the_sweep_in_one_line(monkeypatch):
+    """On the node a failed run raises (SLURM records FAILED, exit 1); where the sweep waits, submitit's error (the
+    node's traceback) becomes the run's one line and its log. The real SLURM round trip: tests/integration/
+    test_slurm.py."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+    from submitit.core.utils import FailedJobError
+
+    from lightning_sde.cli.errors import JobFailed
+    from lightning_sde.cli.launcher import RunFailed, SlurmLauncher
+
+    failed, bug = JobReturn(), JobReturn()
+    failed.status, failed._return_value = JobStatus.FAILED, JobFailed("lsde-train: error: config optim.lr: bad")
+    bug.status, bug._return_value = JobStatus.FAILED, ZeroDivisionError("division by zero")
+    for ret, said in ((failed, "lsde-train: error: config optim.lr: bad"),
+                      (bug, "ZeroDivisionError: division by zero")):
+        monkeypatch.setattr(submitit_launcher.SlurmLauncher, "__call__", lambda self, *a, **k: ret)
+        with pytest.raises(RunFailed, match=f"^{re.escape(said)}$") as err:
+            SlurmLauncher()()
+        assert err.value.__cause__ is ret._return_value  # a bug's own traceback in the job's log
+    trace = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call "
+             "last):\n  File \"x.py\", line 1\nlightning_sde.cli.launcher.RunFailed: lsde-train: error: config "
+             "optim.lr: bad\n\n----------------------\nYou can check full logs with 'job.stderr(0)' and "
+             "'job.stdout(0)'or at paths:\n  - /m/.submitit/7_0/7_0_0_log.err\n  - /m/.submitit/7_0/7_0_0_log.out\n")
+
+    def fails(self, *args):
+        raise FailedJobError(trace)
+
+    monkeypatch.setattr(submitit_launcher.SlurmLauncher, "launch", fails)
+    with pytest.raises(JobFailed) as err:
+        SlurmLauncher().launch([["optim.lr=-1"]], 0)
+    assert str(err.value) == "lsde-train: error: config optim.lr: bad (its log: /m/.submitit/7_0/7_0_0_log.out)"
+
+
 def test_an_installed_package_finds_the_site_file_of_the_folder_it_runs_in(tmp_path, monkeypatch, caplog):
     """`pip install .` puts the configs in site-packages, whose parent has no slurm/site.env: the launcher's jobs went
     without the site's account, partition and set-up, silently."""
@@ -466,6 +504,7 @@ def test_an_installed_package_finds_the_site_file_of_the_folder_it_runs_in(tmp_p
     monkeypatch.setattr(configuration, "config_root", lambda: tmp_path / "site-packages" / "lightning_sde" / "configs")
     monkeypatch.chdir(tmp_path)
     assert configuration.site_file() is None
+    monkeypatch.setattr(configuration, "_NO_SITE_FILE_SAID", [])  # said once a process
     configuration._site_setup("echo ours")
     assert "no site file" in caplog.text
     (tmp_path / "slurm").mkdir()
@@ -611,3 +650,6 @@ def test_lsde_compare_in_a_slurm_array_task_computes_every_cell(monkeypatch):
     cfg = composed("compare", [])
     assert (cfg.shard.index, cfg.shard.count) == (0, 1)
     assert (composed("bench", []).shard.index, composed("bench", []).shard.count) == (1, 3)  # a sweep's task: a share
+    # a submitit multirun's array: each job a whole sweep of its own (it ran a third of each, W&B off, silently)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert (composed("bench", []).shard.index, composed("bench", []).shard.count) == (0, 1)
