@@ -26,9 +26,11 @@ from lightning_sde.bench.results import (
     SweepPlans,
     cell_key_of,
     for_views,
+    labelled,
     load,
     protocol,
     subject,
+    variant_of,
     views_of,
 )
 from lightning_sde.errors import DashboardError, first_line
@@ -213,7 +215,8 @@ def _to_wandb(rows: list[dict], results: Path, project: str, name: str | None, r
     previews = SamplePreviews.of(results)
     by_cell = defaultdict(list)
     for r in rows:
-        by_cell[(r["target"], r["sampler"], r["grid"], r["requested"], r["seed_start"], r["seed_count"])].append(r)
+        by_cell[(r["target"], r["sampler"], variant_of(r), r["grid"], r["requested"], r["seed_start"],
+                 r["seed_count"])].append(r)
     # in the order the sweep logged them: the first protocol first
     for mine in sorted(by_cell.values(), key=lambda mine: str(mine[0].get("time") or "")):
         run.log_cell(cell_id(mine), mine, preview(previews, mine[0]), reference(previews, mine[0]))
@@ -272,5 +275,6 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
     if use_wandb and wandb_disabled():
         log.info("WANDB_MODE=disabled: no W&B run is logged")
     elif use_wandb:
-        paths["wandb"] = to_wandb(view, results, project, name, run)  # the sweep's run, next to its results
+        # every cell, each variant of a label as the live sweep logged it (the views show the latest alone)
+        paths["wandb"] = to_wandb(labelled(rows), results, project, name, run)
     return paths

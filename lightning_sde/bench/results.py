@@ -432,12 +432,17 @@ def for_views(rows: list[dict], preferred=frozenset()) -> tuple[list[dict], int]
     curve is one variant (`variant_of`): of rows run with other sampler parameters, dtype or device (a rerun, or a
     shard launched with other overrides) the views show the variant of the last written row, or of a `preferred`
     key (the sweep just run), and of its rows alike in budget and metric the last; the CSV view (views_of) has all."""
-    label = protocol_labels(rows)
-    ranked = sorted(rows, key=lambda r: (r.get("key") in preferred, str(r.get("time") or "")))  # ties: the later
-    chosen = {label(r): variant_of(r) for r in ranked}
+    ranked = sorted(labelled(rows), key=lambda r: (r.get("key") in preferred, str(r.get("time") or "")))  # ties: later
+    chosen = {r["sampler"]: variant_of(r) for r in ranked}
     shown = {}
-    for r in ranked:
-        view = {**r, "sampler": label(r), "sampler_label": r.get("sampler_label", r["sampler"])}
-        if variant_of(r) == chosen[view["sampler"]]:
-            shown[(view["sampler"], r["grid"], r["requested"], r["metric"])] = view
+    for view in ranked:
+        if variant_of(view) == chosen[view["sampler"]]:
+            shown[(view["sampler"], view["grid"], view["requested"], view["metric"])] = view
     return sorted(shown.values(), key=row_order), len(rows) - len(shown)
+
+
+def labelled(rows: list[dict]) -> list[dict]:
+    """Every row as the views label it: `sampler` its label against the file's other protocols (protocol_labels),
+    `sampler_label` its own."""
+    label = protocol_labels(rows)
+    return [{**r, "sampler": label(r), "sampler_label": r.get("sampler_label", r["sampler"])} for r in rows]

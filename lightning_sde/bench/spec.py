@@ -151,7 +151,7 @@ def run_settings(cfg: DictConfig, sampler: Sampler | None) -> dict:
     source = user_source(sampler)
     if source:  # a user's sampler class: its code, which an edit changes, is part of what its rows measured
         settings["source_sha256"] = source
-    if sampler is not None and sampler.adaptive:
+    if sampler is not None and sampler.batch_dependent:  # (and PC's score_sde Langevin step: the batch's norms)
         settings.update(batch_size=int(cfg.batch_size), world_size=int(cfg.ddp.devices) * int(cfg.ddp.num_nodes))
     return settings
 

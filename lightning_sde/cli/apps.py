@@ -247,8 +247,8 @@ def stray_argument(app: str, argv: list[str]) -> str | None:
 def launcher_without_multirun(argv: list[str]) -> str | None:
     """hydra/launcher=... on a single run: Hydra launches only multiruns, so the run would go on here, locally."""
     given = next((arg for arg in argv if arg.lstrip("+").startswith("hydra/launcher=")), None)
-    if given is None or given.endswith("=basic") or any(arg in ("-m", "--multirun", "hydra.mode=MULTIRUN")
-                                                        for arg in argv):
+    if given is None or given.endswith("=basic") or any(
+            arg in ("-m", "--multirun", "hydra.mode=MULTIRUN", "--cfg", "-c", "--info", "-i") for arg in argv):
         return None
     return f"{given} launches the runs of a multirun only: add -m (one job per run), or leave it out to run here"
 

@@ -124,7 +124,7 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
                 "guidance": None if guidance is None else float(guidance),
                 "labels": labels if guidance is not None else None, "dtype": str(dtype),
                 "device": device.type}
-    if sampler.adaptive:  # torchdiffeq's steps are shared by a batch: the batches a process solves change a sample
+    if sampler.batch_dependent:  # e.g. torchdiffeq's steps, shared by a batch: the batches a process solves change it
         settings.update(batch_size=int(cfg.batch_size), world_size=int(cfg.ddp.devices) * int(cfg.ddp.num_nodes))
     check_out(Path(cfg.out), settings, cfg.get("output_dir"))
     return sampler, kind, target_id, settings
@@ -239,22 +239,22 @@ def read_chunks(folder: Path, settings: dict, shape: tuple, dtype) -> list[dict]
     return found
 
 
-def still_to_draw(found: list[dict], seeds: list[int], chunk_size: int, adaptive: bool) -> tuple[dict, list]:
+def still_to_draw(found: list[dict], seeds: list[int], chunk_size: int, batch_dependent: bool) -> tuple[dict, list]:
     """({seed: (sample, label, chunk's mean NFE, its largest batch's NFE)} of `seeds` already drawn, the chunks still
-    to draw). A fixed-step sampler's sample depends on its seed alone, so any drawn seed counts; an adaptive solver's
-    on the batch it was solved in, so only whole chunks of this run's plan (from seeds.start, chunk_size at a time)
-    count: the same command writes the same samples whatever the folder held."""
+    to draw). Most samplers' sample depends on its seed alone, so any drawn seed counts; a batch-dependent one's
+    (Sampler.batch_dependent) on the batch it was drawn in, so only whole chunks of this run's plan (from
+    seeds.start, chunk_size at a time) count: the same command writes the same samples whatever the folder held."""
     plan = [seeds[i : i + chunk_size] for i in range(0, len(seeds), chunk_size)]
     wanted, planned = set(seeds), {tuple(part) for part in plan}
     done = {}
     for chunk in found:
-        if adaptive and tuple(chunk["seeds"]) not in planned:
+        if batch_dependent and tuple(chunk["seeds"]) not in planned:
             continue
         for i, seed in enumerate(chunk["seeds"]):
             if seed in wanted:
                 label = None if chunk["labels"] is None else int(chunk["labels"][i])
                 done[seed] = (chunk["samples"][i], label, chunk["nfe"], chunk.get("nfe_max", chunk["nfe"]))
-    if adaptive:
+    if batch_dependent:
         return done, [part for part in plan if part[0] not in done]
     missing = [s for s in seeds if s not in done]
     return done, [missing[i : i + chunk_size] for i in range(0, len(missing), chunk_size)]
@@ -311,7 +311,7 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
     done, todo = {}, None
     if rank == 0:
         found = read_chunks(chunks, settings, shape, np.dtype(np.uint8 if images else np.float32))
-        done, todo = still_to_draw(found, seeds, chunk_size, sampler.adaptive)
+        done, todo = still_to_draw(found, seeds, chunk_size, sampler.batch_dependent)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "settings.json", json.dumps(settings, indent=2) + "\n")
         if done:

@@ -474,7 +474,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         raise ValueError(f"config: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_LEVEL_KEYS)}")
     name_the_run(cfg)
     job = multirun_job()
-    check_multirun_world(int(cfg.trainer.get("devices", 1)), int(cfg.trainer.get("num_nodes", 1)), "trainer")
+    check_multirun_world(cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1), "trainer")
     check_run_values(cfg)
     resume = resume_point(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -163,6 +163,12 @@ class Sampler:
         return False
 
     @property
+    def batch_dependent(self) -> bool:
+        """Whether a sample depends on the others of its batch (an adaptive solver's shared steps): its batch size and
+        processes are then part of what a result row or a sample chunk was made with."""
+        return self.adaptive
+
+    @property
     def nfe_per_step(self) -> int:
         raise ValueError(f"{self.name}: the NFE of an adaptive sampler is measured, not set per step")
 

@@ -116,6 +116,10 @@ class PredictorCorrector(FixedStepSampler):
         self._predictor = None if self.predictor == "none" else SAMPLERS[self.predictor](steps=self.steps)
 
     @property
+    def batch_dependent(self) -> bool:
+        return self.step_size == "score_sde"  # the batch's norms set the Langevin step
+
+    @property
     def nfe_per_step(self) -> int:
         return self.corrector_steps + (self._predictor is not None)
 

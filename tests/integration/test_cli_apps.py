@@ -298,6 +298,7 @@ def test_the_early_override_check_lets_every_valid_run_through(app, argv):
     assert stray_argument("bench", ["report", "x.jsonl"]) is None and stray_argument("train", ["check", *argv]) is None
     assert launcher_without_multirun(["hydra.mode=MULTIRUN", "hydra/launcher=slurm", *argv]) is None  # as -m
     assert launcher_without_multirun(["hydra/launcher=basic", *argv]) is None  # the default, where runs run here
+    assert launcher_without_multirun(["hydra/launcher=slurm", "--cfg", "hydra", *argv]) is None  # a look at it
 
 
 @pytest.mark.parametrize("app, argv, message", [

@@ -192,6 +192,20 @@ def test_a_label_rerun_with_other_parameters_is_a_curve_of_its_own_on_wandb(tmp_
     cell = rows({"steps": 8, "denoise": True}, 10, 0.1)
     assert again.label(cell[0]) == keys[2].removeprefix("mmd/")
     assert again.label(rows({"steps": 9}, 10, 0.2)[0]) == "ddim_10"
+    # `report --wandb` on a copy, into a new run: every cell, each variant under the key the live sweep gave it
+    from lightning_sde.bench.report import to_wandb
+    from lightning_sde.bench.results import labelled, load
+
+    copy = tmp_path / "copy" / "results.jsonl"
+    copy.parent.mkdir()
+    copy.write_bytes(results.read_bytes())
+    write_sidecar(copy, {"id": "run2"})
+    monkeypatch.setattr(FakeRun, "finish", lambda self: None, raising=False)
+    monkeypatch.setattr(FakeRun, "entity", "", raising=False)
+    monkeypatch.setattr(FakeRun, "project", "p", raising=False)
+    fresh = launch(monkeypatch, copy, "20260103", offline=True)
+    to_wandb(labelled(load(copy)), copy, "p", run=fresh)
+    assert sorted(k for logged in fresh.run.history for k in logged if k.startswith("mmd/")) == sorted(keys)
 
 
 def test_data_without_a_checkpoint_is_refused_not_ignored(tmp_path):

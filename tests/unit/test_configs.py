@@ -446,6 +446,15 @@ def test_the_site_file_reads_as_bash_does_and_reaches_submitit_jobs(tmp_path, mo
     assert "export TORCH_HOME='/shared/my torch'" in setup and "export LSDE_ACCOUNT=acct" in setup
 
 
+def test_devices_as_a_trainer_takes_them_build(tmp_path):
+    """trainer.devices=auto (or a list of GPU indices) failed in the multirun check, int('auto'), even on a single
+    run; now Lightning judges them (a list on the CPU: its one line)."""
+    common = ["experiment=toy2d", f"run_dir={tmp_path}", "run_name=d", "logger=none", "trainer.accelerator=cpu"]
+    build(composed("train", [*common, "trainer.devices=auto"]), read_data=False)
+    with pytest.raises(ValueError, match=r"^config trainer: TypeError: `devices` selected with `CPUAccelerator`"):
+        build(composed("train", [*common, "trainer.devices=[0]"]), read_data=False)
+
+
 @pytest.mark.parametrize("app, overrides, layout", [
     ("train", ["trainer.devices=4", "trainer.num_nodes=2"], (2, 4, 4)),
     ("sample", ["ddp.devices=2"], (1, 2, 2)), ("bench", ["ddp.num_nodes=3"], (3, 1, 1)), ("likelihood", [], (1, 1, 1)),

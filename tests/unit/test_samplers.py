@@ -250,6 +250,15 @@ def test_a_denoised_samplers_budget_keeps_its_last_nfe_and_its_key_says_so():
     assert "denoise" not in plain.params() and denoised.params()["denoise"] is True  # older rows keep their keys
     pc, langevin = build_sampler("pc"), build_sampler("pc", step_size="score_sde")  # a knob added later, likewise
     assert "step_size" not in pc.params() and langevin.params()["step_size"] == "score_sde"
+    # score_sde's step takes the batch's norms: rows and chunks then record the batch size and processes
+    assert langevin.batch_dependent and not pc.batch_dependent and build_sampler("ode").batch_dependent
+    from omegaconf import OmegaConf
+
+    from lightning_sde.bench.spec import run_settings
+
+    cfg = OmegaConf.create({"dtype": "float32", "device": "cpu", "batch_size": 10,
+                            "ddp": {"devices": 2, "num_nodes": 1}})
+    assert run_settings(cfg, langevin)["batch_size"] == 10 and "batch_size" not in run_settings(cfg, pc)
     assert "step_size" not in build_sampler("ddim").params()
     x, info = sample(denoised.at_nfe(10), MIX.denoiser(VPSDE()), range(8))
     assert info["nfe"] == 10
