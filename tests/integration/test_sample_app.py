@@ -353,7 +353,7 @@ def test_the_summarys_nfe_max_is_a_batchs_not_a_chunks_mean(tmp_path):
     np.savez(tmp_path / "seeds-0-3.npz", **chunk, nfe_max=np.float64(199.0))
     np.savez(tmp_path / "seeds-4-7.npz", **{**chunk, "seeds": np.arange(4, 8)})  # an older chunk: its mean only
     found = read_chunks(tmp_path, settings, (2,), np.float32)
-    done, todo = still_to_draw(found, list(range(8)), 4, adaptive=True)
+    done, todo = still_to_draw(found, list(range(8)), 4, batch_dependent=True)
     assert not todo and [done[s][2:] for s in (0, 4)] == [(190.0, 199.0), (190.0, 190.0)]
     from omegaconf import OmegaConf
 
