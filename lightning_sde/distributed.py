@@ -63,8 +63,7 @@ def check_multirun_world(devices, num_nodes, key: str) -> None:
     """Local DDP in a job of an in-process multirun (-m): the DDP workers re-run the command line, each restarting
     the whole sweep and joining another job's processes; refused unless SLURM starts the processes (submitit).
     `devices` as a Trainer takes it too: a list of indices counts its length; "auto" is left to Lightning."""
-    counts = [len(v) if isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, str) else v
-              for v in (devices, num_nodes)]
+    counts = [len(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for v in (devices, num_nodes)]
     if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts) or counts[0] * counts[1] <= 1:
         return
     from hydra.core.hydra_config import HydraConfig

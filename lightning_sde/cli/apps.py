@@ -35,7 +35,7 @@ def override_error(app: str, argv: list[str]) -> str | None:
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
             cfg = compose(app, overrides=argv, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: e.g. a group set to null
-        message = re.sub(r"^In '[^']+': ", "", one_line(err))  # the config file naming the group: not the user's
+        message = one_line(err)
         missing = re.match(r"Could not override '([^']+)'\. To append to your config use ", message)
         nearest = missing and nearest_key(app, argv, missing.group(1))
         if nearest:  # Hydra's advice alone (+key) makes a misspelling a new key, which the node then refuses
@@ -70,7 +70,7 @@ def other_jobs_error(app: str, first: list[str], given: list[str], groups: set, 
             with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
                 compose(app, overrides=[*first[:i], job, *first[i + 1 :]])
         except HydraException as err:
-            return f"{job} (a job of the sweep): {re.sub(r'^In .[^:]+: ', '', one_line(err))}"
+            return f"{job} (a job of the sweep): {one_line(err)}"
     return None
 
 
@@ -202,7 +202,8 @@ def added_key_error(app: str, argv: list[str]) -> str | None:
 
 
 def one_line(err: Exception) -> str:
-    """Hydra's multi-line complaint as one line: its options listed with commas, no search path or link."""
+    """Hydra's multi-line complaint as one line: its options listed with commas, no search path or link, nor the
+    config file that names a group ("In 'bench': ", under lsde-compare: not the user's)."""
     text, items = [], []
     for line in str(err).splitlines():
         if line.startswith("Config search path:"):
@@ -215,7 +216,7 @@ def one_line(err: Exception) -> str:
             items = []
         if line.strip() and not line.startswith("See https://hydra.cc"):
             text.append(line.strip())
-    return " ".join(text + ([", ".join(items)] if items else []))
+    return re.sub(r"^In '[^']+': ", "", " ".join(text + ([", ".join(items)] if items else [])))
 
 
 def subcommand_flags(command: str, args: list[str], known: tuple[str, ...]) -> tuple[set[str], list[str]]:
