@@ -120,8 +120,8 @@ def _site_value(key: str):
     return site_settings().get(key)
 
 
-def _site_sbatch() -> dict:
-    """sbatch options without a submitit field of their own, for `additional_parameters`."""
+def site_sbatch() -> dict:
+    """The site's sbatch options without a submitit field of their own (mem, mail), for `additional_parameters`."""
     site = site_settings()
     return {option: site[key] for key, option in SITE_SBATCH.items() if key in site}
 
@@ -143,6 +143,12 @@ def _site_setup(*lines) -> list:
     return [*lines, *exports, *([site["LSDE_SETUP"]] if "LSDE_SETUP" in site else [])]
 
 
+def _gpus_per_node(tasks_per_node, device) -> int:
+    """A submitit job's GPUs per node: one per task, none for a run on the CPU (trainer.accelerator or device
+    `cpu`, and the apps without a device)."""
+    return 0 if str(device).split(":")[0] == "cpu" else tasks_per_node
+
+
 def _array_task(field: str, default):
     """SLURM_ARRAY_TASK_<field> (ID, COUNT) of the job array whose tasks share a sweep (bench.sbatch), or `default`:
     outside an array, and in a submitit job, whose array holds a multirun's jobs, each a whole sweep."""
@@ -154,7 +160,7 @@ def _array_task(field: str, default):
 
 OmegaConf.register_new_resolver("lsde_array_task", _array_task, replace=True)
 OmegaConf.register_new_resolver("lsde_site", _site_value, replace=True)
-OmegaConf.register_new_resolver("lsde_site_sbatch", _site_sbatch, replace=True)
+OmegaConf.register_new_resolver("lsde_gpus_per_node", _gpus_per_node, replace=True)
 OmegaConf.register_new_resolver("lsde_site_setup", _site_setup, replace=True)
 
 

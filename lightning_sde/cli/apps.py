@@ -224,11 +224,11 @@ def subcommand_flags(command: str, args: list[str], known: tuple[str, ...]) -> t
     other `--flag` is refused in one line."""
     from lightning_sde.cli.errors import fail
 
-    given = {arg for arg in args if arg.startswith("--")}
+    given = {arg for arg in args if arg.startswith("-")}  # -m too: a subcommand looks at one config
     unknown = sorted(given - set(known))
     if unknown:
         fail(command, f"unknown option {unknown[0]}: it takes {', '.join(known)} and config overrides (key=value)")
-    return given, [arg for arg in args if not arg.startswith("--")]
+    return given, [arg for arg in args if not arg.startswith("-")]
 
 
 def stray_argument(app: str, argv: list[str]) -> str | None:
@@ -245,6 +245,15 @@ def stray_argument(app: str, argv: list[str]) -> str | None:
     return f"{stray[0]!r} is not an override: give it as key=value{named}; see lsde-{app} --help"
 
 
+def hydra_modes_error(argv: list[str]) -> str | None:
+    """Two of Hydra's modes (`-m --cfg job`): Hydra's ValueError, as one line."""
+    modes = list(dict.fromkeys(arg for arg in argv if arg in (
+        "-m", "--multirun", "-c", "--cfg", "-i", "--info", "-r", "--run", "-sc", "--shell-completion")))
+    if len(modes) < 2:
+        return None
+    return f"{modes[0]} and {modes[1]} cannot be given together: give one of -m, --cfg, --info"
+
+
 def launcher_without_multirun(argv: list[str]) -> str | None:
     """hydra/launcher=... on a single run: Hydra launches only multiruns, so the run would go on here, locally."""
     given = next((arg for arg in argv if arg.lstrip("+").startswith("hydra/launcher=")), None)
@@ -259,7 +268,8 @@ def run(app: str, main=None) -> None:
     lightning_sde.cli.<app>` passes its own, so that route refuses what the console script refuses)."""
     if print_help_if_asked(app):
         return
-    error = (stray_argument(app, sys.argv[1:]) or launcher_without_multirun(sys.argv[1:])
+    error = (stray_argument(app, sys.argv[1:]) or hydra_modes_error(sys.argv[1:])
+             or launcher_without_multirun(sys.argv[1:])
              or override_error(app, sys.argv[1:])
              or added_key_error(app, sys.argv[1:]))
     if error is not None:

@@ -23,6 +23,13 @@ class RunFailed(Exception):
 
 
 class SlurmLauncher(SubmititSlurmLauncher):
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        from lightning_sde.configuration import site_sbatch
+
+        # the site's sbatch options (mem, mail), under those of the config and command line
+        self.params["additional_parameters"] = {**site_sbatch(), **(self.params.get("additional_parameters") or {})}
+
     def __call__(self, *args, **kwargs) -> JobReturn:  # on the node
         ret = super().__call__(*args, **kwargs)
         if ret.status == JobStatus.FAILED:

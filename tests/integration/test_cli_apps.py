@@ -288,7 +288,13 @@ def test_a_second_lsde_likelihood_of_the_same_name_is_refused_while_the_first_ru
 def test_the_early_override_check_lets_every_valid_run_through(app, argv):
     """The check only composes: values are the app's to validate (and `+samplers.heun_50.order=3` composes, then fails
     in the app naming the sampler, as test_bad_config_fails_fast_naming_the_key shows)."""
-    from lightning_sde.cli.apps import added_key_error, launcher_without_multirun, override_error, stray_argument
+    from lightning_sde.cli.apps import (
+        added_key_error,
+        hydra_modes_error,
+        launcher_without_multirun,
+        override_error,
+        stray_argument,
+    )
 
     assert override_error(app, argv) is None and added_key_error(app, argv) is None
     assert override_error(app, ["-m", "sde=vp,ve"]) is None and override_error(app, ["report", "x.jsonl"]) is None
@@ -299,6 +305,9 @@ def test_the_early_override_check_lets_every_valid_run_through(app, argv):
     assert launcher_without_multirun(["hydra.mode=MULTIRUN", "hydra/launcher=slurm", *argv]) is None  # as -m
     assert launcher_without_multirun(["hydra/launcher=basic", *argv]) is None  # the default, where runs run here
     assert launcher_without_multirun(["hydra/launcher=slurm", "--cfg", "hydra", *argv]) is None  # a look at it
+    assert hydra_modes_error(["-m", *argv]) is None and hydra_modes_error(["--cfg", "job", *argv]) is None
+    assert hydra_modes_error(["-m", *argv, "--cfg", "job"]) == ("-m and --cfg cannot be given together: give one of "
+                                                                 "-m, --cfg, --info")  # Hydra's ValueError, traced
 
 
 @pytest.mark.parametrize("app, argv, message", [

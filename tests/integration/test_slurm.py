@@ -155,7 +155,8 @@ def test_benchmark_array_tasks_write_disjoint_shares_of_one_table(slurm, workdir
 def test_hydra_submitit_launcher_submits_a_ddp_run_and_owns_requeue(slurm, workdir):
     cmd = [sys.executable, "-m", "lightning_sde.cli.train", "-m", "hydra/launcher=slurm", *TRAIN, "trainer=ddp_cpu",
            "trainer.max_steps=100", "trainer.val_check_interval=100", "hydra.launcher.gpus_per_node=0",
-           "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15", f"hydra.sweep.dir={workdir}/multirun"]
+           "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15", f"hydra.sweep.dir={workdir}/multirun",
+           "+hydra.launcher.additional_parameters.comment=lsde"]  # beside the site's mem and mail
     site = workdir / "site.env"  # the same site file as the templates'
     site.write_text("LSDE_PARTITION=debug\nLSDE_MAIL_TYPE=FAIL\nLSDE_MEM=300M\nLSDE_SETUP='echo submitit-site-setup'\n")
     env = {**slurm.env, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true", "LSDE_SITE_ENV": str(site)}
@@ -165,7 +166,8 @@ def test_hydra_submitit_launcher_submits_a_ddp_run_and_owns_requeue(slurm, workd
     script = sbatch_file.read_text()
     assert "--signal=USR2@300" in script and "--ntasks-per-node=2" in script
     assert all(line in script for line in ("#SBATCH --partition=debug", "#SBATCH --mail-type=FAIL",
-                                           "#SBATCH --mem=300M", "echo submitit-site-setup")), script
+                                           "#SBATCH --mem=300M", "#SBATCH --comment=lsde",
+                                           "echo submitit-site-setup")), script
     job = sbatch_file.parent.name
     run_dir = workdir / "outputs" / "train" / f"{job}_0"  # <SLURM job id>_<multirun job number>
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

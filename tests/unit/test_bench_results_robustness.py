@@ -253,6 +253,7 @@ def test_report_into_a_file_is_one_line(tmp_path, capsys):
     ("checkpoint=later.ckpt data=toy2d feature_extractor=inception", "config feature_extractor: it applies to the "),
     ("checkpoint=later.ckpt --existing", "config checkpoint: no checkpoint file at"),  # the flag anywhere
     ("--exists checkpoint=later.ckpt", "unknown option --exists: it takes --existing and config overrides"),
+    ("-m checkpoint=later.ckpt", "unknown option -m: it takes --existing and config overrides"),  # Hydra's lexer's
 ])
 def test_cells_with_a_bad_override_is_one_line_and_exit_1(capsys, override, message):
     with pytest.raises(SystemExit) as exit_:

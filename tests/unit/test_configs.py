@@ -456,17 +456,35 @@ def test_devices_as_a_trainer_takes_them_build(tmp_path):
 
 
 @pytest.mark.parametrize("app, overrides, layout", [
-    ("train", ["trainer.devices=4", "trainer.num_nodes=2"], (2, 4, 4)),
-    ("sample", ["ddp.devices=2"], (1, 2, 2)), ("bench", ["ddp.num_nodes=3"], (3, 1, 1)), ("likelihood", [], (1, 1, 1)),
-    ("compare", [], (1, 1, 1)), ("figures", [], (1, 1, 1)),
+    ("train", ["experiment=cifar10_vp_ddpmpp", "trainer.devices=4", "trainer.num_nodes=2"], (2, 4, 4)),
+    ("train", ["trainer.devices=2", "trainer.accelerator=auto"], (1, 2, 2)),
+    ("train", ["trainer.devices=2"], (1, 2, 0)),
+    ("sample", ["ddp.devices=2", "device=cuda:0"], (1, 2, 2)), ("sample", ["ddp.devices=2"], (1, 2, 0)),
+    ("bench", ["ddp.num_nodes=3", "device=cuda"], (3, 1, 1)), ("likelihood", [], (1, 1, 0)),
+    ("compare", [], (1, 1, 0)), ("figures", [], (1, 1, 0)),
 ])
 def test_the_submitit_launcher_sizes_each_apps_jobs_from_its_own_keys(app, overrides, layout, monkeypatch):
-    """It read trainer.* alone: every other app's hydra/launcher=slurm ended in an 81-line InterpolationKeyError."""
+    """It read trainer.* alone: every other app's hydra/launcher=slurm ended in an 81-line InterpolationKeyError. A
+    run on the CPU (the apps' default device, lsde-figures) asked for a GPU per task, and waited for a GPU node."""
     monkeypatch.delenv("LSDE_SITE_ENV", raising=False)
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         cfg = compose(app, overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == layout
+
+
+def test_the_slurm_launcher_adds_the_sites_sbatch_options_under_the_command_lines(tmp_path, monkeypatch):
+    """additional_parameters was the site's (an interpolation): `+hydra.launcher.additional_parameters.comment=x` ended
+    in OmegaConf's AssertionError."""
+    from lightning_sde.cli.launcher import SlurmLauncher
+
+    (tmp_path / "site.env").write_text("LSDE_MEM=300M\nLSDE_MAIL_TYPE=FAIL\n")
+    monkeypatch.setenv("LSDE_SITE_ENV", str(tmp_path / "site.env"))
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("figures", overrides=["hydra/launcher=slurm", "+hydra.launcher.additional_parameters.comment=x",
+                                            "+hydra.launcher.additional_parameters.mem=1G"], return_hydra_config=True)
+    launcher = SlurmLauncher(**{k: v for k, v in cfg.hydra.launcher.items() if k != "_target_"})
+    assert launcher.params["additional_parameters"] == {"mem": "1G", "mail_type": "FAIL", "comment": "x"}
 
 
 def test_the_slurm_launchers_failed_run_fails_its_job_and_the_sweep_in_one_line(monkeypatch):
