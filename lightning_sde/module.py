@@ -141,7 +141,8 @@ class ScoreModule(L.LightningModule):
         if self.denoiser.num_classes is None:
             return x0, None
         if y is None:
-            raise ValueError("model.net.num_classes is set but the data has no labels: set data.labels=true")
+            raise ValueError("model.net.num_classes is set but the batches have no labels: they must be (x, labels) "
+                             "(lsde-train: data.labels=true)")
         return x0, y
 
     def training_step(self, batch, batch_idx):
@@ -256,7 +257,10 @@ class ScoreModule(L.LightningModule):
 
     def check_labels(self, datamodule) -> None:
         """A class-conditional network needs labelled data with as many classes; labelled data, a class-conditional
-        network (an unconditional one would drop the labels: a whole run without the classes asked for)."""
+        network (an unconditional one would drop the labels: a whole run without the classes asked for). Without a
+        datamodule (a plain DataLoader) each batch is checked as it comes (labels_of)."""
+        if datamodule is None:
+            return
         classes = getattr(datamodule, "num_classes", None) if getattr(datamodule, "labelled", False) else None
         if self.denoiser.num_classes is None and getattr(datamodule, "labelled", False):
             raise ValueError(f"config data.labels: the data gives labels{f' ({classes} classes)' if classes else ''} "

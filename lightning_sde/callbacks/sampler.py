@@ -93,6 +93,10 @@ class SamplerCallback(L.Callback):
 
     def setup(self, trainer, pl_module, stage):
         datamodule = trainer.datamodule
+        if not callable(getattr(datamodule, "reference", None)):
+            raise ValueError("SamplerCallback scores samples against the datamodule's reference(n): fit with "
+                             "trainer.fit(module, datamodule=...) and a datamodule of lightning_sde.data (got "
+                             f"{type(datamodule).__name__ if datamodule is not None else 'no datamodule'})")
         if self.guidance is not None and pl_module.denoiser.num_classes is None:
             raise ValueError("callbacks.sampler.guidance is set but the model is not class-conditional "
                              "(model.net.num_classes)")

@@ -76,8 +76,13 @@ def stack(batch):
 
 
 def split_labels(batch) -> tuple[Tensor, Tensor | None]:
-    """(x, y) of a batch from a labelled dataset, (x, None) of one from an unlabelled one."""
-    return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+    """(x, y) of a batch from a labelled dataset, (x, None) of one from an unlabelled one (a tensor, or the one-item
+    list of a TensorDataset(x))."""
+    if not isinstance(batch, (tuple, list)):
+        return batch, None
+    if len(batch) not in (1, 2):
+        raise ValueError(f"a batch must be x, [x] or (x, labels); got a {type(batch).__name__} of {len(batch)} items")
+    return batch[0], (batch[1] if len(batch) == 2 else None)
 
 
 class ImageBatch:

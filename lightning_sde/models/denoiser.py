@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sde.models.moments import DataMoments
-from lightning_sde.sde import SDE, broadcast_time
+from lightning_sde.sde import SDE, SDES, broadcast_time, check_sde
 
 PARAMETERIZATIONS = ("eps", "score", "x0", "v")
 AUTOCAST = {None: None, "bf16": torch.bfloat16}
@@ -106,6 +106,8 @@ class Denoiser(nn.Module):
             raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
         if not isinstance(sde, SDE):
             raise TypeError(f"sde must be an SDE (e.g. VPSDE()); got {sde!r}")
+        if type(sde) not in SDES.values():  # a user's class: its drift, diffusion and marginals must agree
+            check_sde(sde)
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
             raise ValueError(f"shape must be one sample's shape, sizes >= 1 (e.g. (2,) or (3, 32, 32)); got {shape!r}")
         if data_moments is not None and data_moments.mean.numel() != math.prod(shape):

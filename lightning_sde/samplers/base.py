@@ -207,7 +207,11 @@ class Sampler:
             raise ValueError(f"sampler {self.name!r} is stochastic: pass noise=SeededNoise(seeds, ...)")
         if noise is not None and len(noise.seeds) != x_T.shape[0]:
             raise ValueError(f"noise has {len(noise.seeds)} seeds but x_T has {x_T.shape[0]} samples")
-        if self.adaptive and x_T.is_floating_point():
+        if x_T.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"x_T is {str(x_T.dtype).replace('torch.', '')}: samplers step in float32 or float64 (in "
+                            "half precision the time grid's small steps round to nothing); for a network in bf16, "
+                            "build the Denoiser with autocast='bf16'")
+        if self.adaptive:
             warn_if_tolerance_unresolved(self, x_T.dtype)
         with torch.no_grad():
             setup_nfe = denoiser.nfe

@@ -129,7 +129,7 @@ def test_label_dropout_feeds_the_null_label(monkeypatch):
     y = torch.randint(0, 4, (16,))
     m.training_step((torch.randn(16, 2), y), 0)
     torch.testing.assert_close(seen[-1], y)
-    with pytest.raises(ValueError, match="data has no labels"):
+    with pytest.raises(ValueError, match="the batches have no labels"):
         m.training_step(torch.randn(16, 2), 0)
 
 

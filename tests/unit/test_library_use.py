@@ -1,0 +1,89 @@
+"""The package used as a library, from a user's own script: a plain Trainer and DataLoader, their own SDE class,
+tensors of their own making."""
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_sde.callbacks import SamplerCallback
+from lightning_sde.exact import eight_gaussians
+from lightning_sde.models.denoiser import Denoiser
+from lightning_sde.module import ScoreModule
+from lightning_sde.samplers import SAMPLERS, build_sampler
+from lightning_sde.samplers.noise import SeededNoise
+from lightning_sde.sde import VPSDE
+
+MLP = {"_target_": "lightning_sde.models.mlp.MLP", "dim": 2, "width": 16, "depth": 2, "time_embed_dim": 8}
+
+
+def _module(**net) -> ScoreModule:
+    return ScoreModule(net={**MLP, **net}, sde={"_target_": "lightning_sde.sde.VPSDE"}, shape=[2])
+
+
+def _trainer(tmp_path, **kwargs) -> L.Trainer:
+    return L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path,
+                     enable_model_summary=False, enable_checkpointing=False, **kwargs)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_a_plain_tensor_dataset_trains(tmp_path, conditional):
+    """TensorDataset(x) gives [x] (IndexError in split_labels); TensorDataset(x, y) with a class-conditional network
+    was refused for want of a datamodule saying it is labelled."""
+    x, y = torch.randn(64, 2), torch.randint(0, 4, (64,))
+    module = _module(**({"num_classes": 4} if conditional else {}))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    data = TensorDataset(x, y) if conditional else TensorDataset(x)
+    _trainer(tmp_path).fit(module, DataLoader(data, batch_size=32))
+    assert module.trainer.global_step == 2
+    assert any(not torch.equal(v, before[k]) for k, v in module.state_dict().items())
+
+
+def test_a_conditional_network_on_unlabelled_batches_is_refused(tmp_path):
+    module = _module(num_classes=4)
+    with pytest.raises(ValueError, match=r"the batches have no labels: they must be \(x, labels\)"):
+        _trainer(tmp_path).fit(module, DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=32))
+
+
+def test_a_batch_of_three_items_is_refused():
+    from lightning_sde.data.base import split_labels
+
+    x = torch.zeros(4, 2)
+    assert split_labels([x])[1] is None and split_labels((x, x[:, 0]))[1] is not None
+    with pytest.raises(ValueError, match="a batch must be x, \\[x\\] or \\(x, labels\\); got a list of 3 items"):
+        split_labels([x, x, x])
+
+
+def test_the_sampler_callback_without_a_datamodule_says_what_it_needs(tmp_path):
+    callback = SamplerCallback({"ddim": build_sampler("ddim", steps=2)}, n_samples=8, batch_size=8)
+    loader = DataLoader(torch.randn(64, 2), batch_size=32)
+    with pytest.raises(ValueError, match="SamplerCallback scores samples against the datamodule's reference"):
+        _trainer(tmp_path, callbacks=[callback], val_check_interval=1).fit(_module(), loader, loader)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int64])
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_a_starting_point_that_is_not_float32_or_float64_is_refused(name, dtype):
+    """bf16: half of a 1000-step grid's steps rounded to zero length (each still an NFE), samples silently wrong; an
+    integer x_T truncated t to 0 (NaN samples, or an error blaming the network)."""
+    denoiser = eight_gaussians().denoiser(VPSDE())
+    sampler = build_sampler(name)
+    with pytest.raises(TypeError, match=f"x_T is {str(dtype).replace('torch.', '')}: samplers step in float32 or"):
+        sampler(denoiser, torch.zeros(4, 2).to(dtype), SeededNoise(range(4), (2,)))
+    assert denoiser.nfe == 0
+
+
+class HalfDiffusion(VPSDE):
+    """g^2 = beta / 2: the forward SDE no longer has VP's marginals."""
+
+    def g2(self, t):
+        return super().g2(t) / 2
+
+
+def test_a_users_sde_class_is_checked_when_a_denoiser_is_built():
+    """Checked on the config path alone: Euler-Maruyama through it sampled std [1.78, 3.33] for a true [0.5, 1]."""
+    with pytest.raises(ValueError, match=r"HalfDiffusion: g2\(t\) = .* but d sigma\^2 / dt - 2 f sigma\^2 = "):
+        Denoiser(lambda x, t: torch.zeros_like(x), HalfDiffusion(), "eps", (2,))
+    from helpers.nets import OwnVP
+
+    Denoiser(lambda x, t: torch.zeros_like(x), OwnVP(), "eps", (2,))  # a consistent one is taken
