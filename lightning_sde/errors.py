@@ -5,6 +5,7 @@ check of a count that every layer uses. Nothing heavy is imported here, so that 
 
 import contextlib
 import errno
+import re
 
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}  # the storage, not the program
 
@@ -23,7 +24,8 @@ def writing(path):
         if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
             detail = err.strerror or str(err)
         elif isinstance(err, RuntimeError) and ("inline_container" in str(err) or "PytorchStreamWriter" in str(err)):
-            detail = "torch.save could not write it (is the disk full?)"
+            said = re.search(r"strerror: ([^\n]+)", str(err))  # its reason where it gives one (read-only, permission)
+            detail = f"torch.save could not write it ({said.group(1).strip() if said else 'is the disk full?'})"
         else:
             raise
         raise WriteError(f"could not write {path}: {detail}") from err

@@ -5,7 +5,9 @@ writer (callbacks/checkpoint_io.py: fsync, and the previous one kept until the n
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import fcntl
 import glob
 import logging
@@ -64,7 +66,8 @@ def replace_atomically(path, write: Callable[[Path], object]) -> Path:
             write(tmp)
             os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only file system the unlink fails too: the write's error counts
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -83,6 +86,35 @@ def write_csv(path, rows: Iterable[dict], fields: list[str] | None = None) -> Pa
             writer.writerows(rows)
 
     return replace_atomically(path, write)
+
+
+@contextlib.contextmanager
+def appending(path: Path):
+    """An exclusive lock on the JSON-lines file `path` (created if missing), for reading it and then appending whole
+    lines with the function it yields: after a torn last line (a crash) it starts a new line, and a write that fails
+    part way (a full disk) is cut off again, so that no torn line of its own is left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def append_lines(data: bytes) -> None:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        with writing(path):
+            try:
+                if os.write(fd, data) < len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield append_lines
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 LOCK_FILE = ".lock"

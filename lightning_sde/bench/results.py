@@ -6,8 +6,6 @@ still leave a torn last line: readers skip it, and the next append starts on a f
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -18,8 +16,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from lightning_sde.errors import writing
-from lightning_sde.files import file_name, replace_atomically
+from lightning_sde.files import appending, file_name, replace_atomically
 
 log = logging.getLogger(__name__)
 WANDB_RUN_KEY = "the results file's W&B run"  # claimed like a cell: a W&B run has one writer
@@ -77,35 +74,6 @@ class ResultsStore:
         if rows:
             with appending(self.path) as append_lines:
                 append_lines("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode())
-
-
-@contextlib.contextmanager
-def appending(path: Path):
-    """An exclusive lock on the JSON-lines file `path` (created if missing), for reading it and then appending whole
-    lines with the function it yields: after a torn last line (a crash) it starts a new line, and a write that fails
-    part way (a full disk) is cut off again, so that no torn line of its own is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-
-    def append_lines(data: bytes) -> None:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            data = b"\n" + data
-        with writing(path):
-            try:
-                if os.write(fd, data) < len(data):
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                os.fsync(fd)
-            except OSError:
-                os.ftruncate(fd, size)
-                raise
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield append_lines
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 class SweepPlans:

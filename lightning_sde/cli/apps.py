@@ -47,6 +47,10 @@ def override_error(app: str, argv: list[str]) -> str | None:
         if "mismatched input '='" in message and equals:  # a path such as best-step=300.ckpt
             key, value = equals[0]
             message += f"; quote a value that holds '=': \"{key}='{value}'\" (the double quotes for the shell)"
+        lexed = [arg.split("=", 1) for arg in argv if "=" in arg and "'" not in arg and f"{arg} ^" in message]
+        if "LexerNoViableAltException" in message and lexed:  # e.g. a path of non-ASCII letters, or ~
+            key, value = lexed[0]
+            message += f"; quote the value: \"{key}='{value}'\" (the double quotes for the shell)"
         return message
     return other_jobs_error(app, argv, given, set(cfg.hydra.runtime.choices)) if multirun else folder_error(cfg)
 
@@ -134,16 +138,24 @@ def folder_error(cfg) -> str | None:
         value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)  # None where it does not resolve
         if not isinstance(value, str):
             continue
+        if value.startswith("~"):
+            return (f"config {key}: {value} starts with '~', which is not expanded here (a folder named '~' would be "
+                    "made): give an absolute path, or ${oc.env:HOME}/...")
         path = Path(value)
         for folder in (path, *path.parents):
             if folder.is_file():
                 return f"config {key}: {value} would be a folder inside the file {folder}; give a folder"
+            if folder.is_symlink() and not folder.exists():
+                return f"config {key}: {value}: {folder} is a link to {os.readlink(folder)}, which does not exist"
         existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
-        if existing is not None and existing != path:  # can a folder be made there? A probe of its own name, made
-            try:  # and removed: the folders the config names are not touched (other tasks of an srun make them)
-                os.rmdir(tempfile.mkdtemp(prefix=".lsde-probe-", dir=existing))
-            except OSError as err:
-                return f"config {key}: {value} cannot be made (no folder can be made in {existing}: {err.strerror})"
+        if existing is None or existing == path and key == "paths.root":  # the root: only what is made in it
+            continue
+        try:  # can a folder be made there? A probe of its own name, made and removed: the folders the config names
+            os.rmdir(tempfile.mkdtemp(prefix=".lsde-probe-", dir=existing))  # are not touched (srun's tasks make them)
+        except OSError as err:
+            if existing == path:  # a run's folder again (a resume, an extension)
+                return f"config {key}: {value} cannot be written to ({err.strerror})"
+            return f"config {key}: {value} cannot be made (no folder can be made in {existing}: {err.strerror})"
     return None
 
 

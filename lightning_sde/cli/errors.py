@@ -65,9 +65,13 @@ class JobFailed(CompactHydraException):
 def log_to_file(message: str) -> None:
     """Into the app's log file only (Hydra's file handler): the console gets the one-line error instead."""
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    raising, logging.raiseExceptions = logging.raiseExceptions, False  # a full disk: no "--- Logging error ---"
+    try:  # and its traceback before the one line, which says why
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+    finally:
+        logging.raiseExceptions = raising
 
 
 def in_multirun() -> bool:

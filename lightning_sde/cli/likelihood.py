@@ -41,8 +41,7 @@ from lightning_sde.distributed import (
     launched_first,
     rank_world,
 )
-from lightning_sde.errors import writing
-from lightning_sde.files import FolderLock, write_text
+from lightning_sde.files import FolderLock, appending, write_text
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
 from lightning_sde.probability_flow import ADAPTIVE_METHODS, ADAPTIVE_OPTIONS, DEFAULT_FIXED_STEPS, ODEOptions
 from lightning_sde.targets import UnconditionalNotLearned, check_guidance_learned, load_target, target_kind
@@ -239,7 +238,7 @@ def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict |
     mine = torch.tensor([k for k in range(len(x)) if k not in skip][rank::world], dtype=torch.long)
     partial.mkdir(parents=True, exist_ok=True)
     write_text(partial / "settings.json", json.dumps({"settings": settings(cfg, target_id)}) + "\n")
-    with open(partial / f"rows-{rank}-{os.getpid()}.jsonl", "a") as record:
+    with appending(partial / f"rows-{rank}-{os.getpid()}.jsonl") as record:
         rows = compute_rows(cfg, options, denoiser, x, mine, mixture, divergence, offset, device, record)
     gathered = gather_to_zero(rows)
     if rank != 0:
@@ -262,7 +261,8 @@ def compute_rows(cfg, options, denoiser, x, mine, mixture, divergence, offset, d
 
 
 def likelihood_batch(cfg, options, denoiser, x, idx, mixture, divergence, offset, device, record, dim) -> list[dict]:
-    """The rows of one batch (indices idx into x), appended to `record` at once."""
+    """The rows of one batch (indices idx into x), appended by `record` at once (all or none: a resume goes on
+    from whole batches, so that its batches are those of an uninterrupted run)."""
     rows = []
     # each sample's probes are seeded by its index: any batch size or world size draws the same for it
     gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + k) for k in idx.tolist()]
@@ -278,9 +278,7 @@ def likelihood_batch(cfg, options, denoiser, x, idx, mixture, divergence, offset
         if truth is not None:
             row["true_logp"] = float(truth[j])
         rows.append(row)
-    with writing(record.name):
-        record.write("".join(json.dumps(r) + "\n" for r in rows))  # whole lines: a kill tears one
-        record.flush()
+    record("".join(json.dumps(r) + "\n" for r in rows).encode())
     return rows
 
 

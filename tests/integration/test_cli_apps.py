@@ -456,6 +456,15 @@ def test_a_folder_inside_a_file_is_refused_before_hydra_makes_it(tmp_path):
     assert override_error("likelihood", ["out=/proc/xx"]).startswith("config out: /proc/xx cannot be made (")
     assert override_error("likelihood", ["out=/proc/xx/yy"]).startswith("config out: /proc/xx/yy cannot be made (")
     assert list(tmp_path.iterdir()) == [file]  # nothing made, not even the probe (srun's tasks make the folders)
+    # an existing run folder that cannot be written (a resume there was Hydra's traceback on train.log)
+    assert override_error("likelihood", ["out=/proc"]).startswith("config out: /proc cannot be written to (")
+    assert override_error("compare", ["paths.root=/proc", f"output_dir={tmp_path}/c"]) is None  # only what is in it
+    (tmp_path / "scratch").symlink_to(tmp_path / "purged")  # Hydra's FileExistsError on a dangling link
+    assert override_error("compare", [f"paths.root={tmp_path}/scratch"]) == (
+        f"config paths.root: {tmp_path}/scratch: {tmp_path}/scratch is a link to {tmp_path}/purged, which does not "
+        "exist")
+    assert override_error("compare", ["output_dir='~/c'"]).startswith(  # a folder named '~' made in the cwd
+        "config output_dir: ~/c starts with '~', which is not expanded here")
 
 
 def test_a_deletion_does_not_turn_off_the_checks_of_the_other_overrides():
@@ -484,6 +493,9 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
         "mismatched input '=' expecting <EOF>; quote a value that holds '=': \"checkpoint='/runs/x/best-step=300.ckpt'"
         "\" (the double quotes for the shell)")
     assert "quote a value" not in override_error("bench", ["nfe=[1,2", "data=a=b"])  # another parse error
+    assert override_error("compare", ["seeds.count=5", "paths.root=/tmp/ünï"]).endswith(  # Hydra's lexer, no hint
+        "LexerNoViableAltException: paths.root=/tmp/ünï ^; quote the value: \"paths.root='/tmp/ünï'\" (the double "
+        "quotes for the shell)")
     assert added_key_error("bench", ["+paths.rot=/tmp/x"]).startswith("paths.rot: lsde-bench's config has no such key")
     assert added_key_error("bench", ["paths.root=/tmp/x"]) is None
     # never the key itself: callbacks.sampler.samplers is ${samplers}, the key is there

@@ -1,6 +1,7 @@
 """Files written whole or not at all (lightning_sde.files): a failed or killed write leaves the file as it was."""
 
 import csv
+import re
 import signal
 import subprocess
 import sys
@@ -156,3 +157,51 @@ def test_a_full_disk_is_one_named_error_and_leaves_no_partial_file(tmp_path, mon
         app(None)
     assert ended.value.code == 1
     assert capsys.readouterr().err == f"lsde-x: error: could not write {tmp_path}/r.jsonl: No space left on device\n"
+
+
+def test_a_read_only_file_system_is_the_writes_one_error(tmp_path, monkeypatch):
+    """The temporary's unlink failed too (EROFS) and its raw OSError hid the WriteError; torch.save's own reason (a
+    read-only file system, a permission) was reported as "is the disk full?"."""
+    import errno
+    import os
+    from pathlib import Path
+
+    from lightning_sde.errors import WriteError, writing
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(WriteError, match=f"^could not write {tmp_path / 'a.csv'}: Read-only file system$"):
+        replace_atomically(tmp_path / "a.csv", read_only)
+    monkeypatch.undo()
+    for said, detail in (("open file failed with strerror: Permission denied", "Permission denied"),
+                         ("unexpected pos 896 vs 790", "is the disk full?")):
+        with pytest.raises(WriteError, match=re.escape(f"a.pt: torch.save could not write it ({detail})")):
+            with writing(tmp_path / "a.pt"):
+                raise RuntimeError(f"[enforce fail at inline_container.cc:747] . {said}")
+
+
+def test_the_log_file_on_a_full_disk_adds_no_traceback_to_the_one_line(tmp_path, capsys):
+    """Logging the error into the app's log on a full disk printed "--- Logging error ---" and ~60 lines of traceback
+    before the app's one line."""
+    import errno
+    import logging
+    import os
+
+    from lightning_sde.cli.errors import log_to_file
+
+    class FullDisk(logging.FileHandler):
+        def emit(self, record):
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError:
+                self.handleError(record)
+
+    handler = FullDisk(tmp_path / "app.log", delay=True)
+    logging.getLogger().addHandler(handler)
+    try:
+        log_to_file("lsde-x: error: could not write r.jsonl: No space left on device")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert capsys.readouterr().err == "" and logging.raiseExceptions
