@@ -216,6 +216,9 @@ def check_folder_name(key: str, value, names: str, extra: tuple[str, ...] = ()) 
     """A config value that names a folder (`names`: what it names): letters, digits, . _ - + @ and `extra`, not only
     dots (no '', '..' or path separators); ValueError naming the key."""
     allowed = (".", "_", "-", "+", "@", *extra)
+    if value is None or isinstance(value, bool):  # null: a folder named 'None' (resumed by the next null)
+        raise ValueError(f"config {key}: must be a name (it names {names}); got {'null' if value is None else value}"
+                         f": leave {key} out for its default")
     text = str(value)
     if not re.fullmatch(f"[A-Za-z0-9{''.join(re.escape(c) for c in allowed)}]+", text) or text.strip(".") == "":
         raise ValueError(f"config {key}: may hold letters, digits and {' '.join(allowed)} only (it names {names}); "

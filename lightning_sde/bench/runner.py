@@ -45,7 +45,7 @@ from lightning_sde.generation import Samples, generate
 from lightning_sde.metrics.image import IMAGE_METRICS, check_image_sample_count, check_kid_reference, check_stats_cache
 from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer, Scores, resolve_metrics
 from lightning_sde.models.pretrained import is_diffusers_spec
-from lightning_sde.samplers.grids import may_use_data_moments
+from lightning_sde.samplers.grids import check_start, may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.targets import (
     check_guidance_learned,
@@ -296,9 +296,10 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
                 raise ValueError(f"config feature_extractor: {err}") from None
         if any(cell.built is not None and may_use_data_moments(cell.built) for cell in todo):
             with_data_moments(target)
-        for cell in todo:  # a grid this SDE cannot hold fails before any sampling
+        for cell in todo:  # a grid this SDE cannot hold, or a start its data never reaches, fails before sampling
             if cell.built is not None:
                 checked(f"samplers.{cell.label}", check_grid, cell.built, target.denoiser.sde)
+                checked(f"samplers.{cell.label}", check_start, cell.built, target.denoiser)
         if target.datamodule is not None and one_class(cfg, target) is None:
             key = reference_key(cfg)
             try:  # the reference is that many training samples

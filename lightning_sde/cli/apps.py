@@ -136,6 +136,9 @@ def folder_error(cfg) -> str | None:
 
     for key in ("paths.root", "out", "output_dir", "hydra.run.dir"):  # the user's key before those made of it
         value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)  # None where it does not resolve
+        if value is not None and not isinstance(value, str):  # out=5: Path's TypeError in the app
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            return f"config {key}: must be a path; got {shown!r}"
         if not isinstance(value, str):
             continue
         if value.startswith("~"):

@@ -56,7 +56,7 @@ from lightning_sde.distributed import broadcast_from_zero, check_launcher_world,
 from lightning_sde.files import LOCK_FILE, FolderLock, replace_atomically, write_text
 from lightning_sde.generation import batch_model, generate, seed_labels
 from lightning_sde.samplers.base import Sampler
-from lightning_sde.samplers.grids import may_use_data_moments
+from lightning_sde.samplers.grids import check_start, may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid, plan, selects_on_pilot, spent
 from lightning_sde.targets import (
     check_guidance_learned,
@@ -299,6 +299,7 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
     if may_use_data_moments(sampler) and target.datamodule is not None:
         with_data_moments(target)
     checked("sampler", check_grid, sampler, denoiser.sde)
+    checked("sampler", check_start, sampler, denoiser)
     images = len(denoiser.shape) == 3
     shape = (*denoiser.shape[1:], denoiser.shape[0]) if images else tuple(denoiser.shape)
     if cfg.png is True and not (images and shape[-1] in (1, 3)):  # before any sampling, as for an exact mixture

@@ -94,6 +94,7 @@ def name_the_run(cfg: DictConfig) -> None:
     """A job id on the command line (run_name=123) parses as an int; each job of a multirun gets its own name,
     <run_name>_<job number> (and so its own run directory, checkpoints and W&B run), stable across requeues. A
     submitit sweep's job (an array task) is <array id>_<job number> by default, as its log folder .submitit/<id>_<n>."""
+    check_folder_name("run_name", cfg.run_name, "the run directory and the W&B run's id")  # null: not 'None'
     cfg.run_name = str(cfg.run_name)
     job = multirun_job()
     if job is not None:

@@ -13,6 +13,8 @@ with replacement, the reference fixed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -63,7 +65,7 @@ def resolve_metrics(requested, kind: str, has_mixture: bool, key: str = "metrics
     allowed = allowed_metrics(kind, has_mixture)
     if requested in (None, "auto"):
         return allowed
-    if isinstance(requested, str) or not requested:
+    if isinstance(requested, str) or not isinstance(requested, Sequence) or not requested:
         raise ValueError(f"config {key}: must be 'auto' or a non-empty list of {list(allowed)}; got {requested!r}")
     bad = [m for m in requested if m not in allowed]
     if bad:

@@ -128,6 +128,13 @@ def start_time(sampler, denoiser) -> float:
 _STARTS_AT_T: set = set()  # (sampler, knob) already said to start at T under conditioning
 
 
+def check_start(sampler, denoiser) -> None:
+    """A Gaussian start the data reaches only after eps fails now (a start-up check), not when the sampler first
+    samples (hours into a sweep)."""
+    if gaussian_start_knob(sampler) is not None:
+        start_time(sampler, denoiser)
+
+
 def carry(sampler, denoiser, x_T: Tensor, start: float) -> Tensor:
     """x_T carried from T to `start` by the Gaussian fit's exact flow (no NFE); x_T itself when start = T."""
     sde = denoiser.sde

@@ -463,6 +463,8 @@ def test_a_folder_inside_a_file_is_refused_before_hydra_makes_it(tmp_path):
     assert override_error("compare", [f"paths.root={tmp_path}/scratch"]) == (
         f"config paths.root: {tmp_path}/scratch: {tmp_path}/scratch is a link to {tmp_path}/purged, which does not "
         "exist")
+    assert override_error("sample", ["out=5"]) == "config out: must be a path; got 5"  # Path's TypeError in the app
+    assert override_error("train", ["paths.root=[a,b]"]) == "config paths.root: must be a path; got ['a', 'b']"
     assert override_error("compare", ["output_dir='~/c'"]).startswith(  # a folder named '~' made in the cwd
         "config output_dir: ~/c starts with '~', which is not expanded here")
 

@@ -203,6 +203,7 @@ def test_a_multirun_writes_one_folder_per_job_under_a_given_out(tmp_path):
     (["seeds=5"], "config seeds: must be {start: S, count: N} (seeds.start=S seeds.count=N); got 5"),
     (["name=.."], "config name: may hold letters, digits and . _ - + @ = , only"),
     (["name=''"], "config name: may hold letters, digits and . _ - + @ = , only"),
+    (["name=null"], "config name: must be a name (it names the samples' folder under the outputs root); got null"),
     (["labels=5"], "config labels: labels=5 draws class 5 under guidance; set guidance=<w> too"),
     (["seeds.start=9223372036854775807"], "config seeds: seeds.start + seeds.count must be at most 2**53"),
     (["nfe=100000000"], "config nfe: must be at most 100000"),
@@ -245,6 +246,10 @@ def test_times_that_miss_t_fail_before_any_file_and_the_corrected_run_is_not_ref
     proc = lsde_sample(out, *common, "sampler.times=[0.9,0.5,0.001]")
     assert proc.returncode == 1 and "ddim: times must run from the start time 1.0" in proc.stderr, proc.stderr[-2000:]
     assert not out.exists() or [p.name for p in out.iterdir()] == [".lock"]  # the lock's folder alone
+    proc = lsde_sample(out, *common, "sampler.gaussian_start_kl=50")  # a start the data never reaches (after eps)
+    assert proc.returncode == 1 and "config sampler: ValueError: gaussian_start_kl=50.0 is reached only after eps" \
+        in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists() or [p.name for p in out.iterdir()] == [".lock"]
     assert lsde_sample(out, *common, "sampler.times=[1.0,0.5,0.001]").returncode == 0
 
 

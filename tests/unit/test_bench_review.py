@@ -717,3 +717,11 @@ def test_a_curve_never_joins_budgets_run_with_other_sampler_parameters(tmp_path,
     assert "2 row(s) not in the views: a sampler's curve shows the rows run as its latest ones were" in caplog.text
     assert [(r["requested"], r["value"]) for r in views.for_views(rows, preferred={rows[0]["key"]})[0]] == \
         [(4, first[4]), (8, first[8])]  # the first sweep's views: its own variant, both budgets
+
+
+def test_a_gaussian_start_the_data_never_reaches_fails_before_any_cell(tmp_path):
+    """It failed when that sampler first sampled, after the cells before it (hours of an FID sweep), naming no key."""
+    with pytest.raises(ValueError, match=r"^config samplers.late: ValueError: gaussian_start_kl=50.0 is reached only "
+                                         r"after eps = 0.001"):
+        sweep(tmp_path, "noise_floor=true", "+sampler@samplers.late=ddim", "samplers.late.gaussian_start_kl=50")
+    assert not (tmp_path / "results.jsonl").exists() or not views.load(tmp_path / "results.jsonl")

@@ -141,6 +141,8 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
     ("run_name=exp:v2", "config run_name: may hold letters, digits and . _ - + @ only (it names the run directory "
                         "and the W&B run's id); got 'exp:v2'"),
     ("run_name=..", "config run_name: may hold letters"),
+    ("run_name=null", "config run_name: must be a name (it names the run directory and the W&B run's id); got null: "
+                      "leave run_name out for its default"),  # a folder named 'None', resumed by the next null
     ("seed=abc", "config seed: must be an integer in [0, 2**32); got 'abc'"),
     ("seed=-1", "config seed: must be an integer in [0, 2**32); got -1"),
     ("trainer.max_steps=0", "config trainer.max_steps: must be an integer >= 1"),
