@@ -225,10 +225,17 @@ def check_folder_name(key: str, value, names: str, extra: tuple[str, ...] = ()) 
                          f"got {text!r}")
 
 
-def check_class_has_guidance(key: str, label, guidance, set_guidance: str = "guidance=<w>") -> None:
-    """A class asked for (`key`=label, not None) draws under classifier-free guidance only: refused without it (the
-    samples would be of every class, unguided)."""
-    if guidance is None and label is not None:
+CYCLE = "'cycle' (seed i: class i mod num_classes) or "
+
+
+def check_class_has_guidance(key: str, label, guidance, set_guidance: str = "guidance=<w>", cycle: bool = True) -> None:
+    """A class asked for (`key`=label: a class index, or 'cycle' where `cycle`) draws under classifier-free guidance
+    only: refused without it (the samples would be of every class, unguided)."""
+    if cycle and label == "cycle" or label is None:
+        return
+    if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+        raise ValueError(f"config {key}: must be {CYCLE if cycle else ''}a class index; got {label!r}")
+    if guidance is None:
         raise ValueError(f"config {key}: {key}={label} draws class {label} under guidance; set {set_guidance} too "
                          f"(0: the conditional model alone), or leave {key} out")
 

@@ -136,8 +136,7 @@ def sweep_metrics(cfg: DictConfig, kind: str) -> tuple[str, ...]:
         except ValueError as err:
             raise ValueError(str(err) if str(err).startswith("config ") else f"config {key}: {err}") from None
     labels = cfg.get("labels", "cycle")
-    check_class_has_guidance("labels", None if labels == "cycle" else labels, cfg.get("guidance"),
-                             "guidance=[<w>, ...]")
+    check_class_has_guidance("labels", labels, cfg.get("guidance"), "guidance=[<w>, ...]")
     if cfg.get("guidance") is not None and labels != "cycle" and kind == "checkpoint" and not cfg.data.get("labels"):
         raise ValueError(f"config data.labels: a sweep of class {labels} is scored against that class's training "
                          "samples, which needs the data's labels: set data.labels=true")

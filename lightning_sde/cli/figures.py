@@ -75,7 +75,7 @@ def check_values(cfg: DictConfig) -> None:
                          f"{guidance!r}")
     if guidance is not None and not cfg.checkpoint:
         raise ValueError("config guidance: needs a class-conditional checkpoint (an exact problem has no classes)")
-    check_class_has_guidance("label", cfg.label if overridden("label") else None, guidance)
+    check_class_has_guidance("label", cfg.label if overridden("label") else None, guidance, cycle=False)
     if cfg.checkpoint:  # a p_uncond=0 checkpoint's unconditional paths (guidance=null) are its untrained null label's
         try:
             check_guidance_learned(cfg, "checkpoint", [guidance])

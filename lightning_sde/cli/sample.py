@@ -98,9 +98,6 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
     if not (isinstance(cfg.png, bool) or cfg.png == "auto"):
         raise ValueError(f"config png: must be true, false or auto (true for images); got {cfg.png!r}")
     labels = cfg.get("labels", "cycle")
-    if labels != "cycle" and (isinstance(labels, bool) or not isinstance(labels, int) or labels < 0):
-        raise ValueError(f"config labels: must be 'cycle' (seed i: class i mod num_classes) or a class index; got "
-                         f"{labels!r}")
     check_writable(Path(cfg.out))
     dtype, device = parse_dtype(cfg.dtype), parse_device(cfg.device)
     sampler = build(cfg.sampler, "sampler")
@@ -108,7 +105,7 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
         raise ValueError(f"config sampler: {cfg.sampler.get('_target_')!r} is not a Sampler")
     sampler = at_budget(cfg, sampler)
     guidance = cfg.get("guidance")
-    check_class_has_guidance("labels", None if labels == "cycle" else labels, guidance)
+    check_class_has_guidance("labels", labels, guidance)
     if guidance is not None:
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
                 or guidance < 0:

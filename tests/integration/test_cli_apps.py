@@ -82,6 +82,7 @@ def test_lsde_figures_writes_every_figure_as_png_and_pdf(tmp_path):
                 f"output_dir={tmp_path}/hydra")  # the checkpoint's own SDE would be used: refused, not ignored
     assert both.returncode == 1 and "config checkpoint/sde: both set" in both.stderr
     for args, message in ((["label=3"], "config label: label=3 draws class 3 under guidance; set guidance=<w> too"),
+                          (["label=nan"], "config label: must be a class index; got nan"),  # 'draws class nan'
                           (["guidance=-5"], "config guidance: must be a number >= 0")):  # drawn, unguided or w = -5
         proc = _cli("lightning_sde.cli.figures", *args, f"out={tmp_path}/lab", f"output_dir={tmp_path}/hydra")
         assert proc.returncode == 1 and message in proc.stderr and not (tmp_path / "lab").exists(), proc.stderr

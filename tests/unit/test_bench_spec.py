@@ -66,6 +66,8 @@ BAD_BENCH = [
     (["reference_count=-5"], "config reference_count: must be an integer >= 1"),
     (["dtype=float16"], "config dtype: 'float16' is not one of"),
     (["metrics=1"], "config metrics: must be 'auto' or a non-empty list of"),  # 'int' object is not iterable
+    (["labels=bogus"], "config labels: must be 'cycle' (seed i: class i mod num_classes) or a class index; got "
+                       "'bogus'"),  # 'draws class bogus under guidance'
     (["name=null"], "config name: must be a name (it names the sweep's folder under the outputs root); got null"),
     (["guidance=[1.0]"], "config guidance: the target is not class-conditional"),
     (["+problem.labels=[0,1,0,1,0,1,0,1]", "guidance=[-1]"], "config guidance[0]: must be a number >= 0"),
