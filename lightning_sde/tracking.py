@@ -169,6 +169,17 @@ def wandb_disabled() -> bool:
     return os.environ.get("WANDB_MODE") == "disabled"
 
 
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared", "run")  # what W&B's settings take
+
+
+def check_wandb_mode() -> None:
+    """A WANDB_MODE that W&B refuses, named (its own error is a settings ValidationError that names no variable)."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None and mode not in WANDB_MODES:
+        raise ValueError(f"WANDB_MODE={mode!r} is not one of W&B's modes ({', '.join(WANDB_MODES[:3])}): set one, or "
+                         "unset it")
+
+
 def wandb_configured() -> bool:
     """True when this machine can reach W&B with credentials: otherwise log offline and sync later."""
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):

@@ -39,7 +39,7 @@ from lightning_sde.bench.results import (
 )
 from lightning_sde.files import file_name, replace_atomically, write_text
 from lightning_sde.metrics.scorer import ALL_METRICS, direction, ranks_above
-from lightning_sde.tracking import offline_history, sync_command, wandb_configured
+from lightning_sde.tracking import check_wandb_mode, offline_history, sync_command, wandb_configured
 
 log = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".wandb.json"
@@ -187,6 +187,7 @@ class SweepRun:
                 log.warning("W&B: %s %r not used: the run of %s keeps its first %s, %r (to start another run, "
                             "delete %s)", key, value, self.results, key, self.state[key], sidecar_path(results))
         self.media_dir = self.results.parent / "wandb_media"
+        check_wandb_mode()
         mode = "online" if wandb_configured() else "offline"
         run_id = self.state.get("id") or uuid.uuid4().hex[:12]
         name, group = self.state["name"], self.state["group"]

@@ -149,7 +149,7 @@ def at_budget(cfg: DictConfig, sampler: Sampler) -> Sampler:
             raise ValueError(f"config tolerance: must be a number > 0; got {tol!r}")
         if not sampler.adaptive:
             raise ValueError(f"config tolerance: {sampler.name} takes fixed steps; give nfe= instead")
-        return sampler.at_tolerance(tol)
+        return checked("tolerance", sampler.at_tolerance, tol)  # its rtol's bounds, under the key given
     return sampler
 
 

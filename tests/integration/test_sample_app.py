@@ -212,6 +212,8 @@ def test_a_multirun_writes_one_folder_per_job_under_a_given_out(tmp_path):
     (["device=mps"], "config device: 'mps' is not available here"),
     (["sampler=ode", "nfe=10"], "config nfe: ode is adaptive (it chooses its steps); give tolerance="),
     (["sampler=ddim", "tolerance=1e-3"], "config tolerance: ddim takes fixed steps; give nfe= instead"),
+    (["sampler=ode", "tolerance=1e30"], "config tolerance: ValueError: ode: rtol must be a number in (0, 1)"),
+    (["device=null"], "config device: must be a device's name (cpu, cuda, cuda:1); got None"),  # torch's signature
     (["sampler=heun", "nfe=1"], "config nfe: 1 is below the least budget of heun, 2 NFE (2 a step)"),
     (["sampler=unipc", "sampler.final_corrector=true", "sampler.denoise=true", "nfe=2"],  # two steps, one interval
      "config nfe: 2 is below the least budget of unipc, 3 NFE (1 a step, and 1 to denoise)"),

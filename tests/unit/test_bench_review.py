@@ -725,3 +725,16 @@ def test_a_gaussian_start_the_data_never_reaches_fails_before_any_cell(tmp_path)
                                          r"after eps = 0.001"):
         sweep(tmp_path, "noise_floor=true", "+sampler@samplers.late=ddim", "samplers.late.gaussian_start_kl=50")
     assert not (tmp_path / "results.jsonl").exists() or not views.load(tmp_path / "results.jsonl")
+
+
+def test_a_wandb_mode_wandb_refuses_is_named(tmp_path, monkeypatch, caplog):
+    """W&B's own error, cut to its first line, was "ValidationError: 1 validation error for Settings"."""
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    with caplog.at_level("WARNING"):
+        sweep(tmp_path, "wandb.enabled=true")
+    assert "W&B: no live run (ValueError: WANDB_MODE='bogus' is not one of W&B's modes (online, offline, " \
+           "disabled): set one, or unset it)" in caplog.text
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    from lightning_sde.tracking import check_wandb_mode
+
+    check_wandb_mode()
