@@ -182,7 +182,7 @@ def dtype(name: str, key: str = "dtype") -> torch.dtype:
 def device(name: str, key: str = "device") -> torch.device:
     import torch
 
-    if not isinstance(name, str):  # null: torch's multi-line signature listing
+    if name is None or isinstance(name, bool):  # torch's multi-line signature listing (an int: a CUDA index)
         raise ValueError(f"config {key}: must be a device's name (cpu, cuda, cuda:1); got {name!r}")
     try:
         return torch.device(name)

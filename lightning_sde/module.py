@@ -257,9 +257,10 @@ class ScoreModule(L.LightningModule):
 
     def check_labels(self, datamodule) -> None:
         """A class-conditional network needs labelled data with as many classes; labelled data, a class-conditional
-        network (an unconditional one would drop the labels: a whole run without the classes asked for). Without a
-        datamodule (a plain DataLoader) each batch is checked as it comes (labels_of)."""
-        if datamodule is None:
+        network (an unconditional one would drop the labels: a whole run without the classes asked for). Without one of
+        lightning_sde.data's datamodules (a plain DataLoader, a user's own) each batch is checked as it comes
+        (labels_of)."""
+        if not hasattr(datamodule, "labelled"):
             return
         classes = getattr(datamodule, "num_classes", None) if getattr(datamodule, "labelled", False) else None
         if self.denoiser.num_classes is None and getattr(datamodule, "labelled", False):
@@ -273,8 +274,8 @@ class ScoreModule(L.LightningModule):
     def on_fit_start(self):
         datamodule = getattr(self.trainer, "datamodule", None)
         self.check_labels(datamodule)
-        if self.denoiser.data_moments is None and datamodule is not None:
-            self.denoiser.data_moments = training_moments(datamodule)
+        if self.denoiser.data_moments is None and callable(getattr(datamodule, "reference", None)):
+            self.denoiser.data_moments = training_moments(datamodule)  # a user's own datamodule: none (docs/training.md)
 
     def on_save_checkpoint(self, checkpoint):
         if self._fitting():  # a best checkpoint written at a validation's end included

@@ -298,7 +298,8 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
         for cell in todo:  # a grid this SDE cannot hold, or a start its data never reaches, fails before sampling
             if cell.built is not None:
                 checked(f"samplers.{cell.label}", check_grid, cell.built, target.denoiser.sde)
-                checked(f"samplers.{cell.label}", check_start, cell.built, target.denoiser)
+                checked(f"samplers.{cell.label}", check_start, cell.built, target.denoiser,
+                        guided=cfg.get("guidance") is not None)
         if target.datamodule is not None and one_class(cfg, target) is None:
             key = reference_key(cfg)
             try:  # the reference is that many training samples

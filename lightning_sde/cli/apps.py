@@ -151,13 +151,15 @@ def folder_error(cfg) -> str | None:
             if folder.is_symlink() and not folder.exists():
                 return f"config {key}: {value}: {folder} is a link to {os.readlink(folder)}, which does not exist"
         existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
-        if existing is None or existing == path and key == "paths.root":  # the root: only what is made in it
+        if existing == path:  # a run's folder again (a resume, an extension): nothing made in it, which other tasks
+            if key != "paths.root" and not os.access(path, os.W_OK):  # of an srun may be checking; the root: only
+                return f"config {key}: {value} cannot be written to (read-only, or not yours)"  # what is made in it
+            continue
+        if existing is None:
             continue
         try:  # can a folder be made there? A probe of its own name, made and removed: the folders the config names
             os.rmdir(tempfile.mkdtemp(prefix=".lsde-probe-", dir=existing))  # are not touched (srun's tasks make them)
         except OSError as err:
-            if existing == path:  # a run's folder again (a resume, an extension)
-                return f"config {key}: {value} cannot be written to ({err.strerror})"
             return f"config {key}: {value} cannot be made (no folder can be made in {existing}: {err.strerror})"
     return None
 
@@ -262,8 +264,8 @@ def stray_argument(app: str, argv: list[str]) -> str | None:
 
 def hydra_modes_error(argv: list[str]) -> str | None:
     """Two of Hydra's modes (`-m --cfg job`): Hydra's ValueError, as one line."""
-    modes = list(dict.fromkeys(arg for arg in argv if arg in (
-        "-m", "--multirun", "-c", "--cfg", "-i", "--info", "-r", "--run", "-sc", "--shell-completion")))
+    spelled = {"--multirun": "-m", "-c": "--cfg", "-i": "--info", "-r": "--run", "-sc": "--shell-completion"}
+    modes = list(dict.fromkeys(spelled.get(arg, arg) for arg in argv if arg in (*spelled, *spelled.values())))
     if len(modes) < 2:
         return None
     return f"{modes[0]} and {modes[1]} cannot be given together: give one of -m, --cfg, --info"

@@ -296,7 +296,7 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
     if may_use_data_moments(sampler) and target.datamodule is not None:
         with_data_moments(target)
     checked("sampler", check_grid, sampler, denoiser.sde)
-    checked("sampler", check_start, sampler, denoiser)
+    checked("sampler", check_start, sampler, denoiser, guided=cfg.get("guidance") is not None)
     images = len(denoiser.shape) == 3
     shape = (*denoiser.shape[1:], denoiser.shape[0]) if images else tuple(denoiser.shape)
     if cfg.png is True and not (images and shape[-1] in (1, 3)):  # before any sampling, as for an exact mixture

@@ -128,10 +128,10 @@ def start_time(sampler, denoiser) -> float:
 _STARTS_AT_T: set = set()  # (sampler, knob) already said to start at T under conditioning
 
 
-def check_start(sampler, denoiser) -> None:
+def check_start(sampler, denoiser, guided: bool = False) -> None:
     """A Gaussian start the data reaches only after eps fails now (a start-up check), not when the sampler first
-    samples (hours into a sweep)."""
-    if gaussian_start_knob(sampler) is not None:
+    samples (hours into a sweep). `guided`: the samples will be drawn through a guided denoiser, from T."""
+    if gaussian_start_knob(sampler) is not None and not guided:
         start_time(sampler, denoiser)
 
 

@@ -307,6 +307,7 @@ def test_the_early_override_check_lets_every_valid_run_through(app, argv):
     assert launcher_without_multirun(["hydra/launcher=basic", *argv]) is None  # the default, where runs run here
     assert launcher_without_multirun(["hydra/launcher=slurm", "--cfg", "hydra", *argv]) is None  # a look at it
     assert hydra_modes_error(["-m", *argv]) is None and hydra_modes_error(["--cfg", "job", *argv]) is None
+    assert hydra_modes_error(["-m", "--multirun", *argv]) is None  # one mode, two spellings
     assert hydra_modes_error(["-m", *argv, "--cfg", "job"]) == ("-m and --cfg cannot be given together: give one of "
                                                                  "-m, --cfg, --info")  # Hydra's ValueError, traced
 
@@ -443,7 +444,7 @@ def test_likelihood_probes_where_the_divergence_is_exact_are_refused(tmp_path, a
     assert not list((tmp_path / "likelihood").rglob("*.json*"))
 
 
-def test_a_folder_inside_a_file_is_refused_before_hydra_makes_it(tmp_path):
+def test_a_folder_inside_a_file_is_refused_before_hydra_makes_it(tmp_path, monkeypatch):
     """Hydra creates the output folders before the app runs: a file in the way was Hydra's traceback."""
     from lightning_sde.cli.apps import override_error
 
@@ -457,9 +458,16 @@ def test_a_folder_inside_a_file_is_refused_before_hydra_makes_it(tmp_path):
     assert override_error("likelihood", ["out=/proc/xx"]).startswith("config out: /proc/xx cannot be made (")
     assert override_error("likelihood", ["out=/proc/xx/yy"]).startswith("config out: /proc/xx/yy cannot be made (")
     assert list(tmp_path.iterdir()) == [file]  # nothing made, not even the probe (srun's tasks make the folders)
-    # an existing run folder that cannot be written (a resume there was Hydra's traceback on train.log)
-    assert override_error("likelihood", ["out=/proc"]).startswith("config out: /proc cannot be written to (")
-    assert override_error("compare", ["paths.root=/proc", f"output_dir={tmp_path}/c"]) is None  # only what is in it
+    # an existing run folder that cannot be written (a resume there was Hydra's traceback on train.log): a read-only
+    # mount, as os.access sees it (nothing is made in it: an srun's other tasks check its contents)
+    import os
+
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(tmp_path) and access(path, mode))
+    assert override_error("likelihood", [f"out={tmp_path}"]) == (
+        f"config out: {tmp_path} cannot be written to (read-only, or not yours)")
+    assert override_error("compare", [f"paths.root={tmp_path}", f"output_dir={tmp_path}/c"]) is None  # what is in it
+    monkeypatch.undo()
     (tmp_path / "scratch").symlink_to(tmp_path / "purged")  # Hydra's FileExistsError on a dangling link
     assert override_error("compare", [f"paths.root={tmp_path}/scratch"]) == (
         f"config paths.root: {tmp_path}/scratch: {tmp_path}/scratch is a link to {tmp_path}/purged, which does not "

@@ -87,3 +87,38 @@ def test_a_users_sde_class_is_checked_when_a_denoiser_is_built():
     from helpers.nets import OwnVP
 
     Denoiser(lambda x, t: torch.zeros_like(x), OwnVP(), "eps", (2,))  # a consistent one is taken
+
+
+def test_a_users_own_datamodule_with_labelled_batches_trains_a_conditional_network(tmp_path):
+    """It was refused for want of lightning_sde.data's `labelled` attribute ("set data.labels=true")."""
+
+    class Mine(L.LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(torch.randn(64, 2), torch.randint(0, 4, (64,))), batch_size=32)
+
+    module = _module(num_classes=4)
+    _trainer(tmp_path).fit(module, datamodule=Mine())
+    assert module.trainer.global_step == 2
+
+
+def test_a_device_given_as_a_cuda_index_is_taken_and_null_is_one_line():
+    from lightning_sde.configuration import device
+
+    assert device(0) == torch.device("cuda:0")  # Hydra parses device=0 as an int
+    with pytest.raises(ValueError, match=r"^config device: must be a device's name \(cpu, cuda, cuda:1\); got None$"):
+        device(None)
+
+
+def test_a_gaussian_start_is_checked_unless_the_samples_are_guided():
+    """Guided samples start at T whatever the start: a checkpoint without data moments (or a start after eps) was
+    refused at start-up under guidance, where it samples."""
+    from lightning_sde.samplers.grids import check_start
+
+    denoiser = eight_gaussians().denoiser(VPSDE())
+    late = build_sampler("ddim", gaussian_start_kl=50.0)
+    with pytest.raises(ValueError, match="gaussian_start_kl=50.0 is reached only after eps"):
+        check_start(late, denoiser)
+    check_start(late, denoiser, guided=True)
+    denoiser.data_moments = None
+    check_start(late, denoiser, guided=True)
+    check_start(build_sampler("ddim"), denoiser)  # no Gaussian start: nothing to check
