@@ -275,7 +275,7 @@ class ScoreModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         self.check_labels(datamodule)
         if self.denoiser.data_moments is None and callable(getattr(datamodule, "reference", None)):
-            self.denoiser.data_moments = training_moments(datamodule)  # a user's own datamodule: none (docs/training.md)
+            self.denoiser.data_moments = training_moments(datamodule)  # a user's datamodule: none (docs/training.md)
 
     def on_save_checkpoint(self, checkpoint):
         if self._fitting():  # a best checkpoint written at a validation's end included
