@@ -214,9 +214,20 @@ def require_accelerator(accelerator) -> None:
                          "trainer=cpu (one process) or trainer=ddp_cpu (DDP over gloo)")
 
 
-def check_folder_name(key: str, value, names: str, extra: tuple[str, ...] = ()) -> None:
-    """A config value that names a folder (`names`: what it names): letters, digits, . _ - + @ and `extra`, not only
-    dots (no '', '..' or path separators); ValueError naming the key."""
+# The key that names an app's folder: what it names, and the characters it may hold beside letters, digits, . _ - + @
+FOLDER_NAMES = {
+    "train": ("run_name", "the run directory and the W&B run's id", ()),
+    "sample": ("name", "the samples' folder under the outputs root", ("=", ",")),
+    "bench": ("name", "the sweep's folder under the outputs root", ("=", ",")),
+}
+FOLDER_NAMES["compare"] = FOLDER_NAMES["bench"]
+
+
+def check_folder_name(app: str, cfg) -> None:
+    """The app's folder-naming key (FOLDER_NAMES): letters, digits, . _ - + @ and its extra characters, not only dots
+    (no '', '..' or path separators), not null; ValueError naming the key."""
+    key, names, extra = FOLDER_NAMES[app]
+    value = cfg[key]
     allowed = (".", "_", "-", "+", "@", *extra)
     if value is None or isinstance(value, bool):  # null: a folder named 'None' (resumed by the next null)
         raise ValueError(f"config {key}: must be a name (it names {names}); got {'null' if value is None else value}"

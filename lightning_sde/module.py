@@ -133,6 +133,7 @@ class ScoreModule(L.LightningModule):
         self._last_finite_loss: tuple[int, float] | None = None
         self._loss_logged_at = -1  # the global step (before its optimizer step) whose loss was last handed to self.log
         self._step_loss = None  # this optimizer step's loss so far: the sum of its batches' losses / their number
+        self._labels_checked = False  # the range of a batch's labels, once a fit (labels_of)
 
     # --- training --------------------------------------------------------------------------------------------
     def labels_of(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -143,6 +144,13 @@ class ScoreModule(L.LightningModule):
         if y is None:
             raise ValueError("model.net.num_classes is set but the batches have no labels: they must be (x, labels) "
                              "(lsde-train: data.labels=true)")
+        if not self._labels_checked:  # a fit's first batch (one read back): label K is the null label's, trained
+            self._labels_checked = True  # silently under 1-based labels 1..K
+            classes, low, high = self.denoiser.num_classes, int(y.min()), int(y.max())
+            if low < 0 or high >= classes:
+                raise ValueError(f"labels must be class indices 0..{classes - 1} (model.net.num_classes = {classes}); "
+                                 f"a batch holds {low}..{high}" + ("; labels 1..K? subtract 1" if high == classes
+                                                                   else ""))
         return x0, y
 
     def training_step(self, batch, batch_idx):
@@ -272,6 +280,7 @@ class ScoreModule(L.LightningModule):
                              + (f"has {classes} classes" if classes else "has no labels (set data.labels=true)"))
 
     def on_fit_start(self):
+        self._labels_checked = False
         datamodule = getattr(self.trainer, "datamodule", None)
         self.check_labels(datamodule)
         if self.denoiser.data_moments is None and callable(getattr(datamodule, "reference", None)):

@@ -96,7 +96,7 @@ def check_run_settings(cfg: DictConfig) -> tuple[torch.dtype, torch.device]:
         if not isinstance(OmegaConf.select(cfg, key), bool):
             raise ValueError(f"config {key}: must be true or false; got {OmegaConf.select(cfg, key)!r}")
     if "name" in cfg:
-        check_folder_name("name", cfg.name, "the sweep's folder under the outputs root", extra=("=", ","))
+        check_folder_name("bench", cfg)
     for key in ("ddp.devices", "ddp.num_nodes"):
         positive_int(key, OmegaConf.select(cfg, key))
     check_launcher_world(cfg.ddp.devices, cfg.ddp.num_nodes)

@@ -50,9 +50,11 @@ def override_error(app: str, argv: list[str]) -> str | None:
         lexed = [arg.split("=", 1) for arg in argv if "=" in arg and "'" not in arg and f"{arg} ^" in message]
         if "LexerNoViableAltException" in message and lexed:  # e.g. a path of non-ASCII letters, or ~
             key, value = lexed[0]
-            message += f"; quote the value: \"{key}='{value}'\" (the double quotes for the shell)"
+            message += (f"; '~' is not expanded here: give an absolute path, or '{key}=${{oc.env:HOME}}{value[1:]}' "
+                        "(the single quotes for the shell)" if value.startswith("~") else
+                        f"; quote the value: \"{key}='{value}'\" (the double quotes for the shell)")
         return message
-    return other_jobs_error(app, argv, given, set(cfg.hydra.runtime.choices)) if multirun else folder_error(cfg)
+    return other_jobs_error(app, argv, given, set(cfg.hydra.runtime.choices)) if multirun else folder_error(app, cfg)
 
 
 def other_jobs_error(app: str, first: list[str], given: list[str], groups: set, most: int = 20) -> str | None:
@@ -125,15 +127,22 @@ def single_run_overrides(argv: list[str]) -> bool:
     return all(not arg.startswith("-") and ("=" in arg or arg.startswith("~")) for arg in argv)
 
 
-def folder_error(cfg) -> str | None:
-    """A folder the app would create inside an existing file, or where none can be made (Hydra's own traceback
-    otherwise, before the app); nothing is made."""
+def folder_error(app: str, cfg) -> str | None:
+    """A folder the app would create inside an existing file, or where none can be made, or under a name the app
+    refuses (Hydra makes the folders before the app: its traceback, or folders left behind); nothing is made."""
     import os
     import tempfile
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
+    from lightning_sde.configuration import FOLDER_NAMES, check_folder_name
+
+    if app in FOLDER_NAMES:
+        try:
+            check_folder_name(app, cfg)
+        except ValueError as err:
+            return str(err)
     for key in ("paths.root", "out", "output_dir", "hydra.run.dir"):  # the user's key before those made of it
         value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)  # None where it does not resolve
         if value is not None and not isinstance(value, str):  # out=5: Path's TypeError in the app
@@ -149,11 +158,14 @@ def folder_error(cfg) -> str | None:
             if folder.is_file():
                 return f"config {key}: {value} would be a folder inside the file {folder}; give a folder"
             if folder.is_symlink() and not folder.exists():
-                return f"config {key}: {value}: {folder} is a link to {os.readlink(folder)}, which does not exist"
+                return (f"config {key}: {value}: {folder} is a link to {os.readlink(folder)}, which does not resolve "
+                        "(missing, or a loop)")
+        if key == "paths.root":  # only what is made in it: the keys below, which the app writes
+            continue
         existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
         if existing == path:  # a run's folder again (a resume, an extension): nothing made in it, which other tasks
-            if key != "paths.root" and not os.access(path, os.W_OK):  # of an srun may be checking; the root: only
-                return f"config {key}: {value} cannot be written to (read-only, or not yours)"  # what is made in it
+            if not os.access(path, os.W_OK):  # of an srun may be checking
+                return f"config {key}: {value} cannot be written to (read-only, or not yours)"
             continue
         if existing is None:
             continue

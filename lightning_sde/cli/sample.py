@@ -79,7 +79,7 @@ MAX_SEED = 2**53  # seeds are stored as int64 and named in JSON
 def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
     """(the sampler at its budget, target kind, target id, the settings the samples depend on); ValueError naming the
     key on any bad value, before anything is loaded or written."""
-    check_folder_name("name", cfg.name, "the samples' folder under the outputs root", extra=("=", ","))
+    check_folder_name("sample", cfg)
     if not isinstance(cfg.get("seeds"), DictConfig):
         raise ValueError(f"config seeds: must be {{start: S, count: N}} (seeds.start=S seeds.count=N); got "
                          f"{cfg.get('seeds')!r}")

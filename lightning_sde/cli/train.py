@@ -94,7 +94,7 @@ def name_the_run(cfg: DictConfig) -> None:
     """A job id on the command line (run_name=123) parses as an int; each job of a multirun gets its own name,
     <run_name>_<job number> (and so its own run directory, checkpoints and W&B run), stable across requeues. A
     submitit sweep's job (an array task) is <array id>_<job number> by default, as its log folder .submitit/<id>_<n>."""
-    check_folder_name("run_name", cfg.run_name, "the run directory and the W&B run's id")  # null: not 'None'
+    check_folder_name("train", cfg)  # null: not 'None'
     cfg.run_name = str(cfg.run_name)
     job = multirun_job()
     if job is not None:
@@ -137,7 +137,7 @@ def check_run_values(cfg: DictConfig) -> None:
     """The values that Lightning would take and fail on later (or silently ignore), named now."""
     if not (is_int(cfg.seed) and 0 <= cfg.seed < 2**32):
         raise ValueError(f"config seed: must be an integer in [0, 2**32); got {cfg.seed!r}")
-    check_folder_name("run_name", cfg.run_name, "the run directory and the W&B run's id")
+    check_folder_name("train", cfg)
     if cfg.ckpt_path is not None and not isinstance(cfg.ckpt_path, str):
         raise ValueError(f"config ckpt_path: must be a checkpoint's path, 'last' or null; got {cfg.ckpt_path!r} "
                          "(quote a path that parses as a number: ckpt_path=\"'123'\")")

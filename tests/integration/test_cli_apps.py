@@ -471,7 +471,15 @@ def test_a_folder_inside_a_file_is_refused_before_hydra_makes_it(tmp_path, monke
     (tmp_path / "scratch").symlink_to(tmp_path / "purged")  # Hydra's FileExistsError on a dangling link
     assert override_error("compare", [f"paths.root={tmp_path}/scratch"]) == (
         f"config paths.root: {tmp_path}/scratch: {tmp_path}/scratch is a link to {tmp_path}/purged, which does not "
-        "exist")
+        "resolve (missing, or a loop)")
+    # a root that cannot be made, where nothing is written under it: out elsewhere
+    assert override_error("sample", ["paths.root=/proc/new", f"out={tmp_path}/s"]) is None
+    assert override_error("sample", ["paths.root=/proc/new"]).startswith("config out: /proc/new/samples/default cannot")
+    # a name the app refuses, before Hydra makes its folders (a/b left train/a/ behind)
+    assert override_error("train", [f"paths.root={tmp_path}", "run_name=a/b"]).startswith(
+        "config run_name: may hold letters, digits and . _ - + @ only")
+    assert override_error("compare", [f"paths.root={tmp_path}", "name=null"]).startswith(
+        "config name: must be a name (it names the sweep's folder under the outputs root); got null")
     assert override_error("sample", ["out=5"]) == "config out: must be a path; got 5"  # Path's TypeError in the app
     assert override_error("train", ["paths.root=[a,b]"]) == "config paths.root: must be a path; got ['a', 'b']"
     assert override_error("compare", ["output_dir='~/c'"]).startswith(  # a folder named '~' made in the cwd
@@ -507,6 +515,8 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
     assert override_error("compare", ["seeds.count=5", "paths.root=/tmp/ünï"]).endswith(  # Hydra's lexer, no hint
         "LexerNoViableAltException: paths.root=/tmp/ünï ^; quote the value: \"paths.root='/tmp/ünï'\" (the double "
         "quotes for the shell)")
+    assert override_error("sample", ["out=~/x"]).endswith(  # quoted, '~' would be refused in turn
+        "'~' is not expanded here: give an absolute path, or 'out=${oc.env:HOME}/x' (the single quotes for the shell)")
     assert added_key_error("bench", ["+paths.rot=/tmp/x"]).startswith("paths.rot: lsde-bench's config has no such key")
     assert added_key_error("bench", ["paths.root=/tmp/x"]) is None
     # never the key itself: callbacks.sampler.samplers is ${samplers}, the key is there

@@ -1,6 +1,8 @@
 """The package used as a library, from a user's own script: a plain Trainer and DataLoader, their own SDE class,
 tensors of their own making."""
 
+import re
+
 import lightning as L
 import pytest
 import torch
@@ -122,3 +124,14 @@ def test_a_gaussian_start_is_checked_unless_the_samples_are_guided():
     denoiser.data_moments = None
     check_start(late, denoiser, guided=True)
     check_start(build_sampler("ddim"), denoiser)  # no Gaussian start: nothing to check
+
+
+@pytest.mark.parametrize("labels, message", [
+    (torch.arange(1, 5).repeat(16), "a batch holds 1..4; labels 1..K? subtract 1"),  # 4 trained the null label
+    (torch.arange(2, 6).repeat(16), "a batch holds 2..5"),  # the embedding's IndexError
+])
+def test_labels_outside_the_classes_are_refused_at_the_first_batch(tmp_path, labels, message):
+    module = _module(num_classes=4)
+    with pytest.raises(ValueError, match=re.escape("labels must be class indices 0..3 (model.net.num_classes = 4); "
+                                                   + message)):
+        _trainer(tmp_path).fit(module, DataLoader(TensorDataset(torch.randn(64, 2), labels), batch_size=64))
