@@ -21,6 +21,15 @@ from lightning_sde.samplers import sample
 from lightning_sde.tracking import Progress
 
 
+def batch_settings(sampler, cfg) -> dict:
+    """What a batch-dependent sampler's samples were also made with (Sampler.batch_dependent: an adaptive solver's
+    shared steps, PC's score_sde Langevin step): the batch size per process and the processes; {} for the others.
+    Part of a result row's and a sample chunk's settings."""
+    if sampler is None or not sampler.batch_dependent:
+        return {}
+    return {"batch_size": int(cfg.batch_size), "world_size": int(cfg.ddp.devices) * int(cfg.ddp.num_nodes)}
+
+
 class GenerationStopped(Exception):
     """Raised on every process when `generate`'s `stop` answered True on any of them: it sampled no more."""
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig
 
 from lightning_sde.bench.results import KEY_FIELDS
 from lightning_sde.configuration import build
+from lightning_sde.generation import batch_settings
 from lightning_sde.samplers import Sampler
 from lightning_sde.samplers.schedule import MAX_NFE, MEMORY_ONLY
 
@@ -151,8 +152,7 @@ def run_settings(cfg: DictConfig, sampler: Sampler | None) -> dict:
     source = user_source(sampler)
     if source:  # a user's sampler class: its code, which an edit changes, is part of what its rows measured
         settings["source_sha256"] = source
-    if sampler is not None and sampler.batch_dependent:  # (and PC's score_sde Langevin step: the batch's norms)
-        settings.update(batch_size=int(cfg.batch_size), world_size=int(cfg.ddp.devices) * int(cfg.ddp.num_nodes))
+    settings.update(batch_settings(sampler, cfg))
     return settings
 
 

@@ -54,7 +54,7 @@ from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, check_launcher_world, launched, launched_first, rank_world
 from lightning_sde.files import LOCK_FILE, FolderLock, replace_atomically, write_text
-from lightning_sde.generation import batch_model, generate, seed_labels
+from lightning_sde.generation import batch_model, batch_settings, generate, seed_labels
 from lightning_sde.samplers.base import Sampler
 from lightning_sde.samplers.grids import check_start, may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid, plan, selects_on_pilot, spent
@@ -121,8 +121,7 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
                 "guidance": None if guidance is None else float(guidance),
                 "labels": labels if guidance is not None else None, "dtype": str(dtype),
                 "device": device.type}
-    if sampler.batch_dependent:  # e.g. torchdiffeq's steps, shared by a batch: the batches a process solves change it
-        settings.update(batch_size=int(cfg.batch_size), world_size=int(cfg.ddp.devices) * int(cfg.ddp.num_nodes))
+    settings.update(batch_settings(sampler, cfg))
     check_out(Path(cfg.out), settings, cfg.get("output_dir"))
     return sampler, kind, target_id, settings
 
