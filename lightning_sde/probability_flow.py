@@ -42,6 +42,8 @@ def check_fixed_method_options(owner: str, options, adaptive_defaults: dict) -> 
 
 
 def check_method(owner: str, method: str, rtol, atol) -> None:
+    if not isinstance(method, str):
+        raise ValueError(f"{owner}: the ODE method must be one name, one of {METHODS}; got {method!r}")
     if method in REFUSED:
         raise ValueError(f"{owner}: ODE method {method!r} is not offered: {REFUSED[method]}")
     if method not in METHODS:

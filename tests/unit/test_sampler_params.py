@@ -20,6 +20,7 @@ REFUSED = [
     ("ddim", {"eta": True}, "eta"),
     ("ode", {"method": "dopri5", "steps": 10}, "adaptive"),
     ("ode", {"method": "warp"}, "unknown ODE method"),
+    ("ode", {"method": ["dopri5", "rk4"]}, "must be one name"),
     ("ode", {"method": "explicit_adams"}, "'explicit_adams' is not offered: use sampler dpmpp or unipc"),
     ("ode", {"rtol": 0}, "rtol"),
     ("ode", {"atol": True}, "atol"),
