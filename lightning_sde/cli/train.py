@@ -300,6 +300,24 @@ def check_same_evaluations(path: str, sampler_cb: SamplerCallback) -> None:
                          f"curves and the best checkpoint's choice would mix the two under one name; {RESUME_ADVICE}")
 
 
+def check_same_monitors(path: str, callbacks) -> None:
+    """A resume keeps what chooses the run's best checkpoint: another monitor (a changed sampler set moves `auto`)
+    would start a second best-*.ckpt beside the first, each the best of another metric."""
+    states = read_checkpoint(path).get("callbacks")
+    ours = {cb.state_key: cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor is not None}
+    for key, state in (states.items() if isinstance(states, dict) else ()):
+        if not (isinstance(state, dict) and state.get("monitor") and state.get("best_model_path")) or key in ours:
+            continue
+        same_folder = [cb for cb in ours.values() if cb.dirpath is not None and state.get("dirpath") is not None
+                       and Path(cb.dirpath).resolve() == Path(state["dirpath"]).resolve()]
+        if same_folder:
+            monitors = ", ".join(cb.monitor for cb in same_folder)
+            raise ValueError(f"config callbacks: the run's best checkpoint so far ({state['best_model_path']}) was "
+                             f"chosen by {state['monitor']}, this config chooses by {monitors}"
+                             f"{' with another mode or schedule' if monitors == state['monitor'] else ''}: a second "
+                             f"best checkpoint would start beside it; {RESUME_ADVICE}")
+
+
 def check_weights_fit(path: str, ckpt: dict, module: L.LightningModule, advice: str) -> None:
     """Refuse a checkpoint whose weights do not fit the model this config builds (a changed model config fails now,
     not in fit after the logs were rewound), naming the model.net settings that differ, or that fit but mean
@@ -545,6 +563,8 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
             cb.monitor = cfg.callbacks[k].monitor = best_monitor(f"callbacks.{k}.monitor", cb.monitor, sampler_cb,
                                                                  getattr(datamodule, "kind", "points"))
+    if resume is not None:
+        check_same_monitors(resume, callbacks)
     for cb in callbacks:  # a grid the SDE cannot hold fails now, not at the first evaluation
         for label, sampler in (cb.samplers.items() if isinstance(cb, SamplerCallback) else ()):
             checked(f"samplers.{label}", check_grid, sampler, module.sde)

@@ -100,6 +100,11 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert (first["global_step"], first["batch_size"]) == (200, 512)
     with pytest.raises(AssertionError, match="config data.batch_size: the checkpoint .* trained on batches of 512"):
         run_train(run_dir, *common, "trainer.max_steps=400", "data.batch_size=256")  # the data position would move
+    other_monitor = [c for c in common if not c.startswith("callbacks.best.monitor=")]
+    other_monitor.append("callbacks.best.monitor=val/loss")
+    with pytest.raises(AssertionError, match="chosen by val/ddim_10/sliced_w2, this config chooses by val/loss: a "
+                                             "second best checkpoint would start"):
+        run_train(run_dir, *other_monitor, "trainer.max_steps=400")
     proc = run_train(run_dir, *common, "trainer.max_steps=400")  # same run_name and dir: ckpt_path=last resumes
     assert "Restoring states from the checkpoint" in proc.stdout + proc.stderr
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
