@@ -1,19 +1,29 @@
 """Seed-addressed noise: sample i's prior draw and every later noise draw come from a generator seeded by seed i.
 
 So sample i is the same whatever the batch size, the order of the seeds, or how many processes share the list.
-Draws are made on the CPU (identical on every device) in blocks of a fixed number of steps, so that the
-per-sample Python loop runs once per block rather than once per step.
+Draws are made on the CPU (identical on every device), a few steps at a time, so that the per-sample Python loop runs
+once per draw rather than once per step. torch's CPU normal draws turn a generator's uniforms into normals 16 values
+at a time: draws that each hold a whole number of 16 values continue one stream, however they are cut, so the
+number of steps a draw holds is a speed setting, and a short run draws little beyond what it uses.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-BLOCK_STEPS = 64  # fixed: changing it changes the noise stream, never set it from the batch size
+CHUNK = 16  # values torch's CPU normal draw transforms together: a draw of a multiple of it continues the stream
+MIN_STEPS_PER_DRAW = 8  # fewer Python loops over the seeds, against steps drawn beyond a short run's last
+
+
+def steps_per_draw(values_per_step: int) -> int:
+    """The fewest steps (at least MIN_STEPS_PER_DRAW) whose values fill whole chunks."""
+    aligned = CHUNK // math.gcd(values_per_step, CHUNK)
+    return aligned * -(-MIN_STEPS_PER_DRAW // aligned)
 
 
 def _seed(s) -> int:
@@ -41,8 +51,9 @@ class SeededNoise:
         self.device = torch.device(device)
         self._generators = [torch.Generator().manual_seed(s) for s in seeds]
         self._prior: Tensor | None = None
+        self._steps_per_draw = steps_per_draw(math.prod(self.shape))
         self._block: Tensor | None = None
-        self._next = BLOCK_STEPS
+        self._next = self._steps_per_draw
 
     def _draw(self, lead: tuple[int, ...]) -> Tensor:
         """(B, *lead, *shape) on the CPU, each seed's draws written in place (no second copy of the block)."""
@@ -58,12 +69,12 @@ class SeededNoise:
         return self._prior
 
     def __call__(self) -> Tensor:
-        """The next standard-normal draw of each seed, (B, *shape). The block of BLOCK_STEPS steps stays on the
-        CPU: the device holds one step's draw at a time."""
+        """The next standard-normal draw of each seed, (B, *shape). A draw's steps stay on the CPU: the device
+        holds one step's draw at a time."""
         self.prior()  # the prior is always each stream's first draw
-        if self._next == BLOCK_STEPS:
-            self._block = None  # one block in memory at a time
-            self._block = self._draw((BLOCK_STEPS,))
+        if self._next == self._steps_per_draw:
+            self._block = None  # one draw in memory at a time
+            self._block = self._draw((self._steps_per_draw,))
             self._next = 0
         self._next += 1
         return self._block[:, self._next - 1].to(self.device)

@@ -7,7 +7,7 @@ import torch
 from lightning_sde.models.denoiser import Denoiser, eps_to_target, output_to_eps
 from lightning_sde.samplers import SAMPLERS
 from lightning_sde.samplers.base import register
-from lightning_sde.samplers.noise import BLOCK_STEPS, SeededNoise
+from lightning_sde.samplers.noise import SeededNoise, steps_per_draw
 from lightning_sde.sde import VESDE, VPSDE
 
 
@@ -45,23 +45,27 @@ def test_every_parameterisation_round_trips_to_eps_on_ve_where_alpha2_plus_sigma
     torch.testing.assert_close(output_to_eps(parameterization, target, x, alpha, sigma), eps)
 
 
-def test_a_seeds_noise_comes_in_stream_order_after_its_prior_draw():
-    """Call k returns the seed's (k+1)-th standard-normal draw (the first is the prior), across block boundaries."""
-    shape = (2,)
-    gen = torch.Generator().manual_seed(7)
-    prior = torch.randn(shape, generator=gen)
-    first_block = torch.randn((BLOCK_STEPS,) + shape, generator=gen)
-    second_block = torch.randn((BLOCK_STEPS,) + shape, generator=gen)
-    noise = SeededNoise([7], shape)
-    draws = torch.stack([noise()[0] for _ in range(BLOCK_STEPS + 2)])
-    torch.testing.assert_close(noise.prior()[0], prior)
-    torch.testing.assert_close(draws, torch.cat([first_block, second_block[:2]]))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2,), (3,), (5, 7), (1, 8, 8), (3, 4, 4)])
+def test_a_seeds_noise_comes_in_stream_order_after_its_prior_draw(shape, dtype):
+    """Call k returns the seed's (k+1)-th standard-normal draw (the first is the prior), value for value the stream
+    that results so far were drawn from: randn of 64 steps at a time after the prior (now drawn a few steps at a
+    time, so that a short run draws little beyond what it uses)."""
+    seeds, steps = [3, 11], 130
+    noise = SeededNoise(seeds, shape, dtype=dtype)
+    drawn = torch.stack([noise() for _ in range(steps)], 1)
+    for i, seed in enumerate(seeds):
+        gen = torch.Generator().manual_seed(seed)
+        prior = torch.randn(shape, generator=gen, dtype=dtype)
+        blocks = torch.cat([torch.randn((64, *shape), generator=gen, dtype=dtype) for _ in range(3)])
+        assert torch.equal(noise.prior()[i], prior)
+        assert torch.equal(drawn[i], blocks[:steps])
 
 
 def test_the_noise_holds_one_block_of_draws_at_a_time():
-    """A block is BLOCK_STEPS steps of the whole batch (384 MiB for 128 samples of 3x64x64): the per-seed draws and
-    their stack, and the old block kept while the next was drawn, made three (peak 1164 MiB). A fresh process, so
-    that its peak resident memory is this generation's."""
+    """A block is steps_per_draw steps of the whole batch (48 MiB for 128 samples of 3x64x64; 384 MiB when it was
+    64 steps): the per-seed draws and their stack, and the old block kept while the next was drawn, made three. A
+    fresh process, so that its peak resident memory is this generation's."""
     import subprocess
     import sys
 
@@ -73,8 +77,8 @@ def test_the_noise_holds_one_block_of_draws_at_a_time():
             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n")
     growth_mib = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                       check=True).stdout)
-    block_mib = BLOCK_STEPS * 128 * 3 * 64 * 64 * 4 / 2**20
-    assert growth_mib < 1.5 * block_mib
+    block_mib = 8 * 128 * 3 * 64 * 64 * 4 / 2**20  # steps_per_draw(3 * 64 * 64) = 8
+    assert steps_per_draw(3 * 64 * 64) == 8 and growth_mib < 1.5 * block_mib
 
 
 def test_generate_holds_one_copy_of_the_samples():
