@@ -18,10 +18,15 @@ Interval: the percentile interval shifted by the bootstrap's own estimate of bia
 the value), value + (q_lo - median, q_hi - median). Resampling with replacement duplicates points, which biases the
 distances upward (a set with duplicates is farther from any smooth distribution); the shift removes that to first
 order, and the interval always contains the value. Metrics that cannot be negative are clipped at 0 (KID, an
-unbiased estimate, can be).
+unbiased estimate, can be). KID's value averages random subsets, a noise of its own that the whole-set replicates
+lack (most of the value's noise when the reference is small): each side is widened by it, the two independent
+noises' widths added in quadrature.
 """
 
 from __future__ import annotations
+
+import math
+from statistics import NormalDist
 
 import torch
 from torch import Tensor
@@ -41,13 +46,16 @@ def resample_counts(n: int, n_boot: int, seed: int = 0) -> Tensor:
     return torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(n_boot, n, dtype=torch.float64))
 
 
-def interval(value: float, replicates: Tensor, level: float, nonnegative: bool = False) -> tuple[float, float]:
-    """value + (q_lo - median, q_hi - median) of the replicates at the central `level` (clipped at 0 if asked)."""
+def interval(value: float, replicates: Tensor, level: float, nonnegative: bool = False,
+             value_sd: float = 0.0) -> tuple[float, float]:
+    """value + (q_lo - median, q_hi - median) of the replicates at the central `level` (clipped at 0 if asked);
+    `value_sd`: a normal noise of the value that the replicates do not hold, added to each side in quadrature."""
     if not 0 < level < 1:
         raise ValueError(f"interval level must be in (0, 1); got {level}")
     reps = replicates.double()
     q = torch.quantile(reps, torch.tensor([(1 - level) / 2, 0.5, (1 + level) / 2], dtype=torch.float64))
-    low, high = value + float(q[0] - q[1]), value + float(q[2] - q[1])
+    spread = NormalDist().inv_cdf((1 + level) / 2) * value_sd
+    low, high = value - math.hypot(float(q[1] - q[0]), spread), value + math.hypot(float(q[2] - q[1]), spread)
     return (max(low, 0.0) if nonnegative else low), high
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,8 +179,10 @@ def sample_features(metrics: dict, x: Tensor, batch_size: int = 500) -> Tensor:
     return network_features(metric.inception, x, metric.device, batch_size)
 
 
-def score_images(metric, features: Tensor, batch_size: int = 500) -> float:
-    """One metric's value for a sample set, given its features (sample_features), against the cached real side."""
+def score_images(metric, features: Tensor, batch_size: int = 500) -> tuple[float, float]:
+    """(value, subset sd) of one metric for a sample set, given its features (sample_features), against the cached
+    real side. KID's value is a mean over random subsets: its sd over them / sqrt(subsets) is the part of the value's
+    noise that the bootstrap over whole sets does not see (0 for FID)."""
     metric.reset()
     with reading_features(metric):
         for i in range(0, len(features), batch_size):
@@ -196,7 +199,10 @@ def score_images(metric, features: Tensor, batch_size: int = 500) -> float:
     finally:
         if subset_size is not None:
             metric.subset_size = subset_size
-    return float(value[0] if isinstance(value, tuple) else value)
+    if not isinstance(value, tuple):
+        return float(value), 0.0
+    subset_sd = float(value[1]) / metric.subsets ** 0.5 if metric.subsets > 1 else 0.0
+    return float(value[0]), subset_sd if math.isfinite(subset_sd) else 0.0
 
 
 def fid_reference_moments(metric) -> tuple[Tensor, Tensor]:

@@ -95,7 +95,7 @@ class Scorer:
         self.metrics = tuple(metrics)
         self.mixture = mixture
         self.protocol = {"reference_sha256": tensor_sha256(self.reference), "n_reference": len(self.reference)}
-        self.image, self._features, self._kyy = {}, None, None
+        self.image, self._features, self._kyy, self._subset_sd = {}, None, None, (None, {})
         image_metrics = [m for m in self.metrics if m in IMAGE_METRICS]
         if image_metrics:
             self.image, protocol = reference_image_metrics(self.reference, image_metrics, feature_extractor, cache_dir,
@@ -103,7 +103,7 @@ class Scorer:
             self.protocol.update(protocol)
 
     def __call__(self, x: Tensor) -> dict[str, float]:
-        out = {}
+        out, subset_sd = {}, {}
         for name in self.metrics:
             if name == "sliced_w2":
                 out[name] = sliced_wasserstein(points(x), self.reference)
@@ -112,7 +112,8 @@ class Scorer:
             elif name == "loglik":
                 out[name] = float(self.mixture.log_prob(x.cpu().double()).mean())
             else:
-                out[name] = score_images(self.image[name], self.features(x))
+                out[name], subset_sd[name] = score_images(self.image[name], self.features(x))
+        self._subset_sd = (x, subset_sd)  # for intervals(x, values): KID's subsets' own noise
         return out
 
     def reference_kernel_mean(self) -> float:
@@ -154,7 +155,10 @@ class Scorer:
                 else:
                     reps = bootstrap.kid_replicates(features, kid_reference_features(metric), counts, metric.degree,
                                                     metric.gamma, metric.coef)
-            out[name] = bootstrap.interval(values[name], reps, level, nonnegative=name in bootstrap.NONNEGATIVE)
+                if name == "kid" and self._subset_sd[0] is not x:  # values of x from elsewhere: the subsets' sd
+                    self._subset_sd = (x, {name: score_images(metric, self.features(x))[1]})
+            out[name] = bootstrap.interval(values[name], reps, level, nonnegative=name in bootstrap.NONNEGATIVE,
+                                           value_sd=self._subset_sd[1].get(name, 0.0) if name == "kid" else 0.0)
         return out
 
 

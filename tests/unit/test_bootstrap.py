@@ -107,6 +107,9 @@ def test_interval_is_shifted_by_the_bootstrap_bias_and_clipped_when_asked():
     reps = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])  # median 3
     low, high = bootstrap.interval(0.5, reps, level=0.5)  # quartiles 2 and 4
     assert (low, high) == pytest.approx((-0.5, 1.5))
+    # a noise of the value itself (sd 1 / 0.6745: its central 50% is +-1) widens each side in quadrature
+    low, high = bootstrap.interval(0.5, reps, level=0.5, value_sd=1 / 0.6744897501960817)
+    assert (low, high) == pytest.approx((0.5 - 2**0.5, 0.5 + 2**0.5))
     assert bootstrap.interval(0.5, reps, level=0.5, nonnegative=True) == pytest.approx((0.0, 1.5))
     with pytest.raises(ValueError, match="level"):
         bootstrap.interval(0.5, reps, level=1.0)
@@ -131,6 +134,32 @@ def test_an_interval_from_one_sample_set_is_as_wide_as_the_spread_over_independe
         widths.append(high - low)
     ratio = float(torch.tensor(widths).median()) / spread
     assert 0.5 < ratio < 2.0, (widths, spread)
+
+
+def test_a_kid_interval_against_a_small_reference_is_as_wide_as_the_spread_over_independent_sets(tmp_path):
+    """KID's value averages random subsets of min(1000, n_reference / 2) rows: with a reference of 20 its subsets'
+    noise is most of the value's, and the whole-set bootstrap alone gave an interval 0.57x the spread over
+    independent sets (the check above, for KID: 600 noisy digits against a fixed reference of 20)."""
+    from sklearn.datasets import load_digits
+
+    from lightning_sde.metrics.scorer import Scorer
+
+    pool = torch.tensor(load_digits().images, dtype=torch.float32)[:, None] / 8 - 1
+
+    def draw(n, seed):
+        gen = torch.Generator().manual_seed(seed)
+        x = pool[torch.randint(len(pool), (n,), generator=gen)]
+        return (x + 0.3 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+
+    scorer = Scorer(draw(20, 10**6), ("kid",), feature_extractor="digits", cache_dir=tmp_path)
+    sets = [draw(600, 100 + i) for i in range(32)]
+    values = torch.tensor([scorer(x)["kid"] for x in sets], dtype=torch.float64)
+    spread = float(values.quantile(0.95) - values.quantile(0.05))
+    widths = [(lambda iv: iv[1] - iv[0])(scorer.intervals(x, level=0.9, n_boot=100)["kid"]) for x in sets[:6]]
+    ratio = float(torch.tensor(widths).median()) / spread
+    assert 0.8 < ratio < 2.0, (widths, spread)  # measured 1.10
+    scorer(sets[2])  # values of sets[1] computed before another set was scored: its own subsets' noise
+    assert scorer.intervals(sets[1], {"kid": float(values[1])}, n_boot=100) == scorer.intervals(sets[1], n_boot=100)
 
 
 def test_a_diverging_samplers_finite_samples_beyond_float32_are_scored_not_nan():
