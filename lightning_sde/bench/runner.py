@@ -236,12 +236,29 @@ def run_sweep(cfg: DictConfig) -> dict:
         return compute(cfg, sweep, fabric.device if fabric else sweep.device)
 
 
+FEWEST_FOR_INTERVALS = 20  # below it the bootstrap's intervals are too narrow (docs/benchmarking.md)
+
+
+def warn_small_counts(n_samples: int, reference_count: int | None) -> None:
+    """Counts whose intervals claim more than they hold: few samples, or a reference smaller than the samples (the
+    intervals hold the reference fixed, so its own noise is not in them)."""
+    if n_samples < FEWEST_FOR_INTERVALS:
+        log.warning("seeds.count=%d: below %d samples a cell's bootstrap interval is too narrow (on exact samples "
+                    "a stated 90%% covered 66-88%% at 3-10 samples); draw more seeds before reading them", n_samples,
+                    FEWEST_FOR_INTERVALS)
+    if reference_count is not None and reference_count < n_samples:
+        log.warning("reference_count=%d is below seeds.count=%d: the intervals hold the reference fixed, so its "
+                    "noise, the larger part here, is not in them; give a reference at least as large as a cell",
+                    reference_count, n_samples)
+
+
 def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
     """The sweep's cells not yet in its results file, this process's share of each cell's seeds."""
     rank, world = rank_world()
     store = ResultsStore(cfg.results)
     todo = claim = refused = None
     if rank == 0:
+        warn_small_counts(cfg.seeds.count, cfg.get("reference_count"))
         done = store.keys()
         todo = [i for i, c in enumerate(sweep.mine) if not all(c.key(m) in done for m in c.metrics)]
         log.info("%d cells in the sweep, %d in shard %d/%d, %d already in %s, %d to compute on %d process(es)",

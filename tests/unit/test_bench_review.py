@@ -64,6 +64,7 @@ def test_set_up_nfe_and_time_are_recorded_apart_from_the_sampling_nfe(tmp_path, 
     assert f"(4 + {row['setup_nfe']} set-up)" in views.markdown(rows)
     assert "setup_nfe" in views.summary_table(rows)
     assert "setup_nfe" not in views.summary_table([{**row, "setup_nfe": 0}])
+    assert views.summary_table(rows).endswith("; [90% bootstrap interval])")  # what the brackets hold
     # another sweep in this process (a Hydra multirun's next job) finds the grid selected: its rows still say what
     # the selection cost, though no network call is spent on it again
     calls.clear()
@@ -738,3 +739,15 @@ def test_a_wandb_mode_wandb_refuses_is_named(tmp_path, monkeypatch, caplog):
     from lightning_sde.tracking import check_wandb_mode
 
     check_wandb_mode()
+
+
+def test_counts_whose_intervals_claim_more_than_they_hold_are_warned_of(caplog):
+    from lightning_sde.bench.runner import FEWEST_FOR_INTERVALS, warn_small_counts
+
+    warn_small_counts(FEWEST_FOR_INTERVALS, None)
+    warn_small_counts(200, 200)
+    assert caplog.text == ""
+    warn_small_counts(FEWEST_FOR_INTERVALS - 1, None)
+    assert f"seeds.count={FEWEST_FOR_INTERVALS - 1}: below {FEWEST_FOR_INTERVALS} samples" in caplog.text
+    warn_small_counts(200, 10)
+    assert "reference_count=10 is below seeds.count=200: the intervals hold the reference fixed" in caplog.text
