@@ -117,6 +117,22 @@ def appending(path: Path):
         os.close(fd)
 
 
+@contextlib.contextmanager
+def taking_turns(path: Path):
+    """An exclusive lock on the file `path` (created if missing), waited for: processes that each read a state and
+    write what follows from it (the views of a results file) take turns, so an older read never lands last. Without
+    locks on the file system (some Lustre mounts): a warning, and no turns."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
+            log.warning("%s: cannot lock it (%s): two processes writing the same files may interleave", path, err)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
 LOCK_FILE = ".lock"
 
 

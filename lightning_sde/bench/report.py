@@ -34,7 +34,7 @@ from lightning_sde.bench.results import (
     views_of,
 )
 from lightning_sde.errors import DashboardError, first_line
-from lightning_sde.files import write_csv, write_text
+from lightning_sde.files import taking_turns, write_csv, write_text
 from lightning_sde.metrics.scorer import direction
 from lightning_sde.plotting import drawable
 from lightning_sde.plotting.style import natural
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 COLUMNS = ["sampler", "sampler_name", "grid", "requested", "nfe", "metric", "value", "ci_low", "ci_high", "ci_level",
            "wall_s", "setup_nfe", "setup_wall_s", "selected", "samples_per_s", "n_samples", "n_nonfinite", "seed_start",
            "seed_count", "dtype", "peak_memory_mb", "device", "git_commit", "time", "target", "params"]
+
+VIEWS_LOCK = ".views.lock"  # in the views' folder: one process at a time reads the rows and writes the views
 
 
 def preview(previews: SamplePreviews, row: dict):
@@ -248,6 +250,19 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
         raise FileNotFoundError(f"no results file at {str(results)!r}; give the results .jsonl of a sweep")
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {str(out)!r} is a file; give a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    with taking_turns(out / VIEWS_LOCK):  # the rows read and the views written in one turn: an older read never
+        rows, paths = write_views(results, out, preferred)  # lands last (a report beside a sweep, or two shards)
+    if use_wandb and wandb_disabled():
+        log.info("WANDB_MODE=disabled: no W&B run is logged")
+    elif use_wandb:
+        # every cell, each variant of a label as the live sweep logged it (the views show the latest alone)
+        paths["wandb"] = to_wandb(labelled(rows), results, project, name, run)
+    return paths
+
+
+def write_views(results: Path, out: Path, preferred) -> tuple[list[dict], dict]:
+    """(every row, {view: path}): the views of the rows `results` holds now."""
     rows = load(results)
     if not rows:
         raise ValueError(f"no result rows in {str(results)!r}: the file is empty or none of its lines is a row "
@@ -265,7 +280,6 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
                f"refused ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); run them with the same "
                "overrides, then report again")
         log.warning("%s: %s", results, gap)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {k: views[k] for k in ("csv", "markdown", "png")}
     write_rows_csv(rows, paths["csv"])
     write_text(paths["markdown"], f"# {subject(view)}\n\n" + (f"**Incomplete:** {gap}.\n\n" if gap else "")
@@ -277,9 +291,4 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
         paths["samples"] = plot_samples(panels, views["samples"], reference)
     print(summary_table(view))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    if use_wandb and wandb_disabled():
-        log.info("WANDB_MODE=disabled: no W&B run is logged")
-    elif use_wandb:
-        # every cell, each variant of a label as the live sweep logged it (the views show the latest alone)
-        paths["wandb"] = to_wandb(labelled(rows), results, project, name, run)
-    return paths
+    return rows, paths

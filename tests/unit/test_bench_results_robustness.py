@@ -424,3 +424,22 @@ def test_two_results_files_in_one_folder_keep_their_own_views_and_previews(tmp_p
     assert written["a"]["samples"] == tmp_path / "a.samples.png"
     assert (tmp_path / "a.csv").read_text() != (tmp_path / "b.csv").read_text()
     assert {p.name for p in (tmp_path / "a.samples").iterdir()} and not (tmp_path / "samples").exists()
+
+
+def test_a_report_beside_a_writer_of_the_views_waits_its_turn_and_reads_the_rows_then(tmp_path):
+    """Views read from rows, then written over seconds (the pictures): a report that read early and finished late
+    overwrote a sweep's newer views with older ones. The read and the writes take one turn of the folder's lock."""
+    import threading
+
+    from lightning_sde.files import taking_turns
+
+    results = write(tmp_path / "results.jsonl", row(requested=10))
+    with taking_turns(tmp_path / views.VIEWS_LOCK):  # another process drawing the views now
+        reporting = threading.Thread(target=views.report, args=(results,))
+        reporting.start()
+        reporting.join(timeout=3)
+        assert reporting.is_alive()  # waiting for its turn, nothing read yet
+        with open(results, "a") as fh:  # the writer's newer row
+            fh.write(json.dumps(row(requested=20)) + "\n")
+    reporting.join(timeout=120)
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 3  # both rows: read in its turn
