@@ -735,19 +735,25 @@ def report(cfg: DictConfig, trainer) -> None:
 
 
 def tell_offline_sync(cfg: DictConfig) -> None:
-    """After a failure: the command that syncs the run's offline W&B folders (W&B's own closing lines are off), where
-    it has any; the failure itself is in their summary."""
+    """After a failure of a start that began a W&B run: the command that syncs the run's offline W&B folders (W&B's
+    own closing lines are off); the failure itself is in their summary. A start refused before its W&B run began
+    (beside a live run of its name) has no record to sync."""
     wandb_dir = Path(cfg.run_dir).resolve() / "wandb"
-    if launched_first() and any(wandb_dir.glob(f"offline-run-*-{cfg.run_name}")):
+    began = getattr(sys.modules.get("wandb"), "run", None) is not None
+    if launched_first() and began and any(wandb_dir.glob(f"offline-run-*-{cfg.run_name}")):
         log.info("W&B (offline): sync the failed run's record with: %s", sync_command(wandb_dir, cfg.run_name))
 
 
 def forget_failed_start(cfg: DictConfig) -> None:
-    """After a failure before training: a run directory that Hydra has just made (nothing in it but its own files)
-    is removed, so that nothing mistakes it for a run; an existing run's directory keeps the error in its log."""
-    run_dir = Path(cfg.run_dir)
+    """After a failure before training: a run directory that Hydra has just made for this start (nothing in it but
+    Hydra's files, and of them only this start's record) is removed, so that nothing mistakes it for a run; an
+    existing run's directory keeps the error in its log, and so does one that another start of the same name made
+    and is building its run in now (it takes the folder's lock only once built)."""
+    run_dir, own = Path(cfg.run_dir), HydraConfig.get().output_subdir if HydraConfig.initialized() else None
+    records = run_dir / ".hydra"
+    others = [p for p in records.iterdir() if own is None or p.name != Path(own).name] if records.is_dir() else []
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", LOCK_FILE} \
-            and not folder_in_use(run_dir):  # not while the run of the same name that refused this one starts there
+            and not others and not folder_in_use(run_dir):  # not while a run of the same name starts there
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -374,6 +374,21 @@ def test_a_run_holds_its_directory_so_that_a_second_run_of_its_name_is_refused_a
     assert not folder_in_use(run_dir)
     forget_failed_start(cfg())  # nothing but the lock file there, and no holder: a failed start's folder goes
     assert not run_dir.exists()
+    # another start of the name made the folder and is building its run (no lock yet): its record stays
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    (run_dir / ".hydra" / "2026-01-01_00-00-00.000001").mkdir(parents=True)
+    (run_dir / ".hydra" / "2026-01-01_00-00-00.000002").mkdir()
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(
+        lambda: SimpleNamespace(output_subdir=".hydra/2026-01-01_00-00-00.000002")))  # this start's
+    forget_failed_start(cfg())
+    assert (run_dir / ".hydra" / "2026-01-01_00-00-00.000001").is_dir()
+    (run_dir / ".hydra" / "2026-01-01_00-00-00.000001").rmdir()
+    forget_failed_start(cfg())  # this start's record alone: the folder is this start's
+    assert not run_dir.exists()
 
 
 def test_each_job_of_a_multirun_trains_under_its_own_name_even_with_a_run_name_in_the_environment(monkeypatch):
@@ -682,3 +697,23 @@ def test_lsde_compare_in_a_slurm_array_task_computes_every_cell(monkeypatch):
     # a submitit multirun's array: each job a whole sweep of its own (it ran a third of each, W&B off, silently)
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     assert (composed("bench", []).shard.index, composed("bench", []).shard.count) == (0, 1)
+
+
+def test_the_sync_line_of_a_failed_start_is_said_only_by_a_start_that_began_a_wandb_run(tmp_path, monkeypatch,
+                                                                                          caplog):
+    """A start refused beside a live run of its name began no W&B run: the live run's folders are not its record."""
+    import logging
+    import sys
+    from types import SimpleNamespace
+
+    from lightning_sde.cli.train import tell_offline_sync
+
+    (tmp_path / "wandb" / "offline-run-20260101_000000-abc-t").mkdir(parents=True)
+    cfg = OmegaConf.create({"run_dir": str(tmp_path), "run_name": "t"})
+    caplog.set_level(logging.INFO)
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(run=None))
+    tell_offline_sync(cfg)
+    assert "sync the failed run's record" not in caplog.text
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(run=object()))  # this start's run
+    tell_offline_sync(cfg)
+    assert "sync the failed run's record with: wandb sync" in caplog.text
