@@ -20,6 +20,11 @@ from lightning_sde.files import appending, file_name, replace_atomically
 
 log = logging.getLogger(__name__)
 WANDB_RUN_KEY = "the results file's W&B run"  # claimed like a cell: a W&B run has one writer
+# How a row's numbers were computed: one more at each change of how a metric or the NFE is computed, so that a sweep
+# resumed by a newer version computes again the cells its rows hold the old way (the old rows stay in the file; the
+# views show the newer, a later row of a key winning). 1: an adaptive sampler's NFE is the mean over samples, not
+# over batches; sliced W2 between sets of different sizes is exact (rows without the field came before both).
+DEFINITIONS = 1
 _WARNED: set[tuple[str, int, str]] = set()  # (file, line number, line) already warned about
 
 
@@ -67,8 +72,14 @@ class ResultsStore:
         return {row["key"]: row for row in self.rows()}
 
     def keys(self) -> set[str]:
-        """The keys of the rows the views can read: a cell whose row they cannot show (edited) is computed again."""
-        return {key for key, row in self.latest().items() if unreadable(row) is None}
+        """The keys of the rows the views can read, computed as this version computes them: a cell whose row they
+        cannot show (edited), or of older definitions, is computed again."""
+        return {key for key, row in self.latest().items() if unreadable(row) is None and not of_older_definitions(row)}
+
+    def of_older_definitions(self, keys) -> list[str]:
+        """Those of `keys` whose rows were computed under older definitions (DEFINITIONS)."""
+        latest = self.latest()
+        return [k for k in keys if k in latest and of_older_definitions(latest[k])]
 
     def append(self, rows: list[dict]) -> None:
         if rows:
@@ -339,6 +350,11 @@ OPTIONAL = {"ci_low": NUMBER, "ci_high": NUMBER, "ci_level": NUMBER, "samples_pe
 
 NONNEGATIVE_FIELDS = ("requested", "nfe", "wall_s", "seed_start", "seed_count", "setup_nfe", "setup_wall_s",
                       "n_samples", "samples_per_s")
+
+
+def of_older_definitions(row: dict) -> bool:
+    definitions = row.get("definitions", 0)
+    return not isinstance(definitions, int) or isinstance(definitions, bool) or definitions < DEFINITIONS
 
 
 def unreadable(row: dict) -> str | None:

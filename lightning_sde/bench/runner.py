@@ -27,6 +27,7 @@ from lightning_sde.bench.dashboard import (
 )
 from lightning_sde.bench.report import with_interval
 from lightning_sde.bench.results import (
+    DEFINITIONS,
     WANDB_RUN_KEY,
     Claim,
     Claimed,
@@ -173,7 +174,7 @@ def rows_of(cell: Cell, samples: Samples | None, values: dict, batch_size: int, 
         "grid": cell.grid, "requested": cell.requested, "n_samples": cell.seed_count, "seed_start": cell.seed_start,
         "seed_count": cell.seed_count, "batch_size": batch_size,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **protocol,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "definitions": DEFINITIONS, **protocol,
     }
     if samples is None:  # the noise floor: no sampler ran
         common.update(nfe=0, nfe_per_batch=[], wall_s=0.0, samples_per_s=None, world_size=1, n_nonfinite=0,
@@ -261,6 +262,11 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
         warn_small_counts(cfg.seeds.count, cfg.get("reference_count"))
         done = store.keys()
         todo = [i for i, c in enumerate(sweep.mine) if not all(c.key(m) in done for m in c.metrics)]
+        older = store.of_older_definitions({c.key(m) for c in sweep.mine for m in c.metrics})
+        if older:
+            log.warning("%d row(s) of this sweep's cells were computed by an older version, which computed a metric "
+                        "or the NFE otherwise: their cells are computed again (the old rows stay in %s; the views "
+                        "show the new)", len(older), store.path.name)
         log.info("%d cells in the sweep, %d in shard %d/%d, %d already in %s, %d to compute on %d process(es)",
                  len(sweep.cells), len(sweep.mine), cfg.shard.index, cfg.shard.count, len(sweep.mine) - len(todo),
                  store.path, len(todo), world)

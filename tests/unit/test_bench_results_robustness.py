@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from lightning_sde.bench import report as views
-from lightning_sde.bench.results import ResultsStore, SamplePreviews
+from lightning_sde.bench.results import DEFINITIONS, ResultsStore, SamplePreviews
 from lightning_sde.cli.bench import cells_main, report_main
 from lightning_sde.configuration import CONFIG_PACKAGE
 
@@ -25,7 +25,8 @@ def row(sampler="ddim", requested=10, metric="sliced_w2", value=1.0, seed_count=
     return {"key": key, "target": target, "sampler": sampler, "sampler_name": sampler, "metric": metric,
             "grid": "nfe", "requested": requested, "nfe": requested, "value": value, "wall_s": 0.5,
             "seed_start": 0, "seed_count": seed_count, "n_samples": seed_count, "ci_low": None, "ci_high": None,
-            "ci_level": None, "problem": "eight_gaussians", "sde": "vp", "time": "2026-01-01T00:00:00+00:00", **extra}
+            "ci_level": None, "problem": "eight_gaussians", "sde": "vp", "time": "2026-01-01T00:00:00+00:00",
+            "definitions": DEFINITIONS, **extra}
 
 
 def write(path: Path, *lines) -> Path:

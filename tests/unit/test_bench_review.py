@@ -751,3 +751,22 @@ def test_counts_whose_intervals_claim_more_than_they_hold_are_warned_of(caplog):
     assert f"seeds.count={FEWEST_FOR_INTERVALS - 1}: below {FEWEST_FOR_INTERVALS} samples" in caplog.text
     warn_small_counts(200, 10)
     assert "reference_count=10 is below seeds.count=200: the intervals hold the reference fixed" in caplog.text
+
+
+def test_a_sweep_resumed_by_a_newer_version_computes_again_the_cells_of_older_definitions(tmp_path, caplog):
+    """An older version computed some numbers otherwise (an adaptive sampler's NFE over batches, not samples): its
+    rows were kept as done, and one curve mixed the two. They are computed again, the old rows kept in the file."""
+    from lightning_sde.bench.results import DEFINITIONS, ResultsStore
+
+    rows = sweep(tmp_path)
+    assert rows and {r["definitions"] for r in rows} == {DEFINITIONS}
+    path = tmp_path / "results.jsonl"
+    old = [{k: v for k, v in r.items() if k != "definitions"} | {"nfe": 1234} for r in ResultsStore(path).rows()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in old))  # as a version before the field wrote them
+    again = sweep(tmp_path)
+    assert f"{len(old)} row(s) of this sweep's cells were computed by an older version" in caplog.text
+    assert len(ResultsStore(path).rows()) == 2 * len(old)  # the old rows stay
+    assert all(r["nfe"] != 1234 and r["definitions"] == DEFINITIONS for r in again)  # the views show the new
+    caplog.clear()
+    sweep(tmp_path)
+    assert "older version" not in caplog.text and len(ResultsStore(path).rows()) == 2 * len(old)  # all done now

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from lightning_sde.bench.results import ResultsStore, SamplePreviews
+from lightning_sde.bench.results import DEFINITIONS, ResultsStore, SamplePreviews
 
 
 def test_rows_come_back_in_order_and_the_last_of_a_key_wins(tmp_path):
@@ -25,7 +25,8 @@ def test_a_cell_is_done_once_its_row_is_one_the_views_can_read(tmp_path):
     """A row edited by hand ("value": "abc", or the key alone) counted its cell as done: the cell stayed empty in the
     views for good."""
     row = {"key": "a", "target": "t", "sampler": "ddim", "sampler_name": "ddim", "metric": "mmd", "grid": "nfe",
-           "requested": 10, "nfe": 10, "value": 0.5, "wall_s": 1.0, "seed_start": 0, "seed_count": 8}
+           "requested": 10, "nfe": 10, "value": 0.5, "wall_s": 1.0, "seed_start": 0, "seed_count": 8,
+           "definitions": DEFINITIONS}
     store = ResultsStore(tmp_path / "r.jsonl")
     store.append([row, {**row, "key": "b", "value": "abc"}, {"key": "c"}, {**row, "key": "d", "value": None}])
     assert store.keys() == {"a", "d"}  # None: a diverged cell's value, recorded and done
