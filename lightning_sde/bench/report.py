@@ -250,6 +250,7 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
         raise FileNotFoundError(f"no results file at {str(results)!r}; give the results .jsonl of a sweep")
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {str(out)!r} is a file; give a folder")
+    rows_of(results)  # a file of no rows is refused before any folder is made
     out.mkdir(parents=True, exist_ok=True)
     with taking_turns(out / VIEWS_LOCK):  # the rows read and the views written in one turn: an older read never
         rows, paths = write_views(results, out, preferred)  # lands last (a report beside a sweep, or two shards)
@@ -261,12 +262,17 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
     return paths
 
 
-def write_views(results: Path, out: Path, preferred) -> tuple[list[dict], dict]:
-    """(every row, {view: path}): the views of the rows `results` holds now."""
+def rows_of(results: Path) -> list[dict]:
     rows = load(results)
     if not rows:
         raise ValueError(f"no result rows in {str(results)!r}: the file is empty or none of its lines is a row "
                          "lsde-bench wrote; give the results .jsonl of a sweep")
+    return rows
+
+
+def write_views(results: Path, out: Path, preferred) -> tuple[list[dict], dict]:
+    """(every row, {view: path}): the views of the rows `results` holds now."""
+    rows = rows_of(results)
     view, hidden = for_views(rows, preferred)
     views = views_of(results, out)
     if hidden:

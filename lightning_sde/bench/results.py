@@ -71,10 +71,11 @@ class ResultsStore:
         """key -> row; duplicates (two shards racing on one cell) resolve to the last written."""
         return {row["key"]: row for row in self.rows()}
 
-    def keys(self) -> set[str]:
-        """The keys of the rows the views can read, computed as this version computes them: a cell whose row they
-        cannot show (edited), or of older definitions, is computed again."""
-        return {key for key, row in self.latest().items() if unreadable(row) is None and not of_older_definitions(row)}
+    def keys(self, any_definitions: bool = False) -> set[str]:
+        """The keys of the rows the views can read, computed as this version computes them (`any_definitions`: or
+        as an older one did): a cell whose row they cannot show (edited), or of older definitions, is computed again."""
+        return {key for key, row in self.latest().items()
+                if unreadable(row) is None and (any_definitions or not of_older_definitions(row))}
 
     def of_older_definitions(self, keys) -> list[str]:
         """Those of `keys` whose rows were computed under older definitions (DEFINITIONS)."""

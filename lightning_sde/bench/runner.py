@@ -23,6 +23,7 @@ from lightning_sde.bench.dashboard import (
     read_sidecar,
     remember_sweep,
     report_command,
+    sidecar_path,
     sweep_config,
 )
 from lightning_sde.bench.report import with_interval
@@ -267,6 +268,11 @@ def compute(cfg: DictConfig, sweep: Sweep, device: torch.device) -> dict:
             log.warning("%d row(s) of this sweep's cells were computed by an older version, which computed a metric "
                         "or the NFE otherwise: their cells are computed again (the old rows stay in %s; the views "
                         "show the new)", len(older), store.path.name)
+            if wandb_wanted(cfg) and sidecar_path(cfg.results).exists():
+                log.warning("the sweep's W&B run (%s) keeps the old values of those cells in its history and charts: "
+                            "for one way of computing there, move that file aside after this sweep and log a new run "
+                            "of every row with `%s`", sidecar_path(cfg.results).name,
+                            report_command(cfg.results, cfg.wandb.project))
         log.info("%d cells in the sweep, %d in shard %d/%d, %d already in %s, %d to compute on %d process(es)",
                  len(sweep.cells), len(sweep.mine), cfg.shard.index, cfg.shard.count, len(sweep.mine) - len(todo),
                  store.path, len(todo), world)
@@ -404,7 +410,7 @@ def record_plan(cfg: DictConfig, sweep: Sweep, store: ResultsStore, write: bool 
     def check(earlier: list[dict]) -> None:
         others = [p for p in earlier if p.get("count") == cfg.shard.count > 1 and p.get("list") != listed
                   and mine.intersection(key for key, _ in p["cells"])]
-        done = {cell_key_of(key) for key in store.keys()} if others else set()
+        done = {cell_key_of(key) for key in store.keys(any_definitions=True)} if others else set()  # rows, not values
         for plan in others:
             left = [described for key, described in plan["cells"] if key not in done]
             if left:

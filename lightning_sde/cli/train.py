@@ -301,17 +301,21 @@ def check_same_evaluations(path: str, sampler_cb: SamplerCallback) -> None:
 
 
 def check_same_monitors(path: str, callbacks) -> None:
-    """A resume keeps what chooses the run's best checkpoint: another monitor (a changed sampler set moves `auto`)
-    would start a second best-*.ckpt beside the first, each the best of another metric."""
+    """A resume keeps what chooses the run's best checkpoint: a best callback that would start afresh (another
+    monitor, mode or schedule; a changed sampler set moves `auto`) in the folder of one the run had would write a
+    second best-*.ckpt beside the first, each the best of another metric. Dropping one, or adding one, is no change."""
     states = read_checkpoint(path).get("callbacks")
+    if not isinstance(states, dict):
+        return
     ours = {cb.state_key: cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor is not None}
-    for key, state in (states.items() if isinstance(states, dict) else ()):
-        if not (isinstance(state, dict) and state.get("monitor") and state.get("best_model_path")) or key in ours:
+    fresh = [cb for key, cb in ours.items() if key not in states]
+    for key, state in states.items():
+        if key in ours or not (isinstance(state, dict) and state.get("monitor") and state.get("best_model_path")):
             continue
-        same_folder = [cb for cb in ours.values() if cb.dirpath is not None and state.get("dirpath") is not None
-                       and Path(cb.dirpath).resolve() == Path(state["dirpath"]).resolve()]
-        if same_folder:
-            monitors = ", ".join(cb.monitor for cb in same_folder)
+        replacing = [cb for cb in fresh if cb.dirpath is not None and state.get("dirpath") is not None
+                     and Path(cb.dirpath).resolve() == Path(state["dirpath"]).resolve()]
+        if replacing:
+            monitors = ", ".join(cb.monitor for cb in replacing)
             raise ValueError(f"config callbacks: the run's best checkpoint so far ({state['best_model_path']}) was "
                              f"chosen by {state['monitor']}, this config chooses by {monitors}"
                              f"{' with another mode or schedule' if monitors == state['monitor'] else ''}: a second "

@@ -770,3 +770,15 @@ def test_a_sweep_resumed_by_a_newer_version_computes_again_the_cells_of_older_de
     caplog.clear()
     sweep(tmp_path)
     assert "older version" not in caplog.text and len(ResultsStore(path).rows()) == 2 * len(old)  # all done now
+    from lightning_sde.bench.dashboard import sweep_config
+
+    assert "definitions" not in sweep_config("s", again)[0]  # a cell's field: report --wandb's config is a live run's
+    # shards of an older version, done: an extension of their list is not refused for "cells not computed yet"
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in (0, 1):
+        sweep(shards, "nfe=[4,8]", f"shard.index={i}", "shard.count=2")
+    path = shards / "results.jsonl"
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "definitions"}) + "\n"
+                            for r in ResultsStore(path).rows()))
+    assert [r["requested"] for r in sweep(shards, "nfe=[4,8,16]", "shard.index=0", "shard.count=2")] == [4, 8, 16]

@@ -717,3 +717,30 @@ def test_the_sync_line_of_a_failed_start_is_said_only_by_a_start_that_began_a_wa
     monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(run=object()))  # this start's run
     tell_offline_sync(cfg)
     assert "sync the failed run's record with: wandb sync" in caplog.text
+
+
+def test_a_resume_refuses_a_best_callback_that_would_start_afresh_beside_the_runs_and_allows_dropping_or_adding(
+        tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    import lightning_sde.cli.train as train_app
+
+    def best(monitor, mode="min", folder=tmp_path):
+        return ModelCheckpoint(dirpath=folder, monitor=monitor, mode=mode)
+
+    def saved(*callbacks):
+        return {cb.state_key: {"monitor": cb.monitor, "dirpath": str(cb.dirpath), "best_model_path": "best.ckpt"}
+                for cb in callbacks}
+
+    def check(before, now):
+        monkeypatch.setattr(train_app, "read_checkpoint", lambda path: {"callbacks": saved(*before)})
+        train_app.check_same_monitors("last.ckpt", now)
+
+    a, loss = best("val/ddim_50/sliced_w2"), best("val/loss")
+    check([a, loss], [best("val/ddim_50/sliced_w2")])  # one of two dropped
+    check([a], [best("val/ddim_50/sliced_w2"), best("val/loss")])  # one added
+    check([a], [best("val/ddim_10/sliced_w2", folder=tmp_path / "elsewhere")])  # another folder (another run's)
+    with pytest.raises(ValueError, match="chosen by val/ddim_50/sliced_w2, this config chooses by val/ddim_10/"):
+        check([a], [best("val/ddim_10/sliced_w2")])
+    with pytest.raises(ValueError, match="this config chooses by val/ddim_50/sliced_w2 with another mode or schedule"):
+        check([a], [best("val/ddim_50/sliced_w2", mode="max")])
