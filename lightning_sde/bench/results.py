@@ -20,11 +20,22 @@ from lightning_sde.files import appending, file_name, replace_atomically
 
 log = logging.getLogger(__name__)
 WANDB_RUN_KEY = "the results file's W&B run"  # claimed like a cell: a W&B run has one writer
-# How a row's numbers were computed: one more at each change of how a metric or the NFE is computed, so that a sweep
-# resumed by a newer version computes again the cells its rows hold the old way (the old rows stay in the file; the
-# views show the newer, a later row of a key winning). 1: an adaptive sampler's NFE is the mean over samples, not
-# over batches; sliced W2 between sets of different sizes is exact (rows without the field came before both).
-DEFINITIONS = 1
+
+
+def _varying_nfe(row: dict) -> bool:
+    return isinstance(row.get("nfe_per_batch"), list) and len(set(map(str, row["nfe_per_batch"]))) > 1
+
+
+# How a row's numbers are computed: each change of how a metric or the NFE is computed adds a version here, with the
+# rows it changes; a sweep resumed by a newer version computes again the cells whose rows of an earlier version it
+# changes (the old rows stay in the file, the views show the newer: a later row of a key wins), and no other.
+DEFINITION_CHANGES = {
+    # an NFE that varies by batch is the mean over samples, not batches; sliced W2 between sets of different sizes is
+    # exact (rows without a `definitions` field came before this version, or after both changes and before the field)
+    1: lambda row: _varying_nfe(row) or (row.get("metric") == "sliced_w2"
+                                         and row.get("n_reference") not in (None, row.get("n_samples"))),
+}
+DEFINITIONS = max(DEFINITION_CHANGES)  # what new rows record
 _WARNED: set[tuple[str, int, str]] = set()  # (file, line number, line) already warned about
 
 
@@ -354,8 +365,11 @@ NONNEGATIVE_FIELDS = ("requested", "nfe", "wall_s", "seed_start", "seed_count", 
 
 
 def of_older_definitions(row: dict) -> bool:
+    """Whether a later change of definitions changes this row's numbers."""
     definitions = row.get("definitions", 0)
-    return not isinstance(definitions, int) or isinstance(definitions, bool) or definitions < DEFINITIONS
+    if not isinstance(definitions, int) or isinstance(definitions, bool):
+        return True
+    return any(changes(row) for version, changes in DEFINITION_CHANGES.items() if version > definitions)
 
 
 def unreadable(row: dict) -> str | None:

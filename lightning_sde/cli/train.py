@@ -256,7 +256,8 @@ def check_resume_world(path: str, world_size: int) -> None:
                          "(under SLURM: its tasks), or start afresh")
 
 
-RESUME_ADVICE = "resume with the run's own config, or start afresh (ckpt_path=null or another run_name)"
+RESUME_ADVICE = ("resume with the run's own config, or start a new run under another run_name (init_from=<its "
+                 "checkpoint> to start from its weights)")
 INIT_ADVICE = ("init_from keeps the checkpoint's network, SDE and parameterization (the data, optim, loss, trainer, "
                "sde.eps, dropout and speed options may change); set them as its run had them")
 

@@ -754,22 +754,28 @@ def test_counts_whose_intervals_claim_more_than_they_hold_are_warned_of(caplog):
 
 
 def test_a_sweep_resumed_by_a_newer_version_computes_again_the_cells_of_older_definitions(tmp_path, caplog):
-    """An older version computed some numbers otherwise (an adaptive sampler's NFE over batches, not samples): its
-    rows were kept as done, and one curve mixed the two. They are computed again, the old rows kept in the file."""
-    from lightning_sde.bench.results import DEFINITIONS, ResultsStore
+    """An older version computed some numbers otherwise (an NFE varying by batch averaged over batches, not samples):
+    its rows were kept as done, and one curve mixed the two. The rows a change of definitions touches are computed
+    again, the old rows kept in the file; rows it does not touch stay done."""
+    from lightning_sde.bench.results import DEFINITIONS, ResultsStore, of_older_definitions
 
-    rows = sweep(tmp_path)
-    assert rows and {r["definitions"] for r in rows} == {DEFINITIONS}
+    rows = sweep(tmp_path, "nfe=[4,8]")
+    assert len(rows) == 2 and {r["definitions"] for r in rows} == {DEFINITIONS}
     path = tmp_path / "results.jsonl"
-    old = [{k: v for k, v in r.items() if k != "definitions"} | {"nfe": 1234} for r in ResultsStore(path).rows()]
-    path.write_text("".join(json.dumps(r) + "\n" for r in old))  # as a version before the field wrote them
-    again = sweep(tmp_path)
-    assert f"{len(old)} row(s) of this sweep's cells were computed by an older version" in caplog.text
-    assert len(ResultsStore(path).rows()) == 2 * len(old)  # the old rows stay
-    assert all(r["nfe"] != 1234 and r["definitions"] == DEFINITIONS for r in again)  # the views show the new
+    old = [{k: v for k, v in r.items() if k != "definitions"} for r in ResultsStore(path).rows()]  # before the field
+    old[0] |= {"nfe_per_batch": [3, 5], "nfe": 1234}  # an NFE that varied by batch: the change touches it
+    path.write_text("".join(json.dumps(r) + "\n" for r in old))
+    again = sweep(tmp_path, "nfe=[4,8]")
+    assert "1 row(s) of this sweep's cells were computed by an older version" in caplog.text
+    assert len(ResultsStore(path).rows()) == 3  # the old rows stay; the untouched one was not computed again
+    assert [(r["nfe"], r.get("definitions")) for r in again] == [(4, DEFINITIONS), (8, None)]  # the views: the new
     caplog.clear()
-    sweep(tmp_path)
-    assert "older version" not in caplog.text and len(ResultsStore(path).rows()) == 2 * len(old)  # all done now
+    sweep(tmp_path, "nfe=[4,8]")
+    assert "older version" not in caplog.text and len(ResultsStore(path).rows()) == 3  # all done now
+    sliced = {"metric": "sliced_w2", "n_samples": 100, "n_reference": 100, "nfe_per_batch": [4]}
+    assert not of_older_definitions(sliced) and of_older_definitions(sliced | {"n_reference": 400})
+    assert not of_older_definitions(sliced | {"n_reference": 400, "definitions": DEFINITIONS})
+    assert of_older_definitions(sliced | {"definitions": "1"})  # not a version: computed again
     from lightning_sde.bench.dashboard import sweep_config
 
     assert "definitions" not in sweep_config("s", again)[0]  # a cell's field: report --wandb's config is a live run's
@@ -779,6 +785,6 @@ def test_a_sweep_resumed_by_a_newer_version_computes_again_the_cells_of_older_de
     for i in (0, 1):
         sweep(shards, "nfe=[4,8]", f"shard.index={i}", "shard.count=2")
     path = shards / "results.jsonl"
-    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "definitions"}) + "\n"
-                            for r in ResultsStore(path).rows()))
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "definitions"} | {"nfe_per_batch": [3, 5]})
+                            + "\n" for r in ResultsStore(path).rows()))  # rows the change touches
     assert [r["requested"] for r in sweep(shards, "nfe=[4,8,16]", "shard.index=0", "shard.count=2")] == [4, 8, 16]
