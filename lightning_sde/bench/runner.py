@@ -246,8 +246,8 @@ def warn_small_counts(n_samples: int, reference_count: int | None) -> None:
     intervals hold the reference fixed, so its own noise is not in them)."""
     if n_samples < FEWEST_FOR_INTERVALS:
         log.warning("seeds.count=%d: below %d samples a cell's bootstrap interval is too narrow (on exact samples "
-                    "a stated 90%% covered 66-88%% at 3-10 samples); draw more seeds before reading them", n_samples,
-                    FEWEST_FOR_INTERVALS)
+                    "the log-likelihood's stated 90%% covered 74%% at 5 samples); draw more seeds before reading them",
+                    n_samples, FEWEST_FOR_INTERVALS)
     if reference_count is not None and reference_count < n_samples:
         log.warning("reference_count=%d is below seeds.count=%d: the intervals hold the reference fixed, so its "
                     "noise, the larger part here, is not in them; give a reference at least as large as a cell",
