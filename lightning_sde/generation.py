@@ -18,7 +18,15 @@ from torch import Tensor
 from lightning_sde.distributed import broadcast_from_zero, gather_to_zero, rank_world
 from lightning_sde.models.guidance import batch_factor, guided
 from lightning_sde.samplers import sample
+from lightning_sde.samplers.noise import SEED_LIMIT
 from lightning_sde.tracking import Progress
+
+
+def check_seed_range(start: int, count: int) -> None:
+    """Seeds start..start + count - 1 name distinct samples (SeededNoise: below 2**32)."""
+    if start + count > SEED_LIMIT:
+        raise ValueError(f"config seeds: seeds.start + seeds.count must be at most 2**32 (torch keeps a seed's low 32 "
+                         f"bits: seed 2**32 would draw seed 0's sample); got {start + count}")
 
 
 def batch_settings(sampler, cfg) -> dict:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig
 
 from lightning_sde.bench.results import KEY_FIELDS
 from lightning_sde.configuration import build
-from lightning_sde.generation import batch_settings
+from lightning_sde.generation import batch_settings, check_seed_range
 from lightning_sde.samplers import Sampler
 from lightning_sde.samplers.schedule import MAX_NFE, MEMORY_ONLY
 
@@ -160,6 +160,7 @@ def expand(cfg: DictConfig, target: str, metrics: tuple[str, ...], noise_floor: 
     """All cells of the sweep, in a fixed order. Raises ValueError naming the key on any bad value."""
     start = positive_int("seeds.start", cfg.seeds.start, 0)
     count = positive_int("seeds.count", cfg.seeds.count)
+    check_seed_range(start, count)
     positive_int("batch_size", cfg.batch_size)
     if not cfg.get("samplers"):  # `~samplers` deletes the key
         _fail("samplers", "empty; pick a set (samplers=sweep) or add one (+sampler@samplers.ddim=ddim)")

@@ -54,7 +54,7 @@ from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, check_launcher_world, launched, launched_first, rank_world
 from lightning_sde.files import LOCK_FILE, FolderLock, replace_atomically, write_text
-from lightning_sde.generation import batch_model, batch_settings, generate, seed_labels
+from lightning_sde.generation import batch_model, batch_settings, check_seed_range, generate, seed_labels
 from lightning_sde.samplers.base import Sampler
 from lightning_sde.samplers.grids import check_start, may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid, plan, selects_on_pilot, spent
@@ -73,7 +73,6 @@ CHUNK_NAME = re.compile(r"seeds-(\d+)-(\d+)\.npz")
 SEED_PNG = re.compile(r"\d{6,}\.png")  # <seed:06d>.png
 PREVIEW_IMAGES = 64
 PREVIEW_POINTS = 5000
-MAX_SEED = 2**53  # seeds are stored as int64 and named in JSON
 
 
 def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
@@ -88,8 +87,7 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
         raise ValueError("config png: an exact mixture's samples are points, which have no PNG; leave png out")
     start = positive_int("seeds.start", OmegaConf.select(cfg, "seeds.start"), 0)
     count = positive_int("seeds.count", OmegaConf.select(cfg, "seeds.count"))
-    if start + count > MAX_SEED:
-        raise ValueError(f"config seeds: seeds.start + seeds.count must be at most 2**53; got {start + count}")
+    check_seed_range(start, count)
     for key in ("batch_size", "ddp.devices", "ddp.num_nodes"):
         positive_int(key, OmegaConf.select(cfg, key))
     check_launcher_world(cfg.ddp.devices, cfg.ddp.num_nodes)

@@ -26,16 +26,19 @@ def steps_per_draw(values_per_step: int) -> int:
     return aligned * -(-MIN_STEPS_PER_DRAW // aligned)
 
 
+SEED_LIMIT = 2**32  # torch keeps a generator seed's low 32 bits: seeds 2**32 apart would draw one sample
+
+
 def _seed(s) -> int:
-    """s as a seed: an integer >= 0 (int(0.4) == int(0.6) would give two samples one seed)."""
+    """s as a seed: an integer in [0, 2**32) (int(0.4) == int(0.6) would give two samples one seed)."""
     try:
         if isinstance(s, bool):
             raise TypeError
         seed = operator.index(s)
     except TypeError:
         seed = -1
-    if seed < 0:
-        raise ValueError(f"seeds must be non-negative integers; got {s!r}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seeds must be integers in [0, 2**32) (torch keeps a seed's low 32 bits); got {s!r}")
     return seed
 
 

@@ -186,11 +186,21 @@ def test_multistep_knobs_of_the_wrong_type_are_refused(name, knobs, message):
         build_sampler(name, **knobs)
 
 
-@pytest.mark.parametrize("seeds", [[0.4, 0.6], [1.9], ["3"], [True]])
+@pytest.mark.parametrize("seeds", [[0.4, 0.6], [1.9], ["3"], [True], [-1], [2**32]])
 def test_seeds_must_be_integers(seeds):
-    """int(0.4) == int(0.6) == 0: two samples from one seed."""
-    with pytest.raises(ValueError, match=r"^seeds must be non-negative integers; got "):
+    """int(0.4) == int(0.6) == 0: two samples from one seed; and torch keeps a seed's low 32 bits: seed 2**32 drew
+    seed 0's sample."""
+    with pytest.raises(ValueError, match=r"^seeds must be integers in \[0, 2\*\*32\) \(torch keeps"):
         SeededNoise(seeds, (2,))
+    assert torch.equal(SeededNoise([2**32 - 1], (2,)).prior(), SeededNoise([2**32 - 1], (2,)).prior())
+
+
+def test_a_data_seed_whose_streams_another_seed_shares_is_refused():
+    from lightning_sde.data import DigitsDataModule
+
+    with pytest.raises(ValueError, match=r"seed must be below 2\*\*28"):
+        DigitsDataModule(seed=2**28)  # seed * 16 + stream: seed 0's streams in the 32 bits torch keeps
+    assert DigitsDataModule(seed=2**28 - 1).seed == 2**28 - 1
 
 
 def test_a_network_that_returns_nan_stops_an_adaptive_solver_at_once_with_the_cause():

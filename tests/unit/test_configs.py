@@ -143,8 +143,9 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
     ("run_name=..", "config run_name: may hold letters"),
     ("run_name=null", "config run_name: must be a name (it names the run directory and the W&B run's id); got null: "
                       "leave run_name out for its default"),  # a folder named 'None', resumed by the next null
-    ("seed=abc", "config seed: must be an integer in [0, 2**32); got 'abc'"),
-    ("seed=-1", "config seed: must be an integer in [0, 2**32); got -1"),
+    ("seed=abc", "config seed: must be an integer in [0, 2**28); got 'abc'"),
+    ("seed=-1", "config seed: must be an integer in [0, 2**28); got -1"),
+    ("seed=268435456", "config seed: must be an integer in [0, 2**28); got 268435456"),  # 2**28: seed 0's streams
     ("trainer.max_steps=0", "config trainer.max_steps: must be an integer >= 1"),
     ("trainer.gradient_clip_val=-1",
      "config trainer.gradient_clip_val: must be a number >= 0 (0 or null: no clipping); got -1"),
