@@ -318,7 +318,10 @@ class ImageFolderDataModule(BaseDataModule):
                 f"was, or start a new run from its weights (another run_name, init_from={path})")
         if now["train_files"] != state["train_files"]:
             log.warning("the training images under %s changed since the checkpoint %s (%d then, %d now): the resumed "
-                        "run trains on them as they are now; the validation images are the run's",
+                        "run trains on them as they are now; the validation images are the run's. The FID/KID "
+                        "reference and the noise floor are drawn from the training images, so they may move: the "
+                        "sampler metrics before and after this resume, and the best checkpoint's choice, may compare "
+                        "two references (for one, resume with the folder as it was)",
                         self.root, path, state["n_train"], now["n_train"])
 
     def real_samples_at(self, index: Tensor, stream: int) -> Tensor:
