@@ -250,7 +250,7 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
         raise FileNotFoundError(f"no results file at {str(results)!r}; give the results .jsonl of a sweep")
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {str(out)!r} is a file; give a folder")
-    rows_of(results)  # a file of no rows is refused before any folder is made
+    rows_to_show(results)  # a file of no rows is refused before any folder is made
     out.mkdir(parents=True, exist_ok=True)
     with taking_turns(out / VIEWS_LOCK):  # the rows read and the views written in one turn: an older read never
         rows, paths = write_views(results, out, preferred)  # lands last (a report beside a sweep, or two shards)
@@ -262,7 +262,8 @@ def report(results, out_dir=None, use_wandb: bool = False, project: str = "light
     return paths
 
 
-def rows_of(results: Path) -> list[dict]:
+def rows_to_show(results: Path) -> list[dict]:
+    """The rows the views show (load); ValueError when there are none."""
     rows = load(results)
     if not rows:
         raise ValueError(f"no result rows in {str(results)!r}: the file is empty or none of its lines is a row "
@@ -272,7 +273,7 @@ def rows_of(results: Path) -> list[dict]:
 
 def write_views(results: Path, out: Path, preferred) -> tuple[list[dict], dict]:
     """(every row, {view: path}): the views of the rows `results` holds now."""
-    rows = rows_of(results)
+    rows = rows_to_show(results)
     view, hidden = for_views(rows, preferred)
     views = views_of(results, out)
     if hidden:

@@ -54,7 +54,7 @@ from lightning_sde.configuration import (
     shown,
 )
 from lightning_sde.configuration import build as build_node
-from lightning_sde.data.base import SEED_LIMIT, check_accumulation
+from lightning_sde.data.base import DATA_SEED_LIMIT, check_accumulation
 from lightning_sde.distributed import check_multirun_world, launched_first, slurm_job
 from lightning_sde.errors import CheckpointError, NonFiniteError, nonfinite_keys
 from lightning_sde.files import LOCK_FILE, FolderLock, folder_in_use
@@ -135,7 +135,7 @@ def is_int(value) -> bool:
 
 def check_run_values(cfg: DictConfig) -> None:
     """The values that Lightning would take and fail on later (or silently ignore), named now."""
-    if not (is_int(cfg.seed) and 0 <= cfg.seed < SEED_LIMIT):  # the data's streams of it stay distinct
+    if not (is_int(cfg.seed) and 0 <= cfg.seed < DATA_SEED_LIMIT):  # the data's streams of it stay distinct
         raise ValueError(f"config seed: must be an integer in [0, 2**28); got {cfg.seed!r}")
     check_folder_name("train", cfg)
     if cfg.ckpt_path is not None and not isinstance(cfg.ckpt_path, str):

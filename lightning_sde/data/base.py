@@ -27,11 +27,11 @@ from lightning_sde.models.moments import DataMoments
 STREAM_TRAIN, STREAM_VAL, STREAM_SPLIT, STREAM_REFERENCE, STREAM_FLOOR = 0, 1, 2, 3, 4
 
 
-SEED_LIMIT = 2**28  # seed * 16 + stream below 2**32, the seed bits torch keeps: no two seeds share a stream
+DATA_SEED_LIMIT = 2**28  # seed * 16 + stream below 2**32, the seed bits torch keeps: no two seeds share a stream
 
 
 def generator(seed: int, stream: int) -> torch.Generator:
-    """A CPU generator for one of the named streams of `seed` (distinct for every seed below SEED_LIMIT)."""
+    """A CPU generator for one of the named streams of `seed` (distinct for every seed below DATA_SEED_LIMIT)."""
     return torch.Generator().manual_seed(seed * 16 + stream)
 
 
@@ -239,7 +239,7 @@ class BaseDataModule(L.LightningDataModule):
         self.batch_size = check_int(owner, "batch_size", batch_size, 1)
         self.num_workers = check_int(owner, "num_workers", num_workers, 0)
         self.seed = check_int(owner, "seed", seed, 0)
-        if self.seed >= SEED_LIMIT:
+        if self.seed >= DATA_SEED_LIMIT:
             raise ValueError(f"{owner}: seed must be below 2**28 (its data streams, seed * 16 + stream, must differ "
                              f"in the 32 bits of a seed torch keeps); got {seed}")
         self.train_set: Dataset | None = None
