@@ -18,6 +18,7 @@ Results: results/interval_coverage/{coverage.csv, coverage.md, coverage.png}.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import sys
@@ -130,6 +131,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     rows = []
