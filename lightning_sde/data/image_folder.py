@@ -111,6 +111,14 @@ def listing_digest(files: list[Path], root: Path) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
+def content_digest(files: list[Path], root: Path) -> str:
+    """A digest of the files' names and bytes (their order aside): an image rewritten under its name changes it."""
+    digest = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.relative_to(root).as_posix()):
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def opaque(img):
     """img with EXIF orientation applied and transparency composited onto white; other modes as they are."""
     from PIL import Image, ImageOps
@@ -277,6 +285,7 @@ class ImageFolderDataModule(BaseDataModule):
         takes the first n)."""
         order = split_order(self.files, self.root, self.seed)
         self.n_val, self.val_files, self.train_files = n_val, sorted(order[:n_val]), order[n_val:]
+        self._val_content = None  # content_digest of val_files, read once (state_dict runs at every checkpoint)
         classes = self.classes
         label = (lambda fs: [classes[f.relative_to(self.root).parts[0]] for f in fs]) if classes else (lambda fs: None)
         self.train_set = ImageFiles(self.train_files, self.image_size, self.channels, label(self.train_files))
@@ -290,10 +299,18 @@ class ImageFolderDataModule(BaseDataModule):
     def bits_per_dim_offset(self) -> float | None:
         return bits_per_dim_offset(LEVELS) if self.dequantize else None
 
+    @property
+    def val_content(self) -> str:
+        if self._val_content is None:
+            self._val_content = content_digest(self.val_files, self.root)
+        return self._val_content
+
     def state_dict(self) -> dict:
-        """What a resume checks (`check_resume`): the files of each split (digests of their names) and their count."""
+        """What a resume checks (`check_resume`): the files of each split (digests of their names) and their count,
+        and the validation images' bytes."""
         return {"train_files": listing_digest(self.train_files, self.root), "n_train": len(self.train_files),
-                "val_files": listing_digest(self.val_files, self.root), "n_val": len(self.val_files)}
+                "val_files": listing_digest(self.val_files, self.root), "n_val": len(self.val_files),
+                "val_content": self.val_content}
 
     def load_state_dict(self, state: dict) -> None:
         pass  # checked at start-up, before anything is touched (check_resume)
@@ -301,7 +318,8 @@ class ImageFolderDataModule(BaseDataModule):
     def check_resume(self, state: dict | None, path) -> None:
         """A resume on a folder whose validation images are not the checkpoint's is refused (the run's validation
         values would compare other images, and images it validated on could now train); other training images are
-        said (the run trains on the folder as it is now). Checkpoints from before the check hold none."""
+        said (the run trains on the folder as it is now). The validation images are compared by name and, where the
+        checkpoint records them, by content. Checkpoints from before the check hold none."""
         kinds = {"train_files": str, "n_train": int, "val_files": str, "n_val": int}
         if not (isinstance(state, dict) and all(isinstance(state.get(k), t) for k, t in kinds.items())):
             log.warning("the checkpoint %s holds no record of the files under %s (written before the split was "
@@ -316,6 +334,12 @@ class ImageFolderDataModule(BaseDataModule):
                 f"({state['n_train']} + {state['n_val']} images for training + validation then, {now['n_train']} + "
                 f"{now['n_val']} now) and its validation images are not the run's; resume with the folder as it "
                 f"was, or start a new run from its weights (another run_name, init_from={path})")
+        if isinstance(state.get("val_content"), str) and now["val_content"] != state["val_content"]:
+            raise ValueError(
+                f"config data.root: the validation images under {str(self.root)!r} have the checkpoint {path}'s names "
+                f"but other contents (an image rewritten in place): the run's validation values would compare other "
+                f"images; resume with the images as they were, or start a new run from its weights (another "
+                f"run_name, init_from={path})")
         if now["train_files"] != state["train_files"]:
             log.warning("the training images under %s changed since the checkpoint %s (%d then, %d now): the resumed "
                         "run trains on them as they are now; the validation images are the run's. The FID/KID "

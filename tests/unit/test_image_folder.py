@@ -141,6 +141,22 @@ def test_the_split_is_per_file_so_added_files_move_no_other_and_a_resume_checks_
     ImageFolderDataModule(tmp_path, image_size=8, n_val=8).check_resume(None, "old.ckpt")  # from before the check
 
 
+def test_a_resume_refuses_a_validation_image_rewritten_under_its_name(tmp_path):
+    """Validation files were compared by name only: an image rewritten in place (another resize, another crop) left
+    the names as they were, and the resumed run validated on other images without a word."""
+    write_images(tmp_path, 12)
+    before = ImageFolderDataModule(tmp_path, image_size=8, n_val=3)
+    state = before.state_dict()
+    before.train_files[0].write_bytes(before.val_files[1].read_bytes())  # a training image changed: not refused
+    ImageFolderDataModule(tmp_path, image_size=8, n_val=3).check_resume(state, "last.ckpt")
+    write_png(before.val_files[1], np.full((8, 8, 3), 7, np.uint8))
+    after = ImageFolderDataModule(tmp_path, image_size=8, n_val=3)
+    assert after.state_dict()["val_files"] == state["val_files"] and after.val_files == before.val_files
+    with pytest.raises(ValueError, match=r"have the checkpoint last.ckpt's names but other contents .*init_from="):
+        after.check_resume(state, "last.ckpt")
+    after.check_resume({k: v for k, v in state.items() if k != "val_content"}, "old.ckpt")  # recorded before: names
+
+
 def test_the_split_is_seeded_and_the_same_for_the_same_files(tmp_path):
     write_images(tmp_path, 30)
     a, b, c = (ImageFolderDataModule(tmp_path, image_size=8, n_val=5, seed=s) for s in (0, 0, 1))
@@ -219,7 +235,7 @@ def test_a_resume_keeps_the_runs_default_n_val_and_warns_for_a_checkpoint_withou
     assert state["n_val"] == 1
     write_png(tmp_path / "zz_new.png", np.zeros((8, 8, 3), np.uint8))
     resumed = ImageFolderDataModule(tmp_path, image_size=8)
-    assert resumed.n_val == 2
+    assert resumed.n_val == 2 and resumed.state_dict()["n_val"] == 2  # (its digests read for the 2)
     resumed.check_resume(state, "last.ckpt")  # the run's own 1, and its validation image
     assert resumed.n_val == 1 and len(resumed.val_set) == 1 and resumed.state_dict()["val_files"] == state["val_files"]
     assert len(resumed.train_set) == 39
