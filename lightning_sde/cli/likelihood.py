@@ -189,6 +189,7 @@ def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
         x = target.mixture.sample(cfg.n, torch.Generator().manual_seed(cfg.seed))  # the oracle computes in float64
         return target.denoiser, x, None, target.mixture
     denoiser, datamodule = target.denoiser.to(dtype), target.datamodule
+    check_held_out(cfg, datamodule)
     batches, count = [], 0
     for batch in datamodule.val_dataloader():
         batch = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -198,12 +199,37 @@ def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
             break
     x = torch.cat(batches)[: cfg.n]
     if len(x) < cfg.n and overridden("n"):  # before any integration: fewer samples than asked would read as n's
-        raise ValueError(f"config n: the validation set has {len(x)} samples, fewer than n = {cfg.n}; set n={len(x)} "
-                         "(a larger data.n_val takes validation images from the training data where the data has "
-                         "no test split: digits, image_folder)")
+        raise ValueError(f"config n: the validation set has {len(x)} samples, fewer than n = {cfg.n}; set n={len(x)}"
+                         + ("" if getattr(datamodule, "validation_from_training", False) else
+                            " (or a larger data.n_val)"))
     if len(x) < cfg.n:  # the default n: up to that many
         log.info("the validation set has %d samples (< the default n = %d): scoring all of them", len(x), cfg.n)
     return denoiser, x.to(dtype), getattr(datamodule, "bits_per_dim_offset", None), None
+
+
+def check_held_out(cfg: DictConfig, datamodule) -> None:
+    """Where the validation images are carved from the training data (digits, an image folder), the scored images
+    are the checkpoint's own validation images or the first of them: another split seed, or a larger n_val, would
+    score images the model trained on as held out. (Checkpoints without a record of their data are not checked.)"""
+    from lightning_sde.loading import read_checkpoint
+    from lightning_sde.models.pretrained import is_diffusers_spec
+
+    if not getattr(datamodule, "validation_from_training", False) or is_diffusers_spec(cfg.checkpoint):
+        return
+    ckpt = read_checkpoint(cfg.checkpoint)
+    theirs, state = ckpt.get("data_config"), ckpt.get(type(datamodule).__qualname__)
+    if not isinstance(theirs, dict):
+        return
+    seed = theirs.get("seed", 0)
+    if seed != datamodule.seed:
+        raise ValueError(f"config data.seed: the checkpoint {cfg.checkpoint} split its data with seed {seed!r} (its "
+                         f"run's seed); the validation images of seed {datamodule.seed} are mostly images it trained "
+                         f"on: set {'' if 'seed' in cfg.data else '+'}data.seed={seed}")
+    n_val = state["n_val"] if isinstance(state, dict) and isinstance(state.get("n_val"), int) else theirs.get("n_val")
+    if isinstance(n_val, int) and not isinstance(n_val, bool) and datamodule.n_val > n_val:
+        raise ValueError(f"config data.n_val: the checkpoint {cfg.checkpoint} held out {n_val} validation images; "
+                         f"data.n_val={datamodule.n_val} adds {datamodule.n_val - n_val} it trained on: set "
+                         f"data.n_val={n_val} or fewer (and n <= {n_val})")
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -228,7 +254,7 @@ def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict |
         check_probes_used(cfg, f"divergence=auto on {dim} dimensions (<= exact_max_dim {cfg.exact_max_dim})")
     if divergence == "exact" and dim > cfg.exact_max_dim and rank == 0:
         log.warning("divergence=exact on %d dimensions: one backward pass per dimension at every ODE evaluation, "
-                    "up to %d times the backward work of divergence=hutchinson with probes=%d", dim, dim // cfg.probes,
+                    "up to %.3g times the backward work of divergence=hutchinson with probes=%d", dim, dim / cfg.probes,
                     cfg.probes)
     partial = Path(cfg.out) / PARTIAL
     done = partial_rows(partial, len(x), truth=mixture is not None) if rank == 0 else {}
@@ -288,19 +314,19 @@ def write(cfg, target_id, rows, dim, divergence, offset, world, eps: float) -> d
     bpd = torch.tensor([r["bpd"] for r in rows], dtype=torch.float64)
     summary = {
         "target": cfg.checkpoint or f"mixture:{cfg.problem._target_.rsplit('.', 1)[-1]}", "n": n, "dim": dim,
-        "divergence": divergence,
-        "probes": cfg.probes if divergence == "hutchinson" else None, "ode": OmegaConf.to_container(cfg.ode),
+        "divergence": divergence, "probes": cfg.probes if divergence == "hutchinson" else None,
+        "ode": ode_settings(OmegaConf.to_container(cfg.ode)),
         "probe": cfg.probe if divergence == "hutchinson" else None, "seed": cfg.seed, "dtype": cfg.dtype,
         "mean_logp": float(logp.mean()), "mean_logp_se": float(logp.std() / math.sqrt(n)) if n > 1 else None,
         "bpd": float(bpd.mean()), "bpd_se": float(bpd.std() / math.sqrt(n)) if n > 1 else None,
         "bpd_offset": offset, "dequantized": offset is not None,
-        "mean_hutchinson_se": (float(torch.tensor([r["logp_se"] for r in rows]).mean())
+        "mean_hutchinson_se": (float(torch.tensor([r["logp_se"] for r in rows], dtype=torch.float64).mean())
                                if divergence == "hutchinson" and cfg.probes > 1 else None),
         "world_size": world, "settings": settings(cfg, target_id), "eps": eps,
     }
     if "true_logp" in rows[0]:
         err = torch.tensor([r["logp"] - r["true_logp"] for r in rows], dtype=torch.float64)
-        summary.update(mean_true_logp=float(torch.tensor([r["true_logp"] for r in rows]).mean()),
+        summary.update(mean_true_logp=float(torch.tensor([r["true_logp"] for r in rows], dtype=torch.float64).mean()),
                        max_abs_error=float(err.abs().max()))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

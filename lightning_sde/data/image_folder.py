@@ -225,6 +225,7 @@ class ImageFolderDataModule(BaseDataModule):
     """
 
     kind = "images"
+    validation_from_training = True  # no test split: the validation images are held out of the training data
     levels = LEVELS
 
     def __init__(

@@ -308,3 +308,24 @@ def test_images_reached_through_a_linked_folder_keep_their_own_folders_class(tmp
     files = dm.train_files + dm.val_files
     assert sorted(files) == sorted([tmp_path / "cat" / f"img{i}.png" for i in range(2)]
                                    + [tmp_path / "dog" / "puppies" / f"img{i}.png" for i in range(2)])
+
+
+def test_likelihood_scores_only_the_image_folders_held_out_images(tmp_path):
+    """An image folder's run records its n_val in its datamodule state (the config's null is 5 % of the files):
+    lsde-likelihood with a larger data.n_val would score images the run trained on."""
+    from omegaconf import OmegaConf
+
+    from lightning_sde.cli.likelihood import check_held_out
+
+    write_images(tmp_path / "images", 40)
+    trained = ImageFolderDataModule(tmp_path / "images", image_size=8)
+    assert trained.n_val == 2
+    path = tmp_path / "run.ckpt"
+    data = {"_target_": "lightning_sde.data.ImageFolderDataModule", "root": str(tmp_path / "images"), "n_val": None,
+            "seed": 0}
+    torch.save({"state_dict": {}, "hyper_parameters": {"net": {}, "sde": {}, "shape": [3, 8, 8]}, "data_config": data,
+                "ImageFolderDataModule": trained.state_dict()}, path)
+    cfg = OmegaConf.create({"checkpoint": str(path), "data": data})
+    check_held_out(cfg, ImageFolderDataModule(tmp_path / "images", image_size=8, n_val=2))
+    with pytest.raises(ValueError, match=r"held out 2 validation images; data.n_val=3 adds 1 it trained on"):
+        check_held_out(cfg, ImageFolderDataModule(tmp_path / "images", image_size=8, n_val=3))

@@ -209,14 +209,45 @@ def test_more_samples_than_the_validation_set_holds_is_refused_before_any_integr
         cfg = compose("likelihood", overrides=[f"out={tmp_path}/out", f"checkpoint={path}", "data=digits",
                                                "data.n_val=4", "n=6"])
     monkeypatch.setattr(likelihood, "overridden", lambda key: key == "n")  # n=6 given on the command line
-    with pytest.raises(ValueError, match=r"^config n: the validation set has 4 samples, fewer than n = 6; set n=4 "
-                                         r"\(a larger data.n_val takes validation images from the training data"):
+    with pytest.raises(ValueError, match=r"^config n: the validation set has 4 samples, fewer than n = 6; set n=4$"):
         likelihood.run(cfg)
     assert not list((tmp_path / "out").glob("*.jsonl"))
     monkeypatch.undo()  # the default n (500 > digits' 180 validation images, the documented command): all of them
     monkeypatch.setattr(likelihood, "log_likelihood", lambda den, x, *a, **k: {
         "logp": torch.zeros(len(x)), "logp_se": torch.zeros(len(x)), "prior_logp": torch.zeros(len(x)), "nfe": 1})
     assert likelihood.run(cfg)["n"] == 4
+
+
+def test_only_the_checkpoints_held_out_images_are_scored(tmp_path, monkeypatch):
+    """Digits and image folders validate on images held out of the training data: data=digits (split seed 0) scored a
+    seed-3 run on images it mostly trained on, and a larger data.n_val (which the n message advised) added training
+    images, both reported as held-out bits/dim."""
+    import torch
+
+    from lightning_sde.cli import likelihood
+
+    path = digits_checkpoint(tmp_path)
+    torch.save({**torch.load(path, weights_only=True), "data_config": {
+        "_target_": "lightning_sde.data.DigitsDataModule", "n_val": 100, "seed": 3}}, path)
+
+    def run(*overrides):
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            cfg = compose("likelihood", overrides=[f"out={tmp_path}/{len(overrides)}", f"checkpoint={path}",
+                                                   "data=digits", "n=8", *overrides])
+        return likelihood.run(cfg)
+
+    monkeypatch.setattr(likelihood, "log_likelihood", lambda *a, **k: pytest.fail("integrated before refusing"))
+    with pytest.raises(ValueError, match=r"^config data.seed: the checkpoint .* split its data with seed 3 .*the "
+                                         r"validation images of seed 0 are mostly images it trained on: set "
+                                         r"\+data.seed=3$"):
+        run()
+    with pytest.raises(ValueError, match=r"^config data.n_val: the checkpoint .* held out 100 validation images; "
+                                         r"data.n_val=101 adds 1 it trained on: set data.n_val=100 or fewer"):
+        run("+data.seed=3", "data.n_val=101")
+    monkeypatch.setattr(likelihood, "log_likelihood", lambda den, x, *a, **k: {
+        "logp": torch.zeros(len(x)), "logp_se": torch.zeros(len(x)), "prior_logp": torch.zeros(len(x)), "nfe": 1})
+    assert run("+data.seed=3", "data.n_val=50")["n"] == 8  # the first 50 of its 100
+    assert run("+data.seed=3", "data.n_val=100", "data.dequantize=false")["n"] == 8
 
 
 def test_the_flow_starts_at_the_eps_asked_for_and_the_summary_says_which(tmp_path):
@@ -234,3 +265,14 @@ def test_the_flow_starts_at_the_eps_asked_for_and_the_summary_says_which(tmp_pat
     assert "eps" not in model["settings"]  # a result from before the option is of the same settings
     assert low["mean_true_logp"] != model["mean_true_logp"]  # p_eps itself changes with eps
     assert low["max_abs_error"] < 5e-3 and model["max_abs_error"] < 5e-3  # each against the truth at its own eps
+
+
+def test_the_summary_records_the_ode_settings_the_solve_used(tmp_path):
+    """With ode.method=rk4 the summary's ode held dopri5's rtol/atol/error_norm and steps: null (100 were taken)."""
+    from lightning_sde.cli.likelihood import run
+
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("likelihood", overrides=[f"out={tmp_path}/out", "n=4", "ode.method=rk4", "~ode.rtol",
+                                               "~ode.atol", "~ode.error_norm"])
+    summary = run(cfg)
+    assert summary["ode"] == summary["settings"]["ode"] == {"method": "rk4", "steps": 100}
