@@ -41,6 +41,7 @@ class Target:
     kind: str  # "points" | "images"
     denoiser: object = None
     mixture: object = None  # mixture targets: the exact GaussianMixture samples are scored against
+    cycled: bool = False  # guided with labels=cycle: seed i draws class i mod C (its noise floor draws alike)
     datamodule: object = None  # for checkpoint targets
     protocol: dict = field(default_factory=dict)  # constant fields of every result row
 
@@ -221,7 +222,8 @@ def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
         scored = mixture if cfg.get("guidance") is None else scored_distribution(mixture, cfg.get("labels", "cycle"))
         denoiser = mixture.denoiser(sde).to(device)
         warn_if_prior_far(sde, denoiser.data_moments)
-        return Target(target_id, "points", denoiser, mixture=scored, protocol=protocol)
+        cycled = cfg.get("guidance") is not None and cfg.get("labels", "cycle") == "cycle"
+        return Target(target_id, "points", denoiser, mixture=scored, cycled=cycled, protocol=protocol)
     denoiser = load_denoiser(cfg.checkpoint, map_location=device)
     warn_if_prior_far(denoiser.sde, denoiser.data_moments)
     if is_diffusers_spec(cfg.checkpoint):
@@ -278,9 +280,21 @@ def floor_samples(target: Target, n: int, start: int, reference_n: int,
                   label: int | None = None) -> tuple[torch.Tensor | None, str]:
     """A second real sample set of n samples (a cell's size), disjoint from the reference set of reference_n: what a
     perfect sampler scores (the noise floor). Exact draws of a mixture; for a checkpoint, the data's training
-    samples after the reference's. None, and why, when the data holds too few."""
+    samples after the reference's. None, and why, when the data holds too few. Where the samplers' classes cycle
+    over the seeds (seed i: class i mod C, exactly balanced), the floor's are the seeds' classes too: random draws'
+    class counts vary, and their floor sat above a perfect sampler's score."""
     if target.mixture is not None:
-        return target.mixture.sample(n, torch.Generator().manual_seed(2 * 10**9 + start)).float(), ""
+        generator = torch.Generator().manual_seed(2 * 10**9 + start)
+        if not target.cycled:
+            return target.mixture.sample(n, generator).float(), ""
+        from lightning_sde.generation import seed_labels
+
+        classes = seed_labels(range(start, start + n), "cycle", target.mixture.num_classes)
+        x = torch.empty(n, target.mixture.dim, dtype=target.mixture.means.dtype)
+        for label in classes.unique().tolist():
+            rows = classes == label
+            x[rows] = target.mixture.conditional(label).sample(int(rows.sum()), generator)
+        return x.float(), ""
     from lightning_sde.data.base import floor_or_reason  # a datamodule is loaded by now (lsde-compare needs none)
 
     try:
