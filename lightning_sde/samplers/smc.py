@@ -14,9 +14,11 @@ the path's next point:
   3. the particles of a sample are resampled (systematic) when their effective sample size falls below
      `ess_threshold` x particles; at eps one particle is drawn by its weight.
 
-With exact scores it converges to p(x_u | x_k) as steps and particles grow (error O(1/particles) at fixed steps;
-measured against GaussianMixture.given in tests/unit/test_smc.py and docs/conditional.md). Every draw (path,
-kernel noise, resampling) comes from the sample's seed, so sample i is the same in any batch.
+With exact scores it converges to p(x_u | x_k) as steps and particles grow together (measured against
+GaussianMixture.given in tests/unit/test_smc.py and docs/conditional.md). At fixed steps more particles converge to
+the step chain's own posterior, not p(x_u | x_k): at coarse steps the last steps' narrow kernels make the weights
+collapse onto one particle (min_ess 1) and more particles move the result further off (docs/conditional.md).
+Every draw (path, kernel noise, resampling) comes from the sample's seed, so sample i is the same in any batch.
 
 NFE: one forward of the network over particles x batch rows per step = 1 NFE, `batch_factor` = particles in info.
 """
@@ -42,7 +44,7 @@ def _check(particles, steps, ess_threshold, grid):
         raise ValueError(f"smc_inpainting: unknown grid {grid!r}; choose one of {GRIDS}")
 
 
-def smc_inpainting(denoiser: InpaintingDenoiser, seeds, particles: int = 64, steps: int = 200,
+def smc_inpainting(denoiser: InpaintingDenoiser, seeds, particles: int = 64, steps: int = 400,
                    ess_threshold: float = 0.5, grid: str = "uniform", dtype=torch.float32, device="cpu",
                    progress: bool = False) -> tuple[Tensor, dict]:
     """One completion per seed of `denoiser`'s known values (rows of `denoiser.values`, one per seed); see module doc.
