@@ -7,9 +7,14 @@
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        (default benchmarks/results/gpu; PYTHON=python3 by default)
 set -u
+case "${1:-}" in -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; -*) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-benchmarks/results/gpu}
 PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "gpu_check.sh: no CUDA GPU visible to $PYTHON (torch.cuda.is_available() is False): run it on a GPU node" >&2
+    exit 1
+fi
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT_DIR/nvidia_smi.csv" 2>&1 || true

@@ -18,8 +18,7 @@ set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/env.sh"
 lsde_load_site
 LOGS=${LSDE_LOGS:-$PWD/outputs/slurm-logs}
-mkdir -p "$LOGS"
-LOGS=$(cd "$LOGS" && pwd)
+case "${1:-}" in train|bench|pipeline) mkdir -p "$LOGS" && LOGS=$(cd "$LOGS" && pwd) ;; esac  # not for --help
 
 die() { echo "submit.sh: error: $*" >&2; exit 2; }
 lsde_words "${LSDE_SBATCH_EXTRA:-}" || die "LSDE_SBATCH_EXTRA (the site file): an unmatched quote (above)"

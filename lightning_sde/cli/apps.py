@@ -13,11 +13,16 @@ import sys
 from lightning_sde.cli.help import print_help_if_asked
 
 
+def multirun_switches(argv: list[str]) -> list[str]:
+    """What makes a command line a multirun: -m, --multirun, or the override hydra.mode=MULTIRUN."""
+    return [arg for arg in argv if arg in ("-m", "--multirun") or arg.lower() == "hydra.mode=multirun"]
+
+
 def override_error(app: str, argv: list[str]) -> str | None:
     """Hydra's complaint about a single run's overrides (a key or option the app's config does not have, a malformed
     value), from composing `<app>.yaml` with them, or None; a multirun's (-m), from composing its first job. Other
     flags and subcommands are left to the app."""
-    multirun = [arg for arg in argv if arg in ("-m", "--multirun")]
+    multirun = multirun_switches(argv)
     swept = {}  # a first job's override -> the sweep it stands for, in what Hydra says of it
     if multirun:
         given = [arg for arg in argv if arg not in multirun]
@@ -187,8 +192,9 @@ def added_key_error(app: str, argv: list[str]) -> str | None:
     """A `+key=value` that adds a value the app would silently ignore: a key outside BUILT_NODES that the config
     lacks without it (`++key=value` on an existing key sets it; `+group=option` of a user's config folder adds a
     node, or nothing under `@package _global_`)."""
-    if any(arg in ("-m", "--multirun") for arg in argv):  # a multirun: its first job's overrides
-        argv = first_job([arg for arg in argv if arg not in ("-m", "--multirun")]) or []
+    switches = multirun_switches(argv)
+    if switches:  # a multirun: its first job's overrides
+        argv = first_job([arg for arg in argv if arg not in switches]) or []
     added = [arg for arg in argv if arg.startswith("+") and "@" not in arg.split("=", 1)[0]]
     if not added or not single_run_overrides(argv):
         return None
@@ -286,8 +292,8 @@ def hydra_modes_error(argv: list[str]) -> str | None:
 def launcher_without_multirun(argv: list[str]) -> str | None:
     """hydra/launcher=... on a single run: Hydra launches only multiruns, so the run would go on here, locally."""
     given = next((arg for arg in argv if arg.lstrip("+").startswith("hydra/launcher=")), None)
-    if given is None or given.endswith("=basic") or any(
-            arg in ("-m", "--multirun", "hydra.mode=MULTIRUN", "--cfg", "-c", "--info", "-i") for arg in argv):
+    if given is None or given.endswith("=basic") or multirun_switches(argv) or any(
+            arg in ("--cfg", "-c", "--info", "-i") for arg in argv):
         return None
     return f"{given} launches the runs of a multirun only: add -m (one job per run), or leave it out to run here"
 

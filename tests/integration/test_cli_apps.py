@@ -299,6 +299,8 @@ def test_the_early_override_check_lets_every_valid_run_through(app, argv):
 
     assert override_error(app, argv) is None and added_key_error(app, argv) is None
     assert override_error(app, ["-m", "sde=vp,ve"]) is None and override_error(app, ["report", "x.jsonl"]) is None
+    assert override_error(app, ["hydra.mode=MULTIRUN", "sde=vp,ve"]) is None  # as -m (was: "Ambiguous value")
+    assert added_key_error(app, ["hydra.mode=MULTIRUN", "+x=1,2"]) == added_key_error(app, ["-m", "+x=1,2"])
     assert override_error(app, ["-m", *argv]) is None  # a multirun composes its first job
     assert override_error(app, ["-m", *argv, "+x=glob(*)"]) is None  # a glob cannot be listed here: the app's
     assert stray_argument(app, argv) is None and stray_argument(app, ["-m", *argv]) is None

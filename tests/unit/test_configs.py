@@ -538,6 +538,13 @@ def test_the_slurm_launchers_failed_run_fails_its_job_and_the_sweep_in_one_line(
         SlurmLauncher().launch([["optim.lr=-1"]], 0)
     assert str(err.value) == "lsde-train: error: config optim.lr: bad (its log: /m/.submitit/7_0/7_0_0_log.out)"
 
+    def no_slurm(self, *args):  # submitit's executor, where no srun is on the PATH (a laptop): a 30-line traceback
+        raise RuntimeError('Could not detect "srun", are you indeed on a slurm cluster?')
+
+    monkeypatch.setattr(submitit_launcher.SlurmLauncher, "launch", no_slurm)
+    with pytest.raises(JobFailed, match=r'^hydra/launcher=slurm: Could not detect "srun".*submitit_local runs'):
+        SlurmLauncher().launch([["optim.lr=-1"]], 0)
+
 
 def test_an_installed_package_finds_the_site_file_of_the_folder_it_runs_in(tmp_path, monkeypatch, caplog):
     """`pip install .` puts the configs in site-packages, whose parent has no slurm/site.env: the launcher's jobs went
