@@ -300,7 +300,16 @@ def launcher_without_multirun(argv: list[str]) -> str | None:
 
 def run(app: str, main=None) -> None:
     """--help, then the command line's checks, then the app's `main` (imported only now, unless given: `python -m
-    lightning_sde.cli.<app>` passes its own, so that route refuses what the console script refuses)."""
+    lightning_sde.cli.<app>` passes its own, so that route refuses what the console script refuses). Ctrl-C before
+    the app's own handler applies (importing torch, composing the config) is said as the app says it."""
+    try:
+        checked_run(app, main)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"lsde-{app}: interrupted (Ctrl-C)\n")
+        sys.exit(130)
+
+
+def checked_run(app: str, main=None) -> None:
     if print_help_if_asked(app):
         return
     error = (stray_argument(app, sys.argv[1:]) or hydra_modes_error(sys.argv[1:])

@@ -545,3 +545,16 @@ def test_a_config_group_of_the_users_own_folder_is_not_taken_for_a_misspelling(t
     assert added_key_error("train", [searchpath, "+site=mine"]) is None
     assert added_key_error("bench", [searchpath, "+node=mine"]) is None
     assert added_key_error("bench", [searchpath, "+nodes=3"]).startswith("nodes: lsde-bench's config has no such key")
+
+
+def test_ctrl_c_before_the_app_starts_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Ctrl-C while the console script imported torch or composed the config printed a 40-90 line traceback."""
+    from lightning_sde.cli.apps import run
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", ["lsde-compare"])
+    with pytest.raises(SystemExit) as ended:
+        run("compare", interrupted)
+    assert ended.value.code == 130 and capsys.readouterr().err == "lsde-compare: interrupted (Ctrl-C)\n"
