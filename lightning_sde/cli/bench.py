@@ -69,7 +69,7 @@ def views(cfg: DictConfig, summary: dict) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")
-@fails_cleanly("lsde-bench")
+@fails_cleanly("lsde-bench", goes_on=lambda cfg: "the same command goes on from it")
 def sweep(cfg: DictConfig) -> None:
     run(cfg)
 

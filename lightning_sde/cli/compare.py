@@ -21,7 +21,7 @@ from lightning_sde.configuration import CONFIG_PATH, overridden
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="compare")
-@fails_cleanly("lsde-compare")
+@fails_cleanly("lsde-compare", goes_on=lambda cfg: f"lsde-compare ... output_dir={cfg.output_dir} goes on from it")
 def run_app(cfg: DictConfig) -> None:
     job = multirun_job()
     if job is not None and not overridden("results"):  # one folder per job: each its own results and views

@@ -106,10 +106,10 @@ def own_folder_per_job(cfg, name_key: str | None = "name") -> None:
         cfg.out = f"{cfg.out}_{job[1]}"
 
 
-def fails_cleanly(app: str, cleanup=None):
+def fails_cleanly(app: str, cleanup=None, goes_on=None):
     """Decorate an app's task function (under @hydra.main): its console and log file set up (quiet_and_logged);
     user errors become one line and exit 1; `cleanup(cfg)` runs first, for whatever a failed start must not leave
-    behind."""
+    behind. Ctrl-C is one line and exit 130, with `goes_on(cfg)`: what command goes on from what was written."""
 
     def wrap(task):
         @functools.wraps(task)
@@ -121,7 +121,8 @@ def fails_cleanly(app: str, cleanup=None):
                 return task(cfg)
             except KeyboardInterrupt:  # Ctrl-C: what was finished is on disk; no traceback of where it was
                 log_to_file(f"{app} interrupted (KeyboardInterrupt)")
-                sys.stderr.write(f"{app}: interrupted (Ctrl-C); what it wrote before stays on disk\n")
+                again = f"; {goes_on(cfg)}" if goes_on is not None else ""
+                sys.stderr.write(f"{app}: interrupted (Ctrl-C); what it wrote before stays on disk{again}\n")
                 sys.exit(130)
             except USER_ERRORS as err:
                 log_to_file(f"{app} failed: {type(err).__name__}: {err}")

@@ -344,7 +344,7 @@ def write(cfg, target_id, rows, dim, divergence, offset, world, eps: float) -> d
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="likelihood")
-@fails_cleanly("lsde-likelihood")
+@fails_cleanly("lsde-likelihood", goes_on=lambda cfg: "the same command goes on from it")
 def run_app(cfg: DictConfig) -> None:
     own_folder_per_job(cfg)
     run(cfg)

@@ -432,7 +432,7 @@ def write_pngs(folder: Path, seeds: list[int], x: np.ndarray) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")
-@fails_cleanly("lsde-sample")
+@fails_cleanly("lsde-sample", goes_on=lambda cfg: "the same command goes on from it")
 def run_app(cfg: DictConfig) -> None:
     own_folder_per_job(cfg)
     run(cfg)

@@ -325,7 +325,8 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_rerun_goes_on_from_the_chunks_d
     finally:
         proc.kill()
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == \
-        "lsde-sample: interrupted (Ctrl-C); what it wrote before stays on disk", err[-3000:]
+        "lsde-sample: interrupted (Ctrl-C); what it wrote before stays on disk; the same command goes on from it", \
+        err[-3000:]
     assert "Traceback" not in err
     drawn = len(list((out / "chunks").glob("seeds-*.npz")))
     rerun = subprocess.run([*common, f"seeds.count={50 * drawn}"], capture_output=True, text=True, env=ENV,
