@@ -85,19 +85,25 @@ def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
 
 
 def check_eps(cfg: DictConfig, kind: str) -> None:
-    """eps against the SDE the flow would run on: the problem's, or the checkpoint's as it records it (a published
-    model's is known once loaded: evaluation_set checks it there, before any integration)."""
+    """eps against the SDE the flow would run on (a published model's is known once loaded: evaluation_set checks it
+    there, before any integration)."""
+    sde = model_sde(cfg)
+    if sde is not None:
+        checked("eps", sde.with_eps, cfg.eps)
+
+
+def model_sde(cfg: DictConfig):
+    """The SDE the flow runs on, as the config or the checkpoint records it: the problem's, or the checkpoint's
+    (None for a published model: known once loaded)."""
     from lightning_sde.loading import read_checkpoint
     from lightning_sde.models.pretrained import is_diffusers_spec
     from lightning_sde.sde import sde_from_config
 
-    if kind == "mixture":
-        sde = sde_from_config(plain(cfg.sde))
-    elif is_diffusers_spec(cfg.checkpoint):
-        return
-    else:
-        sde = sde_from_config(read_checkpoint(cfg.checkpoint)["hyper_parameters"]["sde"])
-    checked("eps", sde.with_eps, cfg.eps)
+    if cfg.get("checkpoint") is None:
+        return sde_from_config(plain(cfg.sde))
+    if is_diffusers_spec(cfg.checkpoint):
+        return None
+    return sde_from_config(read_checkpoint(cfg.checkpoint)["hyper_parameters"]["sde"])
 
 
 def check_probes_used(cfg: DictConfig, why: str) -> None:
@@ -109,11 +115,14 @@ def check_probes_used(cfg: DictConfig, why: str) -> None:
 
 
 def settings(cfg: DictConfig, target_id: str) -> dict:
-    """What a result of this app is of: the target (and its data) and every setting that changes the numbers."""
+    """What a result of this app is of: the target (and its data) and every setting that changes the numbers. The
+    model's own eps, given or not, is recorded as no eps (as results from before the option)."""
+    eps = cfg.get("eps")
+    own_eps = eps is None or eps == getattr(model_sde(cfg), "eps", None)
     return {"target_id": target_id, **{k: ode_settings(OmegaConf.to_container(cfg[k])) if k == "ode" else cfg[k]
                                         for k in ("n", "divergence", "exact_max_dim", "probes", "probe", "ode", "seed",
                                                   "dtype")},
-            **({"eps": cfg.eps} if cfg.get("eps") is not None else {})}  # (results from before it: the model's)
+            **({} if own_eps else {"eps": eps})}
 
 
 def ode_settings(ode) -> dict:

@@ -263,6 +263,9 @@ def test_the_flow_starts_at_the_eps_asked_for_and_the_summary_says_which(tmp_pat
     model, low = summary(), summary("eps=1e-5")
     assert model["eps"] == 1e-3 and low["eps"] == 1e-5 and low["settings"]["eps"] == 1e-5
     assert "eps" not in model["settings"]  # a result from before the option is of the same settings
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        validate(compose("likelihood", overrides=[f"out={tmp_path}/0", "n=20", "eps=1e-3"]))  # the model's own eps:
+        # the same settings as the result there (was: refused as "the result of other settings")
     assert low["mean_true_logp"] != model["mean_true_logp"]  # p_eps itself changes with eps
     assert low["max_abs_error"] < 5e-3 and model["max_abs_error"] < 5e-3  # each against the truth at its own eps
 
