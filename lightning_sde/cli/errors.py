@@ -92,6 +92,13 @@ def multirun_job() -> tuple[str, int] | None:
     return Path(HydraConfig.get().sweep.dir).name, HydraConfig.get().job.num
 
 
+def job_folder_note() -> str:
+    """For a refusal of the folder a multirun job writes: why it is named after the job number (empty alone)."""
+    job = multirun_job()
+    return "" if job is None else (f" (job {job[1]} of this multirun writes <name>_{job[1]}: a sweep over other "
+                                   "values than an earlier sweep of this name needs its own name=)")
+
+
 def own_folder_per_job(cfg, name_key: str | None = "name") -> None:
     """Each job of a multirun (-m) writes its own folder: `<name>_<job>` (the default out is made of it), and
     `<out>_<job>` where the command set out (or the app has no name)."""

@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.bench.spec import MAX_NFE, jsonable, positive_int
-from lightning_sde.cli.errors import fails_cleanly, own_folder_per_job
+from lightning_sde.cli.errors import fails_cleanly, job_folder_note, own_folder_per_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import (
     CONFIG_PATH,
@@ -176,7 +176,7 @@ def check_out(out: Path, settings: dict, output_dir=None) -> None:
             if any(chunk_settings(p) not in (None, ours) for p in chunks):
                 raise ValueError(f"config name: {out} holds samples of other settings (its chunks say so; its "
                                  "settings.json is gone or unreadable); give another name= (out=) to keep both, or "
-                                 "delete it")
+                                 "delete it" + job_folder_note())
             return
         ours = {LOCK_FILE}
         if output_dir is not None and Path(output_dir).resolve().is_relative_to(out.resolve()):
@@ -189,7 +189,7 @@ def check_out(out: Path, settings: dict, output_dir=None) -> None:
     if before != json.loads(json.dumps(settings)):
         differ = sorted(k for k in {*settings, *before} if json.dumps(before.get(k)) != json.dumps(settings.get(k)))
         raise ValueError(f"config name: {out} holds samples of other settings ({', '.join(differ)} differ); give "
-                         "another name= (out=) to keep both, or delete it")
+                         "another name= (out=) to keep both, or delete it" + job_folder_note())
 
 
 def chunk_settings(path: Path) -> str | None:

@@ -558,3 +558,13 @@ def test_ctrl_c_before_the_app_starts_is_one_line_and_exit_130(monkeypatch, caps
     with pytest.raises(SystemExit) as ended:
         run("compare", interrupted)
     assert ended.value.code == 130 and capsys.readouterr().err == "lsde-compare: interrupted (Ctrl-C)\n"
+
+
+def test_a_sweep_over_other_values_under_an_earlier_sweeps_name_is_told_why_its_folders_clash(tmp_path):
+    """Job n of a multirun writes <name>_n: a second sweep with other values was refused job by job with "give
+    another name=", though a name had been given."""
+    common = ("-m", "sampler=ddim", "seeds.count=4", "name=ext", f"paths.root={tmp_path}")
+    assert _cli("lightning_sde.cli.sample", *common, "nfe=5,10").returncode == 0
+    again = _cli("lightning_sde.cli.sample", *common, "nfe=10,20")
+    assert again.returncode == 1 and "(job 0 of this multirun writes <name>_0: a sweep over other values than an " \
+        "earlier sweep of this name needs its own name=)" in again.stderr, again.stderr[-3000:]
