@@ -752,3 +752,12 @@ def test_a_resume_refuses_a_best_callback_that_would_start_afresh_beside_the_run
         check([a], [best("val/ddim_10/sliced_w2")])
     with pytest.raises(ValueError, match="this config chooses by val/ddim_50/sliced_w2 with another mode or schedule"):
         check([a], [best("val/ddim_50/sliced_w2", mode="max")])
+
+
+@pytest.mark.parametrize("app", ["train", "bench", "compare", "sample", "likelihood", "figures"])
+def test_two_sweeps_started_in_one_second_log_to_two_folders(app):
+    """The sweep folder was named to the second: two sweeps started together interleaved their jobs' logs in one
+    folder, and its multirun.yaml kept the second's overrides."""
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose(app, return_hydra_config=True)
+    assert re.search(r"/multirun/\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}\.\d{6}$", cfg.hydra.sweep.dir), cfg.hydra.sweep.dir
