@@ -300,6 +300,10 @@ class ImageFolderDataModule(BaseDataModule):
     def bits_per_dim_offset(self) -> float | None:
         return bits_per_dim_offset(LEVELS) if self.dequantize else None
 
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "fit":
+            self.val_content  # noqa: B018  (read as the run starts: its checkpoints record these images, not later ones)
+
     @property
     def val_content(self) -> str:
         if self._val_content is None:
