@@ -16,10 +16,15 @@ Two ways a job is stopped, one owner of each:
     decides about requeueing. A signal during a sampler evaluation stops it at once (no rows; the resumed run does it
     again) and is acted on at that validation's end; during another validation, at the end of the next step.
 
-An error that stops a one-process run while it trains (an unreadable image met hours in, Ctrl-C, a failure in a
-step) also saves `last.ckpt` at the last step boundary, so the command with the run's name resumes there once the
-cause is fixed; not a non-finite value (its checkpoints are set aside instead), and not under DDP, where a save is
-collective and the other processes are stopped by Lightning mid-step.
+Ctrl-C (SIGINT) while training is taken like SIGTERM: noted, and at the end of the current step `last.ckpt` is saved
+there and training stops (lsde-train then exits 130); a second Ctrl-C stops at once, and the last checkpoint stands
+(a step cut short holds a half-applied optimizer step and a batch counted as begun: a resume from it would neither
+equal an uninterrupted run nor keep its schedule).
+
+An error that stops a one-process run between steps (an unreadable image met hours in) also saves `last.ckpt` at
+that step boundary, so the command with the run's name resumes there once the cause is fixed; not one within a step
+(the last checkpoint stands), not a non-finite value (its checkpoints are set aside instead), and not under DDP,
+where a save is collective and the other processes are stopped by Lightning mid-step.
 
 Checkpoints are written to a temporary file and renamed (lsde-train's AtomicCheckpointIO), so a SIGKILL after
 SLURM's KillWait leaves the previous `last.ckpt` intact. Lightning's own SLURM auto-requeue (hpc_ckpt) is switched
@@ -29,8 +34,10 @@ off by lsde-train: one owner.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -60,9 +67,12 @@ class Preemption(L.Callback):
         self.signalled = False
         self.terminated = False
         self.interrupted = False  # stopped by SIGTERM, after the checkpoint: lsde-train exits 143
+        self.ctrl_c = False  # Ctrl-C noted (the first: the second is Python's KeyboardInterrupt)
+        self.stopped_by_ctrl_c = False  # stopped by Ctrl-C, after the checkpoint: lsde-train exits 130
         self.requeue_requested = False
         self.saved_at: int | None = None  # the step of the checkpoint written on a signal
         self._at_step_end = True  # the last training batch ended an optimizer step (always, without accumulation)
+        self._in_batch = False  # a training batch has begun and not ended: the state is part-way through a step
         self._started_at: int | None = None  # the global step training started (or resumed) at
         self._previous_handlers: dict[int, tuple] = {}  # signal -> (ours, the one before)
 
@@ -75,6 +85,12 @@ class Preemption(L.Callback):
             self._launcher.kill(signum)  # local DDP: pass it on to the processes this one started
         self.terminated = True
 
+    def _on_sigint(self, signum, frame) -> None:
+        self.ctrl_c = True
+        signal.signal(signum, self._previous_handlers[signum][1])  # a second Ctrl-C: KeyboardInterrupt, at once
+        os.write(2, b"\nCtrl-C: stopping at the end of this step, with a checkpoint there (Ctrl-C again: stop now; "
+                    b"the last checkpoint stands)\n")
+
     def _own(self, signum: int, handler) -> None:
         self._previous_handlers.setdefault(signum, (handler, signal.signal(signum, handler)))
 
@@ -86,6 +102,8 @@ class Preemption(L.Callback):
         self._launcher = trainer.strategy.launcher
         self._started_at = trainer.global_step
         self._own(signal.SIGTERM, self._on_sigterm)  # after Lightning registered its own at the start of fit
+        if threading.current_thread() is threading.main_thread():  # (only there can a handler be set)
+            self._own(signal.SIGINT, self._on_sigint)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         for signum, (ours, previous) in self._previous_handlers.items():
@@ -95,9 +113,13 @@ class Preemption(L.Callback):
 
     def stop_requested(self) -> bool:
         """Whether a signal came (this process's note of it): long work in a step or an evaluation may stop early."""
-        return self.signalled or self.terminated
+        return self.signalled or self.terminated or self.ctrl_c
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._in_batch = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._in_batch = False
         self._at_step_end = ends_a_step(trainer, batch_idx)
         if not self._at_step_end:
             return  # within an optimizer step (gradient accumulation): act at its last batch, after the step
@@ -115,14 +137,16 @@ class Preemption(L.Callback):
     def _act(self, trainer) -> None:
         # one all-reduce decides for every rank (any rank signalled: all stop at this same step)
         requeue, term = self.signalled, self.terminated or bool(getattr(trainer, "received_sigterm", False))
-        if not trainer.strategy.reduce_boolean_decision(requeue or term, all=False):
+        if not trainer.strategy.reduce_boolean_decision(requeue or term or self.ctrl_c, all=False):
             return
         self.interrupted = trainer.strategy.reduce_boolean_decision(term, all=False)
-        self.save(trainer, "SIGTERM" if self.interrupted else "requeue signal")
+        self.stopped_by_ctrl_c = not self.interrupted and trainer.strategy.reduce_boolean_decision(self.ctrl_c,
+                                                                                                   all=False)
+        self.save(trainer, "SIGTERM" if self.interrupted else "Ctrl-C" if self.stopped_by_ctrl_c else "requeue signal")
         # stop after this step is logged (the checkpoint holds it): one history across the resume
         trainer.should_stop = True
         trainer.limit_val_batches = 0  # should_stop would run a validation (and the samplers) before stopping
-        self.requeue_requested = not self.interrupted
+        self.requeue_requested = not (self.interrupted or self.stopped_by_ctrl_c)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and self.saved_at != trainer.global_step:
@@ -143,13 +167,17 @@ class Preemption(L.Callback):
             else:
                 log.warning("once its cause is fixed, lsde-train ... %s resumes the run from global step %d",
                             self.resume_with, trainer.global_step)
+        elif self._in_batch and trainer.training and not isinstance(exception, NonFiniteError):
+            log.warning("stopped by %s within a training step: no checkpoint written (the step is part-applied); "
+                        "lsde-train ... %s resumes the run from the last one", type(exception).__name__,
+                        self.resume_with)
 
     def keeps_steps_on(self, trainer, exception: BaseException) -> bool:
-        """Whether an error that stops training (a data loader's unreadable file, Ctrl-C, a failure in the step) gets a
-        checkpoint of the steps since the last one: only between optimizer steps while training, never for a
-        non-finite value (SetAside's), and in one process only (a save is collective: under DDP the other processes
-        are waiting in the step and are stopped)."""
-        return (trainer.world_size == 1 and trainer.training and self._at_step_end
+        """Whether an error that stops training (a data loader's unreadable file, a second Ctrl-C) gets a checkpoint of
+        the steps since the last one: only between optimizer steps while training (not within a batch: its step is
+        part-applied), never for a non-finite value (SetAside's), and in one process only (a save is collective:
+        under DDP the other processes are waiting in the step and are stopped)."""
+        return (trainer.world_size == 1 and trainer.training and self._at_step_end and not self._in_batch
                 and not isinstance(exception, NonFiniteError)
                 and self._started_at is not None and trainer.global_step > self._started_at
                 and self.saved_at != trainer.global_step)

@@ -701,12 +701,19 @@ def train(cfg: DictConfig):
                     raise KeyboardInterrupt from None  # said and exited as every app does (fails_cleanly)
                 raise
     preemption = _preemption(trainer)
-    if preemption is not None and (preemption.requeue_requested or preemption.interrupted):
-        why = "by SIGTERM" if preemption.interrupted else "for the time limit"
+    if preemption is not None and (preemption.requeue_requested or preemption.interrupted
+                                   or preemption.stopped_by_ctrl_c):
+        why = ("by SIGTERM" if preemption.interrupted else "by Ctrl-C" if preemption.stopped_by_ctrl_c
+               else "for the time limit")
         log.warning("stopped at global step %d %s; checkpoint %s", trainer.global_step, why,
                     preemption.last_path(trainer))
     if trainer.global_rank == 0:
         report(cfg, trainer)
+    if preemption is not None and preemption.stopped_by_ctrl_c:
+        if trainer.global_rank == 0:
+            log.warning("lsde-train ... %s resumes the run from global step %d", preemption.resume_with,
+                        trainer.global_step)
+        raise KeyboardInterrupt  # said and exited as every app does (fails_cleanly)
     return trainer
 
 

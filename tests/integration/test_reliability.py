@@ -220,7 +220,7 @@ def test_sigterm_checkpoints_and_exits_143_and_the_time_limit_signal_exits_138_w
 
 def test_an_error_while_training_keeps_its_steps_and_the_same_command_resumes_once_fixed(tmp_path):
     """An unreadable image met mid-run (every training image overwritten while it trains) saves last.ckpt at the last
-    step boundary (checkpoints every 1000 steps: the steps were lost), and so does Ctrl-C."""
+    step boundary (checkpoints every 1000 steps: the steps were lost); Ctrl-C, at the end of the step it came in."""
     import numpy as np
     from PIL import Image
 
@@ -263,8 +263,8 @@ def test_an_error_while_training_keeps_its_steps_and_the_same_command_resumes_on
     code, out = _start_and_signal(tmp_path / "int", signal.SIGINT)
     assert code == 130 and "lsde-train: interrupted (Ctrl-C); what it wrote before stays on disk" in out, out[-3000:]
     step = torch.load(tmp_path / "int" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert f"stopped by KeyboardInterrupt: saved {tmp_path / 'int' / 'checkpoints' / 'last.ckpt'} at global step " \
-           f"{step}" in out, out[-3000:]
+    assert f"Ctrl-C: saved {tmp_path / 'int' / 'checkpoints' / 'last.ckpt'} at global step {step}" in out, out[-3000:]
+    assert f"lsde-train ... run_name=int resumes the run from global step {step}" in out, out[-3000:]
 
 
 # --- 7. start-up checks ---------------------------------------------------------------------------------------------
