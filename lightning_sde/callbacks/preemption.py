@@ -149,7 +149,10 @@ class Preemption(L.Callback):
         self.requeue_requested = not (self.interrupted or self.stopped_by_ctrl_c)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and self.saved_at != trainer.global_step:
+        if isinstance(exception, KeyboardInterrupt) and self.ctrl_c:  # the second: at once, whatever the step's state
+            log.warning("stopped by a second Ctrl-C: no checkpoint written; lsde-train ... %s resumes the run from the "
+                        "last one", self.resume_with)
+        elif isinstance(exception, SIGTERMException) and self.saved_at != trainer.global_step:
             if not self._at_step_end:  # Lightning stopped within an optimizer step (before this callback owned SIGTERM)
                 log.warning("SIGTERM within an optimizer step (gradient accumulation): no checkpoint written; the "
                             "last one stands")
@@ -173,8 +176,8 @@ class Preemption(L.Callback):
                         self.resume_with)
 
     def keeps_steps_on(self, trainer, exception: BaseException) -> bool:
-        """Whether an error that stops training (a data loader's unreadable file, a second Ctrl-C) gets a checkpoint of
-        the steps since the last one: only between optimizer steps while training (not within a batch: its step is
+        """Whether an error that stops training (a data loader's unreadable file) gets a checkpoint of the steps since
+        the last one: only between optimizer steps while training (not within a batch: its step is
         part-applied), never for a non-finite value (SetAside's), and in one process only (a save is collective:
         under DDP the other processes are waiting in the step and are stopped)."""
         return (trainer.world_size == 1 and trainer.training and self._at_step_end and not self._in_batch

@@ -709,8 +709,8 @@ def train(cfg: DictConfig):
                     preemption.last_path(trainer))
     if trainer.global_rank == 0:
         report(cfg, trainer)
-    if preemption is not None and preemption.stopped_by_ctrl_c:
-        if trainer.global_rank == 0:
+    if preemption is not None and preemption.ctrl_c:  # (also one after the last step: the run is done, exit 130)
+        if trainer.global_rank == 0 and preemption.stopped_by_ctrl_c:
             log.warning("lsde-train ... %s resumes the run from global step %d", preemption.resume_with,
                         trainer.global_step)
         raise KeyboardInterrupt  # said and exited as every app does (fails_cleanly)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import signal
 from typing import Callable
 
 import lightning as L
@@ -219,6 +221,17 @@ def floor_or_reason(datamodule, n: int, after: int | None = None,
                f"samples{of}")
 
 
+def loader_process_start(worker_id: int) -> None:
+    """A loader process ignores Ctrl-C: a terminal sends it to the whole process group, and the main process decides
+    what it means (lsde-train: stop at the end of the step, which needs the loaders' next batches). Then Lightning's
+    seeding of the process, which `seed_everything(workers=True)` would have added (PL_SEED_WORKERS)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
+
+
 class BaseDataModule(L.LightningDataModule):
     """Loaders over `self.train_set` / `self.val_set` (filled in by the subclass) with `self.collate`.
 
@@ -290,7 +303,8 @@ class BaseDataModule(L.LightningDataModule):
         self.check_batch_fits(world, accumulation)
         batches = EpochBatches(len(self.train_set), self.batch_size, self.seed, self.consumed_batches, accumulation)
         return TrainLoader(DataLoader(self.train_set, batch_sampler=batches, num_workers=self.num_workers,
-                                      persistent_workers=self.num_workers > 0, collate_fn=self.collate))
+                                      persistent_workers=self.num_workers > 0, collate_fn=self.collate,
+                                      worker_init_fn=loader_process_start))
 
     def augment(self, batch):
         """The random part of training-data preparation, applied on the device (identity without a transform);
@@ -302,7 +316,8 @@ class BaseDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         self._ensure_setup()
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, collate_fn=self.val_collate)
+                          persistent_workers=self.num_workers > 0, collate_fn=self.val_collate,
+                          worker_init_fn=loader_process_start)
 
     def reference(self, n: int, label: int | None = None) -> Tensor:
         """The n real samples that generated ones are scored against: the first n training samples in the data's

@@ -186,18 +186,19 @@ def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path, fin
 # --- 6. exit codes a scheduler can trust ---------------------------------------------------------------------------
 
 
-def _start_and_signal(run: Path, signum, *overrides):
-    # SIGINT as a terminal gives it (pytest-xdist's workers ignore it, and a child inherits that)
+def _start_and_signal(run: Path, signum, *overrides, group: bool = False):
+    # SIGINT as a terminal gives it (pytest-xdist's workers ignore it, and a child inherits that); `group`: to the
+    # process group, as a terminal's Ctrl-C (loader processes too)
     proc = subprocess.Popen([sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run}", f"run_name={run.name}",
                              *TOY, "trainer.max_steps=100000", "trainer.val_check_interval=100000", "logger=csv",
                              *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), start_new_session=group)
     try:
         deadline = time.monotonic() + 120
         while not list(run.glob("csv/version_0/metrics.csv")):  # training has started and logged a step
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
             time.sleep(0.2)
-        proc.send_signal(signum)
+        os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:  # never left training for 100000 steps after the test
@@ -265,6 +266,8 @@ def test_an_error_while_training_keeps_its_steps_and_the_same_command_resumes_on
     step = torch.load(tmp_path / "int" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert f"Ctrl-C: saved {tmp_path / 'int' / 'checkpoints' / 'last.ckpt'} at global step {step}" in out, out[-3000:]
     assert f"lsde-train ... run_name=int resumes the run from global step {step}" in out, out[-3000:]
+    code, out = _start_and_signal(tmp_path / "workers", signal.SIGINT, "data.num_workers=2", group=True)
+    assert code == 130 and "Ctrl-C: saved" in out and "exited unexpectedly" not in out, out[-3000:]  # (loaders: 1)
 
 
 # --- 7. start-up checks ---------------------------------------------------------------------------------------------

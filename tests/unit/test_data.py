@@ -307,3 +307,25 @@ def test_image_folder_batches_do_not_depend_on_the_number_of_loader_workers(tmp_
     assert len(train0) == 3 and len(val0) == 1
     for a, b in zip(train0 + val0, train2 + val2, strict=True):
         assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+class _SigintState(torch.utils.data.Dataset):
+    """Each item: whether the process that loads it ignores Ctrl-C."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        import signal
+
+        return torch.tensor(float(signal.getsignal(signal.SIGINT) == signal.SIG_IGN))
+
+
+def test_loader_processes_leave_ctrl_c_to_the_main_process():
+    """A terminal's Ctrl-C reaches the loader processes too: they stopped, and lsde-train, finishing its step before
+    stopping, failed on "DataLoader worker exited unexpectedly" (exit 1, and during an evaluation no checkpoint)."""
+    from lightning_sde.data import DigitsDataModule
+
+    dm = DigitsDataModule(batch_size=4, num_workers=1)
+    dm.val_set, dm.val_collate = _SigintState(), torch.stack
+    assert next(iter(dm.val_dataloader())).tolist() == [1.0] * 4

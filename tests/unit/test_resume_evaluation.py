@@ -64,7 +64,7 @@ class ValLoss(L.Callback):
 
 def fit(root, stop: L.Callback | None = None, resume: bool = False, val_every=10, every_n_evals=1, accumulation=1,
         preemption=None, best_on_loss=False, val_batches=1, csv_log=False, watch: L.Callback | None = None,
-        best_top_k=-1, max_steps=20, last: L.Callback | None = None):
+        best_top_k=-1, max_steps=20, last: L.Callback | None = None, after: L.Callback | None = None):
     torch.manual_seed(0)
     checkpoints = root / "checkpoints"
     callbacks = [
@@ -74,6 +74,7 @@ def fit(root, stop: L.Callback | None = None, resume: bool = False, val_every=10
         SamplerCallback({"ddim": DDIM(steps=3)}, n_samples=64, batch_size=64, every_n_evals=every_n_evals),
         EMA(decay=0.9),
         *([last] if last else []),  # after EMA's update, as lsde-train orders its callbacks
+        *([after] if after else []),
     ]
     if every_n_evals == 1:  # a best checkpoint needs its metric at every validation
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, filename="best-{step}",
@@ -302,9 +303,24 @@ def test_ctrl_c_within_a_step_stops_at_its_end_and_the_resume_equals_the_uninter
     assert record(tmp_path / "stopped") == record(tmp_path / "whole")
 
 
-def test_a_second_ctrl_c_stops_at_once_and_leaves_the_last_checkpoint_of_a_finished_step(tmp_path, caplog):
-    """The step it lands in is part-applied: no checkpoint of it (the periodic one at step 10 stands)."""
+class CtrlCAfterStep(CtrlCInStep):
+    """Ctrl-C between batches (after Preemption's end-of-batch check)."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        pass
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("where", [CtrlCInStep, CtrlCAfterStep])
+def test_a_second_ctrl_c_stops_at_once_and_leaves_the_last_periodic_checkpoint(tmp_path, caplog, where):
+    """Within a step its state is part-applied; between steps a second Ctrl-C was saved for (a long save the user
+    would interrupt again): no checkpoint either way, the periodic one at step 10 stands."""
+    preemption = Preemption("SIGUSR1")
     with pytest.raises(SystemExit), caplog.at_level("WARNING"):
-        fit(tmp_path, CtrlCInStep(12, times=2), last=Preemption("SIGUSR1"))
+        fit(tmp_path, last=preemption, watch=None, stop=None, after=where(12, times=2))
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
-    assert "stopped by KeyboardInterrupt within a training step: no checkpoint written" in caplog.text
+    assert "stopped by a second Ctrl-C: no checkpoint written" in caplog.text
