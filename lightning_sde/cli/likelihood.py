@@ -146,6 +146,8 @@ def check_out(cfg: DictConfig, target_id: str) -> None:
         try:
             before = json.loads(path.read_text()).get("settings")
             before = {**before, "ode": ode_settings(before.get("ode"))}
+            if "eps" in before and before["eps"] == getattr(model_sde(cfg), "eps", None):
+                before.pop("eps")  # the model's own, recorded before it was recorded as no eps
         except (OSError, ValueError, AttributeError, TypeError):
             before = None
         if before != settings(cfg, target_id):
@@ -234,11 +236,19 @@ def check_held_out(cfg: DictConfig, datamodule) -> None:
         raise ValueError(f"config data.seed: the checkpoint {cfg.checkpoint} split its data with seed {seed!r} (its "
                          f"run's seed); the validation images of seed {datamodule.seed} are mostly images it trained "
                          f"on: set {'' if 'seed' in cfg.data else '+'}data.seed={seed}")
+    if hasattr(datamodule, "take_run_n_val"):  # an image folder's default n_val: 5 % of the folder as it is now
+        datamodule.take_run_n_val(state)
     n_val = state["n_val"] if isinstance(state, dict) and isinstance(state.get("n_val"), int) else theirs.get("n_val")
     if isinstance(n_val, int) and not isinstance(n_val, bool) and datamodule.n_val > n_val:
         raise ValueError(f"config data.n_val: the checkpoint {cfg.checkpoint} held out {n_val} validation images; "
                          f"data.n_val={datamodule.n_val} adds {datamodule.n_val - n_val} it trained on: set "
                          f"data.n_val={n_val} or fewer (and n <= {n_val})")
+    listing = datamodule.listing() if hasattr(datamodule, "listing") else None
+    if listing and isinstance(state, dict) and state.get("n_val") == listing["n_val"] \
+            and state.get("val_files") not in (None, listing["val_files"]):
+        log.warning("the validation images under %s are not the checkpoint's (the folder changed since): images "
+                    "removed since let training images take their place, and the scores may include images the "
+                    "model trained on", datamodule.root)
 
 
 def run(cfg: DictConfig) -> dict | None:

@@ -313,9 +313,17 @@ class ImageFolderDataModule(BaseDataModule):
     def state_dict(self) -> dict:
         """What a resume checks (`check_resume`): the files of each split (digests of their names) and their count,
         and the validation images' bytes."""
+        return {**self.listing(), "val_content": self.val_content}
+
+    def listing(self) -> dict:
         return {"train_files": listing_digest(self.train_files, self.root), "n_train": len(self.train_files),
-                "val_files": listing_digest(self.val_files, self.root), "n_val": len(self.val_files),
-                "val_content": self.val_content}
+                "val_files": listing_digest(self.val_files, self.root), "n_val": len(self.val_files)}
+
+    def take_run_n_val(self, state) -> None:
+        """The run's own count of validation images where n_val is the default (5 % of a changed folder differs)."""
+        n_val = state.get("n_val") if isinstance(state, dict) else None
+        if self.n_val_by_default and isinstance(n_val, int) and n_val != self.n_val and 1 <= n_val < len(self.files):
+            self.split(n_val)
 
     def load_state_dict(self, state: dict) -> None:
         pass  # checked at start-up, before anything is touched (check_resume)
@@ -330,16 +338,15 @@ class ImageFolderDataModule(BaseDataModule):
             log.warning("the checkpoint %s holds no record of the files under %s (written before the split was "
                         "decided per file): its validation images may not be the run's earlier ones", path, self.root)
             return
-        if self.n_val_by_default and state["n_val"] != self.n_val and state["n_val"] < len(self.files):
-            self.split(state["n_val"])  # the run's own count, which 5 % of a changed folder would change
-        now = self.state_dict()
+        self.take_run_n_val(state)
+        now = self.listing()
         if now["val_files"] != state["val_files"]:
             raise ValueError(
                 f"config data.root: the images under {str(self.root)!r} changed since the checkpoint {path} "
                 f"({state['n_train']} + {state['n_val']} images for training + validation then, {now['n_train']} + "
                 f"{now['n_val']} now) and its validation images are not the run's; resume with the folder as it "
                 f"was, or start a new run from its weights (another run_name, init_from={path})")
-        if isinstance(state.get("val_content"), str) and now["val_content"] != state["val_content"]:
+        if isinstance(state.get("val_content"), str) and self.val_content != state["val_content"]:
             raise ValueError(
                 f"config data.root: the validation images under {str(self.root)!r} have the checkpoint {path}'s names "
                 f"but other contents (an image rewritten in place): the run's validation values would compare other "

@@ -329,3 +329,9 @@ def test_likelihood_scores_only_the_image_folders_held_out_images(tmp_path):
     check_held_out(cfg, ImageFolderDataModule(tmp_path / "images", image_size=8, n_val=2))
     with pytest.raises(ValueError, match=r"held out 2 validation images; data.n_val=3 adds 1 it trained on"):
         check_held_out(cfg, ImageFolderDataModule(tmp_path / "images", image_size=8, n_val=3))
+    for i in range(20):  # new images: 5 % of 60 is 3, but the run held out its 2 (was refused as adding one)
+        write_png(tmp_path / "images" / f"new{i}.png", np.full((8, 8, 3), i, np.uint8))
+    grown = ImageFolderDataModule(tmp_path / "images", image_size=8)
+    assert grown.n_val == 3
+    check_held_out(cfg, grown)
+    assert grown.n_val == 2

@@ -266,6 +266,11 @@ def test_the_flow_starts_at_the_eps_asked_for_and_the_summary_says_which(tmp_pat
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         validate(compose("likelihood", overrides=[f"out={tmp_path}/0", "n=20", "eps=1e-3"]))  # the model's own eps:
         # the same settings as the result there (was: refused as "the result of other settings")
+        import json
+
+        summary_path = tmp_path / "0" / "summary.json"  # a result of the version that recorded the model's own eps
+        summary_path.write_text(json.dumps({"settings": {**model["settings"], "eps": 1e-3}}))
+        validate(compose("likelihood", overrides=[f"out={tmp_path}/0", "n=20"]))
     assert low["mean_true_logp"] != model["mean_true_logp"]  # p_eps itself changes with eps
     assert low["max_abs_error"] < 5e-3 and model["max_abs_error"] < 5e-3  # each against the truth at its own eps
 
