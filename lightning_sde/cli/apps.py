@@ -268,11 +268,13 @@ def subcommand_flags(command: str, args: list[str], known: tuple[str, ...]) -> t
 
 def stray_argument(app: str, argv: list[str]) -> str | None:
     """A word that is neither an override nor the app's subcommand (`lsde-compare dpmpp`), on a command line of no
-    flags (a flag's value may be a bare word: Hydra checks those), or None."""
+    flags but -m (another flag's value may be a bare word: Hydra checks those), or None."""
     from lightning_sde.cli.help import subcommands
 
-    if argv[:1] and argv[0] in subcommands(app) or any(arg.startswith("-") for arg in argv):
+    switches = multirun_switches(argv)
+    if argv[:1] and argv[0] in subcommands(app) or any(a.startswith("-") for a in argv if a not in switches):
         return None
+    argv = [arg for arg in argv if arg not in switches]
     stray = [arg for arg in argv if "=" not in arg and not arg.startswith("~")]
     if not stray:
         return None

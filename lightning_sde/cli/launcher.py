@@ -53,7 +53,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
             where = f" (its log: {log[-1]})" if log else ""
             raise JobFailed((found.group(1) if found else str(err).splitlines()[0]) + where) from None
         except RuntimeError as err:  # submitit's executor finds no SLURM here (no srun / sbatch on the PATH)
-            if "slurm" not in str(err).lower():
+            if 'Could not detect "srun"' not in str(err):
                 raise
             raise JobFailed(f"hydra/launcher=slurm: {err} (submit from a SLURM login node; "
                             "hydra/launcher=submitit_local runs the jobs here)") from None

@@ -304,6 +304,7 @@ def test_the_early_override_check_lets_every_valid_run_through(app, argv):
     assert override_error(app, ["-m", *argv]) is None  # a multirun composes its first job
     assert override_error(app, ["-m", *argv, "+x=glob(*)"]) is None  # a glob cannot be listed here: the app's
     assert stray_argument(app, argv) is None and stray_argument(app, ["-m", *argv]) is None
+    assert stray_argument(app, ["-m", *argv, "bogus"]).startswith("'bogus' is not an override")  # (Hydra's 6 lines)
     assert stray_argument("bench", ["report", "x.jsonl"]) is None and stray_argument("train", ["check", *argv]) is None
     assert launcher_without_multirun(["hydra.mode=MULTIRUN", "hydra/launcher=slurm", *argv]) is None  # as -m
     assert launcher_without_multirun(["hydra/launcher=basic", *argv]) is None  # the default, where runs run here
