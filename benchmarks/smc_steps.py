@@ -8,7 +8,7 @@ the unknown coordinate with its standard error over the samples:
 VP SDE, uniform grid, float64, 2000 samples (seeds 0..1999); steps {50, 200, 400} x particles {4, 32, 128}, fixed
 before the run.
 
-    .venv/bin/python benchmarks/smc_steps.py     # ~15 min on 2 cores; writes results/smc_steps/{steps.csv,md,png}
+    .venv/bin/python benchmarks/smc_steps.py     # ~10 min on 2 cores; writes results/smc_steps/{steps.csv,md,png}
 """
 
 from __future__ import annotations
