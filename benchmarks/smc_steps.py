@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from lightning_sde.exact import GaussianMixture, eight_gaussians  # noqa: E402
 from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.models.inpainting import inpainting  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.samplers.smc import smc_inpainting  # noqa: E402
 from lightning_sde.sde import VPSDE  # noqa: E402
 
@@ -76,8 +77,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("SMC inpainting with exact scores: more particles help only at enough steps (bars: ±1 s.e.)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_atomically(fig, path)
 
 
 def main() -> None:
