@@ -75,6 +75,7 @@ class Preemption(L.Callback):
         self._in_batch = False  # a training batch has begun and not ended: the state is part-way through a step
         self._started_at: int | None = None  # the global step training started (or resumed) at
         self._previous_handlers: dict[int, tuple] = {}  # signal -> (ours, the one before)
+        self._rank = 0  # the process's global rank (one says Ctrl-C was taken)
 
     # --- signals: handlers only take note; the end of the step acts ------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -88,11 +89,14 @@ class Preemption(L.Callback):
     def _on_sigint(self, signum, frame) -> None:
         self.ctrl_c = True
         signal.signal(signum, self._previous_handlers[signum][1])  # a second Ctrl-C: KeyboardInterrupt, at once
-        os.write(2, b"\nCtrl-C: stopping at the end of this step, with a checkpoint there (Ctrl-C again: stop now; "
-                    b"the last checkpoint stands)\n")
+        if self._rank == 0:
+            os.write(2, b"\nCtrl-C: stopping at the end of this step, with a checkpoint there (Ctrl-C again: stop "
+                        b"now; the last checkpoint stands)\n")
 
     def _own(self, signum: int, handler) -> None:
-        self._previous_handlers.setdefault(signum, (handler, signal.signal(signum, handler)))
+        """Handle `signum` from now on (only the main thread can set a handler: elsewhere, nothing)."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handlers.setdefault(signum, (handler, signal.signal(signum, handler)))
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.requeue_signal is not None and stage == "fit":
@@ -101,8 +105,9 @@ class Preemption(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._launcher = trainer.strategy.launcher
         self._started_at = trainer.global_step
+        self._rank = trainer.global_rank
         self._own(signal.SIGTERM, self._on_sigterm)  # after Lightning registered its own at the start of fit
-        if threading.current_thread() is threading.main_thread():  # (only there can a handler be set)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a job started in the background ignores it
             self._own(signal.SIGINT, self._on_sigint)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:

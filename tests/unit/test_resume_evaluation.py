@@ -324,3 +324,23 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_the_last_periodic_checkpoint(t
         fit(tmp_path, last=preemption, watch=None, stop=None, after=where(12, times=2))
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
     assert "stopped by a second Ctrl-C: no checkpoint written" in caplog.text
+
+
+def test_a_run_that_ignores_ctrl_c_keeps_ignoring_it_and_one_in_a_thread_trains(tmp_path):
+    """A job started in the background by a script ignores SIGINT (SIG_IGN): the terminal's Ctrl-C then stopped it.
+    And a fit in another thread failed at once: only the main thread may set a signal handler."""
+    import threading
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        preemption = Preemption("SIGUSR1")
+        fit(tmp_path / "ignored", CtrlCInStep(12), last=preemption)
+        assert not preemption.ctrl_c and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert torch.load(tmp_path / "ignored" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(fit(tmp_path / "thread", last=Preemption("SIGUSR1"))))
+    thread.start()
+    thread.join(timeout=300)
+    assert [type(e) for e in errors] == [ScoreModule]
