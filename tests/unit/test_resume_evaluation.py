@@ -274,6 +274,14 @@ def test_a_last_checkpoint_before_another_checkpoint_callback_is_refused_at_star
     assert module.global_step == 0 and not list(tmp_path.glob("*.ckpt"))
 
 
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT as a terminal's Ctrl-C gives it (pytest-xdist's workers ignore it)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class CtrlCInStep(L.Callback):
     """Ctrl-C as a terminal gives it, inside the optimizer step of a step (the backward pass done, no weight moved)."""
 
@@ -286,7 +294,7 @@ class CtrlCInStep(L.Callback):
                 os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_within_a_step_stops_at_its_end_and_the_resume_equals_the_uninterrupted_run(tmp_path):
+def test_ctrl_c_within_a_step_stops_at_its_end_and_the_resume_equals_the_uninterrupted_run(tmp_path, terminal_sigint):
     """Ctrl-C raised KeyboardInterrupt wherever it landed, and last.ckpt was saved there: inside the optimizer step it
     held part of AdamW's step and a batch counted as begun, and the resumed run differed from an uninterrupted one
     (weights 7e-3 apart at step 600) and evaluated one step early (199, 399, 599)."""
@@ -316,7 +324,8 @@ class CtrlCAfterStep(CtrlCInStep):
 
 
 @pytest.mark.parametrize("where", [CtrlCInStep, CtrlCAfterStep])
-def test_a_second_ctrl_c_stops_at_once_and_leaves_the_last_periodic_checkpoint(tmp_path, caplog, where):
+def test_a_second_ctrl_c_stops_at_once_and_leaves_the_last_periodic_checkpoint(tmp_path, caplog, where,
+                                                                              terminal_sigint):
     """Within a step its state is part-applied; between steps a second Ctrl-C was saved for (a long save the user
     would interrupt again): no checkpoint either way, the periodic one at step 10 stands."""
     preemption = Preemption("SIGUSR1")
