@@ -709,7 +709,8 @@ def train(cfg: DictConfig):
                     preemption.last_path(trainer))
     if trainer.global_rank == 0:
         report(cfg, trainer)
-    if preemption is not None and preemption.ctrl_c:  # (also one after the last step: the run is done, exit 130)
+    if preemption is not None and (preemption.ctrl_c or preemption.stopped_by_ctrl_c):  # (this process's, another's;
+        # one after the last step too: the run is done, and exits 130 as Ctrl-C does)
         if trainer.global_rank == 0 and preemption.stopped_by_ctrl_c:
             log.warning("lsde-train ... %s resumes the run from global step %d", preemption.resume_with,
                         trainer.global_step)
