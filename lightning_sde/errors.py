@@ -21,6 +21,8 @@ def writing(path):
     try:
         yield
     except (OSError, RuntimeError) as err:
+        if isinstance(err.__context__, KeyboardInterrupt):  # Ctrl-C cut the write short: not a want of storage
+            raise err.__context__ from None
         if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
             detail = err.strerror or str(err)
         elif isinstance(err, RuntimeError) and ("inline_container" in str(err) or "PytorchStreamWriter" in str(err)):

@@ -771,7 +771,8 @@ def forget_failed_start(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-@fails_cleanly("lsde-train", cleanup=forget_failed_start)
+@fails_cleanly("lsde-train", cleanup=forget_failed_start,
+               goes_on=lambda cfg: f"lsde-train ... run_name={cfg.run_name} goes on from its last checkpoint")
 def run_app(cfg: DictConfig) -> None:
     trainer, code, error = None, 0, None
     try:

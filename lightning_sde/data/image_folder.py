@@ -349,9 +349,9 @@ class ImageFolderDataModule(BaseDataModule):
         if isinstance(state.get("val_content"), str) and self.val_content != state["val_content"]:
             raise ValueError(
                 f"config data.root: the validation images under {str(self.root)!r} have the checkpoint {path}'s names "
-                f"but other contents (an image rewritten in place): the run's validation values would compare other "
-                f"images; resume with the images as they were, or start a new run from its weights (another "
-                f"run_name, init_from={path})")
+                f"but other bytes (an image rewritten in place, or saved again): the run's validation values would "
+                f"compare other images; resume with the files as they were, or start a new run from its weights "
+                f"(another run_name, init_from={path})")
         if now["train_files"] != state["train_files"]:
             log.warning("the training images under %s changed since the checkpoint %s (%d then, %d now): the resumed "
                         "run trains on them as they are now; the validation images are the run's. The FID/KID "

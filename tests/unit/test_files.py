@@ -205,3 +205,16 @@ def test_the_log_file_on_a_full_disk_adds_no_traceback_to_the_one_line(tmp_path,
     finally:
         logging.getLogger().removeHandler(handler)
     assert capsys.readouterr().err == "" and logging.raiseExceptions
+
+
+def test_ctrl_c_during_a_write_is_ctrl_c_not_a_full_disk(tmp_path):
+    """torch.save cut short by Ctrl-C raises its zip writer's RuntimeError: lsde-train said "is the disk full?" and
+    exited 1."""
+    from lightning_sde.errors import writing
+
+    with pytest.raises(KeyboardInterrupt):
+        with writing(tmp_path / "last.ckpt"):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 896 vs 790") from None

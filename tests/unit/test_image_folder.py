@@ -152,7 +152,7 @@ def test_a_resume_refuses_a_validation_image_rewritten_under_its_name(tmp_path):
     write_png(before.val_files[1], np.full((8, 8, 3), 7, np.uint8))
     after = ImageFolderDataModule(tmp_path, image_size=8, n_val=3)
     assert after.state_dict()["val_files"] == state["val_files"] and after.val_files == before.val_files
-    with pytest.raises(ValueError, match=r"have the checkpoint last.ckpt's names but other contents .*init_from="):
+    with pytest.raises(ValueError, match=r"have the checkpoint last.ckpt's names but other bytes .*init_from="):
         after.check_resume(state, "last.ckpt")
     after.check_resume({k: v for k, v in state.items() if k != "val_content"}, "old.ckpt")  # recorded before: names
 
