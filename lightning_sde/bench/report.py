@@ -109,9 +109,9 @@ def column_label(grid: str, requested) -> str:
 
 
 def interval_levels(rows: list[dict]) -> str:
-    """What the brackets hold, e.g. "[90% bootstrap interval]"; "" when no row has one."""
+    """What the brackets hold, as a clause to append, e.g. "; [90% bootstrap interval]"; "" when no row has one."""
     levels = sorted({r["ci_level"] for r in rows if r.get("ci_level")})
-    return f"[{', '.join(f'{lv:.0%}' for lv in levels)} bootstrap interval]" if levels else ""
+    return f"; [{', '.join(f'{lv:.0%}' for lv in levels)} bootstrap interval]" if levels else ""
 
 
 def markdown(rows: list[dict]) -> str:
@@ -128,7 +128,7 @@ def markdown(rows: list[dict]) -> str:
                 "" if r["grid"] == "exact" else f" ({cost})")  # the noise floor spends no NFE
         head = ["sampler"] + [column_label(g, v) for g, v in cols]
         arrow = direction(metric)
-        bracket = f"; {interval_levels(mine)}" if interval_levels(mine) else ""
+        bracket = interval_levels(mine)
         setup = " + set-up NFE" if any(r.get("setup_nfe") for r in mine) else ""
         out += [f"### {metric} ({arrow}{bracket}; actual NFE{setup} in parentheses)", "",
                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -161,7 +161,7 @@ def summary_table(rows: list[dict]) -> str:
     arrows = ", ".join(f"{m} {direction(m)}" for m in metrics)
     setup = ["setup_nfe"] if any(line["setup_nfe"] for line in ordered) else []  # only samplers that set up pay it
     chosen = ["selected"] if any(line["selected"] for line in ordered) else []
-    levels = f"; {interval_levels(rows)}" if interval_levels(rows) else ""
+    levels = interval_levels(rows)
     return text_table(ordered, ["sampler", "budget", "nfe", *setup, *chosen, "wall_s", "samples_per_s",
                                 *metrics]) + f"\n({arrows}{levels})"
 

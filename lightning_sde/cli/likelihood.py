@@ -219,36 +219,19 @@ def evaluation_set(cfg: DictConfig, kind: str, target_id: str, device, dtype):
 
 
 def check_held_out(cfg: DictConfig, datamodule) -> None:
-    """Where the validation images are carved from the training data (digits, an image folder), the scored images
-    are the checkpoint's own validation images or the first of them: another split seed, or a larger n_val, would
-    score images the model trained on as held out. (Checkpoints without a record of their data are not checked.)"""
+    """The scored images are the checkpoint's held-out ones (the datamodule's check_scored_held_out: digits and image
+    folders hold out validation from the training data). Checkpoints without a record of their data, published
+    models and datamodules without the check are not checked."""
     from lightning_sde.loading import read_checkpoint
     from lightning_sde.models.pretrained import is_diffusers_spec
 
     if not getattr(datamodule, "validation_from_training", False) or is_diffusers_spec(cfg.checkpoint):
         return
     ckpt = read_checkpoint(cfg.checkpoint)
-    theirs, state = ckpt.get("data_config"), ckpt.get(type(datamodule).__qualname__)
-    if not isinstance(theirs, dict):
-        return
-    seed = theirs.get("seed", 0)
-    if seed != datamodule.seed:
-        raise ValueError(f"config data.seed: the checkpoint {cfg.checkpoint} split its data with seed {seed!r} (its "
-                         f"run's seed); the validation images of seed {datamodule.seed} are mostly images it trained "
-                         f"on: set {'' if 'seed' in cfg.data else '+'}data.seed={seed}")
-    if hasattr(datamodule, "take_run_n_val"):  # an image folder's default n_val: 5 % of the folder as it is now
-        datamodule.take_run_n_val(state)
-    n_val = state["n_val"] if isinstance(state, dict) and isinstance(state.get("n_val"), int) else theirs.get("n_val")
-    if isinstance(n_val, int) and not isinstance(n_val, bool) and datamodule.n_val > n_val:
-        raise ValueError(f"config data.n_val: the checkpoint {cfg.checkpoint} held out {n_val} validation images; "
-                         f"data.n_val={datamodule.n_val} adds {datamodule.n_val - n_val} it trained on: set "
-                         f"data.n_val={n_val} or fewer (and n <= {n_val})")
-    listing = datamodule.listing() if hasattr(datamodule, "listing") else None
-    if listing and isinstance(state, dict) and state.get("n_val") == listing["n_val"] \
-            and state.get("val_files") not in (None, listing["val_files"]):
-        log.warning("the validation images under %s are not the checkpoint's (the folder changed since): images "
-                    "removed since let training images take their place, and the scores may include images the "
-                    "model trained on", datamodule.root)
+    theirs = ckpt.get("data_config")
+    if isinstance(theirs, dict):
+        datamodule.check_scored_held_out(theirs, ckpt.get(type(datamodule).__qualname__), cfg.checkpoint,
+                                         seed_key=f"{'' if 'seed' in cfg.data else '+'}data.seed")
 
 
 def run(cfg: DictConfig) -> dict | None:

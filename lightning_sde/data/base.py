@@ -243,6 +243,7 @@ class BaseDataModule(L.LightningDataModule):
     shape: tuple[int, ...] = ()
 
     num_classes: int | None = None  # set by datamodules built with labels=True
+    validation_from_training = False  # True where there is no test split: validation is held out of the training data
     reference_from_training_set = True  # reference(n) takes training samples (toy data draws from its distribution)
 
     def __init__(self, batch_size: int, num_workers: int = 0, seed: int = 0, labels: bool = False):
@@ -272,6 +273,25 @@ class BaseDataModule(L.LightningDataModule):
         """Training batches consumed so far by the attached trainer (0 before fit): `accumulation()` per optimizer
         step."""
         return 0 if self.trainer is None else self.trainer.global_step * self.accumulation()
+
+    def check_scored_held_out(self, theirs: dict, state, path, seed_key: str = "data.seed") -> None:
+        """Before scoring a checkpoint on these validation samples (lsde-likelihood): where they are held out of the
+        training data, they must be the run's own or the first of them, as another split seed or a larger n_val
+        would score samples the model trained on. `theirs`: the run's data config; `state`: this class's record in
+        the checkpoint (or None); `seed_key`: how to set the seed on the command line."""
+        if not self.validation_from_training:
+            return
+        seed = theirs.get("seed", 0)
+        if seed != self.seed:
+            raise ValueError(f"config data.seed: the checkpoint {path} split its data with seed {seed!r} (its run's "
+                             f"seed); the validation images of seed {self.seed} are mostly images it trained on: set "
+                             f"{seed_key}={seed}")
+        recorded = state.get("n_val") if isinstance(state, dict) else None  # the run's count (config: may be null)
+        n_val = recorded if isinstance(recorded, int) else theirs.get("n_val")
+        if isinstance(n_val, int) and not isinstance(n_val, bool) and self.n_val > n_val:
+            raise ValueError(f"config data.n_val: the checkpoint {path} held out {n_val} validation images; "
+                             f"data.n_val={self.n_val} adds {self.n_val - n_val} it trained on: set data.n_val={n_val} "
+                             f"or fewer (and n <= {n_val})")
 
     def check_batch_fits(self, world: int, accumulation: int = 1) -> None:
         """Every one of `world` processes gets a full batch (batches are drop_last), and an epoch holds at least one

@@ -51,7 +51,7 @@ class DigitsDataModule(BaseDataModule):
     """
 
     kind = "images"
-    validation_from_training = True  # no test split: the validation images are held out of the training data
+    validation_from_training = True
     shape = (1, 8, 8)
     levels = LEVELS
 

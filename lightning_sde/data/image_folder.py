@@ -225,7 +225,7 @@ class ImageFolderDataModule(BaseDataModule):
     """
 
     kind = "images"
-    validation_from_training = True  # no test split: the validation images are held out of the training data
+    validation_from_training = True
     levels = LEVELS
 
     def __init__(
@@ -318,6 +318,17 @@ class ImageFolderDataModule(BaseDataModule):
     def listing(self) -> dict:
         return {"train_files": listing_digest(self.train_files, self.root), "n_train": len(self.train_files),
                 "val_files": listing_digest(self.val_files, self.root), "n_val": len(self.val_files)}
+
+    def check_scored_held_out(self, theirs: dict, state, path, seed_key: str = "data.seed") -> None:
+        """The base's check, with the run's own default n_val; a changed validation listing is said (images removed
+        since let training images take their place)."""
+        self.take_run_n_val(state)
+        super().check_scored_held_out(theirs, state, path, seed_key)
+        if isinstance(state, dict) and state.get("n_val") == self.n_val \
+                and state.get("val_files") not in (None, self.listing()["val_files"]):
+            log.warning("the validation images under %s are not the checkpoint's (the folder changed since): images "
+                        "removed since let training images take their place, and the scores may include images the "
+                        "model trained on", self.root)
 
     def take_run_n_val(self, state) -> None:
         """The run's own count of validation images where n_val is the default (5 % of a changed folder differs)."""
