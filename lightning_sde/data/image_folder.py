@@ -96,13 +96,15 @@ def links_on_path(root: Path, f: Path) -> int:
     return links
 
 
-def split_order(files: list[Path], root: Path, seed: int) -> list[Path]:
-    """The files in a seeded order that each file's own path decides (a hash of it under root and the seed): adding
-    or removing files leaves the order of the others as it was."""
-    def key(f: Path) -> bytes:
-        return hashlib.blake2b(f"{seed}/{f.relative_to(root).as_posix()}".encode(), digest_size=16).digest()
+def split_key(f: Path, root: Path, seed: int) -> str:
+    """A file's place in the seeded split order: a hash of its path under root and the seed."""
+    return hashlib.blake2b(f"{seed}/{f.relative_to(root).as_posix()}".encode(), digest_size=16).hexdigest()
 
-    return sorted(files, key=key)
+
+def split_order(files: list[Path], root: Path, seed: int) -> list[Path]:
+    """The files in a seeded order that each file's own path decides (split_key): adding or removing files leaves
+    the order of the others as it was."""
+    return sorted(files, key=lambda f: split_key(f, root, seed))
 
 
 def listing_digest(files: list[Path], root: Path) -> str:
@@ -312,23 +314,37 @@ class ImageFolderDataModule(BaseDataModule):
 
     def state_dict(self) -> dict:
         """What a resume checks (`check_resume`): the files of each split (digests of their names) and their count,
-        and the validation images' bytes."""
-        return {**self.listing(), "val_content": self.val_content}
+        and the validation images' bytes; and the split key of the last validation image (`check_scored_held_out`)."""
+        return {**self.listing(), "val_content": self.val_content, "val_last": self.val_last}
+
+    @property
+    def val_last(self) -> str | None:
+        return max((split_key(f, self.root, self.seed) for f in self.val_files), default=None)
 
     def listing(self) -> dict:
         return {"train_files": listing_digest(self.train_files, self.root), "n_train": len(self.train_files),
                 "val_files": listing_digest(self.val_files, self.root), "n_val": len(self.val_files)}
 
     def check_scored_held_out(self, theirs: dict, state, path, seed_key: str = "data.seed") -> None:
-        """The base's check, with the run's own default n_val; a changed validation listing is said (images removed
-        since let training images take their place)."""
+        """The base's check, with the run's own default n_val; then what the folder's changes since do to the scored
+        images. Those that rank after the run's last validation image (val_last) were training images then, unless
+        added since: only validation images removed since let them in, and that is said. Images added since may rank
+        among the run's own and are scored (never trained on). A checkpoint from before val_last: any other listing
+        is said."""
         self.take_run_n_val(state)
         super().check_scored_held_out(theirs, state, path, seed_key)
-        if isinstance(state, dict) and state.get("n_val") == self.n_val \
-                and state.get("val_files") not in (None, self.listing()["val_files"]):
-            log.warning("the validation images under %s are not the checkpoint's (the folder changed since): images "
-                        "removed since let training images take their place, and the scores may include images the "
-                        "model trained on", self.root)
+        if not isinstance(state, dict):
+            return
+        if isinstance(state.get("val_last"), str):  # the split seed is the run's (checked above)
+            later = sum(split_key(f, self.root, self.seed) > state["val_last"] for f in self.val_files)
+            if later:
+                log.warning("%d of the %d validation images under %s rank after the checkpoint's last one: validation "
+                            "images were removed since, and these may be images the model trained on", later,
+                            self.n_val, self.root)
+        elif state.get("n_val") == self.n_val and state.get("val_files") not in (None, self.listing()["val_files"]):
+            log.warning("the validation images under %s are not the checkpoint's (the folder changed since): if "
+                        "images were removed, training images took their place, and the scores may include images "
+                        "the model trained on", self.root)
 
     def take_run_n_val(self, state) -> None:
         """The run's own count of validation images where n_val is the default (5 % of a changed folder differs)."""

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from lightning_sde.data import ImageFolderDataModule
@@ -310,9 +311,10 @@ def test_images_reached_through_a_linked_folder_keep_their_own_folders_class(tmp
                                    + [tmp_path / "dog" / "puppies" / f"img{i}.png" for i in range(2)])
 
 
-def test_likelihood_scores_only_the_image_folders_held_out_images(tmp_path):
+def test_likelihood_scores_only_the_image_folders_held_out_images(tmp_path, caplog):
     """An image folder's run records its n_val in its datamodule state (the config's null is 5 % of the files):
-    lsde-likelihood with a larger data.n_val would score images the run trained on."""
+    lsde-likelihood with a larger data.n_val would score images the run trained on; a validation image removed since
+    is said."""
     from omegaconf import OmegaConf
 
     from lightning_sde.cli.likelihood import check_held_out
@@ -335,3 +337,31 @@ def test_likelihood_scores_only_the_image_folders_held_out_images(tmp_path):
     assert grown.n_val == 3
     check_held_out(cfg, grown)
     assert grown.n_val == 2
+    assert not [r for r in caplog.records if "trained on" in r.getMessage()]  # new images were never trained on
+
+
+def test_likelihood_says_when_removed_validation_images_let_training_images_in(tmp_path, caplog):
+    """Validation images removed after the run: the first n_val files are now partly training images, which is said
+    (with the count where the checkpoint records its last validation image; any changed listing before that)."""
+    from lightning_sde.cli.likelihood import check_held_out
+
+    write_images(tmp_path / "images", 40)
+    trained = ImageFolderDataModule(tmp_path / "images", image_size=8, n_val=3)
+    state = trained.state_dict()
+    data = {"_target_": "lightning_sde.data.ImageFolderDataModule", "root": str(tmp_path / "images"), "n_val": 3}
+
+    def scored(state, n_val=3):
+        torch.save({"state_dict": {}, "hyper_parameters": {"net": {}, "sde": {}, "shape": [3, 8, 8]},
+                    "data_config": data, "ImageFolderDataModule": state}, tmp_path / "run.ckpt")
+        caplog.clear()
+        cfg = OmegaConf.create({"checkpoint": str(tmp_path / "run.ckpt"), "data": data})
+        check_held_out(cfg, ImageFolderDataModule(tmp_path / "images", image_size=8, n_val=n_val))
+        return " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+    assert scored(state) == ""
+    for f in trained.val_files[:2]:
+        f.unlink()
+    assert "2 of the 3 validation images" in scored(state) and "may be images the model trained on" in scored(state)
+    assert scored(state, n_val=1) == ""  # the run's third validation image, first now: held out
+    legacy = {k: v for k, v in state.items() if k != "val_last"}
+    assert "the scores may include images the model trained on" in scored(legacy)
