@@ -10,11 +10,11 @@ The layers, each importing only those before it:
 __version__ = "0.2.0"
 
 
-def load_denoiser(spec, map_location="cpu", trusted=None):
+def load_denoiser(spec, map_location="cpu", trusted=()):
     """The Denoiser a model spec names, in eval mode: a lightning-sde checkpoint path (read safely, see
-    lightning_sde.loading; `trusted` are the module prefixes its network and SDE may name, by default this package's
-    and those of $LSDE_TRUSTED_MODULES: add your own package's for a network of yours) or
+    lightning_sde.loading; `trusted`: your own packages whose classes its network and SDE may name, e.g.
+    ["my_package"], besides this package's and those of $LSDE_TRUSTED_MODULES) or
     `diffusers:<folder or hub id>[#subfolder]` (a published model, see lightning_sde.models.pretrained)."""
     from lightning_sde.loading import load_denoiser as load
 
-    return load(spec, map_location=map_location, trusted=None if trusted is None else tuple(trusted))
+    return load(spec, map_location=map_location, trusted=trusted)

@@ -336,18 +336,22 @@ def interpolations(node, where: str = "") -> list[str]:
     return [where] if isinstance(node, str) and "${" in node else []
 
 
-def trusted_targets() -> tuple[str, ...]:
-    """The module prefixes a checkpoint may name classes from: this package's, and the packages listed in
-    $LSDE_TRUSTED_MODULES (e.g. `my_package`: an SDE or a network of your own, in every app and on resume)."""
+def trusted_targets(also=()) -> tuple[str, ...]:
+    """The module prefixes a checkpoint may name classes from: this package's, the packages listed in
+    $LSDE_TRUSTED_MODULES (e.g. `my_package`: an SDE or a network of your own, in every app and on resume) and those
+    in `also` (load_denoiser's `trusted`)."""
+    if isinstance(also, str):
+        raise ValueError(f"trusted: a list of module names, e.g. [{also!r}]; got the string {also!r}")
+    listed = [(f"${TRUSTED_ENV}", name) for name in os.environ.get(TRUSTED_ENV, "").split(",")]
     extra = []
-    for name in os.environ.get(TRUSTED_ENV, "").split(","):
-        name = name.strip().rstrip(".")
+    for where, name in [*listed, *(("trusted", name) for name in also)]:
+        name = name.strip().rstrip(".") if isinstance(name, str) else name
         if not name:
             continue
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
-            raise ValueError(f"${TRUSTED_ENV}: {name!r} is not a module name (comma-separated, e.g. my_package)")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
+            raise ValueError(f"{where}: {name!r} is not a module name (e.g. my_package)")
         extra.append(f"{name}.")
-    return (*TRUSTED_TARGETS, *extra)
+    return (*TRUSTED_TARGETS, *dict.fromkeys(extra))
 
 
 def check_targets(node, where: str, trusted: tuple[str, ...]) -> None:

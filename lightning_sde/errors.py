@@ -33,6 +33,16 @@ def writing(path):
         raise WriteError(f"could not write {path}: {detail}") from err
 
 
+def require_autograd(what: str) -> None:
+    """RuntimeError, before any work, where `what` needs a backward pass and torch.inference_mode is on (which
+    torch.enable_grad cannot lift)."""
+    import torch
+
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{what} takes gradients, which torch.inference_mode() forbids: call it under "
+                           "torch.no_grad() instead, or outside both")
+
+
 def first_line(err) -> str:
     """An error's message as one line (its first), for an app's one-line report of what a library raised."""
     text = str(err).strip()

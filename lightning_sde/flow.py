@@ -22,7 +22,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lightning_sde.probability_flow import ODEOptions, ProbabilityFlow
+from lightning_sde.errors import require_autograd
+from lightning_sde.probability_flow import ODEOptions, ProbabilityFlow, check_step_dtype
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -31,6 +32,7 @@ PROBES = ("rademacher", "gaussian")
 @torch.no_grad()
 def encode(denoiser, x0: Tensor, options: ODEOptions | None = None) -> Tensor:
     """x at t = eps -> its latent x_T (the ODE forward in time)."""
+    check_step_dtype(x0, "x0")
     sde = denoiser.sde
     return (options or ODEOptions()).solve(ProbabilityFlow(denoiser), x0, sde.eps, sde.T, x0.device, sde)[-1]
 
@@ -38,6 +40,7 @@ def encode(denoiser, x0: Tensor, options: ODEOptions | None = None) -> Tensor:
 @torch.no_grad()
 def decode(denoiser, z: Tensor, options: ODEOptions | None = None) -> Tensor:
     """A latent x_T -> x at t = eps (the ODE backward in time: what the `ode` sampler does)."""
+    check_step_dtype(z, "z")
     sde = denoiser.sde
     return (options or ODEOptions()).solve(ProbabilityFlow(denoiser), z, sde.T, sde.eps, z.device, sde)[-1]
 
@@ -98,7 +101,10 @@ def log_likelihood(denoiser, x: Tensor, options: ODEOptions | None = None, diver
 
     Returns {"logp": (B,), "logp_se": (B,) Hutchinson's standard error over the k probes (0 for exact; NaN for
     k = 1), "prior_logp": (B,), "delta": (B,) the divergence integral, "x_T": latents, "nfe": score evaluations}.
+    None of them carries a gradient with respect to x (the divergence is taken inside the solve).
     """
+    check_step_dtype(x, "x")
+    require_autograd("log_likelihood (the divergence)")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}; got {divergence!r}")
     if probe not in PROBES:
@@ -122,7 +128,7 @@ def log_likelihood(denoiser, x: Tensor, options: ODEOptions | None = None, diver
             v = draw((probes, *x.shape), generator).to(x.device)
     k = 1 if v is None else probes
     nfe0 = denoiser.nfe
-    state0 = (x, torch.zeros(len(x), k, dtype=x.dtype, device=x.device))
+    state0 = (x.detach(), torch.zeros(len(x), k, dtype=x.dtype, device=x.device))
     xs, deltas = options.solve(_AugmentedDrift(denoiser, v), state0, sde.eps, sde.T, x.device, sde)
     x_T, delta = xs[-1], deltas[-1]
     prior = sde.prior_logp(x_T)

@@ -36,11 +36,12 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] | None = None) -> dict:
+def read_checkpoint(path, map_location="cpu", trusted=()) -> dict:
     """A lightning-sde checkpoint's contents; CheckpointError (one line: the path and what was expected) for
-    anything else, be it a text file, a truncated file, or a pickle that would import or run code. `trusted`: the
-    module prefixes its classes may come from (default: configuration.trusted_targets())."""
-    trusted = trusted_targets() if trusted is None else tuple(trusted)
+    anything else, be it a text file, a truncated file, or a pickle that would import or run code. Its classes may
+    come from configuration.trusted_targets(trusted): this package, $LSDE_TRUSTED_MODULES and the packages
+    `trusted` names."""
+    trusted = trusted_targets(trusted or ())
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {str(path)!r}")
@@ -90,12 +91,12 @@ def read_checkpoint(path, map_location="cpu", trusted: tuple[str, ...] | None = 
     return ckpt
 
 
-def load_denoiser(path, map_location="cpu", trusted: tuple[str, ...] | None = None) -> Denoiser:
+def load_denoiser(path, map_location="cpu", trusted=()) -> Denoiser:
     """The Denoiser a model spec names, in eval mode: a lightning-sde checkpoint path (its EMA weights, rebuilt from
     the checkpoint alone) or `diffusers:<folder or hub id>[#subfolder]` (lightning_sde.models.pretrained).
 
-    `trusted`: module prefixes the checkpoint's network and SDE may name (default: this package's and those of
-    $LSDE_TRUSTED_MODULES); add your own package's when its network is yours."""
+    `trusted`: the packages of your own whose classes (network, SDE) the checkpoint may name, besides this package's
+    and those of $LSDE_TRUSTED_MODULES, e.g. ["my_package"]."""
     from lightning_sde.module import ScoreModule
 
     if is_diffusers_spec(path):
@@ -118,7 +119,7 @@ def load_denoiser(path, map_location="cpu", trusted: tuple[str, ...] | None = No
     return module.denoiser.to(map_location).eval()
 
 
-def newest_loadable(folder, trusted: tuple[str, ...] | None = None) -> tuple[Path | None, list[str]]:
+def newest_loadable(folder, trusted=()) -> tuple[Path | None, list[str]]:
     """(the checkpoint in `folder` at the highest global step that reads back, the reasons others did not): what a
     resume takes, and falls back from when a kill or a disk fault has left the latest one broken. Chosen by the step
     each file holds, not by its modification time (a copy of the run directory does not keep those); at the same
@@ -167,7 +168,7 @@ def set_aside_from(folder, step: int) -> tuple[list[str], Path | None]:
     return moved, newest_loadable(folder)[0]
 
 
-def resume_step(path, trusted: tuple[str, ...] | None = None) -> int:
+def resume_step(path, trusted=()) -> int:
     """The global step a checkpoint was written at, once it holds what a resume needs (read as safely as any
     checkpoint: read_checkpoint): the step, the optimizer's state (a weights-only save has none), the loops'
     progress (without it Lightning would start again at step 0), and finite weights."""

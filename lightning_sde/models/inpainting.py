@@ -35,6 +35,7 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_sde.errors import require_autograd
 from lightning_sde.models.denoiser import Denoiser, Prediction
 
 METHODS = ("replacement", "reconstruction")
@@ -140,6 +141,7 @@ class InpaintingDenoiser(Denoiser):
             pred = self.base(x, t, labels)
             eps = pred.eps
         else:
+            require_autograd(f"inpainting method {self.method!r}")
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
                 pred = self.base(x_in, t, labels)

@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lightning_sde.models.denoiser import Denoiser
+from lightning_sde.probability_flow import check_step_dtype
 from lightning_sde.samplers.grids import Plan, carry
 from lightning_sde.samplers.noise import SeededNoise
 from lightning_sde.samplers.schedule import check_schedule, plan
@@ -207,10 +208,7 @@ class Sampler:
             raise ValueError(f"sampler {self.name!r} is stochastic: pass noise=SeededNoise(seeds, ...)")
         if noise is not None and len(noise.seeds) != x_T.shape[0]:
             raise ValueError(f"noise has {len(noise.seeds)} seeds but x_T has {x_T.shape[0]} samples")
-        if x_T.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"x_T is {str(x_T.dtype).replace('torch.', '')}: samplers step in float32 or float64 (in "
-                            "half precision the time grid's small steps round to nothing); for a network in bf16, "
-                            "build the Denoiser with autocast='bf16'")
+        check_step_dtype(x_T, "x_T")
         if self.adaptive:
             warn_if_tolerance_unresolved(self, x_T.dtype)
         with torch.no_grad():

@@ -22,7 +22,7 @@ import logging
 
 import torch
 
-from lightning_sde.errors import check_int
+from lightning_sde.errors import check_int, require_autograd
 from lightning_sde.probability_flow import ProbabilityFlow, solve_between
 from lightning_sde.samplers.grids import (
     GRIDS,
@@ -159,6 +159,8 @@ def optimize_grid(sampler, denoiser, pilot: int | None = None, iters: int = 200,
     if method not in ("adam", "powell"):
         raise ValueError(f"optimize_grid: method must be 'adam' or 'powell'; got {method!r}")
     check_int("optimize_grid", "starts", starts, minimum=1)
+    if method == "adam":
+        require_autograd("optimize_grid (grid='optimized': Adam on the pilot)")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
         raise ValueError(f"optimize_grid: holdout must be a fraction in [0, 1); got {holdout!r}")
     rows = sampler.pilot if pilot is None else pilot

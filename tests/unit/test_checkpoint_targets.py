@@ -9,6 +9,7 @@ import torch
 from lightning_sde.configuration import trusted_class
 from lightning_sde.loading import CheckpointError, load_denoiser
 from lightning_sde.module import ScoreModule
+from lightning_sde.sde import VPSDE
 
 NET = {"_target_": "lightning_sde.models.mlp.MLP", "dim": 2, "width": 16, "depth": 2, "time_embed_dim": 8}
 SDE = {"_target_": "lightning_sde.sde.VPSDE", "beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3}
@@ -102,7 +103,15 @@ def test_a_package_named_in_the_environment_is_trusted_in_every_app(tmp_path, mo
     import lightning_sde  # the package's own load_denoiser, as the README shows it, reads the same variable
 
     assert type(lightning_sde.load_denoiser(path).sde).__name__ == "OwnVP"
-    assert type(lightning_sde.load_denoiser(path, trusted=["lightning_sde.", "helpers."]).sde).__name__ == "OwnVP"
+    monkeypatch.delenv("LSDE_TRUSTED_MODULES")
+    for trusted in (["helpers"], ("helpers.",), ["lightning_sde.", "helpers"]):  # added to the defaults, as advised
+        assert type(lightning_sde.load_denoiser(path, trusted=trusted).sde).__name__ == "OwnVP"
+    assert type(lightning_sde.load_denoiser(checkpoint(tmp_path / "vp.ckpt"), trusted=["helpers"]).sde) is VPSDE
+    for bad, message in (("helpers", r"trusted: a list of module names, e.g. \['helpers'\]"),
+                         (["helpers/nets"], "trusted: 'helpers/nets' is not a module name")):
+        with pytest.raises(ValueError, match=message):
+            lightning_sde.load_denoiser(path, trusted=bad)
+    monkeypatch.setenv("LSDE_TRUSTED_MODULES", "helpers")
     gone = checkpoint(tmp_path / "gone.ckpt", sde={**SDE, "_target_": "helpers.nosuch.OwnVP"})
     with pytest.raises(CheckpointError, match=r"names 'helpers.nosuch.OwnVP', not a name this Python can import "
                                               r"\(is its package installed, or on PYTHONPATH\?\); nothing was built"):

@@ -178,3 +178,39 @@ def test_a_discrete_schedule_is_solved_in_log_snr_accurately_and_cheaply():
     mismatch = out["prior_logp"] - mixture.marginal_log_prob(sde, out["x_T"], T)
     assert (out["logp"] - mismatch - mixture.marginal_log_prob(sde, x, eps)).abs().max() < 5e-4
     assert out["nfe"] < 400
+
+
+def test_flow_refuses_half_precision_and_integers_and_log_likelihood_carries_no_gradient():
+    """bf16 encode/decode/likelihood were silently wrong (1.6 nats, a round trip off by 0.26); an integer tensor
+    failed inside torchdiffeq; x with requires_grad gave logp a gradient of the prior at x_T alone, not d log p/dx."""
+    mixture, sde = eight_gaussians(), build_sde("vp")
+    x = mixture.sample(4, torch.Generator().manual_seed(0)).float()
+    denoiser = mixture.denoiser(sde).float()
+    for dtype in (torch.bfloat16, torch.float16, torch.int64):
+        for call, what in ((encode, "x0"), (decode, "z"), (log_likelihood, "x")):
+            with pytest.raises(TypeError, match=f"^{what} is {str(dtype)[6:]}: samplers and ODE solves step in"):
+                call(denoiser, x.to(dtype))
+    out = log_likelihood(denoiser, x.clone().requires_grad_(True))
+    assert not any(torch.is_tensor(v) and v.requires_grad for v in out.values())
+
+
+def test_what_takes_gradients_says_so_under_inference_mode():
+    from lightning_sde.models.inpainting import inpainting
+    from lightning_sde.samplers import build_sampler, sample
+
+    mixture, sde = eight_gaussians(), build_sde("vp")
+    denoiser = mixture.denoiser(sde)
+    x = mixture.sample(4, torch.Generator().manual_seed(0))
+    painted = inpainting(denoiser, torch.tensor([True, False]).expand(4, 2), x, method="reconstruction")
+    calls = {"log_likelihood": lambda: log_likelihood(denoiser, x),
+             "optimize_grid": lambda: sample(build_sampler("dpmpp", steps=4, grid="optimized", pilot=16), denoiser,
+                                             seeds=range(4)),
+             "inpainting method 'reconstruction'": lambda: sample(build_sampler("ddim", steps=4), painted,
+                                                                  seeds=range(4))}
+    with torch.inference_mode():
+        for what, call in calls.items():
+            with pytest.raises(RuntimeError, match=f"^{re.escape(what)}.* takes gradients, which "
+                                                   r"torch.inference_mode\(\) forbids"):
+                call()
+    with torch.no_grad():
+        assert torch.isfinite(log_likelihood(denoiser, x)["logp"]).all()
