@@ -36,8 +36,13 @@ def broadcast_time(coef: Tensor, x: Tensor) -> Tensor:
 class SDE(ABC):
     """A linear forward SDE on t in [eps, T]; time arguments are tensors (scalar or per sample)."""
 
-    name: str
+    name: str  # what results, figures and logs call it: a subclass's own (or inherited), else its class name
     drift_jumps = False  # f and g^2 jump in t (a discrete schedule): ODE solvers integrate in log-SNR instead
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not hasattr(cls, "name"):  # a user's SDE written without one (README's recipe states six methods)
+            cls.name = cls.__name__
 
     def __init__(self, eps: float = 1e-3, T: float = 1.0):
         real_numbers(type(self).__name__, eps=eps, T=T)
