@@ -23,6 +23,7 @@ import logging
 import math
 import numbers
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
@@ -38,6 +39,16 @@ from lightning_sde.samplers.noise import SeededNoise
 from lightning_sde.samplers.schedule import check_schedule, plan
 
 log = logging.getLogger(__name__)
+RANDOM_IN_TRAINING = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def warn_if_training(denoiser) -> None:
+    """Say so (once) when a network samples in training mode: its dropout draws, its batch norm uses the batch."""
+    live = [type(m).__name__ for m in denoiser.modules() if m.training and isinstance(m, RANDOM_IN_TRAINING)]
+    if live:
+        warnings.warn(f"the network samples in training mode (its {live[0]} is active: samples vary from call to call "
+                      "and depend on the batch): call .eval() on the Denoiser or the network (load_denoiser's are)",
+                      stacklevel=3)
 
 SAMPLERS: dict[str, type["Sampler"]] = {}
 
@@ -209,6 +220,7 @@ class Sampler:
         if noise is not None and len(noise.seeds) != x_T.shape[0]:
             raise ValueError(f"noise has {len(noise.seeds)} seeds but x_T has {x_T.shape[0]} samples")
         check_step_dtype(x_T, "x_T")
+        warn_if_training(denoiser)
         if self.adaptive:
             warn_if_tolerance_unresolved(self, x_T.dtype)
         with torch.no_grad():

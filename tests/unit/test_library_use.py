@@ -157,3 +157,27 @@ def test_a_users_sde_written_by_the_readme_recipe_is_named_by_its_class_in_the_a
     assert target.protocol["sde"] == "ConstantBeta"
     x, _ = sample(build_sampler("dpmpp", steps=8), target.denoiser, seeds=range(64))
     assert torch.isfinite(x).all()
+
+
+def test_a_network_in_training_mode_is_said_before_it_samples_with_dropout():
+    """nn.Module starts in training mode: a Denoiser around a network with dropout sampled two different sets from
+    the same seeds (up to 2030 apart), silently."""
+    import warnings
+
+    class Net(torch.nn.Module):
+        def __init__(self, dropout=0.5):
+            super().__init__()
+            self.lin, self.drop = torch.nn.Linear(2, 2), torch.nn.Dropout(dropout)
+
+        def forward(self, x, t):
+            return self.drop(self.lin(x))
+
+    denoiser = Denoiser(Net(), VPSDE(), "eps", (2,))
+    with pytest.warns(UserWarning, match=r"the network samples in training mode \(its Dropout is active"):
+        sample(build_sampler("ddim", steps=2), denoiser, seeds=range(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a, _ = sample(build_sampler("ddim", steps=2), denoiser.eval(), seeds=range(4))
+        b, _ = sample(build_sampler("ddim", steps=2), denoiser, seeds=range(4))
+        sample(build_sampler("ddim", steps=2), Denoiser(lambda x, t: x, VPSDE(), "eps", (2,)), seeds=range(4))
+    assert torch.equal(a, b)
