@@ -57,9 +57,13 @@ OnStep = Callable[[int, Tensor, Tensor], None]  # (step index, time reached, sta
 
 
 def register(name: str):
+    """Class decorator: the sampler under `name` in SAMPLERS (build_sampler, configs' `sampler=`). The same class
+    defined again (a notebook cell run twice, a module reloaded) replaces its earlier definition."""
     def add(cls):
-        if name in SAMPLERS:
-            raise ValueError(f"sampler {name!r} registered twice")
+        taken = SAMPLERS.get(name)
+        if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"sampler name {name!r} is taken by {taken.__module__}.{taken.__qualname__}: register "
+                             f"{cls.__qualname__} under another name")
         cls.name = name
         SAMPLERS[name] = cls
         return cls

@@ -11,16 +11,26 @@ from lightning_sde.samplers.noise import SeededNoise, steps_per_draw
 from lightning_sde.sde import VESDE, VPSDE
 
 
-def test_the_registry_names_each_class_once():
-    @register("_test_only_sampler")
-    class Dummy:
-        pass
+def test_the_registry_names_each_class_once_and_takes_a_redefinition_of_the_same_class():
+    """A notebook cell that registers a sampler, run again after an edit, was refused ("registered twice")."""
+    def define():
+        @register("_test_only_sampler")
+        class Dummy:
+            pass
 
+        return Dummy
+
+    first = define()
     try:
-        assert SAMPLERS["_test_only_sampler"] is Dummy and Dummy.name == "_test_only_sampler"
-        with pytest.raises(ValueError, match="registered twice"):
+        assert SAMPLERS["_test_only_sampler"] is first and first.name == "_test_only_sampler"
+        again = define()
+        assert again is not first and SAMPLERS["_test_only_sampler"] is again
+        with pytest.raises(ValueError, match=r"sampler name '_test_only_sampler' is taken by .*\.Dummy: register "
+                                             "Other under another name"):
             register("_test_only_sampler")(type("Other", (), {}))
-        assert SAMPLERS["_test_only_sampler"] is Dummy
+        with pytest.raises(ValueError, match=r"sampler name 'ddim' is taken by lightning_sde\.samplers\.ddim\.DDIM"):
+            register("ddim")(again)
+        assert SAMPLERS["_test_only_sampler"] is again
     finally:
         SAMPLERS.pop("_test_only_sampler", None)
 
