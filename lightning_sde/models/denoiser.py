@@ -162,6 +162,9 @@ class Denoiser(nn.Module):
         if x_in.shape[1:] != self.shape:
             raise ValueError(f"x has shape {tuple(x_in.shape)}: a batch of samples of shape {self.shape} expected")
         out = self._run_in_batches(x_in, t, labels)
+        if not torch.is_tensor(out):
+            raise TypeError(f"the network returned a {type(out).__name__}, not a tensor: a Denoiser's network returns "
+                            f"its {self.parameterization} prediction alone (wrap one that returns more)")
         if out.shape != x_in.shape:
             raise ValueError(f"the network returned shape {tuple(out.shape)} for inputs of shape {tuple(x_in.shape)}: "
                              f"its {self.parameterization} prediction must have the inputs' shape")

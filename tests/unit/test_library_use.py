@@ -181,3 +181,14 @@ def test_a_network_in_training_mode_is_said_before_it_samples_with_dropout():
         b, _ = sample(build_sampler("ddim", steps=2), denoiser, seeds=range(4))
         sample(build_sampler("ddim", steps=2), Denoiser(lambda x, t: x, VPSDE(), "eps", (2,)), seeds=range(4))
     assert torch.equal(a, b)
+
+
+def test_noise_of_another_shape_and_a_network_returning_a_tuple_are_named():
+    """Both failed deep inside a step (a broadcast error in the SDE solver; 'tuple' has no attribute 'shape')."""
+    denoiser = eight_gaussians().denoiser(VPSDE())
+    with pytest.raises(ValueError, match=r"noise draws samples of shape \(3,\); this denoiser's are of shape \(2,\)"):
+        build_sampler("euler_maruyama", steps=4)(denoiser, torch.zeros(4, 2), SeededNoise(range(4), (3,)))
+    pair = Denoiser(lambda x, t: (x, t), VPSDE(), "eps", (2,))
+    with pytest.raises(TypeError, match="the network returned a tuple, not a tensor: a Denoiser's network returns its "
+                                        "eps prediction alone"):
+        sample(build_sampler("ddim", steps=2), pair, seeds=range(4))
