@@ -217,8 +217,9 @@ class SamplerCallback(L.Callback):
                     values.update(self.scorer(pl_module.device)(samples.x))
                     self._plot(trainer, label, samples, panels)
             values = broadcast_from_zero(values)
-            for key, value in values.items():  # for ModelCheckpoint's monitor, the same value on every rank
-                pl_module.log(f"val/{label}/{key}", value, sync_dist=False, logger=False)
+            for key, value in values.items():  # for ModelCheckpoint's monitor, the same value on every rank: synced
+                # by max, which keeps it (a mean could move it by rounding), so that Lightning does not advise a sync
+                pl_module.log(f"val/{label}/{key}", value, sync_dist=True, reduce_fx="max", logger=False)
             tuned = {} if samples is None or not samples.setup_nfe else {  # grid=select: its choice and its cost
                 "setup_nfe": samples.setup_nfe, "selected": samples.selected}
             self.last_rows[label] = {"step": trainer.global_step, "sampler": label, **values, **tuned}

@@ -175,6 +175,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out and "GLOBAL_RANK: 0, MEMBER: 1/2" in out
     assert "batch: 512 per process x 2 process(es) x 2 accumulated = 2048 samples a step" in out  # said once
     assert out.count("samples a step") == 1
+    assert "sync_dist=True" not in out  # the sampler metrics (the same on every rank) raised Lightning's advice
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
     rows = csv_rows(run_dir / "samples" / "sampler_metrics.csv")
     assert {r["sampler"] for r in rows} == {"noise_floor", "ddim_10", "em_100"}
