@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig
 from lightning_sde.bench.results import KEY_FIELDS
 from lightning_sde.configuration import build
 from lightning_sde.generation import batch_settings, check_seed_range
+from lightning_sde.models.guidance import check_guidance
 from lightning_sde.samplers import Sampler
 from lightning_sde.samplers.schedule import MAX_NFE, MEMORY_ONLY
 
@@ -115,8 +116,7 @@ def _check_tol(key, tol):
 
 
 def _check_guidance(key, w):
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-        _fail(key, f"must be a number >= 0 (0: the conditional model, no guidance); got {w!r}")
+    check_guidance(w, f"config {key}")
 
 
 def weight_text(w, weights) -> str:

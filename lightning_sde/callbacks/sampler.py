@@ -73,7 +73,8 @@ class SamplerCallback(L.Callback):
             raise ValueError(f"SamplerCallback first_seed must be an integer >= 0; got {first_seed!r}")
         if metrics is not None and (isinstance(metrics, str) or set(metrics) - set(ALL_METRICS)):
             raise ValueError(f"SamplerCallback metrics: unknown {metrics!r}; choose from {list(ALL_METRICS)}")
-        self.guidance = None if guidance is None else check_guidance(guidance)  # a class-conditional model only
+        self.guidance = None if guidance is None else check_guidance(  # a class-conditional model only
+            guidance, "config callbacks.sampler.guidance", " or null")
         self.n_samples = n_samples
         self.every_n_evals = every_n_evals
         self.batch_size = batch_size

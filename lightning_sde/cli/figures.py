@@ -11,7 +11,6 @@ Each figure is written as PNG and PDF.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import hydra
@@ -25,7 +24,7 @@ from lightning_sde.data.toy import data_mixture
 from lightning_sde.errors import CheckpointError
 from lightning_sde.exact import GaussianMixture
 from lightning_sde.loading import load_denoiser, read_checkpoint
-from lightning_sde.models.guidance import guided
+from lightning_sde.models.guidance import check_guidance, guided
 from lightning_sde.models.pretrained import is_diffusers_spec
 from lightning_sde.plotting.chapter import (
     FIGURES,
@@ -69,10 +68,8 @@ def check_values(cfg: DictConfig) -> None:
         if not is_count(cfg[key], least):
             raise ValueError(f"config {key}: must be an integer >= {least}; got {cfg[key]!r}")
     guidance = cfg.get("guidance")
-    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
-                                 or not 0 <= guidance < math.inf):
-        raise ValueError(f"config guidance: must be a number >= 0 (0: the conditional model) or null; got "
-                         f"{guidance!r}")
+    if guidance is not None:
+        check_guidance(guidance, "config guidance", " or null")
     if guidance is not None and not cfg.checkpoint:
         raise ValueError("config guidance: needs a class-conditional checkpoint (an exact problem has no classes)")
     check_class_has_guidance("label", cfg.label if overridden("label") else None, guidance, cycle=False)

@@ -55,6 +55,7 @@ from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import broadcast_from_zero, check_launcher_world, launched, launched_first, rank_world
 from lightning_sde.files import LOCK_FILE, FolderLock, replace_atomically, write_text
 from lightning_sde.generation import batch_model, batch_settings, check_seed_range, generate, seed_labels
+from lightning_sde.models.guidance import check_guidance
 from lightning_sde.samplers.base import Sampler
 from lightning_sde.samplers.grids import check_start, may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid, plan, selects_on_pilot, spent
@@ -105,10 +106,7 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
     guidance = cfg.get("guidance")
     check_class_has_guidance("labels", labels, guidance)
     if guidance is not None:
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
-                or guidance < 0:
-            raise ValueError(f"config guidance: must be a number >= 0 (0: the conditional model) or null; got "
-                             f"{guidance!r}")
+        check_guidance(guidance, "config guidance", " or null")
         classes = target_classes(cfg, kind)
         if classes is None:
             raise ValueError("config guidance: the model is not class-conditional (a checkpoint trained with "

@@ -27,9 +27,10 @@ from torch import Tensor
 from lightning_sde.models.denoiser import Denoiser, Prediction, output_to_eps
 
 
-def check_guidance(guidance) -> float:
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-        raise ValueError(f"guidance must be a finite number (0: the conditional model); got {guidance!r}")
+def check_guidance(guidance, where: str = "guidance", otherwise: str = "") -> float:
+    """The weight w >= 0 on the (1 + w) scale, else ValueError naming `where` (and what `otherwise` it may be)."""
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf:
+        raise ValueError(f"{where}: must be a number >= 0 (0: the conditional model){otherwise}; got {guidance!r}")
     return float(guidance)
 
 

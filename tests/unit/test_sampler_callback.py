@@ -39,6 +39,8 @@ def fit(tmp_path, callback, module=None, datamodule=None, steps=2):
                                    "'mmd', 'loglik', 'fid', 'kid']"),
     ({"metrics": "fid"}, "SamplerCallback metrics: unknown 'fid'"),
     ({"dtype": "float16"}, "config callbacks.sampler.dtype: 'float16' is not one of ['float32', 'float64']"),
+    ({"guidance": -1}, "config callbacks.sampler.guidance: must be a number >= 0 (0: the conditional model) or null; "
+                       "got -1"),  # w = -1 is the unconditional model: every evaluation scored it
     ({"samplers": {"a": {"_target_": "lightning_sde.samplers.DDIM", "steps": 0}}},
      "config samplers.a: ValueError: ddim: steps must be an integer >= 1; got 0"),
 ])
