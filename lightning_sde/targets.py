@@ -174,10 +174,12 @@ class UnconditionalNotLearned(ValueError):
     """A class-conditional checkpoint trained with model.p_uncond=0 asked for its unconditional prediction."""
 
 
-def check_guidance_learned(cfg: DictConfig, kind: str, weights) -> None:
+def check_guidance_learned(cfg: DictConfig, kind: str, weights,
+                           instead: str = "seed i of class i mod num_classes, or labels=<class>") -> None:
     """Guidance weights other than 0, and no guidance (None: a class-conditional network's unconditional samples),
     use the unconditional prediction: refused, before any work, for a class-conditional checkpoint trained without
-    label dropout (model.p_uncond=0), whose unconditional prediction was never trained."""
+    label dropout (model.p_uncond=0), whose unconditional prediction was never trained. `instead`: how the app
+    picks the classes at guidance=0."""
     if kind == "mixture" or is_diffusers_spec(cfg.checkpoint) or all(w == 0 for w in weights):
         return
     if target_classes(cfg, kind) is None:
@@ -186,7 +188,7 @@ def check_guidance_learned(cfg: DictConfig, kind: str, weights) -> None:
         wanted = "unconditional samples (guidance=null)" if None in weights else "guidance"
         raise UnconditionalNotLearned(
             f"config guidance: the checkpoint was trained with model.p_uncond=0: it never learned the unconditional "
-            f"prediction {wanted} use; sample it at guidance=0 (seed i of class i mod num_classes, or labels=<class>)")
+            f"prediction {wanted} use; sample it at guidance=0 ({instead})")
 
 
 def data_kind(cfg: DictConfig) -> str:
