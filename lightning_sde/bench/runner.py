@@ -191,6 +191,8 @@ def rows_of(cell: Cell, samples: Samples | None, values: dict, batch_size: int, 
     if cell.guidance is not None:  # one guided NFE is one forward over batch_factor x the samples
         common.update(guidance=cell.guidance, labels=cell.settings["labels"],
                       guidance_batch_factor=samples.batch_factor if samples is not None else None)
+        if cell.built is not None and may_use_data_moments(cell.built):  # guided samplers start at T
+            common["gaussian_start_left_out"] = True
     intervals = getattr(values, "intervals", {})  # Scores carry bootstrap intervals; a plain dict has none
     return [{**common, "key": cell.key(m), "metric": m, "value": values[m],
              "ci_low": intervals[m][0] if m in intervals else None,

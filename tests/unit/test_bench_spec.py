@@ -296,12 +296,13 @@ def test_each_shard_has_its_own_output_folder(tmp_path):
 
 def test_guidance_is_a_sweep_axis_with_an_honest_nfe(tmp_path):
     """guidance=[0, 2] on a labelled mixture: a cell per sampler x NFE x w (label <sampler>@w<w>), each with its own
-    key; rows record w, the labels rule and the batch factor (2 when guided), at the sampler's NFE."""
+    key; rows record w, the labels rule and the batch factor (2 when guided), at the sampler's NFE, and that a
+    configured Gaussian start was left out (guided samplers start at T; the rows claimed a start that never ran)."""
     from lightning_sde.bench import runner
     from lightning_sde.bench.report import load
 
     cfg = _cfg(tmp_path, "+problem.labels=[0,1,2,3,4,5,6,7]", "guidance=[0,2]", "nfe=[5]", "seeds.count=64",
-               "wandb.enabled=false", "~samplers.em")
+               "wandb.enabled=false", "~samplers.em", "++samplers.ddim.gaussian_start=0.3")
     runner.run_sweep(cfg)
     rows = [r for r in load(tmp_path / "r.jsonl") if r["metric"] == "sliced_w2" and r["sampler_name"] == "ddim"]
     assert {r["sampler"] for r in rows} == {"ddim@w0", "ddim@w2"}
@@ -309,6 +310,7 @@ def test_guidance_is_a_sweep_axis_with_an_honest_nfe(tmp_path):
     by_w = {r["guidance"]: r for r in rows}
     assert by_w[0.0]["guidance_batch_factor"] == 1 and by_w[2.0]["guidance_batch_factor"] == 2
     assert all(r["nfe"] == 5 and r["labels"] == "cycle" for r in rows)
+    assert all(r["params"]["gaussian_start"] == 0.3 and r["gaussian_start_left_out"] for r in rows)
     assert by_w[2.0]["value"] != by_w[0.0]["value"]
 
 
