@@ -56,7 +56,7 @@ SIDECAR_TYPES = {"id": str, "project": str, "name": str, "group": str, "logged":
                  "protocol": dict, "config": dict, "step": int}
 # Config keys a later launch of the same protocol may extend (more budgets, samplers, metrics) or update; the others
 # name the protocol, which the run's config keeps from its first.
-EXTENDABLE_CONFIG = ("nfe", "tolerances", "metrics", "samplers.", "batch_size", "git_commit", "shard")
+EXTENDABLE_CONFIG = ("nfe", "tolerances", "metrics", "guidance", "samplers.", "batch_size", "git_commit", "shard")
 
 
 def read_sidecar(results) -> dict:
@@ -132,7 +132,8 @@ CELL_FIELDS = frozenset({
 def sweep_config(name: str, rows: list[dict]) -> tuple[dict, list[str]]:
     """A sweep run's W&B config and tags from its rows (before any is computed: its cells as rows), so that a run
     logged live and one `report --wandb` made after the shards have the same keys to filter and group on: the
-    protocol the rows share, the target, seeds, metrics, batch size, NFE or tolerance grid and {label: sampler}."""
+    protocol the rows share, the target, seeds, metrics, batch size, NFE or tolerance grid and {label: sampler};
+    for a guided sweep, its weights and labels rule."""
     shared = lambda key: rows[0].get(key) if all(r.get(key) == rows[0].get(key) for r in rows) else None  # noqa: E731
     protocol = {k: v for k, v in rows[0].items() if k not in CELL_FIELDS and shared(k) == v}
     sampled = [r for r in rows if r["grid"] != "exact"]
@@ -142,6 +143,11 @@ def sweep_config(name: str, rows: list[dict]) -> tuple[dict, list[str]]:
               "seeds": {"start": shared("seed_start"), "count": shared("seed_count")}, "metrics": metrics,
               "batch_size": shared("batch_size"), "nfe": budgets("nfe"), "tolerances": budgets("tol"),
               "samplers": {r["sampler"]: r["sampler_name"] for r in sampled}}
+    guided = [r for r in sampled if r.get("guidance") is not None]
+    if guided:
+        labels = {str(r.get("labels")) for r in guided}
+        config.update(guidance=sorted({r["guidance"] for r in guided}), labels=guided[0].get("labels")
+                      if len(labels) == 1 else None)
     from lightning_sde.metrics.image import IMAGE_METRICS
 
     tags = {f"sampler:{sampler_family(r['sampler_name'])}" for r in sampled}
@@ -222,7 +228,7 @@ class SweepRun:
                      "are labelled with what differs")
             return first
         merged = {**first, **config}
-        for key in ("nfe", "tolerances", "metrics"):
+        for key in ("nfe", "tolerances", "metrics", "guidance"):
             lists = [v for v in (first.get(key), config.get(key)) if isinstance(v, list)]
             if lists:
                 merged[key] = sorted(set().union(*lists))

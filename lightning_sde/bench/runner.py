@@ -482,7 +482,8 @@ def open_sweep_run(cfg: DictConfig, target, protocol: dict, sweep: Sweep) -> Swe
             remember_sweep(cfg.results, cfg.wandb.project, f"bench-{cfg.name}", cfg.name)
         return None
     cells = [{**protocol, "sampler": c.label, "sampler_name": c.sampler, "grid": c.grid, "requested": c.requested,
-              "seed_start": c.seed_start, "seed_count": c.seed_count, "batch_size": cfg.batch_size, "metric": m}
+              "seed_start": c.seed_start, "seed_count": c.seed_count, "batch_size": cfg.batch_size, "metric": m,
+              **({} if c.guidance is None else {"guidance": c.guidance, "labels": c.settings["labels"]})}
              for c in sweep.cells for m in c.metrics]  # the rows to come, as far as the config shows them
     config, tags = sweep_config(cfg.name, cells)
     try:

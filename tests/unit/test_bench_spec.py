@@ -311,6 +311,12 @@ def test_guidance_is_a_sweep_axis_with_an_honest_nfe(tmp_path):
     assert by_w[0.0]["guidance_batch_factor"] == 1 and by_w[2.0]["guidance_batch_factor"] == 2
     assert all(r["nfe"] == 5 and r["labels"] == "cycle" for r in rows)
     assert all(r["params"]["gaussian_start"] == 0.3 and r["gaussian_start_left_out"] for r in rows)
+    from lightning_sde.bench.dashboard import sweep_config
+
+    config = sweep_config("s", load(tmp_path / "r.jsonl"))[0]  # W&B runs filter on the weights and the classes
+    assert (config["guidance"], config["labels"]) == ([0.0, 2.0], "cycle")
+    assert "guidance" not in sweep_config("s", [{k: v for k, v in r.items() if k not in ("guidance", "labels")}
+                                                for r in rows])[0]
     assert by_w[2.0]["value"] != by_w[0.0]["value"]
 
 
