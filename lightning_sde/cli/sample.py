@@ -373,6 +373,15 @@ def earlier_selection(out: Path) -> tuple[dict | None, int]:
     return (selection, setup_nfe) if valid else (None, 0)
 
 
+def preview_title(settings: dict, nfe: float) -> str:
+    """The sampler and its NFE, and a guided run's weight and classes."""
+    title = f"{settings['sampler']}, NFE {nfe:.4g}"
+    if settings.get("guidance") is None:
+        return title
+    labels = settings["labels"]
+    return title + f", w = {settings['guidance']:g}, " + ("classes cycled" if labels == "cycle" else f"class {labels}")
+
+
 def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings: dict, wall: float, setup_nfe: int,
            world: int, selection: dict | None, start_left_out: bool = False) -> dict:
     """samples.npz, the PNGs and the preview from every chunk of the asked-for seeds; summary.json last."""
@@ -387,7 +396,7 @@ def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings:
 
     nfe = [done[s][2] for s in seeds]
     preview = out / "preview.png"
-    title = f"{settings['sampler']}, NFE {np.mean(nfe):.4g}"
+    title = preview_title(settings, float(np.mean(nfe)))
     if images and x.shape[-1] in (1, 3):
         first = torch.from_numpy(x[:PREVIEW_IMAGES]).permute(0, 3, 1, 2).float() / 127.5 - 1
         image_grid(first, preview, title=title)

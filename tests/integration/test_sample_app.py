@@ -373,3 +373,13 @@ def test_the_summarys_nfe_max_is_a_batchs_not_a_chunks_mean(tmp_path):
                      tmp_path / "out", list(range(8)), done, False, settings, 1.0, 0,
                      2, None)
     assert (summary["nfe_mean"], summary["nfe_max"]) == (190.0, 199.0)
+
+
+def test_the_preview_title_names_a_guided_runs_weight_and_classes():
+    """It read "ddim, NFE 50" at w = 0, 1 and 3 alike."""
+    from lightning_sde.cli.sample import preview_title
+
+    assert preview_title({"sampler": "ddim", "guidance": None}, 50) == "ddim, NFE 50"
+    assert preview_title({"sampler": "ddim", "guidance": 1.5, "labels": 3}, 50) == "ddim, NFE 50, w = 1.5, class 3"
+    assert preview_title({"sampler": "ddim", "guidance": 0, "labels": "cycle"}, 10) == "ddim, NFE 10, w = 0, " \
+                                                                                        "classes cycled"
