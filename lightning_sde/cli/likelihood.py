@@ -272,7 +272,7 @@ def evaluate(cfg: DictConfig, options, kind, target_id, device, dtype) -> dict |
     if rank != 0:
         return None
     rows = sorted({**done, **{r["index"]: r for part in gathered for r in part}}.values(), key=lambda r: r["index"])
-    summary = write(cfg, target_id, rows, dim, divergence, offset, world, denoiser.sde.eps)
+    summary = write(cfg, target_id, rows, dim, divergence, offset, world, denoiser.sde.eps, len(done))
     shutil.rmtree(partial, ignore_errors=True)
     return summary
 
@@ -310,7 +310,9 @@ def likelihood_batch(cfg, options, denoiser, x, idx, mixture, divergence, offset
     return rows
 
 
-def write(cfg, target_id, rows, dim, divergence, offset, world, eps: float) -> dict:
+def write(cfg, target_id, rows, dim, divergence, offset, world, eps: float, earlier: int = 0) -> dict:
+    """summary.json and samples.jsonl of every row; `earlier`: how many of them an earlier run computed (under its
+    own world size and batches)."""
     n = len(rows)
     logp = torch.tensor([r["logp"] for r in rows], dtype=torch.float64)
     bpd = torch.tensor([r["bpd"] for r in rows], dtype=torch.float64)
@@ -324,7 +326,8 @@ def write(cfg, target_id, rows, dim, divergence, offset, world, eps: float) -> d
         "bpd_offset": offset, "dequantized": offset is not None,
         "mean_hutchinson_se": (float(torch.tensor([r["logp_se"] for r in rows], dtype=torch.float64).mean())
                                if divergence == "hutchinson" and cfg.probes > 1 else None),
-        "world_size": world, "settings": settings(cfg, target_id), "eps": eps,
+        "world_size_this_run": world, "n_from_earlier_runs": earlier, "settings": settings(cfg, target_id),
+        "eps": eps,
     }
     if "true_logp" in rows[0]:
         err = torch.tensor([r["logp"] - r["true_logp"] for r in rows], dtype=torch.float64)

@@ -405,7 +405,7 @@ def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings:
     summary = {"settings": settings, "seeds": {"start": seeds[0], "count": len(seeds)},
                "nfe_mean": float(np.mean(nfe)), "nfe_max": float(max(done[s][3] for s in seeds)),  # a batch's
                "selection": json.loads(json.dumps(selection, default=str)) if selection else None,
-               "setup_nfe": setup_nfe, "wall_s_this_run": wall, "world_size": world,
+               "setup_nfe": setup_nfe, "wall_s_this_run": wall, "world_size_this_run": world,
                "gaussian_start_left_out": start_left_out,  # what ran where the settings say otherwise
                "samples": "samples.npz", "images": "images/" if pngs else None, "git_commit": source_revision()}
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -111,6 +111,7 @@ def test_a_killed_run_goes_on_from_the_rows_it_had_written(tmp_path, monkeypatch
     assert not (tmp_path / "out" / "partial").exists()
     # the edited rows' samples were solved in other batches than the whole run's: equal to the solver's tolerance
     assert resumed["n"] == whole["n"] and resumed["mean_logp"] == pytest.approx(whole["mean_logp"], abs=2e-3)
+    assert (resumed["n_from_earlier_runs"], whole["n_from_earlier_runs"]) == (40 - 23, 0)  # under its own world size
     assert resumed["bpd"] == pytest.approx(whole["bpd"], abs=2e-3)
     rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(40))
