@@ -49,7 +49,8 @@ QUANTILES = (0.5, 0.9, 0.95)
 DIMENSION_BINS = ((2, 8), (16, 32), (64, 64), (128, 256))
 BOOTSTRAP = 2000
 FIELDS = ["family", "run", "version", "seed", "dim", "separation", "budget", "ratio", "ratio_lo", "ratio_hi",
-          "starts", "rescored", "out_of_sample", "first_ratio", "first_ratio_lo", "first_starts"]
+          "starts", "rescored", "out_of_sample", "first_ratio", "first_ratio_lo", "first_starts", "above_one",
+          "first_above_one"]
 
 
 def read(path: Path) -> list[dict]:
@@ -95,7 +96,8 @@ def run_rows(family: str, stem: str, version: int) -> list[dict]:
                     "separation": round(info["separation"], 3), "budget": budget, "ratio": round(ratio, 4),
                     "ratio_lo": source["ratio_lo"], "ratio_hi": source["ratio_hi"], "starts": source["starts"],
                     "rescored": (seed, budget) in rescored, "out_of_sample": "" if held is None else round(held, 4),
-                    "first_ratio": round(first, 4), "first_ratio_lo": r["ratio_lo"], "first_starts": r["starts"]})
+                    "first_ratio": round(first, 4), "first_ratio_lo": r["ratio_lo"], "first_starts": r["starts"],
+                    "above_one": ratio > 1, "first_above_one": first > 1})  # unrounded: a tie at 1.000002 is above
     return out
 
 
@@ -114,8 +116,8 @@ def quantile_interval(values, q: float, seed: int = 0) -> tuple[float, float, fl
 
 
 def above_one(rows: list[dict]) -> tuple[int, int]:
-    """(problems with a ratio above 1, those whose 95 % interval lies above 1)."""
-    return sum(r["ratio"] > 1 for r in rows), sum(float(r["ratio_lo"]) > 1 for r in rows)
+    """(problems with a ratio above 1, unrounded, those whose 95 % interval lies above 1)."""
+    return sum(r["above_one"] for r in rows), sum(float(r["ratio_lo"]) > 1 for r in rows)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -152,7 +154,8 @@ def markdown(rows: list[dict]) -> str:
               "| NFE | problems | " + " | ".join(f"{q:.0%} quantile [95 %]" for q in QUANTILES)
               + " | worst | > 1 | interval above 1 |", "|---:|---:|" + "---:|" * (len(QUANTILES) + 3)]
     today = [r for r in pool if r["version"] == max(VERSIONS)]
-    first = [{**r, "ratio": r["first_ratio"], "ratio_lo": r["first_ratio_lo"]} for r in pool]
+    first = [{**r, "ratio": r["first_ratio"], "ratio_lo": r["first_ratio_lo"], "above_one": r["first_above_one"]}
+             for r in pool]
     for subset, name in ((pool, "all"), (first, "all, first runs' starts only"), (today, "today's version")):
         for budget in NFES:
             at = [r for r in subset if r["budget"] == budget]
