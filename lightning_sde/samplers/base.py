@@ -223,7 +223,7 @@ class Sampler:
             raise ValueError(f"sampler {self.name!r} is stochastic: pass noise=SeededNoise(seeds, ...)")
         if noise is not None and len(noise.seeds) != x_T.shape[0]:
             raise ValueError(f"noise has {len(noise.seeds)} seeds but x_T has {x_T.shape[0]} samples")
-        if noise is not None and tuple(noise.shape) != denoiser.shape:
+        if isinstance(noise, SeededNoise) and noise.shape != denoiser.shape:
             raise ValueError(f"noise draws samples of shape {tuple(noise.shape)}; this denoiser's are of shape "
                              f"{denoiser.shape}")
         check_step_dtype(x_T, "x_T")

@@ -24,11 +24,11 @@ class Stream:
 
     def __init__(self, batch, shape, seed):
         self.seeds = [0] * batch
-        self.shape = (batch, *shape)
+        self.shape = tuple(shape)  # one sample's, as SeededNoise's
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self):
-        return torch.randn(self.shape, generator=self.generator, dtype=F64)
+        return torch.randn((len(self.seeds), *self.shape), generator=self.generator, dtype=F64)
 
 
 def in_float64(scheduler):
