@@ -289,6 +289,9 @@ def config_error(key: str, err: Exception) -> ValueError:
     unknown = re.search(r"unexpected keyword argument '(\w+)'", message) if isinstance(err, TypeError) else None
     if unknown:  # a misspelt key, or one an experiment sets for another class (sigma_min with sde=vp)
         message += f"; the class takes no {unknown.group(1)}: remove it (~{where}.{unknown.group(1)}) or pick its class"
+    leaf = where.rsplit(".", 1)[-1]
+    if type(err) is ValueError and message.startswith(f"{leaf} "):  # "labels must be ...": the key said once
+        return ValueError(f"config {where}: {message[len(leaf) + 1:]}")
     return ValueError(f"config {where}: {type(err).__name__}: {message}")
 
 

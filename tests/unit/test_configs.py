@@ -761,3 +761,16 @@ def test_two_sweeps_started_in_one_second_log_to_two_folders(app):
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         cfg = compose(app, return_hydra_config=True)
     assert re.search(r"/multirun/\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}\.\d{6}$", cfg.hydra.sweep.dir), cfg.hydra.sweep.dir
+
+
+def test_a_checked_value_whose_message_starts_with_its_key_names_the_key_once():
+    """lsde-sample labels=8 said "config labels: ValueError: labels must be 'cycle' or a class in 0..3; got 8"."""
+    from lightning_sde.configuration import checked
+    from lightning_sde.generation import seed_labels
+
+    with pytest.raises(ValueError) as caught:
+        checked("labels", seed_labels, [0], 8, 4)
+    assert str(caught.value) == "config labels: must be 'cycle' or a class in 0..3; got 8"
+    with pytest.raises(ValueError) as caught:
+        checked("sde", lambda: (_ for _ in ()).throw(ValueError("beta_max must be > beta_min")))
+    assert str(caught.value) == "config sde: ValueError: beta_max must be > beta_min"
