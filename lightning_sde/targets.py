@@ -112,8 +112,16 @@ def its_data(path) -> str:
         data = read_checkpoint(path).get("data_config") or {}
         name, defaults = shipped_data_config(data.get("_target_"))
         if name is not None:
-            changed = [f"data.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in data.items()
-                       if k not in ("_target_", *LOADING_KEYS) and v is not None and defaults.get(k) != v]
+            import inspect
+
+            from hydra.utils import get_class
+
+            built = {k: p.default for k, p in inspect.signature(get_class(data["_target_"])).parameters.items()
+                     if p.default is not inspect.Parameter.empty}
+            # a key the shipped config lacks is added (+data.seed=1); left out where it is the class's default
+            changed = [f"{'' if k in defaults else '+'}data.{k}={v if isinstance(v, str) else json.dumps(v)}"
+                       for k, v in data.items() if k not in ("_target_", *LOADING_KEYS) and v is not None
+                       and defaults.get(k, built.get(k)) != v]
             return "as it was trained: " + " ".join([f"data={name}", *changed])
     except Exception:  # noqa: BLE001  (an unreadable checkpoint is reported by the caller's own read)
         pass
@@ -175,11 +183,12 @@ class UnconditionalNotLearned(ValueError):
 
 
 def check_guidance_learned(cfg: DictConfig, kind: str, weights,
-                           instead: str = "seed i of class i mod num_classes, or labels=<class>") -> None:
+                           instead: str = "sample it at guidance=0 (seed i of class i mod num_classes, or "
+                                          "labels=<class>)") -> None:
     """Guidance weights other than 0, and no guidance (None: a class-conditional network's unconditional samples),
     use the unconditional prediction: refused, before any work, for a class-conditional checkpoint trained without
-    label dropout (model.p_uncond=0), whose unconditional prediction was never trained. `instead`: how the app
-    picks the classes at guidance=0."""
+    label dropout (model.p_uncond=0), whose unconditional prediction was never trained. `instead`: what to run in
+    this app (at w = 0, which needs no unconditional prediction)."""
     if kind == "mixture" or is_diffusers_spec(cfg.checkpoint) or all(w == 0 for w in weights):
         return
     if target_classes(cfg, kind) is None:
@@ -188,7 +197,7 @@ def check_guidance_learned(cfg: DictConfig, kind: str, weights,
         wanted = "unconditional samples (guidance=null)" if None in weights else "guidance"
         raise UnconditionalNotLearned(
             f"config guidance: the checkpoint was trained with model.p_uncond=0: it never learned the unconditional "
-            f"prediction {wanted} use; sample it at guidance=0 ({instead})")
+            f"prediction {wanted} use; {instead}")
 
 
 def data_kind(cfg: DictConfig) -> str:

@@ -152,7 +152,9 @@ def plan_cells(cfg: DictConfig, kind: str, target_id: str, dtype, device) -> Swe
     if cfg.get("reference_count") is not None:
         target_id += f"|reference_count={cfg.reference_count}"
     guidance = cfg.get("guidance")
-    check_guidance_learned(cfg, kind, list(guidance) if OmegaConf.is_list(guidance) else [guidance])
+    check_guidance_learned(cfg, kind, list(guidance) if OmegaConf.is_list(guidance) else [guidance],
+                           instead="sweep it at guidance=[0] (seed i of class i mod num_classes, or labels=<class> "
+                                   "with data.labels=true)")
     if guidance is not None:
         classes = target_classes(cfg, kind)
         if classes is None:

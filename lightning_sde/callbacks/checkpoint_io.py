@@ -141,7 +141,7 @@ class SetAside(Callback):
         told = (f"{', '.join(moved)} (written at step {step}: their weights gave it) moved to "
                 f"*{NONFINITE_SUFFIX}; " if moved else "")
         if resume is None:
-            return f"{told}no checkpoint is left in the run: start afresh (ckpt_path=null or another run_name)"
+            return f"{told}no checkpoint is left in the run: start a new run under another run_name"
         return f"{told}lsde-train ... {self.again} resumes from {resume.name} (step {resume_step(resume)})"
 
 

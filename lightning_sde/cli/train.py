@@ -217,7 +217,7 @@ def resume_point(cfg: DictConfig) -> str | None:
     path, problems = newest_loadable(folder)
     if path is None and problems:
         raise ValueError(f"config ckpt_path=last: no checkpoint in {folder} can be read ({by_reason(problems, folder)})"
-                         "; point ckpt_path at a good one, or move them away to start afresh")
+                         "; where the reason is theirs, point ckpt_path at a good one, or start a new run under another run_name")
     for problem in problems:
         log.warning("cannot resume from %s", problem)
     if problems:
@@ -253,7 +253,7 @@ def check_resume_world(path: str, world_size: int) -> None:
         raise ValueError(f"config trainer.devices / trainer.num_nodes: the checkpoint {path} was trained on {theirs} "
                          f"processes, this run has {world_size}; a resume keeps the number (each process's share of "
                          "the data and the data position count them): resume with the run's own devices x num_nodes "
-                         "(under SLURM: its tasks), or start afresh")
+                         "(under SLURM: its tasks), or start a new run under another run_name")
 
 
 RESUME_ADVICE = ("resume with the run's own config, or start a new run under another run_name (init_from=<its "
@@ -272,13 +272,14 @@ def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 
     if theirs_k != accumulation:
         raise ValueError(f"config trainer.accumulate_grad_batches: the checkpoint {path} was trained with {theirs_k} "
                          f"batches a step, this config has {accumulation}; a resume keeps it (the data order and "
-                         "each batch's seed count its batches): resume with the run's own value, or start afresh")
+                         "each batch's seed count its batches): resume with the run's own value, or start a new run under "
+                         "another run_name")
     theirs_b = ckpt.get("batch_size", (ckpt.get("data_config") or {}).get("batch_size"))  # older: as configured
     if None not in (theirs_b, batch_size) and theirs_b != batch_size:
         raise ValueError(f"config data.batch_size: the checkpoint {path} was trained on batches of {theirs_b}, this "
                          f"config has {batch_size}; a resume keeps it (the data position counts batches: another size "
                          "would skip or repeat samples): resume with the run's own value, or start a new run from its "
-                         "weights (init_from=<checkpoint>)")
+                         "weights (another run_name, init_from=<checkpoint>)")
     check_weights_fit(path, ckpt, module, RESUME_ADVICE)
     # an unconditional network never read the labels: a run started with data.labels=true resumes without them
     free = DATA_FREE_KEYS + (("labels",) if module.denoiser.num_classes is None else ())
@@ -448,7 +449,7 @@ def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: st
     if sampler_cb is None:
         if monitor == "auto" or str(monitor).count("/") == 2 and str(monitor).startswith("val/"):
             raise ValueError(f"config {key}: {monitor!r} needs the sampler callback, and callbacks.sampler is null "
-                             f"(set {key.rsplit('.', 1)[0]}=null too, or monitor val/loss)")
+                             f"(set {key.rsplit('.', 1)[0]}=null too, or {key}=val/loss)")
         raise ValueError(f"config {key}: {monitor!r} is not logged; monitor one of {list(MONITORABLE)}")
     metrics = resolve_metrics(sampler_cb.metrics, kind, has_mixture=False, key="callbacks.sampler.metrics")
     labels = list(sampler_cb.samplers)
@@ -456,7 +457,7 @@ def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: st
                                          and str(monitor).split("/")[1] in labels):
         raise ValueError(f"config {key}: {monitor!r} is logged once every {sampler_cb.every_n_evals} validations "
                          "(callbacks.sampler.every_n_evals), and a checkpoint callback needs it at each; set "
-                         f"every_n_evals=1, or monitor val/loss, or set {key.rsplit('.', 1)[0]}=null")
+                         f"callbacks.sampler.every_n_evals=1, or {key}=val/loss, or {key.rsplit('.', 1)[0]}=null")
     if monitor == "auto":
         label = next((k for k, s in sampler_cb.samplers.items() if not s.stochastic), labels[0])
         return f"val/{label}/{metrics[0]}"
@@ -538,8 +539,8 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     max_steps = cfg.trainer.get("max_steps", -1)
     if resumed_at is not None and max_steps != -1 and resumed_at > max_steps:
         raise ValueError(f"config trainer.max_steps: {max_steps} is below the step of the checkpoint it resumes from "
-                         f"({resumed_at}: {resume}); raise it to train on, or start afresh (ckpt_path=null or another "
-                         "run_name)")
+                         f"({resumed_at}: {resume}); raise it to train on, or start a new run under another run_name "
+                         "(ckpt_path=null under this one would write over its checkpoints and logs)")
 
     for group, nodes in (("callbacks", cfg.callbacks), ("logger", cfg.logger or {})):  # +callbacks.<typo>.x=...
         named = sorted(k for k, node in nodes.items() if isinstance(node, DictConfig) and "_target_" in node)

@@ -280,7 +280,7 @@ def test_a_model_trained_without_label_dropout_is_refused_guidance_and_one_with_
     with pytest.raises(ValueError, match=r"^config checkpoint: a class-conditional model trained with "
                                          r"model.p_uncond=0 never learned the unconditional prediction"):
         validate(scored)  # it scored -8.5 where p_uncond=0.1 scores -4.7, exit 0
-    with pytest.raises(ValueError, match=r"unconditional samples \(guidance=null\) use; sample it at guidance=0 "
+    with pytest.raises(ValueError, match=r"unconditional samples \(guidance=null\) use; draw it at guidance=0 "
                                          r"\(class `label`, label=<class>\)$"):  # its key; advised labels= failed
         check_values(drawn)
     unconditional = ScoreModule(net={**net, "num_classes": None}, sde=sde, shape=[2], p_uncond=0.0)

@@ -196,6 +196,11 @@ def test_a_checkpoint_without_its_data_config_is_told_which_data_it_was_trained_
         "_target_": "lightning_sde.data.DigitsDataModule", "dequantize": True, "num_workers": 3}}, path)
     with pytest.raises(ValueError, match=r"trained: data=digits data.dequantize=true$"):
         validate(cfg)
+    for seed, hint in ((0, ""), (1, " \\+data.seed=1")):  # not a key of the shipped config: added, where not 0
+        torch.save({**torch.load(path, weights_only=True), "data_config": {
+            "_target_": "lightning_sde.data.DigitsDataModule", "seed": seed}}, path)
+        with pytest.raises(ValueError, match=f"trained: data=digits{hint}$"):
+            validate(cfg)
 
 
 def test_more_samples_than_the_validation_set_holds_is_refused_before_any_integration(tmp_path, monkeypatch):
