@@ -196,7 +196,8 @@ def require_device(dev, key: str = "device") -> None:
     import torch
 
     if dev.type == "mps" and not torch.backends.mps.is_available() or dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"config {key}: {str(dev)!r} is not available here; use device=cpu or device=cuda")
+        raise ValueError(f"config {key}: {str(dev)!r} is not available here; use {key}=cpu"
+                         + (f" or {key}=cuda" if torch.cuda.is_available() else ""))
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
         raise ValueError(f"config {key}: {str(dev)!r}, but {torch.cuda.device_count()} CUDA device(s) are visible "
                          "here (CUDA_VISIBLE_DEVICES, the job's GPU request); use device=cpu on this machine")
