@@ -159,7 +159,8 @@ bench)
     job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} -- "$SHARD" \
         ${OVERRIDES[@]+"${OVERRIDES[@]}"})
     echo "bench array $job: logs $LOGS/lsde-bench-${job}_<task>.out; when every task is done:" \
-         "sbatch slurm/report.sbatch <results> (or lsde-bench report <results> --wandb)"
+         "sbatch $LSDE_SLURM_DIR/report.sbatch [--no-wandb] <results> (or lsde-bench report <results> --wandb)," \
+         "<results> being $PWD/outputs/bench/<name>/results.jsonl unless results= or paths.root= says otherwise"
     ;;
 pipeline)
     train="" bench="" run="" tasks="" throttle="" train_sbatch="" bench_sbatch=""
