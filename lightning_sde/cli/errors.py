@@ -92,6 +92,13 @@ def multirun_job() -> tuple[str, int] | None:
     return Path(HydraConfig.get().sweep.dir).name, HydraConfig.get().job.num
 
 
+def another_folder() -> str:
+    """How to name another output folder: out= where the command set it (name= would not move it), else name=."""
+    from lightning_sde.configuration import overridden
+
+    return "another out=" if overridden("out") else "another name= (or out=)"
+
+
 def job_folder_note() -> str:
     """For a refusal of the folder a multirun job writes: why it is named after the job number (empty alone)."""
     job = multirun_job()

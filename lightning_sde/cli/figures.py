@@ -75,7 +75,8 @@ def check_values(cfg: DictConfig) -> None:
     check_class_has_guidance("label", cfg.label if overridden("label") else None, guidance, cycle=False)
     if cfg.checkpoint:  # a p_uncond=0 checkpoint's unconditional paths (guidance=null) are its untrained null label's
         try:
-            check_guidance_learned(cfg, "checkpoint", [guidance], instead="draw it at guidance=0 (class `label`, label=<class>)")
+            check_guidance_learned(cfg, "checkpoint", [guidance],
+                                   instead="draw it at guidance=0 (class `label`, label=<class>)")
         except (CheckpointError, FileNotFoundError):  # said where the checkpoint is loaded
             pass
 

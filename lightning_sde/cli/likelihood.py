@@ -28,7 +28,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_sde.cli.errors import fails_cleanly, job_folder_note, own_folder_per_job
+from lightning_sde.cli.errors import another_folder, fails_cleanly, job_folder_note, own_folder_per_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, LIKELIHOOD_FREE_KEYS, checked, overridden, plain, require_device
 from lightning_sde.configuration import device as parse_device
@@ -152,7 +152,7 @@ def check_out(cfg: DictConfig, target_id: str) -> None:
             before = None
         if before != settings(cfg, target_id):
             raise ValueError(f"config name: {path} holds {what} of other settings (or of another version); give "
-                             "another name= (out=) to keep both, or delete it" + job_folder_note())
+                             f"{another_folder()} to keep both, or delete it" + job_folder_note())
 
 
 PARTIAL = "partial"  # under out: each process's rows as they are computed, read back by a rerun; gone once written

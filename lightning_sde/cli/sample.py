@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.bench.spec import MAX_NFE, jsonable, positive_int
-from lightning_sde.cli.errors import fails_cleanly, job_folder_note, own_folder_per_job
+from lightning_sde.cli.errors import another_folder, fails_cleanly, job_folder_note, own_folder_per_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import (
     CONFIG_PATH,
@@ -173,7 +173,7 @@ def check_out(out: Path, settings: dict, output_dir=None) -> None:
             ours = settings_text(settings)
             if any(chunk_settings(p) not in (None, ours) for p in chunks):
                 raise ValueError(f"config name: {out} holds samples of other settings (its chunks say so; its "
-                                 "settings.json is gone or unreadable); give another name= (out=) to keep both, or "
+                                 f"settings.json is gone or unreadable); give {another_folder()} to keep both, or "
                                  "delete it" + job_folder_note())
             return
         ours = {LOCK_FILE}
@@ -182,12 +182,12 @@ def check_out(out: Path, settings: dict, output_dir=None) -> None:
         theirs = sorted(p.name for p in out.iterdir() if p.name not in ours | {path.name}) if out.is_dir() else []
         if theirs:  # a folder this app did not write: its files are not replaced or removed
             raise ValueError(f"config out: {out} holds files that lsde-sample did not write ({', '.join(theirs[:5])}"
-                             f"{', ...' if len(theirs) > 5 else ''}); give another out= (or name=), or empty it")
+                             f"{', ...' if len(theirs) > 5 else ''}); give {another_folder()}, or empty it")
         return
     if before != json.loads(json.dumps(settings)):
         differ = sorted(k for k in {*settings, *before} if json.dumps(before.get(k)) != json.dumps(settings.get(k)))
         raise ValueError(f"config name: {out} holds samples of other settings ({', '.join(differ)} differ); give "
-                         "another name= (out=) to keep both, or delete it" + job_folder_note())
+                         f"{another_folder()} to keep both, or delete it" + job_folder_note())
 
 
 def chunk_settings(path: Path) -> str | None:

@@ -217,7 +217,8 @@ def resume_point(cfg: DictConfig) -> str | None:
     path, problems = newest_loadable(folder)
     if path is None and problems:
         raise ValueError(f"config ckpt_path=last: no checkpoint in {folder} can be read ({by_reason(problems, folder)})"
-                         "; where the reason is theirs, point ckpt_path at a good one, or start a new run under another run_name")
+                         "; where the reason is theirs, point ckpt_path at a good one, or start a new run under "
+                         "another run_name")
     for problem in problems:
         log.warning("cannot resume from %s", problem)
     if problems:
@@ -272,8 +273,8 @@ def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 
     if theirs_k != accumulation:
         raise ValueError(f"config trainer.accumulate_grad_batches: the checkpoint {path} was trained with {theirs_k} "
                          f"batches a step, this config has {accumulation}; a resume keeps it (the data order and "
-                         "each batch's seed count its batches): resume with the run's own value, or start a new run under "
-                         "another run_name")
+                         "each batch's seed count its batches): resume with the run's own value, or start a new "
+                         "run under another run_name")
     theirs_b = ckpt.get("batch_size", (ckpt.get("data_config") or {}).get("batch_size"))  # older: as configured
     if None not in (theirs_b, batch_size) and theirs_b != batch_size:
         raise ValueError(f"config data.batch_size: the checkpoint {path} was trained on batches of {theirs_b}, this "

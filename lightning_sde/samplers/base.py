@@ -136,8 +136,8 @@ def warn_if_tolerance_unresolved(sampler, dtype) -> None:
     if tol < floor and (sampler.name, tol, dtype) not in _UNRESOLVED:
         _UNRESOLVED.add((sampler.name, tol, dtype))
         log.warning("sampler %r: tolerance %g is below what %s samples resolve (~%.1g): its accuracy stops "
-                    "improving while its NFE grows; sample in float64 (dtype=float64; in lsde-train callbacks.sampler.dtype=float64), "
-                    "or use a tolerance >= %.1g", sampler.name, tol,
+                    "improving while its NFE grows; sample in float64 (dtype=float64; in lsde-train "
+                    "callbacks.sampler.dtype=float64), or use a tolerance >= %.1g", sampler.name, tol,
                     str(dtype).replace("torch.", ""), floor, floor)
 
 
