@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.names) - set(data_configs()))
     if unknown:
         parser.error(f"unknown dataset(s) {unknown}; choose from {data_configs()}")
+    if args.reference_stats is not None and not args.names:  # before "nothing to do": --inception would not do
+        parser.error("--reference-stats N needs a dataset name (its training images' statistics)")
     if not (args.names or args.inception):
         parser.error("nothing to do: name a dataset and/or pass --inception")
     if not (math.isfinite(args.timeout) and args.timeout > 0):

@@ -101,6 +101,9 @@ def test_image_folder_reference_stats_of_the_data_settings_the_bench_will_use(tm
     assert "has no setting 'size'" in usage_error(["image_folder", "--root", str(root), "--reference-stats", "3",
                                                    "--data", "size=8"], capsys)
     assert "give --reference-stats too" in usage_error(["digits", "--data", "n_val=10"], capsys)
+    for argv in (["--reference-stats", "10"], ["--reference-stats", "10", "--inception"]):  # "pass --inception" misled
+        assert usage_error(argv, capsys).endswith("--reference-stats N needs a dataset name (its training images' "
+                                                  "statistics)")
 
 
 def test_data_settings_are_read_as_the_bench_reads_its_overrides(capsys):
