@@ -189,11 +189,18 @@ def resume_point(cfg: DictConfig) -> str | None:
     """The checkpoint to resume from, checked now: an explicit ckpt_path must be a lightning-sde checkpoint;
     ckpt_path=last takes the checkpoint of the run at the highest global step that reads back (saying so when it
     skips a broken one). A run that went on from an explicit ckpt_path, rerun with it (a requeue's same command,
-    or the command again after a stop), resumes its own checkpoint; so does a requeued job with ckpt_path=null."""
+    or the command again after a stop), resumes its own checkpoint; so does a requeued job with ckpt_path=null.
+    ckpt_path=null on a run that holds checkpoints (not this job's own) is refused: starting afresh would write over
+    them and append to its logs."""
     if cfg.ckpt_path is None:
         restarts, job = os.environ.get("SLURM_RESTART_COUNT", ""), slurm_job()
         own = own_checkpoint(cfg) if restarts.isdigit() and int(restarts) > 0 and job else None
-        if own is None or read_checkpoint(own).get("slurm_job") != job:  # another job's: afresh, as asked
+        if own is None or read_checkpoint(own).get("slurm_job") != job:  # not this job's: afresh, if nothing is lost
+            held = sorted((Path(cfg.run_dir) / "checkpoints").glob("*.ckpt"))
+            if held:
+                raise ValueError(f"config ckpt_path=null: the run {cfg.run_dir} holds checkpoints ({held[-1].name}, "
+                                 "...): starting it afresh would write over them and append to its logs; resume it "
+                                 "(ckpt_path=last), or start a new run under another run_name")
             return None
         if launched_first():
             log.info("resuming %s: this job (%s) was requeued after it saved it; ckpt_path=null started the run "

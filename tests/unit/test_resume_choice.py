@@ -477,7 +477,7 @@ def test_a_resume_with_another_batch_size_is_refused(tmp_path):
     torch.save({**ckpt, "data_config": TOY}, path)
     module = ScoreModule(net=NET, sde=SDE, shape=[2])
     with pytest.raises(ValueError, match=r"^config data.batch_size: the checkpoint .* was trained on batches of 512, "
-                                         r"this config has 64; a resume keeps it .* \(init_from=<checkpoint>\)$"):
+                                         r"this config has 64; a resume keeps it .* \(another run_name, init_from=<checkpoint>\)$"):
         check_resume_fits(path, module, 1, 64)
     assert check_resume_fits(path, module, 1, 512) == 7
     torch.save({**ckpt, "data_config": TOY, "batch_size": 64}, path)
@@ -488,7 +488,8 @@ def test_a_resume_with_another_batch_size_is_refused(tmp_path):
 
 def test_a_requeued_job_started_afresh_resumes_its_own_checkpoint(tmp_path, monkeypatch):
     """ckpt_path=null under SLURM: the requeued job (SLURM_RESTART_COUNT >= 1) started from step 0 again, each time
-    (a job longer than its time limit never ended)."""
+    (a job longer than its time limit never ended). Where the checkpoints are not the job's own (a first start, an
+    earlier job of the run_name) it is refused: starting afresh wrote over a finished run's checkpoints."""
     from omegaconf import OmegaConf
 
     from lightning_sde.cli.train import resume_point
@@ -499,13 +500,19 @@ def test_a_requeued_job_started_afresh_resumes_its_own_checkpoint(tmp_path, monk
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
-    assert resume_point(cfg) is None  # a first start: afresh, as asked
+    refused = r"^config ckpt_path=null: the run .* holds checkpoints \(last.ckpt, ...\): starting it afresh would"
+    with pytest.raises(ValueError, match=refused):  # a first start over a run's checkpoints
+        resume_point(cfg)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
-    assert resume_point(cfg) is None
+    with pytest.raises(ValueError, match=refused):
+        resume_point(cfg)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     assert resume_point(cfg) == str(tmp_path / "checkpoints" / "last.ckpt")
-    monkeypatch.setenv("SLURM_JOB_ID", "78")  # another job's checkpoint (an earlier run's): afresh, as asked
-    assert resume_point(cfg) is None
+    monkeypatch.setenv("SLURM_JOB_ID", "78")  # another job's checkpoint (an earlier run's)
+    with pytest.raises(ValueError, match=refused):
+        resume_point(cfg)
+    (tmp_path / "checkpoints" / "last.ckpt").unlink()
+    assert resume_point(cfg) is None  # nothing to lose: afresh, as asked
 
 
 def test_a_checkpoint_written_in_a_slurm_job_records_the_job(monkeypatch):
