@@ -547,8 +547,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     max_steps = cfg.trainer.get("max_steps", -1)
     if resumed_at is not None and max_steps != -1 and resumed_at > max_steps:
         raise ValueError(f"config trainer.max_steps: {max_steps} is below the step of the checkpoint it resumes from "
-                         f"({resumed_at}: {resume}); raise it to train on, or start a new run under another run_name "
-                         "(ckpt_path=null under this one would write over its checkpoints and logs)")
+                         f"({resumed_at}: {resume}); raise it to train on, or start a new run under another run_name")
 
     for group, nodes in (("callbacks", cfg.callbacks), ("logger", cfg.logger or {})):  # +callbacks.<typo>.x=...
         named = sorted(k for k, node in nodes.items() if isinstance(node, DictConfig) and "_target_" in node)
