@@ -477,7 +477,8 @@ def test_a_resume_with_another_batch_size_is_refused(tmp_path):
     torch.save({**ckpt, "data_config": TOY}, path)
     module = ScoreModule(net=NET, sde=SDE, shape=[2])
     with pytest.raises(ValueError, match=r"^config data.batch_size: the checkpoint .* was trained on batches of 512, "
-                                         r"this config has 64; a resume keeps it .* \(another run_name, init_from=<checkpoint>\)$"):
+                                         r"this config has 64; a resume keeps it .* \(another run_name, "
+                                         r"init_from=<checkpoint>\)$"):
         check_resume_fits(path, module, 1, 64)
     assert check_resume_fits(path, module, 1, 512) == 7
     torch.save({**ckpt, "data_config": TOY, "batch_size": 64}, path)
