@@ -41,8 +41,10 @@ class SDE(ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if not hasattr(cls, "name"):  # a user's SDE written without one (README's recipe states six methods)
-            cls.name = cls.__name__
+        if "name" in vars(cls):
+            cls._name_given = True
+        elif not getattr(cls, "_name_given", False):  # none up the line but class names: README's recipe sets none
+            cls.name, cls._name_given = cls.__name__, False
 
     def __init__(self, eps: float = 1e-3, T: float = 1.0):
         real_numbers(type(self).__name__, eps=eps, T=T)

@@ -327,24 +327,24 @@ class ImageFolderDataModule(BaseDataModule):
 
     def check_scored_held_out(self, theirs: dict, state, path, seed_key: str = "data.seed") -> None:
         """The base's check, with the run's own default n_val; then what the folder's changes since do to the scored
-        images. Those that rank after the run's last validation image (val_last) were training images then, unless
-        added since: only validation images removed since let them in, and that is said. Images added since may rank
-        among the run's own and are scored (never trained on). A checkpoint from before val_last: any other listing
-        is said."""
+        images, said. Those that rank after the run's last validation image (val_last, where recorded) were training
+        images then unless added since: validation images removed since let them in. Any other change of the listing
+        puts images the checkpoint does not know among them: added since (never trained on), or training images
+        renamed since (trained on)."""
         self.take_run_n_val(state)
         super().check_scored_held_out(theirs, state, path, seed_key)
         if not isinstance(state, dict):
             return
-        if isinstance(state.get("val_last"), str):  # the split seed is the run's (checked above)
-            later = sum(split_key(f, self.root, self.seed) > state["val_last"] for f in self.val_files)
-            if later:
-                log.warning("%d of the %d validation images under %s rank after the checkpoint's last one: validation "
-                            "images were removed since, and these may be images the model trained on", later,
-                            self.n_val, self.root)
+        last = state.get("val_last")  # the split seed is the run's (checked above)
+        later = sum(split_key(f, self.root, self.seed) > last for f in self.val_files) if isinstance(last, str) else 0
+        if later:
+            log.warning("%d of the %d validation images under %s rank after the checkpoint's last one: validation "
+                        "images were removed since, and these may be images the model trained on", later, self.n_val,
+                        self.root)
         elif state.get("n_val") == self.n_val and state.get("val_files") not in (None, self.listing()["val_files"]):
-            log.warning("the validation images under %s are not the checkpoint's (the folder changed since): if "
-                        "images were removed, training images took their place, and the scores may include images "
-                        "the model trained on", self.root)
+            log.warning("the validation images under %s are not the checkpoint's (the folder changed since): images "
+                        "added since are scored beside its own (never trained on), but a training image renamed, or "
+                        "left in place of a removed one, may be scored as held out", self.root)
 
     def take_run_n_val(self, state) -> None:
         """The run's own count of validation images where n_val is the default (5 % of a changed folder differs)."""

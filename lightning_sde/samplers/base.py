@@ -22,9 +22,11 @@ import dataclasses
 import logging
 import math
 import numbers
+import sys
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
 import numpy as np
@@ -44,11 +46,21 @@ RANDOM_IN_TRAINING = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batc
 
 def warn_if_training(denoiser) -> None:
     """Say so (once) when a network samples in training mode: its dropout draws, its batch norm uses the batch."""
-    live = [type(m).__name__ for m in denoiser.modules() if m.training and isinstance(m, RANDOM_IN_TRAINING)]
+    live = [type(m).__name__ for m in denoiser.modules() if m.training and isinstance(m, RANDOM_IN_TRAINING)
+            and getattr(m, "p", 1) > 0]
     if live:
         warnings.warn(f"the network samples in training mode (its {live[0]} is active: samples vary from call to call "
                       "and depend on the batch): call .eval() on the Denoiser or the network (load_denoiser's are)",
-                      stacklevel=3)
+                      stacklevel=outside_package())
+
+
+def outside_package() -> int:
+    """The stacklevel of a warning raised here that names the first caller outside this package (the user's line)."""
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 SAMPLERS: dict[str, type["Sampler"]] = {}
 

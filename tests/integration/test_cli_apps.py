@@ -150,7 +150,7 @@ def test_lsde_likelihood_on_the_mixture_matches_the_truth_and_two_processes_agre
             for d in ("one", "two")]
     assert [r["index"] for r in rows[1]] == list(range(40))  # shards merged in order, none lost or repeated
     assert max(abs(a["logp"] - b["logp"]) for a, b in zip(*rows)) < 1e-5  # batches differ, the answer does not
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size_this_run"] == 2
 
 
 def test_hutchinson_likelihoods_of_a_sample_do_not_depend_on_its_batch(tmp_path):

@@ -337,7 +337,8 @@ def test_likelihood_scores_only_the_image_folders_held_out_images(tmp_path, capl
     assert grown.n_val == 3
     check_held_out(cfg, grown)
     assert grown.n_val == 2
-    assert not [r for r in caplog.records if "trained on" in r.getMessage()]  # new images were never trained on
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "rank after" not in said and "images added since are scored beside its own (never trained on)" in said
 
 
 def test_likelihood_says_when_removed_validation_images_let_training_images_in(tmp_path, caplog):
@@ -364,4 +365,25 @@ def test_likelihood_says_when_removed_validation_images_let_training_images_in(t
     assert "2 of the 3 validation images" in scored(state) and "may be images the model trained on" in scored(state)
     assert scored(state, n_val=1) == ""  # the run's third validation image, first now: held out
     legacy = {k: v for k, v in state.items() if k != "val_last"}
-    assert "the scores may include images the model trained on" in scored(legacy)
+    assert "a training image renamed, or left in place of a removed one, may be scored" in scored(legacy)
+
+
+def test_likelihood_says_when_a_renamed_training_image_may_be_scored_as_held_out(tmp_path, caplog):
+    """A training image renamed after the run gets another place in the split order: one that lands among the
+    validation images looks like an added image, and was scored as held out unsaid."""
+    from lightning_sde.cli.likelihood import check_held_out
+    from lightning_sde.data.image_folder import split_key
+
+    write_images(tmp_path / "images", 40)
+    trained = ImageFolderDataModule(tmp_path / "images", image_size=8, n_val=3)
+    state = trained.state_dict()
+    data = {"_target_": "lightning_sde.data.ImageFolderDataModule", "root": str(tmp_path / "images"), "n_val": 3}
+    torch.save({"state_dict": {}, "hyper_parameters": {"net": {}, "sde": {}, "shape": [3, 8, 8]},
+                "data_config": data, "ImageFolderDataModule": state}, tmp_path / "run.ckpt")
+    name = next(n for n in (tmp_path / "images" / f"renamed{i}.png" for i in range(1000))
+                if split_key(n, tmp_path / "images", 0) < state["val_last"])
+    trained.train_files[0].rename(name)
+    now = ImageFolderDataModule(tmp_path / "images", image_size=8, n_val=3)
+    assert name in now.val_files  # scored as held out
+    check_held_out(OmegaConf.create({"checkpoint": str(tmp_path / "run.ckpt"), "data": data}), now)
+    assert "a training image renamed, or left in place of a removed one, may be scored as held out" in caplog.text

@@ -148,6 +148,11 @@ def test_a_users_sde_written_by_the_readme_recipe_is_named_by_its_class_in_the_a
     from lightning_sde.targets import load_target
 
     assert ConstantBeta().name == "ConstantBeta" and OwnVP().name == "vp" and VPSDE.name == "vp"
+
+    class Shifted(ConstantBeta):  # a subclass of a class named by default: its own class name
+        pass
+
+    assert Shifted.name == "Shifted" and ConstantBeta.name == "ConstantBeta"
     monkeypatch.setenv("LSDE_TRUSTED_MODULES", "helpers")
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         cfg = compose("bench")
@@ -173,13 +178,15 @@ def test_a_network_in_training_mode_is_said_before_it_samples_with_dropout():
             return self.drop(self.lin(x))
 
     denoiser = Denoiser(Net(), VPSDE(), "eps", (2,))
-    with pytest.warns(UserWarning, match=r"the network samples in training mode \(its Dropout is active"):
+    with pytest.warns(UserWarning, match=r"the network samples in training mode \(its Dropout is active") as said:
         sample(build_sampler("ddim", steps=2), denoiser, seeds=range(4))
+    assert said[0].filename == __file__  # the user's line, not the package's
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         a, _ = sample(build_sampler("ddim", steps=2), denoiser.eval(), seeds=range(4))
         b, _ = sample(build_sampler("ddim", steps=2), denoiser, seeds=range(4))
         sample(build_sampler("ddim", steps=2), Denoiser(lambda x, t: x, VPSDE(), "eps", (2,)), seeds=range(4))
+        sample(build_sampler("ddim", steps=2), Denoiser(Net(0.0), VPSDE(), "eps", (2,)), seeds=range(4))  # p = 0
     assert torch.equal(a, b)
 
 
