@@ -178,7 +178,7 @@ def resume_step(path, trusted=()) -> int:
         raise CheckpointError(f"{cannot}: no global_step (got {step!r})")
     if not ckpt.get("optimizer_states") or not isinstance(ckpt.get("loops"), dict):
         raise CheckpointError(f"{cannot}: no optimizer state or loop progress (a weights-only save); sample from it "
-                              "with the apps, or start a new run from its weights (ckpt_path=null init_from=<path>)")
+                              "with the apps, or start a new run from its weights (another run_name, init_from=<path>)")
     if "data_moments" in ckpt:
         try:
             DataMoments.from_state(ckpt["data_moments"])

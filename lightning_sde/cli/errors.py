@@ -94,9 +94,14 @@ def multirun_job() -> tuple[str, int] | None:
 
 def another_folder() -> str:
     """How to name another output folder: out= where the command set it (name= would not move it), else name=."""
+    return "another out=" if folder_key() == "out" else "another name= (or out=)"
+
+
+def folder_key() -> str:
+    """The key that named the output folder: out where the command set it, else name."""
     from lightning_sde.configuration import overridden
 
-    return "another out=" if overridden("out") else "another name= (or out=)"
+    return "out" if overridden("out") else "name"
 
 
 def job_folder_note() -> str:

@@ -28,7 +28,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_sde.cli.errors import another_folder, fails_cleanly, job_folder_note, own_folder_per_job
+from lightning_sde.cli.errors import (
+    another_folder,
+    fails_cleanly,
+    folder_key,
+    job_folder_note,
+    own_folder_per_job,
+)
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, LIKELIHOOD_FREE_KEYS, checked, overridden, plain, require_device
 from lightning_sde.configuration import device as parse_device
@@ -151,8 +157,8 @@ def check_out(cfg: DictConfig, target_id: str) -> None:
         except (OSError, ValueError, AttributeError, TypeError):
             before = None
         if before != settings(cfg, target_id):
-            raise ValueError(f"config name: {path} holds {what} of other settings (or of another version); give "
-                             f"{another_folder()} to keep both, or delete it" + job_folder_note())
+            raise ValueError(f"config {folder_key()}: {path} holds {what} of other settings (or of another version); "
+                             f"give {another_folder()} to keep both, or delete it" + job_folder_note())
 
 
 PARTIAL = "partial"  # under out: each process's rows as they are computed, read back by a rerun; gone once written

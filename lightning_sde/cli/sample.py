@@ -40,7 +40,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sde.bench.spec import MAX_NFE, jsonable, positive_int
-from lightning_sde.cli.errors import another_folder, fails_cleanly, job_folder_note, own_folder_per_job
+from lightning_sde.cli.errors import (
+    another_folder,
+    fails_cleanly,
+    folder_key,
+    job_folder_note,
+    own_folder_per_job,
+)
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import (
     CONFIG_PATH,
@@ -172,8 +178,8 @@ def check_out(out: Path, settings: dict, output_dir=None) -> None:
         if chunks:  # this app's chunks, their settings.json lost or unreadable: each says what it was drawn under
             ours = settings_text(settings)
             if any(chunk_settings(p) not in (None, ours) for p in chunks):
-                raise ValueError(f"config name: {out} holds samples of other settings (its chunks say so; its "
-                                 f"settings.json is gone or unreadable); give {another_folder()} to keep both, or "
+                raise ValueError(f"config {folder_key()}: {out} holds samples of other settings (its chunks say so; "
+                                 f"its settings.json is gone or unreadable); give {another_folder()} to keep both, or "
                                  "delete it" + job_folder_note())
             return
         ours = {LOCK_FILE}
@@ -186,8 +192,8 @@ def check_out(out: Path, settings: dict, output_dir=None) -> None:
         return
     if before != json.loads(json.dumps(settings)):
         differ = sorted(k for k in {*settings, *before} if json.dumps(before.get(k)) != json.dumps(settings.get(k)))
-        raise ValueError(f"config name: {out} holds samples of other settings ({', '.join(differ)} differ); give "
-                         f"{another_folder()} to keep both, or delete it" + job_folder_note())
+        raise ValueError(f"config {folder_key()}: {out} holds samples of other settings ({', '.join(differ)} differ); "
+                         f"give {another_folder()} to keep both, or delete it" + job_folder_note())
 
 
 def chunk_settings(path: Path) -> str | None:

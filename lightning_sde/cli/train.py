@@ -200,7 +200,8 @@ def resume_point(cfg: DictConfig) -> str | None:
             if held:
                 raise ValueError(f"config ckpt_path=null: the run {cfg.run_dir} holds checkpoints ({held[-1].name}, "
                                  "...): starting it afresh would write over them and append to its logs; resume it "
-                                 "(ckpt_path=last), or start a new run under another run_name")
+                                 "(ckpt_path=last), or start a new run under another run_name (init_from=<one of "
+                                 "them> to start from its weights)")
             return None
         if launched_first():
             log.info("resuming %s: this job (%s) was requeued after it saved it; ckpt_path=null started the run "

@@ -20,6 +20,7 @@ equal sampler steps, not at equal network FLOPs; the rows carry the factor that 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -29,7 +30,7 @@ from lightning_sde.models.denoiser import Denoiser, Prediction, output_to_eps
 
 def check_guidance(guidance, where: str = "guidance", otherwise: str = "") -> float:
     """The weight w >= 0 on the (1 + w) scale, else ValueError naming `where` (and what `otherwise` it may be)."""
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf:
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not 0 <= guidance < math.inf:
         raise ValueError(f"{where}: must be a number >= 0 (0: the conditional model){otherwise}; got {guidance!r}")
     return float(guidance)
 

@@ -81,12 +81,12 @@ def test_a_killed_or_extended_run_goes_on_from_its_chunks_and_other_settings_are
     np.testing.assert_array_equal(more["samples"][:300], first["samples"])
     assert more["samples"].shape == (500, 2)
     proc = lsde_sample(out, "sampler=ddim", "nfe=10", "batch_size=100", "seeds.count=300")
-    assert proc.returncode == 1 and f"config name: {out} holds samples of other settings (params differ)" in \
+    assert proc.returncode == 1 and f"config out: {out} holds samples of other settings (params differ)" in \
         proc.stderr, proc.stderr[-2000:]
     np.testing.assert_array_equal(written(out)["samples"], more["samples"])  # left as it was
     (out / "settings.json").unlink()  # its record gone: each chunk still says what it was drawn under
     proc = lsde_sample(out, "sampler=ddim", "nfe=10", "batch_size=100", "seeds.count=300")
-    assert proc.returncode == 1 and f"config name: {out} holds samples of other settings (its chunks say so" in \
+    assert proc.returncode == 1 and f"config out: {out} holds samples of other settings (its chunks say so" in \
         proc.stderr, proc.stderr[-2000:]  # they were drawn again over those of nfe=8
     np.testing.assert_array_equal(written(out)["samples"], more["samples"])
     proc = lsde_sample(out, *common, "seeds.count=500")  # the chunks' own settings: the folder is the run's

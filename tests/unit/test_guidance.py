@@ -174,6 +174,9 @@ def test_guidance_refuses_bad_input():
         guided(MIX.conditional(0).denoiser(VPSDE()).__class__(lambda x, t: x, VPSDE(), "eps", (2,)), [0], 1.0)
     with pytest.raises(ValueError, match="classes in 0..1"):
         guided(MIX.denoiser(VPSDE()), torch.tensor([0, 2]), 1.0)
+    import numpy as np
+
+    assert guided(MIX.denoiser(VPSDE()), torch.tensor([0]), np.float32(1.5)).guidance == 1.5  # np.arange's weights
     for w in (float("nan"), float("inf"), -0.5, True):
         with pytest.raises(ValueError, match=r"^guidance: must be a number >= 0 \(0: the conditional model\); got"):
             guided(MIX.denoiser(VPSDE()), torch.tensor([0]), w)

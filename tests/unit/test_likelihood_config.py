@@ -57,7 +57,7 @@ def test_a_result_of_other_settings_in_the_output_folder_is_not_replaced(tmp_pat
     validate(cfg())  # the same settings: a rerun
     for other in (["sde=ve"], ["n=10"], ["seed=1"], ["ode.rtol=1e-4"], ["problem=swiss_roll"]):
         with pytest.raises(ValueError, match=rf"^config name: {tmp_path}/summary.json holds the result of other "
-                                             r"settings .*give another name= \(out=\) to keep both, or delete it$"):
+                                             r"settings .*give another name= \(or out=\) to keep both, or delete it$"):
             validate(cfg(*other))
     for content in ('{"target": "mixture:eight_gaussians"}', "{torn"):
         (tmp_path / "summary.json").write_text(content)
