@@ -349,10 +349,12 @@ def trusted_targets(also=()) -> tuple[str, ...]:
     listed = [(f"${TRUSTED_ENV}", name) for name in os.environ.get(TRUSTED_ENV, "").split(",")]
     extra = []
     for where, name in [*listed, *(("trusted", name) for name in also)]:
-        name = name.strip().rstrip(".") if isinstance(name, str) else name
+        if not isinstance(name, str):
+            raise ValueError(f"{where}: {name!r} is not a module name (e.g. my_package)")
+        name = name.strip().rstrip(".")
         if not name:
             continue
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
             raise ValueError(f"{where}: {name!r} is not a module name (e.g. my_package)")
         extra.append(f"{name}.")
     return (*TRUSTED_TARGETS, *dict.fromkeys(extra))

@@ -476,6 +476,15 @@ def wandb_wanted(cfg: DictConfig) -> bool:
     return cfg.wandb.enabled and cfg.shard.count == 1 and not wandb_disabled()
 
 
+def planned_rows(cells, protocol: dict, batch_size: int) -> list[dict]:
+    """The rows the cells will give, as far as their config shows them: a live W&B run's config is made of them
+    (sweep_config), as `report --wandb`'s is of the rows written."""
+    return [{**protocol, "sampler": c.label, "sampler_name": c.sampler, "grid": c.grid, "requested": c.requested,
+             "seed_start": c.seed_start, "seed_count": c.seed_count, "batch_size": batch_size, "metric": m,
+             **({} if c.guidance is None else {"guidance": c.guidance, "labels": c.settings["labels"]})}
+            for c in cells for m in c.metrics]
+
+
 def open_sweep_run(cfg: DictConfig, target, protocol: dict, sweep: Sweep) -> SweepRun | None:
     """The sweep's W&B run, logged cell by cell (rank 0; one shard: shards log through `report --wandb` once all
     are done, since a W&B run has one writer)."""
@@ -483,11 +492,7 @@ def open_sweep_run(cfg: DictConfig, target, protocol: dict, sweep: Sweep) -> Swe
         if cfg.wandb.enabled and not wandb_disabled():  # shards: the run `report --wandb` makes keeps the sweep's name
             remember_sweep(cfg.results, cfg.wandb.project, f"bench-{cfg.name}", cfg.name)
         return None
-    cells = [{**protocol, "sampler": c.label, "sampler_name": c.sampler, "grid": c.grid, "requested": c.requested,
-              "seed_start": c.seed_start, "seed_count": c.seed_count, "batch_size": cfg.batch_size, "metric": m,
-              **({} if c.guidance is None else {"guidance": c.guidance, "labels": c.settings["labels"]})}
-             for c in sweep.cells for m in c.metrics]  # the rows to come, as far as the config shows them
-    config, tags = sweep_config(cfg.name, cells)
+    config, tags = sweep_config(cfg.name, planned_rows(sweep.cells, protocol, cfg.batch_size))
     try:
         return SweepRun(cfg.results, cfg.wandb.project, f"bench-{cfg.name}", cfg.name, flat("", config), tags)
     except Exception as err:  # noqa: BLE001  (the results file is the record; the view can be made by report)

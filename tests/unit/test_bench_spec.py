@@ -315,6 +315,8 @@ def test_guidance_is_a_sweep_axis_with_an_honest_nfe(tmp_path):
 
     config = sweep_config("s", load(tmp_path / "r.jsonl"))[0]  # W&B runs filter on the weights and the classes
     assert (config["guidance"], config["labels"]) == ([0.0, 2.0], "cycle")
+    live = sweep_config("s", runner.planned_rows(runner.prepare(cfg).cells, {}, 64))[0]  # a live run's, before any row
+    assert (live["guidance"], live["labels"]) == ([0.0, 2.0], "cycle")
     assert "guidance" not in sweep_config("s", [{k: v for k, v in r.items() if k not in ("guidance", "labels")}
                                                 for r in rows])[0]
     assert by_w[2.0]["value"] != by_w[0.0]["value"]
