@@ -108,6 +108,22 @@ class LastCheckpoint(ModelCheckpoint):
         self._last_checkpoint_saved = self.last_model_path = str(path)
 
 
+class BestCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that never counts a non-finite value as a best one: Lightning's takes NaN for the worst value
+    and still saves its first top-k, so a model whose samples all diverged had a best-*.ckpt. The value is the same
+    on every rank (the sampler callback broadcasts it), so every rank decides alike. Its state is saved under
+    Lightning's ModelCheckpoint key, so that a run checkpointed with that class resumes its choice of the best."""
+
+    @property
+    def state_key(self) -> str:
+        return ModelCheckpoint.__qualname__ + super().state_key.removeprefix(type(self).__qualname__)
+
+    def check_monitor_top_k(self, trainer, current=None) -> bool:
+        if current is not None and not torch.isfinite(torch.as_tensor(current)).all():
+            return False
+        return super().check_monitor_top_k(trainer, current)
+
+
 def looks_like_a_checkpoint(path: Path) -> bool:
     """A cheap structural check (the zip's central directory, no tensor read): a torch.save archive with its
     pickle. A truncated or overwritten file fails it."""

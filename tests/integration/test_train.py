@@ -238,23 +238,26 @@ def test_digits_samples_beat_noise_on_domain_fid(tmp_path):
 
 
 def test_the_sampler_callback_reports_non_finite_samples_and_never_scores_them(tmp_path):
-    """A model whose samples diverge: the callback logs n_nonfinite and NaN metrics (never "best"), not numbers."""
+    """A model whose samples diverge: the callback logs n_nonfinite and NaN metrics, not numbers, and the best
+    checkpoint never takes them (Lightning's own saves its first top-k whatever the value)."""
     import lightning as L
 
-    from lightning_sde.callbacks import SamplerCallback
+    from lightning_sde.callbacks import BestCheckpoint, SamplerCallback
     from lightning_sde.module import ScoreModule
     from lightning_sde.samplers import DDIM
 
     module = ScoreModule(net={"_target_": "helpers.nets.NaNWhenSampling"}, shape=[2],
                          sde={"_target_": "lightning_sde.sde.VPSDE"})
     callback = SamplerCallback({"ddim": DDIM(steps=5)}, n_samples=20, batch_size=20)
-    trainer = L.Trainer(max_steps=2, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
-                        callbacks=[callback], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    best = BestCheckpoint(dirpath=tmp_path / "checkpoints", filename="best-{step}", monitor="val/ddim/sliced_w2")
+    trainer = L.Trainer(max_steps=4, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
+                        callbacks=[callback, best], logger=False, enable_progress_bar=False,
                         default_root_dir=tmp_path, accelerator="cpu")
     trainer.fit(module, datamodule=Toy2DDataModule(batch_size=64, n_train=256, n_val=64))
     row = callback.last_rows["ddim"]
     assert row["n_nonfinite"] == 20 and row["n_samples"] == 20
     assert math.isnan(row["sliced_w2"]) and math.isnan(row["mmd"])
+    assert best.best_model_path == "" and not list((tmp_path / "checkpoints").glob("best-*.ckpt"))
 
 
 def test_the_sampler_callback_reports_the_nfe_of_a_batch_over_several_batches(tmp_path):

@@ -754,6 +754,23 @@ def test_a_resume_refuses_a_best_callback_that_would_start_afresh_beside_the_run
         check([a], [best("val/ddim_50/sliced_w2", mode="max")])
 
 
+def test_the_shipped_best_checkpoint_never_takes_a_non_finite_value_and_resumes_a_modelcheckpoints_choice(tmp_path):
+    """callbacks.best is BestCheckpoint, whose state is saved under Lightning's ModelCheckpoint key: a run
+    checkpointed before (with ModelCheckpoint) resumes its best choice, not a second best file beside it."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_sde.callbacks import BestCheckpoint
+
+    node = composed("train", [f"run_dir={tmp_path}"]).callbacks.best
+    best = instantiate(node, monitor="val/ddim_50/sliced_w2")
+    assert type(best) is BestCheckpoint
+    assert best.state_key == ModelCheckpoint(dirpath=tmp_path, monitor="val/ddim_50/sliced_w2").state_key
+    assert not best.check_monitor_top_k(None, torch.tensor(float("nan")))
+    assert not best.check_monitor_top_k(None, torch.tensor(float("inf")))
+    assert best.check_monitor_top_k(None, torch.tensor(3.0))  # none saved yet
+
+
 @pytest.mark.parametrize("app", ["train", "bench", "compare", "sample", "likelihood", "figures"])
 def test_two_sweeps_started_in_one_second_log_to_two_folders(app):
     """The sweep folder was named to the second: two sweeps started together interleaved their jobs' logs in one
