@@ -90,9 +90,11 @@ def _grid(cfg: DictConfig, key: str, check) -> list | None:
     if values is None:
         return None
     if not isinstance(values, (list, tuple, ListConfig)):
+        example = "<value>, ..."  # not the value: a string's list ([a]) would fail too
         if isinstance(values, (int, float)) and not isinstance(values, bool):
             check(key, values)  # a number that is no budget is said to be so, not put in a list in the advice
-        _fail(key, f"must be a list, e.g. '{key}=[{values}]' (quoted for the shell), or null; got {values!r}")
+            example = values
+        _fail(key, f"must be a list, e.g. '{key}=[{example}]' (quoted for the shell), or null; got {values!r}")
     values = list(values)
     if not values:
         _fail(key, "is empty; give values, or null to run every sampler as configured")

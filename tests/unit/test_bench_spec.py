@@ -48,7 +48,7 @@ BAD_BENCH = [
     (["nfe=[10,0]"], "config nfe[1]: must be an integer >= 1; got 0"),
     (["nfe=[10,1000000000000]"], "config nfe[1]: must be at most 100000; got 1000000000000"),
     (["nfe=20"], "config nfe: must be a list, e.g. 'nfe=[20]' (quoted for the shell), or null; got 20"),
-    (["nfe=abc"], "config nfe: must be a list"),
+    (["nfe=abc"], "config nfe: must be a list, e.g. 'nfe=[<value>, ...]' (quoted"),  # not 'nfe=[abc]': fails too
     (["nfe=0"], "config nfe: must be an integer >= 1; got 0"),  # not advised to write 'nfe=[0]'
     (["+sampler@samplers.ode=ode", "tolerances=1e-3"], "config tolerances: must be a list"),
     (["+sampler@samplers.ode=ode", "tolerances=[1e-3,-1e-5]"], "config tolerances[1]: must be a number > 0"),
