@@ -126,7 +126,8 @@ CELL_FIELDS = frozenset({
     "target", "key", "time", "value", "metric", "ci_low", "ci_high", "ci_level", "sampler", "sampler_name",
     "sampler_label", "params", "grid", "requested", "nfe", "nfe_per_batch", "wall_s", "samples_per_s",
     "peak_memory_mb", "n_nonfinite", "setup_nfe", "setup_wall_s", "world_size", "device", "shard", "n_samples",
-    "seed_start", "seed_count", "batch_size", "guidance", "labels", "guidance_batch_factor", "definitions"})
+    "seed_start", "seed_count", "batch_size", "guidance", "labels", "guidance_batch_factor", "definitions",
+    "launch", "threads", "host"})
 
 
 def sweep_config(name: str, rows: list[dict]) -> tuple[dict, list[str]]:

@@ -38,7 +38,7 @@ from lightning_sde.files import taking_turns, write_csv, write_text
 from lightning_sde.metrics.scorer import direction
 from lightning_sde.plotting import drawable
 from lightning_sde.plotting.style import natural
-from lightning_sde.plotting.sweeps import plot_metrics, plot_samples
+from lightning_sde.plotting.sweeps import plot_metrics, plot_samples, timing_conditions, timing_note
 from lightning_sde.plotting.tables import text_table
 from lightning_sde.tracking import finish_wandb, wandb_disabled
 
@@ -153,7 +153,8 @@ def summary_table(rows: list[dict]) -> str:
     for r in rows:
         key = (r["sampler"], r["grid"], r["requested"])
         line = lines.setdefault(key, {"sampler": r["sampler"], "budget": column_label(r["grid"], r["requested"]),
-                                      "nfe": r["nfe"], "setup_nfe": r.get("setup_nfe") or "", "wall_s": r["wall_s"],
+                                      "nfe": r["nfe"], "setup_nfe": r.get("setup_nfe") or "",
+                                      "setup_wall_s": r.get("setup_wall_s") or "", "wall_s": r["wall_s"],
                                       "selected": r.get("selected") or "",
                                       "samples_per_s": r.get("samples_per_s") or "", "grid": r["grid"]})
         line[r["metric"]] = with_interval(r)
@@ -161,9 +162,10 @@ def summary_table(rows: list[dict]) -> str:
     arrows = ", ".join(f"{m} {direction(m)}" for m in metrics)
     setup = ["setup_nfe"] if any(line["setup_nfe"] for line in ordered) else []  # only samplers that set up pay it
     chosen = ["selected"] if any(line["selected"] for line in ordered) else []
-    levels = interval_levels(rows)
-    return text_table(ordered, ["sampler", "budget", "nfe", *setup, *chosen, "wall_s", "samples_per_s",
-                                *metrics]) + f"\n({arrows}{levels})"
+    setup_s = ["setup_wall_s"] if any(line["setup_wall_s"] for line in ordered) else []
+    levels, timing = interval_levels(rows), timing_note(cells(rows))
+    return text_table(ordered, ["sampler", "budget", "nfe", *setup, *chosen, "wall_s", *setup_s, "samples_per_s",
+                                *metrics]) + f"\n({arrows}{levels}{'; ' + timing if timing else ''})"
 
 
 def sample_panels(rows: list[dict], previews: SamplePreviews):
@@ -280,6 +282,10 @@ def write_views(results: Path, out: Path, preferred) -> tuple[list[dict], dict]:
         log.warning("%s: %d row(s) not in the views: a sampler's curve shows the rows run as its latest ones were "
                     "(sampler parameters, dtype, device) and, of a budget computed twice, the later; %s has every "
                     "row", results, hidden, views["csv"].name)  # pragma: no mutate
+    differ = timing_conditions(cells(view))
+    if differ:
+        log.warning("%s: the wall times shown were measured under differing conditions (%s): compare times only where "
+                    "these agree (the CSV has each row's)", results, "; ".join(differ))  # pragma: no mutate
     missing = SweepPlans(results).missing({cell_key_of(r["key"]) for r in rows})
     gap = ""
     if missing:  # a shard not run yet, killed or refused: say so rather than draw a partial curve as the sweep's

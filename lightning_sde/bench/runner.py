@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -365,7 +366,8 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
             previews.save_reference(reference, SamplePreviews.protocol(sweep.target_id, cfg.seeds.start,
                                                                        cfg.seeds.count))
         protocol = {**target.protocol, **(scorer.protocol if scorer else {}), "dtype": cfg.dtype,
-                    "git_commit": source_revision(), "shard": f"{cfg.shard.index}/{cfg.shard.count}"}
+                    "git_commit": source_revision(), "shard": f"{cfg.shard.index}/{cfg.shard.count}",
+                    **timing_context()}
         live = open_sweep_run(cfg, target, protocol, sweep) if rank == 0 else None
         started = time.monotonic()
         for n_done, cell in enumerate(todo):
@@ -474,6 +476,13 @@ def one_class(cfg: DictConfig, target) -> int | None:
 def wandb_wanted(cfg: DictConfig) -> bool:
     """Whether the sweep logs a live W&B run (one shard: shards log through `report --wandb` once all are done)."""
     return cfg.wandb.enabled and cfg.shard.count == 1 and not wandb_disabled()
+
+
+def timing_context() -> dict:
+    """Where this launch measures its wall times (dashboard.CELL_FIELDS: no part of the protocol); the views say
+    when a file's cells differ in them (plotting.sweeps.timing_conditions)."""
+    return {"launch": datetime.now(timezone.utc).isoformat(timespec="seconds"), "threads": torch.get_num_threads(),
+            "host": socket.gethostname()}
 
 
 def planned_rows(cells, protocol: dict, batch_size: int) -> list[dict]:

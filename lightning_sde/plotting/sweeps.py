@@ -214,10 +214,47 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None 
         labels.append("diverged: samples not all finite (x at the top, at its NFE)")
     fig.legend(handles, labels, loc="outside right upper", fontsize="small", title="sampler",
                ncols=1 if len(labels) <= 22 else 2)
-    caption = _caption(rows) + (DODGED if len(samplers) > 1 else "")
+    caption = "; ".join(filter(None, [_caption(rows) + (DODGED if len(samplers) > 1 else ""),
+                                      timing_note(cell_rows)]))
     caption = textwrap.fill(caption, width=int(fig.get_figwidth() * 15))  # about 15 characters an inch at 9 pt
     fig.supxlabel(f"{subject}\n{caption}" if subject else caption, fontsize=9)  # a title would run under the legend
     return fig
+
+
+TIMING_CONDITIONS = {"batch_size": "batch sizes", "world_size": "process counts", "threads": "threads",
+                     "host": "hosts", "device": "devices"}  # what a cell's wall time depends on besides its sampler
+
+
+def timing_conditions(cell_rows: list[dict]) -> list[str]:
+    """Where the timed cells' wall times were measured under different conditions, which: e.g. ["batch sizes 1, 400",
+    "3 launches"] (a launch: one lsde-bench run, its start time; rows written before launches were recorded: their
+    code version). Empty when they are alike."""
+    timed = [r for r in cell_rows if r.get("nfe")]
+    differ = []
+    for field, name in TIMING_CONDITIONS.items():
+        values = {r[field] for r in timed if r.get(field) is not None}
+        if len(values) > 1:
+            differ.append(f"{name} {', '.join(map(str, sorted(values, key=lambda v: natural(str(v)))))}")
+    launches = {r.get("launch") or r.get("git_commit") for r in timed} - {None}
+    if len(launches) > 1:
+        differ.append(f"{len(launches)} launches")
+    return differ
+
+
+def timing_note(cell_rows: list[dict]) -> str:
+    """What the wall times are, for the views: the sampling alone, measured once a cell, without a grid's set-up;
+    where they were measured under different conditions, which."""
+    timed = [r for r in cell_rows if r.get("nfe")]
+    if not timed:
+        return ""
+    text = "wall time: the sampling alone, measured once a cell"
+    setup = max((float(r.get("setup_wall_s") or 0) for r in timed), default=0.0)
+    if setup:
+        text += f", without a grid's set-up (up to {setup:.3g} s a cell: the CSV's setup_wall_s)"
+    differ = timing_conditions(timed)
+    if differ:
+        text += f"; measured under differing conditions ({'; '.join(differ)}): compare times only where these agree"
+    return text
 
 
 def _caption(rows: list[dict]) -> str:
