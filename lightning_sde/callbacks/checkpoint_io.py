@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -57,7 +58,43 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.close(directory)
 
 
-class LastCheckpoint(ModelCheckpoint):
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose state follows its run's folder when the run was moved or copied (rsync to another
+    machine, a renamed project): Lightning keeps the state (the best value, the files chosen) only where the folder
+    is the one saved, an absolute path, so a moved run's resume saved a worse step as a second best. When the
+    checkpoint resumed lies in this callback's folder, the state's paths are read as that folder's."""
+
+    _trainer = None  # its ckpt_path (set after setup) is the checkpoint whose state is loaded
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._trainer = weakref.ref(trainer)
+
+    def load_state_dict(self, state_dict) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        trainer = self._trainer() if self._trainer else None
+        resumed = trainer.ckpt_path if trainer is not None else None
+        if old and new and old != new and resumed and Path(resumed).resolve().parent == Path(new).resolve():
+            state_dict = moved_state(state_dict, old, new)
+        super().load_state_dict(state_dict)
+
+
+def moved_state(state: dict, old: str, new: str) -> dict:
+    """A ModelCheckpoint state with the paths in folder `old` put in folder `new`."""
+    def move(path):
+        return os.path.join(new, os.path.relpath(path, old)) if isinstance(path, str) and path \
+            and Path(path).parent == Path(old) else path
+
+    state = {**state, "dirpath": new}
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in state:
+            state[key] = move(state[key])
+    if isinstance(state.get("best_k_models"), dict):
+        state["best_k_models"] = {move(path): value for path, value in state["best_k_models"].items()}
+    return state
+
+
+class LastCheckpoint(RunCheckpoint):
     """ModelCheckpoint whose last.ckpt is the final state of every fit that ends normally: Lightning's writes it at
     the end only if this process has saved nothing before (a run of 25 steps saving every 10 ended with step 20).
     The fit's last step is saved at its end, as a periodic save (after the fit Lightning has counted the epoch and
@@ -108,7 +145,7 @@ class LastCheckpoint(ModelCheckpoint):
         self._last_checkpoint_saved = self.last_model_path = str(path)
 
 
-class BestCheckpoint(ModelCheckpoint):
+class BestCheckpoint(RunCheckpoint):
     """ModelCheckpoint that never counts a non-finite value as a best one: Lightning's takes NaN for the worst value
     and still saves its first top-k, so a model whose samples all diverged had a best-*.ckpt. The value is the same
     on every rank (the sampler callback broadcasts it), so every rank decides alike. Its state is saved under

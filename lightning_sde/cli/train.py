@@ -210,7 +210,7 @@ def resume_point(cfg: DictConfig) -> str | None:
     if cfg.ckpt_path != "last":
         own, source = own_checkpoint(cfg), str(Path(cfg.ckpt_path).resolve())
         if own is not None and Path(own).resolve() != Path(source) \
-                and read_checkpoint(own).get("resumed_from") == source:  # whether or not the source is still there
+                and recorded_as(own, "resumed_from", source):  # whether or not the source is still there
             if launched_first():
                 log.info("resuming %s, this run's own checkpoint; ckpt_path (%s) started the run", own, cfg.ckpt_path)
             return own
@@ -314,7 +314,8 @@ def check_same_evaluations(path: str, sampler_cb: SamplerCallback) -> None:
 def check_same_monitors(path: str, callbacks) -> None:
     """A resume keeps what chooses the run's best checkpoint: a best callback that would start afresh (another
     monitor, mode or schedule; a changed sampler set moves `auto`) in the folder of one the run had would write a
-    second best-*.ckpt beside the first, each the best of another metric. Dropping one, or adding one, is no change."""
+    second best-*.ckpt beside the first, each the best of another metric. Dropping one, or adding one, is no change.
+    A checkpoint resumed from the best callback's folder is the run's own, wherever the run was when it was saved."""
     states = read_checkpoint(path).get("callbacks")
     if not isinstance(states, dict):
         return
@@ -324,7 +325,7 @@ def check_same_monitors(path: str, callbacks) -> None:
         if key in ours or not (isinstance(state, dict) and state.get("monitor") and state.get("best_model_path")):
             continue
         replacing = [cb for cb in fresh if cb.dirpath is not None and state.get("dirpath") is not None
-                     and Path(cb.dirpath).resolve() == Path(state["dirpath"]).resolve()]
+                     and Path(cb.dirpath).resolve() in (Path(state["dirpath"]).resolve(), Path(path).resolve().parent)]
         if replacing:
             monitors = ", ".join(cb.monitor for cb in replacing)
             raise ValueError(f"config callbacks: the run's best checkpoint so far ({state['best_model_path']}) was "
@@ -361,11 +362,25 @@ def check_weights_fit(path: str, ckpt: dict, module: L.LightningModule, advice: 
     raise ValueError(f"config model: the checkpoint {path} does not fit this model config ({problem}); {advice}")
 
 
+def recorded_as(own: str, field: str, path: str) -> bool:
+    """Whether the run's checkpoint `own` records `path` (absolute) as its `field` (resumed_from, init_from): the same
+    path, or the same place relative to the run's checkpoints folder where the run was moved with it (a project
+    moved or copied whole: the folder its checkpoint callbacks saved in is another)."""
+    ckpt = read_checkpoint(own)
+    recorded, here = ckpt.get(field), str(Path(own).resolve().parent)
+    if not isinstance(recorded, str):
+        return False
+    states = ckpt.get("callbacks") if isinstance(ckpt.get("callbacks"), dict) else {}
+    saved_in = {s["dirpath"] for s in states.values() if isinstance(s, dict) and isinstance(s.get("dirpath"), str)}
+    return recorded == path or any(os.path.relpath(recorded, folder) == os.path.relpath(path, here)
+                                   for folder in saved_in - {here})
+
+
 def check_same_start(cfg: DictConfig, resume: str) -> None:
     """init_from beside a checkpoint of the run: the run resumes its own checkpoint, which must have started from
     that init_from (a requeue's same command); another would not be what the run's record says it started from."""
     started = read_checkpoint(resume).get("init_from")
-    if started != str(Path(cfg.init_from).resolve()):
+    if not recorded_as(resume, "init_from", str(Path(cfg.init_from).resolve())):
         began = f"started from {started}" if started else "started afresh (no init_from)"
         raise ValueError(f"config init_from: the run {cfg.run_name} {began} and has checkpoints ({resume}): it "
                          f"resumes from them, not from {cfg.init_from}; give another run_name to start from that, or "

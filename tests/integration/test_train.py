@@ -260,6 +260,40 @@ def test_the_sampler_callback_reports_non_finite_samples_and_never_scores_them(t
     assert best.best_model_path == "" and not list((tmp_path / "checkpoints").glob("best-*.ckpt"))
 
 
+def test_a_moved_run_resumes_its_best_checkpoints_choice(tmp_path):
+    """Lightning keeps a ModelCheckpoint's state only in the folder it was saved in (an absolute path): a run moved
+    (rsync, a renamed project) then resumed saved a worse evaluation as a second best-*.ckpt."""
+    import shutil
+
+    import lightning as L
+
+    from lightning_sde.callbacks import BestCheckpoint, LastCheckpoint
+    from lightning_sde.module import ScoreModule
+
+    class Scripted(L.Callback):  # the monitored value at each evaluation: step 4's is worse than step 2's
+        def on_validation_epoch_end(self, trainer, pl_module):
+            pl_module.log("val/x", {2: 1.0, 4: 5.0}[trainer.global_step])
+
+    def fit(root, steps, ckpt_path=None):
+        folder = root / "checkpoints"
+        best = BestCheckpoint(dirpath=folder, filename="best-{step}", monitor="val/x")
+        last = LastCheckpoint(dirpath=folder, save_last=True, save_top_k=0, enable_version_counter=False)
+        module = ScoreModule(net={"_target_": "lightning_sde.models.mlp.MLP", "dim": 2, "width": 16, "depth": 1},
+                             shape=[2], sde={"_target_": "lightning_sde.sde.VPSDE"})
+        trainer = L.Trainer(max_steps=steps, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
+                            callbacks=[Scripted(), best, last], logger=False, enable_progress_bar=False,
+                            default_root_dir=root, accelerator="cpu")
+        trainer.fit(module, datamodule=Toy2DDataModule(batch_size=64, n_train=256, n_val=64), ckpt_path=ckpt_path)
+        return best
+
+    fit(tmp_path / "cluster", 2)
+    shutil.move(tmp_path / "cluster", tmp_path / "laptop")
+    best = fit(tmp_path / "laptop", 4, tmp_path / "laptop" / "checkpoints" / "last.ckpt")
+    folder = (tmp_path / "laptop" / "checkpoints").resolve()
+    assert sorted(p.name for p in folder.glob("best-*.ckpt")) == ["best-step=2.ckpt"]
+    assert float(best.best_model_score) == 1.0 and Path(best.best_model_path) == folder / "best-step=2.ckpt"
+
+
 def test_the_sampler_callback_reports_the_nfe_of_a_batch_over_several_batches(tmp_path):
     import lightning as L
 

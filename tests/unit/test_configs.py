@@ -740,9 +740,9 @@ def test_a_resume_refuses_a_best_callback_that_would_start_afresh_beside_the_run
         return {cb.state_key: {"monitor": cb.monitor, "dirpath": str(cb.dirpath), "best_model_path": "best.ckpt"}
                 for cb in callbacks}
 
-    def check(before, now):
+    def check(before, now, resumed="last.ckpt"):
         monkeypatch.setattr(train_app, "read_checkpoint", lambda path: {"callbacks": saved(*before)})
-        train_app.check_same_monitors("last.ckpt", now)
+        train_app.check_same_monitors(resumed, now)
 
     a, loss = best("val/ddim_50/sliced_w2"), best("val/loss")
     check([a, loss], [best("val/ddim_50/sliced_w2")])  # one of two dropped
@@ -752,6 +752,9 @@ def test_a_resume_refuses_a_best_callback_that_would_start_afresh_beside_the_run
         check([a], [best("val/ddim_10/sliced_w2")])
     with pytest.raises(ValueError, match="this config chooses by val/ddim_50/sliced_w2 with another mode or schedule"):
         check([a], [best("val/ddim_50/sliced_w2", mode="max")])
+    moved = tmp_path / "moved"  # the run's folder moved: its own checkpoint is resumed from the new place
+    with pytest.raises(ValueError, match="chosen by val/ddim_50/sliced_w2, this config chooses by val/ddim_10/"):
+        check([a], [best("val/ddim_10/sliced_w2", folder=moved)], resumed=moved / "last.ckpt")
 
 
 def test_the_shipped_best_checkpoint_never_takes_a_non_finite_value_and_resumes_a_modelcheckpoints_choice(tmp_path):

@@ -119,6 +119,11 @@ def test_the_runs_own_checkpoint_is_resumed_and_an_explicit_ckpt_path_with_init_
         with pytest.raises(ValueError, match=rf"^config init_from: the run finetune {re.escape(began)} and has "
                                              r"checkpoints .*: it resumes from them, not from "):
             build(toy(tmp_path, "finetune", f"init_from={path}"), read_data=False)
+    # the project moved whole: the record names the source at its old path, the same place relative to the run
+    moved = {"init_from": str(tmp_path / "old" / "source.ckpt"),
+             "callbacks": {"LastCheckpoint{}": {"dirpath": str(tmp_path / "old" / "finetune" / "checkpoints")}}}
+    torch.save({**ckpt, **moved}, own)
+    assert build(toy(tmp_path, "finetune", f"init_from={path}"), read_data=False).resume == str(own)
     with pytest.raises(ValueError, match=r"^config init_from: starts a new run from a checkpoint's weights .*and "
                                          r"ckpt_path resumes another's whole state"):
         build(toy(tmp_path, "other", f"init_from={path}", f"ckpt_path={own}"), read_data=False)

@@ -541,6 +541,29 @@ def test_a_run_that_went_on_from_a_checkpoint_resumes_its_own_when_that_one_is_g
     assert resume_point(cfg) == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
 
 
+def test_a_run_that_went_on_from_a_checkpoint_resumes_its_own_after_the_project_was_moved(tmp_path):
+    """A project moved whole (rsync, a renamed folder): the run's record names the source at its old path; the
+    same command from the new place (ckpt_path relative, so now another absolute path) went back to the source."""
+    from omegaconf import OmegaConf
+
+    from lightning_sde.cli.train import resume_point
+
+    old, new = tmp_path / "proj", tmp_path / "proj moved"
+    saved = {"LastCheckpoint{}": {"dirpath": str(old / "r2" / "checkpoints")}}
+    for root in (old, new):  # the old place: a copy of it stays; or none (moved)
+        (root / "r2" / "checkpoints").mkdir(parents=True)
+        (root / "r1" / "checkpoints").mkdir(parents=True)
+        torch.save(contents(40), root / "r1" / "checkpoints" / "last.ckpt")
+        torch.save({**contents(90), "resumed_from": str(old / "r1" / "checkpoints" / "last.ckpt"),
+                    "callbacks": saved}, root / "r2" / "checkpoints" / "last.ckpt")
+    cfg = OmegaConf.create({"ckpt_path": str(new / "r1" / "checkpoints" / "last.ckpt"), "run_dir": str(new / "r2")})
+    assert resume_point(cfg) == str(new / "r2" / "checkpoints" / "last.ckpt")
+    # another source at the new place is another start: it is resumed from (and refused further on, if it must be)
+    torch.save(contents(30), new / "r1" / "checkpoints" / "other.ckpt")
+    cfg.ckpt_path = str(new / "r1" / "checkpoints" / "other.ckpt")
+    assert resume_point(cfg) == cfg.ckpt_path
+
+
 def test_a_run_none_of_whose_checkpoints_reads_back_is_one_error_naming_each_reason_once(tmp_path, caplog):
     """A run trained with an untrusted class of the user's printed its trust error once a checkpoint as a warning and
     again, for each, in the error."""
