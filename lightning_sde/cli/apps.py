@@ -52,6 +52,14 @@ def override_error(app: str, argv: list[str]) -> str | None:
         if "mismatched input '='" in message and equals:  # a path such as best-step=300.ckpt
             key, value = equals[0]
             message += f"; quote a value that holds '=': \"{key}='{value}'\" (the double quotes for the shell)"
+        token = re.search(r"mismatched input '(.+?)' expecting", message)
+        holding = token and token.group(1).strip() and [
+            arg.split("=", 1) for arg in argv if "=" in arg and "'" not in arg
+            and token.group(1).strip() in arg.split("=", 1)[1] and not arg.split("=", 1)[1].startswith(("[", "{"))]
+        if holding and "mismatched input '='" not in message:  # a path such as "Dropbox (Personal)" or a[1]
+            key, value = holding[0]
+            message = (f"config {key}: {message}; quote a value that holds {token.group(1).strip()!r}: "
+                       f"\"{key}='{value}'\" (the double quotes for the shell)")
         lexed = [arg.split("=", 1) for arg in argv if "=" in arg and "'" not in arg and f"{arg} ^" in message]
         if "LexerNoViableAltException" in message and lexed:  # e.g. a path of non-ASCII letters, or ~
             key, value = lexed[0]
