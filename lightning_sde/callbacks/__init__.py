@@ -6,5 +6,5 @@ from lightning_sde.callbacks.progress import ProgressLog
 from lightning_sde.callbacks.sampler import SamplerCallback
 from lightning_sde.callbacks.wandb_sync import WandbOfflineSync
 
-__all__ = ["EMA", "BestCheckpoint", "LastCheckpoint", "LearningRateMonitor", "Preemption", "ProgressLog", "SamplerCallback",
-           "WandbOfflineSync"]
+__all__ = ["EMA", "BestCheckpoint", "LastCheckpoint", "LearningRateMonitor", "Preemption", "ProgressLog",
+           "SamplerCallback", "WandbOfflineSync"]

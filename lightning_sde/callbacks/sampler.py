@@ -210,7 +210,7 @@ class SamplerCallback(L.Callback):
             values = None
             if samples is not None:  # rank 0
                 values = sample_stats(samples.x, samples.nfe, samples.wall_s, samples.n_nonfinite)
-                if samples.n_nonfinite:  # reported, never scored as if they were samples (BestCheckpoint never takes NaN)
+                if samples.n_nonfinite:  # reported, never scored as if they were samples (never best)
                     log.warning("%s at step %d: %d of %d samples are not finite; not scored",  # pragma: no mutate
                                 label, trainer.global_step, samples.n_nonfinite, len(samples.x))  # pragma: no mutate
                     values.update({m: float("nan") for m in self.metrics})
