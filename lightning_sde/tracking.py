@@ -345,7 +345,10 @@ def backfill_wandb(logger, run_dir, step: int) -> int:
             pictured.add(at)
             for key, path in pictures_at(run_dir / "samples", at):
                 logger.log_image(key=key, images=[str(path)], step=at)
-    if rows:
+    if rows and have < 0:  # a W&B run new to this run's history: a copied run, W&B turned on later, its folder gone
+        log.info("W&B: logged the run's %d earlier row(s) (steps %d-%d) from its CSV: this W&B run had none of them",
+                 len(rows), rows[0][0], rows[-1][0])
+    elif rows:
         log.warning("W&B: logged again %d row(s) (steps %d-%d) from the CSV that the interrupted run lost",
                     len(rows), rows[0][0], rows[-1][0])
     return len(rows)
