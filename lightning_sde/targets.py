@@ -10,6 +10,7 @@ import hashlib
 import inspect
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,6 +223,27 @@ def warn_if_prior_far(sde, moments) -> None:
                     "(data of mean square %.3g); samples drawn from the prior are biased whatever the sampler. Raise "
                     "beta_max / sigma_max or T, or start from the data's Gaussian fit (gaussian_start)", sde.name,
                     sde.prior_std, gap, sde.T, mean_square)
+
+
+CHECKPOINT_TARGET = re.compile(r"(?P<path>.+)(?P<rest>@step[^#]*#[0-9a-f]{16}.*)", re.DOTALL)  # target_kind's
+
+
+def as_recorded(target_id: str, recorded) -> str:
+    """A checkpoint's target id under the path a results folder records it at, where the checkpoint there is this
+    one moved (the same step, content and data at another path: a run rsynced, a project renamed), so that its
+    results are this target's; else target_id. `recorded`: the target ids the folder holds (a bench file's may
+    carry more of the protocol after them)."""
+    mine = CHECKPOINT_TARGET.fullmatch(target_id)
+    if mine is None:
+        return target_id
+    for other in dict.fromkeys(r for r in recorded if isinstance(r, str)):
+        theirs = CHECKPOINT_TARGET.fullmatch(other)
+        if theirs and theirs["path"] != mine["path"] and (
+                theirs["rest"] == mine["rest"] or theirs["rest"].startswith(mine["rest"] + "|")):
+            log.info("the checkpoint %s is the one these results name at %s (the same step and content): its results "
+                     "go on", mine["path"], theirs["path"])
+            return theirs["path"] + mine["rest"]
+    return target_id
 
 
 def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:

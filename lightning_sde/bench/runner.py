@@ -51,6 +51,7 @@ from lightning_sde.models.pretrained import is_diffusers_spec
 from lightning_sde.samplers.grids import check_start, may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.targets import (
+    as_recorded,
     check_guidance_learned,
     check_one_target,
     data_kind,
@@ -84,6 +85,11 @@ def prepare(cfg: DictConfig) -> Sweep:
     """Raises ValueError naming the config key on any bad value."""
     dtype, device = check_run_settings(cfg)
     kind, target_id = target_kind(cfg)
+    if kind == "checkpoint" and Path(cfg.results).is_file():  # its rows' checkpoint moved here: the same target
+        try:
+            target_id = as_recorded(target_id, (row.get("target") for row in ResultsStore(cfg.results).rows(True)))
+        except OSError:  # unreadable: said by the start-up checks that need it
+            pass
     return plan_cells(cfg, kind, target_id, dtype, device)
 
 

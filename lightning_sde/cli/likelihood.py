@@ -50,7 +50,13 @@ from lightning_sde.distributed import (
 from lightning_sde.files import FolderLock, appending, write_text
 from lightning_sde.flow import DIVERGENCES, PROBES, bits_per_dim, log_likelihood
 from lightning_sde.probability_flow import ADAPTIVE_METHODS, ADAPTIVE_OPTIONS, DEFAULT_FIXED_STEPS, ODEOptions
-from lightning_sde.targets import UnconditionalNotLearned, check_guidance_learned, load_target, target_kind
+from lightning_sde.targets import (
+    UnconditionalNotLearned,
+    as_recorded,
+    check_guidance_learned,
+    load_target,
+    target_kind,
+)
 from lightning_sde.tracking import Progress
 
 log = logging.getLogger(__name__)
@@ -59,6 +65,8 @@ log = logging.getLogger(__name__)
 def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
     """(ODE options, target kind, target id); fails fast, naming the config key."""
     kind, target_id = target_kind(cfg, free_data_keys=LIKELIHOOD_FREE_KEYS)
+    target_id = as_recorded(target_id, [(recorded_settings(path) or {}).get("target_id") for path, _ in
+                                        result_files(Path(cfg.out))])
     for key, least in (("n", 1), ("batch_size", 1), ("probes", 1), ("exact_max_dim", 1), ("seed", 0),
                        ("ddp.devices", 1), ("ddp.num_nodes", 1)):
         value = OmegaConf.select(cfg, key)
@@ -141,16 +149,29 @@ def ode_settings(ode) -> dict:
     return {"method": ode.get("method"), "steps": ode.get("steps") or DEFAULT_FIXED_STEPS}
 
 
+def result_files(out: Path) -> tuple[tuple[Path, str], ...]:
+    """(file, what it holds) of a result in `out`: its summary, its partial rows' settings."""
+    return (out / "summary.json", "the result"), (out / PARTIAL / "settings.json", "a partial result")
+
+
+def recorded_settings(path: Path):
+    """The settings a result file records (None where it cannot be read: check_out says so)."""
+    try:
+        settings = json.loads(path.read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
 def check_out(cfg: DictConfig, target_id: str) -> None:
     """Refuse, before any work, to replace the result of other settings in `out` (two targets under the default
     name=default), or to go on from another's partial rows: a rerun of the same settings replaces its own result, and
     goes on from its own partial rows."""
-    out = Path(cfg.out)
-    for path, what in ((out / "summary.json", "the result"), (out / PARTIAL / "settings.json", "a partial result")):
+    for path, what in result_files(Path(cfg.out)):
         if not path.is_file():
             continue
         try:
-            before = json.loads(path.read_text()).get("settings")
+            before = recorded_settings(path)
             before = {**before, "ode": ode_settings(before.get("ode"))}
             if "eps" in before and before["eps"] == getattr(model_sde(cfg), "eps", None):
                 before.pop("eps")  # the model's own, recorded before it was recorded as no eps

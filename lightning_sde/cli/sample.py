@@ -66,6 +66,7 @@ from lightning_sde.samplers.base import Sampler
 from lightning_sde.samplers.grids import check_start, may_use_data_moments
 from lightning_sde.samplers.schedule import check_grid, plan, selects_on_pilot, spent
 from lightning_sde.targets import (
+    as_recorded,
     check_guidance_learned,
     load_target,
     target_classes,
@@ -90,6 +91,7 @@ def validate(cfg: DictConfig) -> tuple[Sampler, str, str, dict]:
         raise ValueError(f"config seeds: must be {{start: S, count: N}} (seeds.start=S seeds.count=N); got "
                          f"{cfg.get('seeds')!r}")
     kind, target_id = target_kind(cfg, needs_data=False)
+    target_id = as_recorded(target_id, recorded_targets(Path(cfg.out)))
     if kind == "mixture" and cfg.png is True:
         raise ValueError("config png: an exact mixture's samples are points, which have no PNG; leave png out")
     start = positive_int("seeds.start", OmegaConf.select(cfg, "seeds.start"), 0)
@@ -194,6 +196,24 @@ def check_out(out: Path, settings: dict, output_dir=None) -> None:
         differ = sorted(k for k in {*settings, *before} if json.dumps(before.get(k)) != json.dumps(settings.get(k)))
         raise ValueError(f"config {folder_key()}: {out} holds samples of other settings ({', '.join(differ)} differ); "
                          f"give {another_folder()} to keep both, or delete it" + job_folder_note())
+
+
+def recorded_targets(out: Path) -> list[str]:
+    """The target ids the samples in `out` were drawn from (settings.json's, else its chunks')."""
+    texts = []
+    try:
+        texts.append((out / "settings.json").read_text())
+    except OSError:
+        pass
+    if out.is_dir():
+        texts += [chunk_settings(p) or "" for p in sorted((out / CHUNKS).glob("seeds-*.npz"))[:1]]
+    found = []
+    for text in texts:
+        try:
+            found.append(json.loads(text).get("target_id"))
+        except (ValueError, AttributeError):
+            continue
+    return [t for t in found if isinstance(t, str)]
 
 
 def chunk_settings(path: Path) -> str | None:

@@ -383,3 +383,30 @@ def test_the_preview_title_names_a_guided_runs_weight_and_classes():
     assert preview_title({"sampler": "ddim", "guidance": 1.5, "labels": 3}, 50) == "ddim, NFE 50, w = 1.5, class 3"
     assert preview_title({"sampler": "ddim", "guidance": 0, "labels": "cycle"}, 10) == "ddim, NFE 10, w = 0, " \
                                                                                         "classes cycled"
+
+
+def test_a_moved_checkpoints_samples_and_likelihoods_go_on_and_another_checkpoint_is_refused(tmp_path):
+    """A run rsynced to another machine: the same checkpoint (step and content) at another path went on as another
+    target, refused as 'other settings' in its own samples' and likelihoods' folders."""
+    import shutil
+
+    first = image_checkpoint(tmp_path)
+    moved = tmp_path / "elsewhere" / "unet.ckpt"
+    moved.parent.mkdir()
+    shutil.copy(first, moved)
+    out = tmp_path / "s"
+    common = ["sampler=ddim", "nfe=4", "batch_size=8"]
+    assert lsde_sample(out, f"checkpoint={first}", *common, "seeds.count=8").returncode == 0
+    proc = lsde_sample(out, f"checkpoint={moved}", *common, "seeds.count=16")
+    assert proc.returncode == 0 and "8 of 16 seeds drawn by an earlier run" in proc.stdout, proc.stderr[-2000:]
+    torch.save({**torch.load(moved, weights_only=True), "global_step": 8}, moved)  # trained on: another target
+    proc = lsde_sample(out, f"checkpoint={moved}", *common, "seeds.count=16")
+    assert proc.returncode == 1 and "holds samples of other settings (target_id differ)" in proc.stderr
+    likelihood = [sys.executable, "-m", "lightning_sde.cli.likelihood", "data=digits", "n=4", "batch_size=4",
+                  f"out={tmp_path / 'l'}", f"output_dir={tmp_path / 'hydra'}", "ode.rtol=1e-2",
+                  "ode.atol=1e-2"]
+    shutil.copy(first, moved)
+    for checkpoint in (first, moved):
+        proc = subprocess.run([*likelihood, f"checkpoint={checkpoint}"], capture_output=True, text=True, timeout=600,
+                              env=ENV, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
