@@ -184,3 +184,19 @@ def test_two_checkpoints_of_one_run_name_their_figures_apart():
     assert checkpoint_tag(run / "last.prev.ckpt") == "toy_last.prev"
     assert checkpoint_tag(run / "best-step=600.ckpt") == "toy_best-step=600"
     assert checkpoint_tag(Path("/models/a.ckpt")) == "models_a" != checkpoint_tag(Path("/models/b.ckpt"))
+
+
+def test_a_moved_checkpoint_takes_the_target_id_its_results_record():
+    """The same checkpoint (step, content, data) at another path is the recorded target; another step, content or
+    data is not, nor is a mixture."""
+    from lightning_sde.targets import as_recorded
+
+    mine = "/laptop/run/last.ckpt@step200#0123456789abcdef|data=toy2d"
+    cluster = "/cluster/run/last.ckpt@step200#0123456789abcdef|data=toy2d"
+    assert as_recorded(mine, [cluster]) == cluster
+    assert as_recorded(mine, [None, cluster + "|features=inception"]) == cluster  # a bench row's, with its protocol
+    for other in ("/cluster/run/last.ckpt@step300#0123456789abcdef|data=toy2d",
+                  "/cluster/run/last.ckpt@step200#fedcba9876543210|data=toy2d",
+                  "/cluster/run/last.ckpt@step200#0123456789abcdef|data=moons", "mixture:x|sde:y"):
+        assert as_recorded(mine, [other]) == mine
+    assert as_recorded("mixture:x|sde:y", [cluster]) == "mixture:x|sde:y"
