@@ -90,8 +90,11 @@ class Preemption(L.Callback):
         self.ctrl_c = True
         signal.signal(signum, self._previous_handlers[signum][1])  # a second Ctrl-C: KeyboardInterrupt, at once
         if self._rank == 0:
-            os.write(2, b"\nCtrl-C: stopping at the end of this step, with a checkpoint there (Ctrl-C again: stop "
-                        b"now; the last checkpoint stands)\n")
+            try:  # stderr may be a pipe whose reader Ctrl-C stopped too (`| tee`): the stop goes on regardless
+                os.write(2, b"\nCtrl-C: stopping at the end of this step, with a checkpoint there (Ctrl-C again: "
+                            b"stop now; the last checkpoint stands)\n")
+            except OSError:
+                pass
 
     def _own(self, signum: int, handler) -> None:
         """Handle `signum` from now on (only the main thread can set a handler: elsewhere, nothing)."""

@@ -315,7 +315,9 @@ def run(app: str, main=None) -> None:
     try:
         checked_run(app, main)
     except KeyboardInterrupt:
-        sys.stderr.write(f"lsde-{app}: interrupted (Ctrl-C)\n")
+        from lightning_sde.cli.errors import to_console
+
+        to_console(f"lsde-{app}: interrupted (Ctrl-C)\n")
         sys.exit(130)
 
 

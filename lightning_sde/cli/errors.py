@@ -51,6 +51,31 @@ def from_worker(message: str) -> str:
     return f"{text} (in {where.rstrip('.')})"
 
 
+def to_console(text: str) -> None:
+    """Write to stderr; where the console is a pipe whose reader is gone (`| tee` stopped by the same Ctrl-C), what
+    is left to say goes nowhere, so that the exit status stays the app's (not Python's 120 for an unflushable
+    stream)."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except OSError:
+        quiet_broken_streams()
+
+
+def quiet_broken_streams() -> None:
+    """Point stdout and stderr, where they can no longer be written, at /dev/null."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            except (OSError, ValueError):  # no file descriptor (a captured stream): nothing to point
+                pass
+
+
 def fail(app: str, err) -> None:
     """A user's mistake: one line on stderr, exit status 1."""
     print_error(app, err)
@@ -141,7 +166,7 @@ def fails_cleanly(app: str, cleanup=None, goes_on=None):
             except KeyboardInterrupt:  # Ctrl-C: what was finished is on disk; no traceback of where it was
                 log_to_file(f"{app} interrupted (KeyboardInterrupt)")
                 again = f"; {goes_on(cfg)}" if goes_on is not None else ""
-                sys.stderr.write(f"{app}: interrupted (Ctrl-C); what it wrote before stays on disk{again}\n")
+                to_console(f"{app}: interrupted (Ctrl-C); what it wrote before stays on disk{again}\n")
                 sys.exit(130)
             except USER_ERRORS as err:
                 log_to_file(f"{app} failed: {type(err).__name__}: {err}")

@@ -77,6 +77,7 @@ TOP_LEVEL_KEYS = {"data", "model", "sde", "loss", "samplers", "trainer", "logger
                   "output_dir", "paths", "seed", "ckpt_path", "init_from", "optim"}
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 EXIT_TIME_LIMIT = 128 + signal.SIGUSR1  # 138: stopped for the time limit, not requeued
+EXIT_CTRL_C = 128 + signal.SIGINT  # 130
 
 
 @dataclass
@@ -771,14 +772,14 @@ def report(cfg: DictConfig, trainer) -> None:
     log.info("\n".join(lines))
 
 
-def tell_offline_sync(cfg: DictConfig) -> None:
-    """After a failure of a start that began a W&B run: the command that syncs the run's offline W&B folders (W&B's
-    own closing lines are off); the failure itself is in their summary. A start refused before its W&B run began
-    (beside a live run of its name) has no record to sync."""
+def tell_offline_sync(cfg: DictConfig, what: str = "failed") -> None:
+    """After a failure (or a Ctrl-C: `what` "stopped") of a start that began a W&B run: the command that syncs the
+    run's offline W&B folders (W&B's own closing lines are off); the failure itself is in their summary. A start
+    refused before its W&B run began (beside a live run of its name) has no record to sync."""
     wandb_dir = Path(cfg.run_dir).resolve() / "wandb"
     began = getattr(sys.modules.get("wandb"), "run", None) is not None
     if launched_first() and began and any(wandb_dir.glob(f"offline-run-*-{cfg.run_name}")):
-        log.info("W&B (offline): sync the failed run's record with: %s", sync_command(wandb_dir, cfg.run_name))
+        log.info("W&B (offline): sync the %s run's record with: %s", what, sync_command(wandb_dir, cfg.run_name))
 
 
 def forget_failed_start(cfg: DictConfig) -> None:
@@ -808,6 +809,10 @@ def run_app(cfg: DictConfig) -> None:
         if launched_first():
             report(cfg, None)
         code = EXIT_SIGTERM
+    except KeyboardInterrupt:  # Ctrl-C: a stop, as SIGTERM's (a checkpoint at the step's end), not a failure
+        code = EXIT_CTRL_C
+        tell_offline_sync(cfg, "stopped")
+        raise
     except BaseException as err:  # a diverged loss, a bad file, a bug: W&B shows the run failed, and why
         code = exit_status(err)
         error = f"{type(err).__name__}: {from_worker(str(err))}" if code else None
@@ -815,8 +820,12 @@ def run_app(cfg: DictConfig) -> None:
             tell_offline_sync(cfg)
         raise
     finally:
-        if not finish_wandb(code, error) and code and error is None:  # its service died with the job: W&B's exit
-            # handler would fail again (a failure's own error is still to be reported: it leaves by raising)
+        # the time limit is a stop whether or not SLURM requeues the job (the requeue, below, is the last act)
+        stopped = _preemption(trainer) if trainer is not None else None
+        timed_out = not code and stopped is not None and stopped.requeue_requested
+        if not finish_wandb(EXIT_TIME_LIMIT if timed_out else code, error) and code and error is None:
+            # its service died with the job: W&B's exit handler would fail again (a failure's own error is still to
+            # be reported: it leaves by raising)
             logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()

@@ -186,11 +186,13 @@ def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path, fin
 # --- 6. exit codes a scheduler can trust ---------------------------------------------------------------------------
 
 
-def _start_and_signal(run: Path, signum, *overrides, group: bool = False):
+def _start_and_signal(run: Path, signum, *overrides, group: bool = False, logger: str = "csv",
+                      console_gone: bool = False):
     # SIGINT as a terminal gives it (pytest-xdist's workers ignore it, and a child inherits that); `group`: to the
-    # process group, as a terminal's Ctrl-C (loader processes too)
+    # process group, as a terminal's Ctrl-C (loader processes too); `console_gone`: the output's reader closes first
+    # (`| tee`, stopped by the same Ctrl-C)
     proc = subprocess.Popen([sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run}", f"run_name={run.name}",
-                             *TOY, "trainer.max_steps=100000", "trainer.val_check_interval=100000", "logger=csv",
+                             *TOY, "trainer.max_steps=100000", "trainer.val_check_interval=100000", f"logger={logger}",
                              *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), start_new_session=group)
     try:
@@ -198,6 +200,9 @@ def _start_and_signal(run: Path, signum, *overrides, group: bool = False):
         while not list(run.glob("csv/version_0/metrics.csv")):  # training has started and logged a step
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
             time.sleep(0.2)
+        if console_gone:
+            proc.stdout.close()
+            proc.stdout = None
         os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -217,6 +222,23 @@ def test_sigterm_checkpoints_and_exits_143_and_the_time_limit_signal_exits_138_w
     code, out = _start_and_signal(tmp_path / "usr1", signal.SIGUSR1)
     assert code == 138 and "requeue signal received outside SLURM" in out, out[-3000:]
     assert (tmp_path / "usr1" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_stop_is_recorded_in_wandb_as_the_processs_exit_and_ctrl_c_through_a_closed_pipe_still_checkpoints(
+        tmp_path):
+    """Ctrl-C with the console piped to `tee` (stopped by the same Ctrl-C) failed inside the signal handler: no
+    checkpoint, exit 1. W&B recorded a Ctrl-C as a failure (exit 1, error KeyboardInterrupt) and the time limit
+    without a requeue as a finished run (exit 0, the process 138)."""
+    from helpers.wandb_offline import find_run, run_info
+
+    code, _ = _start_and_signal(tmp_path / "tee", signal.SIGINT, logger="default", console_gone=True)
+    assert code == 130
+    assert torch.load(tmp_path / "tee" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] > 0
+    info = run_info(find_run(tmp_path / "tee" / "wandb"))
+    assert info["exit_code"] == 130 and "error" not in info["summary"], info
+    code, out = _start_and_signal(tmp_path / "limit", signal.SIGUSR1, logger="default")
+    assert code == 138, out[-3000:]
+    assert run_info(find_run(tmp_path / "limit" / "wandb"))["exit_code"] == 138
 
 
 def test_an_error_while_training_keeps_its_steps_and_the_same_command_resumes_once_fixed(tmp_path):
