@@ -33,6 +33,7 @@ from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, ranks_above, resol
 from lightning_sde.models.guidance import check_guidance
 from lightning_sde.plotting import drawable, image_grid, scatter_grid, text_table
 from lightning_sde.samplers import Sampler
+from lightning_sde.samplers.schedule import MEMORY_ONLY
 from lightning_sde.tracking import picture_path, trim_history
 
 log = logging.getLogger(__name__)
@@ -131,9 +132,19 @@ class SamplerCallback(L.Callback):
             check_stats_cache("callbacks.sampler.stats_cache", self.stats_cache)
 
     def state_dict(self) -> dict:
-        # the every_n_evals phase of epoch-based validation (see on_train_start); the guidance its rows were sampled
-        # at (a resume at another is refused: lsde-train's check_same_evaluations)
-        return {"evals": self._evals, "guidance": self.guidance}
+        # the every_n_evals phase of epoch-based validation (see on_train_start); what its rows were sampled under
+        # (a resume under another is refused: lsde-train's check_same_evaluations)
+        return {"evals": self._evals, **self.protocol()}
+
+    def protocol(self) -> dict:
+        """What makes one evaluation's values comparable with another's: the guidance, sample count, seeds, dtype
+        and each label's sampler with its parameters (those that change only the memory aside)."""
+        from lightning_sde.bench.spec import jsonable
+
+        return {"guidance": self.guidance, "n_samples": self.n_samples, "first_seed": self.seeds.start,
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "samplers": {label: [s.name, {k: v for k, v in jsonable(s.params()).items() if k not in MEMORY_ONLY}]
+                             for label, s in self.samplers.items()}}
 
     def on_train_start(self, trainer, pl_module):
         """A resumed fit first runs the evaluation that its checkpoint's step was due and that left no rows: a step's

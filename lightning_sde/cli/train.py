@@ -299,17 +299,34 @@ def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 
 
 
 def check_same_evaluations(path: str, sampler_cb: SamplerCallback) -> None:
-    """A resumed run's evaluations sample at the guidance its earlier ones did: its val/ curves and the best
-    checkpoint's choice would otherwise compare two guidance weights under one name (checkpoints from before the
-    callback kept it are not checked)."""
+    """A resumed run's evaluations sample as its earlier ones did (the guidance, sample count, seeds, dtype, and each
+    label's sampler and parameters): its val/ curves and the best checkpoint's choice would otherwise compare two
+    protocols under one name (what checkpoints from before the callback kept it are not checked). A label added or
+    dropped is no change."""
     states = read_checkpoint(path).get("callbacks")
     state = next((v for k, v in states.items() if str(k).startswith(SamplerCallback.__qualname__)), None) \
         if isinstance(states, dict) else None
-    if isinstance(state, dict) and "guidance" in state and state["guidance"] != sampler_cb.guidance:
+    if not isinstance(state, dict):
+        return
+    mixed = f"their val/ curves and the best checkpoint's choice would mix the two under one name; {RESUME_ADVICE}"
+    now = sampler_cb.protocol()
+    if "guidance" in state and state["guidance"] != now["guidance"]:
         shown_w = lambda w: "null (no guidance)" if w is None else f"{w:g}"  # noqa: E731
         raise ValueError(f"config callbacks.sampler.guidance: the run's evaluations so far sampled at guidance "
-                         f"{shown_w(state['guidance'])}, this config at {shown_w(sampler_cb.guidance)}: their val/ "
-                         f"curves and the best checkpoint's choice would mix the two under one name; {RESUME_ADVICE}")
+                         f"{shown_w(state['guidance'])}, this config at {shown_w(now['guidance'])}: {mixed}")
+    for key in ("n_samples", "first_seed", "dtype"):
+        if key in state and state[key] != now[key]:
+            raise ValueError(f"config callbacks.sampler.{key}: the run's evaluations so far used {state[key]}, this "
+                             f"config {now[key]}: {mixed}")
+    before = state.get("samplers") if isinstance(state.get("samplers"), dict) else {}
+    for label, ran in before.items():
+        if label in now["samplers"] and isinstance(ran, (list, tuple)) and len(ran) == 2 \
+                and list(ran) != now["samplers"][label]:
+            (name, params), (new_name, new_params) = ran, now["samplers"][label]
+            raise ValueError(f"config samplers.{label}: the run's evaluations so far ran it as {name} {params}, this "
+                             f"config as {new_name} {new_params}: its val/{label}/ curves and the best checkpoint's "
+                             f"choice would mix the two; give this one another label (+sampler@samplers.<label>=...), "
+                             f"or {RESUME_ADVICE}")
 
 
 def check_same_monitors(path: str, callbacks) -> None:

@@ -757,6 +757,39 @@ def test_a_resume_refuses_a_best_callback_that_would_start_afresh_beside_the_run
         check([a], [best("val/ddim_10/sliced_w2", folder=moved)], resumed=moved / "last.ckpt")
 
 
+def test_a_resume_refuses_evaluations_of_another_protocol_under_the_same_labels(monkeypatch):
+    """n_samples or a sampler's steps changed on resume: one val/ curve (and the best checkpoint's choice) mixed two
+    protocols without a word, as the guidance check already refused."""
+    import lightning_sde.cli.train as train_app
+    from lightning_sde.callbacks import SamplerCallback
+    from lightning_sde.samplers import DDIM, UniPC
+
+    def callback(n=64, steps=10, **more):
+        return SamplerCallback({"ddim": DDIM(steps=steps), "unipc": UniPC(steps=10, grid="select", **more)},
+                               n_samples=n, batch_size=64)
+
+    saved = {"callbacks": {"SamplerCallback": torch.load(_saved(callback().state_dict()), weights_only=True)}}
+    monkeypatch.setattr(train_app, "read_checkpoint", lambda path: saved)
+    train_app.check_same_evaluations("last.ckpt", callback())
+    train_app.check_same_evaluations("last.ckpt", callback(pilot_batch=8))  # memory alone
+    train_app.check_same_evaluations("last.ckpt", SamplerCallback({"ddim": DDIM(steps=10)}, 64, 64))  # one dropped
+    with pytest.raises(ValueError, match=r"^config callbacks.sampler.n_samples: the run's evaluations so far used 64, "
+                                         r"this config 32: their val/ curves"):
+        train_app.check_same_evaluations("last.ckpt", callback(n=32))
+    with pytest.raises(ValueError, match=r"^config samplers.ddim: the run's evaluations so far ran it as ddim .*'steps': "
+                                         r"10.*, this config as ddim .*'steps': 5.*give this one another label"):
+        train_app.check_same_evaluations("last.ckpt", callback(steps=5))
+
+
+def _saved(state):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 def test_the_shipped_best_checkpoint_never_takes_a_non_finite_value_and_resumes_a_modelcheckpoints_choice(tmp_path):
     """callbacks.best is BestCheckpoint, whose state is saved under Lightning's ModelCheckpoint key: a run
     checkpointed before (with ModelCheckpoint) resumes its best choice, not a second best file beside it."""
