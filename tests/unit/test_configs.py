@@ -776,8 +776,9 @@ def test_a_resume_refuses_evaluations_of_another_protocol_under_the_same_labels(
     with pytest.raises(ValueError, match=r"^config callbacks.sampler.n_samples: the run's evaluations so far used 64, "
                                          r"this config 32: their val/ curves"):
         train_app.check_same_evaluations("last.ckpt", callback(n=32))
-    with pytest.raises(ValueError, match=r"^config samplers.ddim: the run's evaluations so far ran it as ddim .*'steps': "
-                                         r"10.*, this config as ddim .*'steps': 5.*give this one another label"):
+    with pytest.raises(ValueError, match=r"^config samplers.ddim: the run's evaluations so far ran it as ddim "
+                                         r".*'steps': 10.*, this config as ddim .*'steps': 5.*give this one another "
+                                         r"label"):
         train_app.check_same_evaluations("last.ckpt", callback(steps=5))
 
 
