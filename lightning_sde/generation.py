@@ -153,9 +153,11 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
                 if stop is not None and stop():
                     raise _Stop
                 if progress:
+                    if state["i"] == 0 and state.get("setup_s"):  # a grid tuned on a pilot: not sampling time
+                        bar.set_aside(state["setup_s"])
                     t = float(state["t"].max()) if torch.is_tensor(state["t"]) else float(state["t"])
                     bar.update(i + len(batch) * min(1.0, (sde.T - t) / (sde.T - sde.eps)), seeds_done=i,
-                               batch_nfe=model.nfe - nfe_before)
+                               batch_nfe=state.get("nfe", model.nfe - nfe_before))
 
             try:
                 if stop is not None and stop():

@@ -69,7 +69,7 @@ class Progress:
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
         self._clock = time.monotonic
         self._start = self._last = self._clock()
-        self.done, self.info = 0.0, {}
+        self.done, self.info, self.set_aside_s = 0.0, {}, 0.0
         self._bar, self._logged = None, None
         if enabled and self.terminal:
             from tqdm.auto import tqdm
@@ -85,11 +85,20 @@ class Progress:
         elif self.enabled and self._clock() - self._last >= self.every_s:
             self._line()
 
+    def set_aside(self, seconds: float) -> None:
+        """Leave `seconds` of the time so far (a one-off set-up, e.g. a grid tuned on a pilot) out of the rate and the
+        ETA; the line says how long it took."""
+        self._start += seconds
+        self.set_aside_s += seconds
+        if self._bar is not None:
+            self._bar.start_t += seconds
+
     def line(self) -> str:
         elapsed = self._clock() - self._start
         frac = self.done / self.total if self.total else 1.0
         parts = [f"{self.desc}: {100 * frac:.0f}% ({self.done:.4g}/{self.total:.4g} {self.unit})".replace(" )", ")"),
-                 f"{duration(elapsed)} elapsed"]
+                 f"{duration(elapsed)} elapsed" + (f" (+{duration(self.set_aside_s)} set-up)" if self.set_aside_s
+                                                   else "")]
         if 0 < frac < 1:
             parts.append(f"ETA {duration(elapsed * (1 - frac) / frac)}")
         parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.info.items()]

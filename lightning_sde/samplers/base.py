@@ -11,7 +11,8 @@ may rely on, and never asks a sampler's name for:
   schedule       `gaussian_start` (every sampler) and the steps' times (schedule.py) are resolved before sampling;
                  set-up work such as grid tuning is reported as info["setup_nfe"], never as NFE
   info           {"sampler", "nfe" (read off the Denoiser's counter, never computed), "wall_s", ...}
-  callback       `callback({"i", "t", "x"})` after every step; `progress=True` shows a bar of NFE
+  callback       `callback({"i", "t", "x", "nfe", "setup_s"})` after every step (nfe: the sampling's so far; setup_s:
+                 the seconds the set-up took before it); `progress=True` shows a bar of NFE
 
 Stochastic samplers return the mean of their last step (no noise is added at t = eps).
 """
@@ -244,8 +245,9 @@ class Sampler:
         if self.adaptive:
             warn_if_tolerance_unresolved(self, x_T.dtype)
         with torch.no_grad():
-            setup_nfe = denoiser.nfe
+            setup_nfe, planning = denoiser.nfe, time.perf_counter()
             resolved = plan(self, denoiser)  # may tune a grid: its evaluations are set-up, counted apart
+            setup_s = time.perf_counter() - planning
             # tuning may run on a copy for other rows (Denoiser.for_rows): then the plan reports its evaluations
             setup_nfe = denoiser.nfe - setup_nfe or resolved.setup.get("setup_nfe", 0)
             nfe_before = denoiser.nfe
@@ -256,7 +258,7 @@ class Sampler:
                 def on_step(i: int, t: Tensor, x: Tensor) -> None:
                     bar.update(denoiser.nfe - nfe_before - bar.n)
                     if callback is not None:
-                        callback({"i": i, "t": t, "x": x})
+                        callback({"i": i, "t": t, "x": x, "nfe": denoiser.nfe - nfe_before, "setup_s": setup_s})
 
                 x = carry(self, denoiser, x_T, resolved.start)
                 out = (resolved.sampler or self).run(denoiser, x, resolved, noise, on_step)

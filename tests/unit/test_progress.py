@@ -42,6 +42,32 @@ def test_a_log_file_gets_a_line_every_interval_and_the_last_state_once(caplog):
     assert len(lines(caplog)) == 3  # the last state once
 
 
+def test_a_set_up_is_left_out_of_the_rate_and_the_batchs_nfe(caplog, monkeypatch):
+    """A grid tuned on a pilot inside the first batch: the first line said 2m59s elapsed, ETA 50m30s and the pilot's
+    543 evaluations as the batch's NFE, half a second before the run ended at NFE 10."""
+    from lightning_sde.exact import eight_gaussians
+    from lightning_sde.generation import generate
+    from lightning_sde.samplers import UniPC, schedule
+    from lightning_sde.sde import VPSDE
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("LSDE_PROGRESS_EVERY_S", "0")
+    monkeypatch.setattr(schedule, "_tuned", {})  # tuned here, not found from an earlier test
+    sampler = UniPC(steps=6, grid="select", pilot=32)
+    out = generate(sampler, eight_gaussians().denoiser(VPSDE()), range(16), 16, "cpu", progress=True)
+    assert out.setup_nfe > 6
+    said = [line for line in lines(caplog) if "batch_nfe" in line]
+    assert said and all(float(line.rsplit("batch_nfe ", 1)[1]) <= 6 for line in said), said
+    assert all("set-up)" in line for line in said), said
+    progress = Progress(10, "x", every_s=0, terminal=False)
+    progress._clock = clock = Clock()
+    progress._start = progress._last = 0.0
+    clock.now = 100.0
+    progress.set_aside(90.0)
+    progress.update(5)
+    assert lines(caplog)[-1] == "x: 50% (5/10), 10s elapsed (+1m30s set-up), ETA 10s"
+
+
 def test_short_or_disabled_work_writes_nothing(caplog):
     caplog.set_level(logging.INFO)
     with Progress(10, "quick", every_s=30, terminal=False) as progress:
