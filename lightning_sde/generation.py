@@ -9,6 +9,7 @@ setup_wall_s, also where an earlier generation in this process paid it (the tune
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -116,6 +117,17 @@ def warm_up_compiled(denoiser, sizes: set[int], seeds: list[int], guidance, labe
             model(torch.zeros(n, *denoiser.shape, dtype=dtype, device=device), torch.tensor(t_mid, dtype=dtype))
 
 
+def pilot_within(sampler, batch_size: int):
+    """A sampler that tunes its grid on a pilot larger than `batch_size` rows, with no pilot_batch of its own, runs
+    the pilot `batch_size` rows a network call (the same choice: pilot_batch bounds memory alone): a batch_size
+    lowered to fit memory bounds the pilot too."""
+    pilot = getattr(sampler, "pilot", None)
+    if getattr(sampler, "grid", None) in ("select", "optimized") and getattr(sampler, "pilot_batch", 0) is None \
+            and isinstance(pilot, int) and pilot > batch_size and dataclasses.is_dataclass(sampler):
+        return dataclasses.replace(sampler, pilot_batch=batch_size)
+    return sampler
+
+
 def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.float32, progress: bool = False,
              desc: str | None = None, guidance: float | None = None, labels="cycle",
              stop: Callable[[], bool] | None = None) -> Samples | None:
@@ -131,6 +143,7 @@ def generate(sampler, denoiser, seeds, batch_size: int, device, dtype=torch.floa
         raise ValueError("generate: no seeds")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"generate: batch_size must be an integer >= 1; got {batch_size!r}")
+    sampler = pilot_within(sampler, batch_size)
     rank, world = rank_world()
     device = torch.device(device)
     mine = seeds[rank::world]

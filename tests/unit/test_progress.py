@@ -68,6 +68,30 @@ def test_a_set_up_is_left_out_of_the_rate_and_the_batchs_nfe(caplog, monkeypatch
     assert lines(caplog)[-1] == "x: 50% (5/10), 10s elapsed (+1m30s set-up), ETA 10s"
 
 
+def test_a_pilot_runs_within_the_batch_size_and_chooses_as_in_one_call(monkeypatch):
+    """lsde-sample batch_size=16 with the default sampler still called the network on the pilot's 512 rows at once
+    (past 5 GB at 64x64): a batch size lowered to fit memory now bounds the pilot too, with the same choice."""
+    import lightning_sde.exact as exact
+    from lightning_sde.exact import eight_gaussians
+    from lightning_sde.generation import generate
+    from lightning_sde.samplers import UniPC, schedule
+    from lightning_sde.sde import VPSDE
+
+    rows = []
+    forward = exact.ExactScore.forward
+    monkeypatch.setattr(exact.ExactScore, "forward", lambda self, x, t, y=None: (rows.append(len(x)),
+                                                                                 forward(self, x, t, y))[1])
+    chosen = []
+    for batch_size in (8, 64):
+        monkeypatch.setattr(schedule, "_tuned", {})
+        rows.clear()
+        out = generate(UniPC(steps=6, grid="select", pilot=32), eight_gaussians().denoiser(VPSDE()), range(8),
+                       batch_size, "cpu")
+        chosen.append(out.selected)
+        assert max(rows) == min(batch_size, 32)
+    assert chosen[0] == chosen[1]
+
+
 def test_short_or_disabled_work_writes_nothing(caplog):
     caplog.set_level(logging.INFO)
     with Progress(10, "quick", every_s=30, terminal=False) as progress:
