@@ -234,9 +234,10 @@ def as_recorded(target_id: str, recorded) -> str:
     results are this target's; else target_id. `recorded`: the target ids the folder holds (a bench file's may
     carry more of the protocol after them)."""
     mine = CHECKPOINT_TARGET.fullmatch(target_id)
-    if mine is None:
-        return target_id
-    for other in dict.fromkeys(r for r in recorded if isinstance(r, str)):
+    recorded = list(dict.fromkeys(r for r in recorded if isinstance(r, str)))
+    if mine is None or any(r == target_id or r.startswith(target_id + "|") for r in recorded):
+        return target_id  # its own rows are there (written here before): they go on
+    for other in recorded:
         theirs = CHECKPOINT_TARGET.fullmatch(other)
         if theirs and theirs["path"] != mine["path"] and (
                 theirs["rest"] == mine["rest"] or theirs["rest"].startswith(mine["rest"] + "|")):

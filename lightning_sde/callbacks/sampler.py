@@ -88,6 +88,7 @@ class SamplerCallback(L.Callback):
         self.noise_floor = noise_floor
         self._floor: dict | None = None  # the noise floor's values, scored at the first evaluation of this process
         self._evals = 0
+        self._evaluated = {}  # label -> the sampler and parameters its evaluations in this run sampled with
         self._scorer: Scorer | None = None
         self.last_rows: dict[str, dict] = {}
         self._pending, self._images = False, []  # an evaluation not yet given to the loggers, and its pictures
@@ -132,19 +133,24 @@ class SamplerCallback(L.Callback):
             check_stats_cache("callbacks.sampler.stats_cache", self.stats_cache)
 
     def state_dict(self) -> dict:
-        # the every_n_evals phase of epoch-based validation (see on_train_start); what its rows were sampled under
-        # (a resume under another is refused: lsde-train's check_same_evaluations)
-        return {"evals": self._evals, **self.protocol()}
+        # the every_n_evals phase of epoch-based validation (see on_train_start); what the evaluations so far sampled
+        # under, once there are any (a resume under another is refused: lsde-train's check_same_evaluations)
+        return {"evals": self._evals, **({**self.protocol(), "samplers": dict(self._evaluated)} if self._evaluated
+                                         else {})}
 
     def protocol(self) -> dict:
         """What makes one evaluation's values comparable with another's: the guidance, sample count, seeds, dtype
         and each label's sampler with its parameters (those that change only the memory aside)."""
-        from lightning_sde.bench.spec import jsonable
-
         return {"guidance": self.guidance, "n_samples": self.n_samples, "first_seed": self.seeds.start,
                 "dtype": str(self.dtype).removeprefix("torch."),
-                "samplers": {label: [s.name, {k: v for k, v in jsonable(s.params()).items() if k not in MEMORY_ONLY}]
-                             for label, s in self.samplers.items()}}
+                "samplers": {label: self.sampled_as(label) for label in self.samplers}}
+
+    def sampled_as(self, label: str) -> list:
+        """[sampler name, parameters] of a label, as protocol() records it."""
+        from lightning_sde.bench.spec import jsonable
+
+        sampler = self.samplers[label]
+        return [sampler.name, {k: v for k, v in jsonable(sampler.params()).items() if k not in MEMORY_ONLY}]
 
     def on_train_start(self, trainer, pl_module):
         """A resumed fit first runs the evaluation that its checkpoint's step was due and that left no rows: a step's
@@ -181,6 +187,8 @@ class SamplerCallback(L.Callback):
 
     def load_state_dict(self, state_dict) -> None:
         self._evals = int(state_dict.get("evals", 0))
+        evaluated = state_dict.get("samplers")  # kept: a label dropped now and added back later is checked too
+        self._evaluated = dict(evaluated) if isinstance(evaluated, dict) else {}
 
     def scorer(self, device) -> Scorer:
         """Built on first use, on rank 0 only (FID/KID reference statistics are computed or read from the cache)."""
@@ -218,6 +226,7 @@ class SamplerCallback(L.Callback):
                 self.evaluation_stopped_at = trainer.global_step  # Preemption checkpoints at this validation's end
                 denoiser.train(was_training)
                 return
+            self._evaluated[label] = self.sampled_as(label)
             values = None
             if samples is not None:  # rank 0
                 values = sample_stats(samples.x, samples.nfe, samples.wall_s, samples.n_nonfinite)

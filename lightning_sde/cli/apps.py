@@ -13,6 +13,18 @@ import sys
 from lightning_sde.cli.help import print_help_if_asked
 
 
+def parses(override: str) -> bool:
+    """Whether Hydra's parser takes this override on its own (seed=int(3) does; a path holding '(' does not)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        OverridesParser.create().parse_override(override)
+    except HydraException:
+        return False
+    return True
+
+
 def multirun_switches(argv: list[str]) -> list[str]:
     """What makes a command line a multirun: -m, --multirun, or the override hydra.mode=MULTIRUN."""
     return [arg for arg in argv if arg in ("-m", "--multirun") or arg.lower() == "hydra.mode=multirun"]
@@ -54,7 +66,7 @@ def override_error(app: str, argv: list[str]) -> str | None:
             message += f"; quote a value that holds '=': \"{key}='{value}'\" (the double quotes for the shell)"
         token = re.search(r"mismatched input '(.+?)' expecting", message)
         holding = token and token.group(1).strip() and [
-            arg.split("=", 1) for arg in argv if "=" in arg and "'" not in arg
+            arg.split("=", 1) for arg in argv if "=" in arg and "'" not in arg and not parses(arg)
             and token.group(1).strip() in arg.split("=", 1)[1] and not arg.split("=", 1)[1].startswith(("[", "{"))]
         if holding and "mismatched input '='" not in message:  # a path such as "Dropbox (Personal)" or a[1]
             key, value = holding[0]

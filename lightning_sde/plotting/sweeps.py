@@ -227,8 +227,8 @@ TIMING_CONDITIONS = {"batch_size": "batch sizes", "world_size": "process counts"
 
 def timing_conditions(cell_rows: list[dict]) -> list[str]:
     """Where the timed cells' wall times were measured under different conditions, which: e.g. ["batch sizes 1, 400",
-    "3 launches"] (a launch: one lsde-bench run, its start time; rows written before launches were recorded: their
-    code version). Empty when they are alike."""
+    "3 launches (...)"] (a launch: one lsde-bench process, a shard's or a later extension's, by its start time; rows
+    written before launches were recorded: their code version). Empty when they are alike."""
     timed = [r for r in cell_rows if r.get("nfe")]
     differ = []
     for field, name in TIMING_CONDITIONS.items():
@@ -237,7 +237,7 @@ def timing_conditions(cell_rows: list[dict]) -> list[str]:
             differ.append(f"{name} {', '.join(map(str, sorted(values, key=lambda v: natural(str(v)))))}")
     launches = {r.get("launch") or r.get("git_commit") for r in timed} - {None}
     if len(launches) > 1:
-        differ.append(f"{len(launches)} launches")
+        differ.append(f"{len(launches)} launches (shards, or a sweep extended later)")
     return differ
 
 

@@ -519,6 +519,8 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
         "config checkpoint: mismatched input ' (' expecting <EOF>; quote a value that holds '(': "
         "\"checkpoint='/d/Dropbox (Personal)/x.ckpt'\" (the double quotes for the shell)")
     assert "quote a value" not in override_error("bench", ["nfe=[10,20]]"])  # a list mistyped: not to be a string
+    assert override_error("sample", ["seed=int(3)", "checkpoint=/d/f(1).ckpt"]).startswith(  # the one Hydra failed on
+        "config checkpoint: mismatched input '(' expecting <EOF>; quote a value that holds '(': \"checkpoint=")
     assert override_error("compare", ["seeds.count=5", "paths.root=/tmp/ünï"]).endswith(  # Hydra's lexer, no hint
         "LexerNoViableAltException: paths.root=/tmp/ünï ^; quote the value: \"paths.root='/tmp/ünï'\" (the double "
         "quotes for the shell)")

@@ -310,6 +310,9 @@ def test_the_sampler_callback_reports_the_nfe_of_a_batch_over_several_batches(tm
     trainer.fit(module, datamodule=Toy2DDataModule(batch_size=64, n_train=256, n_val=64))
     row = callback.last_rows["ddim"]
     assert row["nfe"] == 5 and row["n_samples"] == 20 and row["n_distinct"] == 20 and row["n_nonfinite"] == 0
+    state = callback.state_dict()  # what a resume must sample alike (check_same_evaluations)
+    assert state["samplers"] == {"ddim": callback.sampled_as("ddim")} and state["n_samples"] == 20
+    assert state["samplers"]["ddim"][1]["steps"] == 5
 
 
 def test_wandb_osh_is_asked_to_sync_the_offline_run_after_each_evaluation(tmp_path):

@@ -200,3 +200,4 @@ def test_a_moved_checkpoint_takes_the_target_id_its_results_record():
                   "/cluster/run/last.ckpt@step200#0123456789abcdef|data=moons", "mixture:x|sde:y"):
         assert as_recorded(mine, [other]) == mine
     assert as_recorded("mixture:x|sde:y", [cluster]) == "mixture:x|sde:y"
+    assert as_recorded(mine, [cluster, mine + "|features=inception"]) == mine  # its own rows there too: they go on

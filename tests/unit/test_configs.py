@@ -768,9 +768,18 @@ def test_a_resume_refuses_evaluations_of_another_protocol_under_the_same_labels(
         return SamplerCallback({"ddim": DDIM(steps=steps), "unipc": UniPC(steps=10, grid="select", **more)},
                                n_samples=n, batch_size=64)
 
-    saved = {"callbacks": {"SamplerCallback": torch.load(_saved(callback().state_dict()), weights_only=True)}}
+    def checkpoint(cb):
+        return {"callbacks": {"SamplerCallback": torch.load(_saved(cb.state_dict()), weights_only=True)}}
+
     monkeypatch.setattr(train_app, "read_checkpoint", lambda path: saved)
+    saved = checkpoint(callback())  # checkpointed before any evaluation: nothing to keep
+    train_app.check_same_evaluations("last.ckpt", callback(n=32, steps=5))
+    evaluated = callback()
+    evaluated._evaluated = {"ddim": evaluated.sampled_as("ddim")}  # as after an evaluation of ddim alone
+    saved = checkpoint(evaluated)
     train_app.check_same_evaluations("last.ckpt", callback())
+    train_app.check_same_evaluations("last.ckpt", SamplerCallback({"ddim": DDIM(steps=10), "unipc": UniPC(steps=4)},
+                                                                  64, 64))  # unipc never ran: it may change
     train_app.check_same_evaluations("last.ckpt", callback(pilot_batch=8))  # memory alone
     train_app.check_same_evaluations("last.ckpt", SamplerCallback({"ddim": DDIM(steps=10)}, 64, 64))  # one dropped
     with pytest.raises(ValueError, match=r"^config callbacks.sampler.n_samples: the run's evaluations so far used 64, "
