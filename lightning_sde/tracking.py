@@ -293,6 +293,27 @@ def _payloads(path: Path) -> list[bytes]:
     return out
 
 
+def recorded_group(wandb_dir, run_id: str) -> str | None:
+    """The W&B group that the newest local record of run `run_id` under `wandb_dir` names (None: no record names
+    one): a run resumed on its own keeps the group its sweep gave it."""
+    from wandb.proto import wandb_internal_pb2
+
+    for run_file in sorted(Path(wandb_dir).glob(f"*run-*-{run_id}/run-{run_id}.wandb"), reverse=True):
+        try:
+            payloads = _payloads(run_file)
+        except (OSError, ValueError):
+            continue
+        for payload in payloads:
+            record = wandb_internal_pb2.Record()
+            try:
+                record.ParseFromString(payload)
+            except Exception:  # noqa: BLE001  (a record torn by a kill: the end of what was written)
+                break
+            if record.WhichOneof("record_type") == "run" and record.run.run_group:
+                return record.run.run_group
+    return None
+
+
 def offline_history(run_file) -> list[dict]:
     """The history rows of an offline W&B run file (`run-<id>.wandb`), each a dict key -> value; a file cut short
     by a kill gives the rows written before it."""

@@ -65,6 +65,7 @@ from lightning_sde.sde import SDES
 from lightning_sde.tracking import (
     backfill_wandb,
     finish_wandb,
+    recorded_group,
     source_revision,
     sync_command,
     trim_history,
@@ -119,6 +120,8 @@ def wandb_identity(cfg: DictConfig, job, callbacks) -> dict:
     group = experiment
     if job is not None:  # a sweep's runs together: under its run name when a resubmission keeps it, else the sweep id
         group = cfg.run_name.removesuffix(f"_{job[1]}") if run_name_kept() else job[0]
+    else:  # a run resumed on its own (a sweep's member too) keeps the group its records name
+        group = recorded_group(Path(cfg.run_dir) / "wandb", cfg.run_name) or group
     return {"name": f"{experiment}-{sde}-{cfg.run_name}", "group": group, "tags": tags}
 
 

@@ -392,6 +392,21 @@ def test_a_run_holds_its_directory_so_that_a_second_run_of_its_name_is_refused_a
     assert not run_dir.exists()
 
 
+def test_a_sweeps_run_resumed_on_its_own_keeps_its_wandb_group(tmp_path, monkeypatch):
+    """`lsde-train ... run_name=MR_1` (the resume a multirun's report prints) put MR_1 in group toy2d, out of its
+    sweep's group MR."""
+    import wandb
+
+    from lightning_sde.cli import train
+
+    cfg = composed("train", ["experiment=toy2d", "run_name=MR_1", f"run_dir={tmp_path / 'MR_1'}"])
+    assert train.wandb_identity(cfg, None, [])["group"] == "Toy2DDataModule"  # a run of its own (no Hydra choices)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(mode="offline", dir=tmp_path / "MR_1", id="MR_1", group="MR", project="p")
+    run.finish()
+    assert train.wandb_identity(cfg, None, [])["group"] == "MR"
+
+
 def test_each_job_of_a_multirun_trains_under_its_own_name_even_with_a_run_name_in_the_environment(monkeypatch):
     """slurm/env.sh exports LSDE_RUN_NAME: the jobs of `lsde-train -m` must still not share (and resume) one run."""
     from lightning_sde.cli import train
