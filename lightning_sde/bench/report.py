@@ -284,8 +284,8 @@ def write_views(results: Path, out: Path, preferred) -> tuple[list[dict], dict]:
                     "row", results, hidden, views["csv"].name)  # pragma: no mutate
     differ = timing_conditions(cells(view))
     if differ:
-        log.warning("%s: the wall times shown were measured under differing conditions (%s): compare times only where "
-                    "these agree (the CSV has each row's)", results, "; ".join(differ))  # pragma: no mutate
+        log.warning("%s: the wall times shown were timed under differing conditions, so compare times only where alike "
+                    "(the CSV has each row's): %s", results, "; ".join(differ))  # pragma: no mutate
     missing = SweepPlans(results).missing({cell_key_of(r["key"]) for r in rows})
     gap = ""
     if missing:  # a shard not run yet, killed or refused: say so rather than draw a partial curve as the sweep's

@@ -226,7 +226,7 @@ TIMING_CONDITIONS = {"batch_size": "batch sizes", "world_size": "process counts"
 
 
 def timing_conditions(cell_rows: list[dict]) -> list[str]:
-    """Where the timed cells' wall times were measured under different conditions, which: e.g. ["batch sizes 1, 400",
+    """Where the timed cells' wall times were measured under different conditions, which: e.g. ["batch sizes 1 / 400",
     "3 launches (...)"] (a launch: one lsde-bench process, a shard's or a later extension's, by its start time; rows
     written before launches were recorded: their code version). Empty when they are alike."""
     timed = [r for r in cell_rows if r.get("nfe")]
@@ -234,10 +234,10 @@ def timing_conditions(cell_rows: list[dict]) -> list[str]:
     for field, name in TIMING_CONDITIONS.items():
         values = {r[field] for r in timed if r.get(field) is not None}
         if len(values) > 1:
-            differ.append(f"{name} {', '.join(map(str, sorted(values, key=lambda v: natural(str(v)))))}")
+            differ.append(f"{name} {' / '.join(map(str, sorted(values, key=lambda v: natural(str(v)))))}")
     launches = {r.get("launch") or r.get("git_commit") for r in timed} - {None}
     if len(launches) > 1:
-        differ.append(f"{len(launches)} launches (shards, or a sweep extended later)")
+        differ.append(f"{len(launches)} launches (shards or later extensions)")
     return differ
 
 
@@ -253,7 +253,7 @@ def timing_note(cell_rows: list[dict]) -> str:
         text += f", without a grid's set-up (up to {setup:.3g} s a cell: the CSV's setup_wall_s)"
     differ = timing_conditions(timed)
     if differ:
-        text += f"; measured under differing conditions ({'; '.join(differ)}): compare times only where these agree"
+        text += f"; timed under differing conditions, so compare times only where alike: {'; '.join(differ)}"
     return text
 
 

@@ -58,17 +58,19 @@ def test_the_time_views_say_when_a_files_times_were_measured_under_differing_con
     assert "differing" not in views.summary_table([row])
     later = {**row, "key": row["key"].replace('"nfe", 4', '"nfe", 8'), "requested": 8, "nfe": 8.0,
              "batch_size": 1, "threads": row["threads"] + 1, "launch": "2026-01-01T00:00:00+00:00"}
-    for other, said in [({"batch_size": 1}, "batch sizes 1, 16"), ({"threads": row["threads"] + 1}, "threads "),
+    for other, said in [({"batch_size": 1}, "batch sizes 1 / 16"), ({"threads": row["threads"] + 1}, "threads "),
                         ({"launch": "2026-01-01T00:00:00+00:00"}, "2 launches"),
                         ({"host": "elsewhere", "git_commit": "x"}, "hosts ")]:
         changed = {**row, "key": later["key"], "requested": 8, "nfe": 8.0, **other}
-        assert f"measured under differing conditions ({said}" in views.summary_table([row, changed]), other
+        assert f"timed under differing conditions, so compare times only where alike: {said}" in \
+            views.summary_table([row, changed]), other
     results = tmp_path / "mixed.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in (row, later)))
     views.report(results, tmp_path / "views")
-    assert "measured under differing conditions (batch sizes 1, 16; threads" in caplog.text
+    assert "timed under differing conditions, so compare times only where alike (the CSV has each row's): batch " \
+           "sizes 1 / 16; threads" in caplog.text
     caption = metrics_figure([row, later], [row, later]).get_supxlabel()
-    assert "measured under differing conditions" in " ".join(caption.split())
+    assert "timed under differing conditions" in " ".join(caption.split())
 
 
 def test_set_up_nfe_and_time_are_recorded_apart_from_the_sampling_nfe(tmp_path, monkeypatch, capsys):
