@@ -322,7 +322,8 @@ class ScoreModule(L.LightningModule):
             checkpoint["state_dict"] = checkpoint["current_model_state"]
         if "data_moments" in checkpoint:
             self.denoiser.data_moments = DataMoments.from_state(checkpoint["data_moments"])
-        self.init_from = checkpoint.get("init_from", self.init_from)  # kept by every later checkpoint of the run
+        if self.init_from is None:  # kept by every later checkpoint of the run (lsde-train sets where it lies now)
+            self.init_from = checkpoint.get("init_from")
         if self.resumed_from is None:  # the run's own checkpoint: its record; another run's: this run's start
             self.resumed_from = checkpoint.get("resumed_from")
         self._apply_configured_hyperparameters(checkpoint)

@@ -573,9 +573,13 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     if resume is not None and resume == str(cfg.ckpt_path) \
             and Path(resume).resolve().parent != (Path(cfg.run_dir) / "checkpoints").resolve():
         module.resumed_from = str(Path(resume).resolve())  # another run's: a rerun resumes its own (resume_point)
+    elif resume is not None and cfg.ckpt_path not in (None, "last") and resume != str(cfg.ckpt_path):
+        module.resumed_from = str(Path(cfg.ckpt_path).resolve())  # the run's own, started there: recorded where it
+        # is now (a project moved: later checkpoints record the new place)
     init_from = None
     if cfg.get("init_from") is not None and resume is not None:  # a requeued or rerun fine-tune resumes its own
         check_same_start(cfg, resume)
+        module.init_from = str(Path(cfg.init_from).resolve())  # its start, where it is now (see resumed_from)
     elif cfg.get("init_from") is not None:
         init_from = (str(cfg.init_from), start_from_weights(cfg, module))
         module.init_from = str(Path(cfg.init_from).resolve())

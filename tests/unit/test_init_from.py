@@ -123,7 +123,13 @@ def test_the_runs_own_checkpoint_is_resumed_and_an_explicit_ckpt_path_with_init_
     moved = {"init_from": str(tmp_path / "old" / "source.ckpt"),
              "callbacks": {"LastCheckpoint{}": {"dirpath": str(tmp_path / "old" / "finetune" / "checkpoints")}}}
     torch.save({**ckpt, **moved}, own)
-    assert build(toy(tmp_path, "finetune", f"init_from={path}"), read_data=False).resume == str(own)
+    run = build(toy(tmp_path, "finetune", f"init_from={path}"), read_data=False)
+    assert run.resume == str(own) and run.module.init_from == str(Path(path).resolve())  # later saves: the new place
+    # so with ckpt_path=<another run's> (its record: resumed_from), once the project moved
+    gone = {"resumed_from": str(tmp_path / "old" / "source.ckpt"), "callbacks": moved["callbacks"]}
+    torch.save({**ckpt, **gone}, own)
+    run = build(toy(tmp_path, "finetune", f"ckpt_path={path}"), read_data=False)
+    assert run.resume == str(own) and run.module.resumed_from == str(Path(path).resolve())
     with pytest.raises(ValueError, match=r"^config init_from: starts a new run from a checkpoint's weights .*and "
                                          r"ckpt_path resumes another's whole state"):
         build(toy(tmp_path, "other", f"init_from={path}", f"ckpt_path={own}"), read_data=False)
