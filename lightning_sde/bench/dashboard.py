@@ -229,6 +229,8 @@ class SweepRun:
                      "are labelled with what differs")
             return first
         merged = {**first, **config}
+        if first.get("batch_size") != config.get("batch_size"):  # launches at several: none, as report's config says
+            merged["batch_size"] = None
         for key in ("nfe", "tolerances", "metrics", "guidance"):
             lists = [v for v in (first.get(key), config.get(key)) if isinstance(v, list)]
             if lists:

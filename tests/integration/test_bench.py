@@ -134,7 +134,7 @@ def test_a_resumed_sweep_continues_its_wandb_run_and_report_updates_it(tmp_path)
     one = ["seeds.count=100", "batch_size=100"]  # SMALL's DDIM and EM, and the noise floor (no history row)
     run_bench(tmp_path, *one, "nfe=[3]")
     first = json.loads((tmp_path / "results.wandb.json").read_text())
-    rerun = run_bench(tmp_path, *one, "nfe=[10]")
+    rerun = run_bench(tmp_path, "seeds.count=100", "batch_size=50", "nfe=[10]")  # at another batch size
     sidecar = json.loads((tmp_path / "results.wandb.json").read_text())
     assert sidecar["id"] == first["id"] and len(sidecar["logged"]) == 5 and len(sweep_runs(tmp_path)) == 2
     logged = [[r.get("nfe") for r in history(run) if "cell/sampler" in r] for run in sweep_runs(tmp_path)]
@@ -158,6 +158,8 @@ def test_a_resumed_sweep_continues_its_wandb_run_and_report_updates_it(tmp_path)
     steps = [r["_step"] for run in runs for r in history(run)]
     assert steps == list(range(len(steps))), steps
     assert run_info(runs[1])["config"]["nfe"] == [3, 10]  # an extended sweep's config lists every budget
+    # and no one batch size, as report --wandb's config (of every row) says: launches at 100 and 50
+    assert run_info(runs[1])["config"]["batch_size"] is None and run_info(runs[-1])["config"]["batch_size"] is None
 
 
 @pytest.mark.slow
