@@ -186,7 +186,8 @@ def test_ddp_two_cpu_processes(tmp_path):
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert (last["world_size"], last["batch_size"]) == (2, 512)
     cmd = [sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run_dir}", "run_name=ddp", "experiment=toy2d",
-           "logger=csv", "trainer.max_steps=90", "trainer.accumulate_grad_batches=2", *QUICK]
+           "logger=csv", "trainer.max_steps=90", "trainer.accumulate_grad_batches=2", "callbacks.sampler.n_samples=101",
+           *QUICK]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in ENV.items() if k != "LSDE_RUN_NAME"})
     assert proc.returncode != 0 and "config trainer.devices / trainer.num_nodes: the checkpoint" in proc.stderr
