@@ -82,8 +82,8 @@ class RunCheckpoint(ModelCheckpoint):
 def moved_state(state: dict, old: str, new: str) -> dict:
     """A ModelCheckpoint state with the paths in folder `old` put in folder `new`."""
     def move(path):
-        return os.path.join(new, os.path.relpath(path, old)) if isinstance(path, str) and path \
-            and Path(path).parent == Path(old) else path
+        return os.path.join(new, Path(path).name) if isinstance(path, str) and path and Path(path).parent == Path(old) \
+            else path
 
     state = {**state, "dirpath": new}
     for key in ("best_model_path", "kth_best_model_path", "last_model_path"):

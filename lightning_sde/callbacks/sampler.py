@@ -135,15 +135,16 @@ class SamplerCallback(L.Callback):
     def state_dict(self) -> dict:
         # the every_n_evals phase of epoch-based validation (see on_train_start); what the evaluations so far sampled
         # under, once there are any (a resume under another is refused: lsde-train's check_same_evaluations)
-        return {"evals": self._evals, **({**self.protocol(), "samplers": dict(self._evaluated)} if self._evaluated
-                                         else {})}
+        return {"evals": self._evals, **self.protocol(self._evaluated)} if self._evaluated else {"evals": self._evals}
 
-    def protocol(self) -> dict:
+    def protocol(self, samplers: dict | None = None) -> dict:
         """What makes one evaluation's values comparable with another's: the guidance, sample count, seeds, dtype
-        and each label's sampler with its parameters (those that change only the memory aside)."""
+        and each label's sampler with its parameters (those that change only the memory aside); `samplers`: those
+        recorded instead of the current set's."""
         return {"guidance": self.guidance, "n_samples": self.n_samples, "first_seed": self.seeds.start,
                 "dtype": str(self.dtype).removeprefix("torch."),
-                "samplers": {label: self.sampled_as(label) for label in self.samplers}}
+                "samplers": dict(samplers) if samplers is not None else {
+                    label: self.sampled_as(label) for label in self.samplers}}
 
     def sampled_as(self, label: str) -> list:
         """[sampler name, parameters] of a label, as protocol() records it."""
