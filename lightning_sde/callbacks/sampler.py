@@ -28,7 +28,13 @@ from lightning_sde.distributed import broadcast_from_zero
 from lightning_sde.files import write_csv
 from lightning_sde.generation import GenerationStopped, generate
 from lightning_sde.metrics.features import check_feature_extractor, check_features_take, known_feature_extractor
-from lightning_sde.metrics.image import IMAGE_METRICS, check_image_sample_count, check_kid_reference, check_stats_cache
+from lightning_sde.metrics.image import (
+    IMAGE_METRICS,
+    check_image_sample_count,
+    check_kid_reference,
+    check_stats_cache,
+    tensor_sha256,
+)
 from lightning_sde.metrics.scorer import ALL_METRICS, Scorer, ranks_above, resolve_metrics
 from lightning_sde.models.guidance import check_guidance
 from lightning_sde.plotting import drawable, image_grid, scatter_grid, text_table
@@ -90,6 +96,7 @@ class SamplerCallback(L.Callback):
         self._evals = 0
         self._evaluated = {}  # label -> the sampler and parameters its evaluations in this run sampled with
         self._scorer: Scorer | None = None
+        self.reference_sha256: str | None = None  # of the set scored against (setup)
         self.last_rows: dict[str, dict] = {}
         self._pending, self._images = False, []  # an evaluation not yet given to the loggers, and its pictures
         self.evaluation_stopped_at: int | None = None  # the step of an evaluation a signal stopped
@@ -106,6 +113,7 @@ class SamplerCallback(L.Callback):
         self.kind = getattr(datamodule, "kind", "points")
         self.metrics = resolve_metrics(self.metrics, self.kind, has_mixture=False, key="callbacks.sampler.metrics")
         self.reference = datamodule.reference(self.n_samples)
+        self.reference_sha256 = tensor_sha256(self.reference)
         self.out_dir = Path(trainer.default_root_dir) / "samples"
 
     def check_data(self, datamodule) -> None:
@@ -138,11 +146,11 @@ class SamplerCallback(L.Callback):
         return {"evals": self._evals, **self.protocol(self._evaluated)} if self._evaluated else {"evals": self._evals}
 
     def protocol(self, samplers: dict | None = None) -> dict:
-        """What makes one evaluation's values comparable with another's: the guidance, sample count, seeds, dtype
-        and each label's sampler with its parameters (those that change only the memory aside); `samplers`: those
-        recorded instead of the current set's."""
+        """What makes one evaluation's values comparable with another's: the guidance, sample count, seeds, dtype,
+        the reference set scored against (its SHA-256, once set up) and each label's sampler with its parameters
+        (those that change only the memory aside); `samplers`: those recorded instead of the current set's."""
         return {"guidance": self.guidance, "n_samples": self.n_samples, "first_seed": self.seeds.start,
-                "dtype": str(self.dtype).removeprefix("torch."),
+                "dtype": str(self.dtype).removeprefix("torch."), "reference_sha256": self.reference_sha256,
                 "samplers": dict(samplers) if samplers is not None else {
                     label: self.sampled_as(label) for label in self.samplers}}
 

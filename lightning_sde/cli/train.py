@@ -301,11 +301,12 @@ def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 
     return int(ckpt["global_step"])
 
 
-def check_same_evaluations(path: str, sampler_cb: SamplerCallback) -> None:
+def check_same_evaluations(path: str, sampler_cb: SamplerCallback, datamodule=None) -> None:
     """A resumed run's evaluations sample as its earlier ones did (the guidance, sample count, seeds, dtype, and each
-    label's sampler and parameters): its val/ curves and the best checkpoint's choice would otherwise compare two
-    protocols under one name (what checkpoints from before the callback kept it are not checked). A label added or
-    dropped is no change."""
+    label's sampler and parameters) and are scored against the same reference set (the datamodule's first n_samples
+    training samples: files added to or removed from an image folder change them): its val/ curves and the best
+    checkpoint's choice would otherwise compare two protocols under one name (what checkpoints from before the
+    callback kept it are not checked). A label added or dropped is no change."""
     states = read_checkpoint(path).get("callbacks")
     state = next((v for k, v in states.items() if str(k).startswith(SamplerCallback.__qualname__)), None) \
         if isinstance(states, dict) else None
@@ -330,6 +331,15 @@ def check_same_evaluations(path: str, sampler_cb: SamplerCallback) -> None:
                              f"config as {new_name} {new_params}: its val/{label}/ curves and the best checkpoint's "
                              f"choice would mix the two; give this one another label (+sampler@samplers.<label>=...), "
                              f"or {RESUME_ADVICE}")
+    recorded = state.get("reference_sha256")
+    if isinstance(recorded, str) and datamodule is not None:
+        from lightning_sde.metrics.image import tensor_sha256
+
+        if tensor_sha256(datamodule.reference(sampler_cb.n_samples)) != recorded:
+            where = f" under {datamodule.root}" if getattr(datamodule, "root", None) is not None else ""
+            raise ValueError(f"config data: the run's evaluations so far were scored against another reference set "
+                             f"(the first {sampler_cb.n_samples} training samples in the data's order; the files"
+                             f"{where} changed?): {mixed}")
 
 
 def check_same_monitors(path: str, callbacks) -> None:
@@ -612,7 +622,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
                          f"model.p_uncond > 0, or set it to 0 (each seed's class; a resumed run keeps its evaluations' "
                          f"guidance: a new run from its weights, init_from=<checkpoint>, may change it)")
     if sampler_cb is not None and resume is not None:
-        check_same_evaluations(resume, sampler_cb)
+        check_same_evaluations(resume, sampler_cb, datamodule)
     for k, cb in keyed.items():  # a monitor the evaluations never log would fail at the first one, after training
         if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
             cb.monitor = cfg.callbacks[k].monitor = best_monitor(f"callbacks.{k}.monitor", cb.monitor, sampler_cb,

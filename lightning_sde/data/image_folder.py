@@ -381,10 +381,10 @@ class ImageFolderDataModule(BaseDataModule):
                 f"(another run_name, init_from={path})")
         if now["train_files"] != state["train_files"]:
             log.warning("the training images under %s changed since the checkpoint %s (%d then, %d now): the resumed "
-                        "run trains on them as they are now; the validation images are the run's. The FID/KID "
-                        "reference and the noise floor are drawn from the training images, so they may move: the "
-                        "sampler metrics before and after this resume, and the best checkpoint's choice, may compare "
-                        "two references (for one, resume with the folder as it was)",
+                        "run trains on them as they are now; the validation images are the run's. The sampler "
+                        "metrics' reference is drawn from the training images (a resume whose evaluations it would "
+                        "change is refused), and so is the noise floor, which may move (for the same floor, resume "
+                        "with the folder as it was)",
                         self.root, path, state["n_train"], now["n_train"])
 
     def real_samples_at(self, index: Tensor, stream: int) -> Tensor:

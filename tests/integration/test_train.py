@@ -14,6 +14,7 @@ from helpers.wandb_offline import find_run, history, media, run_info
 from lightning_sde import load_denoiser
 from lightning_sde.data import Toy2DDataModule
 from lightning_sde.data.base import MOMENT_SAMPLES
+from lightning_sde.metrics.image import tensor_sha256
 from lightning_sde.models.moments import DataMoments
 from lightning_sde.samplers import build_sampler, sample
 
@@ -314,6 +315,8 @@ def test_the_sampler_callback_reports_the_nfe_of_a_batch_over_several_batches(tm
     state = callback.state_dict()  # what a resume must sample alike (check_same_evaluations)
     assert state["samplers"] == {"ddim": callback.sampled_as("ddim")} and state["n_samples"] == 20
     assert state["samplers"]["ddim"][1]["steps"] == 5
+    data = Toy2DDataModule(batch_size=64, n_train=256, n_val=64)
+    assert state["reference_sha256"] == tensor_sha256(data.reference(20))  # the set it scored against
 
 
 def test_wandb_osh_is_asked_to_sync_the_offline_run_after_each_evaluation(tmp_path):

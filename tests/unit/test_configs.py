@@ -806,6 +806,36 @@ def test_a_resume_refuses_evaluations_of_another_protocol_under_the_same_labels(
         train_app.check_same_evaluations("last.ckpt", callback(steps=5))
 
 
+def test_a_resume_refuses_evaluations_scored_against_another_reference_set(monkeypatch, tmp_path):
+    """Images added to a folder change its first n_samples training images in the data's order, which the FID/KID
+    reference is: the val/ curves before and after the resume compared two references without a word."""
+    import numpy as np
+    from PIL import Image
+
+    import lightning_sde.cli.train as train_app
+    from lightning_sde.callbacks import SamplerCallback
+    from lightning_sde.data import ImageFolderDataModule
+    from lightning_sde.metrics.image import tensor_sha256
+    from lightning_sde.samplers import DDIM
+
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"img{i:02d}.png")
+    folder = lambda: ImageFolderDataModule(tmp_path, image_size=8, channels=1, n_val=4)  # noqa: E731
+    evaluated = SamplerCallback({"ddim": DDIM(steps=10)}, n_samples=8, batch_size=8)
+    evaluated._evaluated = {"ddim": evaluated.sampled_as("ddim")}
+    evaluated.reference_sha256 = tensor_sha256(folder().reference(8))
+    saved = {"callbacks": {"SamplerCallback": torch.load(_saved(evaluated.state_dict()), weights_only=True)}}
+    monkeypatch.setattr(train_app, "read_checkpoint", lambda path: saved)
+    fresh = SamplerCallback({"ddim": DDIM(steps=10)}, n_samples=8, batch_size=8)
+    train_app.check_same_evaluations("last.ckpt", fresh, folder())  # the folder as it was
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "added.png")
+    with pytest.raises(ValueError, match=r"^config data: the run's evaluations so far were scored against another "
+                                         r"reference set \(the first 8 training samples in the data's order; the "
+                                         rf"files under {re.escape(str(tmp_path))} changed\?\): their val/ curves"):
+        train_app.check_same_evaluations("last.ckpt", fresh, folder())
+
+
 def _saved(state):
     import io
 
