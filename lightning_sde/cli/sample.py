@@ -25,7 +25,6 @@ with an error (the chunks before it are kept).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
@@ -243,6 +242,8 @@ def read_chunks(folder: Path, settings: dict, shape: tuple, dtype) -> list[dict]
                 theirs = str(chunk["settings"])
             if theirs != ours:
                 raise ValueError("drawn under other settings")
+            if seeds.ndim != 1 or seeds.dtype.kind not in "iu":
+                raise ValueError(f"seeds {seeds.dtype} {seeds.shape}, not integers in a row")
             if samples.dtype != dtype or samples.shape[1:] != shape or len(seeds) != len(samples) or (
                     samples.dtype.kind == "f" and not np.isfinite(samples).all()):
                 raise ValueError(f"samples {samples.dtype} {samples.shape} for {len(seeds)} seeds, not {dtype} "
@@ -253,29 +254,70 @@ def read_chunks(folder: Path, settings: dict, shape: tuple, dtype) -> list[dict]
         except Exception as err:  # noqa: BLE001  (any unreadable file: drawn again)
             log.warning("%s: not a chunk of samples (%s: %s); its seeds are drawn again", path, type(err).__name__, err)
             continue
-        found.append({"seeds": seeds.tolist(), "samples": samples, "labels": labels, "nfe": nfe, "nfe_max": nfe_max})
+        found.append({"seeds": seeds.astype(np.int64), "samples": samples, "labels": labels, "nfe": nfe,
+                      "nfe_max": nfe_max})
     return found
 
 
-def still_to_draw(found: list[dict], seeds: list[int], chunk_size: int, batch_dependent: bool) -> tuple[dict, list]:
-    """({seed: (sample, label, chunk's mean NFE, its largest batch's NFE)} of `seeds` already drawn, the chunks still
-    to draw). Most samplers' sample depends on its seed alone, so any drawn seed counts; a batch-dependent one's
-    (Sampler.batch_dependent) on the batch it was drawn in, so only whole chunks of this run's plan (from
-    seeds.start, chunk_size at a time) count: the same command writes the same samples whatever the folder held."""
+class Drawn:
+    """The samples of `seeds` drawn so far, in seed order, with each one's class (guided runs), its chunk's mean NFE
+    and its largest batch's: an array each, not an object per seed (a million 2-D points took 1.3 GB as a dict)."""
+
+    def __init__(self, seeds: range, shape: tuple, dtype, labelled: bool):
+        self.seeds, n = seeds, len(seeds)
+        self.filled = np.zeros(n, dtype=bool)
+        self.samples = np.empty((n, *shape), dtype=dtype)
+        self.labels = np.zeros(n, dtype=np.int64) if labelled else None
+        self.nfe, self.nfe_max = np.zeros(n), np.zeros(n)
+        self.count = 0
+
+    def put(self, seeds: np.ndarray, samples: np.ndarray, labels, nfe: float, nfe_max: float) -> None:
+        """A chunk's samples of `seeds`; those outside the range are left out."""
+        inside = (seeds >= self.seeds.start) & (seeds < self.seeds.stop)
+        index = seeds[inside] - self.seeds.start
+        self.count += len(np.unique(index[~self.filled[index]]))
+        self.filled[index] = True
+        self.samples[index] = samples[inside]
+        if self.labels is not None:
+            self.labels[index] = np.asarray(labels)[inside]
+        self.nfe[index], self.nfe_max[index] = nfe, nfe_max
+
+
+def still_to_draw(found: list[dict], drawn: Drawn, chunk_size: int, batch_dependent: bool) -> list:
+    """The chunks of seeds still to draw, after putting those already drawn into `drawn`. Most samplers' sample
+    depends on its seed alone, so any drawn seed counts; a batch-dependent one's (Sampler.batch_dependent) on the batch
+    it was drawn in, so only whole chunks of this run's plan (from seeds.start, chunk_size at a time) count: the same
+    command writes the same samples whatever the folder held."""
+    seeds = drawn.seeds
     plan = [seeds[i : i + chunk_size] for i in range(0, len(seeds), chunk_size)]
-    wanted, planned = set(seeds), {tuple(part) for part in plan}
-    done = {}
+    planned = {(part.start, len(part)) for part in plan}
     for chunk in found:
-        if batch_dependent and tuple(chunk["seeds"]) not in planned:
+        ids = chunk["seeds"]
+        whole = len(ids) > 0 and (int(ids[0]), len(ids)) in planned and bool((np.diff(ids) == 1).all())
+        if batch_dependent and not whole:
             continue
-        for i, seed in enumerate(chunk["seeds"]):
-            if seed in wanted:
-                label = None if chunk["labels"] is None else int(chunk["labels"][i])
-                done[seed] = (chunk["samples"][i], label, chunk["nfe"], chunk.get("nfe_max", chunk["nfe"]))
+        drawn.put(ids, chunk["samples"], chunk["labels"], chunk["nfe"], chunk.get("nfe_max", chunk["nfe"]))
     if batch_dependent:
-        return done, [part for part in plan if part[0] not in done]
-    missing = [s for s in seeds if s not in done]
-    return done, [missing[i : i + chunk_size] for i in range(0, len(missing), chunk_size)]
+        return [part for part in plan if not drawn.filled[part.start - seeds.start]]
+    if not drawn.count:
+        return plan
+    missing = np.flatnonzero(~drawn.filled) + seeds.start
+    return [missing[i : i + chunk_size] for i in range(0, len(missing), chunk_size)]
+
+
+def check_memory(count: int, shape: tuple, itemsize: int) -> None:
+    """Every sample is held in memory until samples.npz is written: a count this machine cannot hold is refused
+    before any sampling."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not Linux: no check
+        return
+    need = count * (math.prod(shape) * itemsize + 41)  # the sample, whether drawn, its class and two NFE figures
+    if need > total:
+        raise ValueError(f"config seeds.count: {count} samples of shape {tuple(shape)} take {need / 2**30:.3g} GiB in "
+                         f"memory until samples.npz is written, more than this machine's {total / 2**30:.3g} GiB; "
+                         f"draw them in parts, each with its own out (seeds.start=0 seeds.count=N, then "
+                         f"seeds.start=N ...)")
 
 
 def settings_text(settings: dict) -> str:
@@ -293,9 +335,8 @@ def stored(x: torch.Tensor, images: bool) -> np.ndarray:
 
 def save_npz(path: Path, **arrays) -> None:
     def write(tmp: Path) -> None:
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        tmp.write_bytes(buffer.getvalue())
+        with open(tmp, "wb") as fh:  # an open file: numpy adds no .npz to its name (and no copy in memory)
+            np.savez(fh, **arrays)
 
     replace_atomically(path, write)
 
@@ -325,21 +366,26 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
         raise ValueError(f"config png: the checkpoint's samples are {what}, which have no PNG; leave png out "
                          "(samples.npz holds them)")
     out, chunks = Path(cfg.out), Path(cfg.out) / CHUNKS
-    seeds = list(range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count))
+    seeds = range(cfg.seeds.start, cfg.seeds.start + cfg.seeds.count)
     chunk_size = cfg.batch_size * world
-    done, todo = {}, None
+    stored_dtype = np.dtype(np.uint8 if images else np.float32)
+    check_memory(len(seeds), shape, stored_dtype.itemsize)
+    drawn, todo = None, None
     if rank == 0:
-        found = read_chunks(chunks, settings, shape, np.dtype(np.uint8 if images else np.float32))
-        done, todo = still_to_draw(found, seeds, chunk_size, sampler.batch_dependent)
+        found = read_chunks(chunks, settings, shape, stored_dtype)
+        drawn = Drawn(seeds, shape, stored_dtype, labelled=settings["guidance"] is not None)
+        todo = still_to_draw(found, drawn, chunk_size, sampler.batch_dependent)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "settings.json", json.dumps(settings, indent=2) + "\n")
-        if done:
-            log.info("%d of %d seeds drawn by an earlier run (%s): going on from there", len(done), len(seeds), chunks)
+        if drawn.count:
+            log.info("%d of %d seeds drawn by an earlier run (%s): going on from there", drawn.count, len(seeds),
+                     chunks)
     todo = broadcast_from_zero(todo)
-    started, wall, setup_nfe = time.monotonic(), 0.0, 0
+    started, wall, setup_nfe, drawn_now, to_draw = time.monotonic(), 0.0, 0, 0, sum(len(p) for p in todo)
     for n, part in enumerate(todo):
+        part = [int(seed) for seed in part]
         desc = f"{sampler.name} seeds {part[0]}..{part[-1]} ({n + 1}/{len(todo)})"
-        kept = f"nothing of them is written (the {len(done)} drawn before are kept in {chunks})"
+        kept = f"nothing of them is written (the {drawn.count if drawn else 0} drawn before are kept in {chunks})"
         try:
             samples = generate(sampler, denoiser, part, cfg.batch_size, device, dtype, progress=cfg.progress,
                                desc=desc, guidance=settings["guidance"], labels=cfg.get("labels", "cycle"))
@@ -364,12 +410,10 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
             arrays["labels"] = seed_labels(part, cfg.labels, denoiser.num_classes).numpy()
         chunks.mkdir(parents=True, exist_ok=True)
         save_npz(chunks / f"seeds-{part[0]}-{part[-1]}.npz", **arrays)
-        for j, seed in enumerate(part):
-            done[seed] = (arrays["samples"][j], int(arrays["labels"][j]) if "labels" in arrays else None, samples.nfe,
-                          float(arrays["nfe_max"]))
-        drawn = sum(len(p) for p in todo[: n + 1])
-        log.info("%d of %d seeds drawn; ETA %s", len(done), len(seeds),
-                 duration((time.monotonic() - started) / drawn * (sum(len(p) for p in todo) - drawn)))
+        drawn.put(arrays["seeds"], arrays["samples"], arrays.get("labels"), samples.nfe, float(arrays["nfe_max"]))
+        drawn_now += len(part)
+        log.info("%d of %d seeds drawn; ETA %s", drawn.count, len(seeds),
+                 duration((time.monotonic() - started) / drawn_now * (to_draw - drawn_now)))
     if rank != 0:
         return None
     if todo:  # what grid=select chose: its pilot ran for this run's chunks and is cached (no NFE now)
@@ -384,7 +428,7 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
             setup_nfe = spent(report)
     # a guided run starts at T (grids.start_time): a Gaussian start of the sampler or its candidates is left out
     left_out = settings["guidance"] is not None and may_use_data_moments(sampler)
-    return finish(cfg, out, seeds, done, images, settings, wall, setup_nfe, world, report, left_out)
+    return finish(cfg, out, drawn, images, settings, wall, setup_nfe, world, report, left_out)
 
 
 def earlier_selection(out: Path) -> tuple[dict | None, int]:
@@ -408,28 +452,29 @@ def preview_title(settings: dict, nfe: float) -> str:
     return title + f", w = {settings['guidance']:g}, " + ("classes cycled" if labels == "cycle" else f"class {labels}")
 
 
-def finish(cfg, out: Path, seeds: list[int], done: dict, images: bool, settings: dict, wall: float, setup_nfe: int,
-           world: int, selection: dict | None, start_left_out: bool = False) -> dict:
+def finish(cfg, out: Path, drawn: Drawn, images: bool, settings: dict, wall: float, setup_nfe: int, world: int,
+           selection: dict | None, start_left_out: bool = False) -> dict:
     """samples.npz, the PNGs and the preview from every chunk of the asked-for seeds; summary.json last."""
-    x = np.stack([done[s][0] for s in seeds])
-    arrays = {"samples": x, "seeds": np.asarray(seeds, dtype=np.int64)}
+    seeds, x = drawn.seeds, drawn.samples
+    assert drawn.filled.all(), "finish() before every seed was drawn"
+    arrays = {"samples": x, "seeds": np.arange(seeds.start, seeds.stop, dtype=np.int64)}
     if settings["guidance"] is not None:
-        arrays["labels"] = np.asarray([done[s][1] for s in seeds], dtype=np.int64)
+        arrays["labels"] = drawn.labels
     save_npz(out / "samples.npz", **arrays)
     pngs = images and cfg.png in (True, "auto") and x.shape[-1] in (1, 3)
     write_pngs(out / "images", seeds if pngs else [], x)
     from lightning_sde.plotting.samples import drawable, image_grid, scatter_grid
 
-    nfe = [done[s][2] for s in seeds]
+    nfe_mean = float(drawn.nfe.mean())
     preview = out / "preview.png"
-    title = preview_title(settings, float(np.mean(nfe)))
+    title = preview_title(settings, nfe_mean)
     if images and x.shape[-1] in (1, 3):
         first = torch.from_numpy(x[:PREVIEW_IMAGES]).permute(0, 3, 1, 2).float() / 127.5 - 1
         image_grid(first, preview, title=title)
     elif not images and drawable(x.shape[1:]):
         scatter_grid({title: torch.from_numpy(x[:PREVIEW_POINTS])}, preview, cols=1)
     summary = {"settings": settings, "seeds": {"start": seeds[0], "count": len(seeds)},
-               "nfe_mean": float(np.mean(nfe)), "nfe_max": float(max(done[s][3] for s in seeds)),  # a batch's
+               "nfe_mean": nfe_mean, "nfe_max": float(drawn.nfe_max.max()),  # a batch's
                "selection": json.loads(json.dumps(selection, default=str)) if selection else None,
                "setup_nfe": setup_nfe, "wall_s_this_run": wall, "world_size_this_run": world,
                "gaussian_start_left_out": start_left_out,  # what ran where the settings say otherwise

@@ -354,7 +354,7 @@ def test_each_chunk_records_its_largest_batchs_nfe_under_ddp(tmp_path):
 def test_the_summarys_nfe_max_is_a_batchs_not_a_chunks_mean(tmp_path):
     """Under DDP a chunk holds a batch of every process and recorded their mean NFE: an adaptive solver's nfe_max
     (190) was no batch's (they took 181 to 199)."""
-    from lightning_sde.cli.sample import read_chunks, settings_text, still_to_draw
+    from lightning_sde.cli.sample import Drawn, read_chunks, settings_text, still_to_draw
 
     settings = {"sampler": "ode", "guidance": None}
     chunk = {"seeds": np.arange(0, 4), "samples": np.zeros((4, 2), np.float32), "nfe": np.float64(190.0),
@@ -362,17 +362,46 @@ def test_the_summarys_nfe_max_is_a_batchs_not_a_chunks_mean(tmp_path):
     np.savez(tmp_path / "seeds-0-3.npz", **chunk, nfe_max=np.float64(199.0))
     np.savez(tmp_path / "seeds-4-7.npz", **{**chunk, "seeds": np.arange(4, 8)})  # an older chunk: its mean only
     found = read_chunks(tmp_path, settings, (2,), np.float32)
-    done, todo = still_to_draw(found, list(range(8)), 4, batch_dependent=True)
-    assert not todo and [done[s][2:] for s in (0, 4)] == [(190.0, 199.0), (190.0, 190.0)]
+    drawn = Drawn(range(8), (2,), np.float32, labelled=False)
+    todo = still_to_draw(found, drawn, 4, batch_dependent=True)
+    assert not todo and [(drawn.nfe[s], drawn.nfe_max[s]) for s in (0, 4)] == [(190.0, 199.0), (190.0, 190.0)]
     from omegaconf import OmegaConf
 
     from lightning_sde.cli.sample import finish
 
     (tmp_path / "out").mkdir()
     summary = finish(OmegaConf.create({"png": False, "checkpoint": None, "problem": {"_target_": "x.eight"}}),
-                     tmp_path / "out", list(range(8)), done, False, settings, 1.0, 0,
-                     2, None)
+                     tmp_path / "out", drawn, False, settings, 1.0, 0, 2, None)
     assert (summary["nfe_mean"], summary["nfe_max"]) == (190.0, 199.0)
+
+
+def test_the_seeds_drawn_are_kept_in_seed_order_and_only_the_missing_ones_drawn():
+    """What a folder holds, read into arrays (an object per seed took 525 bytes for a 2-D point): chunks overlapping
+    the range, repeated seeds, seeds outside it; a batch-dependent sampler's counts only whole planned chunks."""
+    from lightning_sde.cli.sample import Drawn, check_memory, still_to_draw
+
+    def chunk(seeds, nfe=10.0):
+        seeds = np.asarray(seeds, dtype=np.int64)
+        return {"seeds": seeds, "samples": np.stack([seeds, -seeds], 1).astype(np.float32), "labels": seeds % 3,
+                "nfe": nfe, "nfe_max": nfe + 1}
+
+    found = [chunk([8, 9, 10, 11]), chunk([11, 12], 20.0), chunk([2, 3]), chunk([30, 31])]
+    drawn = Drawn(range(10, 20), (2,), np.float32, labelled=True)
+    todo = still_to_draw(found, drawn, 4, batch_dependent=False)
+    assert drawn.count == 3 and drawn.filled.tolist() == [True, True, True] + [False] * 7
+    assert [list(part) for part in todo] == [[13, 14, 15, 16], [17, 18, 19]]
+    assert drawn.samples[:3, 0].tolist() == [10, 11, 12] and drawn.labels[:3].tolist() == [1, 2, 0]
+    assert drawn.nfe[:3].tolist() == [10.0, 20.0, 20.0] and drawn.nfe_max[1] == 21.0  # the last chunk read wins
+    drawn = Drawn(range(10, 20), (2,), np.float32, labelled=False)
+    todo = still_to_draw([chunk([10, 11, 12, 13]), chunk([14, 15, 16]), chunk([14, 16, 15, 17]), chunk([18, 19])],
+                         drawn, 4, batch_dependent=True)  # the plan: 10-13, 14-17, 18-19
+    assert drawn.count == 6 and [list(part) for part in todo] == [[14, 15, 16, 17]]
+    fresh = Drawn(range(5, 12), (2,), np.float32, labelled=False)
+    assert [list(part) for part in still_to_draw([], fresh, 3, batch_dependent=False)] == [[5, 6, 7], [8, 9, 10], [11]]
+    check_memory(10**6, (2,), 4)
+    with pytest.raises(ValueError, match=r"^config seeds.count: 300000000000 samples of shape \(2,\) take 1.37e\+04 "
+                                         r"GiB in memory until samples.npz is written, more than this machine's"):
+        check_memory(3 * 10**11, (2,), 4)
 
 
 def test_the_preview_title_names_a_guided_runs_weight_and_classes():
