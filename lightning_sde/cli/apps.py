@@ -40,6 +40,8 @@ def override_error(app: str, argv: list[str]) -> str | None:
         given = [arg for arg in argv if arg not in multirun]
         argv = first_job(given)
         swept = {first: arg for first, arg in zip(argv or (), given) if first != arg}
+        if argv is None and single_run_overrides(given) and not all(map(parses, given)):
+            argv = given  # one Hydra cannot parse (a path holding '(' or '='): its error, with the advice below
     if not argv or not single_run_overrides(argv):
         return None
     from hydra import compose, initialize_config_module

@@ -518,6 +518,11 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
     assert override_error("sample", ["checkpoint=/d/Dropbox (Personal)/x.ckpt"]) == (  # a synced folder's name
         "config checkpoint: mismatched input ' (' expecting <EOF>; quote a value that holds '(': "
         "\"checkpoint='/d/Dropbox (Personal)/x.ckpt'\" (the double quotes for the shell)")
+    assert override_error("sample", ["-m", "checkpoint=/d/Dropbox (Personal)/x.ckpt", "nfe=10,20"]) == (  # a multirun
+        "config checkpoint: mismatched input ' (' expecting <EOF>; quote a value that holds '(': "
+        "\"checkpoint='/d/Dropbox (Personal)/x.ckpt'\" (the double quotes for the shell)")
+    assert override_error("bench", ["-m", "checkpoint=/x/best-step=3.ckpt", "nfe=10,20"]).endswith(
+        "quote a value that holds '=': \"checkpoint='/x/best-step=3.ckpt'\" (the double quotes for the shell)")
     assert "quote a value" not in override_error("bench", ["nfe=[10,20]]"])  # a list mistyped: not to be a string
     assert override_error("sample", ["seed=int(3)", "checkpoint=/d/f(1).ckpt"]).startswith(  # the one Hydra failed on
         "config checkpoint: mismatched input '(' expecting <EOF>; quote a value that holds '(': \"checkpoint=")
