@@ -335,9 +335,31 @@ def run(app: str, main=None) -> None:
         sys.exit(130)
 
 
+def names_as_given(app: str, argv: list[str]) -> list[str]:
+    """The command line with the app's folder-naming key (run_name, name) quoted where Hydra would read its value as
+    a number of another spelling: a SLURM array task's run_name=27_0 named the folder 270 (Python's digit
+    separator), where plain job 270's run went, and 1e3 named it 1000.0."""
+    from lightning_sde.configuration import FOLDER_NAMES
+
+    if app not in FOLDER_NAMES:
+        return argv
+    key, out = FOLDER_NAMES[app][0], list(argv)
+    for i, arg in enumerate(argv):
+        given_key, _, text = arg.partition("=")
+        if given_key.lstrip("+") != key or not re.fullmatch(r"[0-9A-Za-z_.+-]+", text) or not parses(arg):
+            continue
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        value = OverridesParser.create().parse_override(arg).value()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) != text:
+            out[i] = f"{given_key}='{text}'"
+    return out
+
+
 def checked_run(app: str, main=None) -> None:
     if print_help_if_asked(app):
         return
+    sys.argv[1:] = names_as_given(app, sys.argv[1:])
     error = (stray_argument(app, sys.argv[1:]) or hydra_modes_error(sys.argv[1:])
              or launcher_without_multirun(sys.argv[1:])
              or override_error(app, sys.argv[1:])

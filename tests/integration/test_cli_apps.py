@@ -500,6 +500,18 @@ def test_a_deletion_does_not_turn_off_the_checks_of_the_other_overrides():
     assert override_error("compare", ["~samplers.pc_1000", "seeds.count=50"]) is None
 
 
+def test_a_folder_name_hydra_would_read_as_a_number_of_another_spelling_is_kept_as_given():
+    """A SLURM array task's run_name=27_0 named the folder 270 (Python's digit separator), plain job 270's folder."""
+    from lightning_sde.cli.apps import names_as_given
+
+    assert names_as_given("train", ["run_name=27_0", "trainer.max_steps=1_000", "+run_name=1e3"]) == [
+        "run_name='27_0'", "trainer.max_steps=1_000", "+run_name='1e3'"]
+    same = ["run_name=270", "run_name=007", "run_name=a_1", "run_name='3_1'", "run_name=${oc.env:X}", "name=1_0"]
+    assert names_as_given("train", same) == same
+    assert names_as_given("bench", ["name=2_5", "-m"]) == ["name='2_5'", "-m"]
+    assert names_as_given("likelihood", ["name=2_5"]) == ["name=2_5"]  # no folder-naming key
+
+
 def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refused():
     """Hydra's advice alone (`+trainer.max_stesp=5`) led to the Trainer's TypeError; `+paths.rot=...` was ignored and
     the outputs went to the default root."""
