@@ -7,6 +7,7 @@ Lightning Fabric in lsde-bench / lsde-likelihood), and is a no-op in a single pr
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,69 @@ def slurm_job() -> str | None:
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
         return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
     return os.environ.get("SLURM_JOB_ID") or None
+
+
+def srun_tasks() -> int | None:
+    """How many tasks the srun step this process is one of started; None where srun started no program of this run:
+    a batch script, an salloc shell, an `srun --pty` shell (only its first task runs, a shell) or no SLURM."""
+    started = os.environ.get("SLURM_STEP_NUM_TASKS", "")
+    if not started.isdigit() or os.environ.get("SLURM_PTY_PORT"):
+        return None
+    return int(started)
+
+
+def cluster_environment(devices, num_nodes, key: str):
+    """The process layout Lightning (Trainer or Fabric) should take, or None to let it detect one (torchrun's, or none).
+    Lightning's own SLURM detection goes by the job, not the process: it leaves out jobs named 'bash' or
+    'interactive' (salloc's default: every srun task then started a DDP group of its own, in one folder), and takes a
+    batch script or an salloc shell of a job of several tasks for one of its tasks (a wrong world, or a refusal of
+    --ntasks), or of one task for the whole run (devices=2 ran one process). So: srun's tasks are the processes
+    (SrunEnvironment); where srun started none, Lightning starts them itself on this node."""
+    from lightning.fabric.plugins.environments import LightningEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect():  # torchrun's processes (also under srun, one task a node)
+        return None
+    counts = [len(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for v in (devices, num_nodes)]
+    known = all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
+    tasks = srun_tasks()
+    if tasks is not None:
+        if known and counts[0] * counts[1] != tasks:
+            raise ValueError(f"config {key}: srun started {tasks} task(s) for this run, but devices x num_nodes = "
+                             f"{counts[0]} x {counts[1]}: set them to the tasks per node and the nodes (one task per "
+                             f"device), or start {counts[0] * counts[1]} task(s)")
+        return srun_environment()(auto_requeue=False)
+    if "SLURM_NTASKS" not in os.environ:
+        return None
+    if known and counts[1] > 1 and "NODE_RANK" not in os.environ:
+        raise ValueError(f"config {key}: num_nodes={counts[1]} needs processes started on every node: launch with "
+                         "srun, one task per device (slurm/train.sbatch does), or with torchrun")
+    return LightningEnvironment()
+
+
+@functools.cache
+def srun_environment() -> type:
+    """SrunEnvironment, made on first use (Lightning is imported then, not by the library's sampling path)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    class SrunEnvironment(SLURMEnvironment):
+        """SLURM's environment for the tasks of one srun step: the step's tasks are the world (not the job's
+        SLURM_NTASKS, which may be more), whatever the job's name, with or without --ntasks-per-node."""
+
+        @staticmethod
+        def _validate_srun_used() -> None:
+            return None
+
+        @staticmethod
+        def _validate_srun_variables() -> None:
+            return None
+
+        def world_size(self) -> int:
+            return int(os.environ["SLURM_STEP_NUM_TASKS"])
+
+        def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+            return None  # cluster_environment checked devices x num_nodes against the step's tasks
+
+    return SrunEnvironment
 
 
 def launched_first() -> bool:
@@ -68,9 +132,8 @@ def check_multirun_world(devices, num_nodes, key: str) -> None:
         return
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and not SLURMEnvironment.detect():
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and srun_tasks() is None:
         raise ValueError(f"config {key}: a multirun (-m) with local DDP would restart the whole sweep in every DDP "
                          "worker (they re-run the command line); use hydra/launcher=slurm (one SLURM job per run) "
                          "or launch each run on its own")
@@ -81,9 +144,10 @@ def check_launcher_world(devices: int, num_nodes: int) -> None:
     the whole run, side by side in one folder; refused, naming the settings that let them share it. And local DDP in
     a multirun's job (check_multirun_world)."""
     check_multirun_world(devices, num_nodes, "ddp")
-    started = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("WORLD_SIZE") or "1"
+    tasks = srun_tasks()
+    started = os.environ.get("WORLD_SIZE") or (str(tasks) if tasks is not None else "1")
     if devices * num_nodes == 1 and started.isdigit() and int(started) > 1:
-        launcher = "srun" if os.environ.get("SLURM_STEP_NUM_TASKS") else "the launcher (WORLD_SIZE)"
+        launcher = "the launcher (WORLD_SIZE)" if os.environ.get("WORLD_SIZE") else "srun"
         raise ValueError(f"config ddp.devices: {launcher} started {started} processes, but ddp.devices x "
                          f"ddp.num_nodes = 1: each would do the whole run; set ddp.devices=<tasks per node> "
                          f"ddp.num_nodes=<nodes> to share it among them, or start one task")
@@ -102,8 +166,9 @@ def launched(devices: int, num_nodes: int, device: torch.device) -> Iterator:
     from lightning.fabric import Fabric
 
     try:
+        environment = cluster_environment(devices, num_nodes, "ddp")
         fabric = Fabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=devices, num_nodes=num_nodes,
-                        strategy="ddp")
+                        strategy="ddp", plugins=[environment] if environment is not None else None)
         fabric.launch()
     except (RuntimeError, ValueError) as err:  # Lightning's checks of srun's layout against devices and num_nodes
         if "SLURM" not in str(err):

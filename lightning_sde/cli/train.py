@@ -31,7 +31,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -55,7 +54,7 @@ from lightning_sde.configuration import (
 )
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import DATA_SEED_LIMIT, check_accumulation
-from lightning_sde.distributed import check_multirun_world, launched_first, slurm_job
+from lightning_sde.distributed import check_multirun_world, cluster_environment, launched_first, slurm_job
 from lightning_sde.errors import CheckpointError, NonFiniteError, nonfinite_keys
 from lightning_sde.files import LOCK_FILE, FolderLock, folder_in_use
 from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
@@ -645,8 +644,9 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         if isinstance(cb, Preemption):
             cb.resume_with = again
     plugins = [AtomicCheckpointIO()]
-    if SLURMEnvironment.detect():  # requeue has one owner: the Preemption callback (or submitit), not Lightning
-        plugins.append(SLURMEnvironment(auto_requeue=False))
+    environment = cluster_environment(cfg.trainer.get("devices", "auto"), cfg.trainer.get("num_nodes", 1), "trainer")
+    if environment is not None:  # requeue has one owner: the Preemption callback (or submitit), not Lightning
+        plugins.append(environment)
     interval = cfg.trainer.get("val_check_interval")
     steps_to_batches = {"val_check_interval": interval * accumulation} if is_int(interval) and accumulation > 1 else {}
     bar = cfg.trainer.get("enable_progress_bar", True)

@@ -42,8 +42,51 @@ def test_more_processes_started_than_the_settings_say_are_refused(monkeypatch):
     with pytest.raises(ValueError, match=r"^config ddp.devices: the launcher \(WORLD_SIZE\) started 2 processes"):
         check_launcher_world(1, 1)
     check_launcher_world(2, 1)  # what they share
+    monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
     with pytest.raises(ValueError, match=r"^config ddp.devices: srun started 4 processes, but ddp.devices x "):
         check_launcher_world(1, 1)
+    monkeypatch.setenv("SLURM_PTY_PORT", "45961")  # a shell of `srun -n 4 --pty bash`: one process, not four
+    check_launcher_world(1, 1)
+    monkeypatch.delenv("SLURM_PTY_PORT")
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # srun -n 1 within a larger allocation
     check_launcher_world(1, 1)
+
+
+def test_the_processes_are_srun_tasks_where_srun_started_them_and_lightnings_own_elsewhere(monkeypatch):
+    """Lightning's SLURM detection goes by the job: in salloc's default job (named 'interactive') each of srun's two
+    tasks started a DDP group of its own in one folder; a batch script of a one-task job asking 2 devices ran one
+    process; one of a 2-task job running one process was refused (--ntasks)."""
+    import pytest
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    from lightning_sde.distributed import cluster_environment
+
+    for key in ("SLURM_STEP_NUM_TASKS", "SLURM_PTY_PORT", "SLURM_NTASKS_PER_NODE", "TORCHELASTIC_RUN_ID", "NODE_RANK",
+                "SLURM_NTASKS", "SLURM_JOB_ID"):
+        monkeypatch.delenv(key, raising=False)
+    assert cluster_environment(2, 1, "trainer") is None  # no SLURM: Lightning's choice
+    job = {"SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "interactive", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
+           "SLURM_LOCALID": "1", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+    for key, value in job.items():
+        monkeypatch.setenv(key, value)
+    assert type(cluster_environment(1, 1, "trainer")) is LightningEnvironment  # salloc's shell: one process
+    with pytest.raises(ValueError, match=r"^config trainer: num_nodes=2 needs processes started on every node"):
+        cluster_environment(1, 2, "trainer")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")  # srun -n 2 in it
+    environment = cluster_environment(2, 1, "trainer")
+    assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
+    assert (environment.world_size(), environment.global_rank(), environment.creates_processes_externally) == (
+        2, 1, True)
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # a step of 2 tasks in a job of 4: the step's are the world
+    assert cluster_environment([0, 1], 1, "ddp").world_size() == 2
+    with pytest.raises(ValueError, match=r"^config ddp: srun started 2 task\(s\) for this run, but devices x "
+                                         r"num_nodes = 4 x 1"):
+        cluster_environment(4, 1, "ddp")
+    monkeypatch.setenv("SLURM_PTY_PORT", "45961")  # the shell of srun --pty: Lightning starts the processes
+    assert type(cluster_environment(2, 1, "trainer")) is LightningEnvironment
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")  # torchrun's processes, also under srun
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "GROUP_RANK": "0",
+                       "MASTER_ADDR": "localhost", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    assert cluster_environment(2, 1, "trainer") is None
