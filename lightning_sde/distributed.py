@@ -34,6 +34,12 @@ def slurm_job() -> str | None:
     return os.environ.get("SLURM_JOB_ID") or None
 
 
+def slurm_restarts() -> int:
+    """How many times SLURM requeued this job (0 outside SLURM)."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "")
+    return int(restarts) if restarts.isdigit() else 0
+
+
 def srun_tasks() -> int | None:
     """How many tasks the srun step this process is one of started; None where srun started no program of this run:
     a batch script, an salloc shell, an `srun --pty` shell (only its first task runs, a shell) or no SLURM."""

@@ -36,7 +36,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_sde.configuration import build
 from lightning_sde.data.base import batch_in_step, ends_a_step, split_labels, training_moments
-from lightning_sde.distributed import slurm_job
+from lightning_sde.distributed import slurm_job, slurm_restarts
 from lightning_sde.errors import NonFiniteError, nonfinite_keys
 from lightning_sde.losses import DSMLoss
 from lightning_sde.models.denoiser import Denoiser
@@ -313,6 +313,7 @@ class ScoreModule(L.LightningModule):
                 checkpoint["batch_size"] = batch_size
             if slurm_job() is not None:  # a requeued job knows its own checkpoints (lsde-train's resume_point)
                 checkpoint["slurm_job"] = slurm_job()
+                checkpoint["slurm_restart"] = slurm_restarts()
 
     def on_load_checkpoint(self, checkpoint):
         if "current_model_state" in checkpoint and self._fitting() \

@@ -74,9 +74,15 @@ submit() {  # submit LOG_PATTERN TEMPLATE SBATCH_OPTIONS... -- ARGS...
     [ $# -gt 0 ] && shift
     local site=()
     mapfile -t site < <(lsde_site_flags)
-    sbatch --parsable ${site[@]+"${site[@]}"} --chdir="$PWD" --output="$LOGS/$log.out" \
-        --export="ALL,LSDE_SLURM_DIR=$LSDE_SLURM_DIR" ${options[@]+"${options[@]}"} "$LSDE_SLURM_DIR/$template" "$@" \
-        | cut -d';' -f1
+    (  # submitted from inside a job (an array task's script): the new job inherits none of that job's SLURM variables
+       # (its array id named the new job's run, and the new job's requeue requeued that job) nor its run name
+        if [ -n "${SLURM_JOB_ID:-}" ]; then
+            case ${LSDE_RUN_NAME:-} in "$SLURM_JOB_ID" | "${SLURM_ARRAY_JOB_ID:-}_${SLURM_ARRAY_TASK_ID:-}") unset LSDE_RUN_NAME ;; esac
+        fi
+        for var in ${!SLURM_@}; do [ "$var" = SLURM_CONF ] || unset "$var"; done
+        sbatch --parsable ${site[@]+"${site[@]}"} --chdir="$PWD" --output="$LOGS/$log.out" \
+            --export="ALL,LSDE_SLURM_DIR=$LSDE_SLURM_DIR" ${options[@]+"${options[@]}"} "$LSDE_SLURM_DIR/$template" "$@"
+    ) | cut -d';' -f1
 }
 
 # bench_array TASKS THROTTLE [--existing] OVERRIDES...: sets ARRAY, the --array option for the sweep (one task per

@@ -54,7 +54,13 @@ from lightning_sde.configuration import (
 )
 from lightning_sde.configuration import build as build_node
 from lightning_sde.data.base import DATA_SEED_LIMIT, check_accumulation
-from lightning_sde.distributed import check_multirun_world, cluster_environment, launched_first, slurm_job
+from lightning_sde.distributed import (
+    check_multirun_world,
+    cluster_environment,
+    launched_first,
+    slurm_job,
+    slurm_restarts,
+)
 from lightning_sde.errors import CheckpointError, NonFiniteError, nonfinite_keys
 from lightning_sde.files import LOCK_FILE, FolderLock, folder_in_use
 from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
@@ -196,8 +202,8 @@ def resume_point(cfg: DictConfig) -> str | None:
     ckpt_path=null on a run that holds checkpoints (not this job's own) is refused: starting afresh would write over
     them and append to its logs."""
     if cfg.ckpt_path is None:
-        restarts, job = os.environ.get("SLURM_RESTART_COUNT", ""), slurm_job()
-        own = own_checkpoint(cfg) if restarts.isdigit() and int(restarts) > 0 and job else None
+        job = slurm_job()
+        own = own_checkpoint(cfg) if slurm_restarts() > 0 and job else None
         if own is None or read_checkpoint(own).get("slurm_job") != job:  # not this job's: afresh, if nothing is lost
             held = sorted((Path(cfg.run_dir) / "checkpoints").glob("*.ckpt"))
             if held:
@@ -230,11 +236,29 @@ def resume_point(cfg: DictConfig) -> str | None:
         raise ValueError(f"config ckpt_path=last: no checkpoint in {folder} can be read ({by_reason(problems, folder)})"
                          "; where the reason is theirs, point ckpt_path at a good one, or start a new run under "
                          "another run_name")
+    if path is not None:
+        check_not_trained_earlier_in_this_job(cfg, path)
     for problem in problems:
         log.warning("cannot resume from %s", problem)
     if problems:
         log.warning("resuming from %s, the newest checkpoint that reads back", path)
     return None if path is None else str(path)
+
+
+def check_not_trained_earlier_in_this_job(cfg: DictConfig, path) -> None:
+    """run_name defaults to the SLURM job's id, under which a requeued job resumes its run; a second lsde-train in the
+    same job (a loop in its script, another in an salloc shell) found the first one's run there and trained on from
+    it silently (another lr: 0 steps, its config logged over the first's). Refused where the checkpoint was saved by
+    this job since its last requeue."""
+    job = slurm_job()
+    if job is None or run_name_kept() or str(cfg.run_name) != os.environ.get("SLURM_JOB_ID"):
+        return
+    ckpt = read_checkpoint(path)
+    if ckpt.get("slurm_job") == job and ckpt.get("slurm_restart") == slurm_restarts():
+        raise ValueError(f"config run_name: by default this SLURM job's id ({cfg.run_name}), and this job already "
+                         f"trained that run ({path}, step {ckpt.get('global_step')}): give each lsde-train of one job "
+                         f"(a loop in its script, an salloc shell) its own run_name=<name>, or run_name={cfg.run_name} "
+                         "to go on training this one")
 
 
 def by_reason(problems: list[str], folder: Path) -> str:

@@ -271,19 +271,53 @@ def test_scancel_signal_term_mid_run_fails_the_job_and_a_resubmission_resumes(sl
 
 def test_srun_starting_more_processes_than_the_app_was_told_of_is_one_line_refusal(slurm, workdir):
     """`srun` with 2 tasks and no ddp.* ran lsde-likelihood twice side by side in one folder (each process the whole
-    run, its own summary, the folder lock skipped by the second); ddp.devices=2 under `--ntasks=2` (Lightning wants
-    --ntasks-per-node) was a traceback."""
+    run, its own summary, the folder lock skipped by the second); ddp.devices=2 under `--ntasks=2` was a traceback
+    (Lightning wants --ntasks-per-node): srun's two tasks are the run's two processes, whatever the job's layout."""
     app = f"{sys.executable} -m lightning_sde.cli.likelihood n=20 batch_size=5 paths.root={workdir}/out"
     script = (f"srun {app} name=plain; echo plain=$?; srun {app} name=ddp ddp.devices=2; echo ddp=$?")
     job = slurm.sbatch("--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--time=10", f"--output={workdir}/logs/a.out",
                        "--export=ALL,OMP_NUM_THREADS=1", "--wrap", script, cwd=workdir)
     assert slurm.wait(job, timeout=300) == ["COMPLETED"]
     log = (workdir / "logs" / "a.out").read_text()
-    assert "plain=1" in log and "ddp=1" in log and "Traceback" not in log, log[-3000:]
+    assert "plain=1" in log and "ddp=0" in log and "Traceback" not in log, log[-3000:]
     assert log.count("lsde-likelihood: error: config ddp.devices: srun started 2 processes, but ddp.devices x "
                      "ddp.num_nodes = 1: each would do the whole run") == 2
-    assert "lsde-likelihood: error: config ddp: You set `--ntasks=2` in your SLURM bash script" in log
-    assert not list((workdir / "out").rglob("summary.json"))
+    (summary,) = (workdir / "out").rglob("summary.json")
+    assert summary.parent.name == "ddp" and json.loads(summary.read_text())["world_size_this_run"] == 2
+
+
+def test_srun_tasks_are_the_run_in_an_interactive_named_job_and_a_job_submitted_from_an_array_task_is_its_own(
+        slurm, workdir):
+    """salloc's job is named `interactive`, which Lightning's SLURM detection leaves out: `srun -n 2` of a 2-device run
+    started two DDP groups in one folder (4 processes, two best checkpoints, two W&B runs); a job of `--ntasks=2`
+    without --ntasks-per-node was refused. And `submit.sh train` from an array task's script: the new job took the
+    task's array variables, was named after the task (27_0) and requeued the task instead of itself."""
+    train = (f"srun {sys.executable} -m lightning_sde.cli.train {' '.join(TRAIN)} trainer=ddp_cpu trainer.devices=2 "
+             "trainer.max_steps=4 trainer.val_check_interval=4 logger=csv trainer.enable_progress_bar=false "
+             "run_name=pair")
+    job = slurm.sbatch("--job-name=interactive", "--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--time=10",
+                       f"--output={workdir}/logs/pair.out", "--export=ALL,OMP_NUM_THREADS=1", "--wrap", train,
+                       cwd=workdir)
+    states, log = slurm.wait(job, timeout=300), (workdir / "logs" / "pair.out").read_text()
+    assert states == ["COMPLETED"] and "Traceback" not in log, log[-3000:]
+    assert log.count("MEMBER: 1/2") == 1 and log.count("MEMBER: 2/2") == 1, log[-3000:]  # one group of two
+    run = workdir / "outputs" / "train" / "pair"
+    assert [p.name for p in (run / "csv").iterdir()] == ["version_0"]
+    assert [p.name for p in (run / "checkpoints").glob("best-*.ckpt")] == ["best-step=4.ckpt"]
+
+    child = (f"{REPO / 'slurm' / 'submit.sh'} train --nodes=1 --ntasks-per-node=1 --gpus-per-node=0 "
+             f"--cpus-per-task=1 --time=10 {' '.join(TRAIN)} trainer.max_steps=2 trainer.val_check_interval=2 "
+             "logger=csv")
+    parent = slurm.sbatch("--array=0", "--ntasks=1", "--cpus-per-task=1", "--time=5",
+                          f"--output={workdir}/logs/parent.out",
+                          f"--export=ALL,OMP_NUM_THREADS=1,LSDE_TRAINER=ddp_cpu,LSDE_PYTHON={sys.executable}",
+                          "--wrap", child, cwd=workdir)
+    assert slurm.wait(parent, timeout=120) == ["COMPLETED"], (workdir / "logs" / "parent.out").read_text()
+    submitted = (workdir / "logs" / "parent.out").read_text().split("train job ")[1].split(":")[0]
+    states = slurm.wait(submitted, timeout=300)
+    log = (workdir / "outputs" / "slurm-logs" / f"lsde-train-{submitted}.out").read_text()
+    assert states == ["COMPLETED"], log[-3000:]
+    assert f"run {submitted}," in log and (workdir / "outputs" / "train" / submitted / "checkpoints").is_dir(), log
 
 
 def release_after_requeue(slurm, job: str) -> None:

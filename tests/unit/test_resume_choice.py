@@ -523,9 +523,38 @@ def test_a_checkpoint_written_in_a_slurm_job_records_the_job(monkeypatch):
     module.trainer.state.fn = TrainerFn.FITTING  # as during fit
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "70")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
-    assert checkpoint["slurm_job"] == "70_3" and checkpoint["world_size"] == 1
+    assert checkpoint["slurm_job"] == "70_3" and checkpoint["world_size"] == 1 and checkpoint["slurm_restart"] == 2
+
+
+def test_a_second_run_in_one_slurm_job_does_not_train_on_the_firsts_run_by_default(tmp_path, monkeypatch):
+    """run_name defaults to the job's id, which a requeued job resumes by: a second lsde-train in the same job (a loop
+    over lr in its script, or in an salloc shell) trained on the first's run silently, 0 steps at max_steps."""
+    from omegaconf import OmegaConf
+
+    from lightning_sde.cli.train import resume_point
+
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    torch.save({**contents(60), "slurm_job": "77", "slurm_restart": 0}, last)
+    cfg = OmegaConf.create({"ckpt_path": "last", "run_dir": str(tmp_path), "run_name": "77"})
+    for key in ("SLURM_ARRAY_JOB_ID", "SLURM_RESTART_COUNT", "LSDE_RUN_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    with pytest.raises(ValueError, match=r"^config run_name: by default this SLURM job's id \(77\), and this job "
+                                         r"already trained that run \(.*last.ckpt, step 60\): give each lsde-train "
+                                         r"of one job .* or run_name=77 to go on training this one$"):
+        resume_point(cfg)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued: its own run goes on
+    assert resume_point(cfg) == str(last)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    monkeypatch.setenv("LSDE_RUN_NAME", "77")  # given (slurm/train.sbatch, or run_name=77): that run goes on
+    assert resume_point(cfg) == str(last)
+    monkeypatch.delenv("LSDE_RUN_NAME")
+    torch.save({**contents(60), "slurm_job": "76", "slurm_restart": 0}, last)  # another job's: a resume
+    assert resume_point(cfg) == str(last)
 
 
 def test_a_run_that_went_on_from_a_checkpoint_resumes_its_own_when_that_one_is_gone(tmp_path):
