@@ -220,8 +220,8 @@ def warn_if_prior_far(sde, moments) -> None:
     gap = sde.prior_gap(mean_square)
     if gap > PRIOR_GAP_WARNING:
         log.warning("the %s SDE leaves p_T far from its prior N(0, %.3g^2): KL up to %.2g nats per dimension at T=%g "
-                    "(data of mean square %.3g); samples drawn from the prior are biased whatever the sampler. Raise "
-                    "beta_max / sigma_max or T, or start from the data's Gaussian fit (gaussian_start)", sde.name,
+                    "(data of mean square %.3g); samples drawn from the prior are biased whatever the sampler (a "
+                    "Gaussian start too: it carries a draw of the prior). Raise beta_max / sigma_max or T", sde.name,
                     sde.prior_std, gap, sde.T, mean_square)
 
 

@@ -218,6 +218,21 @@ def test_select_with_a_kl_start_compares_it_with_the_start_at_t():
     assert start == (kl_start if knobs["gaussian_start_kl"] == 0.05 else SDES["vp"].T) and float(times[0]) == start
 
 
+def test_select_runs_a_gaussian_start_that_resolves_to_t_once_as_the_start_at_t():
+    """It ran the same candidates twice (80 of 433 pilot NFE on a 50-D mixture): the choice, its scores, its NFE."""
+    from lightning_sde.samplers.tuning import select_schedule
+
+    den = eight_gaussians().denoiser(SDES["vp"])
+    assert den.data_moments.start_time_kl(SDES["vp"], 1e-9) == SDES["vp"].T
+    *_, plain = select_schedule(build_sampler("unipc", steps=6, grid="select"), den, pilot=32)
+    *_, both = select_schedule(build_sampler("unipc", steps=6, grid="select", gaussian_start_kl=1e-9), den, pilot=32)
+    scores = both["pilot_rmse_by_choice"]
+    assert both["pilot_nfe"] == plain["pilot_nfe"] and len(scores) == 2 * len(plain["pilot_rmse_by_choice"])
+    for label, score in plain["pilot_rmse_by_choice"].items():
+        grid = label.split(",")[0]
+        assert scores[f"{grid}, gaussian_start_kl=None"] == scores[f"{grid}, gaussian_start_kl=1e-09"] == score
+
+
 def test_a_tuned_grid_says_before_its_pilot_that_it_tunes_first(caplog):
     """lsde-sample's default sampler ran its pilot (minutes on a 32x32 model) behind a 0 % progress bar, unannounced."""
     import logging
