@@ -10,6 +10,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +226,24 @@ def warn_if_prior_far(sde, moments) -> None:
                     sde.prior_std, gap, sde.T, mean_square)
 
 
+SMALL_DATA_RATIO = 10  # the data's rms over the noise level at eps below which the samples are mostly that noise
+
+
+def warn_if_data_below_eps(sde, moments) -> None:
+    """Say so when the noise level at eps is not small against the data (data of rms 0.02 under the default VP SDE,
+    whose sigma(eps) is 0.01): every sampler's samples are the data blurred by it, and grids uniform in t (DDIM's and
+    Euler-Maruyama's defaults) lose most of their accuracy there (DDIM-50: 37 % relative endpoint error, against 2 %
+    on unit-scale data)."""
+    if moments is None:
+        return
+    rms, noise = math.sqrt(moments.mean_square()), float(sde.sigma(torch.tensor(sde.eps, dtype=torch.float64)))
+    if rms < SMALL_DATA_RATIO * noise:
+        log.warning("the %s SDE's noise level at eps=%g is %.3g, %.2g of the data's rms %.3g: samples are the data "
+                    "blurred by it, and grids uniform in t put few steps where data this small is resolved; rescale "
+                    "the data (unit rms), lower sde.eps (sde.sigma_min for VE), or use a logsnr or karras grid",
+                    sde.name, sde.eps, noise, noise / rms, rms)
+
+
 CHECKPOINT_TARGET = re.compile(r"(?P<path>.+)(?P<rest>@step[^#]*#[0-9a-f]{16}.*)", re.DOTALL)  # target_kind's
 
 
@@ -256,10 +275,12 @@ def load_target(cfg: DictConfig, kind: str, target_id: str, device) -> Target:
         scored = mixture if cfg.get("guidance") is None else scored_distribution(mixture, cfg.get("labels", "cycle"))
         denoiser = mixture.denoiser(sde).to(device)
         warn_if_prior_far(sde, denoiser.data_moments)
+        warn_if_data_below_eps(sde, denoiser.data_moments)
         cycled = cfg.get("guidance") is not None and cfg.get("labels", "cycle") == "cycle"
         return Target(target_id, "points", denoiser, mixture=scored, cycled=cycled, protocol=protocol)
     denoiser = load_denoiser(cfg.checkpoint, map_location=device)
     warn_if_prior_far(denoiser.sde, denoiser.data_moments)
+    warn_if_data_below_eps(denoiser.sde, denoiser.data_moments)
     if is_diffusers_spec(cfg.checkpoint):
         protocol = {"checkpoint": cfg.checkpoint, "model_id": target_id}
     else:

@@ -125,6 +125,25 @@ def test_a_target_whose_sde_leaves_p_T_far_from_the_prior_is_named_at_start_up(t
         assert ("leaves p_T far from its prior" in caplog.text) == warned, caplog.text
 
 
+def test_data_small_against_the_noise_at_eps_is_named(caplog):
+    """Modes of std 0.005 on a circle of radius 0.02 under the default VP SDE (sigma(eps) = 0.01): DDIM-50 on its
+    uniform grid ended 37 % off (2 % on unit data), and nothing said so."""
+    from lightning_sde.sde import VESDE, VPSDE
+    from lightning_sde.targets import warn_if_data_below_eps
+
+    def warned(sde, std: float) -> bool:
+        caplog.clear()
+        eye = torch.eye(2, dtype=torch.float64)
+        moments = DataMoments.of_gaussian(torch.zeros(2, dtype=torch.float64), std**2 * eye)
+        warn_if_data_below_eps(sde, moments)
+        return "of the data's rms" in caplog.text
+
+    assert warned(VPSDE(), 0.02) and not warned(VPSDE(), 0.2) and not warned(VPSDE(), 1.0)
+    assert not warned(VESDE(sigma_min=5e-4, sigma_max=1.0), 0.02) and warned(VESDE(), 0.05)
+    assert "the vp SDE's noise level at eps=0.001 is 0.0105, 0.52 of the data's rms 0.02" in (warned(VPSDE(), 0.02)
+                                                                                          and caplog.text)
+
+
 def test_the_mean_square_counts_the_mean_the_leading_variances_and_the_shared_rest():
     moments = DataMoments(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([4.0]), torch.eye(3)[:, :1], residual_var=0.5)
     assert moments.mean_square() == pytest.approx((1 + 4 + 2 * 0.5) / 3)
