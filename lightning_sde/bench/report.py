@@ -229,6 +229,7 @@ def _to_wandb(rows: list[dict], results: Path, project: str, name: str | None, r
     # in the order the sweep logged them: the first protocol first
     for mine in sorted(by_cell.values(), key=lambda mine: str(mine[0].get("time") or "")):
         run.log_cell(cell_id(mine), mine, preview(previews, mine[0]), reference(previews, mine[0]))
+    run.update_summaries()
     run.log_table(rows, COLUMNS)
     lines = [run.where()]
     keyed = [{**r, "sampler": run.label(r)} for r in rows]  # the panels show the keys the run logged

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
 from lightning_sde.flow import decode, slerp  # noqa: E402
-from lightning_sde.plotting.style import save_atomically  # noqa: E402
+from lightning_sde.plotting.style import palette, save_atomically  # noqa: E402
 from lightning_sde.probability_flow import ODEOptions  # noqa: E402
 from lightning_sde.samplers import build_sampler  # noqa: E402
 from lightning_sde.samplers.noise import SeededNoise  # noqa: E402
@@ -127,7 +127,7 @@ def trajectories_figure(denoiser, mixture, n_paths: int, seed: int):
     seeds = range(seed, seed + n_paths)
     t_o, x_o = trajectory(build_sampler("ode", method="rk4", steps=250), denoiser, seeds)
     t_s, x_s = trajectory(build_sampler("euler_maruyama", steps=500), denoiser, seeds)
-    colors = plt.cm.tab10(torch.arange(n_paths) % 10)
+    colors = palette(n_paths)  # 20 distinct before a colour repeats (an SDE path is matched to its ODE path by it)
     if len(denoiser.shape) == 1 and denoiser.shape[0] == 1:
         fig, ax = plt.subplots(figsize=(7, 4))
         if mixture is not None:

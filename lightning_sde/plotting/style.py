@@ -69,10 +69,11 @@ def palette(n: int) -> list:
 
 def sampler_styles(labels) -> dict[str, dict]:
     """label -> {'color', 'marker'}: distinct colours for up to 20 labels and a marker cycle on top, so (colour,
-    marker) pairs stay distinct well past 20 and a line can be told apart without colour."""
+    marker) pairs stay distinct up to 100 labels and a line can be told apart without colour; the light shade of a
+    hue (labels 10-19) has another marker than its dark shade's (labels 0-9)."""
     labels = list(dict.fromkeys(labels))
     colours = palette(len(labels))
-    return {label: {"color": colours[i], "marker": MARKERS[(i + i // 20) % len(MARKERS)]}
+    return {label: {"color": colours[i], "marker": MARKERS[(i + i // 10) % len(MARKERS)]}
             for i, label in enumerate(labels)}
 
 

@@ -216,6 +216,7 @@ def test_a_label_rerun_with_other_parameters_is_a_curve_of_its_own_on_wandb(tmp_
         run.log_cell(cell_id(cell), cell)
     keys = [k for logged in run.run.history for k in logged if k.startswith("mmd/")]
     assert keys[:2] == ["mmd/ddim_10"] * 2 and keys[2] == keys[3] and keys[2].startswith("mmd/ddim_10 #")
+    run.update_summaries()  # (a live sweep's: at most every SUMMARY_EVERY_S, and after its last cell)
     assert run.run.summary["best/" + keys[2]] == 0.1  # the views' variant: the last run
     again = launch(monkeypatch, results, "20260102")  # a later launch keeps each variant's key
     cell = rows({"steps": 8, "denoise": True}, 10, 0.1)
@@ -361,6 +362,8 @@ def test_the_best_and_floor_summaries_carry_their_intervals(tmp_path, monkeypatc
     better = result_rows("ddim", 20, 0.05)  # a better value without an interval (an older row): no stale one beside
     ResultsStore(results).append(better)
     run.log_cell(cell_id(better), better)
+    assert run.run.summary["best/mmd/ddim"] == 0.1  # within SUMMARY_EVERY_S of the first: not recomputed yet
+    run.update_summaries()  # as a report does after its last cell
     assert run.run.summary["best/mmd/ddim"] == 0.05 and "best/mmd/ddim/ci_low" not in run.run.summary
     assert run.run.summary["floor/mmd/ci_low"] == 0.04
 

@@ -50,9 +50,12 @@ def test_sweep_panels_are_labelled_log_scaled_and_keep_the_legend_outside():
 
 
 def test_twenty_samplers_get_twenty_distinct_colours_and_markers_repeat_only_with_other_colours():
-    styles = sampler_styles([f"s{i}" for i in range(40)])
-    pairs = {(tuple(s["color"]), s["marker"]) for s in styles.values()}
-    assert len({tuple(s["color"]) for s in list(styles.values())[:20]}) == 20 and len(pairs) == 40
+    styles = list(sampler_styles([f"s{i}" for i in range(100)]).values())
+    pairs = {(tuple(s["color"]), s["marker"]) for s in styles}
+    assert len({tuple(s["color"]) for s in styles[:20]}) == 20 and len(pairs) == 100
+    # labels 10-19 take the light shade of 0-9's hue: a marker of their own (ancestral and heun were blue and light
+    # blue circles)
+    assert all(styles[i]["marker"] != styles[i + 10]["marker"] for i in range(10))
 
 
 def test_y_scale_follows_the_spread_of_the_values():
