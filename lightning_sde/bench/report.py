@@ -168,6 +168,25 @@ def summary_table(rows: list[dict]) -> str:
                                 *metrics]) + f"\n({arrows}{levels}{'; ' + timing if timing else ''})"
 
 
+MAX_SAMPLE_PANELS = 180  # samples.png: 1056 cells made a 128-megapixel figure in 200 s (constrained layout)
+
+
+def panels_within(panels: dict[str, dict], most: int) -> tuple[dict, str]:
+    """(the first samplers' panels, in the figure's order, up to `most` panels in all, and the caption's note of what
+    was left out); every sampler's with no note when they fit."""
+    total = sum(map(len, panels.values()))
+    if total <= most:
+        return panels, ""
+    ordered = sorted(panels, key=lambda r: "exact" not in panels[r])  # samples_figure's rows: the noise floor first
+    shown, count = {}, 0
+    for label in ordered:
+        if shown and count + len(panels[label]) > most:
+            break
+        shown[label], count = panels[label], count + len(panels[label])
+    return shown, (f"\n{len(shown)} of {len(panels)} samplers shown ({count} of {total} cells; at most {most} "
+                   "panels): every cell's samples are under samples/ and on W&B")
+
+
 def sample_panels(rows: list[dict], previews: SamplePreviews):
     """({sampler: {budget: samples}}, reference) from the previews the sweep kept; None when it kept none. The
     reference is drawn behind the samples only when they are all of one target (a reference is its target's)."""
@@ -298,11 +317,13 @@ def write_views(results: Path, out: Path, preferred) -> tuple[list[dict], dict]:
     write_rows_csv(rows, paths["csv"])
     write_text(paths["markdown"], f"# {subject(view)}\n\n" + (f"**Incomplete:** {gap}.\n\n" if gap else "")
                + markdown(view))
+    print(summary_table(view))
     plot_metrics(view, cells(view), paths["png"], subject(view))
     samples = sample_panels(view, SamplePreviews.of(results))
     if samples is not None:
         panels, reference = samples
-        paths["samples"] = plot_samples(panels, views["samples"], reference)
-    print(summary_table(view))
+        shown, note = panels_within(panels, MAX_SAMPLE_PANELS)
+        log.info("drawing %s (%d panels)", views["samples"], sum(map(len, shown.values())))  # pragma: no mutate
+        paths["samples"] = plot_samples(shown, views["samples"], reference, note)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return rows, paths

@@ -75,12 +75,14 @@ def line_styles(rows: list[dict]) -> dict[str, dict]:
     styles = {}
     for r in rows:
         i = protocols.index(_protocol(r))
+        # (line, fill) and (grey, line) pairs stay distinct up to 16 protocols (a multirun over seed ranges)
         if _is_floor(r):
-            styles[r["sampler"]] = {"color": FLOOR_COLORS[i % len(FLOOR_COLORS)], "ls": "--", "marker": ""}
+            styles[r["sampler"]] = {"color": FLOOR_COLORS[i % len(FLOOR_COLORS)], "marker": "",
+                                    "ls": ("--", ":", "-.", "-")[i // len(FLOOR_COLORS) % 4]}
         else:
             styles[r["sampler"]] = {**plain[r.get("sampler_label", r["sampler"])],
                                     "ls": PROTOCOL_LINES[i % len(PROTOCOL_LINES)],
-                                    "fillstyle": PROTOCOL_FILLS[i % len(PROTOCOL_FILLS)]}
+                                    "fillstyle": PROTOCOL_FILLS[(i + i // len(PROTOCOL_LINES)) % len(PROTOCOL_FILLS)]}
     return styles
 
 
@@ -137,7 +139,7 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict, relative: bo
                 transform=blended_transform_factory(ax.transData, ax.transAxes), clip_on=False)
     for i, r in enumerate(sorted(floors, key=lambda r: natural(r["sampler"]))):
         v, color = float(r[y]), styles[r["sampler"]]["color"]
-        ax.axhline(v, color=color, ls="--", lw=1, zorder=1)
+        ax.axhline(v, color=color, ls=styles[r["sampler"]]["ls"], lw=1, zorder=1)
         if _finite(r.get("ci_low")) and _finite(r.get("ci_high")):
             ax.axhspan(float(r["ci_low"]), float(r["ci_high"]), color=color, alpha=0.15, lw=0, zorder=0)
         # protocols' labels at the left, the right, then under the line: close floors' labels do not overprint
@@ -195,7 +197,10 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None 
     styles = line_styles(rows)
     ncols = 2 if len(panels) == 4 else min(len(panels), 3)
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols + 2.6, 3.9 * nrows), squeeze=False,
+    entries = len(samplers) + len({r["sampler"] for r in rows if _is_floor(r)}) + 1
+    legend_cols = 1 if entries <= 22 else -(-entries // 34)  # the figure grows with its legend, not the panels shrink
+    height = max(3.9 * nrows, 0.2 * -(-entries // legend_cols) + 1.5)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols + 2.6 * legend_cols, height), squeeze=False,
                              layout="constrained")
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
@@ -207,13 +212,12 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None 
     floors = {r["sampler"]: (_protocol(r), bool(r.get("checkpoint"))) for r in rows if _is_floor(r)}
     for floor in sorted(floors, key=natural):
         color = styles[floor]["color"]
-        handles.append((Line2D([], [], color=color, ls="--", lw=1), Patch(color=color, alpha=0.15)))
+        handles.append((Line2D([], [], color=color, ls=styles[floor]["ls"], lw=1), Patch(color=color, alpha=0.15)))
         labels.append(FLOOR_LABELS[floors[floor][1]] + floors[floor][0])
     if any(r.get("value") is None and r.get("n_nonfinite") for r in rows):
         handles.append(Line2D([], [], ls="", marker="x", color=DIVERGED_COLOR, ms=6))
         labels.append("diverged: samples not all finite (x at the top, at its NFE)")
-    fig.legend(handles, labels, loc="outside right upper", fontsize="small", title="sampler",
-               ncols=1 if len(labels) <= 22 else 2)
+    fig.legend(handles, labels, loc="outside right upper", fontsize="small", title="sampler", ncols=legend_cols)
     caption = "; ".join(filter(None, [_caption(rows) + (DODGED if len(samplers) > 1 else ""),
                                       timing_note(cell_rows)]))
     caption = textwrap.fill(caption, width=int(fig.get_figwidth() * 15))  # about 15 characters an inch at 9 pt
@@ -274,7 +278,8 @@ def plot_metrics(rows: list[dict], cell_rows: list[dict], path: Path, subject: s
     return save_atomically(metrics_figure(rows, cell_rows, subject), path, bbox_inches="tight")
 
 
-def samples_figure(panels: dict[str, dict[str, torch.Tensor]], reference: torch.Tensor | None = None):
+def samples_figure(panels: dict[str, dict[str, torch.Tensor]], reference: torch.Tensor | None = None,
+                   note: str = ""):
     """panels[sampler][budget] -> samples: a scatter per cell for 2-D points (the reference in grey behind), a tile of
     images per cell for images. A sweep is a matrix (samplers down, budgets across); one budget each, a grid.
     Scatter limits come from the reference (else the first panel): a diverged sampler does not shrink the rest;
@@ -328,13 +333,15 @@ def samples_figure(panels: dict[str, dict[str, torch.Tensor]], reference: torch.
             ax.label_outer()  # the same limits in every panel: tick labels on the outer ones only
     what = ("the first samples of every cell (same seeds)" + ("" if images or first.shape[1] == 2 else
                                                               f"; coordinates 1 and 2 of {first.shape[1]}"))
-    fig.suptitle(what + ("; grey: reference samples" if reference is not None and not images else ""), fontsize=9)
+    fig.suptitle(what + ("; grey: reference samples" if reference is not None and not images else "") + note,
+                 fontsize=9)
     return fig
 
 
-def plot_samples(panels: dict[str, dict[str, torch.Tensor]], path: Path, reference: torch.Tensor | None = None) -> Path:
+def plot_samples(panels: dict[str, dict[str, torch.Tensor]], path: Path, reference: torch.Tensor | None = None,
+                 note: str = "") -> Path:
     """`samples_figure`, saved."""
-    return save_atomically(samples_figure(panels, reference), path, bbox_inches="tight")
+    return save_atomically(samples_figure(panels, reference, note), path, bbox_inches="tight")
 
 
 def _column_order(label: str):

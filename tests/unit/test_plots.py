@@ -238,6 +238,27 @@ def test_a_sampler_keeps_its_colour_in_every_protocol_and_each_protocols_floor_i
     plt.close(fig)
 
 
+def test_six_seed_ranges_keep_their_lines_floors_and_panel_widths_apart():
+    """A multirun over six seed ranges: the styles cycled after four (ancestral [seeds 0+32] and [seeds 128+32] alike,
+    their floors one grey), and the legend of 102 entries squeezed the panels to a quarter of their width."""
+    from lightning_sde.bench.report import for_views
+    from lightning_sde.plotting.sweeps import line_styles
+
+    rows = [{**r, "target": "t", "seed_start": start, "seed_count": 32, "time": f"{start:04d}"}
+            for start in range(0, 192, 32) for r in sweep_rows(12)]
+    shown, _ = for_views(rows)
+    styles = line_styles(shown)
+    one = [s for label, s in styles.items() if label.startswith("s00 ")]
+    floors = [s for label, s in styles.items() if "floor" in label or "exact" in label]
+    assert len(one) == 6 and len({(s["ls"], s["fillstyle"]) for s in one}) == 6
+    assert len(floors) == 6 and len({(s["color"], s["ls"]) for s in floors}) == 6
+    fig = metrics_figure(shown, [r for r in shown if r["metric"] == "fid"])
+    fig.canvas.draw()
+    panel = next(ax for ax in fig.axes if ax.get_title().startswith("FID"))
+    assert panel.get_window_extent().width / fig.dpi > 3.0  # inches: the legend widened the figure instead
+    plt.close(fig)
+
+
 def test_log_likelihoods_are_drawn_as_their_difference_from_exact_samples():
     """A diverged sampler's -1000 put a symlog axis under values of -2.45 and -2.6 against the floor's -2.5: they
     shared one pixel row. Drawn as differences from the floor (0), the panel separates them; without a floor the
