@@ -168,6 +168,19 @@ def summary_table(rows: list[dict]) -> str:
                                 *metrics]) + f"\n({arrows}{levels}{'; ' + timing if timing else ''})"
 
 
+def terminal_table(view: list[dict], preferred) -> str:
+    """summary_table of the views' rows; after a sweep (`preferred`: its keys) in a file that holds others (earlier
+    launches, a multirun's earlier jobs), of the sweep's own rows, saying where the rest are: every job of a 6-job
+    multirun printed every earlier job's rows again (4247 lines)."""
+    mine = [r for r in view if r.get("key") in preferred]
+    if not preferred or not mine or len(mine) == len(view):
+        return summary_table(view)
+    cells_of = lambda rows: len({(r["sampler"], r["grid"], r["requested"]) for r in rows})  # noqa: E731
+    others = cells_of(view) - cells_of(mine)
+    return (summary_table(mine) + f"\n(this sweep's {cells_of(mine)} cell(s); with the {others} others the results "
+            "file holds, in results.md and results.png)")
+
+
 MAX_SAMPLE_PANELS = 180  # samples.png: 1056 cells made a 128-megapixel figure in 200 s (constrained layout)
 
 
@@ -317,7 +330,7 @@ def write_views(results: Path, out: Path, preferred) -> tuple[list[dict], dict]:
     write_rows_csv(rows, paths["csv"])
     write_text(paths["markdown"], f"# {subject(view)}\n\n" + (f"**Incomplete:** {gap}.\n\n" if gap else "")
                + markdown(view))
-    print(summary_table(view))
+    print(terminal_table(view, preferred))
     plot_metrics(view, cells(view), paths["png"], subject(view))
     samples = sample_panels(view, SamplePreviews.of(results))
     if samples is not None:

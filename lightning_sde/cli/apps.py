@@ -335,6 +335,13 @@ def run(app: str, main=None) -> None:
         sys.exit(130)
 
 
+def multirun_first(argv: list[str]) -> list[str]:
+    """-m / --multirun moved before the overrides: Hydra's parser takes overrides on one side of it only (`lsde-bench
+    nfe=[10] -m seeds.start=0,32` was "unrecognized arguments: seeds.start=0,32")."""
+    switches = [arg for arg in argv if arg in ("-m", "--multirun")]
+    return switches + [arg for arg in argv if arg not in switches] if switches else argv
+
+
 def names_as_given(app: str, argv: list[str]) -> list[str]:
     """The command line with the app's folder-naming key (run_name, name) quoted where Hydra would read its value as
     a number of another spelling: a SLURM array task's run_name=27_0 named the folder 270 (Python's digit
@@ -359,7 +366,7 @@ def names_as_given(app: str, argv: list[str]) -> list[str]:
 def checked_run(app: str, main=None) -> None:
     if print_help_if_asked(app):
         return
-    sys.argv[1:] = names_as_given(app, sys.argv[1:])
+    sys.argv[1:] = names_as_given(app, multirun_first(sys.argv[1:]))
     error = (stray_argument(app, sys.argv[1:]) or hydra_modes_error(sys.argv[1:])
              or launcher_without_multirun(sys.argv[1:])
              or override_error(app, sys.argv[1:])

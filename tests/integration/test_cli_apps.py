@@ -512,6 +512,19 @@ def test_a_folder_name_hydra_would_read_as_a_number_of_another_spelling_is_kept_
     assert names_as_given("likelihood", ["name=2_5"]) == ["name=2_5"]  # no folder-naming key
 
 
+def test_a_multirun_switch_among_the_overrides_is_taken_wherever_it_is(tmp_path):
+    """`lsde-bench nfe=[10] -m seeds.start=0,32`: Hydra's parser said "unrecognized arguments: seeds.start=0,32"."""
+    from lightning_sde.cli.apps import multirun_first
+
+    assert multirun_first(["nfe=[10]", "-m", "seeds.start=0,32"]) == ["-m", "nfe=[10]", "seeds.start=0,32"]
+    assert multirun_first(["a=1", "--multirun"]) == ["--multirun", "a=1"]
+    assert multirun_first(["a=1", "b=2"]) == ["a=1", "b=2"]
+    proc = subprocess.run([sys.executable, "-m", "lightning_sde.cli.compare", "seeds.count=0", "-m", "name=a,b"],
+                          capture_output=True, text=True, check=False, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 1 and "unrecognized arguments" not in proc.stderr, proc.stderr[-2000:]
+    assert "lsde-compare: error: config seeds.count: must be an integer >= 1; got 0" in proc.stderr  # each job's
+
+
 def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refused():
     """Hydra's advice alone (`+trainer.max_stesp=5`) led to the Trainer's TypeError; `+paths.rot=...` was ignored and
     the outputs went to the default root."""

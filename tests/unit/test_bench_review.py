@@ -844,3 +844,15 @@ def test_a_sweep_resumed_by_a_newer_version_computes_again_the_cells_of_older_de
     path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "definitions"} | {"nfe_per_batch": [3, 5]})
                             + "\n" for r in ResultsStore(path).rows()))  # rows the change touches
     assert [r["requested"] for r in sweep(shards, "nfe=[4,8,16]", "shard.index=0", "shard.count=2")] == [4, 8, 16]
+
+
+def test_after_a_sweep_the_terminal_shows_its_own_cells_and_says_where_the_others_are():
+    """Each job of a 6-job multirun into one file printed every earlier job's rows again (4247 lines)."""
+    from lightning_sde.bench.report import summary_table, terminal_table
+
+    rows = [r for nfe in (5, 10, 20) for r in result_rows("ddim", nfe, 0.1 * nfe)]
+    assert terminal_table(rows, frozenset()) == summary_table(rows)  # lsde-bench report: every row
+    assert terminal_table(rows, {r["key"] for r in rows}) == summary_table(rows)
+    mine = terminal_table(rows, {rows[2]["key"]})
+    assert mine == summary_table(rows[2:]) + ("\n(this sweep's 1 cell(s); with the 2 others the results file holds, in "
+                                              "results.md and results.png)")
