@@ -166,7 +166,10 @@ def _panel(ax, metric: str, mine: list[dict], y: str, styles: dict, relative: bo
     nfes = sorted({float(r["nfe"]) for pts in by_sampler.values() for r in pts} | {float(r["nfe"]) for r in diverged})
     label = lambda v: f"{v:.0f}" if v >= 100 else f"{v:.3g}"  # noqa: E731
     lo, hi = ax.get_xlim()
-    points_a_decade = ax.get_position().width * ax.figure.get_figwidth() * 72 / max(math.log10(hi / lo), 1e-9)
+    # the axes' width once laid out: a panel is 4.3 inches with its labels (its position now, before the constrained
+    # layout, spans more of a figure with a wide legend: 10 and 12 collided)
+    width = min(ax.get_position().width * ax.figure.get_figwidth(), 3.4)
+    points_a_decade = width * 72 / max(math.log10(hi / lo), 1e-9)
     ticks = []
     for v in nfes:  # labels that do not collide: half of each label's width (6.5 pt a digit) and a gap apart
         apart = 3.25 * (len(label(v)) + len(label(ticks[-1]))) + 6 if ticks else 0
