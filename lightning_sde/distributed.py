@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -40,11 +41,45 @@ def slurm_restarts() -> int:
     return int(restarts) if restarts.isdigit() else 0
 
 
+def parent_pid(pid: int) -> int | None:
+    """`pid`'s parent (Linux's /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def lineage() -> set[int]:
+    """This process's pid and its ancestors' (Linux's /proc; elsewhere its parent's only)."""
+    pids, pid = {os.getpid(), os.getppid()}, os.getppid()
+    while (pid := parent_pid(pid)) is not None and pid > 1 and pid not in pids:
+        pids.add(pid)
+    return pids
+
+
+def step_name(task: int) -> str | None:
+    """The SLURM step whose task `task` is, as its slurmstepd names it ("0", "batch", "interactive"), or None."""
+    stepd = parent_pid(task)
+    try:
+        with open(f"/proc/{stepd}/cmdline", "rb") as fh:
+            match = re.match(rb"slurmstepd: \[[^\]]*\.(\w+)\]", fh.read())
+    except (OSError, TypeError):
+        return None
+    return match[1].decode() if match else None
+
+
 def srun_tasks() -> int | None:
     """How many tasks the srun step this process is one of started; None where srun started no program of this run:
-    a batch script, an salloc shell, an `srun --pty` shell (only its first task runs, a shell) or no SLURM."""
-    started = os.environ.get("SLURM_STEP_NUM_TASKS", "")
-    if not started.isdigit() or os.environ.get("SLURM_PTY_PORT"):
+    a batch script, an salloc shell, a program run from the shell of `srun --pty bash`, or no SLURM. A step's task is
+    the process srun started (SLURM_TASK_PID) or one it runs (a wrapper script); the step's variables inherited by
+    other processes (a job submitted from inside a step, a program of a pty shell) name another process."""
+    started, task = os.environ.get("SLURM_STEP_NUM_TASKS", ""), os.environ.get("SLURM_TASK_PID", "")
+    if not (started.isdigit() and task.isdigit()) or int(task) not in lineage():
+        return None
+    if step_name(int(task)) in ("batch", "interactive", "extern"):  # a job's script, not an srun step's task: the
+        return None  # step variables are inherited (a job submitted from inside a step)
+    if os.environ.get("SLURM_PTY_PORT") and int(task) != os.getpid():  # run from the shell that srun --pty started
         return None
     return int(started)
 
@@ -64,10 +99,11 @@ def cluster_environment(devices, num_nodes, key: str):
     known = all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
     tasks = srun_tasks()
     if tasks is not None:
-        if known and counts[0] * counts[1] != tasks:
-            raise ValueError(f"config {key}: srun started {tasks} task(s) for this run, but devices x num_nodes = "
-                             f"{counts[0]} x {counts[1]}: set them to the tasks per node and the nodes (one task per "
-                             f"device), or start {counts[0] * counts[1]} task(s)")
+        nodes = os.environ.get("SLURM_STEP_NUM_NODES", "")
+        if known and (counts[0] * counts[1] != tasks or nodes.isdigit() and counts[1] != int(nodes)):
+            raise ValueError(f"config {key}: srun started {tasks} task(s) on {nodes or 'its'} node(s) for this run, "
+                             f"but devices x num_nodes = {counts[0]} x {counts[1]}: set them to the tasks per node "
+                             f"and the nodes (one task per device), or start {counts[0] * counts[1]} task(s)")
         return srun_environment()(auto_requeue=False)
     if "SLURM_NTASKS" not in os.environ:
         return None
@@ -96,6 +132,21 @@ def srun_environment() -> type:
 
         def world_size(self) -> int:
             return int(os.environ["SLURM_STEP_NUM_TASKS"])
+
+        @property
+        def main_address(self) -> str:  # the step's first node (the job's may run none of its tasks)
+            if "MASTER_ADDR" not in os.environ:
+                nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_NODELIST", "127.0.0.1")
+                os.environ["MASTER_ADDR"] = self.resolve_root_node_address(nodes)
+            return os.environ["MASTER_ADDR"]
+
+        @property
+        def main_port(self) -> int:  # the job's and the step's: two runs of one allocation side by side do not meet
+            if "MASTER_PORT" not in os.environ:
+                job, step = (os.environ.get(k, "") for k in ("SLURM_JOB_ID", "SLURM_STEP_ID"))
+                both = job.isdigit() and step.isdigit()
+                os.environ["MASTER_PORT"] = str(15000 + (int(job) * 101 + int(step)) % 20000 if both else 12910)
+            return int(os.environ["MASTER_PORT"])
 
         def validate_settings(self, num_devices: int, num_nodes: int) -> None:
             return None  # cluster_environment checked devices x num_nodes against the step's tasks

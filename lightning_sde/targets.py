@@ -10,7 +10,6 @@ import hashlib
 import inspect
 import json
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,22 +225,22 @@ def warn_if_prior_far(sde, moments) -> None:
                     sde.prior_std, gap, sde.T, mean_square)
 
 
-SMALL_DATA_RATIO = 10  # the data's rms over the noise level at eps below which the samples are mostly that noise
+SMALL_DATA_RATIO = 10  # the data's largest std over the noise level at eps below which samples are blurred by it
 
 
 def warn_if_data_below_eps(sde, moments) -> None:
-    """Say so when the noise level at eps is not small against the data (data of rms 0.02 under the default VP SDE,
-    whose sigma(eps) is 0.01): every sampler's samples are the data blurred by it, and grids uniform in t (DDIM's and
-    Euler-Maruyama's defaults) lose most of their accuracy there (DDIM-50: 37 % relative endpoint error, against 2 %
-    on unit-scale data)."""
+    """Say so when the noise level at eps is not small against the data's spread (its largest std; 0.02 under the
+    default VP SDE, whose sigma(eps) is 0.01): every sampler's samples are the data blurred by it, and grids uniform
+    in t (DDIM's and Euler-Maruyama's defaults) lose most of their accuracy there (DDIM-50: 37 % relative endpoint
+    error, against 2 % on unit-scale data)."""
     if moments is None:
         return
-    rms, noise = math.sqrt(moments.mean_square()), float(sde.sigma(torch.tensor(sde.eps, dtype=torch.float64)))
-    if rms < SMALL_DATA_RATIO * noise:
-        log.warning("the %s SDE's noise level at eps=%g is %.3g, %.2g of the data's rms %.3g: samples are the data "
-                    "blurred by it, and grids uniform in t put few steps where data this small is resolved; rescale "
-                    "the data (unit rms), lower sde.eps (sde.sigma_min for VE), or use a logsnr or karras grid",
-                    sde.name, sde.eps, noise, noise / rms, rms)
+    spread, noise = moments.max_std, float(sde.sigma(torch.tensor(sde.eps, dtype=torch.float64)))
+    if spread < SMALL_DATA_RATIO * noise:
+        log.warning("the %s SDE's noise level at eps=%g is %.3g, %.2g of the data's largest std %.3g: samples are the "
+                    "data blurred by it, and grids uniform in t put few steps where data this small is resolved; "
+                    "rescale the data (unit std), lower sde.eps (sde.sigma_min for VE), or use a logsnr or karras grid",
+                    sde.name, sde.eps, noise, noise / spread, spread)
 
 
 CHECKPOINT_TARGET = re.compile(r"(?P<path>.+)(?P<rest>@step[^#]*#[0-9a-f]{16}.*)", re.DOTALL)  # target_kind's

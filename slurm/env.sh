@@ -95,6 +95,7 @@ lsde_env() {
     else
         export LSDE_RUN_NAME=${LSDE_RUN_NAME:-${SLURM_JOB_ID:-local}}
     fi
+    export LSDE_RUN_NAME_JOB=${SLURM_JOB_ID:-}  # whose run it names: a job submitted from this one does not take it
     # Compute nodes have no internet: W&B writes offline runs (synced later, see slurm/README.md), and everything
     # downloaded was fetched on the login node by `lsde-prepare` (datasets, Inception weights, FID statistics).
     export WANDB_MODE=${WANDB_MODE:-offline}

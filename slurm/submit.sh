@@ -21,6 +21,19 @@ LOGS=${LSDE_LOGS:-$PWD/outputs/slurm-logs}
 case "${1:-}" in train|bench|pipeline) mkdir -p "$LOGS" && LOGS=$(cd "$LOGS" && pwd) ;; esac  # not for --help
 
 die() { echo "submit.sh: error: $*" >&2; exit 2; }
+# Submitted from inside a job (an array task's script): that job's SLURM variables and run name are its own, not the
+# new job's (its array id named the new job's run, and the new job's requeue requeued that job). sbatch's own input
+# variables stay.
+if [ -n "${SLURM_JOB_ID:-}" ]; then
+    [ "${LSDE_RUN_NAME_JOB:-}" = "$SLURM_JOB_ID" ] && unset LSDE_RUN_NAME LSDE_RUN_NAME_JOB
+    for var in ${!SLURM_@}; do
+        case $var in
+            SLURM_CONF | SLURM_CLUSTERS | SLURM_DEBUG_FLAGS | SLURM_EXIT_ERROR | SLURM_HINT | SLURM_UMASK) ;;
+            SLURM_STEP_KILLED_MSG_NODE_ID) ;;
+            *) unset "$var" ;;
+        esac
+    done
+fi
 lsde_words "${LSDE_SBATCH_EXTRA:-}" || die "LSDE_SBATCH_EXTRA (the site file): an unmatched quote (above)"
 [ -z "${LSDE_RUN_NAME:-}" ] || echo "submit.sh: note: LSDE_RUN_NAME=$LSDE_RUN_NAME is set here: it names the run of" \
     "every job submitted (not the job id); unset it to key each job's run on its id" >&2
@@ -74,15 +87,9 @@ submit() {  # submit LOG_PATTERN TEMPLATE SBATCH_OPTIONS... -- ARGS...
     [ $# -gt 0 ] && shift
     local site=()
     mapfile -t site < <(lsde_site_flags)
-    (  # submitted from inside a job (an array task's script): the new job inherits none of that job's SLURM variables
-       # (its array id named the new job's run, and the new job's requeue requeued that job) nor its run name
-        if [ -n "${SLURM_JOB_ID:-}" ]; then
-            case ${LSDE_RUN_NAME:-} in "$SLURM_JOB_ID" | "${SLURM_ARRAY_JOB_ID:-}_${SLURM_ARRAY_TASK_ID:-}") unset LSDE_RUN_NAME ;; esac
-        fi
-        for var in ${!SLURM_@}; do [ "$var" = SLURM_CONF ] || unset "$var"; done
-        sbatch --parsable ${site[@]+"${site[@]}"} --chdir="$PWD" --output="$LOGS/$log.out" \
-            --export="ALL,LSDE_SLURM_DIR=$LSDE_SLURM_DIR" ${options[@]+"${options[@]}"} "$LSDE_SLURM_DIR/$template" "$@"
-    ) | cut -d';' -f1
+    sbatch --parsable ${site[@]+"${site[@]}"} --chdir="$PWD" --output="$LOGS/$log.out" \
+        --export="ALL,LSDE_SLURM_DIR=$LSDE_SLURM_DIR" ${options[@]+"${options[@]}"} "$LSDE_SLURM_DIR/$template" "$@" \
+        | cut -d';' -f1
 }
 
 # bench_array TASKS THROTTLE [--existing] OVERRIDES...: sets ARRAY, the --array option for the sweep (one task per

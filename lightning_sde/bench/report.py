@@ -197,7 +197,7 @@ def panels_within(panels: dict[str, dict], most: int) -> tuple[dict, str]:
             break
         shown[label], count = panels[label], count + len(panels[label])
     return shown, (f"\n{len(shown)} of {len(panels)} samplers shown ({count} of {total} cells; at most {most} "
-                   "panels): every cell's samples are under samples/ and on W&B")
+                   "panels): every cell's preview is under samples/")
 
 
 def sample_panels(rows: list[dict], previews: SamplePreviews):

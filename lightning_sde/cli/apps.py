@@ -335,11 +335,15 @@ def run(app: str, main=None) -> None:
         sys.exit(130)
 
 
-def multirun_first(argv: list[str]) -> list[str]:
+def multirun_first(app: str, argv: list[str]) -> list[str]:
     """-m / --multirun moved before the overrides: Hydra's parser takes overrides on one side of it only (`lsde-bench
-    nfe=[10] -m seeds.start=0,32` was "unrecognized arguments: seeds.start=0,32")."""
+    nfe=[10] -m seeds.start=0,32` was "unrecognized arguments: seeds.start=0,32"). A subcommand's line is its own."""
+    from lightning_sde.cli.help import subcommands
+
     switches = [arg for arg in argv if arg in ("-m", "--multirun")]
-    return switches + [arg for arg in argv if arg not in switches] if switches else argv
+    if not switches or argv[:1] and argv[0] in subcommands(app):
+        return argv
+    return switches + [arg for arg in argv if arg not in switches]
 
 
 def names_as_given(app: str, argv: list[str]) -> list[str]:
@@ -353,20 +357,27 @@ def names_as_given(app: str, argv: list[str]) -> list[str]:
     key, out = FOLDER_NAMES[app][0], list(argv)
     for i, arg in enumerate(argv):
         given_key, _, text = arg.partition("=")
-        if given_key.lstrip("+") != key or not re.fullmatch(r"[0-9A-Za-z_.+-]+", text) or not parses(arg):
-            continue
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        value = OverridesParser.create().parse_override(arg).value()
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) != text:
+        if given_key.lstrip("+") == key and number_spelling(text) is not None:
             out[i] = f"{given_key}='{text}'"
     return out
+
+
+def number_spelling(text: str) -> str | None:
+    """What Hydra's parser makes of an unquoted `text` where it reads a number of another spelling (27_0 -> '270',
+    1e3 -> '1000.0'), else None."""
+    if not re.fullmatch(r"[0-9A-Za-z_.+-]+", text) or not parses(f"x={text}"):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    value = OverridesParser.create().parse_override(f"x={text}").value()
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return str(value) if number and str(value) != text else None
 
 
 def checked_run(app: str, main=None) -> None:
     if print_help_if_asked(app):
         return
-    sys.argv[1:] = names_as_given(app, multirun_first(sys.argv[1:]))
+    sys.argv[1:] = names_as_given(app, multirun_first(app, sys.argv[1:]))
     error = (stray_argument(app, sys.argv[1:]) or hydra_modes_error(sys.argv[1:])
              or launcher_without_multirun(sys.argv[1:])
              or override_error(app, sys.argv[1:])

@@ -375,6 +375,7 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
         found = read_chunks(chunks, settings, shape, stored_dtype)
         drawn = Drawn(seeds, shape, stored_dtype, labelled=settings["guidance"] is not None)
         todo = still_to_draw(found, drawn, chunk_size, sampler.batch_dependent)
+        del found  # held in `drawn` now: the chunks' arrays are not kept twice
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "settings.json", json.dumps(settings, indent=2) + "\n")
         if drawn.count:

@@ -230,6 +230,7 @@ def resume_point(cfg: DictConfig) -> str | None:
         except ValueError as err:
             raise ValueError(f"config ckpt_path: {err}") from None
         return str(cfg.ckpt_path)
+    check_not_named_as_before(cfg)
     folder = Path(cfg.run_dir) / "checkpoints"
     path, problems = newest_loadable(folder)
     if path is None and problems:
@@ -243,6 +244,23 @@ def resume_point(cfg: DictConfig) -> str | None:
     if problems:
         log.warning("resuming from %s, the newest checkpoint that reads back", path)
     return None if path is None else str(path)
+
+
+def check_not_named_as_before(cfg: DictConfig) -> None:
+    """Earlier versions read a run name such as 27_0 (a SLURM array task's) as the number 270 and wrote the run
+    there; the name is kept as given now, so a requeue or resubmission would start that run afresh beside its
+    checkpoints. Refused, naming the move."""
+    from lightning_sde.cli.apps import number_spelling
+
+    run_dir = Path(cfg.run_dir)
+    old = number_spelling(str(cfg.run_name))
+    if old is None or run_dir.name != str(cfg.run_name) or run_dir.exists():
+        return
+    before = run_dir.with_name(old)
+    if sorted((before / "checkpoints").glob("*.ckpt")):
+        raise ValueError(f"config run_name: the run {cfg.run_name} was written to {before} by an earlier version "
+                         f"(which read the name as the number {old}); to go on with it, move it to its name's folder "
+                         f"(mv {before} {run_dir}), or give run_name={old}")
 
 
 def check_not_trained_earlier_in_this_job(cfg: DictConfig, path) -> None:
@@ -324,16 +342,21 @@ def check_resume_fits(path: str, module: L.LightningModule, accumulation: int = 
     return int(ckpt["global_step"])
 
 
-def check_same_evaluations(path: str, sampler_cb: SamplerCallback, datamodule=None) -> None:
-    """A resumed run's evaluations sample as its earlier ones did (the guidance, sample count, seeds, dtype, and each
-    label's sampler and parameters) and are scored against the same reference set (the datamodule's first n_samples
-    training samples: files added to or removed from an image folder change them): its val/ curves and the best
-    checkpoint's choice would otherwise compare two protocols under one name (what checkpoints from before the
-    callback kept it are not checked). A label added or dropped is no change."""
+def sampler_state(path: str) -> dict | None:
+    """The sampler callback's state in the checkpoint at `path` (None where it holds none)."""
     states = read_checkpoint(path).get("callbacks")
     state = next((v for k, v in states.items() if str(k).startswith(SamplerCallback.__qualname__)), None) \
         if isinstance(states, dict) else None
-    if not isinstance(state, dict):
+    return state if isinstance(state, dict) else None
+
+
+def check_same_evaluations(path: str, sampler_cb: SamplerCallback) -> None:
+    """A resumed run's evaluations sample as its earlier ones did (the guidance, sample count, seeds, dtype, and each
+    label's sampler and parameters): its val/ curves and the best checkpoint's choice would otherwise compare two
+    protocols under one name (what checkpoints from before the callback kept it are not checked). A label added or
+    dropped is no change. (And check_same_reference, once the data is there.)"""
+    state = sampler_state(path)
+    if state is None:
         return
     mixed = f"their val/ curves and the best checkpoint's choice would mix the two under one name; {RESUME_ADVICE}"
     now = sampler_cb.protocol()
@@ -354,15 +377,23 @@ def check_same_evaluations(path: str, sampler_cb: SamplerCallback, datamodule=No
                              f"config as {new_name} {new_params}: its val/{label}/ curves and the best checkpoint's "
                              f"choice would mix the two; give this one another label (+sampler@samplers.<label>=...), "
                              f"or {RESUME_ADVICE}")
-    recorded = state.get("reference_sha256")
-    if isinstance(recorded, str) and datamodule is not None:
-        from lightning_sde.metrics.image import tensor_sha256
 
-        if tensor_sha256(datamodule.reference(sampler_cb.n_samples)) != recorded:
-            where = f" under {datamodule.root}" if getattr(datamodule, "root", None) is not None else ""
-            raise ValueError(f"config data: the run's evaluations so far were scored against another reference set "
-                             f"(the first {sampler_cb.n_samples} training samples in the data's order; the files"
-                             f"{where} changed?): {mixed}")
+
+def check_same_reference(path: str, sampler_cb: SamplerCallback, datamodule) -> None:
+    """A resumed run's evaluations are scored against the reference set its earlier ones were (the datamodule's first
+    n_samples training samples: files added to or removed from an image folder change them), checked once the data
+    is there (prepare_data)."""
+    recorded = (sampler_state(path) or {}).get("reference_sha256")
+    if not isinstance(recorded, str):
+        return
+    from lightning_sde.metrics.image import tensor_sha256
+
+    if tensor_sha256(datamodule.reference(sampler_cb.n_samples)) != recorded:
+        where = f" under {datamodule.root}" if getattr(datamodule, "root", None) is not None else ""
+        raise ValueError(f"config data: the run's evaluations so far were scored against another reference set (the "
+                         f"first {sampler_cb.n_samples} training samples in the data's order; the files{where} "
+                         f"changed?): their val/ curves and the best checkpoint's choice would mix the two under one "
+                         f"name; {RESUME_ADVICE}")
 
 
 def check_same_monitors(path: str, callbacks) -> None:
@@ -645,7 +676,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
                          f"model.p_uncond > 0, or set it to 0 (each seed's class; a resumed run keeps its evaluations' "
                          f"guidance: a new run from its weights, init_from=<checkpoint>, may change it)")
     if sampler_cb is not None and resume is not None:
-        check_same_evaluations(resume, sampler_cb, datamodule)
+        check_same_evaluations(resume, sampler_cb)
     for k, cb in keyed.items():  # a monitor the evaluations never log would fail at the first one, after training
         if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
             cb.monitor = cfg.callbacks[k].monitor = best_monitor(f"callbacks.{k}.monitor", cb.monitor, sampler_cb,
@@ -692,6 +723,8 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         check_resume_world(resume, trainer.world_size)
     if read_data and trainer.local_rank == 0:  # as Lightning prepares data: a missing dataset fails now
         check_data_fits(datamodule, module, sampler_cb, trainer.world_size, accumulation)
+        if sampler_cb is not None and resume is not None:
+            check_same_reference(resume, sampler_cb, datamodule)
     lock = FolderLock(cfg.run_dir, "lsde-train run") if read_data and launched_first() else None
     loggers = []  # last: they create files and W&B runs
     try:

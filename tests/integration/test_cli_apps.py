@@ -516,9 +516,10 @@ def test_a_multirun_switch_among_the_overrides_is_taken_wherever_it_is(tmp_path)
     """`lsde-bench nfe=[10] -m seeds.start=0,32`: Hydra's parser said "unrecognized arguments: seeds.start=0,32"."""
     from lightning_sde.cli.apps import multirun_first
 
-    assert multirun_first(["nfe=[10]", "-m", "seeds.start=0,32"]) == ["-m", "nfe=[10]", "seeds.start=0,32"]
-    assert multirun_first(["a=1", "--multirun"]) == ["--multirun", "a=1"]
-    assert multirun_first(["a=1", "b=2"]) == ["a=1", "b=2"]
+    assert multirun_first("bench", ["nfe=[10]", "-m", "seeds.start=0,32"]) == ["-m", "nfe=[10]", "seeds.start=0,32"]
+    assert multirun_first("bench", ["a=1", "--multirun"]) == ["--multirun", "a=1"]
+    assert multirun_first("bench", ["a=1", "b=2"]) == ["a=1", "b=2"]
+    assert multirun_first("bench", ["cells", "nfe=[10]", "-m"]) == ["cells", "nfe=[10]", "-m"]  # its own refusal
     proc = subprocess.run([sys.executable, "-m", "lightning_sde.cli.compare", "seeds.count=0", "-m", "name=a,b"],
                           capture_output=True, text=True, check=False, env=ENV, cwd=tmp_path)
     assert proc.returncode == 1 and "unrecognized arguments" not in proc.stderr, proc.stderr[-2000:]

@@ -1,5 +1,6 @@
 """The apps' process groups (lsde-bench, lsde-likelihood): two real gloo processes launched by Fabric."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,11 +45,18 @@ def test_more_processes_started_than_the_settings_say_are_refused(monkeypatch):
     check_launcher_world(2, 1)  # what they share
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    monkeypatch.setenv("SLURM_TASK_PID", str(os.getpid()))  # srun started this process
     with pytest.raises(ValueError, match=r"^config ddp.devices: srun started 4 processes, but ddp.devices x "):
         check_launcher_world(1, 1)
-    monkeypatch.setenv("SLURM_PTY_PORT", "45961")  # a shell of `srun -n 4 --pty bash`: one process, not four
+    monkeypatch.setenv("SLURM_PTY_PORT", "45961")  # srun -n 4 --pty <app>: every task runs it
+    with pytest.raises(ValueError, match=r"srun started 4 processes"):
+        check_launcher_world(1, 1)
+    monkeypatch.setenv("SLURM_TASK_PID", str(os.getppid()))  # run from the shell of `srun -n 4 --pty bash`: one
     check_launcher_world(1, 1)
     monkeypatch.delenv("SLURM_PTY_PORT")
+    monkeypatch.setenv("SLURM_TASK_PID", "999999999")  # a step's variables inherited (a job submitted from it)
+    check_launcher_world(1, 1)
+    monkeypatch.setenv("SLURM_TASK_PID", str(os.getpid()))
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # srun -n 1 within a larger allocation
     check_launcher_world(1, 1)
 
@@ -74,16 +82,28 @@ def test_the_processes_are_srun_tasks_where_srun_started_them_and_lightnings_own
     with pytest.raises(ValueError, match=r"^config trainer: num_nodes=2 needs processes started on every node"):
         cluster_environment(1, 2, "trainer")
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")  # srun -n 2 in it
+    monkeypatch.setenv("SLURM_TASK_PID", str(os.getpid()))
     environment = cluster_environment(2, 1, "trainer")
     assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
     assert (environment.world_size(), environment.global_rank(), environment.creates_processes_externally) == (
         2, 1, True)
     monkeypatch.setenv("SLURM_NTASKS", "4")  # a step of 2 tasks in a job of 4: the step's are the world
     assert cluster_environment([0, 1], 1, "ddp").world_size() == 2
-    with pytest.raises(ValueError, match=r"^config ddp: srun started 2 task\(s\) for this run, but devices x "
-                                         r"num_nodes = 4 x 1"):
+    with pytest.raises(ValueError, match=r"^config ddp: srun started 2 task\(s\) on its node\(s\) for this run, but "
+                                         r"devices x num_nodes = 4 x 1"):
         cluster_environment(4, 1, "ddp")
-    monkeypatch.setenv("SLURM_PTY_PORT", "45961")  # the shell of srun --pty: Lightning starts the processes
+    monkeypatch.setenv("SLURM_STEP_NUM_NODES", "1")  # 2 x 1 is the step's 2 tasks, but not on 2 nodes
+    with pytest.raises(ValueError, match=r"^config trainer: srun started 2 task\(s\) on 1 node\(s\)"):
+        cluster_environment(1, 2, "trainer")
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "n2")  # the step's node, not the job's first
+    monkeypatch.setenv("SLURM_NODELIST", "n[1-2]")
+    monkeypatch.setenv("SLURM_STEP_ID", "3")
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    environment = cluster_environment(2, 1, "trainer")
+    assert environment.main_address == "n2" and environment.main_port == 15000 + (7 * 101 + 3) % 20000
+    monkeypatch.setenv("SLURM_TASK_PID", str(os.getppid()))  # the shell of srun --pty bash: Lightning starts them
+    monkeypatch.setenv("SLURM_PTY_PORT", "45961")
     assert type(cluster_environment(2, 1, "trainer")) is LightningEnvironment
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")  # torchrun's processes, also under srun
     for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "GROUP_RANK": "0",

@@ -384,6 +384,30 @@ def test_a_resume_on_an_image_folder_whose_validation_images_changed_is_refused(
     assert proc.returncode == 0 and "starting from the weights of" in proc.stdout, proc.stderr[-2000:]
 
 
+def test_a_resume_whose_evaluations_would_score_against_another_reference_is_refused(tmp_path):
+    """Images added to the folder moved its first n_samples training images, the FID reference: the val/ curves
+    before and after the resume compared two references without a word. The folder as it was goes on."""
+    import numpy as np
+    from PIL import Image
+
+    root, run = tmp_path / "images", tmp_path / "imf"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"img{i:02d}.png")
+    common = ["experiment=digits", "data=image_folder", f"data.root={root}", "data.image_size=8", "data.channels=1",
+              "data.batch_size=4", "data.n_val=4", "logger=csv", "trainer.enable_progress_bar=false",
+              "trainer.val_check_interval=2", "callbacks.sampler.n_samples=16", "samplers=quick"]
+    assert train(run, *common, "trainer.max_steps=2").returncode == 0
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "added.png")
+    proc = train(run, *common, "trainer.max_steps=4")
+    assert proc.returncode == 1 and "lsde-train: error: config data: the run's evaluations so far were scored " \
+        "against another reference set (the first 16 training samples" in proc.stderr, proc.stderr[-2000:]
+    (root / "added.png").unlink()
+    proc = train(run, *common, "trainer.max_steps=4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_a_resume_into_another_sde_is_refused_before_anything_is_touched_and_an_unchanged_one_goes_on(tmp_path):
     """The same network trained on with another forward process (or output parameterization, or a network setting
     that keeps the shapes) would fit the weights and train silently as another model: refused at start-up, one line

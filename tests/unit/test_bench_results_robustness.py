@@ -459,8 +459,8 @@ def test_the_sample_picture_shows_at_most_its_panels_with_the_floor_first_and_sa
     assert panels_within(panels, 200) == (panels, "")
     shown, note = panels_within(panels, 12)
     assert list(shown) == ["exact (noise floor)", "s00", "s01", "s02"]  # 1 + 3 x 3 panels; the next would be 13
-    assert note == ("\n4 of 41 samplers shown (10 of 121 cells; at most 12 panels): every cell's samples are under "
-                    "samples/ and on W&B")
+    assert note == ("\n4 of 41 samplers shown (10 of 121 cells; at most 12 panels): every cell's preview is under "
+                    "samples/")
     plot_samples(shown, tmp_path / "samples.png", note=note)
     from PIL import Image
 

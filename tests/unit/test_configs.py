@@ -828,12 +828,13 @@ def test_a_resume_refuses_evaluations_scored_against_another_reference_set(monke
     saved = {"callbacks": {"SamplerCallback": torch.load(_saved(evaluated.state_dict()), weights_only=True)}}
     monkeypatch.setattr(train_app, "read_checkpoint", lambda path: saved)
     fresh = SamplerCallback({"ddim": DDIM(steps=10)}, n_samples=8, batch_size=8)
-    train_app.check_same_evaluations("last.ckpt", fresh, folder())  # the folder as it was
+    train_app.check_same_evaluations("last.ckpt", fresh)
+    train_app.check_same_reference("last.ckpt", fresh, folder())  # the folder as it was
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "added.png")
     with pytest.raises(ValueError, match=r"^config data: the run's evaluations so far were scored against another "
                                          r"reference set \(the first 8 training samples in the data's order; the "
                                          rf"files under {re.escape(str(tmp_path))} changed\?\): their val/ curves"):
-        train_app.check_same_evaluations("last.ckpt", fresh, folder())
+        train_app.check_same_reference("last.ckpt", fresh, folder())
 
 
 def _saved(state):

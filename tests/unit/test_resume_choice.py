@@ -529,6 +529,25 @@ def test_a_checkpoint_written_in_a_slurm_job_records_the_job(monkeypatch):
     assert checkpoint["slurm_job"] == "70_3" and checkpoint["world_size"] == 1 and checkpoint["slurm_restart"] == 2
 
 
+def test_a_run_an_earlier_version_wrote_under_its_names_number_is_named_not_started_afresh(tmp_path):
+    """Array task 27_0's run was in train/270 (Hydra read the name as a number); the name kept as given, its requeue
+    would have started train/27_0 afresh beside the checkpoints."""
+    from omegaconf import OmegaConf
+
+    from lightning_sde.cli.train import resume_point
+
+    (tmp_path / "270" / "checkpoints").mkdir(parents=True)
+    torch.save(contents(60), tmp_path / "270" / "checkpoints" / "last.ckpt")
+    cfg = OmegaConf.create({"ckpt_path": "last", "run_dir": str(tmp_path / "27_0"), "run_name": "27_0"})
+    with pytest.raises(ValueError, match=r"^config run_name: the run 27_0 was written to .*270 by an earlier version "
+                                         r"\(which read the name as the number 270\); to go on with it, move it .*"
+                                         r"or give run_name=270$"):
+        resume_point(cfg)
+    assert resume_point(OmegaConf.create({**cfg, "run_dir": str(tmp_path / "270"), "run_name": "270"})) is not None
+    (tmp_path / "270").rename(tmp_path / "27_0")
+    assert resume_point(cfg) == str(tmp_path / "27_0" / "checkpoints" / "last.ckpt")
+
+
 def test_a_second_run_in_one_slurm_job_does_not_train_on_the_firsts_run_by_default(tmp_path, monkeypatch):
     """run_name defaults to the job's id, which a requeued job resumes by: a second lsde-train in the same job (a loop
     over lr in its script, or in an salloc shell) trained on the first's run silently, 0 steps at max_steps."""
