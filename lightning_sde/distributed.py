@@ -99,6 +99,9 @@ def cluster_environment(devices, num_nodes, key: str):
     known = all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
     tasks = srun_tasks()
     if tasks is not None:
+        if tasks > 1 and not known:  # devices=auto: one device on the CPU, and each task trained the whole run
+            raise ValueError(f"config {key}: srun started {tasks} tasks for this run: give devices and num_nodes as "
+                             f"numbers (the tasks per node and the nodes), not {devices!r} x {num_nodes!r}")
         nodes = os.environ.get("SLURM_STEP_NUM_NODES", "")
         if known and (counts[0] * counts[1] != tasks or nodes.isdigit() and counts[1] != int(nodes)):
             raise ValueError(f"config {key}: srun started {tasks} task(s) on {nodes or 'its'} node(s) for this run, "

@@ -90,10 +90,13 @@ lsde_env() {
     export LSDE_PYTHON
     lsde_check_python "$LSDE_PYTHON" || return
     # Run directory keyed on the job id: a requeued job finds its own checkpoint (array tasks: <array job>_<task>).
-    if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then
-        export LSDE_RUN_NAME=${LSDE_RUN_NAME:-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
+    # LSDE_RUN_NAME_IS_JOB_ID=1: the name is the job's by default (lsde-train refuses a second run of one job on it)
+    if [ -n "${LSDE_RUN_NAME:-}" ]; then
+        export LSDE_RUN_NAME_IS_JOB_ID=0
+    elif [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then
+        export LSDE_RUN_NAME=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} LSDE_RUN_NAME_IS_JOB_ID=1
     else
-        export LSDE_RUN_NAME=${LSDE_RUN_NAME:-${SLURM_JOB_ID:-local}}
+        export LSDE_RUN_NAME=${SLURM_JOB_ID:-local} LSDE_RUN_NAME_IS_JOB_ID=1
     fi
     export LSDE_RUN_NAME_JOB=${SLURM_JOB_ID:-}  # whose run it names: a job submitted from this one does not take it
     # Compute nodes have no internet: W&B writes offline runs (synced later, see slurm/README.md), and everything

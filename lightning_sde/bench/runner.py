@@ -376,30 +376,38 @@ def compute_cells(cfg: DictConfig, sweep: Sweep, device: torch.device, store: Re
                     **timing_context()}
         live = open_sweep_run(cfg, target, protocol, sweep) if rank == 0 else None
         started = time.monotonic()
-        for n_done, cell in enumerate(todo):
-            cell_started = time.monotonic()
-            if rank == 0:
-                log.info("computing cell %d/%d: %s", n_done + 1, len(todo), cell)
-            samples = None
-            if cell.built is None:  # the noise floor: a second real set of the cell's size, scored like a sampler's
-                x = None
+        try:
+            for n_done, cell in enumerate(todo):
+                cell_started = time.monotonic()
                 if rank == 0:
-                    x, why = floor_samples(target, cell.seed_count, cell.seed_start, reference_n,
-                                           one_class(cfg, target))
-                    if x is None:
-                        log.warning("the noise floor has no value: %s (seeds.count=%d, reference_count=%d)", why,
-                                    cell.seed_count, reference_n)
-            else:
-                samples = generate(cell.built, target.denoiser, seeds, cfg.batch_size, device, sweep.dtype,
-                                   progress=cfg.progress, desc=str(cell), guidance=cell.guidance,
-                                   labels=cell.settings.get("labels", "cycle"))
-                x = samples.x if samples is not None else None
-            if rank == 0:
-                store.append(rows_of(cell, samples, score(scorer, cell, samples, x), cfg.batch_size, device, protocol))
-                if x is not None:  # a floor the data is too small for has no samples
-                    previews.save(cell, x, SamplePreviews.protocol(cell.target, cell.seed_start, cell.seed_count))
-                report_cell(store, cell, n_done + 1, len(todo), started, live, previews,
-                            time.monotonic() - cell_started)
+                    log.info("computing cell %d/%d: %s", n_done + 1, len(todo), cell)
+                samples = None
+                if cell.built is None:  # the noise floor: a second real set of the cell's size, scored like a sampler's
+                    x = None
+                    if rank == 0:
+                        x, why = floor_samples(target, cell.seed_count, cell.seed_start, reference_n,
+                                               one_class(cfg, target))
+                        if x is None:
+                            log.warning("the noise floor has no value: %s (seeds.count=%d, reference_count=%d)", why,
+                                        cell.seed_count, reference_n)
+                else:
+                    samples = generate(cell.built, target.denoiser, seeds, cfg.batch_size, device, sweep.dtype,
+                                       progress=cfg.progress, desc=str(cell), guidance=cell.guidance,
+                                       labels=cell.settings.get("labels", "cycle"))
+                    x = samples.x if samples is not None else None
+                if rank == 0:
+                    values = score(scorer, cell, samples, x)
+                    store.append(rows_of(cell, samples, values, cfg.batch_size, device, protocol))
+                    if x is not None:  # a floor the data is too small for has no samples
+                        previews.save(cell, x, SamplePreviews.protocol(cell.target, cell.seed_start, cell.seed_count))
+                    report_cell(store, cell, n_done + 1, len(todo), started, live, previews,
+                                time.monotonic() - cell_started)
+        finally:  # a stopped or failed sweep's W&B summaries hold its last cells too (they are throttled while it runs)
+            if live is not None:
+                try:
+                    live.update_summaries()
+                except Exception as err:  # noqa: BLE001  (the error that stopped the sweep is the one to see)
+                    log.warning("W&B: summaries not updated (%s: %s)", type(err).__name__, err)
     return {"cells": len(sweep.cells), "shard_cells": len(sweep.mine), "computed": len(todo), "rank": rank,
             "world_size": world, "wandb_run": live,  # left open: the report adds the table and finishes it
             # W&B could not start (warned): the report does not wait for it again

@@ -352,13 +352,15 @@ def names_as_given(app: str, argv: list[str]) -> list[str]:
     separator), where plain job 270's run went, and 1e3 named it 1000.0."""
     from lightning_sde.configuration import FOLDER_NAMES
 
-    if app not in FOLDER_NAMES:
-        return argv
-    key, out = FOLDER_NAMES[app][0], list(argv)
+    key = FOLDER_NAMES[app][0] if app in FOLDER_NAMES else "name" if app == "likelihood" else None
+    out = list(argv)
     for i, arg in enumerate(argv):
         given_key, _, text = arg.partition("=")
-        if given_key.lstrip("+") == key and number_spelling(text) is not None:
-            out[i] = f"{given_key}='{text}'"
+        parts = text.split(",")  # a multirun's choices too
+        if key is None or given_key.lstrip("+") != key or not any(number_spelling(part) for part in parts):
+            continue
+        if all(re.fullmatch(r"[0-9A-Za-z_.+-]+", part) for part in parts):
+            out[i] = f"{given_key}=" + ",".join(f"'{part}'" if number_spelling(part) else part for part in parts)
     return out
 
 

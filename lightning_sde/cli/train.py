@@ -253,8 +253,8 @@ def check_not_named_as_before(cfg: DictConfig) -> None:
     from lightning_sde.cli.apps import number_spelling
 
     run_dir = Path(cfg.run_dir)
-    old = number_spelling(str(cfg.run_name))
-    if old is None or run_dir.name != str(cfg.run_name) or run_dir.exists():
+    old = number_spelling(str(cfg.get("run_name")))
+    if old is None or run_dir.name != str(cfg.get("run_name")) or run_dir.exists():
         return
     before = run_dir.with_name(old)
     if sorted((before / "checkpoints").glob("*.ckpt")):
@@ -267,9 +267,16 @@ def check_not_trained_earlier_in_this_job(cfg: DictConfig, path) -> None:
     """run_name defaults to the SLURM job's id, under which a requeued job resumes its run; a second lsde-train in the
     same job (a loop in its script, another in an salloc shell) found the first one's run there and trained on from
     it silently (another lr: 0 steps, its config logged over the first's). Refused where the checkpoint was saved by
-    this job since its last requeue."""
-    job = slurm_job()
-    if job is None or run_name_kept() or str(cfg.run_name) != os.environ.get("SLURM_JOB_ID"):
+    this job since its last requeue. The job's names: its id (an array task's too), each with a multirun's job number;
+    by default, or as slurm/env.sh derived them (its templates, or a script calling lsde_env, pass it on)."""
+    job, name = slurm_job(), str(cfg.get("run_name"))
+    if job is None:
+        return
+    ids = {job, os.environ.get("SLURM_JOB_ID")} - {None}
+    number = multirun_job()
+    names = ids | ({f"{i}_{number[1]}" for i in ids} if number is not None else set())
+    by_env_sh = os.environ.get("LSDE_RUN_NAME_IS_JOB_ID") == "1" and os.environ.get("LSDE_RUN_NAME") in ids
+    if name not in names or run_name_kept() and not by_env_sh:
         return
     ckpt = read_checkpoint(path)
     if ckpt.get("slurm_job") == job and ckpt.get("slurm_restart") == slurm_restarts():

@@ -382,9 +382,9 @@ class ImageFolderDataModule(BaseDataModule):
         if now["train_files"] != state["train_files"]:
             log.warning("the training images under %s changed since the checkpoint %s (%d then, %d now): the resumed "
                         "run trains on them as they are now; the validation images are the run's. The sampler "
-                        "metrics' reference is drawn from the training images (a resume whose evaluations it would "
-                        "change is refused), and so is the noise floor, which may move (for the same floor, resume "
-                        "with the folder as it was)",
+                        "metrics' reference is drawn from the training images (a resume that would change it is "
+                        "refused where the checkpoint records it, as runs checkpointed since that check do), and so is "
+                        "the noise floor, which may move (for the same floor, resume with the folder as it was)",
                         self.root, path, state["n_train"], now["n_train"])
 
     def real_samples_at(self, index: Tensor, stream: int) -> Tensor:

@@ -509,7 +509,9 @@ def test_a_folder_name_hydra_would_read_as_a_number_of_another_spelling_is_kept_
     same = ["run_name=270", "run_name=007", "run_name=a_1", "run_name='3_1'", "run_name=${oc.env:X}", "name=1_0"]
     assert names_as_given("train", same) == same
     assert names_as_given("bench", ["name=2_5", "-m"]) == ["name='2_5'", "-m"]
-    assert names_as_given("likelihood", ["name=2_5"]) == ["name=2_5"]  # no folder-naming key
+    assert names_as_given("likelihood", ["name=2_5"]) == ["name='2_5'"]
+    assert names_as_given("sample", ["-m", "name=27_0,ab,1e3"]) == ["-m", "name='27_0',ab,'1e3'"]  # a sweep's
+    assert names_as_given("compare", ["name=range(1,3)"]) == ["name=range(1,3)"]
 
 
 def test_a_multirun_switch_among_the_overrides_is_taken_wherever_it_is(tmp_path):

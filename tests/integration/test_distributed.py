@@ -92,6 +92,9 @@ def test_the_processes_are_srun_tasks_where_srun_started_them_and_lightnings_own
     with pytest.raises(ValueError, match=r"^config ddp: srun started 2 task\(s\) on its node\(s\) for this run, but "
                                          r"devices x num_nodes = 4 x 1"):
         cluster_environment(4, 1, "ddp")
+    with pytest.raises(ValueError, match=r"^config trainer: srun started 2 tasks for this run: give devices and "
+                                         r"num_nodes as numbers .*not 'auto' x 1$"):
+        cluster_environment("auto", 1, "trainer")  # each task trained the whole run into one folder
     monkeypatch.setenv("SLURM_STEP_NUM_NODES", "1")  # 2 x 1 is the step's 2 tasks, but not on 2 nodes
     with pytest.raises(ValueError, match=r"^config trainer: srun started 2 task\(s\) on 1 node\(s\)"):
         cluster_environment(1, 2, "trainer")

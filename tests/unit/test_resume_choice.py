@@ -569,9 +569,20 @@ def test_a_second_run_in_one_slurm_job_does_not_train_on_the_firsts_run_by_defau
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued: its own run goes on
     assert resume_point(cfg) == str(last)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
-    monkeypatch.setenv("LSDE_RUN_NAME", "77")  # given (slurm/train.sbatch, or run_name=77): that run goes on
+    monkeypatch.setenv("LSDE_RUN_NAME", "77")  # given (run_name=77 to slurm/train.sbatch): that run goes on
+    monkeypatch.setenv("LSDE_RUN_NAME_IS_JOB_ID", "0")
     assert resume_point(cfg) == str(last)
+    monkeypatch.setenv("LSDE_RUN_NAME_IS_JOB_ID", "1")  # the job id slurm/env.sh gave train.sbatch run twice
+    with pytest.raises(ValueError, match=r"^config run_name: by default this SLURM job's id"):
+        resume_point(cfg)
     monkeypatch.delenv("LSDE_RUN_NAME")
+    monkeypatch.delenv("LSDE_RUN_NAME_IS_JOB_ID")
+    import lightning_sde.cli.train as train_app
+
+    monkeypatch.setattr(train_app, "multirun_job", lambda: ("sweep", 1))  # a second multirun in the job: run 77_1
+    with pytest.raises(ValueError, match=r"^config run_name: by default this SLURM job's id \(77_1\)"):
+        resume_point(OmegaConf.create({**cfg, "run_name": "77_1"}))
+    monkeypatch.setattr(train_app, "multirun_job", lambda: None)
     torch.save({**contents(60), "slurm_job": "76", "slurm_restart": 0}, last)  # another job's: a resume
     assert resume_point(cfg) == str(last)
 
