@@ -134,7 +134,7 @@ def test_the_split_is_per_file_so_added_files_move_no_other_and_a_resume_checks_
     with caplog.at_level("WARNING"):
         after.check_resume(state, "last.ckpt")  # training images added: said, and the run goes on
     assert "training images under" in caplog.text and "(36 then, 37 now)" in caplog.text
-    assert "The FID/KID reference and the noise floor are drawn from the training images" in caplog.text
+    assert "The sampler metrics' reference is drawn from the training images" in caplog.text
     (tmp_path / "zz_new.png").unlink()
     before.val_files[0].unlink()  # a validation image gone: the run's validation is not the checkpoint's
     with pytest.raises(ValueError, match=r"since the checkpoint last.ckpt \(36 \+ 8 images .* then, 35 \+ 8 now"):
