@@ -10,6 +10,7 @@ that command.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from pathlib import Path
 
@@ -95,15 +96,36 @@ def fetch(name: str, root, timeout: float | None = 60.0) -> Path:
     root = Path(root).expanduser()
     if is_available(name, root):
         return root
+    existed = _existing_folders(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
         with socket_timeout(timeout):
             _dataset(name, root, train=True, download=True)
             _dataset(name, root, train=False, download=True)
     except Exception as err:  # URLError, socket errors, torchvision's own RuntimeError after trying its mirrors
+        _remove_empty_new_folders(root, existed)
         detail = " ".join(str(err).split())[:300]
         raise missing_error(name, root, f"downloading it failed ({type(err).__name__}: {detail})") from err
     return root
+
+
+def _existing_folders(root: Path) -> set[Path]:
+    """root, its ancestors and the folders under it, as they are before a download."""
+    found = {p for p in (root, *root.parents) if p.is_dir()}
+    if root.is_dir():
+        found.update(Path(top) for top, _, _ in os.walk(root))
+    return found
+
+
+def _remove_empty_new_folders(root: Path, existed: set[Path]) -> None:
+    """A failed download leaves no empty folders it made (root/MNIST/raw with nothing in it): what a user sees after
+    it is what was there before, or the part of a download it got."""
+    made = [Path(top) for top, _, _ in os.walk(root, topdown=False)]
+    made += [p for p in root.parents if p not in existed]
+    for folder in made:
+        if folder not in existed:
+            with contextlib.suppress(OSError):  # not empty (a partial download stays), or not ours to remove
+                folder.rmdir()
 
 
 def load_levels(name: str, root, train: bool, with_labels: bool = False):

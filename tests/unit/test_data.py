@@ -223,7 +223,8 @@ def test_image_folder_missing_or_empty_folder_fails_clearly(tmp_path):
 
 
 def test_torchvision_download_failure_names_dataset_root_and_command(tmp_path):
-    dm = MNISTDataModule(root=str(tmp_path), batch_size=8, download_timeout=2)
+    (tmp_path / "kept").mkdir()
+    dm = MNISTDataModule(root=str(tmp_path / "new" / "data"), batch_size=8, download_timeout=2)
     assert dm.shape == (1, 28, 28) and dm.kind == "images"
     start = time.perf_counter()
     try:
@@ -233,9 +234,11 @@ def test_torchvision_download_failure_names_dataset_root_and_command(tmp_path):
     else:
         pytest.skip("MNIST downloaded: this machine has internet; the offline failure cannot be observed")
     assert time.perf_counter() - start < 10
-    assert "MNIST" in message and str(tmp_path.resolve()) in message
-    assert f"lsde-prepare mnist --root {tmp_path.resolve()}" in message
+    root = (tmp_path / "new" / "data").resolve()
+    assert "MNIST" in message and str(root) in message
+    assert f"lsde-prepare mnist --root {root}" in message
     assert "downloading it failed" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]  # the empty folders it made (data/MNIST/raw) removed
 
 
 def test_torchvision_without_download_or_setup_fails_at_once(tmp_path):
