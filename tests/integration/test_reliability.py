@@ -351,6 +351,21 @@ def test_a_resume_takes_the_highest_step_follows_the_monitor_and_a_new_lr_and_re
     assert {lrs[step] for step in range(30)} == {1e-3} and {lrs[step] for step in range(30, 40)} == {1e-4}
 
 
+def noise_image_folder(root: Path, count: int, batch_size: int) -> list[str]:
+    """`count` random 8x8 grey PNGs under `root`, and the overrides of a digits run on them (4 validation images,
+    an evaluation every 2 steps)."""
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"img{i:02d}.png")
+    return ["experiment=digits", "data=image_folder", f"data.root={root}", "data.image_size=8", "data.channels=1",
+            f"data.batch_size={batch_size}", "data.n_val=4", "trainer.val_check_interval=2", "logger=csv",
+            "trainer.enable_progress_bar=false"]
+
+
 def test_a_resume_on_an_image_folder_whose_validation_images_changed_is_refused(tmp_path):
     """A resume went on after files were added to the folder, with most of its validation images moved into
     training (the split was a permutation of the sorted list)."""
@@ -360,13 +375,7 @@ def test_a_resume_on_an_image_folder_whose_validation_images_changed_is_refused(
     from lightning_sde.data import ImageFolderDataModule
 
     root, run = tmp_path / "images", tmp_path / "imf"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(24):
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"img{i:02d}.png")
-    common = ["experiment=digits", "data=image_folder", f"data.root={root}", "data.image_size=8", "data.channels=1",
-              "data.batch_size=8", "data.n_val=4", "trainer.val_check_interval=2", "logger=csv",
-              "callbacks.sampler=null", "callbacks.best=null", "trainer.enable_progress_bar=false"]
+    common = [*noise_image_folder(root, 24, batch_size=8), "callbacks.sampler=null", "callbacks.best=null"]
     assert train(run, *common, "trainer.max_steps=2").returncode == 0
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "added.png")
     dm = ImageFolderDataModule(root, image_size=8, channels=1, n_val=4)
@@ -391,13 +400,7 @@ def test_a_resume_whose_evaluations_would_score_against_another_reference_is_ref
     from PIL import Image
 
     root, run = tmp_path / "images", tmp_path / "imf"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"img{i:02d}.png")
-    common = ["experiment=digits", "data=image_folder", f"data.root={root}", "data.image_size=8", "data.channels=1",
-              "data.batch_size=4", "data.n_val=4", "logger=csv", "trainer.enable_progress_bar=false",
-              "trainer.val_check_interval=2", "callbacks.sampler.n_samples=16", "samplers=quick"]
+    common = [*noise_image_folder(root, 40, batch_size=4), "callbacks.sampler.n_samples=16", "samplers=quick"]
     assert train(run, *common, "trainer.max_steps=2").returncode == 0
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "added.png")
     proc = train(run, *common, "trainer.max_steps=4")
