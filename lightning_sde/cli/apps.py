@@ -75,7 +75,13 @@ def override_error(app: str, argv: list[str]) -> str | None:
             message = (f"config {key}: {message}; quote a value that holds {token.group(1).strip()!r}: "
                        f"\"{key}='{value}'\" (the double quotes for the shell)")
         lexed = [arg.split("=", 1) for arg in argv if "=" in arg and "'" not in arg and f"{arg} ^" in message]
-        if "LexerNoViableAltException" in message and lexed:  # e.g. a path of non-ASCII letters, or ~
+        apostrophe = [arg.split("=", 1) for arg in argv if "=" in arg and "'" in arg.split("=", 1)[1]
+                      and '"' not in arg and not arg.split("=", 1)[1].startswith("'") and f"{arg} ^" in message]
+        if "LexerNoViableAltException" in message and apostrophe:  # a path such as /data/it's
+            key, value = apostrophe[0]
+            message = (f"config {key}: {message}; quote a value that holds \"'\" with double quotes: "
+                       f"\"{key}=\\\"{value}\\\"\" (the outer double quotes for the shell)")
+        elif "LexerNoViableAltException" in message and lexed:  # e.g. a path of non-ASCII letters, or ~
             key, value = lexed[0]
             message += (f"; '~' is not expanded here: give an absolute path, or '{key}=${{oc.env:HOME}}{value[1:]}' "
                         "(the single quotes for the shell)" if value.startswith("~") else
@@ -129,8 +135,13 @@ def nearest_key(app: str, argv: list[str], key: str) -> str | None:
     keys = [str(k) for k in node.keys()]
     if name in keys:  # there, through an interpolation (callbacks.sampler.samplers is ${samplers}): no misspelling
         return None
-    match = difflib.get_close_matches(name, keys, n=1)
+    match = difflib.get_close_matches(name, keys, n=1) or [k for k in OTHER_APPS_NAMES.get(name, ()) if k in keys][:1]
     return None if not match else f"{parent}.{match[0]}" if parent else match[0]
+
+
+OTHER_APPS_NAMES = {"ckpt_path": ("checkpoint",), "checkpoint": ("ckpt_path",), "ckpt": ("checkpoint", "ckpt_path")}
+"""A key one app has that a user may carry to another: lsde-train's checkpoint to resume is ckpt_path; the
+checkpoint lsde-sample, -bench and -likelihood score is `checkpoint`."""
 
 
 def first_job(argv: list[str]) -> list[str] | None:

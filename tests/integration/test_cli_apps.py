@@ -538,6 +538,9 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
     assert "Did you mean 'samplers.ddim.steps'?" in override_error("bench", ["samplers.ddim.stepz=3"])
     assert "Did you mean 'nfe'?" in override_error("bench", ["nfee=3", "seeds.count=5"])
     assert "Did you mean" not in override_error("train", ["trainer.qqqqq=1"])  # nothing near: Hydra's advice alone
+    # one app's name for a checkpoint used with another
+    assert "Did you mean 'checkpoint'?" in override_error("sample", ["ckpt_path=/x.ckpt"])
+    assert "Did you mean 'ckpt_path'?" in override_error("train", ["checkpoint=/x.ckpt"])
     # a best checkpoint's name holds '=': Hydra's parse error alone named neither the argument nor the quoting
     assert override_error("bench", ["checkpoint=/runs/x/best-step=300.ckpt", "data=toy2d"]).endswith(
         "mismatched input '=' expecting <EOF>; quote a value that holds '=': \"checkpoint='/runs/x/best-step=300.ckpt'"
@@ -557,6 +560,9 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
     assert override_error("compare", ["seeds.count=5", "paths.root=/tmp/ünï"]).endswith(  # Hydra's lexer, no hint
         "LexerNoViableAltException: paths.root=/tmp/ünï ^; quote the value: \"paths.root='/tmp/ünï'\" (the double "
         "quotes for the shell)")
+    assert override_error("sample", ["checkpoint=/d/it's/x.ckpt"]) == (  # an apostrophe: single quotes cannot hold it
+        "config checkpoint: LexerNoViableAltException: checkpoint=/d/it's/x.ckpt ^; quote a value that holds \"'\" "
+        "with double quotes: \"checkpoint=\\\"/d/it's/x.ckpt\\\"\" (the outer double quotes for the shell)")
     assert override_error("sample", ["out=~/x"]).endswith(  # quoted, '~' would be refused in turn
         "'~' is not expanded here: give an absolute path, or 'out=${oc.env:HOME}/x' (the single quotes for the shell)")
     assert added_key_error("bench", ["+paths.rot=/tmp/x"]).startswith("paths.rot: lsde-bench's config has no such key")
