@@ -38,7 +38,7 @@ from lightning_sde.files import taking_turns, write_csv, write_text
 from lightning_sde.metrics.scorer import direction
 from lightning_sde.plotting import drawable
 from lightning_sde.plotting.style import natural
-from lightning_sde.plotting.sweeps import plot_metrics, plot_samples, timing_conditions, timing_note
+from lightning_sde.plotting.sweeps import code_versions, plot_metrics, plot_samples, timing_conditions, timing_note
 from lightning_sde.plotting.tables import text_table
 from lightning_sde.tracking import finish_wandb, wandb_disabled
 
@@ -163,9 +163,10 @@ def summary_table(rows: list[dict]) -> str:
     setup = ["setup_nfe"] if any(line["setup_nfe"] for line in ordered) else []  # only samplers that set up pay it
     chosen = ["selected"] if any(line["selected"] for line in ordered) else []
     setup_s = ["setup_wall_s"] if any(line["setup_wall_s"] for line in ordered) else []
-    levels, timing = interval_levels(rows), timing_note(cells(rows))
+    levels, timing, versions = interval_levels(rows), timing_note(cells(rows)), code_versions(cells(rows))
     return text_table(ordered, ["sampler", "budget", "nfe", *setup, *chosen, "wall_s", *setup_s, "samples_per_s",
-                                *metrics]) + f"\n({arrows}{levels}{'; ' + timing if timing else ''})"
+                                *metrics]) + (f"\n({arrows}{levels}{'; ' + timing if timing else ''}"
+                                              f"{'; values from ' + versions if versions else ''})")
 
 
 def terminal_table(view: list[dict], preferred) -> str:
@@ -319,6 +320,10 @@ def write_views(results: Path, out: Path, preferred) -> tuple[list[dict], dict]:
     if differ:
         log.warning("%s: the wall times shown were timed under differing conditions, so compare times only where alike "
                     "(the CSV has each row's): %s", results, "; ".join(differ))  # pragma: no mutate
+    versions = code_versions(cells(view))
+    if versions:
+        log.warning("%s: the values shown were computed by %s: where a sampler changed between them, its curve mixes "
+                    "both (the CSV's git_commit says which made each row)", results, versions)  # pragma: no mutate
     missing = SweepPlans(results).missing({cell_key_of(r["key"]) for r in rows})
     gap = ""
     if missing:  # a shard not run yet, killed or refused: say so rather than draw a partial curve as the sweep's

@@ -73,6 +73,25 @@ def test_the_time_views_say_when_a_files_times_were_measured_under_differing_con
     assert "timed under differing conditions" in " ".join(caption.split())
 
 
+def test_the_views_say_when_the_values_shown_were_computed_by_several_code_versions(tmp_path, caplog):
+    """A sweep extended after an update joined one code version's values and another's on one curve without a word
+    (a changed sampler's older budgets kept its old values); each row's git_commit said so in the CSV alone."""
+    from lightning_sde.plotting.sweeps import metrics_figure
+
+    (row,) = sweep(tmp_path, "batch_size=16")
+    later = {**row, "key": row["key"].replace('"nfe", 4', '"nfe", 8'), "requested": 8, "nfe": 8.0}
+    assert "code versions" not in views.summary_table([row, later])
+    updated = {**later, "git_commit": "0123456789abcdef0123456789abcdef01234567"}
+    commit = row["git_commit"][:12] + row["git_commit"][40:]  # -dirty kept
+    said = f"values from 2 code versions (0123456789ab: 1 cell; {commit}: 1 cell)"
+    assert said in views.summary_table([row, updated])
+    results = tmp_path / "mixed.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in (row, updated)))
+    views.report(results, tmp_path / "views")
+    assert "were computed by 2 code versions" in caplog.text
+    assert said in " ".join(metrics_figure([row, updated], [row, updated]).get_supxlabel().split())
+
+
 def test_set_up_nfe_and_time_are_recorded_apart_from_the_sampling_nfe(tmp_path, monkeypatch, capsys):
     import lightning_sde.exact as exact
     from lightning_sde.samplers import schedule
