@@ -13,7 +13,8 @@ chunk's seeds are split over the processes and rank 0 writes. Written to `out` (
                 value, as the FID code reads them; points: float32 (N, D)), `seeds`, and `labels` under guidance
   images/       one PNG per image sample, <seed>.png (png=false: none); exactly the seeds asked for
   preview.png   the first 64 images, or a scatter of the points' first two coordinates
-  summary.json  the settings (model, the sampler's full parameters, NFE, guidance), what grid=select chose, NFE, times
+  summary.json  the settings (model, the sampler's full parameters, NFE, guidance), what grid=select chose, NFE, times,
+                the code version of this run and how many seeds each code version drew (drawn_by)
 Each chunk (batch_size x processes seeds) is kept in out/chunks/ as soon as it is drawn: a killed run's rerun goes
 on from them, and a rerun with more seeds draws only the new ones (an adaptive solver's chunks are planned from
 seeds.start, so its samples do not depend on what the folder held). Output of other settings in `out` is refused at
@@ -240,6 +241,7 @@ def read_chunks(folder: Path, settings: dict, shape: tuple, dtype) -> list[dict]
                 nfe_max = float(chunk["nfe_max"]) if "nfe_max" in chunk.files else nfe  # (older chunks: their mean)
                 labels = chunk["labels"] if "labels" in chunk.files else None
                 theirs = str(chunk["settings"])
+                commit = str(chunk["git_commit"]) if "git_commit" in chunk.files else UNRECORDED
             if theirs != ours:
                 raise ValueError("drawn under other settings")
             if seeds.ndim != 1 or seeds.dtype.kind not in "iu":
@@ -255,8 +257,11 @@ def read_chunks(folder: Path, settings: dict, shape: tuple, dtype) -> list[dict]
             log.warning("%s: not a chunk of samples (%s: %s); its seeds are drawn again", path, type(err).__name__, err)
             continue
         found.append({"seeds": seeds.astype(np.int64), "samples": samples, "labels": labels, "nfe": nfe,
-                      "nfe_max": nfe_max})
+                      "nfe_max": nfe_max, "git_commit": commit})
     return found
+
+
+UNRECORDED = "unrecorded (drawn before chunks recorded it)"
 
 
 class Drawn:
@@ -269,10 +274,11 @@ class Drawn:
         self.samples = np.empty((n, *shape), dtype=dtype)
         self.labels = np.zeros(n, dtype=np.int64) if labelled else None
         self.nfe, self.nfe_max = np.zeros(n), np.zeros(n)
+        self.commits, self.commit = [], np.zeros(n, dtype=np.int32)  # the code version that drew each, an index
         self.count = 0
 
-    def put(self, seeds: np.ndarray, samples: np.ndarray, labels, nfe: float, nfe_max: float) -> None:
-        """A chunk's samples of `seeds`; those outside the range are left out."""
+    def put(self, seeds: np.ndarray, samples: np.ndarray, labels, nfe: float, nfe_max: float, commit: str) -> None:
+        """A chunk's samples of `seeds`, drawn by code version `commit`; those outside the range are left out."""
         inside = (seeds >= self.seeds.start) & (seeds < self.seeds.stop)
         index = seeds[inside] - self.seeds.start
         self.count += len(np.unique(index[~self.filled[index]]))
@@ -281,6 +287,14 @@ class Drawn:
         if self.labels is not None:
             self.labels[index] = np.asarray(labels)[inside]
         self.nfe[index], self.nfe_max[index] = nfe, nfe_max
+        if commit not in self.commits:
+            self.commits.append(commit)
+        self.commit[index] = self.commits.index(commit)
+
+    def drawn_by(self) -> dict[str, int]:
+        """{code version: how many of the seeds it drew} (of the filled seeds)."""
+        counts = np.bincount(self.commit[self.filled], minlength=len(self.commits))
+        return {commit: int(n) for commit, n in zip(self.commits, counts, strict=True) if n}
 
 
 def still_to_draw(found: list[dict], drawn: Drawn, chunk_size: int, batch_dependent: bool) -> list:
@@ -296,7 +310,8 @@ def still_to_draw(found: list[dict], drawn: Drawn, chunk_size: int, batch_depend
         whole = len(ids) > 0 and (int(ids[0]), len(ids)) in planned and bool((np.diff(ids) == 1).all())
         if batch_dependent and not whole:
             continue
-        drawn.put(ids, chunk["samples"], chunk["labels"], chunk["nfe"], chunk.get("nfe_max", chunk["nfe"]))
+        drawn.put(ids, chunk["samples"], chunk["labels"], chunk["nfe"], chunk.get("nfe_max", chunk["nfe"]),
+                  chunk.get("git_commit", UNRECORDED))
     if batch_dependent:
         return [part for part in plan if not drawn.filled[part.start - seeds.start]]
     if not drawn.count:
@@ -370,7 +385,7 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
     chunk_size = cfg.batch_size * world
     stored_dtype = np.dtype(np.uint8 if images else np.float32)
     check_memory(len(seeds), shape, stored_dtype.itemsize)
-    drawn, todo = None, None
+    drawn, todo, revision = None, None, source_revision()
     if rank == 0:
         found = read_chunks(chunks, settings, shape, stored_dtype)
         drawn = Drawn(seeds, shape, stored_dtype, labelled=settings["guidance"] is not None)
@@ -381,6 +396,13 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
         if drawn.count:
             log.info("%d of %d seeds drawn by an earlier run (%s): going on from there", drawn.count, len(seeds),
                      chunks)
+        other_code = {c: n for c, n in drawn.drawn_by().items() if c != revision}
+        if other_code and todo:
+            log.warning("%s seeds of %s were drawn by other code (%s) than this run's (%s): where the sampler or model "
+                        "code changed between them, the samples mix both (summary.json's drawn_by says which drew "
+                        "how many); give another out (name=...) to draw all of them with this code",
+                        sum(other_code.values()), out, ", ".join(f"{c}: {n}" for c, n in other_code.items()),
+                        revision)
     todo = broadcast_from_zero(todo)
     started, wall, setup_nfe, drawn_now, to_draw = time.monotonic(), 0.0, 0, 0, sum(len(p) for p in todo)
     for n, part in enumerate(todo):
@@ -406,12 +428,13 @@ def draw(cfg: DictConfig, sampler: Sampler, kind: str, target_id: str, settings:
         setup_nfe = max(setup_nfe, samples.setup_nfe)  # each chunk names the one pilot its samples rest on
         arrays = {"seeds": np.asarray(part, dtype=np.int64), "samples": stored(samples.x, images),
                   "nfe": np.float64(samples.nfe), "nfe_max": np.float64(max(samples.nfe_per_batch)),
-                  "settings": np.str_(settings_text(settings))}
+                  "settings": np.str_(settings_text(settings)), "git_commit": np.str_(revision)}
         if settings["guidance"] is not None:
             arrays["labels"] = seed_labels(part, cfg.labels, denoiser.num_classes).numpy()
         chunks.mkdir(parents=True, exist_ok=True)
         save_npz(chunks / f"seeds-{part[0]}-{part[-1]}.npz", **arrays)
-        drawn.put(arrays["seeds"], arrays["samples"], arrays.get("labels"), samples.nfe, float(arrays["nfe_max"]))
+        drawn.put(arrays["seeds"], arrays["samples"], arrays.get("labels"), samples.nfe, float(arrays["nfe_max"]),
+                  revision)
         drawn_now += len(part)
         log.info("%d of %d seeds drawn; ETA %s", drawn.count, len(seeds),
                  duration((time.monotonic() - started) / drawn_now * (to_draw - drawn_now)))
@@ -479,7 +502,8 @@ def finish(cfg, out: Path, drawn: Drawn, images: bool, settings: dict, wall: flo
                "selection": json.loads(json.dumps(selection, default=str)) if selection else None,
                "setup_nfe": setup_nfe, "wall_s_this_run": wall, "world_size_this_run": world,
                "gaussian_start_left_out": start_left_out,  # what ran where the settings say otherwise
-               "samples": "samples.npz", "images": "images/" if pngs else None, "git_commit": source_revision()}
+               "samples": "samples.npz", "images": "images/" if pngs else None, "git_commit": source_revision(),
+               "drawn_by": drawn.drawn_by()}  # {code version: its seeds}: several where an update came between runs
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     model = cfg.checkpoint or f"the exact {cfg.problem._target_.rsplit('.', 1)[-1]}"
     chose = f" ({selection['choice']}, chosen on its pilot)" if selection else ""

@@ -93,6 +93,25 @@ def test_a_killed_or_extended_run_goes_on_from_its_chunks_and_other_settings_are
     assert proc.returncode == 0 and "500 of 500 seeds drawn by an earlier run" in proc.stdout, proc.stderr[-2000:]
 
 
+def test_an_extension_by_other_code_is_said_and_the_summary_counts_each_code_versions_seeds(tmp_path):
+    """Extended after an update, a folder's summary.json named the newest commit for all its seeds: the older ones,
+    drawn by other code, were not reproducible from it."""
+    out = tmp_path / "s"
+    common = ["sampler=ddim", "nfe=8", "batch_size=100"]
+    assert lsde_sample(out, *common, "seeds.count=200").returncode == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["drawn_by"] == {summary["git_commit"]: 200}
+    with np.load(out / "chunks" / "seeds-0-99.npz", allow_pickle=False) as f:
+        chunk = {k: f[k] for k in f.files}
+    assert str(chunk["git_commit"]) == summary["git_commit"]
+    np.savez(out / "chunks" / "seeds-0-99.npz", **{**chunk, "git_commit": np.str_("0123abc")})  # an older version's
+    proc = lsde_sample(out, *common, "seeds.count=300")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"100 seeds of {out} were drawn by other code (0123abc: 100) than this run's" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["drawn_by"] == {"0123abc": 100, summary["git_commit"]: 200}
+
+
 def test_an_adaptive_solvers_samples_do_not_depend_on_what_the_folder_held(tmp_path):
     """Its steps are shared by a batch: the chunks are planned from seeds.start whatever was drawn before (an extended
     run batched the missing seeds from the first missing one: seeds 200-249 moved by up to 2.2)."""
