@@ -57,7 +57,7 @@ from lightning_sde.targets import (
     load_target,
     target_kind,
 )
-from lightning_sde.tracking import Progress
+from lightning_sde.tracking import Progress, source_revision
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +130,22 @@ def check_probes_used(cfg: DictConfig, why: str) -> None:
 
 def settings(cfg: DictConfig, target_id: str) -> dict:
     """What a result of this app is of: the target (and its data) and every setting that changes the numbers. The
-    model's own eps, given or not, is recorded as no eps (as results from before the option)."""
+    model's own eps, given or not, is recorded as no eps (as results from before the option). An adaptive solve's steps
+    are its batch's (a sample's value moves within the tolerance with the batch it is solved in), so its batch size
+    and processes are settings too."""
     eps = cfg.get("eps")
     own_eps = eps is None or eps == getattr(model_sde(cfg), "eps", None)
     return {"target_id": target_id, **{k: ode_settings(OmegaConf.to_container(cfg[k])) if k == "ode" else cfg[k]
                                         for k in ("n", "divergence", "exact_max_dim", "probes", "probe", "ode", "seed",
                                                   "dtype")},
-            **({} if own_eps else {"eps": eps})}
+            **({} if own_eps else {"eps": eps}), **batch_settings(cfg)}
+
+
+def batch_settings(cfg: DictConfig) -> dict:
+    """An adaptive solve's batch size and processes; {} for a fixed-step one (each sample's value its own)."""
+    if cfg.ode.method not in ADAPTIVE_METHODS:
+        return {}
+    return {"batch_size": int(cfg.batch_size), "world_size": int(cfg.ddp.devices) * int(cfg.ddp.num_nodes)}
 
 
 def ode_settings(ode) -> dict:
@@ -175,6 +184,8 @@ def check_out(cfg: DictConfig, target_id: str) -> None:
             before = {**before, "ode": ode_settings(before.get("ode"))}
             if "eps" in before and before["eps"] == getattr(model_sde(cfg), "eps", None):
                 before.pop("eps")  # the model's own, recorded before it was recorded as no eps
+            if "batch_size" not in before:  # recorded before the batch was a setting: taken as this run's
+                before.update(batch_settings(cfg))
         except (OSError, ValueError, AttributeError, TypeError):
             before = None
         if before != settings(cfg, target_id):
@@ -354,7 +365,7 @@ def write(cfg, target_id, rows, dim, divergence, offset, world, eps: float, earl
         "mean_hutchinson_se": (float(torch.tensor([r["logp_se"] for r in rows], dtype=torch.float64).mean())
                                if divergence == "hutchinson" and cfg.probes > 1 else None),
         "world_size_this_run": world, "n_from_earlier_runs": earlier, "settings": settings(cfg, target_id),
-        "eps": eps,
+        "eps": eps, "batch_size": int(cfg.batch_size), "device": str(cfg.device), "git_commit": source_revision(),
     }
     if "true_logp" in rows[0]:
         err = torch.tensor([r["logp"] - r["true_logp"] for r in rows], dtype=torch.float64)

@@ -290,3 +290,32 @@ def test_the_summary_records_the_ode_settings_the_solve_used(tmp_path):
                                                "~ode.atol", "~ode.error_norm"])
     summary = run(cfg)
     assert summary["ode"] == summary["settings"]["ode"] == {"method": "rk4", "steps": 100}
+
+
+def test_an_adaptive_solves_batch_is_a_setting_and_the_summary_names_the_code(tmp_path):
+    """A rerun at another batch_size replaced the result with other values (an adaptive solve's steps are its batch's:
+    0.02 nats apart) under identical settings, and the summary named no code version."""
+    import json
+
+    from lightning_sde.cli.likelihood import run
+
+    def config(out, *overrides):
+        with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+            return compose("likelihood", overrides=[f"out={tmp_path}/{out}", "n=12", *overrides])
+
+    first = run(config("a", "batch_size=12"))
+    assert first["settings"]["batch_size"] == 12 and first["settings"]["world_size"] == 1
+    assert first["batch_size"] == 12 and first["git_commit"] and first["device"] == "cpu"
+    smaller = run(config("b", "batch_size=5"))
+    assert smaller["mean_logp"] != first["mean_logp"]  # what made the batch a setting
+    with pytest.raises(ValueError, match=r"holds the result of other settings"):
+        validate(config("a", "batch_size=5"))
+    summary_path = tmp_path / "a" / "summary.json"  # a result from before the batch was recorded: this run's
+    old = {k: v for k, v in first["settings"].items() if k not in ("batch_size", "world_size")}
+    summary_path.write_text(json.dumps({"settings": old}))
+    validate(config("a", "batch_size=5"))
+    fixed = ["ode.method=rk4", "ode.steps=20", "~ode.rtol", "~ode.atol", "~ode.error_norm"]
+    rk4 = run(config("c", "batch_size=12", *fixed))  # fixed steps: each sample's value its own, whatever the batch
+    assert "batch_size" not in rk4["settings"]
+    validate(config("c", "batch_size=5", *fixed))
+    assert run(config("d", "batch_size=5", *fixed))["mean_logp"] == rk4["mean_logp"]
