@@ -88,6 +88,17 @@ def checkpoint_tag(path: Path) -> str:
     return run if path.name == "last.ckpt" else f"{run}_{path.stem}"
 
 
+def checkpoint_identity(checkpoint: str) -> str:
+    """What a figure was drawn from, for its metadata and log: a checkpoint's path, step and content hash (last.ckpt is
+    overwritten as training goes on), or a diffusers model's spec."""
+    if is_diffusers_spec(checkpoint):
+        return checkpoint
+    from lightning_sde.loading import file_sha256
+
+    path = Path(checkpoint).resolve()
+    return f"{path} (step {read_checkpoint(path).get('global_step')}, sha256 {file_sha256(path)[:16]})"
+
+
 def trained_distribution(checkpoint: str) -> tuple[str | None, GaussianMixture | None]:
     """The checkpoint's training data by name and, where that is an exact mixture (toy data), the mixture with the
     data's parameters; (None, None) where the checkpoint does not say (diffusers, no data config)."""
@@ -123,6 +134,8 @@ def run_app(cfg: DictConfig) -> None:
             mixture = None
         source = (cfg.checkpoint.rstrip("/").rsplit("/", 1)[-1] if is_diffusers_spec(cfg.checkpoint)
                   else checkpoint_tag(Path(cfg.checkpoint)))
+        drawn_from = checkpoint_identity(cfg.checkpoint)
+        log.info("drawing from %s", drawn_from)
         tag = f"{denoiser.sde.name}_{source}".replace("#", "_")
         if cfg.get("guidance") is not None:
             if denoiser.num_classes is None:
@@ -140,6 +153,7 @@ def run_app(cfg: DictConfig) -> None:
             raise ValueError(f"config problem: figures need a 1-D or 2-D mixture; {problem!r} has dim {mixture.dim}")
         denoiser = mixture.denoiser(sde_from_config(plain(cfg.sde)))
         tag = f"{denoiser.sde.name}_{problem}"
+        drawn_from = f"the exact {problem} under the {denoiser.sde.name} SDE"
     out = Path(cfg.out)
     written, skipped = [], []
     for name in figures:
@@ -153,19 +167,19 @@ def run_app(cfg: DictConfig) -> None:
                                    model=denoiser if cfg.checkpoint else None)
             else:
                 fig = schematic_2d(mixture, denoiser.sde, cfg.paths_per_figure, cfg.seed)
-            written += save(fig, out, f"schematic_{tag}", cfg.formats)
+            written += save(fig, out, f"schematic_{tag}", cfg.formats, drawn_from)
         elif name == "trajectories":
             if len(denoiser.shape) != 1 or denoiser.shape[0] > 2:
                 skipped.append("trajectories are drawn for 1-D and 2-D data only")
                 log.warning("%s: skipped", skipped[-1])
                 continue
             written += save(trajectories_figure(denoiser, mixture, cfg.paths_per_figure, cfg.seed), out,
-                            f"trajectories_{tag}", cfg.formats)
+                            f"trajectories_{tag}", cfg.formats, drawn_from)
         elif name == "schedules":
-            written += save(schedules_figure(denoiser.sde), out, "noise_schedules", cfg.formats)
+            written += save(schedules_figure(denoiser.sde), out, "noise_schedules", cfg.formats, drawn_from)
         else:
             fig = interpolation_figure(denoiser, mixture, cfg.interpolation.seeds, cfg.interpolation.n)
-            written += save(fig, out, f"interpolation_{tag}", cfg.formats)
+            written += save(fig, out, f"interpolation_{tag}", cfg.formats, drawn_from)
     if not written:  # a script would take an exit 0 for the figures it asked for
         raise ValueError(f"config figures: none of {figures} can be drawn for this target: {'; '.join(skipped)}")
     for path in written:

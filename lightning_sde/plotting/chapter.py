@@ -32,10 +32,16 @@ FIGURES = ("schematic", "trajectories", "schedules", "interpolation")
 SDE_COLORS = {"ve": "tab:red", "vp": "tab:blue", "subvp": "tab:green"}
 
 
-def save(fig, out: Path, name: str, formats) -> list[Path]:
+METADATA_KEY = {"png": "Description", "svg": "Description", "pdf": "Subject"}  # a free-text field each format has
+
+
+def save(fig, out: Path, name: str, formats, source: str | None = None) -> list[Path]:
+    """The figure as out/<name>.<format> for each format; `source` (what it was drawn from: a checkpoint's path, step
+    and content hash) in the file's metadata."""
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return [save_atomically(fig, out / f"{name}.{fmt}", dpi=150, close=False, bbox_inches="tight")
+        return [save_atomically(fig, out / f"{name}.{fmt}", dpi=150, close=False, bbox_inches="tight",
+                                metadata={METADATA_KEY[fmt]: source} if source else None)
                 for fmt in formats]
     finally:
         plt.close(fig)

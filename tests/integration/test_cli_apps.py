@@ -128,7 +128,15 @@ def test_figures_of_a_checkpoint_draw_its_own_datas_density_and_refuse_another_p
     assert proc.returncode == 0 and len(own) == 1, proc.stderr[-2000:]
     proc = _cli("lightning_sde.cli.figures", *common[1:], "problem=eight_gaussians", f"out={tmp_path}/exact")
     exact = tmp_path / "exact" / "schematic_vp_eight_gaussians.png"
-    assert own[0].read_bytes() == exact.read_bytes(), proc.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(own[0]) as a, Image.open(exact) as b:
+        assert a.tobytes() == b.tobytes(), proc.stderr[-2000:]
+        # what each was drawn from: last.ckpt is overwritten as training goes on, its step and content say which
+        from lightning_sde.loading import file_sha256
+
+        assert a.info["Description"] == f"{Path(eight).resolve()} (step 1, sha256 {file_sha256(eight)[:16]})"
+        assert b.info["Description"] == "the exact eight_gaussians under the vp SDE"
     proc = _cli("lightning_sde.cli.figures", f"checkpoint={rm}", *common[1:], f"out={tmp_path}/rm")  # 3-D: no density
     assert "schematic needs the exact mixture: skipped" in proc.stdout, proc.stderr[-2000:]
     assert proc.returncode == 1 and "config figures: none of ['schematic'] can be drawn for this target: schematic " \
