@@ -46,11 +46,14 @@ def decode(denoiser, z: Tensor, options: ODEOptions | None = None) -> Tensor:
 
 
 def slerp(z0: Tensor, z1: Tensor, n: int) -> Tensor:
-    """n points on the great circle from z0 to z1 (spherical interpolation, each sample flattened): (n, *z0.shape).
+    """n points on the great circle from latent z0 to latent z1, each one sample (of the model's sample shape, no batch
+    axis: a batch would be taken as one vector; interpolate pair by pair): (n, *z0.shape).
 
     Latents of a Gaussian prior concentrate on a sphere; linear interpolation would pass through its low-norm
     interior, which the prior never produces. One-dimensional latents have no sphere: they interpolate linearly.
     Antipodal latents (angle pi) lie on many great circles, none of them the one: refused."""
+    if z0.shape != z1.shape:
+        raise ValueError(f"slerp: latents of shapes {tuple(z0.shape)} and {tuple(z1.shape)}; both must be one sample's")
     a, b = z0.reshape(-1).double(), z1.reshape(-1).double()
     if a.numel() > 1 and not (a.isfinite().all() and b.isfinite().all() and a.norm() > 0 and b.norm() > 0):
         raise ValueError("slerp: a latent of norm 0 (or not finite) has no direction to interpolate along")

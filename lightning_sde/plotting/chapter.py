@@ -222,10 +222,14 @@ def interpolation_figure(denoiser, mixture, seeds, n: int):
     if denoiser.shape[0] == 2:
         if mixture is not None:
             _density_2d(ax, mixture)
-        ax.plot(path[:, 0], path[:, 1], color="tab:gray", ls="--", lw=1, label="latents $x_T$ (slerp)")
+        # a prior wider than the data's frame (VE: sigma_max 50) puts the latents outside it: drawn scaled to unit std
+        scale = sde.prior_std if sde.prior_std > 2 else 1.0
+        shown = path.float() / scale
+        label = "latents $x_T$ (slerp)" if scale == 1 else f"latents $x_T / {scale:g}$ (slerp; prior std {scale:g})"
+        ax.plot(shown[:, 0], shown[:, 1], color="tab:gray", ls="--", lw=1, label=label)
         ax.plot(x[:, 0], x[:, 1], color="tab:orange", lw=1, zorder=1, label="decoded $x_0$")
         ax.scatter(x[:, 0], x[:, 1], c=w, cmap="viridis", s=25, zorder=2)
-        ax.scatter(path[:, 0], path[:, 1], c=w, cmap="viridis", s=10, marker="x")
+        ax.scatter(shown[:, 0], shown[:, 1], c=w, cmap="viridis", s=10, marker="x")
         ax.legend(loc="upper right", fontsize=8)
         ax.set(xlim=(-6, 6), ylim=(-6, 6), aspect="equal")
     else:

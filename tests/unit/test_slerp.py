@@ -84,3 +84,29 @@ def test_one_dimensional_latents_interpolate_linearly():
     values near 1e15 (the interpolation figure of a 1-D mixture). A 1-D line is what a 1-D prior has."""
     path = slerp(torch.tensor([0.8], dtype=torch.float64), torch.tensor([-1.2], dtype=torch.float64), 5)
     torch.testing.assert_close(path[:, 0], torch.tensor([0.8, 0.3, -0.2, -0.7, -1.2], dtype=torch.float64))
+
+
+def test_latents_of_different_shapes_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"slerp: latents of shapes \(2,\) and \(3,\); both must be one sample's"):
+        slerp(torch.ones(2), torch.ones(3), 4)
+
+
+def test_the_interpolation_figure_draws_a_wide_priors_latents_inside_its_frame():
+    """Under VE (prior std 50) the latents were drawn at about +-77, outside the +-6 frame, while the legend named
+    them: they are drawn divided by the prior std, and the legend says so."""
+    import matplotlib.pyplot as plt
+
+    from lightning_sde.exact import eight_gaussians
+    from lightning_sde.plotting.chapter import interpolation_figure
+    from lightning_sde.sde import VESDE, VPSDE
+
+    for sde, label in ((VESDE(), "latents $x_T / 50$ (slerp; prior std 50)"), (VPSDE(), "latents $x_T$ (slerp)")):
+        mixture = eight_gaussians()
+        fig = interpolation_figure(mixture.denoiser(sde), mixture, [0, 7], 5)
+        ax = fig.axes[0]
+        latents = next(line for line in ax.get_lines() if line.get_label() == label)
+        x0, x1 = ax.get_xlim()
+        y0, y1 = ax.get_ylim()
+        xs, ys = latents.get_xdata(), latents.get_ydata()
+        assert ((x0 < xs) & (xs < x1) & (y0 < ys) & (ys < y1)).all(), (sde, xs, ys)
+        plt.close(fig)
