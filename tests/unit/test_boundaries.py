@@ -172,6 +172,10 @@ def test_a_discrete_schedule_refuses_times_below_its_first_timestep_and_a_table_
                                          r"timesteps; got eps=0.0001$"):
         DiscreteVPSDE(cumprod, eps=1e-4)
     assert torch.isfinite(DiscreteVPSDE(cumprod, eps=2e-3).sigma(torch.tensor(2e-3)))
+    # with_eps (lsde-likelihood's eps=) checks as the constructor does, 1/N included
+    assert DiscreteVPSDE(cumprod, eps=0.5).with_eps(1e-3).eps == 1e-3
+    with pytest.raises(ValueError, match=r"^DiscreteVPSDE: eps must lie in \[0.001, T = 1\); got 0.0009$"):
+        DiscreteVPSDE(cumprod).with_eps(9e-4)
     with pytest.raises(ValueError, match=r"^alphas_cumprod must be one schedule \(N,\); got shape \(2, 2\)$"):
         DiscreteVPSDE([[0.9, 0.8], [0.7, 0.6]])
 

@@ -49,6 +49,12 @@ def test_sampling_moments():
     se = (cov.diagonal().max() / 400_000).sqrt()
     torch.testing.assert_close(x.mean(0), mean, rtol=0, atol=5 * se.item())
     torch.testing.assert_close(torch.cov(x.T), cov, rtol=0, atol=0.05 * cov.abs().max().item())
+    # a component's own covariance, along each of its axes (the mixture's spread of means dwarfs it above)
+    axes, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    variances = torch.tensor([0.01, 0.25, 1.0], dtype=torch.float64)
+    one = GaussianMixture(torch.zeros(1, 3), covs=((axes * variances) @ axes.T)[None])
+    along = one.sample(200_000, torch.Generator().manual_seed(0)) @ axes
+    torch.testing.assert_close(along.var(0), variances, rtol=0.02, atol=0)  # SE of a variance: sqrt(2 / n) = 0.3 %
 
 
 def test_single_gaussian_posterior_mean(sde):

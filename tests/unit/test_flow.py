@@ -76,6 +76,26 @@ def test_encode_is_the_closed_form_flow_of_a_gaussian_and_decode_inverts_it():
     assert (roundtrip - x).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun3", "rk4"])
+def test_a_fixed_grid_flow_takes_the_steps_asked_for_and_converges_at_its_order(method):
+    """encode through a fixed grid costs steps x the method's stages, and its error against the closed-form flow of a
+    Gaussian falls as steps^-order (a grid of one step fewer than asked kept the NFE rule's count unseen)."""
+    from lightning_sde.probability_flow import FIXED_METHODS
+
+    sde = build_sde("vp")
+    gauss, x, expected = gaussian_and_its_flow(sde)
+    steps, errors = torch.tensor([16.0, 32.0, 64.0, 128.0], dtype=torch.float64), []
+    for n in steps.int().tolist():
+        den = gauss.denoiser(sde)
+        z = encode(den, x, ODEOptions(method, steps=n))
+        assert den.nfe == FIXED_METHODS[method] * n
+        errors.append(float((z - expected).abs().max()))
+    log_n, log_err = steps.log(), torch.tensor(errors, dtype=torch.float64).log()
+    slope = -((log_n - log_n.mean()) * (log_err - log_err.mean())).sum() / ((log_n - log_n.mean()) ** 2).sum()
+    order = {"euler": 1, "midpoint": 2, "heun3": 3, "rk4": 4}[method]  # fitted: 1.03, 1.81, 2.79, 4.07
+    assert float(slope) == pytest.approx(order, abs=0.4), errors
+
+
 def test_slerp_keeps_the_norm_of_equal_norm_latents_and_hits_both_ends():
     g = torch.Generator().manual_seed(0)
     z0, z1 = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)

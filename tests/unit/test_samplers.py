@@ -23,6 +23,8 @@ NFE_RULES = [
     ("heun", {"steps": 7}, 2 * 7),
     ("ode", {"method": "euler", "steps": 7}, 7),
     ("ode", {"method": "midpoint", "steps": 7}, 2 * 7),
+    ("ode", {"method": "heun2", "steps": 7}, 2 * 7),
+    ("ode", {"method": "heun3", "steps": 7}, 3 * 7),
     ("ode", {"method": "rk4", "steps": 7}, 4 * 7),
 ]
 
