@@ -9,6 +9,7 @@ import functools
 import importlib
 import re
 import sys
+from pathlib import Path
 
 from lightning_sde.cli.help import print_help_if_asked
 
@@ -62,32 +63,46 @@ def override_error(app: str, argv: list[str]) -> str | None:
                                       "as a new key use ", 1)
         for first, arg in swept.items():
             message = message.replace(first, arg)
-        equals = [arg.split("=", 1) for arg in argv if "=" in arg.split("=", 1)[-1] and "'" not in arg]
+        equals = [arg.split("=", 1) for arg in argv if "=" in arg.split("=", 1)[-1] and quotable(arg)]
         if "mismatched input '='" in message and equals:  # a path such as best-step=300.ckpt
-            key, value = equals[0]
-            message += f"; quote a value that holds '=': \"{key}='{value}'\" (the double quotes for the shell)"
+            message += f"; quote a value that holds '=': {quoted(*equals[0])}"
         token = re.search(r"mismatched input '(.+?)' expecting", message)
         holding = token and token.group(1).strip() and [
-            arg.split("=", 1) for arg in argv if "=" in arg and "'" not in arg and not parses(arg)
+            arg.split("=", 1) for arg in argv if "=" in arg and quotable(arg) and not parses(arg)
             and token.group(1).strip() in arg.split("=", 1)[1] and not arg.split("=", 1)[1].startswith(("[", "{"))]
         if holding and "mismatched input '='" not in message:  # a path such as "Dropbox (Personal)" or a[1]
-            key, value = holding[0]
-            message = (f"config {key}: {message}; quote a value that holds {token.group(1).strip()!r}: "
-                       f"\"{key}='{value}'\" (the double quotes for the shell)")
-        lexed = [arg.split("=", 1) for arg in argv if "=" in arg and "'" not in arg and f"{arg} ^" in message]
-        apostrophe = [arg.split("=", 1) for arg in argv if "=" in arg and "'" in arg.split("=", 1)[1]
-                      and '"' not in arg and not arg.split("=", 1)[1].startswith("'") and f"{arg} ^" in message]
-        if "LexerNoViableAltException" in message and apostrophe:  # a path such as /data/it's
-            key, value = apostrophe[0]
-            message = (f"config {key}: {message}; quote a value that holds \"'\" with double quotes: "
-                       f"\"{key}=\\\"{value}\\\"\" (the outer double quotes for the shell)")
-        elif "LexerNoViableAltException" in message and lexed:  # e.g. a path of non-ASCII letters, or ~
+            message = (f"config {holding[0][0]}: {message}; quote a value that holds {token.group(1).strip()!r}: "
+                       f"{quoted(*holding[0])}")
+        lexed = [arg.split("=", 1) for arg in argv if "=" in arg and quotable(arg) and f"{arg} ^" in message]
+        if "LexerNoViableAltException" in message and lexed:  # e.g. a path of non-ASCII letters, ~, or it's
             key, value = lexed[0]
-            message += (f"; '~' is not expanded here: give an absolute path, or '{key}=${{oc.env:HOME}}{value[1:]}' "
-                        "(the single quotes for the shell)" if value.startswith("~") else
-                        f"; quote the value: \"{key}='{value}'\" (the double quotes for the shell)")
+            if value.startswith("~") and "'" in value:  # the home folder written out: ${...} would need escaping too
+                message += (f"; '~' is not expanded here: give an absolute path, and double quotes around a value that "
+                            f"holds \"'\": {quoted(key, str(Path.home()) + value[1:])}")
+            elif value.startswith("~"):
+                message += (f"; '~' is not expanded here: give an absolute path, or "
+                            f"'{key}=${{oc.env:HOME}}{value[1:]}' (the single quotes for the shell)")
+            elif "'" in value:
+                message = (f"config {key}: {message}; quote a value that holds \"'\" with double quotes: "
+                           f"{quoted(key, value)}")
+            else:
+                message += f"; quote the value: {quoted(key, value)}"
         return message
     return other_jobs_error(app, argv, given, set(cfg.hydra.runtime.choices)) if multirun else folder_error(app, cfg)
+
+
+def quotable(arg: str) -> bool:
+    """An override whose value quoting would mend: not quoted already, and not holding both kinds of quote."""
+    value = arg.split("=", 1)[-1]
+    return not value.startswith(("'", '"')) and not ("'" in value and '"' in value)
+
+
+def quoted(key: str, value: str) -> str:
+    """key=value as Hydra reads a string, for the shell: single quotes inside double ones, or escaped double quotes
+    where the value holds an apostrophe."""
+    if "'" in value:
+        return f"\"{key}=\\\"{value}\\\"\" (the outer double quotes for the shell)"
+    return f"\"{key}='{value}'\" (the double quotes for the shell)"
 
 
 def other_jobs_error(app: str, first: list[str], given: list[str], groups: set, most: int = 20) -> str | None:

@@ -99,6 +99,12 @@ def checkpoint_identity(checkpoint: str) -> str:
     return f"{path} (step {read_checkpoint(path).get('global_step')}, sha256 {file_sha256(path)[:16]})"
 
 
+def arguments(node) -> str:
+    """A config node's values besides its _target_, as "(k=v, ...)"; "" where it has none."""
+    values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+    return f" ({', '.join(f'{k}={v}' for k, v in values.items())})" if values else ""
+
+
 def trained_distribution(checkpoint: str) -> tuple[str | None, GaussianMixture | None]:
     """The checkpoint's training data by name and, where that is an exact mixture (toy data), the mixture with the
     data's parameters; (None, None) where the checkpoint does not say (diffusers, no data config)."""
@@ -121,8 +127,12 @@ def run_app(cfg: DictConfig) -> None:
         if overridden("sde"):
             raise ValueError("config checkpoint/sde: both set; a checkpoint's figures use the SDE it was trained "
                              "with (sde=<name> goes with an exact problem)")
+        drawn_from = checkpoint_identity(cfg.checkpoint)
         denoiser = checked("checkpoint", load_denoiser, cfg.checkpoint, map_location="cpu")
         trained_on, own = trained_distribution(cfg.checkpoint)
+        if checkpoint_identity(cfg.checkpoint) != drawn_from:  # the figures would name another file than they drew
+            raise ValueError(f"config checkpoint: {cfg.checkpoint} changed while it was read (a training run saving "
+                             "it?); run again, or copy it first")
         if trained_on is not None:  # the exact density only where it is the model's data
             asked = cfg.problem._target_.rsplit(".", 1)[-1] if mixture is not None else None
             if overridden("problem") and asked != trained_on:
@@ -134,8 +144,6 @@ def run_app(cfg: DictConfig) -> None:
             mixture = None
         source = (cfg.checkpoint.rstrip("/").rsplit("/", 1)[-1] if is_diffusers_spec(cfg.checkpoint)
                   else checkpoint_tag(Path(cfg.checkpoint)))
-        drawn_from = checkpoint_identity(cfg.checkpoint)
-        log.info("drawing from %s", drawn_from)
         tag = f"{denoiser.sde.name}_{source}".replace("#", "_")
         if cfg.get("guidance") is not None:
             if denoiser.num_classes is None:
@@ -153,7 +161,9 @@ def run_app(cfg: DictConfig) -> None:
             raise ValueError(f"config problem: figures need a 1-D or 2-D mixture; {problem!r} has dim {mixture.dim}")
         denoiser = mixture.denoiser(sde_from_config(plain(cfg.sde)))
         tag = f"{denoiser.sde.name}_{problem}"
-        drawn_from = f"the exact {problem} under the {denoiser.sde.name} SDE"
+        drawn_from = (f"the exact {problem}{arguments(cfg.problem)} under the {denoiser.sde.name} SDE"
+                      f"{arguments(cfg.sde)}")
+    log.info("drawing from %s", drawn_from)
     out = Path(cfg.out)
     written, skipped = [], []
     for name in figures:

@@ -96,36 +96,37 @@ def fetch(name: str, root, timeout: float | None = 60.0) -> Path:
     root = Path(root).expanduser()
     if is_available(name, root):
         return root
-    existed = _existing_folders(root)
+    existed = None
     try:
+        existed = _existing_folders(root, SPECS[name].folder)
         root.mkdir(parents=True, exist_ok=True)
         with socket_timeout(timeout):
             _dataset(name, root, train=True, download=True)
             _dataset(name, root, train=False, download=True)
     except Exception as err:  # URLError, socket errors, torchvision's own RuntimeError after trying its mirrors
-        _remove_empty_new_folders(root, existed)
+        if existed is not None:
+            _remove_empty_new_folders(root, SPECS[name].folder, existed)
         detail = " ".join(str(err).split())[:300]
         raise missing_error(name, root, f"downloading it failed ({type(err).__name__}: {detail})") from err
     return root
 
 
-def _existing_folders(root: Path) -> set[Path]:
-    """root, its ancestors and the folders under it, as they are before a download."""
+def _existing_folders(root: Path, folder: str) -> set[Path]:
+    """The folders a download may make that are there before it: root, its ancestors, and those under root/<folder>
+    (the dataset's own: a shared root holding other data sets is not walked)."""
     found = {p for p in (root, *root.parents) if p.is_dir()}
-    if root.is_dir():
-        found.update(Path(top) for top, _, _ in os.walk(root))
+    found.update(Path(top) for top, _, _ in os.walk(root / folder))
     return found
 
 
-def _remove_empty_new_folders(root: Path, existed: set[Path]) -> None:
+def _remove_empty_new_folders(root: Path, folder: str, existed: set[Path]) -> None:
     """A failed download leaves no empty folders it made (root/MNIST/raw with nothing in it): what a user sees after
     it is what was there before, or the part of a download it got."""
-    made = [Path(top) for top, _, _ in os.walk(root, topdown=False)]
-    made += [p for p in root.parents if p not in existed]
-    for folder in made:
-        if folder not in existed:
+    made = [Path(top) for top, _, _ in os.walk(root / folder, topdown=False)] + [root, *root.parents]
+    for path in made:
+        if path not in existed:
             with contextlib.suppress(OSError):  # not empty (a partial download stays), or not ours to remove
-                folder.rmdir()
+                path.rmdir()
 
 
 def load_levels(name: str, root, train: bool, with_labels: bool = False):

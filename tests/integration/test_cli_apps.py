@@ -136,7 +136,8 @@ def test_figures_of_a_checkpoint_draw_its_own_datas_density_and_refuse_another_p
         from lightning_sde.loading import file_sha256
 
         assert a.info["Description"] == f"{Path(eight).resolve()} (step 1, sha256 {file_sha256(eight)[:16]})"
-        assert b.info["Description"] == "the exact eight_gaussians under the vp SDE"
+        assert b.info["Description"] == "the exact eight_gaussians under the vp SDE (beta_min=0.1, beta_max=20.0, " \
+            "eps=0.001)"
     proc = _cli("lightning_sde.cli.figures", f"checkpoint={rm}", *common[1:], f"out={tmp_path}/rm")  # 3-D: no density
     assert "schematic needs the exact mixture: skipped" in proc.stdout, proc.stderr[-2000:]
     assert proc.returncode == 1 and "config figures: none of ['schematic'] can be drawn for this target: schematic " \
@@ -571,6 +572,11 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
     assert override_error("sample", ["checkpoint=/d/it's/x.ckpt"]) == (  # an apostrophe: single quotes cannot hold it
         "config checkpoint: LexerNoViableAltException: checkpoint=/d/it's/x.ckpt ^; quote a value that holds \"'\" "
         "with double quotes: \"checkpoint=\\\"/d/it's/x.ckpt\\\"\" (the outer double quotes for the shell)")
+    assert override_error("sample", ["checkpoint=/d/a=b/it's"]).endswith(  # '=' and an apostrophe
+        "quote a value that holds '=': \"checkpoint=\\\"/d/a=b/it's\\\"\" (the outer double quotes for the shell)")
+    assert override_error("sample", ["out=~/it's"]).endswith(  # quoted, '~' stays unexpanded: the home written out
+        f"give an absolute path, and double quotes around a value that holds \"'\": \"out=\\\"{Path.home()}/it's\\\"\" "
+        "(the outer double quotes for the shell)")
     assert override_error("sample", ["out=~/x"]).endswith(  # quoted, '~' would be refused in turn
         "'~' is not expanded here: give an absolute path, or 'out=${oc.env:HOME}/x' (the single quotes for the shell)")
     assert added_key_error("bench", ["+paths.rot=/tmp/x"]).startswith("paths.rot: lsde-bench's config has no such key")

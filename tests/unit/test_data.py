@@ -239,6 +239,11 @@ def test_torchvision_download_failure_names_dataset_root_and_command(tmp_path):
     assert f"lsde-prepare mnist --root {root}" in message
     assert "downloading it failed" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]  # the empty folders it made (data/MNIST/raw) removed
+    (tmp_path / "kept" / "MNIST" / "mine").mkdir(parents=True)  # empty folders that were there before are kept
+    with pytest.raises(FileNotFoundError, match="downloading it failed"):
+        MNISTDataModule(root=str(tmp_path / "kept"), batch_size=8, download_timeout=2).prepare_data()
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*"))] == \
+        ["kept", "kept/MNIST", "kept/MNIST/mine"]
 
 
 def test_torchvision_without_download_or_setup_fails_at_once(tmp_path):
