@@ -141,6 +141,10 @@ def markdown(rows: list[dict]) -> str:
         out += ["What `grid=select` chose on its pilot:", ""]
         out += [f"- {sampler} at {budget}: {choice}" for (sampler, budget), choice in sorted(
             chosen.items(), key=lambda item: (natural(item[0][0]), item[0][1]))] + [""]
+    versions = code_versions(rows)
+    if versions:
+        out += [f"Values from {versions}: where a sampler changed between them, its values mix both (the CSV's "
+                "git_commit says which made each row).", ""]
     return "\n".join(out)
 
 
@@ -163,7 +167,7 @@ def summary_table(rows: list[dict]) -> str:
     setup = ["setup_nfe"] if any(line["setup_nfe"] for line in ordered) else []  # only samplers that set up pay it
     chosen = ["selected"] if any(line["selected"] for line in ordered) else []
     setup_s = ["setup_wall_s"] if any(line["setup_wall_s"] for line in ordered) else []
-    levels, timing, versions = interval_levels(rows), timing_note(cells(rows)), code_versions(cells(rows))
+    levels, timing, versions = interval_levels(rows), timing_note(cells(rows)), code_versions(rows)
     return text_table(ordered, ["sampler", "budget", "nfe", *setup, *chosen, "wall_s", *setup_s, "samples_per_s",
                                 *metrics]) + (f"\n({arrows}{levels}{'; ' + timing if timing else ''}"
                                               f"{'; values from ' + versions if versions else ''})")
@@ -320,7 +324,7 @@ def write_views(results: Path, out: Path, preferred) -> tuple[list[dict], dict]:
     if differ:
         log.warning("%s: the wall times shown were timed under differing conditions, so compare times only where alike "
                     "(the CSV has each row's): %s", results, "; ".join(differ))  # pragma: no mutate
-    versions = code_versions(cells(view))
+    versions = code_versions(view)
     if versions:
         log.warning("%s: the values shown were computed by %s: where a sampler changed between them, its curve mixes "
                     "both (the CSV's git_commit says which made each row)", results, versions)  # pragma: no mutate

@@ -65,28 +65,28 @@ def override_error(app: str, argv: list[str]) -> str | None:
             message = message.replace(first, arg)
         equals = [arg.split("=", 1) for arg in argv if "=" in arg.split("=", 1)[-1] and quotable(arg)]
         if "mismatched input '='" in message and equals:  # a path such as best-step=300.ckpt
-            message += f"; quote a value that holds '=': {quoted(*equals[0])}"
+            message += f"; quote a value that holds '=': {quoted(*equals[0], sweep=bool(multirun))}"
         token = re.search(r"mismatched input '(.+?)' expecting", message)
         holding = token and token.group(1).strip() and [
             arg.split("=", 1) for arg in argv if "=" in arg and quotable(arg) and not parses(arg)
             and token.group(1).strip() in arg.split("=", 1)[1] and not arg.split("=", 1)[1].startswith(("[", "{"))]
         if holding and "mismatched input '='" not in message:  # a path such as "Dropbox (Personal)" or a[1]
             message = (f"config {holding[0][0]}: {message}; quote a value that holds {token.group(1).strip()!r}: "
-                       f"{quoted(*holding[0])}")
+                       f"{quoted(*holding[0], sweep=bool(multirun))}")
         lexed = [arg.split("=", 1) for arg in argv if "=" in arg and quotable(arg) and f"{arg} ^" in message]
         if "LexerNoViableAltException" in message and lexed:  # e.g. a path of non-ASCII letters, ~, or it's
             key, value = lexed[0]
             if value.startswith("~") and "'" in value:  # the home folder written out: ${...} would need escaping too
                 message += (f"; '~' is not expanded here: give an absolute path, and double quotes around a value that "
-                            f"holds \"'\": {quoted(key, str(Path.home()) + value[1:])}")
+                            f"holds \"'\": {quoted(key, str(Path.home()) + value[1:], bool(multirun))}")
             elif value.startswith("~"):
                 message += (f"; '~' is not expanded here: give an absolute path, or "
                             f"'{key}=${{oc.env:HOME}}{value[1:]}' (the single quotes for the shell)")
             elif "'" in value:
                 message = (f"config {key}: {message}; quote a value that holds \"'\" with double quotes: "
-                           f"{quoted(key, value)}")
+                           f"{quoted(key, value, bool(multirun))}")
             else:
-                message += f"; quote the value: {quoted(key, value)}"
+                message += f"; quote the value: {quoted(key, value, bool(multirun))}"
         return message
     return other_jobs_error(app, argv, given, set(cfg.hydra.runtime.choices)) if multirun else folder_error(app, cfg)
 
@@ -97,12 +97,18 @@ def quotable(arg: str) -> bool:
     return not value.startswith(("'", '"')) and not ("'" in value and '"' in value)
 
 
-def quoted(key: str, value: str) -> str:
+def quoted(key: str, value: str, sweep: bool = False) -> str:
     """key=value as Hydra reads a string, for the shell: single quotes inside double ones, or escaped double quotes
-    where the value holds an apostrophe."""
-    if "'" in value:
-        return f"\"{key}=\\\"{value}\\\"\" (the outer double quotes for the shell)"
-    return f"\"{key}='{value}'\" (the double quotes for the shell)"
+    where the value holds an apostrophe; in a multirun (`sweep`) each of its comma-separated values that needs it
+    (quoting the whole would make the sweep one value)."""
+    def one(text: str, always: bool) -> str:
+        if not always and parses(f"{key}={text}"):
+            return text
+        return f"\\\"{text}\\\"" if "'" in text else f"'{text}'"
+
+    several = sweep and "," in value
+    text = ",".join(one(part, not several) for part in (value.split(",") if several else [value]))
+    return f"\"{key}={text}\" (the {'outer ' if chr(92) in text else ''}double quotes for the shell)"
 
 
 def other_jobs_error(app: str, first: list[str], given: list[str], groups: set, most: int = 20) -> str | None:

@@ -142,10 +142,12 @@ def settings(cfg: DictConfig, target_id: str) -> dict:
 
 
 def batch_settings(cfg: DictConfig) -> dict:
-    """An adaptive solve's batch size and processes; {} for a fixed-step one (each sample's value its own)."""
+    """An adaptive solve's batch size (the samples a batch takes: batch_size, or a process's share of n where fewer) and
+    processes; {} for a fixed-step one (each sample's value its own)."""
     if cfg.ode.method not in ADAPTIVE_METHODS:
         return {}
-    return {"batch_size": int(cfg.batch_size), "world_size": int(cfg.ddp.devices) * int(cfg.ddp.num_nodes)}
+    world = int(cfg.ddp.devices) * int(cfg.ddp.num_nodes)
+    return {"batch_size": min(int(cfg.batch_size), -(-int(cfg.n) // world)), "world_size": world}
 
 
 def ode_settings(ode) -> dict:
@@ -188,9 +190,15 @@ def check_out(cfg: DictConfig, target_id: str) -> None:
                 before.update(batch_settings(cfg))
         except (OSError, ValueError, AttributeError, TypeError):
             before = None
-        if before != settings(cfg, target_id):
-            raise ValueError(f"config {folder_key()}: {path} holds {what} of other settings (or of another version); "
-                             f"give {another_folder()} to keep both, or delete it" + job_folder_note())
+        ours = settings(cfg, target_id)
+        if before != ours:
+            differ = sorted(k for k in {*ours, *before} if json.dumps(before.get(k)) != json.dumps(ours.get(k))) \
+                if isinstance(before, dict) else []
+            said = f" ({', '.join(differ)} differ" + (": an adaptive solve's steps are its batch's"
+                                                       if {"batch_size", "world_size"} & set(differ) else "") + ")"
+            raise ValueError(f"config {folder_key()}: {path} holds {what} of other settings"
+                             f"{said if differ else ' (or of another version)'}; give {another_folder()} to keep both, "
+                             "or delete it" + job_folder_note())
 
 
 PARTIAL = "partial"  # under out: each process's rows as they are computed, read back by a rerun; gone once written

@@ -222,7 +222,7 @@ def metrics_figure(rows: list[dict], cell_rows: list[dict], subject: str | None 
         handles.append(Line2D([], [], ls="", marker="x", color=DIVERGED_COLOR, ms=6))
         labels.append("diverged: samples not all finite (x at the top, at its NFE)")
     fig.legend(handles, labels, loc="outside right upper", fontsize="small", title="sampler", ncols=legend_cols)
-    versions = code_versions(cell_rows)
+    versions = code_versions(rows)
     caption = "; ".join(filter(None, [_caption(rows) + (DODGED if len(samplers) > 1 else ""),
                                       timing_note(cell_rows), versions and f"values from {versions}"]))
     caption = textwrap.fill(caption, width=int(fig.get_figwidth() * 15))  # about 15 characters an inch at 9 pt
@@ -250,17 +250,23 @@ def timing_conditions(cell_rows: list[dict]) -> list[str]:
     return differ
 
 
-def code_versions(cell_rows: list[dict]) -> str:
-    """Where the cells shown were computed by more than one code version (an extension after an update: a sampler
-    changed between them changes its values), which, e.g. "2 code versions (8c1d43b: 6 cells; 87ebc1f: 2 cells)";
-    empty when one made them all."""
-    count = Counter(r.get("git_commit") for r in cell_rows if r.get("git_commit"))
+def code_versions(rows: list[dict]) -> str:
+    """Where the cells of `rows` were computed by more than one code version (an extension after an update: a sampler
+    changed between them changes its values), which, e.g. "2 code versions (8c1d43b: 6 cells; 87ebc1f: 2 cells)" (a
+    cell whose metrics two versions computed counts for both), the earliest first; empty when one made them all."""
+    cells_of, first = defaultdict(set), {}
+    for r in rows:
+        if r.get("git_commit"):
+            first[r["git_commit"]] = min(first.get(r["git_commit"], "~"), str(r.get("time") or "~"))
+            cells_of[r["git_commit"]].add((r.get("target"), r.get("sampler"), r.get("grid"), r.get("requested"),
+                                           r.get("seed_start"), r.get("seed_count")))
+    count = Counter({commit: len(cells) for commit, cells in cells_of.items()})
     if len(count) < 2:
         return ""
     short = lambda commit: re.sub(r"^([0-9a-f]{12})[0-9a-f]{28}", r"\1", commit)  # noqa: E731  (-dirty kept)
     return (f"{len(count)} code versions ("
             + "; ".join(f"{short(commit)}: {n} cell{'s' * (n > 1)}"
-                        for commit, n in sorted(count.items(), key=lambda kv: natural(kv[0]))) + ")")
+                        for commit, n in sorted(count.items(), key=lambda kv: (first[kv[0]], kv[0]))) + ")")
 
 
 def timing_note(cell_rows: list[dict]) -> str:

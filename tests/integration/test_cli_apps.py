@@ -577,6 +577,11 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
     assert override_error("sample", ["out=~/it's"]).endswith(  # quoted, '~' stays unexpanded: the home written out
         f"give an absolute path, and double quotes around a value that holds \"'\": \"out=\\\"{Path.home()}/it's\\\"\" "
         "(the outer double quotes for the shell)")
+    # a multirun over paths: each value quoted alone (the whole quoted made the sweep one joined path)
+    assert override_error("sample", ["-m", "checkpoint=/d/it's/x.ckpt,/d/b.ckpt"]).endswith(
+        "\"checkpoint=\\\"/d/it's/x.ckpt\\\",/d/b.ckpt\" (the outer double quotes for the shell)")
+    assert override_error("sample", ["-m", "checkpoint=/d/best=3.ckpt,/d/b.ckpt"]).endswith(
+        "\"checkpoint='/d/best=3.ckpt',/d/b.ckpt\" (the double quotes for the shell)")
     assert override_error("sample", ["out=~/x"]).endswith(  # quoted, '~' would be refused in turn
         "'~' is not expanded here: give an absolute path, or 'out=${oc.env:HOME}/x' (the single quotes for the shell)")
     assert added_key_error("bench", ["+paths.rot=/tmp/x"]).startswith("paths.rot: lsde-bench's config has no such key")

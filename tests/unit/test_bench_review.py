@@ -81,15 +81,20 @@ def test_the_views_say_when_the_values_shown_were_computed_by_several_code_versi
     (row,) = sweep(tmp_path, "batch_size=16")
     later = {**row, "key": row["key"].replace('"nfe", 4', '"nfe", 8'), "requested": 8, "nfe": 8.0}
     assert "code versions" not in views.summary_table([row, later])
-    updated = {**later, "git_commit": "0123456789abcdef0123456789abcdef01234567"}
+    updated = {**later, "git_commit": "0123456789abcdef0123456789abcdef01234567", "time": "2999-01-01T00:00:00"}
     commit = row["git_commit"][:12] + row["git_commit"][40:]  # -dirty kept
-    said = f"values from 2 code versions (0123456789ab: 1 cell; {commit}: 1 cell)"
+    said = f"values from 2 code versions ({commit}: 1 cell; 0123456789ab: 1 cell)"  # the earliest first
     assert said in views.summary_table([row, updated])
     results = tmp_path / "mixed.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in (row, updated)))
     views.report(results, tmp_path / "views")
     assert "were computed by 2 code versions" in caplog.text
+    assert said.capitalize() in " ".join(next((tmp_path / "views").glob("*.md")).read_text().split())
     assert said in " ".join(metrics_figure([row, updated], [row, updated]).get_supxlabel().split())
+    # one metric of a cell computed again by other code: the cell counts for both
+    other_metric = {**row, "metric": "sliced_w2", "git_commit": updated["git_commit"], "time": updated["time"]}
+    assert f"values from 2 code versions ({commit}: 1 cell; 0123456789ab: 1 cell)" in \
+        views.summary_table([row, other_metric])
 
 
 def test_set_up_nfe_and_time_are_recorded_apart_from_the_sampling_nfe(tmp_path, monkeypatch, capsys):

@@ -308,8 +308,10 @@ def test_an_adaptive_solves_batch_is_a_setting_and_the_summary_names_the_code(tm
     assert first["batch_size"] == 12 and first["git_commit"] and first["device"] == "cpu"
     smaller = run(config("b", "batch_size=5"))
     assert smaller["mean_logp"] != first["mean_logp"]  # what made the batch a setting
-    with pytest.raises(ValueError, match=r"holds the result of other settings"):
+    with pytest.raises(ValueError, match=r"holds the result of other settings \(batch_size differ: an adaptive "
+                                         r"solve's steps are its batch's\); give another name="):
         validate(config("a", "batch_size=5"))
+    validate(config("a", "batch_size=500"))  # n=12 in one batch either way: the same numbers, not refused
     summary_path = tmp_path / "a" / "summary.json"  # a result from before the batch was recorded: this run's
     old = {k: v for k, v in first["settings"].items() if k not in ("batch_size", "world_size")}
     summary_path.write_text(json.dumps({"settings": old}))
