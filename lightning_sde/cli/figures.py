@@ -127,10 +127,11 @@ def run_app(cfg: DictConfig) -> None:
         if overridden("sde"):
             raise ValueError("config checkpoint/sde: both set; a checkpoint's figures use the SDE it was trained "
                              "with (sde=<name> goes with an exact problem)")
-        drawn_from = checkpoint_identity(cfg.checkpoint)
+        drawn_from = checked("checkpoint", checkpoint_identity, cfg.checkpoint)
         denoiser = checked("checkpoint", load_denoiser, cfg.checkpoint, map_location="cpu")
         trained_on, own = trained_distribution(cfg.checkpoint)
-        if checkpoint_identity(cfg.checkpoint) != drawn_from:  # the figures would name another file than they drew
+        # the figures would name another file than they drew
+        if checked("checkpoint", checkpoint_identity, cfg.checkpoint) != drawn_from:
             raise ValueError(f"config checkpoint: {cfg.checkpoint} changed while it was read (a training run saving "
                              "it?); run again, or copy it first")
         if trained_on is not None:  # the exact density only where it is the model's data

@@ -78,6 +78,12 @@ def test_lsde_figures_writes_every_figure_as_png_and_pdf(tmp_path):
     bad = _cli("lightning_sde.cli.figures", "figures=[schematic,heatmap]", f"out={tmp_path}/bad",
                f"output_dir={tmp_path}/hydra")
     assert bad.returncode != 0 and "config figures: unknown ['heatmap']" in bad.stderr
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    for name, said in (("none.ckpt", "no checkpoint file at"), ("text.ckpt", "not a lightning-sde checkpoint")):
+        proc = _cli("lightning_sde.cli.figures", f"checkpoint={tmp_path}/{name}", f"out={tmp_path}/out_{name}",
+                    f"output_dir={tmp_path}/hydra")
+        assert proc.returncode == 1 and "lsde-figures: error: config checkpoint: " in proc.stderr and said in \
+            proc.stderr, proc.stderr
     both = _cli("lightning_sde.cli.figures", f"checkpoint={tmp_path}/x.ckpt", "sde=ve", f"out={tmp_path}/both",
                 f"output_dir={tmp_path}/hydra")  # the checkpoint's own SDE would be used: refused, not ignored
     assert both.returncode == 1 and "config checkpoint/sde: both set" in both.stderr
