@@ -150,6 +150,39 @@ def test_figures_of_a_checkpoint_draw_its_own_datas_density_and_refuse_another_p
         "needs the exact mixture" in proc.stderr and not (tmp_path / "rm").exists()  # exit 0 with nothing drawn
 
 
+CHANGES_WHILE_READ = """
+import sys, torch
+import lightning_sde.cli.figures as app
+load = app.load_denoiser
+def load_then_overwrite(path, **kw):  # a training run saving last.ckpt between the figures' reads
+    out = load(path, **kw)
+    contents = torch.load(path, weights_only=False)
+    torch.save({**contents, "global_step": 2}, path)
+    return out
+app.load_denoiser = load_then_overwrite
+sys.argv = ["lsde-figures", *sys.argv[1:]]
+app.main()
+"""
+
+
+def test_figures_refuse_a_checkpoint_that_changes_while_they_read_it(tmp_path):
+    """Their metadata would name a step and content hash other than the weights drawn."""
+    import torch
+
+    from lightning_sde.module import ScoreModule
+
+    net = {"_target_": "lightning_sde.models.mlp.MLP", "dim": 2, "width": 16, "depth": 2}
+    sde = {"_target_": "lightning_sde.sde.VPSDE"}
+    torch.save({"state_dict": ScoreModule(net=net, sde=sde, shape=[2]).state_dict(), "global_step": 1,
+                "hyper_parameters": {"net": net, "sde": sde, "shape": [2]}}, tmp_path / "last.ckpt")
+    args = [f"checkpoint={tmp_path}/last.ckpt", "figures=[schedules]", "formats=[png]", f"out={tmp_path}/f",
+            f"output_dir={tmp_path}/hydra"]
+    proc = subprocess.run([sys.executable, "-c", CHANGES_WHILE_READ, *args], capture_output=True, text=True,
+                          timeout=300, env=ENV, check=False)
+    assert proc.returncode == 1 and f"config checkpoint: {tmp_path}/last.ckpt changed while it was read" in \
+        proc.stderr and not list(tmp_path.glob("f/*.png")), proc.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_lsde_likelihood_on_the_mixture_matches_the_truth_and_two_processes_agree(tmp_path):
 

@@ -352,3 +352,27 @@ def test_corrector_only_pc_runs_its_langevin_steps_at_each_steps_end_down_to_eps
     sample(sampler, den, seeds=range(3), dtype=torch.float64)
     ends = [float(t) for t in time_grid(sde, 4, sampler.grid)[1:]]  # t_1 .. t_4 = eps
     assert times == pytest.approx([t for t in ends for _ in range(2)], rel=1e-12)
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_the_adaptive_unipc_error_is_scaled_by_the_larger_of_the_old_and_new_state(sde_name, monkeypatch):
+    """torchdiffeq's scale atol + rtol max(|x_new|, |x_old|) at every accepted step: either alone is smaller where the
+    state shrinks or grows (VE's shrinks by ~50), and only moves the NFE by one here, so the scale is read directly."""
+    from helpers.convergence import gaussian_x_T
+    from lightning_sde.samplers.multistep import AdaptiveUniPC
+
+    calls, accepted = [], []
+    error = AdaptiveUniPC._error
+
+    def recorded(self, diff, scale):
+        calls.append((scale.clone(), float(error(self, diff, scale))))
+        return error(self, diff, scale)
+
+    monkeypatch.setattr(AdaptiveUniPC, "_error", recorded)
+    x_T = gaussian_x_T(sde_name)[:16]
+    sampler = build_sampler("unipc_adaptive", rtol=1e-3, atol=1e-4)
+    sampler(GAUSS.denoiser(SDES[sde_name]), x_T, callback=lambda step: accepted.append(step["x"].clone()))
+    scales = [scale for scale, err in calls if err <= 1]
+    assert len(scales) == len(accepted) > 5
+    for scale, old, new in zip(scales, [x_T] + accepted, accepted):
+        torch.testing.assert_close(scale, 1e-4 + 1e-3 * torch.maximum(old.abs(), new.abs()), rtol=1e-12, atol=0)
