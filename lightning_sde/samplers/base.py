@@ -139,6 +139,7 @@ def check_sampler_class(cls) -> None:
 
 _UNRESOLVED: set = set()  # (sampler, tolerance, dtype) already warned about
 _UNEXPECTED_NFE: set = set()  # (sampler class, steps, NFE spent) already warned about
+_NONFINITE: set = set()  # (sampler name, denoiser) whose samples were not all finite, already warned about
 
 
 def warn_if_tolerance_unresolved(sampler, dtype) -> None:
@@ -280,6 +281,11 @@ class Sampler:
             raise ValueError(f"sampler {self.name!r}: run() returned {measured}, which the framework measures; "
                              "return other keys only")
         info.update(extra)
+        nonfinite = int((~torch.isfinite(x.reshape(len(x), -1))).any(dim=1).sum())
+        if nonfinite and (self.name, id(denoiser)) not in _NONFINITE:
+            _NONFINITE.add((self.name, id(denoiser)))  # once per sampler and model: a sweep samples many batches
+            log.warning("sampler %r: %d of %d samples have NaN or infinite values (a diverged sampler, or a network "
+                        "that returned them)", self.name, nonfinite, len(x))
         spent = None if self.adaptive else (type(self), self.steps, info["nfe"])
         if spent is not None and info["nfe"] != expected and spent not in _UNEXPECTED_NFE:
             _UNEXPECTED_NFE.add(spent)  # once per class, steps and cost: not at every batch

@@ -230,6 +230,20 @@ def test_a_network_that_returns_nan_stops_an_adaptive_solver_at_once_with_the_ca
         assert den.nfe < 50
 
 
+def test_a_fixed_step_samplers_nan_samples_are_said_once_per_model(caplog):
+    """They are returned (the apps record such a run as diverged), but a library user was told nothing."""
+    from lightning_sde.samplers import build_sampler
+
+    nan_late = Denoiser(lambda x, t: torch.where(t.reshape(-1, 1) < 0.5, x * float("nan"), x), VPSDE(), "eps", (2,))
+    sampler = build_sampler("ddim", steps=8)
+    x_T = torch.randn(4, 2)
+    for _ in range(2):
+        assert torch.isnan(sampler(nan_late, x_T)[0]).all()
+    assert caplog.text.count("sampler 'ddim': 4 of 4 samples have NaN or infinite values") == 1
+    sampler(Denoiser(lambda x, t: 0.1 * x, VPSDE(), "eps", (2,)), x_T)
+    assert caplog.text.count("NaN or infinite") == 1
+
+
 @pytest.mark.parametrize("method", ["dopri5", "euler"])
 def test_a_network_that_returns_nan_stops_encode_decode_and_likelihood_with_the_cause(method):
     """flow.py's solves: dopri5 would end in torchdiffeq's step-size underflow (an AssertionError), a fixed method in
