@@ -127,6 +127,10 @@ class GaussianMixture:
 
     def _components(self, x: Tensor, alpha: Tensor, sigma: Tensor):
         """Per-component log-density terms at x of the diffused mixture; alpha, sigma of shape (B,) or ()."""
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor; got {x.dtype}")
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must be a batch of points of shape (N, {self.dim}); got {tuple(x.shape)}")
         means, vecs = self.means.to(x), self.eigvecs.to(x)
         a = broadcast_time(alpha, x)[..., None]  # (B, 1, 1) or ()
         s = broadcast_time(sigma, x)[..., None]

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sde.errors import require_autograd
+from lightning_sde.models.denoiser import warn_if_training
 from lightning_sde.probability_flow import ODEOptions, ProbabilityFlow, check_step_dtype
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -33,6 +34,7 @@ PROBES = ("rademacher", "gaussian")
 def encode(denoiser, x0: Tensor, options: ODEOptions | None = None) -> Tensor:
     """x at t = eps -> its latent x_T (the ODE forward in time)."""
     check_step_dtype(x0, "x0")
+    warn_if_training(denoiser, "latents")
     sde = denoiser.sde
     return (options or ODEOptions()).solve(ProbabilityFlow(denoiser), x0, sde.eps, sde.T, x0.device, sde)[-1]
 
@@ -41,6 +43,7 @@ def encode(denoiser, x0: Tensor, options: ODEOptions | None = None) -> Tensor:
 def decode(denoiser, z: Tensor, options: ODEOptions | None = None) -> Tensor:
     """A latent x_T -> x at t = eps (the ODE backward in time: what the `ode` sampler does)."""
     check_step_dtype(z, "z")
+    warn_if_training(denoiser, "decoded samples")
     sde = denoiser.sde
     return (options or ODEOptions()).solve(ProbabilityFlow(denoiser), z, sde.T, sde.eps, z.device, sde)[-1]
 
@@ -108,6 +111,7 @@ def log_likelihood(denoiser, x: Tensor, options: ODEOptions | None = None, diver
     """
     check_step_dtype(x, "x")
     require_autograd("log_likelihood (the divergence)")
+    warn_if_training(denoiser, "log-likelihoods")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}; got {divergence!r}")
     if probe not in PROBES:

@@ -86,6 +86,10 @@ class DSMLoss:
                  labels: Tensor | None = None) -> Tensor:
         """Per-sample loss, shape (B,). `generator` (CPU) fixes t and z, e.g. for a reproducible validation loss;
         `labels` condition a class-conditional network (the null label num_classes: unconditional)."""
+        if not x0.is_floating_point():
+            raise TypeError(f"x0 must be a floating-point tensor; got {x0.dtype}")
+        if not len(x0):
+            raise ValueError("x0 holds no samples (a batch of 0)")
         t, weight = self.sample_time(x0.shape[0], generator)
         t, weight = t.to(x0.device, x0.dtype), weight.to(x0.device, x0.dtype)
         if generator is None:

@@ -27,10 +27,11 @@ REFUSED = {"explicit_adams": "use sampler dpmpp or unipc (multistep in log-SNR, 
            "implicit_adams": "use sampler dpmpp or unipc (multistep in log-SNR, any grid, 1 NFE a step)"}
 
 
-def check_step_dtype(x: Tensor, what: str) -> None:
-    """TypeError unless x is float32 or float64, the precisions the solvers step in."""
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{what} is {str(x.dtype).replace('torch.', '')}: samplers and ODE solves step in float32 or "
+def check_step_dtype(x: Tensor | torch.dtype, what: str) -> None:
+    """TypeError unless x (or the dtype x) is float32 or float64, the precisions the solvers step in."""
+    dtype = x if isinstance(x, torch.dtype) else x.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{what} is {str(dtype).replace('torch.', '')}: samplers and ODE solves step in float32 or "
                         "float64 (in half precision the time grid's small steps round to nothing); for a network in "
                         "bf16, build the Denoiser with autocast='bf16'")
 

@@ -17,6 +17,7 @@ prior) is derived once in the base class.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
 from abc import ABC, abstractmethod
@@ -33,8 +34,20 @@ def broadcast_time(coef: Tensor, x: Tensor) -> Tensor:
     return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim))
 
 
+TIME_METHODS = ("alpha", "sigma", "f", "g2", "t_from_log_snr", "log_alpha")  # each subclass's own, of one argument
+
+
+def _numbers_as_tensors(method):
+    """method(self, t) taking a Python number as a float64 tensor too (the formulas call torch on t)."""
+    @functools.wraps(method)
+    def taking_numbers(self, t):
+        return method(self, t if torch.is_tensor(t) else torch.tensor(t, dtype=torch.float64))
+
+    return taking_numbers
+
+
 class SDE(ABC):
-    """A linear forward SDE on t in [eps, T]; time arguments are tensors (scalar or per sample)."""
+    """A linear forward SDE on t in [eps, T]; time arguments are tensors (scalar or per sample) or Python numbers."""
 
     name: str  # what results, figures and logs call it: a subclass's own (or inherited), else its class name
     drift_jumps = False  # f and g^2 jump in t (a discrete schedule): ODE solvers integrate in log-SNR instead
@@ -45,6 +58,9 @@ class SDE(ABC):
             cls._name_given = True
         elif not getattr(cls, "_name_given", False):  # none up the line but class names: README's recipe sets none
             cls.name, cls._name_given = cls.__name__, False
+        for key in TIME_METHODS:
+            if key in vars(cls) and not getattr(vars(cls)[key], "__isabstractmethod__", False):
+                setattr(cls, key, _numbers_as_tensors(vars(cls)[key]))
 
     def __init__(self, eps: float = 1e-3, T: float = 1.0):
         real_numbers(type(self).__name__, eps=eps, T=T)
@@ -133,8 +149,8 @@ class SDE(ABC):
 
     def prior_logp(self, x: Tensor) -> Tensor:
         """log N(x; 0, prior_std^2 I), summed over all but the batch dimension."""
-        d = x[0].numel()
-        sq = x.reshape(x.shape[0], -1).pow(2).sum(-1)
+        d = math.prod(x.shape[1:])
+        sq = x.reshape(x.shape[0], d).pow(2).sum(-1)
         return -0.5 * sq / self.prior_std**2 - d * (math.log(self.prior_std) + 0.5 * math.log(2 * math.pi))
 
     def langevin_scale(self, t: Tensor, s: Tensor) -> Tensor:

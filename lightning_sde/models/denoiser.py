@@ -13,7 +13,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import sys
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -24,6 +27,28 @@ from lightning_sde.sde import SDE, SDES, broadcast_time, check_sde
 
 PARAMETERIZATIONS = ("eps", "score", "x0", "v")
 AUTOCAST = {None: None, "bf16": torch.bfloat16}
+RANDOM_IN_TRAINING = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def warn_if_training(denoiser: nn.Module, results: str) -> None:
+    """Say so when a network runs in training mode (its dropout draws, its batch norm uses the batch) before it makes
+    `results` (samples, latents, log-likelihoods)."""
+    live = [type(m).__name__ for m in denoiser.modules() if m.training and isinstance(m, RANDOM_IN_TRAINING)
+            and getattr(m, "p", 1) > 0]
+    if live:
+        warnings.warn(f"the network runs in training mode (its {live[0]} is active: {results} vary from call to call "
+                      "and depend on the batch): call .eval() on the Denoiser or the network (load_denoiser's are)",
+                      stacklevel=outside_package())
+
+
+def outside_package() -> int:
+    """The stacklevel of a warning raised here that names the first caller outside this package and torch (whose
+    decorators, e.g. no_grad, stand between): the user's line."""
+    package = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file__).resolve().parent))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclass
@@ -108,8 +133,9 @@ class Denoiser(nn.Module):
             raise TypeError(f"sde must be an SDE (e.g. VPSDE()); got {sde!r}")
         if type(sde) not in SDES.values():  # a user's class: its drift, diffusion and marginals must agree
             check_sde(sde)
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
-            raise ValueError(f"shape must be one sample's shape, sizes >= 1 (e.g. (2,) or (3, 32, 32)); got {shape!r}")
+        if not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
+            raise ValueError("shape must be one sample's shape, sizes >= 1 (e.g. (2,) or (3, 32, 32); 1-D data: "
+                             f"(1,)); got {shape!r}")
         if data_moments is not None and data_moments.mean.numel() != math.prod(shape):
             raise ValueError(f"data_moments are of {data_moments.mean.numel()} dimensions; samples of shape "
                              f"{tuple(shape)} have {math.prod(shape)}")
@@ -139,10 +165,25 @@ class Denoiser(nn.Module):
         return chunked
 
     def coefficients(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor | float]:
-        """(t per sample, alpha, sigma, the input scale c_in), broadcast to x."""
+        """(t per sample, alpha, sigma, the input scale c_in), broadcast to x. `t` is one time or one per sample (B
+        values of any shape: (B,), (B, 1)); times outside [0, T] are refused where that costs no wait for the device
+        (Python numbers and CPU tensors)."""
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor; got {x.dtype} (t would be rounded to it)")
+        if not torch.is_tensor(t) or t.device.type == "cpu":
+            times = torch.as_tensor(t, dtype=torch.float64)
+            if times.numel() and not (times.isfinite().all() and 0 <= times.min() and
+                                      times.max() <= self.sde.T * (1 + 1e-6)):
+                low, high = float(times.min()), float(times.max())
+                raise ValueError(f"t must lie in [0, T = {self.sde.T:g}]; got " +
+                                 (f"{low:g}" if times.numel() == 1 else f"values from {low:g} to {high:g}"))
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
+        if t.numel() == 1:
+            t = t.reshape(()).expand(x.shape[0])
+        elif t.numel() == x.shape[0]:
+            t = t.reshape(x.shape[0])
+        else:
+            raise ValueError(f"t has shape {tuple(t.shape)}: one time, or one per sample of the batch of {x.shape[0]}")
         alpha = broadcast_time(self.sde.alpha(t), x)
         sigma = broadcast_time(self.sde.sigma(t), x)
         c_in = 1.0 if self.sigma_data is None else (alpha**2 * self.sigma_data**2 + sigma**2).rsqrt()

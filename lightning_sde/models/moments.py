@@ -70,6 +70,9 @@ class DataMoments:
     @classmethod
     def of_samples(cls, x: Tensor, rank: int = 1024) -> "DataMoments":
         """Moments of samples x (n, ...): all eigenpairs when d <= rank, else the `rank` leading ones."""
+        if x.ndim < 2:
+            raise ValueError(f"DataMoments.of_samples needs a batch of samples (n, ...), 1-D data as (n, 1); got shape "
+                             f"{tuple(x.shape)}")
         x = x.flatten(1).double()
         n, d = x.shape
         if n < 2:

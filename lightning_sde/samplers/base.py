@@ -23,11 +23,8 @@ import dataclasses
 import logging
 import math
 import numbers
-import sys
 import time
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
 import numpy as np
@@ -35,34 +32,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lightning_sde.models.denoiser import Denoiser
+from lightning_sde.models.denoiser import Denoiser, warn_if_training
 from lightning_sde.probability_flow import check_step_dtype
 from lightning_sde.samplers.grids import Plan, carry
 from lightning_sde.samplers.noise import SeededNoise
 from lightning_sde.samplers.schedule import check_schedule, plan
 
 log = logging.getLogger(__name__)
-RANDOM_IN_TRAINING = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
-
-
-def warn_if_training(denoiser) -> None:
-    """Say so (once) when a network samples in training mode: its dropout draws, its batch norm uses the batch."""
-    live = [type(m).__name__ for m in denoiser.modules() if m.training and isinstance(m, RANDOM_IN_TRAINING)
-            and getattr(m, "p", 1) > 0]
-    if live:
-        warnings.warn(f"the network samples in training mode (its {live[0]} is active: samples vary from call to call "
-                      "and depend on the batch): call .eval() on the Denoiser or the network (load_denoiser's are)",
-                      stacklevel=outside_package())
-
-
-def outside_package() -> int:
-    """The stacklevel of a warning raised here that names the first caller outside this package (the user's line)."""
-    package = str(Path(__file__).resolve().parents[1])
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
-
 SAMPLERS: dict[str, type["Sampler"]] = {}
 
 StepCallback = Callable[[dict], None]
@@ -234,6 +210,8 @@ class Sampler:
                 f"x_T must have shape (batch, {', '.join(map(str, denoiser.shape))}) for this denoiser; "
                 f"got {tuple(x_T.shape)}"
             )
+        if not len(x_T):
+            raise ValueError("x_T holds no samples (a batch of 0)")
         if self.stochastic and noise is None:
             raise ValueError(f"sampler {self.name!r} is stochastic: pass noise=SeededNoise(seeds, ...)")
         if noise is not None and len(noise.seeds) != x_T.shape[0]:
@@ -242,7 +220,7 @@ class Sampler:
             raise ValueError(f"noise draws samples of shape {tuple(noise.shape)}; this denoiser's are of shape "
                              f"{denoiser.shape}")
         check_step_dtype(x_T, "x_T")
-        warn_if_training(denoiser)
+        warn_if_training(denoiser, "samples")
         if self.adaptive:
             warn_if_tolerance_unresolved(self, x_T.dtype)
         with torch.no_grad():
@@ -373,6 +351,7 @@ def sample(
     progress: bool = False,
 ) -> tuple[Tensor, dict]:
     """Draw one sample per seed: x_T and all later noise of sample i come from seed i."""
+    check_step_dtype(dtype, "dtype")
     noise = SeededNoise(seeds, denoiser.shape, dtype=dtype, device=device)
     x_T = denoiser.sde.prior_sample(noise.prior())
     return sampler(denoiser, x_T, noise, callback=callback, progress=progress)

@@ -178,7 +178,8 @@ def test_a_network_in_training_mode_is_said_before_it_samples_with_dropout():
             return self.drop(self.lin(x))
 
     denoiser = Denoiser(Net(), VPSDE(), "eps", (2,))
-    with pytest.warns(UserWarning, match=r"the network samples in training mode \(its Dropout is active") as said:
+    said_before = r"the network runs in training mode \(its Dropout is active: samples vary"
+    with pytest.warns(UserWarning, match=said_before) as said:
         sample(build_sampler("ddim", steps=2), denoiser, seeds=range(4))
     assert said[0].filename == __file__  # the user's line, not the package's
     with warnings.catch_warnings():
@@ -190,6 +191,29 @@ def test_a_network_in_training_mode_is_said_before_it_samples_with_dropout():
     assert torch.equal(a, b)
 
 
+def test_a_network_in_training_mode_is_said_before_it_encodes_decodes_or_scores():
+    """encode, decode and log_likelihood said nothing: decodes of one latent differed by up to 12, and dopri5's
+    steps shrank without end (3240 NFE in 60 s)."""
+    import warnings
+
+    from lightning_sde.flow import decode, encode, log_likelihood
+    from lightning_sde.models.mlp import MLP
+    from lightning_sde.probability_flow import ODEOptions
+
+    denoiser, x = Denoiser(MLP(2, width=8, depth=1, dropout=0.3), VPSDE(), "eps", (2,)), torch.randn(3, 2)
+    options = ODEOptions(method="euler", steps=2)
+    for call, results in ((encode, "latents"), (decode, "decoded samples"), (log_likelihood, "log-likelihoods")):
+        with pytest.warns(UserWarning, match=f"the network runs in training mode \\(its Dropout is active: {results} "
+                                             "vary from call to call") as said:
+            call(denoiser, x, options)
+        assert said[0].filename == __file__
+    denoiser.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for call in (encode, decode, log_likelihood):
+            call(denoiser, x, options)
+
+
 def test_noise_of_another_shape_and_a_network_returning_a_tuple_are_named():
     """Both failed deep inside a step (a broadcast error in the SDE solver; 'tuple' has no attribute 'shape')."""
     denoiser = eight_gaussians().denoiser(VPSDE())
@@ -199,3 +223,61 @@ def test_noise_of_another_shape_and_a_network_returning_a_tuple_are_named():
     with pytest.raises(TypeError, match="the network returned a tuple, not a tensor: a Denoiser's network returns its "
                                         "eps prediction alone"):
         sample(build_sampler("ddim", steps=2), pair, seeds=range(4))
+
+
+def test_times_as_numbers_and_column_vectors_are_taken_and_impossible_inputs_named():
+    """What a notebook user writes: sde.alpha(0.3) (a TypeError from inside torch), t of shape (B, 1) (the MLP blamed
+    its own output's shape), t = -0.1 (finite numbers for a time that does not exist), integer x (t rounded to 0)."""
+    import math
+
+    from helpers.nets import ConstantBeta
+    from lightning_sde.exact import gaussians_1d
+    from lightning_sde.losses import DSMLoss
+    from lightning_sde.models.mlp import MLP as Net
+    from lightning_sde.models.moments import DataMoments
+    from lightning_sde.sde import SDES, DiscreteVPSDE
+
+    discrete = DiscreteVPSDE(torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0))
+    for sde in [cls() for cls in SDES.values() if cls is not DiscreteVPSDE] + [discrete, ConstantBeta()]:
+        for key in ("alpha", "sigma", "f", "g2", "g", "log_snr"):
+            number, tensor = getattr(sde, key)(0.3), getattr(sde, key)(torch.tensor(0.3, dtype=torch.float64))
+            assert torch.equal(number, tensor) and number.dtype == torch.float64, (sde, key)
+        assert math.isclose(float(sde.t_from_log_snr(float(sde.log_snr(0.3)))), 0.3, rel_tol=1e-9), sde
+    mixture = eight_gaussians()
+    x = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
+    assert torch.equal(mixture.marginal_log_prob(VPSDE(), x.double(), 0.5),
+                       mixture.marginal_log_prob(VPSDE(), x.double(), torch.tensor(0.5, dtype=torch.float64)))
+
+    denoiser = Denoiser(Net(2, width=16, depth=1).eval(), VPSDE(), "eps", (2,))
+    times = torch.tensor([0.5, 0.2, 0.9])
+    assert torch.equal(denoiser(x, times[:, None]).eps, denoiser(x, times).eps)
+    assert torch.equal(denoiser(x, times[:1]).eps, denoiser(x, 0.5).eps)
+    with pytest.raises(ValueError, match=r"^t has shape \(2,\): one time, or one per sample of the batch of 3$"):
+        denoiser(x, times[:2])
+    for t, said in ((-0.1, "-0.1"), (float("nan"), "nan"), (1.5, "1.5"), (torch.tensor([0.5, -1e-3, 0.2]),
+                                                                          "values from -0.001 to 0.5")):
+        with pytest.raises(ValueError, match=rf"^t must lie in \[0, T = 1\]; got {said}$"):
+            denoiser(x, t)
+    assert torch.isfinite(denoiser(x, 1.0).eps).all() and torch.isfinite(denoiser(x, 0.0).eps).all()
+    with pytest.raises(TypeError, match=r"^x must be a floating-point tensor; got torch.int64"):
+        denoiser(x.long(), 0.5)
+    with pytest.raises(TypeError, match=r"^x must be a floating-point tensor; got torch.int64$"):
+        mixture.log_prob(x.long())
+    with pytest.raises(ValueError, match=r"^x must be a batch of points of shape \(N, 1\); got \(5,\)$"):
+        gaussians_1d().log_prob(torch.linspace(-3, 3, 5))
+    with pytest.raises(ValueError, match=r"1-D data: \(1,\)\); got \(\)$"):
+        Denoiser(lambda x, t: x, VPSDE(), "eps", ())
+    with pytest.raises(ValueError, match=r"1-D data as \(n, 1\); got shape \(10,\)$"):
+        DataMoments.of_samples(torch.randn(10))
+
+    exact = mixture.denoiser(VPSDE())
+    for name in ("ode", "unipc_adaptive", "ddim"):
+        with pytest.raises(ValueError, match=r"^x_T holds no samples \(a batch of 0\)$"):
+            build_sampler(name)(exact, torch.zeros(0, 2))
+    with pytest.raises(ValueError, match=r"^x0 holds no samples"):
+        DSMLoss(VPSDE())(exact, torch.zeros(0, 2))
+    with pytest.raises(TypeError, match=r"^x0 must be a floating-point tensor; got torch.int64$"):
+        DSMLoss(VPSDE())(exact, x.long())
+    with pytest.raises(TypeError, match=r"^dtype is int64: samplers and ODE solves step in float32 or float64"):
+        sample(build_sampler("ddim"), exact, range(3), dtype=torch.int64)
+    assert VPSDE().prior_logp(torch.zeros(0, 2)).shape == (0,)
