@@ -36,6 +36,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
 
 
+@pytest.fixture(autouse=True)
+def own_environment(tmp_path_factory):
+    """Each test leaves the environment as it found it (Lightning's seed_everything sets PL_GLOBAL_SEED, which seeds
+    every later fit in the process), and the apps' caches go to the session's temporary folder, not to the checkout's
+    ./outputs/cache or ~/.cache/wandb."""
+    environment = dict(os.environ)
+    base = tmp_path_factory.getbasetemp()
+    os.environ["LSDE_CACHE"], os.environ["WANDB_CACHE_DIR"] = str(base / "lsde-cache"), str(base / "wandb-cache")
+    yield
+    os.environ.clear()
+    os.environ.update(environment)
+
+
 @pytest.fixture(params=sorted(SDES), ids=sorted(SDES))
 def sde(request):
     """Each standard SDE in turn: VP and sub-VP (beta 0.1..20, eps 1e-3) and VE (sigma 0.01..50, eps 1e-5)."""

@@ -75,10 +75,15 @@ class Preemption(L.Callback):
         self._in_batch = False  # a training batch has begun and not ended: the state is part-way through a step
         self._started_at: int | None = None  # the global step training started (or resumed) at
         self._previous_handlers: dict[int, tuple] = {}  # signal -> (ours, the one before)
+        self._after_fit: dict[int, object] = {}  # signal -> the handler before a fit that ended on an exception
         self._rank = 0  # the process's global rank (one says Ctrl-C was taken)
 
     # --- signals: handlers only take note; the end of the step acts ------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
+        if signum in self._after_fit:  # a fit that ended on an exception: Lightning put this handler back after it
+            signal.signal(signum, self._after_fit.pop(signum))
+            signal.raise_signal(signum)  # to the handler before the fit, as if this one had never been there
+            return
         self.signalled = True
 
     def _on_sigterm(self, signum, frame) -> None:
@@ -102,6 +107,7 @@ class Preemption(L.Callback):
             self._previous_handlers.setdefault(signum, (handler, signal.signal(signum, handler)))
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        self._after_fit = {}
         if self.requeue_signal is not None and stage == "fit":
             self._own(getattr(signal, self.requeue_signal), self._on_signal)
 
@@ -157,6 +163,14 @@ class Preemption(L.Callback):
         self.requeue_requested = not (self.interrupted or self.stopped_by_ctrl_c)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        try:
+            self._act_on_exception(trainer, exception)
+        finally:  # no teardown hook follows an exception; Lightning then restores what it found at the start of
+            # fit, the requeue signal's handler this callback had set up before: that one passes a signal on
+            self._after_fit = {s: previous for s, (_, previous) in self._previous_handlers.items()}
+            self.teardown(trainer, pl_module, "fit")
+
+    def _act_on_exception(self, trainer, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt) and self.ctrl_c:  # the second: at once, whatever the step's state
             log.warning("stopped by a second Ctrl-C: no checkpoint written; lsde-train ... %s resumes the run from the "
                         "last one", self.resume_with)

@@ -289,11 +289,23 @@ def test_unreadable_torchvision_files_are_a_permission_problem_not_corruption(tm
         MNISTDataModule(root=str(tmp_path), batch_size=8).prepare_data()
 
 
-def test_prepare_cli_reports_the_failure(tmp_path, capsys):
-    assert prepare_main(["mnist", "--root", str(tmp_path), "--timeout", "5"]) in (0, 1)
+def test_prepare_cli_reports_the_failure(tmp_path, capsys, monkeypatch):
+    """A download that fails (no network: here always, so that the test does not depend on the machine's) is exit 1
+    with one line naming the data and where to put it; an unknown name is argparse's usage error."""
+    import urllib.error
+
+    from lightning_sde.data import torchvision_sets
+
+    def offline(name, root, train, download=False):
+        if download:
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+        raise RuntimeError("Dataset not found. You can use download=True to download it")
+
+    monkeypatch.setattr(torchvision_sets, "_dataset", offline)
+    assert prepare_main(["mnist", "--root", str(tmp_path), "--timeout", "5"]) == 1
     err = capsys.readouterr().err
-    if err:
-        assert "MNIST" in err and "--root" in err
+    assert err.startswith("lsde-prepare: error: ") and err.count("\n") == 1 and "MNIST" in err and "--root" in err \
+        and "Temporary failure in name resolution" in err, err
     with pytest.raises(SystemExit):
         prepare_main(["imagenet", "--root", str(tmp_path)])
 

@@ -254,8 +254,7 @@ def test_times_as_numbers_and_column_vectors_are_taken_and_impossible_inputs_nam
     assert torch.equal(denoiser(x, times[:1]).eps, denoiser(x, 0.5).eps)
     with pytest.raises(ValueError, match=r"^t has shape \(2,\): one time, or one per sample of the batch of 3$"):
         denoiser(x, times[:2])
-    for t, said in ((-0.1, "-0.1"), (float("nan"), "nan"), (1.5, "1.5"), (torch.tensor([0.5, -1e-3, 0.2]),
-                                                                          "values from -0.001 to 0.5")):
+    for t, said in ((-0.1, "-0.1"), (float("nan"), "nan"), (1.5, "1.5")):
         with pytest.raises(ValueError, match=rf"^t must lie in \[0, T = 1\]; got {said}$"):
             denoiser(x, t)
     assert torch.isfinite(denoiser(x, 1.0).eps).all() and torch.isfinite(denoiser(x, 0.0).eps).all()

@@ -327,12 +327,19 @@ class CtrlCAfterStep(CtrlCInStep):
 def test_a_second_ctrl_c_stops_at_once_and_leaves_the_last_periodic_checkpoint(tmp_path, caplog, where,
                                                                               terminal_sigint):
     """Within a step its state is part-applied; between steps a second Ctrl-C was saved for (a long save the user
-    would interrupt again): no checkpoint either way, the periodic one at step 10 stands."""
-    preemption = Preemption("SIGUSR1")
-    with pytest.raises(SystemExit), caplog.at_level("WARNING"):
-        fit(tmp_path, last=preemption, watch=None, stop=None, after=where(12, times=2))
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
-    assert "stopped by a second Ctrl-C: no checkpoint written" in caplog.text
+    would interrupt again): no checkpoint either way, the periodic one at step 10 stands. A requeue signal after it
+    reaches the handler from before the fit (it went to the finished callback: a notebook's SIGUSR1 was swallowed)."""
+    received = []
+    before = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    try:
+        with pytest.raises(SystemExit), caplog.at_level("WARNING"):
+            fit(tmp_path, last=Preemption("SIGUSR1"), watch=None, stop=None, after=where(12, times=2))
+        assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+        assert "stopped by a second Ctrl-C: no checkpoint written" in caplog.text
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert received == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, before)
 
 
 def test_a_run_that_ignores_ctrl_c_keeps_ignoring_it_and_one_in_a_thread_trains(tmp_path):
