@@ -880,3 +880,30 @@ def test_after_a_sweep_the_terminal_shows_its_own_cells_and_says_where_the_other
     mine = terminal_table(rows, {rows[2]["key"]})
     assert mine == summary_table(rows[2:]) + ("\n(this sweep's 1 cell(s); with the 2 others the results file holds, in "
                                               "results.md and results.png)")
+
+
+# what mutation testing of the runner found unguarded
+
+def test_a_metric_added_to_a_sweep_is_computed_for_its_cells_and_the_others_are_kept(tmp_path, caplog):
+    """A cell with some of its metrics in the file is sampled again for the rest (not taken as done), from the same
+    seeds: the metric it had keeps its value."""
+    (first,) = sweep(tmp_path, "metrics=[mmd]")
+    rows = sweep(tmp_path, "metrics=[mmd,sliced_w2]")
+    assert sorted(r["metric"] for r in rows) == ["mmd", "sliced_w2"] and all(r["value"] is not None for r in rows)
+    assert next(r for r in rows if r["metric"] == "mmd")["value"] == first["value"]
+
+
+def test_a_sweeps_samples_come_from_its_own_seeds_and_one_sample_has_a_value_without_an_interval(tmp_path,
+                                                                                              monkeypatch):
+    """seeds.start moves the sampled seeds (sample i from seed start + i), not only the recorded seed_start; one
+    sample is scored, without a bootstrap interval."""
+    from lightning_sde.bench import runner
+
+    drawn, score = [], runner.score
+    monkeypatch.setattr(runner, "score", lambda scorer, cell, samples, x: (drawn.append(x), score(scorer, cell,
+                                                                                                   samples, x))[1])
+    sweep(tmp_path / "a", "metrics=[sliced_w2]")
+    (row,) = sweep(tmp_path / "b", "metrics=[sliced_w2]", "seeds.start=16")
+    assert row["seed_start"] == 16 and torch.equal(drawn[1][:16], drawn[0][16:])
+    (one,) = sweep(tmp_path / "c", "metrics=[sliced_w2]", "seeds.count=1", "batch_size=1")
+    assert one["n_samples"] == 1 and one["value"] is not None and one["ci_low"] is None and one["ci_high"] is None

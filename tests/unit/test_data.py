@@ -349,3 +349,15 @@ def test_loader_processes_leave_ctrl_c_to_the_main_process():
     dm = DigitsDataModule(batch_size=4, num_workers=1)
     dm.val_set, dm.val_collate = _SigintState(), torch.stack
     assert next(iter(dm.val_dataloader())).tolist() == [1.0] * 4
+
+
+@pytest.mark.parametrize("make", [lambda: DigitsDataModule(batch_size=8), lambda: Toy2DDataModule(batch_size=8)],
+                         ids=["digits", "toy2d"])
+def test_the_noise_floor_set_shares_no_sample_with_the_reference(make):
+    """What a perfect model scores is real samples other than the reference: the training images after it (digits),
+    other draws (toy data). Any shared one moves the floor towards 0."""
+    data = make()
+    reference, floor = data.reference(100), data.floor_set(100)
+    assert floor.shape == reference.shape
+    rows = lambda x: {tuple(r.tolist()) for r in x.flatten(1)}  # noqa: E731
+    assert not rows(reference) & rows(floor)

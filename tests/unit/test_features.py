@@ -247,6 +247,12 @@ def test_reference_statistics_are_not_reused_after_the_features_read_their_input
     monkeypatch.setattr(DigitsFeatures, "cache_tag", "another-quantization", raising=False)
     _, after = reference_image_metrics(reference, ["fid"], "digits", cache_dir=tmp_path)
     assert before["reference_stats"] != after["reference_stats"] and len(list(tmp_path.glob("reference-*"))) == 2
+    import lightning_sde.loading
+
+    monkeypatch.setattr(lightning_sde.loading, "file_sha256", lambda path: "0" * 64)  # other weights, same name
+    _, other_weights = reference_image_metrics(reference, ["fid"], "digits", cache_dir=tmp_path)
+    assert other_weights["reference_stats"] != after["reference_stats"]
+    assert len(list(tmp_path.glob("reference-*"))) == 3
 
 
 def test_the_scorer_passes_each_image_set_through_the_feature_network_once(halves, tmp_path, monkeypatch):

@@ -41,6 +41,34 @@ print("held", flush=True)
 time.sleep(60)
 """
 
+APPENDS_IN_TWO_PARTS = """
+import sys, time
+from pathlib import Path
+from lightning_sde.files import appending
+
+with appending(Path(sys.argv[1])) as append:
+    append(b"first half\\n")
+    print("holding", flush=True)
+    time.sleep(1.5)
+    append(b"second half\\n")
+"""
+
+
+def test_an_appender_waits_for_the_one_holding_the_file(tmp_path):
+    """What makes a shard's plan and a results file's rows whole: between another process's two appends under one
+    hold, nothing of this one's lands."""
+    from lightning_sde.files import appending
+
+    path = tmp_path / "rows.jsonl"
+    other = subprocess.Popen([sys.executable, "-c", APPENDS_IN_TWO_PARTS, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "holding\n"
+        with appending(path) as append:
+            append(b"ours\n")
+    finally:
+        other.wait(timeout=60)
+    assert path.read_text() == "first half\nsecond half\nours\n"
+
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     path = write_text(tmp_path / "table.md", "old\n")

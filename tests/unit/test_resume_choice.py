@@ -58,6 +58,8 @@ def test_a_broken_newer_checkpoint_falls_back_to_the_best_readable_one(tmp_path)
     ({"loops": None}, "no optimizer state or loop progress"),  # Lightning would start again at step 0
     ({"state_dict": {"w": torch.tensor([0.0, float("nan")])}}, "its state_dict holds NaN or infinite values (w)"),
     ({"current_model_state": {"w": torch.tensor([float("inf"), 0.0])}}, "its current_model_state holds NaN"),
+    ({"global_step": "80"}, "no global_step (got '80')"),  # an edited or foreign file: compared with others' steps
+    ({"global_step": -1}, "no global_step (got -1)"),
 ])
 def test_a_checkpoint_a_resume_cannot_continue_from_is_passed_over_saying_why(tmp_path, change, message):
     write(tmp_path / "last.prev.ckpt", 40, mtime=1000)
