@@ -29,6 +29,8 @@ REFUSED = {"explicit_adams": "use sampler dpmpp or unipc (multistep in log-SNR, 
 
 def check_step_dtype(x: Tensor | torch.dtype, what: str) -> None:
     """TypeError unless x (or the dtype x) is float32 or float64, the precisions the solvers step in."""
+    if not isinstance(x, torch.dtype) and not torch.is_tensor(x):
+        raise TypeError(f"{what} must be a torch dtype (torch.float32 or torch.float64); got {x!r}")
     dtype = x if isinstance(x, torch.dtype) else x.dtype
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{what} is {str(dtype).replace('torch.', '')}: samplers and ODE solves step in float32 or "

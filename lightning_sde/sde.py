@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import inspect
 import math
 from abc import ABC, abstractmethod
 
@@ -37,11 +38,23 @@ def broadcast_time(coef: Tensor, x: Tensor) -> Tensor:
 TIME_METHODS = ("alpha", "sigma", "f", "g2", "t_from_log_snr", "log_alpha")  # each subclass's own, of one argument
 
 
+def as_time(t) -> Tensor:
+    """A time argument as a tensor: a Python number as float64 (the formulas call torch on it); a tensor as it is."""
+    return t if torch.is_tensor(t) else torch.tensor(t, dtype=torch.float64)
+
+
 def _numbers_as_tensors(method):
-    """method(self, t) taking a Python number as a float64 tensor too (the formulas call torch on t)."""
+    """`method(self, t, ...)` taking its time argument t (however named, positional or keyword) as a Python number
+    too."""
+    name = list(inspect.signature(method).parameters)[1]
+
     @functools.wraps(method)
-    def taking_numbers(self, t):
-        return method(self, t if torch.is_tensor(t) else torch.tensor(t, dtype=torch.float64))
+    def taking_numbers(self, *args, **kwargs):
+        if args:
+            args = (as_time(args[0]), *args[1:])
+        elif name in kwargs:
+            kwargs[name] = as_time(kwargs[name])
+        return method(self, *args, **kwargs)
 
     return taking_numbers
 
@@ -73,13 +86,18 @@ class SDE(ABC):
         """This SDE on [eps, T]: another smallest time (e.g. a likelihood from 1e-5 of a model trained from 1e-3),
         checked as the constructor checks it (a discrete schedule's from its first timestep, 1/N)."""
         real_numbers(type(self).__name__, eps=eps)
-        lowest = 1.0 / self.num_timesteps if hasattr(self, "num_timesteps") else 0.0
+        lowest = self.earliest
         if not (math.isfinite(eps) and lowest <= eps < self.T and eps > 0):
             raise ValueError(f"{type(self).__name__}: eps must lie in {'[' if lowest else '('}{lowest:g}, T = "
                              f"{self.T:g}); got {eps}")
         out = copy.copy(self)
         out.eps = float(eps)
         return out
+
+    @property
+    def earliest(self) -> float:
+        """The smallest time its formulas hold at: 0, or a discrete schedule's first timestep 1/N."""
+        return 1.0 / self.num_timesteps if hasattr(self, "num_timesteps") else 0.0
 
     # --- the four quantities each SDE defines ---------------------------------------------------
     @abstractmethod
@@ -155,7 +173,7 @@ class SDE(ABC):
 
     def langevin_scale(self, t: Tensor, s: Tensor) -> Tensor:
         """Step-size factor of score_sde's Langevin corrector: 1, except VP's alpha_i = 1 - beta_i."""
-        return torch.ones_like(t)
+        return torch.ones_like(as_time(t))
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in vars(self).items())

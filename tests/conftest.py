@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -20,6 +22,15 @@ def pytest_configure(config):
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
+    # the apps' caches, for tests and the apps they start (set before the test modules copy the environment): not the
+    # checkout's ./outputs/cache or ~/.cache/wandb
+    config.lsde_caches = tempfile.mkdtemp(prefix="lsde-test-caches-")
+    os.environ["LSDE_CACHE"] = os.path.join(config.lsde_caches, "lsde")
+    os.environ["WANDB_CACHE_DIR"] = os.path.join(config.lsde_caches, "wandb")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "lsde_caches", ""), ignore_errors=True)
 
 
 # The files that take minutes, longest first (seconds summed over their tests, `make test PYTEST_ARGS=--durations=120`
@@ -37,13 +48,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def own_environment(tmp_path_factory):
-    """Each test leaves the environment as it found it (Lightning's seed_everything sets PL_GLOBAL_SEED, which seeds
-    every later fit in the process), and the apps' caches go to the session's temporary folder, not to the checkout's
-    ./outputs/cache or ~/.cache/wandb."""
+def own_environment():
+    """Each test leaves the environment as it found it: Lightning's seed_everything sets PL_GLOBAL_SEED, which seeds
+    every later fit in the process."""
     environment = dict(os.environ)
-    base = tmp_path_factory.getbasetemp()
-    os.environ["LSDE_CACHE"], os.environ["WANDB_CACHE_DIR"] = str(base / "lsde-cache"), str(base / "wandb-cache")
     yield
     os.environ.clear()
     os.environ.update(environment)

@@ -103,13 +103,22 @@ class Preemption(L.Callback):
 
     def _own(self, signum: int, handler) -> None:
         """Handle `signum` from now on (only the main thread can set a handler: elsewhere, nothing)."""
-        if threading.current_thread() is threading.main_thread():
-            self._previous_handlers.setdefault(signum, (handler, signal.signal(signum, handler)))
+        if threading.current_thread() is threading.main_thread() and signum not in self._previous_handlers:
+            before_last_fit = self._after_fit.pop(signum, None)
+            previous = signal.signal(signum, handler)
+            if previous == handler and before_last_fit is not None:  # put back by Lightning after a failed fit
+                previous = before_last_fit
+            self._previous_handlers[signum] = (handler, previous)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        self._after_fit = {}
-        if self.requeue_signal is not None and stage == "fit":
+        if stage != "fit":
+            return
+        # a callback used again (a notebook's second fit): nothing of the last fit's signals carries over
+        self.signalled = self.terminated = self.interrupted = self.ctrl_c = self.stopped_by_ctrl_c = False
+        self.requeue_requested, self.saved_at = False, None
+        if self.requeue_signal is not None:
             self._own(getattr(signal, self.requeue_signal), self._on_signal)
+        self._after_fit.clear()
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._launcher = trainer.strategy.launcher

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ def warn_if_training(denoiser: nn.Module, results: str) -> None:
 def outside_package() -> int:
     """The stacklevel of a warning raised here that names the first caller outside this package and torch (whose
     decorators, e.g. no_grad, stand between): the user's line."""
-    package = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file__).resolve().parent))
+    package = tuple(str(folder) + os.sep for folder in (Path(__file__).resolve().parents[1],
+                                                         Path(torch.__file__).resolve().parent))
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(package):
         frame, level = frame.f_back, level + 1
@@ -166,12 +168,12 @@ class Denoiser(nn.Module):
 
     def coefficients(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor | float]:
         """(t per sample, alpha, sigma, the input scale c_in), broadcast to x. `t` is one time or one per sample (B
-        values of any shape: (B,), (B, 1)); a Python number outside [0, T] is refused (a tensor's values are not read:
-        on a GPU that waits for the device at every step)."""
+        values of any shape: (B,), (B, 1)); a Python number outside [sde.earliest, T] is refused (a tensor's values
+        are not read: on a GPU that waits for the device at every step)."""
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor; got {x.dtype} (t would be rounded to it)")
-        if isinstance(t, (int, float)) and not 0 <= t <= self.sde.T * (1 + 1e-6):
-            raise ValueError(f"t must lie in [0, T = {self.sde.T:g}]; got {t}")
+        if isinstance(t, (int, float)) and not self.sde.earliest <= t <= self.sde.T * (1 + 1e-6):
+            raise ValueError(f"t must lie in [{self.sde.earliest:g}, T = {self.sde.T:g}]; got {t}")
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.numel() == 1:
             t = t.reshape(()).expand(x.shape[0])

@@ -24,6 +24,7 @@ import logging
 import math
 import numbers
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
@@ -115,7 +116,19 @@ def check_sampler_class(cls) -> None:
 
 _UNRESOLVED: set = set()  # (sampler, tolerance, dtype) already warned about
 _UNEXPECTED_NFE: set = set()  # (sampler class, steps, NFE spent) already warned about
-_NONFINITE: set = set()  # (sampler name, denoiser) whose samples were not all finite, already warned about
+_NONFINITE = weakref.WeakKeyDictionary()  # network -> the samplers its samples were not all finite with, said
+
+
+def first_time_nonfinite(sampler: str, net) -> bool:
+    """Whether `sampler` gives non-finite samples of the network `net` (shared by its wrappers: guidance, inpainting)
+    for the first time in this process; always, for a network that cannot be weakly referenced."""
+    try:
+        said = _NONFINITE.setdefault(net, set())
+    except TypeError:
+        return True
+    first = sampler not in said
+    said.add(sampler)
+    return first
 
 
 def warn_if_tolerance_unresolved(sampler, dtype) -> None:
@@ -260,8 +273,7 @@ class Sampler:
                              "return other keys only")
         info.update(extra)
         nonfinite = int((~torch.isfinite(x.reshape(len(x), -1))).any(dim=1).sum())
-        if nonfinite and (self.name, id(denoiser)) not in _NONFINITE:
-            _NONFINITE.add((self.name, id(denoiser)))  # once per sampler and model: a sweep samples many batches
+        if nonfinite and first_time_nonfinite(self.name, denoiser.net):  # a sweep samples many batches
             log.warning("sampler %r: %d of %d samples have NaN or infinite values (a diverged sampler, or a network "
                         "that returned them)", self.name, nonfinite, len(x))
         spent = None if self.adaptive else (type(self), self.steps, info["nfe"])
@@ -351,7 +363,8 @@ def sample(
     progress: bool = False,
 ) -> tuple[Tensor, dict]:
     """Draw one sample per seed: x_T and all later noise of sample i come from seed i."""
-    check_step_dtype(dtype, "dtype")
+    if dtype is not None:  # None: torch's default, as in torch's own functions
+        check_step_dtype(dtype, "dtype")
     noise = SeededNoise(seeds, denoiser.shape, dtype=dtype, device=device)
     x_T = denoiser.sde.prior_sample(noise.prior())
     return sampler(denoiser, x_T, noise, callback=callback, progress=progress)

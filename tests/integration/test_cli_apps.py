@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+       **{k: os.environ[k] for k in ("LSDE_CACHE", "WANDB_CACHE_DIR")}}  # tests/conftest.py's
 
 
 def _cli(module, *args, timeout=300, python_options=()):

@@ -231,17 +231,36 @@ def test_a_network_that_returns_nan_stops_an_adaptive_solver_at_once_with_the_ca
 
 
 def test_a_fixed_step_samplers_nan_samples_are_said_once_per_model(caplog):
-    """They are returned (the apps record such a run as diverged), but a library user was told nothing."""
+    """They are returned (the apps record such a run as diverged), but a library user was told nothing. Once per
+    sampler and network: a guided sweep wraps the network anew for every batch; a new network is said again, even
+    where it takes the memory (and id) of one freed."""
+    import gc
+
+    from lightning_sde.models.guidance import GuidedDenoiser
     from lightning_sde.samplers import build_sampler
 
-    nan_late = Denoiser(lambda x, t: torch.where(t.reshape(-1, 1) < 0.5, x * float("nan"), x), VPSDE(), "eps", (2,))
-    sampler = build_sampler("ddim", steps=8)
-    x_T = torch.randn(4, 2)
-    for _ in range(2):
-        assert torch.isnan(sampler(nan_late, x_T)[0]).all()
-    assert caplog.text.count("sampler 'ddim': 4 of 4 samples have NaN or infinite values") == 1
+    def nan_late():
+        net = torch.nn.Module()
+        net.forward = lambda x, t, y=None: torch.where(t.reshape(-1, 1) < 0.5, x * float("nan"), x)
+        return Denoiser(net, VPSDE(), "eps", (2,), num_classes=3)
+
+    said = "sampler 'ddim': 4 of 4 samples have NaN or infinite values"
+    sampler, x_T, model = build_sampler("ddim", steps=8), torch.randn(4, 2), nan_late()
+    for _ in range(3):
+        assert torch.isnan(sampler(GuidedDenoiser(model, [0, 1, 2, 0], 1.0), x_T)[0]).all()
+    assert caplog.text.count(said) == 1
+    build_sampler("ddim", steps=4)(model, x_T)
+    assert caplog.text.count("NaN or infinite") == 1  # the same sampler
+    build_sampler("euler_maruyama", steps=4)(model, x_T, SeededNoise(range(4), (2,)))
+    assert caplog.text.count("NaN or infinite") == 2
     sampler(Denoiser(lambda x, t: 0.1 * x, VPSDE(), "eps", (2,)), x_T)
-    assert caplog.text.count("NaN or infinite") == 1
+    assert caplog.text.count("NaN or infinite") == 2
+    for _ in range(3):
+        del model
+        gc.collect()
+        model = nan_late()
+        sampler(model, x_T)
+    assert caplog.text.count(said) == 4
 
 
 @pytest.mark.parametrize("method", ["dopri5", "euler"])

@@ -243,6 +243,9 @@ def test_times_as_numbers_and_column_vectors_are_taken_and_impossible_inputs_nam
             number, tensor = getattr(sde, key)(0.3), getattr(sde, key)(torch.tensor(0.3, dtype=torch.float64))
             assert torch.equal(number, tensor) and number.dtype == torch.float64, (sde, key)
         assert math.isclose(float(sde.t_from_log_snr(float(sde.log_snr(0.3)))), 0.3, rel_tol=1e-9), sde
+        assert torch.equal(sde.t_from_log_snr(lam=0.5), sde.t_from_log_snr(0.5))
+        assert torch.equal(sde.langevin_scale(0.5, 0.4), sde.langevin_scale(*torch.tensor([0.5, 0.4],
+                                                                                           dtype=torch.float64)))
     mixture = eight_gaussians()
     x = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
     assert torch.equal(mixture.marginal_log_prob(VPSDE(), x.double(), 0.5),
@@ -258,6 +261,10 @@ def test_times_as_numbers_and_column_vectors_are_taken_and_impossible_inputs_nam
         with pytest.raises(ValueError, match=rf"^t must lie in \[0, T = 1\]; got {said}$"):
             denoiser(x, t)
     assert torch.isfinite(denoiser(x, 1.0).eps).all() and torch.isfinite(denoiser(x, 0.0).eps).all()
+    on_steps = Denoiser(Net(2, width=16, depth=1).eval(), discrete, "eps", (2,))
+    with pytest.raises(ValueError, match=r"^t must lie in \[0.001, T = 1\]; got 0.0$"):  # its sigma is 0 there
+        on_steps(x, 0.0)
+    assert torch.isfinite(on_steps(x, 1e-3).x0).all()
     with pytest.raises(TypeError, match=r"^x must be a floating-point tensor; got torch.int64"):
         denoiser(x.long(), 0.5)
     with pytest.raises(TypeError, match=r"^x must be a floating-point tensor; got torch.int64$"):
@@ -279,4 +286,8 @@ def test_times_as_numbers_and_column_vectors_are_taken_and_impossible_inputs_nam
         DSMLoss(VPSDE())(exact, x.long())
     with pytest.raises(TypeError, match=r"^dtype is int64: samplers and ODE solves step in float32 or float64"):
         sample(build_sampler("ddim"), exact, range(3), dtype=torch.int64)
+    with pytest.raises(TypeError, match=r"^dtype must be a torch dtype \(torch.float32 or torch.float64\); got "
+                                        r"'float32'$"):
+        sample(build_sampler("ddim"), exact, range(3), dtype="float32")
+    assert sample(build_sampler("ddim"), exact, range(3), dtype=None)[0].dtype == torch.get_default_dtype()
     assert VPSDE().prior_logp(torch.zeros(0, 2)).shape == (0,)

@@ -342,6 +342,25 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_the_last_periodic_checkpoint(t
         signal.signal(signal.SIGUSR1, before)
 
 
+def test_a_callback_used_again_after_a_failed_fit_forgets_its_stop_and_gives_the_signal_back(tmp_path,
+                                                                                            terminal_sigint):
+    """A notebook's second fit with the same callback: the first fit's Ctrl-C stopped it at its first step, and the
+    callback took its own handler (put back by Lightning) for the one before, so SIGUSR1 went nowhere after it."""
+    received = []
+    before = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    try:
+        preemption = Preemption("SIGUSR1")
+        with pytest.raises(SystemExit):
+            fit(tmp_path / "a", last=preemption, after=CtrlCInStep(12, times=2))
+        fit(tmp_path / "b", last=preemption)
+        assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
+        assert not preemption.ctrl_c and not preemption.stopped_by_ctrl_c
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert received == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
 def test_a_run_that_ignores_ctrl_c_keeps_ignoring_it_and_one_in_a_thread_trains(tmp_path):
     """A job started in the background by a script ignores SIGINT (SIG_IGN): the terminal's Ctrl-C then stopped it.
     And a fit in another thread failed at once: only the main thread may set a signal handler."""
