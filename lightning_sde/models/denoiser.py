@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import numbers
 import os
 import sys
 import warnings
@@ -172,7 +173,7 @@ class Denoiser(nn.Module):
         are not read: on a GPU that waits for the device at every step)."""
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor; got {x.dtype} (t would be rounded to it)")
-        if isinstance(t, (int, float)) and not self.sde.earliest <= t <= self.sde.T * (1 + 1e-6):
+        if isinstance(t, numbers.Real) and not self.sde.earliest <= t <= self.sde.T * (1 + 1e-6):
             raise ValueError(f"t must lie in [{self.sde.earliest:g}, T = {self.sde.T:g}]; got {t}")
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.numel() == 1:
@@ -189,8 +190,8 @@ class Denoiser(nn.Module):
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Prediction:
         """One NFE. `labels` (B,) condition a class-conditional network (num_classes = the unconditional row)."""
         t, alpha, sigma, c_in = self.coefficients(x, t)
-        self.nfe += 1
         out = self.call_net(c_in * x, t, labels)
+        self.nfe += 1
         return Prediction(x, alpha, sigma, output_to_eps(self.parameterization, out, x, alpha, sigma))
 
     def call_net(self, x_in: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -4,6 +4,7 @@ tensors of their own making."""
 import re
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -257,7 +258,7 @@ def test_times_as_numbers_and_column_vectors_are_taken_and_impossible_inputs_nam
     assert torch.equal(denoiser(x, times[:1]).eps, denoiser(x, 0.5).eps)
     with pytest.raises(ValueError, match=r"^t has shape \(2,\): one time, or one per sample of the batch of 3$"):
         denoiser(x, times[:2])
-    for t, said in ((-0.1, "-0.1"), (float("nan"), "nan"), (1.5, "1.5")):
+    for t, said in ((-0.1, "-0.1"), (float("nan"), "nan"), (1.5, "1.5"), (np.float32(5), "5.0"), (np.int64(3), "3")):
         with pytest.raises(ValueError, match=rf"^t must lie in \[0, T = 1\]; got {said}$"):
             denoiser(x, t)
     assert torch.isfinite(denoiser(x, 1.0).eps).all() and torch.isfinite(denoiser(x, 0.0).eps).all()
@@ -267,6 +268,10 @@ def test_times_as_numbers_and_column_vectors_are_taken_and_impossible_inputs_nam
     assert torch.isfinite(on_steps(x, 1e-3).x0).all()
     with pytest.raises(TypeError, match=r"^x must be a floating-point tensor; got torch.int64"):
         denoiser(x.long(), 0.5)
+    nfe = denoiser.nfe
+    with pytest.raises(ValueError, match=r"^x has shape \(3,\): a batch of samples of shape \(2,\) expected$"):
+        denoiser(x[0, :1].expand(3), 0.5)  # 1-D data without its axis: refused, and no NFE spent
+    assert denoiser.nfe == nfe
     with pytest.raises(TypeError, match=r"^x must be a floating-point tensor; got torch.int64$"):
         mixture.log_prob(x.long())
     with pytest.raises(ValueError, match=r"^x must be a batch of points of shape \(N, 1\); got \(5,\)$"):
