@@ -35,7 +35,7 @@ def broadcast_time(coef: Tensor, x: Tensor) -> Tensor:
     return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim))
 
 
-TIME_METHODS = ("alpha", "sigma", "f", "g2", "t_from_log_snr", "log_alpha")  # each subclass's own, of one argument
+TIME_METHODS = ("alpha", "sigma", "f", "g2", "t_from_log_snr", "log_alpha")  # each subclass's own; first argument: t
 
 
 def as_time(t) -> Tensor:

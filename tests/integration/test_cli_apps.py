@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
-       **{k: os.environ[k] for k in ("LSDE_CACHE", "WANDB_CACHE_DIR")}}  # tests/conftest.py's
+       **{k: os.environ[k] for k in ("LSDE_CACHE", "WANDB_CACHE_DIR")},  # tests/conftest.py's
+       "LSDE_OUTPUTS": str(Path(os.environ["LSDE_CACHE"]).parent / "outputs")}  # an app's logs, where a test names none
 
 
 def _cli(module, *args, timeout=300, python_options=()):
