@@ -419,7 +419,8 @@ def test_a_python_without_the_dependencies_is_named_before_the_sweep_is_sized(sl
     bare.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
     bare.chmod(0o755)
     proc = subprocess.run([str(REPO / "slurm" / "submit.sh"), "bench", "nfe=[10]"], cwd=REPO, capture_output=True,
-                          text=True, env={**slurm.env, "LSDE_PYTHON": str(bare)}, timeout=120, check=False)
+                          text=True, env={**slurm.env, "LSDE_PYTHON": str(bare), "LSDE_LOGS": str(workdir / "logs")},
+                          timeout=120, check=False)  # its logs folder: not in the checkout
     assert proc.returncode == 2 and f"error: {bare} cannot import lightning_sde and its dependencies" in proc.stderr
     assert "the sweep's config is not valid" not in proc.stderr
 

@@ -404,6 +404,7 @@ def test_a_sweeps_run_resumed_on_its_own_keeps_its_wandb_group(tmp_path, monkeyp
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = wandb.init(mode="offline", dir=tmp_path / "MR_1", id="MR_1", group="MR", project="p")
     run.finish()
+    wandb.teardown()  # the service flushes the run file as it exits (a full suite once read it before it was written)
     assert train.wandb_identity(cfg, None, [])["group"] == "MR"
 
 
