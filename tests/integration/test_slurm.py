@@ -190,7 +190,9 @@ def test_a_run_that_fails_under_the_submitit_launcher_fails_its_slurm_job(slurm,
     assert "lsde-train: error: the sweep failed; its first failure: config optim.lr: " in proc.stderr, proc.stderr
     assert "_log.out)" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr  # its log named, no trace
     (sbatch_file,) = (workdir / "multirun" / ".submitit").glob("*/*_submission.sh")
-    state = slurm.state(sbatch_file.parent.name)
+    job = sbatch_file.parent.name  # submitit reads the job's result file while the job may still be exiting
+    slurm.wait(job, timeout=60)
+    state = slurm.state(job)
     assert (state["JobState"], state["ExitCode"]) == ("FAILED", "1:0"), state
 
 
