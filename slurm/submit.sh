@@ -18,7 +18,7 @@ set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/env.sh"
 lsde_load_site
 LOGS=${LSDE_LOGS:-$PWD/outputs/slurm-logs}
-case "${1:-}" in train|bench|pipeline) mkdir -p "$LOGS" && LOGS=$(cd "$LOGS" && pwd) ;; esac  # not for --help
+case "$LOGS" in /*) ;; *) LOGS=$PWD/$LOGS ;; esac  # made once every check passed (make_logs)
 
 die() { echo "submit.sh: error: $*" >&2; exit 2; }
 # Submitted from inside a job (an array task's script): that job's SLURM variables and run name are its own, not the
@@ -77,6 +77,8 @@ login_python() {
     elif [ -x "$LSDE_CLONE/.venv/bin/python" ]; then echo "$LSDE_CLONE/.venv/bin/python"
     else echo python; fi
 }
+
+make_logs() { mkdir -p "$LOGS" || die "cannot create the log folder $LOGS (LSDE_LOGS)"; }
 
 # sbatch with the site's flags, this directory as the job's, an absolute log path; prints the job id.
 submit() {  # submit LOG_PATTERN TEMPLATE SBATCH_OPTIONS... -- ARGS...
@@ -150,6 +152,7 @@ train)
     split_args "$@"
     check_time train.sbatch ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}
     check_train "${SBATCH_OPTS[*]-}" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
+    make_logs
     job=$(submit "%x-%j" train.sbatch ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} -- ${OVERRIDES[@]+"${OVERRIDES[@]}"})
     echo "train job $job: log $LOGS/lsde-train-$job.out; run directory $PWD/outputs/train/<run_name> (the job id" \
          "unless run_name= is given)"
@@ -169,6 +172,7 @@ bench)
     existing=--existing  # the checkpoint must be there, unless the array waits for a job (the one that writes it)
     has_dependency ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} && existing=""
     bench_array "$tasks" "$throttle" $existing ${OVERRIDES[@]+"${OVERRIDES[@]}"}
+    make_logs
     job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" ${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"} -- "$SHARD" \
         ${OVERRIDES[@]+"${OVERRIDES[@]}"})
     echo "bench array $job: logs $LOGS/lsde-bench-${job}_<task>.out; when every task is done:" \
@@ -207,6 +211,7 @@ pipeline)
     bench_args=("checkpoint=$run_dir/checkpoints/last.ckpt" "name=$run" "results=$results" ${bench_args[@]+"${bench_args[@]}"})
     check_train "${train_opts[*]-}" ${train_args[@]+"${train_args[@]}"} "run_name=$run" "run_dir=$run_dir"
     bench_array "$tasks" "$throttle" ${bench_args[@]+"${bench_args[@]}"}
+    make_logs
     train_job=$(submit "%x-%j" train.sbatch ${train_opts[@]+"${train_opts[@]}"} -- \
         ${train_args[@]+"${train_args[@]}"} "run_name=$run" "run_dir=$run_dir")
     bench_job=$(submit "%x-%A_%a" bench.sbatch "$ARRAY" "--dependency=afterok:$train_job" \

@@ -334,12 +334,17 @@ def compute_rows(cfg, options, denoiser, x, mine, mixture, divergence, offset, d
     return rows
 
 
+def probe_generators(seed: int, indices: list[int]) -> list[torch.Generator]:
+    """Hutchinson's probes of each sample, seeded by the run's seed and the sample's index: any batch size or world
+    size draws the same for a sample, and no two samples share them (their errors would not average out)."""
+    return [torch.Generator().manual_seed(seed * 1_000_003 + k) for k in indices]
+
+
 def likelihood_batch(cfg, options, denoiser, x, idx, mixture, divergence, offset, device, record, dim) -> list[dict]:
     """The rows of one batch (indices idx into x), appended by `record` at once (all or none: a resume goes on
     from whole batches, so that its batches are those of an uninterrupted run)."""
     rows = []
-    # each sample's probes are seeded by its index: any batch size or world size draws the same for it
-    gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + k) for k in idx.tolist()]
+    gens = probe_generators(cfg.seed, idx.tolist())
     out = log_likelihood(denoiser, x[idx].to(device), options, divergence, cfg.probes, cfg.probe, gens)
     truth = (mixture.marginal_log_prob(denoiser.sde, x[idx].double(),
                                        torch.tensor(denoiser.sde.eps, dtype=torch.float64))

@@ -45,13 +45,16 @@ def test_help_prints_the_usage_and_does_nothing_else(tmp_path):
 
 def test_the_shell_scripts_help_writes_nothing_and_the_gpu_check_refuses_a_machine_without_one(tmp_path):
     """`gpu_check.sh --help` took --help for its output folder (mkdir's usage, two failed runs); on a CPU it printed
-    two tracebacks; `submit.sh --help` made ./outputs/slurm-logs where it was asked."""
+    two tracebacks; `submit.sh --help`, and a refused submission, made ./outputs/slurm-logs where it was asked."""
     import torch
 
     gpu_check, submit = BENCHMARKS / "gpu_check.sh", BENCHMARKS.parent / "slurm" / "submit.sh"
     for script in (gpu_check, submit):
         proc = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 0 and "usage" not in proc.stderr and proc.stdout.strip(), proc.stderr
+    for args in (["train", "--time=1", "data=toy2d"], ["bench", "--tasks=0"]):
+        proc = subprocess.run(["bash", str(submit), *args], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 2 and "submit.sh: error: " in proc.stderr, proc.stderr
     assert not list(tmp_path.iterdir())
     if not torch.cuda.is_available():
         proc = subprocess.run(["bash", str(gpu_check), str(tmp_path / "out")], capture_output=True, text=True,

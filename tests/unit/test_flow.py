@@ -234,3 +234,24 @@ def test_what_takes_gradients_says_so_under_inference_mode():
                 call()
     with torch.no_grad():
         assert torch.isfinite(log_likelihood(denoiser, x)["logp"]).all()
+
+
+def test_the_likelihood_apps_probes_are_each_samples_own():
+    """lsde-likelihood seeds each sample's Hutchinson probes by the run's seed and the sample's index: one point at
+    three indices gets three different estimates (one shared probe made every error the same draw, so they did not
+    average out over the samples), the same at any batch, and another seed draws others."""
+    from lightning_sde.cli.likelihood import probe_generators
+
+    sde = build_sde("vp")
+    mixture = random_mixture(dim=16, n_components=3, seed=1)  # 2^15 sign patterns (4-D has 8 estimates)
+    x = mixture.sample(1, torch.Generator().manual_seed(0)).repeat(3, 1)
+    opts = ODEOptions("rk4", steps=12)
+
+    def logp(indices, seed=0):
+        return log_likelihood(mixture.denoiser(sde), x[: len(indices)], opts, divergence="hutchinson",
+                              generator=probe_generators(seed, indices))["logp"]
+
+    three = logp([0, 1, 2])
+    assert len(set(three.tolist())) == 3, three
+    torch.testing.assert_close(logp([2]), three[2:])  # alone, as in a batch of three
+    assert (logp([0, 1, 2], seed=1) != three).all()
