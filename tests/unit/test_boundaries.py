@@ -255,6 +255,15 @@ def test_a_fixed_step_samplers_nan_samples_are_said_once_per_model(caplog):
     assert caplog.text.count("NaN or infinite") == 2
     sampler(Denoiser(lambda x, t: 0.1 * x, VPSDE(), "eps", (2,)), x_T)
     assert caplog.text.count("NaN or infinite") == 2
+
+    class Scores:
+        def eps(self, x, t):
+            return x * float("nan")
+
+    scores = Scores()
+    for _ in range(3):  # a bound method is a new object at each `scores.eps`
+        build_sampler("heun", steps=2)(Denoiser(scores.eps, VPSDE(), "eps", (2,)), x_T)
+    assert caplog.text.count("sampler 'heun': 4 of 4 samples have NaN") == 1
     for _ in range(3):
         del model
         gc.collect()
