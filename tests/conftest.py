@@ -22,6 +22,10 @@ def pytest_configure(config):
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
+    # the suite runs in an environment of its own: a user's site file, run name, trusted modules or W&B account (set
+    # in their shell for their own runs) would change what the tests and the apps they start do
+    for key in [k for k in os.environ if k.startswith(("LSDE_", "WANDB_"))]:
+        del os.environ[key]
     # the apps' caches, for tests and the apps they start (set before the test modules copy the environment): not the
     # checkout's ./outputs/cache or ~/.cache/wandb
     config.lsde_caches = tempfile.mkdtemp(prefix="lsde-test-caches-")

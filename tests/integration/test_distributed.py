@@ -113,3 +113,17 @@ def test_the_processes_are_srun_tasks_where_srun_started_them_and_lightnings_own
                        "MASTER_ADDR": "localhost", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(key, value)
     assert cluster_environment(2, 1, "trainer") is None
+
+
+def test_a_task_under_a_jobs_script_or_extern_step_is_no_srun_task():
+    """The step is read from the name slurmstepd gives itself, the task's parent: a program under the job's batch
+    script or its extern step (sshed into the node) inherits a step's variables but is none of its tasks."""
+    child = ("import os, sys; from lightning_sde.distributed import parent_pid, srun_tasks, step_name; "
+             "os.environ.update(SLURM_STEP_NUM_TASKS='2', SLURM_TASK_PID=str(os.getpid())); "
+             "print(parent_pid(os.getpid()) == os.getppid(), step_name(os.getpid()), srun_tasks())")
+    for step, expected in (("0", "True 0 2"), ("batch", "True batch None"), ("extern", "True extern None")):
+        stepd = f"import subprocess; subprocess.run([{sys.executable!r}, '-c', {child!r}])"  # its argv[0] renamed
+        out = subprocess.run(["bash", "-c", f'exec -a "slurmstepd: [77.{step}]" "$0" -c "$1"', sys.executable, stepd],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep
+                             .join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])})
+        assert out.stdout.strip() == expected, out.stderr[-2000:]

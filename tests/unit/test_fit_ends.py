@@ -333,3 +333,20 @@ def test_a_checkpoint_is_saved_with_every_csv_row_up_to_its_step_on_disk(tmp_pat
                         callbacks=[Evaluation(), last, LogsWithCheckpoints()], plugins=[AtomicCheckpointIO()])
     trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=32, n_train=2048))
     assert Evaluation.on_disk == {15: [10], 25: [10, 20]}
+
+
+def test_a_checkpoint_overwritten_by_another_file_is_not_kept_as_the_previous_one(tmp_path):
+    """last.prev.ckpt is the fallback for a broken last.ckpt: a zip that is no checkpoint (another program's file in
+    its place) is not moved over the good one."""
+    import zipfile
+
+    io = AtomicCheckpointIO()
+    for step in (1, 2):
+        io.save_checkpoint({"step": step}, tmp_path / "last.ckpt")
+    with zipfile.ZipFile(tmp_path / "last.ckpt", "w") as archive:
+        archive.writestr("notes.txt", "not a checkpoint")
+    io.save_checkpoint({"step": 3}, tmp_path / "last.ckpt")
+    assert [torch.load(tmp_path / name, weights_only=True) for name in ("last.ckpt", "last.prev.ckpt")] == [
+        {"step": 3}, {"step": 1}]
+    with pytest.raises(TypeError, match="takes no storage_options"):  # Lightning's would be ignored, silently
+        io.save_checkpoint({"step": 4}, tmp_path / "last.ckpt", storage_options={"compress": True})

@@ -2,6 +2,7 @@
 the end of long work, nothing for short work; the training progress line of a batch job."""
 
 import logging
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -23,7 +24,8 @@ def lines(caplog):
 
 
 def test_durations_read_as_a_person_writes_them():
-    assert [duration(s) for s in (0.4, 12, 185, 7620, -3)] == ["0s", "12s", "3m05s", "2h07m", "0s"]
+    assert [duration(s) for s in (0.4, 12, 59.6, 60, 185, 3599, 3600, 7620, -3)] == [
+        "0s", "12s", "1m00s", "1m00s", "3m05s", "59m59s", "1h00m", "2h07m", "0s"]
 
 
 def test_a_log_file_gets_a_line_every_interval_and_the_last_state_once(caplog):
@@ -106,6 +108,9 @@ def test_a_terminal_gets_a_bar_instead_of_lines(caplog):
     with Progress(10, "bar", every_s=0, terminal=True) as progress:
         progress.update(5, nfe=3)
         assert progress._bar is not None and progress._bar.n == 5
+        started = progress._bar.start_t
+        progress.set_aside(100.0)  # the bar's rate and ETA leave the set-up out too
+        assert progress._bar.start_t == started + 100.0
     assert lines(caplog) == []
 
 
@@ -134,3 +139,17 @@ def test_training_progress_lines_come_every_n_steps_with_rate_and_eta(caplog, mo
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError, match="ProgressLog"):
         ProgressLog(**kwargs)
+
+
+def test_lightnings_messages_reach_the_console_once_through_the_apps_handlers(monkeypatch):
+    """Lightning's loggers carry a console handler of their own: its messages came twice or three times."""
+    from lightning_sde.tracking import quiet_and_logged
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        source = logging.getLogger(name)
+        monkeypatch.setattr(source, "handlers", [logging.StreamHandler(), logging.FileHandler(os.devnull)])
+        monkeypatch.setattr(source, "propagate", False)
+    quiet_and_logged()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        source = logging.getLogger(name)
+        assert source.propagate and [type(h) for h in source.handlers] == [logging.FileHandler], name

@@ -51,6 +51,10 @@ def test_code_changed_since_the_commit_is_marked_dirty(tmp_path):
     assert revision() == head
     (repo / "lightning_sde" / "new_module.py").write_text("x = 1\n")  # a file not committed yet
     assert revision() == f"{head}-dirty"
+    (repo / "lightning_sde" / "new_module.py").unlink()
+    (repo / "configs").mkdir()
+    (repo / "configs" / "mine.yaml").write_text("steps: 3\n")  # the configs made the result too
+    assert revision() == f"{head}-dirty"
 
 
 def test_installed_inside_another_repository_the_revision_is_the_package_version(tmp_path):
