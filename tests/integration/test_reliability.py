@@ -285,6 +285,7 @@ def test_an_error_while_training_keeps_its_steps_and_the_same_command_resumes_on
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 3
     code, out = _start_and_signal(tmp_path / "int", signal.SIGINT)
     assert code == 130 and "lsde-train: interrupted (Ctrl-C); what it wrote before stays on disk" in out, out[-3000:]
+    assert "Ctrl-C: stopping at the end of this step, with a checkpoint there (Ctrl-C again: " in out, out[-3000:]
     step = torch.load(tmp_path / "int" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert f"Ctrl-C: saved {tmp_path / 'int' / 'checkpoints' / 'last.ckpt'} at global step {step}" in out, out[-3000:]
     assert f"lsde-train ... run_name=int resumes the run from global step {step}" in out, out[-3000:]

@@ -465,3 +465,30 @@ def test_the_sample_picture_shows_at_most_its_panels_with_the_floor_first_and_sa
     from PIL import Image
 
     assert Image.open(tmp_path / "samples.png").size[1] < 2000
+
+
+def test_the_views_order_budgets_loosest_first_and_lines_by_nfe():
+    """Tolerances across from the loosest (fewest NFE) to the tightest, as NFE budgets go from the fewest; the
+    terminal's lines by NFE, then by name."""
+    tols = [row(sampler="dopri5", requested=tol, grid="tol", nfe=nfe) for tol, nfe in ((1e-5, 80), (1e-3, 20))]
+    assert "| sampler | tol 0.001 | tol 1e-05 |" in views.markdown(tols)
+    lines = views.summary_table([row("heun", 20), row("em", 100), row("ddim", 10), row("abc", 20)]).splitlines()
+    assert [line.split()[0] for line in lines[2:6]] == ["ddim", "abc", "heun", "em"]
+
+
+def test_a_diverging_samplers_large_values_are_written_in_exponent_form():
+    values = [views.with_interval({"value": v, "ci_low": lo, "ci_high": hi})
+              for v, lo, hi in ((5.123e6, 4.1e6, 6.2e6), (999_999.0, 999_990.0, 1.0e6 + 5), (0.31, 0.3, 0.32))]
+    assert values == ["5.12e+06 [4.10e+06, 6.20e+06]", "1.00e+06 [1.00e+06, 1.00e+06]", "0.310 [0.300, 0.320]"]
+
+
+@pytest.mark.parametrize(("most", "shown"), [(10, 4), (9, 3), (7, 3), (6, 2), (3, 1), (1, 1)])
+def test_the_sample_figure_shows_whole_samplers_up_to_its_panel_limit(most, shown):
+    """Samplers of 1, 3, 3 and 3 panels (the noise floor's one first)."""
+    panels = {"ddim": dict.fromkeys("abc"), "em": dict.fromkeys("abc"), "floor": {"exact": 0},
+              "heun": dict.fromkeys("abc")}
+    kept, note = views.panels_within(panels, most)
+    assert (kept, note) == (panels, "") if shown == 4 else list(kept) == ["floor", "ddim", "em", "heun"][:shown]
+    if note:
+        count = sum(map(len, kept.values()))
+        assert f"{shown} of 4 samplers shown ({count} of 10 cells; at most {most} panels)" in note

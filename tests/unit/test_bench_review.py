@@ -384,6 +384,7 @@ def test_the_best_and_floor_summaries_carry_their_intervals(tmp_path, monkeypatc
         "best/mmd/ddim/nfe": 10, "best/mmd/ddim/ci_low": 0.08, "best/mmd/ddim/ci_high": 0.13})
     run.log_cell(cell_id(rows[:1]), rows[:1])
     assert run.run.summary["best/mmd/ddim/ci_low"] == 0.08
+    assert run.run.history[-1]["mmd_ci/ddim"] == pytest.approx(0.025)  # W&B's error bar: half the interval's width
     run._summarized = math.inf  # the next cell comes within SUMMARY_EVERY_S (however slow this machine)
     better = result_rows("ddim", 20, 0.05)  # a better value without an interval (an older row): no stale one beside
     ResultsStore(results).append(better)
@@ -909,3 +910,33 @@ def test_a_sweeps_samples_come_from_its_own_seeds_and_one_sample_has_a_value_wit
     assert row["seed_start"] == 16 and torch.equal(drawn[1][:16], drawn[0][16:])
     (one,) = sweep(tmp_path / "c", "metrics=[sliced_w2]", "seeds.count=1", "batch_size=1")
     assert one["n_samples"] == 1 and one["value"] is not None and one["ci_low"] is None and one["ci_high"] is None
+
+
+def test_the_workspace_has_a_log_axis_where_values_span_decades_and_a_column_per_budget():
+    from lightning_sde.bench.dashboard import workspace
+
+    rows = [r for nfe, value in ((5, 30.0), (10, 2.0), (20, 0.5)) for r in result_rows("ddim", nfe, value)]
+    rows += [r for nfe, value in ((5, 0.4), (10, 0.3)) for r in result_rows("em", nfe, value, metric="sw")]
+    rows += result_rows("ddim", 10, 0.35, metric="sw")
+    sections = {s.name: s.panels for s in workspace(rows, "me", "p", "x").sections}
+    assert [sections[f"{m} vs NFE"][0].log_y for m in ("mmd", "sw")] == [True, False]  # 60x; 1.3x
+    assert {p.title: p.num_columns for p in sections["samples (same seeds)"]} == {"ddim": 3, "em": 2}
+
+
+@pytest.mark.parametrize("state", [{"id": "../../etc"}, {"id": "a b"}])
+def test_a_sidecar_naming_no_wandb_run_id_is_refused(tmp_path, state):
+    from lightning_sde.bench.dashboard import read_sidecar
+
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, state)
+    with pytest.raises(ValueError, match=r"not a readable W&B sidecar \(ValueError: id .* is not a W&B run id\)"):
+        read_sidecar(results)
+
+
+def test_a_sidecar_missing_a_name_or_group_is_completed_and_its_own_values_kept(tmp_path):
+    from lightning_sde.bench.dashboard import read_sidecar, remember_sweep
+
+    results = tmp_path / "results.jsonl"
+    write_sidecar(results, {"id": "run1", "project": "theirs"})
+    assert remember_sweep(results, "p", "bench-x", "x") == read_sidecar(results) == {
+        "id": "run1", "project": "theirs", "name": "bench-x", "group": "x"}

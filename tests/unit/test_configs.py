@@ -654,6 +654,8 @@ def test_the_progress_bar_is_on_for_a_terminal_and_off_for_a_log_file(tmp_path, 
     ("seed=-1", "config seed: must be an integer >= 0; got -1"),
     ("interpolation.n=abc", "config interpolation: needs two seeds (integers >= 0) and n >= 2"),
     ("interpolation.seeds=[a,b]", "config interpolation: needs two seeds (integers >= 0) and n >= 2"),
+    ("interpolation.seeds=[0,7,9]", "config interpolation: needs two seeds (integers >= 0) and n >= 2"),
+    ("interpolation.n=1", "config interpolation: needs two seeds (integers >= 0) and n >= 2"),
     ("figures=[]", "config figures: empty; choose from"),
     ("formats=[]", "config formats: empty; choose from png, pdf, svg"),
     ("figures=schedules", "config figures: must be a list, e.g. figures=[schedules]; got the string 'schedules'"),
@@ -667,6 +669,7 @@ def test_lsde_figures_names_a_bad_value_before_drawing_anything(override, messag
     with pytest.raises(ValueError, match=re.escape(message)):
         check_values(composed("figures", [override]))
     check_values(composed("figures", []))  # the defaults pass
+    check_values(composed("figures", ["formats=[png,pdf,svg]", "interpolation.n=2"]))
 
 
 @pytest.mark.parametrize("overrides", [

@@ -100,6 +100,8 @@ def test_image_folder_reference_stats_of_the_data_settings_the_bench_will_use(tm
     assert calls == [((3, 1, 8, 8), "digits")]
     assert "has no setting 'size'" in usage_error(["image_folder", "--root", str(root), "--reference-stats", "3",
                                                    "--data", "size=8"], capsys)
+    assert "has no setting 'root'" in usage_error(["image_folder", "--root", str(root), "--reference-stats", "3",
+                                                   "--data", "root=/elsewhere"], capsys)  # --root says it, once
     assert "give --reference-stats too" in usage_error(["digits", "--data", "n_val=10"], capsys)
     for argv in (["--reference-stats", "10"], ["--reference-stats", "10", "--inception"]):  # "pass --inception" misled
         assert usage_error(argv, capsys).endswith("--reference-stats N needs a dataset name (its training images' "
@@ -164,6 +166,12 @@ def test_more_reference_images_than_an_image_folder_has_is_a_usage_error(tmp_pat
     monkeypatch.setenv("LSDE_INCEPTION_WEIGHTS", str(tmp_path / "inception.pth"))
     message = usage_error(["image_folder", "--root", str(root), "--reference-stats", "10"], capsys)
     assert "image_folder has 4 training images" in message
+    calls = fake_statistics(monkeypatch)
+    assert prepare.main(["image_folder", "--root", str(root), "--reference-stats", "4", "--features", "digits",
+                         "--data", "image_size=8", "--data", "channels=1"]) == 0  # all of them: no error
+    assert [shape[0] for shape, _ in calls] == [4]
+    assert "--reference-stats N needs N >= 1" in usage_error(["image_folder", "--root", str(root),
+                                                              "--reference-stats", "0"], capsys)
 
 
 def test_reference_stats_of_points_are_a_usage_error(capsys):

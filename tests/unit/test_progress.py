@@ -132,7 +132,21 @@ def test_training_progress_lines_come_every_n_steps_with_rate_and_eta(caplog, mo
     assert got[0] == "step 50/1000 (5%) | loss 0.5 | 10 steps/s | ETA 1m35s" and len(got) == 4
     caplog.clear()
     callback.on_train_batch_end(trainer(300, bar=object()), None, None, None, 300)  # the bar shows it instead
+    callback.on_train_batch_end(SimpleNamespace(**{**vars(trainer(300)), "is_global_zero": False}), None, None, None,
+                                300)  # another DDP process: rank 0 says it
     assert not caplog.records
+    resumed = ProgressLog(every_n_steps=50, every_s=0)  # a resume at step 1000 of 2000: the rate is this launch's
+    clock.now = 100.0
+    resumed.on_train_start(trainer(1000, max_steps=2000), None)
+    for step in range(1001, 1051):
+        clock.now = 100.0 + (step - 1000) * 0.1
+        resumed.on_train_batch_end(trainer(step, max_steps=2000), None, None, None, step)
+    unbounded = ProgressLog(every_n_steps=50, every_s=0)  # max_steps=-1: by epochs, no total
+    unbounded.on_train_start(trainer(0, max_steps=-1), None)
+    clock.now += 5.0
+    unbounded.on_train_batch_end(trainer(50, max_steps=-1), None, None, None, 50)
+    assert [r.getMessage() for r in caplog.records] == ["step 1050/2000 (52%) | loss 0.5 | 10 steps/s | ETA 1m35s",
+                                                        "step 50 | loss 0.5 | 10 steps/s"]
 
 
 @pytest.mark.parametrize("kwargs", [{"every_n_steps": 0}, {"every_n_steps": True}, {"every_s": -1}])

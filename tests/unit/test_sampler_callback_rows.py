@@ -395,3 +395,27 @@ def test_an_evaluations_rows_are_on_disk_in_the_csv_log_as_soon_as_it_is_logged(
     trainer.fit(ScoreModule(net=MLP, shape=[2], sde=VP), datamodule=Toy2DDataModule(batch_size=64, n_train=512,
                                                                                     n_val=64))
     assert [int(r["step"]) for r in OnDisk.seen] == [2]
+
+
+def test_the_wandb_chart_plots_each_sampler_against_its_nfe_without_the_noise_floor(tmp_path):
+    callback = SamplerCallback({"ddim_50": DDIM(50)}, n_samples=8, metrics=["sliced_w2"])
+    callback.out_dir = tmp_path
+    callback.last_rows = {"ddim_50": {"step": 10, "sampler": "ddim_50", "nfe": 50, "wall_s": 1.0, "sliced_w2": 0.3},
+                          "noise_floor": {"step": 10, "sampler": "noise_floor", "nfe": 0.0, "wall_s": 0.0,
+                                          "sliced_w2": 0.05}}
+    logged = {}
+    run = SimpleNamespace(summary={}, log=lambda values, step: logged.update(values, at=step))
+    callback._wandb_charts(SimpleNamespace(experiment=run), 10)
+    assert logged["val_vs_nfe/table"].data == [["ddim_50", 50, 1.0, 0.3]] and logged["at"] == 10
+    assert logged["val_vs_nfe/sliced_w2"].spec.fields == {"x": "nfe", "y": "sliced_w2"}
+
+
+@pytest.mark.parametrize(("every", "step", "rows", "missing"), [
+    (2, 10, [], False), (2, 20, [], True), (2, 20, [20], False), (2, 25, [], False), (2, 0, [], False),
+    (1, 10, [], True), (1, 10, [10], False)])
+def test_a_resume_redoes_only_an_evaluation_that_was_due_at_its_step(tmp_path, every, step, rows, missing):
+    """every_n_evals=2 with validations every 10 steps: an evaluation is due at 20, 40, ... only."""
+    callback = SamplerCallback({"ddim": DDIM(2)}, n_samples=8, metrics=["mmd"], every_n_evals=every)
+    if rows:
+        write_record(tmp_path / "sampler_metrics.csv", [{"step": s, "sampler": "ddim", "mmd": 0.1} for s in rows])
+    assert callback.evaluation_missing(step, 10, tmp_path) is missing
