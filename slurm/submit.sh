@@ -78,7 +78,9 @@ login_python() {
     else echo python; fi
 }
 
-make_logs() { mkdir -p "$LOGS" || die "cannot create the log folder $LOGS (LSDE_LOGS)"; }
+make_logs() {
+    mkdir -p "$LOGS" && LOGS=$(cd "$LOGS" && pwd) || die "cannot create the log folder $LOGS${LSDE_LOGS:+ (LSDE_LOGS)}"
+}
 
 # sbatch with the site's flags, this directory as the job's, an absolute log path; prints the job id.
 submit() {  # submit LOG_PATTERN TEMPLATE SBATCH_OPTIONS... -- ARGS...

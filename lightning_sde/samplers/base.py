@@ -122,13 +122,14 @@ _NONFINITE = weakref.WeakKeyDictionary()  # network -> the samplers its samples 
 def first_time_nonfinite(sampler: str, net) -> bool:
     """Whether `sampler` gives non-finite samples of the network `net` (shared by its wrappers: guidance, inpainting)
     for the first time in this process; always, for a network that cannot be weakly referenced. A bound method is
-    its object's (each `obj.method` is a new method object)."""
+    kept under its object (each `obj.method` is a new method object)."""
     try:
         said = _NONFINITE.setdefault(getattr(net, "__self__", net), set())
     except TypeError:
         return True
-    first = sampler not in said
-    said.add(sampler)
+    key = (sampler, getattr(net, "__func__", None))
+    first = key not in said
+    said.add(key)
     return first
 
 

@@ -489,6 +489,6 @@ def test_the_sample_figure_shows_whole_samplers_up_to_its_panel_limit(most, show
               "heun": dict.fromkeys("abc")}
     kept, note = views.panels_within(panels, most)
     assert (kept, note) == (panels, "") if shown == 4 else list(kept) == ["floor", "ddim", "em", "heun"][:shown]
-    if note:
+    if shown < 4:
         count = sum(map(len, kept.values()))
         assert f"{shown} of 4 samplers shown ({count} of 10 cells; at most {most} panels)" in note

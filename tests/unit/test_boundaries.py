@@ -260,10 +260,15 @@ def test_a_fixed_step_samplers_nan_samples_are_said_once_per_model(caplog):
         def eps(self, x, t):
             return x * float("nan")
 
+        def other(self, x, t):
+            return x * float("nan")
+
     scores = Scores()
     for _ in range(3):  # a bound method is a new object at each `scores.eps`
         build_sampler("heun", steps=2)(Denoiser(scores.eps, VPSDE(), "eps", (2,)), x_T)
     assert caplog.text.count("sampler 'heun': 4 of 4 samples have NaN") == 1
+    build_sampler("heun", steps=2)(Denoiser(scores.other, VPSDE(), "eps", (2,)), x_T)  # another network
+    assert caplog.text.count("sampler 'heun': 4 of 4 samples have NaN") == 2
     for _ in range(3):
         del model
         gc.collect()

@@ -40,6 +40,7 @@ def test_the_logger_keys_rows_on_the_global_step_and_a_failure_stops_it_with_one
     logger.experiment.log({"note": "y" * 70_000, "trainer/global_step": 8}, step=8)
     logger.log_metrics({"a": 4.0}, step=9)
     wandb.finish()
+    wandb.teardown()  # its service has written the run file when it exits
     assert "wandb sync" not in capfd.readouterr().err  # W&B's sync line names only this launch's folder
     (run_file,) = tmp_path.glob("wandb/offline-run-*-r1/run-r1.wandb")
     rows = offline_history(run_file)
@@ -68,6 +69,7 @@ def test_a_runs_group_is_its_newest_launchs(tmp_path, offline):
     for group, stamp in (("old", "20240101_000000"), ("new", "20250101_000000")):
         wandb.init(dir=str(tmp_path), id="r", project="p", group=group, settings=wandb.Settings(quiet=True))
         wandb.finish()
+        wandb.teardown()
         (folder,) = (tmp_path / "wandb").glob("offline-run-*-r")
         folder.rename(tmp_path / f"offline-run-{stamp}-r")
     shutil.rmtree(tmp_path / "wandb")
