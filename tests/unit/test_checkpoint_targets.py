@@ -201,3 +201,15 @@ def test_a_moved_checkpoint_takes_the_target_id_its_results_record():
         assert as_recorded(mine, [other]) == mine
     assert as_recorded("mixture:x|sde:y", [cluster]) == "mixture:x|sde:y"
     assert as_recorded(mine, [cluster, mine + "|features=inception"]) == mine  # its own rows there too: they go on
+
+
+def test_data_of_another_shape_than_the_checkpoints_is_refused_naming_both(tmp_path):
+    """A 2-D checkpoint scored against 8x8 digits failed in a broadcast deep in the metric."""
+    from omegaconf import OmegaConf
+
+    from lightning_sde.targets import load_target
+
+    cfg = OmegaConf.create({"checkpoint": str(checkpoint(tmp_path / "points.ckpt")),
+                            "data": {"_target_": "lightning_sde.data.DigitsDataModule", "n_val": 50}})
+    with pytest.raises(ValueError, match=r"^config data: shape \(1, 8, 8\) != the checkpoint's \(2,\)$"):
+        load_target(cfg, "checkpoint", "t", "cpu")

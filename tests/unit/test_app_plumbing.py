@@ -1,0 +1,96 @@
+"""Small pieces the apps rest on, each against what a user sees: the scored distribution of a guided sweep, the
+reference seeds, the data's name, the seed limit, a worker's error, the exit status, the help text, the sample
+figure's order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_sde.exact import eight_gaussians
+
+
+def test_a_cycled_guided_sweep_is_scored_against_its_classes_in_equal_parts():
+    """Seed i is drawn for class i mod C: with classes of unequal mass (6 of 8 modes class 0) the reference is still
+    the classes half and half, not p(y)."""
+    from lightning_sde.targets import scored_distribution
+
+    mixture = eight_gaussians(labels=[0, 0, 0, 0, 0, 0, 1, 1])
+    assert torch.allclose(mixture.class_weights(), torch.tensor([0.75, 0.25], dtype=mixture.means.dtype))
+    assert torch.allclose(scored_distribution(mixture, "cycle").class_weights(),
+                          torch.tensor([0.5, 0.5], dtype=mixture.means.dtype))
+
+
+def test_each_seed_range_gets_its_own_reference_samples_and_the_data_its_own_name():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from lightning_sde.targets import data_name, reference_samples
+
+    target = SimpleNamespace(mixture=eight_gaussians())
+    first, again, later = (reference_samples(target, 16, start) for start in (0, 0, 16))
+    assert torch.equal(first, again) and not torch.equal(first, later)
+    toy = OmegaConf.create({"_target_": "lightning_sde.data.Toy2DDataModule", "name": "swiss_roll"})
+    assert data_name(toy) == "toy2d/swiss_roll"
+
+
+def test_the_seed_range_may_end_at_the_limit_not_past_it():
+    from lightning_sde.generation import check_seed_range
+
+    check_seed_range(2**32 - 8, 8)  # seeds up to 2**32 - 1
+    with pytest.raises(ValueError, match=r"at most 2\*\*32 .*; got 4294967297$"):
+        check_seed_range(2**32 - 8, 9)
+
+
+def test_a_workers_chained_error_is_its_last_one_on_one_line():
+    from lightning_sde.cli.errors import from_worker
+
+    message = ("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "a.py", line 1, in f\nValueError: first\n\nDuring handling of the above exception, another '
+               'exception occurred:\n\nTraceback (most recent call last):\n  File "b.py", line 2, in g\n'
+               "ValueError: image 3.png is truncated\n")
+    assert from_worker(message) == "image 3.png is truncated (in DataLoader worker process 0)"
+
+
+@pytest.mark.parametrize(("code", "status"), [(None, 0), (0, 0), (2, 2), ("a message", 1)])
+def test_the_exit_status_of_a_system_exit_is_its_own(code, status):
+    from lightning_sde.cli.train import exit_status
+
+    assert exit_status(SystemExit(code)) == status and exit_status(ValueError()) == 1
+
+
+def test_the_help_marks_defaults_names_groups_without_one_and_answers_h(capsys):
+    from lightning_sde.cli.help import print_help_if_asked
+
+    assert print_help_if_asked("bench", ["-h"]) and not print_help_if_asked("bench", ["nfe=[10]"])
+    text = capsys.readouterr().out
+    groups = {line.split()[0]: line for line in text.split("Config groups")[1].split("Keys users")[0].splitlines()[1:]
+              if line.strip()}
+    assert "vp*" in groups["sde"] and groups["data"].endswith("(none by default)") and "paths" not in groups
+
+
+def test_the_sample_figure_puts_the_noise_floor_first_and_tolerances_loosest_first():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lightning_sde.plotting.sweeps import samples_figure
+
+    x = torch.randn(16, 2)
+    fig = samples_figure({"ode": {"tol 1e-05": x, "tol 0.001": x}, "floor": {"exact": x}})
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["floor\nexact", "ode\ntol 0.001", "ode\ntol 1e-05"], titles
+
+
+def test_hydras_complaint_is_one_line_without_its_search_path():
+    from hydra import compose, initialize_config_module
+    from hydra.errors import ConfigCompositionException
+
+    from lightning_sde.cli.apps import one_line
+    from lightning_sde.configuration import CONFIG_PACKAGE
+
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"), pytest.raises(
+            ConfigCompositionException) as caught:
+        compose("bench", overrides=["problem=bogus"])
+    text = one_line(caught.value)
+    assert "bogus" in text and "\n" not in text and "provider=" not in text and "search path" not in text, text
