@@ -116,7 +116,7 @@ def check_sampler_class(cls) -> None:
 
 _UNRESOLVED: set = set()  # (sampler, tolerance, dtype) already warned about
 _UNEXPECTED_NFE: set = set()  # (sampler class, steps, NFE spent) already warned about
-_NONFINITE = weakref.WeakKeyDictionary()  # network -> the samplers its samples were not all finite with, said
+_NONFINITE = weakref.WeakKeyDictionary()  # network (a method: its object) -> (sampler, method) pairs said
 
 
 def first_time_nonfinite(sampler: str, net) -> bool:
