@@ -22,8 +22,16 @@ def checkpoint(path, net=NET, sde=SDE):
     return path
 
 
-def test_a_genuine_checkpoint_loads(tmp_path):
-    assert load_denoiser(checkpoint(tmp_path / "good.ckpt")).shape == (2,)
+def test_a_genuine_checkpoint_loads_in_eval_mode(tmp_path):
+    net = {**NET, "dropout": 0.5}  # a training-mode network would drop a different half at every call
+    path = tmp_path / "good.ckpt"
+    state = ScoreModule(net=net, sde=SDE, shape=[2]).state_dict()
+    torch.save({"state_dict": state, "hyper_parameters": {"net": net, "sde": SDE, "shape": [2]}, "global_step": 1},
+               path)
+    denoiser = load_denoiser(path)
+    x, t = torch.randn(8, 2), torch.full((8,), 0.5)
+    assert denoiser.shape == (2,) and not denoiser.training and not denoiser.net.training
+    assert torch.equal(denoiser(x, t).eps, denoiser(x, t).eps)
 
 
 def test_a_checkpoint_of_nan_weights_is_refused_before_sampling(tmp_path):

@@ -361,3 +361,93 @@ def test_the_noise_floor_set_shares_no_sample_with_the_reference(make):
     assert floor.shape == reference.shape
     rows = lambda x: {tuple(r.tolist()) for r in x.flatten(1)}  # noqa: E731
     assert not rows(reference) & rows(floor)
+
+
+def test_each_seed_and_stream_draws_its_own_numbers():
+    """seed 1's training draws are not seed 0's validation draws (a seed * k + stream with k too small would share
+    them); the toy validation set is not the training set at equal sizes."""
+    from lightning_sde.data.base import generator
+
+    draws = {tuple(torch.randn(4, generator=generator(seed, stream)).tolist())
+             for seed in range(6) for stream in range(5)}
+    assert len(draws) == 30
+    toy = Toy2DDataModule(batch_size=8, n_train=64, n_val=64)
+    assert not torch.equal(toy.train_set.data, toy.val_set.data)
+    assert not torch.equal(Toy2DDataModule(batch_size=8, n_train=64, n_val=64, seed=1).train_set.data,
+                           toy.val_set.data)
+
+
+def test_training_flips_mirror_about_half_the_images_left_to_right():
+    from lightning_sde.data.base import ImageBatch
+
+    levels = torch.zeros(400, 1, 4, 6, dtype=torch.uint8)
+    levels[..., 0] = 255  # a white left column: an upright image's
+    x = ImageBatch(256, hflip=True)(levels, generator=torch.Generator().manual_seed(0))
+    mirrored = x[..., -1].eq(1).all(dim=(1, 2))
+    assert torch.equal(x[~mirrored], ImageBatch(256)(levels[~mirrored]))
+    assert torch.equal(x[mirrored], ImageBatch(256)(levels[mirrored]).flip(-1))
+    assert 150 < int(mirrored.sum()) < 250
+
+
+def test_digits_levels_are_the_17_values_from_minus_one_to_one_and_n_val_leaves_a_training_set():
+    from lightning_sde.data.digits import digits_to_unit_range
+
+    assert digits_to_unit_range(torch.tensor([0, 8, 16], dtype=torch.uint8)).tolist() == [-1.0, 0.0, 1.0]
+    assert len(DigitsDataModule(batch_size=1, n_val=1796).train_set) == 1
+    with pytest.raises(ValueError, match="n_val must be below the 1797 images; got 1797"):
+        DigitsDataModule(batch_size=1, n_val=1797)
+    with pytest.raises(ValueError, match="dequantize must be true or false; got 'false'"):
+        DigitsDataModule(dequantize="false")
+
+
+def test_the_noise_floor_set_is_there_while_the_training_set_holds_it():
+    digits = DigitsDataModule(batch_size=8)  # 1617 training images
+    assert digits.floor_set(817, after=800).shape == (817, 1, 8, 8)
+    assert digits.floor_set(818, after=800) is None
+
+
+def test_training_moments_are_those_of_the_first_n_training_samples():
+    from lightning_sde.data.base import training_moments
+
+    toy = Toy2DDataModule(batch_size=8, n_train=500, n_val=64)
+    first = toy.reference(300).double()
+    moments = training_moments(toy, n=300)
+    assert torch.allclose(moments.mean.double(), first.mean(0), atol=1e-6)
+    assert torch.allclose(training_moments(toy).mean.double(), toy.reference(500).double().mean(0), atol=1e-6)
+
+
+def test_two_moons_refuses_negative_noise_and_a_toy_config_without_a_name_is_the_eight_gaussians():
+    from lightning_sde.data.toy import data_mixture, two_moons
+
+    with pytest.raises(ValueError, match="noise must be >= 0; got -0.5"):
+        two_moons(10, noise=-0.5)
+    assert data_mixture({})[0] == "eight_gaussians"
+
+
+def fake_cifar(monkeypatch, n_train=40, n_test=20):
+    """torchvision's CIFAR-10 objects stood in by arrays of their layout (N, H, W, C): one red pixel in the first
+    row's last column, so that a transposed or flipped image shows."""
+    from types import SimpleNamespace
+
+    from lightning_sde.data import torchvision_sets
+
+    def dataset(name, root, train, download=False):
+        n = n_train if train else n_test
+        data = np.zeros((n, 32, 32, 3), np.uint8)
+        data[:, 0, 31, 0] = 255
+        return SimpleNamespace(data=data, targets=[i % 10 for i in range(n)])
+
+    monkeypatch.setattr(torchvision_sets, "_dataset", dataset)
+
+
+def test_cifar_images_are_channels_first_and_only_training_batches_are_flipped(monkeypatch, tmp_path):
+    fake_cifar(monkeypatch)
+    dm = CIFAR10DataModule(root=str(tmp_path), batch_size=20, n_val=20)  # n_val: all 20 test images
+    dm.setup("fit")
+    upright = lambda x: bool((x[:, 0, 0, 31] == 1).all() and (x[:, 0, 31, 0] == -1).all()  # noqa: E731
+                             and (x[:, 1:] == -1).all())
+    assert dm.hflip and upright(dm.reference(40)) and upright(next(iter(dm.val_dataloader())))
+    flipped = dm.augment(next(iter(dm.train_dataloader())))[:, 0, 0, 0] == 1
+    assert 0 < int(flipped.sum()) < 20
+    with pytest.raises(ValueError, match="n_val 21 exceeds the 20 test images"):
+        CIFAR10DataModule(root=str(tmp_path), batch_size=20, n_val=21).setup("fit")

@@ -387,3 +387,42 @@ def test_likelihood_says_when_a_renamed_training_image_may_be_scored_as_held_out
     assert name in now.val_files  # scored as held out
     check_held_out(OmegaConf.create({"checkpoint": str(tmp_path / "run.ckpt"), "data": data}), now)
     assert "a training image renamed, or left in place of a removed one, may be scored as held out" in caplog.text
+
+
+def test_upper_case_extensions_are_images_and_hidden_files_are_not(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.PNG", "c.Jpg", "d.png"):
+        write_png(tmp_path / name, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata beside a copied image
+    write_png(tmp_path / ".thumb.png", np.zeros((8, 8, 3), np.uint8))
+    dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=1)
+    assert sorted(p.name for p in dm.train_files + dm.val_files) == ["a.png", "b.PNG", "c.Jpg", "d.png"]
+    assert dm.reference(3).shape == (3, 3, 8, 8)
+
+
+def test_16bit_values_round_to_the_nearest_8bit_level():
+    from lightning_sde.data.image_folder import to_8bit
+
+    values = np.array([[0, 128, 129, 200, 385, 386, 65535]], np.uint16)  # v / 257: 0, .498, .502, .78, 1.498, 1.502
+    assert np.asarray(to_8bit(Image.fromarray(values), "x.png")).tolist() == [[0, 0, 1, 1, 1, 2, 255]]
+
+
+def test_flips_change_training_batches_only_never_validation_or_the_reference(tmp_path):
+    left_white = np.zeros((8, 8, 3), np.uint8)
+    left_white[:, 0] = 255
+    for i in range(24):
+        write_png(tmp_path / f"img{i}.png", left_white)
+    dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=8, batch_size=16, hflip=True)
+    upright = lambda x: bool((x[..., 0] == 1).all() and (x[..., -1] == -1).all())  # noqa: E731
+    assert upright(next(iter(dm.val_dataloader()))) and upright(dm.reference(16))
+    train = dm.augment(next(iter(dm.train_dataloader())))
+    assert 0 < int((train[:, 0, 0, -1] == 1).sum()) < 16
+
+
+def test_the_run_records_the_validation_images_it_started_with(tmp_path):
+    write_images(tmp_path, 12)
+    dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=3)
+    started = ImageFolderDataModule(tmp_path, image_size=8, n_val=3).state_dict()["val_content"]
+    dm.setup("fit")
+    write_png(dm.val_files[0], np.full((8, 8, 3), 7, np.uint8))  # rewritten while the run trains
+    assert dm.state_dict()["val_content"] == started

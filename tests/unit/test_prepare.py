@@ -154,7 +154,8 @@ def test_inception_features_without_the_weights_fail_before_any_download(tmp_pat
 
 
 @pytest.mark.parametrize("argv, available", [(["digits", "--reference-stats", "5000"], 1617),
-                                             (["cifar10", "--reference-stats", "50001"], 50000)])
+                                             (["cifar10", "--reference-stats", "50001"], 50000),
+                                             (["mnist", "--reference-stats", "60001"], 60000)])
 def test_more_reference_images_than_the_dataset_has_is_a_usage_error(tmp_path, offline, argv, available, capsys):
     message = usage_error([*argv, "--root", str(tmp_path / "data"), "--inception"], capsys)
     assert f"has {available} training images" in message

@@ -36,6 +36,12 @@ def test_the_highest_step_wins_whatever_the_modification_times(tmp_path):
     assert newest_loadable(tmp_path) == (last, [])
 
 
+def test_a_checkpoint_of_step_0_is_one_to_resume_from(tmp_path):
+    """A run stopped before its first optimizer step (preempted while it started) resumes from its step-0 save."""
+    last = write(tmp_path / "last.ckpt", 0, mtime=1000)
+    assert newest_loadable(tmp_path) == (last, [])
+
+
 def test_at_the_same_step_last_ckpt_wins(tmp_path):
     last = write(tmp_path / "last.ckpt", 60, mtime=1000)
     write(tmp_path / "best-step=60.ckpt", 60, mtime=2000)
