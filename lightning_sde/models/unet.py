@@ -9,6 +9,7 @@ and an additive time embedding. Not kept: FIR resampling, BigGAN-style resamplin
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from lightning_sde.models.embedding import FourierTimeEmbedding, LabelEmbedding, check_labels
 
 SQRT_HALF = math.sqrt(0.5)
+log = logging.getLogger(__name__)
 
 
 def _groups(channels: int, num_groups: int) -> int:
@@ -149,6 +151,7 @@ class UNet(nn.Module):
 
         self.out = nn.Sequential(nn.GroupNorm(_groups(ch, num_groups), ch), nn.SiLU(),
                                  _zero(nn.Conv2d(ch, in_channels, 3, padding=1)))
+        _warn_if_blind_to_time(channels, channel_mult, num_groups)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         check_labels(y, self.num_classes, "UNet")
@@ -172,6 +175,17 @@ class UNet(nn.Module):
         for m in self.up:
             h = m(h, emb) if isinstance(m, Upsample) else m(torch.cat([h, hs.pop()], dim=1), emb)
         return self.out(h).to(x.dtype)
+
+
+def _warn_if_blind_to_time(channels: int, channel_mult: tuple, num_groups: int) -> None:
+    """A residual block adds the time embedding per channel just before a GroupNorm: in groups of one channel that
+    norm subtracts it again (its mean over the pixels), and the block ignores t."""
+    alone = sorted({w for w in (channels * m for m in channel_mult) if w > 1 and _groups(w, num_groups) == w})
+    if alone:
+        most = max(g for g in range(1, alone[0] // 2 + 1) if alone[0] % g == 0)
+        log.warning("UNet: GroupNorm groups of one channel at %s channels (num_groups=%d): they remove the time "
+                    "embedding added before them, so those blocks ignore t; use num_groups=%d or fewer (two channels "
+                    "or more a group)", ", ".join(map(str, alone)), num_groups, most)
 
 
 def _validate(in_channels, image_size, channels, channel_mult, num_res_blocks, attn_resolutions, dropout,

@@ -210,3 +210,27 @@ def test_a_pilot_under_inpainting_keeps_to_pilot_batch_rows_a_network_call():
     assert max(rows) == 16 and 8 in rows and not [r for r in rows if r not in (8, 16)]
     chunked = den.with_net_batch(8)  # as a pilot as large as the batch gets it (for_rows returns the denoiser)
     assert chunked.base.net_batch == 8 and den.base.net_batch is None  # the user's denoiser is untouched
+
+
+@pytest.mark.parametrize("covariance, data_variance", [("flat", float("inf")), ("isotropic", 1.0)])
+def test_reconstruction_divides_by_the_posterior_variance_of_x0_under_its_prior(covariance, data_variance):
+    """C = Var[x0 | x_t] for data of variance v a coordinate: (1 / v + alpha^2 / sigma^2)^-1; flat: v -> infinity."""
+    sde = VPSDE()
+    den = inpainting(correlated_gaussian().denoiser(sde), torch.tensor([True, False]),
+                     torch.zeros(4, 2, dtype=F64), "reconstruction", covariance=covariance)
+    for t in (0.05, 0.5, 0.95):
+        pred = den.base(torch.randn(4, 2, dtype=F64), torch.full((4,), t, dtype=F64))
+        alpha, sigma = float(sde.alpha(t)), float(sde.sigma(t))
+        residual = torch.randn(4, 1, dtype=F64)
+        posterior_variance = 1 / (1 / data_variance + alpha**2 / sigma**2)
+        torch.testing.assert_close(den._precision_times(residual, pred), residual / posterior_variance)
+
+
+def test_inpainting_denoisers_of_other_values_or_masks_are_other_models():
+    """A grid tuned (and cached by fingerprint) for one set of known values is not reused for another."""
+    base = correlated_gaussian().denoiser(VPSDE())
+    values = torch.zeros(4, 2, dtype=F64)
+    a = inpainting(base, torch.tensor([True, False]), values)
+    assert a.fingerprint() == inpainting(base, torch.tensor([True, False]), values.clone()).fingerprint()
+    assert a.fingerprint() != inpainting(base, torch.tensor([True, False]), values + 1).fingerprint()
+    assert a.fingerprint() != inpainting(base, torch.tensor([False, True]), values).fingerprint()

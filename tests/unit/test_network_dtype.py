@@ -35,3 +35,17 @@ def test_float64_network_computes_in_float64(name):
     assert double.dtype == torch.float64
     torch.testing.assert_close(double.float(), single, rtol=1e-4, atol=1e-5)
     assert not torch.equal(double.float(), single)  # not rounded through float32 on the way
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_a_float32_network_answers_float64_inputs_in_float64(name):
+    make, shape = NETWORKS[name]
+    torch.manual_seed(0)
+    net = _perturbed(make())
+    x, t = torch.randn(shape, dtype=torch.float64), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    assert net(x, t).dtype == torch.float64
+
+
+def test_mlp_dropout_must_leave_something():
+    with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\); got 1.0"):
+        MLP(dim=2, dropout=1.0)

@@ -363,3 +363,23 @@ def test_without_diffusers_every_path_names_the_package_to_install(spec, tmp_pat
         load_denoiser(spec.format(folder=tmp_path / "pipe"))
     with pytest.raises(PretrainedError, match="needs the diffusers package"):
         fetch("someone/ddpm-tiny")
+
+
+def test_a_ve_model_samples_from_its_schedulers_eps_and_loads_in_eval_mode(tmp_path):
+    from lightning_sde.models.pretrained import load
+
+    denoiser = load(f"diffusers:{ncsnpp_pipeline(tmp_path / 'm', sampling_eps=1e-3)}")
+    assert denoiser.sde.eps == 1e-3 and not denoiser.training and not denoiser.net.training
+    assert load(f"diffusers:{ncsnpp_pipeline(tmp_path / 'd')}").sde.eps == 1e-5  # the scheduler's default
+
+
+def test_the_model_id_changes_when_its_weights_are_replaced_by_a_file_of_the_same_size(tmp_path):
+    import os
+
+    folder = ddpm_pipeline(tmp_path / "m")
+    before = locate(f"diffusers:{folder}").id()
+    weights = next(p for p in (folder / "unet").iterdir() if p.suffix in (".safetensors", ".bin"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten: same size, a later time
+    assert locate(f"diffusers:{folder}").id() != before
+    assert locate(f"diffusers:{folder}").id() == locate(f"diffusers:{folder}").id()

@@ -112,3 +112,20 @@ def test_compiled_network_samples_and_trains_as_eager():
     x0 = torch.randn(64, 2)
     torch.testing.assert_close(dsm_loss(compiled, x0), dsm_loss(eager, x0), rtol=1e-5, atol=1e-6)
     assert copy.deepcopy(compiled).denoiser.net is not compiled.denoiser.net  # the EMA callback deep-copies it
+
+
+def test_bf16_autocast_gives_a_users_own_network_s_output_in_the_samples_dtype():
+    """The project's networks cast their output back themselves; a user's own need not."""
+    from lightning_sde.models.denoiser import Denoiser
+    from lightning_sde.sde import VPSDE
+
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 2)
+
+        def forward(self, x, t):
+            return self.linear(torch.cat([x, t[:, None].to(x)], dim=1))
+
+    denoiser = Denoiser(Plain().eval(), VPSDE(), "eps", (2,), autocast="bf16")
+    assert denoiser(torch.randn(4, 2), torch.full((4,), 0.5)).eps.dtype == torch.float32

@@ -112,3 +112,89 @@ def test_default_cifar10_config_size():
     # at 16) plus the Fourier time-embedding MLP. DDPM++ cifar10 (4 res blocks per level) is ~62M.
     n = sum(p.numel() for p in UNet().parameters())
     assert 30e6 < n < 45e6, n
+
+
+def test_attention_sits_at_the_resolutions_named():
+    from lightning_sde.models.unet import Attention
+
+    def attentions(resolutions):
+        net = UNet(**{**CONFIGS["digits8"], "attn_resolutions": resolutions})
+        return sum(isinstance(m, Attention) for m in net.modules())
+
+    assert (attentions((4,)), attentions((8,)), attentions(())) == (6, 6, 1)  # 2 down + 3 up blocks, and the middle's
+
+
+def test_a_fresh_residual_block_is_its_input_scaled_by_sqrt_half():
+    """DDPM++'s skip_rescale with the branch's last conv at zero: (x + 0) / sqrt(2)."""
+    from lightning_sde.models.unet import ResBlock
+
+    x = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(ResBlock(8, 8, 16, 0.0, 4)(x, torch.randn(2, 16)), x * 0.5**0.5)
+
+
+def test_attention_is_softmax_of_query_key_products_times_values():
+    from lightning_sde.models.unet import Attention
+
+    torch.manual_seed(0)
+    attn = perturb(Attention(8, 4))
+    x = torch.randn(2, 8, 3, 3)
+    q, k, v = attn.qkv(attn.norm(x)).reshape(2, 3, 8, 9).unbind(1)  # each (B, C, HW)
+    weights = torch.softmax(q.transpose(1, 2) @ k / 8**0.5, dim=-1)  # (B, HW query, HW key)
+    mixed = (v @ weights.transpose(1, 2)).reshape(2, 8, 3, 3)
+    torch.testing.assert_close(attn(x), (x + attn.out(mixed)) * 0.5**0.5)
+
+
+def test_the_time_features_are_sin_and_cos_of_2_pi_f_t_and_blocks_read_them_through_silu():
+    from lightning_sde.models.embedding import FourierTimeEmbedding
+
+    embed = FourierTimeEmbedding(8, scale=3.0)
+    seen = {}
+    embed.mlp[0].register_forward_hook(lambda m, args, out: seen.update(features=args[0]))
+    t = torch.tensor([0.25, 0.7])
+    embed(t)
+    angles = 2 * torch.pi * t[:, None] * embed.freqs[None]
+    torch.testing.assert_close(seen["features"], torch.cat([angles.sin(), angles.cos()], dim=1))
+
+    net = perturb(make("digits8"))
+    net.down[0].res.emb.register_forward_hook(lambda m, args, out: seen.update(block=args[0]))
+    net(batch("digits8"), t)
+    torch.testing.assert_close(seen["block"], torch.nn.functional.silu(net.embed(t)))
+
+
+@pytest.mark.parametrize("config", ["unet_digits", "unet_mnist", "ddpmpp", "ncsnpp"])
+def test_every_residual_block_of_the_shipped_configs_sees_the_time(config):
+    """The embedding is added per channel before a GroupNorm: a group of one channel subtracts it again (its mean
+    over the pixels is the embedding's own), and the block ignores t. Each block of the shipped networks (at their
+    widths, on a small image) changes when its embedding does."""
+    from omegaconf import OmegaConf
+
+    from lightning_sde.configuration import config_root
+    from lightning_sde.models.unet import ResBlock, _groups
+
+    net = OmegaConf.to_container(OmegaConf.load(config_root() / "model" / f"{config}.yaml"))["net"]
+    net.pop("_target_")
+    widths = {net["channels"] * m for m in net["channel_mult"]}
+    for width in sorted(widths):
+        assert width // _groups(width, net["num_groups"]) >= 2, (config, width)
+    block = perturb(ResBlock(min(widths), min(widths), 16, 0.0, net["num_groups"]))
+    x = torch.randn(1, min(widths), 4, 4, generator=torch.Generator().manual_seed(3))
+    emb = torch.randn(2, 16, generator=torch.Generator().manual_seed(4))
+    out = block(x.expand(2, -1, -1, -1), emb)
+    assert (out[0] - out[1]).abs().max() > 1e-2 * out.abs().max()
+
+
+def test_a_network_whose_groups_hold_one_channel_says_that_its_blocks_ignore_t(caplog):
+    from lightning_sde.models.unet import ResBlock
+
+    block = perturb(ResBlock(8, 8, 16, 0.0, 8))
+    x, emb = torch.randn(1, 8, 4, 4).expand(2, -1, -1, -1), torch.randn(2, 16)
+    out = block(x, emb)
+    torch.testing.assert_close(out[0], out[1])  # why: the time cannot reach past norm2
+    with caplog.at_level("WARNING"):
+        UNet(in_channels=1, image_size=8, channels=32, channel_mult=(1, 2), attn_resolutions=(), num_groups=32)
+    assert "GroupNorm groups of one channel at 32 channels (num_groups=32)" in caplog.text
+    assert "ignore t" in caplog.text and "num_groups=16" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        UNet(in_channels=1, image_size=8, channels=32, channel_mult=(1, 2), attn_resolutions=(), num_groups=8)
+    assert not caplog.text
