@@ -492,3 +492,18 @@ def test_the_sample_figure_shows_whole_samplers_up_to_its_panel_limit(most, show
     if shown < 4:
         count = sum(map(len, kept.values()))
         assert f"{shown} of 4 samplers shown ({count} of 10 cells; at most {most} panels)" in note
+
+
+def test_a_statistics_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Root may write anywhere, so the refusal is shown with os.access saying what it says to other users."""
+    import os
+
+    from lightning_sde.metrics.image import check_stats_cache
+
+    check_stats_cache("bench.cache_dir", tmp_path / "new" / "stats")  # a folder it may make: fine
+    monkeypatch.setattr(os, "access", lambda path, mode: os.fspath(path) != os.fspath(tmp_path))
+    with pytest.raises(ValueError, match=rf"config bench.cache_dir: .*new/stats does not exist and cannot be made "
+                                         rf"\({tmp_path} is not writable\)"):
+        check_stats_cache("bench.cache_dir", tmp_path / "new" / "stats")
+    (tmp_path / "made").mkdir()
+    check_stats_cache("bench.cache_dir", tmp_path / "made")  # there already: read, not made

@@ -185,3 +185,53 @@ def test_a_diverging_samplers_finite_samples_beyond_float32_are_scored_not_nan()
     assert len(cell) < 40 and ("e+61" in cell or "e+60" in cell), cell
     near = torch.randn(200, 2, generator=gen, dtype=torch.float64)
     assert scorer(near) == scorer(near.float())  # what float32 holds: float32's values, whatever the sample dtype
+
+
+def test_sliced_w2_of_unequal_sets_is_the_exact_distance_of_their_quantile_functions():
+    """1-D {0, 1} against {0, .5, 1}: the quantile functions differ by 1/2 on [1/3, 2/3): W2 = sqrt(1/12)."""
+    x, y = torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [0.5], [1.0]])
+    assert sliced_wasserstein(x, y) == pytest.approx(math.sqrt(1 / 12), rel=1e-12)
+    assert sliced_wasserstein(y, x) == pytest.approx(math.sqrt(1 / 12), rel=1e-12)
+
+
+def test_sliced_w2_of_a_shifted_set_is_the_shift_projected_on_unit_directions():
+    """y = x + m: every projection's W2 is |theta . m| exactly, and over unit directions in d dimensions
+    E (theta . m)^2 = |m|^2 / d."""
+    from lightning_sde.metrics.sliced import directions
+
+    x = torch.randn(500, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    m = torch.tensor([3.0, 0.0, -1.0, 0.5], dtype=torch.float64)
+    value = sliced_wasserstein(x, x + m)
+    assert value == pytest.approx(float((directions(4).T @ m).pow(2).mean().sqrt()), rel=1e-9)
+    assert value == pytest.approx(float(m.norm()) / 2, rel=0.1)
+
+
+def test_the_log_likelihood_metric_is_the_mean_log_density_per_sample():
+    from lightning_sde.exact import eight_gaussians
+    from lightning_sde.metrics.scorer import Scorer
+
+    mixture = eight_gaussians()
+    x = mixture.sample(400, torch.Generator().manual_seed(0))
+    value = Scorer(x, ("loglik",), mixture=mixture)(x)["loglik"]
+    assert value == pytest.approx(float(mixture.log_prob(x.double()).mean()), rel=1e-12)
+    assert -4 < value < -1  # nats per 2-D sample
+
+
+def test_fids_reference_covariance_is_the_unbiased_one_of_its_features(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from lightning_sde.metrics.image import fid_reference_moments, network_features
+    from lightning_sde.metrics.scorer import Scorer
+
+    reference = torch.tensor(load_digits().images[:40], dtype=torch.float32)[:, None] / 8 - 1
+    metric = Scorer(reference, ("fid",), feature_extractor="digits", cache_dir=tmp_path).image["fid"]
+    features = network_features(metric.inception, reference, "cpu").double()
+    mean, cov = fid_reference_moments(metric)
+    torch.testing.assert_close(mean, features.mean(0))
+    torch.testing.assert_close(cov, torch.cov(features.T), rtol=1e-6, atol=1e-9)
+
+
+def test_a_tie_never_replaces_the_best():
+    from lightning_sde.metrics.scorer import ranks_above
+
+    assert ranks_above("fid", 4.9, 5.0) and not ranks_above("fid", 5.0, 5.0) and ranks_above("fid", 5.0, None)

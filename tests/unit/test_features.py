@@ -278,3 +278,39 @@ def test_the_scorer_passes_each_image_set_through_the_feature_network_once(halve
     torch.manual_seed(0)  # the scorer's KID draws its subsets from seed 0
     assert values["fid"] == pytest.approx(direct_fid, rel=1e-6)
     assert values["kid"] == pytest.approx(kid.compute()[0].item(), rel=1e-6)
+
+
+def test_images_reach_the_feature_networks_in_their_range():
+    from lightning_sde.metrics.features import _to_symmetric, to_uint8
+    from lightning_sde.metrics.image import unit as to_unit
+
+    levels = torch.tensor([0, 51, 255], dtype=torch.uint8)
+    assert _to_symmetric(levels, "unit", torch.float64).tolist() == pytest.approx([-1.0, 51 / 127.5 - 1, 1.0])
+    assert to_uint8(torch.tensor([-0.1, 0.5, 1.2])).tolist() == [0, 128, 255]  # clipped, never wrapped around
+    assert to_unit(torch.tensor([-1.5, -1.0, 0.0, 1.0, 1.5])).tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_retraining_the_digits_features_writes_unit_scaled_features_or_nothing(tmp_path, monkeypatch):
+    import sys
+
+    from lightning_sde.metrics import train_digits_features as script
+
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(sys, "argv", ["x", "--epochs", "1", "--out", str(tmp_path / "bad"), "--min-accuracy", "1"])
+        with pytest.raises(SystemExit, match=r"test accuracy 0\.\d+ is below 1.0: nothing written"):
+            script.main()
+        assert not (tmp_path / "bad").exists()
+        monkeypatch.setattr(sys, "argv", ["x", "--epochs", "1", "--out", str(tmp_path), "--min-accuracy", "0.5"])
+        script.main()
+    finally:
+        torch.set_num_threads(threads)
+    record = json.loads((tmp_path / "digits_features.json").read_text())
+    assert record["sha256"] == file_sha256(tmp_path / "digits_features.pt") and 0.5 <= record["test_accuracy"] < 0.95
+    levels, labels = load_digits_levels()
+    train_index, _ = script.stratified_split(labels, 0.2, torch.Generator().manual_seed(0))
+    features = DigitsFeatures(tmp_path / "digits_features.pt", input_range="symmetric")
+    with torch.no_grad():
+        mean_square = features(digits_to_unit_range(levels)[train_index]).pow(2).mean()
+    assert float(mean_square) == pytest.approx(1.0, rel=1e-4)  # features of unit mean square on the training digits

@@ -346,3 +346,67 @@ def test_a_checkpoints_1d_schematic_draws_its_reverse_paths_with_its_own_score()
         assert reverse.get_title().endswith(", the model's score") == (given is not None)
         plt.close(fig)
     assert len(paths["model"]) == 3 and not any((a == b).all() for a, b in zip(paths["exact"], paths["model"]))
+
+
+@pytest.mark.parametrize("name", ["vp", "ve"])
+def test_the_schematics_forward_paths_and_density_follow_the_sdes_marginals(name):
+    """The paths end at p_T's spread (exact transitions: var alpha_T^2 var(x0) + sigma_T^2 from x0's), the grey
+    density integrates to 1 at every time, and the 2-D panels' noisy samples have the marginal's spread at T."""
+    from lightning_sde.exact import eight_gaussians, gaussians_1d
+    from lightning_sde.plotting.chapter import density_map, forward_paths, schematic_2d
+    from lightning_sde.sde import VESDE, VPSDE
+
+    sde = {"vp": VPSDE(), "ve": VESDE(0.01, 3.0)}[name]
+    mixture, g = gaussians_1d(), torch.Generator().manual_seed(0)
+    x0 = mixture.sample(4000, g)
+    times, paths = forward_paths(sde, x0, 20, g)
+    alpha, sigma = float(sde.alpha(times[-1]) / sde.alpha(times[0])), float(sde.sigma(sde.T))
+    expected = alpha**2 * float(x0.var()) + sigma**2 - alpha**2 * float(sde.sigma(sde.eps)) ** 2
+    assert float(paths[-1].var()) == pytest.approx(expected, rel=0.08)
+    x_grid = torch.linspace(-12, 12, 2000, dtype=torch.float64)
+    dens = density_map(mixture, sde, x_grid, torch.tensor([sde.eps, 0.5, sde.T], dtype=torch.float64))
+    assert (dens >= 0).all() and torch.trapezoid(dens, x_grid, dim=0).tolist() == pytest.approx([1.0] * 3, abs=1e-3)
+    if name == "vp":
+        fig = schematic_2d(eight_gaussians(), sde, 100, 0)
+        at_T = torch.tensor(fig.axes[-1].collections[-1].get_offsets())
+        assert float(at_T.std()) == pytest.approx(1.0, rel=0.1)  # N(0, I) at T, not the data's spread of ~4
+        plt.close(fig)
+
+
+def test_a_figure_file_names_its_source_and_the_reverse_panel_runs_from_t_equal_T(tmp_path):
+    from PIL import Image
+
+    from lightning_sde.exact import gaussians_1d
+    from lightning_sde.plotting.chapter import save, schematic_1d
+    from lightning_sde.sde import VPSDE
+
+    fig = schematic_1d(gaussians_1d(), VPSDE(), 2, 0)
+    assert fig.axes[1].get_xlim() == pytest.approx((1.0, 0.0)) and fig.axes[0].get_xlim() == pytest.approx((0, 1))
+    [png] = save(fig, tmp_path, "schematic", ["png"], source="run.ckpt step 10")
+    assert Image.open(png).info["Description"] == "run.ckpt step 10" and not plt.get_fignums()
+
+
+def test_a_scatter_grid_draws_every_panel_and_closes_its_figure(tmp_path):
+    plt.close("all")
+    panels = {f"p{i}": torch.randn(50, 2, generator=torch.Generator().manual_seed(i)) for i in range(5)}
+    seen = []
+    original = plt.Figure.savefig
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: (seen.append(fig), original(fig, *a, **k))[1])
+        scatter_grid(panels, tmp_path / "grid.png", cols=4)
+    titles = [ax.get_title() for ax in seen[0].axes if ax.get_title()]
+    assert titles == [f"p{i}" for i in range(5)] and not plt.get_fignums()
+
+
+def test_limits_of_one_repeated_point_have_a_width_and_notes_count_each_point_once():
+    from lightning_sde.plotting.style import outside, outside_note
+
+    assert robust_limits(torch.zeros(10, 2)) == ((-1.0, 1.0), (-1.0, 1.0))
+    x = torch.tensor([[0.0, 0.0], [9.0, 0.0], [float("nan"), 0.0]])
+    assert outside_note(x, outside(x, ((-1, 1), (-1, 1)))) == "1 of 3 outside; 1 of 3 not finite"
+
+
+def test_text_tables_give_floats_four_significant_digits():
+    from lightning_sde.plotting.tables import text_table
+
+    assert text_table([{"a": 12.3456, "b": 7}], ["a", "b"]).splitlines() == ["a      b", "-----  -", "12.35  7"]
