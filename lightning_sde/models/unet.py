@@ -180,12 +180,16 @@ class UNet(nn.Module):
 def _warn_if_blind_to_time(channels: int, channel_mult: tuple, num_groups: int) -> None:
     """A residual block adds the time embedding per channel just before a GroupNorm: in groups of one channel that
     norm subtracts it again (its mean over the pixels), and the block ignores t."""
-    alone = sorted({w for w in (channels * m for m in channel_mult) if w > 1 and _groups(w, num_groups) == w})
-    if alone:
+    alone = sorted({w for w in (channels * m for m in channel_mult) if _groups(w, num_groups) == w})
+    if not alone:
+        return
+    if alone[0] == 1:
+        fix = "give every level two channels or more (channels)"
+    else:
         most = max(g for g in range(1, alone[0] // 2 + 1) if alone[0] % g == 0)
-        log.warning("UNet: GroupNorm groups of one channel at %s channels (num_groups=%d): they remove the time "
-                    "embedding added before them, so those blocks ignore t; use num_groups=%d or fewer (two channels "
-                    "or more a group)", ", ".join(map(str, alone)), num_groups, most)
+        fix = f"use num_groups={most}{' or fewer' if most > 1 else ''} (two channels or more a group)"
+    log.warning("UNet: GroupNorm groups of one channel at %s channels (num_groups=%d): they remove the time embedding "
+                "added before them, so those blocks ignore t; %s", ", ".join(map(str, alone)), num_groups, fix)
 
 
 def _validate(in_channels, image_size, channels, channel_mult, num_res_blocks, attn_resolutions, dropout,

@@ -442,6 +442,7 @@ def fake_cifar(monkeypatch, n_train=40, n_test=20):
 
 def test_cifar_images_are_channels_first_and_only_training_batches_are_flipped(monkeypatch, tmp_path):
     fake_cifar(monkeypatch)
+    torch.manual_seed(0)  # the flips of a training batch
     dm = CIFAR10DataModule(root=str(tmp_path), batch_size=20, n_val=20)  # n_val: all 20 test images
     dm.setup("fit")
     upright = lambda x: bool((x[:, 0, 0, 31] == 1).all() and (x[:, 0, 31, 0] == -1).all()  # noqa: E731

@@ -176,6 +176,7 @@ def test_every_residual_block_of_the_shipped_configs_sees_the_time(config):
     widths = {net["channels"] * m for m in net["channel_mult"]}
     for width in sorted(widths):
         assert width // _groups(width, net["num_groups"]) >= 2, (config, width)
+    torch.manual_seed(0)
     block = perturb(ResBlock(min(widths), min(widths), 16, 0.0, net["num_groups"]))
     x = torch.randn(1, min(widths), 4, 4, generator=torch.Generator().manual_seed(3))
     emb = torch.randn(2, 16, generator=torch.Generator().manual_seed(4))
@@ -186,6 +187,7 @@ def test_every_residual_block_of_the_shipped_configs_sees_the_time(config):
 def test_a_network_whose_groups_hold_one_channel_says_that_its_blocks_ignore_t(caplog):
     from lightning_sde.models.unet import ResBlock
 
+    torch.manual_seed(0)
     block = perturb(ResBlock(8, 8, 16, 0.0, 8))
     x, emb = torch.randn(1, 8, 4, 4).expand(2, -1, -1, -1), torch.randn(2, 16)
     out = block(x, emb)
@@ -198,3 +200,6 @@ def test_a_network_whose_groups_hold_one_channel_says_that_its_blocks_ignore_t(c
     with caplog.at_level("WARNING"):
         UNet(in_channels=1, image_size=8, channels=32, channel_mult=(1, 2), attn_resolutions=(), num_groups=8)
     assert not caplog.text
+    with caplog.at_level("WARNING"):
+        UNet(in_channels=1, image_size=8, channels=1, channel_mult=(1, 2), attn_resolutions=(), num_groups=32)
+    assert "at 1, 2 channels" in caplog.text and "give every level two channels or more" in caplog.text
