@@ -37,13 +37,14 @@ def pytest_unconfigure(config):
     shutil.rmtree(getattr(config, "lsde_caches", ""), ignore_errors=True)
 
 
-# The files that take minutes, longest first (seconds summed over their tests, `make test PYTEST_ARGS=--durations=120`
-# on 2 cores: 758, 457, 328, 178, 176, 115, 107, 81, 71, 68, 63; no other over 45). `make test` hands whole files to
-# its two workers in collection order (--dist loadfile --no-loadscope-reorder): started first, they leave the short
-# files to fill the end, where xdist's own order (most tests first) had left a 5-minute file running alone.
-LONGEST_FIRST = ("test_slurm.py", "test_train.py", "test_reliability.py", "test_bench.py", "test_cli_apps.py",
-                 "test_flow.py", "test_conditional_train.py", "test_pretrained_apps.py", "test_install.py",
-                 "test_inpainting.py", "test_pretrained.py")
+# The files that take minutes, longest first (seconds summed over their tests, `make test PYTEST_ARGS=--durations=0`
+# on 2 cores: 807, 444, 339, 313, 261, 166, 53, 49, 48, 48, 42, 42, 37; no other over 25). `make test` hands whole
+# files to its two workers in collection order (--dist loadfile --no-loadscope-reorder): started first, they leave the
+# short files to fill the end. A long file left off this list runs last, alone: test_sample_app.py (313 s) did, and
+# one worker finished 6 minutes after the other (28 min in all, 50 of work).
+LONGEST_FIRST = ("test_slurm.py", "test_reliability.py", "test_train.py", "test_sample_app.py", "test_cli_apps.py",
+                 "test_bench.py", "test_conditional_train.py", "test_flow.py", "test_pretrained_apps.py",
+                 "test_samplers.py", "test_inpainting.py", "test_configs.py", "test_pretrained.py")
 
 
 def pytest_collection_modifyitems(config, items):

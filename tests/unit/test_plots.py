@@ -381,9 +381,10 @@ def test_a_figure_file_names_its_source_and_the_reverse_panel_runs_from_t_equal_
     from lightning_sde.sde import VPSDE
 
     fig = schematic_1d(gaussians_1d(), VPSDE(), 2, 0)
+    number = fig.number
     assert fig.axes[1].get_xlim() == pytest.approx((1.0, 0.0)) and fig.axes[0].get_xlim() == pytest.approx((0, 1))
     [png] = save(fig, tmp_path, "schematic", ["png"], source="run.ckpt step 10")
-    assert Image.open(png).info["Description"] == "run.ckpt step 10" and not plt.get_fignums()
+    assert Image.open(png).info["Description"] == "run.ckpt step 10" and number not in plt.get_fignums()
 
 
 def test_a_scatter_grid_draws_every_panel_and_closes_its_figure(tmp_path):
