@@ -448,36 +448,6 @@ def test_site_settings_reach_sbatch_from_a_submission_outside_the_clone(slurm, w
     assert "site-mark=from-site" in log and f"run directory: {workdir / 'outputs' / 'train' / job}" in log
 
 
-def test_the_pipeline_trains_benches_the_checkpoint_as_an_array_and_reports(slurm, workdir):
-    small = "--nodes=1 --ntasks-per-node=1 --gpus-per-node=0 --cpus-per-task=1 --time=10"
-    out = submit_sh(slurm, workdir, "pipeline", "--run", "pipe",
-                    "--train", " ".join([*TRAIN, "trainer.max_steps=40", "trainer.val_check_interval=40"]),
-                    "--train-sbatch", small,
-                    "--bench", "data=toy2d ~samplers +sampler@samplers.ddim=ddim +sampler@samplers.em=euler_maruyama "
-                               "'nfe=[3, 10]' seeds.count=100 batch_size=100 progress=false wandb.project=pipe-project",
-                    "--bench-sbatch", "--gpus=0 --cpus-per-task=1 --time=10", "--tasks=3", "--throttle=2",
-                    env={"LSDE_TRAINER": "ddp_cpu"})
-    # 2 x 2 and the noise floor: 'nfe=[3, 10]' one override (it was split at the space), --tasks=3 the array's cap
-    assert "the sweep has 5 cells: 3 array tasks, at most 2 at once" in out, out
-    train, bench, report = out.split("pipeline pipe: train ")[1].split("\n")[0].split(" -> ")
-    bench, report = bench.split()[-1], report.split()[1]
-    assert slurm.state(report)["Dependency"].startswith(f"afterok:{bench}")  # each step after the previous one
-    assert slurm.state(bench)["Dependency"].startswith(f"afterok:{train}")
-    states = slurm.wait(report, timeout=420)
-    logs = workdir / "outputs" / "slurm-logs"
-    report_log = (logs / f"lsde-report-{report}.out").read_text()
-    assert states == ["COMPLETED"], report_log[-3000:] + "".join(p.read_text()[-2000:] for p in logs.glob("*.out"))
-    assert slurm.array_states(bench) == ["COMPLETED"] * 3
-    results = workdir / "outputs" / "bench" / "pipe" / "results.jsonl"
-    rows = load(results)
-    assert len({(r["sampler"], r["requested"]) for r in rows}) == 5 and len(rows) == 5 * 2  # sliced_w2, mmd
-    assert all(r["checkpoint"].endswith("outputs/train/pipe/checkpoints/last.ckpt") and r["global_step"] == 40
-               for r in rows), rows[0]
-    assert (results.parent / "results.png").is_file() and "wandb sync" in report_log
-    assert list((results.parent / "wandb").glob("offline-run-*"))
-    assert json.loads((results.parent / "results.wandb.json").read_text())["project"] == "pipe-project"  # the sweep's
-
-
 def test_a_bench_task_signalled_at_its_time_limit_requeues_and_keeps_its_finished_cells(slurm, workdir):
     sweep = ["~samplers", "+sampler@samplers.em=euler_maruyama", "nfe=[200,400,800,1600]", "noise_floor=false",
              "seeds.count=2000", "batch_size=2000", "progress=false", f"results={workdir}/results.jsonl"]
@@ -527,22 +497,44 @@ def two_nodes(tmp_path_factory):
     cluster.stop()
 
 
-def test_a_two_node_pipeline_trains_with_world_size_4_then_benches_and_reports(two_nodes, workdir):
-    """num_nodes=2 x 2 tasks (gloo on CPU, world size 4) through the pipeline command, then a 2-task bench array
-    of its checkpoint and the report. MASTER_ADDR is set because the test's node names (n1, n2) do not resolve;
-    on a real cluster Lightning takes the first node of SLURM_NODELIST."""
+def pipeline_jobs(out: str, run: str) -> tuple[str, str, str]:
+    """The train, bench-array and report job ids from submit.sh pipeline's first line."""
+    train, bench, report = out.split(f"pipeline {run}: train ")[1].split("\n")[0].split(" -> ")
+    return train, bench.split()[-1], report.split()[1]
+
+
+def test_a_two_node_pipeline_trains_with_world_size_4_then_benches_as_an_array_and_reports(two_nodes, workdir):
+    """num_nodes=2 x 2 tasks (gloo on CPU, world size 4) through the pipeline command, then a bench array of its
+    checkpoint (5 cells in 3 tasks, 2 at once) and the report, which logs the sweep's W&B run in the sweep's project.
+    MASTER_ADDR is set because the test's node names (n1, n2) do not resolve; on a real cluster Lightning takes the
+    first node of SLURM_NODELIST."""
+    env = {"LSDE_TRAINER": "ddp_cpu", "MASTER_ADDR": "127.0.0.1"}
+    train_sbatch = "--nodes=2 --ntasks-per-node=2 --gpus-per-node=0 --cpus-per-task=1 --time=10"
+    sweep = ("data=toy2d ~samplers +sampler@samplers.ddim=ddim +sampler@samplers.em=euler_maruyama 'nfe=[3, 10]' "
+             "seeds.count=100 batch_size=100 progress=false")
     out = submit_sh(two_nodes, workdir, "pipeline", "--run", "two",
                     "--train", " ".join([*TRAIN, "trainer.max_steps=30", "trainer.val_check_interval=30"]),
-                    "--train-sbatch", "--nodes=2 --ntasks-per-node=2 --gpus-per-node=0 --cpus-per-task=1 --time=10",
-                    "--bench", "data=toy2d ~samplers +sampler@samplers.ddim=ddim nfe=[3,10] seeds.count=100 "
-                               "batch_size=100 progress=false wandb.enabled=false",
-                    "--bench-sbatch", "--gpus=0 --cpus-per-task=1 --time=10",
-                    env={"LSDE_TRAINER": "ddp_cpu", "MASTER_ADDR": "127.0.0.1"})
-    train, bench, report = out.split("pipeline two: train ")[1].split("\n")[0].split(" -> ")
-    bench, report = bench.split()[-1], report.split()[1]
+                    "--train-sbatch", train_sbatch, "--bench", f"{sweep} wandb.project=pipe-project",
+                    "--bench-sbatch", "--gpus=0 --cpus-per-task=1 --time=10", "--tasks=3", "--throttle=2", env=env)
+    # 2 x 2 and the noise floor: 'nfe=[3, 10]' one override (it was split at the space), --tasks=3 the array's cap
+    assert "the sweep has 5 cells: 3 array tasks, at most 2 at once" in out, out
+    train, bench, report = pipeline_jobs(out, "two")
+    assert two_nodes.state(report)["Dependency"].startswith(f"afterok:{bench}")  # each step after the previous one
+    assert two_nodes.state(bench)["Dependency"].startswith(f"afterok:{train}")
+
+    # meanwhile: a sweep with wandb.enabled=false gets a report of the views only (its train job held, then cancelled)
+    off = submit_sh(two_nodes, workdir, "pipeline", "--run", "off", "--train", " ".join(TRAIN),
+                    "--train-sbatch", f"{train_sbatch} --hold", "--bench", f"{sweep} wandb.enabled=false",
+                    "--bench-sbatch", "--gpus=0 --cpus-per-task=1 --time=10", env=env)
+    off_jobs = pipeline_jobs(off, "off")
+    off_report = two_nodes.run("scontrol", "show", "job", "-o", off_jobs[-1]).stdout
+    two_nodes.run("scancel", *off_jobs)
+    assert "report.sbatch --no-wandb " in off_report, off_report
+
     states = two_nodes.wait(report, timeout=420)
     logs = workdir / "outputs" / "slurm-logs"
     train_log = (logs / f"lsde-train-{train}.out").read_text()
+    report_log = (logs / f"lsde-report-{report}.out").read_text()
     assert states == ["COMPLETED"], "".join(p.read_text()[-3000:] for p in sorted(logs.glob("*.out")))
     assert "2 node(s) x 2 task(s)" in train_log
     assert all(f"GLOBAL_RANK: {r}, MEMBER: {r + 1}/4" in train_log for r in range(4)), train_log[-4000:]
@@ -552,10 +544,13 @@ def test_a_two_node_pipeline_trains_with_world_size_4_then_benches_and_reports(t
     assert sorted(p.name for p in ckpts if p.name.startswith("last")) == ["last.ckpt", "last.prev.ckpt"]
     for name in ("last.ckpt", "last.prev.ckpt"):
         assert torch.load(workdir / "outputs/train/two/checkpoints" / name, weights_only=True)["global_step"] == 30
-    assert two_nodes.array_states(bench) == ["COMPLETED"] * 3  # a task per cell: the noise floor and NFE 3, 10
-    rows = load(workdir / "outputs" / "bench" / "two" / "results.jsonl")
+    assert two_nodes.array_states(bench) == ["COMPLETED"] * 3
+    results = workdir / "outputs" / "bench" / "two" / "results.jsonl"
+    rows = load(results)
+    assert len({(r["sampler"], r["requested"]) for r in rows}) == 5 and len(rows) == 5 * 2  # sliced_w2, mmd
     assert sorted({r["requested"] for r in rows if r["grid"] != "exact"}) == [3, 10]
-    assert {r["global_step"] for r in rows} == {30}
-    views = workdir / "outputs" / "bench" / "two"  # the report drew the views and, as the sweep, logged no W&B run
-    assert (views / "results.png").is_file() and not (views / "wandb").exists()
-    assert not (views / "results.wandb.json").exists()
+    assert all(r["checkpoint"].endswith("outputs/train/two/checkpoints/last.ckpt") and r["global_step"] == 30
+               for r in rows), rows[0]
+    assert (results.parent / "results.png").is_file() and "wandb sync" in report_log
+    assert list((results.parent / "wandb").glob("offline-run-*"))
+    assert json.loads((results.parent / "results.wandb.json").read_text())["project"] == "pipe-project"  # the sweep's
