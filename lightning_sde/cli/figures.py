@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_sde.cli.errors import fails_cleanly, own_folder_per_job
 from lightning_sde.cli.help import print_help_if_asked
 from lightning_sde.configuration import CONFIG_PATH, build, check_class_has_guidance, checked, overridden, plain
-from lightning_sde.data.toy import data_mixture
 from lightning_sde.errors import CheckpointError
 from lightning_sde.exact import GaussianMixture
 from lightning_sde.loading import load_denoiser, read_checkpoint
@@ -113,6 +112,8 @@ def trained_distribution(checkpoint: str) -> tuple[str | None, GaussianMixture |
         return None, None
     if not data["_target_"].endswith("Toy2DDataModule"):
         return data["_target_"].rsplit(".", 1)[-1], None
+    from lightning_sde.data.toy import data_mixture  # here: lightning_sde.data imports Lightning (seconds)
+
     return data_mixture(data)
 
 

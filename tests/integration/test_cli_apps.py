@@ -72,8 +72,10 @@ def test_bad_config_fails_fast_naming_the_key(tmp_path, override, message):
 @pytest.mark.slow
 def test_lsde_figures_writes_every_figure_as_png_and_pdf(tmp_path):
     proc = _cli("lightning_sde.cli.figures", f"out={tmp_path}", "paths_per_figure=4", "interpolation.n=9",
-                f"output_dir={tmp_path}/hydra")
+                f"output_dir={tmp_path}/hydra", python_options=("-X", "importtime"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    modules = imported(proc.stderr)  # the figures of an exact mixture need no Lightning (seconds of start-up)
+    assert "lightning_sde.plotting.chapter" in modules and not {"lightning", "torchmetrics"} & modules
     names = {"schematic_vp_gaussians_1d", "trajectories_vp_gaussians_1d", "noise_schedules",
              "interpolation_vp_gaussians_1d"}
     for name in names:
