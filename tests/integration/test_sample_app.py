@@ -3,6 +3,7 @@ batch, the processes or the runs that drew them), images as the PNGs an FID tool
 going on from its chunks, and output of other settings or a diverged sampler refused."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -243,9 +244,22 @@ def test_a_multirun_writes_one_folder_per_job_under_a_given_out(tmp_path):
     (["seeds.count=0"], "config seeds.count"),
 ])
 def test_a_bad_setting_fails_before_anything_is_written(tmp_path, overrides, message):
-    proc = lsde_sample(tmp_path / "bad", *overrides)
-    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    """In-process (lsde-sample's own start-up checks, seconds of imports less each); two of them as the command."""
+    from hydra import compose, initialize_config_module
+
+    from lightning_sde.cli.sample import run
+    from lightning_sde.configuration import CONFIG_PACKAGE
+
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("sample", overrides=[f"out={tmp_path / 'bad'}", "progress=false", *overrides])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run(cfg)
     assert not (tmp_path / "bad").exists()
+    if overrides in (["seeds=5"], ["sampler=ode", "tolerance=1e30"]):  # the first check and one in the sampler
+        proc = lsde_sample(tmp_path / "bad", *overrides)
+        assert proc.returncode == 1 and f"lsde-sample: error: {message}" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+        assert not (tmp_path / "bad").exists()
 
 
 def test_png_of_a_points_checkpoint_fails_before_any_sampling(tmp_path):

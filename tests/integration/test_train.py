@@ -91,12 +91,28 @@ def test_toy2d_trains_samples_and_logs_offline(tmp_path):
     assert info["nfe"] == 8 and bool(torch.isfinite(x).all())
 
 
+# a toy2d run of 200 steps with CSV logs, a checkpoint and an evaluation every 100: trained once for the tests below
+COMMON = ["experiment=toy2d", "logger=csv", "callbacks.last.every_n_train_steps=100", "trainer.val_check_interval=100",
+          "callbacks.sampler.n_samples=50", *QUICK]
+
+
+@pytest.fixture(scope="module")
+def trained_200(tmp_path_factory) -> Path:
+    source = tmp_path_factory.mktemp("trained") / "source"
+    run_train(source, *COMMON, "trainer.max_steps=200")
+    return source
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    """The run in a folder of this test's own, under its own name (a resume checks the name it was trained under)."""
+    import shutil
+
+    return Path(shutil.copytree(run_dir, tmp_path / "copy" / run_dir.name))
+
+
 @pytest.mark.slow
-def test_resume_continues_where_it_stopped(tmp_path):
-    run_dir = tmp_path / "resume"
-    common = ["experiment=toy2d", "logger=csv", "callbacks.last.every_n_train_steps=100",
-              "trainer.val_check_interval=100", "callbacks.sampler.n_samples=50", *QUICK]
-    run_train(run_dir, *common, "trainer.max_steps=200")
+def test_resume_continues_where_it_stopped(tmp_path, trained_200):
+    run_dir, common = copy_of(trained_200, tmp_path), COMMON
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert (first["global_step"], first["batch_size"]) == (200, 512)
     with pytest.raises(AssertionError, match="config data.batch_size: the checkpoint .* trained on batches of 512"):
@@ -120,11 +136,8 @@ def test_resume_continues_where_it_stopped(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_new_run_starts_from_another_runs_weights_and_resumes_its_own(tmp_path):
-    common = ["experiment=toy2d", "logger=csv", "callbacks.last.every_n_train_steps=100",
-              "trainer.val_check_interval=100", "callbacks.sampler.n_samples=50", *QUICK]
-    source = tmp_path / "source"
-    run_train(source, *common, "trainer.max_steps=200")
+def test_a_new_run_starts_from_another_runs_weights_and_resumes_its_own(tmp_path, trained_200):
+    source, common = trained_200, COMMON  # read, never written: its runs are new ones beside it
     trained = torch.load(source / "checkpoints" / "last.ckpt", weights_only=True)
     ema, raw = trained["state_dict"], trained["current_model_state"]
     assert max((ema[k] - raw[k]).abs().max() for k in ema) > 1e-2  # the average and the raw weights differ
@@ -359,19 +372,20 @@ def test_a_wandb_run_that_cannot_start_leaves_training_going_and_wandb_mode_disa
 
 
 @pytest.mark.slow
-def test_a_resume_at_max_steps_names_an_evaluation_that_was_stopped(tmp_path):
+def test_a_resume_at_max_steps_names_an_evaluation_that_was_stopped(tmp_path, trained_200):
     """A signal during the last evaluation leaves the checkpoint at max_steps and no rows at that step; resumed there,
     Lightning trains no step (no hook to redo it in): the start says so, and how to get it, instead of exiting 0 with
     the final evaluation silently missing."""
-    run_dir = tmp_path / "last"
-    common = ["experiment=toy2d", "logger=csv", "trainer.max_steps=20", "trainer.val_check_interval=20",
-              "callbacks.last.every_n_train_steps=20", "callbacks.sampler.n_samples=50", *QUICK]
-    run_train(run_dir, *common)
+    run_dir, common = copy_of(trained_200, tmp_path), [*COMMON, "trainer.max_steps=200"]
     path = run_dir / "samples" / "sampler_metrics.csv"
-    assert {r["step"] for r in csv_rows(path)} == {"20"}
+    assert {r["step"] for r in csv_rows(path)} == {"100", "200"}
     proc = run_train(run_dir, *common)
     assert "was stopped before it finished" not in proc.stdout + proc.stderr  # it finished: nothing to say
-    path.write_text(path.read_text().splitlines(keepends=True)[0])  # what the stopped evaluation leaves
+    rows = csv_rows(path)  # less the rows of step 200: what the stopped evaluation leaves
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["step"] != "200")
     proc = run_train(run_dir, *common)
-    assert "the evaluation at step 20 was stopped before it finished, and this fit has no step left to train " \
-           "(trainer.max_steps=20)" in proc.stdout + proc.stderr
+    assert "the evaluation at step 200 was stopped before it finished, and this fit has no step left to train " \
+           "(trainer.max_steps=200)" in proc.stdout + proc.stderr
