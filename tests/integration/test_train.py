@@ -38,11 +38,19 @@ def csv_rows(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_toy2d_trains_samples_and_logs_offline(tmp_path):
-    run_dir = tmp_path / "toy"
+    """Also under callbacks=wandb_osh (the default callbacks and wandb-osh's trigger): a command file naming this
+    run's offline W&B folder, for the login node's `wandb-osh` loop (which runs `wandb sync` on it), written after
+    each evaluation so the dashboard follows the job."""
+    run_dir, comm = tmp_path / "toy", tmp_path / "comm"
     proc = run_train(run_dir, "experiment=toy2d", "trainer.max_steps=1500", "trainer.val_check_interval=750",
                      "callbacks.sampler.n_samples=1000", "callbacks.sampler.batch_size=1000",
                      "trainer.enable_progress_bar=false", "callbacks.progress.every_s=0",  # as in a batch job
+                     "callbacks=wandb_osh", f"callbacks.wandb_osh.communication_dir={comm}",
                      LSDE_PROGRESS_EVERY_S="1")
+    (command,) = comm.glob("*.command")  # one file per run, rewritten at each trigger
+    target = Path(command.read_text())
+    assert target.parent == (run_dir / "wandb").resolve() and target.name.startswith("offline-run-")
+    assert list(target.glob("run-*.wandb")), proc.stdout[-2000:]
     # the log file holds what the console shows: a progress line every 50 steps and the sampler table per evaluation
     log_text = (run_dir / "train.log").read_text()
     assert "step 50/1500 (3%) | loss " in log_text and "steps/s | ETA " in log_text and "step 1500/1500" in log_text
@@ -330,19 +338,6 @@ def test_the_sampler_callback_reports_the_nfe_of_a_batch_over_several_batches(tm
     assert state["samplers"]["ddim"][1]["steps"] == 5
     data = Toy2DDataModule(batch_size=64, n_train=256, n_val=64)
     assert state["reference_sha256"] == tensor_sha256(data.reference(20))  # the set it scored against
-
-
-def test_wandb_osh_is_asked_to_sync_the_offline_run_after_each_evaluation(tmp_path):
-    """callbacks=wandb_osh: a command file naming this run's offline W&B folder, for the login node's `wandb-osh`
-    loop (which runs `wandb sync` on it); written after each evaluation, so the dashboard follows the job."""
-    run_dir, comm = tmp_path / "osh", tmp_path / "comm"
-    proc = run_train(run_dir, "experiment=toy2d", *QUICK, "callbacks=wandb_osh",
-                     f"callbacks.wandb_osh.communication_dir={comm}", "trainer.max_steps=40",
-                     "trainer.val_check_interval=20", "callbacks.sampler.n_samples=50")
-    (command,) = comm.glob("*.command")  # one file per run, rewritten at each trigger
-    target = Path(command.read_text())
-    assert target.parent == (run_dir / "wandb").resolve() and target.name.startswith("offline-run-")
-    assert list(target.glob("run-*.wandb")), proc.stdout[-2000:]
 
 
 def test_a_wandb_run_that_cannot_start_leaves_training_going_and_wandb_mode_disabled_makes_none(tmp_path):
