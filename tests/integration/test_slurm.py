@@ -84,43 +84,6 @@ def test_a_template_submitted_by_plain_sbatch_from_a_path_with_spaces_finds_its_
     assert "[lsde] lsde-bench report exited 1" in log  # the app ran (and refused the missing file), not the shell
 
 
-def test_two_task_ddp_training_job(slurm, workdir):
-    job = submit(slurm, workdir, "train.sbatch", *TRAIN, "trainer.max_steps=200", "trainer.val_check_interval=100",
-                 options=CPU_TASKS, env={"LSDE_TRAINER": "ddp_cpu"})
-    states = slurm.wait(job, timeout=300)
-    log = log_of(workdir, "lsde-train", job)
-    assert states == ["COMPLETED"], log[-5000:]
-    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log  # both ranks ran
-    run_dir = workdir / "outputs" / "train" / job  # keyed on the job id
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 200
-    assert logged_steps(run_dir) == [list(range(200))]
-    assert list((run_dir / "wandb").glob("offline-run-*")), "W&B must log offline on a compute node"
-    assert f"wandb sync {run_dir.resolve()}/wandb/offline-run-" in log  # lsde-train names the real run
-
-
-def test_preempted_job_checkpoints_requeues_and_resumes_without_losing_a_step(slurm, workdir):
-    steps = 600
-    job = submit(slurm, workdir, "train.sbatch", *TRAIN, f"trainer.max_steps={steps}", "trainer.val_check_interval=300",
-                 "callbacks.last.every_n_train_steps=1000", options=CPU_TASKS, env={"LSDE_TRAINER": "ddp_cpu"})
-    run_dir = workdir / "outputs" / "train" / job
-    wait_for_steps(run_dir, job, workdir)
-    slurm.run("scancel", "--signal=USR1", job)  # what --signal=USR1@<s> sends before the time limit
-    release_after_requeue(slurm, job)
-    states = slurm.wait(job, timeout=300)
-    log = log_of(workdir, "lsde-train", job)
-    assert states == ["COMPLETED"], log[-5000:]
-    assert "restart 1" in log and "requeued SLURM job" in log
-    stopped = int(log.split("stopped at global step ")[1].split()[0])
-    assert 0 < stopped < steps, "the signal must arrive mid-training for this test to mean anything"
-    first, second = logged_steps(run_dir)
-    assert first == list(range(stopped)) and second == list(range(stopped, steps)), "a step lost or repeated"
-    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert final["global_step"] == steps
-    adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
-    assert adam_steps == {steps}, "the optimizer continued from the checkpoint"
-
-
 def test_benchmark_array_tasks_write_disjoint_shares_of_one_table(slurm, workdir):
     from hydra import compose, initialize_config_module
 
@@ -205,9 +168,10 @@ def wandb_steps(run_dir: Path) -> list[list[int]]:
     return [[int(r["trainer/global_step"]) for r in history(run) if "train/loss" in r] for run in runs]
 
 
-def wait_for_steps(run_dir: Path, job: str, workdir: Path, n: int = 20, timeout: float = 180) -> None:
+def wait_for_steps(run_dir: Path, job: str, workdir: Path, n: int = 20, launch: int = 1, timeout: float = 180) -> None:
+    """Until launch number `launch` of the job has logged n training steps."""
     deadline = time.monotonic() + timeout
-    while not (logged := logged_steps(run_dir)) or len(logged[-1]) < n:
+    while len(logged := logged_steps(run_dir)) < launch or len(logged[launch - 1]) < n:
         assert time.monotonic() < deadline, log_of(workdir, "lsde-train", job)[-5000:]
         time.sleep(0.5)
 
@@ -217,35 +181,47 @@ def saved_step(log: str) -> int:
     return int(log.split("SIGTERM: saved ")[1].split(" at global step ")[1].split()[0])
 
 
-def check_one_history(run_dir: Path, stopped: int, steps: int) -> None:
-    """One continuous history: in the CSV the first launch logged up to the checkpoint and the second from there; in
+def check_one_history(run_dir: Path, stops: list[int], steps: int) -> None:
+    """One continuous history: in the CSV each launch logged from the previous one's checkpoint up to its own; in
     W&B (one id, one offline file a launch) every step once, in order: the rows W&B's killed service never wrote are
     logged again by the resumed run, from the CSV."""
-    first, second = logged_steps(run_dir)
-    assert first == list(range(stopped)) and second == list(range(stopped, steps))
+    bounds = [0, *stops, steps]
+    assert logged_steps(run_dir) == [list(range(a, b)) for a, b in zip(bounds, bounds[1:])], "a step lost or repeated"
     launches = wandb_steps(run_dir)
-    assert len(launches) == 2 and [s for launch in launches for s in launch] == list(range(steps)), launches
+    assert len(launches) == len(bounds) - 1 and [s for launch in launches for s in launch] == list(range(steps)), \
+        launches
 
 
-def test_scontrol_requeue_mid_run_checkpoints_at_the_signal_and_resumes_one_history(slurm, workdir):
-    """`scontrol requeue` sends SIGTERM to every process of the job, W&B's service included: the checkpoint is
-    written at the current step before anything can fail, and the requeued job continues from exactly there."""
-    steps = 400
-    job = submit(slurm, workdir, "train.sbatch", *TRAIN, f"trainer.max_steps={steps}",
-                 "trainer.val_check_interval=1000", "callbacks.last.every_n_train_steps=1000", options=CPU_TASKS,
-                 env={"LSDE_TRAINER": "ddp_cpu"})
-    run_dir = workdir / "outputs" / "train" / job
+def test_a_ddp_job_preempted_twice_resumes_each_time_without_losing_or_repeating_a_step(slurm, workdir):
+    """2-task DDP training (W&B offline + CSV) stopped twice mid-run: by the time-limit signal (USR1, what
+    --signal=USR1@<s> sends before the limit: the app checkpoints and requeues its job), then by `scontrol requeue`
+    (SIGTERM to every process of the job, W&B's service included: the checkpoint is written at the current step
+    before anything can fail, and SLURM requeues). Each launch goes on from exactly where the last one stopped."""
+    steps = 600
+    job = submit(slurm, workdir, "train.sbatch", *TRAIN, f"trainer.max_steps={steps}", "trainer.val_check_interval=300",
+                 "callbacks.last.every_n_train_steps=1000", options=CPU_TASKS, env={"LSDE_TRAINER": "ddp_cpu"})
+    run_dir = workdir / "outputs" / "train" / job  # keyed on the job id
     wait_for_steps(run_dir, job, workdir)
-    slurm.run("scontrol", "requeue", job)
+    slurm.run("scancel", "--signal=USR1", job)
     release_after_requeue(slurm, job)
+    wait_for_steps(run_dir, job, workdir, launch=2)
+    slurm.run("scontrol", "requeue", job)
+    release_after_requeue(slurm, job, restarts=2)
     states = slurm.wait(job, timeout=300)
     log = log_of(workdir, "lsde-train", job)
     assert states == ["COMPLETED"], log[-5000:]
-    stopped = saved_step(log)
-    assert 0 < stopped < steps
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log  # both ranks ran
+    assert "restart 1" in log and "requeued SLURM job" in log and "restart 2" in log
+    first = int(log.split("stopped at global step ")[1].split()[0])  # the time limit's
+    second = saved_step(log)  # SIGTERM's
+    assert 0 < first < second < steps, "the signals must arrive mid-training for this test to mean anything"
     assert "task 0: Exited with exit code 143" in log and "task 1: Exited with exit code 143" in log  # interrupted
-    check_one_history(run_dir, stopped, steps)
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps
+    check_one_history(run_dir, [first, second], steps)
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == steps
+    adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {steps}, "the optimizer continued from the checkpoint"
+    assert f"wandb sync {run_dir.resolve()}/wandb/offline-run-" in log  # lsde-train names the real run
 
 
 def test_scancel_signal_term_mid_run_fails_the_job_and_a_resubmission_resumes(slurm, workdir):
@@ -268,7 +244,7 @@ def test_scancel_signal_term_mid_run_fails_the_job_and_a_resubmission_resumes(sl
     assert slurm.wait(again, timeout=300) == ["COMPLETED"], log_of(workdir, "lsde-train", again)[-5000:]
     assert f"run directory: {run_dir.resolve()}" in log_of(workdir, "lsde-train", again)  # the real directory
     assert f" task(s), run {job}, in " in log_of(workdir, "lsde-train", again)  # its header names it too
-    check_one_history(run_dir, stopped, steps)
+    check_one_history(run_dir, [stopped], steps)
 
 
 def test_srun_starting_more_processes_than_the_app_was_told_of_is_one_line_refusal(slurm, workdir):
@@ -322,11 +298,12 @@ def test_srun_tasks_are_the_run_in_an_interactive_named_job_and_a_job_submitted_
     assert f"run {submitted}," in log and (workdir / "outputs" / "train" / submitted / "checkpoints").is_dir(), log
 
 
-def release_after_requeue(slurm, job: str) -> None:
-    """Skip SLURM's ~2 min requeue delay, but not its reason: the node must have cleaned up the first run and a new
-    credential must be younger (by the clock's second) than the revoked one, else the restart is refused."""
+def release_after_requeue(slurm, job: str, restarts: int = 1) -> None:
+    """Skip SLURM's ~2 min requeue delay (of the job's requeue number `restarts`), but not its reason: the node must
+    have cleaned up the last run and a new credential must be younger (by the clock's second) than the revoked one,
+    else the restart is refused."""
     deadline = time.monotonic() + 120
-    while slurm.state(job).get("Restarts", "0") == "0" or slurm.state(job).get("JobState") != "PENDING":
+    while int(slurm.state(job).get("Restarts", "0")) < restarts or slurm.state(job).get("JobState") != "PENDING":
         assert time.monotonic() < deadline, f"not requeued: {slurm.state(job)}"
         time.sleep(0.5)
     deadline = time.monotonic() + 60
