@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from family import FAMILIES, describe, draw, file_tag, oracle, run_family  # noqa: E402
 from recommend import held_out_starts  # noqa: E402
 
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.samplers import build_sampler  # noqa: E402
 
 OUT = ROOT / "benchmarks/results"
@@ -214,7 +215,7 @@ def plot(rows, table, seeds, variants, stem: Path, family: str) -> None:
     ax1.legend(fontsize=7)
     fig.suptitle(f"Adaptive solvers on the {family} family ({len(seeds)} problems)")
     fig.tight_layout()
-    fig.savefig(stem.with_suffix(".png"), dpi=120)
+    save_atomically(fig, stem.with_suffix(".png"), dpi=120)
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ from diffusers import (  # noqa: E402
 
 from lightning_sde import load_denoiser  # noqa: E402
 from lightning_sde.files import write_csv  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.samplers import build_sampler  # noqa: E402
 
 # google/ddpm-cifar10-32's layout (35.7 M parameters); "small" keeps its structure at a CPU-friendly width
@@ -178,8 +179,7 @@ def write(rows: list[dict], out: Path) -> None:
     fig.suptitle(f"{r['device']}, UNet2DModel {r['parameters'] / 1e6:.1f} M parameters, batch {r['batch']}",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
-    plt.close(fig)
+    save_atomically(fig, out.with_suffix(".png"), dpi=120)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from lightning_sde.exact import eight_gaussians  # noqa: E402
 from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.flow import ODEOptions, log_likelihood  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.sde import DiscreteVPSDE, build_sde  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "discrete_logsnr"
@@ -75,7 +76,7 @@ def main() -> None:
     axes[0].set_ylabel("median |log p error| (nats)")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(OUT.with_suffix(".png"), dpi=120)
+    save_atomically(fig, OUT.with_suffix(".png"), dpi=120)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from lightning_sde.exact import eight_gaussians, random_mixture
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.samplers import SeededNoise, build_sampler
 from lightning_sde.sde import build_sde
 
@@ -54,6 +55,6 @@ def save_views(fig, axes, lines: list[str], stem: str) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="sampler (grid)")
     fig.set_size_inches(fig.get_figwidth() + 3.2, fig.get_figheight())
-    fig.savefig(OUT / f"{stem}.png", dpi=130)
+    save_atomically(fig, OUT / f"{stem}.png", dpi=130)
     (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT / stem}.csv, .md, .png")

@@ -33,6 +33,7 @@ from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.generation import generate, seed_labels  # noqa: E402
 from lightning_sde.metrics.features import DigitsFeatures  # noqa: E402
 from lightning_sde.metrics.scorer import Scorer  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.samplers import build_sampler  # noqa: E402
 
 SAMPLERS = {"ddim": ("ddim", {}), "dpmpp_2m": ("dpmpp", {"order": 2}), "unipc_2": ("unipc", {"order": 2})}
@@ -106,7 +107,7 @@ def write_views(rows: list[dict], out: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Class-conditional digits, {rows[0]['n']} samples (seed i: class i mod 10)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+    save_atomically(fig, out.with_suffix(".png"), dpi=120)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from lightning_sde.exact import eight_gaussians, random_mixture  # noqa: E402
 from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.generation import seed_labels  # noqa: E402
 from lightning_sde.models.guidance import guided  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.probability_flow import ProbabilityFlow, solve_between  # noqa: E402
 from lightning_sde.samplers import SeededNoise, build_sampler, sample  # noqa: E402
 from lightning_sde.samplers.grids import time_grid  # noqa: E402
@@ -122,7 +123,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle("Guided (w = 2) vs unguided endpoint error, each against its own dopri5 1e-10 reference", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_atomically(fig, path, dpi=120)
 
 
 def optimized(seeds) -> None:
@@ -171,7 +172,7 @@ def curvature(out: Path, points: int = 512, knots: int = 200) -> None:
            title="8 Gaussians, one class a component: where guided x0 bends\n(ticks: each grid's 20 steps)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+    save_atomically(fig, out.with_suffix(".png"), dpi=120)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from family import draw, file_tag  # noqa: E402
 from recommend import NFES, OUT, ratios, recommended_in, split_ratios  # noqa: E402
 
-from lightning_sde.files import replace_atomically, write_csv, write_text  # noqa: E402
+from lightning_sde.files import write_csv, write_text  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 
 VERSIONS = {
     1: "UniPC-3; select over 4 grids x start {T, 0.15}",
@@ -216,8 +217,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.suptitle(f"The recommended sampler on {len({(r['family'], r['seed']) for r in pool})} held-out problems "
                  "(bar: a family's median; dashed: the 0.5x target; solid: 1x)")
     fig.tight_layout()
-    replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+    save_atomically(fig, path, dpi=120)
 
 
 def main() -> None:

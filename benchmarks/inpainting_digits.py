@@ -31,6 +31,7 @@ from lightning_sde.data import DigitsDataModule  # noqa: E402
 from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.metrics.features import DigitsFeatures  # noqa: E402
 from lightning_sde.models.inpainting import inpainting  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.samplers import build_sampler, sample  # noqa: E402
 
 SEEDS = 4
@@ -93,7 +94,7 @@ def main() -> None:
     ax.set_xticks([])
     ax.set_title(f"Digits inpainting: top half known, DPM-Solver++(2M), {args.nfe} NFE", fontsize=9)
     fig.tight_layout()
-    fig.savefig(args.out.with_suffix(".png"), dpi=130)
+    save_atomically(fig, args.out.with_suffix(".png"), dpi=130)
 
 
 if __name__ == "__main__":

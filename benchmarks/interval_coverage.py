@@ -35,6 +35,7 @@ from lightning_sde.exact import eight_gaussians, random_mixture  # noqa: E402
 from lightning_sde.metrics import bootstrap  # noqa: E402
 from lightning_sde.metrics.image import kid_reference_features, score_images  # noqa: E402
 from lightning_sde.metrics.scorer import INTERVAL_LEVEL, N_BOOT, Scorer  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 
 OUT = ROOT / "benchmarks/results/interval_coverage"
 FIELDS = ["case", "metric", "n", "n_reference", "repeats", "coverage", "coverage_low", "coverage_high",
@@ -126,8 +127,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("coverage of the truth by the stated 90% interval (bars: 90% Wilson interval of the coverage)")
     ax.legend(loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_atomically(fig, path, dpi=120)
 
 
 def main() -> None:

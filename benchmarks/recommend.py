@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from endpoint_protocol import vp_sde  # noqa: E402
 from family import FAMILIES, TUNING_FAMILIES, describe, draw, file_tag, run_family  # noqa: E402
 
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 
 OUT = ROOT / "benchmarks/results"
@@ -550,8 +551,7 @@ def plot(out: Path, table) -> None:
     axes[1].legend(fontsize=7)
     fig.suptitle(f"{out.name}: per problem (dashed: the 0.5x target; solid: parity)")
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
-    plt.close(fig)
+    save_atomically(fig, out.with_suffix(".png"), dpi=120)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from lightning_sde.exact import eight_gaussians, random_mixture  # noqa: E402
-from lightning_sde.files import replace_atomically, write_csv, write_text  # noqa: E402
+from lightning_sde.files import write_csv, write_text  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.samplers import build_sampler, sample  # noqa: E402
 from lightning_sde.sde import VPSDE  # noqa: E402
 
@@ -222,8 +223,7 @@ def plot(rows, tols, path: Path) -> None:
     fig.suptitle("Probability-flow ODE samplers on VPSDE: endpoint error vs NFE "
                  f"({rows[0]['n_points']} points, float64)")
     fig.tight_layout()
-    replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
-    plt.close(fig)
+    save_atomically(fig, path, dpi=130)
 
 
 def main(argv=None) -> None:

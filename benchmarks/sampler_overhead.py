@@ -111,6 +111,7 @@ def write(rows: list[dict], out: Path, labels: list[str], args) -> None:
     import matplotlib.pyplot as plt
 
     from lightning_sde.files import write_csv, write_text
+    from lightning_sde.plotting.style import save_atomically
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out.with_suffix(".csv"), rows, list(rows[0]))
@@ -140,7 +141,7 @@ def write(rows: list[dict], out: Path, labels: list[str], args) -> None:
     ax.set_xlabel(f"µs per NFE over the network alone (network: {1e6 * alone:.0f} µs a call, batch {args.batch})")
     ax.set_title("What the library adds per NFE (lower is better; whiskers: range over rounds)")
     ax.legend()
-    fig.savefig(out.with_suffix(".png"), dpi=110)
+    save_atomically(fig, out.with_suffix(".png"), dpi=110)
     print("\n".join(lines))
 
 

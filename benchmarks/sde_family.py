@@ -47,6 +47,7 @@ from endpoint_protocol import vp_sde  # noqa: E402
 from family import FAMILIES, draw, file_tag, run_family  # noqa: E402
 
 from lightning_sde.metrics.sliced import sliced_wasserstein  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 
 OUT = ROOT / "benchmarks/results"
@@ -247,7 +248,7 @@ def plot_pairs(out: Path, first: str, second: str) -> None:
             axis.set_minor_formatter(NullFormatter())
     fig.suptitle(f"{out.name}: a point a problem; below the diagonal, {second} is closer to exact samples",
                  fontsize=9)
-    fig.savefig(out.with_suffix(".png"), dpi=110)
+    save_atomically(fig, out.with_suffix(".png"), dpi=110)
 
 
 if __name__ == "__main__":

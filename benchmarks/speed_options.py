@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from training_throughput import lightning_loop, make  # noqa: E402
 
 from lightning_sde.files import write_csv  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 from lightning_sde.samplers import SeededNoise, build_sampler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def main() -> None:
         ax.set(title=f"{label} vs fp32 eager (CPU, {rows[0]['threads']} threads)", ylabel="ratio")
         ax.tick_params(axis="x", labelrotation=20)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+    save_atomically(fig, out.with_suffix(".png"), dpi=120)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lightning_sde.files import write_csv  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "startup"
 TINY = {  # app -> its arguments; {tmp} is a fresh directory per run
@@ -111,7 +112,7 @@ def write(rows: list[dict]) -> None:
     ax.set_title("start-up of the apps on an exact mixture")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(OUT.with_suffix(".png"), dpi=120)
+    save_atomically(fig, OUT.with_suffix(".png"), dpi=120)
 
 
 def main() -> None:

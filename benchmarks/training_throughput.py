@@ -31,6 +31,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn  # noqa: E402
 
 from lightning_sde.configuration import CONFIG_PACKAGE  # noqa: E402
 from lightning_sde.files import write_csv  # noqa: E402
+from lightning_sde.plotting.style import save_atomically  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,7 @@ def main():
     ax.set(ylabel="training steps / s", title=f"Training throughput, CPU ({rows[0]['threads']} threads)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(args.out_dir / "training_throughput.png", dpi=120)
+    save_atomically(fig, args.out_dir / "training_throughput.png", dpi=120)
 
 
 if __name__ == "__main__":
