@@ -102,8 +102,9 @@ class Denoiser(nn.Module):
 
     `nfe` counts network forwards over the batch (one call = one NFE, whatever the batch size).
     `shape` is the shape of one sample, used to validate sampler inputs.
-    `sigma_data`, if given, scales the network input by c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2) (EDM) so that
-    it has about unit variance at every t (essential on VE, where x_T has std sigma_max).
+    `sigma_data`, if given, scales the network input by c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2) (EDM): with
+    sigma_data the data's std per coordinate the input has about unit variance at every t, and whatever its value the
+    input stays bounded as sigma grows (essential on VE, where x_T has std sigma_max).
     `data_moments` (a DataMoments, or None) is the data's mean and covariance, for samplers' gaussian_start (not
     for a denoiser that `conditions` what it samples: guidance, inpainting; those start at T).
     `channels_last` feeds an image network NHWC inputs (its weights should be channels_last too: ScoreModule does
