@@ -325,6 +325,11 @@ def test_ddp_processes_split_each_cells_seeds_and_match_one_process(clean, tmp_p
     assert len(rows) == ROWS and values(tmp_path / "results.jsonl") == values(src / "results.jsonl")
     for r in (r for r in rows if r["grid"] == "nfe"):  # 150 seeds a process in batches of 128 + 22
         assert r["world_size"] == 2 and r["nfe_per_batch"] == [r["requested"]] * 4 and r["n_samples"] == 300
+    from lightning_sde.cli.bench import report_main
+
+    report_main([str(tmp_path / "results.jsonl")])  # the views alone (no --wandb; the sweep had none): no W&B run
+    assert (tmp_path / "results.csv").is_file() and (tmp_path / "results.png").is_file()
+    assert not (tmp_path / "results.wandb.json").exists() and not (tmp_path / "wandb").exists()
 
 
 @pytest.mark.slow

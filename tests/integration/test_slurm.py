@@ -211,11 +211,13 @@ def test_a_ddp_job_preempted_twice_resumes_each_time_without_losing_or_repeating
     log = log_of(workdir, "lsde-train", job)
     assert states == ["COMPLETED"], log[-5000:]
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log  # both ranks ran
-    assert "restart 1" in log and "requeued SLURM job" in log and "restart 2" in log
-    first = int(log.split("stopped at global step ")[1].split()[0])  # the time limit's
-    second = saved_step(log)  # SIGTERM's
+    launches = log.split("[lsde] job ")[1:]  # each from env.sh's header: "<job> restart <n> on <nodes>:"
+    assert [launch.split()[2] for launch in launches] == ["0", "1", "2"], log[-5000:]
+    assert "for the time limit" in launches[0] and "requeued SLURM job" in launches[0], launches[0][-3000:]
+    first = int(launches[0].split("stopped at global step ")[1].split()[0])
+    assert "task 0: Exited with exit code 143" in launches[1] and "task 1: Exited with exit code 143" in launches[1]
+    second = saved_step(launches[1])  # SIGTERM's checkpoint, both tasks interrupted
     assert 0 < first < second < steps, "the signals must arrive mid-training for this test to mean anything"
-    assert "task 0: Exited with exit code 143" in log and "task 1: Exited with exit code 143" in log  # interrupted
     check_one_history(run_dir, [first, second], steps)
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == steps
