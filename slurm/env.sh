@@ -49,15 +49,19 @@ lsde_words() {
     while IFS= read -r -d '' word; do LSDE_WORDS+=("$word"); done < <(printf '%s' "$1" | xargs printf '%s\0')
 }
 
-# Whether Python $1 can run the apps: lightning_sde and what it needs (a clone's root finds the package in the working
-# directory even without its dependencies). Returns non-zero with the message otherwise.
+# Whether Python $1 can run the apps: lightning_sde and what it needs are there (a clone's root finds the package in the
+# working directory even without its dependencies). Found, not imported: importing them costs seconds (tens on a
+# shared file system) at every submission and job start, and the app imports them next anyway. Returns non-zero with
+# the message otherwise; a Python already found good in this shell is not asked again.
 lsde_check_python() {
-    if ! "$1" -c "import torch, lightning, hydra, lightning_sde" 2>/dev/null; then
+    [ "${LSDE_PYTHON_FOUND_GOOD:-}" = "$1" ] && return 0
+    if ! "$1" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('torch', 'lightning', 'hydra', 'lightning_sde')))" 2>/dev/null; then
         echo "error: $1 cannot import lightning_sde and its dependencies (torch, lightning, hydra); run" \
              "'make .venv/.installed' in $LSDE_CLONE on the login node, or set LSDE_PYTHON / LSDE_SETUP in the site" \
              "file (slurm/site.env.example)" >&2
         return 2
     fi
+    LSDE_PYTHON_FOUND_GOOD=$1
 }
 
 # Seconds of an sbatch --time value (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); fails on another form.

@@ -38,13 +38,13 @@ def pytest_unconfigure(config):
 
 
 # The files that take minutes, longest first (seconds summed over their tests, `make test PYTEST_ARGS=--durations=0`
-# on 2 cores: 807, 444, 339, 313, 261, 166, 53, 49, 48, 48, 42, 42, 37; no other over 25). `make test` hands whole
+# on 2 cores: 509, 306, 254, 217, 214, 158, 57, 50, 46, 40, 37, 36, 32; no other over 30). `make test` hands whole
 # files to its two workers in collection order (--dist loadfile --no-loadscope-reorder): started first, they leave the
 # short files to fill the end. A long file left off this list runs last, alone: test_sample_app.py (313 s) did, and
 # one worker finished 6 minutes after the other (28 min in all, 50 of work).
 LONGEST_FIRST = ("test_slurm.py", "test_reliability.py", "test_train.py", "test_sample_app.py", "test_cli_apps.py",
-                 "test_bench.py", "test_conditional_train.py", "test_flow.py", "test_pretrained_apps.py",
-                 "test_samplers.py", "test_inpainting.py", "test_configs.py", "test_pretrained.py")
+                 "test_bench.py", "test_flow.py", "test_conditional_train.py", "test_pretrained_apps.py",
+                 "test_samplers.py", "test_inpainting.py", "test_pretrained.py", "test_configs.py")
 
 
 def pytest_collection_modifyitems(config, items):
