@@ -4,7 +4,6 @@ as subprocesses, a crafted checkpoint, a NaN loss, a multirun, a corrupted check
 import csv
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.runs import copy_of
 from helpers.wandb_offline import find_run, history, run_info
 from lightning_sde import load_denoiser
 from lightning_sde.loading import CheckpointError
@@ -43,11 +43,6 @@ def finished_run(tmp_path_factory) -> Path:
     proc = train(run, *TOY, "logger=csv")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run
-
-
-def copy_of(run: Path, tmp_path: Path) -> Path:
-    """The run copied (as `cp -r`) to tmp_path under its own name, the run_name train() gives it."""
-    return Path(shutil.copytree(run, tmp_path / run.name))
 
 
 class Evil:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.runs import copy_of
 from helpers.wandb_offline import find_run, history, media, run_info
 from lightning_sde import load_denoiser
 from lightning_sde.data import Toy2DDataModule
@@ -109,13 +110,6 @@ def trained_200(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("trained") / "source"
     run_train(source, *COMMON, "trainer.max_steps=200")
     return source
-
-
-def copy_of(run_dir: Path, tmp_path: Path) -> Path:
-    """The run in a folder of this test's own, under its own name (a resume checks the name it was trained under)."""
-    import shutil
-
-    return Path(shutil.copytree(run_dir, tmp_path / "copy" / run_dir.name))
 
 
 @pytest.mark.slow

@@ -165,7 +165,8 @@ def test_the_time_features_are_sin_and_cos_of_2_pi_f_t_and_blocks_read_them_thro
 def test_every_residual_block_of_the_shipped_configs_sees_the_time(config):
     """The embedding is added per channel before a GroupNorm: a group of one channel subtracts it again (its mean
     over the pixels is the embedding's own), and the block ignores t; in groups of two it cancels about half of it.
-    Each block of the shipped networks (at their widths, on a small image) changes when its embedding does."""
+    Every width of the shipped networks has 4 channels a group or more, and a block at the narrowest (on a small
+    image) changes when its embedding does."""
     from omegaconf import OmegaConf
 
     from lightning_sde.configuration import config_root
