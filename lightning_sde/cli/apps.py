@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import re
 import sys
 from pathlib import Path
@@ -354,10 +355,57 @@ def launcher_without_multirun(argv: list[str]) -> str | None:
     return f"{given} launches the runs of a multirun only: add -m (one job per run), or leave it out to run here"
 
 
+class ReaderGoneGuard:
+    """stdout or stderr, such that when the reader of its pipe goes away (`lsde-bench ... | head -1`) the stream is
+    pointed at /dev/null, said once on the other stream, and the run goes on to its files and exit status, instead of
+    a BrokenPipeError at its next line (a traceback, or one per log line, and the views never drawn)."""
+
+    def __init__(self, stream, app: str, other=None):
+        self._stream, self._app, self._other, self._gone = stream, app, other, False
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            self._stream.flush()  # what it still held, to /dev/null
+        except (OSError, ValueError):
+            pass
+        if not self._gone and self._other is not None:
+            name = str(getattr(self._stream, "name", "output")).strip("<>")
+            self._other.write(f"lsde-{self._app}: the reader of its {name} went away: the "
+                              "rest of that output is dropped; the run goes on (its files are written as usual)\n")
+            self._other.flush()
+        self._gone = True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def guard_streams(app: str) -> None:
+    """stdout and stderr behind ReaderGoneGuard (once: a second app run in the process keeps the first guards)."""
+    if not isinstance(sys.stderr, ReaderGoneGuard):
+        sys.stderr = ReaderGoneGuard(sys.stderr, app)
+    if not isinstance(sys.stdout, ReaderGoneGuard):
+        sys.stdout = ReaderGoneGuard(sys.stdout, app, other=sys.stderr)
+
+
 def run(app: str, main=None) -> None:
     """--help, then the command line's checks, then the app's `main` (imported only now, unless given: `python -m
     lightning_sde.cli.<app>` passes its own, so that route refuses what the console script refuses). Ctrl-C before
     the app's own handler applies (importing torch, composing the config) is said as the app says it."""
+    guard_streams(app)
     try:
         checked_run(app, main)
     except KeyboardInterrupt:
@@ -430,3 +478,16 @@ compare = functools.partial(run, "compare")
 likelihood = functools.partial(run, "likelihood")
 figures = functools.partial(run, "figures")
 sample = functools.partial(run, "sample")
+
+
+def prepare(main=None) -> None:
+    """lsde-prepare (argparse, not Hydra): the same stream guards, and Ctrl-C as one line and status 130."""
+    guard_streams("prepare")
+    try:
+        status = (main or importlib.import_module("lightning_sde.cli.prepare").main)()
+    except KeyboardInterrupt:
+        from lightning_sde.cli.errors import to_console
+
+        to_console("lsde-prepare: interrupted (Ctrl-C)\n")
+        sys.exit(130)
+    sys.exit(status)

@@ -304,4 +304,6 @@ def run(parser: argparse.ArgumentParser, args, downloads: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lightning_sde.cli import apps
+
+    apps.prepare(main)

@@ -94,3 +94,60 @@ def test_hydras_complaint_is_one_line_without_its_search_path():
         compose("bench", overrides=["problem=bogus"])
     text = one_line(caught.value)
     assert "bogus" in text and "\n" not in text and "provider=" not in text and "search path" not in text, text
+
+
+def test_output_whose_reader_went_away_goes_to_dev_null_and_the_run_goes_on():
+    """`lsde-bench ... | head -1`: every later line was a BrokenPipeError (a traceback per log line, the views never
+    drawn, exit 1). Now the stream is pointed at /dev/null, said once on stderr, and writing goes on."""
+    import io
+    import os
+
+    from lightning_sde.cli.apps import ReaderGoneGuard
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    said = io.StringIO()
+    guard = ReaderGoneGuard(open(write_end, "w"), "bench", other=said)
+    for _ in range(3):
+        guard.write("a result line\n" * 1000)
+        guard.flush()
+    assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))
+    assert said.getvalue().count("\n") == 1 and "lsde-bench: the reader of its" in said.getvalue()
+
+    class Unpointable(io.StringIO):  # no file descriptor to point elsewhere: its writes keep failing, said once
+        def write(self, text):
+            raise BrokenPipeError
+
+    said = io.StringIO()
+    guard = ReaderGoneGuard(Unpointable(), "sample", other=said)
+    for _ in range(3):
+        guard.write("a line\n")
+    assert said.getvalue().count("\n") == 1
+
+
+def test_an_app_and_prepare_printing_into_a_closed_pipe_end_as_they_would_have(monkeypatch, capsys):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_sde.cli.train", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the child writes: `| head -0`
+    err = proc.stderr.read()
+    assert proc.wait() == 0 and "Traceback" not in err and err.count("\n") == 1, err
+
+    from lightning_sde.cli.apps import prepare
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    monkeypatch.setattr(sys, "stdout", open(write_end, "w"))
+    with pytest.raises(SystemExit) as ended:
+        prepare(lambda: print("toy2d: nothing to fetch", flush=True) or 0)
+    assert ended.value.code == 0 and "lsde-prepare: the reader of its" in capsys.readouterr().err
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as ended:
+        prepare(interrupted)
+    assert ended.value.code == 130 and capsys.readouterr().err == "lsde-prepare: interrupted (Ctrl-C)\n"
