@@ -149,7 +149,7 @@ class Heun(FixedStepSampler):
         top = float(sde.sigma(sde.T) / sde.alpha(sde.T))
         gamma = min(self.s_churn / self.intervals, math.sqrt(2) - 1)
         churn = []
-        for t, sigma in zip(times[:-1].tolist(), level[:-1].tolist()):
+        for sigma in level[:-1].tolist():
             inside = self.s_tmin <= sigma and (self.s_tmax is None or sigma <= self.s_tmax)
             raised = min(sigma * (1 + gamma), top) if inside else sigma
             if raised <= sigma:

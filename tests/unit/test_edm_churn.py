@@ -59,7 +59,7 @@ class CountingNoise(SeededNoise):
 @pytest.mark.parametrize("s_churn, s_tmin, s_tmax", [(5.0, 0.0, None), (5.0, 0.05, 2.0), (60.0, 1.0, 10.0)])
 def test_churn_raises_the_levels_in_range_by_its_factor(s_churn, s_tmin, s_tmax):
     """Noise is drawn at the steps whose level is in range, and the first evaluation of each such step is at the
-    level raised by 1 + gamma (EDM: gamma = min(s_churn / steps, sqrt(2) - 1)), the steps' second ones where they were."""
+    level raised by 1 + gamma (EDM: gamma = min(s_churn / steps, sqrt(2) - 1)); the second ones at the steps' ends."""
     sde = SDES["vp"]
     den, net = counting_denoiser(GAUSSIAN, "vp")
     sampler = build_sampler("heun", steps=12, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax)
