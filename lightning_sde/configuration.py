@@ -220,6 +220,7 @@ FOLDER_NAMES = {
     "train": ("run_name", "the run directory and the W&B run's id", ()),
     "sample": ("name", "the samples' folder under the outputs root", ("=", ",")),
     "bench": ("name", "the sweep's folder under the outputs root", ("=", ",")),
+    "likelihood": ("name", "the results' folder under the outputs root", ("=", ",")),
 }
 FOLDER_NAMES["compare"] = FOLDER_NAMES["bench"]
 
@@ -235,8 +236,8 @@ def check_folder_name(app: str, cfg) -> None:
                          f": leave {key} out for its default")
     text = str(value)
     if not re.fullmatch(f"[A-Za-z0-9{''.join(re.escape(c) for c in allowed)}]+", text) or text.strip(".") == "":
-        raise ValueError(f"config {key}: may hold letters, digits and {' '.join(allowed)} only (it names {names}); "
-                         f"got {text!r}")
+        raise ValueError(f"config {key}: may hold ASCII letters, digits and {' '.join(allowed)} only (it names "
+                         f"{names}); got {text!r}")
 
 
 CYCLE = "'cycle' (seed i: class i mod num_classes) or "

@@ -199,7 +199,7 @@ pipeline)
     done
     [ -n "$bench" ] || die "pipeline needs --bench \"OVERRIDES\" (at least data=<the training data>)"
     run=${run:-pipeline-$(date +%Y%m%d-%H%M%S)}
-    [[ $run =~ ^[A-Za-z0-9._+@-]+$ && ${run//./} ]] || die "--run may hold letters, digits and . _ - + @ only" \
+    [[ $run =~ ^[A-Za-z0-9._+@-]+$ && ${run//./} ]] || die "--run may hold ASCII letters, digits and . _ - + @ only" \
         "(it names the run directory and the W&B run's id, as lsde-train's run_name); got '$run'"
     run_dir=$PWD/outputs/train/$run
     results=$PWD/outputs/bench/$run/results.jsonl

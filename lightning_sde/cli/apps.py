@@ -86,10 +86,27 @@ def override_error(app: str, argv: list[str]) -> str | None:
             elif "'" in value:
                 message = (f"config {key}: {message}; quote a value that holds \"'\" with double quotes: "
                            f"{quoted(key, value, bool(multirun))}")
+            elif not key.isascii():  # quoting mends values only
+                bad = next(c for c in key if not c.isascii())
+                message += f"; a key's names are ASCII letters, digits and _: {key!r} holds {bad!r}"
             else:
-                message += f"; quote the value: {quoted(key, value, bool(multirun))}"
+                refused = folder_name_error(app, key, value)
+                return refused or message + f"; quote the value: {quoted(key, value, bool(multirun))}"
         return message
     return other_jobs_error(app, argv, given, set(cfg.hydra.runtime.choices)) if multirun else folder_error(app, cfg)
+
+
+def folder_name_error(app: str, key: str, value: str) -> str | None:
+    """Why `value` cannot be the app's folder-naming key's, where `key` is that key (quoting it would not mend it)."""
+    from lightning_sde.configuration import FOLDER_NAMES, check_folder_name
+
+    if app not in FOLDER_NAMES or key.lstrip("+") != FOLDER_NAMES[app][0]:
+        return None
+    try:
+        check_folder_name(app, {FOLDER_NAMES[app][0]: value})
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def quotable(arg: str) -> bool:
@@ -432,7 +449,7 @@ def names_as_given(app: str, argv: list[str]) -> list[str]:
     separator), where plain job 270's run went, and 1e3 named it 1000.0."""
     from lightning_sde.configuration import FOLDER_NAMES
 
-    key = FOLDER_NAMES[app][0] if app in FOLDER_NAMES else "name" if app == "likelihood" else None
+    key = FOLDER_NAMES[app][0] if app in FOLDER_NAMES else None
     out = list(argv)
     for i, arg in enumerate(argv):
         given_key, _, text = arg.partition("=")

@@ -36,7 +36,15 @@ from lightning_sde.cli.errors import (
     own_folder_per_job,
 )
 from lightning_sde.cli.help import print_help_if_asked
-from lightning_sde.configuration import CONFIG_PATH, LIKELIHOOD_FREE_KEYS, checked, overridden, plain, require_device
+from lightning_sde.configuration import (
+    CONFIG_PATH,
+    LIKELIHOOD_FREE_KEYS,
+    check_folder_name,
+    checked,
+    overridden,
+    plain,
+    require_device,
+)
 from lightning_sde.configuration import device as parse_device
 from lightning_sde.configuration import dtype as parse_dtype
 from lightning_sde.distributed import (
@@ -64,6 +72,7 @@ log = logging.getLogger(__name__)
 
 def validate(cfg: DictConfig) -> tuple[ODEOptions, str, str]:
     """(ODE options, target kind, target id); fails fast, naming the config key."""
+    check_folder_name("likelihood", cfg)
     kind, target_id = target_kind(cfg, free_data_keys=LIKELIHOOD_FREE_KEYS)
     target_id = as_recorded(target_id, [(recorded_settings(path) or {}).get("target_id") for path, _ in
                                         result_files(Path(cfg.out))])

@@ -533,7 +533,7 @@ def test_a_folder_inside_a_file_is_refused_before_hydra_makes_it(tmp_path, monke
     assert override_error("sample", ["paths.root=/proc/new"]).startswith("config out: /proc/new/samples/default cannot")
     # a name the app refuses, before Hydra makes its folders (a/b left train/a/ behind)
     assert override_error("train", [f"paths.root={tmp_path}", "run_name=a/b"]).startswith(
-        "config run_name: may hold letters, digits and . _ - + @ only")
+        "config run_name: may hold ASCII letters, digits and . _ - + @ only")
     assert override_error("compare", [f"paths.root={tmp_path}", "name=null"]).startswith(
         "config name: must be a name (it names the sweep's folder under the outputs root); got null")
     assert override_error("sample", ["out=5"]) == "config out: must be a path; got 5"  # Path's TypeError in the app
@@ -613,6 +613,13 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
     assert override_error("compare", ["seeds.count=5", "paths.root=/tmp/ünï"]).endswith(  # Hydra's lexer, no hint
         "LexerNoViableAltException: paths.root=/tmp/ünï ^; quote the value: \"paths.root='/tmp/ünï'\" (the double "
         "quotes for the shell)")
+    # quoting mends neither a folder name the app refuses anyway nor a key: each is told what would do
+    assert override_error("train", ["run_name=rün"]) == (
+        "config run_name: may hold ASCII letters, digits and . _ - + @ only (it names the run directory and the W&B "
+        "run's id); got 'rün'")
+    assert override_error("bench", ["name=größe"]).startswith("config name: may hold ASCII letters, digits")
+    assert override_error("sample", ["+sampler@samplers.größe=ddim"]).endswith(
+        "; a key's names are ASCII letters, digits and _: '+sampler@samplers.größe' holds 'ö'")
     assert override_error("sample", ["checkpoint=/d/it's/x.ckpt"]) == (  # an apostrophe: single quotes cannot hold it
         "config checkpoint: LexerNoViableAltException: checkpoint=/d/it's/x.ckpt ^; quote a value that holds \"'\" "
         "with double quotes: \"checkpoint=\\\"/d/it's/x.ckpt\\\"\" (the outer double quotes for the shell)")

@@ -221,8 +221,8 @@ def test_a_multirun_writes_one_folder_per_job_under_a_given_out(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["seeds=5"], "config seeds: must be {start: S, count: N} (seeds.start=S seeds.count=N); got 5"),
-    (["name=.."], "config name: may hold letters, digits and . _ - + @ = , only"),
-    (["name=''"], "config name: may hold letters, digits and . _ - + @ = , only"),
+    (["name=.."], "config name: may hold ASCII letters, digits and . _ - + @ = , only"),
+    (["name=''"], "config name: may hold ASCII letters, digits and . _ - + @ = , only"),
     (["name=null"], "config name: must be a name (it names the samples' folder under the outputs root); got null"),
     (["labels=5"], "config labels: labels=5 draws class 5 under guidance; set guidance=<w> too"),
     (["seeds.start=9223372036854775807"], "config seeds: seeds.start + seeds.count must be at most 2**32"),

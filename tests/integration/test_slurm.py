@@ -363,7 +363,8 @@ def submit_sh(slurm, cwd: Path, *args: str, env=None, timeout=120) -> str:
     (["bench", "--throttle", "0", "nfe=[10]"], "--throttle must be an integer >= 1; got '0'"),
     (["bench", "--tasks"], "--tasks needs a value"),
     (["pipeline", "--bench"], "--bench needs a value"),
-    (["pipeline", "--run", "exp:v2", "--bench", "data=toy2d"], "--run may hold letters, digits and . _ - + @ only"),
+    (["pipeline", "--run", "exp:v2", "--bench", "data=toy2d"],
+     "--run may hold ASCII letters, digits and . _ - + @ only"),
     # what the job would refuse as it starts, refused before the wait in the queue
     (["train", "experiment=toy2d", "trainer.max_stepz=10"], "the training config is not valid (above)"),
     (["train", "ckpt_path=/nowhere/last.ckpt"], "the training config is not valid (above)"),

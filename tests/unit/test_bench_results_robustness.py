@@ -282,7 +282,7 @@ def test_a_statistics_folder_that_is_a_file_fails_before_any_work(capsys, tmp_pa
     ("noise_floor=maybe", "config noise_floor: must be true or false; got 'maybe'"),
     ("progress=1", "config progress: must be true or false; got 1"),
     ("metrics=[sliced_w2,mmd,sliced_w2]", "config metrics: ['sliced_w2'] given more than once"),  # rows twice
-    ("name=../../elsewhere", "config name: may hold letters, digits and . _ - + @ = , only"),  # out of the root
+    ("name=../../elsewhere", "config name: may hold ASCII letters, digits and . _ - + @ = , only"),  # out of the root
     ("problem=swiss_roll problem.n_components=-1", "config problem: ValueError: swiss_roll: n_components must be an "
                                                     "integer >= 1; got -1"),  # was torch's linspace message
     ("problem=eight_gaussians +problem.radius=inf", "eight_gaussians: radius must be a finite number > 0; got inf"),

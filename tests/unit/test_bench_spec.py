@@ -75,7 +75,7 @@ BAD_BENCH = [
                                                                            "class in 0..1; got 5"),
     (["+problem.labels=[0,1,0,1,0,1,0,1]", "labels=1"], "config labels: labels=1 draws class 1 under guidance; set "
                                                           "guidance=[<w>, ...] too"),  # unguided rows of every class
-    (["name=.."], "config name: may hold letters, digits and . _ - + @ = , only"),
+    (["name=.."], "config name: may hold ASCII letters, digits and . _ - + @ = , only"),
     (["samplers.ddim.denoise=true", "samplers.em.denoise=true", "nfe=[1]"],  # the noise floor alone: exited 0
      "config nfe: [1] leaves no sampler a cell: each is below every sampler's least budget"),
 ]

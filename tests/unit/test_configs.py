@@ -139,9 +139,9 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
      "config samplers.ddim_10: ValueError: ddim: the trailing grid needs start / steps > eps"),
     ("ckpt_path=123", "config ckpt_path: must be a checkpoint's path, 'last' or null; got 123"),
     ("trainer.val_check_interval=0", "config trainer.val_check_interval: must be a number of training steps >= 1"),
-    ("run_name=exp:v2", "config run_name: may hold letters, digits and . _ - + @ only (it names the run directory "
-                        "and the W&B run's id); got 'exp:v2'"),
-    ("run_name=..", "config run_name: may hold letters"),
+    ("run_name=exp:v2", "config run_name: may hold ASCII letters, digits and . _ - + @ only (it names the run "
+                        "directory and the W&B run's id); got 'exp:v2'"),
+    ("run_name=..", "config run_name: may hold ASCII letters"),
     ("run_name=null", "config run_name: must be a name (it names the run directory and the W&B run's id); got null: "
                       "leave run_name out for its default"),  # a folder named 'None', resumed by the next null
     ("seed=abc", "config seed: must be an integer in [0, 2**28); got 'abc'"),

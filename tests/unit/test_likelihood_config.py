@@ -20,6 +20,11 @@ from lightning_sde.configuration import CONFIG_PACKAGE
     ("ode.steps=3", "config ode: ODEOptions: method 'dopri5' is adaptive and takes rtol/atol, not steps"),
     ("eps=2", r"config eps: ValueError: VPSDE: eps must lie in \(0, T = 1\); got 2"),
     ("eps=0", r"config eps: ValueError: VPSDE: eps must lie in \(0, T = 1\); got 0"),
+    # the folder's name, as the other apps': was written outside the outputs root, beside the runs, or in 'None'
+    ("name='../../esc'", "config name: may hold ASCII letters, digits and . _ - \\+ @ = , only"),
+    ("name=''", "config name: may hold ASCII letters"),
+    ("name=null", "config name: must be a name"),
+    ("name='é'", "config name: may hold ASCII letters"),
 ])
 def test_a_bad_value_is_refused_at_start_up_naming_its_key(override, message, tmp_path):
     from lightning_sde.cli.likelihood import run
