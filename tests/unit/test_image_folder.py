@@ -427,3 +427,21 @@ def test_the_run_records_the_validation_images_it_started_with(tmp_path):
     dm.setup("fit")
     write_png(dm.val_files[0], np.full((8, 8, 3), 7, np.uint8))  # rewritten while the run trains
     assert dm.state_dict()["val_content"] == started
+
+
+def test_a_file_name_that_is_not_utf8_is_split_and_read_like_any_other(tmp_path):
+    """Such a name (a Latin-1 folder copied over) passed lsde-prepare's check, then training failed with 'surrogates
+    not allowed', naming neither the file nor the cause. The other files' places are as before (their UTF-8 bytes)."""
+    import hashlib
+
+    from lightning_sde.data.image_folder import split_key
+
+    write_images(tmp_path, 12)
+    odd = tmp_path / os.fsdecode(b"bad_\xff_name.png")
+    write_png(odd, np.full((8, 8, 3), 200, np.uint8))
+    dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=4)
+    assert odd in dm.train_files + dm.val_files and len(dm.train_files + dm.val_files) == 13
+    assert image_of(dm, odd).float().mean() == 200
+    dm.check_resume(dm.state_dict(), "last.ckpt")
+    plain = tmp_path / "img3.png"
+    assert split_key(plain, tmp_path, 5) == hashlib.blake2b(b"5/img3.png", digest_size=16).hexdigest()
