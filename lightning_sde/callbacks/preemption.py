@@ -203,8 +203,8 @@ class Preemption(L.Callback):
                             self.resume_with, trainer.global_step)
         elif self._in_batch and trainer.training and not isinstance(exception, NonFiniteError):
             log.warning("stopped by %s within a training step: no checkpoint written (the step is part-applied); "
-                        "lsde-train ... %s resumes the run from the last one", type(exception).__name__,
-                        self.resume_with)
+                        "lsde-train ... %s resumes the run from the last one (starts it again if none)",
+                        type(exception).__name__, self.resume_with)
 
     def keeps_steps_on(self, trainer, exception: BaseException) -> bool:
         """Whether an error that stops training (a data loader's unreadable file) gets a checkpoint of the steps since

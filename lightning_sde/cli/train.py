@@ -893,9 +893,15 @@ def forget_failed_start(cfg: DictConfig) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def goes_on_after_ctrl_c(cfg: DictConfig) -> str:
+    """What the same run_name does after a Ctrl-C: go on from a checkpoint, or start again before the first one."""
+    if any((Path(cfg.run_dir) / "checkpoints").glob("*.ckpt")):
+        return f"lsde-train ... run_name={cfg.run_name} goes on from its last checkpoint"
+    return f"no checkpoint was written yet: lsde-train ... run_name={cfg.run_name} starts the run again"
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-@fails_cleanly("lsde-train", cleanup=forget_failed_start,
-               goes_on=lambda cfg: f"lsde-train ... run_name={cfg.run_name} goes on from its last checkpoint")
+@fails_cleanly("lsde-train", cleanup=forget_failed_start, goes_on=goes_on_after_ctrl_c)
 def run_app(cfg: DictConfig) -> None:
     trainer, code, error = None, 0, None
     try:

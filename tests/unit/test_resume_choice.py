@@ -810,3 +810,17 @@ def test_the_login_node_check_accepts_what_the_job_itself_would_resume(tmp_path,
     with pytest.raises(SystemExit):
         check_main(["--plan", *fresh])
     assert "lsde-train check: error: unknown option --plan: it takes --planned and" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_a_rerun_goes_on_from_a_checkpoint_only_when_there_is_one(tmp_path):
+    """Ctrl-C in the first seconds said "goes on from its last checkpoint" where none had been written."""
+    from omegaconf import OmegaConf
+
+    from lightning_sde.cli.train import goes_on_after_ctrl_c
+
+    cfg = OmegaConf.create({"run_dir": str(tmp_path / "run"), "run_name": "run"})
+    assert goes_on_after_ctrl_c(cfg) == ("no checkpoint was written yet: lsde-train ... run_name=run starts the run "
+                                         "again")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert goes_on_after_ctrl_c(cfg) == "lsde-train ... run_name=run goes on from its last checkpoint"
