@@ -129,6 +129,10 @@ def test_figures_of_a_checkpoint_draw_its_own_datas_density_and_refuse_another_p
     assert trained_distribution(checkpoint("cb.ckpt", {"_target_": toy, "name": "checkerboard"})) == \
         ("checkerboard", None)
     assert trained_distribution(checkpoint("none.ckpt", None)) == (None, None)
+    # data of a user's own module: its name, no mixture (the problem is refused, not drawn as 8 Gaussians)
+    assert trained_distribution(checkpoint("own.ckpt", {"_target_": "mypkg.data.PointsDataModule", "n": 5})) == \
+        ("PointsDataModule", None)
+    assert trained_distribution(checkpoint("untyped.ckpt", {"name": "eight_gaussians"})) == (None, None)
 
     common = [f"checkpoint={eight}", "figures=[schematic]", "formats=[png]", f"output_dir={tmp_path}/hydra"]
     proc = _cli("lightning_sde.cli.figures", *common, "problem=swiss_roll", f"out={tmp_path}/other")

@@ -276,6 +276,22 @@ def test_a_fixed_step_samplers_nan_samples_are_said_once_per_model(caplog):
         sampler(model, x_T)
     assert caplog.text.count(said) == 4
 
+    def one_bad_coordinate(x, t):  # one sample of four, in one of its coordinates
+        return torch.where((torch.arange(len(x)) == 2)[:, None] & (torch.arange(2) == 1), x * float("inf"), 0.1 * x)
+
+    sampler(Denoiser(one_bad_coordinate, VPSDE(), "eps", (2,)), x_T)
+    assert "sampler 'ddim': 1 of 4 samples have NaN or infinite values" in caplog.text
+
+    class Slotted:  # cannot be weakly referenced: said at every call rather than never
+        __slots__ = ()
+
+        def __call__(self, x, t):
+            return x * float("nan")
+
+    for _ in range(2):
+        build_sampler("ancestral", steps=2)(Denoiser(Slotted(), VPSDE(), "eps", (2,)), x_T, SeededNoise(range(4), (2,)))
+    assert caplog.text.count("sampler 'ancestral': 4 of 4 samples have NaN") == 2
+
 
 @pytest.mark.parametrize("method", ["dopri5", "euler"])
 def test_a_network_that_returns_nan_stops_encode_decode_and_likelihood_with_the_cause(method):

@@ -302,6 +302,14 @@ def test_retraining_the_digits_features_writes_unit_scaled_features_or_nothing(t
         with pytest.raises(SystemExit, match=r"test accuracy 0\.\d+ is below 1.0: nothing written"):
             script.main()
         assert not (tmp_path / "bad").exists()
+        with monkeypatch.context() as patched:  # the default bar, 0.95, on the test digits' accuracy (not training's)
+            patched.setattr(sys, "argv", ["x", "--epochs", "1", "--out", str(tmp_path / "bar")])
+            patched.setattr(script, "train", lambda *args: None)
+            accuracies = iter([0.99, 0.9499])  # training's, then test's
+            patched.setattr(script, "accuracy", lambda *args: next(accuracies))
+            with pytest.raises(SystemExit, match=r"test accuracy 0\.9499 is below 0.95: nothing written"):
+                script.main()
+        assert not (tmp_path / "bar").exists()
         monkeypatch.setattr(sys, "argv", ["x", "--epochs", "1", "--out", str(tmp_path), "--min-accuracy", "0.5"])
         script.main()
     finally:

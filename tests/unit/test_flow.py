@@ -257,3 +257,5 @@ def test_the_likelihood_apps_probes_are_each_samples_own():
     assert len(set(three.tolist())) == 3, three
     torch.testing.assert_close(logp([2]), three[2:])  # alone, as in a batch of three
     assert (logp([0, 1, 2], seed=1) != three).all()
+    draws = [torch.randn(4, generator=g[0]) for g in (probe_generators(1, [0]), probe_generators(0, [1]))]
+    assert not torch.equal(*draws)  # seed 1's sample 0 is not seed 0's sample 1

@@ -1,5 +1,7 @@
 """lsde-likelihood's start-up checks: a bad value fails before any model or data is loaded, naming its key."""
 
+import math
+
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -120,6 +122,8 @@ def test_a_killed_run_goes_on_from_the_rows_it_had_written(tmp_path, monkeypatch
     assert resumed["bpd"] == pytest.approx(whole["bpd"], abs=2e-3)
     rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(40))
+    # the latent's log-density under the prior (VP: a standard normal in 2-D, at most -log(2 pi)), not log p again
+    assert all(r["prior_logp"] <= -math.log(2 * math.pi) and r["prior_logp"] != r["logp"] for r in rows)
     validate(cfg(tmp_path / "out"))  # the summary write() left records its settings: a rerun is not refused
 
 

@@ -21,3 +21,25 @@ def test_no_array_expansion_aborts_an_old_bash_when_empty(script):
 
 def test_the_check_sees_a_bare_expansion():
     assert BARE.search('sbatch "${site[@]}" x') and not BARE.search('sbatch ${site[@]+"${site[@]}"} x')
+
+
+@pytest.mark.parametrize("missing", [None, "torch", "lightning", "hydra", "lightning_sde"])
+def test_the_python_check_refuses_a_python_without_any_one_of_what_the_apps_import(tmp_path, missing):
+    """slurm/env.sh's lsde_check_python, asked of the real interpreter with one module hidden (a Python without it):
+    without hydra, submissions went on to a ModuleNotFoundError traceback in the config check."""
+    import subprocess
+    import sys
+
+    python = tmp_path / "python"
+    hide = f"sys.modules[{missing!r}] = None; " if missing else ""
+    python.write_text(f"#!/bin/bash\n[ \"$1\" = -c ] || exit 99\n"
+                      f"exec {sys.executable} -c 'import sys; {hide}exec(sys.argv.pop(1))' \"$2\"\n")
+    python.chmod(0o755)
+    env_sh = SCRIPTS[0].parent / "env.sh"
+    proc = subprocess.run(["bash", "-c", 'source "$1" && lsde_check_python "$2"', "_", str(env_sh), str(python)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    if missing is None:
+        assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    else:
+        assert proc.returncode == 2 and f"error: {python} cannot import lightning_sde and its dependencies" in \
+            proc.stderr, proc.stderr

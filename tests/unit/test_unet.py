@@ -204,3 +204,9 @@ def test_a_network_whose_groups_hold_one_channel_says_that_its_blocks_ignore_t(c
     with caplog.at_level("WARNING"):
         UNet(in_channels=1, image_size=8, channels=1, channel_mult=(1, 2), attn_resolutions=(), num_groups=32)
     assert "at 1, 2 channels" in caplog.text and "give every level two channels or more" in caplog.text
+    for channels, mult, fix in [(16, (1, 2), "use num_groups=8 or fewer (two channels or more a group)"),  # narrowest
+                                (2, (1,), "use num_groups=1 (two channels or more a group)")]:
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            UNet(in_channels=1, image_size=8, channels=channels, channel_mult=mult, attn_resolutions=(), num_groups=32)
+        assert caplog.text.rstrip().endswith(fix), caplog.text
