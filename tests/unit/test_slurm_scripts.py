@@ -31,7 +31,7 @@ def test_the_python_check_refuses_a_python_without_any_one_of_what_the_apps_impo
     import sys
 
     python = tmp_path / "python"
-    hide = f"sys.modules[{missing!r}] = None; " if missing else ""
+    hide = f'sys.modules["{missing}"] = None; ' if missing else ""  # (inside the wrapper's single quotes)
     python.write_text(f"#!/bin/bash\n[ \"$1\" = -c ] || exit 99\n"
                       f"exec {sys.executable} -c 'import sys; {hide}exec(sys.argv.pop(1))' \"$2\"\n")
     python.chmod(0o755)
