@@ -77,6 +77,9 @@ def override_error(app: str, argv: list[str]) -> str | None:
         lexed = [arg.split("=", 1) for arg in argv if "=" in arg and quotable(arg) and f"{arg} ^" in message]
         if "LexerNoViableAltException" in message and lexed:  # e.g. a path of non-ASCII letters, ~, or it's
             key, value = lexed[0]
+            refused = folder_name_error(app, key, value)  # quoting would not mend it
+            if refused:
+                return refused
             if value.startswith("~") and "'" in value:  # the home folder written out: ${...} would need escaping too
                 message += (f"; '~' is not expanded here: give an absolute path, and double quotes around a value that "
                             f"holds \"'\": {quoted(key, str(Path.home()) + value[1:], bool(multirun))}")
@@ -90,8 +93,7 @@ def override_error(app: str, argv: list[str]) -> str | None:
                 bad = next(c for c in key if not c.isascii())
                 message += f"; a key's names are ASCII letters, digits and _: {key!r} holds {bad!r}"
             else:
-                refused = folder_name_error(app, key, value)
-                return refused or message + f"; quote the value: {quoted(key, value, bool(multirun))}"
+                message += f"; quote the value: {quoted(key, value, bool(multirun))}"
         return message
     return other_jobs_error(app, argv, given, set(cfg.hydra.runtime.choices)) if multirun else folder_error(app, cfg)
 
@@ -378,9 +380,11 @@ class ReaderGoneGuard:
     a BrokenPipeError at its next line (a traceback, or one per log line, and the views never drawn)."""
 
     def __init__(self, stream, app: str, other=None):
-        self._stream, self._app, self._other, self._gone = stream, app, other, False
+        self._stream, self._app, self._other, self._dropping = stream, app, other, False
 
     def write(self, text):
+        if self._dropping:
+            return len(text)
         try:
             return self._stream.write(text)
         except BrokenPipeError:
@@ -388,33 +392,42 @@ class ReaderGoneGuard:
             return len(text)
 
     def flush(self):
+        if self._dropping:
+            return
         try:
             self._stream.flush()
         except BrokenPipeError:
             self._reader_gone()
 
     def _reader_gone(self) -> None:
+        """Once: later writes reach /dev/null (or, a stream without a file descriptor, nothing)."""
+        null = None
         try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            fd = self._stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
             self._stream.flush()  # what it still held, to /dev/null
         except (OSError, ValueError):
-            pass
-        if not self._gone and self._other is not None:
+            self._dropping = True
+        finally:
+            if null is not None:
+                os.close(null)
+        if self._other is not None:
             name = str(getattr(self._stream, "name", "output")).strip("<>")
             self._other.write(f"lsde-{self._app}: the reader of its {name} went away: the "
                               "rest of that output is dropped; the run goes on (its files are written as usual)\n")
             self._other.flush()
-        self._gone = True
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
 
 
 def guard_streams(app: str) -> None:
-    """stdout and stderr behind ReaderGoneGuard (once: a second app run in the process keeps the first guards)."""
-    if not isinstance(sys.stderr, ReaderGoneGuard):
+    """stdout and stderr behind ReaderGoneGuard (once: a second app run in the process keeps the first guards); a
+    stream Python has none of (its file descriptor closed at start: None) stays None."""
+    if sys.stderr is not None and not isinstance(sys.stderr, ReaderGoneGuard):
         sys.stderr = ReaderGoneGuard(sys.stderr, app)
-    if not isinstance(sys.stdout, ReaderGoneGuard):
+    if sys.stdout is not None and not isinstance(sys.stdout, ReaderGoneGuard):
         sys.stdout = ReaderGoneGuard(sys.stdout, app, other=sys.stderr)
 
 

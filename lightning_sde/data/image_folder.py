@@ -96,9 +96,15 @@ def links_on_path(root: Path, f: Path) -> int:
     return links
 
 
+def as_bytes(name: str) -> bytes:
+    """A file name's bytes: UTF-8, and the bytes of a name that is not UTF-8 as they are on disk (os.listdir keeps
+    them as surrogates), whatever the locale."""
+    return name.encode("utf-8", "surrogateescape")
+
+
 def split_key(f: Path, root: Path, seed: int) -> str:
     """A file's place in the seeded split order: a hash of its path under root and the seed."""
-    return hashlib.blake2b(os.fsencode(f"{seed}/{f.relative_to(root).as_posix()}"), digest_size=16).hexdigest()
+    return hashlib.blake2b(as_bytes(f"{seed}/{f.relative_to(root).as_posix()}"), digest_size=16).hexdigest()
 
 
 def split_order(files: list[Path], root: Path, seed: int) -> list[Path]:
@@ -110,14 +116,14 @@ def split_order(files: list[Path], root: Path, seed: int) -> list[Path]:
 def listing_digest(files: list[Path], root: Path) -> str:
     """A digest of the file names under root (their order aside)."""
     names = sorted(f.relative_to(root).as_posix() for f in files)
-    return hashlib.sha256(os.fsencode("\n".join(names))).hexdigest()
+    return hashlib.sha256(as_bytes("\n".join(names))).hexdigest()
 
 
 def content_digest(files: list[Path], root: Path) -> str:
     """A digest of the files' names and bytes (their order aside): an image rewritten under its name changes it."""
     digest = hashlib.sha256()
     for f in sorted(files, key=lambda f: f.relative_to(root).as_posix()):
-        digest.update(os.fsencode(f.relative_to(root).as_posix()) + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        digest.update(as_bytes(f.relative_to(root).as_posix()) + b"\0" + hashlib.sha256(f.read_bytes()).digest())
     return digest.hexdigest()
 
 

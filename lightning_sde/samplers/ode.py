@@ -141,32 +141,34 @@ class Heun(FixedStepSampler):
         return 2
 
     def initial_state(self, denoiser, times):
-        """Each step's churn, from the grid (CPU float64, before the first step): its raised time and noise std."""
+        """Each step's churn, from the grid (CPU float64, before the first step): its noise std (None: no churn) and
+        its raised time, all of them in one tensor (moved to the device once: no host sync a step)."""
         if not self.stochastic:
             return {}
         sde = denoiser.sde
         level = sde.sigma(times) / sde.alpha(times)
         top = float(sde.sigma(sde.T) / sde.alpha(sde.T))
         gamma = min(self.s_churn / self.intervals, math.sqrt(2) - 1)
-        churn = []
-        for sigma in level[:-1].tolist():
+        stds, raised_times = [], times[:-1].clone()
+        for i, sigma in enumerate(level[:-1].tolist()):
             inside = self.s_tmin <= sigma and (self.s_tmax is None or sigma <= self.s_tmax)
             raised = min(sigma * (1 + gamma), top) if inside else sigma
-            if raised <= sigma:
-                churn.append(None)
-            else:
-                t_hat = float(sde.t_from_log_snr(torch.tensor(-math.log(raised), dtype=torch.float64)))
-                churn.append((min(t_hat, sde.T), self.s_noise * math.sqrt(raised**2 - sigma**2)))
-        return {"churn": churn, "next": 0}
+            stds.append(self.s_noise * math.sqrt(raised**2 - sigma**2) if raised > sigma else None)
+            if raised > sigma:
+                t_hat = sde.t_from_log_snr(torch.tensor(-math.log(raised), dtype=torch.float64))
+                raised_times[i] = t_hat.clamp(max=sde.T)
+        return {"stds": stds, "raised_times": raised_times, "next": 0}
 
     def step(self, denoiser, x, t, s, noise, last, state):
         sde = denoiser.sde
         if state:
-            churn = state["churn"][state["next"]]
+            i, std = state["next"], state["stds"][state["next"]]
             state["next"] += 1
-            if churn is not None:
-                t_hat = torch.as_tensor(churn[0], dtype=t.dtype, device=t.device)
-                x = sde.alpha(t_hat) * (x / sde.alpha(t) + churn[1] * noise().to(x))  # x~ + std z, at t_hat
+            if std is not None:
+                if state["raised_times"].device != t.device or state["raised_times"].dtype != t.dtype:
+                    state["raised_times"] = state["raised_times"].to(t.device, t.dtype)
+                t_hat = state["raised_times"][i]
+                x = sde.alpha(t_hat) * (x / sde.alpha(t) + std * noise().to(x))  # x~ + std z, at t_hat
                 t = t_hat
         alpha_t, alpha_s = sde.alpha(t), sde.alpha(s)
         h = sde.sigma(s) / alpha_s - sde.sigma(t) / alpha_t  # sigma~_s - sigma~_t

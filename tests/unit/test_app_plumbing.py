@@ -120,9 +120,10 @@ def test_output_whose_reader_went_away_goes_to_dev_null_and_the_run_goes_on():
 
     said = io.StringIO()
     guard = ReaderGoneGuard(Unpointable(), "sample", other=said)
-    for _ in range(3):
+    opened = len(os.listdir("/proc/self/fd"))
+    for _ in range(100):
         guard.write("a line\n")
-    assert said.getvalue().count("\n") == 1
+    assert said.getvalue().count("\n") == 1 and len(os.listdir("/proc/self/fd")) == opened  # nor a descriptor each
 
 
 def test_an_app_and_prepare_printing_into_a_closed_pipe_end_as_they_would_have(monkeypatch, capsys):
@@ -135,6 +136,9 @@ def test_an_app_and_prepare_printing_into_a_closed_pipe_end_as_they_would_have(m
     proc.stdout.close()  # before the child writes: `| head -0`
     err = proc.stderr.read()
     assert proc.wait() == 0 and "Traceback" not in err and err.count("\n") == 1, err
+    closed = subprocess.run(f"{sys.executable} -m lightning_sde.cli.sample --help >&-", shell=True, text=True,
+                            capture_output=True)  # no stdout at all: Python's is None, and stays so
+    assert closed.returncode == 0 and not closed.stderr, closed.stderr
 
     from lightning_sde.cli.apps import prepare
 

@@ -445,3 +445,5 @@ def test_a_file_name_that_is_not_utf8_is_split_and_read_like_any_other(tmp_path)
     dm.check_resume(dm.state_dict(), "last.ckpt")
     plain = tmp_path / "img3.png"
     assert split_key(plain, tmp_path, 5) == hashlib.blake2b(b"5/img3.png", digest_size=16).hexdigest()
+    accented = tmp_path / "\u00e4.png"  # a valid non-ASCII name: its UTF-8 bytes, whatever the locale's encoding
+    assert split_key(accented, tmp_path, 5) == hashlib.blake2b("5/\u00e4.png".encode(), digest_size=16).hexdigest()
