@@ -5,9 +5,9 @@ misspelt key or option (its overrides are composed against the app's config firs
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
-import os
 import re
 import sys
 from pathlib import Path
@@ -401,17 +401,9 @@ class ReaderGoneGuard:
 
     def _reader_gone(self) -> None:
         """Once: later writes reach /dev/null (or, a stream without a file descriptor, nothing)."""
-        null = None
-        try:
-            fd = self._stream.fileno()
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, fd)
-            self._stream.flush()  # what it still held, to /dev/null
-        except (OSError, ValueError):
-            self._dropping = True
-        finally:
-            if null is not None:
-                os.close(null)
+        from lightning_sde.cli.errors import point_at_devnull
+
+        self._dropping = not point_at_devnull(self._stream)
         if self._other is not None:
             name = str(getattr(self._stream, "name", "output")).strip("<>")
             self._other.write(f"lsde-{self._app}: the reader of its {name} went away: the "
@@ -436,8 +428,15 @@ def run(app: str, main=None) -> None:
     lightning_sde.cli.<app>` passes its own, so that route refuses what the console script refuses). Ctrl-C before
     the app's own handler applies (importing torch, composing the config) is said as the app says it."""
     guard_streams(app)
-    try:
+    with ctrl_c_said(app):
         checked_run(app, main)
+
+
+@contextlib.contextmanager
+def ctrl_c_said(app: str):
+    """Ctrl-C as one line and exit status 130, not a traceback."""
+    try:
+        yield
     except KeyboardInterrupt:
         from lightning_sde.cli.errors import to_console
 
@@ -513,11 +512,6 @@ sample = functools.partial(run, "sample")
 def prepare(main=None) -> None:
     """lsde-prepare (argparse, not Hydra): the same stream guards, and Ctrl-C as one line and status 130."""
     guard_streams("prepare")
-    try:
+    with ctrl_c_said("prepare"):
         status = (main or importlib.import_module("lightning_sde.cli.prepare").main)()
-    except KeyboardInterrupt:
-        from lightning_sde.cli.errors import to_console
-
-        to_console("lsde-prepare: interrupted (Ctrl-C)\n")
-        sys.exit(130)
     sys.exit(status)

@@ -62,18 +62,33 @@ def to_console(text: str) -> None:
         quiet_broken_streams()
 
 
-def quiet_broken_streams() -> None:
-    """Point stdout and stderr, where they can no longer be written, at /dev/null."""
+def point_at_devnull(stream) -> bool:
+    """Point the file descriptor under `stream` at /dev/null and flush what it still held there; False where it has
+    none (a captured stream) or that fails."""
     import os
 
+    null = None
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        stream.flush()
+        return True
+    except (OSError, ValueError):
+        return False
+    finally:
+        if null is not None:
+            os.close(null)
+
+
+def quiet_broken_streams() -> None:
+    """Point stdout and stderr, where they can no longer be written, at /dev/null."""
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # (Python has none where its descriptor was closed at start)
+                stream.flush()
         except OSError:
-            try:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-            except (OSError, ValueError):  # no file descriptor (a captured stream): nothing to point
-                pass
+            point_at_devnull(stream)  # (False: no file descriptor, a captured stream: nothing to point)
 
 
 def fail(app: str, err) -> None:
