@@ -8,6 +8,13 @@ With s = -eps / sigma the integrand is lambda(t) / sigma_t^2 || eps_theta - z ||
               g^2 / sigma^2 explodes as t -> 0, so by default t is importance-sampled from p(t) ~ g^2 / sigma^2 and
               every sample gets the constant weight Z / (T - t_min), Z = int g^2 / sigma^2 dt: the same
               expectation.
+  min_snr     Min-SNR-gamma (Hang et al. 2023): lambda = sigma_t^2 min(SNR, gamma) / SNR, SNR = alpha^2 / sigma^2;
+              the eps-MSE down-weighted where SNR > gamma (low noise), t ~ U[t_min, T]. gamma: `min_snr_gamma`.
+  edm         EDM's training distribution and weighting (Karras et al. 2022, Table 1), in the noise level of x / alpha,
+              sigma~ = sigma / alpha = exp(-lambda_t): log sigma~ ~ N(p_mean, p_std^2), truncated to the levels of
+              [t_min, T], and the weight (sigma~^2 + sigma_data^2) / (sigma~ sigma_data)^2 on ||D - x0||^2, the
+              denoised x0's error; that error is sigma~ times the eps error, so the eps-MSE's weight is
+              1 + sigma~^2 / sigma_data^2.
 t_min, the smallest training time, is the SDE's eps unless set (score_sde trains VP from 1e-5 and samples from
 eps = 1e-3). The squared error is averaged over data dimensions, so the loss scale does not grow with the image size
 (score_sde sums it on VE: the same minimiser, gradients ~ the dimension larger, so gradient clipping acts otherwise).
@@ -23,7 +30,11 @@ from torch import Tensor
 from lightning_sde.models.denoiser import Denoiser
 from lightning_sde.sde import SDE
 
-WEIGHTINGS = ("sigma2", "likelihood")
+WEIGHTINGS = ("sigma2", "likelihood", "min_snr", "edm")
+# The settings only one weighting has, with their defaults: Hang et al.'s gamma; EDM's P_mean, P_std and sigma_data.
+WEIGHTING_SETTINGS = {"min_snr": {"min_snr_gamma": 5.0}, "edm": {"p_mean": -1.2, "p_std": 1.2, "sigma_data": 0.5}}
+# The least mass of EDM's log-normal on the SDE's levels: below it the truncated draw would pile up at one end.
+EDM_LEAST_MASS = 1e-6
 
 
 class ImportanceTimeSampler:
@@ -51,11 +62,54 @@ class ImportanceTimeSampler:
         return self.t[i - 1] + (u - c0) / (c1 - c0) * (self.t[i] - self.t[i - 1])
 
 
+def weighting_settings(weighting: str, given: dict) -> dict:
+    """The weighting's own settings, defaults filled in; ValueError for one set to another weighting or not a number
+    in its range."""
+    own = WEIGHTING_SETTINGS.get(weighting, {})
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in own:
+            users = [name for name, settings in WEIGHTING_SETTINGS.items() if key in settings]
+            raise ValueError(f"loss {key} belongs to weighting {users[0]}, not {weighting}; drop it "
+                             f"(or set loss={users[0]})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (key != "p_mean" and value <= 0):
+            kind = "a finite number" if key == "p_mean" else "a positive number"
+            raise ValueError(f"loss {key} must be {kind}; got {value!r}")
+    return {key: float(default if given.get(key) is None else given[key]) for key, default in own.items()}
+
+
+class LogNormalLevelSampler:
+    """EDM's proposal: log sigma~ ~ N(p_mean, p_std^2) truncated to [log sigma~(t_min), log sigma~(T)] by inverting the
+    truncated normal's CDF, and t the time at that level (sigma~ = exp(-lambda_t))."""
+
+    def __init__(self, sde: SDE, t_min: float, p_mean: float, p_std: float):
+        ends = -sde.log_snr(torch.tensor([t_min, sde.T], dtype=torch.float64))
+        self.sde, self.t_min, self.p_mean, self.p_std = sde, t_min, p_mean, p_std
+        self.cdf_ends = torch.special.ndtr((ends - p_mean) / p_std)
+        mass = (self.cdf_ends[1] - self.cdf_ends[0]).item()
+        if not mass >= EDM_LEAST_MASS:
+            low, high = ends.exp().tolist()
+            raise ValueError(f"loss p_mean={p_mean:g}, p_std={p_std:g} put {mass:.1e} of the log-normal on the SDE's "
+                             f"noise levels sigma/alpha in [{low:.3g}, {high:.3g}] (t in [{t_min:g}, {sde.T:g}]): "
+                             f"move p_mean into [{math.log(low):.2f}, {math.log(high):.2f}]")
+
+    def sample(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Map u ~ U(0, 1) to (t, log sigma~)."""
+        low, high = self.cdf_ends
+        log_level = self.p_mean + self.p_std * torch.special.ndtri(low + (high - low) * u.to(torch.float64).cpu())
+        return self.sde.t_from_log_snr(-log_level).clamp(self.t_min, self.sde.T), log_level
+
+
 class DSMLoss:
     def __init__(self, sde: SDE, weighting: str = "sigma2", importance_sampling: bool = True,
-                 t_min: float | None = None):
+                 t_min: float | None = None, min_snr_gamma: float | None = None, p_mean: float | None = None,
+                 p_std: float | None = None, sigma_data: float | None = None):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"loss weighting {weighting!r} is not one of {WEIGHTINGS}")
+        self.settings = weighting_settings(weighting, dict(min_snr_gamma=min_snr_gamma, p_mean=p_mean, p_std=p_std,
+                                                           sigma_data=sigma_data))
         if not isinstance(importance_sampling, bool):
             raise ValueError(f"loss importance_sampling must be true or false; got {importance_sampling!r}")
         if t_min is not None and (isinstance(t_min, bool) or not isinstance(t_min, (int, float))
@@ -70,6 +124,8 @@ class DSMLoss:
         self.t_min = sde.eps if t_min is None else float(t_min)
         self.importance = ImportanceTimeSampler(sde, self.t_min) if weighting == "likelihood" and importance_sampling \
             else None
+        self.levels = LogNormalLevelSampler(sde, self.t_min, self.settings["p_mean"], self.settings["p_std"]) \
+            if weighting == "edm" else None
 
     def sample_time(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Times t (float64, CPU) and the weight w(t) that multiplies the eps-MSE at each."""
@@ -78,9 +134,15 @@ class DSMLoss:
         if self.importance is not None:
             return self.importance.sample(u), torch.full((n,), self.importance.normalizer / (sde.T - self.t_min),
                                                          dtype=torch.float64)
+        if self.levels is not None:
+            t, log_level = self.levels.sample(u)
+            return t, 1 + (2 * log_level).exp() / self.settings["sigma_data"] ** 2
         t = self.t_min + (sde.T - self.t_min) * u
-        weight = torch.ones_like(t) if self.weighting == "sigma2" else sde.g2(t) / sde.sigma(t) ** 2
-        return t, weight
+        if self.weighting == "likelihood":
+            return t, sde.g2(t) / sde.sigma(t) ** 2
+        if self.weighting == "min_snr":
+            return t, (self.settings["min_snr_gamma"] * (-2 * sde.log_snr(t)).exp()).clamp(max=1)
+        return t, torch.ones_like(t)
 
     def __call__(self, denoiser: Denoiser, x0: Tensor, generator: torch.Generator | None = None,
                  labels: Tensor | None = None) -> Tensor:

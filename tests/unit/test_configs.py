@@ -184,6 +184,9 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
     ("+callbacks.ema.update_every_n_steps=0", "EMA update_every_n_steps must be an integer >= 1; got 0"),  # never
     ("+callbacks.ema.update_starting_at_step=-1", "EMA update_starting_at_step must be an integer >= 0; got -1"),
     ("loss=likelihood loss.importance_sampling=no", "loss importance_sampling must be true or false; got 'no'"),
+    ("loss=edm loss.p_std=0", "config loss: loss p_std must be a positive number; got 0"),
+    ("+loss.min_snr_gamma=3", "config loss: loss min_snr_gamma belongs to weighting min_snr, not sigma2; drop it "
+                              "(or set loss=min_snr)"),
 ])
 def test_a_bad_value_of_a_toy2d_run_fails_in_build_naming_its_key(tmp_path, override, message):
     cfg = composed("train", [*QUICK_TOY, f"run_dir={tmp_path}", "run_name=t", "logger=none", *override.split()])
@@ -191,6 +194,14 @@ def test_a_bad_value_of_a_toy2d_run_fails_in_build_naming_its_key(tmp_path, over
         build(cfg)
     assert message in str(err.value)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("loss, settings", [("min_snr", {"min_snr_gamma": 5.0}),
+                                            ("edm", {"p_mean": -1.2, "p_std": 1.2, "sigma_data": 0.5})])
+def test_each_loss_config_builds_with_its_stated_settings(tmp_path, loss, settings):
+    cfg = composed("train", [*QUICK_TOY, f"run_dir={tmp_path}", "run_name=t", "logger=none", f"loss={loss}"])
+    loss_fn = build(cfg, read_data=False).module.loss_fn
+    assert loss_fn.weighting == loss and loss_fn.settings == settings
 
 
 @pytest.mark.parametrize("monitor", ["val/loss", "train/loss", "step", "epoch", "auto", "val/ddim_10/sliced_w2"])

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from helpers.oracles import SDES
 from lightning_sde.exact import GaussianMixture
 from lightning_sde.losses import DSMLoss, ImportanceTimeSampler
 from lightning_sde.sde import VPSDE
@@ -62,3 +63,111 @@ def test_importance_sampling_reduces_variance():
 def test_bad_weighting():
     with pytest.raises(ValueError, match="weighting 'snr' is not one of"):
         DSMLoss(VPSDE(), "snr")
+
+
+def truncated_normal_cdf(x: float, mean: float, std: float, low: float, high: float) -> float:
+    """CDF at x of N(mean, std^2) truncated to [low, high], from math.erf (independent of the sampler's ndtr)."""
+    phi = lambda v: 0.5 * (1 + math.erf((v - mean) / (std * math.sqrt(2))))
+    return (phi(min(max(x, low), high)) - phi(low)) / (phi(high) - phi(low))
+
+
+def edm_expected(sde, s, p_mean, p_std, sigma_data, n=200_001):
+    """E over log sigma~ ~ N(p_mean, p_std^2) truncated to the SDE's levels of (1 + sigma~^2 / sigma_data^2) times the
+    exact denoiser's eps-MSE, s^2 / (s^2 + sigma~^2) for x0 ~ N(0, s^2): quadrature in log sigma~."""
+    low, high = (-sde.log_snr(torch.tensor(t, dtype=torch.float64)).item() for t in (sde.eps, sde.T))
+    level = torch.linspace(low, high, n, dtype=torch.float64)
+    density = torch.exp(-0.5 * ((level - p_mean) / p_std) ** 2) / (p_std * math.sqrt(2 * math.pi))
+    mass = truncated_normal_cdf(high, p_mean, p_std, -math.inf, math.inf) \
+        - truncated_normal_cdf(low, p_mean, p_std, -math.inf, math.inf)
+    var = (2 * level).exp()
+    y = density / mass * (1 + var / sigma_data**2) * s**2 / (s**2 + var)
+    return (0.5 * (y[1:] + y[:-1]) * level.diff()).sum().item()
+
+
+@pytest.mark.parametrize("weighting, settings", [
+    ("min_snr", {}), ("min_snr", {"min_snr_gamma": 0.3}),
+    ("edm", {}), ("edm", {"p_mean": 0.5, "p_std": 2.0, "sigma_data": 0.8}),
+])
+def test_expected_loss_of_the_exact_denoiser_under_min_snr_and_edm(sde, weighting, settings):
+    """The same closed form as above under Min-SNR-gamma (lambda / sigma^2 = min(1, gamma sigma^2 / alpha^2), t
+    uniform) and EDM (t at log sigma~ drawn from the truncated log-normal, weight 1 + sigma~^2 / sigma_data^2), the
+    defaults being Hang et al.'s gamma = 5 and EDM's P_mean = -1.2, P_std = 1.2, sigma_data = 0.5."""
+    s, n = 0.8, 400_000
+    gen = torch.Generator().manual_seed(3)
+    denoiser = GaussianMixture(torch.zeros(1, 2, dtype=torch.float64),
+                               stds=torch.tensor([s], dtype=torch.float64)).denoiser(sde)
+    values = DSMLoss(sde, weighting, **settings)(denoiser, s * torch.randn(n, 2, dtype=torch.float64, generator=gen),
+                                                 gen)
+    if weighting == "min_snr":
+        gamma = settings.get("min_snr_gamma", 5.0)
+        mse = lambda t: sde.alpha(t) ** 2 * s**2 / (sde.alpha(t) ** 2 * s**2 + sde.sigma(t) ** 2)
+        expected = quad(lambda t: torch.minimum(gamma * sde.sigma(t) ** 2 / sde.alpha(t) ** 2,
+                                                torch.ones_like(t)) * mse(t), sde)
+    else:
+        full = {"p_mean": -1.2, "p_std": 1.2, "sigma_data": 0.5, **settings}
+        expected = edm_expected(sde, s, **full)
+    stderr = values.std().item() / math.sqrt(n)
+    assert values.mean().item() == pytest.approx(expected, abs=5 * stderr)
+
+
+@pytest.mark.parametrize("name, p_mean, p_std", [("vp", -1.2, 1.2), ("subvp", 0.0, 3.0), ("ve", 3.0, 1.0),
+                                                 ("ve", -6.0, 2.0)])
+def test_edm_levels_follow_the_log_normal_truncated_to_the_sdes_levels(name, p_mean, p_std):
+    """The drawn t, mapped back to log sigma~ = -lambda_t, has the truncated normal's quantiles: where the SDE's
+    levels cut the log-normal (VE's sigma_max = 50 against p_mean 3; its sigma_min = 0.01 against p_mean -6; sub-VP's
+    small levels near eps) as where they do not."""
+    sde, n = SDES[name], 200_000
+    t, _ = DSMLoss(sde, "edm", p_mean=p_mean, p_std=p_std).sample_time(n, torch.Generator().manual_seed(0))
+    assert t.min() >= sde.eps and t.max() <= sde.T
+    level = -sde.log_snr(t)
+    low, high = (-sde.log_snr(torch.tensor(x, dtype=torch.float64)).item() for x in (sde.eps, sde.T))
+    for q in (0.001, 0.1, 0.3, 0.5, 0.7, 0.9, 0.999):
+        cdf = truncated_normal_cdf(level.quantile(q).item(), p_mean, p_std, low, high)
+        assert cdf == pytest.approx(q, abs=5 * math.sqrt(q * (1 - q) / n) + 1e-6)
+
+
+def test_edm_and_min_snr_weights_in_closed_form():
+    """EDM's eps-MSE weight is 1 + sigma~^2 / sigma_data^2 at the drawn time; Min-SNR-gamma's is min(1, gamma sigma^2)
+    on VE (alpha = 1)."""
+    sde = SDES["ve"]
+    t, w = DSMLoss(sde, "edm", sigma_data=0.7).sample_time(5000, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(w, 1 + sde.sigma(t) ** 2 / 0.49, rtol=1e-9, atol=0)
+    t, w = DSMLoss(sde, "min_snr", min_snr_gamma=2.0).sample_time(5000, torch.Generator().manual_seed(1))
+    assert t.dtype == w.dtype == torch.float64
+    torch.testing.assert_close(w, (2 * sde.sigma(t) ** 2).clamp(max=1), rtol=1e-12, atol=0)
+    assert 0 < (w < 1).float().mean() < 1  # both sides of SNR = gamma are drawn
+
+
+@pytest.mark.parametrize("weighting, settings, message", [
+    ("sigma2", {"p_mean": 0.0}, "loss p_mean belongs to weighting edm, not sigma2; drop it (or set loss=edm)"),
+    ("edm", {"min_snr_gamma": 5.0}, "loss min_snr_gamma belongs to weighting min_snr, not edm"),
+    ("min_snr", {"min_snr_gamma": 0.0}, "loss min_snr_gamma must be a positive number; got 0.0"),
+    ("min_snr", {"min_snr_gamma": "5"}, "loss min_snr_gamma must be a positive number; got '5'"),
+    ("edm", {"p_std": -1.0}, "loss p_std must be a positive number; got -1.0"),
+    ("edm", {"sigma_data": float("inf")}, "loss sigma_data must be a positive number; got inf"),
+    ("edm", {"p_mean": float("nan")}, "loss p_mean must be a finite number; got nan"),
+    ("edm", {"p_mean": True}, "loss p_mean must be a finite number; got True"),
+    ("edm", {"p_mean": 12.0, "p_std": 1.0}, "loss p_mean=12, p_std=1 put 1.5e-12 of the log-normal on the SDE's "
+                                            "noise levels sigma/alpha in [0.0105, 152]"),
+])
+def test_a_weightings_settings_are_checked_when_built(weighting, settings, message):
+    with pytest.raises(ValueError) as err:
+        DSMLoss(VPSDE(), weighting, **settings)
+    assert message in str(err.value)
+
+
+def test_a_weightings_defaults_and_given_settings():
+    assert DSMLoss(VPSDE(), "edm").settings == {"p_mean": -1.2, "p_std": 1.2, "sigma_data": 0.5}
+    assert DSMLoss(VPSDE(), "edm", p_mean=0, sigma_data=1).settings == {"p_mean": 0.0, "p_std": 1.2, "sigma_data": 1.0}
+    assert DSMLoss(VPSDE(), "min_snr").settings == {"min_snr_gamma": 5.0}
+    assert DSMLoss(VPSDE(), "sigma2").settings == {}
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+def test_edm_levels_at_the_ends_map_to_times_inside_t_min_to_T(name):
+    """u = 0 and 1 are the truncation's ends: their times are t_min and T (rounded through lambda's inverse, they fell
+    outside by ~1e-14 on VP and sub-VP; the loss network must never see a t outside its training range)."""
+    sde = SDES[name]
+    sampler = DSMLoss(sde, "edm", t_min=1e-3).levels
+    t, _ = sampler.sample(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert 1e-3 <= t[0] < 1e-3 * (1 + 1e-9) and sde.T * (1 - 1e-9) < t[1] <= sde.T
