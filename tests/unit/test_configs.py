@@ -197,11 +197,15 @@ def test_a_bad_value_of_a_toy2d_run_fails_in_build_naming_its_key(tmp_path, over
 
 
 @pytest.mark.parametrize("loss, settings", [("min_snr", {"min_snr_gamma": 5.0}),
-                                            ("edm", {"p_mean": -1.2, "p_std": 1.2, "sigma_data": 0.5})])
+                                            ("edm", {"p_mean": -1.2, "p_std": 1.2, "sigma_data": 0.7}),
+                                            ("edm model.sigma_data=null", {"p_mean": -1.2, "p_std": 1.2,
+                                                                           "sigma_data": 0.5})])
 def test_each_loss_config_builds_with_its_stated_settings(tmp_path, loss, settings):
-    cfg = composed("train", [*QUICK_TOY, f"run_dir={tmp_path}", "run_name=t", "logger=none", f"loss={loss}"])
+    """EDM's sigma_data is the network's input scaling's (model.sigma_data), and EDM's 0.5 where that is null."""
+    cfg = composed("train", [*QUICK_TOY, f"run_dir={tmp_path}", "run_name=t", "logger=none", "model.sigma_data=0.7",
+                             *f"loss={loss}".split()])
     loss_fn = build(cfg, read_data=False).module.loss_fn
-    assert loss_fn.weighting == loss and loss_fn.settings == settings
+    assert loss_fn.weighting == loss.split()[0] and loss_fn.settings == settings
 
 
 @pytest.mark.parametrize("monitor", ["val/loss", "train/loss", "step", "epoch", "auto", "val/ddim_10/sliced_w2"])
