@@ -389,6 +389,17 @@ def test_a_time_limit_among_the_site_flags_is_checked_too(slurm, workdir):
             env={"LSDE_SITE_ENV": str(site)})
 
 
+def test_a_log_folder_that_cannot_be_made_is_named_and_nothing_is_submitted(slurm, workdir):
+    """LSDE_LOGS under a file: the folder is made only after every check passed, and its failure names it and the
+    variable it came from, with no job queued."""
+    blocker = workdir / "not-a-folder"
+    blocker.write_text("")
+    before = slurm.run("squeue", "-h", "-o", "%i").stdout
+    refused(slurm, workdir, ["train", *TRAIN], f"cannot create the log folder {blocker}/logs (LSDE_LOGS)",
+            env={"LSDE_LOGS": str(blocker / "logs")})
+    assert slurm.run("squeue", "-h", "-o", "%i").stdout == before
+
+
 def refused(slurm, workdir, args, message, env=None):
     proc = subprocess.run([str(REPO / "slurm" / "submit.sh"), *args], cwd=workdir, capture_output=True, text=True,
                           env={**slurm.env, "LSDE_PYTHON": sys.executable, **(env or {})}, timeout=120, check=False)
