@@ -82,23 +82,28 @@ def weighting_settings(weighting: str, given: dict) -> dict:
 
 class LogNormalLevelSampler:
     """EDM's proposal: log sigma~ ~ N(p_mean, p_std^2) truncated to [log sigma~(t_min), log sigma~(T)] by inverting the
-    truncated normal's CDF, and t the time at that level (sigma~ = exp(-lambda_t))."""
+    truncated normal's CDF, and t the time at that level (sigma~ = exp(-lambda_t)). With at least EDM_LEAST_MASS on
+    the levels the CDF values between the ends keep 1e10 steps or more; the inverse's infinite end (its CDF rounded to
+    1) is clamped to the level there."""
 
     def __init__(self, sde: SDE, t_min: float, p_mean: float, p_std: float):
-        ends = -sde.log_snr(torch.tensor([t_min, sde.T], dtype=torch.float64))
+        self.ends = -sde.log_snr(torch.tensor([t_min, sde.T], dtype=torch.float64))
         self.sde, self.t_min, self.p_mean, self.p_std = sde, t_min, p_mean, p_std
-        self.cdf_ends = torch.special.ndtr((ends - p_mean) / p_std)
+        self.cdf_ends = torch.special.ndtr((self.ends - p_mean) / p_std)
         mass = (self.cdf_ends[1] - self.cdf_ends[0]).item()
         if not mass >= EDM_LEAST_MASS:
-            low, high = ends.exp().tolist()
+            low, high = self.ends.tolist()
+            fix = f"move p_mean into [{low:.2f}, {high:.2f}]" if not low <= p_mean <= high else \
+                f"lower p_std (the levels span {high - low:.1f} in log sigma/alpha)"
             raise ValueError(f"loss p_mean={p_mean:g}, p_std={p_std:g} put {mass:.1e} of the log-normal on the SDE's "
-                             f"noise levels sigma/alpha in [{low:.3g}, {high:.3g}] (t in [{t_min:g}, {sde.T:g}]): "
-                             f"move p_mean into [{math.log(low):.2f}, {math.log(high):.2f}]")
+                             f"noise levels sigma/alpha in [{math.exp(low):.3g}, {math.exp(high):.3g}] (t in "
+                             f"[{t_min:g}, {sde.T:g}]): {fix}")
 
     def sample(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """Map u ~ U(0, 1) to (t, log sigma~)."""
         low, high = self.cdf_ends
-        log_level = self.p_mean + self.p_std * torch.special.ndtri(low + (high - low) * u.to(torch.float64).cpu())
+        z = torch.special.ndtri(low + (high - low) * u.to(torch.float64).cpu())
+        log_level = (self.p_mean + self.p_std * z).clamp(*self.ends.tolist())
         return self.sde.t_from_log_snr(-log_level).clamp(self.t_min, self.sde.T), log_level
 
 

@@ -64,9 +64,10 @@ from lightning_sde.distributed import (
 from lightning_sde.errors import CheckpointError, NonFiniteError, nonfinite_keys
 from lightning_sde.files import LOCK_FILE, FolderLock, folder_in_use
 from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
+from lightning_sde.losses import DSMLoss
 from lightning_sde.metrics.scorer import resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
-from lightning_sde.sde import SDES
+from lightning_sde.sde import SDES, sde_from_config
 from lightning_sde.tracking import (
     backfill_wandb,
     finish_wandb,
@@ -426,6 +427,27 @@ def check_same_monitors(path: str, callbacks) -> None:
                              f"best checkpoint would start beside it; {RESUME_ADVICE}")
 
 
+def check_same_monitored_loss(path: str, module: L.LightningModule, callbacks) -> None:
+    """A best checkpoint chosen by val/loss or train/loss keeps the loss it was chosen with: another weighting, its
+    settings or t_min put the loss on another scale (EDM's is several times sigma2's), and the choice would compare
+    the two objectives under one name. Unmonitored, the loss may change (RESUME_MEANING's note)."""
+    monitors = sorted({cb.monitor for cb in callbacks if isinstance(cb, ModelCheckpoint)
+                       and cb.monitor in ("val/loss", "train/loss")})
+    hparams = read_checkpoint(path).get("hyper_parameters")
+    if not monitors or not isinstance(hparams, dict) or not isinstance(hparams.get("sde"), dict):
+        return
+    theirs = DSMLoss(sde_from_config(hparams["sde"]), **(hparams.get("loss") or {}))  # the run's own: it was valid
+    identity = lambda loss: (loss.weighting, loss.settings, loss.t_min)  # noqa: E731  (importance: the same mean)
+    if identity(theirs) != identity(module.loss_fn):
+        shown_loss = lambda loss: f"{loss.weighting} {loss.settings | {'t_min': loss.t_min}}"  # noqa: E731
+        raise ValueError(f"config loss: the run's best checkpoint is chosen by {', '.join(monitors)}, and the "
+                         f"checkpoint {path} was trained with loss {shown_loss(theirs)}, this config has "
+                         f"{shown_loss(module.loss_fn)}: the two losses are on different scales, and the choice would "
+                         f"compare them under one name; resume with the run's loss, choose by a sampler metric "
+                         f"(callbacks.best.monitor=val/<sampler>/<metric>), or start a new run from its weights "
+                         f"(another run_name, init_from=<checkpoint>)")
+
+
 def check_weights_fit(path: str, ckpt: dict, module: L.LightningModule, advice: str) -> None:
     """Refuse a checkpoint whose weights do not fit the model this config builds (a changed model config fails now,
     not in fit after the logs were rewound), naming the model.net settings that differ, or that fit but mean
@@ -507,7 +529,8 @@ def start_from_weights(cfg: DictConfig, module: L.LightningModule) -> int:
 # Allowed to change: sde.eps, the smallest time trained on and sampled to (x_t's law at each t, and so what the
 # network learns there, does not depend on it); the loss (every positive weighting of denoising score matching has
 # the same minimiser, the true score at every t: like optim.lr it changes how training goes on, not what the weights
-# mean); optim, model.p_uncond and the speed options (compile, channels_last, autocast).
+# mean; unless val/loss or train/loss chooses the best checkpoint: check_same_monitored_loss); optim, model.p_uncond
+# and the speed options (compile, channels_last, autocast).
 RESUME_MEANING = ("parameterization", "sigma_data")  # model.<key>, besides the whole sde and model.net nodes
 SDE_FREE_KEYS = ("eps",)
 # The network: its class and every constructor setting. One that changes a parameter's shape (width, channels,
@@ -690,6 +713,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
                                                                  getattr(datamodule, "kind", "points"))
     if resume is not None:
         check_same_monitors(resume, callbacks)
+        check_same_monitored_loss(resume, module, callbacks)
     for cb in callbacks:  # a grid the SDE cannot hold fails now, not at the first evaluation
         for label, sampler in (cb.samplers.items() if isinstance(cb, SamplerCallback) else ()):
             checked(f"samplers.{label}", check_grid, sampler, module.sde)

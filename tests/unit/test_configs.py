@@ -792,6 +792,46 @@ def test_a_resume_refuses_a_best_callback_that_would_start_afresh_beside_the_run
         check([a], [best("val/ddim_10/sliced_w2", folder=moved)], resumed=moved / "last.ckpt")
 
 
+def test_a_resume_keeps_the_loss_that_chooses_the_best_checkpoint(monkeypatch):
+    """With val/loss or train/loss choosing the best checkpoint, another weighting (or its settings, or t_min) would
+    compare losses of other scales under one name: refused; with a sampler metric choosing, the loss may change."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    import lightning_sde.cli.train as train_app
+    from lightning_sde.losses import DSMLoss
+    from lightning_sde.sde import sde_from_config
+
+    vp = {"_target_": "lightning_sde.sde.VPSDE", "beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3}
+    saved = {"hyper_parameters": {"sde": vp, "loss": {"weighting": "sigma2", "t_min": None}}}
+    monkeypatch.setattr(train_app, "read_checkpoint", lambda path: saved)
+
+    def check(monitor, **loss):
+        module = SimpleNamespace(loss_fn=DSMLoss(sde_from_config(vp), **loss))
+        train_app.check_same_monitored_loss("last.ckpt", module, [ModelCheckpoint(monitor=monitor)])
+
+    check("val/loss", weighting="sigma2")
+    check("val/loss", weighting="sigma2", importance_sampling=False)  # the same loss's expectation
+    check("val/ddim_10/sliced_w2", weighting="edm")  # a sampler metric chooses
+    for monitor in ("val/loss", "train/loss"):
+        with pytest.raises(ValueError, match=rf"^config loss: the run's best checkpoint is chosen by {monitor}, and "
+                                             r"the checkpoint last.ckpt was trained with loss sigma2 "
+                                             r"\{'t_min': 0.001\}, this config has edm \{'p_mean': -1.2, 'p_std': 1.2, "
+                                             r"'sigma_data': 0.5, 't_min': 0.001\}: the two losses are on different "
+                                             r"scales"):
+            check(monitor, weighting="edm")
+    with pytest.raises(ValueError, match=r"this config has sigma2 \{'t_min': 1e-05\}"):
+        check("val/loss", weighting="sigma2", t_min=1e-5)
+    saved["hyper_parameters"]["loss"] = {"weighting": "likelihood", "importance_sampling": True}
+    check("val/loss", weighting="likelihood", importance_sampling=False)  # another estimator of the same loss
+    saved["hyper_parameters"]["loss"] = {"weighting": "min_snr", "min_snr_gamma": 5.0}
+    check("val/loss", weighting="min_snr")
+    with pytest.raises(ValueError, match=r"trained with loss min_snr \{'min_snr_gamma': 5.0, 't_min': 0.001\}, this "
+                                         r"config has min_snr \{'min_snr_gamma': 2.0"):
+        check("val/loss", weighting="min_snr", min_snr_gamma=2.0)
+
+
 def test_a_resume_refuses_evaluations_of_another_protocol_under_the_same_labels(monkeypatch):
     """n_samples or a sampler's steps changed on resume: one val/ curve (and the best checkpoint's choice) mixed two
     protocols without a word, as the guidance check already refused."""
@@ -903,3 +943,21 @@ def test_a_checked_value_whose_message_starts_with_its_key_names_the_key_once():
     with pytest.raises(ValueError) as caught:
         checked("sde", lambda: (_ for _ in ()).throw(ValueError("beta_max must be > beta_min")))
     assert str(caught.value) == "config sde: ValueError: beta_max must be > beta_min"
+
+
+# What a sampler's config sets apart from its class's defaults, on purpose (UniPC's config: its third order)
+CONFIG_NOT_DEFAULT = {"unipc": {"order": 3}}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "sampler").glob("*.yaml")
+                                        if not p.stem.startswith("recommended")))
+def test_a_sampler_config_builds_its_class_defaults(name):
+    """`sampler=<name>` (lsde-sample, lsde-bench, the sets) is build_sampler(name): a knob's default moved in one
+    place only (heun's s_churn: 1.0 would make every heun run EDM's stochastic sampler, its result key another)."""
+    from hydra.utils import instantiate
+
+    from lightning_sde.samplers import build_sampler
+
+    configured = instantiate(OmegaConf.load(ROOT / "sampler" / f"{name}.yaml"))
+    default = build_sampler(name, **CONFIG_NOT_DEFAULT.get(name, {}))
+    assert configured.params() == default.params() and configured.stochastic == default.stochastic

@@ -135,3 +135,18 @@ def test_the_runs_own_checkpoint_is_resumed_and_an_explicit_ckpt_path_with_init_
         build(toy(tmp_path, "other", f"init_from={path}", f"ckpt_path={own}"), read_data=False)
     with pytest.raises(ValueError, match=r"^config init_from: must be a checkpoint's path or null; got 123"):
         build(toy(tmp_path, "other", "init_from=123"), read_data=False)
+
+
+def test_a_resume_with_another_loss_is_refused_where_the_loss_chooses_the_best_checkpoint(tmp_path):
+    """The run's own checkpoint (a sigma2 run), resumed with loss=edm: refused at start-up while val/loss chooses the
+    best checkpoint (the choice would compare two scales), allowed where a sampler metric does."""
+    (tmp_path / "run").mkdir()
+    trained_checkpoint(tmp_path / "run")
+    own = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    own.parent.mkdir(parents=True)
+    own.write_bytes((tmp_path / "run" / "source.ckpt").read_bytes())
+    with pytest.raises(ValueError, match=r"^config loss: the run's best checkpoint is chosen by val/loss, and the "
+                                         r"checkpoint .*last.ckpt was trained with loss sigma2"):
+        build(toy(tmp_path, "resumed", "loss=edm", "callbacks.best.monitor=val/loss"), read_data=False)
+    assert build(toy(tmp_path, "resumed", "loss=edm"), read_data=False).resume == str(own)
+    assert build(toy(tmp_path, "resumed", "callbacks.best.monitor=val/loss"), read_data=False).resume == str(own)

@@ -111,11 +111,12 @@ def test_expected_loss_of_the_exact_denoiser_under_min_snr_and_edm(sde, weightin
 
 
 @pytest.mark.parametrize("name, p_mean, p_std", [("vp", -1.2, 1.2), ("subvp", 0.0, 3.0), ("ve", 3.0, 1.0),
-                                                 ("ve", -6.0, 2.0)])
+                                                 ("ve", -6.0, 2.0), ("vp", -9.2, 1.0), ("ve", 9.0, 1.5)])
 def test_edm_levels_follow_the_log_normal_truncated_to_the_sdes_levels(name, p_mean, p_std):
     """The drawn t, mapped back to log sigma~ = -lambda_t, has the truncated normal's quantiles: where the SDE's
     levels cut the log-normal (VE's sigma_max = 50 against p_mean 3; its sigma_min = 0.01 against p_mean -6; sub-VP's
-    small levels near eps) as where they do not."""
+    small levels near eps) as where they do not, and where only the log-normal's far tail is on them (VP's levels
+    4.6 to 14 sd above p_mean -9.2: their CDF runs from 1 - 1.7e-6 to 1)."""
     sde, n = SDES[name], 200_000
     t, _ = DSMLoss(sde, "edm", p_mean=p_mean, p_std=p_std).sample_time(n, torch.Generator().manual_seed(0))
     assert t.min() >= sde.eps and t.max() <= sde.T
@@ -148,7 +149,11 @@ def test_edm_and_min_snr_weights_in_closed_form():
     ("edm", {"p_mean": float("nan")}, "loss p_mean must be a finite number; got nan"),
     ("edm", {"p_mean": True}, "loss p_mean must be a finite number; got True"),
     ("edm", {"p_mean": 12.0, "p_std": 1.0}, "loss p_mean=12, p_std=1 put 1.5e-12 of the log-normal on the SDE's "
-                                            "noise levels sigma/alpha in [0.0105, 152]"),
+                                            "noise levels sigma/alpha in [0.0105, 152] (t in [0.001, 1]): move "
+                                            "p_mean into [-4.56, 5.02]"),
+    ("edm", {"p_std": 1e9}, "loss p_mean=-1.2, p_std=1e+09 put 3.8e-09 of the log-normal on the SDE's noise levels "
+                            "sigma/alpha in [0.0105, 152] (t in [0.001, 1]): lower p_std (the levels span 9.6 in log "
+                            "sigma/alpha)"),
 ])
 def test_a_weightings_settings_are_checked_when_built(weighting, settings, message):
     with pytest.raises(ValueError) as err:
@@ -171,3 +176,15 @@ def test_edm_levels_at_the_ends_map_to_times_inside_t_min_to_T(name):
     sampler = DSMLoss(sde, "edm", t_min=1e-3).levels
     t, _ = sampler.sample(torch.tensor([0.0, 1.0], dtype=torch.float64))
     assert 1e-3 <= t[0] < 1e-3 * (1 + 1e-6) and sde.T * (1 - 1e-6) < t[1] <= sde.T  # sub-VP's inverse: 9e-8 off
+
+
+@pytest.mark.parametrize("name, p_mean", [("vp", -9.2), ("ve", -8.5), ("vp", 9.7), ("vp", -1.2)])
+def test_edm_levels_stay_finite_at_the_uniforms_extremes(name, p_mean):
+    """The largest uniforms float64 draws (1 - 2^-53) and the smallest: the inverse CDF at 1 is infinite, which
+    gave t = NaN on VP and an infinite weight on VE where the upper end's CDF rounds to 1."""
+    sde = SDES[name]
+    loss = DSMLoss(sde, "edm", p_mean=p_mean, p_std=1.0)
+    t, log_level = loss.levels.sample(torch.tensor([0.0, 2.0**-60, 1e-12, 0.5, 1 - 1e-12, 1 - 2.0**-53, 1.0],
+                                                   dtype=torch.float64))
+    assert torch.isfinite(t).all() and torch.isfinite(log_level).all()
+    assert (t >= sde.eps).all() and (t <= sde.T).all()
