@@ -621,6 +621,7 @@ def test_a_misspelt_key_names_its_nearest_sibling_and_an_added_paths_key_is_refu
     assert override_error("train", ["run_name=rün"]) == (
         "config run_name: may hold ASCII letters, digits and . _ - + @ only (it names the run directory and the W&B "
         "run's id); got 'rün'")
+    assert override_error("train", ["++run_name=rün"]) == override_error("train", ["run_name=rün"])  # forced: the same
     assert override_error("bench", ["name=größe"]).startswith("config name: may hold ASCII letters, digits")
     assert override_error("train", ["run_name=it's"]).startswith("config run_name: may hold ASCII letters, digits")
     assert override_error("sample", ["+sampler@samplers.größe=ddim"]).endswith(

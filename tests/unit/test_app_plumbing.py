@@ -139,6 +139,10 @@ def test_an_app_and_prepare_printing_into_a_closed_pipe_end_as_they_would_have(m
     closed = subprocess.run(f"{sys.executable} -m lightning_sde.cli.sample --help >&-", shell=True, text=True,
                             capture_output=True)  # no stdout at all: Python's is None, and stays so
     assert closed.returncode == 0 and not closed.stderr, closed.stderr
+    for args, status in (("--help", 0), ("bogus_key=1", 1)):  # no stderr: its exit status as with one (not 120)
+        closed = subprocess.run(f"{sys.executable} -m lightning_sde.cli.sample {args} 2>&-", shell=True, text=True,
+                                capture_output=True)
+        assert closed.returncode == status, closed.returncode
 
     from lightning_sde.cli.apps import prepare
 

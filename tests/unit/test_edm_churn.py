@@ -113,6 +113,7 @@ def test_churn_knobs_join_the_result_key_only_when_set():
     ({"s_churn": -1.0}, "s_churn must be a finite number >= 0"),
     ({"s_churn": math.inf}, "s_churn must be a finite number >= 0"),
     ({"s_churn": "40"}, "s_churn must be a finite number >= 0"),
+    ({"s_churn": True}, "s_churn must be a finite number >= 0; got True"),  # sampler.s_churn=true
     ({"s_noise": 0.0}, "s_noise must be > 0"),
     ({"s_tmin": -0.1}, "s_tmin must be a finite number >= 0"),
     ({"s_tmax": math.nan}, "s_tmax must be a finite number >= 0"),

@@ -439,10 +439,13 @@ def test_a_file_name_that_is_not_utf8_is_split_and_read_like_any_other(tmp_path)
     write_images(tmp_path, 12)
     odd = tmp_path / os.fsdecode(b"bad_\xff_name.png")
     write_png(odd, np.full((8, 8, 3), 200, np.uint8))
-    dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=4)
-    assert odd in dm.train_files + dm.val_files and len(dm.train_files + dm.val_files) == 13
-    assert image_of(dm, odd).float().mean() == 200
-    dm.check_resume(dm.state_dict(), "last.ckpt")
+    for seed in range(20):  # it trains under one seed, validates under another (its bytes are digested then)
+        dm = ImageFolderDataModule(tmp_path, image_size=8, n_val=4, seed=seed)
+        assert odd in dm.train_files + dm.val_files and len(dm.train_files + dm.val_files) == 13
+        assert image_of(dm, odd).float().mean() == 200
+        dm.check_resume(dm.state_dict(), "last.ckpt")
+    assert {odd in ImageFolderDataModule(tmp_path, image_size=8, n_val=4, seed=s).val_files for s in range(20)} \
+        == {True, False}
     plain = tmp_path / "img3.png"
     assert split_key(plain, tmp_path, 5) == hashlib.blake2b(b"5/img3.png", digest_size=16).hexdigest()
     accented = tmp_path / "\u00e4.png"  # a valid non-ASCII name: its UTF-8 bytes, whatever the locale's encoding

@@ -329,4 +329,5 @@ def test_an_adaptive_solves_batch_is_a_setting_and_the_summary_names_the_code(tm
     rk4 = run(config("c", "batch_size=12", *fixed))  # fixed steps: each sample's value its own, whatever the batch
     assert "batch_size" not in rk4["settings"]
     validate(config("c", "batch_size=5", *fixed))
-    assert run(config("d", "batch_size=5", *fixed))["mean_logp"] == rk4["mean_logp"]
+    # the same to rounding (the network's matmuls block by batch: one run in several differed in the last digit)
+    assert run(config("d", "batch_size=5", *fixed))["mean_logp"] == pytest.approx(rk4["mean_logp"], rel=1e-12, abs=0)

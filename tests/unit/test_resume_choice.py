@@ -824,3 +824,25 @@ def test_ctrl_c_says_a_rerun_goes_on_from_a_checkpoint_only_when_there_is_one(tm
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert goes_on_after_ctrl_c(cfg) == "lsde-train ... run_name=run goes on from its last checkpoint"
+
+
+def test_lsde_train_says_that_after_a_ctrl_c(tmp_path, monkeypatch, capsys):
+    """run_app's Ctrl-C line is goes_on_after_ctrl_c's (it said "goes on from its last checkpoint" before any)."""
+    from omegaconf import OmegaConf
+
+    import lightning_sde.cli.train as train_app
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_app, "train", interrupted)
+    monkeypatch.setattr(train_app, "tell_offline_sync", lambda *args: None)
+    monkeypatch.setattr(train_app, "finish_wandb", lambda *args: True)
+    monkeypatch.setattr("lightning_sde.tracking.quiet_and_logged", lambda: None)
+    cfg = OmegaConf.create({"run_dir": str(tmp_path / "run"), "run_name": "run"})
+    with pytest.raises(SystemExit) as ended:
+        train_app.run_app.__wrapped__(cfg)
+    assert ended.value.code == 130
+    assert capsys.readouterr().err.endswith("lsde-train: interrupted (Ctrl-C); what it wrote before stays on disk; no "
+                                            "checkpoint was written yet: lsde-train ... run_name=run starts the run "
+                                            "again\n")
