@@ -159,3 +159,26 @@ def test_an_app_and_prepare_printing_into_a_closed_pipe_end_as_they_would_have(m
     with pytest.raises(SystemExit) as ended:
         prepare(interrupted)
     assert ended.value.code == 130 and capsys.readouterr().err == "lsde-prepare: interrupted (Ctrl-C)\n"
+
+
+def test_streams_that_cannot_be_written_are_pointed_at_dev_null_without_a_descriptor_left_open(monkeypatch):
+    """At exit (quiet_broken_streams): stdout None (closed at start) is left alone, a stderr whose flush fails (a
+    closed pipe) writes into /dev/null from then on, and the /dev/null descriptor opened to point it is closed."""
+    import os
+    import sys
+
+    from lightning_sde.cli.errors import quiet_broken_streams
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    broken = open(write_end, "w")
+    broken.write("held in the buffer\n")
+    monkeypatch.setattr(sys, "stdout", None)
+    monkeypatch.setattr(sys, "stderr", broken)
+    opened = len(os.listdir("/proc/self/fd"))
+    quiet_broken_streams()
+    assert len(os.listdir("/proc/self/fd")) == opened
+    broken.write("after\n")
+    broken.flush()  # into /dev/null: no BrokenPipeError
+    assert os.path.samefile(f"/proc/self/fd/{write_end}", os.devnull)
+    broken.close()

@@ -821,8 +821,9 @@ def test_ctrl_c_says_a_rerun_goes_on_from_a_checkpoint_only_when_there_is_one(tm
     cfg = OmegaConf.create({"run_dir": str(tmp_path / "run"), "run_name": "run"})
     assert goes_on_after_ctrl_c(cfg) == ("no checkpoint was written yet: lsde-train ... run_name=run starts the run "
                                          "again")
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)  # the folder alone: no checkpoint yet
+    assert goes_on_after_ctrl_c(cfg).startswith("no checkpoint was written yet")
+    (tmp_path / "run" / "checkpoints" / "best-step=100.ckpt").write_bytes(b"")  # any checkpoint is resumed from
     assert goes_on_after_ctrl_c(cfg) == "lsde-train ... run_name=run goes on from its last checkpoint"
 
 
