@@ -661,6 +661,11 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         if not torch.isfinite(out.eps).all():
             raise ValueError("config model.net: the untrained network's output is not finite")
     module.data_config = plain(cfg.data)
+    if module.loss_fn.weighting == "edm" and module.denoiser.parameterization in ("eps", "score"):
+        log.warning("loss=edm with model.parameterization=%s: EDM's weight, 1 + (sigma/alpha)^2 / sigma_data^2 on the "
+                    "eps error, asks this network for x0's accuracy at high noise; on toy2d its DDIM and dopri5 "
+                    "samples ended 2.7-6.7x further from the data than sigma2's (benchmarks/README.md). EDM pairs its "
+                    "weighting with a v-like output: model.parameterization=v", module.denoiser.parameterization)
     accumulation = cfg.trainer.get("accumulate_grad_batches", 1)  # checked by check_run_values
     resumed_at = (check_resume_fits(resume, module, accumulation, getattr(datamodule, "batch_size", None))
                   if resume is not None else None)

@@ -150,3 +150,12 @@ def test_a_resume_with_another_loss_is_refused_where_the_loss_chooses_the_best_c
         build(toy(tmp_path, "resumed", "loss=edm", "callbacks.best.monitor=val/loss"), read_data=False)
     assert build(toy(tmp_path, "resumed", "loss=edm"), read_data=False).resume == str(own)
     assert build(toy(tmp_path, "resumed", "callbacks.best.monitor=val/loss"), read_data=False).resume == str(own)
+
+
+@pytest.mark.parametrize("parameterization, warned", [("eps", True), ("score", True), ("v", False), ("x0", False)])
+def test_edms_weighting_on_an_eps_network_is_warned_of_at_start_up(tmp_path, caplog, parameterization, warned):
+    build(toy(tmp_path, "edm", "loss=edm", f"model.parameterization={parameterization}"), read_data=False)
+    assert (f"loss=edm with model.parameterization={parameterization}: EDM's weight" in caplog.text) == warned
+    caplog.clear()
+    build(toy(tmp_path, "sigma2", f"model.parameterization={parameterization}"), read_data=False)
+    assert "loss=edm" not in caplog.text
