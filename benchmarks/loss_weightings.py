@@ -10,7 +10,7 @@ defaults (Min-SNR gamma = 5; EDM's P_mean = -1.2, P_std = 1.2, sigma_data = mode
   edm_v      the same with a v network (`model.parameterization=v`), EDM's pairing
 A cell's run folder is kept, so the script resumes: a finished cell is read back, not trained again.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loss_weightings.py   # ~40 min on 2 cores (2 runs at once)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loss_weightings.py   # ~45 min on 2 cores (2 runs at once)
 """
 
 from __future__ import annotations

@@ -436,16 +436,29 @@ def check_same_monitored_loss(path: str, module: L.LightningModule, callbacks) -
     hparams = read_checkpoint(path).get("hyper_parameters")
     if not monitors or not isinstance(hparams, dict) or not isinstance(hparams.get("sde"), dict):
         return
-    theirs = DSMLoss(sde_from_config(hparams["sde"]), **(hparams.get("loss") or {}))  # the run's own: it was valid
+    recorded = hparams.get("loss") or {}
+    try:
+        theirs = DSMLoss(sde_from_config(hparams["sde"]), **recorded)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its loss config {recorded!r} does not build here ({err}), so whether this "
+                              f"config's loss is the one its best checkpoint ({', '.join(monitors)}) was chosen by "
+                              f"cannot be told; choose by a sampler metric, or start a new run from its weights "
+                              f"(another run_name, init_from=<checkpoint>)") from None
     identity = lambda loss: (loss.weighting, loss.settings, loss.t_min)  # noqa: E731  (importance: the same mean)
-    if identity(theirs) != identity(module.loss_fn):
-        shown_loss = lambda loss: f"{loss.weighting} {loss.settings | {'t_min': loss.t_min}}"  # noqa: E731
-        raise ValueError(f"config loss: the run's best checkpoint is chosen by {', '.join(monitors)}, and the "
-                         f"checkpoint {path} was trained with loss {shown_loss(theirs)}, this config has "
-                         f"{shown_loss(module.loss_fn)}: the two losses are on different scales, and the choice would "
-                         f"compare them under one name; resume with the run's loss, choose by a sampler metric "
-                         f"(callbacks.best.monitor=val/<sampler>/<metric>), or start a new run from its weights "
-                         f"(another run_name, init_from=<checkpoint>)")
+    if identity(theirs) == identity(module.loss_fn):
+        return
+    chosen = f"config loss: the run's best checkpoint is chosen by {', '.join(monitors)}"
+    ways = ("choose by a sampler metric (callbacks.best.monitor=val/<sampler>/<metric>), or start a new run from its "
+            "weights (another run_name, init_from=<checkpoint>)")
+    if identity(theirs)[:2] == identity(module.loss_fn)[:2] and recorded.get("t_min") is None \
+            and module.loss_fn.t_min == module.loss_fn.sde.eps:
+        raise ValueError(f"{chosen}, and its loss's t_min is the SDE's eps (loss.t_min null): this config's sde.eps "
+                         f"moves it from {theirs.t_min:g} to {module.loss_fn.t_min:g}, which puts the loss on another "
+                         f"scale; keep it with loss.t_min={theirs.t_min:g}, or {ways}")
+    shown_loss = lambda loss: f"{loss.weighting} {loss.settings | {'t_min': loss.t_min}}"  # noqa: E731
+    raise ValueError(f"{chosen}, and the checkpoint {path} was trained with loss {shown_loss(theirs)}, this config "
+                     f"has {shown_loss(module.loss_fn)}: the two losses are on different scales, and the choice would "
+                     f"compare them under one name; resume with the run's loss, {ways}")
 
 
 def check_weights_fit(path: str, ckpt: dict, module: L.LightningModule, advice: str) -> None:
@@ -664,7 +677,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
     if module.loss_fn.weighting == "edm" and module.denoiser.parameterization in ("eps", "score"):
         log.warning("loss=edm with model.parameterization=%s: EDM's weight, 1 + (sigma/alpha)^2 / sigma_data^2 on the "
                     "eps error, asks this network for x0's accuracy at high noise; on toy2d its DDIM and dopri5 "
-                    "samples ended 2.7-6.7x further from the data than sigma2's (benchmarks/README.md). EDM pairs its "
+                    "samples ended 2.7-6.8x further from the data than sigma2's (benchmarks/README.md). EDM pairs its "
                     "weighting with a v-like output: model.parameterization=v", module.denoiser.parameterization)
     accumulation = cfg.trainer.get("accumulate_grad_batches", 1)  # checked by check_run_values
     resumed_at = (check_resume_fits(resume, module, accumulation, getattr(datamodule, "batch_size", None))

@@ -823,6 +823,24 @@ def test_a_resume_keeps_the_loss_that_chooses_the_best_checkpoint(monkeypatch):
             check(monitor, weighting="edm")
     with pytest.raises(ValueError, match=r"this config has sigma2 \{'t_min': 1e-05\}"):
         check("val/loss", weighting="sigma2", t_min=1e-5)
+    # sde.eps changed (allowed on resume) moves a null t_min: said so, with the setting that keeps the loss
+    eps = {**vp, "eps": 1e-4}
+    module = SimpleNamespace(loss_fn=DSMLoss(sde_from_config(eps), "sigma2"))
+    with pytest.raises(ValueError, match=r"^config loss: the run's best checkpoint is chosen by val/loss, and its "
+                                         r"loss's t_min is the SDE's eps \(loss.t_min null\): this config's sde.eps "
+                                         r"moves it from 0.001 to 0.0001, .*; keep it with loss.t_min=0.001, or"):
+        train_app.check_same_monitored_loss("last.ckpt", module, [ModelCheckpoint(monitor="val/loss")])
+    train_app.check_same_monitored_loss("last.ckpt", SimpleNamespace(loss_fn=DSMLoss(sde_from_config(eps), "sigma2",
+                                                                                     t_min=1e-3)),
+                                        [ModelCheckpoint(monitor="val/loss")])  # the advice followed
+    saved["hyper_parameters"]["loss"] = {"weighting": "sigma2", "t_min": 1e-3}  # set, not the SDE's: the loss moved
+    with pytest.raises(ValueError, match=r"was trained with loss sigma2 \{'t_min': 0.001\}, this config has sigma2 "
+                                         r"\{'t_min': 0.0001\}"):
+        train_app.check_same_monitored_loss("last.ckpt", module, [ModelCheckpoint(monitor="val/loss")])
+    for odd in ({"weighting": "sigma2", "reduce_mean": True}, "sigma2"):  # a loss config this version cannot build
+        saved["hyper_parameters"]["loss"] = odd
+        with pytest.raises(ValueError, match=r"^last.ckpt: its loss config .* does not build here"):
+            check("val/loss", weighting="sigma2")
     saved["hyper_parameters"]["loss"] = {"weighting": "likelihood", "importance_sampling": True}
     check("val/loss", weighting="likelihood", importance_sampling=False)  # another estimator of the same loss
     saved["hyper_parameters"]["loss"] = {"weighting": "min_snr", "min_snr_gamma": 5.0}
