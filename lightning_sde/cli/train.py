@@ -433,8 +433,10 @@ def check_same_monitored_loss(path: str, module: L.LightningModule, callbacks) -
     the two objectives under one name. Unmonitored, the loss may change (RESUME_MEANING's note)."""
     monitors = sorted({cb.monitor for cb in callbacks if isinstance(cb, ModelCheckpoint)
                        and cb.monitor in ("val/loss", "train/loss")})
+    if not monitors:
+        return  # (not reading a checkpoint of hundreds of MB again for nothing)
     hparams = read_checkpoint(path).get("hyper_parameters")
-    if not monitors or not isinstance(hparams, dict) or not isinstance(hparams.get("sde"), dict):
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("sde"), dict):
         return
     recorded = hparams.get("loss") or {}
     try:

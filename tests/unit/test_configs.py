@@ -979,3 +979,19 @@ def test_a_sampler_config_builds_its_class_defaults(name):
     configured = instantiate(OmegaConf.load(ROOT / "sampler" / f"{name}.yaml"))
     default = build_sampler(name, **CONFIG_NOT_DEFAULT.get(name, {}))
     assert configured.params() == default.params() and configured.stochastic == default.stochastic
+
+
+def test_the_loss_check_reads_no_checkpoint_where_no_loss_chooses(monkeypatch):
+    """A resume reads its checkpoint several times already: the loss check adds no read where a sampler metric
+    chooses the best checkpoint (a CIFAR-10 checkpoint is hundreds of MB)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    import lightning_sde.cli.train as train_app
+
+    def unread(path):
+        raise AssertionError("read")
+
+    monkeypatch.setattr(train_app, "read_checkpoint", unread)
+    train_app.check_same_monitored_loss("last.ckpt", SimpleNamespace(), [ModelCheckpoint(monitor="val/ddim_10/fid")])
