@@ -7,7 +7,7 @@ With s = -eps / sigma the integrand is lambda(t) / sigma_t^2 || eps_theta - z ||
   likelihood  lambda = g(t)^2 (Song et al. 2021b, "Maximum likelihood training"), which bounds the NLL; its weight
               g^2 / sigma^2 explodes as t -> 0, so by default t is importance-sampled from p(t) ~ g^2 / sigma^2 and
               every sample gets the constant weight Z / (T - t_min), Z = int g^2 / sigma^2 dt: the same
-              expectation.
+              expectation (`importance_sampling`, a setting of this weighting only; false: t ~ U[t_min, T]).
   min_snr     Min-SNR-gamma (Hang et al. 2023): lambda = sigma_t^2 min(SNR, gamma) / SNR, SNR = alpha^2 / sigma^2;
               the eps-MSE down-weighted where SNR > gamma (low noise), t ~ U[t_min, T]. gamma: `min_snr_gamma`.
   edm         EDM's training distribution and weighting (Karras et al. 2022, Table 1), in the noise level of x / alpha,
@@ -108,14 +108,17 @@ class LogNormalLevelSampler:
 
 
 class DSMLoss:
-    def __init__(self, sde: SDE, weighting: str = "sigma2", importance_sampling: bool = True,
+    def __init__(self, sde: SDE, weighting: str = "sigma2", importance_sampling: bool | None = None,
                  t_min: float | None = None, min_snr_gamma: float | None = None, p_mean: float | None = None,
                  p_std: float | None = None, sigma_data: float | None = None):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"loss weighting {weighting!r} is not one of {WEIGHTINGS}")
         self.settings = weighting_settings(weighting, dict(min_snr_gamma=min_snr_gamma, p_mean=p_mean, p_std=p_std,
                                                            sigma_data=sigma_data))
-        if not isinstance(importance_sampling, bool):
+        if importance_sampling is not None and weighting != "likelihood":
+            raise ValueError(f"loss importance_sampling belongs to weighting likelihood (its time proposal), not "
+                             f"{weighting}; drop it (or set loss=likelihood)")
+        if importance_sampling is not None and not isinstance(importance_sampling, bool):
             raise ValueError(f"loss importance_sampling must be true or false; got {importance_sampling!r}")
         if t_min is not None and (isinstance(t_min, bool) or not isinstance(t_min, (int, float))
                                   or not 0 < t_min < sde.T):
@@ -127,8 +130,8 @@ class DSMLoss:
         self.sde = sde
         self.weighting = weighting
         self.t_min = sde.eps if t_min is None else float(t_min)
-        self.importance = ImportanceTimeSampler(sde, self.t_min) if weighting == "likelihood" and importance_sampling \
-            else None
+        self.importance = ImportanceTimeSampler(sde, self.t_min) \
+            if weighting == "likelihood" and importance_sampling is not False else None
         self.levels = LogNormalLevelSampler(sde, self.t_min, self.settings["p_mean"], self.settings["p_std"]) \
             if weighting == "edm" else None
 

@@ -187,6 +187,7 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
     ("loss=edm loss.p_std=0", "config loss: loss p_std must be a positive number; got 0"),
     ("+loss.min_snr_gamma=3", "config loss: loss min_snr_gamma belongs to weighting min_snr, not sigma2; drop it "
                               "(or set loss=min_snr)"),
+    ("+loss.importance_sampling=true", "config loss: loss importance_sampling belongs to weighting likelihood"),
 ])
 def test_a_bad_value_of_a_toy2d_run_fails_in_build_naming_its_key(tmp_path, override, message):
     cfg = composed("train", [*QUICK_TOY, f"run_dir={tmp_path}", "run_name=t", "logger=none", *override.split()])
@@ -812,7 +813,6 @@ def test_a_resume_keeps_the_loss_that_chooses_the_best_checkpoint(monkeypatch):
         train_app.check_same_monitored_loss("last.ckpt", module, [ModelCheckpoint(monitor=monitor)])
 
     check("val/loss", weighting="sigma2")
-    check("val/loss", weighting="sigma2", importance_sampling=False)  # the same loss's expectation
     check("val/ddim_10/sliced_w2", weighting="edm")  # a sampler metric chooses
     for monitor in ("val/loss", "train/loss"):
         with pytest.raises(ValueError, match=rf"^config loss: the run's best checkpoint is chosen by {monitor}, and "

@@ -32,7 +32,7 @@ def test_importance_sampler_matches_the_vp_closed_form():
         assert exact_cdf == pytest.approx(q, abs=0.005)  # 5 x the sd of an empirical quantile's level at n = 2e5
 
 
-@pytest.mark.parametrize("weighting, importance", [("sigma2", False), ("likelihood", False), ("likelihood", True)])
+@pytest.mark.parametrize("weighting, importance", [("sigma2", None), ("likelihood", False), ("likelihood", None)])
 def test_expected_loss_of_the_exact_denoiser(sde, weighting, importance):
     """x0 ~ N(0, s^2 I): E[z | x_t] = sigma x_t / v, v = alpha^2 s^2 + sigma^2, so the exact denoiser's eps-MSE at t is
     alpha^2 s^2 / v. The loss must average lambda(t) / sigma^2 times that over t ~ U[eps, T]."""
@@ -56,7 +56,7 @@ def test_importance_sampling_reduces_variance():
                                stds=torch.tensor([s], dtype=torch.float64)).denoiser(sde)
     x0 = s * torch.randn(50_000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     plain = DSMLoss(sde, "likelihood", importance_sampling=False)(denoiser, x0, torch.Generator().manual_seed(2))
-    importance = DSMLoss(sde, "likelihood", importance_sampling=True)(denoiser, x0, torch.Generator().manual_seed(2))
+    importance = DSMLoss(sde, "likelihood")(denoiser, x0, torch.Generator().manual_seed(2))  # on by default
     assert importance.var() < 0.2 * plain.var()
 
 
@@ -142,6 +142,9 @@ def test_edm_and_min_snr_weights_in_closed_form():
 @pytest.mark.parametrize("weighting, settings, message", [
     ("sigma2", {"p_mean": 0.0}, "loss p_mean belongs to weighting edm, not sigma2; drop it (or set loss=edm)"),
     ("edm", {"min_snr_gamma": 5.0}, "loss min_snr_gamma belongs to weighting min_snr, not edm"),
+    ("sigma2", {"importance_sampling": True}, "loss importance_sampling belongs to weighting likelihood (its time "
+                                              "proposal), not sigma2; drop it (or set loss=likelihood)"),
+    ("min_snr", {"importance_sampling": False}, "loss importance_sampling belongs to weighting likelihood"),
     ("min_snr", {"min_snr_gamma": 0.0}, "loss min_snr_gamma must be a positive number; got 0.0"),
     ("min_snr", {"min_snr_gamma": "5"}, "loss min_snr_gamma must be a positive number; got '5'"),
     ("edm", {"p_std": -1.0}, "loss p_std must be a positive number; got -1.0"),
