@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.launch import run_app
 from helpers.wandb_offline import history, media, run_info
 from lightning_sde.bench.report import load
 from lightning_sde.bench.results import ResultsStore
@@ -27,7 +28,7 @@ def run_bench(tmp: Path, *overrides, check=True, timeout=300, wait=True):
            f"output_dir={tmp}/hydra", *SMALL, *overrides]
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, check=False)
+    proc = run_app(*cmd[2:], env=ENV, timeout=timeout)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -36,9 +37,8 @@ def run_bench(tmp: Path, *overrides, check=True, timeout=300, wait=True):
 def report_wandb(results: Path) -> None:
     """`lsde-bench report <results> --wandb` in its own process: the W&B service has written the run when it exits
     (read in-process right after finish(), the offline file could still lack its last records under load)."""
-    cmd = [sys.executable, "-m", "lightning_sde.cli.bench", "report", str(results), "--wandb"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False,
-                          env={**ENV, "WANDB_DIR": str(results.parent)})
+    proc = run_app("lightning_sde.cli.bench", "report", str(results), "--wandb", timeout=180,
+                   env={**ENV, "WANDB_DIR": str(results.parent)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -208,7 +208,7 @@ def test_a_multirun_over_seed_counts_keeps_each_protocols_curves_apart_on_wandb(
            f"results={tmp_path}/results.jsonl", f"hydra.sweep.dir={tmp_path}/multirun", "~samplers",
            "+sampler@samplers.ddim=ddim", "+sampler@samplers.em=euler_maruyama", "nfe=[3,10]", "metrics=[sliced_w2]",
            "noise_floor=false", "batch_size=64", "progress=false"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV, check=False)
+    proc = run_app(*cmd[2:], env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     value = {(r["sampler"], r["seed_count"], r["nfe"]): r["value"] for r in load(tmp_path / "results.jsonl")}
     assert len(value) == 8  # 2 samplers x 2 NFE x 2 seed counts
@@ -252,8 +252,8 @@ def test_a_sweep_whose_wandb_run_cannot_start_succeeds_and_report_says_why_in_on
     # run again with every cell done: no live run was tried, the report's W&B run fails the same way, still exit 0
     again = run_bench(tmp_path, "nfe=[3]", "seeds.count=50", "noise_floor=false", "metrics=[sliced_w2]")
     assert "W&B: no run logged (NotADirectoryError" in again.stdout + again.stderr
-    cmd = [sys.executable, "-m", "lightning_sde.cli.bench", "report", str(tmp_path / "results.jsonl"), "--wandb"]
-    report = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ENV, check=False)
+    report = run_app("lightning_sde.cli.bench", "report", str(tmp_path / "results.jsonl"), "--wandb", env=ENV,
+                     timeout=180)
     assert report.returncode == 1 and "Traceback" not in report.stderr, report.stderr[-3000:]
     assert report.stderr.strip().splitlines()[-1].startswith("lsde-bench report: error: W&B: no run logged (")
     assert "--wandb --project lightning-sde-bench` logs them once W&B works" in report.stderr
@@ -272,7 +272,7 @@ def test_a_sweep_names_its_wandb_group_wherever_its_results_are_and_wandb_mode_d
     one = ["nfe=[3]", "seeds.count=50", "noise_floor=false", "metrics=[sliced_w2]"]
     cmd = [sys.executable, "-m", "lightning_sde.cli.bench", "name=foo", f"results={folder}/res.jsonl",
            f"output_dir={tmp_path}/hydra", *SMALL, *one]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV, check=False)
+    proc = run_app(*cmd[2:], env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report_wandb(folder / "res.jsonl")
     workspace = json.loads((folder / "res.workspace.json").read_text())
@@ -280,9 +280,8 @@ def test_a_sweep_names_its_wandb_group_wherever_its_results_are_and_wandb_mode_d
     infos = [run_info(r) for r in sweep_runs(folder)]
     assert len(infos) == 2 and {(i["group"], i["config"]["sweep"]) for i in infos} == {("foo", "foo")}
     off = tmp_path / "off"
-    proc = subprocess.run([sys.executable, "-m", "lightning_sde.cli.bench", f"results={off}/res.jsonl",
-                           f"output_dir={off}/hydra", *SMALL, *one], capture_output=True, text=True, timeout=300,
-                          env={**ENV, "WANDB_MODE": "disabled"}, check=False)
+    proc = run_app("lightning_sde.cli.bench", f"results={off}/res.jsonl", f"output_dir={off}/hydra", *SMALL, *one,
+                   env={**ENV, "WANDB_MODE": "disabled"}, timeout=300)
     assert proc.returncode == 0 and not (off / "wandb").exists() and (off / "res.png").is_file(), proc.stderr[-3000:]
 
 
@@ -351,8 +350,7 @@ def test_bench_a_trained_toy2d_checkpoint(tmp_path):
            "logger=csv", "trainer.max_steps=100", "data.batch_size=128", "model.net.width=64",
            "trainer.val_check_interval=100", "callbacks.last.every_n_train_steps=100", "callbacks.sampler.n_samples=50",
            "samplers=quick", "callbacks.best.monitor=val/ddim_10/sliced_w2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
-                          env={k: v for k, v in ENV.items() if k != "LSDE_RUN_NAME"})
+    proc = run_app(*cmd[2:], env={k: v for k, v in ENV.items() if k != "LSDE_RUN_NAME"})
     assert proc.returncode == 0, proc.stderr[-5000:]
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     run_bench(tmp_path, f"checkpoint={ckpt}", "data=toy2d", "nfe=[10]", "seeds.count=200",

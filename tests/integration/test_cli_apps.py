@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from helpers.launch import run_app
+
 ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
        **{k: os.environ[k] for k in ("LSDE_CACHE", "WANDB_CACHE_DIR")},  # tests/conftest.py's
        "LSDE_OUTPUTS": str(Path(os.environ["LSDE_CACHE"]).parent / "outputs")}  # an app's logs, where a test names none
 
 
 def _cli(module, *args, timeout=300, python_options=()):
-    return subprocess.run([sys.executable, *python_options, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV, check=False)
+    return run_app(module, *args, env=ENV, timeout=timeout, python_options=python_options)
 
 
 def run_compare(tmp_path, *overrides, python_options=()):
@@ -579,8 +580,7 @@ def test_a_multirun_switch_among_the_overrides_is_taken_wherever_it_is(tmp_path)
     assert multirun_first("bench", ["a=1", "--multirun"]) == ["--multirun", "a=1"]
     assert multirun_first("bench", ["a=1", "b=2"]) == ["a=1", "b=2"]
     assert multirun_first("bench", ["cells", "nfe=[10]", "-m"]) == ["cells", "nfe=[10]", "-m"]  # its own refusal
-    proc = subprocess.run([sys.executable, "-m", "lightning_sde.cli.compare", "seeds.count=0", "-m", "name=a,b"],
-                          capture_output=True, text=True, check=False, env=ENV, cwd=tmp_path)
+    proc = run_app("lightning_sde.cli.compare", "seeds.count=0", "-m", "name=a,b", env=ENV, cwd=tmp_path)
     assert proc.returncode == 1 and "unrecognized arguments" not in proc.stderr, proc.stderr[-2000:]
     assert "lsde-compare: error: config seeds.count: must be an integer >= 1; got 0" in proc.stderr  # each job's
 

@@ -2,12 +2,12 @@
 label dropout), then guided sampling from the checkpoint, scored against the exact labelled mixture."""
 
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
+from helpers.launch import run_app
 from lightning_sde import load_denoiser
 from lightning_sde.data import Toy2DDataModule
 from lightning_sde.metrics.mmd import mmd
@@ -24,7 +24,7 @@ def test_toy2d_cond_trains_a_model_that_samples_each_class(tmp_path):
            "logger=csv", "trainer.max_steps=1500", "trainer.val_check_interval=1500", "samplers=quick",
            "callbacks.sampler.n_samples=300", "callbacks.best.monitor=val/ddim_10/sliced_w2",
            "callbacks.sampler.guidance=1.0"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV, check=False)
+    proc = run_app(*cmd[2:], env=ENV)
     assert proc.returncode == 0, proc.stderr[-4000:]
     denoiser = load_denoiser(run / "checkpoints" / "last.ckpt")
     assert denoiser.num_classes == 8
@@ -44,15 +44,13 @@ def test_toy2d_cond_trains_a_model_that_samples_each_class(tmp_path):
     figures = [sys.executable, "-m", "lightning_sde.cli.figures", f"checkpoint={run / 'checkpoints' / 'last.ckpt'}",
                "figures=[trajectories]", "formats=[png]", f"out={tmp_path}/f", f"output_dir={tmp_path}/h",
                "guidance=1.0", "label=2", "paths_per_figure=4"]
-    proc = subprocess.run(figures, capture_output=True, text=True, timeout=300, env=ENV, check=False)
+    proc = run_app(*figures[2:], env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "f" / "trajectories_vp_run_class2_w1.png").is_file()
-    proc = subprocess.run(figures[:-2] + ["label=8"], capture_output=True, text=True, timeout=300, env=ENV,
-                          check=False)
+    proc = run_app(*figures[2:-2], "label=8", env=ENV, timeout=300)
     assert proc.returncode == 1 and "config label: must be a class in 0..7; got 8" in proc.stderr
     # resumed at another guidance weight, its evaluations would share the run's val/ curves and best-checkpoint choice
     again = [c for c in cmd if not c.startswith(("trainer.max_steps=", "callbacks.sampler.guidance="))]
-    proc = subprocess.run([*again, "trainer.max_steps=1600", "callbacks.sampler.guidance=3"], capture_output=True,
-                          text=True, timeout=300, env=ENV, check=False)
+    proc = run_app(*again[2:], "trainer.max_steps=1600", "callbacks.sampler.guidance=3", env=ENV, timeout=300)
     assert proc.returncode == 1 and ("config callbacks.sampler.guidance: the run's evaluations so far sampled at "
                                      "guidance 1, this config at 3") in proc.stderr, proc.stderr[-3000:]

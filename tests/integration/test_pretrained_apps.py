@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from helpers.launch import run_app
 from helpers.tiny_diffusers import ddpm_pipeline
 from lightning_sde.bench.report import load
 
@@ -16,8 +17,7 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_T
 
 
 def app(name, *overrides, env=ENV, timeout=300):
-    return subprocess.run([sys.executable, "-m", f"lightning_sde.cli.{name}", *overrides], capture_output=True,
-                          text=True, timeout=timeout, env=env, check=False)
+    return run_app(f"lightning_sde.cli.{name}", *overrides, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.launch import run_app
 from helpers.runs import copy_of
 from helpers.wandb_offline import find_run, history, run_info
 from lightning_sde import load_denoiser
@@ -28,8 +29,7 @@ TOY = ["experiment=toy2d", "trainer.max_steps=30", "trainer.val_check_interval=3
 
 
 def app(module: str, *args, cwd=None, timeout=600, env=None):
-    return subprocess.run([sys.executable, "-m", f"lightning_sde.cli.{module}", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env or ENV, cwd=cwd, check=False)
+    return run_app(f"lightning_sde.cli.{module}", *args, env=env or ENV, cwd=cwd, timeout=timeout)
 
 
 def train(run_dir: Path, *overrides, **kw):

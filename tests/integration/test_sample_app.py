@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.launch import run_app
 from lightning_sde import load_denoiser
 from lightning_sde.exact import eight_gaussians
 from lightning_sde.generation import generate
@@ -27,9 +28,8 @@ SDE = {"_target_": "lightning_sde.sde.VPSDE", "beta_min": 0.1, "beta_max": 20.0,
 
 
 def lsde_sample(out: Path, *overrides, timeout=600, python_options=()):
-    return subprocess.run([sys.executable, *python_options, "-m", "lightning_sde.cli.sample", f"out={out}",
-                           "progress=false", f"output_dir={out.parent / 'hydra'}", *overrides], capture_output=True,
-                          text=True, timeout=timeout, env=ENV, check=False)
+    return run_app("lightning_sde.cli.sample", f"out={out}", "progress=false", f"output_dir={out.parent / 'hydra'}",
+                   *overrides, env=ENV, timeout=timeout, python_options=python_options)
 
 
 def written(out: Path) -> dict:
@@ -205,16 +205,14 @@ def test_a_folder_this_app_did_not_write_is_refused_and_left_as_it_was(tmp_path)
         proc.stderr, proc.stderr[-2000:]
     assert sorted(p.name for p in out.rglob("*")) == ["images", "my_photo.png"]
     logs = tmp_path / "new" / "logs"  # Hydra's own folder inside out (made before the app runs) is not theirs
-    proc = subprocess.run([sys.executable, "-m", "lightning_sde.cli.sample", f"out={tmp_path / 'new'}",
-                           "progress=false", f"output_dir={logs}", "sampler=ddim", "nfe=5", "seeds.count=10"],
-                          capture_output=True, text=True, timeout=600, env=ENV, check=False)
+    proc = run_app("lightning_sde.cli.sample", f"out={tmp_path / 'new'}", "progress=false", f"output_dir={logs}",
+                   "sampler=ddim", "nfe=5", "seeds.count=10", env=ENV)
     assert proc.returncode == 0 and logs.is_dir(), proc.stderr[-2000:]
 
 
 def test_a_multirun_writes_one_folder_per_job_under_a_given_out(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lightning_sde.cli.sample", "-m", f"out={tmp_path / 's'}",
-                           "progress=false", f"hydra.sweep.dir={tmp_path / 'multirun'}", "sampler=ddim", "nfe=5,8",
-                           "seeds.count=20"], capture_output=True, text=True, timeout=600, env=ENV, check=False)
+    proc = run_app("lightning_sde.cli.sample", "-m", f"out={tmp_path / 's'}", "progress=false",
+                   f"hydra.sweep.dir={tmp_path / 'multirun'}", "sampler=ddim", "nfe=5,8", "seeds.count=20", env=ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [json.loads((tmp_path / f"s_{job}" / "summary.json").read_text())["nfe_mean"] for job in (0, 1)] == [5, 8]
 
@@ -464,11 +462,9 @@ def test_a_moved_checkpoints_samples_and_likelihoods_go_on_and_another_checkpoin
     torch.save({**torch.load(moved, weights_only=True), "global_step": 8}, moved)  # trained on: another target
     proc = lsde_sample(out, f"checkpoint={moved}", *common, "seeds.count=16")
     assert proc.returncode == 1 and "holds samples of other settings (target_id differ)" in proc.stderr
-    likelihood = [sys.executable, "-m", "lightning_sde.cli.likelihood", "data=digits", "n=4", "batch_size=4",
-                  f"out={tmp_path / 'l'}", f"output_dir={tmp_path / 'hydra'}", "ode.rtol=1e-2",
-                  "ode.atol=1e-2"]
+    likelihood = ["data=digits", "n=4", "batch_size=4", f"out={tmp_path / 'l'}", f"output_dir={tmp_path / 'hydra'}",
+                  "ode.rtol=1e-2", "ode.atol=1e-2"]
     shutil.copy(first, moved)
     for checkpoint in (first, moved):
-        proc = subprocess.run([*likelihood, f"checkpoint={checkpoint}"], capture_output=True, text=True, timeout=600,
-                              env=ENV, check=False)
+        proc = run_app("lightning_sde.cli.likelihood", *likelihood, f"checkpoint={checkpoint}", env=ENV)
         assert proc.returncode == 0, proc.stderr[-2000:]

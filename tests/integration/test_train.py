@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.launch import run_app
 from helpers.runs import copy_of
 from helpers.wandb_offline import find_run, history, media, run_info
 from lightning_sde import load_denoiser
@@ -24,10 +25,9 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNB
 
 
 def run_train(run_dir: Path, *overrides, timeout=900, **env_vars):
-    cmd = [sys.executable, "-m", "lightning_sde.cli.train", f"run_dir={run_dir}", f"run_name={run_dir.name}",
-           *overrides]
     env = {**{k: v for k, v in ENV.items() if k != "LSDE_RUN_NAME"}, **env_vars}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = run_app("lightning_sde.cli.train", f"run_dir={run_dir}", f"run_name={run_dir.name}", *overrides, env=env,
+                   timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
