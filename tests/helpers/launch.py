@@ -2,8 +2,9 @@
 
 Importing torch, Lightning, Hydra and W&B costs an app about 5 s of CPU before it reads its config, and the suite
 launches the apps hundreds of times. run_app hands a launch to a server (helpers/app_server.py, one per test
-process) that imported the apps once and forks a child per launch: a process of its own from then on, with the
-launch's environment, working directory, argv and streams, running the module as __main__ as `python -m` does.
+process and app module) that imported the app once and forks a child per launch: a process of its own from then
+on, with the launch's environment, working directory, argv and streams, running the module as __main__ as
+`python -m` does.
 A server starts with the launch's startup settings (startup_settings), so the interpreter's flags, stdio and
 locale, and the OpenMP thread count are a fresh process's. A launch with interpreter options (-X importtime) starts
 a fresh interpreter, as do the tests that signal the process, run the console scripts or submit to SLURM, and the
@@ -13,6 +14,7 @@ processes Lightning's DDP adds.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
@@ -24,25 +26,35 @@ import time
 from pathlib import Path
 
 SERVER = Path(__file__).with_name("app_server.py")
-STARTUP = ("LANG", "LANGUAGE", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-MAX_SERVERS = 2  # each holds the imported apps (about 1 GB)
+# read when a process starts or imports (matplotlib's folders, tempfile's): PYTHON*, LC_* and XDG_* too
+STARTUP = ("LANG", "LANGUAGE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "HOME", "TMPDIR", "MPLCONFIGDIR")
+MAX_SERVERS = 6  # each holds an imported app: 0.4-0.6 GB not shared with the others (PSS)
 
 
 def startup_settings(env: dict) -> tuple:
     """The variables a process reads as it starts (the interpreter's, the locale's, the OpenMP runtime's thread count):
     a server started with them gives its children what a fresh interpreter with them would have."""
-    return tuple(sorted((k, v) for k, v in env.items() if k.startswith(("PYTHON", "LC_")) or k in STARTUP))
+    return tuple(sorted((k, v) for k, v in env.items() if k.startswith(("PYTHON", "LC_", "XDG_")) or k in STARTUP))
 
 
 class _Server:
     """The server process and the replies it writes: JSON lines read unbuffered, so a select sees every one."""
 
-    def __init__(self, settings: tuple):
+    def __init__(self, module: str, settings: tuple):
         env = {k: v for k, v in os.environ.items() if not startup_settings({k: v})} | dict(settings)
-        self.process = subprocess.Popen([sys.executable, str(SERVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        env=env)
+        self.process = subprocess.Popen([sys.executable, str(SERVER), module], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env)
         atexit.register(self.process.kill)
         self.pending = b""
+
+    def stop(self, child: int | None = None) -> None:
+        for pid in (child, self.process.pid):
+            try:
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
 
     def send(self, request: dict) -> None:
         self.process.stdin.write(json.dumps(request).encode() + b"\n")
@@ -63,34 +75,46 @@ class _Server:
         return json.loads(line)
 
 
-_servers: dict[tuple, _Server] = {}  # by startup settings, the last used last
+_servers: dict[tuple, _Server] = {}  # by app module and startup settings, the last used last
 
 
 def run_app(module: str, *args: str, env: dict | None = None, cwd: str | Path | None = None, timeout: float = 600,
             python_options: tuple = ()) -> subprocess.CompletedProcess:
     """subprocess.run([sys.executable, *python_options, "-m", module, *args], capture_output=True, text=True, ...)."""
+    if not module.startswith("lightning_sde.cli."):
+        raise ValueError(f"run_app launches the lsde-* apps, whose import runs nothing; got {module!r}")
     env = dict(os.environ if env is None else env)
     cmd = [sys.executable, *python_options, "-m", module, *map(str, args)]
+    if cwd is not None and not Path(cwd).is_dir():
+        raise FileNotFoundError(f"no such directory: {cwd}")
     if python_options:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, check=False)
-    settings = startup_settings(env)
-    _server = _servers.pop(settings, None)
+    key = (module, startup_settings(env))
+    _server = _servers.pop(key, None)
     if _server is None or _server.process.poll() is not None:
         while len(_servers) >= MAX_SERVERS:
-            _servers.pop(next(iter(_servers))).process.kill()
-        _server = _Server(settings)
-    _servers[settings] = _server
+            _servers.pop(next(iter(_servers))).stop()
+        _server = _Server(*key)
+    _servers[key] = _server
     with tempfile.TemporaryDirectory() as folder:
         out, err = Path(folder, "stdout"), Path(folder, "stderr")
         out.touch(), err.touch()
-        _server.send({"module": module, "args": cmd[3:], "env": env, "cwd": str(Path(cwd or os.getcwd()).resolve()),
-                      "stdout": str(out), "stderr": str(err)})
-        pid = _server.reply()["pid"]
+        pid = None
         try:
-            done = _server.reply(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(pid, signal.SIGKILL)  # as subprocess.run does: the process, not what it started
-            _server.reply()
-            raise subprocess.TimeoutExpired(cmd, timeout, out.read_text(), err.read_text()) from None
+            _server.send({"module": module, "args": cmd[3:], "env": env,
+                          "cwd": str(Path(cwd or os.getcwd()).resolve()), "stdout": str(out), "stderr": str(err)})
+            pid = _server.reply()["pid"]
+            try:
+                done = _server.reply(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):  # (it may have ended since)
+                    os.kill(pid, signal.SIGKILL)  # as subprocess.run does: the process, not what it started
+                _server.reply()
+                raise subprocess.TimeoutExpired(cmd, timeout, out.read_text(), err.read_text()) from None
+        except BaseException as error:  # (a reply left unread would answer the next launch): a new server next
+            if not isinstance(error, subprocess.TimeoutExpired):
+                _servers.pop(key, None)
+                _server.stop(pid)
+            raise
         assert done["pid"] == pid, done
         return subprocess.CompletedProcess(cmd, done["returncode"], out.read_text(), err.read_text())

@@ -690,3 +690,20 @@ def test_a_sweep_over_other_values_under_an_earlier_sweeps_name_is_told_why_its_
     again = _cli("lightning_sde.cli.sample", *common, "nfe=10,20")
     assert again.returncode == 1 and "(job 0 of this multirun writes <name>_0: a sweep over other values than an " \
         "earlier sweep of this name needs its own name=)" in again.stderr, again.stderr[-3000:]
+
+
+def test_a_launch_through_the_tests_app_server_is_what_a_fresh_python_m_gives(tmp_path):
+    """helpers.launch.run_app (the integration tests' launches) against subprocess.run of a fresh interpreter: the
+    same code, stdout and stderr under this minimal environment and the suite's own; a launch interrupted while it
+    waits (a timeout) leaves the next one its own answer."""
+    for env in (ENV, dict(os.environ)):
+        for args in (("lightning_sde.cli.sample", "checkpoint=/none.ckpt"), ("lightning_sde.cli.train", "--help")):
+            forked = run_app(*args, env=env, cwd=tmp_path)
+            fresh = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, cwd=tmp_path,
+                                   timeout=300, check=False)
+            assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_app("lightning_sde.cli.compare", "seeds.count=100000", "progress=false", f"output_dir={tmp_path}", env=ENV,
+                timeout=2)
+    proc = run_app("lightning_sde.cli.compare", "seeds.count=0", f"output_dir={tmp_path}", env=ENV)
+    assert proc.returncode == 1 and "config seeds.count: must be an integer >= 1; got 0" in proc.stderr
