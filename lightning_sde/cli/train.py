@@ -439,8 +439,10 @@ def check_same_monitored_loss(path: str, module: L.LightningModule, callbacks) -
     if not isinstance(hparams, dict) or not isinstance(hparams.get("sde"), dict):
         return
     recorded = hparams.get("loss") or {}
+    settings = {k: v for k, v in recorded.items() if k != "importance_sampling"} if isinstance(recorded, dict) \
+        else recorded  # (importance sampling: the same expectation; older versions recorded it with any weighting)
     try:
-        theirs = DSMLoss(sde_from_config(hparams["sde"]), **recorded)
+        theirs = DSMLoss(sde_from_config(hparams["sde"]), **settings)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: its loss config {recorded!r} does not build here ({err}), so whether this "
                               f"config's loss is the one its best checkpoint ({', '.join(monitors)}) was chosen by "

@@ -48,12 +48,9 @@ class _Server:
         self.pending = b""
 
     def stop(self, child: int | None = None) -> None:
-        for pid in (child, self.process.pid):
-            try:
-                if pid is not None:
-                    os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for pid in filter(None, (child, self.process.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.process.wait()
 
     def send(self, request: dict) -> None:

@@ -843,6 +843,8 @@ def test_a_resume_keeps_the_loss_that_chooses_the_best_checkpoint(monkeypatch):
             check("val/loss", weighting="sigma2")
     saved["hyper_parameters"]["loss"] = {"weighting": "likelihood", "importance_sampling": True}
     check("val/loss", weighting="likelihood", importance_sampling=False)  # another estimator of the same loss
+    saved["hyper_parameters"]["loss"] = {"weighting": "sigma2", "importance_sampling": True}  # ignored before
+    check("val/loss", weighting="sigma2")
     saved["hyper_parameters"]["loss"] = {"weighting": "min_snr", "min_snr_gamma": 5.0}
     check("val/loss", weighting="min_snr")
     with pytest.raises(ValueError, match=r"trained with loss min_snr \{'min_snr_gamma': 5.0, 't_min': 0.001\}, this "
