@@ -325,10 +325,12 @@ def _target_names(rows: list[dict], hash_all: bool = False) -> dict[str, str]:
 def subject(rows: list[dict]) -> str:
     """What the rows measured, in one line for a caption: each target (problem/SDE or checkpoint@step), the dtype
     and, for image metrics, the feature network (FIDs of other features are not comparable)."""
+    from lightning_sde.metrics.image import IMAGE_METRICS
+
     parts = sorted(set(_target_names(rows).values()))
     for field, what in (("dtype", ""), ("feature_extractor", "features: ")):
         values = sorted({str(r[field]) for r in rows if r.get(field) and (field != "feature_extractor"
-                                                                         or r["metric"] in ("fid", "kid"))})
+                                                                         or r["metric"] in IMAGE_METRICS)})
         parts += [what + v for v in values]
     return " · ".join(parts)
 

@@ -157,10 +157,10 @@ def reference_requests(parser: argparse.ArgumentParser, args) -> list[StatsReque
 
 def reference_stats(request: StatsRequest, n: int, cache_dir, device: str) -> dict:
     """FID/KID real-side statistics of `reference(n)` of the request's datamodule."""
-    from lightning_sde.metrics.image import IMAGE_METRICS, reference_image_metrics
+    from lightning_sde.metrics.image import REFERENCE_METRICS, reference_image_metrics
 
     reference = request.datamodule.reference(n)
-    _, protocol = reference_image_metrics(reference, IMAGE_METRICS, request.features, cache_dir, device)
+    _, protocol = reference_image_metrics(reference, REFERENCE_METRICS, request.features, cache_dir, device)
     return protocol
 
 

@@ -65,7 +65,7 @@ from lightning_sde.errors import CheckpointError, NonFiniteError, nonfinite_keys
 from lightning_sde.files import LOCK_FILE, FolderLock, folder_in_use
 from lightning_sde.loading import newest_loadable, read_checkpoint, resume_step
 from lightning_sde.losses import DSMLoss
-from lightning_sde.metrics.scorer import resolve_metrics
+from lightning_sde.metrics.scorer import ALL_METRICS, HIGHER_IS_BETTER, direction, resolve_metrics
 from lightning_sde.samplers.schedule import check_grid
 from lightning_sde.sde import SDES, sde_from_config
 from lightning_sde.tracking import (
@@ -631,6 +631,17 @@ def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: st
     return monitor
 
 
+def check_monitor_mode(key: str, monitor: str, mode: str) -> None:
+    """A metric's monitor keeps the checkpoint its direction ranks best: mode max for IS, min for FID and the rest
+    (the other mode kept the worst evaluation as best-*.ckpt, silently)."""
+    metric = monitor.split("/")[2] if monitor.count("/") == 2 and monitor.startswith("val/") else None
+    if metric in ALL_METRICS:
+        expected = "max" if metric in HIGHER_IS_BETTER else "min"
+        if mode != expected:
+            raise ValueError(f"config {key}: {mode!r} keeps the worst {monitor} ({metric}: {direction(metric)}); "
+                             f"set {key}={expected}")
+
+
 def check_data_fits(datamodule, module, sampler_cb: SamplerCallback | None, world_size: int,
                     accumulation: int = 1) -> None:
     """The data, fetched if missing and allowed (prepare_data), against what fit would find wrong with it: labels
@@ -733,6 +744,7 @@ def build(cfg: DictConfig, read_data: bool = True) -> Run:
         if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
             cb.monitor = cfg.callbacks[k].monitor = best_monitor(f"callbacks.{k}.monitor", cb.monitor, sampler_cb,
                                                                  getattr(datamodule, "kind", "points"))
+            check_monitor_mode(f"callbacks.{k}.mode", cb.monitor, cb.mode)
     if resume is not None:
         check_same_monitors(resume, callbacks)
         check_same_monitored_loss(resume, module, callbacks)

@@ -13,6 +13,8 @@ through is computed once, so a replicate is a weighted sum, not a new pass over 
              Gram matrix of the resampled rows whitened by Sr^(1/2) (computed once)
   kid        the unbiased polynomial-kernel MMD^2 over all samples, less its reference-reference term (a constant,
              so it cancels in the interval); torchmetrics' KID averages the same estimator over random subsets
+  is         the Inception Score of the resampled set as torch-fidelity splits it (its fixed shuffle, then its
+             splits): per split exp(mean_i sum_y p_iy log p_iy - sum_y q_y log q_y), q the split's mean p
 
 Interval: the percentile interval shifted by the bootstrap's own estimate of bias (median of the replicates minus
 the value), value + (q_lo - median, q_hi - median). Resampling with replacement duplicates points, which biases the
@@ -134,6 +136,33 @@ def fid_replicates(features: Tensor, mean_real: Tensor, cov_real: Tensor, counts
     return torch.stack(out).cpu()
 
 
+def inception_score_replicates(logits: Tensor, counts: Tensor, splits: int, seed: int = 2020,
+                               block_elements: int = 1 << 22) -> Tensor:
+    """torch-fidelity's Inception Score (isc_features_to_metric(splits=splits), shuffled with its seed) of every
+    resampled set: the rows drawn, in index order, permuted as it permutes a set of n, then cut into its splits.
+    The softmax is computed once; a replicate sums the drawn rows' probabilities into their splits."""
+    import numpy as np
+
+    logits = logits.double().cpu()
+    n, classes = logits.shape
+    p = logits.softmax(1)
+    negentropy = (p * logits.log_softmax(1)).sum(1)
+    order = torch.from_numpy(np.random.RandomState(seed).permutation(n))
+    split_of = torch.bucketize(torch.arange(n), torch.tensor([i * n // splits for i in range(1, splits)]), right=True)
+    sizes = torch.bincount(split_of, minlength=splits).double()
+    rows, step = torch.arange(n), max(1, block_elements // classes)
+    out = []
+    for c in counts:
+        drawn = rows.repeat_interleave(c.long())[order]
+        mean_p = torch.zeros(splits, classes, dtype=torch.float64)
+        for i in range(0, n, step):
+            mean_p.index_add_(0, split_of[i : i + step], p[drawn[i : i + step]])
+        mean_p /= sizes[:, None]
+        within = torch.zeros(splits, dtype=torch.float64).index_add_(0, split_of, negentropy[drawn]) / sizes
+        out.append((within - torch.special.xlogy(mean_p, mean_p).sum(1)).exp().mean())
+    return torch.stack(out)
+
+
 def kid_replicates(features: Tensor, real_features: Tensor, counts: Tensor, degree: int = 3, gamma=None,
                    coef: float = 1.0, rows: int = 2048) -> Tensor:
     """The unbiased MMD^2 with KID's kernel (gamma x.y + coef)^degree of the resampled features against all the
@@ -153,5 +182,5 @@ def kid_replicates(features: Tensor, real_features: Tensor, counts: Tensor, degr
     return (quad / (n * (n - 1)) - 2 * counts @ cross / n).cpu()
 
 
-__all__ = ["NONNEGATIVE", "fid_replicates", "interval", "kid_replicates", "mean_replicates", "mmd_replicates",
-           "resample_counts", "sliced_w2_replicates"]
+__all__ = ["NONNEGATIVE", "fid_replicates", "inception_score_replicates", "interval", "kid_replicates",
+           "mean_replicates", "mmd_replicates", "resample_counts", "sliced_w2_replicates"]

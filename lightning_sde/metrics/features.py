@@ -1,5 +1,5 @@
 """Feature networks for FID / KID, usable as `feature=` of torchmetrics' FrechetInceptionDistance and
-KernelInceptionDistance.
+KernelInceptionDistance, and the class logits of the same networks for the Inception Score (`output="logits"`).
 
 Input convention (torchmetrics'): with a custom feature module torchmetrics passes the images to it unchanged,
 whatever `normalize` says. These modules therefore take what the metric is fed:
@@ -10,9 +10,11 @@ Each module has an integer `num_features`, so FID never calls it on a 299x299 du
 and has no trainable parameters.
 
   digits      DigitsFeatures: the 128-d penultimate layer of a small CNN trained on scikit-learn's 8x8 digits
-              (weights in lightning_sde/metrics/weights/, made by lightning_sde/metrics/train_digits_features.py)
+              (weights in lightning_sde/metrics/weights/, made by lightning_sde/metrics/train_digits_features.py);
+              logits: its 10 classes'
   inception   torch-fidelity's InceptionV3 (pool3, 2048-d) as torchmetrics uses it; the weights must be on disk
-              (`lsde-prepare --inception` on a machine with internet)
+              (`lsde-prepare --inception` on a machine with internet); logits: its 1008 "logits_unbiased", the
+              Inception Score's classes as torch-fidelity computes them
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ DIGITS_WEIGHTS = WEIGHTS_DIR / "digits_features.pt"
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_ENV = "LSDE_INCEPTION_WEIGHTS"
 INPUT_RANGES = ("unit", "symmetric")
+OUTPUTS = ("features", "logits")
 
 
 class DigitsCNN(nn.Module):
@@ -73,12 +76,15 @@ class DigitsFeatures(nn.Module):
 
     input_range="unit" (default): floats in [0, 1], as fed to torchmetrics' FID/KID by the SamplerCallback;
     "symmetric": floats in [-1, 1], the data modules' range. uint8 input is read as 0..255 either way.
+    output="logits": (N, 10) class logits instead (the classifier's head, dropout off), for the Inception Score.
     """
 
-    def __init__(self, weights_path=None, input_range: str = "unit"):
+    def __init__(self, weights_path=None, input_range: str = "unit", output: str = "features"):
         super().__init__()
         if input_range not in INPUT_RANGES:
             raise ValueError(f"DigitsFeatures: input_range must be one of {INPUT_RANGES}; got {input_range!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"DigitsFeatures: output must be one of {OUTPUTS}; got {output!r}")
         path = Path(weights_path) if weights_path is not None else DIGITS_WEIGHTS
         if not path.is_file():
             raise FileNotFoundError(
@@ -86,11 +92,11 @@ class DigitsFeatures(nn.Module):
                 "`python -m lightning_sde.metrics.train_digits_features`"
             )
         self.weights_path = str(path)
-        self.input_range = input_range
+        self.input_range, self.output = input_range, output
         self.net = DigitsCNN()
         self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.net.requires_grad_(False)
-        self.num_features = self.net.num_features
+        self.num_features = self.net.num_features if output == "features" else self.net.head.out_features
         self.eval()
 
     def train(self, mode: bool = True) -> "DigitsFeatures":
@@ -100,7 +106,8 @@ class DigitsFeatures(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
             raise ValueError(f"DigitsFeatures expects images of shape (N, 1, 8, 8); got {tuple(x.shape)}")
         weight = self.net.head.weight
-        return self.net.features(_to_symmetric(x.to(weight.device), self.input_range, weight.dtype))
+        x = _to_symmetric(x.to(weight.device), self.input_range, weight.dtype)
+        return self.net.features(x) if self.output == "features" else self.net.head(self.net.body(x))
 
 
 # --- Inception ------------------------------------------------------------------------------------------------
@@ -191,16 +198,19 @@ class InceptionFeatures(nn.Module):
     to uint8 rounded, round(255 x) after clamping to [0, 1] (as EDM quantizes samples): a dataset's pixel k, scaled
     to [-1, 1] and back, is k again (torchmetrics' (x * 255).byte() truncates it to k - 1 for a quarter of the
     levels), so reference statistics are those of the data's own pixels. The features equal torch-fidelity's (the
-    original FID's resize to 299).
+    original FID's resize to 299). output="logits": the 1008 "logits_unbiased" (the Inception Score's) instead.
     """
 
     cache_tag = "round+tf1-resize"  # how inputs are read (quantized, resized): part of the reference stats' cache key
 
-    def __init__(self, weights_path=None, feature: int | str = 2048):
+    def __init__(self, weights_path=None, feature: int | str = 2048, output: str = "features"):
         super().__init__()
         valid = ("64", "192", "768", "2048")
         if str(feature) not in valid:
             raise ValueError(f"InceptionFeatures: feature must be one of {valid}; got {feature!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"InceptionFeatures: output must be one of {OUTPUTS}; got {output!r}")
+        layer = str(feature) if output == "features" else "logits_unbiased"
         path = readable_inception_weights(weights_path)
         from torchmetrics.image.fid import NoTrainInceptionV3
 
@@ -208,13 +218,14 @@ class InceptionFeatures(nn.Module):
         # resized to 299 as the original FID code (TensorFlow 1's bilinear, torch-fidelity's), not with
         # torchmetrics' default antialiased resize: FIDs comparable with published ones and torch-fidelity's
         try:
-            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[layer],
                                           feature_extractor_weights_path=str(path), antialias=False)
         except RuntimeError as err:  # load_state_dict: keys missing or of other shapes
             raise ValueError(f"{str(path)!r} holds no InceptionV3 weights (FID's): "
                              f"{' '.join(str(err).split())[:200]}. Delete the file, then fetch them again with "
                              "lsde-prepare --inception") from None
-        self.num_features = int(feature)
+        self.output = output
+        self.num_features = int(feature) if output == "features" else 1008
         self.eval()
 
     def train(self, mode: bool = True) -> "InceptionFeatures":
@@ -256,5 +267,6 @@ def check_feature_extractor(name) -> None:
 
 def build_feature_extractor(name: str = "digits", **kw) -> nn.Module:
     """A feature module by name: `digits` (DigitsFeatures(weights_path=None, input_range="unit")) or
-    `inception` (InceptionFeatures(weights_path=None, feature=2048)); raises before touching the network."""
+    `inception` (InceptionFeatures(weights_path=None, feature=2048)); `output="logits"` for their class logits;
+    raises before touching the network."""
     return FEATURE_EXTRACTORS[known_feature_extractor(name)](**kw)

@@ -1,4 +1,5 @@
-"""FID / KID (torchmetrics) against a fixed reference set whose real side is computed once and cached on disk.
+"""FID / KID (torchmetrics) against a fixed reference set whose real side is computed once and cached on disk, and
+the Inception Score (torch-fidelity), which needs no reference.
 
 The cache holds each metric's own real-side states in one file per (reference, feature weights, metric), named by
 the SHA-256 of the reference tensor and of the feature weights: `lsde-prepare --reference-stats` fills it on a
@@ -21,7 +22,11 @@ from torch import Tensor
 from lightning_sde.files import replace_atomically
 
 log = logging.getLogger(__name__)
-IMAGE_METRICS = ("fid", "kid")
+IMAGE_METRICS = ("fid", "kid", "is")
+REFERENCE_METRICS = ("fid", "kid")  # scored against the reference's features (the cached real side)
+# The Inception Score's protocol (Salimans et al. 2016; torch-fidelity's and torchmetrics' default): the set shuffled
+# with a fixed seed, split in 10, exp(mean KL(p(y|x) || p(y))) within each split, averaged over the splits.
+IS_SPLITS = 10
 
 
 def default_cache_dir() -> Path:
@@ -61,10 +66,21 @@ def check_kid_reference(n_reference: int) -> None:
 
 
 def check_image_sample_count(metrics, n: int) -> None:
-    """FID's covariance and KID's MMD of one image are undefined (torchmetrics fails, after the sampling): 2 or more."""
-    used = [m.upper() for m in metrics if m in IMAGE_METRICS]
+    """FID's covariance and KID's MMD of one image are undefined (torchmetrics fails, after the sampling): 2 or more;
+    the Inception Score's splits take IS_SPLITS or more (an empty split is NaN)."""
+    used = [m.upper() for m in metrics if m in REFERENCE_METRICS]
     if used and n < 2:
         raise ValueError(f"{'/'.join(used)} needs at least 2 images (a covariance, a kernel mean); got {n}")
+    if "is" in metrics and n < IS_SPLITS:
+        raise ValueError(f"IS needs at least {IS_SPLITS} images (its {IS_SPLITS} splits); got {n}")
+
+
+def inception_score(logits: Tensor) -> float:
+    """torch-fidelity's Inception Score of a sample set from its class logits (n, classes): the mean over IS_SPLITS
+    splits of the set, shuffled with torch-fidelity's fixed seed."""
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, isc_features_to_metric
+
+    return float(isc_features_to_metric(logits.detach().cpu(), splits=IS_SPLITS)[KEY_METRIC_ISC_MEAN])
 
 
 def new_image_metric(name: str, features, n_reference: int):

@@ -5,6 +5,8 @@ lsde-bench and lsde-compare alike.
            loglik                           (exact mean log-likelihood: targets with an exact mixture only)
   images   fid, kid                         (torchmetrics on `feature_extractor` features; the reference side is
                                              computed once per reference set and feature weights, and cached)
+           is                               (torch-fidelity's Inception Score from the same network's class
+                                             logits; no reference; higher is better)
 
 It runs in one process (rank 0 after the samples are gathered): the image metrics never synchronise.
 `Scorer.intervals` adds a bootstrap interval to each value (metrics/bootstrap.py: the generated samples resampled
@@ -21,8 +23,12 @@ from torch import Tensor
 from lightning_sde.metrics import bootstrap
 from lightning_sde.metrics.image import (
     IMAGE_METRICS,
+    IS_SPLITS,
+    REFERENCE_METRICS,
     fid_reference_moments,
+    inception_score,
     kid_reference_features,
+    network_features,
     reference_image_metrics,
     sample_features,
     score_images,
@@ -34,16 +40,20 @@ from lightning_sde.metrics.sliced import sliced_wasserstein
 POINT_METRICS = ("sliced_w2", "mmd")
 MIXTURE_METRICS = ("loglik",)
 ALL_METRICS = POINT_METRICS + MIXTURE_METRICS + IMAGE_METRICS
-# Every metric ranks lower as better but these: closest to exact samples' value is best. A sampler that concentrates
+# Every metric ranks lower as better but these. Closest to exact samples' value is best: a sampler that concentrates
 # its samples in the modes scores a mean log-likelihood above exact samples', so "higher" would reward it.
 CLOSEST_TO_EXACT = ("loglik",)
+HIGHER_IS_BETTER = ("is",)
 INTERVAL_LEVEL = 0.9  # the bootstrap intervals result rows carry (ci_low, ci_high)
 N_BOOT = 200  # replicates: ~0.5 s for FID + KID of 500 digits, ~2 s for sliced W2 + MMD of 2000 points (1 CPU core)
 
 
 def direction(metric: str) -> str:
-    """How `metric` ranks sample sets, in words: 'lower is better' or 'closest to exact samples' is best'."""
-    return "closest to exact samples' is best" if metric in CLOSEST_TO_EXACT else "lower is better"
+    """How `metric` ranks sample sets, in words: 'lower is better', 'higher is better' or 'closest to exact
+    samples' is best'."""
+    if metric in CLOSEST_TO_EXACT:
+        return "closest to exact samples' is best"
+    return "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
 
 
 def ranks_above(metric: str, value: float, other: float | None, exact: float | None = None) -> bool:
@@ -51,7 +61,7 @@ def ranks_above(metric: str, value: float, other: float | None, exact: float | N
     distance to `exact`, the value of exact samples, and without it ranks nothing (False)."""
     if metric in CLOSEST_TO_EXACT:
         return exact is not None and (other is None or abs(value - exact) < abs(other - exact))
-    return other is None or value < other
+    return other is None or (value > other if metric in HIGHER_IS_BETTER else value < other)
 
 
 def allowed_metrics(kind: str, has_mixture: bool) -> tuple[str, ...]:
@@ -95,12 +105,17 @@ class Scorer:
         self.metrics = tuple(metrics)
         self.mixture = mixture
         self.protocol = {"reference_sha256": tensor_sha256(self.reference), "n_reference": len(self.reference)}
-        self.image, self._features, self._kyy, self._subset_sd = {}, None, None, (None, {})
-        image_metrics = [m for m in self.metrics if m in IMAGE_METRICS]
-        if image_metrics:
-            self.image, protocol = reference_image_metrics(self.reference, image_metrics, feature_extractor, cache_dir,
-                                                           device)
+        self.image, self.classifier, self._kyy, self._subset_sd = {}, None, None, (None, {})
+        self._outputs = {}  # "features" / "logits" -> (x, the network's output for x): the last set's
+        if set(self.metrics) & set(IMAGE_METRICS):
+            self.image, protocol = reference_image_metrics(
+                self.reference, [m for m in self.metrics if m in REFERENCE_METRICS], feature_extractor, cache_dir,
+                device)
             self.protocol.update(protocol)
+        if "is" in self.metrics:
+            from lightning_sde.metrics.features import build_feature_extractor
+
+            self.classifier = build_feature_extractor(feature_extractor, output="logits").to(device)
 
     def __call__(self, x: Tensor) -> dict[str, float]:
         out, subset_sd = {}, {}
@@ -111,6 +126,8 @@ class Scorer:
                 out[name] = mmd(points(x), self.reference, kyy=self.reference_kernel_mean())
             elif name == "loglik":
                 out[name] = float(self.mixture.log_prob(x.cpu().double()).mean())
+            elif name == "is":
+                out[name] = inception_score(self.logits(x))
             else:
                 out[name], subset_sd[name] = score_images(self.image[name], self.features(x))
         self._subset_sd = (x, subset_sd)  # for intervals(x, values): KID's subsets' own noise
@@ -127,10 +144,18 @@ class Scorer:
     def features(self, x: Tensor) -> Tensor:
         """The image metrics' features of x: one pass of the feature network for FID, KID and their intervals (the
         last sample set's are kept until the next one comes)."""
-        if self._features is None or self._features[0] is not x:
-            self._features = None  # one set's features in memory at a time
-            self._features = (x, sample_features(self.image, x))
-        return self._features[1]
+        return self._output("features", x, lambda: sample_features(self.image, x))
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The class logits of x (the Inception Score's), from one pass of the classifier, kept like features."""
+        device = next(self.classifier.parameters()).device
+        return self._output("logits", x, lambda: network_features(self.classifier, x, device))
+
+    def _output(self, kind: str, x: Tensor, compute) -> Tensor:
+        if kind not in self._outputs or self._outputs[kind][0] is not x:
+            self._outputs.pop(kind, None)  # one set's in memory at a time
+            self._outputs[kind] = (x, compute())
+        return self._outputs[kind][1]
 
     def intervals(self, x: Tensor, values: dict | None = None, n_boot: int = N_BOOT, level: float = INTERVAL_LEVEL,
                   seed: int = 0) -> dict[str, tuple[float, float]]:
@@ -148,6 +173,8 @@ class Scorer:
                                                 kyy=self.reference_kernel_mean())
             elif name == "loglik":
                 reps = bootstrap.mean_replicates(self.mixture.log_prob(x.cpu().double()), counts)
+            elif name == "is":
+                reps = bootstrap.inception_score_replicates(self.logits(x), counts, IS_SPLITS)
             else:
                 metric, features = self.image[name], self.features(x).double()
                 if name == "fid":
@@ -176,5 +203,5 @@ def nonfinite_values(metrics) -> dict[str, float]:
     return {name: float("nan") for name in metrics}
 
 
-__all__ = ["ALL_METRICS", "CLOSEST_TO_EXACT", "IMAGE_METRICS", "INTERVAL_LEVEL", "POINT_METRICS", "Scorer", "Scores",
-           "direction", "ranks_above", "resolve_metrics"]
+__all__ = ["ALL_METRICS", "CLOSEST_TO_EXACT", "HIGHER_IS_BETTER", "IMAGE_METRICS", "INTERVAL_LEVEL", "POINT_METRICS",
+           "Scorer", "Scores", "direction", "ranks_above", "resolve_metrics"]

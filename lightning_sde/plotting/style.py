@@ -31,10 +31,11 @@ def save_atomically(fig, path, dpi: int = 120, close: bool = True, **savefig) ->
             plt.close(fig)
 
 
-METRIC_NAMES = {"fid": "FID", "kid": "KID", "sliced_w2": "sliced W2", "mmd": "MMD", "loglik": "log-likelihood",
-                "wall_s": "wall time"}
+METRIC_NAMES = {"fid": "FID", "kid": "KID", "is": "IS", "sliced_w2": "sliced W2", "mmd": "MMD",
+                "loglik": "log-likelihood", "wall_s": "wall time"}
 METRIC_UNITS = {"sliced_w2": "data units", "loglik": "nats per sample", "wall_s": "s"}
-METRIC_NOTES = {"kid": "unbiased: can be < 0", "loglik": "exact, under the true density"}
+METRIC_NOTES = {"kid": "unbiased: can be < 0", "is": "from 1 to the number of classes",
+                "loglik": "exact, under the true density"}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 DECADE = 8.0  # a panel whose values span more than this ratio (about a decade) gets a log axis
 

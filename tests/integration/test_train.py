@@ -251,6 +251,8 @@ def test_digits_samples_beat_noise_on_domain_fid(tmp_path):
     fid.update(torch.rand(500, 1, 8, 8, generator=torch.Generator().manual_seed(0)), real=False)
     noise_fid = float(fid.compute())
     assert float(row["fid"]) < 0.7 * noise_fid, (row["fid"], noise_fid)
+    # IS (the digits classifier's, higher is better): real digits near its 10 classes, the samples below them
+    assert 8.5 < float(floor["is"]) <= 10 and 1 < float(row["is"]) < float(floor["is"]), (floor["is"], row["is"])
     assert any(p.name.startswith("ddim_10_step") for p in (run_dir / "samples").glob("*.png"))
 
 

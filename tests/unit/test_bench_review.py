@@ -602,6 +602,29 @@ def test_a_checkpoint_sweep_scores_the_training_samples_after_the_reference_as_i
     assert {r["data"] for r in rows} == {"digits"} and config["data"] == "digits" and "data:digits" in tags
 
 
+def test_a_digits_sweep_scores_the_inception_score_with_its_interval_and_ranks_it_higher_is_better(tmp_path):
+    """IS needs no reference: the floor's real digits score it as the classifier sees them, an untrained model's
+    samples lower; fewer images than its 10 splits are refused before sampling."""
+    from lightning_sde.bench.report import markdown
+    from lightning_sde.data import DigitsDataModule
+    from lightning_sde.data.base import STREAM_FLOOR
+    from lightning_sde.metrics.features import build_feature_extractor
+    from lightning_sde.metrics.image import inception_score
+
+    ckpt = _digits_checkpoint(tmp_path)
+    rows = sweep(tmp_path, f"checkpoint={ckpt}", "data=digits", "metrics=[is]", "noise_floor=true",
+                 "reference_count=300", "nfe=[2]", "seeds.count=100", "batch_size=100")
+    floor, ddim = (next(r for r in rows if r["grid"] == grid) for grid in ("exact", "nfe"))
+    real = DigitsDataModule().real_samples(300, 100, STREAM_FLOOR)
+    with torch.no_grad():
+        logits = build_feature_extractor("digits", output="logits")((real + 1) / 2)
+    assert floor["metric"] == "is" and floor["value"] == pytest.approx(inception_score(logits), rel=1e-9)
+    assert ddim["value"] < floor["value"] and ddim["ci_low"] <= ddim["value"] <= ddim["ci_high"]
+    assert "### is (higher is better" in markdown(rows)
+    with pytest.raises(ValueError, match="^config seeds.count: IS needs at least 10 images .*; got 5$"):
+        sweep(tmp_path / "few", f"checkpoint={ckpt}", "data=digits", "metrics=[is]", "seeds.count=5")
+
+
 def test_a_checkpoints_sweep_of_one_class_is_scored_against_that_classs_training_images(tmp_path):
     """labels=3 draws every seed as a 3: its reference and noise floor are class 3's training images (they were every
     class's, and a perfect model's FID of one class sat far above that floor)."""

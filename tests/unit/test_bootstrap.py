@@ -103,6 +103,17 @@ def test_kid_replicates_equal_torchmetrics_unbiased_mmd_of_each_resampled_set_up
     assert offset.tolist() == pytest.approx([float(offset[0])] * 4, rel=1e-6)  # c^2 for c: off by ~0.3
 
 
+@pytest.mark.parametrize("n", [10, 37, 200])  # splits of one sample each, uneven splits, even ones
+def test_inception_score_replicates_equal_torch_fidelitys_score_of_each_resampled_set(n):
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    logits = torch.randn(n, 7, generator=torch.Generator().manual_seed(n), dtype=torch.float64) * 3
+    counts = torch.cat([torch.ones(1, n, dtype=torch.float64), bootstrap.resample_counts(n, 4, seed=0)])
+    reps = bootstrap.inception_score_replicates(logits, counts, splits=10, block_elements=20)  # 2 rows a block
+    truth = [isc_features_to_metric(resampled(logits, c), splits=10)["inception_score_mean"] for c in counts]
+    assert reps.tolist() == pytest.approx(truth, rel=1e-9)  # the first: the set itself, as torch-fidelity shuffles it
+
+
 def test_interval_is_shifted_by_the_bootstrap_bias_and_clipped_when_asked():
     reps = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])  # median 3
     low, high = bootstrap.interval(0.5, reps, level=0.5)  # quartiles 2 and 4
@@ -160,6 +171,29 @@ def test_a_kid_interval_against_a_small_reference_is_as_wide_as_the_spread_over_
     assert 0.8 < ratio < 2.0, (widths, spread)  # measured 1.10
     scorer(sets[2])  # values of sets[1] computed before another set was scored: its own subsets' noise
     assert scorer.intervals(sets[1], {"kid": float(values[1])}, n_boot=100) == scorer.intervals(sets[1], n_boot=100)
+
+
+def test_an_inception_score_interval_is_as_wide_as_the_spread_over_independent_sets(tmp_path):
+    """The check above for IS (the digits classifier's), on noisy digits drawn from scikit-learn's set: 300 per set,
+    32 sets; widths measured 1.03-1.25x the spread at 100-600 samples."""
+    from sklearn.datasets import load_digits
+
+    from lightning_sde.metrics.scorer import Scorer
+
+    pool = torch.tensor(load_digits().images, dtype=torch.float32)[:, None] / 8 - 1
+
+    def draw(n, seed):
+        gen = torch.Generator().manual_seed(seed)
+        x = pool[torch.randint(len(pool), (n,), generator=gen)]
+        return (x + 0.3 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+
+    scorer = Scorer(draw(20, 10**6), ("is",), feature_extractor="digits", cache_dir=tmp_path)
+    sets = [draw(300, 100 + i) for i in range(32)]
+    values = torch.tensor([scorer(x)["is"] for x in sets], dtype=torch.float64)
+    spread = float(values.quantile(0.95) - values.quantile(0.05))
+    widths = [(lambda iv: iv[1] - iv[0])(scorer.intervals(x, level=0.9, n_boot=100)["is"]) for x in sets[:6]]
+    ratio = float(torch.tensor(widths).median()) / spread
+    assert 0.5 < ratio < 2.0, (widths, spread)
 
 
 def test_a_diverging_samplers_finite_samples_beyond_float32_are_scored_not_nan():
@@ -235,3 +269,4 @@ def test_a_tie_never_replaces_the_best():
     from lightning_sde.metrics.scorer import ranks_above
 
     assert ranks_above("fid", 4.9, 5.0) and not ranks_above("fid", 5.0, 5.0) and ranks_above("fid", 5.0, None)
+    assert ranks_above("is", 5.1, 5.0) and not ranks_above("is", 4.9, 5.0) and not ranks_above("is", 5.0, 5.0)

@@ -188,6 +188,8 @@ QUICK_TOY = ["experiment=toy2d", "samplers=quick", "callbacks.best.monitor=val/d
     ("+loss.min_snr_gamma=3", "config loss: loss min_snr_gamma belongs to weighting min_snr, not sigma2; drop it "
                               "(or set loss=min_snr)"),
     ("+loss.importance_sampling=true", "config loss: loss importance_sampling belongs to weighting likelihood"),
+    ("callbacks.best.mode=max", "config callbacks.best.mode: 'max' keeps the worst val/ddim_10/sliced_w2 (sliced_w2: "
+                                "lower is better); set callbacks.best.mode=min"),
 ])
 def test_a_bad_value_of_a_toy2d_run_fails_in_build_naming_its_key(tmp_path, override, message):
     cfg = composed("train", [*QUICK_TOY, f"run_dir={tmp_path}", "run_name=t", "logger=none", *override.split()])
@@ -217,6 +219,17 @@ def test_every_value_a_checkpoint_callback_can_monitor_is_accepted(tmp_path, mon
     run = build(cfg, read_data=False)
     expected = "val/ddim_10/sliced_w2" if monitor == "auto" else monitor
     assert any(getattr(cb, "monitor", None) == expected for cb in run.trainer.callbacks)
+
+
+def test_a_best_checkpoint_chosen_by_the_inception_score_keeps_the_highest(tmp_path):
+    """IS is higher-is-better: its monitor with the default mode (min) would keep the worst evaluation."""
+    digits = ["experiment=digits", "samplers=quick", f"run_dir={tmp_path}", "run_name=t", "logger=none",
+              "callbacks.best.monitor=val/ddim_10/is"]
+    with pytest.raises(ValueError, match=r"^config callbacks.best.mode: 'min' keeps the worst val/ddim_10/is \(is: "
+                                         r"higher is better\); set callbacks.best.mode=max$"):
+        build(composed("train", digits), read_data=False)
+    run = build(composed("train", [*digits, "callbacks.best.mode=max"]), read_data=False)
+    assert [cb.mode for cb in run.trainer.callbacks if getattr(cb, "monitor", None) == "val/ddim_10/is"] == ["max"]
 
 
 @pytest.mark.parametrize("overrides, set_", [

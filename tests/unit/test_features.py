@@ -213,6 +213,13 @@ def test_inception_wrapper_with_stand_in_weights(tmp_path, monkeypatch):
     metric = FrechetInceptionDistance(feature=features, normalize=True)
     metric.update(torch.rand(2, 3, 16, 16), real=True)
     assert metric.real_features_num_samples == 2
+    # the Inception Score's logits: torch-fidelity's logits_unbiased of the same weights
+    logits = build_feature_extractor("inception", output="logits")
+    assert logits.num_features == 1008
+    fidelity_logits = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["logits_unbiased"],
+                                                      feature_extractor_weights_path=str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(logits(x), fidelity_logits.eval()(as_rgb_bytes)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_inception_features_when_the_weights_are_present():
@@ -253,6 +260,44 @@ def test_reference_statistics_are_not_reused_after_the_features_read_their_input
     _, other_weights = reference_image_metrics(reference, ["fid"], "digits", cache_dir=tmp_path)
     assert other_weights["reference_stats"] != after["reference_stats"]
     assert len(list(tmp_path.glob("reference-*"))) == 3
+
+
+def test_the_inception_score_is_the_number_of_classes_used_when_each_sample_is_certain_and_one_when_all_agree():
+    """IS = exp(E KL(p(y|x) || p(y))): certain predictions spread evenly over k classes give k (each split's class
+    frequencies near 1/k: 3000 samples, splits of 300); one class for every sample, or the same uncertain prediction
+    for each, give 1."""
+    from lightning_sde.metrics.image import inception_score
+
+    for k in (3, 7):
+        certain = torch.full((3000, 10), -40.0)
+        certain[torch.arange(3000), torch.arange(3000) % k] = 40.0  # classes 0..k-1 in turn
+        assert inception_score(certain) == pytest.approx(k, rel=0.02)
+    assert inception_score(certain[:, [0, 3, 4]] * 0 + torch.tensor([40.0, 0, 0])) == pytest.approx(1.0)
+    assert inception_score(torch.randn(1, 10).expand(50, 10)) == pytest.approx(1.0)
+
+
+def test_the_inception_score_reads_the_digits_classifiers_logits(digits, halves, tmp_path):
+    """The scorer's IS is torch-fidelity's of the classifier's logits (its 10 classes, dropout off): near 10 on real
+    digits, the classes balanced and recognised; far lower on noise; and IS is higher-is-better."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    from lightning_sde.metrics.scorer import Scorer, direction
+
+    a, b = halves
+    logits = build_feature_extractor("digits", output="logits")
+    assert logits.num_features == 10 and not logits.training
+    with torch.no_grad():
+        torch.testing.assert_close(logits(unit(b)), DigitsFeatures().net.eval()(b), rtol=1e-5, atol=1e-5)
+    scorer = Scorer(a, ["is"], feature_extractor="digits", cache_dir=tmp_path)
+    real = scorer(b)["is"]
+    with torch.no_grad():
+        assert real == pytest.approx(isc_features_to_metric(logits(unit(b)), splits=10)["inception_score_mean"])
+    noise = scorer(2 * torch.rand(b.shape, generator=torch.Generator().manual_seed(2)) - 1)["is"]
+    print(f"IS real {real:.2f}  noise {noise:.2f}")
+    assert 8.5 < real <= 10 and noise < real - 3
+    assert direction("is") == "higher is better" and scorer.protocol["feature_extractor"] == "digits"
+    with pytest.raises(ValueError, match="output must be one of"):
+        DigitsFeatures(output="probabilities")
 
 
 def test_the_scorer_passes_each_image_set_through_the_feature_network_once(halves, tmp_path, monkeypatch):

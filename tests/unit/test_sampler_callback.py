@@ -36,7 +36,7 @@ def fit(tmp_path, callback, module=None, datamodule=None, steps=2):
     ({"batch_size": 2.5}, "SamplerCallback batch_size must be an integer >= 1; got 2.5"),
     ({"n_plot": -1}, "SamplerCallback n_plot must be an integer >= 1; got -1"),
     ({"metrics": ["fid", "fidd"]}, "SamplerCallback metrics: unknown ['fid', 'fidd']; choose from ['sliced_w2', "
-                                   "'mmd', 'loglik', 'fid', 'kid']"),
+                                   "'mmd', 'loglik', 'fid', 'kid', 'is']"),
     ({"metrics": "fid"}, "SamplerCallback metrics: unknown 'fid'"),
     ({"dtype": "float16"}, "config callbacks.sampler.dtype: 'float16' is not one of ['float32', 'float64']"),
     ({"guidance": -1}, "config callbacks.sampler.guidance: must be a number >= 0 (0: the conditional model) or null; "
@@ -103,7 +103,7 @@ def test_every_n_evals_skips_evaluations_and_rows_append_across_them(tmp_path):
             (2, "noise_floor"), (2, "ddim"), (4, "noise_floor"), (4, "ddim")]
 
 
-def test_images_get_fid_kid_and_a_sample_grid(tmp_path):
+def test_images_get_fid_kid_is_and_a_sample_grid(tmp_path):
     net = {"_target_": "lightning_sde.models.unet.UNet", "in_channels": 1, "image_size": 8, "channels": 8,
            "channel_mult": [1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
     module = ScoreModule(net=net, shape=[1, 8, 8], sde=VP)
@@ -111,7 +111,8 @@ def test_images_get_fid_kid_and_a_sample_grid(tmp_path):
                                stats_cache=str(tmp_path / "stats"))
     trainer, _ = fit(tmp_path, callback, module, DigitsDataModule(batch_size=64))
     row = callback.last_rows["ddim"]
-    assert set(callback.metrics) == {"fid", "kid"} and math.isfinite(row["fid"]) and row["fid"] > 1
+    assert set(callback.metrics) == {"fid", "kid", "is"} and math.isfinite(row["fid"]) and row["fid"] > 1
+    assert 1 <= row["is"] <= 10  # the digits classifier's 10 classes
     assert (tmp_path / "samples" / "ddim_step0000002.png").stat().st_size > 1_000
     assert len(list((tmp_path / "stats").glob("reference-*.pt"))) == 2  # the reference statistics were cached
 
