@@ -50,7 +50,7 @@ APPS = {
             ("tolerances=[1e-3,1e-5]", "the rtol = atol grid of adaptive samplers (null: as configured)"),
             ("checkpoint=<path> data=<name>", "a trained model and its data, instead of an exact problem"),
             ("seeds.count=N", "samples per cell (seeds.start=S)"),
-            ("metrics=[fid,kid,is]", "default auto: what fits the target"),
+            ("metrics=[fid,kid,is,precision,recall]", "default auto: what fits the target"),
             ("name=<name>", "the sweep's folder outputs/bench/<name> (results=<path> for another file)"),
             ("ddp.devices=N", "processes that split every cell's seeds"),
         ],

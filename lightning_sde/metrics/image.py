@@ -1,5 +1,6 @@
-"""FID / KID (torchmetrics) against a fixed reference set whose real side is computed once and cached on disk, and
-the Inception Score (torch-fidelity), which needs no reference.
+"""FID / KID (torchmetrics) against a fixed reference set whose real side is computed once and cached on disk, the
+Inception Score (torch-fidelity), which needs no reference, and precision / recall (metrics/prc.py) on KID's cached
+reference features.
 
 The cache holds each metric's own real-side states in one file per (reference, feature weights, metric), named by
 the SHA-256 of the reference tensor and of the feature weights: `lsde-prepare --reference-stats` fills it on a
@@ -22,8 +23,10 @@ from torch import Tensor
 from lightning_sde.files import replace_atomically
 
 log = logging.getLogger(__name__)
-IMAGE_METRICS = ("fid", "kid", "is")
+IMAGE_METRICS = ("fid", "kid", "is", "precision", "recall")
+DEFAULT_IMAGE_METRICS = ("fid", "kid", "is")  # `auto`; precision / recall cost n_reference^2 distances: asked for
 REFERENCE_METRICS = ("fid", "kid")  # scored against the reference's features (the cached real side)
+PRC_METRICS = ("precision", "recall")  # read the reference's features from KID's cached real side
 # The Inception Score's protocol (Salimans et al. 2016; torch-fidelity's and torchmetrics' default): the set shuffled
 # with a fixed seed, split in 10, exp(mean KL(p(y|x) || p(y))) within each split, averaged over the splits.
 IS_SPLITS = 10
@@ -73,6 +76,11 @@ def check_image_sample_count(metrics, n: int) -> None:
         raise ValueError(f"{'/'.join(used)} needs at least 2 images (a covariance, a kernel mean); got {n}")
     if "is" in metrics and n < IS_SPLITS:
         raise ValueError(f"IS needs at least {IS_SPLITS} images (its {IS_SPLITS} splits); got {n}")
+    from lightning_sde.metrics.prc import NEIGHBOURHOOD
+
+    if set(metrics) & set(PRC_METRICS) and n < NEIGHBOURHOOD + 1:
+        raise ValueError(f"precision/recall need at least {NEIGHBOURHOOD + 1} images (each one's {NEIGHBOURHOOD} "
+                         f"nearest neighbours); got {n}")
 
 
 def inception_score(logits: Tensor) -> float:

@@ -7,6 +7,8 @@ lsde-bench and lsde-compare alike.
                                              computed once per reference set and feature weights, and cached)
            is                               (torch-fidelity's Inception Score from the same network's class
                                              logits; no reference; higher is better)
+           precision, recall                (Kynkaanniemi et al.'s, on the same features: metrics/prc.py; asked
+                                             for, not in `auto`; higher is better)
 
 It runs in one process (rank 0 after the samples are gathered): the image metrics never synchronise.
 `Scorer.intervals` adds a bootstrap interval to each value (metrics/bootstrap.py: the generated samples resampled
@@ -22,8 +24,10 @@ from torch import Tensor
 
 from lightning_sde.metrics import bootstrap
 from lightning_sde.metrics.image import (
+    DEFAULT_IMAGE_METRICS,
     IMAGE_METRICS,
     IS_SPLITS,
+    PRC_METRICS,
     REFERENCE_METRICS,
     fid_reference_moments,
     inception_score,
@@ -35,6 +39,7 @@ from lightning_sde.metrics.image import (
     tensor_sha256,
 )
 from lightning_sde.metrics.mmd import kernel_row_means, mmd
+from lightning_sde.metrics.prc import knn_radii, precision_recall, recall_replicates
 from lightning_sde.metrics.sliced import sliced_wasserstein
 
 POINT_METRICS = ("sliced_w2", "mmd")
@@ -43,7 +48,8 @@ ALL_METRICS = POINT_METRICS + MIXTURE_METRICS + IMAGE_METRICS
 # Every metric ranks lower as better but these. Closest to exact samples' value is best: a sampler that concentrates
 # its samples in the modes scores a mean log-likelihood above exact samples', so "higher" would reward it.
 CLOSEST_TO_EXACT = ("loglik",)
-HIGHER_IS_BETTER = ("is",)
+HIGHER_IS_BETTER = ("is", "precision", "recall")
+IN_UNIT_INTERVAL = ("precision", "recall")  # shares: their intervals are clipped to [0, 1]
 INTERVAL_LEVEL = 0.9  # the bootstrap intervals result rows carry (ci_low, ci_high)
 N_BOOT = 200  # replicates: ~0.5 s for FID + KID of 500 digits, ~2 s for sliced W2 + MMD of 2000 points (1 CPU core)
 
@@ -71,10 +77,11 @@ def allowed_metrics(kind: str, has_mixture: bool) -> tuple[str, ...]:
 
 
 def resolve_metrics(requested, kind: str, has_mixture: bool, key: str = "metrics") -> tuple[str, ...]:
-    """`auto` (or None) -> every metric that fits the target; else the list, checked (ValueError naming `key`)."""
+    """`auto` (or None) -> every metric that fits the target but precision / recall; else the list, checked
+    (ValueError naming `key`)."""
     allowed = allowed_metrics(kind, has_mixture)
     if requested in (None, "auto"):
-        return allowed
+        return DEFAULT_IMAGE_METRICS if kind == "images" else allowed
     if isinstance(requested, str) or not isinstance(requested, Sequence) or not requested:
         raise ValueError(f"config {key}: must be 'auto' or a non-empty list of {list(allowed)}; got {requested!r}")
     bad = [m for m in requested if m not in allowed]
@@ -106,11 +113,13 @@ class Scorer:
         self.mixture = mixture
         self.protocol = {"reference_sha256": tensor_sha256(self.reference), "n_reference": len(self.reference)}
         self.image, self.classifier, self._kyy, self._subset_sd = {}, None, None, (None, {})
-        self._outputs = {}  # "features" / "logits" -> (x, the network's output for x): the last set's
+        self._real_radii = None
+        self._outputs = {}  # "features" / "logits" / "prc" -> (x, what it is for x): the last set's
         if set(self.metrics) & set(IMAGE_METRICS):
-            self.image, protocol = reference_image_metrics(
-                self.reference, [m for m in self.metrics if m in REFERENCE_METRICS], feature_extractor, cache_dir,
-                device)
+            with_reference = [m for m in REFERENCE_METRICS
+                              if m in self.metrics or m == "kid" and set(self.metrics) & set(PRC_METRICS)]
+            self.image, protocol = reference_image_metrics(self.reference, with_reference, feature_extractor,
+                                                           cache_dir, device)
             self.protocol.update(protocol)
         if "is" in self.metrics:
             from lightning_sde.metrics.features import build_feature_extractor
@@ -128,6 +137,8 @@ class Scorer:
                 out[name] = float(self.mixture.log_prob(x.cpu().double()).mean())
             elif name == "is":
                 out[name] = inception_score(self.logits(x))
+            elif name in PRC_METRICS:
+                out[name] = self.precision_recall(x)[PRC_METRICS.index(name)]
             else:
                 out[name], subset_sd[name] = score_images(self.image[name], self.features(x))
         self._subset_sd = (x, subset_sd)  # for intervals(x, values): KID's subsets' own noise
@@ -150,6 +161,18 @@ class Scorer:
         """The class logits of x (the Inception Score's), from one pass of the classifier, kept like features."""
         device = next(self.classifier.parameters()).device
         return self._output("logits", x, lambda: network_features(self.classifier, x, device))
+
+    def reference_features(self) -> Tensor:
+        """The reference's features, as KID's cached real side holds them."""
+        return kid_reference_features(self.image["kid"])
+
+    def precision_recall(self, x: Tensor) -> tuple[float, float, Tensor]:
+        """(precision, recall, which samples lie in the reference's manifold) of x; the reference's k-NN radii are
+        computed once."""
+        if self._real_radii is None:
+            self._real_radii = knn_radii(self.reference_features())
+        return self._output("prc", x, lambda: precision_recall(self.features(x), self.reference_features(),
+                                                                self._real_radii))
 
     def _output(self, kind: str, x: Tensor, compute) -> Tensor:
         if kind not in self._outputs or self._outputs[kind][0] is not x:
@@ -175,6 +198,10 @@ class Scorer:
                 reps = bootstrap.mean_replicates(self.mixture.log_prob(x.cpu().double()), counts)
             elif name == "is":
                 reps = bootstrap.inception_score_replicates(self.logits(x), counts, IS_SPLITS)
+            elif name == "precision":  # the reference fixed, each sample's share is its own
+                reps = bootstrap.mean_replicates(self.precision_recall(x)[2].double(), counts)
+            elif name == "recall":
+                reps = recall_replicates(self.features(x), self.reference_features(), counts)
             else:
                 metric, features = self.image[name], self.features(x).double()
                 if name == "fid":
@@ -186,6 +213,8 @@ class Scorer:
                     self._subset_sd = (x, {name: score_images(metric, self.features(x))[1]})
             out[name] = bootstrap.interval(values[name], reps, level, nonnegative=name in bootstrap.NONNEGATIVE,
                                            value_sd=self._subset_sd[1].get(name, 0.0) if name == "kid" else 0.0)
+            if name in IN_UNIT_INTERVAL:
+                out[name] = (max(out[name][0], 0.0), min(out[name][1], 1.0))
         return out
 
 

@@ -35,7 +35,8 @@ METRIC_NAMES = {"fid": "FID", "kid": "KID", "is": "IS", "sliced_w2": "sliced W2"
                 "loglik": "log-likelihood", "wall_s": "wall time"}
 METRIC_UNITS = {"sliced_w2": "data units", "loglik": "nats per sample", "wall_s": "s"}
 METRIC_NOTES = {"kid": "unbiased: can be < 0", "is": "from 1 to the number of classes",
-                "loglik": "exact, under the true density"}
+                "precision": "share of samples inside the data's manifold",
+                "recall": "share of the data inside the samples' manifold", "loglik": "exact, under the true density"}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 DECADE = 8.0  # a panel whose values span more than this ratio (about a decade) gets a log axis
 

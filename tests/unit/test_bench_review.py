@@ -602,9 +602,10 @@ def test_a_checkpoint_sweep_scores_the_training_samples_after_the_reference_as_i
     assert {r["data"] for r in rows} == {"digits"} and config["data"] == "digits" and "data:digits" in tags
 
 
-def test_a_digits_sweep_scores_the_inception_score_with_its_interval_and_ranks_it_higher_is_better(tmp_path):
+def test_a_digits_sweep_scores_is_precision_and_recall_with_intervals_higher_is_better(tmp_path):
     """IS needs no reference: the floor's real digits score it as the classifier sees them, an untrained model's
-    samples lower; fewer images than its 10 splits are refused before sampling."""
+    samples lower, and its noise is neither realistic nor covers the digits; fewer images than IS's 10 splits are
+    refused before sampling."""
     from lightning_sde.bench.report import markdown
     from lightning_sde.data import DigitsDataModule
     from lightning_sde.data.base import STREAM_FLOOR
@@ -612,9 +613,13 @@ def test_a_digits_sweep_scores_the_inception_score_with_its_interval_and_ranks_i
     from lightning_sde.metrics.image import inception_score
 
     ckpt = _digits_checkpoint(tmp_path)
-    rows = sweep(tmp_path, f"checkpoint={ckpt}", "data=digits", "metrics=[is]", "noise_floor=true",
+    rows = sweep(tmp_path, f"checkpoint={ckpt}", "data=digits", "metrics=[is,precision,recall]", "noise_floor=true",
                  "reference_count=300", "nfe=[2]", "seeds.count=100", "batch_size=100")
-    floor, ddim = (next(r for r in rows if r["grid"] == grid) for grid in ("exact", "nfe"))
+    row = lambda grid, metric: next(r for r in rows if r["grid"] == grid and r["metric"] == metric)  # noqa: E731
+    for metric in ("precision", "recall"):
+        real, model = row("exact", metric), row("nfe", metric)
+        assert model["value"] < real["value"] - 0.5 and 0 <= model["ci_low"] <= model["value"] <= model["ci_high"] <= 1
+    floor, ddim = row("exact", "is"), row("nfe", "is")
     real = DigitsDataModule().real_samples(300, 100, STREAM_FLOOR)
     with torch.no_grad():
         logits = build_feature_extractor("digits", output="logits")((real + 1) / 2)

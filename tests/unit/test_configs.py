@@ -230,6 +230,12 @@ def test_a_best_checkpoint_chosen_by_the_inception_score_keeps_the_highest(tmp_p
         build(composed("train", digits), read_data=False)
     run = build(composed("train", [*digits, "callbacks.best.mode=max"]), read_data=False)
     assert [cb.mode for cb in run.trainer.callbacks if getattr(cb, "monitor", None) == "val/ddim_10/is"] == ["max"]
+    recall = [*digits[:-1], "callbacks.best.monitor=val/ddim_10/recall", "callbacks.sampler.metrics=[fid,recall]"]
+    with pytest.raises(ValueError, match=r"'min' keeps the worst val/ddim_10/recall \(recall: higher is better\)"):
+        build(composed("train", recall), read_data=False)
+    with pytest.raises(ValueError, match=r"'val/ddim_10/recall' names metric 'recall', which the evaluations do not "
+                                         r"log for images data; they log \['fid', 'kid', 'is', "):  # not in auto
+        build(composed("train", [*digits[:-1], "callbacks.best.monitor=val/ddim_10/recall"]), read_data=False)
 
 
 @pytest.mark.parametrize("overrides, set_", [

@@ -36,7 +36,7 @@ def fit(tmp_path, callback, module=None, datamodule=None, steps=2):
     ({"batch_size": 2.5}, "SamplerCallback batch_size must be an integer >= 1; got 2.5"),
     ({"n_plot": -1}, "SamplerCallback n_plot must be an integer >= 1; got -1"),
     ({"metrics": ["fid", "fidd"]}, "SamplerCallback metrics: unknown ['fid', 'fidd']; choose from ['sliced_w2', "
-                                   "'mmd', 'loglik', 'fid', 'kid', 'is']"),
+                                   "'mmd', 'loglik', 'fid', 'kid', 'is', 'precision', 'recall']"),
     ({"metrics": "fid"}, "SamplerCallback metrics: unknown 'fid'"),
     ({"dtype": "float16"}, "config callbacks.sampler.dtype: 'float16' is not one of ['float32', 'float64']"),
     ({"guidance": -1}, "config callbacks.sampler.guidance: must be a number >= 0 (0: the conditional model) or null; "
@@ -115,6 +115,17 @@ def test_images_get_fid_kid_is_and_a_sample_grid(tmp_path):
     assert 1 <= row["is"] <= 10  # the digits classifier's 10 classes
     assert (tmp_path / "samples" / "ddim_step0000002.png").stat().st_size > 1_000
     assert len(list((tmp_path / "stats").glob("reference-*.pt"))) == 2  # the reference statistics were cached
+
+
+def test_precision_and_recall_asked_for_are_logged_beside_the_real_digits_floor(tmp_path):
+    net = {"_target_": "lightning_sde.models.unet.UNet", "in_channels": 1, "image_size": 8, "channels": 8,
+           "channel_mult": [1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    callback = SamplerCallback({"ddim": DDIM(steps=3)}, n_samples=200, batch_size=200, metrics=["precision", "recall"],
+                               stats_cache=str(tmp_path / "stats"))
+    fit(tmp_path, callback, ScoreModule(net=net, shape=[1, 8, 8], sde=VP), DigitsDataModule(batch_size=64))
+    row, floor = callback.last_rows["ddim"], callback.last_rows["noise_floor"]
+    assert all(0 <= r[m] <= 1 for r in (row, floor) for m in ("precision", "recall")) and "fid" not in row
+    assert floor["precision"] > row["precision"] + 0.3, (floor, row)  # real digits against an untrained model's noise
 
 
 def test_the_noise_floor_is_a_disjoint_real_set_scored_once_as_samples_are(tmp_path, monkeypatch):
