@@ -360,6 +360,8 @@ def test_the_views_name_what_was_measured():
     images = [row(metric="fid", target="ckpt", problem=None, checkpoint="/runs/a/digits.ckpt", global_step=4000,
                   dtype="float32", feature_extractor="digits")]
     assert subject(images) == "digits.ckpt@step4000 · float32 · features: digits"
+    for metric in ("is", "recall"):  # the classifier's IS or the features' recall: digits' or Inception's
+        assert subject([{**images[0], "metric": metric, "feature_extractor": "inception"}]).endswith("inception")
 
 
 def test_the_csv_and_the_wandb_table_keep_each_interval_beside_its_value(tmp_path):

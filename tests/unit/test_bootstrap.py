@@ -8,13 +8,10 @@ import torch
 from torchmetrics.image.fid import _compute_fid
 from torchmetrics.image.kid import poly_mmd
 
+from helpers.scoring import noisy_digits, resampled, width_over_spread
 from lightning_sde.metrics import bootstrap
 from lightning_sde.metrics.mmd import mmd
 from lightning_sde.metrics.sliced import sliced_wasserstein
-
-
-def resampled(x, counts_row):
-    return x[torch.arange(len(x)).repeat_interleave(counts_row.long())]
 
 
 @pytest.fixture
@@ -137,38 +134,20 @@ def test_an_interval_from_one_sample_set_is_as_wide_as_the_spread_over_independe
     mixture = eight_gaussians()
     scorer = Scorer(mixture.sample(600, torch.Generator().manual_seed(0)), (metric,), mixture)
     sets = [mixture.sample(300, torch.Generator().manual_seed(100 + i)) for i in range(32)]
-    values = torch.tensor([scorer(x)[metric] for x in sets], dtype=torch.float64)
-    spread = float(values.quantile(0.95) - values.quantile(0.05))
-    widths = []
-    for x in sets[:6]:
-        low, high = scorer.intervals(x, level=0.9, n_boot=100)[metric]
-        widths.append(high - low)
-    ratio = float(torch.tensor(widths).median()) / spread
-    assert 0.5 < ratio < 2.0, (widths, spread)
+    ratio, _, intervals = width_over_spread(scorer, metric, sets)
+    assert 0.5 < ratio < 2.0, (ratio, intervals)
 
 
 def test_a_kid_interval_against_a_small_reference_is_as_wide_as_the_spread_over_independent_sets(tmp_path):
     """KID's value averages random subsets of min(1000, n_reference / 2) rows: with a reference of 20 its subsets'
     noise is most of the value's, and the whole-set bootstrap alone gave an interval 0.57x the spread over
     independent sets (the check above, for KID: 600 noisy digits against a fixed reference of 20)."""
-    from sklearn.datasets import load_digits
-
     from lightning_sde.metrics.scorer import Scorer
 
-    pool = torch.tensor(load_digits().images, dtype=torch.float32)[:, None] / 8 - 1
-
-    def draw(n, seed):
-        gen = torch.Generator().manual_seed(seed)
-        x = pool[torch.randint(len(pool), (n,), generator=gen)]
-        return (x + 0.3 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
-
-    scorer = Scorer(draw(20, 10**6), ("kid",), feature_extractor="digits", cache_dir=tmp_path)
-    sets = [draw(600, 100 + i) for i in range(32)]
-    values = torch.tensor([scorer(x)["kid"] for x in sets], dtype=torch.float64)
-    spread = float(values.quantile(0.95) - values.quantile(0.05))
-    widths = [(lambda iv: iv[1] - iv[0])(scorer.intervals(x, level=0.9, n_boot=100)["kid"]) for x in sets[:6]]
-    ratio = float(torch.tensor(widths).median()) / spread
-    assert 0.8 < ratio < 2.0, (widths, spread)  # measured 1.10
+    scorer = Scorer(noisy_digits(20, 10**6), ("kid",), feature_extractor="digits", cache_dir=tmp_path)
+    sets = [noisy_digits(600, 100 + i) for i in range(32)]
+    ratio, values, intervals = width_over_spread(scorer, "kid", sets)
+    assert 0.8 < ratio < 2.0, (ratio, intervals)  # measured 1.10
     scorer(sets[2])  # values of sets[1] computed before another set was scored: its own subsets' noise
     assert scorer.intervals(sets[1], {"kid": float(values[1])}, n_boot=100) == scorer.intervals(sets[1], n_boot=100)
 
@@ -176,24 +155,11 @@ def test_a_kid_interval_against_a_small_reference_is_as_wide_as_the_spread_over_
 def test_an_inception_score_interval_is_as_wide_as_the_spread_over_independent_sets(tmp_path):
     """The check above for IS (the digits classifier's), on noisy digits drawn from scikit-learn's set: 300 per set,
     32 sets; widths measured 1.03-1.25x the spread at 100-600 samples."""
-    from sklearn.datasets import load_digits
-
     from lightning_sde.metrics.scorer import Scorer
 
-    pool = torch.tensor(load_digits().images, dtype=torch.float32)[:, None] / 8 - 1
-
-    def draw(n, seed):
-        gen = torch.Generator().manual_seed(seed)
-        x = pool[torch.randint(len(pool), (n,), generator=gen)]
-        return (x + 0.3 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
-
-    scorer = Scorer(draw(20, 10**6), ("is",), feature_extractor="digits", cache_dir=tmp_path)
-    sets = [draw(300, 100 + i) for i in range(32)]
-    values = torch.tensor([scorer(x)["is"] for x in sets], dtype=torch.float64)
-    spread = float(values.quantile(0.95) - values.quantile(0.05))
-    widths = [(lambda iv: iv[1] - iv[0])(scorer.intervals(x, level=0.9, n_boot=100)["is"]) for x in sets[:6]]
-    ratio = float(torch.tensor(widths).median()) / spread
-    assert 0.5 < ratio < 2.0, (widths, spread)
+    scorer = Scorer(noisy_digits(20, 10**6), ("is",), feature_extractor="digits", cache_dir=tmp_path)
+    ratio, _, intervals = width_over_spread(scorer, "is", [noisy_digits(300, 100 + i) for i in range(32)])
+    assert 0.5 < ratio < 2.0, (ratio, intervals)
 
 
 def test_a_diverging_samplers_finite_samples_beyond_float32_are_scored_not_nan():

@@ -856,7 +856,8 @@ def test_a_resume_keeps_the_loss_that_chooses_the_best_checkpoint(monkeypatch):
     with pytest.raises(ValueError, match=r"was trained with loss sigma2 \{'t_min': 0.001\}, this config has sigma2 "
                                          r"\{'t_min': 0.0001\}"):
         train_app.check_same_monitored_loss("last.ckpt", module, [ModelCheckpoint(monitor="val/loss")])
-    for odd in ({"weighting": "sigma2", "reduce_mean": True}, "sigma2"):  # a loss config this version cannot build
+    for odd in ({"weighting": "sigma2", "reduce_mean": True}, "sigma2",  # a loss config this version cannot build
+                {"weighting": "foo"}, {"weighting": "min_snr", "min_snr_gamma": 0.0}):  # TypeError, ValueError
         saved["hyper_parameters"]["loss"] = odd
         with pytest.raises(ValueError, match=r"^last.ckpt: its loss config .* does not build here"):
             check("val/loss", weighting="sigma2")

@@ -300,6 +300,32 @@ def test_the_inception_score_reads_the_digits_classifiers_logits(digits, halves,
         DigitsFeatures(output="probabilities")
 
 
+def test_an_inception_score_interval_is_of_its_own_replicates_from_one_pass_of_the_classifier(halves, tmp_path,
+                                                                                               monkeypatch):
+    from lightning_sde.metrics import bootstrap
+    from lightning_sde.metrics.image import IS_SPLITS, check_image_sample_count
+    from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer
+
+    a, b = halves
+    seen = []
+    forward = DigitsFeatures.forward
+    monkeypatch.setattr(DigitsFeatures, "forward", lambda self, x: (seen.append(len(x)), forward(self, x))[1])
+    scorer = Scorer(a, ["is"], feature_extractor="digits", cache_dir=tmp_path)
+    seen.clear()
+    x = b[:60]
+    values = scorer(x)
+    interval = scorer.intervals(x, values, n_boot=50)["is"]
+    assert sum(seen) == 60  # the logits of the value and of its interval: one pass
+    with torch.no_grad():
+        logits = build_feature_extractor("digits", output="logits")(unit(x))
+    reps = bootstrap.inception_score_replicates(logits, bootstrap.resample_counts(60, 50, seed=0), IS_SPLITS)
+    assert interval == pytest.approx(bootstrap.interval(values["is"], reps, INTERVAL_LEVEL), rel=1e-6)
+    with pytest.raises(ValueError, match=r"^IS needs at least 10 images \(its 10 splits\); got 1$"):
+        check_image_sample_count(["is"], 1)
+    with pytest.raises(ValueError, match="InceptionFeatures: output must be one of"):  # before any weights are read
+        build_feature_extractor("inception", output="probabilities", weights_path="/nonexistent.pth")
+
+
 def test_the_scorer_passes_each_image_set_through_the_feature_network_once(halves, tmp_path, monkeypatch):
     """FID, KID and their bootstrap intervals each ran the network over the samples (three passes: 150,000 Inception
     images for a 50,000-sample cell), and FID and KID each over the reference. One pass each now, and the values are

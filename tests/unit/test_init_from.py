@@ -157,5 +157,6 @@ def test_edms_weighting_on_an_eps_network_is_warned_of_at_start_up(tmp_path, cap
     build(toy(tmp_path, "edm", "loss=edm", f"model.parameterization={parameterization}"), read_data=False)
     assert (f"loss=edm with model.parameterization={parameterization}: EDM's weight" in caplog.text) == warned
     caplog.clear()
-    build(toy(tmp_path, "sigma2", f"model.parameterization={parameterization}"), read_data=False)
+    for other in ("sigma2", "min_snr"):
+        build(toy(tmp_path, other, f"loss={other}", f"model.parameterization={parameterization}"), read_data=False)
     assert "loss=edm" not in caplog.text

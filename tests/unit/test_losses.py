@@ -154,6 +154,7 @@ def test_edm_and_min_snr_weights_in_closed_form():
     ("edm", {"p_mean": 12.0, "p_std": 1.0}, "loss p_mean=12, p_std=1 put 1.5e-12 of the log-normal on the SDE's "
                                             "noise levels sigma/alpha in [0.0105, 152] (t in [0.001, 1]): move "
                                             "p_mean into [-4.56, 5.02]"),
+    ("edm", {"p_mean": 10.0, "p_std": 1.0}, "loss p_mean=10, p_std=1 put 3.3e-07 of the log-normal"),  # < 1e-6
     ("edm", {"p_std": 1e9}, "loss p_mean=-1.2, p_std=1e+09 put 3.8e-09 of the log-normal on the SDE's noise levels "
                             "sigma/alpha in [0.0105, 152] (t in [0.001, 1]): lower p_std (the levels span 9.6 in log "
                             "sigma/alpha)"),

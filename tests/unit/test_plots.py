@@ -79,6 +79,7 @@ def test_y_scale_follows_the_spread_of_the_values():
     plt.close(fig)
     assert metric_label("loglik") == "log-likelihood [nats per sample]"
     assert metric_title("loglik").startswith("log-likelihood (closest to exact samples' is best)\nexact")
+    assert metric_title("is") == "IS (higher is better)\nfrom 1 to the number of classes"
 
 
 def test_scatter_limits_come_from_the_data_not_from_a_diverged_sampler(tmp_path):

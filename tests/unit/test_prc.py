@@ -5,11 +5,8 @@ import pytest
 import torch
 from torch_fidelity.metric_prc import calculate_precision_recall_full
 
+from helpers.scoring import noisy_digits, resampled, width_over_spread
 from lightning_sde.metrics import bootstrap, prc
-
-
-def resampled(x, counts_row):
-    return x[torch.arange(len(x)).repeat_interleave(counts_row.long())]
 
 
 @pytest.fixture
@@ -65,39 +62,20 @@ def test_a_dropped_mode_costs_recall_not_precision_and_a_shift_costs_both():
         prc.knn_radii(real[:3])
 
 
-@pytest.fixture(scope="module")
-def noisy_digits():
-    from sklearn.datasets import load_digits
-
-    pool = torch.tensor(load_digits().images, dtype=torch.float32)[:, None] / 8 - 1
-
-    def draw(n, seed, noise=0.3):
-        gen = torch.Generator().manual_seed(seed)
-        x = pool[torch.randint(len(pool), (n,), generator=gen)]
-        return (x + noise * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
-
-    return draw
-
-
 @pytest.mark.parametrize("metric", ["precision", "recall"])
-def test_an_interval_from_one_sample_set_is_as_wide_as_the_spread_over_independent_sets(noisy_digits, tmp_path,
-                                                                                         metric):
+def test_an_interval_from_one_sample_set_is_as_wide_as_the_spread_over_independent_sets(tmp_path, metric):
     """The digits network's features of noisy digits, 300 a set against a fixed reference of 500 clean ones, 32 sets:
     widths measured 1.02-1.10x the spread for precision, 1.36-1.46x for recall (its replicates' duplicates shrink
     the samples' radii)."""
     from lightning_sde.metrics.scorer import Scorer
 
     scorer = Scorer(noisy_digits(500, 10**6, noise=0.0), (metric,), feature_extractor="digits", cache_dir=tmp_path)
-    sets = [noisy_digits(300, 100 + i) for i in range(32)]
-    values = torch.tensor([scorer(x)[metric] for x in sets], dtype=torch.float64)
-    spread = float(values.quantile(0.95) - values.quantile(0.05))
-    intervals = [scorer.intervals(x, level=0.9, n_boot=100)[metric] for x in sets[:6]]
-    ratio = float(torch.tensor([high - low for low, high in intervals]).median()) / spread
-    assert 0.5 < ratio < 2.0, (intervals, spread)
+    ratio, values, intervals = width_over_spread(scorer, metric, [noisy_digits(300, 100 + i) for i in range(32)])
+    assert 0.5 < ratio < 2.0, (ratio, intervals)
     assert all(0 <= low <= value <= high <= 1 for (low, high), value in zip(intervals, values))
 
 
-def test_the_scorer_reads_the_reference_features_kid_caches_and_precision_recall_are_asked_for(noisy_digits, tmp_path):
+def test_the_scorer_reads_the_reference_features_kid_caches_and_precision_recall_are_asked_for(tmp_path):
     from lightning_sde.metrics.image import check_image_sample_count, network_features
     from lightning_sde.metrics.scorer import HIGHER_IS_BETTER, Scorer, resolve_metrics
 
