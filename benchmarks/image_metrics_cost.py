@@ -6,12 +6,15 @@ IS. For each (d, n): the first set scored (the reference's k-NN radii included),
 intervals, and torch-fidelity's own `calculate_precision_recall_part` on the same pair (it recomputes the
 reference's radii at every call). Median of `--repeats` runs, one process, the machine's threads.
 
-    .venv/bin/python benchmarks/image_metrics_cost.py        # -> results/image_metrics_cost.{csv,md,png}
+    .venv/bin/python benchmarks/image_metrics_cost.py --sizes 1000 2000 4000 8000   # ~6 min, 2 cores
+                                                                    # -> results/image_metrics_cost.{csv,md,png}
+    .venv/bin/python benchmarks/image_metrics_cost.py --replot     # the table and plot again from the CSV
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import subprocess
 import time
@@ -26,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from lightning_sde.files import write_csv  # noqa: E402
 from lightning_sde.metrics import bootstrap, prc  # noqa: E402
 from lightning_sde.metrics.image import IS_SPLITS, inception_score  # noqa: E402
-from lightning_sde.plotting.style import save_atomically  # noqa: E402
+from lightning_sde.plotting.style import plain_log_axis, save_atomically  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "image_metrics_cost"
 N_BOOT = 200
@@ -72,7 +75,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000])
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 2048])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--replot", action="store_true", help="write the table and plot from the CSV")
     args = parser.parse_args()
+    if args.replot:
+        with open(OUT.with_suffix(".csv")) as fh:
+            rows = [{k: v if k == "git_commit" else float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+        return views(rows)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     rows = []
@@ -84,14 +92,19 @@ def main() -> None:
             rows.append(row)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     write_csv(OUT.with_suffix(".csv"), rows, list(rows[0]))
+    views(rows)
+
+
+def views(rows: list[dict]) -> None:
+    dims = sorted({int(r["d"]) for r in rows})
     columns = ["first_set_s", "later_set_s", "torch_fidelity_s", "precision_interval_s", "recall_interval_s",
                "is_s", "is_interval_s"]
     lines = ["| d | n | " + " | ".join(columns) + " |", "|---|---|" + "---:|" * len(columns)]
-    lines += [f"| {r['d']} | {r['n']} | " + " | ".join(f"{r[c]:.3g}" for c in columns) + " |" for r in rows]
-    OUT.with_suffix(".md").write_text(f"Seconds per sample set, {rows[0]['threads']} threads, commit {commit}.\n\n"
-                                      + "\n".join(lines) + "\n")
-    fig, axes = plt.subplots(1, len(args.dims), figsize=(5 * len(args.dims), 3.6), squeeze=False)
-    for ax, d in zip(axes[0], args.dims):
+    lines += [f"| {r['d']:.0f} | {r['n']:.0f} | " + " | ".join(f"{r[c]:.3g}" for c in columns) + " |" for r in rows]
+    OUT.with_suffix(".md").write_text(f"Seconds per sample set, {rows[0]['threads']:.0f} threads, commit "
+                                      f"{rows[0]['git_commit']}.\n\n" + "\n".join(lines) + "\n")
+    fig, axes = plt.subplots(1, len(dims), figsize=(5 * len(dims), 3.6), squeeze=False)
+    for ax, d in zip(axes[0], dims):
         mine = [r for r in rows if r["d"] == d]
         for column, label in (("torch_fidelity_s", "torch-fidelity P/R (each call)"),
                               ("later_set_s", "P/R here (radii kept)"), ("recall_interval_s", "recall interval"),
@@ -99,6 +112,7 @@ def main() -> None:
             ax.plot([r["n"] for r in mine], [r[column] for r in mine], marker="o", label=label)
         ax.set(xscale="log", yscale="log", xlabel="samples = reference images", ylabel="seconds per sample set",
                title=f"{d}-d features ({N_BOOT} replicates)")
+        plain_log_axis(ax.xaxis)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
