@@ -134,8 +134,9 @@ def sweep_metrics(cfg: DictConfig, kind: str) -> tuple[str, ...]:
                              f"{sorted(FEATURE_EXTRACTORS)}")
         check_stats_cache("stats_cache", cfg.stats_cache)
         for key in dict.fromkeys(["seeds.count", reference_key(cfg)]):  # a cell's samples, the reference's
+            scored = metrics if key == "seeds.count" else [m for m in metrics if m != "is"]  # IS reads no reference
             try:
-                check_image_sample_count(metrics, positive_int(key, OmegaConf.select(cfg, key)))
+                check_image_sample_count(scored, positive_int(key, OmegaConf.select(cfg, key)))
             except ValueError as err:
                 raise ValueError(str(err) if str(err).startswith("config ") else f"config {key}: {err}") from None
     if "kid" in metrics:

@@ -599,7 +599,8 @@ MONITORABLE = ("val/loss", "train/loss", "step", "epoch")  # ScoreModule's logs,
 def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: str) -> str:
     """A checkpoint callback's monitor, checked against what the evaluations log: val/<sampler>/<metric> must name
     a sampler of the set and a value it logs; `auto` is the set's first deterministic sampler (its first if all are
-    stochastic) on the first metric it scores (sliced_w2 for points, fid for images)."""
+    stochastic) on fid where it is scored, else the first lower-is-better metric (sliced_w2 for points), else the
+    first (whose mode check_monitor_mode then asks for)."""
     if monitor in MONITORABLE:
         return monitor
     if sampler_cb is None:
@@ -616,7 +617,8 @@ def best_monitor(key: str, monitor, sampler_cb: SamplerCallback | None, kind: st
                          f"callbacks.sampler.every_n_evals=1, or {key}=val/loss, or {key.rsplit('.', 1)[0]}=null")
     if monitor == "auto":
         label = next((k for k, s in sampler_cb.samplers.items() if not s.stochastic), labels[0])
-        return f"val/{label}/{metrics[0]}"
+        metric = "fid" if "fid" in metrics else next((m for m in metrics if m not in HIGHER_IS_BETTER), metrics[0])
+        return f"val/{label}/{metric}"
     parts = str(monitor).split("/")
     if len(parts) != 3 or parts[0] != "val":
         raise ValueError(f"config {key}: {monitor!r} is not logged; monitor one of {list(MONITORABLE)}, "

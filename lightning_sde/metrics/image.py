@@ -28,8 +28,10 @@ DEFAULT_IMAGE_METRICS = ("fid", "kid", "is")  # `auto`; precision / recall cost 
 REFERENCE_METRICS = ("fid", "kid")  # scored against the reference's features (the cached real side)
 PRC_METRICS = ("precision", "recall")  # read the reference's features from KID's cached real side
 # The Inception Score's protocol (Salimans et al. 2016; torch-fidelity's and torchmetrics' default): the set shuffled
-# with a fixed seed, split in 10, exp(mean KL(p(y|x) || p(y))) within each split, averaged over the splits.
+# with a fixed seed, split in 10, exp(mean KL(p(y|x) || p(y))) within each split, averaged over the splits. A split of
+# one image always scores 1: two per split at least.
 IS_SPLITS = 10
+IS_LEAST = 2 * IS_SPLITS
 
 
 def default_cache_dir() -> Path:
@@ -70,12 +72,13 @@ def check_kid_reference(n_reference: int) -> None:
 
 def check_image_sample_count(metrics, n: int) -> None:
     """FID's covariance and KID's MMD of one image are undefined (torchmetrics fails, after the sampling): 2 or more;
-    the Inception Score's splits take IS_SPLITS or more (an empty split is NaN)."""
+    the Inception Score takes IS_LEAST or more (an empty split is NaN, a split of one image scores 1 whatever it is)."""
     used = [m.upper() for m in metrics if m in REFERENCE_METRICS]
     if used and n < 2:
         raise ValueError(f"{'/'.join(used)} needs at least 2 images (a covariance, a kernel mean); got {n}")
-    if "is" in metrics and n < IS_SPLITS:
-        raise ValueError(f"IS needs at least {IS_SPLITS} images (its {IS_SPLITS} splits); got {n}")
+    if "is" in metrics and n < IS_LEAST:
+        raise ValueError(f"IS needs at least {IS_LEAST} images (2 in each of its {IS_SPLITS} splits: a split of one "
+                         f"image scores 1 whatever it is); got {n}")
     from lightning_sde.metrics.prc import NEIGHBOURHOOD
 
     if set(metrics) & set(PRC_METRICS) and n < NEIGHBOURHOOD + 1:

@@ -626,8 +626,14 @@ def test_a_digits_sweep_scores_is_precision_and_recall_with_intervals_higher_is_
     assert floor["metric"] == "is" and floor["value"] == pytest.approx(inception_score(logits), rel=1e-9)
     assert ddim["value"] < floor["value"] and ddim["ci_low"] <= ddim["value"] <= ddim["ci_high"]
     assert "### is (higher is better" in markdown(rows)
-    with pytest.raises(ValueError, match="^config seeds.count: IS needs at least 10 images .*; got 5$"):
-        sweep(tmp_path / "few", f"checkpoint={ckpt}", "data=digits", "metrics=[is]", "seeds.count=5")
+    with pytest.raises(ValueError, match="^config seeds.count: IS needs at least 20 images .*; got 19$"):
+        sweep(tmp_path / "few", f"checkpoint={ckpt}", "data=digits", "metrics=[is]", "seeds.count=19")
+    # IS reads no reference: a reference of 8 (FID/KID's least is 2/4) is no reason to refuse it
+    from lightning_sde.bench.runner import prepare
+
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        prepare(compose("bench", overrides=[f"results={tmp_path}/small.jsonl", *TINY, f"checkpoint={ckpt}",
+                                            "data=digits", "metrics=[is,fid]", "reference_count=8", "seeds.count=20"]))
 
 
 def test_a_checkpoints_sweep_of_one_class_is_scored_against_that_classs_training_images(tmp_path):

@@ -233,6 +233,12 @@ def test_a_best_checkpoint_chosen_by_the_inception_score_keeps_the_highest(tmp_p
     recall = [*digits[:-1], "callbacks.best.monitor=val/ddim_10/recall", "callbacks.sampler.metrics=[fid,recall]"]
     with pytest.raises(ValueError, match=r"'min' keeps the worst val/ddim_10/recall \(recall: higher is better\)"):
         build(composed("train", recall), read_data=False)
+    for metrics in ("[is,fid]", "[kid,is,fid]", "[is,kid]"):  # auto: fid where scored, else a lower-is-better one
+        run = build(composed("train", [*digits[:-1], f"callbacks.sampler.metrics={metrics}"]), read_data=False)
+        assert any(getattr(cb, "monitor", None) == f"val/ddim_10/{'kid' if 'fid' not in metrics else 'fid'}"
+                   for cb in run.trainer.callbacks)
+    with pytest.raises(ValueError, match=r"'min' keeps the worst val/ddim_10/precision .*set callbacks.best.mode=max"):
+        build(composed("train", [*digits[:-1], "callbacks.sampler.metrics=[precision,recall]"]), read_data=False)
     with pytest.raises(ValueError, match=r"'val/ddim_10/recall' names metric 'recall', which the evaluations do not "
                                          r"log for images data; they log \['fid', 'kid', 'is', "):  # not in auto
         build(composed("train", [*digits[:-1], "callbacks.best.monitor=val/ddim_10/recall"]), read_data=False)
@@ -293,7 +299,7 @@ def test_digits_features_on_colour_images_fail_at_start_up_not_at_the_first_eval
                                                                                / f"{i}.png")
     common = [f"run_dir={tmp_path / 'run'}", "run_name=t", "trainer=cpu", "logger=none", "data=image_folder",
               f"data.root={tmp_path / 'images'}", "data.image_size=8", "data.batch_size=8", "model=unet_digits",
-              "model.net.in_channels=3", "callbacks.sampler.n_samples=16"]
+              "model.net.in_channels=3", "callbacks.sampler.n_samples=20"]
     with pytest.raises(ValueError, match=re.escape("config callbacks.sampler.feature_extractor: the digits features "
                                                    "take 8x8 grayscale images (the digits data); these images have "
                                                    "shape (3, 8, 8): use the inception features")):

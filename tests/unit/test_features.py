@@ -320,8 +320,11 @@ def test_an_inception_score_interval_is_of_its_own_replicates_from_one_pass_of_t
         logits = build_feature_extractor("digits", output="logits")(unit(x))
     reps = bootstrap.inception_score_replicates(logits, bootstrap.resample_counts(60, 50, seed=0), IS_SPLITS)
     assert interval == pytest.approx(bootstrap.interval(values["is"], reps, INTERVAL_LEVEL), rel=1e-6)
-    with pytest.raises(ValueError, match=r"^IS needs at least 10 images \(its 10 splits\); got 1$"):
-        check_image_sample_count(["is"], 1)
+    for n in (1, 19):  # 10-19: splits of one image, which score 1 whatever the image
+        with pytest.raises(ValueError, match=rf"^IS needs at least 20 images \(2 in each of its 10 splits: a split of "
+                                             rf"one image scores 1 whatever it is\); got {n}$"):
+            check_image_sample_count(["is"], n)
+    check_image_sample_count(["is"], 20)
     with pytest.raises(ValueError, match="InceptionFeatures: output must be one of"):  # before any weights are read
         build_feature_extractor("inception", output="probabilities", weights_path="/nonexistent.pth")
 
