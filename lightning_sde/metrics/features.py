@@ -1,5 +1,6 @@
 """Feature networks for FID / KID, usable as `feature=` of torchmetrics' FrechetInceptionDistance and
-KernelInceptionDistance, and the class logits of the same networks for the Inception Score (`output="logits"`).
+KernelInceptionDistance, and the class logits of the same networks for the Inception Score (`output="logits"`, or
+both from one forward: `features_and_logits`).
 
 Input convention (torchmetrics'): with a custom feature module torchmetrics passes the images to it unchanged,
 whatever `normalize` says. These modules therefore take what the metric is fed:
@@ -103,11 +104,19 @@ class DigitsFeatures(nn.Module):
         return super().train(False)  # a fixed feature map: dropout stays off
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self._read(x)
+        return self.net.features(x) if self.output == "features" else self.net.head(self.net.body(x))
+
+    def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(features, class logits) of x from one forward: FID's features and the Inception Score's logits."""
+        body = self.net.body(self._read(x))
+        return body * self.net.feature_scale, self.net.head(body)
+
+    def _read(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
             raise ValueError(f"DigitsFeatures expects images of shape (N, 1, 8, 8); got {tuple(x.shape)}")
         weight = self.net.head.weight
-        x = _to_symmetric(x.to(weight.device), self.input_range, weight.dtype)
-        return self.net.features(x) if self.output == "features" else self.net.head(self.net.body(x))
+        return _to_symmetric(x.to(weight.device), self.input_range, weight.dtype)
 
 
 # --- Inception ------------------------------------------------------------------------------------------------
@@ -224,7 +233,7 @@ class InceptionFeatures(nn.Module):
             raise ValueError(f"{str(path)!r} holds no InceptionV3 weights (FID's): "
                              f"{' '.join(str(err).split())[:200]}. Delete the file, then fetch them again with "
                              "lsde-prepare --inception") from None
-        self.output = output
+        self.output, self.layer = output, str(feature)
         self.num_features = int(feature) if output == "features" else 1008
         self.eval()
 
@@ -232,12 +241,25 @@ class InceptionFeatures(nn.Module):
         return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.net(self._read(x))
+
+    def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(features of layer `feature`, logits_unbiased) of x from one forward: FID's features and the Inception
+        Score's logits (the 2048-d pool3 is one linear layer short of them)."""
+        x, layers = self._read(x), self.net.features_list
+        self.net.features_list = [self.layer, "logits_unbiased"]  # torch-fidelity returns the layers listed
+        try:
+            features, logits = self.net._torch_fidelity_forward(x)
+        finally:
+            self.net.features_list = layers
+        return features.reshape(len(x), -1), logits
+
+    @staticmethod
+    def _read(x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"InceptionFeatures expects images (N, 1 or 3, H, W); got {tuple(x.shape)}")
         x = to_uint8(x)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return self.net(x)
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
 FEATURE_EXTRACTORS = {"digits": DigitsFeatures, "inception": InceptionFeatures}

@@ -200,14 +200,18 @@ def network_features(network, x: Tensor, device, batch_size: int = 500) -> Tenso
     return torch.cat([network(unit(x[i : i + batch_size].to(device))) for i in range(0, len(x), batch_size)])
 
 
-def sample_features(metrics: dict, x: Tensor, batch_size: int = 500) -> Tensor:
-    """The features of the sample set `x` (images in [-1, 1]) that every metric of `metrics` reads (one network)."""
-    metric = next(iter(metrics.values()))
-    return network_features(metric.inception, x, metric.device, batch_size)
+@torch.no_grad()
+def network_outputs(network, x: Tensor, device, logits: bool, batch_size: int = 500) -> tuple[Tensor, Tensor | None]:
+    """(features, class logits or None) of images `x` in [-1, 1]: with logits, both from one pass of the network
+    (features_and_logits), so that IS beside FID / KID costs no second pass over the samples."""
+    if not logits:
+        return network_features(network, x, device, batch_size), None
+    parts = [network.features_and_logits(unit(x[i : i + batch_size].to(device))) for i in range(0, len(x), batch_size)]
+    return torch.cat([f for f, _ in parts]), torch.cat([c for _, c in parts])
 
 
 def score_images(metric, features: Tensor, batch_size: int = 500) -> tuple[float, float]:
-    """(value, subset sd) of one metric for a sample set, given its features (sample_features), against the cached
+    """(value, subset sd) of one metric for a sample set, given its features (network_outputs), against the cached
     real side. KID's value is a mean over random subsets: its sd over them / sqrt(subsets) is the part of the value's
     noise that the bootstrap over whole sets does not see (0 for FID)."""
     metric.reset()

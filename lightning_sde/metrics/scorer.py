@@ -32,9 +32,8 @@ from lightning_sde.metrics.image import (
     fid_reference_moments,
     inception_score,
     kid_reference_features,
-    network_features,
+    network_outputs,
     reference_image_metrics,
-    sample_features,
     score_images,
     tensor_sha256,
 )
@@ -112,19 +111,21 @@ class Scorer:
         self.metrics = tuple(metrics)
         self.mixture = mixture
         self.protocol = {"reference_sha256": tensor_sha256(self.reference), "n_reference": len(self.reference)}
-        self.image, self.classifier, self._kyy, self._subset_sd = {}, None, None, (None, {})
+        self.image, self.network, self._kyy, self._subset_sd = {}, None, None, (None, {})
         self._real_radii = None
-        self._outputs = {}  # "features" / "logits" / "prc" -> (x, what it is for x): the last set's
+        self._outputs = {}  # "network" / "prc" -> (x, what it is for x): the last set's
         if set(self.metrics) & set(IMAGE_METRICS):
             with_reference = [m for m in REFERENCE_METRICS
                               if m in self.metrics or m == "kid" and set(self.metrics) & set(PRC_METRICS)]
             self.image, protocol = reference_image_metrics(self.reference, with_reference, feature_extractor,
                                                            cache_dir, device)
             self.protocol.update(protocol)
-        if "is" in self.metrics:
-            from lightning_sde.metrics.features import build_feature_extractor
+            if self.image:  # FID's and KID's network gives IS its logits in the same pass
+                self.network = next(iter(self.image.values())).inception
+            else:
+                from lightning_sde.metrics.features import build_feature_extractor
 
-            self.classifier = build_feature_extractor(feature_extractor, output="logits").to(device)
+                self.network = build_feature_extractor(feature_extractor).to(device)
 
     def __call__(self, x: Tensor) -> dict[str, float]:
         out, subset_sd = {}, {}
@@ -153,14 +154,17 @@ class Scorer:
         return self._kyy
 
     def features(self, x: Tensor) -> Tensor:
-        """The image metrics' features of x: one pass of the feature network for FID, KID and their intervals (the
-        last sample set's are kept until the next one comes)."""
-        return self._output("features", x, lambda: sample_features(self.image, x))
+        """The image metrics' features of x: one pass of the feature network for every image metric and interval
+        (the last sample set's are kept until the next one comes)."""
+        return self._network_outputs(x)[0]
 
     def logits(self, x: Tensor) -> Tensor:
-        """The class logits of x (the Inception Score's), from one pass of the classifier, kept like features."""
-        device = next(self.classifier.parameters()).device
-        return self._output("logits", x, lambda: network_features(self.classifier, x, device))
+        """The class logits of x (the Inception Score's), from the same pass as its features."""
+        return self._network_outputs(x)[1]
+
+    def _network_outputs(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        device = next(self.network.parameters()).device
+        return self._output("network", x, lambda: network_outputs(self.network, x, device, logits="is" in self.metrics))
 
     def reference_features(self) -> Tensor:
         """The reference's features, as KID's cached real side holds them."""

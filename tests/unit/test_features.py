@@ -220,6 +220,9 @@ def test_inception_wrapper_with_stand_in_weights(tmp_path, monkeypatch):
                                                       feature_extractor_weights_path=str(path))
     with torch.no_grad():
         torch.testing.assert_close(logits(x), fidelity_logits.eval()(as_rgb_bytes)[0], rtol=1e-5, atol=1e-5)
+        both = features.features_and_logits(x)  # one forward, for IS beside FID
+        torch.testing.assert_close(both, (out, logits(x)), rtol=1e-5, atol=1e-5)
+        assert features.net.features_list == ["2048"]  # the features alone stop at pool3 again
 
 
 def test_inception_features_when_the_weights_are_present():
@@ -307,9 +310,7 @@ def test_an_inception_score_interval_is_of_its_own_replicates_from_one_pass_of_t
     from lightning_sde.metrics.scorer import INTERVAL_LEVEL, Scorer
 
     a, b = halves
-    seen = []
-    forward = DigitsFeatures.forward
-    monkeypatch.setattr(DigitsFeatures, "forward", lambda self, x: (seen.append(len(x)), forward(self, x))[1])
+    seen = count_network_images(monkeypatch)
     scorer = Scorer(a, ["is"], feature_extractor="digits", cache_dir=tmp_path)
     seen.clear()
     x = b[:60]
@@ -329,22 +330,35 @@ def test_an_inception_score_interval_is_of_its_own_replicates_from_one_pass_of_t
         build_feature_extractor("inception", output="probabilities", weights_path="/nonexistent.pth")
 
 
+def count_network_images(monkeypatch) -> list[int]:
+    """The sizes of the batches the digits network's body (its one nn.Sequential) runs on, whichever way it is
+    called."""
+    seen = []
+    forward = torch.nn.Sequential.forward
+    monkeypatch.setattr(torch.nn.Sequential, "forward", lambda self, x: (seen.append(len(x)), forward(self, x))[1])
+    return seen
+
+
 def test_the_scorer_passes_each_image_set_through_the_feature_network_once(halves, tmp_path, monkeypatch):
     """FID, KID and their bootstrap intervals each ran the network over the samples (three passes: 150,000 Inception
-    images for a 50,000-sample cell), and FID and KID each over the reference. One pass each now, and the values are
-    torchmetrics' own on the images."""
+    images for a 50,000-sample cell), and FID and KID each over the reference; IS took a second pass for its
+    logits. One pass each now (IS's logits come with the features), and the values are torchmetrics' and
+    torch-fidelity's own on the images."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
     from lightning_sde.metrics.scorer import Scorer
 
     a, b = halves
-    seen = []
-    forward = DigitsFeatures.forward
-    monkeypatch.setattr(DigitsFeatures, "forward", lambda self, x: (seen.append(len(x)), forward(self, x))[1])
-    scorer = Scorer(a, ["fid", "kid"], feature_extractor="digits", cache_dir=tmp_path)
+    seen = count_network_images(monkeypatch)
+    scorer = Scorer(a, ["fid", "kid", "is"], feature_extractor="digits", cache_dir=tmp_path)
     assert sum(seen) == len(a)
     seen.clear()
     values = scorer(b)
     scorer.intervals(b, values, n_boot=20)
     assert sum(seen) == len(b)
+    with torch.no_grad():
+        logits = build_feature_extractor("digits", output="logits")(unit(b))
+    assert values["is"] == pytest.approx(isc_features_to_metric(logits, splits=10)["inception_score_mean"], rel=1e-6)
     direct_fid = fid(DigitsFeatures(), a, b)
     kid = KernelInceptionDistance(feature=DigitsFeatures(), normalize=True, subset_size=min(1000, len(a) // 2))
     kid.update(unit(a), real=True)
