@@ -227,8 +227,11 @@ class SamplerCallback(L.Callback):
                                    progress=True, desc=f"sampling {label} (step {trainer.global_step})",
                                    guidance=self.guidance, stop=(lambda: any(s() for s in stops)) if stops else None)
             except GenerationStopped:
-                rank_zero_warn(f"the evaluation at step {trainer.global_step} was stopped by a signal: no rows; the "
-                               "resumed run does it again")
+                step, max_steps = trainer.global_step, trainer.max_steps
+                redone = ("the resumed run does it again" if not 0 < max_steps <= step else
+                          f"this fit has no step left to train (trainer.max_steps={max_steps}), so a resume does not "
+                          "redo it: resume with a higher trainer.max_steps, or score the checkpoint with lsde-bench")
+                rank_zero_warn(f"the evaluation at step {step} was stopped by a signal: no rows; {redone}")
                 for cb in trainer.checkpoint_callbacks:  # none rests on it (a best one would look for its values)
                     if isinstance(cb, ModelCheckpoint):
                         cb._last_global_step_saved = trainer.global_step

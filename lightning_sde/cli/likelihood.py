@@ -286,7 +286,7 @@ def check_held_out(cfg: DictConfig, datamodule) -> None:
     theirs = ckpt.get("data_config")
     if isinstance(theirs, dict):
         datamodule.check_scored_held_out(theirs, ckpt.get(type(datamodule).__qualname__), cfg.checkpoint,
-                                         seed_key=f"{'' if 'seed' in cfg.data else '+'}data.seed")
+                                         seed_key=f"{'++' if 'seed' in cfg.data else '+'}data.seed")  # set: replaced
 
 
 def run(cfg: DictConfig) -> dict | None:

@@ -82,11 +82,6 @@ def check_reference_requests(parser: argparse.ArgumentParser, args) -> None:
             images = [n for n in data_configs() if data_kind(data_config(n)) == "images"]
             parser.error(f"--reference-stats: {name!r} is not an image dataset (FID/KID need images; image datasets: "
                          f"{', '.join(images)})")
-        if "root" in cfg.keys() and args.root is None:
-            from omegaconf import OmegaConf
-
-            if OmegaConf.is_missing(cfg, "root"):
-                parser.error(f"--reference-stats: {name} needs --root, the folder of its images (its data.root)")
 
 
 def data_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict:
@@ -208,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None, help="data directory (the same as data.root); needed to download, "
                         "and for image_folder's statistics")
     parser.add_argument("--timeout", type=float, default=60.0,
-                        help="socket timeout in seconds for the downloads (default 60)")
+                        help="socket timeout in seconds for the dataset and Inception downloads (default 60; "
+                        "`diffusers` fetches use the hub client's own, e.g. $HF_HUB_DOWNLOAD_TIMEOUT)")
     parser.add_argument("--inception", action="store_true",
                         help="fetch the InceptionV3 FID weights ($LSDE_INCEPTION_WEIGHTS, else "
                         "$TORCH_HOME/hub/checkpoints)")
@@ -253,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     downloads = [n for n in args.names if n in SPECS]
     if downloads and args.root is None:
         parser.error(f"--root is needed to download {downloads}")
+    from omegaconf import OmegaConf
+
+    for name in args.names:  # image_folder: nothing to check or cache without its folder
+        cfg = data_config(name)
+        if args.root is None and "root" in cfg.keys() and OmegaConf.is_missing(cfg, "root"):
+            parser.error(f"{name} needs --root, the folder of its images (its data.root)")
     if args.reference_stats is not None:
         check_reference_requests(parser, args)
         check_device(parser, args.device)
@@ -284,7 +286,7 @@ def run(parser: argparse.ArgumentParser, args, downloads: list[str]) -> int:
         for name in args.names:
             if name in downloads:
                 continue
-            if name == "image_folder" and args.root is not None:
+            if name == "image_folder":  # --root given (main)
                 bad = unreadable_images(args.root)
                 if bad:
                     raise ValueError(f"{len(bad)} unreadable image(s) under {args.root}, e.g. {bad[0]}" + (

@@ -85,9 +85,8 @@ def resolve_metrics(requested, kind: str, has_mixture: bool, key: str = "metrics
         raise ValueError(f"config {key}: must be 'auto' or a non-empty list of {list(allowed)}; got {requested!r}")
     bad = [m for m in requested if m not in allowed]
     if bad:
-        target = "exact mixture" if has_mixture else kind
-        raise ValueError(f"config {key}: unknown or unusable metric(s) {bad} for a {target} target; allowed: "
-                         f"{list(allowed)}")
+        target = "an exact mixture" if has_mixture else kind  # points / images
+        raise ValueError(f"config {key}: unknown or unusable metric(s) {bad} for {target}; allowed: {list(allowed)}")
     repeated = sorted({m for m in requested if list(requested).count(m) > 1})
     if repeated:  # one row per cell and metric
         raise ValueError(f"config {key}: {repeated} given more than once; name each metric once")

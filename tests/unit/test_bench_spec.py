@@ -56,8 +56,8 @@ BAD_BENCH = [
      "config tolerances[0]: samplers.ode: ode: rtol must be a number in (0, 1); got 2.0"),
     (["checkpoint=/nonexistent.ckpt", "data=toy2d"],
      "config checkpoint: no checkpoint file at '/nonexistent.ckpt'"),
-    (["metrics=[sliced_w2,fidd]"], "config metrics: unknown or unusable metric(s) ['fidd'] for a exact mixture "
-                                   "target; allowed: ['sliced_w2', 'mmd', 'loglik']"),
+    (["metrics=[sliced_w2,fidd]"], "config metrics: unknown or unusable metric(s) ['fidd'] for an exact mixture; "
+                                   "allowed: ['sliced_w2', 'mmd', 'loglik']"),
     (["samplers.ddim.times=[1.0,0.5,0.001]", "samplers.ddim.steps=2"],
      "config samplers.ddim: ddim: explicit times fix the number of steps"),
     (["shard.index=2", "shard.count=2"], "config shard.index: must be an integer in [0, 2)"),

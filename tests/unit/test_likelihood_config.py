@@ -245,9 +245,12 @@ def test_only_the_checkpoints_held_out_images_are_scored(tmp_path, monkeypatch):
     torch.save({**torch.load(path, weights_only=True), "data_config": {
         "_target_": "lightning_sde.data.DigitsDataModule", "n_val": 100, "seed": 3}}, path)
 
+    runs = []
+
     def run(*overrides):
+        runs.append(overrides)  # a folder each
         with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-            cfg = compose("likelihood", overrides=[f"out={tmp_path}/{len(overrides)}", f"checkpoint={path}",
+            cfg = compose("likelihood", overrides=[f"out={tmp_path}/{len(runs)}", f"checkpoint={path}",
                                                    "data=digits", "n=8", *overrides])
         return likelihood.run(cfg)
 
@@ -256,6 +259,9 @@ def test_only_the_checkpoints_held_out_images_are_scored(tmp_path, monkeypatch):
                                          r"validation images of seed 0 are mostly images it trained on: set "
                                          r"\+data.seed=3$"):
         run()
+    with pytest.raises(ValueError, match=r"validation images of seed 5 are mostly images it trained on: set "
+                                         r"\+\+data.seed=3$"):  # the seed already set: +data.seed is refused
+        run("+data.seed=5")
     with pytest.raises(ValueError, match=r"^config data.n_val: the checkpoint .* held out 100 validation images; "
                                          r"data.n_val=101 adds 1 it trained on: set data.n_val=100 or fewer"):
         run("+data.seed=3", "data.n_val=101")
@@ -263,6 +269,7 @@ def test_only_the_checkpoints_held_out_images_are_scored(tmp_path, monkeypatch):
         "logp": torch.zeros(len(x)), "logp_se": torch.zeros(len(x)), "prior_logp": torch.zeros(len(x)), "nfe": 1})
     assert run("+data.seed=3", "data.n_val=50")["n"] == 8  # the first 50 of its 100
     assert run("+data.seed=3", "data.n_val=100", "data.dequantize=false")["n"] == 8
+    assert run("+data.seed=5", "++data.seed=3", "data.n_val=100")["n"] == 8  # the mend of a seed already set
 
 
 def test_the_flow_starts_at_the_eps_asked_for_and_the_summary_says_which(tmp_path):

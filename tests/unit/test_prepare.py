@@ -125,8 +125,10 @@ def test_data_settings_are_read_as_the_bench_reads_its_overrides(capsys):
                                                     "image_size=[1"], capsys)
 
 
-def test_image_folder_reference_stats_without_root_is_a_usage_error(capsys):
-    assert "image_folder needs --root" in usage_error(["image_folder", "--reference-stats", "3"], capsys)
+def test_image_folder_without_root_is_a_usage_error(capsys):
+    """With or without --reference-stats: alone, `lsde-prepare image_folder` exited 0 having checked no image."""
+    for argv in (["image_folder", "--reference-stats", "3"], ["image_folder"], ["digits", "image_folder"]):
+        assert "image_folder needs --root, the folder of its images" in usage_error(argv, capsys)
 
 
 # --- 2. user errors: one line, before any work -----------------------------------------------------------------
@@ -265,8 +267,7 @@ def test_digits_default_to_the_digits_features(tmp_path, capsys):
     assert len(list((tmp_path / "stats").glob("reference-*.pt"))) == 2
 
 
-@pytest.mark.parametrize("name, says", [("image_folder", "--reference-stats N"), ("digits", "--reference-stats N"),
-                                        ("toy2d", "FID/KID need images")])
+@pytest.mark.parametrize("name, says", [("digits", "--reference-stats N"), ("toy2d", "FID/KID need images")])
 def test_a_dataset_with_nothing_to_fetch_says_so(name, says, offline, capsys):
     assert prepare.main([name]) == 0
     out = capsys.readouterr().out.strip().splitlines()

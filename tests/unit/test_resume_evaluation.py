@@ -379,3 +379,26 @@ def test_a_run_that_ignores_ctrl_c_keeps_ignoring_it_and_one_in_a_thread_trains(
     thread.start()
     thread.join(timeout=300)
     assert [type(e) for e in errors] == [ScoreModule]
+
+
+def test_an_evaluation_stopped_by_a_signal_says_whether_the_resume_redoes_it(tmp_path):
+    """A resume redoes an evaluation stopped by a signal, but not the one at trainer.max_steps (no step is left to
+    train, so no hook runs): the stop's warning said it would redo it."""
+
+    class Signalled(L.Callback):  # as Preemption after SIGTERM, which the sampler callback asks between batches
+        def stop_requested(self) -> bool:
+            return True
+
+    module = ScoreModule(net=MLP, shape=[2], sde=VP)
+    callback = SamplerCallback({"ddim": DDIM(steps=2)}, n_samples=20, batch_size=10)
+    trainer = L.Trainer(max_steps=4, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
+                        callbacks=[callback, Signalled()], logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path, accelerator="cpu")
+    with pytest.warns(UserWarning) as record:
+        trainer.fit(module, datamodule=Toy2DDataModule(batch_size=64, n_train=256, n_val=64))
+    said = [str(w.message) for w in record if "stopped by a signal" in str(w.message)]
+    assert said == ["the evaluation at step 2 was stopped by a signal: no rows; the resumed run does it again",
+                    "the evaluation at step 4 was stopped by a signal: no rows; this fit has no step left to train "
+                    "(trainer.max_steps=4), so a resume does not redo it: resume with a higher trainer.max_steps, or "
+                    "score the checkpoint with lsde-bench"], said
+    assert callback.evaluation_stopped_at == 4 and "ddim" not in callback.last_rows

@@ -248,8 +248,8 @@ def test_metrics_that_do_not_fit_the_data_fail_at_setup_naming_the_callbacks_key
     with pytest.raises(ValueError) as err:
         fit(tmp_path, callback)
     assert str(err.value) == (
-        "config callbacks.sampler.metrics: unknown or unusable metric(s) ['fid'] for a points "
-        "target; allowed: ['sliced_w2', 'mmd']"
+        "config callbacks.sampler.metrics: unknown or unusable metric(s) ['fid'] for points; allowed: "
+        "['sliced_w2', 'mmd']"
     )
     assert not (tmp_path / "samples").exists()
 
